@@ -1,0 +1,37 @@
+# Puhui: the two contract commands are `make demo` and `make test`; both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install Puhui with its pinned dependencies
+
+demo: $(STAMP)  ## synthetic landing zone + the whole daily pipeline on the embedded default
+	$(BIN)/puhui demo $(DEMO_ARGS)
+
+test: $(STAMP)  ## the full suite, PostgreSQL tests included (a throwaway server is started)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf .puhui .pytest_cache .ruff_cache

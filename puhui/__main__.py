@@ -1,0 +1,5 @@
+import sys
+
+from puhui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,379 @@
+"""The ``puhui`` command line: thin wiring from the contract's commands to library calls.
+
+Every command exits 0 on success and non-zero with one clear line on failure; ``--debug``
+anywhere on the line shows the traceback instead. Commands whose capability is not built
+yet say so and exit 2; they never pretend.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from puhui.errors import NotBuiltYet, PuhuiError
+from puhui.settings import Settings, configure_runtime, load_settings
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+app = typer.Typer(
+    name="puhui",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Puhui: the data and model lifecycle of an inclusive-finance lender.",
+)
+run_app = typer.Typer(no_args_is_help=True, help="Run one pipeline flow now.")
+models_app = typer.Typer(no_args_is_help=True, help="Model versions, champions and challengers.")
+quarantine_app = typer.Typer(no_args_is_help=True, help="Held partner batches.")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
+db_app = typer.Typer(no_args_is_help=True, help="Warehouse schema migrations.")
+config_app = typer.Typer(no_args_is_help=True, help="The declarative configuration.")
+app.add_typer(run_app, name="run")
+app.add_typer(models_app, name="models")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+AsOf = Annotated[
+    str | None,
+    typer.Option("--as-of", help="As-of date YYYY-MM-DD (default: today, Asia/Shanghai)."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise PuhuiError(f"{option} must be a date YYYY-MM-DD, not {value!r}") from None
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_runtime(settings)
+    return settings
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- demo, generate
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=100, help="Synthetic customers.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Daily deliveries.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
+) -> None:
+    """Generate a synthetic landing zone and run the whole daily pipeline on it."""
+    from puhui.demo import run_demo
+
+    run_demo(_settings(), users=users, days=days, seed=seed, console=console)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the landing zone to.")],
+    users: Annotated[int, typer.Option(min=100, help="Synthetic customers.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Daily deliveries.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
+    faults: Annotated[
+        bool, typer.Option("--faults", help="Plant the bad inputs of DOMAIN.md.")
+    ] = False,
+    end_date: Annotated[str, typer.Option("--end-date", help="Last delivery date.")] = "2026-09-30",
+    history_days: Annotated[
+        int, typer.Option(min=0, help="Back history in the first delivery.")
+    ] = 365,
+    penalize_segment: Annotated[
+        str | None, typer.Option(help="Raise one segment's true default odds (fairness tests).")
+    ] = None,
+) -> None:
+    """Write synthetic partner files, faults.json and truth.json (no pipeline run)."""
+    from puhui.demo import generate_with_progress
+
+    settings = _settings()
+    summary = generate_with_progress(
+        settings,
+        out,
+        users=users,
+        days=days,
+        seed=seed,
+        faults=faults,
+        end_date=_parse_date(end_date, "--end-date"),
+        history_days=history_days,
+        penalize_segment=penalize_segment,
+        console=console,
+    )
+    console.print(
+        f"generated {summary.files} files, {sum(summary.rows_by_partner.values()):,} rows, "
+        f"{summary.bytes_written / 1e6:,.1f} MB in {summary.seconds:.1f}s into {out}"
+        + (f"; {len(summary.faults)} planted faults in faults.json" if faults else "")
+    )
+
+
+# --------------------------------------------------------------------------- run, backfill
+@run_app.command("daily")
+def run_daily(as_of: AsOf = None) -> None:
+    """The daily pipeline flow."""
+    from puhui.pipeline import run_daily_pipeline
+
+    _settings()
+    summary = run_daily_pipeline(_parse_date(as_of, "--as-of"))
+    console.print(summary["line"])
+
+
+@run_app.command("ingest")
+def run_ingest(
+    partner: Annotated[str | None, typer.Option(help="Only this partner feed.")] = None,
+    as_of: AsOf = None,
+) -> None:
+    """Ingest and validate landed partner files."""
+    raise NotBuiltYet("puhui run ingest", "Partner data ingestion with Great Expectations")
+
+
+@run_app.command("train")
+def run_train(
+    model: Annotated[str, typer.Argument(help="risk or recommender")],
+    as_of: AsOf = None,
+) -> None:
+    """Retrain, evaluate, register and gate a model."""
+    if model not in ("risk", "recommender"):
+        raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
+    raise NotBuiltYet(f"puhui run train {model}", "credit-risk model / recommender")
+
+
+@run_app.command("profiles")
+def run_profiles(as_of: AsOf = None) -> None:
+    """Refresh user profiles with the champion models."""
+    raise NotBuiltYet("puhui run profiles", "user profiles")
+
+
+@run_app.command("report")
+def run_report(as_of: AsOf = None) -> None:
+    """Evaluation, drift and service reports."""
+    raise NotBuiltYet("puhui run report", "evaluation, drift and service reports")
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--start", help="First as-of date.")],
+    end: Annotated[str, typer.Option("--end", help="Last as-of date.")],
+    force: Annotated[bool, typer.Option("--force", help="Re-run dates already completed.")] = False,
+) -> None:
+    """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
+    first, last = _parse_date(start, "--start"), _parse_date(end, "--end")
+    assert first and last
+    from puhui.pipeline import backfill_daily
+
+    _settings()
+    for line in backfill_daily(first, last, force=force):
+        console.print(line)
+
+
+# --------------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument()] = None, json_: JsonFlag = False
+) -> None:
+    """Versions, aliases, key metrics and gate results."""
+    raise NotBuiltYet("puhui models list", "credit-risk model: register, gate")
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str,
+    version: Annotated[str, typer.Option("--version")],
+    reason: Annotated[str, typer.Option("--reason")],
+    force: Annotated[bool, typer.Option("--force")] = False,
+) -> None:
+    """Make a version the champion (refused if it failed its gates unless --force)."""
+    raise NotBuiltYet("puhui models promote", "credit-risk model: register, gate")
+
+
+@models_app.command("rollback")
+def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Bring the previous champion back."""
+    raise NotBuiltYet("puhui models rollback", "credit-risk model: register, gate")
+
+
+# --------------------------------------------------------------------------- quarantine
+@quarantine_app.command("list")
+def quarantine_list(json_: JsonFlag = False) -> None:
+    """Batches held by validation, with their reasons."""
+    raise NotBuiltYet("puhui quarantine list", "Partner data ingestion with Great Expectations")
+
+
+@quarantine_app.command("release")
+def quarantine_release(batch: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Load a held batch after all (recorded with your reason)."""
+    raise NotBuiltYet("puhui quarantine release", "Partner data ingestion with Great Expectations")
+
+
+@quarantine_app.command("reject")
+def quarantine_reject(batch: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Reject a held batch for good (recorded with your reason)."""
+    raise NotBuiltYet("puhui quarantine reject", "Partner data ingestion with Great Expectations")
+
+
+# --------------------------------------------------------------------------- audit
+@audit_app.command("log")
+def audit_log_command(
+    since: Annotated[str | None, typer.Option("--since", help="From this UTC date.")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="Only this action.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the last N events.")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """The audit trail, oldest first."""
+    from puhui.audit import read_audit_events
+    from puhui.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    events = read_audit_events(runtime.engine, _parse_date(since, "--since"), action, limit)
+    if json_:
+        _print_json(events)
+        return
+    table = Table("seq", "time (UTC)", "actor", "action", "subject", "flow run", box=None)
+    for event in events:
+        table.add_row(
+            str(event["seq"]),
+            event["occurred_at"][:19],
+            event["actor"],
+            event["action"],
+            event["subject"],
+            (event["flow_run_id"] or "")[:8],
+        )
+    console.print(table)
+    console.print(f"{len(events)} event(s)")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    expect_head: Annotated[
+        str | None, typer.Option(help="Head hash recorded earlier outside the database.")
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Check that the audit trail has not been altered; exit 1 if it has."""
+    from puhui.audit import verify_audit_chain
+    from puhui.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    result = verify_audit_chain(runtime.engine, expect_head=expect_head)
+    if json_:
+        _print_json(result.__dict__)
+    elif result.ok:
+        console.print(
+            f"audit trail intact: {result.rows} events, head seq {result.head_seq} "
+            f"hash {result.head_hash}"
+        )
+    else:
+        for problem in result.problems:
+            err_console.print(f"  {problem}")
+    if not result.ok:
+        raise PuhuiError(
+            f"audit trail ALTERED: {len(result.problems)} problem(s), first: {result.problems[0]}"
+        )
+
+
+@audit_app.command("lineage")
+def audit_lineage(
+    name: str, version: Annotated[str, typer.Option("--version")], json_: JsonFlag = False
+) -> None:
+    """Data batches, validations, code and config behind a model version."""
+    raise NotBuiltYet("puhui audit lineage", "credit-risk model: register, gate")
+
+
+# --------------------------------------------------------------------------- db, config, serve
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the warehouse to the newest schema (also done automatically on first use)."""
+    from puhui.warehouse.engine import create_warehouse_engine, upgrade_schema
+
+    settings = _settings()
+    engine = create_warehouse_engine(settings.warehouse_url)
+    console.print(f"warehouse at revision {upgrade_schema(engine)}: {engine.url!r}")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """The warehouse's schema revision and the code's."""
+    from puhui.warehouse.engine import create_warehouse_engine, current_revision, head_revision
+
+    engine = create_warehouse_engine(_settings().warehouse_url)
+    current, head = current_revision(engine), head_revision()
+    state = "up to date" if current == head else "needs upgrade (runs on first use)"
+    console.print(f"warehouse {engine.url!r}: revision {current or 'none'}, code {head}: {state}")
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate every file in configs/."""
+    from puhui.config import config_hash, validate_config_dir
+
+    settings = _settings()
+    names = validate_config_dir(settings.config_dir)
+    console.print(
+        f"{len(names)} config files valid ({', '.join(names)}); "
+        f"hash {config_hash(settings.config_dir)}"
+    )
+
+
+@app.command()
+def serve() -> None:
+    """Run every scheduled deployment of prefect.yaml in this process (Ctrl-C stops)."""
+    from puhui.scheduling import serve_deployments
+
+    _settings()
+    serve_deployments(console=console)
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (one line on error, traceback only with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    started = time.monotonic()
+    try:
+        result = app(args=args, prog_name="puhui", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except NotBuiltYet as exc:
+        err_console.print(f"puhui: {exc}")
+        return 2
+    except PuhuiError as exc:
+        if debug:
+            raise
+        err_console.print(f"puhui: error: {exc}")
+        return 1
+    except click.exceptions.Abort:
+        err_console.print("puhui: aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
+        if debug:
+            raise
+        elapsed = time.monotonic() - started
+        err_console.print(
+            f"puhui: error: {type(exc).__name__}: {exc} "
+            f"(after {elapsed:.1f}s; --debug shows the traceback)"
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

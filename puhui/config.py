@@ -1,0 +1,142 @@
+"""Declarative configuration in ``configs/*.yaml``, validated on load.
+
+Each file has a pydantic model that forbids unknown keys, so a typo is one clear line naming
+the file and the key instead of a silently ignored setting. ``config_hash`` fingerprints the
+whole directory for the audit trail and MLflow tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import time
+from functools import cache
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from puhui.errors import PuhuiError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Product(StrictModel):
+    code: str = Field(pattern=r"^[a-z][a-z_]*$")
+    name: str
+    name_zh: str
+    kind: Literal["loan", "insurance", "savings", "payment"]
+    scenarios: list[Literal["ECOMMERCE", "WALLET", "COOP", "BRANCH"]]
+
+
+class ProductsConfig(StrictModel):
+    products: list[Product]
+
+    @field_validator("products")
+    @classmethod
+    def _unique_codes(cls, products: list[Product]) -> list[Product]:
+        codes = [p.code for p in products]
+        if len(codes) != len(set(codes)):
+            raise ValueError("product codes must be unique")
+        return products
+
+    @property
+    def codes(self) -> list[str]:
+        return [p.code for p in self.products]
+
+    @property
+    def loan_codes(self) -> list[str]:
+        return [p.code for p in self.products if p.kind == "loan"]
+
+
+class PartnerFeed(StrictModel):
+    """Where a partner's files land and how often; the ingestion contract grows from here."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    owner: Literal["partner", "lender"]
+    location: str | None = None  # fsspec URL; default: $PUHUI_LANDING/<name>
+    pattern: str  # glob under the location; {date} is the delivery date (YYYY-MM-DD)
+    format: Literal["csv", "jsonl", "parquet"]
+    encoding: Literal["utf-8", "gbk"] = "utf-8"
+    delivery: Literal["daily", "monthly"]
+    expected_by: time = time(6, 0)  # local time by which the delivery date's file is due
+
+
+class PartnersConfig(StrictModel):
+    partners: list[PartnerFeed]
+
+    def get(self, name: str) -> PartnerFeed:
+        for feed in self.partners:
+            if feed.name == name:
+                return feed
+        known = ", ".join(f.name for f in self.partners)
+        raise PuhuiError(f"unknown partner {name!r} (configured: {known})")
+
+
+# One model per file: a file in configs/ without a model is an error, not ignored.
+CONFIG_MODELS: dict[str, type[StrictModel]] = {
+    "products.yaml": ProductsConfig,
+    "partners.yaml": PartnersConfig,
+}
+
+M = TypeVar("M", bound=StrictModel)
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{path}: {key}: {first['msg']}{more}"
+
+
+def load_config_file(path: Path, model: type[M]) -> M:
+    """Parse one YAML file into its model; any problem is one line naming file and key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PuhuiError(f"{path}: config file is missing") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PuhuiError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise PuhuiError(f"{path}: <root>: expected a mapping of keys")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise PuhuiError(_format_validation_error(path, exc)) from None
+
+
+@cache
+def _load_cached(config_dir: Path, name: str) -> StrictModel:
+    return load_config_file(config_dir / name, CONFIG_MODELS[name])
+
+
+def load_config(config_dir: Path, model: type[M]) -> M:
+    """The validated config of ``model``'s file in ``config_dir`` (cached per process)."""
+    name = next(n for n, m in CONFIG_MODELS.items() if m is model)
+    return _load_cached(config_dir.resolve(), name)  # type: ignore[return-value]
+
+
+def validate_config_dir(config_dir: Path) -> list[str]:
+    """Load every file of ``config_dir``; raise on the first invalid or unknown one."""
+    names = sorted(p.name for p in config_dir.glob("*.y*ml"))
+    unknown = [n for n in names if n not in CONFIG_MODELS]
+    if unknown:
+        raise PuhuiError(f"{config_dir / unknown[0]}: no schema for this config file")
+    for name, model in CONFIG_MODELS.items():
+        load_config_file(config_dir / name, model)
+    return names
+
+
+def config_hash(config_dir: Path) -> str:
+    """SHA-256 over every config file's name and bytes, in name order (first 16 hex)."""
+    digest = hashlib.sha256()
+    for path in sorted(config_dir.glob("*.y*ml")):
+        digest.update(path.name.encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

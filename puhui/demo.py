@@ -1,0 +1,109 @@
+"""The demo: a synthetic landing zone and the daily pipeline on the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+
+from puhui.config import ProductsConfig, load_config
+from puhui.generate import GenerateSummary, generate_landing_zone
+from puhui.settings import Settings
+
+DEMO_KEY_FILE = "pseudonym.key"
+
+
+def ensure_demo_pseudonym_key(settings: Settings, console: Console) -> Settings:
+    """Use PUHUI_PSEUDONYM_KEY if set; else make (once) a random demo key under PUHUI_HOME.
+
+    The key file lives outside git (PUHUI_HOME is ignored) and is readable by its owner only.
+    The production profile never gets here: it refuses to start without the variable.
+    """
+    if settings.pseudonym_key:
+        return settings
+    key_path = settings.home / DEMO_KEY_FILE
+    if not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        console.print(
+            f"demo: made a random pseudonymization key in {key_path} "
+            "(production sets PUHUI_PSEUDONYM_KEY instead)"
+        )
+    key = key_path.read_text().strip()
+    os.environ["PUHUI_PSEUDONYM_KEY"] = key
+    return replace(settings, pseudonym_key=key)
+
+
+def generate_with_progress(
+    settings: Settings,
+    out: Path,
+    *,
+    console: Console,
+    users: int,
+    days: int,
+    seed: int,
+    faults: bool = False,
+    end_date: date | None = None,
+    history_days: int = 365,
+    penalize_segment: str | None = None,
+) -> GenerateSummary:
+    """Run the generator with a live status line."""
+    products = load_config(settings.config_dir, ProductsConfig).codes
+    kwargs = {"end_date": end_date} if end_date else {}
+    with console.status("generating synthetic partner data...") as status:
+        return generate_landing_zone(
+            out,
+            users=users,
+            days=days,
+            seed=seed,
+            faults=faults,
+            history_days=history_days,
+            products=products,
+            penalize_segment=penalize_segment,
+            progress=lambda message: status.update(f"generating: {message}"),
+            **kwargs,
+        )
+
+
+def _clear_generated_landing(landing: Path) -> None:
+    """Remove a previous demo landing zone (recognized by its truth.json) before regenerating."""
+    if (landing / "truth.json").exists():
+        shutil.rmtree(landing)
+
+
+def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: Console) -> None:
+    """Generate, run the daily pipeline for the last delivery date, say where things are."""
+    from puhui.pipeline import run_daily_pipeline
+
+    started = time.monotonic()
+    settings = ensure_demo_pseudonym_key(settings, console)
+    landing = Path(settings.landing)
+    _clear_generated_landing(landing)
+    summary = generate_with_progress(
+        settings, landing, users=users, days=days, seed=seed, console=console
+    )
+    truth = json.loads((landing / "truth.json").read_text())
+    console.print(
+        f"generated {summary.files} partner files, "
+        f"{sum(summary.rows_by_partner.values()):,} rows for {users:,} customers "
+        f"x {days} days in {summary.seconds:.1f}s "
+        f"(risk AUC ceiling of the data: {truth['risk_auc_ceiling']:.3f})"
+    )
+    end_date = date.fromisoformat(truth["end_date"])
+    console.print(f"running the daily pipeline as of {end_date} (Prefect, local)...")
+    result = run_daily_pipeline(end_date)
+    console.print(result["line"])
+    console.print(f"demo done in {time.monotonic() - started:.0f}s")
+    console.print(f"  landing zone : {landing}")
+    console.print(f"  warehouse    : {settings.warehouse_url}")
+    console.print(f"  MLflow store : {settings.mlflow_tracking_uri}")
+    console.print(f"  HTML report  : {result.get('report') or 'none yet (reports are not built)'}")

@@ -1,0 +1,79 @@
+"""The landing zone: which partner files have arrived, for which delivery date.
+
+Files land as ``<location>/<YYYY-MM-DD>/<file>`` per feed; a location is a local path or any
+fsspec URL. Discovery only lists; it never moves or modifies a landed file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import fsspec
+
+from puhui.config import PartnerFeed, PartnersConfig
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    partner: str
+    path: str  # full path or URL as fsspec reports it
+    delivery_date: date
+    size: int
+
+
+def feed_location(feed: PartnerFeed, landing: str) -> str:
+    """The feed's configured location, or ``<landing>/<feed name>``."""
+    return feed.location or f"{landing.rstrip('/')}/{feed.name}"
+
+
+def is_delivery_expected(feed: PartnerFeed, day: date) -> bool:
+    """Daily feeds deliver every day; monthly feeds on the first of the month."""
+    return feed.delivery == "daily" or day.day == 1
+
+
+def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) -> list[LandedFile]:
+    """Files of ``feed`` delivered on ``day`` (every delivery date if None), sorted by path."""
+    location = feed_location(feed, landing)
+    fs, root = fsspec.core.url_to_fs(location)
+    glob_date = day.isoformat() if day else "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+    pattern = f"{root.rstrip('/')}/{feed.pattern.format(date=glob_date)}"
+    found: list[LandedFile] = []
+    for path, info in sorted(fs.glob(pattern, detail=True).items()):
+        if info.get("type", "file") != "file":
+            continue
+        folder = path.rstrip("/").split("/")[-2]
+        found.append(
+            LandedFile(
+                feed.name,
+                path if "://" not in location else fs.unstrip_protocol(path),
+                date.fromisoformat(folder),
+                int(info.get("size") or 0),
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class FeedArrival:
+    partner: str
+    files: int
+    bytes: int
+    expected: bool
+
+    @property
+    def late(self) -> bool:
+        return self.expected and self.files == 0
+
+
+def survey_landing_zone(partners: PartnersConfig, landing: str, day: date) -> list[FeedArrival]:
+    """What arrived for each feed on ``day``, and which expected deliveries are missing."""
+    arrivals = []
+    for feed in partners.partners:
+        files = list_landed_files(feed, landing, day)
+        arrivals.append(
+            FeedArrival(
+                feed.name, len(files), sum(f.size for f in files), is_delivery_expected(feed, day)
+            )
+        )
+    return arrivals

@@ -1,0 +1,41 @@
+"""Running the daily pipeline flow now, or for a range of dates (backfill), from Python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+
+from puhui.audit import read_audit_events
+from puhui.dates import date_range
+from puhui.runtime import open_runtime
+
+DAILY_COMPLETED = "pipeline.daily"
+
+
+def run_daily_pipeline(as_of: date | None = None) -> dict:
+    """Run the ``daily`` Prefect flow in this process and return its summary."""
+    from flows.daily import daily_pipeline
+
+    return daily_pipeline(as_of=as_of)
+
+
+def completed_daily_dates() -> set[date]:
+    """As-of dates whose daily pipeline ran to the end (it audits only on completion)."""
+    events = read_audit_events(open_runtime().engine, action=DAILY_COMPLETED)
+    return {date.fromisoformat(e["subject"].split("/", 1)[1]) for e in events}
+
+
+def backfill_daily(start: date, end: date, force: bool = False) -> Iterator[str]:
+    """Run the daily pipeline for each date in order, skipping completed ones unless ``force``.
+
+    A crash stops the backfill at the failing date; re-running resumes from there because
+    completed dates are skipped.
+    """
+    dates = date_range(start, end)
+    done = set() if force else completed_daily_dates()
+    for index, day in enumerate(dates, start=1):
+        prefix = f"[{index}/{len(dates)}]"
+        if day in done:
+            yield f"{prefix} {day}: already completed, skipped (--force re-runs it)"
+            continue
+        yield f"{prefix} {run_daily_pipeline(day)['line']}"

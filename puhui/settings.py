@@ -1,0 +1,125 @@
+"""Runtime settings from the environment (the contract's variables) and quiet defaults.
+
+Settings are read once per process from the environment; nothing here reads a file in git
+that could hold a secret. ``configure_runtime`` must run before Prefect, GX or MLflow are
+imported so their analytics, progress bars and start-up timeouts take our values.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from puhui.errors import PuhuiError
+
+Profile = Literal["local", "production"]
+
+# Environment defaults set (if unset) before any heavy library is imported: no analytics
+# (there is no internet and nothing may phone home), a Prefect ephemeral server start-up
+# timeout long enough for a first run on a slow 2-core machine, and no per-metric GX bars.
+QUIET_ENVIRONMENT: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    "PREFECT_LOGGING_INTERNAL_LEVEL": "ERROR",
+    "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "TQDM_DISABLE": "1",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Puhui keeps its state and who is acting; read from the environment."""
+
+    profile: Profile
+    home: Path
+    warehouse_url: str
+    mlflow_tracking_uri: str
+    landing: str
+    pseudonym_key: str | None
+    actor: str
+    config_dir: Path
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.warehouse_url.startswith("sqlite")
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        return f"uid-{os.getuid()}"
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (configs/, expectations/, prefect.yaml live here)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read the contract's environment variables and apply the profile's rules.
+
+    The ``production`` profile (``PUHUI_PROFILE=production``) refuses to start without a
+    pseudonymization key or with an SQLite warehouse: both are demo conveniences only.
+    """
+    env = os.environ if environ is None else environ
+    profile = env.get("PUHUI_PROFILE", "local")
+    if profile not in ("local", "production"):
+        raise PuhuiError(f"PUHUI_PROFILE must be 'local' or 'production', not {profile!r}")
+    home = Path(env.get("PUHUI_HOME", ".puhui")).expanduser().resolve()
+    warehouse_url = env.get("PUHUI_WAREHOUSE_URL") or f"sqlite:///{home / 'warehouse.db'}"
+    mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    landing = env.get("PUHUI_LANDING") or str(home / "landing")
+    key = env.get("PUHUI_PSEUDONYM_KEY") or None
+    config_dir = Path(env.get("PUHUI_CONFIG_DIR", str(repo_root() / "configs"))).resolve()
+    settings = Settings(
+        profile=profile,  # type: ignore[arg-type]
+        home=home,
+        warehouse_url=warehouse_url,
+        mlflow_tracking_uri=mlflow_uri,
+        landing=landing,
+        pseudonym_key=key,
+        actor=env.get("PUHUI_ACTOR") or _default_actor(),
+        config_dir=config_dir,
+    )
+    if profile == "production":
+        if not key:
+            raise PuhuiError("production profile refuses to run without PUHUI_PSEUDONYM_KEY")
+        if len(key) < 32:
+            raise PuhuiError("PUHUI_PSEUDONYM_KEY must be at least 32 characters in production")
+        if settings.is_sqlite:
+            raise PuhuiError(
+                "production profile refuses an SQLite warehouse: set PUHUI_WAREHOUSE_URL "
+                "to a postgresql+psycopg:// URL"
+            )
+    return settings
+
+
+def configure_runtime(settings: Settings) -> None:
+    """Set quiet, local defaults for Prefect, GX and MLflow; call before importing them.
+
+    Only unset variables are filled, so an operator's explicit choice always wins. Prefect
+    state goes under ``PUHUI_HOME`` so that cached task results never leak between homes.
+    """
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    settings.home.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,124 @@
+"""Warehouse engines that behave alike on SQLite and PostgreSQL, and safe auto-migration.
+
+SQLite is the embedded default: WAL journal, a generous busy timeout and ``BEGIN IMMEDIATE``
+for every transaction, so concurrent writers queue instead of failing on a lock upgrade.
+PostgreSQL is the production path; cross-process critical sections take a transaction-scoped
+advisory lock. Schema changes are Alembic migrations, applied on first use under that lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from puhui.errors import PuhuiError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI objects
+        # Take transaction control away from pysqlite so BEGIN IMMEDIATE below is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_warehouse_engine(url: str) -> Engine:
+    """A new engine for ``url`` with the dialect-specific settings above (not migrated)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        _install_sqlite_hooks(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise PuhuiError("PostgreSQL warehouse URLs must use psycopg 3: postgresql+psycopg://")
+        return create_engine(url, pool_pre_ping=True)
+    raise PuhuiError(f"unsupported warehouse dialect {parsed.get_backend_name()!r}")
+
+
+def lock_for(conn: Connection, name: str) -> None:
+    """Serialize a critical section across processes until the transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock keyed by ``name``. SQLite: the
+    ``BEGIN IMMEDIATE`` every transaction starts with already holds the database write lock.
+    """
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this code."""
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = script.get_current_head()
+    assert head is not None, "no migrations found"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None for an empty database)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade_schema(engine: Engine) -> str:
+    """Migrate to the head revision; safe when several processes start at once."""
+    head = head_revision()
+    if current_revision(engine) == head:
+        return head
+    with engine.begin() as conn:
+        lock_for(conn, "puhui.schema")
+        # Re-check under the lock: another process may have migrated while we waited.
+        if MigrationContext.configure(conn).get_current_revision() != head:
+            command.upgrade(_alembic_config(conn), "head")
+    return head
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for ``url``, migrated to head on first use."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_warehouse_engine(url)
+            upgrade_schema(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and before forking)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

@@ -1,0 +1,196 @@
+"""SQLAlchemy Core metadata for every warehouse table of the contract.
+
+The same definitions serve SQLite (embedded default) and PostgreSQL (production); types are
+chosen to round-trip identically on both. Alembic migrations in ``migrations/versions`` create
+these tables; ``tests/test_warehouse.py`` checks that the migrated database matches this
+metadata, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Deterministic constraint names make migrations portable between the two dialects.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ingest_batches = Table(
+    "ingest_batches",
+    metadata,
+    Column("batch_id", String(40), primary_key=True),
+    Column("partner", String(64), nullable=False),
+    Column("source_path", Text, nullable=False),
+    Column("delivery_date", Date),
+    Column("checksum", String(64), nullable=False, comment="sha256 of the file's bytes"),
+    # Set to the checksum for every batch that owns its content, NULL for a duplicate
+    # delivery: the unique constraint makes "same content loaded twice" impossible even for
+    # two runs racing each other, while duplicates are still recorded as rows.
+    Column("content_key", String(80), unique=True),
+    Column("duplicate_of", String(40)),
+    Column("bytes", BigInteger),
+    Column("rows", BigInteger, comment="rows landed in the file"),
+    Column("rows_loaded", BigInteger),
+    Column("rows_held", BigInteger),
+    Column("rows_duplicate", BigInteger),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text),
+    Column("warnings", JSON),
+    Column("flow_run_id", String(64)),
+    Column("landed_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decided_by", String(128)),
+    Index(None, "partner", "delivery_date"),
+    Index(None, "status"),
+)
+
+validation_results = Table(
+    "validation_results",
+    metadata,
+    Column("validation_id", String(40), primary_key=True),
+    Column("batch_id", String(40)),
+    Column("table_name", String(128)),
+    Column("suite_name", String(128), nullable=False),
+    Column("success", Boolean, nullable=False),
+    Column("expectations_run", Integer, nullable=False),
+    Column("expectations_failed", Integer, nullable=False),
+    Column("critical_failed", Integer, nullable=False, default=0),
+    Column("warning_failed", Integer, nullable=False, default=0),
+    Column("details", JSON),
+    Column("flow_run_id", String(64)),
+    Column("validated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "batch_id"),
+)
+
+user_features = Table(
+    "user_features",
+    metadata,
+    Column("person_key", String(64), primary_key=True),
+    Column("as_of_date", Date, primary_key=True),
+    Column("feature_set", String(64), nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
+_profile_columns = (
+    ("customer_id", String(16)),
+    ("risk_score", Float),
+    ("risk_grade", String(2)),
+    ("reasons", JSON),
+    ("recommended_products", JSON),
+    ("segment_tags", JSON),
+    ("risk_model_version", String(32)),
+    ("recommender_model_version", String(32)),
+)
+
+user_profiles = Table(
+    "user_profiles",
+    metadata,
+    Column("person_key", String(64), primary_key=True),
+    Column("as_of_date", Date, nullable=False),
+    *(Column(name, type_) for name, type_ in _profile_columns),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+    Column("flow_run_id", String(64)),
+)
+
+user_profile_history = Table(
+    "user_profile_history",
+    metadata,
+    Column("person_key", String(64), primary_key=True),
+    Column("as_of_date", Date, primary_key=True),
+    *(Column(name, type_) for name, type_ in _profile_columns),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+    Column("flow_run_id", String(64)),
+)
+
+model_evaluations = Table(
+    "model_evaluations",
+    metadata,
+    Column("evaluation_id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("as_of_date", Date),
+    Column("metric", String(64), nullable=False),
+    Column("segment", String(64), nullable=False, default="all"),
+    Column("value", Float),
+    Column("mlflow_run_id", String(64)),
+    Column("evaluated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("model_name", "model_version", "metric", "segment"),
+)
+
+drift_reports = Table(
+    "drift_reports",
+    metadata,
+    Column("drift_id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("as_of_date", Date, nullable=False),
+    Column("feature", String(128), nullable=False),
+    Column("psi", Float),
+    Column("status", String(16), nullable=False),
+    Column("reported_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("model_name", "model_version", "as_of_date", "feature"),
+)
+
+service_metrics = Table(
+    "service_metrics",
+    metadata,
+    Column("as_of_date", Date, primary_key=True),
+    Column("segment", String(64), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("value", Float),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # seq is assigned by the writer under a lock (prev + 1), not by a database sequence, so
+    # a gap always means a deleted row rather than a rolled-back insert.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("occurred_at", String(32), nullable=False, comment="UTC, ISO 8601, microseconds"),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("details", Text, nullable=False, comment="canonical JSON"),
+    Column("flow_run_id", String(64)),
+    Column("mlflow_run_id", String(64)),
+    Column("code_version", String(64), nullable=False),
+    Column("config_hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    Index(None, "action"),
+    Index(None, "occurred_at"),
+)
+
+CONTRACT_TABLES: tuple[str, ...] = (
+    "ingest_batches",
+    "validation_results",
+    "user_features",
+    "user_profiles",
+    "user_profile_history",
+    "model_evaluations",
+    "drift_reports",
+    "service_metrics",
+    "audit_log",
+)

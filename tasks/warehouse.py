@@ -1,0 +1,24 @@
+"""Prefect tasks around the warehouse and the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from puhui.runtime import open_runtime
+from puhui.warehouse.engine import current_revision
+
+
+@task(name="prepare-warehouse", retries=2, retry_delay_seconds=5)
+def prepare_warehouse() -> str:
+    """Migrate the warehouse to the code's schema (no-op when current); returns the revision."""
+    runtime = open_runtime()
+    return current_revision(runtime.engine) or ""
+
+
+@task(name="record-audit-event", retries=2, retry_delay_seconds=2)
+def record_audit_event(action: str, subject: str, details: dict[str, Any]) -> int:
+    """Append one event to the audit trail; returns its sequence number."""
+    runtime = open_runtime()
+    return runtime.audit.record(runtime.engine, action, subject, details)["seq"]

@@ -1,0 +1,32 @@
+"""prefect.yaml is the one source of schedules, and `puhui serve` can build every deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from puhui.errors import PuhuiError
+from puhui.scheduling import build_runner_deployments, load_deployment_specs
+
+
+def test_every_declared_deployment_builds_with_its_schedule() -> None:
+    specs = load_deployment_specs()
+    assert "daily" in {s.name for s in specs}
+    deployments = build_runner_deployments(specs)
+    by_name = {d.name: d for d in deployments}
+    daily = by_name["daily"]
+    assert daily.entrypoint.endswith("daily.py:daily_pipeline")
+    crons = [s.schedule.cron for s in daily.schedules]
+    assert crons == ["30 6 * * *"]
+    assert daily.schedules[0].schedule.timezone == "Asia/Shanghai"
+
+
+def test_a_bad_deployment_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text(
+        "deployments:\n  - name: x\n    entrypoint: flows/x.py:f\n"
+        "    schedules:\n      - crn: '* * * * *'\n"
+    )
+    with pytest.raises(PuhuiError, match=r"deployments\.0\.schedules\.0\.cron"):
+        load_deployment_specs(bad)

@@ -1,0 +1,152 @@
+"""Settings profiles, config validation and the CLI's error contract."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+import typer
+
+from puhui.cli import app, main
+from puhui.config import (
+    PartnersConfig,
+    ProductsConfig,
+    config_hash,
+    load_config_file,
+    validate_config_dir,
+)
+from puhui.errors import PuhuiError
+from puhui.settings import load_settings, repo_root
+
+CONFIGS = repo_root() / "configs"
+GOOD_KEY = "k" * 40
+
+
+def test_local_profile_defaults_live_under_puhui_home(tmp_path: Path) -> None:
+    settings = load_settings({"PUHUI_HOME": str(tmp_path)})
+    assert settings.profile == "local"
+    assert settings.warehouse_url == f"sqlite:///{tmp_path / 'warehouse.db'}"
+    assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert settings.landing == str(tmp_path / "landing")
+    assert settings.pseudonym_key is None and settings.actor
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PUHUI_WAREHOUSE_URL": "postgresql+psycopg://x@h/db"}, "PUHUI_PSEUDONYM_KEY"),
+        ({"PUHUI_PSEUDONYM_KEY": GOOD_KEY}, "SQLite"),
+        (
+            {"PUHUI_PSEUDONYM_KEY": "short", "PUHUI_WAREHOUSE_URL": "postgresql+psycopg://x@h/db"},
+            "at least 32",
+        ),
+    ],
+)
+def test_production_profile_refuses_demo_conveniences(env: dict, message: str) -> None:
+    with pytest.raises(PuhuiError, match=message):
+        load_settings({"PUHUI_PROFILE": "production", **env})
+
+
+def test_production_profile_accepts_a_proper_setup() -> None:
+    settings = load_settings(
+        {
+            "PUHUI_PROFILE": "production",
+            "PUHUI_PSEUDONYM_KEY": GOOD_KEY,
+            "PUHUI_WAREHOUSE_URL": "postgresql+psycopg://x@h/db",
+            "PUHUI_ACTOR": "etl-bot",
+        }
+    )
+    assert settings.actor == "etl-bot" and not settings.is_sqlite
+
+
+def test_shipped_configs_are_valid() -> None:
+    assert validate_config_dir(CONFIGS) == ["partners.yaml", "products.yaml"]
+
+
+def _broken_copy(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    target = tmp_path / "configs"
+    shutil.copytree(CONFIGS, target)
+    path = target / name
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, old, new, model, expected",
+    [
+        (
+            "partners.yaml",
+            "    delivery: daily",
+            "    delivery: daily\n    deliverey: daily",
+            PartnersConfig,
+            "partners.0.deliverey: Extra inputs are not permitted",
+        ),
+        ("partners.yaml", "format: jsonl", "format: xml", PartnersConfig, "partners.2.format"),
+        ("products.yaml", "kind: insurance", "kind: [1, 2]", ProductsConfig, "products.3.kind"),
+    ],
+)
+def test_config_errors_are_one_line_naming_file_and_key(
+    tmp_path: Path, name: str, old: str, new: str, model: type, expected: str
+) -> None:
+    path = _broken_copy(tmp_path, name, old, new)
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, model)
+    message = str(info.value)
+    assert message.startswith(str(path)) and expected in message and "\n" not in message
+
+
+def test_unknown_config_file_is_an_error_and_hash_tracks_content(tmp_path: Path) -> None:
+    target = tmp_path / "configs"
+    shutil.copytree(CONFIGS, target)
+    before = config_hash(target)
+    (target / "gates.yaml").write_text("min_auc: 0.7\n")
+    assert config_hash(target) != before
+    with pytest.raises(PuhuiError, match="gates.yaml: no schema"):
+        validate_config_dir(target)
+
+
+def _all_command_paths(group: click.Command, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            paths += _all_command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
+    paths = _all_command_paths(typer.main.get_command(app))
+    assert len(paths) >= 25
+    for path in paths:
+        assert main([*path, "--help"]) == 0, path
+    assert "backfill" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "ingest"],
+        ["models", "list"],
+        ["quarantine", "list"],
+        ["audit", "lineage", "credit_risk", "--version", "1"],
+    ],
+)
+def test_unbuilt_commands_say_so_and_fail(
+    argv: list[str], capsys: pytest.CaptureFixture, puhui_env: Path
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not built yet" in err and len(err.splitlines()) == 1
+
+
+def test_bad_input_is_one_clear_line(capsys: pytest.CaptureFixture, puhui_env: Path) -> None:
+    assert main(["backfill", "--start", "2026-13-01", "--end", "2026-01-02"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "puhui: error: --start must be a date YYYY-MM-DD, not '2026-13-01'"
+    assert main(["run", "train", "fraud"]) == 1
+    assert "must be 'risk' or 'recommender'" in capsys.readouterr().err
