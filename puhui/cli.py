@@ -8,6 +8,7 @@ yet say so and exit 2; they never pretend.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from datetime import date
@@ -139,9 +140,28 @@ def run_daily(as_of: AsOf = None) -> None:
 def run_ingest(
     partner: Annotated[str | None, typer.Option(help="Only this partner feed.")] = None,
     as_of: AsOf = None,
+    json_: JsonFlag = False,
 ) -> None:
-    """Ingest and validate landed partner files."""
-    raise NotBuiltYet("puhui run ingest", "Partner data ingestion with Great Expectations")
+    """Ingest and validate landed partner files (one line per file, then a summary)."""
+    day = _parse_date(as_of, "--as-of")
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.pipeline import run_ingest_flow
+
+    pseudonym_key_bytes(_settings().pseudonym_key)  # refuse before starting any flow
+    summary = run_ingest_flow(day, partner)
+    if json_:
+        _print_json(summary)
+        return
+    for feed in summary["feeds"]:
+        for outcome in feed["files"]:
+            console.print(_file_line(outcome), markup=False)
+    console.print(summary["line"], markup=False)
+
+
+def _file_line(outcome: dict) -> str:
+    from puhui.ingest.batches import FileOutcome
+
+    return FileOutcome(**outcome).line()
 
 
 @run_app.command("train")
@@ -213,19 +233,41 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
 @quarantine_app.command("list")
 def quarantine_list(json_: JsonFlag = False) -> None:
     """Batches held by validation, with their reasons."""
-    raise NotBuiltYet("puhui quarantine list", "Partner data ingestion with Great Expectations")
+    from puhui.ingest.quarantine import list_quarantined
+    from puhui.runtime import open_runtime
+
+    held = list_quarantined(open_runtime(_settings()))
+    if json_:
+        _print_json([record.__dict__ for record in held])
+        return
+    table = Table("batch", "partner", "delivered", "rows", "reason", box=None)
+    for record in held:
+        table.add_row(record.batch_id, record.partner, str(record.delivery_date),
+                      f"{record.rows:,}", record.reason or "")
+    console.print(table)
+    console.print(f"{len(held)} batch(es) held; decide with 'puhui quarantine release|reject "
+                  "BATCH --reason TEXT'")
 
 
 @quarantine_app.command("release")
 def quarantine_release(batch: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Load a held batch after all (recorded with your reason)."""
-    raise NotBuiltYet("puhui quarantine release", "Partner data ingestion with Great Expectations")
+    from puhui.ingest.quarantine import release_batch
+    from puhui.runtime import open_runtime
+
+    record = release_batch(open_runtime(_settings()), batch, reason)
+    console.print(f"released {record.batch_id}: {record.rows_loaded:,} rows loaded into "
+                  f"raw_{record.partner}, {record.rows_duplicate:,} duplicate rows dropped")
 
 
 @quarantine_app.command("reject")
 def quarantine_reject(batch: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Reject a held batch for good (recorded with your reason)."""
-    raise NotBuiltYet("puhui quarantine reject", "Partner data ingestion with Great Expectations")
+    from puhui.ingest.quarantine import reject_batch
+    from puhui.runtime import open_runtime
+
+    record = reject_batch(open_runtime(_settings()), batch, reason)
+    console.print(f"rejected {record.batch_id} ({record.rows:,} rows stay held)")
 
 
 # --------------------------------------------------------------------------- audit
@@ -341,11 +383,30 @@ def serve() -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+class _NoTracebacks(logging.Filter):
+    """Keep library log records (Prefect's failure logs) to their message line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _quiet_tracebacks() -> None:
+    """Console logs without tracebacks (Prefect's API logs keep them for the run history)."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoTracebacks())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (one line on error, traceback only with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if not debug and args[:1] in (["run"], ["demo"], ["backfill"], ["serve"]):
+        _quiet_tracebacks()
     started = time.monotonic()
     try:
         result = app(args=args, prog_name="puhui", standalone_mode=False)

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from puhui.errors import PuhuiError
 
@@ -51,8 +58,46 @@ class ProductsConfig(StrictModel):
         return [p.code for p in self.products if p.kind == "loan"]
 
 
+ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
+
+
+class ColumnContract(StrictModel):
+    """One column of a feed as the partner promises to send it."""
+
+    name: str
+    type: ColumnType
+    nullable: bool = False
+    unit: str | None = None
+    # "thousands": the partner writes numbers as "1,234.50"; parsed only where declared.
+    number_format: Literal["plain", "thousands"] = "plain"
+    pii: Literal["national_id", "phone"] | None = None
+    # What happens to a personal identifier at the door: a keyed hash, or nothing at all.
+    treatment: Literal["pseudonymize", "drop"] | None = None
+    key_column: str | None = None  # name of the pseudonym column (default by pii kind)
+
+    @model_validator(mode="after")
+    def _pii_needs_treatment(self) -> ColumnContract:
+        if self.pii and not self.treatment:
+            raise ValueError(f"column {self.name!r} is personal ({self.pii}): set treatment")
+        if self.treatment and not self.pii:
+            raise ValueError(f"column {self.name!r} has a treatment but no pii kind")
+        if self.pii and self.type != "string":
+            raise ValueError(f"column {self.name!r}: identifiers must be read as strings")
+        return self
+
+    @property
+    def stored_name(self) -> str | None:
+        """The warehouse column this becomes (None when dropped)."""
+        if self.treatment == "drop":
+            return None
+        if self.treatment == "pseudonymize":
+            default = "person_key" if self.pii == "national_id" else "phone_key"
+            return self.key_column or default
+        return self.name
+
+
 class PartnerFeed(StrictModel):
-    """Where a partner's files land and how often; the ingestion contract grows from here."""
+    """A partner feed: where files land, how to read them, and the data contract."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str
@@ -63,6 +108,31 @@ class PartnerFeed(StrictModel):
     encoding: Literal["utf-8", "gbk"] = "utf-8"
     delivery: Literal["daily", "monthly"]
     expected_by: time = time(6, 0)  # local time by which the delivery date's file is due
+    suite: str  # expectations/<suite>.json
+    primary_key: list[str]
+    event_time: str | None = None  # column compared with the delivery date
+    extra_columns: Literal["warn", "hold"] = "warn"
+    columns: list[ColumnContract]
+
+    @model_validator(mode="after")
+    def _keys_are_columns(self) -> PartnerFeed:
+        names = [c.name for c in self.columns]
+        if len(names) != len(set(names)):
+            raise ValueError("column names must be unique")
+        for key in [*self.primary_key, *([self.event_time] if self.event_time else [])]:
+            if key not in names:
+                raise ValueError(f"{key!r} is not a declared column")
+        stored = [c.stored_name for c in self.columns if c.stored_name]
+        if len(stored) != len(set(stored)):
+            raise ValueError("two columns would be stored under the same name")
+        return self
+
+    @property
+    def raw_table(self) -> str:
+        return f"raw_{self.name}"
+
+    def column(self, name: str) -> ColumnContract:
+        return next(c for c in self.columns if c.name == name)
 
 
 class PartnersConfig(StrictModel):

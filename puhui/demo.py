@@ -15,9 +15,7 @@ from rich.console import Console
 
 from puhui.config import ProductsConfig, load_config
 from puhui.generate import GenerateSummary, generate_landing_zone
-from puhui.settings import Settings
-
-DEMO_KEY_FILE = "pseudonym.key"
+from puhui.settings import DEMO_KEY_FILE, Settings
 
 
 def ensure_demo_pseudonym_key(settings: Settings, console: Console) -> Settings:

@@ -11,7 +11,7 @@ from datetime import date
 
 import fsspec
 
-from puhui.config import PartnerFeed, PartnersConfig
+from puhui.config import PartnerFeed
 
 
 @dataclass(frozen=True)
@@ -52,28 +52,3 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
             )
         )
     return found
-
-
-@dataclass(frozen=True)
-class FeedArrival:
-    partner: str
-    files: int
-    bytes: int
-    expected: bool
-
-    @property
-    def late(self) -> bool:
-        return self.expected and self.files == 0
-
-
-def survey_landing_zone(partners: PartnersConfig, landing: str, day: date) -> list[FeedArrival]:
-    """What arrived for each feed on ``day``, and which expected deliveries are missing."""
-    arrivals = []
-    for feed in partners.partners:
-        files = list_landed_files(feed, landing, day)
-        arrivals.append(
-            FeedArrival(
-                feed.name, len(files), sum(f.size for f in files), is_delivery_expected(feed, day)
-            )
-        )
-    return arrivals

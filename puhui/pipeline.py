@@ -19,6 +19,13 @@ def run_daily_pipeline(as_of: date | None = None) -> dict:
     return daily_pipeline(as_of=as_of)
 
 
+def run_ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
+    """Run the ``ingest`` Prefect flow in this process and return its summary."""
+    from flows.ingest import ingest_flow
+
+    return ingest_flow(as_of=as_of, partner=partner)
+
+
 def completed_daily_dates() -> set[date]:
     """As-of dates whose daily pipeline ran to the end (it audits only on completion)."""
     events = read_audit_events(open_runtime().engine, action=DAILY_COMPLETED)

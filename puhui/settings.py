@@ -16,6 +16,7 @@ from typing import Literal
 from puhui.errors import PuhuiError
 
 Profile = Literal["local", "production"]
+DEMO_KEY_FILE = "pseudonym.key"
 
 # Environment defaults set (if unset) before any heavy library is imported: no analytics
 # (there is no internet and nothing may phone home), a Prefect ephemeral server start-up
@@ -88,6 +89,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     landing = env.get("PUHUI_LANDING") or str(home / "landing")
     key = env.get("PUHUI_PSEUDONYM_KEY") or None
+    demo_key_file = home / DEMO_KEY_FILE
+    if key is None and profile == "local" and demo_key_file.exists():
+        key = demo_key_file.read_text().strip() or None  # the key `puhui demo` made
     config_dir = Path(env.get("PUHUI_CONFIG_DIR", str(repo_root() / "configs"))).resolve()
     settings = Settings(
         profile=profile,  # type: ignore[arg-type]

@@ -130,9 +130,9 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["run", "ingest"],
+        ["run", "train", "risk"],
         ["models", "list"],
-        ["quarantine", "list"],
+        ["run", "profiles"],
         ["audit", "lineage", "credit_risk", "--version", "1"],
     ],
 )

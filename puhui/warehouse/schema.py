@@ -63,6 +63,15 @@ ingest_batches = Table(
     Index(None, "status"),
 )
 
+ingest_watermarks = Table(
+    "ingest_watermarks",
+    metadata,
+    Column("partner", String(64), primary_key=True),
+    Column("delivery_date", Date, nullable=False, comment="latest delivery date ingested"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("flow_run_id", String(64)),
+)
+
 validation_results = Table(
     "validation_results",
     metadata,

@@ -1,0 +1,207 @@
+"""Benchmark: ingest of a mobile_payments file on PostgreSQL, end to end.
+
+Measured in one run, on the same file and the same throwaway PostgreSQL server:
+- puhui: read + pseudonymize + validate (GX) + COPY load, through ``FileIngestor``;
+- the hardware limit: ``psql \\copy`` of the same file into an all-text table;
+- the naive way: ``pandas.read_csv`` + ``DataFrame.to_sql`` with default settings.
+Then the peak memory of a puhui ingest of a 5M-row file, in a child process.
+
+Usage: python bench/bench_ingest.py [--rows 1000000] [--memory-rows 5000000] [--quick]
+Prints a table and writes bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "ingest.json"
+DELIVERY = date(2026, 9, 30)
+KEY = "bench-key-" + "0" * 40
+
+
+def write_payments_file(path: Path, rows: int, seed: int = 1) -> None:
+    """A realistic mobile_payments file: ~rows/10 distinct payers in mixed phone formats."""
+    rng = np.random.default_rng(seed)
+    chunk = 1_000_000
+    payers = 10 ** 8 * rng.integers(130, 199, max(rows // 10, 10)) + rng.integers(0, 10 ** 8, max(rows // 10, 10))
+    with pa_csv.CSVWriter(str(path), pa.schema([(n, pa.string()) for n in (
+            "txn_id", "payer_phone", "txn_time", "txn_type", "amount", "merchant_category",
+            "days_past_due", "status")])) as writer:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            phone = payers[rng.integers(0, len(payers), n)].astype(str)
+            style = rng.integers(0, 3, n)
+            phone = np.where(style == 1, np.char.add("+86 ", phone), phone)
+            seconds = rng.integers(0, 86_400, n)
+            times = (np.datetime64("2026-09-30T00:00:00") + seconds.astype("timedelta64[s]"))
+            txn_time = np.char.add(np.datetime_as_string(times, unit="s"), "+08:00")
+            kinds = np.array(["BILL_PAY", "TRANSFER_IN", "TRANSFER_OUT", "MERCHANT"])
+            txn_type = kinds[rng.integers(0, 4, n)]
+            amount = np.round(rng.lognormal(4.5, 1.2, n), 2)
+            amount_text = [f"{a:,.2f}" for a in amount]
+            merchant = np.where(txn_type == "MERCHANT", "GROCERY", None)
+            dpd = np.where(txn_type == "BILL_PAY", rng.integers(0, 3, n) * (rng.random(n) < .1), -1)
+            table = pa.table({
+                "txn_id": pa.array(np.char.add("T", np.arange(start, start + n).astype(str))),
+                "payer_phone": pa.array(phone), "txn_time": pa.array(txn_time),
+                "txn_type": pa.array(txn_type), "amount": pa.array(amount_text),
+                "merchant_category": pa.array(merchant, pa.string()),
+                "days_past_due": pa.array([None if d < 0 else str(d) for d in dpd], pa.string()),
+                "status": pa.array(np.where(rng.random(n) < 0.98, "SUCCESS", "FAILED")),
+            })
+            writer.write_table(table)
+
+
+def landing_for(rows: int, workdir: Path) -> Path:
+    """A landing zone with one mobile_payments delivery of ``rows`` rows."""
+    landing = workdir / f"landing-{rows}"
+    target = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_payments_file(target, rows)
+    return landing
+
+
+def ingest_once(landing: Path) -> dict:
+    """Ingest the landing zone's mobile_payments with the library (no Prefect), timed."""
+    from puhui.config import PartnersConfig, load_config
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.landing import list_landed_files
+    from puhui.runtime import open_runtime
+    from puhui.validation import BatchValidator
+
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    validator = BatchValidator()
+    ingestor = FileIngestor(runtime, feed, validator, pseudonym_key_bytes(KEY))
+    (landed,) = list_landed_files(feed, str(landing), DELIVERY)
+    started = time.perf_counter()
+    outcome = ingestor.ingest(landed)
+    seconds = time.perf_counter() - started
+    assert outcome.status == "accepted", outcome
+    return {"seconds": seconds, "rows_loaded": outcome.rows_loaded}
+
+
+def psql_copy_seconds(server, database: str, path: Path) -> float:  # noqa: ANN001
+    columns = ", ".join(f"{c} text" for c in ("txn_id", "payer_phone", "txn_time", "txn_type",
+                                              "amount", "merchant_category", "days_past_due",
+                                              "status"))
+    url = server.libpq_url(database)
+    subprocess.run(["psql", url, "-q", "-c", f"CREATE TABLE copy_target ({columns})"],
+                   check=True)
+    started = time.perf_counter()
+    subprocess.run(["psql", url, "-q", "-c",
+                    f"\\copy copy_target FROM '{path}' WITH (FORMAT csv, HEADER)"], check=True)
+    return time.perf_counter() - started
+
+
+def to_sql_seconds(url: str, path: Path) -> float:
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    started = time.perf_counter()
+    frame = pd.read_csv(path, dtype=str)
+    frame.to_sql("naive_target", engine, index=False)
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return seconds
+
+
+def child_peak_rss(landing: Path, url: str, home: Path) -> tuple[float, float]:
+    """Seconds and peak RSS (MiB) of an ingest in a fresh child process."""
+    env = {**os.environ, "PUHUI_WAREHOUSE_URL": url, "PUHUI_HOME": str(home),
+           "PUHUI_PSEUDONYM_KEY": KEY}
+    code = ("import json, sys; sys.path.insert(0, %r); from bench.bench_ingest import ingest_once;"
+            " from pathlib import Path; print(json.dumps(ingest_once(Path(%r))))"
+            % (str(ROOT), str(landing)))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["seconds"], max(peak, before) / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--memory-rows", type=int, default=5_000_000)
+    parser.add_argument("--quick", action="store_true", help="100k and 300k rows (smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.memory_rows = 100_000, 300_000
+    os.environ.setdefault("PUHUI_PSEUDONYM_KEY", KEY)
+    from puhui.settings import QUIET_ENVIRONMENT
+    from puhui.throwaway_postgres import throwaway_postgres
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # psql \copy reads the file as the client, but be safe
+        print(f"writing a {args.rows:,}-row mobile_payments file...", flush=True)
+        landing = landing_for(args.rows, workdir)
+        path = next(landing.rglob("*.csv"))
+        size_mb = path.stat().st_size / 1e6
+
+        ours_url = pg.create_database("bench_ours")
+        os.environ.update({"PUHUI_WAREHOUSE_URL": ours_url, "PUHUI_HOME": str(workdir / "home")})
+        print("puhui ingest (read + pseudonymize + validate + COPY)...", flush=True)
+        ours = ingest_once(landing)
+        print("psql \\copy of the same file...", flush=True)
+        copy_s = psql_copy_seconds(pg, pg.create_database("bench_copy").rsplit("/", 1)[-1], path)
+        print("pandas.read_csv + to_sql (default settings)...", flush=True)
+        naive_s = to_sql_seconds(pg.create_database("bench_naive"), path)
+
+        print(f"writing a {args.memory_rows:,}-row file for the memory run...", flush=True)
+        big = landing_for(args.memory_rows, workdir)
+        big_seconds, big_peak = child_peak_rss(big, pg.create_database("bench_big"),
+                                               workdir / "home-big")
+
+    result = {
+        "rows": args.rows, "file_mb": round(size_mb, 1),
+        "puhui_seconds": round(ours["seconds"], 2),
+        "psql_copy_seconds": round(copy_s, 2), "to_sql_seconds": round(naive_s, 2),
+        "ratio_vs_psql_copy": round(ours["seconds"] / copy_s, 2),
+        "speedup_vs_to_sql": round(naive_s / ours["seconds"], 1),
+        "puhui_rows_per_second": round(args.rows / ours["seconds"]),
+        "memory_run_rows": args.memory_rows, "memory_run_seconds": round(big_seconds, 2),
+        "memory_run_peak_rss_mib": round(big_peak),
+        "targets": {"ratio_vs_psql_copy_max": 3.0, "speedup_vs_to_sql_min": 8.0,
+                    "peak_rss_mib_max_at_5M": 2048},
+    }
+    print(f"\nmobile_payments ingest on PostgreSQL, {args.rows:,} rows ({size_mb:.0f} MB CSV)")
+    print(f"  puhui end to end   {result['puhui_seconds']:>7.2f} s  "
+          f"({result['puhui_rows_per_second']:,} rows/s)")
+    print(f"  psql \\copy         {result['psql_copy_seconds']:>7.2f} s  -> puhui is "
+          f"{result['ratio_vs_psql_copy']}x the hardware limit (target <= 3x)")
+    print(f"  pandas.to_sql      {result['to_sql_seconds']:>7.2f} s  -> puhui is "
+          f"{result['speedup_vs_to_sql']}x faster (target >= 8x)")
+    print(f"  {args.memory_rows:,} rows: {big_seconds:.1f} s, peak RSS {big_peak:,.0f} MiB "
+          f"(target < 2048 MiB)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    name = RESULTS if not args.quick else RESULTS.with_name("ingest-quick.json")
+    name.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {name.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

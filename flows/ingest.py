@@ -1,0 +1,49 @@
+"""The ingest flow: every configured feed (or one), for an as-of date."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger
+
+from puhui.config import PartnersConfig, load_config
+from puhui.dates import today_local
+from puhui.settings import load_settings
+from tasks.ingest import ingest_partner_feed
+from tasks.warehouse import prepare_warehouse
+
+
+def summarize_ingest(as_of: date, feeds: list[dict]) -> dict:
+    """Totals over feeds and the one summary line."""
+    totals: dict[str, int] = {}
+    rows = {"rows": 0, "rows_loaded": 0, "rows_held": 0, "rows_duplicate": 0}
+    for feed in feeds:
+        for status, count in feed["counts"].items():
+            totals[status] = totals.get(status, 0) + count
+        for outcome in feed["files"]:
+            if not outcome["skipped"]:
+                for key in rows:
+                    rows[key] += outcome[key]
+    late = [f["partner"] for f in feeds if f["late"]]
+    states = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no files"
+    line = (f"ingest {as_of}: {states}; rows {rows['rows']:,} landed = {rows['rows_loaded']:,} "
+            f"loaded + {rows['rows_held']:,} held + {rows['rows_duplicate']:,} duplicate; "
+            f"late feeds: {', '.join(late) or 'none'}")
+    return {"as_of": as_of.isoformat(), "statuses": totals, **rows, "late_feeds": late,
+            "feeds": feeds, "line": line}
+
+
+@flow(name="ingest", log_prints=False)
+def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
+    """Ingest and validate landed partner files up to ``as_of`` (default today)."""
+    as_of = as_of or today_local()
+    settings = load_settings()
+    partners = load_config(settings.config_dir, PartnersConfig)
+    names = [partner] if partner else [f.name for f in partners.partners]
+    for name in names:
+        partners.get(name)  # unknown partner: one clear error before any work
+    prepare_warehouse()
+    feeds = [ingest_partner_feed(name, as_of) for name in names]
+    summary = summarize_ingest(as_of, feeds)
+    get_run_logger().info(summary["line"])
+    return summary

@@ -1,0 +1,362 @@
+"""Ingesting one landed file: fingerprint, contract, pseudonymize, validate, load or hold.
+
+Every file ends as exactly one ledger row:
+
+- ``duplicate``: the same bytes were landed before (the earlier batch is named);
+- ``quarantined``: unreadable, schema drift, type drift or a critical expectation failed;
+  held with the reason, and (when it could be read) a pseudonymized copy to release later;
+- ``accepted``: loaded into ``raw_<partner>``; warnings (extra columns, duplicate rows
+  dropped, warning-level expectations) are recorded, not hidden.
+
+The ledger row, the records, the validation result and the audit event are written in one
+transaction, so a crash leaves nothing behind and the re-run does the whole file again.
+Rows always reconcile: rows = rows_loaded + rows_held + rows_duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy.exc import IntegrityError
+
+from puhui.config import PartnerFeed
+from puhui.ingest import ledger
+from puhui.ingest.contract import (
+    ContractViolation,
+    check_columns,
+    coerce_to_contract,
+    end_of_delivery_day,
+)
+from puhui.ingest.pseudonymize import pseudonymize_ids
+from puhui.ingest.raw_tables import stored_columns
+from puhui.ingest.reading import (
+    FileHandle,
+    UnreadableFile,
+    count_data_rows,
+    file_columns,
+    iter_file_chunks,
+    open_landed_file,
+)
+from puhui.landing import LandedFile
+from puhui.runtime import Runtime
+from puhui.validation import BatchValidator, FailedExpectation
+from puhui.warehouse.bulk import bulk_insert
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What became of one landed file."""
+
+    batch_id: str
+    partner: str
+    path: str
+    delivery_date: str
+    status: str
+    rows: int
+    rows_loaded: int = 0
+    rows_held: int = 0
+    rows_duplicate: int = 0
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: bool = False  # already in the ledger from an earlier run
+
+    def line(self) -> str:
+        name = self.path.rsplit("/", 1)[-1]
+        state = self.status + (" (earlier run)" if self.skipped else "")
+        text = f"{self.partner:<18} {name:<44} {self.rows:>9,} rows  {state:<24} {self.seconds:5.2f}s"
+        if self.reason:
+            text += f"  {self.reason}"
+        if self.warnings:
+            text += "  warnings: " + "; ".join(self.warnings)
+        return text
+
+
+@dataclass
+class PreparedChunk:
+    """A typed, pseudonymized chunk under stored column names, with its check columns."""
+
+    stored: pa.Table
+    checks: dict[str, pa.Array]
+    row_numbers: np.ndarray
+
+    def take(self, mask: np.ndarray) -> PreparedChunk:
+        selector = pa.array(mask)
+        return PreparedChunk(self.stored.filter(selector),
+                             {k: v.filter(selector) for k, v in self.checks.items()},
+                             self.row_numbers[mask])
+
+
+class _Held(Exception):
+    """Critical validation failures: the batch is quarantined, not loaded."""
+
+    def __init__(self, failures: list[FailedExpectation], summary: dict[str, Any]) -> None:
+        super().__init__("critical expectations failed")
+        self.failures, self.summary = failures, summary
+
+
+def prepare_chunk(raw: pa.Table, feed: PartnerFeed, key: bytes, delivery_end: Any,
+                  first_row: int) -> PreparedChunk:
+    """Type ``raw`` per contract, replace identifiers by pseudonyms, add check columns."""
+    typed = coerce_to_contract(raw, feed)
+    arrays, names, checks = [], [], {}
+    for stored_name, column in stored_columns(feed):
+        values = typed[column.name]
+        if column.treatment == "pseudonymize":
+            values, valid = pseudonymize_ids(values, column.pii, key)
+            checks[f"_valid_{stored_name}"] = valid
+        arrays.append(values)
+        names.append(stored_name)
+    if feed.event_time:
+        event = typed[feed.event_time]
+        if pa.types.is_date(event.type):
+            late = pc.greater_equal(event, pa.scalar(delivery_end.date(), pa.date32()))
+        else:
+            late = pc.greater_equal(event, pa.scalar(delivery_end, pa.timestamp("us", tz="UTC")))
+        checks["_after_delivery"] = late
+    row_numbers = np.arange(first_row, first_row + raw.num_rows, dtype=np.int64)
+    return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers)
+
+
+def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
+    stored = {c.name: s for s, c in stored_columns(feed)}
+    parts = [pc.fill_null(chunk.stored[stored[k]].cast(pa.string()), "\0null")
+             for k in feed.primary_key]
+    if len(parts) == 1:
+        return parts[0].combine_chunks() if isinstance(parts[0], pa.ChunkedArray) else parts[0]
+    joined = pc.binary_join_element_wise(*parts, "\x1f")
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
+def drop_duplicate_keys(chunk: PreparedChunk, feed: PartnerFeed,
+                        seen: list[pa.Array]) -> tuple[PreparedChunk, int]:
+    """Keep the first row of each primary key (within the file); returns rows dropped."""
+    keys = _key_strings(chunk, feed)
+    encoded = keys.dictionary_encode()
+    _, first = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
+    keep = np.zeros(len(keys), dtype=bool)
+    keep[first] = True
+    if seen:
+        earlier = pc.is_in(keys, value_set=pa.concat_arrays(seen))
+        keep &= ~np.asarray(earlier.to_numpy(zero_copy_only=False), dtype=bool)
+    seen.append(keys.filter(pa.array(keep)))
+    dropped = int(len(keys) - keep.sum())
+    return (chunk.take(keep) if dropped else chunk), dropped
+
+
+_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
+                 pa.string(): pd.StringDtype("pyarrow", na_value=np.nan)}
+
+
+def batch_frame(chunk: PreparedChunk) -> pd.DataFrame:
+    """The pandas frame GX validates: stored and check columns, indexed by source row number."""
+    table = chunk.stored
+    for name, values in chunk.checks.items():
+        table = table.append_column(name, values)
+    for index, column in enumerate(table.schema):
+        if pa.types.is_date(column.type):
+            table = table.set_column(index, column.name, table[column.name].cast(pa.timestamp("ns")))
+    frame = table.to_pandas(types_mapper=_PANDAS_TYPES.get, split_blocks=True)
+    frame.index = pd.Index(chunk.row_numbers, name="row_number")
+    return frame
+
+
+def _failure_dicts(failures: list[FailedExpectation]) -> list[dict[str, Any]]:
+    return [{"severity": f.severity, "expectation": f.expectation, "column": f.column,
+             "message": f.description, "sample_rows": f.sample_rows} for f in failures]
+
+
+class FileIngestor:
+    """Ingests the files of one feed; holds the validator and the pseudonym key."""
+
+    def __init__(self, runtime: Runtime, feed: PartnerFeed, validator: BatchValidator,
+                 key: bytes, flow_run_id: str | None = None,
+                 quarantine_dir: Path | None = None) -> None:
+        self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
+        self.flow_run_id = flow_run_id
+        self.quarantine_dir = quarantine_dir or runtime.settings.home / "quarantine"
+
+    # ----------------------------------------------------------------------- entry point
+    def ingest(self, landed: LandedFile) -> FileOutcome:
+        started = time.monotonic()
+        handle = open_landed_file(landed.path)
+        batch_id = ledger.make_batch_id(self.feed.name, landed.delivery_date, landed.path,
+                                        handle.checksum)
+        base = {"batch_id": batch_id, "partner": self.feed.name, "path": landed.path,
+                "delivery_date": landed.delivery_date.isoformat()}
+        outcome = None
+        for _attempt in range(3):
+            try:
+                outcome = self._ingest_new(handle, landed, base)
+                break
+            except IntegrityError:
+                # Another run claimed this file or this content first: decide again, now
+                # that its ledger row is visible (a skip, or a duplicate of its batch).
+                continue
+        if outcome is None:
+            outcome = self._from_ledger(base, skipped=True)
+        return FileOutcome(**{**outcome.__dict__, "seconds": time.monotonic() - started})
+
+    def _ingest_new(self, handle: FileHandle, landed: LandedFile,
+                    base: dict[str, Any]) -> FileOutcome | None:
+        engine = self.runtime.engine
+        if ledger.get_batch(engine, base["batch_id"]):
+            return None
+        owner = ledger.get_content_owner(engine, handle.checksum)
+        if owner is not None:
+            return self._record_duplicate(handle, landed, base, owner)
+        try:
+            columns = file_columns(handle, self.feed)
+            check = check_columns(columns, self.feed)
+            if check.missing or (check.extra and self.feed.extra_columns == "hold"):
+                raise ContractViolation(check.describe())
+            warnings = [f"extra column(s) ignored: {', '.join(check.extra)}"] if check.extra \
+                else []
+            return self._load(handle, landed, base, columns, warnings)
+        except (UnreadableFile, ContractViolation) as exc:
+            return self._hold(handle, landed, base, str(exc), copy_rows=False)
+        except _Held as held:
+            reason = "critical: " + "; ".join(f.description for f in held.failures)
+            return self._hold(handle, landed, base, reason, copy_rows=True,
+                              failures=held.failures, validation=held.summary)
+
+    # ----------------------------------------------------------------------- paths
+    def _chunks(self, handle: FileHandle, landed: LandedFile,
+                columns: list[str]) -> Iterator[PreparedChunk]:
+        delivery_end = end_of_delivery_day(landed.delivery_date)
+        first_row = 1
+        for raw in iter_file_chunks(handle, self.feed, columns):
+            yield prepare_chunk(raw, self.feed, self.key, delivery_end, first_row)
+            first_row += raw.num_rows
+
+    def _load(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any],
+              columns: list[str], warnings: list[str]) -> FileOutcome:
+        from puhui.ingest.raw_tables import ensure_raw_table
+
+        table = ensure_raw_table(self.runtime.engine, self.feed)
+        rows = loaded = dropped = expectations_run = 0
+        failures: list[FailedExpectation] = []
+        seen: list[pa.Array] = []
+        with self.runtime.engine.begin() as conn:
+            ledger.insert_batch(
+                conn, batch_id=base["batch_id"], partner=self.feed.name,
+                source_path=landed.path, delivery_date=landed.delivery_date,
+                checksum=handle.checksum, content_key=handle.checksum, bytes=handle.size,
+                status="accepted", flow_run_id=self.flow_run_id)
+            for chunk in self._chunks(handle, landed, columns):
+                rows += len(chunk.row_numbers)
+                chunk, chunk_dropped = drop_duplicate_keys(chunk, self.feed, seen)
+                dropped += chunk_dropped
+                outcome = self.validator.validate_frame(batch_frame(chunk), self.feed.suite,
+                                                        base["batch_id"])
+                expectations_run = max(expectations_run, outcome.expectations_run)
+                if outcome.critical:
+                    raise _Held(outcome.critical, outcome.summary())
+                failures += outcome.warnings
+                records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                records = records.add_column(
+                    0, "batch_id", pa.array([base["batch_id"]] * records.num_rows, pa.string()))
+                loaded += bulk_insert(conn, table, records)
+            if dropped:
+                warnings.append(f"duplicate rows: {dropped:,} row(s) repeat a primary key "
+                                f"({', '.join(self.feed.primary_key)}); first kept")
+            warnings += [f.description for f in failures]
+            warning_items = [{"message": w} for w in warnings]
+            # A header-only file owns no content: two empty days are not a redelivery.
+            ledger.update_batch(conn, base["batch_id"], rows=rows, rows_loaded=loaded,
+                                rows_held=0, rows_duplicate=dropped,
+                                content_key=handle.checksum if rows else None,
+                                warnings=warning_items or None, decided_at=ledger.now_utc())
+            ledger.record_validation(
+                conn, base["batch_id"], self.feed.suite, success=not warnings,
+                expectations_run=expectations_run, critical_failed=0,
+                warning_failed=len(warnings), flow_run_id=self.flow_run_id,
+                details={"failures": _failure_dicts(failures), "warnings": warnings})
+            self.runtime.audit.append(conn, "ingest.accepted", base["batch_id"], {
+                "partner": self.feed.name, "rows": rows, "rows_loaded": loaded,
+                "rows_duplicate": dropped, "checksum": handle.checksum, "warnings": warnings,
+            }, flow_run_id=self.flow_run_id)
+        return FileOutcome(**base, status="accepted", rows=rows, rows_loaded=loaded,
+                           rows_duplicate=dropped, warnings=warnings)
+
+    def _write_quarantine_copy(self, handle: FileHandle, landed: LandedFile,
+                               batch_id: str) -> Path:
+        """Keep the held batch intact, pseudonymized, for a later release."""
+        target = self.quarantine_dir / self.feed.name / f"{batch_id}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        writer = None
+        try:
+            for chunk in self._chunks(handle, landed, file_columns(handle, self.feed)):
+                records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                writer = writer or pq.ParquetWriter(partial, records.schema)
+                writer.write_table(records)
+        finally:
+            if writer:
+                writer.close()
+        partial.replace(target)
+        return target
+
+    def _hold(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any], reason: str,
+              *, copy_rows: bool, failures: list[FailedExpectation] | None = None,
+              validation: dict[str, Any] | None = None) -> FileOutcome:
+        rows = count_data_rows(handle, self.feed)
+        copy = self._write_quarantine_copy(handle, landed, base["batch_id"]) if copy_rows \
+            else None
+        failures = failures or []
+        details = {"reason": reason, "failures": _failure_dicts(failures),
+                   "quarantine_copy": str(copy) if copy else None}
+        with self.runtime.engine.begin() as conn:
+            ledger.insert_batch(
+                conn, batch_id=base["batch_id"], partner=self.feed.name,
+                source_path=landed.path, delivery_date=landed.delivery_date,
+                checksum=handle.checksum, content_key=handle.checksum, bytes=handle.size,
+                rows=rows, rows_loaded=0, rows_held=rows, rows_duplicate=0,
+                status="quarantined", reason=reason, flow_run_id=self.flow_run_id,
+                warnings=[{"message": f.description, "severity": f.severity,
+                           "sample_rows": f.sample_rows} for f in failures] or None)
+            ledger.record_validation(
+                conn, base["batch_id"], self.feed.suite, success=False,
+                expectations_run=(validation or {}).get("expectations_run", 0),
+                critical_failed=max(1, len([f for f in failures if f.severity == "critical"])),
+                warning_failed=len([f for f in failures if f.severity == "warning"]),
+                flow_run_id=self.flow_run_id, details=details)
+            self.runtime.audit.append(conn, "ingest.quarantined", base["batch_id"], {
+                "partner": self.feed.name, "rows": rows, "reason": reason,
+                "checksum": handle.checksum}, flow_run_id=self.flow_run_id)
+        return FileOutcome(**base, status="quarantined", rows=rows, rows_held=rows,
+                           reason=reason)
+
+    def _record_duplicate(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any],
+                          owner: ledger.BatchRecord) -> FileOutcome:
+        reason = f"duplicate delivery: same content as batch {owner.batch_id}"
+        with self.runtime.engine.begin() as conn:
+            ledger.insert_batch(
+                conn, batch_id=base["batch_id"], partner=self.feed.name,
+                source_path=landed.path, delivery_date=landed.delivery_date,
+                checksum=handle.checksum, content_key=None, duplicate_of=owner.batch_id,
+                bytes=handle.size, rows=owner.rows, rows_loaded=0, rows_held=0,
+                rows_duplicate=owner.rows, status="duplicate", reason=reason,
+                flow_run_id=self.flow_run_id, decided_at=ledger.now_utc())
+            self.runtime.audit.append(conn, "ingest.duplicate", base["batch_id"], {
+                "partner": self.feed.name, "duplicate_of": owner.batch_id,
+                "checksum": handle.checksum}, flow_run_id=self.flow_run_id)
+        return FileOutcome(**base, status="duplicate", rows=owner.rows,
+                           rows_duplicate=owner.rows, reason=reason)
+
+    def _from_ledger(self, base: dict[str, Any], skipped: bool) -> FileOutcome:
+        record = ledger.get_batch(self.runtime.engine, base["batch_id"])
+        assert record is not None, f"batch {base['batch_id']} vanished from the ledger"
+        return FileOutcome(**base, status=record.status, rows=record.rows,
+                           rows_loaded=record.rows_loaded, rows_held=record.rows_held,
+                           rows_duplicate=record.rows_duplicate, reason=record.reason,
+                           warnings=[w["message"] for w in record.warnings], skipped=skipped)

@@ -1,0 +1,147 @@
+"""The data contract at the door: which columns must be there, and what type each one is.
+
+Schema drift (missing, extra, renamed columns) is reported by name. Values are typed from
+text with Arrow compute kernels; a value that does not fit its declared type is type drift.
+Thousands separators ("1,234.50") are removed only where the contract declares them:
+elsewhere they are drift, never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from puhui.config import ColumnContract, PartnerFeed
+from puhui.dates import LENDER_TIMEZONE
+from puhui.errors import PuhuiError
+
+
+class ContractViolation(PuhuiError):
+    """The file breaks its feed's contract in a way that holds the batch."""
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    missing: list[str]
+    extra: list[str]
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (expected, found) guesses
+
+    def describe(self) -> str:
+        parts = []
+        if self.renamed:
+            parts.append("renamed column(s): " + ", ".join(f"{a} -> {b}" for a, b in self.renamed))
+        missing = [m for m in self.missing if m not in dict(self.renamed)]
+        extra = [e for e in self.extra if e not in {b for _, b in self.renamed}]
+        if missing:
+            parts.append("missing column(s): " + ", ".join(missing))
+        if extra:
+            parts.append("extra column(s): " + ", ".join(extra))
+        return "; ".join(parts)
+
+
+def _looks_renamed(expected: str, found: str) -> bool:
+    a, b = set(expected.split("_")), set(found.split("_"))
+    return bool(a & b) or expected[:4] == found[:4]
+
+
+def check_columns(found: list[str], feed: PartnerFeed) -> ColumnCheck:
+    """Compare a file's columns with the contract (order does not matter)."""
+    declared = [c.name for c in feed.columns]
+    missing = [c for c in declared if c not in found]
+    extra = [c for c in found if c not in declared]
+    renamed = [(m, e) for m in missing for e in extra if _looks_renamed(m, e)]
+    return ColumnCheck(missing, extra, renamed)
+
+
+_NUMBER_PLAIN = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+_NUMBER_THOUSANDS = r"^\s*[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?\s*$"
+_INTEGER = r"^\s*[+-]?\d+\s*$"
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
+_TIMESTAMP_WITH_OFFSET = r"(Z|[+-]\d{2}:?\d{2})$"
+_BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _drift(column: ColumnContract, values: pa.Array, ok: pa.Array) -> None:
+    """Raise type drift if any non-null value failed ``ok``; quote an example unless personal."""
+    bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, False)))
+    count = pc.sum(bad).as_py() or 0
+    if count:
+        example = "" if column.pii else f", e.g. {values.filter(bad)[0].as_py()!r}"
+        raise ContractViolation(
+            f"type drift in {column.name}: {count} value(s) not {column.type}"
+            + (" (plain number expected)" if column.type in ("int", "float") else "") + example
+        )
+
+
+def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
+    if column.type == "string":
+        return values
+    if column.type in ("int", "float"):
+        pattern = _INTEGER if column.type == "int" else (
+            _NUMBER_THOUSANDS if column.number_format == "thousands" else _NUMBER_PLAIN)
+        _drift(column, values, pc.match_substring_regex(values, pattern))
+        if column.number_format == "thousands":
+            values = pc.replace_substring(values, ",", "")
+        values = pc.utf8_trim_whitespace(values)
+        return pc.cast(values, pa.int64() if column.type == "int" else pa.float64())
+    if column.type == "bool":
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+        _drift(column, values, pc.is_in(lowered, pa.array(list(_BOOLEAN_TEXT))))
+        truthy = pc.is_in(lowered, pa.array([k for k, v in _BOOLEAN_TEXT.items() if v]))
+        return pc.if_else(pc.is_valid(values), truthy, pa.scalar(None, pa.bool_()))
+    if column.type == "date":
+        _drift(column, values, pc.match_substring_regex(values, _DATE))
+        try:
+            return pc.cast(values, pa.date32())
+        except pa.ArrowInvalid:
+            raise ContractViolation(f"type drift in {column.name}: impossible date(s)") from None
+    # timestamp: ISO 8601; without an offset the lender's local time is meant.
+    with_offset = pc.fill_null(pc.match_substring_regex(values, _TIMESTAMP_WITH_OFFSET), False)
+    try:
+        if pc.all(pc.or_(with_offset, pc.is_null(values))).as_py():
+            return pc.cast(pc.replace_substring(values, " ", "T"), pa.timestamp("us", tz="UTC"))
+        local = pc.cast(values, pa.timestamp("us"))
+        return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(
+            pa.timestamp("us", tz="UTC"))
+    except pa.ArrowInvalid:
+        raise ContractViolation(f"type drift in {column.name}: value(s) not an ISO timestamp") \
+            from None
+
+
+_ARROW_TYPES = {
+    "string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+    "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
+def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) -> pa.Array:
+    """Type one column per its contract; raises ContractViolation on type drift."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return _parse_text(values.cast(pa.string()), column)
+    if pa.types.is_null(values.type):
+        return pa.nulls(len(values), _ARROW_TYPES[column.type])
+    target = _ARROW_TYPES[column.type]
+    if column.type == "string":
+        return pc.cast(values, pa.string())
+    try:
+        return pc.cast(values, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ContractViolation(
+            f"type drift in {column.name}: {values.type} where {column.type} is declared"
+        ) from None
+
+
+def coerce_to_contract(table: pa.Table, feed: PartnerFeed) -> pa.Table:
+    """The contract's columns, in declared order and declared types (extra columns dropped)."""
+    arrays = [coerce_column(table[c.name], c) for c in feed.columns]
+    return pa.table(arrays, names=[c.name for c in feed.columns])
+
+
+def end_of_delivery_day(delivery_date: date) -> datetime:
+    """The last instant of the delivery date in the lender's timezone (events must precede it)."""
+    return datetime.combine(delivery_date + timedelta(days=1), time(0), tzinfo=LENDER_TIMEZONE)

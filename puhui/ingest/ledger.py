@@ -1,0 +1,137 @@
+"""The ``ingest_batches`` ledger: every landed file ends as exactly one row with a status.
+
+A batch id is derived from the feed, the delivery date, the path and the content, so re-running
+an ingest finds the same id and skips the file. ``content_key`` (the checksum, unique) is set
+for the batch that owns a content; a later delivery of the same bytes is recorded as a
+``duplicate`` pointing to it. The database's unique constraints, not checks in Python, are
+what make two concurrent runs safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from puhui.warehouse.engine import lock_for
+from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
+
+BatchStatus = Literal["accepted", "quarantined", "released", "rejected", "duplicate"]
+HELD_STATUSES: tuple[str, ...] = ("quarantined", "rejected")
+
+
+def make_batch_id(partner: str, delivery_date: date, source_path: str, checksum: str) -> str:
+    """A stable id: the same file at the same path always gets the same batch id."""
+    digest = hashlib.sha256(f"{source_path}\0{checksum}".encode()).hexdigest()[:12]
+    return f"{partner}-{delivery_date:%Y%m%d}-{digest}"
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: str
+    partner: str
+    source_path: str
+    delivery_date: date | None
+    checksum: str
+    status: str
+    rows: int
+    rows_loaded: int
+    rows_held: int
+    rows_duplicate: int
+    reason: str | None
+    warnings: list[dict[str, Any]]
+    duplicate_of: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> BatchRecord:
+        m = row._mapping
+        return cls(m["batch_id"], m["partner"], m["source_path"], m["delivery_date"],
+                   m["checksum"], m["status"], m["rows"] or 0, m["rows_loaded"] or 0,
+                   m["rows_held"] or 0, m["rows_duplicate"] or 0, m["reason"],
+                   list(m["warnings"] or []), m["duplicate_of"])
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def get_batch(conn: Connection | Engine, batch_id: str) -> BatchRecord | None:
+    query = select(ingest_batches).where(ingest_batches.c.batch_id == batch_id)
+    if isinstance(conn, Engine):
+        with conn.connect() as c:
+            row = c.execute(query).first()
+    else:
+        row = conn.execute(query).first()
+    return BatchRecord.from_row(row) if row else None
+
+
+def get_content_owner(engine: Engine, checksum: str) -> BatchRecord | None:
+    """The batch that owns this content (not a duplicate of another), if any."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ingest_batches).where(ingest_batches.c.content_key == checksum)
+        ).first()
+    return BatchRecord.from_row(row) if row else None
+
+
+def insert_batch(conn: Connection, **values: Any) -> None:
+    values.setdefault("landed_at", now_utc())
+    conn.execute(insert(ingest_batches), values)
+
+
+def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
+    conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == batch_id), values)
+
+
+def record_validation(conn: Connection, batch_id: str | None, suite: str, *, success: bool,
+                      expectations_run: int, critical_failed: int, warning_failed: int,
+                      details: dict[str, Any], flow_run_id: str | None,
+                      table_name: str | None = None) -> None:
+    """One row of ``validation_results`` (replacing the batch's earlier row for this suite)."""
+    validation_id = f"{batch_id or table_name}:{suite}"[:40]
+    conn.execute(validation_results.delete().where(
+        validation_results.c.validation_id == validation_id))
+    conn.execute(insert(validation_results), {
+        "validation_id": validation_id, "batch_id": batch_id, "table_name": table_name,
+        "suite_name": suite, "success": success, "expectations_run": expectations_run,
+        "expectations_failed": critical_failed + warning_failed,
+        "critical_failed": critical_failed, "warning_failed": warning_failed,
+        "details": details, "flow_run_id": flow_run_id, "validated_at": now_utc(),
+    })
+
+
+def get_watermark(engine: Engine, partner: str) -> date | None:
+    with engine.connect() as conn:
+        return conn.execute(select(ingest_watermarks.c.delivery_date)
+                            .where(ingest_watermarks.c.partner == partner)).scalar()
+
+
+def advance_watermark(engine: Engine, partner: str, delivery_date: date,
+                      flow_run_id: str | None) -> None:
+    """Move the feed's watermark forward (never back)."""
+    with engine.begin() as conn:
+        lock_for(conn, f"puhui.watermark.{partner}")  # two runs may finish a feed at once
+        current = conn.execute(select(ingest_watermarks.c.delivery_date)
+                               .where(ingest_watermarks.c.partner == partner)).scalar()
+        values = {"delivery_date": delivery_date, "updated_at": now_utc(),
+                  "flow_run_id": flow_run_id}
+        if current is None:
+            conn.execute(insert(ingest_watermarks), {"partner": partner, **values})
+        elif delivery_date > current:
+            conn.execute(update(ingest_watermarks)
+                         .where(ingest_watermarks.c.partner == partner), values)
+
+
+def list_batches(engine: Engine, statuses: tuple[str, ...] | None = None,
+                 partner: str | None = None) -> list[BatchRecord]:
+    query = select(ingest_batches).order_by(ingest_batches.c.delivery_date,
+                                            ingest_batches.c.batch_id)
+    if statuses:
+        query = query.where(ingest_batches.c.status.in_(statuses))
+    if partner:
+        query = query.where(ingest_batches.c.partner == partner)
+    with engine.connect() as conn:
+        return [BatchRecord.from_row(r) for r in conn.execute(query)]

@@ -1,0 +1,79 @@
+"""``raw_<partner>`` tables, derived from the feed's contract (a new feed needs no migration).
+
+Each accepted record is stored with its batch id and source row number, under the stored
+column names (pseudonyms instead of identifiers; dropped columns absent). A contract that
+gains a column gets it added as a nullable column; any other change is refused with a line
+naming the table and column, because silently reshaping history would break lineage.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Double,
+    Engine,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    text,
+)
+from sqlalchemy.types import TypeEngine
+
+from puhui.config import ColumnContract, PartnerFeed
+from puhui.errors import PuhuiError
+from puhui.warehouse.engine import lock_for
+
+_SQL_TYPES: dict[str, TypeEngine] = {
+    "string": Text(), "int": BigInteger(), "float": Double(), "bool": Boolean(),
+    "date": Date(), "timestamp": DateTime(timezone=True),
+}
+raw_metadata = MetaData()
+
+
+def stored_columns(feed: PartnerFeed) -> list[tuple[str, ColumnContract]]:
+    """(warehouse column name, contract column) for every column that is kept."""
+    return [(c.stored_name, c) for c in feed.columns if c.stored_name]
+
+
+def raw_table(feed: PartnerFeed) -> Table:
+    """The SQLAlchemy table for ``feed``'s accepted records."""
+    if feed.raw_table in raw_metadata.tables:
+        return raw_metadata.tables[feed.raw_table]
+    columns = [
+        Column("batch_id", String(64), nullable=False),
+        Column("row_number", BigInteger, nullable=False),
+        *(Column(name, String(64) if c.treatment == "pseudonymize" else _SQL_TYPES[c.type])
+          for name, c in stored_columns(feed)),
+    ]
+    table = Table(feed.raw_table, raw_metadata, *columns)
+    Index(f"ix_{feed.raw_table}_batch_id", table.c.batch_id)
+    for name, contract in stored_columns(feed):
+        if contract.treatment == "pseudonymize":
+            Index(f"ix_{feed.raw_table}_{name}", table.c[name])
+    return table
+
+
+def ensure_raw_table(engine: Engine, feed: PartnerFeed) -> Table:
+    """Create ``raw_<partner>`` if missing, or add newly declared columns (under a lock)."""
+    table = raw_table(feed)
+    with engine.begin() as conn:
+        lock_for(conn, f"puhui.raw_table.{feed.name}")
+        inspector = inspect(conn)
+        if not inspector.has_table(table.name):
+            table.create(conn)
+            return table
+        existing = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing:
+                if not column.nullable:
+                    raise PuhuiError(f"{table.name}: cannot add required column {column.name}")
+                sql_type = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {sql_type}'))
+    return table

@@ -1,0 +1,677 @@
+"""Data validation with Great Expectations (GX Core 1.x): suites, frames and warehouse tables.
+
+Each partner feed has a suite in ``expectations/<suite>.json`` (GX 1.x ExpectationSuite JSON).
+Every expectation carries its severity in ``meta.severity``: ``critical`` (the default; the
+batch is held) or ``warning`` (the batch loads and the warning is recorded).
+
+Ingestion calls :meth:`BatchValidator.validate_frame` with the typed, pseudonymized "batch
+frame" before loading (index = 1-based data row number in the source file); later stages call
+:meth:`BatchValidator.validate_table` on warehouse tables, where GX runs the metrics as SQL in
+the database. Both return a :class:`ValidationOutcome` of plain Python values.
+
+``great_expectations`` costs ~3 s to import, so it is imported on first use only, never when
+this module is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from puhui.errors import PuhuiError
+from puhui.settings import repo_root
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; GX is imported lazily at run time
+    import great_expectations as gx
+    import pandas as pd
+    from great_expectations.core import ExpectationSuiteValidationResult
+    from great_expectations.core.batch_definition import BatchDefinition
+
+Severity = Literal["critical", "warning"]
+SEVERITIES: tuple[str, ...] = ("critical", "warning")
+SAMPLE_ROWS = 20  # failing row numbers kept per expectation
+EXAMPLE_VALUES = 3  # unexpected values quoted in a description
+# Keys an expectation entry of a suite file may have (GX 1.x ExpectationConfiguration).
+_EXPECTATION_KEYS = frozenset(
+    {"type", "kwargs", "meta", "notes", "description", "id", "severity", "rendered_content"}
+)
+_SUITE_KEYS = frozenset({"name", "expectations", "meta", "notes", "id", "suite_parameters"})
+
+# SUMMARY gives counts plus the first SAMPLE_ROWS failing indices; COMPLETE would return every
+# unexpected value and index (50k items for a 5 % null burst in 1M rows). The "index query"
+# is off: for pandas it is the full index list as a string, and for SQL it can omit the
+# batch filter (STACK_NOTES), so the index list is what we use.
+_RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": SAMPLE_ROWS,
+    "return_unexpected_index_query": False,
+}
+
+
+def default_expectations_dir() -> Path:
+    """``expectations/`` of this checkout."""
+    return repo_root() / "expectations"
+
+
+class SuiteLoadError(PuhuiError):
+    """A suite file is missing, malformed, or has an expectation GX cannot build."""
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    """One expectation that did not hold, in plain Python values."""
+
+    expectation: str  # e.g. "expect_column_values_to_not_be_null"
+    column: str | None
+    severity: Severity
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    sample_rows: list[int]  # up to SAMPLE_ROWS row numbers (the frame's index), ascending
+    description: str  # one human line naming the column and what is wrong
+    # Table validations only: key columns (the suite's ``meta.row_key``) of failing rows.
+    sample_keys: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """The result of running one suite on one batch (frame or table)."""
+
+    suite: str
+    success: bool  # no failure at all, critical or warning
+    expectations_run: int
+    failed: list[FailedExpectation]
+    batch_id: str | None = None
+    result_path: str | None = None  # the stored GX result JSON, if a results_dir was given
+    seconds: float = 0.0
+
+    @property
+    def critical(self) -> list[FailedExpectation]:
+        """Failures that hold the batch."""
+        return [f for f in self.failed if f.severity == "critical"]
+
+    @property
+    def warnings(self) -> list[FailedExpectation]:
+        """Failures that are recorded but let the batch load."""
+        return [f for f in self.failed if f.severity == "warning"]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serializable summary (for ``validation_results.details``); no numpy, no NaN."""
+        return _plain(
+            {
+                "suite": self.suite,
+                "batch_id": self.batch_id,
+                "success": self.success,
+                "expectations_run": self.expectations_run,
+                "expectations_failed": len(self.failed),
+                "critical_failed": len(self.critical),
+                "warning_failed": len(self.warnings),
+                "failed": [asdict(f) for f in self.failed],
+                "result_path": self.result_path,
+                "seconds": round(self.seconds, 3),
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Plain values
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy/pandas scalars cast to Python and NaN/inf turned into None.
+
+    PostgreSQL's JSON type rejects NaN, and ``json.dumps`` rejects numpy integers, so
+    everything leaving this module goes through here.
+    """
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)  # numpy.str_ too
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if str(value) in ("<NA>", "NaT", "nan"):  # pd.NA, pd.NaT, numpy NaT
+        return None
+    if isinstance(value, (datetime, date)):  # includes pandas Timestamp
+        return value.isoformat()
+    if getattr(getattr(value, "dtype", None), "kind", None) in ("m", "M"):
+        return str(value)  # numpy datetime64/timedelta64: .item() would give nanoseconds
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return _plain(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def _as_int(value: Any) -> int | None:
+    value = _plain(value)
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_float(value: Any) -> float | None:
+    value = _plain(value)
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+# ---------------------------------------------------------------------------------------
+# GX runtime (one per process)
+
+
+class _GXRuntime:
+    """The process's GX context, pandas data source/asset/batch definition and SQL sources."""
+
+    def __init__(self) -> None:
+        # Analytics must be off before GX is imported: there is no internet, and nothing may
+        # phone home. Forced, not defaulted: no setting of ours wants it on.
+        os.environ["GX_ANALYTICS_ENABLED"] = "false"
+        import great_expectations as gx
+        import great_expectations.execution_engine.pandas_execution_engine as gx_pandas
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        # GX fingerprints every pandas batch under 1 GB with an MD5 over
+        # hash_pandas_object(df) - ~0.45 s per 1M rows, and ``Batch.validate`` fetches the
+        # batch a second time, so it is paid twice. The fingerprint is only a batch marker
+        # (ingestion has the file's SHA-256), so the threshold is set to skip it.
+        gx_pandas.HASH_THRESHOLD = 0
+
+        # Ephemeral: nothing is read from or written to a GX project directory; suites come
+        # from expectations/*.json and results are written by BatchValidator itself.
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.enable_analytics(False)
+        # Per-metric tqdm bars would print dozens of lines per validation into flow logs.
+        self.context.variables.progress_bars = ProgressBarsConfig(
+            globally=False, metric_calculations=False
+        )
+        pandas_source = self.context.data_sources.add_pandas("puhui_frames")
+        asset = pandas_source.add_dataframe_asset("batch_frame")
+        self.frame_batches: BatchDefinition = asset.add_batch_definition_whole_dataframe("whole")
+        self._tables: dict[tuple[str, str], BatchDefinition] = {}
+        self._sql_sources: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def table_batches(self, url: str, table: str) -> BatchDefinition:
+        """The (cached) batch definition of a whole warehouse table."""
+        key = (url, table)
+        if key not in self._tables:
+            source = self._sql_source(url)
+            asset = source.add_table_asset(name=table, table_name=table)
+            self._tables[key] = asset.add_batch_definition_whole_table("whole")
+        return self._tables[key]
+
+    def _sql_source(self, url: str) -> Any:
+        source = self._sql_sources.get(url)
+        if source is None:
+            # Named by a digest: a URL may hold a password, and names end up in results.
+            name = "warehouse_" + hashlib.sha256(url.encode()).hexdigest()[:12]
+            sources = self.context.data_sources
+            if url.startswith("sqlite"):
+                source = sources.add_sqlite(name=name, connection_string=url)
+            elif url.startswith("postgresql"):
+                source = sources.add_postgres(name=name, connection_string=url)
+            else:
+                source = sources.add_sql(name=name, connection_string=url)
+            self._sql_sources[url] = source
+        return source
+
+    def close_sql(self) -> None:
+        """Dispose GX's SQL engines and forget the SQL data sources."""
+        for source in self._sql_sources.values():
+            try:
+                source.get_engine().dispose()
+            finally:
+                self.context.data_sources.delete(source.name)
+        self._sql_sources.clear()
+        self._tables.clear()
+
+
+_runtime: _GXRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def _gx() -> _GXRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = _GXRuntime()
+        return _runtime
+
+
+# ---------------------------------------------------------------------------------------
+# Suites
+
+
+def _expectation_label(index: int, entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return f"expectation #{index}"
+    kwargs = entry.get("kwargs") if isinstance(entry.get("kwargs"), dict) else {}
+    target = kwargs.get("column") or kwargs.get("column_list") or kwargs.get("column_A")
+    on = f" on {target}" if target else ""
+    return f"expectation #{index} ({entry.get('type', '<no type>')}{on})"
+
+
+def _severity_of(entry: dict[str, Any]) -> Severity:
+    meta = entry.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("meta must be an object")
+    severity = meta.get("severity", "critical")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}")
+    native = entry.get("severity")
+    if native is not None and native != severity:
+        raise ValueError(f"severity {native!r} contradicts meta.severity {severity!r}")
+    return severity  # type: ignore[return-value]
+
+
+def load_suite(name: str, expectations_dir: Path | None = None) -> gx.ExpectationSuite:
+    """Load ``<expectations_dir>/<name>.json`` as a GX ExpectationSuite, or fail loudly.
+
+    GX 1.x logs and silently drops an expectation of unknown type; here every expectation is
+    built one by one, so an unknown type, invalid kwargs or a bad ``meta.severity`` raises
+    :class:`SuiteLoadError` naming the file and the expectation, and the loaded count is
+    checked against the file's.
+    """
+    path = (expectations_dir or default_expectations_dir()) / f"{name}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SuiteLoadError(f"{path}: no such suite file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteLoadError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SuiteLoadError(f"{path}: expected a JSON object with 'name' and 'expectations'")
+    unknown = sorted(set(data) - _SUITE_KEYS)
+    if unknown:
+        raise SuiteLoadError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if data.get("name") != name:
+        raise SuiteLoadError(f"{path}: suite name {data.get('name')!r} must equal {name!r}")
+    entries = data.get("expectations")
+    if not isinstance(entries, list) or not entries:
+        raise SuiteLoadError(f"{path}: 'expectations' must be a non-empty list")
+
+    from great_expectations import ExpectationSuite
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    built = []
+    for index, entry in enumerate(entries):
+        label = _expectation_label(index, entry)
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError("must be a JSON object")
+            extra = sorted(set(entry) - _EXPECTATION_KEYS)
+            if extra:
+                raise ValueError(f"unknown key(s) {', '.join(extra)}")
+            if not isinstance(entry.get("type"), str) or not isinstance(entry.get("kwargs"), dict):
+                raise ValueError("needs a 'type' string and a 'kwargs' object")
+            severity = _severity_of(entry)
+            config = ExpectationConfiguration(**{**entry, "severity": severity})
+            built.append(config.to_domain_obj())
+        except Exception as exc:  # GX raises several unrelated types (pydantic, its own)
+            reason = " ".join(str(getattr(exc, "message", exc)).split())
+            raise SuiteLoadError(f"{path}: {label}: {reason}") from None
+    suite = ExpectationSuite(
+        name=name, expectations=built, meta=data.get("meta"), notes=data.get("notes")
+    )
+    if len(suite.expectations) != len(entries):  # GX dropped one silently
+        raise SuiteLoadError(
+            f"{path}: {len(entries)} expectations in the file but GX loaded "
+            f"{len(suite.expectations)}"
+        )
+    return suite
+
+
+def suite_names(expectations_dir: Path | None = None) -> list[str]:
+    """Names of every suite file in the expectations directory."""
+    directory = expectations_dir or default_expectations_dir()
+    return sorted(p.stem for p in directory.glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------
+# Describing failures
+
+
+def _percent(value: float | None) -> str:
+    if value is None:
+        return "?%"
+    return f"{value:.1f}%" if value >= 1 or value == 0 else f"{value:.2g}%"
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value as a description quotes it: strings quoted, 300.0 as 300, midnight as a date."""
+    if isinstance(value, datetime):
+        is_midnight = value.time() == datetime.min.time()
+        text = value.date().isoformat() if is_midnight else value.isoformat()
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    value = _plain(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)  # integer columns reach GX as float64 when they have nulls
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _value_set_text(values: list[Any]) -> str:
+    if len(values) <= 8:
+        return "{" + ", ".join(_short(v, 24) for v in values) + "}"
+    return f"the {len(values)} allowed values"
+
+
+def _bounds_text(kwargs: dict[str, Any]) -> str:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if low is None:
+        return f"above {_short(high)}"
+    if high is None:
+        return f"below {_short(low)}"
+    return f"outside [{_short(low)}, {_short(high)}]"
+
+
+def _failure_phrase(kind: str, kwargs: dict[str, Any]) -> str:
+    """What the unexpected values are, per expectation type (the suite's meta can override)."""
+    if kind == "expect_column_values_to_not_be_null":
+        return "missing"
+    if kind == "expect_column_values_to_be_in_set":
+        return f"not in {_value_set_text(list(kwargs.get('value_set') or []))}"
+    if kind == "expect_column_values_to_not_be_in_set":
+        return f"in the forbidden set {_value_set_text(list(kwargs.get('value_set') or []))}"
+    if kind == "expect_column_values_to_be_between":
+        return _bounds_text(kwargs)
+    if kind == "expect_column_values_to_match_regex":
+        return f"not matching {kwargs.get('regex')}"
+    if kind == "expect_column_values_to_be_unique":
+        return "duplicated"
+    if kind == "expect_compound_columns_to_be_unique":
+        return "share their key with another row"
+    if kind == "expect_column_pair_values_a_to_be_greater_than_b":
+        op = ">=" if kwargs.get("or_equal") else ">"
+        return f"where not {kwargs.get('column_A')} {op} {kwargs.get('column_B')}"
+    return "unexpected"
+
+
+def _subject(kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
+    if meta.get("subject"):
+        return str(meta["subject"])
+    if "column" in kwargs:
+        return str(kwargs["column"])
+    if "column_list" in kwargs:
+        return "(" + ", ".join(kwargs["column_list"]) + ")"
+    if "column_A" in kwargs:
+        return f"({kwargs['column_A']}, {kwargs.get('column_B')})"
+    return "table"
+
+
+def _describe(
+    kind: str,
+    kwargs: dict[str, Any],
+    meta: dict[str, Any],
+    result: dict[str, Any],
+    error: str | None,
+) -> str:
+    subject = _subject(kwargs, meta)
+    if error:
+        return f"{subject}: {kind} could not be evaluated: {error}"
+    count = _as_int(result.get("unexpected_count"))
+    if count is None:  # aggregate expectations (row counts, means, ...)
+        observed = _plain(result.get("observed_value"))
+        return f"{subject}: {kind} failed (observed {_short(observed, 80)})"
+    noun = "row" if "column_list" in kwargs or "column_A" in kwargs else "value"
+    text = (
+        f"{subject}: {count} {noun}{'' if count == 1 else 's'} "
+        f"({_percent(_as_float(result.get('unexpected_percent')))}) "
+        f"{meta.get('failure') or _failure_phrase(kind, kwargs)}"
+    )
+    mostly = kwargs.get("mostly")
+    if mostly is not None and mostly < 1:
+        text += f"; more than the {_percent((1 - mostly) * 100)} tolerated"
+    # Values are safe to quote (identifiers are pseudonyms by now); rows of pair or compound
+    # expectations and nulls are not worth it.
+    examples = [
+        v for v in (result.get("partial_unexpected_list") or [])[:EXAMPLE_VALUES]
+        if kind != "expect_column_values_to_not_be_null"
+        and not isinstance(v, (dict, list, tuple))
+    ]
+    if examples and meta.get("quote_values", True) and not meta.get("personal"):
+        text += ", e.g. " + ", ".join(_short(v) for v in examples)
+    return text
+
+
+def _first_error(exception_info: Any) -> str | None:
+    """The exception message of an expectation that raised, if any (GX nests them by metric)."""
+    if not exception_info:
+        return None
+    infos = [exception_info] if "raised_exception" in exception_info else exception_info.values()
+    for info in infos:
+        if isinstance(info, dict) and info.get("raised_exception"):
+            message = str(info.get("exception_message") or "exception").strip()
+            return message.splitlines()[0][:300] if message else "exception"
+    return None
+
+
+def _sample(
+    indices: list[Any], row_key: list[str]
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Row numbers and key dicts of failing rows from GX's ``partial_unexpected_index_list``."""
+    rows: list[int] = []
+    keys: list[dict[str, Any]] = []
+    for item in indices[:SAMPLE_ROWS]:
+        if isinstance(item, dict):  # SQL: the row_key columns (and the checked column)
+            keys.append({k: _plain(item[k]) for k in row_key if k in item} or _plain(item))
+            if (value := _as_int(item.get("row_number"))) is not None:
+                rows.append(value)
+        elif (value := _as_int(item)) is not None:
+            rows.append(value)
+    return rows, keys
+
+
+_VALUE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "unexpected_list")
+
+
+def _scrub_personal(payload: dict[str, Any]) -> dict[str, Any]:
+    """Drop unexpected values of expectations on pseudonym columns (``meta.personal``).
+
+    Those columns hold pseudonyms, so their values are safe, except when the check fails
+    because ingestion let a raw identifier through: then the value must not be written.
+    """
+    for item in payload.get("results") or []:
+        meta = (item.get("expectation_config") or {}).get("meta") or {}
+        if meta.get("personal") and isinstance(item.get("result"), dict):
+            for key in _VALUE_KEYS:
+                item["result"].pop(key, None)
+    return payload
+
+
+def outcome_from_result(
+    suite: str,
+    result: ExpectationSuiteValidationResult,
+    row_key: list[str] | None = None,
+    batch_id: str | None = None,
+    result_path: str | None = None,
+    seconds: float = 0.0,
+) -> ValidationOutcome:
+    """Turn a GX suite result into a :class:`ValidationOutcome` of plain values."""
+    failed: list[FailedExpectation] = []
+    for item in result.results:
+        if item.success:
+            continue
+        config = item.expectation_config
+        kwargs = dict(config.kwargs)
+        meta = dict(config.meta or {})
+        body = dict(item.result or {})
+        error = _first_error(item.exception_info)
+        rows, keys = _sample(list(body.get("partial_unexpected_index_list") or []), row_key or [])
+        failed.append(
+            FailedExpectation(
+                expectation=config.type,
+                column=kwargs.get("column"),
+                severity=meta.get("severity", "critical"),
+                unexpected_count=_as_int(body.get("unexpected_count")),
+                unexpected_percent=_as_float(body.get("unexpected_percent")),
+                sample_rows=sorted(rows),
+                description=_describe(config.type, kwargs, meta, body, error),
+                sample_keys=keys,
+            )
+        )
+    # Critical first, then in suite order: the first line is the reason a batch is held.
+    failed.sort(key=lambda f: f.severity != "critical")
+    return ValidationOutcome(
+        suite=suite,
+        success=not failed,
+        expectations_run=len(result.results),
+        failed=failed,
+        batch_id=batch_id,
+        result_path=result_path,
+        seconds=seconds,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The validator
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the dtypes GX's pandas engine handles vectorized (values unchanged).
+
+    GX's ``column_values.between`` is vectorized only for numpy int/float and datetime64[ns]
+    (or tz-aware) columns; a nullable ``Int64`` column, or a naive ``datetime64[us]`` one,
+    falls back to a Python call per value (~1 s per 1M values). Nullable integers become
+    ``int64`` (no nulls) or ``float64`` (exact up to 2**53), naive datetimes ``[ns]``. Other
+    columns are shared, not copied. A named index is unnamed: GX would report it as dicts.
+    """
+    import numpy as np
+    import pandas as pd
+
+    changed: dict[str, Any] = {}
+    for name, column in frame.items():
+        dtype = column.dtype
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iu":
+            has_na = bool(column.isna().any())
+            changed[name] = column.to_numpy(
+                dtype="float64" if has_na else "int64", na_value=np.nan if has_na else 0
+            )
+        elif dtype.kind == "M" and getattr(dtype, "tz", None) is None and dtype != "M8[ns]":
+            changed[name] = column.astype("datetime64[ns]")
+    if changed:
+        frame = frame.assign(**{str(k): v for k, v in changed.items()})
+    if frame.index.name is not None:
+        frame = frame.rename_axis(None)
+    return frame
+
+
+class BatchValidator:
+    """Runs suites on batch frames and warehouse tables.
+
+    Reuses one ephemeral GX context and one pandas data source/asset/batch definition per
+    process; suites are loaded once per validator and cached. With ``results_dir`` (e.g.
+    ``$PUHUI_HOME/gx``) each GX result is also written as JSON under
+    ``<results_dir>/validations/<suite>/<batch_id>.json``. One validator is meant to be used
+    by one thread at a time; a lock makes concurrent use safe but serial.
+    """
+
+    def __init__(
+        self, results_dir: Path | None = None, expectations_dir: Path | None = None
+    ) -> None:
+        self.results_dir = results_dir
+        self.expectations_dir = expectations_dir or default_expectations_dir()
+        self._suites: dict[str, gx.ExpectationSuite] = {}
+        self._lock = threading.Lock()
+
+    def suite(self, name: str) -> gx.ExpectationSuite:
+        """The cached suite ``name`` (loaded on first use)."""
+        if name not in self._suites:
+            self._suites[name] = load_suite(name, self.expectations_dir)
+        return self._suites[name]
+
+    def validate_frame(self, frame: pd.DataFrame, suite: str, batch_id: str) -> ValidationOutcome:
+        """Validate an ingestion batch frame; ``sample_rows`` are values of its index."""
+        with self._lock:
+            started = time.perf_counter()
+            expectation_suite = self.suite(suite)
+            runtime = _gx()
+            frame = gx_frame(frame)
+            with runtime.lock:
+                batch = runtime.frame_batches.get_batch(batch_parameters={"dataframe": frame})
+                result = batch.validate(expectation_suite, result_format=dict(_RESULT_FORMAT))
+            # A file validated in chunks gets one result per chunk, named by its first row.
+            first = _as_int(frame.index[0]) if len(frame) else None
+            part = f"{batch_id}.from-row-{first}" if first is not None and first > 1 else batch_id
+            path = self._store(suite, part, result)
+            return outcome_from_result(
+                suite, result, batch_id=batch_id, result_path=path,
+                seconds=time.perf_counter() - started,
+            )
+
+    def validate_table(self, warehouse_url: str, table: str, suite: str) -> ValidationOutcome:
+        """Validate a whole warehouse table (SQLite or PostgreSQL) with GX's SQL engine.
+
+        Metrics run as SQL in the database. Failing rows are identified by the suite's
+        ``meta.row_key`` columns (``sample_keys``; ``sample_rows`` when one is ``row_number``).
+        """
+        with self._lock:
+            started = time.perf_counter()
+            expectation_suite = self.suite(suite)
+            row_key = list((expectation_suite.meta or {}).get("row_key") or [])
+            result_format = dict(_RESULT_FORMAT)
+            if row_key:
+                result_format["unexpected_index_column_names"] = row_key
+            runtime = _gx()
+            with runtime.lock:
+                batch = runtime.table_batches(warehouse_url, table).get_batch()
+                result = batch.validate(expectation_suite, result_format=result_format)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            batch_id = f"{table}@{stamp}"
+            path = self._store(suite, batch_id, result)
+            return outcome_from_result(
+                suite, result, row_key=row_key, batch_id=batch_id, result_path=path,
+                seconds=time.perf_counter() - started,
+            )
+
+    def close(self) -> None:
+        """Release GX's SQL connections (the pandas side holds nothing)."""
+        with self._lock:
+            if _runtime is not None:
+                with _runtime.lock:
+                    _runtime.close_sql()
+
+    def _store(
+        self, suite: str, batch_id: str, result: ExpectationSuiteValidationResult
+    ) -> str | None:
+        if self.results_dir is None:
+            return None
+        folder = self.results_dir / "validations" / _UNSAFE_NAME.sub("_", suite)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_UNSAFE_NAME.sub('_', batch_id)}.json"
+        payload = _scrub_personal(_plain(result.to_json_dict()))
+        # Written aside and renamed: readers never see half a file, and two processes
+        # validating the same batch never interleave their bytes.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.replace(path)
+        return str(path)

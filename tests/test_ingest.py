@@ -1,0 +1,276 @@
+"""Partner ingestion end to end on the generator's faulty landing zone (SQLite and PostgreSQL).
+
+Every landed file must end as faults.json says, rows must reconcile, re-runs and concurrent
+runs must load each file exactly once, and held batches must be releasable exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import func, select, text
+
+from puhui.audit import read_audit_events, verify_audit_chain
+from puhui.config import PartnersConfig, load_config
+from puhui.errors import PuhuiError
+from puhui.generate import generate_landing_zone
+from puhui.ingest import ledger
+from puhui.ingest.quarantine import list_quarantined, release_batch, reject_batch
+from puhui.ingest.raw_tables import raw_table
+from puhui.pipeline import run_ingest_flow
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
+from puhui.warehouse.schema import ingest_batches, validation_results
+
+END = date(2026, 9, 30)
+# What a reason or warning must say for each planted fault (it names the fault).
+FAULT_WORDS = {
+    "wrong_encoding": "encoding", "missing_column": "missing column", "renamed_column": "renamed",
+    "type_drift": "type drift", "null_burst": "missing", "out_of_range": "outside",
+    "truncated_file": "truncated", "empty_file": "empty", "extra_column": "extra column",
+    "duplicate_rows": "duplicate rows", "future_timestamp": "future timestamp",
+    "duplicate_delivery": "duplicate delivery", "bom": "",
+}
+
+
+@pytest.fixture(scope="module")
+def faulty_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("faulty-landing")
+    generate_landing_zone(out, users=1500, days=8, seed=11, faults=True, end_date=END,
+                          history_days=60)
+    return out
+
+
+@pytest.fixture
+def ingest_env(puhui_env: Path, warehouse_url: str, faulty_landing: Path,
+               monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("PUHUI_LANDING", str(faulty_landing))
+    return warehouse_url
+
+
+def _faults(landing: Path) -> dict[str, dict]:
+    return {str(landing / f["path"]): f for f in json.loads((landing / "faults.json").read_text())}
+
+
+def _landed_paths(landing: Path) -> list[str]:
+    partners = load_config(load_settings().config_dir, PartnersConfig)
+    names = {f.name for f in partners.partners}
+    return sorted(str(p) for p in landing.rglob("*.*")
+                  if p.is_file() and p.relative_to(landing).parts[0] in names)
+
+
+def _ledger_by_path(url: str) -> dict[str, ledger.BatchRecord]:
+    records = ledger.list_batches(open_runtime().engine)
+    by_path: dict[str, ledger.BatchRecord] = {}
+    for record in records:
+        assert record.source_path not in by_path, f"{record.source_path} has two ledger rows"
+        by_path[record.source_path] = record
+    return by_path
+
+
+@pytest.mark.slow
+def test_every_landed_file_ends_as_faults_json_says(
+    ingest_env: str, faulty_landing: Path, prefect_harness: None
+) -> None:
+    summary = run_ingest_flow(END)
+    assert summary["line"].startswith(f"ingest {END}:")
+    faults = _faults(faulty_landing)
+    assert set(f["fault"] for f in faults.values()) >= set(FAULT_WORDS), "generator lost a kind"
+    by_path = _ledger_by_path(ingest_env)
+    landed = _landed_paths(faulty_landing)
+    assert sorted(by_path) == landed, "every landed file gets exactly one ledger row"
+
+    for path, record in by_path.items():
+        fault = faults.get(path)
+        messages = " | ".join([record.reason or ""] + [w["message"] for w in record.warnings])
+        if fault is None:
+            assert record.status == "accepted" and not record.warnings, (path, messages)
+            continue
+        expect, word = fault["expect"], FAULT_WORDS[fault["fault"]]
+        if expect == "held":
+            assert record.status in ledger.HELD_STATUSES, (fault, record)
+            assert word in messages.lower(), (fault, messages)
+        elif expect == "duplicate":
+            assert record.status == "duplicate" and record.duplicate_of, (fault, record)
+            assert by_path_owner(by_path, record.duplicate_of).status != "duplicate"
+        elif expect == "warned":
+            assert record.status == "accepted" and word in messages.lower(), (fault, messages)
+        else:  # tolerated
+            assert record.status == "accepted" and not record.warnings, (fault, messages)
+
+    # Warnings are also in the batch's validation result, naming the fault.
+    runtime = open_runtime()
+    with runtime.engine.connect() as conn:
+        details = {r.batch_id: r.details for r in conn.execute(select(validation_results))}
+    for path, fault in faults.items():
+        if fault["expect"] == "warned":
+            record = by_path[path]
+            text_ = json.dumps(details[record.batch_id], ensure_ascii=False).lower()
+            assert FAULT_WORDS[fault["fault"]] in text_, (fault, text_)
+    assert verify_audit_chain(runtime.engine).ok
+
+
+def by_path_owner(by_path: dict[str, ledger.BatchRecord], batch_id: str) -> ledger.BatchRecord:
+    return next(r for r in by_path.values() if r.batch_id == batch_id)
+
+
+def _independent_row_count(path: Path, fmt: str) -> int:
+    """Rows counted without the ingestion code: data lines, or Parquet metadata."""
+    if path.stat().st_size == 0:
+        return 0
+    if fmt == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
+    return len(lines) - (1 if fmt == "csv" else 0)
+
+
+@pytest.mark.slow
+def test_rows_reconcile_and_raw_tables_hold_exactly_the_loaded_rows(
+    ingest_env: str, faulty_landing: Path, prefect_harness: None
+) -> None:
+    run_ingest_flow(END)
+    runtime = open_runtime()
+    partners = load_config(runtime.settings.config_dir, PartnersConfig)
+    by_path = _ledger_by_path(ingest_env)
+    total_landed = total_accounted = 0
+    with runtime.engine.connect() as conn:
+        for feed in partners.partners:
+            loaded_by_batch = dict(conn.execute(
+                select(raw_table(feed).c.batch_id, func.count()).group_by(raw_table(feed).c.batch_id)
+            ).all())
+            for record in [r for r in by_path.values() if r.partner == feed.name]:
+                assert record.rows == record.rows_loaded + record.rows_held + record.rows_duplicate
+                assert loaded_by_batch.get(record.batch_id, 0) == record.rows_loaded, record
+                if record.status != "duplicate" and "truncated" not in (record.reason or ""):
+                    counted = _independent_row_count(Path(record.source_path), feed.format)
+                    assert record.rows == counted, (record.source_path, record.rows, counted)
+                total_landed += record.rows
+                total_accounted += record.rows_loaded + record.rows_held + record.rows_duplicate
+    assert total_landed == total_accounted > 0
+
+
+@pytest.mark.slow
+def test_second_run_loads_nothing_again(ingest_env: str, prefect_harness: None) -> None:
+    first = run_ingest_flow(END)
+    runtime = open_runtime()
+    with runtime.engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(ingest_batches)).scalar()
+    second = run_ingest_flow(END)
+    assert second["rows"] == 0 and first["rows"] > 0
+    with runtime.engine.connect() as conn:
+        after = conn.execute(select(func.count()).select_from(ingest_batches)).scalar()
+    assert before == after
+
+
+_CONCURRENT_INGEST = """
+import sys
+from datetime import date
+from puhui.config import PartnersConfig, load_config
+from puhui.ingest.batches import FileIngestor
+from puhui.ingest.feeds import ingest_feed
+from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.runtime import open_runtime
+from puhui.validation import BatchValidator
+
+runtime = open_runtime()
+validator = BatchValidator()
+key = pseudonym_key_bytes(runtime.settings.pseudonym_key)
+for feed in load_config(runtime.settings.config_dir, PartnersConfig).partners:
+    ingest_feed(runtime, feed, FileIngestor(runtime, feed, validator, key), date(2026, 9, 30))
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_two_ingests_at_once_load_each_file_exactly_once(ingest_env: str,
+                                                         faulty_landing: Path) -> None:
+    env = {**os.environ}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_INGEST], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and "done" in out, err[-2000:]
+    by_path = _ledger_by_path(ingest_env)  # asserts one ledger row per file
+    assert sorted(by_path) == _landed_paths(faulty_landing)
+    runtime = open_runtime()
+    partners = load_config(runtime.settings.config_dir, PartnersConfig)
+    with runtime.engine.connect() as conn:
+        for feed in partners.partners:
+            table = raw_table(feed)
+            counts = dict(conn.execute(select(table.c.batch_id, func.count())
+                                       .group_by(table.c.batch_id)).all())
+            for record in (r for r in by_path.values() if r.partner == feed.name):
+                assert counts.get(record.batch_id, 0) == record.rows_loaded
+
+
+@pytest.mark.slow
+def test_release_loads_once_and_reject_is_final(ingest_env: str, faulty_landing: Path,
+                                                prefect_harness: None) -> None:
+    run_ingest_flow(END)
+    runtime = open_runtime()
+    held = list_quarantined(runtime)
+    faults = {str(faulty_landing / f["path"]): f["fault"]
+              for f in json.loads((faulty_landing / "faults.json").read_text())}
+    releasable = next(r for r in held if faults.get(r.source_path) == "out_of_range")
+    unreadable = next(r for r in held if faults.get(r.source_path) == "truncated_file")
+
+    released = release_batch(runtime, releasable.batch_id, "partner confirmed the values")
+    assert released.status == "released"
+    assert released.rows_loaded + released.rows_duplicate == released.rows > 0
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get(released.partner)
+    with runtime.engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(raw_table(feed))
+                             .where(raw_table(feed).c.batch_id == released.batch_id)).scalar()
+    assert count == released.rows_loaded
+    with pytest.raises(PuhuiError, match="released, not quarantined"):
+        release_batch(runtime, releasable.batch_id, "second time")
+    with pytest.raises(PuhuiError, match="can only be rejected"):
+        release_batch(runtime, unreadable.batch_id, "try anyway")
+    rejected = reject_batch(runtime, unreadable.batch_id, "partner will redeliver")
+    assert rejected.status == "rejected" and rejected.rows_held == rejected.rows
+    with pytest.raises(PuhuiError, match="rejected, not quarantined"):
+        reject_batch(runtime, unreadable.batch_id, "again")
+
+    decisions = read_audit_events(runtime.engine, action="quarantine.released") + \
+        read_audit_events(runtime.engine, action="quarantine.rejected")
+    assert {e["subject"] for e in decisions} == {releasable.batch_id, unreadable.batch_id}
+    assert all(e["actor"] == "test-runner" and e["details"]["reason"] for e in decisions)
+
+
+def test_crash_mid_load_leaves_nothing_and_rerun_completes(
+    ingest_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest import batches
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.feeds import ingest_feed
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("credit_bureau")
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    real_insert = batches.bulk_insert
+
+    def insert_then_crash(conn, table, data):  # noqa: ANN001, ANN202
+        real_insert(conn, table, data)
+        raise ConnectionError("machine lost power mid-load")
+
+    monkeypatch.setattr(batches, "bulk_insert", insert_then_crash)
+    with pytest.raises(ConnectionError):
+        ingest_feed(runtime, feed, ingestor, END)
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(ingest_batches)).scalar() == 0
+        assert conn.execute(text(f"SELECT count(*) FROM {feed.raw_table}")).scalar() == 0
+    monkeypatch.setattr(batches, "bulk_insert", real_insert)
+    result = ingest_feed(runtime, feed, ingestor, END)
+    assert result.files and all(f.status == "accepted" for f in result.files)
