@@ -29,8 +29,12 @@ def daily_pipeline(as_of: date | None = None) -> dict:
         "not_built": list(NOT_BUILT_STAGES),
     }
     summary["line"] = f"daily {as_of}: {ingest['line']}; not built yet: " + ", ".join(
-        NOT_BUILT_STAGES)
-    record_audit_event("pipeline.daily", f"daily/{as_of.isoformat()}",
-                       {k: v for k, v in summary.items() if k != "line"})
+        NOT_BUILT_STAGES
+    )
+    record_audit_event(
+        "pipeline.daily",
+        f"daily/{as_of.isoformat()}",
+        {k: v for k, v in summary.items() if k != "line"},
+    )
     get_run_logger().info(summary["line"])
     return summary

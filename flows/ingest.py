@@ -26,11 +26,19 @@ def summarize_ingest(as_of: date, feeds: list[dict]) -> dict:
                     rows[key] += outcome[key]
     late = [f["partner"] for f in feeds if f["late"]]
     states = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no files"
-    line = (f"ingest {as_of}: {states}; rows {rows['rows']:,} landed = {rows['rows_loaded']:,} "
-            f"loaded + {rows['rows_held']:,} held + {rows['rows_duplicate']:,} duplicate; "
-            f"late feeds: {', '.join(late) or 'none'}")
-    return {"as_of": as_of.isoformat(), "statuses": totals, **rows, "late_feeds": late,
-            "feeds": feeds, "line": line}
+    line = (
+        f"ingest {as_of}: {states}; rows {rows['rows']:,} landed = {rows['rows_loaded']:,} "
+        f"loaded + {rows['rows_held']:,} held + {rows['rows_duplicate']:,} duplicate; "
+        f"late feeds: {', '.join(late) or 'none'}"
+    )
+    return {
+        "as_of": as_of.isoformat(),
+        "statuses": totals,
+        **rows,
+        "late_feeds": late,
+        "feeds": feeds,
+        "line": line,
+    }
 
 
 @flow(name="ingest", log_prints=False)

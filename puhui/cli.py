@@ -242,11 +242,18 @@ def quarantine_list(json_: JsonFlag = False) -> None:
         return
     table = Table("batch", "partner", "delivered", "rows", "reason", box=None)
     for record in held:
-        table.add_row(record.batch_id, record.partner, str(record.delivery_date),
-                      f"{record.rows:,}", record.reason or "")
+        table.add_row(
+            record.batch_id,
+            record.partner,
+            str(record.delivery_date),
+            f"{record.rows:,}",
+            record.reason or "",
+        )
     console.print(table)
-    console.print(f"{len(held)} batch(es) held; decide with 'puhui quarantine release|reject "
-                  "BATCH --reason TEXT'")
+    console.print(
+        f"{len(held)} batch(es) held; decide with 'puhui quarantine release|reject "
+        "BATCH --reason TEXT'"
+    )
 
 
 @quarantine_app.command("release")
@@ -256,8 +263,10 @@ def quarantine_release(batch: str, reason: Annotated[str, typer.Option("--reason
     from puhui.runtime import open_runtime
 
     record = release_batch(open_runtime(_settings()), batch, reason)
-    console.print(f"released {record.batch_id}: {record.rows_loaded:,} rows loaded into "
-                  f"raw_{record.partner}, {record.rows_duplicate:,} duplicate rows dropped")
+    console.print(
+        f"released {record.batch_id}: {record.rows_loaded:,} rows loaded into "
+        f"raw_{record.partner}, {record.rows_duplicate:,} duplicate rows dropped"
+    )
 
 
 @quarantine_app.command("reject")

@@ -145,7 +145,8 @@ def valid_national_id_mask(values: ArrayLike, as_of: date | None = None) -> np.n
         & (day <= _days_in_month(year, month))
     )
     if as_of is not None:
-        date_ok &= year * 10000 + month * 100 + day <= as_of.year * 10000 + as_of.month * 100 + as_of.day
+        limit = as_of.year * 10000 + as_of.month * 100 + as_of.day
+        date_ok &= year * 10000 + month * 100 + day <= limit
     mask[np.flatnonzero(mask)] = check_ok & date_ok
     return mask
 

@@ -192,7 +192,11 @@ class _GXRuntime:
         os.environ["GX_ANALYTICS_ENABLED"] = "false"
         import great_expectations as gx
         import great_expectations.execution_engine.pandas_execution_engine as gx_pandas
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
 
         # GX fingerprints every pandas batch under 1 GB with an MD5 over
         # hash_pandas_object(df) - ~0.45 s per 1M rows, and ``Batch.validate`` fetches the
@@ -200,14 +204,16 @@ class _GXRuntime:
         # (ingestion has the file's SHA-256), so the threshold is set to skip it.
         gx_pandas.HASH_THRESHOLD = 0
 
-        # Ephemeral: nothing is read from or written to a GX project directory; suites come
-        # from expectations/*.json and results are written by BatchValidator itself.
-        self.context = gx.get_context(mode="ephemeral")
-        self.context.enable_analytics(False)
-        # Per-metric tqdm bars would print dozens of lines per validation into flow logs.
-        self.context.variables.progress_bars = ProgressBarsConfig(
-            globally=False, metric_calculations=False
+        # Ephemeral: nothing is read from or written to a GX project directory (so parallel
+        # processes cannot trip over each other); suites come from expectations/*.json and
+        # results are written by BatchValidator itself. In-memory stores, no Data Docs site,
+        # no analytics, and no per-metric tqdm bars (dozens of lines per run in flow logs).
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
         )
+        self.context = gx.get_context(mode="ephemeral", project_config=config)
         pandas_source = self.context.data_sources.add_pandas("puhui_frames")
         asset = pandas_source.add_dataframe_asset("batch_frame")
         self.frame_batches: BatchDefinition = asset.add_batch_definition_whole_dataframe("whole")
@@ -479,8 +485,9 @@ def _sample(
     rows: list[int] = []
     keys: list[dict[str, Any]] = []
     for item in indices[:SAMPLE_ROWS]:
-        if isinstance(item, dict):  # SQL: the row_key columns (and the checked column)
-            keys.append({k: _plain(item[k]) for k in row_key if k in item} or _plain(item))
+        if isinstance(item, dict):  # SQL: the row_key columns (and the checked value)
+            if key := {k: _plain(item[k]) for k in row_key if k in item}:
+                keys.append(key)  # the checked value is left out: it is in the description
             if (value := _as_int(item.get("row_number"))) is not None:
                 rows.append(value)
         elif (value := _as_int(item)) is not None:
@@ -498,10 +505,16 @@ def _scrub_personal(payload: dict[str, Any]) -> dict[str, Any]:
     because ingestion let a raw identifier through: then the value must not be written.
     """
     for item in payload.get("results") or []:
-        meta = (item.get("expectation_config") or {}).get("meta") or {}
-        if meta.get("personal") and isinstance(item.get("result"), dict):
-            for key in _VALUE_KEYS:
-                item["result"].pop(key, None)
+        config = item.get("expectation_config") or {}
+        result = item.get("result")
+        if not (config.get("meta") or {}).get("personal") or not isinstance(result, dict):
+            continue
+        for key in _VALUE_KEYS:
+            result.pop(key, None)
+        column = (config.get("kwargs") or {}).get("column")
+        for index in result.get("partial_unexpected_index_list") or []:
+            if isinstance(index, dict):  # SQL rows: {row_key..., column: value}
+                index.pop(column, None)
     return payload
 
 

@@ -26,16 +26,25 @@ def _validator(results_dir: str) -> BatchValidator:
     return BatchValidator(results_dir=Path(results_dir))
 
 
-@task(name="ingest-feed", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=retry_on_transient_error, task_run_name="ingest-{partner}-{as_of}")
+@task(
+    name="ingest-feed",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_on_transient_error,
+    task_run_name="ingest-{partner}-{as_of}",
+)
 def ingest_partner_feed(partner: str, as_of: date) -> dict:
     """Ingest the new files of one feed up to ``as_of``; returns counts and one line per file."""
     runtime = open_runtime()
     settings = runtime.settings
     feed = load_config(settings.config_dir, PartnersConfig).get(partner)
-    ingestor = FileIngestor(runtime, feed, _validator(str(settings.home / "gx")),
-                            pseudonym_key_bytes(settings.pseudonym_key),
-                            flow_run_id=current_flow_run_id())
+    ingestor = FileIngestor(
+        runtime,
+        feed,
+        _validator(str(settings.home / "gx")),
+        pseudonym_key_bytes(settings.pseudonym_key),
+        flow_run_id=current_flow_run_id(),
+    )
     logger = get_run_logger()
 
     def log_file(outcome: FileOutcome) -> None:
@@ -43,7 +52,15 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
 
     result = ingest_feed(runtime, feed, ingestor, as_of, on_file=log_file)
     if result.late:
-        logger.warning("%s: the delivery expected for %s by %s has not arrived (late)",
-                       partner, as_of, feed.expected_by)
-    return {"partner": partner, "late": result.late, "counts": result.counts(),
-            "files": [asdict(f) for f in result.files]}
+        logger.warning(
+            "%s: the delivery expected for %s by %s has not arrived (late)",
+            partner,
+            as_of,
+            feed.expected_by,
+        )
+    return {
+        "partner": partner,
+        "late": result.late,
+        "counts": result.counts(),
+        "files": [asdict(f) for f in result.files],
+    }

@@ -7,7 +7,10 @@ from typing import Any
 from sqlalchemy.exc import DisconnectionError, OperationalError
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError, DisconnectionError, ConnectionError, TimeoutError,
+    OperationalError,
+    DisconnectionError,
+    ConnectionError,
+    TimeoutError,
 )
 
 

@@ -39,23 +39,28 @@ def pipeline_env(
 
 
 @pytest.mark.slow
-def test_daily_flow_surveys_landing_and_audits(pipeline_env: str, small_landing: Path) -> None:
+def test_daily_flow_ingests_the_landing_zone_and_audits(
+    pipeline_env: str, small_landing: Path
+) -> None:
     summary = run_daily_pipeline(END)
     settings = load_settings()
     partners = load_config(settings.config_dir, PartnersConfig)
-    on_disk = sum(
-        len(list_landed_files(feed, str(small_landing), END)) for feed in partners.partners
-    )
-    assert on_disk > 0 and summary["files_landed"] == on_disk
-    # 2026-09-30 is not the 1st: monthly feeds are not expected, daily ones all arrived.
-    assert summary["late_feeds"] == []
-    assert summary["line"].startswith(f"daily {END}: {on_disk} files landed")
-    assert "not built yet: ingest" in summary["line"]
+    on_disk = sum(len(list_landed_files(feed, str(small_landing))) for feed in partners.partners)
+    ingest = summary["ingest"]
+    assert on_disk > 0 and sum(ingest["statuses"].values()) == on_disk
+    assert ingest["statuses"].get("quarantined", 0) == 0  # no faults planted
+    assert ingest["rows"] == ingest["rows_loaded"] + ingest["rows_duplicate"] > 0
+    assert summary["late_feeds"] == []  # the 30th: no monthly feed due, daily ones arrived
+    assert summary["line"].startswith(f"daily {END}: ingest {END}:")
+    assert "not built yet: train" in summary["line"]
     engine = get_engine(pipeline_env)
     events = read_audit_events(engine, action="pipeline.daily")
     assert [e["subject"] for e in events] == [f"daily/{END}"]
     assert events[0]["flow_run_id"], "the audit event must name the Prefect flow run"
-    assert events[0]["details"]["files_landed"] == on_disk
+    assert events[0]["details"]["ingest"]["rows_loaded"] == ingest["rows_loaded"]
+    accepted = read_audit_events(engine, action="ingest.accepted")
+    assert len(accepted) == ingest["statuses"]["accepted"]
+    assert all(e["flow_run_id"] for e in accepted)
     assert verify_audit_chain(engine).ok
 
 
@@ -63,15 +68,16 @@ def test_daily_flow_surveys_landing_and_audits(pipeline_env: str, small_landing:
 def test_missing_expected_delivery_is_reported_late(pipeline_env: str) -> None:
     after_last_delivery = END + timedelta(days=1)  # a 1st of the month with nothing landed
     summary = run_daily_pipeline(after_last_delivery)
-    assert summary["files_landed"] == 0
     assert "credit_bureau" in summary["late_feeds"] and "mobile_payments" in summary["late_feeds"]
+    late = read_audit_events(get_engine(pipeline_env), action="ingest.late")
+    assert {e["subject"] for e in late} >= {f"credit_bureau/{after_last_delivery}"}
 
 
 @pytest.mark.slow
 def test_backfill_runs_in_order_and_resumes(pipeline_env: str) -> None:
     start = END - timedelta(days=2)
     first = list(backfill_daily(start, END - timedelta(days=1)))
-    assert len(first) == 2 and all("files landed" in line for line in first)
+    assert len(first) == 2 and all("ingest" in line for line in first)
     second = list(backfill_daily(start, END))
     assert ["skipped" in line for line in second] == [True, True, False]
     subjects = [

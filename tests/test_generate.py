@@ -59,6 +59,8 @@ NUMERIC = {
     "loan_outcomes": {"max_dpd": (0, 180), "default_flag": (0, 1)},
 }
 THOUSANDS_AMOUNT = re.compile(r"^\d{1,3}(,\d{3})*\.\d{2}$")
+Zone = tuple[Path, GenerateSummary]
+FaultList = list[dict[str, str]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,7 +278,8 @@ def test_rewrites_an_earlier_landing_zone_but_not_a_foreign_folder(tmp_path: Pat
 @pytest.mark.parametrize(
     "kwargs",
     [{"users": 0}, {"days": 0}, {"history_days": -1}, {"products": ("savings",)},
-     {"products": ("nope",)}, {"penalize_segment": "left_handed"}],
+     {"products": ("nope",)}, {"penalize_segment": "left_handed"},
+     {"faults": True, "days": 5}],
 )
 def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -366,7 +369,9 @@ def test_feed_formats(clean: tuple[Path, GenerateSummary]) -> None:
     assert all(normalize_phone(str(o["buyer_phone"])) for o in orders)
     assert all(isinstance(o["amount_yuan"], (int, float)) for o in orders)
     assert {o["category_code"] for o in orders} == set(ref.ECOMMERCE_CATEGORIES)
-    events = pq.read_table(root / "product_events" / "2026-09-25" / "product_events_20260925.parquet")
+    events = pq.read_table(
+        root / "product_events" / "2026-09-25" / "product_events_20260925.parquet"
+    )
     assert str(events.schema.field("event_time").type) == "timestamp[ms, tz=+08:00]"
     counts = {t: events.column("event_type").to_pylist().count(t) for t in ref.EVENT_TYPES}
     assert counts["impression"] > 3 * counts["click"] > 0
@@ -422,13 +427,16 @@ def test_thin_files_and_truth(clean: tuple[Path, GenerateSummary]) -> None:
     assert truth["thin_file_share_by_age_band"]["age_18_25"] > truth["thin_file_share"]["urban"]
 
 
-def test_penalized_segment_defaults_more(clean: tuple[Path, GenerateSummary], tmp_path: Path) -> None:
+def test_penalized_segment_defaults_more(
+    clean: tuple[Path, GenerateSummary], tmp_path: Path
+) -> None:
     generate_landing_zone(tmp_path / "pen", **CLEAN, penalize_segment="rural")
     base = json.loads((clean[0] / "truth.json").read_text(encoding="utf-8"))
     pen = json.loads((tmp_path / "pen" / "truth.json").read_text(encoding="utf-8"))
     assert pen["penalize_segment"] == "rural"
     assert pen["segments"]["rural"]["default_rate"] > base["segments"]["rural"]["default_rate"]
-    assert pen["segments"]["rural"]["mean_true_pd"] > 1.5 * base["segments"]["rural"]["mean_true_pd"]
+    rural_pd = base["segments"]["rural"]["mean_true_pd"]
+    assert pen["segments"]["rural"]["mean_true_pd"] > 1.5 * rural_pd
     # Only the segment's labels change: the same uniform draws decide every default.
     assert pen["segments"]["urban"] == base["segments"]["urban"]
     # Only the outcome files can differ.
@@ -493,7 +501,7 @@ def test_unlisted_files_are_clean_and_listed_ones_are_not(
             assert len([p for p in normal if "redelivery" not in p.name]) == expected
 
 
-def test_fault_wrong_encoding(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_wrong_encoding(faulty: Zone, fault_list: FaultList) -> None:
     data = fault_path(faulty[0], fault_list, "wrong_encoding").read_bytes()
     with pytest.raises(UnicodeDecodeError):
         data.decode("utf-8")
@@ -501,7 +509,7 @@ def test_fault_wrong_encoding(faulty, fault_list) -> None:  # noqa: ANN001
     assert any(p.name in text for p in ref.PROVINCES)
 
 
-def test_fault_bom(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_bom(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "bom")
     data = path.read_bytes()
     assert data.startswith(b"\xef\xbb\xbf")
@@ -509,7 +517,7 @@ def test_fault_bom(faulty, fault_list) -> None:  # noqa: ANN001
     assert header.split(",") == list(FEEDS[file_info(path)[0]].columns)
 
 
-def test_fault_missing_extra_and_renamed_columns(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_missing_extra_and_renamed_columns(faulty: Zone, fault_list: FaultList) -> None:
     root = faulty[0]
     path = fault_path(root, fault_list, "missing_column")
     partner = file_info(path)[0]
@@ -526,7 +534,7 @@ def test_fault_missing_extra_and_renamed_columns(faulty, fault_list) -> None:  #
     assert len(header) == len(FEEDS["mobile_payments"].columns)
 
 
-def test_fault_type_drift(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_type_drift(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "type_drift")
     _, rows = read_rows(path, "loan_applications")
     amounts = [str(r["amount_requested_yuan"]) for r in rows]
@@ -535,7 +543,7 @@ def test_fault_type_drift(faulty, fault_list) -> None:  # noqa: ANN001
     assert '"' in path.read_text().splitlines()[1]
 
 
-def test_fault_duplicate_rows(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_duplicate_rows(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "duplicate_rows")
     rows = read_rows(path, "ecommerce_orders")[1]
     ids = [r["order_id"] for r in rows]
@@ -545,7 +553,7 @@ def test_fault_duplicate_rows(faulty, fault_list) -> None:  # noqa: ANN001
     assert all(first[r["order_id"]] == r for r in repeated)  # whole rows repeated
 
 
-def test_fault_duplicate_delivery(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_duplicate_delivery(faulty: Zone, fault_list: FaultList) -> None:
     root = faulty[0]
     path = fault_path(root, fault_list, "duplicate_delivery")
     assert path.name.endswith("_redelivery" + path.suffix)
@@ -560,7 +568,7 @@ def test_fault_duplicate_delivery(faulty, fault_list) -> None:  # noqa: ANN001
     assert str(earlier[0].relative_to(root)) not in {f["path"] for f in fault_list}
 
 
-def test_fault_null_burst(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_null_burst(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "null_burst")
     rows = read_rows(path, "mobile_payments")[1]
     empty = [i for i, r in enumerate(rows) if r["payer_phone"] == ""]
@@ -568,7 +576,7 @@ def test_fault_null_burst(faulty, fault_list) -> None:  # noqa: ANN001
     assert empty == list(range(empty[0], empty[0] + len(empty)))  # one contiguous block
 
 
-def test_fault_out_of_range(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_out_of_range(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "out_of_range")
     partner = file_info(path)[0]
     rows = read_rows(path, partner)[1]
@@ -579,7 +587,7 @@ def test_fault_out_of_range(faulty, fault_list) -> None:  # noqa: ANN001
     assert len(bad) >= 3
 
 
-def test_fault_future_timestamp(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_future_timestamp(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "future_timestamp")
     delivered = file_info(path)[1]
     rows = read_rows(path, "mobile_payments")[1]
@@ -590,7 +598,7 @@ def test_fault_future_timestamp(faulty, fault_list) -> None:  # noqa: ANN001
     assert all(t.date() > delivered for t in future)
 
 
-def test_fault_truncated_file(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_truncated_file(faulty: Zone, fault_list: FaultList) -> None:
     path = fault_path(faulty[0], fault_list, "truncated_file")
     data = path.read_bytes()
     assert not data.endswith(b"\n")
@@ -601,7 +609,7 @@ def test_fault_truncated_file(faulty, fault_list) -> None:  # noqa: ANN001
     assert all(len(next(csv.reader([line]))) == len(header) for line in lines[1:-1])
 
 
-def test_fault_empty_file(faulty, fault_list) -> None:  # noqa: ANN001
+def test_fault_empty_file(faulty: Zone, fault_list: FaultList) -> None:
     assert fault_path(faulty[0], fault_list, "empty_file").stat().st_size == 0
 
 

@@ -22,7 +22,7 @@ from puhui.config import PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.generate import generate_landing_zone
 from puhui.ingest import ledger
-from puhui.ingest.quarantine import list_quarantined, release_batch, reject_batch
+from puhui.ingest.quarantine import list_quarantined, reject_batch, release_batch
 from puhui.ingest.raw_tables import raw_table
 from puhui.pipeline import run_ingest_flow
 from puhui.runtime import open_runtime
@@ -32,25 +32,35 @@ from puhui.warehouse.schema import ingest_batches, validation_results
 END = date(2026, 9, 30)
 # What a reason or warning must say for each planted fault (it names the fault).
 FAULT_WORDS = {
-    "wrong_encoding": "encoding", "missing_column": "missing column", "renamed_column": "renamed",
-    "type_drift": "type drift", "null_burst": "missing", "out_of_range": "outside",
-    "truncated_file": "truncated", "empty_file": "empty", "extra_column": "extra column",
-    "duplicate_rows": "duplicate rows", "future_timestamp": "future timestamp",
-    "duplicate_delivery": "duplicate delivery", "bom": "",
+    "wrong_encoding": "encoding",
+    "missing_column": "missing column",
+    "renamed_column": "renamed",
+    "type_drift": "type drift",
+    "null_burst": "missing",
+    "out_of_range": "outside",
+    "truncated_file": "truncated",
+    "empty_file": "empty",
+    "extra_column": "extra column",
+    "duplicate_rows": "duplicate rows",
+    "future_timestamp": "future timestamp",
+    "duplicate_delivery": "duplicate delivery",
+    "bom": "",
 }
 
 
 @pytest.fixture(scope="module")
 def faulty_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("faulty-landing")
-    generate_landing_zone(out, users=1500, days=8, seed=11, faults=True, end_date=END,
-                          history_days=60)
+    generate_landing_zone(
+        out, users=1500, days=8, seed=11, faults=True, end_date=END, history_days=60
+    )
     return out
 
 
 @pytest.fixture
-def ingest_env(puhui_env: Path, warehouse_url: str, faulty_landing: Path,
-               monkeypatch: pytest.MonkeyPatch) -> str:
+def ingest_env(
+    puhui_env: Path, warehouse_url: str, faulty_landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     monkeypatch.setenv("PUHUI_LANDING", str(faulty_landing))
     return warehouse_url
@@ -63,8 +73,11 @@ def _faults(landing: Path) -> dict[str, dict]:
 def _landed_paths(landing: Path) -> list[str]:
     partners = load_config(load_settings().config_dir, PartnersConfig)
     names = {f.name for f in partners.partners}
-    return sorted(str(p) for p in landing.rglob("*.*")
-                  if p.is_file() and p.relative_to(landing).parts[0] in names)
+    return sorted(
+        str(p)
+        for p in landing.rglob("*.*")
+        if p.is_file() and p.relative_to(landing).parts[0] in names
+    )
 
 
 def _ledger_by_path(url: str) -> dict[str, ledger.BatchRecord]:
@@ -143,9 +156,13 @@ def test_rows_reconcile_and_raw_tables_hold_exactly_the_loaded_rows(
     total_landed = total_accounted = 0
     with runtime.engine.connect() as conn:
         for feed in partners.partners:
-            loaded_by_batch = dict(conn.execute(
-                select(raw_table(feed).c.batch_id, func.count()).group_by(raw_table(feed).c.batch_id)
-            ).all())
+            loaded_by_batch = dict(
+                conn.execute(
+                    select(raw_table(feed).c.batch_id, func.count()).group_by(
+                        raw_table(feed).c.batch_id
+                    )
+                ).all()
+            )
             for record in [r for r in by_path.values() if r.partner == feed.name]:
                 assert record.rows == record.rows_loaded + record.rows_held + record.rows_duplicate
                 assert loaded_by_batch.get(record.batch_id, 0) == record.rows_loaded, record
@@ -190,12 +207,20 @@ print("done")
 
 
 @pytest.mark.slow
-def test_two_ingests_at_once_load_each_file_exactly_once(ingest_env: str,
-                                                         faulty_landing: Path) -> None:
+def test_two_ingests_at_once_load_each_file_exactly_once(
+    ingest_env: str, faulty_landing: Path
+) -> None:
     env = {**os.environ}
-    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_INGEST], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_INGEST],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0 and "done" in out, err[-2000:]
@@ -206,20 +231,26 @@ def test_two_ingests_at_once_load_each_file_exactly_once(ingest_env: str,
     with runtime.engine.connect() as conn:
         for feed in partners.partners:
             table = raw_table(feed)
-            counts = dict(conn.execute(select(table.c.batch_id, func.count())
-                                       .group_by(table.c.batch_id)).all())
+            counts = dict(
+                conn.execute(
+                    select(table.c.batch_id, func.count()).group_by(table.c.batch_id)
+                ).all()
+            )
             for record in (r for r in by_path.values() if r.partner == feed.name):
                 assert counts.get(record.batch_id, 0) == record.rows_loaded
 
 
 @pytest.mark.slow
-def test_release_loads_once_and_reject_is_final(ingest_env: str, faulty_landing: Path,
-                                                prefect_harness: None) -> None:
+def test_release_loads_once_and_reject_is_final(
+    ingest_env: str, faulty_landing: Path, prefect_harness: None
+) -> None:
     run_ingest_flow(END)
     runtime = open_runtime()
     held = list_quarantined(runtime)
-    faults = {str(faulty_landing / f["path"]): f["fault"]
-              for f in json.loads((faulty_landing / "faults.json").read_text())}
+    faults = {
+        str(faulty_landing / f["path"]): f["fault"]
+        for f in json.loads((faulty_landing / "faults.json").read_text())
+    }
     releasable = next(r for r in held if faults.get(r.source_path) == "out_of_range")
     unreadable = next(r for r in held if faults.get(r.source_path) == "truncated_file")
 
@@ -228,8 +259,11 @@ def test_release_loads_once_and_reject_is_final(ingest_env: str, faulty_landing:
     assert released.rows_loaded + released.rows_duplicate == released.rows > 0
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(released.partner)
     with runtime.engine.connect() as conn:
-        count = conn.execute(select(func.count()).select_from(raw_table(feed))
-                             .where(raw_table(feed).c.batch_id == released.batch_id)).scalar()
+        count = conn.execute(
+            select(func.count())
+            .select_from(raw_table(feed))
+            .where(raw_table(feed).c.batch_id == released.batch_id)
+        ).scalar()
     assert count == released.rows_loaded
     with pytest.raises(PuhuiError, match="released, not quarantined"):
         release_batch(runtime, releasable.batch_id, "second time")
@@ -240,8 +274,9 @@ def test_release_loads_once_and_reject_is_final(ingest_env: str, faulty_landing:
     with pytest.raises(PuhuiError, match="rejected, not quarantined"):
         reject_batch(runtime, unreadable.batch_id, "again")
 
-    decisions = read_audit_events(runtime.engine, action="quarantine.released") + \
-        read_audit_events(runtime.engine, action="quarantine.rejected")
+    decisions = read_audit_events(runtime.engine, action="quarantine.released") + read_audit_events(
+        runtime.engine, action="quarantine.rejected"
+    )
     assert {e["subject"] for e in decisions} == {releasable.batch_id, unreadable.batch_id}
     assert all(e["actor"] == "test-runner" and e["details"]["reason"] for e in decisions)
 
@@ -257,8 +292,9 @@ def test_crash_mid_load_leaves_nothing_and_rerun_completes(
 
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("credit_bureau")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    )
     real_insert = batches.bulk_insert
 
     def insert_then_crash(conn, table, data):  # noqa: ANN001, ANN202

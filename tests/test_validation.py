@@ -498,14 +498,21 @@ def test_gx_frame_gives_gx_vectorizable_dtypes() -> None:
     assert frame["full"].dtype == "Int64"  # the caller's frame is untouched
 
 
-def test_gx_runs_quietly() -> None:
+def test_gx_runs_quietly(
+    validator: BatchValidator, landing_zone: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """No analytics, no per-metric progress bars in the flow logs."""
     import os
 
     from puhui import validation
 
-    validation._gx()
+    validator.validate_frame(_clean_frame(landing_zone, "product_events"), "product_events", "q")
+    captured = capfd.readouterr()
+    assert "Calculating Metrics" not in captured.err + captured.out
     assert os.environ["GX_ANALYTICS_ENABLED"] == "false"
-    bars = validation._gx().context.variables.progress_bars
+    context = validation._gx().context
+    assert context.config.analytics_enabled is False
+    bars = context.variables.progress_bars
     assert bars is not None and not bars.globally and not bars.metric_calculations
 
 
@@ -555,3 +562,40 @@ def test_validate_table_on_ingest_batches(warehouse_url: str, validator: BatchVa
         assert json.dumps(outcome.summary(), allow_nan=False)
     finally:
         validator.close()  # GX's own engine: release it before the database is dropped
+
+
+def test_validate_table_reports_raw_rows_by_batch_and_row_number(
+    warehouse_url: str, validator: BatchValidator
+) -> None:
+    from puhui.ingest.raw_tables import ensure_raw_table
+    from puhui.warehouse.bulk import bulk_insert
+    from puhui.warehouse.engine import get_engine
+
+    engine = get_engine(warehouse_url)
+    table = ensure_raw_table(engine, PARTNERS.get("loan_outcomes"))
+    records = pd.DataFrame(
+        {
+            "batch_id": ["b1"] * 3 + ["b2"] * 2,
+            "row_number": [1, 2, 3, 1, 2],
+            "application_id": ["A0000000001", "A0000000002", "A0000000003",
+                               "A0000000004", "A0000000002"],
+            "observation_date": [date(2026, 9, 30)] * 5,
+            "max_dpd": [0, 95, 0, 30, 0],
+            "default_flag": [0, 1, 0, 2, 0],
+        }
+    )
+    try:
+        with engine.begin() as conn:
+            bulk_insert(conn, table, records)
+        outcome = validator.validate_table(warehouse_url, table.name,
+                                           "warehouse_raw_loan_outcomes")
+        by_column = {f.column: f for f in outcome.failed}
+        assert set(by_column) == {"default_flag", "application_id"}
+        flag = by_column["default_flag"]
+        assert flag.sample_rows == [1]
+        assert flag.sample_keys == [{"batch_id": "b2", "row_number": 1}]
+        assert "application_id: 2 values" in by_column["application_id"].description
+        assert sorted(k["batch_id"] for k in by_column["application_id"].sample_keys) == [
+            "b1", "b2"]
+    finally:
+        validator.close()

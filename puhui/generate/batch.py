@@ -24,7 +24,6 @@ from puhui.generate.formatting import (
     prefixed_ids,
     quote,
 )
-from puhui.generate.timeline import LOCAL_OFFSET_SECONDS
 
 ColumnKind = Literal["cat", "pid", "int", "dec2", "yuan", "ts", "date", "month"]
 # cat: codes into ``table``; pid: prefix + zero-padded number; int; dec2: 2-decimal number;
@@ -126,8 +125,3 @@ def render_arrow(col: Column) -> pa.Array:
     if col.kind == "date":
         return pa.array(col.values.astype(np.int32), type=pa.date32(), mask=mask)
     return render_text(col)
-
-
-def local_day_of(epoch_seconds: np.ndarray) -> np.ndarray:
-    """Local (+08:00) epoch day of UTC epoch seconds."""
-    return (np.asarray(epoch_seconds) + LOCAL_OFFSET_SECONDS) // 86_400

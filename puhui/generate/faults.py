@@ -174,7 +174,8 @@ def apply_batch_fault(fault: PlannedFault, batch: Batch, rng: np.random.Generato
         assert column is not None
         k = max(1, math.ceil(NULL_BURST_SHARE * n))
         start = int(rng.integers(0, n - k + 1))
-        valid = np.ones(n, dtype=bool) if batch[column].valid is None else batch[column].valid.copy()
+        current = batch[column].valid
+        valid = np.ones(n, dtype=bool) if current is None else current.copy()
         valid[start : start + k] = False
         fault.detail.update(first_row=start + 1, rows=k)  # 1-based data row numbers
         out = dict(batch)

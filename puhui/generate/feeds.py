@@ -273,7 +273,8 @@ def mobile_payments_batch(world: World, day: int) -> Batch:
     z = rng.standard_normal(n).astype(np.float32)
     lateness = rng.poisson(pop.late_severity[people])
     order = np.argsort(seconds, kind="stable")
-    people, seconds, u, z, lateness = people[order], seconds[order], u[order], z[order], lateness[order]
+    people, seconds, u, z = people[order], seconds[order], u[order], z[order]
+    lateness = lateness[order]
 
     txn_type = np.minimum((u[:, 0:1] >= pop.txn_type_cum[people]).sum(axis=1), 3)
     amount = (

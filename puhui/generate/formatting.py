@@ -49,11 +49,6 @@ def prefixed_ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
 
 
 @cache
-def _padded_table(width: int, count: int) -> pa.Array:
-    return strings_from_matrix(digit_matrix(np.arange(count), width))
-
-
-@cache
 def _clock_table() -> np.ndarray:
     """(86400, 8) ASCII matrix of "HH:MM:SS" for every second of a day."""
     s = np.arange(SECONDS_PER_DAY)

@@ -29,6 +29,7 @@ from puhui.generate import reference as ref
 from puhui.generate.batch import Batch, batch_rows
 from puhui.generate.faults import (
     FAULT_KINDS,
+    MIN_DAYS_FOR_FAULTS,
     PlannedFault,
     apply_batch_fault,
     apply_byte_fault,
@@ -60,6 +61,7 @@ from puhui.generate.process import (
 from puhui.generate.timeline import (
     Stream,
     Timeline,
+    day_month_starts,
     epoch_day,
     from_epoch_day,
     month_key,
@@ -115,7 +117,7 @@ def generate_landing_zone(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     products = tuple(products)
-    _validate(users, days, history_days, products, penalize_segment, end_date)
+    _validate(users, days, history_days, products, penalize_segment, end_date, faults)
     _prepare_out_dir(out_dir)
     say = progress or (lambda _message: None)
 
@@ -153,7 +155,7 @@ def generate_landing_zone(
 
 def _validate(
     users: int, days: int, history_days: int, products: tuple[str, ...],
-    penalize_segment: str | None, end_date: date,
+    penalize_segment: str | None, end_date: date, faults: bool,
 ) -> None:
     if users < 1:
         raise ValueError("users must be at least 1")
@@ -168,6 +170,10 @@ def _validate(
         )
     if len(set(products)) != len(products):
         raise ValueError("products must not repeat")
+    if not set(products) & set(ref.LOAN_PRODUCTS):
+        raise ValueError("products must include a loan product: " + ", ".join(ref.LOAN_PRODUCTS))
+    if faults and days < MIN_DAYS_FOR_FAULTS:
+        raise ValueError(f"faults need days >= {MIN_DAYS_FOR_FAULTS} (one file per fault kind)")
     if penalize_segment is not None and penalize_segment not in SEGMENTS:
         raise ValueError(
             f"unknown segment {penalize_segment!r}; choose one of {', '.join(SEGMENTS)}"
@@ -286,7 +292,7 @@ class _LandingWriter:
         timeline = self.timeline
         first = epoch_day(timeline.first_delivery)
         history_months = timeline.history_months()
-        month_of = _month_starts(event_days)
+        month_of = day_month_starts(event_days)
         earliest = epoch_day(history_months[0]) if history_months else first
         for month in history_months:
             m = epoch_day(month)
@@ -340,13 +346,6 @@ class _LandingWriter:
             self.fault_paths[fault] = self.relative(path)
             note = f" (fault: {fault.kind})"
         self.say(f"{partner} {day.isoformat()}: {rows:,} rows{note}")
-
-
-def _month_starts(days: np.ndarray) -> np.ndarray:
-    return (
-        days.astype("datetime64[D]").astype("datetime64[M]").astype("datetime64[D]")
-        .astype(np.int64)
-    )
 
 
 def _customer_rows(world: World) -> Callable[[np.ndarray], Batch]:
@@ -432,11 +431,12 @@ def build_truth(
             for f in planned
         ],
         "process": {
-            "pd_model": "sigmoid(intercept + sum of terms + penalty); see puhui/generate/process.py",
+            "pd_model": "sigmoid(intercept + sum of terms + penalty); "
+            "see puhui/generate/process.py",
             "intercept": round(apps.intercept, 6),
             "coefficients": params.as_dict(),
             "mean_term_contribution": {
-                name: round(float(np.mean(values)), 6) for name, values in apps.terms.items()
+                name: _mean(values) for name, values in apps.terms.items()
             },
             "protected_attributes_in_pd": (
                 "none directly; age only via thin_file x age<=25 x electronics_share; "

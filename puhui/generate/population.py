@@ -149,7 +149,8 @@ def build_population(n: int, seed: int, timeline: Timeline) -> Population:
     # Mobile wallet: ~80 % have one; heterogeneous lognormal activity.
     wallet_p = np.array([0.8, 0.84, 0.9])[region] * np.where(retired, 0.62, 1.0)
     has_wallet = rng.random(n) < wallet_p
-    raw_rate = np.exp(rng.normal(0.0, 0.9, n)) * np.where(occupation == ref.SMALL_BUSINESS, 1.6, 1.0)
+    business = occupation == ref.SMALL_BUSINESS
+    raw_rate = np.exp(rng.normal(0.0, 0.9, n)) * np.where(business, 1.6, 1.0)
     payment_rate = np.where(has_wallet, raw_rate, 0.0)
     payment_rate *= MEAN_PAYMENT_RATE / payment_rate[has_wallet].mean() if has_wallet.any() else 0
     base_types = np.array([0.22, 0.26, 0.20, 0.32])

@@ -24,8 +24,10 @@ Loan applications
     ``products``). Amounts are lognormal (agri loans grow with acreage, all with income);
     the scenario is where the applicant was (co-op, e-commerce, wallet, branch). The
     ``legacy_decision`` is the lender's old rule: bureau score (or 600 for a thin file)
-    adjusted by income band (−25, −5, +10, +25) must reach 580, loan-to-income at most 2, fewer than 3
-    delinquencies — with 3 % of decisions flipped by branch overrides. About 80 % approved.
+    adjusted by income band (−25, −5, +10, +25) must reach 580, loan-to-income at most 2,
+    fewer than 3 delinquencies — with 3 % of decisions flipped by branch overrides. About
+    80 % are approved; thin-file applicants with a low income are all declined, which is
+    why the legacy rule approves rural applicants far less often (≈65 % vs ≈90 % urban).
 
 True probability of default (90+ days past due within 180 days of disbursement)
     PD = sigmoid(intercept + Σ terms + penalty), with every term a function of facts the
@@ -34,29 +36,41 @@ True probability of default (90+ days past due within 180 days of disbursement)
     feed data estimate them). With z = (650 - bureau_score) / 100 and lti = amount / the
     income band's annual income (24k, 48k, 90k, 160k yuan):
 
-    ========================  ===============================================================
+    ========================  ==============================================================
     thin_file                 +0.55 if no bureau record
-    score                     record: 0.9·z + 0.6·max(z, 0)² (risk accelerates below 650)
+    score                     record: 0.2·z + 2.5·sigmoid(6·(z − 0.1)) — a cliff around a
+                              bureau score of 640
+    accounts                  record: U-shaped: +0.5 if no account open, +0.2 per account
+                              beyond 3
     delinquencies             record: +0.28 per delinquency in 24 months (capped at 6)
     severe_dpd                record: +0.6 if worst days past due in 24 months ≥ 90
-    inquiries                 record: +0.08 per inquiry in 6 months, +0.45 more if ≥ 6
+    inquiries                 record: +0.08 per inquiry in 6 months, +0.8 more if ≥ 6
     debt_to_income            record: 0.35·log(1 + total_debt / income)
+    credit_hungry             record: +0.9 if ≥ 4 inquiries AND total debt > 0.8 × income
     income_band               low +0.45, lower_middle +0.2, middle 0, upper_middle −0.35
     occupation                farmer 0, small_business_owner +0.15, gig_worker +0.35,
-                              salaried −0.3, retired −0.15
-    wallet                    wallet user: 4.0·late_share (share of bill payments paid late)
-                              + 3.0·max(0, 1 − inflow/outflow) − 1.5·min(max(ratio − 1, 0), 0.3);
-                              no wallet: +0.25
+                              salaried −0.3, retired −0.15; +0.7 more for a gig worker
+                              with a low income band
+    wallet                    wallet user: (4.0 + 3.0 if thin file)·max(0, late_share −
+                              0.06) (late_share: share of bill payments paid late)
+                              + 3.0·max(0, 1 − ratio) − 1.5·min(max(ratio − 1, 0), 0.3)
+                              (ratio: inflow / outflow); no wallet: +0.25
     ecommerce                 shopper: 1.0·electronics_share
                               − 0.2·clip(log(monthly spend / 300), −2, 2); no shopping: +0.1
-    thin_young_electronics    +3.0·max(0, electronics_share − 0.25) if thin file AND age ≤ 25
-    farm                      co-op farmer: 2.5·max(0, 0.9 − harvest quality)
+    thin_young_electronics    +4.0·max(0, electronics_share − 0.25) if thin file AND age ≤ 25
+    farm                      co-op farmer: 3.5·max(0, 0.9 − harvest quality)
                               (harvest sales per mu relative to the crop's norm)
                               + 0.35 if acreage < 4 mu − 0.4 if acreage ≥ 30 mu and
                               quality ≥ 1; farmer outside a co-op: +0.3
-    loan_to_income            0.25·lti + 0.9·max(0, lti − 0.5)
+    loan_to_income            0.2·lti + 1.8·sigmoid((lti − 0.8) / 0.08) — stretched loans
     penalty                   +1.2 for the ``penalize_segment`` (only when asked)
-    ========================  ===============================================================
+    ========================  ==============================================================
+
+    About 10 % of the variance of the log-odds is beyond a linear fit of these inputs (the
+    cliffs, the U shape and the interactions), so a tree model beats a plain logistic
+    regression on the same features; and the strongest terms sit on facts observed exactly
+    (bureau, KYC, the loan), so feature windows get close to the ceiling (on a 60k-user run,
+    ceiling 0.86: gradient boosting on 180-day windows ≈ 0.83, logistic regression ≈ 0.82).
 
     Gender, age band and region type have no main effect: age enters only through the
     thin-file × young × electronics interaction above (a documented, deliberate one), and
@@ -88,7 +102,6 @@ from puhui.generate.timeline import (
     Stream,
     Timeline,
     age_in_years,
-    day_months,
     epoch_day,
     rng_for,
 )
@@ -108,29 +121,34 @@ class RiskParameters:
 
     target_approved_default_rate: float = 0.08
     thin_file: float = 0.55
-    score_linear: float = 0.9
-    score_convex: float = 0.6
+    score_linear: float = 0.2
+    score_step: float = 2.5  # a cliff around 640: sigmoid(6 * (z - 0.1))
     delinquency: float = 0.28
     severe_dpd: float = 0.6
     inquiry: float = 0.08
-    inquiry_burst: float = 0.45
+    inquiry_burst: float = 0.8
+    no_open_account: float = 0.5  # accounts: U-shaped, none open is risky ...
+    many_accounts: float = 0.2  # ... and so is each account beyond 3
     debt_to_income: float = 0.35
+    credit_hungry: float = 0.9  # >= 4 inquiries in 6 months AND debt above 80 % of income
     income_band: tuple[float, ...] = (0.45, 0.2, 0.0, -0.35)
     occupation: tuple[float, ...] = (0.0, 0.15, 0.35, -0.3, -0.15)
-    late_share: float = 4.0
+    gig_low_income: float = 0.7  # gig worker with a low income band (on top of both)
+    late_share: float = 4.0  # per unit of late share above the 6 % that is normal
+    thin_file_late_share: float = 3.0  # extra for thin files (behaviour is all there is)
     outflow_excess: float = 3.0
     inflow_surplus: float = -1.5
     no_wallet: float = 0.25
     electronics: float = 1.0
     log_spend: float = -0.2
     no_ecommerce: float = 0.1
-    thin_young_electronics: float = 3.0
-    harvest_shortfall: float = 2.5
+    thin_young_electronics: float = 4.0
+    harvest_shortfall: float = 3.5
     small_farm: float = 0.35
     large_good_farm: float = -0.4
     farmer_no_coop: float = 0.3
-    loan_to_income: float = 0.25
-    loan_to_income_excess: float = 0.9
+    loan_to_income: float = 0.2
+    loan_to_income_cliff: float = 1.8  # sigmoid((lti - 0.8) / 0.08): stretched borrowers
     segment_penalty: float = 1.2
 
     def as_dict(self) -> dict[str, object]:
@@ -323,7 +341,8 @@ def build_applications(
         draws = rng.random((n, 7))  # product, term, scenario, override, default, mild, dpd
         amount_z = rng.standard_normal(n)
         order = np.argsort(seconds, kind="stable")
-        people, seconds, draws, amount_z = people[order], seconds[order], draws[order], amount_z[order]
+        people, seconds, draws = people[order], seconds[order], draws[order]
+        amount_z = amount_z[order]
         product = _choose_product(pop, people, draws[:, 0], loan_products)
         parts.append({
             "day": np.full(n, day, dtype=np.int64),
@@ -440,6 +459,7 @@ class ApplicantFeatures:
 
     thin: np.ndarray
     score: np.ndarray
+    accounts: np.ndarray
     delinquencies: np.ndarray
     max_dpd: np.ndarray
     inquiries: np.ndarray
@@ -483,6 +503,7 @@ def applicant_features(
     return ApplicantFeatures(
         thin=thin,
         score=bureau_value(bureau.bureau_score),
+        accounts=bureau_value(bureau.accounts_open),
         delinquencies=bureau_value(bureau.delinquencies_24m),
         max_dpd=bureau_value(bureau.max_dpd_24m),
         inquiries=bureau_value(bureau.inquiries_6m),
@@ -515,18 +536,28 @@ def risk_terms(f: ApplicantFeatures, p: RiskParameters) -> dict[str, np.ndarray]
     lti = f.loan_to_income
     return {
         "thin_file": p.thin_file * f.thin,
-        "score": record * (p.score_linear * z + p.score_convex * np.maximum(z, 0.0) ** 2),
+        "score": record * (
+            p.score_linear * z + p.score_step / (1.0 + np.exp(-6.0 * (z - 0.1)))
+        ),
         "delinquencies": record * p.delinquency * np.minimum(f.delinquencies, 6),
         "severe_dpd": record * p.severe_dpd * (f.max_dpd >= 90),
         "inquiries": record * (
             p.inquiry * np.minimum(f.inquiries, 12) + p.inquiry_burst * (f.inquiries >= 6)
         ),
+        "accounts": record * (
+            p.no_open_account * (f.accounts == 0) + p.many_accounts * np.maximum(0, f.accounts - 3)
+        ),
         "debt_to_income": record * p.debt_to_income * np.log1p(f.debt / f.income_yuan),
+        "credit_hungry": record * p.credit_hungry
+        * ((f.inquiries >= 4) & (f.debt > 0.8 * f.income_yuan)),
         "income_band": np.array(p.income_band)[f.income],
-        "occupation": np.array(p.occupation)[f.occupation],
+        "occupation": np.array(p.occupation)[f.occupation]
+        + p.gig_low_income * ((f.occupation == ref.GIG) & (f.income == 0)),
         "wallet": np.where(
             f.has_wallet,
-            p.late_share * f.late_share + p.outflow_excess * np.maximum(0.0, 1.0 - ratio)
+            (p.late_share + p.thin_file_late_share * f.thin)
+            * np.maximum(0.0, f.late_share - 0.06)
+            + p.outflow_excess * np.maximum(0.0, 1.0 - ratio)
             + p.inflow_surplus * np.minimum(np.maximum(ratio - 1.0, 0.0), 0.3),
             p.no_wallet,
         ),
@@ -544,7 +575,7 @@ def risk_terms(f: ApplicantFeatures, p: RiskParameters) -> dict[str, np.ndarray]
             f.farmer * p.farmer_no_coop,
         ),
         "loan_to_income": p.loan_to_income * lti
-        + p.loan_to_income_excess * np.maximum(0.0, lti - 0.5),
+        + p.loan_to_income_cliff / (1.0 + np.exp(-(lti - 0.8) / 0.08)),
     }
 
 
@@ -583,8 +614,3 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     ranks[order] = np.repeat(average, counts)
     rank_sum = ranks[labels].sum()
     return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def months_of(days: np.ndarray) -> np.ndarray:
-    """Calendar month (1..12) of epoch days (re-exported for feeds)."""
-    return day_months(days)

@@ -133,11 +133,6 @@ def day_month_starts(days: np.ndarray) -> np.ndarray:
     )
 
 
-def day_months(days: np.ndarray) -> np.ndarray:
-    """Calendar month 1..12 for an array of epoch days."""
-    return days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12 + 1
-
-
 def age_in_years(birth_days: np.ndarray, at_days: np.ndarray | int) -> np.ndarray:
     """Completed years of age at ``at_days`` (exact, birthday-aware)."""
     b = birth_days.astype("datetime64[D]")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ class FileOutcome:
     def line(self) -> str:
         name = self.path.rsplit("/", 1)[-1]
         state = self.status + (" (earlier run)" if self.skipped else "")
-        text = f"{self.partner:<18} {name:<44} {self.rows:>9,} rows  {state:<24} {self.seconds:5.2f}s"
+        text = (
+            f"{self.partner:<18} {name:<44} {self.rows:>9,} rows  {state:<24} {self.seconds:5.2f}s"
+        )
         if self.reason:
             text += f"  {self.reason}"
         if self.warnings:
@@ -91,9 +94,15 @@ class PreparedChunk:
 
     def take(self, mask: np.ndarray) -> PreparedChunk:
         selector = pa.array(mask)
-        return PreparedChunk(self.stored.filter(selector),
-                             {k: v.filter(selector) for k, v in self.checks.items()},
-                             self.row_numbers[mask])
+        return PreparedChunk(
+            self.stored.filter(selector),
+            {k: v.filter(selector) for k, v in self.checks.items()},
+            self.row_numbers[mask],
+        )
+
+
+# One validation at a time per process: a GX context is not meant for concurrent runs.
+_VALIDATION_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-gx")
 
 
 class _Held(Exception):
@@ -104,8 +113,9 @@ class _Held(Exception):
         self.failures, self.summary = failures, summary
 
 
-def prepare_chunk(raw: pa.Table, feed: PartnerFeed, key: bytes, delivery_end: Any,
-                  first_row: int) -> PreparedChunk:
+def prepare_chunk(
+    raw: pa.Table, feed: PartnerFeed, key: bytes, delivery_end: Any, first_row: int
+) -> PreparedChunk:
     """Type ``raw`` per contract, replace identifiers by pseudonyms, add check columns."""
     typed = coerce_to_contract(raw, feed)
     arrays, names, checks = [], [], {}
@@ -129,16 +139,18 @@ def prepare_chunk(raw: pa.Table, feed: PartnerFeed, key: bytes, delivery_end: An
 
 def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
     stored = {c.name: s for s, c in stored_columns(feed)}
-    parts = [pc.fill_null(chunk.stored[stored[k]].cast(pa.string()), "\0null")
-             for k in feed.primary_key]
+    parts = [
+        pc.fill_null(chunk.stored[stored[k]].cast(pa.string()), "\0null") for k in feed.primary_key
+    ]
     if len(parts) == 1:
         return parts[0].combine_chunks() if isinstance(parts[0], pa.ChunkedArray) else parts[0]
     joined = pc.binary_join_element_wise(*parts, "\x1f")
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
-def drop_duplicate_keys(chunk: PreparedChunk, feed: PartnerFeed,
-                        seen: list[pa.Array]) -> tuple[PreparedChunk, int]:
+def drop_duplicate_keys(
+    chunk: PreparedChunk, feed: PartnerFeed, seen: list[pa.Array]
+) -> tuple[PreparedChunk, int]:
     """Keep the first row of each primary key (within the file); returns rows dropped."""
     keys = _key_strings(chunk, feed)
     encoded = keys.dictionary_encode()
@@ -153,8 +165,11 @@ def drop_duplicate_keys(chunk: PreparedChunk, feed: PartnerFeed,
     return (chunk.take(keep) if dropped else chunk), dropped
 
 
-_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
-                 pa.string(): pd.StringDtype("pyarrow", na_value=np.nan)}
+_PANDAS_TYPES = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+    pa.string(): pd.StringDtype("pyarrow", na_value=np.nan),
+}
 
 
 def batch_frame(chunk: PreparedChunk) -> pd.DataFrame:
@@ -164,23 +179,39 @@ def batch_frame(chunk: PreparedChunk) -> pd.DataFrame:
         table = table.append_column(name, values)
     for index, column in enumerate(table.schema):
         if pa.types.is_date(column.type):
-            table = table.set_column(index, column.name, table[column.name].cast(pa.timestamp("ns")))
+            table = table.set_column(
+                index, column.name, table[column.name].cast(pa.timestamp("ns"))
+            )
     frame = table.to_pandas(types_mapper=_PANDAS_TYPES.get, split_blocks=True)
     frame.index = pd.Index(chunk.row_numbers, name="row_number")
     return frame
 
 
 def _failure_dicts(failures: list[FailedExpectation]) -> list[dict[str, Any]]:
-    return [{"severity": f.severity, "expectation": f.expectation, "column": f.column,
-             "message": f.description, "sample_rows": f.sample_rows} for f in failures]
+    return [
+        {
+            "severity": f.severity,
+            "expectation": f.expectation,
+            "column": f.column,
+            "message": f.description,
+            "sample_rows": f.sample_rows,
+        }
+        for f in failures
+    ]
 
 
 class FileIngestor:
     """Ingests the files of one feed; holds the validator and the pseudonym key."""
 
-    def __init__(self, runtime: Runtime, feed: PartnerFeed, validator: BatchValidator,
-                 key: bytes, flow_run_id: str | None = None,
-                 quarantine_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        feed: PartnerFeed,
+        validator: BatchValidator,
+        key: bytes,
+        flow_run_id: str | None = None,
+        quarantine_dir: Path | None = None,
+    ) -> None:
         self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
         self.flow_run_id = flow_run_id
         self.quarantine_dir = quarantine_dir or runtime.settings.home / "quarantine"
@@ -189,10 +220,15 @@ class FileIngestor:
     def ingest(self, landed: LandedFile) -> FileOutcome:
         started = time.monotonic()
         handle = open_landed_file(landed.path)
-        batch_id = ledger.make_batch_id(self.feed.name, landed.delivery_date, landed.path,
-                                        handle.checksum)
-        base = {"batch_id": batch_id, "partner": self.feed.name, "path": landed.path,
-                "delivery_date": landed.delivery_date.isoformat()}
+        batch_id = ledger.make_batch_id(
+            self.feed.name, landed.delivery_date, landed.path, handle.checksum
+        )
+        base = {
+            "batch_id": batch_id,
+            "partner": self.feed.name,
+            "path": landed.path,
+            "delivery_date": landed.delivery_date.isoformat(),
+        }
         outcome = None
         for _attempt in range(3):
             try:
@@ -206,8 +242,9 @@ class FileIngestor:
             outcome = self._from_ledger(base, skipped=True)
         return FileOutcome(**{**outcome.__dict__, "seconds": time.monotonic() - started})
 
-    def _ingest_new(self, handle: FileHandle, landed: LandedFile,
-                    base: dict[str, Any]) -> FileOutcome | None:
+    def _ingest_new(
+        self, handle: FileHandle, landed: LandedFile, base: dict[str, Any]
+    ) -> FileOutcome | None:
         engine = self.runtime.engine
         if ledger.get_batch(engine, base["batch_id"]):
             return None
@@ -219,27 +256,40 @@ class FileIngestor:
             check = check_columns(columns, self.feed)
             if check.missing or (check.extra and self.feed.extra_columns == "hold"):
                 raise ContractViolation(check.describe())
-            warnings = [f"extra column(s) ignored: {', '.join(check.extra)}"] if check.extra \
-                else []
+            warnings = [f"extra column(s) ignored: {', '.join(check.extra)}"] if check.extra else []
             return self._load(handle, landed, base, columns, warnings)
         except (UnreadableFile, ContractViolation) as exc:
             return self._hold(handle, landed, base, str(exc), copy_rows=False)
         except _Held as held:
             reason = "critical: " + "; ".join(f.description for f in held.failures)
-            return self._hold(handle, landed, base, reason, copy_rows=True,
-                              failures=held.failures, validation=held.summary)
+            return self._hold(
+                handle,
+                landed,
+                base,
+                reason,
+                copy_rows=True,
+                failures=held.failures,
+                validation=held.summary,
+            )
 
     # ----------------------------------------------------------------------- paths
-    def _chunks(self, handle: FileHandle, landed: LandedFile,
-                columns: list[str]) -> Iterator[PreparedChunk]:
+    def _chunks(
+        self, handle: FileHandle, landed: LandedFile, columns: list[str]
+    ) -> Iterator[PreparedChunk]:
         delivery_end = end_of_delivery_day(landed.delivery_date)
         first_row = 1
         for raw in iter_file_chunks(handle, self.feed, columns):
             yield prepare_chunk(raw, self.feed, self.key, delivery_end, first_row)
             first_row += raw.num_rows
 
-    def _load(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any],
-              columns: list[str], warnings: list[str]) -> FileOutcome:
+    def _load(
+        self,
+        handle: FileHandle,
+        landed: LandedFile,
+        base: dict[str, Any],
+        columns: list[str],
+        warnings: list[str],
+    ) -> FileOutcome:
         from puhui.ingest.raw_tables import ensure_raw_table
 
         table = ensure_raw_table(self.runtime.engine, self.feed)
@@ -248,48 +298,93 @@ class FileIngestor:
         seen: list[pa.Array] = []
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
-                conn, batch_id=base["batch_id"], partner=self.feed.name,
-                source_path=landed.path, delivery_date=landed.delivery_date,
-                checksum=handle.checksum, content_key=handle.checksum, bytes=handle.size,
-                status="accepted", flow_run_id=self.flow_run_id)
+                conn,
+                batch_id=base["batch_id"],
+                partner=self.feed.name,
+                source_path=landed.path,
+                delivery_date=landed.delivery_date,
+                checksum=handle.checksum,
+                content_key=handle.checksum,
+                bytes=handle.size,
+                status="accepted",
+                flow_run_id=self.flow_run_id,
+            )
             for chunk in self._chunks(handle, landed, columns):
                 rows += len(chunk.row_numbers)
                 chunk, chunk_dropped = drop_duplicate_keys(chunk, self.feed, seen)
                 dropped += chunk_dropped
-                outcome = self.validator.validate_frame(batch_frame(chunk), self.feed.suite,
-                                                        base["batch_id"])
+                # Validate while the chunk is loading: both wait on other cores (GX in numpy,
+                # COPY in the database), and a critical failure rolls the load back anyway.
+                validation = _VALIDATION_POOL.submit(
+                    self.validator.validate_frame,
+                    batch_frame(chunk),
+                    self.feed.suite,
+                    base["batch_id"],
+                )
+                records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                records = records.add_column(
+                    0, "batch_id", pa.array([base["batch_id"]] * records.num_rows, pa.string())
+                )
+                loaded += bulk_insert(conn, table, records)
+                outcome = validation.result()
                 expectations_run = max(expectations_run, outcome.expectations_run)
                 if outcome.critical:
                     raise _Held(outcome.critical, outcome.summary())
                 failures += outcome.warnings
-                records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
-                records = records.add_column(
-                    0, "batch_id", pa.array([base["batch_id"]] * records.num_rows, pa.string()))
-                loaded += bulk_insert(conn, table, records)
             if dropped:
-                warnings.append(f"duplicate rows: {dropped:,} row(s) repeat a primary key "
-                                f"({', '.join(self.feed.primary_key)}); first kept")
+                warnings.append(
+                    f"duplicate rows: {dropped:,} row(s) repeat a primary key "
+                    f"({', '.join(self.feed.primary_key)}); first kept"
+                )
             warnings += [f.description for f in failures]
             warning_items = [{"message": w} for w in warnings]
             # A header-only file owns no content: two empty days are not a redelivery.
-            ledger.update_batch(conn, base["batch_id"], rows=rows, rows_loaded=loaded,
-                                rows_held=0, rows_duplicate=dropped,
-                                content_key=handle.checksum if rows else None,
-                                warnings=warning_items or None, decided_at=ledger.now_utc())
+            ledger.update_batch(
+                conn,
+                base["batch_id"],
+                rows=rows,
+                rows_loaded=loaded,
+                rows_held=0,
+                rows_duplicate=dropped,
+                content_key=handle.checksum if rows else None,
+                warnings=warning_items or None,
+                decided_at=ledger.now_utc(),
+            )
             ledger.record_validation(
-                conn, base["batch_id"], self.feed.suite, success=not warnings,
-                expectations_run=expectations_run, critical_failed=0,
-                warning_failed=len(warnings), flow_run_id=self.flow_run_id,
-                details={"failures": _failure_dicts(failures), "warnings": warnings})
-            self.runtime.audit.append(conn, "ingest.accepted", base["batch_id"], {
-                "partner": self.feed.name, "rows": rows, "rows_loaded": loaded,
-                "rows_duplicate": dropped, "checksum": handle.checksum, "warnings": warnings,
-            }, flow_run_id=self.flow_run_id)
-        return FileOutcome(**base, status="accepted", rows=rows, rows_loaded=loaded,
-                           rows_duplicate=dropped, warnings=warnings)
+                conn,
+                base["batch_id"],
+                self.feed.suite,
+                success=not warnings,
+                expectations_run=expectations_run,
+                critical_failed=0,
+                warning_failed=len(warnings),
+                flow_run_id=self.flow_run_id,
+                details={"failures": _failure_dicts(failures), "warnings": warnings},
+            )
+            self.runtime.audit.append(
+                conn,
+                "ingest.accepted",
+                base["batch_id"],
+                {
+                    "partner": self.feed.name,
+                    "rows": rows,
+                    "rows_loaded": loaded,
+                    "rows_duplicate": dropped,
+                    "checksum": handle.checksum,
+                    "warnings": warnings,
+                },
+                flow_run_id=self.flow_run_id,
+            )
+        return FileOutcome(
+            **base,
+            status="accepted",
+            rows=rows,
+            rows_loaded=loaded,
+            rows_duplicate=dropped,
+            warnings=warnings,
+        )
 
-    def _write_quarantine_copy(self, handle: FileHandle, landed: LandedFile,
-                               batch_id: str) -> Path:
+    def _write_quarantine_copy(self, handle: FileHandle, landed: LandedFile, batch_id: str) -> Path:
         """Keep the held batch intact, pseudonymized, for a later release."""
         target = self.quarantine_dir / self.feed.name / f"{batch_id}.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -306,57 +401,127 @@ class FileIngestor:
         partial.replace(target)
         return target
 
-    def _hold(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any], reason: str,
-              *, copy_rows: bool, failures: list[FailedExpectation] | None = None,
-              validation: dict[str, Any] | None = None) -> FileOutcome:
+    def _hold(
+        self,
+        handle: FileHandle,
+        landed: LandedFile,
+        base: dict[str, Any],
+        reason: str,
+        *,
+        copy_rows: bool,
+        failures: list[FailedExpectation] | None = None,
+        validation: dict[str, Any] | None = None,
+    ) -> FileOutcome:
         rows = count_data_rows(handle, self.feed)
-        copy = self._write_quarantine_copy(handle, landed, base["batch_id"]) if copy_rows \
-            else None
+        copy = self._write_quarantine_copy(handle, landed, base["batch_id"]) if copy_rows else None
         failures = failures or []
-        details = {"reason": reason, "failures": _failure_dicts(failures),
-                   "quarantine_copy": str(copy) if copy else None}
+        details = {
+            "reason": reason,
+            "failures": _failure_dicts(failures),
+            "quarantine_copy": str(copy) if copy else None,
+        }
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
-                conn, batch_id=base["batch_id"], partner=self.feed.name,
-                source_path=landed.path, delivery_date=landed.delivery_date,
-                checksum=handle.checksum, content_key=handle.checksum, bytes=handle.size,
-                rows=rows, rows_loaded=0, rows_held=rows, rows_duplicate=0,
-                status="quarantined", reason=reason, flow_run_id=self.flow_run_id,
-                warnings=[{"message": f.description, "severity": f.severity,
-                           "sample_rows": f.sample_rows} for f in failures] or None)
+                conn,
+                batch_id=base["batch_id"],
+                partner=self.feed.name,
+                source_path=landed.path,
+                delivery_date=landed.delivery_date,
+                checksum=handle.checksum,
+                content_key=handle.checksum,
+                bytes=handle.size,
+                rows=rows,
+                rows_loaded=0,
+                rows_held=rows,
+                rows_duplicate=0,
+                status="quarantined",
+                reason=reason,
+                flow_run_id=self.flow_run_id,
+                warnings=[
+                    {"message": f.description, "severity": f.severity, "sample_rows": f.sample_rows}
+                    for f in failures
+                ]
+                or None,
+            )
             ledger.record_validation(
-                conn, base["batch_id"], self.feed.suite, success=False,
+                conn,
+                base["batch_id"],
+                self.feed.suite,
+                success=False,
                 expectations_run=(validation or {}).get("expectations_run", 0),
                 critical_failed=max(1, len([f for f in failures if f.severity == "critical"])),
                 warning_failed=len([f for f in failures if f.severity == "warning"]),
-                flow_run_id=self.flow_run_id, details=details)
-            self.runtime.audit.append(conn, "ingest.quarantined", base["batch_id"], {
-                "partner": self.feed.name, "rows": rows, "reason": reason,
-                "checksum": handle.checksum}, flow_run_id=self.flow_run_id)
-        return FileOutcome(**base, status="quarantined", rows=rows, rows_held=rows,
-                           reason=reason)
+                flow_run_id=self.flow_run_id,
+                details=details,
+            )
+            self.runtime.audit.append(
+                conn,
+                "ingest.quarantined",
+                base["batch_id"],
+                {
+                    "partner": self.feed.name,
+                    "rows": rows,
+                    "reason": reason,
+                    "checksum": handle.checksum,
+                },
+                flow_run_id=self.flow_run_id,
+            )
+        return FileOutcome(**base, status="quarantined", rows=rows, rows_held=rows, reason=reason)
 
-    def _record_duplicate(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any],
-                          owner: ledger.BatchRecord) -> FileOutcome:
+    def _record_duplicate(
+        self,
+        handle: FileHandle,
+        landed: LandedFile,
+        base: dict[str, Any],
+        owner: ledger.BatchRecord,
+    ) -> FileOutcome:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
-                conn, batch_id=base["batch_id"], partner=self.feed.name,
-                source_path=landed.path, delivery_date=landed.delivery_date,
-                checksum=handle.checksum, content_key=None, duplicate_of=owner.batch_id,
-                bytes=handle.size, rows=owner.rows, rows_loaded=0, rows_held=0,
-                rows_duplicate=owner.rows, status="duplicate", reason=reason,
-                flow_run_id=self.flow_run_id, decided_at=ledger.now_utc())
-            self.runtime.audit.append(conn, "ingest.duplicate", base["batch_id"], {
-                "partner": self.feed.name, "duplicate_of": owner.batch_id,
-                "checksum": handle.checksum}, flow_run_id=self.flow_run_id)
-        return FileOutcome(**base, status="duplicate", rows=owner.rows,
-                           rows_duplicate=owner.rows, reason=reason)
+                conn,
+                batch_id=base["batch_id"],
+                partner=self.feed.name,
+                source_path=landed.path,
+                delivery_date=landed.delivery_date,
+                checksum=handle.checksum,
+                content_key=None,
+                duplicate_of=owner.batch_id,
+                bytes=handle.size,
+                rows=owner.rows,
+                rows_loaded=0,
+                rows_held=0,
+                rows_duplicate=owner.rows,
+                status="duplicate",
+                reason=reason,
+                flow_run_id=self.flow_run_id,
+                decided_at=ledger.now_utc(),
+            )
+            self.runtime.audit.append(
+                conn,
+                "ingest.duplicate",
+                base["batch_id"],
+                {
+                    "partner": self.feed.name,
+                    "duplicate_of": owner.batch_id,
+                    "checksum": handle.checksum,
+                },
+                flow_run_id=self.flow_run_id,
+            )
+        return FileOutcome(
+            **base, status="duplicate", rows=owner.rows, rows_duplicate=owner.rows, reason=reason
+        )
 
     def _from_ledger(self, base: dict[str, Any], skipped: bool) -> FileOutcome:
         record = ledger.get_batch(self.runtime.engine, base["batch_id"])
         assert record is not None, f"batch {base['batch_id']} vanished from the ledger"
-        return FileOutcome(**base, status=record.status, rows=record.rows,
-                           rows_loaded=record.rows_loaded, rows_held=record.rows_held,
-                           rows_duplicate=record.rows_duplicate, reason=record.reason,
-                           warnings=[w["message"] for w in record.warnings], skipped=skipped)
+        return FileOutcome(
+            **base,
+            status=record.status,
+            rows=record.rows,
+            rows_loaded=record.rows_loaded,
+            rows_held=record.rows_held,
+            rows_duplicate=record.rows_duplicate,
+            reason=record.reason,
+            warnings=[w["message"] for w in record.warnings],
+            skipped=skipped,
+        )

@@ -72,7 +72,8 @@ def _drift(column: ColumnContract, values: pa.Array, ok: pa.Array) -> None:
         example = "" if column.pii else f", e.g. {values.filter(bad)[0].as_py()!r}"
         raise ContractViolation(
             f"type drift in {column.name}: {count} value(s) not {column.type}"
-            + (" (plain number expected)" if column.type in ("int", "float") else "") + example
+            + (" (plain number expected)" if column.type in ("int", "float") else "")
+            + example
         )
 
 
@@ -80,8 +81,11 @@ def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
     if column.type == "string":
         return values
     if column.type in ("int", "float"):
-        pattern = _INTEGER if column.type == "int" else (
-            _NUMBER_THOUSANDS if column.number_format == "thousands" else _NUMBER_PLAIN)
+        pattern = (
+            _INTEGER
+            if column.type == "int"
+            else (_NUMBER_THOUSANDS if column.number_format == "thousands" else _NUMBER_PLAIN)
+        )
         _drift(column, values, pc.match_substring_regex(values, pattern))
         if column.number_format == "thousands":
             values = pc.replace_substring(values, ",", "")
@@ -105,15 +109,21 @@ def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
             return pc.cast(pc.replace_substring(values, " ", "T"), pa.timestamp("us", tz="UTC"))
         local = pc.cast(values, pa.timestamp("us"))
         return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(
-            pa.timestamp("us", tz="UTC"))
+            pa.timestamp("us", tz="UTC")
+        )
     except pa.ArrowInvalid:
-        raise ContractViolation(f"type drift in {column.name}: value(s) not an ISO timestamp") \
-            from None
+        raise ContractViolation(
+            f"type drift in {column.name}: value(s) not an ISO timestamp"
+        ) from None
 
 
 _ARROW_TYPES = {
-    "string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
-    "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC"),
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
 }
 
 

@@ -35,17 +35,26 @@ class FeedResult:
         return counts
 
 
-def files_to_consider(feed: PartnerFeed, landing: str, as_of: date,
-                      watermark: date | None) -> list[LandedFile]:
+def files_to_consider(
+    feed: PartnerFeed, landing: str, as_of: date, watermark: date | None
+) -> list[LandedFile]:
     """Landed files of ``feed`` in the window (watermark - lookback, as_of], oldest first."""
     start = watermark - timedelta(days=LOOKBACK_DAYS) if watermark else None
-    files = [f for f in list_landed_files(feed, landing)
-             if f.delivery_date <= as_of and (start is None or f.delivery_date > start)]
+    files = [
+        f
+        for f in list_landed_files(feed, landing)
+        if f.delivery_date <= as_of and (start is None or f.delivery_date > start)
+    ]
     return sorted(files, key=lambda f: (f.delivery_date, f.path))
 
 
-def ingest_feed(runtime: Runtime, feed: PartnerFeed, ingestor: FileIngestor, as_of: date,
-                on_file: Callable[[FileOutcome], None] | None = None) -> FeedResult:
+def ingest_feed(
+    runtime: Runtime,
+    feed: PartnerFeed,
+    ingestor: FileIngestor,
+    as_of: date,
+    on_file: Callable[[FileOutcome], None] | None = None,
+) -> FeedResult:
     """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery."""
     engine = runtime.engine
     watermark = ledger.get_watermark(engine, feed.name)
@@ -59,8 +68,16 @@ def ingest_feed(runtime: Runtime, feed: PartnerFeed, ingestor: FileIngestor, as_
     arrived_today = any(f.delivery_date == as_of for f in files)
     late = is_delivery_expected(feed, as_of) and not arrived_today
     if late:
-        runtime.audit.record(engine, "ingest.late", f"{feed.name}/{as_of}", {
-            "partner": feed.name, "expected_by": feed.expected_by.isoformat(),
-            "as_of": as_of.isoformat()}, flow_run_id=ingestor.flow_run_id)
+        runtime.audit.record(
+            engine,
+            "ingest.late",
+            f"{feed.name}/{as_of}",
+            {
+                "partner": feed.name,
+                "expected_by": feed.expected_by.isoformat(),
+                "as_of": as_of.isoformat(),
+            },
+            flow_run_id=ingestor.flow_run_id,
+        )
     ledger.advance_watermark(engine, feed.name, as_of, ingestor.flow_run_id)
     return FeedResult(feed.name, as_of.isoformat(), late, outcomes)

@@ -48,10 +48,21 @@ class BatchRecord:
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
         m = row._mapping
-        return cls(m["batch_id"], m["partner"], m["source_path"], m["delivery_date"],
-                   m["checksum"], m["status"], m["rows"] or 0, m["rows_loaded"] or 0,
-                   m["rows_held"] or 0, m["rows_duplicate"] or 0, m["reason"],
-                   list(m["warnings"] or []), m["duplicate_of"])
+        return cls(
+            m["batch_id"],
+            m["partner"],
+            m["source_path"],
+            m["delivery_date"],
+            m["checksum"],
+            m["status"],
+            m["rows"] or 0,
+            m["rows_loaded"] or 0,
+            m["rows_held"] or 0,
+            m["rows_duplicate"] or 0,
+            m["reason"],
+            list(m["warnings"] or []),
+            m["duplicate_of"],
+        )
 
 
 def now_utc() -> datetime:
@@ -86,49 +97,78 @@ def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
     conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == batch_id), values)
 
 
-def record_validation(conn: Connection, batch_id: str | None, suite: str, *, success: bool,
-                      expectations_run: int, critical_failed: int, warning_failed: int,
-                      details: dict[str, Any], flow_run_id: str | None,
-                      table_name: str | None = None) -> None:
+def record_validation(
+    conn: Connection,
+    batch_id: str | None,
+    suite: str,
+    *,
+    success: bool,
+    expectations_run: int,
+    critical_failed: int,
+    warning_failed: int,
+    details: dict[str, Any],
+    flow_run_id: str | None,
+    table_name: str | None = None,
+) -> None:
     """One row of ``validation_results`` (replacing the batch's earlier row for this suite)."""
     validation_id = f"{batch_id or table_name}:{suite}"[:40]
-    conn.execute(validation_results.delete().where(
-        validation_results.c.validation_id == validation_id))
-    conn.execute(insert(validation_results), {
-        "validation_id": validation_id, "batch_id": batch_id, "table_name": table_name,
-        "suite_name": suite, "success": success, "expectations_run": expectations_run,
-        "expectations_failed": critical_failed + warning_failed,
-        "critical_failed": critical_failed, "warning_failed": warning_failed,
-        "details": details, "flow_run_id": flow_run_id, "validated_at": now_utc(),
-    })
+    conn.execute(
+        validation_results.delete().where(validation_results.c.validation_id == validation_id)
+    )
+    conn.execute(
+        insert(validation_results),
+        {
+            "validation_id": validation_id,
+            "batch_id": batch_id,
+            "table_name": table_name,
+            "suite_name": suite,
+            "success": success,
+            "expectations_run": expectations_run,
+            "expectations_failed": critical_failed + warning_failed,
+            "critical_failed": critical_failed,
+            "warning_failed": warning_failed,
+            "details": details,
+            "flow_run_id": flow_run_id,
+            "validated_at": now_utc(),
+        },
+    )
 
 
 def get_watermark(engine: Engine, partner: str) -> date | None:
     with engine.connect() as conn:
-        return conn.execute(select(ingest_watermarks.c.delivery_date)
-                            .where(ingest_watermarks.c.partner == partner)).scalar()
+        return conn.execute(
+            select(ingest_watermarks.c.delivery_date).where(ingest_watermarks.c.partner == partner)
+        ).scalar()
 
 
-def advance_watermark(engine: Engine, partner: str, delivery_date: date,
-                      flow_run_id: str | None) -> None:
+def advance_watermark(
+    engine: Engine, partner: str, delivery_date: date, flow_run_id: str | None
+) -> None:
     """Move the feed's watermark forward (never back)."""
     with engine.begin() as conn:
         lock_for(conn, f"puhui.watermark.{partner}")  # two runs may finish a feed at once
-        current = conn.execute(select(ingest_watermarks.c.delivery_date)
-                               .where(ingest_watermarks.c.partner == partner)).scalar()
-        values = {"delivery_date": delivery_date, "updated_at": now_utc(),
-                  "flow_run_id": flow_run_id}
+        current = conn.execute(
+            select(ingest_watermarks.c.delivery_date).where(ingest_watermarks.c.partner == partner)
+        ).scalar()
+        values = {
+            "delivery_date": delivery_date,
+            "updated_at": now_utc(),
+            "flow_run_id": flow_run_id,
+        }
         if current is None:
             conn.execute(insert(ingest_watermarks), {"partner": partner, **values})
         elif delivery_date > current:
-            conn.execute(update(ingest_watermarks)
-                         .where(ingest_watermarks.c.partner == partner), values)
+            conn.execute(
+                update(ingest_watermarks).where(ingest_watermarks.c.partner == partner), values
+            )
 
 
-def list_batches(engine: Engine, statuses: tuple[str, ...] | None = None,
-                 partner: str | None = None) -> list[BatchRecord]:
-    query = select(ingest_batches).order_by(ingest_batches.c.delivery_date,
-                                            ingest_batches.c.batch_id)
+def list_batches(
+    engine: Engine, statuses: tuple[str, ...] | None = None, partner: str | None = None
+) -> list[BatchRecord]:
+    query = select(ingest_batches).order_by(
+        ingest_batches.c.delivery_date, ingest_batches.c.batch_id
+    )
     if statuses:
         query = query.where(ingest_batches.c.status.in_(statuses))
     if partner:

@@ -39,7 +39,9 @@ def _normalize(values: pa.Array, kind: IdentifierKind) -> tuple[pa.Array, np.nda
     return pc.if_else(pa.array(valid), upper, pa.scalar(None, pa.string())), valid
 
 
-def pseudonymize_ids(values: pa.Array, kind: IdentifierKind, key: bytes) -> tuple[pa.Array, pa.Array]:
+def pseudonymize_ids(
+    values: pa.Array, kind: IdentifierKind, key: bytes
+) -> tuple[pa.Array, pa.Array]:
     """Keys for ``values`` and whether each raw value was a valid identifier.
 
     Returns ``(keys, valid)``: ``keys`` is 64-char hex or null (empty or invalid input);
@@ -52,8 +54,10 @@ def pseudonymize_ids(values: pa.Array, kind: IdentifierKind, key: bytes) -> tupl
     normalized, valid_mask = _normalize(encoded.dictionary, kind)
     prefix = f"{kind}:".encode()
     digests = pa.array(
-        [None if v is None else hmac.digest(key, prefix + v.encode(), "sha256").hex()
-         for v in normalized.to_pylist()],
+        [
+            None if v is None else hmac.digest(key, prefix + v.encode(), "sha256").hex()
+            for v in normalized.to_pylist()
+        ],
         pa.string(),
     )
     keys = pc.take(digests, encoded.indices)

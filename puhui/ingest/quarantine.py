@@ -62,23 +62,43 @@ def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchR
     with engine.begin() as conn:
         record = _held_batch(runtime, conn, batch_id)
         if not copy.exists():
-            raise PuhuiError(f"batch {batch_id} could not be read when it landed "
-                             f"({record.reason}); it can only be rejected")
+            raise PuhuiError(
+                f"batch {batch_id} could not be read when it landed "
+                f"({record.reason}); it can only be rejected"
+            )
         records = pq.read_table(copy)
-        chunk = PreparedChunk(records.drop_columns(["row_number"]), {},
-                              records["row_number"].to_numpy())
+        chunk = PreparedChunk(
+            records.drop_columns(["row_number"]), {}, records["row_number"].to_numpy()
+        )
         chunk, dropped = drop_duplicate_keys(chunk, feed, [])
         data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
-        data = data.add_column(0, "batch_id", pa.array(np.full(data.num_rows, batch_id),
-                                                       pa.string()))
+        data = data.add_column(
+            0, "batch_id", pa.array(np.full(data.num_rows, batch_id), pa.string())
+        )
         loaded = bulk_insert(conn, table, data)
-        ledger.update_batch(conn, batch_id, status="released", rows_loaded=loaded,
-                            rows_held=0, rows_duplicate=dropped, decided_at=ledger.now_utc(),
-                            decided_by=runtime.settings.actor,
-                            reason=f"{record.reason} | released: {reason}")
-        runtime.audit.append(conn, "quarantine.released", batch_id, {
-            "partner": record.partner, "rows_loaded": loaded, "rows_duplicate": dropped,
-            "reason": reason, "held_for": record.reason})
+        ledger.update_batch(
+            conn,
+            batch_id,
+            status="released",
+            rows_loaded=loaded,
+            rows_held=0,
+            rows_duplicate=dropped,
+            decided_at=ledger.now_utc(),
+            decided_by=runtime.settings.actor,
+            reason=f"{record.reason} | released: {reason}",
+        )
+        runtime.audit.append(
+            conn,
+            "quarantine.released",
+            batch_id,
+            {
+                "partner": record.partner,
+                "rows_loaded": loaded,
+                "rows_duplicate": dropped,
+                "reason": reason,
+                "held_for": record.reason,
+            },
+        )
     return ledger.get_batch(engine, batch_id)  # type: ignore[return-value]
 
 
@@ -87,10 +107,23 @@ def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRe
     reason = _require_reason(reason)
     with runtime.engine.begin() as conn:
         record = _held_batch(runtime, conn, batch_id)
-        ledger.update_batch(conn, batch_id, status="rejected", decided_at=ledger.now_utc(),
-                            decided_by=runtime.settings.actor,
-                            reason=f"{record.reason} | rejected: {reason}")
-        runtime.audit.append(conn, "quarantine.rejected", batch_id, {
-            "partner": record.partner, "rows": record.rows, "reason": reason,
-            "held_for": record.reason})
+        ledger.update_batch(
+            conn,
+            batch_id,
+            status="rejected",
+            decided_at=ledger.now_utc(),
+            decided_by=runtime.settings.actor,
+            reason=f"{record.reason} | rejected: {reason}",
+        )
+        runtime.audit.append(
+            conn,
+            "quarantine.rejected",
+            batch_id,
+            {
+                "partner": record.partner,
+                "rows": record.rows,
+                "reason": reason,
+                "held_for": record.reason,
+            },
+        )
     return ledger.get_batch(runtime.engine, batch_id)  # type: ignore[return-value]

@@ -31,8 +31,12 @@ from puhui.errors import PuhuiError
 from puhui.warehouse.engine import lock_for
 
 _SQL_TYPES: dict[str, TypeEngine] = {
-    "string": Text(), "int": BigInteger(), "float": Double(), "bool": Boolean(),
-    "date": Date(), "timestamp": DateTime(timezone=True),
+    "string": Text(),
+    "int": BigInteger(),
+    "float": Double(),
+    "bool": Boolean(),
+    "date": Date(),
+    "timestamp": DateTime(timezone=True),
 }
 raw_metadata = MetaData()
 
@@ -49,14 +53,16 @@ def raw_table(feed: PartnerFeed) -> Table:
     columns = [
         Column("batch_id", String(64), nullable=False),
         Column("row_number", BigInteger, nullable=False),
-        *(Column(name, String(64) if c.treatment == "pseudonymize" else _SQL_TYPES[c.type])
-          for name, c in stored_columns(feed)),
+        *(
+            Column(name, String(64) if c.treatment == "pseudonymize" else _SQL_TYPES[c.type])
+            for name, c in stored_columns(feed)
+        ),
     ]
     table = Table(feed.raw_table, raw_metadata, *columns)
+    # Only the batch id is indexed: raw tables are append-mostly landing tables, and an index
+    # on random 64-char pseudonyms would double the cost of every COPY. Later stages that
+    # look people up build their own keyed tables.
     Index(f"ix_{feed.raw_table}_batch_id", table.c.batch_id)
-    for name, contract in stored_columns(feed):
-        if contract.treatment == "pseudonymize":
-            Index(f"ix_{feed.raw_table}_{name}", table.c[name])
     return table
 
 
@@ -75,5 +81,7 @@ def ensure_raw_table(engine: Engine, feed: PartnerFeed) -> Table:
                 if not column.nullable:
                     raise PuhuiError(f"{table.name}: cannot add required column {column.name}")
                 sql_type = column.type.compile(dialect=conn.dialect)
-                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {sql_type}'))
+                conn.execute(
+                    text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {sql_type}')
+                )
     return table

@@ -115,12 +115,18 @@ def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
     return UnreadableFile(f"unreadable {feed.format}: {type(exc).__name__}")
 
 
-def _iter_csv(handle: FileHandle, feed: PartnerFeed, header: list[str],
-              block_bytes: int) -> Iterator[pa.Table]:
-    read_options = pa_csv.ReadOptions(block_size=block_bytes, encoding=_python_encoding(feed)
-                                      if feed.encoding != "utf-8" else "utf8")
-    convert = pa_csv.ConvertOptions(column_types={name: pa.string() for name in header},
-                                    strings_can_be_null=True, quoted_strings_can_be_null=True)
+def _iter_csv(
+    handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int
+) -> Iterator[pa.Table]:
+    read_options = pa_csv.ReadOptions(
+        block_size=block_bytes,
+        encoding=_python_encoding(feed) if feed.encoding != "utf-8" else "utf8",
+    )
+    convert = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in header},
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
     reader = pa_csv.open_csv(_source(handle), read_options=read_options, convert_options=convert)
     for batch in reader:
         yield pa.Table.from_batches([batch])
@@ -156,8 +162,9 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         raise _explain(exc, feed) from None
 
 
-def iter_file_chunks(handle: FileHandle, feed: PartnerFeed, header: list[str],
-                     block_bytes: int = READ_BLOCK_BYTES) -> Iterator[pa.Table]:
+def iter_file_chunks(
+    handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int = READ_BLOCK_BYTES
+) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of bounded size; read errors become UnreadableFile."""
     if feed.format == "csv":
         chunks = _iter_csv(handle, feed, header, block_bytes)
