@@ -9,11 +9,11 @@ from prefect import flow, get_run_logger
 from puhui.config import PartnersConfig, load_config
 from puhui.dates import today_local
 from puhui.settings import load_settings
-from tasks.ingest import ingest_partner_feed
+from tasks.ingest import ingest_partner_feed, validate_warehouse_tables
 from tasks.warehouse import prepare_warehouse
 
 
-def summarize_ingest(as_of: date, feeds: list[dict]) -> dict:
+def summarize_ingest(as_of: date, feeds: list[dict], tables: list[dict]) -> dict:
     """Totals over feeds and the one summary line."""
     totals: dict[str, int] = {}
     rows = {"rows": 0, "rows_loaded": 0, "rows_held": 0, "rows_duplicate": 0}
@@ -26,10 +26,13 @@ def summarize_ingest(as_of: date, feeds: list[dict]) -> dict:
                     rows[key] += outcome[key]
     late = [f["partner"] for f in feeds if f["late"]]
     states = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no files"
+    failed_tables = [t["table"] for t in tables if not t["success"]]
     line = (
         f"ingest {as_of}: {states}; rows {rows['rows']:,} landed = {rows['rows_loaded']:,} "
         f"loaded + {rows['rows_held']:,} held + {rows['rows_duplicate']:,} duplicate; "
-        f"late feeds: {', '.join(late) or 'none'}"
+        f"late feeds: {', '.join(late) or 'none'}; table checks: "
+        f"{len(tables) - len(failed_tables)}/{len(tables)} passed"
+        + (f" (FAILED: {', '.join(failed_tables)})" if failed_tables else "")
     )
     return {
         "as_of": as_of.isoformat(),
@@ -37,6 +40,7 @@ def summarize_ingest(as_of: date, feeds: list[dict]) -> dict:
         **rows,
         "late_feeds": late,
         "feeds": feeds,
+        "tables": tables,
         "line": line,
     }
 
@@ -52,6 +56,7 @@ def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
         partners.get(name)  # unknown partner: one clear error before any work
     prepare_warehouse()
     feeds = [ingest_partner_feed(name, as_of) for name in names]
-    summary = summarize_ingest(as_of, feeds)
+    tables = validate_warehouse_tables()
+    summary = summarize_ingest(as_of, feeds, tables)
     get_run_logger().info(summary["line"])
     return summary

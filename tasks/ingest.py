@@ -64,3 +64,40 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
         "counts": result.counts(),
         "files": [asdict(f) for f in result.files],
     }
+
+
+WAREHOUSE_SUITE_PREFIX = "warehouse_"
+
+
+@task(name="validate-warehouse-tables", retries=2, retry_delay_seconds=10,
+      retry_condition_fn=retry_on_transient_error)
+def validate_warehouse_tables() -> list[dict]:
+    """Run each ``warehouse_<table>`` suite on its table (in the database) and record it."""
+    from sqlalchemy import inspect
+
+    from puhui.ingest.ledger import record_validation
+    from puhui.validation import suite_names
+
+    runtime = open_runtime()
+    validator = _validator(str(runtime.settings.home / "gx"))
+    existing = set(inspect(runtime.engine).get_table_names())
+    logger = get_run_logger()
+    results = []
+    for suite in suite_names():
+        table = suite.removeprefix(WAREHOUSE_SUITE_PREFIX)
+        if not suite.startswith(WAREHOUSE_SUITE_PREFIX) or table not in existing:
+            continue
+        outcome = validator.validate_table(runtime.settings.warehouse_url, table, suite)
+        with runtime.engine.begin() as conn:
+            record_validation(
+                conn, None, suite, table_name=table, success=outcome.success,
+                expectations_run=outcome.expectations_run,
+                critical_failed=len(outcome.critical), warning_failed=len(outcome.warnings),
+                details=outcome.summary(), flow_run_id=current_flow_run_id())
+        state = "passed" if outcome.success else "FAILED: " + "; ".join(
+            f.description for f in outcome.failed)
+        logger.info("table %s (%s): %d expectations %s", table, suite,
+                    outcome.expectations_run, state)
+        results.append({"table": table, "suite": suite, "success": outcome.success,
+                        "failed": [f.description for f in outcome.failed]})
+    return results

@@ -95,6 +95,9 @@ def test_every_landed_file_ends_as_faults_json_says(
 ) -> None:
     summary = run_ingest_flow(END)
     assert summary["line"].startswith(f"ingest {END}:")
+    table_checks = {t["table"]: t for t in summary["tables"]}
+    assert set(table_checks) == {"ingest_batches", "raw_loan_outcomes"}
+    assert all(t["success"] for t in table_checks.values()), table_checks
     faults = _faults(faulty_landing)
     assert set(f["fault"] for f in faults.values()) >= set(FAULT_WORDS), "generator lost a kind"
     by_path = _ledger_by_path(ingest_env)

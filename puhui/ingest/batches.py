@@ -153,6 +153,9 @@ def drop_duplicate_keys(
 ) -> tuple[PreparedChunk, int]:
     """Keep the first row of each primary key (within the file); returns rows dropped."""
     keys = _key_strings(chunk, feed)
+    if not seen and pc.count_distinct(keys).as_py() == len(keys):
+        seen.append(keys)  # the usual case: nothing repeats, nothing to select
+        return chunk, 0
     encoded = keys.dictionary_encode()
     _, first = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
     keep = np.zeros(len(keys), dtype=bool)

@@ -60,7 +60,6 @@ _NUMBER_PLAIN = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 _NUMBER_THOUSANDS = r"^\s*[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?\s*$"
 _INTEGER = r"^\s*[+-]?\d+\s*$"
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
-_TIMESTAMP_WITH_OFFSET = r"(Z|[+-]\d{2}:?\d{2})$"
 _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
@@ -77,41 +76,48 @@ def _drift(column: ColumnContract, values: pa.Array, ok: pa.Array) -> None:
         )
 
 
+def _cast_or_drift(values: pa.Array, target: pa.DataType, column: ColumnContract,
+                   pattern: str) -> pa.Array:
+    """Cast with Arrow's kernel; only when it refuses, find and count the offending values."""
+    try:
+        return pc.cast(values, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        _drift(column, values, pc.match_substring_regex(values, pattern))
+        raise ContractViolation(f"type drift in {column.name}: value(s) not {column.type}") \
+            from None
+
+
 def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
     if column.type == "string":
         return values
     if column.type in ("int", "float"):
-        pattern = (
-            _INTEGER
-            if column.type == "int"
-            else (_NUMBER_THOUSANDS if column.number_format == "thousands" else _NUMBER_PLAIN)
-        )
-        _drift(column, values, pc.match_substring_regex(values, pattern))
+        target = pa.int64() if column.type == "int" else pa.float64()
         if column.number_format == "thousands":
+            # Grouping must be well formed ("1,234.50", not "1,23,4.5"): checked, not guessed.
+            _drift(column, values, pc.match_substring_regex(values, _NUMBER_THOUSANDS))
             values = pc.replace_substring(values, ",", "")
-        values = pc.utf8_trim_whitespace(values)
-        return pc.cast(values, pa.int64() if column.type == "int" else pa.float64())
+        pattern = _INTEGER if column.type == "int" else _NUMBER_PLAIN
+        parsed = _cast_or_drift(values, target, column, pattern)
+        if column.type == "float" and not pc.all(pc.fill_null(pc.is_finite(parsed), True)).as_py():
+            raise ContractViolation(f"type drift in {column.name}: NaN or infinite value(s)")
+        return parsed
     if column.type == "bool":
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(values))
         _drift(column, values, pc.is_in(lowered, pa.array(list(_BOOLEAN_TEXT))))
         truthy = pc.is_in(lowered, pa.array([k for k, v in _BOOLEAN_TEXT.items() if v]))
         return pc.if_else(pc.is_valid(values), truthy, pa.scalar(None, pa.bool_()))
     if column.type == "date":
-        _drift(column, values, pc.match_substring_regex(values, _DATE))
-        try:
-            return pc.cast(values, pa.date32())
-        except pa.ArrowInvalid:
-            raise ContractViolation(f"type drift in {column.name}: impossible date(s)") from None
-    # timestamp: ISO 8601; without an offset the lender's local time is meant.
-    with_offset = pc.fill_null(pc.match_substring_regex(values, _TIMESTAMP_WITH_OFFSET), False)
+        return _cast_or_drift(values, pa.date32(), column, _DATE)
+    # timestamp: ISO 8601 with an offset; without one, the lender's local time is meant.
     try:
-        if pc.all(pc.or_(with_offset, pc.is_null(values))).as_py():
-            return pc.cast(pc.replace_substring(values, " ", "T"), pa.timestamp("us", tz="UTC"))
+        return pc.cast(values, pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    try:
         local = pc.cast(values, pa.timestamp("us"))
         return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(
-            pa.timestamp("us", tz="UTC")
-        )
-    except pa.ArrowInvalid:
+            pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise ContractViolation(
             f"type drift in {column.name}: value(s) not an ISO timestamp"
         ) from None
