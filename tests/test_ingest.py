@@ -300,8 +300,8 @@ def test_crash_mid_load_leaves_nothing_and_rerun_completes(
     )
     real_insert = batches.bulk_insert
 
-    def insert_then_crash(conn, table, data):  # noqa: ANN001, ANN202
-        real_insert(conn, table, data)
+    def insert_then_crash(conn, table, data, constants=None):  # noqa: ANN001, ANN202
+        real_insert(conn, table, data, constants)
         raise ConnectionError("machine lost power mid-load")
 
     monkeypatch.setattr(batches, "bulk_insert", insert_then_crash)

@@ -139,13 +139,11 @@ def prepare_chunk(
 
 def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
     stored = {c.name: s for s, c in stored_columns(feed)}
-    parts = [
-        pc.fill_null(chunk.stored[stored[k]].cast(pa.string()), "\0null") for k in feed.primary_key
-    ]
-    if len(parts) == 1:
-        return parts[0].combine_chunks() if isinstance(parts[0], pa.ChunkedArray) else parts[0]
-    joined = pc.binary_join_element_wise(*parts, "\x1f")
-    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    parts = []
+    for key in feed.primary_key:
+        values = chunk.stored[stored[key]].combine_chunks().cast(pa.string())
+        parts.append(pc.fill_null(values, "\0null") if values.null_count else values)
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
 
 
 def drop_duplicate_keys(
@@ -153,7 +151,7 @@ def drop_duplicate_keys(
 ) -> tuple[PreparedChunk, int]:
     """Keep the first row of each primary key (within the file); returns rows dropped."""
     keys = _key_strings(chunk, feed)
-    if not seen and pc.count_distinct(keys).as_py() == len(keys):
+    if not seen and len(pc.unique(keys)) == len(keys):
         seen.append(keys)  # the usual case: nothing repeats, nothing to select
         return chunk, 0
     encoded = keys.dictionary_encode()
@@ -325,10 +323,7 @@ class FileIngestor:
                     base["batch_id"],
                 )
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
-                records = records.add_column(
-                    0, "batch_id", pa.array([base["batch_id"]] * records.num_rows, pa.string())
-                )
-                loaded += bulk_insert(conn, table, records)
+                loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
                 outcome = validation.result()
                 expectations_run = max(expectations_run, outcome.expectations_run)
                 if outcome.critical:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -72,10 +71,7 @@ def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchR
         )
         chunk, dropped = drop_duplicate_keys(chunk, feed, [])
         data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
-        data = data.add_column(
-            0, "batch_id", pa.array(np.full(data.num_rows, batch_id), pa.string())
-        )
-        loaded = bulk_insert(conn, table, data)
+        loaded = bulk_insert(conn, table, data, {"batch_id": batch_id})
         ledger.update_batch(
             conn,
             batch_id,

@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeEngine
 
 from puhui.config import ColumnContract, PartnerFeed
 from puhui.errors import PuhuiError
+from puhui.warehouse.bulk import session_default
 from puhui.warehouse.engine import lock_for
 
 _SQL_TYPES: dict[str, TypeEngine] = {
@@ -51,7 +52,8 @@ def raw_table(feed: PartnerFeed) -> Table:
     if feed.raw_table in raw_metadata.tables:
         return raw_metadata.tables[feed.raw_table]
     columns = [
-        Column("batch_id", String(64), nullable=False),
+        Column("batch_id", String(64), nullable=False,
+               server_default=text(session_default("batch_id"))),
         Column("row_number", BigInteger, nullable=False),
         *(
             Column(name, String(64) if c.treatment == "pseudonymize" else _SQL_TYPES[c.type])
@@ -75,7 +77,11 @@ def ensure_raw_table(engine: Engine, feed: PartnerFeed) -> Table:
         if not inspector.has_table(table.name):
             table.create(conn)
             return table
-        existing = {c["name"] for c in inspector.get_columns(table.name)}
+        columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+        existing = set(columns)
+        if conn.dialect.name == "postgresql" and not columns["batch_id"].get("default"):
+            conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN batch_id '
+                              f"SET DEFAULT {session_default('batch_id')}"))
         for column in table.columns:
             if column.name not in existing:
                 if not column.nullable:

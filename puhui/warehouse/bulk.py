@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import JSON, Connection, Table
+from sqlalchemy import JSON, Connection, Table, text
 
 COPY_CHUNK_ROWS = 200_000
 
@@ -50,6 +50,16 @@ def _json_columns_as_text(table: Table, data: pa.Table) -> pa.Table:
                 data.column_names.index(name), name, pa.array(values, pa.string())
             )
     return data
+
+
+def session_default(column: str) -> str:
+    """Server default that reads a per-transaction constant set by ``bulk_insert``.
+
+    Declare a column with ``server_default=text(session_default(name))`` and pass its value
+    in ``constants``: on PostgreSQL the value is set once (``set_config(..., true)``, local to
+    the transaction) instead of being repeated on every COPY row.
+    """
+    return f"current_setting('puhui.{column}')"
 
 
 def _copy_postgres(conn: Connection, table: Table, data: pa.Table) -> None:
@@ -89,17 +99,29 @@ def _executemany_sqlite(conn: Connection, table: Table, data: pa.Table) -> None:
         cursor.close()
 
 
-def bulk_insert(conn: Connection, table: Table, data: pa.Table | pd.DataFrame) -> int:
+def bulk_insert(conn: Connection, table: Table, data: pa.Table | pd.DataFrame,
+                constants: Mapping[str, str] | None = None) -> int:
     """Append ``data`` to ``table`` on ``conn``'s open transaction; returns rows written.
 
     Columns are matched by name and must exist in ``table``; columns of ``table`` not in
-    ``data`` take their server default (NULL).
+    ``data`` take their server default (NULL). ``constants`` are columns with one value for
+    every row (a batch id): sent once where the column's default is ``session_default``.
     """
     arrow = _as_arrow(data)
-    _check_columns(table, arrow.column_names)
+    constants = dict(constants or {})
+    _check_columns(table, [*arrow.column_names, *constants])
     if arrow.num_rows == 0:
         return 0
     arrow = _json_columns_as_text(table, arrow)
+    if conn.dialect.name == "postgresql":
+        for name, value in list(constants.items()):
+            default = table.c[name].server_default
+            if default is not None and session_default(name) in str(default.arg):
+                conn.execute(text("SELECT set_config(:name, :value, true)"),
+                             {"name": f"puhui.{name}", "value": value})
+                del constants[name]
+    for name, value in constants.items():
+        arrow = arrow.append_column(name, pa.array([value] * arrow.num_rows, pa.string()))
     if conn.dialect.name == "postgresql":
         _copy_postgres(conn, table, arrow)
     else:
