@@ -213,7 +213,7 @@ def main() -> int:
         os.chmod(workdir, 0o755)  # psql \copy reads the file as the client, but be safe
         print(f"writing a {args.rows:,}-row mobile_payments file...", flush=True)
         landing = landing_for(args.rows, workdir)
-        path = next(landing.rglob("*.csv"))
+        path = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
         size_mb = path.stat().st_size / 1e6
 
         ours_url = pg.create_database("bench_ours")

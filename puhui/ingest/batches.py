@@ -273,6 +273,18 @@ class FileIngestor:
                 validation=held.summary,
             )
 
+    def _identity(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any]) -> dict:
+        """The ledger columns that say which file this batch is."""
+        return {
+            "batch_id": base["batch_id"],
+            "partner": self.feed.name,
+            "source_path": landed.path,
+            "delivery_date": landed.delivery_date,
+            "checksum": handle.checksum,
+            "bytes": handle.size,
+            "flow_run_id": self.flow_run_id,
+        }
+
     # ----------------------------------------------------------------------- paths
     def _chunks(
         self, handle: FileHandle, landed: LandedFile, columns: list[str]
@@ -300,15 +312,9 @@ class FileIngestor:
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                batch_id=base["batch_id"],
-                partner=self.feed.name,
-                source_path=landed.path,
-                delivery_date=landed.delivery_date,
-                checksum=handle.checksum,
+                **self._identity(handle, landed, base),
                 content_key=handle.checksum,
-                bytes=handle.size,
                 status="accepted",
-                flow_run_id=self.flow_run_id,
             )
             for chunk in self._chunks(handle, landed, columns):
                 rows += len(chunk.row_numbers)
@@ -421,20 +427,14 @@ class FileIngestor:
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                batch_id=base["batch_id"],
-                partner=self.feed.name,
-                source_path=landed.path,
-                delivery_date=landed.delivery_date,
-                checksum=handle.checksum,
+                **self._identity(handle, landed, base),
                 content_key=handle.checksum,
-                bytes=handle.size,
                 rows=rows,
                 rows_loaded=0,
                 rows_held=rows,
                 rows_duplicate=0,
                 status="quarantined",
                 reason=reason,
-                flow_run_id=self.flow_run_id,
                 warnings=[
                     {"message": f.description, "severity": f.severity, "sample_rows": f.sample_rows}
                     for f in failures
@@ -477,21 +477,15 @@ class FileIngestor:
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                batch_id=base["batch_id"],
-                partner=self.feed.name,
-                source_path=landed.path,
-                delivery_date=landed.delivery_date,
-                checksum=handle.checksum,
+                **self._identity(handle, landed, base),
                 content_key=None,
                 duplicate_of=owner.batch_id,
-                bytes=handle.size,
                 rows=owner.rows,
                 rows_loaded=0,
                 rows_held=0,
                 rows_duplicate=owner.rows,
                 status="duplicate",
                 reason=reason,
-                flow_run_id=self.flow_run_id,
                 decided_at=ledger.now_utc(),
             )
             self.runtime.audit.append(

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import io
 import json
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sqlalchemy import JSON, Connection, Table, text
 
-COPY_CHUNK_ROWS = 200_000
+COPY_CHUNK_ROWS = 100_000
 
 
 def _as_arrow(data: pa.Table | pd.DataFrame) -> pa.Table:
@@ -67,11 +69,19 @@ def _copy_postgres(conn: Connection, table: Table, data: pa.Table) -> None:
     statement = f'COPY "{table.name}" ({columns}) FROM STDIN (FORMAT csv)'
     options = pa_csv.WriteOptions(include_header=False)
     raw = conn.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+    # One sender thread keeps the server busy parsing block k while this thread serializes
+    # block k+1 (Arrow's writer releases the GIL); at most two blocks wait in memory.
+    with raw.cursor() as cursor, cursor.copy(statement) as copy, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-copy") as sender:
+        in_flight: deque[Future] = deque()
         for batch in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
             buffer = io.BytesIO()
             pa_csv.write_csv(pa.Table.from_batches([batch]), buffer, options)
-            copy.write(buffer.getbuffer())
+            in_flight.append(sender.submit(copy.write, buffer.getbuffer()))
+            while len(in_flight) > 2:
+                in_flight.popleft().result()
+        for pending in in_flight:
+            pending.result()
 
 
 def _executemany_sqlite(conn: Connection, table: Table, data: pa.Table) -> None:
