@@ -331,6 +331,8 @@ class FileIngestor:
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                 loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
                 outcome = validation.result()
+                # Free this chunk before the reader allocates the next one (bounded memory).
+                del chunk, records, validation
                 expectations_run = max(expectations_run, outcome.expectations_run)
                 if outcome.critical:
                     raise _Held(outcome.critical, outcome.summary())
