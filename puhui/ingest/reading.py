@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from puhui.config import PartnerFeed
 from puhui.errors import PuhuiError
 
-READ_BLOCK_BYTES = 128 << 20  # ~1.2M payment rows per chunk: fast, and bounded memory
+READ_BLOCK_BYTES = 128 << 20  # ~1.2M payment rows per chunk: fast, and memory stays bounded
 _HASH_BLOCK = 8 << 20
 
 
