@@ -32,6 +32,16 @@ RESULTS = ROOT / "bench" / "results" / "ingest.json"
 DELIVERY = date(2026, 9, 30)
 WARM_UP = date(2026, 9, 29)
 KEY = "bench-key-" + "0" * 40
+PAYMENT_COLUMNS = (
+    "txn_id",
+    "payer_phone",
+    "txn_time",
+    "txn_type",
+    "amount",
+    "merchant_category",
+    "days_past_due",
+    "status",
+)
 
 
 def write_payments_file(path: Path, rows: int, seed: int = 1, first_id: int = 0) -> None:
@@ -43,21 +53,7 @@ def write_payments_file(path: Path, rows: int, seed: int = 1, first_id: int = 0)
     )
     with pa_csv.CSVWriter(
         str(path),
-        pa.schema(
-            [
-                (n, pa.string())
-                for n in (
-                    "txn_id",
-                    "payer_phone",
-                    "txn_time",
-                    "txn_type",
-                    "amount",
-                    "merchant_category",
-                    "days_past_due",
-                    "status",
-                )
-            ]
-        ),
+        pa.schema([(n, pa.string()) for n in PAYMENT_COLUMNS]),
     ) as writer:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
@@ -135,19 +131,7 @@ def ingest_once(landing: Path) -> dict:
 
 
 def psql_copy_seconds(server, database: str, path: Path) -> float:  # noqa: ANN001
-    columns = ", ".join(
-        f"{c} text"
-        for c in (
-            "txn_id",
-            "payer_phone",
-            "txn_time",
-            "txn_type",
-            "amount",
-            "merchant_category",
-            "days_past_due",
-            "status",
-        )
-    )
+    columns = ", ".join(f"{c} text" for c in PAYMENT_COLUMNS)
     url = server.libpq_url(database)
     subprocess.run(["psql", url, "-q", "-c", f"CREATE TABLE copy_target ({columns})"], check=True)
     started = time.perf_counter()
@@ -177,13 +161,19 @@ def child_peak_rss(landing: Path, url: str, home: Path) -> tuple[float, float]:
     The child reports its own ``ru_maxrss``: RUSAGE_CHILDREN in the parent can include pages
     the parent held when it forked (here, the to_sql DataFrame), which are not the ingest's.
     """
-    env = {**os.environ, "PUHUI_WAREHOUSE_URL": url, "PUHUI_HOME": str(home),
-           "PUHUI_PSEUDONYM_KEY": KEY}
-    code = (f"import json, resource, sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "from bench.bench_ingest import ingest_once; from pathlib import Path; "
-            f"r = ingest_once(Path({str(landing)!r})); "
-            "r['peak_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            "print(json.dumps(r))")
+    env = {
+        **os.environ,
+        "PUHUI_WAREHOUSE_URL": url,
+        "PUHUI_HOME": str(home),
+        "PUHUI_PSEUDONYM_KEY": KEY,
+    }
+    code = (
+        f"import json, resource, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        "from bench.bench_ingest import ingest_once; from pathlib import Path; "
+        f"r = ingest_once(Path({str(landing)!r})); "
+        "r['peak_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "print(json.dumps(r))"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
