@@ -313,3 +313,50 @@ def test_crash_mid_load_leaves_nothing_and_rerun_completes(
     monkeypatch.setattr(batches, "bulk_insert", real_insert)
     result = ingest_feed(runtime, feed, ingestor, END)
     assert result.files and all(f.status == "accepted" for f in result.files)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "puhui", *args],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_data_engineer_workflow_through_the_cli(
+    puhui_env: Path, faulty_landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_LANDING", str(faulty_landing))
+    monkeypatch.delenv("PREFECT_HOME", raising=False)  # the CLI keeps Prefect under PUHUI_HOME
+    ingest = _cli("run", "ingest", "--partner", "mobile_payments", "--as-of", END.isoformat())
+    assert ingest.returncode == 0, ingest.stderr[-2000:]
+    lines = ingest.stdout.strip().splitlines()
+    assert lines[-1].startswith(f"ingest {END}:") and "quarantined" in lines[-1]
+    assert any("renamed column(s): payer_phone -> payer_mobile" in line for line in lines)
+    assert "Traceback" not in ingest.stderr
+
+    listed = _cli("quarantine", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    held = json.loads(listed.stdout)
+    assert held and all(b["partner"] == "mobile_payments" and b["reason"] for b in held)
+    null_burst = next(b for b in held if "missing" in b["reason"])
+    assert null_burst["warnings"][0]["sample_rows"], "sample failing rows are kept"
+
+    released = _cli(
+        "quarantine",
+        "release",
+        null_burst["batch_id"],
+        "--reason",
+        "partner says these are refunds without a payer",
+    )
+    assert released.returncode == 0 and "released" in released.stdout, released.stderr
+    again = _cli("quarantine", "release", null_burst["batch_id"], "--reason", "twice?")
+    assert again.returncode == 1
+    assert again.stderr.strip().count("\n") == 0 and "not quarantined" in again.stderr
+    log = json.loads(_cli("audit", "log", "--action", "quarantine.released", "--json").stdout)
+    assert [e["subject"] for e in log] == [null_burst["batch_id"]]
+    assert log[0]["actor"] == "test-runner"
+    assert _cli("audit", "verify").returncode == 0
