@@ -25,7 +25,10 @@ def summarize_ingest(as_of: date, feeds: list[dict], tables: list[dict]) -> dict
                 for key in rows:
                     rows[key] += outcome[key]
     late = [f["partner"] for f in feeds if f["late"]]
-    states = ", ".join(f"{n} {s}" for s, n in sorted(totals.items())) or "no files"
+    decided = {s: n for s, n in sorted(totals.items()) if s != "skipped"}
+    states = ", ".join(f"{n} {s}" for s, n in decided.items()) or "no new files"
+    if totals.get("skipped"):
+        states += f" ({totals['skipped']} already ingested by an earlier run)"
     failed_tables = [t["table"] for t in tables if not t["success"]]
     line = (
         f"ingest {as_of}: {states}; rows {rows['rows']:,} landed = {rows['rows_loaded']:,} "

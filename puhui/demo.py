@@ -103,5 +103,10 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(f"demo done in {time.monotonic() - started:.0f}s")
     console.print(f"  landing zone : {landing}")
     console.print(f"  warehouse    : {settings.warehouse_url}")
-    console.print(f"  MLflow store : {settings.mlflow_tracking_uri}")
+    mlflow_file = settings.mlflow_tracking_uri.removeprefix("sqlite:///")
+    unused = mlflow_file != settings.mlflow_tracking_uri and not Path(mlflow_file).exists()
+    console.print(
+        f"  MLflow store : {settings.mlflow_tracking_uri}"
+        + (" (created when the first model is trained)" if unused else "")
+    )
     console.print(f"  HTML report  : {result.get('report') or 'none yet (reports are not built)'}")

@@ -185,6 +185,8 @@ def test_second_run_loads_nothing_again(ingest_env: str, prefect_harness: None) 
         before = conn.execute(select(func.count()).select_from(ingest_batches)).scalar()
     second = run_ingest_flow(END)
     assert second["rows"] == 0 and first["rows"] > 0
+    assert set(second["statuses"]) == {"skipped"}
+    assert "already ingested by an earlier run" in second["line"]
     with runtime.engine.connect() as conn:
         after = conn.execute(select(func.count()).select_from(ingest_batches)).scalar()
     assert before == after

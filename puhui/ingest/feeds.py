@@ -29,9 +29,11 @@ class FeedResult:
     files: list[FileOutcome] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
+        """Files decided by this run, by status; files an earlier run decided are "skipped"."""
         counts: dict[str, int] = {}
         for outcome in self.files:
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            key = "skipped" if outcome.skipped else outcome.status
+            counts[key] = counts.get(key, 0) + 1
         return counts
 
 
