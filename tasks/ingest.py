@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import date
 from functools import cache
+from pathlib import Path
 
 from prefect import get_run_logger, task
 
@@ -19,11 +20,9 @@ from tasks.retries import retry_on_transient_error
 
 
 @cache
-def _validator(results_dir: str) -> BatchValidator:
+def _validator(home: Path) -> BatchValidator:
     # One GX context per process: building it costs seconds, reusing it costs nothing.
-    from pathlib import Path
-
-    return BatchValidator(results_dir=Path(results_dir))
+    return BatchValidator(results_dir=home / "gx")
 
 
 @task(
@@ -41,7 +40,7 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
     ingestor = FileIngestor(
         runtime,
         feed,
-        _validator(str(settings.home / "gx")),
+        _validator(settings.home),
         pseudonym_key_bytes(settings.pseudonym_key),
         flow_run_id=current_flow_run_id(),
     )
@@ -69,8 +68,12 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
 WAREHOUSE_SUITE_PREFIX = "warehouse_"
 
 
-@task(name="validate-warehouse-tables", retries=2, retry_delay_seconds=10,
-      retry_condition_fn=retry_on_transient_error)
+@task(
+    name="validate-warehouse-tables",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_on_transient_error,
+)
 def validate_warehouse_tables() -> list[dict]:
     """Run each ``warehouse_<table>`` suite on its table (in the database) and record it."""
     from sqlalchemy import inspect
@@ -79,7 +82,7 @@ def validate_warehouse_tables() -> list[dict]:
     from puhui.validation import suite_names
 
     runtime = open_runtime()
-    validator = _validator(str(runtime.settings.home / "gx"))
+    validator = _validator(runtime.settings.home)
     existing = set(inspect(runtime.engine).get_table_names())
     logger = get_run_logger()
     results = []
@@ -90,14 +93,31 @@ def validate_warehouse_tables() -> list[dict]:
         outcome = validator.validate_table(runtime.settings.warehouse_url, table, suite)
         with runtime.engine.begin() as conn:
             record_validation(
-                conn, None, suite, table_name=table, success=outcome.success,
+                conn,
+                None,
+                suite,
+                table_name=table,
+                success=outcome.success,
                 expectations_run=outcome.expectations_run,
-                critical_failed=len(outcome.critical), warning_failed=len(outcome.warnings),
-                details=outcome.summary(), flow_run_id=current_flow_run_id())
-        state = "passed" if outcome.success else "FAILED: " + "; ".join(
-            f.description for f in outcome.failed)
-        logger.info("table %s (%s): %d expectations %s", table, suite,
-                    outcome.expectations_run, state)
-        results.append({"table": table, "suite": suite, "success": outcome.success,
-                        "failed": [f.description for f in outcome.failed]})
+                critical_failed=len(outcome.critical),
+                warning_failed=len(outcome.warnings),
+                details=outcome.summary(),
+                flow_run_id=current_flow_run_id(),
+            )
+        state = (
+            "passed"
+            if outcome.success
+            else "FAILED: " + "; ".join(f.description for f in outcome.failed)
+        )
+        logger.info(
+            "table %s (%s): %d expectations %s", table, suite, outcome.expectations_run, state
+        )
+        results.append(
+            {
+                "table": table,
+                "suite": suite,
+                "success": outcome.success,
+                "failed": [f.description for f in outcome.failed],
+            }
+        )
     return results

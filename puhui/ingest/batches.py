@@ -38,7 +38,7 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.pseudonymize import pseudonymize_ids
-from puhui.ingest.raw_tables import stored_columns
+from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
     FileHandle,
     UnreadableFile,
@@ -99,6 +99,11 @@ class PreparedChunk:
             {k: v.filter(selector) for k, v in self.checks.items()},
             self.row_numbers[mask],
         )
+
+
+def quarantine_copy_path(home: Path, partner: str, batch_id: str) -> Path:
+    """Where a held batch's pseudonymized copy is kept (written on hold, read on release)."""
+    return home / "quarantine" / partner / f"{batch_id}.parquet"
 
 
 # One validation at a time per process: a GX context is not meant for concurrent runs.
@@ -211,11 +216,9 @@ class FileIngestor:
         validator: BatchValidator,
         key: bytes,
         flow_run_id: str | None = None,
-        quarantine_dir: Path | None = None,
     ) -> None:
         self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
         self.flow_run_id = flow_run_id
-        self.quarantine_dir = quarantine_dir or runtime.settings.home / "quarantine"
 
     # ----------------------------------------------------------------------- entry point
     def ingest(self, landed: LandedFile) -> FileOutcome:
@@ -240,7 +243,7 @@ class FileIngestor:
                 # that its ledger row is visible (a skip, or a duplicate of its batch).
                 continue
         if outcome is None:
-            outcome = self._from_ledger(base, skipped=True)
+            outcome = self._decided_by_earlier_run(base)
         return FileOutcome(**{**outcome.__dict__, "seconds": time.monotonic() - started})
 
     def _ingest_new(
@@ -303,8 +306,6 @@ class FileIngestor:
         columns: list[str],
         warnings: list[str],
     ) -> FileOutcome:
-        from puhui.ingest.raw_tables import ensure_raw_table
-
         table = ensure_raw_table(self.runtime.engine, self.feed)
         rows = loaded = dropped = expectations_run = 0
         failures: list[FailedExpectation] = []
@@ -392,7 +393,7 @@ class FileIngestor:
 
     def _write_quarantine_copy(self, handle: FileHandle, landed: LandedFile, batch_id: str) -> Path:
         """Keep the held batch intact, pseudonymized, for a later release."""
-        target = self.quarantine_dir / self.feed.name / f"{batch_id}.parquet"
+        target = quarantine_copy_path(self.runtime.settings.home, self.feed.name, batch_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         writer = None
@@ -505,7 +506,7 @@ class FileIngestor:
             **base, status="duplicate", rows=owner.rows, rows_duplicate=owner.rows, reason=reason
         )
 
-    def _from_ledger(self, base: dict[str, Any], skipped: bool) -> FileOutcome:
+    def _decided_by_earlier_run(self, base: dict[str, Any]) -> FileOutcome:
         record = ledger.get_batch(self.runtime.engine, base["batch_id"])
         assert record is not None, f"batch {base['batch_id']} vanished from the ledger"
         return FileOutcome(
@@ -517,5 +518,5 @@ class FileIngestor:
             rows_duplicate=record.rows_duplicate,
             reason=record.reason,
             warnings=[w["message"] for w in record.warnings],
-            skipped=skipped,
+            skipped=True,
         )

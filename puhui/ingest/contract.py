@@ -76,15 +76,17 @@ def _drift(column: ColumnContract, values: pa.Array, ok: pa.Array) -> None:
         )
 
 
-def _cast_or_drift(values: pa.Array, target: pa.DataType, column: ColumnContract,
-                   pattern: str) -> pa.Array:
+def _cast_or_drift(
+    values: pa.Array, target: pa.DataType, column: ColumnContract, pattern: str
+) -> pa.Array:
     """Cast with Arrow's kernel; only when it refuses, find and count the offending values."""
     try:
         return pc.cast(values, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         _drift(column, values, pc.match_substring_regex(values, pattern))
-        raise ContractViolation(f"type drift in {column.name}: value(s) not {column.type}") \
-            from None
+        raise ContractViolation(
+            f"type drift in {column.name}: value(s) not {column.type}"
+        ) from None
 
 
 def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
@@ -116,7 +118,8 @@ def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
     try:
         local = pc.cast(values, pa.timestamp("us"))
         return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(
-            pa.timestamp("us", tz="UTC"))
+            pa.timestamp("us", tz="UTC")
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise ContractViolation(
             f"type drift in {column.name}: value(s) not an ISO timestamp"

@@ -8,23 +8,17 @@ rejected (the partner redelivers a fixed file, which is a new batch).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from puhui.config import PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
-from puhui.ingest.batches import PreparedChunk, drop_duplicate_keys
+from puhui.ingest.batches import PreparedChunk, drop_duplicate_keys, quarantine_copy_path
 from puhui.ingest.raw_tables import ensure_raw_table
 from puhui.runtime import Runtime
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.engine import lock_for
-
-
-def quarantine_copy_path(runtime: Runtime, record: ledger.BatchRecord) -> Path:
-    return runtime.settings.home / "quarantine" / record.partner / f"{record.batch_id}.parquet"
 
 
 def list_quarantined(runtime: Runtime) -> list[ledger.BatchRecord]:
@@ -32,7 +26,7 @@ def list_quarantined(runtime: Runtime) -> list[ledger.BatchRecord]:
     return ledger.list_batches(runtime.engine, statuses=("quarantined",))
 
 
-def _held_batch(runtime: Runtime, conn, batch_id: str) -> ledger.BatchRecord:  # noqa: ANN001
+def _held_batch(conn, batch_id: str) -> ledger.BatchRecord:  # noqa: ANN001
     lock_for(conn, f"puhui.batch.{batch_id}")
     record = ledger.get_batch(conn, batch_id)
     if record is None:
@@ -57,9 +51,9 @@ def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchR
         raise PuhuiError(f"no batch {batch_id!r} in the ledger")
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(record.partner)
     table = ensure_raw_table(engine, feed)
-    copy = quarantine_copy_path(runtime, record)
+    copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
     with engine.begin() as conn:
-        record = _held_batch(runtime, conn, batch_id)
+        record = _held_batch(conn, batch_id)
         if not copy.exists():
             raise PuhuiError(
                 f"batch {batch_id} could not be read when it landed "
@@ -102,7 +96,7 @@ def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRe
     """Reject a quarantined batch for good (its rows stay counted as held)."""
     reason = _require_reason(reason)
     with runtime.engine.begin() as conn:
-        record = _held_batch(runtime, conn, batch_id)
+        record = _held_batch(conn, batch_id)
         ledger.update_batch(
             conn,
             batch_id,

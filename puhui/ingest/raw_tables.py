@@ -52,8 +52,9 @@ def raw_table(feed: PartnerFeed) -> Table:
     if feed.raw_table in raw_metadata.tables:
         return raw_metadata.tables[feed.raw_table]
     columns = [
-        Column("batch_id", String(64), nullable=False,
-               server_default=text(session_default("batch_id"))),
+        Column(
+            "batch_id", String(64), nullable=False, server_default=text(session_default("batch_id"))
+        ),
         Column("row_number", BigInteger, nullable=False),
         *(
             Column(name, String(64) if c.treatment == "pseudonymize" else _SQL_TYPES[c.type])
@@ -80,8 +81,12 @@ def ensure_raw_table(engine: Engine, feed: PartnerFeed) -> Table:
         columns = {c["name"]: c for c in inspector.get_columns(table.name)}
         existing = set(columns)
         if conn.dialect.name == "postgresql" and not columns["batch_id"].get("default"):
-            conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN batch_id '
-                              f"SET DEFAULT {session_default('batch_id')}"))
+            conn.execute(
+                text(
+                    f'ALTER TABLE "{table.name}" ALTER COLUMN batch_id '
+                    f"SET DEFAULT {session_default('batch_id')}"
+                )
+            )
         for column in table.columns:
             if column.name not in existing:
                 if not column.nullable:

@@ -9,7 +9,6 @@ hold a national ID).
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import re
@@ -154,7 +153,7 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
             return pq.ParquetFile(_source(handle)).schema_arrow.names
         with handle.fs.open(handle.path, "rb") as stream:
             first = stream.readline(16 << 20)
-        codecs.decode(first, "utf-8")
+        first.decode("utf-8")  # a JSON-lines feed must be UTF-8: fail here, by name
         return pa_json.read_json(pa.py_buffer(first)).column_names
     except UnreadableFile:
         raise
