@@ -78,11 +78,16 @@ def demo(
     users: Annotated[int, typer.Option(min=100, help="Synthetic customers.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Daily deliveries.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
+    history_days: Annotated[
+        int | None,
+        typer.Option(min=200, help="Back history in the first delivery [default: 730]."),
+    ] = None,
 ) -> None:
-    """Generate a synthetic landing zone and run the whole daily pipeline on it."""
-    from puhui.demo import run_demo
+    """Generate a synthetic landing zone, run the daily pipeline and train the risk model."""
+    from puhui.demo import DEMO_HISTORY_DAYS, run_demo
 
-    run_demo(_settings(), users=users, days=days, seed=seed, console=console)
+    run_demo(_settings(), users=users, days=days, seed=seed, console=console,
+             history_days=history_days or DEMO_HISTORY_DAYS)
 
 
 @app.command()
@@ -168,11 +173,26 @@ def _file_line(outcome: dict) -> str:
 def run_train(
     model: Annotated[str, typer.Argument(help="risk or recommender")],
     as_of: AsOf = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train even if an identical version exists.")
+    ] = False,
+    json_: JsonFlag = False,
 ) -> None:
-    """Retrain, evaluate, register and gate a model."""
+    """Retrain, evaluate, register and gate a model (one line per step)."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
-    raise NotBuiltYet(f"puhui run train {model}", "credit-risk model / recommender")
+    if model == "recommender":
+        raise NotBuiltYet("puhui run train recommender", "product recommender")
+    from puhui.pipeline import run_train_risk_flow
+
+    _settings()
+    summary = run_train_risk_flow(_parse_date(as_of, "--as-of"), force=force)
+    if json_:
+        _print_json(summary)
+        return
+    for line in summary["steps"]:
+        console.print(line, markup=False)
+    console.print(summary["line"], markup=False)
 
 
 @run_app.command("profiles")
@@ -204,12 +224,38 @@ def backfill(
 
 
 # --------------------------------------------------------------------------- models
+def _registry() -> tuple:
+    from puhui.registry import registry_client
+    from puhui.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    return registry_client(runtime.settings.mlflow_tracking_uri), runtime
+
+
 @models_app.command("list")
 def models_list(
     name: Annotated[str | None, typer.Argument()] = None, json_: JsonFlag = False
 ) -> None:
     """Versions, aliases, key metrics and gate results."""
-    raise NotBuiltYet("puhui models list", "credit-risk model: register, gate")
+    from puhui.registry import list_versions
+
+    client, _ = _registry()
+    rows = list_versions(client, name)
+    if json_:
+        _print_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        console.print("no registered models yet (puhui run train risk)")
+        return
+    table = Table("model", "version", "aliases", "as of", "AUC oot", "benchmark", "KS",
+                  "score PSI", "gates")
+    for r in rows:
+        m = r.metrics
+        gates = "passed" if r.gates["passed"] else "FAILED: " + "; ".join(r.gates["failed"])
+        table.add_row(r.name, r.version, ", ".join(r.aliases), r.as_of or "",
+                      *(f"{m[k]:.4f}" if k in m else "" for k in
+                        ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")), gates)
+    console.print(table)
 
 
 @models_app.command("promote")
@@ -220,13 +266,23 @@ def models_promote(
     force: Annotated[bool, typer.Option("--force")] = False,
 ) -> None:
     """Make a version the champion (refused if it failed its gates unless --force)."""
-    raise NotBuiltYet("puhui models promote", "credit-risk model: register, gate")
+    from puhui.registry import promote
+
+    client, runtime = _registry()
+    previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
+    console.print(f"{name}: champion is now v{version} (was "
+                  f"{'v' + previous if previous else 'nobody'}); recorded in the audit trail")
 
 
 @models_app.command("rollback")
 def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Bring the previous champion back."""
-    raise NotBuiltYet("puhui models rollback", "credit-risk model: register, gate")
+    from puhui.registry import rollback
+
+    client, runtime = _registry()
+    current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
+    console.print(f"{name}: champion rolled back from v{current} to v{target}; "
+                  "recorded in the audit trail")
 
 
 # --------------------------------------------------------------------------- quarantine
@@ -344,7 +400,35 @@ def audit_lineage(
     name: str, version: Annotated[str, typer.Option("--version")], json_: JsonFlag = False
 ) -> None:
     """Data batches, validations, code and config behind a model version."""
-    raise NotBuiltYet("puhui audit lineage", "credit-risk model: register, gate")
+    from puhui.registry import lineage
+
+    client, runtime = _registry()
+    found = lineage(client, runtime.engine, name, version)
+    if json_:
+        _print_json(found)
+        return
+    console.print(
+        f"{name} v{version}: registered {found['registered_at']} by {found['registered_by']}"
+        f" (MLflow run {found['mlflow_run_id']}); code {found['code_version']}, config "
+        f"{found['config_hash']}; trained as of {found['training_as_of']} on features as of "
+        f"{' .. '.join(found['feature_as_of_range'] or [])}; gates "
+        + ("passed" if found["gates"]["passed"] else "FAILED: "
+           + "; ".join(found["gates"]["failed"])), markup=False)
+    by_partner: dict[str, list[dict]] = {}
+    for batch in found["batches"]:
+        by_partner.setdefault(batch["partner"], []).append(batch)
+    failed = {v["batch_id"] for v in found["validations"] if not v["success"]}
+    table = Table("partner", "batches", "rows loaded", "validations failed", box=None)
+    for partner, batches in sorted(by_partner.items()):
+        table.add_row(partner, str(len(batches)),
+                      f"{sum(b['rows_loaded'] or 0 for b in batches):,}",
+                      str(sum(b["batch_id"] in failed for b in batches)))
+    console.print(table)
+    if found["missing_batches"]:
+        console.print(f"MISSING from ingest_batches: {', '.join(found['missing_batches'])}")
+    for move in found["alias_history"]:
+        console.print(f"  {move['at']} {move['actor']}: {move['alias']} -> v{move['version']}"
+                      f" ({move['reason']})", markup=False)
 
 
 # --------------------------------------------------------------------------- db, config, serve

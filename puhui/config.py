@@ -146,10 +146,208 @@ class PartnersConfig(StrictModel):
         raise PuhuiError(f"unknown partner {name!r} (configured: {known})")
 
 
+# ---------------------------------------------------------------------------------------
+# configs/features.yaml: point-in-time features (see the file's header for the vocabulary)
+
+ReasonCode = str
+Comparison = dict[Literal["gt", "ge", "lt", "le", "ne"], float | str]
+RowFilter = dict[str, str | float | list[str] | Comparison]
+
+
+class FeatureName(StrictModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    reason: ReasonCode
+
+
+class LatestColumn(FeatureName):
+    column: str
+    categorical: bool = False
+
+
+class LatestSpec(StrictModel):
+    max_age_days: int = Field(gt=0)
+    present_as: FeatureName
+    columns: list[LatestColumn]
+
+
+class Aggregate(FeatureName):
+    agg: Literal["count", "sum", "mean", "share"]
+    column: str | None = None
+    where: RowFilter = {}
+    share_where: RowFilter = {}
+    per_30_days: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Aggregate:
+        if self.agg in ("sum", "mean") and not self.column:
+            raise ValueError(f"{self.agg} needs a column")
+        if self.agg == "share" and not self.share_where:
+            raise ValueError("share needs share_where")
+        if self.per_30_days and self.agg not in ("count", "sum"):
+            raise ValueError("per_30_days applies to count and sum only")
+        return self
+
+
+class FeatureSource(StrictModel):
+    name: str
+    table: str
+    key: Literal["person_key", "phone_key"]
+    time: str
+    windows: list[int] = []
+    aggregates: list[Aggregate] = []
+    latest: LatestSpec | None = None
+
+    @model_validator(mode="after")
+    def _windows_for_aggregates(self) -> FeatureSource:
+        if self.aggregates and not self.windows:
+            raise ValueError("aggregates need windows")
+        if any(w <= 0 for w in self.windows):
+            raise ValueError("windows are positive numbers of days")
+        return self
+
+
+class Lookup(StrictModel):
+    by: str
+    values: dict[str, float]
+    scale: float = 1.0
+
+
+class DerivedFeature(FeatureName):
+    numerator: str
+    denominator: str | None = None
+    lookup: Lookup | None = None
+
+    @model_validator(mode="after")
+    def _one_divisor(self) -> DerivedFeature:
+        if (self.denominator is None) == (self.lookup is None):
+            raise ValueError("give exactly one of denominator or lookup")
+        return self
+
+
+class CustomerSpec(StrictModel):
+    table: str
+    since: str
+    categorical: list[FeatureName]
+    tenure: FeatureName
+
+
+class ApplicationSpec(StrictModel):
+    table: str
+    time: str
+    numeric: list[FeatureName]
+    categorical: list[FeatureName]
+    derived: list[DerivedFeature] = []
+
+
+class FeaturesConfig(StrictModel):
+    feature_set: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    timezone: str
+    reasons: dict[ReasonCode, str]
+    customer: CustomerSpec
+    sources: list[FeatureSource]
+    derived: list[DerivedFeature] = []
+    application: ApplicationSpec
+
+    @model_validator(mode="after")
+    def _reasons_known(self) -> FeaturesConfig:
+        named: list[FeatureName] = [*self.customer.categorical, self.customer.tenure]
+        for source in self.sources:
+            named += source.aggregates
+            if source.latest:
+                named += [source.latest.present_as, *source.latest.columns]
+        named += [*self.derived, *self.application.numeric, *self.application.categorical,
+                  *self.application.derived]
+        for item in named:
+            if item.reason not in self.reasons:
+                raise ValueError(f"feature {item.name!r}: unknown reason code {item.reason!r}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# configs/models.yaml: training, evaluation, fairness and the gates of each model
+
+
+class RiskGrade(StrictModel):
+    grade: str
+    max_pd: float = Field(gt=0, le=1)
+
+
+class SearchSpace(StrictModel):
+    trials: int = Field(ge=1, le=64)
+    num_leaves: list[int]
+    learning_rate: list[float]
+    min_data_in_leaf: list[int]
+    feature_fraction: list[float]
+    lambda_l2: list[float]
+
+
+class LightGBMSpec(StrictModel):
+    params: dict[str, float | int | str]
+    num_boost_round: int = Field(gt=0)
+    early_stopping_rounds: int = Field(gt=0)
+    search: SearchSpace | None = None
+
+
+class AgeBand(StrictModel):
+    name: str
+    min_age: int
+    max_age: int
+
+
+class FairnessSpec(StrictModel):
+    dimensions: list[Literal["region_type", "age_band", "gender"]]
+    age_bands: list[AgeBand]
+    min_segment_size: int = Field(ge=1)
+
+
+class CalibrationGate(StrictModel):
+    alpha: float = Field(gt=0, lt=1)
+    tolerance: float = Field(ge=0, le=1)
+    # one_sided: only under-prediction fails (the ECB's Jeffreys back-test); two_sided: both.
+    test: Literal["one_sided", "two_sided"] = "one_sided"
+
+
+class GatesSpec(StrictModel):
+    min_auc_oot: float
+    max_auc_drop_vs_champion: float
+    max_score_psi: float
+    min_adverse_impact_ratio: float
+    calibration: CalibrationGate
+
+
+class RiskModelSpec(StrictModel):
+    registered_name: str
+    label: str
+    outcome_window_days: int = Field(gt=0)
+    validation_months: int = Field(ge=1)
+    seed: int
+    lightgbm: LightGBMSpec
+    grades: list[RiskGrade]
+    policy_cutoff_pd: float = Field(gt=0, lt=1)
+    fairness: FairnessSpec
+    gates: GatesSpec
+    auto_promote: bool = False
+    reasons_per_decline: int = Field(ge=1, le=10)
+
+    @field_validator("grades")
+    @classmethod
+    def _grades_ascending(cls, grades: list[RiskGrade]) -> list[RiskGrade]:
+        bounds = [g.max_pd for g in grades]
+        if bounds != sorted(bounds) or bounds[-1] != 1.0:
+            raise ValueError("grade max_pd must ascend and the last must be 1.0")
+        return grades
+
+
+class ModelsConfig(StrictModel):
+    credit_risk: RiskModelSpec
+
+
 # One model per file: a file in configs/ without a model is an error, not ignored.
 CONFIG_MODELS: dict[str, type[StrictModel]] = {
     "products.yaml": ProductsConfig,
     "partners.yaml": PartnersConfig,
+    "features.yaml": FeaturesConfig,
+    "models.yaml": ModelsConfig,
 }
 
 M = TypeVar("M", bound=StrictModel)

@@ -78,16 +78,41 @@ def _clear_generated_landing(landing: Path) -> None:
         shutil.rmtree(landing)
 
 
-def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: Console) -> None:
-    """Generate, run the daily pipeline for the last delivery date, say where things are."""
-    from puhui.pipeline import run_daily_pipeline
+# Two years of back history: a risk model needs a year and more of matured outcomes (labels
+# arrive 180 days late) and of behaviour before each application to learn from.
+DEMO_HISTORY_DAYS = 730
+DEMO_PROMOTION_REASON = (
+    "demo: first version to pass its gates, promoted by the demo in the model owner's place"
+)
+
+
+def promote_first_champion(name: str, version: str, console: Console) -> None:
+    """With no champion yet, the demo promotes a passing version as a model owner would."""
+    from puhui.registry import CHAMPION, promote, registry_client, version_of
+    from puhui.runtime import open_runtime
+
+    runtime = open_runtime()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    if version_of(client, name, CHAMPION) is not None:
+        return
+    promote(client, runtime.engine, runtime.audit, name, version, DEMO_PROMOTION_REASON)
+    console.print(f"demo: promoted {name} v{version} to champion (audited; "
+                  "`puhui models promote` is how a model owner does it)")
+
+
+def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: Console,
+             history_days: int = DEMO_HISTORY_DAYS) -> None:
+    """Generate, run the daily pipeline and the risk training for the last delivery date,
+    say where things are."""
+    from puhui.pipeline import run_daily_pipeline, run_train_risk_flow
 
     started = time.monotonic()
     settings = ensure_demo_pseudonym_key(settings, console)
     landing = Path(settings.landing)
     _clear_generated_landing(landing)
     summary = generate_with_progress(
-        settings, landing, users=users, days=days, seed=seed, console=console
+        settings, landing, users=users, days=days, seed=seed, console=console,
+        history_days=history_days,
     )
     truth = json.loads((landing / "truth.json").read_text())
     console.print(
@@ -100,6 +125,13 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(f"running the daily pipeline as of {end_date} (Prefect, local)...")
     result = run_daily_pipeline(end_date)
     console.print(result["line"])
+    console.print(f"training the credit-risk model as of {end_date} (Prefect, local)...")
+    trained = run_train_risk_flow(end_date)
+    for line in trained["steps"]:
+        console.print(f"  {line}", markup=False)
+    console.print(trained["line"], markup=False)
+    if not trained["skipped"] and trained["gates"]["passed"]:
+        promote_first_champion(trained["name"], trained["version"], console)
     console.print(f"demo done in {time.monotonic() - started:.0f}s")
     console.print(f"  landing zone : {landing}")
     console.print(f"  warehouse    : {settings.warehouse_url}")
@@ -109,4 +141,10 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
         f"  MLflow store : {settings.mlflow_tracking_uri}"
         + (" (created when the first model is trained)" if unused else "")
     )
-    console.print(f"  HTML report  : {result.get('report') or 'none yet (reports are not built)'}")
+    report = trained.get("report") or _latest_report(settings.home)
+    console.print(f"  HTML report  : {report or 'none yet'} (model evaluation)")
+
+
+def _latest_report(home: Path) -> str | None:
+    reports = sorted((home / "reports").glob("*.html"), key=lambda p: p.stat().st_mtime)
+    return str(reports[-1]) if reports else None

@@ -26,6 +26,13 @@ def run_ingest_flow(as_of: date | None = None, partner: str | None = None) -> di
     return ingest_flow(as_of=as_of, partner=partner)
 
 
+def run_train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
+    """Run the ``train-risk`` Prefect flow in this process and return its summary."""
+    from flows.train import train_risk_flow
+
+    return train_risk_flow(as_of=as_of, force=force)
+
+
 def completed_daily_dates() -> set[date]:
     """As-of dates whose daily pipeline ran to the end (it audits only on completion)."""
     events = read_audit_events(open_runtime().engine, action=DAILY_COMPLETED)

@@ -1,0 +1,1 @@
+"""Point-in-time features: read the raw tables as of a date, aggregate, store."""

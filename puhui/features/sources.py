@@ -1,0 +1,144 @@
+"""Reading the raw tables a feature set needs, as of a date, with their lineage.
+
+Every row read is stamped with an integer ``day`` (days since 1970-01-01 in the lender's
+timezone) and a ``person_key``; phone-keyed feeds are joined to people through the customer
+register. Rows with an event time after the as-of date are not read at all, so nothing later
+can reach a feature. The batch ids of the rows read are kept: they are the data lineage of
+whatever is built from these frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, MetaData, Table, select
+
+from puhui.config import FeaturesConfig, FeatureSource
+from puhui.errors import PuhuiError
+
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+def local_days(values: pd.Series, kind: str, timezone: str) -> np.ndarray:
+    """Days since 1970-01-01 of each value in ``timezone``.
+
+    ``kind``: "timestamp" (stored in UTC; naive means UTC), "date", or "month" ("YYYY-MM",
+    known only at the end of that month).
+    """
+    if values.empty:
+        return np.zeros(0, dtype=np.int64)
+    if kind == "month":
+        stamps = pd.to_datetime(values.astype(str) + "-01") + pd.offsets.MonthEnd(0)
+    elif kind == "date":
+        stamps = pd.to_datetime(values)
+    else:
+        stamps = pd.to_datetime(values, utc=True).dt.tz_convert(timezone).dt.tz_localize(None)
+    return ((stamps.dt.normalize() - EPOCH).dt.days).to_numpy(np.int64)
+
+
+def time_kind(table: Table, column: str) -> str:
+    """How a time column is stored: "timestamp", "date" or "month" (a YYYY-MM string)."""
+    python_type = table.c[column].type.python_type
+    if python_type is datetime:
+        return "timestamp"
+    if python_type is date:
+        return "date"
+    return "month"
+
+
+def day_number(day: date) -> int:
+    return (pd.Timestamp(day) - EPOCH).days
+
+
+def day_from_number(number: int) -> date:
+    return (EPOCH + pd.Timedelta(days=int(number))).date()
+
+
+@dataclass
+class SourceFrames:
+    """The rows of each source up to ``as_of``, the customer register, and their batches."""
+
+    as_of: date
+    customers: pd.DataFrame
+    events: dict[str, pd.DataFrame]
+    first_day: dict[str, int]  # first event day of each source in the warehouse
+    batch_ids: set[str] = field(default_factory=set)
+
+
+def _reflect(engine: Engine, name: str) -> Table:
+    try:
+        return Table(name, MetaData(), autoload_with=engine)
+    except Exception as exc:  # noqa: BLE001 - NoSuchTableError and driver variants
+        raise PuhuiError(
+            f"table {name} is not in the warehouse: ingest its feed first (puhui run ingest)"
+        ) from exc
+
+
+def _source_columns(source: FeatureSource) -> list[str]:
+    cols = {source.key, source.time, "batch_id"}
+    for agg in source.aggregates:
+        cols.update(agg.where)
+        cols.update(agg.share_where)
+        if agg.column:
+            cols.add(agg.column)
+    if source.latest:
+        cols.update(c.column for c in source.latest.columns)
+    return sorted(cols)
+
+
+def load_customers(engine: Engine, spec: FeaturesConfig, as_of: date) -> pd.DataFrame:
+    """One row per customer known on ``as_of`` (the newest delivery of each), keyed by person."""
+    table = _reflect(engine, spec.customer.table)
+    since = table.c[spec.customer.since]
+    query = select(table).where(since <= as_of)
+    with engine.connect() as conn:
+        frame = pd.read_sql_query(query, conn)
+    frame = frame.sort_values(["customer_id", "batch_id", "row_number"], kind="stable")
+    frame = frame.drop_duplicates("customer_id", keep="last")
+    frame = frame.dropna(subset=["person_key"]).drop_duplicates("person_key", keep="last")
+    frame["since_day"] = local_days(
+        frame[spec.customer.since], time_kind(table, spec.customer.since), spec.timezone
+    )
+    return frame.reset_index(drop=True)
+
+
+def load_source(
+    engine: Engine, source: FeatureSource, as_of: date, timezone: str,
+    phone_to_person: pd.Series,
+) -> tuple[pd.DataFrame, int | None]:
+    """Rows of one source with event day <= ``as_of``, and the source's first event day."""
+    table = _reflect(engine, source.table)
+    columns = [table.c[c] for c in _source_columns(source)]
+    with engine.connect() as conn:
+        frame = pd.read_sql_query(select(*columns), conn)
+    if frame.empty:
+        frame["day"] = np.zeros(0, dtype=np.int64)
+        frame["person_key"] = pd.Series(dtype="str")
+        return frame, None
+    frame["day"] = local_days(frame[source.time], time_kind(table, source.time), timezone)
+    frame = frame[frame["day"] <= day_number(as_of)]
+    first_day = int(frame["day"].min()) if len(frame) else None
+    if source.key == "phone_key":
+        frame = frame.assign(person_key=frame["phone_key"].map(phone_to_person))
+    frame = frame.dropna(subset=["person_key"])
+    return frame.reset_index(drop=True), first_day
+
+
+def load_source_frames(engine: Engine, spec: FeaturesConfig, as_of: date) -> SourceFrames:
+    """Everything ``spec`` needs from the warehouse, as it was known at the end of ``as_of``."""
+    customers = load_customers(engine, spec, as_of)
+    phone_to_person = customers.dropna(subset=["phone_key"]).set_index("phone_key")["person_key"]
+    phone_to_person = phone_to_person[~phone_to_person.index.duplicated(keep="last")]
+    events: dict[str, pd.DataFrame] = {}
+    first_day: dict[str, int] = {}
+    batch_ids = set(customers["batch_id"])
+    for source in spec.sources:
+        frame, first = load_source(engine, source, as_of, spec.timezone, phone_to_person)
+        events[source.name] = frame
+        if first is not None:
+            first_day[source.name] = first
+        batch_ids.update(frame["batch_id"].unique())
+    return SourceFrames(as_of, customers, events, first_day, batch_ids)

@@ -1,0 +1,1 @@
+"""The credit-risk model: training set, LightGBM and its benchmark, evaluation, gates."""

@@ -1,0 +1,162 @@
+"""Evaluating a trained risk model on its out-of-time window, as a reviewer would.
+
+Everything is computed on the same split for the LightGBM model, its logistic benchmark and
+(when there is one) the current champion re-scored on this window, so comparisons are like
+for like. The result holds flat metrics (for MLflow and ``model_evaluations``), the tables of
+the report, and the curves its plots draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+from sklearn.pipeline import Pipeline
+
+from puhui.config import FeaturesConfig, RiskModelSpec
+from puhui.risk.fairness import fairness_table
+from puhui.risk.metrics import (
+    calibration_by_grade,
+    gains_table,
+    population_stability,
+    psi_status,
+    ranking_metrics,
+    stability_table,
+)
+from puhui.risk.model import RiskScorer, TrainedModel, predict_benchmark
+from puhui.risk.reasons import reason_frequencies, top_reasons
+from puhui.risk.training_set import OOT, TRAIN, TrainingSet
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    segment_metrics: list[dict[str, object]]  # {"metric", "segment", "value"}
+    calibration: pd.DataFrame
+    gains: pd.DataFrame
+    feature_stability: pd.DataFrame
+    importance: pd.DataFrame
+    fairness: pd.DataFrame
+    reasons: pd.DataFrame
+    reason_examples: list[dict[str, object]]
+    curves: dict[str, dict[str, list[float]]]
+    trials: list[dict[str, object]]
+    champion: dict[str, object] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, object]]:
+        """Every figure as (metric, segment, value), for ``model_evaluations``."""
+        overall = [{"metric": k, "segment": "all", "value": v} for k, v in self.metrics.items()]
+        return overall + self.segment_metrics
+
+
+def _roc(labels: np.ndarray, scores: np.ndarray, points: int = 200) -> dict[str, list[float]]:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
+    return {"fpr": fpr[keep].round(5).tolist(), "tpr": tpr[keep].round(5).tolist()}
+
+
+def _segment_auc(frame: pd.DataFrame, dimensions: list[str], min_size: int) -> list[dict]:
+    rows = []
+    for dimension in dimensions:
+        for segment, part in frame.groupby(frame[dimension].fillna("(unknown)")):
+            if len(part) >= min_size and part["label"].nunique() == 2:
+                m = ranking_metrics(part["label"].to_numpy(), part["pd"].to_numpy())
+                for name in ("auc", "ks", "default_rate", "mean_pd"):
+                    rows.append({"metric": f"{name}_oot", "segment": f"{dimension}={segment}",
+                                 "value": m[name]})
+    return rows
+
+
+def evaluate_risk_model(
+    training: TrainingSet, trained: TrainedModel, benchmark: Pipeline,
+    model: RiskModelSpec, spec: FeaturesConfig, champion: RiskScorer | None = None,
+) -> Evaluation:
+    """All figures of the evaluation report for ``trained`` on ``training``'s split."""
+    scorer = trained.scorer
+    train, oot = training.split(TRAIN).copy(), training.split(OOT).copy()
+    applicants = training.oot_applicants().copy()
+    feats, cats = training.features, training.categorical
+    for part in (train, oot, applicants):
+        part["pd"] = scorer.predict_pd(part)
+    y_oot = oot["label"].to_numpy(int)
+    bench_oot = predict_benchmark(benchmark, oot, feats, cats)
+    bench_train = predict_benchmark(benchmark, train, feats, cats)
+
+    m_oot = ranking_metrics(y_oot, oot["pd"].to_numpy())
+    m_train = ranking_metrics(train["label"].to_numpy(int), train["pd"].to_numpy())
+    m_bench = ranking_metrics(y_oot, bench_oot)
+    score_psi = population_stability(train["pd"], oot["pd"])
+    metrics = {f"{k}_oot": v for k, v in m_oot.items()}
+    metrics |= {f"{k}_train": v for k, v in m_train.items()}
+    metrics |= {"auc_oot_benchmark": m_bench["auc"], "ks_oot_benchmark": m_bench["ks"],
+                "gini_oot_benchmark": m_bench["gini"], "brier_oot_benchmark": m_bench["brier"],
+                "auc_train_benchmark": ranking_metrics(train["label"].to_numpy(int),
+                                                       bench_train)["auc"],
+                "score_psi": score_psi, "best_iteration": float(trained.best_iteration),
+                "policy_cutoff_pd": model.policy_cutoff_pd,
+                "approval_rate_oot": float((applicants["pd"] < model.policy_cutoff_pd).mean()),
+                "applicants_oot": float(len(applicants))}
+
+    curves = {"roc_lightgbm": _roc(y_oot, oot["pd"].to_numpy()),
+              "roc_benchmark": _roc(y_oot, bench_oot)}
+    champion_info = None
+    if champion is not None:
+        missing = [f for f in champion.features if f not in oot.columns]
+        if missing:
+            champion_info = {"note": "champion needs features this training set lacks: "
+                             + ", ".join(missing[:5])}
+        else:
+            champ_pd = champion.predict_pd(oot)
+            champion_info = {"auc_oot": ranking_metrics(y_oot, champ_pd)["auc"]}
+            metrics["auc_oot_champion"] = champion_info["auc_oot"]
+            curves["roc_champion"] = _roc(y_oot, champ_pd)
+
+    gates = model.gates
+    calibration = calibration_by_grade(y_oot, oot["pd"].to_numpy(), model.grades,
+                                       gates.calibration.alpha, gates.calibration.tolerance,
+                                       one_sided=gates.calibration.test == "one_sided")
+    feature_stability = stability_table(train, oot, feats)
+    feature_stability.loc[len(feature_stability)] = ["score", score_psi, psi_status(score_psi)]
+    importance = pd.DataFrame({
+        "feature": scorer.features,
+        "gain": scorer.booster.feature_importance("gain"),
+        "splits": scorer.booster.feature_importance("split"),
+    }).sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
+    importance["gain_share"] = importance["gain"] / max(importance["gain"].sum(), 1e-12)
+
+    dims, min_size = model.fairness.dimensions, model.fairness.min_segment_size
+    fairness = fairness_table(applicants, oot, model.policy_cutoff_pd, dims, min_size)
+    segment_rows = _segment_auc(oot, dims, min_size)
+    for row in fairness.itertuples():
+        segment = f"{row.dimension}={row.segment}"
+        for name in ("approval_rate", "adverse_impact_ratio", "true_positive_rate",
+                     "false_decline_rate"):
+            value = getattr(row, name)
+            if pd.notna(value):
+                segment_rows.append({"metric": name, "segment": segment, "value": float(value)})
+
+    declined = applicants[applicants["pd"] >= model.policy_cutoff_pd]
+    reasons = top_reasons(scorer.contributions(declined), scorer.features, training.catalog,
+                          spec.reasons, model.reasons_per_decline) if len(declined) else []
+    examples = [
+        {"application_id": app_id, "pd": round(float(p), 4), "reasons": r}
+        for app_id, p, r in zip(declined["application_id"].head(5), declined["pd"].head(5),
+                                reasons[:5], strict=False)
+    ]
+    return Evaluation(
+        metrics={k: float(v) for k, v in metrics.items()},
+        segment_metrics=segment_rows,
+        calibration=calibration,
+        gains=gains_table(y_oot, oot["pd"].to_numpy()),
+        feature_stability=feature_stability,
+        importance=importance,
+        fairness=fairness,
+        reasons=reason_frequencies(reasons, spec.reasons),
+        reason_examples=examples,
+        curves=curves,
+        trials=trained.trials,
+        champion=champion_info,
+    )

@@ -1,0 +1,171 @@
+"""Publishing a trained risk model: one MLflow run, a registered version, warehouse rows.
+
+The run carries what a reviewer needs to trust the version: parameters, overall and
+per-segment metrics, the HTML report and its plots, the model with signature and input
+example, and tags that tie it to its data (ingest batch ids, feature as-of range), the
+configuration hash and the code version. The same figures go to ``model_evaluations``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import infer_signature
+from sqlalchemy import Engine, delete
+
+from puhui.registry import (
+    GATES_FAILED_TAG,
+    GATES_PASSED_TAG,
+    registry_client,
+    use_experiment,
+)
+from puhui.risk.evaluation import Evaluation
+from puhui.risk.gates import GateResult
+from puhui.risk.model import TrainedModel
+from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
+from puhui.risk.report import render_report, report_plots
+from puhui.risk.training_set import OOT, TrainingSet
+from puhui.warehouse.schema import model_evaluations
+
+# Explicit requirements: inferring them costs seconds and can pick up the whole venv.
+PIP_REQUIREMENTS = ["lightgbm==4.7.0", "pandas==3.1.1", "numpy==2.4.6", "mlflow==3.17.2",
+                    "scikit-learn==1.9.1"]
+MLFLOW_TAG_LIMIT = 5000
+FINGERPRINT_TAG = "training.fingerprint"
+
+
+@dataclass(frozen=True)
+class Published:
+    name: str
+    version: str
+    run_id: str
+    report_path: Path
+
+
+def training_fingerprint(training: TrainingSet, config_hash: str, code_version: str,
+                         seed: int) -> str:
+    """Same data, configuration, code and seed give the same fingerprint (and model)."""
+    payload = json.dumps({"as_of": training.as_of.isoformat(), "config": config_hash,
+                          "code": code_version, "seed": seed,
+                          "batches": sorted(training.batch_ids)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
+    client = registry_client(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    for v in versions:
+        if v.tags.get(FINGERPRINT_TAG) == fingerprint:
+            return str(v.version)
+    return None
+
+
+def _metric_name(metric: str, segment: str) -> str:
+    return metric if segment == "all" else f"{metric}.{re.sub(r'[^A-Za-z0-9_.-]', '.', segment)}"
+
+
+def _write_evaluations(engine: Engine, name: str, version: str, as_of: date,
+                       evaluation: Evaluation, run_id: str) -> int:
+    now = datetime.now(UTC)
+    rows = [{"model_name": name, "model_version": version, "as_of_date": as_of,
+             "metric": r["metric"], "segment": r["segment"], "value": float(r["value"]),
+             "mlflow_run_id": run_id, "evaluated_at": now} for r in evaluation.rows()]
+    with engine.begin() as conn:
+        conn.execute(delete(model_evaluations).where(
+            (model_evaluations.c.model_name == name)
+            & (model_evaluations.c.model_version == version)))
+        if rows:
+            conn.execute(model_evaluations.insert(), rows)
+    return len(rows)
+
+
+def publish_risk_model(
+    *, engine: Engine, tracking_uri: str, name: str, training: TrainingSet,
+    trained: TrainedModel, evaluation: Evaluation, gates: GateResult, tags: dict[str, str],
+    fingerprint: str, report_dir: Path, artifact_root: Path,
+) -> Published:
+    """Log the run, register the model as ``name`` and record the evaluation rows."""
+    use_experiment(name, tracking_uri, artifact_root)
+    summary = training.summary()
+    batch_ids = sorted(training.batch_ids)
+    batches_tag = ",".join(batch_ids)
+    if len(batches_tag) > MLFLOW_TAG_LIMIT:
+        batches_tag = f"{len(batch_ids)} batches, see artifact lineage.json"
+    run_tags = {
+        **tags,
+        "puhui.ingest_batches": batches_tag,
+        "puhui.ingest_batch_count": str(len(batch_ids)),
+        "puhui.feature_as_of_range": " .. ".join(summary["feature_as_of_range"]),
+        "puhui.training_as_of": training.as_of.isoformat(),
+        "puhui.oot_range": " .. ".join(summary["oot_range"]),
+        FINGERPRINT_TAG: fingerprint,
+    }
+    oot = training.split(OOT)
+    example = oot[training.features].head(5).reset_index(drop=True)
+    example = example.astype({c: object for c in training.categorical})
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+        run_name=f"{name} as of {training.as_of}", tags=run_tags
+    ) as run:
+        work = Path(tmp)
+        mlflow.log_params({k: v for k, v in trained.params.items()} | {
+            "best_iteration": trained.best_iteration, "features": len(training.features),
+            "train_rows": summary["train_rows"], "oot_rows": summary["oot_rows"],
+            "search_trials": len(trained.trials)})
+        metrics = dict(evaluation.metrics)
+        for row in evaluation.segment_metrics:
+            metrics[_metric_name(str(row["metric"]), str(row["segment"]))] = float(row["value"])
+        mlflow.log_metrics(metrics)
+        scorer_dir = work / SCORER_ARTIFACT
+        trained.scorer.save(scorer_dir)
+        model_info = mlflow.pyfunc.log_model(
+            name="model", python_model=RiskModelPyfunc(),
+            artifacts={SCORER_ARTIFACT: str(scorer_dir)},
+            signature=infer_signature(example, trained.scorer.predict_pd(example)),
+            input_example=example, pip_requirements=PIP_REQUIREMENTS,
+        )
+        version = mlflow.register_model(model_info.model_uri, name, tags={
+            FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat(),
+            GATES_PASSED_TAG: str(gates.passed).lower(),
+            GATES_FAILED_TAG: json.dumps(gates.failed, ensure_ascii=False),
+        }).version
+        plots = report_plots(evaluation)
+        facts: dict[str, Any] = {
+            "model": name, "version": version, "mlflow_run_id": run.info.run_id,
+            **{k: v for k, v in summary.items() if k != "as_of"},
+            "training_as_of": training.as_of.isoformat(), "ingest_batches": len(batch_ids),
+            **{k: v for k, v in tags.items()},
+        }
+        # Kept under PUHUI_HOME as well as in the run: readers without MLflow open it there.
+        report = report_dir / f"{name}_v{version}_evaluation.html"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(render_report(evaluation, gates, facts, plots), encoding="utf-8")
+        mlflow.log_artifact(str(report), artifact_path="report")
+        for file_name, data in plots.items():
+            (work / file_name).write_bytes(data)
+            mlflow.log_artifact(str(work / file_name), artifact_path="plots")
+        tables = {"calibration": evaluation.calibration, "gains": evaluation.gains,
+                  "feature_stability": evaluation.feature_stability,
+                  "importance": evaluation.importance, "fairness": evaluation.fairness,
+                  "reasons": evaluation.reasons}
+        for table_name, frame in tables.items():
+            path = work / f"{table_name}.csv"
+            frame.to_csv(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        mlflow.log_dict({"ingest_batches": batch_ids, **summary}, "lineage.json")
+        mlflow.log_dict(gates.as_dict(), "gates.json")
+        mlflow.log_dict({"reason_examples": evaluation.reason_examples,
+                         "trials": evaluation.trials}, "evaluation/details.json")
+    _write_evaluations(engine, name, str(version), training.as_of, evaluation,
+                       run.info.run_id)
+    return Published(name, str(version), run.info.run_id, report)

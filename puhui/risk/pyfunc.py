@@ -1,0 +1,25 @@
+"""The registered form of the risk model: an MLflow pyfunc around ``RiskScorer``.
+
+``models:/credit_risk@champion`` then takes a frame of features (text categories and
+numbers, as ``user_features`` holds them) and returns each row's probability of default; the
+encoding travels with the model, so a caller cannot feed it differently from training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+from puhui.risk.model import RiskScorer
+
+SCORER_ARTIFACT = "scorer"
+
+
+class RiskModelPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's PythonModelContext
+        self.scorer = RiskScorer.load(Path(context.artifacts[SCORER_ARTIFACT]))
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
+        return self.scorer.predict_pd(model_input)

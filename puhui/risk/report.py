@@ -1,0 +1,183 @@
+"""The model-risk evaluation report: one self-contained HTML file with its plots.
+
+Plots (ROC, calibration by grade, gains, PSI) are drawn with matplotlib and embedded as PNG,
+so the file opens anywhere (MLflow's artifact viewer, a browser, an e-mail) with nothing to
+download. Tables carry every figure the gates read.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from puhui.risk.evaluation import Evaluation  # noqa: E402
+from puhui.risk.gates import GateResult  # noqa: E402
+from puhui.risk.metrics import PSI_ACT, PSI_WATCH  # noqa: E402
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#222}
+h1{margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
+td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.pass{color:#137333;font-weight:600} .fail{color:#b3261e;font-weight:600}
+.plots{display:flex;flex-wrap:wrap;gap:1rem} .plots img{width:32rem}
+.note{color:#555;font-size:.9rem}
+"""
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def roc_plot(evaluation: Evaluation) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    labels = {"roc_lightgbm": "LightGBM", "roc_benchmark": "logistic benchmark",
+              "roc_champion": "current champion"}
+    metric = {"roc_lightgbm": "auc_oot", "roc_benchmark": "auc_oot_benchmark",
+              "roc_champion": "auc_oot_champion"}
+    for key, curve in evaluation.curves.items():
+        auc = evaluation.metrics.get(metric[key], float("nan"))
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{labels[key]} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="#999", linestyle=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title="ROC, out-of-time window")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def calibration_plot(evaluation: Evaluation) -> bytes:
+    table = evaluation.calibration[evaluation.calibration["n"] > 0]
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    x = range(len(table))
+    ax.bar([i - 0.2 for i in x], table["expected"], width=0.4, label="expected (mean PD)")
+    low = (table["observed"] - table["interval_low"]).clip(lower=0)
+    high = (table["interval_high"] - table["observed"]).clip(lower=0)
+    ax.bar([i + 0.2 for i in x], table["observed"], width=0.4, label="observed",
+           yerr=[low, high], capsize=3)
+    ax.set_xticks(list(x), table["grade"])
+    ax.set(xlabel="risk grade", ylabel="default rate",
+           title="Calibration by grade (Jeffreys interval)")
+    ax.legend()
+    return _png(fig)
+
+
+def gains_plot(evaluation: Evaluation) -> bytes:
+    gains = evaluation.gains
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    share = [0.0, *(gains["n"].cumsum() / gains["n"].sum())]
+    ax.plot(share, [0.0, *gains["cumulative_capture"]], marker="o", label="LightGBM")
+    ax.plot([0, 1], [0, 1], color="#999", linestyle=":", label="random")
+    ax.set(xlabel="share of applicants (riskiest first)", ylabel="share of defaults captured",
+           title="Cumulative gains")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def psi_plot(evaluation: Evaluation, top: int = 20) -> bytes:
+    table = evaluation.feature_stability.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(5, 0.25 * len(table) + 1.2))
+    colors = ["#b3261e" if p >= PSI_ACT else "#e8a33d" if p >= PSI_WATCH else "#4c8c4a"
+              for p in table["psi"]]
+    ax.barh(table["name"], table["psi"], color=colors)
+    for bound in (PSI_WATCH, PSI_ACT):
+        ax.axvline(bound, color="#666", linestyle="--", linewidth=0.8)
+    ax.set(xlabel="PSI, train vs out-of-time", title=f"Stability: top {len(table)} PSI")
+    ax.tick_params(axis="y", labelsize=7)
+    return _png(fig)
+
+
+def report_plots(evaluation: Evaluation) -> dict[str, bytes]:
+    """The report's plots as PNG bytes, by file name."""
+    return {"roc.png": roc_plot(evaluation), "calibration.png": calibration_plot(evaluation),
+            "gains.png": gains_plot(evaluation), "psi.png": psi_plot(evaluation)}
+
+
+def _table(frame: pd.DataFrame, digits: int = 4) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.{digits}f}"
+        if isinstance(value, bool):
+            return f'<span class="{"pass" if value else "fail"}">{value}</span>'
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section(title: str, *parts: str) -> str:
+    return f"<h2>{html.escape(title)}</h2>" + "".join(parts)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def render_report(
+    evaluation: Evaluation, gates: GateResult, facts: dict[str, Any],
+    plots: dict[str, bytes],
+) -> str:
+    """The whole report as an HTML string. ``facts``: model, version, data and run facts."""
+    m = evaluation.metrics
+    verdict = ('<span class="pass">PASSED</span>' if gates.passed
+               else '<span class="fail">FAILED</span>: ' + html.escape("; ".join(gates.failed)))
+    images = "".join(
+        f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        for name, data in plots.items()
+    )
+    headline = pd.DataFrame([
+        ("AUC", m["auc_oot"], m["auc_oot_benchmark"], m.get("auc_oot_champion"),
+         m["auc_train"]),
+        ("Gini", m["gini_oot"], m["gini_oot_benchmark"], None, m["gini_train"]),
+        ("KS", m["ks_oot"], m["ks_oot_benchmark"], None, m["ks_train"]),
+        ("Brier", m["brier_oot"], m["brier_oot_benchmark"], None, m["brier_train"]),
+    ], columns=["metric", "LightGBM (out of time)", "logistic benchmark (out of time)",
+                "champion (out of time)", "LightGBM (train)"])
+    facts_table = pd.DataFrame(list(facts.items()), columns=["fact", "value"])
+    checks = pd.DataFrame(gates.checks)
+    parts: Iterable[str] = (
+        f"<h1>Credit-risk model evaluation: {html.escape(str(facts.get('model')))} "
+        f"v{html.escape(str(facts.get('version')))}</h1>",
+        f"<p>Gates: {verdict}</p>",
+        _section("Facts", _table(facts_table)),
+        _section("Ranking and accuracy", _table(headline.fillna(float("nan"))),
+                 _note("Out of time: the most recent months of matured applications, never "
+                       "seen in training (early stopping and the bounded search use them).")),
+        _section("Plots", f'<div class="plots">{images}</div>'),
+        _section("Gates", _table(checks)),
+        _section("Calibration by risk grade", _table(evaluation.calibration),
+                 _note("Jeffreys test: posterior Beta(d+1/2, n-d+1/2) of the grade's default "
+                       "rate against its mean predicted PD.")),
+        _section("Gains and lift by decile", _table(evaluation.gains)),
+        _section("Fairness at the policy cut-off", _table(evaluation.fairness),
+                 _note(f"Cut-off PD {m['policy_cutoff_pd']:.2f}. Approval rates over every "
+                       "applicant in the window; error rates over labelled ones. Adverse "
+                       "impact ratio: approval rate / best-treated segment of the dimension. "
+                       "Protected attributes are not model features.")),
+        _section("Stability (PSI, train vs out-of-time)", _table(evaluation.feature_stability),
+                 _note("Bands: < 0.1 stable, 0.1-0.25 watch, >= 0.25 act.")),
+        _section("Feature importance (gain)", _table(evaluation.importance)),
+        _section("Reason codes among declined applicants", _table(evaluation.reasons)),
+        _section("Hyperparameter trials", _table(pd.DataFrame(
+            [{"auc_valid": t["auc_valid"], "best_iteration": t["best_iteration"],
+              **t["params"]} for t in evaluation.trials]))),
+    )
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>credit risk "
+            f"evaluation</title><style>{STYLE}</style></head><body>{''.join(parts)}"
+            "</body></html>")

@@ -1,0 +1,189 @@
+"""The credit-risk training set: applications, their point-in-time features and labels.
+
+Each application is joined to its applicant's features as of the day *before* the
+application day, so nothing from the application day itself (which may come after the
+application time) can leak in. A label is used only when the outcome window has matured by
+the training as-of date and the outcome was delivered by then. The split is out of time: the
+most recent ``validation_months`` of matured applications are the validation window, all
+older ones train; never a random split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, MetaData, Table, select
+
+from puhui.config import FeaturesConfig, RiskModelSpec
+from puhui.errors import PuhuiError
+from puhui.features.builder import FeatureInfo, apply_derived, feature_catalog
+from puhui.features.sources import SourceFrames, local_days, time_kind
+
+SEGMENT_COLUMNS = ("region_type", "gender", "age_band")
+TRAIN, OOT = "train", "oot"
+
+
+@dataclass
+class TrainingSet:
+    """Applications with features, label, split and protected attributes (not features)."""
+
+    as_of: date
+    frame: pd.DataFrame
+    catalog: list[FeatureInfo]
+    oot_start: date
+    oot_end: date
+    batch_ids: set[str] = field(default_factory=set)
+
+    @property
+    def features(self) -> list[str]:
+        return [f.name for f in self.catalog]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [f.name for f in self.catalog if f.categorical]
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.frame[self.frame["split"] == name]
+
+    def oot_applicants(self) -> pd.DataFrame:
+        """Every application in the validation window, labelled or not (through the door)."""
+        day = self.frame["application_date"]
+        return self.frame[(day >= self.oot_start) & (day <= self.oot_end)]
+
+    def summary(self) -> dict[str, object]:
+        train, oot = self.split(TRAIN), self.split(OOT)
+        return {
+            "as_of": self.as_of.isoformat(),
+            "applications": len(self.frame),
+            "train_rows": len(train),
+            "train_defaults": int(train["label"].sum()),
+            "oot_rows": len(oot),
+            "oot_defaults": int(oot["label"].sum()),
+            "train_range": [str(train["application_date"].min()),
+                            str(train["application_date"].max())],
+            "oot_range": [self.oot_start.isoformat(), self.oot_end.isoformat()],
+            "features": len(self.catalog),
+            "feature_as_of_range": [str(self.frame["as_of_date"].min()),
+                                    str(self.frame["as_of_date"].max())],
+        }
+
+
+def application_catalog(spec: FeaturesConfig) -> list[FeatureInfo]:
+    app = spec.application
+    return [
+        *(FeatureInfo(f.name, False, f.reason) for f in app.numeric),
+        *(FeatureInfo(f.name, True, f.reason) for f in app.categorical),
+        *(FeatureInfo(f.name, False, f.reason) for f in app.derived),
+    ]
+
+
+def _read(engine: Engine, name: str) -> tuple[pd.DataFrame, Table]:
+    table = Table(name, MetaData(), autoload_with=engine)
+    with engine.connect() as conn:
+        return pd.read_sql_query(select(table), conn), table
+
+
+def load_applications(engine: Engine, spec: FeaturesConfig, as_of: date) -> pd.DataFrame:
+    """Applications made by the end of ``as_of`` (local), one row each, with their day."""
+    frame, table = _read(engine, spec.application.table)
+    frame["app_day"] = local_days(frame[spec.application.time],
+                                  time_kind(table, spec.application.time), spec.timezone)
+    frame["application_date"] = pd.to_datetime(frame["app_day"], unit="D").dt.date
+    frame = frame[frame["application_date"] <= as_of]
+    frame = frame.sort_values(["application_id", "batch_id"]).drop_duplicates(
+        "application_id", keep="last"
+    )
+    return frame.dropna(subset=["person_key"]).reset_index(drop=True)
+
+
+def load_labels(engine: Engine, model: RiskModelSpec, as_of: date) -> pd.DataFrame:
+    """Outcomes delivered with an observation date on or before ``as_of``."""
+    frame, _ = _read(engine, "raw_loan_outcomes")
+    observed = pd.to_datetime(frame["observation_date"]).dt.date
+    frame = frame[observed <= as_of]
+    frame = frame.sort_values(["application_id", "batch_id"]).drop_duplicates(
+        "application_id", keep="last"
+    )
+    return frame[["application_id", model.label, "batch_id"]].rename(
+        columns={model.label: "label", "batch_id": "label_batch_id"}
+    )
+
+
+def age_band(birth: pd.Series, on: pd.Series, bands: list) -> pd.Series:
+    """The named age band of each person on a date (None outside every band)."""
+    birth = pd.to_datetime(birth)
+    on = pd.to_datetime(on)
+    age = on.dt.year - birth.dt.year - (
+        (on.dt.month < birth.dt.month)
+        | ((on.dt.month == birth.dt.month) & (on.dt.day < birth.dt.day))
+    ).astype(int)
+    out = pd.Series([None] * len(age), index=age.index, dtype=object)
+    for band in bands:
+        out[(age >= band.min_age) & (age <= band.max_age)] = band.name
+    return out
+
+
+def months_before(day: date, months: int) -> date:
+    """The day ``months`` calendar months before ``day`` (clamped to the month's end)."""
+    return (pd.Timestamp(day) - pd.DateOffset(months=months)).date()
+
+
+def feature_requests(engine: Engine, spec: FeaturesConfig, as_of: date) -> pd.DataFrame:
+    """Applications up to ``as_of``, each with the as-of date of its features (the day
+    before it was made)."""
+    apps = load_applications(engine, spec, as_of)
+    apps["as_of_date"] = apps["application_date"] - timedelta(days=1)
+    return apps
+
+
+def build_training_set(
+    engine: Engine, frames: SourceFrames, spec: FeaturesConfig, model: RiskModelSpec,
+    apps: pd.DataFrame, features: pd.DataFrame,
+) -> TrainingSet:
+    """Join ``apps`` to their ``features``, label the matured ones and split out of time."""
+    as_of = frames.as_of
+    labels = load_labels(engine, model, as_of)
+    frame = apps.merge(features, on=["person_key", "as_of_date"], how="left")
+    app_catalog = application_catalog(spec)
+    apply_derived(frame, spec.application.derived, {})
+
+    matured = frame["application_date"] + timedelta(days=model.outcome_window_days) <= as_of
+    frame = frame.merge(labels, on="application_id", how="left")
+    frame.loc[~matured, "label"] = np.nan
+
+    customers = frames.customers.set_index("person_key")
+    frame["region_type"] = frame["person_key"].map(customers["region_type"])
+    frame["gender"] = frame["person_key"].map(customers["gender"]).map(
+        {"M": "male", "F": "female"}
+    )
+    frame["age_band"] = age_band(frame["person_key"].map(customers["birth_date"]),
+                                 frame["application_date"], model.fairness.age_bands)
+
+    labelled = frame["label"].notna()
+    if labelled.sum() == 0:
+        raise PuhuiError(
+            f"no matured loan outcomes by {as_of}: an outcome is usable "
+            f"{model.outcome_window_days} days after the application; ingest "
+            "loan_outcomes or train as of a later date"
+        )
+    oot_end = frame.loc[labelled, "application_date"].max()
+    oot_start = months_before(oot_end, model.validation_months) + timedelta(days=1)
+    frame["split"] = None
+    frame.loc[labelled & (frame["application_date"] < oot_start), "split"] = TRAIN
+    frame.loc[labelled & (frame["application_date"] >= oot_start), "split"] = OOT
+    for name in (TRAIN, OOT):
+        part = frame[frame["split"] == name]
+        if len(part) == 0 or part["label"].nunique() < 2:
+            raise PuhuiError(
+                f"the {name} window has {len(part)} labelled applications and needs both "
+                "defaults and repayments: more history is needed to train"
+            )
+    catalog = [*feature_catalog(spec), *app_catalog]
+    batch_ids = set(frames.batch_ids) | set(apps["batch_id"]) | set(
+        frame["label_batch_id"].dropna()
+    )
+    return TrainingSet(as_of, frame.reset_index(drop=True), catalog, oot_start, oot_end,
+                       batch_ids)

@@ -1,0 +1,229 @@
+"""Prefect tasks of the risk training flow: one per step, each logging one summary line.
+
+The steps pass frames and models in memory (``NO_CACHE``): hashing them for Prefect's cache
+would cost more than recomputing, and a re-run recomputes from the warehouse anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from puhui.audit import current_flow_run_id
+from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
+from puhui.features.builder import build_features
+from puhui.features.sources import SourceFrames, load_source_frames
+from puhui.features.store import write_user_features
+from puhui.registry import CHALLENGER, CHAMPION, REGISTERED, registry_client, set_alias
+from puhui.risk.evaluation import Evaluation, evaluate_risk_model
+from puhui.risk.gates import GateResult, check_gates
+from puhui.risk.model import RiskScorer, TrainedModel, train_benchmark, train_lightgbm
+from puhui.risk.publish import (
+    Published,
+    find_version_by_fingerprint,
+    publish_risk_model,
+    training_fingerprint,
+)
+from puhui.risk.training_set import TrainingSet, build_training_set, feature_requests
+from puhui.runtime import open_runtime
+from tasks.retries import retry_on_transient_error
+
+STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
+        "retry_condition_fn": retry_on_transient_error}
+
+
+def _configs() -> tuple[FeaturesConfig, RiskModelSpec]:
+    settings = open_runtime().settings
+    return (load_config(settings.config_dir, FeaturesConfig),
+            load_config(settings.config_dir, ModelsConfig).credit_risk)
+
+
+def _say(line: str, started: float) -> str:
+    line = f"{line} ({time.perf_counter() - started:.1f}s)"
+    get_run_logger().info(line)
+    return line
+
+
+@dataclass
+class FeatureStep:
+    frames: SourceFrames
+    applications: pd.DataFrame
+    features: pd.DataFrame
+    line: str
+
+
+@task(name="risk-features", **STEP)
+def build_risk_features(as_of: date) -> FeatureStep:
+    """Point-in-time features of every applicant as of the day before each application."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    spec, _ = _configs()
+    frames = load_source_frames(runtime.engine, spec, as_of)
+    apps = feature_requests(runtime.engine, spec, as_of)
+    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+    written = write_user_features(runtime.engine, features, spec.feature_set)
+    line = _say(
+        f"features as of {as_of}: {written:,} (customer, as-of) rows x "
+        f"{features.shape[1] - 2} features from {len(frames.batch_ids)} ingest batches "
+        "-> user_features", started)
+    return FeatureStep(frames, apps, features, line)
+
+
+@task(name="risk-training-set", **STEP)
+def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
+    """Applications joined to features, matured labels, out-of-time split."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    spec, model = _configs()
+    training = build_training_set(runtime.engine, step.frames, spec, model, step.applications,
+                                  step.features)
+    s = training.summary()
+    line = _say(
+        f"training set: train {s['train_rows']:,} applications ({s['train_defaults']:,} "
+        f"defaults, {s['train_range'][0]}..{s['train_range'][1]}), out-of-time "
+        f"{s['oot_rows']:,} ({s['oot_defaults']:,} defaults, {s['oot_range'][0]}.."
+        f"{s['oot_range'][1]}), {s['features']} features", started)
+    return training, line
+
+
+@task(name="risk-train", **STEP)
+def train_risk_models(training: TrainingSet) -> tuple[TrainedModel, object, str]:
+    """LightGBM (with the bounded search, if configured) and the logistic benchmark."""
+    started = time.perf_counter()
+    _, model = _configs()
+    train, oot = training.split("train"), training.split("oot")
+    trained = train_lightgbm(train, oot, training.features, training.categorical,
+                             model.lightgbm, model.seed)
+    benchmark = train_benchmark(train, training.features, training.categorical, model.seed)
+    line = _say(
+        f"train: LightGBM, {len(trained.trials)} trial(s), best validation AUC "
+        f"{max(t['auc_valid'] for t in trained.trials):.4f} at iteration "
+        f"{trained.best_iteration}; logistic benchmark fitted", started)
+    return trained, benchmark, line
+
+
+def load_champion(tracking_uri: str, name: str) -> tuple[RiskScorer | None, str | None]:
+    """The current champion's scorer and version, if there is one."""
+    import mlflow.pyfunc
+
+    version = registry_client(tracking_uri).get_registered_model(name).aliases.get(CHAMPION) \
+        if _model_exists(tracking_uri, name) else None
+    if version is None:
+        return None, None
+    mlflow.set_registry_uri(tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    return pyfunc.unwrap_python_model().scorer, str(version)
+
+
+def _model_exists(tracking_uri: str, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registry_client(tracking_uri).get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
+
+
+@task(name="risk-evaluate", **STEP)
+def evaluate_risk(training: TrainingSet, trained: TrainedModel,
+                  benchmark: object) -> tuple[Evaluation, GateResult, str]:
+    """The reviewer's figures on the out-of-time window, and the gates' verdict on them."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    spec, model = _configs()
+    champion, champion_version = load_champion(runtime.settings.mlflow_tracking_uri,
+                                               model.registered_name)
+    evaluation = evaluate_risk_model(training, trained, benchmark, model, spec, champion)
+    gates = check_gates(evaluation, model.gates)
+    m = evaluation.metrics
+    versus = (f", champion v{champion_version} {m['auc_oot_champion']:.4f}"
+              if "auc_oot_champion" in m else ", no champion yet")
+    worst = evaluation.fairness[evaluation.fairness["gated"]].sort_values(
+        "adverse_impact_ratio").head(1)
+    fairness = (f"lowest adverse impact ratio {worst.iloc[0]['adverse_impact_ratio']:.2f} "
+                f"({worst.iloc[0]['dimension']}={worst.iloc[0]['segment']})"
+                if len(worst) else "no segment large enough to gate")
+    line = _say(
+        f"evaluate: out-of-time AUC {m['auc_oot']:.4f} (benchmark {m['auc_oot_benchmark']:.4f}"
+        f"{versus}), KS {m['ks_oot']:.3f}, score PSI {m['score_psi']:.3f}, {fairness}",
+        started)
+    return evaluation, gates, line
+
+
+@task(name="risk-register", **STEP)
+def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
+                        gates: GateResult, fingerprint: str) -> tuple[Published, str]:
+    """One MLflow run, a registered version, model_evaluations rows, an audit event."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    settings, audit = runtime.settings, runtime.audit
+    _, model = _configs()
+    tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
+            "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
+    published = publish_risk_model(
+        engine=runtime.engine, tracking_uri=settings.mlflow_tracking_uri,
+        name=model.registered_name, training=training, trained=trained,
+        evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
+        report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
+    )
+    summary = training.summary()
+    audit.record(runtime.engine, REGISTERED, f"{published.name}/v{published.version}", {
+        "model": published.name, "version": published.version, "as_of": summary["as_of"],
+        "feature_as_of_range": summary["feature_as_of_range"],
+        "train_range": summary["train_range"], "oot_range": summary["oot_range"],
+        "metrics": {k: round(evaluation.metrics[k], 6) for k in
+                    ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")},
+        "gates": {"passed": gates.passed, "failed": gates.failed},
+        "fingerprint": fingerprint, "ingest_batches": sorted(training.batch_ids),
+        "report": str(published.report_path),
+    }, mlflow_run_id=published.run_id)
+    line = _say(f"register: {published.name} v{published.version} (MLflow run "
+                f"{published.run_id[:12]}), report {published.report_path}", started)
+    return published, line
+
+
+@task(name="risk-gate", **STEP)
+def apply_gates(published: Published, gates: GateResult) -> str:
+    """A passing version becomes the challenger (and champion, if configured); a failing
+    one keeps its failed gates as tags and no alias."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    _, model = _configs()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    name, version = published.name, published.version
+    if not gates.passed:
+        return _say(f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set",
+                    started)
+    set_alias(client, runtime.engine, runtime.audit, name, CHALLENGER, version,
+              "passed every gate")
+    outcome = f"gate: v{version} passed every gate -> {CHALLENGER}"
+    if model.auto_promote:
+        set_alias(client, runtime.engine, runtime.audit, name, CHAMPION, version,
+                  "auto_promote is on in configs/models.yaml")
+        outcome += f" and {CHAMPION} (auto_promote is on)"
+    else:
+        champion = client.get_registered_model(name).aliases.get(CHAMPION)
+        held = f"v{champion}" if champion else "nobody"
+        outcome += (f"; {CHAMPION} stays {held} until a model owner promotes "
+                    f"(puhui models promote {name} --version {version} --reason ...)")
+    return _say(outcome, started)
+
+
+def fingerprint_of(training: TrainingSet) -> str:
+    runtime = open_runtime()
+    _, model = _configs()
+    return training_fingerprint(training, runtime.audit.config_hash, runtime.audit.code_version,
+                                model.seed)
+
+
+def existing_version(fingerprint: str) -> str | None:
+    runtime = open_runtime()
+    _, model = _configs()
+    return find_version_by_fingerprint(runtime.settings.mlflow_tracking_uri,
+                                       model.registered_name, fingerprint)
