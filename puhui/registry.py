@@ -59,9 +59,10 @@ def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
 def current_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """Alias -> version, read from the registered model (versions may not list theirs)."""
     try:
-        return dict(client.get_registered_model(name).aliases)
+        aliases = client.get_registered_model(name).aliases
     except MlflowException:
         return {}
+    return {alias: str(version) for alias, version in aliases.items()}
 
 
 def version_of(client: MlflowClient, name: str, alias: str) -> str | None:

@@ -12,6 +12,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,114 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# --------------------------------------------------------------------------- risk model data
+# Landing zones big enough to train on (a year and a half of history), ingested once per
+# dialect into a template; each test gets its own copy, so tests never share state.
+RISK_AS_OF = "2026-09-30"
+RISK_DATASETS = {
+    "clean": {"users": 4000, "penalize_segment": None},
+    "penalized_rural": {"users": 4000, "penalize_segment": "rural"},
+}
+
+
+def _ingest_all(as_of: str) -> None:
+    """Every configured feed, in plain Python (the ingest flow's tests cover Prefect)."""
+    from puhui.config import PartnersConfig, load_config
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.feeds import ingest_feed
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.runtime import open_runtime
+    from puhui.validation import BatchValidator
+
+    runtime = open_runtime()
+    settings = runtime.settings
+    validator = BatchValidator(results_dir=settings.home / "gx")
+    key = pseudonym_key_bytes(settings.pseudonym_key)
+    for feed in load_config(settings.config_dir, PartnersConfig).partners:
+        ingestor = FileIngestor(runtime, feed, validator, key, flow_run_id=None)
+        ingest_feed(runtime, feed, ingestor, date.fromisoformat(as_of))
+
+
+class RiskTemplates:
+    """Ingested risk datasets, one template per (dataset, dialect), built on first use."""
+
+    def __init__(self, root: Path, pg: PostgresServer | None) -> None:
+        self.root, self.pg = root, pg
+        self._built: dict[tuple[str, str], str] = {}
+
+    def _build(self, dataset: str, dialect: str) -> str:
+        from puhui.generate import generate_landing_zone
+
+        landing = self.root / f"landing-{dataset}"
+        if not landing.exists():
+            spec = RISK_DATASETS[dataset]
+            generate_landing_zone(landing, users=spec["users"], days=2, seed=7,
+                                  history_days=540, end_date=date.fromisoformat(RISK_AS_OF),
+                                  penalize_segment=spec["penalize_segment"])
+        home = self.root / f"home-{dataset}-{dialect}"
+        if dialect == "sqlite":
+            url = f"sqlite:///{home / 'warehouse.db'}"
+        else:
+            assert self.pg is not None
+            url = self.pg.create_database(f"tpl_{dataset}")
+        saved = {k: os.environ.get(k) for k in ("PUHUI_HOME", "PUHUI_WAREHOUSE_URL",
+                                               "PUHUI_LANDING", "PUHUI_PSEUDONYM_KEY")}
+        os.environ.update({"PUHUI_HOME": str(home), "PUHUI_WAREHOUSE_URL": url,
+                           "PUHUI_LANDING": str(landing),
+                           "PUHUI_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY})
+        try:
+            _ingest_all(RISK_AS_OF)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            dispose_engines()
+        return url
+
+    def copy(self, dataset: str, dialect: str, target: Path) -> tuple[str, Path]:
+        """A private copy of the ingested warehouse; returns (url, landing zone)."""
+        import shutil
+
+        key = (dataset, dialect)
+        if key not in self._built:
+            self._built[key] = self._build(dataset, dialect)
+        landing = self.root / f"landing-{dataset}"
+        if dialect == "sqlite":
+            source = Path(self._built[key].removeprefix("sqlite:///"))
+            target.mkdir(parents=True, exist_ok=True)
+            for suffix in ("", "-wal"):  # a WAL left behind holds committed pages too
+                if Path(f"{source}{suffix}").exists():
+                    shutil.copy(f"{source}{suffix}", target / f"warehouse.db{suffix}")
+            return f"sqlite:///{target / 'warehouse.db'}", landing
+        assert self.pg is not None
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        return self.pg.create_database(name, template=f"tpl_{dataset}"), landing
+
+
+@pytest.fixture(scope="session")
+def risk_templates(tmp_path_factory: pytest.TempPathFactory,
+                   request: pytest.FixtureRequest) -> RiskTemplates:
+    pg = None
+    if find_postgres_bin_dir() is not None:
+        pg = request.getfixturevalue("pg_server")
+    return RiskTemplates(tmp_path_factory.mktemp("risk"), pg)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def dialect(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("pg_server")  # skips loudly without PostgreSQL binaries
+    return request.param
+
+
+def risk_env(templates: RiskTemplates, dataset: str, dialect: str, home: Path,
+             monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point PUHUI_* at a private copy of an ingested risk dataset; returns the URL."""
+    url, landing = templates.copy(dataset, dialect, home)
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    return url

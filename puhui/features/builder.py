@@ -243,6 +243,12 @@ def build_features(
         if info.categorical:
             out[info.name] = out[info.name].astype(object)
     out = out[[info.name for info in catalog]]
+    # Before onboarding nobody is linked to a phone or a record in our books: a request for
+    # a person not yet in the register gets no features at all, whatever the feeds hold.
+    out.loc[~known, :] = None
+    for info in catalog:
+        if not info.categorical:
+            out[info.name] = out[info.name].astype("float64")
     out.insert(0, "as_of_date", requests["as_of_date"].to_numpy())
     out.insert(0, "person_key", requests["person_key"].to_numpy())
     return out

@@ -1,0 +1,265 @@
+"""The credit-risk model: metrics, gates, the training set, and the model owner's workflow
+through real Prefect flow runs, a real MLflow registry and the CLI, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sqlalchemy import select
+
+from puhui.audit import read_audit_events, verify_audit_chain
+from puhui.cli import main
+from puhui.config import FeaturesConfig, GatesSpec, ModelsConfig, load_config
+from puhui.features.builder import build_features
+from puhui.features.sources import load_source_frames
+from puhui.registry import registry_client
+from puhui.risk.evaluation import Evaluation
+from puhui.risk.gates import check_gates
+from puhui.risk.metrics import (
+    calibration_by_grade,
+    gains_table,
+    jeffreys_p_value,
+    population_stability,
+    ranking_metrics,
+)
+from puhui.risk.training_set import OOT, TRAIN, build_training_set, feature_requests
+from puhui.settings import load_settings
+from puhui.warehouse.engine import get_engine
+from puhui.warehouse.schema import ingest_batches, model_evaluations, user_features
+from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
+
+AS_OF = date.fromisoformat(RISK_AS_OF)
+NAME = "credit_risk"
+
+
+# --------------------------------------------------------------------------- pure metrics
+def test_ranking_metrics_on_a_known_case() -> None:
+    labels = np.array([0, 0, 1, 1])
+    m = ranking_metrics(labels, np.array([0.1, 0.4, 0.35, 0.8]))
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["gini"] == pytest.approx(0.5)
+    assert m["ks"] == pytest.approx(0.5)
+    assert m["brier"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4)
+
+
+def test_jeffreys_test_flags_underestimated_risk_only_when_one_sided() -> None:
+    assert jeffreys_p_value(30, 200, 0.05) < 0.001  # 15 % observed vs 5 % predicted
+    assert jeffreys_p_value(2, 200, 0.05) > 0.9  # over-predicted: conservative, fine
+    assert jeffreys_p_value(2, 200, 0.05, one_sided=False) < 0.1
+    models = load_config(load_settings().config_dir, ModelsConfig).credit_risk
+    rng = np.random.default_rng(0)
+    pd_ = rng.uniform(0.01, 0.3, 20000)
+    honest = calibration_by_grade(rng.random(20000) < pd_, pd_, models.grades, 0.01, 0.03)
+    assert honest["ok"].all()
+    biased = calibration_by_grade(rng.random(20000) < pd_ * 1.8, pd_, models.grades, 0.01, 0.03)
+    assert not biased.set_index("grade").loc["E", "ok"]
+
+
+def test_psi_bands_and_gains() -> None:
+    rng = np.random.default_rng(1)
+    base = pd.Series(rng.normal(0, 1, 20000))
+    assert population_stability(base, pd.Series(rng.normal(0, 1, 20000))) < 0.01
+    assert population_stability(base, pd.Series(rng.normal(1, 1, 20000))) > 0.25
+    labels = (rng.random(5000) < 0.1).astype(int)
+    gains = gains_table(labels, np.where(labels == 1, 0.9, 0.1) + rng.random(5000) * 0.01)
+    assert gains["cumulative_capture"].iloc[0] == pytest.approx(1.0)
+    assert gains["cumulative_capture"].iloc[-1] == pytest.approx(1.0)
+
+
+def _evaluation(metrics: dict, fairness: list[dict], calibration_ok: bool = True) -> Evaluation:
+    frame = pd.DataFrame
+    return Evaluation(
+        metrics=metrics, segment_metrics=[],
+        calibration=frame([{"grade": "A", "n": 100, "observed": 0.2, "ok": calibration_ok}]),
+        gains=frame(), feature_stability=frame(), importance=frame(),
+        fairness=frame(fairness), reasons=frame(), reason_examples=[], curves={}, trials=[],
+    )
+
+
+def test_each_gate_fails_on_its_own_and_names_the_cause() -> None:
+    gates = GatesSpec(min_auc_oot=0.75, max_auc_drop_vs_champion=0.02, max_score_psi=0.25,
+                      min_adverse_impact_ratio=0.8,
+                      calibration={"alpha": 0.01, "tolerance": 0.03})
+    good = {"auc_oot": 0.84, "score_psi": 0.02, "auc_oot_champion": 0.845}
+    fair = [{"dimension": "region_type", "segment": "rural", "adverse_impact_ratio": 0.9,
+             "gated": True},
+            {"dimension": "age_band", "segment": "age_60_plus", "adverse_impact_ratio": 0.5,
+             "gated": False}]  # too small to gate
+    assert check_gates(_evaluation(good, fair), gates).passed
+    cases = {
+        "auc_oot all 0.700 < 0.75": ({**good, "auc_oot": 0.70, "auc_oot_champion": 0.70}, fair),
+        "auc_drop_vs_champion champion 0.045 > 0.02": ({**good, "auc_oot_champion": 0.885},
+                                                       fair),
+        "score_psi score 0.300 > 0.25": ({**good, "score_psi": 0.3}, fair),
+        "adverse_impact_ratio region_type=rural 0.710 < 0.80": (
+            good, [{**fair[0], "adverse_impact_ratio": 0.71}, fair[1]]),
+    }
+    for expected, (metrics, fairness) in cases.items():
+        result = check_gates(_evaluation(metrics, fairness), gates)
+        assert result.failed == [expected]
+    calibration = check_gates(_evaluation(good, fair, calibration_ok=False), gates)
+    assert len(calibration.failed) == 1 and calibration.failed[0].startswith("calibration")
+
+
+# --------------------------------------------------------------------------- on real data
+@pytest.fixture
+def risk_clean(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
+               monkeypatch: pytest.MonkeyPatch) -> str:
+    return risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
+
+
+@pytest.fixture
+def risk_biased(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
+                monkeypatch: pytest.MonkeyPatch) -> str:
+    return risk_env(risk_templates, "penalized_rural", dialect, puhui_env, monkeypatch)
+
+
+def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:
+    engine = get_engine(risk_clean)
+    settings = load_settings()
+    spec = load_config(settings.config_dir, FeaturesConfig)
+    model = load_config(settings.config_dir, ModelsConfig).credit_risk
+    frames = load_source_frames(engine, spec, AS_OF)
+    apps = feature_requests(engine, spec, AS_OF)
+    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+    training = build_training_set(engine, frames, spec, model, apps, features)
+    frame = training.frame
+    assert (frame["as_of_date"] == frame["application_date"] - timedelta(days=1)).all()
+    labelled = frame[frame["label"].notna()]
+    window = timedelta(days=model.outcome_window_days)
+    assert (labelled["application_date"] + window <= AS_OF).all()
+    assert frame.loc[frame["application_date"] + window > AS_OF, "label"].isna().all()
+    train, oot = training.split(TRAIN), training.split(OOT)
+    assert train["application_date"].max() < oot["application_date"].min()
+    assert len(train) + len(oot) == len(labelled)
+    assert not {"gender", "age_band", "region_type", "birth_date"} & set(training.features)
+    assert training.frame["region_type"].notna().all()  # ... but they are there to test with
+
+
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _stricter_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of configs/ whose AUC floor no model can meet."""
+    configs = tmp_path / "configs"
+    shutil.copytree(load_settings().config_dir, configs)
+    models = yaml.safe_load((configs / "models.yaml").read_text())
+    models["credit_risk"]["gates"]["min_auc_oot"] = 0.99
+    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+
+
+def test_model_owner_workflow(
+    risk_clean: str, prefect_harness: None, capsys: pytest.CaptureFixture,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.train import train_risk_flow
+
+    engine = get_engine(risk_clean)
+    first = train_risk_flow(as_of=AS_OF)
+    assert first["version"] == "1" and first["gates"]["passed"], first["gates"]
+    assert len(first["steps"]) == 6, "one summary line per step"
+    assert first["metrics"]["auc_oot"] > first["metrics"]["auc_oot_benchmark"]
+
+    # Traceable: run tags name the ingest batches; the audit event lists them all.
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    run = client.get_run(first["run_id"])
+    assert run.data.tags["puhui.training_as_of"] == RISK_AS_OF
+    assert run.data.tags["puhui.config_hash"] and run.data.tags["puhui.code_version"]
+    registered = read_audit_events(engine, action="model.registered")
+    batches = set(registered[-1]["details"]["ingest_batches"])
+    with engine.connect() as conn:
+        known = set(conn.execute(select(ingest_batches.c.batch_id)).scalars())
+        partners = set(conn.execute(select(ingest_batches.c.partner).where(
+            ingest_batches.c.batch_id.in_(batches))).scalars())
+        evaluations = pd.read_sql(select(model_evaluations), conn)
+        feature_rows = len(conn.execute(select(user_features.c.person_key)).all())
+    assert batches and batches <= known
+    assert {"customers", "credit_bureau", "mobile_payments", "loan_outcomes"} <= partners
+    assert feature_rows > 1000
+    segments = set(evaluations["segment"])
+    assert {"all", "region_type=rural", "gender=female", "age_band=age_18_25"} <= segments
+    auc_row = evaluations[(evaluations["metric"] == "auc_oot") & (evaluations["segment"] == "all")]
+    assert auc_row["value"].iloc[0] == pytest.approx(first["metrics"]["auc_oot"])
+    report = Path(first["report"]).read_text(encoding="utf-8")
+    assert report.count("data:image/png;base64") == 4 and "Fairness" in report
+
+    # Same data, config, code and seed: skipped; forced: a new version, same metrics.
+    again = train_risk_flow(as_of=AS_OF)
+    assert again["skipped"] and again["version"] == "1" and "unchanged" in again["line"]
+    forced = train_risk_flow(as_of=AS_OF, force=True)
+    assert forced["version"] == "2"
+    assert forced["metrics"] == first["metrics"], "retraining must reproduce the metrics"
+
+    code, out, _ = _cli(capsys, "models", "list", NAME, "--json")
+    listed = json.loads(out)
+    assert code == 0 and [v["version"] for v in listed] == ["2", "1"]
+    assert listed[0]["aliases"] == ["challenger"] and listed[1]["aliases"] == []
+    for row in listed:
+        assert set(row) >= {"name", "version", "aliases", "metrics", "gates"}
+        assert {"auc_oot", "auc_oot_benchmark", "ks_oot"} <= set(row["metrics"])
+        assert row["gates"] == {"passed": True, "failed": []}
+
+    for version, reason in (("1", "first"), ("2", "newer")):
+        code, out, err = _cli(capsys, "models", "promote", NAME, "--version", version,
+                              "--reason", reason)
+        assert code == 0 and f"champion is now v{version}" in out, err
+    code, out, _ = _cli(capsys, "models", "rollback", NAME, "--reason", "v2 misbehaves")
+    assert code == 0 and "from v2 to v1" in out
+    code, _, err = _cli(capsys, "models", "rollback", NAME, "--reason", "again")
+    assert code == 1 and "no previous champion" in err
+
+    # A version failing a gate is tagged, gets no alias, and is promoted only with --force.
+    _stricter_config(tmp_path, monkeypatch)
+    failing = train_risk_flow(as_of=AS_OF)
+    assert failing["version"] == "3" and not failing["gates"]["passed"]
+    assert any(f.startswith("auc_oot all") for f in failing["gates"]["failed"])
+    v3 = client.get_run(failing["run_id"]).data.metrics
+    assert v3["auc_oot_champion"] == pytest.approx(first["metrics"]["auc_oot"])  # v1 re-scored
+    code, _, err = _cli(capsys, "models", "promote", NAME, "--version", "3", "--reason", "x")
+    assert code == 1 and "failed its gates" in err
+    code, _, _ = _cli(capsys, "models", "promote", NAME, "--version", "3", "--reason",
+                      "accepted by the risk committee", "--force")
+    assert code == 0
+    moves = [e["details"] for e in read_audit_events(engine, action="model.alias")]
+    assert [(m["alias"], m["version"]) for m in moves] == [
+        ("challenger", "1"), ("challenger", "2"), ("champion", "1"), ("champion", "2"),
+        ("champion", "1"), ("champion", "3")]
+    assert "forced past failed gates" in moves[-1]["reason"]
+    assert all(e["actor"] == "test-runner" for e in read_audit_events(engine,
+                                                                      action="model.alias"))
+
+    code, out, _ = _cli(capsys, "audit", "lineage", NAME, "--version", "1", "--json")
+    lineage = json.loads(out)
+    assert code == 0 and not lineage["missing_batches"]
+    assert {b["batch_id"] for b in lineage["batches"]} == batches
+    assert lineage["validations"] and lineage["code_version"]
+    assert verify_audit_chain(engine).ok
+
+
+def test_a_planted_bias_is_blocked_by_the_fairness_gate(
+    risk_biased: str, prefect_harness: None,
+) -> None:
+    """The generator penalizes rural applicants; the model learns it through proxies and the
+    adverse-impact gate blocks the version, naming the segment."""
+    from flows.train import train_risk_flow
+
+    result = train_risk_flow(as_of=AS_OF)
+    failed = result["gates"]["failed"]
+    assert not result["gates"]["passed"]
+    assert any(f.startswith("adverse_impact_ratio region_type=rural") for f in failed), failed
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    assert "challenger" not in client.get_registered_model(NAME).aliases
+    tags = client.get_model_version(NAME, result["version"]).tags
+    assert "region_type=rural" in tags["gates.failed"]
