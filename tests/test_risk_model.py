@@ -150,12 +150,13 @@ def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def _stricter_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A copy of configs/ whose AUC floor no model can meet."""
-    configs = tmp_path / "configs"
+def _edit_models_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                        edit: object) -> None:
+    """Point PUHUI_CONFIG_DIR at a copy of the current configs with models.yaml edited."""
+    configs = tmp_path / name
     shutil.copytree(load_settings().config_dir, configs)
     models = yaml.safe_load((configs / "models.yaml").read_text())
-    models["credit_risk"]["gates"]["min_auc_oot"] = 0.99
+    edit(models["credit_risk"])
     (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
 
@@ -166,6 +167,10 @@ def test_model_owner_workflow(
 ) -> None:
     from flows.train import train_risk_flow
 
+    # The shipped search is exercised by the planted-bias test and the demo; here it would
+    # only multiply the run time of four trainings.
+    _edit_models_config(tmp_path, monkeypatch, "no-search",
+                        lambda m: m["lightgbm"].update(search=None))
     engine = get_engine(risk_clean)
     first = train_risk_flow(as_of=AS_OF)
     assert first["version"] == "1" and first["gates"]["passed"], first["gates"]
@@ -221,7 +226,8 @@ def test_model_owner_workflow(
     assert code == 1 and "no previous champion" in err
 
     # A version failing a gate is tagged, gets no alias, and is promoted only with --force.
-    _stricter_config(tmp_path, monkeypatch)
+    _edit_models_config(tmp_path, monkeypatch, "stricter",
+                        lambda m: m["gates"].update(min_auc_oot=0.99))
     failing = train_risk_flow(as_of=AS_OF)
     assert failing["version"] == "3" and not failing["gates"]["passed"]
     assert any(f.startswith("auc_oot all") for f in failing["gates"]["failed"])

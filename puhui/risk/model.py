@@ -127,7 +127,8 @@ def train_lightgbm(
     # trial's min_data_in_leaf would make later trials inconsistent.
     train_set = lgb.Dataset(x_train, y_train, categorical_feature=categorical,
                             free_raw_data=False, params={"feature_pre_filter": False})
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
+    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set,
+                            params={"feature_pre_filter": False})
     best: TrainedModel | None = None
     trials = []
     for candidate in _search_candidates(spec, seed):

@@ -113,7 +113,9 @@ def publish_risk_model(
     }
     oot = training.split(OOT)
     example = oot[training.features].head(5).reset_index(drop=True)
-    example = example.astype({c: object for c in training.categorical})
+    # Numbers as float: a feature that is whole in these rows may be missing in others.
+    example = example.astype({c: object if c in training.categorical else "float64"
+                              for c in training.features})
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
         run_name=f"{name} as of {training.as_of}", tags=run_tags
     ) as run:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from puhui.risk.model import RiskScorer
 
@@ -21,5 +22,6 @@ class RiskModelPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's PythonModelContext
         self.scorer = RiskScorer.load(Path(context.artifacts[SCORER_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
+    # A DataFrame hint: MLflow validates against the logged signature, not the hint.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:  # noqa: ANN001
         return self.scorer.predict_pd(model_input)
