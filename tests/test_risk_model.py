@@ -161,6 +161,7 @@ def _edit_models_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: s
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
 
 
+@pytest.mark.slow
 def test_model_owner_workflow(
     risk_clean: str, prefect_harness: None, capsys: pytest.CaptureFixture,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -254,6 +255,7 @@ def test_model_owner_workflow(
     assert verify_audit_chain(engine).ok
 
 
+@pytest.mark.slow
 def test_a_planted_bias_is_blocked_by_the_fairness_gate(
     risk_biased: str, prefect_harness: None,
 ) -> None:
