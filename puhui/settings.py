@@ -31,6 +31,7 @@ QUIET_ENVIRONMENT: dict[str, str] = {
     "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # no INFO lines about creating its store tables
     "DO_NOT_TRACK": "1",
     "TQDM_DISABLE": "1",
 }

@@ -19,7 +19,14 @@ from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_confi
 from puhui.features.builder import build_features
 from puhui.features.sources import SourceFrames, load_source_frames
 from puhui.features.store import write_user_features
-from puhui.registry import CHALLENGER, CHAMPION, REGISTERED, registry_client, set_alias
+from puhui.registry import (
+    CHALLENGER,
+    CHAMPION,
+    REGISTERED,
+    registry_client,
+    set_alias,
+    version_of,
+)
 from puhui.risk.evaluation import Evaluation, evaluate_risk_model
 from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import RiskScorer, TrainedModel, train_benchmark, train_lightgbm
@@ -111,23 +118,12 @@ def load_champion(tracking_uri: str, name: str) -> tuple[RiskScorer | None, str 
     """The current champion's scorer and version, if there is one."""
     import mlflow.pyfunc
 
-    version = registry_client(tracking_uri).get_registered_model(name).aliases.get(CHAMPION) \
-        if _model_exists(tracking_uri, name) else None
+    version = version_of(registry_client(tracking_uri), name, CHAMPION)
     if version is None:
         return None, None
     mlflow.set_registry_uri(tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
-    return pyfunc.unwrap_python_model().scorer, str(version)
-
-
-def _model_exists(tracking_uri: str, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        registry_client(tracking_uri).get_registered_model(name)
-    except MlflowException:
-        return False
-    return True
+    return pyfunc.unwrap_python_model().scorer, version
 
 
 @task(name="risk-evaluate", **STEP)

@@ -62,7 +62,8 @@ def test_production_profile_accepts_a_proper_setup() -> None:
 
 
 def test_shipped_configs_are_valid() -> None:
-    assert validate_config_dir(CONFIGS) == ["partners.yaml", "products.yaml"]
+    assert validate_config_dir(CONFIGS) == [
+        "features.yaml", "models.yaml", "partners.yaml", "products.yaml"]
 
 
 def _broken_copy(tmp_path: Path, name: str, old: str, new: str) -> Path:
@@ -130,10 +131,9 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["run", "train", "risk"],
-        ["models", "list"],
+        ["run", "train", "recommender"],
         ["run", "profiles"],
-        ["audit", "lineage", "credit_risk", "--version", "1"],
+        ["run", "report"],
     ],
 )
 def test_unbuilt_commands_say_so_and_fail(
@@ -142,6 +142,22 @@ def test_unbuilt_commands_say_so_and_fail(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "not built yet" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["models", "list", "credit_risk"], "no registered model 'credit_risk'"),
+        (["models", "rollback", "credit_risk", "--reason", "x"], "no previous champion"),
+        (["audit", "lineage", "credit_risk", "--version", "9"], "no registration"),
+    ],
+)
+def test_model_commands_before_any_training_are_one_clear_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture, puhui_env: Path
+) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
 
 
 def test_bad_input_is_one_clear_line(capsys: pytest.CaptureFixture, puhui_env: Path) -> None:

@@ -9,7 +9,6 @@ and reason code) without touching data, so models and reason codes agree with th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -253,9 +252,3 @@ def build_features(
     out.insert(0, "person_key", requests["person_key"].to_numpy())
     return out
 
-
-def features_as_of(frames: SourceFrames, person_keys: pd.Series, as_of: date,
-                   spec: FeaturesConfig) -> pd.DataFrame:
-    """Features of ``person_keys`` all as of one date (a profile refresh)."""
-    requests = pd.DataFrame({"person_key": person_keys.to_numpy(), "as_of_date": as_of})
-    return build_features(frames, requests, spec)
