@@ -247,15 +247,18 @@ def models_list(
     if not rows:
         console.print("no registered models yet (puhui run train risk)")
         return
-    table = Table("model", "version", "aliases", "as of", "AUC oot", "benchmark", "KS",
-                  "score PSI", "gates")
+    table = Table(box=None)
+    for header in ("model", "v", "aliases", "as of", "AUC oot", "bench", "KS", "PSI"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("gates")
     for r in rows:
         m = r.metrics
         gates = "passed" if r.gates["passed"] else "FAILED: " + "; ".join(r.gates["failed"])
         table.add_row(r.name, r.version, ", ".join(r.aliases), r.as_of or "",
-                      *(f"{m[k]:.4f}" if k in m else "" for k in
+                      *(f"{m[k]:.3f}" if k in m else "" for k in
                         ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")), gates)
-    console.print(table)
+    # Piped into a file or another program, a row should stay one line, not 80 columns.
+    (console if console.is_terminal else Console(width=200)).print(table)
 
 
 @models_app.command("promote")
