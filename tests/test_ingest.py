@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, text
 
 from puhui.audit import read_audit_events, verify_audit_chain
-from puhui.config import PartnersConfig, load_config
+from puhui.config import ColumnContract, PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.generate import generate_landing_zone
 from puhui.ingest import ledger
+from puhui.ingest.batches import PreparedChunk, SeenKeys, drop_duplicate_keys, read_ahead
+from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
 from puhui.ingest.quarantine import list_quarantined, reject_batch, release_batch
 from puhui.ingest.raw_tables import raw_table
 from puhui.pipeline import run_ingest_flow
@@ -362,3 +367,129 @@ def test_data_engineer_workflow_through_the_cli(
     assert [e["subject"] for e in log] == [null_burst["batch_id"]]
     assert log[0]["actor"] == "test-runner"
     assert _cli("audit", "verify").returncode == 0
+
+
+# --- chunk-level building blocks (no database) -----------------------------------------------
+
+
+def _keyed_feed() -> PartnerFeed:
+    return PartnerFeed(
+        name="keyed",
+        description="two-column primary key",
+        owner="partner",
+        pattern="{date}/keyed_*.csv",
+        format="csv",
+        delivery="daily",
+        suite="keyed",
+        primary_key=["a", "b"],
+        columns=[
+            ColumnContract(name="a", type="string", nullable=True),
+            ColumnContract(name="b", type="string", nullable=True),
+        ],
+    )
+
+
+def _awkward_keys(count: int, seed: int) -> list[tuple[str | None, str | None]]:
+    """Keys that repeat within and across chunks: NULLs, "", non-ASCII, and long keys that
+    differ only in the middle (the hash reads their first 64 and last 8 bytes: collisions)."""
+    rng = random.Random(seed)
+    pool_a = [None, "", "é", "中文", "x", *("p" * 64 + m + "s" * 8 for m in "ABCDEFG")]
+    pool_b = [None, "", "1", "2", "长" * 30]
+    return [(rng.choice(pool_a), rng.choice(pool_b)) for _ in range(count)]
+
+
+def _dedupe_in_chunks(keys: list[tuple], sizes: list[int]) -> list[int]:
+    feed, seen, kept, start = _keyed_feed(), SeenKeys(), [], 1
+    for size in sizes:
+        part = keys[start - 1 : start - 1 + size]
+        chunk = PreparedChunk(
+            pa.table({"a": [k[0] for k in part], "b": [k[1] for k in part]}, schema=_AB),
+            {},
+            np.arange(start, start + len(part)),
+        )
+        chunk, dropped = drop_duplicate_keys(chunk, feed, seen)
+        assert dropped == len(part) - len(chunk.row_numbers)
+        kept += chunk.row_numbers.tolist()
+        start += size
+    return kept
+
+
+_AB = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def _first_occurrences(keys: list[tuple]) -> list[int]:
+    firsts: dict[tuple, int] = {}
+    for row, key in enumerate(keys, start=1):
+        firsts.setdefault(key, row)
+    return sorted(firsts.values())
+
+
+@pytest.mark.parametrize("sizes", [[400], [100, 100, 100, 100], [1, 250, 0, 149]])
+def test_duplicate_keys_keep_the_first_row_across_chunks(sizes: list[int]) -> None:
+    keys = _awkward_keys(sum(sizes), seed=len(sizes))
+    assert _dedupe_in_chunks(keys, sizes) == _first_occurrences(keys)
+
+
+def test_duplicate_check_is_exact_even_when_every_hash_collides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from puhui.ingest import batches
+
+    monkeypatch.setattr(batches, "key_hashes", lambda keys: np.zeros(len(keys), np.uint64))
+    keys = [(f"k{i % 150}", "") for i in range(300)] + [("new", None)]
+    assert _dedupe_in_chunks(keys, [120, 120, 61]) == _first_occurrences(keys)
+
+
+def test_key_hashes_depend_on_bytes_and_length() -> None:
+    from puhui.ingest.batches import key_hashes
+
+    values = ["", "a", "a\0", "ab", "ba", "é", "x" * 8, "x" * 9, "y" * 100, "y" * 101]
+    hashes = key_hashes(pa.array(values))
+    assert len(set(hashes.tolist())) == len(values)
+    sliced = pa.array(["zz", *values]).slice(1)  # an offset into the buffers
+    assert key_hashes(sliced).tolist() == hashes.tolist()
+    for index, value in enumerate(values):  # a key's hash ignores the rest of its chunk
+        assert key_hashes(pa.array([value])).tolist() == [hashes[index]]
+
+
+def test_read_ahead_raises_where_the_producer_failed_and_stops_it_early() -> None:
+    def failing():  # noqa: ANN202
+        yield 1
+        yield 2
+        raise ValueError("bad block")
+
+    got = []
+    with pytest.raises(ValueError, match="bad block"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    closed = []
+
+    def endless():  # noqa: ANN202
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.append(True)
+
+    ahead = read_ahead(endless())
+    assert [next(ahead), next(ahead)] == [1, 2]
+    ahead.close()
+    assert closed == [True]
+
+
+def test_pseudonym_cache_gives_the_hmac_and_one_key_per_identifier() -> None:
+    key = b"k" * 32
+    phones = pa.array(["13812345678", "+86 138 1234 5678", None, "123", "138-1234-5678"])
+    fresh, valid = pseudonymize_ids(phones, "phone", key)
+    assert fresh[0] == fresh[1] == fresh[4] and fresh[2].as_py() is None
+    assert fresh[3].as_py() is None and valid.to_pylist() == [True, True, None, False, True]
+    cache = PseudonymCache(limit=1)  # full after one entry: the rest is hashed every time
+    for _ in range(2):
+        cached, _valid = pseudonymize_ids(phones, "phone", key, cache)
+        assert cached.to_pylist() == fresh.to_pylist()
+    other, _valid = pseudonymize_ids(phones, "phone", b"another key", cache)
+    assert other[0] != fresh[0]
