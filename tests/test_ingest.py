@@ -493,3 +493,30 @@ def test_pseudonym_cache_gives_the_hmac_and_one_key_per_identifier() -> None:
         assert cached.to_pylist() == fresh.to_pylist()
     other, _valid = pseudonymize_ids(phones, "phone", b"another key", cache)
     assert other[0] != fresh[0]
+
+
+def test_paced_csv_reader_returns_every_row_across_small_blocks(tmp_path: Path) -> None:
+    import pyarrow.csv as pa_csv
+
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(load_settings().config_dir, PartnersConfig).get("mobile_payments")
+    names = [c.name for c in feed.columns]
+    rows = [
+        [f"T{i:016d}", "13812345678", "2026-09-30T08:00:00+08:00", "BILL_PAY",
+         '"1,234.50"', '"comma, ""quote"""' if i % 7 == 0 else "", str(i % 3), "SUCCESS"]
+        for i in range(5_000)
+    ]
+    path = tmp_path / "payments.csv"
+    path.write_text(",".join(names) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    handle = open_landed_file(str(path))
+    chunks = list(iter_file_chunks(handle, feed, names, block_bytes=16 << 10))
+    assert len(chunks) > 10, "the file should span many blocks"
+    expected = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        strings_can_be_null=True, quoted_strings_can_be_null=True))
+    assert pa.concat_tables(chunks).equals(expected)
+
+    started = iter_file_chunks(handle, feed, names, block_bytes=16 << 10)
+    next(started)
+    started.close()  # abandoning the reader midway must not leave its I/O thread waiting

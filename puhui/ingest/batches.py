@@ -309,30 +309,30 @@ def read_ahead(items: Iterator[_Item], name: str = "puhui-prepare") -> Iterator[
 
     Reading, typing and pseudonymizing chunk k+1 then overlaps the load and validation of
     chunk k (Arrow and numpy release the GIL, and the server parses COPY in its own process).
-    At most one finished item waits, so memory stays bounded. An exception from ``items``
-    is raised here, at the item where it happened; when the consumer stops early, the worker
-    stops too and ``items`` is closed.
+    The worker starts an item only once the previous one was taken, so at most two items are
+    alive: the one in use and the one being made (memory stays bounded). An exception from
+    ``items`` is raised here, at the item where it happened; when the consumer stops early,
+    the worker stops too and ``items`` is closed.
     """
     ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    taken = threading.Semaphore(0)
     stop = threading.Event()
 
-    def put(entry: tuple[bool, Any]) -> bool:
+    def hand_over(entry: tuple[bool, Any]) -> bool:
+        ready.put(entry)  # never blocks: the previous entry was taken
         while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.05)
+            if taken.acquire(timeout=0.05):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def work() -> None:
         try:
             for item in items:
-                if not put((False, item)):
+                if not hand_over((False, item)):
                     return
-            put((True, None))
+            hand_over((True, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put((True, exc))
+            hand_over((True, exc))
         finally:
             close = getattr(items, "close", None)
             if close is not None:
@@ -343,11 +343,13 @@ def read_ahead(items: Iterator[_Item], name: str = "puhui-prepare") -> Iterator[
     try:
         while True:
             done, value = ready.get()
+            taken.release()
             if done:
                 if value is not None:
                     raise value
                 return
             yield value
+            del value  # the worker may be making the next item: keep only one alive here
     finally:
         stop.set()
         worker.join()
