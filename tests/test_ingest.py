@@ -520,3 +520,58 @@ def test_paced_csv_reader_returns_every_row_across_small_blocks(tmp_path: Path) 
     started = iter_file_chunks(handle, feed, names, block_bytes=16 << 10)
     next(started)
     started.close()  # abandoning the reader midway must not leave its I/O thread waiting
+
+
+def _payments_csv(path: Path, rows: int, *, bad_row: int | None = None) -> None:
+    """A valid mobile_payments file whose row 2500 repeats row 5's txn_id (a later chunk);
+    ``bad_row`` gets a transaction type outside the suite's set (a critical failure)."""
+    lines = ["txn_id,payer_phone,txn_time,txn_type,amount,merchant_category,days_past_due,status"]
+    for row in range(1, rows + 1):
+        txn = 2026093000000000 + (5 if row == 2500 else row)
+        kind = "BOGUS" if row == bad_row else "MERCHANT"
+        lines.append(
+            f'T{txn},+86 138 {row % 10000:04d} 5678,2026-09-30T08:00:00+08:00,{kind},'
+            f'"1,234.50",GROCERY,,SUCCESS'
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_file_of_many_chunks_loads_whole_or_not_at_all(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest import reading
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.landing import list_landed_files
+    from puhui.validation import BatchValidator
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setattr(reading.iter_file_chunks, "__defaults__", (64 << 10,))  # ~6 chunks
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    )
+    landing = tmp_path / "landing"
+    good_day, bad_day = date(2026, 9, 30), date(2026, 10, 1)
+    _payments_csv(landing / "mobile_payments" / "2026-09-30" / "mobile_payments_1.csv", 4000)
+    _payments_csv(
+        landing / "mobile_payments" / "2026-10-01" / "mobile_payments_2.csv", 4000, bad_row=10
+    )
+
+    (good,) = list_landed_files(feed, str(landing), good_day)
+    outcome = ingestor.ingest(good)
+    assert (outcome.status, outcome.rows, outcome.rows_loaded, outcome.rows_duplicate) == (
+        "accepted", 4000, 3999, 1
+    )
+    count = text(f"SELECT count(*), count(DISTINCT txn_id) FROM {feed.raw_table}")
+    with runtime.engine.connect() as conn:
+        assert tuple(conn.execute(count).one()) == (3999, 3999)
+
+    # The critical failure is in the first chunk; later chunks were already loading.
+    (bad,) = list_landed_files(feed, str(landing), bad_day)
+    held = ingestor.ingest(bad)
+    assert held.status == "quarantined" and "txn_type" in (held.reason or "")
+    with runtime.engine.connect() as conn:
+        assert tuple(conn.execute(count).one()) == (3999, 3999)

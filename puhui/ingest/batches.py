@@ -18,8 +18,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ from puhui.ingest.reading import (
 )
 from puhui.landing import LandedFile
 from puhui.runtime import Runtime
-from puhui.validation import BatchValidator, FailedExpectation
+from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
 
 
@@ -478,29 +479,44 @@ class FileIngestor:
                 status="accepted",
             )
             # The next chunk is read and prepared while this one loads and validates; closing
-            # stops that worker at once when a chunk fails (held, or an error).
+            # stops that worker at once when a chunk fails (held, or an error). A chunk's
+            # validation may still run while the next chunk loads: every outcome is checked
+            # before anything commits, and a critical failure rolls the whole load back.
             chunks = closing(read_ahead(self._deduplicated(handle, landed, columns)))
-            with chunks as ahead:
-                for chunk, chunk_rows, chunk_dropped in ahead:
-                    rows += chunk_rows
-                    dropped += chunk_dropped
-                    # Validate while the chunk is loading: both wait on other cores (GX in numpy,
-                    # COPY in the database), and a critical failure rolls the load back anyway.
-                    validation = _VALIDATION_POOL.submit(
-                        self.validator.validate_frame,
-                        batch_frame(chunk),
-                        self.feed.suite,
-                        base["batch_id"],
-                    )
-                    records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
-                    loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
-                    outcome = validation.result()
-                    # Free this chunk before the reader allocates the next one (bounded memory).
-                    del chunk, records, validation
+            validations: deque[Future[ValidationOutcome]] = deque()
+
+            def settle(keep: int) -> None:
+                nonlocal expectations_run, failures
+                while len(validations) > keep:
+                    outcome = validations.popleft().result()
                     expectations_run = max(expectations_run, outcome.expectations_run)
                     if outcome.critical:
                         raise _Held(outcome.critical, outcome.summary())
                     failures += outcome.warnings
+
+            try:
+                with chunks as ahead:
+                    for chunk, chunk_rows, chunk_dropped in ahead:
+                        rows += chunk_rows
+                        dropped += chunk_dropped
+                        validations.append(
+                            _VALIDATION_POOL.submit(
+                                self.validator.validate_frame,
+                                batch_frame(chunk),
+                                self.feed.suite,
+                                base["batch_id"],
+                            )
+                        )
+                        records = chunk.stored.add_column(
+                            0, "row_number", pa.array(chunk.row_numbers)
+                        )
+                        loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
+                        del chunk, records  # the reader's next chunk may take their memory
+                        settle(keep=1)  # at most one chunk's validation outstanding
+                settle(keep=0)
+            finally:
+                for pending in validations:
+                    pending.cancel()  # the load is failing: queued validations are moot
             if dropped:
                 warnings.append(
                     f"duplicate rows: {dropped:,} row(s) repeat a primary key "
