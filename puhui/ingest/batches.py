@@ -11,6 +11,10 @@ Every file ends as exactly one ledger row:
 The ledger row, the records, the validation result and the audit event are written in one
 transaction, so a crash leaves nothing behind and the re-run does the whole file again.
 Rows always reconcile: rows = rows_loaded + rows_held + rows_duplicate.
+
+A file goes through in chunks, in three overlapping stages: a worker thread reads, types,
+pseudonymizes and deduplicates chunk k+1 while the main thread COPYs chunk k and the GX
+thread validates it. Every chunk's validation is checked before the transaction commits.
 """
 
 from __future__ import annotations
