@@ -575,3 +575,14 @@ def test_a_file_of_many_chunks_loads_whole_or_not_at_all(
     assert held.status == "quarantined" and "txn_type" in (held.reason or "")
     with runtime.engine.connect() as conn:
         assert tuple(conn.execute(count).one()) == (3999, 3999)
+
+
+@pytest.mark.parametrize("key", [b"", b"short", b"k" * 64, b"long" * 40])
+def test_precomputed_hmac_is_hmac_sha256(key: bytes) -> None:
+    import hmac
+
+    from puhui.ingest.pseudonymize import hmac_sha256_hex
+
+    keyed = hmac_sha256_hex(key, b"phone:")
+    for message in [b"", b"13812345678", "中文".encode(), b"x" * 200]:
+        assert keyed(message) == hmac.digest(key, b"phone:" + message, "sha256").hex()

@@ -25,10 +25,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -309,55 +308,78 @@ def _failure_dicts(failures: list[FailedExpectation]) -> list[dict[str, Any]]:
 _Item = TypeVar("_Item")
 
 
-def read_ahead(items: Iterator[_Item], name: str = "puhui-prepare") -> Iterator[_Item]:
-    """Yield ``items`` while a worker thread already produces the next one.
+class ReadAhead(Generic[_Item]):
+    """Iterates ``items`` while a worker thread already produces the next one.
 
     Reading, typing and pseudonymizing chunk k+1 then overlaps the load and validation of
     chunk k (Arrow and numpy release the GIL, and the server parses COPY in its own process).
-    The worker starts an item only once the previous one was taken, so at most two items are
-    alive: the one in use and the one being made (memory stays bounded). An exception from
-    ``items`` is raised here, at the item where it happened; when the consumer stops early,
-    the worker stops too and ``items`` is closed.
+    The worker starts at construction, so the first item is being made while the caller
+    still sets up. It starts an item only once the previous one was taken, so at most two
+    items are alive: the one in use and the one being made (memory stays bounded). An
+    exception from ``items`` is raised by ``next``, at the item where it happened. ``close``
+    (or leaving a ``with`` block) stops the worker, which then closes ``items``.
     """
-    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-    taken = threading.Semaphore(0)
-    stop = threading.Event()
 
-    def hand_over(entry: tuple[bool, Any]) -> bool:
-        ready.put(entry)  # never blocks: the previous entry was taken
-        while not stop.is_set():
-            if taken.acquire(timeout=0.05):
+    def __init__(self, items: Iterator[_Item], name: str = "puhui-prepare") -> None:
+        self._items = items
+        self._ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+        self._taken = threading.Semaphore(0)
+        self._stop = threading.Event()
+        self._finished = False
+        self._worker = threading.Thread(target=self._work, name=name, daemon=True)
+        self._worker.start()
+
+    def _hand_over(self, entry: tuple[bool, Any]) -> bool:
+        self._ready.put(entry)  # never blocks: the previous entry was taken
+        while not self._stop.is_set():
+            if self._taken.acquire(timeout=0.05):
                 return True
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
-            for item in items:
-                if not hand_over((False, item)):
+            for item in self._items:
+                if not self._hand_over((False, item)):
                     return
-            hand_over((True, None))
+            self._hand_over((True, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            hand_over((True, exc))
+            self._hand_over((True, exc))
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=work, name=name, daemon=True)
-    worker.start()
-    try:
-        while True:
-            done, value = ready.get()
-            taken.release()
-            if done:
-                if value is not None:
-                    raise value
-                return
-            yield value
-            del value  # the worker may be making the next item: keep only one alive here
-    finally:
-        stop.set()
-        worker.join()
+    def __iter__(self) -> ReadAhead[_Item]:
+        return self
+
+    def __next__(self) -> _Item:
+        if self._finished:
+            raise StopIteration
+        done, value = self._ready.get()
+        self._taken.release()
+        if done:
+            self.close()
+            if value is not None:
+                raise value
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        """Stop the worker (it finishes the item in hand) and wait for it."""
+        self._finished = True
+        self._stop.set()
+        self._worker.join()
+
+    def __enter__(self) -> ReadAhead[_Item]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_ahead(items: Iterator[_Item], name: str = "puhui-prepare") -> ReadAhead[_Item]:
+    """``items``, produced one ahead by a worker thread (see :class:`ReadAhead`)."""
+    return ReadAhead(items, name)
 
 
 class FileIngestor:
@@ -472,6 +494,22 @@ class FileIngestor:
         columns: list[str],
         warnings: list[str],
     ) -> FileOutcome:
+        # The next chunk is read and prepared while this one loads and validates (the first
+        # one while the table and the ledger row are set up); leaving the block stops that
+        # worker at once when a chunk fails (held, or an error). A chunk's validation may
+        # still run while the next chunk loads: every outcome is checked before anything
+        # commits, and a critical failure rolls the whole load back.
+        with read_ahead(self._deduplicated(handle, landed, columns)) as ahead:
+            return self._load_chunks(handle, landed, base, warnings, ahead)
+
+    def _load_chunks(
+        self,
+        handle: FileHandle,
+        landed: LandedFile,
+        base: dict[str, Any],
+        warnings: list[str],
+        ahead: ReadAhead[tuple[PreparedChunk, int, int]],
+    ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
         rows = loaded = dropped = expectations_run = 0
         failures: list[FailedExpectation] = []
@@ -482,11 +520,6 @@ class FileIngestor:
                 content_key=handle.checksum,
                 status="accepted",
             )
-            # The next chunk is read and prepared while this one loads and validates; closing
-            # stops that worker at once when a chunk fails (held, or an error). A chunk's
-            # validation may still run while the next chunk loads: every outcome is checked
-            # before anything commits, and a critical failure rolls the whole load back.
-            chunks = closing(read_ahead(self._deduplicated(handle, landed, columns)))
             validations: deque[Future[ValidationOutcome]] = deque()
 
             def settle(keep: int) -> None:
@@ -499,24 +532,21 @@ class FileIngestor:
                     failures += outcome.warnings
 
             try:
-                with chunks as ahead:
-                    for chunk, chunk_rows, chunk_dropped in ahead:
-                        rows += chunk_rows
-                        dropped += chunk_dropped
-                        validations.append(
-                            _VALIDATION_POOL.submit(
-                                self.validator.validate_frame,
-                                batch_frame(chunk),
-                                self.feed.suite,
-                                base["batch_id"],
-                            )
+                for chunk, chunk_rows, chunk_dropped in ahead:
+                    rows += chunk_rows
+                    dropped += chunk_dropped
+                    validations.append(
+                        _VALIDATION_POOL.submit(
+                            self.validator.validate_frame,
+                            batch_frame(chunk),
+                            self.feed.suite,
+                            base["batch_id"],
                         )
-                        records = chunk.stored.add_column(
-                            0, "row_number", pa.array(chunk.row_numbers)
-                        )
-                        loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
-                        del chunk, records  # the reader's next chunk may take their memory
-                        settle(keep=1)  # at most one chunk's validation outstanding
+                    )
+                    records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                    loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
+                    del chunk, records  # the reader's next chunk may take their memory
+                    settle(keep=1)  # at most one chunk's validation outstanding
                 settle(keep=0)
             finally:
                 for pending in validations:

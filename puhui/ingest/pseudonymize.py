@@ -11,7 +11,8 @@ partner file repeats the same people in every chunk, and the HMAC calls are what
 
 from __future__ import annotations
 
-import hmac
+import hashlib
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -41,6 +42,35 @@ def _normalize(values: pa.Array, kind: IdentifierKind) -> tuple[pa.Array, np.nda
     return pc.if_else(pa.array(valid), upper, pa.scalar(None, pa.string())), valid
 
 
+_BLOCK = 64  # SHA-256's block size in bytes
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def hmac_sha256_hex(key: bytes, prefix: bytes = b"") -> Callable[[bytes], str]:
+    """``message -> HMAC-SHA256(key, prefix + message)`` as hex (RFC 2104).
+
+    The same digest as ``hmac.digest``, with the key's padded blocks hashed once instead of
+    on every call: half the cost per identifier, which is what a file's first chunk pays
+    for every person in it.
+    """
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(key.translate(_INNER_PAD))
+    inner.update(prefix)
+    outer = hashlib.sha256(key.translate(_OUTER_PAD))
+
+    def digest(message: bytes) -> str:
+        step = inner.copy()
+        step.update(message)
+        done = outer.copy()
+        done.update(step.digest())
+        return done.hexdigest()
+
+    return digest
+
+
 class PseudonymCache:
     """Keys already computed while ingesting one file (normalized identifier -> hex key).
 
@@ -64,11 +94,8 @@ class PseudonymCache:
         position = pc.index_in(identifiers, value_set=values)
         missing = pc.is_null(position).to_numpy(zero_copy_only=False)
         new_values = identifiers.filter(pa.array(missing))
-        prefix = f"{kind}:".encode()
-        new_digests = pa.array(
-            [hmac.digest(key, prefix + v.encode(), "sha256").hex() for v in new_values.to_pylist()],
-            pa.string(),
-        )
+        keyed = hmac_sha256_hex(key, f"{kind}:".encode())
+        new_digests = pa.array([keyed(v.encode()) for v in new_values.to_pylist()], pa.string())
         # New keys go after the cached ones: index = cached position, or len + rank among new.
         cached = pc.fill_null(position, 0).to_numpy().astype(np.int64)
         index = np.where(missing, len(digests) + np.cumsum(missing) - 1, cached)
