@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, text
 
 from puhui.audit import read_audit_events, verify_audit_chain
-from puhui.config import PartnersConfig, load_config
+from puhui.config import ColumnContract, PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.generate import generate_landing_zone
 from puhui.ingest import ledger
+from puhui.ingest.batches import PreparedChunk, SeenKeys, drop_duplicate_keys, read_ahead
+from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
 from puhui.ingest.quarantine import list_quarantined, reject_batch, release_batch
 from puhui.ingest.raw_tables import raw_table
 from puhui.pipeline import run_ingest_flow
@@ -362,3 +367,222 @@ def test_data_engineer_workflow_through_the_cli(
     assert [e["subject"] for e in log] == [null_burst["batch_id"]]
     assert log[0]["actor"] == "test-runner"
     assert _cli("audit", "verify").returncode == 0
+
+
+# --- chunk-level building blocks (no database) -----------------------------------------------
+
+
+def _keyed_feed() -> PartnerFeed:
+    return PartnerFeed(
+        name="keyed",
+        description="two-column primary key",
+        owner="partner",
+        pattern="{date}/keyed_*.csv",
+        format="csv",
+        delivery="daily",
+        suite="keyed",
+        primary_key=["a", "b"],
+        columns=[
+            ColumnContract(name="a", type="string", nullable=True),
+            ColumnContract(name="b", type="string", nullable=True),
+        ],
+    )
+
+
+def _awkward_keys(count: int, seed: int) -> list[tuple[str | None, str | None]]:
+    """Keys that repeat within and across chunks: NULLs, "", non-ASCII, and long keys that
+    differ only in the middle (the hash reads their first 64 and last 8 bytes: collisions)."""
+    rng = random.Random(seed)
+    pool_a = [None, "", "é", "中文", "x", *("p" * 64 + m + "s" * 8 for m in "ABCDEFG")]
+    pool_b = [None, "", "1", "2", "长" * 30]
+    return [(rng.choice(pool_a), rng.choice(pool_b)) for _ in range(count)]
+
+
+def _dedupe_in_chunks(keys: list[tuple], sizes: list[int]) -> list[int]:
+    feed, seen, kept, start = _keyed_feed(), SeenKeys(), [], 1
+    for size in sizes:
+        part = keys[start - 1 : start - 1 + size]
+        chunk = PreparedChunk(
+            pa.table({"a": [k[0] for k in part], "b": [k[1] for k in part]}, schema=_AB),
+            {},
+            np.arange(start, start + len(part)),
+        )
+        chunk, dropped = drop_duplicate_keys(chunk, feed, seen)
+        assert dropped == len(part) - len(chunk.row_numbers)
+        kept += chunk.row_numbers.tolist()
+        start += size
+    return kept
+
+
+_AB = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def _first_occurrences(keys: list[tuple]) -> list[int]:
+    firsts: dict[tuple, int] = {}
+    for row, key in enumerate(keys, start=1):
+        firsts.setdefault(key, row)
+    return sorted(firsts.values())
+
+
+@pytest.mark.parametrize("sizes", [[400], [100, 100, 100, 100], [1, 250, 0, 149]])
+def test_duplicate_keys_keep_the_first_row_across_chunks(sizes: list[int]) -> None:
+    keys = _awkward_keys(sum(sizes), seed=len(sizes))
+    assert _dedupe_in_chunks(keys, sizes) == _first_occurrences(keys)
+
+
+def test_duplicate_check_is_exact_even_when_every_hash_collides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from puhui.ingest import batches
+
+    monkeypatch.setattr(batches, "key_hashes", lambda keys: np.zeros(len(keys), np.uint64))
+    keys = [(f"k{i % 150}", "") for i in range(300)] + [("new", None)]
+    assert _dedupe_in_chunks(keys, [120, 120, 61]) == _first_occurrences(keys)
+
+
+def test_key_hashes_depend_on_bytes_and_length() -> None:
+    from puhui.ingest.batches import key_hashes
+
+    values = ["", "a", "a\0", "ab", "ba", "é", "x" * 8, "x" * 9, "y" * 100, "y" * 101]
+    hashes = key_hashes(pa.array(values))
+    assert len(set(hashes.tolist())) == len(values)
+    sliced = pa.array(["zz", *values]).slice(1)  # an offset into the buffers
+    assert key_hashes(sliced).tolist() == hashes.tolist()
+    for index, value in enumerate(values):  # a key's hash ignores the rest of its chunk
+        assert key_hashes(pa.array([value])).tolist() == [hashes[index]]
+
+
+def test_read_ahead_raises_where_the_producer_failed_and_stops_it_early() -> None:
+    def failing():  # noqa: ANN202
+        yield 1
+        yield 2
+        raise ValueError("bad block")
+
+    got = []
+    with pytest.raises(ValueError, match="bad block"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    closed = []
+
+    def endless():  # noqa: ANN202
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.append(True)
+
+    ahead = read_ahead(endless())
+    assert [next(ahead), next(ahead)] == [1, 2]
+    ahead.close()
+    assert closed == [True]
+
+
+def test_pseudonym_cache_gives_the_hmac_and_one_key_per_identifier() -> None:
+    key = b"k" * 32
+    phones = pa.array(["13812345678", "+86 138 1234 5678", None, "123", "138-1234-5678"])
+    fresh, valid = pseudonymize_ids(phones, "phone", key)
+    assert fresh[0] == fresh[1] == fresh[4] and fresh[2].as_py() is None
+    assert fresh[3].as_py() is None and valid.to_pylist() == [True, True, None, False, True]
+    cache = PseudonymCache(limit=1)  # full after one entry: the rest is hashed every time
+    for _ in range(2):
+        cached, _valid = pseudonymize_ids(phones, "phone", key, cache)
+        assert cached.to_pylist() == fresh.to_pylist()
+    other, _valid = pseudonymize_ids(phones, "phone", b"another key", cache)
+    assert other[0] != fresh[0]
+
+
+def test_paced_csv_reader_returns_every_row_across_small_blocks(tmp_path: Path) -> None:
+    import pyarrow.csv as pa_csv
+
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(load_settings().config_dir, PartnersConfig).get("mobile_payments")
+    names = [c.name for c in feed.columns]
+    rows = [
+        [f"T{i:016d}", "13812345678", "2026-09-30T08:00:00+08:00", "BILL_PAY",
+         '"1,234.50"', '"comma, ""quote"""' if i % 7 == 0 else "", str(i % 3), "SUCCESS"]
+        for i in range(5_000)
+    ]
+    path = tmp_path / "payments.csv"
+    path.write_text(",".join(names) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    handle = open_landed_file(str(path))
+    chunks = list(iter_file_chunks(handle, feed, names, block_bytes=16 << 10))
+    assert len(chunks) > 10, "the file should span many blocks"
+    expected = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        strings_can_be_null=True, quoted_strings_can_be_null=True))
+    assert pa.concat_tables(chunks).equals(expected)
+
+    started = iter_file_chunks(handle, feed, names, block_bytes=16 << 10)
+    next(started)
+    started.close()  # abandoning the reader midway must not leave its I/O thread waiting
+
+
+def _payments_csv(path: Path, rows: int, *, bad_row: int | None = None) -> None:
+    """A valid mobile_payments file whose row 2500 repeats row 5's txn_id (a later chunk);
+    ``bad_row`` gets a transaction type outside the suite's set (a critical failure)."""
+    lines = ["txn_id,payer_phone,txn_time,txn_type,amount,merchant_category,days_past_due,status"]
+    for row in range(1, rows + 1):
+        txn = 2026093000000000 + (5 if row == 2500 else row)
+        kind = "BOGUS" if row == bad_row else "MERCHANT"
+        lines.append(
+            f'T{txn},+86 138 {row % 10000:04d} 5678,2026-09-30T08:00:00+08:00,{kind},'
+            f'"1,234.50",GROCERY,,SUCCESS'
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_file_of_many_chunks_loads_whole_or_not_at_all(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest import reading
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.landing import list_landed_files
+    from puhui.validation import BatchValidator
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setattr(reading.iter_file_chunks, "__defaults__", (64 << 10,))  # ~6 chunks
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    )
+    landing = tmp_path / "landing"
+    good_day, bad_day = date(2026, 9, 30), date(2026, 10, 1)
+    _payments_csv(landing / "mobile_payments" / "2026-09-30" / "mobile_payments_1.csv", 4000)
+    _payments_csv(
+        landing / "mobile_payments" / "2026-10-01" / "mobile_payments_2.csv", 4000, bad_row=10
+    )
+
+    (good,) = list_landed_files(feed, str(landing), good_day)
+    outcome = ingestor.ingest(good)
+    assert (outcome.status, outcome.rows, outcome.rows_loaded, outcome.rows_duplicate) == (
+        "accepted", 4000, 3999, 1
+    )
+    count = text(f"SELECT count(*), count(DISTINCT txn_id) FROM {feed.raw_table}")
+    with runtime.engine.connect() as conn:
+        assert tuple(conn.execute(count).one()) == (3999, 3999)
+
+    # The critical failure is in the first chunk; later chunks were already loading.
+    (bad,) = list_landed_files(feed, str(landing), bad_day)
+    held = ingestor.ingest(bad)
+    assert held.status == "quarantined" and "txn_type" in (held.reason or "")
+    with runtime.engine.connect() as conn:
+        assert tuple(conn.execute(count).one()) == (3999, 3999)
+
+
+@pytest.mark.parametrize("key", [b"", b"short", b"k" * 64, b"long" * 40])
+def test_precomputed_hmac_is_hmac_sha256(key: bytes) -> None:
+    import hmac
+
+    from puhui.ingest.pseudonymize import hmac_sha256_hex
+
+    keyed = hmac_sha256_hex(key, b"phone:")
+    for message in [b"", b"13812345678", "中文".encode(), b"x" * 200]:
+        assert keyed(message) == hmac.digest(key, b"phone:" + message, "sha256").hex()

@@ -11,16 +11,23 @@ Every file ends as exactly one ledger row:
 The ledger row, the records, the validation result and the audit event are written in one
 transaction, so a crash leaves nothing behind and the re-run does the whole file again.
 Rows always reconcile: rows = rows_loaded + rows_held + rows_duplicate.
+
+A file goes through in chunks, in three overlapping stages: a worker thread reads, types,
+pseudonymizes and deduplicates chunk k+1 while the main thread COPYs chunk k and the GX
+thread validates it. Every chunk's validation is checked before the transaction commits.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,7 +44,7 @@ from puhui.ingest.contract import (
     coerce_to_contract,
     end_of_delivery_day,
 )
-from puhui.ingest.pseudonymize import pseudonymize_ids
+from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
     FileHandle,
@@ -49,7 +56,7 @@ from puhui.ingest.reading import (
 )
 from puhui.landing import LandedFile
 from puhui.runtime import Runtime
-from puhui.validation import BatchValidator, FailedExpectation
+from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
 
 
@@ -119,15 +126,23 @@ class _Held(Exception):
 
 
 def prepare_chunk(
-    raw: pa.Table, feed: PartnerFeed, key: bytes, delivery_end: Any, first_row: int
+    raw: pa.Table,
+    feed: PartnerFeed,
+    key: bytes,
+    delivery_end: Any,
+    first_row: int,
+    cache: PseudonymCache | None = None,
 ) -> PreparedChunk:
-    """Type ``raw`` per contract, replace identifiers by pseudonyms, add check columns."""
+    """Type ``raw`` per contract, replace identifiers by pseudonyms, add check columns.
+
+    ``cache`` (one per file) reuses the pseudonyms of identifiers met in earlier chunks.
+    """
     typed = coerce_to_contract(raw, feed)
     arrays, names, checks = [], [], {}
     for stored_name, column in stored_columns(feed):
         values = typed[column.name]
         if column.treatment == "pseudonymize":
-            values, valid = pseudonymize_ids(values, column.pii, key)
+            values, valid = pseudonymize_ids(values, column.pii, key, cache)
             checks[f"_valid_{stored_name}"] = valid
         arrays.append(values)
         names.append(stored_name)
@@ -151,22 +166,106 @@ def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
     return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Little-endian masks keeping the first r bytes of a word (r = 0..8).
+_WORD_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
+_HASHED_PREFIX_WORDS = 8  # long keys: the first 64 bytes, the last 8 and the length
+
+
+def key_hashes(keys: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string's bytes, vectorized (8-byte words, splitmix64 finish).
+
+    Only a filter: equal hashes are settled by comparing the keys themselves, so a collision
+    costs time, never a row.
+    """
+    count = len(keys)
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, count + 1, keys.offset * 4)
+    starts = offsets[:-1].astype(np.int64)
+    lengths = np.diff(offsets).astype(np.int64)
+    data = keys.buffers()[2]
+    padded = np.zeros((data.size if data is not None else 0) + 8, dtype=np.uint8)
+    if data is not None:
+        padded[: data.size] = np.frombuffer(data, np.uint8)
+    # Every byte offset as the start of an unaligned little-endian word.
+    words = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    last = padded.size - 8
+
+    def mix(state: np.ndarray, at: np.ndarray, available: np.ndarray) -> np.ndarray:
+        word = words[np.minimum(at, last)] & _WORD_MASKS[np.clip(available, 0, 8)]
+        mixed = (state ^ word) * _GOLDEN
+        # Rows with no bytes left keep their state: a key's hash must not depend on how
+        # long the other keys of its chunk are.
+        return np.where(available > 0, mixed ^ (mixed >> np.uint64(29)), state)
+
+    state = lengths.astype(np.uint64) * _GOLDEN
+    longest = int(lengths.max()) if count else 0
+    for k in range(min(-(-longest // 8), _HASHED_PREFIX_WORDS)):
+        state = mix(state, starts + 8 * k, lengths - 8 * k)
+    if longest > 8 * _HASHED_PREFIX_WORDS:
+        tail = np.maximum(starts + lengths - 8, 0)
+        state = mix(state, tail, np.where(lengths > 8 * _HASHED_PREFIX_WORDS, 8, 0))
+    state ^= state >> np.uint64(30)
+    state *= np.uint64(0xBF58476D1CE4E5B9)
+    state ^= state >> np.uint64(27)
+    state *= np.uint64(0x94D049BB133111EB)
+    return state ^ (state >> np.uint64(31))
+
+
+class SeenKeys:
+    """The primary keys kept from the earlier chunks of one file.
+
+    Sorted 64-bit hashes answer "maybe seen" with a binary search, so a chunk costs the same
+    however much of the file came before (a hash set rebuilt per chunk would not). The keys
+    themselves (Arrow, ~20 bytes each, not Python objects) settle every maybe exactly.
+    """
+
+    def __init__(self) -> None:
+        self._hashes = np.empty(0, dtype=np.uint64)
+        self._keys: list[pa.Array] = []
+
+    def contains(self, keys: pa.Array, hashes: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+        """Whether each of ``keys`` (``hashes``; ``ordered``: the same, sorted) was added.
+
+        Sorted needles make the binary searches walk the table in order (cache-friendly).
+        """
+        if not self._hashes.size:
+            return np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self._hashes, ordered), self._hashes.size - 1)
+        hits = self._hashes[at] == ordered
+        found = np.isin(hashes, ordered[hits]) if hits.any() else np.zeros(len(keys), bool)
+        if found.any():
+            candidates = keys.filter(pa.array(found))
+            earlier = [k.filter(pc.is_in(k, value_set=candidates)) for k in self._keys]
+            matches = pa.concat_arrays(earlier)
+            found[found] = pc.is_in(candidates, value_set=matches).to_numpy(zero_copy_only=False)
+        return found
+
+    def add(self, keys: pa.Array, ordered: np.ndarray) -> None:
+        """Remember ``keys`` (distinct, none added before) with their hashes, sorted."""
+        self._keys.append(keys)
+        merged = np.concatenate([self._hashes, ordered])
+        merged.sort(kind="stable")  # two sorted runs: a linear merge
+        self._hashes = merged
+
+
 def drop_duplicate_keys(
-    chunk: PreparedChunk, feed: PartnerFeed, seen: list[pa.Array]
+    chunk: PreparedChunk, feed: PartnerFeed, seen: SeenKeys
 ) -> tuple[PreparedChunk, int]:
     """Keep the first row of each primary key (within the file); returns rows dropped."""
     keys = _key_strings(chunk, feed)
-    if not seen and len(pc.unique(keys)) == len(keys):
-        seen.append(keys)  # the usual case: nothing repeats, nothing to select
+    hashes = key_hashes(keys)
+    ordered = np.sort(hashes)
+    earlier = seen.contains(keys, hashes, ordered)
+    # All hashes distinct means all keys distinct; equal hashes get the exact check below.
+    if not earlier.any() and not (ordered[1:] == ordered[:-1]).any():
+        seen.add(keys, ordered)  # the usual case: nothing repeats, nothing to select
         return chunk, 0
     encoded = keys.dictionary_encode()
     _, first = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
     keep = np.zeros(len(keys), dtype=bool)
     keep[first] = True
-    if seen:
-        earlier = pc.is_in(keys, value_set=pa.concat_arrays(seen))
-        keep &= ~np.asarray(earlier.to_numpy(zero_copy_only=False), dtype=bool)
-    seen.append(keys.filter(pa.array(keep)))
+    keep &= ~earlier
+    seen.add(keys.filter(pa.array(keep)), np.sort(hashes[keep]))
     dropped = int(len(keys) - keep.sum())
     return (chunk.take(keep) if dropped else chunk), dropped
 
@@ -204,6 +303,83 @@ def _failure_dicts(failures: list[FailedExpectation]) -> list[dict[str, Any]]:
         }
         for f in failures
     ]
+
+
+_Item = TypeVar("_Item")
+
+
+class ReadAhead(Generic[_Item]):
+    """Iterates ``items`` while a worker thread already produces the next one.
+
+    Reading, typing and pseudonymizing chunk k+1 then overlaps the load and validation of
+    chunk k (Arrow and numpy release the GIL, and the server parses COPY in its own process).
+    The worker starts at construction, so the first item is being made while the caller
+    still sets up. It starts an item only once the previous one was taken, so at most two
+    items are alive: the one in use and the one being made (memory stays bounded). An
+    exception from ``items`` is raised by ``next``, at the item where it happened. ``close``
+    (or leaving a ``with`` block) stops the worker, which then closes ``items``.
+    """
+
+    def __init__(self, items: Iterator[_Item], name: str = "puhui-prepare") -> None:
+        self._items = items
+        self._ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+        self._taken = threading.Semaphore(0)
+        self._stop = threading.Event()
+        self._finished = False
+        self._worker = threading.Thread(target=self._work, name=name, daemon=True)
+        self._worker.start()
+
+    def _hand_over(self, entry: tuple[bool, Any]) -> bool:
+        self._ready.put(entry)  # never blocks: the previous entry was taken
+        while not self._stop.is_set():
+            if self._taken.acquire(timeout=0.05):
+                return True
+        return False
+
+    def _work(self) -> None:
+        try:
+            for item in self._items:
+                if not self._hand_over((False, item)):
+                    return
+            self._hand_over((True, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._hand_over((True, exc))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> ReadAhead[_Item]:
+        return self
+
+    def __next__(self) -> _Item:
+        if self._finished:
+            raise StopIteration
+        done, value = self._ready.get()
+        self._taken.release()
+        if done:
+            self.close()
+            if value is not None:
+                raise value
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        """Stop the worker (it finishes the item in hand) and wait for it."""
+        self._finished = True
+        self._stop.set()
+        self._worker.join()
+
+    def __enter__(self) -> ReadAhead[_Item]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_ahead(items: Iterator[_Item], name: str = "puhui-prepare") -> ReadAhead[_Item]:
+    """``items``, produced one ahead by a worker thread (see :class:`ReadAhead`)."""
+    return ReadAhead(items, name)
 
 
 class FileIngestor:
@@ -294,9 +470,21 @@ class FileIngestor:
     ) -> Iterator[PreparedChunk]:
         delivery_end = end_of_delivery_day(landed.delivery_date)
         first_row = 1
+        cache = PseudonymCache()
         for raw in iter_file_chunks(handle, self.feed, columns):
-            yield prepare_chunk(raw, self.feed, self.key, delivery_end, first_row)
+            yield prepare_chunk(raw, self.feed, self.key, delivery_end, first_row, cache)
             first_row += raw.num_rows
+            del raw  # the raw text goes before the next block is read
+
+    def _deduplicated(
+        self, handle: FileHandle, landed: LandedFile, columns: list[str]
+    ) -> Iterator[tuple[PreparedChunk, int, int]]:
+        """Prepared chunks without repeated primary keys: (chunk, rows read, rows dropped)."""
+        seen = SeenKeys()
+        for chunk in self._chunks(handle, landed, columns):
+            rows = len(chunk.row_numbers)
+            chunk, dropped = drop_duplicate_keys(chunk, self.feed, seen)
+            yield chunk, rows, dropped
 
     def _load(
         self,
@@ -306,10 +494,25 @@ class FileIngestor:
         columns: list[str],
         warnings: list[str],
     ) -> FileOutcome:
+        # The next chunk is read and prepared while this one loads and validates (the first
+        # one while the table and the ledger row are set up); leaving the block stops that
+        # worker at once when a chunk fails (held, or an error). A chunk's validation may
+        # still run while the next chunk loads: every outcome is checked before anything
+        # commits, and a critical failure rolls the whole load back.
+        with read_ahead(self._deduplicated(handle, landed, columns)) as ahead:
+            return self._load_chunks(handle, landed, base, warnings, ahead)
+
+    def _load_chunks(
+        self,
+        handle: FileHandle,
+        landed: LandedFile,
+        base: dict[str, Any],
+        warnings: list[str],
+        ahead: ReadAhead[tuple[PreparedChunk, int, int]],
+    ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
         rows = loaded = dropped = expectations_run = 0
         failures: list[FailedExpectation] = []
-        seen: list[pa.Array] = []
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
@@ -317,27 +520,37 @@ class FileIngestor:
                 content_key=handle.checksum,
                 status="accepted",
             )
-            for chunk in self._chunks(handle, landed, columns):
-                rows += len(chunk.row_numbers)
-                chunk, chunk_dropped = drop_duplicate_keys(chunk, self.feed, seen)
-                dropped += chunk_dropped
-                # Validate while the chunk is loading: both wait on other cores (GX in numpy,
-                # COPY in the database), and a critical failure rolls the load back anyway.
-                validation = _VALIDATION_POOL.submit(
-                    self.validator.validate_frame,
-                    batch_frame(chunk),
-                    self.feed.suite,
-                    base["batch_id"],
-                )
-                records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
-                loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
-                outcome = validation.result()
-                # Free this chunk before the reader allocates the next one (bounded memory).
-                del chunk, records, validation
-                expectations_run = max(expectations_run, outcome.expectations_run)
-                if outcome.critical:
-                    raise _Held(outcome.critical, outcome.summary())
-                failures += outcome.warnings
+            validations: deque[Future[ValidationOutcome]] = deque()
+
+            def settle(keep: int) -> None:
+                nonlocal expectations_run, failures
+                while len(validations) > keep:
+                    outcome = validations.popleft().result()
+                    expectations_run = max(expectations_run, outcome.expectations_run)
+                    if outcome.critical:
+                        raise _Held(outcome.critical, outcome.summary())
+                    failures += outcome.warnings
+
+            try:
+                for chunk, chunk_rows, chunk_dropped in ahead:
+                    rows += chunk_rows
+                    dropped += chunk_dropped
+                    validations.append(
+                        _VALIDATION_POOL.submit(
+                            self.validator.validate_frame,
+                            batch_frame(chunk),
+                            self.feed.suite,
+                            base["batch_id"],
+                        )
+                    )
+                    records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                    loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
+                    del chunk, records  # the reader's next chunk may take their memory
+                    settle(keep=1)  # at most one chunk's validation outstanding
+                settle(keep=0)
+            finally:
+                for pending in validations:
+                    pending.cancel()  # the load is failing: queued validations are moot
             if dropped:
                 warnings.append(
                     f"duplicate rows: {dropped:,} row(s) repeat a primary key "

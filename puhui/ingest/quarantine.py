@@ -14,7 +14,12 @@ import pyarrow.parquet as pq
 from puhui.config import PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
-from puhui.ingest.batches import PreparedChunk, drop_duplicate_keys, quarantine_copy_path
+from puhui.ingest.batches import (
+    PreparedChunk,
+    SeenKeys,
+    drop_duplicate_keys,
+    quarantine_copy_path,
+)
 from puhui.ingest.raw_tables import ensure_raw_table
 from puhui.runtime import Runtime
 from puhui.warehouse.bulk import bulk_insert
@@ -63,7 +68,7 @@ def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchR
         chunk = PreparedChunk(
             records.drop_columns(["row_number"]), {}, records["row_number"].to_numpy()
         )
-        chunk, dropped = drop_duplicate_keys(chunk, feed, [])
+        chunk, dropped = drop_duplicate_keys(chunk, feed, SeenKeys())
         data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
         loaded = bulk_insert(conn, table, data, {"batch_id": batch_id})
         ledger.update_batch(
