@@ -38,6 +38,7 @@ from puhui.risk.publish import (
 )
 from puhui.risk.training_set import TrainingSet, build_training_set, feature_requests
 from puhui.runtime import open_runtime
+from puhui.settings import load_settings
 from tasks.retries import retry_on_transient_error
 
 STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
@@ -45,7 +46,7 @@ STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
 
 
 def _configs() -> tuple[FeaturesConfig, RiskModelSpec]:
-    settings = open_runtime().settings
+    settings = load_settings()
     return (load_config(settings.config_dir, FeaturesConfig),
             load_config(settings.config_dir, ModelsConfig).credit_risk)
 

@@ -2,9 +2,9 @@
 
 Every row read is stamped with an integer ``day`` (days since 1970-01-01 in the lender's
 timezone) and a ``person_key``; phone-keyed feeds are joined to people through the customer
-register. Rows with an event time after the as-of date are not read at all, so nothing later
-can reach a feature. The batch ids of the rows read are kept: they are the data lineage of
-whatever is built from these frames.
+register. Rows with an event time after the as-of date are dropped as they are read, before
+anything else sees them, so nothing later can reach a feature. The batch ids of the rows read
+are kept: they are the data lineage of whatever is built from these frames.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SourceFrames:
     as_of: date
     customers: pd.DataFrame
     events: dict[str, pd.DataFrame]
-    first_day: dict[str, int]  # first event day of each source in the warehouse
+    first_day: dict[str, int]  # first event day of each source, up to ``as_of``
     batch_ids: set[str] = field(default_factory=set)
 
 

@@ -79,8 +79,10 @@ def evaluate_risk_model(
     train, oot = training.split(TRAIN).copy(), training.split(OOT).copy()
     applicants = training.oot_applicants().copy()
     feats, cats = training.features, training.categorical
-    for part in (train, oot, applicants):
-        part["pd"] = scorer.predict_pd(part)
+    train["pd"] = scorer.predict_pd(train)
+    # The labelled out-of-time rows are a subset of the window's applicants: score once.
+    applicants["pd"] = scorer.predict_pd(applicants)
+    oot["pd"] = applicants.loc[oot.index, "pd"]
     y_oot = oot["label"].to_numpy(int)
     bench_oot = predict_benchmark(benchmark, oot, feats, cats)
     bench_train = predict_benchmark(benchmark, train, feats, cats)
