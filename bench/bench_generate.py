@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -28,7 +26,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results" / "generate.json"
+from bench.results_file import machine_facts, write_results  # noqa: E402
+
 TARGETS = {"seconds_max_at_1M_users": 600, "peak_rss_mib_max": 4096}
 
 
@@ -126,15 +125,11 @@ def main() -> int:
     print_table(runs)
     result = {
         "benchmark": "generate",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine_facts(),
         "targets": TARGETS,
         "runs": runs,
     }
-    name = RESULTS if not args.quick else RESULTS.with_name("generate-quick.json")
-    name.parent.mkdir(parents=True, exist_ok=True)
-    name.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {name.relative_to(ROOT)}")
+    write_results("generate", result, args.quick)
     return 0
 
 

@@ -32,7 +32,8 @@ import pyarrow.csv as pa_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results" / "ingest.json"
+from bench.results_file import write_results  # noqa: E402
+
 DELIVERY = date(2026, 9, 30)
 WARM_UP = date(2026, 9, 29)
 KEY = "bench-key-" + "0" * 40
@@ -291,10 +292,7 @@ def main() -> int:
         f"  {args.memory_rows:,} rows: {big_seconds:.1f} s, peak RSS {big_peak:,.0f} MiB "
         f"(target < 2048 MiB)"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    name = RESULTS if not args.quick else RESULTS.with_name("ingest-quick.json")
-    name.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {name.relative_to(ROOT)}")
+    write_results("ingest", result, args.quick)
     return 0
 
 

@@ -17,9 +17,6 @@ Prints a table and writes bench/results/train.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -31,7 +28,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results" / "train.json"
+from bench.results_file import machine_facts, write_results  # noqa: E402
+
 TARGETS = {"ratio_vs_bare_lightgbm_max": 3.0, "peak_rss_mib_max": 6144}
 CATEGORICAL = 5
 
@@ -159,13 +157,8 @@ def main() -> int:
           f"(target < {TARGETS['peak_rss_mib_max']:,} MiB)")
     print(f"{'AUC out of time (LightGBM / logistic)':<40} {r['auc_oot']:.4f} / "
           f"{r['auc_oot_benchmark']:.4f}")
-    result = {"benchmark": "train", "machine": {"cpus": os.cpu_count(),
-              "python": platform.python_version(), "platform": platform.platform()},
-              "targets": TARGETS, **r}
-    name = RESULTS if not args.quick else RESULTS.with_name("train-quick.json")
-    name.parent.mkdir(parents=True, exist_ok=True)
-    name.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {name.relative_to(ROOT)}")
+    write_results("train", {"benchmark": "train", "machine": machine_facts(),
+                            "targets": TARGETS, **r}, args.quick)
     return 0
 
 

@@ -1,0 +1,26 @@
+"""Where a benchmark's figures go: bench/results/<name>.json, or <name>-quick.json for a
+smoke run (untracked, so a smoke run never overwrites the figures the README quotes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def machine_facts() -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def write_results(name: str, result: dict, quick: bool) -> Path:
+    """Write ``result`` as JSON and say where; returns the path."""
+    path = RESULTS_DIR / f"{name}{'-quick' if quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path
