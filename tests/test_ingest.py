@@ -586,3 +586,44 @@ def test_precomputed_hmac_is_hmac_sha256(key: bytes) -> None:
     keyed = hmac_sha256_hex(key, b"phone:")
     for message in [b"", b"13812345678", "中文".encode(), b"x" * 200]:
         assert keyed(message) == hmac.digest(key, b"phone:" + message, "sha256").hex()
+
+
+def test_jsonl_reader_streams_blocks_and_each_block_is_typed_by_the_contract(
+    tmp_path: Path,
+) -> None:
+    from puhui.ingest.contract import coerce_to_contract
+    from puhui.ingest.reading import file_columns, iter_file_chunks, open_landed_file
+
+    feed = load_config(load_settings().config_dir, PartnersConfig).get("ecommerce_orders")
+    lines = []
+    for i in range(3_000):
+        # Early lines carry plain numbers, later ones text amounts and omitted null fields:
+        # a reader that fixes types from its first block would fail on them.
+        amount = 12.5 if i < 1_500 else f"{i}.25"
+        row = {"order_id": f"O{i:08d}", "buyer_phone": "13812345678",
+               "order_time": "2026-09-30T08:00:00+08:00", "amount_yuan": amount,
+               "category_code": "AGRI", "province": None if i % 5 else "Yunnan"}
+        if i >= 2_000 and row["province"] is None:
+            del row["province"]
+        lines.append(json.dumps(row))
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(lines))  # no newline after the last line
+    handle = open_landed_file(str(path))
+    header = file_columns(handle, feed)
+    chunks = list(iter_file_chunks(handle, feed, header, block_bytes=8 << 10))
+    assert len(chunks) > 20, "the file should span many blocks"
+    typed = pa.concat_tables(coerce_to_contract(c, feed) for c in chunks)
+    assert typed["order_id"].to_pylist() == [f"O{i:08d}" for i in range(3_000)]
+    assert typed["amount_yuan"].to_pylist()[1_499:1_501] == [12.5, 1500.25]
+    assert typed["province"].null_count == 2_400
+
+    # Streaming, not read whole: the first blocks arrive before the reader meets a broken
+    # last line, which then holds the file with a reason.
+    from puhui.ingest.reading import UnreadableFile
+
+    path.write_text("\n".join(lines) + '\n{"order_id": "O-broken", \n')
+    handle = open_landed_file(str(path))
+    stream = iter_file_chunks(handle, feed, header, block_bytes=8 << 10)
+    assert next(stream).num_rows > 0
+    with pytest.raises(UnreadableFile, match="unreadable jsonl"):
+        list(stream)

@@ -1,10 +1,11 @@
 """Reading landed partner files: checksums, headers and streamed Arrow chunks.
 
-Files are read through fsspec. CSV is streamed block by block, and Arrow's reader is paced
-to stay two blocks ahead of the ingest, so a file larger than memory still ingests. Every
-column comes back as text; typing is the contract's job, not the reader's guess. Read
-failures become ``UnreadableFile`` with a reason that never quotes the file's content (a
-malformed line may hold a national ID).
+Files are read through fsspec, in bounded chunks, so a file larger than memory still
+ingests: CSV through Arrow's streaming reader paced to stay two blocks ahead of the ingest,
+JSON lines in blocks cut at line ends, Parquet by row batches. CSV columns come back as
+text; typing is the contract's job, not the reader's guess. Read failures become
+``UnreadableFile`` with a reason that never quotes the file's content (a malformed line may
+hold a national ID).
 """
 
 from __future__ import annotations
@@ -192,10 +193,35 @@ def _iter_csv(
         stream.close()
 
 
-def _iter_jsonl(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
-    options = pa_json.ReadOptions(block_size=block_bytes)
-    table = pa_json.read_json(_source(handle), read_options=options)
-    yield from (pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=1_000_000))
+def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
+    table = pa_json.read_json(
+        pa.py_buffer(block),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
+    )
+    # JSON lines may omit a null field: a block where no line carries it still has the column.
+    for name in header:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+def _iter_jsonl(handle: FileHandle, header: list[str], block_bytes: int) -> Iterator[pa.Table]:
+    # Cut the byte stream at line ends and parse each block on its own: Arrow's streaming
+    # JSON reader fixes each column's type from the first block and fails when a later block
+    # differs (a number column that later holds "1,234.50"); per block, the contract types it.
+    carry = b""
+    with handle.fs.open(handle.path, "rb") as stream:
+        while True:
+            data = stream.read(block_bytes)
+            block = carry + data
+            if not data:
+                if block.strip():
+                    yield _parse_jsonl_block(block, header)
+                return
+            cut = block.rfind(b"\n") + 1
+            carry = block[cut:]
+            if cut and block[:cut].strip():
+                yield _parse_jsonl_block(block[:cut], header)
 
 
 def _iter_parquet(handle: FileHandle) -> Iterator[pa.Table]:
@@ -229,7 +255,7 @@ def iter_file_chunks(
     if feed.format == "csv":
         chunks = _iter_csv(handle, feed, header, block_bytes)
     elif feed.format == "jsonl":
-        chunks = _iter_jsonl(handle, block_bytes)
+        chunks = _iter_jsonl(handle, header, block_bytes)
     else:
         chunks = _iter_parquet(handle)
     try:
