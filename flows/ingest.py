@@ -9,7 +9,11 @@ from prefect import flow, get_run_logger
 from puhui.config import PartnersConfig, load_config
 from puhui.dates import today_local
 from puhui.settings import load_settings
-from tasks.ingest import ingest_partner_feed, validate_warehouse_tables
+from tasks.ingest import (
+    build_validation_data_docs,
+    ingest_partner_feed,
+    validate_warehouse_tables,
+)
 from tasks.warehouse import prepare_warehouse
 
 
@@ -61,5 +65,6 @@ def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
     feeds = [ingest_partner_feed(name, as_of) for name in names]
     tables = validate_warehouse_tables()
     summary = summarize_ingest(as_of, feeds, tables)
+    summary["data_docs"] = build_validation_data_docs()
     get_run_logger().info(summary["line"])
     return summary

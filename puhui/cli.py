@@ -469,6 +469,14 @@ def config_check() -> None:
     )
 
 
+@app.command("data-docs")
+def data_docs() -> None:
+    """Build GX Data Docs for every stored validation result (new ones only) and print the index."""
+    from puhui.data_docs import build_data_docs
+
+    console.print(build_data_docs(_settings().home / "gx").line(), markup=False)
+
+
 @app.command()
 def serve() -> None:
     """Run every scheduled deployment of prefect.yaml in this process (Ctrl-C stops)."""

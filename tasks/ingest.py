@@ -11,10 +11,12 @@ from prefect import get_run_logger, task
 
 from puhui.audit import current_flow_run_id
 from puhui.config import PartnersConfig, load_config
+from puhui.data_docs import build_data_docs
 from puhui.ingest.batches import FileIngestor, FileOutcome
 from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.runtime import open_runtime
+from puhui.settings import load_settings
 from puhui.validation import BatchValidator
 from tasks.retries import retry_on_transient_error
 
@@ -121,3 +123,11 @@ def validate_warehouse_tables() -> list[dict]:
             }
         )
     return results
+
+
+@task(name="build-data-docs")
+def build_validation_data_docs() -> str:
+    """Render this run's new GX results into the Data Docs site; returns its index path."""
+    build = build_data_docs(load_settings().home / "gx")
+    get_run_logger().info(build.line())
+    return str(build.index)

@@ -344,6 +344,11 @@ def test_data_engineer_workflow_through_the_cli(
     assert lines[-1].startswith(f"ingest {END}:") and "quarantined" in lines[-1]
     assert any("renamed column(s): payer_phone -> payer_mobile" in line for line in lines)
     assert "Traceback" not in ingest.stderr
+    # The run rendered its GX results as Data Docs; the command finds nothing new to render.
+    index = puhui_env / "gx" / "data_docs" / "index.html"
+    assert index.exists() and 'class="bad"' in index.read_text()
+    docs = _cli("data-docs")
+    assert docs.returncode == 0 and "(0 new," in docs.stdout and str(index) in docs.stdout
 
     listed = _cli("quarantine", "list", "--json")
     assert listed.returncode == 0, listed.stderr

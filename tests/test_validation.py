@@ -469,6 +469,35 @@ def test_summary_is_json_and_results_are_stored(
     assert result["success"] is False and len(result["results"]) == outcome.expectations_run
 
 
+def test_data_docs_render_each_stored_result_once_and_mark_failures(
+    tmp_path: Path, landing_zone: Path
+) -> None:
+    from puhui.data_docs import build_data_docs
+
+    gx_dir = tmp_path / "gx"
+    validator = BatchValidator(results_dir=gx_dir)
+    feed, frame, _path = _fault_frame(landing_zone, "out_of_range")
+    assert not validator.validate_frame(frame, feed.suite, "bureau-bad").success
+    clean = _clean_frame(landing_zone, "loan_applications")
+    assert validator.validate_frame(clean, "loan_applications", "apps-ok").success
+
+    build = build_data_docs(gx_dir)
+    assert (build.rendered, build.pages, build.failed_results) == (2, 2, 1)
+    page = (gx_dir / "data_docs" / "validations" / feed.suite / "bureau-bad.html").read_text()
+    # GX's own page: the failing expectation, its column and the unexpected value.
+    assert "bureau_score" in page and "9999" in page
+    index = build.index.read_text()
+    bad_row = next(r for r in index.split("<tr") if "bureau-bad" in r)
+    ok_row = next(r for r in index.split("<tr") if "apps-ok" in r)
+    assert 'class="bad"' in bad_row and "1 failed" in bad_row
+    assert 'class="ok"' in ok_row and "passed" in ok_row
+    assert 'href="validations/credit_bureau/bureau-bad.html"' in bad_row
+
+    assert build_data_docs(gx_dir).rendered == 0  # incremental: nothing new
+    validator.validate_frame(frame, feed.suite, "bureau-bad")  # the batch validated again
+    assert build_data_docs(gx_dir).rendered == 1
+
+
 def test_outcome_summary_casts_numpy_values() -> None:
     failure = FailedExpectation(
         expectation="expect_column_values_to_be_between", column="x", severity="critical",
