@@ -630,5 +630,11 @@ def test_jsonl_reader_streams_blocks_and_each_block_is_typed_by_the_contract(
     handle = open_landed_file(str(path))
     stream = iter_file_chunks(handle, feed, header, block_bytes=8 << 10)
     assert next(stream).num_rows > 0
-    with pytest.raises(UnreadableFile, match="unreadable jsonl"):
+    with pytest.raises(UnreadableFile, match="a line is not valid JSON"):
         list(stream)
+
+    # Numbers and text mixed in one block of lines: named as type drift, by column.
+    path.write_text('{"order_id": "O1", "amount_yuan": 1}\n'
+                    '{"order_id": "O2", "amount_yuan": "x"}\n')
+    with pytest.raises(UnreadableFile, match="type drift in amount_yuan: .*number to string"):
+        list(iter_file_chunks(open_landed_file(str(path)), feed, header))

@@ -105,6 +105,7 @@ def read_csv_header(handle: FileHandle, feed: PartnerFeed) -> list[str]:
 
 
 _COLUMN_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
+_JSON_TYPE_CHANGE = re.compile(r"Column\(/([^)]*)\) changed from (\w+) to (\w+)")
 
 
 def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
@@ -117,6 +118,14 @@ def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
         return UnreadableFile(
             f"truncated or malformed: a row has {got} fields where the header has {expected}"
         )
+    if match := _JSON_TYPE_CHANGE.search(message):
+        column, before, after = match.groups()
+        return UnreadableFile(
+            f"type drift in {column}: JSON values change from {before} to {after} "
+            "within one block of lines"
+        )
+    if "JSON parse error" in message:
+        return UnreadableFile("truncated or malformed: a line is not valid JSON")
     return UnreadableFile(f"unreadable {feed.format}: {type(exc).__name__}")
 
 
