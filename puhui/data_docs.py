@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from puhui.files import write_text_atomically
 
 DOCS_DIR = "data_docs"
 
@@ -46,13 +47,6 @@ class _Entry:
     evaluated: int
     failed: int
     written: datetime
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def render_validation_page(result_json: dict[str, Any]) -> str:
@@ -103,10 +97,10 @@ def build_data_docs(gx_dir: Path) -> DataDocsBuild:
         try:
             payload = json.loads(source.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            continue  # being replaced by another process; its next build renders it
-        stale = not page.exists() or page.stat().st_mtime < source.stat().st_mtime
-        if stale:
-            _write_atomically(page, render_validation_page(payload))
+            continue  # gone since the listing, or not a result: the next build sees it again
+        written = source.stat().st_mtime
+        if not page.exists() or page.stat().st_mtime < written:
+            write_text_atomically(page, render_validation_page(payload))
             rendered += 1
         statistics = payload.get("statistics") or {}
         entries.append(
@@ -117,12 +111,12 @@ def build_data_docs(gx_dir: Path) -> DataDocsBuild:
                 success=bool(payload.get("success")),
                 evaluated=int(statistics.get("evaluated_expectations") or 0),
                 failed=int(statistics.get("unsuccessful_expectations") or 0),
-                written=datetime.fromtimestamp(source.stat().st_mtime, UTC),
+                written=datetime.fromtimestamp(written, UTC),
             )
         )
     entries.sort(key=lambda e: (e.written, e.suite, e.name), reverse=True)
     index = docs / "index.html"
-    _write_atomically(index, _index_html(entries, docs))
+    write_text_atomically(index, _index_html(entries, docs))
     return DataDocsBuild(
         rendered=rendered,
         pages=len(entries),

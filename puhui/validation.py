@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from puhui.errors import PuhuiError
+from puhui.files import write_text_atomically
 from puhui.settings import repo_root
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; GX is imported lazily at run time
@@ -698,12 +699,8 @@ class BatchValidator:
         if self.results_dir is None:
             return None
         folder = self.results_dir / "validations" / _UNSAFE_NAME.sub("_", suite)
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_UNSAFE_NAME.sub('_', batch_id)}.json"
         payload = _scrub_personal(_plain(result.to_json_dict()))
-        # Written aside and renamed: readers never see half a file, and two processes
-        # validating the same batch never interleave their bytes.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(path)
+        # Two processes may validate the same batch, and Data Docs read results at any time.
+        write_text_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1))
         return str(path)
