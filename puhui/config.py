@@ -8,6 +8,7 @@ whole directory for the audit trail and MLflow tags.
 from __future__ import annotations
 
 import hashlib
+import string
 from datetime import time
 from functools import cache
 from pathlib import Path
@@ -112,7 +113,30 @@ class PartnerFeed(StrictModel):
     primary_key: list[str]
     event_time: str | None = None  # column compared with the delivery date
     extra_columns: Literal["warn", "hold"] = "warn"
+    # Days back from the as-of date in which a file the ledger has not seen is still found
+    # (a late file in an old delivery folder); default: the config's ``late_lookback_days``.
+    late_lookback_days: int | None = Field(default=None, ge=0, le=3660)
     columns: list[ColumnContract]
+
+    @field_validator("pattern")
+    @classmethod
+    def _known_placeholders(cls, pattern: str) -> str:
+        try:
+            fields = [
+                "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                for _, f, spec, conv in string.Formatter().parse(pattern)
+                if f is not None
+            ]
+        except ValueError as exc:
+            raise ValueError(f"pattern {pattern!r} is not a valid template: {exc}") from None
+        unknown = sorted({f for f in fields if f != "{date}"})
+        if unknown:
+            raise ValueError(
+                f"pattern {pattern!r}: unknown placeholder(s) "
+                + ", ".join(unknown)
+                + " (only {date} is filled in)"
+            )
+        return pattern
 
     @model_validator(mode="after")
     def _keys_are_columns(self) -> PartnerFeed:
@@ -136,7 +160,15 @@ class PartnerFeed(StrictModel):
 
 
 class PartnersConfig(StrictModel):
+    # How far back (days before the as-of date) discovery looks for files the ledger has
+    # not seen; a feed's own ``late_lookback_days`` overrides it.
+    late_lookback_days: int = Field(default=35, ge=0, le=3660)
     partners: list[PartnerFeed]
+
+    def lookback_days(self, feed: PartnerFeed) -> int:
+        """The late-file look-back of ``feed``."""
+        own = feed.late_lookback_days
+        return self.late_lookback_days if own is None else own
 
     def get(self, name: str) -> PartnerFeed:
         for feed in self.partners:

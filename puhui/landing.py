@@ -1,7 +1,10 @@
 """The landing zone: which partner files have arrived, for which delivery date.
 
 Files land as ``<location>/<YYYY-MM-DD>/<file>`` per feed; a location is a local path or any
-fsspec URL. Discovery only lists; it never moves or modifies a landed file.
+fsspec URL. Discovery only lists; it never moves or modifies a landed file. A symbolic link
+(or any other entry that is not a regular file) matching the pattern is listed too, with
+its ``kind``: ingestion records it as held without following it, so nothing that landed
+goes unrecorded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class LandedFile:
     path: str  # full path or URL as fsspec reports it
     delivery_date: date
     size: int
+    kind: str = "file"  # "file", or "symlink" / "special": recorded, never read
 
 
 def feed_location(feed: PartnerFeed, landing: str) -> str:
@@ -40,15 +44,25 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
     pattern = f"{root.rstrip('/')}/{feed.pattern.format(date=glob_date)}"
     found: list[LandedFile] = []
     for path, info in sorted(fs.glob(pattern, detail=True).items()):
-        if info.get("type", "file") != "file":
+        kind = info.get("type", "file")
+        if kind == "directory":
             continue
+        if info.get("islink"):
+            kind = "symlink"
+        elif kind != "file":
+            kind = "special"
         folder = path.rstrip("/").split("/")[-2]
+        try:
+            delivered = date.fromisoformat(folder)
+        except ValueError:  # "2026-13-45": digits, not a date; no delivery date to file it under
+            continue
         found.append(
             LandedFile(
                 feed.name,
                 path if "://" not in location else fs.unstrip_protocol(path),
-                date.fromisoformat(folder),
+                delivered,
                 int(info.get("size") or 0),
+                kind,
             )
         )
     return found

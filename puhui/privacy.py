@@ -1,27 +1,131 @@
-"""Detecting raw personal identifiers in text that must never carry them.
+"""Keeping raw personal identifiers out of text: detection (fail closed) and masking.
 
-Used as a guard where text leaves the pipeline (audit details, reports, logs) and by the
-privacy scan tests. National IDs count only with a valid check digit, which keeps random
-digit runs (amounts, counters) from raising false alarms.
+Used as a guard where text leaves the pipeline (audit details, reasons, GX results, logs)
+and by the privacy scan tests. The guard fails CLOSED: anything *shaped* like a mainland
+mobile number or an 18-character national ID counts, whatever its check digit and however
+it is written (``138.1234.5678``, ``+86 138 1234 5678``, ``0086-138…``, an ID with a wrong
+check digit, a lower-case ``x``). A false alarm costs a masked word; a miss leaks a person.
+
+Where a sample of file content helps a reader, it is given as a masked *shape*
+(:func:`mask_shape`: digits ``d``, letters ``a``, ``138-1234-5678`` -> ``ddd-dddd-dddd``),
+length-capped, never as the value. :func:`scrub_text` masks every identifier-shaped
+substring of a text (a log line, a traceback) in place.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 
-from puhui.identifiers import is_valid_national_id
-
-_NATIONAL_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+# Not after a letter or digit, nor after "<digit>." (the fraction of a float: 0.0123...).
+_BEFORE = r"(?<![0-9A-Za-z])(?<!\d\.)"
+_AFTER = r"(?![0-9A-Za-z])"
+# 18 characters, optionally grouped 6-8-4 by a space, dot or dash; any check character.
+_NATIONAL_ID = re.compile(_BEFORE + r"\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]" + _AFTER)
+# A mainland mobile number with an optional +86 / 0086 / 86 prefix and separators.
 _MOBILE_PHONE = re.compile(
-    r"(?<![0-9A-Za-z+])(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![0-9A-Za-z])"
+    _BEFORE + r"(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}" + _AFTER
 )
+SHAPE_LIMIT = 24  # characters of a masked shape before it is cut
 
 
 def find_raw_identifiers(text: str) -> list[str]:
-    """The kinds of raw identifier found in ``text`` ("national ID", "phone number")."""
+    """The kinds of raw identifier shaped text in ``text`` ("national ID", "phone number")."""
     found: list[str] = []
-    if any(is_valid_national_id(m.group()) for m in _NATIONAL_ID.finditer(text)):
+    if _NATIONAL_ID.search(text):
         found.append("national ID")
     if _MOBILE_PHONE.search(text):
         found.append("phone number")
     return found
+
+
+_DIGIT = re.compile(r"\d")
+_LETTER = re.compile(r"[^\W\d_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def mask_shape(value: object, limit: int = SHAPE_LIMIT) -> str:
+    """The shape of ``value``: digits ``d``, letters ``a``, other characters kept.
+
+    Cut at ``limit`` characters (the rest is counted, not shown), so a 10 MB field costs
+    a few bytes wherever it is described. Control characters become ``?`` and line breaks
+    ``\\n``: a shape is always one printable line.
+    """
+    text = value if isinstance(value, str) else str(value)
+    head = text[:limit]
+    head = _LETTER.sub("a", _DIGIT.sub("d", head))
+    head = _CONTROL.sub("?", head.replace("\r", "\\r").replace("\n", "\\n"))
+    if len(text) > limit:
+        head += f"...(+{len(text) - limit} chars)"
+    return head
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with every identifier-shaped substring replaced by its masked shape."""
+    if not text:
+        return text
+    text = _NATIONAL_ID.sub(lambda m: mask_shape(m.group()), text)
+    return _MOBILE_PHONE.sub(lambda m: mask_shape(m.group()), text)
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def safe_name(name: object) -> str:
+    """A column name read from a file, as a reason may print it.
+
+    A header is file content: a file without a header line has data where names belong.
+    A plain identifier-like name (``amount``, ``ab_test_bucket``) is printed; anything else
+    as its masked shape.
+    """
+    text = str(name)
+    if _SAFE_NAME.match(text) and not find_raw_identifiers(text):
+        return text
+    return repr(mask_shape(text))
+
+
+class ScrubIdentifiers(logging.Filter):
+    """A handler filter: the record's message, traceback and stack with identifiers masked.
+
+    On a handler (not a logger) it sees every record the handler emits, its children's
+    included: Prefect's API handler (the ``log`` table of its database) and the console.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed %-format: keep the template only
+            message = str(record.msg)
+        record.msg, record.args = scrub_text(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = scrub_text(_FORMATTER.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = scrub_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub_text(record.stack_info)
+        return True
+
+
+_FORMATTER = logging.Formatter()
+
+
+def install_log_scrubbing() -> None:
+    """Put :class:`ScrubIdentifiers` on every handler of the root and Prefect loggers.
+
+    Idempotent; call after Prefect's logging is set up (flows and tasks do at their start).
+    """
+    try:
+        from prefect.logging.configuration import ensure_logging_setup
+
+        ensure_logging_setup()
+    except ImportError:  # pragma: no cover - Prefect is a dependency
+        pass
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith(("prefect", "puhui"))
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, ScrubIdentifiers) for f in handler.filters):
+                handler.addFilter(ScrubIdentifiers())

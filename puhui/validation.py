@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from puhui.errors import PuhuiError
 from puhui.files import write_text_atomically
+from puhui.privacy import mask_shape, scrub_text
 from puhui.settings import repo_root
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; GX is imported lazily at run time
@@ -464,6 +465,8 @@ def _describe(
     count = _as_int(result.get("unexpected_count"))
     if count is None:  # aggregate expectations (row counts, means, ...)
         observed = _plain(result.get("observed_value"))
+        if not isinstance(observed, (int, float)) or isinstance(observed, bool):
+            observed = f"shape {mask_shape(observed)!r}"  # computed from values: masked
         return f"{subject}: {kind} failed (observed {_short(observed, 80)})"
     noun = "row" if "column_list" in kwargs or "column_A" in kwargs else "value"
     text = (
@@ -474,15 +477,19 @@ def _describe(
     mostly = kwargs.get("mostly")
     if mostly is not None and mostly < 1:
         text += f"; more than the {_percent((1 - mostly) * 100)} tolerated"
-    # Values are safe to quote (identifiers are pseudonyms by now); rows of pair or compound
-    # expectations and nulls are not worth it.
-    examples = [
-        v for v in (result.get("partial_unexpected_list") or [])[:EXAMPLE_VALUES]
-        if kind != "expect_column_values_to_not_be_null"
-        and not isinstance(v, (dict, list, tuple))
-    ]
-    if examples and meta.get("quote_values", True) and not meta.get("personal"):
-        text += ", e.g. " + ", ".join(_short(v) for v in examples)
+    # Never a value (a partner may put a phone number anywhere): the masked shapes of a few
+    # (``dddd``, ``aaa_aaa``), distinct; rows of pair or compound expectations and nulls are
+    # not worth it.
+    shapes = list(
+        dict.fromkeys(
+            mask_shape(v if isinstance(v, str) else _short(v, 64))
+            for v in (result.get("partial_unexpected_list") or [])
+            if kind != "expect_column_values_to_not_be_null"
+            and not isinstance(v, (dict, list, tuple))
+        )
+    )[:EXAMPLE_VALUES]
+    if shapes and meta.get("quote_values", True) and not meta.get("personal"):
+        text += ", e.g. shape " + ", ".join(repr(v) for v in shapes)
     return text
 
 
@@ -494,7 +501,7 @@ def _first_error(exception_info: Any) -> str | None:
     for info in infos:
         if isinstance(info, dict) and info.get("raised_exception"):
             message = str(info.get("exception_message") or "exception").strip()
-            return message.splitlines()[0][:300] if message else "exception"
+            return _masked_message(message.splitlines()[0][:300]) if message else "exception"
     return None
 
 
@@ -516,6 +523,57 @@ def _sample(
 
 
 _VALUE_KEYS = ("partial_unexpected_list", "partial_unexpected_counts", "unexpected_list")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+_MAX_TRACEBACK = 4000
+
+
+def _masked_message(message: str) -> str:
+    """An error message with quoted parts (a library quoting a value) as masked shapes."""
+    masked = _QUOTED.sub(lambda m: repr(mask_shape(m.group(1) or m.group(2) or "")), message)
+    return scrub_text(masked)
+
+
+def _mask_values(value: Any) -> Any:
+    """Every string in ``value`` as its masked shape (numbers and structure kept)."""
+    if isinstance(value, str):
+        return mask_shape(value)
+    if isinstance(value, dict):
+        return {k: _mask_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_values(v) for v in value]
+    return value
+
+
+def _mask_file_values(payload: dict[str, Any]) -> dict[str, Any]:
+    """A stored GX result that quotes no file value: values as masked shapes, capped.
+
+    GX returns unexpected values as they are (a 10 MB field 20 times over, a phone number in
+    a text column); results and the Data Docs rendered from them keep only the shapes.
+    Exception messages and tracebacks are masked the same way.
+    """
+    for item in payload.get("results") or []:
+        result = item.get("result")
+        if isinstance(result, dict):
+            for key in (*_VALUE_KEYS, "observed_value", "details"):
+                if key in result:
+                    result[key] = _mask_values(result[key])
+            column = ((item.get("expectation_config") or {}).get("kwargs") or {}).get("column")
+            for index in result.get("partial_unexpected_index_list") or []:
+                if isinstance(index, dict) and column in index:
+                    index[column] = _mask_values(index[column])
+        for info in _exception_infos(item.get("exception_info")):
+            for key in ("exception_message", "exception_traceback"):
+                if isinstance(info.get(key), str):
+                    info[key] = _masked_message(info[key][:_MAX_TRACEBACK])
+    return payload
+
+
+def _exception_infos(exception_info: Any) -> list[dict[str, Any]]:
+    if not isinstance(exception_info, dict):
+        return []
+    if "raised_exception" in exception_info:
+        return [exception_info]
+    return [v for v in exception_info.values() if isinstance(v, dict)]
 
 
 def _scrub_personal(payload: dict[str, Any]) -> dict[str, Any]:
@@ -700,7 +758,7 @@ class BatchValidator:
             return None
         folder = self.results_dir / "validations" / _UNSAFE_NAME.sub("_", suite)
         path = folder / f"{_UNSAFE_NAME.sub('_', batch_id)}.json"
-        payload = _scrub_personal(_plain(result.to_json_dict()))
+        payload = _mask_file_values(_scrub_personal(_plain(result.to_json_dict())))
         # Two processes may validate the same batch, and Data Docs read results at any time.
         write_text_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1))
         return str(path)

@@ -15,6 +15,7 @@ from puhui.data_docs import build_data_docs
 from puhui.ingest.batches import FileIngestor, FileOutcome
 from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.privacy import install_log_scrubbing
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.validation import BatchValidator
@@ -36,6 +37,7 @@ def _validator(home: Path) -> BatchValidator:
 )
 def ingest_partner_feed(partner: str, as_of: date) -> dict:
     """Ingest the new files of one feed up to ``as_of``; returns counts and one line per file."""
+    install_log_scrubbing()  # tracebacks reaching Prefect's log table are masked too
     runtime = open_runtime()
     settings = runtime.settings
     feed = load_config(settings.config_dir, PartnersConfig).get(partner)

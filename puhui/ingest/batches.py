@@ -19,9 +19,15 @@ thread validates it. Every chunk's validation is checked before the transaction 
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import queue
+import signal
+import sqlite3
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +40,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
 from puhui.config import PartnerFeed
 from puhui.ingest import ledger
@@ -49,12 +60,14 @@ from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
     FileHandle,
     UnreadableFile,
-    count_data_rows,
+    check_text_bytes,
+    count_parsed_rows,
     file_columns,
     iter_file_chunks,
     open_landed_file,
 )
 from puhui.landing import LandedFile
+from puhui.privacy import safe_name, scrub_text
 from puhui.runtime import Runtime
 from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
@@ -115,6 +128,85 @@ def quarantine_copy_path(home: Path, partner: str, batch_id: str) -> Path:
 
 # One validation at a time per process: a GX context is not meant for concurrent runs.
 _VALIDATION_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="puhui-gx")
+
+
+_log = logging.getLogger("puhui.ingest")
+
+_INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # the landing zone's filesystem, a lost connection (ConnectionError)
+    MemoryError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+)
+try:  # psycopg's own errors reach us unwrapped from the COPY path
+    import psycopg
+
+    _INFRASTRUCTURE_ERRORS += (psycopg.OperationalError, psycopg.InterfaceError)
+except ImportError:  # pragma: no cover - psycopg is a dependency
+    pass
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the machinery failing (stop and retry), not the file being bad.
+
+    Everything else that goes wrong while reading, typing, validating or loading a file is
+    the file's problem: it is held with a reason and the run moves on to the next file.
+    """
+    return isinstance(exc, _INFRASTRUCTURE_ERRORS)
+
+
+CRASH_POINT_ENV = "PUHUI_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``kill -9`` this process at the named point (``PUHUI_CRASH_AT=name``).
+
+    Checked once per file, never per row; unset in every real run.
+    """
+    if os.environ.get(CRASH_POINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def content_key(partner: str, checksum: str) -> str:
+    """The ledger's unique content key: duplicate detection is per feed.
+
+    Two feeds may land the same bytes (two empty-day files of different partners are not a
+    redelivery of each other); the same bytes twice in one feed are.
+    """
+    return hashlib.sha256(f"{partner}\0{checksum}".encode()).hexdigest()
+
+
+def check_header(columns: list[str], feed: PartnerFeed) -> None:
+    """Refuse headers that no contract check can read: repeated names, or no header at all."""
+    repeated = sorted({c for c in columns if columns.count(c) > 1}) if columns else []
+    if repeated:
+        raise ContractViolation(
+            "duplicate column name(s) in the header: "
+            + ", ".join(safe_name(c) for c in repeated[:10])
+        )
+    declared = {c.name for c in feed.columns}
+    if columns and not declared.intersection(columns):
+        # The first line is data: its fields are values (they may be IDs), never printed.
+        raise ContractViolation(
+            f"no header line: none of the {len(columns)} field(s) of the first line "
+            "names a contract column"
+        )
+
+
+def unexpected_failure_reason(exc: BaseException) -> str:
+    """A hold reason for an error nobody planned for: its type and where, never its message.
+
+    Library messages quote what they choke on (a CSV row, a value), which may be personal.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return (
+        f"unreadable: unexpected {type(exc).__name__}{where} while reading, typing, "
+        "validating or loading the file (message withheld: it may quote the file)"
+    )
 
 
 class _Held(Exception):
@@ -398,8 +490,16 @@ class FileIngestor:
 
     # ----------------------------------------------------------------------- entry point
     def ingest(self, landed: LandedFile) -> FileOutcome:
+        """Decide one landed file: exactly one ledger row, whatever its bytes.
+
+        Only infrastructure errors (:func:`is_infrastructure_error`) escape; anything else
+        holds the file with a reason that names no value.
+        """
         started = time.monotonic()
-        handle = open_landed_file(landed.path)
+        if landed.kind != "file":
+            handle = self._not_regular_handle(landed)
+        else:
+            handle = open_landed_file(landed.path)
         batch_id = ledger.make_batch_id(
             self.feed.name, landed.delivery_date, landed.path, handle.checksum
         )
@@ -420,7 +520,28 @@ class FileIngestor:
                 continue
         if outcome is None:
             outcome = self._decided_by_earlier_run(base)
+        crash_point("after-file")
         return FileOutcome(**{**outcome.__dict__, "seconds": time.monotonic() - started})
+
+    def decided_earlier(self, landed: LandedFile, batch_id: str) -> FileOutcome:
+        """The outcome an earlier run recorded for ``landed`` (not read again)."""
+        return self._decided_by_earlier_run(
+            {
+                "batch_id": batch_id,
+                "partner": self.feed.name,
+                "path": landed.path,
+                "delivery_date": landed.delivery_date.isoformat(),
+            }
+        )
+
+    @staticmethod
+    def _not_regular_handle(landed: LandedFile) -> FileHandle:
+        """A handle for an entry that is never opened (a symlink may point anywhere)."""
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(landed.path)
+        fingerprint = hashlib.sha256(f"{landed.kind}\0{path}".encode()).hexdigest()
+        return FileHandle(fs, path, 0, fingerprint)
 
     def _ingest_new(
         self, handle: FileHandle, landed: LandedFile, base: dict[str, Any]
@@ -428,15 +549,28 @@ class FileIngestor:
         engine = self.runtime.engine
         if ledger.get_batch(engine, base["batch_id"]):
             return None
-        owner = ledger.get_content_owner(engine, handle.checksum)
+        if landed.kind != "file":
+            kind = "symbolic link" if landed.kind == "symlink" else "special file"
+            reason = f"not a regular file ({kind}): not followed, not read"
+            return self._hold(handle, landed, base, reason, copy_rows=False, rows=0)
+        if handle.size == 0:
+            # No content to own: every empty file is held as empty, never a duplicate.
+            return self._hold(
+                handle, landed, base, "empty file (0 bytes)", copy_rows=False, rows=0
+            )
+        owner = ledger.get_content_owner(
+            engine, content_key(self.feed.name, handle.checksum), self.feed.name, handle.checksum
+        )
         if owner is not None:
             return self._record_duplicate(handle, landed, base, owner)
         try:
+            check_text_bytes(handle, self.feed)
             columns = file_columns(handle, self.feed)
+            check_header(columns, self.feed)
             check = check_columns(columns, self.feed)
             if check.missing or (check.extra and self.feed.extra_columns == "hold"):
                 raise ContractViolation(check.describe())
-            warnings = [f"extra column(s) ignored: {', '.join(check.extra)}"] if check.extra else []
+            warnings = [check.describe_extra()] if check.extra else []
             return self._load(handle, landed, base, columns, warnings)
         except (UnreadableFile, ContractViolation) as exc:
             return self._hold(handle, landed, base, str(exc), copy_rows=False)
@@ -451,6 +585,14 @@ class FileIngestor:
                 failures=held.failures,
                 validation=held.summary,
             )
+        except IntegrityError:
+            raise  # a concurrent run's ledger row: decided again by the caller
+        except Exception as exc:  # noqa: BLE001 - a bad file must not stop the other files
+            if is_infrastructure_error(exc):
+                raise
+            reason = unexpected_failure_reason(exc)
+            _log.warning("%s held: %s", base["batch_id"], reason)
+            return self._hold(handle, landed, base, reason, copy_rows=False)
 
     def _identity(self, handle: FileHandle, landed: LandedFile, base: dict[str, Any]) -> dict:
         """The ledger columns that say which file this batch is."""
@@ -517,7 +659,7 @@ class FileIngestor:
             ledger.insert_batch(
                 conn,
                 **self._identity(handle, landed, base),
-                content_key=handle.checksum,
+                content_key=content_key(self.feed.name, handle.checksum),
                 status="accepted",
             )
             validations: deque[Future[ValidationOutcome]] = deque()
@@ -545,6 +687,7 @@ class FileIngestor:
                     )
                     records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                     loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
+                    crash_point("mid-load")
                     del chunk, records  # the reader's next chunk may take their memory
                     settle(keep=1)  # at most one chunk's validation outstanding
                 settle(keep=0)
@@ -557,6 +700,7 @@ class FileIngestor:
                     f"({', '.join(self.feed.primary_key)}); first kept"
                 )
             warnings += [f.description for f in failures]
+            warnings = [scrub_text(w) for w in warnings]
             warning_items = [{"message": w} for w in warnings]
             # A header-only file owns no content: two empty days are not a redelivery.
             ledger.update_batch(
@@ -566,7 +710,7 @@ class FileIngestor:
                 rows_loaded=loaded,
                 rows_held=0,
                 rows_duplicate=dropped,
-                content_key=handle.checksum if rows else None,
+                content_key=content_key(self.feed.name, handle.checksum) if rows else None,
                 warnings=warning_items or None,
                 decided_at=ledger.now_utc(),
             )
@@ -595,6 +739,7 @@ class FileIngestor:
                 },
                 flow_run_id=self.flow_run_id,
             )
+            crash_point("load-before-commit")
         return FileOutcome(
             **base,
             status="accepted",
@@ -604,22 +749,28 @@ class FileIngestor:
             warnings=warnings,
         )
 
-    def _write_quarantine_copy(self, handle: FileHandle, landed: LandedFile, batch_id: str) -> Path:
-        """Keep the held batch intact, pseudonymized, for a later release."""
+    def _write_quarantine_copy(
+        self, handle: FileHandle, landed: LandedFile, batch_id: str
+    ) -> tuple[Path, int]:
+        """Keep the held batch intact, pseudonymized, for a later release; returns its rows."""
         target = quarantine_copy_path(self.runtime.settings.home, self.feed.name, batch_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         writer = None
+        rows = 0
         try:
             for chunk in self._chunks(handle, landed, file_columns(handle, self.feed)):
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                 writer = writer or pq.ParquetWriter(partial, records.schema)
                 writer.write_table(records)
+                rows += records.num_rows
         finally:
             if writer:
                 writer.close()
+        if writer is None:
+            return target, 0  # no rows: nothing to release
         partial.replace(target)
-        return target
+        return target, rows
 
     def _hold(
         self,
@@ -631,20 +782,35 @@ class FileIngestor:
         copy_rows: bool,
         failures: list[FailedExpectation] | None = None,
         validation: dict[str, Any] | None = None,
+        rows: int | None = None,
     ) -> FileOutcome:
-        rows = count_data_rows(handle, self.feed)
-        copy = self._write_quarantine_copy(handle, landed, base["batch_id"]) if copy_rows else None
+        # Fail closed: whatever built the reason, identifier-shaped text leaves it masked.
+        reason = scrub_text(reason)
+        copy = None
+        if copy_rows:
+            try:
+                copy, rows = self._write_quarantine_copy(handle, landed, base["batch_id"])
+            except Exception as exc:  # noqa: BLE001 - the hold stands, without a copy
+                if is_infrastructure_error(exc):
+                    raise
+                reason += f" (no quarantine copy: {unexpected_failure_reason(exc)})"
+                copy = None
+            if copy is not None and not copy.exists():
+                copy = None
+        if rows is None:
+            rows = count_parsed_rows(handle, self.feed)  # records, as the parser reads them
         failures = failures or []
         details = {
             "reason": reason,
             "failures": _failure_dicts(failures),
             "quarantine_copy": str(copy) if copy else None,
         }
+        owns_content = handle.size > 0 and landed.kind == "file"
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
                 **self._identity(handle, landed, base),
-                content_key=handle.checksum,
+                content_key=content_key(self.feed.name, handle.checksum) if owns_content else None,
                 rows=rows,
                 rows_loaded=0,
                 rows_held=rows,
@@ -652,7 +818,11 @@ class FileIngestor:
                 status="quarantined",
                 reason=reason,
                 warnings=[
-                    {"message": f.description, "severity": f.severity, "sample_rows": f.sample_rows}
+                    {
+                        "message": scrub_text(f.description),
+                        "severity": f.severity,
+                        "sample_rows": f.sample_rows,
+                    }
                     for f in failures
                 ]
                 or None,
@@ -680,6 +850,7 @@ class FileIngestor:
                 },
                 flow_run_id=self.flow_run_id,
             )
+            crash_point("hold-before-commit")
         return FileOutcome(**base, status="quarantined", rows=rows, rows_held=rows, reason=reason)
 
     def _record_duplicate(

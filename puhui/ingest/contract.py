@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from puhui.config import ColumnContract, PartnerFeed
 from puhui.dates import LENDER_TIMEZONE
 from puhui.errors import PuhuiError
+from puhui.privacy import mask_shape, safe_name
 
 
 class ContractViolation(PuhuiError):
@@ -30,16 +31,32 @@ class ColumnCheck:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (expected, found) guesses
 
     def describe(self) -> str:
+        """Names the columns: the contract's as they are, the file's through ``safe_name``."""
         parts = []
         if self.renamed:
-            parts.append("renamed column(s): " + ", ".join(f"{a} -> {b}" for a, b in self.renamed))
+            parts.append(
+                "renamed column(s): "
+                + ", ".join(f"{a} -> {safe_name(b)}" for a, b in self.renamed[:MAX_NAMED])
+            )
         missing = [m for m in self.missing if m not in dict(self.renamed)]
         extra = [e for e in self.extra if e not in {b for _, b in self.renamed}]
         if missing:
-            parts.append("missing column(s): " + ", ".join(missing))
+            parts.append("missing column(s): " + _names(missing))
         if extra:
-            parts.append("extra column(s): " + ", ".join(extra))
+            parts.append("extra column(s): " + _names(extra))
         return "; ".join(parts)
+
+    def describe_extra(self) -> str:
+        """The warning for tolerated extra columns."""
+        return "extra column(s) ignored: " + _names(self.extra)
+
+
+MAX_NAMED = 10  # a header of thousands of columns is summarized, not listed
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(safe_name(n) for n in names[:MAX_NAMED])
+    return shown + (f" (+{len(names) - MAX_NAMED} more)" if len(names) > MAX_NAMED else "")
 
 
 def _looks_renamed(expected: str, found: str) -> bool:
@@ -64,11 +81,16 @@ _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "yes": Tru
 
 
 def _drift(column: ColumnContract, values: pa.Array, ok: pa.Array) -> None:
-    """Raise type drift if any non-null value failed ``ok``; quote an example unless personal."""
+    """Raise type drift if any non-null value failed ``ok``, with an example's masked shape.
+
+    The shape (``ddd-dddd-dddd`` for a phone number where a number belongs) says what went
+    wrong without the value; personal columns get not even that.
+    """
     bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(ok, False)))
     count = pc.sum(bad).as_py() or 0
     if count:
-        example = "" if column.pii else f", e.g. {values.filter(bad)[0].as_py()!r}"
+        shape = "" if column.pii else mask_shape(values.filter(bad)[0].as_py())
+        example = f", e.g. shape {shape!r}" if shape else ""
         raise ContractViolation(
             f"type drift in {column.name}: {count} value(s) not {column.type}"
             + (" (plain number expected)" if column.type in ("int", "float") else "")

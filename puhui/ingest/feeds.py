@@ -1,9 +1,12 @@
 """Ingesting a feed up to an as-of date: discovery, freshness and the watermark.
 
-The watermark is the latest delivery date a run finished for the feed; the next run looks at
-delivery folders after ``watermark - LOOKBACK_DAYS`` (late files into recent folders are
-still found) up to the as-of date. Files already in the ledger are skipped cheaply by their
-batch id, so overlapping windows cost a checksum, not a reload.
+Discovery is by what the ledger has not seen. Every landed file in the feed's delivery
+folders from ``as_of - late_lookback_days`` (configs/partners.yaml) up to the as-of date is
+compared with the ledger by path and size: a file it has seen is not read again, any other
+(a late file landed in an old folder, for a date long past the watermark) is ingested. The
+watermark (the latest delivery date a run finished) only widens the window when runs fell
+behind by more than the look-back. A file seen before whose delivery folder is recent
+(``watermark - RECENT_DAYS`` on) is reported as skipped; older ones silently.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from puhui.config import PartnerFeed
+from puhui.config import PartnerFeed, PartnersConfig, load_config
+from puhui.errors import PuhuiError
 from puhui.ingest import ledger
 from puhui.ingest.batches import FileIngestor, FileOutcome
 from puhui.landing import LandedFile, is_delivery_expected, list_landed_files
 from puhui.runtime import Runtime
 
-LOOKBACK_DAYS = 3
+RECENT_DAYS = 3  # seen files of the last days are reported ("already ingested")
+DEFAULT_LOOKBACK_DAYS = 35
 
 
 @dataclass(frozen=True)
@@ -38,16 +43,35 @@ class FeedResult:
 
 
 def files_to_consider(
-    feed: PartnerFeed, landing: str, as_of: date, watermark: date | None
+    feed: PartnerFeed,
+    landing: str,
+    as_of: date,
+    watermark: date | None,
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS,
 ) -> list[LandedFile]:
-    """Landed files of ``feed`` in the window (watermark - lookback, as_of], oldest first."""
-    start = watermark - timedelta(days=LOOKBACK_DAYS) if watermark else None
+    """Landed files of ``feed`` that may be new, delivered up to ``as_of``, oldest first.
+
+    From ``as_of - lookback_days`` on (or from after the watermark's recent days, if runs
+    fell further behind); everything up to ``as_of`` on a feed's first run.
+    """
+    start = None
+    if watermark is not None:
+        start = min(watermark - timedelta(days=RECENT_DAYS), as_of - timedelta(days=lookback_days))
     files = [
         f
         for f in list_landed_files(feed, landing)
         if f.delivery_date <= as_of and (start is None or f.delivery_date > start)
     ]
     return sorted(files, key=lambda f: (f.delivery_date, f.path))
+
+
+def _lookback_days(runtime: Runtime, feed: PartnerFeed) -> int:
+    if feed.late_lookback_days is not None:
+        return feed.late_lookback_days
+    try:
+        return load_config(runtime.settings.config_dir, PartnersConfig).late_lookback_days
+    except PuhuiError:  # a feed built in code, with no config directory behind it
+        return DEFAULT_LOOKBACK_DAYS
 
 
 def ingest_feed(
@@ -60,10 +84,21 @@ def ingest_feed(
     """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery."""
     engine = runtime.engine
     watermark = ledger.get_watermark(engine, feed.name)
-    files = files_to_consider(feed, runtime.settings.landing, as_of, watermark)
+    files = files_to_consider(
+        feed, runtime.settings.landing, as_of, watermark, _lookback_days(runtime, feed)
+    )
+    since = files[0].delivery_date - timedelta(days=1) if files else None
+    seen = ledger.seen_files(engine, feed.name, since) if files else {}
+    recent = watermark - timedelta(days=RECENT_DAYS) if watermark else None
     outcomes = []
     for landed in files:
-        outcome = ingestor.ingest(landed)
+        known = seen.get(landed.path)
+        if known is not None and (landed.kind != "file" or known[0] == landed.size):
+            if recent is not None and landed.delivery_date <= recent:
+                continue  # decided long ago: not worth a line
+            outcome = ingestor.decided_earlier(landed, known[1])
+        else:
+            outcome = ingestor.ingest(landed)
         outcomes.append(outcome)
         if on_file:
             on_file(outcome)

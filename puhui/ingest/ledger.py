@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
@@ -79,13 +79,38 @@ def get_batch(conn: Connection | Engine, batch_id: str) -> BatchRecord | None:
     return BatchRecord.from_row(row) if row else None
 
 
-def get_content_owner(engine: Engine, checksum: str) -> BatchRecord | None:
-    """The batch that owns this content (not a duplicate of another), if any."""
+def get_content_owner(
+    engine: Engine, key: str, partner: str | None = None, checksum: str | None = None
+) -> BatchRecord | None:
+    """The batch of the feed that owns this content (not a duplicate of another), if any.
+
+    ``key`` is the per-feed content key; rows written before keys were per feed hold the
+    bare ``checksum``, which counts for the same ``partner`` only.
+    """
+    condition = ingest_batches.c.content_key == key
+    if partner and checksum:
+        condition = or_(
+            condition,
+            and_(ingest_batches.c.content_key == checksum, ingest_batches.c.partner == partner),
+        )
     with engine.connect() as conn:
-        row = conn.execute(
-            select(ingest_batches).where(ingest_batches.c.content_key == checksum)
-        ).first()
+        row = conn.execute(select(ingest_batches).where(condition)).first()
     return BatchRecord.from_row(row) if row else None
+
+
+def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, tuple[int, str]]:
+    """``source_path -> (bytes, batch_id)`` of the feed's ledger rows delivered after ``since``.
+
+    Discovery skips a landed file whose path and size the ledger has seen without reading
+    it; anything else in the look-back window (a late file in an old folder) is ingested.
+    """
+    query = select(
+        ingest_batches.c.source_path, ingest_batches.c.bytes, ingest_batches.c.batch_id
+    ).where(ingest_batches.c.partner == partner)
+    if since is not None:
+        query = query.where(ingest_batches.c.delivery_date > since)
+    with engine.connect() as conn:
+        return {r.source_path: (r.bytes or 0, r.batch_id) for r in conn.execute(query)}
 
 
 def insert_batch(conn: Connection, **values: Any) -> None:
