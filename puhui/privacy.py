@@ -53,7 +53,7 @@ def mask_shape(value: object, limit: int = SHAPE_LIMIT) -> str:
     """
     text = value if isinstance(value, str) else str(value)
     head = text[:limit]
-    head = _LETTER.sub("a", _DIGIT.sub("d", head))
+    head = _DIGIT.sub("d", _LETTER.sub("a", head))
     head = _CONTROL.sub("?", head.replace("\r", "\\r").replace("\n", "\\n"))
     if len(text) > limit:
         head += f"...(+{len(text) - limit} chars)"
