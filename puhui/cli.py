@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from datetime import date
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from puhui.errors import NotBuiltYet, PuhuiError
+from puhui.privacy import scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
 
 console = Console(highlight=False, soft_wrap=True)
@@ -216,6 +218,8 @@ def backfill(
     """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
     first, last = _parse_date(start, "--start"), _parse_date(end, "--end")
     assert first and last
+    if first > last:
+        raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
     from puhui.pipeline import backfill_daily
 
     _settings()
@@ -459,10 +463,17 @@ def db_status() -> None:
 @config_app.command("check")
 def config_check() -> None:
     """Validate every file in configs/."""
-    from puhui.config import config_hash, validate_config_dir
+    from puhui.config import check_feed_suites, check_keys, config_hash, validate_config_dir
+    from puhui.validation import default_expectations_dir
 
     settings = _settings()
     names = validate_config_dir(settings.config_dir)
+    problems = check_feed_suites(settings.config_dir, default_expectations_dir())
+    problems += check_keys(dict(os.environ))
+    for problem in problems:
+        err_console.print(f"puhui: {problem}", markup=False)
+    if problems:
+        raise PuhuiError(f"config check: {len(problems)} problem(s), listed above")
     console.print(
         f"{len(names)} config files valid ({', '.join(names)}); "
         f"hash {config_hash(settings.config_dir)}"
@@ -521,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     except PuhuiError as exc:
         if debug:
             raise
-        err_console.print(f"puhui: error: {exc}")
+        err_console.print(f"puhui: error: {scrub_text(str(exc))}")
         return 1
     except click.exceptions.Abort:
         err_console.print("puhui: aborted")
@@ -534,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         elapsed = time.monotonic() - started
         err_console.print(
-            f"puhui: error: {type(exc).__name__}: {exc} "
+            f"puhui: error: {type(exc).__name__}: {scrub_text(str(exc))} "
             f"(after {elapsed:.1f}s; --debug shows the traceback)"
         )
         return 1

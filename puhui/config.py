@@ -8,6 +8,7 @@ whole directory for the audit trail and MLflow tags.
 from __future__ import annotations
 
 import hashlib
+import json
 import string
 from datetime import time
 from functools import cache
@@ -440,3 +441,69 @@ def config_hash(config_dir: Path) -> str:
         digest.update(b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# `puhui config check`: what ingestion would trip on, found before a run
+
+
+def _suite_columns(kwargs: dict) -> list[str]:
+    names = [kwargs.get("column"), kwargs.get("column_A"), kwargs.get("column_B")]
+    names += list(kwargs.get("column_list") or [])
+    return [str(n) for n in names if n]
+
+
+def check_feed_suites(config_dir: Path, expectations_dir: Path) -> list[str]:
+    """Problems between partner feeds and their suites, one line each (empty: none).
+
+    A suite must exist and be JSON, and its expectations may only name columns a batch
+    frame has: the stored columns (a pseudonymized ``phone`` is stored as ``phone_key``)
+    and the check columns ingestion adds (``_valid_<key>``, ``_after_delivery``).
+    """
+    partners_file = config_dir / "partners.yaml"
+    partners = load_config_file(partners_file, PartnersConfig)
+    problems: list[str] = []
+    for index, feed in enumerate(partners.partners):
+        where = f"{partners_file}: partners.{index}.suite ({feed.name})"
+        path = expectations_dir / f"{feed.suite}.json"
+        try:
+            suite = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"{where}: no suite file {path}")
+            continue
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{where}: {path} is not readable JSON ({type(exc).__name__})")
+            continue
+        stored = {c.stored_name: c for c in feed.columns if c.stored_name}
+        renamed = {c.name: c.stored_name for c in feed.columns if c.stored_name != c.name}
+        frame = set(stored)
+        frame |= {f"_valid_{s}" for s, c in stored.items() if c.treatment == "pseudonymize"}
+        frame |= {"_after_delivery"} if feed.event_time else set()
+        entries = suite.get("expectations") if isinstance(suite, dict) else None
+        for number, entry in enumerate(entries or []):
+            kwargs = entry.get("kwargs") if isinstance(entry, dict) else None
+            for column in _suite_columns(kwargs if isinstance(kwargs, dict) else {}):
+                if column in frame:
+                    continue
+                label = f"{path}: expectation #{number} ({entry.get('type')}) on {column!r}"
+                if column in renamed:
+                    stored_as = renamed[column]
+                    problems.append(
+                        f"{label}: the contract stores this column as "
+                        + (f"{stored_as!r}" if stored_as else "nothing (dropped)")
+                    )
+                else:
+                    problems.append(f"{label}: not a column of feed {feed.name!r}")
+    return problems
+
+
+def check_keys(environ: dict[str, str]) -> list[str]:
+    """Secrets that are set but weak (blank, short, few distinct characters), one line each."""
+    from puhui.settings import weak_key_reason
+
+    problems = []
+    for name in ("PUHUI_PSEUDONYM_KEY", "PUHUI_AUDIT_KEY"):
+        value = environ.get(name)
+        if value is not None and (weakness := weak_key_reason(value)):
+            problems.append(f"{name} is weak ({weakness})")
+    return problems

@@ -75,6 +75,25 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+MIN_KEY_LENGTH = 32
+MIN_KEY_DISTINCT = 8
+
+
+def weak_key_reason(key: str | None) -> str | None:
+    """Why ``key`` is too weak to key an HMAC (None if it is fine).
+
+    Weak: blank or only whitespace, shorter than 32 characters, or fewer than 8 distinct
+    characters (32 spaces, "aaaa...", "abababab..." are lengths, not secrets).
+    """
+    if key is None or not key.strip():
+        return "blank"
+    if len(key) < MIN_KEY_LENGTH:
+        return f"shorter than {MIN_KEY_LENGTH} characters"
+    if len(set(key)) < MIN_KEY_DISTINCT:
+        return f"fewer than {MIN_KEY_DISTINCT} distinct characters"
+    return None
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read the contract's environment variables and apply the profile's rules.
 
@@ -107,8 +126,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if profile == "production":
         if not key:
             raise PuhuiError("production profile refuses to run without PUHUI_PSEUDONYM_KEY")
-        if len(key) < 32:
-            raise PuhuiError("PUHUI_PSEUDONYM_KEY must be at least 32 characters in production")
+        if weakness := weak_key_reason(key):
+            raise PuhuiError(f"PUHUI_PSEUDONYM_KEY is weak ({weakness}): refused in production")
         if settings.is_sqlite:
             raise PuhuiError(
                 "production profile refuses an SQLite warehouse: set PUHUI_WAREHOUSE_URL "

@@ -27,7 +27,7 @@ IdentifierKind = Literal["national_id", "phone"]
 
 def pseudonym_key_bytes(key: str | None) -> bytes:
     """The HMAC key; ingestion refuses to run without one."""
-    if not key:
+    if not key or not key.strip():
         raise PuhuiError("PUHUI_PSEUDONYM_KEY is not set: refusing to ingest personal data")
     return key.encode("utf-8")
 
