@@ -67,7 +67,7 @@ from puhui.ingest.reading import (
     open_landed_file,
 )
 from puhui.landing import LandedFile
-from puhui.privacy import safe_name, scrub_text
+from puhui.privacy import mask_identifiers_in_column, safe_name, scrub_text
 from puhui.runtime import Runtime
 from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
@@ -759,8 +759,15 @@ class FileIngestor:
         writer = None
         rows = 0
         try:
+            pseudonyms = {s for s, c in stored_columns(self.feed) if c.treatment}
             for chunk in self._chunks(handle, landed, file_columns(handle, self.feed)):
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                # Held data is kept for a later release: identifier-shaped text in other
+                # columns (a phone number typed into a free-text field) is masked first.
+                for index, column in enumerate(records.schema):
+                    if pa.types.is_string(column.type) and column.name not in pseudonyms:
+                        masked = mask_identifiers_in_column(records.column(index))
+                        records = records.set_column(index, column.name, masked)
                 writer = writer or pq.ParquetWriter(partial, records.schema)
                 writer.write_table(records)
                 rows += records.num_rows
