@@ -8,6 +8,7 @@ and the console output are searched for the generator's known identifiers.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import subprocess
@@ -92,3 +93,102 @@ def test_demo_leaves_no_raw_identifier_outside_the_landing_zone(tmp_path: Path) 
     # The check can fail: the landing zone itself is full of them.
     sample = next(landing.glob("customers/*/customers_*_h*.csv"))
     assert _leaks(sample.read_bytes(), ids, phones)
+
+
+# ------------------------------------------------------------------------------ guard units
+@pytest.mark.parametrize(
+    "text_, kind",
+    [
+        ("13812345678", "phone number"),
+        ("call 138-1234-5678 now", "phone number"),
+        ("138.1234.5678", "phone number"),  # dots: missed before (issue 10)
+        ("138 1234 5678", "phone number"),
+        ("+86 138 1234 5678", "phone number"),
+        ("+8613812345678", "phone number"),
+        ("0086-138-1234-5678", "phone number"),
+        ('{"reason": "13812345678"}', "phone number"),
+        ("11010519491231002X", "national ID"),  # valid check digit
+        ("110105194912310021", "national ID"),  # wrong check digit: missed before
+        ("11010519491231002x", "national ID"),
+        ("110105 19491231 002X", "national ID"),
+    ],
+)
+def test_guard_fails_closed_on_anything_identifier_shaped(text_: str, kind: str) -> None:
+    from puhui.privacy import find_raw_identifiers, scrub_text
+
+    assert kind in find_raw_identifiers(text_)
+    scrubbed = scrub_text(text_)
+    assert find_raw_identifiers(scrubbed) == [], scrubbed
+    assert not re.search(r"\d", scrubbed.replace("+", "")), "digits left after masking"
+
+
+@pytest.mark.parametrize(
+    "text_",
+    [
+        "0.012345678901234567",  # a float's fraction
+        "0.13812345678",
+        "T0013812345678901",  # a transaction id: letters touch the digits
+        "a" * 64,
+        "2026-09-30T10:00:00+08:00",
+        "mobile_payments-20260930-1a2b3c4d5e6f",
+        "rows 1,234,567 loaded",
+        "5f0e1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100",
+    ],
+)
+def test_guard_does_not_flag_floats_ids_and_hashes(text_: str) -> None:
+    from puhui.privacy import find_raw_identifiers
+
+    assert find_raw_identifiers(text_) == []
+
+
+def test_mask_shape_keeps_the_shape_and_caps_the_length() -> None:
+    from puhui.privacy import mask_shape, safe_name
+
+    assert mask_shape("138-1234-5678") == "ddd-dddd-dddd"
+    assert mask_shape("Ab 1") == "aa d"
+    assert mask_shape("北京9") == "aad"
+    assert mask_shape("a\nb\x00") == "a\\na?"
+    big = mask_shape("A" * (10 << 20))
+    assert big.startswith("a" * 24) and "(+10485736 chars)" in big and len(big) < 64
+    assert safe_name("amount") == "amount"
+    assert safe_name("13812345678") == "'ddddddddddd'"
+    assert safe_name("名字 x") == "'aa a'"
+
+
+def test_audit_guard_refuses_shapes_it_used_to_let_through(warehouse_url: str) -> None:
+    """138.1234.5678 and an ID with a wrong check digit were written into the trail."""
+    from puhui.audit import AuditWriter
+    from puhui.warehouse.engine import get_engine, upgrade_schema
+
+    engine = get_engine(warehouse_url)
+    upgrade_schema(engine)
+    writer = AuditWriter(actor="test", config_hash="x")
+    for value in ("138.1234.5678", "110105194912310021"):
+        with engine.begin() as conn, pytest.raises(ValueError, match="raw"):
+            writer.append(conn, "ingest.quarantined", "b1", {"reason": f"bad {value}"})
+
+
+def test_log_records_reaching_prefect_handlers_are_masked(prefect_harness: None) -> None:
+    """A traceback quoting a phone number is masked in every handler's output."""
+    import io
+
+    from puhui.privacy import install_log_scrubbing
+
+    install_log_scrubbing()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        install_log_scrubbing()  # a handler added later is covered by the next call
+        try:
+            raise KeyError("row 138-1234-5678 / 110105194912310021 is bad")
+        except KeyError:
+            logging.getLogger("puhui.ingest").error(
+                "failed on %s", "+86 139 8765 4321", exc_info=True
+            )
+    finally:
+        logging.getLogger().removeHandler(handler)
+    output = stream.getvalue()
+    assert "failed on" in output and "KeyError" in output
+    assert "138-1234-5678" not in output and "8765 4321" not in output
+    assert "110105194912310021" not in output and "ddd-dddd-dddd" in output
