@@ -638,3 +638,90 @@ def test_jsonl_reader_streams_blocks_and_each_block_is_typed_by_the_contract(
                     '{"order_id": "O2", "amount_yuan": "x"}\n')
     with pytest.raises(UnreadableFile, match="type drift in amount_yuan: .*number to string"):
         list(iter_file_chunks(open_landed_file(str(path)), feed, header))
+
+
+def _land_payments(landing: Path, day: date, name: str, case: int) -> Path:
+    from puhui.generate.hostile import MP_HEADER, HostileContext, csv_bytes
+
+    folder = landing / "mobile_payments" / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"mobile_payments_{name}.csv"
+    path.write_bytes(csv_bytes(MP_HEADER, HostileContext(day, case, folder, set()).payment_rows()))
+    return path
+
+
+def test_late_files_in_past_folders_are_found_by_what_the_ledger_has_not_seen(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file landed in an earlier date's folder after that date ran is still ingested.
+
+    Before: discovery looked only at folders after ``watermark - 3 days``, so ``run ingest
+    --as-of`` and ``backfill`` said "no new files" for it (issue 10).
+    """
+    from datetime import timedelta
+
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.feeds import ingest_feed
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    for back in range(7):
+        _land_payments(landing, END - timedelta(days=back), f"day{back}", back + 1)
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    )
+    first = ingest_feed(runtime, feed, ingestor, END)
+    assert [f.status for f in first.files] == ["accepted"] * 7
+
+    late = _land_payments(landing, END - timedelta(days=5), "late", 50)
+    again = ingest_feed(runtime, feed, ingestor, END)  # `run ingest --as-of END`
+    new = [f for f in again.files if not f.skipped]
+    assert [(f.path, f.status) for f in new] == [(str(late), "accepted")]
+
+    # A backfill of an earlier date (before the watermark) finds a late file too.
+    later = _land_payments(landing, END - timedelta(days=4), "later", 51)
+    backfilled = ingest_feed(runtime, feed, ingestor, END - timedelta(days=3))
+    assert [(f.path, f.status) for f in backfilled.files if not f.skipped] == [
+        (str(later), "accepted")
+    ]
+    # Past the configured look-back a folder is not searched.
+    short = feed.model_copy(update={"late_lookback_days": 10})
+    _land_payments(landing, END - timedelta(days=20), "too_late", 52)
+    ingestor = FileIngestor(runtime, short, ingestor.validator, ingestor.key)
+    assert [f for f in ingest_feed(runtime, short, ingestor, END).files if not f.skipped] == []
+    records = ledger.list_batches(runtime.engine, partner="mobile_payments")
+    assert len(records) == 9 and {r.status for r in records} == {"accepted"}
+
+
+def test_empty_files_of_two_feeds_are_each_held_not_duplicates(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: an empty CSV was recorded as a duplicate of another feed's empty Parquet."""
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.feeds import ingest_feed
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    landing = tmp_path / "landing"
+    for partner, name in (("product_events", "product_events_a.parquet"),
+                          ("mobile_payments", "mobile_payments_a.csv"),
+                          ("mobile_payments", "mobile_payments_b.csv")):
+        folder = landing / partner / END.isoformat()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    runtime = open_runtime()
+    partners = load_config(runtime.settings.config_dir, PartnersConfig)
+    key = pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    for name in ("product_events", "mobile_payments"):
+        feed = partners.get(name)
+        ingest_feed(runtime, feed, FileIngestor(runtime, feed, BatchValidator(), key), END)
+    records = ledger.list_batches(runtime.engine)
+    assert len(records) == 3
+    assert all(r.status == "quarantined" and r.reason == "empty file (0 bytes)" for r in records)

@@ -1,0 +1,120 @@
+"""`puhui config check` catches what ingest would trip on; weak keys and bad dates are refused.
+
+Each case failed before issue 10: an unknown pattern placeholder passed the check and then
+broke ingest with ``KeyError: 'dat'``; a missing suite and an expectation on the raw name
+of a pseudonymized column passed; a key of 32 spaces was accepted in production;
+``backfill`` with ``--start`` after ``--end`` printed ``ValueError: ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from puhui.config import PartnersConfig, check_feed_suites, check_keys, load_config_file
+from puhui.errors import PuhuiError
+from puhui.settings import load_settings, repo_root, weak_key_reason
+
+CONFIGS = repo_root() / "configs"
+EXPECTATIONS = repo_root() / "expectations"
+GOOD_KEY = "k3y-" + "0123456789abcdef" * 2
+
+
+def _copy(tmp_path: Path) -> tuple[Path, Path]:
+    configs, suites = tmp_path / "configs", tmp_path / "expectations"
+    shutil.copytree(CONFIGS, configs)
+    shutil.copytree(EXPECTATIONS, suites)
+    return configs, suites
+
+
+def test_the_shipped_configs_and_suites_agree() -> None:
+    assert check_feed_suites(CONFIGS, EXPECTATIONS) == []
+
+
+@pytest.mark.parametrize("pattern", ["{dat}/customers_*.csv", "{date:%Y}/c.csv", "{}/c.csv"])
+def test_unknown_pattern_placeholders_fail_the_config_load(tmp_path: Path, pattern: str) -> None:
+    configs, _ = _copy(tmp_path)
+    path = configs / "partners.yaml"
+    path.write_text(path.read_text().replace('"{date}/customers_*.csv"', f'"{pattern}"'))
+    with pytest.raises(PuhuiError, match=r"partners\.0\.pattern: .*unknown placeholder"):
+        load_config_file(path, PartnersConfig)
+
+
+def test_a_missing_suite_file_is_reported(tmp_path: Path) -> None:
+    configs, suites = _copy(tmp_path)
+    (suites / "agri_coop.json").unlink()
+    [problem] = check_feed_suites(configs, suites)
+    assert "(agri_coop)" in problem and "no suite file" in problem
+
+
+def test_expectations_on_raw_identifier_names_are_reported(tmp_path: Path) -> None:
+    configs, suites = _copy(tmp_path)
+    path = suites / "customers.json"
+    suite = json.loads(path.read_text())
+    suite["expectations"].append(
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "phone"}}
+    )
+    suite["expectations"].append(
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "nickname"}}
+    )
+    path.write_text(json.dumps(suite))
+    problems = check_feed_suites(configs, suites)
+    assert len(problems) == 2
+    assert "'phone'" in problems[0] and "stores this column as 'phone_key'" in problems[0]
+    assert "'nickname'" in problems[1] and "not a column of feed 'customers'" in problems[1]
+
+
+@pytest.mark.parametrize(
+    "key, weakness",
+    [
+        (" " * 32, "blank"),
+        ("", "blank"),
+        ("short-key", "shorter than 32"),
+        ("ab" * 20, "distinct"),
+        (GOOD_KEY, None),
+    ],
+)
+def test_weak_keys(key: str, weakness: str | None) -> None:
+    reason = weak_key_reason(key)
+    assert (reason is None) if weakness is None else (weakness in reason)
+    problems = check_keys({"PUHUI_PSEUDONYM_KEY": key})
+    assert bool(problems) == (weakness is not None)
+
+
+def test_production_refuses_a_key_of_32_spaces() -> None:
+    env = {
+        "PUHUI_PROFILE": "production",
+        "PUHUI_PSEUDONYM_KEY": " " * 32,
+        "PUHUI_WAREHOUSE_URL": "postgresql+psycopg://u@localhost/db",
+    }
+    with pytest.raises(PuhuiError, match="weak"):
+        load_settings(env)
+    assert load_settings({**env, "PUHUI_PSEUDONYM_KEY": GOOD_KEY}).pseudonym_key == GOOD_KEY
+
+
+def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "puhui", *args],
+        env={**os.environ, "PUHUI_HOME": str(tmp_path / "home"), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_config_check_and_backfill_dates_fail_in_one_line(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "config", "check", PUHUI_PSEUDONYM_KEY=" " * 32)
+    assert done.returncode == 1
+    assert "PUHUI_PSEUDONYM_KEY is weak (blank)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    done = _cli(tmp_path, "backfill", "--start", "2026-09-30", "--end", "2026-09-01")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is after --end" in lines[0] and "ValueError" not in lines[0]
