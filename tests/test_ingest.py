@@ -725,3 +725,56 @@ def test_empty_files_of_two_feeds_are_each_held_not_duplicates(
     records = ledger.list_batches(runtime.engine)
     assert len(records) == 3
     assert all(r.status == "quarantined" and r.reason == "empty file (0 bytes)" for r in records)
+
+
+def test_an_unexpected_error_holds_the_file_without_its_message_and_the_run_goes_on(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any failure on a file's content holds that file; only infrastructure errors escape."""
+    from sqlalchemy.exc import OperationalError
+
+    from puhui.ingest import batches
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.feeds import ingest_feed
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    landing = tmp_path / "landing"
+    first = _land_payments(landing, END, "a", 1)
+    second = _land_payments(landing, END, "b", 2)
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    )
+    real = batches.coerce_to_contract
+    calls = {"n": 0}
+
+    def fail_on_first_file(table, feed_):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError('Field "amount" exists 2 times; row 138-1234-5678')
+        return real(table, feed_)
+
+    monkeypatch.setattr(batches, "coerce_to_contract", fail_on_first_file)
+    result = ingest_feed(runtime, feed, ingestor, END)
+    by_path = {f.path: f for f in result.files}
+    held = by_path[str(first)]
+    assert held.status == "quarantined" and "unexpected KeyError" in held.reason
+    assert "138" not in held.reason and "amount" not in held.reason
+    assert by_path[str(second)].status == "accepted"
+
+    # The database failing is not the file's fault: it stops the run (and the task retries).
+    third = _land_payments(landing, END, "c", 3)
+
+    def database_down(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OperationalError("COPY", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(batches, "bulk_insert", database_down)
+    with pytest.raises(OperationalError):
+        ingest_feed(runtime, feed, ingestor, END)
+    assert ledger.get_batch(runtime.engine, ledger.make_batch_id(
+        "mobile_payments", END, str(third), batches.open_landed_file(str(third)).checksum
+    )) is None
