@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -181,7 +181,7 @@ def content_key(partner: str, checksum: str) -> str:
 
 def check_header(columns: list[str], feed: PartnerFeed) -> None:
     """Refuse headers that no contract check can read: repeated names, or no header at all."""
-    repeated = sorted({c for c in columns if columns.count(c) > 1}) if columns else []
+    repeated = sorted(name for name, n in Counter(columns).items() if n > 1)
     if repeated:
         raise ContractViolation(
             "duplicate column name(s) in the header: "
