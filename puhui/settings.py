@@ -88,7 +88,7 @@ def weak_key_reason(key: str | None) -> str | None:
     if key is None or not key.strip():
         return "blank"
     if len(key) < MIN_KEY_LENGTH:
-        return f"shorter than {MIN_KEY_LENGTH} characters"
+        return f"shorter than {MIN_KEY_LENGTH} characters: at least {MIN_KEY_LENGTH} are needed"
     if len(set(key)) < MIN_KEY_DISTINCT:
         return f"fewer than {MIN_KEY_DISTINCT} distinct characters"
     return None

@@ -21,7 +21,7 @@ from puhui.errors import PuhuiError
 from puhui.settings import load_settings, repo_root
 
 CONFIGS = repo_root() / "configs"
-GOOD_KEY = "k" * 40
+GOOD_KEY = "k3y-" + "0123456789abcdef" * 2  # 40 "k"s are a length, not a secret (weak)
 
 
 def test_local_profile_defaults_live_under_puhui_home(tmp_path: Path) -> None:
