@@ -110,6 +110,13 @@ def keyed_row_hash(key: bytes, prev_hash: str, row: Mapping[str, Any]) -> str:
     return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def environment_audit_key() -> bytes:
+    """The key from the settings (PUHUI_AUDIT_KEY, or the local profile's key file)."""
+    from puhui.settings import ensure_local_audit_key, load_settings
+
+    return audit_key_bytes(ensure_local_audit_key(load_settings())[0].audit_key)
+
+
 def audit_key_bytes(key: str | None) -> bytes:
     if not key:
         raise PuhuiError("no audit key: set PUHUI_AUDIT_KEY (the local profile makes one in "
@@ -124,7 +131,7 @@ class AuditWriter:
     actor: str
     config_hash: str
     code_version: str = field(default_factory=code_version)
-    key: bytes = field(default=b"", repr=False)
+    key: bytes = field(default=b"", repr=False)  # empty: the settings' key
 
     def append(
         self,
@@ -141,8 +148,7 @@ class AuditWriter:
         Refuses details that contain a raw national ID or phone number: the audit trail is
         read by many and must never become a copy of personal data.
         """
-        if not self.key:
-            raise PuhuiError("the audit writer has no key (PUHUI_AUDIT_KEY)")
+        key = self.key or environment_audit_key()
         details_text = canonical_json(dict(details or {}))
         leaks = find_raw_identifiers(details_text) + find_raw_identifiers(subject)
         if leaks:
@@ -166,7 +172,7 @@ class AuditWriter:
             "config_hash": self.config_hash,
         }
         row["prev_hash"] = prev_hash
-        row["row_hash"] = keyed_row_hash(self.key, prev_hash, row)
+        row["row_hash"] = keyed_row_hash(key, prev_hash, row)
         row["chain_version"] = CHAIN_KEYED
         conn.execute(insert(audit_log), row)
         return row
@@ -274,9 +280,11 @@ def verify_rows(rows: Iterable[Mapping[str, Any]], key: bytes,
                              legacy)
 
 
-def verify_audit_chain(engine: Engine, key: bytes, anchor: tuple[int, str] | None = None,
+def verify_audit_chain(engine: Engine, key: bytes | None = None,
+                       anchor: tuple[int, str] | None = None,
                        max_problems: int = 20) -> ChainVerification:
-    """Verify the whole trail (see ``verify_rows``)."""
+    """Verify the whole trail (see ``verify_rows``); the key defaults to the settings' key."""
+    key = key or environment_audit_key()
     with engine.connect() as conn:
         return verify_rows(_iter_rows(conn), key, anchor, max_problems)
 

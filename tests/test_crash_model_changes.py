@@ -111,7 +111,7 @@ def assert_invariants(puhui: Callable[..., Ran]) -> None:
 
 # --------------------------------------------------------------------------- promote
 class _Constant(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, model_input: list[float], params: dict | None = None) -> list[float]:
         return [0.1] * len(model_input)
 
 

@@ -106,15 +106,20 @@ def registration_details(training: TrainingSet, evaluation: Evaluation,
 
 
 def publish_risk_model(
-    *, engine: Engine, audit: AuditWriter, tracking_uri: str, name: str,
-    training: TrainingSet, trained: TrainedModel, evaluation: Evaluation, gates: GateResult,
-    tags: dict[str, str], fingerprint: str, report_dir: Path, artifact_root: Path,
+    *, engine: Engine, tracking_uri: str, name: str, training: TrainingSet,
+    trained: TrainedModel, evaluation: Evaluation, gates: GateResult, tags: dict[str, str],
+    fingerprint: str, report_dir: Path, artifact_root: Path, audit: AuditWriter | None = None,
 ) -> Published:
     """Log the run, register the model as ``name`` (audited) and record the evaluation rows.
 
     The gate verdict is in the run (report, ``gates.json``) but not yet on the version: the
-    gate step sets it (``puhui.registry.record_gate_verdict``).
+    gate step sets it (``puhui.registry.record_gate_verdict``). ``audit`` defaults to the
+    runtime's writer.
     """
+    if audit is None:
+        from puhui.runtime import open_runtime
+
+        audit = open_runtime().audit
     use_experiment(name, tracking_uri, artifact_root)
     summary = training.summary()
     batch_ids = sorted(training.batch_ids)
