@@ -14,6 +14,7 @@ from tasks.train import (
     evaluate_risk,
     existing_version,
     fingerprint_of,
+    reconcile_models,
     register_risk_model,
     train_risk_models,
 )
@@ -29,6 +30,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
     """
     as_of = as_of or today_local()
     prepare_warehouse()
+    reconcile_models()
     features = build_risk_features(as_of)
     training, training_line = assemble_training_set(features)
     lines = [features.line, training_line]

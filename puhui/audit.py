@@ -1,21 +1,32 @@
-"""Append-only, hash-chained audit trail in the warehouse's ``audit_log`` table.
+"""Append-only audit trail in the warehouse's ``audit_log`` table, chained with a keyed MAC.
 
-Each row's ``row_hash`` is SHA-256 over the previous row's hash and the row's own canonical
-content, and ``seq`` is assigned as previous + 1 under a cross-process lock. So an edited row
-breaks its own hash, a deleted row leaves a gap in ``seq`` and a broken ``prev_hash`` link,
-and a reordered chain fails both. Deleting rows at the very end leaves a shorter but valid
-chain: ``verify_audit_chain`` returns the head (seq, hash) so it can be anchored outside the
-database, and ``expect_head`` checks against such an anchor.
+Each row's ``row_hash`` is HMAC-SHA256, keyed with ``PUHUI_AUDIT_KEY``, over the previous
+row's hash and the row's own canonical content, and ``seq`` is assigned as previous + 1 under
+a cross-process lock. So an edited row breaks its own MAC, a deleted row leaves a gap in
+``seq`` and a broken ``prev_hash`` link, and a reordered chain fails both; and since the MAC
+needs the key, someone with write access to the warehouse but not the key can neither
+re-chain a rewritten row nor append a forged event.
+
+What the chain cannot show by itself is rows removed from the end. An anchor, ``SEQ:HASH``,
+is kept outside the database; verifying with it checks the trail up to that row as a prefix
+(rows after it are allowed: the trail grows).
+
+Rows written before the key existed carry ``chain_version`` 1 (unkeyed SHA-256). Migration
+0003 seals them: it appends an ``audit.rekey`` event whose MAC covers the last unkeyed hash,
+so the unkeyed prefix can no longer be rewritten either. Unkeyed rows anywhere else (after a
+keyed row, or never sealed) are reported: that is what a chain rewritten without the key
+looks like.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -24,12 +35,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 
 from puhui import __version__
+from puhui.errors import PuhuiError
 from puhui.privacy import find_raw_identifiers
 from puhui.settings import repo_root
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import audit_log
 
 GENESIS_HASH = "0" * 64
+CHAIN_LEGACY, CHAIN_KEYED = 1, 2
+REKEY = "audit.rekey"
 _HASHED_FIELDS = (
     "seq",
     "event_id",
@@ -84,9 +98,30 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def compute_row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+def legacy_row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """The unkeyed SHA-256 of chain version 1 (rows written before the audit key existed)."""
     payload = canonical_json([prev_hash, *(row[name] for name in _HASHED_FIELDS)])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def keyed_row_hash(key: bytes, prev_hash: str, row: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of chain version 2: the version, the previous hash and the row's content."""
+    payload = canonical_json([CHAIN_KEYED, prev_hash, *(row[name] for name in _HASHED_FIELDS)])
+    return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def environment_audit_key() -> bytes:
+    """The key from the settings (PUHUI_AUDIT_KEY, or the local profile's key file)."""
+    from puhui.settings import ensure_local_audit_key, load_settings
+
+    return audit_key_bytes(ensure_local_audit_key(load_settings())[0].audit_key)
+
+
+def audit_key_bytes(key: str | None) -> bytes:
+    if not key:
+        raise PuhuiError("no audit key: set PUHUI_AUDIT_KEY (the local profile makes one in "
+                         "$PUHUI_HOME/audit.key on first use)")
+    return key.encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -96,6 +131,7 @@ class AuditWriter:
     actor: str
     config_hash: str
     code_version: str = field(default_factory=code_version)
+    key: bytes = field(default=b"", repr=False)  # empty: the settings' key
 
     def append(
         self,
@@ -112,6 +148,7 @@ class AuditWriter:
         Refuses details that contain a raw national ID or phone number: the audit trail is
         read by many and must never become a copy of personal data.
         """
+        key = self.key or environment_audit_key()
         details_text = canonical_json(dict(details or {}))
         leaks = find_raw_identifiers(details_text) + find_raw_identifiers(subject)
         if leaks:
@@ -135,7 +172,8 @@ class AuditWriter:
             "config_hash": self.config_hash,
         }
         row["prev_hash"] = prev_hash
-        row["row_hash"] = compute_row_hash(prev_hash, row)
+        row["row_hash"] = keyed_row_hash(key, prev_hash, row)
+        row["chain_version"] = CHAIN_KEYED
         conn.execute(insert(audit_log), row)
         return row
 
@@ -159,39 +197,116 @@ class ChainVerification:
     head_seq: int
     head_hash: str
     problems: list[str]
+    legacy_rows: int = 0
+
+    @property
+    def anchor(self) -> str:
+        return format_anchor(self.head_seq, self.head_hash)
 
 
-def _iter_rows(engine: Engine) -> Iterator[Mapping[str, Any]]:
-    with engine.connect() as conn:
-        result = conn.execution_options(yield_per=5000).execute(
-            select(audit_log).order_by(audit_log.c.seq)
-        )
-        for row in result:
-            yield row._mapping
+def format_anchor(seq: int, row_hash: str) -> str:
+    return f"{seq}:{row_hash}"
 
 
-def verify_audit_chain(
-    engine: Engine, expect_head: str | None = None, max_problems: int = 20
-) -> ChainVerification:
-    """Recompute the chain; report every edited, deleted or reordered row found."""
+def parse_anchor(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` as printed by ``puhui audit anchor``."""
+    seq, _, row_hash = text.strip().partition(":")
+    if not seq.isdigit() or len(row_hash) != 64 or set(row_hash) - set("0123456789abcdef"):
+        raise PuhuiError(f"an anchor is SEQ:HASH as printed by 'puhui audit anchor', "
+                         f"not {text[:80]!r}")
+    return int(seq), row_hash
+
+
+def _iter_rows(conn: Connection) -> Iterator[Mapping[str, Any]]:
+    # A statement option: set on the connection it would stay on for the caller's next
+    # statements (an INSERT through a server-side cursor fails on PostgreSQL).
+    result = conn.execute(select(audit_log).order_by(audit_log.c.seq)
+                          .execution_options(yield_per=5000))
+    for row in result:
+        yield row._mapping
+
+
+def verify_rows(rows: Iterable[Mapping[str, Any]], key: bytes,
+                anchor: tuple[int, str] | None = None,
+                max_problems: int = 20) -> ChainVerification:
+    """Recompute the chain; report every edited, deleted, reordered or forged row found,
+    and, with an anchor, whether the trail still holds that row unchanged."""
     problems: list[str] = []
-    prev_hash, expected_seq, rows = GENESIS_HASH, 1, 0
-    for row in _iter_rows(engine):
-        rows += 1
-        if row["seq"] != expected_seq:
-            problems.append(f"seq {expected_seq}..{row['seq'] - 1} missing (rows deleted)")
+    prev_hash, expected_seq, count, legacy, keyed_seen = GENESIS_HASH, 1, 0, 0, False
+    anchor_seen = anchor is None or anchor[0] == 0
+    for row in rows:
+        count += 1
+        seq = row["seq"]
+        if seq != expected_seq:
+            problems.append(f"seq {expected_seq}..{seq - 1} missing (rows deleted)")
         if row["prev_hash"] != prev_hash:
-            problems.append(f"seq {row['seq']}: link to the previous row is broken")
-        if compute_row_hash(row["prev_hash"], row) != row["row_hash"]:
-            problems.append(f"seq {row['seq']}: content does not match its hash (row edited)")
-        prev_hash, expected_seq = row["row_hash"], row["seq"] + 1
+            problems.append(f"seq {seq}: link to the previous row is broken")
+        version = row["chain_version"]
+        if version == CHAIN_LEGACY:
+            legacy += 1
+            if keyed_seen:
+                problems.append(f"seq {seq}: unkeyed row after keyed rows (written or "
+                                "re-chained without the audit key)")
+            elif legacy_row_hash(row["prev_hash"], row) != row["row_hash"]:
+                problems.append(f"seq {seq}: content does not match its hash (row edited)")
+        elif version == CHAIN_KEYED:
+            if not keyed_seen and legacy and row["action"] != REKEY:
+                problems.append(f"seq {seq}: unkeyed rows before it are not sealed by "
+                                f"an {REKEY} event")
+            keyed_seen = True
+            if not hmac.compare_digest(keyed_row_hash(key, row["prev_hash"], row),
+                                       row["row_hash"]):
+                problems.append(f"seq {seq}: content does not match its keyed hash (row "
+                                "edited, forged, or re-chained without the audit key)")
+        else:
+            problems.append(f"seq {seq}: unknown chain version {version!r}")
+        if anchor is not None and seq == anchor[0]:
+            anchor_seen = True
+            if row["row_hash"] != anchor[1]:
+                problems.append(f"seq {seq}: hash {row['row_hash'][:12]} differs from the "
+                                f"anchor {anchor[1][:12]} (the trail up to it was rewritten)")
+        prev_hash, expected_seq = row["row_hash"], seq + 1
     head_seq = expected_seq - 1
-    if expect_head and expect_head != prev_hash:
+    if legacy and not keyed_seen:
+        problems.append(f"{legacy} unkeyed row(s) and no {REKEY} seal: the chain was "
+                        "re-chained without the audit key, or never migrated")
+    if not anchor_seen:
+        assert anchor is not None
         problems.append(
-            f"head hash {prev_hash[:12]} differs from the anchor {expect_head[:12]}"
-            " (rows removed from the end or chain rewritten)"
-        )
-    return ChainVerification(not problems, rows, head_seq, prev_hash, problems[:max_problems])
+            f"the trail ends at seq {head_seq}, before the anchor's seq {anchor[0]} "
+            "(rows removed from the end)" if head_seq < anchor[0]
+            else f"the anchor's row seq {anchor[0]} is missing (rows deleted)")
+    return ChainVerification(not problems, count, head_seq, prev_hash, problems[:max_problems],
+                             legacy)
+
+
+def verify_audit_chain(engine: Engine, key: bytes | None = None,
+                       anchor: tuple[int, str] | None = None,
+                       max_problems: int = 20) -> ChainVerification:
+    """Verify the whole trail (see ``verify_rows``); the key defaults to the settings' key."""
+    key = key or environment_audit_key()
+    with engine.connect() as conn:
+        return verify_rows(_iter_rows(conn), key, anchor, max_problems)
+
+
+def seal_legacy_chain(conn: Connection, writer: AuditWriter) -> dict[str, Any] | None:
+    """Seal unkeyed rows at the head with an ``audit.rekey`` event (migration 0003).
+
+    The event's MAC covers the last unkeyed hash, so from now on rewriting any unkeyed row
+    breaks a keyed link. It records whether the unkeyed prefix verified when it was sealed,
+    and its head, which is what an anchor taken before the upgrade still matches.
+    """
+    last = conn.execute(select(audit_log.c.chain_version).order_by(audit_log.c.seq.desc())
+                        .limit(1)).scalar()
+    if last != CHAIN_LEGACY:
+        return None
+    legacy = verify_rows(_iter_rows(conn), writer.key)
+    problems = [p for p in legacy.problems if "no audit.rekey seal" not in p]
+    return writer.append(conn, REKEY, "audit_log", {
+        "legacy_rows": legacy.legacy_rows, "legacy_head": legacy.anchor,
+        "legacy_intact": not problems, "legacy_problems": problems[:5],
+        "chain": "hmac-sha256",
+    })
 
 
 def read_audit_events(
@@ -207,6 +322,17 @@ def read_audit_events(
         rows = [dict(r._mapping) for r in conn.execute(query)]
     if limit is not None:
         rows = rows[-limit:]
+    for row in rows:
+        row["details"] = json.loads(row["details"])
+    return rows
+
+
+def events_of(engine: Engine, actions: Collection[str]) -> list[dict[str, Any]]:
+    """Events whose action is exactly one of ``actions``, in order, details parsed."""
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(
+            select(audit_log).where(audit_log.c.action.in_(list(actions)))
+            .order_by(audit_log.c.seq))]
     for row in rows:
         row["details"] = json.loads(row["details"])
     return rows

@@ -228,12 +228,18 @@ def backfill(
 
 
 # --------------------------------------------------------------------------- models
-def _registry() -> tuple:
-    from puhui.registry import registry_client
+def _registry(reconcile: bool = False) -> tuple:
+    """MLflow client and runtime; with ``reconcile``, first settle (and say) what a crash
+    left half-done, as every command that changes models does."""
+    from puhui.registry import reconcile_model_changes, registry_client
     from puhui.runtime import open_runtime
 
     runtime = open_runtime(_settings())
-    return registry_client(runtime.settings.mlflow_tracking_uri), runtime
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    if reconcile:
+        for line in reconcile_model_changes(client, runtime.engine, runtime.audit).repaired:
+            err_console.print(f"puhui: {line}")
+    return client, runtime
 
 
 @models_app.command("list")
@@ -257,7 +263,8 @@ def models_list(
     table.add_column("gates")
     for r in rows:
         m = r.metrics
-        gates = "passed" if r.gates["passed"] else "FAILED: " + "; ".join(r.gates["failed"])
+        gates = ("UNGATED (gate step never ran)" if not r.gated else "passed"
+                 if r.gates["passed"] else "FAILED: " + "; ".join(r.gates["failed"]))
         table.add_row(r.name, r.version, ", ".join(r.aliases), r.as_of or "",
                       *(f"{m[k]:.3f}" if k in m else "" for k in
                         ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")), gates)
@@ -275,7 +282,7 @@ def models_promote(
     """Make a version the champion (refused if it failed its gates unless --force)."""
     from puhui.registry import promote
 
-    client, runtime = _registry()
+    client, runtime = _registry(reconcile=True)
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
     console.print(f"{name}: champion is now v{version} (was "
                   f"{'v' + previous if previous else 'nobody'}); recorded in the audit trail")
@@ -286,7 +293,7 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     """Bring the previous champion back."""
     from puhui.registry import rollback
 
-    client, runtime = _registry()
+    client, runtime = _registry(reconcile=True)
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
     console.print(f"{name}: champion rolled back from v{current} to v{target}; "
                   "recorded in the audit trail")
@@ -373,33 +380,95 @@ def audit_log_command(
     console.print(f"{len(events)} event(s)")
 
 
-@audit_app.command("verify")
-def audit_verify(
-    expect_head: Annotated[
-        str | None, typer.Option(help="Head hash recorded earlier outside the database.")
-    ] = None,
-    json_: JsonFlag = False,
-) -> None:
-    """Check that the audit trail has not been altered; exit 1 if it has."""
-    from puhui.audit import verify_audit_chain
+def _verified_chain(anchor: str | None = None) -> tuple:
+    from puhui.audit import audit_key_bytes, parse_anchor, verify_audit_chain
     from puhui.runtime import open_runtime
 
+    parsed = parse_anchor(anchor) if anchor else None
     runtime = open_runtime(_settings())
-    result = verify_audit_chain(runtime.engine, expect_head=expect_head)
+    key = audit_key_bytes(runtime.settings.audit_key)
+    return runtime, verify_audit_chain(runtime.engine, key, anchor=parsed)
+
+
+def _mlflow_store_missing(tracking_uri: str) -> bool:
+    """A local SQLite MLflow store that was never created (no model trained yet)."""
+    path = tracking_uri.removeprefix("sqlite:///")
+    return path != tracking_uri and not Path(path).exists()
+
+
+@audit_app.command("anchor")
+def audit_anchor(json_: JsonFlag = False) -> None:
+    """Print SEQ:HASH of the trail's last event, to keep outside the database."""
+    _, result = _verified_chain()
+    if not result.ok:
+        raise PuhuiError(f"audit trail ALTERED, not anchoring it: {result.problems[0]}")
     if json_:
-        _print_json(result.__dict__)
-    elif result.ok:
-        console.print(
-            f"audit trail intact: {result.rows} events, head seq {result.head_seq} "
-            f"hash {result.head_hash}"
-        )
+        _print_json({"seq": result.head_seq, "hash": result.head_hash, "anchor": result.anchor})
+        return
+    sys.stdout.write(result.anchor + "\n")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    anchor: Annotated[
+        str | None,
+        typer.Option(help="SEQ:HASH from 'puhui audit anchor', kept outside the database."),
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option(help="Settle model changes a crash interrupted (--no-repair: "
+                                "only report them, e.g. as the read-only auditor role).")
+    ] = True,
+    json_: JsonFlag = False,
+) -> None:
+    """Check the audit trail (keyed chain, anchor) and that MLflow agrees with it; exit 1 if
+    either is wrong."""
+    runtime, result = _verified_chain(anchor)
+    problems = list(result.problems)
+    report: dict[str, Any] = {**result.__dict__, "anchor": result.anchor}
+    lines: list[str] = []
+    model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
+    if result.ok and (model_events
+                      or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
+        from puhui.registry import reconcile_model_changes, registry_client, registry_problems
+
+        client = registry_client(runtime.settings.mlflow_tracking_uri)
+        settled = reconcile_model_changes(client, runtime.engine, runtime.audit, repair=repair)
+        mismatches, versions, aliases = registry_problems(client, runtime.engine)
+        problems += settled.open + mismatches
+        lines += settled.repaired + [f"ungated (promote refuses it): {v}"
+                                     for v in settled.ungated]
+        report.update(repaired=settled.repaired, ungated=settled.ungated,
+                      registry_problems=mismatches, versions=versions, aliases=aliases)
+        if not settled.open and not mismatches:
+            lines.append(f"MLflow agrees with the trail: {versions} version(s), "
+                         f"{aliases} alias(es)")
+    report.update(ok=not problems, problems=problems)
+    if json_:
+        _print_json(report)
     else:
-        for problem in result.problems:
+        for line in lines:
+            console.print(line, markup=False)
+        if result.ok:
+            console.print(f"audit trail intact: {result.rows} events, anchor {result.anchor}"
+                          + (f" (checked against the anchor {anchor.split(':')[0]})"
+                             if anchor else ""), markup=False)
+        for problem in problems:
             err_console.print(f"  {problem}")
     if not result.ok:
-        raise PuhuiError(
-            f"audit trail ALTERED: {len(result.problems)} problem(s), first: {result.problems[0]}"
-        )
+        raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
+                         f"first: {result.problems[0]}")
+    if problems:
+        raise PuhuiError(f"MLflow and the audit trail DISAGREE: {len(problems)} problem(s), "
+                         f"first: {problems[0]}")
+
+
+def _actions(engine: Any) -> set[str]:
+    from sqlalchemy import select
+
+    from puhui.warehouse.schema import audit_log
+
+    with engine.connect() as conn:
+        return set(conn.execute(select(audit_log.c.action).distinct()).scalars())
 
 
 @audit_app.command("lineage")
@@ -419,8 +488,9 @@ def audit_lineage(
         f" (MLflow run {found['mlflow_run_id']}); code {found['code_version']}, config "
         f"{found['config_hash']}; trained as of {found['training_as_of']} on features as of "
         f"{' .. '.join(found['feature_as_of_range'] or [])}; gates "
-        + ("passed" if found["gates"]["passed"] else "FAILED: "
-           + "; ".join(found["gates"]["failed"])), markup=False)
+        + ("never ran (ungated)" if found["gates"] is None else "passed"
+           if found["gates"]["passed"] else "FAILED: " + "; ".join(found["gates"]["failed"])),
+        markup=False)
     by_partner: dict[str, list[dict]] = {}
     for batch in found["batches"]:
         by_partner.setdefault(batch["partner"], []).append(batch)

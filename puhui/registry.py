@@ -1,8 +1,17 @@
 """The model registry as model owners and auditors use it: versions, gates, aliases, lineage.
 
 MLflow holds the versions, their runs and the current aliases. It keeps no history of alias
-changes, so every registration and alias move is also written to the audit trail, which is
-where rollback finds "the previous champion" and where lineage starts.
+changes, so every registration, gate verdict and alias move is also written to the audit
+trail, which is where rollback finds "the previous champion" and where lineage starts.
+
+MLflow and the warehouse cannot commit together, so each change is written in three steps,
+under one cross-process lock that dies with its holder: an intent event, the MLflow change, a
+completion event. A crash anywhere leaves either nothing, or an intent without completion,
+which ``reconcile_model_changes`` settles on the next model command, train run or ``audit
+verify``: if MLflow shows the change, the completion is written marked ``recovered``; if not,
+an ``aborted`` event. The gate verdict is an event first and MLflow tags second (the tags are
+a copy the next reconcile restores). A version with no verdict is *ungated*, and nothing
+promotes it. ``registry_problems`` compares MLflow with the trail for ``audit verify``.
 """
 
 from __future__ import annotations
@@ -17,13 +26,22 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine, select
 
-from puhui.audit import AuditWriter, read_audit_events
+from puhui.audit import AuditWriter, events_of
+from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
+from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, validation_results
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-REGISTERED = "model.registered"
-ALIAS_SET = "model.alias"
+REGISTER_INTENT, REGISTERED, REGISTER_ABORTED = (
+    "model.register.intent", "model.registered", "model.register.aborted")
+GATES = "model.gates"
+ALIAS_INTENT, ALIAS_SET, ALIAS_ABORTED = "model.alias.intent", "model.alias", "model.alias.aborted"
+MODEL_ACTIONS = (REGISTER_INTENT, REGISTERED, REGISTER_ABORTED, GATES, ALIAS_INTENT, ALIAS_SET,
+                 ALIAS_ABORTED)
+_OUTCOMES = (REGISTERED, REGISTER_ABORTED, ALIAS_SET, ALIAS_ABORTED)
+# Held from intent to completion of every model change, and while reconciling.
+MODEL_LOCK = "puhui.model_changes"
 # Tags on each model version: the gate verdict, readable without the audit trail.
 GATES_PASSED_TAG, GATES_FAILED_TAG = "gates.passed", "gates.failed"
 LIST_METRICS = ("auc_oot", "auc_oot_benchmark", "ks_oot", "gini_oot", "brier_oot",
@@ -69,24 +87,245 @@ def version_of(client: MlflowClient, name: str, alias: str) -> str | None:
     return current_aliases(client, name).get(alias)
 
 
+def register_version(
+    engine: Engine, audit: AuditWriter, *, name: str, model_uri: str, run_id: str,
+    tags: dict[str, str], details: dict[str, Any],
+) -> str:
+    """Register the model logged in ``run_id`` as a new version of ``name``, audited.
+
+    ``details`` go into the intent and the completion event alike, so a completion recovered
+    after a crash says everything the normal one would. Gate tags are not set here: only
+    ``record_gate_verdict`` sets them, after the gates ran.
+    """
+    with held_lock(engine, MODEL_LOCK):
+        facts = {**details, "model": name, "run_id": run_id}
+        intent = audit.record(engine, REGISTER_INTENT, f"{name}/run/{run_id}", facts,
+                              mlflow_run_id=run_id)
+        crash_point("register.before_mlflow")
+        try:
+            version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+        except BaseException:
+            audit.record(engine, REGISTER_ABORTED, f"{name}/run/{run_id}", {
+                "model": name, "run_id": run_id, "intent": intent["seq"],
+                "outcome": "MLflow refused the registration"}, mlflow_run_id=run_id)
+            raise
+        crash_point("register.after_mlflow")
+        audit.record(engine, REGISTERED, f"{name}/v{version}",
+                     {**facts, "version": version, "intent": intent["seq"]}, mlflow_run_id=run_id)
+        return version
+
+
+def _write_gate_tags(client: MlflowClient, name: str, version: str, passed: bool,
+                     failed: list[str]) -> None:
+    client.set_model_version_tag(name, version, GATES_FAILED_TAG,
+                                 json.dumps(failed, ensure_ascii=False))
+    client.set_model_version_tag(name, version, GATES_PASSED_TAG, str(passed).lower())
+
+
+def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                        version: str, passed: bool, failed: list[str]) -> None:
+    """The gates' verdict on a registered version: an audit event, then the MLflow tags."""
+    with held_lock(engine, MODEL_LOCK):
+        audit.record(engine, GATES, f"{name}/v{version}", {
+            "model": name, "version": str(version), "passed": passed, "failed": failed,
+        }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
+        crash_point("gate.before_tag")
+        _write_gate_tags(client, name, str(version), passed, failed)
+        crash_point("gate.after_tag")
+
+
+def _move_alias(
+    client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
+    version: str, reason: str, *, rollback: bool = False, forced: bool = False,
+) -> str | None:
+    """Intent, alias move, completion; the caller holds ``MODEL_LOCK``."""
+    previous = version_of(client, name, alias)
+    run_id = client.get_model_version(name, str(version)).run_id
+    details = {"model": name, "alias": alias, "version": str(version), "previous": previous,
+               "reason": reason, "rollback": rollback, "forced": forced}
+    intent = audit.record(engine, ALIAS_INTENT, f"{name}/{alias}", details,
+                          mlflow_run_id=run_id)
+    crash_point("alias.before_mlflow")
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except BaseException:
+        audit.record(engine, ALIAS_ABORTED, f"{name}/{alias}", {
+            **details, "intent": intent["seq"], "outcome": "MLflow refused the alias move"},
+            mlflow_run_id=run_id)
+        raise
+    crash_point("alias.after_mlflow")
+    audit.record(engine, ALIAS_SET, f"{name}/{alias}", {**details, "intent": intent["seq"]},
+                 mlflow_run_id=run_id)
+    return previous
+
+
 def set_alias(
     client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
     version: str, reason: str, *, rollback: bool = False,
 ) -> str | None:
     """Point ``alias`` at ``version`` and audit the move; returns the version it left."""
-    previous = version_of(client, name, alias)
-    client.set_registered_model_alias(name, alias, str(version))
-    audit.record(engine, ALIAS_SET, f"{name}/{alias}", {
-        "model": name, "alias": alias, "version": str(version), "previous": previous,
-        "reason": reason, "rollback": rollback,
-    }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
-    return previous
+    with held_lock(engine, MODEL_LOCK):
+        return _move_alias(client, engine, audit, name, alias, version, reason,
+                           rollback=rollback)
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:
     tags = client.get_model_version(name, str(version)).tags
     return {"passed": tags.get(GATES_PASSED_TAG) == "true",
             "failed": json.loads(tags.get(GATES_FAILED_TAG, "[]"))}
+
+
+def _verdicts(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model, version) -> the trail's last gate verdict. Versions registered before gate
+    events existed carry theirs in the registration event."""
+    verdicts: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        d = event["details"]
+        if event["action"] == GATES:
+            verdicts[(d["model"], str(d["version"]))] = {"passed": d["passed"],
+                                                         "failed": d["failed"]}
+        elif event["action"] == REGISTERED and "gates" in d:
+            verdicts.setdefault((d["model"], str(d["version"])), d["gates"])
+    return verdicts
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    repaired: list[str]  # what was settled now (recovered, aborted, tags restored)
+    open: list[str]  # gaps left (only when not repairing)
+    ungated: list[str]  # registered versions whose gates never ran
+
+
+def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
+               repair: bool) -> Reconciliation:
+    events = events_of(engine, MODEL_ACTIONS)
+    closed = {e["details"].get("intent") for e in events if e["action"] in _OUTCOMES}
+    repaired: list[str] = []
+    gaps: list[str] = []
+    for event in events:
+        d, seq = event["details"], event["seq"]
+        if event["action"] not in (REGISTER_INTENT, ALIAS_INTENT) or seq in closed:
+            continue
+        if event["action"] == REGISTER_INTENT:
+            what = f"registration of {d['model']} from run {d['run_id'][:12]} (seq {seq})"
+        else:
+            what = f"move of {d['model']}@{d['alias']} to v{d['version']} (seq {seq})"
+        if not repair:
+            gaps.append(f"{what} has no outcome in the trail (interrupted)")
+            continue
+        if event["action"] == REGISTER_INTENT:
+            found = sorted((str(v.version) for v in client.search_model_versions(
+                f"run_id='{d['run_id']}'") if v.name == d["model"]), key=int)
+            for version in found:
+                audit.record(engine, REGISTERED, f"{d['model']}/v{version}",
+                             {**d, "version": version, "intent": seq, "recovered": True},
+                             mlflow_run_id=d["run_id"])
+                repaired.append(f"recovered: {what} reached MLflow as v{version}; "
+                                "its audit event, lost in a crash, is recorded now")
+            if not found:
+                audit.record(engine, REGISTER_ABORTED, event["subject"], {
+                    "model": d["model"], "run_id": d["run_id"], "intent": seq,
+                    "outcome": "interrupted before MLflow registered it"},
+                    mlflow_run_id=d["run_id"])
+                repaired.append(f"aborted: {what} never reached MLflow")
+        else:
+            current = version_of(client, d["model"], d["alias"])
+            if current == d["version"]:
+                audit.record(engine, ALIAS_SET, event["subject"],
+                             {**d, "intent": seq, "recovered": True},
+                             mlflow_run_id=event["mlflow_run_id"])
+                repaired.append(f"recovered: {what} happened in MLflow; its audit event, "
+                                "lost in a crash, is recorded now")
+            else:
+                audit.record(engine, ALIAS_ABORTED, event["subject"], {
+                    **d, "intent": seq, "found": current,
+                    "outcome": "interrupted before MLflow moved the alias"},
+                    mlflow_run_id=event["mlflow_run_id"])
+                repaired.append(f"aborted: {what} never reached MLflow "
+                                f"(it is {'v' + current if current else 'unset'})")
+    verdicts = _verdicts(events)
+    for (model, version), verdict in verdicts.items():
+        try:
+            tags = client.get_model_version(model, version).tags
+        except MlflowException:
+            continue  # a version missing from MLflow: registry_problems reports it
+        if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():
+            continue
+        if repair:
+            _write_gate_tags(client, model, version, verdict["passed"], verdict["failed"])
+            repaired.append(f"repaired: {model} v{version} gate tags restored from the trail's "
+                            "verdict (a crash came between the verdict and the tags)")
+        else:
+            gaps.append(f"{model} v{version}: gate tags do not match the trail's verdict")
+    ungated = [f"{e['details']['model']} v{e['details']['version']}" for e in events
+               if e["action"] == REGISTERED
+               and (e["details"]["model"], str(e["details"]["version"])) not in verdicts]
+    return Reconciliation(repaired, gaps, sorted(set(ungated)))
+
+
+def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWriter,
+                            repair: bool = True) -> Reconciliation:
+    """Settle model changes a crash interrupted (see the module docstring)."""
+    with held_lock(engine, MODEL_LOCK):
+        return _reconcile(client, engine, audit, repair)
+
+
+def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], int, int]:
+    """Where MLflow and the trail disagree; also the versions and aliases compared.
+
+    Every version in MLflow has a registration event and vice versa; every alias points
+    where the trail's last move for it says; every gate tag has a verdict in the trail that
+    says the same.
+    """
+    events = events_of(engine, MODEL_ACTIONS)
+    registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
+                  if e["action"] == REGISTERED}
+    moves: dict[tuple[str, str], str] = {}
+    for e in events:
+        if e["action"] == ALIAS_SET:
+            moves[(e["details"]["model"], e["details"]["alias"])] = str(e["details"]["version"])
+    verdicts = _verdicts(events)
+    models = {m.name for m in client.search_registered_models()} | {m for m, _ in registered}
+    problems: list[str] = []
+    n_versions = n_aliases = 0
+    for model in sorted(models):
+        try:
+            versions = client.search_model_versions(f"name='{model}'")
+        except MlflowException:
+            versions = []
+        in_mlflow = set()
+        for v in versions:
+            version = str(v.version)
+            in_mlflow.add(version)
+            n_versions += 1
+            if (model, version) not in registered:
+                problems.append(f"{model} v{version} is in MLflow with no registration event "
+                                "in the trail")
+            tag = v.tags.get(GATES_PASSED_TAG)
+            verdict = verdicts.get((model, version))
+            if tag is not None and verdict is None:
+                problems.append(f"{model} v{version} is tagged {GATES_PASSED_TAG}={tag} but "
+                                "the trail has no gate results for it")
+            elif tag is not None and tag != str(verdict["passed"]).lower():
+                problems.append(f"{model} v{version} is tagged {GATES_PASSED_TAG}={tag} but "
+                                f"the trail's verdict is passed={verdict['passed']}")
+        for m, version in sorted(registered):
+            if m == model and version not in in_mlflow:
+                problems.append(f"{model} v{version} is registered in the trail but missing "
+                                "from MLflow")
+        aliases = current_aliases(client, model)
+        n_aliases += len(aliases)
+        for alias, version in sorted(aliases.items()):
+            expected = moves.get((model, alias))
+            if expected != version:
+                problems.append(f"{model}@{alias} is v{version} in MLflow but the trail's "
+                                + (f"last move says v{expected}" if expected
+                                   else "has no move for it"))
+        for (m, alias), version in sorted(moves.items()):
+            if m == model and alias not in aliases:
+                problems.append(f"{model}@{alias} is unset in MLflow but the trail's last move "
+                                f"says v{version}")
+    return problems, n_versions, n_aliases
 
 
 @dataclass(frozen=True)
@@ -99,11 +338,12 @@ class VersionRow:
     run_id: str
     created: int
     as_of: str | None
+    gated: bool = True  # False: its gate step never ran; nothing promotes it
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "aliases": self.aliases,
-                "metrics": self.metrics, "gates": self.gates, "run_id": self.run_id,
-                "as_of": self.as_of}
+                "metrics": self.metrics, "gates": self.gates, "gated": self.gated,
+                "run_id": self.run_id, "as_of": self.as_of}
 
 
 def list_versions(client: MlflowClient, name: str | None = None) -> list[VersionRow]:
@@ -130,34 +370,50 @@ def list_versions(client: MlflowClient, name: str | None = None) -> list[Version
                 gates={"passed": v.tags.get(GATES_PASSED_TAG) == "true",
                        "failed": json.loads(v.tags.get(GATES_FAILED_TAG, "[]"))},
                 run_id=v.run_id, created=v.creation_timestamp,
-                as_of=v.tags.get("training.as_of"),
+                as_of=v.tags.get("training.as_of"), gated=GATES_PASSED_TAG in v.tags,
             ))
     return rows
 
 
 def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
             version: str, reason: str, force: bool = False) -> str | None:
-    """Make ``version`` the champion; refused if it failed its gates unless ``force``."""
-    try:
-        client.get_model_version(name, str(version))
-    except MlflowException:
-        raise PuhuiError(f"{name} has no version {version}") from None
-    verdict = gate_verdict(client, name, version)
-    if not verdict["passed"] and not force:
-        raise PuhuiError(
-            f"{name} v{version} failed its gates ({'; '.join(verdict['failed'])}); "
-            "promote with --force and a reason to override"
-        )
-    if version_of(client, name, CHAMPION) == str(version):
-        raise PuhuiError(f"{name} v{version} is already the champion")
-    note = reason if verdict["passed"] else f"{reason} [forced past failed gates]"
-    return set_alias(client, engine, audit, name, CHAMPION, version, note)
+    """Make ``version`` the champion; refused if it failed its gates unless ``force``.
+
+    The verdict is read from the audit trail (MLflow tags can be set by anyone with access
+    to MLflow) and must agree with the tags. An ungated version (its gate step never ran) is
+    refused even with ``force``: there is no verdict to override, only a missing one.
+    """
+    with held_lock(engine, MODEL_LOCK):
+        _reconcile(client, engine, audit, repair=True)
+        try:
+            client.get_model_version(name, str(version))
+        except MlflowException:
+            raise PuhuiError(f"{name} has no version {version}") from None
+        verdict = _verdicts(events_of(engine, MODEL_ACTIONS)).get((name, str(version)))
+        if verdict is None:
+            raise PuhuiError(
+                f"{name} v{version} is ungated: its gate step never ran (the training run "
+                "stopped before it); --force cannot override a verdict that does not exist; "
+                "train again (puhui run train risk)")
+        if gate_verdict(client, name, version)["passed"] != verdict["passed"]:
+            raise PuhuiError(f"{name} v{version}: its MLflow gate tag disagrees with the "
+                             "audit trail's verdict; run 'puhui audit verify'")
+        if not verdict["passed"] and not force:
+            raise PuhuiError(
+                f"{name} v{version} failed its gates ({'; '.join(verdict['failed'])}); "
+                "promote with --force and a reason to override"
+            )
+        if version_of(client, name, CHAMPION) == str(version):
+            raise PuhuiError(f"{name} v{version} is already the champion")
+        note = reason if verdict["passed"] else f"{reason} [forced past failed gates]"
+        return _move_alias(client, engine, audit, name, CHAMPION, version, note,
+                           forced=not verdict["passed"])
 
 
 def champion_history(engine: Engine, name: str) -> list[str]:
     """The champion stack from the audit trail: promotions push, rollbacks pop."""
     stack: list[str] = []
-    for event in read_audit_events(engine, action=ALIAS_SET):
+    for event in events_of(engine, [ALIAS_SET]):
         details = event["details"]
         if details.get("model") != name or details.get("alias") != CHAMPION:
             continue
@@ -172,19 +428,22 @@ def champion_history(engine: Engine, name: str) -> list[str]:
 def rollback(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
              reason: str) -> tuple[str, str]:
     """Give the champion alias back to the previous champion; returns (from, to)."""
-    stack = champion_history(engine, name)
-    current = version_of(client, name, CHAMPION)
-    if current is None or len(stack) < 2:
-        raise PuhuiError(f"{name} has no previous champion to roll back to")
-    target = stack[-2]
-    set_alias(client, engine, audit, name, CHAMPION, target, reason, rollback=True)
-    return current, target
+    with held_lock(engine, MODEL_LOCK):
+        _reconcile(client, engine, audit, repair=True)
+        stack = champion_history(engine, name)
+        current = version_of(client, name, CHAMPION)
+        if current is None or len(stack) < 2:
+            raise PuhuiError(f"{name} has no previous champion to roll back to")
+        target = stack[-2]
+        _move_alias(client, engine, audit, name, CHAMPION, target, reason, rollback=True)
+        return current, target
 
 
 def lineage(client: MlflowClient, engine: Engine, name: str, version: str) -> dict[str, Any]:
     """Data batches, their validations, code and configuration behind a model version."""
-    events = [e for e in read_audit_events(engine, action=REGISTERED)
-              if e["subject"] == f"{name}/v{version}"]
+    model_events = events_of(engine, MODEL_ACTIONS)
+    events = [e for e in model_events
+              if e["action"] == REGISTERED and e["subject"] == f"{name}/v{version}"]
     if not events:
         raise PuhuiError(f"no registration of {name} v{version} in the audit trail")
     event = events[-1]
@@ -214,12 +473,12 @@ def lineage(client: MlflowClient, engine: Engine, name: str, version: str) -> di
         "config_hash": event["config_hash"], "flow_run_id": event["flow_run_id"],
         "training_as_of": details.get("as_of"),
         "feature_as_of_range": details.get("feature_as_of_range"),
-        "gates": details.get("gates"),
+        "gates": _verdicts(model_events).get((name, str(version))),
         "batches": batches, "validations": validations,
         "missing_batches": sorted(set(batch_ids) - {b["batch_id"] for b in batches}),
         "alias_history": [
             {"at": e["occurred_at"], "actor": e["actor"], **e["details"]}
-            for e in read_audit_events(engine, action=ALIAS_SET)
-            if e["subject"].startswith(f"{name}/")
+            for e in model_events
+            if e["action"] == ALIAS_SET and e["subject"].startswith(f"{name}/")
         ],
     }

@@ -17,6 +17,10 @@ from puhui.errors import PuhuiError
 
 Profile = Literal["local", "production"]
 DEMO_KEY_FILE = "pseudonym.key"
+AUDIT_KEY_FILE = "audit.key"
+MIN_AUDIT_KEY_CHARS, MIN_AUDIT_KEY_DISTINCT = 32, 10
+# PostgreSQL roles the migrations create (NOLOGIN; an operator gives them a login).
+DEFAULT_PG_APP_ROLE, DEFAULT_PG_AUDITOR_ROLE = "puhui_app", "puhui_auditor"
 
 # Environment defaults set (if unset) before any heavy library is imported: no analytics
 # (there is no internet and nothing may phone home), a Prefect ephemeral server start-up
@@ -49,6 +53,7 @@ class Settings:
     pseudonym_key: str | None
     actor: str
     config_dir: Path
+    audit_key: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -113,6 +118,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if key is None and profile == "local" and demo_key_file.exists():
         key = demo_key_file.read_text().strip() or None  # the key `puhui demo` made
     config_dir = Path(env.get("PUHUI_CONFIG_DIR", str(repo_root() / "configs"))).resolve()
+    audit_key = env.get("PUHUI_AUDIT_KEY") or None
+    if audit_key is None and profile == "local" and (home / AUDIT_KEY_FILE).exists():
+        audit_key = (home / AUDIT_KEY_FILE).read_text().strip() or None  # made on first use
     settings = Settings(
         profile=profile,  # type: ignore[arg-type]
         home=home,
@@ -122,6 +130,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         pseudonym_key=key,
         actor=env.get("PUHUI_ACTOR") or _default_actor(),
         config_dir=config_dir,
+        audit_key=audit_key,
     )
     if profile == "production":
         if not key:
@@ -133,7 +142,66 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                 "production profile refuses an SQLite warehouse: set PUHUI_WAREHOUSE_URL "
                 "to a postgresql+psycopg:// URL"
             )
+    if profile == "production":
+        check_audit_key(audit_key, key)
     return settings
+
+
+def check_audit_key(audit_key: str | None, pseudonym_key: str | None) -> None:
+    """Refuse a missing, weak or reused audit key (the production profile's rule).
+
+    Whoever holds the key can rewrite the audit chain undetected, so it must be long, not a
+    repeated pattern (32 spaces, "aaaa..."), and not the pseudonym key, which more processes
+    see.
+    """
+    if not audit_key or not audit_key.strip():
+        raise PuhuiError("production profile refuses to run without PUHUI_AUDIT_KEY "
+                         "(a random secret of 32+ characters, e.g. `openssl rand -hex 32`)")
+    if len(audit_key) < MIN_AUDIT_KEY_CHARS or len(set(audit_key)) < MIN_AUDIT_KEY_DISTINCT:
+        raise PuhuiError(f"PUHUI_AUDIT_KEY is weak: use a random secret of at least "
+                         f"{MIN_AUDIT_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)")
+    if audit_key == pseudonym_key:
+        raise PuhuiError("PUHUI_AUDIT_KEY must differ from PUHUI_PSEUDONYM_KEY")
+
+
+def ensure_local_audit_key(settings: Settings) -> tuple[Settings, Path | None]:
+    """The audit key; in the local profile, made once under PUHUI_HOME if none is set.
+
+    Returns the settings with the key and the path of a key file made just now (None if one
+    existed), so the caller can say so. The file is outside git and readable by its owner only.
+    Production never gets here without a key: ``load_settings`` refuses first.
+    """
+    if settings.audit_key:
+        return settings, None
+    if settings.profile != "local":
+        raise PuhuiError("PUHUI_AUDIT_KEY is not set")
+    import secrets
+    from dataclasses import replace
+
+    path = settings.home / AUDIT_KEY_FILE
+    made = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        made = path
+    except FileExistsError:  # another process made it first: use theirs
+        pass
+    return replace(settings, audit_key=path.read_text().strip()), made
+
+
+def postgres_role_names(environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """(application role, auditor role) for PostgreSQL: PUHUI_PG_APP_ROLE, PUHUI_PG_AUDITOR_ROLE."""
+    import re
+
+    env = os.environ if environ is None else environ
+    names = (env.get("PUHUI_PG_APP_ROLE") or DEFAULT_PG_APP_ROLE,
+             env.get("PUHUI_PG_AUDITOR_ROLE") or DEFAULT_PG_AUDITOR_ROLE)
+    for name in names:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+            raise PuhuiError(f"PostgreSQL role names must be lower-case identifiers, not {name!r}")
+    return names
 
 
 def configure_runtime(settings: Settings) -> None:

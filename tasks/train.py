@@ -22,7 +22,8 @@ from puhui.features.store import write_user_features
 from puhui.registry import (
     CHALLENGER,
     CHAMPION,
-    REGISTERED,
+    reconcile_model_changes,
+    record_gate_verdict,
     registry_client,
     set_alias,
     version_of,
@@ -156,7 +157,7 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
 @task(name="risk-register", **STEP)
 def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
                         gates: GateResult, fingerprint: str) -> tuple[Published, str]:
-    """One MLflow run, a registered version, model_evaluations rows, an audit event."""
+    """One MLflow run, a registered version (audited), model_evaluations rows."""
     started = time.perf_counter()
     runtime = open_runtime()
     settings, audit = runtime.settings, runtime.audit
@@ -164,22 +165,11 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
     tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
             "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
     published = publish_risk_model(
-        engine=runtime.engine, tracking_uri=settings.mlflow_tracking_uri,
+        engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
         name=model.registered_name, training=training, trained=trained,
         evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
         report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
     )
-    summary = training.summary()
-    audit.record(runtime.engine, REGISTERED, f"{published.name}/v{published.version}", {
-        "model": published.name, "version": published.version, "as_of": summary["as_of"],
-        "feature_as_of_range": summary["feature_as_of_range"],
-        "train_range": summary["train_range"], "oot_range": summary["oot_range"],
-        "metrics": {k: round(evaluation.metrics[k], 6) for k in
-                    ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")},
-        "gates": {"passed": gates.passed, "failed": gates.failed},
-        "fingerprint": fingerprint, "ingest_batches": sorted(training.batch_ids),
-        "report": str(published.report_path),
-    }, mlflow_run_id=published.run_id)
     line = _say(f"register: {published.name} v{published.version} (MLflow run "
                 f"{published.run_id[:12]}), report {published.report_path}", started)
     return published, line
@@ -187,13 +177,15 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
 
 @task(name="risk-gate", **STEP)
 def apply_gates(published: Published, gates: GateResult) -> str:
-    """A passing version becomes the challenger (and champion, if configured); a failing
-    one keeps its failed gates as tags and no alias."""
+    """The verdict is recorded (audit event, then version tags); a passing version becomes
+    the challenger (and champion, if configured), a failing one gets no alias."""
     started = time.perf_counter()
     runtime = open_runtime()
     _, model = _configs()
     client = registry_client(runtime.settings.mlflow_tracking_uri)
     name, version = published.name, published.version
+    record_gate_verdict(client, runtime.engine, runtime.audit, name, version, gates.passed,
+                        gates.failed)
     if not gates.passed:
         return _say(f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set",
                     started)
@@ -210,6 +202,18 @@ def apply_gates(published: Published, gates: GateResult) -> str:
         outcome += (f"; {CHAMPION} stays {held} until a model owner promotes "
                     f"(puhui models promote {name} --version {version} --reason ...)")
     return _say(outcome, started)
+
+
+@task(name="reconcile-models", **STEP)
+def reconcile_models() -> list[str]:
+    """Settle model changes an earlier run left half-done (a crash between MLflow and the
+    audit trail) before this run changes anything."""
+    runtime = open_runtime()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    result = reconcile_model_changes(client, runtime.engine, runtime.audit)
+    for line in result.repaired:
+        get_run_logger().warning(line)
+    return result.repaired
 
 
 def fingerprint_of(training: TrainingSet) -> str:

@@ -30,6 +30,10 @@ from puhui.throwaway_postgres import PostgresServer, find_postgres_bin_dir, thro
 from puhui.warehouse.engine import dispose_engines  # noqa: E402
 
 TEST_PSEUDONYM_KEY = "test-key-" + "0123456789abcdef" * 3
+# The audit chain's key for every test (and the commands they start); tests of a missing or
+# wrong key set their own.
+TEST_AUDIT_KEY = "test-audit-key-" + "fedcba9876543210" * 3
+os.environ["PUHUI_AUDIT_KEY"] = TEST_AUDIT_KEY
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,7 @@ def test_production_profile_accepts_a_proper_setup() -> None:
             "PUHUI_PSEUDONYM_KEY": GOOD_KEY,
             "PUHUI_WAREHOUSE_URL": "postgresql+psycopg://x@h/db",
             "PUHUI_ACTOR": "etl-bot",
+            "PUHUI_AUDIT_KEY": "audit-key-0123456789abcdefghijklmnop",
         }
     )
     assert settings.actor == "etl-bot" and not settings.is_sqlite

@@ -21,9 +21,10 @@ import mlflow
 from mlflow.models import infer_signature
 from sqlalchemy import Engine, delete
 
+from puhui.audit import AuditWriter
 from puhui.registry import (
-    GATES_FAILED_TAG,
     GATES_PASSED_TAG,
+    register_version,
     registry_client,
     use_experiment,
 )
@@ -66,7 +67,8 @@ def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) 
     except mlflow.exceptions.MlflowException:
         return None
     for v in versions:
-        if v.tags.get(FINGERPRINT_TAG) == fingerprint:
+        # An ungated version (a crash before its gate step) does not count: train again.
+        if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags:
             return str(v.version)
     return None
 
@@ -90,12 +92,34 @@ def _write_evaluations(engine: Engine, name: str, version: str, as_of: date,
     return len(rows)
 
 
+def registration_details(training: TrainingSet, evaluation: Evaluation,
+                         fingerprint: str) -> dict[str, Any]:
+    """What the audit trail records about a version: its data, windows and key metrics."""
+    summary = training.summary()
+    return {
+        "as_of": summary["as_of"], "feature_as_of_range": summary["feature_as_of_range"],
+        "train_range": summary["train_range"], "oot_range": summary["oot_range"],
+        "metrics": {k: round(evaluation.metrics[k], 6) for k in
+                    ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")},
+        "fingerprint": fingerprint, "ingest_batches": sorted(training.batch_ids),
+    }
+
+
 def publish_risk_model(
     *, engine: Engine, tracking_uri: str, name: str, training: TrainingSet,
     trained: TrainedModel, evaluation: Evaluation, gates: GateResult, tags: dict[str, str],
-    fingerprint: str, report_dir: Path, artifact_root: Path,
+    fingerprint: str, report_dir: Path, artifact_root: Path, audit: AuditWriter | None = None,
 ) -> Published:
-    """Log the run, register the model as ``name`` and record the evaluation rows."""
+    """Log the run, register the model as ``name`` (audited) and record the evaluation rows.
+
+    The gate verdict is in the run (report, ``gates.json``) but not yet on the version: the
+    gate step sets it (``puhui.registry.record_gate_verdict``). ``audit`` defaults to the
+    runtime's writer.
+    """
+    if audit is None:
+        from puhui.runtime import open_runtime
+
+        audit = open_runtime().audit
     use_experiment(name, tracking_uri, artifact_root)
     summary = training.summary()
     batch_ids = sorted(training.batch_ids)
@@ -136,11 +160,10 @@ def publish_risk_model(
             signature=infer_signature(example, trained.scorer.predict_pd(example)),
             input_example=example, pip_requirements=PIP_REQUIREMENTS,
         )
-        version = mlflow.register_model(model_info.model_uri, name, tags={
-            FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat(),
-            GATES_PASSED_TAG: str(gates.passed).lower(),
-            GATES_FAILED_TAG: json.dumps(gates.failed, ensure_ascii=False),
-        }).version
+        version = register_version(
+            engine, audit, name=name, model_uri=model_info.model_uri, run_id=run.info.run_id,
+            tags={FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat()},
+            details=registration_details(training, evaluation, fingerprint))
         plots = report_plots(evaluation)
         facts: dict[str, Any] = {
             "model": name, "version": version, "mlflow_run_id": run.info.run_id,

@@ -8,8 +8,11 @@ advisory lock. Schema changes are Alembic migrations, applied on first use under
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -67,8 +70,46 @@ def lock_for(conn: Connection, name: str) -> None:
     ``BEGIN IMMEDIATE`` every transaction starts with already holds the database write lock.
     """
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(name)})
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+_memory_locks: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def held_lock(engine: Engine, name: str) -> Iterator[None]:
+    """Hold a cross-process lock ``name`` across several transactions (and other stores).
+
+    Unlike ``lock_for`` it outlives a transaction, and the operating system releases it when
+    the holder dies, even by ``kill -9``: PostgreSQL ends the session's advisory lock when
+    the connection drops; on SQLite it is an ``flock`` on a file beside the database.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(name)})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+                conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        with _memory_locks.setdefault(name, threading.Lock()):
+            yield
+        return
+    path = Path(f"{database}.{name}.lock")
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _alembic_config(conn: Connection) -> Config:

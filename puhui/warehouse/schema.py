@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -188,6 +189,8 @@ audit_log = Table(
     Column("config_hash", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("row_hash", String(64), nullable=False),
+    # 1: unkeyed SHA-256 (before migration 0003), 2: HMAC-SHA256 keyed with PUHUI_AUDIT_KEY.
+    Column("chain_version", SmallInteger, nullable=False, server_default="1"),
     Index(None, "action"),
     Index(None, "occurred_at"),
 )
