@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import queue
-import signal
 import sqlite3
 import threading
 import time
@@ -48,6 +46,7 @@ from sqlalchemy.exc import (
 )
 
 from puhui.config import PartnerFeed
+from puhui.crashpoints import crash_point
 from puhui.ingest import ledger
 from puhui.ingest.contract import (
     ContractViolation,
@@ -156,18 +155,6 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     the file's problem: it is held with a reason and the run moves on to the next file.
     """
     return isinstance(exc, _INFRASTRUCTURE_ERRORS)
-
-
-CRASH_POINT_ENV = "PUHUI_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``kill -9`` this process at the named point (``PUHUI_CRASH_AT=name``).
-
-    Checked once per file, never per row; unset in every real run.
-    """
-    if os.environ.get(CRASH_POINT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def content_key(partner: str, checksum: str) -> str:
