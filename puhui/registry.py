@@ -318,9 +318,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
         for alias, version in sorted(aliases.items()):
             expected = moves.get((model, alias))
             if expected != version:
-                problems.append(f"{model}@{alias} is v{version} in MLflow but the trail's "
-                                + (f"last move says v{expected}" if expected
-                                   else "has no move for it"))
+                problems.append(f"{model}@{alias} is v{version} in MLflow but "
+                                + (f"the trail's last move says v{expected}" if expected
+                                   else "the trail has no move for it"))
         for (m, alias), version in sorted(moves.items()):
             if m == model and alias not in aliases:
                 problems.append(f"{model}@{alias} is unset in MLflow but the trail's last move "

@@ -328,3 +328,23 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert_invariants(puhui)
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_reports_model_changes_made_behind_the_trails_back(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    """MLflow changed directly (not through puhui): an alias move and a registration with no
+    event in the trail are reported, non-zero."""
+    assert puhui("audit", "verify").returncode == 0
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    client.set_registered_model_alias(NAME, CHAMPION, registry_env["failed"])
+    source = client.get_model_version(NAME, registry_env["passed1"])
+    client.create_model_version(NAME, source.source, run_id=source.run_id)
+    verified = puhui("audit", "verify", "--json")
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 1 and not report["ok"]
+    assert report["registry_problems"] == [
+        f"{NAME} v5 is in MLflow with no registration event in the trail",
+        f"{NAME}@champion is v{registry_env['failed']} in MLflow but the trail has no move "
+        "for it"]
