@@ -191,7 +191,11 @@ def test_a_hand_set_gate_tag_does_not_promote(registry_env: dict[str, str],
     assert "has no gate results" in verified.stderr, verified.stderr
 
 
-@pytest.mark.parametrize("point", ["alias.before_mlflow", "alias.after_mlflow"])
+@pytest.mark.slow
+@pytest.mark.parametrize(("warehouse_url", "point"), [
+    ("sqlite", "alias.before_mlflow"), ("sqlite", "alias.after_mlflow"),
+    ("postgres", "alias.after_mlflow"),  # the case that moved champion with no record
+], indirect=["warehouse_url"])
 def test_promote_killed_mid_move_is_reported_then_settled(
     registry_env: dict[str, str], point: str, puhui: Callable[..., Ran],
 ) -> None:
@@ -224,6 +228,8 @@ def test_promote_killed_mid_move_is_reported_then_settled(
     assert_invariants(puhui)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_rollback_killed_after_the_move_is_recovered(registry_env: dict[str, str],
                                                      puhui: Callable[..., Ran]) -> None:
     v1, v2 = registry_env["passed1"], registry_env["passed2"]
