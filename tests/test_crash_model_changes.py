@@ -282,13 +282,15 @@ def _versions() -> dict[str, dict[str, str]]:
 def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
                                                  puhui: Callable[..., Ran]) -> None:
     # 1. Killed after the registration intent, before MLflow: nothing registered; verify
-    #    records the registration as aborted.
-    crashed = _train_crash("register.before_mlflow")
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    assert _versions() == {} and _model_events()[-1]["action"] == REGISTER_INTENT
-    verified = puhui("audit", "verify")
-    assert verified.returncode == 0 and "aborted" in verified.stdout, verified.stderr
-    assert_invariants(puhui)
+    #    records the registration as aborted. (PostgreSQL runs only the case of issue 10,
+    #    point 2: each training costs half a minute and the code is the same.)
+    if dialect == "sqlite":
+        crashed = _train_crash("register.before_mlflow")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        assert _versions() == {} and _model_events()[-1]["action"] == REGISTER_INTENT
+        verified = puhui("audit", "verify")
+        assert verified.returncode == 0 and "aborted" in verified.stdout, verified.stderr
+        assert_invariants(puhui)
 
     # 2. Killed between MLflow's registration and the audit write: v1 exists, with no gate
     #    tag (before: tagged gates.passed=true and promotable). The next command recovers
