@@ -279,7 +279,8 @@ def models_promote(
     reason: Annotated[str, typer.Option("--reason")],
     force: Annotated[bool, typer.Option("--force")] = False,
 ) -> None:
-    """Make a version the champion (refused if it failed its gates unless --force)."""
+    """Make a version the champion (refused if it failed its gates unless --force, and
+    always if its gates never ran)."""
     from puhui.registry import promote
 
     client, runtime = _registry(reconcile=True)
@@ -433,6 +434,10 @@ def audit_verify(
 
         client = registry_client(runtime.settings.mlflow_tracking_uri)
         settled = reconcile_model_changes(client, runtime.engine, runtime.audit, repair=repair)
+        if settled.repaired:  # the repairs are events: the head moved
+            runtime, result = _verified_chain(anchor)
+            report.update(result.__dict__, anchor=result.anchor)
+            problems = list(result.problems)
         mismatches, versions, aliases = registry_problems(client, runtime.engine)
         problems += settled.open + mismatches
         lines += settled.repaired + [f"ungated (promote refuses it): {v}"

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from puhui.config import ProductsConfig, load_config
 from puhui.generate import GenerateSummary, generate_landing_zone
-from puhui.settings import DEMO_KEY_FILE, Settings
+from puhui.settings import DEMO_KEY_FILE, Settings, ensure_local_audit_key
 
 
 def ensure_demo_pseudonym_key(settings: Settings, console: Console) -> Settings:
@@ -108,6 +108,10 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
 
     started = time.monotonic()
     settings = ensure_demo_pseudonym_key(settings, console)
+    settings, made = ensure_local_audit_key(settings)
+    if made is not None:
+        console.print(f"demo: made a random audit key in {made} (production sets "
+                      "PUHUI_AUDIT_KEY instead)")
     landing = Path(settings.landing)
     _clear_generated_landing(landing)
     summary = generate_with_progress(

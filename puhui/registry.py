@@ -95,7 +95,8 @@ def register_version(
 
     ``details`` go into the intent and the completion event alike, so a completion recovered
     after a crash says everything the normal one would. Gate tags are not set here: only
-    ``record_gate_verdict`` sets them, after the gates ran.
+    ``record_gate_verdict`` sets them, after the gates ran. MLflow's current registry URI
+    is used (``use_experiment`` sets it).
     """
     with held_lock(engine, MODEL_LOCK):
         facts = {**details, "model": name, "run_id": run_id}
@@ -117,6 +118,7 @@ def register_version(
 
 def _write_gate_tags(client: MlflowClient, name: str, version: str, passed: bool,
                      failed: list[str]) -> None:
+    # ``gates.passed`` last: until it is there the version reads as ungated, never as passed.
     client.set_model_version_tag(name, version, GATES_FAILED_TAG,
                                  json.dumps(failed, ensure_ascii=False))
     client.set_model_version_tag(name, version, GATES_PASSED_TAG, str(passed).lower())
@@ -318,9 +320,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
         for alias, version in sorted(aliases.items()):
             expected = moves.get((model, alias))
             if expected != version:
-                problems.append(f"{model}@{alias} is v{version} in MLflow but the trail's "
-                                + (f"last move says v{expected}" if expected
-                                   else "has no move for it"))
+                problems.append(f"{model}@{alias} is v{version} in MLflow but "
+                                + (f"the trail's last move says v{expected}" if expected
+                                   else "the trail has no move for it"))
         for (m, alias), version in sorted(moves.items()):
             if m == model and alias not in aliases:
                 problems.append(f"{model}@{alias} is unset in MLflow but the trail's last move "

@@ -191,7 +191,11 @@ def test_a_hand_set_gate_tag_does_not_promote(registry_env: dict[str, str],
     assert "has no gate results" in verified.stderr, verified.stderr
 
 
-@pytest.mark.parametrize("point", ["alias.before_mlflow", "alias.after_mlflow"])
+@pytest.mark.slow
+@pytest.mark.parametrize(("warehouse_url", "point"), [
+    ("sqlite", "alias.before_mlflow"), ("sqlite", "alias.after_mlflow"),
+    ("postgres", "alias.after_mlflow"),  # the case that moved champion with no record
+], indirect=["warehouse_url"])
 def test_promote_killed_mid_move_is_reported_then_settled(
     registry_env: dict[str, str], point: str, puhui: Callable[..., Ran],
 ) -> None:
@@ -224,6 +228,8 @@ def test_promote_killed_mid_move_is_reported_then_settled(
     assert_invariants(puhui)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_rollback_killed_after_the_move_is_recovered(registry_env: dict[str, str],
                                                      puhui: Callable[..., Ran]) -> None:
     v1, v2 = registry_env["passed1"], registry_env["passed2"]
@@ -276,13 +282,15 @@ def _versions() -> dict[str, dict[str, str]]:
 def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
                                                  puhui: Callable[..., Ran]) -> None:
     # 1. Killed after the registration intent, before MLflow: nothing registered; verify
-    #    records the registration as aborted.
-    crashed = _train_crash("register.before_mlflow")
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    assert _versions() == {} and _model_events()[-1]["action"] == REGISTER_INTENT
-    verified = puhui("audit", "verify")
-    assert verified.returncode == 0 and "aborted" in verified.stdout, verified.stderr
-    assert_invariants(puhui)
+    #    records the registration as aborted. (PostgreSQL runs only the case of issue 10,
+    #    point 2: each training costs half a minute and the code is the same.)
+    if dialect == "sqlite":
+        crashed = _train_crash("register.before_mlflow")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        assert _versions() == {} and _model_events()[-1]["action"] == REGISTER_INTENT
+        verified = puhui("audit", "verify")
+        assert verified.returncode == 0 and "aborted" in verified.stdout, verified.stderr
+        assert_invariants(puhui)
 
     # 2. Killed between MLflow's registration and the audit write: v1 exists, with no gate
     #    tag (before: tagged gates.passed=true and promotable). The next command recovers
@@ -328,3 +336,23 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert_invariants(puhui)
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_reports_model_changes_made_behind_the_trails_back(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    """MLflow changed directly (not through puhui): an alias move and a registration with no
+    event in the trail are reported, non-zero."""
+    assert puhui("audit", "verify").returncode == 0
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    client.set_registered_model_alias(NAME, CHAMPION, registry_env["failed"])
+    source = client.get_model_version(NAME, registry_env["passed1"])
+    client.create_model_version(NAME, source.source, run_id=source.run_id)
+    verified = puhui("audit", "verify", "--json")
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 1 and not report["ok"]
+    assert report["registry_problems"] == [
+        f"{NAME} v5 is in MLflow with no registration event in the trail",
+        f"{NAME}@champion is v{registry_env['failed']} in MLflow but the trail has no move "
+        "for it"]
