@@ -18,6 +18,7 @@ from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.validation import BatchValidator
+from tasks.prefect_ui import dated_run_name
 from tasks.retries import retry_on_transient_error
 
 
@@ -32,7 +33,7 @@ def _validator(home: Path) -> BatchValidator:
     retries=2,
     retry_delay_seconds=10,
     retry_condition_fn=retry_on_transient_error,
-    task_run_name="ingest-{partner}-{as_of}",
+    task_run_name=dated_run_name("ingest"),
 )
 def ingest_partner_feed(partner: str, as_of: date) -> dict:
     """Ingest the new files of one feed up to ``as_of``; returns counts and one line per file."""
@@ -72,6 +73,7 @@ WAREHOUSE_SUITE_PREFIX = "warehouse_"
 
 @task(
     name="validate-warehouse-tables",
+    task_run_name=dated_run_name("validate-warehouse-tables"),
     retries=2,
     retry_delay_seconds=10,
     retry_condition_fn=retry_on_transient_error,
@@ -125,7 +127,7 @@ def validate_warehouse_tables() -> list[dict]:
     return results
 
 
-@task(name="build-data-docs")
+@task(name="build-data-docs", task_run_name=dated_run_name("build-data-docs"))
 def build_validation_data_docs() -> str:
     """Render this run's new GX results into the Data Docs site; returns its index path."""
     build = build_data_docs(load_settings().home / "gx")

@@ -39,6 +39,7 @@ from puhui.risk.publish import (
 from puhui.risk.training_set import TrainingSet, build_training_set, feature_requests
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from tasks.prefect_ui import dated_run_name
 from tasks.retries import retry_on_transient_error
 
 STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
@@ -65,7 +66,7 @@ class FeatureStep:
     line: str
 
 
-@task(name="risk-features", **STEP)
+@task(name="risk-features", task_run_name=dated_run_name("risk-features"), **STEP)
 def build_risk_features(as_of: date) -> FeatureStep:
     """Point-in-time features of every applicant as of the day before each application."""
     started = time.perf_counter()
@@ -82,7 +83,7 @@ def build_risk_features(as_of: date) -> FeatureStep:
     return FeatureStep(frames, apps, features, line)
 
 
-@task(name="risk-training-set", **STEP)
+@task(name="risk-training-set", task_run_name=dated_run_name("risk-training-set"), **STEP)
 def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
     """Applications joined to features, matured labels, out-of-time split."""
     started = time.perf_counter()
@@ -99,7 +100,7 @@ def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
     return training, line
 
 
-@task(name="risk-train", **STEP)
+@task(name="risk-train", task_run_name=dated_run_name("risk-train"), **STEP)
 def train_risk_models(training: TrainingSet) -> tuple[TrainedModel, object, str]:
     """LightGBM (with the bounded search, if configured) and the logistic benchmark."""
     started = time.perf_counter()
@@ -127,7 +128,7 @@ def load_champion(tracking_uri: str, name: str) -> tuple[RiskScorer | None, str 
     return pyfunc.unwrap_python_model().scorer, version
 
 
-@task(name="risk-evaluate", **STEP)
+@task(name="risk-evaluate", task_run_name=dated_run_name("risk-evaluate"), **STEP)
 def evaluate_risk(training: TrainingSet, trained: TrainedModel,
                   benchmark: object) -> tuple[Evaluation, GateResult, str]:
     """The reviewer's figures on the out-of-time window, and the gates' verdict on them."""
@@ -153,7 +154,7 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
     return evaluation, gates, line
 
 
-@task(name="risk-register", **STEP)
+@task(name="risk-register", task_run_name=dated_run_name("risk-register"), **STEP)
 def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
                         gates: GateResult, fingerprint: str) -> tuple[Published, str]:
     """One MLflow run, a registered version, model_evaluations rows, an audit event."""
@@ -185,7 +186,7 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
     return published, line
 
 
-@task(name="risk-gate", **STEP)
+@task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
 def apply_gates(published: Published, gates: GateResult) -> str:
     """A passing version becomes the challenger (and champion, if configured); a failing
     one keeps its failed gates as tags and no alias."""
