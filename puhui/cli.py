@@ -224,8 +224,7 @@ def run_train(
     if json_:
         _print_json(summary)
         return
-    for line in summary["steps"]:
-        console.print(line, markup=False)
+    # The steps' lines were printed as each step finished (puhui.console.stage).
     console.print(summary["line"], markup=False)
 
 

@@ -15,13 +15,15 @@ Prefect reads when it is imported later, and adjusts its handlers if it already 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 import threading
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -138,7 +140,8 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
-# Each entry: logger, the start of the message dropped, and why it is noise for us.
+# Each entry: logger, the start of the message dropped, and why it is noise for us. (Python
+# warnings need no entry: none of our dependencies raises one on our paths today.)
 FILTERED_LOG_MESSAGES: list[tuple[str, str, str]] = [
     ("mlflow.pyfunc", "Passing a Python object as `python_model`",
      "our pyfunc wrapper is our own class, logged and loaded only through our own registry; "
@@ -149,22 +152,41 @@ FILTERED_LOG_MESSAGES: list[tuple[str, str, str]] = [
      "MLflow migrating its own embedded store on first use"),
 ]
 
-# Python warnings: module regex, message regex, category, and why it is filtered.
-FILTERED_WARNINGS: list[tuple[str, str, type[Warning], str]] = [
-    ("mlflow.*", ".*Hint: Inferred schema contains integer column.*", UserWarning,
-     "our signature is written from the contract's types; missing integers are floats there"),
-    ("mlflow.*", ".*artifact_path.* is deprecated.*", FutureWarning,
-     "raised inside MLflow's own helpers; our calls already use name="),
-    ("great_expectations.*", ".*", DeprecationWarning,
-     "GX's internal use of deprecated pandas/pydantic APIs; nothing we call"),
-    ("pydantic.*", ".*", DeprecationWarning, "pydantic v1-style models inside GX and MLflow"),
-]
+# MLflow prints these with print(file=sys.stderr), past logging: the register step's own
+# line names the model and version already.
+MLFLOW_REGISTRY_PRINTS = ("Successfully registered model '", "Created version '")
+
+
+class _LineDropper(io.TextIOBase):
+    """A stderr stand-in that drops ``print`` calls starting with one of ``prefixes``."""
+
+    def __init__(self, target: TextIO, prefixes: tuple[str, ...]) -> None:
+        self.target, self.prefixes, self._dropped = target, prefixes, False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.prefixes) or (self._dropped and text == "\n"):
+            self._dropped = text != "\n"  # print() writes its end separately
+            return len(text)
+        self._dropped = False
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextmanager
+def dropping_prints(prefixes: tuple[str, ...]) -> Iterator[None]:
+    """Drop third-party ``print`` lines to stderr that start with ``prefixes`` (shown with
+    ``--verbose``)."""
+    if _state.verbose:
+        yield
+        return
+    with redirect_stderr(_LineDropper(sys.stderr, prefixes)):
+        yield
 
 
 def filter_third_party_noise() -> None:
-    """Drop known third-party warnings and log lines (each listed above with its reason)."""
-    for module, message, category, _reason in FILTERED_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    """Drop known third-party log lines (each listed above with its reason)."""
     by_logger: dict[str, list[str]] = {}
     for name, prefix, _reason in FILTERED_LOG_MESSAGES:
         by_logger.setdefault(name, []).append(prefix)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import PartnersConfig, load_config
 from puhui.data_docs import build_data_docs
@@ -48,11 +49,18 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
         flow_run_id=current_flow_run_id(),
     )
     logger = get_run_logger()
+    rows = 0
 
-    def log_file(outcome: FileOutcome) -> None:
-        logger.info(outcome.line())
+    with console.progress(f"ingest {partner}") as bar:
 
-    result = ingest_feed(runtime, feed, ingestor, as_of, on_file=log_file)
+        def log_file(outcome: FileOutcome) -> None:
+            nonlocal rows
+            logger.info(outcome.line())
+            rows += outcome.rows
+            bar.update(description=f"ingest {partner}: {rows:,} rows")
+            bar.advance(1)
+
+        result = ingest_feed(runtime, feed, ingestor, as_of, on_file=log_file)
     if result.late:
         logger.warning(
             "%s: the delivery expected for %s by %s has not arrived (late)",
@@ -130,6 +138,7 @@ def validate_warehouse_tables() -> list[dict]:
 @task(name="build-data-docs", task_run_name=dated_run_name("build-data-docs"))
 def build_validation_data_docs() -> str:
     """Render this run's new GX results into the Data Docs site; returns its index path."""
-    build = build_data_docs(load_settings().home / "gx")
+    with console.progress("GX Data Docs"):
+        build = build_data_docs(load_settings().home / "gx")
     get_run_logger().info(build.line())
     return str(build.index)

@@ -14,6 +14,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
 from puhui.features.builder import build_features
@@ -55,6 +56,7 @@ def _configs() -> tuple[FeaturesConfig, RiskModelSpec]:
 def _say(line: str, started: float) -> str:
     line = f"{line} ({time.perf_counter() - started:.1f}s)"
     get_run_logger().info(line)
+    console.stage(line)  # as it happens, not after the flow
     return line
 
 
@@ -74,7 +76,8 @@ def build_risk_features(as_of: date) -> FeatureStep:
     spec, _ = _configs()
     frames = load_source_frames(runtime.engine, spec, as_of)
     apps = feature_requests(runtime.engine, spec, as_of)
-    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+    with console.progress("features"):
+        features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
     written = write_user_features(runtime.engine, features, spec.feature_set)
     line = _say(
         f"features as of {as_of}: {written:,} (customer, as-of) rows x "
@@ -164,12 +167,13 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
     _, model = _configs()
     tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
             "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
-    published = publish_risk_model(
-        engine=runtime.engine, tracking_uri=settings.mlflow_tracking_uri,
-        name=model.registered_name, training=training, trained=trained,
-        evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
-        report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
-    )
+    with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
+        published = publish_risk_model(
+            engine=runtime.engine, tracking_uri=settings.mlflow_tracking_uri,
+            name=model.registered_name, training=training, trained=trained,
+            evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
+            report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
+        )
     summary = training.summary()
     audit.record(runtime.engine, REGISTERED, f"{published.name}/v{published.version}", {
         "model": published.name, "version": published.version, "as_of": summary["as_of"],
