@@ -70,7 +70,7 @@ def _state_path(settings: Settings) -> Path:
     return settings.prefect_home / STATE_FILE
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,7 +93,7 @@ def read_server(settings: Settings) -> ServerInfo | None:
         info = ServerInfo(int(state["pid"]), int(state["port"]), Path(state["log"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _pid_alive(info.pid):
+    if not pid_alive(info.pid):
         path.unlink(missing_ok=True)
         return None
     return info
@@ -190,7 +190,7 @@ def _wait_healthy(info: ServerInfo, timeout: float,
             return True
         if process is not None and process.poll() is not None:
             return False
-        if process is None and not _pid_alive(info.pid):
+        if process is None and not pid_alive(info.pid):
             return False
         time.sleep(0.3)
     return False
@@ -212,9 +212,9 @@ def stop_server(settings: Settings, timeout: float = 30.0) -> ServerInfo | None:
         return None
     _signal_group(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(info.pid) and time.monotonic() < deadline:
+    while pid_alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _pid_alive(info.pid):
+    if pid_alive(info.pid):
         _signal_group(info.pid, signal.SIGKILL)
     _state_path(settings).unlink(missing_ok=True)
     return info

@@ -8,6 +8,7 @@ Prefect's own keys (work pools, pull steps) pass through untouched.
 from __future__ import annotations
 
 import importlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,17 @@ def serve_deployments(console: Console) -> None:
         crons = ", ".join(f"{s.cron} {s.timezone}" for s in spec.schedules if s.active) or "none"
         console.print(f"serving {spec.name} ({spec.entrypoint}) on schedule: {crons}")
     deployments = build_runner_deployments(specs)
+    # Until Prefect's runner installs its own handler, SIGTERM must still end in the cleanup.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(*deployments, print_starting_message=False)
     finally:
         removed = delete_scheduled_runs([f"{d.flow_name}/{d.name}" for d in deployments])
         console.print(f"stopped serving; removed {removed} scheduled run(s) it had created")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def delete_scheduled_runs(deployment_names: list[str]) -> int:
