@@ -586,19 +586,20 @@ def server_status(json_: JsonFlag = False) -> None:
 
 # --------------------------------------------------------------------------- entry point
 _DEBUG = False
-GLOBAL_FLAGS = {"--debug", "--verbose", "-v"}
+# Long flags only: a subcommand may use a short one (e.g. -v) for its own option.
+GLOBAL_FLAGS = {"--debug", "--verbose"}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (one line on error, traceback only with --debug).
 
-    ``--debug`` (tracebacks) and ``--verbose``/``-v`` (per-file lines, Prefect's INFO lines,
+    ``--debug`` (tracebacks) and ``--verbose`` (per-file lines, Prefect's INFO lines,
     which Prefect server is used) may appear anywhere on the line.
     """
     global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _DEBUG = "--debug" in args
-    verbose = "--verbose" in args or "-v" in args
+    verbose = "--verbose" in args
     args = [a for a in args if a not in GLOBAL_FLAGS]
     report.configure(console, verbose=verbose, json_output="--json" in args)
     report.filter_third_party_noise()

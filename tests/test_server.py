@@ -250,3 +250,29 @@ def test_settings_are_checked_before_any_flow_starts(tmp_path: Path) -> None:
     assert dead_api.returncode == 1
     assert "does not answer" in dead_api.stderr and "Traceback" not in dead_api.stderr
     assert not (tmp_path / "home" / "prefect" / "prefect.db").exists()  # no flow started
+
+
+def test_prefect_target_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's PREFECT_API_URL wins; else a live recorded server; else a temporary one."""
+    from puhui.prefect_server import STATE_FILE, choose_prefect_target, read_server
+    from puhui.settings import load_settings
+
+    monkeypatch.setenv("PUHUI_HOME", str(tmp_path / "home"))
+    # Recorded first, so that the variable the code sets is undone after the test too.
+    monkeypatch.setenv("PREFECT_API_URL", "recorded")
+    monkeypatch.delenv("PREFECT_API_URL")
+    settings = load_settings()
+    assert choose_prefect_target(settings).ephemeral
+    settings.prefect_home.mkdir(parents=True)
+    state = settings.prefect_home / STATE_FILE
+    state.write_text(json.dumps({"pid": os.getpid(), "port": 4999, "log": "server.log"}))
+    target = choose_prefect_target(settings)
+    assert (target.kind, target.api_url) == ("server", "http://127.0.0.1:4999/api")
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4999/api"
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    assert choose_prefect_target(settings).kind == "external"
+    monkeypatch.delenv("PREFECT_API_URL")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state.write_text(json.dumps({"pid": dead.pid, "port": 4999, "log": "server.log"}))
+    assert read_server(settings) is None and not state.exists()  # stale state removed
