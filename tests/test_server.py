@@ -244,6 +244,16 @@ def test_settings_are_checked_before_any_flow_starts(tmp_path: Path) -> None:
         "puhui: error: PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
         "postgresql+psycopg://user:password@host:5432/dbname, or unset it for the embedded "
         "SQLite warehouse"]
+    closed_port = _free_port()
+    no_db = _run([*PUHUI, "run", "ingest"], {
+        **env, "PUHUI_PSEUDONYM_KEY": "k" * 40,
+        "PUHUI_WAREHOUSE_URL": f"postgresql+psycopg://puhui:secret@127.0.0.1:{closed_port}/w"},
+        check=False)
+    assert no_db.returncode == 1
+    [line] = no_db.stderr.strip().splitlines()
+    assert line.startswith(f"puhui: error: cannot reach the warehouse postgresql+psycopg://"
+                           f"puhui:***@127.0.0.1:{closed_port}/w: ")
+    assert line.endswith("check PUHUI_WAREHOUSE_URL and that the database is up")
     dead_api = _run([*PUHUI, "run", "ingest"], {
         **env, "PUHUI_PSEUDONYM_KEY": "k" * 40,
         "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api"}, check=False)
