@@ -185,6 +185,9 @@ def test_commands_use_the_running_server_and_say_so(
 def test_serve_cleans_up_its_scheduled_runs_on_sigterm(
         server: tuple[dict[str, str], str]) -> None:
     env, api_url = server
+    for deployment in _deployments(api_url):  # left by `prefect deploy`: serve makes its own
+        urllib.request.urlopen(urllib.request.Request(
+            f"{api_url}/deployments/{deployment['id']}", method="DELETE"), timeout=30).close()
     serving = subprocess.Popen([*PUHUI, "serve"], env=env, cwd=repo_root(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -193,7 +196,7 @@ def test_serve_cleans_up_its_scheduled_runs_on_sigterm(
         while time.monotonic() < deadline and not scheduled:
             time.sleep(2)
             assert serving.poll() is None, serving.stdout.read() if serving.stdout else ""
-            scheduled = _scheduled_runs(api_url, served_only=True)
+            scheduled = _scheduled_runs(api_url)
         assert scheduled, "the server scheduled no run for the served deployments"
     finally:
         serving.send_signal(signal.SIGTERM)
@@ -203,12 +206,13 @@ def test_serve_cleans_up_its_scheduled_runs_on_sigterm(
     assert _scheduled_runs(api_url) == []
 
 
-def _scheduled_runs(api_url: str, served_only: bool = False) -> list:
-    deployments = _api(api_url, "/deployments/filter", {})
-    # `puhui serve` (re)registers the deployments without a work pool: until then, they are
-    # not (yet) its own.
-    ids = [d["id"] for d in deployments if d["name"] in ("daily", "train-risk")
-           and not (served_only and d["work_pool_name"])]
+def _deployments(api_url: str) -> list[dict]:
+    return [d for d in _api(api_url, "/deployments/filter", {})
+            if d["name"] in ("daily", "train-risk")]
+
+
+def _scheduled_runs(api_url: str) -> list:
+    ids = [d["id"] for d in _deployments(api_url)]
     if not ids:
         return []
     return _api(api_url, "/flow_runs/filter", {
