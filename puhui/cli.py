@@ -186,14 +186,16 @@ def run_ingest(
         return
     for feed in summary["feeds"]:
         for outcome in feed["files"]:
-            # Files that need a decision always get their line; the rest with --verbose.
-            if report.is_verbose() or outcome["status"] not in QUIET_FILE_STATUSES:
+            # New files that were held or warned about get their line; all with --verbose.
+            notable = not outcome["skipped"] and (
+                outcome["status"] not in QUIET_FILE_STATUSES or outcome["warnings"])
+            if report.is_verbose() or notable:
                 console.print(_file_line(outcome), markup=False)
     console.print(summary["line"], markup=False)
 
 
 # Outcomes that need no one's attention: their per-file lines only show with --verbose.
-QUIET_FILE_STATUSES = ("accepted", "duplicate", "skipped")
+QUIET_FILE_STATUSES = ("accepted", "duplicate")
 
 
 def _file_line(outcome: dict) -> str:
