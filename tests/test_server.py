@@ -174,6 +174,11 @@ def test_commands_use_the_running_server_and_say_so(
     assert lines[0].startswith(f"Prefect: local server {api_url.removesuffix('/api')}")
     assert lines[-1].startswith(f"ingest {AS_OF}:")
     assert "Finished in state" not in done.stdout + done.stderr  # Prefect's INFO lines
+    assert len(lines) == 2  # nothing held: no per-file line without --verbose
+    verbose_ingest = _run([*PUHUI, "run", "ingest", "--partner", "mobile_payments",
+                           "--as-of", AS_OF, "--verbose"], env)
+    assert "mobile_payments_20260930.csv" in verbose_ingest.stdout  # the file's line
+    assert "Finished in state Completed()" in verbose_ingest.stderr  # Prefect's state lines
     runs = _api(api_url, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [
         f"ingest mobile_payments {AS_OF}"]}}})
     assert runs and runs[0]["state_type"] == "COMPLETED"
