@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_flow
 from puhui.dates import today_local
+from tasks.prefect_ui import daily_markdown, dated_run_name, publish_summary
 from tasks.warehouse import prepare_warehouse, record_audit_event
 
 # Stages of the daily pipeline that later issues build; listed so the summary never implies
@@ -15,7 +16,7 @@ from tasks.warehouse import prepare_warehouse, record_audit_event
 NOT_BUILT_STAGES = ("profiles", "report")
 
 
-@flow(name="daily", log_prints=False)
+@flow(name="daily", flow_run_name=dated_run_name("daily"), log_prints=False)
 def daily_pipeline(as_of: date | None = None) -> dict:
     """Run the daily pipeline for ``as_of`` (default: today in the lender's timezone)."""
     as_of = as_of or today_local()
@@ -37,4 +38,5 @@ def daily_pipeline(as_of: date | None = None) -> dict:
         {k: v for k, v in summary.items() if k != "line"},
     )
     get_run_logger().info(summary["line"])
+    publish_summary("daily-summary", daily_markdown(summary), summary["line"])
     return summary

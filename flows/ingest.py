@@ -15,6 +15,7 @@ from tasks.ingest import (
     ingest_partner_feed,
     validate_warehouse_tables,
 )
+from tasks.prefect_ui import dated_run_name, ingest_markdown, publish_summary
 from tasks.warehouse import prepare_warehouse
 
 
@@ -53,7 +54,7 @@ def summarize_ingest(as_of: date, feeds: list[dict], tables: list[dict]) -> dict
     }
 
 
-@flow(name="ingest", log_prints=False)
+@flow(name="ingest", flow_run_name=dated_run_name("ingest"), log_prints=False)
 def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
     """Ingest and validate landed partner files up to ``as_of`` (default today)."""
     install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
@@ -69,4 +70,5 @@ def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
     summary = summarize_ingest(as_of, feeds, tables)
     summary["data_docs"] = build_validation_data_docs()
     get_run_logger().info(summary["line"])
+    publish_summary("ingest-summary", ingest_markdown(summary), summary["line"])
     return summary

@@ -7,6 +7,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from tasks.prefect_ui import dated_run_name, publish_summary, train_markdown
 from tasks.train import (
     apply_gates,
     assemble_training_set,
@@ -21,7 +22,7 @@ from tasks.train import (
 from tasks.warehouse import prepare_warehouse
 
 
-@flow(name="train-risk", log_prints=False)
+@flow(name="train-risk", flow_run_name=dated_run_name("train-risk"), log_prints=False)
 def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
     """Retrain, evaluate, register and gate the credit-risk model as of ``as_of``.
 
@@ -40,8 +41,10 @@ def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
         line = (f"train risk {as_of}: unchanged: v{same} was trained on the same data, "
                 "configuration, code and seed (--force trains again)")
         get_run_logger().info(line)
-        return {"as_of": as_of.isoformat(), "version": same, "skipped": True,
-                "steps": lines, "line": line}
+        skipped = {"as_of": as_of.isoformat(), "version": same, "skipped": True,
+                   "steps": lines, "line": line}
+        publish_summary("train-risk-summary", train_markdown(skipped), line)
+        return skipped
     trained, benchmark, train_line = train_risk_models(training)
     evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)
     published, register_line = register_risk_model(training, trained, evaluation, gates,
@@ -53,9 +56,11 @@ def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
             f"{m['auc_oot']:.4f} vs benchmark {m['auc_oot_benchmark']:.4f}, gates "
             + ("passed" if gates.passed else f"FAILED ({len(gates.failed)})"))
     get_run_logger().info(line)
-    return {
+    summary = {
         "as_of": as_of.isoformat(), "name": published.name, "version": published.version,
         "run_id": published.run_id, "report": str(published.report_path),
         "metrics": {k: m[k] for k in ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")},
         "gates": gates.as_dict(), "skipped": False, "steps": lines, "line": line,
     }
+    publish_summary("train-risk-summary", train_markdown(summary), line)
+    return summary

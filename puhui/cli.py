@@ -8,7 +8,6 @@ yet say so and exit 2; they never pretend.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from puhui import console as report
 from puhui.errors import NotBuiltYet, PuhuiError
 from puhui.privacy import scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
@@ -40,12 +40,15 @@ models_app = typer.Typer(no_args_is_help=True, help="Model versions, champions a
 quarantine_app = typer.Typer(no_args_is_help=True, help="Held partner batches.")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
 db_app = typer.Typer(no_args_is_help=True, help="Warehouse schema migrations.")
+server_app = typer.Typer(no_args_is_help=True,
+                         help="A local Prefect server with its UI, used by every command.")
 config_app = typer.Typer(no_args_is_help=True, help="The declarative configuration.")
 app.add_typer(run_app, name="run")
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(server_app, name="server")
 app.add_typer(config_app, name="config")
 
 AsOf = Annotated[
@@ -65,8 +68,32 @@ def _parse_date(value: str | None, option: str) -> date | None:
 
 
 def _settings() -> Settings:
+    """Settings for any command: quiet defaults, and the running Prefect server if there is
+    one (said with --verbose; read-only commands never start or import Prefect)."""
+    from puhui.prefect_server import choose_prefect_target
+
     settings = load_settings()
     configure_runtime(settings)
+    report.detail(choose_prefect_target(settings).line)
+    return settings
+
+
+def _flow_settings(*, needs_key: bool = True, ephemeral_ok: bool = True) -> Settings:
+    """Settings for a command that runs flows: checked before any flow starts, Prefect's
+    console quietened, and one line saying which Prefect server the runs go to."""
+    from puhui.prefect_server import choose_prefect_target
+    from puhui.runtime import check_settings
+
+    settings = load_settings()
+    configure_runtime(settings)
+    target = choose_prefect_target(settings)
+    check_settings(settings, target, needs_key=needs_key)
+    if target.ephemeral and not ephemeral_ok:
+        raise PuhuiError("no Prefect server is running: start one with 'puhui server start' "
+                         "(or pass --ephemeral for a temporary one without UI, whose "
+                         "schedules die with this process)")
+    report.quiet_prefect_logging(verbose=report.is_verbose(), tracebacks=_DEBUG)
+    report.stage(target.line)
     return settings
 
 
@@ -88,7 +115,7 @@ def demo(
     """Generate a synthetic landing zone, run the daily pipeline and train the risk model."""
     from puhui.demo import DEMO_HISTORY_DAYS, run_demo
 
-    run_demo(_settings(), users=users, days=days, seed=seed, console=console,
+    run_demo(_flow_settings(needs_key=False), users=users, days=days, seed=seed, console=console,
              history_days=history_days or DEMO_HISTORY_DAYS)
 
 
@@ -138,9 +165,10 @@ def run_daily(as_of: AsOf = None) -> None:
     """The daily pipeline flow."""
     from puhui.pipeline import run_daily_pipeline
 
-    _settings()
-    summary = run_daily_pipeline(_parse_date(as_of, "--as-of"))
-    console.print(summary["line"])
+    day = _parse_date(as_of, "--as-of")
+    _flow_settings()
+    summary = run_daily_pipeline(day)
+    console.print(summary["line"], markup=False)
 
 
 @run_app.command("ingest")
@@ -151,18 +179,25 @@ def run_ingest(
 ) -> None:
     """Ingest and validate landed partner files (one line per file, then a summary)."""
     day = _parse_date(as_of, "--as-of")
-    from puhui.ingest.pseudonymize import pseudonym_key_bytes
     from puhui.pipeline import run_ingest_flow
 
-    pseudonym_key_bytes(_settings().pseudonym_key)  # refuse before starting any flow
+    _flow_settings()
     summary = run_ingest_flow(day, partner)
     if json_:
         _print_json(summary)
         return
     for feed in summary["feeds"]:
         for outcome in feed["files"]:
-            console.print(_file_line(outcome), markup=False)
+            # New files that were held or warned about get their line; all with --verbose.
+            notable = not outcome["skipped"] and (
+                outcome["status"] not in QUIET_FILE_STATUSES or outcome["warnings"])
+            if report.is_verbose() or notable:
+                console.print(_file_line(outcome), markup=False)
     console.print(summary["line"], markup=False)
+
+
+# Outcomes that need no one's attention: their per-file lines only show with --verbose.
+QUIET_FILE_STATUSES = ("accepted", "duplicate")
 
 
 def _file_line(outcome: dict) -> str:
@@ -187,13 +222,13 @@ def run_train(
         raise NotBuiltYet("puhui run train recommender", "product recommender")
     from puhui.pipeline import run_train_risk_flow
 
-    _settings()
-    summary = run_train_risk_flow(_parse_date(as_of, "--as-of"), force=force)
+    day = _parse_date(as_of, "--as-of")
+    _flow_settings()
+    summary = run_train_risk_flow(day, force=force)
     if json_:
         _print_json(summary)
         return
-    for line in summary["steps"]:
-        console.print(line, markup=False)
+    # The steps' lines were printed as each step finished (puhui.console.stage).
     console.print(summary["line"], markup=False)
 
 
@@ -222,7 +257,7 @@ def backfill(
         raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
     from puhui.pipeline import backfill_daily
 
-    _settings()
+    _flow_settings()
     for line in backfill_daily(first, last, force=force):
         console.print(line)
 
@@ -564,39 +599,98 @@ def data_docs() -> None:
 
 
 @app.command()
-def serve() -> None:
-    """Run every scheduled deployment of prefect.yaml in this process (Ctrl-C stops)."""
+def serve(
+    ephemeral: Annotated[bool, typer.Option(
+        "--ephemeral", help="Serve on a temporary Prefect server (no UI; gone when stopped)."
+    )] = False,
+) -> None:
+    """Run every scheduled deployment of prefect.yaml in this process (Ctrl-C stops).
+
+    Needs a Prefect server ('puhui server start' or PREFECT_API_URL) unless --ephemeral.
+    The scheduled runs it created are deleted when it stops (Ctrl-C or SIGTERM).
+    """
     from puhui.scheduling import serve_deployments
 
-    _settings()
+    _flow_settings(ephemeral_ok=ephemeral)
     serve_deployments(console=console)
 
 
+# --------------------------------------------------------------------------- server
+@server_app.command("start")
+def server_start(
+    port: Annotated[int | None, typer.Option(
+        "--port", help="Port on 127.0.0.1 [default: PUHUI_PREFECT_PORT, else 4200 if free, "
+        "else a free one].")] = None,
+) -> None:
+    """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
+    from puhui.prefect_server import ensure_process_work_pools, start_server
+    from puhui.scheduling import work_pool_names
+
+    settings = load_settings()
+    configure_runtime(settings)
+    with console.status("starting the Prefect server (the first start takes longer)..."):
+        info, started = start_server(settings, port)
+        pools = ensure_process_work_pools(info.api_url, work_pool_names())
+    console.print(f"Prefect server {'started' if started else 'already running'}: UI "
+                  f"{info.ui_url}, API {info.api_url} (pid {info.pid}, log {info.log}); "
+                  "every puhui command now uses it; 'puhui server stop' stops it",
+                  markup=False)
+    if pools:
+        console.print(f"created the process work pool(s) {', '.join(pools)} of prefect.yaml "
+                      "(prefect deploy --all; prefect worker start --pool NAME)")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server of this PUHUI_HOME."""
+    from puhui.prefect_server import stop_server
+
+    info = stop_server(load_settings())
+    console.print(f"Prefect server stopped (pid {info.pid}, port {info.port})" if info
+                  else "no Prefect server running for this PUHUI_HOME")
+
+
+@server_app.command("status")
+def server_status(json_: JsonFlag = False) -> None:
+    """Is the local Prefect server running? Its URL and pid (exit 1 if not running)."""
+    from puhui.prefect_server import is_healthy, read_server
+
+    info = read_server(load_settings())
+    healthy = info is not None and is_healthy(info.api_url)
+    if json_:
+        _print_json({"running": info is not None, "healthy": healthy,
+                     **({"pid": info.pid, "port": info.port, "ui_url": info.ui_url,
+                         "api_url": info.api_url, "log": str(info.log)} if info else {})})
+    elif info is None:
+        console.print("no Prefect server running for this PUHUI_HOME "
+                      "(commands use a temporary one; 'puhui server start' starts one)")
+    else:
+        console.print(f"Prefect server {'running' if healthy else 'NOT ANSWERING'}: UI "
+                      f"{info.ui_url}, API {info.api_url} (pid {info.pid}, log {info.log})",
+                      markup=False)
+    if info is None or not healthy:
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- entry point
-class _NoTracebacks(logging.Filter):
-    """Keep library log records (Prefect's failure logs) to their message line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return True
-
-
-def _quiet_tracebacks() -> None:
-    """Console logs without tracebacks (Prefect's API logs keep them for the run history)."""
-    from prefect.logging.configuration import ensure_logging_setup
-
-    ensure_logging_setup()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_NoTracebacks())
+_DEBUG = False
+# Long flags only: a subcommand may use a short one (e.g. -v) for its own option.
+GLOBAL_FLAGS = {"--debug", "--verbose"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (one line on error, traceback only with --debug)."""
+    """Run the CLI; return the exit code (one line on error, traceback only with --debug).
+
+    ``--debug`` (tracebacks) and ``--verbose`` (per-file lines, Prefect's INFO lines,
+    which Prefect server is used) may appear anywhere on the line.
+    """
+    global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
-    if not debug and args[:1] in (["run"], ["demo"], ["backfill"], ["serve"]):
-        _quiet_tracebacks()
+    debug = _DEBUG = "--debug" in args
+    verbose = "--verbose" in args
+    args = [a for a in args if a not in GLOBAL_FLAGS]
+    report.configure(console, verbose=verbose, json_output="--json" in args)
+    report.filter_third_party_noise()
     started = time.monotonic()
     try:
         result = app(args=args, prog_name="puhui", standalone_mode=False)

@@ -126,13 +126,11 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
         f"(risk AUC ceiling of the data: {truth['risk_auc_ceiling']:.3f})"
     )
     end_date = date.fromisoformat(truth["end_date"])
-    console.print(f"running the daily pipeline as of {end_date} (Prefect, local)...")
+    console.print(f"running the daily pipeline as of {end_date}...")
     result = run_daily_pipeline(end_date)
     console.print(result["line"])
-    console.print(f"training the credit-risk model as of {end_date} (Prefect, local)...")
-    trained = run_train_risk_flow(end_date)
-    for line in trained["steps"]:
-        console.print(f"  {line}", markup=False)
+    console.print(f"training the credit-risk model as of {end_date}...")
+    trained = run_train_risk_flow(end_date)  # each step prints its line as it finishes
     console.print(trained["line"], markup=False)
     if not trained["skipped"] and trained["gates"]["passed"]:
         promote_first_champion(trained["name"], trained["version"], console)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import NoSuchModuleError
 
 from puhui.audit import AuditWriter, audit_key_bytes
 from puhui.config import config_hash
+from puhui.errors import PuhuiError
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
 from puhui.warehouse.engine import get_engine
+
+if TYPE_CHECKING:
+    from puhui.prefect_server import PrefectTarget
 
 
 @dataclass(frozen=True)
@@ -31,3 +38,56 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     audit = AuditWriter(actor=settings.actor, config_hash=config_hash(settings.config_dir),
                         key=audit_key_bytes(settings.audit_key))
     return Runtime(settings, engine, audit)
+
+
+def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
+                   needs_key: bool = True) -> None:
+    """Refuse bad settings before any flow starts, in one line that says the fix.
+
+    Checks the pseudonymization key (when the command ingests), that the warehouse URL
+    parses, names a supported database and answers, that the MLflow URI has a scheme MLflow
+    knows, and that a configured Prefect server answers. A flow would otherwise fail on
+    each of these after Prefect started, with a traceback per retry.
+    """
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    if needs_key and not settings.pseudonym_key:
+        raise PuhuiError("PUHUI_PSEUDONYM_KEY is not set: export PUHUI_PSEUDONYM_KEY=<a secret "
+                         "of 32+ characters> (keep it out of git), or run 'puhui demo' once "
+                         "for a local demo key")
+    try:
+        url = make_url(settings.warehouse_url)
+        url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise PuhuiError(
+            "PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
+            "postgresql+psycopg://user:password@host:5432/dbname, or unset it for the "
+            "embedded SQLite warehouse") from None
+    try:
+        with get_engine(settings.warehouse_url).connect():
+            pass
+    except OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0][:200]
+        raise PuhuiError(
+            f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: {first}; "
+            "check PUHUI_WAREHOUSE_URL and that the database is up") from None
+    scheme = settings.mlflow_tracking_uri.split(":", 1)[0] if ":" in \
+        settings.mlflow_tracking_uri else ""
+    if scheme.split("+", 1)[0] not in MLFLOW_SCHEMES and not Path(
+            settings.mlflow_tracking_uri).is_absolute():
+        raise PuhuiError(
+            f"MLFLOW_TRACKING_URI {settings.mlflow_tracking_uri!r} has no scheme MLflow "
+            "knows: use sqlite:///path/mlflow.db, postgresql://..., or http://host:5000, or "
+            "unset it for the embedded store")
+    if prefect is not None and not prefect.ephemeral and prefect.api_url:
+        from puhui.prefect_server import is_healthy
+
+        if not is_healthy(prefect.api_url, timeout=3.0):
+            fix = ("'puhui server stop' then 'puhui server start'" if prefect.kind == "server"
+                   else "start it, or unset PREFECT_API_URL for a temporary local one")
+            raise PuhuiError(f"the Prefect server at {prefect.api_url} does not answer: {fix}")
+
+
+# Tracking URI schemes MLflow resolves (database stores, its server, and files).
+MLFLOW_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                            "file", "databricks"})

@@ -8,6 +8,7 @@ Prefect's own keys (work pools, pull steps) pass through untouched.
 from __future__ import annotations
 
 import importlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,73 @@ def build_runner_deployments(specs: list[DeploymentSpec]) -> list[Any]:
 
 
 def serve_deployments(console: Console) -> None:
-    """Serve every deployment of ``prefect.yaml`` until interrupted."""
+    """Serve every deployment of ``prefect.yaml`` until interrupted (Ctrl-C or SIGTERM).
+
+    Prefect's runner pauses the schedules when it stops, but the runs its server already
+    scheduled ahead stay behind and would all start, late, the next time something serves
+    these deployments. They are deleted here once serving ends.
+    """
     from prefect import serve
 
     specs = load_deployment_specs()
     for spec in specs:
         crons = ", ".join(f"{s.cron} {s.timezone}" for s in spec.schedules if s.active) or "none"
         console.print(f"serving {spec.name} ({spec.entrypoint}) on schedule: {crons}")
-    serve(*build_runner_deployments(specs), print_starting_message=False)
+    deployments = build_runner_deployments(specs)
+    # Until Prefect's runner installs its own handler, SIGTERM must still end in the cleanup.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        serve(*deployments, print_starting_message=False)
+    finally:
+        removed = delete_scheduled_runs([f"{d.flow_name}/{d.name}" for d in deployments])
+        console.print(f"stopped serving; removed {removed} scheduled run(s) it had created")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def delete_scheduled_runs(deployment_names: list[str]) -> int:
+    """Delete the not-yet-started (scheduled, late) runs of these deployments; returns how many."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    removed = 0
+    with get_client(sync_client=True) as client:
+        ids = []
+        for name in deployment_names:
+            try:
+                ids.append(client.read_deployment_by_name(name).id)
+            except ObjectNotFound:
+                continue
+        if not ids:
+            return 0
+        scheduled = FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+        while True:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
+                flow_run_filter=scheduled, limit=200)
+            if not runs:
+                return removed
+            for run in runs:
+                client.delete_flow_run(run.id)
+                removed += 1
+
+
+def work_pool_names(specs: list[DeploymentSpec] | None = None) -> list[str]:
+    """The work pools ``prefect.yaml`` deploys to (``work_pool: {name: ...}``)."""
+    names = []
+    for spec in specs if specs is not None else load_deployment_specs():
+        pool = (spec.model_extra or {}).get("work_pool") or {}
+        if isinstance(pool, dict) and pool.get("name") and pool["name"] not in names:
+            names.append(pool["name"])
+    return names

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import PartnersConfig, load_config
 from puhui.data_docs import build_data_docs
@@ -19,6 +20,7 @@ from puhui.privacy import install_log_scrubbing
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.validation import BatchValidator
+from tasks.prefect_ui import dated_run_name
 from tasks.retries import retry_on_transient_error
 
 
@@ -33,7 +35,7 @@ def _validator(home: Path) -> BatchValidator:
     retries=2,
     retry_delay_seconds=10,
     retry_condition_fn=retry_on_transient_error,
-    task_run_name="ingest-{partner}-{as_of}",
+    task_run_name=dated_run_name("ingest"),
 )
 def ingest_partner_feed(partner: str, as_of: date) -> dict:
     """Ingest the new files of one feed up to ``as_of``; returns counts and one line per file."""
@@ -49,11 +51,18 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
         flow_run_id=current_flow_run_id(),
     )
     logger = get_run_logger()
+    rows = 0
 
-    def log_file(outcome: FileOutcome) -> None:
-        logger.info(outcome.line())
+    with console.progress(f"ingest {partner}") as bar:
 
-    result = ingest_feed(runtime, feed, ingestor, as_of, on_file=log_file)
+        def log_file(outcome: FileOutcome) -> None:
+            nonlocal rows
+            logger.info(outcome.line())
+            rows += outcome.rows
+            bar.update(description=f"ingest {partner}: {rows:,} rows")
+            bar.advance(1)
+
+        result = ingest_feed(runtime, feed, ingestor, as_of, on_file=log_file)
     if result.late:
         logger.warning(
             "%s: the delivery expected for %s by %s has not arrived (late)",
@@ -74,6 +83,7 @@ WAREHOUSE_SUITE_PREFIX = "warehouse_"
 
 @task(
     name="validate-warehouse-tables",
+    task_run_name=dated_run_name("validate-warehouse-tables"),
     retries=2,
     retry_delay_seconds=10,
     retry_condition_fn=retry_on_transient_error,
@@ -127,9 +137,10 @@ def validate_warehouse_tables() -> list[dict]:
     return results
 
 
-@task(name="build-data-docs")
+@task(name="build-data-docs", task_run_name=dated_run_name("build-data-docs"))
 def build_validation_data_docs() -> str:
     """Render this run's new GX results into the Data Docs site; returns its index path."""
-    build = build_data_docs(load_settings().home / "gx")
+    with console.progress("GX Data Docs"):
+        build = build_data_docs(load_settings().home / "gx")
     get_run_logger().info(build.line())
     return str(build.index)

@@ -14,6 +14,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
 from puhui.features.builder import build_features
@@ -40,6 +41,7 @@ from puhui.risk.publish import (
 from puhui.risk.training_set import TrainingSet, build_training_set, feature_requests
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from tasks.prefect_ui import dated_run_name
 from tasks.retries import retry_on_transient_error
 
 STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
@@ -55,6 +57,7 @@ def _configs() -> tuple[FeaturesConfig, RiskModelSpec]:
 def _say(line: str, started: float) -> str:
     line = f"{line} ({time.perf_counter() - started:.1f}s)"
     get_run_logger().info(line)
+    console.stage(line)  # as it happens, not after the flow
     return line
 
 
@@ -66,7 +69,7 @@ class FeatureStep:
     line: str
 
 
-@task(name="risk-features", **STEP)
+@task(name="risk-features", task_run_name=dated_run_name("risk-features"), **STEP)
 def build_risk_features(as_of: date) -> FeatureStep:
     """Point-in-time features of every applicant as of the day before each application."""
     started = time.perf_counter()
@@ -74,7 +77,8 @@ def build_risk_features(as_of: date) -> FeatureStep:
     spec, _ = _configs()
     frames = load_source_frames(runtime.engine, spec, as_of)
     apps = feature_requests(runtime.engine, spec, as_of)
-    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+    with console.progress("features"):
+        features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
     written = write_user_features(runtime.engine, features, spec.feature_set)
     line = _say(
         f"features as of {as_of}: {written:,} (customer, as-of) rows x "
@@ -83,7 +87,7 @@ def build_risk_features(as_of: date) -> FeatureStep:
     return FeatureStep(frames, apps, features, line)
 
 
-@task(name="risk-training-set", **STEP)
+@task(name="risk-training-set", task_run_name=dated_run_name("risk-training-set"), **STEP)
 def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
     """Applications joined to features, matured labels, out-of-time split."""
     started = time.perf_counter()
@@ -100,7 +104,7 @@ def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
     return training, line
 
 
-@task(name="risk-train", **STEP)
+@task(name="risk-train", task_run_name=dated_run_name("risk-train"), **STEP)
 def train_risk_models(training: TrainingSet) -> tuple[TrainedModel, object, str]:
     """LightGBM (with the bounded search, if configured) and the logistic benchmark."""
     started = time.perf_counter()
@@ -128,7 +132,7 @@ def load_champion(tracking_uri: str, name: str) -> tuple[RiskScorer | None, str 
     return pyfunc.unwrap_python_model().scorer, version
 
 
-@task(name="risk-evaluate", **STEP)
+@task(name="risk-evaluate", task_run_name=dated_run_name("risk-evaluate"), **STEP)
 def evaluate_risk(training: TrainingSet, trained: TrainedModel,
                   benchmark: object) -> tuple[Evaluation, GateResult, str]:
     """The reviewer's figures on the out-of-time window, and the gates' verdict on them."""
@@ -154,7 +158,7 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
     return evaluation, gates, line
 
 
-@task(name="risk-register", **STEP)
+@task(name="risk-register", task_run_name=dated_run_name("risk-register"), **STEP)
 def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
                         gates: GateResult, fingerprint: str) -> tuple[Published, str]:
     """One MLflow run, a registered version (audited), model_evaluations rows."""
@@ -164,18 +168,19 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
     _, model = _configs()
     tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
             "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
-    published = publish_risk_model(
-        engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
-        name=model.registered_name, training=training, trained=trained,
-        evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
-        report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
-    )
+    with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
+        published = publish_risk_model(
+            engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
+            name=model.registered_name, training=training, trained=trained,
+            evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
+            report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
+        )
     line = _say(f"register: {published.name} v{published.version} (MLflow run "
                 f"{published.run_id[:12]}), report {published.report_path}", started)
     return published, line
 
 
-@task(name="risk-gate", **STEP)
+@task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
 def apply_gates(published: Published, gates: GateResult) -> str:
     """The verdict is recorded (audit event, then version tags); a passing version becomes
     the challenger (and champion, if configured), a failing one gets no alias."""

@@ -8,16 +8,19 @@ from prefect import task
 
 from puhui.runtime import open_runtime
 from puhui.warehouse.engine import current_revision
+from tasks.prefect_ui import dated_run_name
 
 
-@task(name="prepare-warehouse", retries=2, retry_delay_seconds=5)
+@task(name="prepare-warehouse", task_run_name=dated_run_name("prepare-warehouse"), retries=2,
+      retry_delay_seconds=5)
 def prepare_warehouse() -> str:
     """Migrate the warehouse to the code's schema (no-op when current); returns the revision."""
     runtime = open_runtime()
     return current_revision(runtime.engine) or ""
 
 
-@task(name="record-audit-event", retries=2, retry_delay_seconds=2)
+@task(name="record-audit-event", task_run_name=dated_run_name("record-audit-event"),
+      retries=2, retry_delay_seconds=2)
 def record_audit_event(action: str, subject: str, details: dict[str, Any]) -> int:
     """Append one event to the audit trail; returns its sequence number."""
     runtime = open_runtime()

@@ -30,3 +30,13 @@ def test_a_bad_deployment_is_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(PuhuiError, match=r"deployments\.0\.schedules\.0\.cron"):
         load_deployment_specs(bad)
+
+
+def test_every_deployment_goes_to_the_process_work_pool() -> None:
+    """`prefect deploy --all` needs a work pool per deployment ("A work pool is required")."""
+    from puhui.scheduling import work_pool_names
+
+    specs = load_deployment_specs()
+    assert all((s.model_extra or {}).get("work_pool") == {"name": "puhui-process"}
+               for s in specs), [s.name for s in specs]
+    assert work_pool_names(specs) == ["puhui-process"]

@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from puhui import console
 from puhui.config import LightGBMSpec
 
 # Reproducibility is not a tuning choice: the same data and seed must give the same model.
@@ -131,12 +132,16 @@ def train_lightgbm(
                             params={"feature_pre_filter": False})
     best: TrainedModel | None = None
     trials = []
-    for candidate in _search_candidates(spec, seed):
+    candidates = _search_candidates(spec, seed)
+    for number, candidate in enumerate(candidates, start=1):
         params = candidate | FIXED_PARAMS | {"seed": seed}
-        booster = lgb.train(
-            params, train_set, num_boost_round=spec.num_boost_round, valid_sets=[valid_set],
-            callbacks=[lgb.early_stopping(spec.early_stopping_rounds, verbose=False)],
-        )
+        with console.progress(f"LightGBM trial {number}/{len(candidates)} rounds",
+                              total=spec.num_boost_round) as bar:
+            booster = lgb.train(
+                params, train_set, num_boost_round=spec.num_boost_round, valid_sets=[valid_set],
+                callbacks=[lgb.early_stopping(spec.early_stopping_rounds, verbose=False),
+                           lambda _env: bar.advance(1)],
+            )
         auc = float(booster.best_score["valid_0"]["auc"])
         trials.append({"params": candidate, "auc_valid": round(auc, 6),
                        "best_iteration": booster.best_iteration})

@@ -1,0 +1,297 @@
+"""Prefect as a real service: `puhui server`, commands using it, deployments run by a worker.
+
+Every test drives the real CLI in subprocesses against a real local Prefect server (started
+by `puhui server start` under a temporary PUHUI_HOME, on a free port) and reads the outcome
+back from the server's API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from puhui.generate import generate_landing_zone
+from puhui.prefect_server import pid_alive
+from puhui.settings import repo_root
+from tests.conftest import TEST_PSEUDONYM_KEY
+
+AS_OF = "2026-09-30"
+PUHUI = [sys.executable, "-m", "puhui"]
+READ_ONLY_COMMANDS = [
+    ["models", "list"],
+    ["quarantine", "list"],
+    ["audit", "log"],
+    ["audit", "verify"],
+    ["config", "check"],
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _env(home: Path, landing: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PUHUI_", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
+    env.update({"PUHUI_HOME": str(home), "PUHUI_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY,
+                "PUHUI_ACTOR": "test-runner", "PREFECT_HOME": str(home / "prefect"),
+                "PUHUI_PREFECT_PORT": str(_free_port())})
+    if landing is not None:
+        env["PUHUI_LANDING"] = str(landing)
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 600,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, env=env, cwd=repo_root(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        pytest.fail(f"{args} exited {done.returncode}: {done.stdout[-2000:]}"
+                    f"{done.stderr[-2000:]}")
+    return done
+
+
+def _api(url: str, path: str, body: dict | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, method="POST" if data else "GET",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def _status(env: dict[str, str]) -> dict:
+    return json.loads(_run([*PUHUI, "server", "status", "--json"], env, check=False).stdout)
+
+
+@pytest.fixture(scope="module")
+def tiny_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-landing")
+    generate_landing_zone(out, users=100, days=1, seed=3, history_days=0,
+                          end_date=date.fromisoformat(AS_OF))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory,
+           tiny_landing: Path) -> Iterator[tuple[dict[str, str], str]]:
+    """A running `puhui server` (scheduler every 2 s) and the environment that uses it."""
+    home = tmp_path_factory.mktemp("server-home")
+    env = _env(home, tiny_landing, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    _run([*PUHUI, "server", "start"], env)
+    api_url = _status(env)["api_url"]
+    yield env, api_url
+    _run([*PUHUI, "server", "stop"], env, check=False)
+
+
+@pytest.mark.slow
+def test_server_start_status_stop(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    assert _run([*PUHUI, "server", "status"], env, check=False).returncode == 1
+    started = _run([*PUHUI, "server", "start"], env)
+    assert "Prefect server started: UI http://127.0.0.1:" in started.stdout
+    state = _status(env)
+    assert state["running"] and state["healthy"]
+    assert state["port"] == int(env["PUHUI_PREFECT_PORT"])
+    with urllib.request.urlopen(state["ui_url"], timeout=10) as page:  # the UI is served
+        assert b"<html" in page.read(2000).lower()
+    assert (tmp_path / "home" / "prefect" / "prefect.db").exists()  # its own database
+    again = _run([*PUHUI, "server", "start"], env)
+    assert "already running" in again.stdout and str(state["pid"]) in again.stdout
+    began = time.monotonic()
+    plain = _run([*PUHUI, "server", "status"], env)
+    assert f"pid {state['pid']}" in plain.stdout and state["ui_url"] in plain.stdout
+    assert time.monotonic() - began < 10  # no Prefect import, one local health check
+    stopped = _run([*PUHUI, "server", "stop"], env)
+    assert f"pid {state['pid']}" in stopped.stdout
+    assert not pid_alive(state["pid"])  # gone (or a zombie init has not reaped yet)
+    assert not _status(env)["running"]
+
+
+def test_read_only_commands_never_start_prefect(tmp_path: Path) -> None:
+    """Not even imported: no Prefect module, no ephemeral database, and quick."""
+    env = _env(tmp_path / "home")
+    probe = ("import sys, time; from puhui.cli import main; t = time.monotonic(); "
+             "rc = main(sys.argv[1:]); print(rc, 'prefect' in sys.modules, "
+             "round(time.monotonic() - t, 2))")
+    for command in READ_ONLY_COMMANDS:
+        done = _run([sys.executable, "-c", probe, *command], env)
+        rc, imported, seconds = done.stdout.strip().splitlines()[-1].split()
+        assert (rc, imported) == ("0", "False"), (command, done.stdout, done.stderr)
+        assert float(seconds) < 30, (command, seconds)  # generous: a shared, busy machine
+    prefect_home = tmp_path / "home" / "prefect"
+    assert not list(prefect_home.glob("*.db"))  # no ephemeral server ever ran
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_and_a_process_worker_run_the_daily_deployment(
+        server: tuple[dict[str, str], str]) -> None:
+    env, api_url = server
+    client_env = {**env, "PREFECT_API_URL": api_url}
+    prefect = [sys.executable, "-m", "prefect"]
+    deployed = _run([*prefect, "--no-prompt", "deploy", "--all"], client_env)
+    assert "daily/daily" in deployed.stdout
+    pool = _api(api_url, "/work_pools/puhui-process")
+    assert pool["type"] == "process"  # created by `puhui server start` from prefect.yaml
+    _run([*prefect, "deployment", "run", "daily/daily", "--param", f"as_of={AS_OF}"],
+         client_env)
+    _run([*prefect, "worker", "start", "--pool", "puhui-process", "--run-once"], client_env)
+    runs = _api(api_url, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [
+        f"daily {AS_OF}", f"ingest {AS_OF}"]}}})
+    by_name = {r["name"]: r for r in runs}
+    assert by_name[f"daily {AS_OF}"]["state_type"] == "COMPLETED"
+    assert by_name[f"daily {AS_OF}"]["deployment_id"]
+    assert by_name[f"ingest {AS_OF}"]["state_type"] == "COMPLETED"  # the subflow, dated
+    tasks = _api(api_url, "/task_runs/filter", {"task_runs": {"name": {"any_": [
+        f"ingest mobile_payments {AS_OF}"]}}})
+    assert tasks and tasks[0]["state_type"] == "COMPLETED"
+    artifacts = _api(api_url, "/artifacts/filter", {"artifacts": {"key": {"any_": [
+        "daily-summary", "ingest-summary"]}}})
+    daily = [a for a in artifacts if a["key"] == "daily-summary"]
+    assert daily and daily[0]["type"] == "markdown" and "| ingest |" in daily[0]["data"]
+
+
+@pytest.mark.slow
+def test_commands_use_the_running_server_and_say_so(
+        server: tuple[dict[str, str], str]) -> None:
+    env, api_url = server
+    done = _run([*PUHUI, "run", "ingest", "--partner", "mobile_payments", "--as-of", AS_OF],
+                env)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"Prefect: local server {api_url.removesuffix('/api')}")
+    assert lines[-1].startswith(f"ingest {AS_OF}:")
+    assert "Finished in state" not in done.stdout + done.stderr  # Prefect's INFO lines
+    assert len(lines) == 2  # nothing held: no per-file line without --verbose
+    verbose_ingest = _run([*PUHUI, "run", "ingest", "--partner", "mobile_payments",
+                           "--as-of", AS_OF, "--verbose"], env)
+    assert "mobile_payments_20260930.csv" in verbose_ingest.stdout  # the file's line
+    assert "Finished in state Completed()" in verbose_ingest.stderr  # Prefect's state lines
+    runs = _api(api_url, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [
+        f"ingest mobile_payments {AS_OF}"]}}})
+    assert runs and runs[0]["state_type"] == "COMPLETED"
+    verbose = _run([*PUHUI, "models", "list", "--verbose"], env)
+    assert verbose.stdout.startswith(f"Prefect: local server {api_url.removesuffix('/api')}")
+
+
+@pytest.mark.slow
+def test_serve_cleans_up_its_scheduled_runs_on_sigterm(
+        server: tuple[dict[str, str], str]) -> None:
+    env, api_url = server
+    for deployment in _deployments(api_url):  # left by `prefect deploy`: serve makes its own
+        urllib.request.urlopen(urllib.request.Request(
+            f"{api_url}/deployments/{deployment['id']}", method="DELETE"), timeout=30).close()
+    serving = subprocess.Popen([*PUHUI, "serve"], env=env, cwd=repo_root(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        scheduled: list = []
+        while time.monotonic() < deadline and not scheduled:
+            time.sleep(2)
+            assert serving.poll() is None, serving.stdout.read() if serving.stdout else ""
+            scheduled = _scheduled_runs(api_url)
+        assert scheduled, "the server scheduled no run for the served deployments"
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        output, _ = serving.communicate(timeout=120)
+    assert serving.returncode == 0, output
+    assert "removed" in output and "scheduled run(s)" in output
+    assert _scheduled_runs(api_url) == []
+
+
+def _deployments(api_url: str) -> list[dict]:
+    return [d for d in _api(api_url, "/deployments/filter", {})
+            if d["name"] in ("daily", "train-risk")]
+
+
+def _scheduled_runs(api_url: str) -> list:
+    ids = [d["id"] for d in _deployments(api_url)]
+    if not ids:
+        return []
+    return _api(api_url, "/flow_runs/filter", {
+        "deployments": {"id": {"any_": ids}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+
+
+def test_serve_refuses_a_temporary_server(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    began = time.monotonic()
+    done = _run([*PUHUI, "serve"], env, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "puhui: error: no Prefect server is running: start one with 'puhui server start' (or "
+        "pass --ephemeral for a temporary one without UI, whose schedules die with this "
+        "process)"]
+    assert time.monotonic() - began < 60
+    assert not (tmp_path / "home" / "prefect" / "prefect.db").exists()
+
+
+def test_settings_are_checked_before_any_flow_starts(tmp_path: Path) -> None:
+    env = _env(tmp_path / "home")
+    env.pop("PUHUI_PSEUDONYM_KEY")
+    missing = _run([*PUHUI, "run", "daily", "--as-of", AS_OF], env, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("puhui: error: PUHUI_PSEUDONYM_KEY is not set: export")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    bad_url = _run([*PUHUI, "run", "ingest"], {**env, "PUHUI_PSEUDONYM_KEY": "k" * 40,
+                                               "PUHUI_WAREHOUSE_URL": "postgres//nohost"},
+                   check=False)
+    assert bad_url.returncode == 1
+    assert bad_url.stderr.strip().splitlines() == [
+        "puhui: error: PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
+        "postgresql+psycopg://user:password@host:5432/dbname, or unset it for the embedded "
+        "SQLite warehouse"]
+    closed_port = _free_port()
+    no_db = _run([*PUHUI, "run", "ingest"], {
+        **env, "PUHUI_PSEUDONYM_KEY": "k" * 40,
+        "PUHUI_WAREHOUSE_URL": f"postgresql+psycopg://puhui:secret@127.0.0.1:{closed_port}/w"},
+        check=False)
+    assert no_db.returncode == 1
+    [line] = no_db.stderr.strip().splitlines()
+    assert line.startswith(f"puhui: error: cannot reach the warehouse postgresql+psycopg://"
+                           f"puhui:***@127.0.0.1:{closed_port}/w: ")
+    assert line.endswith("check PUHUI_WAREHOUSE_URL and that the database is up")
+    dead_api = _run([*PUHUI, "run", "ingest"], {
+        **env, "PUHUI_PSEUDONYM_KEY": "k" * 40,
+        "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api"}, check=False)
+    assert dead_api.returncode == 1
+    assert "does not answer" in dead_api.stderr and "Traceback" not in dead_api.stderr
+    assert not (tmp_path / "home" / "prefect" / "prefect.db").exists()  # no flow started
+
+
+def test_prefect_target_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's PREFECT_API_URL wins; else a live recorded server; else a temporary one."""
+    from puhui.prefect_server import STATE_FILE, choose_prefect_target, read_server
+    from puhui.settings import load_settings
+
+    monkeypatch.setenv("PUHUI_HOME", str(tmp_path / "home"))
+    # Recorded first, so that the variable the code sets is undone after the test too.
+    monkeypatch.setenv("PREFECT_API_URL", "recorded")
+    monkeypatch.delenv("PREFECT_API_URL")
+    settings = load_settings()
+    assert choose_prefect_target(settings).ephemeral
+    settings.prefect_home.mkdir(parents=True)
+    state = settings.prefect_home / STATE_FILE
+    state.write_text(json.dumps({"pid": os.getpid(), "port": 4999, "log": "server.log"}))
+    target = choose_prefect_target(settings)
+    assert (target.kind, target.api_url) == ("server", "http://127.0.0.1:4999/api")
+    assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4999/api"
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    assert choose_prefect_target(settings).kind == "external"
+    monkeypatch.delenv("PREFECT_API_URL")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state.write_text(json.dumps({"pid": dead.pid, "port": 4999, "log": "server.log"}))
+    assert read_server(settings) is None and not state.exists()  # stale state removed
