@@ -302,12 +302,15 @@ def test_a_planted_bias_is_blocked_by_the_fairness_gate(
 def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A co-operative with about a thousand labelled loans: the demo's labelled applications
-    subsampled. Size-aware parameters resolve for that size (and are in the run's params),
-    and the registered candidate ranks the untouched test window no more than 0.01 worse
-    than the logistic benchmark (the benchmark itself, when it wins on validation)."""
+    """A co-operative with about a thousand labelled loans: the labelled applications of the
+    test data subsampled (five draws). Size-aware parameters resolve for that size (and are
+    in the run's params), and in every draw the registered candidate ranks the untouched test
+    window no more than 0.01 worse than the logistic benchmark (it is the benchmark itself
+    when the booster does not beat it on validation)."""
+    import copy
+
     from puhui.risk.evaluation import evaluate_risk_model
-    from puhui.risk.model import train_candidate
+    from puhui.risk.model import LOGISTIC, train_candidate
     from puhui.risk.params import DataSize, resolve_lightgbm
     from puhui.risk.publish import publish_risk_model
     from puhui.risk.training_set import VALID
@@ -319,22 +322,27 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     model = load_config(settings.config_dir, ModelsConfig).credit_risk
     frames = load_source_frames(engine, spec, AS_OF)
     apps = feature_requests(engine, spec, AS_OF)
-    training = build_training_set(engine, frames, spec, model, apps,
-                                  build_features(frames, apps[["person_key", "as_of_date"]],
-                                                 spec))
-    labelled = training.frame.index[training.frame["label"].notna()]
-    rng = np.random.default_rng(11)
-    dropped = rng.choice(labelled, len(labelled) - 1000, replace=False)
-    training.frame = training.frame.drop(index=dropped).reset_index(drop=True)
-    train, valid = training.split(TRAIN), training.split(VALID)
-    assert len(train) + len(valid) + len(training.split(OOT)) == 1000
+    full = build_training_set(engine, frames, spec, model, apps,
+                              build_features(frames, apps[["person_key", "as_of_date"]], spec))
+    labelled = full.frame.index[full.frame["label"].notna()]
+    kinds = []
+    for draw in range(1, 6):
+        training = copy.copy(full)
+        dropped = np.random.default_rng(draw).choice(labelled, len(labelled) - 1000,
+                                                     replace=False)
+        training.frame = full.frame.drop(index=dropped).reset_index(drop=True)
+        train, valid = training.split(TRAIN), training.split(VALID)
+        assert len(train) + len(valid) + len(training.split(OOT)) == 1000
+        trained, benchmark = train_candidate(train, valid, training.features,
+                                             training.categorical, model)
+        kinds.append(trained.kind)
+        evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
+        m = evaluation.metrics
+        assert m["auc_oot"] >= m["auc_oot_benchmark"] - 0.01, (draw, trained.selection,
+                                                               m["auc_oot"],
+                                                               m["auc_oot_benchmark"])
+    assert LOGISTIC in kinds  # on a portfolio this small the benchmark does win sometimes
 
-    trained, benchmark = train_candidate(train, valid, training.features,
-                                         training.categorical, model)
-    evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
-    m = evaluation.metrics
-    assert m["auc_oot"] >= m["auc_oot_benchmark"] - 0.01, (trained.selection, m["auc_oot"],
-                                                           m["auc_oot_benchmark"])
     published = publish_risk_model(
         engine=engine, tracking_uri=settings.mlflow_tracking_uri, name=NAME,
         training=training, trained=trained, evaluation=evaluation,
@@ -352,3 +360,5 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
         assert int(params[name]) in {c[name] for c in resolved.candidates}, name
     assert int(params["min_data_in_leaf"]) < 150  # the fixed demo value would be absurd here
     assert params["candidate"] == trained.kind
+    report = published.report_path.read_text(encoding="utf-8")
+    assert "The candidate is the" in report
