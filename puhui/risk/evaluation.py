@@ -212,7 +212,9 @@ def model_facts(training: TrainingSet, trained: TrainedModel) -> dict[str, objec
         "selection": trained.selection,
         "calibration": trained.calibration.as_dict() if trained.calibration else None,
         "monotone": trained.monotone,
-        "resolved": trained.resolved.logged() if trained.resolved else {},
+        # The chosen trial's values (configured or drawn by the search), resolved for size.
+        "resolved": {k: trained.params.get(k, v) for k, v in trained.resolved.logged().items()}
+        if trained.resolved else {},
         "size_aware": trained.resolved.size_aware if trained.resolved else {},
         "windows": {
             "train": {"rows": s["train_rows"], "defaults": s["train_defaults"],

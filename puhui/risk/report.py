@@ -175,13 +175,14 @@ def _model_sections(evaluation: Evaluation) -> list[str]:
             "fitting", "early stopping, search, candidate choice, calibration map",
             "final evaluation and gates only (untouched)"), strict=True)])
     selection = facts["selection"]
-    choice = (f"The candidate is the {_kind(evaluation)}: {selection.get('reason', '')}.")
+    article = "" if facts["candidate"] == "lightgbm" else "the "
+    choice = f"The candidate is {article}{_kind(evaluation)}: {selection.get('reason', '')}."
     if facts["candidate"] == "logistic":
         choice += (" On this portfolio no LightGBM trial ranked the validation window better "
                    "than the logistic benchmark, so the simpler model is registered, with its "
                    "own calibration map.")
-    sizes = pd.DataFrame([{"parameter": k, "resolved": v,
-                           "configured": facts["size_aware"].get(k, "fixed")}
+    sizes = pd.DataFrame([{"parameter": k, "value": v,
+                           "size-aware rule": facts["size_aware"].get(k, "")}
                           for k, v in facts["resolved"].items()])
     calibration = facts["calibration"] or {}
     scores = pd.DataFrame([{"map": k, **v} for k, v in
@@ -214,9 +215,10 @@ def _model_sections(evaluation: Evaluation) -> list[str]:
     return [
         _section("Windows", _table(windows)),
         _section("Candidate", _note(choice), _table(sizes),
-                 _note("Size-aware parameters resolve from the train window's rows and "
-                       "defaults (fraction x basis, within the range); the search's trials "
-                       "are listed at the end.")),
+                 _note("LightGBM's parameters as trained: the best trial (the configured "
+                       "values or a search draw), size-aware ones resolved from the train "
+                       "window's rows and defaults (fraction x basis, within the range). "
+                       "Every trial is listed at the end.")),
         _section("Calibration map", _note(cal_note), _table(scores)),
         _section("Monotone constraints", _table(monotone), _note(constraint_note)),
     ]
