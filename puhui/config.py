@@ -320,6 +320,10 @@ class LightGBMSpec(StrictModel):
     early_stopping_rounds: int | SizeAware
     search: SearchSpace | None = None
     monotone: MonotoneSpec = MonotoneSpec()
+    # Below this many validation defaults, the booster's validation AUC is cross-fitted
+    # (search and early stopping on one half, scored on the other) before it is compared
+    # with the benchmark's: two more searches, worth it only where the window is small.
+    cross_fit_below_defaults: int = Field(default=2000, ge=0)
 
 
 class CalibrationSpec(StrictModel):

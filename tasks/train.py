@@ -119,13 +119,13 @@ def describe_training(trained: TrainedModel) -> str:
              f"rounds <= {r.num_boost_round} (patience {r.early_stopping_rounds}) for "
              f"{r.size.rows:,} rows / {r.size.defaults:,} defaults")
     if trained.kind == LIGHTGBM:
-        chosen = (f"LightGBM at iteration {trained.best_iteration} (cross-fitted validation "
-                  f"AUC {sel['auc_valid_lightgbm_cross_fitted']:.4f} vs benchmark "
+        chosen = (f"LightGBM at iteration {trained.best_iteration} ({sel['compared']} "
+                  f"validation AUC {sel['auc_valid_lightgbm_compared']:.4f} vs benchmark "
                   f"{sel['auc_valid_benchmark']:.4f})")
     else:
         chosen = (f"the logistic BENCHMARK (validation AUC {sel['auc_valid_benchmark']:.4f} "
-                  f"vs best LightGBM cross-fitted "
-                  f"{sel['auc_valid_lightgbm_cross_fitted']:.4f})")
+                  f"vs best LightGBM {sel['compared']} "
+                  f"{sel['auc_valid_lightgbm_compared']:.4f})")
     monotone = f", {len(trained.monotone)} monotone constraints" if trained.monotone else ""
     return (f"train: {len(trained.trials)} LightGBM trial(s) ({sizes}{monotone}); "
             f"candidate {chosen}; calibration {trained.calibration.describe()}")

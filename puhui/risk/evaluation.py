@@ -190,13 +190,12 @@ def evaluate_risk_model(
 
 
 def _validation_metrics(trained: TrainedModel) -> dict[str, float]:
-    """How the candidate was chosen, as metrics: ``auc_valid`` is the candidate's honest
-    validation AUC (cross-fitted for the booster)."""
+    """How the candidate was chosen, as metrics: ``auc_valid`` is the candidate's figure in
+    the comparison (cross-fitted for the booster on a small window)."""
     sel = trained.selection
     names = ("auc_valid_lightgbm", "auc_valid_lightgbm_cross_fitted", "auc_valid_benchmark")
     out = {name: float(sel[name]) for name in names if name in sel}
-    key = "auc_valid_benchmark" if trained.kind == LOGISTIC else \
-        "auc_valid_lightgbm_cross_fitted"
+    key = "auc_valid_benchmark" if trained.kind == LOGISTIC else "auc_valid_lightgbm_compared"
     if key in sel:
         out["auc_valid"] = float(sel[key])
     return out
