@@ -29,7 +29,7 @@ from puhui.risk.metrics import (
     population_stability,
     ranking_metrics,
 )
-from puhui.risk.training_set import OOT, TRAIN, build_training_set, feature_requests
+from puhui.risk.training_set import OOT, TRAIN, VALID, build_training_set, feature_requests
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import ingest_batches, model_evaluations, user_features
@@ -136,9 +136,15 @@ def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) 
     window = timedelta(days=model.outcome_window_days)
     assert (labelled["application_date"] + window <= AS_OF).all()
     assert frame.loc[frame["application_date"] + window > AS_OF, "label"].isna().all()
-    train, oot = training.split(TRAIN), training.split(OOT)
-    assert train["application_date"].max() < oot["application_date"].min()
-    assert len(train) + len(oot) == len(labelled)
+    train, valid, oot = training.split(TRAIN), training.split(VALID), training.split(OOT)
+    # Three windows in time order; only the newest, untouched one is the test window.
+    assert train["application_date"].max() < valid["application_date"].min()
+    assert valid["application_date"].max() < oot["application_date"].min()
+    assert len(train) + len(valid) + len(oot) == len(labelled)
+    assert oot["application_date"].min() >= training.oot_start
+    assert valid["application_date"].min() >= training.valid_start
+    summary = training.summary()
+    assert summary["valid_rows"] == len(valid) and summary["valid_range"]
     assert not {"gender", "age_band", "region_type", "birth_date"} & set(training.features)
     assert training.frame["region_type"].notna().all()  # ... but they are there to test with
 
@@ -313,7 +319,6 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     from puhui.risk.model import LOGISTIC, train_candidate
     from puhui.risk.params import DataSize, resolve_lightgbm
     from puhui.risk.publish import publish_risk_model
-    from puhui.risk.training_set import VALID
 
     url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
     engine = get_engine(url)
