@@ -168,12 +168,14 @@ def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
 
 def _table(rows: list[dict]) -> str:
     head = ("| seed | ceiling (truth.json) | ceiling, test window | test-window AUC | gap to "
-            "ceiling | benchmark AUC | candidate | calibration | calibration gate | all gates |")
-    lines = [head, "|" + "---|" * 10]
+            "truth.json's | gap to the window's | benchmark AUC | candidate | calibration | "
+            "calibration gate | all gates |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['ceiling']:.4f} | {r['ceiling_test_window']:.4f} | "
-            f"{r['auc_test']:.4f} | {r['ceiling'] - r['auc_test']:.4f} | "
+            f"**{r['auc_test']:.4f}** | {r['ceiling'] - r['auc_test']:.4f} | "
+            f"{r['ceiling_test_window'] - r['auc_test']:.4f} | "
             f"{r['auc_test_benchmark']:.4f} | "
             f"{r['candidate']} | {r['calibration_method']} | "
             f"{'passed' if r['calibration_passed'] else 'FAILED'} | "
@@ -227,13 +229,18 @@ def main() -> int:
         return 0
     if rows:
         print(_table(rows))
-    ok = [r for r in rows if r["calibration_passed"]
-          and r["ceiling"] - r["auc_test"] <= MAX_GAP_TO_CEILING
-          and r["auc_test"] > r["auc_test_benchmark"]]
+    def met(r: dict, ceiling: str) -> bool:
+        return (r["calibration_passed"] and r[ceiling] - r["auc_test"] <= MAX_GAP_TO_CEILING
+                and r["auc_test"] > r["auc_test_benchmark"])
+
+    ok = [r for r in rows if met(r, "ceiling")]
+    ok_window = [r for r in rows if met(r, "ceiling_test_window")]
     summary = {
         "users": args.users, "days": args.days, "seeds": args.seeds, "missing": missing,
         "max_gap_to_ceiling": MAX_GAP_TO_CEILING,
         "every_seed_met_the_target": len(ok) == len(args.seeds),
+        "every_seed_met_the_target_against_the_window_ceiling":
+            len(ok_window) == len(args.seeds),
         "rows": [{k: v for k, v in r.items() if k not in ("steps",)} for r in rows],
         "machine": machine_facts(),
     }
