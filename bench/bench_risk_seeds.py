@@ -11,7 +11,9 @@ not touch the model, so they are not run. Each seed runs in a child process of i
 Usage:
   python bench/bench_risk_seeds.py [--seeds 1 2 3 4 5] [--users 20000] [--days 30]
                                    [--phase prepare|train|all|table] [--work DIR] [--quick]
-Prints a table and writes bench/results/risk_seeds.json.
+Prints a table and writes bench/results/risk_seeds.json. On the shared 2-core machine the
+first run takes ~45 minutes (5-6 minutes per seed to generate and ingest, 4 to train); the
+prepared warehouses are kept under the work directory, so a re-run only trains.
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ def main() -> int:
         "machine": machine_facts(),
     }
     write_results("risk_seeds", summary, args.quick)
-    return 0 if summary["every_seed_met_the_target"] else 1
+    return 0 if not missing else 1  # a verdict is a figure in the results, not a failure
 
 
 if __name__ == "__main__":

@@ -29,7 +29,14 @@ from puhui.risk.metrics import (
     population_stability,
     ranking_metrics,
 )
-from puhui.risk.training_set import OOT, TRAIN, VALID, build_training_set, feature_requests
+from puhui.risk.training_set import (
+    OOT,
+    TRAIN,
+    VALID,
+    TrainingSet,
+    build_training_set,
+    feature_requests,
+)
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import ingest_batches, model_evaluations, user_features
@@ -121,15 +128,21 @@ def risk_biased(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
     return risk_env(risk_templates, "penalized_rural", dialect, puhui_env, monkeypatch)
 
 
-def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:
-    engine = get_engine(risk_clean)
+def _training_set(url: str) -> TrainingSet:
+    """The risk training set of the warehouse at ``url`` as of ``AS_OF`` (shipped configs)."""
+    engine = get_engine(url)
     settings = load_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     model = load_config(settings.config_dir, ModelsConfig).credit_risk
     frames = load_source_frames(engine, spec, AS_OF)
     apps = feature_requests(engine, spec, AS_OF)
     features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
-    training = build_training_set(engine, frames, spec, model, apps, features)
+    return build_training_set(engine, frames, spec, model, apps, features)
+
+
+def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:
+    model = load_config(load_settings().config_dir, ModelsConfig).credit_risk
+    training = _training_set(risk_clean)
     frame = training.frame
     assert (frame["as_of_date"] == frame["application_date"] - timedelta(days=1)).all()
     labelled = frame[frame["label"].notna()]
@@ -328,10 +341,7 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     settings = load_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     model = load_config(settings.config_dir, ModelsConfig).credit_risk
-    frames = load_source_frames(engine, spec, AS_OF)
-    apps = feature_requests(engine, spec, AS_OF)
-    full = build_training_set(engine, frames, spec, model, apps,
-                              build_features(frames, apps[["person_key", "as_of_date"]], spec))
+    full = _training_set(url)
     labelled = full.frame.index[full.frame["label"].notna()]
     kinds = []
     for draw in range(1, 6):
