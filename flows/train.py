@@ -7,6 +7,8 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from puhui.risk.gates import GateResult
+from puhui.risk.model import LIGHTGBM
 from tasks.prefect_ui import dated_run_name, publish_summary, train_markdown
 from tasks.train import (
     apply_gates,
@@ -52,15 +54,31 @@ def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
     gate_line = apply_gates(published, gates)
     lines += [train_line, evaluate_line, register_line, gate_line]
     m = evaluation.metrics
-    line = (f"train risk {as_of}: {published.name} v{published.version}, out-of-time AUC "
-            f"{m['auc_oot']:.4f} vs benchmark {m['auc_oot_benchmark']:.4f}, gates "
-            + ("passed" if gates.passed else f"FAILED ({len(gates.failed)})"))
+    line = closing_line(as_of, published.name, published.version, trained.kind, m, gates)
     get_run_logger().info(line)
     summary = {
         "as_of": as_of.isoformat(), "name": published.name, "version": published.version,
         "run_id": published.run_id, "report": str(published.report_path),
-        "metrics": {k: m[k] for k in ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")},
+        "metrics": {k: m[k] for k in ("auc_oot", "auc_oot_benchmark", "auc_valid",
+                                      "auc_valid_benchmark", "ks_oot", "brier_oot",
+                                      "score_psi")},
+        "candidate": trained.kind, "calibration": trained.params["calibration"],
+        "windows": evaluation.model_facts["windows"],
         "gates": gates.as_dict(), "skipped": False, "steps": lines, "line": line,
     }
     publish_summary("train-risk-summary", train_markdown(summary), line)
     return summary
+
+
+def closing_line(as_of: date, name: str, version: str, kind: str, metrics: dict[str, float],
+                 gates: GateResult) -> str:
+    """The flow's last line: the version, its test-window AUC and, plainly, the verdict."""
+    candidate = "LightGBM" if kind == LIGHTGBM else "logistic benchmark"
+    head = (f"train risk {as_of}: {name} v{version} ({candidate}), untouched-test AUC "
+            f"{metrics['auc_oot']:.4f} vs benchmark {metrics['auc_oot_benchmark']:.4f}, ")
+    if gates.passed:
+        return head + "gates passed"
+    return (head + f"FAILED {len(gates.failed)} gate(s): {'; '.join(gates.failed)}. "
+            f"v{version} is registered without an alias. A model owner can read the report, "
+            f"retrain (fix the data or configs/models.yaml, then puhui run train risk), or "
+            f"accept it: puhui models promote {name} --version {version} --force --reason ...")

@@ -304,7 +304,14 @@ def models_list(
                       *(f"{m[k]:.3f}" if k in m else "" for k in
                         ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")), gates)
     # Piped into a file or another program, a row should stay one line, not 80 columns.
-    (console if console.is_terminal else Console(width=200)).print(table)
+    out = console if console.is_terminal else Console(width=200)
+    out.print(table)
+    for r in rows:
+        if not r.gates["passed"] and not r.aliases:
+            out.print(f"{r.name} v{r.version} FAILED its gates and has no alias: retrain "
+                      f"(puhui run train), or accept it with puhui models promote {r.name} "
+                      f"--version {r.version} --force --reason ...", markup=False,
+                      soft_wrap=True)
 
 
 @models_app.command("promote")

@@ -305,20 +305,64 @@ class RiskGrade(StrictModel):
     max_pd: float = Field(gt=0, le=1)
 
 
+class SizeAware(StrictModel):
+    """A parameter that only makes sense relative to the data: ``fraction`` of the training
+    window's rows or defaults, kept within [``min``, ``max``] (a range)."""
+
+    of: Literal["rows", "defaults"]
+    fraction: float = Field(gt=0)
+    min: float = Field(ge=0)
+    max: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> SizeAware:
+        if self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+ParamValue = float | int | str | SizeAware
+
+
 class SearchSpace(StrictModel):
     trials: int = Field(ge=1, le=64)
-    num_leaves: list[int]
+    num_leaves: list[int | SizeAware]
     learning_rate: list[float]
-    min_data_in_leaf: list[int]
+    min_data_in_leaf: list[int | SizeAware]
     feature_fraction: list[float]
     lambda_l2: list[float]
 
 
+class MonotoneSpec(StrictModel):
+    """Features whose effect on the PD has a known direction (numeric features only)."""
+
+    increasing: list[str] = []
+    decreasing: list[str] = []
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> MonotoneSpec:
+        both = set(self.increasing) & set(self.decreasing)
+        if both:
+            raise ValueError(f"constrained both ways: {sorted(both)}")
+        return self
+
+
 class LightGBMSpec(StrictModel):
-    params: dict[str, float | int | str]
-    num_boost_round: int = Field(gt=0)
-    early_stopping_rounds: int = Field(gt=0)
+    params: dict[str, ParamValue]
+    num_boost_round: int | SizeAware
+    early_stopping_rounds: int | SizeAware
     search: SearchSpace | None = None
+    monotone: MonotoneSpec = MonotoneSpec()
+    # Below this many validation defaults, the booster's validation AUC is cross-fitted
+    # (search and early stopping on one half, scored on the other) before it is compared
+    # with the benchmark's: two more searches, worth it only where the window is small.
+    cross_fit_below_defaults: int = Field(default=2000, ge=0)
+
+
+class CalibrationSpec(StrictModel):
+    # auto: the method with the lower cross-validated log-loss on the validation window.
+    method: Literal["auto", "isotonic", "platt"] = "auto"
+    folds: int = Field(default=5, ge=2, le=20)
 
 
 class AgeBand(StrictModel):
@@ -352,9 +396,13 @@ class RiskModelSpec(StrictModel):
     registered_name: str
     label: str
     outcome_window_days: int = Field(gt=0)
+    # Three windows, by application date: train | validation (early stopping, search,
+    # calibration, candidate choice) | test (untouched: final evaluation and gates only).
     validation_months: int = Field(ge=1)
+    test_months: int = Field(ge=1)
     seed: int
     lightgbm: LightGBMSpec
+    calibration: CalibrationSpec = CalibrationSpec()
     grades: list[RiskGrade]
     policy_cutoff_pd: float = Field(gt=0, lt=1)
     fairness: FairnessSpec

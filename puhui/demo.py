@@ -145,6 +145,36 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     )
     report = trained.get("report") or _latest_report(settings.home)
     console.print(f"  HTML report  : {report or 'none yet'} (model evaluation)")
+    for line in model_summary(trained, report):
+        console.print(line, markup=False)
+
+
+def model_summary(trained: dict, report: str | None) -> list[str]:
+    """The demo's closing lines about the model: what was registered and, when it failed a
+    gate, which one and what a model owner can do. The last line always names the verdict."""
+    if trained.get("skipped"):
+        return [f"  model        : {trained['line']}"]
+    name, version = trained["name"], trained["version"]
+    kind = "LightGBM" if trained.get("candidate") == "lightgbm" else "logistic benchmark"
+    what = (f"{name} v{version} ({kind}, {trained.get('calibration')} calibration, "
+            f"untouched-test AUC {trained['metrics']['auc_oot']:.3f} vs benchmark "
+            f"{trained['metrics']['auc_oot_benchmark']:.3f})")
+    failed = trained["gates"]["failed"]
+    if not failed:
+        return [f"  model        : {what} passed every gate"]
+    return [
+        f"  model        : {what} FAILED {len(failed)} gate(s); it is registered without an "
+        "alias, so nothing scores with it:",
+        *(f"                   - {gate}" for gate in failed),
+        "  a model owner can:",
+        f"    read why   : {report or 'the evaluation report'}",
+        "    retrain    : fix the data or configs/models.yaml, then "
+        "`puhui run train risk --force`",
+        f"    accept it  : `puhui models promote {name} --version {version} --force "
+        "--reason \"...\"` (the override is audited)",
+        f"demo: {name} v{version} failed its gates ({'; '.join(failed)}); no champion was "
+        "promoted",
+    ]
 
 
 def _latest_report(home: Path) -> str | None:

@@ -31,14 +31,20 @@ from puhui.registry import (
 )
 from puhui.risk.evaluation import Evaluation, evaluate_risk_model
 from puhui.risk.gates import GateResult, check_gates
-from puhui.risk.model import RiskScorer, TrainedModel, train_benchmark, train_lightgbm
+from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
 from puhui.risk.publish import (
     Published,
     find_version_by_fingerprint,
     publish_risk_model,
     training_fingerprint,
 )
-from puhui.risk.training_set import TrainingSet, build_training_set, feature_requests
+from puhui.risk.training_set import (
+    TRAIN,
+    VALID,
+    TrainingSet,
+    build_training_set,
+    feature_requests,
+)
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name
@@ -87,9 +93,13 @@ def build_risk_features(as_of: date) -> FeatureStep:
     return FeatureStep(frames, apps, features, line)
 
 
+def _window(name: str, rows: int, defaults: int, span: list[str]) -> str:
+    return f"{name} {rows:,} ({defaults:,} defaults, {span[0]}..{span[1]})"
+
+
 @task(name="risk-training-set", task_run_name=dated_run_name("risk-training-set"), **STEP)
 def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
-    """Applications joined to features, matured labels, out-of-time split."""
+    """Applications joined to features, matured labels, three out-of-time windows."""
     started = time.perf_counter()
     runtime = open_runtime()
     spec, model = _configs()
@@ -97,30 +107,47 @@ def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
                                   step.features)
     s = training.summary()
     line = _say(
-        f"training set: train {s['train_rows']:,} applications ({s['train_defaults']:,} "
-        f"defaults, {s['train_range'][0]}..{s['train_range'][1]}), out-of-time "
-        f"{s['oot_rows']:,} ({s['oot_defaults']:,} defaults, {s['oot_range'][0]}.."
-        f"{s['oot_range'][1]}), {s['features']} features", started)
+        "training set: "
+        + _window("train", s["train_rows"], s["train_defaults"], s["train_range"]) + ", "
+        + _window("validation", s["valid_rows"], s["valid_defaults"], s["valid_range"]) + ", "
+        + _window("untouched test", s["oot_rows"], s["oot_defaults"], s["oot_range"])
+        + f" applications, {s['features']} features", started)
     return training, line
+
+
+def describe_training(trained: TrainedModel) -> str:
+    """The train step's line: resolved sizes, trials, the choice of candidate, calibration."""
+    r, sel = trained.resolved, trained.selection
+    assert r is not None and trained.calibration is not None
+    p = trained.params
+    sizes = (f"num_leaves {p['num_leaves']}, min_data_in_leaf {p['min_data_in_leaf']}, "
+             f"rounds <= {r.num_boost_round} (patience {r.early_stopping_rounds}) for "
+             f"{r.size.rows:,} rows / {r.size.defaults:,} defaults")
+    if trained.kind == LIGHTGBM:
+        chosen = (f"LightGBM at iteration {trained.best_iteration} ({sel['compared']} "
+                  f"validation AUC {sel['auc_valid_lightgbm_compared']:.4f} vs benchmark "
+                  f"{sel['auc_valid_benchmark']:.4f})")
+    else:
+        chosen = (f"the logistic BENCHMARK (validation AUC {sel['auc_valid_benchmark']:.4f} "
+                  f"vs best LightGBM {sel['compared']} "
+                  f"{sel['auc_valid_lightgbm_compared']:.4f})")
+    monotone = f", {len(trained.monotone)} monotone constraints" if trained.monotone else ""
+    return (f"train: {len(trained.trials)} LightGBM trial(s) ({sizes}{monotone}); "
+            f"candidate {chosen}; calibration {trained.calibration.describe()}")
 
 
 @task(name="risk-train", task_run_name=dated_run_name("risk-train"), **STEP)
 def train_risk_models(training: TrainingSet) -> tuple[TrainedModel, object, str]:
-    """LightGBM (with the bounded search, if configured) and the logistic benchmark."""
+    """LightGBM (with the bounded search, if configured), the logistic benchmark, the
+    candidate between them and its calibration map, all on train + validation windows."""
     started = time.perf_counter()
     _, model = _configs()
-    train, oot = training.split("train"), training.split("oot")
-    trained = train_lightgbm(train, oot, training.features, training.categorical,
-                             model.lightgbm, model.seed)
-    benchmark = train_benchmark(train, training.features, training.categorical, model.seed)
-    line = _say(
-        f"train: LightGBM, {len(trained.trials)} trial(s), best validation AUC "
-        f"{max(t['auc_valid'] for t in trained.trials):.4f} at iteration "
-        f"{trained.best_iteration}; logistic benchmark fitted", started)
-    return trained, benchmark, line
+    trained, benchmark = train_candidate(training.split(TRAIN), training.split(VALID),
+                                         training.features, training.categorical, model)
+    return trained, benchmark, _say(describe_training(trained), started)
 
 
-def load_champion(tracking_uri: str, name: str) -> tuple[RiskScorer | None, str | None]:
+def load_champion(tracking_uri: str, name: str) -> tuple[Scorer | None, str | None]:
     """The current champion's scorer and version, if there is one."""
     import mlflow.pyfunc
 
@@ -135,7 +162,7 @@ def load_champion(tracking_uri: str, name: str) -> tuple[RiskScorer | None, str 
 @task(name="risk-evaluate", task_run_name=dated_run_name("risk-evaluate"), **STEP)
 def evaluate_risk(training: TrainingSet, trained: TrainedModel,
                   benchmark: object) -> tuple[Evaluation, GateResult, str]:
-    """The reviewer's figures on the out-of-time window, and the gates' verdict on them."""
+    """The reviewer's figures on the untouched test window, and the gates' verdict."""
     started = time.perf_counter()
     runtime = open_runtime()
     spec, model = _configs()
@@ -151,10 +178,15 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
     fairness = (f"lowest adverse impact ratio {worst.iloc[0]['adverse_impact_ratio']:.2f} "
                 f"({worst.iloc[0]['dimension']}={worst.iloc[0]['segment']})"
                 if len(worst) else "no segment large enough to gate")
+    calibration = evaluation.calibration[evaluation.calibration["n"] > 0]
+    missed = calibration[~calibration["ok"]]["grade"].tolist()
     line = _say(
-        f"evaluate: out-of-time AUC {m['auc_oot']:.4f} (benchmark {m['auc_oot_benchmark']:.4f}"
-        f"{versus}), KS {m['ks_oot']:.3f}, score PSI {m['score_psi']:.3f}, {fairness}",
-        started)
+        f"evaluate on the untouched test window: AUC {m['auc_oot']:.4f} (benchmark "
+        f"{m['auc_oot_benchmark']:.4f}{versus}), KS {m['ks_oot']:.3f}, Brier "
+        f"{m['brier_oot_uncalibrated']:.4f} -> {m['brier_oot']:.4f} calibrated, calibration "
+        + (f"misses grade(s) {', '.join(missed)}" if missed else
+           f"within tolerance in all {len(calibration)} grades")
+        + f", score PSI {m['score_psi']:.3f}, {fairness}", started)
     return evaluation, gates, line
 
 

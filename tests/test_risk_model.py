@@ -29,7 +29,14 @@ from puhui.risk.metrics import (
     population_stability,
     ranking_metrics,
 )
-from puhui.risk.training_set import OOT, TRAIN, build_training_set, feature_requests
+from puhui.risk.training_set import (
+    OOT,
+    TRAIN,
+    VALID,
+    TrainingSet,
+    build_training_set,
+    feature_requests,
+)
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import ingest_batches, model_evaluations, user_features
@@ -121,24 +128,36 @@ def risk_biased(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
     return risk_env(risk_templates, "penalized_rural", dialect, puhui_env, monkeypatch)
 
 
-def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:
-    engine = get_engine(risk_clean)
+def _training_set(url: str) -> TrainingSet:
+    """The risk training set of the warehouse at ``url`` as of ``AS_OF`` (shipped configs)."""
+    engine = get_engine(url)
     settings = load_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     model = load_config(settings.config_dir, ModelsConfig).credit_risk
     frames = load_source_frames(engine, spec, AS_OF)
     apps = feature_requests(engine, spec, AS_OF)
     features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
-    training = build_training_set(engine, frames, spec, model, apps, features)
+    return build_training_set(engine, frames, spec, model, apps, features)
+
+
+def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:
+    model = load_config(load_settings().config_dir, ModelsConfig).credit_risk
+    training = _training_set(risk_clean)
     frame = training.frame
     assert (frame["as_of_date"] == frame["application_date"] - timedelta(days=1)).all()
     labelled = frame[frame["label"].notna()]
     window = timedelta(days=model.outcome_window_days)
     assert (labelled["application_date"] + window <= AS_OF).all()
     assert frame.loc[frame["application_date"] + window > AS_OF, "label"].isna().all()
-    train, oot = training.split(TRAIN), training.split(OOT)
-    assert train["application_date"].max() < oot["application_date"].min()
-    assert len(train) + len(oot) == len(labelled)
+    train, valid, oot = training.split(TRAIN), training.split(VALID), training.split(OOT)
+    # Three windows in time order; only the newest, untouched one is the test window.
+    assert train["application_date"].max() < valid["application_date"].min()
+    assert valid["application_date"].max() < oot["application_date"].min()
+    assert len(train) + len(valid) + len(oot) == len(labelled)
+    assert oot["application_date"].min() >= training.oot_start
+    assert valid["application_date"].min() >= training.valid_start
+    summary = training.summary()
+    assert summary["valid_rows"] == len(valid) and summary["valid_range"]
     assert not {"gender", "age_band", "region_type", "birth_date"} & set(training.features)
     assert training.frame["region_type"].notna().all()  # ... but they are there to test with
 
@@ -176,7 +195,10 @@ def test_model_owner_workflow(
     first = train_risk_flow(as_of=AS_OF)
     assert first["version"] == "1" and first["gates"]["passed"], first["gates"]
     assert len(first["steps"]) == 6, "one summary line per step"
-    assert first["metrics"]["auc_oot"] > first["metrics"]["auc_oot_benchmark"]
+    # Without the search, on this small test portfolio the benchmark may be the candidate:
+    # either way the registered model ranks the test window at least as well.
+    assert first["metrics"]["auc_oot"] >= first["metrics"]["auc_oot_benchmark"] - 0.01
+    assert first["candidate"] in ("lightgbm", "logistic")
 
     # Traceable: run tags name the ingest batches; the audit event lists them all.
     client = registry_client(load_settings().mlflow_tracking_uri)
@@ -199,7 +221,21 @@ def test_model_owner_workflow(
     auc_row = evaluations[(evaluations["metric"] == "auc_oot") & (evaluations["segment"] == "all")]
     assert auc_row["value"].iloc[0] == pytest.approx(first["metrics"]["auc_oot"])
     report = Path(first["report"]).read_text(encoding="utf-8")
-    assert report.count("data:image/png;base64") == 4 and "Fairness" in report
+    assert report.count("data:image/png;base64") == 5 and "Fairness" in report
+    for section in ("Windows", "Calibration map", "Monotone constraints",
+                    "before calibration", "Reliability", "bureau_delinquencies_24m"):
+        assert section in report, section
+    assert "own log-odds contributions, before calibration" in report
+    # The registered model serves calibrated PDs: the pyfunc equals the calibrated scorer.
+    import mlflow
+
+    mlflow.set_tracking_uri(load_settings().mlflow_tracking_uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{first['run_id']}/model")
+    scorer = served.unwrap_python_model().scorer
+    assert scorer.calibration is not None and scorer.calibration.method == first["calibration"]
+    params = client.get_run(first["run_id"]).data.params
+    assert {"min_data_in_leaf", "num_leaves", "num_boost_round", "size_rows",
+            "size_defaults", "calibration", "candidate"} <= set(params)
 
     # Same data, config, code and seed: skipped; forced: a new version, same metrics.
     again = train_risk_flow(as_of=AS_OF)
@@ -232,6 +268,18 @@ def test_model_owner_workflow(
     failing = train_risk_flow(as_of=AS_OF)
     assert failing["version"] == "3" and not failing["gates"]["passed"]
     assert any(f.startswith("auc_oot all") for f in failing["gates"]["failed"])
+    # Every surface says so plainly: the flow's last line, the demo's closing summary and
+    # `models list`, each naming the failed gate and what a model owner can do.
+    assert "FAILED 1 gate(s): auc_oot all" in failing["line"]
+    assert "--force --reason" in failing["line"]
+    from puhui.demo import model_summary
+
+    closing = model_summary(failing, failing["report"])
+    assert closing[-1].startswith(f"demo: {NAME} v3 failed its gates (auc_oot all")
+    assert any("--force" in line for line in closing)
+    code, out, _ = _cli(capsys, "models", "list", NAME)
+    assert code == 0 and "FAILED: auc_oot all" in out
+    assert f"{NAME} v3 FAILED its gates and has no alias" in out
     v3 = client.get_run(failing["run_id"]).data.metrics
     assert v3["auc_oot_champion"] == pytest.approx(first["metrics"]["auc_oot"])  # v1 re-scored
     code, _, err = _cli(capsys, "models", "promote", NAME, "--version", "3", "--reason", "x")
@@ -271,3 +319,65 @@ def test_a_planted_bias_is_blocked_by_the_fairness_gate(
     assert "challenger" not in client.get_registered_model(NAME).aliases
     tags = client.get_model_version(NAME, result["version"]).tags
     assert "region_type=rural" in tags["gates.failed"]
+
+
+def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
+    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A co-operative with about a thousand labelled loans: the labelled applications of the
+    test data subsampled (five draws). Size-aware parameters resolve for that size (and are
+    in the run's params), and in every draw the registered candidate ranks the untouched test
+    window no more than 0.01 worse than the logistic benchmark (it is the benchmark itself
+    when the booster does not beat it on validation)."""
+    import copy
+
+    from puhui.risk.evaluation import evaluate_risk_model
+    from puhui.risk.model import LOGISTIC, train_candidate
+    from puhui.risk.params import DataSize, resolve_lightgbm
+    from puhui.risk.publish import publish_risk_model
+
+    url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
+    engine = get_engine(url)
+    settings = load_settings()
+    spec = load_config(settings.config_dir, FeaturesConfig)
+    model = load_config(settings.config_dir, ModelsConfig).credit_risk
+    full = _training_set(url)
+    labelled = full.frame.index[full.frame["label"].notna()]
+    kinds = []
+    for draw in range(1, 6):
+        training = copy.copy(full)
+        dropped = np.random.default_rng(draw).choice(labelled, len(labelled) - 1000,
+                                                     replace=False)
+        training.frame = full.frame.drop(index=dropped).reset_index(drop=True)
+        train, valid = training.split(TRAIN), training.split(VALID)
+        assert len(train) + len(valid) + len(training.split(OOT)) == 1000
+        trained, benchmark = train_candidate(train, valid, training.features,
+                                             training.categorical, model)
+        kinds.append(trained.kind)
+        evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
+        m = evaluation.metrics
+        assert m["auc_oot"] >= m["auc_oot_benchmark"] - 0.01, (draw, trained.selection,
+                                                               m["auc_oot"],
+                                                               m["auc_oot_benchmark"])
+    assert LOGISTIC in kinds  # on a portfolio this small the benchmark does win sometimes
+
+    published = publish_risk_model(
+        engine=engine, tracking_uri=settings.mlflow_tracking_uri, name=NAME,
+        training=training, trained=trained, evaluation=evaluation,
+        gates=check_gates(evaluation, model.gates), tags={}, fingerprint="small",
+        report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts")
+    params = registry_client(settings.mlflow_tracking_uri).get_run(
+        published.run_id).data.params
+    resolved = resolve_lightgbm(model.lightgbm, DataSize(len(train),
+                                                         int(train["label"].sum())),
+                                model.seed)
+    expected = resolved.logged()
+    for name in ("num_boost_round", "early_stopping_rounds", "size_rows", "size_defaults"):
+        assert params[name] == str(expected[name]), name
+    for name in ("min_data_in_leaf", "num_leaves"):  # the chosen trial's resolved value
+        assert int(params[name]) in {c[name] for c in resolved.candidates}, name
+    assert int(params["min_data_in_leaf"]) < 150  # the fixed demo value would be absurd here
+    assert params["candidate"] == trained.kind
+    report = published.report_path.read_text(encoding="utf-8")
+    assert ("The candidate is the logistic benchmark" if trained.kind == LOGISTIC
+            else "The candidate is LightGBM") in report

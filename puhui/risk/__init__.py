@@ -1,1 +1,2 @@
-"""The credit-risk model: training set, LightGBM and its benchmark, evaluation, gates."""
+"""The credit-risk model: training set, size-aware parameters, LightGBM and its benchmark,
+calibration, evaluation, gates."""

@@ -1,9 +1,12 @@
-"""Evaluating a trained risk model on its out-of-time window, as a reviewer would.
+"""Evaluating a trained risk model on its untouched out-of-time test window, as a reviewer
+would.
 
-Everything is computed on the same split for the LightGBM model, its logistic benchmark and
-(when there is one) the current champion re-scored on this window, so comparisons are like
-for like. The result holds flat metrics (for MLflow and ``model_evaluations``), the tables of
-the report, and the curves its plots draw.
+Everything is computed on the same split for the candidate (LightGBM, or the logistic
+benchmark when it won on validation), the benchmark and (when there is one) the current
+champion re-scored on this window, so comparisons are like for like. The candidate's PDs are
+calibrated; calibration is reported before and after the map. The result holds flat
+metrics (for MLflow and ``model_evaluations``), the tables of the report, and the curves its
+plots draw.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from puhui.risk.metrics import (
     population_stability,
     psi_status,
     ranking_metrics,
+    reliability_table,
     stability_table,
 )
-from puhui.risk.model import RiskScorer, TrainedModel, predict_benchmark
+from puhui.risk.model import LOGISTIC, Scorer, TrainedModel, predict_benchmark
 from puhui.risk.reasons import reason_frequencies, top_reasons
-from puhui.risk.training_set import OOT, TRAIN, TrainingSet
+from puhui.risk.training_set import OOT, TRAIN, VALID, TrainingSet
 
 
 @dataclass
@@ -45,6 +49,9 @@ class Evaluation:
     trials: list[dict[str, object]]
     champion: dict[str, object] | None = None
     notes: list[str] = field(default_factory=list)
+    calibration_before: pd.DataFrame = field(default_factory=pd.DataFrame)  # raw PDs
+    reliability: dict[str, pd.DataFrame] = field(default_factory=dict)  # before / after
+    model_facts: dict[str, object] = field(default_factory=dict)  # candidate, map, limits
 
     def rows(self) -> list[dict[str, object]]:
         """Every figure as (metric, segment, value), for ``model_evaluations``."""
@@ -72,7 +79,7 @@ def _segment_auc(frame: pd.DataFrame, dimensions: list[str], min_size: int) -> l
 
 def evaluate_risk_model(
     training: TrainingSet, trained: TrainedModel, benchmark: Pipeline,
-    model: RiskModelSpec, spec: FeaturesConfig, champion: RiskScorer | None = None,
+    model: RiskModelSpec, spec: FeaturesConfig, champion: Scorer | None = None,
 ) -> Evaluation:
     """All figures of the evaluation report for ``trained`` on ``training``'s split."""
     scorer = trained.scorer
@@ -80,14 +87,18 @@ def evaluate_risk_model(
     applicants = training.oot_applicants().copy()
     feats, cats = training.features, training.categorical
     train["pd"] = scorer.predict_pd(train)
-    # The labelled out-of-time rows are a subset of the window's applicants: score once.
-    applicants["pd"] = scorer.predict_pd(applicants)
+    # The labelled test rows are a subset of the window's applicants: score once.
+    raw = pd.Series(scorer.predict_raw(applicants), index=applicants.index)
+    applicants["pd"] = scorer.calibration.apply(raw.to_numpy()) if scorer.calibration \
+        else raw.to_numpy()
     oot["pd"] = applicants.loc[oot.index, "pd"]
+    oot_raw = raw.loc[oot.index].to_numpy()
     y_oot = oot["label"].to_numpy(int)
     bench_oot = predict_benchmark(benchmark, oot, feats, cats)
     bench_train = predict_benchmark(benchmark, train, feats, cats)
 
     m_oot = ranking_metrics(y_oot, oot["pd"].to_numpy())
+    m_raw = ranking_metrics(y_oot, oot_raw)
     m_train = ranking_metrics(train["label"].to_numpy(int), train["pd"].to_numpy())
     m_bench = ranking_metrics(y_oot, bench_oot)
     score_psi = population_stability(train["pd"], oot["pd"])
@@ -97,12 +108,21 @@ def evaluate_risk_model(
                 "gini_oot_benchmark": m_bench["gini"], "brier_oot_benchmark": m_bench["brier"],
                 "auc_train_benchmark": ranking_metrics(train["label"].to_numpy(int),
                                                        bench_train)["auc"],
+                "auc_oot_uncalibrated": m_raw["auc"], "brier_oot_uncalibrated": m_raw["brier"],
+                "mean_pd_oot_uncalibrated": m_raw["mean_pd"],
+                **_validation_metrics(trained),
+                "candidate_is_benchmark": float(trained.kind == LOGISTIC),
                 "score_psi": score_psi, "best_iteration": float(trained.best_iteration),
                 "policy_cutoff_pd": model.policy_cutoff_pd,
                 "approval_rate_oot": float((applicants["pd"] < model.policy_cutoff_pd).mean()),
                 "applicants_oot": float(len(applicants))}
+    if scorer.calibration is not None and scorer.calibration.method == "isotonic":
+        # What the isotonic steps alone would cost in ranking (ties broken by the raw PD
+        # are what is registered, so ``auc_oot`` keeps the raw ranking).
+        steps = scorer.calibration.apply(oot_raw, break_ties=False)
+        metrics["auc_oot_isotonic_steps"] = ranking_metrics(y_oot, steps)["auc"]
 
-    curves = {"roc_lightgbm": _roc(y_oot, oot["pd"].to_numpy()),
+    curves = {"roc_candidate": _roc(y_oot, oot["pd"].to_numpy()),
               "roc_benchmark": _roc(y_oot, bench_oot)}
     champion_info = None
     if champion is not None:
@@ -117,17 +137,19 @@ def evaluate_risk_model(
             curves["roc_champion"] = _roc(y_oot, champ_pd)
 
     gates = model.gates
-    calibration = calibration_by_grade(y_oot, oot["pd"].to_numpy(), model.grades,
-                                       gates.calibration.alpha, gates.calibration.tolerance,
-                                       one_sided=gates.calibration.test == "one_sided")
+    alpha, tolerance = gates.calibration.alpha, gates.calibration.tolerance
+    one_sided = gates.calibration.test == "one_sided"
+    calibration = calibration_by_grade(y_oot, oot["pd"].to_numpy(), model.grades, alpha,
+                                       tolerance, one_sided=one_sided)
+    calibration_before = calibration_by_grade(y_oot, oot_raw, model.grades, alpha, tolerance,
+                                              one_sided=one_sided)
+    reliability = {"before": reliability_table(y_oot, oot_raw, alpha),
+                   "after": reliability_table(y_oot, oot["pd"].to_numpy(), alpha)}
     feature_stability = stability_table(train, oot, feats)
     feature_stability.loc[len(feature_stability)] = ["score", score_psi, psi_status(score_psi)]
-    importance = pd.DataFrame({
-        "feature": scorer.features,
-        "gain": scorer.booster.feature_importance("gain"),
-        "splits": scorer.booster.feature_importance("split"),
-    }).sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
-    importance["gain_share"] = importance["gain"] / max(importance["gain"].sum(), 1e-12)
+    importance = scorer.importance().sort_values("importance", ascending=False,
+                                                 kind="stable").reset_index(drop=True)
+    importance["share"] = importance["importance"] / max(importance["importance"].sum(), 1e-12)
 
     dims, min_size = model.fairness.dimensions, model.fairness.min_segment_size
     fairness = fairness_table(applicants, oot, model.policy_cutoff_pd, dims, min_size)
@@ -161,4 +183,44 @@ def evaluate_risk_model(
         curves=curves,
         trials=trained.trials,
         champion=champion_info,
+        calibration_before=calibration_before,
+        reliability=reliability,
+        model_facts=model_facts(training, trained),
     )
+
+
+def _validation_metrics(trained: TrainedModel) -> dict[str, float]:
+    """How the candidate was chosen, as metrics: ``auc_valid`` is the candidate's figure in
+    the comparison (cross-fitted for the booster on a small window)."""
+    sel = trained.selection
+    names = ("auc_valid_lightgbm", "auc_valid_lightgbm_cross_fitted", "auc_valid_benchmark")
+    out = {name: float(sel[name]) for name in names if name in sel}
+    key = "auc_valid_benchmark" if trained.kind == LOGISTIC else "auc_valid_lightgbm_compared"
+    if key in sel:
+        out["auc_valid"] = float(sel[key])
+    return out
+
+
+def model_facts(training: TrainingSet, trained: TrainedModel) -> dict[str, object]:
+    """How the candidate came about, for the report: windows, size-aware parameters, the
+    choice between booster and benchmark, the calibration map, the monotone constraints."""
+    s = training.summary()
+    valid = training.split(VALID)
+    return {
+        "candidate": trained.kind,
+        "selection": trained.selection,
+        "calibration": trained.calibration.as_dict() if trained.calibration else None,
+        "monotone": trained.monotone,
+        # The chosen trial's values (configured or drawn by the search), resolved for size.
+        "resolved": {k: trained.params.get(k, v) for k, v in trained.resolved.logged().items()}
+        if trained.resolved else {},
+        "size_aware": trained.resolved.size_aware if trained.resolved else {},
+        "windows": {
+            "train": {"rows": s["train_rows"], "defaults": s["train_defaults"],
+                      "range": s["train_range"]},
+            "validation": {"rows": len(valid), "defaults": int(valid["label"].sum()),
+                           "range": s["valid_range"]},
+            "test": {"rows": s["oot_rows"], "defaults": s["oot_defaults"],
+                     "range": s["oot_range"]},
+        },
+    }

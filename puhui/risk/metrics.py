@@ -71,7 +71,7 @@ def calibration_by_grade(labels: np.ndarray, pd_: np.ndarray, grades: list[RiskG
         expected = float(np.mean(pd_[mask])) if n else float("nan")
         observed = d / n if n else float("nan")
         if n:
-            low, high = beta.ppf([alpha / 2, 1 - alpha / 2], d + 0.5, n - d + 0.5)
+            low, high = jeffreys_interval(d, n, alpha)
             p_value = jeffreys_p_value(d, n, expected, one_sided)
             miss = observed - expected if one_sided else abs(observed - expected)
             ok = not (p_value < alpha and miss > tolerance)
@@ -81,6 +81,29 @@ def calibration_by_grade(labels: np.ndarray, pd_: np.ndarray, grades: list[RiskG
         rows.append({"grade": g.grade, "max_pd": g.max_pd, "n": n, "defaults": d,
                      "expected": expected, "observed": observed, "interval_low": float(low),
                      "interval_high": float(high), "p_value": p_value, "ok": ok})
+    return pd.DataFrame(rows)
+
+
+def jeffreys_interval(defaults: int, n: int, alpha: float) -> tuple[float, float]:
+    """Equal-tailed (1 - alpha) interval of the default rate under Jeffreys' prior."""
+    low, high = beta.ppf([alpha / 2, 1 - alpha / 2], defaults + 0.5, n - defaults + 0.5)
+    return float(low), float(high)
+
+
+def reliability_table(labels: np.ndarray, pd_: np.ndarray, alpha: float,
+                      bins: int = 10) -> pd.DataFrame:
+    """Equal-count bins of predicted PD: mean predicted against observed default rate, with
+    its Jeffreys interval (the points of a reliability plot)."""
+    labels = np.asarray(labels, dtype=float)
+    order = np.argsort(pd_, kind="stable")
+    rows = []
+    for i, part in enumerate(np.array_split(order, bins), start=1):
+        if not len(part):
+            continue
+        d, n = int(labels[part].sum()), len(part)
+        low, high = jeffreys_interval(d, n, alpha)
+        rows.append({"bin": i, "n": n, "defaults": d, "predicted": float(pd_[part].mean()),
+                     "observed": d / n, "interval_low": low, "interval_high": high})
     return pd.DataFrame(rows)
 
 

@@ -146,8 +146,8 @@ def publish_risk_model(
         work = Path(tmp)
         mlflow.log_params({k: v for k, v in trained.params.items()} | {
             "best_iteration": trained.best_iteration, "features": len(training.features),
-            "train_rows": summary["train_rows"], "oot_rows": summary["oot_rows"],
-            "search_trials": len(trained.trials)})
+            "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],
+            "oot_rows": summary["oot_rows"], "search_trials": len(trained.trials)})
         metrics = dict(evaluation.metrics)
         for row in evaluation.segment_metrics:
             metrics[_metric_name(str(row["metric"]), str(row["segment"]))] = float(row["value"])
@@ -179,7 +179,9 @@ def publish_risk_model(
         for file_name, data in plots.items():
             (work / file_name).write_bytes(data)
             mlflow.log_artifact(str(work / file_name), artifact_path="plots")
-        tables = {"calibration": evaluation.calibration, "gains": evaluation.gains,
+        tables = {"calibration": evaluation.calibration,
+                  "calibration_before": evaluation.calibration_before,
+                  "gains": evaluation.gains,
                   "feature_stability": evaluation.feature_stability,
                   "importance": evaluation.importance, "fairness": evaluation.fairness,
                   "reasons": evaluation.reasons}
@@ -189,6 +191,8 @@ def publish_risk_model(
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         mlflow.log_dict({"ingest_batches": batch_ids, **summary}, "lineage.json")
         mlflow.log_dict(gates.as_dict(), "gates.json")
+        # The candidate's choice, calibration map, constraints and resolved sizes.
+        mlflow.log_dict(evaluation.model_facts, "model_facts.json")
         mlflow.log_dict({"reason_examples": evaluation.reason_examples,
                          "trials": evaluation.trials}, "evaluation/details.json")
     _write_evaluations(engine, name, str(version), training.as_of, evaluation,

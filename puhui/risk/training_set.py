@@ -3,9 +3,11 @@
 Each application is joined to its applicant's features as of the day *before* the
 application day, so nothing from the application day itself (which may come after the
 application time) can leak in. A label is used only when the outcome window has matured by
-the training as-of date and the outcome was delivered by then. The split is out of time: the
-most recent ``validation_months`` of matured applications are the validation window, all
-older ones train; never a random split.
+the training as-of date and the outcome was delivered by then. The split is out of time,
+never random, into three windows by application date: the most recent ``test_months`` of
+matured applications are the untouched test window (only the final evaluation and the gates
+see it), the ``validation_months`` before them validate (early stopping, the search,
+calibration, the choice of candidate), all older ones train.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from puhui.features.builder import FeatureInfo, apply_derived, feature_catalog
 from puhui.features.sources import SourceFrames, local_days, time_kind
 
 SEGMENT_COLUMNS = ("region_type", "gender", "age_band")
-TRAIN, OOT = "train", "oot"
+# ``OOT`` is the untouched out-of-time test window; metrics named ``*_oot`` are measured there.
+TRAIN, VALID, OOT = "train", "valid", "oot"
+WINDOW_NAMES = {TRAIN: "train", VALID: "validation", OOT: "test"}
 
 
 @dataclass
@@ -36,6 +40,7 @@ class TrainingSet:
     oot_start: date
     oot_end: date
     batch_ids: set[str] = field(default_factory=set)
+    valid_start: date | None = None  # None: no validation window (older callers, benches)
 
     @property
     def features(self) -> list[str]:
@@ -49,21 +54,27 @@ class TrainingSet:
         return self.frame[self.frame["split"] == name]
 
     def oot_applicants(self) -> pd.DataFrame:
-        """Every application in the validation window, labelled or not (through the door)."""
+        """Every application in the test window, labelled or not (through the door)."""
         day = self.frame["application_date"]
         return self.frame[(day >= self.oot_start) & (day <= self.oot_end)]
 
     def summary(self) -> dict[str, object]:
-        train, oot = self.split(TRAIN), self.split(OOT)
+        train, valid, oot = self.split(TRAIN), self.split(VALID), self.split(OOT)
+
+        def span(part: pd.DataFrame) -> list[str]:
+            return [str(part["application_date"].min()), str(part["application_date"].max())]
+
         return {
             "as_of": self.as_of.isoformat(),
             "applications": len(self.frame),
             "train_rows": len(train),
             "train_defaults": int(train["label"].sum()),
+            "valid_rows": len(valid),
+            "valid_defaults": int(valid["label"].sum()),
             "oot_rows": len(oot),
             "oot_defaults": int(oot["label"].sum()),
-            "train_range": [str(train["application_date"].min()),
-                            str(train["application_date"].max())],
+            "train_range": span(train),
+            "valid_range": span(valid) if len(valid) else [],
             "oot_range": [self.oot_start.isoformat(), self.oot_end.isoformat()],
             "features": len(self.catalog),
             "feature_as_of_range": [str(self.frame["as_of_date"].min()),
@@ -170,20 +181,24 @@ def build_training_set(
             "loan_outcomes or train as of a later date"
         )
     oot_end = frame.loc[labelled, "application_date"].max()
-    oot_start = months_before(oot_end, model.validation_months) + timedelta(days=1)
+    oot_start = months_before(oot_end, model.test_months) + timedelta(days=1)
+    valid_start = months_before(oot_start - timedelta(days=1),
+                                model.validation_months) + timedelta(days=1)
+    day = frame["application_date"]
     frame["split"] = None
-    frame.loc[labelled & (frame["application_date"] < oot_start), "split"] = TRAIN
-    frame.loc[labelled & (frame["application_date"] >= oot_start), "split"] = OOT
-    for name in (TRAIN, OOT):
+    frame.loc[labelled & (day < valid_start), "split"] = TRAIN
+    frame.loc[labelled & (day >= valid_start) & (day < oot_start), "split"] = VALID
+    frame.loc[labelled & (day >= oot_start), "split"] = OOT
+    for name in (TRAIN, VALID, OOT):
         part = frame[frame["split"] == name]
         if len(part) == 0 or part["label"].nunique() < 2:
             raise PuhuiError(
-                f"the {name} window has {len(part)} labelled applications and needs both "
-                "defaults and repayments: more history is needed to train"
+                f"the {WINDOW_NAMES[name]} window has {len(part)} labelled applications and "
+                "needs both defaults and repayments: more history is needed to train"
             )
     catalog = [*feature_catalog(spec), *app_catalog]
     batch_ids = set(frames.batch_ids) | set(apps["batch_id"]) | set(
         frame["label_batch_id"].dropna()
     )
     return TrainingSet(as_of, frame.reset_index(drop=True), catalog, oot_start, oot_end,
-                       batch_ids)
+                       batch_ids, valid_start)
