@@ -18,7 +18,6 @@ from puhui.errors import PuhuiError
 Profile = Literal["local", "production"]
 DEMO_KEY_FILE = "pseudonym.key"
 AUDIT_KEY_FILE = "audit.key"
-MIN_AUDIT_KEY_CHARS, MIN_AUDIT_KEY_DISTINCT = 32, 10
 # PostgreSQL roles the migrations create (NOLOGIN; an operator gives them a login).
 DEFAULT_PG_APP_ROLE, DEFAULT_PG_AUDITOR_ROLE = "puhui_app", "puhui_auditor"
 
@@ -157,9 +156,9 @@ def check_audit_key(audit_key: str | None, pseudonym_key: str | None) -> None:
     if not audit_key or not audit_key.strip():
         raise PuhuiError("production profile refuses to run without PUHUI_AUDIT_KEY "
                          "(a random secret of 32+ characters, e.g. `openssl rand -hex 32`)")
-    if len(audit_key) < MIN_AUDIT_KEY_CHARS or len(set(audit_key)) < MIN_AUDIT_KEY_DISTINCT:
-        raise PuhuiError(f"PUHUI_AUDIT_KEY is weak: use a random secret of at least "
-                         f"{MIN_AUDIT_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)")
+    if weakness := weak_key_reason(audit_key):
+        raise PuhuiError(f"PUHUI_AUDIT_KEY is weak ({weakness}): use a random secret, e.g. "
+                         "`openssl rand -hex 32`")
     if audit_key == pseudonym_key:
         raise PuhuiError("PUHUI_AUDIT_KEY must differ from PUHUI_PSEUDONYM_KEY")
 

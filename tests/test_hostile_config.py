@@ -92,6 +92,7 @@ def test_production_refuses_a_key_of_32_spaces() -> None:
         "PUHUI_PROFILE": "production",
         "PUHUI_PSEUDONYM_KEY": " " * 32,
         "PUHUI_WAREHOUSE_URL": "postgresql+psycopg://u@localhost/db",
+        "PUHUI_AUDIT_KEY": "audit-" + GOOD_KEY[::-1],
     }
     with pytest.raises(PuhuiError, match="weak"):
         load_settings(env)
