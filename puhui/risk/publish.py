@@ -21,6 +21,7 @@ import mlflow
 from mlflow.models import infer_signature
 from sqlalchemy import Engine, delete
 
+from puhui.monitoring.bins import log_monitoring_bins
 from puhui.registry import (
     GATES_FAILED_TAG,
     GATES_PASSED_TAG,
@@ -32,7 +33,7 @@ from puhui.risk.gates import GateResult
 from puhui.risk.model import TrainedModel
 from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
 from puhui.risk.report import render_report, report_plots
-from puhui.risk.training_set import OOT, TrainingSet
+from puhui.risk.training_set import OOT, TRAIN, TrainingSet
 from puhui.warehouse.schema import model_evaluations
 
 # Explicit requirements: inferring them costs seconds and can pick up the whole venv.
@@ -136,6 +137,8 @@ def publish_risk_model(
             signature=infer_signature(example, trained.scorer.predict_pd(example)),
             input_example=example, pip_requirements=PIP_REQUIREMENTS,
         )
+        log_monitoring_bins(model_info.model_uri, training.split(TRAIN), training.features,
+                            training.categorical)
         version = mlflow.register_model(model_info.model_uri, name, tags={
             FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat(),
             GATES_PASSED_TAG: str(gates.passed).lower(),
