@@ -380,14 +380,18 @@ class Threshold(StrictModel):
     watch: float
     act: float
     direction: Literal["above", "below"]
+    # "watch": past `act` still only amber (diagnostic figures that must not page anyone).
+    max_status: Literal["watch", "act"] = "act"
 
     def status(self, value: float | None) -> str:
         """ok / watch / act for ``value`` (a missing value is ok: nothing to judge)."""
         if value is None or value != value:
             return "ok"
         if self.direction == "above":
-            return "act" if value >= self.act else "watch" if value >= self.watch else "ok"
-        return "act" if value < self.act else "watch" if value < self.watch else "ok"
+            light = "act" if value >= self.act else "watch" if value >= self.watch else "ok"
+        else:
+            light = "act" if value < self.act else "watch" if value < self.watch else "ok"
+        return "watch" if light == "act" and self.max_status == "watch" else light
 
 
 class PopulationSpec(StrictModel):
