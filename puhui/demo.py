@@ -134,6 +134,12 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(trained["line"], markup=False)
     if not trained["skipped"] and trained["gates"]["passed"]:
         promote_first_champion(trained["name"], trained["version"], console)
+    # The daily run above had no champion yet: refresh profiles and the report with it.
+    from puhui.pipeline import run_profiles_flow, run_report_flow
+
+    console.print(run_profiles_flow(end_date)["line"], markup=False)
+    monitoring = run_report_flow(end_date)
+    console.print(monitoring["line"], markup=False)
     console.print(f"demo done in {time.monotonic() - started:.0f}s")
     console.print(f"  landing zone : {landing}")
     console.print(f"  warehouse    : {settings.warehouse_url}")
@@ -143,8 +149,9 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
         f"  MLflow store : {settings.mlflow_tracking_uri}"
         + (" (created when the first model is trained)" if unused else "")
     )
+    console.print(f"  HTML report  : {monitoring['report']} (monitoring and service)")
     report = trained.get("report") or _latest_report(settings.home)
-    console.print(f"  HTML report  : {report or 'none yet'} (model evaluation)")
+    console.print(f"  evaluation   : {report or 'none yet'} (model evaluation)")
 
 
 def _latest_report(home: Path) -> str | None:

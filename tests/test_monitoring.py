@@ -128,6 +128,9 @@ def test_report_without_drift_raises_no_alert(
     assert summary["alerts"] == [] and webhook == []
     report = Path(summary["report"])
     assert report.parent == puhui_env / "reports" and report.exists()
+    from tests.test_report_browser import assert_renders_offline
+
+    assert_renders_offline(report, tmp_path, min_plots=3)
     engine = get_engine(url)
     with engine.connect() as conn:
         drift = pd.read_sql(select(drift_reports), conn)
