@@ -31,7 +31,7 @@ def profiles_flow(as_of: date | None = None) -> dict:
     done = staged(as_of, key)
     for partition in range(partitions):
         if partition not in done:
-            score_and_stage(ctx, key, partition, partitions)
+            score_and_stage(ctx, key, partition)
     result = swap(as_of, key, partitions)
     line = record_refresh(as_of, slots, result, partitions, len(done), key, started)
     get_run_logger().info(line)

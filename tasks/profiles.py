@@ -68,18 +68,19 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
         risk=load_config(settings.config_dir, ModelsConfig).credit_risk, segments=segments,
         slots=slots, scorer=scorer,
         product_codes={p.code: p.kind for p in products.products})
-    key = run_key(as_of, slots, runtime.audit.config_hash, frames.batch_ids,
-                  segments.profile.partitions)
+    partitions = segments.profile.partitions
+    customers = customers_of(frames)
+    customers["partition"] = partition_of(customers["person_key"], partitions)
+    ctx.customers = customers
+    key = run_key(as_of, slots, runtime.audit.config_hash, frames.batch_ids, partitions)
     return ctx, key
 
 
 @task(name="profile-partition", **STEP)
-def score_and_stage(ctx: ScoringContext, key: str, partition: int, partitions: int) -> int:
+def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
     """Score one partition of customers and stage its rows; returns the rows staged."""
     runtime = open_runtime()
-    customers = customers_of(ctx.frames)
-    part = customers[partition_of(customers["person_key"], partitions) == partition]
-    rows = score_partition(ctx, part.reset_index(drop=True))
+    rows = score_partition(ctx, ctx.partition(partition))
     stage_partition(staging_dir(runtime.settings.home, ctx.as_of, key), partition, rows)
     return len(rows)
 

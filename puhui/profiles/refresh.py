@@ -73,6 +73,11 @@ class ScoringContext:
     slots: dict[str, ModelSlot]
     scorer: RiskScoring | None
     product_codes: dict[str, str] = field(default_factory=dict)  # code -> kind
+    customers: pd.DataFrame = field(default_factory=pd.DataFrame)  # with "partition"
+
+    def partition(self, number: int) -> pd.DataFrame:
+        part = self.customers[self.customers["partition"] == number]
+        return part.drop(columns="partition").reset_index(drop=True)
 
 
 def customers_of(frames: SourceFrames) -> pd.DataFrame:
