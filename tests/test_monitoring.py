@@ -172,3 +172,28 @@ def test_drift_raises_the_score_psi_alert_and_the_webhook_receives_it(
         status = conn.execute(select(drift_reports.c.status).where(
             drift_reports.c.feature == "score")).scalar()
     assert status == "act"
+
+
+def test_coverage_is_unknown_without_a_risk_decision_not_zero() -> None:
+    from puhui.config import ModelsConfig
+    from puhui.monitoring.service import service_metrics
+
+    settings = load_settings()
+    mon = load_config(settings.config_dir, MonitoringConfig)
+    risk = load_config(settings.config_dir, ModelsConfig).credit_risk
+    customers = pd.DataFrame({"person_key": ["a", "b", "c", "d"], "customer_id": list("ABCD"),
+                              "region_type": ["rural", "rural", "urban", "urban"],
+                              "thin_file": ["yes", "no", "no", "yes"]})
+    empty = pd.DataFrame(columns=["person_key", "label"])
+    args = {"as_of": AS_OF, "window": None, "matured": empty, "events": pd.DataFrame(),
+            "customers": customers, "risk": risk, "mon": mon, "previous": {}}
+    undecided = pd.DataFrame({"person_key": list("abcd"), "decision": [None] * 4})
+    _, table = service_metrics(profiles=undecided, **args)
+    assert "coverage" not in set(table["metric"])
+    assert table.set_index(["metric", "segment"]).loc[("profiled_share", "all"), "value"] == 1
+    decided = undecided.assign(decision=["approve", "decline", "approve", "approve"])
+    _, table = service_metrics(profiles=decided, **args)
+    values = table.set_index(["metric", "segment"])["value"]
+    assert values[("coverage", "all")] == 0.75
+    assert values[("coverage", "region_type=rural")] == 0.5
+    assert values[("thin_file_served", "all")] == 2

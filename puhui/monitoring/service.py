@@ -48,15 +48,17 @@ def service_metrics(
 
     people = customers.merge(profiles, on="person_key", how="left")
     people["served"] = (people["decision"] == "approve").astype(float)
-    people["profiled"] = people["decision"].notna().astype(float)
-    for segment, value, n in _by_segment(people, dims, "served"):
-        rows.append(("coverage", segment, value, n))
+    people["profiled"] = people["person_key"].isin(set(profiles["person_key"])).astype(float)
     for segment, value, n in _by_segment(people, dims, "profiled"):
         rows.append(("profiled_share", segment, value, n))
-    thin = people[people["thin_file"] == "yes"]
-    for segment, value, n in _by_segment(thin, [d for d in dims if d != "thin_file"],
-                                         "served", "sum"):
-        rows.append(("thin_file_served", segment, value, n))
+    # Without a risk decision (no champion) coverage is unknown, not zero.
+    if people["decision"].notna().any():
+        for segment, value, n in _by_segment(people, dims, "served"):
+            rows.append(("coverage", segment, value, n))
+        thin = people[people["thin_file"] == "yes"]
+        for segment, value, n in _by_segment(thin, [d for d in dims if d != "thin_file"],
+                                             "served", "sum"):
+            rows.append(("thin_file_served", segment, value, n))
     if window is not None and len(window) and "pd" in window.columns:
         w = window.assign(approved=(window["pd"] < risk.policy_cutoff_pd).astype(float))
         for segment, value, n in _by_segment(w, dims, "approved"):
