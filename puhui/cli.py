@@ -135,6 +135,10 @@ def generate(
     penalize_segment: Annotated[
         str | None, typer.Option(help="Raise one segment's true default odds (fairness tests).")
     ] = None,
+    drift: Annotated[
+        bool, typer.Option("--drift", help="Shift the population the bureau reports in the "
+                           "last 120 days (monitoring tests).")
+    ] = False,
 ) -> None:
     """Write synthetic partner files, faults.json and truth.json (no pipeline run)."""
     from puhui.demo import generate_with_progress
@@ -150,6 +154,7 @@ def generate(
         end_date=_parse_date(end_date, "--end-date"),
         history_days=history_days,
         penalize_segment=penalize_segment,
+        drift=drift,
         console=console,
     )
     console.print(
@@ -233,15 +238,31 @@ def run_train(
 
 
 @run_app.command("profiles")
-def run_profiles(as_of: AsOf = None) -> None:
-    """Refresh user profiles with the champion models."""
-    raise NotBuiltYet("puhui run profiles", "user profiles")
+def run_profiles(as_of: AsOf = None, json_: JsonFlag = False) -> None:
+    """Refresh user profiles with the champion models (atomic swap, history kept)."""
+    from puhui.pipeline import run_profiles_flow
+
+    _settings()
+    summary = run_profiles_flow(_parse_date(as_of, "--as-of"))
+    if json_:
+        _print_json(summary)
+        return
+    console.print(summary["line"], markup=False)
 
 
 @run_app.command("report")
-def run_report(as_of: AsOf = None) -> None:
-    """Evaluation, drift and service reports."""
-    raise NotBuiltYet("puhui run report", "evaluation, drift and service reports")
+def run_report(as_of: AsOf = None, json_: JsonFlag = False) -> None:
+    """Model monitoring, service effect, early warning and the HTML report."""
+    from puhui.pipeline import run_report_flow
+
+    _settings()
+    summary = run_report_flow(_parse_date(as_of, "--as-of"))
+    if json_:
+        _print_json(summary)
+    else:
+        console.print(summary["line"], markup=False)
+    if summary.get("alerts"):
+        raise PuhuiError(f"ALERT: {summary['why']}")
 
 
 @app.command()
@@ -553,6 +574,45 @@ def audit_lineage(
     for move in found["alias_history"]:
         console.print(f"  {move['at']} {move['actor']}: {move['alias']} -> v{move['version']}"
                       f" ({move['reason']})", markup=False)
+
+
+# --------------------------------------------------------------------------- profiles
+profiles_app = typer.Typer(no_args_is_help=True, help="User profiles (用户画像).")
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command("explain")
+def profiles_explain(
+    key: Annotated[str, typer.Argument(help="person_key, or a raw national ID / phone "
+                                            "(hashed on the spot, never stored)")],
+    as_of: AsOf = None,
+    json_: JsonFlag = False,
+) -> None:
+    """One customer's PD, grade, reasons, offers and model versions; audited as an access."""
+    from puhui.config import SegmentsConfig, load_config
+    from puhui.profiles.explain import (
+        ACCESS_ACTION,
+        explanation,
+        explanation_lines,
+        read_profile,
+        resolve_person_key,
+    )
+    from puhui.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    person = resolve_person_key(runtime.engine, key, runtime.settings.pseudonym_key)
+    del key  # the raw value goes no further than the hash
+    day = _parse_date(as_of, "--as-of")
+    models = load_config(runtime.settings.config_dir, SegmentsConfig).profile.models
+    found = explanation(read_profile(runtime.engine, person, day), models.get("risk", "risk"))
+    runtime.audit.record(runtime.engine, ACCESS_ACTION, f"profile/{person}", {
+        "person_key": person, "as_of": found["as_of"], "decision": found["decision"],
+        "models": found["models"]})
+    if json_:
+        _print_json(found)
+        return
+    for line in explanation_lines(found):
+        console.print(line, markup=False)
 
 
 # --------------------------------------------------------------------------- db, config, serve

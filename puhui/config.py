@@ -423,12 +423,106 @@ class ModelsConfig(StrictModel):
     credit_risk: RiskModelSpec
 
 
+# ---------------------------------------------------------------------------------------
+# configs/segments.yaml: segment tags and the profile refresh
+
+
+class SegmentRule(StrictModel):
+    tag: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    label: str
+    rule: RowFilter
+
+
+class ProfileSpec(StrictModel):
+    reference_application: dict[str, float | int | str]
+    partitions: int = Field(ge=1, le=4096)
+    # Slot ("risk", "recommender", ...) -> registered model name.
+    models: dict[str, str]
+
+
+class SegmentsConfig(StrictModel):
+    segments: list[SegmentRule]
+    profile: ProfileSpec
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_tags(cls, segments: list[SegmentRule]) -> list[SegmentRule]:
+        tags = [s.tag for s in segments]
+        if len(tags) != len(set(tags)):
+            raise ValueError("segment tags must be unique")
+        return segments
+
+
+# ---------------------------------------------------------------------------------------
+# configs/monitoring.yaml: model monitoring, service effect and early warning
+
+
+class Threshold(StrictModel):
+    watch: float
+    act: float
+    direction: Literal["above", "below"]
+    # "watch": past `act` still only amber (diagnostic figures that must not page anyone).
+    max_status: Literal["watch", "act"] = "act"
+
+    def status(self, value: float | None) -> str:
+        """ok / watch / act for ``value`` (a missing value is ok: nothing to judge)."""
+        if value is None or value != value:
+            return "ok"
+        if self.direction == "above":
+            light = "act" if value >= self.act else "watch" if value >= self.watch else "ok"
+        else:
+            light = "act" if value < self.act else "watch" if value < self.watch else "ok"
+        return "watch" if light == "act" and self.max_status == "watch" else light
+
+
+class PopulationSpec(StrictModel):
+    window_days: int = Field(gt=0)
+    bins: int = Field(ge=2, le=50)
+
+
+class MaturedSpec(StrictModel):
+    lookback_days: int = Field(gt=0)
+    bootstrap: int = Field(ge=10)
+    min_rows: int = Field(ge=1)
+
+
+class MonitoringFairnessSpec(StrictModel):
+    dimensions: list[str]
+    reference: dict[str, str]
+    small_segment: int = Field(ge=1)
+
+
+class ServiceSpec(StrictModel):
+    dimensions: list[str]
+    npl_benchmark: float = Field(gt=0, lt=1)
+
+
+class MonitoringConfig(StrictModel):
+    population: PopulationSpec
+    matured: MaturedSpec
+    fairness: MonitoringFairnessSpec
+    service: ServiceSpec
+    thresholds: dict[str, Threshold]
+
+    @model_validator(mode="after")
+    def _known_thresholds(self) -> MonitoringConfig:
+        needed = {"score_psi", "feature_csi", "auc_drop", "calibration_rejected_grades",
+                  "adverse_impact_ratio", "missing_rate_increase", "approval_rate_drop",
+                  "coverage_drop", "default_rate_rise"}
+        missing = sorted(needed - set(self.thresholds))
+        if missing:
+            raise ValueError(f"thresholds missing: {', '.join(missing)}")
+        return self
+
+
 # One model per file: a file in configs/ without a model is an error, not ignored.
 CONFIG_MODELS: dict[str, type[StrictModel]] = {
     "products.yaml": ProductsConfig,
     "partners.yaml": PartnersConfig,
     "features.yaml": FeaturesConfig,
     "models.yaml": ModelsConfig,
+    "segments.yaml": SegmentsConfig,
+    "monitoring.yaml": MonitoringConfig,
 }
 
 M = TypeVar("M", bound=StrictModel)

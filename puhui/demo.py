@@ -53,6 +53,7 @@ def generate_with_progress(
     end_date: date | None = None,
     history_days: int = 365,
     penalize_segment: str | None = None,
+    drift: bool = False,
 ) -> GenerateSummary:
     """Run the generator with a live status line."""
     products = load_config(settings.config_dir, ProductsConfig).codes
@@ -67,6 +68,7 @@ def generate_with_progress(
             history_days=history_days,
             products=products,
             penalize_segment=penalize_segment,
+            drift=drift,
             progress=lambda message: status.update(f"generating: {message}"),
             **kwargs,
         )
@@ -134,6 +136,12 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(trained["line"], markup=False)
     if not trained["skipped"] and trained["gates"]["passed"]:
         promote_first_champion(trained["name"], trained["version"], console)
+    # The daily run above had no champion yet: refresh profiles and the report with it.
+    from puhui.pipeline import run_profiles_flow, run_report_flow
+
+    console.print(run_profiles_flow(end_date)["line"], markup=False)
+    monitoring = run_report_flow(end_date)
+    console.print(monitoring["line"], markup=False)
     console.print(f"demo done in {time.monotonic() - started:.0f}s")
     console.print(f"  landing zone : {landing}")
     console.print(f"  warehouse    : {settings.warehouse_url}")
@@ -143,8 +151,9 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
         f"  MLflow store : {settings.mlflow_tracking_uri}"
         + (" (created when the first model is trained)" if unused else "")
     )
+    console.print(f"  HTML report  : {monitoring['report']} (monitoring and service)")
     report = trained.get("report") or _latest_report(settings.home)
-    console.print(f"  HTML report  : {report or 'none yet'} (model evaluation)")
+    console.print(f"  evaluation   : {report or 'none yet'} (model evaluation)")
     for line in model_summary(trained, report):
         console.print(line, markup=False)
 

@@ -33,6 +33,20 @@ def run_train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
     return train_risk_flow(as_of=as_of, force=force)
 
 
+def run_profiles_flow(as_of: date | None = None) -> dict:
+    """Run the ``profiles`` Prefect flow in this process and return its summary."""
+    from flows.profiles import profiles_flow
+
+    return profiles_flow(as_of=as_of)
+
+
+def run_report_flow(as_of: date | None = None) -> dict:
+    """Run the ``report`` Prefect flow in this process and return its summary."""
+    from flows.report import report_flow
+
+    return report_flow(as_of=as_of)
+
+
 def completed_daily_dates() -> set[date]:
     """As-of dates whose daily pipeline ran to the end (it audits only on completion)."""
     events = read_audit_events(open_runtime().engine, action=DAILY_COMPLETED)

@@ -87,6 +87,7 @@ RISK_AS_OF = "2026-09-30"
 RISK_DATASETS = {
     "clean": {"users": 4000, "penalize_segment": None},
     "penalized_rural": {"users": 4000, "penalize_segment": "rural"},
+    "drifted": {"users": 4000, "penalize_segment": None, "drift": True},
 }
 
 
@@ -123,7 +124,8 @@ class RiskTemplates:
             spec = RISK_DATASETS[dataset]
             generate_landing_zone(landing, users=spec["users"], days=2, seed=7,
                                   history_days=540, end_date=date.fromisoformat(RISK_AS_OF),
-                                  penalize_segment=spec["penalize_segment"])
+                                  penalize_segment=spec["penalize_segment"],
+                                  drift=spec.get("drift", False))
         home = self.root / f"home-{dataset}-{dialect}"
         if dialect == "sqlite":
             url = f"sqlite:///{home / 'warehouse.db'}"

@@ -52,7 +52,9 @@ def test_daily_flow_ingests_the_landing_zone_and_audits(
     assert ingest["rows"] == ingest["rows_loaded"] + ingest["rows_duplicate"] > 0
     assert summary["late_feeds"] == []  # the 30th: no monthly feed due, daily ones arrived
     assert summary["line"].startswith(f"daily {END}: ingest {END}:")
-    assert "not built yet: profiles, report" in summary["line"]
+    assert "; profiles " in summary["line"] and "; report " in summary["line"]
+    assert summary["profiles"]["missing_models"]["credit_risk"].startswith("no champion")
+    assert Path(summary["report"]).exists()
     engine = get_engine(pipeline_env)
     events = read_audit_events(engine, action="pipeline.daily")
     assert [e["subject"] for e in events] == [f"daily/{END}"]

@@ -54,9 +54,11 @@ FEEDS: dict[str, FeedSpec] = {
         FeedSpec(
             "customers", "csv", "utf-8", False,
             ("customer_id", "national_id", "phone", "gender", "birth_date", "region_type",
-             "province", "occupation", "income_band", "onboard_date"),
+             "province", "occupation", "income_band", "onboard_date",
+             "personalisation_opt_out"),
             ("customer_id", "national_id", "phone", "gender", "birth_date", "region_type",
-             "province", "occupation", "income_band", "onboard_date"),
+             "province", "occupation", "income_band", "onboard_date",
+             "personalisation_opt_out"),
         ),
         FeedSpec(
             "credit_bureau", "csv", "utf-8", True,
@@ -116,6 +118,7 @@ class World:
     timeline: Timeline
     seed: int
     products: tuple[str, ...]
+    drift: bool = False
     _cache: dict[str, object] = field(default_factory=dict)
 
     def sampler(self, name: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +185,24 @@ def customers_batch(world: World, people: np.ndarray) -> Batch:
         "occupation": cat(pop.occupation[people], ref.OCCUPATIONS),
         "income_band": cat(pop.income[people], ref.INCOME_BANDS),
         "onboard_date": Column("date", pop.onboard_day[people]),
+        "personalisation_opt_out": Column("int", opt_out(world)[people].astype(np.int64)),
     }
+
+
+OPT_OUT_RATE = 0.05  # customers who refused personalised marketing (PIPL Art. 24)
+
+
+def opt_out(world: World) -> np.ndarray:
+    """Who refused personalisation: an independent draw (key 1 of the population stream),
+    so adding it changed no other value."""
+    return rng_for(world.seed, Stream.POPULATION, 1).random(world.pop.n) < OPT_OUT_RATE
+
+
+# --drift: from this many days before the end date the bureau reports a shifted population
+# (scores lower, more delinquencies and inquiries), as after a bureau scorecard change or a
+# downturn. Outcomes are untouched: only what the model sees moves.
+DRIFT_DAYS = 120
+DRIFT_SCORE_SHIFT = -90
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,16 +215,19 @@ def credit_bureau_batch(world: World, report_date: date) -> Batch:
     i = bureau.months.index(report_date)
     people = bureau.holders
     n = len(people)
+    drifted = world.drift and (world.timeline.end_date - report_date).days <= DRIFT_DAYS
+    shift = int(drifted)
     return {
         "national_id": cat(people, world.pop.national_id),
         "phone": cat(people, world.pop.phone_text),
         "report_date": Column("date", np.full(n, epoch_day(report_date), dtype=np.int64)),
         "accounts_open": Column("int", bureau.accounts_open[i]),
-        "delinquencies_24m": Column("int", bureau.delinquencies_24m[i]),
-        "max_dpd_24m": Column("int", bureau.max_dpd_24m[i]),
-        "inquiries_6m": Column("int", bureau.inquiries_6m[i]),
+        "delinquencies_24m": Column("int", bureau.delinquencies_24m[i] + shift),
+        "max_dpd_24m": Column("int", np.minimum(bureau.max_dpd_24m[i] + 30 * shift, 731)),
+        "inquiries_6m": Column("int", bureau.inquiries_6m[i] + 2 * shift),
         "total_debt_yuan": Column("int", bureau.total_debt_yuan[i]),
-        "bureau_score": Column("int", bureau.bureau_score[i]),
+        "bureau_score": Column("int", np.clip(bureau.bureau_score[i] + DRIFT_SCORE_SHIFT * shift,
+                                              300, 850)),
     }
 
 

@@ -108,6 +108,7 @@ def generate_landing_zone(
     products: Sequence[str] = ref.DEFAULT_PRODUCTS,
     penalize_segment: str | None = None,
     progress: Progress | None = None,
+    drift: bool = False,
 ) -> GenerateSummary:
     """Generate a deterministic synthetic partner landing zone under ``out_dir``.
 
@@ -128,7 +129,7 @@ def generate_landing_zone(
     params = RiskParameters()
     apps = build_applications(pop, bureau, timeline, seed, products, params, penalize_segment)
     say(f"loan applications: {len(apps):,} over {len(timeline.all_days)} days")
-    world = World(pop, bureau, apps, timeline, seed, products)
+    world = World(pop, bureau, apps, timeline, seed, products, drift=drift)
 
     planned: list[PlannedFault] = []
     if faults:
@@ -396,6 +397,7 @@ def build_truth(
     return {
         "risk_auc_ceiling": None if auc is None else round(auc, 6),
         "seed": world.seed,
+        "drift": world.drift,
         "users": pop.n,
         "days": timeline.days,
         "end_date": timeline.end_date.isoformat(),

@@ -22,6 +22,7 @@ from mlflow.models import infer_signature
 from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter
+from puhui.monitoring.bins import log_monitoring_bins
 from puhui.registry import (
     GATES_PASSED_TAG,
     register_version,
@@ -33,7 +34,7 @@ from puhui.risk.gates import GateResult
 from puhui.risk.model import TrainedModel
 from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
 from puhui.risk.report import render_report, report_plots
-from puhui.risk.training_set import OOT, TrainingSet
+from puhui.risk.training_set import OOT, TRAIN, TrainingSet
 from puhui.warehouse.schema import model_evaluations
 
 # Explicit requirements: inferring them costs seconds and can pick up the whole venv.
@@ -160,6 +161,8 @@ def publish_risk_model(
             signature=infer_signature(example, trained.scorer.predict_pd(example)),
             input_example=example, pip_requirements=PIP_REQUIREMENTS,
         )
+        log_monitoring_bins(model_info.model_uri, training.split(TRAIN), training.features,
+                            training.categorical)
         version = register_version(
             engine, audit, name=name, model_uri=model_info.model_uri, run_id=run.info.run_id,
             tags={FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat()},

@@ -1,0 +1,42 @@
+"""The profile refresh flow: champions -> context -> one task per partition -> atomic swap."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+from prefect import flow, get_run_logger
+
+from puhui.dates import today_local
+from tasks.profiles import (
+    prepare_context,
+    record_refresh,
+    resolve_profile_models,
+    score_and_stage,
+    staged,
+    swap,
+)
+from tasks.warehouse import prepare_warehouse
+
+
+@flow(name="profiles", log_prints=False)
+def profiles_flow(as_of: date | None = None) -> dict:
+    """Refresh ``user_profiles`` (current) and ``user_profile_history`` as of ``as_of``."""
+    started = time.perf_counter()
+    as_of = as_of or today_local()
+    prepare_warehouse()
+    slots = resolve_profile_models()
+    ctx, key = prepare_context(as_of, slots)
+    partitions = ctx.segments.profile.partitions
+    done = staged(as_of, key)
+    for partition in range(partitions):
+        if partition not in done:
+            score_and_stage(ctx, key, partition)
+    result = swap(as_of, key, partitions)
+    line = record_refresh(as_of, slots, result, partitions, len(done), key, started)
+    get_run_logger().info(line)
+    return {"as_of": as_of.isoformat(), "rows": result.rows, "partitions": partitions,
+            "reused": len(done), "current_replaced": result.current_replaced,
+            "models": {s.name: s.version for s in slots.values()},
+            "missing_models": {s.name: s.reason for s in slots.values() if not s.available},
+            "line": line}

@@ -1,0 +1,42 @@
+"""The report flow: monitoring -> warehouse + HTML report + MLflow -> early warning.
+
+An `act` light ends the flow run in a state named ``Flagged`` (type COMPLETED: the report
+itself succeeded, so a backfill goes on) whose message says why; the alerts are also in the
+audit trail and posted to ``PUHUI_ALERT_WEBHOOK``. A Prefect automation can match the state
+name to page someone.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed
+
+from puhui.dates import today_local
+from tasks.report import publish_report, raise_alerts, record_report, run_monitoring
+from tasks.warehouse import prepare_warehouse
+
+FLAGGED = "Flagged"
+
+
+@flow(name="report", log_prints=False)
+def report_flow(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Flagged state
+    """Monitoring, service effect and early warning as of ``as_of``; the HTML report."""
+    started = time.perf_counter()
+    as_of = as_of or today_local()
+    prepare_warehouse()
+    result = run_monitoring(as_of)
+    report, run_id, counts = publish_report(result)
+    alert = raise_alerts(result, report)
+    line = record_report(result, report, run_id, counts, started)
+    if alert:
+        line += f"; ALERT: {alert}"
+    get_run_logger().info(line)
+    summary = {"as_of": as_of.isoformat(), "report": str(report), "mlflow_run_id": run_id,
+               "rows": counts, "alerts": [a.as_dict() for a in result.alerts],
+               "why": alert, "notes": result.notes, "line": line}
+    if alert:
+        return Completed(name=FLAGGED, message=alert, data=summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Model monitoring, service effect, early warning and the HTML report (`puhui run report`)."""

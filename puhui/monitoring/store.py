@@ -1,0 +1,90 @@
+"""Writing monitoring figures to the warehouse, replacing a re-run of the same as-of date.
+
+``drift_reports`` takes PSI/CSI per (model, version, as-of, variable) with its status.
+``model_evaluations`` takes the other model figures as ``monitor.<metric>`` (its unique key
+has no as-of date, so a version keeps the figures of its latest report there; the report's
+MLflow run keeps every date's long table with thresholds and statuses).
+``service_metrics`` takes service and portfolio figures per (as-of, segment, metric).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pandas as pd
+from sqlalchemy import Engine, and_, delete, select, tuple_
+
+from puhui.monitoring.findings import Finding
+from puhui.monitoring.service import PORTFOLIO, SERVICE
+from puhui.warehouse.schema import drift_reports, model_evaluations, service_metrics
+
+DRIFT_METRICS = ("score_psi", "feature_csi")
+MONITOR_PREFIX = "monitor."
+
+
+def write_findings(engine: Engine, as_of: date, findings: list[Finding],
+                   mlflow_run_id: str | None) -> dict[str, int]:
+    now = datetime.now(UTC)
+    drift = [f for f in findings if f.metric in DRIFT_METRICS and f.value is not None]
+    model = [f for f in findings if f.model not in (SERVICE, PORTFOLIO)
+             and f.metric not in DRIFT_METRICS and f.metric != "role" and f.value is not None]
+    service = [f for f in findings if f.model in (SERVICE, PORTFOLIO) and f.value is not None
+               and f.metric != "npl_benchmark"]
+    service_rows = {(f.segment[:64], (f.metric if f.model == SERVICE
+                                      else f"{PORTFOLIO}.{f.metric}")[:64]): f.value
+                    for f in service}
+    with engine.begin() as conn:
+        versions = {(f.model, f.version) for f in drift}
+        for name, version in versions:
+            conn.execute(delete(drift_reports).where(and_(
+                drift_reports.c.model_name == name, drift_reports.c.model_version == version,
+                drift_reports.c.as_of_date == as_of)))
+        if drift:
+            conn.execute(drift_reports.insert(), [
+                {"model_name": f.model, "model_version": f.version, "as_of_date": as_of,
+                 "feature": f.segment[:128], "psi": f.value, "status": f.status,
+                 "reported_at": now} for f in drift])
+        keys = {(f.model, f.version, MONITOR_PREFIX + f.metric, f.segment[:64]) for f in model}
+        for key in keys:
+            conn.execute(delete(model_evaluations).where(tuple_(
+                model_evaluations.c.model_name, model_evaluations.c.model_version,
+                model_evaluations.c.metric, model_evaluations.c.segment) == key))
+        if keys:
+            rows = {(f.model, f.version, MONITOR_PREFIX + f.metric, f.segment[:64]): f
+                    for f in model}
+            conn.execute(model_evaluations.insert(), [
+                {"model_name": k[0], "model_version": k[1], "as_of_date": as_of,
+                 "metric": k[2], "segment": k[3], "value": f.value,
+                 "mlflow_run_id": mlflow_run_id, "evaluated_at": now}
+                for k, f in rows.items()])
+        conn.execute(delete(service_metrics).where(service_metrics.c.as_of_date == as_of))
+        if service_rows:
+            conn.execute(service_metrics.insert(), [
+                {"as_of_date": as_of, "segment": s, "metric": m, "value": v, "computed_at": now}
+                for (s, m), v in service_rows.items()])
+    return {"drift_reports": len(drift), "model_evaluations": len(keys),
+            "service_metrics": len(service_rows)}
+
+
+def previous_service(engine: Engine, as_of: date) -> dict[tuple[str, str], float]:
+    """The service figures of the latest as-of date before ``as_of``."""
+    s = service_metrics
+    with engine.connect() as conn:
+        day = conn.execute(select(s.c.as_of_date).where(s.c.as_of_date < as_of)
+                           .order_by(s.c.as_of_date.desc()).limit(1)).scalar()
+        if day is None:
+            return {}
+        rows = conn.execute(select(s.c.metric, s.c.segment, s.c.value)
+                            .where(s.c.as_of_date == day)).all()
+    return {(m, seg): v for m, seg, v in rows if v is not None}
+
+
+def trends(engine: Engine, until: date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Service figures and score PSI over every as-of date up to ``until`` (for charts)."""
+    with engine.connect() as conn:
+        service = pd.read_sql_query(select(service_metrics).where(
+            service_metrics.c.as_of_date <= until), conn)
+        drift = pd.read_sql_query(select(drift_reports).where(
+            (drift_reports.c.as_of_date <= until) & (drift_reports.c.feature == "score")),
+            conn)
+    return service, drift

@@ -1,0 +1,1 @@
+"""User profiles (用户画像): refresh with the champion models, segment tags, explanations."""

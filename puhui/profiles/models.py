@@ -1,0 +1,126 @@
+"""The champion models a profile refresh uses, found by alias, and the risk scorer interface.
+
+Profiles consume models only through what the registry serves: ``models:/<name>@champion``
+loaded as an MLflow pyfunc. The PD is the pyfunc's own output (calibrated, as registered);
+reason codes come from the booster's contributions, which the pyfunc's Python model exposes
+(``contributions`` or its ``scorer``). A model with no champion is a reason, not an error; a
+registry that cannot be read is an error, never "no version".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from puhui.errors import PuhuiError
+from puhui.registry import CHAMPION, registry_client
+
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    """What a refresh knows about one model: its champion version, or why there is none."""
+
+    slot: str  # "risk", "recommender", ...
+    name: str  # registered model name
+    version: str | None = None
+    run_id: str | None = None
+    reason: str | None = None  # set when version is None
+    loaded: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def available(self) -> bool:
+        return self.version is not None
+
+
+def _error_code(exc: MlflowException) -> str:
+    return str(getattr(exc, "error_code", "") or "")
+
+
+def resolve_champion(client: MlflowClient, slot: str, name: str,
+                     alias: str = CHAMPION) -> ModelSlot:
+    """The version behind ``name@alias``; a missing model or alias is a reason, any other
+    registry failure raises."""
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if NOT_FOUND in _error_code(exc):
+            return ModelSlot(slot, name, reason=f"no champion for {name} (not registered)")
+        raise PuhuiError(f"model registry error reading {name}: {exc.message}") from None
+    version = registered.aliases.get(alias)
+    if version is None:
+        return ModelSlot(slot, name, reason=f"no {alias} for {name}")
+    try:
+        run_id = client.get_model_version(name, str(version)).run_id
+    except MlflowException as exc:
+        raise PuhuiError(f"model registry error reading {name} v{version}: "
+                         f"{exc.message}") from None
+    return ModelSlot(slot, name, str(version), run_id)
+
+
+def resolve_models(tracking_uri: str, models: dict[str, str],
+                   alias: str = CHAMPION) -> dict[str, ModelSlot]:
+    client = registry_client(tracking_uri)
+    return {slot: resolve_champion(client, slot, name, alias) for slot, name in models.items()}
+
+
+def model_input(frame: pd.DataFrame, features: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Features as the registered signature takes them: text categories, float numbers."""
+    out = pd.DataFrame(index=frame.index)
+    for name in features:
+        column = frame[name] if name in frame.columns else pd.Series(None, index=frame.index)
+        if name in categorical:
+            out[name] = column.astype(object).where(column.notna(), None)
+        else:
+            out[name] = pd.to_numeric(column, errors="coerce").astype("float64")
+    return out
+
+
+class RiskScoring(Protocol):
+    """The scorer interface profiles and monitoring use; nothing else of the risk package."""
+
+    features: list[str]
+    categorical: list[str]
+
+    def predict_pd(self, frame: pd.DataFrame) -> np.ndarray: ...
+
+    def contributions(self, frame: pd.DataFrame) -> np.ndarray: ...
+
+
+@dataclass
+class PyfuncRiskScorer:
+    """A registered risk model: PDs from the pyfunc, contributions from its booster."""
+
+    pyfunc: Any
+    features: list[str]
+    categorical: list[str]
+
+    def predict_pd(self, frame: pd.DataFrame) -> np.ndarray:
+        x = model_input(frame, self.features, self.categorical)
+        return np.asarray(self.pyfunc.predict(x), dtype=float).reshape(-1)
+
+    def contributions(self, frame: pd.DataFrame) -> np.ndarray:
+        inner = self.pyfunc.unwrap_python_model()
+        x = model_input(frame, self.features, self.categorical)
+        source = inner if hasattr(inner, "contributions") else inner.scorer
+        return np.asarray(source.contributions(x))
+
+
+def load_risk_scorer(tracking_uri: str, slot: ModelSlot) -> PyfuncRiskScorer:
+    """Load the exact version resolved (not the alias again: it may move meanwhile)."""
+    import mlflow.pyfunc
+
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{slot.name}/{slot.version}")
+    inner = pyfunc.unwrap_python_model()
+    scorer = getattr(inner, "scorer", inner)
+    features = list(scorer.features)
+    categorical = sorted(getattr(scorer, "categories", {}) or {})
+    return PyfuncRiskScorer(pyfunc, features, categorical)

@@ -1,0 +1,119 @@
+"""Prefect tasks of the profile refresh: models, context, one task per partition, the swap."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from puhui.audit import current_flow_run_id
+from puhui.config import (
+    FeaturesConfig,
+    ModelsConfig,
+    ProductsConfig,
+    SegmentsConfig,
+    load_config,
+)
+from puhui.features.sources import load_source_frames
+from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
+from puhui.profiles.refresh import (
+    ScoringContext,
+    SwapResult,
+    clear_staging,
+    customers_of,
+    partition_of,
+    run_key,
+    score_partition,
+    stage_partition,
+    staged_partitions,
+    staging_dir,
+    swap_profiles,
+)
+from puhui.runtime import open_runtime
+from tasks.retries import retry_on_transient_error
+
+STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 5,
+        "retry_condition_fn": retry_on_transient_error}
+
+
+@task(name="profile-models", **STEP)
+def resolve_profile_models() -> dict[str, ModelSlot]:
+    """Each configured model's champion by alias, with its exact version (or the reason)."""
+    runtime = open_runtime()
+    segments = load_config(runtime.settings.config_dir, SegmentsConfig)
+    slots = resolve_models(runtime.settings.mlflow_tracking_uri, segments.profile.models)
+    logger = get_run_logger()
+    for slot in slots.values():
+        logger.info(f"{slot.slot}: {slot.name} v{slot.version}" if slot.available
+                    else f"{slot.slot}: {slot.reason}")
+    return slots
+
+
+@task(name="profile-context", **STEP)
+def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringContext, str]:
+    """Source frames as of the date, configs and the risk champion's scorer; the run key."""
+    runtime = open_runtime()
+    settings = runtime.settings
+    spec = load_config(settings.config_dir, FeaturesConfig)
+    frames = load_source_frames(runtime.engine, spec, as_of)
+    risk = slots.get("risk")
+    scorer = (load_risk_scorer(settings.mlflow_tracking_uri, risk)
+              if risk is not None and risk.available else None)
+    segments = load_config(settings.config_dir, SegmentsConfig)
+    products = load_config(settings.config_dir, ProductsConfig)
+    ctx = ScoringContext(
+        as_of=as_of, frames=frames, features=spec,
+        risk=load_config(settings.config_dir, ModelsConfig).credit_risk, segments=segments,
+        slots=slots, scorer=scorer,
+        product_codes={p.code: p.kind for p in products.products})
+    partitions = segments.profile.partitions
+    customers = customers_of(frames)
+    customers["partition"] = partition_of(customers["person_key"], partitions)
+    ctx.customers = customers
+    key = run_key(as_of, slots, runtime.audit.config_hash, frames.batch_ids, partitions)
+    return ctx, key
+
+
+@task(name="profile-partition", **STEP)
+def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
+    """Score one partition of customers and stage its rows; returns the rows staged."""
+    runtime = open_runtime()
+    rows = score_partition(ctx, ctx.partition(partition))
+    stage_partition(staging_dir(runtime.settings.home, ctx.as_of, key), partition, rows)
+    return len(rows)
+
+
+@task(name="profile-swap", **STEP)
+def swap(as_of: date, key: str, partitions: int) -> SwapResult:
+    """One transaction: the as-of date's history and (if newest) the current profiles."""
+    runtime = open_runtime()
+    directory = staging_dir(runtime.settings.home, as_of, key)
+    result = swap_profiles(runtime.engine, as_of, directory, partitions, current_flow_run_id())
+    clear_staging(directory)
+    return result
+
+
+def staged(as_of: date, key: str) -> set[int]:
+    return staged_partitions(staging_dir(open_runtime().settings.home, as_of, key))
+
+
+@task(name="profile-audit", retries=2, retry_delay_seconds=2)
+def record_refresh(as_of: date, slots: dict[str, ModelSlot], result: SwapResult,
+                   partitions: int, reused: int, key: str, started: float) -> str:
+    runtime = open_runtime()
+    models = {s.name: s.version for s in slots.values()}
+    reasons = {s.name: s.reason for s in slots.values() if not s.available}
+    runtime.audit.record(runtime.engine, "profiles.refresh", f"profiles/{as_of.isoformat()}", {
+        "as_of": as_of.isoformat(), "rows": result.rows, "models": models,
+        "missing_models": reasons, "partitions": partitions, "partitions_reused": reused,
+        "run_key": key, "current_replaced": result.current_replaced,
+    })
+    versions = ", ".join(f"{s.name} v{s.version}" if s.available else s.reason or s.name
+                         for s in slots.values())
+    current = ("user_profiles now as of this date" if result.current_replaced
+               else f"user_profiles stays as of {result.current_as_of} (newer)")
+    return (f"profiles {as_of}: {result.rows:,} customers in {partitions} partitions "
+            f"({reused} reused from a failed run); {versions}; {current}, history kept "
+            f"({time.perf_counter() - started:.1f}s)")

@@ -1,0 +1,105 @@
+"""Prefect tasks of the report flow: monitor, store, render and log, alert."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from puhui.audit import current_flow_run_id
+from puhui.config import MonitoringConfig, load_config
+from puhui.monitoring.alerts import describe, post_alerts, why
+from puhui.monitoring.run import MonitoringResult, monitor, render_report
+from puhui.monitoring.store import write_findings
+from puhui.registry import use_experiment
+from puhui.runtime import open_runtime
+from tasks.retries import retry_on_transient_error
+
+STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 5,
+        "retry_condition_fn": retry_on_transient_error}
+EXPERIMENT = "monitoring"
+
+
+@task(name="monitor", **STEP)
+def run_monitoring(as_of: date) -> MonitoringResult:
+    runtime = open_runtime()
+    settings = runtime.settings
+    result = monitor(runtime.engine, settings.mlflow_tracking_uri, settings.config_dir, as_of)
+    get_run_logger().info(f"monitor {as_of}: {len(result.findings)} figures, "
+                          f"{len(result.alerts)} act")
+    return result
+
+
+@task(name="report-publish", **STEP)
+def publish_report(result: MonitoringResult) -> tuple[Path, str, dict[str, int]]:
+    """The HTML report under PUHUI_HOME/reports, logged with the long table to MLflow; the
+    figures written to the warehouse with that run's id."""
+    import mlflow
+
+    runtime = open_runtime()
+    settings = runtime.settings
+    mon = load_config(settings.config_dir, MonitoringConfig)
+    models = [f"{s.name} v{s.version} ({alias})" if s.available else (s.reason or alias)
+              for alias, s in result.models.items()]
+    facts: dict[str, Any] = {
+        "as_of": result.as_of.isoformat(), "models_line": "; ".join(models),
+        "code_version": runtime.audit.code_version, "config_hash": runtime.audit.config_hash,
+        "flow_run_id": current_flow_run_id() or "", "actor": runtime.audit.actor,
+    }
+    use_experiment(EXPERIMENT, settings.mlflow_tracking_uri, settings.home / "mlartifacts")
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+            run_name=f"report as of {result.as_of}",
+            tags={"puhui.as_of": result.as_of.isoformat(),
+                  "puhui.flow_run_id": facts["flow_run_id"]}) as run:
+        facts["mlflow_run_id"] = run.info.run_id
+        page, _ = render_report(runtime.engine, result, mon, facts)
+        path = settings.home / "reports" / f"report_{result.as_of.isoformat()}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = path.with_suffix(".tmp")
+        tmp_path.write_text(page, encoding="utf-8")
+        tmp_path.replace(path)
+        mlflow.log_artifact(str(path), artifact_path="report")
+        table = Path(tmp) / "monitoring.csv"
+        result.long_table().to_csv(table, index=False)
+        mlflow.log_artifact(str(table), artifact_path="monitoring")
+        mlflow.log_metrics({"alerts": float(len(result.alerts)),
+                            "figures": float(len(result.findings))})
+    counts = write_findings(runtime.engine, result.as_of, result.findings, run.info.run_id)
+    return path, run.info.run_id, counts
+
+
+@task(name="report-alert", retries=2, retry_delay_seconds=2)
+def raise_alerts(result: MonitoringResult, report: Path) -> str | None:
+    """Every `act` finding: one audit event and one webhook POST; returns why, or None."""
+    if not result.alerts:
+        return None
+    runtime = open_runtime()
+    message = why(result.alerts)
+    delivery = post_alerts({"as_of": result.as_of.isoformat(), "message": message,
+                            "report": str(report),
+                            "alerts": [a.as_dict() for a in result.alerts]})
+    runtime.audit.record(runtime.engine, "monitoring.alert", f"report/{result.as_of}", {
+        "as_of": result.as_of.isoformat(), "alerts": [describe(a) for a in result.alerts],
+        "webhook": delivery, "report": str(report)})
+    get_run_logger().warning(f"{message}; {delivery}")
+    return f"{message}; {delivery}"
+
+
+@task(name="report-audit", retries=2, retry_delay_seconds=2)
+def record_report(result: MonitoringResult, report: Path, run_id: str,
+                  counts: dict[str, int], started: float) -> str:
+    runtime = open_runtime()
+    runtime.audit.record(runtime.engine, "report.published", f"report/{result.as_of}", {
+        "as_of": result.as_of.isoformat(), "report": str(report), "rows": counts,
+        "models": {a: s.version for a, s in result.models.items()},
+        "alerts": len(result.alerts)}, mlflow_run_id=run_id)
+    watch = sum(f.status == "watch" for f in result.findings)
+    return (f"report {result.as_of}: {len(result.findings)} figures ({len(result.alerts)} act, "
+            f"{watch} watch) -> drift_reports {counts['drift_reports']}, model_evaluations "
+            f"{counts['model_evaluations']}, service_metrics {counts['service_metrics']}; "
+            f"{report} ({time.perf_counter() - started:.1f}s)")

@@ -1,0 +1,199 @@
+"""Model monitoring and early warning: PSI on frozen bins cross-checked, traffic lights, and
+the report flow end to end (real MLflow, Prefect, warehouse) with and without planted drift,
+the alert delivered to a local HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import date
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from puhui.audit import read_audit_events
+from puhui.config import MonitoringConfig, Threshold, load_config
+from puhui.monitoring.bins import freeze_variable
+from puhui.monitoring.stats import bootstrap_auc, hhi
+from puhui.settings import load_settings
+from puhui.warehouse.engine import get_engine
+from puhui.warehouse.schema import drift_reports, model_evaluations, service_metrics
+from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
+from tests.test_profiles import no_search_config, train_and_promote
+
+AS_OF = date.fromisoformat(RISK_AS_OF)
+
+
+def test_frozen_bin_psi_matches_a_hand_computation() -> None:
+    reference = pd.Series([1.0, 2, 3, 4, 5, 6, 7, 8, np.nan, np.nan])
+    frozen = freeze_variable(reference, bins=2, categorical=False)
+    assert frozen.edges == [4.5] and frozen.reference == [4, 4, 2]
+    current = pd.Series([1.0, 1, 1, 1, 1, 1, 9, 9, np.nan, np.nan])
+    e, a = np.array([0.4, 0.4, 0.2]), np.array([0.6, 0.2, 0.2])
+    assert frozen.psi(current) == pytest.approx(float(np.sum((a - e) * np.log(a / e))))
+    # Bins stay frozen: a value beyond the training range lands in the last bin, not a new one.
+    assert list(frozen.counts(pd.Series([100.0]))) == [0, 1, 0]
+    cats = freeze_variable(pd.Series(["a", "a", "b", None]), 10, categorical=True)
+    assert cats.categories == ["a", "b"] and cats.reference == [2, 1, 0, 1]
+    assert list(cats.counts(pd.Series(["c", "a", None]))) == [1, 0, 1, 1]
+
+
+def test_frozen_bin_psi_matches_feature_engine_on_the_same_bins() -> None:
+    """feature-engine's DropHighPSIFeatures is an independent PSI implementation; fed the
+    bin labels of our frozen bins as categories, it must give the same PSI."""
+    from feature_engine.selection import DropHighPSIFeatures
+
+    rng = np.random.default_rng(3)
+    train = pd.Series(rng.normal(0, 1, 5000))
+    frozen = freeze_variable(train, bins=10, categorical=False)
+    for shift in (0.0, 0.3, 1.0):
+        current = pd.Series(rng.normal(shift, 1, 5000))
+        labels = [np.searchsorted(frozen.edges, v, side="right") for v in (train, current)]
+        both = pd.DataFrame({"bin": np.concatenate(labels).astype(str),
+                             "period": [0] * len(train) + [1] * len(current)})
+        check = DropHighPSIFeatures(split_col="period", cut_off=0.5, variables=["bin"],
+                                    threshold=10.0, bins=10, strategy="equal_frequency",
+                                    switch=False)
+        check.fit(both)
+        assert frozen.psi(current) == pytest.approx(check.psi_values_["bin"], rel=1e-6,
+                                                    abs=1e-9), shift
+
+
+def test_traffic_lights_and_stats() -> None:
+    above = Threshold(watch=0.1, act=0.25, direction="above")
+    assert [above.status(v) for v in (0.05, 0.1, 0.3, None)] == ["ok", "watch", "act", "ok"]
+    below = Threshold(watch=0.85, act=0.8, direction="below")
+    assert [below.status(v) for v in (0.9, 0.82, 0.79)] == ["ok", "watch", "act"]
+    capped = Threshold(watch=0.1, act=0.25, direction="above", max_status="watch")
+    assert capped.status(0.9) == "watch"
+    assert hhi(np.array([1, 1, 1, 1])) == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.2).astype(int)
+    low, high = bootstrap_auc(y, y + rng.normal(0, 1, 2000), 100)
+    assert 0.6 < low < high < 0.85
+    mon = load_config(load_settings().config_dir, MonitoringConfig)
+    assert mon.thresholds["score_psi"].act == 0.25
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("PUHUI_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/alerts")
+    yield Receiver.received
+    server.shutdown()
+
+
+def _prepare(templates: RiskTemplates, dataset: str, home: Path,
+             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    url = risk_env(templates, dataset, "sqlite", home, monkeypatch)
+    no_search_config(tmp_path, monkeypatch)
+    train_and_promote()
+    from flows.profiles import profiles_flow
+
+    profiles_flow(as_of=AS_OF)
+    return url
+
+
+@pytest.mark.slow
+def test_report_without_drift_raises_no_alert(
+    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, prefect_harness: None, webhook: list,
+) -> None:
+    from flows.report import report_flow
+
+    url = _prepare(risk_templates, "clean", puhui_env, monkeypatch, tmp_path)
+    state = report_flow(as_of=AS_OF, return_state=True)
+    summary = state.result()
+    assert state.name == "Completed", state.message
+    assert summary["alerts"] == [] and webhook == []
+    report = Path(summary["report"])
+    assert report.parent == puhui_env / "reports" and report.exists()
+    from tests.test_report_browser import assert_renders_offline
+
+    assert_renders_offline(report, tmp_path, min_plots=3)
+    engine = get_engine(url)
+    with engine.connect() as conn:
+        drift = pd.read_sql(select(drift_reports), conn)
+        evaluations = pd.read_sql(select(model_evaluations), conn)
+        service = pd.read_sql(select(service_metrics), conn)
+    score = drift[drift["feature"] == "score"]
+    assert len(score) == 1 and score["psi"].iloc[0] < 0.25 and score["status"].iloc[0] != "act"
+    assert len(drift) > 20  # score + every feature
+    monitored = set(evaluations["metric"])
+    assert {"monitor.auc", "monitor.approval_rate", "monitor.adverse_impact_ratio",
+            "monitor.calibration_rejected_grades", "monitor.grade_hhi"} <= monitored
+    assert {"coverage", "approval_rate", "default_rate", "offer_uptake",
+            "thin_file_served", "portfolio.par30"} <= set(service["metric"])
+    assert {"region_type=rural", "province=四川", "thin_file=yes"} & set(service["segment"])
+    assert "default_rate" in set(service[service["segment"] == "grade=E"]["metric"])
+    events = read_audit_events(engine, action="report.published")
+    assert events and events[-1]["details"]["report"] == str(report)
+
+
+@pytest.mark.slow
+def test_drift_raises_the_score_psi_alert_and_the_webhook_receives_it(
+    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, prefect_harness: None, webhook: list,
+) -> None:
+    from flows.report import FLAGGED, report_flow
+
+    url = _prepare(risk_templates, "drifted", puhui_env, monkeypatch, tmp_path)
+    state = report_flow(as_of=AS_OF, return_state=True)
+    assert state.name == FLAGGED and "score_psi" in state.message
+    assert len(webhook) == 1
+    posted = webhook[0]
+    assert any(a["metric"] == "score_psi" and a["status"] == "act" for a in posted["alerts"])
+    assert posted["report"].endswith(".html")
+    engine = get_engine(url)
+    alert = read_audit_events(engine, action="monitoring.alert")[-1]
+    assert any(a.startswith("score_psi") for a in alert["details"]["alerts"])
+    assert "webhook answered 204" in alert["details"]["webhook"]
+    with engine.connect() as conn:
+        status = conn.execute(select(drift_reports.c.status).where(
+            drift_reports.c.feature == "score")).scalar()
+    assert status == "act"
+
+
+def test_coverage_is_unknown_without_a_risk_decision_not_zero() -> None:
+    from puhui.config import ModelsConfig
+    from puhui.monitoring.service import service_metrics
+
+    settings = load_settings()
+    mon = load_config(settings.config_dir, MonitoringConfig)
+    risk = load_config(settings.config_dir, ModelsConfig).credit_risk
+    customers = pd.DataFrame({"person_key": ["a", "b", "c", "d"], "customer_id": list("ABCD"),
+                              "region_type": ["rural", "rural", "urban", "urban"],
+                              "thin_file": ["yes", "no", "no", "yes"]})
+    empty = pd.DataFrame(columns=["person_key", "label"])
+    args = {"as_of": AS_OF, "window": None, "matured": empty, "events": pd.DataFrame(),
+            "customers": customers, "risk": risk, "mon": mon, "previous": {}}
+    undecided = pd.DataFrame({"person_key": list("abcd"), "decision": [None] * 4})
+    _, table = service_metrics(profiles=undecided, **args)
+    assert "coverage" not in set(table["metric"])
+    assert table.set_index(["metric", "segment"]).loc[("profiled_share", "all"), "value"] == 1
+    decided = undecided.assign(decision=["approve", "decline", "approve", "approve"])
+    _, table = service_metrics(profiles=decided, **args)
+    values = table.set_index(["metric", "segment"])["value"]
+    assert values[("coverage", "all")] == 0.75
+    assert values[("coverage", "region_type=rural")] == 0.5
+    assert values[("thin_file_served", "all")] == 2

@@ -1,0 +1,241 @@
+"""User profiles: refresh through real Prefect flow runs with a real MLflow champion, atomic
+swap under failure, re-runs, a concurrent reader on PostgreSQL, and `profiles explain`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from puhui.audit import read_audit_events
+from puhui.cli import main
+from puhui.config import SegmentsConfig, load_config
+from puhui.profiles import refresh
+from puhui.profiles.refresh import partition_of
+from puhui.profiles.segments import segment_tags
+from puhui.registry import registry_client
+from puhui.settings import load_settings
+from puhui.warehouse.engine import get_engine
+from puhui.warehouse.schema import user_profile_history, user_profiles
+from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
+
+AS_OF = date.fromisoformat(RISK_AS_OF)
+EARLIER = date(2026, 9, 15)
+
+
+def test_partitions_are_stable_and_cover_every_key() -> None:
+    keys = [f"{i:064x}" for i in range(2000)]
+    first, again = partition_of(keys, 8), partition_of(list(reversed(keys)), 8)[::-1]
+    assert (first == again).all()
+    assert set(first) == set(range(8))
+    assert min(pd.Series(first).value_counts()) > 150  # roughly balanced
+
+
+def test_segment_rules_from_config() -> None:
+    rules = load_config(load_settings().config_dir, SegmentsConfig).segments
+    frame = pd.DataFrame({
+        "region_type": ["rural", "urban"], "occupation": ["farmer", "gig_worker"],
+        "income_band": ["low", "middle"], "age": [64.0, 24.0],
+        "bureau_has_record": [0.0, 1.0], "agri_coop_member": [1.0, 0.0],
+    })
+    tags = segment_tags(frame, rules)
+    assert tags[0] == ["rural_farmer", "thin_file", "elderly", "low_income", "coop_member"]
+    assert tags[1] == ["gig_worker", "young_adult"]
+
+
+def train_and_promote(as_of: date = AS_OF) -> str:
+    """A champion credit_risk version, trained by the real flow (search off for speed)."""
+    from flows.train import train_risk_flow
+    from puhui.registry import promote
+    from puhui.runtime import open_runtime
+
+    result = train_risk_flow(as_of=as_of)
+    runtime = open_runtime()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    promote(client, runtime.engine, runtime.audit, "credit_risk", result["version"],
+            "tests: champion for profiles", force=True)
+    return result["version"]
+
+
+def no_search_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import yaml
+
+    configs = tmp_path / "configs"
+    shutil.copytree(load_settings().config_dir, configs)
+    models = yaml.safe_load((configs / "models.yaml").read_text())
+    models["credit_risk"]["lightgbm"]["search"] = None
+    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+
+
+@pytest.fixture
+def profiled(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
+             monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefect_harness: None) -> str:
+    url = risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
+    no_search_config(tmp_path, monkeypatch)
+    train_and_promote()
+    return url
+
+
+def _profiles(engine, table=user_profiles) -> pd.DataFrame:  # noqa: ANN001
+    with engine.connect() as conn:
+        return pd.read_sql(select(table), conn)
+
+
+def _j(value: object) -> object:
+    """A JSON column's value (a dict from SQLAlchemy, text from the CLI)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
+    profiled: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+) -> None:
+    from flows.profiles import profiles_flow
+
+    engine = get_engine(profiled)
+    first = profiles_flow(as_of=EARLIER)
+    assert first["models"] == {"credit_risk": "1", "product_recommender": None}
+    assert "no champion for product_recommender" in first["missing_models"][
+        "product_recommender"]
+    old = _profiles(engine)
+    assert len(old) == first["rows"] > 1000 and old["person_key"].is_unique
+    assert set(old["as_of_date"]) == {EARLIER}
+    assert old["risk_score"].notna().all() and old["risk_grade"].notna().all()
+    assert (old["risk_model_version"] == "1").all()
+    offers = [_j(v) for v in old["recommended_products"]]
+    assert all(o["reason"] == "no champion for product_recommender (not registered)"
+               and o["personalised"] == [] for o in offers)
+    opted = sum(o["personalisation_opt_out"] for o in offers)
+    assert 0 < opted < 0.15 * len(offers)
+    tags = [t for v in old["segment_tags"] for t in _j(v)]
+    assert {"rural_farmer", "thin_file", "elderly", "gig_worker", "small_business"} <= set(tags)
+
+    # A partition raises midway: the flow fails, the old profiles stay whole.
+    calls = {"n": 0}
+    real = refresh.build_features
+
+    def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("planted failure in partition 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refresh, "build_features", failing)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        profiles_flow(as_of=AS_OF)
+    after = _profiles(engine)
+    pd.testing.assert_frame_equal(after.sort_values("person_key").reset_index(drop=True),
+                                  old.sort_values("person_key").reset_index(drop=True))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).where(
+            user_profile_history.c.as_of_date == AS_OF)).scalar() == 0
+
+    # The re-run reuses the three staged partitions and completes.
+    monkeypatch.setattr(refresh, "build_features", real)
+    second = profiles_flow(as_of=AS_OF)
+    assert second["reused"] == 3 and second["current_replaced"]
+    current = _profiles(engine)
+    assert set(current["as_of_date"]) == {AS_OF} and len(current) >= len(old)
+    # Same as-of again: replaced, never duplicated; an older as-of leaves current alone.
+    profiles_flow(as_of=AS_OF)
+    history = _profiles(engine, user_profile_history)
+    assert history.groupby("as_of_date").size().to_dict() == {EARLIER: len(old),
+                                                              AS_OF: len(current)}
+    older = profiles_flow(as_of=EARLIER)
+    assert not older["current_replaced"]
+    assert set(_profiles(engine)["as_of_date"]) == {AS_OF}
+
+    # Explain a declined customer: the same top reasons as the profile row.
+    declined = current[current["reasons"].map(
+        lambda v: _j(v)["decision"] == "decline")]
+    assert len(declined) > 0
+    row = declined.iloc[0]
+    code, out, err = _cli(capsys, "profiles", "explain", row["person_key"], "--json")
+    assert code == 0, err
+    shown = _j(out)
+    stored = [r["code"] for r in _j(row["reasons"])["top"]]
+    assert [r["code"] for r in shown["reasons"]] == stored and stored
+    assert shown["decision"] == "decline" and shown["grade"] == row["risk_grade"]
+    assert shown["lineage_command"] == "puhui audit lineage credit_risk --version 1"
+    code, out, _ = _cli(capsys, "profiles", "explain", row["person_key"])
+    for text in (r["text"] for r in _j(row["reasons"])["top"]):
+        assert text in out
+    assert "no champion for product_recommender" in out
+    access = read_audit_events(engine, action="profiles.explain")
+    assert access[-1]["subject"] == f"profile/{row['person_key']}"
+    refreshes = read_audit_events(engine, action="profiles.refresh")
+    assert refreshes[-1]["details"]["models"] == {"credit_risk": "1",
+                                                  "product_recommender": None}
+
+
+@pytest.mark.slow
+def test_explain_by_raw_national_id_hashes_it_and_never_records_it(
+    profiled: str, capsys: pytest.CaptureFixture,
+) -> None:
+    from flows.profiles import profiles_flow
+    from puhui.runtime import open_runtime
+
+    profiles_flow(as_of=AS_OF)
+    landing = Path(load_settings().landing)
+    customers = pd.read_csv(next(landing.glob("customers/*/customers_*.csv")), dtype=str)
+    raw_id = customers["national_id"].iloc[0]
+    code, out, err = _cli(capsys, "profiles", "explain", raw_id, "--json")
+    assert code == 0, err
+    assert raw_id not in out
+    engine = open_runtime().engine
+    event = read_audit_events(engine, action="profiles.explain")[-1]
+    assert raw_id not in json.dumps(event)
+    code, _, err = _cli(capsys, "profiles", "explain", "not-an-id")
+    assert code == 1 and "neither a person_key" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_concurrent_reader_sees_one_version_during_refresh(
+    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, prefect_harness: None, pg_server: object,
+) -> None:
+    from flows.profiles import profiles_flow
+
+    url = risk_env(risk_templates, "clean", "postgres", puhui_env, monkeypatch)
+    no_search_config(tmp_path, monkeypatch)
+    train_and_promote()
+    engine = get_engine(url)
+    profiles_flow(as_of=EARLIER)
+    seen: list[tuple] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            with engine.connect() as conn:
+                seen.append(tuple(conn.execute(select(
+                    func.count(), func.count(func.distinct(user_profiles.c.flow_run_id)),
+                    func.min(user_profiles.c.as_of_date),
+                    func.max(user_profiles.c.as_of_date))).one()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        profiles_flow(as_of=AS_OF)
+    finally:
+        stop.set()
+        reader.join()
+    states = {s for s in seen}
+    assert len(seen) > 5
+    assert all(s[1] == 1 and s[2] == s[3] for s in seen), states
+    assert {s[2] for s in seen} <= {EARLIER, AS_OF}
