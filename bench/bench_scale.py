@@ -38,6 +38,7 @@ from bench.results_file import machine_facts, write_results  # noqa: E402
 
 END = date(2026, 9, 30)
 KEY = "bench-key-" + "0" * 40
+RESULTS = ROOT / "bench" / "results" / "scale.json"
 TARGETS = {"seconds_max_at_1M": 600, "peak_rss_mib_max_at_1M": 4096,
            "growth_ratio_200k_to_1M_max": 5.5}
 
@@ -285,7 +286,13 @@ def main() -> int:
     from puhui.throwaway_postgres import throwaway_postgres
 
     sizes = [20_000] if args.quick else args.sizes
+    # Sizes run separately (200k now, 1M later in the background) share one results file:
+    # a new run replaces the figures of the same size and pool, and keeps the others.
+    previous = RESULTS.with_name("scale-quick.json" if args.quick else "scale.json")
     runs: list[dict] = []
+    if previous.exists():
+        runs = [r for r in json.loads(previous.read_text()).get("runs", [])
+                if r["users"] not in sizes]
     with throwaway_postgres() as server, tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         for users in sizes:
             runs += run_size(server, users, args.history_days, args.workers, args.pool,

@@ -48,3 +48,29 @@ def run_partitioned_features(as_of: date, partitions: int | None = None,
     runner = task_runner_from_env()
     return partitioned_features_flow.with_options(task_runner=runner)(
         as_of=as_of, partitions=partitions, model_dir=model_dir, staging=staging)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.features --as-of YYYY-MM-DD [--partitions N] [--model-dir DIR]``."""
+    import argparse
+    import sys
+
+    from puhui.errors import PuhuiError
+
+    parser = argparse.ArgumentParser(prog="python -m flows.features",
+                                     description=partitioned_features_flow.__doc__)
+    parser.add_argument("--as-of", type=date.fromisoformat, required=True)
+    parser.add_argument("--partitions", type=int, default=None)
+    parser.add_argument("--model-dir", default=None, help="a RiskScorer.save directory")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_partitioned_features(args.as_of, args.partitions, args.model_dir)
+    except PuhuiError as exc:
+        print(f"puhui: {exc}", file=sys.stderr)
+        return 1
+    print(summary["line"])
+    return 0
+
+
+if __name__ == "__main__":  # the guard Dask's LocalCluster needs: its workers re-import this
+    raise SystemExit(main())
