@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -92,8 +93,12 @@ def client(as_of: date, workers: int, pool: str, out: Path) -> None:
     started = time.perf_counter()
     parts = stage_register(engine, spec, as_of, staging)
     figures["stage_seconds"] = time.perf_counter() - started
-    executor = ThreadPoolExecutor if pool == "threads" else ProcessPoolExecutor
-    with executor(max_workers=workers) as ex:
+    if pool == "threads":
+        executor = ThreadPoolExecutor(max_workers=workers)
+    else:  # spawned, not forked: a forked child would share the parent's open connections
+        executor = ProcessPoolExecutor(max_workers=workers,
+                                       mp_context=multiprocessing.get_context("spawn"))
+    with executor as ex:
         rows = list(ex.map(_feature_partition, [as_of] * len(parts), [str(staging)] * len(parts),
                            parts))
     figures["features_seconds"] = time.perf_counter() - started

@@ -131,3 +131,28 @@ def test_staged_partitions_equal_the_builder_and_skip_finished_work(features_env
         Table("raw_mobile_payments", MetaData(), autoload_with=conn).drop(conn)
     assert [build_staged_partition(engine, spec, AS_OF, tmp_path / "stage", p)
             for p in parts] == rows
+
+
+def test_fast_reader_returns_what_read_sql_returns(features_env: str) -> None:
+    """PostgreSQL's COPY-to-Arrow path gives read_sql_query's values, column by column."""
+    from puhui.features.sources import _source_columns, read_frame
+
+    engine = get_engine(features_env)
+    spec = _spec()
+    queries = []
+    for name, columns in [(spec.customer.table, None),
+                          *((s.table, _source_columns(s)) for s in spec.sources)]:
+        table = Table(name, MetaData(), autoload_with=engine)
+        queries.append(select(*(table.c[c] for c in columns)) if columns else select(table))
+    for query in queries:
+        fast = read_frame(engine, query)
+        with engine.connect() as conn:
+            slow = pd.read_sql_query(query, conn)
+        assert len(fast) > 0 and list(fast.columns) == list(slow.columns)
+        for column in fast.columns:
+            a, b = fast[column], slow[column]
+            if pd.api.types.is_datetime64_any_dtype(b):
+                assert (a.dt.tz is None) == (b.dt.tz is None), column
+                a, b = a.astype("datetime64[us, UTC]"), b.astype("datetime64[us, UTC]")
+            pd.testing.assert_series_equal(a, b, check_dtype=False, check_exact=True,
+                                           obj=column)

@@ -9,12 +9,16 @@ are kept: they are the data lineage of whatever is built from these frames.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import ColumnElement, Engine, MetaData, Table, func, select
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from sqlalchemy import ColumnElement, Engine, MetaData, Select, Table, func, select
 
 from puhui.config import FeaturesConfig, FeatureSource
 from puhui.errors import PuhuiError
@@ -69,6 +73,59 @@ class SourceFrames:
     batch_ids: set[str] = field(default_factory=set)
 
 
+def _arrow_type(column: object) -> pa.DataType:
+    """The Arrow type a column's CSV text is parsed as (what psycopg would have returned)."""
+    sql_type = column.type  # type: ignore[attr-defined]
+    try:
+        python_type = sql_type.python_type
+    except NotImplementedError:
+        return pa.string()
+    if python_type is datetime:
+        return pa.timestamp("us", tz="UTC" if getattr(sql_type, "timezone", False) else None)
+    if python_type is date:
+        return pa.date32()
+    if python_type in (float, Decimal):
+        return pa.float64()
+    if python_type is int:
+        return pa.int64()
+    if python_type is bool:
+        return pa.bool_()
+    return pa.string()
+
+
+def read_frame(engine: Engine, query: Select) -> pd.DataFrame:
+    """The rows of ``query`` as a DataFrame, the same values as ``pandas.read_sql_query``.
+
+    On PostgreSQL the rows travel as ``COPY (query) TO STDOUT`` CSV parsed by Arrow: building
+    a Python tuple and object per value (what ``read_sql_query`` does) was ~70% of the
+    feature build's time. Timestamps come in UTC (the session's zone is set for the COPY).
+    """
+    if engine.dialect.name != "postgresql":
+        with engine.connect() as conn:
+            return pd.read_sql_query(query, conn)
+    columns = list(query.selected_columns)
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    buffer = io.BytesIO()
+    with engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SET LOCAL TimeZone = 'UTC'")
+        with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
+            for block in copy:
+                buffer.write(block)
+        conn.rollback()
+    buffer.seek(0)
+    names = [c.name for c in columns]
+    table = pa_csv.read_csv(
+        buffer,
+        read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1),
+        # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is quoted.
+        convert_options=pa_csv.ConvertOptions(
+            column_types={c.name: _arrow_type(c) for c in columns},
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+    )
+    return table.to_pandas()
+
+
 def _reflect(engine: Engine, name: str) -> Table:
     try:
         return Table(name, MetaData(), autoload_with=engine)
@@ -94,9 +151,7 @@ def load_customers(engine: Engine, spec: FeaturesConfig, as_of: date) -> pd.Data
     """One row per customer known on ``as_of`` (the newest delivery of each), keyed by person."""
     table = _reflect(engine, spec.customer.table)
     since = table.c[spec.customer.since]
-    query = select(table).where(since <= as_of)
-    with engine.connect() as conn:
-        frame = pd.read_sql_query(query, conn)
+    frame = read_frame(engine, select(table).where(since <= as_of))
     frame = frame.sort_values(["customer_id", "batch_id", "row_number"], kind="stable")
     frame = frame.drop_duplicates("customer_id", keep="last")
     frame = frame.dropna(subset=["person_key"]).drop_duplicates("person_key", keep="last")
@@ -136,8 +191,7 @@ def load_source(
     query = select(*columns)
     if partition is not None:
         query = query.where(_partition_predicate(engine, table, source, partition, register))
-    with engine.connect() as conn:
-        frame = pd.read_sql_query(query, conn)
+    frame = read_frame(engine, query)
     if frame.empty:
         frame["day"] = np.zeros(0, dtype=np.int64)
         frame["person_key"] = pd.Series(dtype="str")
