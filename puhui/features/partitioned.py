@@ -34,9 +34,10 @@ from puhui.features.sources import (
 )
 from puhui.partitioning import Partition, all_partitions, bucket_of, partition_count
 
-# Customers per partition: a partition's rows (a customer has ~10-100 events) then stay at a
-# few hundred MB of pandas; populations up to this size run as one partition, as before.
-CUSTOMERS_PER_PARTITION = 50_000
+# Customers per partition: at 180 days of history (~31 raw rows a customer) a 50k partition
+# peaked near 1 GiB in the client, 25k about half; populations up to this size (the 20k
+# demo) run as one partition, as before. Measured: README, Performance.
+CUSTOMERS_PER_PARTITION = 25_000
 
 
 def build_partition(
