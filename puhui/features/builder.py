@@ -110,13 +110,13 @@ def _components(frame: pd.DataFrame, agg: Aggregate) -> dict[str, np.ndarray]:
 
 def _window_features(
     source: FeatureSource, frame: pd.DataFrame, first_day: int | None,
-    codes: dict[str, int], req_codes: np.ndarray, req_days: np.ndarray,
+    codes: pd.Index, req_codes: np.ndarray, req_days: np.ndarray,
 ) -> dict[str, np.ndarray]:
     parts = {}
     for agg in source.aggregates:
         for part, values in _components(frame, agg).items():
             parts[f"{agg.name}|{part}"] = values
-    event_codes = frame["person_key"].map(codes).to_numpy(np.int64)
+    event_codes = codes.get_indexer(frame["person_key"]).astype(np.int64)
     totals = RunningTotals.from_events(event_codes, frame["day"].to_numpy(), pd.DataFrame(parts))
     column = {name: i for i, name in enumerate(totals.columns)}
     out: dict[str, np.ndarray] = {}
@@ -143,12 +143,12 @@ def _window_features(
 
 
 def _latest_features(
-    source: FeatureSource, frame: pd.DataFrame, codes: dict[str, int],
+    source: FeatureSource, frame: pd.DataFrame, codes: pd.Index,
     req_codes: np.ndarray, req_days: np.ndarray,
 ) -> dict[str, np.ndarray]:
     latest = source.latest
     assert latest is not None
-    event_codes = frame["person_key"].map(codes).to_numpy(np.int64)
+    event_codes = codes.get_indexer(frame["person_key"]).astype(np.int64)
     rows = latest_rows(event_codes, frame["day"].to_numpy(np.int64), req_codes, req_days,
                        latest.max_age_days)
     found = rows >= 0
@@ -208,12 +208,13 @@ def build_features(
         [requests["person_key"], frames.customers["person_key"],
          *(f["person_key"] for f in frames.events.values())]
     )))
-    codes = {key: i for i, key in enumerate(people)}
-    req_codes = requests["person_key"].map(codes).to_numpy(np.int64)
+    # A person's code is their position in ``people`` (an index lookup, not a dict per row).
+    codes = people
+    req_codes = codes.get_indexer(requests["person_key"]).astype(np.int64)
 
     columns: dict[str, np.ndarray] = {}
     customers = frames.customers
-    rows = latest_rows(customers["person_key"].map(codes).to_numpy(np.int64),
+    rows = latest_rows(codes.get_indexer(customers["person_key"]).astype(np.int64),
                        customers["since_day"].to_numpy(np.int64), req_codes, req_days,
                        max_age_days=1 << 19)
     known = rows >= 0

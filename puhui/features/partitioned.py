@@ -1,0 +1,147 @@
+"""Point-in-time features computed one customer partition at a time.
+
+Every feature is a function of one person's rows (``windows`` accumulates per person), so the
+features of a partition's people need only that partition's rows: each partition reads its own
+rows from the warehouse (a key-range predicate in SQL) and runs the same builder on them. Peak
+memory follows the partition's size, not the population's. Two facts are global and computed
+once, before the partitions: the customer register with the owner of each shared phone, and
+each source's first event day (:mod:`puhui.features.sources`). The result equals
+:func:`~puhui.features.builder.build_features` on the whole tables, value for value.
+
+Staging: :func:`stage_register` writes each partition's slice of the register (and the first
+days) under a directory, so a partition's work can run anywhere given only its key; each
+partition's output is one Parquet file written atomically, so a re-run skips finished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from puhui.config import FeaturesConfig
+from puhui.features.builder import build_features
+from puhui.features.sources import (
+    count_register,
+    first_event_days,
+    load_partition_frames,
+    load_register,
+)
+from puhui.partitioning import Partition, all_partitions, bucket_of, partition_count
+
+# Customers per partition: at 180 days of history (~31 raw rows a customer) a 50k partition
+# peaked near 1 GiB in the client, 25k about half; populations up to this size (the 20k
+# demo) run as one partition, as before. Measured: README, Performance.
+CUSTOMERS_PER_PARTITION = 25_000
+
+
+def build_partition(
+    engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
+    partition: Partition, first_day: dict[str, int], requests: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Features of one partition's requests (default: each of its customers as of ``as_of``)."""
+    frames = load_partition_frames(engine, spec, as_of, customers, partition, first_day)
+    if requests is None:
+        requests = pd.DataFrame({"person_key": customers["person_key"], "as_of_date": as_of})
+    return build_features(frames, requests, spec)
+
+
+def build_features_partitioned(
+    engine: Engine, spec: FeaturesConfig, as_of: date, requests: pd.DataFrame | None = None,
+    partitions: int | None = None,
+) -> pd.DataFrame:
+    """:func:`build_features` over the warehouse, one partition at a time, in this process.
+
+    ``requests`` default: every customer known on ``as_of``, as of that day. ``partitions``
+    default: from the register's size (:data:`CUSTOMERS_PER_PARTITION`). Rows come back in
+    the requests' order, as from ``build_features``.
+    """
+    first_day = first_event_days(engine, spec, as_of)
+    if partitions is None:
+        partitions = partition_count(count_register(engine, spec, as_of),
+                                     CUSTOMERS_PER_PARTITION)
+    register = load_register(engine, spec, as_of, partitions)
+    if requests is None:
+        requests = pd.DataFrame({"person_key": register.customers["person_key"],
+                                 "as_of_date": as_of})
+    requests = requests[["person_key", "as_of_date"]].drop_duplicates().reset_index(drop=True)
+    buckets = bucket_of(requests["person_key"], partitions) if len(requests) else np.zeros(0)
+    pieces: list[pd.DataFrame] = []
+    for part in all_partitions(partitions):
+        positions = np.flatnonzero(buckets == part.bucket)
+        if len(positions) == 0:
+            continue
+        piece = build_partition(engine, spec, as_of, register.part(part.bucket), part,
+                                first_day, requests.iloc[positions])
+        piece.index = positions
+        pieces.append(piece)
+    if not pieces:  # no requests: the builder's empty frame, columns and dtypes
+        first = Partition(0, partitions)
+        return build_partition(engine, spec, as_of, register.part(0), first, first_day,
+                               requests)
+    return pd.concat(pieces).sort_index().reset_index(drop=True)
+
+
+# --- staging: what lets a partition's task run given only its key ---------------------------
+
+def stage_register(engine: Engine, spec: FeaturesConfig, as_of: date, directory: Path,
+                   partitions: int | None = None) -> list[Partition]:
+    """Write each partition's register slice and the sources' first days under ``directory``."""
+    if partitions is None:
+        partitions = partition_count(count_register(engine, spec, as_of),
+                                     CUSTOMERS_PER_PARTITION)
+    directory.mkdir(parents=True, exist_ok=True)
+    register = load_register(engine, spec, as_of, partitions)
+    for part in all_partitions(partitions):
+        write_atomic(register.part(part.bucket), directory / f"register-{part.bucket:05d}.parquet")
+    (directory / "first_day.json").write_text(
+        json.dumps(first_event_days(engine, spec, as_of)), encoding="utf-8")
+    return all_partitions(partitions)
+
+
+def features_path(directory: Path, partition: Partition) -> Path:
+    return directory / f"features-{partition.bucket:05d}.parquet"
+
+
+def build_staged_partition(engine: Engine, spec: FeaturesConfig, as_of: date, directory: Path,
+                           partition: Partition) -> int:
+    """Features of every customer of a staged partition, to its Parquet file; returns rows.
+
+    A partition whose file exists is done (files appear only complete): re-runs skip it.
+    """
+    target = features_path(directory, partition)
+    if target.exists():
+        return int(pd.read_parquet(target, columns=["person_key"]).shape[0])
+    customers = pd.read_parquet(directory / f"register-{partition.bucket:05d}.parquet")
+    first_day = json.loads((directory / "first_day.json").read_text(encoding="utf-8"))
+    features = build_partition(engine, spec, as_of, customers, partition, first_day)
+    write_atomic(features, target)
+    return len(features)
+
+
+def read_features_parquet(path: Path) -> pd.DataFrame:
+    """A staged features file as the builder returned it: Parquet gives text columns back as
+    ``str``, the builder's categorical features are objects with None for missing."""
+    frame = pd.read_parquet(path)
+    for column in frame.columns[2:]:
+        if pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
+def read_staged_features(directory: Path, partitions: list[Partition]) -> pd.DataFrame:
+    """All partitions' features (for tests and small populations: this is the whole lot)."""
+    return pd.concat([read_features_parquet(features_path(directory, p)) for p in partitions],
+                     ignore_index=True)
+
+
+def write_atomic(frame: pd.DataFrame, target: Path) -> None:
+    """Write then rename, so a file that exists is complete (a killed task leaves none)."""
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    frame.to_parquet(partial, index=False)
+    partial.replace(target)

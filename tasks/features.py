@@ -1,0 +1,54 @@
+"""Prefect tasks of the partitioned feature build and scoring.
+
+Tasks receive a partition key, the as-of date and the staging directory, never a frame:
+each opens its own warehouse engine, so the same task runs in a thread, a process or on a
+Dask worker on another machine (which then needs the same PUHUI_* settings and a shared
+PUHUI_HOME or staging path).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Engine
+
+from puhui.config import FeaturesConfig, load_config
+from puhui.features.partitioned import build_staged_partition, stage_register
+from puhui.partitioning import Partition
+from puhui.risk.model import RiskScorer
+from puhui.scoring import score_staged_partition
+from puhui.settings import load_settings
+from puhui.warehouse.engine import get_engine
+from tasks.retries import retry_on_transient_error
+
+STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
+        "retry_condition_fn": retry_on_transient_error}
+
+
+def _engine_and_spec() -> tuple[Engine, FeaturesConfig]:
+    settings = load_settings()
+    return get_engine(settings.warehouse_url), load_config(settings.config_dir, FeaturesConfig)
+
+
+@task(name="stage-feature-partitions", **STEP)
+def stage_feature_partitions(as_of: date, staging: str,
+                             partitions: int | None = None) -> list[Partition]:
+    """The register split into partitions, and the sources' first days, under ``staging``."""
+    engine, spec = _engine_and_spec()
+    return stage_register(engine, spec, as_of, Path(staging), partitions)
+
+
+@task(name="feature-partition", **STEP)
+def build_feature_partition(as_of: date, staging: str, partition: Partition) -> int:
+    """One partition's features (every customer as of ``as_of``) to its staged Parquet file."""
+    engine, spec = _engine_and_spec()
+    return build_staged_partition(engine, spec, as_of, Path(staging), partition)
+
+
+@task(name="score-partition", **STEP)
+def score_partition(staging: str, partition: Partition, model_dir: str) -> int:
+    """One partition's PD from its staged features, with the scorer saved in ``model_dir``."""
+    return score_staged_partition(Path(staging), partition, RiskScorer.load(Path(model_dir)))

@@ -1,0 +1,83 @@
+"""The partitioned feature flow on local threads and on a 2-worker Dask LocalCluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from flows.features import run_partitioned_features
+from puhui.errors import PuhuiError
+from puhui.features.partitioned import build_features_partitioned, read_staged_features
+from puhui.partitioning import all_partitions
+from puhui.risk.model import RiskScorer, category_vocabulary, encode_features
+from puhui.scoring import scores_path
+from puhui.task_runners import task_runner_from_env
+from puhui.warehouse.engine import get_engine
+from tests.conftest import RiskTemplates, risk_env
+from tests.test_features import AS_OF, _spec
+
+
+def test_task_runner_follows_the_settings() -> None:
+    assert isinstance(task_runner_from_env({}), ThreadPoolTaskRunner)
+    dask = task_runner_from_env({"PUHUI_TASK_RUNNER": "dask",
+                                 "PUHUI_DASK_ADDRESS": "tcp://10.0.0.5:8786"})
+    assert isinstance(dask, DaskTaskRunner) and dask.address == "tcp://10.0.0.5:8786"
+    local_cluster = task_runner_from_env({"PUHUI_TASK_RUNNER": "dask",
+                                          "PUHUI_TASK_WORKERS": "2"})
+    assert local_cluster.address is None and local_cluster.cluster_kwargs["n_workers"] == 2
+    for bad in ({"PUHUI_TASK_RUNNER": "spark"}, {"PUHUI_TASK_WORKERS": "0"}):
+        with pytest.raises(PuhuiError):
+            task_runner_from_env(bad)
+
+
+def _scorer(features: pd.DataFrame, directory: Path) -> Path:
+    """A small booster on the features (label: a noisy rule), saved as a RiskScorer."""
+    spec_cats = ["occupation", "income_band", "agri_crop"]
+    names = [c for c in features.columns[2:]]
+    categories = category_vocabulary(features, spec_cats)
+    matrix = encode_features(features, names, categories)
+    rng = np.random.default_rng(0)
+    score = features["bureau_score"].fillna(550).to_numpy()
+    label = (score + rng.normal(0, 60, len(score)) < 560).astype(int)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1},
+                        lgb.Dataset(matrix, label), num_boost_round=20)
+    RiskScorer(booster, names, categories).save(directory)
+    return directory
+
+
+@pytest.mark.slow
+def test_flow_on_a_dask_local_cluster_equals_the_local_run(
+    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+    prefect_harness: None, tmp_path: Path,
+) -> None:
+    url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
+    engine = get_engine(url)
+    want = build_features_partitioned(engine, _spec(), AS_OF, None, 1)
+    model_dir = str(_scorer(want, tmp_path / "model"))
+
+    results = {}
+    for runner in ("local", "dask"):
+        monkeypatch.setenv("PUHUI_TASK_RUNNER", runner)
+        monkeypatch.setenv("PUHUI_TASK_WORKERS", "2")
+        summary = run_partitioned_features(AS_OF, partitions=3, model_dir=model_dir,
+                                           staging=str(tmp_path / runner))
+        assert summary["partitions"] == 3 and summary["rows"] == len(want)
+        assert summary["scored"] == len(want)
+        parts = all_partitions(3)
+        features = read_staged_features(tmp_path / runner, parts)
+        scores = pd.concat([pd.read_parquet(scores_path(tmp_path / runner, p)) for p in parts])
+        results[runner] = (features.sort_values("person_key").reset_index(drop=True),
+                           scores.sort_values("person_key").reset_index(drop=True))
+
+    order = want.sort_values("person_key").reset_index(drop=True)
+    for runner in ("local", "dask"):
+        pd.testing.assert_frame_equal(results[runner][0], order, check_exact=True)
+    pd.testing.assert_frame_equal(results["dask"][1], results["local"][1], check_exact=True)
+    assert results["local"][1]["pd"].between(0, 1).all()
+    assert results["local"][1]["pd"].nunique() > 10
