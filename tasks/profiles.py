@@ -17,13 +17,13 @@ from puhui.config import (
     load_config,
 )
 from puhui.features.sources import load_source_frames
+from puhui.partitioning import bucket_of
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
 from puhui.profiles.refresh import (
     ScoringContext,
     SwapResult,
     clear_staging,
     customers_of,
-    partition_of,
     run_key,
     score_partition,
     stage_partition,
@@ -70,7 +70,7 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
         product_codes={p.code: p.kind for p in products.products})
     partitions = segments.profile.partitions
     customers = customers_of(frames)
-    customers["partition"] = partition_of(customers["person_key"], partitions)
+    customers["partition"] = bucket_of(customers["person_key"], partitions)
     ctx.customers = customers
     key = run_key(as_of, slots, runtime.audit.config_hash, frames.batch_ids, partitions)
     return ctx, key

@@ -16,7 +16,6 @@ from puhui.audit import read_audit_events
 from puhui.cli import main
 from puhui.config import SegmentsConfig, load_config
 from puhui.profiles import refresh
-from puhui.profiles.refresh import partition_of
 from puhui.profiles.segments import segment_tags
 from puhui.registry import registry_client
 from puhui.settings import load_settings
@@ -26,14 +25,6 @@ from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 EARLIER = date(2026, 9, 15)
-
-
-def test_partitions_are_stable_and_cover_every_key() -> None:
-    keys = [f"{i:064x}" for i in range(2000)]
-    first, again = partition_of(keys, 8), partition_of(list(reversed(keys)), 8)[::-1]
-    assert (first == again).all()
-    assert set(first) == set(range(8))
-    assert min(pd.Series(first).value_counts()) > 150  # roughly balanced
 
 
 def test_segment_rules_from_config() -> None:

@@ -27,7 +27,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,14 +50,6 @@ PROFILE_COLUMNS = ("person_key", "as_of_date", "customer_id", "risk_score", "ris
                    *JSON_COLUMNS, "risk_model_version", "recommender_model_version")
 CUSTOMER_COLUMNS = ("customer_id", "region_type", "province", "occupation", "income_band",
                     "gender", "birth_date", "personalisation_opt_out")
-
-
-def partition_of(keys: pd.Series | list[str], partitions: int) -> np.ndarray:
-    """A stable partition number per key: BLAKE2b of the key, not Python's salted hash()."""
-    return np.array([
-        int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "big")
-        % partitions for k in keys
-    ], dtype=np.int64)
 
 
 @dataclass
