@@ -135,6 +135,9 @@ def generate(
     penalize_segment: Annotated[
         str | None, typer.Option(help="Raise one segment's true default odds (fairness tests).")
     ] = None,
+    rural_agri_boost: Annotated[
+        float, typer.Option(min=0, help="Add to rural people's appeal of agri products.")
+    ] = 0.0,
 ) -> None:
     """Write synthetic partner files, faults.json and truth.json (no pipeline run)."""
     from puhui.demo import generate_with_progress
@@ -150,6 +153,7 @@ def generate(
         end_date=_parse_date(end_date, "--end-date"),
         history_days=history_days,
         penalize_segment=penalize_segment,
+        rural_agri_boost=rural_agri_boost,
         console=console,
     )
     console.print(

@@ -53,6 +53,7 @@ def generate_with_progress(
     end_date: date | None = None,
     history_days: int = 365,
     penalize_segment: str | None = None,
+    rural_agri_boost: float = 0.0,
 ) -> GenerateSummary:
     """Run the generator with a live status line."""
     products = load_config(settings.config_dir, ProductsConfig).codes
@@ -67,6 +68,7 @@ def generate_with_progress(
             history_days=history_days,
             products=products,
             penalize_segment=penalize_segment,
+            rural_agri_boost=rural_agri_boost,
             progress=lambda message: status.update(f"generating: {message}"),
             **kwargs,
         )
