@@ -222,13 +222,12 @@ def run_train(
     """Retrain, evaluate, register and gate a model (one line per step)."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
-    if model == "recommender":
-        raise NotBuiltYet("puhui run train recommender", "product recommender")
-    from puhui.pipeline import run_train_risk_flow
+    from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _parse_date(as_of, "--as-of")
     _flow_settings()
-    summary = run_train_risk_flow(day, force=force)
+    train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
+    summary = train(day, force=force)
     if json_:
         _print_json(summary)
         return

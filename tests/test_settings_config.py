@@ -132,7 +132,6 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["run", "train", "recommender"],
         ["run", "profiles"],
         ["run", "report"],
     ],

@@ -10,8 +10,10 @@ personalisation gets only it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -120,3 +122,19 @@ def top_products(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFram
         ["group", "_score", "product_code"], ascending=[True, False, True], kind="stable")
     ranked["rank"] = ranked.groupby("group").cumcount() + 1
     return ranked[ranked["rank"] <= k].drop(columns="_score")
+
+
+RANKER_FILE, META_FILE = "booster.txt", "ranker.json"
+
+
+def save_ranker(ranker: Ranker, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    ranker.booster.save_model(str(directory / RANKER_FILE))
+    (directory / META_FILE).write_text(json.dumps(
+        {"features": ranker.features, "categories": ranker.categories}), encoding="utf-8")
+
+
+def load_ranker(directory: Path) -> Ranker:
+    meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    booster = lgb.Booster(model_file=str(directory / RANKER_FILE))
+    return Ranker(booster, meta["features"], meta["categories"])
