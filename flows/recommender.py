@@ -7,6 +7,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from puhui.lifecycle.publish import unchanged_summary
 from tasks.prefect_ui import dated_run_name
 from tasks.recommender import (
     assemble_ranking_set,
@@ -38,11 +39,9 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,
     fingerprint = recommender_fingerprint(data)
     same = None if force else existing_recommender(fingerprint)
     if same is not None:
-        line = (f"train recommender {as_of}: unchanged: v{same} was trained on the same data, "
-                "configuration, code and seed (--force trains again)")
-        get_run_logger().info(line)
-        return {"as_of": as_of.isoformat(), "version": same, "skipped": True,
-                "steps": lines, "line": line}
+        skipped = unchanged_summary("recommender", as_of, same, lines)
+        get_run_logger().info(skipped["line"])
+        return skipped
     run, train_line = train_and_evaluate(data, sorted(opted_out or []))
     published, register_line = register_recommender(data, run, fingerprint)
     gate_line = gate_recommender(published, run.gates)

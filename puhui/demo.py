@@ -106,7 +106,11 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
              history_days: int = DEMO_HISTORY_DAYS) -> None:
     """Generate, run the daily pipeline and the risk training for the last delivery date,
     say where things are."""
-    from puhui.pipeline import run_daily_pipeline, run_train_risk_flow
+    from puhui.pipeline import (
+        run_daily_pipeline,
+        run_train_recommender_flow,
+        run_train_risk_flow,
+    )
 
     started = time.monotonic()
     settings = ensure_demo_pseudonym_key(settings, console)
@@ -136,6 +140,12 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(trained["line"], markup=False)
     if not trained["skipped"] and trained["gates"]["passed"]:
         promote_first_champion(trained["name"], trained["version"], console)
+    console.print(f"training the product recommender as of {end_date} "
+                  f"(NDCG@3 ceiling of the data: {truth['recommender_ndcg3_ceiling']})...")
+    ranked = run_train_recommender_flow(end_date)
+    console.print(ranked["line"], markup=False)
+    if not ranked["skipped"] and ranked["gates"]["passed"]:
+        promote_first_champion(ranked["name"], ranked["version"], console)
     console.print(f"demo done in {time.monotonic() - started:.0f}s")
     console.print(f"  landing zone : {landing}")
     console.print(f"  warehouse    : {settings.warehouse_url}")

@@ -14,9 +14,17 @@ import pytest
 from puhui.config import ModelsConfig, ProductsConfig, load_config
 from puhui.features.sources import day_number
 from puhui.generate import generate_landing_zone
+from puhui.recommender.evaluation import MODEL, NON_PERSONAL
 from puhui.recommender.gates import check_recommender_gates
 from puhui.recommender.model import eligibility, final_scores, popularity_scores
-from puhui.recommender.training_set import OOT, TRAIN, build_groups, window_as_of_days
+from puhui.recommender.train import fit_and_evaluate, oot_top1
+from puhui.recommender.training_set import (
+    OOT,
+    TRAIN,
+    RankingSet,
+    build_groups,
+    window_as_of_days,
+)
 from puhui.settings import load_settings
 
 AS_OF = date(2026, 9, 30)
@@ -197,3 +205,58 @@ def test_recommender_gates_name_what_failed() -> None:
     assert ok.passed and len(ok.checks) == 1
 
 
+
+
+# ------------------------------------------------------------------ fit and evaluate
+def _synthetic_set(seed: int = 3) -> RankingSet:
+    """Customers x products over three windows: farmers like agri, wallets like bill_pay."""
+    models, products = _configs()
+    rng = np.random.default_rng(seed)
+    codes = products.codes
+    rows = []
+    for window in range(3):
+        for person in range(300):
+            occupation = ["farmer", "salaried", "gig_worker"][person % 3]
+            scenario = ["COOP", "WALLET", "ECOMMERCE"][person % 3]
+            for code in codes:
+                like = (occupation == "farmer") * (code in ("agri_loan", "crop_insurance")) \
+                    + (scenario == "WALLET") * (code == "bill_pay")
+                rel = int(rng.random() < 0.1 + 0.5 * like) * int(rng.integers(1, 4))
+                rows.append({"person_key": f"p{person}", "window": window, "product_code": code,
+                             "relevance": float(rel), "scenario": scenario,
+                             "occupation": occupation, "region_type": "rural" if person % 2
+                             else "urban", "gender": "female", "age_band": "age_26_35",
+                             "age": 30.0, "agri_coop_member": 0, "x": rng.normal(),
+                             "split": OOT if window == 0 else TRAIN})
+    frame = pd.DataFrame(rows).sort_values(["window", "person_key", "product_code"])
+    frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()
+    frame["as_of_date"] = AS_OF
+    return RankingSet(AS_OF, frame.reset_index(drop=True),
+                      ["x", "occupation", "product_code", "scenario"],
+                      ["occupation", "product_code", "scenario"], AS_OF)
+
+
+def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> None:
+    models, _ = _configs()
+    spec = models.product_recommender.model_copy(update={"min_segment_size": 10})
+    data = _synthetic_set()
+    refused = {"p1", "p4"}
+    run = fit_and_evaluate(data, spec, opted_out=refused)
+    oot = run.oot
+    assert run.eligibility_violations == 0
+    # non-farmers were never ranked an agri product (removed, not ranked low)
+    assert not ((oot["occupation"] != "farmer") & oot["product_code"].isin(
+        ["agri_loan", "crop_insurance"])).any()
+    assert run.evaluation.eligibility_removed["agricultural_activity"] == 3 * 200 * 2
+    mine = oot["person_key"].isin(refused)
+    assert np.array_equal(oot.loc[mine, MODEL], oot.loc[mine, NON_PERSONAL])
+    assert not np.array_equal(oot.loc[~mine, MODEL], oot.loc[~mine, NON_PERSONAL])
+    m = run.evaluation.metrics
+    assert m["ndcg_at_3_oot"] > m["ndcg_at_3_oot_popularity"]
+    assert run.evaluation.counts["groups_oot"] == 300
+    top1 = oot_top1(run)
+    assert (top1[[f"p{i}" for i in range(0, 300, 3)]].isin(
+        ["agri_loan", "crop_insurance"])).mean() > 0.9  # farmers get agri first
+    shares = run.evaluation.top1_share
+    assert set(shares["dimension"]) == set(spec.segments)
+    assert shares.groupby(["dimension", "segment"])["share"].sum().round(6).eq(1).all()

@@ -108,3 +108,11 @@ def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name
     held = f"v{champion}" if champion else "nobody"
     return outcome + (f"; {CHAMPION} stays {held} until a model owner promotes "
                       f"(puhui models promote {name} --version {version} --reason ...)")
+
+
+def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:
+    """A training flow's result when an identical version exists (skip-when-unchanged)."""
+    line = (f"train {model} {as_of}: unchanged: v{version} was trained on the same data, "
+            "configuration, code and seed (--force trains again)")
+    return {"as_of": as_of.isoformat(), "version": version, "skipped": True, "steps": steps,
+            "line": line}
