@@ -82,8 +82,17 @@ def evaluate(oot: pd.DataFrame, scores: dict[str, np.ndarray], spec: Recommender
         for seg, row in table.iterrows():
             shares.extend({"dimension": dim, "segment": str(seg), "product_code": p,
                            "share": float(v)} for p, v in row.items())
-    rural = top1[top1["region_type"] == "rural"]
-    if len(rural):
-        metrics["rural_agri_top1_share"] = float(
-            rural["product_code"].isin(AGRI_KINDS_PRODUCTS).mean())
+    for name, s in scores.items():
+        share = rural_agri_top1_share(oot, s)
+        if share is not None:
+            metrics["rural_agri_top1_share" + ("" if name == MODEL else f"_{name}")] = share
     return RecommenderEvaluation(metrics, segments, pd.DataFrame(shares), removed, counts)
+
+
+def rural_agri_top1_share(oot: pd.DataFrame, scores: np.ndarray) -> float | None:
+    """Share of rural customers whose top-1 product (by ``scores``) is an agri product."""
+    ranked = oot.assign(_s=scores).sort_values(
+        ["group", "_s", "product_code"], ascending=[True, False, True], kind="stable")
+    top1 = ranked.drop_duplicates("group")
+    rural = top1[top1["region_type"] == "rural"]
+    return float(rural["product_code"].isin(AGRI_KINDS_PRODUCTS).mean()) if len(rural) else None
