@@ -103,6 +103,7 @@ def test_one_lifecycle_for_both_models(model: str, warehouse: str,
     assert listed[1]["aliases"] == ["challenger", "champion"]
 
 
+@pytest.mark.slow
 def test_train_recommender_flow_end_to_end(warehouse: str, prefect_harness: None,
                                            capsys: pytest.CaptureFixture) -> None:
     from flows.recommender import train_recommender_flow
