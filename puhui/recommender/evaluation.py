@@ -73,9 +73,7 @@ def evaluate(oot: pd.DataFrame, scores: dict[str, np.ndarray], spec: Recommender
             seg_rows.append(row)
     segments = pd.DataFrame(seg_rows)
 
-    ranked = oot.assign(_s=scores[MODEL]).sort_values(
-        ["group", "_s", "product_code"], ascending=[True, False, True], kind="stable")
-    top1 = ranked.drop_duplicates("group")
+    top1 = top1_rows(oot, scores[MODEL])
     shares = []
     for dim in spec.segments:
         table = pd.crosstab(top1[dim], top1["product_code"], normalize="index")
@@ -91,8 +89,13 @@ def evaluate(oot: pd.DataFrame, scores: dict[str, np.ndarray], spec: Recommender
 
 def rural_agri_top1_share(oot: pd.DataFrame, scores: np.ndarray) -> float | None:
     """Share of rural customers whose top-1 product (by ``scores``) is an agri product."""
-    ranked = oot.assign(_s=scores).sort_values(
-        ["group", "_s", "product_code"], ascending=[True, False, True], kind="stable")
-    top1 = ranked.drop_duplicates("group")
+    top1 = top1_rows(oot, scores)
     rural = top1[top1["region_type"] == "rural"]
     return float(rural["product_code"].isin(AGRI_KINDS_PRODUCTS).mean()) if len(rural) else None
+
+
+def top1_rows(oot: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """Each group's first row by ``scores`` (equal scores: the first product code)."""
+    ranked = oot.assign(_s=scores).sort_values(
+        ["group", "_s", "product_code"], ascending=[True, False, True], kind="stable")
+    return ranked.drop_duplicates("group").drop(columns="_s")

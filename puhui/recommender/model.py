@@ -115,15 +115,6 @@ def final_scores(personal: np.ndarray, non_personal: np.ndarray,
     return np.where(refused, non_personal, personal)
 
 
-def top_products(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
-    """Each group's top ``k`` rows by score (ties: the less relevant first would be
-    unknowable here, so the shelf order decides), with their rank from 1."""
-    ranked = frame.assign(_score=scores).sort_values(
-        ["group", "_score", "product_code"], ascending=[True, False, True], kind="stable")
-    ranked["rank"] = ranked.groupby("group").cumcount() + 1
-    return ranked[ranked["rank"] <= k].drop(columns="_score")
-
-
 RANKER_FILE, META_FILE = "booster.txt", "ranker.json"
 
 

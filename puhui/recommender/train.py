@@ -20,6 +20,7 @@ from puhui.recommender.evaluation import (
     SEGMENT_POPULARITY,
     RecommenderEvaluation,
     evaluate,
+    top1_rows,
 )
 from puhui.recommender.gates import check_recommender_gates
 from puhui.recommender.model import (
@@ -122,9 +123,7 @@ def fit_and_evaluate(data: RankingSet, spec: RecommenderSpec,
 
 def oot_top1(run: RecommenderRun) -> pd.Series:
     """Each out-of-time group's top product under the final ranking, by person."""
-    ranked = run.oot.sort_values(["group", MODEL, "product_code"],
-                                 ascending=[True, False, True], kind="stable")
-    first = ranked.drop_duplicates("group")
+    first = top1_rows(run.oot, run.oot[MODEL].to_numpy(dtype=float))
     return pd.Series(first["product_code"].to_numpy(), index=first["person_key"].to_numpy())
 
 
