@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from sqlalchemy import select
 
 from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
@@ -19,6 +20,7 @@ from puhui.lifecycle.publish import (
     apply_verdict,
     find_version_by_fingerprint,
     training_fingerprint,
+    write_evaluations,
 )
 from puhui.registry import (
     CHALLENGER,
@@ -29,6 +31,7 @@ from puhui.registry import (
 )
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from puhui.warehouse.schema import model_evaluations
 from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
@@ -38,6 +41,12 @@ AS_OF = date.fromisoformat(RISK_AS_OF)
 def warehouse(risk_templates: RiskTemplates, puhui_env: Path,
               monkeypatch: pytest.MonkeyPatch) -> str:
     return risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
+
+
+@pytest.fixture
+def any_warehouse(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> str:
+    return risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
 
 
 class _Constant(mlflow.pyfunc.PythonModel):
@@ -67,7 +76,7 @@ def _json(capsys: pytest.CaptureFixture, *argv: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("model", ["credit_risk", "product_recommender"])
-def test_one_lifecycle_for_both_models(model: str, warehouse: str,
+def test_one_lifecycle_for_both_models(model: str, any_warehouse: str,
                                        capsys: pytest.CaptureFixture) -> None:
     models = load_config(load_settings().config_dir, ModelsConfig)
     spec = getattr(models, model)
@@ -101,6 +110,14 @@ def test_one_lifecycle_for_both_models(model: str, warehouse: str,
     assert main(["models", "promote", name, "--version", v2, "--reason", "test"]) == 1
     listed = _json(capsys, "models", "list", name, "--json")
     assert listed[1]["aliases"] == ["challenger", "champion"]
+    rows = [{"metric": "m", "segment": "all", "value": 0.5},
+            {"metric": "m", "segment": "region_type=rural", "value": 0.4}]
+    assert write_evaluations(runtime.engine, name, v1, AS_OF, rows, "run") == 2
+    assert write_evaluations(runtime.engine, name, v1, AS_OF, rows[:1], "run") == 1
+    with runtime.engine.connect() as conn:
+        stored = conn.execute(select(model_evaluations.c.segment).where(
+            model_evaluations.c.model_name == name)).scalars().all()
+    assert stored == ["all"]  # a version's rows are replaced, not added to
 
 
 @pytest.mark.slow
