@@ -7,6 +7,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from puhui.lifecycle.publish import unchanged_summary
 from puhui.risk.gates import GateResult
 from puhui.risk.model import LIGHTGBM
 from tasks.prefect_ui import dated_run_name, publish_summary, train_markdown
@@ -40,12 +41,9 @@ def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
     fingerprint = fingerprint_of(training)
     same = None if force else existing_version(fingerprint)
     if same is not None:
-        line = (f"train risk {as_of}: unchanged: v{same} was trained on the same data, "
-                "configuration, code and seed (--force trains again)")
-        get_run_logger().info(line)
-        skipped = {"as_of": as_of.isoformat(), "version": same, "skipped": True,
-                   "steps": lines, "line": line}
-        publish_summary("train-risk-summary", train_markdown(skipped), line)
+        skipped = unchanged_summary("risk", as_of, same, lines)
+        get_run_logger().info(skipped["line"])
+        publish_summary("train-risk-summary", train_markdown(skipped), skipped["line"])
         return skipped
     trained, benchmark, train_line = train_risk_models(training)
     evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)

@@ -139,6 +139,9 @@ def generate(
         bool, typer.Option("--drift", help="Shift the population the bureau reports in the "
                            "last 120 days (monitoring tests).")
     ] = False,
+    rural_agri_boost: Annotated[
+        float, typer.Option(min=0, help="Add to rural people's appeal of agri products.")
+    ] = 0.0,
 ) -> None:
     """Write synthetic partner files, faults.json and truth.json (no pipeline run)."""
     from puhui.demo import generate_with_progress
@@ -155,6 +158,7 @@ def generate(
         history_days=history_days,
         penalize_segment=penalize_segment,
         drift=drift,
+        rural_agri_boost=rural_agri_boost,
         console=console,
     )
     console.print(
@@ -223,13 +227,12 @@ def run_train(
     """Retrain, evaluate, register and gate a model (one line per step)."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
-    if model == "recommender":
-        raise NotBuiltYet("puhui run train recommender", "product recommender")
-    from puhui.pipeline import run_train_risk_flow
+    from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _parse_date(as_of, "--as-of")
     _flow_settings()
-    summary = run_train_risk_flow(day, force=force)
+    train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
+    summary = train(day, force=force)
     if json_:
         _print_json(summary)
         return
@@ -314,16 +317,14 @@ def models_list(
         console.print("no registered models yet (puhui run train risk)")
         return
     table = Table(box=None)
-    for header in ("model", "v", "aliases", "as of", "AUC oot", "bench", "KS", "PSI"):
+    for header in ("model", "v", "aliases", "as of", "headline (out of time)"):
         table.add_column(header, no_wrap=True)
     table.add_column("gates")
     for r in rows:
-        m = r.metrics
         gates = ("UNGATED (gate step never ran)" if not r.gated else "passed"
                  if r.gates["passed"] else "FAILED: " + "; ".join(r.gates["failed"]))
         table.add_row(r.name, r.version, ", ".join(r.aliases), r.as_of or "",
-                      *(f"{m[k]:.3f}" if k in m else "" for k in
-                        ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")), gates)
+                      _headline(r.metrics), gates)
     # Piped into a file or another program, a row should stay one line, not 80 columns.
     out = console if console.is_terminal else Console(width=200)
     out.print(table)
@@ -333,6 +334,18 @@ def models_list(
                       f"(puhui run train), or accept it with puhui models promote {r.name} "
                       f"--version {r.version} --force --reason ...", markup=False,
                       soft_wrap=True)
+
+
+def _headline(m: dict[str, float]) -> str:
+    """Each model's own headline figures: AUC for the risk model, NDCG@3 for the ranker."""
+    def fig(label: str, key: str) -> str | None:
+        return f"{label} {m[key]:.3f}" if key in m else None
+
+    parts = [fig("AUC", "auc_oot"), fig("bench", "auc_oot_benchmark"), fig("KS", "ks_oot"),
+             fig("PSI", "score_psi"), fig("NDCG@3", "ndcg_at_3_oot"),
+             fig("popularity", "ndcg_at_3_oot_popularity"),
+             fig("segment popularity", "ndcg_at_3_oot_segment_popularity")]
+    return ", ".join(p for p in parts if p)
 
 
 @models_app.command("promote")

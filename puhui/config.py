@@ -13,7 +13,7 @@ import string
 from datetime import time
 from functools import cache
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -419,8 +419,52 @@ class RiskModelSpec(StrictModel):
         return grades
 
 
+class MetricThreshold(StrictModel):
+    """A gate as data: ``value`` must reach ``threshold`` from the right side."""
+
+    threshold: float
+    higher_is_better: bool = True
+
+
+class AgeLimit(StrictModel):
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
+
+
+class EligibilitySpec(StrictModel):
+    """Applied before ranking: a product a customer may not be offered is never ranked."""
+
+    credit_max_grade: dict[str, str] = {}  # credit product -> worst champion grade allowed
+    agricultural: list[str] = []  # products that need agricultural activity
+    age: dict[str, AgeLimit] = {}
+
+
+class RecommenderGates(StrictModel):
+    ndcg_lift_vs_segment_popularity: MetricThreshold  # NDCG@k minus the baseline's
+    segment_ndcg: MetricThreshold  # every gated segment's NDCG@k
+    rural_agri_top1_vs_truth: MetricThreshold  # model share minus the truth ranking's
+
+
+class RecommenderSpec(StrictModel):
+    registered_name: str
+    k: int = Field(default=3, ge=1)
+    window_days: int = Field(default=28, ge=1)  # one group per customer and window
+    train_windows: int = Field(default=12, ge=1)
+    grading: dict[str, int]  # event type -> relevance
+    segments: list[str]
+    segment_pair: list[str]  # the segment-popularity baseline's segment
+    min_segment_size: int = Field(ge=1)
+    seed: int = 42
+    lightgbm: dict[str, Any]
+    num_boost_round: int = Field(ge=1)
+    eligibility: EligibilitySpec
+    gates: RecommenderGates
+    auto_promote: bool = False
+
+
 class ModelsConfig(StrictModel):
     credit_risk: RiskModelSpec
+    product_recommender: RecommenderSpec | None = None
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def generate_with_progress(
     history_days: int = 365,
     penalize_segment: str | None = None,
     drift: bool = False,
+    rural_agri_boost: float = 0.0,
 ) -> GenerateSummary:
     """Run the generator with a live status line."""
     products = load_config(settings.config_dir, ProductsConfig).codes
@@ -69,6 +70,7 @@ def generate_with_progress(
             products=products,
             penalize_segment=penalize_segment,
             drift=drift,
+            rural_agri_boost=rural_agri_boost,
             progress=lambda message: status.update(f"generating: {message}"),
             **kwargs,
         )
@@ -106,7 +108,11 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
              history_days: int = DEMO_HISTORY_DAYS) -> None:
     """Generate, run the daily pipeline and the risk training for the last delivery date,
     say where things are."""
-    from puhui.pipeline import run_daily_pipeline, run_train_risk_flow
+    from puhui.pipeline import (
+        run_daily_pipeline,
+        run_train_recommender_flow,
+        run_train_risk_flow,
+    )
 
     started = time.monotonic()
     settings = ensure_demo_pseudonym_key(settings, console)
@@ -136,6 +142,12 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(trained["line"], markup=False)
     if not trained["skipped"] and trained["gates"]["passed"]:
         promote_first_champion(trained["name"], trained["version"], console)
+    console.print(f"training the product recommender as of {end_date} "
+                  f"(NDCG@3 ceiling of the data: {truth['recommender_ndcg3_ceiling']})...")
+    ranked = run_train_recommender_flow(end_date)
+    console.print(ranked["line"], markup=False)
+    if not ranked["skipped"] and ranked["gates"]["passed"]:
+        promote_first_champion(ranked["name"], ranked["version"], console)
     # The daily run above had no champion yet: refresh profiles and the report with it.
     from puhui.pipeline import run_profiles_flow, run_report_flow
 

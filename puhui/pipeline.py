@@ -47,6 +47,13 @@ def run_report_flow(as_of: date | None = None) -> dict:
     return report_flow(as_of=as_of)
 
 
+def run_train_recommender_flow(as_of: date | None = None, force: bool = False) -> dict:
+    """Run the ``train-recommender`` Prefect flow in this process and return its summary."""
+    from flows.recommender import train_recommender_flow
+
+    return train_recommender_flow(as_of=as_of, force=force)
+
+
 def completed_daily_dates() -> set[date]:
     """As-of dates whose daily pipeline ran to the end (it audits only on completion)."""
     events = read_audit_events(open_runtime().engine, action=DAILY_COMPLETED)

@@ -45,7 +45,10 @@ MODEL_LOCK = "puhui.model_changes"
 # Tags on each model version: the gate verdict, readable without the audit trail.
 GATES_PASSED_TAG, GATES_FAILED_TAG = "gates.passed", "gates.failed"
 LIST_METRICS = ("auc_oot", "auc_oot_benchmark", "ks_oot", "gini_oot", "brier_oot",
-                "score_psi", "approval_rate_oot", "auc_oot_champion")
+                "score_psi", "approval_rate_oot", "auc_oot_champion",
+                "ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
+                "ndcg_at_3_oot_segment_popularity", "hit_at_3_oot", "map_at_3_oot",
+                "ndcg_at_3_oot_responders")
 
 
 def registry_client(tracking_uri: str) -> MlflowClient:

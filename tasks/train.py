@@ -20,13 +20,11 @@ from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_confi
 from puhui.features.builder import build_features
 from puhui.features.sources import SourceFrames, load_source_frames
 from puhui.features.store import write_user_features
+from puhui.lifecycle.publish import apply_verdict, find_version_by_fingerprint
 from puhui.registry import (
-    CHALLENGER,
     CHAMPION,
     reconcile_model_changes,
-    record_gate_verdict,
     registry_client,
-    set_alias,
     version_of,
 )
 from puhui.risk.evaluation import Evaluation, evaluate_risk_model
@@ -34,9 +32,8 @@ from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
 from puhui.risk.publish import (
     Published,
-    find_version_by_fingerprint,
     publish_risk_model,
-    training_fingerprint,
+    risk_fingerprint,
 )
 from puhui.risk.training_set import (
     TRAIN,
@@ -220,25 +217,8 @@ def apply_gates(published: Published, gates: GateResult) -> str:
     runtime = open_runtime()
     _, model = _configs()
     client = registry_client(runtime.settings.mlflow_tracking_uri)
-    name, version = published.name, published.version
-    record_gate_verdict(client, runtime.engine, runtime.audit, name, version, gates.passed,
-                        gates.failed)
-    if not gates.passed:
-        return _say(f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set",
-                    started)
-    set_alias(client, runtime.engine, runtime.audit, name, CHALLENGER, version,
-              "passed every gate")
-    outcome = f"gate: v{version} passed every gate -> {CHALLENGER}"
-    if model.auto_promote:
-        set_alias(client, runtime.engine, runtime.audit, name, CHAMPION, version,
-                  "auto_promote is on in configs/models.yaml")
-        outcome += f" and {CHAMPION} (auto_promote is on)"
-    else:
-        champion = client.get_registered_model(name).aliases.get(CHAMPION)
-        held = f"v{champion}" if champion else "nobody"
-        outcome += (f"; {CHAMPION} stays {held} until a model owner promotes "
-                    f"(puhui models promote {name} --version {version} --reason ...)")
-    return _say(outcome, started)
+    return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
+                              published.version, gates, model.auto_promote), started)
 
 
 @task(name="reconcile-models", **STEP)
@@ -256,7 +236,7 @@ def reconcile_models() -> list[str]:
 def fingerprint_of(training: TrainingSet) -> str:
     runtime = open_runtime()
     _, model = _configs()
-    return training_fingerprint(training, runtime.audit.config_hash, runtime.audit.code_version,
+    return risk_fingerprint(training, runtime.audit.config_hash, runtime.audit.code_version,
                                 model.seed)
 
 

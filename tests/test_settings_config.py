@@ -131,20 +131,6 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [
-        ["run", "train", "recommender"],
-    ],
-)
-def test_unbuilt_commands_say_so_and_fail(
-    argv: list[str], capsys: pytest.CaptureFixture, puhui_env: Path
-) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not built yet" in err and len(err.splitlines()) == 1
-
-
-@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["models", "list", "credit_risk"], "no registered model 'credit_risk'"),

@@ -118,6 +118,7 @@ class World:
     timeline: Timeline
     seed: int
     products: tuple[str, ...]
+    rural_agri_boost: float = 0.0  # added to rural people's affinity for agri products
     drift: bool = False
     _cache: dict[str, object] = field(default_factory=dict)
 
@@ -401,8 +402,28 @@ def loan_outcomes_batch(world: World, rows: np.ndarray) -> Batch:
 # product_events (Parquet, daily): offer funnel impression > click > application > uptake
 
 
-def product_events_batch(world: World, day: int) -> Batch:
-    """One day's offer funnel events of onboarded customers."""
+@dataclass(frozen=True)
+class OfferDay:
+    """One day's offers and how far down the funnel each went (grade: 0 impression,
+    1 click, 2 application, 3 uptake); ``u``, ``waits`` and ``seconds`` time the events."""
+
+    people: np.ndarray
+    product: np.ndarray  # index into world.products
+    scenario: np.ndarray  # index into ref.SCENARIOS
+    affinity: np.ndarray
+    click: np.ndarray
+    apply: np.ndarray
+    uptake: np.ndarray
+    waits: np.ndarray
+    seconds: np.ndarray
+
+    @property
+    def grade(self) -> np.ndarray:
+        return self.click.astype(np.int64) + self.apply + self.uptake
+
+
+def offer_day(world: World, day: int) -> OfferDay:
+    """The offers shown on ``day`` and the responses, as the product_events feed writes them."""
     pop = world.pop
     rng = rng_for(world.seed, Stream.PRODUCT_EVENTS, day)
     engagement_mean = float(pop.engagement.mean()) if pop.n else 1.0
@@ -436,6 +457,15 @@ def product_events_batch(world: World, day: int) -> Batch:
     apply = click & (u[:, 3] < _sigmoid(affinity - 1.5))
     is_loan = np.array([p in ref.LOAN_PRODUCTS for p in products])[product]
     uptake = apply & (u[:, 4] < np.where(is_loan, 0.7, 0.85))
+    return OfferDay(people, product, scenario, affinity, click, apply, uptake, waits, seconds)
+
+
+def product_events_batch(world: World, day: int) -> Batch:
+    """One day's offer funnel events of onboarded customers."""
+    pop, products = world.pop, world.products
+    o = offer_day(world, day)
+    n, people, product, scenario = len(o.people), o.people, o.product, o.scenario
+    click, apply, uptake, waits, seconds = o.click, o.apply, o.uptake, o.waits, o.seconds
 
     t_click = np.minimum(seconds + 5 + (60 * waits[:, 0]).astype(np.int64), SECONDS_PER_DAY - 1)
     t_apply = np.minimum(t_click + 30 + (240 * waits[:, 1]).astype(np.int64), SECONDS_PER_DAY - 1)
@@ -493,4 +523,9 @@ def offer_affinity(
     for code, value in table.items():
         rows = codes == code
         a[rows] = np.asarray(value)[rows]
+    if world.rural_agri_boost:
+        # The generator switch: rural people's appeal of the agri shelf, whatever their trade.
+        rural_agri = (pop.region[people] == ref.REGION_TYPES.index("rural")) & np.isin(
+            codes, ("agri_loan", "crop_insurance"))
+        a[rural_agri] += world.rural_agri_boost
     return a

@@ -58,6 +58,7 @@ from puhui.generate.process import (
     roc_auc,
     segment_mask,
 )
+from puhui.generate.recommender_truth import recommender_truth
 from puhui.generate.timeline import (
     Stream,
     Timeline,
@@ -109,6 +110,7 @@ def generate_landing_zone(
     penalize_segment: str | None = None,
     progress: Progress | None = None,
     drift: bool = False,
+    rural_agri_boost: float = 0.0,
 ) -> GenerateSummary:
     """Generate a deterministic synthetic partner landing zone under ``out_dir``.
 
@@ -129,7 +131,8 @@ def generate_landing_zone(
     params = RiskParameters()
     apps = build_applications(pop, bureau, timeline, seed, products, params, penalize_segment)
     say(f"loan applications: {len(apps):,} over {len(timeline.all_days)} days")
-    world = World(pop, bureau, apps, timeline, seed, products, drift=drift)
+    world = World(pop, bureau, apps, timeline, seed, products, rural_agri_boost=rural_agri_boost,
+                  drift=drift)
 
     planned: list[PlannedFault] = []
     if faults:
@@ -394,8 +397,14 @@ def build_truth(
             "default_rate": _share(apps.default[seg_labelled]),
             "mean_true_pd": _mean(apps.pd[seg_labelled]),
         }
+    reco = recommender_truth(world)
+    ceiling = reco["ceiling"]
+    assert isinstance(ceiling, dict)
     return {
         "risk_auc_ceiling": None if auc is None else round(auc, 6),
+        "recommender_ndcg3_ceiling": _round(ceiling["ndcg_every"]),
+        "recommender_hit3_ceiling": _round(ceiling["hit_every"]),
+        "recommender": reco,
         "seed": world.seed,
         "drift": world.drift,
         "users": pop.n,
@@ -446,6 +455,10 @@ def build_truth(
             ),
         },
     }
+
+
+def _round(value: object) -> float | None:
+    return None if value is None else round(float(value), 6)  # type: ignore[arg-type]
 
 
 def _share(mask: np.ndarray) -> float | None:

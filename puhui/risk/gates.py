@@ -6,29 +6,17 @@ sees "adverse_impact_ratio region_type=rural 0.71 < 0.80", not just "failed".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from puhui.config import GatesSpec
+from puhui.lifecycle.gates import GateChecks, GateResult, describe_check
 from puhui.risk.evaluation import Evaluation
 
-
-@dataclass
-class GateResult:
-    passed: bool
-    failed: list[str] = field(default_factory=list)
-    checks: list[dict[str, object]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "failed": self.failed, "checks": self.checks}
+__all__ = ["GateResult", "check_gates"]
 
 
 def check_gates(evaluation: Evaluation, gates: GatesSpec) -> GateResult:
     """Every configured gate on ``evaluation``; the version passes only if all do."""
-    checks: list[dict[str, object]] = []
-
-    def check(gate: str, subject: str, value: float | None, limit: float, ok: bool) -> None:
-        checks.append({"gate": gate, "subject": subject, "value": value, "limit": limit,
-                       "passed": bool(ok)})
+    checks = GateChecks()
+    check = checks.check
 
     m = evaluation.metrics
     check("min_auc_oot", "all", m["auc_oot"], gates.min_auc_oot,
@@ -48,8 +36,7 @@ def check_gates(evaluation: Evaluation, gates: GatesSpec) -> GateResult:
         if row.n:
             check("calibration", f"grade={row.grade}", row.observed,
                   gates.calibration.tolerance, row.ok)
-    failed = [_describe(c) for c in checks if not c["passed"]]
-    return GateResult(passed=not failed, failed=failed, checks=checks)
+    return checks.result(_describe)
 
 
 def _describe(check: dict[str, object]) -> str:
@@ -57,6 +44,4 @@ def _describe(check: dict[str, object]) -> str:
     if gate == "calibration":
         return f"calibration {subject}: observed default rate {value:.3f} misses the " \
                f"predicted one by more than {limit:.2f} (Jeffreys test rejects)"
-    sign = ">" if gate.startswith("max") else "<"
-    return f"{gate.removeprefix('min_').removeprefix('max_')} {subject} {value:.3f} " \
-           f"{sign} {limit:.2f}"
+    return describe_check(check)

@@ -8,40 +8,35 @@ configuration hash and the code version. The same figures go to ``model_evaluati
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.models import infer_signature
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
-from puhui.monitoring.bins import log_monitoring_bins
-from puhui.registry import (
-    GATES_PASSED_TAG,
-    register_version,
-    registry_client,
-    use_experiment,
+from puhui.lifecycle.publish import (
+    FINGERPRINT_TAG,
+    lineage_tags,
+    metric_name,
+    training_fingerprint,
+    write_evaluations,
 )
+from puhui.monitoring.bins import log_monitoring_bins
+from puhui.registry import register_version, use_experiment
 from puhui.risk.evaluation import Evaluation
 from puhui.risk.gates import GateResult
 from puhui.risk.model import TrainedModel
 from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
 from puhui.risk.report import render_report, report_plots
 from puhui.risk.training_set import OOT, TRAIN, TrainingSet
-from puhui.warehouse.schema import model_evaluations
 
 # Explicit requirements: inferring them costs seconds and can pick up the whole venv.
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "pandas==3.1.1", "numpy==2.4.6", "mlflow==3.17.2",
                     "scikit-learn==1.9.1"]
-MLFLOW_TAG_LIMIT = 5000
-FINGERPRINT_TAG = "training.fingerprint"
 
 
 @dataclass(frozen=True)
@@ -52,45 +47,10 @@ class Published:
     report_path: Path
 
 
-def training_fingerprint(training: TrainingSet, config_hash: str, code_version: str,
-                         seed: int) -> str:
-    """Same data, configuration, code and seed give the same fingerprint (and model)."""
-    payload = json.dumps({"as_of": training.as_of.isoformat(), "config": config_hash,
-                          "code": code_version, "seed": seed,
-                          "batches": sorted(training.batch_ids)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
-    client = registry_client(tracking_uri)
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
-    for v in versions:
-        # An ungated version (a crash before its gate step) does not count: train again.
-        if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags:
-            return str(v.version)
-    return None
-
-
-def _metric_name(metric: str, segment: str) -> str:
-    return metric if segment == "all" else f"{metric}.{re.sub(r'[^A-Za-z0-9_.-]', '.', segment)}"
-
-
-def _write_evaluations(engine: Engine, name: str, version: str, as_of: date,
-                       evaluation: Evaluation, run_id: str) -> int:
-    now = datetime.now(UTC)
-    rows = [{"model_name": name, "model_version": version, "as_of_date": as_of,
-             "metric": r["metric"], "segment": r["segment"], "value": float(r["value"]),
-             "mlflow_run_id": run_id, "evaluated_at": now} for r in evaluation.rows()]
-    with engine.begin() as conn:
-        conn.execute(delete(model_evaluations).where(
-            (model_evaluations.c.model_name == name)
-            & (model_evaluations.c.model_version == version)))
-        if rows:
-            conn.execute(model_evaluations.insert(), rows)
-    return len(rows)
+def risk_fingerprint(training: TrainingSet, config_hash: str, code_version: str,
+                     seed: int) -> str:
+    return training_fingerprint(training.as_of, training.batch_ids, config_hash, code_version,
+                                seed)
 
 
 def registration_details(training: TrainingSet, evaluation: Evaluation,
@@ -124,18 +84,9 @@ def publish_risk_model(
     use_experiment(name, tracking_uri, artifact_root)
     summary = training.summary()
     batch_ids = sorted(training.batch_ids)
-    batches_tag = ",".join(batch_ids)
-    if len(batches_tag) > MLFLOW_TAG_LIMIT:
-        batches_tag = f"{len(batch_ids)} batches, see artifact lineage.json"
-    run_tags = {
-        **tags,
-        "puhui.ingest_batches": batches_tag,
-        "puhui.ingest_batch_count": str(len(batch_ids)),
-        "puhui.feature_as_of_range": " .. ".join(summary["feature_as_of_range"]),
-        "puhui.training_as_of": training.as_of.isoformat(),
-        "puhui.oot_range": " .. ".join(summary["oot_range"]),
-        FINGERPRINT_TAG: fingerprint,
-    }
+    run_tags = lineage_tags(tags, batch_ids, training.as_of,
+                            {"feature_as_of_range": summary["feature_as_of_range"],
+                             "oot_range": summary["oot_range"]}, fingerprint)
     oot = training.split(OOT)
     example = oot[training.features].head(5).reset_index(drop=True)
     # Numbers as float: a feature that is whole in these rows may be missing in others.
@@ -151,7 +102,7 @@ def publish_risk_model(
             "oot_rows": summary["oot_rows"], "search_trials": len(trained.trials)})
         metrics = dict(evaluation.metrics)
         for row in evaluation.segment_metrics:
-            metrics[_metric_name(str(row["metric"]), str(row["segment"]))] = float(row["value"])
+            metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(row["value"])
         mlflow.log_metrics(metrics)
         scorer_dir = work / SCORER_ARTIFACT
         trained.scorer.save(scorer_dir)
@@ -198,6 +149,6 @@ def publish_risk_model(
         mlflow.log_dict(evaluation.model_facts, "model_facts.json")
         mlflow.log_dict({"reason_examples": evaluation.reason_examples,
                          "trials": evaluation.trials}, "evaluation/details.json")
-    _write_evaluations(engine, name, str(version), training.as_of, evaluation,
-                       run.info.run_id)
+    write_evaluations(engine, name, str(version), training.as_of, evaluation.rows(),
+                      run.info.run_id)
     return Published(name, str(version), run.info.run_id, report)

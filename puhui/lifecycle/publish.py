@@ -1,0 +1,118 @@
+"""The model lifecycle every model shares: fingerprints (skip-when-unchanged), lineage tags,
+``model_evaluations`` rows, and the gate verdict with its aliases.
+
+A model's adapter (puhui/risk/publish.py, puhui/recommender/publish.py) logs its own run
+contents and calls these; registering, verdicts, aliases and the audit events are in
+puhui/registry.py (the crash-safe intent -> MLflow -> completion protocol).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
+
+import mlflow
+from mlflow import MlflowClient
+from sqlalchemy import Engine, delete
+
+from puhui.audit import AuditWriter
+from puhui.lifecycle.gates import GateResult
+from puhui.registry import (
+    CHALLENGER,
+    CHAMPION,
+    GATES_PASSED_TAG,
+    record_gate_verdict,
+    registry_client,
+    set_alias,
+)
+from puhui.warehouse.schema import model_evaluations
+
+MLFLOW_TAG_LIMIT = 5000
+FINGERPRINT_TAG = "training.fingerprint"
+
+
+def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str,
+                         code_version: str, seed: int) -> str:
+    """Same data, configuration, code and seed give the same fingerprint (and model)."""
+    payload = json.dumps({"as_of": as_of.isoformat(), "config": config_hash,
+                          "code": code_version, "seed": seed,
+                          "batches": sorted(batch_ids)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
+    client = registry_client(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    for v in versions:
+        # An ungated version (a crash before its gate step) does not count: train again.
+        if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags:
+            return str(v.version)
+    return None
+
+
+def lineage_tags(tags: Mapping[str, str], batch_ids: Iterable[str], as_of: date,
+                 ranges: Mapping[str, list[str]], fingerprint: str) -> dict[str, str]:
+    """A run's tags tying it to its data: ingest batches (or their count, when too many for
+    one tag), the as-of date, the windows' ranges and the fingerprint."""
+    batches = sorted(batch_ids)
+    batches_tag = ",".join(batches)
+    if len(batches_tag) > MLFLOW_TAG_LIMIT:
+        batches_tag = f"{len(batches)} batches, see artifact lineage.json"
+    return {**tags, "puhui.ingest_batches": batches_tag,
+            "puhui.ingest_batch_count": str(len(batches)),
+            **{f"puhui.{k}": " .. ".join(v) for k, v in ranges.items()},
+            "puhui.training_as_of": as_of.isoformat(), FINGERPRINT_TAG: fingerprint}
+
+
+def metric_name(metric: str, segment: str) -> str:
+    return metric if segment == "all" else f"{metric}.{re.sub(r'[^A-Za-z0-9_.-]', '.', segment)}"
+
+
+def write_evaluations(engine: Engine, name: str, version: str, as_of: date,
+                      rows: Iterable[Mapping[str, object]], run_id: str) -> int:
+    """A version's (metric, segment, value) rows in ``model_evaluations``, replacing any."""
+    now = datetime.now(UTC)
+    values = [{"model_name": name, "model_version": version, "as_of_date": as_of,
+               "metric": r["metric"], "segment": r["segment"], "value": float(r["value"]),
+               "mlflow_run_id": run_id, "evaluated_at": now} for r in rows]
+    with engine.begin() as conn:
+        conn.execute(delete(model_evaluations).where(
+            (model_evaluations.c.model_name == name)
+            & (model_evaluations.c.model_version == version)))
+        if values:
+            conn.execute(model_evaluations.insert(), values)
+    return len(values)
+
+
+def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                  version: str, gates: GateResult, auto_promote: bool) -> str:
+    """Record the verdict (audit event, then version tags); a passing version becomes the
+    challenger (and champion with ``auto_promote``), a failing one gets no alias. Returns
+    the step's line."""
+    record_gate_verdict(client, engine, audit, name, version, gates.passed, gates.failed)
+    if not gates.passed:
+        return f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
+    set_alias(client, engine, audit, name, CHALLENGER, version, "passed every gate")
+    outcome = f"gate: v{version} passed every gate -> {CHALLENGER}"
+    if auto_promote:
+        set_alias(client, engine, audit, name, CHAMPION, version,
+                  "auto_promote is on in configs/models.yaml")
+        return outcome + f" and {CHAMPION} (auto_promote is on)"
+    champion = client.get_registered_model(name).aliases.get(CHAMPION)
+    held = f"v{champion}" if champion else "nobody"
+    return outcome + (f"; {CHAMPION} stays {held} until a model owner promotes "
+                      f"(puhui models promote {name} --version {version} --reason ...)")
+
+
+def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:
+    """A training flow's result when an identical version exists (skip-when-unchanged)."""
+    line = (f"train {model} {as_of}: unchanged: v{version} was trained on the same data, "
+            "configuration, code and seed (--force trains again)")
+    return {"as_of": as_of.isoformat(), "version": version, "skipped": True, "steps": steps,
+            "line": line}

@@ -1,0 +1,1 @@
+"""Product recommender: which financial product to offer each customer (issue 12)."""

@@ -1,0 +1,131 @@
+"""Eligibility, the lambdarank model, the popularity rankings and the final ranking.
+
+Eligibility is applied before ranking: an ineligible (customer, product) row is removed,
+never ranked low, and each rule's removals are counted. Popularity rankings score a product
+by its mean relevance in the training windows: over everyone (global), within a segment
+(the baseline the gates compare with) or within the request's scenario (the
+non-personalised ranking, which uses no personal characteristic: a customer who refused
+personalisation gets only it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from puhui.config import RecommenderSpec
+from puhui.risk.model import category_vocabulary, encode_features
+
+GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
+FARMER = "farmer"
+
+
+@dataclass
+class Eligibility:
+    eligible: np.ndarray  # bool per row
+    removed: dict[str, int]  # rule -> rows removed by it (a row may fail several)
+
+
+def eligibility(frame: pd.DataFrame, spec: RecommenderSpec) -> Eligibility:
+    """Which rows may be offered: credit products within the champion risk grade limit
+    (rows without a grade, customers the risk model never scored, are not limited), agri
+    products only with agricultural activity (a farmer or a co-op member), age limits."""
+    rules = spec.eligibility
+    product = frame["product_code"].to_numpy(dtype=object)
+    removed: dict[str, int] = {}
+    ok = np.ones(len(frame), dtype=bool)
+
+    grade = frame["risk_grade"] if "risk_grade" in frame else pd.Series(None, index=frame.index)
+    rank = grade.map(lambda g: GRADE_ORDER.find(g) if isinstance(g, str) else -1).to_numpy()
+    limit = pd.Series(product).map(
+        {p: GRADE_ORDER.find(g) for p, g in rules.credit_max_grade.items()}).to_numpy()
+    bad = ~np.isnan(limit.astype(float)) & (rank > np.nan_to_num(limit.astype(float), nan=99))
+    removed["credit_grade"] = int(bad.sum())
+    ok &= ~bad
+
+    farmer = frame["occupation"].to_numpy(dtype=object) == FARMER
+    member = frame.get("agri_coop_member", pd.Series(0, index=frame.index)).fillna(0) > 0
+    bad = np.isin(product, rules.agricultural) & ~(farmer | member.to_numpy())
+    removed["agricultural_activity"] = int(bad.sum())
+    ok &= ~bad
+
+    age = frame["age"].to_numpy(dtype=float)
+    bad = np.zeros(len(frame), dtype=bool)
+    for code, lim in rules.age.items():
+        bad |= (product == code) & ((age < lim.min) | (age > lim.max))
+    removed["age"] = int(bad.sum())
+    ok &= ~bad
+    return Eligibility(ok, removed)
+
+
+@dataclass
+class Ranker:
+    booster: lgb.Booster
+    features: list[str]
+    categories: dict[str, list[str]]
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.predict(encode_features(frame, self.features, self.categories))
+
+
+def train_ranker(train: pd.DataFrame, features: list[str], categorical: list[str],
+                 spec: RecommenderSpec) -> Ranker:
+    """LightGBM lambdarank on ``train`` (rows of a group contiguous, as built)."""
+    train = train.sort_values("group", kind="stable")
+    categories = category_vocabulary(train, categorical)
+    sizes = train.groupby("group", sort=True).size().to_numpy()
+    data = lgb.Dataset(encode_features(train, features, categories),
+                       label=train["relevance"].to_numpy(), group=sizes,
+                       categorical_feature=categorical, free_raw_data=False)
+    params = {**spec.lightgbm, "seed": spec.seed, "deterministic": True,
+              "force_row_wise": True,
+              "label_gain": [float(2**g - 1) for g in range(max(spec.grading.values()) + 1)]}
+    booster = lgb.train(params, data, num_boost_round=spec.num_boost_round)
+    return Ranker(booster, features, categories)
+
+
+def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
+                      min_rows: int = 30) -> np.ndarray:
+    """Mean training relevance of each row's product within its ``by`` cell; a cell with
+    fewer than ``min_rows`` training rows of the product falls back to all customers."""
+    glob = train.groupby("product_code")["relevance"].mean()
+    score = rows["product_code"].map(glob).fillna(0.0).to_numpy(dtype=float)
+    if by:
+        keys = [*by, "product_code"]
+        cell = train.groupby(keys)["relevance"].agg(["mean", "size"])
+        cell = cell[cell["size"] >= min_rows]["mean"]
+        local = pd.MultiIndex.from_frame(rows[keys].astype(object)).map(
+            lambda k: cell.get(k, np.nan))
+        local = np.asarray(local, dtype=float)
+        score = np.where(np.isnan(local), score, local)
+    return score
+
+
+def final_scores(personal: np.ndarray, non_personal: np.ndarray,
+                 person_key: pd.Series, opted_out: Collection[str]) -> np.ndarray:
+    """The score each row is ranked by: a customer in ``opted_out`` (refused
+    personalisation) gets the non-personalised ranking only."""
+    refused = person_key.isin(list(opted_out)).to_numpy()
+    return np.where(refused, non_personal, personal)
+
+
+RANKER_FILE, META_FILE = "booster.txt", "ranker.json"
+
+
+def save_ranker(ranker: Ranker, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    ranker.booster.save_model(str(directory / RANKER_FILE))
+    (directory / META_FILE).write_text(json.dumps(
+        {"features": ranker.features, "categories": ranker.categories}), encoding="utf-8")
+
+
+def load_ranker(directory: Path) -> Ranker:
+    meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    booster = lgb.Booster(model_file=str(directory / RANKER_FILE))
+    return Ranker(booster, meta["features"], meta["categories"])

@@ -1,0 +1,140 @@
+"""Prefect tasks of the recommender's training flow: thin wrappers, one line per step."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import date
+from pathlib import Path
+
+from prefect import task
+
+from puhui import console
+from puhui.audit import current_flow_run_id
+from puhui.config import (
+    FeaturesConfig,
+    ModelsConfig,
+    ProductsConfig,
+    RecommenderSpec,
+    RiskModelSpec,
+    load_config,
+)
+from puhui.errors import PuhuiError
+from puhui.features.sources import load_source_frames
+from puhui.lifecycle.gates import GateResult
+from puhui.lifecycle.publish import (
+    apply_verdict,
+    find_version_by_fingerprint,
+    training_fingerprint,
+)
+from puhui.recommender.publish import PublishedRecommender, publish_recommender
+from puhui.recommender.train import RecommenderRun, build_ranking_set, fit_and_evaluate
+from puhui.recommender.training_set import OOT, TRAIN, RankingSet
+from puhui.registry import registry_client
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
+from tasks.prefect_ui import dated_run_name
+from tasks.train import STEP, _say
+
+
+def _configs() -> tuple[FeaturesConfig, RecommenderSpec, RiskModelSpec, ProductsConfig]:
+    settings = load_settings()
+    models = load_config(settings.config_dir, ModelsConfig)
+    if models.product_recommender is None:
+        raise PuhuiError("configs/models.yaml has no product_recommender section")
+    return (load_config(settings.config_dir, FeaturesConfig), models.product_recommender,
+            models.credit_risk, load_config(settings.config_dir, ProductsConfig))
+
+
+def truth_rural_agri_share() -> float | None:
+    """The generator's truth for the rural agri gate, when the landing zone has one."""
+    path = Path(load_settings().landing) / "truth.json"
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("recommender", {}).get(
+        "rural_top1_agri_share")
+    return None if value is None else float(value)
+
+
+@task(name="recommender-ranking-set", task_run_name=dated_run_name("recommender-ranking-set"),
+      **STEP)
+def assemble_ranking_set(as_of: date) -> tuple[RankingSet, str]:
+    """Groups from product_events with point-in-time features, out-of-time split."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    spec, reco, risk, products = _configs()
+    frames = load_source_frames(runtime.engine, spec, as_of)
+    with console.progress("features"):
+        data = build_ranking_set(runtime.engine, frames, spec, reco, risk, products)
+    f = data.frame
+    groups = f.drop_duplicates("group")
+    line = _say(
+        f"ranking set: {int((groups['split'] == TRAIN).sum()):,} train groups in "
+        f"{int(f.loc[f['split'] == TRAIN, 'window'].nunique())} windows, "
+        f"{int((groups['split'] == OOT).sum()):,} out-of-time groups from {data.oot_start} "
+        f"(customer x {len(products.codes)} products), {len(data.features)} features; "
+        "no champion risk grades used (customers are scored per application, not per "
+        "customer)", started)
+    return data, line
+
+
+@task(name="recommender-train", task_run_name=dated_run_name("recommender-train"), **STEP)
+def train_and_evaluate(data: RankingSet, opted_out: list[str]) -> tuple[RecommenderRun, str]:
+    started = time.perf_counter()
+    _, reco, _, _ = _configs()
+    run = fit_and_evaluate(data, reco, opted_out, truth_rural_agri_share())
+    m, k = run.evaluation.metrics, reco.k
+    removed = ", ".join(f"{v:,} {r}" for r, v in run.evaluation.eligibility_removed.items())
+    line = _say(
+        f"train + evaluate out of time: NDCG@{k} {m[f'ndcg_at_{k}_oot']:.4f} vs popularity "
+        f"{m[f'ndcg_at_{k}_oot_popularity']:.4f}, segment popularity "
+        f"{m[f'ndcg_at_{k}_oot_segment_popularity']:.4f}, non-personalised "
+        f"{m[f'ndcg_at_{k}_oot_non_personal']:.4f} over "
+        f"{run.evaluation.counts['groups_oot']:,} customers "
+        f"({run.evaluation.counts['groups_oot_with_response']:,} with a response: NDCG@{k} "
+        f"{m[f'ndcg_at_{k}_oot_responders']:.4f}); ineligible rows removed: {removed}; "
+        f"eligibility violations in the final ranking: {run.eligibility_violations}", started)
+    return run, line
+
+
+def recommender_fingerprint(data: RankingSet) -> str:
+    runtime = open_runtime()
+    _, reco, _, _ = _configs()
+    return training_fingerprint(data.as_of, data.batch_ids, runtime.audit.config_hash,
+                                runtime.audit.code_version, reco.seed)
+
+
+def existing_recommender(fingerprint: str) -> str | None:
+    runtime = open_runtime()
+    _, reco, _, _ = _configs()
+    return find_version_by_fingerprint(runtime.settings.mlflow_tracking_uri,
+                                       reco.registered_name, fingerprint)
+
+
+@task(name="recommender-register", task_run_name=dated_run_name("recommender-register"),
+      **STEP)
+def register_recommender(data: RankingSet, run: RecommenderRun,
+                         fingerprint: str) -> tuple[PublishedRecommender, str]:
+    started = time.perf_counter()
+    runtime = open_runtime()
+    settings, audit = runtime.settings, runtime.audit
+    _, reco, _, _ = _configs()
+    tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
+            "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
+    with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
+        published = publish_recommender(
+            engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
+            name=reco.registered_name, data=data, run=run, tags=tags,
+            fingerprint=fingerprint, artifact_root=settings.home / "mlartifacts")
+    return published, _say(f"register: {published.name} v{published.version} (MLflow run "
+                           f"{published.run_id[:12]})", started)
+
+
+@task(name="recommender-gate", task_run_name=dated_run_name("recommender-gate"), **STEP)
+def gate_recommender(published: PublishedRecommender, gates: GateResult) -> str:
+    started = time.perf_counter()
+    runtime = open_runtime()
+    _, reco, _, _ = _configs()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
+                              published.version, gates, reco.auto_promote), started)

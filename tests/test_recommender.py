@@ -1,0 +1,262 @@
+"""The product recommender (issue 12): truth in the generator, groups without leakage,
+eligibility, the non-personalised ranking for customers who refused personalisation, and
+training on ingested data."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from puhui.config import ModelsConfig, ProductsConfig, load_config
+from puhui.features.sources import day_number
+from puhui.generate import generate_landing_zone
+from puhui.recommender.evaluation import MODEL, NON_PERSONAL
+from puhui.recommender.gates import check_recommender_gates
+from puhui.recommender.model import eligibility, final_scores, popularity_scores
+from puhui.recommender.train import fit_and_evaluate, oot_top1
+from puhui.recommender.training_set import (
+    OOT,
+    TRAIN,
+    RankingSet,
+    build_groups,
+    window_as_of_days,
+)
+from puhui.settings import load_settings
+
+AS_OF = date(2026, 9, 30)
+
+
+def _configs() -> tuple[ModelsConfig, ProductsConfig]:
+    config_dir = load_settings().config_dir
+    return load_config(config_dir, ModelsConfig), load_config(config_dir, ProductsConfig)
+
+
+# ----------------------------------------------------------------------------- truth
+@pytest.fixture(scope="module")
+def truths(tmp_path_factory: pytest.TempPathFactory) -> dict[float, dict]:
+    out = {}
+    for boost in (0.0, 3.0):
+        d = tmp_path_factory.mktemp(f"reco-truth-{boost}")
+        generate_landing_zone(d, users=1500, days=2, seed=11, history_days=200,
+                              rural_agri_boost=boost)
+        out[boost] = json.loads((d / "truth.json").read_text())
+    return out
+
+
+def test_truth_states_the_ceiling_and_impressions_of_every_product(truths: dict) -> None:
+    truth = truths[0.0]
+    reco = truth["recommender"]
+    _, products = _configs()
+    assert set(reco["impressions_by_product"]) == set(products.codes)
+    assert min(reco["impressions_by_product"].values()) >= 200  # every product learnable
+    assert min(reco["oot_impressions_by_product"].values()) > 0
+    ceiling = reco["ceiling"]
+    assert 0 < ceiling["groups_with_response"] < ceiling["groups"]
+    assert truth["recommender_ndcg3_ceiling"] == pytest.approx(ceiling["ndcg_every"], abs=1e-6)
+    # every customer counts a no-response group as 0, so it sits below the responders' value
+    assert 0 < ceiling["ndcg_every"] < ceiling["ndcg_responders"] <= 1
+    assert reco["oot_days"] == _configs()[0].product_recommender.window_days
+
+
+def test_rural_agri_switch_moves_rural_uptake_to_agri(truths: dict) -> None:
+    plain, boosted = truths[0.0]["recommender"], truths[3.0]["recommender"]
+    assert boosted["rural_agri_boost"] == 3.0
+    # same offers (same seed), more responses to agri, and the truth ranking follows
+    assert boosted["impressions_by_product"] == plain["impressions_by_product"]
+    for code in ("agri_loan", "crop_insurance"):
+        assert boosted["responses_by_product"][code] > plain["responses_by_product"][code]
+    assert boosted["responses_by_product"]["savings"] == plain["responses_by_product"]["savings"]
+    assert boosted["rural_top1_agri_share"] > plain["rural_top1_agri_share"]
+
+
+# ----------------------------------------------------------------------------- groups
+def _events() -> pd.DataFrame:
+    end = day_number(AS_OF)
+    rows = [
+        # person, day, product, scenario, type
+        ("p1", end - 40, "savings", "WALLET", "impression"),
+        ("p1", end - 40, "savings", "WALLET", "click"),
+        ("p1", end - 40, "savings", "WALLET", "application"),
+        ("p1", end - 40, "savings", "WALLET", "uptake"),
+        ("p1", end - 5, "bill_pay", "WALLET", "impression"),
+        ("p1", end - 5, "bill_pay", "WALLET", "click"),
+        ("p2", end - 3, "agri_loan", "COOP", "impression"),
+        ("p2", end - 2, "crop_insurance", "COOP", "impression"),
+        ("p2", end - 2, "crop_insurance", "COOP", "click"),
+        ("p2", end - 2, "crop_insurance", "COOP", "application"),
+        ("p2", end - 2, "crop_insurance", "COOP", "uptake"),
+    ]
+    frame = pd.DataFrame(rows, columns=["person_key", "day", "product_code", "scenario",
+                                        "event_type"])
+    frame["event_time"] = pd.to_datetime(frame["day"], unit="D")
+    frame["batch_id"] = "b1"
+    return frame
+
+
+def test_groups_grade_the_funnel_and_see_only_the_past() -> None:
+    models, products = _configs()
+    spec = models.product_recommender
+    frame = build_groups(_events(), products, spec, AS_OF)
+    oot = frame[frame["split"] == OOT].set_index(["person_key", "product_code"])
+    assert len(oot) == 2 * len(products.codes)  # every product a row of both groups
+    assert oot.loc[("p1", "bill_pay"), "relevance"] == 1  # clicked
+    assert oot.loc[("p2", "crop_insurance"), "relevance"] == 3  # taken up
+    assert oot.loc[("p2", "agri_loan"), "relevance"] == 0  # shown, no response
+    assert oot.loc[("p1", "microloan"), "relevance"] == 0  # not shown
+    assert oot.loc[("p2", "agri_loan"), "scenario"] == "COOP"  # the request's context
+    assert oot.loc[("p2", "agri_loan"), "offered_in_scenario"] == 1.0
+    assert oot.loc[("p2", "savings"), "offered_in_scenario"] == 0.0
+    # p1's savings uptake 40 days ago is past use; the window's own click is not
+    assert oot.loc[("p1", "savings"), "past_uptakes"] == 1
+    assert oot.loc[("p1", "savings"), "past_kind_uptakes"] == 1
+    assert oot.loc[("p1", "bill_pay"), "past_best_grade"] != 1
+    assert oot.loc[("p1", "bill_pay"), "past_impressions"] == 0
+    feature_day = window_as_of_days(AS_OF, spec)[0]
+    assert (frame.loc[frame["split"] == OOT, "as_of_date"] == date.fromordinal(
+        date(1970, 1, 1).toordinal() + feature_day)).all()
+    # The older window holds p1's savings uptake as its relevance, trained on
+    train = frame[frame["split"] == TRAIN].set_index(["person_key", "product_code"])
+    assert train.loc[("p1", "savings"), "relevance"] == 3
+    # groups are contiguous, as lambdarank needs them
+    assert (np.diff(frame["group"].to_numpy()) >= 0).all()
+
+
+def test_features_do_not_change_when_the_future_is_removed() -> None:
+    """Leakage: dropping every event after a window's feature day changes no feature."""
+    models, products = _configs()
+    spec = models.product_recommender
+    events = _events()
+    full = build_groups(events, products, spec, AS_OF)
+    feature_day = window_as_of_days(AS_OF, spec)[0]
+    cols = ["past_impressions", "past_best_grade", "past_uptakes", "past_kind_uptakes",
+            "month", "as_of_date", "relevance"]
+    # the older windows' rows, features and relevance alike, without the newest window
+    past_only = build_groups(events[events["day"] <= feature_day], products, spec, AS_OF)
+    assert len(past_only) and (past_only["window"] > 0).all()
+    key = ["person_key", "window", "product_code"]
+    a = full.set_index(key)[cols].sort_index()
+    b = past_only.set_index(key)[cols].sort_index()
+    pd.testing.assert_frame_equal(a.loc[b.index], b)
+    # and the window's events decide no feature of its own rows
+    silent = events[~((events["day"] > feature_day) & (events["event_type"] != "impression"))]
+    features = cols[:-1]
+    c = build_groups(silent, products, spec, AS_OF).set_index(key)[features].sort_index()
+    pd.testing.assert_frame_equal(a.loc[c.index, features], c)
+
+
+# ------------------------------------------------------------------------ eligibility
+def test_eligibility_removes_and_counts_each_rule() -> None:
+    models, _ = _configs()
+    spec = models.product_recommender
+    frame = pd.DataFrame({
+        "product_code": ["business_loan", "business_loan", "agri_loan", "agri_loan",
+                         "microloan", "savings"],
+        "risk_grade": ["D", "C", None, None, None, "E"],
+        "occupation": ["salaried", "salaried", "salaried", "salaried", "retired", "retired"],
+        "agri_coop_member": [0, 0, 0, 1, 0, 0],
+        "age": [40, 40, 40, 40, 70, 70],
+    })
+    result = eligibility(frame, spec)
+    assert result.eligible.tolist() == [False, True, False, True, False, True]
+    assert result.removed == {"credit_grade": 1, "agricultural_activity": 1, "age": 1}
+
+
+def test_a_customer_who_refused_personalisation_gets_the_non_personal_ranking() -> None:
+    rows = pd.DataFrame({"person_key": ["a", "a", "b", "b"]})
+    personal = np.array([0.9, 0.1, 0.9, 0.1])
+    non_personal = np.array([0.2, 0.8, 0.2, 0.8])
+    scores = final_scores(personal, non_personal, rows["person_key"], {"b"})
+    assert scores.tolist() == [0.9, 0.1, 0.2, 0.8]
+
+
+def test_popularity_is_by_cell_with_a_fallback() -> None:
+    train = pd.DataFrame({"product_code": ["x"] * 40 + ["y"] * 40,
+                          "scenario": ["S"] * 30 + ["T"] * 10 + ["S"] * 40,
+                          "relevance": [1.0] * 30 + [0.0] * 10 + [0.5] * 40})
+    rows = pd.DataFrame({"product_code": ["x", "x", "y"], "scenario": ["S", "T", "T"]})
+    assert popularity_scores(train, rows, []).tolist() == [0.75, 0.75, 0.5]
+    # T has only 10 rows of x (< 30): the global value; y has no T rows at all
+    assert popularity_scores(train, rows, ["scenario"]).tolist() == [1.0, 0.75, 0.5]
+
+
+def test_recommender_gates_name_what_failed() -> None:
+    from puhui.recommender.evaluation import RecommenderEvaluation
+
+    models, _ = _configs()
+    spec = models.product_recommender
+    segments = pd.DataFrame([
+        {"dimension": "region_type", "segment": "rural", "gated": True, "model": 0.01},
+        {"dimension": "region_type", "segment": "urban", "gated": False, "model": 0.0}])
+    evaluation = RecommenderEvaluation(
+        {"ndcg_at_3_oot": 0.10, "ndcg_at_3_oot_segment_popularity": 0.12,
+         "rural_agri_top1_share": 0.2}, segments, pd.DataFrame(), {}, {"k": 3})
+    result = check_recommender_gates(evaluation, spec.gates, truth_rural_agri_share=0.5)
+    assert not result.passed
+    assert [c["gate"] for c in result.checks if not c["passed"]] == [
+        "ndcg_lift_vs_segment_popularity", "segment_ndcg", "rural_agri_top1_vs_truth"]
+    assert any("region_type=rural" in f for f in result.failed)
+    ok = check_recommender_gates(RecommenderEvaluation(
+        {"ndcg_at_3_oot": 0.2, "ndcg_at_3_oot_segment_popularity": 0.1}, segments.iloc[1:],
+        pd.DataFrame(), {}, {"k": 3}), spec.gates, truth_rural_agri_share=None)
+    assert ok.passed and len(ok.checks) == 1
+
+
+
+
+# ------------------------------------------------------------------ fit and evaluate
+def _synthetic_set(seed: int = 3) -> RankingSet:
+    """Customers x products over three windows: farmers like agri, wallets like bill_pay."""
+    models, products = _configs()
+    rng = np.random.default_rng(seed)
+    codes = products.codes
+    rows = []
+    for window in range(3):
+        for person in range(300):
+            occupation = ["farmer", "salaried", "gig_worker"][person % 3]
+            scenario = ["COOP", "WALLET", "ECOMMERCE"][person % 3]
+            for code in codes:
+                like = (occupation == "farmer") * (code in ("agri_loan", "crop_insurance")) \
+                    + (scenario == "WALLET") * (code == "bill_pay")
+                rel = int(rng.random() < 0.1 + 0.5 * like) * int(rng.integers(1, 4))
+                rows.append({"person_key": f"p{person}", "window": window, "product_code": code,
+                             "relevance": float(rel), "scenario": scenario,
+                             "occupation": occupation, "region_type": "rural" if person % 2
+                             else "urban", "gender": "female", "age_band": "age_26_35",
+                             "age": 30.0, "agri_coop_member": 0, "x": rng.normal(),
+                             "split": OOT if window == 0 else TRAIN})
+    frame = pd.DataFrame(rows).sort_values(["window", "person_key", "product_code"])
+    frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()
+    frame["as_of_date"] = AS_OF
+    return RankingSet(AS_OF, frame.reset_index(drop=True),
+                      ["x", "occupation", "product_code", "scenario"],
+                      ["occupation", "product_code", "scenario"], AS_OF)
+
+
+def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> None:
+    models, _ = _configs()
+    spec = models.product_recommender.model_copy(update={"min_segment_size": 10})
+    data = _synthetic_set()
+    refused = {"p1", "p4"}
+    run = fit_and_evaluate(data, spec, opted_out=refused)
+    oot = run.oot
+    assert run.eligibility_violations == 0
+    # non-farmers were never ranked an agri product (removed, not ranked low)
+    assert not ((oot["occupation"] != "farmer") & oot["product_code"].isin(
+        ["agri_loan", "crop_insurance"])).any()
+    assert run.evaluation.eligibility_removed["agricultural_activity"] == 3 * 200 * 2
+    mine = oot["person_key"].isin(refused)
+    assert np.array_equal(oot.loc[mine, MODEL], oot.loc[mine, NON_PERSONAL])
+    assert not np.array_equal(oot.loc[~mine, MODEL], oot.loc[~mine, NON_PERSONAL])
+    m = run.evaluation.metrics
+    assert m["ndcg_at_3_oot"] > m["ndcg_at_3_oot_popularity"]
+    assert run.evaluation.counts["groups_oot"] == 300
+    top1 = oot_top1(run)
+    assert (top1[[f"p{i}" for i in range(0, 300, 3)]].isin(
+        ["agri_loan", "crop_insurance"])).mean() > 0.9  # farmers get agri first
+    shares = run.evaluation.top1_share
+    assert set(shares["dimension"]) == set(spec.segments)
+    assert shares.groupby(["dimension", "segment"])["share"].sum().round(6).eq(1).all()
