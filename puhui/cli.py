@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from puhui import console as report
-from puhui.errors import NotBuiltYet, PuhuiError
+from puhui.errors import PuhuiError
 from puhui.privacy import scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
 
@@ -775,9 +775,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="puhui", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except NotBuiltYet as exc:
-        err_console.print(f"puhui: {exc}")
-        return 2
     except PuhuiError as exc:
         if debug:
             raise
