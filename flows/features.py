@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from puhui.settings import load_settings
 from puhui.task_runners import task_runner_from_env
 from tasks.features import build_feature_partition, score_partition, stage_feature_partitions
+from tasks.prefect_ui import dated_run_name
 
 
 def staging_dir(as_of: date, run_id: str) -> Path:
@@ -22,7 +23,8 @@ def staging_dir(as_of: date, run_id: str) -> Path:
     return load_settings().home / "staging" / "features" / as_of.isoformat() / run_id
 
 
-@flow(name="features-partitioned", log_prints=False)
+@flow(name="features-partitioned", flow_run_name=dated_run_name("features-partitioned"),
+      log_prints=False)
 def partitioned_features_flow(as_of: date, partitions: int | None = None,
                               model_dir: str | None = None,
                               staging: str | None = None) -> dict:

@@ -8,6 +8,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from tasks.prefect_ui import dated_run_name
 from tasks.profiles import (
     prepare_context,
     record_refresh,
@@ -19,7 +20,7 @@ from tasks.profiles import (
 from tasks.warehouse import prepare_warehouse
 
 
-@flow(name="profiles", log_prints=False)
+@flow(name="profiles", flow_run_name=dated_run_name("profiles"), log_prints=False)
 def profiles_flow(as_of: date | None = None) -> dict:
     """Refresh ``user_profiles`` (current) and ``user_profile_history`` as of ``as_of``."""
     started = time.perf_counter()

@@ -15,13 +15,14 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from puhui.dates import today_local
+from tasks.prefect_ui import dated_run_name
 from tasks.report import publish_report, raise_alerts, record_report, run_monitoring
 from tasks.warehouse import prepare_warehouse
 
 FLAGGED = "Flagged"
 
 
-@flow(name="report", log_prints=False)
+@flow(name="report", flow_run_name=dated_run_name("report"), log_prints=False)
 def report_flow(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Flagged state
     """Monitoring, service effect and early warning as of ``as_of``; the HTML report."""
     started = time.perf_counter()

@@ -77,7 +77,9 @@ def daily_markdown(summary: dict) -> str:
     rows = [["ingest", ingest["line"]],
             ["late feeds", ", ".join(summary["late_feeds"]) or "none"],
             ["schema revision", summary["schema_revision"]],
-            ["not built yet", ", ".join(summary["not_built"]) or "none"]]
+            ["profiles", f"{summary['profiles']['rows']:,} customers; missing models: "
+                         f"{', '.join(summary['profiles']['missing_models']) or 'none'}"],
+            ["report", f"{summary['report']} ({summary['alerts']} alert(s))"]]
     return "\n\n".join([f"# Daily pipeline as of {summary['as_of']}",
                         markdown_table(["stage", "result"], rows)])
 
