@@ -31,7 +31,7 @@ MP_HEADER = [
 ]
 CUSTOMER_HEADER = [
     "customer_id", "national_id", "phone", "gender", "birth_date", "region_type", "province",
-    "occupation", "income_band", "onboard_date",
+    "occupation", "income_band", "onboard_date", "personalisation_opt_out",
 ]
 BIG_FIELD_BYTES = 10 << 20
 
@@ -90,7 +90,7 @@ class HostileContext:
         return [
             [
                 f"C{self.case_number:03d}{i:06d}", self.national_id(i), self.phone(i), "M",
-                "1980-01-01", "rural", "北京", "farmer", "low", str(self.day),
+                "1980-01-01", "rural", "北京", "farmer", "low", str(self.day), str(i % 2),
             ]
             for i in range(n)
         ]
