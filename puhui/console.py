@@ -123,12 +123,23 @@ def progress(description: str, total: float | None = None) -> Iterator[Bar]:
 
 
 # --------------------------------------------------------------------------- third parties
-class _NoTracebacks(logging.Filter):
-    """Keep library log records (Prefect's failure logs) to their message line."""
+class _NoTracebacks(logging.Formatter):
+    """Format library log records (Prefect's failure logs) as their message line only.
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    A formatter, not a filter: a record is shared by every handler, and a filter that cleared
+    its traceback would take it from the other handlers (Prefect's API log) too."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
         record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return True
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
 
 
 class _DropMessages(logging.Filter):
@@ -212,6 +223,5 @@ def quiet_prefect_logging(*, verbose: bool, tracebacks: bool) -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
                 handler.setLevel(level)
-                if not tracebacks and not any(isinstance(f, _NoTracebacks)
-                                              for f in handler.filters):
-                    handler.addFilter(_NoTracebacks())
+                if not tracebacks and not isinstance(handler.formatter, _NoTracebacks):
+                    handler.setFormatter(_NoTracebacks(handler.formatter))
