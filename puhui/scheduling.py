@@ -106,6 +106,8 @@ def serve_deployments(console: Console) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(*deployments, print_starting_message=False)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or SIGTERM is how serving ends: a normal stop, exit 0
     finally:
         removed = delete_scheduled_runs([f"{d.flow_name}/{d.name}" for d in deployments])
         console.print(f"stopped serving; removed {removed} scheduled run(s) it had created")
