@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 # Quiet, offline defaults before any test imports Prefect, GX or MLflow.
-from puhui.settings import QUIET_ENVIRONMENT
+from puhui.settings import QUIET_ENVIRONMENT, load_settings
 
 for _name, _value in QUIET_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
@@ -191,3 +191,17 @@ def risk_env(templates: RiskTemplates, dataset: str, dialect: str, home: Path,
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
     monkeypatch.setenv("PUHUI_LANDING", str(landing))
     return url
+
+
+def no_search_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private copy of configs/ whose risk model has no search: one training per run."""
+    import shutil
+
+    import yaml
+
+    configs = tmp_path / "configs"
+    shutil.copytree(load_settings().config_dir, configs)
+    models = yaml.safe_load((configs / "models.yaml").read_text())
+    models["credit_risk"]["lightgbm"]["search"] = None
+    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))

@@ -51,7 +51,7 @@ from puhui.registry import (
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import dispose_engines
-from tests.conftest import RISK_AS_OF, TEST_AUDIT_KEY, RiskTemplates, risk_env
+from tests.conftest import RISK_AS_OF, TEST_AUDIT_KEY, RiskTemplates, no_search_config, risk_env
 
 NAME = "credit_risk"
 OUTCOMES = {REGISTERED, REGISTER_ABORTED, ALIAS_SET, "model.alias.aborted"}
@@ -252,18 +252,10 @@ def train_env(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
               tmp_path: Path) -> Path:
     """A private copy of the ingested risk dataset; the configured model without its search
     (each training is then a few seconds); commands use the session's Prefect server."""
-    import shutil
-
-    import yaml
     from prefect.settings import PREFECT_API_URL
 
     risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
-    configs = tmp_path / "configs"
-    shutil.copytree(load_settings().config_dir, configs)
-    models = yaml.safe_load((configs / "models.yaml").read_text())
-    models["credit_risk"]["lightgbm"]["search"] = None
-    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
-    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    no_search_config(tmp_path, monkeypatch)
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     yield puhui_env
     dispose_engines()

@@ -22,8 +22,8 @@ from puhui.monitoring.stats import bootstrap_auc, hhi
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import drift_reports, model_evaluations, service_metrics
-from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
-from tests.test_profiles import no_search_config, train_and_promote
+from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env
+from tests.test_profiles import train_and_promote
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 

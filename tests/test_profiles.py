@@ -21,7 +21,7 @@ from puhui.registry import registry_client
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import user_profile_history, user_profiles
-from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
+from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 EARLIER = date(2026, 9, 15)
@@ -51,19 +51,6 @@ def train_and_promote(as_of: date = AS_OF) -> str:
     promote(client, runtime.engine, runtime.audit, "credit_risk", result["version"],
             "tests: champion for profiles", force=True)
     return result["version"]
-
-
-def no_search_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
-
-    import yaml
-
-    configs = tmp_path / "configs"
-    shutil.copytree(load_settings().config_dir, configs)
-    models = yaml.safe_load((configs / "models.yaml").read_text())
-    models["credit_risk"]["lightgbm"]["search"] = None
-    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
-    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
 
 
 @pytest.fixture
