@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, or_, select
 
 from puhui import __version__
 from puhui.errors import PuhuiError
@@ -309,15 +309,98 @@ def seal_legacy_chain(conn: Connection, writer: AuditWriter) -> dict[str, Any] |
     })
 
 
+# Actions the code writes (the trail may hold others, e.g. from older versions); with the
+# trail's own actions they are what ``--action`` may name.
+KNOWN_ACTIONS: tuple[str, ...] = (
+    REKEY, "ingest.accepted", "ingest.quarantined", "ingest.duplicate", "ingest.late",
+    "quarantine.released", "quarantine.rejected", "quarantine.revalidated",
+    "quarantine.release.refused", "model.register.intent", "model.registered",
+    "model.register.aborted", "model.register.refused", "model.gates", "model.alias.intent",
+    "model.alias", "model.alias.aborted", "model.promote.refused", "pipeline.daily",
+    "profiles.refresh", "profiles.explain", "report.published", "monitoring.alert",
+)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What ``audit log`` asks for; every part optional, all parts must hold.
+
+    ``since``/``until`` are UTC: a date alone means the whole day (``until`` included).
+    ``actions`` are prefixes (``quarantine`` matches ``quarantine.released``); ``subject``
+    is a prefix too (a batch id prefix, ``risk_model/``).
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    actions: tuple[str, ...] = ()
+    subject: str | None = None
+
+
+def parse_time(value: str, option: str, *, end_of_day: bool = False) -> datetime:
+    """A UTC date or datetime as ``--since``/``--until`` take it (``Z`` or an offset ok).
+
+    A date alone is its first instant, or with ``end_of_day`` its last (so ``--until
+    2026-09-30`` includes that day).
+    """
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            parsed = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return parsed.replace(hour=23, minute=59, second=59, microsecond=999999) \
+                if end_of_day else parsed
+        parsed = datetime.fromisoformat(text.replace(" ", "T"))
+    except ValueError:
+        raise PuhuiError(f"{option} must be a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS] "
+                         f"(UTC unless it has an offset), not {value!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    # occurred_at is stored as this fixed-width text, so text comparison is time order.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def known_actions(engine: Engine) -> list[str]:
+    """Every action the code writes or the trail holds, sorted."""
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(audit_log.c.action).distinct()).scalars())
+    return sorted(stored | set(KNOWN_ACTIONS))
+
+
+def check_action_prefixes(engine: Engine, prefixes: Iterable[str]) -> None:
+    """Refuse a ``--action`` that names no known action (a typo would list nothing)."""
+    known = known_actions(engine)
+    for prefix in prefixes:
+        if not any(action.startswith(prefix) for action in known):
+            raise PuhuiError(f"unknown action {prefix!r}: known actions (a prefix matches "
+                             f"several) are {', '.join(known)}")
+
+
 def read_audit_events(
-    engine: Engine, since: date | None = None, action: str | None = None, limit: int | None = None
+    engine: Engine, since: date | None = None, action: str | None = None, limit: int | None = None,
+    *, where: EventFilter | None = None,
 ) -> list[dict[str, Any]]:
-    """Events in order, optionally from ``since`` (UTC date) and of one ``action``."""
+    """Events in order, optionally from ``since`` (UTC date) and of exactly one ``action``,
+    and matching ``where`` (see :class:`EventFilter`)."""
     query = select(audit_log).order_by(audit_log.c.seq)
     if since is not None:
         query = query.where(audit_log.c.occurred_at >= since.isoformat())
     if action is not None:
         query = query.where(audit_log.c.action == action)
+    if where is not None:
+        if where.since is not None:
+            query = query.where(audit_log.c.occurred_at >= _stamp(where.since))
+        if where.until is not None:
+            query = query.where(audit_log.c.occurred_at <= _stamp(where.until))
+        if where.actor is not None:
+            query = query.where(audit_log.c.actor == where.actor)
+        if where.actions:
+            query = query.where(or_(*(audit_log.c.action.startswith(p, autoescape=True)
+                                      for p in where.actions)))
+        if where.subject is not None:
+            query = query.where(audit_log.c.subject.startswith(where.subject, autoescape=True))
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(query)]
     if limit is not None:
@@ -325,6 +408,21 @@ def read_audit_events(
     for row in rows:
         row["details"] = json.loads(row["details"])
     return rows
+
+
+def event_reason(event: Mapping[str, Any]) -> str:
+    """The why of an event in one line: its reason, marked when it was forced, a rollback
+    or a refusal (so a forced promotion and a rollback do not read the same)."""
+    details = event.get("details") or {}
+    if not isinstance(details, Mapping):
+        return ""
+    marks = [label for key, label in (("forced", "FORCED"), ("rollback", "ROLLBACK"))
+             if details.get(key)]
+    if event.get("action", "").endswith(".refused"):
+        marks.append("REFUSED: " + str(details.get("refused_because") or ""))
+    reason = str(details.get("reason") or details.get("outcome") or "")
+    text = " ".join(f"[{m}]" for m in marks) + (" " if marks and reason else "") + reason
+    return " ".join(text.split())
 
 
 def events_of(engine: Engine, actions: Collection[str]) -> list[dict[str, Any]]:

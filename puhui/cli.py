@@ -19,6 +19,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from puhui import console as report
 from puhui.errors import PuhuiError
@@ -377,39 +378,159 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
 
 
 # --------------------------------------------------------------------------- quarantine
-@quarantine_app.command("list")
-def quarantine_list(json_: JsonFlag = False) -> None:
-    """Batches held by validation, with their reasons."""
-    from puhui.ingest.quarantine import list_quarantined
+BatchArg = Annotated[str, typer.Argument(
+    metavar="BATCH", help="A batch id, or a unique prefix of one (as 'quarantine list' prints).")]
+
+
+def _batch_runtime(batch: str) -> tuple[Any, str]:
+    """The runtime and the full batch id a (prefix of a) batch id names."""
+    from puhui.ingest.quarantine import resolve_batch_id
     from puhui.runtime import open_runtime
 
-    held = list_quarantined(open_runtime(_settings()))
-    if json_:
-        _print_json([record.__dict__ for record in held])
-        return
-    table = Table("batch", "partner", "delivered", "rows", "reason", box=None)
-    for record in held:
-        table.add_row(
-            record.batch_id,
-            record.partner,
-            str(record.delivery_date),
-            f"{record.rows:,}",
-            record.reason or "",
-        )
-    console.print(table)
-    console.print(
-        f"{len(held)} batch(es) held; decide with 'puhui quarantine release|reject "
-        "BATCH --reason TEXT'"
+    runtime = open_runtime(_settings())
+    return runtime, resolve_batch_id(runtime.engine, batch)
+
+
+def _width() -> int:
+    # A terminal's own width; piped, 80 columns (a file or a pager reads the same).
+    return console.width if console.is_terminal else 80
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    all_: Annotated[bool, typer.Option("--all", help="Every batch, not only held ones.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Held batches: unique id prefix, status, rows and the first line of the reason."""
+    from puhui.ingest import ledger
+    from puhui.ingest.quarantine import (
+        all_batch_ids,
+        is_reject_only,
+        list_quarantined,
+        short_reason,
+        unique_prefixes,
     )
+    from puhui.runtime import open_runtime
+
+    runtime = open_runtime(_settings())
+    home = runtime.settings.home
+    records = ledger.list_batches(runtime.engine) if all_ else list_quarantined(runtime)
+    prefixes = unique_prefixes(all_batch_ids(runtime.engine))
+    if json_:
+        _print_json([{**record.__dict__, "prefix": prefixes[record.batch_id],
+                      "reject_only": is_reject_only(home, record)} for record in records])
+        return
+
+    def state(record: Any) -> str:
+        if record.status == "quarantined":
+            return "reject-only" if is_reject_only(home, record) else "held"
+        return record.status
+
+    cells = [(prefixes[r.batch_id], state(r), f"{r.rows:,}") for r in records]
+    widths = [max([len(h), *(len(c[i]) for c in cells)])
+              for i, h in enumerate(("batch", "status", "rows"))]
+    room = max(_width() - sum(widths) - 6, 12)
+
+    def line(batch: str, status: str, rows: str, reason: str) -> str:
+        return (f"{batch:<{widths[0]}}  {status:<{widths[1]}}  {rows:>{widths[2]}}  "
+                f"{reason}").rstrip()
+
+    console.print(line("batch", "status", "rows", "reason"), markup=False)
+    for record, (batch, status, rows) in zip(records, cells, strict=True):
+        console.print(line(batch, status, rows, short_reason(record.reason, room)),
+                      markup=False)
+    held = [r for r in records if r.status == "quarantined"]
+    reject_only = sum(is_reject_only(home, r) for r in held)
+    console.print(f"{len(held)} batch(es) held ({reject_only} reject-only: unreadable, no "
+                  "copy to load)" + (f", {len(records)} listed" if all_ else "")
+                  + "; 'puhui quarantine show BATCH' gives the full reason; decide with "
+                  "revalidate|release|reject BATCH (a prefix is enough)", markup=False)
+
+
+@quarantine_app.command("show")
+def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
+    """One batch in full: reasons, failing expectations with masked samples, rows, suite
+    hash, Data Docs page and the decisions recorded on it."""
+    from puhui.ingest.quarantine import show_batch
+
+    runtime, batch_id = _batch_runtime(batch)
+    found = show_batch(runtime, batch_id)
+    if json_:
+        _print_json(found)
+        return
+    status = found["status"] + (" (reject-only: no readable copy)" if found["reject_only"]
+                                else "")
+    out = [f"batch {found['batch_id']}: {found['partner']}, delivered "
+           f"{found['delivery_date']}, {status}",
+           f"  file {found['source_path']} (sha256 {found['checksum'][:16]})",
+           f"  rows {found['rows']:,}: loaded {found['rows_loaded']:,}, held "
+           f"{found['rows_held']:,}, duplicate {found['rows_duplicate']:,}",
+           f"  reason: {found['reason'] or '-'}"]
+    validation = found["validation"]
+    if validation:
+        out.append(f"  validation: suite {validation['suite']} (hash "
+                   f"{validation['suite_hash'] or 'not recorded'}), "
+                   f"{validation['expectations_run']} expectations, "
+                   f"{validation['critical_failed']} critical and "
+                   f"{validation['warning_failed']} warning failure(s), at "
+                   f"{validation['validated_at'][:19]}")
+    for failure in found["failures"]:
+        out.append(f"  [{failure.get('severity', 'critical')}] {failure['message']}")
+        rows = failure.get("sample_rows") or []
+        if rows:
+            shapes = failure["sample_shapes"]
+            out.append("      rows " + ", ".join(map(str, rows[:10]))
+                       + (f"; masked values {', '.join(repr(v) for v in shapes[:5])}"
+                          if shapes else ""))
+    for warning in found["warnings"] if not found["failures"] else []:
+        out.append(f"  warning: {warning}")
+    out.append("  quarantine copy: " + (found["quarantine_copy"] or "none"))
+    for page in found["data_docs"]:
+        built = "" if Path(page).exists() else " (not built yet: puhui data-docs)"
+        out.append(f"  Data Docs: {page}{built}")
+    for event in found["decisions"]:
+        out.append(f"  {event['at']} {event['actor']} {event['action']}"
+                   + (f": {event['reason']}" if event["reason"] else ""))
+    for text in out:
+        console.print(text, markup=False)
+
+
+@quarantine_app.command("revalidate")
+def quarantine_revalidate(batch: BatchArg, json_: JsonFlag = False) -> None:
+    """Run the current suite on a held batch; load it if it now passes (audited with the
+    suite's hash), else it stays held with the new reasons (exit 1)."""
+    from puhui.ingest.quarantine import revalidate_batch
+
+    runtime, batch_id = _batch_runtime(batch)
+    result = revalidate_batch(runtime, batch_id)
+    record = result.record
+    if json_:
+        _print_json({"batch_id": batch_id, "accepted": result.accepted,
+                     "changed": result.changed, "status": record.status,
+                     "suite": result.suite, "suite_hash": result.suite_hash,
+                     "rows_loaded": record.rows_loaded, "critical": result.critical,
+                     "warnings": result.warnings})
+    elif not result.changed:
+        console.print(f"{batch_id} is already {record.status} ({record.rows_loaded:,} rows "
+                      "loaded): nothing to do", markup=False)
+    elif result.accepted:
+        console.print(f"accepted {batch_id}: passed suite {result.suite} "
+                      f"({result.suite_hash}); {record.rows_loaded:,} rows loaded into "
+                      f"raw_{record.partner}, {record.rows_duplicate:,} duplicate rows dropped"
+                      + (f"; {len(result.warnings)} warning(s)" if result.warnings else ""),
+                      markup=False)
+    if result.changed and not result.accepted:
+        raise PuhuiError(f"{batch_id} still fails suite {result.suite} ({result.suite_hash}) "
+                         f"and stays held: {result.critical[0]}")
 
 
 @quarantine_app.command("release")
-def quarantine_release(batch: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
-    """Load a held batch after all (recorded with your reason)."""
+def quarantine_release(batch: BatchArg, reason: Annotated[str, typer.Option("--reason")]) -> None:
+    """Load a held batch without checking it again (recorded with your reason)."""
     from puhui.ingest.quarantine import release_batch
-    from puhui.runtime import open_runtime
 
-    record = release_batch(open_runtime(_settings()), batch, reason)
+    runtime, batch_id = _batch_runtime(batch)
+    record = release_batch(runtime, batch_id, reason)
     console.print(
         f"released {record.batch_id}: {record.rows_loaded:,} rows loaded into "
         f"raw_{record.partner}, {record.rows_duplicate:,} duplicate rows dropped"
@@ -417,42 +538,77 @@ def quarantine_release(batch: str, reason: Annotated[str, typer.Option("--reason
 
 
 @quarantine_app.command("reject")
-def quarantine_reject(batch: str, reason: Annotated[str, typer.Option("--reason")]) -> None:
+def quarantine_reject(batch: BatchArg, reason: Annotated[str, typer.Option("--reason")]) -> None:
     """Reject a held batch for good (recorded with your reason)."""
     from puhui.ingest.quarantine import reject_batch
-    from puhui.runtime import open_runtime
 
-    record = reject_batch(open_runtime(_settings()), batch, reason)
+    runtime, batch_id = _batch_runtime(batch)
+    record = reject_batch(runtime, batch_id, reason)
     console.print(f"rejected {record.batch_id} ({record.rows:,} rows stay held)")
 
 
 # --------------------------------------------------------------------------- audit
+AUDIT_COLUMNS = ("seq", "occurred_at", "actor", "action", "subject", "reason", "flow_run_id",
+                 "mlflow_run_id", "code_version", "config_hash", "details")
+
+
 @audit_app.command("log")
 def audit_log_command(
-    since: Annotated[str | None, typer.Option("--since", help="From this UTC date.")] = None,
-    action: Annotated[str | None, typer.Option("--action", help="Only this action.")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="From this UTC date or time (YYYY-MM-DD[THH:MM[:SS]]).")] = None,
+    until: Annotated[str | None, typer.Option(
+        "--until", help="Up to this UTC date (the whole day) or time.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Only this actor.")] = None,
+    action: Annotated[list[str] | None, typer.Option(
+        "--action", help="Actions starting with this (repeatable); unknown: an error.")] = None,
+    subject: Annotated[str | None, typer.Option(
+        "--subject", help="Subjects starting with this (a batch id, risk_model/v3).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the last N events.")] = None,
+    format_: Annotated[str, typer.Option(
+        "--format", help="table, json or csv (all fields, for a spreadsheet).")] = "table",
     json_: JsonFlag = False,
 ) -> None:
-    """The audit trail, oldest first."""
-    from puhui.audit import read_audit_events
+    """The audit trail, oldest first, with each event's reason."""
+    from puhui.audit import (
+        EventFilter,
+        check_action_prefixes,
+        event_reason,
+        parse_time,
+        read_audit_events,
+    )
     from puhui.runtime import open_runtime
 
+    fmt = "json" if json_ else format_
+    if fmt not in ("table", "json", "csv"):
+        raise PuhuiError(f"--format must be table, json or csv, not {format_!r}")
+    where = EventFilter(
+        since=parse_time(since, "--since") if since else None,
+        until=parse_time(until, "--until", end_of_day=True) if until else None,
+        actor=actor, actions=tuple(action or ()), subject=subject)
     runtime = open_runtime(_settings())
-    events = read_audit_events(runtime.engine, _parse_date(since, "--since"), action, limit)
-    if json_:
+    check_action_prefixes(runtime.engine, where.actions)
+    events = read_audit_events(runtime.engine, limit=limit, where=where)
+    for event in events:
+        event["reason"] = event_reason(event)
+    if fmt == "json":
         _print_json(events)
         return
-    table = Table("seq", "time (UTC)", "actor", "action", "subject", "flow run", box=None)
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=AUDIT_COLUMNS, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        for event in events:
+            writer.writerow({**event, "details": json.dumps(event["details"], sort_keys=True,
+                                                            ensure_ascii=False)})
+        return
+    table = Table("seq", "time (UTC)", "actor", "action", "subject", "reason", box=None)
     for event in events:
-        table.add_row(
-            str(event["seq"]),
-            event["occurred_at"][:19],
-            event["actor"],
-            event["action"],
-            event["subject"],
-            (event["flow_run_id"] or "")[:8],
-        )
+        # Text, not markup: a reason reads "[FORCED] ..." and Rich would eat the brackets.
+        table.add_row(*(Text(str(v)) for v in (event["seq"], event["occurred_at"][:19],
+                                                event["actor"], event["action"],
+                                                event["subject"], event["reason"])))
     console.print(table)
     console.print(f"{len(events)} event(s)")
 
@@ -554,13 +710,20 @@ def _actions(engine: Any) -> set[str]:
 
 @audit_app.command("lineage")
 def audit_lineage(
-    name: str, version: Annotated[str, typer.Option("--version")], json_: JsonFlag = False
+    name: str, version: Annotated[str, typer.Option("--version")],
+    batches: Annotated[bool, typer.Option(
+        "--batches", help="Also one line per data batch: id, checksum, rows, suite hash.")] = False,
+    json_: JsonFlag = False,
 ) -> None:
     """Data batches, validations, code and config behind a model version."""
+    from puhui.ingest.ledger import suite_hashes
     from puhui.registry import lineage
 
     client, runtime = _registry()
     found = lineage(client, runtime.engine, name, version)
+    hashes = suite_hashes(runtime.engine, [b["batch_id"] for b in found["batches"]])
+    for batch in found["batches"]:
+        batch["suite_hash"] = hashes.get(batch["batch_id"])
     if json_:
         _print_json(found)
         return
@@ -582,6 +745,14 @@ def audit_lineage(
                       f"{sum(b['rows_loaded'] or 0 for b in batches):,}",
                       str(sum(b["batch_id"] in failed for b in batches)))
     console.print(table)
+    if batches:
+        listing = Table("batch", "status", "rows loaded", "sha256", "suite hash", box=None)
+        for batch in found["batches"]:
+            listing.add_row(*(Text(str(v)) for v in (
+                batch["batch_id"], batch["status"], f"{batch['rows_loaded'] or 0:,}",
+                batch["checksum"], batch["suite_hash"] or "-")))
+        # Ids and checksums are what an auditor compares: never cut, whatever the width.
+        (console if console.is_terminal else Console(width=240)).print(listing)
     if found["missing_batches"]:
         console.print(f"MISSING from ingest_batches: {', '.join(found['missing_batches'])}")
     for move in found["alias_history"]:
@@ -673,9 +844,12 @@ def config_check() -> None:
 @app.command("data-docs")
 def data_docs() -> None:
     """Build GX Data Docs for every stored validation result (new ones only) and print the index."""
-    from puhui.data_docs import build_data_docs
+    from puhui.data_docs import build_data_docs, ledger_outcomes
+    from puhui.runtime import open_runtime
 
-    console.print(build_data_docs(_settings().home / "gx").line(), markup=False)
+    runtime = open_runtime(_settings())
+    build = build_data_docs(runtime.settings.home / "gx", ledger_outcomes(runtime.engine))
+    console.print(build.line(), markup=False)
 
 
 @app.command()

@@ -619,11 +619,18 @@ def validate_config_dir(config_dir: Path) -> list[str]:
     return names
 
 
-def config_hash(config_dir: Path) -> str:
-    """SHA-256 over every config file's name and bytes, in name order (first 16 hex)."""
+def config_hash(config_dir: Path, expectations_dir: Path | None = None) -> str:
+    """SHA-256 over every config file's and every suite file's name and bytes, in name
+    order (first 16 hex): a changed check changes what a run did as much as a changed
+    setting. Suites default to ``PUHUI_EXPECTATIONS_DIR``, else ``expectations/``."""
+    from puhui.validation import default_expectations_dir
+
     digest = hashlib.sha256()
-    for path in sorted(config_dir.glob("*.y*ml")):
-        digest.update(path.name.encode())
+    suites = sorted((expectations_dir or default_expectations_dir()).glob("*.json"))
+    # Named by kind, not by folder: a copy of the same files elsewhere hashes the same.
+    named = [("configs", p) for p in sorted(config_dir.glob("*.y*ml"))]
+    for kind, path in named + [("expectations", p) for p in suites]:
+        digest.update(f"{kind}/{path.name}".encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

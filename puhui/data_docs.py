@@ -3,15 +3,22 @@
 Every validation writes its GX result as JSON (``gx/validations/<suite>/<batch>.json``,
 already scrubbed of personal values). This renders each one with GX's own Data Docs page
 renderer into ``gx/data_docs/validations/<suite>/<batch>.html`` and writes an index of all
-of them, newest first, failures marked. Rendering is incremental: a page newer than its
-result is kept, so a run only pays for the results it wrote (~15 ms a page). Pages are
-built from the scrubbed JSON, never from live frames, so they hold no raw identifier.
+of them, newest first. Rendering is incremental: a page newer than its result is kept, so a
+run only pays for the results it wrote (~15 ms a page). Pages are built from the scrubbed
+JSON, never from live frames, so they hold no raw identifier.
+
+The index says what became of each batch (the ledger's outcome: accepted, quarantined,
+released, rejected) and how severe its failures were (a warning is not a critical failure),
+and filters by feed and outcome with a few lines of inline script (no network). GX's
+newsletter footer is cut from the pages.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +27,10 @@ from typing import Any
 from puhui.files import write_text_atomically
 
 DOCS_DIR = "data_docs"
+# GX's page ends with a newsletter footer (and a call-to-action footer on some pages):
+# marketing with an outside link, not part of a validation record.
+_FOOTER = re.compile(r"<footer\b.*?</footer>", re.DOTALL | re.IGNORECASE)
+_CHUNK = re.compile(r"\.from-row-\d+$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class _Entry:
     success: bool
     evaluated: int
     failed: int
+    severity: str  # "critical", "warning" or "" (nothing failed)
+    outcome: str  # the ledger's status of the batch, or "table check"
     written: datetime
 
 
@@ -58,42 +71,96 @@ def render_validation_page(result_json: dict[str, Any]) -> str:
     from great_expectations.render.view import DefaultJinjaPageView
 
     result = ExpectationSuiteValidationResultSchema().load(result_json)
-    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result),
+                                         show_how_to_buttons=False)
+    return _FOOTER.sub("", page)
+
+
+def page_path(gx_dir: Path, result: Path) -> Path:
+    """The Data Docs page of a stored result ``gx/validations/<suite>/<name>.json``."""
+    return gx_dir / DOCS_DIR / "validations" / result.parent.name / f"{result.stem}.html"
+
+
+def pages_for_batch(gx_dir: Path, batch_id: str) -> list[Path]:
+    """The pages of a batch's results (one per validated chunk), built or not."""
+    results = sorted((gx_dir / "validations").glob(f"*/{batch_id}.json"))
+    results += sorted((gx_dir / "validations").glob(f"*/{batch_id}.from-row-*.json"))
+    return [page_path(gx_dir, r) for r in results]
+
+
+def _severity(payload: dict[str, Any]) -> str:
+    severities = {
+        ((item.get("expectation_config") or {}).get("meta") or {}).get("severity", "critical")
+        for item in payload.get("results") or [] if not item.get("success")
+    }
+    return "critical" if "critical" in severities else "warning" if severities else ""
+
+
+_SCRIPT = """
+function puhuiFilter(){var f=document.getElementById('feed').value,
+o=document.getElementById('outcome').value,n=0;
+document.querySelectorAll('tr[data-feed]').forEach(function(r){
+var show=(!f||r.dataset.feed===f)&&(!o||r.dataset.outcome===o);
+r.style.display=show?'':'none';if(show)n++;});
+document.getElementById('shown').textContent=n;}
+"""
+
+
+def _options(name: str, label: str, values: list[str]) -> str:
+    items = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>'
+                    for v in values)
+    return (f'<label>{label} <select id="{name}" onchange="puhuiFilter()">'
+            f'<option value="">all</option>{items}</select></label> ')
 
 
 def _index_html(entries: list[_Entry], docs: Path) -> str:
     rows = []
     for entry in entries:
         state = "passed" if entry.success else f"{entry.failed} failed"
+        kind = "ok" if entry.success else "bad" if entry.severity == "critical" else "warn"
         link = html.escape(entry.page.relative_to(docs).as_posix())
         rows.append(
-            f'<tr class="{"ok" if entry.success else "bad"}">'
+            f'<tr class="{kind}" data-feed="{html.escape(entry.suite)}" '
+            f'data-outcome="{html.escape(entry.outcome)}">'
             f"<td>{entry.written:%Y-%m-%d %H:%M:%S}</td><td>{html.escape(entry.suite)}</td>"
             f'<td><a href="{link}">{html.escape(entry.name)}</a></td>'
+            f"<td>{html.escape(entry.outcome)}</td><td>{entry.severity or '-'}</td>"
             f"<td>{entry.evaluated}</td><td>{state}</td></tr>"
         )
     failed = sum(not e.success for e in entries)
+    feeds = sorted({e.suite for e in entries})
+    outcomes = sorted({e.outcome for e in entries})
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Puhui GX Data Docs</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}"
-        "tr.bad td{background:#fdecea}</style></head><body>"
+        "tr.bad td{background:#fdecea}tr.warn td{background:#fff8e1}</style>"
+        f"<script>{_SCRIPT}</script></head><body>"
         "<h1>Validation results</h1>"
         f"<p>{len(entries)} result(s), {failed} with failed expectations, newest first "
-        "(times UTC). Each page is GX's own rendering of the stored result; failing row "
-        "numbers are source rows of the file.</p>"
-        "<table><tr><th>written</th><th>suite</th><th>batch / table</th>"
-        "<th>expectations</th><th>result</th></tr>" + "".join(rows) + "</table></body></html>"
+        "(times UTC). Outcome: what became of the batch (the ledger's status). Severity: "
+        "critical failures hold a batch (red), warnings let it load (yellow). Each page is "
+        "GX's own rendering of the stored result; failing row numbers are source rows of "
+        "the file.</p><p>" + _options("feed", "feed", feeds)
+        + _options("outcome", "outcome", outcomes)
+        + f'<span id="shown">{len(entries)}</span> shown</p>'
+        "<table><tr><th>written</th><th>feed / suite</th><th>batch / table</th>"
+        "<th>outcome</th><th>severity</th><th>expectations</th><th>result</th></tr>"
+        + "".join(rows) + "</table></body></html>"
     )
 
 
-def build_data_docs(gx_dir: Path) -> DataDocsBuild:
-    """Render new or changed results under ``gx_dir/validations`` and rewrite the index."""
+def build_data_docs(gx_dir: Path, outcomes: Mapping[str, str] | None = None) -> DataDocsBuild:
+    """Render new or changed results under ``gx_dir/validations`` and rewrite the index.
+
+    ``outcomes`` maps batch ids to their ledger status (``ledger_outcomes``); results of
+    table checks, or of batches not in it, show ``table check`` / ``unknown``.
+    """
     docs = gx_dir / DOCS_DIR
     entries: list[_Entry] = []
     rendered = 0
     for source in sorted((gx_dir / "validations").glob("*/*.json")):
-        page = docs / "validations" / source.parent.name / f"{source.stem}.html"
+        page = page_path(gx_dir, source)
         try:
             payload = json.loads(source.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -103,6 +170,9 @@ def build_data_docs(gx_dir: Path) -> DataDocsBuild:
             write_text_atomically(page, render_validation_page(payload))
             rendered += 1
         statistics = payload.get("statistics") or {}
+        batch = _CHUNK.sub("", source.stem)
+        outcome = ("table check" if "@" in batch
+                   else (outcomes or {}).get(batch, "unknown"))
         entries.append(
             _Entry(
                 suite=str(payload.get("suite_name") or source.parent.name),
@@ -111,6 +181,8 @@ def build_data_docs(gx_dir: Path) -> DataDocsBuild:
                 success=bool(payload.get("success")),
                 evaluated=int(statistics.get("evaluated_expectations") or 0),
                 failed=int(statistics.get("unsuccessful_expectations") or 0),
+                severity=_severity(payload),
+                outcome=outcome,
                 written=datetime.fromtimestamp(written, UTC),
             )
         )
@@ -123,3 +195,14 @@ def build_data_docs(gx_dir: Path) -> DataDocsBuild:
         failed_results=sum(not e.success for e in entries),
         index=index,
     )
+
+
+def ledger_outcomes(engine: Any) -> dict[str, str]:
+    """batch id -> status, from ``ingest_batches`` (for the index's outcome column)."""
+    from sqlalchemy import select
+
+    from puhui.warehouse.schema import ingest_batches
+
+    with engine.connect() as conn:
+        return {r.batch_id: r.status for r in conn.execute(
+            select(ingest_batches.c.batch_id, ingest_batches.c.status))}

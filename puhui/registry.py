@@ -36,6 +36,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 REGISTER_INTENT, REGISTERED, REGISTER_ABORTED = (
     "model.register.intent", "model.registered", "model.register.aborted")
 GATES = "model.gates"
+PROMOTE_REFUSED = "model.promote.refused"
 ALIAS_INTENT, ALIAS_SET, ALIAS_ABORTED = "model.alias.intent", "model.alias", "model.alias.aborted"
 MODEL_ACTIONS = (REGISTER_INTENT, REGISTERED, REGISTER_ABORTED, GATES, ALIAS_INTENT, ALIAS_SET,
                  ALIAS_ABORTED)
@@ -404,6 +405,10 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
             raise PuhuiError(f"{name} v{version}: its MLflow gate tag disagrees with the "
                              "audit trail's verdict; run 'puhui audit verify'")
         if not verdict["passed"] and not force:
+            # A refusal is a decision the auditor must see, not only the caller.
+            audit.record(engine, PROMOTE_REFUSED, f"{name}/v{version}", {
+                "model": name, "version": str(version), "reason": reason,
+                "refused_because": "failed gates: " + "; ".join(verdict["failed"])})
             raise PuhuiError(
                 f"{name} v{version} failed its gates ({'; '.join(verdict['failed'])}); "
                 "promote with --force and a reason to override"

@@ -79,8 +79,32 @@ def _validate_with_failure_detail(
 
 
 def default_expectations_dir() -> Path:
-    """``expectations/`` of this checkout."""
-    return repo_root() / "expectations"
+    """``PUHUI_EXPECTATIONS_DIR`` if set (a fixed suite tried before it is committed, a
+    test's copy), else ``expectations/`` of this checkout."""
+    configured = os.environ.get("PUHUI_EXPECTATIONS_DIR")
+    return Path(configured).resolve() if configured else repo_root() / "expectations"
+
+
+def suite_hash(name: str, expectations_dir: Path | None = None) -> str:
+    """SHA-256 of the suite file's bytes (first 16 hex): which checks validated a batch.
+
+    The bytes, not the parsed suite: a changed severity, tolerance or note is a change an
+    auditor must be able to see. A missing file hashes as ``missing``.
+    """
+    path = (expectations_dir or default_expectations_dir()) / f"{name}.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        return "missing"
+
+
+def suites_hash(expectations_dir: Path | None = None) -> str:
+    """SHA-256 over every suite file's name and bytes, in name order (first 16 hex)."""
+    digest = hashlib.sha256()
+    directory = expectations_dir or default_expectations_dir()
+    for path in sorted(directory.glob("*.json")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class SuiteLoadError(PuhuiError):
@@ -113,6 +137,7 @@ class ValidationOutcome:
     batch_id: str | None = None
     result_path: str | None = None  # the stored GX result JSON, if a results_dir was given
     seconds: float = 0.0
+    suite_hash: str | None = None  # of the suite file that ran (see ``suite_hash``)
 
     @property
     def critical(self) -> list[FailedExpectation]:
@@ -138,6 +163,7 @@ class ValidationOutcome:
                 "failed": [asdict(f) for f in self.failed],
                 "result_path": self.result_path,
                 "seconds": round(self.seconds, 3),
+                "suite_hash": self.suite_hash,
             }
         )
 
@@ -603,6 +629,7 @@ def outcome_from_result(
     batch_id: str | None = None,
     result_path: str | None = None,
     seconds: float = 0.0,
+    suite_hash: str | None = None,
 ) -> ValidationOutcome:
     """Turn a GX suite result into a :class:`ValidationOutcome` of plain values."""
     failed: list[FailedExpectation] = []
@@ -637,6 +664,7 @@ def outcome_from_result(
         batch_id=batch_id,
         result_path=result_path,
         seconds=seconds,
+        suite_hash=suite_hash,
     )
 
 
@@ -692,13 +720,20 @@ class BatchValidator:
         self.results_dir = results_dir
         self.expectations_dir = expectations_dir or default_expectations_dir()
         self._suites: dict[str, gx.ExpectationSuite] = {}
+        self._hashes: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def suite(self, name: str) -> gx.ExpectationSuite:
         """The cached suite ``name`` (loaded on first use)."""
         if name not in self._suites:
+            self._hashes[name] = suite_hash(name, self.expectations_dir)
             self._suites[name] = load_suite(name, self.expectations_dir)
         return self._suites[name]
+
+    def suite_hash(self, name: str) -> str:
+        """The hash of suite ``name`` as this validator loaded it (what its results ran)."""
+        self.suite(name)
+        return self._hashes[name]
 
     def validate_frame(self, frame: pd.DataFrame, suite: str, batch_id: str) -> ValidationOutcome:
         """Validate an ingestion batch frame; ``sample_rows`` are values of its index."""
@@ -713,10 +748,10 @@ class BatchValidator:
             # A file validated in chunks gets one result per chunk, named by its first row.
             first = _as_int(frame.index[0]) if len(frame) else None
             part = f"{batch_id}.from-row-{first}" if first is not None and first > 1 else batch_id
-            path = self._store(suite, part, result)
+            path = self._store(suite, part, result, batch_id)
             return outcome_from_result(
                 suite, result, batch_id=batch_id, result_path=path,
-                seconds=time.perf_counter() - started,
+                seconds=time.perf_counter() - started, suite_hash=self._hashes[suite],
             )
 
     def validate_table(self, warehouse_url: str, table: str, suite: str) -> ValidationOutcome:
@@ -738,10 +773,10 @@ class BatchValidator:
                 result = _validate_with_failure_detail(batch, expectation_suite, result_format)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             batch_id = f"{table}@{stamp}"
-            path = self._store(suite, batch_id, result)
+            path = self._store(suite, batch_id, result, table)
             return outcome_from_result(
                 suite, result, row_key=row_key, batch_id=batch_id, result_path=path,
-                seconds=time.perf_counter() - started,
+                seconds=time.perf_counter() - started, suite_hash=self._hashes[suite],
             )
 
     def close(self) -> None:
@@ -752,13 +787,20 @@ class BatchValidator:
                     _runtime.close_sql()
 
     def _store(
-        self, suite: str, batch_id: str, result: ExpectationSuiteValidationResult
+        self, suite: str, batch_id: str, result: ExpectationSuiteValidationResult, asset: str
     ) -> str | None:
         if self.results_dir is None:
             return None
         folder = self.results_dir / "validations" / _UNSAFE_NAME.sub("_", suite)
         path = folder / f"{_UNSAFE_NAME.sub('_', batch_id)}.json"
         payload = _mask_file_values(_scrub_personal(_plain(result.to_json_dict())))
+        # GX's page names the asset and run from these; ephemeral runs leave them empty
+        # ("Data asset: None", "Run Name __none__"). The suite hash says which checks ran.
+        meta = payload.setdefault("meta", {})
+        meta["batch_spec"] = {**(meta.get("batch_spec") or {}), "data_asset_name": asset}
+        meta["run_id"] = {"run_name": f"{suite} on {batch_id}",
+                          "run_time": datetime.now(UTC).isoformat()}
+        meta["puhui_suite_hash"] = self._hashes.get(suite)
         # Two processes may validate the same batch, and Data Docs read results at any time.
         write_text_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1))
         return str(path)

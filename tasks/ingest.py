@@ -12,13 +12,12 @@ from prefect import get_run_logger, task
 from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import PartnersConfig, load_config
-from puhui.data_docs import build_data_docs
+from puhui.data_docs import build_data_docs, ledger_outcomes
 from puhui.ingest.batches import FileIngestor, FileOutcome
 from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.privacy import install_log_scrubbing
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
 from puhui.validation import BatchValidator
 from tasks.prefect_ui import dated_run_name
 from tasks.retries import retry_on_transient_error
@@ -141,6 +140,7 @@ def validate_warehouse_tables() -> list[dict]:
 def build_validation_data_docs() -> str:
     """Render this run's new GX results into the Data Docs site; returns its index path."""
     with console.progress("GX Data Docs"):
-        build = build_data_docs(load_settings().home / "gx")
+        runtime = open_runtime()  # the ledger gives each batch's outcome column
+        build = build_data_docs(runtime.settings.home / "gx", ledger_outcomes(runtime.engine))
     get_run_logger().info(build.line())
     return str(build.index)

@@ -371,7 +371,7 @@ def batch_frame(chunk: PreparedChunk) -> pd.DataFrame:
     return frame
 
 
-def _failure_dicts(failures: list[FailedExpectation]) -> list[dict[str, Any]]:
+def failure_dicts(failures: list[FailedExpectation]) -> list[dict[str, Any]]:
     return [
         {
             "severity": f.severity,
@@ -642,6 +642,7 @@ class FileIngestor:
         table = ensure_raw_table(self.runtime.engine, self.feed)
         rows = loaded = dropped = expectations_run = 0
         failures: list[FailedExpectation] = []
+        checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
@@ -652,10 +653,11 @@ class FileIngestor:
             validations: deque[Future[ValidationOutcome]] = deque()
 
             def settle(keep: int) -> None:
-                nonlocal expectations_run, failures
+                nonlocal expectations_run, failures, checked_by
                 while len(validations) > keep:
                     outcome = validations.popleft().result()
                     expectations_run = max(expectations_run, outcome.expectations_run)
+                    checked_by = outcome.suite_hash
                     if outcome.critical:
                         raise _Held(outcome.critical, outcome.summary())
                     failures += outcome.warnings
@@ -710,7 +712,8 @@ class FileIngestor:
                 critical_failed=0,
                 warning_failed=len(warnings),
                 flow_run_id=self.flow_run_id,
-                details={"failures": _failure_dicts(failures), "warnings": warnings},
+                details={"failures": failure_dicts(failures), "warnings": warnings,
+                         "suite_hash": checked_by},
             )
             self.runtime.audit.append(
                 conn,
@@ -723,6 +726,7 @@ class FileIngestor:
                     "rows_duplicate": dropped,
                     "checksum": handle.checksum,
                     "warnings": warnings,
+                    "suite_hash": checked_by,
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -749,6 +753,10 @@ class FileIngestor:
             pseudonyms = {s for s, c in stored_columns(self.feed) if c.treatment}
             for chunk in self._chunks(handle, landed, file_columns(handle, self.feed)):
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
+                # The check columns too: revalidating the copy must see what ingestion saw
+                # (they are booleans, no personal data; a release drops them).
+                for name, values in chunk.checks.items():
+                    records = records.append_column(name, values)
                 # Held data is kept for a later release: identifier-shaped text in other
                 # columns (a phone number typed into a free-text field) is masked first.
                 for index, column in enumerate(records.schema):
@@ -796,8 +804,10 @@ class FileIngestor:
         failures = failures or []
         details = {
             "reason": reason,
-            "failures": _failure_dicts(failures),
+            "failures": failure_dicts(failures),
             "quarantine_copy": str(copy) if copy else None,
+            # None: held before the suite ran (unreadable file, contract violation).
+            "suite_hash": (validation or {}).get("suite_hash"),
         }
         owns_content = handle.size > 0 and landed.kind == "file"
         with self.runtime.engine.begin() as conn:

@@ -200,3 +200,16 @@ def list_batches(
         query = query.where(ingest_batches.c.partner == partner)
     with engine.connect() as conn:
         return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+
+def suite_hashes(engine: Engine, batch_ids: list[str]) -> dict[str, str | None]:
+    """batch id -> the hash of the suite that validated it last (None: not recorded)."""
+    found: dict[str, str | None] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(batch_ids), 500):  # bounded IN lists
+            rows = conn.execute(
+                select(validation_results.c.batch_id, validation_results.c.details)
+                .where(validation_results.c.batch_id.in_(batch_ids[start:start + 500])))
+            for row in rows:
+                found[row.batch_id] = (row.details or {}).get("suite_hash")
+    return found

@@ -1,34 +1,115 @@
-"""Decisions on held batches: release (load exactly once) or reject, each audited.
+"""Decisions on held batches: release, revalidate (load exactly once) or reject, audited.
 
 A release loads the batch's pseudonymized quarantine copy (written when it was held) in the
 same transaction that flips its status, under a per-batch lock, so two people releasing at
-once load it once. Batches that could not be read at all have no copy: they can only be
-rejected (the partner redelivers a fixed file, which is a new batch).
+once load it once. A revalidation runs the current suite on that copy first and loads it
+only if no critical expectation fails (the batch is then ``accepted``, audited with the
+suite's hash); otherwise it stays held with the new reasons. Batches that could not be read
+at all have no copy: they are *reject-only* (the partner redelivers a fixed file, which is a
+new batch). A refused release is recorded in the trail too.
+
+Every command taking a batch accepts a unique prefix of its id (``resolve_batch_id``).
 """
 
 from __future__ import annotations
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from puhui.config import PartnersConfig, load_config
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import Connection, Engine, select
+
+from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
 from puhui.ingest.batches import (
     PreparedChunk,
     SeenKeys,
+    batch_frame,
     drop_duplicate_keys,
     quarantine_copy_path,
 )
-from puhui.ingest.raw_tables import ensure_raw_table
+from puhui.ingest.contract import end_of_delivery_day
+from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
+from puhui.privacy import mask_shape, scrub_text
 from puhui.runtime import Runtime
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.engine import lock_for
+from puhui.warehouse.schema import ingest_batches, validation_results
+
+MIN_PREFIX = 8
+REVALIDATED, RELEASE_REFUSED = "quarantine.revalidated", "quarantine.release.refused"
+_COPY_ROWS = 250_000  # rows per validated chunk of a copy (ingestion's chunks are similar)
 
 
 def list_quarantined(runtime: Runtime) -> list[ledger.BatchRecord]:
     """Batches waiting for a decision."""
     return ledger.list_batches(runtime.engine, statuses=("quarantined",))
+
+
+def all_batch_ids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(ingest_batches.c.batch_id)).scalars())
+
+
+def unique_prefixes(ids: list[str], minimum: int = MIN_PREFIX) -> dict[str, str]:
+    """The shortest prefix of each id (at least ``minimum`` characters) no other id shares.
+
+    Sorted, an id's longest common prefix with any other id is with a neighbour, so one
+    pass over neighbours is enough.
+    """
+    ordered = sorted(set(ids))
+
+    def common(a: str, b: str) -> int:
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    prefixes = {}
+    for i, batch_id in enumerate(ordered):
+        shared = max(common(batch_id, ordered[i - 1]) if i else 0,
+                     common(batch_id, ordered[i + 1]) if i + 1 < len(ordered) else 0)
+        prefixes[batch_id] = batch_id[: max(minimum, shared + 1)]
+    return prefixes
+
+
+def resolve_batch_id(engine: Engine, given: str) -> str:
+    """The batch id ``given`` names: itself, or the one id it is a prefix of."""
+    given = given.strip()
+    with engine.connect() as conn:
+        if conn.execute(select(ingest_batches.c.batch_id)
+                        .where(ingest_batches.c.batch_id == given)).first():
+            return given
+        matches = list(conn.execute(
+            select(ingest_batches.c.batch_id)
+            .where(ingest_batches.c.batch_id.startswith(given, autoescape=True))
+            .order_by(ingest_batches.c.batch_id).limit(6)).scalars())
+    if not matches:
+        raise PuhuiError(f"no batch {given!r} in the ledger (puhui quarantine list --all)")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise PuhuiError(f"batch prefix {given!r} is ambiguous: it matches {shown}; "
+                         "give more characters")
+    return matches[0]
+
+
+def is_reject_only(home: Path, record: ledger.BatchRecord) -> bool:
+    """A held batch with no readable copy (unreadable file, contract violation, empty)."""
+    return record.status == "quarantined" and not quarantine_copy_path(
+        home, record.partner, record.batch_id).exists()
+
+
+def short_reason(reason: str | None, width: int) -> str:
+    """A reason on one line of at most ``width`` characters (full text: ``show``)."""
+    text = " ".join((reason or "").split())
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
 
 
 def _held_batch(conn, batch_id: str) -> ledger.BatchRecord:  # noqa: ANN001
@@ -47,8 +128,69 @@ def _require_reason(reason: str) -> str:
     return reason.strip()
 
 
+def _copy_checks(table: pa.Table, feed: PartnerFeed, delivery_date: Any) -> dict[str, pa.Array]:
+    """Check columns for a copy written before copies kept them: ``_after_delivery`` exactly
+    as ingestion computes it; ``_valid_<key>`` true where a pseudonym exists, else null (an
+    invalid identifier then counts as missing, which the not-null checks on the key catch)."""
+    checks: dict[str, pa.Array] = {}
+    for stored, column in stored_columns(feed):
+        if column.treatment == "pseudonymize" and stored in table.column_names:
+            values = table[stored].combine_chunks()
+            checks[f"_valid_{stored}"] = pc.if_else(pc.is_valid(values), True,
+                                                    pa.scalar(None, pa.bool_()))
+    event = next((s for s, c in stored_columns(feed) if c.name == feed.event_time), None)
+    if event in table.column_names and delivery_date is not None:
+        end = end_of_delivery_day(delivery_date)
+        values = table[event].combine_chunks()
+        bound = (pa.scalar(end.date(), pa.date32()) if pa.types.is_date(values.type)
+                 else pa.scalar(end, pa.timestamp("us", tz="UTC")))
+        checks["_after_delivery"] = pc.greater_equal(values, bound)
+    return checks
+
+
+def read_copy(copy: Path, feed: PartnerFeed, delivery_date: Any) -> Iterator[PreparedChunk]:
+    """A held batch's copy as prepared chunks (stored columns, check columns, row numbers),
+    as ingestion had them before validating."""
+    parquet = pq.ParquetFile(copy)
+    for batch in parquet.iter_batches(batch_size=_COPY_ROWS):
+        table = pa.Table.from_batches([batch])
+        checks = {n: table[n].combine_chunks() for n in table.column_names if n.startswith("_")}
+        if not checks:
+            checks = _copy_checks(table, feed, delivery_date)
+        stored = table.select([n for n in table.column_names
+                               if n != "row_number" and not n.startswith("_")])
+        yield PreparedChunk(stored, checks, table["row_number"].to_numpy())
+
+
+def _load_copy(
+    conn: Connection, table: Any, feed: PartnerFeed, record: ledger.BatchRecord, copy: Path
+) -> tuple[int, int]:
+    """Load the copy into ``raw_<partner>`` on ``conn``; returns (rows loaded, duplicates)."""
+    seen = SeenKeys()
+    loaded = dropped = 0
+    for chunk in read_copy(copy, feed, record.delivery_date):
+        chunk, repeated = drop_duplicate_keys(chunk, feed, seen)
+        data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
+        loaded += bulk_insert(conn, table, data, {"batch_id": record.batch_id})
+        dropped += repeated
+    return loaded, dropped
+
+
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
-    """Load a quarantined batch into ``raw_<partner>``; refused for any other status."""
+    """Load a quarantined batch into ``raw_<partner>``; refused (and the refusal recorded)
+    for any other status or a reject-only batch."""
+    try:
+        return _release(runtime, batch_id, reason)
+    except PuhuiError as exc:
+        record = ledger.get_batch(runtime.engine, batch_id)
+        if record is not None:  # a refusal about a real batch is an event; a typo is not
+            runtime.audit.record(runtime.engine, RELEASE_REFUSED, batch_id, {
+                "partner": record.partner, "status": record.status,
+                "reason": scrub_text(reason.strip()), "refused_because": scrub_text(str(exc))})
+        raise
+
+
+def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
     reason = _require_reason(reason)
     engine = runtime.engine
     record = ledger.get_batch(engine, batch_id)
@@ -62,15 +204,9 @@ def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchR
         if not copy.exists():
             raise PuhuiError(
                 f"batch {batch_id} could not be read when it landed "
-                f"({record.reason}); it can only be rejected"
+                f"({short_reason(record.reason, 120)}); it is reject-only"
             )
-        records = pq.read_table(copy)
-        chunk = PreparedChunk(
-            records.drop_columns(["row_number"]), {}, records["row_number"].to_numpy()
-        )
-        chunk, dropped = drop_duplicate_keys(chunk, feed, SeenKeys())
-        data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
-        loaded = bulk_insert(conn, table, data, {"batch_id": batch_id})
+        loaded, dropped = _load_copy(conn, table, feed, record, copy)
         ledger.update_batch(
             conn,
             batch_id,
@@ -95,6 +231,153 @@ def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchR
             },
         )
     return ledger.get_batch(engine, batch_id)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Revalidation:
+    """What ``revalidate`` did: accepted (loaded) or still held, with which suite."""
+
+    record: ledger.BatchRecord
+    accepted: bool
+    changed: bool  # False: it was already loaded, nothing was done
+    suite: str
+    suite_hash: str | None
+    critical: list[str]
+    warnings: list[str]
+
+
+def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> Revalidation:
+    """Run the current suite on a held batch's copy; load it if no critical check fails.
+
+    Idempotent: a batch already loaded (accepted or released) is left alone; one still
+    failing stays held with the new reasons. Either outcome is audited with the suite hash.
+    """
+    from puhui.ingest.batches import failure_dicts
+    from puhui.validation import BatchValidator
+
+    engine = runtime.engine
+    record = ledger.get_batch(engine, batch_id)
+    if record is None:
+        raise PuhuiError(f"no batch {batch_id!r} in the ledger")
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get(record.partner)
+    if record.status in ("accepted", "released"):
+        return Revalidation(record, True, False, feed.suite, None, [], [])
+    if record.status != "quarantined":
+        raise PuhuiError(f"batch {batch_id} is {record.status}: only a quarantined batch can "
+                         "be revalidated")
+    copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
+    if not copy.exists():
+        raise PuhuiError(f"batch {batch_id} has no readable copy "
+                         f"({short_reason(record.reason, 120)}): it is reject-only")
+    validator = validator or BatchValidator(results_dir=runtime.settings.home / "gx")
+    seen, run, failed = SeenKeys(), 0, []
+    for chunk in read_copy(copy, feed, record.delivery_date):
+        chunk, _ = drop_duplicate_keys(chunk, feed, seen)
+        if len(chunk.row_numbers):
+            outcome = validator.validate_frame(batch_frame(chunk), feed.suite, batch_id)
+            run = max(run, outcome.expectations_run)
+            failed += outcome.failed
+    suite_hash = validator.suite_hash(feed.suite)
+    critical = [f for f in failed if f.severity == "critical"]
+    warnings = [scrub_text(f.description) for f in failed if f.severity == "warning"]
+    facts = {"partner": record.partner, "suite": feed.suite, "suite_hash": suite_hash,
+             "held_for": record.reason}
+    if critical:
+        reason = scrub_text("critical: " + "; ".join(f.description for f in critical))
+        with engine.begin() as conn:
+            _held_batch(conn, batch_id)
+            ledger.update_batch(conn, batch_id, reason=reason, warnings=[
+                {"message": scrub_text(f.description), "severity": f.severity,
+                 "sample_rows": f.sample_rows} for f in failed])
+            ledger.record_validation(
+                conn, batch_id, feed.suite, success=False, expectations_run=run,
+                critical_failed=len(critical), warning_failed=len(warnings), flow_run_id=None,
+                details={"reason": reason, "failures": failure_dicts(failed),
+                         "quarantine_copy": str(copy), "suite_hash": suite_hash,
+                         "revalidated": True})
+            runtime.audit.append(conn, REVALIDATED, batch_id,
+                                 {**facts, "outcome": "still held", "reason": reason})
+        return Revalidation(ledger.get_batch(engine, batch_id), False, True,  # type: ignore[arg-type]
+                            feed.suite, suite_hash, [f.description for f in critical], warnings)
+    table = ensure_raw_table(engine, feed)
+    with engine.begin() as conn:
+        record = _held_batch(conn, batch_id)
+        loaded, dropped = _load_copy(conn, table, feed, record, copy)
+        if dropped:
+            warnings.append(f"duplicate rows: {dropped:,} row(s) repeat a primary key "
+                            f"({', '.join(feed.primary_key)}); first kept")
+        ledger.update_batch(
+            conn, batch_id, status="accepted", rows_loaded=loaded, rows_held=0,
+            rows_duplicate=dropped, decided_at=ledger.now_utc(),
+            decided_by=runtime.settings.actor,
+            warnings=[{"message": w} for w in warnings] or None,
+            reason=f"{record.reason} | revalidated: passed suite {feed.suite} {suite_hash}")
+        ledger.record_validation(
+            conn, batch_id, feed.suite, success=not warnings, expectations_run=run,
+            critical_failed=0, warning_failed=len(warnings), flow_run_id=None,
+            details={"failures": failure_dicts(failed), "warnings": warnings,
+                     "suite_hash": suite_hash, "revalidated": True})
+        runtime.audit.append(conn, REVALIDATED, batch_id, {
+            **facts, "outcome": "accepted", "rows_loaded": loaded, "rows_duplicate": dropped,
+            "warnings": warnings})
+    return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
+                        feed.suite, suite_hash, [], warnings)
+
+
+def _sample_shapes(copy: Path | None, column: str | None, rows: list[int]) -> list[str]:
+    """Masked shapes of the failing rows' values in the held copy (never the values)."""
+    if copy is None or not copy.exists() or not column or not rows:
+        return []
+    if column not in pq.read_schema(copy).names:
+        return []
+    table = pq.read_table(copy, columns=["row_number", column],
+                          filters=[("row_number", "in", [int(r) for r in rows])])
+    values = table[column].to_pylist()
+    return ["null" if v is None else mask_shape(v) for v in values]
+
+
+def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
+    """One batch in full: ledger row, reasons, failing expectations with masked samples,
+    its validation (suite hash), Data Docs pages and the decisions recorded on it."""
+    from puhui.audit import EventFilter, event_reason, read_audit_events
+    from puhui.data_docs import pages_for_batch
+
+    engine = runtime.engine
+    record = ledger.get_batch(engine, batch_id)
+    if record is None:
+        raise PuhuiError(f"no batch {batch_id!r} in the ledger")
+    home = runtime.settings.home
+    copy = quarantine_copy_path(home, record.partner, batch_id)
+    with engine.connect() as conn:
+        validation = conn.execute(select(validation_results).where(
+            validation_results.c.batch_id == batch_id)
+            .order_by(validation_results.c.validated_at.desc())).first()
+    details = dict(validation._mapping["details"] or {}) if validation else {}
+    failures = []
+    for item in details.get("failures") or []:
+        samples = _sample_shapes(copy, item.get("column"), item.get("sample_rows") or [])
+        failures.append({**item, "message": scrub_text(str(item.get("message") or "")),
+                         "sample_shapes": samples})
+    events = read_audit_events(engine, where=EventFilter(subject=batch_id))
+    return {
+        **{k: v for k, v in record.__dict__.items() if k != "warnings"},
+        "delivery_date": str(record.delivery_date),
+        "reason": scrub_text(record.reason or ""),
+        "reject_only": is_reject_only(home, record),
+        "quarantine_copy": str(copy) if copy.exists() else None,
+        "warnings": [scrub_text(w.get("message", "")) for w in record.warnings],
+        "validation": None if validation is None else {
+            "suite": validation.suite_name, "success": validation.success,
+            "expectations_run": validation.expectations_run,
+            "critical_failed": validation.critical_failed,
+            "warning_failed": validation.warning_failed,
+            "suite_hash": details.get("suite_hash"),
+            "validated_at": str(validation.validated_at)},
+        "failures": failures,
+        "data_docs": [str(p) for p in pages_for_batch(home / "gx", batch_id)],
+        "decisions": [{"seq": e["seq"], "at": e["occurred_at"][:19], "actor": e["actor"],
+                       "action": e["action"], "reason": event_reason(e)} for e in events],
+    }
 
 
 def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
