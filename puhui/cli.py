@@ -441,10 +441,10 @@ def quarantine_list(
                       markup=False)
     held = [r for r in records if r.status == "quarantined"]
     reject_only = sum(is_reject_only(home, r) for r in held)
-    console.print(f"{len(held)} batch(es) held ({reject_only} reject-only: unreadable, no "
-                  "copy to load)" + (f", {len(records)} listed" if all_ else "")
-                  + "; 'puhui quarantine show BATCH' gives the full reason; decide with "
-                  "revalidate|release|reject BATCH (a prefix is enough)", markup=False)
+    console.print(f"{len(held)} batch(es) held ({reject_only} reject-only: no readable copy)"
+                  + (f"; {len(records)} listed" if all_ else ""), markup=False)
+    console.print("full reason: quarantine show BATCH; decide: revalidate|release|reject "
+                  "BATCH", markup=False)
 
 
 @quarantine_app.command("show")
@@ -603,13 +603,17 @@ def audit_log_command(
             writer.writerow({**event, "details": json.dumps(event["details"], sort_keys=True,
                                                             ensure_ascii=False)})
         return
-    table = Table("seq", "time (UTC)", "actor", "action", "subject", "reason", box=None)
+    table = Table(box=None)
+    for header in ("seq", "time (UTC)", "actor", "action", "subject"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("reason")
     for event in events:
         # Text, not markup: a reason reads "[FORCED] ..." and Rich would eat the brackets.
         table.add_row(*(Text(str(v)) for v in (event["seq"], event["occurred_at"][:19],
                                                 event["actor"], event["action"],
                                                 event["subject"], event["reason"])))
-    console.print(table)
+    # Piped into a file or another program, an event stays one line, not 80 columns.
+    (console if console.is_terminal else Console(width=400)).print(table)
     console.print(f"{len(events)} event(s)")
 
 
@@ -746,7 +750,9 @@ def audit_lineage(
                       str(sum(b["batch_id"] in failed for b in batches)))
     console.print(table)
     if batches:
-        listing = Table("batch", "status", "rows loaded", "sha256", "suite hash", box=None)
+        listing = Table(box=None)
+        for header in ("batch", "status", "rows loaded", "sha256", "suite hash"):
+            listing.add_column(header, no_wrap=True)
         for batch in found["batches"]:
             listing.add_row(*(Text(str(v)) for v in (
                 batch["batch_id"], batch["status"], f"{batch['rows_loaded'] or 0:,}",

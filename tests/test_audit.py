@@ -367,3 +367,94 @@ def test_postgres_auditor_role_only_reads(pg_url: str) -> None:
     with pytest.raises(Exception, match="permission denied"):
         _writer().record(engine, "test.event", "as the auditor", {})  # ...and writes nothing
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- audit log filters
+def _cli_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from puhui.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_audit_log_filters_reason_column_and_csv_export(
+    warehouse_url: str, puhui_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Before: no --actor/--until/--subject, --action matched exactly (so 'model.promote'
+    found nothing and a typo was silently empty), no reason column, no CSV."""
+    import csv
+    import io
+    import json
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    engine = get_engine(warehouse_url)
+    alice = AuditWriter(actor="alice", config_hash="cfg", code_version="abc", key=KEY)
+    bob = AuditWriter(actor="bob", config_hash="cfg", code_version="abc", key=KEY)
+    alice.record(engine, "model.alias", "credit_risk/champion",
+                 {"reason": "risk committee, ok", "forced": True, "version": "3"})
+    bob.record(engine, "model.alias", "credit_risk/champion",
+               {"reason": "v3 misbehaves", "rollback": True, "version": "2"})
+    bob.record(engine, "quarantine.released", "mobile_payments-20260930-aaaa",
+               {"reason": "refunds, partner confirmed"})
+    alice.record(engine, "model.promote.refused", "credit_risk/v4",
+                 {"reason": "try", "refused_because": "failed gates: auc_oot"})
+
+    code, out, err = _cli_in_process(capsys, "audit", "log", "--actor", "bob", "--format", "json")
+    assert code == 0, err
+    assert [e["action"] for e in json.loads(out)] == ["model.alias", "quarantine.released"]
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--action", "model", "--json")
+    assert [e["subject"] for e in json.loads(out)] == [
+        "credit_risk/champion", "credit_risk/champion", "credit_risk/v4"]
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--subject", "mobile_payments-",
+                                   "--json")
+    assert [e["actor"] for e in json.loads(out)] == ["bob"]
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--until", "2000-01-01", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--since", "2000-01-01T00:00",
+                                   "--until", "2999-12-31", "--json")
+    assert len(json.loads(out)) == 4
+
+    code, _, err = _cli_in_process(capsys, "audit", "log", "--action", "model.promte")
+    assert code == 1 and err.count("\n") == 1
+    assert "unknown action 'model.promte'" in err and "model.promote.refused" in err
+    code, _, err = _cli_in_process(capsys, "audit", "log", "--since", "yesterday")
+    assert code == 1 and "--since must be a date" in err
+
+    # The table has a reason column that tells a forced promotion from a rollback.
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--action", "model.alias")
+    assert "reason" in out.splitlines()[0]
+    assert "[FORCED] risk committee, ok" in out and "[ROLLBACK] v3 misbehaves" in out
+
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [r["actor"] for r in rows] == ["alice", "bob", "bob", "alice"]
+    assert rows[3]["reason"].startswith("[REFUSED") and "auc_oot" in rows[3]["reason"]
+    assert json.loads(rows[2]["details"])["reason"] == "refunds, partner confirmed"
+    assert verify_audit_chain(engine, KEY).ok
+
+
+def test_the_config_hash_covers_the_suites(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Before: only configs/*.yaml were hashed; a changed suite left the hash as it was."""
+    import shutil
+
+    from puhui.config import config_hash
+    from puhui.settings import repo_root
+    from puhui.validation import suite_hash
+
+    suites = tmp_path / "expectations"
+    shutil.copytree(repo_root() / "expectations", suites)
+    configs = repo_root() / "configs"
+    before = config_hash(configs, suites)
+    assert before == config_hash(configs, suites)  # stable
+    payments_before = suite_hash("mobile_payments", suites)
+    path = suites / "mobile_payments.json"
+    path.write_text(path.read_text().replace('"MERCHANT"', '"MERCHANT", "REFUND"'))
+    assert config_hash(configs, suites) != before
+    assert suite_hash("mobile_payments", suites) != payments_before
+    assert suite_hash("customers", suites) == suite_hash("customers")  # others unchanged
+    # The runtime's hash (stamped on every audit event) follows PUHUI_EXPECTATIONS_DIR.
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    assert config_hash(configs) == config_hash(configs, suites) != before
