@@ -458,3 +458,74 @@ def test_the_config_hash_covers_the_suites(tmp_path, monkeypatch: pytest.MonkeyP
     # The runtime's hash (stamped on every audit event) follows PUHUI_EXPECTATIONS_DIR.
     monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
     assert config_hash(configs) == config_hash(configs, suites) != before
+
+
+def test_a_dirty_work_tree_is_refused_for_registration_in_production_and_recorded(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a version trained from a changed work tree was registered with '+dirty' and
+    could not be reproduced; the production profile now refuses, and the trail says so."""
+    from puhui.lifecycle.publish import REGISTER_REFUSED, refuse_unreproducible
+    from tests.conftest import TEST_PSEUDONYM_KEY
+
+    engine = get_engine(pg_url)
+    dirty = AuditWriter(actor="trainer", config_hash="cfg", code_version="abc123+dirty", key=KEY)
+    clean = AuditWriter(actor="trainer", config_hash="cfg", code_version="abc123", key=KEY)
+    monkeypatch.setenv("PUHUI_PROFILE", "local")
+    refuse_unreproducible(engine, dirty, "credit_risk")  # a developer's experiment: allowed
+    monkeypatch.setenv("PUHUI_PROFILE", "production")
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", pg_url)
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+    refuse_unreproducible(engine, clean, "credit_risk")
+    with pytest.raises(PuhuiError, match="registration refused in the production profile") as e:
+        refuse_unreproducible(engine, dirty, "credit_risk")
+    assert "\n" not in str(e.value) and "abc123+dirty" in str(e.value)
+    (refused,) = read_audit_events(engine, action=REGISTER_REFUSED)
+    assert refused["subject"] == "credit_risk" and "uncommitted" in refused["details"][
+        "refused_because"]
+    assert verify_audit_chain(engine, KEY).ok
+
+
+def test_the_training_run_logs_configs_and_suites_as_artifacts(tmp_path) -> None:  # noqa: ANN001
+    import mlflow
+
+    from puhui.lifecycle.publish import log_configuration
+    from puhui.settings import repo_root
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("cfg", artifact_location=str(tmp_path / "art"))
+        with mlflow.start_run(experiment_id=experiment) as run:
+            logged = log_configuration()
+        client = mlflow.MlflowClient()
+        configs = {a.path for a in client.list_artifacts(run.info.run_id, "configs")}
+        suites = {a.path for a in client.list_artifacts(run.info.run_id, "expectations")}
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "configs/models.yaml" in configs and "expectations/mobile_payments.json" in suites
+    expected = len(list((repo_root() / "configs").glob("*.y*ml"))) + len(
+        list((repo_root() / "expectations").glob("*.json")))
+    assert logged == len(configs) + len(suites) == expected
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)  # no dialect code here
+def test_a_promotion_refused_by_its_gates_is_in_the_trail(
+    warehouse_url: str, puhui_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Before: a refused promotion left no event; the auditor saw only the promotions."""
+    from tests.test_crash_model_changes import _register
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    version = _register(False)
+    code, _, err = _cli_in_process(capsys, "models", "promote", "credit_risk", "--version",
+                                   version, "--reason", "we like it anyway")
+    assert code == 1 and "failed its gates" in err
+    (refused,) = read_audit_events(get_engine(warehouse_url), action="model.promote.refused")
+    assert refused["subject"] == f"credit_risk/v{version}" and refused["actor"] == "test-runner"
+    assert refused["details"]["reason"] == "we like it anyway"
+    assert "auc_oot" in refused["details"]["refused_because"]
+    code, out, _ = _cli_in_process(capsys, "audit", "log", "--action", "model.promote")
+    assert code == 0 and "[REFUSED: failed gates: auc_oot" in out and "1 event(s)" in out
+    assert _cli_in_process(capsys, "audit", "verify")[0] == 0

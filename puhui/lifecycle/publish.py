@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -32,6 +33,43 @@ from puhui.warehouse.schema import model_evaluations
 
 MLFLOW_TAG_LIMIT = 5000
 FINGERPRINT_TAG = "training.fingerprint"
+REGISTER_REFUSED = "model.register.refused"
+
+
+def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str) -> None:
+    """In the production profile, refuse to train for registration from a changed work
+    tree: its ``+dirty`` code version names no commit, so the version could not be
+    rebuilt. The refusal is recorded in the audit trail. The local profile allows it (a
+    developer's experiment) and the version records ``+dirty``."""
+    from puhui.errors import PuhuiError
+    from puhui.settings import load_settings
+
+    if not audit.code_version.endswith("+dirty") or load_settings().profile != "production":
+        return
+    because = (f"the work tree has uncommitted changes (code {audit.code_version}): "
+               "a version trained from it cannot be reproduced")
+    audit.record(engine, REGISTER_REFUSED, name, {"model": name, "refused_because": because,
+                                                  "reason": "production profile"})
+    raise PuhuiError(f"{name}: registration refused in the production profile: {because}; "
+                     "commit (or stash) and train again")
+
+
+def log_configuration(config_dir: Path | None = None,
+                      expectations_dir: Path | None = None) -> int:
+    """Log configs/*.yaml and the expectation suites as artifacts of the active MLflow run
+    (``configs/``, ``expectations/``): the run then holds what its config hash covers, so
+    it can be reproduced without the repository at that commit. Returns files logged."""
+    from puhui.settings import load_settings
+    from puhui.validation import default_expectations_dir
+
+    folders = {"configs": (config_dir or load_settings().config_dir, "*.y*ml"),
+               "expectations": (expectations_dir or default_expectations_dir(), "*.json")}
+    logged = 0
+    for artifact_path, (folder, pattern) in folders.items():
+        for path in sorted(folder.glob(pattern)):
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            logged += 1
+    return logged
 
 
 def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str,

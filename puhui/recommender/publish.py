@@ -22,7 +22,9 @@ from puhui.audit import AuditWriter
 from puhui.lifecycle.publish import (
     FINGERPRINT_TAG,
     lineage_tags,
+    log_configuration,
     metric_name,
+    refuse_unreproducible,
     write_evaluations,
 )
 from puhui.recommender.model import load_ranker, save_ranker
@@ -64,6 +66,7 @@ def publish_recommender(
     run: RecommenderRun, tags: dict[str, str], fingerprint: str, artifact_root: Path,
 ) -> PublishedRecommender:
     """Log the run, register ``name`` (audited) and record the evaluation rows."""
+    refuse_unreproducible(engine, audit, name)
     use_experiment(name, tracking_uri, artifact_root)
     evaluation = run.evaluation
     example = run.oot[run.ranker.features].head(5).reset_index(drop=True)
@@ -74,6 +77,7 @@ def publish_recommender(
         tags=lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
     ) as mlrun:
         work = Path(tmp)
+        log_configuration()
         mlflow.log_params({"rows_train": int((data.frame["split"] == "train").sum()),
                            "features": len(run.ranker.features),
                            **{f"eligibility_removed.{k}": v

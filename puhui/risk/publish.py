@@ -21,7 +21,9 @@ from puhui.audit import AuditWriter
 from puhui.lifecycle.publish import (
     FINGERPRINT_TAG,
     lineage_tags,
+    log_configuration,
     metric_name,
+    refuse_unreproducible,
     training_fingerprint,
     write_evaluations,
 )
@@ -81,6 +83,7 @@ def publish_risk_model(
         from puhui.runtime import open_runtime
 
         audit = open_runtime().audit
+    refuse_unreproducible(engine, audit, name)
     use_experiment(name, tracking_uri, artifact_root)
     summary = training.summary()
     batch_ids = sorted(training.batch_ids)
@@ -96,6 +99,7 @@ def publish_risk_model(
         run_name=f"{name} as of {training.as_of}", tags=run_tags
     ) as run:
         work = Path(tmp)
+        log_configuration()
         mlflow.log_params({k: v for k, v in trained.params.items()} | {
             "best_iteration": trained.best_iteration, "features": len(training.features),
             "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],
