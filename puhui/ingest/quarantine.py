@@ -204,7 +204,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
         if not copy.exists():
             raise PuhuiError(
                 f"batch {batch_id} could not be read when it landed "
-                f"({short_reason(record.reason, 120)}); it is reject-only"
+                f"({short_reason(record.reason, 120)}); it can only be rejected (reject-only)"
             )
         loaded, dropped = _load_copy(conn, table, feed, record, copy)
         ledger.update_batch(
