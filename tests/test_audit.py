@@ -529,3 +529,6 @@ def test_a_promotion_refused_by_its_gates_is_in_the_trail(
     code, out, _ = _cli_in_process(capsys, "audit", "log", "--action", "model.promote")
     assert code == 0 and "[REFUSED: failed gates: auc_oot" in out and "1 event(s)" in out
     assert _cli_in_process(capsys, "audit", "verify")[0] == 0
+    code, out, err = _cli_in_process(capsys, "audit", "lineage", "credit_risk", "--version",
+                                     version, "--batches")
+    assert code == 0 and "sha256" in out and "suite hash" in out, err
