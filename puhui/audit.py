@@ -420,7 +420,9 @@ def event_reason(event: Mapping[str, Any]) -> str:
              if details.get(key)]
     if event.get("action", "").endswith(".refused"):
         marks.append("REFUSED: " + str(details.get("refused_because") or ""))
-    reason = str(details.get("reason") or details.get("outcome") or "")
+    reason = str(details.get("reason") or "")
+    if details.get("outcome"):  # a revalidation: what happened, then why
+        reason = f"{details['outcome']}: {reason}" if reason else str(details["outcome"])
     text = " ".join(f"[{m}]" for m in marks) + (" " if marks and reason else "") + reason
     return " ".join(text.split())
 

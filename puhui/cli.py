@@ -467,7 +467,10 @@ def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
            f"{found['rows_held']:,}, duplicate {found['rows_duplicate']:,}",
            f"  reason: {found['reason'] or '-'}"]
     validation = found["validation"]
-    if validation:
+    if validation and not validation["expectations_run"]:
+        out.append(f"  validation: suite {validation['suite']} did not run (held before "
+                   "validation: the file could not be read as its contract says)")
+    elif validation:
         out.append(f"  validation: suite {validation['suite']} (hash "
                    f"{validation['suite_hash'] or 'not recorded'}), "
                    f"{validation['expectations_run']} expectations, "
