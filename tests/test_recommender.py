@@ -154,15 +154,18 @@ def test_eligibility_removes_and_counts_each_rule() -> None:
     spec = models.product_recommender
     frame = pd.DataFrame({
         "product_code": ["business_loan", "business_loan", "agri_loan", "agri_loan",
-                         "microloan", "savings"],
-        "risk_grade": ["D", "C", None, None, None, "E"],
-        "occupation": ["salaried", "salaried", "salaried", "salaried", "retired", "retired"],
-        "agri_coop_member": [0, 0, 0, 1, 0, 0],
-        "age": [40, 40, 40, 40, 70, 70],
+                         "microloan", "savings", "microloan"],
+        # no grade (no risk champion): no credit product, a non-credit one is not limited
+        "risk_grade": ["D", "C", "B", "B", "A", None, None],
+        "occupation": ["salaried", "salaried", "salaried", "salaried", "retired", "retired",
+                       "salaried"],
+        "agri_coop_member": [0, 0, 0, 1, 0, 0, 0],
+        "age": [40, 40, 40, 40, 70, 70, 40],
     })
     result = eligibility(frame, spec)
-    assert result.eligible.tolist() == [False, True, False, True, False, True]
-    assert result.removed == {"credit_grade": 1, "agricultural_activity": 1, "age": 1}
+    assert result.eligible.tolist() == [False, True, False, True, False, True, False]
+    assert result.removed == {"credit_no_risk_grade": 1, "credit_grade": 1,
+                              "agricultural_activity": 1, "age": 1}
 
 
 def test_a_customer_who_refused_personalisation_gets_the_non_personal_ranking() -> None:
@@ -227,6 +230,7 @@ def _synthetic_set(seed: int = 3) -> RankingSet:
                              "occupation": occupation, "region_type": "rural" if person % 2
                              else "urban", "gender": "female", "age_band": "age_26_35",
                              "age": 30.0, "agri_coop_member": 0, "x": rng.normal(),
+                             "risk_grade": "A",
                              "split": OOT if window == 0 else TRAIN})
     frame = pd.DataFrame(rows).sort_values(["window", "person_key", "product_code"])
     frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()

@@ -33,8 +33,8 @@ class Eligibility:
 
 
 def eligibility(frame: pd.DataFrame, spec: RecommenderSpec) -> Eligibility:
-    """Which rows may be offered: credit products within the champion risk grade limit
-    (rows without a grade, customers the risk model never scored, are not limited), agri
+    """Which rows may be offered: credit products only with a champion risk grade within
+    the product's limit (no grade, e.g. no risk champion: not offered, counted apart), agri
     products only with agricultural activity (a farmer or a co-op member), age limits."""
     rules = spec.eligibility
     product = frame["product_code"].to_numpy(dtype=object)
@@ -44,8 +44,13 @@ def eligibility(frame: pd.DataFrame, spec: RecommenderSpec) -> Eligibility:
     grade = frame["risk_grade"] if "risk_grade" in frame else pd.Series(None, index=frame.index)
     rank = grade.map(lambda g: GRADE_ORDER.find(g) if isinstance(g, str) else -1).to_numpy()
     limit = pd.Series(product).map(
-        {p: GRADE_ORDER.find(g) for p, g in rules.credit_max_grade.items()}).to_numpy()
-    bad = ~np.isnan(limit.astype(float)) & (rank > np.nan_to_num(limit.astype(float), nan=99))
+        {p: GRADE_ORDER.find(g) for p, g in rules.credit_max_grade.items()}).to_numpy(
+            dtype=float)
+    credit = ~np.isnan(limit)
+    bad = credit & (rank < 0)
+    removed["credit_no_risk_grade"] = int(bad.sum())
+    ok &= ~bad
+    bad = credit & (rank > np.nan_to_num(limit, nan=99))
     removed["credit_grade"] = int(bad.sum())
     ok &= ~bad
 

@@ -3,9 +3,10 @@ gates. The flow (flows/train.py) and the lifecycle (puhui/lifecycle/) wrap these
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
@@ -54,10 +55,12 @@ def _age(birth: pd.Series, on: pd.Series) -> pd.Series:
 
 def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: FeaturesConfig,
                       spec: RecommenderSpec, risk: RiskModelSpec, products: ProductsConfig,
-                      risk_grades: pd.Series | None = None) -> RankingSet:
+                      grade: Callable[[pd.DataFrame], np.ndarray] | None = None
+                      ) -> RankingSet:
     """Groups from product_events, joined to point-in-time customer features (as of the day
-    before each window), segments, age and the champion risk grade (``risk_grades``:
-    person_key -> grade; None when no risk champion scored anyone)."""
+    before each window), segments, age and the champion risk grade: ``grade`` maps the
+    feature rows (one per customer and as-of date) to grades; None when there is no risk
+    champion (then no row has a grade and credit products are ineligible)."""
     as_of = frames.as_of
     customers = frames.customers
     events = load_product_events(engine, EVENTS_TABLE, features_spec.timezone, as_of,
@@ -65,6 +68,7 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     frame = build_groups(events, products, spec, as_of)
     requests = frame[["person_key", "as_of_date"]].drop_duplicates()
     features = build_features(frames, requests, features_spec)
+    features["risk_grade"] = grade(features) if grade is not None else None
     frame = frame.merge(features, on=["person_key", "as_of_date"], how="left")
     people = customers.set_index("person_key")
     frame["region_type"] = frame["person_key"].map(people["region_type"])
@@ -75,8 +79,6 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     birth = frame["person_key"].map(people["birth_date"])
     frame["age"] = _age(birth, frame["as_of_date"])
     frame["age_band"] = age_band(birth, frame["as_of_date"], risk.fairness.age_bands)
-    frame["risk_grade"] = (frame["person_key"].map(risk_grades) if risk_grades is not None
-                           else None)
     catalog = feature_catalog(features_spec)
     feature_names = [f.name for f in catalog] + CUSTOMER_PRODUCT_FEATURES + \
         PRODUCT_FEATURES + CONTEXT_FEATURES
