@@ -264,3 +264,40 @@ def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> Non
     shares = run.evaluation.top1_share
     assert set(shares["dimension"]) == set(spec.segments)
     assert shares.groupby(["dimension", "segment"])["share"].sum().round(6).eq(1).all()
+
+
+# ------------------------------------------------------------------------ scoring
+def test_score_recommendations_ranks_eligible_products_and_honours_opt_outs(
+        tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    from puhui.recommender.model import load_ranker, save_ranker
+    from puhui.recommender.scoring import score_recommendations
+
+    models, products = _configs()
+    spec = models.product_recommender.model_copy(update={"min_segment_size": 10})
+    run = fit_and_evaluate(_synthetic_set(), spec)
+    save_ranker(run.ranker, tmp_path / "ranker")
+    ranker = load_ranker(tmp_path / "ranker")  # what a registered version serves
+    assert ranker.popularity["all"] and ranker.popularity["by_scenario"]
+    customers = pd.DataFrame({
+        "person_key": ["p0", "p1", "p2", "p3"],
+        "occupation": ["farmer", "salaried", "farmer", "farmer"],
+        "agri_coop_member": [0, 0, 1, 0], "age": [30.0, 30.0, 30.0, 30.0],
+        "x": [0.0, 0.0, 0.0, 0.0], "risk_grade": ["A", "A", None, "A"]})
+    out = score_recommendations(ranker, customers, _events(), AS_OF, products, spec,
+                                [False, False, False, True], model="m", version="3")
+    farmer, salaried, ungraded, refused = out
+    assert [len(o["non_personalised"]) for o in out] == [3, 3, 3, 3]
+    assert farmer["personalised"][0] in ("agri_loan", "crop_insurance")
+    assert farmer["model"] == "m" and farmer["version"] == "3"
+    # eligibility first: never offered, and said why
+    assert salaried["not_eligible"] == {"agri_loan": "agricultural_activity",
+                                        "crop_insurance": "agricultural_activity"}
+    assert ungraded["not_eligible"] == {"microloan": "credit_no_risk_grade",
+                                        "agri_loan": "credit_no_risk_grade",
+                                        "business_loan": "credit_no_risk_grade"}
+    for o in out:
+        offered = set(o["personalised"]) | set(o["non_personalised"])
+        assert not offered & set(o["not_eligible"])
+    # a customer who refused personalisation gets the non-personalised ranking only
+    assert refused["personalised"] == [] and refused["personalisation_opt_out"]
+    assert refused["non_personalised"] == farmer["non_personalised"]

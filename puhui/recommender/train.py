@@ -29,6 +29,7 @@ from puhui.recommender.model import (
     eligibility,
     final_scores,
     popularity_scores,
+    popularity_table,
     train_ranker,
 )
 from puhui.recommender.training_set import (
@@ -108,6 +109,7 @@ def fit_and_evaluate(data: RankingSet, spec: RecommenderSpec,
     frame = data.frame[allowed.eligible]
     train, oot = frame[frame["split"] == TRAIN], frame[frame["split"] == OOT].copy()
     ranker = train_ranker(train, data.features, data.categorical, spec)
+    ranker.popularity = popularity_table(train)
     non_personal = popularity_scores(train, oot, ["scenario"])
     oot[MODEL] = final_scores(ranker.score(oot), non_personal, oot["person_key"], opted_out)
     oot[POPULARITY] = popularity_scores(train, oot, [])
