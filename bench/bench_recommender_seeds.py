@@ -12,7 +12,7 @@ a child process of its own (settings and caches are per process).
 Usage:
   python bench/bench_recommender_seeds.py [--seeds 42 1 2] [--users 5000] [--days 3]
                                           [--phase prepare|train|all|table] [--work DIR]
-                                          [--rebuild]
+                                          [--rebuild] [--quick]
 Prints a table and writes bench/results/recommender_seeds.json.
 """
 
@@ -46,6 +46,7 @@ def child_train(seed: int, rebuild: bool) -> None:
         ProductsConfig,
         load_config,
     )
+    from puhui.features.builder import feature_catalog
     from puhui.features.sources import load_source_frames
     from puhui.recommender.train import build_ranking_set, fit_and_evaluate
     from puhui.runtime import open_runtime
@@ -59,15 +60,17 @@ def child_train(seed: int, rebuild: bool) -> None:
     models = load_config(config_dir, ModelsConfig)
     spec = models.product_recommender
     products = load_config(config_dir, ProductsConfig)
-    cache = home / "ranking_set.pkl"
+    cache = home / "customer_features.pkl"  # the slow part; groups are rebuilt each run
     started = time.perf_counter()
-    if cache.exists() and not rebuild:
-        data = pickle.loads(cache.read_bytes())
-    else:
-        frames = load_source_frames(runtime.engine, features, as_of)
-        data = build_ranking_set(runtime.engine, frames, features, spec, models.credit_risk,
-                                 products)
-        cache.write_bytes(pickle.dumps(data))
+    frames = load_source_frames(runtime.engine, features, as_of)
+    known = pickle.loads(cache.read_bytes()) if cache.exists() and not rebuild else None
+    data = build_ranking_set(runtime.engine, frames, features, spec, models.credit_risk,
+                             products, features=known)
+    if known is None:
+        columns = ["person_key", "as_of_date",
+                   *(f.name for f in feature_catalog(features))]
+        cache.write_bytes(pickle.dumps(
+            data.frame[columns].drop_duplicates(["person_key", "as_of_date"])))
     built = time.perf_counter() - started
     # Every customer within every credit limit: the bench measures the ranking, not the risk
     # model (no risk champion is trained here), and the truth ceiling ranks the whole shelf.
@@ -154,6 +157,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--rebuild", action="store_true",
                         help="rebuild the cached ranking sets (after a feature change)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,500 users, seed 42 only (a smoke run; results-quick.json)")
     parser.add_argument("--child", choices=("prepare", "train"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "prepare":
@@ -162,6 +167,8 @@ def main() -> int:
     if args.child == "train":
         child_train(args.seeds[0], args.rebuild)
         return 0
+    if args.quick:
+        args.users, args.seeds = 1_500, [42]
     args.work = args.work.with_name(f"{args.work.name}-{args.users}")
     args.work.mkdir(parents=True, exist_ok=True)
     rows, missing = [], []
@@ -187,7 +194,7 @@ def main() -> int:
         "rows": [{k: v for k, v in r.items() if k != "segments"} for r in rows],
         "machine": machine_facts(),
     }
-    write_results("recommender_seeds", summary, False)
+    write_results("recommender_seeds", summary, args.quick)
     return 0 if not missing else 1
 
 

@@ -19,6 +19,7 @@ from puhui.recommender.gates import check_recommender_gates
 from puhui.recommender.model import eligibility, final_scores, popularity_scores
 from puhui.recommender.train import fit_and_evaluate, oot_top1
 from puhui.recommender.training_set import (
+    CUSTOMER_PRODUCT_FEATURES,
     OOT,
     TRAIN,
     RankingSet,
@@ -108,8 +109,8 @@ def test_groups_grade_the_funnel_and_see_only_the_past() -> None:
     assert oot.loc[("p2", "agri_loan"), "relevance"] == 0  # shown, no response
     assert oot.loc[("p1", "microloan"), "relevance"] == 0  # not shown
     assert oot.loc[("p2", "agri_loan"), "scenario"] == "COOP"  # the request's context
-    assert oot.loc[("p2", "agri_loan"), "offered_in_scenario"] == 1.0
-    assert oot.loc[("p2", "savings"), "offered_in_scenario"] == 0.0
+    # p1 came through WALLET before: what that shelf holds is likelier shown to p1
+    assert oot.loc[("p1", "bill_pay"), "exposure"] > oot.loc[("p1", "agri_loan"), "exposure"]
     # p1's savings uptake 40 days ago is past use; the window's own click is not
     assert oot.loc[("p1", "savings"), "past_uptakes"] == 1
     assert oot.loc[("p1", "savings"), "past_kind_uptakes"] == 1
@@ -132,8 +133,7 @@ def test_features_do_not_change_when_the_future_is_removed() -> None:
     events = _events()
     full = build_groups(events, products, spec, AS_OF)
     feature_day = window_as_of_days(AS_OF, spec)[0]
-    cols = ["past_impressions", "past_best_grade", "past_uptakes", "past_kind_uptakes",
-            "month", "as_of_date", "relevance"]
+    cols = [*CUSTOMER_PRODUCT_FEATURES, "as_of_date", "relevance"]
     # the older windows' rows, features and relevance alike, without the newest window
     past_only = build_groups(events[events["day"] <= feature_day], products, spec, AS_OF)
     assert len(past_only) and (past_only["window"] > 0).all()
@@ -236,8 +236,8 @@ def _synthetic_set(seed: int = 3) -> RankingSet:
     frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()
     frame["as_of_date"] = AS_OF
     return RankingSet(AS_OF, frame.reset_index(drop=True),
-                      ["x", "occupation", "product_code", "scenario"],
-                      ["occupation", "product_code", "scenario"], AS_OF)
+                      ["x", "occupation", "product_code"], ["occupation", "product_code"],
+                      AS_OF)
 
 
 def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> None:
@@ -301,3 +301,86 @@ def test_score_recommendations_ranks_eligible_products_and_honours_opt_outs(
     # a customer who refused personalisation gets the non-personalised ranking only
     assert refused["personalised"] == [] and refused["personalisation_opt_out"]
     assert refused["non_personalised"] == farmer["non_personalised"]
+
+
+# ------------------------------------------------- the champion risk model's grades
+@pytest.mark.slow  # trains a risk champion and the recommender through real flows (~1 min)
+def test_credit_eligibility_follows_the_champion_risk_grade(
+        risk_templates, dialect: str, puhui_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        tmp_path, prefect_harness: None) -> None:  # noqa: ANN001
+    from flows.recommender import train_recommender_flow
+    from puhui.recommender.risk_grades import champion_risk_grader
+    from tests.conftest import RISK_AS_OF, no_search_config, risk_env
+    from tests.test_profiles import train_and_promote
+
+    risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
+    no_search_config(tmp_path, monkeypatch)
+    uri = load_settings().mlflow_tracking_uri
+    none = champion_risk_grader(uri, "credit_risk")
+    assert none.scorer is None and "credit products ineligible" in none.describe()
+    version = train_and_promote()
+    result = train_recommender_flow(as_of=date.fromisoformat(RISK_AS_OF))
+    assert f"credit limited by credit_risk v{version} grades" in result["steps"][0]
+    removed = result["eligibility_removed"]
+    assert removed["credit_no_risk_grade"] == 0  # every customer graded by the champion
+    assert removed["credit_grade"] > 0  # and some graded above a product's limit
+    assert result["eligibility_violations"] == 0
+
+
+# ------------------------------------------------ the generator's rural agri switch
+def _offers_set(boost: float, users: int = 2500, seed: int = 5) -> RankingSet:
+    """The generator's offers and responses for the recommender's windows, straight from
+    its offer process (no landing zone or ingest: the funnel is the same ``offer_day`` the
+    product_events feed writes), with a few of its people's facts standing in for the
+    feature builder's columns."""
+    from puhui.generate import reference as ref
+    from puhui.generate.feeds import World, offer_day
+    from puhui.generate.population import build_population
+    from puhui.generate.timeline import Timeline, epoch_day
+
+    models, products = _configs()
+    spec = models.product_recommender
+    days = spec.window_days * (spec.train_windows + 1)
+    timeline = Timeline(AS_OF, 1, days + 30)
+    pop = build_population(users, seed, timeline)
+    world = World(pop, None, None, timeline, seed, ref.DEFAULT_PRODUCTS,  # type: ignore[arg-type]
+                  rural_agri_boost=boost)
+    parts = []
+    for d in timeline.all_days[-days:]:
+        o = offer_day(world, epoch_day(d))
+        for stage, reached in enumerate((np.ones(len(o.people), bool), o.click, o.apply,
+                                         o.uptake)):
+            parts.append(pd.DataFrame({
+                "person_key": [f"p{i}" for i in o.people[reached]], "day": day_number(d),
+                "event_time": pd.Timestamp(d) + pd.to_timedelta(
+                    o.seconds[reached] + stage, unit="s"),
+                "product_code": np.array(ref.DEFAULT_PRODUCTS)[o.product[reached]],
+                "scenario": np.array(ref.SCENARIOS)[o.scenario[reached]],
+                "event_type": ref.EVENT_TYPES[stage]}))
+    frame = build_groups(pd.concat(parts, ignore_index=True), products, spec, AS_OF)
+    person = frame["person_key"].str[1:].astype(int).to_numpy()
+    frame["occupation"] = np.array(ref.OCCUPATIONS, dtype=object)[pop.occupation[person]]
+    frame["region_type"] = np.array(ref.REGION_TYPES, dtype=object)[pop.region[person]]
+    frame["agri_coop_member"] = pop.is_coop_member[person].astype(float)
+    frame["has_wallet"] = pop.has_wallet[person].astype(float)
+    frame["is_shopper"] = pop.is_shopper[person].astype(float)
+    frame["acreage"] = pop.acreage[person]
+    frame["age"] = 40.0
+    frame["gender"], frame["age_band"], frame["risk_grade"] = "female", "age_36_45", "A"
+    features = ["occupation", "agri_coop_member", "has_wallet", "is_shopper", "acreage",
+                *CUSTOMER_PRODUCT_FEATURES, "product_code", "product_kind"]
+    return RankingSet(AS_OF, frame, features, ["occupation", "product_code", "product_kind"],
+                      AS_OF)
+
+
+@pytest.mark.slow  # 13 windows of the generator's offers for 2,500 people, two models
+def test_the_rural_agri_switch_is_learned() -> None:
+    models, _ = _configs()
+    spec = models.product_recommender
+    plain = fit_and_evaluate(_offers_set(0.0), spec).evaluation.metrics
+    boosted = fit_and_evaluate(_offers_set(3.0), spec).evaluation.metrics
+    share = "rural_agri_top1_share"
+    # the model follows the switch, past where the popularity baselines put rural people
+    assert boosted[share] > plain[share] + 0.05
+    assert boosted[share] > boosted[f"{share}_popularity"]
+    assert boosted[share] >= boosted[f"{share}_segment_popularity"]

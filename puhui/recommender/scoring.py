@@ -32,16 +32,6 @@ def load_recommender(tracking_uri: str, name: str, version: str) -> Ranker:
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().ranker
 
 
-def _usual_scenario(events: pd.DataFrame, people: pd.Series) -> pd.Series:
-    """Each customer's most frequent past scenario: the request's context when a profile is
-    scored outside a request (None without past offers)."""
-    shown = events[events["event_type"] == "impression"]
-    counts = shown.groupby(["person_key", "scenario"]).size().rename("n").reset_index()
-    usual = counts.sort_values(["person_key", "n", "scenario"], ascending=[True, False, True])
-    usual = usual.drop_duplicates("person_key").set_index("person_key")["scenario"]
-    return people.map(usual).astype(object).where(people.isin(usual.index), None)
-
-
 def _top(scores: np.ndarray, codes: np.ndarray, keep: np.ndarray, k: int) -> list[str]:
     order = np.lexsort((codes, -scores))  # equal scores: shelf code order, deterministic
     return [str(codes[i]) for i in order if keep[i]][:k]
@@ -91,8 +81,6 @@ def score_recommendations(
     past = graded_events(mine, products, spec)
     rows = pd.DataFrame({"person_key": np.repeat(people.to_numpy(), n_products),
                          "product_code": np.tile(codes, len(people))})
-    scenario = _usual_scenario(past, people)
-    rows["scenario"] = np.repeat(scenario.to_numpy(), n_products)
     rows = past_use_features(rows, past, products, day)
     rows["product_scenarios"] = rows["product_code"].map(
         {p.code: float(len(p.scenarios)) for p in products.products})

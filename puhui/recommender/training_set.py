@@ -6,9 +6,10 @@ in a window forms a group: each product on the shelf is a row, its relevance the
 funnel stage (graded in config) the customer's offers of it reached in the window, 0 when
 shown without a response or not shown. Everything a row knows is from before the window:
 customer features as of the day before its first day (the point-in-time feature builder),
-past use of the product and its kind up to that day, the product's attributes and the
-season. The request's context, the scenario of the customer's first offer in the window, is
-known when the recommendation is asked for.
+past use of the product and its kind up to that day, the customer's scenario mix (how
+likely the product is on the shelf they are shown), the product's attributes and the
+season. The scenario of the customer's first offer in the window is kept as the request's
+context for the non-personalised ranking (popularity by scenario), not as a feature.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ TRAIN, OOT = "train", "oot"
 CUSTOMER_PRODUCT_FEATURES = [
     "past_impressions", "past_best_grade", "past_responses", "past_uptakes",
     "past_kind_uptakes", "past_kind_responses", "past_offers", "recent_offers",
-    "past_response_rate", "exposure", "offered_in_scenario", "month",
+    "past_response_rate", "exposure", "month",
 ]
-EXPOSURE_PRIOR_OFFERS = 5.0  # pseudo-offers of everyone's scenario mix added to each customer's
+EXPOSURE_PRIOR_OFFERS = 5.0  # pseudo-offers of everyone's mix added to each customer's
 PRODUCT_FEATURES = ["product_code", "product_kind", "product_scenarios"]
-CONTEXT_FEATURES = ["scenario"]
+# The request's scenario is not a feature: a profile is scored outside any request, and a
+# ranking led by the request's shelf pushed rural customers' agri products out of top-1
+# (the customer's own scenario mix is a feature: ``exposure``).
 
 
 @dataclass
@@ -92,7 +95,7 @@ def graded_events(events: pd.DataFrame, products: ProductsConfig,
 
 def past_use_features(rows: pd.DataFrame, past: pd.DataFrame, products: ProductsConfig,
                       feature_day: int) -> pd.DataFrame:
-    """``rows`` (person_key, product_code, scenario) with the customer x product features
+    """``rows`` (person_key, product_code) with the customer x product features
     known on ``feature_day``: from ``past`` (graded funnel events up to that day) and the
     shelf. Used for training windows and for scoring alike, so both see the same columns.
 
@@ -145,9 +148,6 @@ def past_use_features(rows: pd.DataFrame, past: pd.DataFrame, products: Products
     rows = rows.join(pair, on=by_pair)
     default = (prior * on_shelf).sum(axis=1)
     rows["exposure"] = rows["exposure"].fillna(rows["product_code"].map(default)).astype(float)
-    rows["offered_in_scenario"] = [
-        float(s in shelf[c]) for s, c in zip(rows["scenario"], rows["product_code"],
-                                             strict=True)]
     rows["month"] = float(day_from_number(feature_day).month)
     return rows.rename(columns={"kind": "product_kind"})
 
