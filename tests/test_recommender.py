@@ -21,9 +21,11 @@ from puhui.recommender.train import fit_and_evaluate, oot_top1
 from puhui.recommender.training_set import (
     CUSTOMER_PRODUCT_FEATURES,
     OOT,
+    POPULARITY_FEATURES,
     TRAIN,
     RankingSet,
     build_groups,
+    popularity_features,
     window_as_of_days,
 )
 from puhui.settings import load_settings
@@ -146,6 +148,31 @@ def test_features_do_not_change_when_the_future_is_removed() -> None:
     features = cols[:-1]
     c = build_groups(silent, products, spec, AS_OF).set_index(key)[features].sort_index()
     pd.testing.assert_frame_equal(a.loc[c.index, features], c)
+
+
+def test_popularity_features_use_only_older_windows() -> None:
+    rows = [{"window": w, "occupation": occ, "product_code": code,
+             "relevance": float((w + i) % 3)}
+            for w in range(3) for i, occ in enumerate(["farmer"] * 40 + ["salaried"] * 10)
+            for code in ("a", "b")]
+    frame = pd.DataFrame(rows)
+    first = popularity_features(frame)
+    assert first.loc[first["window"] == 2, POPULARITY_FEATURES].isna().all().all()
+    older = frame[frame["window"] == 2]
+    farmer_a = older[(older["occupation"] == "farmer") & (older["product_code"] == "a")]
+    got = first[(first["window"] == 1) & (first["occupation"] == "farmer")
+                & (first["product_code"] == "a")]
+    assert (got["occupation_product_popularity"] == farmer_a["relevance"].mean()).all()
+    # salaried: 10 rows a window, too few for a cell until two windows pool (20 < 30)
+    salaried = first[(first["window"] == 1) & (first["occupation"] == "salaried")]
+    assert (salaried["occupation_product_popularity"]
+            == salaried["product_popularity"]).all()
+    # what happens in a window, or after it, never moves its own features
+    changed = frame.assign(relevance=np.where(frame["window"] <= 1, 3.0, frame["relevance"]))
+    second = popularity_features(changed)
+    same = first["window"] >= 1
+    pd.testing.assert_frame_equal(first.loc[same, POPULARITY_FEATURES],
+                                  second.loc[same, POPULARITY_FEATURES])
 
 
 # ------------------------------------------------------------------------ eligibility
@@ -367,8 +394,10 @@ def _offers_set(boost: float, users: int = 2500, seed: int = 5) -> RankingSet:
     frame["acreage"] = pop.acreage[person]
     frame["age"] = 40.0
     frame["gender"], frame["age_band"], frame["risk_grade"] = "female", "age_36_45", "A"
+    frame = popularity_features(frame)
     features = ["occupation", "agri_coop_member", "has_wallet", "is_shopper", "acreage",
-                *CUSTOMER_PRODUCT_FEATURES, "product_code", "product_kind"]
+                *CUSTOMER_PRODUCT_FEATURES, *POPULARITY_FEATURES, "product_code",
+                "product_kind"]
     return RankingSet(AS_OF, frame, features, ["occupation", "product_code", "product_kind"],
                       AS_OF)
 

@@ -117,14 +117,19 @@ def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
 
 
 def popularity_table(train: pd.DataFrame) -> dict[str, Any]:
-    """Mean training relevance per product, overall and within each scenario (cells with
-    fewer than POPULARITY_MIN_ROWS rows left out: scoring falls back to overall)."""
-    by = train.groupby(["scenario", "product_code"])["relevance"].agg(["mean", "size"])
-    by = by[by["size"] >= POPULARITY_MIN_ROWS]["mean"]
+    """Mean training relevance per product: overall, within each scenario (the
+    non-personalised ranking) and within each occupation (the ranker's popularity
+    features); cells with fewer than POPULARITY_MIN_ROWS rows are left out (scoring falls
+    back to overall)."""
+    def cells(by: str) -> dict[str, dict[str, float]]:
+        stats = train.groupby([by, "product_code"])["relevance"].agg(["mean", "size"])
+        stats = stats[stats["size"] >= POPULARITY_MIN_ROWS]["mean"]
+        return {str(k): {str(c): float(v) for (_, c), v in cell.items()}
+                for k, cell in stats.groupby(level=0)}
+
     return {"all": {str(k): float(v) for k, v in
                     train.groupby("product_code")["relevance"].mean().items()},
-            "by_scenario": {str(s): {str(c): float(v) for (_, c), v in cell.items()}
-                            for s, cell in by.groupby(level=0)}}
+            "by_scenario": cells("scenario"), "by_occupation": cells("occupation")}
 
 
 def final_scores(personal: np.ndarray, non_personal: np.ndarray,

@@ -87,9 +87,15 @@ def score_recommendations(
     columns = [c for c in customers.columns if c not in rows.columns or c == "person_key"]
     rows = rows.merge(customers[columns].drop_duplicates("person_key"), on="person_key",
                       how="left")
+    overall = ranker.popularity.get("all", {})
+    by_occupation = ranker.popularity.get("by_occupation", {})
+    rows["product_popularity"] = rows["product_code"].map(overall).astype(float)
+    local = [by_occupation.get(o, {}).get(c) for o, c in
+             zip(rows["occupation"], rows["product_code"], strict=True)]
+    rows["occupation_product_popularity"] = pd.Series(
+        local, index=rows.index, dtype=float).fillna(rows["product_popularity"])
     allowed = eligibility(rows, spec)
     personal = ranker.score(rows)
-    overall = ranker.popularity.get("all", {})
     non_personal = rows["product_code"].map(overall).fillna(0.0).to_numpy(dtype=float)
 
     out = []

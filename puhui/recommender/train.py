@@ -35,11 +35,13 @@ from puhui.recommender.model import (
 from puhui.recommender.training_set import (
     CUSTOMER_PRODUCT_FEATURES,
     OOT,
+    POPULARITY_FEATURES,
     PRODUCT_FEATURES,
     TRAIN,
     RankingSet,
     build_groups,
     load_product_events,
+    popularity_features,
 )
 from puhui.risk.training_set import age_band
 
@@ -82,9 +84,10 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     birth = frame["person_key"].map(people["birth_date"])
     frame["age"] = _age(birth, frame["as_of_date"])
     frame["age_band"] = age_band(birth, frame["as_of_date"], risk.fairness.age_bands)
+    frame = popularity_features(frame)
     catalog = feature_catalog(features_spec)
     feature_names = [f.name for f in catalog] + CUSTOMER_PRODUCT_FEATURES + \
-        PRODUCT_FEATURES
+        PRODUCT_FEATURES + POPULARITY_FEATURES
     categorical = [f.name for f in catalog if f.categorical] + [
         c for c in ("product_code", "product_kind", "scenario") if c in feature_names]
     oot_start = frame.loc[frame["split"] == OOT, "as_of_date"].min()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, MetaData, Table, select
 
@@ -32,6 +33,10 @@ CUSTOMER_PRODUCT_FEATURES = [
 ]
 EXPOSURE_PRIOR_OFFERS = 5.0  # pseudo-offers of everyone's mix added to each customer's
 PRODUCT_FEATURES = ["product_code", "product_kind", "product_scenarios"]
+# Mean relevance of the product in the windows before a row's (overall, within the
+# customer's occupation): what the popularity baselines know, point in time.
+POPULARITY_FEATURES = ["product_popularity", "occupation_product_popularity"]
+POPULARITY_CELL_MIN_ROWS = 30
 # The request's scenario is not a feature: a profile is scored outside any request, and a
 # ranking led by the request's shelf pushed rural customers' agri products out of top-1
 # (the customer's own scenario mix is a feature: ``exposure``).
@@ -193,3 +198,33 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
     frame = frame.sort_values(["window", "person_key", "product_code"], kind="stable")
     frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()
     return frame.reset_index(drop=True)
+
+
+def popularity_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """``POPULARITY_FEATURES`` for every row from the older windows' relevance only (window
+    w+1 ends on window w's feature day, so nothing after a row's feature day is used); an
+    occupation cell with fewer than ``POPULARITY_CELL_MIN_ROWS`` rows takes the overall
+    value, the oldest window has none."""
+    stats = frame.groupby(["window", "occupation", "product_code"], dropna=False)[
+        "relevance"].agg(["sum", "count"])
+    out = frame[["window", "occupation", "product_code"]].copy()
+    out["product_popularity"] = np.nan
+    out["occupation_product_popularity"] = np.nan
+    for w in frame["window"].unique():
+        older = stats[stats.index.get_level_values("window") > w]
+        if older.empty:
+            continue
+        cell = older.groupby(level=["occupation", "product_code"], dropna=False).sum()
+        overall = cell.groupby(level="product_code").sum()
+        overall = overall["sum"] / overall["count"]
+        cell = cell[cell["count"] >= POPULARITY_CELL_MIN_ROWS]
+        cell = cell["sum"] / cell["count"]
+        rows = out["window"] == w
+        product = out.loc[rows, "product_code"]
+        out.loc[rows, "product_popularity"] = product.map(overall).to_numpy(dtype=float)
+        keys = pd.MultiIndex.from_frame(out.loc[rows, ["occupation", "product_code"]])
+        local = cell.reindex(keys).to_numpy(dtype=float)
+        out.loc[rows, "occupation_product_popularity"] = np.where(
+            np.isnan(local), out.loc[rows, "product_popularity"], local)
+    return frame.assign(product_popularity=out["product_popularity"],
+                        occupation_product_popularity=out["occupation_product_popularity"])
