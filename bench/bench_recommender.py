@@ -96,7 +96,10 @@ def bench_training(rows: int, rounds: int) -> dict[str, object]:
     ours = time.perf_counter() - started
 
     x = encode_features(frame, features, category_vocabulary(frame, categorical))
-    matrix = x.to_numpy(dtype=np.float64)
+    matrix = np.column_stack([
+        np.where(x[c].cat.codes < 0, np.nan, x[c].cat.codes).astype(np.float64)
+        if isinstance(x[c].dtype, pd.CategoricalDtype) else x[c].to_numpy(dtype=np.float64)
+        for c in features])
     sizes = np.full(customers, len(codes))
     params = {**spec.lightgbm, "seed": spec.seed, "deterministic": True,
               "force_row_wise": True,
