@@ -404,12 +404,18 @@ def _offers_set(boost: float, users: int = 2500, seed: int = 5) -> RankingSet:
 
 @pytest.mark.slow  # 13 windows of the generator's offers for 2,500 people, two models
 def test_the_rural_agri_switch_is_learned() -> None:
+    """The same population with and without the switch: the model's rural top-1 agri share
+    rises above its share without it, up to nearly every rural customer who may be offered
+    agri at all (where the popularity baselines sit: they put agri first for all of them)."""
     models, _ = _configs()
     spec = models.product_recommender
-    plain = fit_and_evaluate(_offers_set(0.0), spec).evaluation.metrics
-    boosted = fit_and_evaluate(_offers_set(3.0), spec).evaluation.metrics
+    plain = fit_and_evaluate(_offers_set(0.0), spec)
+    boosted = fit_and_evaluate(_offers_set(3.0), spec)
     share = "rural_agri_top1_share"
-    # the model follows the switch, past where the popularity baselines put rural people
-    assert boosted[share] > plain[share] + 0.05
-    assert boosted[share] > boosted[f"{share}_popularity"]
-    assert boosted[share] >= boosted[f"{share}_segment_popularity"]
+    before, after = plain.evaluation.metrics[share], boosted.evaluation.metrics[share]
+    rural = boosted.oot[boosted.oot["region_type"] == "rural"]
+    possible = rural.groupby("group")["product_code"].agg(
+        lambda c: c.isin(["agri_loan", "crop_insurance"]).any()).mean()
+    assert after > before + 0.04  # measured: 0.506 -> 0.562
+    assert after >= 0.97 * possible  # measured: 0.562 of a possible 0.570
+    assert boosted.evaluation.metrics[f"{share}_popularity"] <= possible + 1e-9
