@@ -59,4 +59,6 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,
                                           "ndcg_at_3_oot_segment_popularity",
                                           "ndcg_at_3_oot_non_personal", "hit_at_3_oot",
                                           "map_at_3_oot")},
+            "eligibility_removed": run.evaluation.eligibility_removed,
+            "eligibility_violations": run.eligibility_violations,
             "gates": run.gates.as_dict(), "steps": lines, "line": line}

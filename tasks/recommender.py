@@ -17,6 +17,7 @@ from puhui.config import (
     ProductsConfig,
     RecommenderSpec,
     RiskModelSpec,
+    SegmentsConfig,
     load_config,
 )
 from puhui.errors import PuhuiError
@@ -28,6 +29,7 @@ from puhui.lifecycle.publish import (
     training_fingerprint,
 )
 from puhui.recommender.publish import PublishedRecommender, publish_recommender
+from puhui.recommender.risk_grades import champion_risk_grader, risk_grades
 from puhui.recommender.train import RecommenderRun, build_ranking_set, fit_and_evaluate
 from puhui.recommender.training_set import OOT, TRAIN, RankingSet
 from puhui.registry import registry_client
@@ -64,8 +66,13 @@ def assemble_ranking_set(as_of: date) -> tuple[RankingSet, str]:
     runtime = open_runtime()
     spec, reco, risk, products = _configs()
     frames = load_source_frames(runtime.engine, spec, as_of)
+    grader = champion_risk_grader(runtime.settings.mlflow_tracking_uri, risk.registered_name)
+    reference = load_config(runtime.settings.config_dir,
+                            SegmentsConfig).profile.reference_application
+    grade = None if grader.scorer is None else (
+        lambda rows: risk_grades(grader.scorer, rows, reference, spec, risk))
     with console.progress("features"):
-        data = build_ranking_set(runtime.engine, frames, spec, reco, risk, products)
+        data = build_ranking_set(runtime.engine, frames, spec, reco, risk, products, grade)
     f = data.frame
     groups = f.drop_duplicates("group")
     line = _say(
@@ -73,8 +80,7 @@ def assemble_ranking_set(as_of: date) -> tuple[RankingSet, str]:
         f"{int(f.loc[f['split'] == TRAIN, 'window'].nunique())} windows, "
         f"{int((groups['split'] == OOT).sum()):,} out-of-time groups from {data.oot_start} "
         f"(customer x {len(products.codes)} products), {len(data.features)} features; "
-        "no champion risk grades used (customers are scored per application, not per "
-        "customer)", started)
+        f"{grader.describe()}", started)
     return data, line
 
 

@@ -19,10 +19,13 @@ from puhui.recommender.gates import check_recommender_gates
 from puhui.recommender.model import eligibility, final_scores, popularity_scores
 from puhui.recommender.train import fit_and_evaluate, oot_top1
 from puhui.recommender.training_set import (
+    CUSTOMER_PRODUCT_FEATURES,
     OOT,
+    POPULARITY_FEATURES,
     TRAIN,
     RankingSet,
     build_groups,
+    popularity_features,
     window_as_of_days,
 )
 from puhui.settings import load_settings
@@ -108,8 +111,8 @@ def test_groups_grade_the_funnel_and_see_only_the_past() -> None:
     assert oot.loc[("p2", "agri_loan"), "relevance"] == 0  # shown, no response
     assert oot.loc[("p1", "microloan"), "relevance"] == 0  # not shown
     assert oot.loc[("p2", "agri_loan"), "scenario"] == "COOP"  # the request's context
-    assert oot.loc[("p2", "agri_loan"), "offered_in_scenario"] == 1.0
-    assert oot.loc[("p2", "savings"), "offered_in_scenario"] == 0.0
+    # p1 came through WALLET before: what that shelf holds is likelier shown to p1
+    assert oot.loc[("p1", "bill_pay"), "exposure"] > oot.loc[("p1", "agri_loan"), "exposure"]
     # p1's savings uptake 40 days ago is past use; the window's own click is not
     assert oot.loc[("p1", "savings"), "past_uptakes"] == 1
     assert oot.loc[("p1", "savings"), "past_kind_uptakes"] == 1
@@ -132,8 +135,7 @@ def test_features_do_not_change_when_the_future_is_removed() -> None:
     events = _events()
     full = build_groups(events, products, spec, AS_OF)
     feature_day = window_as_of_days(AS_OF, spec)[0]
-    cols = ["past_impressions", "past_best_grade", "past_uptakes", "past_kind_uptakes",
-            "month", "as_of_date", "relevance"]
+    cols = [*CUSTOMER_PRODUCT_FEATURES, "as_of_date", "relevance"]
     # the older windows' rows, features and relevance alike, without the newest window
     past_only = build_groups(events[events["day"] <= feature_day], products, spec, AS_OF)
     assert len(past_only) and (past_only["window"] > 0).all()
@@ -148,21 +150,49 @@ def test_features_do_not_change_when_the_future_is_removed() -> None:
     pd.testing.assert_frame_equal(a.loc[c.index, features], c)
 
 
+def test_popularity_features_use_only_older_windows() -> None:
+    rows = [{"window": w, "occupation": occ, "product_code": code,
+             "relevance": float((w + i) % 3)}
+            for w in range(3) for i, occ in enumerate(["farmer"] * 40 + ["salaried"] * 10)
+            for code in ("a", "b")]
+    frame = pd.DataFrame(rows)
+    first = popularity_features(frame)
+    assert first.loc[first["window"] == 2, POPULARITY_FEATURES].isna().all().all()
+    older = frame[frame["window"] == 2]
+    farmer_a = older[(older["occupation"] == "farmer") & (older["product_code"] == "a")]
+    got = first[(first["window"] == 1) & (first["occupation"] == "farmer")
+                & (first["product_code"] == "a")]
+    assert (got["occupation_product_popularity"] == farmer_a["relevance"].mean()).all()
+    # salaried: 10 rows a window, too few for a cell until two windows pool (20 < 30)
+    salaried = first[(first["window"] == 1) & (first["occupation"] == "salaried")]
+    assert (salaried["occupation_product_popularity"]
+            == salaried["product_popularity"]).all()
+    # what happens in a window, or after it, never moves its own features
+    changed = frame.assign(relevance=np.where(frame["window"] <= 1, 3.0, frame["relevance"]))
+    second = popularity_features(changed)
+    same = first["window"] >= 1
+    pd.testing.assert_frame_equal(first.loc[same, POPULARITY_FEATURES],
+                                  second.loc[same, POPULARITY_FEATURES])
+
+
 # ------------------------------------------------------------------------ eligibility
 def test_eligibility_removes_and_counts_each_rule() -> None:
     models, _ = _configs()
     spec = models.product_recommender
     frame = pd.DataFrame({
         "product_code": ["business_loan", "business_loan", "agri_loan", "agri_loan",
-                         "microloan", "savings"],
-        "risk_grade": ["D", "C", None, None, None, "E"],
-        "occupation": ["salaried", "salaried", "salaried", "salaried", "retired", "retired"],
-        "agri_coop_member": [0, 0, 0, 1, 0, 0],
-        "age": [40, 40, 40, 40, 70, 70],
+                         "microloan", "savings", "microloan"],
+        # no grade (no risk champion): no credit product, a non-credit one is not limited
+        "risk_grade": ["D", "C", "B", "B", "A", None, None],
+        "occupation": ["salaried", "salaried", "salaried", "salaried", "retired", "retired",
+                       "salaried"],
+        "agri_coop_member": [0, 0, 0, 1, 0, 0, 0],
+        "age": [40, 40, 40, 40, 70, 70, 40],
     })
     result = eligibility(frame, spec)
-    assert result.eligible.tolist() == [False, True, False, True, False, True]
-    assert result.removed == {"credit_grade": 1, "agricultural_activity": 1, "age": 1}
+    assert result.eligible.tolist() == [False, True, False, True, False, True, False]
+    assert result.removed == {"credit_no_risk_grade": 1, "credit_grade": 1,
+                              "agricultural_activity": 1, "age": 1}
 
 
 def test_a_customer_who_refused_personalisation_gets_the_non_personal_ranking() -> None:
@@ -227,13 +257,14 @@ def _synthetic_set(seed: int = 3) -> RankingSet:
                              "occupation": occupation, "region_type": "rural" if person % 2
                              else "urban", "gender": "female", "age_band": "age_26_35",
                              "age": 30.0, "agri_coop_member": 0, "x": rng.normal(),
+                             "risk_grade": "A",
                              "split": OOT if window == 0 else TRAIN})
     frame = pd.DataFrame(rows).sort_values(["window", "person_key", "product_code"])
     frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()
     frame["as_of_date"] = AS_OF
     return RankingSet(AS_OF, frame.reset_index(drop=True),
-                      ["x", "occupation", "product_code", "scenario"],
-                      ["occupation", "product_code", "scenario"], AS_OF)
+                      ["x", "occupation", "product_code"], ["occupation", "product_code"],
+                      AS_OF)
 
 
 def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> None:
@@ -260,3 +291,131 @@ def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> Non
     shares = run.evaluation.top1_share
     assert set(shares["dimension"]) == set(spec.segments)
     assert shares.groupby(["dimension", "segment"])["share"].sum().round(6).eq(1).all()
+
+
+# ------------------------------------------------------------------------ scoring
+def test_score_recommendations_ranks_eligible_products_and_honours_opt_outs(
+        tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    from puhui.recommender.model import load_ranker, save_ranker
+    from puhui.recommender.scoring import score_recommendations
+
+    models, products = _configs()
+    spec = models.product_recommender.model_copy(update={"min_segment_size": 10})
+    run = fit_and_evaluate(_synthetic_set(), spec)
+    save_ranker(run.ranker, tmp_path / "ranker")
+    ranker = load_ranker(tmp_path / "ranker")  # what a registered version serves
+    assert ranker.popularity["all"] and ranker.popularity["by_scenario"]
+    customers = pd.DataFrame({
+        "person_key": ["p0", "p1", "p2", "p3"],
+        "occupation": ["farmer", "salaried", "farmer", "farmer"],
+        "agri_coop_member": [0, 0, 1, 0], "age": [30.0, 30.0, 30.0, 30.0],
+        "x": [0.0, 0.0, 0.0, 0.0], "risk_grade": ["A", "A", None, "A"]})
+    out = score_recommendations(ranker, customers, _events(), AS_OF, products, spec,
+                                [False, False, False, True], model="m", version="3")
+    farmer, salaried, ungraded, refused = out
+    assert [len(o["non_personalised"]) for o in out] == [3, 3, 3, 3]
+    assert farmer["personalised"][0] in ("agri_loan", "crop_insurance")
+    assert farmer["model"] == "m" and farmer["version"] == "3"
+    # eligibility first: never offered, and said why
+    assert salaried["not_eligible"] == {"agri_loan": "agricultural_activity",
+                                        "crop_insurance": "agricultural_activity"}
+    assert ungraded["not_eligible"] == {"microloan": "credit_no_risk_grade",
+                                        "agri_loan": "credit_no_risk_grade",
+                                        "business_loan": "credit_no_risk_grade"}
+    for o in out:
+        offered = set(o["personalised"]) | set(o["non_personalised"])
+        assert not offered & set(o["not_eligible"])
+    # a customer who refused personalisation gets the non-personalised ranking only
+    assert refused["personalised"] == [] and refused["personalisation_opt_out"]
+    assert refused["non_personalised"] == farmer["non_personalised"]
+
+
+# ------------------------------------------------- the champion risk model's grades
+@pytest.mark.slow  # trains a risk champion and the recommender through real flows (~1 min)
+def test_credit_eligibility_follows_the_champion_risk_grade(
+        risk_templates, dialect: str, puhui_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        tmp_path, prefect_harness: None) -> None:  # noqa: ANN001
+    from flows.recommender import train_recommender_flow
+    from puhui.recommender.risk_grades import champion_risk_grader
+    from tests.conftest import RISK_AS_OF, no_search_config, risk_env
+    from tests.test_profiles import train_and_promote
+
+    risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
+    no_search_config(tmp_path, monkeypatch)
+    uri = load_settings().mlflow_tracking_uri
+    none = champion_risk_grader(uri, "credit_risk")
+    assert none.scorer is None and "credit products ineligible" in none.describe()
+    version = train_and_promote()
+    result = train_recommender_flow(as_of=date.fromisoformat(RISK_AS_OF))
+    assert f"credit limited by credit_risk v{version} grades" in result["steps"][0]
+    removed = result["eligibility_removed"]
+    assert removed["credit_no_risk_grade"] == 0  # every customer graded by the champion
+    assert removed["credit_grade"] > 0  # and some graded above a product's limit
+    assert result["eligibility_violations"] == 0
+
+
+# ------------------------------------------------ the generator's rural agri switch
+def _offers_set(boost: float, users: int = 2500, seed: int = 5) -> RankingSet:
+    """The generator's offers and responses for the recommender's windows, straight from
+    its offer process (no landing zone or ingest: the funnel is the same ``offer_day`` the
+    product_events feed writes), with a few of its people's facts standing in for the
+    feature builder's columns."""
+    from puhui.generate import reference as ref
+    from puhui.generate.feeds import World, offer_day
+    from puhui.generate.population import build_population
+    from puhui.generate.timeline import Timeline, epoch_day
+
+    models, products = _configs()
+    spec = models.product_recommender
+    days = spec.window_days * (spec.train_windows + 1)
+    timeline = Timeline(AS_OF, 1, days + 30)
+    pop = build_population(users, seed, timeline)
+    world = World(pop, None, None, timeline, seed, ref.DEFAULT_PRODUCTS,  # type: ignore[arg-type]
+                  rural_agri_boost=boost)
+    parts = []
+    for d in timeline.all_days[-days:]:
+        o = offer_day(world, epoch_day(d))
+        for stage, reached in enumerate((np.ones(len(o.people), bool), o.click, o.apply,
+                                         o.uptake)):
+            parts.append(pd.DataFrame({
+                "person_key": [f"p{i}" for i in o.people[reached]], "day": day_number(d),
+                "event_time": pd.Timestamp(d) + pd.to_timedelta(
+                    o.seconds[reached] + stage, unit="s"),
+                "product_code": np.array(ref.DEFAULT_PRODUCTS)[o.product[reached]],
+                "scenario": np.array(ref.SCENARIOS)[o.scenario[reached]],
+                "event_type": ref.EVENT_TYPES[stage]}))
+    frame = build_groups(pd.concat(parts, ignore_index=True), products, spec, AS_OF)
+    person = frame["person_key"].str[1:].astype(int).to_numpy()
+    frame["occupation"] = np.array(ref.OCCUPATIONS, dtype=object)[pop.occupation[person]]
+    frame["region_type"] = np.array(ref.REGION_TYPES, dtype=object)[pop.region[person]]
+    frame["agri_coop_member"] = pop.is_coop_member[person].astype(float)
+    frame["has_wallet"] = pop.has_wallet[person].astype(float)
+    frame["is_shopper"] = pop.is_shopper[person].astype(float)
+    frame["acreage"] = pop.acreage[person]
+    frame["age"] = 40.0
+    frame["gender"], frame["age_band"], frame["risk_grade"] = "female", "age_36_45", "A"
+    frame = popularity_features(frame)
+    features = ["occupation", "agri_coop_member", "has_wallet", "is_shopper", "acreage",
+                *CUSTOMER_PRODUCT_FEATURES, *POPULARITY_FEATURES, "product_code",
+                "product_kind"]
+    return RankingSet(AS_OF, frame, features, ["occupation", "product_code", "product_kind"],
+                      AS_OF)
+
+
+@pytest.mark.slow  # 13 windows of the generator's offers for 2,500 people, two models
+def test_the_rural_agri_switch_is_learned() -> None:
+    """The same population with and without the switch: the model's rural top-1 agri share
+    rises above its share without it, up to nearly every rural customer who may be offered
+    agri at all (where the popularity baselines sit: they put agri first for all of them)."""
+    models, _ = _configs()
+    spec = models.product_recommender
+    plain = fit_and_evaluate(_offers_set(0.0), spec)
+    boosted = fit_and_evaluate(_offers_set(3.0), spec)
+    share = "rural_agri_top1_share"
+    before, after = plain.evaluation.metrics[share], boosted.evaluation.metrics[share]
+    rural = boosted.oot[boosted.oot["region_type"] == "rural"]
+    possible = rural.groupby("group")["product_code"].agg(
+        lambda c: c.isin(["agri_loan", "crop_insurance"]).any()).mean()
+    assert after > before + 0.04  # measured: 0.506 -> 0.562
+    assert after >= 0.97 * possible  # measured: 0.562 of a possible 0.570
+    assert boosted.evaluation.metrics[f"{share}_popularity"] <= possible + 1e-9

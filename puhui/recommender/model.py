@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -30,38 +31,39 @@ FARMER = "farmer"
 class Eligibility:
     eligible: np.ndarray  # bool per row
     removed: dict[str, int]  # rule -> rows removed by it (a row may fail several)
+    reason: np.ndarray  # per row: the first rule it fails, None when eligible
 
 
 def eligibility(frame: pd.DataFrame, spec: RecommenderSpec) -> Eligibility:
-    """Which rows may be offered: credit products within the champion risk grade limit
-    (rows without a grade, customers the risk model never scored, are not limited), agri
+    """Which rows may be offered: credit products only with a champion risk grade within
+    the product's limit (no grade, e.g. no risk champion: not offered, counted apart), agri
     products only with agricultural activity (a farmer or a co-op member), age limits."""
     rules = spec.eligibility
     product = frame["product_code"].to_numpy(dtype=object)
-    removed: dict[str, int] = {}
-    ok = np.ones(len(frame), dtype=bool)
-
     grade = frame["risk_grade"] if "risk_grade" in frame else pd.Series(None, index=frame.index)
     rank = grade.map(lambda g: GRADE_ORDER.find(g) if isinstance(g, str) else -1).to_numpy()
     limit = pd.Series(product).map(
-        {p: GRADE_ORDER.find(g) for p, g in rules.credit_max_grade.items()}).to_numpy()
-    bad = ~np.isnan(limit.astype(float)) & (rank > np.nan_to_num(limit.astype(float), nan=99))
-    removed["credit_grade"] = int(bad.sum())
-    ok &= ~bad
-
+        {p: GRADE_ORDER.find(g) for p, g in rules.credit_max_grade.items()}).to_numpy(
+            dtype=float)
+    credit = ~np.isnan(limit)
     farmer = frame["occupation"].to_numpy(dtype=object) == FARMER
     member = frame.get("agri_coop_member", pd.Series(0, index=frame.index)).fillna(0) > 0
-    bad = np.isin(product, rules.agricultural) & ~(farmer | member.to_numpy())
-    removed["agricultural_activity"] = int(bad.sum())
-    ok &= ~bad
-
     age = frame["age"].to_numpy(dtype=float)
-    bad = np.zeros(len(frame), dtype=bool)
+    too_young_or_old = np.zeros(len(frame), dtype=bool)
     for code, lim in rules.age.items():
-        bad |= (product == code) & ((age < lim.min) | (age > lim.max))
-    removed["age"] = int(bad.sum())
-    ok &= ~bad
-    return Eligibility(ok, removed)
+        too_young_or_old |= (product == code) & ((age < lim.min) | (age > lim.max))
+    failing = {
+        "credit_no_risk_grade": credit & (rank < 0),
+        "credit_grade": credit & (rank > np.nan_to_num(limit, nan=99)),
+        "agricultural_activity": np.isin(product, rules.agricultural) & ~(
+            farmer | member.to_numpy()),
+        "age": too_young_or_old,
+    }
+    reason = np.full(len(frame), None, dtype=object)
+    for rule, bad in reversed(failing.items()):  # the first rule named wins
+        reason[bad] = rule
+    ok = reason == None  # noqa: E711 - elementwise on an object array
+    return Eligibility(ok, {rule: int(bad.sum()) for rule, bad in failing.items()}, reason)
 
 
 @dataclass
@@ -69,6 +71,10 @@ class Ranker:
     booster: lgb.Booster
     features: list[str]
     categories: dict[str, list[str]]
+    # The non-personalised rankings' training popularity (mean relevance per product):
+    # {"all": {code: v}, "by_scenario": {scenario: {code: v}}}; stored with the booster so
+    # that scoring needs nothing else.
+    popularity: dict[str, Any] = field(default_factory=dict)
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         return self.booster.predict(encode_features(frame, self.features, self.categories))
@@ -90,8 +96,11 @@ def train_ranker(train: pd.DataFrame, features: list[str], categorical: list[str
     return Ranker(booster, features, categories)
 
 
+POPULARITY_MIN_ROWS = 30
+
+
 def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
-                      min_rows: int = 30) -> np.ndarray:
+                      min_rows: int = POPULARITY_MIN_ROWS) -> np.ndarray:
     """Mean training relevance of each row's product within its ``by`` cell; a cell with
     fewer than ``min_rows`` training rows of the product falls back to all customers."""
     glob = train.groupby("product_code")["relevance"].mean()
@@ -105,6 +114,22 @@ def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
         local = np.asarray(local, dtype=float)
         score = np.where(np.isnan(local), score, local)
     return score
+
+
+def popularity_table(train: pd.DataFrame) -> dict[str, Any]:
+    """Mean training relevance per product: overall, within each scenario (the
+    non-personalised ranking) and within each occupation (the ranker's popularity
+    features); cells with fewer than POPULARITY_MIN_ROWS rows are left out (scoring falls
+    back to overall)."""
+    def cells(by: str) -> dict[str, dict[str, float]]:
+        stats = train.groupby([by, "product_code"])["relevance"].agg(["mean", "size"])
+        stats = stats[stats["size"] >= POPULARITY_MIN_ROWS]["mean"]
+        return {str(k): {str(c): float(v) for (_, c), v in cell.items()}
+                for k, cell in stats.groupby(level=0)}
+
+    return {"all": {str(k): float(v) for k, v in
+                    train.groupby("product_code")["relevance"].mean().items()},
+            "by_scenario": cells("scenario"), "by_occupation": cells("occupation")}
 
 
 def final_scores(personal: np.ndarray, non_personal: np.ndarray,
@@ -122,10 +147,11 @@ def save_ranker(ranker: Ranker, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     ranker.booster.save_model(str(directory / RANKER_FILE))
     (directory / META_FILE).write_text(json.dumps(
-        {"features": ranker.features, "categories": ranker.categories}), encoding="utf-8")
+        {"features": ranker.features, "categories": ranker.categories,
+         "popularity": ranker.popularity}), encoding="utf-8")
 
 
 def load_ranker(directory: Path) -> Ranker:
     meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
     booster = lgb.Booster(model_file=str(directory / RANKER_FILE))
-    return Ranker(booster, meta["features"], meta["categories"])
+    return Ranker(booster, meta["features"], meta["categories"], meta.get("popularity", {}))

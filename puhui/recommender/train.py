@@ -3,9 +3,10 @@ gates. The flow (flows/train.py) and the lifecycle (puhui/lifecycle/) wrap these
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
@@ -28,17 +29,19 @@ from puhui.recommender.model import (
     eligibility,
     final_scores,
     popularity_scores,
+    popularity_table,
     train_ranker,
 )
 from puhui.recommender.training_set import (
-    CONTEXT_FEATURES,
     CUSTOMER_PRODUCT_FEATURES,
     OOT,
+    POPULARITY_FEATURES,
     PRODUCT_FEATURES,
     TRAIN,
     RankingSet,
     build_groups,
     load_product_events,
+    popularity_features,
 )
 from puhui.risk.training_set import age_band
 
@@ -54,17 +57,23 @@ def _age(birth: pd.Series, on: pd.Series) -> pd.Series:
 
 def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: FeaturesConfig,
                       spec: RecommenderSpec, risk: RiskModelSpec, products: ProductsConfig,
-                      risk_grades: pd.Series | None = None) -> RankingSet:
+                      grade: Callable[[pd.DataFrame], np.ndarray] | None = None,
+                      features: pd.DataFrame | None = None) -> RankingSet:
     """Groups from product_events, joined to point-in-time customer features (as of the day
-    before each window), segments, age and the champion risk grade (``risk_grades``:
-    person_key -> grade; None when no risk champion scored anyone)."""
+    before each window), segments, age and the champion risk grade: ``grade`` maps the
+    feature rows (one per customer and as-of date) to grades; None when there is no risk
+    champion (then no row has a grade and credit products are ineligible). ``features``:
+    the feature builder's rows of these requests when already built (benchmarks reuse
+    them across runs)."""
     as_of = frames.as_of
     customers = frames.customers
     events = load_product_events(engine, EVENTS_TABLE, features_spec.timezone, as_of,
                                  customers)
     frame = build_groups(events, products, spec, as_of)
     requests = frame[["person_key", "as_of_date"]].drop_duplicates()
-    features = build_features(frames, requests, features_spec)
+    if features is None:
+        features = build_features(frames, requests, features_spec)
+    features = features.assign(risk_grade=grade(features) if grade is not None else None)
     frame = frame.merge(features, on=["person_key", "as_of_date"], how="left")
     people = customers.set_index("person_key")
     frame["region_type"] = frame["person_key"].map(people["region_type"])
@@ -75,13 +84,12 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     birth = frame["person_key"].map(people["birth_date"])
     frame["age"] = _age(birth, frame["as_of_date"])
     frame["age_band"] = age_band(birth, frame["as_of_date"], risk.fairness.age_bands)
-    frame["risk_grade"] = (frame["person_key"].map(risk_grades) if risk_grades is not None
-                           else None)
+    frame = popularity_features(frame)
     catalog = feature_catalog(features_spec)
     feature_names = [f.name for f in catalog] + CUSTOMER_PRODUCT_FEATURES + \
-        PRODUCT_FEATURES + CONTEXT_FEATURES
+        PRODUCT_FEATURES + POPULARITY_FEATURES
     categorical = [f.name for f in catalog if f.categorical] + [
-        "product_code", "product_kind", "scenario"]
+        c for c in ("product_code", "product_kind", "scenario") if c in feature_names]
     oot_start = frame.loc[frame["split"] == OOT, "as_of_date"].min()
     batch_ids = set(frames.batch_ids) | set(events["batch_id"])
     return RankingSet(as_of, frame, feature_names, categorical, oot_start, batch_ids)
@@ -106,6 +114,7 @@ def fit_and_evaluate(data: RankingSet, spec: RecommenderSpec,
     frame = data.frame[allowed.eligible]
     train, oot = frame[frame["split"] == TRAIN], frame[frame["split"] == OOT].copy()
     ranker = train_ranker(train, data.features, data.categorical, spec)
+    ranker.popularity = popularity_table(train)
     non_personal = popularity_scores(train, oot, ["scenario"])
     oot[MODEL] = final_scores(ranker.score(oot), non_personal, oot["person_key"], opted_out)
     oot[POPULARITY] = popularity_scores(train, oot, [])

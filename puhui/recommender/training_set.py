@@ -6,9 +6,10 @@ in a window forms a group: each product on the shelf is a row, its relevance the
 funnel stage (graded in config) the customer's offers of it reached in the window, 0 when
 shown without a response or not shown. Everything a row knows is from before the window:
 customer features as of the day before its first day (the point-in-time feature builder),
-past use of the product and its kind up to that day, the product's attributes and the
-season. The request's context, the scenario of the customer's first offer in the window, is
-known when the recommendation is asked for.
+past use of the product and its kind up to that day, the customer's scenario mix (how
+likely the product is on the shelf they are shown), the product's attributes and the
+season. The scenario of the customer's first offer in the window is kept as the request's
+context for the non-personalised ranking (popularity by scenario), not as a feature.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, MetaData, Table, select
 
@@ -25,11 +27,19 @@ from puhui.features.sources import day_from_number, day_number, local_days, time
 
 TRAIN, OOT = "train", "oot"
 CUSTOMER_PRODUCT_FEATURES = [
-    "past_impressions", "past_best_grade", "past_uptakes", "past_kind_uptakes",
-    "offered_in_scenario", "month",
+    "past_impressions", "past_best_grade", "past_responses", "past_uptakes",
+    "past_kind_uptakes", "past_kind_responses", "past_offers", "recent_offers",
+    "past_response_rate", "exposure", "month",
 ]
+EXPOSURE_PRIOR_OFFERS = 5.0  # pseudo-offers of everyone's mix added to each customer's
 PRODUCT_FEATURES = ["product_code", "product_kind", "product_scenarios"]
-CONTEXT_FEATURES = ["scenario"]
+# Mean relevance of the product in the windows before a row's (overall, within the
+# customer's occupation): what the popularity baselines know, point in time.
+POPULARITY_FEATURES = ["product_popularity", "occupation_product_popularity"]
+POPULARITY_CELL_MIN_ROWS = 30
+# The request's scenario is not a feature: a profile is scored outside any request, and a
+# ranking led by the request's shelf pushed rural customers' agri products out of top-1
+# (the customer's own scenario mix is a feature: ``exposure``).
 
 
 @dataclass
@@ -74,6 +84,79 @@ def window_as_of_days(as_of: date, spec: RecommenderSpec) -> list[int]:
     return [end - (w + 1) * spec.window_days for w in range(spec.train_windows + 1)]
 
 
+def graded_events(events: pd.DataFrame, products: ProductsConfig,
+                  spec: RecommenderSpec) -> pd.DataFrame:
+    """Events of shelf products with their relevance grade (``grading`` in config) and
+    product kind."""
+    unknown = set(spec.grading) ^ {"impression", "click", "application", "uptake"}
+    if unknown:
+        raise PuhuiError(f"grading must grade impression, click, application and uptake "
+                         f"(not {sorted(unknown)})")
+    events = events[events["product_code"].isin(products.codes)].copy()
+    events["grade"] = events["event_type"].map(spec.grading)
+    events["kind"] = events["product_code"].map({p.code: p.kind for p in products.products})
+    return events.dropna(subset=["grade"])
+
+
+def past_use_features(rows: pd.DataFrame, past: pd.DataFrame, products: ProductsConfig,
+                      feature_day: int) -> pd.DataFrame:
+    """``rows`` (person_key, product_code) with the customer x product features
+    known on ``feature_day``: from ``past`` (graded funnel events up to that day) and the
+    shelf. Used for training windows and for scoring alike, so both see the same columns.
+
+    Exposure matters as much as taste here: a product can only be responded to when shown,
+    and what a customer is shown follows the scenarios they come through; ``exposure`` is
+    the chance the product is on the shelf of the customer's next request, from their
+    scenario mix so far (shrunk to everyone's mix when they have few past offers).
+    """
+    kinds = {p.code: p.kind for p in products.products}
+    shelf = {p.code: set(p.scenarios) for p in products.products}
+    rows = rows.copy()
+    shown = past[past["event_type"] == "impression"]
+    responded = past[past["grade"] > 0]
+    took = past[past["event_type"] == "uptake"]
+    by_pair = ["person_key", "product_code"]
+    rows = rows.join(shown.groupby(by_pair).size().rename("past_impressions"), on=by_pair)
+    rows = rows.join(past.groupby(by_pair)["grade"].max().rename("past_best_grade"),
+                     on=by_pair)
+    rows = rows.join(responded.groupby(by_pair).size().rename("past_responses"), on=by_pair)
+    rows = rows.join(took.groupby(by_pair).size().rename("past_uptakes"), on=by_pair)
+    rows["kind"] = rows["product_code"].map(kinds)
+    by_kind = ["person_key", "kind"]
+    rows = rows.join(took.groupby(by_kind).size().rename("past_kind_uptakes"), on=by_kind)
+    rows = rows.join(responded.groupby(by_kind).size().rename("past_kind_responses"),
+                     on=by_kind)
+    offers = shown.groupby("person_key").size()
+    rows["past_offers"] = rows["person_key"].map(offers)
+    recent = shown[shown["day"] > feature_day - 90].groupby("person_key").size()
+    rows["recent_offers"] = rows["person_key"].map(recent)
+    rows["past_response_rate"] = rows["person_key"].map(
+        responded[responded["event_type"] == "click"].groupby("person_key").size() / offers)
+    for col in ("past_impressions", "past_responses", "past_uptakes", "past_kind_uptakes",
+                "past_kind_responses", "past_offers", "recent_offers"):
+        rows[col] = rows[col].fillna(0).astype(float)
+    rows["past_best_grade"] = rows["past_best_grade"].astype(float)  # missing: never shown
+    rows["past_response_rate"] = rows["past_response_rate"].astype(float)
+    # Scenario mix: counts per (customer, scenario), shrunk towards everyone's mix.
+    scenarios = sorted({s for v in shelf.values() for s in v})
+    mix = shown.groupby(["person_key", "scenario"]).size().unstack(fill_value=0).reindex(
+        columns=scenarios, fill_value=0)
+    prior = mix.sum() / max(float(mix.to_numpy().sum()), 1.0) if len(mix) else pd.Series(
+        1.0 / len(scenarios), index=scenarios)
+    share = (mix + EXPOSURE_PRIOR_OFFERS * prior).div(
+        mix.sum(axis=1) + EXPOSURE_PRIOR_OFFERS, axis=0)
+    on_shelf = pd.DataFrame({s: [float(s in shelf[c]) / max(sum(
+        s in shelf[o] for o in shelf), 1) for c in products.codes] for s in scenarios},
+        index=products.codes)
+    exposure = share @ on_shelf.T  # person x product
+    pair = exposure.stack().rename("exposure")
+    rows = rows.join(pair, on=by_pair)
+    default = (prior * on_shelf).sum(axis=1)
+    rows["exposure"] = rows["exposure"].fillna(rows["product_code"].map(default)).astype(float)
+    rows["month"] = float(day_from_number(feature_day).month)
+    return rows.rename(columns={"kind": "product_kind"})
+
+
 def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: RecommenderSpec,
                  as_of: date) -> pd.DataFrame:
     """Every (customer, window, product) row with relevance, context and past-use features.
@@ -82,17 +165,8 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
     its feature day make its features.
     """
     codes = products.codes
-    kinds = {p.code: p.kind for p in products.products}
     shelf = {p.code: set(p.scenarios) for p in products.products}
-    unknown = set(spec.grading) ^ {"impression", "click", "application", "uptake"}
-    if unknown:
-        raise PuhuiError(f"grading must grade impression, click, application and uptake "
-                         f"(not {sorted(unknown)})")
-    events = events[events["product_code"].isin(codes)].copy()
-    events["grade"] = events["event_type"].map(spec.grading)
-    events = events.dropna(subset=["grade"])
-    events["kind"] = events["product_code"].map(kinds)
-    uptake = events["event_type"] == "uptake"
+    events = graded_events(events, products, spec)
     parts = []
     for w, feature_day in enumerate(window_as_of_days(as_of, spec)):
         inside = events[(events["day"] > feature_day)
@@ -108,29 +182,12 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
         rows["relevance"] = best.reindex(pd.MultiIndex.from_frame(
             rows[["person_key", "product_code"]])).fillna(0).to_numpy()
         rows = rows.merge(first, on="person_key")
-        past = events[events["day"] <= feature_day]
-        seen = past.groupby(["person_key", "product_code"]).agg(
-            past_impressions=("event_type", lambda s: int((s == "impression").sum())),
-            past_best_grade=("grade", "max"))
-        took = past[uptake.loc[past.index]]
-        uptakes = took.groupby(["person_key", "product_code"]).size().rename("past_uptakes")
-        kind_uptakes = took.groupby(["person_key", "kind"]).size().rename("past_kind_uptakes")
-        rows = rows.join(seen, on=["person_key", "product_code"])
-        rows = rows.join(uptakes, on=["person_key", "product_code"])
-        rows["kind"] = rows["product_code"].map(kinds)
-        rows = rows.join(kind_uptakes, on=["person_key", "kind"])
-        for col in ("past_impressions", "past_uptakes", "past_kind_uptakes"):
-            rows[col] = rows[col].fillna(0).astype(float)
-        rows["past_best_grade"] = rows["past_best_grade"].astype(float)  # missing: never shown
-        rows["offered_in_scenario"] = [
-            float(s in shelf[c]) for s, c in zip(rows["scenario"], rows["product_code"],
-                                                 strict=True)]
-        feature_date = day_from_number(feature_day)
-        rows["month"] = float(feature_date.month)
-        rows["as_of_date"] = feature_date
+        rows = past_use_features(rows, events[events["day"] <= feature_day], products,
+                                 feature_day)
+        rows["as_of_date"] = day_from_number(feature_day)
         rows["window"] = w
         rows["split"] = OOT if w == 0 else TRAIN
-        parts.append(rows.rename(columns={"kind": "product_kind"}))
+        parts.append(rows)
     if not parts:
         raise PuhuiError(f"no product_events in the {spec.train_windows + 1} windows of "
                          f"{spec.window_days} days before {as_of}: ingest product_events")
@@ -141,3 +198,33 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
     frame = frame.sort_values(["window", "person_key", "product_code"], kind="stable")
     frame["group"] = frame.groupby(["window", "person_key"], sort=False).ngroup()
     return frame.reset_index(drop=True)
+
+
+def popularity_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """``POPULARITY_FEATURES`` for every row from the older windows' relevance only (window
+    w+1 ends on window w's feature day, so nothing after a row's feature day is used); an
+    occupation cell with fewer than ``POPULARITY_CELL_MIN_ROWS`` rows takes the overall
+    value, the oldest window has none."""
+    stats = frame.groupby(["window", "occupation", "product_code"], dropna=False)[
+        "relevance"].agg(["sum", "count"])
+    out = frame[["window", "occupation", "product_code"]].copy()
+    out["product_popularity"] = np.nan
+    out["occupation_product_popularity"] = np.nan
+    for w in frame["window"].unique():
+        older = stats[stats.index.get_level_values("window") > w]
+        if older.empty:
+            continue
+        cell = older.groupby(level=["occupation", "product_code"], dropna=False).sum()
+        overall = cell.groupby(level="product_code").sum()
+        overall = overall["sum"] / overall["count"]
+        cell = cell[cell["count"] >= POPULARITY_CELL_MIN_ROWS]
+        cell = cell["sum"] / cell["count"]
+        rows = out["window"] == w
+        product = out.loc[rows, "product_code"]
+        out.loc[rows, "product_popularity"] = product.map(overall).to_numpy(dtype=float)
+        keys = pd.MultiIndex.from_frame(out.loc[rows, ["occupation", "product_code"]])
+        local = cell.reindex(keys).to_numpy(dtype=float)
+        out.loc[rows, "occupation_product_popularity"] = np.where(
+            np.isnan(local), out.loc[rows, "product_popularity"], local)
+    return frame.assign(product_popularity=out["product_popularity"],
+                        occupation_product_popularity=out["occupation_product_popularity"])

@@ -1,0 +1,202 @@
+"""The product recommender on several seeds of the demo: NDCG@3 out of time against both
+popularity baselines and the truth ceiling, overall and per segment, seed by seed.
+
+For each seed: the demo's landing zone (``--users`` customers, ``--days`` daily deliveries,
+two years of history), generated and ingested once into its own ``PUHUI_HOME`` (phase
+``prepare``, the risk seeds bench's code); then the recommender's ranking set as of the last
+delivery date (cached under the seed's home: the point-in-time features are the slow part)
+and ``fit_and_evaluate`` on it with the generator's rural agri truth (phase ``train``; no
+Prefect and no registry: only the model and its evaluation are measured). Each seed runs in
+a child process of its own (settings and caches are per process).
+
+Usage:
+  python bench/bench_recommender_seeds.py [--seeds 42 1 2] [--users 5000] [--days 3]
+                                          [--phase prepare|train|all|table] [--work DIR]
+                                          [--rebuild] [--quick]
+Prints a table and writes bench/results/recommender_seeds.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.bench_risk_seeds import _seed_env, child_prepare  # noqa: E402
+from bench.results_file import machine_facts, write_results  # noqa: E402
+
+DEFAULT_WORK = ROOT / ".puhui" / "bench-recommender-seeds"
+MAX_GAP_TO_CEILING = 0.05
+RANKINGS = ("model", "popularity", "segment_popularity", "non_personal")
+
+
+def child_train(seed: int, rebuild: bool) -> None:
+    """Ranking set (cached), model, baselines, evaluation and gates for one seed."""
+    from puhui.config import (
+        FeaturesConfig,
+        ModelsConfig,
+        ProductsConfig,
+        load_config,
+    )
+    from puhui.features.builder import feature_catalog
+    from puhui.features.sources import load_source_frames
+    from puhui.recommender.train import build_ranking_set, fit_and_evaluate
+    from puhui.runtime import open_runtime
+
+    home = Path(os.environ["PUHUI_HOME"])
+    prepared = json.loads((home / "prepared.json").read_text())
+    as_of = date.fromisoformat(prepared["end_date"])
+    runtime = open_runtime()
+    config_dir = runtime.settings.config_dir
+    features = load_config(config_dir, FeaturesConfig)
+    models = load_config(config_dir, ModelsConfig)
+    spec = models.product_recommender
+    products = load_config(config_dir, ProductsConfig)
+    cache = home / "customer_features.pkl"  # the slow part; groups are rebuilt each run
+    started = time.perf_counter()
+    frames = load_source_frames(runtime.engine, features, as_of)
+    known = pickle.loads(cache.read_bytes()) if cache.exists() and not rebuild else None
+    data = build_ranking_set(runtime.engine, frames, features, spec, models.credit_risk,
+                             products, features=known)
+    if known is None:
+        columns = ["person_key", "as_of_date",
+                   *(f.name for f in feature_catalog(features))]
+        cache.write_bytes(pickle.dumps(
+            data.frame[columns].drop_duplicates(["person_key", "as_of_date"])))
+    built = time.perf_counter() - started
+    # Every customer within every credit limit: the bench measures the ranking, not the risk
+    # model (no risk champion is trained here), and the truth ceiling ranks the whole shelf.
+    data.frame["risk_grade"] = "A"
+    truth = json.loads((home / "landing" / "truth.json").read_text())
+    reco_truth = truth["recommender"]
+    started = time.perf_counter()
+    run = fit_and_evaluate(data, spec, (), reco_truth.get("rural_top1_agri_share"))
+    fitted = time.perf_counter() - started
+    m, seg = run.evaluation.metrics, run.evaluation.segments
+    gated = seg[seg["gated"]]
+    beaten = gated[(gated["model"] > gated["popularity"])
+                   & (gated["model"] > gated["segment_popularity"])]
+    row = {
+        "seed": seed, "users": prepared["users"],
+        "ceiling": reco_truth["ceiling"]["ndcg_every"],
+        **{name: m["ndcg_at_3_oot" + ("" if name == "model" else f"_{name}")]
+           for name in RANKINGS},
+        "groups_oot": run.evaluation.counts["groups_oot"],
+        "groups_oot_with_response": run.evaluation.counts["groups_oot_with_response"],
+        "segments_gated": len(gated), "segments_beating_both": len(beaten),
+        "segments_not_beating": [f"{r.dimension}={r.segment}" for r in gated.itertuples()
+                                 if f"{r.dimension}={r.segment}" not in {
+                                     f"{b.dimension}={b.segment}" for b in beaten.itertuples()}],
+        "rural_agri_top1_share": m.get("rural_agri_top1_share"),
+        "rural_agri_top1_share_segment_popularity": m.get(
+            "rural_agri_top1_share_segment_popularity"),
+        "truth_rural_agri_top1_share": reco_truth.get("rural_top1_agri_share"),
+        "eligibility_removed": run.evaluation.eligibility_removed,
+        "eligibility_violations": run.eligibility_violations,
+        "gates_passed": run.gates.passed, "gates_failed": run.gates.failed,
+        "ranking_set_seconds": round(built, 1), "fit_seconds": round(fitted, 1),
+        "segments": seg.to_dict(orient="records"),
+    }
+    (home / "reco_result.json").write_text(json.dumps(row, indent=1, default=str))
+    print(f"seed {seed}: model {row['model']:.4f} popularity {row['popularity']:.4f} segment "
+          f"{row['segment_popularity']:.4f} ceiling {row['ceiling']:.4f}; segments beating both "
+          f"{len(beaten)}/{len(gated)} {row['segments_not_beating']}; gates "
+          f"{'passed' if run.gates.passed else run.gates.failed}")
+
+
+def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
+    command = [sys.executable, __file__, "--child", phase, "--seeds", str(seed),
+               "--users", str(args.users), "--days", str(args.days), "--work", str(args.work)]
+    if args.rebuild:
+        command.append("--rebuild")
+    return subprocess.run(command, env=_seed_env(args.work, seed), cwd=ROOT,
+                          check=False).returncode
+
+
+def met(r: dict) -> bool:
+    """The issue's target: both baselines beaten overall and in every gated segment, within
+    MAX_GAP_TO_CEILING of the truth ceiling."""
+    return (r["model"] > max(r["popularity"], r["segment_popularity"])
+            and r["segments_beating_both"] == r["segments_gated"]
+            and r["ceiling"] - r["model"] <= MAX_GAP_TO_CEILING)
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| seed | users | customers OOT (with response) | model | popularity | segment "
+             "pop. | scenario pop. | ceiling | gated segments beaten | rural top-1 agri: model "
+             "/ segment pop. / truth | gates | target met |", "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['users']:,} | {r['groups_oot']:,} "
+            f"({r['groups_oot_with_response']:,}) | **{r['model']:.4f}** | "
+            f"{r['popularity']:.4f} | {r['segment_popularity']:.4f} | "
+            f"{r['non_personal']:.4f} | {r['ceiling']:.4f} | "
+            f"{r['segments_beating_both']}/{r['segments_gated']} | "
+            f"{r['rural_agri_top1_share'] or 0:.2f} / "
+            f"{r['rural_agri_top1_share_segment_popularity'] or 0:.2f} / "
+            f"{r['truth_rural_agri_top1_share'] or 0:.2f} | "
+            f"{'passed' if r['gates_passed'] else 'FAILED: ' + '; '.join(r['gates_failed'])} | "
+            f"{'yes' if met(r) else 'no'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--phase", choices=("prepare", "train", "all", "table"), default="all")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild the cached ranking sets (after a feature change)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,500 users, seed 42 only (a smoke run; results-quick.json)")
+    parser.add_argument("--child", choices=("prepare", "train"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "prepare":
+        child_prepare(args.users, args.days, args.seeds[0])
+        return 0
+    if args.child == "train":
+        child_train(args.seeds[0], args.rebuild)
+        return 0
+    if args.quick:
+        args.users, args.seeds = 1_500, [42]
+    args.work = args.work.with_name(f"{args.work.name}-{args.users}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows, missing = [], []
+    for seed in args.seeds:
+        phases = {"all": ("prepare", "train"), "table": ()}.get(args.phase, (args.phase,))
+        for phase in phases:
+            if _run_child(args, phase, seed) != 0:
+                print(f"seed {seed}: {phase} failed")
+                break
+        result = args.work / f"seed-{seed}" / "reco_result.json"
+        if args.phase != "prepare" and result.exists():
+            rows.append(json.loads(result.read_text()))
+        elif args.phase != "prepare":
+            missing.append(seed)
+    if args.phase == "prepare":
+        return 0
+    if rows:
+        print(_table(rows))
+    summary = {
+        "users": args.users, "days": args.days, "seeds": args.seeds, "missing": missing,
+        "max_gap_to_ceiling": MAX_GAP_TO_CEILING,
+        "every_seed_met_the_target": len(rows) == len(args.seeds) and all(map(met, rows)),
+        "rows": [{k: v for k, v in r.items() if k != "segments"} for r in rows],
+        "machine": machine_facts(),
+    }
+    write_results("recommender_seeds", summary, args.quick)
+    return 0 if not missing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

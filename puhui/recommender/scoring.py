@@ -1,0 +1,116 @@
+"""Scoring customers with a registered recommender: the public entry point for profiles.
+
+``score_recommendations`` is the stable function a profile refresh calls per chunk of
+customers (``puhui.profiles.refresh.RECOMMENDER_FILLERS``): the top-k personalised products
+and the non-personalised ranking of each customer, eligibility applied first (and what was
+excluded, by rule), opted-out customers getting only the non-personalised ranking.
+``load_recommender`` loads the exact registered version the refresh resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from puhui.config import ProductsConfig, RecommenderSpec
+from puhui.features.sources import day_number
+from puhui.recommender.model import Ranker, eligibility
+from puhui.recommender.training_set import graded_events, past_use_features
+
+
+def load_recommender(tracking_uri: str, name: str, version: str) -> Ranker:
+    """The ranker of ``name`` version ``version`` from the registry (not the alias again:
+    it may move meanwhile)."""
+    import mlflow.pyfunc
+
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().ranker
+
+
+def _top(scores: np.ndarray, codes: np.ndarray, keep: np.ndarray, k: int) -> list[str]:
+    order = np.lexsort((codes, -scores))  # equal scores: shelf code order, deterministic
+    return [str(codes[i]) for i in order if keep[i]][:k]
+
+
+def score_recommendations(
+    ranker: Ranker,
+    customers: pd.DataFrame,
+    events: pd.DataFrame,
+    as_of: date,
+    products: ProductsConfig,
+    spec: RecommenderSpec,
+    opt_out: Sequence[bool],
+    *,
+    model: str | None = None,
+    version: str | None = None,
+) -> list[dict[str, Any]]:
+    """Top-k offers of each customer as of ``as_of``, one dict per row of ``customers``.
+
+    Arguments:
+      ranker: ``load_recommender(...)`` (or a freshly trained ``Ranker``).
+      customers: one row per customer: ``person_key``, the feature builder's point-in-time
+        columns as of ``as_of`` (``build_features``), ``occupation``, ``agri_coop_member``,
+        ``age`` (years on ``as_of``) and ``risk_grade`` (the champion risk model's grade;
+        None/missing when there is no risk champion: credit products are then ineligible).
+      events: product funnel events as ``training_set.load_product_events`` returns them
+        (person_key, day, event_time, product_code, scenario, event_type); only events up
+        to ``as_of`` are used, other customers' are ignored.
+      as_of: the profile date; products: ``configs/products.yaml``; spec: the
+        ``product_recommender`` block of ``configs/models.yaml`` (k, grading, eligibility).
+      opt_out: per customer, True when they refused personalisation (PIPL Art. 24): they
+        get ``personalised: []`` and the non-personalised ranking only.
+      model, version: copied into each dict.
+
+    Returns, per customer: ``{"model", "version", "personalised": [k codes, best first],
+    "non_personalised": [k codes, segment-free popularity], "personalisation_opt_out",
+    "not_eligible": {code: rule}, "reason": None}``. Both rankings hold eligible products
+    only.
+    """
+    if len(opt_out) != len(customers):
+        raise ValueError("opt_out must have one flag per customer")
+    codes = np.array(products.codes, dtype=object)
+    n_products = len(codes)
+    people = customers["person_key"].reset_index(drop=True)
+    day = day_number(as_of)
+    mine = events[events["person_key"].isin(set(people)) & (events["day"] <= day)]
+    past = graded_events(mine, products, spec)
+    rows = pd.DataFrame({"person_key": np.repeat(people.to_numpy(), n_products),
+                         "product_code": np.tile(codes, len(people))})
+    rows = past_use_features(rows, past, products, day)
+    rows["product_scenarios"] = rows["product_code"].map(
+        {p.code: float(len(p.scenarios)) for p in products.products})
+    columns = [c for c in customers.columns if c not in rows.columns or c == "person_key"]
+    rows = rows.merge(customers[columns].drop_duplicates("person_key"), on="person_key",
+                      how="left")
+    overall = ranker.popularity.get("all", {})
+    by_occupation = ranker.popularity.get("by_occupation", {})
+    rows["product_popularity"] = rows["product_code"].map(overall).astype(float)
+    local = [by_occupation.get(o, {}).get(c) for o, c in
+             zip(rows["occupation"], rows["product_code"], strict=True)]
+    rows["occupation_product_popularity"] = pd.Series(
+        local, index=rows.index, dtype=float).fillna(rows["product_popularity"])
+    allowed = eligibility(rows, spec)
+    personal = ranker.score(rows)
+    non_personal = rows["product_code"].map(overall).fillna(0.0).to_numpy(dtype=float)
+
+    out = []
+    for i, person_opt_out in enumerate(opt_out):
+        span = slice(i * n_products, (i + 1) * n_products)
+        keep = allowed.eligible[span]
+        reasons = allowed.reason[span]
+        out.append({
+            "model": model, "version": version,
+            "personalised": [] if person_opt_out else _top(personal[span], codes, keep,
+                                                           spec.k),
+            "non_personalised": _top(non_personal[span], codes, keep, spec.k),
+            "personalisation_opt_out": bool(person_opt_out),
+            "not_eligible": {str(c): str(r) for c, r in zip(codes, reasons, strict=True)
+                             if r is not None},
+            "reason": None,
+        })
+    return out
