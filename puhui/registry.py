@@ -29,6 +29,13 @@ from sqlalchemy import Engine, select
 from puhui.audit import AuditWriter, events_of
 from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
+from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads without MLflow
+    GATES_FAILED_TAG,
+    GATES_PASSED_TAG,
+    LIST_METRICS,
+    VersionRow,
+    list_versions,
+)
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, validation_results
 
@@ -43,13 +50,6 @@ MODEL_ACTIONS = (REGISTER_INTENT, REGISTERED, REGISTER_ABORTED, GATES, ALIAS_INT
 _OUTCOMES = (REGISTERED, REGISTER_ABORTED, ALIAS_SET, ALIAS_ABORTED)
 # Held from intent to completion of every model change, and while reconciling.
 MODEL_LOCK = "puhui.model_changes"
-# Tags on each model version: the gate verdict, readable without the audit trail.
-GATES_PASSED_TAG, GATES_FAILED_TAG = "gates.passed", "gates.failed"
-LIST_METRICS = ("auc_oot", "auc_oot_benchmark", "ks_oot", "gini_oot", "brier_oot",
-                "score_psi", "approval_rate_oot", "auc_oot_champion",
-                "ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
-                "ndcg_at_3_oot_segment_popularity", "hit_at_3_oot", "map_at_3_oot",
-                "ndcg_at_3_oot_responders")
 
 
 def registry_client(tracking_uri: str) -> MlflowClient:
@@ -332,53 +332,6 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
                 problems.append(f"{model}@{alias} is unset in MLflow but the trail's last move "
                                 f"says v{version}")
     return problems, n_versions, n_aliases
-
-
-@dataclass(frozen=True)
-class VersionRow:
-    name: str
-    version: str
-    aliases: list[str]
-    metrics: dict[str, float]
-    gates: dict[str, Any]
-    run_id: str
-    created: int
-    as_of: str | None
-    gated: bool = True  # False: its gate step never ran; nothing promotes it
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "aliases": self.aliases,
-                "metrics": self.metrics, "gates": self.gates, "gated": self.gated,
-                "run_id": self.run_id, "as_of": self.as_of}
-
-
-def list_versions(client: MlflowClient, name: str | None = None) -> list[VersionRow]:
-    """Every version (of ``name`` or of all models), newest first, with aliases and gates."""
-    models = [name] if name else sorted(m.name for m in client.search_registered_models())
-    rows = []
-    for model in models:
-        aliases = current_aliases(client, model)
-        by_version: dict[str, list[str]] = {}
-        for alias, version in aliases.items():
-            by_version.setdefault(str(version), []).append(alias)
-        try:
-            versions = client.search_model_versions(f"name='{model}'")
-        except MlflowException:
-            versions = []
-        if name and not versions:
-            raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
-        for v in sorted(versions, key=lambda v: -int(v.version)):
-            metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
-            rows.append(VersionRow(
-                name=model, version=str(v.version),
-                aliases=sorted(by_version.get(str(v.version), [])),
-                metrics={k: round(metrics[k], 6) for k in LIST_METRICS if k in metrics},
-                gates={"passed": v.tags.get(GATES_PASSED_TAG) == "true",
-                       "failed": json.loads(v.tags.get(GATES_FAILED_TAG, "[]"))},
-                run_id=v.run_id, created=v.creation_timestamp,
-                as_of=v.tags.get("training.as_of"), gated=GATES_PASSED_TAG in v.tags,
-            ))
-    return rows
 
 
 def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,

@@ -7,8 +7,12 @@ Prefect's own keys (work pools, pull steps) pass through untouched.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,35 +95,101 @@ def build_runner_deployments(specs: list[DeploymentSpec]) -> list[Any]:
 def serve_deployments(console: Console) -> None:
     """Serve every deployment of ``prefect.yaml`` until interrupted (Ctrl-C or SIGTERM).
 
-    Prefect's runner pauses the schedules when it stops, but the runs its server already
-    scheduled ahead stay behind and would all start, late, the next time something serves
-    these deployments. They are deleted here once serving ends.
+    Prefect's runner pauses the schedules when it stops, but only once it has started: a stop
+    while the deployments are still being registered (seconds on a busy machine, and the
+    server schedules runs for each one as soon as it exists) left them active, and the
+    server kept scheduling runs after they were deleted. The runs its server scheduled
+    ahead would also all start, late, the next time something serves these deployments.
+    So whatever was registered is paused, then its scheduled runs deleted, once serving ends.
     """
-    from prefect import serve
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
 
     specs = load_deployment_specs()
     for spec in specs:
         crons = ", ".join(f"{s.cron} {s.timezone}" for s in spec.schedules if s.active) or "none"
         console.print(f"serving {spec.name} ({spec.entrypoint}) on schedule: {crons}")
     deployments = build_runner_deployments(specs)
-    # Until Prefect's runner installs its own handler, SIGTERM must still end in the cleanup.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = _StopRequest()
+    runner = Runner(pause_on_shutdown=True)
+    registered: list[str] = []
     try:
-        serve(*deployments, print_starting_message=False)
-    except KeyboardInterrupt:
+        with stop.deferred():
+            for deployment in deployments:
+                if stop.requested:
+                    break
+                # Named before the call: a registration cut short may still reach the server.
+                registered.append(f"{deployment.flow_name}/{deployment.name}")
+                runner.add_deployment(deployment)
+        if not stop.requested:
+            asyncio.run(runner.start())  # installs Prefect's own SIGTERM handler
+    except (KeyboardInterrupt, TerminationSignal):
         pass  # Ctrl-C or SIGTERM is how serving ends: a normal stop, exit 0
     finally:
-        removed = delete_scheduled_runs([f"{d.flow_name}/{d.name}" for d in deployments])
+        removed = stop_deployments(registered)
         console.print(f"stopped serving; removed {removed} scheduled run(s) it had created")
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+class _StopRequest:
+    """Ctrl-C and SIGTERM while deployments register: noted, acted on between two
+    registrations (an interrupted API call could leave a deployment half-applied, active
+    again after the cleanup paused it). Otherwise they interrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._defer = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+        if not self._defer:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+            # Back to Python's own Ctrl-C handling (asyncio.run relies on it); SIGTERM stays
+            # ours until the runner installs its handler.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def delete_scheduled_runs(deployment_names: list[str]) -> int:
-    """Delete the not-yet-started (scheduled, late) runs of these deployments; returns how many."""
+# A scheduler pass that read a deployment just before it was paused may insert its runs
+# just after they were deleted: one more sweep after this long catches them.
+RESWEEP_SECONDS = 1.5
+
+
+def stop_deployments(deployment_names: list[str]) -> int:
+    """Pause these deployments and delete their not-yet-started runs; returns how many runs.
+
+    Deleting alone is not enough: the server schedules the runs of an active deployment
+    again within a scheduler loop. Paused, it schedules none.
+    """
     from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        ids = []
+        for name in deployment_names:
+            with contextlib.suppress(ObjectNotFound):
+                ids.append(client.read_deployment_by_name(name).id)
+        if not ids:
+            return 0
+        # Pausing deletes the runs the server scheduled itself: note them first, to count.
+        removed = {run.id for run in _scheduled_runs(client, ids)}
+        for deployment_id in ids:
+            client.pause_deployment(deployment_id)
+        removed |= _delete_scheduled_runs(client, ids)
+        time.sleep(RESWEEP_SECONDS)
+        return len(removed | _delete_scheduled_runs(client, ids))
+
+
+def _scheduled_runs(client: Any, deployment_ids: list[Any]) -> list[Any]:
+    """Up to 200 scheduled (incl. late) runs of these deployments."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -128,29 +198,24 @@ def delete_scheduled_runs(deployment_names: list[str]) -> int:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))), limit=200)
+
+
+def _delete_scheduled_runs(client: Any, deployment_ids: list[Any]) -> set[Any]:
+    """Delete every scheduled (incl. late) run of these deployments; returns their ids."""
     from prefect.exceptions import ObjectNotFound
 
-    removed = 0
-    with get_client(sync_client=True) as client:
-        ids = []
-        for name in deployment_names:
-            try:
-                ids.append(client.read_deployment_by_name(name).id)
-            except ObjectNotFound:
-                continue
-        if not ids:
-            return 0
-        scheduled = FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
-        while True:
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
-                flow_run_filter=scheduled, limit=200)
-            if not runs:
-                return removed
-            for run in runs:
+    deleted = set()
+    while runs := _scheduled_runs(client, deployment_ids):
+        for run in runs:
+            with contextlib.suppress(ObjectNotFound):  # gone meanwhile (started, deleted)
                 client.delete_flow_run(run.id)
-                removed += 1
+            deleted.add(run.id)
+    return deleted
 
 
 def work_pool_names(specs: list[DeploymentSpec] | None = None) -> list[str]:

@@ -256,7 +256,7 @@ def test_release_loads_once_and_reject_is_final(
 ) -> None:
     run_ingest_flow(END)
     runtime = open_runtime()
-    held = list_quarantined(runtime)
+    held = list_quarantined(runtime.engine)
     faults = {
         str(faulty_landing / f["path"]): f["fault"]
         for f in json.loads((faulty_landing / "faults.json").read_text())

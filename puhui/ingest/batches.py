@@ -54,6 +54,7 @@ from puhui.ingest.contract import (
     coerce_to_contract,
     end_of_delivery_day,
 )
+from puhui.ingest.held_batches import quarantine_copy_path
 from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
@@ -118,11 +119,6 @@ class PreparedChunk:
             {k: v.filter(selector) for k, v in self.checks.items()},
             self.row_numbers[mask],
         )
-
-
-def quarantine_copy_path(home: Path, partner: str, batch_id: str) -> Path:
-    """Where a held batch's pseudonymized copy is kept (written on hold, read on release)."""
-    return home / "quarantine" / partner / f"{batch_id}.parquet"
 
 
 # One validation at a time per process: a GX context is not meant for concurrent runs.

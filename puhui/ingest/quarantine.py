@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, select
 
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
@@ -31,85 +31,27 @@ from puhui.ingest.batches import (
     SeenKeys,
     batch_frame,
     drop_duplicate_keys,
-    quarantine_copy_path,
 )
 from puhui.ingest.contract import end_of_delivery_day
+from puhui.ingest.held_batches import (  # noqa: F401 - re-exported for callers of quarantine
+    MIN_PREFIX,
+    all_batch_ids,
+    is_reject_only,
+    list_quarantined,
+    quarantine_copy_path,
+    resolve_batch_id,
+    short_reason,
+    unique_prefixes,
+)
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import mask_shape, scrub_text
 from puhui.runtime import Runtime
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.engine import lock_for
-from puhui.warehouse.schema import ingest_batches, validation_results
+from puhui.warehouse.schema import validation_results
 
-MIN_PREFIX = 8
 REVALIDATED, RELEASE_REFUSED = "quarantine.revalidated", "quarantine.release.refused"
 _COPY_ROWS = 250_000  # rows per validated chunk of a copy (ingestion's chunks are similar)
-
-
-def list_quarantined(runtime: Runtime) -> list[ledger.BatchRecord]:
-    """Batches waiting for a decision."""
-    return ledger.list_batches(runtime.engine, statuses=("quarantined",))
-
-
-def all_batch_ids(engine: Engine) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.execute(select(ingest_batches.c.batch_id)).scalars())
-
-
-def unique_prefixes(ids: list[str], minimum: int = MIN_PREFIX) -> dict[str, str]:
-    """The shortest prefix of each id (at least ``minimum`` characters) no other id shares.
-
-    Sorted, an id's longest common prefix with any other id is with a neighbour, so one
-    pass over neighbours is enough.
-    """
-    ordered = sorted(set(ids))
-
-    def common(a: str, b: str) -> int:
-        n = 0
-        for x, y in zip(a, b, strict=False):
-            if x != y:
-                break
-            n += 1
-        return n
-
-    prefixes = {}
-    for i, batch_id in enumerate(ordered):
-        shared = max(common(batch_id, ordered[i - 1]) if i else 0,
-                     common(batch_id, ordered[i + 1]) if i + 1 < len(ordered) else 0)
-        prefixes[batch_id] = batch_id[: max(minimum, shared + 1)]
-    return prefixes
-
-
-def resolve_batch_id(engine: Engine, given: str) -> str:
-    """The batch id ``given`` names: itself, or the one id it is a prefix of."""
-    given = given.strip()
-    with engine.connect() as conn:
-        if conn.execute(select(ingest_batches.c.batch_id)
-                        .where(ingest_batches.c.batch_id == given)).first():
-            return given
-        matches = list(conn.execute(
-            select(ingest_batches.c.batch_id)
-            .where(ingest_batches.c.batch_id.startswith(given, autoescape=True))
-            .order_by(ingest_batches.c.batch_id).limit(6)).scalars())
-    if not matches:
-        raise PuhuiError(f"no batch {given!r} in the ledger (puhui quarantine list --all)")
-    if len(matches) > 1:
-        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise PuhuiError(f"batch prefix {given!r} is ambiguous: it matches {shown}; "
-                         "give more characters")
-    return matches[0]
-
-
-def is_reject_only(home: Path, record: ledger.BatchRecord) -> bool:
-    """A held batch with no readable copy (unreadable file, contract violation, empty)."""
-    return record.status == "quarantined" and not quarantine_copy_path(
-        home, record.partner, record.batch_id).exists()
-
-
-def short_reason(reason: str | None, width: int) -> str:
-    """A reason on one line of at most ``width`` characters (full text: ``show``)."""
-    text = " ".join((reason or "").split())
-    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
 
 
 def _held_batch(conn, batch_id: str) -> ledger.BatchRecord:  # noqa: ANN001

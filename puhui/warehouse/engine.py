@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from puhui.errors import PuhuiError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -113,6 +114,8 @@ def held_lock(engine: Engine, name: str) -> Iterator[None]:
 
 
 def _alembic_config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = conn
@@ -121,6 +124,8 @@ def _alembic_config(conn: Connection) -> Config:
 
 def head_revision() -> str:
     """The newest migration shipped with this code."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(MIGRATIONS_DIR))
     head = script.get_current_head()
     assert head is not None, "no migrations found"
@@ -129,12 +134,25 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at (None for an empty database)."""
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    stamped = _stamped_revisions(engine)
+    if len(stamped) > 1:  # as Alembic refuses it: our chain has one head
+        raise PuhuiError(f"the warehouse is stamped with several revisions {stamped}: "
+                         "resolve them with alembic before using it")
+    return stamped[0] if stamped else None
 
 
 def upgrade_schema(engine: Engine) -> str:
-    """Migrate to the head revision; safe when several processes start at once."""
+    """Migrate to the head revision; safe when several processes start at once.
+
+    An up-to-date database, every command's case, is recognised without importing Alembic
+    (half a second of a read-only command's start); anything else goes through Alembic.
+    """
+    declared = _declared_head()
+    if declared is not None and current_revision(engine) == declared:
+        return declared
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     head = head_revision()
     if current_revision(engine) == head:
         return head
@@ -144,6 +162,34 @@ def upgrade_schema(engine: Engine) -> str:
         if MigrationContext.configure(conn).get_current_revision() != head:
             command.upgrade(_alembic_config(conn), "head")
     return head
+
+
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(
+    r"^down_revision\s*(?::[^=]*)?=\s*(?:None|['\"]([^'\"]+)['\"])\s*$", re.MULTILINE)
+
+
+def _declared_head() -> str | None:
+    """The head of a linear migration chain, read from the scripts' ``revision`` and
+    ``down_revision`` lines; None when that is not certain (Alembic decides then)."""
+    revisions, parents = set(), set()
+    for script in MIGRATIONS_DIR.joinpath("versions").glob("*.py"):
+        source = script.read_text(encoding="utf-8")
+        revision, down = _REVISION.findall(source), _DOWN_REVISION.findall(source)
+        if len(revision) != 1 or len(down) != 1:
+            return None
+        revisions.add(revision[0])
+        parents.add(down[0])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _stamped_revisions(engine: Engine) -> list[str]:
+    """The revisions recorded in the database's ``alembic_version`` table."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return []
+        return list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
 def get_engine(url: str) -> Engine:

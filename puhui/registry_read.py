@@ -1,0 +1,194 @@
+"""Reading the model registry without importing MLflow, for `puhui models list`.
+
+``import mlflow`` costs about 2 s of CPU (its tracing, GenAI and data modules), more than the
+rest of a read-only command. With a database tracking URI (the embedded SQLite store,
+PostgreSQL) the registry's tables are read here with SQLAlchemy, read-only: registered
+models, their versions, tags and aliases, and each version's run's latest metrics, in the
+default workspace. Any other URI (an MLflow server), a database this cannot read, or tables
+shaped differently go through ``MlflowClient``. tests/test_server.py checks that both give
+the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from puhui.errors import PuhuiError
+
+# Tags on each model version: the gate verdict, readable without the audit trail.
+GATES_PASSED_TAG, GATES_FAILED_TAG = "gates.passed", "gates.failed"
+LIST_METRICS = ("auc_oot", "auc_oot_benchmark", "ks_oot", "gini_oot", "brier_oot",
+                "score_psi", "approval_rate_oot", "auc_oot_champion",
+                "ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
+                "ndcg_at_3_oot_segment_popularity", "hit_at_3_oot", "map_at_3_oot",
+                "ndcg_at_3_oot_responders")
+# MLflow's own constants (mlflow.utils.workspace_utils, model_version_stages).
+_DEFAULT_WORKSPACE, _DELETED_STAGE = "default", "Deleted_Internal"
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    name: str
+    version: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    gates: dict[str, Any]
+    run_id: str
+    created: int
+    as_of: str | None
+    gated: bool = True  # False: its gate step never ran; nothing promotes it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "aliases": self.aliases,
+                "metrics": self.metrics, "gates": self.gates, "gated": self.gated,
+                "run_id": self.run_id, "as_of": self.as_of}
+
+
+def is_mlflow_error(exc: BaseException) -> bool:
+    """True for an ``MlflowException`` (none can exist unless MLflow was imported)."""
+    module = sys.modules.get("mlflow.exceptions")
+    return module is not None and isinstance(exc, module.MlflowException)
+
+
+def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
+    """Every version (of ``name`` or of all models), newest first, with aliases and gates.
+
+    ``client``: an ``MlflowClient`` or a ``SqlRegistry`` (``read_only_registry``)."""
+    models = [name] if name else sorted(m.name for m in client.search_registered_models())
+    rows = []
+    for model in models:
+        try:
+            aliases = client.get_registered_model(model).aliases
+        except Exception as exc:  # noqa: BLE001 - MLflow's "no such model" only
+            if not is_mlflow_error(exc):
+                raise
+            aliases = {}
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        try:
+            versions = client.search_model_versions(f"name='{model}'")
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors only
+            if not is_mlflow_error(exc):
+                raise
+            versions = []
+        if name and not versions:
+            raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
+        for v in sorted(versions, key=lambda v: -int(v.version)):
+            metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+            rows.append(VersionRow(
+                name=model, version=str(v.version),
+                aliases=sorted(by_version.get(str(v.version), [])),
+                metrics={k: round(metrics[k], 6) for k in LIST_METRICS if k in metrics},
+                gates={"passed": v.tags.get(GATES_PASSED_TAG) == "true",
+                       "failed": json.loads(v.tags.get(GATES_FAILED_TAG, "[]"))},
+                run_id=v.run_id, created=v.creation_timestamp,
+                as_of=v.tags.get("training.as_of"), gated=GATES_PASSED_TAG in v.tags,
+            ))
+    return rows
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Version:
+    name: str
+    version: str
+    run_id: str
+    creation_timestamp: int
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _RunData:
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Run:
+    data: _RunData
+
+
+class SqlRegistry:
+    """The read calls of ``MlflowClient`` that ``list_versions`` makes, on MLflow's tables."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from sqlalchemy import create_engine
+
+        self._engine = create_engine(tracking_uri)
+
+    def _rows(self, sql: str, **params: Any) -> list[Any]:
+        from sqlalchemy import text
+
+        with self._engine.connect() as conn:
+            return list(conn.execute(text(sql), {"ws": _DEFAULT_WORKSPACE, **params}))
+
+    def search_registered_models(self) -> list[_Model]:
+        return [_Model(r.name) for r in self._rows(
+            "SELECT name FROM registered_models WHERE workspace = :ws ORDER BY name")]
+
+    def get_registered_model(self, name: str) -> _Model:
+        return _Model(name, {r.alias: str(r.version) for r in self._rows(
+            "SELECT alias, version FROM registered_model_aliases "
+            "WHERE workspace = :ws AND name = :name", name=name)})
+
+    def search_model_versions(self, filter_string: str) -> list[_Version]:
+        match = re.fullmatch(r"name='([^']*)'", filter_string)
+        if match is None:
+            raise ValueError(f"SqlRegistry reads versions by name only, not {filter_string!r}")
+        name = match.group(1)
+        tags: dict[int, dict[str, str]] = {}
+        for r in self._rows("SELECT version, key, value FROM model_version_tags "
+                            "WHERE workspace = :ws AND name = :name", name=name):
+            tags.setdefault(int(r.version), {})[r.key] = r.value
+        return [_Version(name, str(r.version), r.run_id, int(r.creation_time or 0),
+                         tags.get(int(r.version), {}))
+                for r in self._rows(
+                    "SELECT version, run_id, creation_time FROM model_versions "
+                    "WHERE workspace = :ws AND name = :name AND current_stage != :deleted",
+                    name=name, deleted=_DELETED_STAGE)]
+
+    def get_run(self, run_id: str) -> _Run:
+        return _Run(_RunData({r.key: math.nan if r.is_nan else float(r.value) for r in self._rows(
+            "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = :run",
+            run=run_id)}))
+
+
+class _EmptyRegistry(SqlRegistry):
+    """A local store that was never created: no models (and nothing created by reading)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def _rows(self, sql: str, **params: Any) -> list[Any]:
+        return []
+
+
+def read_only_registry(tracking_uri: str) -> Any:
+    """A client for reading the registry: ``SqlRegistry`` on a database store MLflow created,
+    else ``MlflowClient`` (an MLflow server, or a database this cannot read)."""
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme in _DATABASE_SCHEMES:
+        path = tracking_uri.removeprefix("sqlite:///")
+        if path != tracking_uri and not Path(path).exists():
+            return _EmptyRegistry()
+        try:
+            registry = SqlRegistry(tracking_uri)
+            registry.search_registered_models()  # the tables exist as read here
+            return registry
+        except Exception:  # noqa: BLE001, S110 - missing driver or other tables: ask MLflow
+            pass
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
