@@ -222,22 +222,35 @@ def run_train(
     force: Annotated[
         bool, typer.Option("--force", help="Train even if an identical version exists.")
     ] = False,
+    allow_gate_failure: Annotated[
+        bool, typer.Option("--allow-gate-failure",
+                           help="Exit 0 (and end the flow run Completed) even when the new "
+                                "version fails its gates; it stays registered without an alias.")
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Retrain, evaluate, register and gate a model (one line per step)."""
+    """Retrain, evaluate, register and gate a model (one line per step). Exits 1 when the
+    new version fails a gate (the flow run ends Failed), unless --allow-gate-failure."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
+    from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _parse_date(as_of, "--as-of")
     _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
-    summary = train(day, force=force)
+    failure = None
+    try:
+        summary = train(day, force=force, allow_gate_failure=allow_gate_failure)
+    except GatesFailed as exc:
+        failure, summary = exc, exc.summary
     if json_:
         _print_json(summary)
-        return
-    # The steps' lines were printed as each step finished (puhui.console.stage).
-    console.print(summary["line"], markup=False)
+    else:
+        # The steps' lines were printed as each step finished (puhui.console.stage).
+        console.print(summary["line"], markup=False)
+    if failure is not None:
+        raise PuhuiError(str(failure))
 
 
 @run_app.command("profiles")

@@ -109,7 +109,7 @@ def test_one_lifecycle_for_both_models(model: str, any_warehouse: str,
     assert main(["models", "promote", name, "--version", v1, "--reason", "test"]) == 0
     assert main(["models", "promote", name, "--version", v2, "--reason", "test"]) == 1
     listed = _json(capsys, "models", "list", name, "--json")
-    assert listed[1]["aliases"] == ["challenger", "champion"]
+    assert listed[1]["aliases"] == ["champion"]  # promotion took the challenger alias off
     rows = [{"metric": "m", "segment": "all", "value": 0.5},
             {"metric": "m", "segment": "region_type=rural", "value": 0.4}]
     assert write_evaluations(runtime.engine, name, v1, AS_OF, rows, "run") == 2
