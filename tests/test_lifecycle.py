@@ -133,7 +133,7 @@ def test_train_recommender_flow_end_to_end(warehouse: str, prefect_harness: None
                                            capsys: pytest.CaptureFixture) -> None:
     from flows.recommender import train_recommender_flow
 
-    first = train_recommender_flow(as_of=AS_OF)
+    first = train_recommender_flow(as_of=AS_OF, allow_gate_failure=True)
     assert first["version"] == "1" and not first["skipped"]
     assert len(first["steps"]) == 4, "one line per step"
     assert "eligibility violations in the final ranking: 0" in first["steps"][1]
@@ -144,7 +144,7 @@ def test_train_recommender_flow_end_to_end(warehouse: str, prefect_harness: None
     assert {"ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
             "ndcg_at_3_oot_segment_popularity"} <= set(row["metrics"])
     assert "passed" in row["gates"] and "aliases" in row
-    again = train_recommender_flow(as_of=AS_OF)
+    again = train_recommender_flow(as_of=AS_OF, allow_gate_failure=True)
     assert again["skipped"] and again["version"] == "1"
     assert "unchanged" in again["line"]
 

@@ -282,6 +282,10 @@ def test_model_owner_workflow(
     assert f"{NAME} v3 FAILED its gates and has no alias" in out
     v3 = client.get_run(failing["run_id"]).data.metrics
     assert v3["auc_oot_champion"] == pytest.approx(first["metrics"]["auc_oot"])  # v1 re-scored
+    assert {"gini_oot_champion", "ks_oot_champion", "brier_oot_champion"} <= set(v3)
+    report = Path(failing["report"]).read_text(encoding="utf-8")
+    assert "champion v1 (test window, re-scored)" in report
+    assert "≥ 0.99 (higher is better)" in report and "one-sided" in report
     code, _, err = _cli(capsys, "models", "promote", NAME, "--version", "3", "--reason", "x")
     assert code == 1 and "failed its gates" in err
     code, _, _ = _cli(capsys, "models", "promote", NAME, "--version", "3", "--reason",
