@@ -425,10 +425,11 @@ def models_show(
                           _fig(bool(c["passed"])))
         out.print(table)
     if facts["segments"]:
-        table = Table("segment", *view.segment_metrics, box=None, title="per segment",
-                      title_justify="left")
+        shown = [m for m in view.segment_metrics
+                 if any(m in values for values in facts["segments"].values())]
+        table = Table("segment", *shown, box=None, title="per segment", title_justify="left")
         for segment, values in facts["segments"].items():
-            table.add_row(segment, *(_fig(values.get(m)) for m in view.segment_metrics))
+            table.add_row(segment, *(_fig(values.get(m)) for m in shown))
         out.print(table)
     if facts["calibration"]:
         columns = ("grade", *view.calibration_columns)

@@ -58,9 +58,11 @@ def _artifact(client: MlflowClient, run_id: str, path: str) -> Path | None:
         return None
 
 
-def _number(text: str) -> float | bool | str | None:
+def _number(text: str) -> float | int | bool | str | None:
     if text in ("True", "False"):
         return text == "True"
+    if text.isdigit():  # counts stay counts
+        return int(text)
     try:
         value = float(text)
     except ValueError:
