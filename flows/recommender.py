@@ -17,19 +17,21 @@ from tasks.recommender import (
     register_recommender,
     train_and_evaluate,
 )
-from tasks.train import reconcile_models
+from tasks.train import reconcile_models, training_outcome
 from tasks.warehouse import prepare_warehouse
 
 
 @flow(name="train-recommender", flow_run_name=dated_run_name("train-recommender"),
       log_prints=False)
-def train_recommender_flow(as_of: date | None = None, force: bool = False,
-                           opted_out: list[str] | None = None) -> dict:
+def train_recommender_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN201
+                           opted_out: list[str] | None = None,
+                           allow_gate_failure: bool = False):
     """Retrain, evaluate, register and gate the product recommender as of ``as_of``.
 
     ``opted_out``: person keys of customers who refused personalisation (the customers feed
     has no such column yet); they get the non-personalised ranking only. Same data,
-    configuration, code and seed: skipped unless ``force``.
+    configuration, code and seed: skipped unless ``force``. Failed gates end the run
+    Failed (``GatesFailed`` in process) unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
     prepare_warehouse()
@@ -53,12 +55,13 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,
             f"NDCG@3 {m['ndcg_at_3_oot']:.4f} vs segment popularity "
             f"{m['ndcg_at_3_oot_segment_popularity']:.4f}, {verdict}")
     get_run_logger().info(line)
-    return {"as_of": as_of.isoformat(), "name": published.name, "version": published.version,
-            "run_id": published.run_id, "skipped": False,
-            "metrics": {k: m[k] for k in ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
-                                          "ndcg_at_3_oot_segment_popularity",
-                                          "ndcg_at_3_oot_non_personal", "hit_at_3_oot",
-                                          "map_at_3_oot")},
-            "eligibility_removed": run.evaluation.eligibility_removed,
-            "eligibility_violations": run.eligibility_violations,
-            "gates": run.gates.as_dict(), "steps": lines, "line": line}
+    summary = {"as_of": as_of.isoformat(), "name": published.name,
+               "version": published.version, "run_id": published.run_id, "skipped": False,
+               "metrics": {k: m[k] for k in ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
+                                             "ndcg_at_3_oot_segment_popularity",
+                                             "ndcg_at_3_oot_non_personal", "hit_at_3_oot",
+                                             "map_at_3_oot")},
+               "eligibility_removed": run.evaluation.eligibility_removed,
+               "eligibility_violations": run.eligibility_violations,
+               "gates": run.gates.as_dict(), "steps": lines, "line": line}
+    return training_outcome("recommender", summary, run.gates, allow_gate_failure)

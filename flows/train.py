@@ -21,16 +21,20 @@ from tasks.train import (
     reconcile_models,
     register_risk_model,
     train_risk_models,
+    training_outcome,
 )
 from tasks.warehouse import prepare_warehouse
 
 
 @flow(name="train-risk", flow_run_name=dated_run_name("train-risk"), log_prints=False)
-def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
+def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN201
+                    allow_gate_failure: bool = False):
     """Retrain, evaluate, register and gate the credit-risk model as of ``as_of``.
 
     Training again on the same data, configuration, code and seed would register an identical
-    version; it is skipped (the existing version is named) unless ``force``.
+    version; it is skipped (the existing version is named) unless ``force``. A version that
+    fails its gates ends the run Failed, naming the gates (an in-process caller gets
+    ``GatesFailed`` with the summary), unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
     prepare_warehouse()
@@ -65,7 +69,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
         "gates": gates.as_dict(), "skipped": False, "steps": lines, "line": line,
     }
     publish_summary("train-risk-summary", train_markdown(summary), line)
-    return summary
+    return training_outcome("risk", summary, gates, allow_gate_failure)
 
 
 def closing_line(as_of: date, name: str, version: str, kind: str, metrics: dict[str, float],

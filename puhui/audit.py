@@ -316,7 +316,8 @@ KNOWN_ACTIONS: tuple[str, ...] = (
     "quarantine.released", "quarantine.rejected", "quarantine.revalidated",
     "quarantine.release.refused", "model.register.intent", "model.registered",
     "model.register.aborted", "model.register.refused", "model.gates", "model.alias.intent",
-    "model.alias", "model.alias.aborted", "model.promote.refused", "pipeline.daily",
+    "model.alias", "model.alias.aborted", "model.alias.removed", "model.promote.refused",
+    "pipeline.daily",
     "profiles.refresh", "profiles.explain", "report.published", "monitoring.alert",
 )
 

@@ -223,22 +223,35 @@ def run_train(
     force: Annotated[
         bool, typer.Option("--force", help="Train even if an identical version exists.")
     ] = False,
+    allow_gate_failure: Annotated[
+        bool, typer.Option("--allow-gate-failure",
+                           help="Exit 0 (and end the flow run Completed) even when the new "
+                                "version fails its gates; it stays registered without an alias.")
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Retrain, evaluate, register and gate a model (one line per step)."""
+    """Retrain, evaluate, register and gate a model (one line per step). Exits 1 when the
+    new version fails a gate (the flow run ends Failed), unless --allow-gate-failure."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
+    from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _parse_date(as_of, "--as-of")
     _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
-    summary = train(day, force=force)
+    failure = None
+    try:
+        summary = train(day, force=force, allow_gate_failure=allow_gate_failure)
+    except GatesFailed as exc:
+        failure, summary = exc, exc.summary
     if json_:
         _print_json(summary)
-        return
-    # The steps' lines were printed as each step finished (puhui.console.stage).
-    console.print(summary["line"], markup=False)
+    else:
+        # The steps' lines were printed as each step finished (puhui.console.stage).
+        console.print(summary["line"], markup=False)
+    if failure is not None:
+        raise PuhuiError(str(failure))
 
 
 @run_app.command("profiles")
@@ -347,6 +360,147 @@ def _headline(m: dict[str, float]) -> str:
              fig("popularity", "ndcg_at_3_oot_popularity"),
              fig("segment popularity", "ndcg_at_3_oot_segment_popularity")]
     return ", ".join(p for p in parts if p)
+
+
+def _fig(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "pass" if value else "FAIL"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}"
+
+
+def _verdict(gates: dict) -> str:
+    if not gates["gated"]:
+        return "UNGATED (gate step never ran)"
+    return "passed" if gates["passed"] else "FAILED: " + "; ".join(gates["failed"])
+
+
+def _wide() -> Console:
+    # Piped into a file or another program, a row should stay one line, not 80 columns.
+    return console if console.is_terminal else Console(width=200, highlight=False)
+
+
+def _model_view(name: str) -> tuple:
+    from puhui.lifecycle.views import view_for
+
+    client, runtime = _registry()
+    return client, runtime, view_for(name, runtime.settings.config_dir)
+
+
+@models_app.command("show")
+def models_show(
+    name: str,
+    version: Annotated[str, typer.Option("--version", help="The version to show.")],
+    json_: JsonFlag = False,
+) -> None:
+    """One version in full: metrics, gates (with their direction), aliases, lineage tags,
+    per-segment figures and, for graded models, calibration per grade (read-only)."""
+    from puhui.lifecycle.views import version_facts
+
+    client, runtime, view = _model_view(name)
+    facts = version_facts(client, runtime.engine, name, version, view)
+    if json_:
+        _print_json(facts)
+        return
+    out = _wide()
+    out.print(f"{name} v{facts['version']}: aliases {', '.join(facts['aliases']) or 'none'}; "
+              f"trained as of {facts['as_of']}; MLflow run {facts['run_name']} "
+              f"({facts['run_id']}); gates {_verdict(facts['gates'])}", markup=False)
+    labels = {h.metric: h.label for h in view.headline}
+    table = Table("metric", "value", box=None, title="metrics", title_justify="left")
+    for metric in facts["headline"] or sorted(facts["metrics"]):
+        table.add_row(labels.get(metric, metric), _fig(facts["metrics"][metric]))
+    out.print(table)
+    if facts["gates"]["checks"]:
+        table = Table("gate", "subject", "value", "rule", "result", box=None, title="gates",
+                      title_justify="left")
+        for c in facts["gates"]["checks"]:
+            table.add_row(str(c["gate"]), str(c["subject"]), _fig(c["value"]), str(c["rule"]),
+                          _fig(bool(c["passed"])))
+        out.print(table)
+    if facts["segments"]:
+        shown = [m for m in view.segment_metrics
+                 if any(m in values for values in facts["segments"].values())]
+        table = Table("segment", *shown, box=None, title="per segment", title_justify="left")
+        for segment, values in facts["segments"].items():
+            table.add_row(segment, *(_fig(values.get(m)) for m in shown))
+        out.print(table)
+    if facts["calibration"]:
+        columns = ("grade", *view.calibration_columns)
+        table = Table(*columns, box=None, title="calibration per grade", title_justify="left")
+        for row in facts["calibration"]:
+            table.add_row(*(_fig(row.get(c)) for c in columns))
+        out.print(table)
+    table = Table("lineage tag", "value", box=None)
+    for key, value in facts["lineage"].items():
+        table.add_row(key, value if len(value) <= 100 else value[:97] + "...")
+    out.print(table)
+
+
+@models_app.command("compare")
+def models_compare(
+    name: str,
+    a: Annotated[str | None, typer.Argument(help="Version A [default: the champion].")] = None,
+    b: Annotated[str | None, typer.Argument(
+        help="Version B [default: the challenger; with only A given, A is compared with the "
+             "champion].")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Two versions side by side with the difference (B - A): metrics, per-segment figures,
+    calibration and gates (read-only)."""
+    from puhui.lifecycle.views import compare_facts, default_pair, version_facts
+
+    client, runtime, view = _model_view(name)
+    first, second = default_pair(client, name, a, b)
+    fa = version_facts(client, runtime.engine, name, first, view)
+    fb = version_facts(client, runtime.engine, name, second, view)
+    found = compare_facts(fa, fb, view)
+    if json_:
+        _print_json(found)
+        return
+    out = _wide()
+    head_a = f"A v{first}" + (f" ({', '.join(fa['aliases'])})" if fa["aliases"] else "")
+    head_b = f"B v{second}" + (f" ({', '.join(fb['aliases'])})" if fb["aliases"] else "")
+    out.print(f"{name}: {head_a} vs {head_b}; gates A {_verdict(fa['gates'])}; gates B "
+              f"{_verdict(fb['gates'])}", markup=False)
+    labels = {h.metric: h.label for h in view.headline}
+    table = Table("metric", head_a, head_b, "B - A", box=None, title="metrics",
+                  title_justify="left")
+    for r in found["metrics"]:
+        table.add_row(labels.get(r["metric"], r["metric"]), _fig(r["a"]), _fig(r["b"]),
+                      _signed(r["diff"]))
+    out.print(table)
+    if found["segments"]:
+        table = Table("segment", "metric", "A", "B", "B - A", box=None, title="per segment",
+                      title_justify="left")
+        for r in found["segments"]:
+            table.add_row(r["segment"], r["metric"], _fig(r["a"]), _fig(r["b"]),
+                          _signed(r["diff"]))
+        out.print(table)
+    if found["calibration"]:
+        table = Table("grade", "A predicted", "A observed", "A", "B predicted", "B observed",
+                      "B", "observed B - A", box=None, title="calibration per grade",
+                      title_justify="left")
+        for r in found["calibration"]:
+            table.add_row(r["grade"], _fig(r["expected_a"]), _fig(r["observed_a"]),
+                          _fig(r["ok_a"]), _fig(r["expected_b"]), _fig(r["observed_b"]),
+                          _fig(r["ok_b"]), _signed(r["diff"]))
+        out.print(table)
+    if found["gates"]:
+        table = Table("gate", "subject", "rule", "A", "", "B", "", "B - A", box=None,
+                      title="gates", title_justify="left")
+        for r in found["gates"]:
+            table.add_row(r["gate"], r["subject"], str(r["rule"]), _fig(r["a"]),
+                          _fig(r["passed_a"]), _fig(r["b"]), _fig(r["passed_b"]),
+                          _signed(r["diff"]))
+        out.print(table)
 
 
 @models_app.command("promote")
@@ -765,7 +919,8 @@ def audit_lineage(
     if found["missing_batches"]:
         console.print(f"MISSING from ingest_batches: {', '.join(found['missing_batches'])}")
     for move in found["alias_history"]:
-        console.print(f"  {move['at']} {move['actor']}: {move['alias']} -> v{move['version']}"
+        to = f"v{move['version']}" if move["version"] else "removed"
+        console.print(f"  {move['at']} {move['actor']}: {move['alias']} -> {to}"
                       f" ({move['reason']})", markup=False)
 
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -138,13 +139,15 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     result = run_daily_pipeline(end_date)
     console.print(result["line"])
     console.print(f"training the credit-risk model as of {end_date}...")
-    trained = run_train_risk_flow(end_date)  # each step prints its line as it finishes
+    # A failed gate is a result the demo shows (its closing lines name the gate), not a
+    # reason to stop: the flow runs end Failed in Prefect, the demo goes on and exits 0.
+    trained = _allowing_failed_gates(run_train_risk_flow, end_date)  # lines as steps finish
     console.print(trained["line"], markup=False)
     if not trained["skipped"] and trained["gates"]["passed"]:
         promote_first_champion(trained["name"], trained["version"], console)
     console.print(f"training the product recommender as of {end_date} "
                   f"(NDCG@3 ceiling of the data: {truth['recommender_ndcg3_ceiling']})...")
-    ranked = run_train_recommender_flow(end_date)
+    ranked = _allowing_failed_gates(run_train_recommender_flow, end_date)
     console.print(ranked["line"], markup=False)
     if not ranked["skipped"] and ranked["gates"]["passed"]:
         promote_first_champion(ranked["name"], ranked["version"], console)
@@ -168,6 +171,16 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(f"  evaluation   : {report or 'none yet'} (model evaluation)")
     for line in model_summary(trained, report):
         console.print(line, markup=False)
+
+
+def _allowing_failed_gates(train: Callable[[date], dict], as_of: date) -> dict:
+    """The training flow's summary, also when its version failed the gates."""
+    from puhui.lifecycle.gates import GatesFailed
+
+    try:
+        return train(as_of)
+    except GatesFailed as failed:
+        return failed.summary
 
 
 def model_summary(trained: dict, report: str | None) -> list[str]:

@@ -26,11 +26,13 @@ def run_ingest_flow(as_of: date | None = None, partner: str | None = None) -> di
     return ingest_flow(as_of=as_of, partner=partner)
 
 
-def run_train_risk_flow(as_of: date | None = None, force: bool = False) -> dict:
-    """Run the ``train-risk`` Prefect flow in this process and return its summary."""
+def run_train_risk_flow(as_of: date | None = None, force: bool = False,
+                        allow_gate_failure: bool = False) -> dict:
+    """Run the ``train-risk`` Prefect flow in this process and return its summary; raises
+    ``GatesFailed`` (with the summary) when the version failed its gates, unless allowed."""
     from flows.train import train_risk_flow
 
-    return train_risk_flow(as_of=as_of, force=force)
+    return train_risk_flow(as_of=as_of, force=force, allow_gate_failure=allow_gate_failure)
 
 
 def run_profiles_flow(as_of: date | None = None) -> dict:
@@ -47,11 +49,13 @@ def run_report_flow(as_of: date | None = None) -> dict:
     return report_flow(as_of=as_of)
 
 
-def run_train_recommender_flow(as_of: date | None = None, force: bool = False) -> dict:
-    """Run the ``train-recommender`` Prefect flow in this process and return its summary."""
+def run_train_recommender_flow(as_of: date | None = None, force: bool = False,
+                               allow_gate_failure: bool = False) -> dict:
+    """Run the ``train-recommender`` Prefect flow in this process and return its summary;
+    raises ``GatesFailed`` like ``run_train_risk_flow``."""
     from flows.recommender import train_recommender_flow
 
-    return train_recommender_flow(as_of=as_of, force=force)
+    return train_recommender_flow(as_of=as_of, force=force, allow_gate_failure=allow_gate_failure)
 
 
 def completed_daily_dates() -> set[date]:

@@ -45,9 +45,12 @@ REGISTER_INTENT, REGISTERED, REGISTER_ABORTED = (
 GATES = "model.gates"
 PROMOTE_REFUSED = "model.promote.refused"
 ALIAS_INTENT, ALIAS_SET, ALIAS_ABORTED = "model.alias.intent", "model.alias", "model.alias.aborted"
+# An alias taken off its version (the challenger alias of a version promoted to champion);
+# its intent is an ALIAS_INTENT with ``"removed": true`` and ``"version": null``.
+ALIAS_REMOVED = "model.alias.removed"
 MODEL_ACTIONS = (REGISTER_INTENT, REGISTERED, REGISTER_ABORTED, GATES, ALIAS_INTENT, ALIAS_SET,
-                 ALIAS_ABORTED)
-_OUTCOMES = (REGISTERED, REGISTER_ABORTED, ALIAS_SET, ALIAS_ABORTED)
+                 ALIAS_ABORTED, ALIAS_REMOVED)
+_OUTCOMES = (REGISTERED, REGISTER_ABORTED, ALIAS_SET, ALIAS_ABORTED, ALIAS_REMOVED)
 # Held from intent to completion of every model change, and while reconciling.
 MODEL_LOCK = "puhui.model_changes"
 
@@ -117,7 +120,12 @@ def register_version(
         crash_point("register.after_mlflow")
         audit.record(engine, REGISTERED, f"{name}/v{version}",
                      {**facts, "version": version, "intent": intent["seq"]}, mlflow_run_id=run_id)
-        return version
+    # Named by the version it became: runs of the same model and date (a forced retrain, a
+    # second trial) are told apart in the MLflow UI.
+    as_of = details.get("as_of")
+    MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_tag(
+        run_id, "mlflow.runName", f"{name} v{version}" + (f" as of {as_of}" if as_of else ""))
+    return version
 
 
 def _write_gate_tags(client: MlflowClient, name: str, version: str, passed: bool,
@@ -143,12 +151,13 @@ def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
 def _move_alias(
     client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
     version: str, reason: str, *, rollback: bool = False, forced: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> str | None:
     """Intent, alias move, completion; the caller holds ``MODEL_LOCK``."""
     previous = version_of(client, name, alias)
     run_id = client.get_model_version(name, str(version)).run_id
     details = {"model": name, "alias": alias, "version": str(version), "previous": previous,
-               "reason": reason, "rollback": rollback, "forced": forced}
+               "reason": reason, "rollback": rollback, "forced": forced, **(extra or {})}
     intent = audit.record(engine, ALIAS_INTENT, f"{name}/{alias}", details,
                           mlflow_run_id=run_id)
     crash_point("alias.before_mlflow")
@@ -165,6 +174,43 @@ def _move_alias(
     return previous
 
 
+def _remove_alias(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                  alias: str, reason: str) -> None:
+    """Intent, alias deletion, completion (``ALIAS_REMOVED``); the caller holds the lock."""
+    previous = version_of(client, name, alias)
+    if previous is None:
+        return
+    run_id = client.get_model_version(name, previous).run_id
+    details = {"model": name, "alias": alias, "version": None, "previous": previous,
+               "reason": reason, "removed": True}
+    intent = audit.record(engine, ALIAS_INTENT, f"{name}/{alias}", details,
+                          mlflow_run_id=run_id)
+    try:
+        client.delete_registered_model_alias(name, alias)
+    except BaseException:
+        audit.record(engine, ALIAS_ABORTED, f"{name}/{alias}", {
+            **details, "intent": intent["seq"], "outcome": "MLflow refused the alias removal"},
+            mlflow_run_id=run_id)
+        raise
+    audit.record(engine, ALIAS_REMOVED, f"{name}/{alias}",
+                 {**details, "intent": intent["seq"]}, mlflow_run_id=run_id)
+
+
+def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                  version: str, reason: str, *, forced_past: list[str] | None = None) -> str | None:
+    """``champion`` to ``version``, and ``challenger`` off it (a version is one or the
+    other); the caller holds ``MODEL_LOCK``. ``forced_past``: the failed gates a forced
+    promotion overrode, recorded as structured fields of the event. Returns the previous
+    champion."""
+    extra = {"failed_gates": forced_past} if forced_past else None
+    previous = _move_alias(client, engine, audit, name, CHAMPION, version, reason,
+                           forced=bool(forced_past), extra=extra)
+    if version_of(client, name, CHALLENGER) == str(version):
+        _remove_alias(client, engine, audit, name, CHALLENGER,
+                      f"v{version} promoted to {CHAMPION}")
+    return previous
+
+
 def set_alias(
     client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
     version: str, reason: str, *, rollback: bool = False,
@@ -173,6 +219,13 @@ def set_alias(
     with held_lock(engine, MODEL_LOCK):
         return _move_alias(client, engine, audit, name, alias, version, reason,
                            rollback=rollback)
+
+
+def set_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                 version: str, reason: str) -> str | None:
+    """``move_champion`` under the lock, for a version that passed its gates (auto_promote)."""
+    with held_lock(engine, MODEL_LOCK):
+        return move_champion(client, engine, audit, name, version, reason)
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:
@@ -214,6 +267,8 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
             continue
         if event["action"] == REGISTER_INTENT:
             what = f"registration of {d['model']} from run {d['run_id'][:12]} (seq {seq})"
+        elif d.get("removed"):
+            what = f"removal of {d['model']}@{d['alias']} from v{d['previous']} (seq {seq})"
         else:
             what = f"move of {d['model']}@{d['alias']} to v{d['version']} (seq {seq})"
         if not repair:
@@ -237,7 +292,8 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
         else:
             current = version_of(client, d["model"], d["alias"])
             if current == d["version"]:
-                audit.record(engine, ALIAS_SET, event["subject"],
+                audit.record(engine, ALIAS_REMOVED if d.get("removed") else ALIAS_SET,
+                             event["subject"],
                              {**d, "intent": seq, "recovered": True},
                              mlflow_run_id=event["mlflow_run_id"])
                 repaired.append(f"recovered: {what} happened in MLflow; its audit event, "
@@ -290,6 +346,8 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
     for e in events:
         if e["action"] == ALIAS_SET:
             moves[(e["details"]["model"], e["details"]["alias"])] = str(e["details"]["version"])
+        elif e["action"] == ALIAS_REMOVED:
+            moves.pop((e["details"]["model"], e["details"]["alias"]), None)
     verdicts = _verdicts(events)
     models = {m.name for m in client.search_registered_models()} | {m for m, _ in registered}
     problems: list[str] = []
@@ -368,9 +426,8 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
             )
         if version_of(client, name, CHAMPION) == str(version):
             raise PuhuiError(f"{name} v{version} is already the champion")
-        note = reason if verdict["passed"] else f"{reason} [forced past failed gates]"
-        return _move_alias(client, engine, audit, name, CHAMPION, version, note,
-                           forced=not verdict["passed"])
+        return move_champion(client, engine, audit, name, str(version), reason,
+                             forced_past=None if verdict["passed"] else verdict["failed"])
 
 
 def champion_history(engine: Engine, name: str) -> list[str]:
@@ -442,6 +499,6 @@ def lineage(client: MlflowClient, engine: Engine, name: str, version: str) -> di
         "alias_history": [
             {"at": e["occurred_at"], "actor": e["actor"], **e["details"]}
             for e in model_events
-            if e["action"] == ALIAS_SET and e["subject"].startswith(f"{name}/")
+            if e["action"] in (ALIAS_SET, ALIAS_REMOVED) and e["subject"].startswith(f"{name}/")
         ],
     }

@@ -13,6 +13,7 @@ from datetime import date
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from puhui import console
 from puhui.audit import current_flow_run_id
@@ -20,6 +21,7 @@ from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_confi
 from puhui.features.builder import build_features
 from puhui.features.sources import SourceFrames, load_source_frames
 from puhui.features.store import write_user_features
+from puhui.lifecycle.gates import GatesFailed, gates_failed_message
 from puhui.lifecycle.publish import apply_verdict, find_version_by_fingerprint
 from puhui.registry import (
     CHAMPION,
@@ -83,10 +85,11 @@ def build_risk_features(as_of: date) -> FeatureStep:
     with console.progress("features"):
         features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
     written = write_user_features(runtime.engine, features, spec.feature_set)
+    # No batch count here: the training set adds the applications' and outcomes' batches,
+    # and its count is the one the report, MLflow and the audit trail carry.
     line = _say(
         f"features as of {as_of}: {written:,} (customer, as-of) rows x "
-        f"{features.shape[1] - 2} features from {len(frames.batch_ids)} ingest batches "
-        "-> user_features", started)
+        f"{features.shape[1] - 2} features -> user_features", started)
     return FeatureStep(frames, apps, features, line)
 
 
@@ -108,7 +111,8 @@ def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
         + _window("train", s["train_rows"], s["train_defaults"], s["train_range"]) + ", "
         + _window("validation", s["valid_rows"], s["valid_defaults"], s["valid_range"]) + ", "
         + _window("untouched test", s["oot_rows"], s["oot_defaults"], s["oot_range"])
-        + f" applications, {s['features']} features", started)
+        + f" applications, {s['features']} features, from {len(training.batch_ids)} ingest "
+        "batches", started)
     return training, line
 
 
@@ -129,7 +133,11 @@ def describe_training(trained: TrainedModel) -> str:
                   f"vs best LightGBM {sel['compared']} "
                   f"{sel['auc_valid_lightgbm_compared']:.4f})")
     monotone = f", {len(trained.monotone)} monotone constraints" if trained.monotone else ""
-    return (f"train: {len(trained.trials)} LightGBM trial(s) ({sizes}{monotone}); "
+    # The configured parameters are always tried; the search adds its draws to them.
+    drawn = len(trained.trials) - 1
+    trials = (f"{len(trained.trials)} LightGBM trial(s): the configured parameters"
+              + (f" + {drawn} drawn by the search" if drawn else ""))
+    return (f"train: {trials} ({sizes}{monotone}); "
             f"candidate {chosen}; calibration {trained.calibration.describe()}")
 
 
@@ -167,6 +175,8 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
                                                model.registered_name)
     evaluation = evaluate_risk_model(training, trained, benchmark, model, spec, champion)
     gates = check_gates(evaluation, model.gates)
+    if evaluation.champion is not None:  # the report's champion column names the version
+        evaluation.champion["version"] = champion_version
     m = evaluation.metrics
     versus = (f", champion v{champion_version} {m['auc_oot_champion']:.4f}"
               if "auc_oot_champion" in m else ", no champion yet")
@@ -231,6 +241,17 @@ def reconcile_models() -> list[str]:
     for line in result.repaired:
         get_run_logger().warning(line)
     return result.repaired
+
+
+def training_outcome(model: str, summary: dict, gates: GateResult,
+                     allow_gate_failure: bool) -> dict | State:
+    """A training flow's return: its summary, or, when the version failed its gates (and
+    that is not allowed), a Failed state naming them whose data raises ``GatesFailed``
+    (carrying the summary) for an in-process caller."""
+    if gates.passed or allow_gate_failure:
+        return summary
+    message = gates_failed_message(model, summary["name"], summary["version"], gates.failed)
+    return Failed(message=message, data=GatesFailed(message, summary))
 
 
 def fingerprint_of(training: TrainingSet) -> str:

@@ -54,7 +54,7 @@ from puhui.warehouse.engine import dispose_engines
 from tests.conftest import RISK_AS_OF, TEST_AUDIT_KEY, RiskTemplates, no_search_config, risk_env
 
 NAME = "credit_risk"
-OUTCOMES = {REGISTERED, REGISTER_ABORTED, ALIAS_SET, "model.alias.aborted"}
+OUTCOMES = {REGISTERED, REGISTER_ABORTED, ALIAS_SET, "model.alias.aborted", "model.alias.removed"}
 
 
 def _crash(*args: str, point: str) -> subprocess.CompletedProcess:

@@ -54,12 +54,20 @@ class _Constant(mlflow.pyfunc.PythonModel):
         return [0.1] * len(model_input)
 
 
-def _register(name: str, fingerprint: str) -> str:
+def _register(name: str, fingerprint: str, headline: float = 0.5,
+              gates: GateResult | None = None,
+              artifacts: dict[str, str] | None = None) -> str:
+    """A version of ``name`` with a constant model: ``headline`` as its headline metric,
+    ``gates`` as the run's gates.json, ``artifacts`` (path -> text) in the run."""
     runtime = open_runtime()
     uri = runtime.settings.mlflow_tracking_uri
     use_experiment(name, uri, runtime.settings.home / "mlartifacts")
     with mlflow.start_run() as run:
-        mlflow.log_metric("ndcg_at_3_oot" if "recommender" in name else "auc_oot", 0.5)
+        mlflow.log_metric("ndcg_at_3_oot" if "recommender" in name else "auc_oot", headline)
+        if gates is not None:
+            mlflow.log_dict(gates.as_dict(), "gates.json")
+        for path, text in (artifacts or {}).items():
+            mlflow.log_text(text, path)
         info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(),
                                        pip_requirements=["mlflow"])
     return register_version(runtime.engine, runtime.audit, name=name,
@@ -109,7 +117,7 @@ def test_one_lifecycle_for_both_models(model: str, any_warehouse: str,
     assert main(["models", "promote", name, "--version", v1, "--reason", "test"]) == 0
     assert main(["models", "promote", name, "--version", v2, "--reason", "test"]) == 1
     listed = _json(capsys, "models", "list", name, "--json")
-    assert listed[1]["aliases"] == ["challenger", "champion"]
+    assert listed[1]["aliases"] == ["champion"]  # promotion took the challenger alias off
     rows = [{"metric": "m", "segment": "all", "value": 0.5},
             {"metric": "m", "segment": "region_type=rural", "value": 0.4}]
     assert write_evaluations(runtime.engine, name, v1, AS_OF, rows, "run") == 2
@@ -125,7 +133,7 @@ def test_train_recommender_flow_end_to_end(warehouse: str, prefect_harness: None
                                            capsys: pytest.CaptureFixture) -> None:
     from flows.recommender import train_recommender_flow
 
-    first = train_recommender_flow(as_of=AS_OF)
+    first = train_recommender_flow(as_of=AS_OF, allow_gate_failure=True)
     assert first["version"] == "1" and not first["skipped"]
     assert len(first["steps"]) == 4, "one line per step"
     assert "eligibility violations in the final ranking: 0" in first["steps"][1]
@@ -136,6 +144,46 @@ def test_train_recommender_flow_end_to_end(warehouse: str, prefect_harness: None
     assert {"ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
             "ndcg_at_3_oot_segment_popularity"} <= set(row["metrics"])
     assert "passed" in row["gates"] and "aliases" in row
-    again = train_recommender_flow(as_of=AS_OF)
+    again = train_recommender_flow(as_of=AS_OF, allow_gate_failure=True)
     assert again["skipped"] and again["version"] == "1"
     assert "unchanged" in again["line"]
+
+
+@pytest.mark.parametrize("model", ["credit_risk", "product_recommender"])
+def test_promotion_moves_aliases_rollback_and_forced_flag(
+        model: str, any_warehouse: str, capsys: pytest.CaptureFixture) -> None:
+    """Promotion takes ``challenger`` off the new champion; rollback brings the previous
+    champion back; a forced promotion is a structured field of its audit event; MLflow and
+    the trail agree throughout (the removal is an audited move too)."""
+    from puhui.audit import read_audit_events
+    from puhui.registry import ALIAS_REMOVED, CHAMPION, registry_problems
+
+    name = getattr(load_config(load_settings().config_dir, ModelsConfig), model).registered_name
+    runtime = open_runtime()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    versions = []
+    for i, passed in enumerate((True, True, False)):
+        version = _register(name, f"fp{i}")
+        verdict = GateResult(passed=passed, failed=[] if passed else ["x all 0.1 < 0.2"])
+        apply_verdict(client, runtime.engine, runtime.audit, name, version, verdict, False)
+        versions.append(version)
+    v1, v2, v3 = versions
+    assert current_aliases(client, name) == {CHALLENGER: v2}
+    assert main(["models", "promote", name, "--version", v2, "--reason", "better"]) == 0
+    assert current_aliases(client, name) == {CHAMPION: v2}, "challenger left on the champion"
+    assert client.get_run(client.get_model_version(name, v2).run_id).info.run_name == \
+        f"{name} v{v2} as of {RISK_AS_OF}", "runs are named by their version"
+    assert main(["models", "promote", name, "--version", v1, "--reason", "older"]) == 0
+    assert main(["models", "promote", name, "--version", v3, "--reason", "committee",
+                 "--force"]) == 0
+    forced = read_audit_events(runtime.engine, action="model.alias")[-1]["details"]
+    assert forced["forced"] is True and forced["failed_gates"] == ["x all 0.1 < 0.2"]
+    assert forced["reason"] == "committee", "the reason is the owner's own words"
+    capsys.readouterr()
+    assert main(["models", "rollback", name, "--reason", "v3 misbehaves"]) == 0
+    assert f"from v{v3} to v{v1}" in capsys.readouterr().out
+    assert current_aliases(client, name) == {CHAMPION: v1}
+    removed = read_audit_events(runtime.engine, action=ALIAS_REMOVED)
+    assert [(e["details"]["alias"], e["details"]["previous"]) for e in removed] == [
+        (CHALLENGER, v2)]
+    assert registry_problems(client, runtime.engine)[0] == []

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from puhui.config import MetricThreshold
+from puhui.errors import PuhuiError
 
 
 @dataclass
@@ -29,16 +30,19 @@ class GateChecks:
         self.checks: list[dict[str, object]] = []
 
     def check(self, gate: str, subject: str, value: float | None, limit: float,
-              ok: bool) -> None:
+              ok: bool, rule: str | None = None) -> None:
+        """One check; ``rule`` says what passing means (default: from a ``min_``/``max_``
+        name, e.g. "≥ 0.75 (higher is better)")."""
         self.checks.append({"gate": gate, "subject": subject, "value": value, "limit": limit,
-                            "passed": bool(ok)})
+                            "rule": rule or gate_rule(gate, limit), "passed": bool(ok)})
 
     def threshold(self, gate: str, subject: str, value: float | None,
                   limit: MetricThreshold) -> None:
         """``value`` against a threshold given as data; a missing value fails."""
         ok = value is not None and (value >= limit.threshold if limit.higher_is_better
                                     else value <= limit.threshold)
-        self.check(gate, subject, value, limit.threshold, ok)
+        self.check(gate, subject, value, limit.threshold, ok,
+                   rule=direction_rule(limit.threshold, limit.higher_is_better))
 
     def result(self, describe: Callable[[dict[str, object]], str] | None = None) -> GateResult:
         say = describe or describe_check
@@ -52,3 +56,37 @@ def describe_check(check: dict[str, object]) -> str:
     sign = ">" if str(gate).startswith("max") else "<"
     return f"{str(gate).removeprefix('min_').removeprefix('max_')} {subject} {shown} " \
            f"{sign} {limit:.2f}"
+
+
+def direction_rule(limit: float, higher_is_better: bool) -> str:
+    return (f"≥ {limit:g} (higher is better)" if higher_is_better
+            else f"≤ {limit:g} (lower is better)")
+
+
+def gate_rule(gate: str, limit: float) -> str:
+    """What passing a check means, for checks recorded without a rule (versions gated before
+    rules were recorded, or a gate named ``min_...``/``max_...``)."""
+    if gate.startswith("min_"):
+        return direction_rule(limit, True)
+    if gate.startswith("max_"):
+        return direction_rule(limit, False)
+    return f"limit {limit:g}"
+
+
+class GatesFailed(PuhuiError):
+    """A training run whose version failed its gates: ``summary`` is the run's summary (the
+    version is registered, without an alias). Raised by a training flow's caller unless
+    gate failures are allowed."""
+
+    def __init__(self, message: str, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple:  # Prefect may pickle a state's data
+        return (GatesFailed, (str(self), self.summary))
+
+
+def gates_failed_message(model: str, name: str, version: str, failed: list[str]) -> str:
+    return (f"train {model}: {name} v{version} FAILED {len(failed)} gate(s): "
+            f"{'; '.join(failed)} (registered without an alias; --allow-gate-failure ends "
+            "the run Completed)")

@@ -28,6 +28,7 @@ from puhui.registry import (
     record_gate_verdict,
     registry_client,
     set_alias,
+    set_champion,
 )
 from puhui.warehouse.schema import model_evaluations
 
@@ -139,9 +140,9 @@ def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name
     set_alias(client, engine, audit, name, CHALLENGER, version, "passed every gate")
     outcome = f"gate: v{version} passed every gate -> {CHALLENGER}"
     if auto_promote:
-        set_alias(client, engine, audit, name, CHAMPION, version,
-                  "auto_promote is on in configs/models.yaml")
-        return outcome + f" and {CHAMPION} (auto_promote is on)"
+        set_champion(client, engine, audit, name, version,
+                     "auto_promote is on in configs/models.yaml")
+        return f"gate: v{version} passed every gate -> {CHAMPION} (auto_promote is on)"
     champion = client.get_registered_model(name).aliases.get(CHAMPION)
     held = f"v{champion}" if champion else "nobody"
     return outcome + (f"; {CHAMPION} stays {held} until a model owner promotes "

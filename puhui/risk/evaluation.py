@@ -132,8 +132,10 @@ def evaluate_risk_model(
                              + ", ".join(missing[:5])}
         else:
             champ_pd = champion.predict_pd(oot)
-            champion_info = {"auc_oot": ranking_metrics(y_oot, champ_pd)["auc"]}
-            metrics["auc_oot_champion"] = champion_info["auc_oot"]
+            m_champ = ranking_metrics(y_oot, champ_pd)
+            champion_info = {"auc_oot": m_champ["auc"]}
+            # Every figure of the report's champion column, on the same test window.
+            metrics |= {f"{k}_oot_champion": m_champ[k] for k in ("auc", "gini", "ks", "brier")}
             curves["roc_champion"] = _roc(y_oot, champ_pd)
 
     gates = model.gates

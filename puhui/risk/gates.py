@@ -32,10 +32,16 @@ def check_gates(evaluation: Evaluation, gates: GatesSpec) -> GateResult:
             check("min_adverse_impact_ratio", f"{row.dimension}={row.segment}",
                   row.adverse_impact_ratio, gates.min_adverse_impact_ratio,
                   row.adverse_impact_ratio >= gates.min_adverse_impact_ratio)
+    calibration = gates.calibration
+    sided = ("one-sided: fails only if the observed default rate is ABOVE the predicted"
+             if calibration.test == "one_sided" else "two-sided: fails if the observed "
+             "default rate is above or below the predicted")
+    rule = (f"Jeffreys test at alpha {calibration.alpha:g}, {sided} by more than "
+            f"{calibration.tolerance:g} and the test rejects")
     for row in evaluation.calibration.itertuples():
         if row.n:
             check("calibration", f"grade={row.grade}", row.observed,
-                  gates.calibration.tolerance, row.ok)
+                  calibration.tolerance, row.ok, rule=rule)
     return checks.result(_describe)
 
 

@@ -224,6 +224,15 @@ def _model_sections(evaluation: Evaluation) -> list[str]:
     ]
 
 
+def _champion_column(evaluation: Evaluation) -> str:
+    champion = evaluation.champion or {}
+    if "version" not in champion:
+        return "champion (none when trained)"
+    if "auc_oot" not in champion:
+        return f"champion v{champion['version']} (not re-scored: {champion.get('note', '')})"
+    return f"champion v{champion['version']} (test window, re-scored)"
+
+
 def render_report(
     evaluation: Evaluation, gates: GateResult, facts: dict[str, Any],
     plots: dict[str, bytes],
@@ -238,13 +247,11 @@ def render_report(
     )
     kind = _kind(evaluation)
     headline = pd.DataFrame([
-        ("AUC", m["auc_oot"], m["auc_oot_benchmark"], m.get("auc_oot_champion"),
-         m["auc_train"]),
-        ("Gini", m["gini_oot"], m["gini_oot_benchmark"], None, m["gini_train"]),
-        ("KS", m["ks_oot"], m["ks_oot_benchmark"], None, m["ks_train"]),
-        ("Brier", m["brier_oot"], m["brier_oot_benchmark"], None, m["brier_train"]),
+        (label, m[f"{key}_oot"], m[f"{key}_oot_benchmark"], m.get(f"{key}_oot_champion"),
+         m[f"{key}_train"])
+        for label, key in (("AUC", "auc"), ("Gini", "gini"), ("KS", "ks"), ("Brier", "brier"))
     ], columns=["metric", f"candidate: {kind} (test window)",
-                "logistic benchmark, uncalibrated (test window)", "champion (test window)",
+                "logistic benchmark, uncalibrated (test window)", _champion_column(evaluation),
                 f"{kind} (train)"])
     facts_table = pd.DataFrame(list(facts.items()), columns=["fact", "value"])
     checks = pd.DataFrame(gates.checks)
