@@ -135,13 +135,13 @@ def test_staged_partitions_equal_the_builder_and_skip_finished_work(features_env
 
 def test_fast_reader_returns_what_read_sql_returns(features_env: str) -> None:
     """PostgreSQL's COPY-to-Arrow path gives read_sql_query's values, column by column."""
-    from puhui.features.sources import _source_columns, read_frame
+    from puhui.features.sources import read_frame, source_columns
 
     engine = get_engine(features_env)
     spec = _spec()
     queries = []
     for name, columns in [(spec.customer.table, None),
-                          *((s.table, _source_columns(s)) for s in spec.sources)]:
+                          *((s.table, source_columns(s)) for s in spec.sources)]:
         table = Table(name, MetaData(), autoload_with=engine)
         queries.append(select(*(table.c[c] for c in columns)) if columns else select(table))
     for query in queries:
