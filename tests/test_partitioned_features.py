@@ -15,6 +15,8 @@ from puhui.features.builder import build_features
 from puhui.features.partitioned import (
     build_features_partitioned,
     build_staged_partition,
+    ensure_partition_indexes,
+    partition_read_indexes,
     read_staged_features,
     stage_register,
 )
@@ -99,6 +101,52 @@ def test_partitioned_features_equal_the_whole_table_builder(features_env: str,
     _assert_identical(got, want)
     assert want.drop(columns=["person_key", "as_of_date"]).notna().any().all(), \
         "every feature has values somewhere: the comparison covers real values"
+
+
+def _scans(engine, tables: list[str]) -> dict[str, tuple[int, int]]:  # noqa: ANN001
+    """(sequential scans, index scans) of each table, as the server's statistics have them."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        rows = conn.execute(text(
+            "SELECT relname, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE relname = ANY(:tables)"), {"tables": tables}).all()
+    return {name: (seq, idx) for name, seq, idx in rows}
+
+
+@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
+def test_partition_reads_use_the_key_indexes_not_table_scans(features_env: str) -> None:
+    """The first partitioned run builds the covering (key, time) indexes once; every
+    partition then reads its own key range through them, never scanning a whole table."""
+    import time
+
+    engine = get_engine(features_env)
+    spec = _spec()
+    tables = [s.table for s in spec.sources]
+    build_features_partitioned(engine, spec, AS_OF, None, 1)  # one partition: no index
+    with engine.connect() as conn:
+        indexes = set(pd.read_sql_query("SELECT indexname FROM pg_indexes", conn)["indexname"])
+    assert not indexes & set(partition_read_indexes(spec))
+    build_features_partitioned(engine, spec, AS_OF, None, 4)
+    with engine.connect() as conn:
+        indexes = set(pd.read_sql_query("SELECT indexname FROM pg_indexes", conn)["indexname"])
+    assert set(partition_read_indexes(spec)) <= indexes
+    assert ensure_partition_indexes(engine, spec) == []  # idempotent: nothing to build
+    time.sleep(1.5)  # other backends flush their statistics about once a second
+    before = _scans(engine, tables)
+    build_features_partitioned(engine, spec, AS_OF, None, 4)
+    deadline = time.monotonic() + 15
+    while True:
+        after = _scans(engine, tables)
+        if all(after[t][1] >= before[t][1] + 4 for t in tables) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for table in tables:
+        # Four partitions: four index reads per table. The one scan allowed is the run's
+        # MIN(event time) for the source's first day, once per run, not per partition.
+        assert after[table][1] >= before[table][1] + 4, (table, before[table], after[table])
+        assert after[table][0] - before[table][0] <= 1, (table, before[table], after[table])
 
 
 def test_partitioned_features_ignore_data_after_the_as_of_date(features_env: str) -> None:
