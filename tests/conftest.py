@@ -93,20 +93,10 @@ RISK_DATASETS = {
 
 def _ingest_all(as_of: str) -> None:
     """Every configured feed, in plain Python (the ingest flow's tests cover Prefect)."""
-    from puhui.config import PartnersConfig, load_config
-    from puhui.ingest.batches import FileIngestor
-    from puhui.ingest.feeds import ingest_feed
-    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.ingest.feeds import ingest_all_feeds
     from puhui.runtime import open_runtime
-    from puhui.validation import BatchValidator
 
-    runtime = open_runtime()
-    settings = runtime.settings
-    validator = BatchValidator(results_dir=settings.home / "gx")
-    key = pseudonym_key_bytes(settings.pseudonym_key)
-    for feed in load_config(settings.config_dir, PartnersConfig).partners:
-        ingestor = FileIngestor(runtime, feed, validator, key, flow_run_id=None)
-        ingest_feed(runtime, feed, ingestor, date.fromisoformat(as_of))
+    ingest_all_feeds(open_runtime(), date.fromisoformat(as_of))
 
 
 class RiskTemplates:

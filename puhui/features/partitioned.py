@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from puhui.config import FeaturesConfig
 from puhui.features.builder import build_features
@@ -31,6 +31,7 @@ from puhui.features.sources import (
     first_event_days,
     load_partition_frames,
     load_register,
+    source_columns,
 )
 from puhui.partitioning import Partition, all_partitions, bucket_of, partition_count
 
@@ -38,6 +39,73 @@ from puhui.partitioning import Partition, all_partitions, bucket_of, partition_c
 # peaked near 1 GiB in the client, 25k about half; populations up to this size (the 20k
 # demo) run as one partition, as before. Measured: README, Performance.
 CUSTOMERS_PER_PARTITION = 25_000
+
+
+# --- raw-table layout: what lets a partition read only its own rows -------------------------
+
+def partition_read_indexes(spec: FeaturesConfig) -> dict[str, str]:
+    """Index name -> ``CREATE INDEX IF NOT EXISTS`` statement, one per raw table read.
+
+    Rows arrive in time order, so one partition's rows are spread over nearly every page of a
+    table: without an index each partition scans the whole table (N scans of everything: the
+    cost grew with N x population). A B-tree on (key, event time) that INCLUDEs every column
+    the features read serves a partition with an index-only scan of its own key range: the
+    read is proportional to the partition. The register gets (person_key) INCLUDE
+    (phone_key) for the phone-keyed feeds' sub-select.
+    """
+    statements: dict[str, str] = {}
+
+    def add(table: str, keys: list[str], columns: list[str]) -> None:
+        name = f"ix_{table}_partition_read"
+        include = [c for c in columns if c not in keys]
+        statements[name] = (
+            f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" ({_quoted(keys)})'
+            + (f" INCLUDE ({_quoted(include)})" if include else ""))
+
+    for source in spec.sources:
+        add(source.table, [source.key, source.time], source_columns(source))
+    add(spec.customer.table, ["person_key"], ["phone_key"])
+    return statements
+
+
+def _quoted(columns: list[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+def ensure_partition_indexes(engine: Engine, spec: FeaturesConfig) -> list[str]:
+    """Create the partition-read indexes that are missing (PostgreSQL); returns their names.
+
+    Built after the bulk load, on first partitioned use, not at table creation: a bulk COPY
+    into an indexed table pays for every index entry (README, Performance: the trade-off
+    measured). Later loads keep the index up to date. Tables just indexed are vacuumed, so
+    that their pages are all-visible and the scans are index-only at once. An advisory lock
+    keeps two partitioned runs from building the same index.
+    """
+    if engine.dialect.name != "postgresql":
+        return []  # SQLite: the demo's size runs as one partition, a whole-table read
+    statements = partition_read_indexes(spec)
+    created: list[str] = []
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text("SELECT pg_advisory_lock(hashtext('puhui.partition_read_indexes'))"))
+        try:
+            existing = set(conn.execute(text(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            )).scalars())
+            tables = {str(t) for t in conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )).scalars()}
+            for name, statement in statements.items():
+                table = name.removeprefix("ix_").removesuffix("_partition_read")
+                if name in existing or table not in tables:
+                    continue
+                conn.execute(text(statement))
+                conn.execute(text(f'VACUUM (ANALYZE) "{table}"'))
+                created.append(name)
+        finally:
+            conn.execute(text(
+                "SELECT pg_advisory_unlock(hashtext('puhui.partition_read_indexes'))"))
+    return created
 
 
 def build_partition(
@@ -65,6 +133,8 @@ def build_features_partitioned(
     if partitions is None:
         partitions = partition_count(count_register(engine, spec, as_of),
                                      CUSTOMERS_PER_PARTITION)
+    if partitions > 1:  # one partition reads whole tables: no index needed
+        ensure_partition_indexes(engine, spec)
     register = load_register(engine, spec, as_of, partitions)
     if requests is None:
         requests = pd.DataFrame({"person_key": register.customers["person_key"],
@@ -96,6 +166,8 @@ def stage_register(engine: Engine, spec: FeaturesConfig, as_of: date, directory:
         partitions = partition_count(count_register(engine, spec, as_of),
                                      CUSTOMERS_PER_PARTITION)
     directory.mkdir(parents=True, exist_ok=True)
+    if partitions > 1:
+        ensure_partition_indexes(engine, spec)
     register = load_register(engine, spec, as_of, partitions)
     for part in all_partitions(partitions):
         write_atomic(register.part(part.bucket), directory / f"register-{part.bucket:05d}.parquet")

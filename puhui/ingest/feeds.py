@@ -118,3 +118,22 @@ def ingest_feed(
         )
     ledger.advance_watermark(engine, feed.name, as_of, ingestor.flow_run_id)
     return FeedResult(feed.name, as_of.isoformat(), late, outcomes)
+
+
+def ingest_all_feeds(runtime: Runtime, as_of: date) -> list[FeedResult]:
+    """Every configured feed up to ``as_of``, in plain Python, without a flow run.
+
+    What tests and benchmarks need to fill a warehouse through the real ingest path (the
+    ingest flow wraps the same per-feed call in Prefect tasks).
+    """
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator  # imports GX: only when ingesting
+
+    settings = runtime.settings
+    validator = BatchValidator(results_dir=settings.home / "gx")
+    key = pseudonym_key_bytes(settings.pseudonym_key)
+    return [
+        ingest_feed(runtime, feed, FileIngestor(runtime, feed, validator, key, flow_run_id=None),
+                    as_of)
+        for feed in load_config(settings.config_dir, PartnersConfig).partners
+    ]

@@ -27,6 +27,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from puhui import console
 from puhui.config import MonotoneSpec, RiskModelSpec
+from puhui.distributed_training import dask_training_enabled, train_early_stopped
 from puhui.errors import PuhuiError
 from puhui.risk.calibration import CalibrationChoice, Calibrator, choose_calibration
 from puhui.risk.params import DataSize, ResolvedLightGBM, resolve_lightgbm
@@ -300,6 +301,18 @@ def monotone_vector(monotone: MonotoneSpec, features: list[str],
     return direction
 
 
+def _train_local(params: dict[str, Any], train_set: lgb.Dataset, stop_set: lgb.Dataset,
+                 resolved: ResolvedLightGBM, label: str) -> lgb.Booster:
+    with console.progress(label, total=resolved.num_boost_round) as bar:
+        return lgb.train(
+            params, train_set, num_boost_round=resolved.num_boost_round,
+            valid_sets=[stop_set],
+            callbacks=[lgb.early_stopping(resolved.early_stopping_rounds,
+                                          first_metric_only=True, verbose=False),
+                       lambda _env: bar.advance(1)],
+        )
+
+
 def _best_trial(train_set: lgb.Dataset, stop_set: lgb.Dataset, resolved: ResolvedLightGBM,
                 fixed: dict[str, Any]) -> tuple[lgb.Booster, dict[str, Any], float,
                                                 list[dict[str, Any]]]:
@@ -308,15 +321,13 @@ def _best_trial(train_set: lgb.Dataset, stop_set: lgb.Dataset, resolved: Resolve
     trials = []
     total = len(resolved.candidates)
     for number, candidate in enumerate(resolved.candidates, start=1):
-        with console.progress(f"LightGBM trial {number}/{total} rounds",
-                              total=resolved.num_boost_round) as bar:
-            booster = lgb.train(
-                candidate | fixed, train_set, num_boost_round=resolved.num_boost_round,
-                valid_sets=[stop_set],
-                callbacks=[lgb.early_stopping(resolved.early_stopping_rounds,
-                                              first_metric_only=True, verbose=False),
-                           lambda _env: bar.advance(1)],
-            )
+        if dask_training_enabled():  # PUHUI_TASK_RUNNER=dask: the same booster kind
+            booster = train_early_stopped(candidate | fixed, train_set, stop_set,
+                                          resolved.num_boost_round,
+                                          resolved.early_stopping_rounds)
+        else:
+            booster = _train_local(candidate | fixed, train_set, stop_set, resolved,
+                                   f"LightGBM trial {number}/{total} rounds")
         score = float(booster.best_score["valid_0"]["auc"])
         trials.append({"params": candidate, "auc_valid": round(score, 6),
                        "best_iteration": booster.best_iteration})
