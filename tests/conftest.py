@@ -53,12 +53,13 @@ os.environ["PUHUI_AUDIT_KEY"] = TEST_AUDIT_KEY
 # files run whole on one worker: `--dist loadfile`, module fixtures built once). Files not
 # listed keep their collection order after these. Figures: README, "Tests".
 LONGEST_FILES_FIRST = (
-    "test_risk_model.py", "test_ingest.py", "test_profiles.py", "test_crash_model_changes.py",
-    "test_console.py", "test_privacy.py", "test_daily_flow.py", "test_server.py",
+    "test_console.py", "test_risk_model.py", "test_privacy.py", "test_crash_model_changes.py",
+    "test_profiles.py", "test_ingest.py", "test_server.py", "test_daily_flow.py",
     "test_monitoring.py", "test_hostile_files.py", "test_audit.py", "test_lifecycle.py",
 )
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not XDIST_WORKER:
         return  # one process: keep the plain order
