@@ -17,11 +17,17 @@ install: $(STAMP)  ## create .venv and install Puhui with its pinned dependencie
 demo: $(STAMP)  ## synthetic landing zone + the whole daily pipeline on the embedded default
 	$(BIN)/puhui demo $(DEMO_ARGS)
 
-test: $(STAMP)  ## the full suite, PostgreSQL tests included (a throwaway server is started)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The suite runs on TEST_WORKERS pytest-xdist workers (default: the cores, at most 2; 0 runs
+# it in this one process). A test file runs whole on one worker, longest files first
+# (tests/conftest.py), so module fixtures are built once and a file's order is kept.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 2 ? n : 2 )))
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test: $(STAMP)  ## the full suite, PostgreSQL tests included (a throwaway server per worker)
+	$(PYTEST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks: print figures and write them to bench/results/
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

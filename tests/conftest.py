@@ -4,14 +4,21 @@
 - ``warehouse_url``: parametrized over SQLite and PostgreSQL; a fresh, empty database per test.
 - ``puhui_env``: an isolated PUHUI_HOME (and everything under it) per test.
 - ``prefect_harness``: Prefect's test harness, once per session, with a temp PREFECT_HOME.
+
+Under pytest-xdist (``make test`` runs two workers, one test file per worker at a time) a
+"session" is one worker: each worker has its own PostgreSQL server, Prefect harness,
+PREFECT_HOME and PUHUI_HOME. Only the risk landing zones and their SQLite templates, which
+are read-only, are built once per run and shared by the workers (``RiskTemplates``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +32,12 @@ for _name, _value in QUIET_ENVIRONMENT.items():
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="puhui-test-session-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
+# An xdist worker gets its own PUHUI_HOME (beside the one given, e.g. CI's; else a temporary
+# one), so that a test that uses the ambient home never shares state with the other worker.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    _home = Path(os.environ.get("PUHUI_HOME", _SESSION_HOME / "puhui")).expanduser().resolve()
+    os.environ["PUHUI_HOME"] = str(_home.with_name(f"{_home.name}-{XDIST_WORKER}"))
 
 from puhui.throwaway_postgres import PostgresServer, find_postgres_bin_dir, throwaway_postgres  # noqa: E402
 from puhui.warehouse.engine import dispose_engines  # noqa: E402
@@ -34,6 +47,24 @@ TEST_PSEUDONYM_KEY = "test-key-" + "0123456789abcdef" * 3
 # wrong key set their own.
 TEST_AUDIT_KEY = "test-audit-key-" + "fedcba9876543210" * 3
 os.environ["PUHUI_AUDIT_KEY"] = TEST_AUDIT_KEY
+
+
+# The longest test files first, so that the two xdist workers finish close together (the
+# files run whole on one worker: `--dist loadfile`, module fixtures built once). Files not
+# listed keep their collection order after these. Figures: README, "Tests".
+LONGEST_FILES_FIRST = (
+    "test_console.py", "test_risk_model.py", "test_privacy.py", "test_crash_model_changes.py",
+    "test_profiles.py", "test_ingest.py", "test_server.py", "test_daily_flow.py",
+    "test_monitoring.py", "test_hostile_files.py", "test_audit.py", "test_lifecycle.py",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not XDIST_WORKER:
+        return  # one process: keep the plain order
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
 
 
 @pytest.fixture(scope="session")
@@ -99,29 +130,55 @@ def _ingest_all(as_of: str) -> None:
     ingest_all_feeds(open_runtime(), date.fromisoformat(as_of))
 
 
-class RiskTemplates:
-    """Ingested risk datasets, one template per (dataset, dialect), built on first use."""
+def build_once(target: Path, build: Callable[[], None]) -> None:
+    """Build ``target`` unless a build of it finished; the xdist workers of one run take
+    turns through a file lock, so the first one builds and the others wait and reuse it."""
+    done = target.with_name(f"{target.name}.done")
+    if done.exists():
+        return
+    with open(target.with_name(f"{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)  # a build that failed part-way
+            build()
+            done.touch()
 
-    def __init__(self, root: Path, pg: PostgresServer | None) -> None:
-        self.root, self.pg = root, pg
+
+class RiskTemplates:
+    """Ingested risk datasets, one template per (dataset, dialect), built on first use.
+
+    Landing zones and SQLite templates live under ``shared`` (one per run, seen by every
+    xdist worker, built once); PostgreSQL templates are per worker, on its own server."""
+
+    def __init__(self, root: Path, pg: PostgresServer | None, shared: Path | None = None) -> None:
+        self.root, self.pg, self.shared = root, pg, shared or root
         self._built: dict[tuple[str, str], str] = {}
 
-    def _build(self, dataset: str, dialect: str) -> str:
+    def _landing(self, dataset: str) -> Path:
         from puhui.generate import generate_landing_zone
 
-        landing = self.root / f"landing-{dataset}"
-        if not landing.exists():
-            spec = RISK_DATASETS[dataset]
-            generate_landing_zone(landing, users=spec["users"], days=2, seed=7,
-                                  history_days=540, end_date=date.fromisoformat(RISK_AS_OF),
-                                  penalize_segment=spec["penalize_segment"],
-                                  drift=spec.get("drift", False))
-        home = self.root / f"home-{dataset}-{dialect}"
+        landing = self.shared / f"landing-{dataset}"
+        spec = RISK_DATASETS[dataset]
+        build_once(landing, lambda: generate_landing_zone(
+            landing, users=spec["users"], days=2, seed=7, history_days=540,
+            end_date=date.fromisoformat(RISK_AS_OF), penalize_segment=spec["penalize_segment"],
+            drift=spec.get("drift", False)))
+        return landing
+
+    def _build(self, dataset: str, dialect: str) -> str:
+        landing = self._landing(dataset)
         if dialect == "sqlite":
+            home = self.shared / f"home-{dataset}-sqlite"
             url = f"sqlite:///{home / 'warehouse.db'}"
-        else:
-            assert self.pg is not None
-            url = self.pg.create_database(f"tpl_{dataset}")
+            build_once(home, lambda: self._ingest(home, url, landing))
+            return url
+        assert self.pg is not None
+        url = self.pg.create_database(f"tpl_{dataset}")
+        self._ingest(self.root / f"home-{dataset}-postgres", url, landing)
+        return url
+
+    @staticmethod
+    def _ingest(home: Path, url: str, landing: Path) -> None:
         saved = {k: os.environ.get(k) for k in ("PUHUI_HOME", "PUHUI_WAREHOUSE_URL",
                                                "PUHUI_LANDING", "PUHUI_PSEUDONYM_KEY")}
         os.environ.update({"PUHUI_HOME": str(home), "PUHUI_WAREHOUSE_URL": url,
@@ -136,16 +193,13 @@ class RiskTemplates:
                 else:
                     os.environ[name] = value
             dispose_engines()
-        return url
 
     def copy(self, dataset: str, dialect: str, target: Path) -> tuple[str, Path]:
         """A private copy of the ingested warehouse; returns (url, landing zone)."""
-        import shutil
-
         key = (dataset, dialect)
         if key not in self._built:
             self._built[key] = self._build(dataset, dialect)
-        landing = self.root / f"landing-{dataset}"
+        landing = self._landing(dataset)
         if dialect == "sqlite":
             source = Path(self._built[key].removeprefix("sqlite:///"))
             target.mkdir(parents=True, exist_ok=True)
@@ -164,7 +218,11 @@ def risk_templates(tmp_path_factory: pytest.TempPathFactory,
     pg = None
     if find_postgres_bin_dir() is not None:
         pg = request.getfixturevalue("pg_server")
-    return RiskTemplates(tmp_path_factory.mktemp("risk"), pg)
+    shared = None
+    if XDIST_WORKER:  # the workers' base temps are siblings in this run's folder
+        shared = tmp_path_factory.getbasetemp().parent / "risk-shared"
+        shared.mkdir(exist_ok=True)
+    return RiskTemplates(tmp_path_factory.mktemp("risk"), pg, shared)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -185,8 +243,6 @@ def risk_env(templates: RiskTemplates, dataset: str, dialect: str, home: Path,
 
 def no_search_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A private copy of configs/ whose risk model has no search: one training per run."""
-    import shutil
-
     import yaml
 
     configs = tmp_path / "configs"
