@@ -56,6 +56,7 @@ LONGEST_FILES_FIRST = (
     "test_console.py", "test_risk_model.py", "test_privacy.py", "test_crash_model_changes.py",
     "test_profiles.py", "test_ingest.py", "test_server.py", "test_daily_flow.py",
     "test_monitoring.py", "test_hostile_files.py", "test_audit.py", "test_lifecycle.py",
+    "test_recommender.py", "test_quarantine_cli.py", "test_models_cli.py",
 )
 
 
