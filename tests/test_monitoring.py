@@ -139,6 +139,10 @@ def test_report_without_drift_raises_no_alert(
     score = drift[drift["feature"] == "score"]
     assert len(score) == 1 and score["psi"].iloc[0] < 0.25 and score["status"].iloc[0] != "act"
     assert len(drift) > 20  # score + every feature
+    assert score["threshold"].iloc[0] == 0.25  # the act level, in its own column (0004)
+    monitor = evaluations[evaluations["metric"].str.startswith("monitor.")]
+    assert set(monitor["status"]) <= {"ok", "watch", "act"} and monitor["status"].notna().all()
+    assert (monitor["as_of_date"].astype(str).str[:10] == AS_OF.isoformat()).all()
     monitored = set(evaluations["metric"])
     assert {"monitor.auc", "monitor.approval_rate", "monitor.adverse_impact_ratio",
             "monitor.calibration_rejected_grades", "monitor.grade_hhi"} <= monitored
