@@ -201,3 +201,31 @@ def test_coverage_is_unknown_without_a_risk_decision_not_zero() -> None:
     assert values[("coverage", "all")] == 0.75
     assert values[("coverage", "region_type=rural")] == 0.5
     assert values[("thin_file_served", "all")] == 2
+
+
+def test_portfolio_vintage_curves_and_par_by_outstanding_balance() -> None:
+    """Three loans disbursed in January 2026, observed 180 days later (one row each, as
+    loan_outcomes delivers them); a declined application is not lent."""
+    from puhui.monitoring.service import portfolio
+
+    observed = date(2026, 1, 10) + pd.Timedelta(days=180)
+    outcomes = pd.DataFrame({
+        "observation_date": [observed] * 4,
+        "legacy_decision": ["approved"] * 3 + ["declined"],
+        "label": [1, 0, 0, 0], "max_dpd": [150, 45, 0, 0],
+        "amount_requested_yuan": [1200.0, 1200.0, 1200.0, 9999.0],
+        "term_months": [12, 12, 6, 12],
+    })
+    findings, table = portfolio(outcomes, observed, 180)
+    row = table.iloc[0]
+    assert row["vintage"] == "2026-01" and row["loans"] == 3
+    # The default reached 90 DPD 60 days before observation: day 120, month on book 4.
+    assert [row[f"default_mob{m}"] for m in range(1, 7)] == pytest.approx(
+        [0, 0, 0, 1 / 3, 1 / 3, 1 / 3])
+    # Balances: 150 DPD -> 1 instalment paid, 1100 left; 45 DPD -> 4 paid, 800 left; the
+    # 6-month loan is repaid (0). PAR30 = (1100 + 800) / 1900, PAR90 = 1100 / 1900.
+    got = {f.metric: f.value for f in findings if f.segment == "all"}
+    assert got["par30"] == pytest.approx(1.0) and got["par90"] == pytest.approx(1100 / 1900)
+    assert got["default_rate"] == pytest.approx(1 / 3)
+    curve = {f.metric: f.value for f in findings if f.segment == "vintage=2026-01"}
+    assert curve["vintage_default_mob3"] == 0 and curve["vintage_default_mob4"] == 1 / 3

@@ -148,7 +148,7 @@ def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) ->
         as_of=as_of, profiles=profiles[["person_key", "decision"]], window=window,
         matured=matured, events=data.events, customers=customers, risk=risk, mon=mon,
         previous=previous_service(engine, as_of))
-    p_findings, vintages = portfolio(data.outcomes, as_of)
+    p_findings, vintages = portfolio(data.outcomes, as_of, risk.outcome_window_days)
     findings += s_findings + p_findings
     return MonitoringResult(as_of, findings, slots, per_model, service, vintages, migration,
                             notes)
@@ -227,9 +227,11 @@ def render_report(engine: Engine, result: MonitoringResult, mon: MonitoringConfi
                          "previous profile date who are in each grade now.",
                          report_html._table(result.migration, status=None)))
     if len(result.portfolio):
-        sections.append(("Portfolio by disbursement month", "Default rate and PAR30/PAR90 "
-                         "(share of the amount lent more than 30/90 days past due in its "
-                         "outcome window).", report_html._table(result.portfolio, status=None)))
+        sections.append(("Portfolio by disbursement month", "Share of each month's loans "
+                         "in default (90+ days past due) by months on book, and PAR30/PAR90: "
+                         "the share of the outstanding balance more than 30/90 days past due "
+                         "when the outcome was observed.",
+                         report_html._table(result.portfolio, status=None)))
     if len(svc):
         overview = svc[svc["segment"].str.startswith(("all", "region_type=", "age_band=",
                                                       "gender=", "thin_file="))]
