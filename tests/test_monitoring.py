@@ -229,3 +229,38 @@ def test_portfolio_vintage_curves_and_par_by_outstanding_balance() -> None:
     assert got["default_rate"] == pytest.approx(1 / 3)
     curve = {f.metric: f.value for f in findings if f.segment == "vintage=2026-01"}
     assert curve["vintage_default_mob3"] == 0 and curve["vintage_default_mob4"] == 1 / 3
+
+
+def test_report_automation_is_created_once_on_a_real_prefect_server(
+    prefect_harness: None,
+) -> None:
+    """Against the harness's real Prefect API: created, then updated in place (one only),
+    matching the report flow's Flagged/Failed/Crashed runs and calling the webhook block."""
+    from prefect.automations import Automation
+    from prefect.blocks.webhook import Webhook
+
+    from puhui.monitoring.automation import (
+        AUTOMATION_NAME,
+        WEBHOOK_BLOCK,
+        ensure_report_automation,
+    )
+
+    first, created = ensure_report_automation("http://127.0.0.1:9/first")
+    second, created_again = ensure_report_automation("http://127.0.0.1:9/alerts")
+    assert created and not created_again and first == second
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+    automation = Automation.read(name=AUTOMATION_NAME)
+    trigger = automation.trigger
+    assert trigger.expect == {"prefect.flow-run.Flagged", "prefect.flow-run.Failed",
+                              "prefect.flow-run.Crashed"}
+    related = trigger.match_related
+    related = related[0] if isinstance(related, list) else related
+    assert related.get("prefect.resource.name") in ("report", ["report"])
+    action = automation.actions[0]
+    assert action.type == "call-webhook" and "flow_run.state.message" in action.payload
+    block = Webhook.load(WEBHOOK_BLOCK)
+    assert action.block_document_id == block._block_document_id
+    assert block.url.get_secret_value() == "http://127.0.0.1:9/alerts"
