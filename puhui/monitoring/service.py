@@ -1,12 +1,11 @@
 """Service effect (服务效果评估) per as-of date and segment, and the portfolio's vintages.
 
 Whether inclusive finance reaches the people it is for, and whether risk stays in bounds:
-coverage (share of customers whose profile makes them eligible for at least one offer; until
-the recommender lands, eligibility is the credit decision), approval rate of recent
-applications, default rate (by grade as outcomes mature; the NPL benchmark in config), offer
-uptake (uptakes per impression) and thin-file customers served. PAR30 / PAR90 are the shares
-of the amount lent whose outcome window saw more than 30 / 90 days past due (the feeds carry
-no balances, so the amount requested stands in for the balance), by disbursement month.
+coverage (share of customers with a profile and at least one eligible offer; without a
+recommender champion, eligibility for credit), approval rate of recent applications, default
+rate (by grade as outcomes mature; the NPL benchmark in config), offer uptake (uptakes per
+impression), thin-file customers served and each product's share of the profiles' top offer.
+The portfolio's vintage curves and PAR30 / PAR90: :func:`portfolio`.
 """
 
 from __future__ import annotations
@@ -47,7 +46,10 @@ def service_metrics(
     rows: list[tuple[str, str, float, int]] = []
 
     people = customers.merge(profiles, on="person_key", how="left")
-    people["served"] = (people["decision"] == "approve").astype(float)
+    offers = "top_offer" in people.columns and people["top_offer"].notna().any()
+    people["served"] = (people["top_offer"].fillna("").astype(str) != "") if offers else (
+        people["decision"] == "approve")
+    people["served"] = people["served"].astype(float)
     people["profiled"] = people["person_key"].isin(set(profiles["person_key"])).astype(float)
     for segment, value, n in _by_segment(people, dims, "profiled"):
         rows.append(("profiled_share", segment, value, n))
@@ -55,6 +57,13 @@ def service_metrics(
     if people["decision"].notna().any():
         for segment, value, n in _by_segment(people, dims, "served"):
             rows.append(("coverage", segment, value, n))
+        if offers:
+            offered = people[people["top_offer"].fillna("").astype(str) != ""]
+            for product in sorted(set(offered["top_offer"])):
+                offered = offered.assign(share=(offered["top_offer"] == product).astype(float))
+                for segment, value, n in _by_segment(offered, mon.fairness.dimensions,
+                                                     "share"):
+                    rows.append((f"top1_share.{product}", segment, value, n))
         thin = people[people["thin_file"] == "yes"]
         for segment, value, n in _by_segment(thin, [d for d in dims if d != "thin_file"],
                                              "served", "sum"):
