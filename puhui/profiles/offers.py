@@ -125,8 +125,10 @@ def candidate_rows(offers: OfferContext, frame: pd.DataFrame, grades: list[Any],
     rows["product_kind"] = rows["product_code"].map({c: p.kind for c, p in shelf.items()})
     rows["product_scenarios"] = rows["product_code"].map(
         {c: float(len(p.scenarios)) for c, p in shelf.items()})
-    rows["scenario"] = rows["person_key"].map(offers.scenario).fillna(
-        offers.default_scenario).astype(object)
+    scenario = rows["person_key"].map(offers.scenario).astype(object)
+    if offers.default_scenario is not None:
+        scenario = scenario.fillna(offers.default_scenario)
+    rows["scenario"] = scenario
     rows["offered_in_scenario"] = [float(s in shelf[c].scenarios) for s, c in zip(
         rows["scenario"], rows["product_code"], strict=True)]
     rows["month"] = float(as_of.month)
