@@ -2,8 +2,9 @@
 
 An `act` light ends the flow run in a state named ``Flagged`` (type COMPLETED: the report
 itself succeeded, so a backfill goes on) whose message says why; the alerts are also in the
-audit trail and posted to ``PUHUI_ALERT_WEBHOOK``. A Prefect automation can match the state
-name to page someone.
+audit trail and posted to ``PUHUI_ALERT_WEBHOOK``. Where a Prefect server is used, the flow
+first makes sure the server's automation on Flagged/Failed/Crashed runs of this flow exists
+(:mod:`puhui.monitoring.automation`), so the server pages even when the flow cannot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from prefect.states import Completed
 
 from puhui.dates import today_local
 from tasks.prefect_ui import dated_run_name
-from tasks.report import publish_report, raise_alerts, record_report, run_monitoring
+from tasks.report import (
+    ensure_alert_automation,
+    publish_report,
+    raise_alerts,
+    record_report,
+    run_monitoring,
+)
 from tasks.warehouse import prepare_warehouse
 
 FLAGGED = "Flagged"
@@ -28,6 +35,7 @@ def report_flow(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Flagg
     started = time.perf_counter()
     as_of = as_of or today_local()
     prepare_warehouse()
+    ensure_alert_automation()
     result = run_monitoring(as_of)
     report, run_id, counts = publish_report(result)
     alert = raise_alerts(result, report)

@@ -16,14 +16,14 @@ from puhui.config import (
     SegmentsConfig,
     load_config,
 )
-from puhui.features.sources import load_source_frames
-from puhui.partitioning import bucket_of
+from puhui.features.sources import first_event_days, load_register
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
+from puhui.profiles.offers import load_offer_context
 from puhui.profiles.refresh import (
     ScoringContext,
     SwapResult,
     clear_staging,
-    customers_of,
+    loaded_batches,
     run_key,
     score_partition,
     stage_partition,
@@ -53,26 +53,31 @@ def resolve_profile_models() -> dict[str, ModelSlot]:
 
 @task(name="profile-context", **STEP)
 def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringContext, str]:
-    """Source frames as of the date, configs and the risk champion's scorer; the run key."""
+    """The register split into partitions, the sources' first days, configs and the
+    champions' scorers; the run key. No event rows: each partition reads its own."""
     runtime = open_runtime()
     settings = runtime.settings
     spec = load_config(settings.config_dir, FeaturesConfig)
-    frames = load_source_frames(runtime.engine, spec, as_of)
+    segments = load_config(settings.config_dir, SegmentsConfig)
+    products = load_config(settings.config_dir, ProductsConfig)
+    models = load_config(settings.config_dir, ModelsConfig)
+    partitions = segments.profile.partitions
+    register = load_register(runtime.engine, spec, as_of, partitions).customers
     risk = slots.get("risk")
     scorer = (load_risk_scorer(settings.mlflow_tracking_uri, risk)
               if risk is not None and risk.available else None)
-    segments = load_config(settings.config_dir, SegmentsConfig)
-    products = load_config(settings.config_dir, ProductsConfig)
+    recommender = slots.get("recommender")
+    offers = (load_offer_context(runtime.engine, settings.mlflow_tracking_uri, recommender,
+                                 models.product_recommender, products, spec, register, as_of)
+              if recommender is not None and recommender.available
+              and models.product_recommender is not None else None)
     ctx = ScoringContext(
-        as_of=as_of, frames=frames, features=spec,
-        risk=load_config(settings.config_dir, ModelsConfig).credit_risk, segments=segments,
-        slots=slots, scorer=scorer,
-        product_codes={p.code: p.kind for p in products.products})
-    partitions = segments.profile.partitions
-    customers = customers_of(frames)
-    customers["partition"] = bucket_of(customers["person_key"], partitions)
-    ctx.customers = customers
-    key = run_key(as_of, slots, runtime.audit.config_hash, frames.batch_ids, partitions)
+        as_of=as_of, features=spec, risk=models.credit_risk, segments=segments,
+        slots=slots, scorer=scorer, offers=offers,
+        product_codes={p.code: p.kind for p in products.products}, register=register,
+        first_day=first_event_days(runtime.engine, spec, as_of), partitions=partitions)
+    key = run_key(as_of, slots, runtime.audit.config_hash,
+                  loaded_batches(runtime.engine, as_of), partitions)
     return ctx, key
 
 
@@ -80,7 +85,7 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
 def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
     """Score one partition of customers and stage its rows; returns the rows staged."""
     runtime = open_runtime()
-    rows = score_partition(ctx, ctx.partition(partition))
+    rows = score_partition(ctx, runtime.engine, partition)
     stage_partition(staging_dir(runtime.settings.home, ctx.as_of, key), partition, rows)
     return len(rows)
 

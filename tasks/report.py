@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from datetime import date
@@ -13,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from puhui.audit import current_flow_run_id
 from puhui.config import MonitoringConfig, load_config
-from puhui.monitoring.alerts import describe, post_alerts, why
+from puhui.monitoring.alerts import WEBHOOK_ENV, describe, post_alerts, why
+from puhui.monitoring.automation import AUTOMATION_NAME, ensure_report_automation
 from puhui.monitoring.run import MonitoringResult, monitor, render_report
 from puhui.monitoring.store import write_findings
 from puhui.registry import use_experiment
@@ -23,6 +25,27 @@ from tasks.retries import retry_on_transient_error
 STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 5,
         "retry_condition_fn": retry_on_transient_error}
 EXPERIMENT = "monitoring"
+
+
+@task(name="alert-automation", **STEP)
+def ensure_alert_automation() -> str:
+    """Where a Prefect server is used, the automation on the report flow's Flagged/Failed
+    states (:mod:`puhui.monitoring.automation`); returns what it did, in words."""
+    url = os.environ.get(WEBHOOK_ENV)
+    if not os.environ.get("PREFECT_API_URL"):
+        line = "no Prefect server: alerts go out from the flow only"
+    elif not url:
+        line = f"no Prefect automation ({WEBHOOK_ENV} not set)"
+    else:
+        try:
+            automation_id, created = ensure_report_automation(url)
+            line = (f"Prefect automation {AUTOMATION_NAME} "
+                    f"{'created' if created else 'updated'} ({automation_id})")
+        except Exception as exc:  # noqa: BLE001 - the flow's own alert path still works
+            line = (f"Prefect automation {AUTOMATION_NAME} NOT ensured "
+                    f"({type(exc).__name__}); alerts go out from the flow only")
+    get_run_logger().info(line)
+    return line
 
 
 @task(name="monitor", **STEP)

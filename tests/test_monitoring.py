@@ -139,6 +139,10 @@ def test_report_without_drift_raises_no_alert(
     score = drift[drift["feature"] == "score"]
     assert len(score) == 1 and score["psi"].iloc[0] < 0.25 and score["status"].iloc[0] != "act"
     assert len(drift) > 20  # score + every feature
+    assert score["threshold"].iloc[0] == 0.25  # the act level, in its own column (0004)
+    monitor = evaluations[evaluations["metric"].str.startswith("monitor.")]
+    assert set(monitor["status"]) <= {"ok", "watch", "act"} and monitor["status"].notna().all()
+    assert (monitor["as_of_date"].astype(str).str[:10] == AS_OF.isoformat()).all()
     monitored = set(evaluations["metric"])
     assert {"monitor.auc", "monitor.approval_rate", "monitor.adverse_impact_ratio",
             "monitor.calibration_rejected_grades", "monitor.grade_hhi"} <= monitored
@@ -197,3 +201,66 @@ def test_coverage_is_unknown_without_a_risk_decision_not_zero() -> None:
     assert values[("coverage", "all")] == 0.75
     assert values[("coverage", "region_type=rural")] == 0.5
     assert values[("thin_file_served", "all")] == 2
+
+
+def test_portfolio_vintage_curves_and_par_by_outstanding_balance() -> None:
+    """Three loans disbursed in January 2026, observed 180 days later (one row each, as
+    loan_outcomes delivers them); a declined application is not lent."""
+    from puhui.monitoring.service import portfolio
+
+    observed = date(2026, 1, 10) + pd.Timedelta(days=180)
+    outcomes = pd.DataFrame({
+        "observation_date": [observed] * 4,
+        "legacy_decision": ["approved"] * 3 + ["declined"],
+        "label": [1, 0, 0, 0], "max_dpd": [150, 45, 0, 0],
+        "amount_requested_yuan": [1200.0, 1200.0, 1200.0, 9999.0],
+        "term_months": [12, 12, 6, 12],
+    })
+    findings, table = portfolio(outcomes, observed, 180)
+    row = table.iloc[0]
+    assert row["vintage"] == "2026-01" and row["loans"] == 3
+    # The default reached 90 DPD 60 days before observation: day 120, month on book 4.
+    assert [row[f"default_mob{m}"] for m in range(1, 7)] == pytest.approx(
+        [0, 0, 0, 1 / 3, 1 / 3, 1 / 3])
+    # Balances: 150 DPD -> 1 instalment paid, 1100 left; 45 DPD -> 4 paid, 800 left; the
+    # 6-month loan is repaid (0). PAR30 = (1100 + 800) / 1900, PAR90 = 1100 / 1900.
+    got = {f.metric: f.value for f in findings if f.segment == "all"}
+    assert got["par30"] == pytest.approx(1.0) and got["par90"] == pytest.approx(1100 / 1900)
+    assert got["default_rate"] == pytest.approx(1 / 3)
+    curve = {f.metric: f.value for f in findings if f.segment == "vintage=2026-01"}
+    assert curve["vintage_default_mob3"] == 0 and curve["vintage_default_mob4"] == 1 / 3
+
+
+def test_report_automation_is_created_once_on_a_real_prefect_server(
+    prefect_harness: None,
+) -> None:
+    """Against the harness's real Prefect API: created, then updated in place (one only),
+    matching the report flow's Flagged/Failed/Crashed runs and calling the webhook block."""
+    from prefect.automations import Automation
+    from prefect.blocks.webhook import Webhook
+
+    from puhui.monitoring.automation import (
+        AUTOMATION_NAME,
+        WEBHOOK_BLOCK,
+        ensure_report_automation,
+    )
+
+    first, created = ensure_report_automation("http://127.0.0.1:9/first")
+    second, created_again = ensure_report_automation("http://127.0.0.1:9/alerts")
+    assert created and not created_again and first == second
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+    automation = Automation.read(name=AUTOMATION_NAME)
+    trigger = automation.trigger
+    assert trigger.expect == {"prefect.flow-run.Flagged", "prefect.flow-run.Failed",
+                              "prefect.flow-run.Crashed"}
+    related = trigger.match_related
+    related = related[0] if isinstance(related, list) else related
+    assert related.get("prefect.resource.name") in ("report", ["report"])
+    action = automation.actions[0]
+    assert action.type == "call-webhook" and "flow_run.state.message" in action.payload
+    block = Webhook.load(WEBHOOK_BLOCK)
+    assert action.block_document_id == block._block_document_id
+    assert block.url.get_secret_value() == "http://127.0.0.1:9/alerts"

@@ -97,15 +97,20 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
     assert (old["risk_model_version"] == "1").all()
     offers = [_j(v) for v in old["recommended_products"]]
     assert all(o["reason"] == "no champion for product_recommender (not registered)"
-               and o["personalised"] == [] for o in offers)
-    opted = sum(o["personalisation_opt_out"] for o in offers)
-    assert 0 < opted < 0.15 * len(offers)
+               and o["products"] == [] for o in offers)
+    assert all(_j(v) == [] for v in old["non_personalised_products"])
+    # The contract's columns (migration 0004), not keys buried in JSON.
+    opted = int(old["personalisation_opt_out"].astype(bool).sum())
+    assert old["personalisation_opt_out"].notna().all() and 0 < opted < 0.15 * len(old)
+    versions = _j(old["model_versions"].iloc[0])
+    assert versions["risk"] == {"name": "credit_risk", "version": "1", "reason": None}
+    assert versions["recommender"]["version"] is None
     tags = [t for v in old["segment_tags"] for t in _j(v)]
     assert {"rural_farmer", "thin_file", "elderly", "gig_worker", "small_business"} <= set(tags)
 
     # A partition raises midway: the flow fails, the old profiles stay whole.
     calls = {"n": 0}
-    real = refresh.build_features
+    real = refresh.build_partition
 
     def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls["n"] += 1
@@ -113,7 +118,7 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
             raise RuntimeError("planted failure in partition 3")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(refresh, "build_features", failing)
+    monkeypatch.setattr(refresh, "build_partition", failing)
     with pytest.raises(RuntimeError, match="planted failure"):
         profiles_flow(as_of=AS_OF)
     after = _profiles(engine)
@@ -124,7 +129,7 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
             user_profile_history.c.as_of_date == AS_OF)).scalar() == 0
 
     # The re-run reuses the three staged partitions and completes.
-    monkeypatch.setattr(refresh, "build_features", real)
+    monkeypatch.setattr(refresh, "build_partition", real)
     second = profiles_flow(as_of=AS_OF)
     assert second["reused"] == 3 and second["current_replaced"]
     current = _profiles(engine)

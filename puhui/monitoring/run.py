@@ -135,6 +135,8 @@ def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) ->
     profiles = frame[frame["as_of_date"] == as_of].copy()
     profiles["decision"] = [(_json(r) or {}).get("decision") for r in
                             _profile_reasons(engine, as_of, profiles)]
+    # The top offer ("" when none is eligible; None when no recommender champion filled it).
+    profiles["top_offer"] = [_top_offer(_json(r)) for r in profiles["recommended_products"]]
     customers = data.customers.copy()
     tags = profiles.set_index("person_key")["segment_tags"].map(_json)
     customers["thin_file"] = customers["person_key"].map(
@@ -145,13 +147,20 @@ def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) ->
     for part in (window, matured):
         part["thin_file"] = thin_file(part) if len(part) else []
     s_findings, service = service_metrics(
-        as_of=as_of, profiles=profiles[["person_key", "decision"]], window=window,
+        as_of=as_of, profiles=profiles[["person_key", "decision", "top_offer"]], window=window,
         matured=matured, events=data.events, customers=customers, risk=risk, mon=mon,
         previous=previous_service(engine, as_of))
-    p_findings, vintages = portfolio(data.outcomes, as_of)
+    p_findings, vintages = portfolio(data.outcomes, as_of, risk.outcome_window_days)
     findings += s_findings + p_findings
     return MonitoringResult(as_of, findings, slots, per_model, service, vintages, migration,
                             notes)
+
+
+def _top_offer(offers: Any) -> str | None:
+    if not offers or not offers.get("version"):
+        return None
+    products = offers.get("products") or []
+    return products[0]["product"] if products else ""
 
 
 def _profile_reasons(engine: Engine, as_of: date, profiles: pd.DataFrame) -> list[Any]:
@@ -227,9 +236,11 @@ def render_report(engine: Engine, result: MonitoringResult, mon: MonitoringConfi
                          "previous profile date who are in each grade now.",
                          report_html._table(result.migration, status=None)))
     if len(result.portfolio):
-        sections.append(("Portfolio by disbursement month", "Default rate and PAR30/PAR90 "
-                         "(share of the amount lent more than 30/90 days past due in its "
-                         "outcome window).", report_html._table(result.portfolio, status=None)))
+        sections.append(("Portfolio by disbursement month", "Share of each month's loans "
+                         "in default (90+ days past due) by months on book, and PAR30/PAR90: "
+                         "the share of the outstanding balance more than 30/90 days past due "
+                         "when the outcome was observed.",
+                         report_html._table(result.portfolio, status=None)))
     if len(svc):
         overview = svc[svc["segment"].str.startswith(("all", "region_type=", "age_band=",
                                                       "gender=", "thin_file="))]

@@ -1,12 +1,11 @@
 """Service effect (服务效果评估) per as-of date and segment, and the portfolio's vintages.
 
 Whether inclusive finance reaches the people it is for, and whether risk stays in bounds:
-coverage (share of customers whose profile makes them eligible for at least one offer; until
-the recommender lands, eligibility is the credit decision), approval rate of recent
-applications, default rate (by grade as outcomes mature; the NPL benchmark in config), offer
-uptake (uptakes per impression) and thin-file customers served. PAR30 / PAR90 are the shares
-of the amount lent whose outcome window saw more than 30 / 90 days past due (the feeds carry
-no balances, so the amount requested stands in for the balance), by disbursement month.
+coverage (share of customers with a profile and at least one eligible offer; without a
+recommender champion, eligibility for credit), approval rate of recent applications, default
+rate (by grade as outcomes mature; the NPL benchmark in config), offer uptake (uptakes per
+impression), thin-file customers served and each product's share of the profiles' top offer.
+The portfolio's vintage curves and PAR30 / PAR90: :func:`portfolio`.
 """
 
 from __future__ import annotations
@@ -47,7 +46,10 @@ def service_metrics(
     rows: list[tuple[str, str, float, int]] = []
 
     people = customers.merge(profiles, on="person_key", how="left")
-    people["served"] = (people["decision"] == "approve").astype(float)
+    offers = "top_offer" in people.columns and people["top_offer"].notna().any()
+    people["served"] = (people["top_offer"].fillna("").astype(str) != "") if offers else (
+        people["decision"] == "approve")
+    people["served"] = people["served"].astype(float)
     people["profiled"] = people["person_key"].isin(set(profiles["person_key"])).astype(float)
     for segment, value, n in _by_segment(people, dims, "profiled"):
         rows.append(("profiled_share", segment, value, n))
@@ -55,6 +57,13 @@ def service_metrics(
     if people["decision"].notna().any():
         for segment, value, n in _by_segment(people, dims, "served"):
             rows.append(("coverage", segment, value, n))
+        if offers:
+            offered = people[people["top_offer"].fillna("").astype(str) != ""]
+            for product in sorted(set(offered["top_offer"])):
+                offered = offered.assign(share=(offered["top_offer"] == product).astype(float))
+                for segment, value, n in _by_segment(offered, mon.fairness.dimensions,
+                                                     "share"):
+                    rows.append((f"top1_share.{product}", segment, value, n))
         thin = people[people["thin_file"] == "yes"]
         for segment, value, n in _by_segment(thin, [d for d in dims if d != "thin_file"],
                                              "served", "sum"):
@@ -103,31 +112,65 @@ def service_metrics(
     return findings, table
 
 
-def portfolio(outcomes: pd.DataFrame, as_of: date) -> tuple[list[Finding], pd.DataFrame]:
-    """Default rate, PAR30 and PAR90 by disbursement month of loans with an outcome."""
+MONTH_DAYS = 30  # instalments are monthly; a month on book is 30 days, as DPD counts them
+
+
+def portfolio(outcomes: pd.DataFrame, as_of: date,
+              window_days: int) -> tuple[list[Finding], pd.DataFrame]:
+    """Vintage default curves and PAR30 / PAR90 by outstanding balance, from loan_outcomes.
+
+    ``loan_outcomes`` observes each disbursed loan once, ``window_days`` after disbursement,
+    with its days past due (``max_dpd``) and default flag; it carries no balance. So, per
+    loan: the vintage is the month of disbursement (observation date minus the window); a
+    default (90+ days past due) reached 90 DPD ``max_dpd - 90`` days before the observation,
+    which dates it in months on book; the outstanding balance at observation is the
+    contractual equal-principal schedule (amount over ``term_months`` monthly instalments)
+    stopped at the last instalment due before the delinquency began. PAR30 / PAR90 are the
+    balance of loans more than 30 / 90 days past due over the balance of all loans on book.
+    """
     if outcomes.empty:
         return [], pd.DataFrame()
-    lent = outcomes[outcomes.get("legacy_decision", "approved") == "approved"].copy() \
-        if "legacy_decision" in outcomes.columns else outcomes.copy()
-    lent["vintage"] = pd.to_datetime(lent["application_date"]).dt.strftime("%Y-%m")
-    amount = lent["amount_requested_yuan"].astype(float)
-    lent["par30_amount"] = np.where(lent["max_dpd"].fillna(0) > 30, amount, 0.0)
-    lent["par90_amount"] = np.where(lent["max_dpd"].fillna(0) > 90, amount, 0.0)
-    lent["amount"] = amount
+    lent = outcomes.dropna(subset=["observation_date"]).copy()
+    if "legacy_decision" in lent.columns:
+        lent = lent[lent["legacy_decision"] == "approved"]
+    if lent.empty:
+        return [], pd.DataFrame()
+    observed = pd.to_datetime(lent["observation_date"])
+    lent["vintage"] = (observed - pd.Timedelta(days=window_days)).dt.strftime("%Y-%m")
+    dpd = lent["max_dpd"].fillna(0).clip(lower=0).to_numpy(dtype=float)
+    books = window_days // MONTH_DAYS
+    default = lent["label"].to_numpy(dtype=float) > 0.5
+    default_day = window_days - np.maximum(dpd - 90, 0)
+    lent["mob_default"] = np.where(default, np.clip(np.ceil(default_day / MONTH_DAYS), 1,
+                                                    books), np.nan)
+    term = lent["term_months"].astype(float).clip(lower=1).to_numpy()
+    paid = np.clip(np.floor((window_days - dpd) / MONTH_DAYS), 0, term)
+    lent["balance"] = lent["amount_requested_yuan"].astype(float).to_numpy() * (term - paid) / term
+    lent["par30_balance"] = np.where(dpd > 30, lent["balance"], 0.0)
+    lent["par90_balance"] = np.where(dpd > 90, lent["balance"], 0.0)
     table = lent.groupby("vintage").agg(
-        loans=("label", "size"), default_rate=("label", "mean"),
-        amount=("amount", "sum"), par30=("par30_amount", "sum"),
-        par90=("par90_amount", "sum")).reset_index()
-    table["par30"] = table["par30"] / table["amount"]
-    table["par90"] = table["par90"] / table["amount"]
-    total = lent["amount"].sum()
+        loans=("label", "size"), balance=("balance", "sum"),
+        par30=("par30_balance", "sum"), par90=("par90_balance", "sum")).reset_index()
+    table["par30"] = table["par30"] / table["balance"].where(table["balance"] > 0)
+    table["par90"] = table["par90"] / table["balance"].where(table["balance"] > 0)
+    for mob in range(1, books + 1):
+        hit = (lent["mob_default"] <= mob).groupby(lent["vintage"]).mean()
+        table[f"default_mob{mob}"] = table["vintage"].map(hit).to_numpy(dtype=float)
+    total = float(lent["balance"].sum())
     findings = [
-        Finding(as_of, PORTFOLIO, "-", "par30", "all", float(lent["par30_amount"].sum() / total)),
-        Finding(as_of, PORTFOLIO, "-", "par90", "all", float(lent["par90_amount"].sum() / total)),
-        Finding(as_of, PORTFOLIO, "-", "default_rate", "all", float(lent["label"].mean())),
+        Finding(as_of, PORTFOLIO, "-", "par30", "all",
+                float(lent["par30_balance"].sum()) / total if total else None),
+        Finding(as_of, PORTFOLIO, "-", "par90", "all",
+                float(lent["par90_balance"].sum()) / total if total else None),
+        Finding(as_of, PORTFOLIO, "-", "default_rate", "all", float(default.mean())),
     ]
-    for row in table.itertuples():
-        findings.append(Finding(as_of, PORTFOLIO, "-", "vintage_default_rate",
-                                f"vintage={row.vintage}", float(row.default_rate),
-                                note=f"{row.loans} loans"))
+    for row in table.to_dict("records"):
+        segment = f"vintage={row['vintage']}"
+        note = f"{row['loans']} loans"
+        findings.append(Finding(as_of, PORTFOLIO, "-", "vintage_default_rate", segment,
+                                row[f"default_mob{books}"], note=note))
+        for metric in ("par30", "par90", *(f"default_mob{m}" for m in range(1, books + 1))):
+            value = row[metric]
+            findings.append(Finding(as_of, PORTFOLIO, "-", f"vintage_{metric}", segment,
+                                    None if value != value else float(value), note=note))
     return findings, table

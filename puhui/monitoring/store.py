@@ -1,9 +1,9 @@
 """Writing monitoring figures to the warehouse, replacing a re-run of the same as-of date.
 
-``drift_reports`` takes PSI/CSI per (model, version, as-of, variable) with its status.
-``model_evaluations`` takes the other model figures as ``monitor.<metric>`` (its unique key
-has no as-of date, so a version keeps the figures of its latest report there; the report's
-MLflow run keeps every date's long table with thresholds and statuses).
+``drift_reports`` takes PSI/CSI per (model, version, as-of, variable) with its threshold and
+status. ``model_evaluations`` takes the other model figures as ``monitor.<metric>`` per
+(model, version, as-of, metric, segment) with threshold and status, so every date's report
+stays queryable (registration figures are the rows without a status).
 ``service_metrics`` takes service and portfolio figures per (as-of, segment, metric).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, and_, delete, select, tuple_
+from sqlalchemy import Engine, and_, delete, select
 
 from puhui.monitoring.findings import Finding
 from puhui.monitoring.service import PORTFOLIO, SERVICE
@@ -42,27 +42,26 @@ def write_findings(engine: Engine, as_of: date, findings: list[Finding],
         if drift:
             conn.execute(drift_reports.insert(), [
                 {"model_name": f.model, "model_version": f.version, "as_of_date": as_of,
-                 "feature": f.segment[:128], "psi": f.value, "status": f.status,
-                 "reported_at": now} for f in drift])
-        keys = {(f.model, f.version, MONITOR_PREFIX + f.metric, f.segment[:64]) for f in model}
-        for key in keys:
-            conn.execute(delete(model_evaluations).where(tuple_(
-                model_evaluations.c.model_name, model_evaluations.c.model_version,
-                model_evaluations.c.metric, model_evaluations.c.segment) == key))
-        if keys:
-            rows = {(f.model, f.version, MONITOR_PREFIX + f.metric, f.segment[:64]): f
-                    for f in model}
-            conn.execute(model_evaluations.insert(), [
+                 "feature": f.segment[:128], "psi": f.value, "threshold": f.threshold,
+                 "status": f.status, "reported_at": now} for f in drift])
+        m = model_evaluations
+        # A re-run of the date replaces that date's monitoring rows, nothing else.
+        conn.execute(delete(m).where(and_(m.c.as_of_date == as_of,
+                                          m.c.metric.like(MONITOR_PREFIX + "%"))))
+        rows = {(f.model, f.version, MONITOR_PREFIX + f.metric, f.segment[:64]): f
+                for f in model}
+        if rows:
+            conn.execute(m.insert(), [
                 {"model_name": k[0], "model_version": k[1], "as_of_date": as_of,
-                 "metric": k[2], "segment": k[3], "value": f.value,
-                 "mlflow_run_id": mlflow_run_id, "evaluated_at": now}
+                 "metric": k[2], "segment": k[3], "value": f.value, "threshold": f.threshold,
+                 "status": f.status, "mlflow_run_id": mlflow_run_id, "evaluated_at": now}
                 for k, f in rows.items()])
         conn.execute(delete(service_metrics).where(service_metrics.c.as_of_date == as_of))
         if service_rows:
             conn.execute(service_metrics.insert(), [
                 {"as_of_date": as_of, "segment": s, "metric": m, "value": v, "computed_at": now}
                 for (s, m), v in service_rows.items()])
-    return {"drift_reports": len(drift), "model_evaluations": len(keys),
+    return {"drift_reports": len(drift), "model_evaluations": len(rows),
             "service_metrics": len(service_rows)}
 
 

@@ -62,7 +62,8 @@ def read_profile(engine: Engine, person_key: str, as_of: date | None = None) -> 
         when = f" as of {as_of}" if as_of else ""
         raise PuhuiError(f"no profile for that customer{when} (puhui run profiles)")
     profile = dict(row)
-    for column in ("reasons", "recommended_products", "segment_tags"):
+    for column in ("reasons", "recommended_products", "non_personalised_products",
+                   "segment_tags", "model_versions"):
         profile[column] = _json(profile[column])
     return profile
 
@@ -79,14 +80,13 @@ def explanation(profile: dict[str, Any], risk_model: str) -> dict[str, Any]:
         "grade": profile.get("risk_grade"), "policy_cutoff_pd": reasons.get("policy_cutoff_pd"),
         "reasons": [{"code": r["code"], "text": r["text"]} for r in reasons.get("top", [])],
         "risk_reason_missing": reasons.get("reason"),
-        "offers": offers.get("personalised", []),
-        "non_personalised": offers.get("non_personalised", []),
-        "personalisation_opt_out": offers.get("personalisation_opt_out"),
+        "offers": offers.get("products", []), "ranking": offers.get("ranking"),
+        "non_personalised": profile.get("non_personalised_products") or [],
+        "personalisation_opt_out": bool(profile.get("personalisation_opt_out")),
         "offers_reason": offers.get("reason"), "not_eligible": offers.get("not_eligible", {}),
         "segment_tags": profile.get("segment_tags") or [],
-        "models": {risk_model: version,
-                   offers.get("model") or "recommender": profile.get(
-                       "recommender_model_version")},
+        "models": {m["name"]: m["version"] for m in (profile.get("model_versions") or {
+            "risk": {"name": risk_model, "version": version}}).values()},
         "lineage_command": lineage,
     }
 
@@ -104,11 +104,15 @@ def explanation_lines(found: dict[str, Any]) -> list[str]:
         lines.append(f"{label}:")
         lines += [f"  {i}. {r['text']} ({r['code']})" for i, r in enumerate(found["reasons"], 1)]
     if found["offers"]:
-        lines.append("products offered: " + ", ".join(str(o) for o in found["offers"]))
+        lines.append("products offered: " + ", ".join(
+            f"{o['product']} ({o['score']:.3f})" for o in found["offers"]))
     else:
         lines.append(f"products offered: none ({found['offers_reason']})")
     if found["personalisation_opt_out"]:
         lines.append("personalisation: refused by the customer (non-personalised offers only)")
+    elif found["non_personalised"]:
+        lines.append("without personalisation: " + ", ".join(
+            o["product"] for o in found["non_personalised"]))
     for product, why in sorted(found["not_eligible"].items()):
         lines.append(f"  not eligible for {product}: {why}")
     if found["segment_tags"]:

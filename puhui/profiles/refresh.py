@@ -1,14 +1,17 @@
 """Refreshing ``user_profiles`` with the champion models, one customer partition at a time.
 
-Customers are split into partitions by a stable hash of ``person_key``. Each partition is
-scored on its own (point-in-time features, PD, grade, reason codes, segment tags, offers)
+Customers are split into partitions by key range of ``person_key`` (:mod:`puhui.partitioning`).
+Each partition reads only its own people's rows from the warehouse (the partitioned reader of
+:mod:`puhui.features.partitioned`), is scored on its own (point-in-time features, PD, grade
+and decision through :func:`puhui.scoring.score_risk`, reason codes, segment tags, offers)
 and staged as a Parquet file under ``PUHUI_HOME/profiles/staging/<as-of>/<run key>/``,
 written to a temporary name and renamed, so a staged partition is either whole or absent.
 The run key fingerprints the as-of date, the model versions, the configuration and the data
 batches: a re-run after a failure reuses the partitions already staged for the same inputs
 (restartable per partition) and scores the rest.
 
-Only when every partition is staged does one transaction replace the as-of date's rows in
+Peak memory is one partition's events plus the register (one row per customer). Only when
+every partition is staged does one transaction replace the as-of date's rows in
 ``user_profile_history`` and, unless a later date is already current, all of
 ``user_profiles``. Readers therefore see the old profiles or the new ones, never a mix (on
 PostgreSQL under MVCC; on SQLite the write lock serializes the swap), a refresh that fails
@@ -21,8 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -33,50 +35,55 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, func, select
 
 from puhui.config import FeaturesConfig, RiskModelSpec, SegmentsConfig
-from puhui.features.builder import apply_derived, build_features, feature_catalog
-from puhui.features.sources import SourceFrames
+from puhui.features.builder import apply_derived, feature_catalog
+from puhui.features.partitioned import build_partition
+from puhui.partitioning import Partition
 from puhui.profiles.models import ModelSlot, RiskScoring
+from puhui.profiles.offers import OfferContext, offer_columns
 from puhui.profiles.segments import age_years, segment_tags
-from puhui.risk.metrics import assign_grades
 from puhui.risk.reasons import top_reasons
 from puhui.risk.training_set import age_band, application_catalog
+from puhui.scoring import score_risk
 from puhui.warehouse.bulk import bulk_insert
-from puhui.warehouse.schema import user_profile_history, user_profiles
+from puhui.warehouse.schema import ingest_batches, user_profile_history, user_profiles
 
-JSON_COLUMNS = ("reasons", "recommended_products", "segment_tags")
-# Where each model slot's version goes in the profile row.
+JSON_COLUMNS = ("reasons", "recommended_products", "non_personalised_products",
+                "segment_tags", "model_versions")
+# Where each model slot's version goes in the profile row (besides ``model_versions``).
 VERSION_COLUMNS = {"risk": "risk_model_version", "recommender": "recommender_model_version"}
 PROFILE_COLUMNS = ("person_key", "as_of_date", "customer_id", "risk_score", "risk_grade",
-                   *JSON_COLUMNS, "risk_model_version", "recommender_model_version")
+                   *JSON_COLUMNS, "personalisation_opt_out", "risk_model_version",
+                   "recommender_model_version")
+LOADED = ("accepted", "released")  # batch statuses whose rows are in raw_<partner>
 CUSTOMER_COLUMNS = ("customer_id", "region_type", "province", "occupation", "income_band",
                     "gender", "birth_date", "personalisation_opt_out")
 
 
 @dataclass
 class ScoringContext:
-    """Everything a partition needs, shared read-only by every partition of one run."""
+    """Everything a partition needs besides its own rows, shared read-only by every
+    partition of one run: the register (one row per customer, with ``partition`` and
+    ``owns_phone``, as :func:`puhui.features.sources.load_register` gives it) and the
+    sources' first days; each partition reads its own events from the warehouse."""
 
     as_of: date
-    frames: SourceFrames
     features: FeaturesConfig
     risk: RiskModelSpec
     segments: SegmentsConfig
     slots: dict[str, ModelSlot]
     scorer: RiskScoring | None
+    offers: OfferContext | None = None
     product_codes: dict[str, str] = field(default_factory=dict)  # code -> kind
-    customers: pd.DataFrame = field(default_factory=pd.DataFrame)  # with "partition"
+    register: pd.DataFrame = field(default_factory=pd.DataFrame)
+    first_day: dict[str, int] = field(default_factory=dict)
+    partitions: int = 1
 
     def partition(self, number: int) -> pd.DataFrame:
-        part = self.customers[self.customers["partition"] == number]
-        return part.drop(columns="partition").reset_index(drop=True)
-
-
-def customers_of(frames: SourceFrames) -> pd.DataFrame:
-    """The register's customers known on the as-of date, one row per person."""
-    customers = frames.customers.copy()
-    if "personalisation_opt_out" not in customers.columns:
-        customers["personalisation_opt_out"] = None
-    return customers[["person_key", *CUSTOMER_COLUMNS]].reset_index(drop=True)
+        """The register slice of partition ``number`` (the opt-out column always present)."""
+        part = self.register[self.register["partition"] == number].reset_index(drop=True)
+        if "personalisation_opt_out" not in part.columns:
+            part["personalisation_opt_out"] = None
+        return part
 
 
 def _risk_columns(ctx: ScoringContext, frame: pd.DataFrame) -> dict[str, list[Any]]:
@@ -87,16 +94,15 @@ def _risk_columns(ctx: ScoringContext, frame: pd.DataFrame) -> dict[str, list[An
         empty = {"decision": None, "top": [], "reason": reason}
         return {"risk_score": [None] * n, "risk_grade": [None] * n, "reasons": [empty] * n}
     scorer = ctx.scorer
-    pd_ = scorer.predict_pd(frame)
-    grades = assign_grades(pd_, ctx.risk.grades)
+    cutoff = ctx.risk.policy_cutoff_pd
+    scored = score_risk(frame, scorer, ctx.risk.grades, cutoff)
     infos = [*feature_catalog(ctx.features), *application_catalog(ctx.features)]
     reasons = top_reasons(scorer.contributions(frame), scorer.features, infos,
                           ctx.features.reasons, ctx.risk.reasons_per_decline)
-    cutoff = ctx.risk.policy_cutoff_pd
-    rows = [{"decision": "decline" if p >= cutoff else "approve", "policy_cutoff_pd": cutoff,
-             "top": r, "reason": None} for p, r in zip(pd_, reasons, strict=True)]
-    return {"risk_score": [float(p) for p in pd_], "risk_grade": list(grades),
-            "reasons": rows}
+    rows = [{"decision": d, "policy_cutoff_pd": cutoff, "top": r, "reason": None}
+            for d, r in zip(scored["decision"], reasons, strict=True)]
+    return {"risk_score": [float(p) for p in scored["pd"]],
+            "risk_grade": list(scored["grade"]), "reasons": rows}
 
 
 def _not_eligible(ctx: ScoringContext, decisions: list[dict]) -> list[dict[str, str]]:
@@ -113,44 +119,40 @@ def _not_eligible(ctx: ScoringContext, decisions: list[dict]) -> list[dict[str, 
     return out
 
 
-def _recommender_columns(ctx: ScoringContext, frame: pd.DataFrame,
-                         decisions: list[dict]) -> dict[str, list[Any]]:
+def _opt_out(frame: pd.DataFrame) -> list[bool]:
+    """The register's flag; missing (a feed without the column) is not a refusal."""
+    return [bool(v) if v is not None and v == v else False
+            for v in frame["personalisation_opt_out"]]
+
+
+def _recommender_columns(ctx: ScoringContext, frame: pd.DataFrame, out: dict[str, list[Any]],
+                         opt_out: list[bool]) -> dict[str, list[Any]]:
     slot = ctx.slots.get("recommender")
-    opt_out = frame["personalisation_opt_out"].map(
-        lambda v: bool(v) if v is not None and v == v else False).tolist()
-    filler = RECOMMENDER_FILLERS.get(slot.name) if slot and slot.available else None
-    if slot is not None and slot.available and filler is not None:
-        return filler(ctx, frame, slot, opt_out)
-    reason = (slot.reason if slot and not slot.available else
-              f"no profile scorer for {slot.name} yet" if slot else "no recommender configured")
-    blocked = _not_eligible(ctx, decisions)
+    blocked = _not_eligible(ctx, out["reasons"])
+    if slot is not None and slot.available and ctx.offers is not None:
+        return offer_columns(ctx.offers, slot, frame, out["risk_grade"], blocked, opt_out,
+                             ctx.as_of)
+    reason = slot.reason if slot else "no recommender configured"
     return {"recommended_products": [
-        {"model": slot.name if slot else None, "version": None, "personalised": [],
-         "non_personalised": [], "personalisation_opt_out": o, "not_eligible": b,
-         "reason": reason} for o, b in zip(opt_out, blocked, strict=True)]}
+        {"model": slot.name if slot else None, "version": None, "ranking": None,
+         "products": [], "not_eligible": b, "reason": reason} for b in blocked],
+        "non_personalised_products": [[] for _ in blocked]}
 
 
-# A recommender champion fills the offer columns through a function registered here by its
-# model name (issue 12): (context, partition frame, slot, opt-out flags) -> columns.
-RECOMMENDER_FILLERS: dict[str, Callable[..., dict[str, list[Any]]]] = {}
+def _model_versions(slots: dict[str, ModelSlot]) -> dict[str, dict[str, str | None]]:
+    return {k: {"name": s.name, "version": s.version, "reason": s.reason}
+            for k, s in sorted(slots.items())}
 
 
-def frames_of(frames: SourceFrames, keys: pd.Series) -> SourceFrames:
-    """Only the rows of ``keys``' people: a partition's features then cost its own events.
-    (Each source's first event day stays global: it is when the feed began.)"""
-    wanted = set(keys)
-    return replace(frames, customers=frames.customers[frames.customers["person_key"].isin(
-        wanted)], events={name: frame[frame["person_key"].isin(wanted)]
-                          for name, frame in frames.events.items()})
-
-
-def score_partition(ctx: ScoringContext, customers: pd.DataFrame) -> pd.DataFrame:
-    """Profile rows of ``customers`` as of ``ctx.as_of`` (not yet written anywhere)."""
-    requests = pd.DataFrame({"person_key": customers["person_key"], "as_of_date": ctx.as_of})
-    features = build_features(frames_of(ctx.frames, customers["person_key"]), requests,
-                              ctx.features)
-    frame = customers.merge(features.drop(columns="as_of_date"), on="person_key", how="left",
-                            suffixes=("", "_feature"))
+def score_partition(ctx: ScoringContext, engine: Engine, number: int) -> pd.DataFrame:
+    """Profile rows of partition ``number``'s customers as of ``ctx.as_of`` (not yet
+    written anywhere), from that partition's own rows of the warehouse."""
+    customers = ctx.partition(number)
+    features = build_partition(engine, ctx.features, ctx.as_of, customers,
+                               Partition(number, ctx.partitions), ctx.first_day)
+    frame = customers[["person_key", *CUSTOMER_COLUMNS]].merge(
+        features.drop(columns="as_of_date"), on="person_key", how="left",
+        suffixes=("", "_feature"))
     for name, value in ctx.segments.profile.reference_application.items():
         frame[name] = value
     apply_derived(frame, ctx.features.application.derived, {})
@@ -160,15 +162,26 @@ def score_partition(ctx: ScoringContext, customers: pd.DataFrame) -> pd.DataFram
     out = {"person_key": frame["person_key"].tolist(), "as_of_date": [ctx.as_of] * len(frame),
            "customer_id": frame["customer_id"].tolist()}
     out.update(_risk_columns(ctx, frame))
-    out.update(_recommender_columns(ctx, frame, out["reasons"]))
+    opt_out = _opt_out(frame)
+    out.update(_recommender_columns(ctx, frame, out, opt_out))
+    out["personalisation_opt_out"] = opt_out
     out["segment_tags"] = segment_tags(frame, ctx.segments.segments)
     for slot_name, column in VERSION_COLUMNS.items():
         slot = ctx.slots.get(slot_name)
         out[column] = [slot.version if slot else None] * len(frame)
+    out["model_versions"] = [_model_versions(ctx.slots)] * len(frame)
     rows = pd.DataFrame(out)[list(PROFILE_COLUMNS)]
     for column in JSON_COLUMNS:
         rows[column] = [json.dumps(v, ensure_ascii=False, sort_keys=True) for v in rows[column]]
     return rows
+
+
+def loaded_batches(engine: Engine, as_of: date) -> set[str]:
+    """Every batch loaded for delivery dates up to ``as_of`` (what a profile may read)."""
+    b = ingest_batches
+    with engine.connect() as conn:
+        return set(conn.execute(select(b.c.batch_id).where(
+            b.c.status.in_(LOADED), b.c.delivery_date <= as_of)).scalars())
 
 
 def run_key(as_of: date, slots: dict[str, ModelSlot], config_hash: str,
@@ -221,30 +234,37 @@ def _frame_for(table_rows: pd.DataFrame, refreshed_at: datetime,
                    "risk_model_version", "recommender_model_version", "flow_run_id"):
         index = table.column_names.index(column)
         table = table.set_column(index, column, table[column].cast(pa.string()))
+    index = table.column_names.index("personalisation_opt_out")
+    table = table.set_column(index, "personalisation_opt_out",
+                             table["personalisation_opt_out"].cast(pa.bool_()))
     return table
 
 
 def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
                   flow_run_id: str | None) -> SwapResult:
     """Replace the as-of date's history and (if it is the newest) the current profiles, in
-    one transaction, from every staged partition."""
+    one transaction, from every staged partition (read and inserted one at a time)."""
     missing = sorted(set(range(partitions)) - staged_partitions(directory))
     if missing:
         raise RuntimeError(f"partitions not staged: {missing[:10]}")
-    rows = pd.concat([pd.read_parquet(_part_path(directory, p)) for p in range(partitions)],
-                     ignore_index=True)
-    rows["as_of_date"] = pd.to_datetime(rows["as_of_date"]).dt.date
-    table = _frame_for(rows, datetime.now(UTC), flow_run_id)
+    refreshed_at = datetime.now(UTC)
+    total = 0
     with engine.begin() as conn:
         newest = conn.execute(select(func.max(user_profiles.c.as_of_date))).scalar()
+        replace_current = newest is None or as_of >= newest
         conn.execute(delete(user_profile_history).where(
             user_profile_history.c.as_of_date == as_of))
-        bulk_insert(conn, user_profile_history, table)
-        replace_current = newest is None or as_of >= newest
         if replace_current:
             conn.execute(delete(user_profiles))
-            bulk_insert(conn, user_profiles, table)
-    return SwapResult(len(rows), replace_current, as_of if replace_current else newest)
+        for partition in range(partitions):
+            rows = pd.read_parquet(_part_path(directory, partition))
+            rows["as_of_date"] = pd.to_datetime(rows["as_of_date"]).dt.date
+            table = _frame_for(rows, refreshed_at, flow_run_id)
+            bulk_insert(conn, user_profile_history, table)
+            if replace_current:
+                bulk_insert(conn, user_profiles, table)
+            total += len(rows)
+    return SwapResult(total, replace_current, as_of if replace_current else newest)
 
 
 def clear_staging(directory: Path) -> None:

@@ -110,6 +110,11 @@ _profile_columns = (
     ("segment_tags", JSON),
     ("risk_model_version", String(32)),
     ("recommender_model_version", String(32)),
+    # Added by migration 0004 (the contract's names): the ranking a customer who refused
+    # personalisation gets (PIPL Art. 24), their flag, and every model slot's version.
+    ("non_personalised_products", JSON),
+    ("personalisation_opt_out", Boolean),
+    ("model_versions", JSON),
 )
 
 user_profiles = Table(
@@ -138,13 +143,18 @@ model_evaluations = Table(
     Column("evaluation_id", Integer, primary_key=True, autoincrement=True),
     Column("model_name", String(64), nullable=False),
     Column("model_version", String(32), nullable=False),
-    Column("as_of_date", Date),
+    # Keyed with the as-of date since 0004: each report's figures are kept, not overwritten.
+    Column("as_of_date", Date, nullable=False),
     Column("metric", String(64), nullable=False),
     Column("segment", String(64), nullable=False, default="all"),
     Column("value", Float),
+    Column("threshold", Float, comment="the act level the value was judged against"),
+    Column("status", String(16), comment="ok / watch / act; NULL: not judged"),
     Column("mlflow_run_id", String(64)),
     Column("evaluated_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("model_name", "model_version", "metric", "segment"),
+    # Named by hand: the convention's name is longer than PostgreSQL's 63 characters.
+    UniqueConstraint("model_name", "model_version", "as_of_date", "metric", "segment",
+                     name="uq_model_evaluations_key"),
 )
 
 drift_reports = Table(
@@ -156,6 +166,7 @@ drift_reports = Table(
     Column("as_of_date", Date, nullable=False),
     Column("feature", String(128), nullable=False),
     Column("psi", Float),
+    Column("threshold", Float, comment="the act level the PSI/CSI was judged against"),
     Column("status", String(16), nullable=False),
     Column("reported_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("model_name", "model_version", "as_of_date", "feature"),
