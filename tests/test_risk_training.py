@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.models import infer_signature
 
 from puhui.config import (
     LightGBMSpec,
@@ -289,3 +290,36 @@ def test_the_ceiling_is_measured_on_exactly_the_test_window_rows(tmp_path: Path)
     assert m["auc_gap_to_ceiling_test_window"] > 0
     window.loc[window.index[0], "application_id"] = "A0000000000-not-generated"
     assert ceiling_metrics(window, truth) == {}
+
+
+def test_a_category_missing_in_every_example_row_is_still_text_in_the_signature(
+    mlflow_store: str, tmp_path: Path,
+) -> None:
+    """The registered pyfunc's signature comes from the feature kinds: with the example rows'
+    category all missing (the default demo: no co-op crop in the first test rows), an
+    inferred signature took it for a number and refused every real row with text in it."""
+    from mlflow.exceptions import MlflowException
+
+    from puhui.profiles.models import model_input
+    from puhui.risk.publish import model_signature
+
+    train = _frame(1500, 21)
+    benchmark = train_benchmark(train, FEATURES, CATEGORICAL, 42)
+    scorer = LogisticScorer.from_pipeline(benchmark, train, FEATURES, CATEGORICAL)
+    scorer.save(tmp_path / "saved")
+    rows = model_input(_frame(50, 22), FEATURES, CATEGORICAL)
+    example = rows.head(5).copy()
+    example["kind"] = pd.Series([np.nan] * 5, dtype=object)  # as the training frame has it
+    served = []
+    for signature in (infer_signature(example, scorer.predict_pd(example)),
+                      model_signature(FEATURES, CATEGORICAL, example,
+                                      scorer.predict_pd(example))):
+        with mlflow.start_run(experiment_id=mlflow_store):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=RiskModelPyfunc(), signature=signature,
+                artifacts={SCORER_ARTIFACT: str(tmp_path / "saved")},
+                input_example=example, pip_requirements=["lightgbm"])
+        served.append(mlflow.pyfunc.load_model(info.model_uri))
+    with pytest.raises(MlflowException, match="column kind"):
+        served[0].predict(rows)  # the inferred signature: what failed on the demo
+    np.testing.assert_allclose(np.asarray(served[1].predict(rows)), scorer.predict_pd(rows))
