@@ -233,7 +233,7 @@ def test_model_owner_workflow(
                     "before calibration", "Reliability", "bureau_delinquencies_24m"):
         assert section in report, section
     assert "own log-odds contributions, before calibration" in report
-    assert "true PDs rank this window's loans" in report
+    assert "Generated data: the true PDs rank this window" in report
     # The registered model serves calibrated PDs: the pyfunc equals the calibrated scorer.
     import mlflow
 
