@@ -114,12 +114,16 @@ def child_train(seed: int) -> None:
         elif path.exists():
             path.unlink()
     truth = json.loads((home / "landing" / "truth.json").read_text())
+    ensure_risk_truth(prepared, home / "landing")
     started = time.perf_counter()
     result = run_train_risk_flow(date.fromisoformat(prepared["end_date"]), force=True)
     seconds = time.perf_counter() - started
     calibration = [c for c in result["gates"]["checks"] if c["gate"] == "calibration"]
     row = {
-        "seed": seed, "ceiling": truth["risk_auc_ceiling"], "version": result["version"],
+        "seed": seed, "ceiling": truth["risk_auc_ceiling"],
+        # Recorded by the model's own evaluation, from the landing zone's risk_truth.csv.gz.
+        "ceiling_test_window": result["metrics"]["auc_ceiling_test_window"],
+        "version": result["version"],
         "candidate": result["candidate"], "calibration_method": result["calibration"],
         "auc_test": result["metrics"]["auc_oot"],
         "auc_test_benchmark": result["metrics"]["auc_oot_benchmark"],
@@ -133,32 +137,26 @@ def child_train(seed: int) -> None:
     print(result["line"])
 
 
-def test_window_ceiling(prepared: dict, window: list[str]) -> float:
-    """The AUC of the generator's true PDs on the labelled applications of the test window:
-    the ceiling of the window the model is scored on (truth.json's is over every labelled
-    application). Rebuilds the generator's world, which is deterministic in its arguments."""
-    from sklearn.metrics import roc_auc_score
-
+def ensure_risk_truth(prepared: dict, landing: Path) -> None:
+    """A landing zone prepared before the generator wrote ``risk_truth.csv.gz`` gets it now:
+    the generator's world is deterministic in its arguments, so rebuilding it gives the same
+    applications and true PDs without regenerating (or re-ingesting) the feeds."""
     from puhui.demo import DEMO_HISTORY_DAYS
     from puhui.generate import reference as ref
+    from puhui.generate.landing import RISK_TRUTH_FILE, write_risk_truth
     from puhui.generate.population import build_population
-    from puhui.generate.process import (
-        RiskParameters,
-        build_applications,
-        build_bureau_history,
-    )
-    from puhui.generate.timeline import Timeline, epoch_day
+    from puhui.generate.process import RiskParameters, build_applications, build_bureau_history
+    from puhui.generate.timeline import Timeline
 
-    end = date.fromisoformat(prepared["end_date"])
+    if (landing / RISK_TRUTH_FILE).exists():
+        return
     seed = prepared["seed"]
-    timeline = Timeline(end, prepared["days"], DEMO_HISTORY_DAYS)
+    timeline = Timeline(date.fromisoformat(prepared["end_date"]), prepared["days"],
+                        DEMO_HISTORY_DAYS)
     pop = build_population(prepared["users"], seed, timeline)
     apps = build_applications(pop, build_bureau_history(pop, timeline, seed), timeline, seed,
                               ref.DEFAULT_PRODUCTS, RiskParameters(), None)
-    first, last = (epoch_day(date.fromisoformat(d)) for d in window)
-    rows = (apps.approved & (apps.observation_day <= epoch_day(end))
-            & (apps.day >= first) & (apps.day <= last))
-    return float(roc_auc_score(apps.default[rows], apps.pd[rows]))
+    write_risk_truth(landing, apps)
 
 
 def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
@@ -168,20 +166,29 @@ def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
                           check=False).returncode
 
 
+def passed(r: dict) -> bool:
+    """The issue's target, like for like: calibration gate passed, within
+    ``MAX_GAP_TO_CEILING`` of the ceiling of the window the model is scored on (truth.json's
+    is over every labelled loan, a different population), above the benchmark."""
+    return (r["calibration_passed"]
+            and r["ceiling_test_window"] - r["auc_test"] <= MAX_GAP_TO_CEILING
+            and r["auc_test"] > r["auc_test_benchmark"])
+
+
 def _table(rows: list[dict]) -> str:
-    head = ("| seed | ceiling (truth.json) | ceiling, test window | test-window AUC | gap to "
-            "truth.json's | gap to the window's | benchmark AUC | candidate | calibration | "
-            "calibration gate | all gates |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| seed | ceiling, all loans (truth.json) | ceiling, test window | test-window AUC "
+            "| gap to the window's ceiling | benchmark AUC | candidate | calibration | "
+            "calibration gate | all gates | target met | train s |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['ceiling']:.4f} | {r['ceiling_test_window']:.4f} | "
-            f"**{r['auc_test']:.4f}** | {r['ceiling'] - r['auc_test']:.4f} | "
-            f"{r['ceiling_test_window'] - r['auc_test']:.4f} | "
+            f"**{r['auc_test']:.4f}** | {r['ceiling_test_window'] - r['auc_test']:.4f} | "
             f"{r['auc_test_benchmark']:.4f} | "
             f"{r['candidate']} | {r['calibration_method']} | "
             f"{'passed' if r['calibration_passed'] else 'FAILED'} | "
-            f"{'passed' if r['gates_passed'] else 'FAILED: ' + '; '.join(r['gates_failed'])} |")
+            f"{'passed' if r['gates_passed'] else 'FAILED: ' + '; '.join(r['gates_failed'])} | "
+            f"{'yes' if passed(r) else 'NO'} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -218,31 +225,18 @@ def main() -> int:
                 break
         result = args.work / f"seed-{seed}" / "result.json"
         if args.phase != "prepare" and result.exists():
-            row = json.loads(result.read_text())
-            if "ceiling_test_window" not in row:
-                prepared = json.loads((result.parent / "prepared.json").read_text())
-                row["ceiling_test_window"] = test_window_ceiling(
-                    prepared, row["windows"]["test"]["range"])
-                result.write_text(json.dumps(row, indent=1))
-            rows.append(row)
+            rows.append(json.loads(result.read_text()))
         elif args.phase != "prepare":
             missing.append(seed)
     if args.phase == "prepare":
         return 0
     if rows:
         print(_table(rows))
-    def met(r: dict, ceiling: str) -> bool:
-        return (r["calibration_passed"] and r[ceiling] - r["auc_test"] <= MAX_GAP_TO_CEILING
-                and r["auc_test"] > r["auc_test_benchmark"])
-
-    ok = [r for r in rows if met(r, "ceiling")]
-    ok_window = [r for r in rows if met(r, "ceiling_test_window")]
+    ok = [r for r in rows if passed(r)]
     summary = {
         "users": args.users, "days": args.days, "seeds": args.seeds, "missing": missing,
         "max_gap_to_ceiling": MAX_GAP_TO_CEILING,
         "every_seed_met_the_target": len(ok) == len(args.seeds),
-        "every_seed_met_the_target_against_the_window_ceiling":
-            len(ok_window) == len(args.seeds),
         "rows": [{k: v for k, v in r.items() if k not in ("steps",)} for r in rows],
         "machine": machine_facts(),
     }

@@ -29,7 +29,7 @@ from puhui.registry import (
     registry_client,
     version_of,
 )
-from puhui.risk.evaluation import Evaluation, evaluate_risk_model
+from puhui.risk.evaluation import Evaluation, evaluate_risk_model, load_true_pd
 from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
 from puhui.risk.publish import (
@@ -173,13 +173,16 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
     spec, model = _configs()
     champion, champion_version = load_champion(runtime.settings.mlflow_tracking_uri,
                                                model.registered_name)
-    evaluation = evaluate_risk_model(training, trained, benchmark, model, spec, champion)
+    evaluation = evaluate_risk_model(training, trained, benchmark, model, spec, champion,
+                                     load_true_pd(runtime.settings.landing))
     gates = check_gates(evaluation, model.gates)
     if evaluation.champion is not None:  # the report's champion column names the version
         evaluation.champion["version"] = champion_version
     m = evaluation.metrics
     versus = (f", champion v{champion_version} {m['auc_oot_champion']:.4f}"
               if "auc_oot_champion" in m else ", no champion yet")
+    if "auc_ceiling_test_window" in m:
+        versus += f", true-PD ceiling of this window {m['auc_ceiling_test_window']:.4f}"
     worst = evaluation.fairness[evaluation.fairness["gated"]].sort_values(
         "adverse_impact_ratio").head(1)
     fairness = (f"lowest adverse impact ratio {worst.iloc[0]['adverse_impact_ratio']:.2f} "

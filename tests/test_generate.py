@@ -427,6 +427,34 @@ def test_thin_files_and_truth(clean: tuple[Path, GenerateSummary]) -> None:
     assert truth["thin_file_share_by_age_band"]["age_18_25"] > truth["thin_file_share"]["urban"]
 
 
+def test_risk_truth_has_every_application_true_pd_outside_the_feeds(
+    clean: tuple[Path, GenerateSummary],
+) -> None:
+    """Per-application true PDs (for the model's test-window ceiling) sit next to truth.json,
+    never in a partner folder, keyed like the feed's application ids; over the delivered
+    outcomes they give truth.json's ceiling."""
+    import pandas as pd
+
+    from puhui.generate.landing import RISK_TRUTH_FILE
+    from puhui.generate.process import roc_auc
+
+    root, _ = clean
+    truth = json.loads((root / "truth.json").read_text(encoding="utf-8"))
+    assert truth["risk_truth_file"] == RISK_TRUTH_FILE
+    assert [p.name for p in root.rglob(RISK_TRUTH_FILE)] == [RISK_TRUTH_FILE]
+    assert (root / RISK_TRUTH_FILE).is_file()
+    risk = pd.read_csv(root / RISK_TRUTH_FILE, dtype={"application_id": str})
+    assert list(risk.columns) == ["application_id", "true_pd"]
+    applications = _all_rows(root, "loan_applications")
+    assert set(risk["application_id"]) == {a["application_id"] for a in applications}
+    assert all("true_pd" not in a for a in applications)
+    outcomes = _all_rows(root, "loan_outcomes")
+    by_id = risk.set_index("application_id")["true_pd"]
+    pd_of = np.array([by_id[o["application_id"]] for o in outcomes])
+    labels = np.array([o["default_flag"] == "1" for o in outcomes])
+    assert roc_auc(pd_of, labels) == pytest.approx(truth["risk_auc_ceiling"], abs=1e-5)
+
+
 def test_penalized_segment_defaults_more(
     clean: tuple[Path, GenerateSummary], tmp_path: Path
 ) -> None:
@@ -442,7 +470,7 @@ def test_penalized_segment_defaults_more(
     # Only the outcome files can differ.
     ours, theirs = checksums(clean[0]), checksums(tmp_path / "pen")
     changed = {k.split("/")[0] for k in ours if ours[k] != theirs[k]}
-    assert changed <= {"loan_outcomes", "truth.json"}
+    assert changed <= {"loan_outcomes", "truth.json", "risk_truth.csv.gz"}
 
 
 def test_format_decimal2_thousands() -> None:

@@ -220,12 +220,20 @@ def test_model_owner_workflow(
     assert {"all", "region_type=rural", "gender=female", "age_band=age_18_25"} <= segments
     auc_row = evaluations[(evaluations["metric"] == "auc_oot") & (evaluations["segment"] == "all")]
     assert auc_row["value"].iloc[0] == pytest.approx(first["metrics"]["auc_oot"])
+    # Generated data: the ceiling of exactly the test window's rows, from the landing zone's
+    # true PDs, is part of the evaluation (and the report says so).
+    m = first["metrics"]
+    assert 0.6 < m["auc_ceiling_test_window"] <= 1.0
+    assert m["auc_gap_to_ceiling_test_window"] == pytest.approx(
+        m["auc_ceiling_test_window"] - m["auc_oot"])
+    assert "auc_ceiling_test_window" in set(evaluations["metric"])
     report = Path(first["report"]).read_text(encoding="utf-8")
     assert report.count("data:image/png;base64") == 5 and "Fairness" in report
     for section in ("Windows", "Calibration map", "Monotone constraints",
                     "before calibration", "Reliability", "bureau_delinquencies_24m"):
         assert section in report, section
     assert "own log-odds contributions, before calibration" in report
+    assert "Generated data: the true PDs rank this window" in report
     # The registered model serves calibrated PDs: the pyfunc equals the calibrated scorer.
     import mlflow
 

@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.models import infer_signature
 
 from puhui.config import (
     LightGBMSpec,
@@ -256,3 +257,69 @@ def test_lightgbm_spec_accepts_plain_and_size_aware_values() -> None:
     assert isinstance(spec.params["num_leaves"], SizeAware)
     with pytest.raises(ValueError, match="min must not exceed max"):
         SizeAware(of="rows", fraction=0.1, min=5, max=1)
+
+
+def test_the_ceiling_is_measured_on_exactly_the_test_window_rows(tmp_path: Path) -> None:
+    """The true PDs are read from the landing zone's risk truth by application id; the
+    ceiling is their AUC on the scored rows only, and a truth that misses a row gives none
+    (it would be another population's ceiling)."""
+    from puhui.generate.landing import RISK_TRUTH_FILE
+    from puhui.risk.evaluation import ceiling_metrics, load_true_pd
+
+    frame = _frame(2000, 11)
+    frame["application_id"] = [f"A{i:010d}" for i in range(len(frame))]
+    z = np.nan_to_num(frame[FEATURES[:3]].to_numpy())
+    true_pd = 1 / (1 + np.exp(-(-2.6 + 0.9 * z[:, 0] - 0.6 * z[:, 1] + 0.4 * z[:, 2])))
+    assert load_true_pd(str(tmp_path)) is None  # not a generated landing zone
+    other = pd.DataFrame({"application_id": ["A9999999999"], "true_pd": [0.5]})
+    pd.concat([pd.DataFrame({"application_id": frame["application_id"],
+                             "true_pd": true_pd}), other]).to_csv(
+        tmp_path / RISK_TRUTH_FILE, index=False, compression="gzip")
+    truth = load_true_pd(str(tmp_path))
+    assert truth is not None and len(truth) == len(frame) + 1
+
+    window = frame.iloc[:600].copy()
+    window["pd"] = np.nan_to_num(window["x0"].to_numpy())  # a weaker model
+    m = ceiling_metrics(window, truth)
+    expected = ranking_metrics(window["label"].to_numpy(int), true_pd[:600])["auc"]
+    assert m["auc_ceiling_test_window"] == pytest.approx(expected)
+    assert m["auc_ceiling_test_window"] != pytest.approx(
+        ranking_metrics(frame["label"].to_numpy(int), true_pd)["auc"], abs=1e-6)
+    assert m["auc_gap_to_ceiling_test_window"] == pytest.approx(
+        expected - ranking_metrics(window["label"].to_numpy(int), window["pd"])["auc"])
+    assert m["auc_gap_to_ceiling_test_window"] > 0
+    window.loc[window.index[0], "application_id"] = "A0000000000-not-generated"
+    assert ceiling_metrics(window, truth) == {}
+
+
+def test_a_category_missing_in_every_example_row_is_still_text_in_the_signature(
+    mlflow_store: str, tmp_path: Path,
+) -> None:
+    """The registered pyfunc's signature comes from the feature kinds: with the example rows'
+    category all missing (the default demo: no co-op crop in the first test rows), an
+    inferred signature took it for a number and refused every real row with text in it."""
+    from mlflow.exceptions import MlflowException
+
+    from puhui.profiles.models import model_input
+    from puhui.risk.publish import model_signature
+
+    train = _frame(1500, 21)
+    benchmark = train_benchmark(train, FEATURES, CATEGORICAL, 42)
+    scorer = LogisticScorer.from_pipeline(benchmark, train, FEATURES, CATEGORICAL)
+    scorer.save(tmp_path / "saved")
+    rows = model_input(_frame(50, 22), FEATURES, CATEGORICAL)
+    example = rows.head(5).copy()
+    example["kind"] = pd.Series([np.nan] * 5, dtype=object)  # as the training frame has it
+    served = []
+    for signature in (infer_signature(example, scorer.predict_pd(example)),
+                      model_signature(FEATURES, CATEGORICAL, example,
+                                      scorer.predict_pd(example))):
+        with mlflow.start_run(experiment_id=mlflow_store):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=RiskModelPyfunc(), signature=signature,
+                artifacts={SCORER_ARTIFACT: str(tmp_path / "saved")},
+                input_example=example, pip_requirements=["lightgbm"])
+        served.append(mlflow.pyfunc.load_model(info.model_uri))
+    with pytest.raises(MlflowException, match="column kind"):
+        served[0].predict(rows)  # the inferred signature: what failed on the demo
+    np.testing.assert_allclose(np.asarray(served[1].predict(rows)), scorer.predict_pd(rows))

@@ -1,4 +1,5 @@
-"""Write a whole synthetic landing zone: partner files, ``faults.json`` and ``truth.json``.
+"""Write a whole synthetic landing zone: partner files, ``faults.json``, ``truth.json`` and
+``risk_truth.csv.gz`` (every application's true PD).
 
 Layout (ingestion relies on it)::
 
@@ -15,6 +16,8 @@ everyone onboarded before the history window; loan_outcomes by observation month
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
 import time
@@ -24,6 +27,8 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from puhui.generate import reference as ref
 from puhui.generate.batch import Batch, batch_rows
@@ -48,10 +53,12 @@ from puhui.generate.feeds import (
     mobile_payments_batch,
     product_events_batch,
 )
+from puhui.generate.formatting import prefixed_ids
 from puhui.generate.population import build_population
 from puhui.generate.process import (
     PERFORMANCE_WINDOW_DAYS,
     SEGMENTS,
+    Applications,
     RiskParameters,
     build_applications,
     build_bureau_history,
@@ -83,6 +90,11 @@ MONTHLY_FEEDS: dict[str, Callable[[World, date], Batch]] = {
 }
 
 
+# Next to the partner folders, never inside one: nothing here is ever landed or ingested.
+RISK_TRUTH_FILE = "risk_truth.csv.gz"
+TRUTH_FILES = ("faults.json", "truth.json", RISK_TRUTH_FILE)
+
+
 @dataclass(frozen=True)
 class GenerateSummary:
     """What a generator run wrote."""
@@ -91,9 +103,9 @@ class GenerateSummary:
     users: int
     days: int
     seed: int
-    files: int  # data files (faults.json and truth.json not counted)
+    files: int  # data files (TRUTH_FILES not counted)
     rows_by_partner: dict[str, int]  # records generated per partner, before planted faults
-    bytes_written: int  # all files, including faults.json and truth.json
+    bytes_written: int  # all files, including TRUTH_FILES
     seconds: float
     faults: list[dict[str, str]] = field(default_factory=list)
 
@@ -147,8 +159,9 @@ def generate_landing_zone(
     _write_json(out_dir / "faults.json", fault_entries)
     truth = build_truth(world, params, penalize_segment, writer, planned, faults)
     _write_json(out_dir / "truth.json", truth)
+    write_risk_truth(out_dir, apps)
     bytes_written = sum(p.stat().st_size for p in writer.paths) + sum(
-        (out_dir / name).stat().st_size for name in ("faults.json", "truth.json")
+        (out_dir / name).stat().st_size for name in TRUTH_FILES
     )
     return GenerateSummary(
         out_dir=out_dir, users=users, days=days, seed=seed, files=len(writer.paths),
@@ -193,9 +206,23 @@ def _prepare_out_dir(out_dir: Path) -> None:
             raise ValueError(f"{out_dir} is not empty and is not a generated landing zone")
         for partner in FEEDS:
             shutil.rmtree(out_dir / partner, ignore_errors=True)
-        for name in ("faults.json", "truth.json"):
+        for name in TRUTH_FILES:
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_risk_truth(out_dir: Path, apps: Applications) -> Path:
+    """Every application's true PD, by ``application_id`` as the feed writes it: the model's
+    evaluation scores its own test window against it (the AUC ceiling of exactly the rows it
+    is evaluated on; truth.json's ``risk_auc_ceiling`` is over every labelled application)."""
+    path = out_dir / RISK_TRUTH_FILE
+    table = pa.table({"application_id": prefixed_ids("A", apps.number, 10),
+                      "true_pd": pa.array(np.round(apps.pd, 6))})
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(quoting_style="none"))
+    # mtime=0: the same arguments give byte-identical files.
+    path.write_bytes(gzip.compress(buffer.getvalue(), mtime=0))
+    return path
 
 
 def _known_delivery_rows(world: World) -> dict[str, dict[date, int]]:
@@ -402,6 +429,7 @@ def build_truth(
     assert isinstance(ceiling, dict)
     return {
         "risk_auc_ceiling": None if auc is None else round(auc, 6),
+        "risk_truth_file": RISK_TRUTH_FILE,
         "recommender_ndcg3_ceiling": _round(ceiling["ndcg_every"]),
         "recommender_hit3_ceiling": _round(ceiling["hit_every"]),
         "recommender": reco,

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.models import infer_signature
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
@@ -68,6 +71,16 @@ def registration_details(training: TrainingSet, evaluation: Evaluation,
     }
 
 
+def model_signature(features: list[str], categorical: list[str], example: pd.DataFrame,
+                    output: np.ndarray) -> ModelSignature:
+    """The pyfunc's input schema declared from the feature kinds, not inferred from the few
+    example rows: a category missing in every one of them (no co-op crop in five test-window
+    rows, the default demo) was inferred as a number, and the model then refused the text
+    of every real row (``Incompatible input types for column agri_crop``)."""
+    inputs = Schema([ColSpec("string" if f in categorical else "double", f) for f in features])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
+
+
 def publish_risk_model(
     *, engine: Engine, tracking_uri: str, name: str, training: TrainingSet,
     trained: TrainedModel, evaluation: Evaluation, gates: GateResult, tags: dict[str, str],
@@ -113,7 +126,8 @@ def publish_risk_model(
         model_info = mlflow.pyfunc.log_model(
             name="model", python_model=RiskModelPyfunc(),
             artifacts={SCORER_ARTIFACT: str(scorer_dir)},
-            signature=infer_signature(example, trained.scorer.predict_pd(example)),
+            signature=model_signature(training.features, training.categorical, example,
+                                      trained.scorer.predict_pd(example)),
             input_example=example, pip_requirements=PIP_REQUIREMENTS,
         )
         log_monitoring_bins(model_info.model_uri, training.split(TRAIN), training.features,

@@ -233,6 +233,14 @@ def _champion_column(evaluation: Evaluation) -> str:
     return f"champion v{champion['version']} (test window, re-scored)"
 
 
+def _ceiling_note(m: dict[str, float]) -> str:
+    if "auc_ceiling_test_window" not in m:
+        return ""
+    return (f" Generated data: the true PDs rank this window's loans with AUC "
+            f"{m['auc_ceiling_test_window']:.4f} (its ceiling); the candidate is "
+            f"{m['auc_gap_to_ceiling_test_window']:.4f} below it.")
+
+
 def render_report(
     evaluation: Evaluation, gates: GateResult, facts: dict[str, Any],
     plots: dict[str, bytes],
@@ -268,7 +276,7 @@ def render_report(
         _section("Ranking and accuracy", _table(headline.fillna(float("nan"))),
                  _note("Test window: the most recent months of matured applications. Neither "
                        "training, early stopping, the search, the choice of candidate nor the "
-                       "calibration map saw it.")),
+                       "calibration map saw it." + _ceiling_note(m))),
         *_model_sections(evaluation),
         _section("Plots", f'<div class="plots">{images}</div>'),
         _section("Gates", _table(checks)),
