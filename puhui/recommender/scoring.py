@@ -1,7 +1,7 @@
 """Scoring customers with a registered recommender: the public entry point for profiles.
 
 ``score_recommendations`` is the stable function a profile refresh calls per chunk of
-customers (``puhui.profiles.refresh.RECOMMENDER_FILLERS``): the top-k personalised products
+customers (``puhui.profiles.offers.offer_columns``): the top-k personalised products
 and the non-personalised ranking of each customer, eligibility applied first (and what was
 excluded, by rule), opted-out customers getting only the non-personalised ranking.
 ``load_recommender`` loads the exact registered version the refresh resolved.
