@@ -1,7 +1,7 @@
 """Scoring customers with a registered recommender: the public entry point for profiles.
 
 ``score_recommendations`` is the stable function a profile refresh calls per chunk of
-customers (``puhui.profiles.refresh.RECOMMENDER_FILLERS``): the top-k personalised products
+customers (``puhui.profiles.offers.offer_columns``): the top-k personalised products
 and the non-personalised ranking of each customer, eligibility applied first (and what was
 excluded, by rule), opted-out customers getting only the non-personalised ranking.
 ``load_recommender`` loads the exact registered version the refresh resolved.
@@ -32,9 +32,15 @@ def load_recommender(tracking_uri: str, name: str, version: str) -> Ranker:
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().ranker
 
 
-def _top(scores: np.ndarray, codes: np.ndarray, keep: np.ndarray, k: int) -> list[str]:
+def _ranked(scores: np.ndarray, codes: np.ndarray, keep: np.ndarray) -> list[dict[str, Any]]:
+    """Every kept product with its score, best first."""
     order = np.lexsort((codes, -scores))  # equal scores: shelf code order, deterministic
-    return [str(codes[i]) for i in order if keep[i]][:k]
+    return [{"product": str(codes[i]), "score": round(float(scores[i]), 6)}
+            for i in order if keep[i]]
+
+
+def _top(ranked: list[dict[str, Any]], k: int) -> list[str]:
+    return [r["product"] for r in ranked[:k]]
 
 
 def score_recommendations(
@@ -68,8 +74,11 @@ def score_recommendations(
 
     Returns, per customer: ``{"model", "version", "personalised": [k codes, best first],
     "non_personalised": [k codes, segment-free popularity], "personalisation_opt_out",
-    "not_eligible": {code: rule}, "reason": None}``. Both rankings hold eligible products
-    only.
+    "not_eligible": {code: rule}, "reason": None, "ranked": {"personalised": [...],
+    "non_personalised": [...]}}``. Both rankings hold eligible products only; ``ranked``
+    holds every eligible product as ``{"product", "score"}`` in the same order (the first k
+    are the two lists; ``personalised`` empty for an opt-out), for callers that must drop
+    more products (e.g. a declined credit decision) or show the scores.
     """
     if len(opt_out) != len(customers):
         raise ValueError("opt_out must have one flag per customer")
@@ -103,14 +112,16 @@ def score_recommendations(
         span = slice(i * n_products, (i + 1) * n_products)
         keep = allowed.eligible[span]
         reasons = allowed.reason[span]
+        mine_ranked = [] if person_opt_out else _ranked(personal[span], codes, keep)
+        popular = _ranked(non_personal[span], codes, keep)
         out.append({
             "model": model, "version": version,
-            "personalised": [] if person_opt_out else _top(personal[span], codes, keep,
-                                                           spec.k),
-            "non_personalised": _top(non_personal[span], codes, keep, spec.k),
+            "personalised": _top(mine_ranked, spec.k),
+            "non_personalised": _top(popular, spec.k),
             "personalisation_opt_out": bool(person_opt_out),
             "not_eligible": {str(c): str(r) for c, r in zip(codes, reasons, strict=True)
                              if r is not None},
             "reason": None,
+            "ranked": {"personalised": mine_ranked, "non_personalised": popular},
         })
     return out
