@@ -330,6 +330,28 @@ def test_score_recommendations_ranks_eligible_products_and_honours_opt_outs(
     assert refused["non_personalised"] == farmer["non_personalised"]
 
 
+def test_exposure_of_a_customer_does_not_depend_on_the_scoring_chunk() -> None:
+    """Profiles score by partition: with everyone's scenario mix passed in, a customer's
+    exposure equals the one computed over every customer's events (as in training)."""
+    from puhui.recommender.training_set import (
+        graded_events,
+        past_use_features,
+        scenario_prior,
+    )
+
+    models, products = _configs()
+    past = graded_events(_events(), products, models.product_recommender)
+    rows = pd.DataFrame({"person_key": "p0", "product_code": products.codes})
+    day = day_number(AS_OF)
+    whole = past_use_features(rows, past, products, day)["exposure"].to_numpy()
+    chunk = past[past["person_key"] == "p0"]  # p0 was never shown anything
+    alone = past_use_features(rows, chunk, products, day, scenario_prior(past, products))
+    assert np.allclose(whole, alone["exposure"].to_numpy())
+    # without the shared mix the chunk's own (empty) mix would change it
+    own = past_use_features(rows, chunk, products, day)["exposure"].to_numpy()
+    assert not np.allclose(whole, own)
+
+
 # ------------------------------------------------- the champion risk model's grades
 @pytest.mark.slow  # trains a risk champion and the recommender through real flows (~1 min)
 def test_credit_eligibility_follows_the_champion_risk_grade(

@@ -19,11 +19,12 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
+from puhui.features.sources import day_number
 from puhui.profiles.models import ModelSlot
 from puhui.recommender.model import Ranker
 from puhui.recommender.scoring import load_recommender, score_recommendations
 from puhui.recommender.train import EVENTS_TABLE
-from puhui.recommender.training_set import load_product_events
+from puhui.recommender.training_set import graded_events, load_product_events, scenario_prior
 
 
 @dataclass
@@ -34,6 +35,8 @@ class OfferContext:
     spec: RecommenderSpec
     products: ProductsConfig
     events: pd.DataFrame  # product funnel events up to the as-of date, keyed by person
+    # everyone's scenario mix, computed once per refresh (None: per call, from ``events``)
+    prior: pd.Series | None = None
 
 
 def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot,
@@ -44,7 +47,9 @@ def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot,
     ranker = load_recommender(tracking_uri, slot.name, str(slot.version))
     events = load_product_events(engine, EVENTS_TABLE, features.timezone, as_of,
                                  customers[["customer_id", "person_key"]])
-    return OfferContext(ranker=ranker, spec=spec, products=products, events=events)
+    known = events[events["day"] <= day_number(as_of)]
+    return OfferContext(ranker=ranker, spec=spec, products=products, events=events,
+                        prior=scenario_prior(graded_events(known, products, spec), products))
 
 
 def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> str:
@@ -74,7 +79,8 @@ def offer_columns(offers: OfferContext, slot: ModelSlot, frame: pd.DataFrame,
     customers = frame.assign(risk_grade=list(grades))
     scored = score_recommendations(offers.ranker, customers, offers.events, as_of,
                                    offers.products, offers.spec, opt_out,
-                                   model=slot.name, version=slot.version)
+                                   model=slot.name, version=slot.version,
+                                   prior=offers.prior)
     k = offers.spec.k
     recommended, fallback = [], []
     for out, grade, ruled_out in zip(scored, grades, blocked, strict=True):

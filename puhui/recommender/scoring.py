@@ -19,7 +19,7 @@ import pandas as pd
 from puhui.config import ProductsConfig, RecommenderSpec
 from puhui.features.sources import day_number
 from puhui.recommender.model import Ranker, eligibility
-from puhui.recommender.training_set import graded_events, past_use_features
+from puhui.recommender.training_set import graded_events, past_use_features, scenario_prior
 
 
 def load_recommender(tracking_uri: str, name: str, version: str) -> Ranker:
@@ -54,6 +54,7 @@ def score_recommendations(
     *,
     model: str | None = None,
     version: str | None = None,
+    prior: pd.Series | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k offers of each customer as of ``as_of``, one dict per row of ``customers``.
 
@@ -71,6 +72,9 @@ def score_recommendations(
       opt_out: per customer, True when they refused personalisation (PIPL Art. 24): they
         get ``personalised: []`` and the non-personalised ranking only.
       model, version: copied into each dict.
+      prior: everyone's scenario mix as of ``as_of`` (``training_set.scenario_prior``);
+        computed from ``events`` when not given. Pass it when scoring in chunks so that it
+        is computed once.
 
     Returns, per customer: ``{"model", "version", "personalised": [k codes, best first],
     "non_personalised": [k codes, segment-free popularity], "personalisation_opt_out",
@@ -86,11 +90,15 @@ def score_recommendations(
     n_products = len(codes)
     people = customers["person_key"].reset_index(drop=True)
     day = day_number(as_of)
-    mine = events[events["person_key"].isin(set(people)) & (events["day"] <= day)]
-    past = graded_events(mine, products, spec)
+    known = events[events["day"] <= day]
+    # Everyone's scenario mix, not this chunk's: a customer's exposure must not depend on
+    # which partition they are scored in (training sees every customer's events).
+    if prior is None:
+        prior = scenario_prior(graded_events(known, products, spec), products)
+    past = graded_events(known[known["person_key"].isin(set(people))], products, spec)
     rows = pd.DataFrame({"person_key": np.repeat(people.to_numpy(), n_products),
                          "product_code": np.tile(codes, len(people))})
-    rows = past_use_features(rows, past, products, day)
+    rows = past_use_features(rows, past, products, day, prior)
     rows["product_scenarios"] = rows["product_code"].map(
         {p.code: float(len(p.scenarios)) for p in products.products})
     columns = [c for c in customers.columns if c not in rows.columns or c == "person_key"]

@@ -98,8 +98,19 @@ def graded_events(events: pd.DataFrame, products: ProductsConfig,
     return events.dropna(subset=["grade"])
 
 
+def scenario_prior(past: pd.DataFrame, products: ProductsConfig) -> pd.Series:
+    """Everyone's scenario mix of impressions in ``past`` (uniform when there are none)."""
+    scenarios = sorted({s for p in products.products for s in p.scenarios})
+    shown = past[past["event_type"] == "impression"]
+    counts = shown["scenario"].value_counts().reindex(scenarios, fill_value=0)
+    total = float(counts.sum())
+    if not total:
+        return pd.Series(1.0 / len(scenarios), index=scenarios)
+    return counts / total
+
+
 def past_use_features(rows: pd.DataFrame, past: pd.DataFrame, products: ProductsConfig,
-                      feature_day: int) -> pd.DataFrame:
+                      feature_day: int, prior: pd.Series | None = None) -> pd.DataFrame:
     """``rows`` (person_key, product_code) with the customer x product features
     known on ``feature_day``: from ``past`` (graded funnel events up to that day) and the
     shelf. Used for training windows and for scoring alike, so both see the same columns.
@@ -108,6 +119,8 @@ def past_use_features(rows: pd.DataFrame, past: pd.DataFrame, products: Products
     and what a customer is shown follows the scenarios they come through; ``exposure`` is
     the chance the product is on the shelf of the customer's next request, from their
     scenario mix so far (shrunk to everyone's mix when they have few past offers).
+    ``prior``: everyone's mix (``scenario_prior``) when ``past`` holds only some customers'
+    events (scoring one partition), so a customer's features do not depend on the partition.
     """
     kinds = {p.code: p.kind for p in products.products}
     shelf = {p.code: set(p.scenarios) for p in products.products}
@@ -141,8 +154,9 @@ def past_use_features(rows: pd.DataFrame, past: pd.DataFrame, products: Products
     scenarios = sorted({s for v in shelf.values() for s in v})
     mix = shown.groupby(["person_key", "scenario"]).size().unstack(fill_value=0).reindex(
         columns=scenarios, fill_value=0)
-    prior = mix.sum() / max(float(mix.to_numpy().sum()), 1.0) if len(mix) else pd.Series(
-        1.0 / len(scenarios), index=scenarios)
+    if prior is None:
+        prior = scenario_prior(past, products)
+    prior = prior.reindex(scenarios, fill_value=0.0)
     share = (mix + EXPOSURE_PRIOR_OFFERS * prior).div(
         mix.sum(axis=1) + EXPOSURE_PRIOR_OFFERS, axis=0)
     on_shelf = pd.DataFrame({s: [float(s in shelf[c]) / max(sum(
