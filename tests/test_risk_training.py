@@ -300,8 +300,8 @@ def test_a_category_missing_in_every_example_row_is_still_text_in_the_signature(
     inferred signature took it for a number and refused every real row with text in it."""
     from mlflow.exceptions import MlflowException
 
+    from puhui.lifecycle.publish import model_signature
     from puhui.profiles.models import model_input
-    from puhui.risk.publish import model_signature
 
     train = _frame(1500, 21)
     benchmark = train_benchmark(train, FEATURES, CATEGORICAL, 42)

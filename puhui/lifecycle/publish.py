@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter
@@ -155,3 +159,14 @@ def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -
             "configuration, code and seed (--force trains again)")
     return {"as_of": as_of.isoformat(), "version": version, "skipped": True, "steps": steps,
             "line": line}
+
+
+def model_signature(features: list[str], categorical: Collection[str],
+                    example: pd.DataFrame, output: np.ndarray) -> ModelSignature:
+    """The pyfunc's input schema declared from the feature kinds (both models), not
+    inferred from the few example rows: a category missing in every one of them (no co-op
+    crop in five test-window rows, the default demo) was inferred as a number, and the
+    model then refused the text of every real row (``Incompatible input types for column
+    agri_crop``)."""
+    inputs = Schema([ColSpec("string" if f in categorical else "double", f) for f in features])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)

@@ -24,6 +24,7 @@ from puhui.lifecycle.publish import (
     lineage_tags,
     log_configuration,
     metric_name,
+    model_signature,
     refuse_unreproducible,
     write_evaluations,
 )
@@ -93,6 +94,8 @@ def publish_recommender(
         info = mlflow.pyfunc.log_model(
             name="model", python_model=RecommenderPyfunc(),
             artifacts={RANKER_ARTIFACT: str(ranker_dir)}, input_example=example,
+            signature=model_signature(run.ranker.features, run.ranker.categories, example,
+                                      run.ranker.score(example)),
             pip_requirements=PIP_REQUIREMENTS)
         for table, frame in (("segments", evaluation.segments),
                              ("top1_share", evaluation.top1_share)):

@@ -14,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
-from mlflow.models import ModelSignature, infer_signature
-from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
@@ -26,6 +22,7 @@ from puhui.lifecycle.publish import (
     lineage_tags,
     log_configuration,
     metric_name,
+    model_signature,
     refuse_unreproducible,
     training_fingerprint,
     write_evaluations,
@@ -69,16 +66,6 @@ def registration_details(training: TrainingSet, evaluation: Evaluation,
                     ("auc_oot", "auc_oot_benchmark", "ks_oot", "score_psi")},
         "fingerprint": fingerprint, "ingest_batches": sorted(training.batch_ids),
     }
-
-
-def model_signature(features: list[str], categorical: list[str], example: pd.DataFrame,
-                    output: np.ndarray) -> ModelSignature:
-    """The pyfunc's input schema declared from the feature kinds, not inferred from the few
-    example rows: a category missing in every one of them (no co-op crop in five test-window
-    rows, the default demo) was inferred as a number, and the model then refused the text
-    of every real row (``Incompatible input types for column agri_crop``)."""
-    inputs = Schema([ColSpec("string" if f in categorical else "double", f) for f in features])
-    return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
 
 
 def publish_risk_model(
