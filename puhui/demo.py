@@ -169,6 +169,8 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(f"  HTML report  : {monitoring['report']} (monitoring and service)")
     report = trained.get("report") or _latest_report(settings.home)
     console.print(f"  evaluation   : {report or 'none yet'} (model evaluation)")
+    for line in recommender_summary(ranked):
+        console.print(line, markup=False)
     for line in model_summary(trained, report):
         console.print(line, markup=False)
 
@@ -181,6 +183,23 @@ def _allowing_failed_gates(train: Callable[[date], dict], as_of: date) -> dict:
         return train(as_of)
     except GatesFailed as failed:
         return failed.summary
+
+
+def recommender_summary(ranked: dict) -> list[str]:
+    """The demo's closing lines about the recommender: its verdict and, when it failed a
+    gate, which one and what that means for the profiles (no champion: no offers)."""
+    if ranked.get("skipped"):
+        return [f"  recommender  : {ranked['line']}"]
+    name, version, m = ranked["name"], ranked["version"], ranked["metrics"]
+    what = (f"{name} v{version} (out-of-time NDCG@3 {m['ndcg_at_3_oot']:.4f} vs segment "
+            f"popularity {m['ndcg_at_3_oot_segment_popularity']:.4f})")
+    failed = ranked["gates"]["failed"]
+    if not failed:
+        return [f"  recommender  : {what} passed every gate"]
+    return [f"  recommender  : {what} FAILED {len(failed)} gate(s): {'; '.join(failed)}; "
+            "no champion, so profiles carry no offers (each row says why); a model owner "
+            f"can `puhui models show {name} --version {version}` and retrain or promote "
+            "with --force"]
 
 
 def model_summary(trained: dict, report: str | None) -> list[str]:

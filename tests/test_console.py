@@ -205,3 +205,18 @@ def test_demo_fits_on_a_screen_on_a_terminal_and_shows_training_progress(
     # ... and cleared after (the train step's own line says "5 LightGBM trial(s)")
     assert not any(re.search(r"LightGBM trial \d+/\d+", line) for line in screen)
     assert any(line.startswith("demo done in") for line in screen)
+
+
+def test_the_demo_summary_names_the_recommenders_failed_gate() -> None:
+    from puhui.demo import recommender_summary
+
+    ranked = {"skipped": False, "name": "product_recommender", "version": "2",
+              "metrics": {"ndcg_at_3_oot": 0.1137, "ndcg_at_3_oot_segment_popularity": 0.1059},
+              "gates": {"passed": False,
+                        "failed": ["segment_ndcg occupation=retired 0.036 < 0.05"]},
+              "line": "train recommender ..."}
+    (line,) = recommender_summary(ranked)
+    assert "product_recommender v2" in line and "FAILED 1 gate(s)" in line
+    assert "segment_ndcg occupation=retired 0.036 < 0.05" in line and "no offers" in line
+    ranked["gates"] = {"passed": True, "failed": []}
+    assert recommender_summary(ranked)[0].endswith("passed every gate")
