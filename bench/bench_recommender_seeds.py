@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.bench_risk_seeds import _seed_env, child_prepare  # noqa: E402
+from bench.bench_risk_seeds import _seed_env, child_prepare, run_seeds  # noqa: E402
 from bench.results_file import machine_facts, write_results  # noqa: E402
 
 DEFAULT_WORK = ROOT / ".puhui" / "bench-recommender-seeds"
@@ -171,18 +171,7 @@ def main() -> int:
         args.users, args.seeds = 1_500, [42]
     args.work = args.work.with_name(f"{args.work.name}-{args.users}")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, missing = [], []
-    for seed in args.seeds:
-        phases = {"all": ("prepare", "train"), "table": ()}.get(args.phase, (args.phase,))
-        for phase in phases:
-            if _run_child(args, phase, seed) != 0:
-                print(f"seed {seed}: {phase} failed")
-                break
-        result = args.work / f"seed-{seed}" / "reco_result.json"
-        if args.phase != "prepare" and result.exists():
-            rows.append(json.loads(result.read_text()))
-        elif args.phase != "prepare":
-            missing.append(seed)
+    rows, missing = run_seeds(args, _run_child, "reco_result.json")
     if args.phase == "prepare":
         return 0
     if rows:

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -166,6 +167,26 @@ def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
                           check=False).returncode
 
 
+def run_seeds(args: argparse.Namespace, run_child: Callable[[argparse.Namespace, str, int], int],
+              result_name: str, attempts: int = 1) -> tuple[list[dict], list[int]]:
+    """Run ``args.phase`` (``all``: prepare then train; ``table``: nothing) for every seed in
+    its own child process, each phase up to ``attempts`` times; then read each seed's
+    ``result_name``. Returns the results found and the seeds that have none."""
+    rows, missing = [], []
+    for seed in args.seeds:
+        phases = {"all": ("prepare", "train"), "table": ()}.get(args.phase, (args.phase,))
+        for phase in phases:
+            if all(run_child(args, phase, seed) != 0 for _ in range(attempts)):
+                print(f"seed {seed}: {phase} failed")
+                break
+        result = args.work / f"seed-{seed}" / result_name
+        if args.phase != "prepare" and result.exists():
+            rows.append(json.loads(result.read_text()))
+        elif args.phase != "prepare":
+            missing.append(seed)
+    return rows, missing
+
+
 def passed(r: dict) -> bool:
     """The issue's target, like for like: calibration gate passed, within
     ``MAX_GAP_TO_CEILING`` of the ceiling of the window the model is scored on (truth.json's
@@ -214,20 +235,9 @@ def main() -> int:
         args.users, args.seeds = 2_000, [1, 2]
         args.work = args.work.with_name(args.work.name + "-quick")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, missing = [], []
-    for seed in args.seeds:
-        phases = {"all": ("prepare", "train"), "table": ()}.get(args.phase, (args.phase,))
-        for phase in phases:
-            # One retry: a failure here is the machine (a server start timing out), since
-            # both phases are deterministic.
-            if _run_child(args, phase, seed) != 0 and _run_child(args, phase, seed) != 0:
-                print(f"seed {seed}: {phase} failed")
-                break
-        result = args.work / f"seed-{seed}" / "result.json"
-        if args.phase != "prepare" and result.exists():
-            rows.append(json.loads(result.read_text()))
-        elif args.phase != "prepare":
-            missing.append(seed)
+    # One retry: a failure here is the machine (a server start timing out), since both
+    # phases are deterministic.
+    rows, missing = run_seeds(args, _run_child, "result.json", attempts=2)
     if args.phase == "prepare":
         return 0
     if rows:
