@@ -26,8 +26,9 @@ from puhui.errors import PuhuiError
 from puhui.generate import generate_landing_zone
 from puhui.ingest import ledger
 from puhui.ingest.batches import PreparedChunk, SeenKeys, drop_duplicate_keys, read_ahead
+from puhui.ingest.held_batches import list_quarantined
 from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
-from puhui.ingest.quarantine import list_quarantined, reject_batch, release_batch
+from puhui.ingest.quarantine import reject_batch, release_batch
 from puhui.ingest.raw_tables import raw_table
 from puhui.pipeline import run_ingest_flow
 from puhui.runtime import open_runtime

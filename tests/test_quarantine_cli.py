@@ -21,7 +21,8 @@ from puhui.audit import read_audit_events, verify_audit_chain
 from puhui.cli import main
 from puhui.config import PartnersConfig, load_config
 from puhui.ingest import ledger
-from puhui.ingest.quarantine import REVALIDATED, all_batch_ids, unique_prefixes
+from puhui.ingest.held_batches import all_batch_ids, unique_prefixes
+from puhui.ingest.quarantine import REVALIDATED
 from puhui.runtime import open_runtime
 from puhui.settings import repo_root
 from puhui.warehouse.schema import validation_results

@@ -8,7 +8,8 @@ suite's hash); otherwise it stays held with the new reasons. Batches that could 
 at all have no copy: they are *reject-only* (the partner redelivers a fixed file, which is a
 new batch). A refused release is recorded in the trail too.
 
-Every command taking a batch accepts a unique prefix of its id (``resolve_batch_id``).
+Every command taking a batch accepts a unique prefix of its id
+(``held_batches.resolve_batch_id``).
 """
 
 from __future__ import annotations
@@ -33,16 +34,7 @@ from puhui.ingest.batches import (
     drop_duplicate_keys,
 )
 from puhui.ingest.contract import end_of_delivery_day
-from puhui.ingest.held_batches import (  # noqa: F401 - re-exported for callers of quarantine
-    MIN_PREFIX,
-    all_batch_ids,
-    is_reject_only,
-    list_quarantined,
-    quarantine_copy_path,
-    resolve_batch_id,
-    short_reason,
-    unique_prefixes,
-)
+from puhui.ingest.held_batches import is_reject_only, quarantine_copy_path, short_reason
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import mask_shape, scrub_text
 from puhui.runtime import Runtime
