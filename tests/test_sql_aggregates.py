@@ -10,7 +10,7 @@ import pytest
 
 from puhui.config import FeaturesConfig
 from puhui.features.builder import FeatureInfo, feature_catalog
-from puhui.features.partitioned import build_partition
+from puhui.features.partitioned import build_partition_pandas, ensure_partition_indexes
 from puhui.features.sources import first_event_days, load_register
 from puhui.features.sql_aggregates import build_partition_sql
 from puhui.partitioning import all_partitions, bucket_of
@@ -65,13 +65,14 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame, catalog: list[FeatureInf
 
 def _by_partition(engine, spec: FeaturesConfig, requests: pd.DataFrame):  # noqa: ANN001, ANN202
     """(pandas, SQL) features of each partition's requests."""
+    ensure_partition_indexes(engine, spec)
     first_day = first_event_days(engine, spec, AS_OF)
     register = load_register(engine, spec, AS_OF, PARTITIONS)
     buckets = bucket_of(requests["person_key"], PARTITIONS)
     for part in all_partitions(PARTITIONS):
         mine = requests[buckets == part.bucket]
         customers = register.part(part.bucket)
-        yield (build_partition(engine, spec, AS_OF, customers, part, first_day, mine),
+        yield (build_partition_pandas(engine, spec, AS_OF, customers, part, first_day, mine),
                build_partition_sql(engine, spec, AS_OF, customers, part, first_day, mine))
 
 
@@ -83,8 +84,9 @@ def test_sql_aggregates_equal_the_pandas_builder(pg_features_env: str) -> None:
     catalog = feature_catalog(spec)
     float_sums = _float_sums(spec)
     assert float_sums and len(float_sums) < len(catalog)
+    requests = _requests(engine, spec)
     pieces = []
-    for want, got in _by_partition(engine, spec, _requests(engine, spec)):
+    for want, got in _by_partition(engine, spec, requests):
         _assert_same(got, want, catalog, float_sums)
         pieces.append(want)
     everything = pd.concat(pieces)

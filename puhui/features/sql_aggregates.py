@@ -1,19 +1,25 @@
 """A partition's window aggregates and latest values computed by PostgreSQL, not pandas.
 
-The SQL is generated from ``configs/features.yaml`` (no per-feature SQL): per source, one
-grouped query over the partition's requests joined to the source's rows, with one
-``FILTER``ed aggregate per (aggregate part, window), and one ``DISTINCT ON`` query for its
-latest values. The parts are the pandas builder's (:func:`puhui.features.builder._components`:
-a count, a sum, or a sum and a count for means and shares), so the arithmetic after them (per
-30 days over the days covered, ratios, missing values) is the builder's own
-(:func:`~puhui.features.builder.window_values`), as are the register's features, the derived
-ones and the final frame.
+The SQL is generated from ``configs/features.yaml`` (no per-feature SQL). Per source, for
+each request (person, as-of day) of the partition: one ``LATERAL`` aggregate over that
+person's rows with one ``FILTER``ed count or sum per (aggregate part, window), and one
+``LATERAL ... ORDER BY time DESC LIMIT 1`` for its latest values. Each is an index range read
+of the covering ``(key, time)`` index per request
+(:func:`puhui.features.partitioned.ensure_partition_indexes`): no sort or hash of the
+partition's rows, so the server's memory stays flat. The parts are the pandas builder's
+(``puhui.features.builder._components``: a count, a sum, or a sum and a count for means and
+shares), so the arithmetic after them (per 30 days over the days covered, ratios, missing
+values) is the builder's own (:func:`~puhui.features.builder.window_values`), as are the
+register's features, the derived ones and the final frame.
 
-Point in time, the builder's rule: a row counts for a request as of day D if its event day
-(in the lender's timezone) is on or before D, i.e. its event time is strictly before the end
-of D; a window of w days holds the days ``(D - w, D]``; the latest row is the newest on or
-before D, if at most ``max_age_days`` old. Event days are computed per row in SQL from the
-time column's kind, as :func:`puhui.features.sources.local_days` does in pandas.
+Point in time, the builder's rule: a row counts for a request as of day D if its event day in
+the lender's timezone is on or before D, i.e. its event time is strictly before the first
+instant of D + 1; a window of w days holds the days ``(D - w, D]``, i.e. times from the first
+instant of D - w + 1; the latest row is the newest on or before D, if at most
+``max_age_days`` old. Those instants are computed once per request, in each time column's
+own terms (:func:`day_start`), so each row costs comparisons of stored values: a first
+version that computed each row's local day in SQL spent more on that (every FILTER
+recomputed it) than pandas spends on the whole partition.
 
 The requests (person, phone owned, as-of day) travel to the server once per partition by
 ``COPY`` into a temporary table; results come back as ``COPY`` CSV through Arrow.
@@ -33,6 +39,7 @@ from sqlalchemy import (
     ColumnElement,
     Engine,
     Select,
+    Table,
     and_,
     column,
     func,
@@ -41,7 +48,6 @@ from sqlalchemy import (
     table,
     true,
 )
-from sqlalchemy.sql.expression import Subquery, TableClause
 
 from puhui.config import Aggregate, FeaturesConfig, FeatureSource, RowFilter
 from puhui.features.builder import (
@@ -51,31 +57,28 @@ from puhui.features.builder import (
     window_values,
 )
 from puhui.features.sources import _reflect, time_kind
-from puhui.partitioning import Partition, in_bucket
+from puhui.partitioning import Partition
 
 REQUESTS = "puhui_partition_requests"
+EPOCH = "DATE '1970-01-01'"
 
 
-def _requests_table() -> TableClause:
-    return table(REQUESTS, column("person_key"), column("phone_key"), column("as_of"))
-
-
-def day_expression(kind: str, timezone_aware: bool, name: str, timezone: str) -> str:
-    """SQL for the local day number (days since 1970-01-01) of a time column, per row."""
-    col = f'"{name}"'
-    zone = timezone.replace("'", "''")
-    epoch = "DATE '1970-01-01'"
+def day_start(kind: str, timezone_aware: bool, timezone: str, day: str) -> str:
+    """SQL for the first instant of local day number ``day`` (an SQL expression) in a time
+    column's own terms, so that "event day >= D" is "time >= day_start(D)", a comparison
+    the (key, time) index serves. ``kind`` as :func:`puhui.features.sources.time_kind`."""
+    date_sql = f"({EPOCH} + ({day}))"
     if kind == "date":
-        return f"({col} - {epoch})"
-    if kind == "month":  # "YYYY-MM" is known at the end of that month
-        return (f"((to_date({col} || '-01', 'YYYY-MM-DD') + INTERVAL '1 month')::date - 1 "
-                f"- {epoch})")
+        return date_sql
+    if kind == "month":  # "YYYY-MM", known at the end of the month: day >= D iff month >= D's
+        return f"to_char({date_sql}, 'YYYY-MM')"
+    zone = timezone.replace("'", "''")
+    start = f"timezone('{zone}', {date_sql}::timestamp)"  # local midnight, as timestamptz
     # Stored in UTC; a column without a zone holds UTC wall time.
-    utc = col if timezone_aware else f"({col} AT TIME ZONE 'UTC')"
-    return f"(({utc} AT TIME ZONE '{zone}')::date - {epoch})"
+    return start if timezone_aware else f"timezone('UTC', {start})"
 
 
-def row_condition(rows: Subquery, condition: RowFilter) -> ColumnElement[bool]:
+def row_condition(rows: Table, condition: RowFilter) -> ColumnElement[bool]:
     """:func:`puhui.features.builder.row_mask` in SQL: a missing value matches no clause,
     except ``ne`` (pandas' ``ne`` is true for a missing value: IS DISTINCT FROM)."""
     clauses: list[ColumnElement[bool]] = []
@@ -94,7 +97,7 @@ def row_condition(rows: Subquery, condition: RowFilter) -> ColumnElement[bool]:
     return and_(true(), *clauses)
 
 
-def components(rows: Subquery, agg: Aggregate) -> dict[str, tuple[str, ColumnElement[bool]]]:
+def components(rows: Table, agg: Aggregate) -> dict[str, tuple[str, ColumnElement[bool]]]:
     """The builder's additive parts of ``agg`` as (count|sum of column, row filter)."""
     where = row_condition(rows, agg.where)
     if agg.agg == "count":
@@ -108,74 +111,95 @@ def components(rows: Subquery, agg: Aggregate) -> dict[str, tuple[str, ColumnEle
     return {"s": ("count", hit), "n": ("count", where)}
 
 
-def _source_rows(engine: Engine, source: FeatureSource, timezone: str,
-                 partition: Partition, columns: list[str]) -> Subquery:
-    raw = _reflect(engine, source.table)
-    kind = time_kind(raw, source.time)
-    aware = bool(getattr(raw.c[source.time].type, "timezone", False))
-    day = literal_column(day_expression(kind, aware, source.time, timezone))
-    query = select(raw.c[source.key].label("k"), day.label("d"),
-                   raw.c[source.time].label("t"), literal_column("ctid").label("tid"),
-                   *[raw.c[c] for c in columns])
-    if source.key == "person_key":  # a key range: the partition-read index serves it
-        query = query.where(in_bucket(raw.c.person_key, partition))
-    return query.subquery("e")
+class Bounds:
+    """Per request, the first instant of each day a source's features start or end at, in
+    the source's time column's terms: columns of the requests table, computed once per
+    request, so the per-row work is comparisons of stored values (an event day per row,
+    recomputed by every FILTER, cost more than the aggregates)."""
+
+    def __init__(self, engine: Engine, spec: FeaturesConfig) -> None:
+        self.columns: dict[str, str] = {}  # name -> SQL over the request's ``as_of``
+        self.tables: dict[str, Table] = {}
+        self.month: dict[str, bool] = {}
+        for i, source in enumerate(spec.sources):
+            raw = _reflect(engine, source.table)
+            self.tables[source.name] = raw
+            kind = time_kind(raw, source.time)
+            self.month[source.name] = kind == "month"
+            aware = bool(getattr(raw.c[source.time].type, "timezone", False))
+            # Day D's rows: time < start of D + 1; a window of w days: time >= start of
+            # D - w + 1; the latest value: time >= start of D - max_age.
+            offsets = {"end": 1, **{f"w{w}": 1 - w for w in source.windows}}
+            if source.latest:
+                offsets["latest"] = -source.latest.max_age_days
+            for label, offset in offsets.items():
+                self.columns[f"s{i}_{label}"] = day_start(kind, aware, spec.timezone,
+                                                          f"as_of + {offset}")
+        self._index = {s.name: i for i, s in enumerate(spec.sources)}
+        # One object: SQLAlchemy correlates the LATERAL subqueries by identity.
+        self.requests = table(REQUESTS, column("person_key"), column("phone_key"),
+                              column("as_of"), *(column(name) for name in self.columns))
+
+    def time(self, source: FeatureSource) -> ColumnElement:
+        col = self.tables[source.name].c[source.time]
+        # Month strings compare bytewise whatever the database's collation.
+        return col.collate("C") if self.month[source.name] else col
+
+    def at(self, source: FeatureSource, label: str) -> ColumnElement:
+        return self.requests.c[f"s{self._index[source.name]}_{label}"]
 
 
-def window_query(engine: Engine, source: FeatureSource, timezone: str,
-                 partition: Partition) -> tuple[Select, list[tuple[str, int]]]:
-    """One grouped query: per request, every (part, window) sum; returns it and the names
-    (``"<aggregate>|<part>"``, window) of its columns after person_key and as_of."""
-    needed: set[str] = set()
-    for agg in source.aggregates:
-        needed.update(agg.where)
-        needed.update(agg.share_where)
-        if agg.column:
-            needed.add(agg.column)
-    rows = _source_rows(engine, source, timezone, partition, sorted(needed))
-    req = _requests_table()
+def _own_rows(bounds: Bounds, source: FeatureSource, start: str) -> ColumnElement[bool]:
+    """The request's person's rows from day ``start`` to its as-of day (correlated)."""
+    req = bounds.requests
+    raw = bounds.tables[source.name]
+    key = req.c.person_key if source.key == "person_key" else req.c.phone_key
+    time = bounds.time(source)
+    return and_(raw.c[source.key] == key, time >= bounds.at(source, start),
+                time < bounds.at(source, "end"))
+
+
+def window_query(bounds: Bounds, source: FeatureSource) -> tuple[Select, list[tuple[str, int]]]:
+    """Per request, every (part, window) sum, from a LATERAL aggregate of its own rows (an
+    index range read per request, no sort or hash of the partition's rows); returns the
+    query and the names (``"<aggregate>|<part>"``, window) of its columns c0, c1, ..."""
+    raw = bounds.tables[source.name]
+    time = bounds.time(source)
     outputs = []
     names: list[tuple[str, int]] = []
     for window in source.windows:
-        in_window = rows.c.d > req.c.as_of - window
+        in_window = time >= bounds.at(source, f"w{window}")
         for agg in source.aggregates:
-            for part, (measure, condition) in components(rows, agg).items():
+            for part, (measure, condition) in components(raw, agg).items():
                 where = and_(in_window, condition)
                 if measure == "count":
                     value = func.count().filter(where)
                 else:
-                    value = func.sum(rows.c[measure.removeprefix("sum:")]).filter(where)
+                    value = func.sum(raw.c[measure.removeprefix("sum:")]).filter(where)
                 outputs.append(value.label(f"c{len(names)}"))
                 names.append((f"{agg.name}|{part}", window))
-    key = req.c.person_key if source.key == "person_key" else req.c.phone_key
-    join = and_(rows.c.k == key, rows.c.d <= req.c.as_of,
-                rows.c.d > req.c.as_of - max(source.windows))
-    query = (select(req.c.person_key, req.c.as_of, *outputs)
-             .select_from(req.join(rows, join))
-             .group_by(req.c.person_key, req.c.as_of))
-    return query, names
+    widest = f"w{max(source.windows)}"
+    sums = select(*outputs).select_from(raw).where(_own_rows(bounds, source, widest)).lateral()
+    req = bounds.requests
+    query = select(req.c.person_key, req.c.as_of, *(sums.c[f"c{i}"] for i in range(len(names))))
+    return query.select_from(req.join(sums, true())), names
 
 
-def latest_query(engine: Engine, source: FeatureSource, timezone: str,
-                 partition: Partition) -> Select:
+def latest_query(bounds: Bounds, source: FeatureSource) -> Select:
     """Per request, the newest row on or before its day and at most max_age_days old.
 
-    Rows of the same day: the latest event time, then the last stored (the order the
-    pandas builder's read gives them)."""
+    Rows of the same time: the last stored (the order the pandas builder reads them in)."""
     latest = source.latest
     assert latest is not None
-    rows = _source_rows(engine, source, timezone, partition,
-                        sorted({c.column for c in latest.columns}))
-    req = _requests_table()
-    key = req.c.person_key if source.key == "person_key" else req.c.phone_key
-    join = and_(rows.c.k == key, rows.c.d <= req.c.as_of,
-                rows.c.d >= req.c.as_of - latest.max_age_days)
+    raw = bounds.tables[source.name]
+    newest = (select(*[raw.c[c.column].label(f"c{i}") for i, c in enumerate(latest.columns)])
+              .where(_own_rows(bounds, source, "latest"))
+              .order_by(raw.c[source.time].desc(), literal_column("ctid").desc())
+              .limit(1).lateral())
+    req = bounds.requests
     return (select(req.c.person_key, req.c.as_of,
-                   *[rows.c[c.column].label(f"c{i}") for i, c in enumerate(latest.columns)])
-            .select_from(req.join(rows, join))
-            .distinct(req.c.person_key, req.c.as_of)
-            .order_by(req.c.person_key, req.c.as_of, rows.c.d.desc(), rows.c.t.desc(),
-                      rows.c.tid.desc()))
+                   *(newest.c[f"c{i}"] for i in range(len(latest.columns))))
+            .select_from(req.join(newest, true())))
 
 
 def _sql(engine: Engine, query: Select) -> str:
@@ -199,13 +223,17 @@ def _copy_out(cursor, sql: str, types: dict[str, pa.DataType]) -> pd.DataFrame: 
     return frame.set_index(["person_key", "as_of"])
 
 
-def _copy_in_requests(cursor, requests: pd.DataFrame) -> None:  # noqa: ANN001
-    cursor.execute(f"CREATE TEMPORARY TABLE {REQUESTS} (person_key text NOT NULL, "
+def _copy_in_requests(cursor, requests: pd.DataFrame, bounds: Bounds) -> None:  # noqa: ANN001
+    shipped = f"{REQUESTS}_in"
+    cursor.execute(f"CREATE TEMPORARY TABLE {shipped} (person_key text NOT NULL, "
                    "phone_key text, as_of integer NOT NULL) ON COMMIT DROP")
     text_rows = io.StringIO()
     requests.to_csv(text_rows, index=False, header=False)
-    with cursor.copy(f"COPY {REQUESTS} FROM STDIN (FORMAT csv)") as copy:
+    with cursor.copy(f"COPY {shipped} FROM STDIN (FORMAT csv)") as copy:
         copy.write(text_rows.getvalue())
+    computed = "".join(f", {sql} AS {name}" for name, sql in bounds.columns.items())
+    cursor.execute(f"CREATE TEMPORARY TABLE {REQUESTS} ON COMMIT DROP AS "
+                   f"SELECT person_key, phone_key, as_of{computed} FROM {shipped}")
     cursor.execute(f"ANALYZE {REQUESTS}")
 
 
@@ -238,12 +266,13 @@ def build_partition_sql(
         # the planner, costing one query, would scan a whole table for each partition.
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SET LOCAL enable_seqscan = off")
-        _copy_in_requests(cursor, shipped)
+        bounds = Bounds(engine, spec)
+        _copy_in_requests(cursor, shipped, bounds)
         for source in spec.sources:
             if source.latest:
-                columns.update(_latest(cursor, engine, spec, source, partition, wanted))
+                columns.update(_latest(cursor, engine, bounds, source, wanted))
             if source.aggregates:
-                columns.update(_windows(cursor, engine, spec, source, partition, wanted,
+                columns.update(_windows(cursor, engine, bounds, source, wanted,
                                         first_day.get(source.name), req_days))
         conn.rollback()
     return finish_features(columns, known, requests, spec)
@@ -253,10 +282,10 @@ def _keys_types() -> dict[str, pa.DataType]:
     return {"person_key": pa.string(), "as_of": pa.int64()}
 
 
-def _windows(cursor, engine: Engine, spec: FeaturesConfig, source: FeatureSource,  # noqa: ANN001
-             partition: Partition, wanted: pd.MultiIndex, first_day: int | None,
+def _windows(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # noqa: ANN001
+             wanted: pd.MultiIndex, first_day: int | None,
              req_days: np.ndarray) -> dict[str, np.ndarray]:
-    query, names = window_query(engine, source, spec.timezone, partition)
+    query, names = window_query(bounds, source)
     types = _keys_types() | {f"c{i}": pa.float64() for i in range(len(names))}
     found = _copy_out(cursor, _sql(engine, query), types).reindex(wanted)
     out: dict[str, np.ndarray] = {}
@@ -269,13 +298,13 @@ def _windows(cursor, engine: Engine, spec: FeaturesConfig, source: FeatureSource
     return out
 
 
-def _latest(cursor, engine: Engine, spec: FeaturesConfig, source: FeatureSource,  # noqa: ANN001
-            partition: Partition, wanted: pd.MultiIndex) -> dict[str, np.ndarray]:
+def _latest(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # noqa: ANN001
+            wanted: pd.MultiIndex) -> dict[str, np.ndarray]:
     latest = source.latest
     assert latest is not None
     types = _keys_types() | {f"c{i}": pa.string() if c.categorical else pa.float64()
                              for i, c in enumerate(latest.columns)}
-    query = latest_query(engine, source, spec.timezone, partition)
+    query = latest_query(bounds, source)
     found = _copy_out(cursor, _sql(engine, query), types)
     present = wanted.isin(found.index)
     found = found.reindex(wanted)
