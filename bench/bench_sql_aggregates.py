@@ -5,7 +5,7 @@ real path, partition-read indexes built): the register and first days once, then
 features of every customer as of the last day, one partition at a time (one at a time, so
 each partition's time is its own), by each method in its own child process:
 
-- ``pandas``: :func:`puhui.features.partitioned.build_partition_pandas` (read the partition's rows
+- ``pandas``: :func:`puhui.features.partitioned.build_partition` (read the partition's rows
   through the covering indexes, COPY -> Arrow -> pandas, running totals in numpy);
 - ``sql``: :func:`puhui.features.sql_aggregates.build_partition_sql` (requests COPYed to a
   temporary table, grouped FILTERed aggregates and DISTINCT ON latest values in the server,
@@ -46,7 +46,7 @@ METHODS = ("pandas", "sql")
 def client(method: str, partitions: int, out: Path) -> None:
     """Every partition's features by ``method``, each timed, each to Parquet under ``out``."""
     from puhui.config import FeaturesConfig, load_config
-    from puhui.features.partitioned import build_partition_pandas, ensure_partition_indexes
+    from puhui.features.partitioned import build_partition, ensure_partition_indexes
     from puhui.features.sources import first_event_days, load_register
     from puhui.features.sql_aggregates import build_partition_sql
     from puhui.partitioning import all_partitions
@@ -57,7 +57,7 @@ def client(method: str, partitions: int, out: Path) -> None:
     engine = get_engine(settings.warehouse_url)
     spec = load_config(settings.config_dir, FeaturesConfig)
     ensure_partition_indexes(engine, spec)
-    build = build_partition_pandas if method == "pandas" else build_partition_sql
+    build = build_partition if method == "pandas" else build_partition_sql
     first_day = first_event_days(engine, spec, END)
     register = load_register(engine, spec, END, partitions)
     seconds: list[float] = []

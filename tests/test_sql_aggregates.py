@@ -10,7 +10,7 @@ import pytest
 
 from puhui.config import FeaturesConfig
 from puhui.features.builder import FeatureInfo, feature_catalog
-from puhui.features.partitioned import build_partition_pandas, ensure_partition_indexes
+from puhui.features.partitioned import build_partition, ensure_partition_indexes
 from puhui.features.sources import first_event_days, load_register
 from puhui.features.sql_aggregates import build_partition_sql
 from puhui.partitioning import all_partitions, bucket_of
@@ -63,8 +63,9 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame, catalog: list[FeatureInf
             pd.testing.assert_series_equal(b, a, check_exact=True, obj=info.name)
 
 
-def _by_partition(engine, spec: FeaturesConfig, requests: pd.DataFrame):  # noqa: ANN001, ANN202
-    """(pandas, SQL) features of each partition's requests."""
+def _by_partition(engine, spec: FeaturesConfig, requests: pd.DataFrame,  # noqa: ANN001
+                  pandas_too: bool = True):  # noqa: ANN202
+    """(pandas or None, SQL) features of each partition's requests."""
     ensure_partition_indexes(engine, spec)
     first_day = first_event_days(engine, spec, AS_OF)
     register = load_register(engine, spec, AS_OF, PARTITIONS)
@@ -72,8 +73,9 @@ def _by_partition(engine, spec: FeaturesConfig, requests: pd.DataFrame):  # noqa
     for part in all_partitions(PARTITIONS):
         mine = requests[buckets == part.bucket]
         customers = register.part(part.bucket)
-        yield (build_partition_pandas(engine, spec, AS_OF, customers, part, first_day, mine),
-               build_partition_sql(engine, spec, AS_OF, customers, part, first_day, mine))
+        want = (build_partition(engine, spec, AS_OF, customers, part, first_day, mine)
+                if pandas_too else None)
+        yield want, build_partition_sql(engine, spec, AS_OF, customers, part, first_day, mine)
 
 
 def test_sql_aggregates_equal_the_pandas_builder(pg_features_env: str) -> None:
@@ -101,10 +103,10 @@ def test_sql_aggregates_ignore_data_after_the_as_of_date(pg_features_env: str) -
     engine = get_engine(pg_features_env)
     spec = _spec()
     requests = _requests(engine, spec)
-    before = [got for _, got in _by_partition(engine, spec, requests)]
+    before = [got for _, got in _by_partition(engine, spec, requests, pandas_too=False)]
     changed = _mutate_after(engine, AS_OF)
     assert all(n > 0 for n in changed.values()), changed
-    after = [got for _, got in _by_partition(engine, spec, requests)]
+    after = [got for _, got in _by_partition(engine, spec, requests, pandas_too=False)]
     for got, want in zip(after, before, strict=True):
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
