@@ -5,10 +5,11 @@ real path, partition-read indexes built): the register and first days once, then
 features of every customer as of the last day, one partition at a time (one at a time, so
 each partition's time is its own), by each method in its own child process:
 
-- ``pandas``: :func:`puhui.features.partitioned.build_partition` (read the partition's rows
+- ``pandas``: what :func:`puhui.features.partitioned.build_partition` runs, its read and
+  its compute timed apart (read the partition's rows
   through the covering indexes, COPY -> Arrow -> pandas, running totals in numpy);
 - ``sql``: :func:`puhui.features.sql_aggregates.build_partition_sql` (requests COPYed to a
-  temporary table, grouped FILTERed aggregates and DISTINCT ON latest values in the server,
+  temporary table, per-request LATERAL FILTERed aggregates and latest values in the server,
   only the per-request results come back).
 
 Methods alternate (pandas, sql, pandas, sql, ... for ``--repeats``) so that a change in the
@@ -45,9 +46,12 @@ METHODS = ("pandas", "sql")
 
 def client(method: str, partitions: int, out: Path) -> None:
     """Every partition's features by ``method``, each timed, each to Parquet under ``out``."""
+    import pandas as pd
+
     from puhui.config import FeaturesConfig, load_config
-    from puhui.features.partitioned import build_partition, ensure_partition_indexes
-    from puhui.features.sources import first_event_days, load_register
+    from puhui.features.builder import build_features
+    from puhui.features.partitioned import ensure_partition_indexes
+    from puhui.features.sources import first_event_days, load_partition_frames, load_register
     from puhui.features.sql_aggregates import build_partition_sql
     from puhui.partitioning import all_partitions
     from puhui.settings import load_settings
@@ -57,21 +61,30 @@ def client(method: str, partitions: int, out: Path) -> None:
     engine = get_engine(settings.warehouse_url)
     spec = load_config(settings.config_dir, FeaturesConfig)
     ensure_partition_indexes(engine, spec)
-    build = build_partition if method == "pandas" else build_partition_sql
     first_day = first_event_days(engine, spec, END)
     register = load_register(engine, spec, END, partitions)
     seconds: list[float] = []
+    read_seconds: list[float] = []
     customers = 0
     for part in all_partitions(partitions):
         started = time.perf_counter()
-        features = build(engine, spec, END, register.part(part.bucket), part, first_day)
+        mine = register.part(part.bucket)
+        if method == "pandas":
+            # build_partition's two steps, timed apart: the read, then the builder.
+            frames = load_partition_frames(engine, spec, END, mine, part, first_day)
+            read_seconds.append(round(time.perf_counter() - started, 2))
+            requests = pd.DataFrame({"person_key": mine["person_key"], "as_of_date": END})
+            features = build_features(frames, requests, spec)
+        else:
+            features = build_partition_sql(engine, spec, END, mine, part, first_day)
         seconds.append(round(time.perf_counter() - started, 2))
         customers += len(features)
         features.to_parquet(out / f"{method}-{part.bucket:05d}.parquet", index=False)
         print(f"  {method} partition {part.bucket}: {len(features):,} customers in "
               f"{seconds[-1]:.1f} s", flush=True)
     (out / f"{method}.json").write_text(json.dumps({
-        "partition_seconds": seconds, "customers": customers,
+        "partition_seconds": seconds, "pandas_read_seconds": read_seconds,
+        "customers": customers,
         "client_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }))
 
@@ -115,6 +128,10 @@ def measure(server, method: str, partitions: int, out: Path) -> dict:  # noqa: A
         raise SystemExit(f"{method} client failed (exit {code})")
     measured = json.loads((out / f"{method}.json").read_text())
     postgres = [v for k, v in sampler.peaks.items() if k.startswith("postgres")]
+    if not measured["pandas_read_seconds"]:
+        del measured["pandas_read_seconds"]
+    else:
+        measured["pandas_read_total_seconds"] = round(sum(measured["pandas_read_seconds"]), 1)
     return {**measured, "total_seconds": round(sum(measured["partition_seconds"]), 1),
             "postgres_largest_process_peak_mib": round(max(postgres, default=0) / 2**20),
             "all_processes_sum_peak_mib": round(sampler.total_peak / 2**20)}
@@ -158,6 +175,8 @@ def main() -> int:
                        r["total_seconds"] for r in runs if r["method"] == m),
                    "median_partition_seconds": statistics.median(
                        s for r in runs if r["method"] == m for s in r["partition_seconds"]),
+                   "median_pandas_read_seconds_total": statistics.median(
+                       r.get("pandas_read_total_seconds", 0) for r in runs if r["method"] == m),
                    "client_peak_rss_mib_max": max(
                        r["client_peak_rss_mib"] for r in runs if r["method"] == m),
                    "postgres_largest_process_peak_mib_max": max(
