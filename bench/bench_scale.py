@@ -201,6 +201,17 @@ class MemorySampler:
 
 def run_size(server, users: int, history_days: int, workers: int,  # noqa: ANN001
              pools: list[str], work: Path) -> list[dict]:
+    rows, generate_seconds, ingest_seconds, index_seconds = prepare_size(
+        server, users, history_days, work)
+    return [measure_client(server, users, history_days, workers, pool, rows,
+                           generate_seconds, ingest_seconds, index_seconds, work)
+            for pool in pools]
+
+
+def prepare_size(server, users: int, history_days: int,  # noqa: ANN001
+                 work: Path) -> tuple[int, float, float, float]:
+    """A database of ``users`` customers on ``server``, generated, ingested and indexed,
+    with PUHUI_* pointing at it; returns (raw rows, generate s, ingest s, index build s)."""
     from puhui.generate import generate_landing_zone
     from puhui.warehouse.engine import dispose_engines
 
@@ -222,10 +233,7 @@ def run_size(server, users: int, history_days: int, workers: int,  # noqa: ANN00
     index_seconds = build_read_indexes()
     dispose_engines()
     print(f"{users:,} users: partition-read indexes in {index_seconds:.0f} s", flush=True)
-
-    return [measure_client(server, users, history_days, workers, pool, rows,
-                           generate_seconds, ingest_seconds, index_seconds, work)
-            for pool in pools]
+    return rows, generate_seconds, ingest_seconds, index_seconds
 
 
 def measure_client(server, users: int, history_days: int, workers: int,  # noqa: ANN001

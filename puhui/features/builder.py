@@ -9,6 +9,7 @@ and reason code) without touching data, so models and reason codes agree with th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -118,27 +119,39 @@ def _window_features(
             parts[f"{agg.name}|{part}"] = values
     event_codes = codes.get_indexer(frame["person_key"]).astype(np.int64)
     totals = RunningTotals.from_events(event_codes, frame["day"].to_numpy(), pd.DataFrame(parts))
-    column = {name: i for i, name in enumerate(totals.columns)}
     out: dict[str, np.ndarray] = {}
     for window in source.windows:
         sums = totals.window(req_codes, req_days, window)
-        if first_day is None:
-            covered = np.zeros(len(req_days))
-        else:
-            covered = np.clip(req_days - (first_day - 1), 0, window).astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for agg in source.aggregates:
-                if agg.agg in ("count", "sum"):
-                    value = sums[:, column[f"{agg.name}|{'n' if agg.agg == 'count' else 's'}"]]
-                    if agg.per_30_days:
-                        value = np.where(covered > 0, value * 30.0 / covered, np.nan)
-                    else:
-                        value = np.where(covered > 0, value, np.nan)
+        out.update(window_values(
+            source, window, {name: sums[:, i] for i, name in enumerate(totals.columns)},
+            first_day, req_days))
+    return out
+
+
+def window_values(
+    source: FeatureSource, window: int, sums: dict[str, np.ndarray], first_day: int | None,
+    req_days: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """A window's features from its component sums (``"<aggregate>|<part>"``, parts as
+    :func:`_components` names them): shared by the pandas builder and the SQL aggregates."""
+    if first_day is None:
+        covered = np.zeros(len(req_days))
+    else:
+        covered = np.clip(req_days - (first_day - 1), 0, window).astype(float)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for agg in source.aggregates:
+            if agg.agg in ("count", "sum"):
+                value = sums[f"{agg.name}|{'n' if agg.agg == 'count' else 's'}"]
+                if agg.per_30_days:
+                    value = np.where(covered > 0, value * 30.0 / covered, np.nan)
                 else:
-                    num = sums[:, column[f"{agg.name}|s"]]
-                    den = sums[:, column[f"{agg.name}|n"]]
-                    value = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-                out[_windowed(agg.name, window)] = value
+                    value = np.where(covered > 0, value, np.nan)
+            else:
+                num = sums[f"{agg.name}|s"]
+                den = sums[f"{agg.name}|n"]
+                value = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+            out[_windowed(agg.name, window)] = value
     return out
 
 
@@ -197,13 +210,7 @@ def build_features(
     Returns one row per distinct request, with ``person_key``, ``as_of_date`` and the
     catalog's columns in order. A person not in the register on a date gets missing values.
     """
-    requests = requests[["person_key", "as_of_date"]].drop_duplicates().reset_index(drop=True)
-    req_days = np.array([day_number(d) for d in requests["as_of_date"]], dtype=np.int64)
-    if len(req_days) and req_days.max() > day_number(frames.as_of):
-        raise ValueError(
-            f"a request is as of {day_from_number(int(req_days.max()))}, after the data's "
-            f"as-of date {frames.as_of}: its features could not be complete"
-        )
+    requests, req_days = distinct_requests(requests, frames.as_of)
     people = pd.Index(pd.unique(pd.concat(
         [requests["person_key"], frames.customers["person_key"],
          *(f["person_key"] for f in frames.events.values())]
@@ -212,8 +219,41 @@ def build_features(
     codes = people
     req_codes = codes.get_indexer(requests["person_key"]).astype(np.int64)
 
+    columns, known = customer_features(frames.customers, spec, codes, req_codes, req_days)
+
+    for source in spec.sources:
+        frame = frames.events[source.name]
+        if source.latest:
+            columns.update(_latest_features(source, frame, codes, req_codes, req_days))
+        if source.aggregates:
+            columns.update(_window_features(
+                source, frame, frames.first_day.get(source.name), codes, req_codes, req_days
+            ))
+
+    return finish_features(columns, known, requests, spec)
+
+
+def distinct_requests(requests: pd.DataFrame, as_of: date) -> tuple[pd.DataFrame, np.ndarray]:
+    """The distinct (person, as-of) requests and their day numbers; none may be after the
+    data's ``as_of`` (its features could not be complete)."""
+    requests = requests[["person_key", "as_of_date"]].drop_duplicates().reset_index(drop=True)
+    req_days = np.array([day_number(d) for d in requests["as_of_date"]], dtype=np.int64)
+    if len(req_days) and req_days.max() > day_number(as_of):
+        raise ValueError(
+            f"a request is as of {day_from_number(int(req_days.max()))}, after the data's "
+            f"as-of date {as_of}: its features could not be complete"
+        )
+    return requests, req_days
+
+
+def customer_features(
+    customers: pd.DataFrame, spec: FeaturesConfig, codes: pd.Index, req_codes: np.ndarray,
+    req_days: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The register's features of each request, and whether its person was known that day.
+
+    ``codes`` must hold every person of ``customers`` (and ``req_codes`` index it)."""
     columns: dict[str, np.ndarray] = {}
-    customers = frames.customers
     rows = latest_rows(codes.get_indexer(customers["person_key"]).astype(np.int64),
                        customers["since_day"].to_numpy(np.int64), req_codes, req_days,
                        max_age_days=1 << 19)
@@ -225,16 +265,15 @@ def build_features(
     since = customers["since_day"].to_numpy(np.int64)
     tenure = (req_days - since[np.maximum(rows, 0)]) if len(since) else req_days * 0
     columns[spec.customer.tenure.name] = np.where(known, tenure, np.nan).astype(float)
+    return columns, known
 
-    for source in spec.sources:
-        frame = frames.events[source.name]
-        if source.latest:
-            columns.update(_latest_features(source, frame, codes, req_codes, req_days))
-        if source.aggregates:
-            columns.update(_window_features(
-                source, frame, frames.first_day.get(source.name), codes, req_codes, req_days
-            ))
 
+def finish_features(
+    columns: dict[str, np.ndarray], known: np.ndarray, requests: pd.DataFrame,
+    spec: FeaturesConfig,
+) -> pd.DataFrame:
+    """The builder's frame from the base features of each request: derived features, the
+    catalog's order and dtypes, nothing for a person not yet known."""
     out = pd.DataFrame(columns)
     _, windows_of = _base_catalog(spec)
     apply_derived(out, spec.derived, windows_of)
