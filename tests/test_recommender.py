@@ -219,21 +219,80 @@ def test_recommender_gates_name_what_failed() -> None:
     models, _ = _configs()
     spec = models.product_recommender
     segments = pd.DataFrame([
-        {"dimension": "region_type", "segment": "rural", "gated": True, "model": 0.01},
-        {"dimension": "region_type", "segment": "urban", "gated": False, "model": 0.0}])
+        {"dimension": "region_type", "segment": "rural", "gated": True, "model": 0.1,
+         "model_responders": 0.30},
+        {"dimension": "region_type", "segment": "urban", "gated": False, "model": 0.0,
+         "model_responders": 0.0}])
     evaluation = RecommenderEvaluation(
         {"ndcg_at_3_oot": 0.10, "ndcg_at_3_oot_segment_popularity": 0.12,
          "rural_agri_top1_share": 0.2}, segments, pd.DataFrame(), {}, {"k": 3})
     result = check_recommender_gates(evaluation, spec.gates, truth_rural_agri_share=0.5)
     assert not result.passed
     assert [c["gate"] for c in result.checks if not c["passed"]] == [
-        "ndcg_lift_vs_segment_popularity", "segment_ndcg", "rural_agri_top1_vs_truth"]
+        "ndcg_lift_vs_segment_popularity", "segment_ndcg_responders",
+        "rural_agri_top1_vs_truth"]
     assert any("region_type=rural" in f for f in result.failed)
     ok = check_recommender_gates(RecommenderEvaluation(
         {"ndcg_at_3_oot": 0.2, "ndcg_at_3_oot_segment_popularity": 0.1}, segments.iloc[1:],
         pd.DataFrame(), {}, {"k": 3}), spec.gates, truth_rural_agri_share=None)
     assert ok.passed and len(ok.checks) == 1
 
+
+
+
+def _segment_oot(responders: dict[str, int], customers: int = 200) -> pd.DataFrame:
+    """Out-of-time rows: 6 products per customer; in occupation ``o`` the first
+    ``responders[o]`` customers took up product p3 (relevance 3), the rest did not respond."""
+    rows = []
+    for occupation, n in responders.items():
+        for c in range(customers):
+            for p in range(6):
+                rows.append({"person_key": f"{occupation}{c}", "product_code": f"p{p}",
+                             "relevance": 3.0 if (c < n and p == 3) else 0.0,
+                             "occupation": occupation, "region_type": "urban",
+                             "age_band": "age_26_35", "gender": "female"})
+    oot = pd.DataFrame(rows)
+    oot["group"] = oot.groupby("person_key", sort=False).ngroup()
+    return oot
+
+
+def test_segment_floor_judges_the_ranking_not_the_response_rate() -> None:
+    """A segment where few respond (retired on seed 42: 7 of 120) ranked perfectly passes
+    the floor, which the old floor over every customer failed (NDCG@3 <= share responding);
+    a bad ranking (the worst order, or a random one) fails it in every gated segment; a
+    segment with fewer responders than ``min_segment_responders`` is reported, not gated."""
+    from puhui.recommender.evaluation import evaluate
+
+    models, _ = _configs()
+    spec = models.product_recommender
+    oot = _segment_oot({"retired": 6, "salaried": 60, "farmer": 40})
+    best = oot["relevance"].to_numpy()
+    pop = np.tile(np.arange(6, dtype=float), len(oot) // 6)  # p5 first: never taken up
+
+    def gates(model: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+        ev = evaluate(oot, {MODEL: model, "popularity": pop, "segment_popularity": pop},
+                      spec.model_copy(update={"min_segment_responders": 5}), {})
+        result = check_recommender_gates(ev, spec.gates, None)
+        return ev.segments.set_index("segment"), [
+            c["subject"] for c in result.checks if c["gate"] == "segment_ndcg_responders"
+            and not c["passed"] and c["subject"].startswith("occupation=")]
+
+    seg, failed = gates(best)
+    retired = seg.loc["retired"]
+    assert retired["model"] == pytest.approx(6 / 200) and retired["model"] < 0.05
+    assert retired["model_responders"] == pytest.approx(1.0) and failed == []
+    assert seg["gated"].all()
+    assert retired["chance_responders"] == pytest.approx((1 + 1 / np.log2(3) + 0.5) / 6)
+    seg, failed = gates(-best)  # the responded product always last
+    assert seg["model_responders"].eq(0).all()
+    assert failed == [f"occupation={o}" for o in ("farmer", "retired", "salaried")]
+    _, failed = gates(np.random.default_rng(5).random(len(oot)))
+    assert len(failed) >= 2  # chance is 0.36 here, under the 0.45 floor
+    # Fewer responders than the minimum: reported, not gated.
+    ev = evaluate(oot, {MODEL: -best}, spec.model_copy(update={"min_segment_responders": 10}),
+                  {})
+    assert not ev.segments.set_index("segment").loc["retired", "gated"]
+    assert ev.segments.set_index("segment").loc["salaried", "gated"]
 
 
 

@@ -9,19 +9,22 @@ from puhui.recommender.evaluation import RecommenderEvaluation
 
 def check_recommender_gates(evaluation: RecommenderEvaluation, gates: RecommenderGates,
                             truth_rural_agri_share: float | None) -> GateResult:
-    """Beat segment popularity on NDCG@k by the margin; no gated segment's NDCG@k below the
-    floor; rural top-1 agri share not below the truth ranking's minus the tolerance (only
-    checked when the truth is known, i.e. on generated data)."""
+    """Beat segment popularity on NDCG@k by the margin; no gated segment's NDCG@k over its
+    responders below the floor; rural top-1 agri share not below the truth ranking's minus
+    the tolerance (only checked when the truth is known, i.e. on generated data)."""
     k = evaluation.counts["k"]
     m = evaluation.metrics
     checks = GateChecks()
     lift = m[f"ndcg_at_{k}_oot"] - m[f"ndcg_at_{k}_oot_segment_popularity"]
     checks.threshold("ndcg_lift_vs_segment_popularity", "all", lift,
                      gates.ndcg_lift_vs_segment_popularity)
+    # Over responders, not every customer: over every customer a segment's NDCG@k is at most
+    # its share of responders (a perfect ranking's), so a floor there gates the segment's
+    # response rate and fails good and random rankings alike where few respond.
     for row in evaluation.segments.itertuples():
         if row.gated:
-            checks.threshold("segment_ndcg", f"{row.dimension}={row.segment}", row.model,
-                             gates.segment_ndcg)
+            checks.threshold("segment_ndcg_responders", f"{row.dimension}={row.segment}",
+                             row.model_responders, gates.segment_ndcg_responders)
     if truth_rural_agri_share is not None:
         share = m.get("rural_agri_top1_share")
         checks.threshold("rural_agri_top1_vs_truth", "region_type=rural",
