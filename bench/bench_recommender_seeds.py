@@ -37,6 +37,7 @@ from bench.results_file import machine_facts, write_results  # noqa: E402
 
 DEFAULT_WORK = ROOT / ".puhui" / "bench-recommender-seeds"
 MAX_GAP_TO_CEILING = 0.05
+FORMER_FLOOR = 0.05  # the segment gate's floor over every customer, before it was by responders
 NOISE_SE = 2.0  # a segment's loss beyond this many standard errors of its lead is not noise
 RANKINGS = ("model", "popularity", "segment_popularity", "non_personal")
 
@@ -85,6 +86,12 @@ def child_train(seed: int, rebuild: bool) -> None:
     run = fit_and_evaluate(data, spec, (), reco_truth.get("rural_top1_agri_share"))
     fitted = time.perf_counter() - started
     m, seg = run.evaluation.metrics, run.evaluation.segments
+    # The truth ranking's NDCG@3 within each segment (landing zones generated before it was
+    # in truth.json have none): what a segment gate can ask of any ranking there.
+    ceilings = reco_truth.get("ceiling_by_segment", {})
+    key = seg["dimension"] + "=" + seg["segment"]
+    seg["ceiling"] = key.map(lambda k: ceilings.get(k, {}).get("ndcg_every"))
+    seg["ceiling_responders"] = key.map(lambda k: ceilings.get(k, {}).get("ndcg_responders"))
     gated = seg[seg["gated"]]
     name = gated["dimension"] + "=" + gated["segment"]
     beats = {b: gated["model"] > gated[b] for b in BASELINES}
@@ -116,6 +123,12 @@ def child_train(seed: int, rebuild: bool) -> None:
             "segment": f"{lowest['dimension']}={lowest['segment']}",
             "model_responders": lowest["model_responders"],
             "chance_responders": lowest["chance_responders"]},
+        # Segments of at least min_segment_size customers where even the truth ranking's
+        # NDCG@3 over every customer is under the former floor of 0.05
+        "segments_truth_under_every_customer_floor": [
+            f"{r.dimension}={r.segment}" for r in seg.itertuples()
+            if r.groups >= spec.min_segment_size and r.ceiling is not None
+            and r.ceiling < FORMER_FLOOR],
         "rural_agri_top1_share": m.get("rural_agri_top1_share"),
         "rural_agri_top1_share_segment_popularity": m.get(
             "rural_agri_top1_share_segment_popularity"),

@@ -60,6 +60,17 @@ def test_truth_states_the_ceiling_and_impressions_of_every_product(truths: dict)
     ceiling = reco["ceiling"]
     assert 0 < ceiling["groups_with_response"] < ceiling["groups"]
     assert truth["recommender_ndcg3_ceiling"] == pytest.approx(ceiling["ndcg_every"], abs=1e-6)
+    # Per segment too: each dimension's segments split the groups, and their NDCG@3 averages
+    # back to the overall ceiling.
+    by_segment = reco["ceiling_by_segment"]
+    for dim in ("region_type", "gender", "occupation", "age_band"):
+        cells = {k: v for k, v in by_segment.items() if k.startswith(dim + "=")}
+        assert len(cells) >= 2
+        if dim != "age_band":  # under 18 is in no band
+            assert sum(c["groups"] for c in cells.values()) == ceiling["groups"]
+            assert sum(c["ndcg_every"] * c["groups"] for c in cells.values()) == pytest.approx(
+                ceiling["ndcg_every"] * ceiling["groups"])
+    assert {"region_type=rural", "gender=female", "occupation=retired"} <= set(by_segment)
     # every customer counts a no-response group as 0, so it sits below the responders' value
     assert 0 < ceiling["ndcg_every"] < ceiling["ndcg_responders"] <= 1
     assert reco["oot_days"] == _configs()[0].product_recommender.window_days
