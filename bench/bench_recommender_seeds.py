@@ -44,6 +44,8 @@ RANKINGS = ("model", "popularity", "segment_popularity", "non_personal")
 
 def child_train(seed: int, rebuild: bool) -> None:
     """Ranking set (cached), model, baselines, evaluation and gates for one seed."""
+    import pandas as pd
+
     from puhui.config import (
         FeaturesConfig,
         ModelsConfig,
@@ -53,6 +55,7 @@ def child_train(seed: int, rebuild: bool) -> None:
     from puhui.features.builder import feature_catalog
     from puhui.features.sources import load_source_frames
     from puhui.recommender.evaluation import BASELINES, POPULARITY, SEGMENT_POPULARITY
+    from puhui.recommender.gates import way_from_chance
     from puhui.recommender.train import build_ranking_set, fit_and_evaluate
     from puhui.runtime import open_runtime
 
@@ -100,8 +103,10 @@ def child_train(seed: int, rebuild: bool) -> None:
     noisy = {b: gated["model"] - gated[b] < -NOISE_SE * gated[f"{b}_lead_se"]
              for b in BASELINES}
     floor = spec.gates.segment_ndcg_over_chance.threshold
-    over_chance = gated["model_responders"] - gated["chance_responders"]
-    lowest = gated.loc[over_chance.idxmin()] if len(gated) else None
+    way = pd.Series([way_from_chance(a, b) for a, b in zip(
+        gated["model_responders"], gated["chance_responders"], strict=True)],
+        index=gated.index, dtype=float)
+    lowest = gated.loc[way.idxmin()] if len(gated) else None
     row = {
         "seed": seed, "users": prepared["users"],
         "ceiling": reco_truth["ceiling"]["ndcg_every"],
@@ -123,7 +128,8 @@ def child_train(seed: int, rebuild: bool) -> None:
         "lowest_gated_segment": None if lowest is None else {
             "segment": f"{lowest['dimension']}={lowest['segment']}",
             "model_responders": lowest["model_responders"],
-            "chance_responders": lowest["chance_responders"]},
+            "chance_responders": lowest["chance_responders"],
+            "way_from_chance": way[lowest.name]},
         # Segments of at least min_segment_size customers where even the truth ranking's
         # NDCG@3 over every customer is under the former floor of 0.05
         "segments_truth_under_every_customer_floor": [
@@ -187,7 +193,8 @@ def _table(rows: list[dict]) -> str:
             f"/ {r['segments_beating_both']} of {r['segments_gated']} | "
             f"{', '.join(losses_beyond_noise(r)) or 'none'} | "
             f"{low.get('segment', '-')} {low.get('model_responders') or 0:.3f} "
-            f"({low.get('chance_responders') or 0:.3f}) | "
+            f"({low.get('chance_responders') or 0:.3f}; way "
+            f"{low.get('way_from_chance') or 0:.2f}) | "
             f"{r['rural_agri_top1_share'] or 0:.2f} / "
             f"{r['rural_agri_top1_share_segment_popularity'] or 0:.2f} / "
             f"{r['truth_rural_agri_top1_share'] or 0:.2f} | "

@@ -441,9 +441,9 @@ class EligibilitySpec(StrictModel):
 
 class RecommenderGates(StrictModel):
     ndcg_lift_vs_segment_popularity: MetricThreshold  # NDCG@k minus the baseline's
-    # every gated segment's NDCG@k over its customers with a response minus a random
-    # order's on the same rows (a ranking's quality for those who showed what they want,
-    # whatever the segment's response rate and shelf size)
+    # every gated segment's NDCG@k over its customers with a response, as a share of the way
+    # from a random order's on the same rows to a perfect order's (a ranking's quality for
+    # those who showed what they want, whatever the segment's response rate and shelf size)
     segment_ndcg_over_chance: MetricThreshold
     rural_agri_top1_vs_truth: MetricThreshold  # model share minus the truth ranking's
 

@@ -294,11 +294,16 @@ def test_segment_floor_judges_the_ranking_not_the_response_rate() -> None:
     assert retired["model_responders"] == pytest.approx(1.0) and failed == []
     assert seg["gated"].all()
     assert retired["chance_responders"] == pytest.approx((1 + 1 / np.log2(3) + 0.5) / 6)
-    seg, failed = gates(-best)  # the responded product always last
+    seg, failed = gates(-best)  # the responded product always last: way -0.55
     assert seg["model_responders"].eq(0).all()
     assert failed == [f"occupation={o}" for o in ("farmer", "retired", "salaried")]
     _, failed = gates(np.random.default_rng(5).random(len(oot)))
     assert len(failed) >= 2  # a random order is chance: its lead is about 0
+    # The gate's value: the share of the way from chance to a perfect order (1).
+    from puhui.recommender.gates import way_from_chance
+    assert way_from_chance(0.7, 0.4) == pytest.approx(0.5)
+    assert way_from_chance(0.2, 0.4) == pytest.approx(-1 / 3)
+    assert way_from_chance(None, 0.4) is None and way_from_chance(1.0, 1.0) is None
     # Fewer responders than the minimum: reported, not gated.
     ev = evaluate(oot, {MODEL: -best}, spec.model_copy(update={"min_segment_responders": 10}),
                   {})
