@@ -179,9 +179,9 @@ def losses_beyond_noise(r: dict) -> list[str]:
 def _table(rows: list[dict]) -> str:
     lines = ["| seed | users | customers OOT (with response) | model | popularity | segment "
              "pop. | scenario pop. | chance | ceiling | gated segments beaten: popularity / "
-             "segment pop. / both | losses beyond 2 SE | gated segment nearest chance: NDCG@3 "
-             "over responders (chance's) | rural top-1 agri: model / segment pop. / truth | "
-             "gates | target met |", "|" + "---|" * 15]
+             "segment pop. / both | losses beyond 2 SE | gated segment nearest the floor: "
+             "NDCG@3 over responders (chance's; way from chance) | rural top-1 agri: model / "
+             "segment pop. / truth | gates | target met |", "|" + "---|" * 15]
     for r in rows:
         low = r["lowest_gated_segment"] or {}
         lines.append(
