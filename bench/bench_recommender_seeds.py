@@ -1,5 +1,7 @@
 """The product recommender on several seeds of the demo: NDCG@3 out of time against both
 popularity baselines and the truth ceiling, overall and per segment, seed by seed.
+Per gated segment it counts the segments where the model beats each baseline and both, and
+names the losses beyond noise (the model's lead under -2 paired standard errors).
 
 For each seed: the demo's landing zone (``--users`` customers, ``--days`` daily deliveries,
 two years of history), generated and ingested once into its own ``PUHUI_HOME`` (phase
@@ -35,11 +37,15 @@ from bench.results_file import machine_facts, write_results  # noqa: E402
 
 DEFAULT_WORK = ROOT / ".puhui" / "bench-recommender-seeds"
 MAX_GAP_TO_CEILING = 0.05
+FORMER_FLOOR = 0.05  # the segment gate's floor over every customer, before it was by responders
+NOISE_SE = 2.0  # a segment's loss beyond this many standard errors of its lead is not noise
 RANKINGS = ("model", "popularity", "segment_popularity", "non_personal")
 
 
 def child_train(seed: int, rebuild: bool) -> None:
     """Ranking set (cached), model, baselines, evaluation and gates for one seed."""
+    import pandas as pd
+
     from puhui.config import (
         FeaturesConfig,
         ModelsConfig,
@@ -48,6 +54,8 @@ def child_train(seed: int, rebuild: bool) -> None:
     )
     from puhui.features.builder import feature_catalog
     from puhui.features.sources import load_source_frames
+    from puhui.recommender.evaluation import BASELINES, POPULARITY, SEGMENT_POPULARITY
+    from puhui.recommender.gates import way_from_chance
     from puhui.recommender.train import build_ranking_set, fit_and_evaluate
     from puhui.runtime import open_runtime
 
@@ -81,20 +89,53 @@ def child_train(seed: int, rebuild: bool) -> None:
     run = fit_and_evaluate(data, spec, (), reco_truth.get("rural_top1_agri_share"))
     fitted = time.perf_counter() - started
     m, seg = run.evaluation.metrics, run.evaluation.segments
+    # The truth ranking's NDCG@3 within each segment (landing zones generated before it was
+    # in truth.json have none): what a segment gate can ask of any ranking there.
+    ceilings = reco_truth.get("ceiling_by_segment", {})
+    key = seg["dimension"] + "=" + seg["segment"]
+    seg["ceiling"] = key.map(lambda k: ceilings.get(k, {}).get("ndcg_every"))
+    seg["ceiling_responders"] = key.map(lambda k: ceilings.get(k, {}).get("ndcg_responders"))
     gated = seg[seg["gated"]]
-    beaten = gated[(gated["model"] > gated["popularity"])
-                   & (gated["model"] > gated["segment_popularity"])]
+    name = gated["dimension"] + "=" + gated["segment"]
+    beats = {b: gated["model"] > gated[b] for b in BASELINES}
+    # A loss "beyond noise": the model's lead over the baseline below -NOISE_SE paired
+    # standard errors (a segment's lead is a mean over its customers).
+    noisy = {b: gated["model"] - gated[b] < -NOISE_SE * gated[f"{b}_lead_se"]
+             for b in BASELINES}
+    floor = spec.gates.segment_ndcg_over_chance.threshold
+    way = pd.Series([way_from_chance(a, b) for a, b in zip(
+        gated["model_responders"], gated["chance_responders"], strict=True)],
+        index=gated.index, dtype=float)
+    lowest = gated.loc[way.idxmin()] if len(gated) else None
     row = {
         "seed": seed, "users": prepared["users"],
         "ceiling": reco_truth["ceiling"]["ndcg_every"],
-        **{name: m["ndcg_at_3_oot" + ("" if name == "model" else f"_{name}")]
-           for name in RANKINGS},
+        "ceiling_responders": reco_truth["ceiling"]["ndcg_responders"],
+        **{name_: m["ndcg_at_3_oot" + ("" if name_ == "model" else f"_{name_}")]
+           for name_ in RANKINGS},
+        **{f"{name_}_responders": m["ndcg_at_3_oot_responders" + (
+            "" if name_ == "model" else f"_{name_}")] for name_ in RANKINGS},
+        "chance": m["ndcg_at_3_oot_chance"],
+        "chance_responders": m["ndcg_at_3_oot_responders_chance"],
         "groups_oot": run.evaluation.counts["groups_oot"],
         "groups_oot_with_response": run.evaluation.counts["groups_oot_with_response"],
-        "segments_gated": len(gated), "segments_beating_both": len(beaten),
-        "segments_not_beating": [f"{r.dimension}={r.segment}" for r in gated.itertuples()
-                                 if f"{r.dimension}={r.segment}" not in {
-                                     f"{b.dimension}={b.segment}" for b in beaten.itertuples()}],
+        "segments_gated": len(gated),
+        **{f"segments_beating_{b}": int(beats[b].sum()) for b in BASELINES},
+        "segments_beating_both": int((beats[POPULARITY] & beats[SEGMENT_POPULARITY]).sum()),
+        "segments_not_beating": {b: name[~beats[b]].tolist() for b in BASELINES},
+        "segments_losing_beyond_noise": {b: name[noisy[b]].tolist() for b in BASELINES},
+        "segment_floor_over_chance": floor,
+        "lowest_gated_segment": None if lowest is None else {
+            "segment": f"{lowest['dimension']}={lowest['segment']}",
+            "model_responders": lowest["model_responders"],
+            "chance_responders": lowest["chance_responders"],
+            "way_from_chance": way[lowest.name]},
+        # Segments of at least min_segment_size customers where even the truth ranking's
+        # NDCG@3 over every customer is under the former floor of 0.05
+        "segments_truth_under_every_customer_floor": [
+            f"{r.dimension}={r.segment}" for r in seg.itertuples()
+            if r.groups >= spec.min_segment_size and r.ceiling is not None
+            and r.ceiling < FORMER_FLOOR],
         "rural_agri_top1_share": m.get("rural_agri_top1_share"),
         "rural_agri_top1_share_segment_popularity": m.get(
             "rural_agri_top1_share_segment_popularity"),
@@ -108,7 +149,8 @@ def child_train(seed: int, rebuild: bool) -> None:
     (home / "reco_result.json").write_text(json.dumps(row, indent=1, default=str))
     print(f"seed {seed}: model {row['model']:.4f} popularity {row['popularity']:.4f} segment "
           f"{row['segment_popularity']:.4f} ceiling {row['ceiling']:.4f}; segments beating both "
-          f"{len(beaten)}/{len(gated)} {row['segments_not_beating']}; gates "
+          f"{row['segments_beating_both']}/{len(gated)} {row['segments_not_beating']}; beyond "
+          f"noise {row['segments_losing_beyond_noise']}; gates "
           f"{'passed' if run.gates.passed else run.gates.failed}")
 
 
@@ -129,17 +171,30 @@ def met(r: dict) -> bool:
             and r["ceiling"] - r["model"] <= MAX_GAP_TO_CEILING)
 
 
+def losses_beyond_noise(r: dict) -> list[str]:
+    """Gated segments where the model trails a baseline by more than NOISE_SE errors."""
+    return sorted({s for names in r["segments_losing_beyond_noise"].values() for s in names})
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| seed | users | customers OOT (with response) | model | popularity | segment "
-             "pop. | scenario pop. | ceiling | gated segments beaten | rural top-1 agri: model "
-             "/ segment pop. / truth | gates | target met |", "|" + "---|" * 12]
+             "pop. | scenario pop. | chance | ceiling | gated segments beaten: popularity / "
+             "segment pop. / both | losses beyond 2 SE | gated segment nearest the floor: "
+             "NDCG@3 over responders (chance's; way from chance) | rural top-1 agri: model / "
+             "segment pop. / truth | gates | target met |", "|" + "---|" * 15]
     for r in rows:
+        low = r["lowest_gated_segment"] or {}
         lines.append(
             f"| {r['seed']} | {r['users']:,} | {r['groups_oot']:,} "
             f"({r['groups_oot_with_response']:,}) | **{r['model']:.4f}** | "
             f"{r['popularity']:.4f} | {r['segment_popularity']:.4f} | "
-            f"{r['non_personal']:.4f} | {r['ceiling']:.4f} | "
-            f"{r['segments_beating_both']}/{r['segments_gated']} | "
+            f"{r['non_personal']:.4f} | {r['chance']:.4f} | {r['ceiling']:.4f} | "
+            f"{r['segments_beating_popularity']} / {r['segments_beating_segment_popularity']} "
+            f"/ {r['segments_beating_both']} of {r['segments_gated']} | "
+            f"{', '.join(losses_beyond_noise(r)) or 'none'} | "
+            f"{low.get('segment', '-')} {low.get('model_responders') or 0:.3f} "
+            f"({low.get('chance_responders') or 0:.3f}; way "
+            f"{low.get('way_from_chance') or 0:.2f}) | "
             f"{r['rural_agri_top1_share'] or 0:.2f} / "
             f"{r['rural_agri_top1_share_segment_popularity'] or 0:.2f} / "
             f"{r['truth_rural_agri_top1_share'] or 0:.2f} | "
@@ -178,8 +233,9 @@ def main() -> int:
         print(_table(rows))
     summary = {
         "users": args.users, "days": args.days, "seeds": args.seeds, "missing": missing,
-        "max_gap_to_ceiling": MAX_GAP_TO_CEILING,
+        "max_gap_to_ceiling": MAX_GAP_TO_CEILING, "noise_standard_errors": NOISE_SE,
         "every_seed_met_the_target": len(rows) == len(args.seeds) and all(map(met, rows)),
+        "no_gated_segment_lost_beyond_noise": all(not losses_beyond_noise(r) for r in rows),
         "rows": [{k: v for k, v in r.items() if k != "segments"} for r in rows],
         "machine": machine_facts(),
     }

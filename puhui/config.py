@@ -441,7 +441,10 @@ class EligibilitySpec(StrictModel):
 
 class RecommenderGates(StrictModel):
     ndcg_lift_vs_segment_popularity: MetricThreshold  # NDCG@k minus the baseline's
-    segment_ndcg: MetricThreshold  # every gated segment's NDCG@k
+    # every gated segment's NDCG@k over its customers with a response, as a share of the way
+    # from a random order's on the same rows to a perfect order's (a ranking's quality for
+    # those who showed what they want, whatever the segment's response rate and shelf size)
+    segment_ndcg_over_chance: MetricThreshold
     rural_agri_top1_vs_truth: MetricThreshold  # model share minus the truth ranking's
 
 
@@ -453,7 +456,8 @@ class RecommenderSpec(StrictModel):
     grading: dict[str, int]  # event type -> relevance
     segments: list[str]
     segment_pair: list[str]  # the segment-popularity baseline's segment
-    min_segment_size: int = Field(ge=1)
+    min_segment_size: int = Field(ge=1)  # customers, for a segment to be gated
+    min_segment_responders: int = Field(default=1, ge=1)  # ... and customers with a response
     seed: int = 42
     lightgbm: dict[str, Any]
     num_boost_round: int = Field(ge=1)

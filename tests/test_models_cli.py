@@ -154,7 +154,7 @@ def test_train_exits_non_zero_on_a_failed_gate(
     shutil.copytree(load_settings().config_dir, configs)
     models = yaml.safe_load((configs / "models.yaml").read_text())
     reco = models["product_recommender"]
-    reco["gates"]["segment_ndcg"]["threshold"] = 0.99
+    reco["gates"]["segment_ndcg_over_chance"]["threshold"] = 0.99
     # Two windows and few rounds: the flow, not the ranker's quality, is under test.
     reco.update(train_windows=2, num_boost_round=20)
     (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))

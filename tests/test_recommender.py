@@ -60,6 +60,17 @@ def test_truth_states_the_ceiling_and_impressions_of_every_product(truths: dict)
     ceiling = reco["ceiling"]
     assert 0 < ceiling["groups_with_response"] < ceiling["groups"]
     assert truth["recommender_ndcg3_ceiling"] == pytest.approx(ceiling["ndcg_every"], abs=1e-6)
+    # Per segment too: each dimension's segments split the groups, and their NDCG@3 averages
+    # back to the overall ceiling.
+    by_segment = reco["ceiling_by_segment"]
+    for dim in ("region_type", "gender", "occupation", "age_band"):
+        cells = {k: v for k, v in by_segment.items() if k.startswith(dim + "=")}
+        assert len(cells) >= 2
+        if dim != "age_band":  # under 18 is in no band
+            assert sum(c["groups"] for c in cells.values()) == ceiling["groups"]
+            assert sum(c["ndcg_every"] * c["groups"] for c in cells.values()) == pytest.approx(
+                ceiling["ndcg_every"] * ceiling["groups"])
+    assert {"region_type=rural", "gender=female", "occupation=retired"} <= set(by_segment)
     # every customer counts a no-response group as 0, so it sits below the responders' value
     assert 0 < ceiling["ndcg_every"] < ceiling["ndcg_responders"] <= 1
     assert reco["oot_days"] == _configs()[0].product_recommender.window_days
@@ -219,21 +230,85 @@ def test_recommender_gates_name_what_failed() -> None:
     models, _ = _configs()
     spec = models.product_recommender
     segments = pd.DataFrame([
-        {"dimension": "region_type", "segment": "rural", "gated": True, "model": 0.01},
-        {"dimension": "region_type", "segment": "urban", "gated": False, "model": 0.0}])
+        {"dimension": "region_type", "segment": "rural", "gated": True, "model": 0.1,
+         "model_responders": 0.45, "chance_responders": 0.40},
+        {"dimension": "region_type", "segment": "urban", "gated": False, "model": 0.0,
+         "model_responders": 0.0, "chance_responders": 0.40}])
     evaluation = RecommenderEvaluation(
         {"ndcg_at_3_oot": 0.10, "ndcg_at_3_oot_segment_popularity": 0.12,
          "rural_agri_top1_share": 0.2}, segments, pd.DataFrame(), {}, {"k": 3})
     result = check_recommender_gates(evaluation, spec.gates, truth_rural_agri_share=0.5)
     assert not result.passed
     assert [c["gate"] for c in result.checks if not c["passed"]] == [
-        "ndcg_lift_vs_segment_popularity", "segment_ndcg", "rural_agri_top1_vs_truth"]
+        "ndcg_lift_vs_segment_popularity", "segment_ndcg_over_chance",
+        "rural_agri_top1_vs_truth"]
     assert any("region_type=rural" in f for f in result.failed)
     ok = check_recommender_gates(RecommenderEvaluation(
         {"ndcg_at_3_oot": 0.2, "ndcg_at_3_oot_segment_popularity": 0.1}, segments.iloc[1:],
         pd.DataFrame(), {}, {"k": 3}), spec.gates, truth_rural_agri_share=None)
     assert ok.passed and len(ok.checks) == 1
 
+
+
+
+def _segment_oot(responders: dict[str, int], customers: int = 200) -> pd.DataFrame:
+    """Out-of-time rows: 6 products per customer; in occupation ``o`` the first
+    ``responders[o]`` customers took up product p3 (relevance 3), the rest did not respond."""
+    rows = []
+    for occupation, n in responders.items():
+        for c in range(customers):
+            for p in range(6):
+                rows.append({"person_key": f"{occupation}{c}", "product_code": f"p{p}",
+                             "relevance": 3.0 if (c < n and p == 3) else 0.0,
+                             "occupation": occupation, "region_type": "urban",
+                             "age_band": "age_26_35", "gender": "female"})
+    oot = pd.DataFrame(rows)
+    oot["group"] = oot.groupby("person_key", sort=False).ngroup()
+    return oot
+
+
+def test_segment_floor_judges_the_ranking_not_the_response_rate() -> None:
+    """A segment where few respond (retired on seed 42: 7 of 120) ranked perfectly passes
+    the floor, which the old floor over every customer failed (NDCG@3 <= share responding);
+    a bad ranking (the worst order, or a random one) fails it in every gated segment; a
+    segment with fewer responders than ``min_segment_responders`` is reported, not gated."""
+    from puhui.recommender.evaluation import evaluate
+
+    models, _ = _configs()
+    spec = models.product_recommender
+    oot = _segment_oot({"retired": 6, "salaried": 60, "farmer": 40})
+    best = oot["relevance"].to_numpy()
+    pop = np.tile(np.arange(6, dtype=float), len(oot) // 6)  # p5 first: never taken up
+
+    def gates(model: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+        ev = evaluate(oot, {MODEL: model, "popularity": pop, "segment_popularity": pop},
+                      spec.model_copy(update={"min_segment_responders": 5}), {})
+        result = check_recommender_gates(ev, spec.gates, None)
+        return ev.segments.set_index("segment"), [
+            c["subject"] for c in result.checks if c["gate"] == "segment_ndcg_over_chance"
+            and not c["passed"] and c["subject"].startswith("occupation=")]
+
+    seg, failed = gates(best)
+    retired = seg.loc["retired"]
+    assert retired["model"] == pytest.approx(6 / 200) and retired["model"] < 0.05
+    assert retired["model_responders"] == pytest.approx(1.0) and failed == []
+    assert seg["gated"].all()
+    assert retired["chance_responders"] == pytest.approx((1 + 1 / np.log2(3) + 0.5) / 6)
+    seg, failed = gates(-best)  # the responded product always last: way -0.55
+    assert seg["model_responders"].eq(0).all()
+    assert failed == [f"occupation={o}" for o in ("farmer", "retired", "salaried")]
+    _, failed = gates(np.random.default_rng(5).random(len(oot)))
+    assert len(failed) >= 2  # a random order is chance: its lead is about 0
+    # The gate's value: the share of the way from chance to a perfect order (1).
+    from puhui.recommender.gates import way_from_chance
+    assert way_from_chance(0.7, 0.4) == pytest.approx(0.5)
+    assert way_from_chance(0.2, 0.4) == pytest.approx(-1 / 3)
+    assert way_from_chance(None, 0.4) is None and way_from_chance(1.0, 1.0) is None
+    # Fewer responders than the minimum: reported, not gated.
+    ev = evaluate(oot, {MODEL: -best}, spec.model_copy(update={"min_segment_responders": 10}),
+                  {})
+    assert not ev.segments.set_index("segment").loc["retired", "gated"]
+    assert ev.segments.set_index("segment").loc["salaried", "gated"]
 
 
 

@@ -76,3 +76,24 @@ def test_bad_input_is_refused() -> None:
         group_metrics(np.array([1]), np.array([1.0]), np.zeros(1), k=0)
     with pytest.raises(ValueError, match="same length"):
         group_metrics(np.array([1, 0]), np.array([1.0]), np.zeros(2), k=1)
+
+
+def test_chance_ndcg_is_the_mean_over_every_order_by_hand() -> None:
+    from itertools import permutations
+
+    from puhui.recommender.metrics import chance_ndcg
+
+    rel = np.array([2, 0, 1, 0, 1, 0, 0, 0])
+    group = np.array([5, 5, 5, 5, 7, 7, 9, 9])  # 4 products; 2 (k covers all); no response
+    chance = chance_ndcg(rel, group, k=3)
+    # Group 5 by hand: each row is at each position with chance 1/4; mean gain (3+1)/4 = 1,
+    # discounts 1 + 1/log2(3) + 1/2; ideal 3 + 1/log2(3).
+    assert chance[0] == pytest.approx((1 + 1 / LOG3 + 0.5) / (3 + 1 / LOG3))
+    orders = list(permutations(range(4)))
+    every = [group_metrics(rel[:4], -np.array(o, dtype=float), np.zeros(4), 3).ndcg[0]
+             for o in orders]
+    assert chance[0] == pytest.approx(np.mean(every))  # the mean over all 24 orders
+    # Two products with k=3: both are always shown, so chance earns 1 or 1/log2(3) half-half.
+    assert chance[1] == pytest.approx((1 + 1 / LOG3) / 2)
+    assert np.isnan(chance[2])
+    assert len(chance_ndcg(rel[:0], group[:0], 3)) == 0

@@ -17,7 +17,7 @@ import numpy as np
 from puhui.generate import reference as ref
 from puhui.generate.feeds import World, offer_affinity, offer_day
 from puhui.generate.timeline import epoch_day
-from puhui.recommender.metrics import group_metrics, summarize
+from puhui.recommender.metrics import GroupMetrics, group_metrics, summarize
 
 OOT_DAYS = 28  # mirrors product_recommender.test_days in configs/models.yaml
 K = 3
@@ -54,6 +54,7 @@ def recommender_truth(world: World) -> dict[str, object]:
     relevance = best[person, product].astype(np.float64)
     metrics = group_metrics(relevance[eligible], affinity[eligible], person[eligible], K)
     summary = summarize(metrics, K)
+    by_segment = segment_ceilings(world, metrics, start - 1)
 
     # Top-1 of the truth ranking (ties: the first product on the shelf) for rural people.
     ranked = np.where(eligible, affinity, -np.inf).reshape(len(people), n_products)
@@ -69,5 +70,32 @@ def recommender_truth(world: World) -> dict[str, object]:
         "responses_by_product": dict(zip(products, responses.tolist(), strict=True)),
         "oot_impressions_by_product": dict(zip(products, oot_impressions.tolist(), strict=True)),
         "ceiling": summary.as_dict(),
+        "ceiling_by_segment": by_segment,
         "rural_top1_agri_share": None if not rural.any() else round(float(agri[rural].mean()), 6),
     }
+
+
+def segment_ceilings(world: World, metrics: GroupMetrics, as_of_day: int) -> dict[str, dict]:
+    """The ceiling within each segment the recommender's evaluation reports (region type,
+    age band on the window's feature day, gender, occupation): what the segment gates can
+    ask of a ranking there."""
+    pop, people = world.pop, metrics.groups
+    ages = pop.age_at(as_of_day, people)
+    band = np.full(len(people), None, dtype=object)
+    for name, lo, hi in ref.AGE_BANDS:
+        band[(ages >= lo) & (ages <= hi)] = name
+    columns = {
+        "region_type": np.array(ref.REGION_TYPES, dtype=object)[pop.region[people]],
+        "age_band": band,
+        "gender": np.array([{"M": "male", "F": "female"}[g] for g in ref.GENDERS],
+                           dtype=object)[pop.gender[people]],  # as the warehouse names them
+        "occupation": np.array(ref.OCCUPATIONS, dtype=object)[pop.occupation[people]],
+    }
+    out: dict[str, dict] = {}
+    for dimension, values in columns.items():
+        for value in sorted({v for v in values if v is not None}):
+            s = summarize(metrics, K, values == value)
+            out[f"{dimension}={value}"] = {
+                "groups": s.groups, "groups_with_response": s.groups_with_response,
+                "ndcg_every": s.ndcg_every, "ndcg_responders": s.ndcg_responders}
+    return out

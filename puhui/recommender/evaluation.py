@@ -3,6 +3,12 @@
 Every ranking is measured on the same rows: the out-of-time window's eligible rows. Headline
 figures are NDCG@k, MAP@k and hit-rate@k over every customer (a customer without a response
 counts 0), with the same over customers with at least one response and both counts.
+
+Per segment: NDCG@k of every ranking over every customer and over responders, the chance
+level (the expected NDCG@k of a random order of the same rows), and the standard error of
+the model's lead over each popularity baseline (paired by customer), so that a segment's
+loss can be told from noise. A segment is gated when it has at least ``min_segment_size``
+customers and ``min_segment_responders`` customers with a response.
 """
 
 from __future__ import annotations
@@ -13,17 +19,22 @@ import numpy as np
 import pandas as pd
 
 from puhui.config import RecommenderSpec
-from puhui.recommender.metrics import group_metrics, summarize
+from puhui.recommender.metrics import chance_ndcg, group_metrics, summarize
 
 MODEL, POPULARITY, SEGMENT_POPULARITY, NON_PERSONAL = (
     "model", "popularity", "segment_popularity", "non_personal")
+CHANCE = "chance"  # a random order: a reference level, not a ranking that is served
+BASELINES = (POPULARITY, SEGMENT_POPULARITY)
 AGRI_KINDS_PRODUCTS = ("agri_loan", "crop_insurance")
 
 
 @dataclass
 class RecommenderEvaluation:
     metrics: dict[str, float]
-    segments: pd.DataFrame  # dimension, segment, groups, responders, gated, ndcg per ranking
+    # dimension, segment, groups, responders, gated; per ranking (and chance) NDCG@k over
+    # every customer (<name>) and over responders (<name>_responders); per baseline the
+    # standard error of the model's lead over it (<baseline>_lead_se)
+    segments: pd.DataFrame
     top1_share: pd.DataFrame  # dimension, segment, product_code, share (model's top-1)
     eligibility_removed: dict[str, int]
     counts: dict[str, int] = field(default_factory=dict)
@@ -32,9 +43,12 @@ class RecommenderEvaluation:
         """model_evaluations rows: (metric, segment, value)."""
         out: list[dict[str, object]] = [
             {"metric": k, "segment": "all", "value": v} for k, v in self.metrics.items()]
+        k = self.counts["k"]
         for r in self.segments.itertuples():
-            out.append({"metric": f"ndcg_at_{self.counts['k']}_oot",
-                        "segment": f"{r.dimension}={r.segment}", "value": r.model})
+            segment = f"{r.dimension}={r.segment}"
+            out.append({"metric": f"ndcg_at_{k}_oot", "segment": segment, "value": r.model})
+            out.append({"metric": f"ndcg_at_{k}_oot_responders", "segment": segment,
+                        "value": r.model_responders})
         return out
 
 
@@ -55,8 +69,13 @@ def evaluate(oot: pd.DataFrame, scores: dict[str, np.ndarray], spec: Recommender
             metrics[f"{metric}_at_{k}_oot{suffix}"] = float(every or 0.0)
             metrics[f"{metric}_at_{k}_oot_responders{suffix}"] = float(resp or 0.0)
     first = per[MODEL]
+    chance = np.nan_to_num(chance_ndcg(rel, group, k), nan=0.0)  # no response: 0, as above
+    metrics[f"ndcg_at_{k}_oot_{CHANCE}"] = float(chance.mean()) if len(chance) else 0.0
+    metrics[f"ndcg_at_{k}_oot_responders_{CHANCE}"] = (
+        float(chance[first.has_response].mean()) if first.has_response.any() else 0.0)
     counts = {"k": k, "groups_oot": len(first.groups),
               "groups_oot_with_response": int(first.has_response.sum()), "rows_oot": len(oot)}
+    every = {name: np.nan_to_num(m.ndcg, nan=0.0) for name, m in per.items()}
 
     groups = oot.drop_duplicates("group").set_index("group").loc[first.groups]
     seg_rows = []
@@ -64,12 +83,23 @@ def evaluate(oot: pd.DataFrame, scores: dict[str, np.ndarray], spec: Recommender
         for value, idx in groups.groupby(dim, dropna=True).indices.items():
             mask = np.zeros(len(first.groups), dtype=bool)
             mask[idx] = True
-            row: dict[str, object] = {"dimension": dim, "segment": str(value),
-                                      "groups": int(mask.sum()),
-                                      "responders": int((mask & first.has_response).sum()),
-                                      "gated": bool(mask.sum() >= spec.min_segment_size)}
+            responders = mask & first.has_response
+            row: dict[str, object] = {
+                "dimension": dim, "segment": str(value), "groups": int(mask.sum()),
+                "responders": int(responders.sum()),
+                "gated": bool(mask.sum() >= spec.min_segment_size
+                              and responders.sum() >= spec.min_segment_responders)}
             for name, m in per.items():
-                row[name] = summarize(m, k, mask).ndcg_every
+                summary = summarize(m, k, mask)
+                row[name] = summary.ndcg_every
+                row[f"{name}_responders"] = summary.ndcg_responders
+            row[CHANCE] = float(chance[mask].mean())
+            row[f"{CHANCE}_responders"] = (float(chance[responders].mean())
+                                           if responders.any() else None)
+            for name in BASELINES:
+                if name in every:
+                    row[f"{name}_lead_se"] = lead_standard_error(
+                        every[MODEL][mask] - every[name][mask])
             seg_rows.append(row)
     segments = pd.DataFrame(seg_rows)
 
@@ -85,6 +115,12 @@ def evaluate(oot: pd.DataFrame, scores: dict[str, np.ndarray], spec: Recommender
         if share is not None:
             metrics["rural_agri_top1_share" + ("" if name == MODEL else f"_{name}")] = share
     return RecommenderEvaluation(metrics, segments, pd.DataFrame(shares), removed, counts)
+
+
+def lead_standard_error(lead: np.ndarray) -> float | None:
+    """Standard error of the mean of per-customer differences (the model's NDCG@k minus a
+    baseline's on the same customer): the paired noise of a segment's lead."""
+    return float(lead.std(ddof=1) / np.sqrt(len(lead))) if len(lead) > 1 else None
 
 
 def rural_agri_top1_share(oot: pd.DataFrame, scores: np.ndarray) -> float | None:

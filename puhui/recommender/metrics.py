@@ -126,6 +126,32 @@ def summarize(metrics: GroupMetrics, k: int, mask: np.ndarray | None = None) -> 
     )
 
 
+def chance_ndcg(relevance: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
+    """Each group's expected NDCG@k under a uniformly random order of its rows (sorted
+    group ids; NaN where the group has no relevant item): every row is equally likely at
+    each position, so E[DCG@k] = mean gain x the first min(k, n) discounts. What a ranking
+    that knows nothing earns on the same rows: it depends on the shelf's size (with k or
+    fewer eligible products every order shows them all) and, over every customer, on how
+    many respond."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    relevance = np.asarray(relevance, dtype=np.float64)
+    group = np.asarray(group)
+    if len(group) == 0:
+        return np.array([], dtype=np.float64)
+    order = np.lexsort((-relevance, group))  # ideal order, for the IDCG
+    g, rel = group[order], relevance[order]
+    starts, pos = _group_positions(g)
+    sizes = np.diff(np.r_[starts, len(g)])
+    discount = np.where(pos < k, 1.0 / np.log2(pos + 2.0), 0.0)
+    gain = np.power(2.0, rel) - 1.0
+    idcg = np.add.reduceat(gain * discount, starts)
+    mean_gain = np.add.reduceat(gain, starts) / sizes
+    top_discounts = np.add.reduceat(discount, starts)  # sum of the first min(k, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(idcg > 0, mean_gain * top_discounts / idcg, np.nan)
+
+
 def ranking_summary(
     relevance: np.ndarray, scores: np.ndarray, group: np.ndarray, k: int
 ) -> RankingSummary:
