@@ -180,6 +180,18 @@ def main() -> None:
     home.mkdir(parents=True)
     _registry(env["MLFLOW_TRACKING_URI"], work / "mlartifacts")
     print(f"workdir {work}; starting the server...", flush=True)
+    try:
+        results = _measure_all(env, work, checkouts, runs, no_server_runs)
+    finally:
+        subprocess.run([sys.executable, "-m", "puhui", "server", "stop"], env=env, cwd=ROOT,
+                       check=False, stdout=subprocess.DEVNULL)
+    _report(results, checkouts, options.quick)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure_all(env: dict[str, str], work: Path, checkouts: dict[str, Path], runs: int,
+                 no_server_runs: int) -> dict[str, dict[str, list[dict]]]:
+    home = work / "home"
     _puhui(["server", "start"], env)
     _puhui(["run", "ingest", "--as-of", AS_OF], {**env, "PUHUI_WARM_WORKER": "off"})
 
@@ -212,8 +224,12 @@ def main() -> None:
             print(f"[{index + 1}/{no_server_runs}] {name:7} {'no server':24} run ingest "
                   f"(4 rows)     wall {outcome['wall']:6.2f} s  cpu {outcome['cpu']:5.2f} s  "
                   f"load {outcome['load']:5.2f}", flush=True)
+    return results
 
-    summary = {}
+
+def _report(results: dict[str, dict[str, list[dict]]], checkouts: dict[str, Path],
+            quick: bool) -> None:
+    summary: dict[str, dict[str, dict]] = {}
     print(f"\n{'checkout | mode':40} {'command':20} {'wall':>7} {'cpu':>6} {'load':>6}  (medians)")
     for key, commands in results.items():
         for label, outcomes in commands.items():
@@ -228,8 +244,7 @@ def main() -> None:
         "setup": "100 customers, 40 days ingested; SQLite warehouse; MLflow store with two "
                  "versions; a new 4-row mobile_payments file per ingest",
         "checkouts": {k: str(v) for k, v in checkouts.items()},
-        "summary": summary, "runs": results}, quick=options.quick)
-    shutil.rmtree(work, ignore_errors=True)
+        "summary": summary, "runs": results}, quick=quick)
 
 
 if __name__ == "__main__":

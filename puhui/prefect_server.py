@@ -258,7 +258,8 @@ def ensure_process_work_pools(api_url: str, names: list[str]) -> list[str]:
     created = []
     for name in names:
         try:
-            with urllib.request.urlopen(f"{api_url}/work_pools/{name}", timeout=5):
+            # A just-started server on a loaded machine answers in tens of seconds.
+            with urllib.request.urlopen(f"{api_url}/work_pools/{name}", timeout=60):
                 continue  # exists
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
