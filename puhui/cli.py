@@ -1043,12 +1043,24 @@ def server_start(
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
     from puhui.prefect_server import ensure_process_work_pools, start_server
     from puhui.scheduling import work_pool_names
-    from puhui.warm_worker import disabled, start_worker
+    from puhui.warm_worker import disabled, launch_worker, start_worker, wait_for_worker
 
     settings = load_settings()
     configure_runtime(settings)
+    launched: list = []  # the warm worker imports while the server starts
+
+    def alongside(info: Any) -> None:
+        if not disabled():
+            launched.append(launch_worker(settings, info.api_url))
+
     with console.status("starting the Prefect server (the first start takes longer)..."):
-        info, started = start_server(settings, port)
+        try:
+            info, started = start_server(settings, port, on_launch=alongside)
+        except BaseException:
+            for process in launched:
+                if process is not None:
+                    process.terminate()
+            raise
         pools = ensure_process_work_pools(info.api_url, work_pool_names())
     console.print(f"Prefect server {'started' if started else 'already running'}: UI "
                   f"{info.ui_url}, API {info.api_url} (pid {info.pid}, log {info.log}); "
@@ -1060,7 +1072,8 @@ def server_start(
     if disabled():
         return
     with console.status("starting the warm worker (imports Prefect and GX once)..."):
-        worker = start_worker(settings, info.api_url)
+        worker = (wait_for_worker(settings, launched[0]) if launched
+                  else start_worker(settings, info.api_url))
     console.print(f"warm worker running (pid {worker.pid}): 'puhui run ingest' runs in it, "
                   "without importing Prefect and GX again" if worker else
                   "the warm worker did not start (see warm.log beside server.log): "

@@ -387,23 +387,31 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> 
 
 
 # --------------------------------------------------------------------------- start / stop
-def start_worker(settings: Settings, api_url: str,
-                 timeout: float = READY_TIMEOUT_SECONDS) -> WarmWorker | None:
-    """Start the worker (unless one runs) and wait until it listens; None if it did not come
-    up in time (commands then run in their own process, as before)."""
+def launch_worker(settings: Settings, api_url: str) -> subprocess.Popen[bytes] | None:
+    """Start the worker process for the server at ``api_url`` without waiting for it; None
+    when a current one runs already. It only imports at first, so it may start while the
+    server itself is still starting."""
     running = read_worker(settings)
     if running is not None and not sources_changed_since(running.started_at):
-        return running
+        return None
     if running is not None:  # it imported older code: a new one imports the current
         stop_worker(settings)
     _state_path(settings).unlink(missing_ok=True)
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PREFECT_API_URL=api_url)
-    log = settings.prefect_home / LOG_FILE
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
+    with open(settings.prefect_home / LOG_FILE, "ab") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "puhui.warm_worker"], env=env, cwd=repo_root(),
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
+
+
+def wait_for_worker(settings: Settings, process: subprocess.Popen[bytes] | None,
+                    timeout: float = READY_TIMEOUT_SECONDS) -> WarmWorker | None:
+    """The worker once it listens; None if it did not come up in time (it is then stopped,
+    and commands run in their own process, as without it)."""
+    if process is None:
+        return read_worker(settings)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         worker = read_worker(settings)
@@ -412,7 +420,14 @@ def start_worker(settings: Settings, api_url: str,
         if process.poll() is not None:
             return None
         time.sleep(0.2)
+    process.terminate()
     return None
+
+
+def start_worker(settings: Settings, api_url: str,
+                 timeout: float = READY_TIMEOUT_SECONDS) -> WarmWorker | None:
+    """Start the worker (unless a current one runs) and wait until it listens."""
+    return wait_for_worker(settings, launch_worker(settings, api_url), timeout)
 
 
 def stop_worker(settings: Settings, timeout: float = 15.0) -> WarmWorker | None:
