@@ -1136,7 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = _DEBUG = "--debug" in args
     verbose = "--verbose" in args
     args = [a for a in args if a not in GLOBAL_FLAGS]
-    if argv is None:  # the process's own command line (not a call from Python)
+    if argv is None and tuple(args[:2]) == ("run", "ingest"):  # typed, not called from Python
         from puhui.warm_worker import delegate
 
         code = delegate(list(sys.argv[1:]), args)
