@@ -253,6 +253,7 @@ def preload() -> None:
 
 def serve(settings: Settings) -> None:
     """Preload, listen, and fork one child per accepted command until SIGTERM."""
+    began = time.time()  # a source edited while importing makes this worker stale too
     preload()
     # What the worker imported stays put in the children: the garbage collector no longer
     # walks it (each walk would copy the pages it touches into the child).
@@ -285,7 +286,7 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     _state_path(settings).write_text(json.dumps({
-        "pid": os.getpid(), "socket": str(path), "started_at": time.time(),
+        "pid": os.getpid(), "socket": str(path), "started_at": began,
         "executable": sys.executable, "root": str(repo_root())}))
     print(f"puhui warm worker {os.getpid()}: listening on {path}", flush=True)
     try:
