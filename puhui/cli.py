@@ -1043,11 +1043,24 @@ def server_start(
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
     from puhui.prefect_server import ensure_process_work_pools, start_server
     from puhui.scheduling import work_pool_names
+    from puhui.warm_worker import disabled, launch_worker, start_worker, wait_for_worker
 
     settings = load_settings()
     configure_runtime(settings)
+    launched: list = []  # the warm worker imports while the server starts
+
+    def alongside(info: Any) -> None:
+        if not disabled():
+            launched.append(launch_worker(settings, info.api_url))
+
     with console.status("starting the Prefect server (the first start takes longer)..."):
-        info, started = start_server(settings, port)
+        try:
+            info, started = start_server(settings, port, on_launch=alongside)
+        except BaseException:
+            for process in launched:
+                if process is not None:
+                    process.terminate()
+            raise
         pools = ensure_process_work_pools(info.api_url, work_pool_names())
     console.print(f"Prefect server {'started' if started else 'already running'}: UI "
                   f"{info.ui_url}, API {info.api_url} (pid {info.pid}, log {info.log}); "
@@ -1056,14 +1069,26 @@ def server_start(
     if pools:
         console.print(f"created the process work pool(s) {', '.join(pools)} of prefect.yaml "
                       "(prefect deploy --all; prefect worker start --pool NAME)")
+    if disabled():
+        return
+    with console.status("starting the warm worker (imports Prefect and GX once)..."):
+        worker = (wait_for_worker(settings, launched[0]) if launched
+                  else start_worker(settings, info.api_url))
+    console.print(f"warm worker running (pid {worker.pid}): 'puhui run ingest' runs in it, "
+                  "without importing Prefect and GX again" if worker else
+                  "the warm worker did not start (see warm.log beside server.log): "
+                  "'puhui run ingest' imports everything itself", markup=False)
 
 
 @server_app.command("stop")
 def server_stop() -> None:
     """Stop the local Prefect server of this PUHUI_HOME."""
     from puhui.prefect_server import stop_server
+    from puhui.warm_worker import stop_worker
 
-    info = stop_server(load_settings())
+    settings = load_settings()
+    stop_worker(settings)
+    info = stop_server(settings)
     console.print(f"Prefect server stopped (pid {info.pid}, port {info.port})" if info
                   else "no Prefect server running for this PUHUI_HOME")
 
@@ -1072,11 +1097,15 @@ def server_stop() -> None:
 def server_status(json_: JsonFlag = False) -> None:
     """Is the local Prefect server running? Its URL and pid (exit 1 if not running)."""
     from puhui.prefect_server import is_healthy, read_server
+    from puhui.warm_worker import read_worker
 
-    info = read_server(load_settings())
+    settings = load_settings()
+    info = read_server(settings)
     healthy = info is not None and is_healthy(info.api_url)
+    worker = read_worker(settings)
     if json_:
         _print_json({"running": info is not None, "healthy": healthy,
+                     "warm_worker_pid": worker.pid if worker else None,
                      **({"pid": info.pid, "port": info.port, "ui_url": info.ui_url,
                          "api_url": info.api_url, "log": str(info.log)} if info else {})})
     elif info is None:
@@ -1084,8 +1113,8 @@ def server_status(json_: JsonFlag = False) -> None:
                       "(commands use a temporary one; 'puhui server start' starts one)")
     else:
         console.print(f"Prefect server {'running' if healthy else 'NOT ANSWERING'}: UI "
-                      f"{info.ui_url}, API {info.api_url} (pid {info.pid}, log {info.log})",
-                      markup=False)
+                      f"{info.ui_url}, API {info.api_url} (pid {info.pid}, log {info.log})"
+                      + (f"; warm worker pid {worker.pid}" if worker else ""), markup=False)
     if info is None or not healthy:
         raise typer.Exit(1)
 
@@ -1107,6 +1136,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = _DEBUG = "--debug" in args
     verbose = "--verbose" in args
     args = [a for a in args if a not in GLOBAL_FLAGS]
+    if argv is None and tuple(args[:2]) == ("run", "ingest"):  # typed, not called from Python
+        from puhui.warm_worker import delegate
+
+        code = delegate(list(sys.argv[1:]), args)
+        if code is not None:
+            return code
     report.configure(console, verbose=verbose, json_output="--json" in args)
     report.filter_third_party_noise()
     started = time.monotonic()

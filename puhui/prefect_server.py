@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +150,13 @@ def server_environment(settings: Settings, port: int) -> dict[str, str]:
 
 
 def start_server(settings: Settings, port: int | None = None,
-                 timeout: float = START_TIMEOUT_SECONDS) -> tuple[ServerInfo, bool]:
+                 timeout: float = START_TIMEOUT_SECONDS,
+                 on_launch: Callable[[ServerInfo], None] | None = None,
+                 ) -> tuple[ServerInfo, bool]:
     """Start the server (or find it running); wait until it is healthy.
 
-    Returns the server and whether this call started it.
+    ``on_launch`` is called once the process is started, before the wait (to start what
+    can start alongside). Returns the server and whether this call started it.
     """
     running = read_server(settings)
     if running is not None:
@@ -175,6 +179,8 @@ def start_server(settings: Settings, port: int | None = None,
     info = ServerInfo(process.pid, chosen, log)
     _state_path(settings).write_text(json.dumps(
         {"pid": info.pid, "port": info.port, "log": str(log), "started_at": time.time()}))
+    if on_launch is not None:
+        on_launch(info)
     if not _wait_healthy(info, timeout, process):
         stop_server(settings)
         raise PuhuiError(f"the Prefect server did not become healthy within {timeout:.0f}s: "
@@ -258,7 +264,8 @@ def ensure_process_work_pools(api_url: str, names: list[str]) -> list[str]:
     created = []
     for name in names:
         try:
-            with urllib.request.urlopen(f"{api_url}/work_pools/{name}", timeout=5):
+            # A just-started server on a loaded machine answers in tens of seconds.
+            with urllib.request.urlopen(f"{api_url}/work_pools/{name}", timeout=60):
                 continue  # exists
         except urllib.error.HTTPError as exc:
             if exc.code != 404:

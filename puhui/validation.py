@@ -16,12 +16,16 @@ this module is imported.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import math
 import os
 import re
+import sys
 import threading
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -229,15 +233,74 @@ def _as_float(value: Any) -> float | None:
 # ---------------------------------------------------------------------------------------
 # GX runtime (one per process)
 
+# Modules GX imports with itself but uses only inside expectations no suite of ours has (KL
+# divergence, KS tests, their Altair charts): scipy.stats and altair are ~30 % of GX's import
+# time (ingest's largest cost). They load on first use instead (see _DeferredModule).
+DEFERRED_FOR_GX = ("scipy.stats", "altair")
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in ``sys.modules`` for a module until an attribute of it is first used; then
+    imports the real one (under a lock, so two threads cannot both run it) and forwards.
+
+    Not ``importlib.util.LazyLoader``: on Python 3.11 a second thread can see a half-run
+    module while the first one loads it.
+    """
+
+    def __init__(self, name: str, spec: Any) -> None:
+        super().__init__(name)
+        self.__spec__ = spec
+        self.__dict__["_puhui_real"] = None
+
+    def __getattr__(self, attribute: str) -> Any:  # only for what the stand-in lacks
+        real = self.__dict__["_puhui_real"]
+        if real is None:
+            with _deferred_lock:
+                real = self.__dict__["_puhui_real"]
+                if real is None:
+                    if sys.modules.get(self.__name__) is self:
+                        del sys.modules[self.__name__]
+                    real = importlib.import_module(self.__name__)
+                    self.__dict__["_puhui_real"] = real
+        return getattr(real, attribute)
+
+
+_deferred_lock = threading.RLock()
+
+
+def defer_unused_gx_imports() -> None:
+    """Put stand-ins for ``DEFERRED_FOR_GX`` in ``sys.modules`` (before GX is imported);
+    a module already imported, or not installed, is left alone."""
+    with _deferred_lock:
+        for name in DEFERRED_FOR_GX:
+            if name in sys.modules:
+                continue
+            spec = importlib.util.find_spec(name)  # imports the parent package only
+            if spec is None:
+                continue
+            stand_in = _DeferredModule(name, spec)
+            sys.modules[name] = stand_in
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, stand_in)
+
+
+def import_gx() -> Any:
+    """``great_expectations``, imported the quick way (analytics off, unused parts deferred)."""
+    # Analytics must be off before GX is imported: there is no internet, and nothing may
+    # phone home. Forced, not defaulted: no setting of ours wants it on.
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    defer_unused_gx_imports()
+    import great_expectations
+
+    return great_expectations
+
 
 class _GXRuntime:
     """The process's GX context, pandas data source/asset/batch definition and SQL sources."""
 
     def __init__(self) -> None:
-        # Analytics must be off before GX is imported: there is no internet, and nothing may
-        # phone home. Forced, not defaulted: no setting of ours wants it on.
-        os.environ["GX_ANALYTICS_ENABLED"] = "false"
-        import great_expectations as gx
+        gx = import_gx()
         import great_expectations.execution_engine.pandas_execution_engine as gx_pandas
         from great_expectations.data_context.types.base import (
             DataContextConfig,
@@ -367,6 +430,7 @@ def load_suite(name: str, expectations_dir: Path | None = None) -> gx.Expectatio
     if not isinstance(entries, list) or not entries:
         raise SuiteLoadError(f"{path}: 'expectations' must be a non-empty list")
 
+    import_gx()
     from great_expectations import ExpectationSuite
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,

@@ -121,6 +121,7 @@ def test_server_start_status_stop(tmp_path: Path) -> None:
     state = _status(env)
     assert state["running"] and state["healthy"]
     assert state["port"] == int(env["PUHUI_PREFECT_PORT"])
+    assert pid_alive(state["warm_worker_pid"])  # started with the server
     with urllib.request.urlopen(state["ui_url"], timeout=10) as page:  # the UI is served
         assert b"<html" in page.read(2000).lower()
     assert (tmp_path / "home" / "prefect" / "prefect.db").exists()  # its own database
@@ -133,6 +134,7 @@ def test_server_start_status_stop(tmp_path: Path) -> None:
     stopped = _run([*PUHUI, "server", "stop"], env)
     assert f"pid {state['pid']}" in stopped.stdout
     assert not pid_alive(state["pid"])  # gone (or a zombie init has not reaped yet)
+    assert not pid_alive(state["warm_worker_pid"])
     assert not _status(env)["running"]
 
 
@@ -252,6 +254,41 @@ def test_commands_use_the_running_server_and_say_so(
     assert runs and runs[0]["state_type"] == "COMPLETED"
     verbose = _run([*PUHUI, "models", "list", "--verbose"], env)
     assert verbose.stdout.startswith(f"Prefect: local server {api_url.removesuffix('/api')}")
+
+
+# Runs the CLI as the `puhui` command does (main() reads sys.argv), then says what the
+# command's own process imported.
+CLIENT_PROBE = ("import sys; from puhui.cli import main; rc = main(); print('CLIENT', rc, "
+                "*(m in sys.modules for m in ('prefect', 'great_expectations', 'pandas')))")
+
+
+def _client(args: list[str], env: dict[str, str]) -> tuple[list[str], str, str]:
+    done = _run([sys.executable, "-c", CLIENT_PROBE, *args], env, check=False)
+    *lines, status = done.stdout.strip().splitlines()
+    assert status.startswith("CLIENT "), (done.stdout, done.stderr)
+    return status.split()[1:], "\n".join(lines), done.stderr
+
+
+@pytest.mark.slow
+def test_run_ingest_runs_in_the_warm_worker(server: tuple[dict[str, str], str]) -> None:
+    """`puhui server start` started the warm worker; `run ingest` runs there (the command's
+    own process imports neither Prefect nor GX nor pandas), with the same output and exit
+    codes; a command whose Prefect settings differ from the worker's runs in its own process."""
+    env, api_url = server
+    assert pid_alive(_status(env)["warm_worker_pid"])
+    status, out, err = _client(["run", "ingest", "--partner", "mobile_payments", "--as-of",
+                                AS_OF], env)
+    assert status == ["0", "False", "False", "False"], err
+    assert out.splitlines()[0].startswith(f"Prefect: local server {api_url.removesuffix('/api')}")
+    assert out.splitlines()[-1].startswith(f"ingest {AS_OF}:")
+    status, out, err = _client(["run", "ingest", "--partner", "nope"], env)
+    assert status == ["1", "False", "False", "False"]
+    assert "puhui: error: unknown partner 'nope'" in err and "Traceback" not in err
+    # Prefect read its settings when the worker imported it: other settings, own process.
+    status, _, err = _client(["run", "ingest", "--partner", "nope"],
+                             {**env, "PREFECT_CLIENT_MAX_RETRIES": "4"})
+    assert status[:2] == ["1", "True"]
+    assert "puhui: error: unknown partner 'nope'" in err
 
 
 @pytest.mark.slow

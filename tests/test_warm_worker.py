@@ -1,0 +1,107 @@
+"""What keeps `puhui run ingest` quick: what it imports, the deferred GX dependencies, and the
+warm worker's rules for taking a command (its end-to-end run is in test_server.py, against a
+real server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from puhui.settings import repo_root
+from puhui.warm_worker import disabled, import_time_environment, sources_changed_since
+
+PRELOAD_PROBE = """
+import sys, threading
+from puhui.warm_worker import preload
+preload()  # everything `run ingest` imports, as the warm worker does before it forks
+print("heavy", *(m in sys.modules for m in ("mlflow", "lightgbm", "sklearn")))
+print("threads", threading.active_count())
+print("deferred", *(type(sys.modules[m]).__name__ for m in ("scipy.stats", "altair")))
+import great_expectations.expectations.core.expect_column_kl_divergence_to_be_less_than as kl
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(4) as pool:  # first use from several threads at once: one real import
+    values = set(pool.map(lambda _: round(kl.stats.entropy([0.5, 0.5], [0.25, 0.75]), 6),
+                          range(8)))
+print("entropy", *values)
+print("real", type(sys.modules["scipy.stats"]).__name__, kl.alt.Chart.__name__)
+"""
+
+
+def test_ingest_imports_neither_mlflow_nor_lightgbm_and_defers_scipy() -> None:
+    """Everything `run ingest` loads (the warm worker's preload: the ingest flow, GX, Prefect,
+    the Data Docs renderer) leaves MLflow, LightGBM and scikit-learn alone, starts no thread
+    (the worker forks), and GX's scipy.stats and altair load only when first used."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUHUI_", "PREFECT_"))}
+    done = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], cwd=repo_root(), env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    assert lines["heavy"] == "False False False"
+    assert lines["threads"] == "1"
+    assert lines["deferred"] == "_DeferredModule _DeferredModule"
+    assert lines["entropy"] == "0.143841"  # the same value from every thread
+    assert lines["real"] == "module Chart"  # loaded on use, the stand-in gone
+
+
+def test_worker_takes_only_what_its_imports_can_honour(tmp_path: Path) -> None:
+    assert disabled({"PUHUI_WARM_WORKER": "off"}) and disabled({"PUHUI_WARM_WORKER": "0"})
+    assert not disabled({}) and not disabled({"PUHUI_WARM_WORKER": "on"})
+    # Prefect's and GX's variables must match; the console level is set per command.
+    assert import_time_environment({
+        "PREFECT_API_URL": "u", "GX_ANALYTICS_ENABLED": "false", "PUHUI_ACTOR": "a",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO", "HOME": "/root"}) == {
+        "PREFECT_API_URL": "u", "GX_ANALYTICS_ENABLED": "false"}
+    # Source files edited after the worker started: it runs stale code, so it is not used.
+    for folder in ("puhui", "flows", "tasks"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.py").write_text("x = 1\n")
+    started = time.time() + 5
+    assert not sources_changed_since(started, tmp_path)
+    os.utime(tmp_path / "flows" / "m.py", (started + 10, started + 10))
+    assert sources_changed_since(started, tmp_path)
+
+
+def test_one_page_view_renders_each_result_as_its_own(tmp_path: Path) -> None:
+    """The GX page view is shared by every page of a process (templates compiled once); a page
+    still shows only its own result."""
+    from puhui.data_docs import _WARM_UP_RESULT, render_validation_page, warm_up_renderer
+
+    warm_up_renderer()
+    first = render_validation_page({**_WARM_UP_RESULT, "suite_name": "suite_alpha"})
+    second = render_validation_page({**_WARM_UP_RESULT, "suite_name": "suite_beta",
+                                     "results": _WARM_UP_RESULT["results"][:1], "success": True})
+    assert "suite_alpha" in first and "suite_beta" not in first
+    assert "suite_beta" in second and "suite_alpha" not in second
+    assert first.count("expect_column_values_to_not_be_null") >= second.count(
+        "expect_column_values_to_not_be_null")
+
+
+@pytest.mark.parametrize("length", [40, 140])
+def test_socket_address_handles_deep_directories(tmp_path: Path, length: int) -> None:
+    """AF_UNIX paths stop at 107 bytes; a deep home (pytest's tmp dirs) still gets a socket."""
+    import socket
+
+    from puhui.warm_worker import _socket_address
+
+    folder = tmp_path / ("d" * length)
+    folder.mkdir()
+    address, fd = _socket_address(folder / "warm.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(address)
+        server.listen(1)
+        assert (folder / "warm.sock").exists()
+        client_address, client_fd = _socket_address(folder / "warm.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(client_address)
+        if client_fd is not None:
+            os.close(client_fd)
+    finally:
+        server.close()
+        if fd is not None:
+            os.close(fd)
