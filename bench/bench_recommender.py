@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_ingest import own_peak_kib  # noqa: E402
 from bench.results_file import machine_facts, write_results  # noqa: E402
+from puhui.config import RecommenderSpec  # noqa: E402
+from puhui.recommender.model import ranker_params, train_ranker  # noqa: E402
 
 TARGET_RATIO = 3.0
 SCORING_MODEL_CUSTOMERS = 20_000  # the ranker the scoring phase uses is trained on these
@@ -59,7 +62,7 @@ def _columns() -> tuple[list[str], list[str], list[str]]:
     return features, categorical, load_config(config_dir, ProductsConfig).codes
 
 
-def _spec(rounds: int | None):  # noqa: ANN202 - RecommenderSpec, imported lazily
+def _spec(rounds: int | None) -> RecommenderSpec:
     from puhui.config import ModelsConfig, load_config
     from puhui.settings import load_settings
 
@@ -89,48 +92,60 @@ def synthetic_frame(customers: int, features: list[str], categorical: list[str],
     return frame
 
 
-def bench_training(rows: int, rounds: int | None) -> dict[str, object]:
-    """In a child: both trainings on the same frame, same params and rounds."""
-    import lightgbm as lgb
-
-    from puhui.recommender.model import ranker_params, train_ranker
+def bare_matrix(frame: pd.DataFrame, features: list[str],
+                categorical: list[str]) -> np.ndarray:
+    """The numbers LightGBM sees from ``train_ranker``'s frame, as one float64 matrix:
+    category codes of the same vocabulary (missing as NaN) and floats."""
     from puhui.risk.model import category_vocabulary, encode_features
 
+    x = encode_features(frame, features, category_vocabulary(frame, categorical))
+    matrix = np.empty((len(x), len(features)), dtype=np.float64)
+    for j, c in enumerate(features):
+        if isinstance(x[c].dtype, pd.CategoricalDtype):
+            codes = x[c].cat.codes.to_numpy()
+            matrix[:, j] = np.where(codes < 0, np.nan, codes)
+        else:
+            matrix[:, j] = x[c].to_numpy(dtype=np.float64)
+    return matrix
+
+
+def bare_dataset(matrix: np.ndarray, label: np.ndarray, sizes: np.ndarray,
+                 features: list[str], categorical: list[str],
+                 spec: RecommenderSpec) -> lgb.Dataset:
+    """The bare path's Dataset: the matrix, the same categorical columns and params."""
+    return lgb.Dataset(matrix, label=label, group=sizes,
+                       categorical_feature=[features.index(c) for c in categorical],
+                       params=ranker_params(spec))
+
+
+def bench_training(rows: int, rounds: int | None) -> dict[str, object]:
+    """In a child: both trainings on the same frame, same params and rounds."""
     features, categorical, codes = _columns()
     spec = _spec(rounds)
     customers = rows // len(codes)
     frame = synthetic_frame(customers, features, categorical, codes, seed=1)
     frame_mib = frame.memory_usage(deep=False).sum() / 2**20
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     ranker = train_ranker(frame, features, categorical, spec)
     ours = time.perf_counter() - started
+    ours_cpu = time.process_time() - cpu_started
     ours_trees = ranker.booster.num_trees()
     del ranker
     gc.collect()
 
-    # The bare path starts from the numbers LightGBM sees: category codes (missing as NaN)
-    # and floats, one float64 matrix; building it is not timed.
-    x = encode_features(frame, features, category_vocabulary(frame, categorical))
-    matrix = np.empty((len(x), len(features)), dtype=np.float64)
-    for j, c in enumerate(features):
-        if isinstance(x[c].dtype, pd.CategoricalDtype):
-            codes_j = x[c].cat.codes.to_numpy()
-            matrix[:, j] = np.where(codes_j < 0, np.nan, codes_j)
-        else:
-            matrix[:, j] = x[c].to_numpy(dtype=np.float64)
+    matrix = bare_matrix(frame, features, categorical)  # not timed
     label = frame["relevance"].to_numpy()
-    del x, frame
+    del frame
     gc.collect()
     sizes = np.full(customers, len(codes))
-    started = time.perf_counter()
-    data = lgb.Dataset(matrix, label=label, group=sizes,
-                       categorical_feature=[features.index(c) for c in categorical],
-                       params=ranker_params(spec))
+    started, cpu_started = time.perf_counter(), time.process_time()
+    data = bare_dataset(matrix, label, sizes, features, categorical, spec)
     data.construct()
     construct = time.perf_counter() - started
     booster = lgb.train(ranker_params(spec), data, num_boost_round=spec.num_boost_round)
     bare = time.perf_counter() - started
+    bare_cpu = time.process_time() - cpu_started
     if booster.num_trees() != ours_trees:
         raise RuntimeError(f"tree counts differ: {ours_trees} vs {booster.num_trees()}")
     per_round = (bare - construct) / spec.num_boost_round
@@ -140,14 +155,14 @@ def bench_training(rows: int, rounds: int | None) -> dict[str, object]:
             "bare_lightgbm_seconds": round(bare, 1),
             "bare_dataset_seconds": round(construct, 1),
             "bare_seconds_per_round": round(per_round, 3), "ratio": round(ours / bare, 2),
+            "train_ranker_cpu_seconds": round(ours_cpu, 1),
+            "bare_lightgbm_cpu_seconds": round(bare_cpu, 1),
             "target_ratio": TARGET_RATIO, "met": ours <= TARGET_RATIO * bare,
             "peak_rss_mib": round(own_peak_kib() / 1024)}
 
 
 def bench_scoring(customers: int, chunk: int, rounds: int | None) -> dict[str, object]:
     """In a child: train a small ranker, then score ``customers`` chunk by chunk."""
-    from puhui.recommender.model import train_ranker
-
     features, categorical, codes = _columns()
     spec = _spec(rounds)
     ranker = train_ranker(
@@ -156,18 +171,20 @@ def bench_scoring(customers: int, chunk: int, rounds: int | None) -> dict[str, o
     gc.collect()
     before_kib = own_peak_kib()
     scored = 0
-    seconds = 0.0
+    seconds = cpu = 0.0
     for start in range(0, customers, chunk):
         part = synthetic_frame(min(chunk, customers - start), features, categorical, codes,
                                seed=3 + start)
-        started = time.perf_counter()  # scoring only, not drawing the synthetic rows
-        ranker.score(part)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        ranker.score(part)  # timed: scoring only, not drawing the synthetic rows
         seconds += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
         scored += len(part)
         del part
     return {"customers": customers, "products": len(codes), "rows": scored,
             "chunk_customers": chunk, "trees": ranker.booster.num_trees(),
             "seconds": round(seconds, 1), "rows_per_second": round(scored / seconds),
+            "cpu_seconds": round(cpu, 1),
             "customers_per_second": round(customers / seconds),
             "peak_rss_mib_after_training": round(before_kib / 1024),
             "peak_rss_mib": round(own_peak_kib() / 1024)}
