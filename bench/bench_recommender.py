@@ -19,6 +19,7 @@ peak resident memory of a child process that only scores; the same at ``--custom
 Usage: python bench/bench_recommender.py [--rows 2000000] [--customers 1000000]
                                          [--customers-small 100000] [--chunk 50000]
                                          [--rounds N] [--quick]
+       (``--phase train|score``: one phase in this process, its figures as a JSON line)
 Writes bench/results/recommender.json.
 """
 
@@ -211,10 +212,11 @@ def main() -> int:
                              "num_boost_round)")
     parser.add_argument("--phase", choices=("all", "train", "score"), default="all")
     parser.add_argument("--quick", action="store_true",
-                        help="200k rows, 100k and 50k customers")
+                        help="200k rows, 100k and 50k customers, 20 rounds (a smoke run)")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.customers, args.customers_small = 200_000, 100_000, 50_000
+        args.rounds = args.rounds or 20
     if args.phase == "train":
         print(json.dumps(bench_training(args.rows, args.rounds)))
         return 0
