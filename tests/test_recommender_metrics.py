@@ -59,6 +59,23 @@ def test_k_larger_than_the_group() -> None:
     assert m.average_precision[0] == pytest.approx(0.5)  # P@2 / min(5, 1 relevant)
 
 
+def test_all_tied_k_beyond_the_products_with_a_silent_customer() -> None:
+    # 3 products all scored alike, k=5: ranked pessimistically rel 0, 1, 2; the second
+    # customer responded to nothing (undefined, 0 under "every", left out of "responders")
+    rel = np.array([2, 0, 1, 0, 0, 0])
+    group = np.array([1, 1, 1, 2, 2, 2])
+    m = group_metrics(rel, np.full(6, 0.5), group, k=5)
+    ndcg = (1 / LOG3 + 3 / 2) / (3 + 1 / LOG3)  # DCG 0 + 1/log2(3) + 3/log2(4)
+    assert m.ndcg[0] == pytest.approx(ndcg)
+    assert m.average_precision[0] == pytest.approx((1 / 2 + 2 / 3) / 2)  # P@2, P@3
+    assert m.hit.tolist() == [1.0, 0.0]
+    s = summarize(m, 5)
+    assert (s.groups, s.groups_with_response) == (2, 1)
+    assert s.ndcg_every == pytest.approx(ndcg / 2)
+    assert s.ndcg_responders == pytest.approx(ndcg)
+    assert s.map_every == pytest.approx(7 / 24) and s.hit_every == pytest.approx(0.5)
+
+
 def test_rows_in_any_order_and_groups_interleaved() -> None:
     rel = np.array([0, 3, 1, 0, 1])
     scores = np.array([0.5, 0.9, 0.1, 0.2, 0.8])

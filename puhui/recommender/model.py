@@ -80,19 +80,25 @@ class Ranker:
         return self.booster.predict(encode_features(frame, self.features, self.categories))
 
 
+def ranker_params(spec: RecommenderSpec) -> dict[str, Any]:
+    """The LightGBM parameters ``train_ranker`` uses (the benchmark trains with them too)."""
+    return {**spec.lightgbm, "seed": spec.seed, "deterministic": True,
+            "force_row_wise": True,
+            "label_gain": [float(2**g - 1) for g in range(max(spec.grading.values()) + 1)]}
+
+
 def train_ranker(train: pd.DataFrame, features: list[str], categorical: list[str],
                  spec: RecommenderSpec) -> Ranker:
     """LightGBM lambdarank on ``train`` (rows of a group contiguous, as built)."""
-    train = train.sort_values("group", kind="stable")
+    if not train["group"].is_monotonic_increasing:  # as built it is: no copy of the frame
+        train = train.sort_values("group", kind="stable")
     categories = category_vocabulary(train, categorical)
     sizes = train.groupby("group", sort=True).size().to_numpy()
+    # The encoded frame is only needed while the Dataset is built: let LightGBM drop it.
     data = lgb.Dataset(encode_features(train, features, categories),
                        label=train["relevance"].to_numpy(), group=sizes,
-                       categorical_feature=categorical, free_raw_data=False)
-    params = {**spec.lightgbm, "seed": spec.seed, "deterministic": True,
-              "force_row_wise": True,
-              "label_gain": [float(2**g - 1) for g in range(max(spec.grading.values()) + 1)]}
-    booster = lgb.train(params, data, num_boost_round=spec.num_boost_round)
+                       categorical_feature=categorical)
+    booster = lgb.train(ranker_params(spec), data, num_boost_round=spec.num_boost_round)
     return Ranker(booster, features, categories)
 
 

@@ -19,15 +19,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
-from puhui.lifecycle.publish import (
-    FINGERPRINT_TAG,
-    lineage_tags,
-    log_configuration,
-    metric_name,
-    model_signature,
-    refuse_unreproducible,
-    write_evaluations,
-)
+from puhui.lifecycle import publish as lifecycle
 from puhui.recommender.model import load_ranker, save_ranker
 from puhui.recommender.train import RecommenderRun
 from puhui.recommender.training_set import RankingSet
@@ -67,7 +59,7 @@ def publish_recommender(
     run: RecommenderRun, tags: dict[str, str], fingerprint: str, artifact_root: Path,
 ) -> PublishedRecommender:
     """Log the run, register ``name`` (audited) and record the evaluation rows."""
-    refuse_unreproducible(engine, audit, name)
+    lifecycle.refuse_unreproducible(engine, audit, name)
     use_experiment(name, tracking_uri, artifact_root)
     evaluation = run.evaluation
     example = run.oot[run.ranker.features].head(5).reset_index(drop=True)
@@ -75,10 +67,10 @@ def publish_recommender(
                               for c in run.ranker.features})
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
         run_name=f"{name} as of {data.as_of}",
-        tags=lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
+        tags=lifecycle.lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
     ) as mlrun:
         work = Path(tmp)
-        log_configuration()
+        lifecycle.log_configuration()
         mlflow.log_params({"rows_train": int((data.frame["split"] == "train").sum()),
                            "features": len(run.ranker.features),
                            **{f"eligibility_removed.{k}": v
@@ -86,7 +78,7 @@ def publish_recommender(
                            **{k: v for k, v in evaluation.counts.items()}})
         metrics = dict(evaluation.metrics)
         for row in evaluation.rows():
-            metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(
+            metrics[lifecycle.metric_name(str(row["metric"]), str(row["segment"]))] = float(
                 row["value"] if row["value"] is not None else np.nan)
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         ranker_dir = work / RANKER_ARTIFACT
@@ -94,7 +86,7 @@ def publish_recommender(
         info = mlflow.pyfunc.log_model(
             name="model", python_model=RecommenderPyfunc(),
             artifacts={RANKER_ARTIFACT: str(ranker_dir)}, input_example=example,
-            signature=model_signature(run.ranker.features, run.ranker.categories, example,
+            signature=lifecycle.model_signature(run.ranker.features, run.ranker.categories, example,
                                       run.ranker.score(example)),
             pip_requirements=PIP_REQUIREMENTS)
         for table, frame in (("segments", evaluation.segments),
@@ -107,7 +99,7 @@ def publish_recommender(
                         "lineage.json")
         version = register_version(
             engine, audit, name=name, model_uri=info.model_uri, run_id=mlrun.info.run_id,
-            tags={FINGERPRINT_TAG: fingerprint, "training.as_of": data.as_of.isoformat()},
+            tags={lifecycle.FINGERPRINT_TAG: fingerprint, "training.as_of": data.as_of.isoformat()},
             details={"as_of": data.as_of.isoformat(), "fingerprint": fingerprint,
                      "metrics": {k: round(evaluation.metrics[k], 6) for k in
                                  ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
@@ -115,7 +107,7 @@ def publish_recommender(
                                  if k in evaluation.metrics},
                      "ingest_batches": sorted(data.batch_ids)})
     rows = [r for r in evaluation.rows() if r["value"] is not None]
-    write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id)
+    lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id)
     return PublishedRecommender(name, str(version), mlrun.info.run_id)
 
 
