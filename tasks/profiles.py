@@ -74,7 +74,7 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
         try:
             offers = load_offer_context(runtime.engine, settings.mlflow_tracking_uri,
                                         recommender, models.product_recommender, products,
-                                        spec, register, as_of)
+                                        spec, register, as_of, partitions)
         except PuhuiError as exc:
             if recommender is not None and recommender.available:
                 raise  # a champion to score with and no events: the data is missing

@@ -253,7 +253,7 @@ def test_partition_event_reads_equal_the_whole_table_read(
         together.sort_values(order).reset_index(drop=True)[columns],
         whole.sort_values(order).reset_index(drop=True), check_dtype=False)
     context = offers_module.load_offer_context(engine, "unused", None, spec, products,
-                                               features, register, AS_OF)
+                                               features, register, AS_OF, partitions)
     assert context.ranker is None and len(read_sizes) == 2 * partitions
     pd.testing.assert_series_equal(
         context.prior, scenario_prior(graded_events(whole, products, spec), products),

@@ -142,12 +142,12 @@ class OfferContext:
 def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None,
                        spec: RecommenderSpec, products: ProductsConfig,
                        features: FeaturesConfig, register: pd.DataFrame,
-                       as_of: date) -> OfferContext:
+                       as_of: date, partitions: int) -> OfferContext:
     """The exact champion version (if any) resolved, and everyone's event sums from one pass
-    over the register's partitions (``register["partition"]``, as ``load_register`` gives)."""
+    over the register's ``partitions`` (``register["partition"]``, as ``load_register``
+    split it)."""
     ranker = (load_recommender(tracking_uri, slot.name, str(slot.version))
               if slot is not None and slot.available else None)
-    partitions = int(register["partition"].max()) + 1 if len(register) else 1
     summary = EventSummary()
     for part in all_partitions(partitions):
         customers = register[register["partition"] == part.bucket]
