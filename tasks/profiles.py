@@ -16,6 +16,7 @@ from puhui.config import (
     SegmentsConfig,
     load_config,
 )
+from puhui.errors import PuhuiError
 from puhui.features.sources import first_event_days, load_register
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
 from puhui.profiles.offers import load_offer_context
@@ -67,10 +68,17 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
     scorer = (load_risk_scorer(settings.mlflow_tracking_uri, risk)
               if risk is not None and risk.available else None)
     recommender = slots.get("recommender")
-    offers = (load_offer_context(runtime.engine, settings.mlflow_tracking_uri, recommender,
-                                 models.product_recommender, products, spec, register, as_of)
-              if recommender is not None and recommender.available
-              and models.product_recommender is not None else None)
+    offers = None
+    if models.product_recommender is not None:
+        # Also without a champion: the non-personalised ranking needs only the events.
+        try:
+            offers = load_offer_context(runtime.engine, settings.mlflow_tracking_uri,
+                                        recommender, models.product_recommender, products,
+                                        spec, register, as_of, partitions)
+        except PuhuiError as exc:
+            if recommender is not None and recommender.available:
+                raise  # a champion to score with and no events: the data is missing
+            get_run_logger().warning(f"no non-personalised ranking: {exc}")
     ctx = ScoringContext(
         as_of=as_of, features=spec, risk=models.credit_risk, segments=segments,
         slots=slots, scorer=scorer, offers=offers,

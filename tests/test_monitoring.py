@@ -264,3 +264,53 @@ def test_report_automation_is_created_once_on_a_real_prefect_server(
     block = Webhook.load(WEBHOOK_BLOCK)
     assert action.block_document_id == block._block_document_id
     assert block.url.get_secret_value() == "http://127.0.0.1:9/alerts"
+
+
+@pytest.mark.slow
+def test_report_automation_fires_on_a_running_prefect_server(
+    prefect_harness: None, webhook: list,
+) -> None:
+    """The automation against the harness's running Prefect server (a real server process
+    with its event, trigger and action services): a run of the ``report`` flow that ends
+    Flagged, and one that fails before it could post anything, each make the *server* call
+    the local HTTP receiver with the run, state and why. The flow here posts nothing itself,
+    so every POST received is the server's."""
+    import os
+    import time
+
+    from prefect import flow
+    from prefect.automations import Automation
+    from prefect.states import Completed
+
+    from puhui.monitoring.automation import AUTOMATION_NAME, ensure_report_automation
+
+    @flow(name="report")
+    def flagged_report() -> object:
+        return Completed(name="Flagged", message="score PSI 0.31 >= 0.25 (act)")
+
+    @flow(name="report")
+    def failing_report() -> None:
+        raise RuntimeError("warehouse unreachable before the alert step")
+
+    @flow(name="not-the-report")
+    def other_flow() -> object:
+        return Completed(name="Flagged", message="not ours")
+
+    ensure_report_automation(os.environ["PUHUI_ALERT_WEBHOOK"])
+    try:
+        time.sleep(2)  # the trigger service reloads automations when one changes
+        other_flow()
+        flagged_report()
+        failing_report(return_state=True)
+        deadline = time.monotonic() + 45
+        while len(webhook) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)  # anything more (e.g. the other flow's run) would arrive by now
+    finally:
+        Automation.read(name=AUTOMATION_NAME).delete()  # the session's server is shared
+    by_state = {p["state"]: p for p in webhook}
+    assert sorted(by_state) == ["Failed", "Flagged"], webhook
+    assert all(p["source"] == "prefect-automation" and p["flow"] == "report" for p in webhook)
+    assert by_state["Flagged"]["why"] == "score PSI 0.31 >= 0.25 (act)"
+    assert "warehouse unreachable" in (by_state["Failed"]["why"] or "")
+    assert len(webhook) == 2  # not the other flow's Flagged run

@@ -96,9 +96,15 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
     assert old["risk_score"].notna().all() and old["risk_grade"].notna().all()
     assert (old["risk_model_version"] == "1").all()
     offers = [_j(v) for v in old["recommended_products"]]
+    fallback = [_j(v) for v in old["non_personalised_products"]]
+    refused = old["personalisation_opt_out"].astype(bool).tolist()
+    # No champion: no personalised offers, with the reason; the non-personalised ranking
+    # needs no model and is filled for everyone, and is what an opted-out customer is offered.
     assert all(o["reason"] == "no champion for product_recommender (not registered)"
-               and o["products"] == [] for o in offers)
-    assert all(_j(v) == [] for v in old["non_personalised_products"])
+               and o["products"] == [] for o, r in zip(offers, refused, strict=True) if not r)
+    assert all(o["ranking"] == "non_personalised" and o["products"] == f and o["version"] is None
+               for o, f, r in zip(offers, fallback, refused, strict=True) if r)
+    assert all(len(f) == 3 for f in fallback)  # savings, bill_pay, insurance: no rules
     # The contract's columns (migration 0004), not keys buried in JSON.
     opted = int(old["personalisation_opt_out"].astype(bool).sum())
     assert old["personalisation_opt_out"].notna().all() and 0 < opted < 0.15 * len(old)

@@ -6,9 +6,10 @@ import json
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
@@ -90,26 +91,29 @@ def test_offer_columns_drop_declined_loans_and_say_why_in_words() -> None:
     leaves both rankings and the next eligible one moves up; rule codes become words;
     an opt-out's offers are exactly the non-personalised ranking."""
     from puhui.profiles.models import ModelSlot
-    from puhui.profiles.offers import OfferContext, offer_columns
+    from puhui.profiles.offers import OfferContext, offer_columns, summarise_events
     from puhui.recommender.train import fit_and_evaluate
 
     models, products = _configs()
     spec = models.product_recommender.model_copy(update={"min_segment_size": 10})
     ranker = fit_and_evaluate(_synthetic_set(), spec).ranker
-    offers = OfferContext(ranker=ranker, spec=spec, products=products, events=_events())
+    events = _events()
+    summary = summarise_events(events, products, spec, EVENTS_AS_OF)
+    offers = OfferContext(ranker=ranker, spec=spec, products=products,
+                          prior=summary.prior(products), popularity=summary.popularity(products))
     frame = pd.DataFrame({"person_key": ["p0", "p1", "p2"],
                           "occupation": ["salaried", "salaried", "farmer"],
                           "agri_coop_member": [0, 0, 0], "age": [30.0, 30.0, 70.0],
                           "x": [0.0, 0.0, 0.0]})
     slot = ModelSlot("recommender", "product_recommender", "7")
     free = offer_columns(offers, slot, frame, ["A", "A", "E"], [{}, {}, {}],
-                         [False, False, True], EVENTS_AS_OF)
+                         [False, False, True], EVENTS_AS_OF, events)
     first = [p["product"] for p in free["recommended_products"][0]["products"]]
     loans = {"microloan", "agri_loan", "business_loan"}
     assert first and set(first) & loans  # the test needs a loan among p0's top-k
     declined = {c: "probability of default above the policy cut-off" for c in loans}
     out = offer_columns(offers, slot, frame, ["A", "A", "E"], [declined, {}, {}],
-                        [False, False, True], EVENTS_AS_OF)
+                        [False, False, True], EVENTS_AS_OF, events)
     p0, p1, p2 = out["recommended_products"]
     offered = [p["product"] for p in p0["products"]]
     assert len(offered) == spec.k and not set(offered) & loans
@@ -122,3 +126,136 @@ def test_offer_columns_drop_declined_loans_and_say_why_in_words() -> None:
     assert p2["ranking"] == "non_personalised"
     assert p2["products"] == out["non_personalised_products"][2]
     assert p0["model"] == "product_recommender" and p0["version"] == "7"
+
+
+def test_without_a_champion_the_non_personalised_ranking_comes_from_the_events() -> None:
+    """No recommender champion: the personalised offers are empty with the reason, but the
+    non-personalised ranking (segment-free popularity from the events) is filled for
+    everyone after eligibility, and an opted-out customer is offered exactly it."""
+    from puhui.profiles.models import ModelSlot
+    from puhui.profiles.offers import OfferContext, popularity_columns, summarise_events
+    from puhui.recommender.training_set import build_groups
+
+    models, products = _configs()
+    spec = models.product_recommender
+    events = _events()
+    summary = summarise_events(events, products, spec, EVENTS_AS_OF)
+    popularity = summary.popularity(products)
+    # The mean relevance of each product over every (window, customer) group, as the
+    # recommender's ranking set grades them.
+    groups = build_groups(events, products, spec, EVENTS_AS_OF)
+    expected = groups.groupby("product_code")["relevance"].mean()
+    assert popularity == pytest.approx(expected.reindex(products.codes).to_dict())
+    assert popularity["crop_insurance"] == popularity["savings"] > popularity["bill_pay"] > 0
+
+    offers = OfferContext(ranker=None, spec=spec, products=products,
+                          prior=summary.prior(products), popularity=popularity)
+    slot = ModelSlot("recommender", "product_recommender",
+                     reason="no champion for product_recommender (not registered)")
+    loans = ["microloan", "agri_loan", "business_loan"]
+    declined = {c: "probability of default above the policy cut-off" for c in loans}
+    no_grade = {c: "no risk decision" for c in loans}
+    frame = pd.DataFrame({"person_key": ["p0", "p1", "p2"],
+                          "occupation": ["salaried", "salaried", "farmer"],
+                          "agri_coop_member": [0.0, 0.0, np.nan], "age": [30.0, 30.0, 70.0]})
+    out = popularity_columns(offers, slot, frame, ["A", "E", None], [{}, declined, no_grade],
+                             [False, True, False])
+    ranked = [[p["product"] for p in r] for r in out["non_personalised_products"]]
+    # p0: agri products need agricultural activity; grade A allows business_loan.
+    assert ranked[0] == ["savings", "bill_pay", "business_loan"]
+    # p1: declined, so no loan; opted out, so offered the non-personalised ranking.
+    assert ranked[1] == ["savings", "bill_pay", "micro_insurance"]
+    # p2: a farmer without a risk grade: crop insurance, no credit product.
+    assert ranked[2] == ["crop_insurance", "savings", "bill_pay"]
+    p0, p1, p2 = out["recommended_products"]
+    assert p0["products"] == [] and p0["reason"] == slot.reason and p0["version"] is None
+    assert p0["not_eligible"]["crop_insurance"].startswith("needs agricultural activity")
+    assert p1["ranking"] == "non_personalised" and p1["reason"] is None
+    assert p1["products"] == out["non_personalised_products"][1]
+    assert p1["not_eligible"]["microloan"] == declined["microloan"]
+    assert p2["products"] == [] and p2["not_eligible"]["agri_loan"] == "no risk decision"
+    assert out["non_personalised_products"][0][0] == {
+        "product": "savings", "score": round(popularity["savings"], 6)}
+
+
+def test_event_sums_over_partitions_equal_the_whole() -> None:
+    """The scenario mix and the popularity are sums over disjoint customers: summing
+    partitions' summaries gives the whole table's prior and popularity exactly."""
+    from puhui.profiles.offers import EventSummary, summarise_events
+    from puhui.recommender.training_set import graded_events, scenario_prior
+
+    models, products = _configs()
+    spec = models.product_recommender
+    events = _events()
+    whole = summarise_events(events, products, spec, EVENTS_AS_OF)
+    summed = EventSummary()
+    for person in ("p1", "p2"):
+        summed.add(summarise_events(events[events["person_key"] == person], products, spec,
+                                    EVENTS_AS_OF))
+    assert summed == whole
+    pd.testing.assert_series_equal(
+        summed.prior(products), scenario_prior(graded_events(events, products, spec), products),
+        check_names=False)
+    empty = EventSummary()
+    assert set(empty.prior(products)) == {1.0 / len(empty.prior(products))}
+    assert set(empty.popularity(products).values()) == {0.0}
+
+
+@pytest.mark.slow
+def test_partition_event_reads_equal_the_whole_table_read(
+    risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each partition reads only its customers' product events (the SQL selects them), and
+    together the partitions give the whole-table read, row for row, and its prior."""
+    from puhui.config import FeaturesConfig, ProductsConfig
+    from puhui.features.sources import load_register
+    from puhui.partitioning import Partition
+    from puhui.profiles import offers as offers_module
+    from puhui.recommender.train import EVENTS_TABLE
+    from puhui.recommender.training_set import (
+        graded_events,
+        load_product_events,
+        scenario_prior,
+    )
+
+    url = risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
+    engine = get_engine(url)
+    settings = load_settings()
+    features = load_config(settings.config_dir, FeaturesConfig)
+    products = load_config(settings.config_dir, ProductsConfig)
+    spec = load_config(settings.config_dir, ModelsConfig).product_recommender
+    partitions = 4
+    register = load_register(engine, features, AS_OF, partitions).customers
+    whole = load_product_events(engine, EVENTS_TABLE, features.timezone, AS_OF,
+                                register[["customer_id", "person_key"]])
+    with engine.connect() as conn:
+        table_rows = conn.execute(text(f"SELECT count(*) FROM {EVENTS_TABLE}")).scalar()
+
+    read_sizes: list[int] = []
+    real_read = offers_module.read_frame
+
+    def counting_read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a spy, not a mock
+        frame = real_read(*args, **kwargs)
+        read_sizes.append(len(frame))
+        return frame
+
+    monkeypatch.setattr(offers_module, "read_frame", counting_read)
+    parts = [offers_module.read_partition_events(
+        engine, features, AS_OF, register[register["partition"] == b], Partition(b, partitions))
+        for b in range(partitions)]
+    assert len(read_sizes) == partitions and sum(read_sizes) == table_rows
+    assert max(read_sizes) < 0.4 * table_rows  # each read is about a quarter of the table
+    together = pd.concat(parts, ignore_index=True)
+    columns = list(whole.columns)
+    order = ["person_key", "event_time", "product_code", "event_type", "batch_id"]
+    pd.testing.assert_frame_equal(
+        together.sort_values(order).reset_index(drop=True)[columns],
+        whole.sort_values(order).reset_index(drop=True), check_dtype=False)
+    context = offers_module.load_offer_context(engine, "unused", None, spec, products,
+                                               features, register, AS_OF, partitions)
+    assert context.ranker is None and len(read_sizes) == 2 * partitions
+    pd.testing.assert_series_equal(
+        context.prior, scenario_prior(graded_events(whole, products, spec), products),
+        check_names=False)
+    assert max(context.popularity.values()) > 0

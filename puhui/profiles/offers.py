@@ -1,55 +1,161 @@
-"""The offer columns of a profile, from the ``product_recommender`` champion.
+"""The offer columns of a profile: the ``product_recommender`` champion's ranking and the
+non-personalised ranking, which needs no model.
 
-A thin adapter over the recommender's public scoring entry point
+With a champion, a thin adapter over the recommender's public scoring entry point
 (:func:`puhui.recommender.scoring.score_recommendations`), which is the one source of truth
 for the ranker's inputs, eligibility (applied before ranking, with the risk grade this same
 refresh just assigned) and the non-personalised ranking (a customer who refused
-personalisation, PIPL Art. 24, gets only it). This module adds what only a profile knows:
-products the credit decision rules out (a declined customer is offered no loan, whatever
-the recommender's grade limit) and the reasons in words.
+personalisation, PIPL Art. 24, gets only it). Without one (its gates failed, or none is
+registered), the personalised offers are empty with the reason, but the non-personalised
+ranking is still filled, from the product events themselves: segment-free popularity, the
+mean relevance of each product over every customer's windows (the recommender's
+``window_days`` windows, graded as in config), eligibility applied the same way. An opted-out
+customer's offers are that ranking, champion or not.
+
+Product events are read one customer partition at a time (the partition's register rows
+select their ``customer_id``s in SQL), so memory follows the partition, not the population.
+The two facts every partition needs from everyone's events (the scenario mix of impressions
+and the popularity) are sums, gathered by one pass over the partitions before scoring.
+This module adds what only a profile knows: products the credit decision rules out (a
+declined customer is offered no loan, whatever the recommender's grade limit) and the reasons
+in words.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, MetaData, Table, select, true
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
-from puhui.features.sources import day_number
+from puhui.errors import PuhuiError
+from puhui.features.sources import day_number, local_days, read_frame, time_kind
+from puhui.partitioning import Partition, all_partitions, in_bucket
 from puhui.profiles.models import ModelSlot
-from puhui.recommender.model import Ranker
+from puhui.recommender.model import Ranker, eligibility
 from puhui.recommender.scoring import load_recommender, score_recommendations
 from puhui.recommender.train import EVENTS_TABLE
-from puhui.recommender.training_set import graded_events, load_product_events, scenario_prior
+from puhui.recommender.training_set import graded_events, window_as_of_days
+
+EVENT_COLUMNS = ["person_key", "day", "event_time", "product_code", "scenario", "event_type",
+                 "batch_id"]
+
+
+@dataclass
+class EventSummary:
+    """Everyone's product events up to the as-of date, as sums over customer partitions
+    (the partitions hold disjoint customers, so the sums are the whole population's)."""
+
+    impressions: dict[str, int] = field(default_factory=dict)  # scenario -> impressions
+    relevance: dict[str, float] = field(default_factory=dict)  # product -> summed best grade
+    groups: int = 0  # (window, customer) pairs with an event: the popularity's denominator
+
+    def add(self, other: EventSummary) -> None:
+        for mine, theirs in ((self.impressions, other.impressions),
+                             (self.relevance, other.relevance)):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0) + value
+        self.groups += other.groups
+
+    def prior(self, products: ProductsConfig) -> pd.Series:
+        """Everyone's scenario mix of impressions (uniform when there are none): what
+        ``training_set.scenario_prior`` gives on the whole table."""
+        scenarios = sorted({s for p in products.products for s in p.scenarios})
+        counts = pd.Series(self.impressions, dtype="int64").reindex(scenarios, fill_value=0)
+        total = float(counts.sum())
+        if not total:
+            return pd.Series(1.0 / len(scenarios), index=scenarios)
+        return counts / total
+
+    def popularity(self, products: ProductsConfig) -> dict[str, float]:
+        """Mean relevance of each product over every (window, customer) group."""
+        return {code: self.relevance.get(code, 0.0) / self.groups if self.groups else 0.0
+                for code in products.codes}
+
+
+def summarise_events(events: pd.DataFrame, products: ProductsConfig, spec: RecommenderSpec,
+                     as_of: date) -> EventSummary:
+    """The sums :class:`EventSummary` keeps, for the customers of ``events``."""
+    graded = graded_events(events[events["day"] <= day_number(as_of)], products, spec)
+    shown = graded[graded["event_type"] == "impression"]
+    summary = EventSummary(
+        impressions={str(k): int(v) for k, v in shown["scenario"].value_counts().items()})
+    for feature_day in window_as_of_days(as_of, spec):
+        inside = graded[(graded["day"] > feature_day)
+                        & (graded["day"] <= feature_day + spec.window_days)]
+        best = inside.groupby(["person_key", "product_code"])["grade"].max()
+        summary.add(EventSummary(
+            relevance={str(k): float(v) for k, v in best.groupby(level=1).sum().items()},
+            groups=int(inside["person_key"].nunique())))
+    return summary
+
+
+def _events_table(engine: Engine) -> Table:
+    try:
+        return Table(EVENTS_TABLE, MetaData(), autoload_with=engine)
+    except Exception as exc:  # noqa: BLE001 - NoSuchTableError and driver variants
+        raise PuhuiError(f"table {EVENTS_TABLE} is not in the warehouse: ingest "
+                         "product_events first (puhui run ingest)") from exc
+
+
+def read_partition_events(engine: Engine, features: FeaturesConfig, as_of: date,
+                          customers: pd.DataFrame, partition: Partition) -> pd.DataFrame:
+    """Offer funnel events up to ``as_of`` (local days) of one partition's customers, keyed
+    by person, newest delivery of each event: ``training_set.load_product_events`` for the
+    partition's people only. ``customers``: the partition's register slice (customer_id,
+    person_key). The feed is keyed by ``customer_id``: the SQL keeps the ids some register
+    row of the partition's keys carries (a superset), the register slice then decides."""
+    table = _events_table(engine)
+    register = Table(features.customer.table, MetaData(), autoload_with=engine)
+    if partition.count == 1:
+        where = true()
+    else:
+        where = table.c.customer_id.in_(select(register.c.customer_id).where(
+            in_bucket(register.c.person_key, partition)))
+    frame = read_frame(engine, select(table).where(where), key_range=partition.count > 1)
+    frame = frame.sort_values(["event_id", "batch_id"]).drop_duplicates("event_id", keep="last")
+    frame["day"] = local_days(frame["event_time"], time_kind(table, "event_time"),
+                              features.timezone)
+    frame = frame[frame["day"] <= day_number(as_of)]
+    person = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")
+    frame["person_key"] = frame["customer_id"].map(person["person_key"])
+    return frame.dropna(subset=["person_key"])[EVENT_COLUMNS].reset_index(drop=True)
 
 
 @dataclass
 class OfferContext:
-    """What every partition's offers need, loaded once per refresh."""
+    """What every partition's offers need, loaded once per refresh: the champion's ranker
+    (None without a champion: non-personalised ranking only) and everyone's event sums."""
 
-    ranker: Ranker
+    ranker: Ranker | None
     spec: RecommenderSpec
     products: ProductsConfig
-    events: pd.DataFrame  # product funnel events up to the as-of date, keyed by person
-    # everyone's scenario mix, computed once per refresh (None: per call, from ``events``)
-    prior: pd.Series | None = None
+    prior: pd.Series  # everyone's scenario mix (``EventSummary.prior``)
+    popularity: dict[str, float]  # product -> popularity from the events (no champion)
+    features: FeaturesConfig | None = None  # where a partition's events are read from
 
 
-def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot,
+def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None,
                        spec: RecommenderSpec, products: ProductsConfig,
-                       features: FeaturesConfig, customers: pd.DataFrame,
-                       as_of: date) -> OfferContext:
-    """The exact champion version resolved, and the product events it scores from."""
-    ranker = load_recommender(tracking_uri, slot.name, str(slot.version))
-    events = load_product_events(engine, EVENTS_TABLE, features.timezone, as_of,
-                                 customers[["customer_id", "person_key"]])
-    known = events[events["day"] <= day_number(as_of)]
-    return OfferContext(ranker=ranker, spec=spec, products=products, events=events,
-                        prior=scenario_prior(graded_events(known, products, spec), products))
+                       features: FeaturesConfig, register: pd.DataFrame,
+                       as_of: date, partitions: int) -> OfferContext:
+    """The exact champion version (if any) resolved, and everyone's event sums from one pass
+    over the register's ``partitions`` (``register["partition"]``, as ``load_register``
+    split it)."""
+    ranker = (load_recommender(tracking_uri, slot.name, str(slot.version))
+              if slot is not None and slot.available else None)
+    summary = EventSummary()
+    for part in all_partitions(partitions):
+        customers = register[register["partition"] == part.bucket]
+        events = read_partition_events(engine, features, as_of, customers, part)
+        summary.add(summarise_events(events, products, spec, as_of))
+    return OfferContext(ranker=ranker, spec=spec, products=products,
+                        prior=summary.prior(products), popularity=summary.popularity(products),
+                        features=features)
 
 
 def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> str:
@@ -69,15 +175,19 @@ def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> st
 
 def offer_columns(offers: OfferContext, slot: ModelSlot, frame: pd.DataFrame,
                   grades: list[Any], blocked: list[dict[str, str]], opt_out: list[bool],
-                  as_of: date) -> dict[str, list[Any]]:
+                  as_of: date, events: pd.DataFrame) -> dict[str, list[Any]]:
     """``recommended_products`` (top-k eligible under the final ranking, with scores and
-    why other products are not eligible) and ``non_personalised_products`` per customer.
+    why other products are not eligible) and ``non_personalised_products`` per customer,
+    from the champion's ranker. ``events``: the product events of (at least) ``frame``'s
+    customers (:func:`read_partition_events`).
 
     ``blocked``: products the credit decision already rules out (a declined customer is
     offered no loan, whatever the recommender's grade limit); they are dropped from both
     rankings, the next eligible products moving up."""
+    if offers.ranker is None:
+        raise ValueError("offer_columns needs a champion ranker (see popularity_columns)")
     customers = frame.assign(risk_grade=list(grades))
-    scored = score_recommendations(offers.ranker, customers, offers.events, as_of,
+    scored = score_recommendations(offers.ranker, customers, events, as_of,
                                    offers.products, offers.spec, opt_out,
                                    model=slot.name, version=slot.version,
                                    prior=offers.prior)
@@ -97,5 +207,43 @@ def offer_columns(offers: OfferContext, slot: ModelSlot, frame: pd.DataFrame,
             "ranking": "non_personalised" if opted else "personalised",
             "products": top, "not_eligible": not_eligible,
             "reason": None if top else "no eligible product"})
+        fallback.append(popular)
+    return {"recommended_products": recommended, "non_personalised_products": fallback}
+
+
+def popularity_columns(offers: OfferContext, slot: ModelSlot | None, frame: pd.DataFrame,
+                       grades: list[Any], blocked: list[dict[str, str]],
+                       opt_out: list[bool]) -> dict[str, list[Any]]:
+    """The offer columns without a recommender champion: no personalised offers (the slot's
+    reason says why), the non-personalised ranking from the events' popularity for everyone,
+    eligibility applied first (the recommender's rules with this refresh's risk grade, and
+    ``blocked``), and an opted-out customer offered exactly that ranking (it needs no model).
+    ``version`` stays None: no model ranked these."""
+    spec, codes = offers.spec, np.array(offers.products.codes, dtype=object)
+    n = len(codes)
+    rows = pd.DataFrame({
+        "product_code": np.tile(codes, len(frame)),
+        "risk_grade": np.repeat(np.array(grades, dtype=object), n),
+        "occupation": np.repeat(frame["occupation"].to_numpy(dtype=object), n),
+        "agri_coop_member": np.repeat(frame["agri_coop_member"].to_numpy(dtype=float), n),
+        "age": np.repeat(frame["age"].to_numpy(dtype=float), n)})
+    reasons = eligibility(rows, spec).reason
+    # Best first; equal popularity: shelf code order (as ``score_recommendations`` ranks).
+    order = sorted(codes, key=lambda c: (-offers.popularity.get(c, 0.0), c))
+    name = slot.name if slot else spec.registered_name
+    why = (slot.reason if slot else None) or f"no champion for {name}"
+    recommended, fallback = [], []
+    for i, (grade, ruled_out, opted) in enumerate(zip(grades, blocked, opt_out, strict=True)):
+        not_eligible = dict(ruled_out)
+        for code, rule in zip(codes, reasons[i * n:(i + 1) * n], strict=True):
+            if rule is not None:
+                not_eligible.setdefault(str(code), rule_words(rule, code, grade, spec))
+        popular = [{"product": str(c), "score": round(float(offers.popularity.get(c, 0.0)), 6)}
+                   for c in order if c not in not_eligible][:spec.k]
+        recommended.append({
+            "model": name, "version": None,
+            "ranking": "non_personalised" if opted else None,
+            "products": popular if opted else [], "not_eligible": not_eligible,
+            "reason": ("no eligible product" if not popular else None) if opted else why})
         fallback.append(popular)
     return {"recommended_products": recommended, "non_personalised_products": fallback}

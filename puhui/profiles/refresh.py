@@ -39,7 +39,12 @@ from puhui.features.builder import apply_derived, feature_catalog
 from puhui.features.partitioned import build_partition
 from puhui.partitioning import Partition
 from puhui.profiles.models import ModelSlot, RiskScoring
-from puhui.profiles.offers import OfferContext, offer_columns
+from puhui.profiles.offers import (
+    OfferContext,
+    offer_columns,
+    popularity_columns,
+    read_partition_events,
+)
 from puhui.profiles.segments import age_years, segment_tags
 from puhui.risk.reasons import top_reasons
 from puhui.risk.training_set import age_band, application_catalog
@@ -125,14 +130,21 @@ def _opt_out(frame: pd.DataFrame) -> list[bool]:
             for v in frame["personalisation_opt_out"]]
 
 
-def _recommender_columns(ctx: ScoringContext, frame: pd.DataFrame, out: dict[str, list[Any]],
-                         opt_out: list[bool]) -> dict[str, list[Any]]:
+def _recommender_columns(ctx: ScoringContext, engine: Engine, number: int,
+                         customers: pd.DataFrame, frame: pd.DataFrame,
+                         out: dict[str, list[Any]], opt_out: list[bool]) -> dict[str, list[Any]]:
     slot = ctx.slots.get("recommender")
     blocked = _not_eligible(ctx, out["reasons"])
-    if slot is not None and slot.available and ctx.offers is not None:
-        return offer_columns(ctx.offers, slot, frame, out["risk_grade"], blocked, opt_out,
-                             ctx.as_of)
-    reason = slot.reason if slot else "no recommender configured"
+    offers = ctx.offers
+    if offers is not None and offers.ranker is not None and slot is not None:
+        assert offers.features is not None
+        events = read_partition_events(engine, offers.features, ctx.as_of, customers,
+                                       Partition(number, ctx.partitions))
+        return offer_columns(offers, slot, frame, out["risk_grade"], blocked, opt_out,
+                             ctx.as_of, events)
+    if offers is not None:  # no champion: the non-personalised ranking needs no model
+        return popularity_columns(offers, slot, frame, out["risk_grade"], blocked, opt_out)
+    reason = (slot.reason if slot else None) or "no recommender configured"
     return {"recommended_products": [
         {"model": slot.name if slot else None, "version": None, "ranking": None,
          "products": [], "not_eligible": b, "reason": reason} for b in blocked],
@@ -163,7 +175,8 @@ def score_partition(ctx: ScoringContext, engine: Engine, number: int) -> pd.Data
            "customer_id": frame["customer_id"].tolist()}
     out.update(_risk_columns(ctx, frame))
     opt_out = _opt_out(frame)
-    out.update(_recommender_columns(ctx, frame, out, opt_out))
+    out.update(_recommender_columns(ctx, engine, number, customers, frame, out,
+                                    opt_out))
     out["personalisation_opt_out"] = opt_out
     out["segment_tags"] = segment_tags(frame, ctx.segments.segments)
     for slot_name, column in VERSION_COLUMNS.items():
