@@ -73,3 +73,28 @@ def test_partitioned_training_set_equals_the_whole_table_one(risk_clean: str) ->
         got = build_training_set(engine, spec, model,
                                  applicant_features(engine, spec, AS_OF, partitions))
         _assert_same(got, want)
+
+
+def test_user_features_written_in_chunks_in_one_transaction(
+        risk_clean: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training flow writes ~2M feature rows at 1M customers: chunk by chunk (memory
+    bounded by a chunk), every row once, re-runs replace, values round-trip."""
+    from sqlalchemy import func, select
+
+    from puhui.features import store
+    from puhui.warehouse.schema import user_features
+
+    engine = get_engine(risk_clean)
+    spec = load_config(load_settings().config_dir, FeaturesConfig)
+    features = applicant_features(engine, spec, AS_OF).features.head(500)
+    monkeypatch.setattr(store, "WRITE_CHUNK_ROWS", 7)
+    assert store.write_user_features(engine, features, spec.feature_set) == len(features)
+    assert store.write_user_features(engine, features, spec.feature_set) == len(features)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(user_features)).scalar_one() \
+            == len(features)
+    back = store.read_user_features(engine).set_index(["person_key", "as_of_date"])
+    mine = features.set_index(["person_key", "as_of_date"])
+    back = back.loc[mine.index]
+    np.testing.assert_array_equal(back["bureau_score"].astype(float).to_numpy(),
+                                  mine["bureau_score"].astype(float).to_numpy())
