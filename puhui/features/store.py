@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, bindparam, delete, select
+from sqlalchemy import Connection, Engine, bindparam, delete, select, text
 
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.schema import user_features
@@ -42,16 +42,26 @@ def write_user_features(engine: Engine, features: pd.DataFrame, feature_set: str
                 "features": documents,
                 "computed_at": computed_at,
             })
-            pairs = [{"p": p, "d": d} for p, d in zip(frame["person_key"], as_of, strict=True)]
-            conn.execute(
-                delete(user_features).where(
-                    (user_features.c.person_key == bindparam("p"))
-                    & (user_features.c.as_of_date == bindparam("d"))
-                ),
-                pairs,
-            )
+            _delete_pairs(conn, frame["person_key"].tolist(), as_of.tolist())
             written += bulk_insert(conn, user_features, frame)
     return written
+
+
+def _delete_pairs(conn: Connection, keys: list[str], days: list[object]) -> None:
+    """Delete the stored rows of these (person, as-of) pairs."""
+    if conn.dialect.name == "postgresql":
+        # One statement joining two arrays: a DELETE per pair (executemany) cost ~0.3 ms of
+        # server CPU each, minutes for the ~350k rows of a 200k-customer training set.
+        conn.execute(text(
+            f'DELETE FROM "{user_features.name}" AS u USING '
+            "unnest(CAST(:keys AS text[]), CAST(:days AS date[])) AS t(person_key, as_of_date) "
+            "WHERE u.person_key = t.person_key AND u.as_of_date = t.as_of_date"),
+            {"keys": keys, "days": days})
+        return
+    conn.execute(  # SQLite: in-process, a DELETE per pair through the primary key is cheap
+        delete(user_features).where((user_features.c.person_key == bindparam("p"))
+                                    & (user_features.c.as_of_date == bindparam("d"))),
+        [{"p": p, "d": d} for p, d in zip(keys, days, strict=True)])
 
 
 def read_user_features(engine: Engine, as_of: object | None = None) -> pd.DataFrame:
