@@ -111,8 +111,8 @@ def ensure_partition_indexes(engine: Engine, spec: FeaturesConfig) -> list[str]:
 
 def build_partition(
     engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
-    partition: Partition, first_day: dict[str, int], requests: pd.DataFrame | None = None,
-    lineage: set[str] | None = None,
+    partition: Partition, first_day: dict[str, int] | None,
+    requests: pd.DataFrame | None = None, lineage: set[str] | None = None,
 ) -> pd.DataFrame:
     """Features of one partition's requests (default: each of its customers as of ``as_of``).
 
@@ -145,11 +145,13 @@ def build_features_partitioned(
     count is used. ``lineage`` receives the batch ids of the rows read: the register's and
     those of the partitions that have requests (a partition without any is not read).
     """
-    first_day = first_event_days(engine, spec, as_of)
     if register is not None:
         partitions = register.partitions
     elif partitions is None:
         partitions = default_partitions(engine, spec, as_of)
+    # One partition reads whole tables, which give the first days as they are read (a MIN
+    # per table would be one more scan of each on SQLite, where the demo runs).
+    first_day = first_event_days(engine, spec, as_of) if partitions > 1 else None
     if partitions > 1:  # one partition reads whole tables: no index needed
         ensure_partition_indexes(engine, spec)
     if register is None:
