@@ -166,6 +166,9 @@ class MemorySampler:
                                    p.info["cmdline"]) and "postgres" in p.info["cmdline"][0])
         self.peaks: dict[str, int] = {}
         self.total_peak = 0
+        # (unix time, client tree bytes, PostgreSQL tree bytes) per sample: lets a caller
+        # attribute the peak to a step of the measured work by its start and end times.
+        self.timeline: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -177,7 +180,7 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            sums = {"client": 0, "postgres": 0}
             for role, root in (("client", self.client), ("postgres", self.postmaster)):
                 for proc in self._tree(root):
                     try:
@@ -185,9 +188,10 @@ class MemorySampler:
                         name = f"{role}:{proc.pid}:{' '.join(proc.cmdline())[:60]}"
                     except self.psutil.Error:
                         continue
-                    total += rss
+                    sums[role] += rss
                     self.peaks[name] = max(self.peaks.get(name, 0), rss)
-            self.total_peak = max(self.total_peak, total)
+            self.total_peak = max(self.total_peak, sums["client"] + sums["postgres"])
+            self.timeline.append((time.time(), sums["client"], sums["postgres"]))
             self._stop.wait(0.2)
 
     def __enter__(self) -> MemorySampler:

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from datetime import date
 
-import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
@@ -18,8 +17,6 @@ from prefect.states import Failed, State
 from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
-from puhui.features.builder import build_features
-from puhui.features.sources import SourceFrames, load_source_frames
 from puhui.features.store import write_user_features
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
 from puhui.lifecycle.publish import apply_verdict, find_version_by_fingerprint
@@ -40,9 +37,10 @@ from puhui.risk.publish import (
 from puhui.risk.training_set import (
     TRAIN,
     VALID,
+    ApplicantFeatures,
     TrainingSet,
+    applicant_features,
     build_training_set,
-    feature_requests,
 )
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
@@ -68,29 +66,27 @@ def _say(line: str, started: float) -> str:
 
 @dataclass
 class FeatureStep:
-    frames: SourceFrames
-    applications: pd.DataFrame
-    features: pd.DataFrame
+    applicants: ApplicantFeatures
     line: str
 
 
 @task(name="risk-features", task_run_name=dated_run_name("risk-features"), **STEP)
 def build_risk_features(as_of: date) -> FeatureStep:
-    """Point-in-time features of every applicant as of the day before each application."""
+    """Point-in-time features of every applicant as of the day before each application,
+    one customer partition at a time (memory follows the partition, not the population)."""
     started = time.perf_counter()
     runtime = open_runtime()
     spec, _ = _configs()
-    frames = load_source_frames(runtime.engine, spec, as_of)
-    apps = feature_requests(runtime.engine, spec, as_of)
     with console.progress("features"):
-        features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+        applicants = applicant_features(runtime.engine, spec, as_of)
+    features = applicants.features
     written = write_user_features(runtime.engine, features, spec.feature_set)
     # No batch count here: the training set adds the applications' and outcomes' batches,
     # and its count is the one the report, MLflow and the audit trail carry.
     line = _say(
         f"features as of {as_of}: {written:,} (customer, as-of) rows x "
         f"{features.shape[1] - 2} features -> user_features", started)
-    return FeatureStep(frames, apps, features, line)
+    return FeatureStep(applicants, line)
 
 
 def _window(name: str, rows: int, defaults: int, span: list[str]) -> str:
@@ -103,8 +99,7 @@ def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
     started = time.perf_counter()
     runtime = open_runtime()
     spec, model = _configs()
-    training = build_training_set(runtime.engine, step.frames, spec, model, step.applications,
-                                  step.features)
+    training = build_training_set(runtime.engine, spec, model, step.applicants)
     s = training.summary()
     line = _say(
         "training set: "

@@ -17,8 +17,6 @@ from sqlalchemy import select
 from puhui.audit import read_audit_events, verify_audit_chain
 from puhui.cli import main
 from puhui.config import FeaturesConfig, GatesSpec, ModelsConfig, load_config
-from puhui.features.builder import build_features
-from puhui.features.sources import load_source_frames
 from puhui.registry import registry_client
 from puhui.risk.evaluation import Evaluation
 from puhui.risk.gates import check_gates
@@ -34,8 +32,8 @@ from puhui.risk.training_set import (
     TRAIN,
     VALID,
     TrainingSet,
+    applicant_features,
     build_training_set,
-    feature_requests,
 )
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
@@ -134,10 +132,7 @@ def _training_set(url: str) -> TrainingSet:
     settings = load_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     model = load_config(settings.config_dir, ModelsConfig).credit_risk
-    frames = load_source_frames(engine, spec, AS_OF)
-    apps = feature_requests(engine, spec, AS_OF)
-    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
-    return build_training_set(engine, frames, spec, model, apps, features)
+    return build_training_set(engine, spec, model, applicant_features(engine, spec, AS_OF))
 
 
 def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy import Engine, text
 from puhui.config import FeaturesConfig
 from puhui.features.builder import build_features
 from puhui.features.sources import (
+    Register,
     count_register,
     first_event_days,
     load_partition_frames,
@@ -110,32 +111,53 @@ def ensure_partition_indexes(engine: Engine, spec: FeaturesConfig) -> list[str]:
 
 def build_partition(
     engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
-    partition: Partition, first_day: dict[str, int], requests: pd.DataFrame | None = None,
+    partition: Partition, first_day: dict[str, int] | None,
+    requests: pd.DataFrame | None = None, lineage: set[str] | None = None,
 ) -> pd.DataFrame:
-    """Features of one partition's requests (default: each of its customers as of ``as_of``)."""
+    """Features of one partition's requests (default: each of its customers as of ``as_of``).
+
+    ``lineage``, if given, receives the batch ids of the rows read.
+    """
     frames = load_partition_frames(engine, spec, as_of, customers, partition, first_day)
+    if lineage is not None:
+        lineage.update(frames.batch_ids)
     if requests is None:
         requests = pd.DataFrame({"person_key": customers["person_key"], "as_of_date": as_of})
     return build_features(frames, requests, spec)
 
 
+def default_partitions(engine: Engine, spec: FeaturesConfig, as_of: date) -> int:
+    """Partitions for the register's size on ``as_of`` (:data:`CUSTOMERS_PER_PARTITION`)."""
+    return partition_count(count_register(engine, spec, as_of), CUSTOMERS_PER_PARTITION)
+
+
 def build_features_partitioned(
     engine: Engine, spec: FeaturesConfig, as_of: date, requests: pd.DataFrame | None = None,
-    partitions: int | None = None,
+    partitions: int | None = None, register: Register | None = None,
+    lineage: set[str] | None = None,
 ) -> pd.DataFrame:
     """:func:`build_features` over the warehouse, one partition at a time, in this process.
 
     ``requests`` default: every customer known on ``as_of``, as of that day. ``partitions``
-    default: from the register's size (:data:`CUSTOMERS_PER_PARTITION`). Rows come back in
-    the requests' order, as from ``build_features``.
+    default: from the register's size (:func:`default_partitions`). Rows come back in the
+    requests' order, as from ``build_features``. ``register``: one the caller loaded (it
+    needs the register too, e.g. the training set's protected attributes); its partition
+    count is used. ``lineage`` receives the batch ids of the rows read: the register's and
+    those of the partitions that have requests (a partition without any is not read).
     """
-    first_day = first_event_days(engine, spec, as_of)
-    if partitions is None:
-        partitions = partition_count(count_register(engine, spec, as_of),
-                                     CUSTOMERS_PER_PARTITION)
+    if register is not None:
+        partitions = register.partitions
+    elif partitions is None:
+        partitions = default_partitions(engine, spec, as_of)
+    # One partition reads whole tables, which give the first days as they are read (a MIN
+    # per table would be one more scan of each on SQLite, where the demo runs).
+    first_day = first_event_days(engine, spec, as_of) if partitions > 1 else None
     if partitions > 1:  # one partition reads whole tables: no index needed
         ensure_partition_indexes(engine, spec)
-    register = load_register(engine, spec, as_of, partitions)
+    if register is None:
+        register = load_register(engine, spec, as_of, partitions)
+    if lineage is not None:
+        lineage.update(register.customers["batch_id"])
     if requests is None:
         requests = pd.DataFrame({"person_key": register.customers["person_key"],
                                  "as_of_date": as_of})
@@ -147,7 +169,7 @@ def build_features_partitioned(
         if len(positions) == 0:
             continue
         piece = build_partition(engine, spec, as_of, register.part(part.bucket), part,
-                                first_day, requests.iloc[positions])
+                                first_day, requests.iloc[positions], lineage)
         piece.index = positions
         pieces.append(piece)
     if not pieces:  # no requests: the builder's empty frame, columns and dtypes
@@ -163,8 +185,7 @@ def stage_register(engine: Engine, spec: FeaturesConfig, as_of: date, directory:
                    partitions: int | None = None) -> list[Partition]:
     """Write each partition's register slice and the sources' first days under ``directory``."""
     if partitions is None:
-        partitions = partition_count(count_register(engine, spec, as_of),
-                                     CUSTOMERS_PER_PARTITION)
+        partitions = default_partitions(engine, spec, as_of)
     directory.mkdir(parents=True, exist_ok=True)
     if partitions > 1:
         ensure_partition_indexes(engine, spec)

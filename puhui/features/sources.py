@@ -201,9 +201,13 @@ def load_source(
     table = _reflect(engine, source.table)
     columns = [table.c[c] for c in source_columns(source)]
     query = select(*columns)
-    if partition is not None:
+    # One partition of one is the whole table: read as the whole-table builder reads it, no
+    # phone sub-select, and a scan even where the partition-read indexes exist.
+    partial = partition is not None and partition.count > 1
+    if partial:
+        assert partition is not None
         query = query.where(_partition_predicate(engine, table, source, partition, register))
-    frame = read_frame(engine, query, key_range=partition is not None)
+    frame = read_frame(engine, query, key_range=partial)
     if frame.empty:
         frame["day"] = np.zeros(0, dtype=np.int64)
         frame["person_key"] = pd.Series(dtype="str")
@@ -275,24 +279,29 @@ def load_register(engine: Engine, spec: FeaturesConfig, as_of: date, partitions:
 
 def load_partition_frames(
     engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
-    partition: Partition, first_day: dict[str, int],
+    partition: Partition, first_day: dict[str, int] | None,
 ) -> SourceFrames:
     """What :func:`load_source_frames` gives, for one partition's people only.
 
     ``customers`` is the partition's slice of :func:`load_register`; ``first_day`` the
-    sources' first days (:func:`first_event_days`), which a partition cannot see alone.
+    sources' first days (:func:`first_event_days`), which a partition cannot see alone; None
+    for a partition of one (the whole population), whose rows read give them.
     """
     owners = customers[customers["owns_phone"]]
     phone_to_person = owners.set_index("phone_key")["person_key"]
     events: dict[str, pd.DataFrame] = {}
+    days: dict[str, int] = {}
     batch_ids = set(customers["batch_id"])
     for source in spec.sources:
-        frame, _ = load_source(engine, source, as_of, spec.timezone, phone_to_person,
-                               partition, spec.customer.table)
+        frame, first = load_source(engine, source, as_of, spec.timezone, phone_to_person,
+                                   partition, spec.customer.table)
         events[source.name] = frame
+        if first is not None:
+            days[source.name] = first
         batch_ids.update(frame["batch_id"].unique())
     register_columns = [c for c in customers.columns if c not in ("partition", "owns_phone")]
-    return SourceFrames(as_of, customers[register_columns], events, dict(first_day), batch_ids)
+    return SourceFrames(as_of, customers[register_columns], events,
+                        dict(days if first_day is None else first_day), batch_ids)
 
 
 def load_source_frames(engine: Engine, spec: FeaturesConfig, as_of: date) -> SourceFrames:

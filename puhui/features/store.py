@@ -6,42 +6,62 @@ import json
 from datetime import UTC, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, bindparam, delete, select
+from sqlalchemy import Connection, Engine, bindparam, delete, select, text
 
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.schema import user_features
+
+# Rows per chunk written: the JSON documents of a chunk exist three times over (pandas'
+# string, the lines, Arrow), ~1.5 KB a row; the training flow at 1M customers writes ~2M.
+WRITE_CHUNK_ROWS = 50_000
 
 
 def write_user_features(engine: Engine, features: pd.DataFrame, feature_set: str) -> int:
     """Replace the rows of ``features``' (person, as-of) pairs; returns rows written.
 
     Re-running is safe: the pairs are deleted and written again in one transaction, so a
-    reader sees either the old or the new values, never both or neither.
+    reader sees either the old or the new values, never both or neither. The transaction
+    writes :data:`WRITE_CHUNK_ROWS` at a time, so memory does not grow with the rows.
     """
     names = [c for c in features.columns if c not in ("person_key", "as_of_date")]
-    # pandas' JSON writer: C speed, NaN/None as null, 15 significant digits round-trip floats.
-    documents = features[names].to_json(
-        orient="records", lines=True, force_ascii=False, double_precision=15
-    ).splitlines()
-    as_of = pd.to_datetime(features["as_of_date"]).dt.date.to_numpy()
-    frame = pd.DataFrame({
-        "person_key": features["person_key"].to_numpy(),
-        "as_of_date": as_of,
-        "feature_set": feature_set,
-        "features": documents,
-        "computed_at": datetime.now(UTC),
-    })
-    pairs = [{"p": p, "d": d} for p, d in zip(frame["person_key"], as_of, strict=True)]
+    computed_at = datetime.now(UTC)
+    written = 0
     with engine.begin() as conn:
-        if pairs:
-            conn.execute(
-                delete(user_features).where(
-                    (user_features.c.person_key == bindparam("p"))
-                    & (user_features.c.as_of_date == bindparam("d"))
-                ),
-                pairs,
-            )
-        return bulk_insert(conn, user_features, frame)
+        for start in range(0, len(features), WRITE_CHUNK_ROWS):
+            chunk = features.iloc[start:start + WRITE_CHUNK_ROWS]
+            # pandas' JSON writer: C speed, NaN/None as null, 15 significant digits
+            # round-trip floats.
+            documents = chunk[names].to_json(
+                orient="records", lines=True, force_ascii=False, double_precision=15
+            ).splitlines()
+            as_of = pd.to_datetime(chunk["as_of_date"]).dt.date.to_numpy()
+            frame = pd.DataFrame({
+                "person_key": chunk["person_key"].to_numpy(),
+                "as_of_date": as_of,
+                "feature_set": feature_set,
+                "features": documents,
+                "computed_at": computed_at,
+            })
+            _delete_pairs(conn, frame["person_key"].tolist(), as_of.tolist())
+            written += bulk_insert(conn, user_features, frame)
+    return written
+
+
+def _delete_pairs(conn: Connection, keys: list[str], days: list[object]) -> None:
+    """Delete the stored rows of these (person, as-of) pairs."""
+    if conn.dialect.name == "postgresql":
+        # One statement joining two arrays: a DELETE per pair (executemany) cost ~0.3 ms of
+        # server CPU each, minutes for the ~350k rows of a 200k-customer training set.
+        conn.execute(text(
+            f'DELETE FROM "{user_features.name}" AS u USING '
+            "unnest(CAST(:keys AS text[]), CAST(:days AS date[])) AS t(person_key, as_of_date) "
+            "WHERE u.person_key = t.person_key AND u.as_of_date = t.as_of_date"),
+            {"keys": keys, "days": days})
+        return
+    conn.execute(  # SQLite: in-process, a DELETE per pair through the primary key is cheap
+        delete(user_features).where((user_features.c.person_key == bindparam("p"))
+                                    & (user_features.c.as_of_date == bindparam("d"))),
+        [{"p": p, "d": d} for p, d in zip(keys, days, strict=True)])
 
 
 def read_user_features(engine: Engine, as_of: object | None = None) -> pd.DataFrame:

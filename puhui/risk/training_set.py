@@ -22,9 +22,12 @@ from sqlalchemy import Engine, MetaData, Table, select
 from puhui.config import FeaturesConfig, RiskModelSpec
 from puhui.errors import PuhuiError
 from puhui.features.builder import FeatureInfo, apply_derived, feature_catalog
-from puhui.features.sources import SourceFrames, local_days, time_kind
+from puhui.features.partitioned import build_features_partitioned, default_partitions
+from puhui.features.sources import load_register, local_days, time_kind
 
 SEGMENT_COLUMNS = ("region_type", "gender", "age_band")
+# The register's columns the training set keeps (protected attributes: never features).
+REGISTER_COLUMNS = ["person_key", "region_type", "gender", "birth_date"]
 # ``OOT`` is the untouched out-of-time test window; metrics named ``*_oot`` are measured there.
 TRAIN, VALID, OOT = "train", "valid", "oot"
 WINDOW_NAMES = {TRAIN: "train", VALID: "validation", OOT: "test"}
@@ -150,14 +153,44 @@ def feature_requests(engine: Engine, spec: FeaturesConfig, as_of: date) -> pd.Da
     return apps
 
 
+@dataclass
+class ApplicantFeatures:
+    """Every application up to ``as_of`` with its applicant's point-in-time features."""
+
+    as_of: date
+    applications: pd.DataFrame  # :func:`feature_requests`
+    features: pd.DataFrame  # one row per distinct (person_key, as_of_date) request
+    customers: pd.DataFrame  # the register on ``as_of``, :data:`REGISTER_COLUMNS`
+    batch_ids: set[str]  # lineage: the batches of the register and feature rows read
+
+
+def applicant_features(engine: Engine, spec: FeaturesConfig, as_of: date,
+                       partitions: int | None = None) -> ApplicantFeatures:
+    """The features of every application, built one customer partition at a time.
+
+    Each partition reads only its own people's rows, so memory follows the partition and
+    the result (applications x features), not the raw tables. ``partitions`` default: from
+    the register's size; the demo's population is one partition.
+    """
+    apps = feature_requests(engine, spec, as_of)
+    register = load_register(engine, spec, as_of,
+                             partitions or default_partitions(engine, spec, as_of))
+    lineage: set[str] = set()
+    features = build_features_partitioned(engine, spec, as_of,
+                                          apps[["person_key", "as_of_date"]],
+                                          register=register, lineage=lineage)
+    return ApplicantFeatures(as_of, apps, features, register.customers[REGISTER_COLUMNS],
+                             lineage)
+
+
 def build_training_set(
-    engine: Engine, frames: SourceFrames, spec: FeaturesConfig, model: RiskModelSpec,
-    apps: pd.DataFrame, features: pd.DataFrame,
+    engine: Engine, spec: FeaturesConfig, model: RiskModelSpec, applicants: ApplicantFeatures,
 ) -> TrainingSet:
-    """Join ``apps`` to their ``features``, label the matured ones and split out of time."""
-    as_of = frames.as_of
+    """Join the applications to their features, label the matured ones and split out of
+    time."""
+    as_of, apps = applicants.as_of, applicants.applications
     labels = load_labels(engine, model, as_of)
-    frame = apps.merge(features, on=["person_key", "as_of_date"], how="left")
+    frame = apps.merge(applicants.features, on=["person_key", "as_of_date"], how="left")
     app_catalog = application_catalog(spec)
     apply_derived(frame, spec.application.derived, {})
 
@@ -165,7 +198,7 @@ def build_training_set(
     frame = frame.merge(labels, on="application_id", how="left")
     frame.loc[~matured, "label"] = np.nan
 
-    customers = frames.customers.set_index("person_key")
+    customers = applicants.customers.set_index("person_key")
     frame["region_type"] = frame["person_key"].map(customers["region_type"])
     frame["gender"] = frame["person_key"].map(customers["gender"]).map(
         {"M": "male", "F": "female"}
@@ -197,7 +230,7 @@ def build_training_set(
                 "needs both defaults and repayments: more history is needed to train"
             )
     catalog = [*feature_catalog(spec), *app_catalog]
-    batch_ids = set(frames.batch_ids) | set(apps["batch_id"]) | set(
+    batch_ids = set(applicants.batch_ids) | set(apps["batch_id"]) | set(
         frame["label_batch_id"].dropna()
     )
     return TrainingSet(as_of, frame.reset_index(drop=True), catalog, oot_start, oot_end,
