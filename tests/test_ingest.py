@@ -102,7 +102,15 @@ def ingested(ingest_env: str, puhui_env: Path, first_ingests: dict, prefect_harn
             env.setenv("PUHUI_HOME", str(home))
             env.setenv("PUHUI_WAREHOUSE_URL", url)
             summary = run_ingest_flow(END)
-        dispose_engines()  # nobody may be connected to a PostgreSQL template
+        dispose_engines()  # nobody may be connected to a PostgreSQL template ...
+        if dialect == "postgres":  # ... GX's table checks keep their own engine's sessions
+            import psycopg
+
+            pg = request.getfixturevalue("pg_server")
+            with psycopg.connect(pg.libpq_url(), autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = %s AND pid <> pg_backend_pid()",
+                             (url.rsplit("/", 1)[-1],))
         first_ingests[dialect] = (summary, home, url)
     summary, home, url = first_ingests[dialect]
     shutil.rmtree(puhui_env, ignore_errors=True)
