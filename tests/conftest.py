@@ -4,29 +4,40 @@
 - ``warehouse_url``: parametrized over SQLite and PostgreSQL; a fresh, empty database per test.
 - ``puhui_env``: an isolated PUHUI_HOME (and everything under it) per test.
 - ``prefect_harness``: Prefect's test harness, once per session, with a temp PREFECT_HOME.
+- ``piped_demo``: one real ``puhui demo`` with its output piped, once per run, for the tests
+  that read it (what it prints, what it leaves under PUHUI_HOME).
 
 Under pytest-xdist (``make test`` runs two workers, one test file per worker at a time) a
 "session" is one worker: each worker has its own PostgreSQL server, Prefect harness,
-PREFECT_HOME and PUHUI_HOME. Only the risk landing zones and their SQLite templates, which
-are read-only, are built once per run and shared by the workers (``RiskTemplates``).
+PREFECT_HOME and PUHUI_HOME. Only read-only things are built once per run and shared by the
+workers: the risk landing zones and their SQLite templates (``RiskTemplates``) and the piped
+demo run (``piped_demo``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import pytest
 
 # Quiet, offline defaults before any test imports Prefect, GX or MLflow.
-from puhui.settings import QUIET_ENVIRONMENT, load_settings
+from puhui.settings import QUIET_ENVIRONMENT, load_settings, repo_root
 
+# The commands tests start may wait longer for their temporary Prefect server than a user's
+# (180 s): on this shared machine a loaded hour took 150 s to start one.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 for _name, _value in QUIET_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="puhui-test-session-"))
@@ -51,12 +62,15 @@ os.environ["PUHUI_AUDIT_KEY"] = TEST_AUDIT_KEY
 
 # The longest test files first, so that the two xdist workers finish close together (the
 # files run whole on one worker: `--dist loadfile`, module fixtures built once). Files not
-# listed keep their collection order after these. Figures: README, "Tests".
+# listed keep their collection order after these; test_privacy.py is one of them on purpose:
+# it runs late, when test_console.py has made the demo run they share (``piped_demo``).
+# Figures: the per-file seconds `make test` prints at the end; README, "Tests".
 LONGEST_FILES_FIRST = (
-    "test_console.py", "test_risk_model.py", "test_privacy.py", "test_crash_model_changes.py",
-    "test_profiles.py", "test_ingest.py", "test_server.py", "test_daily_flow.py",
-    "test_monitoring.py", "test_hostile_files.py", "test_audit.py", "test_lifecycle.py",
-    "test_recommender.py", "test_quarantine_cli.py", "test_models_cli.py",
+    "test_console.py", "test_risk_model.py", "test_profiles.py", "test_daily_flow.py",
+    "test_server.py", "test_crash_model_changes.py", "test_ingest.py",
+    "test_partitioned_features.py", "test_monitoring.py", "test_lifecycle.py",
+    "test_recommender.py", "test_hostile_files.py", "test_models_cli.py", "test_features.py",
+    "test_profiles_offers.py", "test_audit.py", "test_dask_runner.py", "test_quarantine_cli.py",
 )
 
 
@@ -66,6 +80,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return  # one process: keep the plain order
     rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
+
+
+# Seconds per test file (setup, call and teardown of its tests, its module fixtures included)
+# and per worker, summed by the xdist controller from the workers' reports and printed at the
+# end: the figures to keep LONGEST_FILES_FIRST in order with.
+_FILE_SECONDS: dict[str, float] = defaultdict(float)
+_WORKER_SECONDS: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if XDIST_WORKER:
+        return  # the controller gets the same report
+    node = getattr(report, "node", None)
+    _FILE_SECONDS[report.nodeid.split("::")[0]] += report.duration
+    _WORKER_SECONDS[node.gateway.id if node else "main"] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FILE_SECONDS:
+        return
+    longest = sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])
+    terminalreporter.write_sep("=", "seconds per test file (tests, fixtures included)")
+    for path, seconds in longest:
+        if seconds >= 10:
+            terminalreporter.write_line(f"{seconds:8.1f}s {path}")
+    workers = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in
+                        sorted(_WORKER_SECONDS.items()))
+    terminalreporter.write_line(f"busy per worker: {workers}")
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +150,7 @@ def puhui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=600):  # see the timeout above
         yield
 
 
@@ -143,6 +185,16 @@ def build_once(target: Path, build: Callable[[], None]) -> None:
             shutil.rmtree(target, ignore_errors=True)  # a build that failed part-way
             build()
             done.touch()
+
+
+def run_shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this run that every xdist worker sees (the workers' base temps are
+    siblings in the run's folder); in a single process, a plain temporary folder."""
+    if not XDIST_WORKER:
+        return tmp_path_factory.mktemp(name)
+    shared = tmp_path_factory.getbasetemp().parent / name
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 class RiskTemplates:
@@ -219,11 +271,8 @@ def risk_templates(tmp_path_factory: pytest.TempPathFactory,
     pg = None
     if find_postgres_bin_dir() is not None:
         pg = request.getfixturevalue("pg_server")
-    shared = None
-    if XDIST_WORKER:  # the workers' base temps are siblings in this run's folder
-        shared = tmp_path_factory.getbasetemp().parent / "risk-shared"
-        shared.mkdir(exist_ok=True)
-    return RiskTemplates(tmp_path_factory.mktemp("risk"), pg, shared)
+    return RiskTemplates(tmp_path_factory.mktemp("risk"), pg,
+                         run_shared_dir(tmp_path_factory, "risk-shared"))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -252,3 +301,67 @@ def no_search_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models["credit_risk"]["lightgbm"]["search"] = None
     (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True))
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+
+
+# --------------------------------------------------------------------------- the demo
+DEMO_ARGS = ["--users", "1500", "--days", "3"]
+# ~2 min on an idle machine; a shared one under a load of 20 took over 25 min.
+DEMO_TIMEOUT = 2700
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def demo_env(home: Path) -> dict[str, str]:
+    """The environment of a first-time user's demo: nothing of ours set but PUHUI_HOME."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PUHUI_", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
+    env.update({"PUHUI_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
+                "COLUMNS": "120"})
+    return env
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A finished ``puhui demo`` child process: its exit code, what it printed on each
+    stream, its PUHUI_HOME and its landing zone (outside the home)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    home: Path
+    landing: Path
+
+    @property
+    def output(self) -> str:
+        """Both streams, as a pipe of both would hold them (stdout first)."""
+        return self.stdout + self.stderr
+
+
+@pytest.fixture(scope="session")
+def piped_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """One demo (the generator, Prefect, GX, warehouse, both models) with its output piped,
+    shared by the tests that read it rather than each running its own (~2 min each). It is
+    read-only for them; the first xdist worker to need it runs it, the other reuses it."""
+    root = run_shared_dir(tmp_path_factory, "piped-demo") / "run"
+    home, landing = root / "home", root / "landing"
+
+    def run() -> None:
+        root.mkdir(parents=True)
+        env = {**demo_env(home), "PUHUI_LANDING": str(landing)}
+        try:
+            done = subprocess.run([sys.executable, "-m", "puhui", "demo", *DEMO_ARGS],
+                                  env=env, cwd=repo_root(), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=DEMO_TIMEOUT,
+                                  check=False)
+            result = {"returncode": done.returncode, "stdout": done.stdout,
+                      "stderr": done.stderr}
+        except subprocess.TimeoutExpired as late:  # recorded: the other worker must not retry
+            result = {"returncode": -1, "stdout": _text(late.stdout),
+                      "stderr": _text(late.stderr) + f"\n(killed after {DEMO_TIMEOUT} s)"}
+        (root.parent / "result.json").write_text(json.dumps(result))
+
+    build_once(root, run)
+    result = json.loads((root.parent / "result.json").read_text())
+    return DemoRun(result["returncode"], result["stdout"], result["stderr"], home, landing)

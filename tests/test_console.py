@@ -20,8 +20,8 @@ from rich.console import Console
 
 from puhui import console as report
 from puhui.settings import repo_root
+from tests.conftest import DEMO_ARGS, DemoRun, demo_env
 
-DEMO_ARGS = ["--users", "1500", "--days", "3"]
 MAX_DEMO_LINES = 40
 
 
@@ -122,14 +122,6 @@ def test_known_third_party_log_lines_are_filtered() -> None:
 
 
 # --------------------------------------------------------------------------- the demo
-def _demo_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PUHUI_", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
-    env.update({"PUHUI_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
-                "COLUMNS": "120"})
-    return env
-
-
 def _screen_lines(raw: str) -> list[str]:
     """What a terminal shows after ``raw``: carriage returns, cursor-up and erase-line
     applied (Rich's live display redraws its bars in place with these)."""
@@ -179,25 +171,22 @@ def _run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float) -> 
 
 
 @pytest.mark.slow
-def test_demo_fits_on_a_screen_when_piped(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "puhui", "demo", *DEMO_ARGS],
-                          env=_demo_env(tmp_path / "home"), cwd=repo_root(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=1500, check=False)
-    lines = done.stdout.splitlines()
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert len(lines) <= MAX_DEMO_LINES, done.stdout
-    assert "\x1b[" not in done.stdout  # no bars or colour codes in a pipe
+def test_demo_fits_on_a_screen_when_piped(piped_demo: DemoRun) -> None:
+    output = piped_demo.output  # the run is shared with test_privacy.py (conftest)
+    lines = output.splitlines()
+    assert piped_demo.returncode == 0, output[-3000:]
+    assert len(lines) <= MAX_DEMO_LINES, output
+    assert "\x1b[" not in output  # no bars or colour codes in a pipe
     assert not [line for line in lines if "Finished in state" in line or "INFO" in line]
     assert any(line.startswith("train: ") and "LightGBM" in line for line in lines)  # a stage line
-    assert "CloudPickle" not in done.stdout
+    assert "CloudPickle" not in output
 
 
 @pytest.mark.slow
 def test_demo_fits_on_a_screen_on_a_terminal_and_shows_training_progress(
         tmp_path: Path) -> None:
     code, raw = _run_on_a_terminal([sys.executable, "-m", "puhui", "demo", *DEMO_ARGS],
-                                   _demo_env(tmp_path / "home"), timeout=900)
+                                   demo_env(tmp_path / "home"), timeout=900)
     screen = _screen_lines(raw)
     assert code == 0, "\n".join(screen[-30:])
     assert len(screen) <= MAX_DEMO_LINES, "\n".join(screen)

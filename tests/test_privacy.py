@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from puhui.identifiers import normalize_phone
+from tests.conftest import DemoRun
 
 _ID_TOKEN = re.compile(rb"\d{17}[\dXx]")
 _PHONE_TOKEN = re.compile(rb"(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}")
@@ -56,22 +54,9 @@ def _readable_bytes(path: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_demo_leaves_no_raw_identifier_outside_the_landing_zone(tmp_path: Path) -> None:
-    home, landing = tmp_path / "home", tmp_path / "landing"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in ("PREFECT_HOME", "PUHUI_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "PUHUI_PSEUDONYM_KEY")
-    }
-    env.update(PUHUI_HOME=str(home), PUHUI_LANDING=str(landing))
-    done = subprocess.run(
-        [sys.executable, "-m", "puhui", "demo", "--users", "1500", "--days", "3"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def test_demo_leaves_no_raw_identifier_outside_the_landing_zone(piped_demo: DemoRun) -> None:
+    # The demo run (landing zone outside its home) is shared with test_console.py (conftest).
+    done, home, landing = piped_demo, piped_demo.home, piped_demo.landing
     assert done.returncode == 0, done.stderr[-3000:]
     assert "demo done" in done.stdout and "warehouse" in done.stdout
 
