@@ -68,7 +68,8 @@ os.environ["PUHUI_AUDIT_KEY"] = TEST_AUDIT_KEY
 LONGEST_FILES_FIRST = (
     "test_console.py", "test_risk_model.py", "test_profiles.py", "test_daily_flow.py",
     "test_server.py", "test_crash_model_changes.py", "test_ingest.py",
-    "test_partitioned_features.py", "test_monitoring.py", "test_lifecycle.py",
+    "test_partitioned_features.py", "test_sql_aggregates.py",
+    "test_training_set_partitioned.py", "test_monitoring.py", "test_lifecycle.py",
     "test_recommender.py", "test_hostile_files.py", "test_models_cli.py", "test_features.py",
     "test_profiles_offers.py", "test_audit.py", "test_dask_runner.py", "test_quarantine_cli.py",
 )
