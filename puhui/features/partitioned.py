@@ -149,11 +149,12 @@ def build_features_partitioned(
         partitions = register.partitions
     elif partitions is None:
         partitions = default_partitions(engine, spec, as_of)
-    # One partition reads whole tables, which give the first days as they are read (a MIN
-    # per table would be one more scan of each on SQLite, where the demo runs).
-    first_day = first_event_days(engine, spec, as_of) if partitions > 1 else None
-    if partitions > 1:  # one partition reads whole tables: no index needed
+    # One partition reads whole tables: no index is needed, and the rows read give the first
+    # days (a MIN per table would be one more scan of each on SQLite, where the demo runs).
+    first_day = None
+    if partitions > 1:
         ensure_partition_indexes(engine, spec)
+        first_day = first_event_days(engine, spec, as_of)
     if register is None:
         register = load_register(engine, spec, as_of, partitions)
     if lineage is not None:

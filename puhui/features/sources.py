@@ -289,16 +289,8 @@ def load_partition_frames(
     """
     owners = customers[customers["owns_phone"]]
     phone_to_person = owners.set_index("phone_key")["person_key"]
-    events: dict[str, pd.DataFrame] = {}
-    days: dict[str, int] = {}
-    batch_ids = set(customers["batch_id"])
-    for source in spec.sources:
-        frame, first = load_source(engine, source, as_of, spec.timezone, phone_to_person,
-                                   partition, spec.customer.table)
-        events[source.name] = frame
-        if first is not None:
-            days[source.name] = first
-        batch_ids.update(frame["batch_id"].unique())
+    events, days, batch_ids = _read_sources(engine, spec, as_of, customers, phone_to_person,
+                                            partition)
     register_columns = [c for c in customers.columns if c not in ("partition", "owns_phone")]
     return SourceFrames(as_of, customers[register_columns], events,
                         dict(days if first_day is None else first_day), batch_ids)
@@ -307,14 +299,25 @@ def load_partition_frames(
 def load_source_frames(engine: Engine, spec: FeaturesConfig, as_of: date) -> SourceFrames:
     """Everything ``spec`` needs from the warehouse, as it was known at the end of ``as_of``."""
     customers = load_customers(engine, spec, as_of)
-    phone_to_person = phone_owners(customers)
+    events, first_day, batch_ids = _read_sources(engine, spec, as_of, customers,
+                                                 phone_owners(customers))
+    return SourceFrames(as_of, customers, events, first_day, batch_ids)
+
+
+def _read_sources(
+    engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
+    phone_to_person: pd.Series, partition: Partition | None = None,
+) -> tuple[dict[str, pd.DataFrame], dict[str, int], set[str]]:
+    """Each source's rows (of ``partition``'s people, or everyone's), the first event day of
+    each source among the rows read, and the batch ids of the register and of those rows."""
     events: dict[str, pd.DataFrame] = {}
     first_day: dict[str, int] = {}
     batch_ids = set(customers["batch_id"])
     for source in spec.sources:
-        frame, first = load_source(engine, source, as_of, spec.timezone, phone_to_person)
+        frame, first = load_source(engine, source, as_of, spec.timezone, phone_to_person,
+                                   partition, spec.customer.table)
         events[source.name] = frame
         if first is not None:
             first_day[source.name] = first
         batch_ids.update(frame["batch_id"].unique())
-    return SourceFrames(as_of, customers, events, first_day, batch_ids)
+    return events, first_day, batch_ids
