@@ -32,17 +32,19 @@ import pandas as pd
 from sqlalchemy import Engine, MetaData, Table, select, true
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
-from puhui.errors import PuhuiError
-from puhui.features.sources import day_number, local_days, read_frame, time_kind
+from puhui.features.sources import day_number, read_frame
 from puhui.partitioning import Partition, all_partitions, in_bucket
 from puhui.profiles.models import ModelSlot
 from puhui.recommender.model import Ranker, eligibility
 from puhui.recommender.scoring import load_recommender, score_recommendations
 from puhui.recommender.train import EVENTS_TABLE
-from puhui.recommender.training_set import graded_events, window_as_of_days
-
-EVENT_COLUMNS = ["person_key", "day", "event_time", "product_code", "scenario", "event_type",
-                 "batch_id"]
+from puhui.recommender.training_set import (
+    graded_events,
+    key_product_events,
+    product_events_table,
+    scenario_mix,
+    window_as_of_days,
+)
 
 
 @dataclass
@@ -64,12 +66,7 @@ class EventSummary:
     def prior(self, products: ProductsConfig) -> pd.Series:
         """Everyone's scenario mix of impressions (uniform when there are none): what
         ``training_set.scenario_prior`` gives on the whole table."""
-        scenarios = sorted({s for p in products.products for s in p.scenarios})
-        counts = pd.Series(self.impressions, dtype="int64").reindex(scenarios, fill_value=0)
-        total = float(counts.sum())
-        if not total:
-            return pd.Series(1.0 / len(scenarios), index=scenarios)
-        return counts / total
+        return scenario_mix(pd.Series(self.impressions, dtype="int64"), products)
 
     def popularity(self, products: ProductsConfig) -> dict[str, float]:
         """Mean relevance of each product over every (window, customer) group."""
@@ -94,14 +91,6 @@ def summarise_events(events: pd.DataFrame, products: ProductsConfig, spec: Recom
     return summary
 
 
-def _events_table(engine: Engine) -> Table:
-    try:
-        return Table(EVENTS_TABLE, MetaData(), autoload_with=engine)
-    except Exception as exc:  # noqa: BLE001 - NoSuchTableError and driver variants
-        raise PuhuiError(f"table {EVENTS_TABLE} is not in the warehouse: ingest "
-                         "product_events first (puhui run ingest)") from exc
-
-
 def read_partition_events(engine: Engine, features: FeaturesConfig, as_of: date,
                           customers: pd.DataFrame, partition: Partition) -> pd.DataFrame:
     """Offer funnel events up to ``as_of`` (local days) of one partition's customers, keyed
@@ -109,7 +98,7 @@ def read_partition_events(engine: Engine, features: FeaturesConfig, as_of: date,
     partition's people only. ``customers``: the partition's register slice (customer_id,
     person_key). The feed is keyed by ``customer_id``: the SQL keeps the ids some register
     row of the partition's keys carries (a superset), the register slice then decides."""
-    table = _events_table(engine)
+    table = product_events_table(engine, EVENTS_TABLE)
     register = Table(features.customer.table, MetaData(), autoload_with=engine)
     if partition.count == 1:
         where = true()
@@ -117,13 +106,7 @@ def read_partition_events(engine: Engine, features: FeaturesConfig, as_of: date,
         where = table.c.customer_id.in_(select(register.c.customer_id).where(
             in_bucket(register.c.person_key, partition)))
     frame = read_frame(engine, select(table).where(where), key_range=partition.count > 1)
-    frame = frame.sort_values(["event_id", "batch_id"]).drop_duplicates("event_id", keep="last")
-    frame["day"] = local_days(frame["event_time"], time_kind(table, "event_time"),
-                              features.timezone)
-    frame = frame[frame["day"] <= day_number(as_of)]
-    person = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")
-    frame["person_key"] = frame["customer_id"].map(person["person_key"])
-    return frame.dropna(subset=["person_key"])[EVENT_COLUMNS].reset_index(drop=True)
+    return key_product_events(frame, table, features.timezone, as_of, customers)
 
 
 @dataclass

@@ -57,24 +57,38 @@ class RankingSet:
         return self.frame[self.frame["split"] == name]
 
 
-def load_product_events(engine: Engine, table_name: str, timezone: str, as_of: date,
-                        customers: pd.DataFrame) -> pd.DataFrame:
-    """Offer funnel events up to ``as_of`` (local days), keyed by person, newest delivery."""
+EVENT_COLUMNS = ["person_key", "day", "event_time", "product_code", "scenario", "event_type",
+                 "batch_id"]
+
+
+def product_events_table(engine: Engine, table_name: str) -> Table:
+    """The warehouse's offer funnel table, or a one-line error saying to ingest it first."""
     try:
-        table = Table(table_name, MetaData(), autoload_with=engine)
+        return Table(table_name, MetaData(), autoload_with=engine)
     except Exception as exc:  # noqa: BLE001 - NoSuchTableError and driver variants
         raise PuhuiError(f"table {table_name} is not in the warehouse: ingest "
                          "product_events first (puhui run ingest)") from exc
-    with engine.connect() as conn:
-        frame = pd.read_sql_query(select(table), conn)
+
+
+def key_product_events(frame: pd.DataFrame, table: Table, timezone: str, as_of: date,
+                       customers: pd.DataFrame) -> pd.DataFrame:
+    """Raw funnel rows of ``table`` -> the newest delivery of each event up to ``as_of``
+    (local days), keyed by the person ``customers`` (customer_id, person_key) gives."""
     frame = frame.sort_values(["event_id", "batch_id"]).drop_duplicates("event_id", keep="last")
     frame["day"] = local_days(frame["event_time"], time_kind(table, "event_time"), timezone)
     frame = frame[frame["day"] <= day_number(as_of)]
     person = customers.drop_duplicates("customer_id", keep="last").set_index("customer_id")
     frame["person_key"] = frame["customer_id"].map(person["person_key"])
-    return frame.dropna(subset=["person_key"])[
-        ["person_key", "day", "event_time", "product_code", "scenario", "event_type",
-         "batch_id"]].reset_index(drop=True)
+    return frame.dropna(subset=["person_key"])[EVENT_COLUMNS].reset_index(drop=True)
+
+
+def load_product_events(engine: Engine, table_name: str, timezone: str, as_of: date,
+                        customers: pd.DataFrame) -> pd.DataFrame:
+    """Offer funnel events up to ``as_of`` (local days), keyed by person, newest delivery."""
+    table = product_events_table(engine, table_name)
+    with engine.connect() as conn:
+        frame = pd.read_sql_query(select(table), conn)
+    return key_product_events(frame, table, timezone, as_of, customers)
 
 
 def window_as_of_days(as_of: date, spec: RecommenderSpec) -> list[int]:
@@ -100,9 +114,15 @@ def graded_events(events: pd.DataFrame, products: ProductsConfig,
 
 def scenario_prior(past: pd.DataFrame, products: ProductsConfig) -> pd.Series:
     """Everyone's scenario mix of impressions in ``past`` (uniform when there are none)."""
-    scenarios = sorted({s for p in products.products for s in p.scenarios})
     shown = past[past["event_type"] == "impression"]
-    counts = shown["scenario"].value_counts().reindex(scenarios, fill_value=0)
+    return scenario_mix(shown["scenario"].value_counts(), products)
+
+
+def scenario_mix(impressions: pd.Series, products: ProductsConfig) -> pd.Series:
+    """Impression counts per scenario -> shares over the shelf's scenarios (uniform when
+    there are none)."""
+    scenarios = sorted({s for p in products.products for s in p.scenarios})
+    counts = impressions.reindex(scenarios, fill_value=0)
     total = float(counts.sum())
     if not total:
         return pd.Series(1.0 / len(scenarios), index=scenarios)
