@@ -100,8 +100,10 @@ def _new_payments_file(landing: Path, number: int) -> Path:
 
 def _worker_children_cpu(home: Path) -> tuple[int, float] | None:
     """(pid, CPU seconds of the reaped children) of the warm worker, if one runs."""
+    from puhui.warm_worker import STATE_FILE
+
     try:
-        pid = int(json.loads((home / "prefect" / "warm.json").read_text())["pid"])
+        pid = int(json.loads((home / "prefect" / STATE_FILE).read_text())["pid"])
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, ValueError, KeyError):
         return None

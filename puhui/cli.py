@@ -1043,7 +1043,7 @@ def server_start(
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
     from puhui.prefect_server import ensure_process_work_pools, start_server
     from puhui.scheduling import work_pool_names
-    from puhui.warm_worker import disabled, launch_worker, start_worker, wait_for_worker
+    from puhui.warm_worker import disabled, launch_worker, wait_for_worker
 
     settings = load_settings()
     configure_runtime(settings)
@@ -1072,8 +1072,8 @@ def server_start(
     if disabled():
         return
     with console.status("starting the warm worker (imports Prefect and GX once)..."):
-        worker = (wait_for_worker(settings, launched[0]) if launched
-                  else start_worker(settings, info.api_url))
+        worker = wait_for_worker(settings, launched[0] if launched
+                                 else launch_worker(settings, info.api_url))
     console.print(f"warm worker running (pid {worker.pid}): 'puhui run ingest' runs in it, "
                   "without importing Prefect and GX again" if worker else
                   "the warm worker did not start (see warm.log beside server.log): "

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from puhui.files import write_text_atomically
 from puhui.settings import Settings, repo_root
 
 STATE_FILE = "warm.json"
@@ -285,7 +286,8 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    _state_path(settings).write_text(json.dumps({
+    # Atomically: the CLI, `server status` and the bench poll this file while it appears.
+    write_text_atomically(_state_path(settings), json.dumps({
         "pid": os.getpid(), "socket": str(path), "started_at": began,
         "executable": sys.executable, "root": str(repo_root())}))
     print(f"puhui warm worker {os.getpid()}: listening on {path}", flush=True)
@@ -294,9 +296,7 @@ def serve(settings: Settings) -> None:
             _reap()
             try:
                 conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except InterruptedError:
+            except (TimeoutError, InterruptedError):
                 continue
             try:
                 _handle(conn, listener, environment)
@@ -445,12 +445,6 @@ def wait_for_worker(settings: Settings, process: subprocess.Popen[bytes] | None,
         time.sleep(0.2)
     process.terminate()
     return None
-
-
-def start_worker(settings: Settings, api_url: str,
-                 timeout: float = READY_TIMEOUT_SECONDS) -> WarmWorker | None:
-    """Start the worker (unless a current one runs) and wait until it listens."""
-    return wait_for_worker(settings, launch_worker(settings, api_url), timeout)
 
 
 def stop_worker(settings: Settings, timeout: float = 15.0) -> WarmWorker | None:
