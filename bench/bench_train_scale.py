@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,25 +71,34 @@ def client_flow(out: Path) -> None:
         "gates_passed": summary["gates"]["passed"], "version": summary.get("version")}))
 
 
+def whole_table_applicants(engine, spec, as_of: date):  # noqa: ANN001, ANN201
+    """The applicants' features as the training flow built them before partitioning: whole
+    raw tables read into pandas (an ``ApplicantFeatures``)."""
+    from puhui.features.builder import build_features
+    from puhui.features.sources import load_source_frames
+    from puhui.risk.training_set import REGISTER_COLUMNS, ApplicantFeatures, feature_requests
+
+    frames = load_source_frames(engine, spec, as_of)
+    apps = feature_requests(engine, spec, as_of)
+    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+    return ApplicantFeatures(as_of, apps, features, frames.customers[REGISTER_COLUMNS],
+                             frames.batch_ids)
+
+
 def client_reference(out: Path) -> None:
     """The feature step before partitioning: whole raw tables read into pandas."""
     from puhui.config import FeaturesConfig, load_config
-    from puhui.features.builder import build_features
-    from puhui.features.sources import load_source_frames
-    from puhui.risk.training_set import feature_requests
     from puhui.runtime import open_runtime
 
     runtime = open_runtime()
     spec = load_config(runtime.settings.config_dir, FeaturesConfig)
     started = time.time()
-    frames = load_source_frames(runtime.engine, spec, END)
-    apps = feature_requests(runtime.engine, spec, END)
-    features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
+    whole = whole_table_applicants(runtime.engine, spec, END)
     ended = time.time()
     (out / "client.json").write_text(json.dumps({
         "start": started, "end": ended, "seconds": round(ended - started, 1),
         "steps": [{"name": "whole-table features", "start": started, "end": ended}],
-        "applications": len(apps), "feature_rows": len(features)}))
+        "applications": len(whole.applications), "feature_rows": len(whole.features)}))
 
 
 def measure(server, mode: str, work: Path) -> dict:  # noqa: ANN001
@@ -166,16 +176,11 @@ def ab_small(users: int, repeats: int, work: Path) -> dict:
 
     from puhui.config import FeaturesConfig, ModelsConfig, load_config
     from puhui.demo import DEMO_HISTORY_DAYS
-    from puhui.features.builder import build_features
-    from puhui.features.sources import load_source_frames
     from puhui.generate import generate_landing_zone
     from puhui.ingest.feeds import ingest_all_feeds
     from puhui.risk.training_set import (
-        REGISTER_COLUMNS,
-        ApplicantFeatures,
         applicant_features,
         build_training_set,
-        feature_requests,
     )
     from puhui.runtime import open_runtime
 
@@ -193,14 +198,7 @@ def ab_small(users: int, repeats: int, work: Path) -> dict:
     spec = load_config(runtime.settings.config_dir, FeaturesConfig)
     model = load_config(runtime.settings.config_dir, ModelsConfig).credit_risk
 
-    def whole_table() -> ApplicantFeatures:
-        frames = load_source_frames(engine, spec, END)
-        apps = feature_requests(engine, spec, END)
-        features = build_features(frames, apps[["person_key", "as_of_date"]], spec)
-        return ApplicantFeatures(END, apps, features, frames.customers[REGISTER_COLUMNS],
-                                 frames.batch_ids)
-
-    ways = {"whole_table": whole_table,
+    ways = {"whole_table": lambda: whole_table_applicants(engine, spec, END),
             "partitioned": lambda: applicant_features(engine, spec, END)}
     seconds: dict[str, list[float]] = {w: [] for w in ways}
     sets = {}
@@ -248,13 +246,17 @@ def attach(args: argparse.Namespace) -> int:
         run["reference_features"] = measure(server, "reference", work)
         load["reference_end"] = load_average()
     run["load_average_1_5_15"] = load
-    runs = []
-    if RESULTS.exists():
-        runs = [r for r in json.loads(RESULTS.read_text()).get("runs", [])
-                if (r["users"], r["history_days"]) != (args.users, args.history_days)]
     write_results("train-scale", {"benchmark": "train-scale", "machine": machine_facts(),
-                                  "targets": TARGETS, "runs": [*runs, run]}, False)
+                                  "targets": TARGETS, "runs": [*_other_runs(args), run]}, False)
     return 0
+
+
+def _other_runs(args: argparse.Namespace) -> list[dict]:
+    """The runs already in the results file, but those of this size (replaced)."""
+    if not RESULTS.exists():
+        return []
+    return [r for r in json.loads(RESULTS.read_text()).get("runs", [])
+            if (r["users"], r["history_days"]) != (args.users, args.history_days)]
 
 
 def main() -> int:
@@ -290,10 +292,7 @@ def main() -> int:
         return attach(args)
     from puhui.throwaway_postgres import throwaway_postgres
 
-    runs: list[dict] = []
-    if RESULTS.exists():
-        runs = [r for r in json.loads(RESULTS.read_text()).get("runs", [])
-                if (r["users"], r["history_days"]) != (args.users, args.history_days)]
+    runs = _other_runs(args)
     with throwaway_postgres() as server, tempfile.TemporaryDirectory(prefix="train-") as tmp:
         load = {"before": load_average()}
         rows, generate_s, ingest_s, index_s = prepare_size(server, args.users,
