@@ -17,6 +17,11 @@ On one throwaway PostgreSQL server (``bench/bench_scale.py``'s helpers):
 history): the training flow's feature and training-set steps as they were (whole tables)
 and as they are (partitioned; one partition at the demo's size), alternating ``--repeats``
 times in one process, each run timed; the two training sets are checked equal.
+``--ab --postgres``: the same A/B on PostgreSQL at ``--users`` / ``--history-days``, with
+each partition's seconds (``--partitions``, default from the register's size). It prepares
+a throwaway server, or, with ``PUHUI_WAREHOUSE_URL`` (and the bench's ``PUHUI_*``) set,
+measures the warehouse an earlier run prepared; ``--label`` names the run (e.g. the code
+measured), runs of other labels stay in the results file.
 
 The labels mature 180 days after an application (``configs/models.yaml``) and the three
 windows need four months of matured applications, so the history must be at least ~330 days
@@ -24,8 +29,10 @@ windows need four months of matured applications, so the history must be at leas
 
 Usage: python bench/bench_train_scale.py [--users 1000000] [--history-days 335] [--reference]
        python bench/bench_train_scale.py --ab [--users 20000] [--repeats 3]
+       python bench/bench_train_scale.py --ab --postgres --users 45000 [--partitions N]
+           [--label NAME]
 Writes bench/results/train-scale.json (figures of each size kept, the same size replaced),
-or train-small-ab.json.
+train-small-ab.json, or train-postgres-ab.json.
 """
 
 from __future__ import annotations
@@ -170,18 +177,10 @@ def counts() -> dict[str, int]:
 
 def ab_small(users: int, repeats: int, work: Path) -> dict:
     """Whole-table against partitioned feature + training-set steps on the demo's data."""
-    import statistics
-
-    import pandas as pd
-
     from puhui.config import FeaturesConfig, ModelsConfig, load_config
     from puhui.demo import DEMO_HISTORY_DAYS
     from puhui.generate import generate_landing_zone
     from puhui.ingest.feeds import ingest_all_feeds
-    from puhui.risk.training_set import (
-        applicant_features,
-        build_training_set,
-    )
     from puhui.runtime import open_runtime
 
     os.environ.update({"PUHUI_HOME": str(work / "home"), "PUHUI_LANDING": str(work / "landing"),
@@ -198,27 +197,156 @@ def ab_small(users: int, repeats: int, work: Path) -> dict:
     spec = load_config(runtime.settings.config_dir, FeaturesConfig)
     model = load_config(runtime.settings.config_dir, ModelsConfig).credit_risk
 
+    return {"users": users, "history_days": DEMO_HISTORY_DAYS, "warehouse": "sqlite",
+            "prepare_seconds": round(prepared, 1),
+            **alternate(engine, spec, model, repeats, None)}
+
+
+def alternate(engine, spec, model, repeats: int,  # noqa: ANN001
+              partitions: int | None) -> dict:
+    """Whole-table and partitioned feature + training-set steps, alternating ``repeats``
+    times, each run timed (and each partition of the partitioned runs); the two training
+    sets checked equal, every value."""
+    import statistics
+
+    import pandas as pd
+
+    import puhui.features.partitioned as partitioned
+    from puhui.risk.training_set import applicant_features, build_training_set
+
+    part_seconds: list[float] = []
+    build_partition = partitioned.build_partition
+
+    def timed_partition(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        t = time.perf_counter()
+        piece = build_partition(*args, **kwargs)
+        part_seconds.append(round(time.perf_counter() - t, 2))
+        return piece
+
+    partitioned.build_partition = timed_partition  # the bench's stopwatch, nothing else
     ways = {"whole_table": lambda: whole_table_applicants(engine, spec, END),
-            "partitioned": lambda: applicant_features(engine, spec, END)}
+            "partitioned": lambda: applicant_features(engine, spec, END, partitions)}
     seconds: dict[str, list[float]] = {w: [] for w in ways}
+    per_partition: list[list[float]] = []
+    loads: list[list[float]] = []
     sets = {}
-    for _ in range(repeats):
-        for way, build in ways.items():
-            t = time.perf_counter()
-            sets[way] = build_training_set(engine, spec, model, build())
-            seconds[way].append(round(time.perf_counter() - t, 2))
-            print(f"{way}: {seconds[way][-1]:.1f} s (load {load_average()})", flush=True)
+    try:
+        for _ in range(repeats):
+            for way, build in ways.items():
+                part_seconds.clear()
+                t = time.perf_counter()
+                sets[way] = build_training_set(engine, spec, model, build())
+                seconds[way].append(round(time.perf_counter() - t, 2))
+                loads.append(load_average())
+                if way == "partitioned":
+                    per_partition.append(list(part_seconds))
+                print(f"{way}: {seconds[way][-1]:.1f} s"
+                      + (f", partitions {part_seconds} s" if way == "partitioned" else "")
+                      + f" (load {loads[-1]})", flush=True)
+    finally:
+        partitioned.build_partition = build_partition
     pd.testing.assert_frame_equal(sets["partitioned"].frame, sets["whole_table"].frame,
                                   check_exact=True)
     median = {w: statistics.median(s) for w, s in seconds.items()}
-    return {"users": users, "history_days": DEMO_HISTORY_DAYS, "warehouse": "sqlite",
-            "prepare_seconds": round(prepared, 1),
-            "applications": len(sets["partitioned"].frame),
+    return {"applications": len(sets["partitioned"].frame),
             "training_rows": int(sets["partitioned"].frame["split"].notna().sum()),
+            "partitions": len(per_partition[0]) if per_partition else 0,
             "seconds": seconds, "median_seconds": median,
+            "partition_seconds": per_partition,
             "partitioned_over_whole_table": round(median["partitioned"]
                                                   / median["whole_table"], 3),
+            "load_average_after_each_run": loads,
             "training_sets_equal": True}
+
+
+def partition_reads(engine, spec, partitions: int) -> dict:  # noqa: ANN001
+    """Each source's partition reads, summed over the partitions, as the server ran them
+    (``EXPLAIN ANALYZE``): entries read from the feed's partition-read index, rows returned,
+    server ms and plans, with the plan the reads set (``KEY_RANGE_PLAN``) and with the
+    planner left alone but for the scan (what the reads set before). Entries read do not
+    depend on the machine's load; ms do (and on what the page cache holds)."""
+    from sqlalchemy import text
+
+    from puhui.features.sources import KEY_RANGE_PLAN, _reflect, source_query
+    from puhui.partitioning import all_partitions
+
+    plans = {"planner_left_alone": {"enable_seqscan": "off"}, "key_range_plan": KEY_RANGE_PLAN}
+    out: dict = {}
+    with engine.connect() as conn:
+        for source in spec.sources:
+            table = _reflect(engine, source.table)
+            index = f"ix_{source.table}_partition_read"
+            figures: dict = {"table_rows": int(conn.execute(
+                text(f'SELECT count(*) FROM "{source.table}"')).scalar() or 0)}
+            for name, settings in plans.items():
+                conn.execute(text("RESET ALL"))
+                conn.execute(text("SET jit = off"))
+                for setting, value in settings.items():
+                    conn.execute(text(f"SET {setting} = {value}"))
+                total = {"index_entries_read": 0, "rows": 0, "server_ms": 0.0, "plans": set()}
+                for part in all_partitions(partitions):
+                    query = source_query(engine, table, source, part, spec.customer.table)
+                    sql = str(query.compile(dialect=engine.dialect,
+                                            compile_kwargs={"literal_binds": True}))
+                    plan = conn.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+                                        ).scalar()[0]
+                    top = plan["Plan"]
+                    total["index_entries_read"] += _index_rows(top, index)
+                    total["rows"] += top["Actual Rows"]
+                    total["server_ms"] += plan["Execution Time"]
+                    total["plans"].add(top["Node Type"] + "".join(
+                        f" / {p['Node Type']}" for p in top.get("Plans", [])))
+                figures[name] = {**total, "server_ms": round(total["server_ms"]),
+                                 "plans": sorted(total["plans"])}
+            out[source.name] = figures
+            print(source.name, json.dumps(figures), flush=True)
+        conn.execute(text("RESET ALL"))
+    return out
+
+
+def _index_rows(node: dict, index: str) -> int:
+    """Rows a plan's scans of ``index`` returned, over all their loops."""
+    own = node["Actual Rows"] * node["Actual Loops"] if node.get("Index Name") == index else 0
+    return own + sum(_index_rows(child, index) for child in node.get("Plans", []))
+
+
+def ab_postgres(args: argparse.Namespace) -> int:
+    """``--ab --postgres``: the A/B on PostgreSQL, on a warehouse prepared here or before."""
+    from contextlib import nullcontext
+
+    from puhui.config import FeaturesConfig, ModelsConfig, load_config
+    from puhui.runtime import open_runtime
+    from puhui.throwaway_postgres import throwaway_postgres
+
+    prepared = os.environ.get("PUHUI_WAREHOUSE_URL")
+    load = {"before": load_average()}
+    with (nullcontext() if prepared else throwaway_postgres()) as server, \
+            tempfile.TemporaryDirectory(prefix="train-pg-ab-") as tmp:
+        run: dict = {"label": args.label, "users": args.users,
+                     "history_days": args.history_days, "warehouse": "postgresql"}
+        if server is not None:
+            rows, generate_s, ingest_s, index_s = prepare_size(
+                server, args.users, args.history_days, Path(tmp))
+            run |= {"raw_rows": rows, "generate_seconds": round(generate_s, 1),
+                    "ingest_seconds": round(ingest_s, 1),
+                    "index_build_seconds": round(index_s, 1)}
+        runtime = open_runtime()
+        spec = load_config(runtime.settings.config_dir, FeaturesConfig)
+        model = load_config(runtime.settings.config_dir, ModelsConfig).credit_risk
+        run |= counts()
+        run |= alternate(runtime.engine, spec, model, args.repeats, args.partitions)
+        run["partition_reads"] = partition_reads(runtime.engine, spec, run["partitions"])
+    load["after"] = load_average()
+    run["load_average_1_5_15"] = load
+    results = RESULTS.with_name("train-postgres-ab.json")
+    runs = json.loads(results.read_text())["runs"] if results.exists() else []
+    runs = [r for r in runs if (r["label"], r["users"], r["history_days"])
+            != (args.label, args.users, args.history_days)]
+    write_results("train-postgres-ab", {"benchmark": "train-postgres-ab",
+                                        "machine": machine_facts(), "runs": [*runs, run]},
+                  False)
+    print(json.dumps(run, indent=1))
+    return 0
 
 
 def load_average() -> list[float]:
@@ -269,6 +397,12 @@ def main() -> int:
     parser.add_argument("--ab", action="store_true",
                         help="the small case: whole-table vs partitioned steps, alternating")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--postgres", action="store_true",
+                        help="with --ab: on PostgreSQL at --users / --history-days")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="with --ab --postgres: partitions (default: from the size)")
+    parser.add_argument("--label", default="current",
+                        help="with --ab --postgres: the run's name in the results file")
     parser.add_argument("--attach", nargs=2, metavar=("PID", "PG_DATA_DIR"),
                         help="measure on the warehouse an earlier run prepared: its client's "
                              "pid (PUHUI_* settings read from it) and its server's data dir")
@@ -278,6 +412,8 @@ def main() -> int:
         mode, out = args.client
         (client_flow if mode == "flow" else client_reference)(Path(out))
         return 0
+    if args.ab and args.postgres:
+        return ab_postgres(args)
     if args.ab:
         with tempfile.TemporaryDirectory(prefix="train-ab-") as tmp:
             load = {"before": load_average()}
