@@ -89,18 +89,19 @@ def load_true_pd(landing: str) -> pd.Series | None:
     return frame.set_index("application_id")["true_pd"]
 
 
-def ceiling_metrics(oot: pd.DataFrame, true_pd: pd.Series | None) -> dict[str, float]:
+def ceiling_metrics(oot: pd.DataFrame, true_pd: pd.Series | None,
+                    auc: float) -> dict[str, float]:
     """The AUC the generator's true PDs reach on exactly the test window's labelled rows, and
-    the candidate's gap to it. A window's ceiling differs from the all-loans one (truth.json)
-    by as much as the model's gap, so only this one is like for like. Empty when the truth
-    does not cover every row (another landing zone's, or none)."""
+    the gap to it of the candidate's ``auc`` on those rows. A window's ceiling differs from
+    the all-loans one (truth.json) by as much as the model's gap, so only this one is like
+    for like. Empty when the truth does not cover every row (another landing zone's, or
+    none)."""
     if true_pd is None:
         return {}
     truth = oot["application_id"].map(true_pd)
     if truth.isna().any():
         return {}
     ceiling = ranking_metrics(oot["label"].to_numpy(int), truth.to_numpy(float))["auc"]
-    auc = ranking_metrics(oot["label"].to_numpy(int), oot["pd"].to_numpy(float))["auc"]
     return {"auc_ceiling_test_window": ceiling, "auc_gap_to_ceiling_test_window": ceiling - auc}
 
 
@@ -145,7 +146,7 @@ def evaluate_risk_model(
                 "policy_cutoff_pd": model.policy_cutoff_pd,
                 "approval_rate_oot": float((applicants["pd"] < model.policy_cutoff_pd).mean()),
                 "applicants_oot": float(len(applicants)),
-                **ceiling_metrics(oot, true_pd)}
+                **ceiling_metrics(oot, true_pd, m_oot["auc"])}
     if scorer.calibration is not None and scorer.calibration.method == "isotonic":
         # What the isotonic steps alone would cost in ranking (ties broken by the raw PD
         # are what is registered, so ``auc_oot`` keeps the raw ranking).
