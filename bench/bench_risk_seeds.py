@@ -144,10 +144,11 @@ def ensure_risk_truth(prepared: dict, landing: Path) -> None:
     applications and true PDs without regenerating (or re-ingesting) the feeds."""
     from puhui.demo import DEMO_HISTORY_DAYS
     from puhui.generate import reference as ref
-    from puhui.generate.landing import RISK_TRUTH_FILE, write_risk_truth
+    from puhui.generate.landing import write_risk_truth
     from puhui.generate.population import build_population
     from puhui.generate.process import RiskParameters, build_applications, build_bureau_history
     from puhui.generate.timeline import Timeline
+    from puhui.generate.truth import RISK_TRUTH_FILE
 
     if (landing / RISK_TRUTH_FILE).exists():
         return
