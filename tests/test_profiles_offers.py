@@ -241,8 +241,9 @@ def test_partition_event_reads_equal_the_whole_table_read(
         return frame
 
     monkeypatch.setattr(offers_module, "read_frame", counting_read)
+    tables = offers_module.EventTables.reflect(engine, features)
     parts = [offers_module.read_partition_events(
-        engine, features, AS_OF, register[register["partition"] == b], Partition(b, partitions))
+        engine, tables, AS_OF, register[register["partition"] == b], Partition(b, partitions))
         for b in range(partitions)]
     assert len(read_sizes) == partitions and sum(read_sizes) == table_rows
     assert max(read_sizes) < 0.4 * table_rows  # each read is about a quarter of the table

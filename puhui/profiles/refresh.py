@@ -137,8 +137,8 @@ def _recommender_columns(ctx: ScoringContext, engine: Engine, number: int,
     blocked = _not_eligible(ctx, out["reasons"])
     offers = ctx.offers
     if offers is not None and offers.ranker is not None and slot is not None:
-        assert offers.features is not None
-        events = read_partition_events(engine, offers.features, ctx.as_of, customers,
+        assert offers.tables is not None
+        events = read_partition_events(engine, offers.tables, ctx.as_of, customers,
                                        Partition(number, ctx.partitions))
         return offer_columns(offers, slot, frame, out["risk_grade"], blocked, opt_out,
                              ctx.as_of, events)
