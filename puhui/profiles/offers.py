@@ -15,7 +15,10 @@ customer's offers are that ranking, champion or not.
 Product events are read one customer partition at a time (the partition's register rows
 select their ``customer_id``s in SQL), so memory follows the partition, not the population.
 The two facts every partition needs from everyone's events (the scenario mix of impressions
-and the popularity) are sums, gathered by one pass over the partitions before scoring.
+and the popularity) are sums, gathered by one pass over the partitions before scoring. With
+a champion, that pass also stages each partition's keyed events as a Parquet file beside the
+profile partitions, and scoring reads its partition's file: the warehouse is read once per
+refresh.
 This module adds what only a profile knows: products the credit decision rules out (a
 declined customer is offered no loan, whatever the recommender's grade limit) and the reasons
 in words.
@@ -26,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,7 @@ import pandas as pd
 from sqlalchemy import Engine, MetaData, Table, select, true
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
+from puhui.features.partitioned import write_atomic
 from puhui.features.sources import day_number, read_frame
 from puhui.partitioning import Partition, all_partitions, in_bucket
 from puhui.profiles.models import ModelSlot
@@ -132,16 +137,27 @@ class OfferContext:
     products: ProductsConfig
     prior: pd.Series  # everyone's scenario mix (``EventSummary.prior``)
     popularity: dict[str, float]  # product -> popularity from the events (no champion)
-    tables: EventTables | None = None  # where a partition's events are read from
+    events_dir: Path | None = None  # each partition's events, staged by the event-sums pass
+
+    def partition_events(self, bucket: int) -> pd.DataFrame:
+        """Partition ``bucket``'s events, as the event-sums pass read them."""
+        if self.events_dir is None:
+            raise ValueError("no staged events: build the context with load_offer_context")
+        return pd.read_parquet(events_path(self.events_dir, bucket))
+
+
+def events_path(directory: Path, bucket: int) -> Path:
+    return directory / f"events-{bucket:04d}.parquet"
 
 
 def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None,
                        spec: RecommenderSpec, products: ProductsConfig,
                        features: FeaturesConfig, register: pd.DataFrame,
-                       as_of: date, partitions: int) -> OfferContext:
+                       as_of: date, partitions: int, events_dir: Path) -> OfferContext:
     """The exact champion version (if any) resolved, and everyone's event sums from one pass
     over the register's ``partitions`` (``register["partition"]``, as ``load_register``
-    split it)."""
+    split it). With a champion, each partition's events are staged under ``events_dir`` for
+    its scoring (:meth:`OfferContext.partition_events`); without one, scoring needs none."""
     ranker = (load_recommender(tracking_uri, slot.name, str(slot.version))
               if slot is not None and slot.available else None)
     tables = EventTables.reflect(engine, features)
@@ -150,9 +166,12 @@ def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None
         customers = register[register["partition"] == part.bucket]
         events = read_partition_events(engine, tables, as_of, customers, part)
         summary.add(summarise_events(events, products, spec, as_of))
+        if ranker is not None:
+            events_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(events, events_path(events_dir, part.bucket))
     return OfferContext(ranker=ranker, spec=spec, products=products,
                         prior=summary.prior(products), popularity=summary.popularity(products),
-                        tables=tables)
+                        events_dir=events_dir if ranker is not None else None)
 
 
 def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> str:
@@ -189,7 +208,7 @@ def offer_columns(offers: OfferContext, slot: ModelSlot, frame: pd.DataFrame,
     """``recommended_products`` (top-k eligible under the final ranking, with scores and
     why other products are not eligible) and ``non_personalised_products`` per customer,
     from the champion's ranker. ``events``: the product events of (at least) ``frame``'s
-    customers (:func:`read_partition_events`).
+    customers (:meth:`OfferContext.partition_events`).
 
     ``blocked``: products the credit decision already rules out (a declined customer is
     offered no loan, whatever the recommender's grade limit); they are dropped from both
