@@ -32,7 +32,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.bench_risk_seeds import _seed_env, child_prepare, run_seeds  # noqa: E402
+from bench.bench_risk_seeds import (  # noqa: E402
+    _seed_env,
+    run_child_phase,
+    run_seeds,
+    seeds_parser,
+)
 from bench.results_file import machine_facts, write_results  # noqa: E402
 
 DEFAULT_WORK = ROOT / ".puhui" / "bench-recommender-seeds"
@@ -204,23 +209,12 @@ def _table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--days", type=int, default=3)
-    parser.add_argument("--phase", choices=("prepare", "train", "all", "table"), default="all")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser = seeds_parser(__doc__, [42, 1, 2], 5_000, 3, DEFAULT_WORK,
+                          "1,500 users, seed 42 only (a smoke run; results-quick.json)")
     parser.add_argument("--rebuild", action="store_true",
                         help="rebuild the cached ranking sets (after a feature change)")
-    parser.add_argument("--quick", action="store_true",
-                        help="1,500 users, seed 42 only (a smoke run; results-quick.json)")
-    parser.add_argument("--child", choices=("prepare", "train"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child == "prepare":
-        child_prepare(args.users, args.days, args.seeds[0])
-        return 0
-    if args.child == "train":
-        child_train(args.seeds[0], args.rebuild)
+    if run_child_phase(args, lambda: child_train(args.seeds[0], args.rebuild)):
         return 0
     if args.quick:
         args.users, args.seeds = 1_500, [42]

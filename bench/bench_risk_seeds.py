@@ -144,10 +144,11 @@ def ensure_risk_truth(prepared: dict, landing: Path) -> None:
     applications and true PDs without regenerating (or re-ingesting) the feeds."""
     from puhui.demo import DEMO_HISTORY_DAYS
     from puhui.generate import reference as ref
-    from puhui.generate.landing import RISK_TRUTH_FILE, write_risk_truth
+    from puhui.generate.landing import write_risk_truth
     from puhui.generate.population import build_population
     from puhui.generate.process import RiskParameters, build_applications, build_bureau_history
     from puhui.generate.timeline import Timeline
+    from puhui.generate.truth import RISK_TRUTH_FILE
 
     if (landing / RISK_TRUTH_FILE).exists():
         return
@@ -165,6 +166,32 @@ def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
                "--users", str(args.users), "--days", str(args.days), "--work", str(args.work)]
     return subprocess.run(command, env=_seed_env(args.work, seed), cwd=ROOT,
                           check=False).returncode
+
+
+def seeds_parser(doc: str, seeds: list[int], users: int, days: int, work: Path,
+                 quick_help: str) -> argparse.ArgumentParser:
+    """The options every seed benchmark takes (a benchmark adds its own before parsing)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--users", type=int, default=users)
+    parser.add_argument("--days", type=int, default=days)
+    parser.add_argument("--phase", choices=("prepare", "train", "all", "table"), default="all",
+                        help="table: only the table, from the results of an earlier train")
+    parser.add_argument("--work", type=Path, default=work)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--child", choices=("prepare", "train"), help=argparse.SUPPRESS)
+    return parser
+
+
+def run_child_phase(args: argparse.Namespace, train: Callable[[], None]) -> bool:
+    """In a seed's child process (``--child``): run its phase, True; else False."""
+    if args.child == "prepare":
+        child_prepare(args.users, args.days, args.seeds[0])
+        return True
+    if args.child == "train":
+        train()
+        return True
+    return False
 
 
 def run_seeds(args: argparse.Namespace, run_child: Callable[[argparse.Namespace, str, int], int],
@@ -214,22 +241,9 @@ def _table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--phase", choices=("prepare", "train", "all", "table"), default="all",
-                        help="table: only the table, from the results of an earlier train")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--quick", action="store_true",
-                        help="2,000 users, seeds 1-2 (a smoke run; results-quick.json)")
-    parser.add_argument("--child", choices=("prepare", "train"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child == "prepare":
-        child_prepare(args.users, args.days, args.seeds[0])
-        return 0
-    if args.child == "train":
-        child_train(args.seeds[0])
+    args = seeds_parser(__doc__, [1, 2, 3, 4, 5], 20_000, 30, DEFAULT_WORK,
+                        "2,000 users, seeds 1-2 (a smoke run; results-quick.json)").parse_args()
+    if run_child_phase(args, lambda: child_train(args.seeds[0])):
         return 0
     if args.quick:
         args.users, args.seeds = 2_000, [1, 2]

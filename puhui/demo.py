@@ -16,6 +16,7 @@ from rich.console import Console
 
 from puhui.config import ProductsConfig, load_config
 from puhui.generate import GenerateSummary, generate_landing_zone
+from puhui.generate.truth import TRUTH_FILE
 from puhui.settings import DEMO_KEY_FILE, Settings, ensure_local_audit_key
 
 
@@ -79,7 +80,7 @@ def generate_with_progress(
 
 def _clear_generated_landing(landing: Path) -> None:
     """Remove a previous demo landing zone (recognized by its truth.json) before regenerating."""
-    if (landing / "truth.json").exists():
+    if (landing / TRUTH_FILE).exists():
         shutil.rmtree(landing)
 
 
@@ -127,7 +128,7 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
         settings, landing, users=users, days=days, seed=seed, console=console,
         history_days=history_days,
     )
-    truth = json.loads((landing / "truth.json").read_text())
+    truth = json.loads((landing / TRUTH_FILE).read_text())
     console.print(
         f"generated {summary.files} partner files, "
         f"{sum(summary.rows_by_partner.values()):,} rows for {users:,} customers "

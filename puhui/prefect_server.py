@@ -12,10 +12,8 @@ Nothing here imports Prefect: read-only commands call this module too and must s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from puhui.errors import PuhuiError
+from puhui.processes import pid_alive, stop_process
 from puhui.settings import Settings
 
 HOST = "127.0.0.1"
@@ -69,21 +68,6 @@ class PrefectTarget:
 
 def _state_path(settings: Settings) -> Path:
     return settings.prefect_home / STATE_FILE
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not a server.
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return status != "Z"
 
 
 def read_server(settings: Settings) -> ServerInfo | None:
@@ -216,22 +200,10 @@ def stop_server(settings: Settings, timeout: float = 30.0) -> ServerInfo | None:
     if info is None:
         _state_path(settings).unlink(missing_ok=True)
         return None
-    _signal_group(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if pid_alive(info.pid):
-        _signal_group(info.pid, signal.SIGKILL)
+    # The server was started as the leader of its own group: stop the group.
+    stop_process(info.pid, timeout, group=True)
     _state_path(settings).unlink(missing_ok=True)
     return info
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)  # the server was started as the leader of its own group
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def choose_prefect_target(settings: Settings) -> PrefectTarget:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from puhui.files import write_text_atomically
+from puhui.processes import pid_alive, stop_process
 from puhui.settings import Settings, repo_root
 
 STATE_FILE = "warm.json"
@@ -74,17 +75,25 @@ def disabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
 
 
 def read_worker(settings: Settings) -> WarmWorker | None:
-    """The worker recorded for this ``PUHUI_HOME``, if its process is alive."""
-    from puhui.prefect_server import pid_alive
-
+    """The worker recorded for this ``PUHUI_HOME``, if its process is alive; a dead one's
+    state file and socket are removed (as ``read_server`` removes a dead server's)."""
+    path = _state_path(settings)
     try:
-        state = json.loads(_state_path(settings).read_text())
+        state = json.loads(path.read_text())
         worker = WarmWorker(int(state["pid"]), Path(state["socket"]),
                             float(state["started_at"]), str(state["executable"]),
                             str(state["root"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return worker if pid_alive(worker.pid) else None
+    if not pid_alive(worker.pid):
+        _remove_state(settings, worker)
+        return None
+    return worker
+
+
+def _remove_state(settings: Settings, worker: WarmWorker) -> None:
+    _state_path(settings).unlink(missing_ok=True)
+    worker.socket.unlink(missing_ok=True)
 
 
 def import_time_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -224,14 +233,14 @@ def _run_in_worker(worker: WarmWorker, argv: list[str], env: dict[str, str],
 # --------------------------------------------------------------------------- worker side
 # What a run imports on its way, beyond flows.ingest and GX (found by comparing sys.modules
 # before and after a run): Prefect loads FastAPI's encoder for the parameters, its graph
-# visualisation, OpenTelemetry and its concurrency limits lazily; the CLI needs Typer and Rich.
+# visualisation and its concurrency limits lazily; the CLI needs Typer. Only modules no other
+# entry (nor GX) imports already: GX's engine and renderers, prefect.runtime, OpenTelemetry's
+# metrics, Rich's progress and tables and puhui.ingest.batches come with them (the preloaded
+# sys.modules is the same, 2,804 modules, with or without them listed).
 PRELOAD = (
-    "puhui.pipeline", "flows.ingest", "great_expectations.execution_engine.pandas_execution_engine",
-    "great_expectations.render.renderer", "great_expectations.render.view", "prefect.artifacts",
-    "prefect.runtime", "fastapi.encoders", "prefect.utilities.visualization",
-    "prefect.concurrency.sync", "opentelemetry.metrics", "anyio._backends._asyncio",
+    "puhui.pipeline", "flows.ingest", "prefect.artifacts", "fastapi.encoders",
+    "prefect.utilities.visualization", "prefect.concurrency.sync", "anyio._backends._asyncio",
     "pyarrow.pandas_compat", "jinja2.ext", "multiprocessing.synchronize", "typer",
-    "rich.progress", "rich.table", "puhui.ingest.batches",
 )
 
 
@@ -449,22 +458,13 @@ def wait_for_worker(settings: Settings, process: subprocess.Popen[bytes] | None,
 
 def stop_worker(settings: Settings, timeout: float = 15.0) -> WarmWorker | None:
     """Stop the worker of this ``PUHUI_HOME`` (running commands finish on their own)."""
-    from puhui.prefect_server import pid_alive
-
     worker = read_worker(settings)
     if worker is None:
-        _state_path(settings).unlink(missing_ok=True)
+        _state_path(settings).unlink(missing_ok=True)  # an unreadable one
         return None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(worker.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(worker.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(worker.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.pid, signal.SIGKILL)
-    _state_path(settings).unlink(missing_ok=True)
-    worker.socket.unlink(missing_ok=True)
+    # The worker alone, not its process group: its forked children are running commands.
+    stop_process(worker.pid, timeout)
+    _remove_state(settings, worker)
     return worker
 
 

@@ -17,6 +17,7 @@ from puhui.config import (
     load_config,
 )
 from puhui.errors import PuhuiError
+from puhui.features.partitioned import ensure_partition_indexes
 from puhui.features.sources import first_event_days, load_register
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
 from puhui.profiles.offers import load_offer_context
@@ -55,7 +56,8 @@ def resolve_profile_models() -> dict[str, ModelSlot]:
 @task(name="profile-context", **STEP)
 def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringContext, str]:
     """The register split into partitions, the sources' first days, configs and the
-    champions' scorers; the run key. No event rows: each partition reads its own."""
+    champions' scorers; the run key. No event rows: with a recommender champion each
+    partition's product events are staged beside its profile rows, for its scoring."""
     runtime = open_runtime()
     settings = runtime.settings
     spec = load_config(settings.config_dir, FeaturesConfig)
@@ -63,7 +65,11 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
     products = load_config(settings.config_dir, ProductsConfig)
     models = load_config(settings.config_dir, ModelsConfig)
     partitions = segments.profile.partitions
+    if partitions > 1:  # each partition reads its own rows: by the key-range indexes
+        ensure_partition_indexes(runtime.engine, spec)
     register = load_register(runtime.engine, spec, as_of, partitions).customers
+    key = run_key(as_of, slots, runtime.audit.config_hash,
+                  loaded_batches(runtime.engine, as_of), partitions)
     risk = slots.get("risk")
     scorer = (load_risk_scorer(settings.mlflow_tracking_uri, risk)
               if risk is not None and risk.available else None)
@@ -74,7 +80,8 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
         try:
             offers = load_offer_context(runtime.engine, settings.mlflow_tracking_uri,
                                         recommender, models.product_recommender, products,
-                                        spec, register, as_of, partitions)
+                                        spec, register, as_of, partitions,
+                                        staging_dir(settings.home, as_of, key))
         except PuhuiError as exc:
             if recommender is not None and recommender.available:
                 raise  # a champion to score with and no events: the data is missing
@@ -84,8 +91,6 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
         slots=slots, scorer=scorer, offers=offers,
         product_codes={p.code: p.kind for p in products.products}, register=register,
         first_day=first_event_days(runtime.engine, spec, as_of), partitions=partitions)
-    key = run_key(as_of, slots, runtime.audit.config_hash,
-                  loaded_batches(runtime.engine, as_of), partitions)
     return ctx, key
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import date
-from pathlib import Path
 
 from prefect import task
 
@@ -22,6 +20,7 @@ from puhui.config import (
 )
 from puhui.errors import PuhuiError
 from puhui.features.sources import load_source_frames
+from puhui.generate.truth import read_truth
 from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import (
     apply_verdict,
@@ -50,11 +49,10 @@ def _configs() -> tuple[FeaturesConfig, RecommenderSpec, RiskModelSpec, Products
 
 def truth_rural_agri_share() -> float | None:
     """The generator's truth for the rural agri gate, when the landing zone has one."""
-    path = Path(load_settings().landing) / "truth.json"
-    if not path.exists():
+    truth = read_truth(load_settings().landing)
+    if truth is None:
         return None
-    value = json.loads(path.read_text(encoding="utf-8")).get("recommender", {}).get(
-        "rural_top1_agri_share")
+    value = truth.get("recommender", {}).get("rural_top1_agri_share")
     return None if value is None else float(value)
 
 

@@ -18,6 +18,7 @@ from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
 from puhui.features.store import write_user_features
+from puhui.generate.truth import load_true_pd
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
 from puhui.lifecycle.publish import apply_verdict, find_version_by_fingerprint
 from puhui.registry import (
@@ -26,7 +27,7 @@ from puhui.registry import (
     registry_client,
     version_of,
 )
-from puhui.risk.evaluation import Evaluation, evaluate_risk_model, load_true_pd
+from puhui.risk.evaluation import Evaluation, evaluate_risk_model
 from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
 from puhui.risk.publish import (

@@ -435,8 +435,8 @@ def test_risk_truth_has_every_application_true_pd_outside_the_feeds(
     outcomes they give truth.json's ceiling."""
     import pandas as pd
 
-    from puhui.generate.landing import RISK_TRUTH_FILE
     from puhui.generate.process import roc_auc
+    from puhui.generate.truth import RISK_TRUTH_FILE
 
     root, _ = clean
     truth = json.loads((root / "truth.json").read_text(encoding="utf-8"))

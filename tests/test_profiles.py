@@ -226,5 +226,10 @@ def test_concurrent_reader_sees_one_version_during_refresh(
         reader.join()
     states = {s for s in seen}
     assert len(seen) > 5
+    # The refresh made the partition-read indexes, product events' customer_id one too.
+    with engine.connect() as conn:
+        indexes = set(conn.exec_driver_sql(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'raw_product_events'").scalars())
+    assert "ix_raw_product_events_partition_read" in indexes
     assert all(s[1] == 1 and s[2] == s[3] for s in seen), states
     assert {s[2] for s in seen} <= {EARLIER, AS_OF}

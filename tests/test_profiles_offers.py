@@ -31,6 +31,23 @@ def _j(value: object) -> object:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each warehouse read of the offers module, as they happen (a spy, not a
+    mock: the real read runs)."""
+    from puhui.profiles import offers as offers_module
+
+    sizes: list[int] = []
+    real_read = offers_module.read_frame
+
+    def counting_read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        frame = real_read(*args, **kwargs)
+        sizes.append(len(frame))
+        return frame
+
+    monkeypatch.setattr(offers_module, "read_frame", counting_read)
+    return sizes
+
+
 @pytest.mark.slow
 def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
@@ -47,8 +64,13 @@ def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     promote(registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit, "product_recommender", version, "tests: offers", force=True)
 
+    reads = _count_reads(monkeypatch)
     result = profiles_flow(as_of=AS_OF)
     assert result["models"] == {"credit_risk": "1", "product_recommender": version}
+    # Product events are read from the warehouse once per partition (the event-sums pass
+    # stages them for scoring, and the swap clears them with the staged profiles).
+    assert len(reads) == result["partitions"] > 1
+    assert not list((load_settings().home / "profiles" / "staging").rglob("events-*"))
     with get_engine(url).connect() as conn:
         rows = pd.read_sql(select(user_profiles), conn)
     spec = load_config(load_settings().config_dir, ModelsConfig).product_recommender
@@ -232,17 +254,10 @@ def test_partition_event_reads_equal_the_whole_table_read(
     with engine.connect() as conn:
         table_rows = conn.execute(text(f"SELECT count(*) FROM {EVENTS_TABLE}")).scalar()
 
-    read_sizes: list[int] = []
-    real_read = offers_module.read_frame
-
-    def counting_read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a spy, not a mock
-        frame = real_read(*args, **kwargs)
-        read_sizes.append(len(frame))
-        return frame
-
-    monkeypatch.setattr(offers_module, "read_frame", counting_read)
+    read_sizes = _count_reads(monkeypatch)
+    tables = offers_module.EventTables.reflect(engine, features)
     parts = [offers_module.read_partition_events(
-        engine, features, AS_OF, register[register["partition"] == b], Partition(b, partitions))
+        engine, tables, AS_OF, register[register["partition"] == b], Partition(b, partitions))
         for b in range(partitions)]
     assert len(read_sizes) == partitions and sum(read_sizes) == table_rows
     assert max(read_sizes) < 0.4 * table_rows  # each read is about a quarter of the table
@@ -253,8 +268,15 @@ def test_partition_event_reads_equal_the_whole_table_read(
         together.sort_values(order).reset_index(drop=True)[columns],
         whole.sort_values(order).reset_index(drop=True), check_dtype=False)
     context = offers_module.load_offer_context(engine, "unused", None, spec, products,
-                                               features, register, AS_OF, partitions)
+                                               features, register, AS_OF, partitions,
+                                               puhui_env / "events")
     assert context.ranker is None and len(read_sizes) == 2 * partitions
+    assert context.events_dir is None and not (puhui_env / "events").exists()  # no champion
+    # The partition read filters by customer_id: a partition-read index serves it.
+    from puhui.features.partitioned import partition_read_indexes
+
+    assert f'ON "{EVENTS_TABLE}" ("customer_id")' in partition_read_indexes(features)[
+        f"ix_{EVENTS_TABLE}_partition_read"]
     pd.testing.assert_series_equal(
         context.prior, scenario_prior(graded_events(whole, products, spec), products),
         check_names=False)

@@ -263,8 +263,8 @@ def test_the_ceiling_is_measured_on_exactly_the_test_window_rows(tmp_path: Path)
     """The true PDs are read from the landing zone's risk truth by application id; the
     ceiling is their AUC on the scored rows only, and a truth that misses a row gives none
     (it would be another population's ceiling)."""
-    from puhui.generate.landing import RISK_TRUTH_FILE
-    from puhui.risk.evaluation import ceiling_metrics, load_true_pd
+    from puhui.generate.truth import RISK_TRUTH_FILE, load_true_pd
+    from puhui.risk.evaluation import ceiling_metrics
 
     frame = _frame(2000, 11)
     frame["application_id"] = [f"A{i:010d}" for i in range(len(frame))]
@@ -280,16 +280,39 @@ def test_the_ceiling_is_measured_on_exactly_the_test_window_rows(tmp_path: Path)
 
     window = frame.iloc[:600].copy()
     window["pd"] = np.nan_to_num(window["x0"].to_numpy())  # a weaker model
-    m = ceiling_metrics(window, truth)
+    auc = ranking_metrics(window["label"].to_numpy(int), window["pd"])["auc"]
+    m = ceiling_metrics(window, truth, auc)
     expected = ranking_metrics(window["label"].to_numpy(int), true_pd[:600])["auc"]
     assert m["auc_ceiling_test_window"] == pytest.approx(expected)
     assert m["auc_ceiling_test_window"] != pytest.approx(
         ranking_metrics(frame["label"].to_numpy(int), true_pd)["auc"], abs=1e-6)
-    assert m["auc_gap_to_ceiling_test_window"] == pytest.approx(
-        expected - ranking_metrics(window["label"].to_numpy(int), window["pd"])["auc"])
+    assert m["auc_gap_to_ceiling_test_window"] == pytest.approx(expected - auc)
     assert m["auc_gap_to_ceiling_test_window"] > 0
     window.loc[window.index[0], "application_id"] = "A0000000000-not-generated"
-    assert ceiling_metrics(window, truth) == {}
+    assert ceiling_metrics(window, truth, auc) == {}
+
+
+def test_the_truth_files_are_read_without_loading_the_landing_zone_writer(
+    tmp_path: Path,
+) -> None:
+    """The training reads the generator's truth files through ``puhui.generate.truth``,
+    which needs nothing of the writer: the evaluation and the truth reader load no other
+    generator module (the evaluation used to load the whole writer, its feeds and pyarrow's
+    parquet, for a file name)."""
+    import json
+    import subprocess
+    import sys
+
+    from puhui.generate.truth import TRUTH_FILE, read_truth
+
+    code = ("import sys, puhui.risk.evaluation, puhui.generate.truth; "
+            "print(sorted(m for m in sys.modules if m.startswith('puhui.generate')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['puhui.generate', 'puhui.generate.truth']"
+    assert read_truth(tmp_path) is None  # not a generated landing zone
+    (tmp_path / TRUTH_FILE).write_text(json.dumps({"recommender": {"x": 1}}), encoding="utf-8")
+    assert read_truth(str(tmp_path)) == {"recommender": {"x": 1}}
 
 
 def test_a_category_missing_in_every_example_row_is_still_text_in_the_signature(

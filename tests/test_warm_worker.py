@@ -105,3 +105,45 @@ def test_socket_address_handles_deep_directories(tmp_path: Path, length: int) ->
         server.close()
         if fd is not None:
             os.close(fd)
+
+
+def test_a_dead_workers_state_is_removed_and_a_live_one_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``read_worker`` removes the state file and socket a dead worker left (a worker killed
+    with -9 cannot remove them itself); ``stop_worker`` ends a live one and removes them."""
+    import json
+    import socket
+
+    from puhui.processes import pid_alive
+    from puhui.settings import load_settings
+    from puhui.warm_worker import SOCKET_FILE, STATE_FILE, read_worker, stop_worker
+
+    monkeypatch.setenv("PUHUI_HOME", str(tmp_path))
+    settings = load_settings()
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    state, sock = settings.prefect_home / STATE_FILE, settings.prefect_home / SOCKET_FILE
+
+    def record(pid: int) -> None:
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(sock))  # a socket file left behind, as a killed worker leaves
+        state.write_text(json.dumps({"pid": pid, "socket": str(sock), "started_at": 0.0,
+                                     "executable": sys.executable, "root": "/"}))
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record(gone.pid)
+    assert read_worker(settings) is None
+    assert not state.exists() and not sock.exists()
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record(alive.pid)
+        worker = read_worker(settings)
+        assert worker is not None and worker.pid == alive.pid and state.exists()
+        assert stop_worker(settings, timeout=10) == worker
+        alive.wait(timeout=10)
+        assert not pid_alive(alive.pid) and not state.exists() and not sock.exists()
+    finally:
+        if alive.poll() is None:
+            alive.kill()

@@ -66,6 +66,8 @@ def partition_read_indexes(spec: FeaturesConfig) -> dict[str, str]:
     for source in spec.sources:
         add(source.table, [source.key, source.time], source_columns(source))
     add(spec.customer.table, ["person_key"], ["phone_key"])
+    # Profiles read a partition's product events by customer_id (puhui.profiles.offers).
+    add("raw_product_events", ["customer_id"], [])
     return statements
 
 

@@ -76,6 +76,7 @@ from puhui.generate.timeline import (
     month_start,
     rng_for,
 )
+from puhui.generate.truth import FAULTS_FILE, RISK_TRUTH_FILE, TRUTH_FILE
 from puhui.generate.writer import FileSink
 
 Progress = Callable[[str], None]
@@ -91,8 +92,7 @@ MONTHLY_FEEDS: dict[str, Callable[[World, date], Batch]] = {
 
 
 # Next to the partner folders, never inside one: nothing here is ever landed or ingested.
-RISK_TRUTH_FILE = "risk_truth.csv.gz"
-TRUTH_FILES = ("faults.json", "truth.json", RISK_TRUTH_FILE)
+TRUTH_FILES = (FAULTS_FILE, TRUTH_FILE, RISK_TRUTH_FILE)
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,9 @@ def generate_landing_zone(
     fault_entries = [
         {"path": writer.fault_paths[f], "fault": f.kind, "expect": f.expect} for f in planned
     ]
-    _write_json(out_dir / "faults.json", fault_entries)
+    _write_json(out_dir / FAULTS_FILE, fault_entries)
     truth = build_truth(world, params, penalize_segment, writer, planned, faults)
-    _write_json(out_dir / "truth.json", truth)
+    _write_json(out_dir / TRUTH_FILE, truth)
     write_risk_truth(out_dir, apps)
     bytes_written = sum(p.stat().st_size for p in writer.paths) + sum(
         (out_dir / name).stat().st_size for name in TRUTH_FILES
@@ -202,7 +202,7 @@ def _validate(
 def _prepare_out_dir(out_dir: Path) -> None:
     """Refuse to write into an unrelated non-empty folder; clear an earlier landing zone."""
     if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / "truth.json").exists():
+        if not (out_dir / TRUTH_FILE).exists():
             raise ValueError(f"{out_dir} is not empty and is not a generated landing zone")
         for partner in FEEDS:
             shutil.rmtree(out_dir / partner, ignore_errors=True)

@@ -15,7 +15,10 @@ customer's offers are that ranking, champion or not.
 Product events are read one customer partition at a time (the partition's register rows
 select their ``customer_id``s in SQL), so memory follows the partition, not the population.
 The two facts every partition needs from everyone's events (the scenario mix of impressions
-and the popularity) are sums, gathered by one pass over the partitions before scoring.
+and the popularity) are sums, gathered by one pass over the partitions before scoring. With
+a champion, that pass also stages each partition's keyed events as a Parquet file beside the
+profile partitions, and scoring reads its partition's file: the warehouse is read once per
+refresh.
 This module adds what only a profile knows: products the credit decision rules out (a
 declined customer is offered no loan, whatever the recommender's grade limit) and the reasons
 in words.
@@ -23,8 +26,10 @@ in words.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +37,7 @@ import pandas as pd
 from sqlalchemy import Engine, MetaData, Table, select, true
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
+from puhui.features.partitioned import write_atomic
 from puhui.features.sources import day_number, read_frame
 from puhui.partitioning import Partition, all_partitions, in_bucket
 from puhui.profiles.models import ModelSlot
@@ -43,7 +49,7 @@ from puhui.recommender.training_set import (
     key_product_events,
     product_events_table,
     scenario_mix,
-    window_as_of_days,
+    window_events,
 )
 
 
@@ -81,9 +87,7 @@ def summarise_events(events: pd.DataFrame, products: ProductsConfig, spec: Recom
     shown = graded[graded["event_type"] == "impression"]
     summary = EventSummary(
         impressions={str(k): int(v) for k, v in shown["scenario"].value_counts().items()})
-    for feature_day in window_as_of_days(as_of, spec):
-        inside = graded[(graded["day"] > feature_day)
-                        & (graded["day"] <= feature_day + spec.window_days)]
+    for _, _, inside in window_events(graded, as_of, spec):
         best = inside.groupby(["person_key", "product_code"])["grade"].max()
         summary.add(EventSummary(
             relevance={str(k): float(v) for k, v in best.groupby(level=1).sum().items()},
@@ -91,22 +95,36 @@ def summarise_events(events: pd.DataFrame, products: ProductsConfig, spec: Recom
     return summary
 
 
-def read_partition_events(engine: Engine, features: FeaturesConfig, as_of: date,
+@dataclass(frozen=True)
+class EventTables:
+    """Where partitions read their product events from, reflected once per refresh."""
+
+    events: Table
+    register: Table
+    timezone: str  # the feed's local days
+
+    @classmethod
+    def reflect(cls, engine: Engine, features: FeaturesConfig) -> EventTables:
+        return cls(product_events_table(engine, EVENTS_TABLE),
+                   Table(features.customer.table, MetaData(), autoload_with=engine),
+                   features.timezone)
+
+
+def read_partition_events(engine: Engine, tables: EventTables, as_of: date,
                           customers: pd.DataFrame, partition: Partition) -> pd.DataFrame:
     """Offer funnel events up to ``as_of`` (local days) of one partition's customers, keyed
     by person, newest delivery of each event: ``training_set.load_product_events`` for the
     partition's people only. ``customers``: the partition's register slice (customer_id,
     person_key). The feed is keyed by ``customer_id``: the SQL keeps the ids some register
     row of the partition's keys carries (a superset), the register slice then decides."""
-    table = product_events_table(engine, EVENTS_TABLE)
-    register = Table(features.customer.table, MetaData(), autoload_with=engine)
+    table, register = tables.events, tables.register
     if partition.count == 1:
         where = true()
     else:
         where = table.c.customer_id.in_(select(register.c.customer_id).where(
             in_bucket(register.c.person_key, partition)))
     frame = read_frame(engine, select(table).where(where), key_range=partition.count > 1)
-    return key_product_events(frame, table, features.timezone, as_of, customers)
+    return key_product_events(frame, table, tables.timezone, as_of, customers)
 
 
 @dataclass
@@ -119,26 +137,41 @@ class OfferContext:
     products: ProductsConfig
     prior: pd.Series  # everyone's scenario mix (``EventSummary.prior``)
     popularity: dict[str, float]  # product -> popularity from the events (no champion)
-    features: FeaturesConfig | None = None  # where a partition's events are read from
+    events_dir: Path | None = None  # each partition's events, staged by the event-sums pass
+
+    def partition_events(self, bucket: int) -> pd.DataFrame:
+        """Partition ``bucket``'s events, as the event-sums pass read them."""
+        if self.events_dir is None:
+            raise ValueError("no staged events: build the context with load_offer_context")
+        return pd.read_parquet(events_path(self.events_dir, bucket))
+
+
+def events_path(directory: Path, bucket: int) -> Path:
+    return directory / f"events-{bucket:04d}.parquet"
 
 
 def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None,
                        spec: RecommenderSpec, products: ProductsConfig,
                        features: FeaturesConfig, register: pd.DataFrame,
-                       as_of: date, partitions: int) -> OfferContext:
+                       as_of: date, partitions: int, events_dir: Path) -> OfferContext:
     """The exact champion version (if any) resolved, and everyone's event sums from one pass
     over the register's ``partitions`` (``register["partition"]``, as ``load_register``
-    split it)."""
+    split it). With a champion, each partition's events are staged under ``events_dir`` for
+    its scoring (:meth:`OfferContext.partition_events`); without one, scoring needs none."""
     ranker = (load_recommender(tracking_uri, slot.name, str(slot.version))
               if slot is not None and slot.available else None)
+    tables = EventTables.reflect(engine, features)
     summary = EventSummary()
     for part in all_partitions(partitions):
         customers = register[register["partition"] == part.bucket]
-        events = read_partition_events(engine, features, as_of, customers, part)
+        events = read_partition_events(engine, tables, as_of, customers, part)
         summary.add(summarise_events(events, products, spec, as_of))
+        if ranker is not None:
+            events_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(events, events_path(events_dir, part.bucket))
     return OfferContext(ranker=ranker, spec=spec, products=products,
                         prior=summary.prior(products), popularity=summary.popularity(products),
-                        features=features)
+                        events_dir=events_dir if ranker is not None else None)
 
 
 def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> str:
@@ -156,13 +189,26 @@ def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> st
     return rule
 
 
+def not_eligible_in_words(ruled_out: dict[str, str],
+                          rules: Iterable[tuple[str, str | None]], grade: Any,
+                          spec: RecommenderSpec) -> dict[str, str]:
+    """Why each product is not eligible, in words: ``ruled_out`` (the credit decision's,
+    already in words; it stands for a product both rule out) and the recommender's
+    eligibility ``rules`` (product, rule or None when eligible)."""
+    words = dict(ruled_out)
+    for code, rule in rules:
+        if rule is not None:
+            words.setdefault(str(code), rule_words(rule, str(code), grade, spec))
+    return words
+
+
 def offer_columns(offers: OfferContext, slot: ModelSlot, frame: pd.DataFrame,
                   grades: list[Any], blocked: list[dict[str, str]], opt_out: list[bool],
                   as_of: date, events: pd.DataFrame) -> dict[str, list[Any]]:
     """``recommended_products`` (top-k eligible under the final ranking, with scores and
     why other products are not eligible) and ``non_personalised_products`` per customer,
     from the champion's ranker. ``events``: the product events of (at least) ``frame``'s
-    customers (:func:`read_partition_events`).
+    customers (:meth:`OfferContext.partition_events`).
 
     ``blocked``: products the credit decision already rules out (a declined customer is
     offered no loan, whatever the recommender's grade limit); they are dropped from both
@@ -177,9 +223,8 @@ def offer_columns(offers: OfferContext, slot: ModelSlot, frame: pd.DataFrame,
     k = offers.spec.k
     recommended, fallback = [], []
     for out, grade, ruled_out in zip(scored, grades, blocked, strict=True):
-        not_eligible = dict(ruled_out)
-        for code, rule in out["not_eligible"].items():
-            not_eligible.setdefault(code, rule_words(rule, code, grade, offers.spec))
+        not_eligible = not_eligible_in_words(ruled_out, out["not_eligible"].items(), grade,
+                                             offers.spec)
         popular = [p for p in out["ranked"]["non_personalised"]
                    if p["product"] not in not_eligible][:k]
         opted = out["personalisation_opt_out"]
@@ -217,10 +262,8 @@ def popularity_columns(offers: OfferContext, slot: ModelSlot | None, frame: pd.D
     why = (slot.reason if slot else None) or f"no champion for {name}"
     recommended, fallback = [], []
     for i, (grade, ruled_out, opted) in enumerate(zip(grades, blocked, opt_out, strict=True)):
-        not_eligible = dict(ruled_out)
-        for code, rule in zip(codes, reasons[i * n:(i + 1) * n], strict=True):
-            if rule is not None:
-                not_eligible.setdefault(str(code), rule_words(rule, code, grade, spec))
+        not_eligible = not_eligible_in_words(
+            ruled_out, zip(codes, reasons[i * n:(i + 1) * n], strict=True), grade, spec)
         popular = [{"product": str(c), "score": round(float(offers.popularity.get(c, 0.0)), 6)}
                    for c in order if c not in not_eligible][:spec.k]
         recommended.append({

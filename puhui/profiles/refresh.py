@@ -43,7 +43,6 @@ from puhui.profiles.offers import (
     OfferContext,
     offer_columns,
     popularity_columns,
-    read_partition_events,
 )
 from puhui.profiles.segments import age_years, segment_tags
 from puhui.risk.reasons import top_reasons
@@ -69,7 +68,8 @@ class ScoringContext:
     """Everything a partition needs besides its own rows, shared read-only by every
     partition of one run: the register (one row per customer, with ``partition`` and
     ``owns_phone``, as :func:`puhui.features.sources.load_register` gives it) and the
-    sources' first days; each partition reads its own events from the warehouse."""
+    sources' first days; each partition reads its own rows from the warehouse (its product
+    events from the offer context's staged file)."""
 
     as_of: date
     features: FeaturesConfig
@@ -130,18 +130,14 @@ def _opt_out(frame: pd.DataFrame) -> list[bool]:
             for v in frame["personalisation_opt_out"]]
 
 
-def _recommender_columns(ctx: ScoringContext, engine: Engine, number: int,
-                         customers: pd.DataFrame, frame: pd.DataFrame,
+def _recommender_columns(ctx: ScoringContext, number: int, frame: pd.DataFrame,
                          out: dict[str, list[Any]], opt_out: list[bool]) -> dict[str, list[Any]]:
     slot = ctx.slots.get("recommender")
     blocked = _not_eligible(ctx, out["reasons"])
     offers = ctx.offers
     if offers is not None and offers.ranker is not None and slot is not None:
-        assert offers.features is not None
-        events = read_partition_events(engine, offers.features, ctx.as_of, customers,
-                                       Partition(number, ctx.partitions))
         return offer_columns(offers, slot, frame, out["risk_grade"], blocked, opt_out,
-                             ctx.as_of, events)
+                             ctx.as_of, offers.partition_events(number))
     if offers is not None:  # no champion: the non-personalised ranking needs no model
         return popularity_columns(offers, slot, frame, out["risk_grade"], blocked, opt_out)
     reason = (slot.reason if slot else None) or "no recommender configured"
@@ -175,8 +171,7 @@ def score_partition(ctx: ScoringContext, engine: Engine, number: int) -> pd.Data
            "customer_id": frame["customer_id"].tolist()}
     out.update(_risk_columns(ctx, frame))
     opt_out = _opt_out(frame)
-    out.update(_recommender_columns(ctx, engine, number, customers, frame, out,
-                                    opt_out))
+    out.update(_recommender_columns(ctx, number, frame, out, opt_out))
     out["personalisation_opt_out"] = opt_out
     out["segment_tags"] = segment_tags(frame, ctx.segments.segments)
     for slot_name, column in VERSION_COLUMNS.items():

@@ -14,6 +14,7 @@ context for the non-personalised ranking (popularity by scenario), not as a feat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -96,6 +97,15 @@ def window_as_of_days(as_of: date, spec: RecommenderSpec) -> list[int]:
     ``window_days`` days after its feature day."""
     end = day_number(as_of)
     return [end - (w + 1) * spec.window_days for w in range(spec.train_windows + 1)]
+
+
+def window_events(events: pd.DataFrame, as_of: date,
+                  spec: RecommenderSpec) -> Iterator[tuple[int, int, pd.DataFrame]]:
+    """(window, feature day, the window's events) for every window, newest first: the
+    events after the feature day, up to ``window_days`` days after it."""
+    for w, feature_day in enumerate(window_as_of_days(as_of, spec)):
+        yield w, feature_day, events[(events["day"] > feature_day)
+                                     & (events["day"] <= feature_day + spec.window_days)]
 
 
 def graded_events(events: pd.DataFrame, products: ProductsConfig,
@@ -202,9 +212,7 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
     shelf = {p.code: set(p.scenarios) for p in products.products}
     events = graded_events(events, products, spec)
     parts = []
-    for w, feature_day in enumerate(window_as_of_days(as_of, spec)):
-        inside = events[(events["day"] > feature_day)
-                        & (events["day"] <= feature_day + spec.window_days)]
+    for w, feature_day, inside in window_events(events, as_of, spec):
         if inside.empty:
             continue
         first = inside.sort_values(["event_time", "product_code"]).drop_duplicates(

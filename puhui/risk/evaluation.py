@@ -12,7 +12,6 @@ plots draw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ from sklearn.metrics import roc_curve
 from sklearn.pipeline import Pipeline
 
 from puhui.config import FeaturesConfig, RiskModelSpec
-from puhui.generate.landing import RISK_TRUTH_FILE
 from puhui.risk.fairness import fairness_table
 from puhui.risk.metrics import (
     calibration_by_grade,
@@ -79,28 +77,19 @@ def _segment_auc(frame: pd.DataFrame, dimensions: list[str], min_size: int) -> l
     return rows
 
 
-def load_true_pd(landing: str) -> pd.Series | None:
-    """The generator's true PD per ``application_id``, when the landing zone is a generated
-    one (synthetic data only: a real lender's landing zone has no such file)."""
-    path = Path(landing) / RISK_TRUTH_FILE
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path, dtype={"application_id": str, "true_pd": float})
-    return frame.set_index("application_id")["true_pd"]
-
-
-def ceiling_metrics(oot: pd.DataFrame, true_pd: pd.Series | None) -> dict[str, float]:
+def ceiling_metrics(oot: pd.DataFrame, true_pd: pd.Series | None,
+                    auc: float) -> dict[str, float]:
     """The AUC the generator's true PDs reach on exactly the test window's labelled rows, and
-    the candidate's gap to it. A window's ceiling differs from the all-loans one (truth.json)
-    by as much as the model's gap, so only this one is like for like. Empty when the truth
-    does not cover every row (another landing zone's, or none)."""
+    the gap to it of the candidate's ``auc`` on those rows. A window's ceiling differs from
+    the all-loans one (truth.json) by as much as the model's gap, so only this one is like
+    for like. Empty when the truth does not cover every row (another landing zone's, or
+    none)."""
     if true_pd is None:
         return {}
     truth = oot["application_id"].map(true_pd)
     if truth.isna().any():
         return {}
     ceiling = ranking_metrics(oot["label"].to_numpy(int), truth.to_numpy(float))["auc"]
-    auc = ranking_metrics(oot["label"].to_numpy(int), oot["pd"].to_numpy(float))["auc"]
     return {"auc_ceiling_test_window": ceiling, "auc_gap_to_ceiling_test_window": ceiling - auc}
 
 
@@ -110,7 +99,8 @@ def evaluate_risk_model(
     true_pd: pd.Series | None = None,
 ) -> Evaluation:
     """All figures of the evaluation report for ``trained`` on ``training``'s split;
-    ``true_pd`` (generated data only, see ``load_true_pd``) adds the test window's ceiling."""
+    ``true_pd`` (generated data only, see ``puhui.generate.truth.load_true_pd``) adds the
+    test window's ceiling."""
     scorer = trained.scorer
     train, oot = training.split(TRAIN).copy(), training.split(OOT).copy()
     applicants = training.oot_applicants().copy()
@@ -145,7 +135,7 @@ def evaluate_risk_model(
                 "policy_cutoff_pd": model.policy_cutoff_pd,
                 "approval_rate_oot": float((applicants["pd"] < model.policy_cutoff_pd).mean()),
                 "applicants_oot": float(len(applicants)),
-                **ceiling_metrics(oot, true_pd)}
+                **ceiling_metrics(oot, true_pd, m_oot["auc"])}
     if scorer.calibration is not None and scorer.calibration.method == "isotonic":
         # What the isotonic steps alone would cost in ranking (ties broken by the raw PD
         # are what is registered, so ``auc_oot`` keeps the raw ranking).
