@@ -135,16 +135,21 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     dispose_engines()
 
 
-@pytest.fixture
-def puhui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An isolated PUHUI_HOME with the embedded defaults; returns the home path."""
-    home = tmp_path / "home"
+def use_test_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point this process at an isolated PUHUI_HOME with the embedded defaults (through
+    ``monkeypatch``, so a module fixture can hold it with ``MonkeyPatch.context()``)."""
     monkeypatch.setenv("PUHUI_HOME", str(home))
     monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
     monkeypatch.setenv("PUHUI_ACTOR", "test-runner")
     for name in ("PUHUI_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "PUHUI_LANDING", "PUHUI_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture
+def puhui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated PUHUI_HOME with the embedded defaults; returns the home path."""
+    return use_test_home(tmp_path / "home", monkeypatch)
 
 
 @pytest.fixture(scope="session")
