@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -19,9 +20,9 @@ from puhui.profiles import refresh
 from puhui.profiles.segments import segment_tags
 from puhui.registry import registry_client
 from puhui.settings import load_settings
-from puhui.warehouse.engine import get_engine
+from puhui.warehouse.engine import dispose_engines, get_engine
 from puhui.warehouse.schema import user_profile_history, user_profiles
-from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env
+from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env, use_test_home
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 EARLIER = date(2026, 9, 15)
@@ -53,13 +54,23 @@ def train_and_promote(as_of: date = AS_OF) -> str:
     return result["version"]
 
 
-@pytest.fixture
-def profiled(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
-             monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefect_harness: None) -> str:
-    url = risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
-    no_search_config(tmp_path, monkeypatch)
-    train_and_promote()
-    return url
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
+             tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[str]:
+    """A private copy of the ingested risk data with a credit_risk champion (search off),
+    one per dialect for the whole file: the training is the expensive part (~30 s each), and
+    every test here only needs *a* champion. The tests run in file order on it: the first
+    asserts on a warehouse with no profiles yet; the later ones refresh it again."""
+    if request.param == "postgres":
+        request.getfixturevalue("pg_server")  # skips loudly without PostgreSQL binaries
+    root = tmp_path_factory.mktemp(f"profiled-{request.param}")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        home = use_test_home(root / "home", monkeypatch)
+        url = risk_env(risk_templates, "clean", request.param, home, monkeypatch)
+        no_search_config(root, monkeypatch)
+        train_and_promote()
+        yield url
+        dispose_engines()
 
 
 def _profiles(engine, table=user_profiles) -> pd.DataFrame:  # noqa: ANN001
@@ -195,15 +206,11 @@ def test_explain_by_raw_national_id_hashes_it_and_never_records_it(
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_concurrent_reader_sees_one_version_during_refresh(
-    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path, prefect_harness: None, pg_server: object,
-) -> None:
+@pytest.mark.parametrize("profiled", ["postgres"], indirect=True)  # SQLite has one writer
+def test_concurrent_reader_sees_one_version_during_refresh(profiled: str) -> None:
     from flows.profiles import profiles_flow
 
-    url = risk_env(risk_templates, "clean", "postgres", puhui_env, monkeypatch)
-    no_search_config(tmp_path, monkeypatch)
-    train_and_promote()
+    url = profiled
     engine = get_engine(url)
     profiles_flow(as_of=EARLIER)
     seen: list[tuple] = []

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from puhui.generate import generate_landing_zone
 from puhui.prefect_server import pid_alive
 from puhui.scheduling import load_deployment_specs
 from puhui.settings import repo_root
-from tests.conftest import TEST_PSEUDONYM_KEY
+from tests.conftest import TEST_PSEUDONYM_KEY, demo_env
 
 AS_OF = "2026-09-30"
 PUHUI = [sys.executable, "-m", "puhui"]
@@ -46,11 +47,10 @@ def _free_port() -> int:
 
 
 def _env(home: Path, landing: Path | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PUHUI_", "PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
-    env.update({"PUHUI_HOME": str(home), "PUHUI_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY,
-                "PUHUI_ACTOR": "test-runner", "PREFECT_HOME": str(home / "prefect"),
-                "PUHUI_PREFECT_PORT": str(_free_port())})
+    """A first-time user's environment (conftest's ``demo_env``) with the test key and actor
+    and a free port for the server."""
+    env = {**demo_env(home), "PUHUI_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY,
+           "PUHUI_ACTOR": "test-runner", "PUHUI_PREFECT_PORT": str(_free_port())}
     if landing is not None:
         env["PUHUI_LANDING"] = str(landing)
     env.update(extra)
@@ -100,42 +100,48 @@ def tiny_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class Server:
+    """The file's one `puhui server` (a start costs the server's and the warm worker's
+    imports: each test starting its own made this file the suite's fourth longest)."""
+
+    env: dict[str, str]
+    api_url: str
+    home: Path
+    status_before: subprocess.CompletedProcess[str]  # `server status` before the start
+    started: subprocess.CompletedProcess[str]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory,
-           tiny_landing: Path) -> Iterator[tuple[dict[str, str], str]]:
-    """A running `puhui server` (scheduler every 2 s) and the environment that uses it."""
-    home = tmp_path_factory.mktemp("server-home")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_landing: Path) -> Iterator[Server]:
+    """A running `puhui server` (scheduler every 2 s) and the environment that uses it.
+    test_server_stop_stops_it_and_its_warm_worker, the file's last test, stops it."""
+    home = tmp_path_factory.mktemp("server-home") / "home"
     env = _env(home, tiny_landing, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
-    _run([*PUHUI, "server", "start"], env)
-    api_url = _status(env)["api_url"]
-    yield env, api_url
+    before = _run([*PUHUI, "server", "status"], env, check=False)
+    started = _run([*PUHUI, "server", "start"], env)
+    yield Server(env, _status(env)["api_url"], home, before, started)
     _run([*PUHUI, "server", "stop"], env, check=False)
 
 
 @pytest.mark.slow
-def test_server_start_status_stop(tmp_path: Path) -> None:
-    env = _env(tmp_path / "home")
-    assert _run([*PUHUI, "server", "status"], env, check=False).returncode == 1
-    started = _run([*PUHUI, "server", "start"], env)
-    assert "Prefect server started: UI http://127.0.0.1:" in started.stdout
+def test_server_start_and_status(server: Server) -> None:
+    env = server.env
+    assert server.status_before.returncode == 1
+    assert "Prefect server started: UI http://127.0.0.1:" in server.started.stdout
     state = _status(env)
     assert state["running"] and state["healthy"]
     assert state["port"] == int(env["PUHUI_PREFECT_PORT"])
     assert pid_alive(state["warm_worker_pid"])  # started with the server
     with urllib.request.urlopen(state["ui_url"], timeout=10) as page:  # the UI is served
         assert b"<html" in page.read(2000).lower()
-    assert (tmp_path / "home" / "prefect" / "prefect.db").exists()  # its own database
+    assert (server.home / "prefect" / "prefect.db").exists()  # its own database
     again = _run([*PUHUI, "server", "start"], env)
     assert "already running" in again.stdout and str(state["pid"]) in again.stdout
     began = time.monotonic()
     plain = _run([*PUHUI, "server", "status"], env)
     assert f"pid {state['pid']}" in plain.stdout and state["ui_url"] in plain.stdout
     assert time.monotonic() - began < 10  # no Prefect import, one local health check
-    stopped = _run([*PUHUI, "server", "stop"], env)
-    assert f"pid {state['pid']}" in stopped.stdout
-    assert not pid_alive(state["pid"])  # gone (or a zombie init has not reaped yet)
-    assert not pid_alive(state["warm_worker_pid"])
-    assert not _status(env)["running"]
 
 
 def test_the_fast_schema_check_agrees_with_alembic() -> None:
@@ -208,8 +214,8 @@ def test_read_only_commands_never_start_prefect(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_prefect_deploy_all_and_a_process_worker_run_the_daily_deployment(
-        server: tuple[dict[str, str], str]) -> None:
-    env, api_url = server
+        server: Server) -> None:
+    env, api_url = server.env, server.api_url
     client_env = {**env, "PREFECT_API_URL": api_url}
     prefect = [sys.executable, "-m", "prefect"]
     deployed = _run([*prefect, "--no-prompt", "deploy", "--all"], client_env)
@@ -236,8 +242,8 @@ def test_prefect_deploy_all_and_a_process_worker_run_the_daily_deployment(
 
 @pytest.mark.slow
 def test_commands_use_the_running_server_and_say_so(
-        server: tuple[dict[str, str], str]) -> None:
-    env, api_url = server
+        server: Server) -> None:
+    env, api_url = server.env, server.api_url
     done = _run([*PUHUI, "run", "ingest", "--partner", "mobile_payments", "--as-of", AS_OF],
                 env)
     lines = done.stdout.splitlines()
@@ -270,11 +276,11 @@ def _client(args: list[str], env: dict[str, str]) -> tuple[list[str], str, str]:
 
 
 @pytest.mark.slow
-def test_run_ingest_runs_in_the_warm_worker(server: tuple[dict[str, str], str]) -> None:
+def test_run_ingest_runs_in_the_warm_worker(server: Server) -> None:
     """`puhui server start` started the warm worker; `run ingest` runs there (the command's
     own process imports neither Prefect nor GX nor pandas), with the same output and exit
     codes; a command whose Prefect settings differ from the worker's runs in its own process."""
-    env, api_url = server
+    env, api_url = server.env, server.api_url
     assert pid_alive(_status(env)["warm_worker_pid"])
     status, out, err = _client(["run", "ingest", "--partner", "mobile_payments", "--as-of",
                                 AS_OF], env)
@@ -293,8 +299,8 @@ def test_run_ingest_runs_in_the_warm_worker(server: tuple[dict[str, str], str]) 
 
 @pytest.mark.slow
 def test_serve_cleans_up_its_scheduled_runs_on_sigterm(
-        server: tuple[dict[str, str], str]) -> None:
-    env, api_url = server
+        server: Server) -> None:
+    env, api_url = server.env, server.api_url
     for deployment in _deployments(api_url):  # left by `prefect deploy`: serve makes its own
         _api(api_url, f"/deployments/{deployment['id']}", method="DELETE")
     serving = subprocess.Popen([*PUHUI, "serve"], env=env, cwd=repo_root(),
@@ -404,3 +410,16 @@ def test_prefect_target_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     dead.wait()
     state.write_text(json.dumps({"pid": dead.pid, "port": 4999, "log": "server.log"}))
     assert read_server(settings) is None and not state.exists()  # stale state removed
+
+
+# Last in the file: it stops the module's server, which the tests above use.
+@pytest.mark.slow
+def test_server_stop_stops_it_and_its_warm_worker(server: Server) -> None:
+    env = server.env
+    state = _status(env)
+    assert state["running"] and pid_alive(state["warm_worker_pid"])
+    stopped = _run([*PUHUI, "server", "stop"], env)
+    assert f"pid {state['pid']}" in stopped.stdout
+    assert not pid_alive(state["pid"])  # gone (or a zombie init has not reaped yet)
+    assert not pid_alive(state["warm_worker_pid"])
+    assert not _status(env)["running"]
