@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from puhui.features.sources import (
     first_event_days,
     load_partition_frames,
     load_register,
+    scatter_phone_feeds,
     source_columns,
 )
 from puhui.partitioning import Partition, all_partitions, bucket_of, partition_count
@@ -115,12 +117,15 @@ def build_partition(
     engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
     partition: Partition, first_day: dict[str, int] | None,
     requests: pd.DataFrame | None = None, lineage: set[str] | None = None,
+    scattered: dict[str, Path] | None = None,
 ) -> pd.DataFrame:
     """Features of one partition's requests (default: each of its customers as of ``as_of``).
 
-    ``lineage``, if given, receives the batch ids of the rows read.
+    ``lineage``, if given, receives the batch ids of the rows read; ``scattered``: sources
+    already split by partition (:func:`scatter_phone_feeds`).
     """
-    frames = load_partition_frames(engine, spec, as_of, customers, partition, first_day)
+    frames = load_partition_frames(engine, spec, as_of, customers, partition, first_day,
+                                   scattered)
     if lineage is not None:
         lineage.update(frames.batch_ids)
     if requests is None:
@@ -167,14 +172,19 @@ def build_features_partitioned(
     requests = requests[["person_key", "as_of_date"]].drop_duplicates().reset_index(drop=True)
     buckets = bucket_of(requests["person_key"], partitions) if len(requests) else np.zeros(0)
     pieces: list[pd.DataFrame] = []
-    for part in all_partitions(partitions):
-        positions = np.flatnonzero(buckets == part.bucket)
-        if len(positions) == 0:
-            continue
-        piece = build_partition(engine, spec, as_of, register.part(part.bucket), part,
-                                first_day, requests.iloc[positions], lineage)
-        piece.index = positions
-        pieces.append(piece)
+    with tempfile.TemporaryDirectory(prefix="puhui-scatter-") as scratch:
+        # On PostgreSQL many partitions would probe the phone-keyed feeds' indexes at random
+        # (scatter_phone_feeds says why); one scan splits them first.
+        scattered = (scatter_phone_feeds(engine, spec, register, Path(scratch))
+                     if partitions > 1 and engine.dialect.name == "postgresql" else None)
+        for part in all_partitions(partitions):
+            positions = np.flatnonzero(buckets == part.bucket)
+            if len(positions) == 0:
+                continue
+            piece = build_partition(engine, spec, as_of, register.part(part.bucket), part,
+                                    first_day, requests.iloc[positions], lineage, scattered)
+            piece.index = positions
+            pieces.append(piece)
     if not pieces:  # no requests: the builder's empty frame, columns and dtypes
         first = Partition(0, partitions)
         return build_partition(engine, spec, as_of, register.part(0), first, first_day,

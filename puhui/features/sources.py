@@ -10,9 +10,12 @@ are kept: they are the data lineage of whatever is built from these frames.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,6 +110,38 @@ KEY_RANGE_PLAN = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mer
                   "enable_hashagg": "off", "enable_nestloop": "on"}
 
 
+@contextmanager
+def _copy_out(engine: Engine, query: Select, key_range: bool = False) -> Iterator[Iterable]:
+    """``COPY (query) TO STDOUT`` as CSV with a header, its blocks as they arrive."""
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SET LOCAL TimeZone = 'UTC'")
+        # JIT compiling a scan costs ~0.2 s per query, more than a partition's read saves.
+        cursor.execute("SET LOCAL jit = off")
+        if key_range:
+            for setting, value in KEY_RANGE_PLAN.items():
+                cursor.execute(f"SET LOCAL {setting} = {value}")
+        with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
+            yield copy
+        conn.rollback()
+
+
+def _csv_options(query: Select, block_size: int | None = None) -> dict[str, object]:
+    """How Arrow parses a query's COPY CSV into the types psycopg would have returned."""
+    columns = list(query.selected_columns)
+    read = pa_csv.ReadOptions(column_names=[c.name for c in columns], skip_rows=1)
+    if block_size:
+        read.block_size = block_size
+    return {
+        "read_options": read,
+        # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is quoted.
+        "convert_options": pa_csv.ConvertOptions(
+            column_types={c.name: _arrow_type(c) for c in columns},
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+    }
+
+
 def read_frame(engine: Engine, query: Select, key_range: bool = False) -> pd.DataFrame:
     """The rows of ``query`` as a DataFrame, the same values as ``pandas.read_sql_query``.
 
@@ -120,32 +155,34 @@ def read_frame(engine: Engine, query: Select, key_range: bool = False) -> pd.Dat
     if engine.dialect.name != "postgresql":
         with engine.connect() as conn:
             return pd.read_sql_query(query, conn)
-    columns = list(query.selected_columns)
-    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     buffer = io.BytesIO()
-    with engine.connect() as conn:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute("SET LOCAL TimeZone = 'UTC'")
-        # JIT compiling a scan costs ~0.2 s per query, more than a partition's read saves.
-        cursor.execute("SET LOCAL jit = off")
-        if key_range:
-            for setting, value in KEY_RANGE_PLAN.items():
-                cursor.execute(f"SET LOCAL {setting} = {value}")
-        with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
-            for block in copy:
-                buffer.write(block)
-        conn.rollback()
+    with _copy_out(engine, query, key_range) as blocks:
+        for block in blocks:
+            buffer.write(block)
     buffer.seek(0)
-    names = [c.name for c in columns]
-    table = pa_csv.read_csv(
-        buffer,
-        read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1),
-        # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is quoted.
-        convert_options=pa_csv.ConvertOptions(
-            column_types={c.name: _arrow_type(c) for c in columns},
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
-    )
-    return table.to_pandas()
+    return pa_csv.read_csv(buffer, **_csv_options(query)).to_pandas()
+
+
+class _BlockReader(io.RawIOBase):
+    """A stream of byte blocks as a readable file, for Arrow to parse while it arrives."""
+
+    def __init__(self, blocks: Iterable) -> None:
+        self._blocks = iter(blocks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        while not self._pending:
+            block = next(self._blocks, None)
+            if block is None:
+                return 0
+            self._pending = memoryview(bytes(block))
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 def _reflect(engine: Engine, name: str) -> Table:
@@ -214,16 +251,23 @@ def source_query(engine: Engine, table: Table, source: FeatureSource,
 def load_source(
     engine: Engine, source: FeatureSource, as_of: date, timezone: str,
     phone_to_person: pd.Series, partition: Partition | None = None, register: str = "",
+    scattered: Path | None = None,
 ) -> tuple[pd.DataFrame, int | None]:
     """Rows of one source with event day <= ``as_of``, and the first event day among them.
 
     With a ``partition``, only the rows of that partition's people are read (``register``
     names the customer table phone-keyed feeds join through); their first day is then not
-    the source's: use :func:`first_event_days` for that.
+    the source's: use :func:`first_event_days` for that. ``scattered``: the partition's rows
+    already split out of the table (:func:`scatter_phone_feeds`), read instead of the table.
     """
     table = _reflect(engine, source.table)
-    query = source_query(engine, table, source, partition, register)
-    frame = read_frame(engine, query, key_range=partition is not None and partition.count > 1)
+    if scattered is not None:
+        with pa.ipc.open_file(scattered) as rows:
+            frame = rows.read_all().to_pandas()
+    else:
+        query = source_query(engine, table, source, partition, register)
+        frame = read_frame(engine, query,
+                           key_range=partition is not None and partition.count > 1)
     if frame.empty:
         frame["day"] = np.zeros(0, dtype=np.int64)
         frame["person_key"] = pd.Series(dtype="str")
@@ -296,17 +340,21 @@ def load_register(engine: Engine, spec: FeaturesConfig, as_of: date, partitions:
 def load_partition_frames(
     engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
     partition: Partition, first_day: dict[str, int] | None,
+    scattered: dict[str, Path] | None = None,
 ) -> SourceFrames:
     """What :func:`load_source_frames` gives, for one partition's people only.
 
     ``customers`` is the partition's slice of :func:`load_register`; ``first_day`` the
     sources' first days (:func:`first_event_days`), which a partition cannot see alone; None
-    for a partition of one (the whole population), whose rows read give them.
+    for a partition of one (the whole population), whose rows read give them. ``scattered``:
+    the sources already split by partition (:func:`scatter_phone_feeds`), by source name.
     """
     owners = customers[customers["owns_phone"]]
     phone_to_person = owners.set_index("phone_key")["person_key"]
+    files = {name: scattered_file(directory, partition)
+             for name, directory in (scattered or {}).items()}
     events, days, batch_ids = _read_sources(engine, spec, as_of, customers, phone_to_person,
-                                            partition)
+                                            partition, files)
     register_columns = [c for c in customers.columns if c not in ("partition", "owns_phone")]
     return SourceFrames(as_of, customers[register_columns], events,
                         dict(days if first_day is None else first_day), batch_ids)
@@ -323,6 +371,7 @@ def load_source_frames(engine: Engine, spec: FeaturesConfig, as_of: date) -> Sou
 def _read_sources(
     engine: Engine, spec: FeaturesConfig, as_of: date, customers: pd.DataFrame,
     phone_to_person: pd.Series, partition: Partition | None = None,
+    scattered: dict[str, Path] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, int], set[str]]:
     """Each source's rows (of ``partition``'s people, or everyone's), the first event day of
     each source among the rows read, and the batch ids of the register and of those rows."""
@@ -331,9 +380,70 @@ def _read_sources(
     batch_ids = set(customers["batch_id"])
     for source in spec.sources:
         frame, first = load_source(engine, source, as_of, spec.timezone, phone_to_person,
-                                   partition, spec.customer.table)
+                                   partition, spec.customer.table,
+                                   (scattered or {}).get(source.name))
         events[source.name] = frame
         if first is not None:
             first_day[source.name] = first
         batch_ids.update(frame["batch_id"].unique())
     return events, first_day, batch_ids
+
+
+# --- phone-keyed feeds split by partition in one read ---------------------------------------
+
+SCATTER_BLOCK_BYTES = 32 * 2**20
+
+
+def scattered_file(directory: Path, partition: Partition) -> Path:
+    return directory / f"{partition.bucket:05d}.arrow"
+
+
+def scatter_phone_feeds(engine: Engine, spec: FeaturesConfig, register: Register,
+                        directory: Path) -> dict[str, Path]:
+    """Split each phone-keyed source by the partition of its phone's owner, in one sequential
+    read of the table; returns each source's directory of per-partition Arrow files.
+
+    A partition's people are a key range of ``person_key``, but their phones are spread over
+    the whole ``phone_key`` index: N partitions probing it make one random read of every
+    page of it, which on this machine's disk ran at ~5 MB/s against ~100 MB/s for a scan
+    (1M customers: over 5 minutes per partition for the payments feed). Splitting as the
+    rows stream costs one scan and memory of one block. Rows whose phone no customer owns are
+    dropped here, as the partitioned and the whole-table reads drop them.
+    """
+    owners = register.customers[register.customers["owns_phone"]]
+    owner_index = pd.Index(owners["phone_key"])
+    owner_bucket = owners["partition"].to_numpy()
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    out: dict[str, Path] = {}
+    for source in spec.sources:
+        if source.key != "phone_key":
+            continue
+        table = _reflect(engine, source.table)
+        query = source_query(engine, table, source)
+        target = directory / source.name
+        target.mkdir(parents=True, exist_ok=True)
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        with _copy_out(engine, query) as blocks:
+            reader = pa_csv.open_csv(_BlockReader(blocks),
+                                     **_csv_options(query, SCATTER_BLOCK_BYTES))
+            for batch in reader:
+                found = owner_index.get_indexer(batch.column(source.key).to_pandas())
+                buckets = np.where(found >= 0, owner_bucket[found], -1)
+                order = np.argsort(buckets, kind="stable")
+                edges = np.searchsorted(buckets[order], np.arange(register.partitions + 1))
+                for bucket in range(register.partitions):
+                    rows = order[edges[bucket]:edges[bucket + 1]]
+                    if len(rows) == 0:
+                        continue
+                    if bucket not in writers:
+                        path = scattered_file(target, Partition(bucket, register.partitions))
+                        writers[bucket] = pa.ipc.new_file(path, reader.schema, options=options)
+                    writers[bucket].write_batch(batch.take(pa.array(rows)))
+            schema = reader.schema
+        for bucket in range(register.partitions):
+            if bucket not in writers:  # an empty file: the partition's columns and types
+                path = scattered_file(target, Partition(bucket, register.partitions))
+                writers[bucket] = pa.ipc.new_file(path, schema, options=options)
+            writers[bucket].close()
+        out[source.name] = target
+    return out
