@@ -164,25 +164,34 @@ def read_frame(engine: Engine, query: Select, key_range: bool = False) -> pd.Dat
 
 
 class _BlockReader(io.RawIOBase):
-    """A stream of byte blocks as a readable file, for Arrow to parse while it arrives."""
+    """A stream of byte blocks (a COPY's rows) as a readable file, for Arrow to parse while
+    it arrives. ``read`` is served from whole blocks: ``RawIOBase.read(n)`` would allocate n
+    bytes per call, and Arrow asks for a whole CSV block each time."""
 
     def __init__(self, blocks: Iterable) -> None:
         self._blocks = iter(blocks)
-        self._pending = memoryview(b"")
+        self._pending = b""
 
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes:
+        parts, filled = [self._pending], len(self._pending)
+        for block in self._blocks:
+            parts.append(block)
+            filled += len(block)
+            if 0 <= size <= filled:
+                break
+        data = b"".join(parts)
+        if size < 0:
+            size = len(data)
+        self._pending = data[size:]
+        return data[:size]
+
     def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
-        while not self._pending:
-            block = next(self._blocks, None)
-            if block is None:
-                return 0
-            self._pending = memoryview(bytes(block))
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _reflect(engine: Engine, name: str) -> Table:
