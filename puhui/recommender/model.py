@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from puhui.config import RecommenderSpec
+from puhui.recommender.training_set import POPULARITY_CELLS
 from puhui.risk.model import category_vocabulary, encode_features
 
 GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
@@ -71,9 +72,10 @@ class Ranker:
     booster: lgb.Booster
     features: list[str]
     categories: dict[str, list[str]]
-    # The non-personalised rankings' training popularity (mean relevance per product):
-    # {"all": {code: v}, "by_scenario": {scenario: {code: v}}}; stored with the booster so
-    # that scoring needs nothing else.
+    # The training popularity (mean relevance per product) of the non-personalised
+    # rankings and the popularity features: {"all": {code: v}, "by_scenario": {scenario:
+    # {code: v}}, <feature>: {cell: {code: v}}}; stored with the booster so that scoring
+    # needs nothing else.
     popularity: dict[str, Any] = field(default_factory=dict)
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
@@ -103,6 +105,7 @@ def train_ranker(train: pd.DataFrame, features: list[str], categorical: list[str
 
 
 POPULARITY_MIN_ROWS = 30
+CELL_KEY_SEP = "|"
 
 
 def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
@@ -124,18 +127,22 @@ def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
 
 def popularity_table(train: pd.DataFrame) -> dict[str, Any]:
     """Mean training relevance per product: overall, within each scenario (the
-    non-personalised ranking) and within each occupation (the ranker's popularity
-    features); cells with fewer than POPULARITY_MIN_ROWS rows are left out (scoring falls
-    back to overall)."""
-    def cells(by: str) -> dict[str, dict[str, float]]:
-        stats = train.groupby([by, "product_code"])["relevance"].agg(["mean", "size"])
+    non-personalised ranking) and within each cell of ``POPULARITY_CELLS`` (the ranker's
+    popularity features, keyed by the cell's values joined with ``CELL_KEY_SEP``); cells
+    with fewer than POPULARITY_MIN_ROWS rows are left out (scoring falls back to overall)."""
+    def cells(by: list[str]) -> dict[str, dict[str, float]]:
+        stats = train.groupby([*by, "product_code"])["relevance"].agg(["mean", "size"])
         stats = stats[stats["size"] >= POPULARITY_MIN_ROWS]["mean"]
-        return {str(k): {str(c): float(v) for (_, c), v in cell.items()}
-                for k, cell in stats.groupby(level=0)}
+        out: dict[str, dict[str, float]] = {}
+        for key, value in stats.items():
+            *cell, code = key
+            out.setdefault(CELL_KEY_SEP.join(map(str, cell)), {})[str(code)] = float(value)
+        return out
 
     return {"all": {str(k): float(v) for k, v in
                     train.groupby("product_code")["relevance"].mean().items()},
-            "by_scenario": cells("scenario"), "by_occupation": cells("occupation")}
+            "by_scenario": cells(["scenario"]),
+            **{name: cells(list(by)) for name, by in POPULARITY_CELLS.items()}}
 
 
 def final_scores(personal: np.ndarray, non_personal: np.ndarray,
@@ -160,4 +167,7 @@ def save_ranker(ranker: Ranker, directory: Path) -> None:
 def load_ranker(directory: Path) -> Ranker:
     meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
     booster = lgb.Booster(model_file=str(directory / RANKER_FILE))
-    return Ranker(booster, meta["features"], meta["categories"], meta.get("popularity", {}))
+    popularity = meta.get("popularity", {})
+    if "by_occupation" in popularity:  # versions registered before POPULARITY_CELLS
+        popularity.setdefault("occupation_product_popularity", popularity.pop("by_occupation"))
+    return Ranker(booster, meta["features"], meta["categories"], popularity)
