@@ -162,12 +162,9 @@ def test_features_do_not_change_when_the_future_is_removed() -> None:
 
 
 def test_popularity_features_use_only_older_windows() -> None:
-    rows = [{"window": w, "occupation": occ, "region_type": region, "product_code": code,
+    rows = [{"window": w, "occupation": occ, "product_code": code,
              "relevance": float((w + i) % 3)}
-            for w in range(3)
-            for i, (occ, region) in enumerate([("farmer", "rural")] * 35
-                                              + [("farmer", "urban")] * 5
-                                              + [("salaried", "urban")] * 10)
+            for w in range(3) for i, occ in enumerate(["farmer"] * 40 + ["salaried"] * 10)
             for code in ("a", "b")]
     frame = pd.DataFrame(rows)
     first = popularity_features(frame)
@@ -177,19 +174,10 @@ def test_popularity_features_use_only_older_windows() -> None:
     got = first[(first["window"] == 1) & (first["occupation"] == "farmer")
                 & (first["product_code"] == "a")]
     assert (got["occupation_product_popularity"] == farmer_a["relevance"].mean()).all()
-    # the segment-popularity baseline's cell (region type x occupation), older windows only
-    rural_a = farmer_a[farmer_a["region_type"] == "rural"]
-    assert rural_a["relevance"].mean() != farmer_a["relevance"].mean()
-    got_rural = got[got["region_type"] == "rural"]
-    assert (got_rural["region_occupation_product_popularity"]
-            == rural_a["relevance"].mean()).all()
-    # urban farmers: 5 rows a window, too few for a cell (5 < 30): the overall value
-    urban = got[got["region_type"] == "urban"]
-    assert (urban["region_occupation_product_popularity"] == urban["product_popularity"]).all()
     # salaried: 10 rows a window, too few for a cell until two windows pool (20 < 30)
     salaried = first[(first["window"] == 1) & (first["occupation"] == "salaried")]
-    for name in ("occupation_product_popularity", "region_occupation_product_popularity"):
-        assert (salaried[name] == salaried["product_popularity"]).all()
+    assert (salaried["occupation_product_popularity"]
+            == salaried["product_popularity"]).all()
     # what happens in a window, or after it, never moves its own features
     changed = frame.assign(relevance=np.where(frame["window"] <= 1, 3.0, frame["relevance"]))
     second = popularity_features(changed)
@@ -395,7 +383,6 @@ def test_score_recommendations_ranks_eligible_products_and_honours_opt_outs(
     customers = pd.DataFrame({
         "person_key": ["p0", "p1", "p2", "p3"],
         "occupation": ["farmer", "salaried", "farmer", "farmer"],
-        "region_type": ["rural", "urban", "rural", "rural"],
         "agri_coop_member": [0, 0, 1, 0], "age": [30.0, 30.0, 30.0, 30.0],
         "x": [0.0, 0.0, 0.0, 0.0], "risk_grade": ["A", "A", None, "A"]})
     out = score_recommendations(ranker, customers, _events(), AS_OF, products, spec,
@@ -416,49 +403,6 @@ def test_score_recommendations_ranks_eligible_products_and_honours_opt_outs(
     # a customer who refused personalisation gets the non-personalised ranking only
     assert refused["personalised"] == [] and refused["personalisation_opt_out"]
     assert refused["non_personalised"] == farmer["non_personalised"]
-
-
-def test_scoring_reads_the_region_occupation_popularity_as_training_built_it(
-        tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
-    """Rural farmers respond to agri products, urban farmers do not: a ranker that knows
-    only the region type x occupation popularity learns it, the registered ranker carries
-    that table, and scoring fills the feature from it per customer's cell (a version saved
-    before the cells were named still finds its occupation table)."""
-    from puhui.recommender.model import META_FILE, load_ranker, save_ranker
-    from puhui.recommender.scoring import score_recommendations
-
-    models, products = _configs()
-    spec = models.product_recommender.model_copy(update={"min_segment_size": 10})
-    data = _synthetic_set()
-    agri = data.frame["product_code"].isin(["agri_loan", "crop_insurance"])
-    data.frame.loc[agri & (data.frame["region_type"] == "urban"), "relevance"] = 0.0
-    data.frame = popularity_features(data.frame)
-    data.features = ["region_occupation_product_popularity", "product_code"]
-    data.categorical = ["product_code"]
-    run = fit_and_evaluate(data, spec)
-    table = run.ranker.popularity["region_occupation_product_popularity"]
-    train = data.frame[(data.frame["split"] == TRAIN) & (data.frame["occupation"] == "farmer")
-                       & (data.frame["product_code"] == "agri_loan")]
-    assert table["rural|farmer"]["agri_loan"] == pytest.approx(
-        train.loc[train["region_type"] == "rural", "relevance"].mean())
-    assert table["urban|farmer"]["agri_loan"] == 0.0
-    save_ranker(run.ranker, tmp_path / "ranker")
-    ranker = load_ranker(tmp_path / "ranker")
-    customers = pd.DataFrame({
-        "person_key": ["p0", "p3"], "occupation": ["farmer", "farmer"],
-        "region_type": ["rural", "urban"], "agri_coop_member": [1, 1], "age": [30.0, 30.0],
-        "risk_grade": ["A", "A"]})
-    rural, urban = score_recommendations(ranker, customers, _events(), AS_OF, products, spec,
-                                         [False, False])
-    assert rural["personalised"][0] in ("agri_loan", "crop_insurance")
-    assert urban["personalised"][0] not in ("agri_loan", "crop_insurance")
-    meta = json.loads((tmp_path / "ranker" / META_FILE).read_text())
-    meta["popularity"]["by_occupation"] = meta["popularity"].pop(
-        "occupation_product_popularity")
-    (tmp_path / "ranker" / META_FILE).write_text(json.dumps(meta))
-    legacy = load_ranker(tmp_path / "ranker").popularity
-    assert legacy["occupation_product_popularity"]["farmer"] == \
-        run.ranker.popularity["occupation_product_popularity"]["farmer"]
 
 
 def test_exposure_of_a_customer_does_not_depend_on_the_scoring_chunk() -> None:

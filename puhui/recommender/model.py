@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from puhui.config import RecommenderSpec
-from puhui.recommender.training_set import POPULARITY_CELLS
 from puhui.risk.model import category_vocabulary, encode_features
 
 GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
@@ -72,10 +71,9 @@ class Ranker:
     booster: lgb.Booster
     features: list[str]
     categories: dict[str, list[str]]
-    # The training popularity (mean relevance per product) of the non-personalised
-    # rankings and the popularity features: {"all": {code: v}, "by_scenario": {scenario:
-    # {code: v}}, <feature>: {cell: {code: v}}}; stored with the booster so that scoring
-    # needs nothing else.
+    # The non-personalised rankings' training popularity (mean relevance per product):
+    # {"all": {code: v}, "by_scenario": {scenario: {code: v}}}; stored with the booster so
+    # that scoring needs nothing else.
     popularity: dict[str, Any] = field(default_factory=dict)
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
@@ -105,7 +103,6 @@ def train_ranker(train: pd.DataFrame, features: list[str], categorical: list[str
 
 
 POPULARITY_MIN_ROWS = 30
-CELL_KEY_SEP = "|"
 
 
 def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
@@ -127,22 +124,18 @@ def popularity_scores(train: pd.DataFrame, rows: pd.DataFrame, by: list[str],
 
 def popularity_table(train: pd.DataFrame) -> dict[str, Any]:
     """Mean training relevance per product: overall, within each scenario (the
-    non-personalised ranking) and within each cell of ``POPULARITY_CELLS`` (the ranker's
-    popularity features, keyed by the cell's values joined with ``CELL_KEY_SEP``); cells
-    with fewer than POPULARITY_MIN_ROWS rows are left out (scoring falls back to overall)."""
-    def cells(by: list[str]) -> dict[str, dict[str, float]]:
-        stats = train.groupby([*by, "product_code"])["relevance"].agg(["mean", "size"])
+    non-personalised ranking) and within each occupation (the ranker's popularity
+    features); cells with fewer than POPULARITY_MIN_ROWS rows are left out (scoring falls
+    back to overall)."""
+    def cells(by: str) -> dict[str, dict[str, float]]:
+        stats = train.groupby([by, "product_code"])["relevance"].agg(["mean", "size"])
         stats = stats[stats["size"] >= POPULARITY_MIN_ROWS]["mean"]
-        out: dict[str, dict[str, float]] = {}
-        for key, value in stats.items():
-            *cell, code = key
-            out.setdefault(CELL_KEY_SEP.join(map(str, cell)), {})[str(code)] = float(value)
-        return out
+        return {str(k): {str(c): float(v) for (_, c), v in cell.items()}
+                for k, cell in stats.groupby(level=0)}
 
     return {"all": {str(k): float(v) for k, v in
                     train.groupby("product_code")["relevance"].mean().items()},
-            "by_scenario": cells(["scenario"]),
-            **{name: cells(list(by)) for name, by in POPULARITY_CELLS.items()}}
+            "by_scenario": cells("scenario"), "by_occupation": cells("occupation")}
 
 
 def final_scores(personal: np.ndarray, non_personal: np.ndarray,
@@ -167,7 +160,4 @@ def save_ranker(ranker: Ranker, directory: Path) -> None:
 def load_ranker(directory: Path) -> Ranker:
     meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
     booster = lgb.Booster(model_file=str(directory / RANKER_FILE))
-    popularity = meta.get("popularity", {})
-    if "by_occupation" in popularity:  # versions registered before POPULARITY_CELLS
-        popularity.setdefault("occupation_product_popularity", popularity.pop("by_occupation"))
-    return Ranker(booster, meta["features"], meta["categories"], popularity)
+    return Ranker(booster, meta["features"], meta["categories"], meta.get("popularity", {}))

@@ -18,13 +18,8 @@ import pandas as pd
 
 from puhui.config import ProductsConfig, RecommenderSpec
 from puhui.features.sources import day_number
-from puhui.recommender.model import CELL_KEY_SEP, Ranker, eligibility
-from puhui.recommender.training_set import (
-    POPULARITY_CELLS,
-    graded_events,
-    past_use_features,
-    scenario_prior,
-)
+from puhui.recommender.model import Ranker, eligibility
+from puhui.recommender.training_set import graded_events, past_use_features, scenario_prior
 
 
 def load_recommender(tracking_uri: str, name: str, version: str) -> Ranker:
@@ -66,10 +61,9 @@ def score_recommendations(
     Arguments:
       ranker: ``load_recommender(...)`` (or a freshly trained ``Ranker``).
       customers: one row per customer: ``person_key``, the feature builder's point-in-time
-        columns as of ``as_of`` (``build_features``), ``occupation``, ``region_type``,
-        ``agri_coop_member``, ``age`` (years on ``as_of``) and ``risk_grade`` (the champion
-        risk model's grade; None/missing when there is no risk champion: credit products are
-        then ineligible).
+        columns as of ``as_of`` (``build_features``), ``occupation``, ``agri_coop_member``,
+        ``age`` (years on ``as_of``) and ``risk_grade`` (the champion risk model's grade;
+        None/missing when there is no risk champion: credit products are then ineligible).
       events: product funnel events as ``training_set.load_product_events`` returns them
         (person_key, day, event_time, product_code, scenario, event_type); only events up
         to ``as_of`` are used, other customers' are ignored.
@@ -111,15 +105,12 @@ def score_recommendations(
     rows = rows.merge(customers[columns].drop_duplicates("person_key"), on="person_key",
                       how="left")
     overall = ranker.popularity.get("all", {})
+    by_occupation = ranker.popularity.get("by_occupation", {})
     rows["product_popularity"] = rows["product_code"].map(overall).astype(float)
-    for name, by in POPULARITY_CELLS.items():
-        # a cell the training windows had too few rows of: the overall value, as in training
-        table = ranker.popularity.get(name, {})
-        cell = rows[list(by)].astype(str).agg(CELL_KEY_SEP.join, axis=1)
-        local = [table.get(k, {}).get(c) for k, c in
-                 zip(cell, rows["product_code"], strict=True)]
-        rows[name] = pd.Series(local, index=rows.index, dtype=float).fillna(
-            rows["product_popularity"])
+    local = [by_occupation.get(o, {}).get(c) for o, c in
+             zip(rows["occupation"], rows["product_code"], strict=True)]
+    rows["occupation_product_popularity"] = pd.Series(
+        local, index=rows.index, dtype=float).fillna(rows["product_popularity"])
     allowed = eligibility(rows, spec)
     personal = ranker.score(rows)
     non_personal = rows["product_code"].map(overall).fillna(0.0).to_numpy(dtype=float)

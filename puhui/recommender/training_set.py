@@ -33,15 +33,9 @@ CUSTOMER_PRODUCT_FEATURES = [
 ]
 EXPOSURE_PRIOR_OFFERS = 5.0  # pseudo-offers of everyone's mix added to each customer's
 PRODUCT_FEATURES = ["product_code", "product_kind", "product_scenarios"]
-# Mean relevance of the product in the windows before a row's: overall and within each
-# cell of the customer's segments below, point in time. The region type x occupation cell
-# is the segment-popularity baseline's own signal (its ``segment_pair``), so that the model
-# starts from what the baseline knows; no protected attribute (age, gender) makes a cell.
-POPULARITY_CELLS = {
-    "occupation_product_popularity": ("occupation",),
-    "region_occupation_product_popularity": ("region_type", "occupation"),
-}
-POPULARITY_FEATURES = ["product_popularity", *POPULARITY_CELLS]
+# Mean relevance of the product in the windows before a row's (overall, within the
+# customer's occupation): what the popularity baselines know, point in time.
+POPULARITY_FEATURES = ["product_popularity", "occupation_product_popularity"]
 POPULARITY_CELL_MIN_ROWS = 30
 # The request's scenario is not a feature: a profile is scored outside any request, and a
 # ranking led by the request's shelf pushed rural customers' agri products out of top-1
@@ -242,27 +236,29 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
 
 def popularity_features(frame: pd.DataFrame) -> pd.DataFrame:
     """``POPULARITY_FEATURES`` for every row from the older windows' relevance only (window
-    w+1 ends on window w's feature day, so nothing after a row's feature day is used); a
-    cell (``POPULARITY_CELLS``) with fewer than ``POPULARITY_CELL_MIN_ROWS`` rows takes the
-    overall value, the oldest window has none."""
-    keys = sorted({c for by in POPULARITY_CELLS.values() for c in by})
-    stats = frame.groupby(["window", *keys, "product_code"], dropna=False)[
+    w+1 ends on window w's feature day, so nothing after a row's feature day is used); an
+    occupation cell with fewer than ``POPULARITY_CELL_MIN_ROWS`` rows takes the overall
+    value, the oldest window has none."""
+    stats = frame.groupby(["window", "occupation", "product_code"], dropna=False)[
         "relevance"].agg(["sum", "count"])
-    out = pd.DataFrame(np.nan, index=frame.index, columns=POPULARITY_FEATURES)
+    out = frame[["window", "occupation", "product_code"]].copy()
+    out["product_popularity"] = np.nan
+    out["occupation_product_popularity"] = np.nan
     for w in frame["window"].unique():
         older = stats[stats.index.get_level_values("window") > w]
         if older.empty:
             continue
-        rows = (frame["window"] == w).to_numpy()
-        overall = older.groupby(level="product_code").sum()
-        overall = frame.loc[rows, "product_code"].map(overall["sum"] / overall["count"])
-        out.loc[rows, "product_popularity"] = overall.to_numpy(dtype=float)
-        for name, by in POPULARITY_CELLS.items():
-            cell = older.groupby(level=[*by, "product_code"], dropna=False).sum()
-            cell = cell[cell["count"] >= POPULARITY_CELL_MIN_ROWS]
-            cell = cell["sum"] / cell["count"]
-            local = cell.reindex(pd.MultiIndex.from_frame(
-                frame.loc[rows, [*by, "product_code"]])).to_numpy(dtype=float)
-            out.loc[rows, name] = np.where(np.isnan(local), overall.to_numpy(dtype=float),
-                                           local)
-    return frame.assign(**{name: out[name] for name in POPULARITY_FEATURES})
+        cell = older.groupby(level=["occupation", "product_code"], dropna=False).sum()
+        overall = cell.groupby(level="product_code").sum()
+        overall = overall["sum"] / overall["count"]
+        cell = cell[cell["count"] >= POPULARITY_CELL_MIN_ROWS]
+        cell = cell["sum"] / cell["count"]
+        rows = out["window"] == w
+        product = out.loc[rows, "product_code"]
+        out.loc[rows, "product_popularity"] = product.map(overall).to_numpy(dtype=float)
+        keys = pd.MultiIndex.from_frame(out.loc[rows, ["occupation", "product_code"]])
+        local = cell.reindex(keys).to_numpy(dtype=float)
+        out.loc[rows, "occupation_product_popularity"] = np.where(
+            np.isnan(local), out.loc[rows, "product_popularity"], local)
+    return frame.assign(product_popularity=out["product_popularity"],
+                        occupation_product_popularity=out["occupation_product_popularity"])
