@@ -149,6 +149,8 @@ def child_train(seed: int, rebuild: bool) -> None:
         "eligibility_violations": run.eligibility_violations,
         "gates_passed": run.gates.passed, "gates_failed": run.gates.failed,
         "ranking_set_seconds": round(built, 1), "fit_seconds": round(fitted, 1),
+        # the shared machine's load when the fit ended: the seconds above depend on it
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "segments": seg.to_dict(orient="records"),
     }
     (home / "reco_result.json").write_text(json.dumps(row, indent=1, default=str))
@@ -186,7 +188,7 @@ def _table(rows: list[dict]) -> str:
              "pop. | scenario pop. | chance | ceiling | gated segments beaten: popularity / "
              "segment pop. / both | losses beyond 2 SE | gated segment nearest the floor: "
              "NDCG@3 over responders (chance's; way from chance) | rural top-1 agri: model / "
-             "segment pop. / truth | gates | target met |", "|" + "---|" * 15]
+             "segment pop. / truth | gates | target met | load (1/5/15 min) |", "|" + "---|" * 16]
     for r in rows:
         low = r["lowest_gated_segment"] or {}
         lines.append(
@@ -204,7 +206,8 @@ def _table(rows: list[dict]) -> str:
             f"{r['rural_agri_top1_share_segment_popularity'] or 0:.2f} / "
             f"{r['truth_rural_agri_top1_share'] or 0:.2f} | "
             f"{'passed' if r['gates_passed'] else 'FAILED: ' + '; '.join(r['gates_failed'])} | "
-            f"{'yes' if met(r) else 'no'} |")
+            f"{'yes' if met(r) else 'no'} | "
+            f"{' / '.join(map(str, r.get('load_average') or ['-']))} |")
     return "\n".join(lines)
 
 
