@@ -69,7 +69,9 @@ def client_flow(out: Path) -> None:
     with get_client(sync_client=True) as client:
         steps = sorted(({"name": r.name, "start": r.start_time.timestamp(),
                          "end": r.end_time.timestamp()}
-                        for r in client.read_task_runs() if r.start_time and r.end_time),
+                        for r in client.read_task_runs()
+                        # an attached run's Prefect home may hold a stopped run's tasks
+                        if r.start_time and r.end_time and r.start_time.timestamp() >= started),
                        key=lambda s: s["start"])
     (out / "client.json").write_text(json.dumps({
         "start": started, "end": ended, "seconds": round(ended - started, 1),
