@@ -176,6 +176,9 @@ class _BlockReader(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
+        if 0 <= size <= len(self._pending):  # served from what is held: no block pulled
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
         parts, filled = [self._pending], len(self._pending)
         for block in self._blocks:
             parts.append(block)
@@ -245,6 +248,11 @@ def _partition_predicate(engine: Engine, table: Table, source: FeatureSource,
     return table.c[source.key].in_(phones)
 
 
+def reads_a_part(partition: Partition | None) -> bool:
+    """Whether a read is one partition's part of a table (a partition of one is all of it)."""
+    return partition is not None and partition.count > 1
+
+
 def source_query(engine: Engine, table: Table, source: FeatureSource,
                  partition: Partition | None = None, register: str = "") -> Select:
     """The query reading a source's columns: all its rows, or a ``partition``'s (read with
@@ -252,7 +260,8 @@ def source_query(engine: Engine, table: Table, source: FeatureSource,
     query = select(*(table.c[c] for c in source_columns(source)))
     # One partition of one is the whole table: read as the whole-table builder reads it, no
     # phone sub-select, and a scan even where the partition-read indexes exist.
-    if partition is not None and partition.count > 1:
+    if reads_a_part(partition):
+        assert partition is not None
         query = query.where(_partition_predicate(engine, table, source, partition, register))
     return query
 
@@ -275,8 +284,7 @@ def load_source(
             frame = rows.read_all().to_pandas()
     else:
         query = source_query(engine, table, source, partition, register)
-        frame = read_frame(engine, query,
-                           key_range=partition is not None and partition.count > 1)
+        frame = read_frame(engine, query, key_range=reads_a_part(partition))
     if frame.empty:
         frame["day"] = np.zeros(0, dtype=np.int64)
         frame["person_key"] = pd.Series(dtype="str")
