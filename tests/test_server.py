@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from puhui.generate import generate_landing_zone
-from puhui.prefect_server import pid_alive
+from puhui.processes import pid_alive
 from puhui.scheduling import load_deployment_specs
 from puhui.settings import repo_root
 from tests.conftest import TEST_PSEUDONYM_KEY, demo_env
