@@ -20,7 +20,7 @@ from puhui.errors import PuhuiError
 from puhui.features.partitioned import ensure_partition_indexes
 from puhui.features.sources import first_event_days, load_register
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
-from puhui.profiles.offers import load_offer_context
+from puhui.profiles.offers import event_read_indexes, load_offer_context
 from puhui.profiles.refresh import (
     ScoringContext,
     SwapResult,
@@ -66,7 +66,7 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
     models = load_config(settings.config_dir, ModelsConfig)
     partitions = segments.profile.partitions
     if partitions > 1:  # each partition reads its own rows: by the key-range indexes
-        ensure_partition_indexes(runtime.engine, spec)
+        ensure_partition_indexes(runtime.engine, spec, event_read_indexes())
     register = load_register(runtime.engine, spec, as_of, partitions).customers
     key = run_key(as_of, slots, runtime.audit.config_hash,
                   loaded_batches(runtime.engine, as_of), partitions)

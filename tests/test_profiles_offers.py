@@ -272,11 +272,12 @@ def test_partition_event_reads_equal_the_whole_table_read(
                                                puhui_env / "events")
     assert context.ranker is None and len(read_sizes) == 2 * partitions
     assert context.events_dir is None and not (puhui_env / "events").exists()  # no champion
-    # The partition read filters by customer_id: a partition-read index serves it.
+    # The profiles supply their index entry; the feature package's own name no events table.
     from puhui.features.partitioned import partition_read_indexes
 
-    assert f'ON "{EVENTS_TABLE}" ("customer_id")' in partition_read_indexes(features)[
-        f"ix_{EVENTS_TABLE}_partition_read"]
+    index = f"ix_{EVENTS_TABLE}_partition_read"
+    assert f'ON "{EVENTS_TABLE}" ("customer_id")' in offers_module.event_read_indexes()[index]
+    assert not [s for s in partition_read_indexes(features).values() if EVENTS_TABLE in s]
     pd.testing.assert_series_equal(
         context.prior, scenario_prior(graded_events(whole, products, spec), products),
         check_names=False)

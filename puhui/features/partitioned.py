@@ -46,6 +46,15 @@ CUSTOMERS_PER_PARTITION = 25_000
 
 # --- raw-table layout: what lets a partition read only its own rows -------------------------
 
+def read_index(table: str, keys: list[str], columns: list[str] | None = None) -> dict[str, str]:
+    """One partition-read index: its name -> ``CREATE INDEX IF NOT EXISTS`` statement, a
+    B-tree on ``keys`` that INCLUDEs the other ``columns`` a partition's read needs."""
+    name = f"ix_{table}_partition_read"
+    include = [c for c in columns or [] if c not in keys]
+    return {name: f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" ({_quoted(keys)})'
+                  + (f" INCLUDE ({_quoted(include)})" if include else "")}
+
+
 def partition_read_indexes(spec: FeaturesConfig) -> dict[str, str]:
     """Index name -> ``CREATE INDEX IF NOT EXISTS`` statement, one per raw table read.
 
@@ -54,22 +63,14 @@ def partition_read_indexes(spec: FeaturesConfig) -> dict[str, str]:
     cost grew with N x population). A B-tree on (key, event time) that INCLUDEs every column
     the features read serves a partition with an index-only scan of its own key range: the
     read is proportional to the partition. The register gets (person_key) INCLUDE
-    (phone_key) for the phone-keyed feeds' sub-select.
+    (phone_key) for the phone-keyed feeds' sub-select. Other packages that read partitions
+    of their own tables pass their entries to :func:`ensure_partition_indexes`.
     """
     statements: dict[str, str] = {}
-
-    def add(table: str, keys: list[str], columns: list[str]) -> None:
-        name = f"ix_{table}_partition_read"
-        include = [c for c in columns if c not in keys]
-        statements[name] = (
-            f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" ({_quoted(keys)})'
-            + (f" INCLUDE ({_quoted(include)})" if include else ""))
-
     for source in spec.sources:
-        add(source.table, [source.key, source.time], source_columns(source))
-    add(spec.customer.table, ["person_key"], ["phone_key"])
-    # Profiles read a partition's product events by customer_id (puhui.profiles.offers).
-    add("raw_product_events", ["customer_id"], [])
+        statements |= read_index(source.table, [source.key, source.time],
+                                 source_columns(source))
+    statements |= read_index(spec.customer.table, ["person_key"], ["phone_key"])
     return statements
 
 
@@ -77,8 +78,11 @@ def _quoted(columns: list[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
-def ensure_partition_indexes(engine: Engine, spec: FeaturesConfig) -> list[str]:
+def ensure_partition_indexes(engine: Engine, spec: FeaturesConfig,
+                             more: dict[str, str] | None = None) -> list[str]:
     """Create the partition-read indexes that are missing (PostgreSQL); returns their names.
+
+    ``more``: other tables' entries (:func:`read_index`), e.g. the profiles' product events.
 
     Built after the bulk load, on first partitioned use, not at table creation: a bulk COPY
     into an indexed table pays for every index entry (README, Performance: the trade-off
@@ -88,7 +92,7 @@ def ensure_partition_indexes(engine: Engine, spec: FeaturesConfig) -> list[str]:
     """
     if engine.dialect.name != "postgresql":
         return []  # SQLite: the demo's size runs as one partition, a whole-table read
-    statements = partition_read_indexes(spec)
+    statements = partition_read_indexes(spec) | (more or {})
     created: list[str] = []
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")

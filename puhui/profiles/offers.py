@@ -37,7 +37,7 @@ import pandas as pd
 from sqlalchemy import Engine, MetaData, Table, select, true
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
-from puhui.features.partitioned import write_atomic
+from puhui.features.partitioned import read_index, write_atomic
 from puhui.features.sources import day_number, read_frame
 from puhui.partitioning import Partition, all_partitions, in_bucket
 from puhui.profiles.models import ModelSlot
@@ -108,6 +108,13 @@ class EventTables:
         return cls(product_events_table(engine, EVENTS_TABLE),
                    Table(features.customer.table, MetaData(), autoload_with=engine),
                    features.timezone)
+
+
+def event_read_indexes() -> dict[str, str]:
+    """The product events' partition-read index (on the ``customer_id`` a partition's read
+    selects by), for :func:`puhui.features.partitioned.ensure_partition_indexes`: a
+    partitioned refresh creates it with the feature tables' indexes."""
+    return read_index(EVENTS_TABLE, ["customer_id"])
 
 
 def read_partition_events(engine: Engine, tables: EventTables, as_of: date,
