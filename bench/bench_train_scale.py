@@ -269,7 +269,12 @@ def partition_reads(engine, spec, partitions: int) -> dict:  # noqa: ANN001
     depend on the machine's load; ms do (and on what the page cache holds)."""
     from sqlalchemy import text
 
-    from puhui.features.sources import KEY_RANGE_PLAN, _reflect, source_query
+    from puhui.features.sources import (
+        KEY_RANGE_PLAN,
+        _reflect,
+        partition_query,
+        source_query,
+    )
     from puhui.partitioning import all_partitions
 
     plans = {"planner_left_alone": {"enable_seqscan": "off"}, "key_range_plan": KEY_RANGE_PLAN}
@@ -287,7 +292,8 @@ def partition_reads(engine, spec, partitions: int) -> dict:  # noqa: ANN001
                     conn.execute(text(f"SET {setting} = {value}"))
                 total = {"index_entries_read": 0, "rows": 0, "server_ms": 0.0, "plans": set()}
                 for part in all_partitions(partitions):
-                    query = source_query(engine, table, source, part, spec.customer.table)
+                    query = partition_query(engine, source_query(table, source), table,
+                                            source.key, part, spec.customer.table)
                     sql = str(query.compile(dialect=engine.dialect,
                                             compile_kwargs={"literal_binds": True}))
                     plan = conn.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")

@@ -31,20 +31,25 @@ def _j(value: object) -> object:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The rows of each warehouse read of the offers module, as they happen (a spy, not a
-    mock: the real read runs)."""
-    from puhui.profiles import offers as offers_module
+def _count_reads(monkeypatch: pytest.MonkeyPatch,
+                 queries: list[tuple[object, bool]] | None = None) -> list[int]:
+    """The rows of each warehouse read of the product events, as they happen (a spy, not a
+    mock: the real read runs); ``queries`` receives each read's query and key-range flag."""
+    from puhui.features import sources
+    from puhui.recommender.train import EVENTS_TABLE
 
     sizes: list[int] = []
-    real_read = offers_module.read_frame
+    real_read = sources.read_frame
 
-    def counting_read(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        frame = real_read(*args, **kwargs)
-        sizes.append(len(frame))
+    def counting_read(engine, query, key_range=False):  # noqa: ANN001, ANN202
+        frame = real_read(engine, query, key_range)
+        if any(getattr(t, "name", None) == EVENTS_TABLE for t in query.get_final_froms()):
+            sizes.append(len(frame))
+            if queries is not None:
+                queries.append((query, key_range))
         return frame
 
-    monkeypatch.setattr(offers_module, "read_frame", counting_read)
+    monkeypatch.setattr(sources, "read_frame", counting_read)
     return sizes
 
 
@@ -254,13 +259,15 @@ def test_partition_event_reads_equal_the_whole_table_read(
     with engine.connect() as conn:
         table_rows = conn.execute(text(f"SELECT count(*) FROM {EVENTS_TABLE}")).scalar()
 
-    read_sizes = _count_reads(monkeypatch)
+    queries: list[tuple[object, bool]] = []
+    read_sizes = _count_reads(monkeypatch, queries)
     tables = offers_module.EventTables.reflect(engine, features)
     parts = [offers_module.read_partition_events(
         engine, tables, AS_OF, register[register["partition"] == b], Partition(b, partitions))
         for b in range(partitions)]
     assert len(read_sizes) == partitions and sum(read_sizes) == table_rows
     assert max(read_sizes) < 0.4 * table_rows  # each read is about a quarter of the table
+    assert all(key_range for _, key_range in queries)  # a part: the key-range plan
     together = pd.concat(parts, ignore_index=True)
     columns = list(whole.columns)
     order = ["person_key", "event_time", "product_code", "event_type", "batch_id"]
@@ -278,7 +285,37 @@ def test_partition_event_reads_equal_the_whole_table_read(
     index = f"ix_{EVENTS_TABLE}_partition_read"
     assert f'ON "{EVENTS_TABLE}" ("customer_id")' in offers_module.event_read_indexes()[index]
     assert not [s for s in partition_read_indexes(features).values() if EVENTS_TABLE in s]
+    if dialect == "postgres":
+        _assert_index_reads(engine, features, [q for q, _ in queries[:partitions]])
     pd.testing.assert_series_equal(
         context.prior, scenario_prior(graded_events(whole, products, spec), products),
         check_names=False)
     assert max(context.popularity.values()) > 0
+
+
+def _assert_index_reads(engine, features, queries: list) -> None:  # noqa: ANN001
+    """Each partition's read of the product events, planned as the read runs it (the
+    key-range plan), is an index read of the events' partition-read index: no scan of the
+    feed. At the test's size the planner, left alone, may well scan."""
+    from puhui.features.partitioned import ensure_partition_indexes
+    from puhui.features.sources import KEY_RANGE_PLAN
+    from puhui.profiles.offers import event_read_indexes
+    from puhui.recommender.train import EVENTS_TABLE
+
+    index = f"ix_{EVENTS_TABLE}_partition_read"
+    assert index in ensure_partition_indexes(engine, features, event_read_indexes())
+
+    def nodes(plan: dict) -> list[dict]:
+        return [plan, *(n for child in plan.get("Plans", []) for n in nodes(child))]
+
+    with engine.connect() as conn:
+        for setting, value in KEY_RANGE_PLAN.items():
+            conn.exec_driver_sql(f"SET LOCAL {setting} = {value}")
+        for query in queries:
+            sql = str(query.compile(dialect=engine.dialect,
+                                    compile_kwargs={"literal_binds": True}))
+            plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar()[0]["Plan"]
+            reads = [n for n in nodes(plan) if n.get("Relation Name") == EVENTS_TABLE]
+            assert reads and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
+                                 and n["Index Name"] == index for n in reads), reads
+

@@ -233,19 +233,20 @@ def load_customers(engine: Engine, spec: FeaturesConfig, as_of: date) -> pd.Data
     return frame.reset_index(drop=True)
 
 
-def _partition_predicate(engine: Engine, table: Table, source: FeatureSource,
-                         partition: Partition, register: str) -> ColumnElement[bool]:
-    """Rows that may belong to the partition's people, selected in SQL.
+def _partition_predicate(engine: Engine, table: Table, key: str, partition: Partition,
+                         register: str | Table) -> ColumnElement[bool]:
+    """Rows of ``table`` (keyed by ``key``) that may belong to the partition's people.
 
-    A person-keyed table is cut by key range. A phone-keyed one keeps the phones that some
-    register row of the partition's people carries: a superset of the rows that map to them
-    (the exact phone owners are applied afterwards, as for the whole table).
+    A person-keyed table is cut by key range. One keyed by another column of the register (a
+    phone, a customer id) keeps the keys that some register row of the partition's people
+    carries: a superset of the rows that map to them (the caller applies the exact mapping,
+    as for the whole table).
     """
-    if source.key == "person_key":
+    if key == "person_key":
         return in_bucket(table.c.person_key, partition)
-    customers = _reflect(engine, register)
-    phones = select(customers.c.phone_key).where(in_bucket(customers.c.person_key, partition))
-    return table.c[source.key].in_(phones)
+    customers = register if isinstance(register, Table) else _reflect(engine, register)
+    keys = select(customers.c[key]).where(in_bucket(customers.c.person_key, partition))
+    return table.c[key].in_(keys)
 
 
 def reads_a_part(partition: Partition | None) -> bool:
@@ -253,17 +254,30 @@ def reads_a_part(partition: Partition | None) -> bool:
     return partition is not None and partition.count > 1
 
 
-def source_query(engine: Engine, table: Table, source: FeatureSource,
-                 partition: Partition | None = None, register: str = "") -> Select:
-    """The query reading a source's columns: all its rows, or a ``partition``'s (read with
-    ``key_range``; ``register`` names the customer table phone-keyed feeds join through)."""
-    query = select(*(table.c[c] for c in source_columns(source)))
-    # One partition of one is the whole table: read as the whole-table builder reads it, no
-    # phone sub-select, and a scan even where the partition-read indexes exist.
+def partition_query(engine: Engine, query: Select, table: Table, key: str,
+                    partition: Partition | None, register: str | Table = "") -> Select:
+    """``query`` cut to ``partition``'s rows of ``table``, keyed by ``key`` (``register``, the
+    customer table or its name, maps another key to people). One partition of one is the
+    whole table: read as the whole-table builder reads it, no sub-select, and a scan even
+    where the partition-read indexes exist."""
     if reads_a_part(partition):
         assert partition is not None
-        query = query.where(_partition_predicate(engine, table, source, partition, register))
+        query = query.where(_partition_predicate(engine, table, key, partition, register))
     return query
+
+
+def read_partition(engine: Engine, query: Select, table: Table, key: str,
+                   partition: Partition | None, register: str | Table = "") -> pd.DataFrame:
+    """A partition's rows of ``query`` (:func:`partition_query`), read with the key-range
+    plan when they are a part (``read_frame(key_range=True)``): :func:`reads_a_part` decides
+    both, so a part is never read with a scan's plan nor the whole table with an index's."""
+    return read_frame(engine, partition_query(engine, query, table, key, partition, register),
+                      key_range=reads_a_part(partition))
+
+
+def source_query(table: Table, source: FeatureSource) -> Select:
+    """The query reading a source's columns (all its rows)."""
+    return select(*(table.c[c] for c in source_columns(source)))
 
 
 def load_source(
@@ -283,8 +297,8 @@ def load_source(
         with pa.ipc.open_file(scattered) as rows:
             frame = rows.read_all().to_pandas()
     else:
-        query = source_query(engine, table, source, partition, register)
-        frame = read_frame(engine, query, key_range=reads_a_part(partition))
+        frame = read_partition(engine, source_query(table, source), table, source.key,
+                               partition, register)
     if frame.empty:
         frame["day"] = np.zeros(0, dtype=np.int64)
         frame["person_key"] = pd.Series(dtype="str")
@@ -436,7 +450,7 @@ def scatter_phone_feeds(engine: Engine, spec: FeaturesConfig, register: Register
         if source.key != "phone_key":
             continue
         table = _reflect(engine, source.table)
-        query = source_query(engine, table, source)
+        query = source_query(table, source)
         target = directory / source.name
         target.mkdir(parents=True, exist_ok=True)
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}

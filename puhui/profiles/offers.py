@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, MetaData, Table, select, true
+from sqlalchemy import Engine, MetaData, Table, select
 
 from puhui.config import FeaturesConfig, ProductsConfig, RecommenderSpec
 from puhui.features.partitioned import read_index, write_atomic
-from puhui.features.sources import day_number, read_frame
-from puhui.partitioning import Partition, all_partitions, in_bucket
+from puhui.features.sources import day_number, read_partition
+from puhui.partitioning import Partition, all_partitions
 from puhui.profiles.models import ModelSlot
 from puhui.recommender.model import Ranker, eligibility
 from puhui.recommender.scoring import load_recommender, score_recommendations
@@ -110,11 +110,15 @@ class EventTables:
                    features.timezone)
 
 
+# The key the product events feed is cut into partitions by (through the register).
+EVENT_KEY = "customer_id"
+
+
 def event_read_indexes() -> dict[str, str]:
-    """The product events' partition-read index (on the ``customer_id`` a partition's read
-    selects by), for :func:`puhui.features.partitioned.ensure_partition_indexes`: a
-    partitioned refresh creates it with the feature tables' indexes."""
-    return read_index(EVENTS_TABLE, ["customer_id"])
+    """The product events' partition-read index (on :data:`EVENT_KEY`), for
+    :func:`puhui.features.partitioned.ensure_partition_indexes`: a partitioned refresh
+    creates it with the feature tables' indexes."""
+    return read_index(EVENTS_TABLE, [EVENT_KEY])
 
 
 def read_partition_events(engine: Engine, tables: EventTables, as_of: date,
@@ -122,15 +126,11 @@ def read_partition_events(engine: Engine, tables: EventTables, as_of: date,
     """Offer funnel events up to ``as_of`` (local days) of one partition's customers, keyed
     by person, newest delivery of each event: ``training_set.load_product_events`` for the
     partition's people only. ``customers``: the partition's register slice (customer_id,
-    person_key). The feed is keyed by ``customer_id``: the SQL keeps the ids some register
-    row of the partition's keys carries (a superset), the register slice then decides."""
-    table, register = tables.events, tables.register
-    if partition.count == 1:
-        where = true()
-    else:
-        where = table.c.customer_id.in_(select(register.c.customer_id).where(
-            in_bucket(register.c.person_key, partition)))
-    frame = read_frame(engine, select(table).where(where), key_range=partition.count > 1)
+    person_key). The feature sources' partition read selects the rows: the ids some register
+    row of the partition's keys carries (a superset; the register slice then decides), with
+    the key-range plan."""
+    table = tables.events
+    frame = read_partition(engine, select(table), table, EVENT_KEY, partition, tables.register)
     return key_product_events(frame, table, tables.timezone, as_of, customers)
 
 
