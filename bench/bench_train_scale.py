@@ -346,10 +346,7 @@ def ab_postgres(args: argparse.Namespace) -> int:
         run["partition_reads"] = partition_reads(runtime.engine, spec, run["partitions"])
     load["after"] = load_average()
     run["load_average_1_5_15"] = load
-    results = RESULTS.with_name("train-postgres-ab.json")
-    runs = json.loads(results.read_text())["runs"] if results.exists() else []
-    runs = [r for r in runs if (r["label"], r["users"], r["history_days"])
-            != (args.label, args.users, args.history_days)]
+    runs = _other_runs(RESULTS.with_name("train-postgres-ab.json"), args, label=args.label)
     write_results("train-postgres-ab", {"benchmark": "train-postgres-ab",
                                         "machine": machine_facts(), "runs": [*runs, run]},
                   False)
@@ -383,16 +380,19 @@ def attach(args: argparse.Namespace) -> int:
         load["reference_end"] = load_average()
     run["load_average_1_5_15"] = load
     write_results("train-scale", {"benchmark": "train-scale", "machine": machine_facts(),
-                                  "targets": TARGETS, "runs": [*_other_runs(args), run]}, False)
+                                  "targets": TARGETS,
+                                  "runs": [*_other_runs(RESULTS, args), run]}, False)
     return 0
 
 
-def _other_runs(args: argparse.Namespace) -> list[dict]:
-    """The runs already in the results file, but those of this size (replaced)."""
-    if not RESULTS.exists():
+def _other_runs(results: Path, args: argparse.Namespace, **same: object) -> list[dict]:
+    """The runs already in ``results``, but those of this size (and of the ``same`` fields,
+    e.g. the A/B's label), which this run replaces."""
+    if not results.exists():
         return []
-    return [r for r in json.loads(RESULTS.read_text()).get("runs", [])
-            if (r["users"], r["history_days"]) != (args.users, args.history_days)]
+    this = {"users": args.users, "history_days": args.history_days, **same}
+    return [r for r in json.loads(results.read_text()).get("runs", [])
+            if any(r.get(field) != value for field, value in this.items())]
 
 
 def main() -> int:
@@ -436,7 +436,7 @@ def main() -> int:
         return attach(args)
     from puhui.throwaway_postgres import throwaway_postgres
 
-    runs = _other_runs(args)
+    runs = _other_runs(RESULTS, args)
     with throwaway_postgres() as server, tempfile.TemporaryDirectory(prefix="train-") as tmp:
         load = {"before": load_average()}
         rows, generate_s, ingest_s, index_s = prepare_size(server, args.users,
