@@ -319,3 +319,40 @@ def _assert_index_reads(engine, features, queries: list) -> None:  # noqa: ANN00
             assert reads and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
                                  and n["Index Name"] == index for n in reads), reads
 
+
+def test_resumed_refresh_keeps_the_staged_partition_events(
+    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The event-sums pass stages each partition's events once: a resumed refresh (same run
+    key, so the same directory) sums a staged partition from its file, neither reading the
+    warehouse for it nor writing the file again, and gets the same sums."""
+    from puhui.config import FeaturesConfig, ProductsConfig
+    from puhui.features.sources import load_register
+    from puhui.profiles.offers import EventTables, events_path, sum_partition_events
+
+    url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
+    engine = get_engine(url)
+    settings = load_settings()
+    features = load_config(settings.config_dir, FeaturesConfig)
+    products = load_config(settings.config_dir, ProductsConfig)
+    spec = load_config(settings.config_dir, ModelsConfig).product_recommender
+    partitions = 4
+    register = load_register(engine, features, AS_OF, partitions).customers
+    tables = EventTables.reflect(engine, features)
+    directory = puhui_env / "staging" / "run"
+    reads = _count_reads(monkeypatch)
+
+    def run() -> object:
+        return sum_partition_events(engine, tables, register, AS_OF, partitions, products,
+                                    spec, directory)
+
+    first = run()
+    assert len(reads) == partitions
+    files = [events_path(directory, b) for b in range(partitions)]
+    # A refresh that failed during the pass: the last partition's events were not staged.
+    files[-1].unlink()
+    stamps = [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files[:-1]]
+    resumed = run()
+    assert len(reads) == partitions + 1  # only the missing partition read again
+    assert [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files[:-1]] == stamps
+    assert files[-1].exists() and resumed == first

@@ -134,6 +134,30 @@ def read_partition_events(engine: Engine, tables: EventTables, as_of: date,
     return key_product_events(frame, table, tables.timezone, as_of, customers)
 
 
+def sum_partition_events(engine: Engine, tables: EventTables, register: pd.DataFrame,
+                         as_of: date, partitions: int, products: ProductsConfig,
+                         spec: RecommenderSpec, events_dir: Path | None) -> EventSummary:
+    """Everyone's event sums, from one pass over the register's ``partitions``. With
+    ``events_dir``, each partition's events are staged there for its scoring. A partition
+    whose file is already there (a resumed refresh: the directory is the run key's, so the
+    inputs are the same, and files appear only complete) is summed from that file: not
+    read from the warehouse, not written again."""
+    summary = EventSummary()
+    if events_dir is not None:
+        events_dir.mkdir(parents=True, exist_ok=True)
+    for part in all_partitions(partitions):
+        staged = events_path(events_dir, part.bucket) if events_dir is not None else None
+        if staged is not None and staged.exists():
+            events = pd.read_parquet(staged)
+        else:
+            customers = register[register["partition"] == part.bucket]
+            events = read_partition_events(engine, tables, as_of, customers, part)
+            if staged is not None:
+                write_atomic(events, staged)
+        summary.add(summarise_events(events, products, spec, as_of))
+    return summary
+
+
 @dataclass
 class OfferContext:
     """What every partition's offers need, loaded once per refresh: the champion's ranker
@@ -167,18 +191,12 @@ def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None
     its scoring (:meth:`OfferContext.partition_events`); without one, scoring needs none."""
     ranker = (load_recommender(tracking_uri, slot.name, str(slot.version))
               if slot is not None and slot.available else None)
-    tables = EventTables.reflect(engine, features)
-    summary = EventSummary()
-    for part in all_partitions(partitions):
-        customers = register[register["partition"] == part.bucket]
-        events = read_partition_events(engine, tables, as_of, customers, part)
-        summary.add(summarise_events(events, products, spec, as_of))
-        if ranker is not None:
-            events_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(events, events_path(events_dir, part.bucket))
+    staged = events_dir if ranker is not None else None  # scoring without one needs none
+    summary = sum_partition_events(engine, EventTables.reflect(engine, features), register,
+                                   as_of, partitions, products, spec, staged)
     return OfferContext(ranker=ranker, spec=spec, products=products,
                         prior=summary.prior(products), popularity=summary.popularity(products),
-                        events_dir=events_dir if ranker is not None else None)
+                        events_dir=staged)
 
 
 def rule_words(rule: str, product: str, grade: Any, spec: RecommenderSpec) -> str:
