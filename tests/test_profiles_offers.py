@@ -228,6 +228,21 @@ def test_event_sums_over_partitions_equal_the_whole() -> None:
     assert set(empty.popularity(products).values()) == {0.0}
 
 
+def _event_setup(templates: RiskTemplates, dialect: str, home: Path,
+                 monkeypatch: pytest.MonkeyPatch, partitions: int) -> tuple:
+    """A private risk dataset's warehouse: (engine, features, products and recommender
+    configs, the register split into ``partitions``)."""
+    from puhui.config import FeaturesConfig, ProductsConfig
+    from puhui.features.sources import load_register
+
+    engine = get_engine(risk_env(templates, "clean", dialect, home, monkeypatch))
+    settings = load_settings()
+    features = load_config(settings.config_dir, FeaturesConfig)
+    return (engine, features, load_config(settings.config_dir, ProductsConfig),
+            load_config(settings.config_dir, ModelsConfig).product_recommender,
+            load_register(engine, features, AS_OF, partitions).customers)
+
+
 @pytest.mark.slow
 def test_partition_event_reads_equal_the_whole_table_read(
     risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
@@ -235,8 +250,6 @@ def test_partition_event_reads_equal_the_whole_table_read(
 ) -> None:
     """Each partition reads only its customers' product events (the SQL selects them), and
     together the partitions give the whole-table read, row for row, and its prior."""
-    from puhui.config import FeaturesConfig, ProductsConfig
-    from puhui.features.sources import load_register
     from puhui.partitioning import Partition
     from puhui.profiles import offers as offers_module
     from puhui.recommender.train import EVENTS_TABLE
@@ -246,14 +259,9 @@ def test_partition_event_reads_equal_the_whole_table_read(
         scenario_prior,
     )
 
-    url = risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
-    engine = get_engine(url)
-    settings = load_settings()
-    features = load_config(settings.config_dir, FeaturesConfig)
-    products = load_config(settings.config_dir, ProductsConfig)
-    spec = load_config(settings.config_dir, ModelsConfig).product_recommender
     partitions = 4
-    register = load_register(engine, features, AS_OF, partitions).customers
+    engine, features, products, spec, register = _event_setup(
+        risk_templates, dialect, puhui_env, monkeypatch, partitions)
     whole = load_product_events(engine, EVENTS_TABLE, features.timezone, AS_OF,
                                 register[["customer_id", "person_key"]])
     with engine.connect() as conn:
@@ -326,18 +334,11 @@ def test_resumed_refresh_keeps_the_staged_partition_events(
     """The event-sums pass stages each partition's events once: a resumed refresh (same run
     key, so the same directory) sums a staged partition from its file, neither reading the
     warehouse for it nor writing the file again, and gets the same sums."""
-    from puhui.config import FeaturesConfig, ProductsConfig
-    from puhui.features.sources import load_register
     from puhui.profiles.offers import EventTables, events_path, sum_partition_events
 
-    url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
-    engine = get_engine(url)
-    settings = load_settings()
-    features = load_config(settings.config_dir, FeaturesConfig)
-    products = load_config(settings.config_dir, ProductsConfig)
-    spec = load_config(settings.config_dir, ModelsConfig).product_recommender
     partitions = 4
-    register = load_register(engine, features, AS_OF, partitions).customers
+    engine, features, products, spec, register = _event_setup(
+        risk_templates, "sqlite", puhui_env, monkeypatch, partitions)
     tables = EventTables.reflect(engine, features)
     directory = puhui_env / "staging" / "run"
     reads = _count_reads(monkeypatch)
