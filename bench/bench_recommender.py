@@ -116,7 +116,7 @@ def bare_dataset(matrix: np.ndarray, label: np.ndarray, sizes: np.ndarray,
     """The bare path's Dataset: the matrix, the same categorical columns and params."""
     return lgb.Dataset(matrix, label=label, group=sizes,
                        categorical_feature=[features.index(c) for c in categorical],
-                       params=ranker_params(spec))
+                       params=ranker_params(spec, len(label)))
 
 
 def bench_training(rows: int, rounds: int | None) -> dict[str, object]:
@@ -144,7 +144,8 @@ def bench_training(rows: int, rounds: int | None) -> dict[str, object]:
     data = bare_dataset(matrix, label, sizes, features, categorical, spec)
     data.construct()
     construct = time.perf_counter() - started
-    booster = lgb.train(ranker_params(spec), data, num_boost_round=spec.num_boost_round)
+    booster = lgb.train(ranker_params(spec, len(label)), data,
+                        num_boost_round=spec.num_boost_round)
     bare = time.perf_counter() - started
     bare_cpu = time.process_time() - cpu_started
     if booster.num_trees() != ours_trees:

@@ -459,11 +459,21 @@ class RecommenderSpec(StrictModel):
     min_segment_size: int = Field(ge=1)  # customers, for a segment to be gated
     min_segment_responders: int = Field(default=1, ge=1)  # ... and customers with a response
     seed: int = 42
-    lightgbm: dict[str, Any]
+    # LightGBM parameters; a size-aware value resolves against the training rows (there
+    # are no defaults here: a ranker's rarer outcome is not one label)
+    lightgbm: dict[str, SizeAware | list[int] | ParamValue]
     num_boost_round: int = Field(ge=1)
     eligibility: EligibilitySpec
     gates: RecommenderGates
     auto_promote: bool = False
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _of_rows(cls, params: dict[str, Any]) -> dict[str, Any]:
+        wrong = sorted(k for k, v in params.items() if isinstance(v, SizeAware) and v.of != "rows")
+        if wrong:
+            raise ValueError(f"size-aware values must be of rows here: {wrong}")
+        return params
 
 
 class ModelsConfig(StrictModel):

@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from puhui import distributed_training
 from puhui.config import ModelsConfig, MonotoneSpec, load_config
+from puhui.lifecycle.params import DataSize, resolve_lightgbm
 from puhui.risk.model import RiskScorer, train_lightgbm
-from puhui.risk.params import DataSize, resolve_lightgbm
 from puhui.settings import load_settings
 
 FEATURES = [*(f"x{i}" for i in range(8)), "band"]

@@ -11,12 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from puhui.config import ModelsConfig, ProductsConfig, load_config
+from puhui.config import ModelsConfig, ProductsConfig, RecommenderSpec, load_config
 from puhui.features.sources import day_number
 from puhui.generate import generate_landing_zone
 from puhui.recommender.evaluation import MODEL, NON_PERSONAL
 from puhui.recommender.gates import check_recommender_gates
-from puhui.recommender.model import eligibility, final_scores, popularity_scores
+from puhui.recommender.model import (
+    eligibility,
+    final_scores,
+    popularity_scores,
+    ranker_params,
+    train_ranker,
+)
 from puhui.recommender.train import fit_and_evaluate, oot_top1
 from puhui.recommender.training_set import (
     CUSTOMER_PRODUCT_FEATURES,
@@ -184,6 +190,28 @@ def test_popularity_features_use_only_older_windows() -> None:
     same = first["window"] >= 1
     pd.testing.assert_frame_equal(first.loc[same, POPULARITY_FEATURES],
                                   second.loc[same, POPULARITY_FEATURES])
+
+
+# ------------------------------------------------------------------ size-aware params
+def test_the_leaf_count_follows_the_training_rows() -> None:
+    """The shipped config: 4 leaves where data are few (the rural agri switch's 2,500
+    customers give ~64,000 training rows), 8 at the demo's size (~580,000); the trained
+    ranker carries what it was trained with, and values of defaults are refused."""
+    models, _ = _configs()
+    spec = models.product_recommender
+    assert [ranker_params(spec, rows)["num_leaves"]
+            for rows in (1_000, 64_000, 320_000, 580_000, 2_000_000)] == [4, 4, 5, 8, 8]
+    data = _synthetic_set()
+    train = data.frame[data.frame["split"] == TRAIN]
+    ranker = train_ranker(train, data.features, data.categorical,
+                          spec.model_copy(update={"num_boost_round": 5}))
+    assert ranker.params == ranker_params(spec, len(train))
+    assert max(t["num_leaves"] for t in ranker.booster.dump_model()["tree_info"]) <= 4
+    settings = spec.model_dump()
+    settings["lightgbm"]["num_leaves"] = {"of": "defaults", "fraction": 0.01, "min": 4,
+                                          "max": 8}
+    with pytest.raises(ValueError, match="num_leaves"):
+        RecommenderSpec.model_validate(settings)
 
 
 # ------------------------------------------------------------------------ eligibility

@@ -28,7 +28,7 @@ def test_bare_lightgbm_and_train_ranker_build_the_same_model() -> None:
     sizes = np.full(600, len(codes))
     data = bare_dataset(matrix, frame["relevance"].to_numpy(), sizes, features, categorical,
                         spec)
-    bare = lgb.train(ranker_params(spec), data, num_boost_round=spec.num_boost_round)
+    bare = lgb.train(ranker_params(spec, len(frame)), data, num_boost_round=spec.num_boost_round)
 
     assert bare.num_trees() == ours.booster.num_trees() == 8
     assert ours.booster.dump_model()["tree_info"][0]["num_leaves"] > 1  # it learned

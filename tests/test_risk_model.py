@@ -338,9 +338,9 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     when the booster does not beat it on validation)."""
     import copy
 
+    from puhui.lifecycle.params import DataSize, resolve_lightgbm
     from puhui.risk.evaluation import evaluate_risk_model
     from puhui.risk.model import LOGISTIC, train_candidate
-    from puhui.risk.params import DataSize, resolve_lightgbm
     from puhui.risk.publish import publish_risk_model
 
     url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)

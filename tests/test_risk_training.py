@@ -20,6 +20,7 @@ from puhui.config import (
     SizeAware,
     load_config,
 )
+from puhui.lifecycle.params import DataSize, resolve_lightgbm, resolve_value
 from puhui.risk.calibration import Calibrator, choose_calibration, fit_map
 from puhui.risk.metrics import ranking_metrics
 from puhui.risk.model import (
@@ -32,7 +33,6 @@ from puhui.risk.model import (
     train_candidate,
     train_lightgbm,
 )
-from puhui.risk.params import DataSize, resolve_lightgbm, resolve_value
 from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
 from puhui.settings import load_settings
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from puhui.config import RecommenderSpec
+from puhui.lifecycle.params import DataSize, resolve_value
 from puhui.risk.model import category_vocabulary, encode_features
 
 GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
@@ -75,14 +76,18 @@ class Ranker:
     # {"all": {code: v}, "by_scenario": {scenario: {code: v}}}; stored with the booster so
     # that scoring needs nothing else.
     popularity: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # as trained, size-aware resolved
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         return self.booster.predict(encode_features(frame, self.features, self.categories))
 
 
-def ranker_params(spec: RecommenderSpec) -> dict[str, Any]:
-    """The LightGBM parameters ``train_ranker`` uses (the benchmark trains with them too)."""
-    return {**spec.lightgbm, "seed": spec.seed, "deterministic": True,
+def ranker_params(spec: RecommenderSpec, rows: int) -> dict[str, Any]:
+    """The LightGBM parameters ``train_ranker`` uses on ``rows`` training rows, size-aware
+    values resolved (the benchmark trains with them too)."""
+    size = DataSize(rows=rows, defaults=0)  # the config refuses values of defaults here
+    return {**{k: resolve_value(k, v, size) for k, v in spec.lightgbm.items()},
+            "seed": spec.seed, "deterministic": True,
             "force_row_wise": True,
             "label_gain": [float(2**g - 1) for g in range(max(spec.grading.values()) + 1)]}
 
@@ -98,8 +103,9 @@ def train_ranker(train: pd.DataFrame, features: list[str], categorical: list[str
     data = lgb.Dataset(encode_features(train, features, categories),
                        label=train["relevance"].to_numpy(), group=sizes,
                        categorical_feature=categorical)
-    booster = lgb.train(ranker_params(spec), data, num_boost_round=spec.num_boost_round)
-    return Ranker(booster, features, categories)
+    params = ranker_params(spec, len(train))
+    booster = lgb.train(params, data, num_boost_round=spec.num_boost_round)
+    return Ranker(booster, features, categories, params=params)
 
 
 POPULARITY_MIN_ROWS = 30

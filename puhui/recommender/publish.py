@@ -71,7 +71,9 @@ def publish_recommender(
     ) as mlrun:
         work = Path(tmp)
         lifecycle.log_configuration()
-        mlflow.log_params({"rows_train": int((data.frame["split"] == "train").sum()),
+        # The parameters as trained (size-aware ones resolved against the training rows)
+        mlflow.log_params({**{f"lightgbm.{k}": v for k, v in run.ranker.params.items()},
+                           "rows_train": int((data.frame["split"] == "train").sum()),
                            "features": len(run.ranker.features),
                            **{f"eligibility_removed.{k}": v
                               for k, v in evaluation.eligibility_removed.items()},

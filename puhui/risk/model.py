@@ -29,8 +29,8 @@ from puhui import console
 from puhui.config import MonotoneSpec, RiskModelSpec
 from puhui.distributed_training import dask_training_enabled, train_early_stopped
 from puhui.errors import PuhuiError
+from puhui.lifecycle.params import DataSize, ResolvedLightGBM, resolve_lightgbm
 from puhui.risk.calibration import CalibrationChoice, Calibrator, choose_calibration
-from puhui.risk.params import DataSize, ResolvedLightGBM, resolve_lightgbm
 
 # Reproducibility is not a tuning choice: the same data and seed must give the same model.
 # "basic" monotone constraints keep every leaf left of a split on a constrained feature

@@ -3,7 +3,9 @@
 ``min_data_in_leaf: 150`` suits 24,000 training loans and leaves a co-operative with a
 thousand a handful of leaves; ``{of: defaults, fraction: 0.08, min: 20, max: 150}`` gives
 both something sensible. Every value resolves from the train window's rows and defaults
-before training, and the resolved values are what gets logged.
+before training, and the resolved values are what gets logged. Shared by both models: the
+risk model resolves its whole ``LightGBMSpec`` (search included, ``resolve_lightgbm``), the
+recommender its parameters of rows (``resolve_value``).
 """
 
 from __future__ import annotations
