@@ -20,9 +20,15 @@ from rich.console import Console
 
 from puhui import console as report
 from puhui.settings import repo_root
-from tests.conftest import DEMO_ARGS, DemoRun, demo_env
+from tests.conftest import DemoRun, demo_env
 
 MAX_DEMO_LINES = 40
+# The demo on a terminal is about what the screen shows, not the data: the smallest demo that
+# still runs every step with the search and its bars (less history than 540 days leaves the
+# risk model's train window without labelled loans): ~20 % less wall time than DEMO_ARGS
+# (conftest; measured loaded, 251 vs 321 s), and its recommender fails a gate, so the screen
+# test also sees the closing lines of a failed gate (seed 42).
+TERMINAL_DEMO_ARGS = ["--users", "700", "--days", "2", "--history-days", "540"]
 
 
 @pytest.fixture(autouse=True)
@@ -185,8 +191,9 @@ def test_demo_fits_on_a_screen_when_piped(piped_demo: DemoRun) -> None:
 @pytest.mark.slow
 def test_demo_fits_on_a_screen_on_a_terminal_and_shows_training_progress(
         tmp_path: Path) -> None:
-    code, raw = _run_on_a_terminal([sys.executable, "-m", "puhui", "demo", *DEMO_ARGS],
-                                   demo_env(tmp_path / "home"), timeout=900)
+    code, raw = _run_on_a_terminal(
+        [sys.executable, "-m", "puhui", "demo", *TERMINAL_DEMO_ARGS],
+        demo_env(tmp_path / "home"), timeout=900)
     screen = _screen_lines(raw)
     assert code == 0, "\n".join(screen[-30:])
     assert len(screen) <= MAX_DEMO_LINES, "\n".join(screen)
