@@ -258,7 +258,17 @@ def stage_phone_feeds(engine: Engine, spec: FeaturesConfig, as_of: date, directo
     """
     if not splits_phone_feeds(engine, spec, partitions):
         return False
-    register = _staged_owners(directory, as_of, partitions)
+    return split_phone_feeds_once(engine, spec, _staged_owners(directory, as_of, partitions),
+                                  directory)
+
+
+def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Register,
+                           directory: Path) -> bool:
+    """:func:`stage_phone_feeds` given the register (a run that holds it: the profile
+    refresh); returns whether it split now."""
+    if not splits_phone_feeds(engine, spec, register.partitions):
+        return False
+    partitions = register.partitions
     marker = {"partitions": partitions, "owners": _owners_fingerprint(register)}
     done = directory / PHONE_FEEDS / SPLIT_DONE
     if done.exists() and json.loads(done.read_text(encoding="utf-8")) == marker:
