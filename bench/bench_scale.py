@@ -14,9 +14,13 @@ For each population size, on one throwaway PostgreSQL server:
    client (and its pool processes) and each PostgreSQL process, every 0.2 s (psutil).
 
 Usage: python bench/bench_scale.py [--sizes 200000 1000000] [--history-days 180]
-       [--workers 2] [--pool threads|processes] [--quick]
-Prints a table and writes bench/results/scale.json (figures of sizes measured so far are
-written after each size, so an interrupted 1M run keeps the 200k figures).
+       [--workers 2] [--pool threads|processes] [--split on|off ...] [--results NAME]
+       [--quick]
+``--split off on``: the client runs twice on the same data, the partitions probing the
+phone-keyed feeds' indexes (off) and reading the feeds split once into the staging
+directory (on, what the flow does: ``stage_phone_feeds``).
+Prints a table and writes bench/results/NAME.json (default scale.json; figures of sizes
+measured so far are written after each size, so an interrupted 1M run keeps the 200k figures).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def build_read_indexes() -> float:
     return time.perf_counter() - started
 
 
-def client(as_of: date, workers: int, pool: str, out: Path) -> None:
+def client(as_of: date, workers: int, pool: str, out: Path, split: bool = True) -> None:
     """The measured work, in its own process: features, then scoring, of every customer."""
     import resource
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -85,7 +89,7 @@ def client(as_of: date, workers: int, pool: str, out: Path) -> None:
     import pandas as pd
 
     from puhui.config import FeaturesConfig, load_config
-    from puhui.features.partitioned import stage_register
+    from puhui.features.partitioned import stage_phone_feeds, stage_register
     from puhui.risk.model import RiskScorer, category_vocabulary, encode_features
     from puhui.scoring import score_staged_partition
     from puhui.settings import load_settings
@@ -99,6 +103,10 @@ def client(as_of: date, workers: int, pool: str, out: Path) -> None:
     started = time.perf_counter()
     parts = stage_register(engine, spec, as_of, staging)
     figures["stage_seconds"] = time.perf_counter() - started
+    if split:
+        t = time.perf_counter()
+        stage_phone_feeds(engine, spec, as_of, staging, len(parts))
+        figures["split_seconds"] = time.perf_counter() - t
     if pool == "threads":
         executor = ThreadPoolExecutor(max_workers=workers)
     else:  # spawned, not forked: a forked child would share the parent's open connections
@@ -204,12 +212,12 @@ class MemorySampler:
 
 
 def run_size(server, users: int, history_days: int, workers: int,  # noqa: ANN001
-             pools: list[str], work: Path) -> list[dict]:
+             pools: list[str], work: Path, splits: list[str] | None = None) -> list[dict]:
     rows, generate_seconds, ingest_seconds, index_seconds = prepare_size(
         server, users, history_days, work)
     return [measure_client(server, users, history_days, workers, pool, rows,
-                           generate_seconds, ingest_seconds, index_seconds, work)
-            for pool in pools]
+                           generate_seconds, ingest_seconds, index_seconds, work, split)
+            for pool in pools for split in splits or ["on"]]
 
 
 def prepare_size(server, users: int, history_days: int,  # noqa: ANN001
@@ -242,12 +250,13 @@ def prepare_size(server, users: int, history_days: int,  # noqa: ANN001
 
 def measure_client(server, users: int, history_days: int, workers: int,  # noqa: ANN001
                    pool: str, rows: int, generate_seconds: float, ingest_seconds: float,
-                   index_seconds: float, work: Path) -> dict:
-    out = work / f"client-{users}-{pool}"
-    out.mkdir()
+                   index_seconds: float, work: Path, split: str = "on") -> dict:
+    # A new directory each time: the same setting may be measured twice (--split off on off).
+    out = Path(tempfile.mkdtemp(prefix=f"client-{users}-{pool}-split-{split}-", dir=work))
+    load = os.getloadavg()
     t = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--client", str(out),
-                              "--workers", str(workers), "--pool", pool])
+                              "--workers", str(workers), "--pool", pool, "--split", split])
     with MemorySampler(child.pid, server.data_dir) as sampler:
         code = child.wait()
     wall = time.perf_counter() - t
@@ -260,6 +269,9 @@ def measure_client(server, users: int, history_days: int, workers: int,  # noqa:
     postgres = {k: v for k, v in sampler.peaks.items() if k.startswith("postgres")}
     result = {
         "users": users, "history_days": history_days, "workers": workers, "pool": pool,
+        "phone_feeds_split": split == "on",
+        "load_average_before": [round(x, 2) for x in load],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "raw_rows": rows, "generate_seconds": round(generate_seconds, 1),
         "ingest_seconds": round(ingest_seconds, 1),
         "ingest_rows_per_second": round(rows / ingest_seconds),
@@ -284,13 +296,14 @@ def measure_client(server, users: int, history_days: int, workers: int,  # noqa:
 
 
 def print_table(runs: list[dict]) -> None:
-    print(f"\n{'customers':>10} {'pool':>9} {'raw rows':>11} {'parts':>5} {'features s':>10} "
-          f"{'scoring s':>9} {'total s':>8} {'cust/s':>8} {'client MiB':>10} "
+    print(f"\n{'customers':>10} {'pool':>9} {'split':>5} {'raw rows':>11} {'parts':>5} "
+          f"{'features s':>10} {'scoring s':>9} {'total s':>8} {'cust/s':>8} {'client MiB':>10} "
           f"{'pg max MiB':>10} {'sum MiB':>8}")
     for r in runs:
         m = r["peak_rss_mib"]
-        print(f"{r['users']:>10,} {r['pool']:>9} {r['raw_rows']:>11,} {r['partitions']:>5} "
-              f"{r['features_seconds']:>10.1f} {r['scoring_seconds']:>9.1f} "
+        split = "on" if r.get("phone_feeds_split", True) else "off"
+        print(f"{r['users']:>10,} {r['pool']:>9} {split:>5} {r['raw_rows']:>11,} "
+              f"{r['partitions']:>5} {r['features_seconds']:>10.1f} {r['scoring_seconds']:>9.1f} "
               f"{r['features_and_scoring_seconds']:>8.1f} {r['customers_per_second']:>8,} "
               f"{m['client']:>10,} {m['postgres_largest_process']:>10,} "
               f"{m['all_processes_sum_sampled']:>8,}")
@@ -304,18 +317,22 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pool", choices=["threads", "processes"], nargs="+",
                         default=["threads"], help="several: each measured on the same data")
+    parser.add_argument("--split", choices=["on", "off"], nargs="+", default=["on"],
+                        help="phone-keyed feeds split once (on) or probed per partition "
+                             "(off); several: each measured on the same data, in this order")
+    parser.add_argument("--results", default="scale", help="bench/results/NAME.json")
     parser.add_argument("--quick", action="store_true", help="20k customers (smoke run)")
     parser.add_argument("--client", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        client(END, args.workers, args.pool[0], args.client)
+        client(END, args.workers, args.pool[0], args.client, args.split[0] == "on")
         return 0
     from puhui.throwaway_postgres import throwaway_postgres
 
     sizes = [20_000] if args.quick else args.sizes
     # Sizes run separately (200k now, 1M later in the background) share one results file:
     # a new run replaces the figures of the same size and pool, and keeps the others.
-    previous = RESULTS.with_name("scale-quick.json" if args.quick else "scale.json")
+    previous = RESULTS.with_name(f"{args.results}{'-quick' if args.quick else ''}.json")
     runs: list[dict] = []
     if previous.exists():
         runs = [r for r in json.loads(previous.read_text()).get("runs", [])
@@ -323,7 +340,7 @@ def main() -> int:
     with throwaway_postgres() as server, tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         for users in sizes:
             runs += run_size(server, users, args.history_days, args.workers, args.pool,
-                             Path(tmp))
+                             Path(tmp), args.split)
             result = {"benchmark": "scale", "machine": machine_facts(), "targets": TARGETS,
                       "runs": runs}
             by_size = {r["users"]: r for r in runs if r["pool"] == args.pool[0]}
@@ -331,7 +348,7 @@ def main() -> int:
                 result["growth_ratio_200k_to_1M"] = round(
                     by_size[1_000_000]["features_and_scoring_seconds"]
                     / by_size[200_000]["features_and_scoring_seconds"], 2)
-            write_results("scale", result, args.quick)
+            write_results(args.results, result, args.quick)
     print_table(runs)
     if "growth_ratio_200k_to_1M" in result:
         print(f"growth 200k -> 1M: {result['growth_ratio_200k_to_1M']} x "

@@ -14,7 +14,13 @@ from prefect.runtime import flow_run
 
 from puhui.settings import load_settings
 from puhui.task_runners import task_runner_from_env
-from tasks.features import build_feature_partition, score_partition, stage_feature_partitions
+from tasks.features import (
+    build_feature_partition,
+    drop_split_phone_feeds,
+    score_partition,
+    split_phone_feeds,
+    stage_feature_partitions,
+)
 from tasks.prefect_ui import dated_run_name
 
 
@@ -32,7 +38,9 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
     scorer directory (``RiskScorer.save``) is given. Returns counts and the staging path."""
     staging = staging or str(staging_dir(as_of, str(flow_run.get_id() or "local")))
     parts = stage_feature_partitions(as_of, staging, partitions)
+    split_phone_feeds(as_of, staging, parts)
     rows = build_feature_partition.map(unmapped(as_of), unmapped(staging), parts).result()
+    drop_split_phone_feeds(staging)
     scored = None
     if model_dir is not None:
         scored = sum(score_partition.map(unmapped(staging), parts, unmapped(model_dir))

@@ -14,6 +14,7 @@ from tasks.profiles import (
     record_refresh,
     resolve_profile_models,
     score_and_stage,
+    split_phone_feeds,
     staged,
     swap,
 )
@@ -30,6 +31,8 @@ def profiles_flow(as_of: date | None = None) -> dict:
     ctx, key = prepare_context(as_of, slots)
     partitions = ctx.segments.profile.partitions
     done = staged(as_of, key)
+    if len(done) < partitions:
+        split_phone_feeds(ctx, key)
     for partition in range(partitions):
         if partition not in done:
             score_and_stage(ctx, key, partition)

@@ -16,7 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
 from puhui.config import FeaturesConfig, load_config
-from puhui.features.partitioned import build_staged_partition, stage_register
+from puhui.features.partitioned import (
+    build_staged_partition,
+    drop_phone_feeds,
+    stage_phone_feeds,
+    stage_register,
+)
 from puhui.partitioning import Partition
 from puhui.risk.model import RiskScorer
 from puhui.scoring import score_staged_partition
@@ -39,6 +44,20 @@ def stage_feature_partitions(as_of: date, staging: str,
     """The register split into partitions, and the sources' first days, under ``staging``."""
     engine, spec = _engine_and_spec()
     return stage_register(engine, spec, as_of, Path(staging), partitions)
+
+
+@task(name="split-phone-feeds", **STEP)
+def split_phone_feeds(as_of: date, staging: str, partitions: list[Partition]) -> bool:
+    """The phone-keyed feeds split by partition into ``staging`` in one scan (PostgreSQL,
+    several partitions), before the partition tasks; a complete split is kept (resume)."""
+    engine, spec = _engine_and_spec()
+    return stage_phone_feeds(engine, spec, as_of, Path(staging), len(partitions))
+
+
+@task(name="drop-phone-feeds", **STEP)
+def drop_split_phone_feeds(staging: str) -> None:
+    """The split, once every partition's features are staged: nothing else reads it."""
+    drop_phone_feeds(Path(staging))
 
 
 @task(name="feature-partition", **STEP)

@@ -17,8 +17,12 @@ from puhui.config import (
     load_config,
 )
 from puhui.errors import PuhuiError
-from puhui.features.partitioned import ensure_partition_indexes
-from puhui.features.sources import first_event_days, load_register
+from puhui.features.partitioned import (
+    ensure_partition_indexes,
+    split_phone_feeds_once,
+    staged_phone_feeds,
+)
+from puhui.features.sources import Register, first_event_days, load_register
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
 from puhui.profiles.offers import event_read_indexes, load_offer_context
 from puhui.profiles.refresh import (
@@ -94,12 +98,26 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
     return ctx, key
 
 
+@task(name="profile-phone-feeds", **STEP)
+def split_phone_feeds(ctx: ScoringContext, key: str) -> bool:
+    """The phone-keyed feeds split by partition into the run's staging directory in one scan
+    (PostgreSQL, several partitions), before the partition tasks; kept by a resumed run,
+    removed with the staging after the swap."""
+    runtime = open_runtime()
+    directory = staging_dir(runtime.settings.home, ctx.as_of, key)
+    directory.mkdir(parents=True, exist_ok=True)
+    register = Register(ctx.as_of, ctx.partitions, ctx.register)
+    return split_phone_feeds_once(runtime.engine, ctx.features, register, directory)
+
+
 @task(name="profile-partition", **STEP)
 def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
     """Score one partition of customers and stage its rows; returns the rows staged."""
     runtime = open_runtime()
-    rows = score_partition(ctx, runtime.engine, partition)
-    stage_partition(staging_dir(runtime.settings.home, ctx.as_of, key), partition, rows)
+    directory = staging_dir(runtime.settings.home, ctx.as_of, key)
+    rows = score_partition(ctx, runtime.engine, partition,
+                           staged_phone_feeds(ctx.features, directory, ctx.partitions))
+    stage_partition(directory, partition, rows)
     return len(rows)
 
 

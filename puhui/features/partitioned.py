@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -177,10 +178,8 @@ def build_features_partitioned(
     buckets = bucket_of(requests["person_key"], partitions) if len(requests) else np.zeros(0)
     pieces: list[pd.DataFrame] = []
     with tempfile.TemporaryDirectory(prefix="puhui-scatter-") as scratch:
-        # On PostgreSQL many partitions would probe the phone-keyed feeds' indexes at random
-        # (scatter_phone_feeds says why); one scan splits them first.
         scattered = (scatter_phone_feeds(engine, spec, register, Path(scratch))
-                     if partitions > 1 and engine.dialect.name == "postgresql" else None)
+                     if splits_phone_feeds(engine, spec, partitions) else None)
         for part in all_partitions(partitions):
             positions = np.flatnonzero(buckets == part.bucket)
             if len(positions) == 0:
@@ -194,6 +193,14 @@ def build_features_partitioned(
         return build_partition(engine, spec, as_of, register.part(0), first, first_day,
                                requests)
     return pd.concat(pieces).sort_index().reset_index(drop=True)
+
+
+def splits_phone_feeds(engine: Engine, spec: FeaturesConfig, partitions: int) -> bool:
+    """Whether a build of ``partitions`` splits its phone-keyed feeds in one scan first: on
+    PostgreSQL with more than one partition, where each partition would otherwise probe the
+    feeds' ``phone_key`` indexes at random (:func:`scatter_phone_feeds` says why)."""
+    return (partitions > 1 and engine.dialect.name == "postgresql"
+            and any(source.key == "phone_key" for source in spec.sources))
 
 
 # --- staging: what lets a partition's task run given only its key ---------------------------
@@ -229,9 +236,89 @@ def build_staged_partition(engine: Engine, spec: FeaturesConfig, as_of: date, di
         return int(pd.read_parquet(target, columns=["person_key"]).shape[0])
     customers = pd.read_parquet(directory / f"register-{partition.bucket:05d}.parquet")
     first_day = json.loads((directory / "first_day.json").read_text(encoding="utf-8"))
-    features = build_partition(engine, spec, as_of, customers, partition, first_day)
+    features = build_partition(engine, spec, as_of, customers, partition, first_day,
+                               scattered=staged_phone_feeds(spec, directory, partition.count))
     write_atomic(features, target)
     return len(features)
+
+
+# The staged split of the phone-keyed feeds: one directory under the run's staging directory
+# (shared by every worker, as the register slices are), complete if it holds the marker.
+PHONE_FEEDS = "phone-feeds"
+SPLIT_DONE = "split-done.json"
+
+
+def stage_phone_feeds(engine: Engine, spec: FeaturesConfig, as_of: date, directory: Path,
+                      partitions: int) -> bool:
+    """Split the phone-keyed feeds by partition once for the staged run in ``directory``
+    (after :func:`stage_register`), for every partition task to read its own file of;
+    returns whether it split now (False: a complete split is there, or none is needed).
+
+    Resumable: the split is written under a temporary name with its marker last, then
+    renamed, so ``phone-feeds/`` exists only complete; a killed split leaves a temporary
+    directory, removed and redone by the next call. The marker records the partition count
+    and a fingerprint of the phone owners it split by: a re-staged register that differs
+    (other data, other N) is split again. Memory: one block of a feed, and the owners.
+    """
+    if not splits_phone_feeds(engine, spec, partitions):
+        return False
+    return split_phone_feeds_once(engine, spec, _staged_owners(directory, as_of, partitions),
+                                  directory)
+
+
+def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Register,
+                           directory: Path) -> bool:
+    """:func:`stage_phone_feeds` given the register (a run that holds it: the profile
+    refresh); returns whether it split now."""
+    if not splits_phone_feeds(engine, spec, register.partitions):
+        return False
+    partitions = register.partitions
+    marker = {"partitions": partitions, "owners": _owners_fingerprint(register)}
+    done = directory / PHONE_FEEDS / SPLIT_DONE
+    if done.exists() and json.loads(done.read_text(encoding="utf-8")) == marker:
+        return False
+    for stale in [*directory.glob(f"{PHONE_FEEDS}.*.partial"), directory / PHONE_FEEDS]:
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = directory / f"{PHONE_FEEDS}.{os.getpid()}.partial"
+    scatter_phone_feeds(engine, spec, register, partial)
+    (partial / SPLIT_DONE).write_text(json.dumps(marker), encoding="utf-8")
+    partial.rename(directory / PHONE_FEEDS)
+    return True
+
+
+def staged_phone_feeds(spec: FeaturesConfig, directory: Path,
+                       partitions: int) -> dict[str, Path] | None:
+    """The complete split of :func:`stage_phone_feeds` for ``partitions`` (each phone-keyed
+    source's directory), or None: the partition then reads the warehouse itself."""
+    done = directory / PHONE_FEEDS / SPLIT_DONE
+    if not done.exists():
+        return None
+    if json.loads(done.read_text(encoding="utf-8"))["partitions"] != partitions:
+        return None
+    return {source.name: directory / PHONE_FEEDS / source.name
+            for source in spec.sources if source.key == "phone_key"}
+
+
+def drop_phone_feeds(directory: Path) -> None:
+    """Remove the staged split: once every partition's features are written nothing reads it
+    (the staged features and scores stay; the split is the size of the feeds)."""
+    shutil.rmtree(directory / PHONE_FEEDS, ignore_errors=True)
+
+
+def _staged_owners(directory: Path, as_of: date, partitions: int) -> Register:
+    """The staged register slices, only the columns that say who owns which phone."""
+    columns = ["person_key", "phone_key", "partition", "owns_phone"]
+    customers = pd.concat(
+        [pd.read_parquet(directory / f"register-{part.bucket:05d}.parquet", columns=columns)
+         for part in all_partitions(partitions)], ignore_index=True)
+    return Register(as_of, partitions, customers)
+
+
+def _owners_fingerprint(register: Register) -> str:
+    """Who owns each phone, and in which partition, as a short text (a sum: any order)."""
+    owners = register.customers.loc[register.customers["owns_phone"], ["phone_key", "partition"]]
+    hashes = pd.util.hash_pandas_object(owners, index=False).to_numpy()
+    return f"{len(owners)}:{int(hashes.sum(dtype=np.uint64)):016x}"
 
 
 def read_features_parquet(path: Path) -> pd.DataFrame:

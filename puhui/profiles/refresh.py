@@ -152,12 +152,15 @@ def _model_versions(slots: dict[str, ModelSlot]) -> dict[str, dict[str, str | No
             for k, s in sorted(slots.items())}
 
 
-def score_partition(ctx: ScoringContext, engine: Engine, number: int) -> pd.DataFrame:
+def score_partition(ctx: ScoringContext, engine: Engine, number: int,
+                    scattered: dict[str, Path] | None = None) -> pd.DataFrame:
     """Profile rows of partition ``number``'s customers as of ``ctx.as_of`` (not yet
-    written anywhere), from that partition's own rows of the warehouse."""
+    written anywhere), from that partition's own rows of the warehouse (its phone-keyed
+    feeds' rows from the run's split, ``scattered``, if there is one)."""
     customers = ctx.partition(number)
     features = build_partition(engine, ctx.features, ctx.as_of, customers,
-                               Partition(number, ctx.partitions), ctx.first_day)
+                               Partition(number, ctx.partitions), ctx.first_day,
+                               scattered=scattered)
     frame = customers[["person_key", *CUSTOMER_COLUMNS]].merge(
         features.drop(columns="as_of_date"), on="person_key", how="left",
         suffixes=("", "_feature"))
