@@ -232,3 +232,22 @@ def test_profile_partitions_read_the_runs_split(pg_env: str, want: pd.DataFrame)
     staged = pd.read_parquet(directory / "part-0001.parquet")
     pd.testing.assert_series_equal(staged["risk_score"], probed["risk_score"], check_exact=True)
     assert staged["reasons"].tolist() == probed["reasons"].tolist()
+
+
+def test_two_splits_of_one_staging_directory_at_once_make_one_split(
+        pg_env: str, tmp_path: Path) -> None:
+    """A retried task beside its first try: the second waits, then finds the split complete,
+    instead of deleting the first one's partial directory while it is written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = get_engine(pg_env)
+    spec = _spec()
+    staging = tmp_path / "stage"
+    stage_register(engine, spec, AS_OF, staging, partitions=4)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(stage_phone_feeds, engine, spec, AS_OF, staging, 4)
+                for _ in range(2)]
+        made = sorted(run.result() for run in runs)  # raises what a split raised
+    assert made == [False, True]
+    assert _marker(staging).exists()
+    assert not list(staging.glob(f"{PHONE_FEEDS}.*.partial"))

@@ -15,6 +15,7 @@ partition's output is one Parquet file written atomically, so a re-run skips fin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from puhui.features.sources import (
     source_columns,
 )
 from puhui.partitioning import Partition, all_partitions, bucket_of, partition_count
+from puhui.warehouse.engine import held_lock
 
 # Customers per partition: at 180 days of history (~31 raw rows a customer) a 50k partition
 # peaked near 1 GiB in the client, 25k about half; populations up to this size (the 20k
@@ -275,14 +277,19 @@ def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Regis
     partitions = register.partitions
     marker = {"partitions": partitions, "owners": _owners_fingerprint(register)}
     done = directory / PHONE_FEEDS / SPLIT_DONE
-    if done.exists() and json.loads(done.read_text(encoding="utf-8")) == marker:
-        return False
-    for stale in [*directory.glob(f"{PHONE_FEEDS}.*.partial"), directory / PHONE_FEEDS]:
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = directory / f"{PHONE_FEEDS}.{os.getpid()}.partial"
-    scatter_phone_feeds(engine, spec, register, partial)
-    (partial / SPLIT_DONE).write_text(json.dumps(marker), encoding="utf-8")
-    partial.rename(directory / PHONE_FEEDS)
+    # Two runs on one staging directory (a retried task beside its first try, two refreshes
+    # of one key) must not delete each other's partial split: one splits, the other then
+    # finds it complete. The lock dies with its holder, so a killed split never blocks.
+    name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    with held_lock(engine, f"phone-feeds-{name}"):
+        if done.exists() and json.loads(done.read_text(encoding="utf-8")) == marker:
+            return False
+        for stale in [*directory.glob(f"{PHONE_FEEDS}.*.partial"), directory / PHONE_FEEDS]:
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = directory / f"{PHONE_FEEDS}.{os.getpid()}.partial"
+        scatter_phone_feeds(engine, spec, register, partial)
+        (partial / SPLIT_DONE).write_text(json.dumps(marker), encoding="utf-8")
+        partial.rename(directory / PHONE_FEEDS)
     return True
 
 
