@@ -343,7 +343,9 @@ def main() -> int:
                              Path(tmp), args.split)
             result = {"benchmark": "scale", "machine": machine_facts(), "targets": TARGETS,
                       "runs": runs}
-            by_size = {r["users"]: r for r in runs if r["pool"] == args.pool[0]}
+            # One pool and one split setting, so the ratio compares like with like.
+            by_size = {r["users"]: r for r in runs if r["pool"] == args.pool[0]
+                       and r.get("phone_feeds_split", True) == (args.split[0] == "on")}
             if 200_000 in by_size and 1_000_000 in by_size:
                 result["growth_ratio_200k_to_1M"] = round(
                     by_size[1_000_000]["features_and_scoring_seconds"]

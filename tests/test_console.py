@@ -26,8 +26,8 @@ MAX_DEMO_LINES = 40
 # The demo on a terminal is about what the screen shows, not the data: the smallest demo that
 # still runs every step with the search and its bars (less history than 540 days leaves the
 # risk model's train window without labelled loans): ~20 % less wall time than DEMO_ARGS
-# (conftest; measured loaded, 251 vs 321 s), and its recommender fails a gate, so the screen
-# test also sees the closing lines of a failed gate (seed 42).
+# (conftest; measured loaded, 251 vs 321 s). The summary of a failed gate is tested apart
+# (test_the_demo_summary_names_the_recommenders_failed_gate).
 TERMINAL_DEMO_ARGS = ["--users", "700", "--days", "2", "--history-days", "540"]
 
 
