@@ -149,6 +149,22 @@ def use_test_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def mlflow_uri_stays_in_its_test() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` (and the runtime's ``setdefault``) write
+    MLFLOW_TRACKING_URI into this process's environment, where the settings of later tests
+    and every CLI subprocess they start would find a finished test's MLflow store (the audit
+    cross-check then saw its versions without their registration events)."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def puhui_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An isolated PUHUI_HOME with the embedded defaults; returns the home path."""
