@@ -217,7 +217,7 @@ def stage_register(engine: Engine, spec: FeaturesConfig, as_of: date, directory:
         ensure_partition_indexes(engine, spec)
     register = load_register(engine, spec, as_of, partitions)
     for part in all_partitions(partitions):
-        write_atomic(register.part(part.bucket), directory / f"register-{part.bucket:05d}.parquet")
+        write_atomic(register.part(part.bucket), register_path(directory, part))
     (directory / "first_day.json").write_text(
         json.dumps(first_event_days(engine, spec, as_of)), encoding="utf-8")
     return all_partitions(partitions)
@@ -225,6 +225,10 @@ def stage_register(engine: Engine, spec: FeaturesConfig, as_of: date, directory:
 
 def features_path(directory: Path, partition: Partition) -> Path:
     return directory / f"features-{partition.bucket:05d}.parquet"
+
+
+def register_path(directory: Path, partition: Partition) -> Path:
+    return directory / f"register-{partition.bucket:05d}.parquet"
 
 
 def build_staged_partition(engine: Engine, spec: FeaturesConfig, as_of: date, directory: Path,
@@ -236,7 +240,7 @@ def build_staged_partition(engine: Engine, spec: FeaturesConfig, as_of: date, di
     target = features_path(directory, partition)
     if target.exists():
         return int(pd.read_parquet(target, columns=["person_key"]).shape[0])
-    customers = pd.read_parquet(directory / f"register-{partition.bucket:05d}.parquet")
+    customers = pd.read_parquet(register_path(directory, partition))
     first_day = json.loads((directory / "first_day.json").read_text(encoding="utf-8"))
     features = build_partition(engine, spec, as_of, customers, partition, first_day,
                                scattered=staged_phone_feeds(spec, directory, partition.count))
@@ -316,7 +320,7 @@ def _staged_owners(directory: Path, as_of: date, partitions: int) -> Register:
     """The staged register slices, only the columns that say who owns which phone."""
     columns = ["person_key", "phone_key", "partition", "owns_phone"]
     customers = pd.concat(
-        [pd.read_parquet(directory / f"register-{part.bucket:05d}.parquet", columns=columns)
+        [pd.read_parquet(register_path(directory, part), columns=columns)
          for part in all_partitions(partitions)], ignore_index=True)
     return Register(as_of, partitions, customers)
 
