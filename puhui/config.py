@@ -321,7 +321,8 @@ class SizeAware(StrictModel):
         return self
 
 
-ParamValue = float | int | str | SizeAware
+# bool first: a YAML ``true`` must reach LightGBM as a bool (as 1.0 it is refused).
+ParamValue = bool | float | int | str | SizeAware
 
 
 class SearchSpace(StrictModel):
@@ -461,11 +462,23 @@ class RecommenderSpec(StrictModel):
     seed: int = 42
     # LightGBM parameters; a size-aware value resolves against the training rows (there
     # are no defaults here: a ranker's rarer outcome is not one label)
-    lightgbm: dict[str, SizeAware | list[int] | ParamValue]
+    lightgbm: dict[str, ParamValue | list[int] | list[float] | list[str]]
     num_boost_round: int = Field(ge=1)
     eligibility: EligibilitySpec
     gates: RecommenderGates
     auto_promote: bool = False
+
+    @field_validator("lightgbm", mode="before")
+    @classmethod
+    def _param_shapes(cls, params: Any) -> Any:
+        # Checked before the union: its errors list every member's failure under pydantic's
+        # internal names; this says which key is wrong and what shapes it may take.
+        if isinstance(params, dict):
+            for key, value in params.items():
+                problem = _lightgbm_value_problem(value)
+                if problem:
+                    raise ValueError(f"{key}: {problem}")
+        return params
 
     @field_validator("lightgbm")
     @classmethod
@@ -474,6 +487,37 @@ class RecommenderSpec(StrictModel):
         if wrong:
             raise ValueError(f"size-aware values must be of rows here: {wrong}")
         return params
+
+
+_LIGHTGBM_SHAPES = ("a number, a string, true/false, a list of numbers or of strings, or "
+                    "a size-aware {of: rows, fraction, min, max}")
+
+
+def _lightgbm_value_problem(value: Any) -> str | None:
+    """What is wrong with one LightGBM parameter value's shape, or None: LightGBM takes
+    scalars and flat lists (``label_gain`` floats, ``monotone_constraints`` ints); the only
+    mapping is the size-aware form (its own fields checked by ``SizeAware``)."""
+    if isinstance(value, bool | int | float | str):
+        return None
+    if isinstance(value, SizeAware):
+        return None
+    if isinstance(value, dict):
+        if "of" not in value:
+            return (f"a mapping ({sorted(map(str, value))}) is not a LightGBM value: "
+                    f"{_LIGHTGBM_SHAPES}")
+        try:
+            SizeAware.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            return f"size-aware value: {where + ': ' if where else ''}{first['msg']}"
+        return None
+    if isinstance(value, list):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        if numbers or all(isinstance(v, str) for v in value):
+            return None
+        return "a list must hold only numbers or only strings"
+    return f"expected {_LIGHTGBM_SHAPES}"
 
 
 class ModelsConfig(StrictModel):

@@ -11,6 +11,7 @@ import typer
 
 from puhui.cli import app, main
 from puhui.config import (
+    ModelsConfig,
     PartnersConfig,
     ProductsConfig,
     config_hash,
@@ -100,6 +101,42 @@ def test_config_errors_are_one_line_naming_file_and_key(
         load_config_file(path, model)
     message = str(info.value)
     assert message.startswith(str(path)) and expected in message and "\n" not in message
+
+
+RANKER_LAST_PARAM = "    verbosity: -1\n  num_boost_round:"
+
+
+def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: Path) -> None:
+    """LightGBM's list parameters are floats (``label_gain``), ints (``monotone_constraints``)
+    or strings; a YAML ``true`` stays a bool (LightGBM refuses a bool parameter of 1.0)."""
+    path = _broken_copy(tmp_path, "models.yaml", RANKER_LAST_PARAM, (
+        "    verbosity: -1\n    label_gain: [0, 1.5, 3]\n    monotone_constraints: [1, 0, -1]\n"
+        "    metric_names: [ndcg, map]\n    force_col_wise: true\n  num_boost_round:"))
+    params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
+    assert params["label_gain"] == [0.0, 1.5, 3.0]
+    assert [type(v) for v in params["monotone_constraints"]] == [int, int, int]
+    assert params["metric_names"] == ["ndcg", "map"]
+    assert params["force_col_wise"] is True
+    assert params["min_data_in_leaf"] == 400 and type(params["min_data_in_leaf"]) is int
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("{max_depth: 3}", "lightgbm: Value error, nested: a mapping (['max_depth'])"),
+    ("[[1, 2]]", "lightgbm: Value error, nested: a list must hold only numbers or only strings"),
+    ("[1, b]", "lightgbm: Value error, nested: a list must hold only numbers or only strings"),
+    ("[{a: 1}]", "lightgbm: Value error, nested: a list must hold only numbers or only strings"),
+    ("{of: rows, fraction: 0.1}", "lightgbm: Value error, nested: size-aware value: min: Field"),
+    ("", "lightgbm: Value error, nested: expected a number"),
+])
+def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    path = _broken_copy(tmp_path, "models.yaml", RANKER_LAST_PARAM,
+                        f"    verbosity: -1\n    nested: {value}\n  num_boost_round:")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
 
 
 def test_unknown_config_file_is_an_error_and_hash_tracks_content(tmp_path: Path) -> None:
