@@ -23,6 +23,7 @@ from puhui.recommender.model import (
     ranker_params,
     train_ranker,
 )
+from puhui.recommender.publish import run_params
 from puhui.recommender.train import fit_and_evaluate, oot_top1
 from puhui.recommender.training_set import (
     CUSTOMER_PRODUCT_FEATURES,
@@ -394,6 +395,12 @@ def test_fit_and_evaluate_ranks_only_eligible_rows_and_honours_opt_outs() -> Non
     shares = run.evaluation.top1_share
     assert set(shares["dimension"]) == set(spec.segments)
     assert shares.groupby(["dimension", "segment"])["share"].sum().round(6).eq(1).all()
+    # MLflow's params say which rows they count: the leaf count follows the eligible ones
+    params = run_params(data, run)
+    assert params["rows_train"] == (data.frame["split"] == TRAIN).sum()
+    assert params["rows_train_eligible"] == params["rows_train"] - 2 * 200 * 2
+    assert params["lightgbm.num_leaves"] == ranker_params(
+        spec, params["rows_train_eligible"])["num_leaves"]
 
 
 # ------------------------------------------------------------------------ scoring

@@ -84,8 +84,9 @@ class Ranker:
 
 def ranker_params(spec: RecommenderSpec, rows: int) -> dict[str, Any]:
     """The LightGBM parameters ``train_ranker`` uses on ``rows`` eligible training rows,
-    size-aware values resolved (the benchmark trains with them too). MLflow's ``rows_train``
-    counts the training rows before eligibility."""
+    size-aware values resolved (the benchmark trains with them too). MLflow logs ``rows``
+    as ``rows_train_eligible``; its ``rows_train`` counts the training rows before
+    eligibility."""
     size = DataSize(rows=rows, defaults=0)  # the config refuses values of defaults here
     return {**{k: resolve_value(k, v, size) for k, v in spec.lightgbm.items()},
             "seed": spec.seed, "deterministic": True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
@@ -22,7 +23,7 @@ from puhui.audit import AuditWriter
 from puhui.lifecycle import publish as lifecycle
 from puhui.recommender.model import load_ranker, save_ranker
 from puhui.recommender.train import RecommenderRun
-from puhui.recommender.training_set import RankingSet
+from puhui.recommender.training_set import TRAIN, RankingSet
 from puhui.registry import register_version, use_experiment
 
 RANKER_ARTIFACT = "ranker"
@@ -54,6 +55,21 @@ def ranges(data: RankingSet) -> dict[str, list[str]]:
             "oot_range": [str(days.loc["oot", "min"]), str(data.as_of)]}
 
 
+def run_params(data: RankingSet, run: RecommenderRun) -> dict[str, Any]:
+    """The MLflow params of a run: the LightGBM parameters as trained (size-aware ones
+    resolved against ``rows_train_eligible``, the rows the ranker saw), ``rows_train`` (the
+    training window's rows before eligibility), the eligibility rules' removals and the
+    evaluation's counts."""
+    evaluation = run.evaluation
+    return {**{f"lightgbm.{k}": v for k, v in run.ranker.params.items()},
+            "rows_train": int((data.frame["split"] == TRAIN).sum()),
+            "rows_train_eligible": run.rows_train_eligible,
+            "features": len(run.ranker.features),
+            **{f"eligibility_removed.{k}": v
+               for k, v in evaluation.eligibility_removed.items()},
+            **evaluation.counts}
+
+
 def publish_recommender(
     *, engine: Engine, audit: AuditWriter, tracking_uri: str, name: str, data: RankingSet,
     run: RecommenderRun, tags: dict[str, str], fingerprint: str, artifact_root: Path,
@@ -71,13 +87,7 @@ def publish_recommender(
     ) as mlrun:
         work = Path(tmp)
         lifecycle.log_configuration()
-        # The parameters as trained (size-aware ones resolved against the training rows)
-        mlflow.log_params({**{f"lightgbm.{k}": v for k, v in run.ranker.params.items()},
-                           "rows_train": int((data.frame["split"] == "train").sum()),
-                           "features": len(run.ranker.features),
-                           **{f"eligibility_removed.{k}": v
-                              for k, v in evaluation.eligibility_removed.items()},
-                           **{k: v for k, v in evaluation.counts.items()}})
+        mlflow.log_params(run_params(data, run))
         metrics = dict(evaluation.metrics)
         for row in evaluation.rows():
             metrics[lifecycle.metric_name(str(row["metric"]), str(row["segment"]))] = float(

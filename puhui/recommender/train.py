@@ -102,6 +102,7 @@ class RecommenderRun:
     gates: GateResult
     oot: pd.DataFrame  # eligible out-of-time rows with every ranking's score
     eligibility_violations: int
+    rows_train_eligible: int  # what the ranker trained on (the size-aware leaf count's rows)
 
 
 def fit_and_evaluate(data: RankingSet, spec: RecommenderSpec,
@@ -127,7 +128,7 @@ def fit_and_evaluate(data: RankingSet, spec: RecommenderSpec,
     violations = int((~eligibility(oot, spec).eligible).sum())
     evaluation.metrics["eligibility_violations"] = float(violations)
     gates = check_recommender_gates(evaluation, spec.gates, truth_rural_agri_share)
-    return RecommenderRun(ranker, evaluation, gates, oot, violations)
+    return RecommenderRun(ranker, evaluation, gates, oot, violations, len(train))
 
 
 def oot_top1(run: RecommenderRun) -> pd.Series:
