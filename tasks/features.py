@@ -12,7 +12,6 @@ from datetime import date
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
 from puhui.config import FeaturesConfig, load_config
@@ -27,10 +26,9 @@ from puhui.risk.model import RiskScorer
 from puhui.scoring import score_staged_partition
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
-from tasks.retries import retry_on_transient_error
+from tasks.retries import step_options
 
-STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
-        "retry_condition_fn": retry_on_transient_error}
+STEP = step_options(retry_delay_seconds=10)
 
 
 def _engine_and_spec() -> tuple[Engine, FeaturesConfig]:

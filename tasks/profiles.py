@@ -6,7 +6,6 @@ import time
 from datetime import date
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from puhui.audit import current_flow_run_id
 from puhui.config import (
@@ -38,10 +37,9 @@ from puhui.profiles.refresh import (
     swap_profiles,
 )
 from puhui.runtime import open_runtime
-from tasks.retries import retry_on_transient_error
+from tasks.retries import step_options
 
-STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 5,
-        "retry_condition_fn": retry_on_transient_error}
+STEP = step_options(retry_delay_seconds=5)
 
 
 @task(name="profile-models", **STEP)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from puhui.audit import current_flow_run_id
 from puhui.config import MonitoringConfig, load_config
@@ -20,10 +19,9 @@ from puhui.monitoring.run import MonitoringResult, monitor, render_report
 from puhui.monitoring.store import write_findings
 from puhui.registry import use_experiment
 from puhui.runtime import open_runtime
-from tasks.retries import retry_on_transient_error
+from tasks.retries import step_options
 
-STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 5,
-        "retry_condition_fn": retry_on_transient_error}
+STEP = step_options(retry_delay_seconds=5)
 EXPERIMENT = "monitoring"
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import date
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from puhui import console
@@ -46,10 +45,9 @@ from puhui.risk.training_set import (
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name
-from tasks.retries import retry_on_transient_error
+from tasks.retries import step_options
 
-STEP = {"cache_policy": NO_CACHE, "retries": 2, "retry_delay_seconds": 10,
-        "retry_condition_fn": retry_on_transient_error}
+STEP = step_options(retry_delay_seconds=10)
 
 
 def _configs() -> tuple[FeaturesConfig, RiskModelSpec]:
