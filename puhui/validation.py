@@ -102,15 +102,6 @@ def suite_hash(name: str, expectations_dir: Path | None = None) -> str:
         return "missing"
 
 
-def suites_hash(expectations_dir: Path | None = None) -> str:
-    """SHA-256 over every suite file's name and bytes, in name order (first 16 hex)."""
-    digest = hashlib.sha256()
-    directory = expectations_dir or default_expectations_dir()
-    for path in sorted(directory.glob("*.json")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 class SuiteLoadError(PuhuiError):
     """A suite file is missing, malformed, or has an expectation GX cannot build."""
 

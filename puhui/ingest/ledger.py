@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
 
-BatchStatus = Literal["accepted", "quarantined", "released", "rejected", "duplicate"]
 HELD_STATUSES: tuple[str, ...] = ("quarantined", "rejected")
 
 

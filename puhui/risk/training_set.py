@@ -25,7 +25,6 @@ from puhui.features.builder import FeatureInfo, apply_derived, feature_catalog
 from puhui.features.partitioned import build_features_partitioned, default_partitions
 from puhui.features.sources import load_register, local_days, time_kind
 
-SEGMENT_COLUMNS = ("region_type", "gender", "age_band")
 # The register's columns the training set keeps (protected attributes: never features).
 REGISTER_COLUMNS = ["person_key", "region_type", "gender", "birth_date"]
 # ``OOT`` is the untouched out-of-time test window; metrics named ``*_oot`` are measured there.
