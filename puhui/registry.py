@@ -19,11 +19,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine, select
 
 from puhui.audit import AuditWriter, events_of
@@ -35,9 +32,13 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     LIST_METRICS,
     VersionRow,
     list_versions,
+    registry_errors,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, validation_results
+
+if TYPE_CHECKING:  # MLflow is imported where it writes: reading needs only its tables
+    from mlflow import MlflowClient
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 REGISTER_INTENT, REGISTERED, REGISTER_ABORTED = (
@@ -56,6 +57,8 @@ MODEL_LOCK = "puhui.model_changes"
 
 
 def registry_client(tracking_uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -66,6 +69,8 @@ def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
     directory the process runs in; a new experiment's artifacts go under ``artifact_root``
     instead. A tracking server decides for itself.
     """
+    import mlflow
+
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = registry_client(tracking_uri)
@@ -85,7 +90,7 @@ def current_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """Alias -> version, read from the registered model (versions may not list theirs)."""
     try:
         aliases = client.get_registered_model(name).aliases
-    except MlflowException:
+    except registry_errors():
         return {}
     return {alias: str(version) for alias, version in aliases.items()}
 
@@ -105,6 +110,8 @@ def register_version(
     ``record_gate_verdict`` sets them, after the gates ran. MLflow's current registry URI
     is used (``use_experiment`` sets it).
     """
+    import mlflow
+
     with held_lock(engine, MODEL_LOCK):
         facts = {**details, "model": name, "run_id": run_id}
         intent = audit.record(engine, REGISTER_INTENT, f"{name}/run/{run_id}", facts,
@@ -123,7 +130,7 @@ def register_version(
     # Named by the version it became: runs of the same model and date (a forced retrain, a
     # second trial) are told apart in the MLflow UI.
     as_of = details.get("as_of")
-    MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_tag(
+    mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_tag(
         run_id, "mlflow.runName", f"{name} v{version}" + (f" as of {as_of}" if as_of else ""))
     return version
 
@@ -309,7 +316,7 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
     for (model, version), verdict in verdicts.items():
         try:
             tags = client.get_model_version(model, version).tags
-        except MlflowException:
+        except registry_errors():
             continue  # a version missing from MLflow: registry_problems reports it
         if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():
             continue
@@ -355,7 +362,7 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
     for model in sorted(models):
         try:
             versions = client.search_model_versions(f"name='{model}'")
-        except MlflowException:
+        except registry_errors():
             versions = []
         in_mlflow = set()
         for v in versions:
@@ -404,7 +411,7 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
         _reconcile(client, engine, audit, repair=True)
         try:
             client.get_model_version(name, str(version))
-        except MlflowException:
+        except registry_errors():
             raise PuhuiError(f"{name} has no version {version}") from None
         verdict = _verdicts(events_of(engine, MODEL_ACTIONS)).get((name, str(version)))
         if verdict is None:

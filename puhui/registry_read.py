@@ -1,4 +1,5 @@
-"""Reading the model registry without importing MLflow, for `puhui models list`.
+"""Reading the model registry without importing MLflow, for the read-only commands
+(`models list|show|compare`, `audit lineage|verify`).
 
 ``import mlflow`` costs about 2 s of CPU (its tracing, GenAI and data modules), more than the
 rest of a read-only command. With a database tracking URI (the embedded SQLite store,
@@ -51,10 +52,22 @@ class VersionRow:
                 "run_id": self.run_id, "as_of": self.as_of}
 
 
-def is_mlflow_error(exc: BaseException) -> bool:
-    """True for an ``MlflowException`` (none can exist unless MLflow was imported)."""
+class NotInRegistry(LookupError):
+    """``SqlRegistry``'s answer where ``MlflowClient`` raises "no such model or version"."""
+
+
+def registry_errors() -> tuple[type[BaseException], ...]:
+    """What a registry look-up raises for "not there", for ``except registry_errors():``:
+    ``NotInRegistry``, and ``MlflowException`` once MLflow is imported (it is evaluated when
+    an exception is being matched, so a process that never imported MLflow need not)."""
     module = sys.modules.get("mlflow.exceptions")
-    return module is not None and isinstance(exc, module.MlflowException)
+    return (NotInRegistry,) if module is None else (NotInRegistry, module.MlflowException)
+
+
+def is_mlflow_error(exc: BaseException) -> bool:
+    """True for an ``MlflowException`` (none can exist unless MLflow was imported) or a
+    ``SqlRegistry`` look-up that found nothing."""
+    return isinstance(exc, registry_errors())
 
 
 def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
@@ -113,20 +126,31 @@ class _Version:
 @dataclass(frozen=True)
 class _RunData:
     metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _RunInfo:
+    run_id: str
+    run_name: str | None
+    artifact_uri: str | None
 
 
 @dataclass(frozen=True)
 class _Run:
     data: _RunData
+    info: _RunInfo
 
 
 class SqlRegistry:
-    """The read calls of ``MlflowClient`` that ``list_versions`` makes, on MLflow's tables."""
+    """The read calls of ``MlflowClient`` that the read-only commands make, on MLflow's
+    tables; artifacts straight from a local artifact store (any other through MLflow)."""
 
     def __init__(self, tracking_uri: str) -> None:
         from sqlalchemy import create_engine
 
         self._engine = create_engine(tracking_uri)
+        self._tracking_uri = tracking_uri
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         from sqlalchemy import text
@@ -159,10 +183,39 @@ class SqlRegistry:
                     "WHERE workspace = :ws AND name = :name AND current_stage != :deleted",
                     name=name, deleted=_DELETED_STAGE)]
 
+    def get_model_version(self, name: str, version: str) -> _Version:
+        found = [v for v in self.search_model_versions(f"name='{name}'")
+                 if v.version == str(version)]
+        if not found:
+            raise NotInRegistry(f"{name} has no version {version}")
+        return found[0]
+
     def get_run(self, run_id: str) -> _Run:
-        return _Run(_RunData({r.key: math.nan if r.is_nan else float(r.value) for r in self._rows(
-            "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = :run",
-            run=run_id)}))
+        metrics = {r.key: math.nan if r.is_nan else float(r.value) for r in self._rows(
+            "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = :run", run=run_id)}
+        tags = {r.key: r.value for r in self._rows(
+            "SELECT key, value FROM tags WHERE run_uuid = :run", run=run_id)}
+        info = self._rows("SELECT name, artifact_uri FROM runs WHERE run_uuid = :run",
+                          run=run_id)
+        name, artifacts = (info[0].name, info[0].artifact_uri) if info else (None, None)
+        return _Run(_RunData(metrics, tags), _RunInfo(run_id, name, artifacts))
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
+        """``MlflowClient.download_artifacts``: copied from a local store (``file:`` URIs,
+        the embedded default), else fetched by MLflow."""
+        import shutil
+        from urllib.parse import unquote, urlparse
+
+        root = urlparse(self.get_run(run_id).info.artifact_uri or "")
+        if root.scheme in ("file", ""):
+            source = Path(unquote(root.path)) / path
+            if not source.is_file():
+                raise FileNotFoundError(f"run {run_id} has no artifact {path}")
+            return shutil.copy(source, Path(dst_path) / source.name)
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self._tracking_uri).download_artifacts(
+            run_id, path, dst_path)
 
 
 class _EmptyRegistry(SqlRegistry):

@@ -13,10 +13,8 @@ import csv
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine, select
 
 from puhui.errors import PuhuiError
@@ -29,7 +27,11 @@ from puhui.registry import (
     GATES_PASSED_TAG,
     current_aliases,
 )
+from puhui.registry_read import registry_errors
 from puhui.warehouse.schema import model_evaluations
+
+if TYPE_CHECKING:  # the commands pass puhui.registry_read's reader (no MLflow import)
+    from mlflow import MlflowClient
 
 LINEAGE_TAG_PREFIXES = ("puhui.", "training.")
 
@@ -54,7 +56,7 @@ def _artifact(client: MlflowClient, run_id: str, path: str) -> Path | None:
     """A run's artifact downloaded to a temp dir (kept until the process exits)."""
     try:
         return Path(client.download_artifacts(run_id, path, tempfile.mkdtemp(prefix="puhui-")))
-    except (MlflowException, OSError):
+    except (*registry_errors(), OSError):
         return None
 
 
@@ -75,7 +77,7 @@ def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
     """Everything ``models show`` prints about one version, as plain data."""
     try:
         v = client.get_model_version(name, str(version))
-    except MlflowException:
+    except registry_errors():
         raise PuhuiError(f"{name} has no version {version} (puhui models list {name})") from None
     run = client.get_run(v.run_id)
     metrics = {k: val for k, val in run.data.metrics.items() if "." not in k}
