@@ -37,6 +37,7 @@ from puhui.profiles.refresh import (
     swap_profiles,
 )
 from puhui.runtime import open_runtime
+from puhui.settings import load_settings
 from tasks.retries import step_options
 
 STEP = step_options(retry_delay_seconds=5)
@@ -130,7 +131,7 @@ def swap(as_of: date, key: str, partitions: int) -> SwapResult:
 
 
 def staged(as_of: date, key: str) -> set[int]:
-    return staged_partitions(staging_dir(open_runtime().settings.home, as_of, key))
+    return staged_partitions(staging_dir(load_settings().home, as_of, key))
 
 
 @task(name="profile-audit", retries=2, retry_delay_seconds=2)

@@ -109,9 +109,8 @@ def recommender_fingerprint(data: RankingSet) -> str:
 
 
 def existing_recommender(fingerprint: str) -> str | None:
-    runtime = open_runtime()
     _, reco, _, _ = _configs()
-    return find_version_by_fingerprint(runtime.settings.mlflow_tracking_uri,
+    return find_version_by_fingerprint(load_settings().mlflow_tracking_uri,
                                        reco.registered_name, fingerprint)
 
 

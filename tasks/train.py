@@ -259,7 +259,6 @@ def fingerprint_of(training: TrainingSet) -> str:
 
 
 def existing_version(fingerprint: str) -> str | None:
-    runtime = open_runtime()
     _, model = _configs()
-    return find_version_by_fingerprint(runtime.settings.mlflow_tracking_uri,
+    return find_version_by_fingerprint(load_settings().mlflow_tracking_uri,
                                        model.registered_name, fingerprint)
