@@ -8,7 +8,6 @@ from datetime import date
 from prefect import task
 
 from puhui import console
-from puhui.audit import current_flow_run_id
 from puhui.config import (
     FeaturesConfig,
     ModelsConfig,
@@ -25,6 +24,7 @@ from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import (
     apply_verdict,
     find_version_by_fingerprint,
+    provenance_tags,
     training_fingerprint,
 )
 from puhui.recommender.publish import PublishedRecommender, publish_recommender
@@ -122,8 +122,7 @@ def register_recommender(data: RankingSet, run: RecommenderRun,
     runtime = open_runtime()
     settings, audit = runtime.settings, runtime.audit
     _, reco, _, _ = _configs()
-    tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
-            "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
+    tags = provenance_tags(audit)
     with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
         published = publish_recommender(
             engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,

@@ -14,12 +14,15 @@ from prefect import get_run_logger, task
 from prefect.states import Failed, State
 
 from puhui import console
-from puhui.audit import current_flow_run_id
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
 from puhui.features.store import write_user_features
 from puhui.generate.truth import load_true_pd
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
-from puhui.lifecycle.publish import apply_verdict, find_version_by_fingerprint
+from puhui.lifecycle.publish import (
+    apply_verdict,
+    find_version_by_fingerprint,
+    provenance_tags,
+)
 from puhui.registry import (
     CHAMPION,
     reconcile_model_changes,
@@ -202,8 +205,7 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
     runtime = open_runtime()
     settings, audit = runtime.settings, runtime.audit
     _, model = _configs()
-    tags = {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
-            "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
+    tags = provenance_tags(audit)
     with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
         published = publish_risk_model(
             engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,

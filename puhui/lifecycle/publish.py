@@ -23,7 +23,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine, delete
 
-from puhui.audit import AuditWriter
+from puhui.audit import AuditWriter, current_flow_run_id
 from puhui.lifecycle.gates import GateResult
 from puhui.registry import (
     CHALLENGER,
@@ -97,6 +97,12 @@ def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) 
         if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags:
             return str(v.version)
     return None
+
+
+def provenance_tags(audit: AuditWriter) -> dict[str, str]:
+    """A training run's who and what: config hash, code version, actor, Prefect flow run."""
+    return {"puhui.config_hash": audit.config_hash, "puhui.code_version": audit.code_version,
+            "puhui.actor": audit.actor, "puhui.flow_run_id": current_flow_run_id() or ""}
 
 
 def lineage_tags(tags: Mapping[str, str], batch_ids: Iterable[str], as_of: date,
