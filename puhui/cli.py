@@ -301,17 +301,16 @@ def backfill(
 
 
 # --------------------------------------------------------------------------- models
-def _registry(reconcile: bool = False) -> tuple:
-    """MLflow client and runtime; with ``reconcile``, first settle (and say) what a crash
-    left half-done, as every command that changes models does."""
+def _registry_to_change() -> tuple:
+    """MLflow client and runtime, for a command that changes models: first settle (and say)
+    what a crash left half-done."""
     from puhui.registry import reconcile_model_changes, registry_client
     from puhui.runtime import open_runtime
 
     runtime = open_runtime(_settings())
     client = registry_client(runtime.settings.mlflow_tracking_uri)
-    if reconcile:
-        for line in reconcile_model_changes(client, runtime.engine, runtime.audit).repaired:
-            err_console.print(f"puhui: {line}")
+    for line in reconcile_model_changes(client, runtime.engine, runtime.audit).repaired:
+        err_console.print(f"puhui: {line}")
     return client, runtime
 
 
@@ -524,7 +523,7 @@ def models_promote(
     always if its gates never ran)."""
     from puhui.registry import promote
 
-    client, runtime = _registry(reconcile=True)
+    client, runtime = _registry_to_change()
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
     console.print(f"{name}: champion is now v{version} (was "
                   f"{'v' + previous if previous else 'nobody'}); recorded in the audit trail")
@@ -535,7 +534,7 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     """Bring the previous champion back."""
     from puhui.registry import rollback
 
-    client, runtime = _registry(reconcile=True)
+    client, runtime = _registry_to_change()
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
     console.print(f"{name}: champion rolled back from v{current} to v{target}; "
                   "recorded in the audit trail")
