@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import pytest
 import typer
+import yaml
 
 from puhui.cli import app, main
 from puhui.config import (
@@ -103,21 +104,28 @@ def test_config_errors_are_one_line_naming_file_and_key(
     assert message.startswith(str(path)) and expected in message and "\n" not in message
 
 
-RANKER_LAST_PARAM = "    verbosity: -1\n  num_boost_round:"
+def _models_with_ranker_params(tmp_path: Path, extra: dict) -> Path:
+    """configs/models.yaml with ``extra`` added to the recommender's lightgbm block (whatever
+    values the shipped block holds)."""
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    models["product_recommender"]["lightgbm"].update(extra)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: Path) -> None:
     """LightGBM's list parameters are floats (``label_gain``), ints (``monotone_constraints``)
     or strings; a YAML ``true`` stays a bool (LightGBM refuses a bool parameter of 1.0)."""
-    path = _broken_copy(tmp_path, "models.yaml", RANKER_LAST_PARAM, (
-        "    verbosity: -1\n    label_gain: [0, 1.5, 3]\n    monotone_constraints: [1, 0, -1]\n"
-        "    metric_names: [ndcg, map]\n    force_col_wise: true\n  num_boost_round:"))
+    path = _models_with_ranker_params(tmp_path, yaml.safe_load(
+        "{label_gain: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric_names: [ndcg, map],"
+        " force_col_wise: true, max_bin: 63}"))
     params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
     assert params["label_gain"] == [0.0, 1.5, 3.0]
     assert [type(v) for v in params["monotone_constraints"]] == [int, int, int]
     assert params["metric_names"] == ["ndcg", "map"]
     assert params["force_col_wise"] is True
-    assert params["min_data_in_leaf"] == 400 and type(params["min_data_in_leaf"]) is int
+    assert params["max_bin"] == 63 and type(params["max_bin"]) is int
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -131,8 +139,7 @@ def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: P
 def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
     tmp_path: Path, value: str, expected: str
 ) -> None:
-    path = _broken_copy(tmp_path, "models.yaml", RANKER_LAST_PARAM,
-                        f"    verbosity: -1\n    nested: {value}\n  num_boost_round:")
+    path = _models_with_ranker_params(tmp_path, {"nested": yaml.safe_load(value)})
     with pytest.raises(PuhuiError) as info:
         load_config_file(path, ModelsConfig)
     message = str(info.value)
