@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
@@ -55,8 +55,7 @@ def split_phone_feeds(as_of: date, staging: str, partitions: list[Partition]) ->
     ``partitioning`` in configs/features.yaml); a complete split is kept (resume)."""
     engine, spec = _engine_and_spec()
     split = stage_phone_feeds(engine, spec, as_of, Path(staging), len(partitions))
-    get_run_logger().info(split.line)
-    console.detail(split.line)
+    console.detail(f"features {as_of}: {split.line}")
     return split
 
 

@@ -112,7 +112,6 @@ def split_phone_feeds(ctx: ScoringContext, key: str) -> PhoneFeedsSplit:
     directory.mkdir(parents=True, exist_ok=True)
     register = Register(ctx.as_of, ctx.partitions, ctx.register)
     split = split_phone_feeds_once(runtime.engine, ctx.features, register, directory)
-    get_run_logger().info(f"profiles {ctx.as_of}: {split.line}")
     console.detail(f"profiles {ctx.as_of}: {split.line}")
     return split
 
