@@ -230,8 +230,9 @@ def decide_phone_feeds_split(engine: Engine, spec: FeaturesConfig,
     On PostgreSQL with more than one partition, when the feeds' on-disk size (tables and
     indexes) is at least ``partitioning.split_phone_feeds_min_mib``. Each partition would
     otherwise probe the feeds' ``phone_key`` indexes at random (:func:`scatter_phone_feeds`
-    says why): cheap while they sit in the page cache (at 200k customers the split cost more
-    than it saved), random disk reads once they do not (1M: ~3 h for the payments feed).
+    says why): cheap while they sit in the page cache (at 200k and 400k customers the split
+    cost more than it saved), random disk reads once they do not (1M: ~3 h for the payments
+    feed). The threshold's default and its measurements: configs/features.yaml, README.
     """
     tables = [source.table for source in spec.sources if source.key == "phone_key"]
     if partitions <= 1:
@@ -373,8 +374,8 @@ def staged_phone_feeds(spec: FeaturesConfig, directory: Path, partition: Partiti
             or marker["owners"][partition.bucket] != _owners_fingerprint(customers)):
         raise PuhuiError(
             f"the phone-keyed feeds split in {split} was made for other phone owners than "
-            f"partition {partition.bucket} of {partition.count} has: remove it and re-run "
-            "the split step")
+            f"partition {partition.bucket} of {partition.count} has (its register changed "
+            "after the split): re-run the flow, whose split step then splits again")
     return {source.name: split / source.name
             for source in spec.sources if source.key == "phone_key"}
 
