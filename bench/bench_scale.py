@@ -14,11 +14,13 @@ For each population size, on one throwaway PostgreSQL server:
    client (and its pool processes) and each PostgreSQL process, every 0.2 s (psutil).
 
 Usage: python bench/bench_scale.py [--sizes 200000 1000000] [--history-days 180]
-       [--workers 2] [--pool threads|processes] [--split on|off ...] [--results NAME]
+       [--workers 2] [--pool threads|processes] [--split auto|on|off ...] [--results NAME]
        [--quick]
 ``--split off on``: the client runs twice on the same data, the partitions probing the
 phone-keyed feeds' indexes (off) and reading the feeds split once into the staging
-directory (on, what the flow does: ``stage_phone_feeds``).
+directory (on: ``stage_phone_feeds`` with the size threshold at 0). ``auto`` (default) is
+what the flow does: split if the feeds' on-disk size reaches the configured threshold
+(``partitioning.split_phone_feeds_min_mib``); each run records the size and the decision.
 Prints a table and writes bench/results/NAME.json (default scale.json; figures of sizes
 measured so far are written after each size, so an interrupted 1M run keeps the 200k figures).
 """
@@ -79,7 +81,7 @@ def build_read_indexes() -> float:
     return time.perf_counter() - started
 
 
-def client(as_of: date, workers: int, pool: str, out: Path, split: bool = True) -> None:
+def client(as_of: date, workers: int, pool: str, out: Path, split: str = "auto") -> None:
     """The measured work, in its own process: features, then scoring, of every customer."""
     import resource
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -89,7 +91,7 @@ def client(as_of: date, workers: int, pool: str, out: Path, split: bool = True) 
     import pandas as pd
 
     from puhui.config import FeaturesConfig, load_config
-    from puhui.features.partitioned import stage_phone_feeds, stage_register
+    from puhui.features.partitioned import phone_feeds_bytes, stage_phone_feeds, stage_register
     from puhui.risk.model import RiskScorer, category_vocabulary, encode_features
     from puhui.scoring import score_staged_partition
     from puhui.settings import load_settings
@@ -103,10 +105,16 @@ def client(as_of: date, workers: int, pool: str, out: Path, split: bool = True) 
     started = time.perf_counter()
     parts = stage_register(engine, spec, as_of, staging)
     figures["stage_seconds"] = time.perf_counter() - started
-    if split:
+    decision = {"phone_feeds_split": False, "phone_feeds_mib": round(phone_feeds_bytes(
+        engine, [s.table for s in spec.sources if s.key == "phone_key"]) / 2**20)}
+    if split != "off":
+        if split == "on":  # forced: the threshold at 0
+            spec = spec.model_copy(update={"partitioning": spec.partitioning.model_copy(
+                update={"split_phone_feeds_min_mib": 0})})
         t = time.perf_counter()
-        stage_phone_feeds(engine, spec, as_of, staging, len(parts))
+        made = stage_phone_feeds(engine, spec, as_of, staging, len(parts))
         figures["split_seconds"] = time.perf_counter() - t
+        decision |= {"phone_feeds_split": made.split, "split_reason": made.reason}
     if pool == "threads":
         executor = ThreadPoolExecutor(max_workers=workers)
     else:  # spawned, not forked: a forked child would share the parent's open connections
@@ -134,6 +142,7 @@ def client(as_of: date, workers: int, pool: str, out: Path, split: bool = True) 
         scored = list(ex.map(lambda p: score_staged_partition(staging, p, scorer), parts))
     figures["scoring_seconds"] = time.perf_counter() - t
     result = {"partitions": len(parts), "customers": sum(rows), "scored": sum(scored),
+              **decision,
               **{k: round(v, 2) for k, v in figures.items()},
               "client_peak_rss_mib": round(
                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -217,7 +226,7 @@ def run_size(server, users: int, history_days: int, workers: int,  # noqa: ANN00
         server, users, history_days, work)
     return [measure_client(server, users, history_days, workers, pool, rows,
                            generate_seconds, ingest_seconds, index_seconds, work, split)
-            for pool in pools for split in splits or ["on"]]
+            for pool in pools for split in splits or ["auto"]]
 
 
 def prepare_size(server, users: int, history_days: int,  # noqa: ANN001
@@ -250,7 +259,7 @@ def prepare_size(server, users: int, history_days: int,  # noqa: ANN001
 
 def measure_client(server, users: int, history_days: int, workers: int,  # noqa: ANN001
                    pool: str, rows: int, generate_seconds: float, ingest_seconds: float,
-                   index_seconds: float, work: Path, split: str = "on") -> dict:
+                   index_seconds: float, work: Path, split: str = "auto") -> dict:
     # A new directory each time: the same setting may be measured twice (--split off on off).
     out = Path(tempfile.mkdtemp(prefix=f"client-{users}-{pool}-split-{split}-", dir=work))
     load = os.getloadavg()
@@ -269,7 +278,7 @@ def measure_client(server, users: int, history_days: int, workers: int,  # noqa:
     postgres = {k: v for k, v in sampler.peaks.items() if k.startswith("postgres")}
     result = {
         "users": users, "history_days": history_days, "workers": workers, "pool": pool,
-        "phone_feeds_split": split == "on",
+        "split_setting": split,
         "load_average_before": [round(x, 2) for x in load],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "raw_rows": rows, "generate_seconds": round(generate_seconds, 1),
@@ -296,17 +305,24 @@ def measure_client(server, users: int, history_days: int, workers: int,  # noqa:
 
 
 def print_table(runs: list[dict]) -> None:
-    print(f"\n{'customers':>10} {'pool':>9} {'split':>5} {'raw rows':>11} {'parts':>5} "
+    print(f"\n{'customers':>10} {'pool':>9} {'split':>8} {'raw rows':>11} {'parts':>5} "
           f"{'features s':>10} {'scoring s':>9} {'total s':>8} {'cust/s':>8} {'client MiB':>10} "
           f"{'pg max MiB':>10} {'sum MiB':>8}")
     for r in runs:
         m = r["peak_rss_mib"]
         split = "on" if r.get("phone_feeds_split", True) else "off"
-        print(f"{r['users']:>10,} {r['pool']:>9} {split:>5} {r['raw_rows']:>11,} "
+        if r.get("split_setting") == "auto":
+            split = f"auto:{split}"
+        print(f"{r['users']:>10,} {r['pool']:>9} {split:>8} {r['raw_rows']:>11,} "
               f"{r['partitions']:>5} {r['features_seconds']:>10.1f} {r['scoring_seconds']:>9.1f} "
               f"{r['features_and_scoring_seconds']:>8.1f} {r['customers_per_second']:>8,} "
               f"{m['client']:>10,} {m['postgres_largest_process']:>10,} "
               f"{m['all_processes_sum_sampled']:>8,}")
+
+
+def _setting(run: dict) -> str:
+    """A run's --split (runs before ``auto`` existed record only whether they split)."""
+    return run.get("split_setting") or ("on" if run.get("phone_feeds_split", True) else "off")
 
 
 def main() -> int:
@@ -317,15 +333,17 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pool", choices=["threads", "processes"], nargs="+",
                         default=["threads"], help="several: each measured on the same data")
-    parser.add_argument("--split", choices=["on", "off"], nargs="+", default=["on"],
-                        help="phone-keyed feeds split once (on) or probed per partition "
-                             "(off); several: each measured on the same data, in this order")
+    parser.add_argument("--split", choices=["auto", "on", "off"], nargs="+",
+                        default=["auto"],
+                        help="phone-keyed feeds split once (on), probed per partition (off) "
+                             "or as the size threshold says (auto); several: each measured "
+                             "on the same data, in this order")
     parser.add_argument("--results", default="scale", help="bench/results/NAME.json")
     parser.add_argument("--quick", action="store_true", help="20k customers (smoke run)")
     parser.add_argument("--client", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        client(END, args.workers, args.pool[0], args.client, args.split[0] == "on")
+        client(END, args.workers, args.pool[0], args.client, args.split[0])
         return 0
     from puhui.throwaway_postgres import throwaway_postgres
 
@@ -345,7 +363,7 @@ def main() -> int:
                       "runs": runs}
             # One pool and one split setting, so the ratio compares like with like.
             by_size = {r["users"]: r for r in runs if r["pool"] == args.pool[0]
-                       and r.get("phone_feeds_split", True) == (args.split[0] == "on")}
+                       and _setting(r) == args.split[0]}
             if 200_000 in by_size and 1_000_000 in by_size:
                 result["growth_ratio_200k_to_1M"] = round(
                     by_size[1_000_000]["features_and_scoring_seconds"]

@@ -38,7 +38,7 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
     scorer directory (``RiskScorer.save``) is given. Returns counts and the staging path."""
     staging = staging or str(staging_dir(as_of, str(flow_run.get_id() or "local")))
     parts = stage_feature_partitions(as_of, staging, partitions)
-    split_phone_feeds(as_of, staging, parts)
+    split = split_phone_feeds(as_of, staging, parts)
     rows = build_feature_partition.map(unmapped(as_of), unmapped(staging), parts).result()
     drop_split_phone_feeds(staging)
     scored = None
@@ -46,10 +46,12 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
         scored = sum(score_partition.map(unmapped(staging), parts, unmapped(model_dir))
                      .result())
     line = (f"features {as_of}: {sum(rows):,} customers in {len(parts)} partition(s)"
-            + (f", {scored:,} scored" if scored is not None else "") + f" -> {staging}")
+            + (f", {scored:,} scored" if scored is not None else "")
+            + (f"; {split.line}" if len(parts) > 1 else "") + f" -> {staging}")
     get_run_logger().info(line)
     return {"as_of": as_of.isoformat(), "partitions": len(parts), "rows": sum(rows),
-            "scored": scored, "staging": staging, "line": line}
+            "scored": scored, "phone_feeds_split": split.split, "staging": staging,
+            "line": line}
 
 
 def run_partitioned_features(as_of: date, partitions: int | None = None,

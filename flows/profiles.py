@@ -32,7 +32,7 @@ def profiles_flow(as_of: date | None = None) -> dict:
     partitions = ctx.segments.profile.partitions
     done = staged(as_of, key)
     if len(done) < partitions:
-        split_phone_feeds(ctx, key)
+        get_run_logger().info(f"profiles {as_of}: {split_phone_feeds(ctx, key).line}")
     for partition in range(partitions):
         if partition not in done:
             score_and_stage(ctx, key, partition)

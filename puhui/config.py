@@ -272,6 +272,15 @@ class ApplicationSpec(StrictModel):
     derived: list[DerivedFeature] = []
 
 
+class PartitioningSpec(StrictModel):
+    """How a build of several partitions reads the warehouse (not what it computes)."""
+
+    # On PostgreSQL, the phone-keyed feeds are split by partition in one scan first when
+    # their on-disk size (tables and indexes) is at least this; below it each partition
+    # probes their phone_key index (puhui.features.partitioned.decide_phone_feeds_split).
+    split_phone_feeds_min_mib: int = Field(ge=0)
+
+
 class FeaturesConfig(StrictModel):
     feature_set: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     timezone: str
@@ -280,6 +289,7 @@ class FeaturesConfig(StrictModel):
     sources: list[FeatureSource]
     derived: list[DerivedFeature] = []
     application: ApplicationSpec
+    partitioning: PartitioningSpec
 
     @model_validator(mode="after")
     def _reasons_known(self) -> FeaturesConfig:

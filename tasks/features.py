@@ -14,8 +14,10 @@ from pathlib import Path
 from prefect import task
 from sqlalchemy import Engine
 
+from puhui import console
 from puhui.config import FeaturesConfig, load_config
 from puhui.features.partitioned import (
+    PhoneFeedsSplit,
     build_staged_partition,
     drop_phone_feeds,
     stage_phone_feeds,
@@ -45,11 +47,14 @@ def stage_feature_partitions(as_of: date, staging: str,
 
 
 @task(name="split-phone-feeds", **STEP)
-def split_phone_feeds(as_of: date, staging: str, partitions: list[Partition]) -> bool:
-    """The phone-keyed feeds split by partition into ``staging`` in one scan (PostgreSQL,
-    several partitions), before the partition tasks; a complete split is kept (resume)."""
+def split_phone_feeds(as_of: date, staging: str, partitions: list[Partition]) -> PhoneFeedsSplit:
+    """The phone-keyed feeds split by partition into ``staging`` in one scan, before the
+    partition tasks, when they are large enough to pay (PostgreSQL, several partitions,
+    ``partitioning`` in configs/features.yaml); a complete split is kept (resume)."""
     engine, spec = _engine_and_spec()
-    return stage_phone_feeds(engine, spec, as_of, Path(staging), len(partitions))
+    split = stage_phone_feeds(engine, spec, as_of, Path(staging), len(partitions))
+    console.detail(f"features {as_of}: {split.line}")
+    return split
 
 
 @task(name="drop-phone-feeds", **STEP)

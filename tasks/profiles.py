@@ -7,6 +7,7 @@ from datetime import date
 
 from prefect import get_run_logger, task
 
+from puhui import console
 from puhui.audit import current_flow_run_id
 from puhui.config import (
     FeaturesConfig,
@@ -17,11 +18,13 @@ from puhui.config import (
 )
 from puhui.errors import PuhuiError
 from puhui.features.partitioned import (
+    PhoneFeedsSplit,
     ensure_partition_indexes,
     split_phone_feeds_once,
     staged_phone_feeds,
 )
 from puhui.features.sources import Register, first_event_days, load_register
+from puhui.partitioning import Partition
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_models
 from puhui.profiles.offers import event_read_indexes, load_offer_context
 from puhui.profiles.refresh import (
@@ -98,15 +101,18 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
 
 
 @task(name="profile-phone-feeds", **STEP)
-def split_phone_feeds(ctx: ScoringContext, key: str) -> bool:
-    """The phone-keyed feeds split by partition into the run's staging directory in one scan
-    (PostgreSQL, several partitions), before the partition tasks; kept by a resumed run,
-    removed with the staging after the swap."""
+def split_phone_feeds(ctx: ScoringContext, key: str) -> PhoneFeedsSplit:
+    """The phone-keyed feeds split by partition into the run's staging directory in one scan,
+    before the partition tasks, when they are large enough to pay (the features' rule:
+    ``decide_phone_feeds_split``); kept by a resumed run, removed with the staging after
+    the swap."""
     runtime = open_runtime()
     directory = staging_dir(runtime.settings.home, ctx.as_of, key)
     directory.mkdir(parents=True, exist_ok=True)
     register = Register(ctx.as_of, ctx.partitions, ctx.register)
-    return split_phone_feeds_once(runtime.engine, ctx.features, register, directory)
+    split = split_phone_feeds_once(runtime.engine, ctx.features, register, directory)
+    console.detail(f"profiles {ctx.as_of}: {split.line}")
+    return split
 
 
 @task(name="profile-partition", **STEP)
@@ -114,8 +120,9 @@ def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
     """Score one partition of customers and stage its rows; returns the rows staged."""
     runtime = open_runtime()
     directory = staging_dir(runtime.settings.home, ctx.as_of, key)
-    rows = score_partition(ctx, runtime.engine, partition,
-                           staged_phone_feeds(ctx.features, directory, ctx.partitions))
+    split = staged_phone_feeds(ctx.features, directory, Partition(partition, ctx.partitions),
+                               ctx.partition(partition))
+    rows = score_partition(ctx, runtime.engine, partition, split)
     stage_partition(directory, partition, rows)
     return len(rows)
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import MetaData, Table, create_engine, select
 
+from puhui.config import FeaturesConfig
 from puhui.features.builder import build_features
 from puhui.features.partitioned import (
     build_features_partitioned,
@@ -32,6 +33,13 @@ from puhui.partitioning import (
 from puhui.warehouse.engine import get_engine
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_features import AS_OF, _mutate_after, _requests, _spec
+
+
+def split_always(spec: FeaturesConfig) -> FeaturesConfig:
+    """``spec`` with the phone-feed split's size threshold at 0: the tests' small warehouses
+    are far below the configured one, and a multi-partition build on PostgreSQL then splits."""
+    return spec.model_copy(update={"partitioning": spec.partitioning.model_copy(
+        update={"split_phone_feeds_min_mib": 0})})
 
 
 def _keys(n: int) -> list[str]:
@@ -92,9 +100,10 @@ def test_sql_key_range_matches_python_buckets(features_env: str) -> None:
 @pytest.mark.parametrize("partitions", [1, 3, 8])
 def test_partitioned_features_equal_the_whole_table_builder(features_env: str,
                                                             partitions: int) -> None:
-    """Every feature, every row, bit for bit: two as-of dates per customer."""
+    """Every feature, every row, bit for bit: two as-of dates per customer. 8 partitions
+    split the phone-keyed feeds (PostgreSQL), 3 probe them (below the size threshold)."""
     engine = get_engine(features_env)
-    spec = _spec()
+    spec = split_always(_spec()) if partitions == 8 else _spec()
     requests = _requests(engine, spec)
     want = build_features(load_source_frames(engine, spec, AS_OF), requests, spec)
     got = build_features_partitioned(engine, spec, AS_OF, requests, partitions)
@@ -163,13 +172,15 @@ def test_partition_reads_use_the_key_indexes_not_table_scans(features_env: str,
         # partitions read about the table's rows once (a hash join over a full index scan
         # read them once per partition).
         assert idx_rows <= 1.5 * live, table
-    # In one process the phone-keyed feeds are split by partition in one scan instead (their
-    # people's phones are spread over the whole index): no index reads for them, one scan
-    # to split; the person-keyed ones still read their key ranges by index alone.
+    # Above the size threshold (0 here) the phone-keyed feeds are split by partition in one
+    # scan instead (their people's phones are spread over the whole index): no index reads
+    # for them, one scan to split; the person-keyed ones still read their key ranges by
+    # index alone.
     phone_keyed = {s.table for s in spec.sources if s.key == "phone_key"}
     assert phone_keyed
+    split = split_always(spec)
     run = _partition_reads(engine, tables,
-                           lambda: build_features_partitioned(engine, spec, AS_OF, None, 4),
+                           lambda: build_features_partitioned(engine, split, AS_OF, None, 4),
                            lambda: first_event_days(engine, spec, AS_OF))
     for table, (seq_rows, idx, live, idx_rows) in run.items():
         if table in phone_keyed:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -27,7 +28,9 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, text
 
+from puhui import console
 from puhui.config import FeaturesConfig
+from puhui.errors import PuhuiError
 from puhui.features.builder import build_features
 from puhui.features.sources import (
     Register,
@@ -179,9 +182,12 @@ def build_features_partitioned(
     requests = requests[["person_key", "as_of_date"]].drop_duplicates().reset_index(drop=True)
     buckets = bucket_of(requests["person_key"], partitions) if len(requests) else np.zeros(0)
     pieces: list[pd.DataFrame] = []
+    split = decide_phone_feeds_split(engine, spec, partitions)
+    if partitions > 1:
+        console.detail(f"features as of {as_of}, {partitions} partitions: {split.line}")
     with tempfile.TemporaryDirectory(prefix="puhui-scatter-") as scratch:
         scattered = (scatter_phone_feeds(engine, spec, register, Path(scratch))
-                     if splits_phone_feeds(engine, spec, partitions) else None)
+                     if split.split else None)
         for part in all_partitions(partitions):
             positions = np.flatnonzero(buckets == part.bucket)
             if len(positions) == 0:
@@ -197,12 +203,57 @@ def build_features_partitioned(
     return pd.concat(pieces).sort_index().reset_index(drop=True)
 
 
-def splits_phone_feeds(engine: Engine, spec: FeaturesConfig, partitions: int) -> bool:
-    """Whether a build of ``partitions`` splits its phone-keyed feeds in one scan first: on
-    PostgreSQL with more than one partition, where each partition would otherwise probe the
-    feeds' ``phone_key`` indexes at random (:func:`scatter_phone_feeds` says why)."""
-    return (partitions > 1 and engine.dialect.name == "postgresql"
-            and any(source.key == "phone_key" for source in spec.sources))
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class PhoneFeedsSplit:
+    """Whether a build's partitions read the phone-keyed feeds split by partition, and why;
+    ``made``: the staged split was written by this call (False: kept from an earlier try,
+    or none is made)."""
+
+    split: bool
+    reason: str
+    made: bool = False
+
+    @property
+    def line(self) -> str:
+        return (f"phone-keyed feeds {'split once' if self.split else 'probed per partition'}"
+                f" ({self.reason})")
+
+
+def decide_phone_feeds_split(engine: Engine, spec: FeaturesConfig,
+                             partitions: int) -> PhoneFeedsSplit:
+    """Whether a build of ``partitions`` splits its phone-keyed feeds in one scan first: the
+    one rule of the in-process build, the staged features flow and the profile refresh.
+
+    On PostgreSQL with more than one partition, when the feeds' on-disk size (tables and
+    indexes) is at least ``partitioning.split_phone_feeds_min_mib``. Each partition would
+    otherwise probe the feeds' ``phone_key`` indexes at random (:func:`scatter_phone_feeds`
+    says why): cheap while they sit in the page cache (at 200k and 400k customers the split
+    cost more than it saved), random disk reads once they do not (1M: ~3 h for the payments
+    feed). The threshold's default and its measurements: configs/features.yaml, README.
+    """
+    tables = [source.table for source in spec.sources if source.key == "phone_key"]
+    if partitions <= 1:
+        return PhoneFeedsSplit(False, "one partition reads whole tables")
+    if engine.dialect.name != "postgresql":
+        return PhoneFeedsSplit(False, f"{engine.dialect.name}: the split is PostgreSQL's COPY")
+    if not tables:
+        return PhoneFeedsSplit(False, "no phone-keyed feeds")
+    size = phone_feeds_bytes(engine, tables)
+    threshold = spec.partitioning.split_phone_feeds_min_mib
+    split = size >= threshold * MIB
+    return PhoneFeedsSplit(split, f"{size / MIB:,.0f} MiB on disk {'>=' if split else '<'} "
+                                  f"the {threshold:,} MiB threshold")
+
+
+def phone_feeds_bytes(engine: Engine, tables: list[str]) -> int:
+    """The on-disk size of ``tables`` with their indexes (PostgreSQL; a missing one is 0)."""
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT coalesce(sum(pg_total_relation_size(to_regclass(quote_ident(t)))), 0) "
+            "FROM unnest(CAST(:tables AS text[])) AS t"), {"tables": tables}).scalar() or 0)
 
 
 # --- staging: what lets a partition's task run given only its key ---------------------------
@@ -243,7 +294,7 @@ def build_staged_partition(engine: Engine, spec: FeaturesConfig, as_of: date, di
     customers = pd.read_parquet(register_path(directory, partition))
     first_day = json.loads((directory / "first_day.json").read_text(encoding="utf-8"))
     features = build_partition(engine, spec, as_of, customers, partition, first_day,
-                               scattered=staged_phone_feeds(spec, directory, partition.count))
+                               scattered=staged_phone_feeds(spec, directory, partition, customers))
     write_atomic(features, target)
     return len(features)
 
@@ -255,31 +306,37 @@ SPLIT_DONE = "split-done.json"
 
 
 def stage_phone_feeds(engine: Engine, spec: FeaturesConfig, as_of: date, directory: Path,
-                      partitions: int) -> bool:
+                      partitions: int) -> PhoneFeedsSplit:
     """Split the phone-keyed feeds by partition once for the staged run in ``directory``
-    (after :func:`stage_register`), for every partition task to read its own file of;
-    returns whether it split now (False: a complete split is there, or none is needed).
+    (after :func:`stage_register`), for every partition task to read its own file of, if
+    :func:`decide_phone_feeds_split` says so; returns that decision, ``made`` if it split
+    now (not: a complete split is there).
 
     Resumable: the split is written under a temporary name with its marker last, then
     renamed, so ``phone-feeds/`` exists only complete; a killed split leaves a temporary
     directory, removed and redone by the next call. The marker records the partition count
-    and a fingerprint of the phone owners it split by: a re-staged register that differs
-    (other data, other N) is split again. Memory: one block of a feed, and the owners.
+    and a fingerprint of the phone owners of each partition it split by: a re-staged
+    register that differs (other data, other N) is split again, and a partition whose
+    owners differ refuses to read it (:func:`staged_phone_feeds`). Every file and directory
+    is fsynced before the rename, so the protocol holds after a power loss too. Memory: one
+    block of a feed, and the owners.
     """
-    if not splits_phone_feeds(engine, spec, partitions):
-        return False
+    decision = decide_phone_feeds_split(engine, spec, partitions)
+    if not decision.split:
+        return decision
     return split_phone_feeds_once(engine, spec, _staged_owners(directory, as_of, partitions),
-                                  directory)
+                                  directory, decision)
 
 
 def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Register,
-                           directory: Path) -> bool:
+                           directory: Path,
+                           decision: PhoneFeedsSplit | None = None) -> PhoneFeedsSplit:
     """:func:`stage_phone_feeds` given the register (a run that holds it: the profile
-    refresh); returns whether it split now."""
-    if not splits_phone_feeds(engine, spec, register.partitions):
-        return False
-    partitions = register.partitions
-    marker = {"partitions": partitions, "owners": _owners_fingerprint(register)}
+    refresh) and, if made already, the decision."""
+    decision = decision or decide_phone_feeds_split(engine, spec, register.partitions)
+    if not decision.split:
+        return decision
+    marker = {"partitions": register.partitions, "owners": _owners_fingerprints(register)}
     done = directory / PHONE_FEEDS / SPLIT_DONE
     # Two runs on one staging directory (a retried task beside its first try, two refreshes
     # of one key) must not delete each other's partial split: one splits, the other then
@@ -287,26 +344,39 @@ def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Regis
     name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
     with held_lock(engine, f"phone-feeds-{name}"):
         if done.exists() and json.loads(done.read_text(encoding="utf-8")) == marker:
-            return False
+            return decision
         for stale in [*directory.glob(f"{PHONE_FEEDS}.*.partial"), directory / PHONE_FEEDS]:
             shutil.rmtree(stale, ignore_errors=True)
         partial = directory / f"{PHONE_FEEDS}.{os.getpid()}.partial"
         scatter_phone_feeds(engine, spec, register, partial)
         (partial / SPLIT_DONE).write_text(json.dumps(marker), encoding="utf-8")
+        # Durable before it is visible: a power loss then leaves either the partial
+        # directory (redone) or the complete split, never a marker beside missing rows.
+        fsync_tree(partial)
         partial.rename(directory / PHONE_FEEDS)
-    return True
+        fsync_tree(directory, recursive=False)  # the rename itself
+    return replace(decision, made=True)
 
 
-def staged_phone_feeds(spec: FeaturesConfig, directory: Path,
-                       partitions: int) -> dict[str, Path] | None:
-    """The complete split of :func:`stage_phone_feeds` for ``partitions`` (each phone-keyed
-    source's directory), or None: the partition then reads the warehouse itself."""
-    done = directory / PHONE_FEEDS / SPLIT_DONE
+def staged_phone_feeds(spec: FeaturesConfig, directory: Path, partition: Partition,
+                       customers: pd.DataFrame) -> dict[str, Path] | None:
+    """The complete split of :func:`stage_phone_feeds` (each phone-keyed source's directory)
+    for ``partition``, whose register slice is ``customers``; None if there is none: the
+    partition then reads the warehouse itself. A split made for other phone owners (its
+    marker's partition count or this partition's owners fingerprint differ) is an error: its
+    files would silently miss or mis-assign rows."""
+    split = directory / PHONE_FEEDS
+    done = split / SPLIT_DONE
     if not done.exists():
         return None
-    if json.loads(done.read_text(encoding="utf-8"))["partitions"] != partitions:
-        return None
-    return {source.name: directory / PHONE_FEEDS / source.name
+    marker = json.loads(done.read_text(encoding="utf-8"))
+    if (marker["partitions"] != partition.count
+            or marker["owners"][partition.bucket] != _owners_fingerprint(customers)):
+        raise PuhuiError(
+            f"the phone-keyed feeds split in {split} was made for other phone owners than "
+            f"partition {partition.bucket} of {partition.count} has (its register changed "
+            "after the split): re-run the flow, whose split step then splits again")
+    return {source.name: split / source.name
             for source in spec.sources if source.key == "phone_key"}
 
 
@@ -325,11 +395,52 @@ def _staged_owners(directory: Path, as_of: date, partitions: int) -> Register:
     return Register(as_of, partitions, customers)
 
 
-def _owners_fingerprint(register: Register) -> str:
-    """Who owns each phone, and in which partition, as a short text (a sum: any order)."""
-    owners = register.customers.loc[register.customers["owns_phone"], ["phone_key", "partition"]]
-    hashes = pd.util.hash_pandas_object(owners, index=False).to_numpy()
-    return f"{len(owners)}:{int(hashes.sum(dtype=np.uint64)):016x}"
+def _owner_hashes(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(partition, a hash of (phone, partition)) of each phone owner among ``customers``,
+    with the types fixed: a slice read back from Parquet hashes as the register did."""
+    owners = customers.loc[customers["owns_phone"], ["phone_key", "partition"]]
+    owners = pd.DataFrame({"phone_key": owners["phone_key"].astype("str"),
+                           "partition": owners["partition"].astype("int64")})
+    return (owners["partition"].to_numpy(),
+            pd.util.hash_pandas_object(owners, index=False).to_numpy())
+
+
+def _fingerprint(count: int, total: int) -> str:
+    return f"{count}:{total:016x}"
+
+
+def _owners_fingerprint(customers: pd.DataFrame) -> str:
+    """Who owns each phone among ``customers`` (one partition's slice), and in which
+    partition, as a short text (a sum: any order). Costs a hash of the slice's owners."""
+    _, hashes = _owner_hashes(customers)
+    return _fingerprint(len(hashes), int(hashes.sum(dtype=np.uint64)))
+
+
+def _owners_fingerprints(register: Register) -> list[str]:
+    """:func:`_owners_fingerprint` of each partition of ``register``, in one pass."""
+    buckets, hashes = _owner_hashes(register.customers)
+    sums = np.zeros(register.partitions, dtype=np.uint64)
+    np.add.at(sums, buckets, hashes)  # wraps modulo 2**64, as the one-slice sum does
+    counts = np.bincount(buckets, minlength=register.partitions)
+    return [_fingerprint(int(c), int(t)) for c, t in zip(counts, sums, strict=True)]
+
+
+def fsync_tree(path: Path, recursive: bool = True) -> None:
+    """Flush ``path`` (a directory: its entries) to disk, and with ``recursive`` every file
+    and directory under it, deepest first."""
+    if recursive:
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in [*files, *dirs]:
+                _fsync(Path(root) / name)
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_features_parquet(path: Path) -> pd.DataFrame:
