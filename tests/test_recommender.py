@@ -5,13 +5,14 @@ training on ingested data."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from puhui.config import ModelsConfig, ProductsConfig, RecommenderSpec, load_config
+from puhui.errors import PuhuiError
 from puhui.features.sources import day_number
 from puhui.generate import generate_landing_zone
 from puhui.recommender.evaluation import MODEL, NON_PERSONAL
@@ -33,6 +34,7 @@ from puhui.recommender.training_set import (
     RankingSet,
     build_groups,
     popularity_features,
+    require_out_of_time_groups,
     window_as_of_days,
 )
 from puhui.settings import load_settings
@@ -144,6 +146,22 @@ def test_groups_grade_the_funnel_and_see_only_the_past() -> None:
     assert train.loc[("p1", "savings"), "relevance"] == 3
     # groups are contiguous, as lambdarank needs them
     assert (np.diff(frame["group"].to_numpy()) >= 0).all()
+
+
+def test_a_training_date_after_the_offers_is_refused_with_the_date_to_use() -> None:
+    models, products = _configs()
+    spec = models.product_recommender
+    events = _events()
+    frame = build_groups(events, products, spec, AS_OF)
+    require_out_of_time_groups(frame, events, AS_OF, spec)  # offers in the newest window
+    late = AS_OF + timedelta(days=60)
+    stale = build_groups(events, products, spec, late)
+    assert not (stale["split"] == OOT).any() and len(stale)  # older windows still have rows
+    with pytest.raises(PuhuiError) as raised:
+        require_out_of_time_groups(stale, events, late, spec)
+    message = str(raised.value)
+    assert f"out-of-time window {late - timedelta(days=spec.window_days - 1)}..{late}" in message
+    assert f"--as-of {AS_OF - timedelta(days=2)}" in message  # p2's last offer
 
 
 def test_features_do_not_change_when_the_future_is_removed() -> None:

@@ -42,6 +42,7 @@ from puhui.recommender.training_set import (
     build_groups,
     load_product_events,
     popularity_features,
+    require_out_of_time_groups,
 )
 from puhui.risk.training_set import age_band
 
@@ -70,6 +71,7 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     events = load_product_events(engine, EVENTS_TABLE, features_spec.timezone, as_of,
                                  customers)
     frame = build_groups(events, products, spec, as_of)
+    require_out_of_time_groups(frame, events, as_of, spec)
     requests = frame[["person_key", "as_of_date"]].drop_duplicates()
     if features is None:
         features = build_features(frames, requests, features_spec)

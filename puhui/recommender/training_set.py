@@ -242,6 +242,20 @@ def build_groups(events: pd.DataFrame, products: ProductsConfig, spec: Recommend
     return frame.reset_index(drop=True)
 
 
+def require_out_of_time_groups(frame: pd.DataFrame, events: pd.DataFrame, as_of: date,
+                               spec: RecommenderSpec) -> None:
+    """Refuse a training set whose newest (out-of-time) window has no offers: the
+    evaluation and the gates would have nothing to judge. Names the newest offer's day,
+    which is the as-of date to train at."""
+    if (frame["split"] == OOT).any():
+        return
+    start = day_from_number(window_as_of_days(as_of, spec)[0] + 1)
+    newest = day_from_number(int(events["day"].max()))
+    raise PuhuiError(f"no product_events in the out-of-time window {start}..{as_of} (the "
+                     f"newest is on {newest}): train with --as-of {newest}, or ingest newer "
+                     "product_events")
+
+
 def popularity_features(frame: pd.DataFrame) -> pd.DataFrame:
     """``POPULARITY_FEATURES`` for every row from the older windows' relevance only (window
     w+1 ends on window w's feature day, so nothing after a row's feature day is used); an
