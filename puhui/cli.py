@@ -23,7 +23,7 @@ from rich.text import Text
 
 from puhui import console as report
 from puhui.errors import PuhuiError
-from puhui.privacy import scrub_text
+from puhui.privacy import printable, scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
 
 console = Console(highlight=False, soft_wrap=True)
@@ -66,6 +66,19 @@ def _parse_date(value: str | None, option: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise PuhuiError(f"{option} must be a date YYYY-MM-DD, not {value!r}") from None
+
+
+def _run_date(value: str | None, option: str) -> date | None:
+    """A date a pipeline run is for: parsed, and not after today in the lender's timezone
+    (a run for a day that has not come would advance watermarks and profiles past it)."""
+    from puhui.dates import LENDER_TIMEZONE, today_local
+
+    day = _parse_date(value, option)
+    today = today_local()
+    if day is not None and day > today:
+        raise PuhuiError(f"{option} {day} is in the future (today is {today} in "
+                         f"{LENDER_TIMEZONE.key}): no data can have landed for it")
+    return day
 
 
 def _settings() -> Settings:
@@ -175,7 +188,7 @@ def run_daily(as_of: AsOf = None) -> None:
     """The daily pipeline flow."""
     from puhui.pipeline import run_daily_pipeline
 
-    day = _parse_date(as_of, "--as-of")
+    day = _run_date(as_of, "--as-of")
     _flow_settings()
     summary = run_daily_pipeline(day)
     console.print(summary["line"], markup=False)
@@ -188,9 +201,13 @@ def run_ingest(
     json_: JsonFlag = False,
 ) -> None:
     """Ingest and validate landed partner files (one line per file, then a summary)."""
-    day = _parse_date(as_of, "--as-of")
+    day = _run_date(as_of, "--as-of")
     from puhui.pipeline import run_ingest_flow
 
+    if partner is not None:  # a typo is one line now, not a failed flow run after Prefect starts
+        from puhui.config import PartnersConfig, load_config
+
+        load_config(load_settings().config_dir, PartnersConfig).get(partner)
     _flow_settings()
     summary = run_ingest_flow(day, partner)
     if json_:
@@ -237,7 +254,7 @@ def run_train(
     from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
-    day = _parse_date(as_of, "--as-of")
+    day = _run_date(as_of, "--as-of")
     _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None
@@ -260,7 +277,7 @@ def run_profiles(as_of: AsOf = None, json_: JsonFlag = False) -> None:
     from puhui.pipeline import run_profiles_flow
 
     _settings()
-    summary = run_profiles_flow(_parse_date(as_of, "--as-of"))
+    summary = run_profiles_flow(_run_date(as_of, "--as-of"))
     if json_:
         _print_json(summary)
         return
@@ -273,7 +290,7 @@ def run_report(as_of: AsOf = None, json_: JsonFlag = False) -> None:
     from puhui.pipeline import run_report_flow
 
     _settings()
-    summary = run_report_flow(_parse_date(as_of, "--as-of"))
+    summary = run_report_flow(_run_date(as_of, "--as-of"))
     if json_:
         _print_json(summary)
     else:
@@ -289,7 +306,7 @@ def backfill(
     force: Annotated[bool, typer.Option("--force", help="Re-run dates already completed.")] = False,
 ) -> None:
     """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
-    first, last = _parse_date(start, "--start"), _parse_date(end, "--end")
+    first, last = _parse_date(start, "--start"), _run_date(end, "--end")
     assert first and last
     if first > last:
         raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
@@ -616,7 +633,7 @@ def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
                                 else "")
     out = [f"batch {found['batch_id']}: {found['partner']}, delivered "
            f"{found['delivery_date']}, {status}",
-           f"  file {found['source_path']} (sha256 {found['checksum'][:16]})",
+           f"  file {printable(found['source_path'])} (sha256 {found['checksum'][:16]})",
            f"  rows {found['rows']:,}: loaded {found['rows_loaded']:,}, held "
            f"{found['rows_held']:,}, duplicate {found['rows_duplicate']:,}",
            f"  reason: {found['reason'] or '-'}"]
@@ -947,10 +964,10 @@ def profiles_explain(
     )
     from puhui.runtime import open_runtime
 
+    day = _parse_date(as_of, "--as-of")
     runtime = open_runtime(_settings())
     person = resolve_person_key(runtime.engine, key, runtime.settings.pseudonym_key)
     del key  # the raw value goes no further than the hash
-    day = _parse_date(as_of, "--as-of")
     models = load_config(runtime.settings.config_dir, SegmentsConfig).profile.models
     found = explanation(read_profile(runtime.engine, person, day), models.get("risk", "risk"))
     runtime.audit.record(runtime.engine, ACCESS_ACTION, f"profile/{person}", {

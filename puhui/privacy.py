@@ -69,6 +69,20 @@ def scrub_text(text: str) -> str:
     return _MOBILE_PHONE.sub(lambda m: mask_shape(m.group()), text)
 
 
+# C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` (a landed file's name, say) as one inert terminal line: identifier-shaped
+    text masked, every control character shown as ``\\xNN``.
+
+    A file name is chosen by whoever landed the file: a line break in it would forge an
+    output line, an escape sequence would drive the operator's terminal.
+    """
+    return _ANY_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", scrub_text(text))
+
+
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 

@@ -60,14 +60,16 @@ from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
     FileHandle,
     UnreadableFile,
+    changed_since_opened,
     check_text_bytes,
     count_parsed_rows,
     file_columns,
     iter_file_chunks,
+    landed_fs,
     open_landed_file,
 )
 from puhui.landing import LandedFile
-from puhui.privacy import mask_identifiers_in_column, safe_name, scrub_text
+from puhui.privacy import mask_identifiers_in_column, printable, safe_name, scrub_text
 from puhui.runtime import Runtime
 from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
@@ -92,7 +94,7 @@ class FileOutcome:
     skipped: bool = False  # already in the ledger from an earlier run
 
     def line(self) -> str:
-        name = self.path.rsplit("/", 1)[-1]
+        name = printable(self.path.rsplit("/", 1)[-1])  # the name is the sender's choice
         state = self.status + (" (earlier run)" if self.skipped else "")
         text = (
             f"{self.partner:<18} {name:<44} {self.rows:>9,} rows  {state:<24} {self.seconds:5.2f}s"
@@ -190,6 +192,16 @@ def unexpected_failure_reason(exc: BaseException) -> str:
         f"unreadable: unexpected {type(exc).__name__}{where} while reading, typing, "
         "validating or loading the file (message withheld: it may quote the file)"
     )
+
+
+class _ChangedWhileRead(Exception):
+    """The file's size or time changed between its fingerprint and the end of its load."""
+
+
+CHANGED_WHILE_READ = (
+    "changed while being read (still being written, or replaced): nothing loaded; "
+    "the next run reads the file as it is then"
+)
 
 
 class _Held(Exception):
@@ -520,9 +532,7 @@ class FileIngestor:
     @staticmethod
     def _not_regular_handle(landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(landed.path)
+        fs, path = landed_fs(landed.path)
         fingerprint = hashlib.sha256(f"{landed.kind}\0{path}".encode()).hexdigest()
         return FileHandle(fs, path, 0, fingerprint)
 
@@ -533,7 +543,9 @@ class FileIngestor:
         if ledger.get_batch(engine, base["batch_id"]):
             return None
         if landed.kind != "file":
-            kind = "symbolic link" if landed.kind == "symlink" else "special file"
+            kind = {"symlink": "symbolic link", "directory": "directory"}.get(
+                landed.kind, "special file"
+            )
             reason = f"not a regular file ({kind}): not followed, not read"
             return self._hold(handle, landed, base, reason, copy_rows=False, rows=0)
         if handle.size == 0:
@@ -554,9 +566,21 @@ class FileIngestor:
             if check.missing or (check.extra and self.feed.extra_columns == "hold"):
                 raise ContractViolation(check.describe())
             warnings = [check.describe_extra()] if check.extra else []
+            earlier = ledger.loaded_batch_at_path(engine, self.feed.name, landed.path)
+            if earlier is not None:
+                # Appended to or replaced after its rows were loaded: loading this version
+                # too would load those rows twice. Held whole, for a person to decide.
+                reason = (
+                    f"rewritten after batch {earlier.batch_id} loaded this path "
+                    f"({earlier.rows:,} rows): held so no row is loaded twice; release "
+                    "loads this version as well, reject drops it"
+                )
+                return self._hold(handle, landed, base, reason, copy_rows=True)
             return self._load(handle, landed, base, columns, warnings)
         except (UnreadableFile, ContractViolation) as exc:
             return self._hold(handle, landed, base, str(exc), copy_rows=False)
+        except _ChangedWhileRead:
+            return self._hold(handle, landed, base, CHANGED_WHILE_READ, copy_rows=False)
         except _Held as held:
             reason = "critical: " + "; ".join(f.description for f in held.failures)
             return self._hold(
@@ -676,6 +700,8 @@ class FileIngestor:
                     del chunk, records  # the reader's next chunk may take their memory
                     settle(keep=1)  # at most one chunk's validation outstanding
                 settle(keep=0)
+                if changed_since_opened(handle):
+                    raise _ChangedWhileRead()  # rolls the load back with the transaction
             finally:
                 for pending in validations:
                     pending.cancel()  # the load is failing: queued validations are moot

@@ -1,0 +1,187 @@
+"""Round 7 of testing like an attacker: what the hostile zone (test_hostile_files) missed.
+
+Landing entries: a directory or FIFO named like a feed file, ``::`` (fsspec's chain marker),
+line breaks and terminal escapes in a file name, a file appended to after its rows were
+loaded, a file that grows while it is read. The command line: an unknown partner, an as-of
+date in the future, ``profiles explain`` asked about an unknown phone. Each test failed
+before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from puhui.cli import main
+from puhui.config import PartnersConfig, load_config
+from puhui.dates import today_local
+from puhui.generate.hostile import MP_HEADER, HostileContext
+from puhui.ingest import batches, ledger
+from puhui.ingest.batches import FileIngestor
+from puhui.ingest.feeds import ingest_feed
+from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.ingest.quarantine import release_batch
+from puhui.privacy import find_raw_identifiers
+from puhui.runtime import open_runtime
+from puhui.validation import BatchValidator
+from puhui.warehouse.schema import ingest_batches
+
+DAY = date(2026, 9, 30)
+PHONE_IN_NAME = "13812345678"
+
+
+def _payments(case: int, rows: int = 5, header: list[str] = MP_HEADER) -> bytes:
+    context = HostileContext(DAY, case, Path("."), set())
+    lines = [",".join(header)] + [",".join(r) for r in context.payment_rows(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def landing(puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "landing"
+    (root / "mobile_payments" / DAY.isoformat()).mkdir(parents=True)
+    monkeypatch.setenv("PUHUI_LANDING", str(root))
+    return root
+
+
+def _ingest_payments() -> dict[str, batches.FileOutcome]:
+    """One plain-Python ingest of the mobile_payments feed; outcomes by file name."""
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+    )
+    result = ingest_feed(runtime, feed, ingestor, DAY)
+    return {f.path.rsplit("/", 1)[-1]: f for f in result.files}
+
+
+def _raw_rows() -> tuple[int, int]:
+    with open_runtime().engine.connect() as conn:
+        return tuple(conn.execute(text(
+            "SELECT count(*), count(DISTINCT txn_id) FROM raw_mobile_payments")).one())
+
+
+def test_odd_landing_entries_each_end_as_one_ledger_row(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1_clean.csv").write_bytes(_payments(1))
+    # A folder of part files named like a delivery: held as a directory, not skipped unseen.
+    (folder / "mobile_payments_2_dir.csv").mkdir()
+    (folder / "mobile_payments_2_dir.csv" / "part-0.csv").write_bytes(_payments(2))
+    os.mkfifo(folder / "mobile_payments_3_fifo.csv")  # opening it would block the run
+    # fsspec reads "::" as a chain of filesystems: the file looked missing, an OSError that
+    # stopped the whole feed (every later file, every later day) instead of one file.
+    (folder / "mobile_payments_4_a::b.csv").write_bytes(_payments(4))
+    forged = f"mobile_payments_5_\n\x1b[2J\x9b{PHONE_IN_NAME}.csv"
+    (folder / forged).write_bytes(_payments(5, header=MP_HEADER[:-1]))  # held: no status
+
+    outcomes = _ingest_payments()
+
+    assert set(outcomes) == {p.name for p in folder.iterdir()}, "one outcome per entry"
+    assert outcomes["mobile_payments_1_clean.csv"].status == "accepted"
+    directory = outcomes["mobile_payments_2_dir.csv"]
+    assert directory.status == "quarantined" and "directory" in (directory.reason or "")
+    assert outcomes["mobile_payments_3_fifo.csv"].status == "quarantined"
+    chained = outcomes["mobile_payments_4_a::b.csv"]
+    assert (chained.status, chained.rows_loaded) == ("accepted", 5)
+    with open_runtime().engine.connect() as conn:
+        assert conn.execute(select(ingest_batches.c.batch_id)).all().__len__() == 5
+
+    # The name is the sender's: printed as one inert line, identifier masked.
+    held = outcomes[forged]
+    assert held.status == "quarantined" and "status" in (held.reason or "")
+    line = held.line()
+    assert not any(ch in line for ch in "\n\x1b\x9b") and "\\x1b" in line
+    assert PHONE_IN_NAME not in line and not find_raw_identifiers(line)
+    capsys.readouterr()
+    assert main(["quarantine", "show", held.batch_id]) == 0
+    out = capsys.readouterr().out
+    [file_line] = [x for x in out.splitlines() if x.startswith("  file ")]
+    assert "mobile_payments_5_\\x0a\\x1b[2J\\x9b" in file_line
+    assert "\x1b" not in out and PHONE_IN_NAME not in out
+
+
+def test_a_file_rewritten_after_its_rows_loaded_is_held_not_loaded_twice(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1, rows=5))
+    first = _ingest_payments()[path.name]
+    assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
+
+    path.write_bytes(_payments(1, rows=8))  # the partner appended 3 rows in place
+    again = _ingest_payments()[path.name]
+    assert again.status == "quarantined" and not again.skipped
+    assert f"rewritten after batch {first.batch_id}" in (again.reason or "")
+    assert again.rows == again.rows_held == 8
+    assert _raw_rows() == (5, 5), "the first 5 rows were not loaded a second time"
+
+    assert _ingest_payments()[path.name].skipped  # a re-run decides nothing new
+    # Loading the new version too is a person's decision, and it reconciles.
+    released = release_batch(open_runtime(), again.batch_id, "partner confirmed the append")
+    assert released.rows_loaded + released.rows_duplicate == released.rows == 8
+    assert _raw_rows() == (13, 8)
+
+
+def test_a_file_growing_while_it_is_read_is_held_then_read_whole(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1, rows=5))
+    real_insert = batches.bulk_insert
+
+    def insert_then_partner_appends(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loaded = real_insert(*args, **kwargs)
+        path.write_bytes(_payments(1, rows=8))  # still being written
+        return loaded
+
+    monkeypatch.setattr(batches, "bulk_insert", insert_then_partner_appends)
+    during = _ingest_payments()[path.name]
+    assert during.status == "quarantined" and "changed while being read" in (during.reason or "")
+    assert during.rows == during.rows_held  # reconciles, nothing loaded
+    with open_runtime().engine.connect() as conn:
+        loaded = conn.execute(text("SELECT count(*) FROM raw_mobile_payments")).scalar()
+    assert loaded == 0, "the rows of a file that changed under the reader were rolled back"
+
+    monkeypatch.setattr(batches, "bulk_insert", real_insert)
+    after = _ingest_payments()[path.name]
+    assert (after.status, after.rows_loaded) == ("accepted", 8)
+    assert ledger.get_batch(open_runtime().engine, after.batch_id).rows == 8
+    assert _raw_rows() == (8, 8)
+
+
+def test_run_commands_refuse_an_unknown_partner_and_a_future_date_in_one_line(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    future = (today_local() + timedelta(days=2)).isoformat()
+    cases = [
+        (["run", "ingest", "--partner", "nosuch"], "unknown partner 'nosuch'"),
+        (["run", "ingest", "--as-of", future], f"--as-of {future} is in the future"),
+        (["run", "daily", "--as-of", future], f"--as-of {future} is in the future"),
+        (["backfill", "--start", "2026-09-01", "--end", future], f"--end {future} is in"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"puhui: error: {message}"), captured.err
+        assert len(captured.err.strip().splitlines()) == 1 and not captured.out, argv
+    assert not (puhui_env / "prefect" / "prefect.db").exists(), "no flow run was started"
+
+
+def test_profiles_explain_tells_no_one_whether_a_phone_is_a_customer(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    errors = []
+    for key in (PHONE_IN_NAME, "11010519491231002X", "0" * 64):  # phone, ID, person_key
+        assert main(["profiles", "explain", key]) == 1
+        err = capsys.readouterr().err
+        assert key not in err and len(err.strip().splitlines()) == 1
+        errors.append(err)
+    assert errors[0] == errors[1] == errors[2], errors
+    assert errors[0].startswith("puhui: error: no profile for that customer")
