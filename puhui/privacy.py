@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 # Not after a letter or digit, nor after "<digit>." (the fraction of a float: 0.0123...).
@@ -61,12 +62,17 @@ def mask_shape(value: object, limit: int = SHAPE_LIMIT) -> str:
     return head
 
 
-def scrub_text(text: str) -> str:
-    """``text`` with every identifier-shaped substring replaced by its masked shape."""
+def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
+    """``text`` with every identifier-shaped substring ``s`` replaced by ``replace(s)``."""
     if not text:
         return text
-    text = _NATIONAL_ID.sub(lambda m: mask_shape(m.group()), text)
-    return _MOBILE_PHONE.sub(lambda m: mask_shape(m.group()), text)
+    text = _NATIONAL_ID.sub(lambda m: replace(m.group()), text)
+    return _MOBILE_PHONE.sub(lambda m: replace(m.group()), text)
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with every identifier-shaped substring replaced by its masked shape."""
+    return replace_identifiers(text, mask_shape)
 
 
 # C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.

@@ -77,23 +77,37 @@ def test_odd_landing_entries_each_end_as_one_ledger_row(
     # fsspec reads "::" as a chain of filesystems: the file looked missing, an OSError that
     # stopped the whole feed (every later file, every later day) instead of one file.
     (folder / "mobile_payments_4_a::b.csv").write_bytes(_payments(4))
+    # A header and no rows is fine with its newline, and was "unreadable csv" without it.
+    (folder / "mobile_payments_6_header.csv").write_bytes(",".join(MP_HEADER).encode())
+    (folder / "mobile_payments_7_padded.csv").write_bytes(
+        _payments(7, header=[f" {name} " for name in MP_HEADER]))
+    # A partner naming a file after a customer: the ledger (read by BI) keeps a keyed hash.
+    (folder / f"mobile_payments_8_{PHONE_IN_NAME}.csv").write_bytes(_payments(8))
     forged = f"mobile_payments_5_\n\x1b[2J\x9b{PHONE_IN_NAME}.csv"
     (folder / forged).write_bytes(_payments(5, header=MP_HEADER[:-1]))  # held: no status
 
     outcomes = _ingest_payments()
 
-    assert set(outcomes) == {p.name for p in folder.iterdir()}, "one outcome per entry"
+    assert len(outcomes) == len(list(folder.iterdir())), "one outcome per entry"
+    named = [o for name, o in outcomes.items() if name.startswith("mobile_payments_8_~")]
+    assert [(o.status, o.rows_loaded) for o in named] == [("accepted", 5)]
+    with open_runtime().engine.connect() as conn:
+        paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
+    assert len(paths) == 8 and not find_raw_identifiers("\n".join(paths))
     assert outcomes["mobile_payments_1_clean.csv"].status == "accepted"
     directory = outcomes["mobile_payments_2_dir.csv"]
     assert directory.status == "quarantined" and "directory" in (directory.reason or "")
     assert outcomes["mobile_payments_3_fifo.csv"].status == "quarantined"
     chained = outcomes["mobile_payments_4_a::b.csv"]
     assert (chained.status, chained.rows_loaded) == ("accepted", 5)
-    with open_runtime().engine.connect() as conn:
-        assert conn.execute(select(ingest_batches.c.batch_id)).all().__len__() == 5
+    header_only = outcomes["mobile_payments_6_header.csv"]
+    assert (header_only.status, header_only.rows) == ("accepted", 0)
+    padded = outcomes["mobile_payments_7_padded.csv"].reason or ""
+    assert padded.startswith("header names padded with spaces (amount, days_past_due")
+    assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
 
     # The name is the sender's: printed as one inert line, identifier masked.
-    held = outcomes[forged]
+    [held] = [o for name, o in outcomes.items() if name.startswith("mobile_payments_5_")]
     assert held.status == "quarantined" and "status" in (held.reason or "")
     line = held.line()
     assert not any(ch in line for ch in "\n\x1b\x9b") and "\\x1b" in line

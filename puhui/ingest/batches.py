@@ -55,7 +55,11 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
-from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
+from puhui.ingest.pseudonymize import (
+    PseudonymCache,
+    pseudonymize_ids,
+    pseudonymize_text_identifiers,
+)
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
     FileHandle,
@@ -174,6 +178,12 @@ def check_header(columns: list[str], feed: PartnerFeed) -> None:
         )
     declared = {c.name for c in feed.columns}
     if columns and not declared.intersection(columns):
+        padded = sorted(declared.intersection(c.strip() for c in columns))
+        if padded:  # a header after all, its names wrapped in spaces (not a data line)
+            raise ContractViolation(
+                "header names padded with spaces (" + ", ".join(padded[:5])
+                + "): names must match the contract exactly"
+            )
         # The first line is data: its fields are values (they may be IDs), never printed.
         raise ContractViolation(
             f"no header line: none of the {len(columns)} field(s) of the first line "
@@ -495,13 +505,14 @@ class FileIngestor:
             handle = self._not_regular_handle(landed)
         else:
             handle = open_landed_file(landed.path)
+        stored_path = self.stored_path(landed.path)
         batch_id = ledger.make_batch_id(
-            self.feed.name, landed.delivery_date, landed.path, handle.checksum
+            self.feed.name, landed.delivery_date, stored_path, handle.checksum
         )
         base = {
             "batch_id": batch_id,
             "partner": self.feed.name,
-            "path": landed.path,
+            "path": stored_path,
             "delivery_date": landed.delivery_date.isoformat(),
         }
         outcome = None
@@ -524,16 +535,21 @@ class FileIngestor:
             {
                 "batch_id": batch_id,
                 "partner": self.feed.name,
-                "path": landed.path,
+                "path": self.stored_path(landed.path),
                 "delivery_date": landed.delivery_date.isoformat(),
             }
         )
 
-    @staticmethod
-    def _not_regular_handle(landed: LandedFile) -> FileHandle:
+    def stored_path(self, path: str) -> str:
+        """``path`` as the ledger, outcomes and output keep it: an identifier in a file's
+        name is replaced by its keyed hash (the ledger is read by BI; output is logged)."""
+        return pseudonymize_text_identifiers(path, self.key)
+
+    def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""
         fs, path = landed_fs(landed.path)
-        fingerprint = hashlib.sha256(f"{landed.kind}\0{path}".encode()).hexdigest()
+        named = self.stored_path(path)
+        fingerprint = hashlib.sha256(f"{landed.kind}\0{named}".encode()).hexdigest()
         return FileHandle(fs, path, 0, fingerprint)
 
     def _ingest_new(
@@ -566,7 +582,7 @@ class FileIngestor:
             if check.missing or (check.extra and self.feed.extra_columns == "hold"):
                 raise ContractViolation(check.describe())
             warnings = [check.describe_extra()] if check.extra else []
-            earlier = ledger.loaded_batch_at_path(engine, self.feed.name, landed.path)
+            earlier = ledger.loaded_batch_at_path(engine, self.feed.name, base["path"])
             if earlier is not None:
                 # Appended to or replaced after its rows were loaded: loading this version
                 # too would load those rows twice. Held whole, for a person to decide.
@@ -606,7 +622,7 @@ class FileIngestor:
         return {
             "batch_id": base["batch_id"],
             "partner": self.feed.name,
-            "source_path": landed.path,
+            "source_path": base["path"],
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,

@@ -92,7 +92,7 @@ def ingest_feed(
     recent = watermark - timedelta(days=RECENT_DAYS) if watermark else None
     outcomes = []
     for landed in files:
-        known = seen.get(landed.path)
+        known = seen.get(ingestor.stored_path(landed.path))
         if known is not None and (landed.kind != "file" or known[0] == landed.size):
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line

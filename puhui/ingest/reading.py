@@ -328,12 +328,20 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         raise _explain(exc, feed) from None
 
 
+def _header_only(handle: FileHandle) -> bool:
+    """A CSV that is one line without its newline: a header and no rows (Arrow's reader
+    fails on it, "cannot infer number of columns", though with the newline it reads 0 rows)."""
+    with handle.fs.open(handle.path, "rb") as stream:
+        first = stream.readline(1 << 20)
+    return len(first) == handle.size and not first.endswith(b"\n")
+
+
 def iter_file_chunks(
     handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int = READ_BLOCK_BYTES
 ) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of bounded size; read errors become UnreadableFile."""
     if feed.format == "csv":
-        chunks = _iter_csv(handle, feed, header, block_bytes)
+        chunks = iter(()) if _header_only(handle) else _iter_csv(handle, feed, header, block_bytes)
     elif feed.format == "jsonl":
         chunks = _iter_jsonl(handle, header, block_bytes)
     else:
