@@ -199,3 +199,18 @@ def test_profiles_explain_tells_no_one_whether_a_phone_is_a_customer(
         errors.append(err)
     assert errors[0] == errors[1] == errors[2], errors
     assert errors[0].startswith("puhui: error: no profile for that customer")
+
+
+def test_mlflow_prints_no_download_bar_on_read_only_commands(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models show` printed MLflow's "Downloading artifacts" bar on stderr on success."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    from puhui.settings import configure_runtime, load_settings
+
+    for name in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PREFECT_HOME"):
+        monkeypatch.setenv(name, "x")  # recorded, so the variable is undone after the test
+        monkeypatch.delenv(name)
+    configure_runtime(load_settings())
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
