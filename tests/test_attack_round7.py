@@ -214,3 +214,37 @@ def test_mlflow_prints_no_download_bar_on_read_only_commands(
         monkeypatch.delenv(name)
     configure_runtime(load_settings())
     assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
+
+
+def test_a_file_that_cannot_be_read_now_is_deferred_and_the_others_go_on(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partner's upload left mode 0600 (root reads it anyway, so the refusal is staged at
+    the open), and a file gone after the listing: each was an OSError that stopped the feed,
+    every file of it, on every run."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    locked, gone, fine = (folder / f"mobile_payments_{n}.csv" for n in (1, 2, 3))
+    for number, path in enumerate((locked, gone, fine), start=1):
+        path.write_bytes(_payments(number))
+    real_open = batches.open_landed_file
+
+    def open_as_the_pipeline_user(url: str):  # noqa: ANN202
+        if url == str(locked):
+            raise PermissionError(13, "Permission denied", url)
+        if url == str(gone):
+            gone.unlink()  # deleted between listing and reading
+        return real_open(url)
+
+    monkeypatch.setattr(batches, "open_landed_file", open_as_the_pipeline_user)
+    outcomes = _ingest_payments()
+    assert outcomes[fine.name].status == "accepted"
+    for path, why in ((locked, "permission denied"), (gone, "gone since listed")):
+        assert outcomes[path.name].status == "deferred"
+        assert why in (outcomes[path.name].reason or "")
+    with open_runtime().engine.connect() as conn:
+        recorded = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
+    assert recorded == [str(fine)], "nothing recorded for what could not be read"
+
+    monkeypatch.setattr(batches, "open_landed_file", real_open)  # permissions fixed
+    again = _ingest_payments()
+    assert again[locked.name].status == "accepted" and again[fine.name].skipped
