@@ -81,6 +81,18 @@ def _run_date(value: str | None, option: str) -> date | None:
     return day
 
 
+def _reason(text: str) -> str:
+    """A decision's ``--reason``, refused in one line before anything moves when it holds
+    text shaped like a national ID or phone number: the audit trail keeps reasons, and its
+    guard would otherwise refuse the event halfway through the decision."""
+    from puhui.privacy import find_raw_identifiers
+
+    if kinds := find_raw_identifiers(text):
+        raise PuhuiError(f"--reason holds what looks like a raw {kinds[0]}; the audit trail "
+                         "keeps reasons: say it without the number")
+    return text
+
+
 def _settings() -> Settings:
     """Settings for any command: quiet defaults, and the running Prefect server if there is
     one (said with --verbose; read-only commands never start or import Prefect)."""
@@ -531,6 +543,7 @@ def models_promote(
     always if its gates never ran)."""
     from puhui.registry import promote
 
+    reason = _reason(reason)
     client, runtime = _registry(reconcile=True)
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
     console.print(f"{name}: champion is now v{version} (was "
@@ -542,6 +555,7 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     """Bring the previous champion back."""
     from puhui.registry import rollback
 
+    reason = _reason(reason)
     client, runtime = _registry(reconcile=True)
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
     console.print(f"{name}: champion rolled back from v{current} to v{target}; "
@@ -703,6 +717,7 @@ def quarantine_release(batch: BatchArg, reason: Annotated[str, typer.Option("--r
     """Load a held batch without checking it again (recorded with your reason)."""
     from puhui.ingest.quarantine import release_batch
 
+    reason = _reason(reason)
     runtime, batch_id = _batch_runtime(batch)
     record = release_batch(runtime, batch_id, reason)
     console.print(
@@ -716,6 +731,7 @@ def quarantine_reject(batch: BatchArg, reason: Annotated[str, typer.Option("--re
     """Reject a held batch for good (recorded with your reason)."""
     from puhui.ingest.quarantine import reject_batch
 
+    reason = _reason(reason)
     runtime, batch_id = _batch_runtime(batch)
     record = reject_batch(runtime, batch_id, reason)
     console.print(f"rejected {record.batch_id} ({record.rows:,} rows stay held)")

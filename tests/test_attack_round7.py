@@ -248,3 +248,21 @@ def test_a_file_that_cannot_be_read_now_is_deferred_and_the_others_go_on(
     monkeypatch.setattr(batches, "open_landed_file", real_open)  # permissions fixed
     again = _ingest_payments()
     assert again[locked.name].status == "accepted" and again[fine.name].skipped
+
+
+def test_a_reason_holding_a_phone_is_refused_in_one_line_before_anything_moves(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was "ValueError: audit event ... would record a raw phone number (after 6.5s;
+    --debug shows the traceback)", raised by the audit guard halfway through the decision."""
+    for argv in (
+        ["quarantine", "reject", "mobile_payments-2026", "--reason", f"{PHONE_IN_NAME} says so"],
+        ["quarantine", "release", "x", "--reason", "ID 11010519491231002X confirmed"],
+        ["models", "promote", "credit_risk", "--version", "1", "--reason",
+         f"+86 {PHONE_IN_NAME} asked"],
+        ["models", "rollback", "credit_risk", "--reason", f"call {PHONE_IN_NAME}"],
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("puhui: error: --reason holds what looks like a raw "), err
+        assert len(err.strip().splitlines()) == 1 and not find_raw_identifiers(err)
