@@ -1189,9 +1189,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         err_console.print("puhui: aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except (click.ClickException, typer.TyperException) as exc:
+        # A usage error (typer vendors click: its exceptions are not click's): one line that
+        # names the option ("Invalid value for '--users': ..."), not a crash with a hint.
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err_console.print(f"puhui: error: {scrub_text(message)}")
+        return int(getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
         if debug:
             raise

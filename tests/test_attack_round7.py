@@ -266,3 +266,24 @@ def test_a_reason_holding_a_phone_is_refused_in_one_line_before_anything_moves(
         err = capsys.readouterr().err
         assert err.startswith("puhui: error: --reason holds what looks like a raw "), err
         assert len(err.strip().splitlines()) == 1 and not find_raw_identifiers(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--out", "unused", "--users", "5"],
+         "Invalid value for '--users': Input should be greater than or equal to 100"),
+        (["run", "ingest", "--bogus"], "No such option: --bogus"),
+        (["models", "promote", "credit_risk", "--version", "1"], "Missing option '--reason'."),
+        (["quarantine", "show"], "Missing argument 'BATCH'."),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_option(
+    argv: list[str], message: str, puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Typer vendors click, so its usage errors were not click's: each was reported as a
+    crash ("BadParameter: Input should be ... (after 0.2s; --debug shows the traceback)")
+    without the option's name."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"puhui: error: {message}\n" and not captured.out
