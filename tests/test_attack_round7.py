@@ -287,3 +287,43 @@ def test_usage_errors_are_one_line_naming_the_option(
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err == f"puhui: error: {message}\n" and not captured.out
+
+
+def test_identifiers_in_free_text_are_masked_at_the_door_and_held_in_keys(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A phone typed into a co-operative's name (GBK, next to Chinese text) and an ID in
+    it were loaded raw into raw_agri_coop: only columns whose suite happens to check a set
+    of values held them."""
+    from puhui.identifiers import national_id_check_digit
+
+    def national_id(i: int) -> str:
+        body = f"11010519800101{i:03d}"
+        return body + national_id_check_digit(body)
+
+    folder = landing / "agri_coop" / DAY.isoformat()
+    folder.mkdir(parents=True)
+    header = "member_national_id,coop_name,crop,acreage_mu,harvest_sales_yuan,subsidy_yuan,"
+    rows = [f"{national_id(i)},合作社,玉米,12.5,1000,50,2026-09" for i in range(5)]
+    rows[1] = rows[1].replace("合作社", f"张三{PHONE_IN_NAME}合作社")
+    rows[2] = rows[2].replace("合作社", f"联系{national_id(9)}社")
+    (folder / "agri_coop_1.csv").write_bytes(
+        "\n".join([header + "record_month", *rows, ""]).encode("gbk"))
+    keyed = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    keyed.write_bytes(_payments(1).replace(b"T0001000000000001", PHONE_IN_NAME.encode()))
+
+    from puhui.ingest.feeds import ingest_all_feeds
+
+    runtime = open_runtime()
+    outcomes = {f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(runtime, DAY)
+                for f in r.files}
+    coop = outcomes["agri_coop_1.csv"]
+    assert (coop.status, coop.rows_loaded) == ("accepted", 5)
+    assert coop.warnings == ["identifier-shaped text masked in coop_name: 2 value(s)"]
+    with runtime.engine.connect() as conn:
+        names = conn.execute(text("SELECT coop_name FROM raw_agri_coop")).scalars().all()
+    assert sorted(names)[-2:] == ["张三[identifier masked]合作社", "联系[identifier masked]社"]
+    assert not find_raw_identifiers("\n".join(names))
+    held = outcomes["mobile_payments_1.csv"]
+    assert held.status == "quarantined"
+    assert "identifier-shaped value(s) in key column txn_id" in (held.reason or "")

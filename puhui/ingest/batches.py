@@ -73,7 +73,13 @@ from puhui.ingest.reading import (
     open_landed_file,
 )
 from puhui.landing import LandedFile
-from puhui.privacy import mask_identifiers_in_column, printable, safe_name, scrub_text
+from puhui.privacy import (
+    count_identifiers_in_column,
+    mask_identifiers_in_column,
+    printable,
+    safe_name,
+    scrub_text,
+)
 from puhui.runtime import Runtime
 from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
@@ -117,6 +123,7 @@ class PreparedChunk:
     stored: pa.Table
     checks: dict[str, pa.Array]
     row_numbers: np.ndarray
+    masked: dict[str, int] = field(default_factory=dict)  # identifier-shaped values masked
 
     def take(self, mask: np.ndarray) -> PreparedChunk:
         selector = pa.array(mask)
@@ -124,6 +131,7 @@ class PreparedChunk:
             self.stored.filter(selector),
             {k: v.filter(selector) for k, v in self.checks.items()},
             self.row_numbers[mask],
+            self.masked,
         )
 
 
@@ -233,14 +241,25 @@ def prepare_chunk(
     """Type ``raw`` per contract, replace identifiers by pseudonyms, add check columns.
 
     ``cache`` (one per file) reuses the pseudonyms of identifiers met in earlier chunks.
+    Identifier-shaped text in any other text column (a phone typed into a co-operative's
+    name) is masked at the door, counted in ``masked``; in a key column it cannot be
+    masked without merging rows, so the file is held.
     """
     typed = coerce_to_contract(raw, feed)
-    arrays, names, checks = [], [], {}
+    arrays, names, checks, masked = [], [], {}, {}
     for stored_name, column in stored_columns(feed):
         values = typed[column.name]
         if column.treatment == "pseudonymize":
             values, valid = pseudonymize_ids(values, column.pii, key, cache)
             checks[f"_valid_{stored_name}"] = valid
+        elif pa.types.is_string(values.type) and (found := count_identifiers_in_column(values)):
+            if column.name in feed.primary_key:
+                raise ContractViolation(
+                    f"identifier-shaped value(s) in key column {column.name}: a key cannot "
+                    "be masked without merging rows"
+                )
+            values = mask_identifiers_in_column(values)
+            masked[stored_name] = found
         arrays.append(values)
         names.append(stored_name)
     if feed.event_time:
@@ -251,7 +270,7 @@ def prepare_chunk(
             late = pc.greater_equal(event, pa.scalar(delivery_end, pa.timestamp("us", tz="UTC")))
         checks["_after_delivery"] = late
     row_numbers = np.arange(first_row, first_row + raw.num_rows, dtype=np.int64)
-    return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers)
+    return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers, masked)
 
 
 def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
@@ -677,6 +696,7 @@ class FileIngestor:
     ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
         rows = loaded = dropped = expectations_run = 0
+        masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
         with self.runtime.engine.begin() as conn:
@@ -702,6 +722,7 @@ class FileIngestor:
                 for chunk, chunk_rows, chunk_dropped in ahead:
                     rows += chunk_rows
                     dropped += chunk_dropped
+                    masked.update(chunk.masked)
                     validations.append(
                         _VALIDATION_POOL.submit(
                             self.validator.validate_frame,
@@ -726,6 +747,10 @@ class FileIngestor:
                     f"duplicate rows: {dropped:,} row(s) repeat a primary key "
                     f"({', '.join(self.feed.primary_key)}); first kept"
                 )
+            warnings += [
+                f"identifier-shaped text masked in {name}: {count:,} value(s)"
+                for name, count in sorted(masked.items())
+            ]
             warnings += [f.description for f in failures]
             warnings = [scrub_text(w) for w in warnings]
             warning_items = [{"message": w} for w in warnings]
