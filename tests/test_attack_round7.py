@@ -327,3 +327,26 @@ def test_identifiers_in_free_text_are_masked_at_the_door_and_held_in_keys(
     held = outcomes["mobile_payments_1.csv"]
     assert held.status == "quarantined"
     assert "identifier-shaped value(s) in key column txn_id" in (held.reason or "")
+
+
+def test_a_held_file_changing_while_its_copy_is_written_keeps_no_copy(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release loads the quarantine copy: a copy of bytes other than the checksummed ones
+    would load a file nobody validated."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1).replace(b"BILL_PAY", b"NOT_A_TYPE"))  # critical: held
+    real_copy = FileIngestor._write_quarantine_copy
+
+    def copy_then_partner_rewrites(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
+        written = real_copy(self, handle, landed, batch_id)
+        path.write_bytes(_payments(1, rows=8))
+        return written
+
+    monkeypatch.setattr(FileIngestor, "_write_quarantine_copy", copy_then_partner_rewrites)
+    held = _ingest_payments()[path.name]
+    assert held.status == "quarantined" and "no quarantine copy: changed while being read" in (
+        held.reason or "")
+    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
+    monkeypatch.setattr(FileIngestor, "_write_quarantine_copy", real_copy)
+    assert _ingest_payments()[path.name].status == "accepted"  # the new bytes, a new batch

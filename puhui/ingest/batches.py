@@ -862,6 +862,12 @@ class FileIngestor:
                 copy = None
             if copy is not None and not copy.exists():
                 copy = None
+            if copy is not None and changed_since_opened(handle):
+                # A release would load bytes the checksum does not name: no copy; the next
+                # run reads the file as it is then, as a new batch.
+                copy.unlink()
+                copy = None
+                reason += f" (no quarantine copy: {CHANGED_WHILE_READ})"
         if rows is None:
             rows = count_parsed_rows(handle, self.feed)  # records, as the parser reads them
         failures = failures or []
