@@ -350,3 +350,26 @@ def test_a_held_file_changing_while_its_copy_is_written_keeps_no_copy(
     assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
     monkeypatch.setattr(FileIngestor, "_write_quarantine_copy", real_copy)
     assert _ingest_payments()[path.name].status == "accepted"  # the new bytes, a new batch
+
+
+@pytest.mark.parametrize(
+    ("declared", "wrong", "message"),
+    [
+        ("primary_key: [txn_id]", "primary_key: [txn]", "primary_key 'txn'"),
+        ("event_time: txn_time", "event_time: txn_tme", "event_time 'txn_tme'"),
+    ],
+)
+def test_a_key_naming_no_column_says_which_feed_and_which_key(
+    tmp_path: Path, declared: str, wrong: str, message: str
+) -> None:
+    """It said "partners.3: Value error, 'txn' is not a declared column": an index, no key."""
+    from puhui.config import load_config_file
+    from puhui.errors import PuhuiError
+    from puhui.settings import repo_root
+
+    path = tmp_path / "partners.yaml"
+    path.write_text((repo_root() / "configs" / "partners.yaml").read_text().replace(
+        declared, wrong, 1))
+    with pytest.raises(PuhuiError, match=f"feed 'mobile_payments': {message} is not a "
+                                         "declared column"):
+        load_config_file(path, PartnersConfig)
