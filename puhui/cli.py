@@ -23,7 +23,7 @@ from rich.text import Text
 
 from puhui import console as report
 from puhui.errors import PuhuiError
-from puhui.privacy import scrub_text
+from puhui.privacy import printable, scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
 
 console = Console(highlight=False, soft_wrap=True)
@@ -66,6 +66,31 @@ def _parse_date(value: str | None, option: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise PuhuiError(f"{option} must be a date YYYY-MM-DD, not {value!r}") from None
+
+
+def _run_date(value: str | None, option: str) -> date | None:
+    """A date a pipeline run is for: parsed, and not after today in the lender's timezone
+    (a run for a day that has not come would advance watermarks and profiles past it)."""
+    from puhui.dates import LENDER_TIMEZONE, today_local
+
+    day = _parse_date(value, option)
+    today = today_local()
+    if day is not None and day > today:
+        raise PuhuiError(f"{option} {day} is in the future (today is {today} in "
+                         f"{LENDER_TIMEZONE.key}): no data can have landed for it")
+    return day
+
+
+def _reason(text: str) -> str:
+    """A decision's ``--reason``, refused in one line before anything moves when it holds
+    text shaped like a national ID or phone number: the audit trail keeps reasons, and its
+    guard would otherwise refuse the event halfway through the decision."""
+    from puhui.privacy import find_raw_identifiers
+
+    if kinds := find_raw_identifiers(text):
+        raise PuhuiError(f"--reason holds what looks like a raw {kinds[0]}; the audit trail "
+                         "keeps reasons: say it without the number")
+    return text
 
 
 def _settings() -> Settings:
@@ -175,7 +200,7 @@ def run_daily(as_of: AsOf = None) -> None:
     """The daily pipeline flow."""
     from puhui.pipeline import run_daily_pipeline
 
-    day = _parse_date(as_of, "--as-of")
+    day = _run_date(as_of, "--as-of")
     _flow_settings()
     summary = run_daily_pipeline(day)
     console.print(summary["line"], markup=False)
@@ -188,9 +213,13 @@ def run_ingest(
     json_: JsonFlag = False,
 ) -> None:
     """Ingest and validate landed partner files (one line per file, then a summary)."""
-    day = _parse_date(as_of, "--as-of")
+    day = _run_date(as_of, "--as-of")
     from puhui.pipeline import run_ingest_flow
 
+    if partner is not None:  # a typo is one line now, not a failed flow run after Prefect starts
+        from puhui.config import PartnersConfig, load_config
+
+        load_config(load_settings().config_dir, PartnersConfig).get(partner)
     _flow_settings()
     summary = run_ingest_flow(day, partner)
     if json_:
@@ -237,7 +266,7 @@ def run_train(
     from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
-    day = _parse_date(as_of, "--as-of")
+    day = _run_date(as_of, "--as-of")
     _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None
@@ -260,7 +289,7 @@ def run_profiles(as_of: AsOf = None, json_: JsonFlag = False) -> None:
     from puhui.pipeline import run_profiles_flow
 
     _settings()
-    summary = run_profiles_flow(_parse_date(as_of, "--as-of"))
+    summary = run_profiles_flow(_run_date(as_of, "--as-of"))
     if json_:
         _print_json(summary)
         return
@@ -273,7 +302,7 @@ def run_report(as_of: AsOf = None, json_: JsonFlag = False) -> None:
     from puhui.pipeline import run_report_flow
 
     _settings()
-    summary = run_report_flow(_parse_date(as_of, "--as-of"))
+    summary = run_report_flow(_run_date(as_of, "--as-of"))
     if json_:
         _print_json(summary)
     else:
@@ -289,7 +318,7 @@ def backfill(
     force: Annotated[bool, typer.Option("--force", help="Re-run dates already completed.")] = False,
 ) -> None:
     """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
-    first, last = _parse_date(start, "--start"), _parse_date(end, "--end")
+    first, last = _parse_date(start, "--start"), _run_date(end, "--end")
     assert first and last
     if first > last:
         raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
@@ -523,6 +552,7 @@ def models_promote(
     always if its gates never ran)."""
     from puhui.registry import promote
 
+    reason = _reason(reason)
     client, runtime = _registry_to_change()
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
     console.print(f"{name}: champion is now v{version} (was "
@@ -534,6 +564,7 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     """Bring the previous champion back."""
     from puhui.registry import rollback
 
+    reason = _reason(reason)
     client, runtime = _registry_to_change()
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
     console.print(f"{name}: champion rolled back from v{current} to v{target}; "
@@ -625,7 +656,7 @@ def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
                                 else "")
     out = [f"batch {found['batch_id']}: {found['partner']}, delivered "
            f"{found['delivery_date']}, {status}",
-           f"  file {found['source_path']} (sha256 {found['checksum'][:16]})",
+           f"  file {printable(found['source_path'])} (sha256 {found['checksum'][:16]})",
            f"  rows {found['rows']:,}: loaded {found['rows_loaded']:,}, held "
            f"{found['rows_held']:,}, duplicate {found['rows_duplicate']:,}",
            f"  reason: {found['reason'] or '-'}"]
@@ -695,6 +726,7 @@ def quarantine_release(batch: BatchArg, reason: Annotated[str, typer.Option("--r
     """Load a held batch without checking it again (recorded with your reason)."""
     from puhui.ingest.quarantine import release_batch
 
+    reason = _reason(reason)
     runtime, batch_id = _batch_runtime(batch)
     record = release_batch(runtime, batch_id, reason)
     console.print(
@@ -708,6 +740,7 @@ def quarantine_reject(batch: BatchArg, reason: Annotated[str, typer.Option("--re
     """Reject a held batch for good (recorded with your reason)."""
     from puhui.ingest.quarantine import reject_batch
 
+    reason = _reason(reason)
     runtime, batch_id = _batch_runtime(batch)
     record = reject_batch(runtime, batch_id, reason)
     console.print(f"rejected {record.batch_id} ({record.rows:,} rows stay held)")
@@ -962,10 +995,10 @@ def profiles_explain(
     )
     from puhui.runtime import open_runtime
 
+    day = _parse_date(as_of, "--as-of")
     runtime = open_runtime(_settings())
     person = resolve_person_key(runtime.engine, key, runtime.settings.pseudonym_key)
     del key  # the raw value goes no further than the hash
-    day = _parse_date(as_of, "--as-of")
     models = load_config(runtime.settings.config_dir, SegmentsConfig).profile.models
     found = explanation(read_profile(runtime.engine, person, day), models.get("risk", "risk"))
     runtime.audit.record(runtime.engine, ACCESS_ACTION, f"profile/{person}", {
@@ -1171,9 +1204,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         err_console.print("puhui: aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except (click.ClickException, typer.TyperException) as exc:
+        # A usage error (typer vendors click: its exceptions are not click's): one line that
+        # names the option ("Invalid value for '--users': ..."), not a crash with a hint.
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err_console.print(f"puhui: error: {scrub_text(message)}")
+        return int(getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
         if debug:
             raise

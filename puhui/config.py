@@ -144,9 +144,12 @@ class PartnerFeed(StrictModel):
         names = [c.name for c in self.columns]
         if len(names) != len(set(names)):
             raise ValueError("column names must be unique")
-        for key in [*self.primary_key, *([self.event_time] if self.event_time else [])]:
-            if key not in names:
-                raise ValueError(f"{key!r} is not a declared column")
+        named = [("primary_key", k) for k in self.primary_key]
+        named += [("event_time", self.event_time)] if self.event_time else []
+        for field_name, key in named:
+            if key not in names:  # the index in the error's path does not say which feed
+                raise ValueError(
+                    f"feed {self.name!r}: {field_name} {key!r} is not a declared column")
         stored = [c.stored_name for c in self.columns if c.stored_name]
         if len(stored) != len(set(stored)):
             raise ValueError("two columns would be stored under the same name")

@@ -2,9 +2,10 @@
 
 Files land as ``<location>/<YYYY-MM-DD>/<file>`` per feed; a location is a local path or any
 fsspec URL. Discovery only lists; it never moves or modifies a landed file. A symbolic link
-(or any other entry that is not a regular file) matching the pattern is listed too, with
-its ``kind``: ingestion records it as held without following it, so nothing that landed
-goes unrecorded.
+(a directory, or any other entry that is not a regular file) matching the pattern is listed
+too, with its ``kind``: ingestion records it as held without following or reading it, so
+nothing that landed goes unrecorded (a folder ``orders_1.parquet/`` of part files is not
+silently skipped).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class LandedFile:
     path: str  # full path or URL as fsspec reports it
     delivery_date: date
     size: int
-    kind: str = "file"  # "file", or "symlink" / "special": recorded, never read
+    kind: str = "file"  # "file", or "symlink" / "directory" / "special": recorded, never read
 
 
 def feed_location(feed: PartnerFeed, landing: str) -> str:
@@ -45,11 +46,9 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
     found: list[LandedFile] = []
     for path, info in sorted(fs.glob(pattern, detail=True).items()):
         kind = info.get("type", "file")
-        if kind == "directory":
-            continue
         if info.get("islink"):
             kind = "symlink"
-        elif kind != "file":
+        elif kind not in ("file", "directory"):
             kind = "special"
         folder = path.rstrip("/").split("/")[-2]
         try:

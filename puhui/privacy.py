@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 # Not after a letter or digit, nor after "<digit>." (the fraction of a float: 0.0123...).
@@ -61,12 +62,31 @@ def mask_shape(value: object, limit: int = SHAPE_LIMIT) -> str:
     return head
 
 
-def scrub_text(text: str) -> str:
-    """``text`` with every identifier-shaped substring replaced by its masked shape."""
+def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
+    """``text`` with every identifier-shaped substring ``s`` replaced by ``replace(s)``."""
     if not text:
         return text
-    text = _NATIONAL_ID.sub(lambda m: mask_shape(m.group()), text)
-    return _MOBILE_PHONE.sub(lambda m: mask_shape(m.group()), text)
+    text = _NATIONAL_ID.sub(lambda m: replace(m.group()), text)
+    return _MOBILE_PHONE.sub(lambda m: replace(m.group()), text)
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with every identifier-shaped substring replaced by its masked shape."""
+    return replace_identifiers(text, mask_shape)
+
+
+# C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` (a landed file's name, say) as one inert terminal line: identifier-shaped
+    text masked, every control character shown as ``\\xNN``.
+
+    A file name is chosen by whoever landed the file: a line break in it would forge an
+    output line, an escape sequence would drive the operator's terminal.
+    """
+    return _ANY_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", scrub_text(text))
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -140,6 +160,33 @@ _RE2_IDENTIFIERS = (
     _RE2_EDGE_BEFORE + r"(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}" + _RE2_EDGE_AFTER,
 )
 MASKED_IDENTIFIER = "[identifier masked]"
+
+
+_SHORTEST_IDENTIFIER = 11  # a mobile number's digits; a national ID has 18
+
+
+_RE2_ANY_IDENTIFIER = (
+    _RE2_EDGE_BEFORE
+    + r"(?:\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]|(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2})"
+    + _RE2_EDGE_AFTER
+)
+
+
+def count_identifiers_in_column(values: Any) -> int:
+    """How many values of a string Arrow array hold identifier-shaped text, vectorized.
+
+    A column whose values are all shorter than a phone number (codes, categories) is
+    answered from the lengths alone, without a regex pass.
+    """
+    import pyarrow.compute as pc
+
+    if len(values) == 0 or values.null_count == len(values):
+        return 0
+    if (pc.max(pc.utf8_length(values)).as_py() or 0) < _SHORTEST_IDENTIFIER:
+        return 0
+    # One pass with both shapes (half the time of one pass per shape: ~0.4 s per 1M
+    # 17-character ids at load 8).
+    return int(pc.sum(pc.match_substring_regex(values, _RE2_ANY_IDENTIFIER)).as_py() or 0)
 
 
 def mask_identifiers_in_column(values: Any) -> Any:

@@ -35,6 +35,7 @@ QUIET_ENVIRONMENT: dict[str, str] = {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # no INFO lines about creating its store tables
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # `models show` printed a download bar
     "DO_NOT_TRACK": "1",
     "TQDM_DISABLE": "1",
 }

@@ -53,7 +53,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 
 def ingest_markdown(summary: dict) -> str:
     """Per feed: files by outcome, rows, lateness; then the totals line."""
-    statuses = ("accepted", "quarantined", "rejected", "duplicate", "skipped")
+    statuses = ("accepted", "quarantined", "rejected", "duplicate", "deferred", "skipped")
     rows = []
     for feed in summary["feeds"]:
         counts = feed["counts"]

@@ -55,19 +55,31 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
-from puhui.ingest.pseudonymize import PseudonymCache, pseudonymize_ids
+from puhui.ingest.pseudonymize import (
+    PseudonymCache,
+    pseudonymize_ids,
+    pseudonymize_text_identifiers,
+)
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
     FileHandle,
     UnreadableFile,
+    changed_since_opened,
     check_text_bytes,
     count_parsed_rows,
     file_columns,
     iter_file_chunks,
+    landed_fs,
     open_landed_file,
 )
 from puhui.landing import LandedFile
-from puhui.privacy import mask_identifiers_in_column, safe_name, scrub_text
+from puhui.privacy import (
+    count_identifiers_in_column,
+    mask_identifiers_in_column,
+    printable,
+    safe_name,
+    scrub_text,
+)
 from puhui.runtime import Runtime
 from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
@@ -92,7 +104,7 @@ class FileOutcome:
     skipped: bool = False  # already in the ledger from an earlier run
 
     def line(self) -> str:
-        name = self.path.rsplit("/", 1)[-1]
+        name = printable(self.path.rsplit("/", 1)[-1])  # the name is the sender's choice
         state = self.status + (" (earlier run)" if self.skipped else "")
         text = (
             f"{self.partner:<18} {name:<44} {self.rows:>9,} rows  {state:<24} {self.seconds:5.2f}s"
@@ -111,6 +123,7 @@ class PreparedChunk:
     stored: pa.Table
     checks: dict[str, pa.Array]
     row_numbers: np.ndarray
+    masked: dict[str, int] = field(default_factory=dict)  # identifier-shaped values masked
 
     def take(self, mask: np.ndarray) -> PreparedChunk:
         selector = pa.array(mask)
@@ -118,6 +131,7 @@ class PreparedChunk:
             self.stored.filter(selector),
             {k: v.filter(selector) for k, v in self.checks.items()},
             self.row_numbers[mask],
+            self.masked,
         )
 
 
@@ -172,6 +186,12 @@ def check_header(columns: list[str], feed: PartnerFeed) -> None:
         )
     declared = {c.name for c in feed.columns}
     if columns and not declared.intersection(columns):
+        padded = sorted(declared.intersection(c.strip() for c in columns))
+        if padded:  # a header after all, its names wrapped in spaces (not a data line)
+            raise ContractViolation(
+                "header names padded with spaces (" + ", ".join(padded[:5])
+                + "): names must match the contract exactly"
+            )
         # The first line is data: its fields are values (they may be IDs), never printed.
         raise ContractViolation(
             f"no header line: none of the {len(columns)} field(s) of the first line "
@@ -190,6 +210,16 @@ def unexpected_failure_reason(exc: BaseException) -> str:
         f"unreadable: unexpected {type(exc).__name__}{where} while reading, typing, "
         "validating or loading the file (message withheld: it may quote the file)"
     )
+
+
+class _ChangedWhileRead(Exception):
+    """The file's size or time changed between its fingerprint and the end of its load."""
+
+
+CHANGED_WHILE_READ = (
+    "changed while being read (still being written, or replaced): nothing loaded; "
+    "the next run reads the file as it is then"
+)
 
 
 class _Held(Exception):
@@ -211,14 +241,25 @@ def prepare_chunk(
     """Type ``raw`` per contract, replace identifiers by pseudonyms, add check columns.
 
     ``cache`` (one per file) reuses the pseudonyms of identifiers met in earlier chunks.
+    Identifier-shaped text in any other text column (a phone typed into a co-operative's
+    name) is masked at the door, counted in ``masked``; in a key column it cannot be
+    masked without merging rows, so the file is held.
     """
     typed = coerce_to_contract(raw, feed)
-    arrays, names, checks = [], [], {}
+    arrays, names, checks, masked = [], [], {}, {}
     for stored_name, column in stored_columns(feed):
         values = typed[column.name]
         if column.treatment == "pseudonymize":
             values, valid = pseudonymize_ids(values, column.pii, key, cache)
             checks[f"_valid_{stored_name}"] = valid
+        elif pa.types.is_string(values.type) and (found := count_identifiers_in_column(values)):
+            if column.name in feed.primary_key:
+                raise ContractViolation(
+                    f"identifier-shaped value(s) in key column {column.name}: a key cannot "
+                    "be masked without merging rows"
+                )
+            values = mask_identifiers_in_column(values)
+            masked[stored_name] = found
         arrays.append(values)
         names.append(stored_name)
     if feed.event_time:
@@ -229,7 +270,7 @@ def prepare_chunk(
             late = pc.greater_equal(event, pa.scalar(delivery_end, pa.timestamp("us", tz="UTC")))
         checks["_after_delivery"] = late
     row_numbers = np.arange(first_row, first_row + raw.num_rows, dtype=np.int64)
-    return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers)
+    return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers, masked)
 
 
 def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
@@ -483,13 +524,14 @@ class FileIngestor:
             handle = self._not_regular_handle(landed)
         else:
             handle = open_landed_file(landed.path)
+        stored_path = self.stored_path(landed.path)
         batch_id = ledger.make_batch_id(
-            self.feed.name, landed.delivery_date, landed.path, handle.checksum
+            self.feed.name, landed.delivery_date, stored_path, handle.checksum
         )
         base = {
             "batch_id": batch_id,
             "partner": self.feed.name,
-            "path": landed.path,
+            "path": stored_path,
             "delivery_date": landed.delivery_date.isoformat(),
         }
         outcome = None
@@ -512,18 +554,21 @@ class FileIngestor:
             {
                 "batch_id": batch_id,
                 "partner": self.feed.name,
-                "path": landed.path,
+                "path": self.stored_path(landed.path),
                 "delivery_date": landed.delivery_date.isoformat(),
             }
         )
 
-    @staticmethod
-    def _not_regular_handle(landed: LandedFile) -> FileHandle:
-        """A handle for an entry that is never opened (a symlink may point anywhere)."""
-        import fsspec
+    def stored_path(self, path: str) -> str:
+        """``path`` as the ledger, outcomes and output keep it: an identifier in a file's
+        name is replaced by its keyed hash (the ledger is read by BI; output is logged)."""
+        return pseudonymize_text_identifiers(path, self.key)
 
-        fs, path = fsspec.core.url_to_fs(landed.path)
-        fingerprint = hashlib.sha256(f"{landed.kind}\0{path}".encode()).hexdigest()
+    def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
+        """A handle for an entry that is never opened (a symlink may point anywhere)."""
+        fs, path = landed_fs(landed.path)
+        named = self.stored_path(path)
+        fingerprint = hashlib.sha256(f"{landed.kind}\0{named}".encode()).hexdigest()
         return FileHandle(fs, path, 0, fingerprint)
 
     def _ingest_new(
@@ -533,7 +578,9 @@ class FileIngestor:
         if ledger.get_batch(engine, base["batch_id"]):
             return None
         if landed.kind != "file":
-            kind = "symbolic link" if landed.kind == "symlink" else "special file"
+            kind = {"symlink": "symbolic link", "directory": "directory"}.get(
+                landed.kind, "special file"
+            )
             reason = f"not a regular file ({kind}): not followed, not read"
             return self._hold(handle, landed, base, reason, copy_rows=False, rows=0)
         if handle.size == 0:
@@ -554,9 +601,21 @@ class FileIngestor:
             if check.missing or (check.extra and self.feed.extra_columns == "hold"):
                 raise ContractViolation(check.describe())
             warnings = [check.describe_extra()] if check.extra else []
+            earlier = ledger.loaded_batch_at_path(engine, self.feed.name, base["path"])
+            if earlier is not None:
+                # Appended to or replaced after its rows were loaded: loading this version
+                # too would load those rows twice. Held whole, for a person to decide.
+                reason = (
+                    f"rewritten after batch {earlier.batch_id} loaded this path "
+                    f"({earlier.rows:,} rows): held so no row is loaded twice; release "
+                    "loads this version as well, reject drops it"
+                )
+                return self._hold(handle, landed, base, reason, copy_rows=True)
             return self._load(handle, landed, base, columns, warnings)
         except (UnreadableFile, ContractViolation) as exc:
             return self._hold(handle, landed, base, str(exc), copy_rows=False)
+        except _ChangedWhileRead:
+            return self._hold(handle, landed, base, CHANGED_WHILE_READ, copy_rows=False)
         except _Held as held:
             reason = "critical: " + "; ".join(f.description for f in held.failures)
             return self._hold(
@@ -582,7 +641,7 @@ class FileIngestor:
         return {
             "batch_id": base["batch_id"],
             "partner": self.feed.name,
-            "source_path": landed.path,
+            "source_path": base["path"],
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,
@@ -637,6 +696,7 @@ class FileIngestor:
     ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
         rows = loaded = dropped = expectations_run = 0
+        masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
         with self.runtime.engine.begin() as conn:
@@ -662,6 +722,7 @@ class FileIngestor:
                 for chunk, chunk_rows, chunk_dropped in ahead:
                     rows += chunk_rows
                     dropped += chunk_dropped
+                    masked.update(chunk.masked)
                     validations.append(
                         _VALIDATION_POOL.submit(
                             self.validator.validate_frame,
@@ -676,6 +737,8 @@ class FileIngestor:
                     del chunk, records  # the reader's next chunk may take their memory
                     settle(keep=1)  # at most one chunk's validation outstanding
                 settle(keep=0)
+                if changed_since_opened(handle):
+                    raise _ChangedWhileRead()  # rolls the load back with the transaction
             finally:
                 for pending in validations:
                     pending.cancel()  # the load is failing: queued validations are moot
@@ -684,6 +747,10 @@ class FileIngestor:
                     f"duplicate rows: {dropped:,} row(s) repeat a primary key "
                     f"({', '.join(self.feed.primary_key)}); first kept"
                 )
+            warnings += [
+                f"identifier-shaped text masked in {name}: {count:,} value(s)"
+                for name, count in sorted(masked.items())
+            ]
             warnings += [f.description for f in failures]
             warnings = [scrub_text(w) for w in warnings]
             warning_items = [{"message": w} for w in warnings]
@@ -795,6 +862,12 @@ class FileIngestor:
                 copy = None
             if copy is not None and not copy.exists():
                 copy = None
+            if copy is not None and changed_since_opened(handle):
+                # A release would load bytes the checksum does not name: no copy; the next
+                # run reads the file as it is then, as a new batch.
+                copy.unlink()
+                copy = None
+                reason += f" (no quarantine copy: {CHANGED_WHILE_READ})"
         if rows is None:
             rows = count_parsed_rows(handle, self.feed)  # records, as the parser reads them
         failures = failures or []

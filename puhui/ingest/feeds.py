@@ -19,6 +19,7 @@ from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
 from puhui.ingest.batches import FileIngestor, FileOutcome
+from puhui.ingest.reading import landed_fs
 from puhui.landing import LandedFile, is_delivery_expected, list_landed_files
 from puhui.runtime import Runtime
 
@@ -74,6 +75,30 @@ def _lookback_days(runtime: Runtime, feed: PartnerFeed) -> int:
         return DEFAULT_LOOKBACK_DAYS
 
 
+DEFERRED = "deferred"  # not readable now: no ledger row yet, tried again by the next run
+
+
+def _is_the_landed_file(exc: OSError, landed: LandedFile) -> bool:
+    return exc.filename is not None and str(exc.filename) == landed_fs(landed.path)[1]
+
+
+def _deferred(ingestor: FileIngestor, landed: LandedFile, exc: OSError) -> FileOutcome:
+    """One file the pipeline may not read (a partner's upload left mode 0600) or that went
+    away after it was listed: the feed's other files go on, and it is reported and tried
+    again by the next run. Holding it would record its path and size as decided, and a
+    fixed permission would never be seen."""
+    why = "permission denied" if isinstance(exc, PermissionError) else "gone since listed"
+    return FileOutcome(
+        batch_id="-",
+        partner=landed.partner,
+        path=ingestor.stored_path(landed.path),
+        delivery_date=landed.delivery_date.isoformat(),
+        status=DEFERRED,
+        rows=0,
+        reason=f"not readable now ({why}): nothing recorded; the next run tries it again",
+    )
+
+
 def ingest_feed(
     runtime: Runtime,
     feed: PartnerFeed,
@@ -92,13 +117,18 @@ def ingest_feed(
     recent = watermark - timedelta(days=RECENT_DAYS) if watermark else None
     outcomes = []
     for landed in files:
-        known = seen.get(landed.path)
+        known = seen.get(ingestor.stored_path(landed.path))
         if known is not None and (landed.kind != "file" or known[0] == landed.size):
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known[1])
         else:
-            outcome = ingestor.ingest(landed)
+            try:
+                outcome = ingestor.ingest(landed)
+            except (PermissionError, FileNotFoundError) as exc:
+                if not _is_the_landed_file(exc, landed):
+                    raise  # the machinery (a store, a folder of ours): stop and retry
+                outcome = _deferred(ingestor, landed, exc)
         outcomes.append(outcome)
         if on_file:
             on_file(outcome)

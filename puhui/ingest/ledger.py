@@ -97,6 +97,26 @@ def get_content_owner(
     return BatchRecord.from_row(row) if row else None
 
 
+def loaded_batch_at_path(engine: Engine, partner: str, source_path: str) -> BatchRecord | None:
+    """The feed's batch whose rows were loaded from ``source_path`` (accepted or released).
+
+    A file rewritten at a loaded path (appended to, or replaced) must not load its rows a
+    second time unseen: ingestion holds the new version for a decision.
+    """
+    query = (
+        select(ingest_batches)
+        .where(
+            ingest_batches.c.partner == partner,
+            ingest_batches.c.source_path == source_path,
+            ingest_batches.c.status.in_(("accepted", "released")),
+        )
+        .order_by(ingest_batches.c.landed_at.desc())
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return BatchRecord.from_row(row) if row else None
+
+
 def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, tuple[int, str]]:
     """``source_path -> (bytes, batch_id)`` of the feed's ledger rows delivered after ``since``.
 
@@ -108,6 +128,8 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, tu
     ).where(ingest_batches.c.partner == partner)
     if since is not None:
         query = query.where(ingest_batches.c.delivery_date > since)
+    # A path rewritten in place has a row per version: the newest one says what is there now.
+    query = query.order_by(ingest_batches.c.landed_at)
     with engine.connect() as conn:
         return {r.source_path: (r.bytes or 0, r.batch_id) for r in conn.execute(query)}
 

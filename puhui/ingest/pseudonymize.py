@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from puhui.errors import PuhuiError
 from puhui.identifiers import normalize_phones, valid_national_id_mask
+from puhui.privacy import replace_identifiers
 
 IdentifierKind = Literal["national_id", "phone"]
 
@@ -30,6 +31,18 @@ def pseudonym_key_bytes(key: str | None) -> bytes:
     if not key or not key.strip():
         raise PuhuiError("PUHUI_PSEUDONYM_KEY is not set: refusing to ingest personal data")
     return key.encode("utf-8")
+
+
+def pseudonymize_text_identifiers(text: str, key: bytes) -> str:
+    """``text`` (a landed file's path) with each identifier-shaped substring replaced by
+    ``~`` and 12 hex of its keyed hash.
+
+    A partner may name a file after a customer (``statement_13812345678.csv``); the ledger
+    keeps the name without the number, still unique and the same on every run, so the
+    ledger finds the file again.
+    """
+    digest = hmac_sha256_hex(key, b"text\0")
+    return replace_identifiers(text, lambda found: "~" + digest(found.encode())[:12])
 
 
 def _normalize(values: pa.Array, kind: IdentifierKind) -> tuple[pa.Array, np.ndarray]:

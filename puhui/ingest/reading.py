@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from puhui.config import PartnerFeed
 from puhui.errors import PuhuiError
@@ -48,6 +49,7 @@ class FileHandle:
     checksum: str
     head: bytes = b""  # the first bytes (byte-order marks)
     has_nul: bool = False  # a NUL byte anywhere: never text, and PostgreSQL refuses it
+    stamp: tuple[Any, ...] | None = None  # size and modification time before hashing
 
     @property
     def local_path(self) -> str | None:
@@ -55,9 +57,41 @@ class FileHandle:
         return self.path if "file" in protocol or "local" in protocol else None
 
 
+def landed_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a landed file's ``url``.
+
+    A local path is taken literally: fsspec would read ``::`` in a file name as a chain of
+    filesystems (and ``mobile_payments_a::b.csv`` as a missing file, an error that stops
+    the run instead of holding the file).
+    """
+    if "://" not in url:
+        return LocalFileSystem(), url
+    return fsspec.core.url_to_fs(url)
+
+
+def file_stamp(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, ...]:
+    """Size and modification time as the filesystem reports them (what changes when a
+    partner is still writing the file, or rewrites it)."""
+    info = fs.info(path)
+    modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    return (info.get("size"), str(modified))
+
+
+def changed_since_opened(handle: FileHandle) -> bool:
+    """Whether the file's size or modification time differ from before its fingerprint:
+    the rows read may not be the bytes the checksum names."""
+    if handle.stamp is None:
+        return False
+    try:
+        return file_stamp(handle.fs, handle.path) != handle.stamp
+    except FileNotFoundError:
+        return True  # deleted (or moved away) while being read
+
+
 def open_landed_file(url: str) -> FileHandle:
     """Resolve ``url`` and fingerprint its bytes (SHA-256, streamed)."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = landed_fs(url)
+    stamp = file_stamp(fs, path)
     digest, size, head, has_nul = hashlib.sha256(), 0, b"", False
     with fs.open(path, "rb") as handle:
         while block := handle.read(_HASH_BLOCK):
@@ -66,7 +100,7 @@ def open_landed_file(url: str) -> FileHandle:
             # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
             has_nul = has_nul or b"\0" in block
             size += len(block)
-    return FileHandle(fs, path, size, digest.hexdigest(), head, has_nul)
+    return FileHandle(fs, path, size, digest.hexdigest(), head, has_nul, stamp)
 
 
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}
@@ -294,12 +328,20 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         raise _explain(exc, feed) from None
 
 
+def _header_only(handle: FileHandle) -> bool:
+    """A CSV that is one line without its newline: a header and no rows (Arrow's reader
+    fails on it, "cannot infer number of columns", though with the newline it reads 0 rows)."""
+    with handle.fs.open(handle.path, "rb") as stream:
+        first = stream.readline(1 << 20)
+    return len(first) == handle.size and not first.endswith(b"\n")
+
+
 def iter_file_chunks(
     handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int = READ_BLOCK_BYTES
 ) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of bounded size; read errors become UnreadableFile."""
     if feed.format == "csv":
-        chunks = _iter_csv(handle, feed, header, block_bytes)
+        chunks = iter(()) if _header_only(handle) else _iter_csv(handle, feed, header, block_bytes)
     elif feed.format == "jsonl":
         chunks = _iter_jsonl(handle, header, block_bytes)
     else:

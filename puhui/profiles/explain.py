@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 from sqlalchemy import Engine, MetaData, Table, select
+from sqlalchemy.exc import NoSuchTableError
 
 from puhui.errors import PuhuiError
 from puhui.ingest.pseudonymize import pseudonym_key_bytes, pseudonymize_ids
@@ -25,8 +26,9 @@ PERSON_KEY = re.compile(r"^[0-9a-f]{64}$")
 ACCESS_ACTION = "profiles.explain"
 
 
-def resolve_person_key(engine: Engine, key: str, pseudonym_key: str | None) -> str:
-    """The person_key for ``key``: itself, or the keyed hash of a raw national ID / phone."""
+def resolve_person_key(engine: Engine, key: str, pseudonym_key: str | None) -> str | None:
+    """The person_key for ``key``: itself, or the keyed hash of a raw national ID / phone;
+    None for a phone no customer has (told apart from nobody: see :func:`read_profile`)."""
     if PERSON_KEY.match(key):
         return key
     secret = pseudonym_key_bytes(pseudonym_key)
@@ -36,13 +38,13 @@ def resolve_person_key(engine: Engine, key: str, pseudonym_key: str | None) -> s
             hashed = keys[0].as_py()
             if kind == "national_id":
                 return hashed
-            customers = Table("raw_customers", MetaData(), autoload_with=engine)
+            try:
+                customers = Table("raw_customers", MetaData(), autoload_with=engine)
+            except NoSuchTableError:  # nothing ingested yet: nobody has that phone
+                return None
             with engine.connect() as conn:
-                person = conn.execute(select(customers.c.person_key).where(
+                return conn.execute(select(customers.c.person_key).where(
                     customers.c.phone_key == hashed).limit(1)).scalar()
-            if person is None:
-                raise PuhuiError("no customer with that phone number")
-            return person
     raise PuhuiError("KEY is neither a person_key (64 hex) nor a valid national ID or phone")
 
 
@@ -50,14 +52,22 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def read_profile(engine: Engine, person_key: str, as_of: date | None = None) -> dict[str, Any]:
-    """The current profile, or the one of ``as_of`` from the history."""
+def read_profile(
+    engine: Engine, person_key: str | None, as_of: date | None = None
+) -> dict[str, Any]:
+    """The current profile, or the one of ``as_of`` from the history.
+
+    Every miss (an unknown person_key, ID or phone, a customer without a profile) is the
+    same error: whoever asks with a raw ID or phone must not learn whether it is a customer.
+    """
     table = user_profiles if as_of is None else user_profile_history
-    query = select(table).where(table.c.person_key == person_key)
-    if as_of is not None:
-        query = query.where(table.c.as_of_date == as_of)
-    with engine.connect() as conn:
-        row = conn.execute(query).mappings().first()
+    row = None
+    if person_key is not None:
+        query = select(table).where(table.c.person_key == person_key)
+        if as_of is not None:
+            query = query.where(table.c.as_of_date == as_of)
+        with engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
     if row is None:
         when = f" as of {as_of}" if as_of else ""
         raise PuhuiError(f"no profile for that customer{when} (puhui run profiles)")
