@@ -186,6 +186,37 @@ def test_features_do_not_change_when_the_future_is_removed() -> None:
     pd.testing.assert_frame_equal(a.loc[c.index, features], c)
 
 
+def test_features_kept_for_fewer_windows_are_completed_not_left_blank(
+        risk_templates, puhui_env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Features kept from a run with fewer windows (the seeds bench's cache): the requests
+    they lack are built; they were joined to blanks before."""
+    from puhui.config import FeaturesConfig
+    from puhui.features.builder import feature_catalog
+    from puhui.features.sources import load_source_frames
+    from puhui.recommender.train import build_ranking_set
+    from puhui.warehouse.engine import get_engine
+    from tests.conftest import RISK_AS_OF, risk_env
+
+    engine = get_engine(risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch))
+    config_dir = load_settings().config_dir
+    features = load_config(config_dir, FeaturesConfig)
+    models, products = _configs()
+    spec = models.product_recommender.model_copy(update={"train_windows": 2})
+    frames = load_source_frames(engine, features, date.fromisoformat(RISK_AS_OF))
+
+    def ranking_set(known: pd.DataFrame | None) -> pd.DataFrame:
+        return build_ranking_set(engine, frames, features, spec, models.credit_risk,
+                                 products, features=known).frame
+
+    whole = ranking_set(None)
+    keys = ["person_key", "as_of_date"]
+    columns = [*keys, *(f.name for f in feature_catalog(features))]
+    kept = whole[columns].drop_duplicates(keys)
+    oldest = kept["as_of_date"] == kept["as_of_date"].min()  # the window a shorter run lacks
+    assert oldest.sum() and (~oldest).sum()
+    pd.testing.assert_frame_equal(ranking_set(kept[~oldest])[columns], whole[columns])
+
+
 def test_popularity_features_use_only_older_windows() -> None:
     rows = [{"window": w, "occupation": occ, "product_code": code,
              "relevance": float((w + i) % 3)}

@@ -64,8 +64,8 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     before each window), segments, age and the champion risk grade: ``grade`` maps the
     feature rows (one per customer and as-of date) to grades; None when there is no risk
     champion (then no row has a grade and credit products are ineligible). ``features``:
-    the feature builder's rows of these requests when already built (benchmarks reuse
-    them across runs)."""
+    feature builder rows already built (benchmarks reuse them across runs); the requests
+    they lack are built (``complete_features``)."""
     as_of = frames.as_of
     customers = frames.customers
     events = load_product_events(engine, EVENTS_TABLE, features_spec.timezone, as_of,
@@ -73,8 +73,8 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     frame = build_groups(events, products, spec, as_of)
     require_out_of_time_groups(frame, events, as_of, spec)
     requests = frame[["person_key", "as_of_date"]].drop_duplicates()
-    if features is None:
-        features = build_features(frames, requests, features_spec)
+    features = (build_features(frames, requests, features_spec) if features is None
+                else complete_features(frames, requests, features, features_spec))
     features = features.assign(risk_grade=grade(features) if grade is not None else None)
     frame = frame.merge(features, on=["person_key", "as_of_date"], how="left")
     people = customers.set_index("person_key")
@@ -95,6 +95,21 @@ def build_ranking_set(engine: Engine, frames: SourceFrames, features_spec: Featu
     oot_start = frame.loc[frame["split"] == OOT, "as_of_date"].min()
     batch_ids = set(frames.batch_ids) | set(events["batch_id"])
     return RankingSet(as_of, frame, feature_names, categorical, oot_start, batch_ids)
+
+
+def complete_features(frames: SourceFrames, requests: pd.DataFrame, known: pd.DataFrame,
+                      features_spec: FeaturesConfig) -> pd.DataFrame:
+    """``known`` feature rows plus the rows of ``requests`` (person_key, as_of_date) they
+    lack, built: rows kept from a run with fewer windows must not leave the others' features
+    blank when joined."""
+    keys = ["person_key", "as_of_date"]
+    have = requests[keys].drop_duplicates().merge(
+        known[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    missing = have.loc[have["_merge"] == "left_only", keys]
+    if missing.empty:
+        return known
+    return pd.concat([known, build_features(frames, missing, features_spec)],
+                     ignore_index=True)
 
 
 @dataclass
@@ -139,4 +154,4 @@ def oot_top1(run: RecommenderRun) -> pd.Series:
     return pd.Series(first["product_code"].to_numpy(), index=first["person_key"].to_numpy())
 
 
-__all__ = ["build_ranking_set", "fit_and_evaluate", "oot_top1"]
+__all__ = ["build_ranking_set", "complete_features", "fit_and_evaluate", "oot_top1"]
