@@ -212,14 +212,13 @@ def unexpected_failure_reason(exc: BaseException) -> str:
     )
 
 
-class _ChangedWhileRead(Exception):
-    """The file's size or time changed between its fingerprint and the end of its load."""
+class ChangedWhileRead(Exception):
+    """The file's size or time changed between its fingerprint and the end of its load: the
+    load is rolled back with its ledger row, and the caller defers the file (a partner still
+    uploading it), so the next run reads it whole as one batch."""
 
 
-CHANGED_WHILE_READ = (
-    "changed while being read (still being written, or replaced): nothing loaded; "
-    "the next run reads the file as it is then"
-)
+CHANGED_WHILE_READ = "changed while being read (still being written, or replaced)"
 
 
 class _Held(Exception):
@@ -614,8 +613,8 @@ class FileIngestor:
             return self._load(handle, landed, base, columns, warnings)
         except (UnreadableFile, ContractViolation) as exc:
             return self._hold(handle, landed, base, str(exc), copy_rows=False)
-        except _ChangedWhileRead:
-            return self._hold(handle, landed, base, CHANGED_WHILE_READ, copy_rows=False)
+        except ChangedWhileRead:
+            raise  # nothing recorded: deferred by the caller, read again by the next run
         except _Held as held:
             reason = "critical: " + "; ".join(f.description for f in held.failures)
             return self._hold(
@@ -738,7 +737,7 @@ class FileIngestor:
                     settle(keep=1)  # at most one chunk's validation outstanding
                 settle(keep=0)
                 if changed_since_opened(handle):
-                    raise _ChangedWhileRead()  # rolls the load back with the transaction
+                    raise ChangedWhileRead()  # rolls the load back with the transaction
             finally:
                 for pending in validations:
                     pending.cancel()  # the load is failing: queued validations are moot

@@ -18,7 +18,12 @@ from datetime import date, timedelta
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
-from puhui.ingest.batches import FileIngestor, FileOutcome
+from puhui.ingest.batches import (
+    CHANGED_WHILE_READ,
+    ChangedWhileRead,
+    FileIngestor,
+    FileOutcome,
+)
 from puhui.ingest.reading import landed_fs
 from puhui.landing import LandedFile, is_delivery_expected, list_landed_files
 from puhui.runtime import Runtime
@@ -82,12 +87,13 @@ def _is_the_landed_file(exc: OSError, landed: LandedFile) -> bool:
     return exc.filename is not None and str(exc.filename) == landed_fs(landed.path)[1]
 
 
-def _deferred(ingestor: FileIngestor, landed: LandedFile, exc: OSError) -> FileOutcome:
-    """One file the pipeline may not read (a partner's upload left mode 0600) or that went
-    away after it was listed: the feed's other files go on, and it is reported and tried
-    again by the next run. Holding it would record its path and size as decided, and a
-    fixed permission would never be seen."""
-    why = "permission denied" if isinstance(exc, PermissionError) else "gone since listed"
+def _deferred(ingestor: FileIngestor, landed: LandedFile, why: str) -> FileOutcome:
+    """One file the pipeline cannot take now: one it may not read (a partner's upload left
+    mode 0600), one that went away after it was listed, or one that changed while it was
+    read (still being uploaded). The feed's other files go on, and it is reported and tried
+    again by the next run. Holding it would record its path and size as decided: a fixed
+    permission would never be seen, and a finished upload would sit beside a hold of its
+    partial bytes that nobody needs to decide."""
     return FileOutcome(
         batch_id="-",
         partner=landed.partner,
@@ -128,7 +134,11 @@ def ingest_feed(
             except (PermissionError, FileNotFoundError) as exc:
                 if not _is_the_landed_file(exc, landed):
                     raise  # the machinery (a store, a folder of ours): stop and retry
-                outcome = _deferred(ingestor, landed, exc)
+                why = "permission denied" if isinstance(exc, PermissionError) else \
+                    "gone since listed"
+                outcome = _deferred(ingestor, landed, why)
+            except ChangedWhileRead:
+                outcome = _deferred(ingestor, landed, CHANGED_WHILE_READ)
         outcomes.append(outcome)
         if on_file:
             on_file(outcome)
