@@ -155,21 +155,14 @@ def install_log_scrubbing() -> None:
 # RE2 (Arrow's regex engine) has no look-around: the boundaries are captured and put back.
 _RE2_EDGE_BEFORE = r"(^|[^0-9A-Za-z])"
 _RE2_EDGE_AFTER = r"($|[^0-9A-Za-z])"
-_RE2_IDENTIFIERS = (
-    _RE2_EDGE_BEFORE + r"\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]" + _RE2_EDGE_AFTER,
-    _RE2_EDGE_BEFORE + r"(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}" + _RE2_EDGE_AFTER,
+_RE2_SHAPES = (  # a national ID, a mobile number (with its country code, spaced or not)
+    r"\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]",
+    r"(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}",
 )
+_RE2_IDENTIFIERS = tuple(_RE2_EDGE_BEFORE + shape + _RE2_EDGE_AFTER for shape in _RE2_SHAPES)
+_RE2_ANY_IDENTIFIER = _RE2_EDGE_BEFORE + "(?:" + "|".join(_RE2_SHAPES) + ")" + _RE2_EDGE_AFTER
 MASKED_IDENTIFIER = "[identifier masked]"
-
-
 _SHORTEST_IDENTIFIER = 11  # a mobile number's digits; a national ID has 18
-
-
-_RE2_ANY_IDENTIFIER = (
-    _RE2_EDGE_BEFORE
-    + r"(?:\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]|(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2})"
-    + _RE2_EDGE_AFTER
-)
 
 
 def count_identifiers_in_column(values: Any) -> int:
@@ -192,8 +185,9 @@ def count_identifiers_in_column(values: Any) -> int:
 def mask_identifiers_in_column(values: Any) -> Any:
     """A string Arrow array with identifier-shaped substrings replaced, vectorized.
 
-    For held data kept for a later release (quarantine copies): a phone number in a text
-    column is masked there, not kept until someone releases it into the warehouse.
+    Ingestion masks every text column that is not an identifier with it (``prepare_chunk``),
+    so a phone typed into a free-text field reaches neither the warehouse nor a quarantine
+    copy.
     """
     import pyarrow.compute as pc
 

@@ -812,19 +812,12 @@ class FileIngestor:
         writer = None
         rows = 0
         try:
-            pseudonyms = {s for s, c in stored_columns(self.feed) if c.treatment}
             for chunk in self._chunks(handle, landed, file_columns(handle, self.feed)):
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                 # The check columns too: revalidating the copy must see what ingestion saw
                 # (they are booleans, no personal data; a release drops them).
                 for name, values in chunk.checks.items():
                     records = records.append_column(name, values)
-                # Held data is kept for a later release: identifier-shaped text in other
-                # columns (a phone number typed into a free-text field) is masked first.
-                for index, column in enumerate(records.schema):
-                    if pa.types.is_string(column.type) and column.name not in pseudonyms:
-                        masked = mask_identifiers_in_column(records.column(index))
-                        records = records.set_column(index, column.name, masked)
                 writer = writer or pq.ParquetWriter(partial, records.schema)
                 writer.write_table(records)
                 rows += records.num_rows
