@@ -159,6 +159,13 @@ def test_below_the_size_threshold_partitions_probe_and_nothing_is_split(
     above = stage_phone_feeds(engine, split_always(spec), AS_OF, staging, 4)
     assert (above.split, above.made) == (True, True)
     assert above.reason.endswith(">= the 0 MiB threshold")
+    # A resumed run that decides otherwise (the threshold raised, the feeds shrank, older
+    # code always split) removes the earlier try's split: its partitions would read it.
+    (staging / f"{PHONE_FEEDS}.999999.partial").mkdir()
+    assert stage_phone_feeds(engine, spec, AS_OF, staging, 4).split is False
+    assert not list(staging.glob(f"{PHONE_FEEDS}*"))
+    assert staged_phone_feeds(spec, staging, parts[0],
+                              pd.read_parquet(register_path(staging, parts[0]))) is None
 
 
 def test_staged_partitions_read_the_split_and_a_partial_split_is_redone(
@@ -355,6 +362,10 @@ def test_a_partition_refuses_a_split_made_for_other_phone_owners(pg_env: str,
     # A split of another partition count is not this register's either.
     with pytest.raises(PuhuiError, match="other phone owners"):
         staged_phone_feeds(spec, staging, Partition(0, 3), customers)
+    # Nor a marker of the format before one fingerprint per partition (one string).
+    _marker(staging).write_text(json.dumps({"partitions": 4, "owners": "ab"}))
+    with pytest.raises(PuhuiError, match="other phone owners"):
+        build_staged_partition(engine, spec, AS_OF, staging, parts[3])
 
 
 def test_the_split_is_on_disk_before_it_is_renamed(pg_env: str, tmp_path: Path,

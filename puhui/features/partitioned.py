@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -323,6 +324,7 @@ def stage_phone_feeds(engine: Engine, spec: FeaturesConfig, as_of: date, directo
     """
     decision = decide_phone_feeds_split(engine, spec, partitions)
     if not decision.split:
+        drop_earlier_split(engine, directory)
         return decision
     return split_phone_feeds_once(engine, spec, _staged_owners(directory, as_of, partitions),
                                   directory, decision)
@@ -335,18 +337,14 @@ def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Regis
     refresh) and, if made already, the decision."""
     decision = decision or decide_phone_feeds_split(engine, spec, register.partitions)
     if not decision.split:
+        drop_earlier_split(engine, directory)
         return decision
     marker = {"partitions": register.partitions, "owners": _owners_fingerprints(register)}
     done = directory / PHONE_FEEDS / SPLIT_DONE
-    # Two runs on one staging directory (a retried task beside its first try, two refreshes
-    # of one key) must not delete each other's partial split: one splits, the other then
-    # finds it complete. The lock dies with its holder, so a killed split never blocks.
-    name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-    with held_lock(engine, f"phone-feeds-{name}"):
+    with _split_lock(engine, directory):
         if done.exists() and json.loads(done.read_text(encoding="utf-8")) == marker:
             return decision
-        for stale in [*directory.glob(f"{PHONE_FEEDS}.*.partial"), directory / PHONE_FEEDS]:
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_split(directory)
         partial = directory / f"{PHONE_FEEDS}.{os.getpid()}.partial"
         scatter_phone_feeds(engine, spec, register, partial)
         (partial / SPLIT_DONE).write_text(json.dumps(marker), encoding="utf-8")
@@ -356,6 +354,29 @@ def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Regis
         partial.rename(directory / PHONE_FEEDS)
         fsync_tree(directory, recursive=False)  # the rename itself
     return replace(decision, made=True)
+
+
+def _split_lock(engine: Engine, directory: Path) -> AbstractContextManager[None]:
+    """Two runs on one staging directory (a retried task beside its first try, two refreshes
+    of one key) must not delete each other's partial split: one splits, the other then
+    finds it complete. The lock dies with its holder, so a killed split never blocks."""
+    name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return held_lock(engine, f"phone-feeds-{name}")
+
+
+def _remove_split(directory: Path) -> None:
+    for stale in [*directory.glob(f"{PHONE_FEEDS}.*.partial"), directory / PHONE_FEEDS]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def drop_earlier_split(engine: Engine, directory: Path) -> None:
+    """Remove a split (or a partial one) that an earlier try in ``directory`` left when this
+    run decided not to split (the feeds shrank under the threshold, the threshold was
+    raised, older code always split): the partitions read any split they find, and would
+    read that one instead of the warehouse."""
+    if (directory / PHONE_FEEDS).exists() or any(directory.glob(f"{PHONE_FEEDS}.*.partial")):
+        with _split_lock(engine, directory):
+            _remove_split(directory)
 
 
 def staged_phone_feeds(spec: FeaturesConfig, directory: Path, partition: Partition,
@@ -370,12 +391,14 @@ def staged_phone_feeds(spec: FeaturesConfig, directory: Path, partition: Partiti
     if not done.exists():
         return None
     marker = json.loads(done.read_text(encoding="utf-8"))
-    if (marker["partitions"] != partition.count
-            or marker["owners"][partition.bucket] != _owners_fingerprint(customers)):
+    owners = marker.get("owners")
+    if (marker.get("partitions") != partition.count
+            or not isinstance(owners, list) or len(owners) != partition.count
+            or owners[partition.bucket] != _owners_fingerprint(customers)):
         raise PuhuiError(
             f"the phone-keyed feeds split in {split} was made for other phone owners than "
             f"partition {partition.bucket} of {partition.count} has (its register changed "
-            "after the split): re-run the flow, whose split step then splits again")
+            "after the split): re-run the flow, whose split step redoes or removes it")
     return {source.name: split / source.name
             for source in spec.sources if source.key == "phone_key"}
 
