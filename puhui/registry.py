@@ -31,8 +31,8 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     GATES_PASSED_TAG,
     LIST_METRICS,
     VersionRow,
+    is_not_found,
     list_versions,
-    registry_errors,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, validation_results
@@ -90,7 +90,9 @@ def current_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """Alias -> version, read from the registered model (versions may not list theirs)."""
     try:
         aliases = client.get_registered_model(name).aliases
-    except registry_errors():
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
         return {}
     return {alias: str(version) for alias, version in aliases.items()}
 
@@ -316,7 +318,9 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
     for (model, version), verdict in verdicts.items():
         try:
             tags = client.get_model_version(model, version).tags
-        except registry_errors():
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
             continue  # a version missing from MLflow: registry_problems reports it
         if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():
             continue
@@ -362,7 +366,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
     for model in sorted(models):
         try:
             versions = client.search_model_versions(f"name='{model}'")
-        except registry_errors():
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
             versions = []
         in_mlflow = set()
         for v in versions:
@@ -411,7 +417,9 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
         _reconcile(client, engine, audit, repair=True)
         try:
             client.get_model_version(name, str(version))
-        except registry_errors():
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
             raise PuhuiError(f"{name} has no version {version}") from None
         verdict = _verdicts(events_of(engine, MODEL_ACTIONS)).get((name, str(version)))
         if verdict is None:

@@ -56,18 +56,17 @@ class NotInRegistry(LookupError):
     """``SqlRegistry``'s answer where ``MlflowClient`` raises "no such model or version"."""
 
 
-def registry_errors() -> tuple[type[BaseException], ...]:
-    """What a registry look-up raises for "not there", for ``except registry_errors():``:
-    ``NotInRegistry``, and ``MlflowException`` once MLflow is imported (it is evaluated when
-    an exception is being matched, so a process that never imported MLflow need not)."""
+def is_not_found(exc: BaseException) -> bool:
+    """True for a registry look-up that found nothing: ``SqlRegistry``'s ``NotInRegistry`` or
+    MLflow's ``RESOURCE_DOES_NOT_EXIST`` (no such model, version, run or artifact). Any other
+    MLflow error (a tracking server down, a permission refused) is an error, never read as
+    "no version". MLflow's class is looked up only if MLflow was imported: none of its
+    exceptions can exist otherwise."""
+    if isinstance(exc, NotInRegistry):
+        return True
     module = sys.modules.get("mlflow.exceptions")
-    return (NotInRegistry,) if module is None else (NotInRegistry, module.MlflowException)
-
-
-def is_mlflow_error(exc: BaseException) -> bool:
-    """True for an ``MlflowException`` (none can exist unless MLflow was imported) or a
-    ``SqlRegistry`` look-up that found nothing."""
-    return isinstance(exc, registry_errors())
+    return (module is not None and isinstance(exc, module.MlflowException)
+            and exc.error_code == "RESOURCE_DOES_NOT_EXIST")
 
 
 def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
@@ -79,8 +78,8 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
     for model in models:
         try:
             aliases = client.get_registered_model(model).aliases
-        except Exception as exc:  # noqa: BLE001 - MLflow's "no such model" only
-            if not is_mlflow_error(exc):
+        except Exception as exc:
+            if not is_not_found(exc):
                 raise
             aliases = {}
         by_version: dict[str, list[str]] = {}
@@ -88,8 +87,8 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
             by_version.setdefault(str(version), []).append(alias)
         try:
             versions = client.search_model_versions(f"name='{model}'")
-        except Exception as exc:  # noqa: BLE001 - MLflow's errors only
-            if not is_mlflow_error(exc):
+        except Exception as exc:
+            if not is_not_found(exc):
                 raise
             versions = []
         if name and not versions:
@@ -197,8 +196,9 @@ class SqlRegistry:
             "SELECT key, value FROM tags WHERE run_uuid = :run", run=run_id)}
         info = self._rows("SELECT name, artifact_uri FROM runs WHERE run_uuid = :run",
                           run=run_id)
-        name, artifacts = (info[0].name, info[0].artifact_uri) if info else (None, None)
-        return _Run(_RunData(metrics, tags), _RunInfo(run_id, name, artifacts))
+        if not info:
+            raise NotInRegistry(f"no run {run_id}")
+        return _Run(_RunData(metrics, tags), _RunInfo(run_id, info[0].name, info[0].artifact_uri))
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
         """``MlflowClient.download_artifacts``: copied from a local store (``file:`` URIs,
@@ -210,7 +210,7 @@ class SqlRegistry:
         if root.scheme in ("file", ""):
             source = Path(unquote(root.path)) / path
             if not source.is_file():
-                raise FileNotFoundError(f"run {run_id} has no artifact {path}")
+                raise NotInRegistry(f"run {run_id} has no artifact {path}")
             return shutil.copy(source, Path(dst_path) / source.name)
         from mlflow import MlflowClient
 

@@ -193,3 +193,30 @@ def test_train_exits_non_zero_on_a_failed_gate(
     assert code == 0, err
     assert "FAILED" in out.strip().splitlines()[-1]
     assert last_run_state()[0] == "COMPLETED"
+
+
+def test_a_registry_that_cannot_be_reached_is_an_error_not_no_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's "not found" reads as absent; any other MLflow error (here a tracking server
+    that is down) propagates: it once read as "no aliases" / "no version", so audit verify
+    reported versions missing from MLflow instead of the outage."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from puhui.registry import current_aliases
+    from puhui.registry_read import NotInRegistry, SqlRegistry, is_not_found
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    local = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert current_aliases(local, "no_such_model") == {}
+    with pytest.raises(MlflowException) as missing:
+        local.get_model_version("no_such_model", "1")
+    assert is_not_found(missing.value)
+    with pytest.raises(NotInRegistry):  # a run the store does not hold, as MLflow says
+        SqlRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run("0" * 32)
+
+    down = MlflowClient(tracking_uri="http://127.0.0.1:9")  # the discard port: refused
+    with pytest.raises(MlflowException) as outage:
+        current_aliases(down, "credit_risk")
+    assert not is_not_found(outage.value)

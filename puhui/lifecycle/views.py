@@ -27,7 +27,7 @@ from puhui.registry import (
     GATES_PASSED_TAG,
     current_aliases,
 )
-from puhui.registry_read import registry_errors
+from puhui.registry_read import is_not_found
 from puhui.warehouse.schema import model_evaluations
 
 if TYPE_CHECKING:  # the commands pass puhui.registry_read's reader (no MLflow import)
@@ -56,7 +56,9 @@ def _artifact(client: MlflowClient, run_id: str, path: str) -> Path | None:
     """A run's artifact downloaded to a temp dir (kept until the process exits)."""
     try:
         return Path(client.download_artifacts(run_id, path, tempfile.mkdtemp(prefix="puhui-")))
-    except (*registry_errors(), OSError):
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
         return None
 
 
@@ -77,7 +79,9 @@ def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
     """Everything ``models show`` prints about one version, as plain data."""
     try:
         v = client.get_model_version(name, str(version))
-    except registry_errors():
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
         raise PuhuiError(f"{name} has no version {version} (puhui models list {name})") from None
     run = client.get_run(v.run_id)
     metrics = {k: val for k, val in run.data.metrics.items() if "." not in k}
