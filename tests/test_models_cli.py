@@ -216,7 +216,10 @@ def test_a_registry_that_cannot_be_reached_is_an_error_not_no_version(
     with pytest.raises(NotInRegistry):  # a run the store does not hold, as MLflow says
         SqlRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run("0" * 32)
 
-    down = MlflowClient(tracking_uri="http://127.0.0.1:9")  # the discard port: refused
+    down_uri = "http://127.0.0.1:9"  # the discard port: refused
+    # Both URIs: a client given only the tracking URI takes the registry from the
+    # process's MLflow state, which an earlier test in this process may have set.
+    down = MlflowClient(tracking_uri=down_uri, registry_uri=down_uri)
     with pytest.raises(MlflowException) as outage:
         current_aliases(down, "credit_risk")
     assert not is_not_found(outage.value)
