@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from puhui.audit import read_audit_events
 from puhui.cli import main
 from puhui.config import PartnersConfig, load_config
 from puhui.dates import today_local
@@ -191,6 +192,31 @@ def test_a_ledger_row_without_a_time_keeps_the_size_only_comparison(
     assert later.skipped and later.batch_id == first.batch_id
     assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns is None, \
         "not read again: the legacy row is compared by size only"
+
+
+def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ingest(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    path = landing / "mobile_payments" / DAY.isoformat() / f"mobile_payments_{PHONE_IN_NAME}.csv"
+    path.write_bytes(_payments(1, rows=5))
+    [first] = _ingest_payments().values()
+    engine = open_runtime().engine
+    with engine.begin() as conn:  # the row as a run before this round wrote it
+        conn.execute(ingest_batches.update().values(source_path=str(path), mtime_ns=None))
+
+    [again] = _ingest_payments().values()
+    assert again.skipped and again.batch_id == first.batch_id, "found again, not re-read"
+    with engine.connect() as conn:
+        paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
+    assert paths == [first.path] and not find_raw_identifiers(paths[0])
+    events = read_audit_events(engine, action="ingest.paths_pseudonymized")
+    assert [(e["subject"], e["details"]["rows"]) for e in events] == [("mobile_payments", 1)]
+
+    assert next(iter(_ingest_payments().values())).skipped
+    assert len(read_audit_events(engine, action="ingest.paths_pseudonymized")) == 1, \
+        "idempotent: a second run finds nothing to rewrite"
+    assert _raw_rows() == (5, 5)
 
 
 def test_a_file_growing_while_it_is_read_is_deferred_then_read_whole(

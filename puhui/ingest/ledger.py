@@ -10,6 +10,7 @@ what make two concurrent runs safe.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -160,6 +161,37 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
             r.source_path: SeenFile(r.bytes or 0, r.mtime_ns, r.batch_id)
             for r in conn.execute(query)
         }
+
+
+def pseudonymize_legacy_paths(
+    conn: Connection, partner: str, stored_path: Callable[[str], str]
+) -> int:
+    """Give the feed's ledger rows written before file names were pseudonymized the
+    ``source_path`` that ingestion stores now; returns how many rows changed.
+
+    Only rows without a modification time (before migration 0005; remote files and entries
+    that are not regular files) can hold a raw name, so only those are read. Idempotent:
+    ``stored_path`` leaves a stored path as it is, and each row is rewritten only from the
+    path it was read with (two runs at once change it once). A data migration could not do
+    this: it has no pseudonym key.
+    """
+    query = select(ingest_batches.c.batch_id, ingest_batches.c.source_path).where(
+        ingest_batches.c.partner == partner, ingest_batches.c.mtime_ns.is_(None)
+    )
+    changed = 0
+    for row in conn.execute(query).all():
+        renamed = stored_path(row.source_path)
+        if renamed == row.source_path:
+            continue
+        changed += conn.execute(
+            update(ingest_batches)
+            .where(
+                ingest_batches.c.batch_id == row.batch_id,
+                ingest_batches.c.source_path == row.source_path,
+            )
+            .values(source_path=renamed)
+        ).rowcount
+    return changed
 
 
 def insert_batch(conn: Connection, **values: Any) -> None:
