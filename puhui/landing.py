@@ -10,10 +10,12 @@ silently skipped).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import date
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from puhui.config import PartnerFeed
 
@@ -25,6 +27,22 @@ class LandedFile:
     delivery_date: date
     size: int
     kind: str = "file"  # "file", or "symlink" / "directory" / "special": recorded, never read
+    # Local regular files only (None: a remote store, whose times discovery does not trust):
+    # a file rewritten in place at the same size differs from the ledger's row by this.
+    mtime_ns: int | None = None
+
+
+def local_mtime_ns(fs: fsspec.AbstractFileSystem, path: str) -> int | None:
+    """``path``'s modification time in nanoseconds on a local filesystem, else None.
+
+    From ``os.stat`` (fsspec reports a float of seconds, which rounds nanoseconds away).
+    """
+    if not isinstance(fs, LocalFileSystem):
+        return None
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime_ns
+    except FileNotFoundError:  # gone since listed: ingesting it defers it
+        return None
 
 
 def feed_location(feed: PartnerFeed, landing: str) -> str:
@@ -62,6 +80,7 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
                 delivered,
                 int(info.get("size") or 0),
                 kind,
+                local_mtime_ns(fs, path) if kind == "file" else None,
             )
         )
     return found

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from puhui.audit import read_audit_events
 from puhui.cli import main
 from puhui.config import PartnersConfig, load_config
 from puhui.dates import today_local
@@ -141,6 +142,81 @@ def test_a_file_rewritten_after_its_rows_loaded_is_held_not_loaded_twice(
     released = release_batch(open_runtime(), again.batch_id, "partner confirmed the append")
     assert released.rows_loaded + released.rows_duplicate == released.rows == 8
     assert _raw_rows() == (13, 8)
+
+
+def test_a_file_rewritten_in_place_at_the_same_size_is_read_again_and_held(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1, rows=5))
+    first = _ingest_payments()[path.name]
+    assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
+    stat = path.stat()
+    assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns == stat.st_mtime_ns
+
+    # Only touched: the same bytes are not a new version; the row takes the new time.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    touched = _ingest_payments()[path.name]
+    assert touched.skipped and touched.batch_id == first.batch_id
+    assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns == \
+        path.stat().st_mtime_ns
+
+    # Rewritten with other bytes of the same length (a corrected amount): was never re-read.
+    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
+    path.write_bytes(header + b"".join(reversed(rows)))  # the same rows, reordered
+    assert path.stat().st_size == stat.st_size and path.read_bytes() != _payments(1, rows=5)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    again = _ingest_payments()[path.name]
+    assert again.status == "quarantined" and not again.skipped
+    assert f"rewritten after batch {first.batch_id}" in (again.reason or "")
+    assert _raw_rows() == (5, 5), "no row was loaded twice"
+
+    rerun = _ingest_payments()[path.name]  # decides nothing new
+    assert rerun.skipped and rerun.batch_id == again.batch_id
+    with open_runtime().engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar() == 2
+
+
+def test_a_ledger_row_without_a_time_keeps_the_size_only_comparison(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1, rows=5))
+    first = _ingest_payments()[path.name]
+    with open_runtime().engine.begin() as conn:  # a row written before migration 0005
+        conn.execute(ingest_batches.update().values(mtime_ns=None))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    later = _ingest_payments()[path.name]
+    assert later.skipped and later.batch_id == first.batch_id
+    assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns is None, \
+        "not read again: the legacy row is compared by size only"
+
+
+def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ingest(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    path = landing / "mobile_payments" / DAY.isoformat() / f"mobile_payments_{PHONE_IN_NAME}.csv"
+    path.write_bytes(_payments(1, rows=5))
+    [first] = _ingest_payments().values()
+    engine = open_runtime().engine
+    with engine.begin() as conn:  # the row as a run before this round wrote it
+        conn.execute(ingest_batches.update().values(source_path=str(path), mtime_ns=None))
+
+    [again] = _ingest_payments().values()
+    assert again.skipped and again.batch_id == first.batch_id, "found again, not re-read"
+    with engine.connect() as conn:
+        paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
+    assert paths == [first.path] and not find_raw_identifiers(paths[0])
+    events = read_audit_events(engine, action="ingest.paths_pseudonymized")
+    assert [(e["subject"], e["details"]["rows"]) for e in events] == [("mobile_payments", 1)]
+
+    assert next(iter(_ingest_payments().values())).skipped
+    assert len(read_audit_events(engine, action="ingest.paths_pseudonymized")) == 1, \
+        "idempotent: a second run finds nothing to rewrite"
+    assert _raw_rows() == (5, 5)
 
 
 def test_a_file_growing_while_it_is_read_is_deferred_then_read_whole(

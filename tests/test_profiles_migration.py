@@ -13,6 +13,7 @@ from puhui.warehouse.engine import (
     _alembic_config,
     create_warehouse_engine,
     current_revision,
+    head_revision,
     upgrade_schema,
 )
 from puhui.warehouse.schema import metadata
@@ -53,7 +54,7 @@ def test_0004_upgrades_a_0003_warehouse_with_data_and_reruns(warehouse_url: str)
     engine = create_warehouse_engine(warehouse_url)
     _at(engine, "0003")
     _fill_0003(engine)
-    assert upgrade_schema(engine) == "0004"
+    assert upgrade_schema(engine) == head_revision()
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         rows = conn.execute(text(
@@ -80,8 +81,8 @@ def test_0004_upgrades_a_0003_warehouse_with_data_and_reruns(warehouse_url: str)
     # Re-running 0004 over a database that already has its columns and key changes nothing.
     with engine.begin() as conn:
         command.stamp(_alembic_config(conn), "0003")
-    assert upgrade_schema(engine) == "0004"
-    assert current_revision(engine) == "0004"
+    assert upgrade_schema(engine) == head_revision()
+    assert current_revision(engine) == head_revision()
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM model_evaluations")).scalar() == 3
@@ -96,6 +97,6 @@ def test_0004_downgrades_and_upgrades_again(warehouse_url: str) -> None:
     with engine.begin() as conn:
         command.downgrade(_alembic_config(conn), "0003")
     assert "threshold" not in {c["name"] for c in inspect(engine).get_columns("drift_reports")}
-    assert upgrade_schema(engine) == "0004"
+    assert upgrade_schema(engine) == head_revision()
     assert _schema_diff(engine) == []
     engine.dispose()

@@ -574,7 +574,12 @@ class FileIngestor:
         self, handle: FileHandle, landed: LandedFile, base: dict[str, Any]
     ) -> FileOutcome | None:
         engine = self.runtime.engine
-        if ledger.get_batch(engine, base["batch_id"]):
+        if (decided := ledger.get_batch(engine, base["batch_id"])) is not None:
+            if handle.mtime_ns is not None and decided.mtime_ns != handle.mtime_ns:
+                # The same bytes, touched: the row takes the new time, so discovery skips
+                # the file again instead of hashing it on every run.
+                with engine.begin() as conn:
+                    ledger.update_batch(conn, decided.batch_id, mtime_ns=handle.mtime_ns)
             return None
         if landed.kind != "file":
             kind = {"symlink": "symbolic link", "directory": "directory"}.get(
@@ -644,6 +649,7 @@ class FileIngestor:
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,
+            "mtime_ns": handle.mtime_ns,
             "flow_run_id": self.flow_run_id,
         }
 

@@ -2,11 +2,12 @@
 
 Discovery is by what the ledger has not seen. Every landed file in the feed's delivery
 folders from ``as_of - late_lookback_days`` (configs/partners.yaml) up to the as-of date is
-compared with the ledger by path and size: a file it has seen is not read again, any other
-(a late file landed in an old folder, for a date long past the watermark) is ingested. The
-watermark (the latest delivery date a run finished) only widens the window when runs fell
-behind by more than the look-back. A file seen before whose delivery folder is recent
-(``watermark - RECENT_DAYS`` on) is reported as skipped; older ones silently.
+compared with the ledger by path, size and (local files) modification time: a file it has
+seen is not read again, any other (a late file landed in an old folder, for a date long past
+the watermark; a file rewritten in place) is ingested. The watermark (the latest delivery
+date a run finished) only widens the window when runs fell behind by more than the
+look-back. A file seen before whose delivery folder is recent (``watermark - RECENT_DAYS``
+on) is reported as skipped; older ones silently.
 """
 
 from __future__ import annotations
@@ -114,6 +115,18 @@ def ingest_feed(
 ) -> FeedResult:
     """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery."""
     engine = runtime.engine
+    with engine.begin() as conn:
+        # Rows from before file names were pseudonymized: the ledger (read by BI) keeps no
+        # raw identifier, and discovery finds those files again under their stored names.
+        legacy = ledger.pseudonymize_legacy_paths(conn, feed.name, ingestor.stored_path)
+        if legacy:
+            runtime.audit.append(
+                conn,
+                "ingest.paths_pseudonymized",
+                feed.name,
+                {"partner": feed.name, "rows": legacy},
+                flow_run_id=ingestor.flow_run_id,
+            )
     watermark = ledger.get_watermark(engine, feed.name)
     files = files_to_consider(
         feed, runtime.settings.landing, as_of, watermark, _lookback_days(runtime, feed)
@@ -124,10 +137,12 @@ def ingest_feed(
     outcomes = []
     for landed in files:
         known = seen.get(ingestor.stored_path(landed.path))
-        if known is not None and (landed.kind != "file" or known[0] == landed.size):
+        if known is not None and (
+            landed.kind != "file" or known.matches(landed.size, landed.mtime_ns)
+        ):
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
-            outcome = ingestor.decided_earlier(landed, known[1])
+            outcome = ingestor.decided_earlier(landed, known.batch_id)
         else:
             try:
                 outcome = ingestor.ingest(landed)

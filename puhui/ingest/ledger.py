@@ -10,6 +10,7 @@ what make two concurrent runs safe.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -43,6 +44,7 @@ class BatchRecord:
     reason: str | None
     warnings: list[dict[str, Any]]
     duplicate_of: str | None
+    mtime_ns: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
@@ -61,6 +63,7 @@ class BatchRecord:
             m["reason"],
             list(m["warnings"] or []),
             m["duplicate_of"],
+            m["mtime_ns"],
         )
 
 
@@ -117,21 +120,78 @@ def loaded_batch_at_path(engine: Engine, partner: str, source_path: str) -> Batc
     return BatchRecord.from_row(row) if row else None
 
 
-def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, tuple[int, str]]:
-    """``source_path -> (bytes, batch_id)`` of the feed's ledger rows delivered after ``since``.
+@dataclass(frozen=True)
+class SeenFile:
+    """What the ledger's newest row for a path says was there: discovery compares it."""
 
-    Discovery skips a landed file whose path and size the ledger has seen without reading
-    it; anything else in the look-back window (a late file in an old folder) is ingested.
+    bytes: int
+    mtime_ns: int | None  # None: a row from before 0005, or a remote file (size only)
+    batch_id: str
+
+    def matches(self, size: int, mtime_ns: int | None) -> bool:
+        """Whether a landed file of ``size`` and ``mtime_ns`` is the version this row decided.
+
+        A file rewritten in place at the same size differs by its time; without a time on
+        either side only the size is compared.
+        """
+        if size != self.bytes:
+            return False
+        return self.mtime_ns is None or mtime_ns is None or mtime_ns == self.mtime_ns
+
+
+def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, SeenFile]:
+    """``source_path -> SeenFile`` of the feed's ledger rows delivered after ``since``.
+
+    Discovery skips a landed file whose path, size and time the ledger has seen without
+    reading it; anything else in the look-back window (a late file in an old folder, a file
+    rewritten in place) is ingested.
     """
     query = select(
-        ingest_batches.c.source_path, ingest_batches.c.bytes, ingest_batches.c.batch_id
+        ingest_batches.c.source_path,
+        ingest_batches.c.bytes,
+        ingest_batches.c.mtime_ns,
+        ingest_batches.c.batch_id,
     ).where(ingest_batches.c.partner == partner)
     if since is not None:
         query = query.where(ingest_batches.c.delivery_date > since)
     # A path rewritten in place has a row per version: the newest one says what is there now.
     query = query.order_by(ingest_batches.c.landed_at)
     with engine.connect() as conn:
-        return {r.source_path: (r.bytes or 0, r.batch_id) for r in conn.execute(query)}
+        return {
+            r.source_path: SeenFile(r.bytes or 0, r.mtime_ns, r.batch_id)
+            for r in conn.execute(query)
+        }
+
+
+def pseudonymize_legacy_paths(
+    conn: Connection, partner: str, stored_path: Callable[[str], str]
+) -> int:
+    """Give the feed's ledger rows written before file names were pseudonymized the
+    ``source_path`` that ingestion stores now; returns how many rows changed.
+
+    Only rows without a modification time (before migration 0005; remote files and entries
+    that are not regular files) can hold a raw name, so only those are read. Idempotent:
+    ``stored_path`` leaves a stored path as it is, and each row is rewritten only from the
+    path it was read with (two runs at once change it once). A data migration could not do
+    this: it has no pseudonym key.
+    """
+    query = select(ingest_batches.c.batch_id, ingest_batches.c.source_path).where(
+        ingest_batches.c.partner == partner, ingest_batches.c.mtime_ns.is_(None)
+    )
+    changed = 0
+    for row in conn.execute(query).all():
+        renamed = stored_path(row.source_path)
+        if renamed == row.source_path:
+            continue
+        changed += conn.execute(
+            update(ingest_batches)
+            .where(
+                ingest_batches.c.batch_id == row.batch_id,
+                ingest_batches.c.source_path == row.source_path,
+            )
+            .values(source_path=renamed)
+        ).rowcount
+    return changed
 
 
 def insert_batch(conn: Connection, **values: Any) -> None:

@@ -28,6 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from puhui.config import PartnerFeed
 from puhui.errors import PuhuiError
+from puhui.landing import local_mtime_ns
 
 # ~330k payment rows per chunk: the ingest pipelines chunks (prepare the next while one loads),
 # so small chunks start the COPY sooner and bound memory; each costs ~0.1 s of GX overhead.
@@ -50,6 +51,7 @@ class FileHandle:
     head: bytes = b""  # the first bytes (byte-order marks)
     has_nul: bool = False  # a NUL byte anywhere: never text, and PostgreSQL refuses it
     stamp: tuple[Any, ...] | None = None  # size and modification time before hashing
+    mtime_ns: int | None = None  # local files: the ledger's record of this version's time
 
     @property
     def local_path(self) -> str | None:
@@ -91,6 +93,9 @@ def changed_since_opened(handle: FileHandle) -> bool:
 def open_landed_file(url: str) -> FileHandle:
     """Resolve ``url`` and fingerprint its bytes (SHA-256, streamed)."""
     fs, path = landed_fs(url)
+    # First: a rewrite from here on makes the recorded time older than the bytes hashed, so
+    # the next run reads the file again (never newer, which would hide the rewrite).
+    mtime_ns = local_mtime_ns(fs, path)
     stamp = file_stamp(fs, path)
     digest, size, head, has_nul = hashlib.sha256(), 0, b"", False
     with fs.open(path, "rb") as handle:
@@ -100,7 +105,7 @@ def open_landed_file(url: str) -> FileHandle:
             # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
             has_nul = has_nul or b"\0" in block
             size += len(block)
-    return FileHandle(fs, path, size, digest.hexdigest(), head, has_nul, stamp)
+    return FileHandle(fs, path, size, digest.hexdigest(), head, has_nul, stamp, mtime_ns)
 
 
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}

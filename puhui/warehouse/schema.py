@@ -49,6 +49,9 @@ ingest_batches = Table(
     Column("content_key", String(80), unique=True),
     Column("duplicate_of", String(40)),
     Column("bytes", BigInteger),
+    # Added by migration 0005: NULL for rows from before and for remote files (size only).
+    Column("mtime_ns", BigInteger,
+           comment="the local file's modification time (ns) when it was read"),
     Column("rows", BigInteger, comment="rows landed in the file"),
     Column("rows_loaded", BigInteger),
     Column("rows_held", BigInteger),

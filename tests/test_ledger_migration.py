@@ -1,0 +1,46 @@
+"""Migration 0005 (ingest_batches.mtime_ns) on a 0004 warehouse with ledger rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
+from puhui.warehouse.engine import _alembic_config, create_warehouse_engine, upgrade_schema
+from puhui.warehouse.schema import metadata
+
+
+def _schema_diff(engine: Engine) -> list:
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn), metadata)
+
+
+def test_0005_keeps_ledger_rows_with_no_time_reruns_and_downgrades(warehouse_url: str) -> None:
+    engine = create_warehouse_engine(warehouse_url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0004")
+        conn.execute(text(
+            "INSERT INTO ingest_batches (batch_id, partner, source_path, delivery_date, "
+            "checksum, bytes, status, landed_at) VALUES ('b1', 'mobile_payments', "
+            "'/l/a.csv', :d, 'c1', 120, 'accepted', :t)"),
+            {"d": date(2026, 9, 30), "t": datetime(2026, 9, 30, 8, tzinfo=UTC)})
+    assert upgrade_schema(engine) == "0005"
+    assert _schema_diff(engine) == []
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT bytes, mtime_ns FROM ingest_batches")).one()
+    assert tuple(row) == (120, None), "rows from before keep the size-only comparison"
+
+    with engine.begin() as conn:  # re-run over a database that already has the column
+        command.stamp(_alembic_config(conn), "0004")
+    assert upgrade_schema(engine) == "0005"
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0004")
+    assert "mtime_ns" not in {c["name"] for c in inspect(engine).get_columns("ingest_batches")}
+    assert upgrade_schema(engine) == "0005"
+    assert _schema_diff(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar() == 1
+    engine.dispose()
