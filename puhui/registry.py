@@ -33,6 +33,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     VersionRow,
     is_not_found,
     list_versions,
+    registered_model_names,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, validation_results
@@ -360,7 +361,7 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
         elif e["action"] == ALIAS_REMOVED:
             moves.pop((e["details"]["model"], e["details"]["alias"]), None)
     verdicts = _verdicts(events)
-    models = {m.name for m in client.search_registered_models()} | {m for m, _ in registered}
+    models = set(registered_model_names(client)) | {m for m, _ in registered}
     problems: list[str] = []
     n_versions = n_aliases = 0
     for model in sorted(models):

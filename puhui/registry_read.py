@@ -69,11 +69,27 @@ def is_not_found(exc: BaseException) -> bool:
             and exc.error_code == "RESOURCE_DOES_NOT_EXIST")
 
 
+def registered_model_names(client: Any, page_size: int = 100) -> list[str]:
+    """Every registered model's name, sorted. ``MlflowClient.search_registered_models``
+    answers one page (``page_size`` models) and a token for the next, so it is paged through
+    here; ``SqlRegistry`` reads them all at once."""
+    if isinstance(client, SqlRegistry):
+        return sorted(m.name for m in client.search_registered_models())
+    names: list[str] = []
+    token = None
+    while True:
+        page = client.search_registered_models(max_results=page_size, page_token=token)
+        names.extend(m.name for m in page)
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
 def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
     """Every version (of ``name`` or of all models), newest first, with aliases and gates.
 
     ``client``: an ``MlflowClient`` or a ``SqlRegistry`` (``read_only_registry``)."""
-    models = [name] if name else sorted(m.name for m in client.search_registered_models())
+    models = [name] if name else registered_model_names(client)
     rows = []
     for model in models:
         try:
