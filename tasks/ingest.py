@@ -20,7 +20,9 @@ from puhui.privacy import install_log_scrubbing
 from puhui.runtime import open_runtime
 from puhui.validation import BatchValidator
 from tasks.prefect_ui import dated_run_name
-from tasks.retries import retry_on_transient_error
+from tasks.retries import step_options
+
+STEP = step_options(retry_delay_seconds=10)
 
 
 @cache
@@ -31,9 +33,7 @@ def _validator(home: Path) -> BatchValidator:
 
 @task(
     name="ingest-feed",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_on_transient_error,
+    **STEP,
     task_run_name=dated_run_name("ingest"),
 )
 def ingest_partner_feed(partner: str, as_of: date) -> dict:
@@ -83,9 +83,7 @@ WAREHOUSE_SUITE_PREFIX = "warehouse_"
 @task(
     name="validate-warehouse-tables",
     task_run_name=dated_run_name("validate-warehouse-tables"),
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_on_transient_error,
+    **STEP,
 )
 def validate_warehouse_tables() -> list[dict]:
     """Run each ``warehouse_<table>`` suite on its table (in the database) and record it."""
