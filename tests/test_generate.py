@@ -650,3 +650,21 @@ def test_fault_planning_falls_back_without_monthly_deliveries() -> None:
     assert len({(f.partner, f.day) for f in plan}) == len(plan)
     with pytest.raises(ValueError):
         plan_faults(days[:3], rows)
+
+
+@pytest.mark.parametrize("target", ["full", "file", "under_file"])
+def test_generate_refuses_an_unusable_out_in_one_plain_line(
+        target: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from puhui.cli import main
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("")
+    out = {"full": tmp_path / "full", "file": tmp_path / "file",
+           "under_file": tmp_path / "file" / "zone"}[target]
+    capsys.readouterr()
+    code = main(["generate", "--out", str(out), "--users", "100", "--days", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"--out {out}" in err and "Error" not in err  # no exception class name
+    assert (tmp_path / "full" / "notes.txt").read_text() == "keep me"

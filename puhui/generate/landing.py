@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from puhui.errors import PuhuiError
 from puhui.generate import reference as ref
 from puhui.generate.batch import Batch, batch_rows
 from puhui.generate.faults import (
@@ -200,15 +201,22 @@ def _validate(
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
-    """Refuse to write into an unrelated non-empty folder; clear an earlier landing zone."""
+    """Refuse to write into an unrelated non-empty folder or onto a file; clear an earlier
+    landing zone."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PuhuiError(f"--out {out_dir} is not a folder; give a new or empty folder")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / TRUTH_FILE).exists():
-            raise ValueError(f"{out_dir} is not empty and is not a generated landing zone")
+            raise PuhuiError(f"--out {out_dir} is not empty and holds no generated landing "
+                             "zone; give a new or empty folder")
         for partner in FEEDS:
             shutil.rmtree(out_dir / partner, ignore_errors=True)
         for name in TRUTH_FILES:
             (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a parent folder should be, no permission
+        raise PuhuiError(f"--out {out_dir} cannot be created: {exc.strerror}") from exc
 
 
 def write_risk_truth(out_dir: Path, apps: Applications) -> Path:
