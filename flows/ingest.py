@@ -43,6 +43,11 @@ def summarize_ingest(as_of: date, feeds: list[dict], tables: list[dict]) -> dict
         f"{len(tables) - len(failed_tables)}/{len(tables)} passed"
         + (f" (FAILED: {', '.join(failed_tables)})" if failed_tables else "")
     )
+    # Files under a folder named like a date that is none are in no ledger: said here.
+    undated = [f"{f['partner']}/{folder}/ ({n})" for f in feeds
+               for folder, n in f.get("undated_folders", {}).items()]
+    if undated:
+        line += f"; NOT INGESTED, folder not a real date: {', '.join(undated)}"
     return {
         "as_of": as_of.isoformat(),
         "statuses": totals,

@@ -5,7 +5,9 @@ fsspec URL. Discovery only lists; it never moves or modifies a landed file. A sy
 (a directory, or any other entry that is not a regular file) matching the pattern is listed
 too, with its ``kind``: ingestion records it as held without following or reading it, so
 nothing that landed goes unrecorded (a folder ``orders_1.parquet/`` of part files is not
-silently skipped).
+silently skipped). A folder shaped like a date that is none (``2026-02-30/``) gives its files
+no delivery date to be filed under: ingestion cannot take them, and ``undated_folders``
+names them for the ingest summary instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from puhui.config import PartnerFeed
+
+_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
     """Files of ``feed`` delivered on ``day`` (every delivery date if None), sorted by path."""
     location = feed_location(feed, landing)
     fs, root = fsspec.core.url_to_fs(location)
-    glob_date = day.isoformat() if day else "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+    glob_date = day.isoformat() if day else _DATE_GLOB
     pattern = f"{root.rstrip('/')}/{feed.pattern.format(date=glob_date)}"
     found: list[LandedFile] = []
     for path, info in sorted(fs.glob(pattern, detail=True).items()):
@@ -71,7 +75,7 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
         folder = path.rstrip("/").split("/")[-2]
         try:
             delivered = date.fromisoformat(folder)
-        except ValueError:  # "2026-13-45": digits, not a date; no delivery date to file it under
+        except ValueError:  # "2026-13-45": no delivery date to file it under (undated_folders)
             continue
         found.append(
             LandedFile(
@@ -84,3 +88,32 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
             )
         )
     return found
+
+
+def undated_folders(feed: PartnerFeed, landing: str) -> dict[str, int]:
+    """Delivery folders of ``feed`` named like a date that is none (``2026-02-30``), each
+    with how many entries matching the feed's pattern it holds (empty ones left out).
+
+    ``list_landed_files`` cannot list these entries (no delivery date to file them under):
+    this lists the folders only, then reads just the bad ones, so a run reports them
+    without listing the whole landing zone twice."""
+    fs, root = fsspec.core.url_to_fs(feed_location(feed, landing))
+    pattern = f"{root.rstrip('/')}/{feed.pattern.format(date=_DATE_GLOB)}"
+    folders, _, names = pattern.rpartition("/")
+    found: dict[str, int] = {}
+    for folder in sorted(fs.glob(folders)):
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        if _is_date(name):  # digits by the glob; a real date is listed by list_landed_files
+            continue
+        entries = len(fs.glob(f"{folder.rstrip('/')}/{names}"))
+        if entries:
+            found[name] = entries
+    return found
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

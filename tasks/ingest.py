@@ -16,6 +16,7 @@ from puhui.data_docs import build_data_docs, ledger_outcomes
 from puhui.ingest.batches import FileIngestor, FileOutcome
 from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.landing import undated_folders
 from puhui.privacy import install_log_scrubbing
 from puhui.runtime import open_runtime
 from puhui.validation import BatchValidator
@@ -69,9 +70,15 @@ def ingest_partner_feed(partner: str, as_of: date) -> dict:
             as_of,
             feed.expected_by,
         )
+    undated = undated_folders(feed, settings.landing)
+    for folder, entries in undated.items():
+        logger.warning("%s: %d file(s) in %s/ not ingested: the folder name is not a real date "
+                       "(YYYY-MM-DD); move them to their delivery date's folder", partner,
+                       entries, folder)
     return {
         "partner": partner,
         "late": result.late,
+        "undated_folders": undated,
         "counts": result.counts(),
         "files": [asdict(f) for f in result.files],
     }
