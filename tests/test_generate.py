@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from puhui.errors import PuhuiError
 from puhui.generate import GenerateSummary, generate_landing_zone
 from puhui.generate import reference as ref
 from puhui.generate.faults import FAULT_EXPECT, FAULT_KINDS, plan_faults
@@ -271,8 +272,9 @@ def test_rewrites_an_earlier_landing_zone_but_not_a_foreign_folder(tmp_path: Pat
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("x")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(PuhuiError, match="not empty"):
         generate_landing_zone(foreign, **small)
+    assert (foreign / "keep.txt").read_text() == "x"
 
 
 @pytest.mark.parametrize(
