@@ -144,8 +144,14 @@ def use_test_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PUHUI_HOME", str(home))
     monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
     monkeypatch.setenv("PUHUI_ACTOR", "test-runner")
-    for name in ("PUHUI_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "PUHUI_LANDING", "PUHUI_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("PUHUI_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                 "PUHUI_LANDING", "PUHUI_PROFILE"):
+        # Set, then deleted: monkeypatch records a variable it deletes only if it was there,
+        # and the runtime (os.environ.setdefault) and mlflow.set_tracking_uri write these
+        # during a module fixture, before any test's own restore runs: this way the fixture's
+        # end removes them again (test_profiles' champion leaked into test_audit's CLI).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return home
 
 
