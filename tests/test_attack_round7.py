@@ -121,14 +121,21 @@ def test_odd_landing_entries_each_end_as_one_ledger_row(
     assert "\x1b" not in out and PHONE_IN_NAME not in out
 
 
-def test_a_file_rewritten_after_its_rows_loaded_is_held_not_loaded_twice(
-    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _five_rows_accepted(landing: Path, warehouse_url: str,
+                        monkeypatch: pytest.MonkeyPatch) -> tuple[Path, batches.FileOutcome]:
+    """A 5-row payments file landed and accepted: (its path, its outcome)."""
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     path.write_bytes(_payments(1, rows=5))
     first = _ingest_payments()[path.name]
     assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
+    return path, first
+
+
+def test_a_file_rewritten_after_its_rows_loaded_is_held_not_loaded_twice(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, first = _five_rows_accepted(landing, warehouse_url, monkeypatch)
 
     path.write_bytes(_payments(1, rows=8))  # the partner appended 3 rows in place
     again = _ingest_payments()[path.name]
@@ -147,11 +154,7 @@ def test_a_file_rewritten_after_its_rows_loaded_is_held_not_loaded_twice(
 def test_a_file_rewritten_in_place_at_the_same_size_is_read_again_and_held(
     landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
-    path.write_bytes(_payments(1, rows=5))
-    first = _ingest_payments()[path.name]
-    assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
+    path, first = _five_rows_accepted(landing, warehouse_url, monkeypatch)
     stat = path.stat()
     assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns == stat.st_mtime_ns
 
