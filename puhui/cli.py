@@ -1036,12 +1036,19 @@ def db_status() -> None:
 @config_app.command("check")
 def config_check() -> None:
     """Validate every file in configs/."""
-    from puhui.config import check_feed_suites, check_keys, config_hash, validate_config_dir
+    from puhui.config import (
+        check_feature_sources,
+        check_feed_suites,
+        check_keys,
+        config_hash,
+        validate_config_dir,
+    )
     from puhui.validation import default_expectations_dir
 
     settings = _settings()
     names = validate_config_dir(settings.config_dir)
     problems = check_feed_suites(settings.config_dir, default_expectations_dir())
+    problems += check_feature_sources(settings.config_dir)
     problems += check_keys(dict(os.environ))
     for problem in problems:
         err_console.print(f"puhui: {problem}", markup=False)

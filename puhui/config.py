@@ -13,7 +13,7 @@ import string
 from datetime import time
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -29,7 +29,17 @@ from puhui.errors import PuhuiError
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML `true` or "180" where a number of days belongs is an error, not 1 or 180.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# Names that reach SQL as quoted identifiers (raw table columns, feature sources): a quote
+# or a semicolon in one would end the identifier early in the statements built from them.
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+# A number of days: bounded, so that a slip of the keyboard (1e20) is refused on load and
+# not an OverflowError in date arithmetic in the middle of a run.
+MAX_DAYS = 3660
+Days = Annotated[int, Field(gt=0, le=MAX_DAYS)]
 
 
 class Product(StrictModel):
@@ -66,7 +76,7 @@ ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
 class ColumnContract(StrictModel):
     """One column of a feed as the partner promises to send it."""
 
-    name: str
+    name: Identifier
     type: ColumnType
     nullable: bool = False
     unit: str | None = None
@@ -75,7 +85,7 @@ class ColumnContract(StrictModel):
     pii: Literal["national_id", "phone"] | None = None
     # What happens to a personal identifier at the door: a keyed hash, or nothing at all.
     treatment: Literal["pseudonymize", "drop"] | None = None
-    key_column: str | None = None  # name of the pseudonym column (default by pii kind)
+    key_column: Identifier | None = None  # the pseudonym column (default by pii kind)
 
     @model_validator(mode="after")
     def _pii_needs_treatment(self) -> ColumnContract:
@@ -116,8 +126,20 @@ class PartnerFeed(StrictModel):
     extra_columns: Literal["warn", "hold"] = "warn"
     # Days back from the as-of date in which a file the ledger has not seen is still found
     # (a late file in an old delivery folder); default: the config's ``late_lookback_days``.
-    late_lookback_days: int | None = Field(default=None, ge=0, le=3660)
+    late_lookback_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
     columns: list[ColumnContract]
+
+    @field_validator("expected_by", mode="before")
+    @classmethod
+    def _quoted_time(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 10:30 as the number 630, which pydantic took as seconds:
+        # a feed due at 00:10:30 UTC. Only "HH:MM" text is a time of day here.
+        if not isinstance(value, str):
+            raise ValueError('write the time quoted, as "HH:MM" (YAML reads 10:30 as a number)')
+        try:
+            return time.fromisoformat(value)
+        except ValueError:
+            raise ValueError('not a time of day "HH:MM"') from None
 
     @field_validator("pattern")
     @classmethod
@@ -166,7 +188,7 @@ class PartnerFeed(StrictModel):
 class PartnersConfig(StrictModel):
     # How far back (days before the as-of date) discovery looks for files the ledger has
     # not seen; a feed's own ``late_lookback_days`` overrides it.
-    late_lookback_days: int = Field(default=35, ge=0, le=3660)
+    late_lookback_days: int = Field(default=35, ge=0, le=MAX_DAYS)
     partners: list[PartnerFeed]
 
     def lookback_days(self, feed: PartnerFeed) -> int:
@@ -187,7 +209,7 @@ class PartnersConfig(StrictModel):
 
 ReasonCode = str
 Comparison = dict[Literal["gt", "ge", "lt", "le", "ne"], float | str]
-RowFilter = dict[str, str | float | list[str] | Comparison]
+RowFilter = dict[Identifier, str | float | list[str] | Comparison]
 
 
 class FeatureName(StrictModel):
@@ -196,19 +218,19 @@ class FeatureName(StrictModel):
 
 
 class LatestColumn(FeatureName):
-    column: str
+    column: Identifier
     categorical: bool = False
 
 
 class LatestSpec(StrictModel):
-    max_age_days: int = Field(gt=0)
+    max_age_days: Days
     present_as: FeatureName
     columns: list[LatestColumn]
 
 
 class Aggregate(FeatureName):
     agg: Literal["count", "sum", "mean", "share"]
-    column: str | None = None
+    column: Identifier | None = None
     where: RowFilter = {}
     share_where: RowFilter = {}
     per_30_days: bool = False
@@ -226,10 +248,10 @@ class Aggregate(FeatureName):
 
 class FeatureSource(StrictModel):
     name: str
-    table: str
+    table: Identifier
     key: Literal["person_key", "phone_key"]
-    time: str
-    windows: list[int] = []
+    time: Identifier
+    windows: list[Days] = []
     aggregates: list[Aggregate] = []
     latest: LatestSpec | None = None
 
@@ -243,7 +265,7 @@ class FeatureSource(StrictModel):
 
 
 class Lookup(StrictModel):
-    by: str
+    by: Identifier
     values: dict[str, float]
     scale: float = 1.0
 
@@ -261,15 +283,15 @@ class DerivedFeature(FeatureName):
 
 
 class CustomerSpec(StrictModel):
-    table: str
-    since: str
+    table: Identifier
+    since: Identifier
     categorical: list[FeatureName]
     tenure: FeatureName
 
 
 class ApplicationSpec(StrictModel):
-    table: str
-    time: str
+    table: Identifier
+    time: Identifier
     numeric: list[FeatureName]
     categorical: list[FeatureName]
     derived: list[DerivedFeature] = []
@@ -409,7 +431,7 @@ class GatesSpec(StrictModel):
 class RiskModelSpec(StrictModel):
     registered_name: str
     label: str
-    outcome_window_days: int = Field(gt=0)
+    outcome_window_days: Days
     # Three windows, by application date: train | validation (early stopping, search,
     # calibration, candidate choice) | test (untouched: final evaluation and gates only).
     validation_months: int = Field(ge=1)
@@ -465,7 +487,7 @@ class RecommenderGates(StrictModel):
 class RecommenderSpec(StrictModel):
     registered_name: str
     k: int = Field(default=3, ge=1)
-    window_days: int = Field(default=28, ge=1)  # one group per customer and window
+    window_days: Days = 28  # one group per customer and window
     train_windows: int = Field(default=12, ge=1)
     grading: dict[str, int]  # event type -> relevance
     segments: list[str]
@@ -591,12 +613,12 @@ class Threshold(StrictModel):
 
 
 class PopulationSpec(StrictModel):
-    window_days: int = Field(gt=0)
+    window_days: Days
     bins: int = Field(ge=2, le=50)
 
 
 class MaturedSpec(StrictModel):
-    lookback_days: int = Field(gt=0)
+    lookback_days: Days
     bootstrap: int = Field(ge=10)
     min_rows: int = Field(ge=1)
 
@@ -650,16 +672,49 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return f"{path}: {key}: {first['msg']}{more}"
 
 
-def load_config_file(path: Path, model: type[M]) -> M:
-    """Parse one YAML file into its model; any problem is one line naming file and key."""
+class ConfigYamlLoader(yaml.SafeLoader):
+    """YAML as configs mean it: a key given twice is an error (PyYAML keeps the last one
+    silently, so a setting could be overridden a screen further down), and aliases are
+    refused (none are needed, and nested aliases expand to billions of nodes where a field
+    takes any value)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} (aliases are not allowed in config files)",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """``path`` parsed by :class:`ConfigYamlLoader`; a problem is one line naming the file,
+    the line and what is wrong (never the value)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigYamlLoader)  # noqa: S506
     except FileNotFoundError:
         raise PuhuiError(f"{path}: config file is missing") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise PuhuiError(f"{path}:{where}: not valid YAML") from None
+        problem = getattr(exc, "problem", None) or ""
+        known = problem.startswith(("duplicate key", "alias *"))
+        raise PuhuiError(f"{path}:{where}: " + (problem if known else "not valid YAML")) from None
+
+
+def load_config_file(path: Path, model: type[M]) -> M:
+    """Parse one YAML file into its model; any problem is one line naming file and key."""
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise PuhuiError(f"{path}: <root>: expected a mapping of keys")
     try:
@@ -758,6 +813,37 @@ def check_feed_suites(config_dir: Path, expectations_dir: Path) -> list[str]:
                     )
                 else:
                     problems.append(f"{label}: not a column of feed {feed.name!r}")
+    return problems
+
+
+def check_feature_sources(config_dir: Path) -> list[str]:
+    """Tables and columns that features.yaml reads but no partner feed stores, one line each
+    (at run time they surface only after ingest, as "table ... is not in the warehouse")."""
+    partners = load_config_file(config_dir / "partners.yaml", PartnersConfig)
+    features_file = config_dir / "features.yaml"
+    spec = load_config_file(features_file, FeaturesConfig)
+    stored = {f.raw_table: {c.stored_name for c in f.columns if c.stored_name}
+              for f in partners.partners}
+    reads: list[tuple[str, str, list[str]]] = [
+        ("customer", spec.customer.table, [spec.customer.since]),
+        ("application", spec.application.table, [spec.application.time]),
+    ]
+    for index, source in enumerate(spec.sources):
+        columns = [source.key, source.time]
+        for agg in source.aggregates:
+            columns += [agg.column] if agg.column else []
+            columns += [*agg.where, *agg.share_where]
+        columns += [c.column for c in source.latest.columns] if source.latest else []
+        reads.append((f"sources.{index} ({source.name})", source.table, columns))
+    problems = []
+    for where, table, columns in reads:
+        if table not in stored:
+            problems.append(f"{features_file}: {where}: table {table!r} is no feed's raw table "
+                            f"(partners.yaml: {', '.join(sorted(stored))})")
+            continue
+        for column in dict.fromkeys(columns):
+            if column not in stored[table]:
+                problems.append(f"{features_file}: {where}: {table} stores no column {column!r}")
     return problems
 
 

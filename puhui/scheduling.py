@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
+from puhui.config import load_yaml
 from puhui.errors import PuhuiError
 from puhui.settings import repo_root
 
@@ -46,7 +46,7 @@ class DeploymentSpec(BaseModel):
 def load_deployment_specs(path: Path | None = None) -> list[DeploymentSpec]:
     """The deployments declared in ``prefect.yaml`` (validated)."""
     path = path or repo_root() / "prefect.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = load_yaml(path) or {}
     specs = []
     for index, item in enumerate(raw.get("deployments") or []):
         try:

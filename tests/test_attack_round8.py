@@ -1,0 +1,103 @@
+"""Round 8 of testing like an attacker: hostile configuration, hostile values, tampering.
+
+Each test failed before its fix (the module docstring of each section says how).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from puhui.config import (
+    CONFIG_MODELS,
+    FeaturesConfig,
+    PartnersConfig,
+    check_feature_sources,
+    load_config_file,
+)
+from puhui.errors import PuhuiError
+from puhui.scheduling import load_deployment_specs
+from puhui.settings import repo_root
+
+CONFIGS = repo_root() / "configs"
+
+# --- hostile configuration -------------------------------------------------------------------
+# Before: a key given twice kept the last value silently; a YAML `true` or "180" was read as a
+# window of 1 or 180 days; a window of 10**20 days loaded (and was an OverflowError mid-run);
+# an unquoted `expected_by: 10:30` (YAML 1.1 reads 630) became 00:10:30 UTC; a quote in a
+# column or table name reached the quoted identifiers of CREATE INDEX statements; nested
+# aliases in prefect.yaml's free-form parameters expanded to 10**8 nodes; a features source
+# naming a table no feed stores passed `config check`.
+
+
+def _edited(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs, dirs_exist_ok=True)
+    path = configs / name
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+_PAYMENT_WINDOWS = "windows: [30, 90, 180]"
+_BOMB = "".join(
+    f"x{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10 if i else ["1"] * 10) + "]\n"
+    for i in range(9))
+
+
+@pytest.mark.parametrize("name, old, new, error", [
+    ("partners.yaml", "partners:", "late_lookback_days: 3\nlate_lookback_days: 40\npartners:",
+     r"line \d+: duplicate key 'late_lookback_days'"),
+    ("features.yaml", _PAYMENT_WINDOWS, "windows: [30, 90, true]",
+     r"sources\.1\.windows\.2: Input should be a valid integer"),
+    ("features.yaml", _PAYMENT_WINDOWS, "windows: [30, 90, '180']",
+     r"sources\.1\.windows\.2: Input should be a valid integer"),
+    ("features.yaml", _PAYMENT_WINDOWS, "windows: [30, 90, 100000000000000000000]",
+     r"sources\.1\.windows\.2: Input should be less than or equal to 3660"),
+    ("features.yaml", "max_age_days: 62", "max_age_days: -62",
+     r"sources\.0\.latest\.max_age_days: Input should be greater than 0"),
+    ("partners.yaml", 'expected_by: "08:00"', "expected_by: 10:30",
+     r'partners\.1\.expected_by: .*write the time quoted, as "HH:MM"'),
+    ("features.yaml", "time: report_date", "time: 'report_date\") ; DROP TABLE audit_log; --'",
+     r"sources\.0\.time: String should match pattern"),
+    ("partners.yaml", "- {name: txn_id,", "- {name: 'txn\"id',",
+     r"partners\.3\.columns\.0\.name: String should match pattern"),
+    ("products.yaml", "products:", _BOMB + "products:",
+     r"line \d+: alias \*l0 \(aliases are not allowed in config files\)"),
+])
+def test_hostile_config_values_fail_in_one_line_naming_file_and_key(
+    tmp_path: Path, name: str, old: str, new: str, error: str
+) -> None:
+    path = _edited(tmp_path, name, old, new)
+    with pytest.raises(PuhuiError, match=error) as caught:
+        load_config_file(path, CONFIG_MODELS[name])
+    message = str(caught.value)
+    assert message.startswith(f"{path}:") and "\n" not in message
+    assert "DROP TABLE" not in message, "the value is not echoed"
+
+
+def test_shipped_configs_still_load_and_a_quoted_time_is_local() -> None:
+    feed = load_config_file(CONFIGS / "partners.yaml", PartnersConfig).get("credit_bureau")
+    assert feed.expected_by.isoformat() == "08:00:00"
+    assert check_feature_sources(CONFIGS) == []
+
+
+def test_an_alias_bomb_in_prefect_yaml_is_refused_before_it_expands(tmp_path: Path) -> None:
+    path = tmp_path / "prefect.yaml"
+    path.write_text(_BOMB + (repo_root() / "prefect.yaml").read_text(encoding="utf-8"))
+    with pytest.raises(PuhuiError, match=r"prefect\.yaml: line 2: alias \*l0"):
+        load_deployment_specs(path)
+
+
+def test_config_check_names_feature_tables_and_columns_no_feed_stores(tmp_path: Path) -> None:
+    path = _edited(tmp_path, "features.yaml", "table: raw_credit_bureau", "table: raw_bureau")
+    text = path.read_text(encoding="utf-8").replace("time: txn_time", "time: txn_when", 1)
+    path.write_text(text, encoding="utf-8")
+    load_config_file(path, FeaturesConfig)  # well formed: only the cross-check finds these
+    table, column = check_feature_sources(path.parent)
+    assert "sources.0 (bureau): table 'raw_bureau' is no feed's raw table" in table
+    assert "sources.1 (payments): raw_mobile_payments stores no column 'txn_when'" in column
+
