@@ -318,6 +318,7 @@ KNOWN_ACTIONS: tuple[str, ...] = (
     "quarantine.release.refused", "model.register.intent", "model.registered",
     "model.register.aborted", "model.register.refused", "model.gates", "model.alias.intent",
     "model.alias", "model.alias.aborted", "model.alias.removed", "model.promote.refused",
+    "model.alias.refused",
     "pipeline.daily",
     "profiles.refresh", "profiles.explain", "report.published", "monitoring.alert",
 )

@@ -46,6 +46,8 @@ REGISTER_INTENT, REGISTERED, REGISTER_ABORTED = (
     "model.register.intent", "model.registered", "model.register.aborted")
 GATES = "model.gates"
 PROMOTE_REFUSED = "model.promote.refused"
+# A move refused because MLflow's alias is not where the trail's last move put it.
+ALIAS_REFUSED = "model.alias.refused"
 ALIAS_INTENT, ALIAS_SET, ALIAS_ABORTED = "model.alias.intent", "model.alias", "model.alias.aborted"
 # An alias taken off its version (the challenger alias of a version promoted to champion);
 # its intent is an ALIAS_INTENT with ``"removed": true`` and ``"version": null``.
@@ -158,13 +160,52 @@ def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
         crash_point("gate.after_tag")
 
 
+def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(model, alias) -> the version the trail's last completed move left it on."""
+    moves: dict[tuple[str, str], str] = {}
+    for e in events:
+        if e["action"] == ALIAS_SET:
+            moves[(e["details"]["model"], e["details"]["alias"])] = str(e["details"]["version"])
+        elif e["action"] == ALIAS_REMOVED:
+            moves.pop((e["details"]["model"], e["details"]["alias"]), None)
+    return moves
+
+
+def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWriter,
+                          name: str, alias: str, version: str, reason: str) -> str | None:
+    """MLflow's ``alias`` of ``name``, if the trail's last move agrees; else refuse (an
+    ``ALIAS_REFUSED`` event).
+
+    An alias moved in MLflow directly (not through puhui) is tampering or an outside
+    mistake: moving it again would record the hand-set version as "previous" and erase the
+    one difference ``audit verify`` reports. The caller holds ``MODEL_LOCK`` and has
+    reconciled, so an interrupted move of ours is no longer open here.
+    """
+    events = events_of(engine, MODEL_ACTIONS)
+    current = version_of(client, name, alias)
+    expected = _alias_moves(events).get((name, alias))
+    if current != expected:
+        found = f"v{current}" if current else "unset"
+        said = f"v{expected}" if expected else "unset (no move)"
+        because = (f"{name}@{alias} is {found} in MLflow but the trail's last move says "
+                   f"{said}: changed outside puhui")
+        advice = ("Put it back as the trail says (or find out who moved it), then retry; "
+                  "'puhui audit verify' lists every difference")
+    else:
+        return current
+    audit.record(engine, ALIAS_REFUSED, f"{name}/{alias}", {
+        "model": name, "alias": alias, "version": str(version), "found": current,
+        "expected": expected, "reason": reason, "refused_because": because})
+    raise PuhuiError(f"{because}; nothing moved. {advice}")
+
+
 def _move_alias(
     client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
     version: str, reason: str, *, rollback: bool = False, forced: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> str | None:
     """Intent, alias move, completion; the caller holds ``MODEL_LOCK``."""
-    previous = version_of(client, name, alias)
+    previous = _refuse_tampered_move(client, engine, audit, name, alias, version, reason)
     run_id = client.get_model_version(name, str(version)).run_id
     details = {"model": name, "alias": alias, "version": str(version), "previous": previous,
                "reason": reason, "rollback": rollback, "forced": forced, **(extra or {})}
@@ -354,12 +395,7 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
     events = events_of(engine, MODEL_ACTIONS)
     registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
                   if e["action"] == REGISTERED}
-    moves: dict[tuple[str, str], str] = {}
-    for e in events:
-        if e["action"] == ALIAS_SET:
-            moves[(e["details"]["model"], e["details"]["alias"])] = str(e["details"]["version"])
-        elif e["action"] == ALIAS_REMOVED:
-            moves.pop((e["details"]["model"], e["details"]["alias"]), None)
+    moves = _alias_moves(events)
     verdicts = _verdicts(events)
     models = set(registered_model_names(client)) | {m for m, _ in registered}
     problems: list[str] = []
@@ -467,12 +503,14 @@ def rollback(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
         stack = champion_history(engine, name)
-        current = version_of(client, name, CHAMPION)
-        if current is None or len(stack) < 2:
+        if len(stack) < 2:
             raise PuhuiError(f"{name} has no previous champion to roll back to")
         target = stack[-2]
-        _move_alias(client, engine, audit, name, CHAMPION, target, reason, rollback=True)
-        return current, target
+        # The champion MLflow has is checked against the trail's in the move: a champion
+        # moved or unset outside puhui is refused there, not rolled back from.
+        current = _move_alias(client, engine, audit, name, CHAMPION, target, reason,
+                              rollback=True)
+        return str(current), target
 
 
 def lineage(client: MlflowClient, engine: Engine, name: str, version: str) -> dict[str, Any]:

@@ -6,10 +6,12 @@ Each test failed before its fix (the module docstring of each section says how).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from puhui.audit import events_of
 from puhui.config import (
     CONFIG_MODELS,
     FeaturesConfig,
@@ -18,8 +20,18 @@ from puhui.config import (
     load_config_file,
 )
 from puhui.errors import PuhuiError
+from puhui.registry import ALIAS_REFUSED, CHAMPION, current_aliases, registry_client
+from puhui.runtime import open_runtime
 from puhui.scheduling import load_deployment_specs
-from puhui.settings import repo_root
+from puhui.settings import load_settings, repo_root
+from tests import test_crash_model_changes as crash_tests
+from tests.test_crash_model_changes import NAME, Ran
+
+# That file's fixtures: four versions registered through the audited path (two passed, one
+# failed, one ungated) in a fresh MLflow store; the CLI run in this process.
+empty_mlflow_store = crash_tests.empty_mlflow_store
+registry_env = crash_tests.registry_env
+puhui = crash_tests.puhui
 
 CONFIGS = repo_root() / "configs"
 
@@ -100,4 +112,48 @@ def test_config_check_names_feature_tables_and_columns_no_feed_stores(tmp_path: 
     table, column = check_feature_sources(path.parent)
     assert "sources.0 (bureau): table 'raw_bureau' is no feed's raw table" in table
     assert "sources.1 (payments): raw_mobile_payments stores no column 'txn_when'" in column
+
+
+# --- tampering: MLflow changed behind the trail's back -----------------------------------------
+# Before: `models promote` after a hand move of champion recorded the hand-set version as the
+# "previous" one and moved on, and `audit verify` then passed: the next promotion erased the
+# only trace of the tampering. `rollback` rolled back from whatever MLflow said.
+
+
+def _champion() -> str | None:
+    return current_aliases(registry_client(load_settings().mlflow_tracking_uri), NAME).get(
+        CHAMPION)
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_champion_moved_outside_puhui_stops_promote_and_rollback(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    v1, v2, failed = registry_env["passed1"], registry_env["passed2"], registry_env["failed"]
+    for version in (v1, v2):
+        assert puhui("models", "promote", NAME, "--version", version, "--reason",
+                     "r").returncode == 0
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    client.set_registered_model_alias(NAME, CHAMPION, failed)  # by hand, in MLflow
+
+    said = f"{NAME}@champion is v{failed} in MLflow but the trail's last move says v{v2}"
+    for args in (("promote", NAME, "--version", v1, "--reason", "x"),
+                 ("rollback", NAME, "--reason", "x")):
+        refused = puhui("models", *args)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert said in refused.stderr and "nothing moved" in refused.stderr
+        assert _champion() == failed
+    verified = puhui("audit", "verify")
+    assert verified.returncode == 1 and said in verified.stderr, "the difference stays reported"
+    refusals = events_of(open_runtime().engine, [ALIAS_REFUSED])
+    assert [e["details"]["found"] for e in refusals] == [failed, failed]
+
+    client.delete_registered_model_alias(NAME, CHAMPION)
+    refused = puhui("models", "rollback", NAME, "--reason", "x")
+    assert refused.returncode == 1 and f"{NAME}@champion is unset in MLflow" in refused.stderr
+
+    client.set_registered_model_alias(NAME, CHAMPION, v2)  # put back as the trail says
+    back = puhui("models", "rollback", NAME, "--reason", "v2 misbehaves")
+    assert back.returncode == 0 and f"to v{v1}" in back.stdout, back.stderr
+    assert _champion() == v1 and puhui("audit", "verify").returncode == 0
 
