@@ -17,6 +17,7 @@ promotes it. ``registry_problems`` compares MLflow with the trail for ``audit ve
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     VersionRow,
     is_not_found,
     list_versions,
+    model_files_digest,
+    model_files_dir,
     registered_model_names,
 )
 from puhui.warehouse.engine import held_lock
@@ -117,8 +120,11 @@ def register_version(
     """
     import mlflow
 
+    with tempfile.TemporaryDirectory(prefix="puhui-model-") as tmp:
+        logged = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        digest = model_files_digest(logged)
     with held_lock(engine, MODEL_LOCK):
-        facts = {**details, "model": name, "run_id": run_id}
+        facts = {**details, "model": name, "run_id": run_id, "model_sha256": digest}
         intent = audit.record(engine, REGISTER_INTENT, f"{name}/run/{run_id}", facts,
                               mlflow_run_id=run_id)
         crash_point("register.before_mlflow")
@@ -160,6 +166,66 @@ def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
         crash_point("gate.after_tag")
 
 
+def _registered_digests(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(model, version) -> the model files' SHA-256 its registration event recorded
+    (versions registered before digests were recorded have none)."""
+    return {(e["details"]["model"], str(e["details"]["version"])): e["details"]["model_sha256"]
+            for e in events if e["action"] == REGISTERED and e["details"].get("model_sha256")}
+
+
+def _checked_model_folder(client: MlflowClient, name: str, version: str, expected: str | None,
+                          dst_path: str) -> tuple[Path | None, str | None]:
+    """The folder of ``name`` v``version``'s model files (in place, or downloaded into
+    ``dst_path``) and why they are not the ones registered (None: they are, or there is no
+    digest ``expected`` to compare with)."""
+    try:
+        folder = model_files_dir(client.get_model_version_download_uri(name, version), dst_path)
+    except Exception as exc:
+        if not is_not_found(exc) and not isinstance(exc, FileNotFoundError):
+            raise
+        folder = None
+    if folder is None:
+        return None, f"{name} v{version}: its model files are gone from the artifact store"
+    found = model_files_digest(folder) if expected else None
+    if found != expected:
+        return folder, (f"{name} v{version}: its model files differ from those registered "
+                        f"(SHA-256 {expected[:12]}... in the trail, {found[:12]}... in the "
+                        "artifact store)")
+    return folder, None
+
+
+def model_files_problem(client: MlflowClient, name: str, version: str,
+                        expected: str) -> str | None:
+    """Why the model files of ``name`` v``version`` are not the ones registered, or None."""
+    with tempfile.TemporaryDirectory(prefix="puhui-model-") as tmp:
+        return _checked_model_folder(client, name, version, expected, tmp)[1]
+
+
+def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version: str) -> Any:
+    """``name`` v``version`` as an MLflow pyfunc, loaded from files checked against the
+    registration event's SHA-256 (loading a pickle runs its code: files edited in the
+    artifact store must not reach scoring). A version the trail never registered is refused
+    too: it was made outside puhui, and no gate verdict vouches for it.
+    """
+    import mlflow.pyfunc
+
+    registered = [e for e in events_of(engine, [REGISTERED])
+                  if e["details"]["model"] == name and str(e["details"]["version"]) == version]
+    if not registered:
+        raise PuhuiError(f"{name} v{version} has no registration event in the audit trail "
+                         "(made outside puhui?): not loaded; see 'puhui audit verify'")
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    # Not a TemporaryDirectory: a model may read its files after loading; a local store's
+    # folder is used in place, so only a remote store's copy lands here.
+    dst = tempfile.mkdtemp(prefix="puhui-model-")
+    folder, problem = _checked_model_folder(registry_client(tracking_uri), name, version,
+                                            registered[-1]["details"].get("model_sha256"), dst)
+    if problem or folder is None:
+        raise PuhuiError(f"{problem}: not loaded; see 'puhui audit verify'")
+    return mlflow.pyfunc.load_model(str(folder))
+
+
 def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(model, alias) -> the version the trail's last completed move left it on."""
     moves: dict[tuple[str, str], str] = {}
@@ -173,17 +239,19 @@ def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
 
 def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWriter,
                           name: str, alias: str, version: str, reason: str) -> str | None:
-    """MLflow's ``alias`` of ``name``, if the trail's last move agrees; else refuse (an
-    ``ALIAS_REFUSED`` event).
+    """MLflow's ``alias`` of ``name``, if the trail's last move agrees and ``version``'s
+    model files are those registered; else refuse (an ``ALIAS_REFUSED`` event).
 
     An alias moved in MLflow directly (not through puhui) is tampering or an outside
     mistake: moving it again would record the hand-set version as "previous" and erase the
-    one difference ``audit verify`` reports. The caller holds ``MODEL_LOCK`` and has
+    one difference ``audit verify`` reports. Files edited in the artifact store would be
+    what scoring loads (a pickle: code that runs). The caller holds ``MODEL_LOCK`` and has
     reconciled, so an interrupted move of ours is no longer open here.
     """
     events = events_of(engine, MODEL_ACTIONS)
     current = version_of(client, name, alias)
     expected = _alias_moves(events).get((name, alias))
+    digest = _registered_digests(events).get((name, str(version)))
     if current != expected:
         found = f"v{current}" if current else "unset"
         said = f"v{expected}" if expected else "unset (no move)"
@@ -191,6 +259,8 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
                    f"{said}: changed outside puhui")
         advice = ("Put it back as the trail says (or find out who moved it), then retry; "
                   "'puhui audit verify' lists every difference")
+    elif digest and (because := model_files_problem(client, name, str(version), digest)):
+        advice = "retrain, or restore the files from a backup; 'puhui audit verify' lists all"
     else:
         return current
     audit.record(engine, ALIAS_REFUSED, f"{name}/{alias}", {
@@ -397,6 +467,7 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
                   if e["action"] == REGISTERED}
     moves = _alias_moves(events)
     verdicts = _verdicts(events)
+    digests = _registered_digests(events)
     models = set(registered_model_names(client)) | {m for m, _ in registered}
     problems: list[str] = []
     n_versions = n_aliases = 0
@@ -415,6 +486,10 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
             if (model, version) not in registered:
                 problems.append(f"{model} v{version} is in MLflow with no registration event "
                                 "in the trail")
+            elif (model, version) in digests and (
+                    changed := model_files_problem(client, model, version,
+                                                   digests[(model, version)])):
+                problems.append(changed)
             tag = v.tags.get(GATES_PASSED_TAG)
             verdict = verdicts.get((model, version))
             if tag is not None and verdict is None:

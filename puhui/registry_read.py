@@ -12,6 +12,7 @@ the same rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -54,6 +55,44 @@ class VersionRow:
 
 class NotInRegistry(LookupError):
     """``SqlRegistry``'s answer where ``MlflowClient`` raises "no such model or version"."""
+
+
+# Written into the model's folder by MLflow when it registers it (after the digest is taken).
+_REGISTERED_AFTER = frozenset({"registered_model_meta"})
+
+
+def model_files_digest(directory: Path) -> str:
+    """SHA-256 over a logged model's files: each relative path and its bytes, in path order.
+
+    What a registered version's model is, as recorded in its registration event (keyed
+    into the audit chain): a pickle or booster swapped or edited in the artifact store
+    afterwards no longer matches.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory).as_posix()
+        if relative in _REGISTERED_AFTER:
+            continue
+        digest.update(relative.encode() + b"\0")
+        with path.open("rb") as handle:
+            while block := handle.read(8 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def model_files_dir(uri: str, dst_path: str) -> Path | None:
+    """The folder of model files at artifact ``uri``: in place for a local store (None when
+    it is gone), else downloaded into ``dst_path`` by MLflow."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("file", ""):
+        path = Path(unquote(parsed.path))
+        return path if path.is_dir() else None
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path))
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -204,6 +243,15 @@ class SqlRegistry:
         if not found:
             raise NotInRegistry(f"{name} has no version {version}")
         return found[0]
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        rows = self._rows("SELECT storage_location, source FROM model_versions "
+                          "WHERE workspace = :ws AND name = :name AND version = :version "
+                          "AND current_stage != :deleted",
+                          name=name, version=int(version), deleted=_DELETED_STAGE)
+        if not rows:
+            raise NotInRegistry(f"{name} has no version {version}")
+        return rows[0].storage_location or rows[0].source
 
     def get_run(self, run_id: str) -> _Run:
         metrics = {r.key: math.nan if r.is_nan else float(r.value) for r in self._rows(

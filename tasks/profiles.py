@@ -77,7 +77,7 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
     key = run_key(as_of, slots, runtime.audit.config_hash,
                   loaded_batches(runtime.engine, as_of), partitions)
     risk = slots.get("risk")
-    scorer = (load_risk_scorer(settings.mlflow_tracking_uri, risk)
+    scorer = (load_risk_scorer(runtime.engine, settings.mlflow_tracking_uri, risk)
               if risk is not None and risk.available else None)
     recommender = slots.get("recommender")
     offers = None

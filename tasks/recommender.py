@@ -64,7 +64,8 @@ def assemble_ranking_set(as_of: date) -> tuple[RankingSet, str]:
     runtime = open_runtime()
     spec, reco, risk, products = _configs()
     frames = load_source_frames(runtime.engine, spec, as_of)
-    grader = champion_risk_grader(runtime.settings.mlflow_tracking_uri, risk.registered_name)
+    grader = champion_risk_grader(runtime.engine, runtime.settings.mlflow_tracking_uri,
+                                  risk.registered_name)
     reference = load_config(runtime.settings.config_dir,
                             SegmentsConfig).profile.reference_application
     grade = None if grader.scorer is None else (

@@ -20,7 +20,13 @@ from puhui.config import (
     load_config_file,
 )
 from puhui.errors import PuhuiError
-from puhui.registry import ALIAS_REFUSED, CHAMPION, current_aliases, registry_client
+from puhui.registry import (
+    ALIAS_REFUSED,
+    CHAMPION,
+    current_aliases,
+    load_registered_pyfunc,
+    registry_client,
+)
 from puhui.runtime import open_runtime
 from puhui.scheduling import load_deployment_specs
 from puhui.settings import load_settings, repo_root
@@ -156,4 +162,53 @@ def test_a_champion_moved_outside_puhui_stops_promote_and_rollback(
     back = puhui("models", "rollback", NAME, "--reason", "v2 misbehaves")
     assert back.returncode == 0 and f"to v{v1}" in back.stdout, back.stderr
     assert _champion() == v1 and puhui("audit", "verify").returncode == 0
+
+
+# Before: a registered version's model files (a cloudpickle that scoring loads, a booster)
+# could be edited or deleted in the artifact store with no trace: `audit verify` passed,
+# `models promote` made the edited version champion and the profile refresh ran its code. Now
+# the registration event records their SHA-256 (keyed into the chain), verify compares, a
+# move to such a version is refused, and scoring loads only files that match.
+
+
+def _model_folder(version: str) -> Path:
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    uri = client.get_model_version_download_uri(NAME, version)
+    return Path(uri.removeprefix("file://"))
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_model_files_edited_or_deleted_in_the_artifact_store_are_caught(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    v1, v2 = registry_env["passed1"], registry_env["passed2"]
+    assert puhui("audit", "verify").returncode == 0
+    pickle = _model_folder(v1) / "python_model.pkl"
+    pickle.write_bytes(pickle.read_bytes() + b"\n# swapped")
+    shutil.rmtree(_model_folder(v2))
+
+    edited = f"{NAME} v{v1}: its model files differ from those registered"
+    gone = f"{NAME} v{v2}: its model files are gone from the artifact store"
+    for args in (("audit", "verify"), ("audit", "verify", "--no-repair")):
+        verified = puhui(*args)
+        assert verified.returncode == 1, verified.stdout
+        assert edited in verified.stderr and gone in verified.stderr, verified.stderr
+    for version, said in ((v1, edited), (v2, gone)):
+        refused = puhui("models", "promote", NAME, "--version", version, "--reason", "x")
+        assert refused.returncode == 1 and said in refused.stderr and \
+            "nothing moved" in refused.stderr, refused.stderr
+        with pytest.raises(PuhuiError, match=f"{said}.*: not loaded"):
+            load_registered_pyfunc(open_runtime().engine, load_settings().mlflow_tracking_uri,
+                                   NAME, version)
+    assert _champion() is None
+
+    # Scoring loads what matches, and nothing the trail never registered.
+    engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
+    assert load_registered_pyfunc(engine, uri, NAME, registry_env["failed"]).predict([1.0]) \
+        == [0.1]
+    client = registry_client(uri)
+    source = client.get_model_version(NAME, registry_env["failed"])
+    outside = client.create_model_version(NAME, source.source, run_id=source.run_id).version
+    with pytest.raises(PuhuiError, match=f"v{outside} has no registration event"):
+        load_registered_pyfunc(engine, uri, NAME, str(outside))
 

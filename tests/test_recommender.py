@@ -37,6 +37,7 @@ from puhui.recommender.training_set import (
     require_out_of_time_groups,
     window_as_of_days,
 )
+from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 
 AS_OF = date(2026, 9, 30)
@@ -524,7 +525,7 @@ def test_credit_eligibility_follows_the_champion_risk_grade(
     risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
     no_search_config(tmp_path, monkeypatch)
     uri = load_settings().mlflow_tracking_uri
-    none = champion_risk_grader(uri, "credit_risk")
+    none = champion_risk_grader(open_runtime().engine, uri, "credit_risk")
     assert none.scorer is None and "credit products ineligible" in none.describe()
     version = train_and_promote()
     result = train_recommender_flow(as_of=date.fromisoformat(RISK_AS_OF))

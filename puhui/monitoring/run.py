@@ -107,7 +107,7 @@ def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) ->
         if slot.version in seen:  # champion and challenger the same version: once
             continue
         seen.add(slot.version)
-        scorer = load_risk_scorer(tracking_uri, slot)
+        scorer = load_risk_scorer(engine, tracking_uri, slot)
         try:
             bins = load_frozen_bins(tracking_uri, slot.run_id, slot.name, slot.version)
         except PuhuiError as exc:

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from sqlalchemy import Engine
 
 from puhui.errors import PuhuiError
-from puhui.registry import CHAMPION, registry_client
+from puhui.registry import CHAMPION, load_registered_pyfunc, registry_client
 
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
@@ -112,13 +113,10 @@ class PyfuncRiskScorer:
         return np.asarray(source.contributions(x))
 
 
-def load_risk_scorer(tracking_uri: str, slot: ModelSlot) -> PyfuncRiskScorer:
-    """Load the exact version resolved (not the alias again: it may move meanwhile)."""
-    import mlflow.pyfunc
-
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{slot.name}/{slot.version}")
+def load_risk_scorer(engine: Engine, tracking_uri: str, slot: ModelSlot) -> PyfuncRiskScorer:
+    """Load the exact version resolved (not the alias again: it may move meanwhile), from
+    files checked against its registration in the trail of ``engine``'s warehouse."""
+    pyfunc = load_registered_pyfunc(engine, tracking_uri, slot.name, str(slot.version))
     inner = pyfunc.unwrap_python_model()
     scorer = getattr(inner, "scorer", inner)
     features = list(scorer.features)

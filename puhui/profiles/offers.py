@@ -189,7 +189,7 @@ def load_offer_context(engine: Engine, tracking_uri: str, slot: ModelSlot | None
     over the register's ``partitions`` (``register["partition"]``, as ``load_register``
     split it). With a champion, each partition's events are staged under ``events_dir`` for
     its scoring (:meth:`OfferContext.partition_events`); without one, scoring needs none."""
-    ranker = (load_recommender(tracking_uri, slot.name, str(slot.version))
+    ranker = (load_recommender(engine, tracking_uri, slot.name, str(slot.version))
               if slot is not None and slot.available else None)
     staged = events_dir if ranker is not None else None  # scoring without one needs none
     summary = sum_partition_events(engine, EventTables.reflect(engine, features), register,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Engine
 
 from puhui.config import FeaturesConfig, RiskModelSpec
 from puhui.features.builder import apply_derived
@@ -40,13 +41,13 @@ class RiskGrader:
         return f"credit limited by {self.name} v{self.version} grades"
 
 
-def champion_risk_grader(tracking_uri: str, risk_name: str) -> RiskGrader:
+def champion_risk_grader(engine: Engine, tracking_uri: str, risk_name: str) -> RiskGrader:
     """The risk champion by alias (a missing one is a reason; an unreadable registry
     raises, as for the profiles)."""
     slot = resolve_models(tracking_uri, {"risk": risk_name})["risk"]
     if not slot.available:
         return RiskGrader(risk_name, None, None, slot.reason)
-    return RiskGrader(risk_name, slot.version, load_risk_scorer(tracking_uri, slot))
+    return RiskGrader(risk_name, slot.version, load_risk_scorer(engine, tracking_uri, slot))
 
 
 def risk_grades(scorer: RiskScoring, features: pd.DataFrame,

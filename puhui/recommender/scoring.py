@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Engine
 
 from puhui.config import ProductsConfig, RecommenderSpec
 from puhui.features.sources import day_number
@@ -22,14 +23,13 @@ from puhui.recommender.model import Ranker, eligibility
 from puhui.recommender.training_set import graded_events, past_use_features, scenario_prior
 
 
-def load_recommender(tracking_uri: str, name: str, version: str) -> Ranker:
+def load_recommender(engine: Engine, tracking_uri: str, name: str, version: str) -> Ranker:
     """The ranker of ``name`` version ``version`` from the registry (not the alias again:
-    it may move meanwhile)."""
-    import mlflow.pyfunc
+    it may move meanwhile), its files checked against its registration in the trail."""
+    from puhui.registry import load_registered_pyfunc
 
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().ranker
+    pyfunc = load_registered_pyfunc(engine, tracking_uri, name, version)
+    return pyfunc.unwrap_python_model().ranker
 
 
 def _ranked(scores: np.ndarray, codes: np.ndarray, keep: np.ndarray) -> list[dict[str, Any]]:
