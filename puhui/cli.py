@@ -856,8 +856,8 @@ def audit_verify(
     ] = True,
     json_: JsonFlag = False,
 ) -> None:
-    """Check the audit trail (keyed chain, anchor) and that MLflow agrees with it; exit 1 if
-    either is wrong."""
+    """Check the audit trail (keyed chain, anchor) and that MLflow and ingest_batches agree
+    with it; exit 1 if any is wrong."""
     runtime, result = _verified_chain(anchor)
     problems = list(result.problems)
     report: dict[str, Any] = {**result.__dict__, "anchor": result.anchor}
@@ -888,6 +888,15 @@ def audit_verify(
         if not settled.open and not mismatches:
             lines.append(f"MLflow agrees with the trail: {versions} version(s), "
                          f"{aliases} alias(es)")
+    ledger_mismatches: list[str] = []
+    if result.ok:
+        from puhui.ingest.ledger import ledger_problems
+
+        ledger_mismatches, batches = ledger_problems(runtime.engine)
+        problems += ledger_mismatches
+        report.update(ledger_problems=ledger_mismatches, batches=batches)
+        if not ledger_mismatches:
+            lines.append(f"ingest_batches agrees with the trail: {batches} batch(es)")
     report.update(ok=not problems, problems=problems)
     if json_:
         _print_json(report)
@@ -904,7 +913,9 @@ def audit_verify(
         raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
                          f"first: {result.problems[0]}")
     if problems:
-        raise PuhuiError(f"MLflow and the audit trail DISAGREE: {len(problems)} problem(s), "
+        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches))
+                             + ["ingest_batches"] * bool(ledger_mismatches))
+        raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 
 

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from puhui.audit import events_of
+from puhui.cli import main
 from puhui.config import (
     CONFIG_MODELS,
     FeaturesConfig,
     PartnersConfig,
     check_feature_sources,
+    load_config,
     load_config_file,
 )
 from puhui.errors import PuhuiError
+from puhui.generate.hostile import MP_HEADER, HostileContext, csv_bytes
+from puhui.ingest.batches import FileIngestor
+from puhui.ingest.feeds import ingest_feed
+from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.registry import (
     ALIAS_REFUSED,
     CHAMPION,
@@ -30,6 +37,8 @@ from puhui.registry import (
 from puhui.runtime import open_runtime
 from puhui.scheduling import load_deployment_specs
 from puhui.settings import load_settings, repo_root
+from puhui.validation import BatchValidator
+from puhui.warehouse.schema import ingest_batches
 from tests import test_crash_model_changes as crash_tests
 from tests.test_crash_model_changes import NAME, Ran
 
@@ -212,3 +221,57 @@ def test_model_files_edited_or_deleted_in_the_artifact_store_are_caught(
     with pytest.raises(PuhuiError, match=f"v{outside} has no registration event"):
         load_registered_pyfunc(engine, uri, NAME, str(outside))
 
+
+# --- tampering: the ledger edited by hand ------------------------------------------------------
+# Before: `audit verify` checked the chain and MLflow only. A held batch flipped to accepted, a
+# ledger row deleted (its file is then ingested again as new) or a checksum rewritten in
+# ingest_batches passed it, though each ledger write has its event in the same transaction.
+
+DAY = date(2026, 9, 30)
+
+
+def _payments(case: int, rows: int = 3, header: list[str] = MP_HEADER) -> bytes:
+    context = HostileContext(DAY, case, Path("."), set())
+    return csv_bytes(header, context.payment_rows(rows))
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_hand_edits_to_ingest_batches_are_reported_by_audit_verify(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    folder = tmp_path / "landing" / "mobile_payments" / DAY.isoformat()
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
+    (folder / "mobile_payments_1.csv").write_bytes(_payments(1))
+    (folder / "mobile_payments_2.csv").write_bytes(_payments(1))  # the same bytes again
+    (folder / "mobile_payments_3.csv").write_bytes(_payments(3, header=MP_HEADER[:-1]))
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    outcomes = {f.path.rsplit("/", 1)[-1]: f for f in
+                ingest_feed(runtime, feed, ingestor, DAY).files}
+    accepted, duplicate, held = (outcomes[f"mobile_payments_{i}.csv"] for i in (1, 2, 3))
+    assert (accepted.status, duplicate.status, held.status) == \
+        ("accepted", "duplicate", "quarantined")
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0
+    assert "ingest_batches agrees with the trail: 3 batch(es)" in capsys.readouterr().out
+
+    with runtime.engine.begin() as conn:
+        conn.execute(ingest_batches.update().where(ingest_batches.c.batch_id == held.batch_id)
+                     .values(status="accepted", rows_loaded=3))
+        conn.execute(ingest_batches.update()
+                     .where(ingest_batches.c.batch_id == duplicate.batch_id)
+                     .values(checksum="0" * 64))
+        conn.execute(ingest_batches.delete().where(ingest_batches.c.batch_id ==
+                                                   accepted.batch_id))
+    assert main(["audit", "verify", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    assert f"batch {accepted.batch_id} is in the audit trail (accepted) but missing" in err
+    assert f"batch {held.batch_id}: ingest_batches.status is 'accepted' but the audit trail " \
+        "says 'quarantined'" in err
+    assert f"batch {duplicate.batch_id}: ingest_batches.checksum is '000" in err
+    assert "ingest_batches and the audit trail DISAGREE: 3 problem(s)" in err, err

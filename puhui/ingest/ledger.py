@@ -294,3 +294,52 @@ def suite_hashes(engine: Engine, batch_ids: list[str]) -> dict[str, str | None]:
             for row in rows:
                 found[row.batch_id] = (row.details or {}).get("suite_hash")
     return found
+
+
+# What each ledger-writing event says the row became (written in the row's transaction).
+_EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantined",
+                 "ingest.duplicate": "duplicate", "quarantine.released": "released",
+                 "quarantine.rejected": "rejected"}
+_REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
+_COMPARED = ("status", "checksum", "rows", "rows_loaded")
+
+
+def ledger_problems(engine: Engine) -> tuple[list[str], int]:
+    """Where ``ingest_batches`` and the audit trail disagree; also the batches compared.
+
+    Every ledger write of a status comes with its audit event in the same transaction, so
+    the trail (keyed, verified first) says what each row must hold: its status, checksum,
+    rows and rows loaded. A row edited, added or deleted by hand is reported; left alone, a
+    deleted row would have its file ingested again as new. Only fields an event records
+    are compared (older events carry fewer).
+    """
+    from puhui.audit import events_of
+
+    expected: dict[str, dict[str, Any]] = {}
+    for event in events_of(engine, [*_EVENT_STATUS, "quarantine.revalidated"]):
+        d = event["details"]
+        if event["action"] == "quarantine.revalidated":
+            status = _REVALIDATED.get(str(d.get("outcome")))
+        else:
+            status = _EVENT_STATUS[event["action"]]
+        facts = expected.setdefault(event["subject"], {})
+        facts.update({k: d[k] for k in ("checksum", "rows", "rows_loaded") if d.get(k) is not None})
+        if status:
+            facts["status"] = status
+    with engine.connect() as conn:
+        rows = {r.batch_id: r for r in conn.execute(select(
+            ingest_batches.c.batch_id, *(ingest_batches.c[c] for c in _COMPARED)))}
+    problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
+                "ingest_batches" for b, facts in expected.items() if b not in rows]
+    for batch_id, row in sorted(rows.items()):
+        facts = expected.get(batch_id)
+        if facts is None:
+            problems.append(f"batch {batch_id} ({row.status}) is in ingest_batches with no "
+                            "event in the audit trail")
+            continue
+        for column in _COMPARED:
+            if column in facts and getattr(row, column) != facts[column]:
+                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
+                                f"{getattr(row, column)!r} but the audit trail says "
+                                f"{facts[column]!r}")
+    return problems, len(rows)
