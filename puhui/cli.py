@@ -908,7 +908,7 @@ def audit_verify(
                           + (f" (checked against the anchor {anchor.split(':')[0]})"
                              if anchor else ""), markup=False)
         for problem in problems:
-            err_console.print(f"  {problem}")
+            err_console.print(f"  {problem}", markup=False)
     if not result.ok:
         raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
                          f"first: {result.problems[0]}")

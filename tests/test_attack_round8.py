@@ -226,6 +226,7 @@ def test_model_files_edited_or_deleted_in_the_artifact_store_are_caught(
 # Before: `audit verify` checked the chain and MLflow only. A held batch flipped to accepted, a
 # ledger row deleted (its file is then ingested again as new) or a checksum rewritten in
 # ingest_batches passed it, though each ledger write has its event in the same transaction.
+# The values found are the editor's: printed masked (a phone, terminal escapes) when odd.
 
 DAY = date(2026, 9, 30)
 
@@ -265,7 +266,7 @@ def test_hand_edits_to_ingest_batches_are_reported_by_audit_verify(
                      .values(status="accepted", rows_loaded=3))
         conn.execute(ingest_batches.update()
                      .where(ingest_batches.c.batch_id == duplicate.batch_id)
-                     .values(checksum="0" * 64))
+                     .values(checksum="0" * 64, status="13812345678\x1b[2J"))
         conn.execute(ingest_batches.delete().where(ingest_batches.c.batch_id ==
                                                    accepted.batch_id))
     assert main(["audit", "verify", "--no-repair"]) == 1
@@ -274,4 +275,8 @@ def test_hand_edits_to_ingest_batches_are_reported_by_audit_verify(
     assert f"batch {held.batch_id}: ingest_batches.status is 'accepted' but the audit trail " \
         "says 'quarantined'" in err
     assert f"batch {duplicate.batch_id}: ingest_batches.checksum is '000" in err
-    assert "ingest_batches and the audit trail DISAGREE: 3 problem(s)" in err, err
+    # A value the editor chose is printed as its masked shape: no identifier, no escape.
+    assert f"batch {duplicate.batch_id}: ingest_batches.status is 'ddddddddddd?[da' but" in err
+    assert "13812345678" not in err and "\x1b" not in err
+    assert "ingest_batches and the audit trail DISAGREE: 4 problem(s)" in err, err
+

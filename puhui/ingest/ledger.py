@@ -10,6 +10,7 @@ what make two concurrent runs safe.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
+from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
 
@@ -302,6 +304,7 @@ _EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantin
                  "quarantine.rejected": "rejected"}
 _REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
 _COMPARED = ("status", "checksum", "rows", "rows_loaded")
+_PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
 
 
 def ledger_problems(engine: Engine) -> tuple[list[str], int]:
@@ -338,8 +341,13 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                             "event in the audit trail")
             continue
         for column in _COMPARED:
-            if column in facts and getattr(row, column) != facts[column]:
-                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
-                                f"{getattr(row, column)!r} but the audit trail says "
-                                f"{facts[column]!r}")
+            found = getattr(row, column)
+            if column in facts and found != facts[column]:
+                # Whoever edited the row chose this value: printed as a masked shape unless
+                # it is a plain word, number or hash (no identifier, no terminal escapes).
+                plain = not isinstance(found, str) or (
+                    _PLAIN_VALUE.fullmatch(found) and not find_raw_identifiers(found))
+                shown = repr(found) if plain else safe_name(found)
+                problems.append(f"batch {batch_id}: ingest_batches.{column} is {shown} but "
+                                f"the audit trail says {facts[column]!r}")
     return problems, len(rows)
