@@ -784,35 +784,44 @@ def check_feed_suites(config_dir: Path, expectations_dir: Path) -> list[str]:
     problems: list[str] = []
     for index, feed in enumerate(partners.partners):
         where = f"{partners_file}: partners.{index}.suite ({feed.name})"
-        path = expectations_dir / f"{feed.suite}.json"
-        try:
-            suite = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            problems.append(f"{where}: no suite file {path}")
-            continue
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{where}: {path} is not readable JSON ({type(exc).__name__})")
-            continue
-        stored = {c.stored_name: c for c in feed.columns if c.stored_name}
-        renamed = {c.name: c.stored_name for c in feed.columns if c.stored_name != c.name}
-        frame = set(stored)
-        frame |= {f"_valid_{s}" for s, c in stored.items() if c.treatment == "pseudonymize"}
-        frame |= {"_after_delivery"} if feed.event_time else set()
-        entries = suite.get("expectations") if isinstance(suite, dict) else None
-        for number, entry in enumerate(entries or []):
-            kwargs = entry.get("kwargs") if isinstance(entry, dict) else None
-            for column in _suite_columns(kwargs if isinstance(kwargs, dict) else {}):
-                if column in frame:
-                    continue
-                label = f"{path}: expectation #{number} ({entry.get('type')}) on {column!r}"
-                if column in renamed:
-                    stored_as = renamed[column]
-                    problems.append(
-                        f"{label}: the contract stores this column as "
-                        + (f"{stored_as!r}" if stored_as else "nothing (dropped)")
-                    )
-                else:
-                    problems.append(f"{label}: not a column of feed {feed.name!r}")
+        problems += feed_suite_problems(feed, expectations_dir, where)
+    return problems
+
+
+def feed_suite_problems(feed: PartnerFeed, expectations_dir: Path,
+                        where: str | None = None) -> list[str]:
+    """``check_feed_suites`` for one feed: ingest asks before its first file, so that a
+    suite broken by an edit stops the feed in one line instead of holding every partner
+    file as if its data were at fault (an unreadable suite held them as reject-only)."""
+    where = where or f"feed {feed.name!r} (suite {feed.suite})"
+    path = expectations_dir / f"{feed.suite}.json"
+    try:
+        suite = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{where}: no suite file {path}"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"{where}: {path} is not readable JSON ({type(exc).__name__})"]
+    problems: list[str] = []
+    stored = {c.stored_name: c for c in feed.columns if c.stored_name}
+    renamed = {c.name: c.stored_name for c in feed.columns if c.stored_name != c.name}
+    frame = set(stored)
+    frame |= {f"_valid_{s}" for s, c in stored.items() if c.treatment == "pseudonymize"}
+    frame |= {"_after_delivery"} if feed.event_time else set()
+    entries = suite.get("expectations") if isinstance(suite, dict) else None
+    for number, entry in enumerate(entries or []):
+        kwargs = entry.get("kwargs") if isinstance(entry, dict) else None
+        for column in _suite_columns(kwargs if isinstance(kwargs, dict) else {}):
+            if column in frame:
+                continue
+            label = f"{path}: expectation #{number} ({entry.get('type')}) on {column!r}"
+            if column in renamed:
+                stored_as = renamed[column]
+                problems.append(
+                    f"{label}: the contract stores this column as "
+                    + (f"{stored_as!r}" if stored_as else "nothing (dropped)")
+                )
+            else:
+                problems.append(f"{label}: not a column of feed {feed.name!r}")
     return problems
 
 

@@ -785,6 +785,12 @@ class BatchValidator:
             self._suites[name] = load_suite(name, self.expectations_dir)
         return self._suites[name]
 
+    def load(self, name: str) -> None:
+        """Load suite ``name`` now (``SuiteLoadError`` if it is broken), under the lock that
+        validations of other feeds sharing this validator hold."""
+        with self._lock:
+            self.suite(name)
+
     def suite_hash(self, name: str) -> str:
         """The hash of suite ``name`` as this validator loaded it (what its results ran)."""
         self.suite(name)

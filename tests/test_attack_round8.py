@@ -5,12 +5,14 @@ Each test failed before its fix (the module docstring of each section says how).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from puhui.audit import events_of
 from puhui.cli import main
@@ -280,3 +282,56 @@ def test_hand_edits_to_ingest_batches_are_reported_by_audit_verify(
     assert "13812345678" not in err and "\x1b" not in err
     assert "ingest_batches and the audit trail DISAGREE: 4 problem(s)" in err, err
 
+
+# --- a suite broken by an edit -----------------------------------------------------------------
+# Before: an expectation on a misspelt column held every partner file of the feed ("critical:
+# ... could not be evaluated"), and a suite that is not JSON held each as "unreadable:
+# unexpected SuiteLoadError" with no copy, i.e. reject-only: an operator's typo cost the
+# partner a redelivery of the day. Now the feed stops before its first file, in one line.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broken, said", [
+    ("column", r"expectation #0 \(expect_column_values_to_not_be_null\) on 'amountt': not a "
+               r"column of feed 'mobile_payments'; no file of mobile_payments was read"),
+    ("json", r"mobile_payments\.json is not readable JSON \(JSONDecodeError\)"),
+    ("type", r"mobile_payments\.json: expectation #0 .*expect_column_values_to_be_nul"),
+])
+def test_a_broken_suite_stops_the_feed_before_any_file_is_held(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    broken: str, said: str,
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    suites = tmp_path / "expectations"
+    shutil.copytree(repo_root() / "expectations", suites)
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
+    folder = tmp_path / "landing" / "mobile_payments" / DAY.isoformat()
+    folder.mkdir(parents=True)
+    for case in (1, 2):
+        (folder / f"mobile_payments_{case}.csv").write_bytes(_payments(case))
+    path = suites / "mobile_payments.json"
+    good = path.read_text(encoding="utf-8")
+    suite = json.loads(good)
+    if broken == "column":
+        suite["expectations"][0]["kwargs"]["column"] = "amountt"
+    elif broken == "type":
+        suite["expectations"][0]["type"] = "expect_column_values_to_be_nul"
+    path.write_text("{not json" if broken == "json" else json.dumps(suite), encoding="utf-8")
+
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+
+    def ingest() -> dict[str, str]:
+        ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                                pseudonym_key_bytes(runtime.settings.pseudonym_key))
+        return {f.path.rsplit("/", 1)[-1]: f.status
+                for f in ingest_feed(runtime, feed, ingestor, DAY).files}
+
+    with pytest.raises(PuhuiError, match=said) as caught:
+        ingest()
+    assert "\n" not in str(caught.value)
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(ingest_batches)).scalar() == 0
+    path.write_text(good, encoding="utf-8")  # fixed: the same files load as they are
+    assert ingest() == {"mobile_payments_1.csv": "accepted", "mobile_payments_2.csv": "accepted"}

@@ -45,7 +45,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from puhui.config import PartnerFeed
+from puhui.config import PartnerFeed, feed_suite_problems
 from puhui.crashpoints import crash_point
 from puhui.ingest import ledger
 from puhui.ingest.contract import (
@@ -81,7 +81,7 @@ from puhui.privacy import (
     scrub_text,
 )
 from puhui.runtime import Runtime
-from puhui.validation import BatchValidator, FailedExpectation, ValidationOutcome
+from puhui.validation import BatchValidator, FailedExpectation, SuiteLoadError, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
 
 
@@ -510,6 +510,21 @@ class FileIngestor:
     ) -> None:
         self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
         self.flow_run_id = flow_run_id
+        self._suite_checked = False
+
+    def check_suite(self) -> None:
+        """Load the feed's suite and check its columns, once, before the first file: a
+        suite broken by an edit is the operator's error, raised here in one line naming the
+        file and expectation, not a hold of every partner file (no ledger row is written)."""
+        if self._suite_checked:
+            return
+        problems = feed_suite_problems(self.feed, self.validator.expectations_dir)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise SuiteLoadError(f"{problems[0]}{more}; no file of {self.feed.name} was read "
+                                 "(puhui config check lists every problem)")
+        self.validator.load(self.feed.suite)  # builds every expectation: raises in one line
+        self._suite_checked = True
 
     # ----------------------------------------------------------------------- entry point
     def ingest(self, landed: LandedFile) -> FileOutcome:

@@ -144,6 +144,7 @@ def ingest_feed(
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)
         else:
+            ingestor.check_suite()
             try:
                 outcome = ingestor.ingest(landed)
             except (PermissionError, FileNotFoundError) as exc:
