@@ -39,7 +39,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     registered_model_names,
 )
 from puhui.warehouse.engine import held_lock
-from puhui.warehouse.schema import ingest_batches, validation_results
+from puhui.warehouse.schema import ingest_batches, model_evaluations, validation_results
 
 if TYPE_CHECKING:  # MLflow is imported where it writes: reading needs only its tables
     from mlflow import MlflowClient
@@ -224,6 +224,37 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
     if problem or folder is None:
         raise PuhuiError(f"{problem}: not loaded; see 'puhui audit verify'")
     return mlflow.pyfunc.load_model(str(folder))
+
+
+# Registration events round the metrics they record to 6 places.
+_METRIC_TOLERANCE = 5e-7
+
+
+def metrics_problems(client: MlflowClient, engine: Engine, name: str, version: str,
+                     run_id: str, recorded: dict[str, float]) -> list[str]:
+    """Where the headline metrics the registration event recorded (``recorded``) differ
+    from the run's latest value in MLflow or from the version's ``model_evaluations`` row.
+
+    ``models list`` shows the run's latest step, so a value logged on the run afterwards
+    (or a row edited in the warehouse, which BI reads) would stand as the model's figure.
+    """
+    problems: list[str] = []
+    logged = client.get_run(run_id).data.metrics
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(model_evaluations.c.metric, model_evaluations.c.value)
+                                   .where((model_evaluations.c.model_name == name)
+                                          & (model_evaluations.c.model_version == version)
+                                          & (model_evaluations.c.segment == "all")
+                                          & model_evaluations.c.metric.in_(list(recorded)))).all())
+    for metric, value in sorted(recorded.items()):
+        for where, found in (("MLflow's run", logged.get(metric)),
+                             ("model_evaluations", stored.get(metric, value))):
+            if value is None or value != value:
+                continue  # nothing recorded to hold it to (a NaN is not logged)
+            if found is None or abs(float(found) - value) > _METRIC_TOLERANCE:
+                problems.append(f"{name} v{version}: {metric} is {found} in {where} but "
+                                f"{value} in its registration event")
+    return problems
 
 
 def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
@@ -465,6 +496,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
     events = events_of(engine, MODEL_ACTIONS)
     registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
                   if e["action"] == REGISTERED}
+    recorded_metrics = {(e["details"]["model"], str(e["details"]["version"])):
+                        e["details"]["metrics"] for e in events
+                        if e["action"] == REGISTERED and e["details"].get("metrics")}
     moves = _alias_moves(events)
     verdicts = _verdicts(events)
     digests = _registered_digests(events)
@@ -490,6 +524,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
                     changed := model_files_problem(client, model, version,
                                                    digests[(model, version)])):
                 problems.append(changed)
+            if (model, version) in recorded_metrics:
+                problems += metrics_problems(client, engine, model, version, v.run_id,
+                                             recorded_metrics[(model, version)])
             tag = v.tags.get(GATES_PASSED_TAG)
             verdict = verdicts.get((model, version))
             if tag is not None and verdict is None:

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import mlflow
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from puhui.audit import events_of
 from puhui.cli import main
@@ -29,18 +30,21 @@ from puhui.generate.hostile import MP_HEADER, HostileContext, csv_bytes
 from puhui.ingest.batches import FileIngestor
 from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.lifecycle.publish import write_evaluations
 from puhui.registry import (
     ALIAS_REFUSED,
     CHAMPION,
     current_aliases,
     load_registered_pyfunc,
+    register_version,
     registry_client,
+    use_experiment,
 )
 from puhui.runtime import open_runtime
 from puhui.scheduling import load_deployment_specs
 from puhui.settings import load_settings, repo_root
 from puhui.validation import BatchValidator
-from puhui.warehouse.schema import ingest_batches
+from puhui.warehouse.schema import ingest_batches, model_evaluations
 from tests import test_crash_model_changes as crash_tests
 from tests.test_crash_model_changes import NAME, Ran
 
@@ -335,3 +339,38 @@ def test_a_broken_suite_stops_the_feed_before_any_file_is_held(
         assert conn.execute(select(func.count()).select_from(ingest_batches)).scalar() == 0
     path.write_text(good, encoding="utf-8")  # fixed: the same files load as they are
     assert ingest() == {"mobile_payments_1.csv": "accepted", "mobile_payments_2.csv": "accepted"}
+
+
+# Before: a metric logged on a version's run afterwards (the latest step is what `models list`
+# shows) or a model_evaluations row edited in the warehouse stood as the model's figure, though
+# the registration event records the headline metrics.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_headline_metrics_changed_after_registration_are_reported(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    runtime = open_runtime()
+    uri = runtime.settings.mlflow_tracking_uri
+    use_experiment(NAME, uri, runtime.settings.home / "mlartifacts")
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"auc_oot": 0.7312, "ks_oot": 0.41})
+        info = mlflow.pyfunc.log_model(name="model", python_model=crash_tests._Constant(),
+                                       pip_requirements=["mlflow"])
+    version = register_version(runtime.engine, runtime.audit, name=NAME,
+                               model_uri=info.model_uri, run_id=run.info.run_id, tags={},
+                               details={"metrics": {"auc_oot": 0.7312, "ks_oot": 0.41}})
+    write_evaluations(runtime.engine, NAME, version, DAY,
+                      [{"metric": "auc_oot", "segment": "all", "value": 0.7312},
+                       {"metric": "ks_oot", "segment": "all", "value": 0.41}], run.info.run_id)
+    assert puhui("audit", "verify").returncode == 0
+
+    registry_client(uri).log_metric(run.info.run_id, "auc_oot", 0.99, step=1)
+    with runtime.engine.begin() as conn:
+        conn.execute(update(model_evaluations).where(model_evaluations.c.metric == "ks_oot")
+                     .values(value=0.6))
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 1
+    assert f"{NAME} v{version}: auc_oot is 0.99 in MLflow's run but 0.7312 in its " \
+        "registration event" in verified.stderr, verified.stderr
+    assert f"{NAME} v{version}: ks_oot is 0.6 in model_evaluations but 0.41" in verified.stderr
