@@ -854,6 +854,10 @@ def audit_verify(
         bool, typer.Option(help="Settle model changes a crash interrupted (--no-repair: "
                                 "only report them, e.g. as the read-only auditor role).")
     ] = True,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Hash the model files of every registered version "
+                                          "(default: only those an alias points to).")
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Check the audit trail (keyed chain, anchor) and that MLflow and ingest_batches agree
@@ -879,7 +883,7 @@ def audit_verify(
             runtime, result = _verified_chain(anchor)
             report.update(result.__dict__, anchor=result.anchor)
             problems = list(result.problems)
-        mismatches, versions, aliases = registry_problems(client, runtime.engine)
+        mismatches, versions, aliases = registry_problems(client, runtime.engine, deep=deep)
         problems += settled.open + mismatches
         lines += settled.repaired + [f"ungated (promote refuses it): {v}"
                                      for v in settled.ungated]
@@ -887,7 +891,8 @@ def audit_verify(
                       registry_problems=mismatches, versions=versions, aliases=aliases)
         if not settled.open and not mismatches:
             lines.append(f"MLflow agrees with the trail: {versions} version(s), "
-                         f"{aliases} alias(es)")
+                         f"{aliases} alias(es); model files hashed: "
+                         + ("every version" if deep else "the aliased versions (--deep: all)"))
     ledger_mismatches: list[str] = []
     if result.ok:
         from puhui.ingest.ledger import ledger_problems

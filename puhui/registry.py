@@ -486,12 +486,15 @@ def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWr
         return _reconcile(client, engine, audit, repair)
 
 
-def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], int, int]:
+def registry_problems(client: MlflowClient, engine: Engine,
+                      deep: bool = False) -> tuple[list[str], int, int]:
     """Where MLflow and the trail disagree; also the versions and aliases compared.
 
     Every version in MLflow has a registration event and vice versa; every alias points
     where the trail's last move for it says; every gate tag has a verdict in the trail that
-    says the same.
+    says the same. The model files of the versions an alias points to (what scoring loads)
+    are hashed against their registration event; with ``deep``, those of every version
+    (each is read in full, and downloaded from a remote artifact store).
     """
     events = events_of(engine, MODEL_ACTIONS)
     registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
@@ -512,6 +515,7 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
             if not is_not_found(exc):
                 raise
             versions = []
+        aliases = current_aliases(client, model)
         in_mlflow = set()
         for v in versions:
             version = str(v.version)
@@ -520,7 +524,7 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
             if (model, version) not in registered:
                 problems.append(f"{model} v{version} is in MLflow with no registration event "
                                 "in the trail")
-            elif (model, version) in digests and (
+            elif (model, version) in digests and (deep or version in aliases.values()) and (
                     changed := model_files_problem(client, model, version,
                                                    digests[(model, version)])):
                 problems.append(changed)
@@ -539,7 +543,6 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
             if m == model and version not in in_mlflow:
                 problems.append(f"{model} v{version} is registered in the trail but missing "
                                 "from MLflow")
-        aliases = current_aliases(client, model)
         n_aliases += len(aliases)
         for alias, version in sorted(aliases.items()):
             expected = moves.get((model, alias))

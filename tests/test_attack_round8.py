@@ -204,7 +204,7 @@ def test_model_files_edited_or_deleted_in_the_artifact_store_are_caught(
 
     edited = f"{NAME} v{v1}: its model files differ from those registered"
     gone = f"{NAME} v{v2}: its model files are gone from the artifact store"
-    for args in (("audit", "verify"), ("audit", "verify", "--no-repair")):
+    for args in (("audit", "verify", "--deep"), ("audit", "verify", "--no-repair", "--deep")):
         verified = puhui(*args)
         assert verified.returncode == 1, verified.stdout
         assert edited in verified.stderr and gone in verified.stderr, verified.stderr

@@ -1,0 +1,48 @@
+"""Mends to round 8's fixes, found in review (each test failed before its mend)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from puhui.registry import registry_client
+from puhui.settings import load_settings
+from tests import test_crash_model_changes as crash_tests
+from tests.test_crash_model_changes import NAME, Ran
+
+# That file's fixtures: four versions registered through the audited path (two passed, one
+# failed, one ungated) in a fresh MLflow store; the CLI run in this process.
+empty_mlflow_store = crash_tests.empty_mlflow_store
+registry_env = crash_tests.registry_env
+puhui = crash_tests.puhui
+
+
+def _model_folder(version: str) -> Path:
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    return Path(client.get_model_version_download_uri(NAME, version).removeprefix("file://"))
+
+
+# Before: every `audit verify` (read-only, and run by auditors) read and hashed the model files
+# of every version ever registered, downloading each from a remote artifact store. Now only the
+# versions an alias points to (what scoring loads) are hashed unless --deep.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_hashes_aliased_versions_and_every_version_only_with_deep(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    v1, v2 = registry_env["passed1"], registry_env["passed2"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    for version in (v1, v2):
+        pickle = _model_folder(version) / "python_model.pkl"
+        pickle.write_bytes(pickle.read_bytes() + b"\n# swapped")
+    said = {v: f"{NAME} v{v}: its model files differ from those registered" for v in (v1, v2)}
+
+    default = puhui("audit", "verify", "--no-repair")
+    assert default.returncode == 1 and said[v1] in default.stderr, default.stderr
+    assert said[v2] not in default.stderr, "an unaliased version is hashed only with --deep"
+    deep = puhui("audit", "verify", "--no-repair", "--deep")
+    assert deep.returncode == 1
+    assert said[v1] in deep.stderr and said[v2] in deep.stderr, deep.stderr
