@@ -12,6 +12,7 @@ from datetime import date
 
 from prefect import get_run_logger, task
 from prefect.states import Failed, State
+from sqlalchemy import Engine
 
 from puhui import console
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
@@ -25,6 +26,7 @@ from puhui.lifecycle.publish import (
 )
 from puhui.registry import (
     CHAMPION,
+    load_registered_pyfunc,
     reconcile_model_changes,
     registry_client,
     version_of,
@@ -149,15 +151,18 @@ def train_risk_models(training: TrainingSet) -> tuple[TrainedModel, object, str]
     return trained, benchmark, _say(describe_training(trained), started)
 
 
-def load_champion(tracking_uri: str, name: str) -> tuple[Scorer | None, str | None]:
-    """The current champion's scorer and version, if there is one."""
-    import mlflow.pyfunc
+def load_champion(engine: Engine, tracking_uri: str,
+                  name: str) -> tuple[Scorer | None, str | None]:
+    """The current champion's scorer and version, if there is one.
 
+    Loaded at the version the alias was read as (not by alias again: a move in between would
+    pair one version's scorer with another's number), from files checked against its
+    registration event (unpickling runs code).
+    """
     version = version_of(registry_client(tracking_uri), name, CHAMPION)
     if version is None:
         return None, None
-    mlflow.set_registry_uri(tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    pyfunc = load_registered_pyfunc(engine, tracking_uri, name, version)
     return pyfunc.unwrap_python_model().scorer, version
 
 
@@ -168,7 +173,8 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
     started = time.perf_counter()
     runtime = open_runtime()
     spec, model = _configs()
-    champion, champion_version = load_champion(runtime.settings.mlflow_tracking_uri,
+    champion, champion_version = load_champion(runtime.engine,
+                                               runtime.settings.mlflow_tracking_uri,
                                                model.registered_name)
     evaluation = evaluate_risk_model(training, trained, benchmark, model, spec, champion,
                                      load_true_pd(runtime.settings.landing))

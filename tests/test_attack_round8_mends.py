@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from puhui.errors import PuhuiError
 from puhui.registry import registry_client
+from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from tasks.train import load_champion
 from tests import test_crash_model_changes as crash_tests
 from tests.test_crash_model_changes import NAME, Ran
 
@@ -46,3 +49,19 @@ def test_verify_hashes_aliased_versions_and_every_version_only_with_deep(
     deep = puhui("audit", "verify", "--no-repair", "--deep")
     assert deep.returncode == 1
     assert said[v1] in deep.stderr and said[v2] in deep.stderr, deep.stderr
+
+
+# Before: training loaded the champion it compares with by alias through MLflow, unchecked: a
+# pickle edited in the artifact store ran in the training flow.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_training_loads_the_champion_only_from_its_registered_files(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    v1 = registry_env["passed1"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    pickle = _model_folder(v1) / "python_model.pkl"
+    pickle.write_bytes(pickle.read_bytes() + b"\n# swapped")
+    with pytest.raises(PuhuiError, match=f"{NAME} v{v1}: its model files differ.*not loaded"):
+        load_champion(open_runtime().engine, load_settings().mlflow_tracking_uri, NAME)
