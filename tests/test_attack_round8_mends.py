@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from puhui.cli import main
 from puhui.errors import PuhuiError
 from puhui.registry import registry_client
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from puhui.warehouse.schema import ingest_batches
 from tasks.train import load_champion
 from tests import test_crash_model_changes as crash_tests
 from tests.test_crash_model_changes import NAME, Ran
@@ -65,3 +68,33 @@ def test_training_loads_the_champion_only_from_its_registered_files(
     pickle.write_bytes(pickle.read_bytes() + b"\n# swapped")
     with pytest.raises(PuhuiError, match=f"{NAME} v{v1}: its model files differ.*not loaded"):
         load_champion(open_runtime().engine, load_settings().mlflow_tracking_uri, NAME)
+
+
+# Before: a row inserted into ingest_batches by hand (no event) was reported with its batch id
+# and status printed raw: a phone number or terminal escapes planted there reached the
+# auditor's terminal and --json.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_hand_inserted_ledger_row_is_reported_masked(
+    puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    plain_id = "mobile_payments-20260930-0123456789ab"
+    row = {"partner": "mobile_payments", "source_path": "x.csv", "checksum": "0" * 64,
+           "landed_at": datetime.now(UTC)}
+    with runtime.engine.begin() as conn:
+        conn.execute(ingest_batches.insert(), [
+            {**row, "batch_id": plain_id, "status": "accepted"},
+            {**row, "batch_id": "13812345678\x1b[2J", "status": "13900001111\x1b]0;"}])
+    capsys.readouterr()
+    for args in (("--json",), ()):
+        assert main(["audit", "verify", "--no-repair", *args]) == 1
+        out = capsys.readouterr()
+        seen = out.out + out.err
+        assert "13812345678" not in seen and "13900001111" not in seen and "\x1b" not in seen
+    assert f"batch '{plain_id}' ('accepted') is in ingest_batches with no event" in out.err
+    assert "batch 'ddddddddddd?[da' ('ddddddddddd?]d;') is in ingest_batches with no event" \
+        in out.err, out.err

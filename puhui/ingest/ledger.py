@@ -305,6 +305,17 @@ _EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantin
 _REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
 _COMPARED = ("status", "checksum", "rows", "rows_loaded")
 _PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
+_BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-\d{8}-[0-9a-f]{12}")  # as make_batch_id makes them
+
+
+def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
+    """A value found in a ledger row, as a problem line prints it. Whoever edited the row
+    chose it: printed as its masked shape unless it is ``plain`` (a word, number, hash or
+    batch id), so no identifier and no terminal escape reaches the auditor's terminal."""
+    if not isinstance(value, str) or (plain.fullmatch(value)
+                                      and not find_raw_identifiers(value)):
+        return repr(value)
+    return safe_name(value)
 
 
 def ledger_problems(engine: Engine) -> tuple[list[str], int]:
@@ -337,17 +348,12 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     for batch_id, row in sorted(rows.items()):
         facts = expected.get(batch_id)
         if facts is None:
-            problems.append(f"batch {batch_id} ({row.status}) is in ingest_batches with no "
-                            "event in the audit trail")
+            problems.append(f"batch {_shown(batch_id, _BATCH_ID)} ({_shown(row.status)}) is "
+                            "in ingest_batches with no event in the audit trail")
             continue
         for column in _COMPARED:
             found = getattr(row, column)
             if column in facts and found != facts[column]:
-                # Whoever edited the row chose this value: printed as a masked shape unless
-                # it is a plain word, number or hash (no identifier, no terminal escapes).
-                plain = not isinstance(found, str) or (
-                    _PLAIN_VALUE.fullmatch(found) and not find_raw_identifiers(found))
-                shown = repr(found) if plain else safe_name(found)
-                problems.append(f"batch {batch_id}: ingest_batches.{column} is {shown} but "
-                                f"the audit trail says {facts[column]!r}")
+                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
+                                f"{_shown(found)} but the audit trail says {facts[column]!r}")
     return problems, len(rows)
