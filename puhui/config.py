@@ -689,6 +689,8 @@ class ConfigYamlLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *alias` (prefect.yaml): merged keys may be overridden
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -697,18 +699,68 @@ class ConfigYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: Path) -> Any:
-    """``path`` parsed by :class:`ConfigYamlLoader`; a problem is one line naming the file,
-    the line and what is wrong (never the value)."""
+class DeploymentYamlLoader(ConfigYamlLoader):
+    """``prefect.yaml`` as Prefect means it: Prefect's docs share work pools, schedules and
+    build steps through ``definitions:`` with ``&anchor`` / ``*alias`` (and ``<<:`` merges),
+    so aliases are allowed, but the document they expand to is capped: nested aliases
+    would expand to billions of nodes where a field takes any value."""
+
+    MAX_NODES = 100_000
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._nodes = 0  # the document's nodes so far, every alias counted as its expansion
+        self._sizes: dict[int, int] = {}  # id(node) -> its expanded size (anchored nodes)
+        self._open: set[str] = set()  # anchors whose node is still being composed
+
+    def _expanded(self, node: yaml.Node) -> int:
+        if id(node) not in self._sizes:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            self._sizes[id(node)] = 1 + sum(self._expanded(child) for child in children)
+        return self._sizes[id(node)]
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} refers to its own anchor (a cycle)",
+                    event.start_mark)
+            node = yaml.composer.Composer.compose_node(self, parent, index)
+            self._nodes += self._expanded(node)
+        else:
+            self._nodes += 1
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None:
+                self._open.add(anchor)
+            node = yaml.composer.Composer.compose_node(self, parent, index)
+            self._open.discard(anchor)
+        if self._nodes > self.MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} expands the document past "
+                f"{self.MAX_NODES:,} nodes" if isinstance(event, yaml.AliasEvent)
+                else f"the document has more than {self.MAX_NODES:,} nodes", event.start_mark)
+        return node
+
+
+def load_yaml(path: Path, aliases: bool = False) -> Any:
+    """``path`` parsed by :class:`ConfigYamlLoader` (with ``aliases``: by
+    :class:`DeploymentYamlLoader`); a problem is one line naming the file, the line and what
+    is wrong (never the value)."""
+    loader = DeploymentYamlLoader if aliases else ConfigYamlLoader
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigYamlLoader)  # noqa: S506
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
     except FileNotFoundError:
         raise PuhuiError(f"{path}: config file is missing") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or ""
-        known = problem.startswith(("duplicate key", "alias *"))
+        known = problem.startswith(("duplicate key", "alias *", "the document has"))
         raise PuhuiError(f"{path}:{where}: " + (problem if known else "not valid YAML")) from None
 
 

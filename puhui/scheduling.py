@@ -46,7 +46,7 @@ class DeploymentSpec(BaseModel):
 def load_deployment_specs(path: Path | None = None) -> list[DeploymentSpec]:
     """The deployments declared in ``prefect.yaml`` (validated)."""
     path = path or repo_root() / "prefect.yaml"
-    raw = load_yaml(path) or {}
+    raw = load_yaml(path, aliases=True) or {}
     specs = []
     for index, item in enumerate(raw.get("deployments") or []):
         try:

@@ -121,7 +121,7 @@ def test_shipped_configs_still_load_and_a_quoted_time_is_local() -> None:
 def test_an_alias_bomb_in_prefect_yaml_is_refused_before_it_expands(tmp_path: Path) -> None:
     path = tmp_path / "prefect.yaml"
     path.write_text(_BOMB + (repo_root() / "prefect.yaml").read_text(encoding="utf-8"))
-    with pytest.raises(PuhuiError, match=r"prefect\.yaml: line 2: alias \*l0"):
+    with pytest.raises(PuhuiError, match=r"prefect\.yaml: line 5: alias \*l3 expands"):
         load_deployment_specs(path)
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from puhui.cli import main
+from puhui.config import PartnersConfig, load_config_file
 from puhui.errors import PuhuiError
 from puhui.registry import registry_client
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import load_settings, repo_root
 from puhui.warehouse.schema import ingest_batches
 from tasks.train import load_champion
 from tests import test_crash_model_changes as crash_tests
@@ -98,3 +99,16 @@ def test_a_hand_inserted_ledger_row_is_reported_masked(
     assert f"batch '{plain_id}' ('accepted') is in ingest_batches with no event" in out.err
     assert "batch 'ddddddddddd?[da' ('ddddddddddd?]d;') is in ingest_batches with no event" \
         in out.err, out.err
+
+
+# prefect.yaml now takes aliases (Prefect's `definitions:`, see test_scheduling.py); configs/
+# still refuses every alias, even a small one: none is needed there.
+
+
+def test_an_alias_in_configs_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "partners.yaml"
+    text = (repo_root() / "configs" / "partners.yaml").read_text(encoding="utf-8")
+    path.write_text("lookback: &days 3\nlate_lookback_days: *days\n" + text, encoding="utf-8")
+    with pytest.raises(PuhuiError, match=r"partners\.yaml: line 2: alias \*days \(aliases are "
+                                         r"not allowed in config files\)$"):
+        load_config_file(path, PartnersConfig)

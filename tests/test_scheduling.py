@@ -40,3 +40,50 @@ def test_every_deployment_goes_to_the_process_work_pool() -> None:
     assert all((s.model_extra or {}).get("work_pool") == {"name": "puhui-process"}
                for s in specs), [s.name for s in specs]
     assert work_pool_names(specs) == ["puhui-process"]
+
+
+# Prefect's docs share work pools and schedules in prefect.yaml through `definitions:` with
+# anchors and aliases; before, every alias was refused there as in configs/. Now they load, and
+# only an expansion past 100,000 nodes (nested aliases: a YAML bomb) is refused, in one line.
+_SHARED = """\
+definitions:
+  work_pools:
+    process: &process {name: puhui-process}
+  schedules:
+    morning: &morning {cron: "30 6 * * *", timezone: Asia/Shanghai, active: true}
+deployments:
+  - name: daily
+    entrypoint: flows/daily.py:daily_pipeline
+    work_pool: *process
+    schedules:
+      - <<: *morning
+        slug: daily-0630
+  - name: profiles
+    entrypoint: flows/profiles.py:profiles_flow
+    work_pool: *process
+    schedules: [*morning]
+"""
+
+
+def test_prefect_yaml_may_share_definitions_through_aliases(tmp_path: Path) -> None:
+    path = tmp_path / "prefect.yaml"
+    path.write_text(_SHARED, encoding="utf-8")
+    daily, profiles = load_deployment_specs(path)
+    assert daily.schedules[0].slug == "daily-0630" and daily.schedules[0].cron == "30 6 * * *"
+    assert profiles.schedules[0].slug is None and profiles.schedules[0].cron == "30 6 * * *"
+    assert daily.model_extra["work_pool"] == profiles.model_extra["work_pool"] == {
+        "name": "puhui-process"}
+
+
+@pytest.mark.parametrize("text, said", [
+    ("".join(f"x{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10 if i else ["1"] * 10) + "]\n"
+             for i in range(9)),
+     r"prefect\.yaml: line 5: alias \*l3 expands the document past 100,000 nodes$"),
+    ("a: &a [1, *a]\n", r"prefect\.yaml: line 1: alias \*a refers to its own anchor"),
+])
+def test_prefect_yaml_aliases_that_expand_too_far_are_refused(tmp_path: Path, text: str,
+                                                              said: str) -> None:
+    path = tmp_path / "prefect.yaml"
+    path.write_text(text + _SHARED, encoding="utf-8")
+    with pytest.raises(PuhuiError, match=said):
+        load_deployment_specs(path)
