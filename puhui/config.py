@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,9 +34,22 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _at_most_63_bytes(name: str) -> str:
+    if len(name.encode()) > 63:
+        raise ValueError("longer than 63 bytes in UTF-8 (PostgreSQL's limit for a name)")
+    return name
+
+
 # Names that reach SQL as quoted identifiers (raw table columns, feature sources): a quote
 # or a semicolon in one would end the identifier early in the statements built from them.
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+# A partner's column name as its header spells it (`CustomerID`, `客户编号`): it is always
+# quoted, by SQLAlchemy or by hand (COPY, INSERT, ALTER TABLE), so only what would break the
+# quoting is refused: a double quote, a colon (a bind parameter in SQLAlchemy's text()),
+# control and format characters, and spaces at either end (headers are matched stripped).
+# At most 63 UTF-8 bytes: PostgreSQL cuts longer identifiers, so two could become one.
+ColumnName = Annotated[str, Field(pattern=r'^[^\s":\p{C}](?:[^":\p{C}]*[^\s":\p{C}])?$'),
+                       AfterValidator(_at_most_63_bytes)]
 # A number of days: bounded, so that a slip of the keyboard (1e20) is refused on load and
 # not an OverflowError in date arithmetic in the middle of a run.
 MAX_DAYS = 3660
@@ -76,7 +90,7 @@ ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
 class ColumnContract(StrictModel):
     """One column of a feed as the partner promises to send it."""
 
-    name: Identifier
+    name: ColumnName
     type: ColumnType
     nullable: bool = False
     unit: str | None = None
@@ -172,7 +186,8 @@ class PartnerFeed(StrictModel):
             if key not in names:  # the index in the error's path does not say which feed
                 raise ValueError(
                     f"feed {self.name!r}: {field_name} {key!r} is not a declared column")
-        stored = [c.stored_name for c in self.columns if c.stored_name]
+        # Case-folded: SQLite's names ignore case (CustomerID and customerid are one column).
+        stored = [c.stored_name.casefold() for c in self.columns if c.stored_name]
         if len(stored) != len(set(stored)):
             raise ValueError("two columns would be stored under the same name")
         return self

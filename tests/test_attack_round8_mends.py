@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from puhui.cli import main
-from puhui.config import PartnersConfig, load_config_file
+from puhui.config import PartnersConfig, load_config, load_config_file
 from puhui.errors import PuhuiError
+from puhui.generate.hostile import MP_HEADER, HostileContext, csv_bytes
+from puhui.ingest.batches import FileIngestor
+from puhui.ingest.feeds import ingest_feed
+from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.ingest.raw_tables import raw_table
 from puhui.registry import registry_client
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings, repo_root
+from puhui.validation import BatchValidator
 from puhui.warehouse.schema import ingest_batches
 from tasks.train import load_champion
 from tests import test_crash_model_changes as crash_tests
@@ -112,3 +120,57 @@ def test_an_alias_in_configs_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(PuhuiError, match=r"partners\.yaml: line 2: alias \*days \(aliases are "
                                          r"not allowed in config files\)$"):
         load_config_file(path, PartnersConfig)
+
+
+# Before: a column name had to be a lower-case ASCII identifier, so a partner header such as
+# `CustomerID` or `客户编号` could not be declared. Names are quoted wherever they reach SQL;
+# only what breaks the quoting is refused.
+
+_DECLARED = "      - {name: txn_id, type: string}\n"
+_PARTNER_HEADERS = ["CustomerID", "客户编号"]
+
+
+def _partners_with(tmp_path: Path, *names: str) -> Path:
+    configs = tmp_path / "configs"
+    shutil.copytree(repo_root() / "configs", configs)
+    path = configs / "partners.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert _DECLARED in text
+    extra = "".join(f"      - {{name: '{n}', type: string, nullable: true}}\n" for n in names)
+    path.write_text(text.replace(_DECLARED, _DECLARED + extra, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite", "postgres"], indirect=True)
+def test_partner_headers_in_mixed_case_or_chinese_are_declared_and_loaded(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _partners_with(tmp_path, *_PARTNER_HEADERS)
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(path.parent))
+    day = date(2026, 9, 30)
+    folder = tmp_path / "landing" / "mobile_payments" / day.isoformat()
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
+    rows = [row + ["C-7", "甲"] for row in HostileContext(day, 1, Path("."), set()).payment_rows(3)]
+    (folder / "mobile_payments_1.csv").write_bytes(csv_bytes(MP_HEADER + _PARTNER_HEADERS, rows))
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    (done,) = ingest_feed(runtime, feed, ingestor, day).files
+    assert done.status == "accepted", done
+    table = raw_table(feed)
+    with runtime.engine.connect() as conn:
+        stored = conn.execute(select(table.c.CustomerID, table.c["客户编号"])).all()
+    assert stored == [("C-7", "甲")] * 3
+
+
+@pytest.mark.parametrize("name", ['customer"id', "id:x", " id", "id\u202e", "编" * 22])
+def test_a_column_name_that_would_break_sql_quoting_is_refused(tmp_path: Path,
+                                                               name: str) -> None:
+    path = _partners_with(tmp_path, name)
+    with pytest.raises(PuhuiError, match=r"partners\.yaml: partners\.3\.columns\.1\.name: ") \
+            as caught:
+        load_config_file(path, PartnersConfig)
+    assert name.strip() not in str(caught.value), "the value is not echoed"
