@@ -7,8 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import mlflow
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from puhui.cli import main
 from puhui.config import PartnersConfig, load_config, load_config_file
@@ -18,11 +19,16 @@ from puhui.ingest.batches import FileIngestor
 from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.ingest.raw_tables import raw_table
-from puhui.registry import registry_client
+from puhui.lifecycle.publish import write_evaluations
+from puhui.registry import (
+    register_version,
+    registry_client,
+    use_experiment,
+)
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings, repo_root
 from puhui.validation import BatchValidator
-from puhui.warehouse.schema import ingest_batches
+from puhui.warehouse.schema import ingest_batches, model_evaluations
 from tasks.train import load_champion
 from tests import test_crash_model_changes as crash_tests
 from tests.test_crash_model_changes import NAME, Ran
@@ -174,3 +180,38 @@ def test_a_column_name_that_would_break_sql_quoting_is_refused(tmp_path: Path,
             as caught:
         load_config_file(path, PartnersConfig)
     assert name.strip() not in str(caught.value), "the value is not echoed"
+
+
+# Before: a model_evaluations row deleted was never reported (a missing row counted as
+# agreeing), and the tolerance (5e-7) was the largest error of round(x, 6) itself: a figure
+# such as 0.4100005, recorded as 0.41, was reported as changed.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_deleted_evaluation_row_is_reported_and_rounding_is_not(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+) -> None:
+    runtime = open_runtime()
+    uri = runtime.settings.mlflow_tracking_uri
+    use_experiment(NAME, uri, runtime.settings.home / "mlartifacts")
+    figures = {"auc_oot": 0.7312, "ks_oot": 0.4100005}
+    with mlflow.start_run() as run:
+        mlflow.log_metrics(figures)
+        info = mlflow.pyfunc.log_model(name="model", python_model=crash_tests._Constant(),
+                                       pip_requirements=["mlflow"])
+    version = register_version(runtime.engine, runtime.audit, name=NAME,
+                               model_uri=info.model_uri, run_id=run.info.run_id, tags={},
+                               details={"metrics": {k: round(v, 6) for k, v in figures.items()}})
+    write_evaluations(runtime.engine, NAME, version, date(2026, 9, 30),
+                      [{"metric": k, "segment": "all", "value": v} for k, v in figures.items()],
+                      run.info.run_id)
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 0, verified.stderr
+
+    with runtime.engine.begin() as conn:
+        conn.execute(delete(model_evaluations).where(model_evaluations.c.metric == "auc_oot"))
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 1
+    assert f"{NAME} v{version}: auc_oot is missing from model_evaluations but 0.7312 in its " \
+        "registration event" in verified.stderr, verified.stderr
+
