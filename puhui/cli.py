@@ -869,7 +869,12 @@ def audit_verify(
     model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
     if result.ok and (model_events
                       or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
-        from puhui.registry import reconcile_model_changes, registry_client, registry_problems
+        from puhui.registry import (
+            reconcile_model_changes,
+            registry_client,
+            registry_problems,
+            unfingerprinted_versions,
+        )
         from puhui.registry_read import read_only_registry
 
         uri = runtime.settings.mlflow_tracking_uri
@@ -887,8 +892,14 @@ def audit_verify(
         problems += settled.open + mismatches
         lines += settled.repaired + [f"ungated (promote refuses it): {v}"
                                      for v in settled.ungated]
+        unchecked = unfingerprinted_versions(runtime.engine)
+        if unchecked:  # informational: these came before digests, nothing is wrong with them
+            lines.append(f"{len(unchecked)} version(s) registered without a file fingerprint "
+                         f"(model files not checkable): {', '.join(unchecked[:5])}"
+                         + (", ..." if len(unchecked) > 5 else ""))
         report.update(repaired=settled.repaired, ungated=settled.ungated,
-                      registry_problems=mismatches, versions=versions, aliases=aliases)
+                      registry_problems=mismatches, versions=versions, aliases=aliases,
+                      unfingerprinted=unchecked)
         if not settled.open and not mismatches:
             lines.append(f"MLflow agrees with the trail: {versions} version(s), "
                          f"{aliases} alias(es); model files hashed: "

@@ -173,6 +173,14 @@ def _registered_digests(events: list[dict[str, Any]]) -> dict[tuple[str, str], s
             for e in events if e["action"] == REGISTERED and e["details"].get("model_sha256")}
 
 
+def unfingerprinted_versions(engine: Engine) -> list[str]:
+    """``name vN`` of each version whose registration event has no ``model_sha256`` (registered
+    before digests were recorded): its model files cannot be checked, only its name."""
+    return sorted({f"{e['details']['model']} v{e['details']['version']}"
+                   for e in events_of(engine, [REGISTERED])
+                   if not e["details"].get("model_sha256")})
+
+
 def _checked_model_folder(client: MlflowClient, name: str, version: str, expected: str | None,
                           dst_path: str) -> tuple[Path | None, str | None]:
     """The folder of ``name`` v``version``'s model files (in place, or downloaded into
@@ -216,14 +224,16 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
                          "(made outside puhui?): not loaded; see 'puhui audit verify'")
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    # Not a TemporaryDirectory: a model may read its files after loading; a local store's
-    # folder is used in place, so only a remote store's copy lands here.
-    dst = tempfile.mkdtemp(prefix="puhui-model-")
-    folder, problem = _checked_model_folder(registry_client(tracking_uri), name, version,
-                                            registered[-1]["details"].get("model_sha256"), dst)
-    if problem or folder is None:
-        raise PuhuiError(f"{problem}: not loaded; see 'puhui audit verify'")
-    return mlflow.pyfunc.load_model(str(folder))
+    # A local store's folder is used in place; only a remote store's copy lands in ``dst``,
+    # removed once loaded: puhui's models read their files in ``load_context`` (the scorer,
+    # the ranker), and only versions registered through puhui are loaded here.
+    with tempfile.TemporaryDirectory(prefix="puhui-model-") as dst:
+        folder, problem = _checked_model_folder(
+            registry_client(tracking_uri), name, version,
+            registered[-1]["details"].get("model_sha256"), dst)
+        if problem or folder is None:
+            raise PuhuiError(f"{problem}: not loaded; see 'puhui audit verify'")
+        return mlflow.pyfunc.load_model(str(folder))
 
 
 # Registration events round the metrics they record to 6 places: an error of up to 5e-7,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,6 +22,8 @@ from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.ingest.raw_tables import raw_table
 from puhui.lifecycle.publish import write_evaluations
 from puhui.registry import (
+    REGISTERED,
+    load_registered_pyfunc,
     register_version,
     registry_client,
     use_experiment,
@@ -215,3 +218,34 @@ def test_a_deleted_evaluation_row_is_reported_and_rounding_is_not(
     assert f"{NAME} v{version}: auc_oot is missing from model_evaluations but 0.7312 in its " \
         "registration event" in verified.stderr, verified.stderr
 
+
+# Before: every load through load_registered_pyfunc left a puhui-model-* directory behind in
+# the temp folder (a remote store's copy of the model in it), one per profile or report run;
+# and a version registered before model_sha256 existed passed verify silently, unchecked.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_loading_leaves_no_temp_dir_and_verify_names_unfingerprinted_versions(
+    registry_env: dict[str, str], puhui: Callable[..., Ran], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    runtime = open_runtime()
+    uri = runtime.settings.mlflow_tracking_uri
+    for _ in range(2):
+        assert load_registered_pyfunc(runtime.engine, uri, NAME,
+                                      registry_env["passed1"]).predict([1.0]) == [0.1]
+    assert list(scratch.iterdir()) == []
+
+    # A version as an earlier puhui registered it: its event has no model_sha256.
+    client = registry_client(uri)
+    source = client.get_model_version(NAME, registry_env["failed"])
+    old = str(client.create_model_version(NAME, source.source, run_id=source.run_id).version)
+    runtime.audit.record(runtime.engine, REGISTERED, f"{NAME}/v{old}",
+                         {"model": NAME, "run_id": source.run_id, "version": old})
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 0, verified.stderr
+    assert f"1 version(s) registered without a file fingerprint (model files not checkable): " \
+        f"{NAME} v{old}" in verified.stdout, verified.stdout
