@@ -17,6 +17,7 @@ promotes it. ``registry_problems`` compares MLflow with the trail for ``audit ve
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     VersionRow,
     is_not_found,
     list_versions,
+    metric_name,
     model_files_digest,
     model_files_dir,
     registered_model_names,
@@ -232,28 +234,44 @@ _METRIC_TOLERANCE = 5e-7
 
 def metrics_problems(client: MlflowClient, engine: Engine, name: str, version: str,
                      run_id: str, recorded: dict[str, float]) -> list[str]:
-    """Where the headline metrics the registration event recorded (``recorded``) differ
-    from the run's latest value in MLflow or from the version's ``model_evaluations`` row.
+    """Where a version's figures disagree: the headline metrics its registration event
+    recorded (``recorded``, keyed into the chain) against the run's latest value in MLflow
+    and the ``model_evaluations`` rows, and every ``model_evaluations`` row (the segment and
+    fairness figures BI reads) against the run metric it was logged as.
 
     ``models list`` shows the run's latest step, so a value logged on the run afterwards
-    (or a row edited in the warehouse, which BI reads) would stand as the model's figure.
+    would stand as the model's figure; a row edited in the warehouse would mislead every
+    reader of the table. The segment rows are not in the trail: editing them unseen takes
+    both stores.
     """
     problems: list[str] = []
     logged = client.get_run(run_id).data.metrics
     with engine.connect() as conn:
-        stored = dict(conn.execute(select(model_evaluations.c.metric, model_evaluations.c.value)
-                                   .where((model_evaluations.c.model_name == name)
-                                          & (model_evaluations.c.model_version == version)
-                                          & (model_evaluations.c.segment == "all")
-                                          & model_evaluations.c.metric.in_(list(recorded)))).all())
+        rows = conn.execute(select(model_evaluations.c.metric, model_evaluations.c.segment,
+                                   model_evaluations.c.value)
+                            .where((model_evaluations.c.model_name == name)
+                                   & (model_evaluations.c.model_version == version)
+                                   # the training's rows (monitoring adds its own per date)
+                                   & (model_evaluations.c.mlflow_run_id == run_id))).all()
+    stored = {metric_name(m, s): value for m, s, value in rows}
     for metric, value in sorted(recorded.items()):
+        if value is None or value != value:
+            continue  # nothing recorded to hold it to (a NaN is not logged)
         for where, found in (("MLflow's run", logged.get(metric)),
                              ("model_evaluations", stored.get(metric, value))):
-            if value is None or value != value:
-                continue  # nothing recorded to hold it to (a NaN is not logged)
             if found is None or abs(float(found) - value) > _METRIC_TOLERANCE:
                 problems.append(f"{name} v{version}: {metric} is {found} in {where} but "
                                 f"{value} in its registration event")
+    for metric, segment, value in sorted(rows):
+        logged_as = metric_name(metric, segment)
+        if metric in recorded and segment == "all":
+            continue  # held to the registration event above
+        if value is None or not math.isfinite(value):
+            continue  # non-finite figures are not logged on the run
+        found = logged.get(logged_as)
+        if found is None or not math.isclose(found, value, rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(f"{name} v{version}: model_evaluations {metric} ({segment}) is "
+                            f"{value} but {found} in MLflow's run ({logged_as})")
     return problems
 
 
@@ -524,9 +542,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
                     changed := model_files_problem(client, model, version,
                                                    digests[(model, version)])):
                 problems.append(changed)
-            if (model, version) in recorded_metrics:
+            if (model, version) in registered:
                 problems += metrics_problems(client, engine, model, version, v.run_id,
-                                             recorded_metrics[(model, version)])
+                                             recorded_metrics.get((model, version), {}))
             tag = v.tags.get(GATES_PASSED_TAG)
             verdict = verdicts.get((model, version))
             if tag is not None and verdict is None:

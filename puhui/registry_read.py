@@ -57,6 +57,11 @@ class NotInRegistry(LookupError):
     """``SqlRegistry``'s answer where ``MlflowClient`` raises "no such model or version"."""
 
 
+def metric_name(metric: str, segment: str) -> str:
+    """The run metric a (metric, segment) figure of ``model_evaluations`` is logged as."""
+    return metric if segment == "all" else f"{metric}.{re.sub(r'[^A-Za-z0-9_.-]', '.', segment)}"
+
+
 # Written into the model's folder by MLflow when it registers it (after the digest is taken).
 _REGISTERED_AFTER = frozenset({"registered_model_meta"})
 
