@@ -206,7 +206,8 @@ def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ing
     [first] = _ingest_payments().values()
     engine = open_runtime().engine
     with engine.begin() as conn:  # the row as a run before this round wrote it
-        conn.execute(ingest_batches.update().values(source_path=str(path), mtime_ns=None))
+        conn.execute(ingest_batches.update().values(
+            source_path=str(path), mtime_ns=None, path_pseudonymized=None))
 
     [again] = _ingest_payments().values()
     assert again.skipped and again.batch_id == first.batch_id, "found again, not re-read"
@@ -220,6 +221,46 @@ def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ing
     assert len(read_audit_events(engine, action="ingest.paths_pseudonymized")) == 1, \
         "idempotent: a second run finds nothing to rewrite"
     assert _raw_rows() == (5, 5)
+
+
+def test_ledger_rows_without_a_time_are_settled_once_not_read_on_every_run(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with no modification time (an entry that is not a regular file, a remote file)
+    keep none forever: picked by that, every run read and re-pseudonymized them all."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_2_dir.csv").mkdir()  # held, its row without a time
+    raw = folder / f"mobile_payments_{PHONE_IN_NAME}.csv"
+    raw.write_bytes(_payments(1, rows=5))
+    _ingest_payments()
+    engine = open_runtime().engine
+    with engine.begin() as conn:  # the file's row as a run before names were pseudonymized
+        conn.execute(ingest_batches.update().where(ingest_batches.c.mtime_ns.is_not(None))
+                     .values(source_path=str(raw), mtime_ns=None, path_pseudonymized=None))
+
+    real = ledger.pseudonymize_legacy_paths
+    read: list[str] = []
+
+    def recording(conn, partner, stored_path):  # noqa: ANN001, ANN202
+        def spy(path: str) -> str:
+            read.append(path)
+            return stored_path(path)
+        return real(conn, partner, spy)
+
+    monkeypatch.setattr(ledger, "pseudonymize_legacy_paths", recording)
+    _ingest_payments()
+    assert read == [str(raw)], "only the legacy row is read, not the directory's"
+    read.clear()
+    assert all(o.skipped for o in _ingest_payments().values())
+    assert read == [], "a later run reads no settled row again"
+    with engine.connect() as conn:
+        rows = conn.execute(select(ingest_batches.c.source_path, ingest_batches.c.mtime_ns,
+                                   ingest_batches.c.path_pseudonymized)).all()
+    assert len(rows) == 2 and all(r.mtime_ns is None and r.path_pseudonymized for r in rows)
+    assert not any(find_raw_identifiers(r.source_path) for r in rows)
+    events = read_audit_events(engine, action="ingest.paths_pseudonymized")
+    assert [e["details"] for e in events] == [{"partner": "mobile_payments", "rows": 1}]
 
 
 def test_a_file_growing_while_it_is_read_is_deferred_then_read_whole(

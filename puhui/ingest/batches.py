@@ -646,6 +646,7 @@ class FileIngestor:
             "batch_id": base["batch_id"],
             "partner": self.feed.name,
             "source_path": base["path"],
+            "path_pseudonymized": True,
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,

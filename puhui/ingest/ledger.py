@@ -169,28 +169,40 @@ def pseudonymize_legacy_paths(
     """Give the feed's ledger rows written before file names were pseudonymized the
     ``source_path`` that ingestion stores now; returns how many rows changed.
 
-    Only rows without a modification time (before migration 0005; remote files and entries
-    that are not regular files) can hold a raw name, so only those are read. Idempotent:
-    ``stored_path`` leaves a stored path as it is, and each row is rewritten only from the
-    path it was read with (two runs at once change it once). A data migration could not do
-    this: it has no pseudonym key.
+    Only rows not yet settled (``path_pseudonymized`` NULL: rows from before migration 0005,
+    which came with pseudonymized names) are read, and each is marked as it is settled, so
+    a row is read once: remote files and entries that are not regular files never get a
+    modification time, and picking rows by that read them all on every run. Idempotent and
+    safe to interrupt: the caller's transaction holds the marks and the new paths together,
+    and each row is updated only from the path it was read with and while unmarked (two runs
+    at once change it once). A data migration could not do this: it has no pseudonym key.
     """
-    query = select(ingest_batches.c.batch_id, ingest_batches.c.source_path).where(
-        ingest_batches.c.partner == partner, ingest_batches.c.mtime_ns.is_(None)
+    table = ingest_batches.c
+    query = select(table.batch_id, table.source_path).where(
+        table.partner == partner, table.path_pseudonymized.is_(None)
     )
     changed = 0
+    kept: list[str] = []
     for row in conn.execute(query).all():
         renamed = stored_path(row.source_path)
         if renamed == row.source_path:
+            kept.append(row.batch_id)
             continue
         changed += conn.execute(
             update(ingest_batches)
             .where(
-                ingest_batches.c.batch_id == row.batch_id,
-                ingest_batches.c.source_path == row.source_path,
+                table.batch_id == row.batch_id,
+                table.source_path == row.source_path,
+                table.path_pseudonymized.is_(None),
             )
-            .values(source_path=renamed)
+            .values(source_path=renamed, path_pseudonymized=True)
         ).rowcount
+    for start in range(0, len(kept), 500):  # bounded IN lists
+        conn.execute(
+            update(ingest_batches)
+            .where(table.batch_id.in_(kept[start:start + 500]))
+            .values(path_pseudonymized=True)
+        )
     return changed
 
 

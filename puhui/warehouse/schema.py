@@ -52,6 +52,9 @@ ingest_batches = Table(
     # Added by migration 0005: NULL for rows from before and for remote files (size only).
     Column("mtime_ns", BigInteger,
            comment="the local file's modification time (ns) when it was read"),
+    # Added by migration 0006: NULL for rows ledger.pseudonymize_legacy_paths has not settled.
+    Column("path_pseudonymized", Boolean,
+           comment="source_path is in its stored form; NULL: not yet checked"),
     Column("rows", BigInteger, comment="rows landed in the file"),
     Column("rows_loaded", BigInteger),
     Column("rows_held", BigInteger),
