@@ -263,11 +263,15 @@ def run_train(
     new version fails a gate (the flow run ends Failed), unless --allow-gate-failure."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
+    from puhui.config import ModelsConfig, load_config
     from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _run_date(as_of, "--as-of")
-    _flow_settings()
+    settings = _flow_settings()
+    # A bad model setting (a LightGBM value of the wrong type) is one line now, not a failed
+    # flow run after the features were built.
+    load_config(settings.config_dir, ModelsConfig)
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None
     try:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from puhui.errors import PuhuiError
+from puhui.lightgbm_params import type_problem as lightgbm_type_problem
 
 
 class StrictModel(BaseModel):
@@ -372,6 +373,11 @@ class LightGBMSpec(StrictModel):
     # with the benchmark's: two more searches, worth it only where the window is small.
     cross_fit_below_defaults: int = Field(default=2000, ge=0)
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _param_types(cls, params: Any) -> Any:
+        return _check_lightgbm_params(params)
+
 
 class CalibrationSpec(StrictModel):
     # auto: the method with the lower cross-validated log-loss on the validation window.
@@ -483,15 +489,8 @@ class RecommenderSpec(StrictModel):
 
     @field_validator("lightgbm", mode="before")
     @classmethod
-    def _param_shapes(cls, params: Any) -> Any:
-        # Checked before the union: its errors list every member's failure under pydantic's
-        # internal names; this says which key is wrong and what shapes it may take.
-        if isinstance(params, dict):
-            for key, value in params.items():
-                problem = _lightgbm_value_problem(value)
-                if problem:
-                    raise ValueError(f"{key}: {problem}")
-        return params
+    def _param_types(cls, params: Any) -> Any:
+        return _check_lightgbm_params(params)
 
     @field_validator("lightgbm")
     @classmethod
@@ -504,6 +503,20 @@ class RecommenderSpec(StrictModel):
 
 _LIGHTGBM_SHAPES = ("a number, a string, true/false, a list of numbers or of strings, or "
                     "a size-aware {of: rows, fraction, min, max}")
+
+
+def _check_lightgbm_params(params: Any) -> Any:
+    """Each value's shape, then its type as LightGBM declares the parameter (an unknown
+    name refused): a mistyped value fails here, not inside LightGBM after the features are
+    built. Checked before pydantic's union: its errors list every member's failure under
+    internal names; this says which key is wrong and what it takes."""
+    if isinstance(params, dict):
+        for key, value in params.items():
+            problem = _lightgbm_value_problem(value) or lightgbm_type_problem(
+                str(key), value, size_aware=isinstance(value, dict | SizeAware))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+    return params
 
 
 def _lightgbm_value_problem(value: Any) -> str | None:

@@ -118,12 +118,12 @@ def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: P
     """LightGBM's list parameters are floats (``label_gain``), ints (``monotone_constraints``)
     or strings; a YAML ``true`` stays a bool (LightGBM refuses a bool parameter of 1.0)."""
     path = _models_with_ranker_params(tmp_path, yaml.safe_load(
-        "{label_gain: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric_names: [ndcg, map],"
+        "{label_gain: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric: [ndcg, map],"
         " force_col_wise: true, max_bin: 63}"))
     params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
     assert params["label_gain"] == [0.0, 1.5, 3.0]
     assert [type(v) for v in params["monotone_constraints"]] == [int, int, int]
-    assert params["metric_names"] == ["ndcg", "map"]
+    assert params["metric"] == ["ndcg", "map"]
     assert params["force_col_wise"] is True
     assert params["max_bin"] == 63 and type(params["max_bin"]) is int
 
@@ -144,6 +144,72 @@ def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
         load_config_file(path, ModelsConfig)
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("{num_threads: two}", "num_threads: expected an integer"),
+    ("{nthreads: two}", "nthreads: expected an integer (LightGBM's num_threads)"),
+    ("{num_leaves: 7.5}", "num_leaves: expected an integer"),
+    ("{learning_rate: fast}", "learning_rate: expected a number"),
+    ("{feature_fraction: true}", "feature_fraction: expected a number"),
+    ("{force_col_wise: 1}", "force_col_wise: expected true or false"),
+    ("{objective: 1}", "objective: expected a string"),
+    ("{eval_at: [1.5]}", "eval_at: expected an integer or a list of integers"),
+    ("{objective: {of: rows, fraction: 0.1, min: 1, max: 2}}",
+     "objective: a size-aware value is for numeric parameters; this one takes a string"),
+    ("{num_leave: 7}", "num_leave: not a LightGBM parameter"),
+])
+def test_recommender_lightgbm_values_are_typed_as_lightgbm_declares_them(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    """A wrong type was taken and failed inside LightGBM after the features were built; an
+    unknown name (a typo) was ignored by LightGBM with a warning."""
+    path = _models_with_ranker_params(tmp_path, yaml.safe_load(value))
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    message = str(info.value)
+    assert f"product_recommender.lightgbm: Value error, {expected}" in message
+    assert "\n" not in message
+
+
+def test_risk_lightgbm_params_are_typed_and_aliases_accepted(tmp_path: Path) -> None:
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    params = models["credit_risk"]["lightgbm"]["params"]
+    params.update(n_jobs=2, reg_lambda=1, min_data_in_leaf={"of": "rows", "fraction": 0.01,
+                                                              "min": 5, "max": 50})
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    loaded = load_config_file(path, ModelsConfig).credit_risk.lightgbm.params
+    assert loaded["n_jobs"] == 2 and loaded["reg_lambda"] == 1
+
+    params["num_threads"] = "two"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    assert str(info.value).endswith(
+        "credit_risk.lightgbm.params: Value error, num_threads: expected an integer")
+
+
+def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
+    """Names and aliases as the installed LightGBM reports them (an upgrade that adds or
+    renames a parameter fails here); types agree with a trained booster's saved values."""
+    import lightgbm
+    import numpy as np
+    from lightgbm.basic import _ConfigAliases
+
+    from puhui.lightgbm_params import _ALIASES, TYPES, canonical
+
+    library = _ConfigAliases._get_all_param_aliases()
+    assert set(TYPES) == set(library)
+    assert {a: n for n, names in library.items() for a in names if a != n} == _ALIASES
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    booster = lightgbm.train({"verbosity": -1, "min_data_in_leaf": 1, "min_data_in_bin": 1},
+                             lightgbm.Dataset(x, np.arange(20) % 2), num_boost_round=1)
+    saved = lightgbm.Booster(model_str=booster.model_to_string())._get_loaded_param()
+    kinds = {bool: {"bool"}, str: {"str"}, list: {"list[str]", "list[int]", "list[float]"},
+             int: {"int", "float"}, float: {"float"}}
+    wrong = {k: v for k, v in saved.items() if TYPES[canonical(k)] not in kinds[type(v)]}
+    assert len(saved) > 90 and wrong == {}
 
 
 def test_unknown_config_file_is_an_error_and_hash_tracks_content(tmp_path: Path) -> None:

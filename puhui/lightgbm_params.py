@@ -1,0 +1,199 @@
+"""LightGBM's parameters and their types, so a config is checked when it is loaded.
+
+LightGBM reads every parameter as text and fails (or warns and ignores an unknown name) only
+once a Dataset or Booster is built, after the features; ``num_threads: two`` in a config
+should be refused when the config is read, in one line naming the key. The table is LightGBM
+4.7's own: its parameter names and aliases (``LGBM_DumpParamAliases``) and their types
+(``Config::ParameterTypes``, generated from its ``config.h``). tests/test_settings_config.py
+checks names and aliases against the installed library, so an upgrade that adds or renames
+one fails there first. Pure data: importing this does not import LightGBM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "int": (
+        "bagging_freq", "bagging_seed", "bin_construct_sample_cnt", "data_random_seed",
+        "drop_seed", "early_stopping_round", "extra_seed", "feature_fraction_seed",
+        "gpu_device_id", "gpu_platform_id", "lambdarank_truncation_level", "local_listen_port",
+        "max_bin", "max_cat_threshold", "max_cat_to_onehot", "max_depth", "max_drop",
+        "metric_freq", "min_data_in_bin", "min_data_in_leaf", "min_data_per_group",
+        "multi_error_top_k", "num_class", "num_gpu", "num_grad_quant_bins",
+        "num_iteration_predict", "num_iterations", "num_leaves", "num_machines", "num_threads",
+        "objective_seed", "pred_early_stop_freq", "saved_feature_importance_type", "seed",
+        "snapshot_freq", "start_iteration_predict", "time_out", "top_k", "verbosity",
+    ),
+    "float": (
+        "alpha", "bagging_fraction", "cat_l2", "cat_smooth", "cegb_penalty_split",
+        "cegb_tradeoff", "drop_rate", "early_stopping_min_delta", "fair_c", "feature_fraction",
+        "feature_fraction_bynode", "histogram_pool_size", "lambda_l1", "lambda_l2",
+        "lambdarank_position_bias_regularization", "learning_rate", "linear_lambda",
+        "max_delta_step", "min_gain_to_split", "min_sum_hessian_in_leaf", "monotone_penalty",
+        "neg_bagging_fraction", "other_rate", "path_smooth", "poisson_max_delta_step",
+        "pos_bagging_fraction", "pred_early_stop_margin", "refit_decay_rate",
+        "scale_pos_weight", "sigmoid", "skip_drop", "top_rate", "tweedie_variance_power",
+    ),
+    "bool": (
+        "bagging_by_query", "boost_from_average", "deterministic", "enable_bundle",
+        "extra_trees", "feature_pre_filter", "first_metric_only", "force_col_wise",
+        "force_row_wise", "gpu_use_dp", "header", "is_enable_sparse",
+        "is_provide_training_metric", "is_unbalance", "lambdarank_norm", "linear_tree",
+        "pre_partition", "precise_float_parser", "pred_early_stop", "predict_contrib",
+        "predict_disable_shape_check", "predict_leaf_index", "predict_raw_score",
+        "quant_train_renew_leaf", "reg_sqrt", "save_binary", "stochastic_rounding", "two_round",
+        "uniform_drop", "use_missing", "use_quantized_grad", "xgboost_dart_mode",
+        "zero_as_missing",
+    ),
+    "str": (
+        "boosting", "config", "convert_model", "convert_model_language", "data",
+        "data_sample_strategy", "device_type", "forcedbins_filename", "forcedsplits_filename",
+        "gpu_device_id_list", "group_column", "input_model", "label_column",
+        "machine_list_filename", "machines", "monotone_constraints_method", "objective",
+        "output_model", "output_result", "parser_config_file", "task", "tree_learner",
+        "weight_column",
+    ),
+    "list[int]": (
+        "categorical_feature", "eval_at", "ignore_column", "max_bin_by_feature",
+        "monotone_constraints",
+    ),
+    "list[float]": (
+        "auc_mu_weights", "cegb_penalty_feature_coupled", "cegb_penalty_feature_lazy",
+        "feature_contri", "label_gain",
+    ),
+    "list[str]": (
+        "metric", "valid",
+    ),
+    "list[list[int]]": (
+        "interaction_constraints",
+    ),
+}
+_ALIASES: dict[str, str] = {
+    "app": "objective", "application": "objective", "bagging": "bagging_fraction",
+    "bagging_fraction_seed": "bagging_seed", "blacklist": "ignore_column", "boost": "boosting",
+    "boosting_type": "boosting", "bundle": "enable_bundle", "cat_column": "categorical_feature",
+    "cat_feature": "categorical_feature", "categorical_column": "categorical_feature",
+    "categorical_features": "categorical_feature", "colsample_bynode":
+    "feature_fraction_bynode", "colsample_bytree": "feature_fraction", "config_file": "config",
+    "contrib": "predict_contrib", "convert_model_file": "convert_model", "data_filename":
+    "data", "data_seed": "data_random_seed", "device": "device_type", "early_stopping":
+    "early_stopping_round", "early_stopping_rounds": "early_stopping_round", "enable_sparse":
+    "is_enable_sparse", "eta": "learning_rate", "extra_tree": "extra_trees", "fc":
+    "feature_contri", "feature_contrib": "feature_contri", "feature_penalty": "feature_contri",
+    "forced_splits": "forcedsplits_filename", "forced_splits_file": "forcedsplits_filename",
+    "forced_splits_filename": "forcedsplits_filename", "fp": "feature_contri", "fs":
+    "forcedsplits_filename", "group": "group_column", "group_id": "group_column", "has_header":
+    "header", "hist_pool_size": "histogram_pool_size", "ignore_feature": "ignore_column",
+    "is_enable_bundle": "enable_bundle", "is_pre_partition": "pre_partition",
+    "is_predict_contrib": "predict_contrib", "is_predict_leaf_index": "predict_leaf_index",
+    "is_predict_raw_score": "predict_raw_score", "is_save_binary": "save_binary",
+    "is_save_binary_file": "save_binary", "is_sparse": "is_enable_sparse", "is_training_metric":
+    "is_provide_training_metric", "l1_regularization": "lambda_l1", "l2_regularization":
+    "lambda_l2", "label": "label_column", "lambda": "lambda_l2", "leaf_index":
+    "predict_leaf_index", "linear_trees": "linear_tree", "local_port": "local_listen_port",
+    "loss": "objective", "machine_list": "machine_list_filename", "machine_list_file":
+    "machine_list_filename", "map_at": "eval_at", "map_eval_at": "eval_at", "max_bins":
+    "max_bin", "max_iter": "num_iterations", "max_leaf": "num_leaves", "max_leaf_nodes":
+    "num_leaves", "max_leaf_output": "max_delta_step", "max_leaves": "num_leaves",
+    "max_tree_output": "max_delta_step", "mc": "monotone_constraints", "mc_method":
+    "monotone_constraints_method", "mc_penalty": "monotone_penalty", "metric_types": "metric",
+    "metrics": "metric", "min_child_samples": "min_data_in_leaf", "min_child_weight":
+    "min_sum_hessian_in_leaf", "min_data": "min_data_in_leaf", "min_data_per_leaf":
+    "min_data_in_leaf", "min_hessian": "min_sum_hessian_in_leaf", "min_samples_leaf":
+    "min_data_in_leaf", "min_split_gain": "min_gain_to_split", "min_sum_hessian":
+    "min_sum_hessian_in_leaf", "min_sum_hessian_per_leaf": "min_sum_hessian_in_leaf", "mlist":
+    "machine_list_filename", "model_in": "input_model", "model_input": "input_model",
+    "model_out": "output_model", "model_output": "output_model", "monotone_constraining_method":
+    "monotone_constraints_method", "monotone_constraint": "monotone_constraints",
+    "monotone_splits_penalty": "monotone_penalty", "monotonic_cst": "monotone_constraints",
+    "ms_penalty": "monotone_penalty", "n_estimators": "num_iterations", "n_iter":
+    "num_iterations", "n_iter_no_change": "early_stopping_round", "n_jobs": "num_threads",
+    "name_pred": "output_result", "ndcg_at": "eval_at", "ndcg_eval_at": "eval_at",
+    "neg_bagging": "neg_bagging_fraction", "neg_sub_row": "neg_bagging_fraction",
+    "neg_subsample": "neg_bagging_fraction", "nodes": "machines", "nrounds": "num_iterations",
+    "nthread": "num_threads", "nthreads": "num_threads", "num_boost_round": "num_iterations",
+    "num_classes": "num_class", "num_iteration": "num_iterations", "num_leaf": "num_leaves",
+    "num_machine": "num_machines", "num_round": "num_iterations", "num_rounds":
+    "num_iterations", "num_thread": "num_threads", "num_tree": "num_iterations", "num_trees":
+    "num_iterations", "objective_type": "objective", "output_freq": "metric_freq", "port":
+    "local_listen_port", "pos_bagging": "pos_bagging_fraction", "pos_sub_row":
+    "pos_bagging_fraction", "pos_subsample": "pos_bagging_fraction", "pred_name":
+    "output_result", "predict_name": "output_result", "predict_rawscore": "predict_raw_score",
+    "predict_result": "output_result", "prediction_name": "output_result", "prediction_result":
+    "output_result", "query": "group_column", "query_column": "group_column", "query_id":
+    "group_column", "random_seed": "seed", "random_state": "seed", "rate_drop": "drop_rate",
+    "raw_score": "predict_raw_score", "reg_alpha": "lambda_l1", "reg_lambda": "lambda_l2",
+    "save_period": "snapshot_freq", "shrinkage_rate": "learning_rate", "sparse":
+    "is_enable_sparse", "sub_feature": "feature_fraction", "sub_feature_bynode":
+    "feature_fraction_bynode", "sub_row": "bagging_fraction", "subsample": "bagging_fraction",
+    "subsample_for_bin": "bin_construct_sample_cnt", "subsample_freq": "bagging_freq",
+    "task_type": "task", "test": "valid", "test_data": "valid", "test_data_file": "valid",
+    "topk": "top_k", "train": "data", "train_data": "data", "train_data_file": "data",
+    "train_metric": "is_provide_training_metric", "training_metric":
+    "is_provide_training_metric", "tree": "tree_learner", "tree_learner_type": "tree_learner",
+    "tree_type": "tree_learner", "two_round_loading": "two_round", "unbalance": "is_unbalance",
+    "unbalanced_sets": "is_unbalance", "use_two_round_loading": "two_round", "valid_data":
+    "valid", "valid_data_file": "valid", "valid_filenames": "valid", "verbose": "verbosity",
+    "weight": "weight_column", "workers": "machines"
+}
+TYPES: dict[str, str] = {name: kind for kind, names in _BY_TYPE.items() for name in names}
+# Column lists take indices or names (``name:a,b``), not only the integers config.h declares.
+TYPES.update(categorical_feature="columns", ignore_column="columns")
+
+_EXPECTED = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "list[int]": "an integer or a list of integers",
+    "list[float]": "a number or a list of numbers",
+    "list[str]": "a string or a list of strings",
+    "list[list[int]]": "a list of lists of integers",
+    "columns": "a string, an integer or a list of them",
+}
+
+
+def canonical(name: str) -> str | None:
+    """LightGBM's own name of parameter ``name`` (an alias resolved), or None: not one."""
+    if name in TYPES:
+        return name
+    return _ALIASES.get(name)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_CHECKS = {
+    "int": _is_int,
+    "float": _is_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list[int]": lambda v: _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+    "list[float]": lambda v: _is_number(v) or (isinstance(v, list) and all(map(_is_number, v))),
+    "list[str]": lambda v: isinstance(v, str) or (
+        isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "list[list[int]]": lambda v: isinstance(v, list) and all(
+        isinstance(x, list) and all(map(_is_int, x)) for x in v),
+    "columns": lambda v: isinstance(v, str | int) and not isinstance(v, bool) or (
+        isinstance(v, list) and all(isinstance(x, str | int) for x in v)),
+}
+
+
+def type_problem(name: str, value: Any, size_aware: bool = False) -> str | None:
+    """Why ``value`` cannot be LightGBM parameter ``name``, or None. ``size_aware``: the
+    value is the size-aware form, which resolves to a number (a count for an integer)."""
+    real = canonical(name)
+    if real is None:
+        return "not a LightGBM parameter (LightGBM would ignore it with a warning)"
+    kind = TYPES[real]
+    called = "" if real == name else f" (LightGBM's {real})"
+    if size_aware:
+        return None if kind in ("int", "float") else (
+            f"a size-aware value is for numeric parameters; this one takes "
+            f"{_EXPECTED[kind]}{called}")
+    if _CHECKS[kind](value):
+        return None
+    return f"expected {_EXPECTED[kind]}{called}"
