@@ -171,33 +171,47 @@ def generate_landing_zone(
     )
 
 
+class BadArgument(PuhuiError, ValueError):
+    """An argument the generator cannot use: a ``ValueError`` to Python callers, and the
+    command line names its option (``--`` and ``argument`` with dashes)."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"{argument} {problem}")
+        self.argument, self.problem = argument, problem
+
+
 def _validate(
     users: int, days: int, history_days: int, products: tuple[str, ...],
     penalize_segment: str | None, end_date: date, faults: bool,
 ) -> None:
     if users < 1:
-        raise ValueError("users must be at least 1")
+        raise BadArgument("users", "must be at least 1")
     if days < 1:
-        raise ValueError("days must be at least 1")
+        raise BadArgument("days", "must be at least 1")
     if history_days < 0:
-        raise ValueError("history_days must not be negative")
+        raise BadArgument("history_days", "must not be negative")
     unknown = [p for p in products if p not in ref.PRODUCT_SCENARIOS]
     if unknown or not products:
-        raise ValueError(
-            f"unknown products {unknown}; known: {', '.join(ref.PRODUCT_SCENARIOS)}"
+        raise BadArgument(
+            "products", f"unknown: {unknown}; known: {', '.join(ref.PRODUCT_SCENARIOS)}"
         )
     if len(set(products)) != len(products):
-        raise ValueError("products must not repeat")
+        raise BadArgument("products", "must not repeat")
     if not set(products) & set(ref.LOAN_PRODUCTS):
-        raise ValueError("products must include a loan product: " + ", ".join(ref.LOAN_PRODUCTS))
+        raise BadArgument(
+            "products", "must include a loan product: " + ", ".join(ref.LOAN_PRODUCTS))
     if faults and days < MIN_DAYS_FOR_FAULTS:
-        raise ValueError(f"faults need days >= {MIN_DAYS_FOR_FAULTS} (one file per fault kind)")
+        raise BadArgument(
+            "days", f"must be at least {MIN_DAYS_FOR_FAULTS} with faults (one file per kind)")
     if penalize_segment is not None and penalize_segment not in SEGMENTS:
-        raise ValueError(
-            f"unknown segment {penalize_segment!r}; choose one of {', '.join(SEGMENTS)}"
-        )
-    if Timeline(end_date, days, history_days).history_start < date(2020, 1, 1):
-        raise ValueError("the history must not start before 2020-01-01")
+        raise BadArgument(
+            "penalize_segment",
+            f"{penalize_segment!r} is no segment; choose one of {', '.join(SEGMENTS)}")
+    start = Timeline(end_date, days, history_days).history_start
+    if start < date(2020, 1, 1):
+        raise BadArgument(
+            "history_days", f"puts the history's start ({start}: the end date less the "
+            "days and the history days) before 2020-01-01")
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
