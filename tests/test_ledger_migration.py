@@ -65,6 +65,8 @@ def test_0006_marks_rows_with_a_time_settled_and_leaves_the_rest_to_ingest(
         marks = dict(conn.execute(text(
             "SELECT batch_id, path_pseudonymized FROM ingest_batches")).all())
     assert marks == {"timed": True, "untimed": None}
+    indexes = {i["name"] for i in inspect(engine).get_indexes("ingest_batches")}
+    assert "ix_ingest_batches_unsettled_paths" in indexes  # ingest's look for unsettled rows
 
     with engine.begin() as conn:  # re-run over a database that already has the column
         command.stamp(_alembic_config(conn), "0005")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 # Deterministic constraint names make migrations portable between the two dialects.
@@ -68,6 +69,11 @@ ingest_batches = Table(
     Column("decided_by", String(128)),
     Index(None, "partner", "delivery_date"),
     Index(None, "status"),
+    # Only rows whose path is not settled (migration 0006): every ingest looks for them on
+    # each feed, and once all are settled the look reads an empty index, not the ledger.
+    Index("ix_ingest_batches_unsettled_paths", "partner",
+          sqlite_where=text("path_pseudonymized IS NULL"),
+          postgresql_where=text("path_pseudonymized IS NULL")),
 )
 
 ingest_watermarks = Table(
