@@ -99,7 +99,7 @@ def _reason(text: str) -> str:
 def _generator_options() -> Iterator[None]:
     """A generator argument it cannot use as a usage error naming the option (exit 2); one
     that is no option (the products of configs/products.yaml) stays a one-line error."""
-    from puhui.generate.landing import BadArgument
+    from puhui.generate.arguments import BadArgument
 
     try:
         yield

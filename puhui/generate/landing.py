@@ -32,6 +32,7 @@ import pyarrow.csv as pa_csv
 
 from puhui.errors import PuhuiError
 from puhui.generate import reference as ref
+from puhui.generate.arguments import BadArgument
 from puhui.generate.batch import Batch, batch_rows
 from puhui.generate.faults import (
     FAULT_KINDS,
@@ -169,15 +170,6 @@ def generate_landing_zone(
         rows_by_partner=dict(writer.rows), bytes_written=bytes_written,
         seconds=round(time.perf_counter() - started, 3), faults=fault_entries,
     )
-
-
-class BadArgument(PuhuiError, ValueError):
-    """An argument the generator cannot use: a ``ValueError`` to Python callers, and the
-    command line names its option (``--`` and ``argument`` with dashes)."""
-
-    def __init__(self, argument: str, problem: str) -> None:
-        super().__init__(f"{argument} {problem}")
-        self.argument, self.problem = argument, problem
 
 
 def _validate(
