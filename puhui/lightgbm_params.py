@@ -69,74 +69,94 @@ _BY_TYPE: dict[str, tuple[str, ...]] = {
         "interaction_constraints",
     ),
 }
-_ALIASES: dict[str, str] = {
-    "app": "objective", "application": "objective", "bagging": "bagging_fraction",
-    "bagging_fraction_seed": "bagging_seed", "blacklist": "ignore_column", "boost": "boosting",
-    "boosting_type": "boosting", "bundle": "enable_bundle", "cat_column": "categorical_feature",
-    "cat_feature": "categorical_feature", "categorical_column": "categorical_feature",
-    "categorical_features": "categorical_feature", "colsample_bynode":
-    "feature_fraction_bynode", "colsample_bytree": "feature_fraction", "config_file": "config",
-    "contrib": "predict_contrib", "convert_model_file": "convert_model", "data_filename":
-    "data", "data_seed": "data_random_seed", "device": "device_type", "early_stopping":
-    "early_stopping_round", "early_stopping_rounds": "early_stopping_round", "enable_sparse":
-    "is_enable_sparse", "eta": "learning_rate", "extra_tree": "extra_trees", "fc":
-    "feature_contri", "feature_contrib": "feature_contri", "feature_penalty": "feature_contri",
-    "forced_splits": "forcedsplits_filename", "forced_splits_file": "forcedsplits_filename",
-    "forced_splits_filename": "forcedsplits_filename", "fp": "feature_contri", "fs":
-    "forcedsplits_filename", "group": "group_column", "group_id": "group_column", "has_header":
-    "header", "hist_pool_size": "histogram_pool_size", "ignore_feature": "ignore_column",
-    "is_enable_bundle": "enable_bundle", "is_pre_partition": "pre_partition",
-    "is_predict_contrib": "predict_contrib", "is_predict_leaf_index": "predict_leaf_index",
-    "is_predict_raw_score": "predict_raw_score", "is_save_binary": "save_binary",
-    "is_save_binary_file": "save_binary", "is_sparse": "is_enable_sparse", "is_training_metric":
-    "is_provide_training_metric", "l1_regularization": "lambda_l1", "l2_regularization":
-    "lambda_l2", "label": "label_column", "lambda": "lambda_l2", "leaf_index":
-    "predict_leaf_index", "linear_trees": "linear_tree", "local_port": "local_listen_port",
-    "loss": "objective", "machine_list": "machine_list_filename", "machine_list_file":
-    "machine_list_filename", "map_at": "eval_at", "map_eval_at": "eval_at", "max_bins":
-    "max_bin", "max_iter": "num_iterations", "max_leaf": "num_leaves", "max_leaf_nodes":
-    "num_leaves", "max_leaf_output": "max_delta_step", "max_leaves": "num_leaves",
-    "max_tree_output": "max_delta_step", "mc": "monotone_constraints", "mc_method":
-    "monotone_constraints_method", "mc_penalty": "monotone_penalty", "metric_types": "metric",
-    "metrics": "metric", "min_child_samples": "min_data_in_leaf", "min_child_weight":
-    "min_sum_hessian_in_leaf", "min_data": "min_data_in_leaf", "min_data_per_leaf":
-    "min_data_in_leaf", "min_hessian": "min_sum_hessian_in_leaf", "min_samples_leaf":
-    "min_data_in_leaf", "min_split_gain": "min_gain_to_split", "min_sum_hessian":
-    "min_sum_hessian_in_leaf", "min_sum_hessian_per_leaf": "min_sum_hessian_in_leaf", "mlist":
-    "machine_list_filename", "model_in": "input_model", "model_input": "input_model",
-    "model_out": "output_model", "model_output": "output_model", "monotone_constraining_method":
-    "monotone_constraints_method", "monotone_constraint": "monotone_constraints",
-    "monotone_splits_penalty": "monotone_penalty", "monotonic_cst": "monotone_constraints",
-    "ms_penalty": "monotone_penalty", "n_estimators": "num_iterations", "n_iter":
-    "num_iterations", "n_iter_no_change": "early_stopping_round", "n_jobs": "num_threads",
-    "name_pred": "output_result", "ndcg_at": "eval_at", "ndcg_eval_at": "eval_at",
-    "neg_bagging": "neg_bagging_fraction", "neg_sub_row": "neg_bagging_fraction",
-    "neg_subsample": "neg_bagging_fraction", "nodes": "machines", "nrounds": "num_iterations",
-    "nthread": "num_threads", "nthreads": "num_threads", "num_boost_round": "num_iterations",
-    "num_classes": "num_class", "num_iteration": "num_iterations", "num_leaf": "num_leaves",
-    "num_machine": "num_machines", "num_round": "num_iterations", "num_rounds":
-    "num_iterations", "num_thread": "num_threads", "num_tree": "num_iterations", "num_trees":
-    "num_iterations", "objective_type": "objective", "output_freq": "metric_freq", "port":
-    "local_listen_port", "pos_bagging": "pos_bagging_fraction", "pos_sub_row":
-    "pos_bagging_fraction", "pos_subsample": "pos_bagging_fraction", "pred_name":
-    "output_result", "predict_name": "output_result", "predict_rawscore": "predict_raw_score",
-    "predict_result": "output_result", "prediction_name": "output_result", "prediction_result":
-    "output_result", "query": "group_column", "query_column": "group_column", "query_id":
-    "group_column", "random_seed": "seed", "random_state": "seed", "rate_drop": "drop_rate",
-    "raw_score": "predict_raw_score", "reg_alpha": "lambda_l1", "reg_lambda": "lambda_l2",
-    "save_period": "snapshot_freq", "shrinkage_rate": "learning_rate", "sparse":
-    "is_enable_sparse", "sub_feature": "feature_fraction", "sub_feature_bynode":
-    "feature_fraction_bynode", "sub_row": "bagging_fraction", "subsample": "bagging_fraction",
-    "subsample_for_bin": "bin_construct_sample_cnt", "subsample_freq": "bagging_freq",
-    "task_type": "task", "test": "valid", "test_data": "valid", "test_data_file": "valid",
-    "topk": "top_k", "train": "data", "train_data": "data", "train_data_file": "data",
-    "train_metric": "is_provide_training_metric", "training_metric":
-    "is_provide_training_metric", "tree": "tree_learner", "tree_learner_type": "tree_learner",
-    "tree_type": "tree_learner", "two_round_loading": "two_round", "unbalance": "is_unbalance",
-    "unbalanced_sets": "is_unbalance", "use_two_round_loading": "two_round", "valid_data":
-    "valid", "valid_data_file": "valid", "valid_filenames": "valid", "verbose": "verbosity",
-    "weight": "weight_column", "workers": "machines"
+_ALIASES_OF: dict[str, tuple[str, ...]] = {
+    "bagging_fraction": ("bagging", "sub_row", "subsample"),
+    "bagging_freq": ("subsample_freq",),
+    "bagging_seed": ("bagging_fraction_seed",),
+    "bin_construct_sample_cnt": ("subsample_for_bin",),
+    "boosting": ("boost", "boosting_type"),
+    "categorical_feature": (
+        "cat_column", "cat_feature", "categorical_column", "categorical_features",
+    ),
+    "config": ("config_file",),
+    "convert_model": ("convert_model_file",),
+    "data": ("train", "train_data", "data_filename", "train_data_file"),
+    "data_random_seed": ("data_seed",),
+    "device_type": ("device",),
+    "drop_rate": ("rate_drop",),
+    "early_stopping_round": ("early_stopping", "n_iter_no_change", "early_stopping_rounds"),
+    "enable_bundle": ("bundle", "is_enable_bundle"),
+    "eval_at": ("map_at", "ndcg_at", "map_eval_at", "ndcg_eval_at"),
+    "extra_trees": ("extra_tree",),
+    "feature_contri": ("fc", "fp", "feature_contrib", "feature_penalty"),
+    "feature_fraction": ("sub_feature", "colsample_bytree"),
+    "feature_fraction_bynode": ("colsample_bynode", "sub_feature_bynode"),
+    "forcedsplits_filename": (
+        "fs", "forced_splits", "forced_splits_file", "forced_splits_filename",
+    ),
+    "group_column": ("group", "query", "group_id", "query_id", "query_column"),
+    "header": ("has_header",),
+    "histogram_pool_size": ("hist_pool_size",),
+    "ignore_column": ("blacklist", "ignore_feature"),
+    "input_model": ("model_in", "model_input"),
+    "is_enable_sparse": ("sparse", "is_sparse", "enable_sparse"),
+    "is_provide_training_metric": ("train_metric", "training_metric", "is_training_metric"),
+    "is_unbalance": ("unbalance", "unbalanced_sets"),
+    "label_column": ("label",),
+    "lambda_l1": ("reg_alpha", "l1_regularization"),
+    "lambda_l2": ("lambda", "reg_lambda", "l2_regularization"),
+    "learning_rate": ("eta", "shrinkage_rate"),
+    "linear_tree": ("linear_trees",),
+    "local_listen_port": ("port", "local_port"),
+    "machine_list_filename": ("mlist", "machine_list", "machine_list_file"),
+    "machines": ("nodes", "workers"),
+    "max_bin": ("max_bins",),
+    "max_delta_step": ("max_leaf_output", "max_tree_output"),
+    "metric": ("metrics", "metric_types"),
+    "metric_freq": ("output_freq",),
+    "min_data_in_leaf": ("min_data", "min_samples_leaf", "min_child_samples", "min_data_per_leaf"),
+    "min_gain_to_split": ("min_split_gain",),
+    "min_sum_hessian_in_leaf": (
+        "min_hessian", "min_sum_hessian", "min_child_weight", "min_sum_hessian_per_leaf",
+    ),
+    "monotone_constraints": ("mc", "monotonic_cst", "monotone_constraint"),
+    "monotone_constraints_method": ("mc_method", "monotone_constraining_method"),
+    "monotone_penalty": ("mc_penalty", "ms_penalty", "monotone_splits_penalty"),
+    "neg_bagging_fraction": ("neg_bagging", "neg_sub_row", "neg_subsample"),
+    "num_class": ("num_classes",),
+    "num_iterations": (
+        "n_iter", "nrounds", "max_iter", "num_tree", "num_round", "num_trees", "num_rounds",
+        "n_estimators", "num_iteration", "num_boost_round",
+    ),
+    "num_leaves": ("max_leaf", "num_leaf", "max_leaves", "max_leaf_nodes"),
+    "num_machines": ("num_machine",),
+    "num_threads": ("n_jobs", "nthread", "nthreads", "num_thread"),
+    "objective": ("app", "loss", "application", "objective_type"),
+    "output_model": ("model_out", "model_output"),
+    "output_result": (
+        "name_pred", "pred_name", "predict_name", "predict_result", "prediction_name",
+        "prediction_result",
+    ),
+    "pos_bagging_fraction": ("pos_bagging", "pos_sub_row", "pos_subsample"),
+    "pre_partition": ("is_pre_partition",),
+    "predict_contrib": ("contrib", "is_predict_contrib"),
+    "predict_leaf_index": ("leaf_index", "is_predict_leaf_index"),
+    "predict_raw_score": ("raw_score", "predict_rawscore", "is_predict_raw_score"),
+    "save_binary": ("is_save_binary", "is_save_binary_file"),
+    "seed": ("random_seed", "random_state"),
+    "snapshot_freq": ("save_period",),
+    "task": ("task_type",),
+    "top_k": ("topk",),
+    "tree_learner": ("tree", "tree_type", "tree_learner_type"),
+    "two_round": ("two_round_loading", "use_two_round_loading"),
+    "valid": (
+        "test", "test_data", "valid_data", "test_data_file", "valid_data_file",
+        "valid_filenames",
+    ),
+    "verbosity": ("verbose",),
+    "weight_column": ("weight",),
 }
+_ALIASES: dict[str, str] = {a: name for name, names in _ALIASES_OF.items() for a in names}
 TYPES: dict[str, str] = {name: kind for kind, names in _BY_TYPE.items() for name in names}
 # Column lists take indices or names (``name:a,b``), not only the integers config.h declares.
 TYPES.update(categorical_feature="columns", ignore_column="columns")
