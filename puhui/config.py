@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from puhui.errors import PuhuiError
+from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
 from puhui.lightgbm_params import type_problem as lightgbm_type_problem
 
 
@@ -378,6 +379,18 @@ class LightGBMSpec(StrictModel):
     def _param_types(cls, params: Any) -> Any:
         return _check_lightgbm_params(params)
 
+    @model_validator(mode="after")
+    def _search_names_not_aliased(self) -> LightGBMSpec:
+        # A trial is the params with the searched values laid over them by name: a param
+        # under an alias of a searched one would reach LightGBM next to it.
+        if self.search is not None:
+            searched = [n for n in type(self.search).model_fields if n != "trials"]
+            clash = lightgbm_alias_clash([k for k in self.params if k not in searched]
+                                         + searched)
+            if clash:
+                raise ValueError(f"params and search: {clash}")
+        return self
+
 
 class CalibrationSpec(StrictModel):
     # auto: the method with the lower cross-validated log-loss on the validation window.
@@ -506,11 +519,15 @@ _LIGHTGBM_SHAPES = ("a number, a string, true/false, a list of numbers or of str
 
 
 def _check_lightgbm_params(params: Any) -> Any:
-    """Each value's shape, then its type as LightGBM declares the parameter (an unknown
-    name refused): a mistyped value fails here, not inside LightGBM after the features are
-    built. Checked before pydantic's union: its errors list every member's failure under
-    internal names; this says which key is wrong and what it takes."""
+    """No parameter under two of its names, then each value's shape and its type as
+    LightGBM declares the parameter (an unknown name refused): a mistyped value fails here,
+    not inside LightGBM after the features are built. Checked before pydantic's union: its
+    errors list every member's failure under internal names; this says which key is wrong
+    and what it takes."""
     if isinstance(params, dict):
+        clash = lightgbm_alias_clash(map(str, params))
+        if clash:
+            raise ValueError(clash)
         for key, value in params.items():
             problem = _lightgbm_value_problem(value) or lightgbm_type_problem(
                 str(key), value, size_aware=isinstance(value, dict | SizeAware))

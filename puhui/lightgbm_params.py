@@ -11,6 +11,7 @@ one fails there first. Pure data: importing this does not import LightGBM.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 _BY_TYPE: dict[str, tuple[str, ...]] = {
@@ -176,6 +177,22 @@ def canonical(name: str) -> str | None:
     if name in TYPES:
         return name
     return _ALIASES.get(name)
+
+
+def alias_clash(names: Iterable[str]) -> str | None:
+    """The first LightGBM parameter given under more than one of its names, as a problem
+    naming those keys, or None: LightGBM keeps one and ignores the others with only a
+    warning, which the training's ``verbosity: -1`` hides."""
+    seen: dict[str, list[str]] = {}
+    for name in names:
+        real = canonical(name)
+        if real is not None:
+            seen.setdefault(real, []).append(name)
+    for real, given in seen.items():
+        if len(given) > 1:
+            return (f"{' and '.join(given)} are the same LightGBM parameter ({real}): "
+                    "give one (LightGBM would ignore the others)")
+    return None
 
 
 def _is_int(value: Any) -> bool:

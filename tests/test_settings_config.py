@@ -148,7 +148,7 @@ def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
 
 @pytest.mark.parametrize("value, expected", [
     ("{num_threads: two}", "num_threads: expected an integer"),
-    ("{nthreads: two}", "nthreads: expected an integer (LightGBM's num_threads)"),
+    ("{reg_alpha: two}", "reg_alpha: expected a number (LightGBM's lambda_l1)"),
     ("{num_leaves: 7.5}", "num_leaves: expected an integer"),
     ("{learning_rate: fast}", "learning_rate: expected a number"),
     ("{feature_fraction: true}", "feature_fraction: expected a number"),
@@ -175,19 +175,56 @@ def test_recommender_lightgbm_values_are_typed_as_lightgbm_declares_them(
 def test_risk_lightgbm_params_are_typed_and_aliases_accepted(tmp_path: Path) -> None:
     models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
     params = models["credit_risk"]["lightgbm"]["params"]
-    params.update(n_jobs=2, reg_lambda=1, min_data_in_leaf={"of": "rows", "fraction": 0.01,
-                                                              "min": 5, "max": 50})
+    del params["num_threads"]  # shipped; n_jobs next to it would be refused
+    params.update(n_jobs=2, reg_alpha=1, min_data_in_leaf={"of": "rows", "fraction": 0.01,
+                                                             "min": 5, "max": 50})
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(models), encoding="utf-8")
     loaded = load_config_file(path, ModelsConfig).credit_risk.lightgbm.params
-    assert loaded["n_jobs"] == 2 and loaded["reg_lambda"] == 1
+    assert loaded["n_jobs"] == 2 and loaded["reg_alpha"] == 1
 
-    params["num_threads"] = "two"
+    params["n_jobs"] = "two"
     path.write_text(yaml.safe_dump(models), encoding="utf-8")
     with pytest.raises(PuhuiError) as info:
         load_config_file(path, ModelsConfig)
-    assert str(info.value).endswith(
-        "credit_risk.lightgbm.params: Value error, num_threads: expected an integer")
+    assert str(info.value).endswith("credit_risk.lightgbm.params: Value error, n_jobs: "
+                                    "expected an integer (LightGBM's num_threads)")
+
+
+@pytest.mark.parametrize("block, extra, expected", [
+    ("recommender", {"nthreads": 2},
+     "product_recommender.lightgbm: Value error, num_threads and nthreads are the same "
+     "LightGBM parameter (num_threads): give one"),
+    ("risk", {"n_jobs": 2, "nthreads": 2},
+     "credit_risk.lightgbm.params: Value error, num_threads and n_jobs and nthreads are the "
+     "same LightGBM parameter (num_threads): give one"),
+    ("risk", {"max_leaves": 7},
+     "credit_risk.lightgbm.params: Value error, num_leaves and max_leaves are the same "
+     "LightGBM parameter (num_leaves)"),
+    ("risk_search", {"reg_lambda": 1.0},
+     "credit_risk.lightgbm: Value error, params and search: reg_lambda and lambda_l2 are the "
+     "same LightGBM parameter (lambda_l2)"),
+])
+def test_lightgbm_parameter_under_two_names_is_refused_naming_both(
+    tmp_path: Path, block: str, extra: dict, expected: str
+) -> None:
+    """LightGBM keeps one of a parameter's names and ignores the others with a warning that
+    the training's ``verbosity: -1`` hides; the shipped blocks give num_threads and
+    num_leaves, and the risk search draws lambda_l2 over the params."""
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    if block == "recommender":
+        models["product_recommender"]["lightgbm"].update(extra)
+    else:
+        params = models["credit_risk"]["lightgbm"]["params"]
+        if block == "risk_search":
+            del params["lambda_l2"]
+        params.update(extra)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models, sort_keys=False), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
 
 
 def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
