@@ -227,6 +227,47 @@ def test_lightgbm_parameter_under_two_names_is_refused_naming_both(
     assert expected in message and "\n" not in message
 
 
+@pytest.mark.parametrize("model", ["risk", "recommender"])
+def test_training_flow_reads_models_config_first(
+    model: str, puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    prefect_harness: None,
+) -> None:
+    """A scheduled run (``puhui serve``, a deployment) starts the flow without the CLI's
+    check: a bad lightgbm block failed it in the features step, after the warehouse
+    migrations and the MLflow reconciliation had run. The first step refuses it now, in one
+    line, and no other step runs."""
+    from datetime import date
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.recommender import train_recommender_flow
+    from flows.train import train_risk_flow
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    models = yaml.safe_load((configs / "models.yaml").read_text(encoding="utf-8"))
+    where = "credit_risk.lightgbm.params" if model == "risk" else "product_recommender.lightgbm"
+    block = (models["credit_risk"]["lightgbm"]["params"] if model == "risk"
+             else models["product_recommender"]["lightgbm"])
+    block["num_threads"] = "two"
+    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True),
+                                         encoding="utf-8")
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    flow = train_risk_flow if model == "risk" else train_recommender_flow
+
+    state = flow(as_of=date(2026, 9, 30), return_state=True)
+
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, PuhuiError) and "\n" not in str(error)
+    assert str(error).endswith(f"{where}: Value error, num_threads: expected an integer")
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert [run.name.split("-")[:2] for run in runs] == [[model, "config"]]
+
+
 def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
     """Names and aliases as the installed LightGBM reports them (an upgrade that adds or
     renames a parameter fails here); types agree with a trained booster's saved values."""
