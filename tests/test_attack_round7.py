@@ -10,6 +10,7 @@ before its fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -195,6 +196,67 @@ def test_a_ledger_row_without_a_time_keeps_the_size_only_comparison(
     assert later.skipped and later.batch_id == first.batch_id
     assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns is None, \
         "not read again: the legacy row is compared by size only"
+
+
+@pytest.fixture
+def memory_landing(puhui_env: Path, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A landing zone on fsspec's memory filesystem (a remote store to discovery: no
+    os.stat time), private to the test; its URL."""
+    import fsspec
+
+    root = f"memory://{tmp_path.name}/landing"
+    monkeypatch.setenv("PUHUI_LANDING", root)
+    yield root
+    fsspec.filesystem("memory").rm(f"/{tmp_path.name}", recursive=True)
+
+
+def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_marker(
+    memory_landing: str,
+) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = f"{memory_landing}/mobile_payments/{DAY.isoformat()}/mobile_payments_1.csv"
+    fs.pipe(url, _payments(1, rows=5))
+    first = _ingest_payments()[url.rsplit("/", 1)[-1]]
+    assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
+    engine = open_runtime().engine
+    marker = ledger.get_batch(engine, first.batch_id).change_marker
+    assert marker is not None and marker.startswith("created="), marker
+    assert _ingest_payments()[first.path.rsplit("/", 1)[-1]].skipped
+
+    # The same bytes written again: not a new version; the row takes the new marker.
+    fs.pipe(url, _payments(1, rows=5))
+    touched = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert touched.skipped and touched.batch_id == first.batch_id
+    renewed = ledger.get_batch(engine, first.batch_id).change_marker
+    assert renewed != marker
+
+    # Other bytes of the same length (the rows reordered): by size alone, never read again.
+    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
+    fs.pipe(url, header + b"".join(reversed(rows)))
+    assert fs.size(url) == len(_payments(1, rows=5))
+    again = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert again.status == "quarantined" and not again.skipped
+    assert f"rewritten after batch {first.batch_id}" in (again.reason or "")
+    assert _raw_rows() == (5, 5), "no row was loaded twice"
+    rerun = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert rerun.skipped and rerun.batch_id == again.batch_id
+
+
+def test_change_marker_prefers_a_content_tag_and_is_none_without_one() -> None:
+    from datetime import UTC, datetime
+
+    from puhui.landing import change_marker
+
+    when = datetime(2026, 9, 30, 8, tzinfo=UTC)
+    s3 = {"name": "b/k.csv", "size": 9, "ETag": '"9b2cf535f27731c974343645a3985328"',
+          "LastModified": when, "type": "file"}
+    assert change_marker(s3) == 'ETag="9b2cf535f27731c974343645a3985328"'
+    assert change_marker({"size": 9, "mtime": 1_790_000_000.0}) == "mtime=1790000000.0"
+    assert change_marker({"size": 9, "last_modified": when}) == f"last_modified={when}"
+    assert change_marker({"name": "h/k.csv", "size": 9, "type": "file"}) is None  # size only
 
 
 def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ingest(

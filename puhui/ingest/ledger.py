@@ -45,6 +45,7 @@ class BatchRecord:
     warnings: list[dict[str, Any]]
     duplicate_of: str | None
     mtime_ns: int | None = None
+    change_marker: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
@@ -64,6 +65,7 @@ class BatchRecord:
             list(m["warnings"] or []),
             m["duplicate_of"],
             m["mtime_ns"],
+            m["change_marker"],
         )
 
 
@@ -125,18 +127,22 @@ class SeenFile:
     """What the ledger's newest row for a path says was there: discovery compares it."""
 
     bytes: int
-    mtime_ns: int | None  # None: a row from before 0005, or a remote file (size only)
+    mtime_ns: int | None  # None: a row from before 0005, or a remote file
     batch_id: str
+    change_marker: str | None = None  # None: a row from before 0007, or a local file
 
-    def matches(self, size: int, mtime_ns: int | None) -> bool:
-        """Whether a landed file of ``size`` and ``mtime_ns`` is the version this row decided.
+    def matches(self, size: int, mtime_ns: int | None, marker: str | None = None) -> bool:
+        """Whether a landed file of ``size`` and ``mtime_ns`` (local) or change ``marker``
+        (remote) is the version this row decided.
 
-        A file rewritten in place at the same size differs by its time; without a time on
-        either side only the size is compared.
+        A file rewritten in place at the same size differs by its time or marker; without
+        one on either side only the size is compared.
         """
         if size != self.bytes:
             return False
-        return self.mtime_ns is None or mtime_ns is None or mtime_ns == self.mtime_ns
+        same_time = self.mtime_ns is None or mtime_ns is None or mtime_ns == self.mtime_ns
+        return same_time and (
+            self.change_marker is None or marker is None or marker == self.change_marker)
 
 
 def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, SeenFile]:
@@ -151,6 +157,7 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
         ingest_batches.c.bytes,
         ingest_batches.c.mtime_ns,
         ingest_batches.c.batch_id,
+        ingest_batches.c.change_marker,
     ).where(ingest_batches.c.partner == partner)
     if since is not None:
         query = query.where(ingest_batches.c.delivery_date > since)
@@ -158,7 +165,7 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
     query = query.order_by(ingest_batches.c.landed_at)
     with engine.connect() as conn:
         return {
-            r.source_path: SeenFile(r.bytes or 0, r.mtime_ns, r.batch_id)
+            r.source_path: SeenFile(r.bytes or 0, r.mtime_ns, r.batch_id, r.change_marker)
             for r in conn.execute(query)
         }
 

@@ -50,9 +50,13 @@ ingest_batches = Table(
     Column("content_key", String(80), unique=True),
     Column("duplicate_of", String(40)),
     Column("bytes", BigInteger),
-    # Added by migration 0005: NULL for rows from before and for remote files (size only).
+    # Added by migration 0005: NULL for rows from before and for remote files (change_marker).
     Column("mtime_ns", BigInteger,
            comment="the local file's modification time (ns) when it was read"),
+    # Added by migration 0007: NULL for local files (mtime_ns), rows from before, and stores
+    # whose listing gives no marker (size only).
+    Column("change_marker", Text,
+           comment="a remote file's change marker as its listing gave it (key=value)"),
     # Added by migration 0006: NULL for rows ledger.pseudonymize_legacy_paths has not settled.
     Column("path_pseudonymized", Boolean,
            comment="source_path is in its stored form; NULL: not yet checked"),
