@@ -270,7 +270,8 @@ def test_training_flow_reads_models_config_first(
 
 def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
     """Names and aliases as the installed LightGBM reports them (an upgrade that adds or
-    renames a parameter fails here); types agree with a trained booster's saved values."""
+    renames a parameter fails here); types agree with a trained booster's saved values and,
+    for the lists and what it does not save, with a table written from LightGBM's docs."""
     import lightgbm
     import numpy as np
     from lightgbm.basic import _ConfigAliases
@@ -288,6 +289,40 @@ def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
              int: {"int", "float"}, float: {"float"}}
     wrong = {k: v for k, v in saved.items() if TYPES[canonical(k)] not in kinds[type(v)]}
     assert len(saved) > 90 and wrong == {}
+    # The booster cannot tell an integer list from a number list (nor an int from a float);
+    # these, and every parameter it does not save, are checked against LightGBM's docs.
+    assert {k: v for k, v in TYPES.items() if v not in kinds[bool] | kinds[str]
+            | kinds[int]} == LIGHTGBM_LIST_TYPES
+    written = LIGHTGBM_LIST_TYPES | LIGHTGBM_UNSAVED_SCALAR_TYPES
+    assert set(TYPES) - set(saved) <= set(written)
+    assert {k: TYPES[k] for k in written} == written
+
+
+# LightGBM 4.7's Parameters docs: "multi-int", "multi-double", "multi-enum"/"multi-string";
+# "multi-int or string" (indices or ``name:`` columns) is ``columns``.
+LIGHTGBM_LIST_TYPES = {
+    "eval_at": "list[int]", "max_bin_by_feature": "list[int]",
+    "monotone_constraints": "list[int]", "label_gain": "list[float]",
+    "auc_mu_weights": "list[float]", "feature_contri": "list[float]",
+    "cegb_penalty_feature_coupled": "list[float]", "cegb_penalty_feature_lazy": "list[float]",
+    "metric": "list[str]", "valid": "list[str]",
+    "interaction_constraints": "list[list[int]]",
+    "categorical_feature": "columns", "ignore_column": "columns",
+}
+# Scalars a trained booster does not save (file names, prediction and CLI settings).
+LIGHTGBM_UNSAVED_SCALAR_TYPES = {
+    **dict.fromkeys(("is_provide_training_metric", "pred_early_stop", "predict_contrib",
+                     "predict_disable_shape_check", "predict_leaf_index",
+                     "predict_raw_score", "save_binary"), "bool"),
+    **dict.fromkeys(("metric_freq", "num_iteration_predict", "pred_early_stop_freq",
+                     "snapshot_freq", "start_iteration_predict"), "int"),
+    "pred_early_stop_margin": "float",
+    **dict.fromkeys(("config", "convert_model", "convert_model_language", "data",
+                     "forcedbins_filename", "forcedsplits_filename", "gpu_device_id_list",
+                     "group_column", "input_model", "label_column", "machine_list_filename",
+                     "machines", "output_model", "output_result", "parser_config_file",
+                     "task", "weight_column"), "str"),
+}
 
 
 def test_unknown_config_file_is_an_error_and_hash_tracks_content(tmp_path: Path) -> None:
