@@ -159,8 +159,10 @@ _ALIASES_OF: dict[str, tuple[str, ...]] = {
 }
 _ALIASES: dict[str, str] = {a: name for name, names in _ALIASES_OF.items() for a in names}
 TYPES: dict[str, str] = {name: kind for kind, names in _BY_TYPE.items() for name in names}
-# Column lists take indices or names (``name:a,b``), not only the integers config.h declares.
-TYPES.update(categorical_feature="columns", ignore_column="columns")
+# Columns are given by index or by name (``name:a,b``), not only as config.h declares them
+# (integers for the lists, a string for the single columns).
+TYPES.update(categorical_feature="columns", ignore_column="columns", label_column="column",
+             weight_column="column", group_column="column")
 
 _EXPECTED = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
@@ -169,6 +171,7 @@ _EXPECTED = {
     "list[str]": "a string or a list of strings",
     "list[list[int]]": "a list of lists of integers",
     "columns": "a string, an integer or a list of them",
+    "column": "a string or an integer",
 }
 
 
@@ -216,6 +219,7 @@ _CHECKS = {
         isinstance(x, list) and all(map(_is_int, x)) for x in v),
     "columns": lambda v: isinstance(v, str | int) and not isinstance(v, bool) or (
         isinstance(v, list) and all(isinstance(x, str | int) for x in v)),
+    "column": lambda v: isinstance(v, str) or _is_int(v),
 }
 
 

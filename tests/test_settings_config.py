@@ -128,6 +128,15 @@ def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: P
     assert params["max_bin"] == 63 and type(params["max_bin"]) is int
 
 
+def test_recommender_lightgbm_single_columns_take_an_index_or_a_name(tmp_path: Path) -> None:
+    """LightGBM takes label, weight and group columns as "int or string"; an index was
+    refused as "expected a string"."""
+    path = _models_with_ranker_params(tmp_path, {"label_column": 0, "weight": "name:w",
+                                                 "group_column": 2})
+    params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
+    assert (params["label_column"], params["weight"], params["group_column"]) == (0, "name:w", 2)
+
+
 @pytest.mark.parametrize("value, expected", [
     ("{max_depth: 3}", "lightgbm: Value error, nested: a mapping (['max_depth'])"),
     ("[[1, 2]]", "lightgbm: Value error, nested: a list must hold only numbers or only strings"),
@@ -155,6 +164,8 @@ def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
     ("{force_col_wise: 1}", "force_col_wise: expected true or false"),
     ("{objective: 1}", "objective: expected a string"),
     ("{eval_at: [1.5]}", "eval_at: expected an integer or a list of integers"),
+    ("{label_column: [0, 1]}", "label_column: expected a string or an integer"),
+    ("{weight: 1.5}", "weight: expected a string or an integer (LightGBM's weight_column)"),
     ("{objective: {of: rows, fraction: 0.1, min: 1, max: 2}}",
      "objective: a size-aware value is for numeric parameters; this one takes a string"),
     ("{num_leave: 7}", "num_leave: not a LightGBM parameter"),
@@ -292,15 +303,15 @@ def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
     # The booster cannot tell an integer list from a number list (nor an int from a float);
     # these, and every parameter it does not save, are checked against LightGBM's docs.
     assert {k: v for k, v in TYPES.items() if v not in kinds[bool] | kinds[str]
-            | kinds[int]} == LIGHTGBM_LIST_TYPES
-    written = LIGHTGBM_LIST_TYPES | LIGHTGBM_UNSAVED_SCALAR_TYPES
+            | kinds[int]} == LIGHTGBM_COLUMN_AND_LIST_TYPES
+    written = LIGHTGBM_COLUMN_AND_LIST_TYPES | LIGHTGBM_UNSAVED_SCALAR_TYPES
     assert set(TYPES) - set(saved) <= set(written)
     assert {k: TYPES[k] for k in written} == written
 
 
 # LightGBM 4.7's Parameters docs: "multi-int", "multi-double", "multi-enum"/"multi-string";
 # "multi-int or string" (indices or ``name:`` columns) is ``columns``.
-LIGHTGBM_LIST_TYPES = {
+LIGHTGBM_COLUMN_AND_LIST_TYPES = {
     "eval_at": "list[int]", "max_bin_by_feature": "list[int]",
     "monotone_constraints": "list[int]", "label_gain": "list[float]",
     "auc_mu_weights": "list[float]", "feature_contri": "list[float]",
@@ -308,6 +319,8 @@ LIGHTGBM_LIST_TYPES = {
     "metric": "list[str]", "valid": "list[str]",
     "interaction_constraints": "list[list[int]]",
     "categorical_feature": "columns", "ignore_column": "columns",
+    # "int or string": an index or a ``name:`` column
+    "label_column": "column", "weight_column": "column", "group_column": "column",
 }
 # Scalars a trained booster does not save (file names, prediction and CLI settings).
 LIGHTGBM_UNSAVED_SCALAR_TYPES = {
@@ -319,9 +332,8 @@ LIGHTGBM_UNSAVED_SCALAR_TYPES = {
     "pred_early_stop_margin": "float",
     **dict.fromkeys(("config", "convert_model", "convert_model_language", "data",
                      "forcedbins_filename", "forcedsplits_filename", "gpu_device_id_list",
-                     "group_column", "input_model", "label_column", "machine_list_filename",
-                     "machines", "output_model", "output_result", "parser_config_file",
-                     "task", "weight_column"), "str"),
+                     "input_model", "machine_list_filename", "machines", "output_model",
+                     "output_result", "parser_config_file", "task"), "str"),
 }
 
 
