@@ -28,6 +28,7 @@ from pydantic import (
 from puhui.errors import PuhuiError
 from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
 from puhui.lightgbm_params import type_problem as lightgbm_type_problem
+from puhui.lightgbm_params import unsupported as lightgbm_unsupported
 
 
 class StrictModel(BaseModel):
@@ -529,8 +530,9 @@ def _check_lightgbm_params(params: Any) -> Any:
         if clash:
             raise ValueError(clash)
         for key, value in params.items():
-            problem = _lightgbm_value_problem(value) or lightgbm_type_problem(
-                str(key), value, size_aware=isinstance(value, dict | SizeAware))
+            problem = (lightgbm_unsupported(str(key)) or _lightgbm_value_problem(value)
+                       or lightgbm_type_problem(str(key), value,
+                                                size_aware=isinstance(value, dict | SizeAware)))
             if problem:
                 raise ValueError(f"{key}: {problem}")
     return params

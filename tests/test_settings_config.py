@@ -169,6 +169,11 @@ def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
     ("{objective: {of: rows, fraction: 0.1, min: 1, max: 2}}",
      "objective: a size-aware value is for numeric parameters; this one takes a string"),
     ("{num_leave: 7}", "num_leave: not a LightGBM parameter"),
+    ("{interaction_constraints: [[0, 1], [2]]}", "interaction_constraints: not supported: "
+     "LightGBM takes a list of lists, a lightgbm block only flat lists"),
+    ("{interaction_constraints: [0, 1]}", "interaction_constraints: not supported"),
+    ("{categorical_feature: [0, 1.5]}",
+     "categorical_feature: expected a string, an integer or a list of them"),
 ])
 def test_recommender_lightgbm_values_are_typed_as_lightgbm_declares_them(
     tmp_path: Path, value: str, expected: str
