@@ -207,6 +207,22 @@ def test_risk_lightgbm_params_are_typed_and_aliases_accepted(tmp_path: Path) -> 
                                     "expected an integer (LightGBM's num_threads)")
 
 
+@pytest.mark.parametrize("value", [[1, 0], [[0, 1]]])
+def test_risk_lightgbm_params_refuse_a_list_in_one_line(tmp_path: Path, value: list) -> None:
+    """Risk params are scalars (pydantic's union error named its members: 'eval_at.bool:
+    Input should be a valid boolean (+4 more)'); monotone constraints are lightgbm.monotone."""
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    models["credit_risk"]["lightgbm"]["params"]["eval_at"] = value
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    assert str(info.value).endswith(
+        "credit_risk.lightgbm.params: Value error, eval_at: a list is taken only in the "
+        "recommender's lightgbm block (the risk model's monotone constraints: "
+        "lightgbm.monotone)")
+
+
 @pytest.mark.parametrize("block, extra, expected", [
     ("recommender", {"nthreads": 2},
      "product_recommender.lightgbm: Value error, num_threads and nthreads are the same "
