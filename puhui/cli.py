@@ -287,10 +287,10 @@ def run_train(
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _run_date(as_of, "--as-of")
-    settings = _flow_settings()
     # A bad model setting (a LightGBM value of the wrong type) is one line now, not a failed
-    # flow run after the features were built.
-    load_config(settings.config_dir, ModelsConfig)
+    # flow run after the features were built; before the Prefect line, so it is the only one.
+    load_config(load_settings().config_dir, ModelsConfig)
+    _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None
     try:

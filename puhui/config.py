@@ -28,6 +28,7 @@ from pydantic import (
 from puhui.errors import PuhuiError
 from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
 from puhui.lightgbm_params import type_problem as lightgbm_type_problem
+from puhui.lightgbm_params import unsupported as lightgbm_unsupported
 
 
 class StrictModel(BaseModel):
@@ -377,7 +378,7 @@ class LightGBMSpec(StrictModel):
     @field_validator("params", mode="before")
     @classmethod
     def _param_types(cls, params: Any) -> Any:
-        return _check_lightgbm_params(params)
+        return _check_lightgbm_params(params, lists=False)
 
     @model_validator(mode="after")
     def _search_names_not_aliased(self) -> LightGBMSpec:
@@ -518,19 +519,27 @@ _LIGHTGBM_SHAPES = ("a number, a string, true/false, a list of numbers or of str
                     "a size-aware {of: rows, fraction, min, max}")
 
 
-def _check_lightgbm_params(params: Any) -> Any:
+_NO_LISTS = ("a list is taken only in the recommender's lightgbm block (the risk model's "
+              "monotone constraints: lightgbm.monotone)")
+
+
+def _check_lightgbm_params(params: Any, lists: bool = True) -> Any:
     """No parameter under two of its names, then each value's shape and its type as
     LightGBM declares the parameter (an unknown name refused): a mistyped value fails here,
     not inside LightGBM after the features are built. Checked before pydantic's union: its
     errors list every member's failure under internal names; this says which key is wrong
-    and what it takes."""
+    and what it takes. ``lists=False``: the risk model's params, whose one list LightGBM
+    parameter it uses (monotone constraints) comes from ``lightgbm.monotone``."""
     if isinstance(params, dict):
         clash = lightgbm_alias_clash(map(str, params))
         if clash:
             raise ValueError(clash)
         for key, value in params.items():
-            problem = _lightgbm_value_problem(value) or lightgbm_type_problem(
-                str(key), value, size_aware=isinstance(value, dict | SizeAware))
+            problem = (lightgbm_unsupported(str(key))
+                       or (None if lists or not isinstance(value, list) else _NO_LISTS)
+                       or _lightgbm_value_problem(value)
+                       or lightgbm_type_problem(str(key), value,
+                                                size_aware=isinstance(value, dict | SizeAware)))
             if problem:
                 raise ValueError(f"{key}: {problem}")
     return params

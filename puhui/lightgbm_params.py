@@ -159,16 +159,18 @@ _ALIASES_OF: dict[str, tuple[str, ...]] = {
 }
 _ALIASES: dict[str, str] = {a: name for name, names in _ALIASES_OF.items() for a in names}
 TYPES: dict[str, str] = {name: kind for kind, names in _BY_TYPE.items() for name in names}
-# Column lists take indices or names (``name:a,b``), not only the integers config.h declares.
-TYPES.update(categorical_feature="columns", ignore_column="columns")
+# Columns are given by index or by name (``name:a,b``), not only as config.h declares them
+# (integers for the lists, a string for the single columns).
+TYPES.update(categorical_feature="columns", ignore_column="columns", label_column="column",
+             weight_column="column", group_column="column")
 
 _EXPECTED = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
     "list[int]": "an integer or a list of integers",
     "list[float]": "a number or a list of numbers",
     "list[str]": "a string or a list of strings",
-    "list[list[int]]": "a list of lists of integers",
     "columns": "a string, an integer or a list of them",
+    "column": "a string or an integer",
 }
 
 
@@ -212,11 +214,20 @@ _CHECKS = {
     "list[float]": lambda v: _is_number(v) or (isinstance(v, list) and all(map(_is_number, v))),
     "list[str]": lambda v: isinstance(v, str) or (
         isinstance(v, list) and all(isinstance(x, str) for x in v)),
-    "list[list[int]]": lambda v: isinstance(v, list) and all(
-        isinstance(x, list) and all(map(_is_int, x)) for x in v),
-    "columns": lambda v: isinstance(v, str | int) and not isinstance(v, bool) or (
-        isinstance(v, list) and all(isinstance(x, str | int) for x in v)),
+    "columns": lambda v: isinstance(v, str) or _is_int(v) or isinstance(v, list) and (
+        all(map(_is_int, v)) or all(isinstance(x, str) for x in v)),
+    "column": lambda v: isinstance(v, str) or _is_int(v),
 }
+
+
+def unsupported(name: str) -> str | None:
+    """Why LightGBM parameter ``name`` cannot be configured whatever its value, or None: a
+    lightgbm block takes scalars and flat lists, and ``interaction_constraints`` is a list
+    of lists (refused by name, before its value's shape)."""
+    real = canonical(name)
+    if real is None or TYPES[real] != "list[list[int]]":
+        return None
+    return "not supported: LightGBM takes a list of lists, a lightgbm block only flat lists"
 
 
 def type_problem(name: str, value: Any, size_aware: bool = False) -> str | None:
@@ -225,6 +236,8 @@ def type_problem(name: str, value: Any, size_aware: bool = False) -> str | None:
     real = canonical(name)
     if real is None:
         return "not a LightGBM parameter (LightGBM would ignore it with a warning)"
+    if (problem := unsupported(name)) is not None:
+        return problem
     kind = TYPES[real]
     called = "" if real == name else f" (LightGBM's {real})"
     if size_aware:

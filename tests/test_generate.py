@@ -693,6 +693,25 @@ def test_generate_names_the_option_of_a_bad_argument_in_one_line(
     assert "ValueError" not in err and not any((tmp_path / "zone").rglob("*"))
 
 
+def test_a_refused_generate_leaves_an_earlier_zone_in_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The fault plan refuses --days after the population is built; it ran after the earlier
+    zone in --out had been deleted, so a refused call lost it."""
+    from puhui.cli import main
+
+    zone = tmp_path / "zone"
+    assert main(["generate", "--out", str(zone), "--users", "100", "--days", "2"]) == 0
+    def files() -> dict[str, str]:  # digests: a failure does not print the synthetic rows
+        return {str(p.relative_to(zone)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in zone.rglob("*") if p.is_file()}
+
+    before = files()
+    capsys.readouterr()
+    code = main(["generate", "--out", str(zone), "--users", "100", "--days", "6", "--faults"])
+    assert code == 2 and "leaves no delivered file" in capsys.readouterr().err
+    assert len(before) > 10 and files() == before
+
+
 def test_bad_generator_arguments_stay_value_errors_naming_the_argument(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="^penalize_segment 'x' is no segment"):
         generate_landing_zone(tmp_path / "x", users=100, days=3, penalize_segment="x")

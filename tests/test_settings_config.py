@@ -128,6 +128,15 @@ def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: P
     assert params["max_bin"] == 63 and type(params["max_bin"]) is int
 
 
+def test_recommender_lightgbm_single_columns_take_an_index_or_a_name(tmp_path: Path) -> None:
+    """LightGBM takes label, weight and group columns as "int or string"; an index was
+    refused as "expected a string"."""
+    path = _models_with_ranker_params(tmp_path, {"label_column": 0, "weight": "name:w",
+                                                 "group_column": 2})
+    params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
+    assert (params["label_column"], params["weight"], params["group_column"]) == (0, "name:w", 2)
+
+
 @pytest.mark.parametrize("value, expected", [
     ("{max_depth: 3}", "lightgbm: Value error, nested: a mapping (['max_depth'])"),
     ("[[1, 2]]", "lightgbm: Value error, nested: a list must hold only numbers or only strings"),
@@ -155,9 +164,16 @@ def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
     ("{force_col_wise: 1}", "force_col_wise: expected true or false"),
     ("{objective: 1}", "objective: expected a string"),
     ("{eval_at: [1.5]}", "eval_at: expected an integer or a list of integers"),
+    ("{label_column: [0, 1]}", "label_column: expected a string or an integer"),
+    ("{weight: 1.5}", "weight: expected a string or an integer (LightGBM's weight_column)"),
     ("{objective: {of: rows, fraction: 0.1, min: 1, max: 2}}",
      "objective: a size-aware value is for numeric parameters; this one takes a string"),
     ("{num_leave: 7}", "num_leave: not a LightGBM parameter"),
+    ("{interaction_constraints: [[0, 1], [2]]}", "interaction_constraints: not supported: "
+     "LightGBM takes a list of lists, a lightgbm block only flat lists"),
+    ("{interaction_constraints: [0, 1]}", "interaction_constraints: not supported"),
+    ("{categorical_feature: [0, 1.5]}",
+     "categorical_feature: expected a string, an integer or a list of them"),
 ])
 def test_recommender_lightgbm_values_are_typed_as_lightgbm_declares_them(
     tmp_path: Path, value: str, expected: str
@@ -189,6 +205,22 @@ def test_risk_lightgbm_params_are_typed_and_aliases_accepted(tmp_path: Path) -> 
         load_config_file(path, ModelsConfig)
     assert str(info.value).endswith("credit_risk.lightgbm.params: Value error, n_jobs: "
                                     "expected an integer (LightGBM's num_threads)")
+
+
+@pytest.mark.parametrize("value", [[1, 0], [[0, 1]]])
+def test_risk_lightgbm_params_refuse_a_list_in_one_line(tmp_path: Path, value: list) -> None:
+    """Risk params are scalars (pydantic's union error named its members: 'eval_at.bool:
+    Input should be a valid boolean (+4 more)'); monotone constraints are lightgbm.monotone."""
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    models["credit_risk"]["lightgbm"]["params"]["eval_at"] = value
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    assert str(info.value).endswith(
+        "credit_risk.lightgbm.params: Value error, eval_at: a list is taken only in the "
+        "recommender's lightgbm block (the risk model's monotone constraints: "
+        "lightgbm.monotone)")
 
 
 @pytest.mark.parametrize("block, extra, expected", [
@@ -270,7 +302,8 @@ def test_training_flow_reads_models_config_first(
 
 def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
     """Names and aliases as the installed LightGBM reports them (an upgrade that adds or
-    renames a parameter fails here); types agree with a trained booster's saved values."""
+    renames a parameter fails here); types agree with a trained booster's saved values and,
+    for the lists and what it does not save, with a table written from LightGBM's docs."""
     import lightgbm
     import numpy as np
     from lightgbm.basic import _ConfigAliases
@@ -288,6 +321,41 @@ def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
              int: {"int", "float"}, float: {"float"}}
     wrong = {k: v for k, v in saved.items() if TYPES[canonical(k)] not in kinds[type(v)]}
     assert len(saved) > 90 and wrong == {}
+    # The booster cannot tell an integer list from a number list (nor an int from a float);
+    # these, and every parameter it does not save, are checked against LightGBM's docs.
+    assert {k: v for k, v in TYPES.items() if v not in kinds[bool] | kinds[str]
+            | kinds[int]} == LIGHTGBM_COLUMN_AND_LIST_TYPES
+    written = LIGHTGBM_COLUMN_AND_LIST_TYPES | LIGHTGBM_UNSAVED_SCALAR_TYPES
+    assert set(TYPES) - set(saved) <= set(written)
+    assert {k: TYPES[k] for k in written} == written
+
+
+# LightGBM 4.7's Parameters docs: "multi-int", "multi-double", "multi-enum"/"multi-string";
+# "multi-int or string" (indices or ``name:`` columns) is ``columns``.
+LIGHTGBM_COLUMN_AND_LIST_TYPES = {
+    "eval_at": "list[int]", "max_bin_by_feature": "list[int]",
+    "monotone_constraints": "list[int]", "label_gain": "list[float]",
+    "auc_mu_weights": "list[float]", "feature_contri": "list[float]",
+    "cegb_penalty_feature_coupled": "list[float]", "cegb_penalty_feature_lazy": "list[float]",
+    "metric": "list[str]", "valid": "list[str]",
+    "interaction_constraints": "list[list[int]]",
+    "categorical_feature": "columns", "ignore_column": "columns",
+    # "int or string": an index or a ``name:`` column
+    "label_column": "column", "weight_column": "column", "group_column": "column",
+}
+# Scalars a trained booster does not save (file names, prediction and CLI settings).
+LIGHTGBM_UNSAVED_SCALAR_TYPES = {
+    **dict.fromkeys(("is_provide_training_metric", "pred_early_stop", "predict_contrib",
+                     "predict_disable_shape_check", "predict_leaf_index",
+                     "predict_raw_score", "save_binary"), "bool"),
+    **dict.fromkeys(("metric_freq", "num_iteration_predict", "pred_early_stop_freq",
+                     "snapshot_freq", "start_iteration_predict"), "int"),
+    "pred_early_stop_margin": "float",
+    **dict.fromkeys(("config", "convert_model", "convert_model_language", "data",
+                     "forcedbins_filename", "forcedsplits_filename", "gpu_device_id_list",
+                     "input_model", "machine_list_filename", "machines", "output_model",
+                     "output_result", "parser_config_file", "task"), "str"),
+}
 
 
 def test_unknown_config_file_is_an_error_and_hash_tracks_content(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def generate_landing_zone(
     out_dir = Path(out_dir)
     products = tuple(products)
     _validate(users, days, history_days, products, penalize_segment, end_date, faults)
-    _prepare_out_dir(out_dir)
+    _check_out_dir(out_dir)
     say = progress or (lambda _message: None)
 
     timeline = Timeline(end_date, days, history_days)
@@ -151,6 +151,8 @@ def generate_landing_zone(
     planned: list[PlannedFault] = []
     if faults:
         planned = plan_faults(timeline.delivery_dates, _known_delivery_rows(world))
+    # Only now, with every argument accepted (the fault plan can still refuse --days).
+    _clear_out_dir(out_dir)
     writer = _LandingWriter(out_dir, world, planned, say)
     for partner in FEED_ORDER:
         writer.write_partner(partner)
@@ -206,23 +208,26 @@ def _validate(
             "days and the history days) before 2020-01-01")
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Refuse to write into an unrelated non-empty folder or onto a file; clear an earlier
-    landing zone."""
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to write into an unrelated non-empty folder or onto a file; create the folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise PuhuiError(f"--out {out_dir} is not a folder; give a new or empty folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / TRUTH_FILE).exists():
-            raise PuhuiError(f"--out {out_dir} is not empty and holds no generated landing "
-                             "zone; give a new or empty folder")
-        for partner in FEEDS:
-            shutil.rmtree(out_dir / partner, ignore_errors=True)
-        for name in TRUTH_FILES:
-            (out_dir / name).unlink(missing_ok=True)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / TRUTH_FILE).exists():
+        raise PuhuiError(f"--out {out_dir} is not empty and holds no generated landing "
+                         "zone; give a new or empty folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file where a parent folder should be, no permission
         raise PuhuiError(f"--out {out_dir} cannot be created: {exc.strerror}") from exc
+
+
+def _clear_out_dir(out_dir: Path) -> None:
+    """Remove an earlier landing zone's partner folders and JSON files (``_check_out_dir``
+    let only such a zone, or nothing, through)."""
+    for partner in FEEDS:
+        shutil.rmtree(out_dir / partner, ignore_errors=True)
+    for name in TRUTH_FILES:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def write_risk_truth(out_dir: Path, apps: Applications) -> Path:

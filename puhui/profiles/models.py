@@ -19,8 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from puhui.errors import PuhuiError
 from puhui.registry import CHAMPION, registry_client
-
-NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+from puhui.registry_read import is_not_found
 
 
 @dataclass(frozen=True)
@@ -39,10 +38,6 @@ class ModelSlot:
         return self.version is not None
 
 
-def _error_code(exc: MlflowException) -> str:
-    return str(getattr(exc, "error_code", "") or "")
-
-
 def resolve_champion(client: MlflowClient, slot: str, name: str,
                      alias: str = CHAMPION) -> ModelSlot:
     """The version behind ``name@alias``; a missing model or alias is a reason, any other
@@ -50,7 +45,7 @@ def resolve_champion(client: MlflowClient, slot: str, name: str,
     try:
         registered = client.get_registered_model(name)
     except MlflowException as exc:
-        if NOT_FOUND in _error_code(exc):
+        if is_not_found(exc):
             return ModelSlot(slot, name, reason=f"no champion for {name} (not registered)")
         raise PuhuiError(f"model registry error reading {name}: {exc.message}") from None
     version = registered.aliases.get(alias)
