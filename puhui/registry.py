@@ -39,6 +39,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     model_files_digest,
     model_files_dir,
     registered_model_names,
+    suppress_not_found,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, model_evaluations, validation_results
@@ -96,12 +97,9 @@ def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
 
 def current_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """Alias -> version, read from the registered model (versions may not list theirs)."""
-    try:
+    aliases: dict[str, Any] = {}
+    with suppress_not_found():
         aliases = client.get_registered_model(name).aliases
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
-        return {}
     return {alias: str(version) for alias, version in aliases.items()}
 
 
@@ -477,11 +475,10 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
                                 f"(it is {'v' + current if current else 'unset'})")
     verdicts = _verdicts(events)
     for (model, version), verdict in verdicts.items():
-        try:
+        tags = None
+        with suppress_not_found():
             tags = client.get_model_version(model, version).tags
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
+        if tags is None:
             continue  # a version missing from MLflow: registry_problems reports it
         if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():
             continue
@@ -524,12 +521,9 @@ def registry_problems(client: MlflowClient, engine: Engine) -> tuple[list[str], 
     problems: list[str] = []
     n_versions = n_aliases = 0
     for model in sorted(models):
-        try:
+        versions: list[Any] = []
+        with suppress_not_found():
             versions = client.search_model_versions(f"name='{model}'")
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            versions = []
         in_mlflow = set()
         for v in versions:
             version = str(v.version)
@@ -582,12 +576,11 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
     """
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
-        try:
-            client.get_model_version(name, str(version))
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            raise PuhuiError(f"{name} has no version {version}") from None
+        found = None
+        with suppress_not_found():
+            found = client.get_model_version(name, str(version))
+        if found is None:
+            raise PuhuiError(f"{name} has no version {version}")
         verdict = _verdicts(events_of(engine, MODEL_ACTIONS)).get((name, str(version)))
         if verdict is None:
             raise PuhuiError(
