@@ -11,6 +11,7 @@ from puhui.lifecycle.publish import unchanged_summary
 from tasks.prefect_ui import dated_run_name
 from tasks.recommender import (
     assemble_ranking_set,
+    check_recommender_config,
     existing_recommender,
     gate_recommender,
     recommender_fingerprint,
@@ -34,6 +35,7 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     Failed (``GatesFailed`` in process) unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
+    check_recommender_config()
     prepare_warehouse()
     reconcile_models()
     data, data_line = assemble_ranking_set(as_of)

@@ -15,6 +15,7 @@ from tasks.train import (
     apply_gates,
     assemble_training_set,
     build_risk_features,
+    check_risk_config,
     evaluate_risk,
     existing_version,
     fingerprint_of,
@@ -37,6 +38,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     ``GatesFailed`` with the summary), unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
+    check_risk_config()
     prepare_warehouse()
     reconcile_models()
     features = build_risk_features(as_of)

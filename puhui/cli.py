@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,6 +95,21 @@ def _reason(text: str) -> str:
     return text
 
 
+@contextmanager
+def _generator_options() -> Iterator[None]:
+    """A generator argument it cannot use as a usage error naming the option (exit 2); one
+    that is no option (the products of configs/products.yaml) stays a one-line error."""
+    from puhui.generate.arguments import BadArgument
+
+    try:
+        yield
+    except BadArgument as exc:
+        if exc.argument == "products":
+            raise
+        option = "--" + exc.argument.replace("_", "-")
+        raise typer.BadParameter(exc.problem, param_hint=f"'{option}'") from None
+
+
 def _settings() -> Settings:
     """Settings for any command: quiet defaults, and the running Prefect server if there is
     one (said with --verbose; read-only commands never start or import Prefect)."""
@@ -141,8 +158,9 @@ def demo(
     """Generate a synthetic landing zone, run the daily pipeline and train the risk model."""
     from puhui.demo import DEMO_HISTORY_DAYS, run_demo
 
-    run_demo(_flow_settings(needs_key=False), users=users, days=days, seed=seed, console=console,
-             history_days=history_days or DEMO_HISTORY_DAYS)
+    with _generator_options():
+        run_demo(_flow_settings(needs_key=False), users=users, days=days, seed=seed,
+                 console=console, history_days=history_days or DEMO_HISTORY_DAYS)
 
 
 @app.command()
@@ -173,20 +191,21 @@ def generate(
     from puhui.demo import generate_with_progress
 
     settings = _settings()
-    summary = generate_with_progress(
-        settings,
-        out,
-        users=users,
-        days=days,
-        seed=seed,
-        faults=faults,
-        end_date=_parse_date(end_date, "--end-date"),
-        history_days=history_days,
-        penalize_segment=penalize_segment,
-        drift=drift,
-        rural_agri_boost=rural_agri_boost,
-        console=console,
-    )
+    with _generator_options():
+        summary = generate_with_progress(
+            settings,
+            out,
+            users=users,
+            days=days,
+            seed=seed,
+            faults=faults,
+            end_date=_parse_date(end_date, "--end-date"),
+            history_days=history_days,
+            penalize_segment=penalize_segment,
+            drift=drift,
+            rural_agri_boost=rural_agri_boost,
+            console=console,
+        )
     console.print(
         f"generated {summary.files} files, {sum(summary.rows_by_partner.values()):,} rows, "
         f"{summary.bytes_written / 1e6:,.1f} MB in {summary.seconds:.1f}s into {out}"
@@ -263,10 +282,14 @@ def run_train(
     new version fails a gate (the flow run ends Failed), unless --allow-gate-failure."""
     if model not in ("risk", "recommender"):
         raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
+    from puhui.config import ModelsConfig, load_config
     from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
 
     day = _run_date(as_of, "--as-of")
+    # A bad model setting (a LightGBM value of the wrong type) is one line now, not a failed
+    # flow run after the features were built; before the Prefect line, so it is the only one.
+    load_config(load_settings().config_dir, ModelsConfig)
     _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None

@@ -27,6 +27,9 @@ from pydantic import (
 )
 
 from puhui.errors import PuhuiError
+from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
+from puhui.lightgbm_params import type_problem as lightgbm_type_problem
+from puhui.lightgbm_params import unsupported as lightgbm_unsupported
 
 
 class StrictModel(BaseModel):
@@ -409,6 +412,23 @@ class LightGBMSpec(StrictModel):
     # with the benchmark's: two more searches, worth it only where the window is small.
     cross_fit_below_defaults: int = Field(default=2000, ge=0)
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _param_types(cls, params: Any) -> Any:
+        return _check_lightgbm_params(params, lists=False)
+
+    @model_validator(mode="after")
+    def _search_names_not_aliased(self) -> LightGBMSpec:
+        # A trial is the params with the searched values laid over them by name: a param
+        # under an alias of a searched one would reach LightGBM next to it.
+        if self.search is not None:
+            searched = [n for n in type(self.search).model_fields if n != "trials"]
+            clash = lightgbm_alias_clash([k for k in self.params if k not in searched]
+                                         + searched)
+            if clash:
+                raise ValueError(f"params and search: {clash}")
+        return self
+
 
 class CalibrationSpec(StrictModel):
     # auto: the method with the lower cross-validated log-loss on the validation window.
@@ -520,15 +540,8 @@ class RecommenderSpec(StrictModel):
 
     @field_validator("lightgbm", mode="before")
     @classmethod
-    def _param_shapes(cls, params: Any) -> Any:
-        # Checked before the union: its errors list every member's failure under pydantic's
-        # internal names; this says which key is wrong and what shapes it may take.
-        if isinstance(params, dict):
-            for key, value in params.items():
-                problem = _lightgbm_value_problem(value)
-                if problem:
-                    raise ValueError(f"{key}: {problem}")
-        return params
+    def _param_types(cls, params: Any) -> Any:
+        return _check_lightgbm_params(params)
 
     @field_validator("lightgbm")
     @classmethod
@@ -541,6 +554,32 @@ class RecommenderSpec(StrictModel):
 
 _LIGHTGBM_SHAPES = ("a number, a string, true/false, a list of numbers or of strings, or "
                     "a size-aware {of: rows, fraction, min, max}")
+
+
+_NO_LISTS = ("a list is taken only in the recommender's lightgbm block (the risk model's "
+              "monotone constraints: lightgbm.monotone)")
+
+
+def _check_lightgbm_params(params: Any, lists: bool = True) -> Any:
+    """No parameter under two of its names, then each value's shape and its type as
+    LightGBM declares the parameter (an unknown name refused): a mistyped value fails here,
+    not inside LightGBM after the features are built. Checked before pydantic's union: its
+    errors list every member's failure under internal names; this says which key is wrong
+    and what it takes. ``lists=False``: the risk model's params, whose one list LightGBM
+    parameter it uses (monotone constraints) comes from ``lightgbm.monotone``."""
+    if isinstance(params, dict):
+        clash = lightgbm_alias_clash(map(str, params))
+        if clash:
+            raise ValueError(clash)
+        for key, value in params.items():
+            problem = (lightgbm_unsupported(str(key))
+                       or (None if lists or not isinstance(value, list) else _NO_LISTS)
+                       or _lightgbm_value_problem(value)
+                       or lightgbm_type_problem(str(key), value,
+                                                size_aware=isinstance(value, dict | SizeAware)))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+    return params
 
 
 def _lightgbm_value_problem(value: Any) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -31,9 +32,34 @@ class LandedFile:
     delivery_date: date
     size: int
     kind: str = "file"  # "file", or "symlink" / "directory" / "special": recorded, never read
-    # Local regular files only (None: a remote store, whose times discovery does not trust):
-    # a file rewritten in place at the same size differs from the ledger's row by this.
+    # Local regular files only: a file rewritten in place at the same size differs from the
+    # ledger's row by this.
     mtime_ns: int | None = None
+    # Remote regular files only: what the store says changes when the object is rewritten
+    # (``change_marker``); None where its listing gives none (then size only).
+    change_marker: str | None = None
+
+
+# What a store's listing says changes with an object, as fsspec passes it on: a content tag
+# first (S3's ETag, GCS's md5Hash, Azure's etag), else a time (SFTP/HDFS mtime, S3's
+# LastModified, Azure's last_modified, GCS's updated, FTP's modify); the memory filesystem
+# gives only ``created``, which a write renews (it replaces the object).
+CHANGE_MARKER_KEYS = ("ETag", "etag", "md5Hash", "md5", "mtime", "LastModified",
+                      "last_modified", "updated", "modify", "created")
+
+
+def change_marker(info: dict[str, Any]) -> str | None:
+    """``key=value`` of the first change marker a remote listing's ``info`` holds, or None.
+
+    Taken from the listing, never from a later ``info()``: the two can render one value
+    differently (the memory filesystem's ``created`` is a timestamp in one, a datetime in
+    the other), and the ledger's value is compared with the next listing's.
+    """
+    for key in CHANGE_MARKER_KEYS:
+        value = info.get(key)
+        if value not in (None, ""):
+            return f"{key}={value}"
+    return None
 
 
 def local_mtime_ns(fs: fsspec.AbstractFileSystem, path: str) -> int | None:
@@ -77,6 +103,8 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
             delivered = date.fromisoformat(folder)
         except ValueError:  # "2026-13-45": no delivery date to file it under (undated_folders)
             continue
+        regular = kind == "file"
+        local = isinstance(fs, LocalFileSystem)
         found.append(
             LandedFile(
                 feed.name,
@@ -84,7 +112,8 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
                 delivered,
                 int(info.get("size") or 0),
                 kind,
-                local_mtime_ns(fs, path) if kind == "file" else None,
+                local_mtime_ns(fs, path) if regular else None,
+                change_marker(info) if regular and not local else None,
             )
         )
     return found

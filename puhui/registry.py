@@ -17,6 +17,7 @@ promotes it. ``registry_problems`` compares MLflow with the trail for ``audit ve
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     VersionRow,
     is_not_found,
     list_versions,
+    metric_name,
     model_files_digest,
     model_files_dir,
     registered_model_names,
+    suppress_not_found,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, model_evaluations, validation_results
@@ -94,12 +97,9 @@ def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
 
 def current_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """Alias -> version, read from the registered model (versions may not list theirs)."""
-    try:
+    aliases: dict[str, Any] = {}
+    with suppress_not_found():
         aliases = client.get_registered_model(name).aliases
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
-        return {}
     return {alias: str(version) for alias, version in aliases.items()}
 
 
@@ -243,34 +243,49 @@ _METRIC_TOLERANCE = 1e-6
 
 def metrics_problems(client: MlflowClient, engine: Engine, name: str, version: str,
                      run_id: str, recorded: dict[str, float], gated: bool = True) -> list[str]:
-    """Where the headline metrics the registration event recorded (``recorded``) differ
-    from the run's latest value in MLflow or from the version's ``model_evaluations`` row.
+    """Where a version's figures disagree: the headline metrics its registration event
+    recorded (``recorded``, keyed into the chain) against the run's latest value in MLflow
+    and the ``model_evaluations`` rows, and every ``model_evaluations`` row (the segment and
+    fairness figures BI reads) against the run metric it was logged as.
 
     ``models list`` shows the run's latest step, so a value logged on the run afterwards
-    (or a row edited in the warehouse, which BI reads) would stand as the model's figure.
-    A row missing is reported too, unless the version has none of them and no gate verdict
-    (``gated``): its rows are written between registration and the verdict, so its training
-    may have stopped before them.
+    would stand as the model's figure; a row edited in the warehouse would mislead every
+    reader of the table. The segment rows are not in the trail: editing them unseen takes
+    both stores. A headline row missing is reported too, unless the version has none of
+    them and no gate verdict (``gated``): its rows are written between registration and
+    the verdict, so its training may have stopped before them.
     """
     problems: list[str] = []
     logged = client.get_run(run_id).data.metrics
     with engine.connect() as conn:
-        stored = dict(conn.execute(select(model_evaluations.c.metric, model_evaluations.c.value)
-                                   .where((model_evaluations.c.model_name == name)
-                                          & (model_evaluations.c.model_version == version)
-                                          & (model_evaluations.c.segment == "all")
-                                          & model_evaluations.c.metric.in_(list(recorded)))).all())
-    written = gated or bool(stored)
+        rows = conn.execute(select(model_evaluations.c.metric, model_evaluations.c.segment,
+                                   model_evaluations.c.value)
+                            .where((model_evaluations.c.model_name == name)
+                                   & (model_evaluations.c.model_version == version)
+                                   # the training's rows (monitoring adds its own per date)
+                                   & (model_evaluations.c.mlflow_run_id == run_id))).all()
+    stored = {metric_name(m, s): value for m, s, value in rows}
+    written = gated or any(metric in stored for metric in recorded)
     for metric, value in sorted(recorded.items()):
+        if value is None or value != value:
+            continue  # nothing recorded to hold it to (a NaN is not logged)
         for where, found in (("MLflow's run", logged.get(metric)),
-                             ("model_evaluations", stored.get(metric, None if written
-                                                              else value))):
-            if value is None or value != value:
-                continue  # nothing recorded to hold it to (a NaN is not logged)
+                             ("model_evaluations",
+                              stored.get(metric, None if written else value))):
             if found is None or abs(float(found) - value) > _METRIC_TOLERANCE:
                 said = f"missing from {where}" if found is None else f"{found} in {where}"
                 problems.append(f"{name} v{version}: {metric} is {said} but {value} in its "
                                 "registration event")
+    for metric, segment, value in sorted(rows):
+        logged_as = metric_name(metric, segment)
+        if metric in recorded and segment == "all":
+            continue  # held to the registration event above
+        if value is None or not math.isfinite(value):
+            continue  # non-finite figures are not logged on the run
+        found = logged.get(logged_as)
+        if found is None or not math.isclose(found, value, rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(f"{name} v{version}: model_evaluations {metric} ({segment}) is "
+                            f"{value} but {found} in MLflow's run ({logged_as})")
     return problems
 
 
@@ -476,11 +491,10 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
                                 f"(it is {'v' + current if current else 'unset'})")
     verdicts = _verdicts(events)
     for (model, version), verdict in verdicts.items():
-        try:
+        tags = None
+        with suppress_not_found():
             tags = client.get_model_version(model, version).tags
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
+        if tags is None:
             continue  # a version missing from MLflow: registry_problems reports it
         if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():
             continue
@@ -526,12 +540,9 @@ def registry_problems(client: MlflowClient, engine: Engine,
     problems: list[str] = []
     n_versions = n_aliases = 0
     for model in sorted(models):
-        try:
+        versions: list[Any] = []
+        with suppress_not_found():
             versions = client.search_model_versions(f"name='{model}'")
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            versions = []
         aliases = current_aliases(client, model)
         in_mlflow = set()
         for v in versions:
@@ -545,9 +556,9 @@ def registry_problems(client: MlflowClient, engine: Engine,
                     changed := model_files_problem(client, model, version,
                                                    digests[(model, version)])):
                 problems.append(changed)
-            if (model, version) in recorded_metrics:
+            if (model, version) in registered:
                 problems += metrics_problems(client, engine, model, version, v.run_id,
-                                             recorded_metrics[(model, version)],
+                                             recorded_metrics.get((model, version), {}),
                                              gated=(model, version) in verdicts)
             tag = v.tags.get(GATES_PASSED_TAG)
             verdict = verdicts.get((model, version))
@@ -585,12 +596,11 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
     """
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
-        try:
-            client.get_model_version(name, str(version))
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            raise PuhuiError(f"{name} has no version {version}") from None
+        found = None
+        with suppress_not_found():
+            found = client.get_model_version(name, str(version))
+        if found is None:
+            raise PuhuiError(f"{name} has no version {version}")
         verdict = _verdicts(events_of(engine, MODEL_ACTIONS)).get((name, str(version)))
         if verdict is None:
             raise PuhuiError(

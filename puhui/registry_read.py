@@ -17,6 +17,8 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,11 @@ class VersionRow:
 
 class NotInRegistry(LookupError):
     """``SqlRegistry``'s answer where ``MlflowClient`` raises "no such model or version"."""
+
+
+def metric_name(metric: str, segment: str) -> str:
+    """The run metric a (metric, segment) figure of ``model_evaluations`` is logged as."""
+    return metric if segment == "all" else f"{metric}.{re.sub(r'[^A-Za-z0-9_.-]', '.', segment)}"
 
 
 # Written into the model's folder by MLflow when it registers it (after the digest is taken).
@@ -108,6 +115,18 @@ def is_not_found(exc: BaseException) -> bool:
             and exc.error_code == "RESOURCE_DOES_NOT_EXIST")
 
 
+@contextmanager
+def suppress_not_found() -> Iterator[None]:
+    """``contextlib.suppress`` for the registry's "not found" only (``is_not_found``): the
+    block's assignment is skipped and the value set before it stands; any other error, a
+    tracking server down among them, propagates."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
+
+
 def registered_model_names(client: Any, page_size: int = 100) -> list[str]:
     """Every registered model's name, sorted. ``MlflowClient.search_registered_models``
     answers one page (``page_size`` models) and a token for the next, so it is paged through
@@ -131,21 +150,15 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
     models = [name] if name else registered_model_names(client)
     rows = []
     for model in models:
-        try:
+        aliases: dict[str, Any] = {}
+        with suppress_not_found():
             aliases = client.get_registered_model(model).aliases
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            aliases = {}
         by_version: dict[str, list[str]] = {}
         for alias, version in aliases.items():
             by_version.setdefault(str(version), []).append(alias)
-        try:
+        versions: list[Any] = []
+        with suppress_not_found():
             versions = client.search_model_versions(f"name='{model}'")
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            versions = []
         if name and not versions:
             raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
         for v in sorted(versions, key=lambda v: -int(v.version)):

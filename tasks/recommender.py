@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import date
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from puhui import console
 from puhui.config import (
@@ -54,6 +54,15 @@ def truth_rural_agri_share() -> float | None:
         return None
     value = truth.get("recommender", {}).get("rural_top1_agri_share")
     return None if value is None else float(value)
+
+
+@task(name="recommender-config", **STEP)
+def check_recommender_config() -> None:
+    """The flow's first step, as ``check_risk_config``: a bad models.yaml fails a scheduled
+    run before the ranking set is built."""
+    _configs()
+    get_run_logger().info("configs read: features.yaml, products.yaml, "
+                          "models.yaml product_recommender and credit_risk")
 
 
 @task(name="recommender-ranking-set", task_run_name=dated_run_name("recommender-ranking-set"),

@@ -74,6 +74,16 @@ class FeatureStep:
     line: str
 
 
+@task(name="risk-config", **STEP)
+def check_risk_config() -> None:
+    """The flow's first step: read the configs it trains from, so a bad one (a LightGBM
+    value of the wrong type) fails a scheduled run in its first seconds, in one line, and
+    not after the features are built (``puhui run train`` checks before the flow starts;
+    ``puhui serve`` and deployments start the flow directly)."""
+    _configs()
+    get_run_logger().info("configs read: features.yaml, models.yaml credit_risk")
+
+
 @task(name="risk-features", task_run_name=dated_run_name("risk-features"), **STEP)
 def build_risk_features(as_of: date) -> FeatureStep:
     """Point-in-time features of every applicant as of the day before each application,

@@ -10,6 +10,7 @@ before its fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -197,6 +198,67 @@ def test_a_ledger_row_without_a_time_keeps_the_size_only_comparison(
         "not read again: the legacy row is compared by size only"
 
 
+@pytest.fixture
+def memory_landing(puhui_env: Path, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A landing zone on fsspec's memory filesystem (a remote store to discovery: no
+    os.stat time), private to the test; its URL."""
+    import fsspec
+
+    root = f"memory://{tmp_path.name}/landing"
+    monkeypatch.setenv("PUHUI_LANDING", root)
+    yield root
+    fsspec.filesystem("memory").rm(f"/{tmp_path.name}", recursive=True)
+
+
+def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_marker(
+    memory_landing: str,
+) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = f"{memory_landing}/mobile_payments/{DAY.isoformat()}/mobile_payments_1.csv"
+    fs.pipe(url, _payments(1, rows=5))
+    first = _ingest_payments()[url.rsplit("/", 1)[-1]]
+    assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
+    engine = open_runtime().engine
+    marker = ledger.get_batch(engine, first.batch_id).change_marker
+    assert marker is not None and marker.startswith("created="), marker
+    assert _ingest_payments()[first.path.rsplit("/", 1)[-1]].skipped
+
+    # The same bytes written again: not a new version; the row takes the new marker.
+    fs.pipe(url, _payments(1, rows=5))
+    touched = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert touched.skipped and touched.batch_id == first.batch_id
+    renewed = ledger.get_batch(engine, first.batch_id).change_marker
+    assert renewed != marker
+
+    # Other bytes of the same length (the rows reordered): by size alone, never read again.
+    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
+    fs.pipe(url, header + b"".join(reversed(rows)))
+    assert fs.size(url) == len(_payments(1, rows=5))
+    again = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert again.status == "quarantined" and not again.skipped
+    assert f"rewritten after batch {first.batch_id}" in (again.reason or "")
+    assert _raw_rows() == (5, 5), "no row was loaded twice"
+    rerun = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert rerun.skipped and rerun.batch_id == again.batch_id
+
+
+def test_change_marker_prefers_a_content_tag_and_is_none_without_one() -> None:
+    from datetime import UTC, datetime
+
+    from puhui.landing import change_marker
+
+    when = datetime(2026, 9, 30, 8, tzinfo=UTC)
+    s3 = {"name": "b/k.csv", "size": 9, "ETag": '"9b2cf535f27731c974343645a3985328"',
+          "LastModified": when, "type": "file"}
+    assert change_marker(s3) == 'ETag="9b2cf535f27731c974343645a3985328"'
+    assert change_marker({"size": 9, "mtime": 1_790_000_000.0}) == "mtime=1790000000.0"
+    assert change_marker({"size": 9, "last_modified": when}) == f"last_modified={when}"
+    assert change_marker({"name": "h/k.csv", "size": 9, "type": "file"}) is None  # size only
+
+
 def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ingest(
     landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,7 +268,8 @@ def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ing
     [first] = _ingest_payments().values()
     engine = open_runtime().engine
     with engine.begin() as conn:  # the row as a run before this round wrote it
-        conn.execute(ingest_batches.update().values(source_path=str(path), mtime_ns=None))
+        conn.execute(ingest_batches.update().values(
+            source_path=str(path), mtime_ns=None, path_pseudonymized=None))
 
     [again] = _ingest_payments().values()
     assert again.skipped and again.batch_id == first.batch_id, "found again, not re-read"
@@ -220,6 +283,46 @@ def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ing
     assert len(read_audit_events(engine, action="ingest.paths_pseudonymized")) == 1, \
         "idempotent: a second run finds nothing to rewrite"
     assert _raw_rows() == (5, 5)
+
+
+def test_ledger_rows_without_a_time_are_settled_once_not_read_on_every_run(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with no modification time (an entry that is not a regular file, a remote file)
+    keep none forever: picked by that, every run read and re-pseudonymized them all."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_2_dir.csv").mkdir()  # held, its row without a time
+    raw = folder / f"mobile_payments_{PHONE_IN_NAME}.csv"
+    raw.write_bytes(_payments(1, rows=5))
+    _ingest_payments()
+    engine = open_runtime().engine
+    with engine.begin() as conn:  # the file's row as a run before names were pseudonymized
+        conn.execute(ingest_batches.update().where(ingest_batches.c.mtime_ns.is_not(None))
+                     .values(source_path=str(raw), mtime_ns=None, path_pseudonymized=None))
+
+    real = ledger.pseudonymize_legacy_paths
+    read: list[str] = []
+
+    def recording(conn, partner, stored_path):  # noqa: ANN001, ANN202
+        def spy(path: str) -> str:
+            read.append(path)
+            return stored_path(path)
+        return real(conn, partner, spy)
+
+    monkeypatch.setattr(ledger, "pseudonymize_legacy_paths", recording)
+    _ingest_payments()
+    assert read == [str(raw)], "only the legacy row is read, not the directory's"
+    read.clear()
+    assert all(o.skipped for o in _ingest_payments().values())
+    assert read == [], "a later run reads no settled row again"
+    with engine.connect() as conn:
+        rows = conn.execute(select(ingest_batches.c.source_path, ingest_batches.c.mtime_ns,
+                                   ingest_batches.c.path_pseudonymized)).all()
+    assert len(rows) == 2 and all(r.mtime_ns is None and r.path_pseudonymized for r in rows)
+    assert not any(find_raw_identifiers(r.source_path) for r in rows)
+    events = read_audit_events(engine, action="ingest.paths_pseudonymized")
+    assert [e["details"] for e in events] == [{"partner": "mobile_payments", "rows": 1}]
 
 
 def test_a_file_growing_while_it_is_read_is_deferred_then_read_whole(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import mlflow
@@ -40,6 +40,7 @@ from puhui.registry import (
     registry_client,
     use_experiment,
 )
+from puhui.registry_read import metric_name
 from puhui.runtime import open_runtime
 from puhui.scheduling import load_deployment_specs
 from puhui.settings import load_settings, repo_root
@@ -242,7 +243,7 @@ def _payments(case: int, rows: int = 3, header: list[str] = MP_HEADER) -> bytes:
     return csv_bytes(header, context.payment_rows(rows))
 
 
-@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+# Both dialects: the comparison reads column types as each driver returns them.
 def test_hand_edits_to_ingest_batches_are_reported_by_audit_verify(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -342,8 +343,9 @@ def test_a_broken_suite_stops_the_feed_before_any_file_is_held(
 
 
 # Before: a metric logged on a version's run afterwards (the latest step is what `models list`
-# shows) or a model_evaluations row edited in the warehouse stood as the model's figure, though
-# the registration event records the headline metrics.
+# shows) or a model_evaluations row edited in the warehouse (a segment's fairness figure) stood
+# as the model's figure, though the registration event records the headline metrics and the
+# run every figure.
 
 
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
@@ -354,7 +356,8 @@ def test_headline_metrics_changed_after_registration_are_reported(
     uri = runtime.settings.mlflow_tracking_uri
     use_experiment(NAME, uri, runtime.settings.home / "mlartifacts")
     with mlflow.start_run() as run:
-        mlflow.log_metrics({"auc_oot": 0.7312, "ks_oot": 0.41})
+        mlflow.log_metrics({"auc_oot": 0.7312, "ks_oot": 0.41,
+                            metric_name("air", "region_type=rural"): 0.83})
         info = mlflow.pyfunc.log_model(name="model", python_model=crash_tests._Constant(),
                                        pip_requirements=["mlflow"])
     version = register_version(runtime.engine, runtime.audit, name=NAME,
@@ -362,15 +365,27 @@ def test_headline_metrics_changed_after_registration_are_reported(
                                details={"metrics": {"auc_oot": 0.7312, "ks_oot": 0.41}})
     write_evaluations(runtime.engine, NAME, version, DAY,
                       [{"metric": "auc_oot", "segment": "all", "value": 0.7312},
-                       {"metric": "ks_oot", "segment": "all", "value": 0.41}], run.info.run_id)
+                       {"metric": "ks_oot", "segment": "all", "value": 0.41},
+                       {"metric": "air", "segment": "region_type=rural", "value": 0.83}],
+                      run.info.run_id)
+    with runtime.engine.begin() as conn:  # a monitoring report's row: its own run, not held
+        conn.execute(model_evaluations.insert().values(
+            model_name=NAME, model_version=version, as_of_date=DAY, metric="monitor.auc",
+            segment="all", value=0.5, mlflow_run_id="a-report-run",
+            evaluated_at=datetime.now(UTC)))
     assert puhui("audit", "verify").returncode == 0
 
     registry_client(uri).log_metric(run.info.run_id, "auc_oot", 0.99, step=1)
     with runtime.engine.begin() as conn:
         conn.execute(update(model_evaluations).where(model_evaluations.c.metric == "ks_oot")
                      .values(value=0.6))
+        conn.execute(update(model_evaluations).where(model_evaluations.c.metric == "air")
+                     .values(value=0.95))
     verified = puhui("audit", "verify", "--no-repair")
     assert verified.returncode == 1
     assert f"{NAME} v{version}: auc_oot is 0.99 in MLflow's run but 0.7312 in its " \
         "registration event" in verified.stderr, verified.stderr
     assert f"{NAME} v{version}: ks_oot is 0.6 in model_evaluations but 0.41" in verified.stderr
+    assert f"{NAME} v{version}: model_evaluations air (region_type=rural) is 0.95 but 0.83 in " \
+        "MLflow's run (air.region_type.rural)" in verified.stderr
+    assert "monitor.auc" not in verified.stderr

@@ -670,3 +670,48 @@ def test_generate_refuses_an_unusable_out_in_one_plain_line(
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert f"--out {out}" in err and "Error" not in err  # no exception class name
     assert (tmp_path / "full" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("args, option, says", [
+    (["--days", "3", "--faults"], "--days", "must be at least"),
+    (["--days", "6", "--faults"], "--days", "leaves no delivered file with rows for the fault"),
+    (["--penalize-segment", "left_handed"], "--penalize-segment", "'left_handed' is no segment"),
+    (["--end-date", "2020-02-01"], "--history-days", "before 2020-01-01"),
+    (["--history-days", "4000"], "--history-days", "before 2020-01-01"),
+])
+def test_generate_names_the_option_of_a_bad_argument_in_one_line(
+        args: list[str], option: str, says: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """These were printed as 'ValueError: ...' with a hint at a traceback, like a crash."""
+    from puhui.cli import main
+
+    capsys.readouterr()
+    code = main(["generate", "--out", str(tmp_path / "zone"), "--users", "100", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"Invalid value for '{option}': " in err and says in err
+    assert "ValueError" not in err and not any((tmp_path / "zone").rglob("*"))
+
+
+def test_a_refused_generate_leaves_an_earlier_zone_in_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The fault plan refuses --days after the population is built; it ran after the earlier
+    zone in --out had been deleted, so a refused call lost it."""
+    from puhui.cli import main
+
+    zone = tmp_path / "zone"
+    assert main(["generate", "--out", str(zone), "--users", "100", "--days", "2"]) == 0
+    def files() -> dict[str, str]:  # digests: a failure does not print the synthetic rows
+        return {str(p.relative_to(zone)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in zone.rglob("*") if p.is_file()}
+
+    before = files()
+    capsys.readouterr()
+    code = main(["generate", "--out", str(zone), "--users", "100", "--days", "6", "--faults"])
+    assert code == 2 and "leaves no delivered file" in capsys.readouterr().err
+    assert len(before) > 10 and files() == before
+
+
+def test_bad_generator_arguments_stay_value_errors_naming_the_argument(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="^penalize_segment 'x' is no segment"):
+        generate_landing_zone(tmp_path / "x", users=100, days=3, penalize_segment="x")

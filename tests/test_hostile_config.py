@@ -119,3 +119,23 @@ def test_cli_config_check_and_backfill_dates_fail_in_one_line(tmp_path: Path) ->
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "is after --end" in lines[0] and "ValueError" not in lines[0]
+
+
+def test_run_train_refuses_a_mistyped_lightgbm_value_in_one_line_before_the_flow(
+        tmp_path: Path) -> None:
+    """``num_threads: two`` was taken by the config and failed inside LightGBM, after the
+    features were built, as a flow run's failure."""
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    models = configs / "models.yaml"
+    text = models.read_text(encoding="utf-8")
+    assert text.count("\n    num_threads: 2\n") == 1  # the recommender's block
+    models.write_text(text.replace("\n    num_threads: 2\n", "\n    num_threads: two\n"),
+                      encoding="utf-8")
+    done = _cli(tmp_path, "run", "train", "recommender", "--as-of", "2026-09-30",
+                PUHUI_CONFIG_DIR=str(configs), PUHUI_PSEUDONYM_KEY="k" * 40)
+    assert done.returncode == 1, done.stderr
+    # The whole output: the Prefect server line was printed before it.
+    [line] = (done.stdout + done.stderr).strip().splitlines()
+    assert line.endswith(
+        "product_recommender.lightgbm: Value error, num_threads: expected an integer")

@@ -1,4 +1,5 @@
-"""Migration 0005 (ingest_batches.mtime_ns) on a 0004 warehouse with ledger rows."""
+"""Migrations 0005 (ingest_batches.mtime_ns), 0006 (path_pseudonymized) and 0007
+(change_marker) on a warehouse with ledger rows."""
 
 from __future__ import annotations
 
@@ -27,20 +28,52 @@ def test_0005_keeps_ledger_rows_with_no_time_reruns_and_downgrades(warehouse_url
             "checksum, bytes, status, landed_at) VALUES ('b1', 'mobile_payments', "
             "'/l/a.csv', :d, 'c1', 120, 'accepted', :t)"),
             {"d": date(2026, 9, 30), "t": datetime(2026, 9, 30, 8, tzinfo=UTC)})
-    assert upgrade_schema(engine) == "0005"
+    assert upgrade_schema(engine) == "0007"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT bytes, mtime_ns FROM ingest_batches")).one()
-    assert tuple(row) == (120, None), "rows from before keep the size-only comparison"
+        row = conn.execute(text(
+            "SELECT bytes, mtime_ns, change_marker FROM ingest_batches")).one()
+    assert tuple(row) == (120, None, None), "rows from before keep the size-only comparison"
 
     with engine.begin() as conn:  # re-run over a database that already has the column
         command.stamp(_alembic_config(conn), "0004")
-    assert upgrade_schema(engine) == "0005"
+    assert upgrade_schema(engine) == "0007"
     with engine.begin() as conn:
         command.downgrade(_alembic_config(conn), "0004")
     assert "mtime_ns" not in {c["name"] for c in inspect(engine).get_columns("ingest_batches")}
-    assert upgrade_schema(engine) == "0005"
+    assert upgrade_schema(engine) == "0007"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar() == 1
+    engine.dispose()
+
+
+def test_0006_marks_rows_with_a_time_settled_and_leaves_the_rest_to_ingest(
+        warehouse_url: str) -> None:
+    engine = create_warehouse_engine(warehouse_url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0005")
+        for batch_id, mtime in (("timed", 1_700_000_000_000_000_000), ("untimed", None)):
+            conn.execute(text(
+                "INSERT INTO ingest_batches (batch_id, partner, source_path, delivery_date, "
+                "checksum, bytes, mtime_ns, status, landed_at) VALUES (:b, 'mobile_payments', "
+                ":p, :d, :b, 120, :m, 'accepted', :t)"),
+                {"b": batch_id, "p": f"/l/{batch_id}.csv", "m": mtime,
+                 "d": date(2026, 9, 30), "t": datetime(2026, 9, 30, 8, tzinfo=UTC)})
+    assert upgrade_schema(engine) == "0007"
+    assert _schema_diff(engine) == []
+    with engine.connect() as conn:
+        marks = dict(conn.execute(text(
+            "SELECT batch_id, path_pseudonymized FROM ingest_batches")).all())
+    assert marks == {"timed": True, "untimed": None}
+    indexes = {i["name"] for i in inspect(engine).get_indexes("ingest_batches")}
+    assert "ix_ingest_batches_unsettled_paths" in indexes  # ingest's look for unsettled rows
+
+    with engine.begin() as conn:  # re-run over a database that already has the column
+        command.stamp(_alembic_config(conn), "0005")
+    assert upgrade_schema(engine) == "0007"
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0005")
+    columns = {c["name"] for c in inspect(engine).get_columns("ingest_batches")}
+    assert "path_pseudonymized" not in columns and "mtime_ns" in columns
     engine.dispose()

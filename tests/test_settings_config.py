@@ -118,14 +118,23 @@ def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: P
     """LightGBM's list parameters are floats (``label_gain``), ints (``monotone_constraints``)
     or strings; a YAML ``true`` stays a bool (LightGBM refuses a bool parameter of 1.0)."""
     path = _models_with_ranker_params(tmp_path, yaml.safe_load(
-        "{label_gain: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric_names: [ndcg, map],"
+        "{label_gain: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric: [ndcg, map],"
         " force_col_wise: true, max_bin: 63}"))
     params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
     assert params["label_gain"] == [0.0, 1.5, 3.0]
     assert [type(v) for v in params["monotone_constraints"]] == [int, int, int]
-    assert params["metric_names"] == ["ndcg", "map"]
+    assert params["metric"] == ["ndcg", "map"]
     assert params["force_col_wise"] is True
     assert params["max_bin"] == 63 and type(params["max_bin"]) is int
+
+
+def test_recommender_lightgbm_single_columns_take_an_index_or_a_name(tmp_path: Path) -> None:
+    """LightGBM takes label, weight and group columns as "int or string"; an index was
+    refused as "expected a string"."""
+    path = _models_with_ranker_params(tmp_path, {"label_column": 0, "weight": "name:w",
+                                                 "group_column": 2})
+    params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
+    assert (params["label_column"], params["weight"], params["group_column"]) == (0, "name:w", 2)
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -144,6 +153,209 @@ def test_recommender_lightgbm_refuses_nonsense_naming_the_key(
         load_config_file(path, ModelsConfig)
     message = str(info.value)
     assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("{num_threads: two}", "num_threads: expected an integer"),
+    ("{reg_alpha: two}", "reg_alpha: expected a number (LightGBM's lambda_l1)"),
+    ("{num_leaves: 7.5}", "num_leaves: expected an integer"),
+    ("{learning_rate: fast}", "learning_rate: expected a number"),
+    ("{feature_fraction: true}", "feature_fraction: expected a number"),
+    ("{force_col_wise: 1}", "force_col_wise: expected true or false"),
+    ("{objective: 1}", "objective: expected a string"),
+    ("{eval_at: [1.5]}", "eval_at: expected an integer or a list of integers"),
+    ("{label_column: [0, 1]}", "label_column: expected a string or an integer"),
+    ("{weight: 1.5}", "weight: expected a string or an integer (LightGBM's weight_column)"),
+    ("{objective: {of: rows, fraction: 0.1, min: 1, max: 2}}",
+     "objective: a size-aware value is for numeric parameters; this one takes a string"),
+    ("{num_leave: 7}", "num_leave: not a LightGBM parameter"),
+    ("{interaction_constraints: [[0, 1], [2]]}", "interaction_constraints: not supported: "
+     "LightGBM takes a list of lists, a lightgbm block only flat lists"),
+    ("{interaction_constraints: [0, 1]}", "interaction_constraints: not supported"),
+    ("{categorical_feature: [0, 1.5]}",
+     "categorical_feature: expected a string, an integer or a list of them"),
+])
+def test_recommender_lightgbm_values_are_typed_as_lightgbm_declares_them(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    """A wrong type was taken and failed inside LightGBM after the features were built; an
+    unknown name (a typo) was ignored by LightGBM with a warning."""
+    path = _models_with_ranker_params(tmp_path, yaml.safe_load(value))
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    message = str(info.value)
+    assert f"product_recommender.lightgbm: Value error, {expected}" in message
+    assert "\n" not in message
+
+
+def test_risk_lightgbm_params_are_typed_and_aliases_accepted(tmp_path: Path) -> None:
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    params = models["credit_risk"]["lightgbm"]["params"]
+    del params["num_threads"]  # shipped; n_jobs next to it would be refused
+    params.update(n_jobs=2, reg_alpha=1, min_data_in_leaf={"of": "rows", "fraction": 0.01,
+                                                             "min": 5, "max": 50})
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    loaded = load_config_file(path, ModelsConfig).credit_risk.lightgbm.params
+    assert loaded["n_jobs"] == 2 and loaded["reg_alpha"] == 1
+
+    params["n_jobs"] = "two"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    assert str(info.value).endswith("credit_risk.lightgbm.params: Value error, n_jobs: "
+                                    "expected an integer (LightGBM's num_threads)")
+
+
+@pytest.mark.parametrize("value", [[1, 0], [[0, 1]]])
+def test_risk_lightgbm_params_refuse_a_list_in_one_line(tmp_path: Path, value: list) -> None:
+    """Risk params are scalars (pydantic's union error named its members: 'eval_at.bool:
+    Input should be a valid boolean (+4 more)'); monotone constraints are lightgbm.monotone."""
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    models["credit_risk"]["lightgbm"]["params"]["eval_at"] = value
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    assert str(info.value).endswith(
+        "credit_risk.lightgbm.params: Value error, eval_at: a list is taken only in the "
+        "recommender's lightgbm block (the risk model's monotone constraints: "
+        "lightgbm.monotone)")
+
+
+@pytest.mark.parametrize("block, extra, expected", [
+    ("recommender", {"nthreads": 2},
+     "product_recommender.lightgbm: Value error, num_threads and nthreads are the same "
+     "LightGBM parameter (num_threads): give one"),
+    ("risk", {"n_jobs": 2, "nthreads": 2},
+     "credit_risk.lightgbm.params: Value error, num_threads and n_jobs and nthreads are the "
+     "same LightGBM parameter (num_threads): give one"),
+    ("risk", {"max_leaves": 7},
+     "credit_risk.lightgbm.params: Value error, num_leaves and max_leaves are the same "
+     "LightGBM parameter (num_leaves)"),
+    ("risk_search", {"reg_lambda": 1.0},
+     "credit_risk.lightgbm: Value error, params and search: reg_lambda and lambda_l2 are the "
+     "same LightGBM parameter (lambda_l2)"),
+])
+def test_lightgbm_parameter_under_two_names_is_refused_naming_both(
+    tmp_path: Path, block: str, extra: dict, expected: str
+) -> None:
+    """LightGBM keeps one of a parameter's names and ignores the others with a warning that
+    the training's ``verbosity: -1`` hides; the shipped blocks give num_threads and
+    num_leaves, and the risk search draws lambda_l2 over the params."""
+    models = yaml.safe_load((CONFIGS / "models.yaml").read_text(encoding="utf-8"))
+    if block == "recommender":
+        models["product_recommender"]["lightgbm"].update(extra)
+    else:
+        params = models["credit_risk"]["lightgbm"]["params"]
+        if block == "risk_search":
+            del params["lambda_l2"]
+        params.update(extra)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(models, sort_keys=False), encoding="utf-8")
+    with pytest.raises(PuhuiError) as info:
+        load_config_file(path, ModelsConfig)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize("model", ["risk", "recommender"])
+def test_training_flow_reads_models_config_first(
+    model: str, puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    prefect_harness: None,
+) -> None:
+    """A scheduled run (``puhui serve``, a deployment) starts the flow without the CLI's
+    check: a bad lightgbm block failed it in the features step, after the warehouse
+    migrations and the MLflow reconciliation had run. The first step refuses it now, in one
+    line, and no other step runs."""
+    from datetime import date
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.recommender import train_recommender_flow
+    from flows.train import train_risk_flow
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    models = yaml.safe_load((configs / "models.yaml").read_text(encoding="utf-8"))
+    where = "credit_risk.lightgbm.params" if model == "risk" else "product_recommender.lightgbm"
+    block = (models["credit_risk"]["lightgbm"]["params"] if model == "risk"
+             else models["product_recommender"]["lightgbm"])
+    block["num_threads"] = "two"
+    (configs / "models.yaml").write_text(yaml.safe_dump(models, allow_unicode=True),
+                                         encoding="utf-8")
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    flow = train_risk_flow if model == "risk" else train_recommender_flow
+
+    state = flow(as_of=date(2026, 9, 30), return_state=True)
+
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, PuhuiError) and "\n" not in str(error)
+    assert str(error).endswith(f"{where}: Value error, num_threads: expected an integer")
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert [run.name.split("-")[:2] for run in runs] == [[model, "config"]]
+
+
+def test_lightgbm_parameter_table_is_the_installed_librarys() -> None:
+    """Names and aliases as the installed LightGBM reports them (an upgrade that adds or
+    renames a parameter fails here); types agree with a trained booster's saved values and,
+    for the lists and what it does not save, with a table written from LightGBM's docs."""
+    import lightgbm
+    import numpy as np
+    from lightgbm.basic import _ConfigAliases
+
+    from puhui.lightgbm_params import _ALIASES, TYPES, canonical
+
+    library = _ConfigAliases._get_all_param_aliases()
+    assert set(TYPES) == set(library)
+    assert {a: n for n, names in library.items() for a in names if a != n} == _ALIASES
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    booster = lightgbm.train({"verbosity": -1, "min_data_in_leaf": 1, "min_data_in_bin": 1},
+                             lightgbm.Dataset(x, np.arange(20) % 2), num_boost_round=1)
+    saved = lightgbm.Booster(model_str=booster.model_to_string())._get_loaded_param()
+    kinds = {bool: {"bool"}, str: {"str"}, list: {"list[str]", "list[int]", "list[float]"},
+             int: {"int", "float"}, float: {"float"}}
+    wrong = {k: v for k, v in saved.items() if TYPES[canonical(k)] not in kinds[type(v)]}
+    assert len(saved) > 90 and wrong == {}
+    # The booster cannot tell an integer list from a number list (nor an int from a float);
+    # these, and every parameter it does not save, are checked against LightGBM's docs.
+    assert {k: v for k, v in TYPES.items() if v not in kinds[bool] | kinds[str]
+            | kinds[int]} == LIGHTGBM_COLUMN_AND_LIST_TYPES
+    written = LIGHTGBM_COLUMN_AND_LIST_TYPES | LIGHTGBM_UNSAVED_SCALAR_TYPES
+    assert set(TYPES) - set(saved) <= set(written)
+    assert {k: TYPES[k] for k in written} == written
+
+
+# LightGBM 4.7's Parameters docs: "multi-int", "multi-double", "multi-enum"/"multi-string";
+# "multi-int or string" (indices or ``name:`` columns) is ``columns``.
+LIGHTGBM_COLUMN_AND_LIST_TYPES = {
+    "eval_at": "list[int]", "max_bin_by_feature": "list[int]",
+    "monotone_constraints": "list[int]", "label_gain": "list[float]",
+    "auc_mu_weights": "list[float]", "feature_contri": "list[float]",
+    "cegb_penalty_feature_coupled": "list[float]", "cegb_penalty_feature_lazy": "list[float]",
+    "metric": "list[str]", "valid": "list[str]",
+    "interaction_constraints": "list[list[int]]",
+    "categorical_feature": "columns", "ignore_column": "columns",
+    # "int or string": an index or a ``name:`` column
+    "label_column": "column", "weight_column": "column", "group_column": "column",
+}
+# Scalars a trained booster does not save (file names, prediction and CLI settings).
+LIGHTGBM_UNSAVED_SCALAR_TYPES = {
+    **dict.fromkeys(("is_provide_training_metric", "pred_early_stop", "predict_contrib",
+                     "predict_disable_shape_check", "predict_leaf_index",
+                     "predict_raw_score", "save_binary"), "bool"),
+    **dict.fromkeys(("metric_freq", "num_iteration_predict", "pred_early_stop_freq",
+                     "snapshot_freq", "start_iteration_predict"), "int"),
+    "pred_early_stop_margin": "float",
+    **dict.fromkeys(("config", "convert_model", "convert_model_language", "data",
+                     "forcedbins_filename", "forcedsplits_filename", "gpu_device_id_list",
+                     "input_model", "machine_list_filename", "machines", "output_model",
+                     "output_result", "parser_config_file", "task"), "str"),
+}
 
 
 def test_unknown_config_file_is_an_error_and_hash_tracks_content(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from puhui.generate.arguments import BadArgument
 from puhui.generate.batch import Batch, Column, batch_rows, take_rows
 from puhui.generate.feeds import FEEDS
 
@@ -139,7 +140,9 @@ def plan_faults(
             planned.append(PlannedFault(choice.kind, partner, day, column, source))
             break
         else:
-            raise ValueError(f"no delivered file can carry the fault {choice.kind!r}")
+            # Few users over few days leave some deliveries without rows to damage.
+            raise BadArgument("days", f"leaves no delivered file with rows for the fault "
+                              f"{choice.kind!r}: give more days or users")
     return planned
 
 

@@ -32,6 +32,7 @@ import pyarrow.csv as pa_csv
 
 from puhui.errors import PuhuiError
 from puhui.generate import reference as ref
+from puhui.generate.arguments import BadArgument
 from puhui.generate.batch import Batch, batch_rows
 from puhui.generate.faults import (
     FAULT_KINDS,
@@ -134,7 +135,7 @@ def generate_landing_zone(
     out_dir = Path(out_dir)
     products = tuple(products)
     _validate(users, days, history_days, products, penalize_segment, end_date, faults)
-    _prepare_out_dir(out_dir)
+    _check_out_dir(out_dir)
     say = progress or (lambda _message: None)
 
     timeline = Timeline(end_date, days, history_days)
@@ -150,6 +151,8 @@ def generate_landing_zone(
     planned: list[PlannedFault] = []
     if faults:
         planned = plan_faults(timeline.delivery_dates, _known_delivery_rows(world))
+    # Only now, with every argument accepted (the fault plan can still refuse --days).
+    _clear_out_dir(out_dir)
     writer = _LandingWriter(out_dir, world, planned, say)
     for partner in FEED_ORDER:
         writer.write_partner(partner)
@@ -176,47 +179,55 @@ def _validate(
     penalize_segment: str | None, end_date: date, faults: bool,
 ) -> None:
     if users < 1:
-        raise ValueError("users must be at least 1")
+        raise BadArgument("users", "must be at least 1")
     if days < 1:
-        raise ValueError("days must be at least 1")
+        raise BadArgument("days", "must be at least 1")
     if history_days < 0:
-        raise ValueError("history_days must not be negative")
+        raise BadArgument("history_days", "must not be negative")
     unknown = [p for p in products if p not in ref.PRODUCT_SCENARIOS]
     if unknown or not products:
-        raise ValueError(
-            f"unknown products {unknown}; known: {', '.join(ref.PRODUCT_SCENARIOS)}"
+        raise BadArgument(
+            "products", f"unknown: {unknown}; known: {', '.join(ref.PRODUCT_SCENARIOS)}"
         )
     if len(set(products)) != len(products):
-        raise ValueError("products must not repeat")
+        raise BadArgument("products", "must not repeat")
     if not set(products) & set(ref.LOAN_PRODUCTS):
-        raise ValueError("products must include a loan product: " + ", ".join(ref.LOAN_PRODUCTS))
+        raise BadArgument(
+            "products", "must include a loan product: " + ", ".join(ref.LOAN_PRODUCTS))
     if faults and days < MIN_DAYS_FOR_FAULTS:
-        raise ValueError(f"faults need days >= {MIN_DAYS_FOR_FAULTS} (one file per fault kind)")
+        raise BadArgument(
+            "days", f"must be at least {MIN_DAYS_FOR_FAULTS} with faults (one file per kind)")
     if penalize_segment is not None and penalize_segment not in SEGMENTS:
-        raise ValueError(
-            f"unknown segment {penalize_segment!r}; choose one of {', '.join(SEGMENTS)}"
-        )
-    if Timeline(end_date, days, history_days).history_start < date(2020, 1, 1):
-        raise ValueError("the history must not start before 2020-01-01")
+        raise BadArgument(
+            "penalize_segment",
+            f"{penalize_segment!r} is no segment; choose one of {', '.join(SEGMENTS)}")
+    start = Timeline(end_date, days, history_days).history_start
+    if start < date(2020, 1, 1):
+        raise BadArgument(
+            "history_days", f"puts the history's start ({start}: the end date less the "
+            "days and the history days) before 2020-01-01")
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Refuse to write into an unrelated non-empty folder or onto a file; clear an earlier
-    landing zone."""
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to write into an unrelated non-empty folder or onto a file; create the folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise PuhuiError(f"--out {out_dir} is not a folder; give a new or empty folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / TRUTH_FILE).exists():
-            raise PuhuiError(f"--out {out_dir} is not empty and holds no generated landing "
-                             "zone; give a new or empty folder")
-        for partner in FEEDS:
-            shutil.rmtree(out_dir / partner, ignore_errors=True)
-        for name in TRUTH_FILES:
-            (out_dir / name).unlink(missing_ok=True)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / TRUTH_FILE).exists():
+        raise PuhuiError(f"--out {out_dir} is not empty and holds no generated landing "
+                         "zone; give a new or empty folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file where a parent folder should be, no permission
         raise PuhuiError(f"--out {out_dir} cannot be created: {exc.strerror}") from exc
+
+
+def _clear_out_dir(out_dir: Path) -> None:
+    """Remove an earlier landing zone's partner folders and JSON files (``_check_out_dir``
+    let only such a zone, or nothing, through)."""
+    for partner in FEEDS:
+        shutil.rmtree(out_dir / partner, ignore_errors=True)
+    for name in TRUTH_FILES:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def write_risk_truth(out_dir: Path, apps: Applications) -> Path:

@@ -590,11 +590,14 @@ class FileIngestor:
     ) -> FileOutcome | None:
         engine = self.runtime.engine
         if (decided := ledger.get_batch(engine, base["batch_id"])) is not None:
-            if handle.mtime_ns is not None and decided.mtime_ns != handle.mtime_ns:
-                # The same bytes, touched: the row takes the new time, so discovery skips
-                # the file again instead of hashing it on every run.
+            touched = {name: value for name, value in (("mtime_ns", handle.mtime_ns),
+                                                       ("change_marker", landed.change_marker))
+                       if value is not None and getattr(decided, name) != value}
+            if touched:
+                # The same bytes, touched: the row takes the new time (or marker), so
+                # discovery skips the file again instead of hashing it on every run.
                 with engine.begin() as conn:
-                    ledger.update_batch(conn, decided.batch_id, mtime_ns=handle.mtime_ns)
+                    ledger.update_batch(conn, decided.batch_id, **touched)
             return None
         if landed.kind != "file":
             kind = {"symlink": "symbolic link", "directory": "directory"}.get(
@@ -661,10 +664,14 @@ class FileIngestor:
             "batch_id": base["batch_id"],
             "partner": self.feed.name,
             "source_path": base["path"],
+            "path_pseudonymized": True,
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,
             "mtime_ns": handle.mtime_ns,
+            # From the listing, as discovery compares it (an older marker than the bytes
+            # hashed at worst, so a rewrite in between is read again next run).
+            "change_marker": landed.change_marker,
             "flow_run_id": self.flow_run_id,
         }
 

@@ -2,7 +2,8 @@
 
 Discovery is by what the ledger has not seen. Every landed file in the feed's delivery
 folders from ``as_of - late_lookback_days`` (configs/partners.yaml) up to the as-of date is
-compared with the ledger by path, size and (local files) modification time: a file it has
+compared with the ledger by path, size and (local files) modification time or (remote files)
+the change marker their listing gives (``landing.change_marker``): a file it has
 seen is not read again, any other (a late file landed in an old folder, for a date long past
 the watermark; a file rewritten in place) is ingested. The watermark (the latest delivery
 date a run finished) only widens the window when runs fell behind by more than the
@@ -138,7 +139,8 @@ def ingest_feed(
     for landed in files:
         known = seen.get(ingestor.stored_path(landed.path))
         if known is not None and (
-            landed.kind != "file" or known.matches(landed.size, landed.mtime_ns)
+            landed.kind != "file"
+            or known.matches(landed.size, landed.mtime_ns, landed.change_marker)
         ):
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line

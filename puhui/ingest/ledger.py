@@ -47,6 +47,7 @@ class BatchRecord:
     warnings: list[dict[str, Any]]
     duplicate_of: str | None
     mtime_ns: int | None = None
+    change_marker: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
@@ -66,6 +67,7 @@ class BatchRecord:
             list(m["warnings"] or []),
             m["duplicate_of"],
             m["mtime_ns"],
+            m["change_marker"],
         )
 
 
@@ -127,18 +129,22 @@ class SeenFile:
     """What the ledger's newest row for a path says was there: discovery compares it."""
 
     bytes: int
-    mtime_ns: int | None  # None: a row from before 0005, or a remote file (size only)
+    mtime_ns: int | None  # None: a row from before 0005, or a remote file
     batch_id: str
+    change_marker: str | None = None  # None: a row from before 0007, or a local file
 
-    def matches(self, size: int, mtime_ns: int | None) -> bool:
-        """Whether a landed file of ``size`` and ``mtime_ns`` is the version this row decided.
+    def matches(self, size: int, mtime_ns: int | None, marker: str | None = None) -> bool:
+        """Whether a landed file of ``size`` and ``mtime_ns`` (local) or change ``marker``
+        (remote) is the version this row decided.
 
-        A file rewritten in place at the same size differs by its time; without a time on
-        either side only the size is compared.
+        A file rewritten in place at the same size differs by its time or marker; without
+        one on either side only the size is compared.
         """
         if size != self.bytes:
             return False
-        return self.mtime_ns is None or mtime_ns is None or mtime_ns == self.mtime_ns
+        same_time = self.mtime_ns is None or mtime_ns is None or mtime_ns == self.mtime_ns
+        return same_time and (
+            self.change_marker is None or marker is None or marker == self.change_marker)
 
 
 def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, SeenFile]:
@@ -153,6 +159,7 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
         ingest_batches.c.bytes,
         ingest_batches.c.mtime_ns,
         ingest_batches.c.batch_id,
+        ingest_batches.c.change_marker,
     ).where(ingest_batches.c.partner == partner)
     if since is not None:
         query = query.where(ingest_batches.c.delivery_date > since)
@@ -160,7 +167,7 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
     query = query.order_by(ingest_batches.c.landed_at)
     with engine.connect() as conn:
         return {
-            r.source_path: SeenFile(r.bytes or 0, r.mtime_ns, r.batch_id)
+            r.source_path: SeenFile(r.bytes or 0, r.mtime_ns, r.batch_id, r.change_marker)
             for r in conn.execute(query)
         }
 
@@ -171,28 +178,40 @@ def pseudonymize_legacy_paths(
     """Give the feed's ledger rows written before file names were pseudonymized the
     ``source_path`` that ingestion stores now; returns how many rows changed.
 
-    Only rows without a modification time (before migration 0005; remote files and entries
-    that are not regular files) can hold a raw name, so only those are read. Idempotent:
-    ``stored_path`` leaves a stored path as it is, and each row is rewritten only from the
-    path it was read with (two runs at once change it once). A data migration could not do
-    this: it has no pseudonym key.
+    Only rows not yet settled (``path_pseudonymized`` NULL: rows from before migration 0005,
+    which came with pseudonymized names) are read, and each is marked as it is settled, so
+    a row is read once: remote files and entries that are not regular files never get a
+    modification time, and picking rows by that read them all on every run. Idempotent and
+    safe to interrupt: the caller's transaction holds the marks and the new paths together,
+    and each row is updated only from the path it was read with and while unmarked (two runs
+    at once change it once). A data migration could not do this: it has no pseudonym key.
     """
-    query = select(ingest_batches.c.batch_id, ingest_batches.c.source_path).where(
-        ingest_batches.c.partner == partner, ingest_batches.c.mtime_ns.is_(None)
+    table = ingest_batches.c
+    query = select(table.batch_id, table.source_path).where(
+        table.partner == partner, table.path_pseudonymized.is_(None)
     )
     changed = 0
+    kept: list[str] = []
     for row in conn.execute(query).all():
         renamed = stored_path(row.source_path)
         if renamed == row.source_path:
+            kept.append(row.batch_id)
             continue
         changed += conn.execute(
             update(ingest_batches)
             .where(
-                ingest_batches.c.batch_id == row.batch_id,
-                ingest_batches.c.source_path == row.source_path,
+                table.batch_id == row.batch_id,
+                table.source_path == row.source_path,
+                table.path_pseudonymized.is_(None),
             )
-            .values(source_path=renamed)
+            .values(source_path=renamed, path_pseudonymized=True)
         ).rowcount
+    for start in range(0, len(kept), 500):  # bounded IN lists
+        conn.execute(
+            update(ingest_batches)
+            .where(table.batch_id.in_(kept[start:start + 500]))
+            .values(path_pseudonymized=True)
+        )
     return changed
 
 

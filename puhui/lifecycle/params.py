@@ -16,11 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from puhui.config import LightGBMSpec, SizeAware
-
-# Parameters LightGBM wants as whole numbers.
-INTEGER_PARAMS = {"num_leaves", "min_data_in_leaf", "max_depth", "max_bin", "num_threads",
-                  "bagging_freq", "min_data_in_bin", "num_boost_round",
-                  "early_stopping_rounds"}
+from puhui.lightgbm_params import TYPES, canonical
 
 
 @dataclass(frozen=True)
@@ -35,7 +31,10 @@ def resolve_value(name: str, value: Any, size: DataSize) -> Any:
         return value
     basis = size.rows if value.of == "rows" else size.defaults
     resolved = min(max(value.fraction * basis, value.min), value.max)
-    return int(round(resolved)) if name in INTEGER_PARAMS else float(resolved)
+    # LightGBM's integers (num_leaves, the rounds: aliases of num_iterations and
+    # early_stopping_round) as whole numbers.
+    whole = TYPES.get(canonical(name) or "") == "int"
+    return int(round(resolved)) if whole else float(resolved)
 
 
 def describe(value: Any) -> str:

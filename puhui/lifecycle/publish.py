@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -117,10 +116,6 @@ def lineage_tags(tags: Mapping[str, str], batch_ids: Iterable[str], as_of: date,
             "puhui.ingest_batch_count": str(len(batches)),
             **{f"puhui.{k}": " .. ".join(v) for k, v in ranges.items()},
             "puhui.training_as_of": as_of.isoformat(), FINGERPRINT_TAG: fingerprint}
-
-
-def metric_name(metric: str, segment: str) -> str:
-    return metric if segment == "all" else f"{metric}.{re.sub(r'[^A-Za-z0-9_.-]', '.', segment)}"
 
 
 def write_evaluations(engine: Engine, name: str, version: str, as_of: date,

@@ -27,7 +27,7 @@ from puhui.registry import (
     GATES_PASSED_TAG,
     current_aliases,
 )
-from puhui.registry_read import is_not_found
+from puhui.registry_read import suppress_not_found
 from puhui.warehouse.schema import model_evaluations
 
 if TYPE_CHECKING:  # the commands pass puhui.registry_read's reader (no MLflow import)
@@ -54,12 +54,9 @@ def view_for(name: str, config_dir: Path) -> ModelView:
 
 def _artifact(client: MlflowClient, run_id: str, path: str) -> Path | None:
     """A run's artifact downloaded to a temp dir (kept until the process exits)."""
-    try:
+    with suppress_not_found():
         return Path(client.download_artifacts(run_id, path, tempfile.mkdtemp(prefix="puhui-")))
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
-        return None
+    return None
 
 
 def _number(text: str) -> float | int | bool | str | None:
@@ -77,12 +74,11 @@ def _number(text: str) -> float | int | bool | str | None:
 def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
                   view: ModelView) -> dict[str, Any]:
     """Everything ``models show`` prints about one version, as plain data."""
-    try:
+    v = None
+    with suppress_not_found():
         v = client.get_model_version(name, str(version))
-    except Exception as exc:
-        if not is_not_found(exc):
-            raise
-        raise PuhuiError(f"{name} has no version {version} (puhui models list {name})") from None
+    if v is None:
+        raise PuhuiError(f"{name} has no version {version} (puhui models list {name})")
     run = client.get_run(v.run_id)
     metrics = {k: val for k, val in run.data.metrics.items() if "." not in k}
     headline = [h.metric for h in view.headline if h.metric in metrics]

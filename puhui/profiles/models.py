@@ -20,8 +20,7 @@ from sqlalchemy import Engine
 
 from puhui.errors import PuhuiError
 from puhui.registry import CHAMPION, load_registered_pyfunc, registry_client
-
-NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+from puhui.registry_read import is_not_found
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,6 @@ class ModelSlot:
         return self.version is not None
 
 
-def _error_code(exc: MlflowException) -> str:
-    return str(getattr(exc, "error_code", "") or "")
-
-
 def resolve_champion(client: MlflowClient, slot: str, name: str,
                      alias: str = CHAMPION) -> ModelSlot:
     """The version behind ``name@alias``; a missing model or alias is a reason, any other
@@ -51,7 +46,7 @@ def resolve_champion(client: MlflowClient, slot: str, name: str,
     try:
         registered = client.get_registered_model(name)
     except MlflowException as exc:
-        if NOT_FOUND in _error_code(exc):
+        if is_not_found(exc):
             return ModelSlot(slot, name, reason=f"no champion for {name} (not registered)")
         raise PuhuiError(f"model registry error reading {name}: {exc.message}") from None
     version = registered.aliases.get(alias)

@@ -25,6 +25,7 @@ from puhui.recommender.model import load_ranker, save_ranker
 from puhui.recommender.train import RecommenderRun
 from puhui.recommender.training_set import TRAIN, RankingSet
 from puhui.registry import register_version, use_experiment
+from puhui.registry_read import metric_name
 
 RANKER_ARTIFACT = "ranker"
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "pandas==3.1.1", "numpy==2.4.6", "mlflow==3.17.2"]
@@ -90,7 +91,7 @@ def publish_recommender(
         mlflow.log_params(run_params(data, run))
         metrics = dict(evaluation.metrics)
         for row in evaluation.rows():
-            metrics[lifecycle.metric_name(str(row["metric"]), str(row["segment"]))] = float(
+            metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(
                 row["value"] if row["value"] is not None else np.nan)
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         ranker_dir = work / RANKER_ARTIFACT

@@ -21,7 +21,6 @@ from puhui.lifecycle.publish import (
     FINGERPRINT_TAG,
     lineage_tags,
     log_configuration,
-    metric_name,
     model_signature,
     refuse_unreproducible,
     training_fingerprint,
@@ -29,6 +28,7 @@ from puhui.lifecycle.publish import (
 )
 from puhui.monitoring.bins import log_monitoring_bins
 from puhui.registry import register_version, use_experiment
+from puhui.registry_read import metric_name
 from puhui.risk.evaluation import Evaluation
 from puhui.risk.gates import GateResult
 from puhui.risk.model import TrainedModel

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 # Deterministic constraint names make migrations portable between the two dialects.
@@ -49,9 +50,16 @@ ingest_batches = Table(
     Column("content_key", String(80), unique=True),
     Column("duplicate_of", String(40)),
     Column("bytes", BigInteger),
-    # Added by migration 0005: NULL for rows from before and for remote files (size only).
+    # Added by migration 0005: NULL for rows from before and for remote files (change_marker).
     Column("mtime_ns", BigInteger,
            comment="the local file's modification time (ns) when it was read"),
+    # Added by migration 0007: NULL for local files (mtime_ns), rows from before, and stores
+    # whose listing gives no marker (size only).
+    Column("change_marker", Text,
+           comment="a remote file's change marker as its listing gave it (key=value)"),
+    # Added by migration 0006: NULL for rows ledger.pseudonymize_legacy_paths has not settled.
+    Column("path_pseudonymized", Boolean,
+           comment="source_path is in its stored form; NULL: not yet checked"),
     Column("rows", BigInteger, comment="rows landed in the file"),
     Column("rows_loaded", BigInteger),
     Column("rows_held", BigInteger),
@@ -65,6 +73,11 @@ ingest_batches = Table(
     Column("decided_by", String(128)),
     Index(None, "partner", "delivery_date"),
     Index(None, "status"),
+    # Only rows whose path is not settled (migration 0006): every ingest looks for them on
+    # each feed, and once all are settled the look reads an empty index, not the ledger.
+    Index("ix_ingest_batches_unsettled_paths", "partner",
+          sqlite_where=text("path_pseudonymized IS NULL"),
+          postgresql_where=text("path_pseudonymized IS NULL")),
 )
 
 ingest_watermarks = Table(
