@@ -249,3 +249,15 @@ def test_loading_leaves_no_temp_dir_and_verify_names_unfingerprinted_versions(
     assert verified.returncode == 0, verified.stderr
     assert f"1 version(s) registered without a file fingerprint (model files not checkable): " \
         f"{NAME} v{old}" in verified.stdout, verified.stdout
+
+
+def test_a_process_sees_a_column_its_contract_gained(tmp_path: Path) -> None:
+    """A long-lived process (`puhui serve`) built raw_mobile_payments from the contract it
+    read first; after a config edit added a column, every file of the feed was held as
+    unreadable ("no such column") until the process restarted."""
+    before = load_config(repo_root() / "configs", PartnersConfig).get("mobile_payments")
+    after = load_config(_partners_with(tmp_path, "CustomerID").parent,
+                        PartnersConfig).get("mobile_payments")
+    assert "CustomerID" not in raw_table(before).c
+    assert "CustomerID" in raw_table(after).c
+    assert raw_table(after) is raw_table(after)  # unchanged contract: the same table

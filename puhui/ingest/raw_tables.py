@@ -8,6 +8,8 @@ naming the table and column, because silently reshaping history would break line
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -47,9 +49,10 @@ def stored_columns(feed: PartnerFeed) -> list[tuple[str, ColumnContract]]:
 
 
 def raw_table(feed: PartnerFeed) -> Table:
-    """The SQLAlchemy table for ``feed``'s accepted records."""
-    if feed.raw_table in raw_metadata.tables:
-        return raw_metadata.tables[feed.raw_table]
+    """The SQLAlchemy table for ``feed``'s accepted records, as its contract declares it now.
+
+    A process that lives across config edits (``puhui serve``, a warm worker) must see a
+    column its contract gained, so a table built from an older contract is rebuilt."""
     columns = [
         Column(
             "batch_id", String(64), nullable=False, server_default=text(session_default("batch_id"))
@@ -65,7 +68,16 @@ def raw_table(feed: PartnerFeed) -> Table:
     # B-tree on batch_id cost 0.8 s of server time, a BRIN index 0.3-0.45 s (~9 % of the
     # whole ingest), for lookups no stage makes; a lineage question ("the rows of batch X")
     # is one scan. Tables created by earlier versions keep the index they have.
+    known = raw_metadata.tables.get(feed.raw_table)
+    if known is not None:
+        if _shape(known.columns) == _shape(columns):
+            return known
+        raw_metadata.remove(known)
     return Table(feed.raw_table, raw_metadata, *columns)
+
+
+def _shape(columns: Iterable[Column]) -> list[tuple[str, str, bool]]:
+    return [(c.name, repr(c.type), bool(c.nullable)) for c in columns]
 
 
 def ensure_raw_table(engine: Engine, feed: PartnerFeed) -> Table:
