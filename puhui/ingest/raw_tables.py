@@ -8,6 +8,7 @@ naming the table and column, because silently reshaping history would break line
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 from sqlalchemy import (
@@ -41,6 +42,7 @@ _SQL_TYPES: dict[str, TypeEngine] = {
     "timestamp": DateTime(timezone=True),
 }
 raw_metadata = MetaData()
+_metadata_lock = threading.Lock()
 
 
 def stored_columns(feed: PartnerFeed) -> list[tuple[str, ColumnContract]]:
@@ -68,12 +70,13 @@ def raw_table(feed: PartnerFeed) -> Table:
     # B-tree on batch_id cost 0.8 s of server time, a BRIN index 0.3-0.45 s (~9 % of the
     # whole ingest), for lookups no stage makes; a lineage question ("the rows of batch X")
     # is one scan. Tables created by earlier versions keep the index they have.
-    known = raw_metadata.tables.get(feed.raw_table)
-    if known is not None:
-        if _shape(known.columns) == _shape(columns):
-            return known
-        raw_metadata.remove(known)
-    return Table(feed.raw_table, raw_metadata, *columns)
+    with _metadata_lock:  # threads of one process (a served flow's tasks) share the cache
+        known = raw_metadata.tables.get(feed.raw_table)
+        if known is not None:
+            if _shape(known.columns) == _shape(columns):
+                return known
+            raw_metadata.remove(known)
+        return Table(feed.raw_table, raw_metadata, *columns)
 
 
 def _shape(columns: Iterable[Column]) -> list[tuple[str, str, bool]]:
