@@ -182,7 +182,7 @@ def test_a_file_rewritten_in_place_at_the_same_size_is_read_again_and_held(
         assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar() == 2
 
 
-def test_a_ledger_row_without_a_time_keeps_the_size_only_comparison(
+def test_a_ledger_row_without_a_time_takes_the_time_of_its_next_listing(
     landing: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
@@ -193,9 +193,18 @@ def test_a_ledger_row_without_a_time_keeps_the_size_only_comparison(
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     later = _ingest_payments()[path.name]
+    # What the legacy row decided is known by size only, so the file is not read again;
+    # but it keeps the time it is seen with, or a same-size rewrite would pass for ever.
     assert later.skipped and later.batch_id == first.batch_id
-    assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns is None, \
-        "not read again: the legacy row is compared by size only"
+    assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns == \
+        path.stat().st_mtime_ns
+    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
+    path.write_bytes(header + b"".join(reversed(rows)))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    again = _ingest_payments()[path.name]
+    assert again.status == "quarantined" and not again.skipped
+    assert f"rewritten after batch {first.batch_id}" in (again.reason or "")
 
 
 @pytest.fixture
@@ -243,6 +252,26 @@ def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_ma
     assert _raw_rows() == (5, 5), "no row was loaded twice"
     rerun = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
     assert rerun.skipped and rerun.batch_id == again.batch_id
+
+
+def test_a_remote_row_from_before_its_marker_takes_the_marker_of_its_next_listing(
+    memory_landing: str,
+) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = f"{memory_landing}/mobile_payments/{DAY.isoformat()}/mobile_payments_1.csv"
+    fs.pipe(url, _payments(1, rows=5))
+    first = _ingest_payments()[url.rsplit("/", 1)[-1]]
+    engine = open_runtime().engine
+    with engine.begin() as conn:  # a row written before migration 0007
+        conn.execute(ingest_batches.update().values(change_marker=None))
+    assert _ingest_payments()[first.path.rsplit("/", 1)[-1]].skipped
+    assert ledger.get_batch(engine, first.batch_id).change_marker is not None
+    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
+    fs.pipe(url, header + b"".join(reversed(rows)))
+    again = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
+    assert again.status == "quarantined" and not again.skipped, again
 
 
 def test_change_marker_prefers_a_content_tag_and_is_none_without_one() -> None:
@@ -319,7 +348,7 @@ def test_ledger_rows_without_a_time_are_settled_once_not_read_on_every_run(
     with engine.connect() as conn:
         rows = conn.execute(select(ingest_batches.c.source_path, ingest_batches.c.mtime_ns,
                                    ingest_batches.c.path_pseudonymized)).all()
-    assert len(rows) == 2 and all(r.mtime_ns is None and r.path_pseudonymized for r in rows)
+    assert len(rows) == 2 and all(r.path_pseudonymized for r in rows)
     assert not any(find_raw_identifiers(r.source_path) for r in rows)
     events = read_audit_events(engine, action="ingest.paths_pseudonymized")
     assert [e["details"] for e in events] == [{"partner": "mobile_payments", "rows": 1}]

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from sqlalchemy import Engine
+
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
@@ -107,6 +109,19 @@ def _deferred(ingestor: FileIngestor, landed: LandedFile, why: str) -> FileOutco
     )
 
 
+def _note_first_marker(engine: Engine, known: ledger.SeenFile, landed: LandedFile) -> None:
+    """Record the time or change marker a row decided before ledgers kept them (0005, 0007)
+    lacks, from its first listing since: without one, a later rewrite at the same size
+    would match on size alone for ever."""
+    missing = {name: value for name, value, kept in (
+        ("mtime_ns", landed.mtime_ns, known.mtime_ns),
+        ("change_marker", landed.change_marker, known.change_marker),
+    ) if kept is None and value is not None}
+    if landed.kind == "file" and missing:
+        with engine.begin() as conn:
+            ledger.update_batch(conn, known.batch_id, **missing)
+
+
 def ingest_feed(
     runtime: Runtime,
     feed: PartnerFeed,
@@ -142,6 +157,7 @@ def ingest_feed(
             landed.kind != "file"
             or known.matches(landed.size, landed.mtime_ns, landed.change_marker)
         ):
+            _note_first_marker(engine, known, landed)
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)
