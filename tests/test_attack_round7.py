@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -40,6 +41,12 @@ def _payments(case: int, rows: int = 5, header: list[str] = MP_HEADER) -> bytes:
     context = HostileContext(DAY, case, Path("."), set())
     lines = [",".join(header)] + [",".join(r) for r in context.payment_rows(rows)]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _reordered(data: bytes) -> bytes:
+    """``data`` with its rows reversed: the same size, other bytes (a same-size rewrite)."""
+    header, *rows = data.splitlines(keepends=True)
+    return header + b"".join(reversed(rows))
 
 
 @pytest.fixture
@@ -167,8 +174,7 @@ def test_a_file_rewritten_in_place_at_the_same_size_is_read_again_and_held(
         path.stat().st_mtime_ns
 
     # Rewritten with other bytes of the same length (a corrected amount): was never re-read.
-    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
-    path.write_bytes(header + b"".join(reversed(rows)))  # the same rows, reordered
+    path.write_bytes(_reordered(_payments(1, rows=5)))
     assert path.stat().st_size == stat.st_size and path.read_bytes() != _payments(1, rows=5)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     again = _ingest_payments()[path.name]
@@ -198,8 +204,7 @@ def test_a_ledger_row_without_a_time_takes_the_time_of_its_next_listing(
     assert later.skipped and later.batch_id == first.batch_id
     assert ledger.get_batch(open_runtime().engine, first.batch_id).mtime_ns == \
         path.stat().st_mtime_ns
-    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
-    path.write_bytes(header + b"".join(reversed(rows)))
+    path.write_bytes(_reordered(_payments(1, rows=5)))
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     again = _ingest_payments()[path.name]
@@ -220,15 +225,21 @@ def memory_landing(puhui_env: Path, tmp_path: Path,
     fsspec.filesystem("memory").rm(f"/{tmp_path.name}", recursive=True)
 
 
-def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_marker(
-    memory_landing: str,
-) -> None:
+def _remote_payments_ingested(memory_landing: str) -> tuple[Any, str, batches.FileOutcome]:
+    """A 5-row payments file landed on the memory filesystem and ingested once: the
+    filesystem, the file's URL and its outcome."""
     import fsspec
 
     fs = fsspec.filesystem("memory")
     url = f"{memory_landing}/mobile_payments/{DAY.isoformat()}/mobile_payments_1.csv"
     fs.pipe(url, _payments(1, rows=5))
-    first = _ingest_payments()[url.rsplit("/", 1)[-1]]
+    return fs, url, _ingest_payments()[url.rsplit("/", 1)[-1]]
+
+
+def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_marker(
+    memory_landing: str,
+) -> None:
+    fs, url, first = _remote_payments_ingested(memory_landing)
     assert (first.status, first.rows_loaded, _raw_rows()) == ("accepted", 5, (5, 5))
     engine = open_runtime().engine
     marker = ledger.get_batch(engine, first.batch_id).change_marker
@@ -243,8 +254,7 @@ def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_ma
     assert renewed != marker
 
     # Other bytes of the same length (the rows reordered): by size alone, never read again.
-    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
-    fs.pipe(url, header + b"".join(reversed(rows)))
+    fs.pipe(url, _reordered(_payments(1, rows=5)))
     assert fs.size(url) == len(_payments(1, rows=5))
     again = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
     assert again.status == "quarantined" and not again.skipped
@@ -257,19 +267,13 @@ def test_a_remote_file_rewritten_at_the_same_size_is_read_again_by_its_change_ma
 def test_a_remote_row_from_before_its_marker_takes_the_marker_of_its_next_listing(
     memory_landing: str,
 ) -> None:
-    import fsspec
-
-    fs = fsspec.filesystem("memory")
-    url = f"{memory_landing}/mobile_payments/{DAY.isoformat()}/mobile_payments_1.csv"
-    fs.pipe(url, _payments(1, rows=5))
-    first = _ingest_payments()[url.rsplit("/", 1)[-1]]
+    fs, url, first = _remote_payments_ingested(memory_landing)
     engine = open_runtime().engine
     with engine.begin() as conn:  # a row written before migration 0007
         conn.execute(ingest_batches.update().values(change_marker=None))
     assert _ingest_payments()[first.path.rsplit("/", 1)[-1]].skipped
     assert ledger.get_batch(engine, first.batch_id).change_marker is not None
-    header, *rows = _payments(1, rows=5).splitlines(keepends=True)
-    fs.pipe(url, header + b"".join(reversed(rows)))
+    fs.pipe(url, _reordered(_payments(1, rows=5)))
     again = _ingest_payments()[first.path.rsplit("/", 1)[-1]]
     assert again.status == "quarantined" and not again.skipped, again
 
