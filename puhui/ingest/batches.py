@@ -590,14 +590,9 @@ class FileIngestor:
     ) -> FileOutcome | None:
         engine = self.runtime.engine
         if (decided := ledger.get_batch(engine, base["batch_id"])) is not None:
-            touched = {name: value for name, value in (("mtime_ns", handle.mtime_ns),
-                                                       ("change_marker", landed.change_marker))
-                       if value is not None and getattr(decided, name) != value}
-            if touched:
-                # The same bytes, touched: the row takes the new time (or marker), so
-                # discovery skips the file again instead of hashing it on every run.
-                with engine.begin() as conn:
-                    ledger.update_batch(conn, decided.batch_id, **touched)
+            # The same bytes, touched: the row takes the new time (or marker), so
+            # discovery skips the file again instead of hashing it on every run.
+            ledger.renew_version_marks(engine, decided, handle.mtime_ns, landed.change_marker)
             return None
         if landed.kind != "file":
             kind = {"symlink": "symbolic link", "directory": "directory"}.get(

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from sqlalchemy import Engine
-
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
@@ -109,19 +107,6 @@ def _deferred(ingestor: FileIngestor, landed: LandedFile, why: str) -> FileOutco
     )
 
 
-def _note_first_marker(engine: Engine, known: ledger.SeenFile, landed: LandedFile) -> None:
-    """Record the time or change marker a row decided before ledgers kept them (0005, 0007)
-    lacks, from its first listing since: without one, a later rewrite at the same size
-    would match on size alone for ever."""
-    missing = {name: value for name, value, kept in (
-        ("mtime_ns", landed.mtime_ns, known.mtime_ns),
-        ("change_marker", landed.change_marker, known.change_marker),
-    ) if kept is None and value is not None}
-    if landed.kind == "file" and missing:
-        with engine.begin() as conn:
-            ledger.update_batch(conn, known.batch_id, **missing)
-
-
 def ingest_feed(
     runtime: Runtime,
     feed: PartnerFeed,
@@ -157,7 +142,10 @@ def ingest_feed(
             landed.kind != "file"
             or known.matches(landed.size, landed.mtime_ns, landed.change_marker)
         ):
-            _note_first_marker(engine, known, landed)
+            if landed.kind == "file":
+                # A row from before 0005/0007 holds no time or marker: it takes the ones it
+                # is seen with, or a later same-size rewrite would match on size for ever.
+                ledger.renew_version_marks(engine, known, landed.mtime_ns, landed.change_marker)
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)

@@ -224,6 +224,19 @@ def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
     conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == batch_id), values)
 
 
+def renew_version_marks(engine: Engine, row: Any, mtime_ns: int | None,
+                        change_marker: str | None) -> None:
+    """Give ledger ``row`` (a ``SeenFile`` or a batch) its file's current modification time
+    and change marker where it holds another or none, so discovery recognises the file by
+    them next time (a file only touched, or a row from before 0005/0007)."""
+    changed = {name: value for name, value in (("mtime_ns", mtime_ns),
+                                               ("change_marker", change_marker))
+               if value is not None and getattr(row, name) != value}
+    if changed:
+        with engine.begin() as conn:
+            update_batch(conn, row.batch_id, **changed)
+
+
 def record_validation(
     conn: Connection,
     batch_id: str | None,
