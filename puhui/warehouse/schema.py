@@ -80,6 +80,33 @@ ingest_batches = Table(
           postgresql_where=text("path_pseudonymized IS NULL")),
 )
 
+# The primary keys each feed has loaded, across all its batches (migration 0008): a row's
+# key is loaded once per feed, whichever file repeats it. Written in the transaction that
+# loads the rows, so the unique primary key decides between two concurrent loads as
+# content_key does for whole files. The key is a 128-bit hash (two SipHash-2-4 halves)
+# of the key's text, never the key itself: keys may be pseudonyms of national IDs.
+ingest_keys = Table(
+    "ingest_keys",
+    metadata,
+    Column("partner", String(64), primary_key=True),
+    Column("key_hi", BigInteger, primary_key=True, autoincrement=False),
+    Column("key_lo", BigInteger, primary_key=True, autoincrement=False),
+    Column("batch_id", String(40), nullable=False, comment="the batch that loaded the key"),
+    Column("value_hash", BigInteger, nullable=False,
+           comment="64-bit hash of the loaded row's values: tells a repeat from a correction"),
+)
+
+# One row per feed whose existing raw rows are in ingest_keys (first use after 0008).
+ingest_key_backfills = Table(
+    "ingest_key_backfills",
+    metadata,
+    Column("partner", String(64), primary_key=True),
+    Column("rows_indexed", BigInteger, nullable=False),
+    Column("rows_repeated", BigInteger, nullable=False,
+           comment="raw rows repeating a key of an earlier batch, loaded before the index"),
+    Column("built_at", DateTime(timezone=True), nullable=False),
+)
+
 ingest_watermarks = Table(
     "ingest_watermarks",
     metadata,
