@@ -55,6 +55,14 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
+from puhui.ingest.key_index import (
+    KeyIndex,
+    RowHashes,
+    ensure_key_index,
+    key_hashes,
+    key_strings,
+    row_hashes,
+)
 from puhui.ingest.pseudonymize import (
     PseudonymCache,
     pseudonymize_ids,
@@ -124,6 +132,7 @@ class PreparedChunk:
     checks: dict[str, pa.Array]
     row_numbers: np.ndarray
     masked: dict[str, int] = field(default_factory=dict)  # identifier-shaped values masked
+    hashes: RowHashes | None = None  # for the feed's key index, made by the reader thread
 
     def take(self, mask: np.ndarray) -> PreparedChunk:
         selector = pa.array(mask)
@@ -132,6 +141,7 @@ class PreparedChunk:
             {k: v.filter(selector) for k, v in self.checks.items()},
             self.row_numbers[mask],
             self.masked,
+            None if self.hashes is None else self.hashes.take(mask),
         )
 
 
@@ -272,60 +282,6 @@ def prepare_chunk(
     return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers, masked)
 
 
-def _key_strings(chunk: PreparedChunk, feed: PartnerFeed) -> pa.Array:
-    stored = {c.name: s for s, c in stored_columns(feed)}
-    parts = []
-    for key in feed.primary_key:
-        values = chunk.stored[stored[key]].combine_chunks().cast(pa.string())
-        parts.append(pc.fill_null(values, "\0null") if values.null_count else values)
-    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# Little-endian masks keeping the first r bytes of a word (r = 0..8).
-_WORD_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
-_HASHED_PREFIX_WORDS = 8  # long keys: the first 64 bytes, the last 8 and the length
-
-
-def key_hashes(keys: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string's bytes, vectorized (8-byte words, splitmix64 finish).
-
-    Only a filter: equal hashes are settled by comparing the keys themselves, so a collision
-    costs time, never a row.
-    """
-    count = len(keys)
-    offsets = np.frombuffer(keys.buffers()[1], np.int32, count + 1, keys.offset * 4)
-    starts = offsets[:-1].astype(np.int64)
-    lengths = np.diff(offsets).astype(np.int64)
-    data = keys.buffers()[2]
-    padded = np.zeros((data.size if data is not None else 0) + 8, dtype=np.uint8)
-    if data is not None:
-        padded[: data.size] = np.frombuffer(data, np.uint8)
-    # Every byte offset as the start of an unaligned little-endian word.
-    words = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
-    last = padded.size - 8
-
-    def mix(state: np.ndarray, at: np.ndarray, available: np.ndarray) -> np.ndarray:
-        word = words[np.minimum(at, last)] & _WORD_MASKS[np.clip(available, 0, 8)]
-        mixed = (state ^ word) * _GOLDEN
-        # Rows with no bytes left keep their state: a key's hash must not depend on how
-        # long the other keys of its chunk are.
-        return np.where(available > 0, mixed ^ (mixed >> np.uint64(29)), state)
-
-    state = lengths.astype(np.uint64) * _GOLDEN
-    longest = int(lengths.max()) if count else 0
-    for k in range(min(-(-longest // 8), _HASHED_PREFIX_WORDS)):
-        state = mix(state, starts + 8 * k, lengths - 8 * k)
-    if longest > 8 * _HASHED_PREFIX_WORDS:
-        tail = np.maximum(starts + lengths - 8, 0)
-        state = mix(state, tail, np.where(lengths > 8 * _HASHED_PREFIX_WORDS, 8, 0))
-    state ^= state >> np.uint64(30)
-    state *= np.uint64(0xBF58476D1CE4E5B9)
-    state ^= state >> np.uint64(27)
-    state *= np.uint64(0x94D049BB133111EB)
-    return state ^ (state >> np.uint64(31))
-
-
 class SeenKeys:
     """The primary keys kept from the earlier chunks of one file.
 
@@ -367,7 +323,7 @@ def drop_duplicate_keys(
     chunk: PreparedChunk, feed: PartnerFeed, seen: SeenKeys
 ) -> tuple[PreparedChunk, int]:
     """Keep the first row of each primary key (within the file); returns rows dropped."""
-    keys = _key_strings(chunk, feed)
+    keys = key_strings(chunk.stored, feed)
     hashes = key_hashes(keys)
     ordered = np.sort(hashes)
     earlier = seen.contains(keys, hashes, ordered)
@@ -624,8 +580,8 @@ class FileIngestor:
                 # too would load those rows twice. Held whole, for a person to decide.
                 reason = (
                     f"rewritten after batch {earlier.batch_id} loaded this path "
-                    f"({earlier.rows:,} rows): held so no row is loaded twice; release "
-                    "loads this version as well, reject drops it"
+                    f"({earlier.rows:,} rows): held for a person to decide; release "
+                    "loads its rows whose keys were not loaded before, reject drops it"
                 )
                 return self._hold(handle, landed, base, reason, copy_rows=True)
             return self._load(handle, landed, base, columns, warnings)
@@ -690,6 +646,7 @@ class FileIngestor:
         for chunk in self._chunks(handle, landed, columns):
             rows = len(chunk.row_numbers)
             chunk, dropped = drop_duplicate_keys(chunk, self.feed, seen)
+            chunk.hashes = row_hashes(chunk.stored, self.feed)
             yield chunk, rows, dropped
 
     def _load(
@@ -717,6 +674,7 @@ class FileIngestor:
         ahead: ReadAhead[tuple[PreparedChunk, int, int]],
     ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
+        ensure_key_index(self.runtime, self.feed)
         rows = loaded = dropped = expectations_run = 0
         masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
@@ -729,6 +687,7 @@ class FileIngestor:
                 status="accepted",
             )
             validations: deque[Future[ValidationOutcome]] = deque()
+            keys = KeyIndex(conn, self.feed, base["batch_id"])
 
             def settle(keep: int) -> None:
                 nonlocal expectations_run, failures, checked_by
@@ -753,6 +712,9 @@ class FileIngestor:
                             base["batch_id"],
                         )
                     )
+                    # Validated whole (the file's content), loaded without the rows whose
+                    # key an earlier batch loaded.
+                    chunk, _ = keys.claim(chunk)
                     records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                     loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
                     crash_point("mid-load")
@@ -769,6 +731,9 @@ class FileIngestor:
                     f"duplicate rows: {dropped:,} row(s) repeat a primary key "
                     f"({', '.join(self.feed.primary_key)}); first kept"
                 )
+            if repeated := keys.repeats.warning(self.feed):
+                warnings.append(repeated)
+            dropped += keys.repeats.rows
             warnings += [
                 f"identifier-shaped text masked in {name}: {count:,} value(s)"
                 for name, count in sorted(masked.items())
@@ -809,6 +774,7 @@ class FileIngestor:
                     "rows": rows,
                     "rows_loaded": loaded,
                     "rows_duplicate": dropped,
+                    "rows_repeating_earlier_batches": keys.repeats.rows,
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,

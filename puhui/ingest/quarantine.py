@@ -35,6 +35,7 @@ from puhui.ingest.batches import (
 )
 from puhui.ingest.contract import end_of_delivery_day
 from puhui.ingest.held_batches import is_reject_only, quarantine_copy_path, short_reason
+from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import mask_shape, scrub_text
 from puhui.runtime import Runtime
@@ -98,16 +99,26 @@ def read_copy(copy: Path, feed: PartnerFeed, delivery_date: Any) -> Iterator[Pre
 
 def _load_copy(
     conn: Connection, table: Any, feed: PartnerFeed, record: ledger.BatchRecord, copy: Path
-) -> tuple[int, int]:
-    """Load the copy into ``raw_<partner>`` on ``conn``; returns (rows loaded, duplicates)."""
+) -> tuple[int, int, list[str]]:
+    """Load the copy into ``raw_<partner>`` on ``conn``, as ingestion loads a file: the first
+    row of a key within the copy, and none whose key an earlier batch of the feed loaded.
+    Returns (rows loaded, rows not loaded as duplicates, warnings)."""
     seen = SeenKeys()
+    keys = KeyIndex(conn, feed, record.batch_id)
     loaded = dropped = 0
     for chunk in read_copy(copy, feed, record.delivery_date):
         chunk, repeated = drop_duplicate_keys(chunk, feed, seen)
+        dropped += repeated
+        chunk, _ = keys.claim(chunk)
         data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
         loaded += bulk_insert(conn, table, data, {"batch_id": record.batch_id})
-        dropped += repeated
-    return loaded, dropped
+    warnings = []
+    if dropped:
+        warnings.append(f"duplicate rows: {dropped:,} row(s) repeat a primary key "
+                        f"({', '.join(feed.primary_key)}); first kept")
+    if repeats := keys.repeats.warning(feed):
+        warnings.append(repeats)
+    return loaded, dropped + keys.repeats.rows, warnings
 
 
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
@@ -132,6 +143,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
         raise PuhuiError(f"no batch {batch_id!r} in the ledger")
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(record.partner)
     table = ensure_raw_table(engine, feed)
+    ensure_key_index(runtime, feed)
     copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
@@ -140,7 +152,8 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 f"batch {batch_id} could not be read when it landed "
                 f"({short_reason(record.reason, 120)}); it can only be rejected (reject-only)"
             )
-        loaded, dropped = _load_copy(conn, table, feed, record, copy)
+        loaded, dropped, warnings = _load_copy(conn, table, feed, record, copy)
+        # The hold's failures stay on record; what the load left out is added to them.
         ledger.update_batch(
             conn,
             batch_id,
@@ -148,6 +161,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
             rows_loaded=loaded,
             rows_held=0,
             rows_duplicate=dropped,
+            warnings=[*record.warnings, *({"message": scrub_text(w)} for w in warnings)] or None,
             decided_at=ledger.now_utc(),
             decided_by=runtime.settings.actor,
             reason=f"{record.reason} | released: {reason}",
@@ -160,6 +174,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 "partner": record.partner,
                 "rows_loaded": loaded,
                 "rows_duplicate": dropped,
+                "warnings": [scrub_text(w) for w in warnings],
                 "reason": reason,
                 "held_for": record.reason,
             },
@@ -234,12 +249,11 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
         return Revalidation(ledger.get_batch(engine, batch_id), False, True,  # type: ignore[arg-type]
                             feed.suite, suite_hash, [f.description for f in critical], warnings)
     table = ensure_raw_table(engine, feed)
+    ensure_key_index(runtime, feed)
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
-        loaded, dropped = _load_copy(conn, table, feed, record, copy)
-        if dropped:
-            warnings.append(f"duplicate rows: {dropped:,} row(s) repeat a primary key "
-                            f"({', '.join(feed.primary_key)}); first kept")
+        loaded, dropped, load_warnings = _load_copy(conn, table, feed, record, copy)
+        warnings += [scrub_text(w) for w in load_warnings]
         ledger.update_batch(
             conn, batch_id, status="accepted", rows_loaded=loaded, rows_held=0,
             rows_duplicate=dropped, decided_at=ledger.now_utc(),

@@ -1,0 +1,386 @@
+"""One load per primary key per feed, across files: the ``ingest_keys`` index.
+
+Within a file the first row of a key is kept (``batches.SeenKeys``). Across files of one
+feed (an overlapping or corrected redelivery under a new name, yesterday's rows resent with
+today's) the index decides: every loaded row's key is claimed in ``ingest_keys`` (feed,
+128-bit key hash, batch) in the same transaction that loads the row, and a row whose key
+another batch claimed first is not loaded. It counts in ``rows_duplicate``, and the batch's
+warning says how many rows repeat earlier batches' keys (same values, or changed: a
+correction) and names those batches, never a key or a value.
+
+A chunk's keys go to a temporary table (binary COPY on PostgreSQL), then one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` claims them; only when it claims fewer than
+it was given is the stage joined back to find which rows repeat. The unique primary key of
+``ingest_keys`` is what makes two concurrent loads safe; a per-feed transaction lock makes
+the second one wait for the first instead of deadlocking on each other's keys.
+
+The key hash is two SipHash-2-4 halves (pandas' ``hash_array``) of the key's text: 128 bits,
+so a collision that would drop a distinct row is ~1e-19 likely at 10^10 keys, and hard to
+craft. The value hash (64 bits, vectorized) only tells a repeat from a correction in the
+warning; nothing is decided by it.
+
+Warehouses from before migration 0008 get their index built from the raw tables on a feed's
+first load (:func:`ensure_key_index`): first batch per key wins, and rows that were already
+loaded twice are counted and reported in one line, not taken as fine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    Text,
+    insert,
+    inspect,
+    select,
+    text,
+)
+
+from puhui.config import PartnerFeed
+from puhui.crashpoints import crash_point
+from puhui.ingest.contract import _ARROW_TYPES
+from puhui.ingest.raw_tables import raw_table, stored_columns
+from puhui.warehouse.bulk import bulk_insert
+from puhui.warehouse.engine import lock_for
+from puhui.warehouse.schema import ingest_batches, ingest_key_backfills
+
+if TYPE_CHECKING:
+    from puhui.ingest.batches import PreparedChunk
+    from puhui.runtime import Runtime
+
+_log = logging.getLogger("puhui.ingest")
+
+# SipHash keys of the two halves (16 characters each). Fixed, not secret: the index must
+# survive a rotation of the pseudonym key, and 2 x 64 bits stay collision-resistant enough.
+_HALF_KEYS = ("puhui.keys.hi.v1", "puhui.keys.lo.v1")
+_BACKFILL_ROWS = 100_000
+_LOADED = ("accepted", "released")
+
+_stage_metadata = MetaData()
+_STAGE = Table(
+    "puhui_key_stage", _stage_metadata,
+    *(Column(name, BigInteger) for name in ("key_hi", "key_lo", "value_hash", "row_number")),
+)
+_BACKFILL_STAGE = Table(
+    "puhui_key_backfill_stage", _stage_metadata,
+    *(Column(name, BigInteger) for name in ("key_hi", "key_lo", "value_hash")),
+    Column("batch_id", Text),
+)
+_BATCH_ORDER = Table(
+    "puhui_batch_order", _stage_metadata, Column("batch_id", Text), Column("ord", BigInteger)
+)
+
+
+# --------------------------------------------------------------------------- hashing
+def key_strings(stored: pa.Table, feed: PartnerFeed) -> pa.Array:
+    """Each row's primary key as one string (columns joined by a unit separator)."""
+    names = {c.name: s for s, c in stored_columns(feed)}
+    parts = []
+    for key in feed.primary_key:
+        values = stored[names[key]].combine_chunks().cast(pa.string())
+        parts.append(pc.fill_null(values, "\0null") if values.null_count else values)
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Little-endian masks keeping the first r bytes of a word (r = 0..8).
+_WORD_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
+_HASHED_PREFIX_WORDS = 8  # long keys: the first 64 bytes, the last 8 and the length
+
+
+def key_hashes(keys: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string's bytes, vectorized (8-byte words, splitmix64 finish).
+
+    Only a filter: equal hashes are settled by comparing the keys themselves, so a collision
+    costs time, never a row.
+    """
+    count = len(keys)
+    offsets = np.frombuffer(keys.buffers()[1], np.int32, count + 1, keys.offset * 4)
+    starts = offsets[:-1].astype(np.int64)
+    lengths = np.diff(offsets).astype(np.int64)
+    data = keys.buffers()[2]
+    padded = np.zeros((data.size if data is not None else 0) + 8, dtype=np.uint8)
+    if data is not None:
+        padded[: data.size] = np.frombuffer(data, np.uint8)
+    # Every byte offset as the start of an unaligned little-endian word.
+    words = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    last = padded.size - 8
+
+    def mix(state: np.ndarray, at: np.ndarray, available: np.ndarray) -> np.ndarray:
+        word = words[np.minimum(at, last)] & _WORD_MASKS[np.clip(available, 0, 8)]
+        mixed = (state ^ word) * _GOLDEN
+        # Rows with no bytes left keep their state: a key's hash must not depend on how
+        # long the other keys of its chunk are.
+        return np.where(available > 0, mixed ^ (mixed >> np.uint64(29)), state)
+
+    state = lengths.astype(np.uint64) * _GOLDEN
+    longest = int(lengths.max()) if count else 0
+    for k in range(min(-(-longest // 8), _HASHED_PREFIX_WORDS)):
+        state = mix(state, starts + 8 * k, lengths - 8 * k)
+    if longest > 8 * _HASHED_PREFIX_WORDS:
+        tail = np.maximum(starts + lengths - 8, 0)
+        state = mix(state, tail, np.where(lengths > 8 * _HASHED_PREFIX_WORDS, 8, 0))
+    return _finish(state)
+
+
+def _finish(state: np.ndarray) -> np.ndarray:
+    state ^= state >> np.uint64(30)
+    state *= np.uint64(0xBF58476D1CE4E5B9)
+    state ^= state >> np.uint64(27)
+    state *= np.uint64(0x94D049BB133111EB)
+    return state ^ (state >> np.uint64(31))
+
+
+def _column_words(values: pa.Array) -> np.ndarray:
+    """One 64-bit word per value of any stored column (NULLs: a constant of their own)."""
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        words = key_hashes(pc.fill_null(values.cast(pa.string()), "\0null"))
+    elif pa.types.is_floating(kind):
+        words = values.cast(pa.float64()).fill_null(0.0).to_numpy().view(np.uint64)
+    elif pa.types.is_boolean(kind):
+        words = values.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64)
+    elif pa.types.is_integer(kind) or pa.types.is_temporal(kind):
+        words = values.cast(pa.int64()).fill_null(0).to_numpy().view(np.uint64)
+    else:  # a type no contract declares today: its text form
+        words = key_hashes(pc.fill_null(values.cast(pa.string()), "\0null"))
+    if values.null_count:
+        valid = values.is_valid().to_numpy(zero_copy_only=False)
+        words = np.where(valid, words, np.uint64(0x6A09E667F3BCC909))
+    return words
+
+
+@dataclass
+class RowHashes:
+    """Per row: the key's 128-bit hash (two int64 halves) and a 64-bit hash of its values."""
+
+    key_hi: np.ndarray
+    key_lo: np.ndarray
+    value: np.ndarray
+
+    def take(self, mask: np.ndarray) -> RowHashes:
+        return RowHashes(self.key_hi[mask], self.key_lo[mask], self.value[mask])
+
+
+def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
+    """The hashes :class:`KeyIndex` claims, for a table of stored columns."""
+    keys = key_strings(stored, feed).to_numpy(zero_copy_only=False)
+    halves = [pd.util.hash_array(keys, hash_key=k, categorize=False).view(np.int64)
+              for k in _HALF_KEYS]
+    state = np.full(stored.num_rows, 0x243F6A8885A308D3, dtype=np.uint64)
+    for column in stored.columns:
+        mixed = (state ^ _column_words(column.combine_chunks())) * _GOLDEN
+        state = mixed ^ (mixed >> np.uint64(29))
+    return RowHashes(halves[0], halves[1], _finish(state).view(np.int64))
+
+
+# --------------------------------------------------------------------------- claiming
+@dataclass
+class Repeats:
+    """Rows not loaded because an earlier batch of the feed loaded their key."""
+
+    rows: int = 0
+    same: int = 0  # with the same values as the loaded row (the rest are corrections)
+    batches: set[str] = field(default_factory=set)
+
+    def warning(self, feed: PartnerFeed) -> str | None:
+        if not self.rows:
+            return None
+        named = sorted(self.batches)
+        shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        return (
+            f"keys of earlier batches: {self.rows:,} row(s) repeat a primary key "
+            f"({', '.join(feed.primary_key)}) loaded by batch(es) {shown}: "
+            f"{self.same:,} with the same values, {self.rows - self.same:,} with changed "
+            "values; not loaded (the first load of a key is kept)"
+        )
+
+
+def _stage(conn: Connection, table: Table, columns: str) -> None:
+    """Create the session's temporary stage ``table`` if needed, and empty it."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {table.name} ({columns}) "
+                          "ON COMMIT DELETE ROWS"))
+        conn.execute(text(f"TRUNCATE {table.name}"))
+    else:
+        conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {table.name} ({columns})"))
+        conn.execute(text(f"DELETE FROM {table.name}"))
+
+
+def _lock_keys(conn: Connection, feed: PartnerFeed) -> None:
+    # Until commit: a second load of the feed waits here rather than deadlocking with the
+    # first over keys both inserted (each would wait for the other's uncommitted key).
+    lock_for(conn, f"puhui.keys.{feed.name}")
+
+
+class KeyIndex:
+    """Claims one batch's keys on the load's connection, chunk by chunk."""
+
+    def __init__(self, conn: Connection, feed: PartnerFeed, batch_id: str) -> None:
+        self.conn, self.feed, self.batch_id = conn, feed, batch_id
+        self.repeats = Repeats()
+        self._locked = False
+
+    def claim(self, chunk: PreparedChunk) -> tuple[PreparedChunk, int]:
+        """``chunk`` without rows whose key an earlier batch loaded; returns rows dropped.
+
+        The kept rows' keys are claimed for this batch: the caller loads them on the same
+        connection before it commits.
+        """
+        count = len(chunk.row_numbers)
+        if not count:
+            return chunk, 0
+        hashes = chunk.hashes or row_hashes(chunk.stored, self.feed)
+        conn = self.conn
+        if not self._locked:
+            _lock_keys(conn, self.feed)
+            self._locked = True
+        _stage(conn, _STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, row_number bigint")
+        bulk_insert(conn, _STAGE, pa.table({
+            "key_hi": hashes.key_hi, "key_lo": hashes.key_lo, "value_hash": hashes.value,
+            "row_number": np.asarray(chunk.row_numbers, dtype=np.int64)}))
+        params = {"partner": self.feed.name, "batch_id": self.batch_id}
+        claimed = conn.execute(text(
+            "INSERT INTO ingest_keys (partner, key_hi, key_lo, batch_id, value_hash) "
+            "SELECT :partner, key_hi, key_lo, :batch_id, value_hash FROM puhui_key_stage "
+            "WHERE true ON CONFLICT (partner, key_hi, key_lo) DO NOTHING"), params).rowcount
+        if claimed == count:
+            return chunk, 0
+        repeated = conn.execute(text(
+            "SELECT s.row_number, k.batch_id, "
+            "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END "
+            "FROM puhui_key_stage s JOIN ingest_keys k ON k.partner = :partner "
+            "AND k.key_hi = s.key_hi AND k.key_lo = s.key_lo WHERE k.batch_id <> :batch_id"),
+            params).all()
+        if claimed + len(repeated) != count:  # a key twice in one chunk: SeenKeys' job
+            raise RuntimeError(f"{self.feed.name}: {count - claimed - len(repeated)} row(s) "
+                               "of a chunk neither claimed nor repeating an earlier batch")
+        self.repeats.rows += len(repeated)
+        self.repeats.same += sum(int(r[2]) for r in repeated)
+        self.repeats.batches.update(r[1] for r in repeated)
+        keep = ~np.isin(chunk.row_numbers, np.array([r[0] for r in repeated], dtype=np.int64))
+        return chunk.take(keep), len(repeated)
+
+
+# --------------------------------------------------------------------------- backfill
+_indexed: set[tuple[str, str]] = set()
+_indexed_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Backfill:
+    rows_indexed: int
+    rows_repeated: int
+
+
+def ensure_key_index(runtime: Runtime, feed: PartnerFeed) -> Backfill | None:
+    """Index the feed's existing raw rows once (warehouses from before 0008); None when it
+    was done before. Call before loading rows of ``feed``.
+
+    One transaction per feed, holding the feed's key lock: a kill -9 midway leaves nothing,
+    and the next load does it again from the start. Rows are read in chunks of
+    ``_BACKFILL_ROWS`` (a server-side cursor on PostgreSQL), so memory stays bounded.
+    """
+    engine = runtime.engine
+    marker = (engine.url.render_as_string(hide_password=True), feed.name)
+    with _indexed_lock:
+        if marker in _indexed:
+            return None
+    done = None
+    with engine.begin() as conn:
+        _lock_keys(conn, feed)
+        finished = conn.execute(select(ingest_key_backfills.c.partner).where(
+            ingest_key_backfills.c.partner == feed.name)).first()
+        if finished is None:
+            done = _backfill(conn, feed)
+            conn.execute(insert(ingest_key_backfills).values(
+                partner=feed.name, rows_indexed=done.rows_indexed,
+                rows_repeated=done.rows_repeated, built_at=pd.Timestamp.now(tz="UTC")))
+            if done.rows_indexed:
+                runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
+                    "partner": feed.name, "rows_indexed": done.rows_indexed,
+                    "rows_repeated": done.rows_repeated})
+    with _indexed_lock:
+        _indexed.add(marker)
+    if done is not None and done.rows_repeated:
+        _log.warning(
+            "%s: %s row(s) of %s repeat a primary key (%s) of an earlier batch: loaded "
+            "twice before the key index; the index keeps the first batch's", feed.name,
+            f"{done.rows_repeated:,}", feed.raw_table, ", ".join(feed.primary_key))
+    return done
+
+
+def _backfill(conn: Connection, feed: PartnerFeed) -> Backfill:
+    if not inspect(conn).has_table(feed.raw_table):
+        return Backfill(0, 0)
+    batches = conn.execute(
+        select(ingest_batches.c.batch_id)
+        .where(ingest_batches.c.partner == feed.name, ingest_batches.c.status.in_(_LOADED))
+        .order_by(ingest_batches.c.decided_at, ingest_batches.c.landed_at,
+                  ingest_batches.c.batch_id)).scalars().all()
+    order = {batch: position for position, batch in enumerate(batches)}
+    _stage(conn, _BATCH_ORDER, "batch_id text, ord bigint")
+    bulk_insert(conn, _BATCH_ORDER, pa.table({
+        "batch_id": pa.array(list(order), pa.string()),
+        "ord": pa.array(list(order.values()), pa.int64())}))
+    table = raw_table(feed)
+    names = [name for name, _ in stored_columns(feed)]
+    types = {name: _ARROW_TYPES[c.type] if c.treatment != "pseudonymize" else pa.string()
+             for name, c in stored_columns(feed)}
+    # Options on the statement, not the connection (that would stream every later one).
+    result = conn.execute(select(table.c.batch_id, *(table.c[n] for n in names)),
+                          execution_options={"stream_results": True,
+                                             "yield_per": _BACKFILL_ROWS})
+    indexed = repeated = 0
+    for part in result.partitions():
+        columns = list(zip(*part, strict=True))
+        stored = pa.table({n: pa.array(columns[i + 1], types[n]) for i, n in enumerate(names)})
+        repeated += _index_part(conn, feed, stored, np.array(columns[0], dtype=object), order)
+        indexed += len(part)
+        crash_point("key-backfill")
+    return Backfill(indexed, repeated)
+
+
+def _index_part(conn: Connection, feed: PartnerFeed, stored: pa.Table, batch_ids: np.ndarray,
+                order: dict[str, int]) -> int:
+    """Index one part of a raw table (first batch per key wins); returns its rows that
+    repeat a key of another batch."""
+    hashes = row_hashes(stored, feed)
+    ords = np.array([order.get(b, len(order)) for b in batch_ids], dtype=np.int64)
+    at = np.lexsort((ords, hashes.key_lo, hashes.key_hi))  # by key, then load order
+    hi, lo, ids = hashes.key_hi[at], hashes.key_lo[at], batch_ids[at]
+    first = np.ones(len(at), dtype=bool)
+    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    owner = ids[np.maximum.accumulate(np.where(first, np.arange(len(at)), 0))]
+    repeated = int(((~first) & (ids != owner)).sum())  # a batch's own repeats are not news
+    keep = at[first]
+    _stage(conn, _BACKFILL_STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, batch_id text")
+    bulk_insert(conn, _BACKFILL_STAGE, pa.table({
+        "key_hi": hashes.key_hi[keep], "key_lo": hashes.key_lo[keep],
+        "value_hash": hashes.value[keep], "batch_id": pa.array(batch_ids[keep], pa.string())}))
+    params = {"partner": feed.name}
+    repeated += conn.execute(text(
+        "SELECT count(*) FROM puhui_key_backfill_stage s JOIN ingest_keys k "
+        "ON k.partner = :partner AND k.key_hi = s.key_hi AND k.key_lo = s.key_lo "
+        "WHERE k.batch_id <> s.batch_id"), params).scalar_one()
+    order_of = "(SELECT ord FROM puhui_batch_order o WHERE o.batch_id = {})"
+    conn.execute(text(
+        "INSERT INTO ingest_keys (partner, key_hi, key_lo, batch_id, value_hash) "
+        "SELECT :partner, key_hi, key_lo, batch_id, value_hash FROM puhui_key_backfill_stage "
+        "WHERE true ON CONFLICT (partner, key_hi, key_lo) DO UPDATE "
+        "SET batch_id = excluded.batch_id, value_hash = excluded.value_hash "
+        f"WHERE {order_of.format('excluded.batch_id')} < "
+        f"{order_of.format('ingest_keys.batch_id')}"), params)
+    return repeated

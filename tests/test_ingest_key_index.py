@@ -1,0 +1,256 @@
+"""A primary key is loaded once per feed, across files: the ``ingest_keys`` index.
+
+Before it, ingestion kept the first row of a key within one file only: a later file of the
+same feed repeating keys (a redelivery under a new name, yesterday's rows resent with
+today's) was loaded again, and features double-counted. Real PostgreSQL and SQLite, real GX,
+the real Prefect ingest flow where the flow is involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from puhui.config import PartnersConfig, load_config
+from puhui.ingest import ledger
+from puhui.runtime import open_runtime
+
+DAY1, DAY2, DAY3 = date(2026, 9, 30), date(2026, 10, 1), date(2026, 10, 2)
+HEADER = "txn_id,payer_phone,txn_time,txn_type,amount,merchant_category,days_past_due,status"
+
+
+def _txn(number: int) -> str:
+    return f"T{2026093000000000 + number}"
+
+
+def _payments(landing: Path, day: date, name: str, ids: Iterable[int], *,
+              changed: Iterable[int] = (), bogus: int | None = None) -> Path:
+    """A mobile_payments file of the transactions ``ids``; ``changed`` ones carry another
+    amount (a correction); ``bogus`` gets a transaction type the suite refuses (critical)."""
+    changed = set(changed)
+    lines = [HEADER]
+    for i in ids:
+        amount = "2,000.00" if i in changed else "1,234.50"
+        kind = "BOGUS" if i == bogus else "MERCHANT"
+        lines.append(f'{_txn(i)},+86 138 {i % 10000:04d} 5678,2026-09-30T08:00:00+08:00,'
+                     f'{kind},"{amount}",GROCERY,,SUCCESS')
+    path = landing / "mobile_payments" / day.isoformat() / f"mobile_payments_{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _ingestor():  # noqa: ANN202
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    return runtime, feed, FileIngestor(runtime, feed, BatchValidator(),
+                                       pseudonym_key_bytes(runtime.settings.pseudonym_key))
+
+
+def _landed(feed, landing: Path, day: date, name: str):  # noqa: ANN001, ANN202
+    from puhui.landing import list_landed_files
+
+    return next(f for f in list_landed_files(feed, str(landing), day) if name in f.path)
+
+
+def _raw_counts(runtime, feed) -> tuple[int, int]:  # noqa: ANN001
+    with runtime.engine.connect() as conn:
+        return tuple(conn.execute(text(
+            f"SELECT count(*), count(DISTINCT txn_id) FROM {feed.raw_table}")).one())
+
+
+def _reconciles(record: ledger.BatchRecord) -> bool:
+    return record.rows == record.rows_loaded + record.rows_held + record.rows_duplicate
+
+
+def test_a_second_file_repeating_keys_loads_only_its_new_keys(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest import reading
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setattr(reading.iter_file_chunks, "__defaults__", (64 << 10,))  # many chunks
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 3001))
+    # 500 repeats with the same values, 500 corrections, 2,000 new transactions.
+    _payments(landing, DAY2, "b", range(2001, 5001), changed=range(2501, 3001))
+
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert (first.status, first.rows_loaded, first.rows_duplicate) == ("accepted", 3000, 0)
+    assert (second.status, second.rows, second.rows_loaded, second.rows_duplicate) == (
+        "accepted", 3000, 2000, 1000)
+    (warning,) = [w for w in second.warnings if "earlier batches" in w]
+    assert "1,000 row(s) repeat a primary key (txn_id)" in warning
+    assert first.batch_id in warning
+    assert "500 with the same values, 500 with changed values" in warning
+    assert "T2026" not in " ".join(second.warnings)  # no key printed
+    assert _raw_counts(runtime, feed) == (5000, 5000)
+    with runtime.engine.connect() as conn:
+        kept = conn.execute(text(f"SELECT amount, batch_id FROM {feed.raw_table} "
+                                 f"WHERE txn_id = '{_txn(2600)}'")).one()
+    assert tuple(kept) == (1234.5, first.batch_id)  # the first load of a key is kept
+    record = ledger.get_batch(runtime.engine, second.batch_id)
+    assert _reconciles(record) and record.rows_duplicate == 1000
+    assert any("earlier batches" in w["message"] for w in record.warnings)
+
+
+def test_a_superset_redelivery_through_the_flow_loads_only_the_new_rows(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    prefect_harness: None,
+) -> None:
+    from puhui.pipeline import run_ingest_flow
+
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    _payments(landing, DAY1, "20260930", range(1, 2001))
+    first = run_ingest_flow(DAY1, partner="mobile_payments")
+    assert (first["rows_loaded"], first["rows_duplicate"]) == (2000, 0)
+    # Yesterday's rows resent with today's, under today's name.
+    _payments(landing, DAY2, "20261001", range(1, 4001))
+    second = run_ingest_flow(DAY2, partner="mobile_payments")
+    assert (second["rows"], second["rows_loaded"], second["rows_duplicate"]) == (4000, 2000, 2000)
+    runtime, feed, _ = _ingestor()
+    assert _raw_counts(runtime, feed) == (4000, 4000)
+    records = ledger.list_batches(runtime.engine, partner="mobile_payments")
+    assert all(_reconciles(r) for r in records) and len(records) == 2
+
+
+def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest.quarantine import release_batch
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(501, 1501), changed=range(501, 601), bogus=1200)
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert held.status == "quarantined"
+
+    record = release_batch(runtime, held.batch_id, "partner confirmed the type code")
+    assert (record.status, record.rows_loaded, record.rows_duplicate) == ("released", 500, 500)
+    assert _reconciles(record)
+    (warning,) = [w["message"] for w in record.warnings if "earlier batches" in w["message"]]
+    assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
+    assert _raw_counts(runtime, feed) == (1500, 1500)
+
+
+def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 3001))
+    _payments(landing, DAY1, "b", range(2001, 5001))
+    start = threading.Barrier(2)
+    outcomes, errors = {}, []
+
+    def ingest(name: str) -> None:
+        try:
+            _, feed, ingestor = _ingestor()  # each thread its own ingestor, as two runs
+            landed = _landed(feed, landing, DAY1, f"_{name}")
+            start.wait()
+            outcomes[name] = ingestor.ingest(landed)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(n,)) for n in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    runtime, feed, _ = _ingestor()
+    assert _raw_counts(runtime, feed) == (5000, 5000)
+    assert sorted(o.rows_loaded for o in outcomes.values()) == [2000, 3000]
+    assert sorted(o.rows_duplicate for o in outcomes.values()) == [0, 1000]
+    assert all(_reconciles(ledger.get_batch(runtime.engine, o.batch_id))
+               for o in outcomes.values())
+
+
+_BACKFILL_SCRIPT = """
+from puhui.config import PartnersConfig, load_config
+from puhui.ingest.key_index import ensure_key_index
+from puhui.runtime import open_runtime
+
+runtime = open_runtime()
+ensure_key_index(runtime, load_config(runtime.settings.config_dir, PartnersConfig)
+                 .get("mobile_payments"))
+print("done")
+"""
+
+
+def test_backfill_indexes_a_warehouse_from_before_and_reports_keys_loaded_twice(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setattr(key_index, "_BACKFILL_ROWS", 700)  # several parts
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(2001, 3001))
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
+    # The warehouse as the code before the index left it: no index, and ten of batch b's
+    # keys loaded a second time, by the earlier batch a (stored after b's rows).
+    columns = ", ".join(name for name, _ in key_index.stored_columns(feed))
+    with runtime.engine.begin() as conn:
+        conn.execute(text(
+            f"INSERT INTO {feed.raw_table} (batch_id, row_number, {columns}) "
+            f"SELECT :a, row_number + 100000, {columns} FROM {feed.raw_table} "
+            "WHERE batch_id = :b AND row_number <= 10"), {"a": a, "b": b})
+        conn.execute(text("DELETE FROM ingest_keys"))
+        conn.execute(text("DELETE FROM ingest_key_backfills"))
+    key_index._indexed.clear()
+
+    # kill -9 midway: nothing of it stays; the next use does it whole.
+    killed = subprocess.run([sys.executable, "-c", _BACKFILL_SCRIPT], capture_output=True,
+                            text=True, env={**os.environ, "PUHUI_CRASH_AT": "key-backfill"},
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ingest_keys")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM ingest_key_backfills")).scalar() == 0
+
+    with caplog.at_level(logging.WARNING, logger="puhui.ingest"):
+        done = key_index.ensure_key_index(runtime, feed)
+    assert done == key_index.Backfill(rows_indexed=2010, rows_repeated=10)
+    (line,) = [r.getMessage() for r in caplog.records if "loaded twice" in r.getMessage()]
+    assert "mobile_payments: 10 row(s)" in line and "T2026" not in line
+    owners = "SELECT batch_id, count(*) FROM ingest_keys GROUP BY batch_id"
+    with runtime.engine.connect() as conn:
+        assert dict(conn.execute(text(owners)).all()) == {a: 1010, b: 990}  # first batch wins
+        assert conn.execute(text("SELECT rows_repeated FROM ingest_key_backfills")).scalar() == 10
+
+    key_index._indexed.clear()
+    assert key_index.ensure_key_index(runtime, feed) is None  # done once, recorded
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ingest_keys")).scalar() == 2000
+
+    # Later files meet the index: keys of b's first ten rows are a's now.
+    _payments(landing, DAY3, "c", [*range(2001, 2006), *range(5001, 5101)])
+    third = ingestor.ingest(_landed(feed, landing, DAY3, "_c"))
+    assert (third.rows_loaded, third.rows_duplicate) == (100, 5)
+    assert any(a in w and b not in w for w in third.warnings if "earlier batches" in w)
