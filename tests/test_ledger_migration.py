@@ -28,7 +28,7 @@ def test_0005_keeps_ledger_rows_with_no_time_reruns_and_downgrades(warehouse_url
             "checksum, bytes, status, landed_at) VALUES ('b1', 'mobile_payments', "
             "'/l/a.csv', :d, 'c1', 120, 'accepted', :t)"),
             {"d": date(2026, 9, 30), "t": datetime(2026, 9, 30, 8, tzinfo=UTC)})
-    assert upgrade_schema(engine) == "0007"
+    assert upgrade_schema(engine) == "0008"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         row = conn.execute(text(
@@ -37,11 +37,11 @@ def test_0005_keeps_ledger_rows_with_no_time_reruns_and_downgrades(warehouse_url
 
     with engine.begin() as conn:  # re-run over a database that already has the column
         command.stamp(_alembic_config(conn), "0004")
-    assert upgrade_schema(engine) == "0007"
+    assert upgrade_schema(engine) == "0008"
     with engine.begin() as conn:
         command.downgrade(_alembic_config(conn), "0004")
     assert "mtime_ns" not in {c["name"] for c in inspect(engine).get_columns("ingest_batches")}
-    assert upgrade_schema(engine) == "0007"
+    assert upgrade_schema(engine) == "0008"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar() == 1
@@ -60,7 +60,7 @@ def test_0006_marks_rows_with_a_time_settled_and_leaves_the_rest_to_ingest(
                 ":p, :d, :b, 120, :m, 'accepted', :t)"),
                 {"b": batch_id, "p": f"/l/{batch_id}.csv", "m": mtime,
                  "d": date(2026, 9, 30), "t": datetime(2026, 9, 30, 8, tzinfo=UTC)})
-    assert upgrade_schema(engine) == "0007"
+    assert upgrade_schema(engine) == "0008"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:
         marks = dict(conn.execute(text(
@@ -71,7 +71,7 @@ def test_0006_marks_rows_with_a_time_settled_and_leaves_the_rest_to_ingest(
 
     with engine.begin() as conn:  # re-run over a database that already has the column
         command.stamp(_alembic_config(conn), "0005")
-    assert upgrade_schema(engine) == "0007"
+    assert upgrade_schema(engine) == "0008"
     with engine.begin() as conn:
         command.downgrade(_alembic_config(conn), "0005")
     columns = {c["name"] for c in inspect(engine).get_columns("ingest_batches")}

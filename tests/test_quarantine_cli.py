@@ -33,13 +33,15 @@ FEED = "mobile_payments"
 
 
 def _payments(path: Path, rows: int, bogus_rows: tuple[int, ...] = (),
-              future_rows: tuple[int, ...] = ()) -> None:
+              future_rows: tuple[int, ...] = (), first_txn: int = 0) -> None:
     """A mobile_payments CSV; ``bogus_rows`` get a transaction type outside the suite's set
     (a critical failure), ``future_rows`` a time after the delivery day (a warning), and
-    row 7 repeats row 3's txn_id (a duplicate key)."""
+    row 7 repeats row 3's txn_id (a duplicate key). Transactions are numbered from
+    ``first_txn``: files of other transactions need other numbers (a key is loaded once
+    per feed)."""
     lines = ["txn_id,payer_phone,txn_time,txn_type,amount,merchant_category,days_past_due,status"]
     for row in range(1, rows + 1):
-        txn = 2026093000000000 + (3 if row == 7 else row)
+        txn = 2026093000000000 + first_txn + (3 if row == 7 else row)
         kind = "REFUND" if row in bogus_rows else "MERCHANT"
         day = "2026-10-03" if row in future_rows else "2026-09-30"
         lines.append(f'T{txn},+86 138 {row % 10000:04d} 5678,{day}T08:00:00+08:00,{kind},'
@@ -68,7 +70,7 @@ def held_env(puhui_env: Path, warehouse_url: str, tmp_path: Path,
     landing = tmp_path / "landing"
     folder = landing / FEED / DAY.isoformat()
     _payments(folder / "mobile_payments_a.csv", 60, future_rows=(9,))
-    _payments(folder / "mobile_payments_b.csv", 40, bogus_rows=(5, 12))
+    _payments(folder / "mobile_payments_b.csv", 40, bogus_rows=(5, 12), first_txn=1000)
     (folder / "mobile_payments_c.csv").write_bytes(b"\xff\xfe\x00garbage\x00\x01" * 20)
     suites = tmp_path / "expectations"
     shutil.copytree(repo_root() / "expectations", suites)
