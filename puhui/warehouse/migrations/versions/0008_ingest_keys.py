@@ -30,15 +30,15 @@ def upgrade() -> None:
     if 'ingest_keys' not in have:
         op.create_table(
             'ingest_keys',
-            sa.Column('key_hi', sa.BigInteger(), autoincrement=False, nullable=False),
-            sa.Column('key_lo', sa.BigInteger(), autoincrement=False, nullable=False),
+            sa.Column('key_hash', sa.LargeBinary(length=16), nullable=False,
+                      comment="128-bit hash of the feed and the row's primary key"),
             sa.Column('batch_id', sa.String(length=40), nullable=False,
                       server_default=sa.text("current_setting('puhui.batch_id')"),
                       comment='the batch that loaded the key'),
-            sa.Column('value_hash', sa.BigInteger(), nullable=False,
+            sa.Column('value_hash', sa.LargeBinary(length=8), nullable=False,
                       comment="64-bit hash of the loaded row's values: tells a repeat from "
                               "a correction"),
-            sa.PrimaryKeyConstraint('key_hi', 'key_lo', name='pk_ingest_keys'),
+            sa.PrimaryKeyConstraint('key_hash', name='pk_ingest_keys'),
         )
     if 'ingest_key_backfills' not in have:
         op.create_table(
