@@ -3,7 +3,7 @@
 Within a file the first row of a key is kept (``batches.SeenKeys``). Across files of one
 feed (an overlapping or corrected redelivery under a new name, yesterday's rows resent with
 today's) the index decides: every loaded row's key is claimed in ``ingest_keys`` (feed,
-128-bit key hash, batch) in the same transaction that loads the row, and a row whose key
+126-bit key hash, batch) in the same transaction that loads the row, and a row whose key
 another batch claimed first is not loaded. It counts in ``rows_duplicate``, and the batch's
 warning says how many rows repeat earlier batches' keys (same values, or changed: a
 correction) and names those batches, never a key or a value.
@@ -16,8 +16,8 @@ loads safe; a per-feed transaction lock makes the second one wait for the first 
 deadlocking on each other's keys.
 
 The key hash is two SipHash-2-4 halves (pandas' ``hash_array``), keyed by the feed, of the
-key's text: 128 bits,
-so a collision that would drop a distinct row is ~1e-19 likely at 10^10 keys, and hard to
+key's text: 126 bits (one bit of each half keeps it from printing as 18 digits),
+so a collision that would drop a distinct row is ~1e-18 likely at 10^10 keys, and hard to
 craft. The value hash (64 bits, vectorized) only tells a repeat from a correction in the
 warning; nothing is decided by it.
 
@@ -43,7 +43,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -78,14 +77,13 @@ except ImportError:  # pragma: no cover - psycopg is a dependency
 _UNIQUE_VIOLATIONS = (IntegrityError, sqlite3.IntegrityError, _PsycopgIntegrityError)
 
 _stage_metadata = MetaData()
-_STAGE_COLUMNS = "key_hash {bytes}, value_hash {bytes}, row_number bigint"
 _STAGE = Table(
-    "puhui_key_stage", _stage_metadata, Column("key_hash", LargeBinary),
-    Column("value_hash", LargeBinary), Column("row_number", BigInteger),
+    "puhui_key_stage", _stage_metadata,
+    *(Column(name, BigInteger) for name in ("key_hi", "key_lo", "value_hash", "row_number")),
 )
 _BACKFILL_STAGE = Table(
     "puhui_key_backfill_stage", _stage_metadata,
-    Column("key_hash", LargeBinary), Column("value_hash", LargeBinary),
+    *(Column(name, BigInteger) for name in ("key_hi", "key_lo", "value_hash")),
     Column("batch_id", Text),
 )
 _BATCH_ORDER = Table(
@@ -185,7 +183,7 @@ def _column_words(values: pa.Array) -> np.ndarray:
 
 @dataclass
 class RowHashes:
-    """Per row: the key's 128-bit hash (two int64 halves) and a 64-bit hash of its values."""
+    """Per row: the key's hash (two int64 halves, 63 bits each) and a hash of its values."""
 
     key_hi: np.ndarray
     key_lo: np.ndarray
@@ -196,25 +194,28 @@ class RowHashes:
     def take(self, mask: np.ndarray) -> RowHashes:
         return RowHashes(self.key_hi[mask], self.key_lo[mask], self.value[mask])
 
-    def key_bytes(self, rows: np.ndarray) -> pa.Array:
-        """The 16-byte keys of ``rows`` (big-endian halves: byte order is ``order()``'s)."""
-        return _as_binary(np.stack([self.key_hi[rows].view(np.uint64).astype(">u8"),
-                                    self.key_lo[rows].view(np.uint64).astype(">u8")], axis=1))
-
-    def value_bytes(self, rows: np.ndarray) -> pa.Array:
-        return _as_binary(self.value[rows].view(np.uint64).astype(">u8").reshape(-1, 1))
-
     def order(self) -> np.ndarray:
         if self.sorted_by_key is None:
-            # By the high half alone (as the index compares bytes: unsigned): equal high
-            # halves are too rare to matter for order.
-            self.sorted_by_key = np.argsort(self.key_hi.view(np.uint64))
+            # By the high half alone: equal high halves are too rare to matter for order.
+            self.sorted_by_key = np.argsort(self.key_hi)
         return self.sorted_by_key
+
+
+_BIT_62 = np.uint64(1 << 62)
+
+
+def _nineteen_digits(words: np.ndarray) -> np.ndarray:
+    """``words`` as int64 whose bit 62 is the opposite of the sign bit: every value is at
+    least 2^62 from zero, so it prints as 19 digits. An 18-digit integer is a national ID's
+    shape to any scan of the warehouse (auditors', the privacy tests'), and one in ten
+    64-bit values has 18 digits. Costs one bit of each 64."""
+    negative = words >> np.uint64(63)
+    return ((words & ~_BIT_62) | ((np.uint64(1) - negative) << np.uint64(62))).view(np.int64)
 
 
 def _half_keys(feed: PartnerFeed) -> tuple[str, str]:
     """The SipHash keys (16 characters) of the two halves, per feed: the feed is in the
-    hash, so one index on the hash serves every feed and its entries stay narrow.
+    hash, so one index on (key_hi, key_lo) serves every feed and its entries stay narrow.
     Fixed, not secret: the index must outlive a rotation of the pseudonym key."""
     return tuple(  # type: ignore[return-value]
         hashlib.sha256(f"puhui.keys.v1.{half}.{feed.name}".encode()).hexdigest()[:16]
@@ -224,7 +225,7 @@ def _half_keys(feed: PartnerFeed) -> tuple[str, str]:
 def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
     """The hashes :class:`KeyIndex` claims, for a table of stored columns."""
     keys = key_strings(stored, feed).to_numpy(zero_copy_only=False)
-    halves = [pd.util.hash_array(keys, hash_key=k, categorize=False).view(np.int64)
+    halves = [_nineteen_digits(pd.util.hash_array(keys, hash_key=k, categorize=False))
               for k in _half_keys(feed)]
     state = np.full(stored.num_rows, 0x243F6A8885A308D3, dtype=np.uint64)
     keyed = {s for s, c in stored_columns(feed) if c.name in feed.primary_key}
@@ -233,18 +234,9 @@ def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
             continue  # equal for the rows compared: their keys are
         mixed = (state ^ _column_words(stored[name].combine_chunks())) * _GOLDEN
         state = mixed ^ (mixed >> np.uint64(29))
-    hashes = RowHashes(halves[0], halves[1], _finish(state).view(np.int64))
+    hashes = RowHashes(halves[0], halves[1], _nineteen_digits(_finish(state)))
     hashes.order()  # here, in the reader thread, rather than in the loading one
     return hashes
-
-
-def _as_binary(block: np.ndarray) -> pa.Array:
-    """A (rows, width) uint8 block as a binary array of ``width``-byte values."""
-    rows, width = block.shape[0], block.dtype.itemsize * block.shape[1]
-    offsets = np.arange(0, rows * width + 1, width, dtype=np.int32)
-    data = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
-    return pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets),
-                                                     pa.py_buffer(data)])
 
 
 # --------------------------------------------------------------------------- claiming
@@ -271,7 +263,6 @@ class Repeats:
 
 def _stage(conn: Connection, table: Table, columns: str) -> None:
     """Create the session's temporary stage ``table`` if needed, and empty it."""
-    columns = columns.format(bytes="bytea" if conn.dialect.name == "postgresql" else "blob")
     if conn.dialect.name == "postgresql":
         conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {table.name} ({columns}) "
                           "ON COMMIT DELETE ROWS"))
@@ -311,8 +302,8 @@ class KeyIndex:
             self._locked = True
         # In key order, so the index's leaf pages are walked in order.
         order = hashes.order()
-        claims = pa.table({"key_hash": hashes.key_bytes(order),
-                           "value_hash": hashes.value_bytes(order)})
+        claims = pa.table({"key_hi": hashes.key_hi[order], "key_lo": hashes.key_lo[order],
+                           "value_hash": hashes.value[order]})
         # The usual case, no key loaded before: the keys are COPYed straight into the index
         # table, whose primary key checks them as it inserts. A repeat fails that COPY: the
         # savepoint undoes it and the repeats are found through a stage. Measured (README
@@ -326,18 +317,19 @@ class KeyIndex:
                 return chunk, 0
             except _UNIQUE_VIOLATIONS:
                 pass
-        _stage(conn, _STAGE, _STAGE_COLUMNS)
+        _stage(conn, _STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, row_number bigint")
         bulk_insert(conn, _STAGE, claims.append_column(
             "row_number", pa.array(np.asarray(chunk.row_numbers, dtype=np.int64)[order])))
         repeated = conn.execute(text(
             "SELECT s.row_number, k.batch_id, "
             "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END "
             "FROM puhui_key_stage s JOIN ingest_keys k "
-            "ON k.key_hash = s.key_hash")).all()
+            "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo")).all()
         claimed = conn.execute(text(
-            "INSERT INTO ingest_keys (key_hash, batch_id, value_hash) "
-            "SELECT key_hash, :batch_id, value_hash FROM puhui_key_stage s "
-            "WHERE NOT EXISTS (SELECT 1 FROM ingest_keys k WHERE k.key_hash = s.key_hash)"),
+            "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+            "SELECT key_hi, key_lo, :batch_id, value_hash FROM puhui_key_stage s "
+            "WHERE NOT EXISTS (SELECT 1 FROM ingest_keys k "
+            "WHERE k.key_hi = s.key_hi AND k.key_lo = s.key_lo)"),
             {"batch_id": self.batch_id}).rowcount
         if claimed + len(repeated) != count:  # a key twice in one chunk: SeenKeys' job
             raise RuntimeError(f"{self.feed.name}: {count - claimed - len(repeated)} row(s) "
@@ -441,19 +433,19 @@ def _index_part(conn: Connection, feed: PartnerFeed, stored: pa.Table, batch_ids
     owner = ids[np.maximum.accumulate(np.where(first, np.arange(len(at)), 0))]
     repeated = int(((~first) & (ids != owner)).sum())  # a batch's own repeats are not news
     keep = at[first]
-    _stage(conn, _BACKFILL_STAGE, "key_hash {bytes}, value_hash {bytes}, batch_id text")
+    _stage(conn, _BACKFILL_STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, batch_id text")
     bulk_insert(conn, _BACKFILL_STAGE, pa.table({
-        "key_hash": hashes.key_bytes(keep), "value_hash": hashes.value_bytes(keep),
-        "batch_id": pa.array(batch_ids[keep], pa.string())}))
+        "key_hi": hashes.key_hi[keep], "key_lo": hashes.key_lo[keep],
+        "value_hash": hashes.value[keep], "batch_id": pa.array(batch_ids[keep], pa.string())}))
     repeated += conn.execute(text(
         "SELECT count(*) FROM puhui_key_backfill_stage s JOIN ingest_keys k "
-        "ON k.key_hash = s.key_hash "
+        "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo "
         "WHERE k.batch_id <> s.batch_id")).scalar_one()
     order_of = "(SELECT ord FROM puhui_batch_order o WHERE o.batch_id = {})"
     conn.execute(text(
-        "INSERT INTO ingest_keys (key_hash, batch_id, value_hash) "
-        "SELECT key_hash, batch_id, value_hash FROM puhui_key_backfill_stage "
-        "WHERE true ON CONFLICT (key_hash) DO UPDATE "
+        "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+        "SELECT key_hi, key_lo, batch_id, value_hash FROM puhui_key_backfill_stage "
+        "WHERE true ON CONFLICT (key_hi, key_lo) DO UPDATE "
         "SET batch_id = excluded.batch_id, value_hash = excluded.value_hash "
         f"WHERE {order_of.format('excluded.batch_id')} < "
         f"{order_of.format('ingest_keys.batch_id')}"))

@@ -91,7 +91,6 @@ _FIXED_WIDTH = {
     "timestamp without time zone": ">i8",
 }
 _TEXT_TYPES = ("text", "character varying", "json")  # binary form = the UTF-8 bytes
-_BYTES_TYPES = ("bytea",)  # binary form = the bytes
 _ARROW_NUMBERS = {
     ">i8": pa.int64(),
     ">i4": pa.int32(),
@@ -131,9 +130,6 @@ def _binary_values(values: pa.ChunkedArray, server_type: str) -> pa.ChunkedArray
         if server_type in _TEXT_TYPES:
             if pa.types.is_string(kind) or pa.types.is_large_string(kind):
                 return values.cast(pa.string())
-        elif server_type in _BYTES_TYPES:
-            if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-                return values.cast(pa.binary())
         elif server_type == "boolean":
             if pa.types.is_boolean(kind):
                 return values
@@ -246,7 +242,7 @@ def _binary_plan(conn: Connection, table: Table, data: pa.Table) -> tuple[pa.Tab
     encoded: dict[str, tuple[pa.ChunkedArray, str | None]] = {}
     for name in data.column_names:
         server_type = types.get(name)
-        if server_type not in _FIXED_WIDTH and server_type not in (*_TEXT_TYPES, *_BYTES_TYPES):
+        if server_type not in _FIXED_WIDTH and server_type not in _TEXT_TYPES:
             return None
         try:
             values = _binary_values(data[name], server_type)

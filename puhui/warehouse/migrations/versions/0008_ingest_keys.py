@@ -6,7 +6,7 @@ Create Date: 2026-12-02 13:40:00
 
 Ingestion kept the first row of a primary key within one file only, so a key repeated by a
 later file of the same feed (an overlapping or corrected redelivery under a new name) was
-loaded again. ``ingest_keys`` holds one row per 128-bit key hash with the batch that loaded it (the
+loaded again. ``ingest_keys`` holds one row per 126-bit key hash with the batch that loaded it (the
 feed keys the hash, so the primary key is the hash alone), written in the
 load's own transaction; ``ingest_key_backfills`` records which feeds' existing raw rows have
 been indexed. The backfill itself needs each feed's contract
@@ -30,15 +30,15 @@ def upgrade() -> None:
     if 'ingest_keys' not in have:
         op.create_table(
             'ingest_keys',
-            sa.Column('key_hash', sa.LargeBinary(length=16), nullable=False,
-                      comment="128-bit hash of the feed and the row's primary key"),
+            sa.Column('key_hi', sa.BigInteger(), autoincrement=False, nullable=False),
+            sa.Column('key_lo', sa.BigInteger(), autoincrement=False, nullable=False),
             sa.Column('batch_id', sa.String(length=40), nullable=False,
                       server_default=sa.text("current_setting('puhui.batch_id')"),
                       comment='the batch that loaded the key'),
-            sa.Column('value_hash', sa.LargeBinary(length=8), nullable=False,
+            sa.Column('value_hash', sa.BigInteger(), nullable=False,
                       comment="64-bit hash of the loaded row's values: tells a repeat from "
                               "a correction"),
-            sa.PrimaryKeyConstraint('key_hash', name='pk_ingest_keys'),
+            sa.PrimaryKeyConstraint('key_hi', 'key_lo', name='pk_ingest_keys'),
         )
     if 'ingest_key_backfills' not in have:
         op.create_table(
