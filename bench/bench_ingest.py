@@ -1,7 +1,10 @@
 """Benchmark: ingest of a mobile_payments file on PostgreSQL, end to end.
 
 Measured in one run, on the same file and the same throwaway PostgreSQL server:
-- puhui: read + pseudonymize + validate (GX) + COPY load, through ``FileIngestor``;
+- puhui: read + pseudonymize + validate (GX) + key index + COPY load, through
+  ``FileIngestor``; and the same without the feed's key index (``ingest_keys``: the code
+  before it, A/B in one run), then in the same warehouse a redelivery: a second file of as
+  many rows whose first half repeats the second half of the first file (same values);
 - the hardware limit: ``psql \\copy`` of the same file into an all-text table;
 - the naive way: ``pandas.read_csv`` + ``DataFrame.to_sql`` with default settings.
 puhui and ``psql \\copy`` run ``--repeats`` times each, alternating, each time into a fresh
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -36,6 +41,7 @@ from bench.results_file import write_results  # noqa: E402
 
 DELIVERY = date(2026, 9, 30)
 WARM_UP = date(2026, 9, 29)
+REDELIVERY = date(2026, 10, 1)
 KEY = "bench-key-" + "0" * 40
 PAYMENT_COLUMNS = (
     "txn_id",
@@ -112,8 +118,44 @@ def landing_for(rows: int, workdir: Path) -> Path:
     return landing
 
 
-def ingest_once(landing: Path) -> dict:
-    """Ingest the landing zone's mobile_payments with the library (no Prefect), timed."""
+def add_redelivery(landing: Path, rows: int) -> None:
+    """A second delivery of ``rows`` rows: the first file's second half again (same bytes
+    per row), then as many new transactions."""
+    folder = landing / "mobile_payments"
+    strings = pa_csv.ConvertOptions(column_types={n: pa.string() for n in PAYMENT_COLUMNS},
+                                    strings_can_be_null=True)
+    first = pa_csv.read_csv(folder / DELIVERY.isoformat() / "mobile_payments_20260930.csv",
+                            convert_options=strings)
+    half = rows // 2
+    fresh_path = landing / "fresh.csv"
+    write_payments_file(fresh_path, rows - half, seed=3, first_id=rows)
+    fresh = pa_csv.read_csv(fresh_path, convert_options=strings)
+    fresh_path.unlink()
+    table = pa.concat_tables([first.slice(rows - half), fresh])
+    target = folder / REDELIVERY.isoformat() / "mobile_payments_20261001.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pa_csv.write_csv(table, target)  # empty fields were read as NULL: written empty again
+
+
+@contextmanager
+def without_key_index() -> Iterator[None]:
+    """Ingest as the code did before ``ingest_keys`` (A/B): no key hashes, no claims."""
+    from puhui.ingest import batches
+
+    saved = batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim
+    batches.row_hashes = lambda *_: None
+    batches.ensure_key_index = lambda *_: None
+    batches.KeyIndex.claim = lambda self, chunk: (chunk, 0)
+    try:
+        yield
+    finally:
+        batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim = saved
+
+
+def ingest_once(landing: Path, key_index: bool = True,
+                between: Callable[[], None] | None = None) -> dict:
+    """Ingest the landing zone's mobile_payments with the library (no Prefect), timed; the
+    redelivery too when the landing zone has one (``between`` runs before it, untimed)."""
     from puhui.config import PartnersConfig, load_config
     from puhui.ingest.batches import FileIngestor
     from puhui.ingest.pseudonymize import pseudonym_key_bytes
@@ -125,14 +167,23 @@ def ingest_once(landing: Path) -> dict:
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
     validator = BatchValidator()
     ingestor = FileIngestor(runtime, feed, validator, pseudonym_key_bytes(KEY))
-    (warm,) = list_landed_files(feed, str(landing), WARM_UP)
-    assert ingestor.ingest(warm).status == "accepted"
-    (landed,) = list_landed_files(feed, str(landing), DELIVERY)
-    started = time.perf_counter()
-    outcome = ingestor.ingest(landed)
-    seconds = time.perf_counter() - started
-    assert outcome.status == "accepted", outcome
-    return {"seconds": seconds, "rows_loaded": outcome.rows_loaded}
+    result = {}
+    with nullcontext() if key_index else without_key_index():
+        (warm,) = list_landed_files(feed, str(landing), WARM_UP)
+        assert ingestor.ingest(warm).status == "accepted"
+        for name, day in (("", DELIVERY), ("redelivery_", REDELIVERY)):
+            found = list_landed_files(feed, str(landing), day)
+            if not found:
+                continue
+            if name and between is not None:
+                between()
+            started = time.perf_counter()
+            outcome = ingestor.ingest(found[0])
+            seconds = time.perf_counter() - started
+            assert outcome.status == "accepted", outcome
+            result.update({f"{name}seconds": seconds, f"{name}rows_loaded": outcome.rows_loaded,
+                           f"{name}rows_duplicate": outcome.rows_duplicate})
+    return result
 
 
 def psql_copy_seconds(
@@ -238,24 +289,32 @@ def main() -> int:
         path = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
         size_mb = path.stat().st_size / 1e6
 
+        add_redelivery(landing, args.rows)
         copy_db = pg.create_database("bench_copy").rsplit("/", 1)[-1]
-        ours_runs, copy_runs = [], []
+        runs: dict[str, list[float]] = {k: [] for k in (
+            "ours", "ours_redelivery", "without_index", "without_index_redelivery", "copy")}
+        redelivered: dict[str, dict] = {}
         for run in range(args.repeats):
-            # Each puhui run gets a fresh warehouse and home: the file is new to it every time.
-            os.environ.update(
-                {
-                    "PUHUI_WAREHOUSE_URL": pg.create_database(f"bench_ours_{run}"),
-                    "PUHUI_HOME": str(workdir / f"home-{run}"),
-                }
-            )
-            print(f"run {run + 1}/{args.repeats}: puhui ingest (read + pseudonymize + "
-                  "validate + COPY)...", flush=True)
-            ours = ingest_once(landing)
-            ours_runs.append(ours["seconds"])
-            quiet_server(pg, f"bench_ours_{run}", "raw_mobile_payments")
+            for mode, label in (("ours", "with"), ("without_index", "without")):
+                # Each puhui run gets a fresh warehouse and home: the file is new to it.
+                database = f"bench_{mode}_{run}"
+                os.environ.update({"PUHUI_WAREHOUSE_URL": pg.create_database(database),
+                                   "PUHUI_HOME": str(workdir / f"home-{mode}-{run}")})
+                print(f"run {run + 1}/{args.repeats}: puhui ingest {label} the key index (read"
+                      " + pseudonymize + validate + COPY), then the redelivery...", flush=True)
+                ours = ingest_once(landing, key_index=mode == "ours",
+                                   between=lambda db=database: quiet_server(
+                                       pg, db, "raw_mobile_payments"))
+                runs[mode].append(ours["seconds"])
+                runs[f"{mode}_redelivery"].append(ours["redelivery_seconds"])
+                redelivered[mode] = {k: ours[f"redelivery_{k}"]
+                                     for k in ("rows_loaded", "rows_duplicate")}
+                quiet_server(pg, database, "raw_mobile_payments")
             print(f"run {run + 1}/{args.repeats}: psql \\copy of the same file...", flush=True)
-            copy_runs.append(psql_copy_seconds(pg, copy_db, path, f"copy_target_{run}"))
+            runs["copy"].append(psql_copy_seconds(pg, copy_db, path, f"copy_target_{run}"))
             quiet_server(pg, copy_db, f"copy_target_{run}")
+        ours_runs, copy_runs = runs["ours"], runs["copy"]
+        medians = {k: statistics.median(v) for k, v in runs.items()}
         ours_s, copy_s = statistics.median(ours_runs), statistics.median(copy_runs)
         print("pandas.read_csv + to_sql (default settings)...", flush=True)
         naive_s = to_sql_seconds(pg.create_database("bench_naive"), path)
@@ -278,6 +337,21 @@ def main() -> int:
         "ratio_vs_psql_copy": round(ours_s / copy_s, 2),
         "speedup_vs_to_sql": round(naive_s / ours_s, 1),
         "puhui_rows_per_second": round(args.rows / ours_s),
+        "without_key_index_seconds": round(medians["without_index"], 2),
+        "without_key_index_runs_seconds": [round(x, 2) for x in runs["without_index"]],
+        "ratio_vs_psql_copy_without_key_index": round(medians["without_index"] / copy_s, 2),
+        "key_index_cost_seconds": round(ours_s - medians["without_index"], 2),
+        "redelivery": {
+            "rows": args.rows,
+            "rows_repeating_the_first_file": args.rows // 2,
+            "seconds": round(medians["ours_redelivery"], 2),
+            "runs_seconds": [round(x, 2) for x in runs["ours_redelivery"]],
+            "ratio_vs_psql_copy": round(medians["ours_redelivery"] / copy_s, 2),
+            "outcome": redelivered["ours"],
+            "without_key_index_seconds": round(medians["without_index_redelivery"], 2),
+            "without_key_index_outcome": redelivered["without_index"],
+        },
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "memory_run_rows": args.memory_rows,
         "memory_run_seconds": round(big_seconds, 2),
         "memory_run_peak_rss_mib": round(big_peak),
@@ -299,6 +373,18 @@ def main() -> int:
     print(
         f"  psql \\copy         {result['psql_copy_seconds']:>7.2f} s  -> puhui is "
         f"{result['ratio_vs_psql_copy']}x the hardware limit (target <= 3x)"
+    )
+    print(
+        f"  without key index  {result['without_key_index_seconds']:>7.2f} s  "
+        f"({result['ratio_vs_psql_copy_without_key_index']}x psql \\copy): the index costs "
+        f"{result['key_index_cost_seconds']:.2f} s"
+    )
+    redelivery = result["redelivery"]
+    print(
+        f"  redelivery, half its keys loaded before: {redelivery['seconds']:.2f} s "
+        f"({redelivery['ratio_vs_psql_copy']}x psql \\copy of the first file), "
+        f"{redelivery['outcome']}; without the index {redelivery['without_key_index_seconds']:.2f}"
+        f" s, {redelivery['without_key_index_outcome']}"
     )
     print(
         f"  pandas.to_sql      {result['to_sql_seconds']:>7.2f} s  -> puhui is "
