@@ -18,11 +18,14 @@ from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from sqlalchemy import text
 
-from puhui.config import PartnersConfig, load_config
+from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.ingest import ledger
+from puhui.ingest.raw_tables import stored_columns
 from puhui.runtime import open_runtime
 
 DAY1, DAY2, DAY3 = date(2026, 9, 30), date(2026, 10, 1), date(2026, 10, 2)
@@ -254,3 +257,29 @@ def test_backfill_indexes_a_warehouse_from_before_and_reports_keys_loaded_twice(
     third = ingestor.ingest(_landed(feed, landing, DAY3, "_c"))
     assert (third.rows_loaded, third.rows_duplicate) == (100, 5)
     assert any(a in w and b not in w for w in third.warnings if "earlier batches" in w)
+
+
+def _two_text_key_feed() -> PartnerFeed:
+    """The customers feed with a key of two text columns (customer_id, occupation)."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    feed = load_config(configs, PartnersConfig).get("customers")
+    return feed.model_copy(update={"primary_key": ["customer_id", "occupation"]})
+
+
+def test_keys_whose_parts_differ_never_give_the_same_key_or_hash() -> None:
+    from puhui.ingest.batches import PreparedChunk, SeenKeys, drop_duplicate_keys
+    from puhui.ingest.key_index import key_strings, row_hashes
+
+    feed = _two_text_key_feed()
+    # A separator inside a part, and a NULL part against a text that once stood for NULL.
+    ids = ["a\x1fb", "a", "c", "c", "d\x1f", "d"]
+    jobs = ["c", "b\x1fc", None, "\0null", "", "\x1f"]
+    stored = pa.table({s: pa.array(ids if c.name == "customer_id" else jobs, pa.string())
+                       for s, c in stored_columns(feed)
+                       if c.name in ("customer_id", "occupation")})
+    assert len(set(key_strings(stored, feed).to_pylist())) == 6
+    hashes = row_hashes(stored, feed)
+    assert len(set(zip(hashes.key_hi.tolist(), hashes.key_lo.tolist(), strict=True))) == 6
+    chunk = PreparedChunk(stored, {}, np.arange(1, 7))
+    kept, dropped = drop_duplicate_keys(chunk, feed, SeenKeys())
+    assert (len(kept.row_numbers), dropped) == (6, 0)  # six distinct rows, all kept

@@ -93,13 +93,21 @@ _BATCH_ORDER = Table(
 
 # --------------------------------------------------------------------------- hashing
 def key_strings(stored: pa.Table, feed: PartnerFeed) -> pa.Array:
-    """Each row's primary key as one string (columns joined by a unit separator)."""
+    """Each row's primary key as one string that no other key gives.
+
+    Each part is its byte length and ":" before its text, after a flag byte ("\\x01"); a
+    NULL part is the flag "\\x00" alone. A separator between parts would let a value
+    containing it move text from one part to the next (('a\\x1fb', 'c') and
+    ('a', 'b\\x1fc')), and a NULL written as some text collides with that text.
+    """
     names = {c.name: s for s, c in stored_columns(feed)}
     parts = []
     for key in feed.primary_key:
         values = stored[names[key]].combine_chunks().cast(pa.string())
-        parts.append(pc.fill_null(values, "\0null") if values.null_count else values)
-    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
+        length = pc.binary_length(values).cast(pa.string())
+        part = pc.binary_join_element_wise("\x01", length, ":", values, "")
+        parts.append(pc.fill_null(part, "\x00") if values.null_count else part)
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "")
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -218,7 +226,7 @@ def _half_keys(feed: PartnerFeed) -> tuple[str, str]:
     hash, so one index on (key_hi, key_lo) serves every feed and its entries stay narrow.
     Fixed, not secret: the index must outlive a rotation of the pseudonym key."""
     return tuple(  # type: ignore[return-value]
-        hashlib.sha256(f"puhui.keys.v1.{half}.{feed.name}".encode()).hexdigest()[:16]
+        hashlib.sha256(f"puhui.keys.v2.{half}.{feed.name}".encode()).hexdigest()[:16]
         for half in ("hi", "lo"))
 
 
