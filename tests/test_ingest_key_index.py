@@ -283,3 +283,33 @@ def test_keys_whose_parts_differ_never_give_the_same_key_or_hash() -> None:
     chunk = PreparedChunk(stored, {}, np.arange(1, 7))
     kept, dropped = drop_duplicate_keys(chunk, feed, SeenKeys())
     assert (len(kept.row_numbers), dropped) == (6, 0)  # six distinct rows, all kept
+
+
+def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(501, 1501))
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    # The contract's primary key gains a column: every key's text changes.
+    wider = feed.model_copy(update={"primary_key": ["txn_id", "txn_type"]})
+    again = FileIngestor(runtime, wider, BatchValidator(),
+                         pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    with caplog.at_level(logging.WARNING, logger="puhui.ingest"):
+        second = again.ingest(_landed(wider, landing, DAY2, "_b"))
+    assert (second.rows_loaded, second.rows_duplicate) == (500, 500)
+    assert any(first.batch_id in w for w in second.warnings if "earlier batches" in w)
+    assert _raw_counts(runtime, feed) == (1500, 1500)
+    assert any("key index rebuilt" in r.getMessage() for r in caplog.records)
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ingest_keys")).scalar() == 1500
+        assert conn.execute(text("SELECT rows_indexed FROM ingest_key_backfills")
+                            ).scalar() == 1000

@@ -46,6 +46,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    delete,
     insert,
     inspect,
     select,
@@ -221,12 +222,24 @@ def _nineteen_digits(words: np.ndarray) -> np.ndarray:
     return ((words & ~_BIT_62) | ((np.uint64(1) - negative) << np.uint64(62))).view(np.int64)
 
 
+def key_definition(feed: PartnerFeed) -> str:
+    """A fingerprint of what makes a row's key text: the key encoding's version and each key
+    column in order, with its type and treatment. The same rows give another key text when
+    any of these changes, so the index built under the old one is rebuilt
+    (:func:`ensure_key_index`)."""
+    columns = {c.name: c for c in feed.columns}
+    parts = [f"{c.name}:{c.type}:{c.pii}:{c.treatment}:{c.stored_name}"
+             for c in (columns[name] for name in feed.primary_key)]
+    return hashlib.sha256("|".join(["puhui.keys.v2", *parts]).encode()).hexdigest()[:32]
+
+
 def _half_keys(feed: PartnerFeed) -> tuple[str, str]:
-    """The SipHash keys (16 characters) of the two halves, per feed: the feed is in the
-    hash, so one index on (key_hi, key_lo) serves every feed and its entries stay narrow.
-    Fixed, not secret: the index must outlive a rotation of the pseudonym key."""
+    """The SipHash keys (16 characters) of the two halves, per feed and key definition: the
+    feed is in the hash, so one index on (key_hi, key_lo) serves every feed and its entries
+    stay narrow. Fixed, not secret: the index must outlive a rotation of the pseudonym key."""
+    definition = key_definition(feed)
     return tuple(  # type: ignore[return-value]
-        hashlib.sha256(f"puhui.keys.v2.{half}.{feed.name}".encode()).hexdigest()[:16]
+        hashlib.sha256(f"puhui.keys.{half}.{feed.name}.{definition}".encode()).hexdigest()[:16]
         for half in ("hi", "lo"))
 
 
@@ -350,7 +363,7 @@ class KeyIndex:
 
 
 # --------------------------------------------------------------------------- backfill
-_indexed: set[tuple[str, str]] = set()
+_indexed: set[tuple[str, str, str]] = set()
 _indexed_lock = threading.Lock()
 
 
@@ -361,34 +374,52 @@ class Backfill:
 
 
 def ensure_key_index(runtime: Runtime, feed: PartnerFeed) -> Backfill | None:
-    """Index the feed's existing raw rows once (warehouses from before 0008); None when it
-    was done before. Call before loading rows of ``feed``.
+    """Index the feed's existing raw rows (warehouses from before 0008), or index them again
+    when the feed's key definition changed since they were indexed; None when the index is
+    current. Call before loading rows of ``feed``.
 
     One transaction per feed, holding the feed's key lock: a kill -9 midway leaves nothing,
     and the next load does it again from the start. Rows are read in chunks of
     ``_BACKFILL_ROWS`` (a server-side cursor on PostgreSQL), so memory stays bounded.
     """
     engine = runtime.engine
-    marker = (engine.url.render_as_string(hide_password=True), feed.name)
+    definition = key_definition(feed)
+    marker = (engine.url.render_as_string(hide_password=True), feed.name, definition)
     with _indexed_lock:
         if marker in _indexed:
             return None
-    done = None
+    done, rebuilt = None, False
     with engine.begin() as conn:
         _lock_keys(conn, feed)
-        finished = conn.execute(select(ingest_key_backfills.c.partner).where(
-            ingest_key_backfills.c.partner == feed.name)).first()
-        if finished is None:
+        where = ingest_key_backfills.c.partner == feed.name
+        recorded = conn.execute(select(ingest_key_backfills.c.key_definition).where(where)
+                                ).scalars().first()
+        if recorded != definition:
+            if recorded is not None:
+                # Entries hashed under the old definition match no key hashed now: every
+                # resent row would load again. The raw table has every loaded row, so the
+                # index is built from it again, as a first use builds it.
+                rebuilt = True
+                conn.execute(delete(ingest_keys).where(ingest_keys.c.batch_id.in_(
+                    select(ingest_batches.c.batch_id).where(
+                        ingest_batches.c.partner == feed.name))))
+                conn.execute(delete(ingest_key_backfills).where(where))
             done = _backfill(conn, feed)
             conn.execute(insert(ingest_key_backfills).values(
-                partner=feed.name, rows_indexed=done.rows_indexed,
+                partner=feed.name, key_definition=definition, rows_indexed=done.rows_indexed,
                 rows_repeated=done.rows_repeated, built_at=pd.Timestamp.now(tz="UTC")))
-            if done.rows_indexed:
+            if done.rows_indexed or rebuilt:
                 runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
                     "partner": feed.name, "rows_indexed": done.rows_indexed,
-                    "rows_repeated": done.rows_repeated})
+                    "rows_repeated": done.rows_repeated, "key_definition": definition,
+                    "rebuilt": rebuilt})
     with _indexed_lock:
         _indexed.add(marker)
+    if rebuilt:
+        _log.warning(
+            "%s: key definition changed (primary key %s, its types or treatment): key index "
+            "rebuilt from %s, %s row(s)", feed.name, ", ".join(feed.primary_key),
+            feed.raw_table, f"{done.rows_indexed:,}")  # type: ignore[union-attr]
     if done is not None and done.rows_repeated:
         _log.warning(
             "%s: %s row(s) of %s repeat a primary key (%s) of an earlier batch: loaded "

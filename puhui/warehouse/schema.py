@@ -101,11 +101,14 @@ ingest_keys = Table(
            comment="64-bit hash of the loaded row's values: tells a repeat from a correction"),
 )
 
-# One row per feed whose existing raw rows are in ingest_keys (first use after 0008).
+# One row per feed whose existing raw rows are in ingest_keys (first use after 0008), with
+# the key definition they were hashed under: another one means the index is built again.
 ingest_key_backfills = Table(
     "ingest_key_backfills",
     metadata,
     Column("partner", String(64), primary_key=True),
+    Column("key_definition", String(64), nullable=False,
+           comment="fingerprint of the primary key's columns, types and treatment"),
     Column("rows_indexed", BigInteger, nullable=False),
     Column("rows_repeated", BigInteger, nullable=False,
            comment="raw rows repeating a key of an earlier batch, loaded before the index"),

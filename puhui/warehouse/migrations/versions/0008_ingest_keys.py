@@ -9,9 +9,10 @@ later file of the same feed (an overlapping or corrected redelivery under a new 
 loaded again. ``ingest_keys`` holds one row per 126-bit key hash with the batch that loaded it (the
 feed keys the hash, so the primary key is the hash alone), written in the
 load's own transaction; ``ingest_key_backfills`` records which feeds' existing raw rows have
-been indexed. The backfill itself needs each feed's contract
-(its primary key columns), which lives in configs/, not here: it runs on a feed's first
-load after this migration (puhui.ingest.key_index.ensure_key_index).
+been indexed, and under which key definition (a changed primary key is indexed again).
+The backfill itself needs each feed's contract (its primary key columns), which lives in
+configs/, not here: it runs on a feed's first load after this migration, and again after
+a key definition change (puhui.ingest.key_index.ensure_key_index).
 
 Idempotent, as 0004: a table already there is left alone.
 """
@@ -44,6 +45,8 @@ def upgrade() -> None:
         op.create_table(
             'ingest_key_backfills',
             sa.Column('partner', sa.String(length=64), nullable=False),
+            sa.Column('key_definition', sa.String(length=64), nullable=False,
+                      comment="fingerprint of the primary key's columns, types and treatment"),
             sa.Column('rows_indexed', sa.BigInteger(), nullable=False),
             sa.Column('rows_repeated', sa.BigInteger(), nullable=False,
                       comment='raw rows repeating a key of an earlier batch, loaded before '
