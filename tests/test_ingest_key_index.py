@@ -26,7 +26,7 @@ from sqlalchemy import text
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.ingest import ledger
 from puhui.ingest.raw_tables import stored_columns
-from puhui.runtime import open_runtime
+from puhui.runtime import Runtime, open_runtime
 
 DAY1, DAY2, DAY3 = date(2026, 9, 30), date(2026, 10, 1), date(2026, 10, 2)
 HEADER = "txn_id,payer_phone,txn_time,txn_type,amount,merchant_category,days_past_due,status"
@@ -190,6 +190,49 @@ def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
                for o in outcomes.values())
 
 
+def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
+                         copies: Iterable[tuple[str, str, int, int]]) -> None:
+    """The warehouse as the code before the index left it: no index, and for each
+    (batch, of_batch, rows, offset) the first ``rows`` rows of ``of_batch`` loaded again by
+    ``batch`` (row numbers shifted by ``offset``), stored after every row there."""
+    from puhui.ingest import key_index
+
+    columns = ", ".join(name for name, _ in stored_columns(feed))
+    with runtime.engine.begin() as conn:
+        for batch, of_batch, rows, offset in copies:
+            conn.execute(text(
+                f"INSERT INTO {feed.raw_table} (batch_id, row_number, {columns}) "
+                f"SELECT :batch, row_number + :offset, {columns} FROM {feed.raw_table} "
+                "WHERE batch_id = :of AND row_number <= :rows"),
+                {"batch": batch, "of": of_batch, "rows": rows, "offset": offset})
+        conn.execute(text("DELETE FROM ingest_keys"))
+        conn.execute(text("DELETE FROM ingest_key_backfills"))
+    key_index._indexed.clear()
+
+
+def test_backfill_order_is_when_batches_loaded_on_both_dialects(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    for day, name, first in ((DAY1, "a", 1), (DAY2, "b", 201), (DAY3, "c", 401)):
+        _payments(landing, day, name, range(first, first + 100))
+    a, b, c = (ingestor.ingest(_landed(feed, landing, day, f"_{name}")).batch_id
+               for day, name in ((DAY1, "a"), (DAY2, "b"), (DAY3, "c")))
+    _as_before_the_index(runtime, feed, [(b, a, 10, 100000), (c, b, 10, 100000)])
+    # Ledger rows from before decided_at was set on accepting: a, the first, and c, the last.
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE ingest_batches SET decided_at = NULL "
+                          "WHERE batch_id IN (:a, :c)"), {"a": a, "c": c})
+    assert key_index.ensure_key_index(runtime, feed) == key_index.Backfill(320, 20)
+    owners = "SELECT batch_id, count(*) FROM ingest_keys GROUP BY batch_id"
+    with runtime.engine.connect() as conn:
+        assert dict(conn.execute(text(owners)).all()) == {a: 100, b: 100, c: 100}
+
+
 _BACKFILL_SCRIPT = """
 from puhui.config import PartnersConfig, load_config
 from puhui.ingest.key_index import ensure_key_index
@@ -216,17 +259,8 @@ def test_backfill_indexes_a_warehouse_from_before_and_reports_keys_loaded_twice(
     _payments(landing, DAY2, "b", range(2001, 3001))
     a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
     b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
-    # The warehouse as the code before the index left it: no index, and ten of batch b's
-    # keys loaded a second time, by the earlier batch a (stored after b's rows).
-    columns = ", ".join(name for name, _ in key_index.stored_columns(feed))
-    with runtime.engine.begin() as conn:
-        conn.execute(text(
-            f"INSERT INTO {feed.raw_table} (batch_id, row_number, {columns}) "
-            f"SELECT :a, row_number + 100000, {columns} FROM {feed.raw_table} "
-            "WHERE batch_id = :b AND row_number <= 10"), {"a": a, "b": b})
-        conn.execute(text("DELETE FROM ingest_keys"))
-        conn.execute(text("DELETE FROM ingest_key_backfills"))
-    key_index._indexed.clear()
+    # Ten of batch b's keys loaded a second time, by the earlier batch a (stored after b's).
+    _as_before_the_index(runtime, feed, [(a, b, 10, 100000)])
 
     # kill -9 midway: nothing of it stays; the next use does it whole.
     killed = subprocess.run([sys.executable, "-c", _BACKFILL_SCRIPT], capture_output=True,

@@ -47,6 +47,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     insert,
     inspect,
     select,
@@ -434,8 +435,11 @@ def _backfill(conn: Connection, feed: PartnerFeed) -> Backfill:
     batches = conn.execute(
         select(ingest_batches.c.batch_id)
         .where(ingest_batches.c.partner == feed.name, ingest_batches.c.status.in_(_LOADED))
-        .order_by(ingest_batches.c.decided_at, ingest_batches.c.landed_at,
-                  ingest_batches.c.batch_id)).scalars().all()
+        # When each batch loaded its rows: decided_at, or for ledger rows from before it was
+        # set on accepting, the landing (they were loaded as they landed). Never NULL, so the
+        # order is the same on both dialects (PostgreSQL sorts NULLs last, SQLite first).
+        .order_by(func.coalesce(ingest_batches.c.decided_at, ingest_batches.c.landed_at),
+                  ingest_batches.c.landed_at, ingest_batches.c.batch_id)).scalars().all()
     order = {batch: position for position, batch in enumerate(batches)}
     _stage(conn, _BATCH_ORDER, "batch_id text, ord bigint")
     bulk_insert(conn, _BATCH_ORDER, pa.table({
