@@ -347,3 +347,24 @@ def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
         assert conn.execute(text("SELECT count(*) FROM ingest_keys")).scalar() == 1500
         assert conn.execute(text("SELECT rows_indexed FROM ingest_key_backfills")
                             ).scalar() == 1000
+
+
+def test_backfill_counts_every_repeating_row_whichever_part_it_falls_in(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    monkeypatch.setattr(key_index, "_BACKFILL_ROWS", 700)  # a's rows and b's copies apart
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(2001, 3001))
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
+    # The later batch b loaded ten of a's keys, each twice: twenty rows repeat a's keys.
+    _as_before_the_index(runtime, feed, [(b, a, 10, 100000), (b, a, 10, 200000)])
+    assert key_index.ensure_key_index(runtime, feed) == key_index.Backfill(2020, 20)
+    owners = "SELECT batch_id, count(*) FROM ingest_keys GROUP BY batch_id"
+    with runtime.engine.connect() as conn:
+        assert dict(conn.execute(text(owners)).all()) == {a: 1000, b: 1000}

@@ -88,6 +88,11 @@ _BACKFILL_STAGE = Table(
     *(Column(name, BigInteger) for name in ("key_hi", "key_lo", "value_hash")),
     Column("batch_id", Text),
 )
+_BACKFILL_COUNTS = Table(
+    "puhui_key_backfill_counts", _stage_metadata,
+    *(Column(name, BigInteger) for name in ("key_hi", "key_lo")),
+    Column("batch_id", Text), Column("n", BigInteger),
+)
 _BATCH_ORDER = Table(
     "puhui_batch_order", _stage_metadata, Column("batch_id", Text), Column("ord", BigInteger)
 )
@@ -453,37 +458,47 @@ def _backfill(conn: Connection, feed: PartnerFeed) -> Backfill:
     result = conn.execute(select(table.c.batch_id, *(table.c[n] for n in names)),
                           execution_options={"stream_results": True,
                                              "yield_per": _BACKFILL_ROWS})
-    indexed = repeated = 0
+    indexed = 0
+    _stage(conn, _BACKFILL_COUNTS, "key_hi bigint, key_lo bigint, batch_id text, n bigint")
     for part in result.partitions():
         columns = list(zip(*part, strict=True))
         stored = pa.table({n: pa.array(columns[i + 1], types[n]) for i, n in enumerate(names)})
-        repeated += _index_part(conn, feed, stored, np.array(columns[0], dtype=object), order)
+        _index_part(conn, feed, stored, np.array(columns[0], dtype=object), order)
         indexed += len(part)
         crash_point("key-backfill")
-    return Backfill(indexed, repeated)
+    # Counted once every part is in: a key's owner may change with a later part, and the
+    # rows of one (key, batch) may fall in different parts. A batch's own repeats of a key
+    # (within one file) are not news.
+    repeated = conn.execute(text(
+        "SELECT coalesce(sum(c.n), 0) FROM puhui_key_backfill_counts c JOIN ingest_keys k "
+        "ON k.key_hi = c.key_hi AND k.key_lo = c.key_lo WHERE k.batch_id <> c.batch_id")
+    ).scalar_one()
+    return Backfill(indexed, int(repeated))
 
 
 def _index_part(conn: Connection, feed: PartnerFeed, stored: pa.Table, batch_ids: np.ndarray,
-                order: dict[str, int]) -> int:
-    """Index one part of a raw table (first batch per key wins); returns its rows that
-    repeat a key of another batch."""
+                order: dict[str, int]) -> None:
+    """Index one part of a raw table (first batch per key wins), and stage its rows counted
+    per (key, batch) for :func:`_backfill`'s count of repeats."""
     hashes = row_hashes(stored, feed)
     ords = np.array([order.get(b, len(order)) for b in batch_ids], dtype=np.int64)
-    at = np.lexsort((ords, hashes.key_lo, hashes.key_hi))  # by key, then load order
-    hi, lo, ids = hashes.key_hi[at], hashes.key_lo[at], batch_ids[at]
+    _, codes = np.unique(batch_ids.astype(str), return_inverse=True)
+    at = np.lexsort((codes, ords, hashes.key_lo, hashes.key_hi))  # by key, then load order
+    hi, lo, code = hashes.key_hi[at], hashes.key_lo[at], codes[at]
     first = np.ones(len(at), dtype=bool)
     first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-    owner = ids[np.maximum.accumulate(np.where(first, np.arange(len(at)), 0))]
-    repeated = int(((~first) & (ids != owner)).sum())  # a batch's own repeats are not news
+    group = first.copy()
+    group[1:] |= code[1:] != code[:-1]
+    starts = np.flatnonzero(group)
+    bulk_insert(conn, _BACKFILL_COUNTS, pa.table({
+        "key_hi": hi[starts], "key_lo": lo[starts],
+        "batch_id": pa.array(batch_ids[at[starts]], pa.string()),
+        "n": np.diff(np.append(starts, len(at)))}))
     keep = at[first]
     _stage(conn, _BACKFILL_STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, batch_id text")
     bulk_insert(conn, _BACKFILL_STAGE, pa.table({
         "key_hi": hashes.key_hi[keep], "key_lo": hashes.key_lo[keep],
         "value_hash": hashes.value[keep], "batch_id": pa.array(batch_ids[keep], pa.string())}))
-    repeated += conn.execute(text(
-        "SELECT count(*) FROM puhui_key_backfill_stage s JOIN ingest_keys k "
-        "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo "
-        "WHERE k.batch_id <> s.batch_id")).scalar_one()
     order_of = "(SELECT ord FROM puhui_batch_order o WHERE o.batch_id = {})"
     conn.execute(text(
         "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
@@ -492,4 +507,3 @@ def _index_part(conn: Connection, feed: PartnerFeed, stored: pa.Table, batch_ids
         "SET batch_id = excluded.batch_id, value_hash = excluded.value_hash "
         f"WHERE {order_of.format('excluded.batch_id')} < "
         f"{order_of.format('ingest_keys.batch_id')}"))
-    return repeated
