@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +29,10 @@ from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.ingest import ledger
 from puhui.ingest.raw_tables import stored_columns
 from puhui.runtime import Runtime, open_runtime
+
+if TYPE_CHECKING:
+    from puhui.ingest.batches import FileIngestor
+    from puhui.landing import LandedFile
 
 DAY1, DAY2, DAY3 = date(2026, 9, 30), date(2026, 10, 1), date(2026, 10, 2)
 HEADER = "txn_id,payer_phone,txn_time,txn_type,amount,merchant_category,days_past_due,status"
@@ -53,7 +59,7 @@ def _payments(landing: Path, day: date, name: str, ids: Iterable[int], *,
     return path
 
 
-def _ingestor():  # noqa: ANN202
+def _ingestor() -> tuple[Runtime, PartnerFeed, FileIngestor]:
     from puhui.ingest.batches import FileIngestor
     from puhui.ingest.pseudonymize import pseudonym_key_bytes
     from puhui.validation import BatchValidator
@@ -64,13 +70,13 @@ def _ingestor():  # noqa: ANN202
                                        pseudonym_key_bytes(runtime.settings.pseudonym_key))
 
 
-def _landed(feed, landing: Path, day: date, name: str):  # noqa: ANN001, ANN202
+def _landed(feed: PartnerFeed, landing: Path, day: date, name: str) -> LandedFile:
     from puhui.landing import list_landed_files
 
     return next(f for f in list_landed_files(feed, str(landing), day) if name in f.path)
 
 
-def _raw_counts(runtime, feed) -> tuple[int, int]:  # noqa: ANN001
+def _raw_counts(runtime: Runtime, feed: PartnerFeed) -> tuple[int, int]:
     with runtime.engine.connect() as conn:
         return tuple(conn.execute(text(
             f"SELECT count(*), count(DISTINCT txn_id) FROM {feed.raw_table}")).one())
@@ -153,6 +159,38 @@ def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(
     assert (record.status, record.rows_loaded, record.rows_duplicate) == ("released", 500, 500)
     assert _reconciles(record)
     (warning,) = [w["message"] for w in record.warnings if "earlier batches" in w["message"]]
+    assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
+    assert _raw_counts(runtime, feed) == (1500, 1500)
+
+
+def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.audit import check_action_prefixes
+    from puhui.ingest.quarantine import revalidate_batch
+    from puhui.settings import repo_root
+
+    suites = tmp_path / "expectations"
+    shutil.copytree(repo_root() / "expectations", suites)
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    check_action_prefixes(runtime.engine, ["ingest.keys.indexed"])  # a known action
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(501, 1501), changed=range(501, 601), bogus=1200)
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert held.status == "quarantined"
+
+    # The partner's new transaction type is legitimate: the suite is fixed.
+    suite = suites / "mobile_payments.json"
+    suite.write_text(suite.read_text().replace('"MERCHANT"', '"MERCHANT", "BOGUS"'))
+    outcome = revalidate_batch(runtime, held.batch_id)
+    record = ledger.get_batch(runtime.engine, held.batch_id)
+    assert (record.status, record.rows_loaded, record.rows_duplicate) == ("accepted", 500, 500)
+    assert _reconciles(record)
+    (warning,) = [w for w in outcome.warnings if "earlier batches" in w]
     assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
     assert _raw_counts(runtime, feed) == (1500, 1500)
 

@@ -148,7 +148,8 @@ def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
         ) from None
 
 
-_ARROW_TYPES = {
+# Each contract type as Arrow holds it (also how the key index reads raw rows back).
+ARROW_TYPES = {
     "string": pa.string(),
     "int": pa.int64(),
     "float": pa.float64(),
@@ -165,8 +166,8 @@ def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) ->
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return _parse_text(values.cast(pa.string()), column)
     if pa.types.is_null(values.type):
-        return pa.nulls(len(values), _ARROW_TYPES[column.type])
-    target = _ARROW_TYPES[column.type]
+        return pa.nulls(len(values), ARROW_TYPES[column.type])
+    target = ARROW_TYPES[column.type]
     if column.type == "string":
         return pc.cast(values, pa.string())
     try:

@@ -2,11 +2,11 @@
 
 Within a file the first row of a key is kept (``batches.SeenKeys``). Across files of one
 feed (an overlapping or corrected redelivery under a new name, yesterday's rows resent with
-today's) the index decides: every loaded row's key is claimed in ``ingest_keys`` (feed,
-126-bit key hash, batch) in the same transaction that loads the row, and a row whose key
-another batch claimed first is not loaded. It counts in ``rows_duplicate``, and the batch's
-warning says how many rows repeat earlier batches' keys (same values, or changed: a
-correction) and names those batches, never a key or a value.
+today's) the index decides: every loaded row's key is claimed in ``ingest_keys`` (a 126-bit
+key hash keyed by the feed, so no partner column; the batch) in the same transaction that
+loads the row, and a row whose key another batch claimed first is not loaded. It counts in
+``rows_duplicate``, and the batch's warning says how many rows repeat earlier batches' keys
+(same values, or changed: a correction) and names those batches, never a key or a value.
 
 A chunk's key hashes are COPYed (binary on PostgreSQL) straight into ``ingest_keys``, in
 key order, under a savepoint: the primary key checks them as they go in. When one repeats a
@@ -57,7 +57,7 @@ from sqlalchemy.exc import IntegrityError
 
 from puhui.config import PartnerFeed
 from puhui.crashpoints import crash_point
-from puhui.ingest.contract import _ARROW_TYPES
+from puhui.ingest.contract import ARROW_TYPES
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.engine import lock_for
@@ -452,7 +452,7 @@ def _backfill(conn: Connection, feed: PartnerFeed) -> Backfill:
         "ord": pa.array(list(order.values()), pa.int64())}))
     table = raw_table(feed)
     names = [name for name, _ in stored_columns(feed)]
-    types = {name: _ARROW_TYPES[c.type] if c.treatment != "pseudonymize" else pa.string()
+    types = {name: ARROW_TYPES[c.type] if c.treatment != "pseudonymize" else pa.string()
              for name, c in stored_columns(feed)}
     # Options on the statement, not the connection (that would stream every later one).
     result = conn.execute(select(table.c.batch_id, *(table.c[n] for n in names)),
