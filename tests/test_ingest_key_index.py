@@ -355,6 +355,13 @@ def test_keys_whose_parts_differ_never_give_the_same_key_or_hash() -> None:
     chunk = PreparedChunk(stored, {}, np.arange(1, 7))
     kept, dropped = drop_duplicate_keys(chunk, feed, SeenKeys())
     assert (len(kept.row_numbers), dropped) == (6, 0)  # six distinct rows, all kept
+    # A key of one column: its text, except for NULL and text starting with a flag byte.
+    single = feed.model_copy(update={"primary_key": ["customer_id"]})
+    ids = [None, "\x00", "\x01", "\x01\x00", "\0null", "", "x"]
+    stored = pa.table({s: pa.array(ids, pa.string()) for s, c in stored_columns(single)
+                       if c.name == "customer_id"})
+    assert len(set(key_strings(stored, single).to_pylist())) == 7
+    assert key_strings(stored.slice(5), single).to_pylist() == ["", "x"]  # as they are
 
 
 def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
