@@ -6,12 +6,15 @@ Each test failed before its fix (the comment above each section says how).
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sqlite3
 from datetime import date
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 
 from puhui.config import MAX_FEED_NAME, PartnersConfig, load_config, load_config_file
 from puhui.errors import PuhuiError
@@ -21,6 +24,8 @@ from puhui.ingest.feeds import ingest_feed
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.ingest.quarantine import release_batch
 from puhui.ingest.raw_tables import raw_table
+from puhui.pipeline import run_ingest_flow
+from puhui.privacy import count_identifier_numbers, find_raw_identifiers
 from puhui.runtime import open_runtime
 from puhui.settings import repo_root
 from puhui.validation import BatchValidator
@@ -140,3 +145,88 @@ def test_a_column_stored_under_a_name_the_raw_table_keeps_is_refused(
                                          r"keeps for itself") as caught:
         load_config_file(path, PartnersConfig)
     assert "\n" not in str(caught.value)
+
+
+# Before: a phone number or national ID sent as a bare number where a number belongs (a
+# shifted column: 13787654321 in amount, an 18-digit ID in days_past_due) parsed as a valid
+# number. The range check held the file, but the value itself was kept in its quarantine copy
+# (Parquet), in GX's stored result (partial_unexpected_list: numbers were not masked) and in
+# the Data Docs page rendered from it. Written with separators (138-1234-5678) it was type
+# drift, held without a copy; now a bare one is held the same way.
+
+PHONE_IN_NAME, PHONE_AS_NUMBER, ID_AS_NUMBER = "13912345678", "13787654321", "110105194912310021"
+
+
+def _prefect_database_text() -> str:
+    """Every row of every table of Prefect's database (runs, states, artifacts, events, logs)."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()  # the API handler sends in batches: drain it
+    database = (PREFECT_API_DATABASE_CONNECTION_URL.value() or "").split("///", 1)[-1]
+    assert Path(database).exists(), database
+    parts = []
+    with sqlite3.connect(database) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        for (table,) in tables:
+            if table.startswith(("block_schema", "block_type")):
+                continue  # Prefect's own catalog (its Twilio block's example numbers)
+            parts += [f"{table}: {row}" for row in conn.execute(f'SELECT * FROM "{table}"')]
+    return "\n".join(parts)
+
+
+def _stored_text(home: Path) -> dict[str, str]:
+    found = {}
+    for path in home.rglob("*"):
+        if path.is_file() and path.suffix == ".parquet":
+            found[str(path)] = str(pq.read_table(path).to_pylist())
+        elif path.is_file() and path.suffix in (".json", ".html"):
+            found[str(path)] = path.read_text(encoding="utf-8", errors="replace")
+    return found
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_an_identifier_sent_as_a_number_is_held_uncopied_and_stored_nowhere(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, prefect_harness: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    clean = HostileContext(DAY, 1, Path("."), set()).payment_rows(3)
+    _land_payments(tmp_path, monkeypatch, MP_HEADER, clean,
+                   name=f"mobile_payments_{PHONE_IN_NAME}.csv")
+    in_amount = HostileContext(DAY, 2, Path("."), set()).payment_rows(3)
+    in_amount[1][MP_HEADER.index("amount")] = PHONE_AS_NUMBER
+    _land_payments(tmp_path, monkeypatch, MP_HEADER, in_amount, name="mobile_payments_2.csv")
+    in_days = HostileContext(DAY, 3, Path("."), set()).payment_rows(3)
+    in_days[2][MP_HEADER.index("days_past_due")] = ID_AS_NUMBER
+    _land_payments(tmp_path, monkeypatch, MP_HEADER, in_days, name="mobile_payments_3.csv")
+
+    summary = run_ingest_flow(DAY)
+    assert summary["statuses"] == {"accepted": 1, "quarantined": 2}, summary
+    (feed_summary,) = [f for f in summary["feeds"] if f["partner"] == "mobile_payments"]
+    reasons = sorted(f["reason"] for f in feed_summary["files"] if f["status"] == "quarantined")
+    assert reasons == [
+        f"identifier-shaped number(s) in {column}: a phone number or national ID where a "
+        "number belongs" for column in ("amount", "days_past_due")]
+
+    planted = (PHONE_IN_NAME, PHONE_AS_NUMBER, ID_AS_NUMBER)
+    stores = {"prefect database": _prefect_database_text()} | _stored_text(puhui_env)
+    engine = open_runtime().engine
+    with engine.connect() as conn:
+        for table in inspect(engine).get_table_names():
+            rows = conn.execute(text(f'SELECT * FROM "{table}"')).all()
+            stores[f"warehouse {table}"] = "\n".join(str(tuple(r)) for r in rows)
+    assert any("data_docs" in name for name in stores)
+    for name, blob in stores.items():
+        assert not [v for v in planted if v in blob], f"{name}: a planted identifier is stored"
+        assert not find_raw_identifiers(blob), name
+
+
+def test_numbers_that_read_as_identifiers_are_counted_and_others_are_not() -> None:
+    import pyarrow as pa
+
+    assert count_identifier_numbers(pa.array([13787654321.0, 12.5, None])) == 1
+    assert count_identifier_numbers(pa.array([110105194912310021, 8613787654321, 3])) == 2
+    assert count_identifier_numbers(pa.array([1.0e12, 25_000_000.0, 12345678901.5])) == 0
+    assert count_identifier_numbers(pa.array([None, None], pa.float64())) == 0
