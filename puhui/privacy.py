@@ -70,9 +70,15 @@ def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
     return _MOBILE_PHONE.sub(lambda m: replace(m.group()), text)
 
 
+# The password of a URL (scheme://user:password@host): a library's error may quote the URL
+# it was given (MLflow: "unsupported URI 'postgres://app:...@db/mlflow'").
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(@)")
+
+
 def scrub_text(text: str) -> str:
-    """``text`` with every identifier-shaped substring replaced by its masked shape."""
-    return replace_identifiers(text, mask_shape)
+    """``text`` with every identifier-shaped substring replaced by its masked shape, and the
+    password of any URL in it by ``***``."""
+    return replace_identifiers(_URL_PASSWORD.sub(r"\1***\2", text), mask_shape)
 
 
 # C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.

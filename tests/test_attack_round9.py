@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import inspect, select, text
 
+from puhui.cli import main
 from puhui.config import MAX_FEED_NAME, PartnersConfig, load_config, load_config_file
 from puhui.errors import PuhuiError
 from puhui.generate.hostile import MP_HEADER, HostileContext, csv_bytes
@@ -230,3 +231,24 @@ def test_numbers_that_read_as_identifiers_are_counted_and_others_are_not() -> No
     assert count_identifier_numbers(pa.array([110105194912310021, 8613787654321, 3])) == 2
     assert count_identifier_numbers(pa.array([1.0e12, 25_000_000.0, 12345678901.5])) == 0
     assert count_identifier_numbers(pa.array([None, None], pa.float64())) == 0
+
+
+# Before: a password in MLFLOW_TRACKING_URI was printed on the error line: by puhui's own check
+# of the scheme (`postgres://`, which SQLAlchemy and MLflow refuse) and by MLflow's exception
+# (`models list`).
+
+_SECRET_URI = "postgres://app:S3cretPw@127.0.0.1:1/mlflow"
+
+
+@pytest.mark.parametrize("argv", [["run", "ingest"], ["models", "list"]])
+def test_a_password_in_a_tracking_uri_is_never_printed(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _SECRET_URI)
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "S3cretPw" not in captured.err + captured.out
+    assert "postgres://app:***@127.0.0.1:1/mlflow" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+
