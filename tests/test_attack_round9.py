@@ -288,3 +288,29 @@ def test_the_audit_csv_export_holds_no_formula(
     assert [(r["actor"], r["reason"]) for r in rows] == [("'" + f, "'" + f) for f in _FORMULAS]
     assert main(["audit", "log", "--json"]) == 0
     assert [e["actor"] for e in json.loads(capsys.readouterr().out)] == _FORMULAS
+
+
+# Tried and sound (kept as a guard): a delivery FOLDER that is a symlink out of the zone
+# (mobile_payments/2026-09-30 -> another partner's or any folder) is not followed: the listing
+# does not descend into it, nothing is read, and the delivery is reported late.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_delivery_folder_linked_out_of_the_zone_is_not_read_and_reported_late(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rows = HostileContext(DAY, 1, Path("."), set()).payment_rows(3)
+    (elsewhere / "mobile_payments_1.csv").write_bytes(csv_bytes(MP_HEADER, rows))
+    feed_root = tmp_path / "landing" / "mobile_payments"
+    feed_root.mkdir(parents=True)
+    (feed_root / DAY.isoformat()).symlink_to(elsewhere, target_is_directory=True)
+    monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    result = ingest_feed(runtime, feed, ingestor, DAY)
+    assert result.files == [] and result.late
