@@ -314,3 +314,36 @@ def test_a_delivery_folder_linked_out_of_the_zone_is_not_read_and_reported_late(
                             pseudonym_key_bytes(runtime.settings.pseudonym_key))
     result = ingest_feed(runtime, feed, ingestor, DAY)
     assert result.files == [] and result.late
+
+
+# Before: Parquet was read a million rows at a time whatever their width: a 1.3 MB file of
+# 200,000 zstd-compressed 2 KB strings held 400 MB once decompressed and the read peaked near
+# 1 GB of memory (a few MB of such a file is an out-of-memory kill, which stops every file and
+# every later run). Batches are now sized from the footer's decompressed sizes, and a row wider
+# than the read block is held.
+
+
+def _wide_parquet(path: Path, rows: int, width: int) -> Path:
+    import pyarrow as pa
+
+    values = pa.array([f"{i:08d}" + "a" * width for i in range(rows)])
+    pq.write_table(pa.table({"event_id": values}), path, compression="zstd",
+                   use_dictionary=False)
+    return path
+
+
+def test_parquet_is_read_in_batches_bounded_by_their_decompressed_size(tmp_path: Path) -> None:
+    from puhui.ingest.reading import UnreadableFile, iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    block = 1 << 20
+    wide = open_landed_file(str(_wide_parquet(tmp_path / "wide.parquet", 4_000, 4_000)))
+    assert wide.size < block, "a small file..."
+    chunks = list(iter_file_chunks(wide, feed, ["event_id"], block_bytes=block))
+    assert sum(c.num_rows for c in chunks) == 4_000  # ...of 16 MB decompressed
+    assert max(c.nbytes for c in chunks) <= 2 * block, [c.nbytes for c in chunks]
+
+    one_row = open_landed_file(str(_wide_parquet(tmp_path / "row.parquet", 1, 3 * block)))
+    with pytest.raises(UnreadableFile, match=r"^rows of 3\.0 MB each once decompressed: over "
+                                             r"the 1 MB read block$"):
+        list(iter_file_chunks(one_row, feed, ["event_id"], block_bytes=block))

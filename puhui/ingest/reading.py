@@ -309,8 +309,20 @@ def _iter_jsonl(handle: FileHandle, header: list[str], block_bytes: int) -> Iter
                 yield _parse_jsonl_block(block[:cut], header)
 
 
-def _iter_parquet(handle: FileHandle) -> Iterator[pa.Table]:
-    for batch in pq.ParquetFile(_source(handle)).iter_batches(batch_size=1_000_000):
+def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
+    """Row batches of about ``block_bytes`` decompressed, sized from the footer's row-group
+    sizes: a file of a megabyte can hold gigabytes of repetitive text (1.3 MB of zstd held
+    400 MB), and a batch of a million such rows took the process's memory."""
+    parquet = pq.ParquetFile(_source(handle))
+    meta = parquet.metadata
+    widest = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
+                  for i in range(meta.num_row_groups)), default=0.0)
+    if widest > block_bytes:
+        raise UnreadableFile(
+            f"rows of {widest / (1 << 20):,.1f} MB each once decompressed: over the "
+            f"{block_bytes / (1 << 20):,.0f} MB read block")
+    rows = int(min(1_000_000, max(1, block_bytes // max(widest, 1.0))))
+    for batch in parquet.iter_batches(batch_size=rows):
         yield pa.Table.from_batches([batch])
 
 
@@ -350,7 +362,7 @@ def iter_file_chunks(
     elif feed.format == "jsonl":
         chunks = _iter_jsonl(handle, header, block_bytes)
     else:
-        chunks = _iter_parquet(handle)
+        chunks = _iter_parquet(handle, block_bytes)
     try:
         yield from chunks
     except (pa.ArrowException, UnicodeDecodeError, OSError) as exc:
