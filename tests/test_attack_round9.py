@@ -347,3 +347,38 @@ def test_parquet_is_read_in_batches_bounded_by_their_decompressed_size(tmp_path:
     with pytest.raises(UnreadableFile, match=r"^rows of 3\.0 MB each once decompressed: over "
                                              r"the 1 MB read block$"):
         list(iter_file_chunks(one_row, feed, ["event_id"], block_bytes=block))
+
+
+# Before: a JSON line nested 20,000 levels deep ({"order_id": [[[[...]]]]}, 40 KB) crashed the
+# process in Arrow's JSON parser (SIGSEGV): no exception to hold the file with, no ledger row,
+# the other files of the run never read, and every later run crashed on the same file.
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_json_line_nested_thousands_deep_is_held_and_the_others_load(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from puhui.ingest.reading import MAX_JSON_NESTING
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    folder = tmp_path / "landing" / "ecommerce_orders" / DAY.isoformat()
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
+    context = HostileContext(DAY, 1, Path("."), set())
+    lines = [json.dumps(context.order(i), ensure_ascii=False).encode() for i in range(3)]
+    deep = b'{"order_id": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    (folder / "ecommerce_orders_1.jsonl").write_bytes(b"\n".join([*lines, deep]) + b"\n")
+    (folder / "ecommerce_orders_2.jsonl").write_bytes(b"\n".join([deep, *lines]) + b"\n")
+    later = [json.dumps(context.order(i), ensure_ascii=False).encode() for i in range(3, 6)]
+    (folder / "ecommerce_orders_3.jsonl").write_bytes(b"\n".join(later) + b"\n")
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("ecommerce_orders")
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    outcomes = ingest_feed(runtime, feed, ingestor, DAY).files
+    assert [o.status for o in outcomes] == ["quarantined", "quarantined", "accepted"], outcomes
+    for held in outcomes[:2]:
+        assert held.reason == (f"a JSON line nested more than {MAX_JSON_NESTING} levels deep "
+                               "(the contract's columns are flat)"), held.reason

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -278,7 +279,53 @@ def _iter_csv(
         stream.close()
 
 
+# Contract columns are flat, so no JSON line needs nesting; Arrow's JSON parser recurses per
+# level and crashed the process (SIGSEGV: no exception, no ledger row, the next run crashed on
+# the same file) somewhere between 5,000 and 20,000 levels.
+MAX_JSON_NESTING = 500
+
+
+def _check_nesting(block: bytes) -> None:
+    """Refuse a block holding a line nested deeper than ``MAX_JSON_NESTING``, before Arrow
+    parses it. Only a line with that many brackets can be, so most blocks cost two counts."""
+    if block.count(b"[") + block.count(b"{") <= MAX_JSON_NESTING:
+        return
+    for line in block.split(b"\n"):
+        if line.count(b"[") + line.count(b"{") <= MAX_JSON_NESTING:
+            continue
+        try:
+            json.loads(line)
+        except RecursionError:  # Python's parser counts its depth (about 1,000 levels)
+            too_deep = True
+        except ValueError:
+            too_deep = False  # malformed: Arrow reports it
+        else:
+            too_deep = _depth(line) > MAX_JSON_NESTING
+        if too_deep:
+            raise UnreadableFile(
+                f"a JSON line nested more than {MAX_JSON_NESTING} levels deep (the contract's "
+                "columns are flat)")
+
+
+def _depth(line: bytes) -> int:
+    """Bracket depth of ``line`` outside strings (a line Python's parser already read)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
+    _check_nesting(block)
     table = pa_json.read_json(
         pa.py_buffer(block),
         read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
@@ -338,6 +385,7 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         with handle.fs.open(handle.path, "rb") as stream:
             first = stream.readline(16 << 20)
         first.decode("utf-8")  # a JSON-lines feed must be UTF-8: fail here, by name
+        _check_nesting(first)
         return pa_json.read_json(pa.py_buffer(first)).column_names
     except UnreadableFile:
         raise
