@@ -382,3 +382,26 @@ def test_a_json_line_nested_thousands_deep_is_held_and_the_others_load(
     for held in outcomes[:2]:
         assert held.reason == (f"a JSON line nested more than {MAX_JSON_NESTING} levels deep "
                                "(the contract's columns are flat)"), held.reason
+
+
+# Before: GX's Data Docs templates print an expectation's arguments and unexpected values
+# raw. A value's masked shape keeps its punctuation: a partner's `<!-- x` became `<!-- a`, an
+# HTML comment that hid the rest of the page (every later failed expectation) from whoever
+# reviewed it; a column name (free text since round 8) could carry a whole tag.
+
+
+def test_data_docs_pages_print_values_and_column_names_as_text() -> None:
+    import copy
+
+    from puhui.data_docs import _WARM_UP_RESULT, render_validation_page
+    from puhui.privacy import mask_shape
+
+    result = copy.deepcopy(_WARM_UP_RESULT)
+    shape = mask_shape("<!-- x")
+    result["results"][1]["expectation_config"]["kwargs"]["column"] = "<img src=x onerror=1>"
+    result["results"][1]["result"] |= {"partial_unexpected_list": [shape],
+                                       "partial_unexpected_counts": [{"value": shape,
+                                                                      "count": 1}]}
+    page = render_validation_page(result)
+    assert "<!--" not in page.replace("<!--[if", "") and "<img src=x" not in page
+    assert "&lt;!-- a" in page and "&lt;img src=x onerror=1&gt;" in page
