@@ -7,7 +7,6 @@ Each test failed before its fix (the comment above each section says how).
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -30,23 +29,9 @@ from puhui.privacy import count_identifier_numbers, find_raw_identifiers
 from puhui.runtime import open_runtime
 from puhui.settings import repo_root
 from puhui.validation import BatchValidator
+from tests.test_attack_round8_mends import _partners_with
 
 DAY = date(2026, 9, 30)
-_DECLARED = "      - {name: txn_id, type: string}\n"
-
-
-def _partners_with(tmp_path: Path, *names: str) -> Path:
-    """configs/ with mobile_payments declaring ``names`` as extra nullable text columns."""
-    configs = tmp_path / "configs"
-    shutil.copytree(repo_root() / "configs", configs)
-    path = configs / "partners.yaml"
-    text = path.read_text(encoding="utf-8")
-    assert _DECLARED in text
-    extra = "".join(f"      - {{name: '{n}', type: string, nullable: true}}\n" for n in names)
-    path.write_text(text.replace(_DECLARED, _DECLARED + extra, 1), encoding="utf-8")
-    return path
-
-
 def _land_payments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: list[str],
                    rows: list[list[str]], name: str = "mobile_payments_1.csv") -> Path:
     folder = tmp_path / "landing" / "mobile_payments" / DAY.isoformat()
