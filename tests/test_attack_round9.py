@@ -337,6 +337,21 @@ def test_parquet_is_read_in_batches_bounded_by_their_decompressed_size(tmp_path:
 # Before: a JSON line nested 20,000 levels deep ({"order_id": [[[[...]]]]}, 40 KB) crashed the
 # process in Arrow's JSON parser (SIGSEGV): no exception to hold the file with, no ledger row,
 # the other files of the run never read, and every later run crashed on the same file.
+# Mended again: a line Python's parser refused (invalid UTF-8 in a string: only a file's first
+# line is decoded up front) was passed to Arrow unmeasured, and still crashed it. The ingest
+# runs in a child process, so that a crash fails this test instead of killing pytest.
+
+
+def _ingest_orders_in_child() -> None:
+    import json
+
+
+    runtime = open_runtime()
+    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("ecommerce_orders")
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    outcomes = ingest_feed(runtime, feed, ingestor, DAY).files
+    print(json.dumps([[o.status, o.reason] for o in outcomes]))
 
 
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
@@ -344,6 +359,8 @@ def test_a_json_line_nested_thousands_deep_is_held_and_the_others_load(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import json
+    import subprocess
+    import sys
 
     from puhui.ingest.reading import MAX_JSON_NESTING
 
@@ -353,20 +370,26 @@ def test_a_json_line_nested_thousands_deep_is_held_and_the_others_load(
     monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
     context = HostileContext(DAY, 1, Path("."), set())
     lines = [json.dumps(context.order(i), ensure_ascii=False).encode() for i in range(3)]
-    deep = b'{"order_id": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    nested = b"[" * 20_000 + b"]" * 20_000
+    deep = b'{"order_id": ' + nested + b"}"
+    not_utf8 = b'{"order_id": "\xff", "amount": ' + nested + b"}"
     (folder / "ecommerce_orders_1.jsonl").write_bytes(b"\n".join([*lines, deep]) + b"\n")
     (folder / "ecommerce_orders_2.jsonl").write_bytes(b"\n".join([deep, *lines]) + b"\n")
+    (folder / "ecommerce_orders_3.jsonl").write_bytes(
+        b"\n".join([lines[0], not_utf8, *lines[1:]]) + b"\n")
     later = [json.dumps(context.order(i), ensure_ascii=False).encode() for i in range(3, 6)]
-    (folder / "ecommerce_orders_3.jsonl").write_bytes(b"\n".join(later) + b"\n")
-    runtime = open_runtime()
-    feed = load_config(runtime.settings.config_dir, PartnersConfig).get("ecommerce_orders")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
-    outcomes = ingest_feed(runtime, feed, ingestor, DAY).files
-    assert [o.status for o in outcomes] == ["quarantined", "quarantined", "accepted"], outcomes
-    for held in outcomes[:2]:
-        assert held.reason == (f"a JSON line nested more than {MAX_JSON_NESTING} levels deep "
-                               "(the contract's columns are flat)"), held.reason
+    (folder / "ecommerce_orders_4.jsonl").write_bytes(b"\n".join(later) + b"\n")
+    child = subprocess.run(
+        [sys.executable, "-c",
+         "from tests.test_attack_round9 import _ingest_orders_in_child as f; f()"],
+        cwd=repo_root(), capture_output=True, text=True, timeout=600, check=False)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    outcomes = json.loads(child.stdout.strip().splitlines()[-1])
+    assert [status for status, _ in outcomes] == [
+        "quarantined", "quarantined", "quarantined", "accepted"], outcomes
+    for _, reason in outcomes[:3]:
+        assert reason == (f"a JSON line nested more than {MAX_JSON_NESTING} levels deep "
+                          "(the contract's columns are flat)"), reason
 
 
 # Before: GX's Data Docs templates print an expectation's arguments and unexpected values

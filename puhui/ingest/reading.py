@@ -298,22 +298,28 @@ def _check_nesting(block: bytes) -> None:
     for line in block.split(b"\n"):
         if line.count(b"[") + line.count(b"{") <= MAX_JSON_NESTING:
             continue
-        try:
-            json.loads(line)
-        except RecursionError:  # Python's parser counts its depth (about 1,000 levels)
-            too_deep = True
-        except ValueError:
-            too_deep = False  # malformed: Arrow reports it
-        else:
-            too_deep = _depth(line) > MAX_JSON_NESTING
-        if too_deep:
+        if _too_deep(line):
             raise UnreadableFile(
                 f"a JSON line nested more than {MAX_JSON_NESTING} levels deep (the contract's "
                 "columns are flat)")
 
 
+def _too_deep(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except RecursionError:  # Python's parser counts its depth (about 1,000 levels)
+        return True
+    except ValueError:
+        # Malformed for Python is not for Arrow, which recurses before it meets the fault:
+        # invalid UTF-8 in a string (only the first line's encoding is checked) let a line
+        # nested 20,000 deep through, and Arrow crashed on it.
+        pass
+    return _depth(line) > MAX_JSON_NESTING
+
+
 def _depth(line: bytes) -> int:
-    """Bracket depth of ``line`` outside strings (a line Python's parser already read)."""
+    """Bracket depth of ``line`` outside strings, well-formed or not (a byte scan: invalid
+    UTF-8 does not stop it)."""
     depth = deepest = 0
     in_string = escaped = False
     for byte in line:
@@ -325,7 +331,7 @@ def _depth(line: bytes) -> int:
             depth += 1
             deepest = max(deepest, depth)
         elif byte in (0x5D, 0x7D):
-            depth -= 1
+            depth = max(depth - 1, 0)  # a stray closer must not hide the opening that follows
     return deepest
 
 
