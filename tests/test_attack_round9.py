@@ -334,6 +334,35 @@ def test_parquet_is_read_in_batches_bounded_by_their_decompressed_size(tmp_path:
         list(iter_file_chunks(one_row, feed, ["event_id"], block_bytes=block))
 
 
+@pytest.mark.parametrize("arrow_schema", [False, True], ids=["other-writer", "arrow-writer"])
+def test_parquet_batches_are_sized_from_decoded_rows_not_the_dictionary_encoded_footer(
+    tmp_path: Path, arrow_schema: bool,
+) -> None:
+    """Mended again: the footer's sizes are after dictionary encoding, so 100,000 copies of
+    one 400-byte string (a few KB on disk and in the footer) were read as a single batch of
+    40 MB decoded, and a million of them as 400 MB."""
+    import pyarrow as pa
+
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    block = 1 << 20
+    rows = 100_000
+    same = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["a" * 400]))
+    path = tmp_path / "same.parquet"
+    # Without Arrow's schema in the footer the column reads back as plain strings; with it,
+    # as a dictionary column that widens when the chunk is cast to text.
+    pq.write_table(pa.table({"event_id": same}), path, compression="zstd",
+                   store_schema=arrow_schema)
+    footer = pq.ParquetFile(path).metadata.row_group(0).total_byte_size
+    assert footer < block // 10, "the footer understates the decoded size..."
+    sizes = [c.column(0).cast(pa.string()).nbytes
+             for c in iter_file_chunks(open_landed_file(str(path)), feed, ["event_id"],
+                                       block_bytes=block)]
+    assert sum(sizes) > 30 * block, "...of 40 MB decoded"
+    assert max(sizes) <= 2 * block, sizes
+
+
 # Before: a JSON line nested 20,000 levels deep ({"order_id": [[[[...]]]]}, 40 KB) crashed the
 # process in Arrow's JSON parser (SIGSEGV): no exception to hold the file with, no ledger row,
 # the other files of the run never read, and every later run crashed on the same file.

@@ -367,14 +367,29 @@ def _iter_jsonl(handle: FileHandle, header: list[str], block_bytes: int) -> Iter
                 yield _parse_jsonl_block(block[:cut], header)
 
 
+# Rows read first to measure their decoded width.
+_PARQUET_SAMPLE_ROWS = 1_024
+
+
 def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
-    """Row batches of about ``block_bytes`` decompressed, sized from the footer's row-group
-    sizes: a file of a megabyte can hold gigabytes of repetitive text (1.3 MB of zstd held
-    400 MB), and a batch of a million such rows took the process's memory."""
+    """Row batches of about ``block_bytes`` decompressed, sized from the wider of the footer's
+    row-group sizes and a first batch's decoded rows: a file of a megabyte can hold gigabytes
+    of repetitive text (1.3 MB of zstd held 400 MB), and a batch of a million such rows took
+    the process's memory. The footer alone is not enough: its sizes are after dictionary
+    encoding (a million copies of one 400-byte string: 43 KB on disk, ~42 KB in the footer,
+    400 MB decoded)."""
     parquet = pq.ParquetFile(_source(handle))
     meta = parquet.metadata
     widest = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
                   for i in range(meta.num_row_groups)), default=0.0)
+    if meta.num_rows:
+        sample = next(parquet.iter_batches(batch_size=_PARQUET_SAMPLE_ROWS), None)
+        if sample is not None and sample.num_rows:
+            # A column Arrow's own writer stored as dictionary is read back as one, and
+            # widens to its values when the chunk is cast to text.
+            decoded = sum(c.cast(c.type.value_type).nbytes if pa.types.is_dictionary(c.type)
+                          else c.nbytes for c in sample.columns)
+            widest = max(widest, decoded / sample.num_rows)
     if widest > block_bytes:
         raise UnreadableFile(
             f"rows of {widest / (1 << 20):,.1f} MB each once decompressed: over the "
