@@ -203,9 +203,11 @@ def count_identifier_numbers(values: Any) -> int:
     if (pc.max(magnitude).as_py() or 0) < 10 ** (_SHORTEST_IDENTIFIER - 1):
         return 0
     if pa.types.is_floating(values.type):
-        # Arrow writes a float as 1.3912345678e+10: its whole numbers are read as integers.
-        whole = pc.and_(pc.equal(values, pc.floor(values)), pc.less(magnitude, 2.0 ** 63))
-        values = pc.cast(pc.filter(values, pc.fill_null(whole, False)), pa.int64())
+        # Arrow writes a float as 1.3912345678e+10: it is read as an integer. Truncated, not
+        # only whole: 13787654321.25 in an amount holds a phone as well (NaN and infinities,
+        # never an identifier, fail the comparison and are dropped).
+        fits = pc.fill_null(pc.less(magnitude, 2.0 ** 63), False)
+        values = pc.cast(pc.trunc(pc.filter(values, fits)), pa.int64())
     return count_identifiers_in_column(pc.cast(values, pa.string()))
 
 

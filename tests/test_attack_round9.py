@@ -215,6 +215,10 @@ def test_numbers_that_read_as_identifiers_are_counted_and_others_are_not() -> No
     assert count_identifier_numbers(pa.array([13787654321.0, 12.5, None])) == 1
     assert count_identifier_numbers(pa.array([110105194912310021, 8613787654321, 3])) == 2
     assert count_identifier_numbers(pa.array([1.0e12, 25_000_000.0, 12345678901.5])) == 0
+    # A fraction does not hide a phone (it was filtered out with the non-whole numbers).
+    assert count_identifier_numbers(pa.array([13787654321.5])) == 1
+    assert count_identifier_numbers(pa.array([13787654321.25, -13787654321.5, float("nan"),
+                                              float("inf"), 1.0e30, 12.5])) == 2
     assert count_identifier_numbers(pa.array([None, None], pa.float64())) == 0
 
 
