@@ -71,14 +71,19 @@ def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
 
 
 # The password of a URL (scheme://user:password@host): a library's error may quote the URL
-# it was given (MLflow: "unsupported URI 'postgres://app:...@db/mlflow'").
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(@)")
+# it was given (MLflow: "unsupported URI 'postgres://app:...@db/mlflow'"). Up to the '@',
+# '/' included: SQLAlchemy reads `app:ab/cd@db` as password `ab/cd`. A URL's port and path
+# followed by an '@' is scrubbed too (more than needed, never less).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s@]+(@)")
+# A password given as a query parameter (`?password=...`, `&pwd=...`: drivers accept both).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|pwd)=)[^&\s#]+")
 
 
 def scrub_text(text: str) -> str:
     """``text`` with every identifier-shaped substring replaced by its masked shape, and the
-    password of any URL in it by ``***``."""
-    return replace_identifiers(_URL_PASSWORD.sub(r"\1***\2", text), mask_shape)
+    password of any URL in it (before its '@' or as a query parameter) by ``***``."""
+    text = _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\2", text))
+    return replace_identifiers(text, mask_shape)
 
 
 # C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.

@@ -243,6 +243,23 @@ def test_a_password_in_a_tracking_uri_is_never_printed(
 
 
 
+# Mended again: a password holding '/' (which SQLAlchemy reads as part of it) was printed
+# whole, and one given as a query parameter was not scrubbed at all.
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ("postgres://app:ab/cd@db/x", "postgres://app:***@db/x"),
+    ("a postgres://u:p/1@h1/x, b mysql://v:p2@h2/y (u@example.org)",
+     "a postgres://u:***@h1/x, b mysql://v:***@h2/y (u@example.org)"),
+    ("postgresql://db/x?user=app&password=s3cr/t&sslmode=require",
+     "postgresql://db/x?user=app&password=***&sslmode=require"),
+    ("mssql+pyodbc://db/x?PWD=s3cret#frag", "mssql+pyodbc://db/x?PWD=***#frag"),
+    ("http://127.0.0.1:5000/api/2.0 refused", "http://127.0.0.1:5000/api/2.0 refused"),
+])
+def test_a_url_password_with_a_slash_or_in_the_query_is_scrubbed(text: str, scrubbed: str) -> None:
+    from puhui.privacy import scrub_text
+
+    assert scrub_text(text) == scrubbed
+
+
 # Before: `audit log --format csv` (the export auditors open in a spreadsheet) wrote a reason
 # or an actor as given: `--reason "=HYPERLINK(...)"` became a live formula in the auditor's
 # sheet. The JSON output keeps the text as it is.
