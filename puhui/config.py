@@ -211,7 +211,7 @@ class PartnerFeed(StrictModel):
         # the data: a partner column under one of these names broke every file of the feed.
         taken = [c.stored_name for c in self.columns
                  if c.stored_name and (c.stored_name.casefold() in _RAW_TABLE_COLUMNS
-                                       or c.stored_name.startswith(_CHECK_PREFIXES))]
+                                       or c.stored_name.casefold().startswith(_CHECK_PREFIXES))]
         if taken:
             raise ValueError(
                 f"feed {self.name!r}: a column is stored as {taken[0]!r}, a name the raw table "

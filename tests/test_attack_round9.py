@@ -122,7 +122,7 @@ def test_a_feed_name_too_long_for_its_batch_ids_is_refused_in_one_line(tmp_path:
 
 
 @pytest.mark.parametrize("name", ["row_number", "Batch_Id", "_valid_phone_key",
-                                  "_after_delivery"])
+                                  "_after_delivery", "_VALID_x", "_After_Delivery"])
 def test_a_column_stored_under_a_name_the_raw_table_keeps_is_refused(
     tmp_path: Path, name: str
 ) -> None:
