@@ -442,6 +442,23 @@ def test_a_json_line_nested_thousands_deep_is_held_and_the_others_load(
                           "(the contract's columns are flat)"), reason
 
 
+def test_the_nesting_check_skips_short_lines_and_never_a_line_over_the_limit() -> None:
+    """Lines no longer than the limit are skipped unread (brackets in a note sent every line
+    of a block through two counts); a line one level over it is the shortest that can be too
+    deep, and it is held wherever it sits in the block."""
+    from puhui.ingest.reading import MAX_JSON_NESTING, UnreadableFile, _check_nesting
+
+    flat = b'{"order_id": "O1", "note": "[urgent] [[call]] {back}"}'
+    assert _check_nesting(b"\n".join([flat] * 10_000) + b"\n") is None
+    at_limit = b"[" * MAX_JSON_NESTING + b"]" * MAX_JSON_NESTING
+    assert _check_nesting(b"\n".join([flat, at_limit, flat]) + b"\n") is None
+    over = b"[" * (MAX_JSON_NESTING + 1) + b"]" * (MAX_JSON_NESTING + 1)
+    for lines in ([over], [flat, over], [over, flat], [flat, b"{" + over[:-1] + b"}", flat],
+                  [flat, b" " + over + b"\r", flat]):
+        with pytest.raises(UnreadableFile, match="nested more than"):
+            _check_nesting(b"\n".join(lines) + b"\n")
+
+
 # Before: GX's Data Docs templates print an expectation's arguments and unexpected values
 # raw. A value's masked shape keeps its punctuation: a partner's `<!-- x` became `<!-- a`, an
 # HTML comment that hid the rest of the page (every later failed expectation) from whoever

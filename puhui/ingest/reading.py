@@ -296,7 +296,11 @@ def _check_nesting(block: bytes) -> None:
     if b"[" not in block and not _OBJECT_VALUE.search(block):
         return
     for line in block.split(b"\n"):
-        if line.count(b"[") + line.count(b"{") <= MAX_JSON_NESTING:
+        # A line no longer than the limit cannot hold more brackets than that: its length is
+        # read, not counted, so a block whose strings hold brackets ("[urgent]" in a note)
+        # costs a split (~60 ms per 32 MB) instead of two counts per line (0.11-0.25 s).
+        if len(line) <= MAX_JSON_NESTING or (
+                line.count(b"[") + line.count(b"{") <= MAX_JSON_NESTING):
             continue
         if _too_deep(line):
             raise UnreadableFile(
