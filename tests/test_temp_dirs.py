@@ -5,6 +5,10 @@ left is swept by the next reconcile, never a live process's."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,7 +16,9 @@ import pytest
 
 from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
-from puhui.settings import load_settings
+from puhui.registry import reconcile_model_changes, registry_client
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings, repo_root
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_models_cli import _version
 
@@ -44,3 +50,39 @@ def test_models_show_and_compare_leave_no_temp_dir(
         assert json.loads(capsys.readouterr().out)  # read the artifacts it shows
     assert sorted(p.name for p in scratch.iterdir()) == []
 
+
+_HOLD_A_COPY = ("import sys; from puhui.registry import _model_copy; copy = _model_copy(); "
+                "print(copy.name, flush=True); sys.stdin.read()")
+
+
+def test_reconcile_removes_the_model_copy_of_a_killed_registration_only(
+        sqlite_warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration killed (kill -9) while its copy of the model files exists leaves the
+    copy; the next reconcile (every model command and training starts with one) removes it,
+    and keeps the copy of a process still running."""
+    scratch = _scratch(tmp_path, monkeypatch)
+    env = {**os.environ, "TMPDIR": str(scratch), "PUHUI_CRASH_AT": "register.model_copy"}
+    script = ("from tests.test_lifecycle import _register; "
+              "_register('credit_risk', 'fp-killed')")
+    killed = subprocess.run([sys.executable, "-c", script], env=env, cwd=repo_root(),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = list(scratch.glob("puhui-model-*"))
+    assert len(left) == 1 and any(left[0].rglob("MLmodel"))  # the real copy it was hashing
+
+    env.pop("PUHUI_CRASH_AT")
+    live = subprocess.Popen([sys.executable, "-c", _HOLD_A_COPY], env=env, cwd=repo_root(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = Path(live.stdout.readline().strip())
+        assert held.is_dir() and held.parent == scratch
+        runtime = open_runtime()
+        settled = reconcile_model_changes(
+            registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
+            runtime.audit)
+        assert not left[0].exists() and held.is_dir()
+        assert [line for line in settled.repaired if "model copy" in line] == [
+            f"removed {left[0]}: a model copy its process, now gone, left behind"]
+    finally:
+        live.communicate("", timeout=60)  # its stdin closed: it ends, removing its copy
+    assert list(scratch.glob("puhui-model-*")) == []
