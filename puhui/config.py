@@ -28,6 +28,7 @@ from pydantic import (
 
 from puhui.errors import PuhuiError
 from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
+from puhui.lightgbm_params import canonical as lightgbm_canonical
 from puhui.lightgbm_params import type_problem as lightgbm_type_problem
 from puhui.lightgbm_params import unsupported as lightgbm_unsupported
 
@@ -415,7 +416,7 @@ class LightGBMSpec(StrictModel):
     @field_validator("params", mode="before")
     @classmethod
     def _param_types(cls, params: Any) -> Any:
-        return _check_lightgbm_params(params, lists=False)
+        return _check_lightgbm_params(params, lists=False, trainer_sets=RISK_TRAINER_PARAMS)
 
     @model_validator(mode="after")
     def _search_names_not_aliased(self) -> LightGBMSpec:
@@ -541,7 +542,7 @@ class RecommenderSpec(StrictModel):
     @field_validator("lightgbm", mode="before")
     @classmethod
     def _param_types(cls, params: Any) -> Any:
-        return _check_lightgbm_params(params)
+        return _check_lightgbm_params(params, trainer_sets=RANKER_TRAINER_PARAMS)
 
     @field_validator("lightgbm")
     @classmethod
@@ -560,17 +561,46 @@ _NO_LISTS = ("a list is taken only in the recommender's lightgbm block (the risk
               "monotone constraints: lightgbm.monotone)")
 
 
-def _check_lightgbm_params(params: Any, lists: bool = True) -> Any:
-    """No parameter under two of its names, then each value's shape and its type as
-    LightGBM declares the parameter (an unknown name refused): a mistyped value fails here,
-    not inside LightGBM after the features are built. Checked before pydantic's union: its
-    errors list every member's failure under internal names; this says which key is wrong
-    and what it takes. ``lists=False``: the risk model's params, whose one list LightGBM
-    parameter it uses (monotone constraints) comes from ``lightgbm.monotone``."""
+# LightGBM parameters a trainer sets itself, and from what: a config value for one, under
+# its own name or any alias (``random_state`` is ``seed``), would be overridden by the
+# trainer's (LightGBM keeps one name's value and warns under ``verbosity: -1``, unseen).
+# The risk model's: puhui/risk/model.py's FIXED_PARAMS, its seed and monotone constraints,
+# and its Dataset's feature_pre_filter; the ranker's: puhui/recommender/model.py's
+# ranker_params. tests/test_config_trainer_params.py holds these to the trainers' own.
+_SEED = "the model's seed in configs/models.yaml"
+RISK_TRAINER_PARAMS: dict[str, str] = {
+    "seed": _SEED, "deterministic": "always true: same data and seed, same model",
+    "force_row_wise": "always true", "verbosity": "the trainer's",
+    "metric": "log-loss then AUC, early stopping on the first",
+    "first_metric_only": "early stopping on log-loss", "monotone_constraints_method": "basic",
+    "monotone_constraints": "from lightgbm.monotone",
+    "feature_pre_filter": "off: one binned Dataset serves every search trial",
+}
+RANKER_TRAINER_PARAMS: dict[str, str] = {
+    "seed": _SEED, "deterministic": "always true: same data and seed, same model",
+    "force_row_wise": "always true", "label_gain": "from grading",
+}
+
+
+def _check_lightgbm_params(params: Any, lists: bool = True,
+                           trainer_sets: dict[str, str] | None = None) -> Any:
+    """No parameter under two of its names, none the trainer sets (``trainer_sets``), then
+    each value's shape and its type as LightGBM declares the parameter (an unknown name
+    refused): a mistyped value fails here, not inside LightGBM after the features are built.
+    Checked before pydantic's union: its errors list every member's failure under internal
+    names; this says which key is wrong and what it takes. ``lists=False``: the risk model's
+    params, whose one list LightGBM parameter it uses (monotone constraints) comes from
+    ``lightgbm.monotone``."""
     if isinstance(params, dict):
         clash = lightgbm_alias_clash(map(str, params))
         if clash:
             raise ValueError(clash)
+        for key in map(str, params):
+            real = lightgbm_canonical(key)
+            if real in (trainer_sets or {}):
+                called = "" if real == key else f" (LightGBM's {real})"
+                raise ValueError(f"{key}: set by the trainer{called}: "
+                                 f"{(trainer_sets or {})[real]}; not configurable here")
         for key, value in params.items():
             problem = (lightgbm_unsupported(str(key))
                        or (None if lists or not isinstance(value, list) else _NO_LISTS)
