@@ -145,7 +145,8 @@ def ingest_feed(
             if landed.kind == "file":
                 # A row from before 0005/0007 holds no time or marker: it takes the ones it
                 # is seen with, or a later same-size rewrite would match on size for ever.
-                ledger.renew_version_marks(engine, known, landed.mtime_ns, landed.change_marker)
+                ledger.renew_version_marks(engine, runtime.audit, known, landed.mtime_ns,
+                                           landed.change_marker, ingestor.flow_run_id)
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)
