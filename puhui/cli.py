@@ -892,6 +892,7 @@ def audit_verify(
     model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
     if result.ok and (model_events
                       or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
+        from puhui.model_fingerprints import VerifiedFiles
         from puhui.registry import (
             reconcile_model_changes,
             registry_client,
@@ -911,7 +912,10 @@ def audit_verify(
             runtime, result = _verified_chain(anchor)
             report.update(result.__dict__, anchor=result.anchor)
             problems = list(result.problems)
-        mismatches, versions, aliases = registry_problems(client, runtime.engine, deep=deep)
+        verified = VerifiedFiles(runtime.settings.home, runtime.audit.key)
+        mismatches, versions, aliases = registry_problems(client, runtime.engine, deep=deep,
+                                                          verified=verified)
+        verified.save()
         problems += settled.open + mismatches
         lines += settled.repaired + [f"ungated (promote refuses it): {v}"
                                      for v in settled.ungated]

@@ -1,0 +1,73 @@
+"""What `audit verify` reads on each call: the model files of an aliased version are hashed
+again only when what the store says about them changed (a same-size rewrite with its mtime
+put back included), and the versions' run metrics come in one query, not one per version."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from puhui import registry as registry_module
+from puhui.registry_read import SqlRegistry
+from tests import test_crash_model_changes as crash_tests
+from tests.test_attack_round8_mends import _model_folder
+from tests.test_crash_model_changes import NAME, Ran
+
+empty_mlflow_store = crash_tests.empty_mlflow_store
+registry_env = crash_tests.registry_env
+puhui = crash_tests.puhui
+
+
+def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders ``audit verify`` hashes from now on."""
+    hashed: list[Path] = []
+    real = registry_module.model_files_digest
+
+    def counted(folder: Path) -> str:
+        hashed.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(registry_module, "model_files_digest", counted)
+    return hashed
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_rehashes_model_files_only_when_they_changed(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    v1 = registry_env["passed1"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    hashed = _hashes(monkeypatch)
+    for expected in (1, 0):  # hashed once, then known by the files' signature
+        assert puhui("audit", "verify").returncode == 0
+        assert len(hashed) == expected, hashed
+        hashed.clear()
+
+    # Same size, same bytes count, its mtime put back: only the kernel's ctime tells.
+    pickle = _model_folder(v1) / "python_model.pkl"
+    before, content = pickle.stat(), pickle.read_bytes()
+    pickle.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    os.utime(pickle, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert pickle.stat().st_size == before.st_size
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 1, verified.stdout
+    assert f"{NAME} v{v1}: its model files differ from those registered" in verified.stderr
+    assert len(hashed) == 1
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_reads_every_version_s_metrics_in_one_query(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def one_run(self: SqlRegistry, run_id: str) -> None:
+        raise AssertionError("a run read one at a time")
+
+    monkeypatch.setattr(SqlRegistry, "get_run", one_run)
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 0, verified.stderr
+    assert "MLflow agrees with the trail: 4 version(s)" in verified.stdout
