@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from datetime import time
 from functools import cache
@@ -228,7 +229,23 @@ class PartnersConfig(StrictModel):
 
 ReasonCode = str
 Comparison = dict[Literal["gt", "ge", "lt", "le", "ne"], float | str]
-RowFilter = dict[Identifier, str | float | list[str] | Comparison]
+_LOWER_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _lower_case_column(name: str) -> str:
+    # The feature builders take these names as given into frames, Parquet files, SQL on two
+    # dialects and user_features; a partner column declared in another case or script
+    # (partners.yaml takes `CustomerID`) is refused here, in one line, until they are proven
+    # to carry one everywhere, rather than failing or folding case somewhere in a build.
+    if not _LOWER_NAME.fullmatch(name):
+        raise ValueError("not a lower-case name (a-z, 0-9 and _, a letter first): a partner "
+                         "column in another case or script (CustomerID, 客户编号) cannot be "
+                         "a feature source yet")
+    return name
+
+
+RawColumn = Annotated[str, AfterValidator(_lower_case_column)]
+RowFilter = dict[RawColumn, str | float | list[str] | Comparison]
 
 
 class FeatureName(StrictModel):
@@ -237,7 +254,7 @@ class FeatureName(StrictModel):
 
 
 class LatestColumn(FeatureName):
-    column: Identifier
+    column: RawColumn
     categorical: bool = False
 
 
@@ -249,7 +266,7 @@ class LatestSpec(StrictModel):
 
 class Aggregate(FeatureName):
     agg: Literal["count", "sum", "mean", "share"]
-    column: Identifier | None = None
+    column: RawColumn | None = None
     where: RowFilter = {}
     share_where: RowFilter = {}
     per_30_days: bool = False
@@ -269,7 +286,7 @@ class FeatureSource(StrictModel):
     name: str
     table: Identifier
     key: Literal["person_key", "phone_key"]
-    time: Identifier
+    time: RawColumn
     windows: list[Days] = []
     aggregates: list[Aggregate] = []
     latest: LatestSpec | None = None
@@ -303,14 +320,14 @@ class DerivedFeature(FeatureName):
 
 class CustomerSpec(StrictModel):
     table: Identifier
-    since: Identifier
+    since: RawColumn
     categorical: list[FeatureName]
     tenure: FeatureName
 
 
 class ApplicationSpec(StrictModel):
     table: Identifier
-    time: Identifier
+    time: RawColumn
     numeric: list[FeatureName]
     categorical: list[FeatureName]
     derived: list[DerivedFeature] = []
