@@ -327,7 +327,7 @@ def _training_evaluations(engine: Engine, versions: Collection[tuple[str, str, s
     version (monitoring adds its own rows per date, under other runs), for all at once."""
     found: dict[tuple[str, str, str], list[tuple[str, str, float | None]]] = {
         key: [] for key in versions}
-    runs = sorted({run for _, _, run in versions})
+    runs = sorted({run for _, _, run in versions if run})  # a version may have no run
     e = model_evaluations.c
     with engine.connect() as conn:
         for start in range(0, len(runs), 500):  # bounded IN lists
