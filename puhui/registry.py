@@ -18,11 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import shutil
-import socket
-import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +29,6 @@ from puhui.audit import AuditWriter, events_of
 from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
 from puhui.model_fingerprints import VerifiedFiles, files_signature
-from puhui.processes import pid_alive
 from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads without MLflow
     GATES_FAILED_TAG,
     GATES_PASSED_TAG,
@@ -49,6 +43,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     runs_metrics,
     suppress_not_found,
 )
+from puhui.scratch import scratch_dir, sweep_scratch_dirs
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import ingest_batches, model_evaluations, validation_results
 
@@ -115,35 +110,6 @@ def version_of(client: MlflowClient, name: str, alias: str) -> str | None:
     return current_aliases(client, name).get(alias)
 
 
-# A model's files are copied under the temp folder to hash (and, from a remote store, to check
-# and load) in a folder named for the host and pid that made it: a process killed there (kill
-# -9, a lost container) leaves it behind, and the next reconcile removes those whose process
-# is gone. Another host's (a shared /tmp) is never touched: its pids are not ours to judge.
-_MODEL_COPY_PREFIX = "puhui-model-"
-_MODEL_COPY = re.compile(rf"{_MODEL_COPY_PREFIX}(?P<host>.+)-(?P<pid>\d+)-[^-]+")
-
-
-def _model_copy() -> tempfile.TemporaryDirectory[str]:
-    """A temp folder for a copy of a model's files, removed on exit, swept if killed."""
-    return tempfile.TemporaryDirectory(
-        prefix=f"{_MODEL_COPY_PREFIX}{socket.gethostname()}-{os.getpid()}-")
-
-
-def sweep_model_copies() -> list[str]:
-    """Remove the model copies (``_model_copy``) of this host's processes that are gone;
-    returns the folders removed. A live process's copy is kept, whatever its age."""
-    removed: list[str] = []
-    host = socket.gethostname()
-    for folder in Path(tempfile.gettempdir()).glob(f"{_MODEL_COPY_PREFIX}*"):
-        match = _MODEL_COPY.fullmatch(folder.name)
-        if (match is None or match["host"] != host or not folder.is_dir()
-                or pid_alive(int(match["pid"]))):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(str(folder))
-    return removed
-
-
 def register_version(
     engine: Engine, audit: AuditWriter, *, name: str, model_uri: str, run_id: str,
     tags: dict[str, str], details: dict[str, Any],
@@ -157,7 +123,7 @@ def register_version(
     """
     import mlflow
 
-    with _model_copy() as tmp:
+    with scratch_dir("model") as tmp:
         logged = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         digest = model_files_digest(logged)
         crash_point("register.model_copy")
@@ -243,7 +209,7 @@ def _checked_model_folder(client: MlflowClient, name: str, version: str, expecte
 def model_files_problem(client: MlflowClient, name: str, version: str,
                         expected: str) -> str | None:
     """Why the model files of ``name`` v``version`` are not the ones registered, or None."""
-    with _model_copy() as tmp:
+    with scratch_dir("model") as tmp:
         return _checked_model_folder(client, name, version, expected, tmp)[1]
 
 
@@ -265,7 +231,7 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
     # A local store's folder is used in place; only a remote store's copy lands in ``dst``,
     # removed once loaded: puhui's models read their files in ``load_context`` (the scorer,
     # the ranker), and only versions registered through puhui are loaded here.
-    with _model_copy() as dst:
+    with scratch_dir("model") as dst:
         folder, problem = _checked_model_folder(
             registry_client(tracking_uri), name, version,
             registered[-1]["details"].get("model_sha256"), dst)
@@ -584,12 +550,12 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
 def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWriter,
                             repair: bool = True) -> Reconciliation:
     """Settle model changes a crash interrupted (see the module docstring); repairing, also
-    remove the model copies killed processes left in the temp folder."""
+    remove the temporary folders killed processes left (``puhui.scratch``)."""
     with held_lock(engine, MODEL_LOCK):
         settled = _reconcile(client, engine, audit, repair)
     if repair:
-        settled.repaired.extend(f"removed {folder}: a model copy its process, now gone, left "
-                                "behind" for folder in sweep_model_copies())
+        settled.repaired.extend(f"removed {folder}: a temporary folder its process, now gone, "
+                                "left behind" for folder in sweep_scratch_dirs())
     return settled
 
 

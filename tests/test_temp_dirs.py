@@ -1,6 +1,7 @@
 """Nothing puhui makes in the temp folder outlives its use: a read-only command leaves no
-directory behind (every ``models show`` left one), and a model copy a killed registration
-left is swept by the next reconcile, never a live process's."""
+directory behind (every ``models show`` left one), and the folders of killed processes (a
+registration's model copy, a training's publish folder) are swept by the next reconcile,
+never a live process's."""
 
 from __future__ import annotations
 
@@ -51,15 +52,20 @@ def test_models_show_and_compare_leave_no_temp_dir(
     assert sorted(p.name for p in scratch.iterdir()) == []
 
 
-_HOLD_A_COPY = ("import sys; from puhui.registry import _model_copy; copy = _model_copy(); "
+_HOLD_A_COPY = ("import sys; from puhui.scratch import scratch_dir; copy = scratch_dir('model'); "
                 "print(copy.name, flush=True); sys.stdin.read()")
+# A training killed while publishing (its MLflow run's files in a temp folder).
+_KILLED_PUBLISHING = ("import os, signal; from puhui.scratch import scratch_dir; "
+                      "folder = scratch_dir('publish'); open(folder.name + '/report.html', 'w'); "
+                      "os.kill(os.getpid(), signal.SIGKILL)")
 
 
-def test_reconcile_removes_the_model_copy_of_a_killed_registration_only(
+def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
         sqlite_warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A registration killed (kill -9) while its copy of the model files exists leaves the
-    copy; the next reconcile (every model command and training starts with one) removes it,
-    and keeps the copy of a process still running."""
+    copy, a training killed while publishing its folder; the next reconcile (every model
+    command and training starts with one) removes both, and keeps the copy of a process
+    still running."""
     scratch = _scratch(tmp_path, monkeypatch)
     env = {**os.environ, "TMPDIR": str(scratch), "PUHUI_CRASH_AT": "register.model_copy"}
     script = ("from tests.test_lifecycle import _register; "
@@ -69,8 +75,12 @@ def test_reconcile_removes_the_model_copy_of_a_killed_registration_only(
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     left = list(scratch.glob("puhui-model-*"))
     assert len(left) == 1 and any(left[0].rglob("MLmodel"))  # the real copy it was hashing
-
     env.pop("PUHUI_CRASH_AT")
+    assert subprocess.run([sys.executable, "-c", _KILLED_PUBLISHING], env=env,
+                          cwd=repo_root(), timeout=120).returncode == -signal.SIGKILL
+    left += list(scratch.glob("puhui-publish-*"))
+    assert len(left) == 2
+
     live = subprocess.Popen([sys.executable, "-c", _HOLD_A_COPY], env=env, cwd=repo_root(),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -80,9 +90,9 @@ def test_reconcile_removes_the_model_copy_of_a_killed_registration_only(
         settled = reconcile_model_changes(
             registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit)
-        assert not left[0].exists() and held.is_dir()
-        assert [line for line in settled.repaired if "model copy" in line] == [
-            f"removed {left[0]}: a model copy its process, now gone, left behind"]
+        assert not any(p.exists() for p in left) and held.is_dir()
+        assert sorted(line for line in settled.repaired if "temporary folder" in line) == sorted(
+            f"removed {p}: a temporary folder its process, now gone, left behind" for p in left)
     finally:
         live.communicate("", timeout=60)  # its stdin closed: it ends, removing its copy
-    assert list(scratch.glob("puhui-model-*")) == []
+    assert list(scratch.glob("puhui-model-*")) == list(scratch.glob("puhui-publish-*")) == []

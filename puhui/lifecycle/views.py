@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from puhui.registry import (
     current_aliases,
 )
 from puhui.registry_read import suppress_not_found
+from puhui.scratch import scratch_dir
 from puhui.warehouse.schema import model_evaluations
 
 if TYPE_CHECKING:  # the commands pass puhui.registry_read's reader (no MLflow import)
@@ -56,7 +56,7 @@ def view_for(name: str, config_dir: Path) -> ModelView:
 def _artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
     """A run's (small, text) artifact's content; the copy it is read from is removed at once
     (a directory left per read piled up in /tmp: every show, compare and report leaked one)."""
-    with tempfile.TemporaryDirectory(prefix="puhui-artifact-") as tmp, suppress_not_found():
+    with scratch_dir("artifact") as tmp, suppress_not_found():
         return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
     return None
 
