@@ -8,11 +8,14 @@ if the signature differs:
 
 - a local store: each file's relative path, size, mtime_ns, ctime_ns and inode. ctime is the
   kernel's, set on every write and on every ``utime``: a same-size rewrite with its mtime
-  put back still changes it;
-- a remote store (an fsspec URL): each object's path, size and the listing's change marker
-  (``puhui.landing.change_marker``: an ETag, an md5, a modification time). A store whose
-  listing gives no marker for some file, or one fsspec cannot list, has no signature: its
-  files are downloaded and hashed every time, as before.
+  put back still changes it. The cache trusts that: a FUSE mount of a bucket (gcsfuse,
+  s3fs) makes up ctime and inodes, so verify such a store with ``--deep``;
+- a remote store (an fsspec URL): each object's path, size and the listing's content tag
+  (``puhui.landing.CONTENT_MARKER_KEYS``: an ETag, an md5). A time (mtime, LastModified,
+  updated, modify, created) is no signature: whoever writes the store can set it back (SFTP
+  utime, HDFS setTimes), and ``created`` stays through an in-place rewrite. A store whose
+  listing gives no content tag for some file, or one fsspec cannot list, has no signature:
+  its files are downloaded and hashed every time, as before.
 
 The cache is a file under PUHUI_HOME whose entries are HMACs under the audit key over (model,
 version, digest, signature): an entry cannot be written for files of another content
@@ -59,7 +62,7 @@ def _local_signature(folder: Path) -> str | None:
 def _remote_signature(uri: str) -> str | None:
     import fsspec
 
-    from puhui.landing import change_marker
+    from puhui.landing import CONTENT_MARKER_KEYS, change_marker
 
     try:
         fs, root = fsspec.core.url_to_fs(uri)
@@ -68,9 +71,9 @@ def _remote_signature(uri: str) -> str | None:
         return None
     entries: list[Any] = []
     for path, info in sorted(listing.items()):
-        marker = change_marker(info)
+        marker = change_marker(info, CONTENT_MARKER_KEYS)
         if marker is None:
-            return None  # size alone misses a same-size rewrite
+            return None  # size alone, or a settable time, misses a same-size rewrite
         entries.append([path, info.get("size"), marker])
     return _digest(entries) if entries else None
 

@@ -8,9 +8,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from puhui import registry as registry_module
+from puhui.landing import CONTENT_MARKER_KEYS, change_marker
+from puhui.model_fingerprints import files_signature
 from puhui.registry_read import SqlRegistry
 from tests import test_crash_model_changes as crash_tests
 from tests.test_attack_round8_mends import _model_folder
@@ -71,3 +74,21 @@ def test_verify_reads_every_version_s_metrics_in_one_query(
     verified = puhui("audit", "verify", "--no-repair")
     assert verified.returncode == 0, verified.stderr
     assert "MLflow agrees with the trail: 4 version(s)" in verified.stdout
+
+
+def test_a_remote_signature_is_a_content_tag_never_a_settable_time() -> None:
+    """A listing's time (mtime, LastModified, updated, modify, created) is what a store's
+    writer can put back (SFTP utime, HDFS setTimes; ``created`` outlives an in-place
+    rewrite): files listed with no content tag get no signature, so verify hashes them each
+    time. The memory filesystem lists ``created`` only."""
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/verify-costs/model/MLmodel", b"flavors: {}")
+    try:
+        assert "created" in fs.info("/verify-costs/model/MLmodel")
+        assert files_signature("memory://verify-costs/model") is None
+    finally:
+        fs.rm("/verify-costs", recursive=True)
+    times = {"mtime": 1, "LastModified": "x", "last_modified": "x", "updated": "x",
+             "modify": "x", "created": 1}
+    assert change_marker(times, CONTENT_MARKER_KEYS) is None
+    assert change_marker({**times, "md5Hash": "q1"}, CONTENT_MARKER_KEYS) == "md5Hash=q1"
