@@ -878,8 +878,9 @@ def audit_verify(
                                 "only report them, e.g. as the read-only auditor role).")
     ] = True,
     deep: Annotated[
-        bool, typer.Option("--deep", help="Hash the model files of every registered version "
-                                          "(default: only those an alias points to).")
+        bool, typer.Option("--deep", help="Hash the model files of every registered version, "
+                                          "ignoring the cache of checked files (default: only "
+                                          "those an alias points to; --anchor implies it).")
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
@@ -912,10 +913,15 @@ def audit_verify(
             runtime, result = _verified_chain(anchor)
             report.update(result.__dict__, anchor=result.anchor)
             problems = list(result.problems)
-        verified = VerifiedFiles(runtime.settings.home, runtime.audit.key)
+        # The cache's entries are HMACs under the audit key, which the local profile keeps in
+        # $PUHUI_HOME next to the cache: its holder could swap a file and forge an entry.
+        # An anchor is for not trusting the key's holder, so every file is hashed then.
+        deep = deep or anchor is not None
+        verified = None if deep else VerifiedFiles(runtime.settings.home, runtime.audit.key)
         mismatches, versions, aliases = registry_problems(client, runtime.engine, deep=deep,
                                                           verified=verified)
-        verified.save()
+        if verified is not None:
+            verified.save()
         problems += settled.open + mismatches
         lines += settled.repaired + [f"ungated (promote refuses it): {v}"
                                      for v in settled.ungated]

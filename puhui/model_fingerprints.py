@@ -19,7 +19,9 @@ if the signature differs:
 
 The cache is a file under PUHUI_HOME whose entries are HMACs under the audit key over (model,
 version, digest, signature): an entry cannot be written for files of another content
-without the key, and a damaged or foreign file only costs a rehash. ``--deep`` ignores it.
+without the key, and a damaged or foreign file only costs a rehash. So the cache trusts
+whoever holds the audit key (in the local profile, ``$PUHUI_HOME/audit.key`` beside it):
+``--deep`` ignores it, and so does ``--anchor``, whose point is not trusting that holder.
 """
 
 from __future__ import annotations

@@ -12,9 +12,13 @@ import fsspec
 import pytest
 
 from puhui import registry as registry_module
+from puhui.audit import events_of
 from puhui.landing import CONTENT_MARKER_KEYS, change_marker
-from puhui.model_fingerprints import files_signature
+from puhui.model_fingerprints import VerifiedFiles, files_signature
+from puhui.registry import REGISTERED, _registered_digests, registry_client
 from puhui.registry_read import SqlRegistry
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
 from tests import test_crash_model_changes as crash_tests
 from tests.test_attack_round8_mends import _model_folder
 from tests.test_crash_model_changes import NAME, Ran
@@ -92,3 +96,35 @@ def test_a_remote_signature_is_a_content_tag_never_a_settable_time() -> None:
              "modify": "x", "created": 1}
     assert change_marker(times, CONTENT_MARKER_KEYS) is None
     assert change_marker({**times, "md5Hash": "q1"}, CONTENT_MARKER_KEYS) == "md5Hash=q1"
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_with_an_anchor_hashes_every_file_whatever_the_cache_says(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache's entries are keyed with the audit key, which the local profile keeps in
+    PUHUI_HOME beside the cache: its holder can swap a model file and write an entry for the
+    new files. ``--anchor`` (for not trusting that holder) must not take the cache's word."""
+    v1 = registry_env["passed1"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    anchor = puhui("audit", "anchor").stdout.strip()
+    assert puhui("audit", "verify").returncode == 0  # the cache now holds v1's files
+
+    pickle = _model_folder(v1) / "python_model.pkl"
+    content = pickle.read_bytes()
+    pickle.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    runtime = open_runtime()
+    expected = _registered_digests(events_of(runtime.engine, [REGISTERED]))[(NAME, v1)]
+    uri = registry_client(runtime.settings.mlflow_tracking_uri).get_model_version_download_uri(
+        NAME, v1)
+    forged = VerifiedFiles(load_settings().home, runtime.audit.key)
+    forged.remember(NAME, v1, expected, files_signature(uri))
+    forged.save()
+    assert puhui("audit", "verify", "--no-repair").returncode == 0  # the key holder's forgery
+
+    hashed = _hashes(monkeypatch)
+    verified = puhui("audit", "verify", "--no-repair", "--anchor", anchor)
+    assert verified.returncode == 1, verified.stdout
+    assert f"{NAME} v{v1}: its model files differ from those registered" in verified.stderr
+    assert len(hashed) == 4  # every version, as --deep
