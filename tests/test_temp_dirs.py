@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
 from puhui.registry import reconcile_model_changes, registry_client
 from puhui.runtime import open_runtime
+from puhui.scratch import sweep_scratch_dirs
 from puhui.settings import load_settings, repo_root
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_models_cli import _version
@@ -96,3 +98,52 @@ def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
     finally:
         live.communicate("", timeout=60)  # its stdin closed: it ends, removing its copy
     assert list(scratch.glob("puhui-model-*")) == list(scratch.glob("puhui-publish-*")) == []
+
+
+# In a pid namespace of its own (a sibling container of the pod), the holder forks until its
+# pid is one that no process has in ours: to a sweep judging pids alone, its owner is dead.
+_HOLD_IN_ANOTHER_NAMESPACE = """
+import os, sys
+ours = {int(p) for p in sys.argv[1].split(",")}
+while (child := os.fork()) and os.waitpid(child, 0)[1] >> 8 == 3:
+    pass
+if child:
+    sys.exit(0)
+if os.getpid() in ours:
+    os._exit(3)
+from puhui.scratch import scratch_dir
+copy = scratch_dir("model")
+print(os.getpid(), copy.name, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_sweep_never_touches_another_pid_namespace_s_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two containers of a pod share the hostname and may share /tmp with separate pid
+    namespaces: the other's live process has a pid that is dead (or someone else) in ours.
+    Its copy of the model files stays while it hashes them; a killed process's of our own
+    namespace is still swept."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-Urpf", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged pid namespaces here (unshare -Urpf)")
+    scratch = _scratch(tmp_path, monkeypatch)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
+    sibling = subprocess.Popen(
+        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _HOLD_IN_ANOTHER_NAMESPACE,
+         ours], env=env, cwd=repo_root(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        pid, name = sibling.stdout.readline().split()
+        held = Path(name)
+        assert held.is_dir() and held.parent == scratch and not Path(f"/proc/{pid}").exists()
+        assert subprocess.run([sys.executable, "-c", _KILLED_PUBLISHING], env=env,
+                              cwd=repo_root(), timeout=120).returncode == -signal.SIGKILL
+        killed = list(scratch.glob("puhui-publish-*"))
+        assert sweep_scratch_dirs() == [str(p) for p in killed] and len(killed) == 1
+        assert held.is_dir() and not killed[0].exists()
+    finally:
+        sibling.communicate("", timeout=60)
+    assert list(scratch.iterdir()) == []
