@@ -361,7 +361,8 @@ def _registry_to_change() -> tuple:
 
     runtime = open_runtime(_settings())
     client = registry_client(runtime.settings.mlflow_tracking_uri)
-    for line in reconcile_model_changes(client, runtime.engine, runtime.audit).repaired:
+    settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
+    for line in settled.repaired + settled.swept:
         err_console.print(f"puhui: {line}")
     return client, runtime
 
@@ -923,14 +924,14 @@ def audit_verify(
         if verified is not None:
             verified.save()
         problems += settled.open + mismatches
-        lines += settled.repaired + [f"ungated (promote refuses it): {v}"
-                                     for v in settled.ungated]
+        lines += settled.repaired + settled.swept + [f"ungated (promote refuses it): {v}"
+                                                     for v in settled.ungated]
         unchecked = unfingerprinted_versions(runtime.engine)
         if unchecked:  # informational: these came before digests, nothing is wrong with them
             lines.append(f"{len(unchecked)} version(s) registered without a file fingerprint "
                          f"(model files not checkable): {', '.join(unchecked[:5])}"
                          + (", ..." if len(unchecked) > 5 else ""))
-        report.update(repaired=settled.repaired, ungated=settled.ungated,
+        report.update(repaired=settled.repaired, swept=settled.swept, ungated=settled.ungated,
                       registry_problems=mismatches, versions=versions, aliases=aliases,
                       unfingerprinted=unchecked)
         if not settled.open and not mismatches:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -471,9 +471,11 @@ def _verdicts(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, A
 
 @dataclass(frozen=True)
 class Reconciliation:
-    repaired: list[str]  # what was settled now (recovered, aborted, tags restored)
+    repaired: list[str]  # what was settled now (recovered, aborted, tags restored): events
     open: list[str]  # gaps left (only when not repairing)
     ungated: list[str]  # registered versions whose gates never ran
+    # Temporary folders of processes gone, removed now (no event: the trail did not move).
+    swept: list[str] = field(default_factory=list)
 
 
 def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
@@ -554,8 +556,8 @@ def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWr
     with held_lock(engine, MODEL_LOCK):
         settled = _reconcile(client, engine, audit, repair)
     if repair:
-        settled.repaired.extend(f"removed {folder}: a temporary folder its process, now gone, "
-                                "left behind" for folder in sweep_scratch_dirs())
+        settled.swept.extend(f"removed {folder}: a temporary folder its process, now gone, "
+                             "left behind" for folder in sweep_scratch_dirs())
     return settled
 
 

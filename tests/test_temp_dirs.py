@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
 from puhui.registry import reconcile_model_changes, registry_client
 from puhui.runtime import open_runtime
-from puhui.scratch import sweep_scratch_dirs
+from puhui.scratch import pid_namespace, sweep_scratch_dirs
 from puhui.settings import load_settings, repo_root
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_models_cli import _version
@@ -93,8 +94,9 @@ def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
             registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit)
         assert not any(p.exists() for p in left) and held.is_dir()
-        assert sorted(line for line in settled.repaired if "temporary folder" in line) == sorted(
+        assert sorted(settled.swept) == sorted(
             f"removed {p}: a temporary folder its process, now gone, left behind" for p in left)
+        assert settled.repaired == []  # events written: none (verify re-checks the chain then)
     finally:
         live.communicate("", timeout=60)  # its stdin closed: it ends, removing its copy
     assert list(scratch.glob("puhui-model-*")) == list(scratch.glob("puhui-publish-*")) == []
@@ -147,3 +149,50 @@ def test_the_sweep_never_touches_another_pid_namespace_s_folder(
     finally:
         sibling.communicate("", timeout=60)
     assert list(scratch.iterdir()) == []
+
+
+
+
+_SWEEP = ("import json; from puhui.scratch import sweep_scratch_dirs; "
+          "print(json.dumps(sweep_scratch_dirs()))")
+
+
+def _as_nobody(code: str, env: dict[str, str]) -> subprocess.CompletedProcess | None:
+    """``code`` run by the nobody user (puhui from this checkout), or None where it cannot
+    be (not root, no setpriv, no Python that user can run)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        return None
+    for python in (sys.executable, "/usr/bin/python3"):
+        ran = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-B", "-c",
+             code], env={**env, "PYTHONPATH": str(repo_root())}, cwd="/",
+            capture_output=True, text=True, timeout=120)
+        if ran.returncode == 0 or "puhui" in ran.stderr:
+            return ran
+    return None
+
+
+def test_a_folder_the_sweep_cannot_remove_is_not_reported_removed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead process's folder of another user (mode 700, in a sticky temp folder) cannot
+    be removed by this one: it was reported removed on every reconcile. The sweep runs here
+    as the nobody user, then as the owner."""
+    shared = Path(tempfile.mkdtemp(prefix="sweep-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # as /tmp: anyone creates, only the owner removes
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        folder = shared / f"puhui-model-{socket.gethostname()}-{pid_namespace()}-{dead.pid}-x1"
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "MLmodel").write_text("flavors: {}")
+        folder.chmod(0o700)
+        swept = _as_nobody(_SWEEP, {**os.environ, "TMPDIR": str(shared)})
+        if swept is None:
+            pytest.skip("cannot run puhui as another user here (needs root and setpriv)")
+        assert swept.returncode == 0, swept.stderr[-2000:]
+        assert json.loads(swept.stdout) == [] and (folder / "model" / "MLmodel").exists()
+        monkeypatch.setattr(tempfile, "tempdir", str(shared))
+        assert sweep_scratch_dirs() == [str(folder)] and not folder.exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
