@@ -45,9 +45,11 @@ def _at_most_63_bytes(name: str) -> str:
     return name
 
 
+# A lower-case name: a letter, then letters, digits and underscores.
+LOWER_NAME = r"[a-z][a-z0-9_]*"
 # Names that reach SQL as quoted identifiers (raw table columns, feature sources): a quote
 # or a semicolon in one would end the identifier early in the statements built from them.
-Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+Identifier = Annotated[str, Field(pattern=rf"^{LOWER_NAME}$")]
 # A partner's column name as its header spells it (`CustomerID`, `客户编号`): it is always
 # quoted, by SQLAlchemy or by hand (COPY, INSERT, ALTER TABLE), so only what would break the
 # quoting is refused: a double quote, a colon (a bind parameter in SQLAlchemy's text()),
@@ -130,7 +132,7 @@ class ColumnContract(StrictModel):
 class PartnerFeed(StrictModel):
     """A partner feed: where files land, how to read them, and the data contract."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(pattern=rf"^{LOWER_NAME}$")
     description: str
     owner: Literal["partner", "lender"]
     location: str | None = None  # fsspec URL; default: $PUHUI_LANDING/<name>
@@ -229,7 +231,7 @@ class PartnersConfig(StrictModel):
 
 ReasonCode = str
 Comparison = dict[Literal["gt", "ge", "lt", "le", "ne"], float | str]
-_LOWER_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_LOWER_NAME = re.compile(LOWER_NAME)
 
 
 def _lower_case_column(name: str) -> str:
@@ -249,7 +251,7 @@ RowFilter = dict[RawColumn, str | float | list[str] | Comparison]
 
 
 class FeatureName(StrictModel):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(pattern=rf"^{LOWER_NAME}$")
     reason: ReasonCode
 
 
@@ -343,7 +345,7 @@ class PartitioningSpec(StrictModel):
 
 
 class FeaturesConfig(StrictModel):
-    feature_set: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    feature_set: str = Field(pattern=rf"^{LOWER_NAME}$")
     timezone: str
     reasons: dict[ReasonCode, str]
     customer: CustomerSpec
@@ -666,7 +668,7 @@ class ModelsConfig(StrictModel):
 
 
 class SegmentRule(StrictModel):
-    tag: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    tag: str = Field(pattern=rf"^{LOWER_NAME}$")
     label: str
     rule: RowFilter
 
