@@ -32,7 +32,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+
+from puhui.registry_read import local_artifact_path
 
 CACHE_FILE = Path("cache") / "verified-model-files.json"
 
@@ -40,10 +41,9 @@ CACHE_FILE = Path("cache") / "verified-model-files.json"
 def files_signature(uri: str) -> str | None:
     """A digest of what the store says about the files at ``uri`` (see the module), or None
     where it says nothing that changes with their content (or they are gone)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("file", ""):
-        return _local_signature(Path(unquote(parsed.path)))
-    return _remote_signature(uri)
+    # The folder model_files_dir hashes in place: the signature must be of the same files.
+    local = local_artifact_path(uri)
+    return _remote_signature(uri) if local is None else _local_signature(local)
 
 
 def _digest(entries: list[Any]) -> str:

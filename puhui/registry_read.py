@@ -88,14 +88,20 @@ def model_files_digest(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def model_files_dir(uri: str, dst_path: str) -> Path | None:
-    """The folder of model files at artifact ``uri``: in place for a local store (None when
-    it is gone), else downloaded into ``dst_path`` by MLflow."""
+def local_artifact_path(uri: str) -> Path | None:
+    """The local path an artifact ``uri`` names (``file:`` or a bare path), or None for a
+    remote store."""
     from urllib.parse import unquote, urlparse
 
     parsed = urlparse(uri)
-    if parsed.scheme in ("file", ""):
-        path = Path(unquote(parsed.path))
+    return Path(unquote(parsed.path)) if parsed.scheme in ("file", "") else None
+
+
+def model_files_dir(uri: str, dst_path: str) -> Path | None:
+    """The folder of model files at artifact ``uri``: in place for a local store (None when
+    it is gone), else downloaded into ``dst_path`` by MLflow."""
+    path = local_artifact_path(uri)
+    if path is not None:
         return path if path.is_dir() else None
     import mlflow.artifacts
 
