@@ -44,7 +44,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     suppress_not_found,
 )
 from puhui.scratch import scratch_dir, sweep_scratch_dirs
-from puhui.warehouse.engine import held_lock
+from puhui.warehouse.engine import held_lock, in_list_chunks
 from puhui.warehouse.schema import ingest_batches, model_evaluations, validation_results
 
 if TYPE_CHECKING:  # MLflow is imported where it writes: reading needs only its tables
@@ -296,10 +296,10 @@ def _training_evaluations(engine: Engine, versions: Collection[tuple[str, str, s
     runs = sorted({run for _, _, run in versions if run})  # a version may have no run
     e = model_evaluations.c
     with engine.connect() as conn:
-        for start in range(0, len(runs), 500):  # bounded IN lists
+        for chunk in in_list_chunks(runs):
             for row in conn.execute(select(e.model_name, e.model_version, e.mlflow_run_id,
                                            e.metric, e.segment, e.value)
-                                    .where(e.mlflow_run_id.in_(runs[start:start + 500]))):
+                                    .where(e.mlflow_run_id.in_(chunk))):
                 key = (row.model_name, row.model_version, row.mlflow_run_id)
                 if key in found:
                     found[key].append((row.metric, row.segment, row.value))

@@ -282,13 +282,15 @@ class SqlRegistry:
         """Each run's latest metrics in one query (``get_run`` reads one run in three)."""
         from sqlalchemy import bindparam, text
 
+        from puhui.warehouse.engine import in_list_chunks
+
         found: dict[str, dict[str, float]] = {run: {} for run in run_ids}
         query = text("SELECT run_uuid, key, value, is_nan FROM latest_metrics "
                      "WHERE run_uuid IN :runs").bindparams(bindparam("runs", expanding=True))
         runs = sorted(found)
         with self._engine.connect() as conn:
-            for start in range(0, len(runs), 500):  # bounded IN lists
-                for r in conn.execute(query, {"runs": runs[start:start + 500]}):
+            for chunk in in_list_chunks(runs):
+                for r in conn.execute(query, {"runs": chunk}):
                     found[r.run_uuid][r.key] = math.nan if r.is_nan else float(r.value)
         return found
 

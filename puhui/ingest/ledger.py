@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from puhui.privacy import find_raw_identifiers, safe_name
-from puhui.warehouse.engine import lock_for
+from puhui.warehouse.engine import in_list_chunks, lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
 
 if TYPE_CHECKING:
@@ -210,10 +210,10 @@ def pseudonymize_legacy_paths(
             )
             .values(source_path=renamed, path_pseudonymized=True)
         ).rowcount
-    for start in range(0, len(kept), 500):  # bounded IN lists
+    for chunk in in_list_chunks(kept):
         conn.execute(
             update(ingest_batches)
-            .where(table.batch_id.in_(kept[start:start + 500]))
+            .where(table.batch_id.in_(chunk))
             .values(path_pseudonymized=True)
         )
     return changed
@@ -350,10 +350,10 @@ def suite_hashes(engine: Engine, batch_ids: list[str]) -> dict[str, str | None]:
     """batch id -> the hash of the suite that validated it last (None: not recorded)."""
     found: dict[str, str | None] = {}
     with engine.connect() as conn:
-        for start in range(0, len(batch_ids), 500):  # bounded IN lists
+        for chunk in in_list_chunks(batch_ids):
             rows = conn.execute(
                 select(validation_results.c.batch_id, validation_results.c.details)
-                .where(validation_results.c.batch_id.in_(batch_ids[start:start + 500])))
+                .where(validation_results.c.batch_id.in_(chunk)))
             for row in rows:
                 found[row.batch_id] = (row.details or {}).get("suite_hash")
     return found
