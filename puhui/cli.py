@@ -775,6 +775,15 @@ AUDIT_COLUMNS = ("seq", "occurred_at", "actor", "action", "subject", "reason", "
                  "mlflow_run_id", "code_version", "config_hash", "details")
 
 
+def _inert_cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a reason or actor starting with = + - @ (or a
+    tab or carriage return) is a formula to Excel and LibreOffice (``=HYPERLINK(...)`` sends
+    the sheet's data away when an auditor opens the export), so it gets a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 @audit_app.command("log")
 def audit_log_command(
     since: Annotated[str | None, typer.Option(
@@ -823,8 +832,9 @@ def audit_log_command(
                                 lineterminator="\n")
         writer.writeheader()
         for event in events:
-            writer.writerow({**event, "details": json.dumps(event["details"], sort_keys=True,
-                                                            ensure_ascii=False)})
+            row = {**event, "details": json.dumps(event["details"], sort_keys=True,
+                                                  ensure_ascii=False)}
+            writer.writerow({k: _inert_cell(v) for k, v in row.items()})
         return
     table = Table(box=None)
     for header in ("seq", "time (UTC)", "actor", "action", "subject"):

@@ -57,6 +57,12 @@ Identifier = Annotated[str, Field(pattern=rf"^{LOWER_NAME}$")]
 # At most 63 UTF-8 bytes: PostgreSQL cuts longer identifiers, so two could become one.
 ColumnName = Annotated[str, Field(pattern=r'^[^\s":\p{C}](?:[^":\p{C}]*[^\s":\p{C}])?$'),
                        AfterValidator(_at_most_63_bytes)]
+# A feed's batch ids are <feed>-<YYYYMMDD>-<12 hex> in VARCHAR(40) columns: PostgreSQL
+# refused every file of a longer-named feed (SQLite, which ignores the length, loaded them).
+MAX_FEED_NAME = 40 - len("-YYYYMMDD-") - 12
+# Stored names the raw table and the quarantine copies use themselves (checked case-folded).
+_RAW_TABLE_COLUMNS = frozenset({"batch_id", "row_number"})
+_CHECK_PREFIXES = ("_valid_", "_after_delivery")
 # A number of days: bounded, so that a slip of the keyboard (1e20) is refused on load and
 # not an OverflowError in date arithmetic in the middle of a run.
 MAX_DAYS = 3660
@@ -129,10 +135,18 @@ class ColumnContract(StrictModel):
         return self.name
 
 
+def _fits_a_batch_id(name: str) -> str:
+    if len(name) > MAX_FEED_NAME:
+        raise ValueError(
+            f"longer than {MAX_FEED_NAME} characters (a batch id, <feed>-<YYYYMMDD>-<12 hex>, "
+            "must fit the ledger's 40-character batch_id)")
+    return name
+
+
 class PartnerFeed(StrictModel):
     """A partner feed: where files land, how to read them, and the data contract."""
 
-    name: str = Field(pattern=rf"^{LOWER_NAME}$")
+    name: Annotated[str, Field(pattern=rf"^{LOWER_NAME}$"), AfterValidator(_fits_a_batch_id)]
     description: str
     owner: Literal["partner", "lender"]
     location: str | None = None  # fsspec URL; default: $PUHUI_LANDING/<name>
@@ -197,6 +211,15 @@ class PartnerFeed(StrictModel):
         stored = [c.stored_name.casefold() for c in self.columns if c.stored_name]
         if len(stored) != len(set(stored)):
             raise ValueError("two columns would be stored under the same name")
+        # The raw table's own columns, and the check columns a quarantine copy keeps beside
+        # the data: a partner column under one of these names broke every file of the feed.
+        taken = [c.stored_name for c in self.columns
+                 if c.stored_name and (c.stored_name.casefold() in _RAW_TABLE_COLUMNS
+                                       or c.stored_name.startswith(_CHECK_PREFIXES))]
+        if taken:
+            raise ValueError(
+                f"feed {self.name!r}: a column is stored as {taken[0]!r}, a name the raw table "
+                "keeps for itself (batch_id, row_number, _valid_*, _after_delivery)")
         return self
 
     @property

@@ -74,6 +74,7 @@ from puhui.ingest.reading import (
 )
 from puhui.landing import LandedFile
 from puhui.privacy import (
+    count_identifier_numbers,
     count_identifiers_in_column,
     mask_identifiers_in_column,
     printable,
@@ -259,6 +260,13 @@ def prepare_chunk(
                 )
             values = mask_identifiers_in_column(values)
             masked[stored_name] = found
+        elif column.type in ("int", "float") and count_identifier_numbers(values):
+            # Held like a phone written 138-1234-5678 there (type drift): a number cannot be
+            # masked, and a quarantine copy or a GX result would keep it as it is.
+            raise ContractViolation(
+                f"identifier-shaped number(s) in {column.name}: a phone number or national ID "
+                "where a number belongs"
+            )
         arrays.append(values)
         names.append(stored_name)
     if feed.event_time:
