@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from puhui import console as report
+from puhui.console import is_verbose
 from puhui.errors import PuhuiError
 from puhui.privacy import printable, scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
@@ -362,7 +363,8 @@ def _registry_to_change() -> tuple:
     runtime = open_runtime(_settings())
     client = registry_client(runtime.settings.mlflow_tracking_uri)
     settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
-    for line in settled.repaired + settled.swept:
+    # A dead process's temp folder removed is housekeeping, not news: said with --verbose.
+    for line in settled.repaired + (settled.swept if is_verbose() else []):
         err_console.print(f"puhui: {line}")
     return client, runtime
 
@@ -934,8 +936,8 @@ def audit_verify(
         if verified is not None:
             verified.save()
         problems += settled.open + mismatches
-        lines += settled.repaired + settled.swept + [f"ungated (promote refuses it): {v}"
-                                                     for v in settled.ungated]
+        lines += settled.repaired + (settled.swept if is_verbose() else []) + [
+            f"ungated (promote refuses it): {v}" for v in settled.ungated]
         unchecked = unfingerprinted_versions(runtime.engine)
         if unchecked:  # informational: these came before digests, nothing is wrong with them
             lines.append(f"{len(unchecked)} version(s) registered without a file fingerprint "
