@@ -600,7 +600,8 @@ class FileIngestor:
         if (decided := ledger.get_batch(engine, base["batch_id"])) is not None:
             # The same bytes, touched: the row takes the new time (or marker), so
             # discovery skips the file again instead of hashing it on every run.
-            ledger.renew_version_marks(engine, decided, handle.mtime_ns, landed.change_marker)
+            ledger.renew_version_marks(engine, self.runtime.audit, decided, handle.mtime_ns,
+                                       landed.change_marker, self.flow_run_id)
             return None
         if landed.kind != "file":
             kind = {"symlink": "symbolic link", "directory": "directory"}.get(
@@ -729,10 +730,11 @@ class FileIngestor:
         masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
+        identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                **self._identity(handle, landed, base),
+                **identity,
                 content_key=content_key(self.feed.name, handle.checksum),
                 status="accepted",
             )
@@ -820,6 +822,7 @@ class FileIngestor:
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,
+                    **ledger.discovery_facts(identity),
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -902,10 +905,11 @@ class FileIngestor:
             "suite_hash": (validation or {}).get("suite_hash"),
         }
         owns_content = handle.size > 0 and landed.kind == "file"
+        identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                **self._identity(handle, landed, base),
+                **identity,
                 content_key=content_key(self.feed.name, handle.checksum) if owns_content else None,
                 rows=rows,
                 rows_loaded=0,
@@ -943,6 +947,7 @@ class FileIngestor:
                     "rows": rows,
                     "reason": reason,
                     "checksum": handle.checksum,
+                    **ledger.discovery_facts(identity),
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -957,10 +962,11 @@ class FileIngestor:
         owner: ledger.BatchRecord,
     ) -> FileOutcome:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
+        identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                **self._identity(handle, landed, base),
+                **identity,
                 content_key=None,
                 duplicate_of=owner.batch_id,
                 rows=owner.rows,
@@ -979,6 +985,7 @@ class FileIngestor:
                     "partner": self.feed.name,
                     "duplicate_of": owner.batch_id,
                     "checksum": handle.checksum,
+                    **ledger.discovery_facts(identity),
                 },
                 flow_run_id=self.flow_run_id,
             )
