@@ -75,8 +75,9 @@ def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
 # '/' included: SQLAlchemy reads `app:ab/cd@db` as password `ab/cd`. A URL's port and path
 # followed by an '@' is scrubbed too (more than needed, never less).
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s@]+(@)")
-# A password given as a query parameter (`?password=...`, `&pwd=...`: drivers accept both).
-_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|pwd)=)[^&\s#]+")
+# A password given as a query parameter (`?password=...`, `&pwd=...`, `passwd=`: drivers
+# accept each) or as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`).
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&\s;])(?:password|passwd|pwd)=)[^&\s#;]+")
 
 
 def scrub_text(text: str) -> str:

@@ -253,6 +253,11 @@ def test_a_password_in_a_tracking_uri_is_never_printed(
      "postgresql://db/x?user=app&password=***&sslmode=require"),
     ("mssql+pyodbc://db/x?PWD=s3cret#frag", "mssql+pyodbc://db/x?PWD=***#frag"),
     ("http://127.0.0.1:5000/api/2.0 refused", "http://127.0.0.1:5000/api/2.0 refused"),
+    ("postgresql://db/x?passwd=s3cret", "postgresql://db/x?passwd=***"),
+    ("connect: host=db user=app password=s3cret dbname=x",
+     "connect: host=db user=app password=*** dbname=x"),
+    ("DRIVER={x};UID=app;PWD=s3cret;DATABASE=y", "DRIVER={x};UID=app;PWD=***;DATABASE=y"),
+    ("the column password_reset=1 stays", "the column password_reset=1 stays"),
 ])
 def test_a_url_password_with_a_slash_or_in_the_query_is_scrubbed(text: str, scrubbed: str) -> None:
     from puhui.privacy import scrub_text
