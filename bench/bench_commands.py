@@ -187,8 +187,8 @@ def main() -> None:
     finally:
         subprocess.run([sys.executable, "-m", "puhui", "server", "stop"], env=env, cwd=ROOT,
                        check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)  # a failed run's too
     _report(results, checkouts, options.quick)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _measure_all(env: dict[str, str], work: Path, checkouts: dict[str, Path], runs: int,

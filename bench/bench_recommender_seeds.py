@@ -19,10 +19,16 @@ recommender_seeds_validation.json. Choose on it, then run the default (``oot``) 
 choice. The ranking set's cache is kept per features config (a digest in its name), so
 switching variants (``PUHUI_CONFIG_DIR``) needs no ``--rebuild``.
 
+``--average N`` judges a model average the config cannot express: N boosters of the
+config on one Dataset, LightGBM ``seed`` the configured one, +1, ... +N-1, scored by the
+mean of their raw scores; each member's NDCG@3 alone is kept (``members``): the spread a
+single seed's figure hides.
+
 Usage:
   python bench/bench_recommender_seeds.py [--seeds 42 1 2] [--users 5000] [--days 3]
                                           [--phase prepare|train|all|table] [--work DIR]
                                           [--rebuild] [--quick] [--holdout oot|validation]
+                                          [--average N]
 Prints a table and writes bench/results/recommender_seeds.json.
 """
 
@@ -40,6 +46,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -52,7 +59,7 @@ from bench.bench_risk_seeds import (  # noqa: E402
     seeds_parser,
 )
 from bench.results_file import machine_facts, write_results  # noqa: E402
-from puhui.config import FeaturesConfig  # noqa: E402
+from puhui.config import FeaturesConfig, RecommenderSpec  # noqa: E402
 from puhui.recommender.evaluation import (  # noqa: E402
     BASELINES,
     MODEL,
@@ -60,8 +67,10 @@ from puhui.recommender.evaluation import (  # noqa: E402
     SEGMENT_POPULARITY,
     lead_standard_error,
 )
-from puhui.recommender.metrics import group_metrics  # noqa: E402
+from puhui.recommender.metrics import group_metrics, ranking_summary  # noqa: E402
+from puhui.recommender.model import Ranker, ranker_params  # noqa: E402
 from puhui.recommender.training_set import OOT, TRAIN, RankingSet  # noqa: E402
+from puhui.risk.model import category_vocabulary, encode_features  # noqa: E402
 
 DEFAULT_WORK = ROOT / ".puhui" / "bench-recommender-seeds"
 MAX_GAP_TO_CEILING = 0.05
@@ -97,10 +106,12 @@ def features_digest(features: FeaturesConfig) -> str:
     return hashlib.sha256(features.model_dump_json().encode()).hexdigest()[:12]
 
 
-def child_train(seed: int, rebuild: bool, holdout: str) -> None:
+def child_train(seed: int, rebuild: bool, holdout: str, average: int = 1) -> None:
     """Ranking set (cached), model, baselines, evaluation and gates for one seed, scored on
-    ``holdout``'s window."""
+    ``holdout``'s window; ``average`` > 1: the model is the mean raw score of that many
+    boosters differing by seed (``--average``)."""
 
+    import puhui.recommender.train as train_module
     from puhui.config import ModelsConfig, ProductsConfig, load_config
     from puhui.features.builder import feature_catalog
     from puhui.features.sources import load_source_frames
@@ -146,6 +157,9 @@ def child_train(seed: int, rebuild: bool, holdout: str) -> None:
     truth = json.loads((home / "landing" / "truth.json").read_text())
     # The truth's ceilings and rural agri share are the out-of-time window's
     reco_truth = {} if validation else truth["recommender"]
+    members: list[Ranker] = []
+    if average > 1:  # fit_and_evaluate's trainer, in this child process only
+        train_module.train_ranker = averaged_trainer(average, members)
     started = time.perf_counter()
     run = fit_and_evaluate(data, spec, (), reco_truth.get("rural_top1_agri_share"))
     fitted = time.perf_counter() - started
@@ -218,6 +232,9 @@ def child_train(seed: int, rebuild: bool, holdout: str) -> None:
         "ranking_set_seconds": round(built, 1), "fit_seconds": round(fitted, 1),
         # the shared machine's load when the fit ended: the seconds above depend on it
         "load_average": [round(x, 1) for x in os.getloadavg()],
+        "average_of": average,
+        # each member's NDCG@3 over every customer alone: the spread the average removes
+        "members": [member_ndcg(run.oot, r, spec.k) for r in members],
         "segments": seg.to_dict(orient="records"),
     }
     (home / result_name(holdout)).write_text(json.dumps(row, indent=1, default=str))
@@ -227,6 +244,44 @@ def child_train(seed: int, rebuild: bool, holdout: str) -> None:
           f"{row['segments_beating_both']}/{len(gated)} {row['segments_not_beating']}; beyond "
           f"noise {row['segments_losing_beyond_noise']}; gates "
           f"{'passed' if run.gates.passed else run.gates.failed}")
+
+
+class AveragedRanker(Ranker):
+    """Boosters of one config differing by seed, scored by their mean raw score: members
+    share data and parameters, so their scores are on one scale, and a mean of per-row
+    scores ranks each group with no group-wise step."""
+
+    members: list[Ranker]
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.mean([m.score(frame) for m in self.members], axis=0)
+
+
+def averaged_trainer(size: int, members: list[Ranker]):  # noqa: ANN201 - train_ranker's shape
+    """``train_ranker`` fitting ``size`` boosters on its one Dataset, the LightGBM ``seed``
+    seed, seed+1, ...; ``members`` receives each as a Ranker of its own."""
+    def train(frame: pd.DataFrame, features: list[str], categorical: list[str],
+              spec: RecommenderSpec) -> Ranker:
+        categories = category_vocabulary(frame, categorical)
+        data = lgb.Dataset(encode_features(frame, features, categories),
+                           label=frame["relevance"].to_numpy(),
+                           group=frame.groupby("group", sort=True).size().to_numpy(),
+                           categorical_feature=categorical)
+        params = ranker_params(spec, len(frame))
+        members.extend(Ranker(lgb.train({**params, "seed": spec.seed + i}, data,
+                                        num_boost_round=spec.num_boost_round),
+                              features, categories, params={**params, "seed": spec.seed + i})
+                       for i in range(size))
+        ranker = AveragedRanker(members[0].booster, features, categories, params=params)
+        ranker.members = list(members)
+        return ranker
+    return train
+
+
+def member_ndcg(oot: pd.DataFrame, member: Ranker, k: int) -> float | None:
+    """One member's NDCG@k over every customer (no one opts out in the bench)."""
+    return ranking_summary(oot["relevance"].to_numpy(dtype=float), member.score(oot),
+                           oot["group"].to_numpy(), k).ndcg_every
 
 
 def result_name(holdout: str) -> str:
@@ -240,7 +295,7 @@ def _num(value: float | None, digits: int = 4) -> str:
 def _run_child(args: argparse.Namespace, phase: str, seed: int) -> int:
     command = [sys.executable, __file__, "--child", phase, "--seeds", str(seed),
                "--users", str(args.users), "--days", str(args.days), "--work", str(args.work),
-               "--holdout", args.holdout]
+               "--holdout", args.holdout, "--average", str(args.average)]
     if args.rebuild:
         command.append("--rebuild")
     return subprocess.run(command, env=_seed_env(args.work, seed), cwd=ROOT,
@@ -304,8 +359,13 @@ def main() -> int:
                         help="rebuild the cached ranking sets")
     parser.add_argument("--holdout", choices=HOLDOUTS, default="oot",
                         help="validation: train on windows 2.., score window 1 (choose on it)")
+    parser.add_argument("--average", type=int, default=1, metavar="N",
+                        help="the model: the mean raw score of N boosters, seeds seed..seed+N-1")
     args = parser.parse_args()
-    if run_child_phase(args, lambda: child_train(args.seeds[0], args.rebuild, args.holdout)):
+    if args.average < 1:
+        parser.error("--average: at least 1 booster")
+    if run_child_phase(args, lambda: child_train(args.seeds[0], args.rebuild, args.holdout,
+                                                 args.average)):
         return 0
     if args.quick:
         args.users, args.seeds = 1_500, [42]

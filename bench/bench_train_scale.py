@@ -370,14 +370,15 @@ def attach(args: argparse.Namespace) -> int:
                            if line.startswith("PUHUI_")))
     os.environ["PUHUI_HOME"] += "-attached"
     server = SimpleNamespace(data_dir=Path(data_dir))
-    work = Path(tempfile.mkdtemp(prefix="train-attached-"))
     load = {"flow_start": load_average()}
-    run = {"users": args.users, "history_days": args.history_days, **counts(),
-           "attached": True, "flow": measure(server, "flow", work)}
-    load["flow_end"] = load_average()
-    if args.reference:
-        run["reference_features"] = measure(server, "reference", work)
-        load["reference_end"] = load_average()
+    with tempfile.TemporaryDirectory(prefix="train-attached-") as scratch:  # left in /tmp
+        work = Path(scratch)
+        run = {"users": args.users, "history_days": args.history_days, **counts(),
+               "attached": True, "flow": measure(server, "flow", work)}
+        load["flow_end"] = load_average()
+        if args.reference:
+            run["reference_features"] = measure(server, "reference", work)
+            load["reference_end"] = load_average()
     run["load_average_1_5_15"] = load
     write_results("train-scale", {"benchmark": "train-scale", "machine": machine_facts(),
                                   "targets": TARGETS,

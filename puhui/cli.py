@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from puhui import console as report
+from puhui.console import is_verbose
 from puhui.errors import PuhuiError
 from puhui.privacy import printable, scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
@@ -361,7 +362,9 @@ def _registry_to_change() -> tuple:
 
     runtime = open_runtime(_settings())
     client = registry_client(runtime.settings.mlflow_tracking_uri)
-    for line in reconcile_model_changes(client, runtime.engine, runtime.audit).repaired:
+    settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
+    # A dead process's temp folder removed is housekeeping, not news: said with --verbose.
+    for line in settled.repaired + (settled.swept if is_verbose() else []):
         err_console.print(f"puhui: {line}")
     return client, runtime
 
@@ -774,6 +777,15 @@ AUDIT_COLUMNS = ("seq", "occurred_at", "actor", "action", "subject", "reason", "
                  "mlflow_run_id", "code_version", "config_hash", "details")
 
 
+def _inert_cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a reason or actor starting with = + - @ (or a
+    tab or carriage return) is a formula to Excel and LibreOffice (``=HYPERLINK(...)`` sends
+    the sheet's data away when an auditor opens the export), so it gets a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 @audit_app.command("log")
 def audit_log_command(
     since: Annotated[str | None, typer.Option(
@@ -822,8 +834,9 @@ def audit_log_command(
                                 lineterminator="\n")
         writer.writeheader()
         for event in events:
-            writer.writerow({**event, "details": json.dumps(event["details"], sort_keys=True,
-                                                            ensure_ascii=False)})
+            row = {**event, "details": json.dumps(event["details"], sort_keys=True,
+                                                  ensure_ascii=False)}
+            writer.writerow({k: _inert_cell(v) for k, v in row.items()})
         return
     table = Table(box=None)
     for header in ("seq", "time (UTC)", "actor", "action", "subject"):
@@ -878,8 +891,9 @@ def audit_verify(
                                 "only report them, e.g. as the read-only auditor role).")
     ] = True,
     deep: Annotated[
-        bool, typer.Option("--deep", help="Hash the model files of every registered version "
-                                          "(default: only those an alias points to).")
+        bool, typer.Option("--deep", help="Hash the model files of every registered version, "
+                                          "ignoring the cache of checked files (default: only "
+                                          "those an alias points to; --anchor implies it).")
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
@@ -892,6 +906,7 @@ def audit_verify(
     model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
     if result.ok and (model_events
                       or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
+        from puhui.model_fingerprints import VerifiedFiles
         from puhui.registry import (
             reconcile_model_changes,
             registry_client,
@@ -911,16 +926,24 @@ def audit_verify(
             runtime, result = _verified_chain(anchor)
             report.update(result.__dict__, anchor=result.anchor)
             problems = list(result.problems)
-        mismatches, versions, aliases = registry_problems(client, runtime.engine, deep=deep)
+        # The cache's entries are HMACs under the audit key, which the local profile keeps in
+        # $PUHUI_HOME next to the cache: its holder could swap a file and forge an entry.
+        # An anchor is for not trusting the key's holder, so every file is hashed then.
+        deep = deep or anchor is not None
+        verified = None if deep else VerifiedFiles(runtime.settings.home, runtime.audit.key)
+        mismatches, versions, aliases = registry_problems(client, runtime.engine, deep=deep,
+                                                          verified=verified)
+        if verified is not None:
+            verified.save()
         problems += settled.open + mismatches
-        lines += settled.repaired + [f"ungated (promote refuses it): {v}"
-                                     for v in settled.ungated]
+        lines += settled.repaired + (settled.swept if is_verbose() else []) + [
+            f"ungated (promote refuses it): {v}" for v in settled.ungated]
         unchecked = unfingerprinted_versions(runtime.engine)
         if unchecked:  # informational: these came before digests, nothing is wrong with them
             lines.append(f"{len(unchecked)} version(s) registered without a file fingerprint "
                          f"(model files not checkable): {', '.join(unchecked[:5])}"
                          + (", ..." if len(unchecked) > 5 else ""))
-        report.update(repaired=settled.repaired, ungated=settled.ungated,
+        report.update(repaired=settled.repaired, swept=settled.swept, ungated=settled.ungated,
                       registry_problems=mismatches, versions=versions, aliases=aliases,
                       unfingerprinted=unchecked)
         if not settled.open and not mismatches:

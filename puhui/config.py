@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from datetime import time
 from functools import cache
@@ -28,6 +29,7 @@ from pydantic import (
 
 from puhui.errors import PuhuiError
 from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
+from puhui.lightgbm_params import canonical as lightgbm_canonical
 from puhui.lightgbm_params import type_problem as lightgbm_type_problem
 from puhui.lightgbm_params import unsupported as lightgbm_unsupported
 
@@ -43,9 +45,11 @@ def _at_most_63_bytes(name: str) -> str:
     return name
 
 
+# A lower-case name: a letter, then letters, digits and underscores.
+LOWER_NAME = r"[a-z][a-z0-9_]*"
 # Names that reach SQL as quoted identifiers (raw table columns, feature sources): a quote
 # or a semicolon in one would end the identifier early in the statements built from them.
-Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+Identifier = Annotated[str, Field(pattern=rf"^{LOWER_NAME}$")]
 # A partner's column name as its header spells it (`CustomerID`, `客户编号`): it is always
 # quoted, by SQLAlchemy or by hand (COPY, INSERT, ALTER TABLE), so only what would break the
 # quoting is refused: a double quote, a colon (a bind parameter in SQLAlchemy's text()),
@@ -53,6 +57,12 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 # At most 63 UTF-8 bytes: PostgreSQL cuts longer identifiers, so two could become one.
 ColumnName = Annotated[str, Field(pattern=r'^[^\s":\p{C}](?:[^":\p{C}]*[^\s":\p{C}])?$'),
                        AfterValidator(_at_most_63_bytes)]
+# A feed's batch ids are <feed>-<YYYYMMDD>-<12 hex> in VARCHAR(40) columns: PostgreSQL
+# refused every file of a longer-named feed (SQLite, which ignores the length, loaded them).
+MAX_FEED_NAME = 40 - len("-YYYYMMDD-") - 12
+# Stored names the raw table and the quarantine copies use themselves (checked case-folded).
+_RAW_TABLE_COLUMNS = frozenset({"batch_id", "row_number"})
+_CHECK_PREFIXES = ("_valid_", "_after_delivery")
 # A number of days: bounded, so that a slip of the keyboard (1e20) is refused on load and
 # not an OverflowError in date arithmetic in the middle of a run.
 MAX_DAYS = 3660
@@ -125,10 +135,18 @@ class ColumnContract(StrictModel):
         return self.name
 
 
+def _fits_a_batch_id(name: str) -> str:
+    if len(name) > MAX_FEED_NAME:
+        raise ValueError(
+            f"longer than {MAX_FEED_NAME} characters (a batch id, <feed>-<YYYYMMDD>-<12 hex>, "
+            "must fit the ledger's 40-character batch_id)")
+    return name
+
+
 class PartnerFeed(StrictModel):
     """A partner feed: where files land, how to read them, and the data contract."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: Annotated[str, Field(pattern=rf"^{LOWER_NAME}$"), AfterValidator(_fits_a_batch_id)]
     description: str
     owner: Literal["partner", "lender"]
     location: str | None = None  # fsspec URL; default: $PUHUI_LANDING/<name>
@@ -193,6 +211,15 @@ class PartnerFeed(StrictModel):
         stored = [c.stored_name.casefold() for c in self.columns if c.stored_name]
         if len(stored) != len(set(stored)):
             raise ValueError("two columns would be stored under the same name")
+        # The raw table's own columns, and the check columns a quarantine copy keeps beside
+        # the data: a partner column under one of these names broke every file of the feed.
+        taken = [c.stored_name for c in self.columns
+                 if c.stored_name and (c.stored_name.casefold() in _RAW_TABLE_COLUMNS
+                                       or c.stored_name.casefold().startswith(_CHECK_PREFIXES))]
+        if taken:
+            raise ValueError(
+                f"feed {self.name!r}: a column is stored as {taken[0]!r}, a name the raw table "
+                "keeps for itself (batch_id, row_number, _valid_*, _after_delivery)")
         return self
 
     @property
@@ -227,16 +254,32 @@ class PartnersConfig(StrictModel):
 
 ReasonCode = str
 Comparison = dict[Literal["gt", "ge", "lt", "le", "ne"], float | str]
-RowFilter = dict[Identifier, str | float | list[str] | Comparison]
+_LOWER_NAME = re.compile(LOWER_NAME)
+
+
+def _lower_case_column(name: str) -> str:
+    # The feature builders take these names as given into frames, Parquet files, SQL on two
+    # dialects and user_features; a partner column declared in another case or script
+    # (partners.yaml takes `CustomerID`) is refused here, in one line, until they are proven
+    # to carry one everywhere, rather than failing or folding case somewhere in a build.
+    if not _LOWER_NAME.fullmatch(name):
+        raise ValueError("not a lower-case name (a-z, 0-9 and _, a letter first): a partner "
+                         "column in another case or script (CustomerID, 客户编号) cannot be "
+                         "a feature source yet")
+    return name
+
+
+RawColumn = Annotated[str, AfterValidator(_lower_case_column)]
+RowFilter = dict[RawColumn, str | float | list[str] | Comparison]
 
 
 class FeatureName(StrictModel):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(pattern=rf"^{LOWER_NAME}$")
     reason: ReasonCode
 
 
 class LatestColumn(FeatureName):
-    column: Identifier
+    column: RawColumn
     categorical: bool = False
 
 
@@ -248,7 +291,7 @@ class LatestSpec(StrictModel):
 
 class Aggregate(FeatureName):
     agg: Literal["count", "sum", "mean", "share"]
-    column: Identifier | None = None
+    column: RawColumn | None = None
     where: RowFilter = {}
     share_where: RowFilter = {}
     per_30_days: bool = False
@@ -268,7 +311,7 @@ class FeatureSource(StrictModel):
     name: str
     table: Identifier
     key: Literal["person_key", "phone_key"]
-    time: Identifier
+    time: RawColumn
     windows: list[Days] = []
     aggregates: list[Aggregate] = []
     latest: LatestSpec | None = None
@@ -302,14 +345,14 @@ class DerivedFeature(FeatureName):
 
 class CustomerSpec(StrictModel):
     table: Identifier
-    since: Identifier
+    since: RawColumn
     categorical: list[FeatureName]
     tenure: FeatureName
 
 
 class ApplicationSpec(StrictModel):
     table: Identifier
-    time: Identifier
+    time: RawColumn
     numeric: list[FeatureName]
     categorical: list[FeatureName]
     derived: list[DerivedFeature] = []
@@ -325,7 +368,7 @@ class PartitioningSpec(StrictModel):
 
 
 class FeaturesConfig(StrictModel):
-    feature_set: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    feature_set: str = Field(pattern=rf"^{LOWER_NAME}$")
     timezone: str
     reasons: dict[ReasonCode, str]
     customer: CustomerSpec
@@ -415,7 +458,7 @@ class LightGBMSpec(StrictModel):
     @field_validator("params", mode="before")
     @classmethod
     def _param_types(cls, params: Any) -> Any:
-        return _check_lightgbm_params(params, lists=False)
+        return _check_lightgbm_params(params, lists=False, trainer_sets=RISK_TRAINER_PARAMS)
 
     @model_validator(mode="after")
     def _search_names_not_aliased(self) -> LightGBMSpec:
@@ -541,7 +584,7 @@ class RecommenderSpec(StrictModel):
     @field_validator("lightgbm", mode="before")
     @classmethod
     def _param_types(cls, params: Any) -> Any:
-        return _check_lightgbm_params(params)
+        return _check_lightgbm_params(params, trainer_sets=RANKER_TRAINER_PARAMS)
 
     @field_validator("lightgbm")
     @classmethod
@@ -560,17 +603,46 @@ _NO_LISTS = ("a list is taken only in the recommender's lightgbm block (the risk
               "monotone constraints: lightgbm.monotone)")
 
 
-def _check_lightgbm_params(params: Any, lists: bool = True) -> Any:
-    """No parameter under two of its names, then each value's shape and its type as
-    LightGBM declares the parameter (an unknown name refused): a mistyped value fails here,
-    not inside LightGBM after the features are built. Checked before pydantic's union: its
-    errors list every member's failure under internal names; this says which key is wrong
-    and what it takes. ``lists=False``: the risk model's params, whose one list LightGBM
-    parameter it uses (monotone constraints) comes from ``lightgbm.monotone``."""
+# LightGBM parameters a trainer sets itself, and from what: a config value for one, under
+# its own name or any alias (``random_state`` is ``seed``), would be overridden by the
+# trainer's (LightGBM keeps one name's value and warns under ``verbosity: -1``, unseen).
+# The risk model's: puhui/risk/model.py's FIXED_PARAMS, its seed and monotone constraints,
+# and its Dataset's feature_pre_filter; the ranker's: puhui/recommender/model.py's
+# ranker_params. tests/test_config_trainer_params.py holds these to the trainers' own.
+_SEED = "the model's seed in configs/models.yaml"
+RISK_TRAINER_PARAMS: dict[str, str] = {
+    "seed": _SEED, "deterministic": "always true: same data and seed, same model",
+    "force_row_wise": "always true", "verbosity": "the trainer's",
+    "metric": "log-loss then AUC, early stopping on the first",
+    "first_metric_only": "early stopping on log-loss", "monotone_constraints_method": "basic",
+    "monotone_constraints": "from lightgbm.monotone",
+    "feature_pre_filter": "off: one binned Dataset serves every search trial",
+}
+RANKER_TRAINER_PARAMS: dict[str, str] = {
+    "seed": _SEED, "deterministic": "always true: same data and seed, same model",
+    "force_row_wise": "always true", "label_gain": "from grading",
+}
+
+
+def _check_lightgbm_params(params: Any, lists: bool = True,
+                           trainer_sets: dict[str, str] | None = None) -> Any:
+    """No parameter under two of its names, none the trainer sets (``trainer_sets``), then
+    each value's shape and its type as LightGBM declares the parameter (an unknown name
+    refused): a mistyped value fails here, not inside LightGBM after the features are built.
+    Checked before pydantic's union: its errors list every member's failure under internal
+    names; this says which key is wrong and what it takes. ``lists=False``: the risk model's
+    params, whose one list LightGBM parameter it uses (monotone constraints) comes from
+    ``lightgbm.monotone``."""
     if isinstance(params, dict):
         clash = lightgbm_alias_clash(map(str, params))
         if clash:
             raise ValueError(clash)
+        for key in map(str, params):
+            real = lightgbm_canonical(key)
+            if real in (trainer_sets or {}):
+                called = "" if real == key else f" (LightGBM's {real})"
+                raise ValueError(f"{key}: set by the trainer{called}: "
+                                 f"{(trainer_sets or {})[real]}; not configurable here")
         for key, value in params.items():
             problem = (lightgbm_unsupported(str(key))
                        or (None if lists or not isinstance(value, list) else _NO_LISTS)
@@ -619,7 +691,7 @@ class ModelsConfig(StrictModel):
 
 
 class SegmentRule(StrictModel):
-    tag: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    tag: str = Field(pattern=rf"^{LOWER_NAME}$")
     label: str
     rule: RowFilter
 

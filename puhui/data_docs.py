@@ -75,6 +75,32 @@ def _page_view() -> Any:
     return DefaultJinjaPageView()
 
 
+def _escaped(result_json: dict[str, Any]) -> dict[str, Any]:
+    """The result with every string of each expectation's arguments and result HTML-escaped:
+    GX's page templates print them raw, and a value's masked shape keeps its punctuation
+    (`<!--` hid the rest of the page; `<a>` survives as a tag), a column name all of it."""
+
+    def escape(value: Any) -> Any:
+        if isinstance(value, str):
+            return html.escape(value)
+        if isinstance(value, dict):
+            return {k: escape(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [escape(v) for v in value]
+        return value
+
+    items = []
+    for item in result_json.get("results") or []:
+        item = dict(item)
+        if isinstance(item.get("result"), dict):
+            item["result"] = escape(item["result"])
+        config = item.get("expectation_config")
+        if isinstance(config, dict) and isinstance(config.get("kwargs"), dict):
+            item["expectation_config"] = {**config, "kwargs": escape(config["kwargs"])}
+        items.append(item)
+    return {**result_json, "results": items}
+
+
 def render_validation_page(result_json: dict[str, Any]) -> str:
     """One GX validation result (its JSON form) as a GX Data Docs HTML page."""
     view = _page_view()
@@ -83,7 +109,7 @@ def render_validation_page(result_json: dict[str, Any]) -> str:
     )
     from great_expectations.render.renderer import ValidationResultsPageRenderer
 
-    result = ExpectationSuiteValidationResultSchema().load(result_json)
+    result = ExpectationSuiteValidationResultSchema().load(_escaped(result_json))
     page = view.render(ValidationResultsPageRenderer().render(result), show_how_to_buttons=False)
     return _FOOTER.sub("", page)
 

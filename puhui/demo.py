@@ -17,6 +17,7 @@ from rich.console import Console
 from puhui.config import ProductsConfig, load_config
 from puhui.generate import GenerateSummary, generate_landing_zone
 from puhui.generate.truth import TRUTH_FILE
+from puhui.privacy import scrub_text
 from puhui.settings import DEMO_KEY_FILE, Settings, ensure_local_audit_key
 
 
@@ -160,11 +161,11 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
     console.print(monitoring["line"], markup=False)
     console.print(f"demo done in {time.monotonic() - started:.0f}s")
     console.print(f"  landing zone : {landing}")
-    console.print(f"  warehouse    : {settings.warehouse_url}")
+    console.print(f"  warehouse    : {scrub_text(settings.warehouse_url)}")
     mlflow_file = settings.mlflow_tracking_uri.removeprefix("sqlite:///")
     unused = mlflow_file != settings.mlflow_tracking_uri and not Path(mlflow_file).exists()
     console.print(
-        f"  MLflow store : {settings.mlflow_tracking_uri}"
+        f"  MLflow store : {scrub_text(settings.mlflow_tracking_uri)}"
         + (" (created when the first model is trained)" if unused else "")
     )
     console.print(f"  HTML report  : {monitoring['report']} (monitoring and service)")

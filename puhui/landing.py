@@ -44,18 +44,20 @@ class LandedFile:
 # first (S3's ETag, GCS's md5Hash, Azure's etag), else a time (SFTP/HDFS mtime, S3's
 # LastModified, Azure's last_modified, GCS's updated, FTP's modify); the memory filesystem
 # gives only ``created``, which a write renews (it replaces the object).
-CHANGE_MARKER_KEYS = ("ETag", "etag", "md5Hash", "md5", "mtime", "LastModified",
-                      "last_modified", "updated", "modify", "created")
+CONTENT_MARKER_KEYS = ("ETag", "etag", "md5Hash", "md5")
+CHANGE_MARKER_KEYS = (*CONTENT_MARKER_KEYS, "mtime", "LastModified", "last_modified",
+                      "updated", "modify", "created")
 
 
-def change_marker(info: dict[str, Any]) -> str | None:
-    """``key=value`` of the first change marker a remote listing's ``info`` holds, or None.
+def change_marker(info: dict[str, Any],
+                  keys: tuple[str, ...] = CHANGE_MARKER_KEYS) -> str | None:
+    """``key=value`` of the first of ``keys`` a remote listing's ``info`` holds, or None.
 
     Taken from the listing, never from a later ``info()``: the two can render one value
     differently (the memory filesystem's ``created`` is a timestamp in one, a datetime in
     the other), and the ledger's value is compared with the next listing's.
     """
-    for key in CHANGE_MARKER_KEYS:
+    for key in keys:
         value = info.get(key)
         if value not in (None, ""):
             return f"{key}={value}"

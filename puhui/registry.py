@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 from puhui.audit import AuditWriter, events_of
 from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
+from puhui.model_fingerprints import VerifiedFiles, files_signature
 from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads without MLflow
     GATES_FAILED_TAG,
     GATES_PASSED_TAG,
@@ -39,9 +40,11 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     model_files_digest,
     model_files_dir,
     registered_model_names,
+    runs_metrics,
     suppress_not_found,
 )
-from puhui.warehouse.engine import held_lock
+from puhui.scratch import scratch_dir, sweep_scratch_dirs
+from puhui.warehouse.engine import held_lock, in_list_chunks
 from puhui.warehouse.schema import ingest_batches, model_evaluations, validation_results
 
 if TYPE_CHECKING:  # MLflow is imported where it writes: reading needs only its tables
@@ -120,9 +123,10 @@ def register_version(
     """
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="puhui-model-") as tmp:
+    with scratch_dir("model") as tmp:
         logged = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         digest = model_files_digest(logged)
+        crash_point("register.model_copy")
     with held_lock(engine, MODEL_LOCK):
         facts = {**details, "model": name, "run_id": run_id, "model_sha256": digest}
         intent = audit.record(engine, REGISTER_INTENT, f"{name}/run/{run_id}", facts,
@@ -205,7 +209,7 @@ def _checked_model_folder(client: MlflowClient, name: str, version: str, expecte
 def model_files_problem(client: MlflowClient, name: str, version: str,
                         expected: str) -> str | None:
     """Why the model files of ``name`` v``version`` are not the ones registered, or None."""
-    with tempfile.TemporaryDirectory(prefix="puhui-model-") as tmp:
+    with scratch_dir("model") as tmp:
         return _checked_model_folder(client, name, version, expected, tmp)[1]
 
 
@@ -227,7 +231,7 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
     # A local store's folder is used in place; only a remote store's copy lands in ``dst``,
     # removed once loaded: puhui's models read their files in ``load_context`` (the scorer,
     # the ranker), and only versions registered through puhui are loaded here.
-    with tempfile.TemporaryDirectory(prefix="puhui-model-") as dst:
+    with scratch_dir("model") as dst:
         folder, problem = _checked_model_folder(
             registry_client(tracking_uri), name, version,
             registered[-1]["details"].get("model_sha256"), dst)
@@ -241,12 +245,14 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
 _METRIC_TOLERANCE = 1e-6
 
 
-def metrics_problems(client: MlflowClient, engine: Engine, name: str, version: str,
-                     run_id: str, recorded: dict[str, float], gated: bool = True) -> list[str]:
+def metrics_problems(name: str, version: str, recorded: dict[str, float],
+                     logged: dict[str, float], rows: list[tuple[str, str, float | None]],
+                     gated: bool = True) -> list[str]:
     """Where a version's figures disagree: the headline metrics its registration event
     recorded (``recorded``, keyed into the chain) against the run's latest value in MLflow
-    and the ``model_evaluations`` rows, and every ``model_evaluations`` row (the segment and
-    fairness figures BI reads) against the run metric it was logged as.
+    (``logged``) and the ``model_evaluations`` rows its training wrote (``rows``: metric,
+    segment, value), and every such row (the segment and fairness figures BI reads) against
+    the run metric it was logged as.
 
     ``models list`` shows the run's latest step, so a value logged on the run afterwards
     would stand as the model's figure; a row edited in the warehouse would mislead every
@@ -256,14 +262,6 @@ def metrics_problems(client: MlflowClient, engine: Engine, name: str, version: s
     the verdict, so its training may have stopped before them.
     """
     problems: list[str] = []
-    logged = client.get_run(run_id).data.metrics
-    with engine.connect() as conn:
-        rows = conn.execute(select(model_evaluations.c.metric, model_evaluations.c.segment,
-                                   model_evaluations.c.value)
-                            .where((model_evaluations.c.model_name == name)
-                                   & (model_evaluations.c.model_version == version)
-                                   # the training's rows (monitoring adds its own per date)
-                                   & (model_evaluations.c.mlflow_run_id == run_id))).all()
     stored = {metric_name(m, s): value for m, s, value in rows}
     written = gated or any(metric in stored for metric in recorded)
     for metric, value in sorted(recorded.items()):
@@ -287,6 +285,45 @@ def metrics_problems(client: MlflowClient, engine: Engine, name: str, version: s
             problems.append(f"{name} v{version}: model_evaluations {metric} ({segment}) is "
                             f"{value} but {found} in MLflow's run ({logged_as})")
     return problems
+
+
+def _training_evaluations(engine: Engine, versions: Collection[tuple[str, str, str]],
+                          ) -> dict[tuple[str, str, str], list[tuple[str, str, float | None]]]:
+    """(model, version, run id) -> the ``model_evaluations`` rows that run wrote for that
+    version (monitoring adds its own rows per date, under other runs), for all at once."""
+    found: dict[tuple[str, str, str], list[tuple[str, str, float | None]]] = {
+        key: [] for key in versions}
+    runs = sorted({run for _, _, run in versions if run})  # a version may have no run
+    e = model_evaluations.c
+    with engine.connect() as conn:
+        for chunk in in_list_chunks(runs):
+            for row in conn.execute(select(e.model_name, e.model_version, e.mlflow_run_id,
+                                           e.metric, e.segment, e.value)
+                                    .where(e.mlflow_run_id.in_(chunk))):
+                key = (row.model_name, row.model_version, row.mlflow_run_id)
+                if key in found:
+                    found[key].append((row.metric, row.segment, row.value))
+    return found
+
+
+def _files_problem(client: MlflowClient, name: str, version: str, expected: str,
+                   verified: VerifiedFiles | None, deep: bool) -> str | None:
+    """``model_files_problem``, skipped for files ``verified`` holds as hashed to ``expected``
+    with the signature they have now (not with ``deep``: every file read); files found
+    unchanged are remembered."""
+    signature = None
+    if verified is not None:
+        uri = None
+        with suppress_not_found():
+            uri = client.get_model_version_download_uri(name, version)
+        # Taken before hashing: a write after it changes the next signature.
+        signature = files_signature(uri) if uri else None
+        if not deep and verified.holds(name, version, expected, signature):
+            return None
+    problem = model_files_problem(client, name, version, expected)
+    if problem is None and verified is not None:
+        verified.remember(name, version, expected, signature)
+    return problem
 
 
 def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
@@ -434,9 +471,11 @@ def _verdicts(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, A
 
 @dataclass(frozen=True)
 class Reconciliation:
-    repaired: list[str]  # what was settled now (recovered, aborted, tags restored)
+    repaired: list[str]  # what was settled now (recovered, aborted, tags restored): events
     open: list[str]  # gaps left (only when not repairing)
     ungated: list[str]  # registered versions whose gates never ran
+    # Temporary folders of processes gone, removed now (no event: the trail did not move).
+    swept: list[str] = field(default_factory=list)
 
 
 def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
@@ -512,20 +551,27 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
 
 def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWriter,
                             repair: bool = True) -> Reconciliation:
-    """Settle model changes a crash interrupted (see the module docstring)."""
+    """Settle model changes a crash interrupted (see the module docstring); repairing, also
+    remove the temporary folders killed processes left (``puhui.scratch``)."""
     with held_lock(engine, MODEL_LOCK):
-        return _reconcile(client, engine, audit, repair)
+        settled = _reconcile(client, engine, audit, repair)
+    if repair:
+        settled.swept.extend(f"removed {folder}: a temporary folder its process, now gone, "
+                             "left behind" for folder in sweep_scratch_dirs())
+    return settled
 
 
-def registry_problems(client: MlflowClient, engine: Engine,
-                      deep: bool = False) -> tuple[list[str], int, int]:
+def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
+                      verified: VerifiedFiles | None = None) -> tuple[list[str], int, int]:
     """Where MLflow and the trail disagree; also the versions and aliases compared.
 
     Every version in MLflow has a registration event and vice versa; every alias points
     where the trail's last move for it says; every gate tag has a verdict in the trail that
     says the same. The model files of the versions an alias points to (what scoring loads)
-    are hashed against their registration event; with ``deep``, those of every version
-    (each is read in full, and downloaded from a remote artifact store).
+    are hashed against their registration event, unless ``verified`` holds them as hashed
+    with the signature they have now; with ``deep``, those of every version, each read in
+    full (and downloaded from a remote artifact store). The runs' metrics and the training's
+    ``model_evaluations`` rows are read for all versions at once.
     """
     events = events_of(engine, MODEL_ACTIONS)
     registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
@@ -537,12 +583,18 @@ def registry_problems(client: MlflowClient, engine: Engine,
     verdicts = _verdicts(events)
     digests = _registered_digests(events)
     models = set(registered_model_names(client)) | {m for m, _ in registered}
+    listed: dict[str, list[Any]] = {}
+    for model in sorted(models):
+        listed[model] = []
+        with suppress_not_found():
+            listed[model] = client.search_model_versions(f"name='{model}'")
+    checked = [(model, str(v.version), v.run_id) for model, versions in listed.items()
+               for v in versions if (model, str(v.version)) in registered]
+    logged = runs_metrics(client, {run for _, _, run in checked if run})
+    evaluations = _training_evaluations(engine, checked)
     problems: list[str] = []
     n_versions = n_aliases = 0
-    for model in sorted(models):
-        versions: list[Any] = []
-        with suppress_not_found():
-            versions = client.search_model_versions(f"name='{model}'")
+    for model, versions in listed.items():
         aliases = current_aliases(client, model)
         in_mlflow = set()
         for v in versions:
@@ -553,12 +605,14 @@ def registry_problems(client: MlflowClient, engine: Engine,
                 problems.append(f"{model} v{version} is in MLflow with no registration event "
                                 "in the trail")
             elif (model, version) in digests and (deep or version in aliases.values()) and (
-                    changed := model_files_problem(client, model, version,
-                                                   digests[(model, version)])):
+                    changed := _files_problem(client, model, version,
+                                              digests[(model, version)], verified, deep)):
                 problems.append(changed)
             if (model, version) in registered:
-                problems += metrics_problems(client, engine, model, version, v.run_id,
+                problems += metrics_problems(model, version,
                                              recorded_metrics.get((model, version), {}),
+                                             logged.get(v.run_id, {}),
+                                             evaluations[(model, version, v.run_id)],
                                              gated=(model, version) in verdicts)
             tag = v.tags.get(GATES_PASSED_TAG)
             verdict = verdicts.get((model, version))

@@ -17,7 +17,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,14 +88,20 @@ def model_files_digest(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def model_files_dir(uri: str, dst_path: str) -> Path | None:
-    """The folder of model files at artifact ``uri``: in place for a local store (None when
-    it is gone), else downloaded into ``dst_path`` by MLflow."""
+def local_artifact_path(uri: str) -> Path | None:
+    """The local path an artifact ``uri`` names (``file:`` or a bare path), or None for a
+    remote store."""
     from urllib.parse import unquote, urlparse
 
     parsed = urlparse(uri)
-    if parsed.scheme in ("file", ""):
-        path = Path(unquote(parsed.path))
+    return Path(unquote(parsed.path)) if parsed.scheme in ("file", "") else None
+
+
+def model_files_dir(uri: str, dst_path: str) -> Path | None:
+    """The folder of model files at artifact ``uri``: in place for a local store (None when
+    it is gone), else downloaded into ``dst_path`` by MLflow."""
+    path = local_artifact_path(uri)
+    if path is not None:
         return path if path.is_dir() else None
     import mlflow.artifacts
 
@@ -143,6 +149,20 @@ def registered_model_names(client: Any, page_size: int = 100) -> list[str]:
             return sorted(names)
 
 
+def runs_metrics(client: Any, run_ids: Collection[str]) -> dict[str, dict[str, float]]:
+    """Run id -> its latest metrics: one query on ``SqlRegistry``, a ``get_run`` per run on
+    ``MlflowClient`` (a tracking server has no read of many runs' metrics by id). A run
+    that is gone has none."""
+    if isinstance(client, SqlRegistry):
+        return client.runs_metrics(run_ids)
+    found: dict[str, dict[str, float]] = {}
+    for run in run_ids:
+        found[run] = {}
+        with suppress_not_found():
+            found[run] = dict(client.get_run(run).data.metrics)
+    return found
+
+
 def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
     """Every version (of ``name`` or of all models), newest first, with aliases and gates.
 
@@ -161,8 +181,9 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
             versions = client.search_model_versions(f"name='{model}'")
         if name and not versions:
             raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
+        logged = runs_metrics(client, {v.run_id for v in versions if v.run_id})
         for v in sorted(versions, key=lambda v: -int(v.version)):
-            metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+            metrics = logged.get(v.run_id, {})
             rows.append(VersionRow(
                 name=model, version=str(v.version),
                 aliases=sorted(by_version.get(str(v.version), [])),
@@ -256,6 +277,22 @@ class SqlRegistry:
         if not found:
             raise NotInRegistry(f"{name} has no version {version}")
         return found[0]
+
+    def runs_metrics(self, run_ids: Collection[str]) -> dict[str, dict[str, float]]:
+        """Each run's latest metrics in one query (``get_run`` reads one run in three)."""
+        from sqlalchemy import bindparam, text
+
+        from puhui.warehouse.engine import in_list_chunks
+
+        found: dict[str, dict[str, float]] = {run: {} for run in run_ids}
+        query = text("SELECT run_uuid, key, value, is_nan FROM latest_metrics "
+                     "WHERE run_uuid IN :runs").bindparams(bindparam("runs", expanding=True))
+        runs = sorted(found)
+        with self._engine.connect() as conn:
+            for chunk in in_list_chunks(runs):
+                for r in conn.execute(query, {"runs": chunk}):
+                    found[r.run_uuid][r.key] = math.nan if r.is_nan else float(r.value)
+        return found
 
     def get_model_version_download_uri(self, name: str, version: str) -> str:
         rows = self._rows("SELECT storage_location, source FROM model_versions "

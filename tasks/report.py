@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -19,6 +18,7 @@ from puhui.monitoring.run import MonitoringResult, monitor, render_report
 from puhui.monitoring.store import write_findings
 from puhui.registry import use_experiment
 from puhui.runtime import open_runtime
+from puhui.scratch import scratch_dir
 from tasks.retries import step_options
 
 STEP = step_options(retry_delay_seconds=5)
@@ -73,7 +73,7 @@ def publish_report(result: MonitoringResult) -> tuple[Path, str, dict[str, int]]
         "flow_run_id": current_flow_run_id() or "", "actor": runtime.audit.actor,
     }
     use_experiment(EXPERIMENT, settings.mlflow_tracking_uri, settings.home / "mlartifacts")
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+    with scratch_dir("report") as tmp, mlflow.start_run(
             run_name=f"report as of {result.as_of}",
             tags={"puhui.as_of": result.as_of.isoformat(),
                   "puhui.flow_run_id": facts["flow_run_id"]}) as run:

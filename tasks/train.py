@@ -255,6 +255,8 @@ def reconcile_models() -> list[str]:
     result = reconcile_model_changes(client, runtime.engine, runtime.audit)
     for line in result.repaired:
         get_run_logger().warning(line)
+    for line in result.swept:
+        get_run_logger().info(line)
     return result.repaired
 
 

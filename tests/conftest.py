@@ -16,6 +16,7 @@ demo run (``piped_demo``).
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -41,6 +42,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 for _name, _value in QUIET_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="puhui-test-session-"))
+# Removed when this process ends (each xdist worker and the controller has its own): one was
+# left in /tmp per test process, with a Prefect home in it.
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
 # An xdist worker gets its own PUHUI_HOME (beside the one given, e.g. CI's; else a temporary

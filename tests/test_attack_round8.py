@@ -96,7 +96,13 @@ _BOMB = "".join(
     ("partners.yaml", 'expected_by: "08:00"', "expected_by: 10:30",
      r'partners\.1\.expected_by: .*write the time quoted, as "HH:MM"'),
     ("features.yaml", "time: report_date", "time: 'report_date\") ; DROP TABLE audit_log; --'",
-     r"sources\.0\.time: String should match pattern"),
+     r"sources\.0\.time: Value error, not a lower-case name"),
+    # A partner column in another case (partners.yaml takes it) is refused as a feature
+    # source in one line, not left to fail or fold case somewhere in a build.
+    ("features.yaml", "time: report_date", "time: ReportDate",
+     r"sources\.0\.time: Value error, not a lower-case name .* cannot be a feature source"),
+    ("features.yaml", "- {column: bureau_score,", "- {column: 信用分,",
+     r"sources\.0\.latest\.columns\.0\.column: Value error, not a lower-case name"),
     ("partners.yaml", "- {name: txn_id,", "- {name: 'txn\"id',",
      r"partners\.3\.columns\.0\.name: String should match pattern"),
     ("products.yaml", "products:", _BOMB + "products:",

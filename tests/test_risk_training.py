@@ -139,7 +139,7 @@ def test_a_constraint_on_an_unknown_or_categorical_feature_is_refused() -> None:
 
 
 # --------------------------------------------------------------------------- calibration
-def test_calibration_fixes_a_biased_score_and_keeps_the_ranking() -> None:
+def test_calibration_fixes_a_biased_score_and_keeps_the_ranking(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     true_pd = 1 / (1 + np.exp(-rng.normal(-2.5, 1.1, 20_000)))
     labels = (rng.random(20_000) < true_pd).astype(int)
@@ -154,19 +154,13 @@ def test_calibration_fixes_a_biased_score_and_keeps_the_ranking() -> None:
         # Ties broken by the raw score: the ranking, hence AUC, is exactly the raw one.
         assert ranking_metrics(labels[test], calibrated)["auc"] == pytest.approx(
             ranking_metrics(labels[test], raw[test])["auc"], abs=1e-12)
-        again = Calibrator.load(_saved(mapped))
+        (tmp_path / method).mkdir()
+        mapped.save(tmp_path / method)
+        again = Calibrator.load(tmp_path / method)
         assert np.allclose(again.apply(raw[test]), calibrated)
     steps = fit_map("isotonic", raw[valid], labels[valid]).apply(raw[test], break_ties=False)
     assert len(np.unique(steps)) < len(np.unique(raw[test])) / 10  # steps do tie applicants
     assert fit_map("isotonic", raw[valid], labels[valid]).apply(np.array([0.0]))[0] > 0
-
-
-def _saved(calibrator: Calibrator) -> Path:
-    import tempfile
-
-    directory = Path(tempfile.mkdtemp())
-    calibrator.save(directory)
-    return directory
 
 
 def test_auto_picks_the_map_with_the_lower_held_out_log_loss() -> None:

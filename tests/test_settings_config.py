@@ -115,13 +115,14 @@ def _models_with_ranker_params(tmp_path: Path, extra: dict) -> Path:
 
 
 def test_recommender_lightgbm_takes_flat_lists_of_any_kind_and_bools(tmp_path: Path) -> None:
-    """LightGBM's list parameters are floats (``label_gain``), ints (``monotone_constraints``)
-    or strings; a YAML ``true`` stays a bool (LightGBM refuses a bool parameter of 1.0)."""
+    """LightGBM's list parameters are floats (``feature_contri``; ``label_gain`` is the
+    trainer's), ints (``monotone_constraints``) or strings; a YAML ``true`` stays a bool
+    (LightGBM refuses a bool parameter of 1.0)."""
     path = _models_with_ranker_params(tmp_path, yaml.safe_load(
-        "{label_gain: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric: [ndcg, map],"
+        "{feature_contri: [0, 1.5, 3], monotone_constraints: [1, 0, -1], metric: [ndcg, map],"
         " force_col_wise: true, max_bin: 63}"))
     params = load_config_file(path, ModelsConfig).product_recommender.lightgbm
-    assert params["label_gain"] == [0.0, 1.5, 3.0]
+    assert params["feature_contri"] == [0.0, 1.5, 3.0]
     assert [type(v) for v in params["monotone_constraints"]] == [int, int, int]
     assert params["metric"] == ["ndcg", "map"]
     assert params["force_col_wise"] is True

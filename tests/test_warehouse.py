@@ -308,3 +308,25 @@ def test_columns_binary_does_not_encode_go_through_csv(
     with pg_engine.begin() as conn:
         assert bulk._binary_plan(conn, _EVERY_TYPE, data) is None
         assert bulk_insert(conn, _EVERY_TYPE, data) == 2
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_look_ups_by_more_ids_than_one_in_list_holds(warehouse_url: str) -> None:
+    """Reads by a list of ids go in ``in_list_chunks`` of 500: 1,201 ids are three lists,
+    every id answered once."""
+    from sqlalchemy import insert
+
+    from puhui.ingest.ledger import suite_hashes
+    from puhui.warehouse.engine import IN_LIST_SIZE, in_list_chunks
+    from puhui.warehouse.schema import validation_results
+
+    ids = [f"feed-20250101-{n:012x}" for n in range(2 * IN_LIST_SIZE + 201)]
+    assert [len(chunk) for chunk in in_list_chunks(ids)] == [500, 500, 201]
+    engine = get_engine(warehouse_url)
+    with engine.begin() as conn:
+        conn.execute(insert(validation_results), [
+            {"validation_id": f"v{n}", "batch_id": batch, "suite_name": "s", "success": True,
+             "expectations_run": 1, "expectations_failed": 0,
+             "details": {"suite_hash": f"h{n}"}, "validated_at": datetime.now(UTC)}
+            for n, batch in enumerate(ids)])
+    assert suite_hashes(engine, ids) == {batch: f"h{n}" for n, batch in enumerate(ids)}

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import date
@@ -43,6 +42,7 @@ from puhui.features.sources import (
     source_columns,
 )
 from puhui.partitioning import Partition, all_partitions, bucket_of, partition_count
+from puhui.scratch import scratch_dir
 from puhui.warehouse.engine import held_lock
 
 # Customers per partition: at 180 days of history (~31 raw rows a customer) a 50k partition
@@ -186,7 +186,7 @@ def build_features_partitioned(
     split = decide_phone_feeds_split(engine, spec, partitions)
     if partitions > 1:
         console.detail(f"features as of {as_of}, {partitions} partitions: {split.line}")
-    with tempfile.TemporaryDirectory(prefix="puhui-scatter-") as scratch:
+    with scratch_dir("scatter") as scratch:
         scattered = (scatter_phone_feeds(engine, spec, register, Path(scratch))
                      if split.split else None)
         for part in all_partitions(partitions):

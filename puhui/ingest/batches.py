@@ -82,6 +82,7 @@ from puhui.ingest.reading import (
 )
 from puhui.landing import LandedFile
 from puhui.privacy import (
+    count_identifier_numbers,
     count_identifiers_in_column,
     mask_identifiers_in_column,
     printable,
@@ -269,6 +270,13 @@ def prepare_chunk(
                 )
             values = mask_identifiers_in_column(values)
             masked[stored_name] = found
+        elif column.type in ("int", "float") and count_identifier_numbers(values):
+            # Held like a phone written 138-1234-5678 there (type drift): a number cannot be
+            # masked, and a quarantine copy or a GX result would keep it as it is.
+            raise ContractViolation(
+                f"identifier-shaped number(s) in {column.name}: a phone number or national ID "
+                "where a number belongs"
+            )
         arrays.append(values)
         names.append(stored_name)
     if feed.event_time:
@@ -548,7 +556,8 @@ class FileIngestor:
         if (decided := ledger.get_batch(engine, base["batch_id"])) is not None:
             # The same bytes, touched: the row takes the new time (or marker), so
             # discovery skips the file again instead of hashing it on every run.
-            ledger.renew_version_marks(engine, decided, handle.mtime_ns, landed.change_marker)
+            ledger.renew_version_marks(engine, self.runtime.audit, decided, handle.mtime_ns,
+                                       landed.change_marker, self.flow_run_id)
             return None
         if landed.kind != "file":
             kind = {"symlink": "symbolic link", "directory": "directory"}.get(
@@ -679,10 +688,11 @@ class FileIngestor:
         masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
+        identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                **self._identity(handle, landed, base),
+                **identity,
                 content_key=content_key(self.feed.name, handle.checksum),
                 status="accepted",
             )
@@ -778,6 +788,7 @@ class FileIngestor:
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,
+                    **ledger.discovery_facts(identity),
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -860,10 +871,11 @@ class FileIngestor:
             "suite_hash": (validation or {}).get("suite_hash"),
         }
         owns_content = handle.size > 0 and landed.kind == "file"
+        identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                **self._identity(handle, landed, base),
+                **identity,
                 content_key=content_key(self.feed.name, handle.checksum) if owns_content else None,
                 rows=rows,
                 rows_loaded=0,
@@ -901,6 +913,7 @@ class FileIngestor:
                     "rows": rows,
                     "reason": reason,
                     "checksum": handle.checksum,
+                    **ledger.discovery_facts(identity),
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -915,10 +928,11 @@ class FileIngestor:
         owner: ledger.BatchRecord,
     ) -> FileOutcome:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
+        identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
             ledger.insert_batch(
                 conn,
-                **self._identity(handle, landed, base),
+                **identity,
                 content_key=None,
                 duplicate_of=owner.batch_id,
                 rows=owner.rows,
@@ -937,6 +951,7 @@ class FileIngestor:
                     "partner": self.feed.name,
                     "duplicate_of": owner.batch_id,
                     "checksum": handle.checksum,
+                    **ledger.discovery_facts(identity),
                 },
                 flow_run_id=self.flow_run_id,
             )

@@ -135,22 +135,32 @@ def ingest_feed(
     since = files[0].delivery_date - timedelta(days=1) if files else None
     seen = ledger.seen_files(engine, feed.name, since) if files else {}
     recent = watermark - timedelta(days=RECENT_DAYS) if watermark else None
-    outcomes = []
+    # Each file with the ledger row that decided it (None: new, or changed since).
+    plan = []
     for landed in files:
         known = seen.get(ingestor.stored_path(landed.path))
-        if known is not None and (
+        matched = known is not None and (
             landed.kind != "file"
             or known.matches(landed.size, landed.mtime_ns, landed.change_marker)
-        ):
+        )
+        plan.append((landed, known if matched else None))
+    if any(known is None for _, known in plan):
+        # A broken suite stops the feed before any file is decided or reported: checked at
+        # the first new file, the files decided earlier had been reported (on_file) and
+        # their outcomes were then lost with the error.
+        ingestor.check_suite()
+    outcomes = []
+    for landed, known in plan:
+        if known is not None:
             if landed.kind == "file":
                 # A row from before 0005/0007 holds no time or marker: it takes the ones it
                 # is seen with, or a later same-size rewrite would match on size for ever.
-                ledger.renew_version_marks(engine, known, landed.mtime_ns, landed.change_marker)
+                ledger.renew_version_marks(engine, runtime.audit, known, landed.mtime_ns,
+                                           landed.change_marker, ingestor.flow_run_id)
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)
         else:
-            ingestor.check_suite()
             try:
                 outcome = ingestor.ingest(landed)
             except (PermissionError, FileNotFoundError) as exc:

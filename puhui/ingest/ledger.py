@@ -10,17 +10,21 @@ what make two concurrent runs safe.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from puhui.privacy import find_raw_identifiers, safe_name
-from puhui.warehouse.engine import lock_for
+from puhui.warehouse.engine import in_list_chunks, lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
+
+if TYPE_CHECKING:
+    from puhui.audit import AuditWriter
 
 HELD_STATUSES: tuple[str, ...] = ("quarantined", "rejected")
 
@@ -206,10 +210,10 @@ def pseudonymize_legacy_paths(
             )
             .values(source_path=renamed, path_pseudonymized=True)
         ).rowcount
-    for start in range(0, len(kept), 500):  # bounded IN lists
+    for chunk in in_list_chunks(kept):
         conn.execute(
             update(ingest_batches)
-            .where(table.batch_id.in_(kept[start:start + 500]))
+            .where(table.batch_id.in_(chunk))
             .values(path_pseudonymized=True)
         )
     return changed
@@ -224,17 +228,42 @@ def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
     conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == batch_id), values)
 
 
-def renew_version_marks(engine: Engine, row: Any, mtime_ns: int | None,
-                        change_marker: str | None) -> None:
+# The columns file discovery decides by (``seen_files``): what a ledger row says its file was.
+# Each write of them has its audit event (``discovery_facts`` in the row's insert event, a
+# ``MARKS_RENEWED`` event), so ``ledger_problems`` sees a hand edit: a changed size or mark
+# makes a file read again, a changed path makes a new delivery look known. The events hold
+# a digest per column, not the value: a size of 13,812,345,678 bytes or a modification time
+# from before 2001 (18 digits of nanoseconds) is shaped like a phone number or a national
+# ID, which audit details refuse, and a digest says as much for a comparison.
+DISCOVERY_COLUMNS = ("source_path", "bytes", "mtime_ns", "change_marker")
+DISCOVERY_DIGESTS = "discovery_sha256"
+MARKS_RENEWED = "ingest.marks_renewed"
+
+
+def _fact_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:32]
+
+
+def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
+    """The audit details that record ``values``' discovery columns (those it holds)."""
+    return {DISCOVERY_DIGESTS: {name: _fact_digest(values[name])
+                                for name in DISCOVERY_COLUMNS if name in values}}
+
+
+def renew_version_marks(engine: Engine, audit: AuditWriter, row: Any, mtime_ns: int | None,
+                        change_marker: str | None, flow_run_id: str | None = None) -> None:
     """Give ledger ``row`` (a ``SeenFile`` or a batch) its file's current modification time
     and change marker where it holds another or none, so discovery recognises the file by
-    them next time (a file only touched, or a row from before 0005/0007)."""
+    them next time (a file only touched, or a row from before 0005/0007); audited in the
+    same transaction."""
     changed = {name: value for name, value in (("mtime_ns", mtime_ns),
                                                ("change_marker", change_marker))
                if value is not None and getattr(row, name) != value}
     if changed:
         with engine.begin() as conn:
             update_batch(conn, row.batch_id, **changed)
+            audit.append(conn, MARKS_RENEWED, row.batch_id, discovery_facts(changed),
+                          flow_run_id=flow_run_id)
 
 
 def record_validation(
@@ -321,10 +350,10 @@ def suite_hashes(engine: Engine, batch_ids: list[str]) -> dict[str, str | None]:
     """batch id -> the hash of the suite that validated it last (None: not recorded)."""
     found: dict[str, str | None] = {}
     with engine.connect() as conn:
-        for start in range(0, len(batch_ids), 500):  # bounded IN lists
+        for chunk in in_list_chunks(batch_ids):
             rows = conn.execute(
                 select(validation_results.c.batch_id, validation_results.c.details)
-                .where(validation_results.c.batch_id.in_(batch_ids[start:start + 500])))
+                .where(validation_results.c.batch_id.in_(chunk)))
             for row in rows:
                 found[row.batch_id] = (row.details or {}).get("suite_hash")
     return found
@@ -362,19 +391,25 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     from puhui.audit import events_of
 
     expected: dict[str, dict[str, Any]] = {}
-    for event in events_of(engine, [*_EVENT_STATUS, "quarantine.revalidated"]):
+    digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
+    for event in events_of(engine, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED]):
         d = event["details"]
+        facts = expected.setdefault(event["subject"], {})
+        # Events from before discovery columns were recorded carry none: not compared.
+        digests.setdefault(event["subject"], {}).update(d.get(DISCOVERY_DIGESTS) or {})
+        if event["action"] == MARKS_RENEWED:
+            continue
         if event["action"] == "quarantine.revalidated":
             status = _REVALIDATED.get(str(d.get("outcome")))
         else:
             status = _EVENT_STATUS[event["action"]]
-        facts = expected.setdefault(event["subject"], {})
         facts.update({k: d[k] for k in ("checksum", "rows", "rows_loaded") if d.get(k) is not None})
         if status:
             facts["status"] = status
     with engine.connect() as conn:
         rows = {r.batch_id: r for r in conn.execute(select(
-            ingest_batches.c.batch_id, *(ingest_batches.c[c] for c in _COMPARED)))}
+            ingest_batches.c.batch_id,
+            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS))))}
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
                 "ingest_batches" for b, facts in expected.items() if b not in rows]
     for batch_id, row in sorted(rows.items()):
@@ -388,4 +423,10 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             if column in facts and found != facts[column]:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found)} but the audit trail says {facts[column]!r}")
+        for column, digest in sorted(digests.get(batch_id, {}).items()):
+            found = getattr(row, column)
+            if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
+                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
+                                f"{_shown(found if found is None else str(found))} but the "
+                                "audit trail recorded another value")
     return problems, len(rows)

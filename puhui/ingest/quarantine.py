@@ -87,13 +87,16 @@ def read_copy(copy: Path, feed: PartnerFeed, delivery_date: Any) -> Iterator[Pre
     """A held batch's copy as prepared chunks (stored columns, check columns, row numbers),
     as ingestion had them before validating."""
     parquet = pq.ParquetFile(copy)
+    # A partner's column may itself start with "_" (`_note`): it is data, not a check column.
+    data = {name for name, _ in stored_columns(feed)}
     for batch in parquet.iter_batches(batch_size=_COPY_ROWS):
         table = pa.Table.from_batches([batch])
-        checks = {n: table[n].combine_chunks() for n in table.column_names if n.startswith("_")}
+        checks = {n: table[n].combine_chunks() for n in table.column_names
+                  if n.startswith("_") and n not in data}
         if not checks:
             checks = _copy_checks(table, feed, delivery_date)
         stored = table.select([n for n in table.column_names
-                               if n != "row_number" and not n.startswith("_")])
+                               if n != "row_number" and n not in checks])
         yield PreparedChunk(stored, checks, table["row_number"].to_numpy())
 
 

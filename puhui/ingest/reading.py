@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -278,7 +279,68 @@ def _iter_csv(
         stream.close()
 
 
+# Contract columns are flat, so no JSON line needs nesting; Arrow's JSON parser recurses per
+# level and crashed the process (SIGSEGV: no exception, no ledger row, the next run crashed on
+# the same file) somewhere between 5,000 and 20,000 levels.
+MAX_JSON_NESTING = 500
+
+
+# An object as a value: with no array either, nothing in a block can nest.
+_OBJECT_VALUE = re.compile(rb":[ \t\r]*\{")
+
+
+def _check_nesting(block: bytes) -> None:
+    """Refuse a block holding a line nested deeper than ``MAX_JSON_NESTING``, before Arrow
+    parses it. A block of flat lines costs one scan (~45 ms per 32 MB block, a tenth of
+    Arrow's parse); only a line with that many brackets is parsed to know its depth."""
+    if b"[" not in block and not _OBJECT_VALUE.search(block):
+        return
+    for line in block.split(b"\n"):
+        # A line no longer than the limit cannot hold more brackets than that: its length is
+        # read, not counted, so a block whose strings hold brackets ("[urgent]" in a note)
+        # costs a split (~60 ms per 32 MB) instead of two counts per line (0.11-0.25 s).
+        if len(line) <= MAX_JSON_NESTING or (
+                line.count(b"[") + line.count(b"{") <= MAX_JSON_NESTING):
+            continue
+        if _too_deep(line):
+            raise UnreadableFile(
+                f"a JSON line nested more than {MAX_JSON_NESTING} levels deep (the contract's "
+                "columns are flat)")
+
+
+def _too_deep(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except RecursionError:  # Python's parser counts its depth (about 1,000 levels)
+        return True
+    except ValueError:
+        # Malformed for Python is not for Arrow, which recurses before it meets the fault:
+        # invalid UTF-8 in a string (only the first line's encoding is checked) let a line
+        # nested 20,000 deep through, and Arrow crashed on it.
+        pass
+    return _depth(line) > MAX_JSON_NESTING
+
+
+def _depth(line: bytes) -> int:
+    """Bracket depth of ``line`` outside strings, well-formed or not (a byte scan: invalid
+    UTF-8 does not stop it)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth = max(depth - 1, 0)  # a stray closer must not hide the opening that follows
+    return deepest
+
+
 def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
+    _check_nesting(block)
     table = pa_json.read_json(
         pa.py_buffer(block),
         read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
@@ -309,8 +371,35 @@ def _iter_jsonl(handle: FileHandle, header: list[str], block_bytes: int) -> Iter
                 yield _parse_jsonl_block(block[:cut], header)
 
 
-def _iter_parquet(handle: FileHandle) -> Iterator[pa.Table]:
-    for batch in pq.ParquetFile(_source(handle)).iter_batches(batch_size=1_000_000):
+# Rows read first to measure their decoded width.
+_PARQUET_SAMPLE_ROWS = 1_024
+
+
+def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
+    """Row batches of about ``block_bytes`` decompressed, sized from the wider of the footer's
+    row-group sizes and a first batch's decoded rows: a file of a megabyte can hold gigabytes
+    of repetitive text (1.3 MB of zstd held 400 MB), and a batch of a million such rows took
+    the process's memory. The footer alone is not enough: its sizes are after dictionary
+    encoding (a million copies of one 400-byte string: 43 KB on disk, ~42 KB in the footer,
+    400 MB decoded)."""
+    parquet = pq.ParquetFile(_source(handle))
+    meta = parquet.metadata
+    widest = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
+                  for i in range(meta.num_row_groups)), default=0.0)
+    if meta.num_rows:
+        sample = next(parquet.iter_batches(batch_size=_PARQUET_SAMPLE_ROWS), None)
+        if sample is not None and sample.num_rows:
+            # A column Arrow's own writer stored as dictionary is read back as one, and
+            # widens to its values when the chunk is cast to text.
+            decoded = sum(c.cast(c.type.value_type).nbytes if pa.types.is_dictionary(c.type)
+                          else c.nbytes for c in sample.columns)
+            widest = max(widest, decoded / sample.num_rows)
+    if widest > block_bytes:
+        raise UnreadableFile(
+            f"rows of {widest / (1 << 20):,.1f} MB each once decompressed: over the "
+            f"{block_bytes / (1 << 20):,.0f} MB read block")
+    rows = int(min(1_000_000, max(1, block_bytes // max(widest, 1.0))))
+    for batch in parquet.iter_batches(batch_size=rows):
         yield pa.Table.from_batches([batch])
 
 
@@ -326,6 +415,7 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         with handle.fs.open(handle.path, "rb") as stream:
             first = stream.readline(16 << 20)
         first.decode("utf-8")  # a JSON-lines feed must be UTF-8: fail here, by name
+        _check_nesting(first)
         return pa_json.read_json(pa.py_buffer(first)).column_names
     except UnreadableFile:
         raise
@@ -350,7 +440,7 @@ def iter_file_chunks(
     elif feed.format == "jsonl":
         chunks = _iter_jsonl(handle, header, block_bytes)
     else:
-        chunks = _iter_parquet(handle)
+        chunks = _iter_parquet(handle, block_bytes)
     try:
         yield from chunks
     except (pa.ArrowException, UnicodeDecodeError, OSError) as exc:

@@ -10,8 +10,8 @@ Which metrics are the headline and which segment figures to show is the adapter'
 from __future__ import annotations
 
 import csv
+import io
 import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from puhui.registry import (
     current_aliases,
 )
 from puhui.registry_read import suppress_not_found
+from puhui.scratch import scratch_dir
 from puhui.warehouse.schema import model_evaluations
 
 if TYPE_CHECKING:  # the commands pass puhui.registry_read's reader (no MLflow import)
@@ -52,10 +53,11 @@ def view_for(name: str, config_dir: Path) -> ModelView:
     return GENERIC
 
 
-def _artifact(client: MlflowClient, run_id: str, path: str) -> Path | None:
-    """A run's artifact downloaded to a temp dir (kept until the process exits)."""
-    with suppress_not_found():
-        return Path(client.download_artifacts(run_id, path, tempfile.mkdtemp(prefix="puhui-")))
+def _artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """A run's (small, text) artifact's content; the copy it is read from is removed at once
+    (a directory left per read piled up in /tmp: every show, compare and report leaked one)."""
+    with scratch_dir("artifact") as tmp, suppress_not_found():
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
     return None
 
 
@@ -87,7 +89,7 @@ def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
     checks: list[dict[str, Any]] = []
     gates_file = _artifact(client, v.run_id, "gates.json")
     if gates_file is not None:
-        checks = json.loads(gates_file.read_text(encoding="utf-8")).get("checks", [])
+        checks = json.loads(gates_file).get("checks", [])
         for check in checks:  # versions gated before rules were recorded
             check.setdefault("rule", gate_rule(str(check["gate"]), float(check["limit"])))
     segments: dict[str, dict[str, float]] = {}
@@ -106,11 +108,10 @@ def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
     if view.calibration_artifact:
         table = _artifact(client, v.run_id, view.calibration_artifact)
         if table is not None:
-            with table.open(encoding="utf-8") as handle:
-                calibration = [{"grade": row["grade"],
-                                **{c: _number(row[c]) for c in view.calibration_columns
-                                   if c in row}}
-                               for row in csv.DictReader(handle)]
+            calibration = [{"grade": row["grade"],
+                            **{c: _number(row[c]) for c in view.calibration_columns
+                               if c in row}}
+                           for row in csv.DictReader(io.StringIO(table))]
     return {
         "name": name, "version": str(version), "aliases": aliases,
         "as_of": v.tags.get("training.as_of"), "run_id": v.run_id,

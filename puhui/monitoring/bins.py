@@ -11,7 +11,6 @@ Missing values have a bin of their own; categories unseen in training share an "
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pandas as pd
 
 from puhui.errors import PuhuiError
 from puhui.risk.metrics import _psi  # the project's one PSI formula (epsilon-floored shares)
+from puhui.scratch import scratch_dir
 
 BINS_ARTIFACT = "monitoring/bins.json"
 SCORE = "score"
@@ -119,7 +119,7 @@ def load_frozen_bins(tracking_uri: str, run_id: str, name: str, version: str) ->
     from mlflow.exceptions import MlflowException
 
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with scratch_dir("bins") as tmp:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path=BINS_ARTIFACT, dst_path=tmp,
                 tracking_uri=tracking_uri)

@@ -8,7 +8,6 @@ the shared code of puhui/lifecycle/ and puhui/registry.py, as for the risk model
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from puhui.recommender.train import RecommenderRun
 from puhui.recommender.training_set import TRAIN, RankingSet
 from puhui.registry import register_version, use_experiment
 from puhui.registry_read import metric_name
+from puhui.scratch import scratch_dir
 
 RANKER_ARTIFACT = "ranker"
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "pandas==3.1.1", "numpy==2.4.6", "mlflow==3.17.2"]
@@ -82,7 +82,7 @@ def publish_recommender(
     example = run.oot[run.ranker.features].head(5).reset_index(drop=True)
     example = example.astype({c: object if c in run.ranker.categories else "float64"
                               for c in run.ranker.features})
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+    with scratch_dir("publish") as tmp, mlflow.start_run(
         run_name=f"{name} as of {data.as_of}",
         tags=lifecycle.lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
     ) as mlrun:

@@ -8,7 +8,6 @@ configuration hash and the code version. The same figures go to ``model_evaluati
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from puhui.risk.model import TrainedModel
 from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
 from puhui.risk.report import render_report, report_plots
 from puhui.risk.training_set import OOT, TRAIN, TrainingSet
+from puhui.scratch import scratch_dir
 
 # Explicit requirements: inferring them costs seconds and can pick up the whole venv.
 PIP_REQUIREMENTS = ["lightgbm==4.7.0", "pandas==3.1.1", "numpy==2.4.6", "mlflow==3.17.2",
@@ -95,7 +95,7 @@ def publish_risk_model(
     # Numbers as float: a feature that is whole in these rows may be missing in others.
     example = example.astype({c: object if c in training.categorical else "float64"
                               for c in training.features})
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+    with scratch_dir("publish") as tmp, mlflow.start_run(
         run_name=f"{name} as of {training.as_of}", tags=run_tags
     ) as run:
         work = Path(tmp)

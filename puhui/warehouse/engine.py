@@ -12,10 +12,10 @@ import fcntl
 import hashlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -62,6 +62,17 @@ def create_warehouse_engine(url: str) -> Engine:
             raise PuhuiError("PostgreSQL warehouse URLs must use psycopg 3: postgresql+psycopg://")
         return create_engine(url, pool_pre_ping=True)
     raise PuhuiError(f"unsupported warehouse dialect {parsed.get_backend_name()!r}")
+
+
+_T = TypeVar("_T")
+IN_LIST_SIZE = 500
+
+
+def in_list_chunks(values: Sequence[_T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[_T]]:
+    """``values`` in slices of at most ``size``, one ``IN (...)`` list each: a statement's
+    bound parameters are capped (SQLite: 32,766, 999 before 3.32)."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def lock_for(conn: Connection, name: str) -> None:

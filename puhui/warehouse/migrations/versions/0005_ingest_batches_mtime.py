@@ -9,7 +9,8 @@ in place at the same size was never read again. The row now keeps the local file
 modification time (nanoseconds) as it was read. Nullable: rows from before (and remote
 files, whose times are not compared) stay NULL and keep the size-only comparison.
 
-Idempotent, as 0004: a column already there is left alone.
+Idempotent, as 0004: a column already there is left alone; a downgrade finding it gone
+leaves it so.
 """
 
 import sqlalchemy as sa
@@ -32,5 +33,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    have = {c['name'] for c in sa.inspect(op.get_bind()).get_columns('ingest_batches')}
+    if 'mtime_ns' not in have:
+        return  # removed by a downgrade that stopped before it was stamped
     with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
         batch_op.drop_column('mtime_ns')

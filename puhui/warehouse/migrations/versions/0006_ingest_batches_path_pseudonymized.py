@@ -13,7 +13,7 @@ index of those rows (empty once all are settled). Rows with a time
 were written after names were pseudonymized (0005 came with that code): TRUE here. Rows
 without one stay NULL for the pass, which needs the pseudonym key a migration does not have.
 
-Idempotent, as 0004: a column already there is left alone.
+Idempotent, as 0004: a column already there is left alone; so is the downgrade.
 """
 
 import sqlalchemy as sa
@@ -49,6 +49,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(INDEX, table_name='ingest_batches')
-    with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
-        batch_op.drop_column('path_pseudonymized')
+    # Idempotent too: SQLite's DDL is not transactional here, so a downgrade stopped between
+    # its steps is run again over what it already removed.
+    inspector = sa.inspect(op.get_bind())
+    if INDEX in {i['name'] for i in inspector.get_indexes('ingest_batches')}:
+        op.drop_index(INDEX, table_name='ingest_batches')
+    if 'path_pseudonymized' in {c['name'] for c in inspector.get_columns('ingest_batches')}:
+        with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
+            batch_op.drop_column('path_pseudonymized')

@@ -11,7 +11,8 @@ md5, else a modification time) as ``key=value`` text: a tag is not a number, so 
 cannot hold it. Nullable: local files, rows from before and stores whose listing gives no
 marker stay NULL and keep the comparison they had.
 
-Idempotent, as 0004: a column already there is left alone.
+Idempotent, as 0004: a column already there is left alone; a downgrade finding it gone
+leaves it so.
 """
 
 import sqlalchemy as sa
@@ -34,5 +35,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    have = {c['name'] for c in sa.inspect(op.get_bind()).get_columns('ingest_batches')}
+    if 'change_marker' not in have:
+        return  # removed by a downgrade that stopped before it was stamped
     with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
         batch_op.drop_column('change_marker')

@@ -1,0 +1,198 @@
+"""Nothing puhui makes in the temp folder outlives its use: a read-only command leaves no
+directory behind (every ``models show`` left one), and the folders of killed processes (a
+registration's model copy, a training's publish folder) are swept by the next reconcile,
+never a live process's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from puhui.cli import main
+from puhui.config import ModelsConfig, load_config
+from puhui.registry import reconcile_model_changes, registry_client
+from puhui.runtime import open_runtime
+from puhui.scratch import pid_namespace, sweep_scratch_dirs
+from puhui.settings import load_settings, repo_root
+from tests.conftest import RiskTemplates, risk_env
+from tests.test_models_cli import _version
+
+
+@pytest.fixture
+def sqlite_warehouse(risk_templates: RiskTemplates, puhui_env: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> str:
+    return risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
+
+
+def _scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private temp folder for this process, to see what is left in it."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_models_show_and_compare_leave_no_temp_dir(
+        sqlite_warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    name = load_config(load_settings().config_dir, ModelsConfig).credit_risk.registered_name
+    v1 = _version("credit_risk", name, 0.70, 0.85)
+    scratch = _scratch(tmp_path, monkeypatch)
+    for argv in (["models", "show", name, "--version", v1, "--json"],
+                 ["models", "compare", name, v1, v1, "--json"]):
+        capsys.readouterr()
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)  # read the artifacts it shows
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
+_HOLD_A_COPY = ("import sys; from puhui.scratch import scratch_dir; copy = scratch_dir('model'); "
+                "print(copy.name, flush=True); sys.stdin.read()")
+# A training killed while publishing (its MLflow run's files in a temp folder).
+_KILLED_PUBLISHING = ("import os, signal; from puhui.scratch import scratch_dir; "
+                      "folder = scratch_dir('publish'); open(folder.name + '/report.html', 'w'); "
+                      "os.kill(os.getpid(), signal.SIGKILL)")
+
+
+def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
+        sqlite_warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration killed (kill -9) while its copy of the model files exists leaves the
+    copy, a training killed while publishing its folder; the next reconcile (every model
+    command and training starts with one) removes both, and keeps the copy of a process
+    still running."""
+    scratch = _scratch(tmp_path, monkeypatch)
+    env = {**os.environ, "TMPDIR": str(scratch), "PUHUI_CRASH_AT": "register.model_copy"}
+    script = ("from tests.test_lifecycle import _register; "
+              "_register('credit_risk', 'fp-killed')")
+    killed = subprocess.run([sys.executable, "-c", script], env=env, cwd=repo_root(),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = list(scratch.glob("puhui-model-*"))
+    assert len(left) == 1 and any(left[0].rglob("MLmodel"))  # the real copy it was hashing
+    env.pop("PUHUI_CRASH_AT")
+    assert subprocess.run([sys.executable, "-c", _KILLED_PUBLISHING], env=env,
+                          cwd=repo_root(), timeout=120).returncode == -signal.SIGKILL
+    left += list(scratch.glob("puhui-publish-*"))
+    assert len(left) == 2
+
+    live = subprocess.Popen([sys.executable, "-c", _HOLD_A_COPY], env=env, cwd=repo_root(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = Path(live.stdout.readline().strip())
+        assert held.is_dir() and held.parent == scratch
+        runtime = open_runtime()
+        settled = reconcile_model_changes(
+            registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
+            runtime.audit)
+        assert not any(p.exists() for p in left) and held.is_dir()
+        assert sorted(settled.swept) == sorted(
+            f"removed {p}: a temporary folder its process, now gone, left behind" for p in left)
+        assert settled.repaired == []  # events written: none (verify re-checks the chain then)
+    finally:
+        live.communicate("", timeout=60)  # its stdin closed: it ends, removing its copy
+    assert list(scratch.glob("puhui-model-*")) == list(scratch.glob("puhui-publish-*")) == []
+
+
+# In a pid namespace of its own (a sibling container of the pod), the holder forks until its
+# pid is one that no process has in ours: to a sweep judging pids alone, its owner is dead.
+_HOLD_IN_ANOTHER_NAMESPACE = """
+import os, sys
+ours = {int(p) for p in sys.argv[1].split(",")}
+while (child := os.fork()) and os.waitpid(child, 0)[1] >> 8 == 3:
+    pass
+if child:
+    sys.exit(0)
+if os.getpid() in ours:
+    os._exit(3)
+from puhui.scratch import scratch_dir
+copy = scratch_dir("model")
+print(os.getpid(), copy.name, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_sweep_never_touches_another_pid_namespace_s_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two containers of a pod share the hostname and may share /tmp with separate pid
+    namespaces: the other's live process has a pid that is dead (or someone else) in ours.
+    Its copy of the model files stays while it hashes them; a killed process's of our own
+    namespace is still swept."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-Urpf", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged pid namespaces here (unshare -Urpf)")
+    scratch = _scratch(tmp_path, monkeypatch)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
+    sibling = subprocess.Popen(
+        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _HOLD_IN_ANOTHER_NAMESPACE,
+         ours], env=env, cwd=repo_root(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        pid, name = sibling.stdout.readline().split()
+        held = Path(name)
+        assert held.is_dir() and held.parent == scratch and not Path(f"/proc/{pid}").exists()
+        assert subprocess.run([sys.executable, "-c", _KILLED_PUBLISHING], env=env,
+                              cwd=repo_root(), timeout=120).returncode == -signal.SIGKILL
+        killed = list(scratch.glob("puhui-publish-*"))
+        assert sweep_scratch_dirs() == [str(p) for p in killed] and len(killed) == 1
+        assert held.is_dir() and not killed[0].exists()
+    finally:
+        sibling.communicate("", timeout=60)
+    assert list(scratch.iterdir()) == []
+
+
+
+
+_SWEEP = ("import json; from puhui.scratch import sweep_scratch_dirs; "
+          "print(json.dumps(sweep_scratch_dirs()))")
+
+
+def _as_nobody(code: str, env: dict[str, str]) -> subprocess.CompletedProcess | None:
+    """``code`` run by the nobody user (puhui from this checkout), or None where it cannot
+    be (not root, no setpriv, no Python that user can run)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        return None
+    for python in (sys.executable, "/usr/bin/python3"):
+        ran = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-B", "-c",
+             code], env={**env, "PYTHONPATH": str(repo_root())}, cwd="/",
+            capture_output=True, text=True, timeout=120)
+        if ran.returncode == 0 or "puhui" in ran.stderr:
+            return ran
+    return None
+
+
+def test_a_folder_the_sweep_cannot_remove_is_not_reported_removed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead process's folder of another user (mode 700, in a sticky temp folder) cannot
+    be removed by this one: it was reported removed on every reconcile. The sweep runs here
+    as the nobody user, then as the owner."""
+    shared = Path(tempfile.mkdtemp(prefix="sweep-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # as /tmp: anyone creates, only the owner removes
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        folder = shared / f"puhui-model-{socket.gethostname()}-{pid_namespace()}-{dead.pid}-x1"
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "MLmodel").write_text("flavors: {}")
+        folder.chmod(0o700)
+        swept = _as_nobody(_SWEEP, {**os.environ, "TMPDIR": str(shared)})
+        if swept is None:
+            pytest.skip("cannot run puhui as another user here (needs root and setpriv)")
+        assert swept.returncode == 0, swept.stderr[-2000:]
+        assert json.loads(swept.stdout) == [] and (folder / "model" / "MLmodel").exists()
+        monkeypatch.setattr(tempfile, "tempdir", str(shared))
+        assert sweep_scratch_dirs() == [str(folder)] and not folder.exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

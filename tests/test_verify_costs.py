@@ -1,0 +1,130 @@
+"""What `audit verify` reads on each call: the model files of an aliased version are hashed
+again only when what the store says about them changed (a same-size rewrite with its mtime
+put back included), and the versions' run metrics come in one query, not one per version."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from puhui import registry as registry_module
+from puhui.audit import events_of
+from puhui.landing import CONTENT_MARKER_KEYS, change_marker
+from puhui.model_fingerprints import VerifiedFiles, files_signature
+from puhui.registry import REGISTERED, _registered_digests, registry_client
+from puhui.registry_read import SqlRegistry
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
+from tests import test_crash_model_changes as crash_tests
+from tests.test_attack_round8_mends import _model_folder
+from tests.test_crash_model_changes import NAME, Ran
+
+empty_mlflow_store = crash_tests.empty_mlflow_store
+registry_env = crash_tests.registry_env
+puhui = crash_tests.puhui
+
+
+def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders ``audit verify`` hashes from now on."""
+    hashed: list[Path] = []
+    real = registry_module.model_files_digest
+
+    def counted(folder: Path) -> str:
+        hashed.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(registry_module, "model_files_digest", counted)
+    return hashed
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_rehashes_model_files_only_when_they_changed(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    v1 = registry_env["passed1"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    hashed = _hashes(monkeypatch)
+    for expected in (1, 0):  # hashed once, then known by the files' signature
+        assert puhui("audit", "verify").returncode == 0
+        assert len(hashed) == expected, hashed
+        hashed.clear()
+
+    # Same size, same bytes count, its mtime put back: only the kernel's ctime tells.
+    pickle = _model_folder(v1) / "python_model.pkl"
+    before, content = pickle.stat(), pickle.read_bytes()
+    pickle.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    os.utime(pickle, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert pickle.stat().st_size == before.st_size
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 1, verified.stdout
+    assert f"{NAME} v{v1}: its model files differ from those registered" in verified.stderr
+    assert len(hashed) == 1
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_reads_every_version_s_metrics_in_one_query(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def one_run(self: SqlRegistry, run_id: str) -> None:
+        raise AssertionError("a run read one at a time")
+
+    monkeypatch.setattr(SqlRegistry, "get_run", one_run)
+    verified = puhui("audit", "verify", "--no-repair")
+    assert verified.returncode == 0, verified.stderr
+    assert "MLflow agrees with the trail: 4 version(s)" in verified.stdout
+
+
+def test_a_remote_signature_is_a_content_tag_never_a_settable_time() -> None:
+    """A listing's time (mtime, LastModified, updated, modify, created) is what a store's
+    writer can put back (SFTP utime, HDFS setTimes; ``created`` outlives an in-place
+    rewrite): files listed with no content tag get no signature, so verify hashes them each
+    time. The memory filesystem lists ``created`` only."""
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/verify-costs/model/MLmodel", b"flavors: {}")
+    try:
+        assert "created" in fs.info("/verify-costs/model/MLmodel")
+        assert files_signature("memory://verify-costs/model") is None
+    finally:
+        fs.rm("/verify-costs", recursive=True)
+    times = {"mtime": 1, "LastModified": "x", "last_modified": "x", "updated": "x",
+             "modify": "x", "created": 1}
+    assert change_marker(times, CONTENT_MARKER_KEYS) is None
+    assert change_marker({**times, "md5Hash": "q1"}, CONTENT_MARKER_KEYS) == "md5Hash=q1"
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_with_an_anchor_hashes_every_file_whatever_the_cache_says(
+    registry_env: dict[str, str], puhui: Callable[..., Ran],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache's entries are keyed with the audit key, which the local profile keeps in
+    PUHUI_HOME beside the cache: its holder can swap a model file and write an entry for the
+    new files. ``--anchor`` (for not trusting that holder) must not take the cache's word."""
+    v1 = registry_env["passed1"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    anchor = puhui("audit", "anchor").stdout.strip()
+    assert puhui("audit", "verify").returncode == 0  # the cache now holds v1's files
+
+    pickle = _model_folder(v1) / "python_model.pkl"
+    content = pickle.read_bytes()
+    pickle.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    runtime = open_runtime()
+    expected = _registered_digests(events_of(runtime.engine, [REGISTERED]))[(NAME, v1)]
+    uri = registry_client(runtime.settings.mlflow_tracking_uri).get_model_version_download_uri(
+        NAME, v1)
+    forged = VerifiedFiles(load_settings().home, runtime.audit.key)
+    forged.remember(NAME, v1, expected, files_signature(uri))
+    forged.save()
+    assert puhui("audit", "verify", "--no-repair").returncode == 0  # the key holder's forgery
+
+    hashed = _hashes(monkeypatch)
+    verified = puhui("audit", "verify", "--no-repair", "--anchor", anchor)
+    assert verified.returncode == 1, verified.stdout
+    assert f"{NAME} v{v1}: its model files differ from those registered" in verified.stderr
+    assert len(hashed) == 4  # every version, as --deep
