@@ -79,20 +79,21 @@ def test_0006_marks_rows_with_a_time_settled_and_leaves_the_rest_to_ingest(
     engine.dispose()
 
 
-def test_the_downgrades_of_0005_to_0007_run_again(warehouse_url: str) -> None:
+def test_the_downgrades_of_0005_to_0008_run_again(warehouse_url: str) -> None:
     """A downgrade stopped after its DDL and before alembic stamped it (SQLite's DDL is not
-    transactional there) is run again over columns and an index already gone."""
+    transactional there) is run again over tables, columns and an index already gone."""
     engine = create_warehouse_engine(warehouse_url)
-    assert upgrade_schema(engine) == "0007"
-    for target in ("0006", "0005", "0004"):
+    assert upgrade_schema(engine) == "0008"
+    for target in ("0007", "0006", "0005", "0004"):
         with engine.begin() as conn:
             command.downgrade(_alembic_config(conn), target)
         with engine.begin() as conn:  # the stamp lost: the same downgrade again
-            command.stamp(_alembic_config(conn), "0007")
+            command.stamp(_alembic_config(conn), "0008")
         with engine.begin() as conn:
             command.downgrade(_alembic_config(conn), target)
     columns = {c["name"] for c in inspect(engine).get_columns("ingest_batches")}
     assert not columns & {"mtime_ns", "path_pseudonymized", "change_marker"}
-    assert upgrade_schema(engine) == "0007"
+    assert not {"ingest_keys", "ingest_key_backfills"} & set(inspect(engine).get_table_names())
+    assert upgrade_schema(engine) == "0008"
     assert _schema_diff(engine) == []
     engine.dispose()

@@ -57,5 +57,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table('ingest_key_backfills')
-    op.drop_table('ingest_keys')
+    # Run again after a downgrade that stopped before alembic stamped it, as 0005-0007's
+    have = set(sa.inspect(op.get_bind()).get_table_names())
+    for table in ('ingest_key_backfills', 'ingest_keys'):
+        if table in have:
+            op.drop_table(table)
