@@ -61,8 +61,10 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
     except (ArgumentError, NoSuchModuleError, ValueError):
         raise PuhuiError(
             "PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
-            "postgresql+psycopg://user:password@host:5432/dbname, or unset it for the "
-            "embedded SQLite warehouse") from None
+            # '***' rather than 'password': every error line goes through scrub_text, which
+            # masks whatever stands between 'user:' and '@' in a URL
+            "postgresql+psycopg://user:***@host:5432/dbname (*** the password), or unset "
+            "it for the embedded SQLite warehouse") from None
     try:
         with get_engine(settings.warehouse_url).connect():
             pass

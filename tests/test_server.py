@@ -367,8 +367,8 @@ def test_settings_are_checked_before_any_flow_starts(tmp_path: Path) -> None:
     assert bad_url.returncode == 1
     assert bad_url.stderr.strip().splitlines() == [
         "puhui: error: PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
-        "postgresql+psycopg://user:password@host:5432/dbname, or unset it for the embedded "
-        "SQLite warehouse"]
+        "postgresql+psycopg://user:***@host:5432/dbname (*** the password), or unset it for "
+        "the embedded SQLite warehouse"]
     closed_port = _free_port()
     no_db = _run([*PUHUI, "run", "ingest"], {
         **env, "PUHUI_PSEUDONYM_KEY": "k" * 40,
