@@ -24,7 +24,6 @@ from rich.table import Table
 from rich.text import Text
 
 from puhui import console as report
-from puhui.console import is_verbose
 from puhui.errors import PuhuiError
 from puhui.privacy import printable, scrub_text
 from puhui.settings import Settings, configure_runtime, load_settings
@@ -364,7 +363,7 @@ def _registry_to_change() -> tuple:
     client = registry_client(runtime.settings.mlflow_tracking_uri)
     settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
     # A dead process's temp folder removed is housekeeping, not news: said with --verbose.
-    for line in settled.repaired + (settled.swept if is_verbose() else []):
+    for line in settled.repaired + (settled.swept if report.is_verbose() else []):
         err_console.print(f"puhui: {line}")
     return client, runtime
 
@@ -901,7 +900,7 @@ def audit_verify(
     with it; exit 1 if any is wrong."""
     runtime, result = _verified_chain(anchor)
     problems = list(result.problems)
-    report: dict[str, Any] = {**result.__dict__, "anchor": result.anchor}
+    summary: dict[str, Any] = {**result.__dict__, "anchor": result.anchor}
     lines: list[str] = []
     model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
     if result.ok and (model_events
@@ -924,7 +923,7 @@ def audit_verify(
                                               runtime.audit, repair=True)
         if settled.repaired:  # the repairs are events: the head moved
             runtime, result = _verified_chain(anchor)
-            report.update(result.__dict__, anchor=result.anchor)
+            summary.update(result.__dict__, anchor=result.anchor)
             problems = list(result.problems)
         # The cache's entries are HMACs under the audit key, which the local profile keeps in
         # $PUHUI_HOME next to the cache: its holder could swap a file and forge an entry.
@@ -936,16 +935,16 @@ def audit_verify(
         if verified is not None:
             verified.save()
         problems += settled.open + mismatches
-        lines += settled.repaired + (settled.swept if is_verbose() else []) + [
+        lines += settled.repaired + (settled.swept if report.is_verbose() else []) + [
             f"ungated (promote refuses it): {v}" for v in settled.ungated]
         unchecked = unfingerprinted_versions(runtime.engine)
         if unchecked:  # informational: these came before digests, nothing is wrong with them
             lines.append(f"{len(unchecked)} version(s) registered without a file fingerprint "
                          f"(model files not checkable): {', '.join(unchecked[:5])}"
                          + (", ..." if len(unchecked) > 5 else ""))
-        report.update(repaired=settled.repaired, swept=settled.swept, ungated=settled.ungated,
-                      registry_problems=mismatches, versions=versions, aliases=aliases,
-                      unfingerprinted=unchecked)
+        summary.update(repaired=settled.repaired, swept=settled.swept, ungated=settled.ungated,
+                       registry_problems=mismatches, versions=versions, aliases=aliases,
+                       unfingerprinted=unchecked)
         if not settled.open and not mismatches:
             lines.append(f"MLflow agrees with the trail: {versions} version(s), "
                          f"{aliases} alias(es); model files hashed: "
@@ -956,12 +955,12 @@ def audit_verify(
 
         ledger_mismatches, batches = ledger_problems(runtime.engine)
         problems += ledger_mismatches
-        report.update(ledger_problems=ledger_mismatches, batches=batches)
+        summary.update(ledger_problems=ledger_mismatches, batches=batches)
         if not ledger_mismatches:
             lines.append(f"ingest_batches agrees with the trail: {batches} batch(es)")
-    report.update(ok=not problems, problems=problems)
+    summary.update(ok=not problems, problems=problems)
     if json_:
-        _print_json(report)
+        _print_json(summary)
     else:
         for line in lines:
             console.print(line, markup=False)
