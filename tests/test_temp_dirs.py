@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,12 @@ from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
 from puhui.registry import reconcile_model_changes, registry_client
 from puhui.runtime import open_runtime
-from puhui.scratch import pid_namespace, sweep_scratch_dirs
+from puhui.scratch import (
+    PENDING_GRACE_SECONDS,
+    pid_namespace,
+    scratch_dir,
+    sweep_scratch_dirs,
+)
 from puhui.settings import load_settings, repo_root
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_models_cli import _version
@@ -102,6 +108,14 @@ def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
     assert list(scratch.glob("puhui-model-*")) == list(scratch.glob("puhui-publish-*")) == []
 
 
+def _unshare() -> str:
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-Urpf", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged pid namespaces here (unshare -Urpf)")
+    return unshare
+
+
 # In a pid namespace of its own (a sibling container of the pod), the holder forks until its
 # pid is one that no process has in ours: to a sweep judging pids alone, its owner is dead.
 _HOLD_IN_ANOTHER_NAMESPACE = """
@@ -126,10 +140,7 @@ def test_the_sweep_never_touches_another_pid_namespace_s_folder(
     namespaces: the other's live process has a pid that is dead (or someone else) in ours.
     Its copy of the model files stays while it hashes them; a killed process's of our own
     namespace is still swept."""
-    unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "-Urpf", "true"],
-                                         capture_output=True).returncode != 0:
-        pytest.skip("no unprivileged pid namespaces here (unshare -Urpf)")
+    unshare = _unshare()
     scratch = _scratch(tmp_path, monkeypatch)
     env = {**os.environ, "TMPDIR": str(scratch)}
     ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
@@ -151,6 +162,75 @@ def test_the_sweep_never_touches_another_pid_namespace_s_folder(
     assert list(scratch.iterdir()) == []
 
 
+# pid 1 of a namespace ignores even its own SIGKILL: its child is the one killed.
+_KILLED_IN_ITS_NAMESPACE = """
+import os, signal, sys
+if child := os.fork():
+    sys.exit(os.waitpid(child, 0)[1] & 0x7f)
+from puhui.scratch import pid_namespace, scratch_dir
+folder = scratch_dir("publish")
+open(folder.name + "/report.html", "w").close()
+print(pid_namespace(), folder.name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+_SWEEP_IN_ITS_NAMESPACE = ("import json; from puhui.scratch import pid_namespace, "
+                           "sweep_scratch_dirs; print(pid_namespace(), "
+                           "json.dumps(sweep_scratch_dirs()))")
+
+
+def test_a_restarted_container_sweeps_its_predecessor_s_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container killed (kill -9) while publishing, restarted with a new pid namespace on
+    the same /tmp: its predecessor's folder was of "another namespace" for good. Liveness
+    is the folder's lock now, which the kernel dropped with the process: the sweep in the
+    new namespace removes it, and keeps a live process's of a third namespace."""
+    unshare = _unshare()
+    scratch = _scratch(tmp_path, monkeypatch)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
+    sibling = subprocess.Popen(
+        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _HOLD_IN_ANOTHER_NAMESPACE,
+         ours], env=env, cwd=repo_root(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        held = Path(sibling.stdout.readline().split()[1])
+        killed = subprocess.run(
+            [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _KILLED_IN_ITS_NAMESPACE],
+            env=env, cwd=repo_root(), capture_output=True, text=True, timeout=120)
+        assert killed.returncode == signal.SIGKILL, killed.stderr[-2000:]
+        predecessor_ns, name = killed.stdout.split()
+        left = Path(name)
+        assert (left / "report.html").exists() and predecessor_ns != pid_namespace()
+        swept = subprocess.run(
+            [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _SWEEP_IN_ITS_NAMESPACE],
+            env=env, cwd=repo_root(), capture_output=True, text=True, timeout=120)
+        assert swept.returncode == 0, swept.stderr[-2000:]
+        restarted_ns, removed = swept.stdout.split(maxsplit=1)
+        assert restarted_ns not in (predecessor_ns, pid_namespace())
+        assert json.loads(removed) == [name] and not left.exists()
+        assert held.is_dir() and sweep_scratch_dirs() == [] and held.is_dir()
+    finally:
+        sibling.communicate("", timeout=60)
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_folder_is_never_swept_while_being_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder is made under a hidden name, locked, then renamed: a sweep between its mkdir
+    and its lock sees only the hidden name, unlocked, and keeps it while it is young; one
+    left by a process killed in that instant goes once it is old. A live folder of this
+    very process (locked through another descriptor) is kept."""
+    scratch = _scratch(tmp_path, monkeypatch)
+    host = socket.gethostname()
+    pending = scratch / f".puhui-model-{host}-{pid_namespace()}-{os.getpid()}-flock-ab12cd34"
+    pending.mkdir()
+    with scratch_dir("model") as live:
+        assert Path(live).parent == scratch and Path(live).name.startswith("puhui-model-")
+        assert sweep_scratch_dirs() == [] and pending.is_dir() and Path(live).is_dir()
+        old = time.time() - PENDING_GRACE_SECONDS - 1
+        os.utime(pending, (old, old))
+        assert sweep_scratch_dirs() == [str(pending)] and Path(live).is_dir()
+    assert list(scratch.iterdir()) == []
 
 
 _SWEEP = ("import json; from puhui.scratch import sweep_scratch_dirs; "
