@@ -121,12 +121,23 @@ def _settings() -> Settings:
     return settings
 
 
+def _config_dir() -> Path:
+    """The config folder, for a command that runs flows: a missing or incomplete one is
+    refused in one line now, not after Prefect started (``check_config_dir``)."""
+    from puhui.config import check_config_dir
+
+    config_dir = load_settings().config_dir
+    check_config_dir(config_dir)
+    return config_dir
+
+
 def _flow_settings(*, needs_key: bool = True, ephemeral_ok: bool = True) -> Settings:
     """Settings for a command that runs flows: checked before any flow starts, Prefect's
     console quietened, and one line saying which Prefect server the runs go to."""
     from puhui.prefect_server import choose_prefect_target
     from puhui.runtime import check_settings
 
+    _config_dir()
     settings = load_settings()
     configure_runtime(settings)
     target = choose_prefect_target(settings)
@@ -238,7 +249,7 @@ def run_ingest(
     if partner is not None:  # a typo is one line now, not a failed flow run after Prefect starts
         from puhui.config import PartnersConfig, load_config
 
-        load_config(load_settings().config_dir, PartnersConfig).get(partner)
+        load_config(_config_dir(), PartnersConfig).get(partner)
     _flow_settings()
     summary = run_ingest_flow(day, partner)
     if json_:
@@ -289,7 +300,7 @@ def run_train(
     day = _run_date(as_of, "--as-of")
     # A bad model setting (a LightGBM value of the wrong type) is one line now, not a failed
     # flow run after the features were built; before the Prefect line, so it is the only one.
-    load_config(load_settings().config_dir, ModelsConfig)
+    load_config(_config_dir(), ModelsConfig)
     _flow_settings()
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None
@@ -312,6 +323,7 @@ def run_profiles(as_of: AsOf = None, json_: JsonFlag = False) -> None:
     from puhui.pipeline import run_profiles_flow
 
     _settings()
+    _config_dir()
     summary = run_profiles_flow(_run_date(as_of, "--as-of"))
     if json_:
         _print_json(summary)
@@ -325,6 +337,7 @@ def run_report(as_of: AsOf = None, json_: JsonFlag = False) -> None:
     from puhui.pipeline import run_report_flow
 
     _settings()
+    _config_dir()
     summary = run_report_flow(_run_date(as_of, "--as-of"))
     if json_:
         _print_json(summary)

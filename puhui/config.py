@@ -912,6 +912,22 @@ def load_config(config_dir: Path, model: type[M]) -> M:
     return _load_cached(config_dir.resolve(), name)  # type: ignore[return-value]
 
 
+def check_config_dir(config_dir: Path) -> None:
+    """Refuse, in one line, a config folder that is missing, empty or lacks one of
+    ``CONFIG_MODELS``' files: every flow reads them, and would fail on the first one it
+    needs only after Prefect started (~40 s on this machine), with Prefect's error lines."""
+    if not config_dir.is_dir():
+        state = "not a folder" if config_dir.exists() else "no such folder"
+        raise PuhuiError(f"PUHUI_CONFIG_DIR {config_dir}: {state}; point it at a copy of the "
+                         "repository's configs/ folder (or unset it for that one)")
+    missing = [name for name in CONFIG_MODELS if not (config_dir / name).is_file()]
+    if missing:
+        state = ("holds none of the config files" if len(missing) == len(CONFIG_MODELS)
+                 else "lacks " + ", ".join(missing))
+        raise PuhuiError(f"PUHUI_CONFIG_DIR {config_dir}: {state}; copy them from the "
+                         "repository's configs/ folder")
+
+
 def validate_config_dir(config_dir: Path) -> list[str]:
     """Load every file of ``config_dir``; raise on the first invalid or unknown one."""
     names = sorted(p.name for p in config_dir.glob("*.y*ml"))

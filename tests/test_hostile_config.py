@@ -121,6 +121,27 @@ def test_cli_config_check_and_backfill_dates_fail_in_one_line(tmp_path: Path) ->
     assert len(lines) == 1 and "is after --end" in lines[0] and "ValueError" not in lines[0]
 
 
+def test_a_missing_or_incomplete_config_folder_is_one_line_before_any_flow(
+        tmp_path: Path) -> None:
+    """An empty or missing PUHUI_CONFIG_DIR failed only inside the flow, after Prefect
+    started (~40 s, ~100 s on a loaded machine), with Prefect's error lines before puhui's."""
+    empty, partial = tmp_path / "empty", tmp_path / "partial"
+    empty.mkdir()
+    shutil.copytree(CONFIGS, partial)
+    (partial / "models.yaml").unlink()
+    cases = [(("run", "daily"), tmp_path / "nowhere", "no such folder"),
+             (("run", "daily"), empty, "holds none of the config files"),
+             (("run", "ingest", "--partner", "mobile_payments"), empty,
+              "holds none of the config files"),
+             (("run", "report"), partial, "lacks models.yaml")]
+    for args, config_dir, says in cases:
+        done = _cli(tmp_path, *args, "--as-of", "2026-09-30",
+                    PUHUI_CONFIG_DIR=str(config_dir), PUHUI_PSEUDONYM_KEY="k" * 40)
+        assert done.returncode == 1, done.stderr
+        [line] = (done.stdout + done.stderr).strip().splitlines()  # no Prefect line before it
+        assert line.startswith(f"puhui: error: PUHUI_CONFIG_DIR {config_dir}: {says}"), line
+
+
 def test_run_train_refuses_a_mistyped_lightgbm_value_in_one_line_before_the_flow(
         tmp_path: Path) -> None:
     """``num_threads: two`` was taken by the config and failed inside LightGBM, after the
