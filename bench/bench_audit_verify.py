@@ -7,13 +7,19 @@ MODEL_MB file (a booster's size), the last two as champion and challenger. Each 
 runs in a fresh process, as an auditor types it; CPU is the process's user+sys. The machine
 is shared: the load average is recorded with each run.
 
-Usage: python bench/bench_audit_verify.py [--versions 30] [--model-mb 8] [--runs 3] [--quick]
-Prints a table and writes bench/results/audit_verify.json.
+With --server the commands read the registry through a local ``mlflow server`` (an http
+tracking URI, over the same SQLite store) instead of the database URI, and the requests
+each command made to it are counted from its access log.
+
+Usage: python bench/bench_audit_verify.py [--versions 30] [--model-mb 8] [--runs 3] [--server]
+       [--label NAME] [--quick]
+Prints a table and writes bench/results/audit_verify-<label>[-server].json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -30,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import mlflow.pyfunc  # noqa: E402 - the versions' models are made in this process
 
 from bench.results_file import machine_facts, write_results  # noqa: E402
+from tests.mlflow_server import requests_logged, running_mlflow_server  # noqa: E402
 
 NAME, AS_OF = "credit_risk", "2026-09-30"
 KEYS = {"PUHUI_PSEUDONYM_KEY": "bench-key-0123456789abcdefghijklmnopqrstuvwxyz",
@@ -87,16 +94,22 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(args: list[str], env: dict[str, str]) -> dict:
+def measure(args: list[str], env: dict[str, str], server_log: Path | None = None) -> dict:
     load = os.getloadavg()[0]
+    since = len(server_log.read_text()) if server_log else 0
     spent, started = _children_cpu(), time.monotonic()
     done = subprocess.run([sys.executable, "-m", "puhui", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True)
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"{args} failed ({done.returncode}): {done.stderr[-800:]}")
-    return {"wall": round(wall, 3), "cpu": round(_children_cpu() - spent, 3),
-            "load": round(load, 2)}
+    figures = {"wall": round(wall, 3), "cpu": round(_children_cpu() - spent, 3),
+               "load": round(load, 2)}
+    if server_log is not None:
+        lines = requests_logged(server_log, env["MLFLOW_TRACKING_URI"], since).splitlines()
+        figures["requests"] = sum("/api/" in line for line in lines)
+        figures["runs_get"] = sum("/runs/get" in line for line in lines)
+    return figures
 
 
 def main() -> None:
@@ -105,6 +118,8 @@ def main() -> None:
     parser.add_argument("--model-mb", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--label", default="now", help="name of this code's figures")
+    parser.add_argument("--server", action="store_true",
+                        help="through a local mlflow server (http tracking URI)")
     parser.add_argument("--quick", action="store_true", help="3 versions, 1 run (smoke)")
     options = parser.parse_args()
     versions, runs = (3, 1) if options.quick else (options.versions, options.runs)
@@ -119,18 +134,28 @@ def main() -> None:
         commands = {"audit verify": ["audit", "verify"],
                     "audit verify --deep": ["audit", "verify", "--deep"]}
         results: dict[str, list[dict]] = {name: [] for name in commands}
-        for _ in range(runs):
-            for name, args in commands.items():
-                results[name].append(measure(args, env))
+        with contextlib.ExitStack() as stack:
+            server_log = None
+            if options.server:
+                server_log = work / "mlflow-server.log"
+                env["MLFLOW_TRACKING_URI"] = stack.enter_context(running_mlflow_server(
+                    f"sqlite:///{work / 'home' / 'mlflow.db'}", work / "server-artifacts",
+                    server_log))
+            for _ in range(runs):
+                for name, args in commands.items():
+                    results[name].append(measure(args, env, server_log))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'command':24} {'wall s (median)':>16} {'cpu s (median)':>15}  runs")
     for name, figures in results.items():
         print(f"{name:24} {statistics.median(f['wall'] for f in figures):16.2f} "
               f"{statistics.median(f['cpu'] for f in figures):15.2f}  "
-              + " ".join(f"{f['wall']}/{f['cpu']}@{f['load']}" for f in figures))
-    write_results(f"audit_verify-{options.label}", {
-        "versions": versions, "model_mb": options.model_mb, "runs": results,
+              + " ".join(f"{f['wall']}/{f['cpu']}@{f['load']}" for f in figures)
+              + (f"  requests {figures[0]['requests']} (runs/get {figures[0]['runs_get']})"
+                 if options.server else ""))
+    write_results(f"audit_verify-{options.label}" + ("-server" * options.server), {
+        "versions": versions, "model_mb": options.model_mb, "server": options.server,
+        "runs": results,
         "median": {name: {"wall": statistics.median(f["wall"] for f in figures),
                           "cpu": statistics.median(f["cpu"] for f in figures)}
                    for name, figures in results.items()},

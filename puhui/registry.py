@@ -529,10 +529,15 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
                 repaired.append(f"aborted: {what} never reached MLflow "
                                 f"(it is {'v' + current if current else 'unset'})")
     verdicts = _verdicts(events)
-    for (model, version), verdict in verdicts.items():
-        tags = None
+    # One search per model, not a read per version (a request each through a tracking server).
+    listed: dict[str, dict[str, dict[str, str]]] = {}
+    for model in sorted({m for m, _ in verdicts}):
+        listed[model] = {}
         with suppress_not_found():
-            tags = client.get_model_version(model, version).tags
+            listed[model] = {str(v.version): v.tags
+                             for v in client.search_model_versions(f"name='{model}'")}
+    for (model, version), verdict in verdicts.items():
+        tags = listed[model].get(version)
         if tags is None:
             continue  # a version missing from MLflow: registry_problems reports it
         if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():

@@ -139,28 +139,56 @@ def registered_model_names(client: Any, page_size: int = 100) -> list[str]:
     here; ``SqlRegistry`` reads them all at once."""
     if isinstance(client, SqlRegistry):
         return sorted(m.name for m in client.search_registered_models())
-    names: list[str] = []
-    token = None
-    while True:
-        page = client.search_registered_models(max_results=page_size, page_token=token)
-        names.extend(m.name for m in page)
-        token = page.token
-        if not token:
-            return sorted(names)
+    return sorted(m.name for m in _paged(lambda token: client.search_registered_models(
+        max_results=page_size, page_token=token)))
 
 
-def runs_metrics(client: Any, run_ids: Collection[str]) -> dict[str, dict[str, float]]:
-    """Run id -> its latest metrics: one query on ``SqlRegistry``, a ``get_run`` per run on
-    ``MlflowClient`` (a tracking server has no read of many runs' metrics by id). A run
-    that is gone has none."""
+def runs_metrics(client: Any, run_ids: Collection[str],
+                 batch: int = 100) -> dict[str, dict[str, float]]:
+    """Run id -> its latest metrics: one query on ``SqlRegistry``; on ``MlflowClient`` (a
+    tracking server) one ``search_runs`` per ``batch`` run ids (``attributes.run_id IN``,
+    over every experiment, deleted runs included as ``get_run`` would find them), then a
+    ``get_run`` only for an id the search did not return. A run that is gone has none."""
     if isinstance(client, SqlRegistry):
         return client.runs_metrics(run_ids)
+    from mlflow.entities import ViewType
+
     found: dict[str, dict[str, float]] = {}
-    for run in run_ids:
-        found[run] = {}
-        with suppress_not_found():
-            found[run] = dict(client.get_run(run).data.metrics)
+    # An id MLflow would refuse (or one that could break out of the quoted list) is read
+    # alone, as before.
+    searchable = sorted(r for r in run_ids if _RUN_ID.fullmatch(r))
+    if searchable:
+        experiments = _paged(lambda token: client.search_experiments(
+            view_type=ViewType.ALL, page_token=token))
+        ids = [e.experiment_id for e in experiments]
+        for start in range(0, len(searchable), batch):
+            chunk = searchable[start:start + batch]
+            where = "attributes.run_id IN ({})".format(",".join(f"'{r}'" for r in chunk))
+            for run in _paged(lambda token, where=where, n=len(chunk): client.search_runs(
+                    ids, where, run_view_type=ViewType.ALL, max_results=n, page_token=token)):
+                found[run.info.run_id] = dict(run.data.metrics)
+    for run_id in run_ids:
+        if run_id not in found:
+            found[run_id] = {}
+            with suppress_not_found():
+                found[run_id] = dict(client.get_run(run_id).data.metrics)
     return found
+
+
+# MLflow's own rule for a run id (mlflow.utils.validation._RUN_ID_REGEX).
+_RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
+
+
+def _paged(page: Any) -> list[Any]:
+    """Every item of an MLflow search answered a page at a time (``page(token)``)."""
+    items: list[Any] = []
+    token = None
+    while True:
+        answer = page(token)
+        items.extend(answer)
+        token = answer.token
+        if not token:
+            return items
 
 
 def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:

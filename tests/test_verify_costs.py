@@ -20,6 +20,7 @@ from puhui.registry_read import SqlRegistry
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from tests import test_crash_model_changes as crash_tests
+from tests.mlflow_server import requests_logged, running_mlflow_server
 from tests.test_attack_round8_mends import _model_folder
 from tests.test_crash_model_changes import NAME, Ran
 
@@ -78,6 +79,29 @@ def test_verify_reads_every_version_s_metrics_in_one_query(
     verified = puhui("audit", "verify", "--no-repair")
     assert verified.returncode == 0, verified.stderr
     assert "MLflow agrees with the trail: 4 version(s)" in verified.stdout
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_verify_through_a_tracking_server_reads_the_runs_in_one_search(
+    registry_env: dict[str, str], puhui: Callable[..., Ran], puhui_env: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With an http tracking URI (a real ``mlflow server`` over the registry's store) the
+    versions' run metrics came one ``runs/get`` request per version, and their gate tags one
+    ``model-versions/get`` each; one ``runs/search`` and the versions' search read them."""
+    log = tmp_path / "mlflow-server.log"
+    with running_mlflow_server(f"sqlite:///{puhui_env / 'mlflow.db'}", tmp_path / "art",
+                               log) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        since = len(log.read_text())
+        verified = puhui("audit", "verify", "--no-repair")
+        assert verified.returncode == 0, verified.stderr
+        assert "MLflow agrees with the trail: 4 version(s)" in verified.stdout
+        requests = requests_logged(log, url, since)
+    assert "/runs/search" in requests
+    assert (requests.count("/runs/get"), requests.count("/runs/search")) == (0, 1), requests
+    # The reconcile's check of each gated version's tags: one search, not a get per version.
+    assert requests.count("/model-versions/get") == 0, requests
 
 
 def test_a_remote_signature_is_a_content_tag_never_a_settable_time() -> None:
