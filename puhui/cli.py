@@ -370,9 +370,11 @@ def _registry_to_change() -> tuple:
     """MLflow client and runtime, for a command that changes models: first settle (and say)
     what a crash left half-done."""
     from puhui.registry import reconcile_model_changes, registry_client
+    from puhui.registry_read import check_registry_reachable
     from puhui.runtime import open_runtime
 
     runtime = open_runtime(_settings())
+    check_registry_reachable(runtime.settings.mlflow_tracking_uri)
     client = registry_client(runtime.settings.mlflow_tracking_uri)
     settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
     # A dead process's temp folder removed is housekeeping, not news: said with --verbose.

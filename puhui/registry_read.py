@@ -35,6 +35,11 @@ LIST_METRICS = ("auc_oot", "auc_oot_benchmark", "ks_oot", "gini_oot", "brier_oot
 # MLflow's own constants (mlflow.utils.workspace_utils, model_version_stages).
 _DEFAULT_WORKSPACE, _DELETED_STAGE = "default", "Deleted_Internal"
 _DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# How long a read-only command waits for the MLflow database to take a connection (libpq and
+# the MySQL drivers otherwise wait for the OS's TCP timeout, minutes, on a silent host).
+CONNECT_TIMEOUT_SECONDS = 5
+_CONNECT_TIMEOUT_ARGS = {"postgresql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                         "mysql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
 
 
 @dataclass(frozen=True)
@@ -263,10 +268,26 @@ class SqlRegistry:
     tables; artifacts straight from a local artifact store (any other through MLflow)."""
 
     def __init__(self, tracking_uri: str) -> None:
-        from sqlalchemy import create_engine
+        from sqlalchemy import create_engine, make_url
 
-        self._engine = create_engine(tracking_uri)
+        url = make_url(tracking_uri)
+        self._engine = create_engine(
+            url, connect_args=_CONNECT_TIMEOUT_ARGS.get(url.get_backend_name(), {}))
         self._tracking_uri = tracking_uri
+
+    def check_reachable(self) -> None:
+        """Refuse in one line a database that does not take a connection (within
+        ``CONNECT_TIMEOUT_SECONDS``): MLflow's own store would retry it for ~100 s."""
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            with self._engine.connect():
+                pass
+        except OperationalError as exc:
+            first = str(exc.orig or exc).strip().splitlines()[0][:200]
+            where = self._engine.url.render_as_string(hide_password=True)
+            raise PuhuiError(f"cannot reach the MLflow database {where}: {first}; check "
+                             "MLFLOW_TRACKING_URI and that the database is up") from None
 
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         from sqlalchemy import text
@@ -370,19 +391,39 @@ class _EmptyRegistry(SqlRegistry):
         return []
 
 
+def _database_registry(tracking_uri: str) -> SqlRegistry | None:
+    """``SqlRegistry`` on a database tracking URI (``_EmptyRegistry`` for a local store never
+    created), checked to take a connection; None for any other URI or a missing driver."""
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in _DATABASE_SCHEMES:
+        return None
+    path = tracking_uri.removeprefix("sqlite:///")
+    if path != tracking_uri and not Path(path).exists():
+        return _EmptyRegistry()
+    try:
+        registry = SqlRegistry(tracking_uri)
+    except Exception:  # noqa: BLE001 - a driver this environment lacks: MLflow says it
+        return None
+    registry.check_reachable()
+    return registry
+
+
+def check_registry_reachable(tracking_uri: str) -> None:
+    """For an interactive command that changes the registry through MLflow: a database that
+    does not answer is one line now, not MLflow's ~100 s of retries then three lines."""
+    _database_registry(tracking_uri)
+
+
 def read_only_registry(tracking_uri: str) -> Any:
     """A client for reading the registry: ``SqlRegistry`` on a database store MLflow created,
-    else ``MlflowClient`` (an MLflow server, or a database this cannot read)."""
-    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
-    if scheme in _DATABASE_SCHEMES:
-        path = tracking_uri.removeprefix("sqlite:///")
-        if path != tracking_uri and not Path(path).exists():
-            return _EmptyRegistry()
+    else ``MlflowClient`` (an MLflow server, or a database this cannot read). A database
+    that takes no connection is refused in one line (``SqlRegistry.check_reachable``)."""
+    registry = _database_registry(tracking_uri)
+    if registry is not None:
         try:
-            registry = SqlRegistry(tracking_uri)
             registry.search_registered_models()  # the tables exist as read here
             return registry
-        except Exception:  # noqa: BLE001, S110 - missing driver or other tables: ask MLflow
+        except Exception:  # noqa: BLE001, S110 - other tables: ask MLflow
             pass
     from mlflow import MlflowClient
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,32 @@ def test_a_registry_that_cannot_be_reached_is_an_error_not_no_version(
     with pytest.raises(MlflowException) as outage:
         current_aliases(down, "credit_risk")
     assert not is_not_found(outage.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["models", "list"], ["models", "show", "credit_risk", "--version", "1"],
+    ["audit", "verify"], ["models", "promote", "credit_risk", "--version", "1", "--reason", "r"]])
+def test_an_unreachable_mlflow_database_is_one_line_without_retries(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    """An MLflow database that refuses connections: MLflow's store retried for ~110 s, then
+    printed three lines; one that never answers (a silent host) waited for the OS. A command
+    at the terminal says so in one line, after at most the connect timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # the kernel completes the handshake; nothing ever answers
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            refused = probe.getsockname()[1]  # closed when the block ends: refused
+        ports = [refused, silent.getsockname()[1]] if argv == ["models", "list"] else [refused]
+        for port in ports:
+            uri = f"postgresql+psycopg://app:pw@127.0.0.1:{port}/mlflow"
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+            capsys.readouterr()
+            assert main(argv) == 1
+            err = capsys.readouterr().err
+            [line] = err.strip().splitlines()
+            assert line.startswith("puhui: error: cannot reach the MLflow database "
+                                   f"postgresql+psycopg://app:***@127.0.0.1:{port}/mlflow: ")
+            assert line.endswith("check MLFLOW_TRACKING_URI and that the database is up")
