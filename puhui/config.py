@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 from datetime import time
 from functools import cache
@@ -47,8 +46,8 @@ def _at_most_63_bytes(name: str) -> str:
 
 # A lower-case name: a letter, then letters, digits and underscores.
 LOWER_NAME = r"[a-z][a-z0-9_]*"
-# Names that reach SQL as quoted identifiers (raw table columns, feature sources): a quote
-# or a semicolon in one would end the identifier early in the statements built from them.
+# Plain names (tables, pseudonym key columns, lookups): a quote or a semicolon in
+# one would end the identifier early in the statements built from them.
 Identifier = Annotated[str, Field(pattern=rf"^{LOWER_NAME}$")]
 # A partner's column name as its header spells it (`CustomerID`, `客户编号`): it is always
 # quoted, by SQLAlchemy or by hand (COPY, INSERT, ALTER TABLE), so only what would break the
@@ -254,22 +253,11 @@ class PartnersConfig(StrictModel):
 
 ReasonCode = str
 Comparison = dict[Literal["gt", "ge", "lt", "le", "ne"], float | str]
-_LOWER_NAME = re.compile(LOWER_NAME)
-
-
-def _lower_case_column(name: str) -> str:
-    # The feature builders take these names as given into frames, Parquet files, SQL on two
-    # dialects and user_features; a partner column declared in another case or script
-    # (partners.yaml takes `CustomerID`) is refused here, in one line, until they are proven
-    # to carry one everywhere, rather than failing or folding case somewhere in a build.
-    if not _LOWER_NAME.fullmatch(name):
-        raise ValueError("not a lower-case name (a-z, 0-9 and _, a letter first): a partner "
-                         "column in another case or script (CustomerID, 客户编号) cannot be "
-                         "a feature source yet")
-    return name
-
-
-RawColumn = Annotated[str, AfterValidator(_lower_case_column)]
+# A partner column a feature reads, spelled as partners.yaml stores it (`CustomerID` too):
+# the builders reach it through SQLAlchemy's quoted columns, frames and Parquet, which keep
+# its case (tests/test_partitioned_features.py builds the same features from mixed-case
+# columns on both dialects).
+RawColumn = ColumnName
 RowFilter = dict[RawColumn, str | float | list[str] | Comparison]
 
 

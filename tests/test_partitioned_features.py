@@ -30,6 +30,7 @@ from puhui.partitioning import (
     in_bucket,
     partition_count,
 )
+from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_features import AS_OF, _mutate_after, _requests, _spec
@@ -293,3 +294,54 @@ def test_fast_reader_returns_what_read_sql_returns(features_env: str) -> None:
                 a, b = a.astype("datetime64[us, UTC]"), b.astype("datetime64[us, UTC]")
             pd.testing.assert_series_equal(a, b, check_dtype=False, check_exact=True,
                                            obj=column)
+
+
+# Partner columns as a feed may spell them (partners.yaml takes them as its header does):
+# in features.yaml as a latest column, a time, a summed column, a filter and a share filter.
+_MIXED_CASE = {"raw_credit_bureau": {"report_date": "ReportDate", "bureau_score": "BureauScore"},
+               "raw_mobile_payments": {"txn_time": "TxnTime", "amount": "Amount",
+                                       "txn_type": "TxnType", "days_past_due": "DaysPastDue"}}
+_MIXED_CASE_YAML = [(r"time: report_date\b", "time: ReportDate"),
+                    (r"column: bureau_score\b", "column: BureauScore"),
+                    (r"time: txn_time\b", "time: TxnTime"),
+                    (r"column: amount\b", "column: Amount"),
+                    (r"\btxn_type:", "TxnType:"),
+                    (r"column: days_past_due\b", "column: DaysPastDue"),
+                    (r"\bdays_past_due: \{gt", "DaysPastDue: {gt")]
+
+
+@pytest.mark.parametrize("partitions", [1, 8])
+def test_mixed_case_source_columns_build_the_same_features(
+        features_env: str, tmp_path: Path, partitions: int) -> None:
+    """Feature sources were refused unless lower-case (a partner column CustomerID could not
+    be one). The same warehouse with its columns renamed in mixed case, read through a
+    features.yaml naming them so, gives every feature bit for bit (whole-table builder and
+    partitioned; 8 partitions split the phone feeds on PostgreSQL)."""
+    import re
+
+    from sqlalchemy import text
+
+    from puhui.config import load_config_file
+
+    engine = get_engine(features_env)
+    spec = split_always(_spec()) if partitions == 8 else _spec()
+    requests = _requests(engine, spec)
+    want = build_features(load_source_frames(engine, spec, AS_OF), requests, spec)
+
+    source = (load_settings().config_dir / "features.yaml").read_text(encoding="utf-8")
+    for pattern, spelled in _MIXED_CASE_YAML:
+        source, count = re.subn(pattern, spelled, source)
+        assert count > 0, pattern
+    (tmp_path / "features.yaml").write_text(source, encoding="utf-8")
+    mixed = load_config_file(tmp_path / "features.yaml", FeaturesConfig)
+    if partitions == 8:
+        mixed = split_always(mixed)
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.begin() as conn:
+        for table, renames in _MIXED_CASE.items():
+            for old, new in renames.items():
+                conn.execute(text(f"ALTER TABLE {table} RENAME COLUMN {old} TO {quote(new)}"))
+    whole = build_features(load_source_frames(engine, mixed, AS_OF), requests, mixed)
+    _assert_identical(whole, want)
+    _assert_identical(build_features_partitioned(engine, mixed, AS_OF, requests, partitions),
+                      want)
