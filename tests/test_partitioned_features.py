@@ -296,13 +296,14 @@ def test_fast_reader_returns_what_read_sql_returns(features_env: str) -> None:
                                            obj=column)
 
 
-# Partner columns as a feed may spell them (partners.yaml takes them as its header does):
+# Partner columns as a feed may spell them (partners.yaml takes them as its header does, in
+# any case or script):
 # in features.yaml as a latest column, a time, a summed column, a filter and a share filter.
-_MIXED_CASE = {"raw_credit_bureau": {"report_date": "ReportDate", "bureau_score": "BureauScore"},
+_MIXED_CASE = {"raw_credit_bureau": {"report_date": "ReportDate", "bureau_score": "信用分"},
                "raw_mobile_payments": {"txn_time": "TxnTime", "amount": "Amount",
                                        "txn_type": "TxnType", "days_past_due": "DaysPastDue"}}
 _MIXED_CASE_YAML = [(r"time: report_date\b", "time: ReportDate"),
-                    (r"column: bureau_score\b", "column: BureauScore"),
+                    (r"column: bureau_score\b", "column: 信用分"),
                     (r"time: txn_time\b", "time: TxnTime"),
                     (r"column: amount\b", "column: Amount"),
                     (r"\btxn_type:", "TxnType:"),
