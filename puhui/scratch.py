@@ -62,7 +62,9 @@ class ScratchDir:
             f".puhui-{kind}-{socket.gethostname()}-{pid_namespace()}-{os.getpid()}-flock-"))
         fd = os.open(pending, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Blocking: a sweep never locks a young hidden folder, but one of an old name's
+            # holder (removed and made again in between) may hold it for an instant.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             # Host, namespace and pid make the name unique among live processes: the rename
             # replaces no one's folder.
             self.name = os.path.join(os.path.dirname(pending), os.path.basename(pending)[1:])
@@ -101,6 +103,14 @@ def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
     """Remove ``folder`` if no process holds its lock (and, ``pending``, it is older than
     the grace); False if it is held, young, gone or not ours to open."""
     try:
+        seen = os.lstat(folder)
+    except OSError:
+        return False
+    # Judged by age before it is locked: locking a young one, even for an instant, could
+    # take the lock its maker is about to take.
+    if pending and time.time() - seen.st_mtime < PENDING_GRACE_SECONDS:
+        return False
+    try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return False
@@ -109,13 +119,11 @@ def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # held by a live process (or locks unsupported here: leave it)
             return False
-        opened = os.fstat(fd)
-        try:  # the name may have been removed (and reused) since it was opened
-            if os.stat(folder, follow_symlinks=False).st_ino != opened.st_ino:
+        try:  # the name may have been removed (and reused) since it was judged
+            if os.stat(folder, follow_symlinks=False).st_ino != seen.st_ino \
+                    or os.fstat(fd).st_ino != seen.st_ino:
                 return False
         except OSError:
-            return False
-        if pending and time.time() - opened.st_mtime < PENDING_GRACE_SECONDS:
             return False
         shutil.rmtree(folder, ignore_errors=True)
         return not folder.exists()

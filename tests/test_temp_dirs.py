@@ -5,6 +5,7 @@ never a live process's."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -216,16 +217,45 @@ def test_a_restarted_container_sweeps_its_predecessor_s_folders(
 
 def test_a_folder_is_never_swept_while_being_made(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A folder is made under a hidden name, locked, then renamed: a sweep between its mkdir
-    and its lock sees only the hidden name, unlocked, and keeps it while it is young; one
-    left by a process killed in that instant goes once it is old. A live folder of this
-    very process (locked through another descriptor) is kept."""
+    """A folder is made under a hidden name, locked, then renamed. A sweep (of another
+    process) between its mkdir and its lock sees the hidden name, young: it must not lock it
+    even for an instant, which made the maker fail (BlockingIOError). Here the sweep runs in
+    that very window, holding any lock it takes a while. One left by a process killed in
+    that instant goes once it is old; a live folder of this very process is kept."""
+    import threading
+
+    import puhui.scratch as scratch_module
+
     scratch = _scratch(tmp_path, monkeypatch)
     host = socket.gethostname()
     pending = scratch / f".puhui-model-{host}-{pid_namespace()}-{os.getpid()}-flock-ab12cd34"
-    pending.mkdir()
+    flock, mkdtemp = fcntl.flock, tempfile.mkdtemp
+    sweeping, swept, locked = threading.Event(), [], threading.Event()
+
+    def slow_sweep_flock(fd: int, operation: int) -> None:
+        flock(fd, operation)
+        if sweeping.is_set() and threading.current_thread() is not threading.main_thread():
+            locked.set()
+            time.sleep(1)  # a loaded machine's sweep, between its lock and its unlock
+
+    def mkdtemp_then_sweep(**kwargs: str) -> str:
+        made = mkdtemp(**kwargs)
+        sweeping.set()
+        sweep = threading.Thread(
+            target=lambda: (swept.append(sweep_scratch_dirs()), locked.set()))
+        sweep.start()
+        locked.wait(timeout=5)  # the sweep holds a lock, or took none
+        sweep.join(timeout=0.1)
+        return made
+
+    monkeypatch.setattr(fcntl, "flock", slow_sweep_flock)
+    monkeypatch.setattr(scratch_module.tempfile, "mkdtemp", mkdtemp_then_sweep)
     with scratch_dir("model") as live:
+        monkeypatch.undo()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
         assert Path(live).parent == scratch and Path(live).name.startswith("puhui-model-")
+        assert swept == [[]]
+        pending.mkdir()
         assert sweep_scratch_dirs() == [] and pending.is_dir() and Path(live).is_dir()
         old = time.time() - PENDING_GRACE_SECONDS - 1
         os.utime(pending, (old, old))
