@@ -4,16 +4,20 @@ A ``with`` block removes its folder, but a process killed inside one (kill -9, t
 killer, a lost container) leaves it in the temp folder for good: a copy of a model's files,
 a training's publish folder, a feature build's scattered phone feeds. Each is made by
 ``scratch_dir`` as ``puhui-<kind>-<host>-<pidns>-<pid>-flock-<random>``, and its process
-holds an exclusive ``flock`` on the folder itself until it removes it; the kernel drops the
-lock at any death, kill -9 included. ``sweep_scratch_dirs`` (at the reconcile every model
-command and training starts with) removes this host's folders whose lock it can take.
+holds an exclusive ``flock`` on the file ``.lock`` in it until it removes the folder; the
+kernel drops the lock at any death, kill -9 included. A file opened for writing, not the
+folder: on an NFS or CIFS temp folder ``flock`` is emulated by a byte-range lock, which
+needs write access (on a folder opened read-only it failed, EBADF). Where no lock can be had
+at all (ENOLCK, EOPNOTSUPP) the folder takes the earlier format below.
+``sweep_scratch_dirs`` (at the reconcile every model command and training starts with)
+removes this host's folders whose lock it can take.
 
 A lock, unlike a pid, means the same thing in every pid namespace of one kernel: two
 containers of a pod share the hostname and may share a ``/tmp`` (an emptyDir) with separate
 pid namespaces, where the other's live pid 7 is a dead pid 7 here, and a restarted container
 gets a new namespace, so its predecessor's folders were of "another namespace" for good.
-Another host's folders (a shared network temp folder, where a lock may be local to each
-client) are never touched.
+Another host's folders (a shared network temp folder) are never touched: each host sweeps
+its own.
 
 Folders of the earlier format (``...-<pidns>-<pid>-<random>``, no lock) are judged as
 before: removed only when of this host and pid namespace and their pid is gone.
@@ -21,6 +25,7 @@ before: removed only when of this host and pid namespace and their pid is gone.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -42,6 +47,10 @@ _LOCKED = re.compile(rf"(?P<pending>\.?)puhui-(?P<kind>{_KIND})-(?P<host>.+)-\d+
 # folder is visible. A hidden one is unlocked for the instant between its mkdir and its lock,
 # so it is swept only once this old (its process was killed in that instant).
 PENDING_GRACE_SECONDS = 60.0
+LOCK_FILE = ".lock"
+WORK = "work"
+# flock failing so means this file system has no lock to give (not that one is held).
+_NO_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP})
 
 
 def pid_namespace() -> str:
@@ -54,26 +63,44 @@ def pid_namespace() -> str:
 
 
 class ScratchDir:
-    """A temp folder locked by this process until removed (``with`` or ``cleanup``)."""
+    """A temp folder locked by this process until removed (``with`` or ``cleanup``): the
+    caller's folder is ``name``, in the locked ``folder``."""
 
     def __init__(self, kind: str) -> None:
         assert kind in KINDS, kind
-        pending = tempfile.mkdtemp(prefix=(
-            f".puhui-{kind}-{socket.gethostname()}-{pid_namespace()}-{os.getpid()}-flock-"))
-        fd = os.open(pending, os.O_RDONLY | os.O_DIRECTORY)
+        named = f"puhui-{kind}-{socket.gethostname()}-{pid_namespace()}-{os.getpid()}-"
+        pending = tempfile.mkdtemp(prefix=f".{named}flock-")
+        random = os.path.basename(pending)[len(f".{named}flock-"):]
+        lock = os.path.join(pending, LOCK_FILE)
+        fd: int | None = None
         try:
-            # Blocking: a sweep never locks a young hidden folder, but one of an old name's
-            # holder (removed and made again in between) may hold it for an instant.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                # Blocking: a sweep never locks a young hidden folder, but one of an old
+                # name's holder (removed and made again in between) may hold it an instant.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:
+                if error.errno not in _NO_LOCKS:
+                    raise
+                os.close(fd)
+                fd = None
+                os.unlink(lock)
+            # The caller's files go in a folder of their own beside the lock file: a model's
+            # files downloaded there are hashed whole.
+            os.mkdir(os.path.join(pending, WORK))
             # Host, namespace and pid make the name unique among live processes: the rename
             # replaces no one's folder.
-            self.name = os.path.join(os.path.dirname(pending), os.path.basename(pending)[1:])
-            os.rename(pending, self.name)
+            self.folder = os.path.join(os.path.dirname(pending),
+                                       f"{named}flock-{random}" if fd is not None
+                                       else f"{named}{random}")
+            os.rename(pending, self.folder)
+            self.name = os.path.join(self.folder, WORK)
         except BaseException:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             shutil.rmtree(pending, ignore_errors=True)
             raise
-        self._finalizer = weakref.finalize(self, _remove, self.name, fd)
+        self._finalizer = weakref.finalize(self, _remove, self.folder, fd)
 
     def __enter__(self) -> str:
         return self.name
@@ -86,12 +113,13 @@ class ScratchDir:
         self._finalizer()
 
 
-def _remove(name: str, fd: int) -> None:
+def _remove(name: str, fd: int | None) -> None:
     # The lock is let go only once the folder is gone: a sweep never races its removal.
     try:
         shutil.rmtree(name, ignore_errors=True)
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def scratch_dir(kind: str) -> ScratchDir:
@@ -100,35 +128,43 @@ def scratch_dir(kind: str) -> ScratchDir:
 
 
 def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
-    """Remove ``folder`` if no process holds its lock (and, ``pending``, it is older than
-    the grace); False if it is held, young, gone or not ours to open."""
+    """Remove ``folder`` if no process holds its lock (and, ``pending`` or without its lock
+    file, it is older than the grace); False if it is held, young, gone or not ours."""
     try:
         seen = os.lstat(folder)
     except OSError:
         return False
+    old = time.time() - seen.st_mtime >= PENDING_GRACE_SECONDS
     # Judged by age before it is locked: locking a young one, even for an instant, could
     # take the lock its maker is about to take.
-    if pending and time.time() - seen.st_mtime < PENDING_GRACE_SECONDS:
+    if pending and not old:
         return False
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    lock = folder / LOCK_FILE
+    try:  # for writing, as the maker: a network file system's lock needs it
+        fd: int | None = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:  # its maker was killed before making it: as a pending one
+        if not old:
+            return False
+        fd = None
     except OSError:
         return False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by a live process (or locks unsupported here: leave it)
-            return False
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by a live process (or locks unsupported here: leave it)
+                return False
         try:  # the name may have been removed (and reused) since it was judged
-            if os.stat(folder, follow_symlinks=False).st_ino != seen.st_ino \
-                    or os.fstat(fd).st_ino != seen.st_ino:
+            if os.lstat(folder).st_ino != seen.st_ino or (
+                    fd is not None and os.lstat(lock).st_ino != os.fstat(fd).st_ino):
                 return False
         except OSError:
             return False
         shutil.rmtree(folder, ignore_errors=True)
         return not folder.exists()
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def sweep_scratch_dirs() -> list[str]:

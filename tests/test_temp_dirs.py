@@ -5,6 +5,7 @@ never a live process's."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -95,7 +96,7 @@ def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         held = Path(live.stdout.readline().strip())
-        assert held.is_dir() and held.parent == scratch
+        assert held.is_dir() and held.parent.parent == scratch
         runtime = open_runtime()
         settled = reconcile_model_changes(
             registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
@@ -152,7 +153,7 @@ def test_the_sweep_never_touches_another_pid_namespace_s_folder(
     try:
         pid, name = sibling.stdout.readline().split()
         held = Path(name)
-        assert held.is_dir() and held.parent == scratch and not Path(f"/proc/{pid}").exists()
+        assert held.is_dir() and held.parent.parent == scratch and not Path(f"/proc/{pid}").exists()
         assert subprocess.run([sys.executable, "-c", _KILLED_PUBLISHING], env=env,
                               cwd=repo_root(), timeout=120).returncode == -signal.SIGKILL
         killed = list(scratch.glob("puhui-publish-*"))
@@ -208,7 +209,7 @@ def test_a_restarted_container_sweeps_its_predecessor_s_folders(
         assert swept.returncode == 0, swept.stderr[-2000:]
         restarted_ns, removed = swept.stdout.split(maxsplit=1)
         assert restarted_ns not in (predecessor_ns, pid_namespace())
-        assert json.loads(removed) == [name] and not left.exists()
+        assert json.loads(removed) == [str(left.parent)] and not left.exists()
         assert held.is_dir() and sweep_scratch_dirs() == [] and held.is_dir()
     finally:
         sibling.communicate("", timeout=60)
@@ -253,7 +254,8 @@ def test_a_folder_is_never_swept_while_being_made(
     with scratch_dir("model") as live:
         monkeypatch.undo()
         monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-        assert Path(live).parent == scratch and Path(live).name.startswith("puhui-model-")
+        assert Path(live).parent.parent == scratch
+        assert Path(live).parent.name.startswith("puhui-model-")
         assert swept == [[]]
         pending.mkdir()
         assert sweep_scratch_dirs() == [] and pending.is_dir() and Path(live).is_dir()
@@ -310,3 +312,47 @@ def test_a_folder_the_sweep_cannot_remove_is_not_reported_removed(
         assert sweep_scratch_dirs() == [str(folder)] and not folder.exists()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def _nfs_flock(flock):  # noqa: ANN001, ANN202
+    """flock as on an NFS or CIFS mount: emulated by a byte-range lock, which an exclusive
+    lock takes only on a file open for writing (EBADF otherwise)."""
+    def emulated(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX and \
+                fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        flock(fd, operation)
+    return emulated
+
+
+def test_folders_are_made_and_swept_on_a_network_temp_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an NFS or CIFS temp folder the lock on the folder (opened read-only) failed with
+    EBADF: every model command failed there. The lock is a file in the folder opened for
+    writing; the sweep keeps a live one and removes a dead one's."""
+    scratch = _scratch(tmp_path, monkeypatch)
+    monkeypatch.setattr(fcntl, "flock", _nfs_flock(fcntl.flock))
+    with scratch_dir("model") as live:
+        dead = scratch_dir("publish")
+        os.close(dead._finalizer.peek()[2][1])  # its process gone: the lock with it
+        dead._finalizer.detach()
+        assert sweep_scratch_dirs() == [dead.folder] and Path(live).is_dir()
+    assert list(scratch.iterdir()) == []
+
+
+def test_without_locks_a_folder_is_judged_by_its_pid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system gives no lock at all (ENOLCK), a folder takes the earlier
+    format, judged by its pid: kept while this process lives."""
+    scratch = _scratch(tmp_path, monkeypatch)
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with scratch_dir("model") as live:
+        folder = Path(live).parent
+        assert folder.name == (f"puhui-model-{socket.gethostname()}-{pid_namespace()}-"
+                               f"{os.getpid()}-{folder.name.rsplit('-', 1)[1]}")
+        assert sweep_scratch_dirs() == [] and Path(live).is_dir()
+    assert list(scratch.iterdir()) == []
