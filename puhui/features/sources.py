@@ -110,10 +110,19 @@ KEY_RANGE_PLAN = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mer
                   "enable_hashagg": "off", "enable_nestloop": "on"}
 
 
+def copy_sql(engine: Engine, query: Select) -> str:
+    """``query`` with its values written in, for a ``COPY`` (which takes no parameters)."""
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    # The psycopg dialect doubles every % (of a column Util%, a literal) for the driver's
+    # parameter pass, which a query without parameters never gets: psycopg sent Util%% as is.
+    return sql.replace("%%", "%") if engine.dialect.paramstyle in ("format", "pyformat") \
+        else sql
+
+
 @contextmanager
 def _copy_out(engine: Engine, query: Select, key_range: bool = False) -> Iterator[Iterable]:
     """``COPY (query) TO STDOUT`` as CSV with a header, its blocks as they arrive."""
-    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    sql = copy_sql(engine, query)
     with engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("SET LOCAL TimeZone = 'UTC'")

@@ -59,7 +59,7 @@ from puhui.features.builder import (
     finish_features,
     window_values,
 )
-from puhui.features.sources import _reflect, time_kind
+from puhui.features.sources import _reflect, copy_sql, time_kind
 from puhui.partitioning import Partition
 
 REQUESTS = "puhui_partition_requests"
@@ -205,11 +205,6 @@ def latest_query(bounds: Bounds, source: FeatureSource) -> Select:
             .select_from(req.join(newest, true())))
 
 
-def _sql(engine: Engine, query: Select) -> str:
-    return str(query.compile(dialect=engine.dialect,
-                             compile_kwargs={"literal_binds": True}))
-
-
 def _copy_out(cursor, sql: str, types: dict[str, pa.DataType]) -> pd.DataFrame:  # noqa: ANN001
     buffer = io.BytesIO()
     with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
@@ -291,7 +286,7 @@ def _windows(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # n
              req_days: np.ndarray) -> dict[str, np.ndarray]:
     query, names = window_query(bounds, source)
     types = _keys_types() | {f"c{i}": pa.float64() for i in range(len(names))}
-    found = _copy_out(cursor, _sql(engine, query), types).reindex(wanted)
+    found = _copy_out(cursor, copy_sql(engine, query), types).reindex(wanted)
     out: dict[str, np.ndarray] = {}
     for window in source.windows:
         # No row in the window: 0, as the running totals give; rounded as they are, so
@@ -309,7 +304,7 @@ def _latest(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # no
     types = _keys_types() | {f"c{i}": pa.string() if c.categorical else pa.float64()
                              for i, c in enumerate(latest.columns)}
     query = latest_query(bounds, source)
-    found = _copy_out(cursor, _sql(engine, query), types)
+    found = _copy_out(cursor, copy_sql(engine, query), types)
     present = wanted.isin(found.index)
     found = found.reindex(wanted)
     out: dict[str, np.ndarray] = {latest.present_as.name: present.astype(float)}
