@@ -278,14 +278,18 @@ class SqlRegistry:
     def check_reachable(self) -> None:
         """Refuse in one line a database that does not take a connection (within
         ``CONNECT_TIMEOUT_SECONDS``): MLflow's own store would retry it for ~100 s."""
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy import URL
+        from sqlalchemy.exc import DBAPIError
 
         try:
             with self._engine.connect():
                 pass
-        except OperationalError as exc:
+        except DBAPIError as exc:  # refused or silent, and a URL the driver refuses
             first = str(exc.orig or exc).strip().splitlines()[0][:200]
-            where = self._engine.url.render_as_string(hide_password=True)
+            url = self._engine.url
+            # Not the query: ?password= or ?sslpassword= would be printed as written.
+            where = URL.create(url.drivername, username=url.username, host=url.host,
+                               port=url.port, database=url.database).render_as_string()
             raise PuhuiError(f"cannot reach the MLflow database {where}: {first}; check "
                              "MLFLOW_TRACKING_URI and that the database is up") from None
 

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,13 +244,23 @@ def test_an_unreachable_mlflow_database_is_one_line_without_retries(
             probe.bind(("127.0.0.1", 0))
             refused = probe.getsockname()[1]  # closed when the block ends: refused
         ports = [refused, silent.getsockname()[1]] if argv == ["models", "list"] else [refused]
-        for port in ports:
-            uri = f"postgresql+psycopg://app:pw@127.0.0.1:{port}/mlflow"
+        # A password in the query (libpq takes one there) was printed as written.
+        uris = [f"postgresql+psycopg://app:pw@127.0.0.1:{port}/mlflow?password=s3cret"
+                "&sslpassword=s3cret&sslmode=disable" for port in ports]
+        if argv == ["models", "list"]:  # a ProgrammingError of the driver was a traceback
+            uris.append(f"postgresql+psycopg://app:pw@127.0.0.1:{refused}/mlflow?bogus=1")
+        for uri in uris:
             monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
             capsys.readouterr()
+            started = time.monotonic()
             assert main(argv) == 1
+            # The connect timeout (5 s) and the command's start, on a loaded machine.
+            assert time.monotonic() - started < 15
             err = capsys.readouterr().err
             [line] = err.strip().splitlines()
+            port = uri.split(":")[3].split("/")[0]
             assert line.startswith("puhui: error: cannot reach the MLflow database "
-                                   f"postgresql+psycopg://app:***@127.0.0.1:{port}/mlflow: ")
+                                   f"postgresql+psycopg://app@127.0.0.1:{port}/mlflow: ")
             assert line.endswith("check MLFLOW_TRACKING_URI and that the database is up")
+            assert "s3cret" not in err and ":pw@" not in err
+
