@@ -38,8 +38,18 @@ _DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # How long a read-only command waits for the MLflow database to take a connection (libpq and
 # the MySQL drivers otherwise wait for the OS's TCP timeout, minutes, on a silent host).
 CONNECT_TIMEOUT_SECONDS = 5
-_CONNECT_TIMEOUT_ARGS = {"postgresql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
-                         "mysql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
+# Each driver names it its own way (pg8000 refuses connect_timeout with a TypeError); a
+# driver not listed gets none rather than an argument it may refuse.
+_CONNECT_TIMEOUT_ARG = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout",
+                        "pg8000": "timeout", "mysqldb": "connect_timeout",
+                        "pymysql": "connect_timeout", "mysqlconnector": "connection_timeout"}
+
+
+def connect_timeout_args(url: Any) -> dict[str, int]:
+    """The ``connect_args`` that bound a connection attempt of ``url``'s driver (a SQLAlchemy
+    ``URL``) to ``CONNECT_TIMEOUT_SECONDS``; none for a driver not known here."""
+    arg = _CONNECT_TIMEOUT_ARG.get(url.get_driver_name())
+    return {arg: CONNECT_TIMEOUT_SECONDS} if arg else {}
 
 
 @dataclass(frozen=True)
@@ -271,8 +281,7 @@ class SqlRegistry:
         from sqlalchemy import create_engine, make_url
 
         url = make_url(tracking_uri)
-        self._engine = create_engine(
-            url, connect_args=_CONNECT_TIMEOUT_ARGS.get(url.get_backend_name(), {}))
+        self._engine = create_engine(url, connect_args=connect_timeout_args(url))
         self._tracking_uri = tracking_uri
 
     def check_reachable(self) -> None:

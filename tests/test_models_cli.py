@@ -264,3 +264,25 @@ def test_an_unreachable_mlflow_database_is_one_line_without_retries(
             assert line.endswith("check MLFLOW_TRACKING_URI and that the database is up")
             assert "s3cret" not in err and ":pw@" not in err
 
+
+def test_the_connect_timeout_is_named_as_the_driver_names_it() -> None:
+    """The timeout argument was chosen by the database, not the driver: pg8000 refuses
+    connect_timeout (a TypeError, not a one-line error), mysqlconnector calls it
+    connection_timeout; a driver not known here gets none."""
+    from sqlalchemy import make_url
+
+    from puhui.registry_read import CONNECT_TIMEOUT_SECONDS, connect_timeout_args
+
+    named = {f"{database}://u@h/d": connect_timeout_args(make_url(f"{database}://u@h/d"))
+             for database in ("postgresql", "postgresql+psycopg", "postgresql+pg8000",
+                              "mysql", "mysql+pymysql", "mysql+mysqlconnector",
+                              "mssql+pyodbc", "sqlite")}
+    seconds = CONNECT_TIMEOUT_SECONDS
+    assert named == {
+        "postgresql://u@h/d": {"connect_timeout": seconds},
+        "postgresql+psycopg://u@h/d": {"connect_timeout": seconds},
+        "postgresql+pg8000://u@h/d": {"timeout": seconds},
+        "mysql://u@h/d": {"connect_timeout": seconds},
+        "mysql+pymysql://u@h/d": {"connect_timeout": seconds},
+        "mysql+mysqlconnector://u@h/d": {"connection_timeout": seconds},
+        "mssql+pyodbc://u@h/d": {}, "sqlite://u@h/d": {}}
