@@ -39,6 +39,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     metric_name,
     model_files_digest,
     model_files_dir,
+    model_versions,
     registered_model_names,
     runs_metrics,
     suppress_not_found,
@@ -498,8 +499,8 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
             gaps.append(f"{what} has no outcome in the trail (interrupted)")
             continue
         if event["action"] == REGISTER_INTENT:
-            found = sorted((str(v.version) for v in client.search_model_versions(
-                f"run_id='{d['run_id']}'") if v.name == d["model"]), key=int)
+            found = sorted((str(v.version) for v in model_versions(
+                client, f"run_id='{d['run_id']}'") if v.name == d["model"]), key=int)
             for version in found:
                 audit.record(engine, REGISTERED, f"{d['model']}/v{version}",
                              {**d, "version": version, "intent": seq, "recovered": True},
@@ -535,7 +536,7 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
         listed[model] = {}
         with suppress_not_found():
             listed[model] = {str(v.version): v.tags
-                             for v in client.search_model_versions(f"name='{model}'")}
+                             for v in model_versions(client, f"name='{model}'")}
     for (model, version), verdict in verdicts.items():
         tags = listed[model].get(version)
         if tags is None:
@@ -592,7 +593,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     for model in sorted(models):
         listed[model] = []
         with suppress_not_found():
-            listed[model] = client.search_model_versions(f"name='{model}'")
+            listed[model] = model_versions(client, f"name='{model}'")
     checked = [(model, str(v.version), v.run_id) for model, versions in listed.items()
                for v in versions if (model, str(v.version)) in registered]
     logged = runs_metrics(client, {run for _, _, run in checked if run})

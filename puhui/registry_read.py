@@ -194,6 +194,21 @@ def runs_metrics(client: Any, run_ids: Collection[str],
 _RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
 
 
+# Versions a search asks for at once. MLflow's own default (10,000) answered the first page
+# only, silently: a version past it read as missing from MLflow and its gate tags unchecked.
+VERSIONS_PAGE = 1000
+
+
+def model_versions(client: Any, filter_string: str) -> list[Any]:
+    """Every model version ``search_model_versions(filter_string)`` finds, all its pages.
+
+    ``client``: an ``MlflowClient`` or a ``SqlRegistry`` (one query, no pages)."""
+    if isinstance(client, SqlRegistry):
+        return client.search_model_versions(filter_string)
+    return _paged(lambda token: client.search_model_versions(
+        filter_string, max_results=VERSIONS_PAGE, page_token=token))
+
+
 def _paged(page: Any) -> list[Any]:
     """Every item of an MLflow search answered a page at a time (``page(token)``)."""
     items: list[Any] = []
@@ -221,7 +236,7 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
             by_version.setdefault(str(version), []).append(alias)
         versions: list[Any] = []
         with suppress_not_found():
-            versions = client.search_model_versions(f"name='{model}'")
+            versions = model_versions(client, f"name='{model}'")
         if name and not versions:
             raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
         logged = runs_metrics(client, {v.run_id for v in versions if v.run_id})

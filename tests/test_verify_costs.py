@@ -152,3 +152,33 @@ def test_verify_with_an_anchor_hashes_every_file_whatever_the_cache_says(
     assert verified.returncode == 1, verified.stdout
     assert f"{NAME} v{v1}: its model files differ from those registered" in verified.stderr
     assert len(hashed) == 4  # every version, as --deep
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_every_version_s_gate_tags_are_checked_past_the_first_page(
+    registry_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow answers a version search a page at a time (its default page 10,000, here 2):
+    a version past the first page was skipped as "missing from MLflow", its gate tags never
+    checked. Every gated version's tags, made to disagree with the trail, are reported, and
+    every version is compared."""
+    from mlflow import MlflowClient
+
+    from puhui import registry_read
+    from puhui.registry import GATES_PASSED_TAG, reconcile_model_changes, registry_problems
+
+    monkeypatch.setattr(MlflowClient.search_model_versions, "__defaults__",
+                        (None, 2, None, None))
+    monkeypatch.setattr(registry_read, "VERSIONS_PAGE", 2)
+    runtime = open_runtime()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    assert isinstance(client, MlflowClient)
+    wrong = {"passed1": "false", "passed2": "false", "failed": "true"}
+    for key, tag in wrong.items():
+        client.set_model_version_tag(NAME, registry_env[key], GATES_PASSED_TAG, tag)
+    settled = reconcile_model_changes(client, runtime.engine, runtime.audit, repair=False)
+    assert sorted(settled.open) == sorted(
+        f"{NAME} v{registry_env[key]}: gate tags do not match the trail's verdict"
+        for key in wrong)
+    problems, n_versions, _ = registry_problems(client, runtime.engine)
+    assert n_versions == 4 and not any("missing" in p for p in problems), problems

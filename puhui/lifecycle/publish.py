@@ -28,6 +28,7 @@ from puhui.registry import (
     CHALLENGER,
     CHAMPION,
     GATES_PASSED_TAG,
+    model_versions,
     record_gate_verdict,
     registry_client,
     set_alias,
@@ -88,7 +89,7 @@ def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str
 def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
     client = registry_client(tracking_uri)
     try:
-        versions = client.search_model_versions(f"name='{name}'")
+        versions = model_versions(client, f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         return None
     for v in versions:
