@@ -100,7 +100,7 @@ class ScratchDir:
                 os.close(fd)
             shutil.rmtree(pending, ignore_errors=True)
             raise
-        self._finalizer = weakref.finalize(self, _remove, self.folder, fd)
+        self._finalizer = weakref.finalize(self, _remove, self.folder, fd, os.getpid())
 
     def __enter__(self) -> str:
         return self.name
@@ -113,10 +113,12 @@ class ScratchDir:
         self._finalizer()
 
 
-def _remove(name: str, fd: int | None) -> None:
+def _remove(name: str, fd: int | None, owner: int) -> None:
     # The lock is let go only once the folder is gone: a sweep never races its removal.
     try:
-        shutil.rmtree(name, ignore_errors=True)
+        # A forked child dropping its copy of the object: the folder is its parent's, in use.
+        if os.getpid() == owner:
+            shutil.rmtree(name, ignore_errors=True)
     finally:
         if fd is not None:
             os.close(fd)

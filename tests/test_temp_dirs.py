@@ -356,3 +356,25 @@ def test_without_locks_a_folder_is_judged_by_its_pid(
                                f"{os.getpid()}-{folder.name.rsplit('-', 1)[1]}")
         assert sweep_scratch_dirs() == [] and Path(live).is_dir()
     assert list(scratch.iterdir()) == []
+
+
+def test_a_forked_child_never_removes_its_parent_s_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked while its parent holds a folder has a copy of the object: dropping it
+    removed the parent's folder, in use. The child lets go of its copy of the descriptor
+    only; the parent's lock stays, and so does its folder."""
+    import gc
+
+    scratch = _scratch(tmp_path, monkeypatch)
+    with scratch_dir("publish") as held:
+        copy = scratch_dir("model")
+        if (child := os.fork()) == 0:
+            del copy
+            gc.collect()
+            os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+        assert Path(copy.name).is_dir() and Path(held).is_dir()
+        assert sweep_scratch_dirs() == [] and Path(copy.name).is_dir()
+        copy.cleanup()
+        assert not Path(copy.folder).exists()
+    assert list(scratch.iterdir()) == []
