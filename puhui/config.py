@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import string
 from datetime import time
 from functools import cache
@@ -908,6 +909,10 @@ def check_config_dir(config_dir: Path) -> None:
         state = "not a folder" if config_dir.exists() else "no such folder"
         raise PuhuiError(f"PUHUI_CONFIG_DIR {config_dir}: {state}; point it at a copy of the "
                          "repository's configs/ folder (or unset it for that one)")
+    # Its files would all look missing: "holds none of the config files" misleads.
+    if not os.access(config_dir, os.R_OK | os.X_OK):
+        raise PuhuiError(f"PUHUI_CONFIG_DIR {config_dir}: not readable by this user; give it "
+                         "read access (chmod) or point it at a readable copy")
     missing = [name for name in CONFIG_MODELS if not (config_dir / name).is_file()]
     if missing:
         state = ("holds none of the config files" if len(missing) == len(CONFIG_MODELS)

@@ -142,6 +142,31 @@ def test_a_missing_or_incomplete_config_folder_is_one_line_before_any_flow(
         assert line.startswith(f"puhui: error: PUHUI_CONFIG_DIR {config_dir}: {says}"), line
 
 
+def test_an_unreadable_config_folder_is_said_to_be_unreadable() -> None:
+    """A config folder this user cannot read (another user's, mode 700) was reported as one
+    that "holds none of the config files". Checked as the nobody user."""
+    import tempfile
+
+    from tests.test_temp_dirs import _as_nobody
+
+    configs = Path(tempfile.mkdtemp(prefix="configs-", dir="/tmp"))
+    try:
+        shutil.copytree(CONFIGS, configs, dirs_exist_ok=True)
+        configs.chmod(0o700)  # another user's (this one's, root's, to nobody)
+        code = ("from pathlib import Path; from puhui.config import check_config_dir\n"
+                f"try:\n    check_config_dir(Path({str(configs)!r}))\n"
+                "except Exception as error:\n    print(error)")
+        done = _as_nobody(code, dict(os.environ))
+        if done is None:
+            pytest.skip("cannot run puhui as another user here (needs root and setpriv)")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == (
+            f"PUHUI_CONFIG_DIR {configs}: not readable by this user; give it read access "
+            "(chmod) or point it at a readable copy")
+    finally:
+        shutil.rmtree(configs, ignore_errors=True)
+
+
 def test_run_train_refuses_a_mistyped_lightgbm_value_in_one_line_before_the_flow(
         tmp_path: Path) -> None:
     """``num_threads: two`` was taken by the config and failed inside LightGBM, after the
