@@ -131,13 +131,16 @@ def _config_dir() -> Path:
     return config_dir
 
 
-def _flow_settings(*, needs_key: bool = True, ephemeral_ok: bool = True) -> Settings:
+def _flow_settings(*, needs_key: bool = True, ephemeral_ok: bool = True,
+                   config_checked: bool = False) -> Settings:
     """Settings for a command that runs flows: checked before any flow starts, Prefect's
-    console quietened, and one line saying which Prefect server the runs go to."""
+    console quietened, and one line saying which Prefect server the runs go to.
+    ``config_checked``: the command already had ``_config_dir``."""
     from puhui.prefect_server import choose_prefect_target
     from puhui.runtime import check_settings
 
-    _config_dir()
+    if not config_checked:
+        _config_dir()
     settings = load_settings()
     configure_runtime(settings)
     target = choose_prefect_target(settings)
@@ -250,7 +253,7 @@ def run_ingest(
         from puhui.config import PartnersConfig, load_config
 
         load_config(_config_dir(), PartnersConfig).get(partner)
-    _flow_settings()
+    _flow_settings(config_checked=partner is not None)
     summary = run_ingest_flow(day, partner)
     if json_:
         _print_json(summary)
@@ -301,7 +304,7 @@ def run_train(
     # A bad model setting (a LightGBM value of the wrong type) is one line now, not a failed
     # flow run after the features were built; before the Prefect line, so it is the only one.
     load_config(_config_dir(), ModelsConfig)
-    _flow_settings()
+    _flow_settings(config_checked=True)
     train = run_train_recommender_flow if model == "recommender" else run_train_risk_flow
     failure = None
     try:
