@@ -317,6 +317,10 @@ class SqlRegistry:
             raise PuhuiError(f"cannot reach the MLflow database {where}: {first}; check "
                              "MLFLOW_TRACKING_URI and that the database is up") from None
 
+    def dispose(self) -> None:
+        """Close its pooled connections."""
+        self._engine.dispose()
+
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         from sqlalchemy import text
 
@@ -415,6 +419,9 @@ class _EmptyRegistry(SqlRegistry):
     def __init__(self) -> None:
         pass
 
+    def dispose(self) -> None:
+        pass
+
     def _rows(self, sql: str, **params: Any) -> list[Any]:
         return []
 
@@ -439,7 +446,9 @@ def _database_registry(tracking_uri: str) -> SqlRegistry | None:
 def check_registry_reachable(tracking_uri: str) -> None:
     """For an interactive command that changes the registry through MLflow: a database that
     does not answer is one line now, not MLflow's ~100 s of retries then three lines."""
-    _database_registry(tracking_uri)
+    registry = _database_registry(tracking_uri)
+    if registry is not None:  # its pooled connection: MLflow makes its own
+        registry.dispose()
 
 
 def read_only_registry(tracking_uri: str) -> Any:
