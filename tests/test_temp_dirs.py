@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,22 @@ sys.stdin.read()
 """
 
 
+@contextmanager
+def _holder_in_another_namespace(unshare: str,
+                                 env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A process in a pid namespace of its own holding a folder (its pid and the folder its
+    first line), until the block ends."""
+    ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
+    sibling = subprocess.Popen(
+        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _HOLD_IN_ANOTHER_NAMESPACE,
+         ours], env=env, cwd=repo_root(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        yield sibling
+    finally:
+        sibling.communicate("", timeout=60)
+
+
 def test_the_sweep_never_touches_another_pid_namespace_s_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two containers of a pod share the hostname and may share /tmp with separate pid
@@ -145,12 +163,7 @@ def test_the_sweep_never_touches_another_pid_namespace_s_folder(
     unshare = _unshare()
     scratch = _scratch(tmp_path, monkeypatch)
     env = {**os.environ, "TMPDIR": str(scratch)}
-    ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
-    sibling = subprocess.Popen(
-        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _HOLD_IN_ANOTHER_NAMESPACE,
-         ours], env=env, cwd=repo_root(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True)
-    try:
+    with _holder_in_another_namespace(unshare, env) as sibling:
         pid, name = sibling.stdout.readline().split()
         held = Path(name)
         assert held.is_dir() and held.parent.parent == scratch and not Path(f"/proc/{pid}").exists()
@@ -159,8 +172,6 @@ def test_the_sweep_never_touches_another_pid_namespace_s_folder(
         killed = list(scratch.glob("puhui-publish-*"))
         assert sweep_scratch_dirs() == [str(p) for p in killed] and len(killed) == 1
         assert held.is_dir() and not killed[0].exists()
-    finally:
-        sibling.communicate("", timeout=60)
     assert list(scratch.iterdir()) == []
 
 
@@ -189,12 +200,7 @@ def test_a_restarted_container_sweeps_its_predecessor_s_folders(
     unshare = _unshare()
     scratch = _scratch(tmp_path, monkeypatch)
     env = {**os.environ, "TMPDIR": str(scratch)}
-    ours = ",".join(p.name for p in Path("/proc").iterdir() if p.name.isdigit())
-    sibling = subprocess.Popen(
-        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _HOLD_IN_ANOTHER_NAMESPACE,
-         ours], env=env, cwd=repo_root(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True)
-    try:
+    with _holder_in_another_namespace(unshare, env) as sibling:
         held = Path(sibling.stdout.readline().split()[1])
         killed = subprocess.run(
             [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", _KILLED_IN_ITS_NAMESPACE],
@@ -211,8 +217,6 @@ def test_a_restarted_container_sweeps_its_predecessor_s_folders(
         assert restarted_ns not in (predecessor_ns, pid_namespace())
         assert json.loads(removed) == [str(left.parent)] and not left.exists()
         assert held.is_dir() and sweep_scratch_dirs() == [] and held.is_dir()
-    finally:
-        sibling.communicate("", timeout=60)
     assert list(scratch.iterdir()) == []
 
 
