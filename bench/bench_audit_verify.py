@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import mlflow.pyfunc  # noqa: E402 - the versions' models are made in this process
 
 from bench.results_file import machine_facts, write_results  # noqa: E402
-from tests.mlflow_server import requests_logged, running_mlflow_server  # noqa: E402
+from puhui.throwaway_mlflow_server import requests_logged, running_mlflow_server  # noqa: E402
 
 NAME, AS_OF = "credit_risk", "2026-09-30"
 KEYS = {"PUHUI_PSEUDONYM_KEY": "bench-key-0123456789abcdefghijklmnopqrstuvwxyz",

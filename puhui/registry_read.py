@@ -17,13 +17,18 @@ import json
 import math
 import re
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from puhui.errors import PuhuiError
+
+if TYPE_CHECKING:  # mlflow is not imported at run time here (see above)
+    from mlflow.store.entities.paged_list import PagedList
+
+T = TypeVar("T")
 
 # Tags on each model version: the gate verdict, readable without the audit trail.
 GATES_PASSED_TAG, GATES_FAILED_TAG = "gates.passed", "gates.failed"
@@ -209,9 +214,9 @@ def model_versions(client: Any, filter_string: str) -> list[Any]:
         filter_string, max_results=VERSIONS_PAGE, page_token=token))
 
 
-def _paged(page: Any) -> list[Any]:
+def _paged(page: Callable[[str | None], PagedList[T]]) -> list[T]:
     """Every item of an MLflow search answered a page at a time (``page(token)``)."""
-    items: list[Any] = []
+    items: list[T] = []
     token = None
     while True:
         answer = page(token)

@@ -19,8 +19,8 @@ from puhui.registry import REGISTERED, _registered_digests, registry_client
 from puhui.registry_read import SqlRegistry
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from puhui.throwaway_mlflow_server import requests_logged, running_mlflow_server
 from tests import test_crash_model_changes as crash_tests
-from tests.mlflow_server import requests_logged, running_mlflow_server
 from tests.test_attack_round8_mends import _model_folder
 from tests.test_crash_model_changes import NAME, Ran
 

@@ -1,4 +1,4 @@
-"""A real local MLflow tracking server (``mlflow server``) over a given backend store, for
+"""A throwaway local MLflow tracking server (``mlflow server``) over a given backend store, for
 tests and benches of puhui reading the registry through HTTP."""
 
 from __future__ import annotations
