@@ -596,7 +596,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
             listed[model] = model_versions(client, f"name='{model}'")
     checked = [(model, str(v.version), v.run_id) for model, versions in listed.items()
                for v in versions if (model, str(v.version)) in registered]
-    logged = runs_metrics(client, {run for _, _, run in checked if run})
+    logged = runs_metrics(client, {run for _, _, run in checked if run}, models)
     evaluations = _training_evaluations(engine, checked)
     problems: list[str] = []
     n_versions = n_aliases = 0

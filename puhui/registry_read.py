@@ -163,12 +163,13 @@ def registered_model_names(client: Any, page_size: int = 100) -> list[str]:
         max_results=page_size, page_token=token)))
 
 
-def runs_metrics(client: Any, run_ids: Collection[str],
+def runs_metrics(client: Any, run_ids: Collection[str], models: Collection[str],
                  batch: int = 100) -> dict[str, dict[str, float]]:
     """Run id -> its latest metrics: one query on ``SqlRegistry``; on ``MlflowClient`` (a
     tracking server) one ``search_runs`` per ``batch`` run ids (``attributes.run_id IN``,
-    over every experiment, deleted runs included as ``get_run`` would find them), then a
-    ``get_run`` only for an id the search did not return. A run that is gone has none."""
+    deleted runs included as ``get_run`` would find them) over the experiments named after
+    ``models`` (where their trainings log), then a ``get_run`` only for an id the search did
+    not return (a run logged elsewhere). A run that is gone has none."""
     if isinstance(client, SqlRegistry):
         return client.runs_metrics(run_ids)
     from mlflow.entities import ViewType
@@ -178,14 +179,15 @@ def runs_metrics(client: Any, run_ids: Collection[str],
     # alone, as before.
     searchable = sorted(r for r in run_ids if _RUN_ID.fullmatch(r))
     if searchable:
-        experiments = _paged(lambda token: client.search_experiments(
-            view_type=ViewType.ALL, page_token=token))
-        ids = [e.experiment_id for e in experiments]
+        # Not every experiment on the server: each search would name them all.
+        experiments = [client.get_experiment_by_name(model) for model in sorted(models)]
+        ids = [e.experiment_id for e in experiments if e is not None]
         for start in range(0, len(searchable), batch):
             chunk = searchable[start:start + batch]
             where = "attributes.run_id IN ({})".format(",".join(f"'{r}'" for r in chunk))
             for run in _paged(lambda token, where=where, n=len(chunk): client.search_runs(
-                    ids, where, run_view_type=ViewType.ALL, max_results=n, page_token=token)):
+                    ids, where, run_view_type=ViewType.ALL, max_results=n,
+                    page_token=token)) if ids else []:
                 found[run.info.run_id] = dict(run.data.metrics)
     for run_id in run_ids:
         if run_id not in found:
@@ -244,7 +246,7 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
             versions = model_versions(client, f"name='{model}'")
         if name and not versions:
             raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
-        logged = runs_metrics(client, {v.run_id for v in versions if v.run_id})
+        logged = runs_metrics(client, {v.run_id for v in versions if v.run_id}, [model])
         for v in sorted(versions, key=lambda v: -int(v.version)):
             metrics = logged.get(v.run_id, {})
             rows.append(VersionRow(

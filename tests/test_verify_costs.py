@@ -100,6 +100,8 @@ def test_verify_through_a_tracking_server_reads_the_runs_in_one_search(
         requests = requests_logged(log, url, since)
     assert "/runs/search" in requests
     assert (requests.count("/runs/get"), requests.count("/runs/search")) == (0, 1), requests
+    # Over the model's own experiment, not a list of every experiment on the server.
+    assert "/experiments/search" not in requests, requests
     # The reconcile's check of each gated version's tags: one search, not a get per version.
     assert requests.count("/model-versions/get") == 0, requests
 
