@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import weakref
@@ -135,6 +136,8 @@ def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
     try:
         seen = os.lstat(folder)
     except OSError:
+        return False
+    if not stat.S_ISDIR(seen.st_mode):  # a link named so: not a folder of ours
         return False
     old = time.time() - seen.st_mtime >= PENDING_GRACE_SECONDS
     # Judged by age before it is locked: locking a young one, even for an instant, could
