@@ -29,6 +29,7 @@ loaded twice are counted and reported in one line, not taken as fine.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import sqlite3
 import threading
@@ -39,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -309,6 +311,29 @@ def _stage(conn: Connection, table: Table, columns: str) -> None:
         conn.execute(text(f"DELETE FROM {table.name}"))
 
 
+def _query_arrow(conn: Connection, sql: str, types: dict[str, pa.DataType]) -> pa.Table:
+    """The rows of ``sql`` (its columns named as ``types``) as Arrow columns.
+
+    PostgreSQL: ``COPY (sql) TO STDOUT`` CSV parsed by Arrow, on the load's own connection;
+    a Python tuple per row (the driver's way) cost more than the join for 500,000 repeats.
+    """
+    if conn.dialect.name != "postgresql":
+        rows = conn.execute(text(sql)).all()
+        return pa.table({name: pa.array([r[i] for r in rows], kind)
+                         for i, (name, kind) in enumerate(types.items())})
+    buffer = io.BytesIO()
+    with conn.connection.driver_connection.cursor() as cursor, \
+            cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
+        for block in copy:
+            buffer.write(block)
+    if not buffer.tell():  # no rows: Arrow refuses an empty CSV
+        return pa.table({name: pa.array([], kind) for name, kind in types.items()})
+    buffer.seek(0)
+    return pa_csv.read_csv(
+        buffer, read_options=pa_csv.ReadOptions(column_names=list(types)),
+        convert_options=pa_csv.ConvertOptions(column_types=types))
+
+
 def _lock_keys(conn: Connection, feed: PartnerFeed) -> None:
     # Until commit: a second load of the feed waits here rather than deadlocking with the
     # first over keys both inserted (each would wait for the other's uncommitted key).
@@ -355,27 +380,40 @@ class KeyIndex:
             except _UNIQUE_VIOLATIONS:
                 pass
         _stage(conn, _STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, row_number bigint")
-        bulk_insert(conn, _STAGE, claims.append_column(
-            "row_number", pa.array(np.asarray(chunk.row_numbers, dtype=np.int64)[order])))
-        repeated = conn.execute(text(
+        rows_in_order = np.asarray(chunk.row_numbers, dtype=np.int64)[order]
+        bulk_insert(conn, _STAGE, claims.append_column("row_number", pa.array(rows_in_order)))
+        # One join finds the repeats; the other rows' keys are then COPYed straight in as
+        # above: no key of theirs is in the index, and none can arrive before this commits
+        # (the feed's key lock). Measured (README "Performance"): the join's rows fetched as
+        # Python tuples and an INSERT ... WHERE NOT EXISTS (a second join) cost 2-3x this.
+        # The join probes the index once per staged key: the planner's other choices (a hash
+        # or merge join) read the whole index for every chunk, slower already at 1M keys and
+        # growing with the feed's history.
+        if conn.dialect.name == "postgresql":
+            for setting in ("enable_hashjoin", "enable_mergejoin"):
+                conn.execute(text(f"SET LOCAL {setting} = off"))
+        repeated = _query_arrow(conn, (
             "SELECT s.row_number, k.batch_id, "
-            "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END "
+            "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END AS same "
             "FROM puhui_key_stage s JOIN ingest_keys k "
-            "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo")).all()
-        claimed = conn.execute(text(
-            "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
-            "SELECT key_hi, key_lo, :batch_id, value_hash FROM puhui_key_stage s "
-            "WHERE NOT EXISTS (SELECT 1 FROM ingest_keys k "
-            "WHERE k.key_hi = s.key_hi AND k.key_lo = s.key_lo)"),
-            {"batch_id": self.batch_id}).rowcount
-        if claimed + len(repeated) != count:  # a key twice in one chunk: SeenKeys' job
-            raise RuntimeError(f"{self.feed.name}: {count - claimed - len(repeated)} row(s) "
-                               "of a chunk neither claimed nor repeating an earlier batch")
-        self.repeats.rows += len(repeated)
-        self.repeats.same += sum(int(r[2]) for r in repeated)
-        self.repeats.batches.update(r[1] for r in repeated)
-        keep = ~np.isin(chunk.row_numbers, np.array([r[0] for r in repeated], dtype=np.int64))
-        return chunk.take(keep), len(repeated)
+            "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo"),
+            {"row_number": pa.int64(), "batch_id": pa.string(), "same": pa.int64()})
+        if conn.dialect.name == "postgresql":
+            for setting in ("enable_hashjoin", "enable_mergejoin"):
+                conn.execute(text(f"RESET {setting}"))
+        row_numbers = repeated["row_number"].to_numpy()
+        fresh = pa.array(~np.isin(rows_in_order, row_numbers))
+        try:
+            with conn.begin_nested():
+                bulk_insert(conn, ingest_keys, claims.filter(fresh), {"batch_id": self.batch_id})
+        except _UNIQUE_VIOLATIONS:  # a key twice in one chunk: SeenKeys' job
+            raise RuntimeError(f"{self.feed.name}: a key repeated within a chunk reached the "
+                               "key index") from None
+        self.repeats.rows += len(row_numbers)
+        self.repeats.same += int(pc.sum(repeated["same"]).as_py() or 0)
+        self.repeats.batches.update(pc.unique(repeated["batch_id"]).to_pylist())
+        keep = ~np.isin(chunk.row_numbers, row_numbers)
+        return chunk.take(keep), len(row_numbers)
 
 
 # --------------------------------------------------------------------------- backfill
