@@ -1,0 +1,133 @@
+"""Round 10 of testing like an attacker: Parquet's decoded sizes, URL passwords with a space,
+and the cross-file key index.
+
+Each test failed before its fix (the comment above each section says how).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from puhui.config import PartnersConfig, load_config
+from puhui.settings import repo_root
+
+BLOCK = 4 << 20  # the read block the Parquet tests read with (production: 32 MB)
+
+
+# Before: Parquet batches were sized from the wider of the footer's sizes and a decoded first
+# batch of 1,024 rows. A dictionary-encoded column whose first rows are narrow and later rows
+# wide showed in neither (the footer's sizes are after dictionary encoding), so 50,000 rows of
+# one 2 KB value came as one batch, ~100 MB decoded against a 4 MB block; and the sample itself
+# was decoded unbounded: 1,024 rows of 8 distinct 100 KB values are 100 MB. Each file is read
+# in a child process, whose peak RSS is measured around the read.
+
+
+def _dictionary_parquet(path: Path, indices: list[int], values: list[str],
+                        arrow_schema: bool = False) -> Path:
+    column = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values))
+    pq.write_table(pa.table({"event_id": column}), path, compression="zstd",
+                   store_schema=arrow_schema)
+    return path
+
+
+def _read_in_child() -> None:
+    """Read argv[1] as the product_events feed with a block of argv[2] bytes; print the peak
+    RSS growth, the widest chunk decoded and the rows."""
+    import resource
+
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    handle = open_landed_file(sys.argv[1])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    widest = rows = 0
+    for chunk in iter_file_chunks(handle, feed, ["event_id"], block_bytes=int(sys.argv[2])):
+        # As the contract does: a dictionary column becomes plain text.
+        text = chunk.column(0).cast(pa.string())
+        widest = max(widest, text.nbytes)
+        rows += chunk.num_rows
+        del chunk, text
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"grew_mb": (after - before) / 1024, "widest": widest, "rows": rows}))
+
+
+def _peak_of_read(path: Path) -> dict:
+    child = subprocess.run(
+        [sys.executable, "-c", "from tests.test_attack_round10 import _read_in_child as f; f()",
+         str(path), str(BLOCK)],
+        cwd=repo_root(), capture_output=True, text=True, timeout=300, check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("arrow_schema", [False, True], ids=["other-writer", "arrow-writer"])
+def test_parquet_rows_wide_after_narrow_ones_are_read_in_bounded_slices(
+    tmp_path: Path, arrow_schema: bool,
+) -> None:
+    rows = 50_000
+    path = _dictionary_parquet(tmp_path / "late.parquet", [0] * 2_000 + [1] * (rows - 2_000),
+                               ["a", "b" * 2_000], arrow_schema)
+    assert path.stat().st_size < 100_000, "a small file..."
+    read = _peak_of_read(path)
+    assert read["rows"] == rows  # ...of ~100 MB decoded, every row read
+    assert read["widest"] <= BLOCK, read
+    assert read["grew_mb"] < 40, read
+
+
+def test_a_parquet_sample_of_few_distinct_wide_values_is_not_decoded_whole(tmp_path: Path) -> None:
+    values = [f"{i}" + "v" * 100_000 for i in range(8)]
+    path = _dictionary_parquet(tmp_path / "sample.parquet", [i % 8 for i in range(1_024)], values)
+    read = _peak_of_read(path)
+    assert read["rows"] == 1_024
+    assert read["widest"] <= BLOCK, read
+    assert read["grew_mb"] < 40, read
+
+
+def test_a_parquet_value_or_row_over_the_block_is_held_by_column_and_never_decoded(
+    tmp_path: Path,
+) -> None:
+    """A 6 MB value once among 100,000 narrow rows (after the sample, under the footer's
+    average) was loaded; now it is held, naming the column, before the rows are decoded."""
+    from puhui.ingest.reading import UnreadableFile, iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    indices = [0] * 100_000
+    indices[50_000] = 1
+    cell = _dictionary_parquet(tmp_path / "cell.parquet", indices, ["a", "x" * (6 << 20)])
+    with pytest.raises(UnreadableFile, match=r"^a value in event_id of 6\.0 MB once decoded: "
+                                             r"over the 4 MB read block$"):
+        list(iter_file_chunks(open_landed_file(str(cell)), feed, ["event_id"], BLOCK))
+
+    half = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()),
+                                          pa.array(["a", "y" * (3 << 20)]))
+    row = tmp_path / "row.parquet"
+    pq.write_table(pa.table({"event_id": half, "customer_id": half}), row)
+    with pytest.raises(UnreadableFile, match=r"^a row of 6\.0 MB once decoded: over the 4 MB "
+                                             r"read block$"):
+        list(iter_file_chunks(open_landed_file(str(row)), feed, ["event_id"], BLOCK))
+
+
+def test_parquet_slices_keep_every_value_and_order_across_row_groups(tmp_path: Path) -> None:
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    rows = 30_000
+    table = pa.table({
+        "event_id": pa.array([f"e{i}" for i in range(rows)]),
+        "scenario": pa.array([None if i % 7 == 0 else ("s" * (i % 500)) for i in range(rows)]),
+        "amount": pa.array([float(i) for i in range(rows)]),
+    })
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(table, path, row_group_size=7_000, use_dictionary=["scenario"])
+    chunks = list(iter_file_chunks(open_landed_file(str(path)), feed, table.column_names,
+                                   block_bytes=256 << 10))
+    assert len(chunks) > 5
+    assert all(not pa.types.is_dictionary(c.type) for t in chunks for c in t.columns)
+    assert pa.concat_tables(chunks).equals(table)
