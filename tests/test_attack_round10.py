@@ -131,3 +131,30 @@ def test_parquet_slices_keep_every_value_and_order_across_row_groups(tmp_path: P
     assert len(chunks) > 5
     assert all(not pa.types.is_dictionary(c.type) for t in chunks for c in t.columns)
     assert pa.concat_tables(chunks).equals(table)
+
+
+# Before: a URL password holding a space (SQLAlchemy reads `app:pa ss@db` as `pa ss`) was
+# printed whole by every error line, log record and reason (the pattern stopped at the space),
+# and libpq's quoted keyword form (`password='pa ss'`) kept all after the space.
+
+
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ("postgresql://app:pa ss@host/db", "postgresql://app:***@host/db"),
+    ("connect 'postgresql+psycopg://app:two words here@db:5432/puhui' (timeout)",
+     "connect 'postgresql+psycopg://app:***@db:5432/puhui' (timeout)"),
+    ("postgresql://app:pa%20ss@host/db", "postgresql://app:***@host/db"),
+    ("postgresql://a:b c@h/d and mysql://u:p q@h2/e", "postgresql://a:***@h/d and mysql://u:***@h2/e"),
+    ("host=db password='pa ss' dbname=x", "host=db password=*** dbname=x"),
+    (r"host=db password='it\'s ok' dbname=x", "host=db password=*** dbname=x"),
+    # Prose is left alone: a port and words before an e-mail address, a path, a line break.
+    ("MLflow at http://localhost:5000 failed; mail ops@corp.com",
+     "MLflow at http://localhost:5000 failed; mail ops@corp.com"),
+    ("GET http://host:8080/x failed, ask ops@corp", "GET http://host:8080/x failed, ask ops@corp"),
+    ("see http://host: down\nops@corp", "see http://host: down\nops@corp"),
+    ("http://a:b c d and http://e:f@g", "http://a:b c d and http://e:***@g"),
+])
+def test_a_url_password_with_a_space_is_scrubbed_and_prose_is_not(text: str,
+                                                                     scrubbed: str) -> None:
+    from puhui.privacy import scrub_text
+
+    assert scrub_text(text) == scrubbed
