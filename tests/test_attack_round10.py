@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import text
 
 from puhui.config import PartnersConfig, load_config
 from puhui.settings import repo_root
@@ -158,3 +159,107 @@ def test_a_url_password_with_a_space_is_scrubbed_and_prose_is_not(text: str,
     from puhui.privacy import scrub_text
 
     assert scrub_text(text) == scrubbed
+
+
+# ------------------------------------------------------------------ the cross-file key index
+# Before: a process remembered each (warehouse, feed, key definition) it had indexed, and
+# trusted that for its lifetime. A contract's key changed and changed back (txn_id, then
+# txn_id + txn_type, then txn_id again) in one long-running process (`puhui serve`) was not
+# rebuilt the second time: the index held keys hashed under the other definition, and every
+# row resent after the change back loaded again. The same for a process whose contract
+# another process (a newer deploy) rebuilt the index under meanwhile: it went on claiming
+# keys under its own definition, into an index of the other's.
+
+
+def _ingest_with(feed, landing: Path, day, name: str):  # noqa: ANN001, ANN202
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.runtime import open_runtime
+    from puhui.validation import BatchValidator
+    from tests.test_ingest_key_index import _landed
+
+    runtime = open_runtime()
+    ingestor = FileIngestor(runtime, feed, BatchValidator(),
+                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    return ingestor.ingest(_landed(feed, landing, day, name))
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_key_definition_changed_and_changed_back_in_one_process_rebuilds_each_time(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_ingest_key_index import DAY1, DAY2, DAY3, _ingestor, _payments, _raw_counts
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, _ = _ingestor()
+    wider = feed.model_copy(update={"primary_key": ["txn_id", "txn_type"]})
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(501, 1501))
+    _payments(landing, DAY3, "c", [*range(1, 101), *range(2001, 2101)])
+    first = _ingest_with(feed, landing, DAY1, "_a")
+    assert (first.rows_loaded, first.rows_duplicate) == (1000, 0)
+    second = _ingest_with(wider, landing, DAY2, "_b")
+    assert (second.rows_loaded, second.rows_duplicate) == (500, 500)
+    third = _ingest_with(feed, landing, DAY3, "_c")  # the key as it was first
+    assert (third.rows_loaded, third.rows_duplicate) == (100, 100)
+    assert _raw_counts(runtime, feed) == (1600, 1600)
+
+
+_REBUILD_SCRIPT = """
+from puhui.config import PartnersConfig, load_config
+from puhui.ingest.key_index import ensure_key_index
+from puhui.runtime import open_runtime
+
+runtime = open_runtime()
+print(ensure_key_index(runtime, load_config(runtime.settings.config_dir, PartnersConfig)
+                       .get("mobile_payments")))
+"""
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite", "postgres"], indirect=True)
+def test_a_rebuild_by_another_process_killed_or_not_leaves_no_key_loaded_twice(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process with a newer contract (primary key txn_id + txn_type) rebuilds the
+    index: killed with -9 midway it leaves the index as it was; run through, this process's
+    next load (under its own contract, indexed already) must not load its keys again."""
+    import os
+    import shutil
+    import signal
+
+    from tests.test_ingest_key_index import DAY1, DAY2, DAY3, _ingestor, _payments, _raw_counts
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, _ = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(1, 101))
+    _payments(landing, DAY3, "c", [*range(101, 201), *range(2001, 2101)])
+    assert _ingest_with(feed, landing, DAY1, "_a").rows_loaded == 1000
+
+    newer = tmp_path / "configs"
+    shutil.copytree(repo_root() / "configs", newer)
+    partners = newer / "partners.yaml"
+    partners.write_text(partners.read_text().replace("primary_key: [txn_id]",
+                                                     "primary_key: [txn_id, txn_type]"))
+    env = {**os.environ, "PUHUI_CONFIG_DIR": str(newer)}
+    with runtime.engine.connect() as conn:
+        before = conn.execute(text("SELECT key_definition FROM ingest_key_backfills")).scalar()
+    killed = subprocess.run([sys.executable, "-c", _REBUILD_SCRIPT], cwd=repo_root(),
+                            env={**env, "PUHUI_CRASH_AT": "key-backfill"},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT key_definition FROM ingest_key_backfills")
+                            ).scalar() == before
+        assert conn.execute(text("SELECT count(*) FROM ingest_keys")).scalar() == 1000
+    again = _ingest_with(feed, landing, DAY2, "_b")  # the index as it was: 100 repeats
+    assert (again.rows_loaded, again.rows_duplicate) == (0, 100)
+
+    done = subprocess.run([sys.executable, "-c", _REBUILD_SCRIPT], cwd=repo_root(), env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and "rows_indexed=1000" in done.stdout, done.stderr[-2000:]
+    third = _ingest_with(feed, landing, DAY3, "_c")
+    assert (third.rows_loaded, third.rows_duplicate) == (100, 100), third
+    assert _raw_counts(runtime, feed) == (1100, 1100)
