@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -379,10 +378,6 @@ class KeyIndex:
 
 
 # --------------------------------------------------------------------------- backfill
-_indexed: set[tuple[str, str, str]] = set()
-_indexed_lock = threading.Lock()
-
-
 @dataclass(frozen=True)
 class Backfill:
     rows_indexed: int
@@ -397,7 +392,8 @@ def ensure_key_index(
     current. Call before loading rows of ``feed``: on the load's own ``conn``, so that the
     check holds until the load commits (another process with another definition may rebuild
     the index at any time before: a check in a transaction of its own, or remembered by the
-    process, let this load claim keys hashed one way into an index hashed the other).
+    process, let this load claim keys hashed one way into an index hashed the other). Costs
+    one indexed read when current.
 
     Under the feed's key lock, in one transaction (``conn``'s, or one of its own): a kill -9
     midway leaves nothing, and the next load does it again from the start. Rows are read in
@@ -405,19 +401,8 @@ def ensure_key_index(
     """
     if conn is not None:
         return _make_current(runtime, conn, feed)
-    definition = key_definition(feed)
-    marker = (runtime.engine.url.render_as_string(hide_password=True), feed.name, definition)
-    with _indexed_lock:
-        if marker in _indexed:
-            return None
     with runtime.engine.begin() as own:
-        done = _make_current(runtime, own, feed)
-    with _indexed_lock:
-        # Only the definition just made current is: after A, B and A again, A's marker from
-        # the first time would skip the rebuild the index hashed under B needs.
-        _indexed.difference_update({m for m in _indexed if m[:2] == marker[:2]})
-        _indexed.add(marker)
-    return done
+        return _make_current(runtime, own, feed)
 
 
 def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed) -> Backfill | None:
