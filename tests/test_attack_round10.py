@@ -134,6 +134,21 @@ def test_parquet_slices_keep_every_value_and_order_across_row_groups(tmp_path: P
     assert pa.concat_tables(chunks).equals(table)
 
 
+def test_parquet_of_many_small_row_groups_comes_in_chunks_of_the_block(tmp_path: Path) -> None:
+    """Read as dictionaries, a file comes apart at its row groups: one of 20-row groups came
+    as 20-row chunks, each paying the ingest's per-chunk costs (~0.1 s of GX each)."""
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    table = pa.table({"event_id": [f"e{i}" for i in range(20_000)],
+                      "scenario": [f"s{i % 5}" for i in range(20_000)]})
+    path = tmp_path / "groups.parquet"
+    pq.write_table(table, path, row_group_size=20)
+    chunks = list(iter_file_chunks(open_landed_file(str(path)), feed, table.column_names))
+    assert [c.num_rows for c in chunks] == [20_000]
+    assert chunks[0].equals(table)
+
+
 # Before: a URL password holding a space (SQLAlchemy reads `app:pa ss@db` as `pa ss`) was
 # printed whole by every error line, log record and reason (the pattern stopped at the space),
 # and libpq's quoted keyword form (`password='pa ss'`) kept all after the space.

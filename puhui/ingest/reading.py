@@ -391,11 +391,30 @@ def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
     meta = parquet.metadata
     if coded := _dictionary_columns(meta):
         parquet = pq.ParquetFile(_source(handle), read_dictionary=coded)
+    # Slices are joined up to the block: read as dictionaries, each row group comes apart (a
+    # file of 20-row groups gave 20-row chunks, each paying the ingest's per-chunk costs).
+    pending: list[pa.Table] = []
+    held_bytes = held_rows = 0
     for group in range(meta.num_row_groups):
         rows = _rows_per_read(meta.row_group(group), set(coded), block_bytes)
-        if rows:
-            for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]):
-                yield from _decoded_slices(batch, block_bytes)
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]) if rows else ():
+            for piece, width in _decoded_slices(batch, block_bytes):
+                if pending and (held_bytes + width > block_bytes
+                                or held_rows + piece.num_rows > _PARQUET_MAX_ROWS):
+                    yield _joined(pending)
+                    pending, held_bytes, held_rows = [], 0, 0
+                pending.append(piece)
+                held_bytes += width
+                held_rows += piece.num_rows
+    if pending:
+        yield _joined(pending)
+
+
+_PARQUET_MAX_ROWS = 1_000_000
+
+
+def _joined(tables: list[pa.Table]) -> pa.Table:
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -441,11 +460,14 @@ def _rows_per_read(group: pq.RowGroupMetaData, coded: set[str], block_bytes: int
             raise _too_wide(f"a value in {safe_name(column.path_in_schema)}", each,
                             block_bytes, "or more once decompressed")
     width = max(group.total_byte_size / group.num_rows, 1.0)
-    return int(min(1_000_000, group.num_rows, max(1, block_bytes // width)))
+    return int(min(_PARQUET_MAX_ROWS, group.num_rows, max(1, block_bytes // width)))
 
 
-def _decoded_slices(batch: pa.RecordBatch, block_bytes: int) -> Iterator[pa.Table]:
-    """``batch`` cut into tables of at most ``block_bytes`` decoded, each decoded only then."""
+def _decoded_slices(
+    batch: pa.RecordBatch, block_bytes: int
+) -> Iterator[tuple[pa.Table, int]]:
+    """``batch`` cut into tables of at most ``block_bytes`` decoded, each decoded only then;
+    with its decoded bytes."""
     widths = np.zeros(batch.num_rows, dtype=np.int64)
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         cells = _cell_widths(column)
@@ -464,7 +486,7 @@ def _decoded_slices(batch: pa.RecordBatch, block_bytes: int) -> Iterator[pa.Tabl
             [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c
              for c in piece.columns],
             names=piece.schema.names,
-        )
+        ), int(ends[stop - 1]) - before
         start = stop
 
 
