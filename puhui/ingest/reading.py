@@ -394,18 +394,18 @@ def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
     # Slices are joined up to the block: read as dictionaries, each row group comes apart (a
     # file of 20-row groups gave 20-row chunks, each paying the ingest's per-chunk costs).
     pending: list[pa.Table] = []
-    held_bytes = held_rows = 0
+    pending_bytes = pending_rows = 0
     for group in range(meta.num_row_groups):
         rows = _rows_per_read(meta.row_group(group), set(coded), block_bytes)
         for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]) if rows else ():
             for piece, width in _decoded_slices(batch, block_bytes):
-                if pending and (held_bytes + width > block_bytes
-                                or held_rows + piece.num_rows > _PARQUET_MAX_ROWS):
+                if pending and (pending_bytes + width > block_bytes
+                                or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
                     yield _joined(pending)
-                    pending, held_bytes, held_rows = [], 0, 0
+                    pending, pending_bytes, pending_rows = [], 0, 0
                 pending.append(piece)
-                held_bytes += width
-                held_rows += piece.num_rows
+                pending_bytes += width
+                pending_rows += piece.num_rows
     if pending:
         yield _joined(pending)
 
