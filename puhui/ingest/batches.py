@@ -683,13 +683,13 @@ class FileIngestor:
         ahead: ReadAhead[tuple[PreparedChunk, int, int]],
     ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
-        ensure_key_index(self.runtime, self.feed)
         rows = loaded = dropped = expectations_run = 0
         masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
+            ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
                 conn,
                 **identity,
@@ -873,6 +873,7 @@ class FileIngestor:
         owns_content = handle.size > 0 and landed.kind == "file"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
+            ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
                 conn,
                 **identity,
@@ -930,6 +931,7 @@ class FileIngestor:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
+            ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
                 conn,
                 **identity,

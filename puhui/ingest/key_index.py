@@ -32,7 +32,6 @@ import hashlib
 import io
 import logging
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -417,64 +416,64 @@ class KeyIndex:
 
 
 # --------------------------------------------------------------------------- backfill
-_indexed: set[tuple[str, str, str]] = set()
-_indexed_lock = threading.Lock()
-
-
 @dataclass(frozen=True)
 class Backfill:
     rows_indexed: int
     rows_repeated: int
 
 
-def ensure_key_index(runtime: Runtime, feed: PartnerFeed) -> Backfill | None:
+def ensure_key_index(
+    runtime: Runtime, feed: PartnerFeed, conn: Connection | None = None
+) -> Backfill | None:
     """Index the feed's existing raw rows (warehouses from before 0008), or index them again
     when the feed's key definition changed since they were indexed; None when the index is
-    current. Call before loading rows of ``feed``.
+    current. Call before loading rows of ``feed``: on the load's own ``conn``, so that the
+    check holds until the load commits (another process with another definition may rebuild
+    the index at any time before: a check in a transaction of its own, or remembered by the
+    process, let this load claim keys hashed one way into an index hashed the other). Costs
+    one indexed read when current.
 
-    One transaction per feed, holding the feed's key lock: a kill -9 midway leaves nothing,
-    and the next load does it again from the start. Rows are read in chunks of
-    ``_BACKFILL_ROWS`` (a server-side cursor on PostgreSQL), so memory stays bounded.
+    Under the feed's key lock, in one transaction (``conn``'s, or one of its own): a kill -9
+    midway leaves nothing, and the next load does it again from the start. Rows are read in
+    chunks of ``_BACKFILL_ROWS`` (a server-side cursor on PostgreSQL), so memory stays bounded.
     """
-    engine = runtime.engine
+    if conn is not None:
+        return _make_current(runtime, conn, feed)
+    with runtime.engine.begin() as own:
+        return _make_current(runtime, own, feed)
+
+
+def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed) -> Backfill | None:
     definition = key_definition(feed)
-    marker = (engine.url.render_as_string(hide_password=True), feed.name, definition)
-    with _indexed_lock:
-        if marker in _indexed:
-            return None
-    done, rebuilt = None, False
-    with engine.begin() as conn:
-        _lock_keys(conn, feed)
-        where = ingest_key_backfills.c.partner == feed.name
-        recorded = conn.execute(select(ingest_key_backfills.c.key_definition).where(where)
-                                ).scalars().first()
-        if recorded != definition:
-            if recorded is not None:
-                # Entries hashed under the old definition match no key hashed now: every
-                # resent row would load again. The raw table has every loaded row, so the
-                # index is built from it again, as a first use builds it.
-                rebuilt = True
-                conn.execute(delete(ingest_keys).where(ingest_keys.c.batch_id.in_(
-                    select(ingest_batches.c.batch_id).where(
-                        ingest_batches.c.partner == feed.name))))
-                conn.execute(delete(ingest_key_backfills).where(where))
-            done = _backfill(conn, feed)
-            conn.execute(insert(ingest_key_backfills).values(
-                partner=feed.name, key_definition=definition, rows_indexed=done.rows_indexed,
-                rows_repeated=done.rows_repeated, built_at=pd.Timestamp.now(tz="UTC")))
-            if done.rows_indexed or rebuilt:
-                runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
-                    "partner": feed.name, "rows_indexed": done.rows_indexed,
-                    "rows_repeated": done.rows_repeated, "key_definition": definition,
-                    "rebuilt": rebuilt})
-    with _indexed_lock:
-        _indexed.add(marker)
+    _lock_keys(conn, feed)
+    where = ingest_key_backfills.c.partner == feed.name
+    recorded = conn.execute(select(ingest_key_backfills.c.key_definition).where(where)
+                            ).scalars().first()
+    if recorded == definition:
+        return None
+    rebuilt = recorded is not None
+    if rebuilt:
+        # Entries hashed under the old definition match no key hashed now: every resent
+        # row would load again. The raw table has every loaded row, so the index is built
+        # from it again, as a first use builds it.
+        conn.execute(delete(ingest_keys).where(ingest_keys.c.batch_id.in_(
+            select(ingest_batches.c.batch_id).where(ingest_batches.c.partner == feed.name))))
+        conn.execute(delete(ingest_key_backfills).where(where))
+    done = _backfill(conn, feed)
+    conn.execute(insert(ingest_key_backfills).values(
+        partner=feed.name, key_definition=definition, rows_indexed=done.rows_indexed,
+        rows_repeated=done.rows_repeated, built_at=pd.Timestamp.now(tz="UTC")))
+    if done.rows_indexed or rebuilt:
+        runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
+            "partner": feed.name, "rows_indexed": done.rows_indexed,
+            "rows_repeated": done.rows_repeated, "key_definition": definition,
+            "rebuilt": rebuilt})
     if rebuilt:
         _log.warning(
             "%s: key definition changed (primary key %s, its types or treatment): key index "
             "rebuilt from %s, %s row(s)", feed.name, ", ".join(feed.primary_key),
-            feed.raw_table, f"{done.rows_indexed:,}")  # type: ignore[union-attr]
-    if done is not None and done.rows_repeated:
+            feed.raw_table, f"{done.rows_indexed:,}")
+    if done.rows_repeated:
         _log.warning(
             "%s: %s row(s) of %s repeat a primary key (%s) of an earlier batch: loaded "
             "twice before the key index; the index keeps the first batch's", feed.name,
