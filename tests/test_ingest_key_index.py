@@ -226,6 +226,13 @@ def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
     assert sorted(o.rows_duplicate for o in outcomes.values()) == [0, 1000]
     assert all(_reconciles(ledger.get_batch(runtime.engine, o.batch_id))
                for o in outcomes.values())
+    # Whichever came second names the first, and the shared rows are the same in both.
+    won, lost = sorted(outcomes.values(), key=lambda o: o.rows_duplicate)
+    assert not [w for w in won.warnings if "earlier batches" in w]
+    (warning,) = [w for w in lost.warnings if "earlier batches" in w]
+    assert f"1,000 row(s) repeat a primary key (txn_id) loaded by batch(es) {won.batch_id}:" \
+        in warning
+    assert "1,000 with the same values, 0 with changed values" in warning
 
 
 def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
@@ -410,3 +417,82 @@ def test_backfill_counts_every_repeating_row_whichever_part_it_falls_in(
     owners = "SELECT batch_id, count(*) FROM ingest_keys GROUP BY batch_id"
     with runtime.engine.connect() as conn:
         assert dict(conn.execute(text(owners)).all()) == {a: 1000, b: 1000}
+
+
+def _forget_the_index() -> None:
+    """The feed's next load finds no index: a first use (its backfill indexes every row)."""
+    runtime, _, _ = _ingestor()
+    with runtime.engine.begin() as conn:
+        conn.execute(text("DELETE FROM ingest_keys"))
+        conn.execute(text("DELETE FROM ingest_key_backfills"))
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_first_use_backfill_does_not_hold_the_audit_lock_through_its_load(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backfill's audit event took the audit chain's lock in the load's transaction:
+    every audit append of every process waited for that file's load to commit."""
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(501, 1501))
+    assert ingestor.ingest(_landed(feed, landing, DAY1, "_a")).status == "accepted"
+    _forget_the_index()
+    claiming, go = threading.Event(), threading.Event()
+    claim = key_index.KeyIndex.claim
+
+    def paused(self: key_index.KeyIndex, chunk: object) -> object:
+        claiming.set()
+        go.wait(60)
+        return claim(self, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(key_index.KeyIndex, "claim", paused)
+    outcome = []
+    loading = threading.Thread(
+        target=lambda: outcome.append(ingestor.ingest(_landed(feed, landing, DAY2, "_b"))))
+    loading.start()
+    try:
+        assert claiming.wait(60)  # the load's transaction is open, its backfill done
+        with runtime.engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+            runtime.audit.append(conn, "test.meanwhile", "someone else", {})
+    finally:
+        go.set()
+        loading.join(120)
+    (second,) = outcome
+    assert (second.status, second.rows_loaded, second.rows_duplicate) == ("accepted", 500, 500)
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT rows_indexed FROM ingest_key_backfills")
+                            ).scalar() == 1000
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_duplicate_delivery_does_not_wait_for_the_feeds_key_lock(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duplicate (and a hold) claims no keys: it waited behind a concurrent load's key lock
+    (and a hold could start a whole-feed backfill)."""
+    from puhui.warehouse.engine import lock_for
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    first = _payments(landing, DAY1, "a", range(1, 101))
+    shutil.copy(first, first.with_name("mobile_payments_again.csv"))
+    assert ingestor.ingest(_landed(feed, landing, DAY1, "_a")).status == "accepted"
+    outcome = []
+    with runtime.engine.begin() as holder:  # a long load of the feed, meanwhile
+        lock_for(holder, f"puhui.keys.{feed.name}")
+        deciding = threading.Thread(target=lambda: outcome.append(
+            ingestor.ingest(_landed(feed, landing, DAY1, "_again"))))
+        deciding.start()
+        deciding.join(30)
+        decided_meanwhile = not deciding.is_alive()
+    deciding.join(120)
+    assert decided_meanwhile
+    assert outcome[0].status == "duplicate"
+

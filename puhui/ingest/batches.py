@@ -688,6 +688,10 @@ class FileIngestor:
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
         identity = self._identity(handle, landed, base)
+        # A first use's backfill or a rebuild commits on its own (its audit event must not
+        # hold the audit chain's lock through the load); the load checks again, under the
+        # feed's key lock.
+        ensure_key_index(self.runtime, self.feed)
         with self.runtime.engine.begin() as conn:
             ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
@@ -873,7 +877,6 @@ class FileIngestor:
         owns_content = handle.size > 0 and landed.kind == "file"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
-            ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
                 conn,
                 **identity,
@@ -931,7 +934,6 @@ class FileIngestor:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
-            ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
                 conn,
                 **identity,

@@ -427,28 +427,47 @@ def ensure_key_index(
 ) -> Backfill | None:
     """Index the feed's existing raw rows (warehouses from before 0008), or index them again
     when the feed's key definition changed since they were indexed; None when the index is
-    current. Call before loading rows of ``feed``: on the load's own ``conn``, so that the
-    check holds until the load commits (another process with another definition may rebuild
-    the index at any time before: a check in a transaction of its own, or remembered by the
-    process, let this load claim keys hashed one way into an index hashed the other). Costs
-    one indexed read when current.
+    current.
 
-    Under the feed's key lock, in one transaction (``conn``'s, or one of its own): a kill -9
-    midway leaves nothing, and the next load does it again from the start. Rows are read in
-    chunks of ``_BACKFILL_ROWS`` (a server-side cursor on PostgreSQL), so memory stays bounded.
+    Without ``conn``: in a transaction of its own, logged once committed. Callers that load
+    rows call it so before their load's transaction, then again with the load's ``conn``:
+    that check holds the feed's key lock until the load commits (another process with
+    another definition may rebuild the index at any time before: a check in a transaction of
+    its own, or remembered by the process, let this load claim keys hashed one way into an
+    index hashed the other). When current it only reads (one indexed read). A rebuild left
+    to the load's transaction (another process changed the definition between the two calls)
+    appends its audit event there, holding the audit chain's lock until the load commits:
+    hence the first call, which does the usual rebuild without it.
+
+    Under the feed's key lock, in one transaction: a kill -9 midway leaves nothing, and the
+    next load does it again from the start. Rows are read in chunks of ``_BACKFILL_ROWS`` (a
+    server-side cursor on PostgreSQL), so memory stays bounded.
     """
-    if conn is not None:
-        return _make_current(runtime, conn, feed)
-    with runtime.engine.begin() as own:
-        return _make_current(runtime, own, feed)
-
-
-def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed) -> Backfill | None:
     definition = key_definition(feed)
+    if conn is not None:
+        made = _make_current(runtime, conn, feed, definition)
+    else:
+        with runtime.engine.connect() as peek:  # no lock: the usual case is current
+            if _recorded(peek, feed) == definition:
+                return None
+        with runtime.engine.begin() as own:
+            made = _make_current(runtime, own, feed, definition)
+    if made is None:
+        return None
+    done, rebuilt = made
+    _log_rebuild(feed, done, rebuilt, committed=conn is None)
+    return done
+
+
+def _recorded(conn: Connection, feed: PartnerFeed) -> str | None:
+    return conn.execute(select(ingest_key_backfills.c.key_definition)
+                        .where(ingest_key_backfills.c.partner == feed.name)).scalars().first()
+
+
+def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
+                  definition: str) -> tuple[Backfill, bool] | None:
     _lock_keys(conn, feed)
-    where = ingest_key_backfills.c.partner == feed.name
-    recorded = conn.execute(select(ingest_key_backfills.c.key_definition).where(where)
-                            ).scalars().first()
+    recorded = _recorded(conn, feed)
     if recorded == definition:
         return None
     rebuilt = recorded is not None
@@ -458,7 +477,8 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed) -> Back
         # from it again, as a first use builds it.
         conn.execute(delete(ingest_keys).where(ingest_keys.c.batch_id.in_(
             select(ingest_batches.c.batch_id).where(ingest_batches.c.partner == feed.name))))
-        conn.execute(delete(ingest_key_backfills).where(where))
+        conn.execute(delete(ingest_key_backfills)
+                     .where(ingest_key_backfills.c.partner == feed.name))
     done = _backfill(conn, feed)
     conn.execute(insert(ingest_key_backfills).values(
         partner=feed.name, key_definition=definition, rows_indexed=done.rows_indexed,
@@ -468,17 +488,23 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed) -> Back
             "partner": feed.name, "rows_indexed": done.rows_indexed,
             "rows_repeated": done.rows_repeated, "key_definition": definition,
             "rebuilt": rebuilt})
+    return done, rebuilt
+
+
+def _log_rebuild(feed: PartnerFeed, done: Backfill, rebuilt: bool, *, committed: bool) -> None:
+    """Once committed; in a load's transaction, said as under way (a rollback undoes it)."""
     if rebuilt:
         _log.warning(
             "%s: key definition changed (primary key %s, its types or treatment): key index "
-            "rebuilt from %s, %s row(s)", feed.name, ", ".join(feed.primary_key),
-            feed.raw_table, f"{done.rows_indexed:,}")
+            "%s from %s, %s row(s)", feed.name, ", ".join(feed.primary_key),
+            "rebuilt" if committed else "rebuilding, with this load,", feed.raw_table,
+            f"{done.rows_indexed:,}")
     if done.rows_repeated:
         _log.warning(
             "%s: %s row(s) of %s repeat a primary key (%s) of an earlier batch: loaded "
-            "twice before the key index; the index keeps the first batch's", feed.name,
-            f"{done.rows_repeated:,}", feed.raw_table, ", ".join(feed.primary_key))
-    return done
+            "twice before the key index; the index %s the first batch's", feed.name,
+            f"{done.rows_repeated:,}", feed.raw_table, ", ".join(feed.primary_key),
+            "keeps" if committed else "being built with this load keeps")
 
 
 def _backfill(conn: Connection, feed: PartnerFeed) -> Backfill:

@@ -147,6 +147,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(record.partner)
     table = ensure_raw_table(engine, feed)
     copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
+    ensure_key_index(runtime, feed)  # a backfill commits on its own; checked again below
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
         if not copy.exists():
@@ -252,6 +253,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
         return Revalidation(ledger.get_batch(engine, batch_id), False, True,  # type: ignore[arg-type]
                             feed.suite, suite_hash, [f.description for f in critical], warnings)
     table = ensure_raw_table(engine, feed)
+    ensure_key_index(runtime, feed)  # a backfill commits on its own; checked again below
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
         ensure_key_index(runtime, feed, conn)
