@@ -29,7 +29,6 @@ loaded twice are counted and reported in one line, not taken as fine.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -61,6 +59,7 @@ from puhui.crashpoints import crash_point
 from puhui.ingest.contract import ARROW_TYPES
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
+from puhui.warehouse.copy_out import query_arrow
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_key_backfills, ingest_keys
 
@@ -310,29 +309,6 @@ def _stage(conn: Connection, table: Table, columns: str) -> None:
         conn.execute(text(f"DELETE FROM {table.name}"))
 
 
-def _query_arrow(conn: Connection, sql: str, types: dict[str, pa.DataType]) -> pa.Table:
-    """The rows of ``sql`` (its columns named as ``types``) as Arrow columns.
-
-    PostgreSQL: ``COPY (sql) TO STDOUT`` CSV parsed by Arrow, on the load's own connection;
-    a Python tuple per row (the driver's way) cost more than the join for 500,000 repeats.
-    """
-    if conn.dialect.name != "postgresql":
-        rows = conn.execute(text(sql)).all()
-        return pa.table({name: pa.array([r[i] for r in rows], kind)
-                         for i, (name, kind) in enumerate(types.items())})
-    buffer = io.BytesIO()
-    with conn.connection.driver_connection.cursor() as cursor, \
-            cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
-        for block in copy:
-            buffer.write(block)
-    if not buffer.tell():  # no rows: Arrow refuses an empty CSV
-        return pa.table({name: pa.array([], kind) for name, kind in types.items()})
-    buffer.seek(0)
-    return pa_csv.read_csv(
-        buffer, read_options=pa_csv.ReadOptions(column_names=list(types)),
-        convert_options=pa_csv.ConvertOptions(column_types=types))
-
-
 def _lock_keys(conn: Connection, feed: PartnerFeed) -> None:
     # Until commit: a second load of the feed waits here rather than deadlocking with the
     # first over keys both inserted (each would wait for the other's uncommitted key).
@@ -391,7 +367,9 @@ class KeyIndex:
         if conn.dialect.name == "postgresql":
             for setting in ("enable_hashjoin", "enable_mergejoin"):
                 conn.execute(text(f"SET LOCAL {setting} = off"))
-        repeated = _query_arrow(conn, (
+        # Its rows as Arrow (COPY CSV on PostgreSQL): a Python tuple per row (the driver's
+        # way) cost more than the join for 500,000 repeats.
+        repeated = query_arrow(conn, (
             "SELECT s.row_number, k.batch_id, "
             "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END AS same "
             "FROM puhui_key_stage s JOIN ingest_keys k "
