@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.ingest import ledger
@@ -496,3 +496,75 @@ def test_a_duplicate_delivery_does_not_wait_for_the_feeds_key_lock(
     assert decided_meanwhile
     assert outcome[0].status == "duplicate"
 
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_key_claimed_outside_the_lock_between_join_and_copy_retries_the_load(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fresh keys' COPY failing on a unique key was a RuntimeError: the file was held as
+    an unexpected failure instead of loaded again (as other IntegrityErrors are)."""
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 101))
+    _payments(landing, DAY2, "b", range(51, 151))
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    join = key_index.query_arrow
+    sneaked = []
+
+    def join_then_claim(conn: Connection, sql: str, types: dict) -> pa.Table:
+        found = join(conn, sql, types)
+        if not sneaked and "puhui_key_stage" in sql:
+            # A key of the chunk no batch has: claimed and committed by another connection
+            # that skips the feed's key lock, as a bug elsewhere would.
+            hi, lo = conn.execute(text(
+                "SELECT key_hi, key_lo FROM puhui_key_stage s WHERE NOT EXISTS (SELECT 1 "
+                "FROM ingest_keys k WHERE k.key_hi = s.key_hi AND k.key_lo = s.key_lo) "
+                "LIMIT 1")).one()
+            with runtime.engine.begin() as other:
+                other.execute(text(
+                    "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                    "VALUES (:hi, :lo, :batch, 0)"), {"hi": hi, "lo": lo, "batch": first.batch_id})
+            sneaked.append(True)
+        return found
+
+    monkeypatch.setattr(key_index, "query_arrow", join_then_claim)
+    second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert sneaked
+    # Loaded again from the start: the key sneaked in is now a repeat like the others.
+    assert (second.status, second.rows_loaded, second.rows_duplicate) == ("accepted", 49, 51)
+    (warning,) = [w for w in second.warnings if "earlier batches" in w]
+    assert "50 with the same values, 1 with changed values" in warning
+    assert _raw_counts(runtime, feed) == (149, 149)
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_were(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's plan settings were RESET after it: the server's default replaced what the
+    session had set, for the rest of the session."""
+    from puhui.ingest.batches import PreparedChunk
+    from puhui.ingest.key_index import KeyIndex
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 101))
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    (txn_id,) = [s for s, c in stored_columns(feed) if c.name == "txn_id"]
+    stored = pa.table({txn_id: pa.array([_txn(i) for i in range(51, 151)], pa.string())})
+    settings = text("SELECT current_setting('enable_hashjoin'), "
+                    "current_setting('enable_mergejoin'), current_setting('jit')")
+    with runtime.engine.connect() as conn:
+        conn.execute(text("SET enable_hashjoin = off"))  # the session's own choices
+        conn.execute(text("SET jit = on"))
+        conn.commit()
+        keys = KeyIndex(conn, feed, first.batch_id)
+        kept, dropped = keys.claim(PreparedChunk(stored, {}, np.arange(1, 101)))
+        assert (len(kept.row_numbers), dropped) == (50, 50)
+        assert tuple(conn.execute(settings).one()) == ("off", "on", "on")
+        conn.commit()
+        assert tuple(conn.execute(settings).one()) == ("off", "on", "on")

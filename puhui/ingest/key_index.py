@@ -365,8 +365,15 @@ class KeyIndex:
         # or merge join) read the whole index for every chunk, slower already at 1M keys and
         # growing with the feed's history.
         if conn.dialect.name == "postgresql":
-            for setting in ("enable_hashjoin", "enable_mergejoin"):
-                conn.execute(text(f"SET LOCAL {setting} = off"))
+            # Put back as they were once the join is done, for the rest of the transaction
+            # (SET LOCAL ends with it anyway): RESET would put the server's default over a
+            # value the caller's session chose.
+            before = conn.execute(text(
+                "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
+                "current_setting('jit')")).one()
+            # JIT compiling the forced plan costs more than the join it speeds up.
+            for setting in ("enable_hashjoin = off", "enable_mergejoin = off", "jit = off"):
+                conn.execute(text(f"SET LOCAL {setting}"))
         # Its rows as Arrow (COPY CSV on PostgreSQL): a Python tuple per row (the driver's
         # way) cost more than the join for 500,000 repeats.
         repeated = query_arrow(conn, (
@@ -376,16 +383,27 @@ class KeyIndex:
             "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo"),
             {"row_number": pa.int64(), "batch_id": pa.string(), "same": pa.int64()})
         if conn.dialect.name == "postgresql":
-            for setting in ("enable_hashjoin", "enable_mergejoin"):
-                conn.execute(text(f"RESET {setting}"))
+            for name, value in zip(("enable_hashjoin", "enable_mergejoin", "jit"), before,
+                                   strict=True):
+                conn.execute(text("SELECT set_config(:name, :value, true)"),
+                             {"name": name, "value": value})
         row_numbers = repeated["row_number"].to_numpy()
-        fresh = pa.array(~np.isin(rows_in_order, row_numbers))
-        try:
-            with conn.begin_nested():
-                bulk_insert(conn, ingest_keys, claims.filter(fresh), {"batch_id": self.batch_id})
-        except _UNIQUE_VIOLATIONS:  # a key twice in one chunk: SeenKeys' job
-            raise RuntimeError(f"{self.feed.name}: a key repeated within a chunk reached the "
-                               "key index") from None
+        fresh = ~np.isin(rows_in_order, row_numbers)
+        if fresh.any():
+            try:
+                with conn.begin_nested():
+                    bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
+                                {"batch_id": self.batch_id})
+            except _UNIQUE_VIOLATIONS as exc:
+                # The feed's key lock keeps other loads' keys out between the join and this
+                # COPY: a key claimed outside that lock, or (SeenKeys' job) two keys in one
+                # chunk. Raised as SQLAlchemy's IntegrityError: the file's load is rolled
+                # back and tried again, and the join then sees the key.
+                if isinstance(exc, IntegrityError):
+                    raise
+                raise IntegrityError(
+                    f"{self.feed.name}: key index: a key claimed outside the feed's lock, or "
+                    "two keys in one chunk", None, exc) from exc
         self.repeats.rows += len(row_numbers)
         self.repeats.same += int(pc.sum(repeated["same"]).as_py() or 0)
         self.repeats.batches.update(pc.unique(repeated["batch_id"]).to_pylist())
