@@ -498,11 +498,11 @@ def test_a_duplicate_delivery_does_not_wait_for_the_feeds_key_lock(
 
 
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
-def test_a_key_claimed_outside_the_lock_between_join_and_copy_retries_the_load(
+def test_a_key_claimed_outside_the_lock_between_join_and_copy_is_found_by_the_join_again(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fresh keys' COPY failing on a unique key was a RuntimeError: the file was held as
-    an unexpected failure instead of loaded again (as other IntegrityErrors are)."""
+    """The fresh keys' COPY failing on a unique key was a RuntimeError at once: the file was
+    held as an unexpected failure. The join now runs once more and finds the key."""
     from puhui.ingest import key_index
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
@@ -533,7 +533,7 @@ def test_a_key_claimed_outside_the_lock_between_join_and_copy_retries_the_load(
     monkeypatch.setattr(key_index, "query_arrow", join_then_claim)
     second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert sneaked
-    # Loaded again from the start: the key sneaked in is now a repeat like the others.
+    # The key sneaked in is a repeat like the others (of other values: value_hash 0).
     assert (second.status, second.rows_loaded, second.rows_duplicate) == ("accepted", 49, 51)
     (warning,) = [w for w in second.warnings if "earlier batches" in w]
     assert "50 with the same values, 1 with changed values" in warning
@@ -546,6 +546,7 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
 ) -> None:
     """The join's plan settings were RESET after it: the server's default replaced what the
     session had set, for the rest of the session."""
+    from puhui.ingest import key_index
     from puhui.ingest.batches import PreparedChunk
     from puhui.ingest.key_index import KeyIndex
 
@@ -559,6 +560,9 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
     settings = text("SELECT current_setting('enable_hashjoin'), "
                     "current_setting('enable_mergejoin'), current_setting('jit')")
     with runtime.engine.connect() as conn:
+        # 100 keys indexed, 100 staged: the join is made to probe the index.
+        monkeypatch.setattr(key_index, "_PROBE_INDEX_RATIO", 1)
+        conn.execute(text("ANALYZE ingest_keys"))
         conn.execute(text("SET enable_hashjoin = off"))  # the session's own choices
         conn.execute(text("SET jit = on"))
         conn.commit()
@@ -568,3 +572,9 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
         assert tuple(conn.execute(settings).one()) == ("off", "on", "on")
         conn.commit()
         assert tuple(conn.execute(settings).one()) == ("off", "on", "on")
+        # Two rows of one key in a chunk (SeenKeys keeps that from happening): refused, not
+        # looped on.
+        twice = pa.table({txn_id: pa.array([_txn(i) for i in (60, 200, 200)], pa.string())})
+        with pytest.raises(RuntimeError, match="outside the feed's lock, or two keys in one"):
+            KeyIndex(conn, feed, first.batch_id).claim(
+                PreparedChunk(twice, {}, np.arange(1, 4)))

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("puhui.ingest")
 
 _BACKFILL_ROWS = 100_000
+_PROBE_INDEX_RATIO = 2  # index keys per staged key from which the join probes the index
 _LOADED = ("accepted", "released")
 
 try:  # psycopg's own error: the COPY path talks to the driver, not through SQLAlchemy
@@ -361,17 +362,49 @@ class KeyIndex:
         # above: no key of theirs is in the index, and none can arrive before this commits
         # (the feed's key lock). Measured (README "Performance"): the join's rows fetched as
         # Python tuples and an INSERT ... WHERE NOT EXISTS (a second join) cost 2-3x this.
-        # The join probes the index once per staged key: the planner's other choices (a hash
-        # or merge join) read the whole index for every chunk, slower already at 1M keys and
-        # growing with the feed's history.
-        if conn.dialect.name == "postgresql":
+        for attempt in range(2):
+            repeated = self._repeated(conn, len(rows_in_order))
+            row_numbers = repeated["row_number"].to_numpy()
+            fresh = ~np.isin(rows_in_order, row_numbers)
+            if not fresh.any():
+                break
+            try:
+                with conn.begin_nested():
+                    bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
+                                {"batch_id": self.batch_id})
+                break
+            except _UNIQUE_VIOLATIONS:
+                # The feed's key lock keeps other loads' keys out between the join and this
+                # COPY, so a key claimed outside that lock did it: committed now, the join
+                # finds it once more. Twice, it is two keys in one chunk (SeenKeys' job).
+                if attempt:
+                    raise RuntimeError(
+                        f"{self.feed.name}: key index: a key claimed outside the feed's lock, "
+                        "or two keys in one chunk") from None
+        self.repeats.rows += len(row_numbers)
+        self.repeats.same += int(pc.sum(repeated["same"]).as_py() or 0)
+        self.repeats.batches.update(pc.unique(repeated["batch_id"]).to_pylist())
+        keep = ~np.isin(chunk.row_numbers, row_numbers)
+        return chunk.take(keep), len(row_numbers)
+
+    def _repeated(self, conn: Connection, staged: int) -> pa.Table:
+        """The staged rows whose key the index has: row number, its batch, same values."""
+        # An index of twice the chunk or more is probed once per staged key: the planner's
+        # hash join reads all of it for every chunk, and the index grows with every feed's
+        # history. A smaller one is left to the planner, whose hash join is then as fast or
+        # faster (bench/bench_key_index_join.py: 337k staged keys, at 3M indexed 0.74 s
+        # probing against 1.37 s, at 674k even, at 100k 0.32 s against 0.21 s).
+        probes = conn.dialect.name == "postgresql" and conn.execute(text(
+            "SELECT reltuples FROM pg_class WHERE oid = 'ingest_keys'::regclass")
+        ).scalar_one() >= _PROBE_INDEX_RATIO * staged
+        if probes:
             # Put back as they were once the join is done, for the rest of the transaction
             # (SET LOCAL ends with it anyway): RESET would put the server's default over a
             # value the caller's session chose.
             before = conn.execute(text(
                 "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
                 "current_setting('jit')")).one()
-            # JIT compiling the forced plan costs more than the join it speeds up.
+            # JIT off, as for the feature build's reads: its compiling would be paid per chunk.
             for setting in ("enable_hashjoin = off", "enable_mergejoin = off", "jit = off"):
                 conn.execute(text(f"SET LOCAL {setting}"))
         # Its rows as Arrow (COPY CSV on PostgreSQL): a Python tuple per row (the driver's
@@ -382,33 +415,12 @@ class KeyIndex:
             "FROM puhui_key_stage s JOIN ingest_keys k "
             "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo"),
             {"row_number": pa.int64(), "batch_id": pa.string(), "same": pa.int64()})
-        if conn.dialect.name == "postgresql":
+        if probes:
             for name, value in zip(("enable_hashjoin", "enable_mergejoin", "jit"), before,
                                    strict=True):
                 conn.execute(text("SELECT set_config(:name, :value, true)"),
                              {"name": name, "value": value})
-        row_numbers = repeated["row_number"].to_numpy()
-        fresh = ~np.isin(rows_in_order, row_numbers)
-        if fresh.any():
-            try:
-                with conn.begin_nested():
-                    bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
-                                {"batch_id": self.batch_id})
-            except _UNIQUE_VIOLATIONS as exc:
-                # The feed's key lock keeps other loads' keys out between the join and this
-                # COPY: a key claimed outside that lock, or (SeenKeys' job) two keys in one
-                # chunk. Raised as SQLAlchemy's IntegrityError: the file's load is rolled
-                # back and tried again, and the join then sees the key.
-                if isinstance(exc, IntegrityError):
-                    raise
-                raise IntegrityError(
-                    f"{self.feed.name}: key index: a key claimed outside the feed's lock, or "
-                    "two keys in one chunk", None, exc) from exc
-        self.repeats.rows += len(row_numbers)
-        self.repeats.same += int(pc.sum(repeated["same"]).as_py() or 0)
-        self.repeats.batches.update(pc.unique(repeated["batch_id"]).to_pylist())
-        keep = ~np.isin(chunk.row_numbers, row_numbers)
-        return chunk.take(keep), len(row_numbers)
+        return repeated
 
 
 # --------------------------------------------------------------------------- backfill
