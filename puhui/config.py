@@ -201,6 +201,11 @@ class PartnerFeed(StrictModel):
         names = [c.name for c in self.columns]
         if len(names) != len(set(names)):
             raise ValueError("column names must be unique")
+        if not self.primary_key:
+            # Both the within-file and the cross-file check keep one row per key: with no
+            # key column, every row's key was one empty value and each file failed.
+            raise ValueError(f"feed {self.name!r}: primary_key names no column: every feed "
+                             "needs a key (one or more columns)")
         named = [("primary_key", k) for k in self.primary_key]
         named += [("event_time", self.event_time)] if self.event_time else []
         for field_name, key in named:

@@ -73,11 +73,18 @@ def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
 # The password of a URL (scheme://user:password@host): a library's error may quote the URL
 # it was given (MLflow: "unsupported URI 'postgres://app:...@db/mlflow'"). Up to the '@',
 # '/' included: SQLAlchemy reads `app:ab/cd@db` as password `ab/cd`. A URL's port and path
-# followed by an '@' is scrubbed too (more than needed, never less).
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)[^\s@]+(@)")
+# followed by an '@' is scrubbed too (more than needed, never less). A password may hold
+# spaces (SQLAlchemy reads `app:pa ss@db` as `pa ss`): up to the first '@' on the line, at
+# most 128 characters, not across another URL, and not when what follows the ':' reads as a
+# port and a word (`http://localhost:5000 failed; mail ops@corp` is prose, not a password).
+_URL_PASSWORD = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)"
+    r"(?:[^\s@]+|(?!\d+(?:[\s/?#]|$))[^\s@](?:(?!://)[^@\r\n]){0,127})(@)")
 # A password given as a query parameter (`?password=...`, `&pwd=...`, `passwd=`: drivers
-# accept each) or as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`).
-_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&\s;])(?:password|passwd|pwd)=)[^&\s#;]+")
+# accept each) or as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`), where libpq
+# quotes a value with spaces (`password='pa ss'`, `\'` inside).
+_QUERY_PASSWORD = re.compile(
+    r"(?i)((?:^|[?&\s;])(?:password|passwd|pwd)=)(?:'(?:[^'\\\r\n]|\\.)*'|[^&\s#;]+)")
 
 
 def scrub_text(text: str) -> str:

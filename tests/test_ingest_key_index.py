@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.ingest import ledger
@@ -226,6 +226,13 @@ def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
     assert sorted(o.rows_duplicate for o in outcomes.values()) == [0, 1000]
     assert all(_reconciles(ledger.get_batch(runtime.engine, o.batch_id))
                for o in outcomes.values())
+    # Whichever came second names the first, and the shared rows are the same in both.
+    won, lost = sorted(outcomes.values(), key=lambda o: o.rows_duplicate)
+    assert not [w for w in won.warnings if "earlier batches" in w]
+    (warning,) = [w for w in lost.warnings if "earlier batches" in w]
+    assert f"1,000 row(s) repeat a primary key (txn_id) loaded by batch(es) {won.batch_id}:" \
+        in warning
+    assert "1,000 with the same values, 0 with changed values" in warning
 
 
 def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
@@ -233,7 +240,6 @@ def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
     """The warehouse as the code before the index left it: no index, and for each
     (batch, of_batch, rows, offset) the first ``rows`` rows of ``of_batch`` loaded again by
     ``batch`` (row numbers shifted by ``offset``), stored after every row there."""
-    from puhui.ingest import key_index
 
     columns = ", ".join(name for name, _ in stored_columns(feed))
     with runtime.engine.begin() as conn:
@@ -245,7 +251,6 @@ def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
                 {"batch": batch, "of": of_batch, "rows": rows, "offset": offset})
         conn.execute(text("DELETE FROM ingest_keys"))
         conn.execute(text("DELETE FROM ingest_key_backfills"))
-    key_index._indexed.clear()
 
 
 def test_backfill_order_is_when_batches_loaded_on_both_dialects(
@@ -319,7 +324,6 @@ def test_backfill_indexes_a_warehouse_from_before_and_reports_keys_loaded_twice(
         assert dict(conn.execute(text(owners)).all()) == {a: 1010, b: 990}  # first batch wins
         assert conn.execute(text("SELECT rows_repeated FROM ingest_key_backfills")).scalar() == 10
 
-    key_index._indexed.clear()
     assert key_index.ensure_key_index(runtime, feed) is None  # done once, recorded
     with runtime.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM ingest_keys")).scalar() == 2000
@@ -413,3 +417,164 @@ def test_backfill_counts_every_repeating_row_whichever_part_it_falls_in(
     owners = "SELECT batch_id, count(*) FROM ingest_keys GROUP BY batch_id"
     with runtime.engine.connect() as conn:
         assert dict(conn.execute(text(owners)).all()) == {a: 1000, b: 1000}
+
+
+def _forget_the_index() -> None:
+    """The feed's next load finds no index: a first use (its backfill indexes every row)."""
+    runtime, _, _ = _ingestor()
+    with runtime.engine.begin() as conn:
+        conn.execute(text("DELETE FROM ingest_keys"))
+        conn.execute(text("DELETE FROM ingest_key_backfills"))
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_first_use_backfill_does_not_hold_the_audit_lock_through_its_load(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backfill's audit event took the audit chain's lock in the load's transaction:
+    every audit append of every process waited for that file's load to commit."""
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 1001))
+    _payments(landing, DAY2, "b", range(501, 1501))
+    assert ingestor.ingest(_landed(feed, landing, DAY1, "_a")).status == "accepted"
+    _forget_the_index()
+    claiming, go = threading.Event(), threading.Event()
+    claim = key_index.KeyIndex.claim
+
+    def paused(self: key_index.KeyIndex, chunk: object) -> object:
+        claiming.set()
+        go.wait(60)
+        return claim(self, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(key_index.KeyIndex, "claim", paused)
+    outcome = []
+    loading = threading.Thread(
+        target=lambda: outcome.append(ingestor.ingest(_landed(feed, landing, DAY2, "_b"))))
+    loading.start()
+    try:
+        assert claiming.wait(60)  # the load's transaction is open, its backfill done
+        with runtime.engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+            runtime.audit.append(conn, "test.meanwhile", "someone else", {})
+    finally:
+        go.set()
+        loading.join(120)
+    (second,) = outcome
+    assert (second.status, second.rows_loaded, second.rows_duplicate) == ("accepted", 500, 500)
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT rows_indexed FROM ingest_key_backfills")
+                            ).scalar() == 1000
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_duplicate_delivery_does_not_wait_for_the_feeds_key_lock(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duplicate (and a hold) claims no keys: it waited behind a concurrent load's key lock
+    (and a hold could start a whole-feed backfill)."""
+    from puhui.warehouse.engine import lock_for
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    first = _payments(landing, DAY1, "a", range(1, 101))
+    shutil.copy(first, first.with_name("mobile_payments_again.csv"))
+    assert ingestor.ingest(_landed(feed, landing, DAY1, "_a")).status == "accepted"
+    outcome = []
+    with runtime.engine.begin() as holder:  # a long load of the feed, meanwhile
+        lock_for(holder, f"puhui.keys.{feed.name}")
+        deciding = threading.Thread(target=lambda: outcome.append(
+            ingestor.ingest(_landed(feed, landing, DAY1, "_again"))))
+        deciding.start()
+        deciding.join(30)
+        decided_meanwhile = not deciding.is_alive()
+    deciding.join(120)
+    assert decided_meanwhile
+    assert outcome[0].status == "duplicate"
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_key_claimed_outside_the_lock_between_join_and_copy_is_found_by_the_join_again(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fresh keys' COPY failing on a unique key was a RuntimeError at once: the file was
+    held as an unexpected failure. The join now runs once more and finds the key."""
+    from puhui.ingest import key_index
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 101))
+    _payments(landing, DAY2, "b", range(51, 151))
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    join = key_index.query_arrow
+    sneaked = []
+
+    def join_then_claim(conn: Connection, sql: str, types: dict) -> pa.Table:
+        found = join(conn, sql, types)
+        if not sneaked and "puhui_key_stage" in sql:
+            # A key of the chunk no batch has: claimed and committed by another connection
+            # that skips the feed's key lock, as a bug elsewhere would.
+            hi, lo = conn.execute(text(
+                "SELECT key_hi, key_lo FROM puhui_key_stage s WHERE NOT EXISTS (SELECT 1 "
+                "FROM ingest_keys k WHERE k.key_hi = s.key_hi AND k.key_lo = s.key_lo) "
+                "LIMIT 1")).one()
+            with runtime.engine.begin() as other:
+                other.execute(text(
+                    "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                    "VALUES (:hi, :lo, :batch, 0)"), {"hi": hi, "lo": lo, "batch": first.batch_id})
+            sneaked.append(True)
+        return found
+
+    monkeypatch.setattr(key_index, "query_arrow", join_then_claim)
+    second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert sneaked
+    # The key sneaked in is a repeat like the others (of other values: value_hash 0).
+    assert (second.status, second.rows_loaded, second.rows_duplicate) == ("accepted", 49, 51)
+    (warning,) = [w for w in second.warnings if "earlier batches" in w]
+    assert "50 with the same values, 1 with changed values" in warning
+    assert _raw_counts(runtime, feed) == (149, 149)
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_were(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's plan settings were RESET after it: the server's default replaced what the
+    session had set, for the rest of the session."""
+    from puhui.ingest import key_index
+    from puhui.ingest.batches import PreparedChunk
+    from puhui.ingest.key_index import KeyIndex
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, "a", range(1, 101))
+    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    (txn_id,) = [s for s, c in stored_columns(feed) if c.name == "txn_id"]
+    stored = pa.table({txn_id: pa.array([_txn(i) for i in range(51, 151)], pa.string())})
+    settings = text("SELECT current_setting('enable_hashjoin'), "
+                    "current_setting('enable_mergejoin'), current_setting('jit')")
+    with runtime.engine.connect() as conn:
+        # 100 keys indexed, 100 staged: the join is made to probe the index.
+        monkeypatch.setattr(key_index, "_PROBE_INDEX_RATIO", 1)
+        conn.execute(text("ANALYZE ingest_keys"))
+        conn.execute(text("SET enable_hashjoin = off"))  # the session's own choices
+        conn.execute(text("SET jit = on"))
+        conn.commit()
+        keys = KeyIndex(conn, feed, first.batch_id)
+        kept, dropped = keys.claim(PreparedChunk(stored, {}, np.arange(1, 101)))
+        assert (len(kept.row_numbers), dropped) == (50, 50)
+        assert tuple(conn.execute(settings).one()) == ("off", "on", "on")
+        conn.commit()
+        assert tuple(conn.execute(settings).one()) == ("off", "on", "on")
+        # Two rows of one key in a chunk (SeenKeys keeps that from happening): refused, not
+        # looped on.
+        twice = pa.table({txn_id: pa.array([_txn(i) for i in (60, 200, 200)], pa.string())})
+        with pytest.raises(RuntimeError, match="outside the feed's lock, or two keys in one"):
+            KeyIndex(conn, feed, first.batch_id).claim(
+                PreparedChunk(twice, {}, np.arange(1, 4)))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,10 @@ from sqlalchemy import ColumnElement, Engine, MetaData, Select, Table, func, sel
 from puhui.config import FeaturesConfig, FeatureSource
 from puhui.errors import PuhuiError
 from puhui.partitioning import Partition, bucket_of, in_bucket
+from puhui.warehouse.copy_out import copy_to_arrow, csv_convert_options
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
 
 EPOCH = pd.Timestamp("1970-01-01")
 
@@ -110,6 +115,21 @@ KEY_RANGE_PLAN = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mer
                   "enable_hashagg": "off", "enable_nestloop": "on"}
 
 
+@contextmanager
+def _copy_session(engine: Engine, key_range: bool = False) -> Iterator[Cursor]:
+    """A cursor of a connection of its own, set for the COPYs of ``read_frame``."""
+    with engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SET LOCAL TimeZone = 'UTC'")
+        # JIT compiling a scan costs ~0.2 s per query, more than a partition's read saves.
+        cursor.execute("SET LOCAL jit = off")
+        if key_range:
+            for setting, value in KEY_RANGE_PLAN.items():
+                cursor.execute(f"SET LOCAL {setting} = {value}")
+        yield cursor
+        conn.rollback()
+
+
 def copy_sql(engine: Engine, query: Select) -> str:
     """``query`` with its values written in, for a ``COPY`` (which takes no parameters)."""
     sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
@@ -119,36 +139,19 @@ def copy_sql(engine: Engine, query: Select) -> str:
         else sql
 
 
-@contextmanager
-def _copy_out(engine: Engine, query: Select, key_range: bool = False) -> Iterator[Iterable]:
-    """``COPY (query) TO STDOUT`` as CSV with a header, its blocks as they arrive."""
-    sql = copy_sql(engine, query)
-    with engine.connect() as conn:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute("SET LOCAL TimeZone = 'UTC'")
-        # JIT compiling a scan costs ~0.2 s per query, more than a partition's read saves.
-        cursor.execute("SET LOCAL jit = off")
-        if key_range:
-            for setting, value in KEY_RANGE_PLAN.items():
-                cursor.execute(f"SET LOCAL {setting} = {value}")
-        with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
-            yield copy
-        conn.rollback()
+def _column_types(query: Select) -> dict[str, pa.DataType]:
+    """The Arrow types a query's COPY CSV is parsed as (what psycopg would have returned)."""
+    return {c.name: _arrow_type(c) for c in query.selected_columns}
 
 
 def _csv_options(query: Select, block_size: int | None = None) -> dict[str, object]:
-    """How Arrow parses a query's COPY CSV into the types psycopg would have returned."""
-    columns = list(query.selected_columns)
-    read = pa_csv.ReadOptions(column_names=[c.name for c in columns], skip_rows=1)
+    """How Arrow parses a query's COPY CSV, with its header, into the types psycopg would
+    have returned."""
+    types = _column_types(query)
+    read = pa_csv.ReadOptions(column_names=list(types), skip_rows=1)
     if block_size:
         read.block_size = block_size
-    return {
-        "read_options": read,
-        # PostgreSQL's CSV: NULL is an empty unquoted field, an empty string is quoted.
-        "convert_options": pa_csv.ConvertOptions(
-            column_types={c.name: _arrow_type(c) for c in columns},
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
-    }
+    return {"read_options": read, "convert_options": csv_convert_options(types)}
 
 
 def read_frame(engine: Engine, query: Select, key_range: bool = False) -> pd.DataFrame:
@@ -164,12 +167,8 @@ def read_frame(engine: Engine, query: Select, key_range: bool = False) -> pd.Dat
     if engine.dialect.name != "postgresql":
         with engine.connect() as conn:
             return pd.read_sql_query(query, conn)
-    buffer = io.BytesIO()
-    with _copy_out(engine, query, key_range) as blocks:
-        for block in blocks:
-            buffer.write(block)
-    buffer.seek(0)
-    return pa_csv.read_csv(buffer, **_csv_options(query)).to_pandas()
+    with _copy_session(engine, key_range) as cursor:
+        return copy_to_arrow(cursor, copy_sql(engine, query), _column_types(query)).to_pandas()
 
 
 class _BlockReader(io.RawIOBase):
@@ -463,7 +462,8 @@ def scatter_phone_feeds(engine: Engine, spec: FeaturesConfig, register: Register
         target = directory / source.name
         target.mkdir(parents=True, exist_ok=True)
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-        with _copy_out(engine, query) as blocks:
+        with _copy_session(engine) as cursor, cursor.copy(
+                f"COPY ({copy_sql(engine, query)}) TO STDOUT (FORMAT csv, HEADER true)") as blocks:
             reader = pa_csv.open_csv(_BlockReader(blocks),
                                      **_csv_options(query, SCATTER_BLOCK_BYTES))
             for batch in reader:

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import io
 from datetime import date
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 from sqlalchemy import (
     ColumnElement,
     Engine,
@@ -61,6 +61,10 @@ from puhui.features.builder import (
 )
 from puhui.features.sources import _reflect, copy_sql, time_kind
 from puhui.partitioning import Partition
+from puhui.warehouse.copy_out import copy_to_arrow
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
 
 REQUESTS = "puhui_partition_requests"
 EPOCH = "DATE '1970-01-01'"
@@ -205,20 +209,8 @@ def latest_query(bounds: Bounds, source: FeatureSource) -> Select:
             .select_from(req.join(newest, true())))
 
 
-def _copy_out(cursor, sql: str, types: dict[str, pa.DataType]) -> pd.DataFrame:  # noqa: ANN001
-    buffer = io.BytesIO()
-    with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
-        for block in copy:
-            buffer.write(block)
-    buffer.seek(0)
-    frame = pa_csv.read_csv(
-        buffer,
-        read_options=pa_csv.ReadOptions(column_names=list(types), skip_rows=1),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=types, null_values=[""], strings_can_be_null=True,
-            quoted_strings_can_be_null=False),
-    ).to_pandas()
-    return frame.set_index(["person_key", "as_of"])
+def _copy_out(cursor: Cursor, sql: str, types: dict[str, pa.DataType]) -> pd.DataFrame:
+    return copy_to_arrow(cursor, sql, types).to_pandas().set_index(["person_key", "as_of"])
 
 
 def _copy_in_requests(cursor, requests: pd.DataFrame, bounds: Bounds) -> None:  # noqa: ANN001

@@ -683,13 +683,17 @@ class FileIngestor:
         ahead: ReadAhead[tuple[PreparedChunk, int, int]],
     ) -> FileOutcome:
         table = ensure_raw_table(self.runtime.engine, self.feed)
-        ensure_key_index(self.runtime, self.feed)
         rows = loaded = dropped = expectations_run = 0
         masked: Counter[str] = Counter()
         failures: list[FailedExpectation] = []
         checked_by: str | None = None  # the hash of the suite that ran (none: no rows)
         identity = self._identity(handle, landed, base)
+        # A first use's backfill or a rebuild commits on its own (its audit event must not
+        # hold the audit chain's lock through the load); the load checks again, under the
+        # feed's key lock.
+        ensure_key_index(self.runtime, self.feed)
         with self.runtime.engine.begin() as conn:
+            ensure_key_index(self.runtime, self.feed, conn)
             ledger.insert_batch(
                 conn,
                 **identity,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,6 +59,7 @@ from puhui.crashpoints import crash_point
 from puhui.ingest.contract import ARROW_TYPES
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
+from puhui.warehouse.copy_out import query_arrow
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import ingest_batches, ingest_key_backfills, ingest_keys
 
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("puhui.ingest")
 
 _BACKFILL_ROWS = 100_000
+_PROBE_INDEX_RATIO = 2  # index keys per staged key from which the join probes the index
 _LOADED = ("accepted", "released")
 
 try:  # psycopg's own error: the COPY path talks to the driver, not through SQLAlchemy
@@ -355,93 +356,163 @@ class KeyIndex:
             except _UNIQUE_VIOLATIONS:
                 pass
         _stage(conn, _STAGE, "key_hi bigint, key_lo bigint, value_hash bigint, row_number bigint")
-        bulk_insert(conn, _STAGE, claims.append_column(
-            "row_number", pa.array(np.asarray(chunk.row_numbers, dtype=np.int64)[order])))
-        repeated = conn.execute(text(
+        rows_in_order = np.asarray(chunk.row_numbers, dtype=np.int64)[order]
+        bulk_insert(conn, _STAGE, claims.append_column("row_number", pa.array(rows_in_order)))
+        # One join finds the repeats; the other rows' keys are then COPYed straight in as
+        # above: no key of theirs is in the index, and none can arrive before this commits
+        # (the feed's key lock). Measured (README "Performance"): the join's rows fetched as
+        # Python tuples and an INSERT ... WHERE NOT EXISTS (a second join) cost 2-3x this.
+        for attempt in range(2):
+            repeated = self._repeated(conn, len(rows_in_order))
+            row_numbers = repeated["row_number"].to_numpy()
+            fresh = ~np.isin(rows_in_order, row_numbers)
+            if not fresh.any():
+                break
+            try:
+                with conn.begin_nested():
+                    bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
+                                {"batch_id": self.batch_id})
+                break
+            except _UNIQUE_VIOLATIONS:
+                # The feed's key lock keeps other loads' keys out between the join and this
+                # COPY, so a key claimed outside that lock did it: committed now, the join
+                # finds it once more. Twice, it is two keys in one chunk (SeenKeys' job).
+                if attempt:
+                    raise RuntimeError(
+                        f"{self.feed.name}: key index: a key claimed outside the feed's lock, "
+                        "or two keys in one chunk") from None
+        self.repeats.rows += len(row_numbers)
+        self.repeats.same += int(pc.sum(repeated["same"]).as_py() or 0)
+        self.repeats.batches.update(pc.unique(repeated["batch_id"]).to_pylist())
+        keep = ~np.isin(chunk.row_numbers, row_numbers)
+        return chunk.take(keep), len(row_numbers)
+
+    def _repeated(self, conn: Connection, staged: int) -> pa.Table:
+        """The staged rows whose key the index has: row number, its batch, same values."""
+        # An index of twice the chunk or more is probed once per staged key: the planner's
+        # hash join reads all of it for every chunk, and the index grows with every feed's
+        # history. A smaller one is left to the planner, whose hash join is then as fast or
+        # faster (bench/bench_key_index_join.py: 337k staged keys, at 3M indexed 0.74 s
+        # probing against 1.37 s, at 674k even, at 100k 0.32 s against 0.21 s).
+        probes = conn.dialect.name == "postgresql" and conn.execute(text(
+            "SELECT reltuples FROM pg_class WHERE oid = 'ingest_keys'::regclass")
+        ).scalar_one() >= _PROBE_INDEX_RATIO * staged
+        if probes:
+            # Put back as they were once the join is done, for the rest of the transaction
+            # (SET LOCAL ends with it anyway): RESET would put the server's default over a
+            # value the caller's session chose.
+            before = conn.execute(text(
+                "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
+                "current_setting('jit')")).one()
+            # JIT off, as for the feature build's reads: its compiling would be paid per chunk.
+            for setting in ("enable_hashjoin = off", "enable_mergejoin = off", "jit = off"):
+                conn.execute(text(f"SET LOCAL {setting}"))
+        # Its rows as Arrow (COPY CSV on PostgreSQL): a Python tuple per row (the driver's
+        # way) cost more than the join for 500,000 repeats.
+        repeated = query_arrow(conn, (
             "SELECT s.row_number, k.batch_id, "
-            "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END "
+            "CASE WHEN k.value_hash = s.value_hash THEN 1 ELSE 0 END AS same "
             "FROM puhui_key_stage s JOIN ingest_keys k "
-            "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo")).all()
-        claimed = conn.execute(text(
-            "INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
-            "SELECT key_hi, key_lo, :batch_id, value_hash FROM puhui_key_stage s "
-            "WHERE NOT EXISTS (SELECT 1 FROM ingest_keys k "
-            "WHERE k.key_hi = s.key_hi AND k.key_lo = s.key_lo)"),
-            {"batch_id": self.batch_id}).rowcount
-        if claimed + len(repeated) != count:  # a key twice in one chunk: SeenKeys' job
-            raise RuntimeError(f"{self.feed.name}: {count - claimed - len(repeated)} row(s) "
-                               "of a chunk neither claimed nor repeating an earlier batch")
-        self.repeats.rows += len(repeated)
-        self.repeats.same += sum(int(r[2]) for r in repeated)
-        self.repeats.batches.update(r[1] for r in repeated)
-        keep = ~np.isin(chunk.row_numbers, np.array([r[0] for r in repeated], dtype=np.int64))
-        return chunk.take(keep), len(repeated)
+            "ON k.key_hi = s.key_hi AND k.key_lo = s.key_lo"),
+            {"row_number": pa.int64(), "batch_id": pa.string(), "same": pa.int64()})
+        if probes:
+            for name, value in zip(("enable_hashjoin", "enable_mergejoin", "jit"), before,
+                                   strict=True):
+                conn.execute(text("SELECT set_config(:name, :value, true)"),
+                             {"name": name, "value": value})
+        return repeated
 
 
 # --------------------------------------------------------------------------- backfill
-_indexed: set[tuple[str, str, str]] = set()
-_indexed_lock = threading.Lock()
-
-
 @dataclass(frozen=True)
 class Backfill:
     rows_indexed: int
     rows_repeated: int
 
 
-def ensure_key_index(runtime: Runtime, feed: PartnerFeed) -> Backfill | None:
+def ensure_key_index(
+    runtime: Runtime, feed: PartnerFeed, conn: Connection | None = None
+) -> Backfill | None:
     """Index the feed's existing raw rows (warehouses from before 0008), or index them again
     when the feed's key definition changed since they were indexed; None when the index is
-    current. Call before loading rows of ``feed``.
+    current.
 
-    One transaction per feed, holding the feed's key lock: a kill -9 midway leaves nothing,
-    and the next load does it again from the start. Rows are read in chunks of
-    ``_BACKFILL_ROWS`` (a server-side cursor on PostgreSQL), so memory stays bounded.
+    Without ``conn``: in a transaction of its own, logged once committed. Callers that load
+    rows call it so before their load's transaction, then again with the load's ``conn``:
+    that check holds the feed's key lock until the load commits (another process with
+    another definition may rebuild the index at any time before: a check in a transaction of
+    its own, or remembered by the process, let this load claim keys hashed one way into an
+    index hashed the other). When current it only reads (one indexed read). A rebuild left
+    to the load's transaction (another process changed the definition between the two calls)
+    appends its audit event there, holding the audit chain's lock until the load commits:
+    hence the first call, which does the usual rebuild without it.
+
+    Under the feed's key lock, in one transaction: a kill -9 midway leaves nothing, and the
+    next load does it again from the start. Rows are read in chunks of ``_BACKFILL_ROWS`` (a
+    server-side cursor on PostgreSQL), so memory stays bounded.
     """
-    engine = runtime.engine
     definition = key_definition(feed)
-    marker = (engine.url.render_as_string(hide_password=True), feed.name, definition)
-    with _indexed_lock:
-        if marker in _indexed:
-            return None
-    done, rebuilt = None, False
-    with engine.begin() as conn:
-        _lock_keys(conn, feed)
-        where = ingest_key_backfills.c.partner == feed.name
-        recorded = conn.execute(select(ingest_key_backfills.c.key_definition).where(where)
-                                ).scalars().first()
-        if recorded != definition:
-            if recorded is not None:
-                # Entries hashed under the old definition match no key hashed now: every
-                # resent row would load again. The raw table has every loaded row, so the
-                # index is built from it again, as a first use builds it.
-                rebuilt = True
-                conn.execute(delete(ingest_keys).where(ingest_keys.c.batch_id.in_(
-                    select(ingest_batches.c.batch_id).where(
-                        ingest_batches.c.partner == feed.name))))
-                conn.execute(delete(ingest_key_backfills).where(where))
-            done = _backfill(conn, feed)
-            conn.execute(insert(ingest_key_backfills).values(
-                partner=feed.name, key_definition=definition, rows_indexed=done.rows_indexed,
-                rows_repeated=done.rows_repeated, built_at=pd.Timestamp.now(tz="UTC")))
-            if done.rows_indexed or rebuilt:
-                runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
-                    "partner": feed.name, "rows_indexed": done.rows_indexed,
-                    "rows_repeated": done.rows_repeated, "key_definition": definition,
-                    "rebuilt": rebuilt})
-    with _indexed_lock:
-        _indexed.add(marker)
+    if conn is not None:
+        made = _make_current(runtime, conn, feed, definition)
+    else:
+        with runtime.engine.connect() as peek:  # no lock: the usual case is current
+            if _recorded(peek, feed) == definition:
+                return None
+        with runtime.engine.begin() as own:
+            made = _make_current(runtime, own, feed, definition)
+    if made is None:
+        return None
+    done, rebuilt = made
+    _log_rebuild(feed, done, rebuilt, committed=conn is None)
+    return done
+
+
+def _recorded(conn: Connection, feed: PartnerFeed) -> str | None:
+    return conn.execute(select(ingest_key_backfills.c.key_definition)
+                        .where(ingest_key_backfills.c.partner == feed.name)).scalars().first()
+
+
+def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
+                  definition: str) -> tuple[Backfill, bool] | None:
+    _lock_keys(conn, feed)
+    recorded = _recorded(conn, feed)
+    if recorded == definition:
+        return None
+    rebuilt = recorded is not None
+    if rebuilt:
+        # Entries hashed under the old definition match no key hashed now: every resent
+        # row would load again. The raw table has every loaded row, so the index is built
+        # from it again, as a first use builds it.
+        conn.execute(delete(ingest_keys).where(ingest_keys.c.batch_id.in_(
+            select(ingest_batches.c.batch_id).where(ingest_batches.c.partner == feed.name))))
+        conn.execute(delete(ingest_key_backfills)
+                     .where(ingest_key_backfills.c.partner == feed.name))
+    done = _backfill(conn, feed)
+    conn.execute(insert(ingest_key_backfills).values(
+        partner=feed.name, key_definition=definition, rows_indexed=done.rows_indexed,
+        rows_repeated=done.rows_repeated, built_at=pd.Timestamp.now(tz="UTC")))
+    if done.rows_indexed or rebuilt:
+        runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
+            "partner": feed.name, "rows_indexed": done.rows_indexed,
+            "rows_repeated": done.rows_repeated, "key_definition": definition,
+            "rebuilt": rebuilt})
+    return done, rebuilt
+
+
+def _log_rebuild(feed: PartnerFeed, done: Backfill, rebuilt: bool, *, committed: bool) -> None:
+    """Once committed; in a load's transaction, said as under way (a rollback undoes it)."""
     if rebuilt:
         _log.warning(
             "%s: key definition changed (primary key %s, its types or treatment): key index "
-            "rebuilt from %s, %s row(s)", feed.name, ", ".join(feed.primary_key),
-            feed.raw_table, f"{done.rows_indexed:,}")  # type: ignore[union-attr]
-    if done is not None and done.rows_repeated:
+            "%s from %s, %s row(s)", feed.name, ", ".join(feed.primary_key),
+            "rebuilt" if committed else "rebuilding, with this load,", feed.raw_table,
+            f"{done.rows_indexed:,}")
+    if done.rows_repeated:
         _log.warning(
             "%s: %s row(s) of %s repeat a primary key (%s) of an earlier batch: loaded "
-            "twice before the key index; the index keeps the first batch's", feed.name,
-            f"{done.rows_repeated:,}", feed.raw_table, ", ".join(feed.primary_key))
-    return done
+            "twice before the key index; the index %s the first batch's", feed.name,
+            f"{done.rows_repeated:,}", feed.raw_table, ", ".join(feed.primary_key),
+            "keeps" if committed else "being built with this load keeps")
 
 
 def _backfill(conn: Connection, feed: PartnerFeed) -> Backfill:

@@ -146,8 +146,8 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
         raise PuhuiError(f"no batch {batch_id!r} in the ledger")
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(record.partner)
     table = ensure_raw_table(engine, feed)
-    ensure_key_index(runtime, feed)
     copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
+    ensure_key_index(runtime, feed)  # a backfill commits on its own; checked again below
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
         if not copy.exists():
@@ -155,6 +155,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 f"batch {batch_id} could not be read when it landed "
                 f"({short_reason(record.reason, 120)}); it can only be rejected (reject-only)"
             )
+        ensure_key_index(runtime, feed, conn)
         loaded, dropped, warnings = _load_copy(conn, table, feed, record, copy)
         # The hold's failures stay on record; what the load left out is added to them.
         ledger.update_batch(
@@ -252,9 +253,10 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
         return Revalidation(ledger.get_batch(engine, batch_id), False, True,  # type: ignore[arg-type]
                             feed.suite, suite_hash, [f.description for f in critical], warnings)
     table = ensure_raw_table(engine, feed)
-    ensure_key_index(runtime, feed)
+    ensure_key_index(runtime, feed)  # a backfill commits on its own; checked again below
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
+        ensure_key_index(runtime, feed, conn)
         loaded, dropped, load_warnings = _load_copy(conn, table, feed, record, copy)
         warnings += [scrub_text(w) for w in load_warnings]
         ledger.update_batch(

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -30,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from puhui.config import PartnerFeed
 from puhui.errors import PuhuiError
 from puhui.landing import local_mtime_ns
+from puhui.privacy import safe_name
 
 # ~330k payment rows per chunk: the ingest pipelines chunks (prepare the next while one loads),
 # so small chunks start the COPY sooner and bound memory; each costs ~0.1 s of GX overhead.
@@ -371,36 +374,137 @@ def _iter_jsonl(handle: FileHandle, header: list[str], block_bytes: int) -> Iter
                 yield _parse_jsonl_block(block[:cut], header)
 
 
-# Rows read first to measure their decoded width.
-_PARQUET_SAMPLE_ROWS = 1_024
-
-
 def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
-    """Row batches of about ``block_bytes`` decompressed, sized from the wider of the footer's
-    row-group sizes and a first batch's decoded rows: a file of a megabyte can hold gigabytes
-    of repetitive text (1.3 MB of zstd held 400 MB), and a batch of a million such rows took
-    the process's memory. The footer alone is not enough: its sizes are after dictionary
-    encoding (a million copies of one 400-byte string: 43 KB on disk, ~42 KB in the footer,
-    400 MB decoded)."""
+    """Tables of at most ``block_bytes`` decoded, measured before anything wide is decoded.
+
+    A file of a megabyte can hold gigabytes of repetitive text (1.3 MB of zstd held 400 MB),
+    and the footer's sizes are after dictionary encoding (a million copies of one 400-byte
+    string: 43 KB on disk, ~42 KB in the footer, 400 MB decoded), so neither the footer nor a
+    sample of rows bounds a batch: narrow first rows hid wide later ones, and a 1,024-row
+    sample of 8 distinct 100 KB values decoded to 100 MB. Text columns the file stores as
+    dictionaries are read as dictionaries (indices and the distinct values), each row's
+    decoded width is summed from its values' lengths, and the rows are cut into slices of at
+    most ``block_bytes`` before a slice is decoded. A value or a row wider than the block is
+    held, named by its column, and never decoded.
+    """
     parquet = pq.ParquetFile(_source(handle))
     meta = parquet.metadata
-    widest = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
-                  for i in range(meta.num_row_groups)), default=0.0)
-    if meta.num_rows:
-        sample = next(parquet.iter_batches(batch_size=_PARQUET_SAMPLE_ROWS), None)
-        if sample is not None and sample.num_rows:
-            # A column Arrow's own writer stored as dictionary is read back as one, and
-            # widens to its values when the chunk is cast to text.
-            decoded = sum(c.cast(c.type.value_type).nbytes if pa.types.is_dictionary(c.type)
-                          else c.nbytes for c in sample.columns)
-            widest = max(widest, decoded / sample.num_rows)
-    if widest > block_bytes:
-        raise UnreadableFile(
-            f"rows of {widest / (1 << 20):,.1f} MB each once decompressed: over the "
-            f"{block_bytes / (1 << 20):,.0f} MB read block")
-    rows = int(min(1_000_000, max(1, block_bytes // max(widest, 1.0))))
-    for batch in parquet.iter_batches(batch_size=rows):
-        yield pa.Table.from_batches([batch])
+    if coded := _dictionary_columns(meta):
+        parquet = pq.ParquetFile(_source(handle), read_dictionary=coded)
+    # Slices are joined up to the block: read as dictionaries, each row group comes apart (a
+    # file of 20-row groups gave 20-row chunks, each paying the ingest's per-chunk costs).
+    pending: list[pa.Table] = []
+    pending_bytes = pending_rows = 0
+    for group in range(meta.num_row_groups):
+        rows = _rows_per_read(meta.row_group(group), set(coded), block_bytes)
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]) if rows else ():
+            for piece, width in _decoded_slices(batch, block_bytes):
+                if pending and (pending_bytes + width > block_bytes
+                                or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
+                    yield _joined(pending)
+                    pending, pending_bytes, pending_rows = [], 0, 0
+                pending.append(piece)
+                pending_bytes += width
+                pending_rows += piece.num_rows
+    if pending:
+        yield _joined(pending)
+
+
+_PARQUET_MAX_ROWS = 1_000_000
+
+
+def _joined(tables: list[pa.Table]) -> pa.Table:
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
+
+
+def _dictionary_columns(meta: pq.FileMetaData) -> list[str]:
+    """Top-level text columns with a dictionary page in some row group. Only those are read
+    as dictionaries: Arrow builds the dictionary of a plain column by hashing every value."""
+    text = set()
+    for field in meta.schema.to_arrow_schema():
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if _is_text(kind):
+            text.add(field.name)
+    return sorted({
+        column.path_in_schema
+        for group in map(meta.row_group, range(meta.num_row_groups))
+        for column in map(group.column, range(group.num_columns))
+        if column.has_dictionary_page and column.path_in_schema in text
+    })
+
+
+def _too_wide(
+    what: str, size: float, block_bytes: int, how: str = "once decoded"
+) -> UnreadableFile:
+    return UnreadableFile(f"{what} of {size / (1 << 20):,.1f} MB {how}: over the "
+                          f"{block_bytes / (1 << 20):,.0f} MB read block")
+
+
+def _rows_per_read(group: pq.RowGroupMetaData, coded: set[str], block_bytes: int) -> int:
+    """Rows per read of a row group: the block over the footer's average row (a dictionary
+    column's footer size is about what is read: its indices and its distinct values).
+
+    A plain column whose footer size per row is over the block holds a value wider than the
+    block: held before it is decoded.
+    """
+    if not group.num_rows:
+        return 0
+    for column in map(group.column, range(group.num_columns)):
+        each = column.total_uncompressed_size / group.num_rows
+        if each > block_bytes and column.path_in_schema not in coded:
+            raise _too_wide(f"a value in {safe_name(column.path_in_schema)}", each,
+                            block_bytes, "or more once decompressed")
+    width = max(group.total_byte_size / group.num_rows, 1.0)
+    return int(min(_PARQUET_MAX_ROWS, group.num_rows, max(1, block_bytes // width)))
+
+
+def _decoded_slices(
+    batch: pa.RecordBatch, block_bytes: int
+) -> Iterator[tuple[pa.Table, int]]:
+    """``batch`` cut into tables of at most ``block_bytes`` decoded, each decoded only then;
+    with its decoded bytes."""
+    widths = np.zeros(batch.num_rows, dtype=np.int64)
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        cells = _cell_widths(column)
+        if (widest := int(cells.max(initial=0))) > block_bytes:
+            raise _too_wide(f"a value in {safe_name(name)}", widest, block_bytes)
+        widths += cells
+    if (widest := int(widths.max(initial=0))) > block_bytes:
+        raise _too_wide("a row", widest, block_bytes)
+    ends = np.cumsum(widths)
+    start = 0
+    while start < batch.num_rows:
+        before = int(ends[start - 1]) if start else 0
+        stop = int(np.searchsorted(ends, before + block_bytes, side="right"))
+        piece = batch.slice(start, stop - start)  # stop > start: no row is over the block
+        yield pa.Table.from_arrays(
+            [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c
+             for c in piece.columns],
+            names=piece.schema.names,
+        ), int(ends[stop - 1]) - before
+        start = stop
+
+
+def _cell_widths(column: pa.Array) -> np.ndarray:
+    """Each row's bytes in ``column`` once decoded; a dictionary's from its values' lengths."""
+    dictionary = pa.types.is_dictionary(column.type)
+    values = column.dictionary if dictionary else column
+    if _is_text(values.type):
+        lengths = pc.binary_length(values)
+        if dictionary:
+            lengths = pc.take(lengths, column.indices)
+        # + 4: each value's offset
+        return lengths.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64) + 4
+    try:
+        each = max(values.type.bit_width // 8, 1)
+    except ValueError:  # nested: its size as read, spread over its rows (plain: footer-bound)
+        each = column.nbytes // max(len(column), 1)
+    return np.full(len(column), each, dtype=np.int64)
 
 
 def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:

@@ -1,0 +1,92 @@
+"""Reading a 1M-row Parquet file of product events through the ingest's reader
+(``iter_file_chunks``: text columns stored as dictionaries read as dictionaries, each slice's
+decoded width measured before it is decoded), against Arrow's plain ``iter_batches`` of the
+same file at the same batch size, which measures nothing.
+
+Two files: as Arrow writes by default (dictionary pages, falling back to plain for the
+unique event ids) and with no dictionary at all. Prints a table and writes
+bench/results/parquet-read.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from bench.results_file import machine_facts, write_results  # noqa: E402
+from puhui.config import PartnersConfig, load_config  # noqa: E402
+from puhui.ingest.reading import READ_BLOCK_BYTES, iter_file_chunks, open_landed_file  # noqa: E402
+from puhui.settings import repo_root  # noqa: E402
+
+ROWS = 1_000_000
+
+
+def _events(rows: int) -> pa.Table:
+    rng = np.random.default_rng(7)
+    start = np.datetime64("2026-09-30T00:00:00", "us")
+    return pa.table({
+        "event_id": pa.array([f"EV{i:012d}" for i in range(rows)]),
+        "customer_id": pa.array([f"C{x:08d}" for x in rng.integers(0, 200_000, rows)]),
+        "event_time": pa.array(start + rng.integers(0, 86_400_000_000, rows).astype(
+            "timedelta64[us]")),
+        "product_code": pa.array(rng.choice(["P01", "P02", "P03", "P04", "P05"], rows)),
+        "scenario": pa.array(rng.choice(["app", "sms", "branch"], rows)),
+        "event_type": pa.array(rng.choice(["impression", "click", "application", "uptake"],
+                                          rows)),
+    })
+
+
+def _best(func, repeat: int) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    args = parser.parse_args()
+    repeat = 3 if args.quick else 7
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    table = _events(ROWS)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for label, dictionary in [("Arrow's default (dictionary)", True),
+                                  ("no dictionary", False)]:
+            path = Path(folder) / f"events-{dictionary}.parquet"
+            pq.write_table(table, path, use_dictionary=dictionary)
+            handle = open_landed_file(str(path))
+            batch = READ_BLOCK_BYTES // max(
+                pq.ParquetFile(path).metadata.row_group(0).total_byte_size // ROWS, 1)
+
+            def ours(h=handle) -> int:  # noqa: ANN001
+                return sum(t.num_rows for t in iter_file_chunks(h, feed, table.column_names))
+
+            def plain(p=path, b=batch) -> int:  # noqa: ANN001
+                return sum(b.num_rows for b in pq.ParquetFile(p).iter_batches(batch_size=b))
+
+            assert ours() == plain() == ROWS
+            reader = _best(ours, repeat)
+            arrow = _best(plain, repeat)
+            rows.append({"file": label, "mb": round(path.stat().st_size / 2**20, 1),
+                         "reader_s": round(reader, 3), "iter_batches_s": round(arrow, 3)})
+            print(f"{label:30} {path.stat().st_size / 2**20:5.1f} MB  reader {reader:6.3f} s  "
+                  f"iter_batches {arrow:6.3f} s")
+    write_results("parquet-read", {"machine": machine_facts(), "rows": ROWS, "table": rows},
+                  args.quick)
+
+
+if __name__ == "__main__":
+    main()
