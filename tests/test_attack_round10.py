@@ -520,8 +520,9 @@ def test_a_feed_with_no_primary_key_is_refused_in_one_line(tmp_path: Path) -> No
     path.write_text((repo_root() / "configs" / "partners.yaml").read_text().replace(
         "primary_key: [txn_id]", "primary_key: []", 1))
     with pytest.raises(PuhuiError, match=r"feed 'mobile_payments': primary_key names no "
-                                         r"column: every feed needs a key"):
+                                         r"column: every feed needs a key") as refused:
         load_config_file(path, PartnersConfig)
+    assert "\n" not in str(refused.value)  # one line
 
 
 # Tried: kill -9 while a file's load builds the index on first use (a warehouse from before
