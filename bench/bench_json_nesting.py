@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow as pa  # noqa: E402
 import pyarrow.json as pa_json  # noqa: E402
 
-from bench.results_file import machine_facts, write_results  # noqa: E402
+from bench.results_file import best_of, machine_facts, write_results  # noqa: E402
 from puhui.ingest.reading import READ_BLOCK_BYTES, _check_nesting  # noqa: E402
 
 
@@ -35,15 +34,6 @@ def _block(every: int) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def _best(func, repeat: int) -> float:  # noqa: ANN001
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
@@ -53,8 +43,8 @@ def main() -> None:
     for label, every in [("no brackets", 0), ("[urgent] in 1 note in 1,000", 1000),
                          ("[urgent] in every note", 1)]:
         block = _block(every)
-        check = _best(lambda b=block: _check_nesting(b), repeat)
-        parse = _best(lambda b=block: pa_json.read_json(
+        check = best_of(lambda b=block: _check_nesting(b), repeat)
+        parse = best_of(lambda b=block: pa_json.read_json(
             pa.py_buffer(b), read_options=pa_json.ReadOptions(
                 use_threads=False, block_size=len(b) + 1)), min(repeat, 3))
         rows.append({"block": label, "mb": round(len(block) / 2**20, 1),

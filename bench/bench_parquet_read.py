@@ -1,7 +1,7 @@
 """Reading a 1M-row Parquet file of product events through the ingest's reader
-(``iter_file_chunks``: text columns stored as dictionaries read as dictionaries, each slice's
-decoded width measured before it is decoded), against Arrow's plain ``iter_batches`` of the
-same file at the same batch size, which measures nothing.
+(``iter_file_chunks``: reads sized from the footer, the schema's widths and each dictionary
+page's longest value, each chunk's decoded width measured), against Arrow's plain
+``iter_batches`` of the same file at the footer's batch size, which measures nothing.
 
 Two files: as Arrow writes by default (dictionary pages, falling back to plain for the
 unique event ids) and with no dictionary at all. Prints a table and writes
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from bench.results_file import machine_facts, write_results  # noqa: E402
+from bench.results_file import best_of, machine_facts, write_results  # noqa: E402
 from puhui.config import PartnersConfig, load_config  # noqa: E402
 from puhui.ingest.reading import READ_BLOCK_BYTES, iter_file_chunks, open_landed_file  # noqa: E402
 from puhui.settings import repo_root  # noqa: E402
@@ -43,15 +42,6 @@ def _events(rows: int) -> pa.Table:
         "event_type": pa.array(rng.choice(["impression", "click", "application", "uptake"],
                                           rows)),
     })
-
-
-def _best(func, repeat: int) -> float:  # noqa: ANN001
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -78,8 +68,8 @@ def main() -> None:
                 return sum(b.num_rows for b in pq.ParquetFile(p).iter_batches(batch_size=b))
 
             assert ours() == plain() == ROWS
-            reader = _best(ours, repeat)
-            arrow = _best(plain, repeat)
+            reader = best_of(ours, repeat)
+            arrow = best_of(plain, repeat)
             rows.append({"file": label, "mb": round(path.stat().st_size / 2**20, 1),
                          "reader_s": round(reader, 3), "iter_batches_s": round(arrow, 3)})
             print(f"{label:30} {path.stat().st_size / 2**20:5.1f} MB  reader {reader:6.3f} s  "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,3 +26,14 @@ def write_results(name: str, result: dict, quick: bool) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")
     return path
+
+
+def best_of(func: Callable[[], object], repeat: int) -> float:
+    """Seconds of the fastest of ``repeat`` runs of ``func`` (the one least slowed by other
+    work on a shared machine)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return min(times)

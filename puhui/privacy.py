@@ -72,25 +72,41 @@ def replace_identifiers(text: str, replace: Callable[[str], str]) -> str:
 
 # The password of a URL (scheme://user:password@host): a library's error may quote the URL
 # it was given (MLflow: "unsupported URI 'postgres://app:...@db/mlflow'"). Up to the '@',
-# '/' included: SQLAlchemy reads `app:ab/cd@db` as password `ab/cd`. A URL's port and path
+# '/' included: SQLAlchemy reads `app:ab/cd@db` as password `ab/cd`; and on to the last '@'
+# before the next '/' (urllib reads `app:p@ss@db` as password `p@ss`). A URL's port and path
 # followed by an '@' is scrubbed too (more than needed, never less). A password may hold
 # spaces (SQLAlchemy reads `app:pa ss@db` as `pa ss`): up to the first '@' on the line, at
-# most 128 characters, not across another URL, and not when what follows the ':' reads as a
-# port and a word (`http://localhost:5000 failed; mail ops@corp` is prose, not a password).
+# most 128 characters, not across another URL nor a '(', ')' or ';', and not when what
+# follows the ':' reads as a port and a word (`http://localhost:5000 failed; mail ops@corp`
+# is prose). The user part holds no '[' or ']' (`http://[::1]:5000` is a host).
+# Linear by construction: a scheme starts only where a run of scheme characters starts (the
+# look-behind) and is at most 32 long, and each password branch looks at most 256 characters
+# ahead, so each place a match is tried costs a bounded scan (user parts end at a ':' or '/',
+# so those of different tries do not overlap); `"a" * 40000` cost 1.5 s before, quadratic.
 _URL_PASSWORD = re.compile(
-    r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:)"
-    r"(?:[^\s@]+|(?!\d+(?:[\s/?#]|$))[^\s@](?:(?!://)[^@\r\n]){0,127})(@)")
+    r"((?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/:@\[\]]*:)"
+    r"(?:[^\s@]{1,256}|(?!\d+(?:[\s/?#]|$))[^\s@();](?:(?!://)[^@\r\n();]){0,127})"
+    r"(?:@[^\s/@]{0,256}(?=@))*(@)")
 # A password given as a query parameter (`?password=...`, `&pwd=...`, `passwd=`: drivers
-# accept each) or as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`), where libpq
-# quotes a value with spaces (`password='pa ss'`, `\'` inside).
+# accept each) or as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`). libpq allows
+# spaces around '=' and quotes a value with spaces (`password='pa ss'`, `\'` inside; an
+# unterminated quote runs to the line's end); ODBC braces one (`PWD={pa ss;word}`). After a
+# '?', '&' or ';' (or first on a line) an unquoted value runs to the next '&', '#', ';' or
+# line end, spaces included (`?password=s3 cr3t`); after a space, to the next space.
+_QUOTED_OR_BRACED = r"'(?:[^'\\\r\n]|\\.)*'?|\{(?:\}\}|[^}\r\n])*\}?"
 _QUERY_PASSWORD = re.compile(
-    r"(?i)((?:^|[?&\s;])(?:password|passwd|pwd)=)(?:'(?:[^'\\\r\n]|\\.)*'|[^&\s#;]+)")
+    r"(?im)((?:^|[?&;])(?:password|passwd|pwd)[ \t]*=[ \t]*)"
+    r"(?:" + _QUOTED_OR_BRACED + r"|[^&#;\r\n]{1,256})")
+_KEYWORD_PASSWORD = re.compile(
+    r"(?i)((?<=\s)(?:password|passwd|pwd)[ \t]*=[ \t]*)"
+    r"(?:" + _QUOTED_OR_BRACED + r"|[^&\s#;]{1,256})")
 
 
 def scrub_text(text: str) -> str:
     """``text`` with every identifier-shaped substring replaced by its masked shape, and the
     password of any URL in it (before its '@' or as a query parameter) by ``***``."""
-    text = _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\2", text))
+    text = _URL_PASSWORD.sub(r"\1***\2", text)
+    text = _KEYWORD_PASSWORD.sub(r"\1***", _QUERY_PASSWORD.sub(r"\1***", text))
     return replace_identifiers(text, mask_shape)
 
 

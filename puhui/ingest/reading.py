@@ -375,46 +375,80 @@ def _iter_jsonl(handle: FileHandle, header: list[str], block_bytes: int) -> Iter
 
 
 def _iter_parquet(handle: FileHandle, block_bytes: int) -> Iterator[pa.Table]:
-    """Tables of at most ``block_bytes`` decoded, measured before anything wide is decoded.
+    """Tables of at most ``block_bytes`` decoded, each read sized from the footer and the
+    schema before it is decoded.
 
     A file of a megabyte can hold gigabytes of repetitive text (1.3 MB of zstd held 400 MB),
-    and the footer's sizes are after dictionary encoding (a million copies of one 400-byte
-    string: 43 KB on disk, ~42 KB in the footer, 400 MB decoded), so neither the footer nor a
-    sample of rows bounds a batch: narrow first rows hid wide later ones, and a 1,024-row
-    sample of 8 distinct 100 KB values decoded to 100 MB. Text columns the file stores as
-    dictionaries are read as dictionaries (indices and the distinct values), each row's
-    decoded width is summed from its values' lengths, and the rows are cut into slices of at
-    most ``block_bytes`` before a slice is decoded. A value or a row wider than the block is
-    held, named by its column, and never decoded.
+    and the footer's sizes are after encoding (a million copies of one 400-byte string: 43 KB
+    on disk, ~42 KB in the footer, 400 MB decoded; a constant int64 column: bytes in the
+    footer, 8 MB decoded per million rows), so a read is sized from the widest of: the
+    footer's average row, the schema's fixed widths (8 bytes an int64, 4 a text value's
+    offset) and, per row group, the longest value of each dictionary page (decoded alone).
+    When those longest values would make reads small, the row group's dictionary columns are
+    read as dictionaries and cut by their values' lengths before they are decoded. A column
+    chunk over ``_CHUNK_BLOCKS`` blocks decompressed (the footer says), a nested column, or
+    a value or a row over the block is held, named by its column, before it is decoded.
     """
-    parquet = pq.ParquetFile(_source(handle))
-    meta = parquet.metadata
-    if coded := _dictionary_columns(meta):
-        parquet = pq.ParquetFile(_source(handle), read_dictionary=coded)
-    # Slices are joined up to the block: read as dictionaries, each row group comes apart (a
-    # file of 20-row groups gave 20-row chunks, each paying the ingest's per-chunk costs).
-    pending: list[pa.Table] = []
-    pending_bytes = pending_rows = 0
-    for group in range(meta.num_row_groups):
-        rows = _rows_per_read(meta.row_group(group), set(coded), block_bytes)
-        for batch in parquet.iter_batches(batch_size=rows, row_groups=[group]) if rows else ():
-            for piece, width in _decoded_slices(batch, block_bytes):
-                if pending and (pending_bytes + width > block_bytes
-                                or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
-                    yield _joined(pending)
-                    pending, pending_bytes, pending_rows = [], 0, 0
-                pending.append(piece)
-                pending_bytes += width
-                pending_rows += piece.num_rows
-    if pending:
-        yield _joined(pending)
+    source = _source(handle)
+    readers: dict[tuple[str, ...], pq.ParquetFile] = {}
+    try:
+        readers[()] = pq.ParquetFile(source)
+        meta, schema = readers[()].metadata, readers[()].schema_arrow
+        _refuse_nested(schema)
+        pending: list[pa.Table] = []
+        pending_bytes = pending_rows = 0
+        for group in range(meta.num_row_groups):
+            rows, coded = _plan_read(readers, source, meta, schema, group, block_bytes)
+            if not rows:
+                continue
+            if coded not in readers:
+                readers[coded] = pq.ParquetFile(source, metadata=meta, read_dictionary=coded)
+            # One thread: decoding the columns at once held 125-200 MB (varying run to run)
+            # for a 26 MB read of 60 int64 columns, one thread 125 MB every time.
+            for batch in readers[coded].iter_batches(batch_size=rows, row_groups=[group],
+                                                     use_threads=False):
+                for piece, width in _decoded_slices(batch, block_bytes):
+                    # Joined up to the block: a file of 20-row groups came as 20-row chunks,
+                    # each paying the ingest's per-chunk costs.
+                    if pending and (pending_bytes + width > block_bytes
+                                    or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
+                        yield _joined(pending)
+                        pending, pending_bytes, pending_rows = [], 0, 0
+                    pending.append(piece)
+                    pending_bytes += width
+                    pending_rows += piece.num_rows
+                    if pending_bytes + width > block_bytes:
+                        # Another piece like it would not fit: handed on now, not kept
+                        # through the next read (a third block alive at once).
+                        yield _joined(pending)
+                        pending, pending_bytes, pending_rows = [], 0, 0
+        if pending:
+            yield _joined(pending)
+    finally:
+        for reader in readers.values():
+            reader.close()
+        if not isinstance(source, str):
+            source.close()
 
 
 _PARQUET_MAX_ROWS = 1_000_000
+# A column chunk's decompressed size (in the footer) bounds what any read of it decodes,
+# plain pages and dictionary page alike; over this many blocks it is held unread.
+_CHUNK_BLOCKS = 4
+# Reads of fewer rows than this (a rare long value sets the width) read the row group's
+# dictionary columns as dictionaries instead, cut by their values' lengths.
+_PLAIN_MIN_ROWS = 10_000
+_OFFSET = 4  # bytes of a text value's offset
+_LEVELS = 2  # bytes per row of every column while Arrow decodes it (its definition levels)
+_INDEX = 8  # bytes per row of a column read as a dictionary (index, and its offset decoded)
 
 
 def _joined(tables: list[pa.Table]) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+
+
+def _value_type(kind: pa.DataType) -> pa.DataType:
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -422,20 +456,20 @@ def _is_text(kind: pa.DataType) -> bool:
             or pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
 
 
-def _dictionary_columns(meta: pq.FileMetaData) -> list[str]:
-    """Top-level text columns with a dictionary page in some row group. Only those are read
-    as dictionaries: Arrow builds the dictionary of a plain column by hashing every value."""
-    text = set()
-    for field in meta.schema.to_arrow_schema():
-        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-        if _is_text(kind):
-            text.add(field.name)
-    return sorted({
-        column.path_in_schema
-        for group in map(meta.row_group, range(meta.num_row_groups))
-        for column in map(group.column, range(group.num_columns))
-        if column.has_dictionary_page and column.path_in_schema in text
-    })
+def _refuse_nested(schema: pa.Schema) -> None:
+    """Contract columns are flat (string, int, float, bool, date, timestamp): a list, struct
+    or map column can be no contract's, and its decoded size is not bounded by its rows."""
+    for field in schema:
+        if pa.types.is_nested(_value_type(field.type)):
+            raise UnreadableFile(f"{safe_name(field.name)} is a nested column "
+                                 "(list, struct or map): the contract's columns are flat")
+
+
+def _fixed_width(kind: pa.DataType) -> int:
+    try:
+        return max(kind.bit_width // 8, 1)
+    except ValueError:  # null: no values
+        return 0
 
 
 def _too_wide(
@@ -445,22 +479,68 @@ def _too_wide(
                           f"{block_bytes / (1 << 20):,.0f} MB read block")
 
 
-def _rows_per_read(group: pq.RowGroupMetaData, coded: set[str], block_bytes: int) -> int:
-    """Rows per read of a row group: the block over the footer's average row (a dictionary
-    column's footer size is about what is read: its indices and its distinct values).
-
-    A plain column whose footer size per row is over the block holds a value wider than the
-    block: held before it is decoded.
-    """
-    if not group.num_rows:
-        return 0
-    for column in map(group.column, range(group.num_columns)):
-        each = column.total_uncompressed_size / group.num_rows
-        if each > block_bytes and column.path_in_schema not in coded:
+def _plan_read(
+    readers: dict[tuple[str, ...], pq.ParquetFile], source: Any, meta: pq.FileMetaData,
+    schema: pa.Schema, group: int, block_bytes: int,
+) -> tuple[int, tuple[str, ...]]:
+    """Rows per read of row group ``group``, and the columns to read as dictionaries."""
+    part = meta.row_group(group)
+    if not part.num_rows:
+        return 0, ()
+    fixed = _LEVELS * part.num_columns
+    longest: dict[str, int] = {}
+    for index in range(part.num_columns):
+        column, kind = part.column(index), _value_type(schema.field(index).type)
+        if column.total_uncompressed_size > _CHUNK_BLOCKS * block_bytes:
+            raise UnreadableFile(
+                f"a column chunk of {safe_name(column.path_in_schema)} of "
+                f"{column.total_uncompressed_size / (1 << 20):,.1f} MB decompressed (its "
+                f"footer says): over {_CHUNK_BLOCKS} times the "
+                f"{block_bytes / (1 << 20):,.0f} MB read block")
+        if not column.has_dictionary_page and (
+                each := column.total_uncompressed_size / part.num_rows) > block_bytes:
             raise _too_wide(f"a value in {safe_name(column.path_in_schema)}", each,
                             block_bytes, "or more once decompressed")
-    width = max(group.total_byte_size / group.num_rows, 1.0)
-    return int(min(_PARQUET_MAX_ROWS, group.num_rows, max(1, block_bytes // width)))
+        if not _is_text(kind):
+            fixed += _fixed_width(kind)
+        elif not column.has_dictionary_page:
+            fixed += _OFFSET  # its values' bytes are in the footer's average
+        elif column.total_uncompressed_size * part.num_rows <= block_bytes:
+            longest[column.path_in_schema] = column.total_uncompressed_size  # small: no probe
+        else:
+            longest[column.path_in_schema] = _longest_in_dictionary(
+                readers, source, meta, group, column.path_in_schema, block_bytes)
+    average = part.total_byte_size / part.num_rows
+
+    def rows_of(width: float) -> int:
+        return int(min(_PARQUET_MAX_ROWS, part.num_rows, max(1, block_bytes // width)))
+
+    plain = rows_of(max(average, fixed + sum(n + _OFFSET for n in longest.values()), 1))
+    if plain >= min(part.num_rows, _PLAIN_MIN_ROWS):
+        return plain, ()
+    return rows_of(max(average, fixed + (_INDEX + _OFFSET) * len(longest), 1)), tuple(
+        sorted(longest))
+
+
+def _longest_in_dictionary(
+    readers: dict[tuple[str, ...], pq.ParquetFile], source: Any, meta: pq.FileMetaData,
+    group: int, name: str, block_bytes: int,
+) -> int:
+    """The longest value of ``name``'s dictionary page in ``group``: read as a dictionary, one
+    row decodes that page (bounded by the chunk's size in the footer) and one index."""
+    probe = (name,)
+    if probe not in readers:
+        readers[probe] = pq.ParquetFile(source, metadata=meta, read_dictionary=list(probe))
+    batch = next(readers[probe].iter_batches(batch_size=1, columns=[name], row_groups=[group]),
+                 None)
+    if batch is None:
+        return 0
+    column = batch.column(0)
+    values = column.dictionary if pa.types.is_dictionary(column.type) else column
+    longest = int(pc.max(pc.binary_length(values)).as_py() or 0) if len(values) else 0
+    if longest > block_bytes:
+        raise _too_wide(f"a value in {safe_name(name)}", longest, block_bytes)
+    return longest
 
 
 def _decoded_slices(
@@ -494,17 +574,32 @@ def _cell_widths(column: pa.Array) -> np.ndarray:
     """Each row's bytes in ``column`` once decoded; a dictionary's from its values' lengths."""
     dictionary = pa.types.is_dictionary(column.type)
     values = column.dictionary if dictionary else column
-    if _is_text(values.type):
-        lengths = pc.binary_length(values)
-        if dictionary:
-            lengths = pc.take(lengths, column.indices)
-        # + 4: each value's offset
-        return lengths.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64) + 4
-    try:
-        each = max(values.type.bit_width // 8, 1)
-    except ValueError:  # nested: its size as read, spread over its rows (plain: footer-bound)
-        each = column.nbytes // max(len(column), 1)
-    return np.full(len(column), each, dtype=np.int64)
+    if not _is_text(values.type):
+        return np.full(len(column), _fixed_width(values.type), dtype=np.int64)
+    # Lengths from the offsets, not pc.binary_length(...).fill_null(0): that took ~40 ms per
+    # 46,000-row all-null column (2.3 s for a file of 60 such columns).
+    lengths = _buffer(values, 1, np.int64 if _is_large(values.type) else np.int32, 1)
+    lengths = np.diff(lengths).astype(np.int64) + _OFFSET
+    if not dictionary:
+        return lengths
+    indices = column.indices
+    at = _buffer(indices, 1, indices.type.to_pandas_dtype())
+    if not indices.null_count:
+        return lengths[at]
+    valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
+    return np.where(valid, lengths[np.where(valid, at, 0)] if len(lengths) else 0, _OFFSET)
+
+
+def _is_large(kind: pa.DataType) -> bool:
+    return pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
+
+
+def _buffer(array: pa.Array, index: int, dtype: Any, extra: int = 0) -> np.ndarray:
+    """Buffer ``index`` of ``array`` as numbers, its slice's ``len + extra`` of them."""
+    buffer = array.buffers()[index]
+    if buffer is None:
+        return np.zeros(len(array) + extra, dtype=dtype)
+    return np.frombuffer(buffer, dtype=dtype)[array.offset:array.offset + len(array) + extra]
 
 
 def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
