@@ -1,0 +1,134 @@
+"""Round 10 of testing like an attacker: two commands at the same time, and kill -9 at
+points the crash tests did not reach.
+
+The races are made deterministic without test hooks: the test holds a real PostgreSQL lock
+(an advisory lock puhui takes, or a table lock) so that one real ``puhui`` process stops at
+a known statement while the other one runs. Each test failed before its fix (the comment
+above each section says how).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Connection, text
+
+from puhui.warehouse.engine import _lock_key, create_warehouse_engine
+from tests.test_crash_model_changes import (  # noqa: F401 - fixtures
+    NAME,
+    Ran,
+    empty_mlflow_store,
+    puhui,
+    registry_env,
+)
+from tests.test_quarantine_cli import held_env  # noqa: F401 - a fixture
+
+WAIT = 120  # seconds a process may take to reach the lock it is expected to wait on
+
+
+def _start(*args: str) -> subprocess.Popen:
+    """``puhui ARGS`` in its own process, as a second user would run it."""
+    return subprocess.Popen([sys.executable, "-m", "puhui", *args], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> Ran:
+    out, err = process.communicate(timeout=600)
+    return Ran(process.returncode, out, err)
+
+
+def _until(condition: Callable[[], bool], what: str, processes: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:
+                out, err = process.communicate()
+                pytest.fail(f"{process.args[3:]} ended (exit {process.returncode}) before "
+                            f"{what}: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.1)
+
+
+def _waiting(conn: Connection, wait_event: str, query_like: str = "%") -> list[int]:
+    """Backends of this database (not ``conn``) waiting on a lock of kind ``wait_event``
+    (``advisory``, ``relation``) in a statement like ``query_like``."""
+    conn.rollback()  # pg_stat_activity is read once per transaction
+    return list(conn.execute(text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' AND wait_event = :w "
+        "AND query LIKE :q"), {"w": wait_event, "q": query_like}).scalars())
+
+
+class _TableLock:
+    """``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` taken in a thread (it may have to wait
+    for a writer's transaction), held until ``release``."""
+
+    def __init__(self, url: str, table: str) -> None:
+        self.engine = create_warehouse_engine(url)
+        self.conn = self.engine.connect()
+        self.pid = self.conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        self.held = threading.Event()
+        self.go = threading.Event()
+        self.thread = threading.Thread(target=self._hold, args=(table,), daemon=True)
+        self.thread.start()
+
+    def _hold(self, table: str) -> None:
+        self.conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        self.held.set()
+        self.go.wait(WAIT * 5)
+        self.conn.commit()
+
+    def release(self) -> None:
+        self.go.set()
+        self.thread.join(WAIT)
+        self.conn.close()
+        self.engine.dispose()
+
+
+# --------------------------------------------------------------------------- verify vs writes
+# Before: `audit verify` read the trail's ledger events, then ingest_batches, in two
+# transactions. A release (or an ingest) committing between the two reads made verify report
+# "ingest_batches.status is 'released' but the audit trail says 'quarantined'" and exit 1: a
+# false tamper alarm for an auditor whose check overlapped a data engineer's release.
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_verify_while_a_release_commits_sees_one_moment(held_env: dict[str, str],  # noqa: F811
+                                                        warehouse_url: str) -> None:
+    control_engine = create_warehouse_engine(warehouse_url)
+    control = control_engine.connect()
+    audit_lock = _lock_key("puhui.audit_log")
+    # 1. The release updates its ledger row, then waits for the audit trail's lock (held
+    #    here) to append its event, in the same transaction.
+    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
+    control.commit()
+    release = _start("quarantine", "release", held_env["held"], "--reason", "fixed upstream")
+    _until(lambda: control.rollback() or bool(control.execute(text(
+        "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.wait_event = "
+        "'advisory' AND l.relation = 'ingest_batches'::regclass AND l.mode = "
+        "'RowExclusiveLock' AND l.granted")).first()), "the release waits to audit", [release])
+    # 2. A table lock queued behind the release's transaction: verify's read of
+    #    ingest_batches queues behind it, after verify has read the trail.
+    table_lock = _TableLock(warehouse_url, "ingest_batches")
+    _until(lambda: table_lock.pid in _waiting(control, "relation"), "the table lock queues",
+           [release])
+    verify = _start("audit", "verify")
+    _until(lambda: bool(_waiting(control, "relation", "%FROM ingest_batches%")),
+           "verify reads ingest_batches", [release, verify])
+    # 3. The release commits; then verify reads the ledger.
+    control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit_lock})
+    control.commit()
+    table_lock.held.wait(WAIT)
+    table_lock.release()
+    released, verified = _finish(release), _finish(verify)
+    control.close()
+    control_engine.dispose()
+    assert released.returncode == 0, released.stderr
+    assert verified.returncode == 0, verified.stderr
+    again = _finish(_start("audit", "verify"))
+    assert again.returncode == 0 and "ingest_batches agrees" in again.stdout, again.stderr
