@@ -573,21 +573,27 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     full (and downloaded from a remote artifact store). The runs' metrics and the training's
     ``model_evaluations`` rows are read for all versions at once.
     """
-    events = events_of(engine, MODEL_ACTIONS)
-    registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
-                  if e["action"] == REGISTERED}
+    # The trail and MLflow's versions, tags and aliases read under the model lock, as one
+    # moment: a promotion or a training's change completing between the reads (it writes
+    # both under this lock) was reported as an alias or a version changed outside puhui.
+    with held_lock(engine, MODEL_LOCK):
+        events = events_of(engine, MODEL_ACTIONS)
+        registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
+                      if e["action"] == REGISTERED}
+        models = set(registered_model_names(client)) | {m for m, _ in registered}
+        listed: dict[str, list[Any]] = {}
+        aliases_of: dict[str, dict[str, str]] = {}
+        for model in sorted(models):
+            listed[model] = []
+            with suppress_not_found():
+                listed[model] = client.search_model_versions(f"name='{model}'")
+            aliases_of[model] = current_aliases(client, model)
     recorded_metrics = {(e["details"]["model"], str(e["details"]["version"])):
                         e["details"]["metrics"] for e in events
                         if e["action"] == REGISTERED and e["details"].get("metrics")}
     moves = _alias_moves(events)
     verdicts = _verdicts(events)
     digests = _registered_digests(events)
-    models = set(registered_model_names(client)) | {m for m, _ in registered}
-    listed: dict[str, list[Any]] = {}
-    for model in sorted(models):
-        listed[model] = []
-        with suppress_not_found():
-            listed[model] = client.search_model_versions(f"name='{model}'")
     checked = [(model, str(v.version), v.run_id) for model, versions in listed.items()
                for v in versions if (model, str(v.version)) in registered]
     logged = runs_metrics(client, {run for _, _, run in checked if run})
@@ -595,7 +601,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     problems: list[str] = []
     n_versions = n_aliases = 0
     for model, versions in listed.items():
-        aliases = current_aliases(client, model)
+        aliases = aliases_of[model]
         in_mlflow = set()
         for v in versions:
             version = str(v.version)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Connection, text
 
+from puhui.registry import CHAMPION, current_aliases, registry_client
+from puhui.settings import load_settings
 from puhui.warehouse.engine import _lock_key, create_warehouse_engine
 from tests.test_crash_model_changes import (  # noqa: F401 - fixtures
     NAME,
@@ -132,3 +134,35 @@ def test_verify_while_a_release_commits_sees_one_moment(held_env: dict[str, str]
     assert verified.returncode == 0, verified.stderr
     again = _finish(_start("audit", "verify"))
     assert again.returncode == 0 and "ingest_batches agrees" in again.stdout, again.stderr
+
+
+# Before: `audit verify` read the trail's alias moves, then MLflow's aliases, without the
+# model lock. A promotion completing between the two reads was reported as "credit_risk@champion
+# is v1 in MLflow but the trail has no move for it" (exit 1): every promotion overlapping an
+# auditor's check looked like tampering.
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_verify_while_a_promotion_runs_sees_one_moment(registry_env: dict[str, str],  # noqa: F811
+                                                       warehouse_url: str) -> None:
+    control_engine = create_warehouse_engine(warehouse_url)
+    control = control_engine.connect()
+    # Verify stops at its read of model_evaluations, after the trail and MLflow's versions.
+    table_lock = _TableLock(warehouse_url, "model_evaluations")
+    table_lock.held.wait(WAIT)
+    verify = _start("audit", "verify")
+    _until(lambda: bool(_waiting(control, "relation", "%model_evaluations%")),
+           "verify reads model_evaluations", [verify])
+    promote = _start("models", "promote", NAME, "--version", registry_env["passed1"],
+                     "--reason", "better on the test window")
+    # Done, or waiting for the model lock (which verify may hold while it reads).
+    _until(lambda: promote.poll() is not None or bool(_waiting(control, "advisory")),
+           "the promotion ends or waits", [verify])
+    table_lock.release()
+    promoted, verified = _finish(promote), _finish(verify)
+    control.close()
+    control_engine.dispose()
+    assert promoted.returncode == 0, promoted.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert current_aliases(registry_client(load_settings().mlflow_tracking_uri),
+                           NAME)[CHAMPION] == registry_env["passed1"]
+    again = _finish(_start("audit", "verify"))
+    assert again.returncode == 0 and "MLflow agrees" in again.stdout, again.stderr
