@@ -432,14 +432,17 @@ def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name
     return previous
 
 
-def set_alias(
-    client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
-    version: str, reason: str, *, rollback: bool = False,
-) -> str | None:
-    """Point ``alias`` at ``version`` and audit the move; returns the version it left."""
+def set_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                   version: str, reason: str) -> bool:
+    """``challenger`` to a version that just passed its gates, unless it is the champion
+    already; returns whether it moved. The verdict is recorded under the model lock and this
+    move takes it again: a model owner may promote the version in between (it passed), and
+    a version is one or the other (``move_champion`` takes ``challenger`` off it)."""
     with held_lock(engine, MODEL_LOCK):
-        return _move_alias(client, engine, audit, name, alias, version, reason,
-                           rollback=rollback)
+        if version_of(client, name, CHAMPION) == str(version):
+            return False
+        _move_alias(client, engine, audit, name, CHALLENGER, version, reason)
+        return True
 
 
 def set_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,

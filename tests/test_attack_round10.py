@@ -15,19 +15,30 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
 
-from puhui.registry import CHAMPION, current_aliases, registry_client
+from puhui.audit import events_of
+from puhui.registry import (
+    CHALLENGER,
+    CHAMPION,
+    REGISTERED,
+    current_aliases,
+    registry_client,
+)
+from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import _lock_key, create_warehouse_engine
+from tests.conftest import RISK_AS_OF
 from tests.test_crash_model_changes import (  # noqa: F401 - fixtures
     NAME,
     Ran,
     empty_mlflow_store,
     puhui,
     registry_env,
+    train_env,
 )
 from tests.test_quarantine_cli import held_env  # noqa: F401 - a fixture
 
@@ -166,3 +177,58 @@ def test_verify_while_a_promotion_runs_sees_one_moment(registry_env: dict[str, s
                            NAME)[CHAMPION] == registry_env["passed1"]
     again = _finish(_start("audit", "verify"))
     assert again.returncode == 0 and "MLflow agrees" in again.stdout, again.stderr
+
+
+# --------------------------------------------------------------------------- train vs promote
+# Before: a training recorded its gate verdict and then, under a second hold of the model
+# lock, set `challenger` on the new version. A model owner promoting that version in between
+# (a script promoting whatever passes, the moment its verdict shows) made it champion, and the
+# training then made it challenger too: one version both, against "a version is one or the
+# other", and `models compare` (champion vs challenger) compared it with itself.
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
+def test_a_version_promoted_while_its_training_gates_it_is_not_made_challenger(
+        train_env: Path, dialect: str) -> None:  # noqa: F811
+    url = load_settings().warehouse_url
+    control_engine = create_warehouse_engine(url)
+    control = control_engine.connect()
+    audit_lock = _lock_key("puhui.audit_log")
+    # 1. The training stops writing its evaluation rows: registered, not yet gated.
+    evaluations_lock = _TableLock(url, "model_evaluations")
+    evaluations_lock.held.wait(WAIT)
+    train = _start("run", "train", "risk", "--as-of", RISK_AS_OF)
+    _until(lambda: bool(_waiting(control, "relation", "DELETE FROM model_evaluations%")),
+           "the training writes its evaluations", [train])
+    version = str(events_of(open_runtime().engine, [REGISTERED])[-1]["details"]["version"])
+    # 2. A promotion of that version stops inside the model lock, in its first step (settling
+    #    what a crash left), reading the trail.
+    trail_lock = _TableLock(url, "audit_log")
+    trail_lock.held.wait(WAIT)
+    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
+    control.commit()
+    promote = _start("models", "promote", NAME, "--version", version, "--reason", "ship it")
+    _until(lambda: bool(_waiting(control, "relation", "%FROM audit_log%")),
+           "the promotion reads the trail", [train, promote])
+    # 3. The gate step queues for the model lock; gets it when the promotion's first step
+    #    ends, and waits for the trail's lock (held here) to write its verdict, while the
+    #    promotion queues for the model lock again, to promote.
+    evaluations_lock.release()
+    _until(lambda: bool(_waiting(control, "advisory")), "the gate step queues", [train, promote])
+    trail_lock.release()
+    _until(lambda: len(_waiting(control, "advisory")) == 2, "the promotion queues again",
+           [train, promote])
+    # 4. The verdict is written; the model lock goes to the promotion (PostgreSQL grants it
+    #    in queue order), then back to the training for its alias.
+    control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit_lock})
+    control.commit()
+    promoted, trained = _finish(promote), _finish(train)
+    control.close()
+    control_engine.dispose()
+    assert promoted.returncode == 0, promoted.stderr
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    aliases = current_aliases(registry_client(load_settings().mlflow_tracking_uri), NAME)
+    assert aliases.get(CHAMPION) == version
+    assert aliases.get(CHALLENGER) != version, aliases
+    assert f"v{version} passed every gate; already champion" in trained.stdout, trained.stdout
+    verified = _finish(_start("audit", "verify"))
+    assert verified.returncode == 0, verified.stderr

@@ -30,7 +30,7 @@ from puhui.registry import (
     GATES_PASSED_TAG,
     record_gate_verdict,
     registry_client,
-    set_alias,
+    set_challenger,
     set_champion,
 )
 from puhui.warehouse.schema import model_evaluations
@@ -142,7 +142,9 @@ def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name
     record_gate_verdict(client, engine, audit, name, version, gates.passed, gates.failed)
     if not gates.passed:
         return f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
-    set_alias(client, engine, audit, name, CHALLENGER, version, "passed every gate")
+    if not set_challenger(client, engine, audit, name, version, "passed every gate"):
+        return (f"gate: v{version} passed every gate; already {CHAMPION} (a model owner "
+                "promoted it while the gates ran)")
     outcome = f"gate: v{version} passed every gate -> {CHALLENGER}"
     if auto_promote:
         set_champion(client, engine, audit, name, version,
