@@ -18,7 +18,7 @@ from tasks.recommender import (
     register_recommender,
     train_and_evaluate,
 )
-from tasks.train import reconcile_models, training_outcome
+from tasks.train import reconcile_models, restore_lost_challenger, training_outcome
 from tasks.warehouse import prepare_warehouse
 
 
@@ -43,6 +43,7 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     fingerprint = recommender_fingerprint(data)
     same = None if force else existing_recommender(fingerprint)
     if same is not None:
+        restore_lost_challenger(same, "recommender")
         skipped = unchanged_summary("recommender", as_of, same, lines)
         get_run_logger().info(skipped["line"])
         return skipped

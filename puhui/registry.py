@@ -445,6 +445,31 @@ def set_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, nam
         return True
 
 
+def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                       version: str) -> bool:
+    """``challenger`` to ``version`` if its training stopped between the gate verdict and that
+    move (``kill -9`` there); returns whether it moved. Only a version that passed, that no
+    completed alias move ever named and that is the newest with a verdict: what its run
+    would have made challenger, and nothing has been since. Called when a re-run finds the
+    version unchanged: otherwise it stays without an alias for good."""
+    with held_lock(engine, MODEL_LOCK):
+        events = events_of(engine, MODEL_ACTIONS)
+        verdicts = _verdicts(events)
+        verdict = verdicts.get((name, str(version)))
+        if verdict is None or not verdict["passed"]:
+            return False
+        if any(model == name and int(v) > int(version) for model, v in verdicts):
+            return False
+        if any(e["action"] == ALIAS_SET and e["details"].get("model") == name
+               and str(e["details"].get("version")) == str(version) for e in events):
+            return False
+        if str(version) in current_aliases(client, name).values():
+            return False  # set outside puhui: verify reports it, this does not hide it
+        _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                    "passed every gate; its training stopped before this move")
+        return True
+
+
 def set_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
                  version: str, reason: str) -> str | None:
     """``move_champion`` under the lock, for a version that passed its gates (auto_promote)."""

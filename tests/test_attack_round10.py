@@ -232,3 +232,26 @@ def test_a_version_promoted_while_its_training_gates_it_is_not_made_challenger(
     assert f"v{version} passed every gate; already champion" in trained.stdout, trained.stdout
     verified = _finish(_start("audit", "verify"))
     assert verified.returncode == 0, verified.stderr
+
+
+# --------------------------------------------------------------------------- kill -9, new points
+# Before: a training killed between its gate verdict (recorded, tags set: crash point
+# `gate.after_tag`) and its challenger move left a version that passed every gate with no
+# alias, for good: the next run on the same data skipped it as "unchanged: v1", and nothing
+# ever made it challenger (`models compare` had no challenger to show).
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
+def test_train_killed_between_verdict_and_alias_gets_its_challenger_next_run(
+        train_env: Path, dialect: str) -> None:  # noqa: F811
+    crashed = subprocess.run([sys.executable, "-m", "puhui", "run", "train", "risk", "--as-of",
+                              RISK_AS_OF], env={**os.environ, "PUHUI_CRASH_AT": "gate.after_tag"},
+                             capture_output=True, text=True, timeout=600)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    assert current_aliases(client, NAME) == {}
+    again = _finish(_start("run", "train", "risk", "--as-of", RISK_AS_OF))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "unchanged: v1" in again.stdout and "challenger" in again.stdout, again.stdout
+    assert current_aliases(client, NAME) == {CHALLENGER: "1"}
+    verified = _finish(_start("audit", "verify"))
+    assert verified.returncode == 0, verified.stderr
