@@ -255,3 +255,41 @@ def test_train_killed_between_verdict_and_alias_gets_its_challenger_next_run(
     assert current_aliases(client, NAME) == {CHALLENGER: "1"}
     verified = _finish(_start("audit", "verify"))
     assert verified.returncode == 0, verified.stderr
+
+
+# Tried and sound (kept as a test): a release killed inside its transaction, after its
+# ledger update and its rows' load, waiting to write its event, leaves the batch held and
+# nothing loaded; the next release loads it once and verify passes.
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_release_killed_mid_transaction_leaves_it_held_and_releases_once_after(
+        held_env: dict[str, str], warehouse_url: str) -> None:  # noqa: F811
+    from puhui.ingest import ledger
+
+    control_engine = create_warehouse_engine(warehouse_url)
+    control = control_engine.connect()
+    audit_lock = _lock_key("puhui.audit_log")
+    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
+    control.commit()
+    release = _start("quarantine", "release", held_env["held"], "--reason", "fixed upstream")
+    _until(lambda: control.rollback() or bool(control.execute(text(
+        "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.wait_event = "
+        "'advisory' AND l.relation = 'raw_mobile_payments'::regclass AND l.mode = "
+        "'RowExclusiveLock' AND l.granted")).first()), "the release waits to audit", [release])
+    release.kill()
+    release.wait(WAIT)
+    control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit_lock})
+    control.commit()
+    engine = open_runtime().engine
+    assert ledger.get_batch(engine, held_env["held"]).status == "quarantined"
+    rows = "SELECT count(*) FROM raw_mobile_payments WHERE batch_id = :b"
+    assert control.execute(text(rows), {"b": held_env["held"]}).scalar() == 0
+    again = _finish(_start("quarantine", "release", held_env["held"], "--reason", "retry"))
+    assert again.returncode == 0, again.stderr
+    record = ledger.get_batch(engine, held_env["held"])
+    control.rollback()
+    assert record.status == "released" and record.rows_loaded > 0
+    assert control.execute(text(rows), {"b": held_env["held"]}).scalar() == record.rows_loaded
+    control.close()
+    control_engine.dispose()
+    verified = _finish(_start("audit", "verify"))
+    assert verified.returncode == 0, verified.stderr
