@@ -293,3 +293,44 @@ def test_a_release_killed_mid_transaction_leaves_it_held_and_releases_once_after
     control_engine.dispose()
     verified = _finish(_start("audit", "verify"))
     assert verified.returncode == 0, verified.stderr
+
+
+# Tried and sound (kept as a test): `puhui db upgrade` killed inside a migration (stopped by
+# a reader's lock at 0005's ALTER TABLE) leaves the warehouse at its old revision with its
+# rows; the next upgrade completes to head with the schema the code declares. All pending
+# migrations run in one transaction, and PostgreSQL's DDL is transactional.
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_an_upgrade_killed_mid_migration_is_rolled_back_and_completes_next_time(
+        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alembic import command
+
+    from puhui.warehouse.engine import _alembic_config, current_revision, head_revision
+    from tests.test_ledger_migration import _schema_diff
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    engine = create_warehouse_engine(warehouse_url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0004")
+        conn.execute(text(
+            "INSERT INTO ingest_batches (batch_id, partner, source_path, delivery_date, "
+            "checksum, bytes, status, landed_at) VALUES ('b1', 'mobile_payments', "
+            "'/l/a.csv', '2026-09-30', 'c1', 120, 'accepted', '2026-09-30T08:00:00Z')"))
+    reader = engine.connect()
+    reader.execute(text("SELECT count(*) FROM ingest_batches")).scalar()  # holds its lock
+    control = engine.connect()
+    upgrade = _start("db", "upgrade")
+    _until(lambda: bool(_waiting(control, "relation", "%ALTER TABLE ingest_batches%")),
+           "the upgrade alters ingest_batches", [upgrade])
+    upgrade.kill()
+    upgrade.wait(WAIT)
+    reader.rollback()
+    reader.close()
+    control.close()
+    assert current_revision(engine) == "0004"
+    again = _finish(_start("db", "upgrade"))
+    assert again.returncode == 0, again.stderr
+    assert current_revision(engine) == head_revision() and _schema_diff(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT batch_id, bytes FROM ingest_batches")).all() == [
+            ("b1", 120)]
+    engine.dispose()
