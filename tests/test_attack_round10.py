@@ -334,3 +334,31 @@ def test_an_upgrade_killed_mid_migration_is_rolled_back_and_completes_next_time(
         assert conn.execute(text("SELECT batch_id, bytes FROM ingest_batches")).all() == [
             ("b1", 120)]
     engine.dispose()
+
+
+# Tried and sound (kept as a test): a rollback and a forced promotion of the same model
+# started together. Either order is valid; each is recorded whole, the champion is where the
+# trail's last move says, and each move's `previous` is the champion the other left.
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_rollback_and_a_promotion_at_once_serialize(registry_env: dict[str, str],  # noqa: F811
+                                                      puhui: Callable[..., Ran]) -> None:  # noqa: F811
+    from puhui.registry import ALIAS_SET, champion_history
+
+    v1, v2, v3 = registry_env["passed1"], registry_env["passed2"], registry_env["failed"]
+    for version in (v1, v2):
+        assert puhui("models", "promote", NAME, "--version", version, "--reason",
+                     "r").returncode == 0
+    both = [_start("models", "rollback", NAME, "--reason", "v2 misbehaves"),
+            _start("models", "promote", NAME, "--version", v3, "--force", "--reason", "ok")]
+    rolled, promoted = (_finish(p) for p in both)
+    assert rolled.returncode == 0 and promoted.returncode == 0, rolled.stderr + promoted.stderr
+    engine = open_runtime().engine
+    moves = [e["details"] for e in events_of(engine, [ALIAS_SET])
+             if e["details"]["alias"] == CHAMPION][-2:]
+    assert moves[1]["previous"] == moves[0]["version"]
+    champion = current_aliases(registry_client(load_settings().mlflow_tracking_uri),
+                               NAME)[CHAMPION]
+    assert champion == moves[1]["version"] == champion_history(engine, NAME)[-1]
+    assert champion in ({v3} if moves[1]["forced"] else {v2})
+    verified = puhui("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
