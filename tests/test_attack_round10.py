@@ -362,3 +362,4 @@ def test_a_rollback_and_a_promotion_at_once_serialize(registry_env: dict[str, st
     assert champion in ({v3} if moves[1]["forced"] else {v2})
     verified = puhui("audit", "verify")
     assert verified.returncode == 0, verified.stderr
+
