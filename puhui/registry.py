@@ -162,12 +162,18 @@ def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
                         version: str, passed: bool, failed: list[str]) -> None:
     """The gates' verdict on a registered version: an audit event, then the MLflow tags."""
     with held_lock(engine, MODEL_LOCK):
-        audit.record(engine, GATES, f"{name}/v{version}", {
-            "model": name, "version": str(version), "passed": passed, "failed": failed,
-        }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
-        crash_point("gate.before_tag")
-        _write_gate_tags(client, name, str(version), passed, failed)
-        crash_point("gate.after_tag")
+        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
+
+
+def _record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                         version: str, passed: bool, failed: list[str]) -> None:
+    """``record_gate_verdict``'s writes; the caller holds ``MODEL_LOCK``."""
+    audit.record(engine, GATES, f"{name}/v{version}", {
+        "model": name, "version": str(version), "passed": passed, "failed": failed,
+    }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
+    crash_point("gate.before_tag")
+    _write_gate_tags(client, name, str(version), passed, failed)
+    crash_point("gate.after_tag")
 
 
 def _registered_digests(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
@@ -432,17 +438,24 @@ def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name
     return previous
 
 
-def set_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                   version: str, reason: str) -> bool:
-    """``challenger`` to a version that just passed its gates, unless it is the champion
-    already; returns whether it moved. The verdict is recorded under the model lock and this
-    move takes it again: a model owner may promote the version in between (it passed), and
-    a version is one or the other (``move_champion`` takes ``challenger`` off it)."""
+def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                        version: str, passed: bool, failed: list[str],
+                        auto_promote: bool) -> str | None:
+    """The gate step's verdict and the alias moves it decides, in one hold of the model lock:
+    a passing version becomes ``challenger`` (and ``champion`` with ``auto_promote``), a
+    failing one gets no alias. A promotion or rollback by a model owner comes wholly before or
+    after: in two holds, a promotion of the version between them left the previous challenger
+    in place beside it. Returns the champion after the step (None: none)."""
     with held_lock(engine, MODEL_LOCK):
-        if version_of(client, name, CHAMPION) == str(version):
-            return False
-        _move_alias(client, engine, audit, name, CHALLENGER, version, reason)
-        return True
+        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
+        if passed:
+            # Nobody promoted it before this verdict: promote refuses an ungated version.
+            _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                        "passed every gate")
+            if auto_promote:
+                move_champion(client, engine, audit, name, str(version),
+                              "auto_promote is on in configs/models.yaml")
+        return version_of(client, name, CHAMPION)
 
 
 def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
@@ -468,13 +481,6 @@ def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter,
         _move_alias(client, engine, audit, name, CHALLENGER, str(version),
                     "passed every gate; its training stopped before this move")
         return True
-
-
-def set_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                 version: str, reason: str) -> str | None:
-    """``move_champion`` under the lock, for a version that passed its gates (auto_promote)."""
-    with held_lock(engine, MODEL_LOCK):
-        return move_champion(client, engine, audit, name, version, reason)
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:

@@ -14,27 +14,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from puhui.audit import events_of
 from puhui.registry import (
-    CHALLENGER,
     CHAMPION,
-    REGISTERED,
     current_aliases,
     registry_client,
 )
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import _lock_key, create_warehouse_engine
-from tests.conftest import RISK_AS_OF
 from tests.test_crash_model_changes import (  # noqa: F401 - fixtures
     NAME,
     Ran,
+    _register,
     empty_mlflow_store,
     puhui,
     registry_env,
@@ -81,28 +79,91 @@ def _waiting(conn: Connection, wait_event: str, query_like: str = "%") -> list[i
 
 class _TableLock:
     """``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` taken in a thread (it may have to wait
-    for a writer's transaction), held until ``release``."""
+    for a writer's transaction), held until ``release``. With ``after_advisory``: taken
+    while holding that advisory lock, which is then let go (the table lock stays): the lock
+    goes to whoever queued for the advisory lock next, after the table is locked."""
 
-    def __init__(self, url: str, table: str) -> None:
+    def __init__(self, url: str, table: str, after_advisory: int | None = None) -> None:
         self.engine = create_warehouse_engine(url)
         self.conn = self.engine.connect()
         self.pid = self.conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        self.conn.commit()
         self.held = threading.Event()
         self.go = threading.Event()
-        self.thread = threading.Thread(target=self._hold, args=(table,), daemon=True)
+        self.thread = threading.Thread(target=self._hold, args=(table, after_advisory),
+                                       daemon=True)
         self.thread.start()
 
-    def _hold(self, table: str) -> None:
+    def _hold(self, table: str, after_advisory: int | None) -> None:
+        if after_advisory is not None:
+            self.conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": after_advisory})
         self.conn.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        if after_advisory is not None:
+            self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": after_advisory})
         self.held.set()
         self.go.wait(WAIT * 5)
         self.conn.commit()
 
     def release(self) -> None:
+        """Ends the lock, or the wait for it (a test that failed before it was granted)."""
+        if self.go.is_set():
+            return
         self.go.set()
+        if not self.held.is_set():
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": self.pid})
         self.thread.join(WAIT)
-        self.conn.close()
+        self.conn.invalidate()  # its session (and any advisory lock) ends, not pooled
         self.engine.dispose()
+
+
+class _Race:
+    """What a race test starts, ended whatever the test's outcome (``race`` fixture): its
+    ``puhui`` processes killed, its table locks released, its control connections (and the
+    advisory locks they hold) closed. A failed test otherwise left processes and locks that
+    held up the next tests for minutes."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen] = []
+        self.table_locks: list[_TableLock] = []
+        self.controls: list[tuple[Engine, Connection]] = []
+
+    def start(self, *args: str) -> subprocess.Popen:
+        process = _start(*args)
+        self.processes.append(process)
+        return process
+
+    def control(self, url: str) -> Connection:
+        engine = create_warehouse_engine(url)
+        conn = engine.connect()
+        self.controls.append((engine, conn))
+        return conn
+
+    def lock_table(self, url: str, table: str, after_advisory: int | None = None) -> _TableLock:
+        lock = _TableLock(url, table, after_advisory)
+        self.table_locks.append(lock)
+        return lock
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        for lock in self.table_locks:
+            lock.release()
+        for engine, conn in self.controls:
+            if not conn.closed:
+                conn.invalidate()  # its session ends, and the advisory locks it holds
+            engine.dispose()
+
+
+@pytest.fixture
+def race() -> Iterator[_Race]:
+    started = _Race()
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 # --------------------------------------------------------------------------- verify vs writes
@@ -112,25 +173,26 @@ class _TableLock:
 # false tamper alarm for an auditor whose check overlapped a data engineer's release.
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
 def test_verify_while_a_release_commits_sees_one_moment(held_env: dict[str, str],  # noqa: F811
-                                                        warehouse_url: str) -> None:
-    control_engine = create_warehouse_engine(warehouse_url)
-    control = control_engine.connect()
+                                                        warehouse_url: str,
+                                                        race: _Race) -> None:
+    control = race.control(warehouse_url)
     audit_lock = _lock_key("puhui.audit_log")
     # 1. The release updates its ledger row, then waits for the audit trail's lock (held
     #    here) to append its event, in the same transaction.
     control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
     control.commit()
-    release = _start("quarantine", "release", held_env["held"], "--reason", "fixed upstream")
+    release = race.start("quarantine", "release", held_env["held"], "--reason",
+                         "fixed upstream")
     _until(lambda: control.rollback() or bool(control.execute(text(
         "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.wait_event = "
         "'advisory' AND l.relation = 'ingest_batches'::regclass AND l.mode = "
         "'RowExclusiveLock' AND l.granted")).first()), "the release waits to audit", [release])
     # 2. A table lock queued behind the release's transaction: verify's read of
     #    ingest_batches queues behind it, after verify has read the trail.
-    table_lock = _TableLock(warehouse_url, "ingest_batches")
+    table_lock = race.lock_table(warehouse_url, "ingest_batches")
     _until(lambda: table_lock.pid in _waiting(control, "relation"), "the table lock queues",
            [release])
-    verify = _start("audit", "verify")
+    verify = race.start("audit", "verify")
     _until(lambda: bool(_waiting(control, "relation", "%FROM ingest_batches%")),
            "verify reads ingest_batches", [release, verify])
     # 3. The release commits; then verify reads the ledger.
@@ -139,122 +201,122 @@ def test_verify_while_a_release_commits_sees_one_moment(held_env: dict[str, str]
     table_lock.held.wait(WAIT)
     table_lock.release()
     released, verified = _finish(release), _finish(verify)
-    control.close()
-    control_engine.dispose()
     assert released.returncode == 0, released.stderr
     assert verified.returncode == 0, verified.stderr
-    again = _finish(_start("audit", "verify"))
+    again = _finish(race.start("audit", "verify"))
     assert again.returncode == 0 and "ingest_batches agrees" in again.stdout, again.stderr
 
 
 # Before: `audit verify` read the trail's alias moves, then MLflow's aliases, without the
 # model lock. A promotion completing between the two reads was reported as "credit_risk@champion
 # is v1 in MLflow but the trail has no move for it" (exit 1): every promotion overlapping an
-# auditor's check looked like tampering.
+# auditor's check looked like tampering. The test parks verify inside that read (a table lock
+# on the trail, taken after verify's chain check and its reconcile step) and asserts the
+# promotion waits for the model lock until verify's reads are done.
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
 def test_verify_while_a_promotion_runs_sees_one_moment(registry_env: dict[str, str],  # noqa: F811
-                                                       warehouse_url: str) -> None:
-    control_engine = create_warehouse_engine(warehouse_url)
-    control = control_engine.connect()
-    # Verify stops at its read of model_evaluations, after the trail and MLflow's versions.
-    table_lock = _TableLock(warehouse_url, "model_evaluations")
-    table_lock.held.wait(WAIT)
-    verify = _start("audit", "verify")
-    _until(lambda: bool(_waiting(control, "relation", "%model_evaluations%")),
-           "verify reads model_evaluations", [verify])
-    promote = _start("models", "promote", NAME, "--version", registry_env["passed1"],
-                     "--reason", "better on the test window")
-    # Done, or waiting for the model lock (which verify may hold while it reads).
-    _until(lambda: promote.poll() is not None or bool(_waiting(control, "advisory")),
-           "the promotion ends or waits", [verify])
-    table_lock.release()
+                                                       warehouse_url: str,
+                                                       race: _Race) -> None:
+    from puhui.registry import MODEL_LOCK
+
+    control = race.control(warehouse_url)
+    model_lock = _lock_key(MODEL_LOCK)
+    # 1. Verify checks the chain, then queues for the model lock (held here) to settle what
+    #    a crash left; a table lock on the trail queues behind it.
+    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": model_lock})
+    control.commit()
+    verify = race.start("audit", "verify")
+    _until(lambda: len(_waiting(control, "advisory")) == 1, "verify queues for the model lock",
+           [verify])
+    trail_lock = race.lock_table(warehouse_url, "audit_log", after_advisory=model_lock)
+    _until(lambda: len(_waiting(control, "advisory")) == 2, "the table lock queues", [verify])
+    # 2. Verify settles, then queues again to read the trail and MLflow; the table lock gets
+    #    the model lock first, locks the trail and lets the model lock go: verify holds it,
+    #    stopped at its read of the trail.
+    control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": model_lock})
+    control.commit()
+    trail_lock.held.wait(WAIT)
+    _until(lambda: bool(_waiting(control, "relation", "%FROM audit_log%")),
+           "verify reads the trail", [verify])
+    # 3. The promotion waits for the model lock while verify reads.
+    promote = race.start("models", "promote", NAME, "--version", registry_env["passed1"],
+                         "--reason", "better on the test window")
+    _until(lambda: len(_waiting(control, "relation", "%FROM audit_log%")) > 1
+           or bool(_waiting(control, "advisory")), "the promotion waits", [verify, promote])
+    assert _waiting(control, "advisory"), "the promotion did not wait for verify's reads"
+    trail_lock.release()
     promoted, verified = _finish(promote), _finish(verify)
-    control.close()
-    control_engine.dispose()
     assert promoted.returncode == 0, promoted.stderr
     assert verified.returncode == 0, verified.stderr
     assert current_aliases(registry_client(load_settings().mlflow_tracking_uri),
                            NAME)[CHAMPION] == registry_env["passed1"]
-    again = _finish(_start("audit", "verify"))
+    again = _finish(race.start("audit", "verify"))
     assert again.returncode == 0 and "MLflow agrees" in again.stdout, again.stderr
 
 
 # --------------------------------------------------------------------------- train vs promote
-# Before: a training recorded its gate verdict and then, under a second hold of the model
-# lock, set `challenger` on the new version. A model owner promoting that version in between
-# (a script promoting whatever passes, the moment its verdict shows) made it champion, and the
-# training then made it challenger too: one version both, against "a version is one or the
-# other", and `models compare` (champion vs challenger) compared it with itself.
-@pytest.mark.slow
-@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
-def test_a_version_promoted_while_its_training_gates_it_is_not_made_challenger(
-        train_env: Path, dialect: str) -> None:  # noqa: F811
-    url = load_settings().warehouse_url
-    control_engine = create_warehouse_engine(url)
+# Before: the gate step recorded its verdict and then, under a second hold of the model lock,
+# set `challenger` on the new version (and, with auto_promote, `champion` in a third). A model
+# owner promoting that version between the holds (a script promoting whatever passes, the
+# moment its verdict shows) made it champion; the step then left it without `challenger` but
+# kept the previous challenger: {champion: v2, challenger: v1}, which no order of the two
+# commands gives (v2 challenger, then promoted: challenger removed). Now one hold.
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)  # FIFO lock queue
+def test_a_version_promoted_while_its_verdict_is_recorded_ends_champion_only(
+        registry_env: dict[str, str], warehouse_url: str) -> None:  # noqa: F811
+    from puhui.lifecycle.gates import GateResult
+    from puhui.lifecycle.publish import apply_verdict
+    from puhui.registry import MODEL_LOCK, promote
+
+    runtime = open_runtime()
+    uri = runtime.settings.mlflow_tracking_uri
+    earlier, version = _register(None), _register(None)
+    apply_verdict(registry_client(uri), runtime.engine, runtime.audit, NAME, earlier,
+                  GateResult(passed=True), False)
+    control_engine = create_warehouse_engine(warehouse_url)
     control = control_engine.connect()
-    audit_lock = _lock_key("puhui.audit_log")
-    # 1. The training stops writing its evaluation rows: registered, not yet gated.
-    evaluations_lock = _TableLock(url, "model_evaluations")
-    evaluations_lock.held.wait(WAIT)
-    train = _start("run", "train", "risk", "--as-of", RISK_AS_OF)
-    _until(lambda: bool(_waiting(control, "relation", "DELETE FROM model_evaluations%")),
-           "the training writes its evaluations", [train])
-    version = str(events_of(open_runtime().engine, [REGISTERED])[-1]["details"]["version"])
-    # 2. A promotion of that version stops inside the model lock, in its first step (settling
-    #    what a crash left), reading the trail.
-    trail_lock = _TableLock(url, "audit_log")
-    trail_lock.held.wait(WAIT)
-    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
+    model_lock = _lock_key(MODEL_LOCK)
+    outcomes: dict[str, object] = {}
+
+    def run(what: str, call: Callable[[], object]) -> threading.Thread:
+        def target() -> None:
+            try:
+                outcomes[what] = call()
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                outcomes[what] = e
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        return thread
+
+    # The gate step queues for the model lock (held here), then the promotion queues behind
+    # it: PostgreSQL grants the lock in queue order, so the promotion runs right after the
+    # gate step's first hold.
+    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": model_lock})
     control.commit()
-    promote = _start("models", "promote", NAME, "--version", version, "--reason", "ship it")
-    _until(lambda: bool(_waiting(control, "relation", "%FROM audit_log%")),
-           "the promotion reads the trail", [train, promote])
-    # 3. The gate step queues for the model lock; gets it when the promotion's first step
-    #    ends, and waits for the trail's lock (held here) to write its verdict, while the
-    #    promotion queues for the model lock again, to promote.
-    evaluations_lock.release()
-    _until(lambda: bool(_waiting(control, "advisory")), "the gate step queues", [train, promote])
-    trail_lock.release()
-    _until(lambda: len(_waiting(control, "advisory")) == 2, "the promotion queues again",
-           [train, promote])
-    # 4. The verdict is written; the model lock goes to the promotion (PostgreSQL grants it
-    #    in queue order), then back to the training for its alias.
-    control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit_lock})
-    control.commit()
-    promoted, trained = _finish(promote), _finish(train)
-    control.close()
-    control_engine.dispose()
-    assert promoted.returncode == 0, promoted.stderr
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    aliases = current_aliases(registry_client(load_settings().mlflow_tracking_uri), NAME)
-    assert aliases.get(CHAMPION) == version
-    assert aliases.get(CHALLENGER) != version, aliases
-    assert f"v{version} passed every gate; already champion" in trained.stdout, trained.stdout
+    try:
+        threads = [run("gate", lambda: apply_verdict(
+            registry_client(uri), runtime.engine, runtime.audit, NAME, version,
+            GateResult(passed=True), False))]
+        _until(lambda: len(_waiting(control, "advisory")) == 1, "the gate step queues", [])
+        threads.append(run("promote", lambda: promote(
+            registry_client(uri), runtime.engine, runtime.audit, NAME, version, "ship it")))
+        _until(lambda: len(_waiting(control, "advisory")) == 2, "the promotion queues", [])
+    finally:
+        control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": model_lock})
+        control.commit()
+        control.close()
+        control_engine.dispose()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not any(isinstance(o, BaseException) for o in outcomes.values()), outcomes
+    assert current_aliases(registry_client(uri), NAME) == {CHAMPION: version}
     verified = _finish(_start("audit", "verify"))
     assert verified.returncode == 0, verified.stderr
 
 
 # --------------------------------------------------------------------------- kill -9, new points
-# Before: a training killed between its gate verdict (recorded, tags set: crash point
-# `gate.after_tag`) and its challenger move left a version that passed every gate with no
-# alias, for good: the next run on the same data skipped it as "unchanged: v1", and nothing
-# ever made it challenger (`models compare` had no challenger to show).
-@pytest.mark.slow
-@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
-def test_train_killed_between_verdict_and_alias_gets_its_challenger_next_run(
-        train_env: Path, dialect: str) -> None:  # noqa: F811
-    crashed = subprocess.run([sys.executable, "-m", "puhui", "run", "train", "risk", "--as-of",
-                              RISK_AS_OF], env={**os.environ, "PUHUI_CRASH_AT": "gate.after_tag"},
-                             capture_output=True, text=True, timeout=600)
-    assert crashed.returncode == -9, crashed.stderr[-2000:]
-    client = registry_client(load_settings().mlflow_tracking_uri)
-    assert current_aliases(client, NAME) == {}
-    again = _finish(_start("run", "train", "risk", "--as-of", RISK_AS_OF))
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "unchanged: v1" in again.stdout and "challenger" in again.stdout, again.stdout
-    assert current_aliases(client, NAME) == {CHALLENGER: "1"}
-    verified = _finish(_start("audit", "verify"))
-    assert verified.returncode == 0, verified.stderr
+# (A training killed between its gate verdict and its challenger move, `gate.after_tag`, is
+# step 3 of test_crash_model_changes.py::test_train_killed_at_each_model_change_point.)
 
 
 # Tried and sound (kept as a test): a release killed inside its transaction, after its
