@@ -357,39 +357,32 @@ def test_a_release_killed_mid_transaction_leaves_it_held_and_releases_once_after
     assert verified.returncode == 0, verified.stderr
 
 
-# Tried and sound (kept as a test): `puhui db upgrade` killed inside a migration (stopped by
-# a reader's lock at 0005's ALTER TABLE) leaves the warehouse at its old revision with its
-# rows; the next upgrade completes to head with the schema the code declares. All pending
-# migrations run in one transaction, and PostgreSQL's DDL is transactional.
+# Tried and sound (kept as a test): `puhui db upgrade` from 0003 killed inside the last
+# pending migration (0008, stopped creating ingest_keys by another transaction creating that
+# name) leaves the warehouse at 0003 with its rows: 0004 to 0007, already run, are undone
+# with it (every pending migration runs in one transaction, and PostgreSQL's DDL is
+# transactional). The next upgrade completes to head with the schema the code declares.
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
 def test_an_upgrade_killed_mid_migration_is_rolled_back_and_completes_next_time(
-        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from alembic import command
-
-    from puhui.warehouse.engine import _alembic_config, current_revision, head_revision
-    from tests.test_ledger_migration import _schema_diff
+        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+        race: _Race) -> None:
+    from puhui.warehouse.engine import current_revision, head_revision
+    from tests.test_ledger_migration import _schema_diff, at_revision_with_a_batch
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     engine = create_warehouse_engine(warehouse_url)
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0004")
-        conn.execute(text(
-            "INSERT INTO ingest_batches (batch_id, partner, source_path, delivery_date, "
-            "checksum, bytes, status, landed_at) VALUES ('b1', 'mobile_payments', "
-            "'/l/a.csv', '2026-09-30', 'c1', 120, 'accepted', '2026-09-30T08:00:00Z')"))
-    reader = engine.connect()
-    reader.execute(text("SELECT count(*) FROM ingest_batches")).scalar()  # holds its lock
-    control = engine.connect()
-    upgrade = _start("db", "upgrade")
-    _until(lambda: bool(_waiting(control, "relation", "%ALTER TABLE ingest_batches%")),
-           "the upgrade alters ingest_batches", [upgrade])
+    at_revision_with_a_batch(engine, "0003")
+    blocker = race.control(warehouse_url)
+    blocker.execute(text("CREATE TABLE ingest_keys (held integer)"))  # not committed
+    control = race.control(warehouse_url)
+    upgrade = race.start("db", "upgrade")
+    _until(lambda: bool(_waiting(control, "transactionid", "%CREATE TABLE ingest_keys%")),
+           "the upgrade reaches 0008", [upgrade])
     upgrade.kill()
     upgrade.wait(WAIT)
-    reader.rollback()
-    reader.close()
-    control.close()
-    assert current_revision(engine) == "0004"
-    again = _finish(_start("db", "upgrade"))
+    blocker.rollback()
+    assert current_revision(engine) == "0003"
+    again = _finish(race.start("db", "upgrade"))
     assert again.returncode == 0, again.stderr
     assert current_revision(engine) == head_revision() and _schema_diff(engine) == []
     with engine.connect() as conn:
@@ -398,20 +391,37 @@ def test_an_upgrade_killed_mid_migration_is_rolled_back_and_completes_next_time(
     engine.dispose()
 
 
-# Tried and sound (kept as a test): a rollback and a forced promotion of the same model
-# started together. Either order is valid; each is recorded whole, the champion is where the
-# trail's last move says, and each move's `previous` is the champion the other left.
+# Tried and sound (kept as a test): a rollback and a forced promotion of the same model,
+# both queued on the model lock (its flock file held here until both wait on it). Either
+# order is valid; each is recorded whole, the champion is where the trail's last move says,
+# and each move's `previous` is the champion the other left.
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_a_rollback_and_a_promotion_at_once_serialize(registry_env: dict[str, str],  # noqa: F811
-                                                      puhui: Callable[..., Ran]) -> None:  # noqa: F811
-    from puhui.registry import ALIAS_SET, champion_history
+                                                      puhui: Callable[..., Ran],  # noqa: F811
+                                                      warehouse_url: str, race: _Race) -> None:
+    import fcntl
+
+    from puhui.registry import ALIAS_SET, MODEL_LOCK, champion_history
 
     v1, v2, v3 = registry_env["passed1"], registry_env["passed2"], registry_env["failed"]
     for version in (v1, v2):
         assert puhui("models", "promote", NAME, "--version", version, "--reason",
                      "r").returncode == 0
-    both = [_start("models", "rollback", NAME, "--reason", "v2 misbehaves"),
-            _start("models", "promote", NAME, "--version", v3, "--force", "--reason", "ok")]
+    lock_file = Path(f"{create_warehouse_engine(warehouse_url).url.database}.{MODEL_LOCK}.lock")
+    inode = f":{os.stat(lock_file).st_ino} "
+
+    def blocked() -> int:
+        """Processes waiting for the model lock's flock (``->`` lines of /proc/locks)."""
+        return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+                   if "->" in line and inode in line)
+
+    with lock_file.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        both = [race.start("models", "rollback", NAME, "--reason", "v2 misbehaves"),
+                race.start("models", "promote", NAME, "--version", v3, "--force", "--reason",
+                           "ok")]
+        _until(lambda: blocked() == 2, "both wait for the model lock", both)
+        fcntl.flock(held, fcntl.LOCK_UN)
     rolled, promoted = (_finish(p) for p in both)
     assert rolled.returncode == 0 and promoted.returncode == 0, rolled.stderr + promoted.stderr
     engine = open_runtime().engine
@@ -424,4 +434,3 @@ def test_a_rollback_and_a_promotion_at_once_serialize(registry_env: dict[str, st
     assert champion in ({v3} if moves[1]["forced"] else {v2})
     verified = puhui("audit", "verify")
     assert verified.returncode == 0, verified.stderr
-
