@@ -462,16 +462,18 @@ def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter,
                        version: str) -> bool:
     """``challenger`` to ``version`` if its training stopped between the gate verdict and that
     move (``kill -9`` there); returns whether it moved. Only a version that passed, that no
-    completed alias move ever named and that is the newest with a verdict: what its run
-    would have made challenger, and nothing has been since. Called when a re-run finds the
-    version unchanged: otherwise it stays without an alias for good."""
+    completed alias move ever named and that no later version passed after: what its run
+    would have made challenger, and nothing has been since (a later version that failed
+    moved no alias). Called when a re-run finds the version unchanged: otherwise it stays
+    without an alias for good."""
     with held_lock(engine, MODEL_LOCK):
         events = events_of(engine, MODEL_ACTIONS)
         verdicts = _verdicts(events)
         verdict = verdicts.get((name, str(version)))
         if verdict is None or not verdict["passed"]:
             return False
-        if any(model == name and int(v) > int(version) for model, v in verdicts):
+        if any(model == name and int(v) > int(version) and later["passed"]
+               for (model, v), later in verdicts.items()):
             return False
         if any(e["action"] == ALIAS_SET and e["details"].get("model") == name
                and str(e["details"].get("version")) == str(version) for e in events):
