@@ -18,7 +18,7 @@ from tasks.recommender import (
     register_recommender,
     train_and_evaluate,
 )
-from tasks.train import reconcile_models, training_outcome
+from tasks.train import reconcile_models, restore_lost_challenger, training_outcome
 from tasks.warehouse import prepare_warehouse
 
 
@@ -43,7 +43,9 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     fingerprint = recommender_fingerprint(data)
     same = None if force else existing_recommender(fingerprint)
     if same is not None:
-        skipped = unchanged_summary("recommender", as_of, same, lines)
+        restored = restore_lost_challenger(same, "recommender")
+        skipped = unchanged_summary("recommender", as_of, same,
+                                    lines + ([restored] if restored else []))
         get_run_logger().info(skipped["line"])
         return skipped
     run, train_line = train_and_evaluate(data, sorted(opted_out or []))

@@ -21,6 +21,7 @@ from tasks.train import (
     fingerprint_of,
     reconcile_models,
     register_risk_model,
+    restore_lost_challenger,
     train_risk_models,
     training_outcome,
 )
@@ -47,7 +48,9 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     fingerprint = fingerprint_of(training)
     same = None if force else existing_version(fingerprint)
     if same is not None:
-        skipped = unchanged_summary("risk", as_of, same, lines)
+        restored = restore_lost_challenger(same)
+        skipped = unchanged_summary("risk", as_of, same,
+                                    lines + ([restored] if restored else []))
         get_run_logger().info(skipped["line"])
         publish_summary("train-risk-summary", train_markdown(skipped), skipped["line"])
         return skipped

@@ -430,12 +430,16 @@ def event_reason(event: Mapping[str, Any]) -> str:
     return " ".join(text.split())
 
 
-def events_of(engine: Engine, actions: Collection[str]) -> list[dict[str, Any]]:
-    """Events whose action is exactly one of ``actions``, in order, details parsed."""
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(
-            select(audit_log).where(audit_log.c.action.in_(list(actions)))
-            .order_by(audit_log.c.seq))]
+def events_of(bind: Engine | Connection, actions: Collection[str]) -> list[dict[str, Any]]:
+    """Events whose action is exactly one of ``actions``, in order, details parsed (read on
+    ``bind``: a connection keeps the read in its transaction, see ``snapshot``)."""
+    query = (select(audit_log).where(audit_log.c.action.in_(list(actions)))
+             .order_by(audit_log.c.seq))
+    if isinstance(bind, Connection):
+        rows = [dict(r._mapping) for r in bind.execute(query)]
+    else:
+        with bind.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
     for row in rows:
         row["details"] = json.loads(row["details"])
     return rows

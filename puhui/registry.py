@@ -163,12 +163,18 @@ def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
                         version: str, passed: bool, failed: list[str]) -> None:
     """The gates' verdict on a registered version: an audit event, then the MLflow tags."""
     with held_lock(engine, MODEL_LOCK):
-        audit.record(engine, GATES, f"{name}/v{version}", {
-            "model": name, "version": str(version), "passed": passed, "failed": failed,
-        }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
-        crash_point("gate.before_tag")
-        _write_gate_tags(client, name, str(version), passed, failed)
-        crash_point("gate.after_tag")
+        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
+
+
+def _record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                         version: str, passed: bool, failed: list[str]) -> None:
+    """``record_gate_verdict``'s writes; the caller holds ``MODEL_LOCK``."""
+    audit.record(engine, GATES, f"{name}/v{version}", {
+        "model": name, "version": str(version), "passed": passed, "failed": failed,
+    }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
+    crash_point("gate.before_tag")
+    _write_gate_tags(client, name, str(version), passed, failed)
+    crash_point("gate.after_tag")
 
 
 def _registered_digests(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
@@ -433,21 +439,51 @@ def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name
     return previous
 
 
-def set_alias(
-    client: MlflowClient, engine: Engine, audit: AuditWriter, name: str, alias: str,
-    version: str, reason: str, *, rollback: bool = False,
-) -> str | None:
-    """Point ``alias`` at ``version`` and audit the move; returns the version it left."""
+def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                        version: str, passed: bool, failed: list[str],
+                        auto_promote: bool) -> str | None:
+    """The gate step's verdict and the alias moves it decides, in one hold of the model lock:
+    a passing version becomes ``challenger`` (and ``champion`` with ``auto_promote``), a
+    failing one gets no alias. A promotion or rollback by a model owner comes wholly before or
+    after: in two holds, a promotion of the version between them left the previous challenger
+    in place beside it. Returns the champion after the step (None: none)."""
     with held_lock(engine, MODEL_LOCK):
-        return _move_alias(client, engine, audit, name, alias, version, reason,
-                           rollback=rollback)
+        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
+        if passed:
+            # Nobody promoted it before this verdict: promote refuses an ungated version.
+            _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                        "passed every gate")
+            if auto_promote:
+                move_champion(client, engine, audit, name, str(version),
+                              "auto_promote is on in configs/models.yaml")
+        return version_of(client, name, CHAMPION)
 
 
-def set_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                 version: str, reason: str) -> str | None:
-    """``move_champion`` under the lock, for a version that passed its gates (auto_promote)."""
+def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                       version: str) -> bool:
+    """``challenger`` to ``version`` if its training stopped between the gate verdict and that
+    move (``kill -9`` there); returns whether it moved. Only a version that passed, that no
+    completed alias move ever named and that no later version passed after: what its run
+    would have made challenger, and nothing has been since (a later version that failed
+    moved no alias). Called when a re-run finds the version unchanged: otherwise it stays
+    without an alias for good."""
     with held_lock(engine, MODEL_LOCK):
-        return move_champion(client, engine, audit, name, version, reason)
+        events = events_of(engine, MODEL_ACTIONS)
+        verdicts = _verdicts(events)
+        verdict = verdicts.get((name, str(version)))
+        if verdict is None or not verdict["passed"]:
+            return False
+        if any(model == name and int(v) > int(version) and later["passed"]
+               for (model, v), later in verdicts.items()):
+            return False
+        if any(e["action"] == ALIAS_SET and e["details"].get("model") == name
+               and str(e["details"].get("version")) == str(version) for e in events):
+            return False
+        if str(version) in current_aliases(client, name).values():
+            return False  # set outside puhui: verify reports it, this does not hide it
+        _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                    "passed every gate; its training stopped before this move")
+        return True
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:
@@ -579,21 +615,27 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     full (and downloaded from a remote artifact store). The runs' metrics and the training's
     ``model_evaluations`` rows are read for all versions at once.
     """
-    events = events_of(engine, MODEL_ACTIONS)
-    registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
-                  if e["action"] == REGISTERED}
+    # The trail and MLflow's versions, tags and aliases read under the model lock, as one
+    # moment: a promotion or a training's change completing between the reads (it writes
+    # both under this lock) was reported as an alias or a version changed outside puhui.
+    with held_lock(engine, MODEL_LOCK):
+        events = events_of(engine, MODEL_ACTIONS)
+        registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
+                      if e["action"] == REGISTERED}
+        models = set(registered_model_names(client)) | {m for m, _ in registered}
+        listed: dict[str, list[Any]] = {}
+        aliases_of: dict[str, dict[str, str]] = {}
+        for model in sorted(models):
+            listed[model] = []
+            with suppress_not_found():
+                listed[model] = model_versions(client, f"name='{model}'")
+            aliases_of[model] = current_aliases(client, model)
     recorded_metrics = {(e["details"]["model"], str(e["details"]["version"])):
                         e["details"]["metrics"] for e in events
                         if e["action"] == REGISTERED and e["details"].get("metrics")}
     moves = _alias_moves(events)
     verdicts = _verdicts(events)
     digests = _registered_digests(events)
-    models = set(registered_model_names(client)) | {m for m, _ in registered}
-    listed: dict[str, list[Any]] = {}
-    for model in sorted(models):
-        listed[model] = []
-        with suppress_not_found():
-            listed[model] = model_versions(client, f"name='{model}'")
     checked = [(model, str(v.version), v.run_id) for model, versions in listed.items()
                for v in versions if (model, str(v.version)) in registered]
     logged = runs_metrics(client, {run for _, _, run in checked if run}, models)
@@ -601,7 +643,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     problems: list[str] = []
     n_versions = n_aliases = 0
     for model, versions in listed.items():
-        aliases = current_aliases(client, model)
+        aliases = aliases_of[model]
         in_mlflow = set()
         for v in versions:
             version = str(v.version)

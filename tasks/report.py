@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 
 from puhui.audit import current_flow_run_id
 from puhui.config import MonitoringConfig, load_config
+from puhui.files import write_text_atomically
 from puhui.monitoring.alerts import WEBHOOK_ENV, describe, post_alerts, why
 from puhui.monitoring.automation import AUTOMATION_NAME, ensure_report_automation
 from puhui.monitoring.run import MonitoringResult, monitor, render_report
@@ -80,10 +81,9 @@ def publish_report(result: MonitoringResult) -> tuple[Path, str, dict[str, int]]
         facts["mlflow_run_id"] = run.info.run_id
         page, _ = render_report(runtime.engine, result, mon, facts)
         path = settings.home / "reports" / f"report_{result.as_of.isoformat()}.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_suffix(".tmp")
-        tmp_path.write_text(page, encoding="utf-8")
-        tmp_path.replace(path)
+        # Its temporary name is per process and thread: two reports of one date at once
+        # wrote the same report_<date>.tmp, one renaming the other's half-written bytes.
+        write_text_atomically(path, page)
         mlflow.log_artifact(str(path), artifact_path="report")
         table = Path(tmp) / "monitoring.csv"
         result.long_table().to_csv(table, index=False)

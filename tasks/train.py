@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.states import Failed, State
@@ -16,6 +17,7 @@ from sqlalchemy import Engine
 
 from puhui import console
 from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
+from puhui.errors import PuhuiError
 from puhui.features.store import write_user_features
 from puhui.generate.truth import load_true_pd
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
@@ -29,6 +31,7 @@ from puhui.registry import (
     load_registered_pyfunc,
     reconcile_model_changes,
     registry_client,
+    restore_challenger,
     version_of,
 )
 from puhui.risk.evaluation import Evaluation, evaluate_risk_model
@@ -258,6 +261,26 @@ def reconcile_models() -> list[str]:
     for line in result.swept:
         get_run_logger().info(line)
     return result.repaired
+
+
+@task(name="restore-challenger", **STEP)
+def restore_lost_challenger(version: str,
+                            model: Literal["risk", "recommender"] = "risk") -> str | None:
+    """An unchanged version's challenger alias, if its own run was killed before moving it
+    (``puhui.registry.restore_challenger``); the step's line, or None. ``model``: ``risk``
+    or ``recommender``."""
+    started = time.perf_counter()
+    runtime = open_runtime()
+    models = load_config(runtime.settings.config_dir, ModelsConfig)
+    spec = models.credit_risk if model == "risk" else models.product_recommender
+    if spec is None:
+        raise PuhuiError(f"configs/models.yaml has no {model} model to restore v{version} of")
+    name = spec.registered_name
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    if not restore_challenger(client, runtime.engine, runtime.audit, name, version):
+        return None
+    return _say(f"gate: v{version} passed every gate -> challenger (its run stopped before "
+                "this move)", started)
 
 
 def training_outcome(model: str, summary: dict, gates: GateResult,

@@ -298,22 +298,38 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     if dialect == "postgres":
         return  # the remaining points are the same code on either dialect; SQLite is cheaper
 
-    # 3. Killed after the gate verdict was recorded, before the tags: the train run that
-    #    follows (same data: an ungated v1 does not count as done) restores the tags first.
-    crashed = _train_crash("gate.before_tag")
+    # 3. Killed after the gate verdict and its tags, before the challenger move (one hold
+    #    of the model lock, so no one else could move an alias in between): before, v2 kept
+    #    no alias for good, the next run skipping it as "unchanged: v2". Now that run makes
+    #    it challenger (what its run would have done) and says so in its steps.
+    crashed = _train_crash("gate.after_tag")
     assert crashed.returncode == -signal.SIGKILL
-    assert GATES_PASSED_TAG not in _versions()["2"] and _model_events()[-1]["action"] == GATES
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    assert _versions()["2"][GATES_PASSED_TAG] == "true" and current_aliases(client, NAME) == {}
+    again = puhui("run", "train", "risk", "--as-of", RISK_AS_OF, "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    skipped = json.loads(again.stdout)
+    assert skipped["skipped"] is True and skipped["version"] == "2"
+    assert any("v2 passed every gate -> challenger" in step for step in skipped["steps"]), (
+        skipped["steps"])
+    assert current_aliases(client, NAME) == {CHALLENGER: "2"}
+    assert_invariants(puhui)
+
+    # 3b. Killed after the gate verdict was recorded, before the tags: the next command's
+    #     reconcile restores the tags from the trail.
+    crashed = _train_crash("gate.before_tag", "--force")
+    assert crashed.returncode == -signal.SIGKILL
+    assert GATES_PASSED_TAG not in _versions()["3"] and _model_events()[-1]["action"] == GATES
     again = puhui("run", "train", "risk", "--as-of", RISK_AS_OF)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "unchanged: v2" in again.stdout  # the tags were restored before the skip check
-    assert _versions()["2"][GATES_PASSED_TAG] == "true"
+    assert "unchanged: v" in again.stdout
+    assert _versions()["3"][GATES_PASSED_TAG] == "true"
     assert_invariants(puhui)
 
     # 4. Killed after MLflow moved the challenger alias, before its event: recovered.
     crashed = _train_crash("alias.after_mlflow", "--force")
     assert crashed.returncode == -signal.SIGKILL
-    assert current_aliases(registry_client(load_settings().mlflow_tracking_uri),
-                           NAME)[CHALLENGER] == "3"
+    assert current_aliases(client, NAME)[CHALLENGER] == "4"
     verified = puhui("audit", "verify")
     assert verified.returncode == 0 and "recovered" in verified.stdout
     assert_invariants(puhui)

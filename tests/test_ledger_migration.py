@@ -19,15 +19,21 @@ def _schema_diff(engine: Engine) -> list:
         return compare_metadata(MigrationContext.configure(conn), metadata)
 
 
-def test_0005_keeps_ledger_rows_with_no_time_reruns_and_downgrades(warehouse_url: str) -> None:
-    engine = create_warehouse_engine(warehouse_url)
+def at_revision_with_a_batch(engine: Engine, revision: str) -> None:
+    """``engine``'s warehouse migrated to ``revision`` only, with one ledger row: batch
+    ``b1``, 120 bytes, accepted."""
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0004")
+        command.upgrade(_alembic_config(conn), revision)
         conn.execute(text(
             "INSERT INTO ingest_batches (batch_id, partner, source_path, delivery_date, "
             "checksum, bytes, status, landed_at) VALUES ('b1', 'mobile_payments', "
             "'/l/a.csv', :d, 'c1', 120, 'accepted', :t)"),
             {"d": date(2026, 9, 30), "t": datetime(2026, 9, 30, 8, tzinfo=UTC)})
+
+
+def test_0005_keeps_ledger_rows_with_no_time_reruns_and_downgrades(warehouse_url: str) -> None:
+    engine = create_warehouse_engine(warehouse_url)
+    at_revision_with_a_batch(engine, "0004")
     assert upgrade_schema(engine) == "0008"
     assert _schema_diff(engine) == []
     with engine.connect() as conn:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from puhui.privacy import find_raw_identifiers, safe_name
-from puhui.warehouse.engine import in_list_chunks, lock_for
+from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
 
 if TYPE_CHECKING:
@@ -390,9 +390,16 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     """
     from puhui.audit import events_of
 
+    # One moment for both reads: a release or an ingest committing between them (a status
+    # and its event written together) was reported as a hand edit.
+    with snapshot(engine) as conn:
+        events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED])
+        rows = {r.batch_id: r for r in conn.execute(select(
+            ingest_batches.c.batch_id,
+            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS))))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
-    for event in events_of(engine, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED]):
+    for event in events:
         d = event["details"]
         facts = expected.setdefault(event["subject"], {})
         # Events from before discovery columns were recorded carry none: not compared.
@@ -406,10 +413,6 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         facts.update({k: d[k] for k in ("checksum", "rows", "rows_loaded") if d.get(k) is not None})
         if status:
             facts["status"] = status
-    with engine.connect() as conn:
-        rows = {r.batch_id: r for r in conn.execute(select(
-            ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS))))}
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
                 "ingest_batches" for b, facts in expected.items() if b not in rows]
     for batch_id, row in sorted(rows.items()):

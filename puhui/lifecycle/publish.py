@@ -29,10 +29,8 @@ from puhui.registry import (
     CHAMPION,
     GATES_PASSED_TAG,
     model_versions,
-    record_gate_verdict,
     registry_client,
-    set_alias,
-    set_champion,
+    settle_gate_verdict,
 )
 from puhui.warehouse.schema import model_evaluations
 
@@ -137,22 +135,18 @@ def write_evaluations(engine: Engine, name: str, version: str, as_of: date,
 
 def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
                   version: str, gates: GateResult, auto_promote: bool) -> str:
-    """Record the verdict (audit event, then version tags); a passing version becomes the
-    challenger (and champion with ``auto_promote``), a failing one gets no alias. Returns
-    the step's line."""
-    record_gate_verdict(client, engine, audit, name, version, gates.passed, gates.failed)
+    """Record the verdict (audit event, then version tags) and move the aliases it decides
+    (``settle_gate_verdict``, one hold of the model lock). Returns the step's line."""
+    champion = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
+                                   gates.failed, auto_promote)
     if not gates.passed:
         return f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
-    set_alias(client, engine, audit, name, CHALLENGER, version, "passed every gate")
-    outcome = f"gate: v{version} passed every gate -> {CHALLENGER}"
     if auto_promote:
-        set_champion(client, engine, audit, name, version,
-                     "auto_promote is on in configs/models.yaml")
         return f"gate: v{version} passed every gate -> {CHAMPION} (auto_promote is on)"
-    champion = client.get_registered_model(name).aliases.get(CHAMPION)
     held = f"v{champion}" if champion else "nobody"
-    return outcome + (f"; {CHAMPION} stays {held} until a model owner promotes "
-                      f"(puhui models promote {name} --version {version} --reason ...)")
+    return (f"gate: v{version} passed every gate -> {CHALLENGER}; {CHAMPION} stays {held} "
+            f"until a model owner promotes (puhui models promote {name} --version {version} "
+            "--reason ...)")
 
 
 def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:

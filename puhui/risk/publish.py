@@ -16,6 +16,7 @@ import mlflow
 from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
+from puhui.files import write_text_atomically
 from puhui.lifecycle.publish import (
     FINGERPRINT_TAG,
     lineage_tags,
@@ -132,8 +133,8 @@ def publish_risk_model(
         }
         # Kept under PUHUI_HOME as well as in the run: readers without MLflow open it there.
         report = report_dir / f"{name}_v{version}_evaluation.html"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(render_report(evaluation, gates, facts, plots), encoding="utf-8")
+        # Aside and renamed: a kill mid-write left a truncated page under the final name.
+        write_text_atomically(report, render_report(evaluation, gates, facts, plots))
         mlflow.log_artifact(str(report), artifact_path="report")
         for file_name, data in plots.items():
             (work / file_name).write_bytes(data)

@@ -89,6 +89,20 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one committed moment, for comparing two tables that
+    writers change together (the audit trail and the ledger): read in two transactions, a
+    commit between them reads as a disagreement. PostgreSQL: one REPEATABLE READ
+    transaction; SQLite: its ``BEGIN IMMEDIATE`` (writers wait until the reads are done).
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
 _memory_locks: dict[str, threading.Lock] = {}
 
 
