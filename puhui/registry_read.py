@@ -467,8 +467,8 @@ def read_only_registry(tracking_uri: str) -> Any:
         try:
             registry.search_registered_models()  # the tables exist as read here
             return registry
-        except Exception:  # noqa: BLE001, S110 - other tables: ask MLflow
-            pass
+        except Exception:  # noqa: BLE001 - other tables: ask MLflow
+            registry.dispose()  # its pooled connection from check_reachable: MLflow opens its own
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

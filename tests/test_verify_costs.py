@@ -184,3 +184,28 @@ def test_every_version_s_gate_tags_are_checked_past_the_first_page(
         for key in wrong)
     problems, n_versions, _ = registry_problems(client, runtime.engine)
     assert n_versions == 4 and not any("missing" in p for p in problems), problems
+
+
+def test_a_database_with_other_tables_leaves_no_pooled_connection_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database ``SqlRegistry`` reached but cannot read (not MLflow's tables) is handed to
+    ``MlflowClient``; the connection its reachability check pooled is closed first."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from puhui.registry_read import read_only_registry
+
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE other (name TEXT)")
+    made: list[SqlRegistry] = []
+    init = SqlRegistry.__init__
+
+    def kept(self: SqlRegistry, tracking_uri: str) -> None:
+        init(self, tracking_uri)
+        made.append(self)
+
+    monkeypatch.setattr(SqlRegistry, "__init__", kept)
+    assert isinstance(read_only_registry(f"sqlite:///{path}"), MlflowClient)
+    assert [r._engine.pool.checkedin() for r in made] == [0]
