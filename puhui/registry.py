@@ -603,6 +603,12 @@ def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWr
     return settled
 
 
+def _versions_of(client: MlflowClient, model: str) -> list[Any]:
+    with suppress_not_found():
+        return model_versions(client, f"name='{model}'")
+    return []
+
+
 def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
                       verified: VerifiedFiles | None = None) -> tuple[list[str], int, int]:
     """Where MLflow and the trail disagree; also the versions and aliases compared.
@@ -615,21 +621,28 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     full (and downloaded from a remote artifact store). The runs' metrics and the training's
     ``model_evaluations`` rows are read for all versions at once.
     """
-    # The trail and MLflow's versions, tags and aliases read under the model lock, as one
-    # moment: a promotion or a training's change completing between the reads (it writes
-    # both under this lock) was reported as an alias or a version changed outside puhui.
+    # MLflow's versions and their tags first, without the model lock: through a tracking
+    # server every request retries with backoff, and a slow or dead server held promotions,
+    # rollbacks and every training's gate step for minutes. Under the lock (a promotion or a
+    # training writes the trail and MLflow under it) the trail and the aliases, as one moment,
+    # and again the versions of a model the trail shows a version of that the first read
+    # missed (registered meanwhile): else a completed change reads as tampering. Tags need no
+    # second read: a gate tag is written only after the verdict it copies, so a tag read first
+    # has its verdict in the trail read after.
+    names = registered_model_names(client)
+    listed = {model: _versions_of(client, model) for model in names}
+    aliases_of: dict[str, dict[str, str]] = {}
     with held_lock(engine, MODEL_LOCK):
         events = events_of(engine, MODEL_ACTIONS)
         registered = {(e["details"]["model"], str(e["details"]["version"])) for e in events
                       if e["action"] == REGISTERED}
-        models = set(registered_model_names(client)) | {m for m, _ in registered}
-        listed: dict[str, list[Any]] = {}
-        aliases_of: dict[str, dict[str, str]] = {}
+        models = set(names) | {m for m, _ in registered}
         for model in sorted(models):
-            listed[model] = []
-            with suppress_not_found():
-                listed[model] = model_versions(client, f"name='{model}'")
+            seen = {str(v.version) for v in listed.get(model, [])}
+            if any(m == model and version not in seen for m, version in registered):
+                listed[model] = _versions_of(client, model)
             aliases_of[model] = current_aliases(client, model)
+    listed = dict(sorted(listed.items()))
     recorded_metrics = {(e["details"]["model"], str(e["details"]["version"])):
                         e["details"]["metrics"] for e in events
                         if e["action"] == REGISTERED and e["details"].get("metrics")}

@@ -209,3 +209,42 @@ def test_a_database_with_other_tables_leaves_no_pooled_connection_behind(
     monkeypatch.setattr(SqlRegistry, "__init__", kept)
     assert isinstance(read_only_registry(f"sqlite:///{path}"), MlflowClient)
     assert [r._engine.pool.checkedin() for r in made] == [0]
+
+
+def test_verify_through_a_dead_tracking_server_fails_without_the_model_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's versions are read before the model lock is taken: a tracking server that
+    does not answer fails verify while a promotion holds the lock, not after it lets go (and
+    never holds the lock through MLflow's retries itself)."""
+    import socket
+    import threading
+
+    from mlflow import MlflowClient
+    from sqlalchemy import create_engine
+
+    from puhui.registry import MODEL_LOCK, registry_problems
+    from puhui.warehouse.engine import held_lock
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    dead = f"http://127.0.0.1:{port}"
+    client = MlflowClient(tracking_uri=dead, registry_uri=dead)
+    engine = create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    failed: list[BaseException] = []
+
+    def verify() -> None:
+        try:
+            registry_problems(client, engine)
+        except Exception as exc:  # noqa: BLE001 - the refused connection, whatever MLflow wraps
+            failed.append(exc)
+
+    with held_lock(engine, MODEL_LOCK):
+        reader = threading.Thread(target=verify, daemon=True)
+        reader.start()
+        reader.join(timeout=20)
+        done_under_the_lock = not reader.is_alive()
+    reader.join(timeout=60)
+    assert done_under_the_lock, "verify waited for the model lock before reading MLflow"
+    assert failed
