@@ -119,7 +119,7 @@ def register_version(
 
     ``details`` go into the intent and the completion event alike, so a completion recovered
     after a crash says everything the normal one would. Gate tags are not set here: only
-    ``record_gate_verdict`` sets them, after the gates ran. MLflow's current registry URI
+    ``settle_gate_verdict`` sets them, after the gates ran. MLflow's current registry URI
     is used (``use_experiment`` sets it).
     """
     import mlflow
@@ -159,16 +159,10 @@ def _write_gate_tags(client: MlflowClient, name: str, version: str, passed: bool
     client.set_model_version_tag(name, version, GATES_PASSED_TAG, str(passed).lower())
 
 
-def record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                        version: str, passed: bool, failed: list[str]) -> None:
-    """The gates' verdict on a registered version: an audit event, then the MLflow tags."""
-    with held_lock(engine, MODEL_LOCK):
-        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
-
-
 def _record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
                          version: str, passed: bool, failed: list[str]) -> None:
-    """``record_gate_verdict``'s writes; the caller holds ``MODEL_LOCK``."""
+    """The gates' verdict on a registered version: an audit event, then the MLflow tags; the
+    caller holds ``MODEL_LOCK`` (``settle_gate_verdict``)."""
     audit.record(engine, GATES, f"{name}/v{version}", {
         "model": name, "version": str(version), "passed": passed, "failed": failed,
     }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)

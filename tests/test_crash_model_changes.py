@@ -38,11 +38,12 @@ from puhui.registry import (
     GATES,
     GATES_PASSED_TAG,
     MODEL_ACTIONS,
+    MODEL_LOCK,
     REGISTER_ABORTED,
     REGISTER_INTENT,
     REGISTERED,
+    _record_gate_verdict,
     current_aliases,
-    record_gate_verdict,
     register_version,
     registry_client,
     registry_problems,
@@ -50,7 +51,7 @@ from puhui.registry import (
 )
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
-from puhui.warehouse.engine import dispose_engines
+from puhui.warehouse.engine import dispose_engines, held_lock
 from tests.conftest import RISK_AS_OF, TEST_AUDIT_KEY, RiskTemplates, no_search_config, risk_env
 
 NAME = "credit_risk"
@@ -127,9 +128,10 @@ def _register(verdict: bool | None) -> str:
     version = register_version(runtime.engine, runtime.audit, name=NAME,
                                model_uri=info.model_uri, run_id=run.info.run_id,
                                tags={}, details={"as_of": RISK_AS_OF})
-    if verdict is not None:
-        record_gate_verdict(registry_client(uri), runtime.engine, runtime.audit, NAME, version,
-                            verdict, [] if verdict else ["auc_oot all 0.600 < 0.75"])
+    if verdict is not None:  # the verdict alone: settle_gate_verdict would move challenger too
+        with held_lock(runtime.engine, MODEL_LOCK):
+            _record_gate_verdict(registry_client(uri), runtime.engine, runtime.audit, NAME,
+                                 version, verdict, [] if verdict else ["auc_oot all 0.600 < 0.75"])
     return version
 
 

@@ -77,7 +77,7 @@ def publish_risk_model(
     """Log the run, register the model as ``name`` (audited) and record the evaluation rows.
 
     The gate verdict is in the run (report, ``gates.json``) but not yet on the version: the
-    gate step sets it (``puhui.registry.record_gate_verdict``). ``audit`` defaults to the
+    gate step sets it (``puhui.registry.settle_gate_verdict``). ``audit`` defaults to the
     runtime's writer.
     """
     if audit is None:
