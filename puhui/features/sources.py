@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, Engine, MetaData, Select, Table, func, sel
 from puhui.config import FeaturesConfig, FeatureSource
 from puhui.errors import PuhuiError
 from puhui.partitioning import Partition, bucket_of, in_bucket
-from puhui.warehouse.copy_out import copy_to_arrow, csv_convert_options
+from puhui.warehouse.copy_out import copy_sql, copy_to_arrow, csv_convert_options
 
 if TYPE_CHECKING:
     from psycopg import Cursor
@@ -128,15 +128,6 @@ def _copy_session(engine: Engine, key_range: bool = False) -> Iterator[Cursor]:
                 cursor.execute(f"SET LOCAL {setting} = {value}")
         yield cursor
         conn.rollback()
-
-
-def copy_sql(engine: Engine, query: Select) -> str:
-    """``query`` with its values written in, for a ``COPY`` (which takes no parameters)."""
-    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
-    # The psycopg dialect doubles every % (of a column Util%, a literal) for the driver's
-    # parameter pass, which a query without parameters never gets: psycopg sent Util%% as is.
-    return sql.replace("%%", "%") if engine.dialect.paramstyle in ("format", "pyformat") \
-        else sql
 
 
 def _column_types(query: Select) -> dict[str, pa.DataType]:

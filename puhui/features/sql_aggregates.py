@@ -59,9 +59,9 @@ from puhui.features.builder import (
     finish_features,
     window_values,
 )
-from puhui.features.sources import _reflect, copy_sql, time_kind
+from puhui.features.sources import _reflect, time_kind
 from puhui.partitioning import Partition
-from puhui.warehouse.copy_out import copy_to_arrow
+from puhui.warehouse.copy_out import copy_sql, copy_to_arrow
 
 if TYPE_CHECKING:
     from psycopg import Cursor

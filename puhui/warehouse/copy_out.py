@@ -13,10 +13,19 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, Select, text
 
 if TYPE_CHECKING:
     from psycopg import Cursor
+
+
+def copy_sql(engine: Engine, query: Select) -> str:
+    """``query`` with its values written in, for a ``COPY`` (which takes no parameters)."""
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    # The psycopg dialect doubles every % (of a column Util%, a literal) for the driver's
+    # parameter pass, which a query without parameters never gets: psycopg sent Util%% as is.
+    return sql.replace("%%", "%") if engine.dialect.paramstyle in ("format", "pyformat") \
+        else sql
 
 
 def csv_convert_options(types: dict[str, pa.DataType]) -> pa_csv.ConvertOptions:
@@ -28,7 +37,9 @@ def csv_convert_options(types: dict[str, pa.DataType]) -> pa_csv.ConvertOptions:
 
 def copy_to_arrow(cursor: Cursor, sql: str, types: dict[str, pa.DataType]) -> pa.Table:
     """The rows of ``sql`` (its columns named and typed as ``types``, in order) on the
-    PostgreSQL ``cursor``'s connection, in its transaction and settings."""
+    PostgreSQL ``cursor``'s connection, in its transaction and settings. A compiled
+    ``Select`` goes through :func:`copy_sql` first: ``str()`` of it keeps bind placeholders
+    and, on psycopg, doubled ``%``, which ``COPY`` would send as written."""
     buffer = io.BytesIO()
     with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
         for block in copy:
