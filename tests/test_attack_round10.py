@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from puhui.config import PartnersConfig, load_config
+from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.settings import repo_root
+
+if TYPE_CHECKING:
+    from puhui.ingest.batches import FileOutcome
 
 BLOCK = 4 << 20  # the read block the Parquet tests read with (production: 32 MB)
 
@@ -272,7 +277,7 @@ def test_a_url_password_with_a_space_is_scrubbed_and_prose_is_not(text: str,
 # keys under its own definition, into an index of the other's.
 
 
-def _ingest_with(feed, landing: Path, day, name: str):  # noqa: ANN001, ANN202
+def _ingest_with(feed: PartnerFeed, landing: Path, day: date, name: str) -> FileOutcome:
     from puhui.ingest.batches import FileIngestor
     from puhui.ingest.pseudonymize import pseudonym_key_bytes
     from puhui.runtime import open_runtime

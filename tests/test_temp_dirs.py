@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -318,7 +318,7 @@ def test_a_folder_the_sweep_cannot_remove_is_not_reported_removed(
         shutil.rmtree(shared, ignore_errors=True)
 
 
-def _nfs_flock(flock):  # noqa: ANN001, ANN202
+def _nfs_flock(flock: Callable[[int, int], None]) -> Callable[[int, int], None]:
     """flock as on an NFS or CIFS mount: emulated by a byte-range lock, which an exclusive
     lock takes only on a file open for writing (EBADF otherwise)."""
     def emulated(fd: int, operation: int) -> None:

@@ -31,6 +31,7 @@ from puhui.warehouse.copy_out import copy_sql, copy_to_arrow, csv_convert_option
 
 if TYPE_CHECKING:
     from psycopg import Cursor
+    from psycopg.abc import Buffer
 
 EPOCH = pd.Timestamp("1970-01-01")
 
@@ -167,7 +168,7 @@ class _BlockReader(io.RawIOBase):
     it arrives. ``read`` is served from whole blocks: ``RawIOBase.read(n)`` would allocate n
     bytes per call, and Arrow asks for a whole CSV block each time."""
 
-    def __init__(self, blocks: Iterable) -> None:
+    def __init__(self, blocks: Iterable[Buffer]) -> None:
         self._blocks = iter(blocks)
         self._pending = b""
 

@@ -213,7 +213,7 @@ def _copy_out(cursor: Cursor, sql: str, types: dict[str, pa.DataType]) -> pd.Dat
     return copy_to_arrow(cursor, sql, types).to_pandas().set_index(["person_key", "as_of"])
 
 
-def _copy_in_requests(cursor, requests: pd.DataFrame, bounds: Bounds) -> None:  # noqa: ANN001
+def _copy_in_requests(cursor: Cursor, requests: pd.DataFrame, bounds: Bounds) -> None:
     shipped = f"{REQUESTS}_in"
     cursor.execute(f"CREATE TEMPORARY TABLE {shipped} (person_key text NOT NULL, "
                    "phone_key text, as_of integer NOT NULL) ON COMMIT DROP")
@@ -273,7 +273,7 @@ def _keys_types() -> dict[str, pa.DataType]:
     return {"person_key": pa.string(), "as_of": pa.int64()}
 
 
-def _windows(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # noqa: ANN001
+def _windows(cursor: Cursor, engine: Engine, bounds: Bounds, source: FeatureSource,
              wanted: pd.MultiIndex, first_day: int | None,
              req_days: np.ndarray) -> dict[str, np.ndarray]:
     query, names = window_query(bounds, source)
@@ -289,7 +289,7 @@ def _windows(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # n
     return out
 
 
-def _latest(cursor, engine: Engine, bounds: Bounds, source: FeatureSource,  # noqa: ANN001
+def _latest(cursor: Cursor, engine: Engine, bounds: Bounds, source: FeatureSource,
             wanted: pd.MultiIndex) -> dict[str, np.ndarray]:
     latest = source.latest
     assert latest is not None
