@@ -27,7 +27,12 @@ from sqlalchemy import ColumnElement, Engine, MetaData, Select, Table, func, sel
 from puhui.config import FeaturesConfig, FeatureSource
 from puhui.errors import PuhuiError
 from puhui.partitioning import Partition, bucket_of, in_bucket
-from puhui.warehouse.copy_out import copy_sql, copy_to_arrow, csv_convert_options
+from puhui.warehouse.copy_out import (
+    copy_sql,
+    copy_statement,
+    copy_to_arrow,
+    csv_convert_options,
+)
 
 if TYPE_CHECKING:
     from psycopg import Cursor
@@ -136,13 +141,11 @@ def _column_types(query: Select) -> dict[str, pa.DataType]:
     return {c.name: _arrow_type(c) for c in query.selected_columns}
 
 
-def _csv_options(query: Select, block_size: int | None = None) -> dict[str, object]:
-    """How Arrow parses a query's COPY CSV, with its header, into the types psycopg would
-    have returned."""
+def _csv_options(query: Select, block_size: int) -> dict[str, object]:
+    """How Arrow parses a query's COPY CSV, with its header, in blocks of ``block_size``
+    bytes into the types psycopg would have returned."""
     types = _column_types(query)
-    read = pa_csv.ReadOptions(column_names=list(types), skip_rows=1)
-    if block_size:
-        read.block_size = block_size
+    read = pa_csv.ReadOptions(column_names=list(types), skip_rows=1, block_size=block_size)
     return {"read_options": read, "convert_options": csv_convert_options(types)}
 
 
@@ -455,7 +458,7 @@ def scatter_phone_feeds(engine: Engine, spec: FeaturesConfig, register: Register
         target.mkdir(parents=True, exist_ok=True)
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         with _copy_session(engine) as cursor, cursor.copy(
-                f"COPY ({copy_sql(engine, query)}) TO STDOUT (FORMAT csv, HEADER true)") as blocks:
+                copy_statement(copy_sql(engine, query), header=True)) as blocks:
             reader = pa_csv.open_csv(_BlockReader(blocks),
                                      **_csv_options(query, SCATTER_BLOCK_BYTES))
             for batch in reader:

@@ -35,13 +35,21 @@ def csv_convert_options(types: dict[str, pa.DataType]) -> pa_csv.ConvertOptions:
                                  strings_can_be_null=True, quoted_strings_can_be_null=False)
 
 
+def copy_statement(sql: str, header: bool = False) -> str:
+    """``COPY (sql) TO STDOUT`` as CSV. ``header`` for a streamed parse
+    (``pyarrow.csv.open_csv``), which refuses an empty stream: with the header line a query
+    of no rows is still a CSV (skip it: ``skip_rows=1``). :func:`copy_to_arrow` reads the
+    rows whole and tells no rows by their length instead."""
+    return f"COPY ({sql}) TO STDOUT (FORMAT csv{', HEADER true' if header else ''})"
+
+
 def copy_to_arrow(cursor: Cursor, sql: str, types: dict[str, pa.DataType]) -> pa.Table:
     """The rows of ``sql`` (its columns named and typed as ``types``, in order) on the
     PostgreSQL ``cursor``'s connection, in its transaction and settings. A compiled
     ``Select`` goes through :func:`copy_sql` first: ``str()`` of it keeps bind placeholders
     and, on psycopg, doubled ``%``, which ``COPY`` would send as written."""
     buffer = io.BytesIO()
-    with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)") as copy:
+    with cursor.copy(copy_statement(sql)) as copy:
         for block in copy:
             buffer.write(block)
     if not buffer.tell():  # no rows: Arrow refuses an empty CSV
