@@ -85,16 +85,17 @@ def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str
 
 
 def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
+    """The newest gated version trained on ``fingerprint`` (the highest number: MLflow lists
+    versions by last update, and an edit of an older one (its description) puts it first)."""
     client = registry_client(tracking_uri)
     try:
         versions = model_versions(client, f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    for v in versions:
-        # An ungated version (a crash before its gate step) does not count: train again.
-        if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags:
-            return str(v.version)
-    return None
+    # An ungated version (a crash before its gate step) does not count: train again.
+    matches = [int(v.version) for v in versions
+               if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags]
+    return str(max(matches)) if matches else None
 
 
 def provenance_tags(audit: AuditWriter) -> dict[str, str]:
