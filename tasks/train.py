@@ -7,6 +7,8 @@ would cost more than recomputing, and a re-run recomputes from the warehouse any
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Literal
@@ -25,6 +27,7 @@ from puhui.lifecycle.publish import (
     apply_verdict,
     find_version_by_fingerprint,
     provenance_tags,
+    training_lock,
 )
 from puhui.registry import (
     CHAMPION,
@@ -281,6 +284,25 @@ def restore_lost_challenger(version: str,
         return None
     return _say(f"gate: v{version} passed every gate -> challenger (its run stopped before "
                 "this move)", started)
+
+
+@contextmanager
+def one_training_at_a_time(model: Literal["risk", "recommender"]) -> Iterator[None]:
+    """``puhui.lifecycle.publish.training_lock`` for ``model`` (``risk`` or ``recommender``),
+    held by the flow's own process: not a task, since with Dask or a worker a task runs
+    elsewhere and the lock must last from the fingerprint check to the gate verdict."""
+    runtime = open_runtime()
+    models = load_config(runtime.settings.config_dir, ModelsConfig)
+    spec = models.credit_risk if model == "risk" else models.product_recommender
+    if spec is None:
+        raise PuhuiError(f"configs/models.yaml has no {model} model to train")
+
+    def say(line: str) -> None:
+        get_run_logger().info(line)
+        console.stage(line)
+
+    with training_lock(runtime.engine, spec.registered_name, say):
+        yield
 
 
 def training_outcome(model: str, summary: dict, gates: GateResult,
