@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Literal
 
 from prefect import get_run_logger, task
@@ -266,6 +267,14 @@ def reconcile_models() -> list[str]:
     return result.repaired
 
 
+def _registered_name(model: Literal["risk", "recommender"], config_dir: Path) -> str:
+    models = load_config(config_dir, ModelsConfig)
+    spec = models.credit_risk if model == "risk" else models.product_recommender
+    if spec is None:
+        raise PuhuiError(f"configs/models.yaml has no {model} model")
+    return spec.registered_name
+
+
 @task(name="restore-challenger", **STEP)
 def restore_lost_challenger(version: str,
                             model: Literal["risk", "recommender"] = "risk") -> str | None:
@@ -274,11 +283,7 @@ def restore_lost_challenger(version: str,
     or ``recommender``."""
     started = time.perf_counter()
     runtime = open_runtime()
-    models = load_config(runtime.settings.config_dir, ModelsConfig)
-    spec = models.credit_risk if model == "risk" else models.product_recommender
-    if spec is None:
-        raise PuhuiError(f"configs/models.yaml has no {model} model to restore v{version} of")
-    name = spec.registered_name
+    name = _registered_name(model, runtime.settings.config_dir)
     client = registry_client(runtime.settings.mlflow_tracking_uri)
     if not restore_challenger(client, runtime.engine, runtime.audit, name, version):
         return None
@@ -292,16 +297,13 @@ def one_training_at_a_time(model: Literal["risk", "recommender"]) -> Iterator[No
     held by the flow's own process: not a task, since with Dask or a worker a task runs
     elsewhere and the lock must last from the fingerprint check to the gate verdict."""
     runtime = open_runtime()
-    models = load_config(runtime.settings.config_dir, ModelsConfig)
-    spec = models.credit_risk if model == "risk" else models.product_recommender
-    if spec is None:
-        raise PuhuiError(f"configs/models.yaml has no {model} model to train")
+    name = _registered_name(model, runtime.settings.config_dir)
 
     def say(line: str) -> None:
         get_run_logger().info(line)
         console.stage(line)
 
-    with training_lock(runtime.engine, spec.registered_name, say):
+    with training_lock(runtime.engine, name, say):
         yield
 
 
