@@ -18,7 +18,12 @@ from tasks.recommender import (
     register_recommender,
     train_and_evaluate,
 )
-from tasks.train import reconcile_models, restore_lost_challenger, training_outcome
+from tasks.train import (
+    one_training_at_a_time,
+    reconcile_models,
+    restore_lost_challenger,
+    training_outcome,
+)
 from tasks.warehouse import prepare_warehouse
 
 
@@ -37,35 +42,36 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     as_of = as_of or today_local()
     check_recommender_config()
     prepare_warehouse()
-    reconcile_models()
-    data, data_line = assemble_ranking_set(as_of)
-    lines = [data_line]
-    fingerprint = recommender_fingerprint(data)
-    same = None if force else existing_recommender(fingerprint)
-    if same is not None:
-        restored = restore_lost_challenger(same, "recommender")
-        skipped = unchanged_summary("recommender", as_of, same,
-                                    lines + ([restored] if restored else []))
-        get_run_logger().info(skipped["line"])
-        return skipped
-    run, train_line = train_and_evaluate(data, sorted(opted_out or []))
-    published, register_line = register_recommender(data, run, fingerprint)
-    gate_line = gate_recommender(published, run.gates)
-    lines += [train_line, register_line, gate_line]
-    m = run.evaluation.metrics
-    verdict = ("gates passed" if run.gates.passed else
-               f"FAILED {len(run.gates.failed)} gate(s): {'; '.join(run.gates.failed)}")
-    line = (f"train recommender {as_of}: {published.name} v{published.version}, out-of-time "
-            f"NDCG@3 {m['ndcg_at_3_oot']:.4f} vs segment popularity "
-            f"{m['ndcg_at_3_oot_segment_popularity']:.4f}, {verdict}")
-    get_run_logger().info(line)
-    summary = {"as_of": as_of.isoformat(), "name": published.name,
-               "version": published.version, "run_id": published.run_id, "skipped": False,
-               "metrics": {k: m[k] for k in ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
-                                             "ndcg_at_3_oot_segment_popularity",
-                                             "ndcg_at_3_oot_non_personal", "hit_at_3_oot",
-                                             "map_at_3_oot")},
-               "eligibility_removed": run.evaluation.eligibility_removed,
-               "eligibility_violations": run.eligibility_violations,
-               "gates": run.gates.as_dict(), "steps": lines, "line": line}
-    return training_outcome("recommender", summary, run.gates, allow_gate_failure)
+    with one_training_at_a_time("recommender"):  # the second of two identical waits, then skips
+        reconcile_models()
+        data, data_line = assemble_ranking_set(as_of)
+        lines = [data_line]
+        fingerprint = recommender_fingerprint(data)
+        same = None if force else existing_recommender(fingerprint)
+        if same is not None:
+            restored = restore_lost_challenger(same, "recommender")
+            skipped = unchanged_summary("recommender", as_of, same,
+                                        lines + ([restored] if restored else []))
+            get_run_logger().info(skipped["line"])
+            return skipped
+        run, train_line = train_and_evaluate(data, sorted(opted_out or []))
+        published, register_line = register_recommender(data, run, fingerprint)
+        gate_line = gate_recommender(published, run.gates)
+        lines += [train_line, register_line, gate_line]
+        m = run.evaluation.metrics
+        verdict = ("gates passed" if run.gates.passed else
+                   f"FAILED {len(run.gates.failed)} gate(s): {'; '.join(run.gates.failed)}")
+        line = (f"train recommender {as_of}: {published.name} v{published.version}, out-of-time "
+                f"NDCG@3 {m['ndcg_at_3_oot']:.4f} vs segment popularity "
+                f"{m['ndcg_at_3_oot_segment_popularity']:.4f}, {verdict}")
+        get_run_logger().info(line)
+        summary = {"as_of": as_of.isoformat(), "name": published.name,
+                   "version": published.version, "run_id": published.run_id, "skipped": False,
+                   "metrics": {k: m[k] for k in ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
+                                                 "ndcg_at_3_oot_segment_popularity",
+                                                 "ndcg_at_3_oot_non_personal", "hit_at_3_oot",
+                                                 "map_at_3_oot")},
+                   "eligibility_removed": run.evaluation.eligibility_removed,
+                   "eligibility_violations": run.eligibility_violations,
+                   "gates": run.gates.as_dict(), "steps": lines, "line": line}
+        return training_outcome("recommender", summary, run.gates, allow_gate_failure)

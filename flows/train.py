@@ -19,6 +19,7 @@ from tasks.train import (
     evaluate_risk,
     existing_version,
     fingerprint_of,
+    one_training_at_a_time,
     reconcile_models,
     register_risk_model,
     restore_lost_challenger,
@@ -41,41 +42,42 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     as_of = as_of or today_local()
     check_risk_config()
     prepare_warehouse()
-    reconcile_models()
-    features = build_risk_features(as_of)
-    training, training_line = assemble_training_set(features)
-    lines = [features.line, training_line]
-    fingerprint = fingerprint_of(training)
-    same = None if force else existing_version(fingerprint)
-    if same is not None:
-        restored = restore_lost_challenger(same)
-        skipped = unchanged_summary("risk", as_of, same,
-                                    lines + ([restored] if restored else []))
-        get_run_logger().info(skipped["line"])
-        publish_summary("train-risk-summary", train_markdown(skipped), skipped["line"])
-        return skipped
-    trained, benchmark, train_line = train_risk_models(training)
-    evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)
-    published, register_line = register_risk_model(training, trained, evaluation, gates,
-                                                   fingerprint)
-    gate_line = apply_gates(published, gates)
-    lines += [train_line, evaluate_line, register_line, gate_line]
-    m = evaluation.metrics
-    line = closing_line(as_of, published.name, published.version, trained.kind, m, gates)
-    get_run_logger().info(line)
-    summary = {
-        "as_of": as_of.isoformat(), "name": published.name, "version": published.version,
-        "run_id": published.run_id, "report": str(published.report_path),
-        "metrics": {k: m[k] for k in ("auc_oot", "auc_oot_benchmark", "auc_valid",
-                                      "auc_valid_benchmark", "ks_oot", "brier_oot",
-                                      "score_psi", "auc_ceiling_test_window",
-                                      "auc_gap_to_ceiling_test_window") if k in m},
-        "candidate": trained.kind, "calibration": trained.params["calibration"],
-        "windows": evaluation.model_facts["windows"],
-        "gates": gates.as_dict(), "skipped": False, "steps": lines, "line": line,
-    }
-    publish_summary("train-risk-summary", train_markdown(summary), line)
-    return training_outcome("risk", summary, gates, allow_gate_failure)
+    with one_training_at_a_time("risk"):  # the second of two identical waits, then skips
+        reconcile_models()
+        features = build_risk_features(as_of)
+        training, training_line = assemble_training_set(features)
+        lines = [features.line, training_line]
+        fingerprint = fingerprint_of(training)
+        same = None if force else existing_version(fingerprint)
+        if same is not None:
+            restored = restore_lost_challenger(same)
+            skipped = unchanged_summary("risk", as_of, same,
+                                        lines + ([restored] if restored else []))
+            get_run_logger().info(skipped["line"])
+            publish_summary("train-risk-summary", train_markdown(skipped), skipped["line"])
+            return skipped
+        trained, benchmark, train_line = train_risk_models(training)
+        evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)
+        published, register_line = register_risk_model(training, trained, evaluation, gates,
+                                                       fingerprint)
+        gate_line = apply_gates(published, gates)
+        lines += [train_line, evaluate_line, register_line, gate_line]
+        m = evaluation.metrics
+        line = closing_line(as_of, published.name, published.version, trained.kind, m, gates)
+        get_run_logger().info(line)
+        summary = {
+            "as_of": as_of.isoformat(), "name": published.name, "version": published.version,
+            "run_id": published.run_id, "report": str(published.report_path),
+            "metrics": {k: m[k] for k in ("auc_oot", "auc_oot_benchmark", "auc_valid",
+                                          "auc_valid_benchmark", "ks_oot", "brier_oot",
+                                          "score_psi", "auc_ceiling_test_window",
+                                          "auc_gap_to_ceiling_test_window") if k in m},
+            "candidate": trained.kind, "calibration": trained.params["calibration"],
+            "windows": evaluation.model_facts["windows"],
+            "gates": gates.as_dict(), "skipped": False, "steps": lines, "line": line,
+        }
+        publish_summary("train-risk-summary", train_markdown(summary), line)
+        return training_outcome("risk", summary, gates, allow_gate_failure)
 
 
 def closing_line(as_of: date, name: str, version: str, kind: str, metrics: dict[str, float],

@@ -7,8 +7,11 @@ would cost more than recomputing, and a re-run recomputes from the warehouse any
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Literal
 
 from prefect import get_run_logger, task
@@ -25,6 +28,7 @@ from puhui.lifecycle.publish import (
     apply_verdict,
     find_version_by_fingerprint,
     provenance_tags,
+    training_lock,
 )
 from puhui.registry import (
     CHAMPION,
@@ -263,6 +267,14 @@ def reconcile_models() -> list[str]:
     return result.repaired
 
 
+def _registered_name(model: Literal["risk", "recommender"], config_dir: Path) -> str:
+    models = load_config(config_dir, ModelsConfig)
+    spec = models.credit_risk if model == "risk" else models.product_recommender
+    if spec is None:
+        raise PuhuiError(f"configs/models.yaml has no {model} model")
+    return spec.registered_name
+
+
 @task(name="restore-challenger", **STEP)
 def restore_lost_challenger(version: str,
                             model: Literal["risk", "recommender"] = "risk") -> str | None:
@@ -271,16 +283,28 @@ def restore_lost_challenger(version: str,
     or ``recommender``."""
     started = time.perf_counter()
     runtime = open_runtime()
-    models = load_config(runtime.settings.config_dir, ModelsConfig)
-    spec = models.credit_risk if model == "risk" else models.product_recommender
-    if spec is None:
-        raise PuhuiError(f"configs/models.yaml has no {model} model to restore v{version} of")
-    name = spec.registered_name
+    name = _registered_name(model, runtime.settings.config_dir)
     client = registry_client(runtime.settings.mlflow_tracking_uri)
     if not restore_challenger(client, runtime.engine, runtime.audit, name, version):
         return None
     return _say(f"gate: v{version} passed every gate -> challenger (its run stopped before "
                 "this move)", started)
+
+
+@contextmanager
+def one_training_at_a_time(model: Literal["risk", "recommender"]) -> Iterator[None]:
+    """``puhui.lifecycle.publish.training_lock`` for ``model`` (``risk`` or ``recommender``),
+    held by the flow's own process: not a task, since with Dask or a worker a task runs
+    elsewhere and the lock must last from the fingerprint check to the gate verdict."""
+    runtime = open_runtime()
+    name = _registered_name(model, runtime.settings.config_dir)
+
+    def say(line: str) -> None:
+        get_run_logger().info(line)
+        console.stage(line)
+
+    with training_lock(runtime.engine, name, say):
+        yield
 
 
 def training_outcome(model: str, summary: dict, gates: GateResult,

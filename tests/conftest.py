@@ -78,8 +78,8 @@ LONGEST_FILES_FIRST = (
     "test_partitioned_features.py", "test_sql_aggregates.py",
     "test_training_set_partitioned.py", "test_monitoring.py", "test_lifecycle.py",
     "test_recommender.py", "test_hostile_files.py", "test_models_cli.py", "test_features.py",
-    "test_profiles_offers.py", "test_audit.py", "test_dask_runner.py", "test_attack_round10.py",
-    "test_attack_round10_races.py", "test_quarantine_cli.py",
+    "test_profiles_offers.py", "test_audit.py", "test_dask_runner.py", "test_training_lock.py",
+    "test_attack_round10.py", "test_attack_round10_races.py", "test_quarantine_cli.py",
 )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from puhui.registry import (
     registry_client,
     settle_gate_verdict,
 )
+from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import model_evaluations
 
 MLFLOW_TAG_LIMIT = 5000
@@ -85,16 +87,34 @@ def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str
 
 
 def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
+    """The newest gated version trained on ``fingerprint`` (the highest number: MLflow lists
+    versions by last update, and an edit of an older one (its description) puts it first)."""
     client = registry_client(tracking_uri)
     try:
         versions = model_versions(client, f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         return None
-    for v in versions:
-        # An ungated version (a crash before its gate step) does not count: train again.
-        if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags:
-            return str(v.version)
-    return None
+    # An ungated version (a crash before its gate step) does not count: train again.
+    matches = [int(v.version) for v in versions
+               if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags]
+    return str(max(matches)) if matches else None
+
+
+@contextmanager
+def training_lock(engine: Engine, name: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Serialize the trainings of model ``name``, from before their fingerprint check to
+    their gate verdict: two identical trainings started together both found no gated version
+    of their fingerprint and registered two. The second now waits, then finds the first's.
+    Re-checking under ``MODEL_LOCK`` would not do: the first's version is still ungated then,
+    and an ungated version must not count (its training may have been killed). The OS
+    releases the lock at any death of its holder. Always taken before ``MODEL_LOCK``, never
+    while holding it; promote, rollback and verify do not take it."""
+    def waiting(holder: str | None) -> None:
+        say(f"waiting for another training of {name}"
+            + (f" ({holder})" if holder else "") + "...")
+
+    with held_lock(engine, f"puhui.training.{name}", on_wait=waiting):
+        yield
 
 
 def provenance_tags(audit: AuditWriter) -> dict[str, str]:

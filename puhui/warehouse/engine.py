@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -107,32 +109,58 @@ _memory_locks: dict[str, threading.Lock] = {}
 
 
 @contextmanager
-def held_lock(engine: Engine, name: str) -> Iterator[None]:
+def held_lock(engine: Engine, name: str,
+              on_wait: Callable[[str | None], None] | None = None) -> Iterator[None]:
     """Hold a cross-process lock ``name`` across several transactions (and other stores).
 
     Unlike ``lock_for`` it outlives a transaction, and the operating system releases it when
     the holder dies, even by ``kill -9``: PostgreSQL ends the session's advisory lock when
     the connection drops; on SQLite it is an ``flock`` on a file beside the database.
+    ``on_wait``: called once before waiting, when another process holds the lock, with the
+    holder (``pid N on HOST``) where known (SQLite: its holder writes it in the lock file).
     """
     if engine.dialect.name == "postgresql":
+        key = {"key": _lock_key(name)}
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _lock_key(name)})
+            got = on_wait is not None and conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
+            if not got:
+                if on_wait is not None:
+                    on_wait(None)
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
             conn.commit()
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
                 conn.commit()
         return
     database = engine.url.database
     if not database or database == ":memory:":
-        with _memory_locks.setdefault(name, threading.Lock()):
+        lock = _memory_locks.setdefault(name, threading.Lock())
+        if not lock.acquire(blocking=False):
+            if on_wait is not None:
+                on_wait(None)
+            lock.acquire()
+        try:
             yield
+        finally:
+            lock.release()
         return
     path = Path(f"{database}.{name}.lock")
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with path.open("a+") as handle:
         try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                handle.seek(0)
+                on_wait(handle.read().strip() or None)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if on_wait is not None:  # for the next waiter's line
+                handle.truncate(0)
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+                handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,139 @@
+"""Two trainings of one model at once: the training lock serializes them.
+
+Before: two identical ``puhui run train risk`` started together both found no gated version
+of their fingerprint and registered two (v1 and v2, both gated). Re-checking under the model
+lock could not help: the first's version is still ungated then, and an ungated version must
+not count (its training may have been killed). Now a training holds a lock of its model from
+before its fingerprint check to its gate verdict; the second waits, then skips as unchanged.
+
+Deterministic without test hooks: the test holds the training lock's flock file itself,
+starts both trainings, waits until the kernel lists both as blocked on it (/proc/locks),
+then lets go.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from puhui.lifecycle.publish import FINGERPRINT_TAG, find_version_by_fingerprint
+from puhui.registry import registry_client
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
+from puhui.warehouse.engine import create_warehouse_engine, held_lock
+from tests.conftest import RISK_AS_OF
+from tests.test_crash_model_changes import (  # noqa: F401 - fixtures
+    NAME,
+    Ran,
+    empty_mlflow_store,
+    puhui,
+    registry_env,
+    train_env,
+)
+
+WAIT = 180  # seconds a training may take to reach the lock
+
+
+def _blocked_on(path: Path) -> int:
+    """Processes the kernel lists as waiting for an flock on ``path``."""
+    inode = f":{os.stat(path).st_ino} "
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if "->" in line and inode in line)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)  # the PostgreSQL path: held_lock
+def test_two_identical_trainings_at_once_register_one_version(train_env: Path,  # noqa: F811
+                                                              dialect: str) -> None:
+    database = open_runtime().engine.url.database
+    lock_path = Path(f"{database}.puhui.training.{NAME}.lock")
+    command = [sys.executable, "-m", "puhui", "run", "train", "risk", "--as-of", RISK_AS_OF]
+    # The MLflow store exists, as after any earlier command: two first uses of an empty one
+    # at once race in MLflow's own schema migration (one fails), a different matter.
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    client.search_experiments()
+    processes: list[subprocess.Popen] = []
+    with lock_path.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"pid {os.getpid()} on the test")
+        held.flush()
+        try:
+            for _ in range(2):
+                processes.append(subprocess.Popen(command, env=dict(os.environ), text=True,
+                                                  stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE))
+            deadline = time.monotonic() + WAIT
+            # Old code takes no lock: both run to the end (two versions, asserted below).
+            while _blocked_on(lock_path) < 2 and any(p.poll() is None for p in processes):
+                assert time.monotonic() < deadline, "the trainings never waited for the lock"
+                time.sleep(0.2)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+            for process in processes:
+                if process.poll() is None and time.monotonic() > deadline:
+                    process.kill()
+    ran = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        ran.append(Ran(process.returncode, out, err))
+    assert all(r.returncode == 0 for r in ran), [r.stderr[-2000:] for r in ran]
+    versions = [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")]
+    assert versions == ["1"]
+    skipped = ["unchanged: v1 was trained on the same data" in r.stdout for r in ran]
+    assert sorted(skipped) == [False, True], [r.stdout[-2000:] for r in ran]
+    for r in ran:  # each said why it stood still, naming who held the lock
+        assert (f"waiting for another training of {NAME} (pid {os.getpid()} on the test)..."
+                in r.stdout), r.stdout[-2000:]
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_the_newest_gated_version_of_a_fingerprint_is_found(
+        registry_env: dict[str, str], puhui: Callable[..., Ran]) -> None:  # noqa: F811
+    # Before: the first match in MLflow's order (last update first) was returned, so v1
+    # edited after v2 existed (its description here) became "the" version of the fingerprint.
+    uri = load_settings().mlflow_tracking_uri
+    client = registry_client(uri)
+    older, newer = registry_env["passed1"], registry_env["passed2"]
+    for version in (older, newer, registry_env["ungated"]):
+        client.set_model_version_tag(NAME, version, FINGERPRINT_TAG, "same")
+    time.sleep(0.01)
+    client.update_model_version(NAME, older, description="edited last")
+    assert find_version_by_fingerprint(uri, NAME, "same") == newer
+
+
+def test_a_waiter_is_told_once_who_holds_the_lock(warehouse_url: str) -> None:
+    # The new try-then-wait path of held_lock on each dialect (the training lock's waiting
+    # line); the holder is named on SQLite only (its lock file says so).
+    engine = create_warehouse_engine(warehouse_url)
+    told: list[str | None] = []
+    got = threading.Event()
+
+    def second() -> None:
+        with held_lock(engine, "puhui.training.test", on_wait=told.append):
+            got.set()
+
+    try:
+        with held_lock(engine, "puhui.training.test", on_wait=told.append):
+            assert told == []  # free: taken at once, nobody told
+            waiter = threading.Thread(target=second, daemon=True)
+            waiter.start()
+            deadline = time.monotonic() + 30
+            while not told and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not got.is_set()
+        waiter.join(30)
+        assert got.is_set()
+        holder = (f"pid {os.getpid()} on {socket.gethostname()}"
+                  if engine.dialect.name == "sqlite" else None)
+        assert told == [holder]
+    finally:
+        engine.dispose()
