@@ -43,6 +43,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     registered_model_names,
     runs_metrics,
     suppress_not_found,
+    versions_of,
 )
 from puhui.scratch import scratch_dir, sweep_scratch_dirs
 from puhui.warehouse.engine import held_lock, in_list_chunks
@@ -563,10 +564,7 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
     # One search per model, not a read per version (a request each through a tracking server).
     listed: dict[str, dict[str, dict[str, str]]] = {}
     for model in sorted({m for m, _ in verdicts}):
-        listed[model] = {}
-        with suppress_not_found():
-            listed[model] = {str(v.version): v.tags
-                             for v in model_versions(client, f"name='{model}'")}
+        listed[model] = {str(v.version): v.tags for v in versions_of(client, model)}
     for (model, version), verdict in verdicts.items():
         tags = listed[model].get(version)
         if tags is None:
@@ -597,12 +595,6 @@ def reconcile_model_changes(client: MlflowClient, engine: Engine, audit: AuditWr
     return settled
 
 
-def _versions_of(client: MlflowClient, model: str) -> list[Any]:
-    with suppress_not_found():
-        return model_versions(client, f"name='{model}'")
-    return []
-
-
 def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
                       verified: VerifiedFiles | None = None) -> tuple[list[str], int, int]:
     """Where MLflow and the trail disagree; also the versions and aliases compared.
@@ -624,7 +616,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     # second read: a gate tag is written only after the verdict it copies, so a tag read first
     # has its verdict in the trail read after.
     names = registered_model_names(client)
-    listed = {model: _versions_of(client, model) for model in names}
+    listed = {model: versions_of(client, model) for model in names}
     aliases_of: dict[str, dict[str, str]] = {}
     with held_lock(engine, MODEL_LOCK):
         events = events_of(engine, MODEL_ACTIONS)
@@ -634,7 +626,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
         for model in sorted(models):
             seen = {str(v.version) for v in listed.get(model, [])}
             if any(m == model and version not in seen for m, version in registered):
-                listed[model] = _versions_of(client, model)
+                listed[model] = versions_of(client, model)
             aliases_of[model] = current_aliases(client, model)
     listed = dict(sorted(listed.items()))
     recorded_metrics = {(e["details"]["model"], str(e["details"]["version"])):

@@ -216,6 +216,14 @@ def model_versions(client: Any, filter_string: str) -> list[Any]:
         filter_string, max_results=VERSIONS_PAGE, page_token=token))
 
 
+def versions_of(client: Any, model: str) -> list[Any]:
+    """Every version of ``model`` (:func:`model_versions`); none when MLflow has no such
+    model."""
+    with suppress_not_found():
+        return model_versions(client, f"name='{model}'")
+    return []
+
+
 def _paged(page: Callable[[str | None], PagedList[T]]) -> list[T]:
     """Every item of an MLflow search answered a page at a time (``page(token)``)."""
     items: list[T] = []
@@ -241,9 +249,7 @@ def list_versions(client: Any, name: str | None = None) -> list[VersionRow]:
         by_version: dict[str, list[str]] = {}
         for alias, version in aliases.items():
             by_version.setdefault(str(version), []).append(alias)
-        versions: list[Any] = []
-        with suppress_not_found():
-            versions = model_versions(client, f"name='{model}'")
+        versions = versions_of(client, model)
         if name and not versions:
             raise PuhuiError(f"no registered model {name!r} (train one: puhui run train risk)")
         logged = runs_metrics(client, {v.run_id for v in versions if v.run_id}, [model])
