@@ -41,6 +41,13 @@ from puhui.settings import QUIET_ENVIRONMENT, load_settings, repo_root
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 for _name, _value in QUIET_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
+# LightGBM's OpenMP threads (libgomp; the configs give num_threads: 2) spin at every barrier by
+# default, on the assumption that each has a core of its own. Here two workers, their
+# subprocesses and servers share 2 cores, and a spinning thread burns the time slice the thread
+# it waits for needs: 3 x 400 rounds on 2,500 rows took 69.6 s wall at load 19 against 1.0 s
+# with passive waits (sleep on a futex; same trees, the policy changes no arithmetic). Set
+# before anything loads libgomp (it reads it once) and inherited by every command started.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="puhui-test-session-"))
 # Removed when this process ends (each xdist worker and the controller has its own): one was
 # left in /tmp per test process, with a Prefect home in it.
