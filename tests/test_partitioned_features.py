@@ -81,6 +81,26 @@ def features_env(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
     return risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
 
 
+# The whole-table builder's features (and the requests they answer), per (dialect, split
+# spec): every test gets a copy of the same ingested template, so one build per dialect and
+# spec is the reference for all of them (it was built again by each of 10 tests, reading
+# every source twice: once for the requests, once for the features).
+_WHOLE: dict[tuple[str, bool], tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+
+def _whole_table(engine, split: bool) -> tuple[FeaturesConfig, pd.DataFrame, pd.DataFrame]:  # noqa: ANN001
+    """(spec, requests, the whole-table builder's features) of the template's data, before
+    any test changed its copy; ``split`` sets the phone-feed split's threshold to 0."""
+    spec = split_always(_spec()) if split else _spec()
+    key = (engine.dialect.name, split)
+    if key not in _WHOLE:
+        requests = _requests(engine, spec)
+        _WHOLE[key] = requests, build_features(load_source_frames(engine, spec, AS_OF),
+                                               requests, spec)
+    requests, want = _WHOLE[key]
+    return spec, requests.copy(), want.copy()
+
+
 def _assert_identical(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert len(want) > 0
     pd.testing.assert_frame_equal(got, want, check_exact=True)
@@ -104,9 +124,7 @@ def test_partitioned_features_equal_the_whole_table_builder(features_env: str,
     """Every feature, every row, bit for bit: two as-of dates per customer. 8 partitions
     split the phone-keyed feeds (PostgreSQL), 3 probe them (below the size threshold)."""
     engine = get_engine(features_env)
-    spec = split_always(_spec()) if partitions == 8 else _spec()
-    requests = _requests(engine, spec)
-    want = build_features(load_source_frames(engine, spec, AS_OF), requests, spec)
+    spec, requests, want = _whole_table(engine, split=partitions == 8)
     got = build_features_partitioned(engine, spec, AS_OF, requests, partitions)
     _assert_identical(got, want)
     assert want.drop(columns=["person_key", "as_of_date"]).notna().any().all(), \
@@ -324,9 +342,7 @@ def test_mixed_case_source_columns_build_the_same_features(
     from puhui.config import load_config_file
 
     engine = get_engine(features_env)
-    spec = split_always(_spec()) if partitions == 8 else _spec()
-    requests = _requests(engine, spec)
-    want = build_features(load_source_frames(engine, spec, AS_OF), requests, spec)
+    _, requests, want = _whole_table(engine, split=partitions == 8)
 
     source = (load_settings().config_dir / "features.yaml").read_text(encoding="utf-8")
     for pattern, spelled in _MIXED_CASE_YAML:
