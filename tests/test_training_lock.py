@@ -137,3 +137,21 @@ def test_a_waiter_is_told_once_who_holds_the_lock(warehouse_url: str) -> None:
         assert told == [holder]
     finally:
         engine.dispose()
+
+
+def test_a_registry_error_is_not_read_as_no_version_of_the_fingerprint(
+        empty_mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Before: any MLflow error read as "no version", so a training during a registry outage
+    # trained and registered a duplicate of an existing version. Only "no such model" is none.
+    from puhui.errors import PuhuiError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    assert find_version_by_fingerprint(f"sqlite:///{empty_mlflow_store}", NAME,
+                                       "same") is None
+    down = "http://ops:s3cr3t-pw@127.0.0.1:9"  # the discard port: refused
+    with pytest.raises(PuhuiError) as refused:
+        find_version_by_fingerprint(down, NAME, "same")
+    message = str(refused.value)
+    assert message.startswith(f"model registry error reading the versions of {NAME}: ")
+    assert "\n" not in message and "s3cr3t-pw" not in message, message

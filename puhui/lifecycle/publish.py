@@ -24,14 +24,16 @@ from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter, current_flow_run_id
+from puhui.errors import PuhuiError
 from puhui.lifecycle.gates import GateResult
+from puhui.privacy import scrub_text
 from puhui.registry import (
     CHALLENGER,
     CHAMPION,
     GATES_PASSED_TAG,
-    model_versions,
     registry_client,
     settle_gate_verdict,
+    versions_of,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import model_evaluations
@@ -46,7 +48,6 @@ def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str) -> None
     tree: its ``+dirty`` code version names no commit, so the version could not be
     rebuilt. The refusal is recorded in the audit trail. The local profile allows it (a
     developer's experiment) and the version records ``+dirty``."""
-    from puhui.errors import PuhuiError
     from puhui.settings import load_settings
 
     if not audit.code_version.endswith("+dirty") or load_settings().profile != "production":
@@ -89,11 +90,13 @@ def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str
 def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
     """The newest gated version trained on ``fingerprint`` (the highest number: MLflow lists
     versions by last update, and an edit of an older one (its description) puts it first)."""
-    client = registry_client(tracking_uri)
+    # Only "no such model" means none: an outage read as none registered a duplicate version.
     try:
-        versions = model_versions(client, f"name='{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
+        versions = versions_of(registry_client(tracking_uri), name)
+    except mlflow.exceptions.MlflowException as exc:
+        first = scrub_text(exc.message).strip().splitlines()[0][:200] if exc.message else ""
+        raise PuhuiError(f"model registry error reading the versions of {name}: {first}"
+                         ) from None
     # An ungated version (a crash before its gate step) does not count: train again.
     matches = [int(v.version) for v in versions
                if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags]
