@@ -455,30 +455,54 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
 
 
 def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                       version: str) -> bool:
-    """``challenger`` to ``version`` if its training stopped between the gate verdict and that
-    move (``kill -9`` there); returns whether it moved. Only a version that passed, that no
-    completed alias move ever named and that no later version passed after: what its run
-    would have made challenger, and nothing has been since (a later version that failed
-    moved no alias). Called when a re-run finds the version unchanged: otherwise it stays
-    without an alias for good."""
+                       version: str, auto_promote: bool = False) -> list[str]:
+    """The alias moves ``version``'s gate step would have made had its training not stopped
+    after the verdict (``kill -9`` there), in one hold of the model lock; returns the aliases
+    moved (none: nothing was left undone). ``challenger`` only for a version that passed,
+    that no completed alias move ever named and that no later version passed after: what its
+    run would have made challenger, and nothing has been since (a later version that failed
+    moved no alias). With ``auto_promote``, also ``champion`` (and ``challenger`` off it),
+    unless a completed ``champion`` move came after the verdict: then the run got that far,
+    or a model owner has decided since. An unchanged re-run has the killed run's
+    configuration (it is in the fingerprint), so the same ``auto_promote``. Called when a
+    re-run finds the version unchanged: otherwise the outcome depends on where the kill
+    fell."""
     with held_lock(engine, MODEL_LOCK):
         events = events_of(engine, MODEL_ACTIONS)
         verdicts = _verdicts(events)
         verdict = verdicts.get((name, str(version)))
         if verdict is None or not verdict["passed"]:
-            return False
+            return []
         if any(model == name and int(v) > int(version) and later["passed"]
                for (model, v), later in verdicts.items()):
-            return False
-        if any(e["action"] == ALIAS_SET and e["details"].get("model") == name
-               and str(e["details"].get("version")) == str(version) for e in events):
-            return False
-        if str(version) in current_aliases(client, name).values():
-            return False  # set outside puhui: verify reports it, this does not hide it
-        _move_alias(client, engine, audit, name, CHALLENGER, str(version),
-                    "passed every gate; its training stopped before this move")
-        return True
+            return []
+        moves = [e for e in events
+                 if e["action"] == ALIAS_SET and e["details"].get("model") == name]
+        moved: list[str] = []
+        if not any(str(e["details"].get("version")) == str(version) for e in moves):
+            if str(version) in current_aliases(client, name).values():
+                return []  # set outside puhui: verify reports it, this does not hide it
+            _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                        "passed every gate; its training stopped before this move")
+            moved.append(CHALLENGER)
+        judged = max((e["seq"] for e in events if e["action"] == GATES
+                      and e["details"].get("model") == name
+                      and str(e["details"].get("version")) == str(version)), default=None)
+        if not auto_promote or judged is None:
+            return moved
+        since = [str(e["details"].get("version")) for e in moves
+                 if e["details"].get("alias") == CHAMPION and e["seq"] > judged]
+        if not since:
+            move_champion(client, engine, audit, name, str(version),
+                          "auto_promote is on in configs/models.yaml; its training stopped "
+                          "before this move")
+            moved.append(CHAMPION)
+        elif set(since) == {str(version)} and version_of(client, name, CHALLENGER) == str(version):
+            # Killed between the champion move and taking challenger off it.
+            _remove_alias(client, engine, audit, name, CHALLENGER,
+                          f"v{version} promoted to {CHAMPION}")
+            moved.append(f"{CHALLENGER} removed")
+        return moved
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:

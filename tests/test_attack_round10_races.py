@@ -332,7 +332,7 @@ def test_a_version_promoted_while_its_verdict_is_recorded_ends_champion_only(
 # order v2 would be challenger, and it stayed without an alias.
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_a_later_failed_version_does_not_stop_the_challenger_restore(
-        registry_env: dict[str, str]) -> None:  # noqa: F811
+        registry_env: dict[str, str], puhui: Callable[..., Ran]) -> None:  # noqa: F811
     from puhui.registry import restore_challenger
 
     runtime = open_runtime()
@@ -342,6 +342,23 @@ def test_a_later_failed_version_does_not_stop_the_challenger_restore(
     assert not restore_challenger(client, runtime.engine, runtime.audit, NAME, passed)
     assert restore_challenger(client, runtime.engine, runtime.audit, NAME, later_passed)
     assert current_aliases(client, NAME) == {CHALLENGER: later_passed}
+
+    # Before: with auto_promote, the restore made a version challenger only, so a training
+    # killed after its verdict ended {challenger: v} where one killed a moment later, or not
+    # at all, ended {champion: v}; one killed between its challenger and champion moves
+    # stayed challenger for good. The unchanged re-run now finishes what the run would have
+    # done. (Same registry as above: a fixture of its own costs seconds.)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, later_passed,
+                              True) == [CHAMPION]  # killed after its challenger move
+    assert current_aliases(client, NAME) == {CHAMPION: later_passed}
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, later_passed,
+                              True) == []  # nothing left undone
+    killed_after_verdict = _register(True)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME,
+                              killed_after_verdict, True) == [CHALLENGER, CHAMPION]
+    assert current_aliases(client, NAME) == {CHAMPION: killed_after_verdict}
+    verified = puhui("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 # Tried and sound (kept as a test): a release killed inside its transaction, after its
