@@ -37,6 +37,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     is_not_found,
     list_versions,
     metric_name,
+    mlflow_client,
     model_files_digest,
     model_files_dir,
     model_versions,
@@ -71,9 +72,7 @@ MODEL_LOCK = "puhui.model_changes"
 
 
 def registry_client(tracking_uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return mlflow_client(tracking_uri)
 
 
 def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
