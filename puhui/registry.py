@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,11 +160,13 @@ def _write_gate_tags(client: MlflowClient, name: str, version: str, passed: bool
 
 
 def _record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                         version: str, passed: bool, failed: list[str]) -> None:
-    """The gates' verdict on a registered version: an audit event, then the MLflow tags; the
-    caller holds ``MODEL_LOCK`` (``settle_gate_verdict``)."""
+                         version: str, passed: bool, failed: list[str],
+                         extra: dict[str, Any] | None = None) -> None:
+    """The gates' verdict on a registered version: an audit event (with ``extra`` facts),
+    then the MLflow tags; the caller holds ``MODEL_LOCK`` (``settle_gate_verdict``)."""
     audit.record(engine, GATES, f"{name}/v{version}", {
         "model": name, "version": str(version), "passed": passed, "failed": failed,
+        **(extra or {}),
     }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
     crash_point("gate.before_tag")
     _write_gate_tags(client, name, str(version), passed, failed)
@@ -434,15 +436,31 @@ def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name
 
 
 def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                        version: str, passed: bool, failed: list[str],
-                        auto_promote: bool) -> str | None:
+                        version: str, passed: bool, failed: list[str], auto_promote: bool,
+                        compared_with: str | None = None,
+                        recheck: Callable[[str | None], tuple[bool, list[str]]] | None = None,
+                        ) -> str | None:
     """The gate step's verdict and the alias moves it decides, in one hold of the model lock:
     a passing version becomes ``challenger`` (and ``champion`` with ``auto_promote``), a
     failing one gets no alias. A promotion or rollback by a model owner comes wholly before or
     after: in two holds, a promotion of the version between them left the previous challenger
-    in place beside it. Returns the champion after the step (None: none)."""
+    in place beside it. Returns the champion after the step (None: none).
+
+    Gates that compare with the champion pass ``recheck`` and the champion they were
+    evaluated against (``compared_with``, None: there was none): if another version is
+    champion now (promoted or rolled back since), ``recheck(current)`` gives the verdict
+    against it, under the lock, so the verdict is never against a champion of the past.
+    The event names the champion compared with (``champion``) and, when it changed, the
+    one evaluated against (``evaluated_against``)."""
     with held_lock(engine, MODEL_LOCK):
-        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
+        extra: dict[str, Any] | None = None
+        if recheck is not None:
+            current = version_of(client, name, CHAMPION)
+            extra = {"champion": current}
+            if current != compared_with:
+                passed, failed = recheck(current)
+                extra["evaluated_against"] = compared_with
+        _record_gate_verdict(client, engine, audit, name, version, passed, failed, extra)
         if passed:
             # Nobody promoted it before this verdict: promote refuses an ungated version.
             _move_alias(client, engine, audit, name, CHALLENGER, str(version),

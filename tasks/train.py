@@ -31,7 +31,7 @@ from puhui.features.store import write_user_features
 from puhui.generate.truth import load_true_pd
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
 from puhui.lifecycle.publish import (
-    apply_verdict,
+    apply_checked_verdict,
     find_version_by_fingerprint,
     provenance_tags,
     training_lock,
@@ -50,6 +50,7 @@ from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
 from puhui.risk.publish import (
     Published,
+    champion_check,
     publish_risk_model,
     risk_fingerprint,
 )
@@ -249,15 +250,21 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
 
 
 @task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
-def apply_gates(published: Published, gates: GateResult) -> str:
+def apply_gates(published: Published, gates: GateResult, training: TrainingSet,
+                evaluation: Evaluation) -> tuple[GateResult, str]:
     """The verdict is recorded (audit event, then version tags); a passing version becomes
-    the challenger (and champion, if configured), a failing one gets no alias."""
+    the challenger (and champion, if configured), a failing one gets no alias. Against the
+    champion at verdict time: if it moved since the evaluation, the gates are checked again
+    against it (``puhui.risk.publish.champion_check``). Returns the verdict and the line."""
     started = time.perf_counter()
     runtime = open_runtime()
     _, model = _configs()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
-    return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
-                              published.version, gates, model.auto_promote), started)
+    uri = runtime.settings.mlflow_tracking_uri
+    check = champion_check(runtime.engine, uri, published, training, evaluation, model.gates)
+    gates, line = apply_checked_verdict(registry_client(uri), runtime.engine, runtime.audit,
+                                        published.name, published.version, gates,
+                                        model.auto_promote, check)
+    return gates, _say(line, started)
 
 
 @task(name="reconcile-models", **STEP)

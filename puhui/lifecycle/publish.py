@@ -25,7 +25,7 @@ from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter, current_flow_run_id
 from puhui.errors import PuhuiError
-from puhui.lifecycle.gates import GateResult
+from puhui.lifecycle.gates import ChampionCheck, GateResult
 from puhui.privacy import scrub_text
 from puhui.registry import (
     CHALLENGER,
@@ -160,16 +160,40 @@ def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name
                   version: str, gates: GateResult, auto_promote: bool) -> str:
     """Record the verdict (audit event, then version tags) and move the aliases it decides
     (``settle_gate_verdict``, one hold of the model lock). Returns the step's line."""
-    champion = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
-                                   gates.failed, auto_promote)
+    return apply_checked_verdict(client, engine, audit, name, version, gates, auto_promote)[1]
+
+
+def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                          version: str, gates: GateResult, auto_promote: bool,
+                          champion: ChampionCheck | None = None) -> tuple[GateResult, str]:
+    """``apply_verdict`` for gates that compare with the champion (``champion``): if the
+    champion moved since the evaluation, the verdict is against the current one
+    (``settle_gate_verdict``). Returns the verdict applied and the step's line."""
+    rechecked: list[tuple[str | None, GateResult]] = []
+
+    def recheck(current: str | None) -> tuple[bool, list[str]]:
+        rechecked.append((current, champion.recheck(current)))
+        return rechecked[-1][1].passed, rechecked[-1][1].failed
+
+    now = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
+                              gates.failed, auto_promote,
+                              champion.compared_with if champion else None,
+                              recheck if champion else None)
+    moved = ""
+    if rechecked:
+        current, gates = rechecked[-1]
+        was, found = (f"v{v}" if v else "none" for v in (champion.compared_with, current))
+        moved = (f"the champion changed since the evaluation ({was} -> {found}): gates "
+                 f"checked again against {found}; ")
     if not gates.passed:
-        return f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
+        return gates, f"gate: {moved}v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
     if auto_promote:
-        return f"gate: v{version} passed every gate -> {CHAMPION} (auto_promote is on)"
-    held = f"v{champion}" if champion else "nobody"
-    return (f"gate: v{version} passed every gate -> {CHALLENGER}; {CHAMPION} stays {held} "
-            f"until a model owner promotes (puhui models promote {name} --version {version} "
-            "--reason ...)")
+        return gates, (f"gate: {moved}v{version} passed every gate -> {CHAMPION} "
+                       "(auto_promote is on)")
+    held = f"v{now}" if now else "nobody"
+    return gates, (f"gate: {moved}v{version} passed every gate -> {CHALLENGER}; {CHAMPION} "
+                   f"stays {held} until a model owner promotes (puhui models promote {name} "
+                   f"--version {version} --reason ...)")
 
 
 def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:
