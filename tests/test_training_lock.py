@@ -169,6 +169,7 @@ registry_client(sys.argv[1]).search_experiments()
 """
 
 
+@pytest.mark.slow  # MLflow's whole migration chain once, and two interpreters importing it
 def test_two_processes_creating_one_new_mlflow_store_take_turns(tmp_path: Path) -> None:
     # Before: both found no tables and ran MLflow's migrations into one SQLite file at
     # once, and one (or both) failed inside them. Now the first creation holds an flock
