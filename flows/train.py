@@ -60,7 +60,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
         evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)
         published, register_line = register_risk_model(training, trained, evaluation, gates,
                                                        fingerprint)
-        gate_line = apply_gates(published, gates)
+        gates, gate_line = apply_gates(published, gates, training, evaluation)
         lines += [train_line, evaluate_line, register_line, gate_line]
         m = evaluation.metrics
         line = closing_line(as_of, published.name, published.version, trained.kind, m, gates)

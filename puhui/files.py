@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from puhui.crashpoints import crash_point
+
 # A writer's temporary name (``.<name>.<pid>.<thread>.tmp``) older than this belongs to a
 # process killed mid-write: a text file is written in well under a second.
 STALE_TEMP_SECONDS = 15 * 60
@@ -25,6 +27,7 @@ def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
+    crash_point("files.before_rename")
     tmp.replace(path)
     _sweep_stale_temps(path.parent)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     is_not_found,
     list_versions,
     metric_name,
+    mlflow_client,
     model_files_digest,
     model_files_dir,
     model_versions,
@@ -71,9 +72,7 @@ MODEL_LOCK = "puhui.model_changes"
 
 
 def registry_client(tracking_uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return mlflow_client(tracking_uri)
 
 
 def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
@@ -161,11 +160,13 @@ def _write_gate_tags(client: MlflowClient, name: str, version: str, passed: bool
 
 
 def _record_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                         version: str, passed: bool, failed: list[str]) -> None:
-    """The gates' verdict on a registered version: an audit event, then the MLflow tags; the
-    caller holds ``MODEL_LOCK`` (``settle_gate_verdict``)."""
+                         version: str, passed: bool, failed: list[str],
+                         extra: dict[str, Any] | None = None) -> None:
+    """The gates' verdict on a registered version: an audit event (with ``extra`` facts),
+    then the MLflow tags; the caller holds ``MODEL_LOCK`` (``settle_gate_verdict``)."""
     audit.record(engine, GATES, f"{name}/v{version}", {
         "model": name, "version": str(version), "passed": passed, "failed": failed,
+        **(extra or {}),
     }, mlflow_run_id=client.get_model_version(name, str(version)).run_id)
     crash_point("gate.before_tag")
     _write_gate_tags(client, name, str(version), passed, failed)
@@ -435,15 +436,31 @@ def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name
 
 
 def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                        version: str, passed: bool, failed: list[str],
-                        auto_promote: bool) -> str | None:
+                        version: str, passed: bool, failed: list[str], auto_promote: bool,
+                        compared_with: str | None = None,
+                        recheck: Callable[[str | None], tuple[bool, list[str]]] | None = None,
+                        ) -> str | None:
     """The gate step's verdict and the alias moves it decides, in one hold of the model lock:
     a passing version becomes ``challenger`` (and ``champion`` with ``auto_promote``), a
     failing one gets no alias. A promotion or rollback by a model owner comes wholly before or
     after: in two holds, a promotion of the version between them left the previous challenger
-    in place beside it. Returns the champion after the step (None: none)."""
+    in place beside it. Returns the champion after the step (None: none).
+
+    Gates that compare with the champion pass ``recheck`` and the champion they were
+    evaluated against (``compared_with``, None: there was none): if another version is
+    champion now (promoted or rolled back since), ``recheck(current)`` gives the verdict
+    against it, under the lock, so the verdict is never against a champion of the past.
+    The event names the champion compared with (``champion``) and, when it changed, the
+    one evaluated against (``evaluated_against``)."""
     with held_lock(engine, MODEL_LOCK):
-        _record_gate_verdict(client, engine, audit, name, version, passed, failed)
+        extra: dict[str, Any] | None = None
+        if recheck is not None:
+            current = version_of(client, name, CHAMPION)
+            extra = {"champion": current}
+            if current != compared_with:
+                passed, failed = recheck(current)
+                extra["evaluated_against"] = compared_with
+        _record_gate_verdict(client, engine, audit, name, version, passed, failed, extra)
         if passed:
             # Nobody promoted it before this verdict: promote refuses an ungated version.
             _move_alias(client, engine, audit, name, CHALLENGER, str(version),
@@ -455,30 +472,54 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
 
 
 def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
-                       version: str) -> bool:
-    """``challenger`` to ``version`` if its training stopped between the gate verdict and that
-    move (``kill -9`` there); returns whether it moved. Only a version that passed, that no
-    completed alias move ever named and that no later version passed after: what its run
-    would have made challenger, and nothing has been since (a later version that failed
-    moved no alias). Called when a re-run finds the version unchanged: otherwise it stays
-    without an alias for good."""
+                       version: str, auto_promote: bool = False) -> list[str]:
+    """The alias moves ``version``'s gate step would have made had its training not stopped
+    after the verdict (``kill -9`` there), in one hold of the model lock; returns the aliases
+    moved (none: nothing was left undone). ``challenger`` only for a version that passed,
+    that no completed alias move ever named and that no later version passed after: what its
+    run would have made challenger, and nothing has been since (a later version that failed
+    moved no alias). With ``auto_promote``, also ``champion`` (and ``challenger`` off it),
+    unless a completed ``champion`` move came after the verdict: then the run got that far,
+    or a model owner has decided since. An unchanged re-run has the killed run's
+    configuration (it is in the fingerprint), so the same ``auto_promote``. Called when a
+    re-run finds the version unchanged: otherwise the outcome depends on where the kill
+    fell."""
     with held_lock(engine, MODEL_LOCK):
         events = events_of(engine, MODEL_ACTIONS)
         verdicts = _verdicts(events)
         verdict = verdicts.get((name, str(version)))
         if verdict is None or not verdict["passed"]:
-            return False
+            return []
         if any(model == name and int(v) > int(version) and later["passed"]
                for (model, v), later in verdicts.items()):
-            return False
-        if any(e["action"] == ALIAS_SET and e["details"].get("model") == name
-               and str(e["details"].get("version")) == str(version) for e in events):
-            return False
-        if str(version) in current_aliases(client, name).values():
-            return False  # set outside puhui: verify reports it, this does not hide it
-        _move_alias(client, engine, audit, name, CHALLENGER, str(version),
-                    "passed every gate; its training stopped before this move")
-        return True
+            return []
+        moves = [e for e in events
+                 if e["action"] == ALIAS_SET and e["details"].get("model") == name]
+        moved: list[str] = []
+        if not any(str(e["details"].get("version")) == str(version) for e in moves):
+            if str(version) in current_aliases(client, name).values():
+                return []  # set outside puhui: verify reports it, this does not hide it
+            _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                        "passed every gate; its training stopped before this move")
+            moved.append(CHALLENGER)
+        judged = max((e["seq"] for e in events if e["action"] == GATES
+                      and e["details"].get("model") == name
+                      and str(e["details"].get("version")) == str(version)), default=None)
+        if not auto_promote or judged is None:
+            return moved
+        since = [str(e["details"].get("version")) for e in moves
+                 if e["details"].get("alias") == CHAMPION and e["seq"] > judged]
+        if not since:
+            move_champion(client, engine, audit, name, str(version),
+                          "auto_promote is on in configs/models.yaml; its training stopped "
+                          "before this move")
+            moved.append(CHAMPION)
+        elif set(since) == {str(version)} and version_of(client, name, CHALLENGER) == str(version):
+            # Killed between the champion move and taking challenger off it.
+            _remove_alias(client, engine, audit, name, CHALLENGER,
+                          f"v{version} promoted to {CHAMPION}")
+            moved.append(f"{CHALLENGER} removed")
+        return moved
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:

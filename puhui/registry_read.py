@@ -464,6 +464,38 @@ def check_registry_reachable(tracking_uri: str) -> None:
         registry.dispose()
 
 
+_CREATED: set[str] = set()
+
+
+def mlflow_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` on ``tracking_uri`` (also its registry). A local SQLite store is
+    made ready first, once per process, under an ``flock`` beside its database file
+    (``held_lock``, as the training lock on SQLite): MLflow creates the tables of an empty
+    store (its whole migration chain) on its first client, and two processes doing that at
+    once collided in MLflow's migrations. The second now waits, then finds it made."""
+    from mlflow import MlflowClient
+
+    if tracking_uri in _CREATED or not tracking_uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    from sqlalchemy import create_engine
+
+    from puhui.warehouse.engine import held_lock
+
+    database = create_engine(tracking_uri)  # never connects: held_lock only reads its path
+    try:
+        if database.url.database and database.url.database != ":memory:":
+            Path(database.url.database).parent.mkdir(parents=True, exist_ok=True)
+        with held_lock(database, "puhui.mlflow_store"):
+            # The client opens its stores as it is made: the tracking store creates the
+            # tables if none, the registry's (opened on first use) then finds them.
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            client.search_registered_models(max_results=1)
+    finally:
+        database.dispose()
+    _CREATED.add(tracking_uri)
+    return client
+
+
 def read_only_registry(tracking_uri: str) -> Any:
     """A client for reading the registry: ``SqlRegistry`` on a database store MLflow created,
     else ``MlflowClient`` (an MLflow server, or a database this cannot read). A database
@@ -475,6 +507,4 @@ def read_only_registry(tracking_uri: str) -> Any:
             return registry
         except Exception:  # noqa: BLE001 - other tables: ask MLflow
             registry.dispose()  # its pooled connection from check_reachable: MLflow opens its own
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return mlflow_client(tracking_uri)

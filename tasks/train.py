@@ -19,18 +19,25 @@ from prefect.states import Failed, State
 from sqlalchemy import Engine
 
 from puhui import console
-from puhui.config import FeaturesConfig, ModelsConfig, RiskModelSpec, load_config
+from puhui.config import (
+    FeaturesConfig,
+    ModelsConfig,
+    RecommenderSpec,
+    RiskModelSpec,
+    load_config,
+)
 from puhui.errors import PuhuiError
 from puhui.features.store import write_user_features
 from puhui.generate.truth import load_true_pd
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
 from puhui.lifecycle.publish import (
-    apply_verdict,
+    apply_checked_verdict,
     find_version_by_fingerprint,
     provenance_tags,
     training_lock,
 )
 from puhui.registry import (
+    CHALLENGER,
     CHAMPION,
     load_registered_pyfunc,
     reconcile_model_changes,
@@ -43,6 +50,7 @@ from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
 from puhui.risk.publish import (
     Published,
+    champion_check,
     publish_risk_model,
     risk_fingerprint,
 )
@@ -242,15 +250,21 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
 
 
 @task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
-def apply_gates(published: Published, gates: GateResult) -> str:
+def apply_gates(published: Published, gates: GateResult, training: TrainingSet,
+                evaluation: Evaluation) -> tuple[GateResult, str]:
     """The verdict is recorded (audit event, then version tags); a passing version becomes
-    the challenger (and champion, if configured), a failing one gets no alias."""
+    the challenger (and champion, if configured), a failing one gets no alias. Against the
+    champion at verdict time: if it moved since the evaluation, the gates are checked again
+    against it (``puhui.risk.publish.champion_check``). Returns the verdict and the line."""
     started = time.perf_counter()
     runtime = open_runtime()
     _, model = _configs()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
-    return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
-                              published.version, gates, model.auto_promote), started)
+    uri = runtime.settings.mlflow_tracking_uri
+    check = champion_check(runtime.engine, uri, published, training, evaluation, model.gates)
+    gates, line = apply_checked_verdict(registry_client(uri), runtime.engine, runtime.audit,
+                                        published.name, published.version, gates,
+                                        model.auto_promote, check)
+    return gates, _say(line, started)
 
 
 @task(name="reconcile-models", **STEP)
@@ -267,28 +281,39 @@ def reconcile_models() -> list[str]:
     return result.repaired
 
 
-def _registered_name(model: Literal["risk", "recommender"], config_dir: Path) -> str:
+def _model_spec(model: Literal["risk", "recommender"],
+                config_dir: Path) -> RiskModelSpec | RecommenderSpec:
     models = load_config(config_dir, ModelsConfig)
     spec = models.credit_risk if model == "risk" else models.product_recommender
     if spec is None:
         raise PuhuiError(f"configs/models.yaml has no {model} model")
-    return spec.registered_name
+    return spec
+
+
+def _registered_name(model: Literal["risk", "recommender"], config_dir: Path) -> str:
+    return _model_spec(model, config_dir).registered_name
 
 
 @task(name="restore-challenger", **STEP)
 def restore_lost_challenger(version: str,
                             model: Literal["risk", "recommender"] = "risk") -> str | None:
-    """An unchanged version's challenger alias, if its own run was killed before moving it
+    """What an unchanged version's own run left undone after its verdict when it was killed:
+    the challenger alias and, with ``auto_promote``, the champion
     (``puhui.registry.restore_challenger``); the step's line, or None. ``model``: ``risk``
     or ``recommender``."""
     started = time.perf_counter()
     runtime = open_runtime()
-    name = _registered_name(model, runtime.settings.config_dir)
+    spec = _model_spec(model, runtime.settings.config_dir)
     client = registry_client(runtime.settings.mlflow_tracking_uri)
-    if not restore_challenger(client, runtime.engine, runtime.audit, name, version):
+    moved = restore_challenger(client, runtime.engine, runtime.audit, spec.registered_name,
+                               version, spec.auto_promote)
+    if not moved:
         return None
-    return _say(f"gate: v{version} passed every gate -> challenger (its run stopped before "
-                "this move)", started)
+    if CHAMPION not in moved and f"{CHALLENGER} removed" not in moved:
+        return _say(f"gate: v{version} passed every gate -> {CHALLENGER} (its run stopped "
+                    "before this move)", started)
+    return _say(f"gate: v{version} passed every gate -> {CHAMPION} (auto_promote is on; its "
+                f"run stopped before these moves: {', '.join(moved)})", started)
 
 
 @contextmanager

@@ -332,7 +332,7 @@ def test_a_version_promoted_while_its_verdict_is_recorded_ends_champion_only(
 # order v2 would be challenger, and it stayed without an alias.
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_a_later_failed_version_does_not_stop_the_challenger_restore(
-        registry_env: dict[str, str]) -> None:  # noqa: F811
+        registry_env: dict[str, str], puhui: Callable[..., Ran]) -> None:  # noqa: F811
     from puhui.registry import restore_challenger
 
     runtime = open_runtime()
@@ -342,6 +342,68 @@ def test_a_later_failed_version_does_not_stop_the_challenger_restore(
     assert not restore_challenger(client, runtime.engine, runtime.audit, NAME, passed)
     assert restore_challenger(client, runtime.engine, runtime.audit, NAME, later_passed)
     assert current_aliases(client, NAME) == {CHALLENGER: later_passed}
+
+    # Before: with auto_promote, the restore made a version challenger only, so a training
+    # killed after its verdict ended {challenger: v} where one killed a moment later, or not
+    # at all, ended {champion: v}; one killed between its challenger and champion moves
+    # stayed challenger for good. The unchanged re-run now finishes what the run would have
+    # done. (Same registry as above: a fixture of its own costs seconds.)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, later_passed,
+                              True) == [CHAMPION]  # killed after its challenger move
+    assert current_aliases(client, NAME) == {CHAMPION: later_passed}
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, later_passed,
+                              True) == []  # nothing left undone
+    killed_after_verdict = _register(True)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME,
+                              killed_after_verdict, True) == [CHALLENGER, CHAMPION]
+    assert current_aliases(client, NAME) == {CHAMPION: killed_after_verdict}
+    verified = puhui("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# Before: the gate "AUC drop against the champion" compared with the champion of the
+# evaluation; one promoted (or rolled back) before the verdict was never compared with, so
+# a version could become challenger (or, with auto_promote, champion) while ranking worse
+# than the champion it would replace. Now the verdict is settled against the champion at
+# verdict time, under the model lock, and its event names both.
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_the_verdict_compares_with_the_champion_at_verdict_time(
+        registry_env: dict[str, str]) -> None:  # noqa: F811
+    from puhui.audit import events_of
+    from puhui.lifecycle.gates import ChampionCheck, GateResult
+    from puhui.lifecycle.publish import apply_checked_verdict
+    from puhui.registry import GATES, promote
+
+    runtime = open_runtime()
+    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    old, new = registry_env["passed1"], registry_env["passed2"]
+    promote(client, runtime.engine, runtime.audit, NAME, old, "first")
+    asked: list[str | None] = []
+
+    def recheck(champion: str | None) -> GateResult:
+        asked.append(champion)  # the real one re-scores ``champion`` (risk.publish)
+        return GateResult(False, [f"auc_drop_vs_champion champion 0.050 > 0.02 (v{champion})"])
+
+    def verdict(version: str) -> dict:
+        return [e["details"] for e in events_of(runtime.engine, [GATES])
+                if e["details"]["version"] == version][-1]
+
+    unchanged = registry_env["ungated"]
+    gates, _ = apply_checked_verdict(client, runtime.engine, runtime.audit, NAME, unchanged,
+                                     GateResult(True), False, ChampionCheck(old, recheck))
+    assert gates.passed and asked == [] and verdict(unchanged)["champion"] == old
+
+    candidate = _register(None)
+    promote(client, runtime.engine, runtime.audit, NAME, new, "between evaluation and verdict")
+    gates, line = apply_checked_verdict(client, runtime.engine, runtime.audit, NAME,
+                                        candidate, GateResult(True), False,
+                                        ChampionCheck(old, recheck))
+    assert asked == [new] and not gates.passed
+    assert f"(v{old} -> v{new}): gates checked again against v{new}" in line, line
+    assert verdict(candidate) == {"model": NAME, "version": candidate, "passed": False,
+                                  "failed": gates.failed, "champion": new,
+                                  "evaluated_against": old}
+    assert current_aliases(client, NAME) == {CHAMPION: new, CHALLENGER: unchanged}
 
 
 # Tried and sound (kept as a test): a release killed inside its transaction, after its

@@ -28,6 +28,22 @@ from tests.test_profiles import train_and_promote
 AS_OF = date.fromisoformat(RISK_AS_OF)
 
 
+def test_a_registry_error_is_not_read_as_a_version_without_bins(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: any MLflow error read as "registered before bins were frozen ... retrain", so
+    # a tracking server down sent the model owner to retrain. Only "not found" means none.
+    from puhui.errors import PuhuiError
+    from puhui.monitoring.bins import load_frozen_bins
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(PuhuiError) as refused:
+        load_frozen_bins("http://ops:s3cr3t-pw@127.0.0.1:9", "0" * 32, "credit_risk", "1")
+    message = str(refused.value)
+    assert message.startswith("model registry error reading the bins of credit_risk v1: ")
+    assert "\n" not in message and "s3cr3t-pw" not in message, message
+
+
 def test_frozen_bin_psi_matches_a_hand_computation() -> None:
     reference = pd.Series([1.0, 2, 3, 4, 5, 6, 7, 8, np.nan, np.nan])
     frozen = freeze_variable(reference, bins=2, categorical=False)

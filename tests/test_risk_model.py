@@ -309,6 +309,33 @@ def test_model_owner_workflow(
     assert lineage["validations"] and lineage["code_version"]
     assert verify_audit_chain(engine).ok
 
+    # The gate step's check against a champion that moved after the evaluation, on the real
+    # models (settle_gate_verdict calls it under the model lock; the race is tested in
+    # test_attack_round10_races.py): v1 re-scored on the same test window, the verdict's
+    # checks in the run's gates.json. SQLite only: the same code on either dialect.
+    if risk_clean.startswith("sqlite"):
+        from puhui.risk.publish import Published, champion_check
+
+        stale = _evaluation({"auc_oot": first["metrics"]["auc_oot"], "score_psi": 0.0,
+                             "auc_oot_champion": 0.99}, [])
+        spec = GatesSpec(min_auc_oot=0.5, max_auc_drop_vs_champion=0.02, max_score_psi=0.25,
+                         min_adverse_impact_ratio=0.8,
+                         calibration={"alpha": 0.01, "tolerance": 0.03})
+        assert not check_gates(stale, spec).passed  # against the champion it was evaluated on
+        check = champion_check(engine, load_settings().mlflow_tracking_uri,
+                               Published(NAME, "3", failing["run_id"], Path(failing["report"])),
+                               _training_set(risk_clean), stale, spec)
+        assert check.compared_with is None  # the stand-in names no champion version
+        rechecked = check.recheck("1")
+        assert rechecked.passed, rechecked.failed
+        drop = next(c for c in rechecked.checks if c["gate"] == "max_auc_drop_vs_champion")
+        assert drop["value"] == pytest.approx(0.0, abs=1e-9)  # v1 against its own figure
+        assert mlflow.artifacts.load_dict(f"runs:/{failing['run_id']}/gates.json") == \
+            json.loads(json.dumps(rechecked.as_dict()))
+        no_champion = check.recheck(None)
+        assert no_champion.passed
+        assert "max_auc_drop_vs_champion" not in {c["gate"] for c in no_champion.checks}
+
 
 @pytest.mark.slow
 def test_a_planted_bias_is_blocked_by_the_fairness_gate(

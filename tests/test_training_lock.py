@@ -137,3 +137,55 @@ def test_a_waiter_is_told_once_who_holds_the_lock(warehouse_url: str) -> None:
         assert told == [holder]
     finally:
         engine.dispose()
+
+
+def test_a_registry_error_is_not_read_as_no_version_of_the_fingerprint(
+        empty_mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Before: any MLflow error read as "no version", so a training during a registry outage
+    # trained and registered a duplicate of an existing version. Only "no such model" is none.
+    from puhui.errors import PuhuiError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    assert find_version_by_fingerprint(f"sqlite:///{empty_mlflow_store}", NAME,
+                                       "same") is None
+    down = "http://ops:s3cr3t-pw@127.0.0.1:9"  # the discard port: refused
+    with pytest.raises(PuhuiError) as refused:
+        find_version_by_fingerprint(down, NAME, "same")
+    message = str(refused.value)
+    assert message.startswith(f"model registry error reading the versions of {NAME}: ")
+    assert "\n" not in message and "s3cr3t-pw" not in message, message
+
+
+_CREATE = """
+import sys, time
+from pathlib import Path
+import mlflow  # imported before the start line: the race is the store's creation
+from puhui.registry import registry_client
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.005)
+registry_client(sys.argv[1]).search_experiments()
+"""
+
+
+@pytest.mark.slow  # MLflow's whole migration chain once, and two interpreters importing it
+def test_two_processes_creating_one_new_mlflow_store_take_turns(tmp_path: Path) -> None:
+    # Before: both found no tables and ran MLflow's migrations into one SQLite file at
+    # once, and one (or both) failed inside them. Now the first creation holds an flock
+    # beside the database file; the second waits and finds the store made.
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", _CREATE, uri,
+                                   str(tmp_path / f"ready{i}"), str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    deadline = time.monotonic() + WAIT
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), [
+            p.communicate()[1][-2000:] for p in processes if p.poll() is not None]
+        time.sleep(0.01)
+    go.touch()  # both start creating within milliseconds
+    ended = [(p.wait(timeout=WAIT), p.stderr.read()) for p in processes]
+    assert [code for code, _ in ended] == [0, 0], [err[-3000:] for _, err in ended]
+    assert [e.name for e in registry_client(uri).search_experiments()] == ["Default"]

@@ -23,6 +23,15 @@ class GateResult:
         return {"passed": self.passed, "failed": self.failed, "checks": self.checks}
 
 
+@dataclass(frozen=True)
+class ChampionCheck:
+    """For gates that compare a version with the champion: the champion version they were
+    evaluated against (None: there was none) and ``recheck(version)``, the gates' result
+    against another champion (None: none), for a champion that moved before the verdict."""
+    compared_with: str | None
+    recheck: Callable[[str | None], GateResult]
+
+
 class GateChecks:
     """Collects checks; ``result()`` is the verdict (every check must pass)."""
 

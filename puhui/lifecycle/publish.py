@@ -24,14 +24,16 @@ from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter, current_flow_run_id
-from puhui.lifecycle.gates import GateResult
+from puhui.errors import PuhuiError
+from puhui.lifecycle.gates import ChampionCheck, GateResult
+from puhui.privacy import scrub_text
 from puhui.registry import (
     CHALLENGER,
     CHAMPION,
     GATES_PASSED_TAG,
-    model_versions,
     registry_client,
     settle_gate_verdict,
+    versions_of,
 )
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import model_evaluations
@@ -46,7 +48,6 @@ def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str) -> None
     tree: its ``+dirty`` code version names no commit, so the version could not be
     rebuilt. The refusal is recorded in the audit trail. The local profile allows it (a
     developer's experiment) and the version records ``+dirty``."""
-    from puhui.errors import PuhuiError
     from puhui.settings import load_settings
 
     if not audit.code_version.endswith("+dirty") or load_settings().profile != "production":
@@ -89,11 +90,13 @@ def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str
 def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
     """The newest gated version trained on ``fingerprint`` (the highest number: MLflow lists
     versions by last update, and an edit of an older one (its description) puts it first)."""
-    client = registry_client(tracking_uri)
+    # Only "no such model" means none: an outage read as none registered a duplicate version.
     try:
-        versions = model_versions(client, f"name='{name}'")
-    except mlflow.exceptions.MlflowException:
-        return None
+        versions = versions_of(registry_client(tracking_uri), name)
+    except mlflow.exceptions.MlflowException as exc:
+        first = scrub_text(exc.message).strip().splitlines()[0][:200] if exc.message else ""
+        raise PuhuiError(f"model registry error reading the versions of {name}: {first}"
+                         ) from None
     # An ungated version (a crash before its gate step) does not count: train again.
     matches = [int(v.version) for v in versions
                if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags]
@@ -157,16 +160,40 @@ def apply_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name
                   version: str, gates: GateResult, auto_promote: bool) -> str:
     """Record the verdict (audit event, then version tags) and move the aliases it decides
     (``settle_gate_verdict``, one hold of the model lock). Returns the step's line."""
-    champion = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
-                                   gates.failed, auto_promote)
+    return apply_checked_verdict(client, engine, audit, name, version, gates, auto_promote)[1]
+
+
+def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                          version: str, gates: GateResult, auto_promote: bool,
+                          champion: ChampionCheck | None = None) -> tuple[GateResult, str]:
+    """``apply_verdict`` for gates that compare with the champion (``champion``): if the
+    champion moved since the evaluation, the verdict is against the current one
+    (``settle_gate_verdict``). Returns the verdict applied and the step's line."""
+    rechecked: list[tuple[str | None, GateResult]] = []
+
+    def recheck(current: str | None) -> tuple[bool, list[str]]:
+        rechecked.append((current, champion.recheck(current)))
+        return rechecked[-1][1].passed, rechecked[-1][1].failed
+
+    now = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
+                              gates.failed, auto_promote,
+                              champion.compared_with if champion else None,
+                              recheck if champion else None)
+    moved = ""
+    if rechecked:
+        current, gates = rechecked[-1]
+        was, found = (f"v{v}" if v else "none" for v in (champion.compared_with, current))
+        moved = (f"the champion changed since the evaluation ({was} -> {found}): gates "
+                 f"checked again against {found}; ")
     if not gates.passed:
-        return f"gate: v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
+        return gates, f"gate: {moved}v{version} FAILED: {'; '.join(gates.failed)}; no alias set"
     if auto_promote:
-        return f"gate: v{version} passed every gate -> {CHAMPION} (auto_promote is on)"
-    held = f"v{champion}" if champion else "nobody"
-    return (f"gate: v{version} passed every gate -> {CHALLENGER}; {CHAMPION} stays {held} "
-            f"until a model owner promotes (puhui models promote {name} --version {version} "
-            "--reason ...)")
+        return gates, (f"gate: {moved}v{version} passed every gate -> {CHAMPION} "
+                       "(auto_promote is on)")
+    held = f"v{now}" if now else "nobody"
+    return gates, (f"gate: {moved}v{version} passed every gate -> {CHALLENGER}; {CHAMPION} "
+                   f"stays {held} until a model owner promotes (puhui models promote {name} "
+                   f"--version {version} --reason ...)")
 
 
 def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from puhui.errors import PuhuiError
+from puhui.privacy import scrub_text
+from puhui.registry_read import is_not_found
 from puhui.risk.metrics import _psi  # the project's one PSI formula (epsilon-floored shares)
 from puhui.scratch import scratch_dir
 
@@ -124,7 +126,12 @@ def load_frozen_bins(tracking_uri: str, run_id: str, name: str, version: str) ->
                 run_id=run_id, artifact_path=BINS_ARTIFACT, dst_path=tmp,
                 tracking_uri=tracking_uri)
             text = Path(path).read_text(encoding="utf-8")
-    except (MlflowException, OSError):
+    except (MlflowException, OSError) as exc:
+        if isinstance(exc, MlflowException) and not is_not_found(exc):
+            # A tracking server down is not "registered before bins": retraining would not help.
+            first = scrub_text(exc.message).strip().splitlines()[0][:200] if exc.message else ""
+            raise PuhuiError(f"model registry error reading the bins of {name} v{version}: "
+                             f"{first}") from None
         raise PuhuiError(
             f"{name} v{version} has no {BINS_ARTIFACT} (registered before bins were frozen "
             "at registration): PSI/CSI not computed for it; retrain to monitor its drift"

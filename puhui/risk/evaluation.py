@@ -11,7 +11,7 @@ plots draw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -144,19 +144,10 @@ def evaluate_risk_model(
 
     curves = {"roc_candidate": _roc(y_oot, oot["pd"].to_numpy()),
               "roc_benchmark": _roc(y_oot, bench_oot)}
-    champion_info = None
-    if champion is not None:
-        missing = [f for f in champion.features if f not in oot.columns]
-        if missing:
-            champion_info = {"note": "champion needs features this training set lacks: "
-                             + ", ".join(missing[:5])}
-        else:
-            champ_pd = champion.predict_pd(oot)
-            m_champ = ranking_metrics(y_oot, champ_pd)
-            champion_info = {"auc_oot": m_champ["auc"]}
-            # Every figure of the report's champion column, on the same test window.
-            metrics |= {f"{k}_oot_champion": m_champ[k] for k in ("auc", "gini", "ks", "brier")}
-            curves["roc_champion"] = _roc(y_oot, champ_pd)
+    champion_info, champion_metrics, champion_roc = champion_figures(oot, champion)
+    metrics |= champion_metrics
+    if champion_roc is not None:
+        curves["roc_champion"] = champion_roc
 
     gates = model.gates
     alpha, tolerance = gates.calibration.alpha, gates.calibration.tolerance
@@ -209,6 +200,35 @@ def evaluate_risk_model(
         reliability=reliability,
         model_facts=model_facts(training, trained),
     )
+
+
+def champion_figures(oot: pd.DataFrame, champion: Scorer | None) -> tuple[
+        dict[str, object] | None, dict[str, float], dict[str, list[float]] | None]:
+    """``champion`` re-scored on the test window ``oot``: what the report says of it, every
+    figure of the report's champion column (``*_oot_champion``) and its ROC curve."""
+    if champion is None:
+        return None, {}, None
+    missing = [f for f in champion.features if f not in oot.columns]
+    if missing:
+        return ({"note": "champion needs features this training set lacks: "
+                 + ", ".join(missing[:5])}, {}, None)
+    y_oot = oot["label"].to_numpy(int)
+    champ_pd = champion.predict_pd(oot)
+    m_champ = ranking_metrics(y_oot, champ_pd)
+    return ({"auc_oot": m_champ["auc"]},
+            {f"{k}_oot_champion": float(m_champ[k]) for k in ("auc", "gini", "ks", "brier")},
+            _roc(y_oot, champ_pd))
+
+
+def against_champion(evaluation: Evaluation, training: TrainingSet,
+                     champion: Scorer | None) -> Evaluation:
+    """``evaluation`` with its champion figures those of ``champion`` (None: no champion),
+    the candidate's unchanged: what the gates compare when the champion moved after the
+    evaluation."""
+    info, figures, _ = champion_figures(training.split(OOT), champion)
+    metrics = {k: v for k, v in evaluation.metrics.items()
+               if not k.endswith("_oot_champion")} | figures
+    return replace(evaluation, metrics=metrics, champion=info)
 
 
 def _validation_metrics(trained: TrainedModel) -> dict[str, float]:

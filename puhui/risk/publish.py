@@ -16,7 +16,9 @@ import mlflow
 from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
+from puhui.config import GatesSpec
 from puhui.files import write_text_atomically
+from puhui.lifecycle.gates import ChampionCheck
 from puhui.lifecycle.publish import (
     FINGERPRINT_TAG,
     lineage_tags,
@@ -27,10 +29,15 @@ from puhui.lifecycle.publish import (
     write_evaluations,
 )
 from puhui.monitoring.bins import log_monitoring_bins
-from puhui.registry import register_version, use_experiment
+from puhui.registry import (
+    load_registered_pyfunc,
+    register_version,
+    registry_client,
+    use_experiment,
+)
 from puhui.registry_read import metric_name
-from puhui.risk.evaluation import Evaluation
-from puhui.risk.gates import GateResult
+from puhui.risk.evaluation import Evaluation, against_champion
+from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import TrainedModel
 from puhui.risk.pyfunc import SCORER_ARTIFACT, RiskModelPyfunc
 from puhui.risk.report import render_report, report_plots
@@ -158,3 +165,25 @@ def publish_risk_model(
     write_evaluations(engine, name, str(version), training.as_of, evaluation.rows(),
                       run.info.run_id)
     return Published(name, str(version), run.info.run_id, report)
+
+
+def champion_check(engine: Engine, tracking_uri: str, published: Published,
+                   training: TrainingSet, evaluation: Evaluation,
+                   gates: GatesSpec) -> ChampionCheck:
+    """The risk gates' comparison with the champion, for the gate step: the version
+    evaluated against, and the gates again with another champion re-scored on the same test
+    window (loaded from files checked against its registration, as for the evaluation); the
+    run's ``gates.json`` then holds the checks of the verdict. The report and metrics keep
+    the champion of the evaluation, named there."""
+    def recheck(champion: str | None) -> GateResult:
+        scorer = None
+        if champion is not None:
+            scorer = load_registered_pyfunc(engine, tracking_uri, published.name,
+                                            champion).unwrap_python_model().scorer
+        result = check_gates(against_champion(evaluation, training, scorer), gates)
+        registry_client(tracking_uri).log_dict(published.run_id, result.as_dict(),
+                                               "gates.json")
+        return result
+
+    compared = (evaluation.champion or {}).get("version")
+    return ChampionCheck(None if compared is None else str(compared), recheck)
