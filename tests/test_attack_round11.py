@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from puhui.config import (
     MAX_CONFIG_BYTES,
@@ -18,7 +19,9 @@ from puhui.config import (
     validate_config_dir,
 )
 from puhui.errors import PuhuiError
+from puhui.lifecycle.publish import training_lock
 from puhui.settings import repo_root
+from puhui.warehouse.engine import create_warehouse_engine
 
 CONFIGS = repo_root() / "configs"
 
@@ -71,4 +74,50 @@ def test_a_hostile_config_file_is_one_line_naming_it(tmp_path: Path, kind: str) 
             for check in (check_config_dir, config_hash):
                 with pytest.raises(PuhuiError, match="extra.yaml: not a regular file"):
                     check(extra)
+
+
+def test_a_training_lock_lost_while_held_is_noticed(warehouse_url: str) -> None:
+    """The training lock's PostgreSQL connection ended by the server (pg_terminate_backend;
+    idle_session_timeout or a restart alike), or its SQLite lock file deleted, let the next
+    training take the lock at once while the first went on unprotected to register its
+    version, and on PostgreSQL the first's exit raised the driver's OperationalError. Now
+    the holder's still_held() (called before registering and before the verdict) says so."""
+    engine = create_warehouse_engine(warehouse_url)
+    told: list[str] = []
+    try:
+        with training_lock(engine, "round11", told.append) as still_held:
+            still_held()
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as other:
+                    ended = other.execute(text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                        "'advisory' AND pid <> pg_backend_pid() AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )).scalars().all()
+                    other.commit()
+                assert ended == [True]
+            else:
+                Path(f"{engine.url.database}.puhui.training.round11.lock").unlink()
+            with training_lock(engine, "round11", told.append):
+                assert told == []  # the next training took it at once: the first must stop
+            with pytest.raises(PuhuiError, match="^lost the lock puhui.training.round11 "):
+                still_held()
+    finally:
+        engine.dispose()
+
+
+def test_a_link_at_the_training_lock_file_is_not_followed(tmp_path: Path) -> None:
+    """The holder writes 'pid N on HOST' in its lock file for the next waiter: through a
+    link planted at its path it truncated the link's target."""
+    engine = create_warehouse_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    Path(f"{engine.url.database}.puhui.training.round11.lock").symlink_to(target)
+    try:
+        with pytest.raises(PuhuiError, match="a link there is not followed"), \
+                training_lock(engine, "round11", print):
+            pass
+        assert target.read_text() == "keep me\n"
+    finally:
+        engine.dispose()
 
