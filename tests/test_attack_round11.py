@@ -121,3 +121,24 @@ def test_a_link_at_the_training_lock_file_is_not_followed(tmp_path: Path) -> Non
     finally:
         engine.dispose()
 
+
+def test_identifiers_typed_in_full_width_digits_are_masked() -> None:
+    """A Chinese input method's full-width mode types '１３８１２３４５６７８': a phone so typed
+    into a free-text column was neither counted nor masked by ingestion (loaded raw into the
+    warehouse), and error lines and log records printed it."""
+    import pyarrow as pa
+
+    from puhui.privacy import (
+        count_identifiers_in_column,
+        find_raw_identifiers,
+        mask_identifiers_in_column,
+    )
+
+    notes = pa.array(["call １３８１２３４５６７８ today",
+                      "id １１０１０５１９４９１２３１００２Ｘ",
+                      "＋８６ １３８ １２３４ ５６７８", "order １２３４５６７８９０１２３", "ok"])
+    assert count_identifiers_in_column(notes) == 3
+    assert mask_identifiers_in_column(notes).to_pylist() == [
+        "call [identifier masked] today", "id [identifier masked]", "[identifier masked]",
+        "order １２３４５６７８９０１２３", "ok"]
+    assert find_raw_identifiers("refused: １３８１２３４５６７８") == ["phone number"]
