@@ -42,7 +42,8 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     as_of = as_of or today_local()
     check_recommender_config()
     prepare_warehouse()
-    with one_training_at_a_time("recommender"):  # the second of two identical waits, then skips
+    # The second of two identical trainings waits, then skips.
+    with one_training_at_a_time("recommender") as still_held:
         reconcile_models()
         data, data_line = assemble_ranking_set(as_of)
         lines = [data_line]
@@ -55,7 +56,9 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
             get_run_logger().info(skipped["line"])
             return skipped
         run, train_line = train_and_evaluate(data, sorted(opted_out or []))
+        still_held()  # a lost lock: another training may be registering this one
         published, register_line = register_recommender(data, run, fingerprint)
+        still_held()
         gate_line = gate_recommender(published, run.gates)
         lines += [train_line, register_line, gate_line]
         m = run.evaluation.metrics

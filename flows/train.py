@@ -42,7 +42,8 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     as_of = as_of or today_local()
     check_risk_config()
     prepare_warehouse()
-    with one_training_at_a_time("risk"):  # the second of two identical waits, then skips
+    # The second of two identical trainings waits, then skips.
+    with one_training_at_a_time("risk") as still_held:
         reconcile_models()
         features = build_risk_features(as_of)
         training, training_line = assemble_training_set(features)
@@ -58,8 +59,10 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
             return skipped
         trained, benchmark, train_line = train_risk_models(training)
         evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)
+        still_held()  # a lost lock: another training may be registering this one
         published, register_line = register_risk_model(training, trained, evaluation, gates,
                                                        fingerprint)
+        still_held()
         gates, gate_line = apply_gates(published, gates, training, evaluation)
         lines += [train_line, evaluate_line, register_line, gate_line]
         m = evaluation.metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import string
 from datetime import time
 from functools import cache
@@ -867,15 +868,44 @@ class DeploymentYamlLoader(ConfigYamlLoader):
         return node
 
 
+# Config files are a few KB. PyYAML parses ~1 MiB in ~8 s (pure Python, loaded machine): a
+# bigger file is a mistake, or a link to a device (/dev/zero grew the process to a MemoryError).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """A config file's bytes; one line naming it when it is missing, not a regular file (a
+    FIFO blocked the read for good, a folder raised IsADirectoryError) or over
+    ``MAX_CONFIG_BYTES``. Never waits on a FIFO, nor reads past the cap."""
+    try:
+        # Non-blocking: opening a FIFO without a writer would wait for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PuhuiError(f"{path}: config file is missing") from None
+    except OSError as exc:
+        raise PuhuiError(f"{path}: config file cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PuhuiError(f"{path}: not a regular file (a folder, device or pipe); "
+                         "a config file must be a plain file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise PuhuiError(f"{path}: over {MAX_CONFIG_BYTES >> 20} MiB; config files are a few KB")
+    return data
+
+
 def load_yaml(path: Path, aliases: bool = False) -> Any:
     """``path`` parsed by :class:`ConfigYamlLoader` (with ``aliases``: by
     :class:`DeploymentYamlLoader`); a problem is one line naming the file, the line and what
     is wrong (never the value)."""
     loader = DeploymentYamlLoader if aliases else ConfigYamlLoader
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
-    except FileNotFoundError:
-        raise PuhuiError(f"{path}: config file is missing") from None
+        text = read_config_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PuhuiError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -918,12 +948,16 @@ def check_config_dir(config_dir: Path) -> None:
     if not os.access(config_dir, os.R_OK | os.X_OK):
         raise PuhuiError(f"PUHUI_CONFIG_DIR {config_dir}: not readable by this user; give it "
                          "read access (chmod) or point it at a readable copy")
-    missing = [name for name in CONFIG_MODELS if not (config_dir / name).is_file()]
+    missing = [name for name in CONFIG_MODELS if not (config_dir / name).exists()]
     if missing:
         state = ("holds none of the config files" if len(missing) == len(CONFIG_MODELS)
                  else "lacks " + ", ".join(missing))
         raise PuhuiError(f"PUHUI_CONFIG_DIR {config_dir}: {state}; copy them from the "
                          "repository's configs/ folder")
+    # Every one is hashed into each run's provenance (config_hash): a FIFO among them blocked
+    # that read for good, a folder raised IsADirectoryError, both after Prefect started.
+    for path in sorted(config_dir.glob("*.y*ml")):
+        read_config_bytes(path)
 
 
 def validate_config_dir(config_dir: Path) -> list[str]:
@@ -950,7 +984,7 @@ def config_hash(config_dir: Path, expectations_dir: Path | None = None) -> str:
     for kind, path in named + [("expectations", p) for p in suites]:
         digest.update(f"{kind}/{path.name}".encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update(read_config_bytes(path) if kind == "configs" else path.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -20,14 +20,19 @@ from collections.abc import Callable
 from typing import Any
 
 # Not after a letter or digit, nor after "<digit>." (the fraction of a float: 0.0123...).
-_BEFORE = r"(?<![0-9A-Za-z])(?<!\d\.)"
-_AFTER = r"(?![0-9A-Za-z])"
+_BEFORE = "(?<![0-9A-Za-z\uff10-\uff19])(?<!\\d\\.)"
+_AFTER = "(?![0-9A-Za-z\uff10-\uff19])"
+# Digits as typed in ASCII or full width (a Chinese input method's full-width mode: a phone
+# typed so into a free-text field passed as text, and was loaded raw). One spelling for
+# Python's re and Arrow's RE2, whose \d is ASCII only.
+_D = "[0-9\uff10-\uff19]"
 # 18 characters, optionally grouped 6-8-4 by a space, dot or dash; any check character.
-_NATIONAL_ID = re.compile(_BEFORE + r"\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]" + _AFTER)
+_ID_SHAPE = f"{_D}{{6}}[ .-]?{_D}{{8}}[ .-]?{_D}{{3}}(?:{_D}|[Xx\uff38\uff58])"
 # A mainland mobile number with an optional +86 / 0086 / 86 prefix and separators.
-_MOBILE_PHONE = re.compile(
-    _BEFORE + r"(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}" + _AFTER
-)
+_PHONE_SHAPE = ("(?:(?:[+\uff0b]|[0\uff10]{2})?[8\uff18][6\uff16][ .-]?)?"
+                f"[1\uff11][3-9\uff13-\uff19]{_D}(?:[ .-]?{_D}{{4}}){{2}}")
+_NATIONAL_ID = re.compile(_BEFORE + _ID_SHAPE + _AFTER)
+_MOBILE_PHONE = re.compile(_BEFORE + _PHONE_SHAPE + _AFTER)
 SHAPE_LIMIT = 24  # characters of a masked shape before it is cut
 
 
@@ -188,12 +193,9 @@ def install_log_scrubbing() -> None:
 
 
 # RE2 (Arrow's regex engine) has no look-around: the boundaries are captured and put back.
-_RE2_EDGE_BEFORE = r"(^|[^0-9A-Za-z])"
-_RE2_EDGE_AFTER = r"($|[^0-9A-Za-z])"
-_RE2_SHAPES = (  # a national ID, a mobile number (with its country code, spaced or not)
-    r"\d{6}[ .-]?\d{8}[ .-]?\d{3}[\dXx]",
-    r"(?:(?:\+|00)?86[ .-]?)?1[3-9]\d(?:[ .-]?\d{4}){2}",
-)
+_RE2_EDGE_BEFORE = "(^|[^0-9A-Za-z\uff10-\uff19])"
+_RE2_EDGE_AFTER = "($|[^0-9A-Za-z\uff10-\uff19])"
+_RE2_SHAPES = (_ID_SHAPE, _PHONE_SHAPE)  # a national ID, a mobile number
 _RE2_IDENTIFIERS = tuple(_RE2_EDGE_BEFORE + shape + _RE2_EDGE_AFTER for shape in _RE2_SHAPES)
 _RE2_ANY_IDENTIFIER = _RE2_EDGE_BEFORE + "(?:" + "|".join(_RE2_SHAPES) + ")" + _RE2_EDGE_AFTER
 MASKED_IDENTIFIER = "[identifier masked]"

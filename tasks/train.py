@@ -7,7 +7,7 @@ would cost more than recomputing, and a re-run recomputes from the warehouse any
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -317,10 +317,12 @@ def restore_lost_challenger(version: str,
 
 
 @contextmanager
-def one_training_at_a_time(model: Literal["risk", "recommender"]) -> Iterator[None]:
+def one_training_at_a_time(
+        model: Literal["risk", "recommender"]) -> Iterator[Callable[[], None]]:
     """``puhui.lifecycle.publish.training_lock`` for ``model`` (``risk`` or ``recommender``),
     held by the flow's own process: not a task, since with Dask or a worker a task runs
-    elsewhere and the lock must last from the fingerprint check to the gate verdict."""
+    elsewhere and the lock must last from the fingerprint check to the gate verdict. Yields
+    ``still_held`` (see ``training_lock``)."""
     runtime = open_runtime()
     name = _registered_name(model, runtime.settings.config_dir)
 
@@ -328,8 +330,8 @@ def one_training_at_a_time(model: Literal["risk", "recommender"]) -> Iterator[No
         get_run_logger().info(line)
         console.stage(line)
 
-    with training_lock(runtime.engine, name, say):
-        yield
+    with training_lock(runtime.engine, name, say) as still_held:
+        yield still_held
 
 
 def training_outcome(model: str, summary: dict, gates: GateResult,

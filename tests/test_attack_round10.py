@@ -44,6 +44,18 @@ def _dictionary_parquet(path: Path, indices: list[int], values: list[str],
     return path
 
 
+def _feed_reading(path: Path | str) -> PartnerFeed:
+    """product_events with every column of the file at ``path`` in its contract: only the
+    contract's columns are read (round 11), and these tests size reads of the file's."""
+    from puhui.config import ColumnContract
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    known = {column.name for column in feed.columns}
+    extra = [ColumnContract(name=name, type="string", nullable=True)
+             for name in pq.ParquetFile(path).schema_arrow.names if name not in known]
+    return feed.model_copy(update={"columns": [*feed.columns, *extra]})
+
+
 def _read_in_child() -> None:
     """Read argv[1] as the product_events feed with a block of argv[2] bytes; print the peak
     RSS growth, the widest chunk decoded and the rows."""
@@ -51,7 +63,7 @@ def _read_in_child() -> None:
 
     from puhui.ingest.reading import iter_file_chunks, open_landed_file
 
-    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    feed = _feed_reading(sys.argv[1])
     handle = open_landed_file(sys.argv[1])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     widest = rows = 0
@@ -125,7 +137,6 @@ def test_a_parquet_value_or_row_over_the_block_is_held_by_column_and_never_decod
 def test_parquet_slices_keep_every_value_and_order_across_row_groups(tmp_path: Path) -> None:
     from puhui.ingest.reading import iter_file_chunks, open_landed_file
 
-    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
     rows = 30_000
     table = pa.table({
         "event_id": pa.array([f"e{i}" for i in range(rows)]),
@@ -134,6 +145,7 @@ def test_parquet_slices_keep_every_value_and_order_across_row_groups(tmp_path: P
     })
     path = tmp_path / "mixed.parquet"
     pq.write_table(table, path, row_group_size=7_000, use_dictionary=["scenario"])
+    feed = _feed_reading(path)
     chunks = list(iter_file_chunks(open_landed_file(str(path)), feed, table.column_names,
                                    block_bytes=256 << 10))
     assert len(chunks) > 5

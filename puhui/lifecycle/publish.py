@@ -104,20 +104,24 @@ def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) 
 
 
 @contextmanager
-def training_lock(engine: Engine, name: str, say: Callable[[str], None]) -> Iterator[None]:
+def training_lock(engine: Engine, name: str,
+                  say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
     """Serialize the trainings of model ``name``, from before their fingerprint check to
     their gate verdict: two identical trainings started together both found no gated version
     of their fingerprint and registered two. The second now waits, then finds the first's.
     Re-checking under ``MODEL_LOCK`` would not do: the first's version is still ungated then,
     and an ungated version must not count (its training may have been killed). The OS
     releases the lock at any death of its holder. Always taken before ``MODEL_LOCK``, never
-    while holding it; promote, rollback and verify do not take it."""
+    while holding it; promote, rollback and verify do not take it. Yields ``held_lock``'s
+    ``still_held``: the training calls it before registering and before its verdict, so one
+    whose lock was lost (its connection ended by the server) stops there instead of going on
+    beside the next holder."""
     def waiting(holder: str | None) -> None:
         say(f"waiting for another training of {name}"
             + (f" ({holder})" if holder else "") + "...")
 
-    with held_lock(engine, f"puhui.training.{name}", on_wait=waiting):
-        yield
+    with held_lock(engine, f"puhui.training.{name}", on_wait=waiting) as still_held:
+        yield still_held
 
 
 def provenance_tags(audit: AuditWriter) -> dict[str, str]:

@@ -8,6 +8,7 @@ advisory lock. Schema changes are Alembic migrations, applied on first use under
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -16,11 +17,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from puhui.errors import PuhuiError
 
@@ -108,9 +111,26 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
 _memory_locks: dict[str, threading.Lock] = {}
 
 
+def _lost(name: str, how: str) -> PuhuiError:
+    return PuhuiError(f"lost the lock {name} ({how}); another process may hold it now: "
+                      "stopped here, run the command again")
+
+
+def _file_still_held(name: str, path: Path, fd: int) -> None:
+    # A lock file deleted (or replaced) while held: the next taker creates a new file and
+    # locks it at once.
+    try:
+        same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        same = False
+    if not same:
+        raise _lost(name, f"its file {path} was removed or replaced")
+
+
 @contextmanager
 def held_lock(engine: Engine, name: str,
-              on_wait: Callable[[str | None], None] | None = None) -> Iterator[None]:
+              on_wait: Callable[[str | None], None] | None = None
+              ) -> Iterator[Callable[[], None]]:
     """Hold a cross-process lock ``name`` across several transactions (and other stores).
 
     Unlike ``lock_for`` it outlives a transaction, and the operating system releases it when
@@ -118,6 +138,10 @@ def held_lock(engine: Engine, name: str,
     the connection drops; on SQLite it is an ``flock`` on a file beside the database.
     ``on_wait``: called once before waiting, when another process holds the lock, with the
     holder (``pid N on HOST``) where known (SQLite: its holder writes it in the lock file).
+    Yields ``still_held``: raises ``PuhuiError`` once the lock was lost while held (the
+    server ended its connection: ``pg_terminate_backend``, ``idle_session_timeout``, a
+    restart; the lock file deleted or replaced), so that a long holder checks before a step
+    another holder must not repeat, instead of going on unprotected.
     """
     if engine.dialect.name == "postgresql":
         key = {"key": _lock_key(name)}
@@ -129,11 +153,25 @@ def held_lock(engine: Engine, name: str,
                     on_wait(None)
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
             conn.commit()
+
+            def still_held() -> None:
+                # The session lock lasts as long as the session: a live one still holds it.
+                try:
+                    conn.execute(text("SELECT 1"))
+                    conn.commit()
+                except DBAPIError:
+                    raise _lost(name, "the warehouse ended its connection") from None
+
             try:
-                yield
+                yield still_held
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-                conn.commit()
+                try:
+                    if not conn.invalidated:
+                        conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                        conn.commit()
+                except DBAPIError as error:
+                    if not error.connection_invalidated:
+                        raise  # a dropped session's locks went with it: nothing to undo
         return
     database = engine.url.database
     if not database or database == ":memory:":
@@ -143,27 +181,40 @@ def held_lock(engine: Engine, name: str,
                 on_wait(None)
             lock.acquire()
         try:
-            yield
+            yield lambda: None
         finally:
             lock.release()
         return
     path = Path(f"{database}.{name}.lock")
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                handle.seek(0)
-                on_wait(handle.read().strip() or None)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            if on_wait is not None:  # for the next waiter's line
-                handle.truncate(0)
-                handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-                handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    while True:
+        try:  # never through a link: the holder's line below would truncate its target
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            link = "; a link there is not followed: remove it" if error.errno == errno.ELOOP else ""
+            raise PuhuiError(f"lock file {path}: cannot be opened ({error.strerror}){link}"
+                             ) from None
+        with os.fdopen(fd, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    handle.seek(0)
+                    on_wait(handle.read().strip() or None)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            still_held = partial(_file_still_held, name, path, fd)
+            try:
+                still_held()
+            except PuhuiError:
+                continue  # locked a file removed meanwhile: lock the one at the path now
+            try:
+                if on_wait is not None:  # for the next waiter's line
+                    handle.truncate(0)
+                    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+                    handle.flush()
+                yield still_held
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
 
 
 def _alembic_config(conn: Connection) -> Config:

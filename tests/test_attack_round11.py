@@ -1,0 +1,166 @@
+"""Attack round 11: the code round 10 landed, attacked (see README, "Round 11")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from puhui.config import (
+    MAX_CONFIG_BYTES,
+    check_config_dir,
+    config_hash,
+    validate_config_dir,
+)
+from puhui.errors import PuhuiError
+from puhui.lifecycle.publish import training_lock
+from puhui.settings import repo_root
+from puhui.warehouse.engine import create_warehouse_engine
+
+CONFIGS = repo_root() / "configs"
+
+
+@contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """A blocking read (a FIFO's) fails the test instead of hanging the suite."""
+    def expired(*_: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _plant(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "not utf-8":
+        path.write_bytes(b"products:\n  - name: \"\xff\xfe\"\n")
+    else:  # oversized: valid YAML, a comment past the cap
+        path.write_bytes(b"products: []\n#" + b"x" * MAX_CONFIG_BYTES + b"\n")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "not utf-8", "oversized"])
+def test_a_hostile_config_file_is_one_line_naming_it(tmp_path: Path, kind: str) -> None:
+    """`config check` waited for good on a FIFO, read /dev/zero to a MemoryError, and printed
+    IsADirectoryError / UnicodeDecodeError without the file's name; an extra FIFO `*.yaml`
+    passed check_config_dir and blocked the run's config hash after Prefect started."""
+    configs, extra = tmp_path / "configs", tmp_path / "extra"
+    for folder in (configs, extra):
+        shutil.copytree(CONFIGS, folder)
+    (configs / "products.yaml").unlink()
+    _plant(configs / "products.yaml", kind)
+    with _deadline(20), pytest.raises(PuhuiError) as refused:
+        validate_config_dir(configs)
+    line = str(refused.value)
+    assert line.startswith(f"{configs / 'products.yaml'}:") and "\n" not in line, line
+    if kind in ("fifo", "device", "folder"):
+        _plant(extra / "extra.yaml", kind)
+        with _deadline(20):
+            for check in (check_config_dir, config_hash):
+                with pytest.raises(PuhuiError, match="extra.yaml: not a regular file"):
+                    check(extra)
+
+
+def test_a_training_lock_lost_while_held_is_noticed(warehouse_url: str) -> None:
+    """The training lock's PostgreSQL connection ended by the server (pg_terminate_backend;
+    idle_session_timeout or a restart alike), or its SQLite lock file deleted, let the next
+    training take the lock at once while the first went on unprotected to register its
+    version, and on PostgreSQL the first's exit raised the driver's OperationalError. Now
+    the holder's still_held() (called before registering and before the verdict) says so."""
+    engine = create_warehouse_engine(warehouse_url)
+    told: list[str] = []
+    try:
+        with training_lock(engine, "round11", told.append) as still_held:
+            still_held()
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as other:
+                    ended = other.execute(text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                        "'advisory' AND pid <> pg_backend_pid() AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )).scalars().all()
+                    other.commit()
+                assert ended == [True]
+            else:
+                Path(f"{engine.url.database}.puhui.training.round11.lock").unlink()
+            with training_lock(engine, "round11", told.append):
+                assert told == []  # the next training took it at once: the first must stop
+            with pytest.raises(PuhuiError, match="^lost the lock puhui.training.round11 "):
+                still_held()
+    finally:
+        engine.dispose()
+
+
+def test_a_link_at_the_training_lock_file_is_not_followed(tmp_path: Path) -> None:
+    """The holder writes 'pid N on HOST' in its lock file for the next waiter: through a
+    link planted at its path it truncated the link's target."""
+    engine = create_warehouse_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    Path(f"{engine.url.database}.puhui.training.round11.lock").symlink_to(target)
+    try:
+        with pytest.raises(PuhuiError, match="a link there is not followed"), \
+                training_lock(engine, "round11", print):
+            pass
+        assert target.read_text() == "keep me\n"
+    finally:
+        engine.dispose()
+
+
+def test_identifiers_typed_in_full_width_digits_are_masked() -> None:
+    """A Chinese input method's full-width mode types '１３８１２３４５６７８': a phone so typed
+    into a free-text column was neither counted nor masked by ingestion (loaded raw into the
+    warehouse), and error lines and log records printed it."""
+    import pyarrow as pa
+
+    from puhui.privacy import (
+        count_identifiers_in_column,
+        find_raw_identifiers,
+        mask_identifiers_in_column,
+    )
+
+    notes = pa.array(["call １３８１２３４５６７８ today",
+                      "id １１０１０５１９４９１２３１００２Ｘ",
+                      "＋８６ １３８ １２３４ ５６７８", "order １２３４５６７８９０１２３", "ok"])
+    assert count_identifiers_in_column(notes) == 3
+    assert mask_identifiers_in_column(notes).to_pylist() == [
+        "call [identifier masked] today", "id [identifier masked]", "[identifier masked]",
+        "order １２３４５６７８９０１２３", "ok"]
+    assert find_raw_identifiers("refused: １３８１２３４５６７８") == ["phone number"]
+
+
+
+def test_parquet_columns_outside_the_contract_are_never_decoded(tmp_path: Path) -> None:
+    """Every column of a Parquet file was decoded, then the ones outside the contract were
+    dropped ('extra column(s) ignored'). A column chunk is bounded only by 4 read blocks
+    decompressed, so 11 extra columns of plain text whose long values sit in the last rows
+    (0.97 MB of zstd, 200,000 rows) grew the reader by 346 MB against a 4 MB block; reading
+    the contract's columns only, 53 MB (README, Round 11). Checked cheaply: what is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from puhui.config import PartnersConfig, load_config
+    from puhui.ingest.reading import file_columns, iter_file_chunks, open_landed_file
+
+    feed = load_config(CONFIGS, PartnersConfig).get("product_events")
+    path = tmp_path / "extra.parquet"
+    pq.write_table(pa.table({"extra_text": ["x" * 100] * 10, "event_id": ["e"] * 10}), path)
+    handle = open_landed_file(str(path))
+    chunks = list(iter_file_chunks(handle, feed, file_columns(handle, feed), 1 << 20))
+    assert [chunk.column_names for chunk in chunks] == [["event_id"]]
+    assert sum(chunk.num_rows for chunk in chunks) == 10
