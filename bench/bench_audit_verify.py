@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -109,6 +111,9 @@ def measure(args: list[str], env: dict[str, str], server_log: Path | None = None
         lines = requests_logged(server_log, env["MLFLOW_TRACKING_URI"], since).splitlines()
         figures["requests"] = sum("/api/" in line for line in lines)
         figures["runs_get"] = sum("/runs/get" in line for line in lines)
+        figures["by_endpoint"] = dict(sorted(Counter(
+            match.group(1) for line in lines
+            if (match := re.search(r"/api/[\d.]+/mlflow/([\w/-]+)", line))).items()))
     return figures
 
 
@@ -151,7 +156,7 @@ def main() -> None:
         print(f"{name:24} {statistics.median(f['wall'] for f in figures):16.2f} "
               f"{statistics.median(f['cpu'] for f in figures):15.2f}  "
               + " ".join(f"{f['wall']}/{f['cpu']}@{f['load']}" for f in figures)
-              + (f"  requests {figures[0]['requests']} (runs/get {figures[0]['runs_get']})"
+              + (f"  requests {figures[0]['requests']} {figures[0]['by_endpoint']}"
                  if options.server else ""))
     write_results(f"audit_verify-{options.label}" + ("-server" * options.server), {
         "versions": versions, "model_mb": options.model_mb, "server": options.server,

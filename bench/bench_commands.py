@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.results_file import machine_facts, write_results  # noqa: E402
+from bench.results_file import machine_facts, medians, write_results  # noqa: E402
 
 AS_OF = "2026-09-30"
 KEY = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -235,8 +234,7 @@ def _report(results: dict[str, dict[str, list[dict]]], checkouts: dict[str, Path
     print(f"\n{'checkout | mode':40} {'command':20} {'wall':>7} {'cpu':>6} {'load':>6}  (medians)")
     for key, commands in results.items():
         for label, outcomes in commands.items():
-            figures = {f: round(statistics.median(o[f] for o in outcomes), 2)
-                       for f in ("wall", "cpu", "load")}
+            figures = medians(outcomes)
             summary.setdefault(key, {})[label] = {**figures, "runs": len(outcomes)}
             print(f"{key:40} {label:20} {figures['wall']:7.2f} {figures['cpu']:6.2f} "
                   f"{figures['load']:6.2f}")

@@ -135,7 +135,8 @@ def server_parts(repeats: int, existing: int, chunk_rows: list[int]) -> dict[str
 
     from puhui.ingest.key_index import _nineteen_digits
     from puhui.throwaway_postgres import throwaway_postgres
-    from puhui.warehouse.bulk import bulk_insert, session_default
+    from puhui.warehouse.bulk import bulk_insert
+    from puhui.warehouse.schema import session_default
 
     rng = np.random.default_rng(1)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,3 +38,9 @@ def best_of(func: Callable[[], object], repeat: int) -> float:
         func()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def medians(outcomes: list[dict], fields: tuple[str, ...] = ("wall", "cpu", "load")
+            ) -> dict[str, float]:
+    """Each of ``fields``' median over ``outcomes`` (the runs of one command), to 2 places."""
+    return {f: round(statistics.median(o[f] for o in outcomes), 2) for f in fields}

@@ -34,6 +34,7 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     GATES_PASSED_TAG,
     LIST_METRICS,
     VersionRow,
+    download_uri,
     is_not_found,
     list_versions,
     metric_name,
@@ -189,12 +190,13 @@ def unfingerprinted_versions(engine: Engine) -> list[str]:
 
 
 def _checked_model_folder(client: MlflowClient, name: str, version: str, expected: str | None,
-                          dst_path: str) -> tuple[Path | None, str | None]:
+                          dst_path: str, uri: str | None = None) -> tuple[Path | None, str | None]:
     """The folder of ``name`` v``version``'s model files (in place, or downloaded into
     ``dst_path``) and why they are not the ones registered (None: they are, or there is no
-    digest ``expected`` to compare with)."""
+    digest ``expected`` to compare with). ``uri``: the registry's download URI for it, if the
+    caller asked already."""
     try:
-        folder = model_files_dir(client.get_model_version_download_uri(name, version), dst_path)
+        folder = model_files_dir(uri or download_uri(client, name, version), dst_path)
     except Exception as exc:
         if not is_not_found(exc) and not isinstance(exc, FileNotFoundError):
             raise
@@ -210,10 +212,11 @@ def _checked_model_folder(client: MlflowClient, name: str, version: str, expecte
 
 
 def model_files_problem(client: MlflowClient, name: str, version: str,
-                        expected: str) -> str | None:
-    """Why the model files of ``name`` v``version`` are not the ones registered, or None."""
+                        expected: str, uri: str | None = None) -> str | None:
+    """Why the model files of ``name`` v``version`` are not the ones registered, or None
+    (``uri``: its download URI, if known)."""
     with scratch_dir("model") as tmp:
-        return _checked_model_folder(client, name, version, expected, tmp)[1]
+        return _checked_model_folder(client, name, version, expected, tmp, uri)[1]
 
 
 def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version: str) -> Any:
@@ -314,16 +317,18 @@ def _files_problem(client: MlflowClient, name: str, version: str, expected: str,
     """``model_files_problem``, skipped for files ``verified`` holds as hashed to ``expected``
     with the signature they have now (not with ``deep``: every file read); files found
     unchanged are remembered."""
-    signature = None
+    signature = uri = None
+    with suppress_not_found():
+        uri = download_uri(client, name, version)
+    if uri is None:
+        return f"{name} v{version}: its model files are gone from the artifact store"
     if verified is not None:
-        uri = None
-        with suppress_not_found():
-            uri = client.get_model_version_download_uri(name, version)
         # Taken before hashing: a write after it changes the next signature.
-        signature = files_signature(uri) if uri else None
+        signature = files_signature(uri)
         if not deep and verified.holds(name, version, expected, signature):
             return None
-    problem = model_files_problem(client, name, version, expected)
+    # The URI asked once: the hash reads the files where it points.
+    problem = model_files_problem(client, name, version, expected, uri)
     if problem is None and verified is not None:
         verified.remember(name, version, expected, signature)
     return problem

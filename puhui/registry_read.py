@@ -128,6 +128,20 @@ def model_files_dir(uri: str, dst_path: str) -> Path | None:
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path))
 
 
+def download_uri(client: Any, name: str, version: str) -> str:
+    """Where the registry serves ``name`` v``version``'s model files from (what
+    ``models:/name/version`` and scoring load), as the registry itself answers it.
+
+    ``MlflowClient.get_model_version_download_uri`` first reads the registered model to refuse
+    a prompt's name: through a tracking server a second request for every version, and
+    ``audit verify --deep`` asks for every version. Its registry client answers the same URI
+    without that read. A prompt's versions are not puhui's: their files would not hash to a
+    registration event's digest and are reported all the same."""
+    if isinstance(client, SqlRegistry):
+        return client.get_model_version_download_uri(name, version)
+    return client._get_registry_client().get_model_version_download_uri(name, version)
+
+
 def is_not_found(exc: BaseException) -> bool:
     """True for a registry look-up that found nothing: ``SqlRegistry``'s ``NotInRegistry`` or
     MLflow's ``RESOURCE_DOES_NOT_EXIST`` (no such model, version, run or artifact). Any other

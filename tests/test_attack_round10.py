@@ -481,17 +481,14 @@ def test_a_release_of_keys_another_file_loaded_meanwhile_loads_each_key_once(
     from tests.test_ingest_key_index import (
         DAY1,
         DAY2,
-        _ingestor,
-        _payments,
         _raw_counts,
         _reconciles,
+        _two_files,
     )
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, _ = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "held", range(1, 1001), bogus=7)
-    _payments(landing, DAY2, "later", range(501, 1501))
+    runtime, feed, _, landing = _two_files(monkeypatch, warehouse_url, tmp_path, range(1, 1001),
+                                           range(501, 1501), names=("held", "later"),
+                                           first_options={"bogus": 7})
     held = _ingest_with(feed, landing, DAY1, "_held")
     assert held.status == "quarantined"
     results: dict = {}
@@ -572,16 +569,12 @@ def test_kill_during_the_first_use_backfill_of_a_load_leaves_nothing_and_the_rer
         DAY1,
         DAY2,
         _as_before_the_index,
-        _ingestor,
-        _payments,
         _raw_counts,
+        _two_files,
     )
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, _ = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(901, 1101))
+    runtime, feed, _, landing = _two_files(monkeypatch, warehouse_url, tmp_path, range(1, 1001),
+                                           range(901, 1101))
     _ingest_with(feed, landing, DAY1, "_a")
     _as_before_the_index(runtime, feed, [])
     killed = subprocess.run([sys.executable, "-c", _INGEST_SCRIPT, str(landing),

@@ -179,6 +179,19 @@ def race() -> Iterator[_Race]:
         started.close()
 
 
+def _release_waiting_to_audit(race: _Race, url: str, batch: str,
+                              table: str) -> tuple[Connection, int, subprocess.Popen]:
+    """A ``quarantine release`` of ``batch`` that has written ``table`` and waits for the
+    audit trail's lock, held by the control connection returned (with the lock's key)."""
+    control = race.control(url)
+    audit_lock = _lock_key("puhui.audit_log")
+    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
+    control.commit()
+    release = race.start("quarantine", "release", batch, "--reason", "fixed upstream")
+    _until(lambda: _waits_to_audit(control, table), "the release waits to audit", [release])
+    return control, audit_lock, release
+
+
 # --------------------------------------------------------------------------- verify vs writes
 # Before: `audit verify` read the trail's ledger events, then ingest_batches, in two
 # transactions. A release (or an ingest) committing between the two reads made verify report
@@ -188,16 +201,10 @@ def race() -> Iterator[_Race]:
 def test_verify_while_a_release_commits_sees_one_moment(held_env: dict[str, str],  # noqa: F811
                                                         warehouse_url: str,
                                                         race: _Race) -> None:
-    control = race.control(warehouse_url)
-    audit_lock = _lock_key("puhui.audit_log")
     # 1. The release updates its ledger row, then waits for the audit trail's lock (held
     #    here) to append its event, in the same transaction.
-    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
-    control.commit()
-    release = race.start("quarantine", "release", held_env["held"], "--reason",
-                         "fixed upstream")
-    _until(lambda: _waits_to_audit(control, "ingest_batches"), "the release waits to audit",
-           [release])
+    control, audit_lock, release = _release_waiting_to_audit(race, warehouse_url,
+                                                             held_env["held"], "ingest_batches")
     # 2. A table lock queued behind the release's transaction: verify's read of
     #    ingest_batches queues behind it, after verify has read the trail.
     table_lock = race.lock_table(warehouse_url, "ingest_batches")
@@ -414,14 +421,8 @@ def test_a_release_killed_mid_transaction_leaves_it_held_and_releases_once_after
         held_env: dict[str, str], warehouse_url: str, race: _Race) -> None:  # noqa: F811
     from puhui.ingest import ledger
 
-    control = race.control(warehouse_url)
-    audit_lock = _lock_key("puhui.audit_log")
-    control.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_lock})
-    control.commit()
-    release = race.start("quarantine", "release", held_env["held"], "--reason",
-                         "fixed upstream")
-    _until(lambda: _waits_to_audit(control, "raw_mobile_payments"),
-           "the release waits to audit", [release])
+    control, audit_lock, release = _release_waiting_to_audit(
+        race, warehouse_url, held_env["held"], "raw_mobile_payments")
     release.kill()
     release.wait(WAIT)
     control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit_lock})

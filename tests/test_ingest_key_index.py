@@ -70,6 +70,21 @@ def _ingestor() -> tuple[Runtime, PartnerFeed, FileIngestor]:
                                        pseudonym_key_bytes(runtime.settings.pseudonym_key))
 
 
+def _two_files(monkeypatch: pytest.MonkeyPatch, warehouse_url: str, tmp_path: Path,
+               first: Iterable[int], second: Iterable[int], *, names: tuple[str, str] = ("a", "b"),
+               first_options: dict | None = None, **second_options: object,
+               ) -> tuple[Runtime, PartnerFeed, FileIngestor, Path]:
+    """The warehouse at ``warehouse_url``, a mobile_payments ingestor and a landing zone with
+    two files, nothing ingested yet: the transactions ``first`` on DAY1 and ``second`` on
+    DAY2 (named ``names``; ``first_options``, ``second_options``: see ``_payments``)."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    _payments(landing, DAY1, names[0], first, **(first_options or {}))
+    _payments(landing, DAY2, names[1], second, **second_options)
+    return runtime, feed, ingestor, landing
+
+
 def _landed(feed: PartnerFeed, landing: Path, day: date, name: str) -> LandedFile:
     from puhui.landing import list_landed_files
 
@@ -91,13 +106,11 @@ def test_a_second_file_repeating_keys_loads_only_its_new_keys(
 ) -> None:
     from puhui.ingest import reading
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     monkeypatch.setattr(reading.iter_file_chunks, "__defaults__", (64 << 10,))  # many chunks
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 3001))
     # 500 repeats with the same values, 500 corrections, 2,000 new transactions.
-    _payments(landing, DAY2, "b", range(2001, 5001), changed=range(2501, 3001))
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 3001), range(2001, 5001),
+        changed=range(2501, 3001))
 
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
@@ -146,11 +159,9 @@ def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(
 ) -> None:
     from puhui.ingest.quarantine import release_batch
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(501, 1501), changed=range(501, 601), bogus=1200)
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501),
+        changed=range(501, 601), bogus=1200)
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert held.status == "quarantined"
@@ -173,12 +184,10 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     suites = tmp_path / "expectations"
     shutil.copytree(repo_root() / "expectations", suites)
     monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, ingestor = _ingestor()
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501),
+        changed=range(501, 601), bogus=1200)
     check_action_prefixes(runtime.engine, ["ingest.keys.indexed"])  # a known action
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(501, 1501), changed=range(501, 601), bogus=1200)
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert held.status == "quarantined"
@@ -294,12 +303,9 @@ def test_backfill_indexes_a_warehouse_from_before_and_reports_keys_loaded_twice(
 ) -> None:
     from puhui.ingest import key_index
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     monkeypatch.setattr(key_index, "_BACKFILL_ROWS", 700)  # several parts
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(2001, 3001))
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(2001, 3001))
     a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
     b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
     # Ten of batch b's keys loaded a second time, by the earlier batch a (stored after b's).
@@ -376,11 +382,8 @@ def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
     from puhui.ingest.pseudonymize import pseudonym_key_bytes
     from puhui.validation import BatchValidator
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(501, 1501))
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501))
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     # The contract's primary key gains a column: every key's text changes.
     wider = feed.model_copy(update={"primary_key": ["txn_id", "txn_type"]})
@@ -403,12 +406,9 @@ def test_backfill_counts_every_repeating_row_whichever_part_it_falls_in(
 ) -> None:
     from puhui.ingest import key_index
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     monkeypatch.setattr(key_index, "_BACKFILL_ROWS", 700)  # a's rows and b's copies apart
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(2001, 3001))
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(2001, 3001))
     a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
     b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
     # The later batch b loaded ten of a's keys, each twice: twenty rows repeat a's keys.
@@ -435,11 +435,8 @@ def test_a_first_use_backfill_does_not_hold_the_audit_lock_through_its_load(
     every audit append of every process waited for that file's load to commit."""
     from puhui.ingest import key_index
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 1001))
-    _payments(landing, DAY2, "b", range(501, 1501))
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501))
     assert ingestor.ingest(_landed(feed, landing, DAY1, "_a")).status == "accepted"
     _forget_the_index()
     claiming, go = threading.Event(), threading.Event()
@@ -505,11 +502,8 @@ def test_a_key_claimed_outside_the_lock_between_join_and_copy_is_found_by_the_jo
     held as an unexpected failure. The join now runs once more and finds the key."""
     from puhui.ingest import key_index
 
-    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
-    runtime, feed, ingestor = _ingestor()
-    landing = tmp_path / "landing"
-    _payments(landing, DAY1, "a", range(1, 101))
-    _payments(landing, DAY2, "b", range(51, 151))
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 101), range(51, 151))
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     join = key_index.query_arrow
     sneaked = []

@@ -98,6 +98,21 @@ def test_verify_through_a_tracking_server_reads_the_runs_in_one_search(
         assert verified.returncode == 0, verified.stderr
         assert "MLflow agrees with the trail: 4 version(s)" in verified.stdout
         requests = requests_logged(log, url, since)
+        since = len(log.read_text())
+        deep = puhui("audit", "verify", "--no-repair", "--deep")
+        assert deep.returncode == 0, deep.stderr
+        deep_requests = requests_logged(log, url, since)
+        # A swapped file is still caught: the URI asked is where the hash reads.
+        pickle = _model_folder(registry_env["failed"]) / "python_model.pkl"
+        content = pickle.read_bytes()
+        pickle.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+        swapped = puhui("audit", "verify", "--no-repair", "--deep")
+    assert swapped.returncode == 1, swapped.stdout
+    assert f"{NAME} v{registry_env['failed']}: its model files differ" in swapped.stderr
+    # --deep: one download-URI request per version; MlflowClient's own call read the
+    # registered model first, a second request per version (left: one, for its aliases).
+    assert deep_requests.count("/model-versions/get-download-uri") == 4, deep_requests
+    assert deep_requests.count("/registered-models/get?") == 1, deep_requests
     assert "/runs/search" in requests
     assert (requests.count("/runs/get"), requests.count("/runs/search")) == (0, 1), requests
     # Over the model's own experiment, not a list of every experiment on the server.

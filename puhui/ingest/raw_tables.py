@@ -30,8 +30,8 @@ from sqlalchemy.types import TypeEngine
 
 from puhui.config import ColumnContract, PartnerFeed
 from puhui.errors import PuhuiError
-from puhui.warehouse.bulk import session_default
 from puhui.warehouse.engine import lock_for
+from puhui.warehouse.schema import session_default
 
 _SQL_TYPES: dict[str, TypeEngine] = {
     "string": Text(),

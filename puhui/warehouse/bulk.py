@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy import JSON, Connection, Table, text
 
+from puhui.warehouse.schema import session_default
+
 COPY_CHUNK_ROWS = 100_000
 
 
@@ -58,16 +60,6 @@ def _json_columns_as_text(table: Table, data: pa.Table) -> pa.Table:
                 data.column_names.index(name), name, pa.array(values, pa.string())
             )
     return data
-
-
-def session_default(column: str) -> str:
-    """Server default that reads a per-transaction constant set by ``bulk_insert``.
-
-    Declare a column with ``server_default=text(session_default(name))`` and pass its value
-    in ``constants``: on PostgreSQL the value is set once (``set_config(..., true)``, local to
-    the transaction) instead of being repeated on every COPY row.
-    """
-    return f"current_setting('puhui.{column}')"
 
 
 # --- PostgreSQL binary COPY ---------------------------------------------------------------

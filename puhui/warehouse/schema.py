@@ -27,7 +27,18 @@ from sqlalchemy import (
     text,
 )
 
-from puhui.warehouse.bulk import session_default
+
+# Here, not beside bulk_insert: the schema is read by commands that load nothing, and the
+# bulk loader imports pandas and Arrow (~0.5 s).
+def session_default(column: str) -> str:
+    """Server default that reads a per-transaction constant set by ``bulk_insert``.
+
+    Declare a column with ``server_default=text(session_default(name))`` and pass its value
+    in ``constants``: on PostgreSQL the value is set once (``set_config(..., true)``, local to
+    the transaction) instead of being repeated on every COPY row.
+    """
+    return f"current_setting('puhui.{column}')"
+
 
 # Deterministic constraint names make migrations portable between the two dialects.
 metadata = MetaData(
