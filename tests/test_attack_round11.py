@@ -122,6 +122,23 @@ def test_a_link_at_the_training_lock_file_is_not_followed(tmp_path: Path) -> Non
         engine.dispose()
 
 
+def test_the_training_lock_file_holds_its_holder_line_only(tmp_path: Path) -> None:
+    """The lock file was opened without O_APPEND: truncate(0) kept the write position, so
+    each holder wrote its 'pid N on HOST' line after the last one's length of NUL bytes (15,
+    30, 45 bytes...), and the next waiter printed the NULs."""
+    import socket
+
+    engine = create_warehouse_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    lock_file = Path(f"{engine.url.database}.puhui.training.round11.lock")
+    try:
+        for _ in range(2):
+            with training_lock(engine, "round11", print):
+                pass
+        assert lock_file.read_bytes() == f"pid {os.getpid()} on {socket.gethostname()}".encode()
+    finally:
+        engine.dispose()
+
+
 def test_identifiers_typed_in_full_width_digits_are_masked() -> None:
     """A Chinese input method's full-width mode types '１３８１２３４５６７８': a phone so typed
     into a free-text column was neither counted nor masked by ingestion (loaded raw into the

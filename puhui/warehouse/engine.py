@@ -187,8 +187,11 @@ def held_lock(engine: Engine, name: str,
         return
     path = Path(f"{database}.{name}.lock")
     while True:
-        try:  # never through a link: the holder's line below would truncate its target
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        # Never through a link: the holder's line below would truncate its target. O_APPEND:
+        # truncate(0) keeps the write position, so the line would land after NUL bytes.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o666)
         except OSError as error:
             link = "; a link there is not followed: remove it" if error.errno == errno.ELOOP else ""
             raise PuhuiError(f"lock file {path}: cannot be opened ({error.strerror}){link}"
