@@ -181,3 +181,20 @@ def test_parquet_columns_outside_the_contract_are_never_decoded(tmp_path: Path) 
     chunks = list(iter_file_chunks(handle, feed, file_columns(handle, feed), 1 << 20))
     assert [chunk.column_names for chunk in chunks] == [["event_id"]]
     assert sum(chunk.num_rows for chunk in chunks) == 10
+
+
+def test_a_parquet_file_without_the_contracts_columns_counts_its_rows(tmp_path: Path) -> None:
+    """A Parquet file holding none of the contract's columns (all renamed, or 'EVENT_ID' for
+    'event_id') was held with 0 rows: its rows were counted from the columns read, and only
+    the contract's are. count_parsed_rows gives the held batch its row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from puhui.config import PartnersConfig, load_config
+    from puhui.ingest.reading import count_parsed_rows, open_landed_file
+
+    feed = load_config(CONFIGS, PartnersConfig).get("product_events")
+    path = tmp_path / "renamed.parquet"
+    pq.write_table(pa.table({"EVENT_ID": ["e"] * 10, "Customer": ["c"] * 10}), path,
+                   row_group_size=4)
+    assert count_parsed_rows(open_landed_file(str(path)), feed) == 10
