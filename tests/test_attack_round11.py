@@ -21,6 +21,7 @@ from puhui.config import (
 from puhui.errors import PuhuiError
 from puhui.lifecycle.publish import training_lock
 from puhui.settings import repo_root
+from puhui.throwaway_postgres import PostgresServer
 from puhui.warehouse.engine import create_warehouse_engine
 
 CONFIGS = repo_root() / "configs"
@@ -102,6 +103,40 @@ def test_a_training_lock_lost_while_held_is_noticed(warehouse_url: str) -> None:
                 assert told == []  # the next training took it at once: the first must stop
             with pytest.raises(PuhuiError, match="^lost the lock puhui.training.round11 "):
                 still_held()
+    finally:
+        engine.dispose()
+
+
+def _warehouse_sockets(port: int) -> list[tuple[int, int]]:
+    """(TCP_KEEPIDLE, TCP_USER_TIMEOUT) of this process's TCP sockets to the server."""
+    import socket
+
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        with sock:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) \
+                    and sock.getpeername()[1] == port:
+                found.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                              sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)))
+    return found
+
+
+def test_a_silent_network_drop_is_bounded_on_the_lock_connection(
+        pg_server: PostgresServer) -> None:
+    """Nothing bounded a silently dropped network (no RST): still_held's SELECT 1 retried
+    for ~15 min (tcp_retries2) and an idle connection waited for the OS's 2 h keepalive."""
+    engine = create_warehouse_engine(pg_server.create_database("round11_keepalive"))
+    port = engine.url.port
+    try:
+        with training_lock(engine, "round11", print) as still_held:
+            still_held()
+            assert (30, 60_000) in _warehouse_sockets(port)
+        after = _warehouse_sockets(port)  # other tests' engines may hold sockets too
+        assert (30, 0) in after and (30, 60_000) not in after  # pooled, back as it came
     finally:
         engine.dispose()
 
