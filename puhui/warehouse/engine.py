@@ -160,7 +160,8 @@ def held_lock(engine: Engine, name: str,
     Yields ``still_held``: raises ``PuhuiError`` once the lock was lost while held (the
     server ended its connection: ``pg_terminate_backend``, ``idle_session_timeout``, a
     restart; the lock file deleted or replaced), so that a long holder checks before a step
-    another holder must not repeat, instead of going on unprotected. A silently dropped
+    another holder must not repeat, instead of going on unprotected: it says whether the
+    lock was held at the check, not during the step that follows it. A silently dropped
     network (no RST) is noticed within about a minute: the engine's keepalives while the
     connection idles or waits for the lock, a ``SELECT 1`` unacknowledged for
     ``LOCK_TCP_USER_TIMEOUT_MS`` (without them: ~15 min of retransmits, or hours idle). The
