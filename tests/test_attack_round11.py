@@ -188,12 +188,17 @@ def test_identifiers_typed_in_full_width_digits_are_masked() -> None:
 
     notes = pa.array(["call １３８１２３４５６７８ today",
                       "id １１０１０５１９４９１２３１００２Ｘ",
-                      "＋８６ １３８ １２３４ ５６７８", "order １２３４５６７８９０１２３", "ok"])
-    assert count_identifiers_in_column(notes) == 3
+                      "＋８６ １３８ １２３４ ５６７８", "order １２３４５６７８９０１２３", "ok",
+                      # full-width separators: U+3000, U+FF0D, U+FF0E
+                      "１３８\u3000１２３４\u3000５６７８", "１３８\uff0d１２３４\uff0d５６７８",
+                      "１１０１０５\uff0e１９４９１２３１\uff0e００２Ｘ"])
+    assert count_identifiers_in_column(notes) == 6
     assert mask_identifiers_in_column(notes).to_pylist() == [
         "call [identifier masked] today", "id [identifier masked]", "[identifier masked]",
-        "order １２３４５６７８９０１２３", "ok"]
+        "order １２３４５６７８９０１２３", "ok"] + ["[identifier masked]"] * 3
     assert find_raw_identifiers("refused: １３８１２３４５６７８") == ["phone number"]
+    for spaced in notes.to_pylist()[-3:]:
+        assert find_raw_identifiers(spaced), spaced
 
 
 
