@@ -956,13 +956,19 @@ def check_config_dir(config_dir: Path) -> None:
                          "repository's configs/ folder")
     # Every one is hashed into each run's provenance (config_hash): a FIFO among them blocked
     # that read for good, a folder raised IsADirectoryError, both after Prefect started.
-    for path in sorted(config_dir.glob("*.y*ml")):
+    for path in config_files(config_dir):
         read_config_bytes(path)
+
+
+def config_files(config_dir: Path) -> list[Path]:
+    """The folder's ``*.y*ml`` files in name order, not its dotfiles: an editor's lock link
+    (Emacs' ``.#models.yaml``, a link to nothing) failed the check while a file was edited."""
+    return sorted(p for p in config_dir.glob("*.y*ml") if not p.name.startswith("."))
 
 
 def validate_config_dir(config_dir: Path) -> list[str]:
     """Load every file of ``config_dir``; raise on the first invalid or unknown one."""
-    names = sorted(p.name for p in config_dir.glob("*.y*ml"))
+    names = [p.name for p in config_files(config_dir)]
     unknown = [n for n in names if n not in CONFIG_MODELS]
     if unknown:
         raise PuhuiError(f"{config_dir / unknown[0]}: no schema for this config file")
@@ -980,7 +986,7 @@ def config_hash(config_dir: Path, expectations_dir: Path | None = None) -> str:
     digest = hashlib.sha256()
     suites = sorted((expectations_dir or default_expectations_dir()).glob("*.json"))
     # Named by kind, not by folder: a copy of the same files elsewhere hashes the same.
-    named = [("configs", p) for p in sorted(config_dir.glob("*.y*ml"))]
+    named = [("configs", p) for p in config_files(config_dir)]
     for kind, path in named + [("expectations", p) for p in suites]:
         digest.update(f"{kind}/{path.name}".encode())
         digest.update(b"\0")

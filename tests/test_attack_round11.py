@@ -77,6 +77,18 @@ def test_a_hostile_config_file_is_one_line_naming_it(tmp_path: Path, kind: str) 
                     check(extra)
 
 
+def test_an_editors_lock_link_in_the_config_folder_is_not_a_config_file(tmp_path: Path) -> None:
+    """Emacs' lock link '.#models.yaml' (a link to nothing) while a config was edited failed
+    check_config_dir with 'config file is missing' and the run's config hash."""
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    before = config_hash(configs)
+    (configs / ".#models.yaml").symlink_to("root@host.1234:1700000000")
+    check_config_dir(configs)
+    assert validate_config_dir(configs) == sorted(os.listdir(CONFIGS))
+    assert config_hash(configs) == before
+
+
 def test_a_training_lock_lost_while_held_is_noticed(warehouse_url: str) -> None:
     """The training lock's PostgreSQL connection ended by the server (pg_terminate_backend;
     idle_session_timeout or a restart alike), or its SQLite lock file deleted, let the next
