@@ -877,17 +877,23 @@ def read_config_bytes(path: Path) -> bytes:
     """A config file's bytes; one line naming it when it is missing, not a regular file (a
     FIFO blocked the read for good, a folder raised IsADirectoryError) or over
     ``MAX_CONFIG_BYTES``. Never waits on a FIFO, nor reads past the cap."""
+    not_regular = PuhuiError(f"{path}: not a regular file (a folder, device or pipe); "
+                             "a config file must be a plain file")
     try:
-        # Non-blocking: opening a FIFO without a writer would wait for one.
+        # Checked before opening: opening some devices acts (a watchdog arms, a tape
+        # rewinds), opening a FIFO wakes its waiting writer.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise not_regular
+        # Non-blocking: a FIFO put there since would wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise PuhuiError(f"{path}: config file is missing") from None
+        what = "a link to nothing" if path.is_symlink() else "config file is missing"
+        raise PuhuiError(f"{path}: {what}") from None
     except OSError as exc:
         raise PuhuiError(f"{path}: config file cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the two
         os.close(fd)
-        raise PuhuiError(f"{path}: not a regular file (a folder, device or pipe); "
-                         "a config file must be a plain file")
+        raise not_regular
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:

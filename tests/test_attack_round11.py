@@ -87,6 +87,36 @@ def test_an_editors_lock_link_in_the_config_folder_is_not_a_config_file(tmp_path
     check_config_dir(configs)
     assert validate_config_dir(configs) == sorted(os.listdir(CONFIGS))
     assert config_hash(configs) == before
+    (configs / "models.yaml").unlink()
+    (configs / "models.yaml").symlink_to(tmp_path / "gone.yaml")
+    with pytest.raises(PuhuiError, match="models.yaml: a link to nothing$"):
+        validate_config_dir(configs)
+
+
+def test_a_config_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """The config file was opened, then checked: opening acts on some files (a watchdog
+    device arms, a tape rewinds; a FIFO's waiting writer wakes, seen here)."""
+    import threading
+
+    from puhui.config import read_config_bytes
+
+    fifo = tmp_path / "extra.yaml"
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def writer() -> None:
+        with open(fifo, "wb"):
+            opened.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    thread.join(0.3)  # blocked in open(), waiting for a reader
+    with pytest.raises(PuhuiError, match="not a regular file"):
+        read_config_bytes(fifo)
+    woke = opened.wait(0.5)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer go
+    thread.join(5)
+    assert not woke
 
 
 def test_a_training_lock_lost_while_held_is_noticed(warehouse_url: str) -> None:
