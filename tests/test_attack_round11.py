@@ -22,7 +22,7 @@ from puhui.errors import PuhuiError
 from puhui.lifecycle.publish import training_lock
 from puhui.settings import repo_root
 from puhui.throwaway_postgres import PostgresServer
-from puhui.warehouse.engine import create_warehouse_engine
+from puhui.warehouse.engine import create_warehouse_engine, held_lock
 
 CONFIGS = repo_root() / "configs"
 
@@ -181,6 +181,57 @@ def test_a_silent_network_drop_is_bounded_on_the_lock_connection(
         assert (30, 0) in after and (30, 60_000) not in after  # pooled, back as it came
     finally:
         engine.dispose()
+
+
+def test_a_lost_postgresql_lock_exits_quietly_without_still_held(
+        pg_server: PostgresServer) -> None:
+    """The holder's exit after the server ended its session raised psycopg's AdminShutdown;
+    exiting without a still_held() first goes through held_lock's own unlock."""
+    engine = create_warehouse_engine(pg_server.create_database("round11_exit"))
+    try:
+        with held_lock(engine, "round11"), engine.connect() as other:
+            assert other.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                "current_database())")).scalars().all() == [True]
+            other.commit()
+    finally:
+        engine.dispose()
+
+
+def test_a_lock_file_removed_while_waited_on_is_locked_again(tmp_path: Path) -> None:
+    """A waiter that gets the flock of a file removed meanwhile locks the one at the path
+    (else the next taker, creating a new file, would lock it at once beside it)."""
+    import threading
+
+    engine = create_warehouse_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    lock_file = Path(f"{engine.url.database}.round11.lock")
+    held, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    took: list[int] = []
+
+    def first() -> None:
+        with held_lock(engine, "round11"):
+            held.set()
+            release.wait(10)
+
+    def second() -> None:
+        with held_lock(engine, "round11", on_wait=lambda _: waiting.set()) as still_held:
+            still_held()
+            took.append(os.stat(lock_file).st_ino)
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert held.wait(10)
+    threads.append(threading.Thread(target=second))
+    threads[1].start()
+    assert waiting.wait(10)
+    threads[1].join(0.3)  # in flock() on the old file
+    lock_file.unlink()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    engine.dispose()
+    assert len(took) == 1 and lock_file.exists()
 
 
 def test_a_link_at_the_training_lock_file_is_not_followed(tmp_path: Path) -> None:
