@@ -113,7 +113,7 @@ def test_a_config_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
     thread.join(0.3)  # blocked in open(), waiting for a reader
     with pytest.raises(PuhuiError, match="not a regular file"):
         read_config_bytes(fifo)
-    woke = opened.wait(0.5)
+    woke = opened.wait(0.2)
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer go
     thread.join(5)
     assert not woke
