@@ -877,17 +877,23 @@ def read_config_bytes(path: Path) -> bytes:
     """A config file's bytes; one line naming it when it is missing, not a regular file (a
     FIFO blocked the read for good, a folder raised IsADirectoryError) or over
     ``MAX_CONFIG_BYTES``. Never waits on a FIFO, nor reads past the cap."""
+    not_regular = PuhuiError(f"{path}: not a regular file (a folder, device or pipe); "
+                             "a config file must be a plain file")
     try:
-        # Non-blocking: opening a FIFO without a writer would wait for one.
+        # Checked before opening: opening some devices acts (a watchdog arms, a tape
+        # rewinds), opening a FIFO wakes its waiting writer.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise not_regular
+        # Non-blocking: a FIFO put there since would wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise PuhuiError(f"{path}: config file is missing") from None
+        what = "a link to nothing" if path.is_symlink() else "config file is missing"
+        raise PuhuiError(f"{path}: {what}") from None
     except OSError as exc:
         raise PuhuiError(f"{path}: config file cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the two
         os.close(fd)
-        raise PuhuiError(f"{path}: not a regular file (a folder, device or pipe); "
-                         "a config file must be a plain file")
+        raise not_regular
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
@@ -956,13 +962,19 @@ def check_config_dir(config_dir: Path) -> None:
                          "repository's configs/ folder")
     # Every one is hashed into each run's provenance (config_hash): a FIFO among them blocked
     # that read for good, a folder raised IsADirectoryError, both after Prefect started.
-    for path in sorted(config_dir.glob("*.y*ml")):
+    for path in config_files(config_dir):
         read_config_bytes(path)
+
+
+def config_files(config_dir: Path) -> list[Path]:
+    """The folder's ``*.y*ml`` files in name order, not its dotfiles: an editor's lock link
+    (Emacs' ``.#models.yaml``, a link to nothing) failed the check while a file was edited."""
+    return sorted(p for p in config_dir.glob("*.y*ml") if not p.name.startswith("."))
 
 
 def validate_config_dir(config_dir: Path) -> list[str]:
     """Load every file of ``config_dir``; raise on the first invalid or unknown one."""
-    names = sorted(p.name for p in config_dir.glob("*.y*ml"))
+    names = [p.name for p in config_files(config_dir)]
     unknown = [n for n in names if n not in CONFIG_MODELS]
     if unknown:
         raise PuhuiError(f"{config_dir / unknown[0]}: no schema for this config file")
@@ -980,7 +992,7 @@ def config_hash(config_dir: Path, expectations_dir: Path | None = None) -> str:
     digest = hashlib.sha256()
     suites = sorted((expectations_dir or default_expectations_dir()).glob("*.json"))
     # Named by kind, not by folder: a copy of the same files elsewhere hashes the same.
-    named = [("configs", p) for p in sorted(config_dir.glob("*.y*ml"))]
+    named = [("configs", p) for p in config_files(config_dir)]
     for kind, path in named + [("expectations", p) for p in suites]:
         digest.update(f"{kind}/{path.name}".encode())
         digest.update(b"\0")

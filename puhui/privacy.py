@@ -24,13 +24,17 @@ _BEFORE = "(?<![0-9A-Za-z\uff10-\uff19])(?<!\\d\\.)"
 _AFTER = "(?![0-9A-Za-z\uff10-\uff19])"
 # Digits as typed in ASCII or full width (a Chinese input method's full-width mode: a phone
 # typed so into a free-text field passed as text, and was loaded raw). One spelling for
-# Python's re and Arrow's RE2, whose \d is ASCII only.
+# Python's re and Arrow's RE2, whose \d is ASCII only. Not quite the same behaviour: RE2 has
+# no look-behind for _BEFORE's "<digit>.", so ingestion (RE2) also counts and masks a float's
+# fraction ('0.13812345678') that scrub_text / find_raw_identifiers let through: more masking.
 _D = "[0-9\uff10-\uff19]"
-# 18 characters, optionally grouped 6-8-4 by a space, dot or dash; any check character.
-_ID_SHAPE = f"{_D}{{6}}[ .-]?{_D}{{8}}[ .-]?{_D}{{3}}(?:{_D}|[Xx\uff38\uff58])"
+# A space, dot or dash, ASCII or as the full-width mode types them (U+3000, U+FF0E, U+FF0D).
+_SEP = "[ .\u3000\uff0e\uff0d-]"
+# 18 characters, optionally grouped 6-8-4 by a separator; any check character.
+_ID_SHAPE = f"{_D}{{6}}{_SEP}?{_D}{{8}}{_SEP}?{_D}{{3}}(?:{_D}|[Xx\uff38\uff58])"
 # A mainland mobile number with an optional +86 / 0086 / 86 prefix and separators.
-_PHONE_SHAPE = ("(?:(?:[+\uff0b]|[0\uff10]{2})?[8\uff18][6\uff16][ .-]?)?"
-                f"[1\uff11][3-9\uff13-\uff19]{_D}(?:[ .-]?{_D}{{4}}){{2}}")
+_PHONE_SHAPE = (f"(?:(?:[+\uff0b]|[0\uff10]{{2}})?[8\uff18][6\uff16]{_SEP}?)?"
+                f"[1\uff11][3-9\uff13-\uff19]{_D}(?:{_SEP}?{_D}{{4}}){{2}}")
 _NATIONAL_ID = re.compile(_BEFORE + _ID_SHAPE + _AFTER)
 _MOBILE_PHONE = re.compile(_BEFORE + _PHONE_SHAPE + _AFTER)
 SHAPE_LIMIT = 24  # characters of a masked shape before it is cut

@@ -53,6 +53,14 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# libpq's: probes after 30 s idle, every 10 s, 3 unanswered end the connection (60 s).
+_PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                  "keepalives_count": 3}
+# The training lock's connection sends only its `SELECT 1`s: one unacknowledged this long
+# ends it (not the engine's: a COPY to a server stalled longer would be cut).
+LOCK_TCP_USER_TIMEOUT_MS = 60_000
+
+
 def create_warehouse_engine(url: str) -> Engine:
     """A new engine for ``url`` with the dialect-specific settings above (not migrated)."""
     parsed = make_url(url)
@@ -65,7 +73,11 @@ def create_warehouse_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             raise PuhuiError("PostgreSQL warehouse URLs must use psycopg 3: postgresql+psycopg://")
-        return create_engine(url, pool_pre_ping=True)
+        # A silently dropped network (no RST) is noticed within a minute on an idle
+        # connection instead of the OS's 2 h; settings given in the URL win.
+        keepalives = {key: value for key, value in _PG_KEEPALIVES.items()
+                      if key not in parsed.query}
+        return create_engine(url, pool_pre_ping=True, connect_args=keepalives)
     raise PuhuiError(f"unsupported warehouse dialect {parsed.get_backend_name()!r}")
 
 
@@ -127,6 +139,13 @@ def _file_still_held(name: str, path: Path, fd: int) -> None:
         raise _lost(name, f"its file {path} was removed or replaced")
 
 
+def _set_tcp_user_timeout(conn: Connection, milliseconds: int) -> None:
+    """What libpq's ``tcp_user_timeout`` sets, on one pooled connection only (no Unix socket)."""
+    with socket.socket(fileno=os.dup(conn.connection.dbapi_connection.pgconn.socket)) as sock:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+
+
 @contextmanager
 def held_lock(engine: Engine, name: str,
               on_wait: Callable[[str | None], None] | None = None
@@ -141,7 +160,13 @@ def held_lock(engine: Engine, name: str,
     Yields ``still_held``: raises ``PuhuiError`` once the lock was lost while held (the
     server ended its connection: ``pg_terminate_backend``, ``idle_session_timeout``, a
     restart; the lock file deleted or replaced), so that a long holder checks before a step
-    another holder must not repeat, instead of going on unprotected.
+    another holder must not repeat, instead of going on unprotected: it says whether the
+    lock was held at the check, not during the step that follows it. A silently dropped
+    network (no RST) is noticed within about a minute: the engine's keepalives while the
+    connection idles or waits for the lock, a ``SELECT 1`` unacknowledged for
+    ``LOCK_TCP_USER_TIMEOUT_MS`` (without them: ~15 min of retransmits, or hours idle). The
+    server may keep the session, and so the lock, until its own keepalives end it: the next
+    training waits meanwhile.
     """
     if engine.dialect.name == "postgresql":
         key = {"key": _lock_key(name)}
@@ -153,6 +178,7 @@ def held_lock(engine: Engine, name: str,
                     on_wait(None)
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
             conn.commit()
+            _set_tcp_user_timeout(conn, LOCK_TCP_USER_TIMEOUT_MS)
 
             def still_held() -> None:
                 # The session lock lasts as long as the session: a live one still holds it.
@@ -169,6 +195,7 @@ def held_lock(engine: Engine, name: str,
                     if not conn.invalidated:
                         conn.execute(text("SELECT pg_advisory_unlock(:key)"), key)
                         conn.commit()
+                        _set_tcp_user_timeout(conn, 0)  # back to the pool as it came
                 except DBAPIError as error:
                     if not error.connection_invalidated:
                         raise  # a dropped session's locks went with it: nothing to undo
@@ -187,8 +214,11 @@ def held_lock(engine: Engine, name: str,
         return
     path = Path(f"{database}.{name}.lock")
     while True:
-        try:  # never through a link: the holder's line below would truncate its target
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        # Never through a link: the holder's line below would truncate its target. O_APPEND:
+        # truncate(0) keeps the write position, so the line would land after NUL bytes.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o666)
         except OSError as error:
             link = "; a link there is not followed: remove it" if error.errno == errno.ELOOP else ""
             raise PuhuiError(f"lock file {path}: cannot be opened ({error.strerror}){link}"
