@@ -155,9 +155,10 @@ def main() -> None:
     for name, figures in results.items():
         print(f"{name:24} {statistics.median(f['wall'] for f in figures):16.2f} "
               f"{statistics.median(f['cpu'] for f in figures):15.2f}  "
-              + " ".join(f"{f['wall']}/{f['cpu']}@{f['load']}" for f in figures)
-              + (f"  requests {figures[0]['requests']} {figures[0]['by_endpoint']}"
-                 if options.server else ""))
+              + " ".join(f"{f['wall']}/{f['cpu']}@{f['load']}" for f in figures))
+        if options.server:  # runs differ: the first verify hashes, a repeat may not
+            for index, f in enumerate(figures, 1):
+                print(f"{'':24}   run {index}: {f['requests']} requests {f['by_endpoint']}")
     write_results(f"audit_verify-{options.label}" + ("-server" * options.server), {
         "versions": versions, "model_mb": options.model_mb, "server": options.server,
         "runs": results,

@@ -3,8 +3,9 @@ with the SQLite warehouse and with the same warehouse copied into PostgreSQL.
 
 The standard: a read-only command answers in a second or two. Each command runs ``--runs``
 times in a fresh ``python -m puhui`` process, as typed; the table shows the median wall and
-CPU (user+sys of the process and its children) and the load average at the time (the
-machine is shared: wall time grows with the load, CPU time much less). ``--help`` of every
+CPU (user+sys of the process and its children; with PostgreSQL the server's backend is
+not a child, so its CPU is not counted) and the load average at the time (the machine is
+shared: wall time grows with the load, CPU time much less). ``--help`` of every
 command and subcommand touches no warehouse and is timed once per run with SQLite only.
 
 The state is ``--home`` (default ``$PUHUI_HOME`` or ``./.puhui``) as ``puhui demo`` leaves

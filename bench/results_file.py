@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,26 @@ RESULTS_DIR = ROOT / "bench" / "results"
 
 
 def machine_facts() -> dict[str, object]:
+    """The machine, and the commit measured: the benches run ``puhui`` from ROOT."""
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), **measured_commit()}
+
+
+def measured_commit() -> dict[str, object]:
+    """ROOT's ``git rev-parse HEAD`` and whether tracked files differ from it; None for a
+    checkout without git (an export: its results file's label then says what it is)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                                  text=True, timeout=30)
+        except OSError:
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")  # an export inside another checkout is not it
+    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == ROOT else None
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
 
 
 def write_results(name: str, result: dict, quick: bool) -> Path:

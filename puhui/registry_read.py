@@ -136,10 +136,18 @@ def download_uri(client: Any, name: str, version: str) -> str:
     a prompt's name: through a tracking server a second request for every version, and
     ``audit verify --deep`` asks for every version. Its registry client answers the same URI
     without that read. A prompt's versions are not puhui's: their files would not hash to a
-    registration event's digest and are reported all the same."""
+    registration event's digest and are reported all the same.
+
+    ``_get_registry_client`` is private to MLflow: it is relied on for the pinned
+    ``mlflow==3.17.2`` (pyproject.toml), where the public call is the prompt check plus this
+    same call. A client without it (a later MLflow) gets the public call: one request more per
+    version, the same URI."""
     if isinstance(client, SqlRegistry):
         return client.get_model_version_download_uri(name, version)
-    return client._get_registry_client().get_model_version_download_uri(name, version)
+    registry = getattr(client, "_get_registry_client", None)
+    if registry is None:
+        return client.get_model_version_download_uri(name, version)
+    return registry().get_model_version_download_uri(name, version)
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -72,7 +72,7 @@ def _ingestor() -> tuple[Runtime, PartnerFeed, FileIngestor]:
 
 def _two_files(monkeypatch: pytest.MonkeyPatch, warehouse_url: str, tmp_path: Path,
                first: Iterable[int], second: Iterable[int], *, names: tuple[str, str] = ("a", "b"),
-               first_options: dict | None = None, **second_options: object,
+               first_options: dict | None = None, second_options: dict | None = None,
                ) -> tuple[Runtime, PartnerFeed, FileIngestor, Path]:
     """The warehouse at ``warehouse_url``, a mobile_payments ingestor and a landing zone with
     two files, nothing ingested yet: the transactions ``first`` on DAY1 and ``second`` on
@@ -81,7 +81,7 @@ def _two_files(monkeypatch: pytest.MonkeyPatch, warehouse_url: str, tmp_path: Pa
     runtime, feed, ingestor = _ingestor()
     landing = tmp_path / "landing"
     _payments(landing, DAY1, names[0], first, **(first_options or {}))
-    _payments(landing, DAY2, names[1], second, **second_options)
+    _payments(landing, DAY2, names[1], second, **(second_options or {}))
     return runtime, feed, ingestor, landing
 
 
@@ -110,7 +110,7 @@ def test_a_second_file_repeating_keys_loads_only_its_new_keys(
     # 500 repeats with the same values, 500 corrections, 2,000 new transactions.
     runtime, feed, ingestor, landing = _two_files(
         monkeypatch, warehouse_url, tmp_path, range(1, 3001), range(2001, 5001),
-        changed=range(2501, 3001))
+        second_options={"changed": range(2501, 3001)})
 
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
@@ -161,7 +161,7 @@ def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(
 
     runtime, feed, ingestor, landing = _two_files(
         monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501),
-        changed=range(501, 601), bogus=1200)
+        second_options={"changed": range(501, 601), "bogus": 1200})
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert held.status == "quarantined"
@@ -186,7 +186,7 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
     runtime, feed, ingestor, landing = _two_files(
         monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501),
-        changed=range(501, 601), bogus=1200)
+        second_options={"changed": range(501, 601), "bogus": 1200})
     check_action_prefixes(runtime.engine, ["ingest.keys.indexed"])  # a known action
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))

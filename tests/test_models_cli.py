@@ -126,8 +126,8 @@ def test_models_show_and_compare(model: str, any_warehouse: str,
 def test_read_only_model_commands_import_neither_prefect_nor_mlflow(any_warehouse: str) -> None:
     """Read-only: no command imports Prefect, nor MLflow (~2-3 s of CPU of its own; a process
     of its own to tell): they read MLflow's tables, and the artifacts of a local store, the
-    same facts as MlflowClient gives. Nor pandas (~0.4 s): the warehouse's schema came with
-    the bulk loader's imports."""
+    same facts as MlflowClient gives. Nor pandas (~0.4 s) or Arrow: the warehouse's schema
+    came with the bulk loader's imports."""
     from puhui.lifecycle.views import version_facts, view_for
     from puhui.registry_read import read_only_registry
 
@@ -139,14 +139,14 @@ def test_read_only_model_commands_import_neither_prefect_nor_mlflow(any_warehous
     assert facts == version_facts(registry_client(uri), runtime.engine, name, v1, view)
     assert facts["gates"]["checks"] and facts["calibration"] and facts["run_name"]
     script = ("import sys; from puhui.cli import main; rc = main(sys.argv[1:]); "
-              "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', 'pandas')))")
+              "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', 'pandas', 'pyarrow')))")
     for argv in (["models", "show", name, "--version", v1, "--json"],
                  ["models", "compare", name, v1, v1, "--json"],
                  ["audit", "lineage", name, "--version", v1, "--json"],
                  ["quarantine", "list"], ["audit", "log"], ["audit", "verify"]):
         done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
                               text=True, env=os.environ.copy(), cwd=repo_root(), timeout=120)
-        assert done.stdout.strip().splitlines()[-1] == "0 False False False", (
+        assert done.stdout.strip().splitlines()[-1] == "0 False False False False", (
             argv, done.stderr[-2000:])
     assert "MLflow agrees with the trail: 1 version(s), 1 alias(es)" in done.stdout
 

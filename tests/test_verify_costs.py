@@ -16,7 +16,7 @@ from puhui.audit import events_of
 from puhui.landing import CONTENT_MARKER_KEYS, change_marker
 from puhui.model_fingerprints import VerifiedFiles, files_signature
 from puhui.registry import REGISTERED, _registered_digests, registry_client
-from puhui.registry_read import SqlRegistry
+from puhui.registry_read import SqlRegistry, download_uri
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.throwaway_mlflow_server import requests_logged, running_mlflow_server
@@ -199,6 +199,41 @@ def test_every_version_s_gate_tags_are_checked_past_the_first_page(
         for key in wrong)
     problems, n_versions, _ = registry_problems(client, runtime.engine)
     assert n_versions == 4 and not any("missing" in p for p in problems), problems
+
+
+class _PublicOnly:
+    """A real ``MlflowClient`` seen through its public names only: as a later MLflow without
+    the private ``_get_registry_client`` would be."""
+
+    def __init__(self, client: object) -> None:
+        self._client = client
+        self.public_calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._client, name)
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        self.public_calls += 1
+        return self._client.get_model_version_download_uri(name, version)
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_download_uri_is_the_public_call_s_answer(registry_env: dict[str, str]) -> None:
+    """``download_uri`` skips MlflowClient's prompt check through a private MLflow call; its
+    URI is the public call's for every version, and a client without that private call
+    gets the public one."""
+    from mlflow import MlflowClient
+
+    client = registry_client(load_settings().mlflow_tracking_uri)
+    assert isinstance(client, MlflowClient)
+    public_only = _PublicOnly(client)
+    for version in registry_env.values():
+        public = client.get_model_version_download_uri(NAME, version)
+        assert download_uri(client, NAME, version) == public
+        assert download_uri(public_only, NAME, version) == public
+    assert public_only.public_calls == len(registry_env)
 
 
 def test_a_database_with_other_tables_leaves_no_pooled_connection_behind(
