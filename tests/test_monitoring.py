@@ -205,6 +205,28 @@ def test_report_without_drift_raises_no_alert(
     events = read_audit_events(engine, action="report.published")
     assert events and events[-1]["details"]["report"] == str(report)
 
+    # The champion's bins listed but unreadable (a dangling file in its store): a registry
+    # error fails the monitoring run; before, it became a note and PSI/CSI went missing.
+    from puhui.errors import PuhuiError
+    from puhui.monitoring.run import monitor
+    from puhui.registry import registry_client
+    from puhui.registry_read import local_artifact_path
+
+    settings = load_settings()
+    client = registry_client(settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias("credit_risk", "champion")
+    store = local_artifact_path(client.get_run(champion.run_id).info.artifact_uri)
+    assert store is not None
+    bins = store / "monitoring" / "bins.json"
+    bins.unlink()
+    bins.symlink_to(tmp_path / "gone.json")
+    with pytest.raises(PuhuiError) as failed:
+        monitor(engine, settings.mlflow_tracking_uri, settings.config_dir, AS_OF)
+    message = str(failed.value)
+    assert message.startswith(
+        f"model registry error reading the bins of credit_risk v{champion.version}: "), message
+    assert "\n" not in message
+
 
 @pytest.mark.slow
 def test_drift_raises_the_score_psi_alert_and_the_webhook_receives_it(
