@@ -357,6 +357,28 @@ def test_a_later_failed_version_does_not_stop_the_challenger_restore(
     assert restore_challenger(client, runtime.engine, runtime.audit, NAME,
                               killed_after_verdict, True) == [CHALLENGER, CHAMPION]
     assert current_aliases(client, NAME) == {CHAMPION: killed_after_verdict}
+    # Killed after its verdict, then a model owner rolled back: that decision came after the
+    # verdict, so the re-run makes the version challenger and leaves the champion alone.
+    from puhui.registry import MODEL_LOCK, _move_alias, rollback
+    from puhui.warehouse.engine import held_lock
+
+    overruled = _register(True)
+    assert rollback(client, runtime.engine, runtime.audit, NAME, "owner: keep the old one") == (
+        killed_after_verdict, later_passed)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, overruled,
+                              True) == [CHALLENGER]
+    assert current_aliases(client, NAME) == {CHAMPION: later_passed, CHALLENGER: overruled}
+    # Killed inside move_champion, between the champion move and taking challenger off it
+    # (the state planted by the same moves): the re-run only takes challenger off.
+    half_moved = _register(True)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, half_moved
+                              ) == [CHALLENGER]
+    with held_lock(runtime.engine, MODEL_LOCK):
+        _move_alias(client, runtime.engine, runtime.audit, NAME, CHAMPION, half_moved,
+                    "auto_promote is on in configs/models.yaml")
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, half_moved,
+                              True) == [f"{CHALLENGER} removed"]
+    assert current_aliases(client, NAME) == {CHAMPION: half_moved}
     verified = puhui("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
