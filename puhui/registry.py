@@ -444,6 +444,7 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
                         version: str, passed: bool, failed: list[str], auto_promote: bool,
                         compared_with: str | None = None,
                         recheck: Callable[[str | None], tuple[bool, list[str]]] | None = None,
+                        prepare: Callable[[str | None], None] | None = None,
                         ) -> str | None:
     """The gate step's verdict and the alias moves it decides, in one hold of the model lock:
     a passing version becomes ``challenger`` (and ``champion`` with ``auto_promote``), a
@@ -456,7 +457,13 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
     champion now (promoted or rolled back since), ``recheck(current)`` gives the verdict
     against it, under the lock, so the verdict is never against a champion of the past.
     The event names the champion compared with (``champion``) and, when it changed, the
-    one evaluated against (``evaluated_against``)."""
+    one evaluated against (``evaluated_against``). ``prepare(champion)`` runs first, outside
+    the lock, for the champion seen then: loading its files (a copy, a digest check) kept a
+    promote or rollback waiting; under the lock the alias is read again and only scored."""
+    if recheck is not None and prepare is not None:
+        seen = version_of(client, name, CHAMPION)
+        if seen != compared_with:
+            prepare(seen)
     with held_lock(engine, MODEL_LOCK):
         extra: dict[str, Any] | None = None
         if recheck is not None:

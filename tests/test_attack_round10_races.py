@@ -364,6 +364,28 @@ def test_a_later_failed_version_does_not_stop_the_challenger_restore(
     assert restore_challenger(client, runtime.engine, runtime.audit, NAME,
                               killed_after_verdict, True) == [CHALLENGER, CHAMPION]
     assert current_aliases(client, NAME) == {CHAMPION: killed_after_verdict}
+    # Killed after its verdict, then a model owner rolled back: that decision came after the
+    # verdict, so the re-run makes the version challenger and leaves the champion alone.
+    from puhui.registry import MODEL_LOCK, _move_alias, rollback
+    from puhui.warehouse.engine import held_lock
+
+    overruled = _register(True)
+    assert rollback(client, runtime.engine, runtime.audit, NAME, "owner: keep the old one") == (
+        killed_after_verdict, later_passed)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, overruled,
+                              True) == [CHALLENGER]
+    assert current_aliases(client, NAME) == {CHAMPION: later_passed, CHALLENGER: overruled}
+    # Killed inside move_champion, between the champion move and taking challenger off it
+    # (the state planted by the same moves): the re-run only takes challenger off.
+    half_moved = _register(True)
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, half_moved
+                              ) == [CHALLENGER]
+    with held_lock(runtime.engine, MODEL_LOCK):
+        _move_alias(client, runtime.engine, runtime.audit, NAME, CHAMPION, half_moved,
+                    "auto_promote is on in configs/models.yaml")
+    assert restore_challenger(client, runtime.engine, runtime.audit, NAME, half_moved,
+                              True) == [f"{CHALLENGER} removed"]
+    assert current_aliases(client, NAME) == {CHAMPION: half_moved}
     verified = puhui("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
@@ -411,6 +433,43 @@ def test_the_verdict_compares_with_the_champion_at_verdict_time(
                                   "failed": gates.failed, "champion": new,
                                   "evaluated_against": old}
     assert current_aliases(client, NAME) == {CHAMPION: new, CHALLENGER: unchanged}
+
+    # The champion's files are loaded before the model lock (a promote or rollback waited
+    # through the copy and digest check), and a re-score that raises is a failed verdict
+    # naming the cause: before, no verdict was recorded and the next run trained another.
+    from puhui.registry import MODEL_LOCK
+    from puhui.warehouse.engine import held_lock
+
+    prepared: list[tuple[str | None, bool]] = []
+
+    def prepare(champion: str | None) -> None:  # records whether the model lock was free
+        waited: list[str | None] = []
+        took = threading.Event()
+
+        def take() -> None:
+            with held_lock(runtime.engine, MODEL_LOCK, on_wait=waited.append):
+                took.set()
+
+        threading.Thread(target=take, daemon=True).start()
+        deadline = time.monotonic() + WAIT
+        while not (took.is_set() or waited) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        prepared.append((champion, took.is_set()))
+
+    def broken(champion: str | None) -> GateResult:
+        raise RuntimeError(f"v{champion}: model files changed since registration")
+
+    rolled_back = _register(None)
+    promote(client, runtime.engine, runtime.audit, NAME, old, "back to the old one")
+    gates, line = apply_checked_verdict(client, runtime.engine, runtime.audit, NAME,
+                                        rolled_back, GateResult(True), False,
+                                        ChampionCheck(new, broken, prepare))
+    assert prepared == [(old, True)]
+    cause = (f"champion_recheck v{old} not re-scored (RuntimeError: v{old}: model files "
+             "changed since registration)")
+    assert not gates.passed and gates.failed == [cause] and cause in line, line
+    assert verdict(rolled_back)["passed"] is False and verdict(rolled_back)["failed"] == [cause]
+    assert current_aliases(client, NAME) == {CHAMPION: old, CHALLENGER: unchanged}
 
 
 # Tried and sound (kept as a test): a release killed inside its transaction, after its

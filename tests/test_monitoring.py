@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from puhui.audit import read_audit_events
 from puhui.config import MonitoringConfig, Threshold, load_config
-from puhui.monitoring.bins import freeze_variable
+from puhui.monitoring.bins import freeze_bins, freeze_variable
 from puhui.monitoring.stats import bootstrap_auc, hhi
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
@@ -42,6 +42,42 @@ def test_a_registry_error_is_not_read_as_a_version_without_bins(
     message = str(refused.value)
     assert message.startswith("model registry error reading the bins of credit_risk v1: ")
     assert "\n" not in message and "s3cr3t-pw" not in message, message
+
+
+def test_an_artifact_store_outage_is_not_read_as_a_version_without_bins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: MLflow's runs:/ download turned any artifact-store failure into "does not
+    # exist", so with the tracking store up and the artifact store down the model owner was
+    # told to retrain. Only a listing that succeeds without bins.json means none.
+    import mlflow
+
+    from puhui.errors import PuhuiError
+    from puhui.monitoring.bins import BINS_ARTIFACT, load_frozen_bins
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    down = mlflow.create_experiment(
+        "down", artifact_location="http://ops:s3cr3t-pw@127.0.0.1:9/api/2.0/mlflow-artifacts/"
+                                  "artifacts/down")
+    local = mlflow.create_experiment("local", artifact_location=(tmp_path / "art").as_uri())
+    runs = {}
+    for key, experiment in (("down", down), ("none", local), ("bins", local)):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            if key == "bins":
+                mlflow.log_dict(freeze_bins(pd.DataFrame({"x": [1.0, 2.0]}),
+                                            np.array([0.1, 0.2]), ["x"], []), BINS_ARTIFACT)
+        runs[key] = run.info.run_id
+    with pytest.raises(PuhuiError) as refused:
+        load_frozen_bins(uri, runs["down"], "credit_risk", "3")
+    message = str(refused.value)
+    assert message.startswith("model registry error reading the bins of credit_risk v3: ")
+    assert "\n" not in message and "s3cr3t-pw" not in message, message
+    with pytest.raises(PuhuiError, match="has no monitoring/bins.json") as none:
+        load_frozen_bins(uri, runs["none"], "credit_risk", "2")
+    assert type(none.value).__name__ == "NoFrozenBins"  # the one failure monitoring notes
+    assert load_frozen_bins(uri, runs["bins"], "credit_risk", "1").rows == 2
 
 
 def test_frozen_bin_psi_matches_a_hand_computation() -> None:
@@ -168,6 +204,28 @@ def test_report_without_drift_raises_no_alert(
     assert "default_rate" in set(service[service["segment"] == "grade=E"]["metric"])
     events = read_audit_events(engine, action="report.published")
     assert events and events[-1]["details"]["report"] == str(report)
+
+    # The champion's bins listed but unreadable (a dangling file in its store): a registry
+    # error fails the monitoring run; before, it became a note and PSI/CSI went missing.
+    from puhui.errors import PuhuiError
+    from puhui.monitoring.run import monitor
+    from puhui.registry import registry_client
+    from puhui.registry_read import local_artifact_path
+
+    settings = load_settings()
+    client = registry_client(settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias("credit_risk", "champion")
+    store = local_artifact_path(client.get_run(champion.run_id).info.artifact_uri)
+    assert store is not None
+    bins = store / "monitoring" / "bins.json"
+    bins.unlink()
+    bins.symlink_to(tmp_path / "gone.json")
+    with pytest.raises(PuhuiError) as failed:
+        monitor(engine, settings.mlflow_tracking_uri, settings.config_dir, AS_OF)
+    message = str(failed.value)
+    assert message.startswith(
+        f"model registry error reading the bins of credit_risk v{champion.version}: "), message
+    assert "\n" not in message
 
 
 @pytest.mark.slow

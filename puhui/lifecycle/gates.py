@@ -27,9 +27,12 @@ class GateResult:
 class ChampionCheck:
     """For gates that compare a version with the champion: the champion version they were
     evaluated against (None: there was none) and ``recheck(version)``, the gates' result
-    against another champion (None: none), for a champion that moved before the verdict."""
+    against another champion (None: none), for a champion that moved before the verdict.
+    ``prepare(version)`` does the slow part of ``recheck`` (loading that champion's files)
+    ahead, outside the model lock; ``recheck`` then only scores under it."""
     compared_with: str | None
     recheck: Callable[[str | None], GateResult]
+    prepare: Callable[[str | None], None] | None = None
 
 
 class GateChecks:

@@ -179,13 +179,22 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
     rechecked: list[tuple[str | None, GateResult]] = []
 
     def recheck(current: str | None) -> tuple[bool, list[str]]:
-        rechecked.append((current, champion.recheck(current)))
-        return rechecked[-1][1].passed, rechecked[-1][1].failed
+        try:
+            result = champion.recheck(current)
+        except Exception as exc:  # noqa: BLE001 - recorded as the verdict, named
+            # Fails closed: with no verdict the version stayed ungated and the next run
+            # trained and registered another; a model owner retrains with --force instead.
+            text = scrub_text(str(exc)).strip()
+            cause = f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+            result = GateResult(False, [f"champion_recheck v{current} not re-scored ({cause})"])
+        rechecked.append((current, result))
+        return result.passed, result.failed
 
     now = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
                               gates.failed, auto_promote,
                               champion.compared_with if champion else None,
-                              recheck if champion else None)
+                              recheck if champion else None,
+                              champion.prepare if champion else None)
     moved = ""
     if rechecked:
         current, gates = rechecked[-1]

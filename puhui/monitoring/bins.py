@@ -20,7 +20,6 @@ import pandas as pd
 
 from puhui.errors import PuhuiError
 from puhui.privacy import scrub_text
-from puhui.registry_read import is_not_found
 from puhui.risk.metrics import _psi  # the project's one PSI formula (epsilon-floored shares)
 from puhui.scratch import scratch_dir
 
@@ -115,25 +114,43 @@ def parse_bins(data: dict[str, Any]) -> FrozenBins:
                       {k: FrozenBin(**v) for k, v in data["features"].items()})
 
 
-def load_frozen_bins(tracking_uri: str, run_id: str, name: str, version: str) -> FrozenBins:
-    """The bins stored with a version's run; a clear error for versions registered without."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+class NoFrozenBins(PuhuiError):
+    """The version's run has no ``monitoring/bins.json`` (registered before bins were frozen):
+    the one ``load_frozen_bins`` failure a monitoring run reports as a note and goes on."""
 
+
+def load_frozen_bins(tracking_uri: str, run_id: str, name: str, version: str) -> FrozenBins:
+    """The bins stored with a version's run. ``NoFrozenBins`` only when a listing of the run's
+    ``monitoring`` folder succeeded without ``bins.json``; any other failure (tracking server
+    or artifact store unreachable, run gone, download refused) is a ``PuhuiError`` naming a
+    registry error: retraining would not help there."""
+    from puhui.registry_read import mlflow_client
+
+    folder, _, file = BINS_ARTIFACT.rpartition("/")
+
+    def registry_error(exc: BaseException) -> PuhuiError:
+        text = str(getattr(exc, "message", "") or exc)
+        first = scrub_text(text).strip().splitlines()[0][:200] if text.strip() else ""
+        return PuhuiError(f"model registry error reading the bins of {name} v{version}: "
+                          f"{type(exc).__name__}: {first}")
+
+    # Not mlflow.artifacts.download_artifacts(run_id=...): its runs:/ repository turns every
+    # artifact-store failure (connection refused, HTTP 5xx, permission) into "does not exist",
+    # and requests' errors are OSErrors, so an outage read as "no bins ... retrain".
+    try:
+        client = mlflow_client(tracking_uri)
+        client.get_run(run_id)
+        listed = {Path(entry.path).name for entry in client.list_artifacts(run_id, folder)}
+    except Exception as exc:
+        raise registry_error(exc) from None
+    if file not in listed:
+        raise NoFrozenBins(
+            f"{name} v{version} has no {BINS_ARTIFACT} (registered before bins were frozen "
+            "at registration): PSI/CSI not computed for it; retrain to monitor its drift")
     try:
         with scratch_dir("bins") as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=BINS_ARTIFACT, dst_path=tmp,
-                tracking_uri=tracking_uri)
+            path = client.download_artifacts(run_id, BINS_ARTIFACT, tmp)
             text = Path(path).read_text(encoding="utf-8")
-    except (MlflowException, OSError) as exc:
-        if isinstance(exc, MlflowException) and not is_not_found(exc):
-            # A tracking server down is not "registered before bins": retraining would not help.
-            first = scrub_text(exc.message).strip().splitlines()[0][:200] if exc.message else ""
-            raise PuhuiError(f"model registry error reading the bins of {name} v{version}: "
-                             f"{first}") from None
-        raise PuhuiError(
-            f"{name} v{version} has no {BINS_ARTIFACT} (registered before bins were frozen "
-            "at registration): PSI/CSI not computed for it; retrain to monitor its drift"
-        ) from None
+    except Exception as exc:  # listed a moment ago: a failure now is the store's
+        raise registry_error(exc) from None
     return parse_bins(json.loads(text))

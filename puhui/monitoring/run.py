@@ -19,10 +19,9 @@ from puhui.config import (
     SegmentsConfig,
     load_config,
 )
-from puhui.errors import PuhuiError
 from puhui.monitoring import html as report_html
 from puhui.monitoring.alerts import alerts_of
-from puhui.monitoring.bins import load_frozen_bins
+from puhui.monitoring.bins import NoFrozenBins, load_frozen_bins
 from puhui.monitoring.data import load_monitoring_data, profile_grades, thin_file
 from puhui.monitoring.findings import Finding
 from puhui.monitoring.model import ModelMonitoring, monitor_model
@@ -110,7 +109,7 @@ def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) ->
         scorer = load_risk_scorer(engine, tracking_uri, slot)
         try:
             bins = load_frozen_bins(tracking_uri, slot.run_id, slot.name, slot.version)
-        except PuhuiError as exc:
+        except NoFrozenBins as exc:  # a registry error fails the run: PSI/CSI never go missing
             bins = None
             notes.append(str(exc))
         registered = client.get_run(slot.run_id).data.metrics if slot.run_id else {}

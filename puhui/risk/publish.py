@@ -174,16 +174,30 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
     evaluated against, and the gates again with another champion re-scored on the same test
     window (loaded from files checked against its registration, as for the evaluation); the
     run's ``gates.json`` then holds the checks of the verdict. The report and metrics keep
-    the champion of the evaluation, named there."""
+    the champion of the evaluation, named there. ``prepare`` loads a champion ahead (the
+    gate step calls it before the model lock); a load that failed is raised by ``recheck``."""
+    loaded: dict[str, Any] = {}  # champion version -> its scorer, or why it failed to load
+
+    def prepare(champion: str | None) -> None:
+        if champion is None or champion in loaded:
+            return
+        try:
+            loaded[champion] = load_registered_pyfunc(engine, tracking_uri, published.name,
+                                                      champion).unwrap_python_model().scorer
+        except Exception as exc:  # noqa: BLE001 - raised again by recheck, under the lock
+            loaded[champion] = exc
+
     def recheck(champion: str | None) -> GateResult:
         scorer = None
         if champion is not None:
-            scorer = load_registered_pyfunc(engine, tracking_uri, published.name,
-                                            champion).unwrap_python_model().scorer
+            prepare(champion)  # done already unless the champion moved again meanwhile
+            scorer = loaded[champion]
+            if isinstance(scorer, Exception):
+                raise scorer
         result = check_gates(against_champion(evaluation, training, scorer), gates)
         registry_client(tracking_uri).log_dict(published.run_id, result.as_dict(),
                                                "gates.json")
         return result
 
     compared = (evaluation.champion or {}).get("version")
-    return ChampionCheck(None if compared is None else str(compared), recheck)
+    return ChampionCheck(None if compared is None else str(compared), recheck, prepare)
