@@ -471,6 +471,33 @@ def test_the_verdict_compares_with_the_champion_at_verdict_time(
     assert verdict(rolled_back)["passed"] is False and verdict(rolled_back)["failed"] == [cause]
     assert current_aliases(client, NAME) == {CHAMPION: old, CHALLENGER: unchanged}
 
+    # A failure of the warehouse or registry says nothing of the champion: it is raised
+    # (the gate step retries it) and nothing is recorded; before, it became a failed verdict
+    # that only a retraining with --force undid. So is a failure to keep the result
+    # (gates.json), which was recorded as a champion "not re-scored".
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+    from sqlalchemy.exc import OperationalError
+
+    def unreachable(error: Exception) -> Callable[..., GateResult]:
+        def fail(_: object) -> GateResult:
+            raise error
+        return fail
+
+    dropped = OperationalError("SELECT", {}, ConnectionError("server closed the connection"))
+    overloaded = RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"})
+    forbidden = MlflowException("no write access", error_code=PERMISSION_DENIED)
+    waiting = _register(None)
+    for error, check in ((dropped, ChampionCheck(new, unreachable(dropped))),
+                         (overloaded, ChampionCheck(new, unreachable(overloaded))),
+                         (forbidden, ChampionCheck(new, recheck, record=unreachable(forbidden)))):
+        with pytest.raises(type(error)):
+            apply_checked_verdict(client, runtime.engine, runtime.audit, NAME, waiting,
+                                  GateResult(True), False, check)
+    assert not [e for e in events_of(runtime.engine, [GATES])
+                if e["details"]["version"] == waiting]
+    assert current_aliases(client, NAME) == {CHAMPION: old, CHALLENGER: unchanged}
+
 
 # Tried and sound (kept as a test): a release killed inside its transaction, after its
 # ledger update and its rows' load, waiting to write its event, leaves the batch held and

@@ -328,6 +328,7 @@ def test_model_owner_workflow(
         assert check.compared_with is None  # the stand-in names no champion version
         rechecked = check.recheck("1")
         assert rechecked.passed, rechecked.failed
+        check.record(rechecked)
         drop = next(c for c in rechecked.checks if c["gate"] == "max_auc_drop_vs_champion")
         assert drop["value"] == pytest.approx(0.0, abs=1e-9)  # v1 against its own figure
         assert mlflow.artifacts.load_dict(f"runs:/{failing['run_id']}/gates.json") == \

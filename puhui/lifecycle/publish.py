@@ -24,7 +24,7 @@ from mlflow.types import ColSpec, Schema
 from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter, current_flow_run_id
-from puhui.errors import PuhuiError
+from puhui.errors import PuhuiError, infrastructure_error
 from puhui.lifecycle.gates import ChampionCheck, GateResult
 from puhui.privacy import scrub_text
 from puhui.registry import (
@@ -181,12 +181,21 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
     def recheck(current: str | None) -> tuple[bool, list[str]]:
         try:
             result = champion.recheck(current)
-        except Exception as exc:  # noqa: BLE001 - recorded as the verdict, named
-            # Fails closed: with no verdict the version stayed ungated and the next run
-            # trained and registered another; a model owner retrains with --force instead.
+        except Exception as exc:
+            # A failure of the warehouse or registry says nothing of the champion: raised
+            # under the lock before any verdict is recorded, so the gate step's retries
+            # apply and, failing those, the next run trains again. Recorded, it stayed a
+            # failed verdict until a retraining with --force.
+            if infrastructure_error(exc):
+                raise
+            # A champion that cannot be scored (its files unloadable, its features not in
+            # the training set) fails closed: with no verdict the version stayed ungated
+            # and the next run trained and registered another.
             text = scrub_text(str(exc)).strip()
             cause = f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
             result = GateResult(False, [f"champion_recheck v{current} not re-scored ({cause})"])
+        if champion.record is not None:
+            champion.record(result)
         rechecked.append((current, result))
         return result.passed, result.failed
 

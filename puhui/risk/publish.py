@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from puhui.audit import AuditWriter
 from puhui.config import GatesSpec
+from puhui.errors import infrastructure_error
 from puhui.files import write_text_atomically
 from puhui.lifecycle.gates import ChampionCheck
 from puhui.lifecycle.publish import (
@@ -173,9 +174,11 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
     """The risk gates' comparison with the champion, for the gate step: the version
     evaluated against, and the gates again with another champion re-scored on the same test
     window (loaded from files checked against its registration, as for the evaluation); the
-    run's ``gates.json`` then holds the checks of the verdict. The report and metrics keep
-    the champion of the evaluation, named there. ``prepare`` loads a champion ahead (the
-    gate step calls it before the model lock); a load that failed is raised by ``recheck``."""
+    run's ``gates.json`` then holds the checks of the verdict (``record``). The report and
+    metrics keep the champion of the evaluation, named there. ``prepare`` loads a champion
+    ahead (the gate step calls it before the model lock); a load that failed is raised by
+    ``recheck``, but one the infrastructure failed (``infrastructure_error``) raises at once
+    and is not kept: it says nothing of the champion, and the step's retry loads again."""
     loaded: dict[str, Any] = {}  # champion version -> its scorer, or why it failed to load
 
     def prepare(champion: str | None) -> None:
@@ -184,8 +187,10 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
         try:
             loaded[champion] = load_registered_pyfunc(engine, tracking_uri, published.name,
                                                       champion).unwrap_python_model().scorer
-        except Exception as exc:  # noqa: BLE001 - raised again by recheck, under the lock
-            loaded[champion] = exc
+        except Exception as exc:
+            if infrastructure_error(exc):
+                raise
+            loaded[champion] = exc  # raised again by recheck, under the lock
 
     def recheck(champion: str | None) -> GateResult:
         scorer = None
@@ -194,10 +199,12 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
             scorer = loaded[champion]
             if isinstance(scorer, Exception):
                 raise scorer
-        result = check_gates(against_champion(evaluation, training, scorer), gates)
+        return check_gates(against_champion(evaluation, training, scorer), gates)
+
+    def record(result: GateResult) -> None:
         registry_client(tracking_uri).log_dict(published.run_id, result.as_dict(),
                                                "gates.json")
-        return result
 
     compared = (evaluation.champion or {}).get("version")
-    return ChampionCheck(None if compared is None else str(compared), recheck, prepare)
+    return ChampionCheck(None if compared is None else str(compared), recheck, prepare,
+                         record)
