@@ -183,6 +183,36 @@ def test_a_silent_network_drop_is_bounded_on_the_lock_connection(
         engine.dispose()
 
 
+def test_a_failed_timeout_setting_does_not_leave_the_lock_held_in_the_pool(
+        pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set outside the try that unlocks, a failure of the TCP_USER_TIMEOUT setting (os.dup
+    at EMFILE) returned the connection to the pool still holding the session lock: every
+    other holder waited until the engine was disposed."""
+    import errno
+
+    import puhui.warehouse.engine as warehouse_engine
+
+    url = pg_server.create_database("round11_timeout")
+    engine, other = create_warehouse_engine(url), create_warehouse_engine(url)
+    setting = warehouse_engine._set_tcp_user_timeout
+
+    def out_of_descriptors(conn: object, milliseconds: int) -> None:
+        if milliseconds:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        setting(conn, milliseconds)  # the reset on the way out
+
+    monkeypatch.setattr(warehouse_engine, "_set_tcp_user_timeout", out_of_descriptors)
+    try:
+        with pytest.raises(OSError), held_lock(engine, "round11"):
+            pass
+        with other.connect() as conn:  # another session: the pooled one would re-enter it
+            assert conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                {"k": warehouse_engine._lock_key("round11")}).scalar()
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
 def test_a_lost_postgresql_lock_exits_quietly_without_still_held(
         pg_server: PostgresServer) -> None:
     """The holder's exit after the server ended its session raised psycopg's AdminShutdown;

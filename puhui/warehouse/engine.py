@@ -56,8 +56,9 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 # libpq's: probes after 30 s idle, every 10 s, 3 unanswered end the connection (60 s).
 _PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
                   "keepalives_count": 3}
-# The training lock's connection sends only its `SELECT 1`s: one unacknowledged this long
-# ends it (not the engine's: a COPY to a server stalled longer would be cut).
+# A held lock's connection (every ``held_lock`` on PostgreSQL: the training, model and
+# split locks) sends only its `SELECT 1`s and unlock: one unacknowledged this long ends it
+# (not the engine's: a COPY to a server stalled longer would be cut).
 LOCK_TCP_USER_TIMEOUT_MS = 60_000
 
 
@@ -178,7 +179,6 @@ def held_lock(engine: Engine, name: str,
                     on_wait(None)
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
             conn.commit()
-            _set_tcp_user_timeout(conn, LOCK_TCP_USER_TIMEOUT_MS)
 
             def still_held() -> None:
                 # The session lock lasts as long as the session: a live one still holds it.
@@ -189,6 +189,9 @@ def held_lock(engine: Engine, name: str,
                     raise _lost(name, "the warehouse ended its connection") from None
 
             try:
+                # Inside: had it raised (os.dup at EMFILE), the connection went back to the
+                # pool still holding the session lock (a pool reset does not release it).
+                _set_tcp_user_timeout(conn, LOCK_TCP_USER_TIMEOUT_MS)
                 yield still_held
             finally:
                 try:
