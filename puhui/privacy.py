@@ -119,6 +119,17 @@ def scrub_text(text: str) -> str:
     return replace_identifiers(text, mask_shape)
 
 
+def error_line(exc: BaseException) -> str:
+    """``exc``'s message as one line for an error of puhui's own: the first line, scrubbed
+    (``scrub_text``), at most 200 characters ("" for a blank message). A driver's or
+    MLflow's message can run to a statement, its parameters or the server's traceback. For
+    SQLAlchemy's wrapper the driver's own message (``orig``: the wrapper's adds the SQL),
+    else a ``message`` attribute where there is one (MLflow's)."""
+    source = getattr(exc, "orig", None) or getattr(exc, "message", None) or exc
+    lines = scrub_text(str(source)).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
 # C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puhui.errors import PuhuiError
+from puhui.privacy import error_line
 
 if TYPE_CHECKING:  # mlflow is not imported at run time here (see above)
     from mlflow.store.entities.paged_list import PagedList
@@ -344,13 +345,12 @@ class SqlRegistry:
             with self._engine.connect():
                 pass
         except DBAPIError as exc:  # refused or silent, and a URL the driver refuses
-            first = str(exc.orig or exc).strip().splitlines()[0][:200]
             url = self._engine.url
             # Not the query: ?password= or ?sslpassword= would be printed as written.
             where = URL.create(url.drivername, username=url.username, host=url.host,
                                port=url.port, database=url.database).render_as_string()
-            raise PuhuiError(f"cannot reach the MLflow database {where}: {first}; check "
-                             "MLFLOW_TRACKING_URI and that the database is up") from None
+            raise PuhuiError(f"cannot reach the MLflow database {where}: {error_line(exc)}; "
+                             "check MLFLOW_TRACKING_URI and that the database is up") from None
 
     def dispose(self) -> None:
         """Close its pooled connections."""

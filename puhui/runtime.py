@@ -13,6 +13,7 @@ from sqlalchemy.exc import NoSuchModuleError
 from puhui.audit import AuditWriter, audit_key_bytes
 from puhui.config import config_hash
 from puhui.errors import PuhuiError
+from puhui.privacy import error_line
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
 from puhui.warehouse.engine import get_engine
 
@@ -69,9 +70,9 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
         with get_engine(settings.warehouse_url).connect():
             pass
     except OperationalError as exc:
-        first = str(exc.orig or exc).strip().splitlines()[0][:200]
         raise PuhuiError(
-            f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: {first}; "
+            f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: "
+            f"{error_line(exc)}; "
             "check PUHUI_WAREHOUSE_URL and that the database is up") from None
     scheme = settings.mlflow_tracking_uri.split(":", 1)[0] if ":" in \
         settings.mlflow_tracking_uri else ""

@@ -140,6 +140,19 @@ def test_mask_shape_keeps_the_shape_and_caps_the_length() -> None:
     assert safe_name("名字 x") == "'aa a'"
 
 
+def test_error_line_is_the_scrubbed_first_line_of_an_exception() -> None:
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    from puhui.privacy import error_line
+
+    driver = ConnectionError("refused for 138-1234-5678\n" + "detail " * 100)
+    assert error_line(OperationalError("SELECT 1", {}, driver)) == "refused for ddd-dddd-dddd"
+    assert error_line(MlflowException("x" * 300 + "\nsecond")) == "x" * 200
+    # A blank message raised IndexError (''.splitlines()[0]) instead of the one-line error.
+    assert error_line(MlflowException(" \n ")) == error_line(RuntimeError()) == ""
+
+
 def test_audit_guard_refuses_shapes_it_used_to_let_through(warehouse_url: str) -> None:
     """138.1234.5678 and an ID with a wrong check digit were written into the trail."""
     from puhui.audit import AuditWriter

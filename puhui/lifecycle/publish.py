@@ -26,7 +26,7 @@ from sqlalchemy import Engine, delete
 from puhui.audit import AuditWriter, current_flow_run_id
 from puhui.errors import PuhuiError, infrastructure_error
 from puhui.lifecycle.gates import ChampionCheck, GateResult
-from puhui.privacy import scrub_text
+from puhui.privacy import error_line
 from puhui.registry import (
     CHALLENGER,
     CHAMPION,
@@ -94,9 +94,8 @@ def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) 
     try:
         versions = versions_of(registry_client(tracking_uri), name)
     except mlflow.exceptions.MlflowException as exc:
-        first = scrub_text(exc.message).strip().splitlines()[0][:200] if exc.message else ""
-        raise PuhuiError(f"model registry error reading the versions of {name}: {first}"
-                         ) from None
+        raise PuhuiError(f"model registry error reading the versions of {name}: "
+                         f"{error_line(exc)}") from None
     # An ungated version (a crash before its gate step) does not count: train again.
     matches = [int(v.version) for v in versions
                if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags]
@@ -191,8 +190,7 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
             # A champion that cannot be scored (its files unloadable, its features not in
             # the training set) fails closed: with no verdict the version stayed ungated
             # and the next run trained and registered another.
-            text = scrub_text(str(exc)).strip()
-            cause = f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+            cause = f"{type(exc).__name__}: {error_line(exc)}"
             result = GateResult(False, [f"champion_recheck v{current} not re-scored ({cause})"])
         if champion.record is not None:
             champion.record(result)

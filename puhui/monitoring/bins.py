@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from puhui.errors import PuhuiError
-from puhui.privacy import scrub_text
+from puhui.privacy import error_line
 from puhui.risk.metrics import _psi  # the project's one PSI formula (epsilon-floored shares)
 from puhui.scratch import scratch_dir
 
@@ -129,10 +129,8 @@ def load_frozen_bins(tracking_uri: str, run_id: str, name: str, version: str) ->
     folder, _, file = BINS_ARTIFACT.rpartition("/")
 
     def registry_error(exc: BaseException) -> PuhuiError:
-        text = str(getattr(exc, "message", "") or exc)
-        first = scrub_text(text).strip().splitlines()[0][:200] if text.strip() else ""
         return PuhuiError(f"model registry error reading the bins of {name} v{version}: "
-                          f"{type(exc).__name__}: {first}")
+                          f"{type(exc).__name__}: {error_line(exc)}")
 
     # Not mlflow.artifacts.download_artifacts(run_id=...): its runs:/ repository turns every
     # artifact-store failure (connection refused, HTTP 5xx, permission) into "does not exist",
