@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import date
@@ -356,7 +357,7 @@ def split_phone_feeds_once(engine: Engine, spec: FeaturesConfig, register: Regis
     return replace(decision, made=True)
 
 
-def _split_lock(engine: Engine, directory: Path) -> AbstractContextManager[None]:
+def _split_lock(engine: Engine, directory: Path) -> AbstractContextManager[Callable[[], None]]:
     """Two runs on one staging directory (a retried task beside its first try, two refreshes
     of one key) must not delete each other's partial split: one splits, the other then
     finds it complete. The lock dies with its holder, so a killed split never blocks."""
