@@ -59,14 +59,14 @@ def _registry(versions: int, model_mb: int, work: Path) -> None:
 
     from puhui.lifecycle.gates import GateChecks
     from puhui.lifecycle.publish import apply_verdict, write_evaluations
-    from puhui.registry import register_version, registry_client, use_experiment
+    from puhui.registry import mlflow_client, register_version, use_experiment
     from puhui.registry_read import metric_name
     from puhui.runtime import open_runtime
 
     runtime = open_runtime()
     uri = runtime.settings.mlflow_tracking_uri
     use_experiment(NAME, uri, runtime.settings.home / "mlartifacts")
-    client = registry_client(uri)
+    client = mlflow_client(uri)
     booster = work / "booster.txt"
     booster.write_bytes(os.urandom(model_mb << 20))
     passed = GateChecks().result()

@@ -372,13 +372,13 @@ def backfill(
 def _registry_to_change() -> tuple:
     """MLflow client and runtime, for a command that changes models: first settle (and say)
     what a crash left half-done."""
-    from puhui.registry import reconcile_model_changes, registry_client
+    from puhui.registry import mlflow_client, reconcile_model_changes
     from puhui.registry_read import check_registry_reachable
     from puhui.runtime import open_runtime
 
     runtime = open_runtime(_settings())
     check_registry_reachable(runtime.settings.mlflow_tracking_uri)
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
     # A dead process's temp folder removed is housekeeping, not news: said with --verbose.
     for line in settled.repaired + (settled.swept if report.is_verbose() else []):
@@ -925,8 +925,8 @@ def audit_verify(
                       or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
         from puhui.model_fingerprints import VerifiedFiles
         from puhui.registry import (
+            mlflow_client,
             reconcile_model_changes,
-            registry_client,
             registry_problems,
             unfingerprinted_versions,
         )
@@ -937,7 +937,7 @@ def audit_verify(
         # Read first: only a crash's leftovers need MLflow itself (and its import) to repair.
         settled = reconcile_model_changes(client, runtime.engine, runtime.audit, repair=False)
         if settled.open and repair:
-            settled = reconcile_model_changes(registry_client(uri), runtime.engine,
+            settled = reconcile_model_changes(mlflow_client(uri), runtime.engine,
                                               runtime.audit, repair=True)
         if settled.repaired:  # the repairs are events: the head moved
             runtime, result = _verified_chain(anchor)

@@ -95,11 +95,11 @@ DEMO_PROMOTION_REASON = (
 
 def promote_first_champion(name: str, version: str, console: Console) -> None:
     """With no champion yet, the demo promotes a passing version as a model owner would."""
-    from puhui.registry import CHAMPION, promote, registry_client, version_of
+    from puhui.registry import CHAMPION, mlflow_client, promote, version_of
     from puhui.runtime import open_runtime
 
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     if version_of(client, name, CHAMPION) is not None:
         return
     promote(client, runtime.engine, runtime.audit, name, version, DEMO_PROMOTION_REASON)

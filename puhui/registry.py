@@ -72,10 +72,6 @@ _OUTCOMES = (REGISTERED, REGISTER_ABORTED, ALIAS_SET, ALIAS_ABORTED, ALIAS_REMOV
 MODEL_LOCK = "puhui.model_changes"
 
 
-def registry_client(tracking_uri: str) -> MlflowClient:
-    return mlflow_client(tracking_uri)
-
-
 def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
     """Select (creating if needed) the experiment ``name``; returns its id.
 
@@ -87,7 +83,7 @@ def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = registry_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         mlflow.set_experiment(experiment_id=existing.experiment_id)
@@ -239,7 +235,7 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
     # the ranker), and only versions registered through puhui are loaded here.
     with scratch_dir("model") as dst:
         folder, problem = _checked_model_folder(
-            registry_client(tracking_uri), name, version,
+            mlflow_client(tracking_uri), name, version,
             registered[-1]["details"].get("model_sha256"), dst)
         if problem or folder is None:
             raise PuhuiError(f"{problem}: not loaded; see 'puhui audit verify'")

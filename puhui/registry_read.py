@@ -27,6 +27,7 @@ from puhui.errors import PuhuiError
 from puhui.privacy import error_line
 
 if TYPE_CHECKING:  # mlflow is not imported at run time here (see above)
+    from mlflow import MlflowClient
     from mlflow.store.entities.paged_list import PagedList
 
 T = TypeVar("T")
@@ -489,7 +490,7 @@ def check_registry_reachable(tracking_uri: str) -> None:
 _CREATED: set[str] = set()
 
 
-def mlflow_client(tracking_uri: str) -> Any:
+def mlflow_client(tracking_uri: str) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` (also its registry). A local SQLite store is
     made ready first, once per process, under an ``flock`` beside its database file
     (``held_lock``, as the training lock on SQLite): MLflow creates the tables of an empty

@@ -31,7 +31,7 @@ from puhui.recommender.publish import PublishedRecommender, publish_recommender
 from puhui.recommender.risk_grades import champion_risk_grader, risk_grades
 from puhui.recommender.train import RecommenderRun, build_ranking_set, fit_and_evaluate
 from puhui.recommender.training_set import OOT, TRAIN, RankingSet
-from puhui.registry import registry_client
+from puhui.registry import mlflow_client
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name
@@ -147,6 +147,6 @@ def gate_recommender(published: PublishedRecommender, gates: GateResult) -> str:
     started = time.perf_counter()
     runtime = open_runtime()
     _, reco, _, _ = _configs()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
                               published.version, gates, reco.auto_promote), started)

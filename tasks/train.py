@@ -40,8 +40,8 @@ from puhui.registry import (
     CHALLENGER,
     CHAMPION,
     load_registered_pyfunc,
+    mlflow_client,
     reconcile_model_changes,
-    registry_client,
     restore_challenger,
     version_of,
 )
@@ -184,7 +184,7 @@ def load_champion(engine: Engine, tracking_uri: str,
     pair one version's scorer with another's number), from files checked against its
     registration event (unpickling runs code).
     """
-    version = version_of(registry_client(tracking_uri), name, CHAMPION)
+    version = version_of(mlflow_client(tracking_uri), name, CHAMPION)
     if version is None:
         return None, None
     pyfunc = load_registered_pyfunc(engine, tracking_uri, name, version)
@@ -261,7 +261,7 @@ def apply_gates(published: Published, gates: GateResult, training: TrainingSet,
     _, model = _configs()
     uri = runtime.settings.mlflow_tracking_uri
     check = champion_check(runtime.engine, uri, published, training, evaluation, model.gates)
-    gates, line = apply_checked_verdict(registry_client(uri), runtime.engine, runtime.audit,
+    gates, line = apply_checked_verdict(mlflow_client(uri), runtime.engine, runtime.audit,
                                         published.name, published.version, gates,
                                         model.auto_promote, check)
     return gates, _say(line, started)
@@ -272,7 +272,7 @@ def reconcile_models() -> list[str]:
     """Settle model changes an earlier run left half-done (a crash between MLflow and the
     audit trail) before this run changes anything."""
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     result = reconcile_model_changes(client, runtime.engine, runtime.audit)
     for line in result.repaired:
         get_run_logger().warning(line)
@@ -304,7 +304,7 @@ def restore_lost_challenger(version: str,
     started = time.perf_counter()
     runtime = open_runtime()
     spec = _model_spec(model, runtime.settings.config_dir)
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     moved = restore_challenger(client, runtime.engine, runtime.audit, spec.registered_name,
                                version, spec.auto_promote)
     if not moved:

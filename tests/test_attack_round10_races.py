@@ -27,7 +27,7 @@ from puhui.registry import (
     CHALLENGER,
     CHAMPION,
     current_aliases,
-    registry_client,
+    mlflow_client,
 )
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
@@ -266,7 +266,7 @@ def test_verify_while_a_promotion_runs_sees_one_moment(registry_env: dict[str, s
     promoted, verified = _finish(promote), _finish(verify)
     assert promoted.returncode == 0, promoted.stderr
     assert verified.returncode == 0, verified.stderr
-    assert current_aliases(registry_client(load_settings().mlflow_tracking_uri),
+    assert current_aliases(mlflow_client(load_settings().mlflow_tracking_uri),
                            NAME)[CHAMPION] == registry_env["passed1"]
     again = _finish(race.start("audit", "verify"))
     assert again.returncode == 0 and "MLflow agrees" in again.stdout, again.stderr
@@ -289,7 +289,7 @@ def test_a_version_promoted_while_its_verdict_is_recorded_ends_champion_only(
     runtime = open_runtime()
     uri = runtime.settings.mlflow_tracking_uri
     earlier, version = _register(None), _register(None)
-    apply_verdict(registry_client(uri), runtime.engine, runtime.audit, NAME, earlier,
+    apply_verdict(mlflow_client(uri), runtime.engine, runtime.audit, NAME, earlier,
                   GateResult(passed=True), False)
     control = race.control(warehouse_url)
     model_lock = _lock_key(MODEL_LOCK)
@@ -312,11 +312,11 @@ def test_a_version_promoted_while_its_verdict_is_recorded_ends_champion_only(
     control.commit()
     try:
         threads = [run("gate", lambda: apply_verdict(
-            registry_client(uri), runtime.engine, runtime.audit, NAME, version,
+            mlflow_client(uri), runtime.engine, runtime.audit, NAME, version,
             GateResult(passed=True), False))]
         _until(lambda: len(_waiting(control, "advisory")) == 1, "the gate step queues", [])
         threads.append(run("promote", lambda: promote(
-            registry_client(uri), runtime.engine, runtime.audit, NAME, version, "ship it")))
+            mlflow_client(uri), runtime.engine, runtime.audit, NAME, version, "ship it")))
         _until(lambda: len(_waiting(control, "advisory")) == 2, "the promotion queues", [])
     finally:  # not left to the fixture: the threads must get the lock to end
         control.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": model_lock})
@@ -324,7 +324,7 @@ def test_a_version_promoted_while_its_verdict_is_recorded_ends_champion_only(
     for thread in threads:
         thread.join(WAIT)
     assert not any(isinstance(o, BaseException) for o in outcomes.values()), outcomes
-    assert current_aliases(registry_client(uri), NAME) == {CHAMPION: version}
+    assert current_aliases(mlflow_client(uri), NAME) == {CHAMPION: version}
     verified = _finish(_start("audit", "verify"))
     assert verified.returncode == 0, verified.stderr
 
@@ -343,7 +343,7 @@ def test_a_later_failed_version_does_not_stop_the_challenger_restore(
     from puhui.registry import restore_challenger
 
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     passed, later_passed = registry_env["passed1"], registry_env["passed2"]
     assert int(registry_env["failed"]) > int(later_passed) > int(passed)
     assert not restore_challenger(client, runtime.engine, runtime.audit, NAME, passed)
@@ -404,7 +404,7 @@ def test_the_verdict_compares_with_the_champion_at_verdict_time(
     from puhui.registry import GATES, promote
 
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     old, new = registry_env["passed1"], registry_env["passed2"]
     promote(client, runtime.engine, runtime.audit, NAME, old, "first")
     asked: list[str | None] = []
@@ -598,7 +598,7 @@ def test_a_rollback_and_a_promotion_at_once_serialize(registry_env: dict[str, st
     moves = [e["details"] for e in events_of(engine, [ALIAS_SET])
              if e["details"]["alias"] == CHAMPION][-2:]
     assert moves[1]["previous"] == moves[0]["version"]
-    champion = current_aliases(registry_client(load_settings().mlflow_tracking_uri),
+    champion = current_aliases(mlflow_client(load_settings().mlflow_tracking_uri),
                                NAME)[CHAMPION]
     assert champion == moves[1]["version"] == champion_history(engine, NAME)[-1]
     assert champion in ({v3} if moves[1]["forced"] else {v2})

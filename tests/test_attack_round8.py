@@ -36,8 +36,8 @@ from puhui.registry import (
     CHAMPION,
     current_aliases,
     load_registered_pyfunc,
+    mlflow_client,
     register_version,
-    registry_client,
     use_experiment,
 )
 from puhui.registry_read import metric_name
@@ -147,7 +147,7 @@ def test_config_check_names_feature_tables_and_columns_no_feed_stores(tmp_path: 
 
 
 def _champion() -> str | None:
-    return current_aliases(registry_client(load_settings().mlflow_tracking_uri), NAME).get(
+    return current_aliases(mlflow_client(load_settings().mlflow_tracking_uri), NAME).get(
         CHAMPION)
 
 
@@ -159,7 +159,7 @@ def test_a_champion_moved_outside_puhui_stops_promote_and_rollback(
     for version in (v1, v2):
         assert puhui("models", "promote", NAME, "--version", version, "--reason",
                      "r").returncode == 0
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     client.set_registered_model_alias(NAME, CHAMPION, failed)  # by hand, in MLflow
 
     said = f"{NAME}@champion is v{failed} in MLflow but the trail's last move says v{v2}"
@@ -192,7 +192,7 @@ def test_a_champion_moved_outside_puhui_stops_promote_and_rollback(
 
 
 def _model_folder(version: str) -> Path:
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     uri = client.get_model_version_download_uri(NAME, version)
     return Path(uri.removeprefix("file://"))
 
@@ -226,7 +226,7 @@ def test_model_files_edited_or_deleted_in_the_artifact_store_are_caught(
     engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
     assert load_registered_pyfunc(engine, uri, NAME, registry_env["failed"]).predict([1.0]) \
         == [0.1]
-    client = registry_client(uri)
+    client = mlflow_client(uri)
     source = client.get_model_version(NAME, registry_env["failed"])
     outside = client.create_model_version(NAME, source.source, run_id=source.run_id).version
     with pytest.raises(PuhuiError, match=f"v{outside} has no registration event"):
@@ -379,7 +379,7 @@ def test_headline_metrics_changed_after_registration_are_reported(
             evaluated_at=datetime.now(UTC)))
     assert puhui("audit", "verify").returncode == 0
 
-    registry_client(uri).log_metric(run.info.run_id, "auc_oot", 0.99, step=1)
+    mlflow_client(uri).log_metric(run.info.run_id, "auc_oot", 0.99, step=1)
     with runtime.engine.begin() as conn:
         conn.execute(update(model_evaluations).where(model_evaluations.c.metric == "ks_oot")
                      .values(value=0.6))

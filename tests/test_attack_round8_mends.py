@@ -24,8 +24,8 @@ from puhui.lifecycle.publish import write_evaluations
 from puhui.registry import (
     REGISTERED,
     load_registered_pyfunc,
+    mlflow_client,
     register_version,
-    registry_client,
     use_experiment,
 )
 from puhui.runtime import open_runtime
@@ -44,7 +44,7 @@ puhui = crash_tests.puhui
 
 
 def _model_folder(version: str) -> Path:
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     return Path(client.get_model_version_download_uri(NAME, version).removeprefix("file://"))
 
 
@@ -240,7 +240,7 @@ def test_loading_leaves_no_temp_dir_and_verify_names_unfingerprinted_versions(
     assert list(scratch.iterdir()) == []
 
     # A version as an earlier puhui registered it: its event has no model_sha256.
-    client = registry_client(uri)
+    client = mlflow_client(uri)
     source = client.get_model_version(NAME, registry_env["failed"])
     old = str(client.create_model_version(NAME, source.source, run_id=source.run_id).version)
     runtime.audit.record(runtime.engine, REGISTERED, f"{NAME}/v{old}",

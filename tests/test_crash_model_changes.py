@@ -44,8 +44,8 @@ from puhui.registry import (
     REGISTERED,
     _record_gate_verdict,
     current_aliases,
+    mlflow_client,
     register_version,
-    registry_client,
     registry_problems,
     use_experiment,
 )
@@ -95,7 +95,7 @@ def assert_invariants(puhui: Callable[..., Ran]) -> None:
     verified = puhui("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     events = _model_events()
     intents = {e["seq"] for e in events if e["action"] in (REGISTER_INTENT, ALIAS_INTENT)}
     outcomes = {e["details"]["intent"] for e in events if e["action"] in OUTCOMES}
@@ -130,7 +130,7 @@ def _register(verdict: bool | None) -> str:
                                tags={}, details={"as_of": RISK_AS_OF})
     if verdict is not None:  # the verdict alone: settle_gate_verdict would move challenger too
         with held_lock(runtime.engine, MODEL_LOCK):
-            _record_gate_verdict(registry_client(uri), runtime.engine, runtime.audit, NAME,
+            _record_gate_verdict(mlflow_client(uri), runtime.engine, runtime.audit, NAME,
                                  version, verdict, [] if verdict else ["auc_oot all 0.600 < 0.75"])
     return version
 
@@ -139,7 +139,7 @@ def _register(verdict: bool | None) -> str:
 def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new MLflow SQLite store, made once: creating its tables costs seconds per test."""
     path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    registry_client(f"sqlite:///{path}").search_experiments()
+    mlflow_client(f"sqlite:///{path}").search_experiments()
     return path
 
 
@@ -158,7 +158,7 @@ def registry_env(warehouse_url: str, puhui_env: Path, empty_mlflow_store: Path,
 
 
 def _champion() -> str | None:
-    return current_aliases(registry_client(load_settings().mlflow_tracking_uri), NAME).get(
+    return current_aliases(mlflow_client(load_settings().mlflow_tracking_uri), NAME).get(
         CHAMPION)
 
 
@@ -183,7 +183,7 @@ def test_a_hand_set_gate_tag_does_not_promote(registry_env: dict[str, str],
                                               puhui: Callable[..., Ran]) -> None:
     """MLflow tags are a copy: promote reads the verdict from the trail, and verify reports
     a tag without gate results."""
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     client.set_model_version_tag(NAME, registry_env["ungated"], GATES_PASSED_TAG, "true")
     refused = puhui("models", "promote", NAME, "--version", registry_env["ungated"],
                      "--reason", "x")
@@ -268,7 +268,7 @@ def _train_crash(point: str, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _versions() -> dict[str, dict[str, str]]:
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     return {str(v.version): dict(v.tags) for v in client.search_model_versions(f"name='{NAME}'")}
 
 
@@ -306,7 +306,7 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     #    it challenger (what its run would have done) and says so in its steps.
     crashed = _train_crash("gate.after_tag")
     assert crashed.returncode == -signal.SIGKILL
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     assert _versions()["2"][GATES_PASSED_TAG] == "true" and current_aliases(client, NAME) == {}
     again = puhui("run", "train", "risk", "--as-of", RISK_AS_OF, "--json")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -365,7 +365,7 @@ def test_verify_reports_model_changes_made_behind_the_trails_back(
     """MLflow changed directly (not through puhui): an alias move and a registration with no
     event in the trail are reported, non-zero."""
     assert puhui("audit", "verify").returncode == 0
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     client.set_registered_model_alias(NAME, CHAMPION, registry_env["failed"])
     source = client.get_model_version(NAME, registry_env["passed1"])
     client.create_model_version(NAME, source.source, run_id=source.run_id)

@@ -25,8 +25,8 @@ from puhui.lifecycle.publish import (
 from puhui.registry import (
     CHALLENGER,
     current_aliases,
+    mlflow_client,
     register_version,
-    registry_client,
     use_experiment,
 )
 from puhui.runtime import open_runtime
@@ -90,7 +90,7 @@ def test_one_lifecycle_for_both_models(model: str, any_warehouse: str,
     spec = getattr(models, model)
     name = spec.registered_name
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     fingerprint = training_fingerprint(AS_OF, {"b2", "b1"}, "cfg", "code", spec.seed)
     assert fingerprint == training_fingerprint(AS_OF, ["b1", "b2"], "cfg", "code", spec.seed)
 
@@ -160,7 +160,7 @@ def test_promotion_moves_aliases_rollback_and_forced_flag(
 
     name = getattr(load_config(load_settings().config_dir, ModelsConfig), model).registered_name
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     versions = []
     for i, passed in enumerate((True, True, False)):
         version = _register(name, f"fp{i}")

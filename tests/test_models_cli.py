@@ -19,7 +19,7 @@ from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
 from puhui.lifecycle.gates import GateChecks, GateResult
 from puhui.lifecycle.publish import apply_verdict, write_evaluations
-from puhui.registry import registry_client
+from puhui.registry import mlflow_client
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings, repo_root
 from tests.conftest import RiskTemplates, risk_env
@@ -59,7 +59,7 @@ def _version(model: str, name: str, headline: float, segment: float, limit: floa
     write_evaluations(runtime.engine, name, version, AS_OF, [
         {"metric": segment_metric, "segment": "region_type=rural", "value": segment},
         {"metric": segment_metric, "segment": "region_type=urban", "value": 1.0}], "run")
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     apply_verdict(client, runtime.engine, runtime.audit, name, version, gates, False)
     return version
 
@@ -136,7 +136,7 @@ def test_read_only_model_commands_import_neither_prefect_nor_mlflow(any_warehous
     runtime = open_runtime()
     uri, view = runtime.settings.mlflow_tracking_uri, view_for(name, runtime.settings.config_dir)
     facts = version_facts(read_only_registry(uri), runtime.engine, name, v1, view)
-    assert facts == version_facts(registry_client(uri), runtime.engine, name, v1, view)
+    assert facts == version_facts(mlflow_client(uri), runtime.engine, name, v1, view)
     assert facts["gates"]["checks"] and facts["calibration"] and facts["run_name"]
     script = ("import sys; from puhui.cli import main; rc = main(sys.argv[1:]); "
               "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', 'pandas', 'pyarrow')))")

@@ -209,11 +209,11 @@ def test_report_without_drift_raises_no_alert(
     # error fails the monitoring run; before, it became a note and PSI/CSI went missing.
     from puhui.errors import PuhuiError
     from puhui.monitoring.run import monitor
-    from puhui.registry import registry_client
+    from puhui.registry import mlflow_client
     from puhui.registry_read import local_artifact_path
 
     settings = load_settings()
-    client = registry_client(settings.mlflow_tracking_uri)
+    client = mlflow_client(settings.mlflow_tracking_uri)
     champion = client.get_model_version_by_alias("credit_risk", "champion")
     store = local_artifact_path(client.get_run(champion.run_id).info.artifact_uri)
     assert store is not None

@@ -18,7 +18,7 @@ from puhui.cli import main
 from puhui.config import SegmentsConfig, load_config
 from puhui.profiles import refresh
 from puhui.profiles.segments import segment_tags
-from puhui.registry import registry_client
+from puhui.registry import mlflow_client
 from puhui.settings import load_settings
 from puhui.warehouse.engine import dispose_engines, get_engine
 from puhui.warehouse.schema import user_profile_history, user_profiles
@@ -48,7 +48,7 @@ def train_and_promote(as_of: date = AS_OF) -> str:
 
     result = train_risk_flow(as_of=as_of)
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     promote(client, runtime.engine, runtime.audit, "credit_risk", result["version"],
             "tests: champion for profiles", force=True)
     return result["version"]

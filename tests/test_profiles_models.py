@@ -11,10 +11,10 @@ from puhui.profiles.models import resolve_models
 
 
 def test_missing_model_and_missing_alias_are_reasons(tmp_path: Path) -> None:
-    from puhui.registry import registry_client
+    from puhui.registry import mlflow_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    registry_client(uri).create_registered_model("credit_risk")
+    mlflow_client(uri).create_registered_model("credit_risk")
     slots = resolve_models(uri, {"risk": "credit_risk", "recommender": "product_recommender"})
     assert not slots["risk"].available and slots["risk"].reason == "no champion for credit_risk"
     assert slots["recommender"].reason == ("no champion for product_recommender "

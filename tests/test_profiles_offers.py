@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 
 from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
-from puhui.registry import promote, registry_client
+from puhui.registry import mlflow_client, promote
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
@@ -66,7 +66,7 @@ def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     train_and_promote()
     version = train_recommender_flow(as_of=AS_OF)["version"]
     runtime = open_runtime()
-    promote(registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
+    promote(mlflow_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit, "product_recommender", version, "tests: offers", force=True)
 
     reads = _count_reads(monkeypatch)

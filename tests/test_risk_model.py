@@ -17,7 +17,7 @@ from sqlalchemy import select
 from puhui.audit import read_audit_events, verify_audit_chain
 from puhui.cli import main
 from puhui.config import FeaturesConfig, GatesSpec, ModelsConfig, load_config
-from puhui.registry import registry_client
+from puhui.registry import mlflow_client
 from puhui.risk.evaluation import Evaluation
 from puhui.risk.gates import check_gates
 from puhui.risk.metrics import (
@@ -196,7 +196,7 @@ def test_model_owner_workflow(
     assert first["candidate"] in ("lightgbm", "logistic")
 
     # Traceable: run tags name the ingest batches; the audit event lists them all.
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     run = client.get_run(first["run_id"])
     assert run.data.tags["puhui.training_as_of"] == RISK_AS_OF
     assert run.data.tags["puhui.config_hash"] and run.data.tags["puhui.code_version"]
@@ -360,7 +360,7 @@ def test_a_planted_bias_is_blocked_by_the_fairness_gate(
     failed = result["gates"]["failed"]
     assert not result["gates"]["passed"]
     assert any(f.startswith("adverse_impact_ratio region_type=rural") for f in failed), failed
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     assert "challenger" not in client.get_registered_model(NAME).aliases
     tags = client.get_model_version(NAME, result["version"]).tags
     assert "region_type=rural" in tags["gates.failed"]
@@ -411,7 +411,7 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
         training=training, trained=trained, evaluation=evaluation,
         gates=check_gates(evaluation, model.gates), tags={}, fingerprint="small",
         report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts")
-    params = registry_client(settings.mlflow_tracking_uri).get_run(
+    params = mlflow_client(settings.mlflow_tracking_uri).get_run(
         published.run_id).data.params
     resolved = resolve_lightgbm(model.lightgbm, DataSize(len(train),
                                                          int(train["label"].sum())),

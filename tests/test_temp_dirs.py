@@ -24,7 +24,7 @@ import pytest
 
 from puhui.cli import main
 from puhui.config import ModelsConfig, load_config
-from puhui.registry import reconcile_model_changes, registry_client
+from puhui.registry import mlflow_client, reconcile_model_changes
 from puhui.runtime import open_runtime
 from puhui.scratch import (
     PENDING_GRACE_SECONDS,
@@ -101,7 +101,7 @@ def test_reconcile_removes_the_temp_folders_of_killed_processes_only(
         assert held.is_dir() and held.parent.parent == scratch
         runtime = open_runtime()
         settled = reconcile_model_changes(
-            registry_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
+            mlflow_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit)
         assert not any(p.exists() for p in left) and held.is_dir()
         assert sorted(settled.swept) == sorted(

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from puhui.lifecycle.publish import FINGERPRINT_TAG, find_version_by_fingerprint
-from puhui.registry import registry_client
+from puhui.registry import mlflow_client
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import create_warehouse_engine, held_lock
@@ -59,7 +59,7 @@ def test_two_identical_trainings_at_once_register_one_version(train_env: Path,  
     command = [sys.executable, "-m", "puhui", "run", "train", "risk", "--as-of", RISK_AS_OF]
     # The MLflow store exists, as after any earlier command: two first uses of an empty one
     # at once race in MLflow's own schema migration (one fails), a different matter.
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     client.search_experiments()
     processes: list[subprocess.Popen] = []
     with lock_path.open("a+") as held:
@@ -101,7 +101,7 @@ def test_the_newest_gated_version_of_a_fingerprint_is_found(
     # Before: the first match in MLflow's order (last update first) was returned, so v1
     # edited after v2 existed (its description here) became "the" version of the fingerprint.
     uri = load_settings().mlflow_tracking_uri
-    client = registry_client(uri)
+    client = mlflow_client(uri)
     older, newer = registry_env["passed1"], registry_env["passed2"]
     for version in (older, newer, registry_env["ungated"]):
         client.set_model_version_tag(NAME, version, FINGERPRINT_TAG, "same")
@@ -161,11 +161,11 @@ _CREATE = """
 import sys, time
 from pathlib import Path
 import mlflow  # imported before the start line: the race is the store's creation
-from puhui.registry import registry_client
+from puhui.registry import mlflow_client
 Path(sys.argv[2]).touch()
 while not Path(sys.argv[3]).exists():
     time.sleep(0.005)
-registry_client(sys.argv[1]).search_experiments()
+mlflow_client(sys.argv[1]).search_experiments()
 """
 
 
@@ -188,4 +188,4 @@ def test_two_processes_creating_one_new_mlflow_store_take_turns(tmp_path: Path) 
     go.touch()  # both start creating within milliseconds
     ended = [(p.wait(timeout=WAIT), p.stderr.read()) for p in processes]
     assert [code for code, _ in ended] == [0, 0], [err[-3000:] for _, err in ended]
-    assert [e.name for e in registry_client(uri).search_experiments()] == ["Default"]
+    assert [e.name for e in mlflow_client(uri).search_experiments()] == ["Default"]

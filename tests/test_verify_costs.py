@@ -15,7 +15,7 @@ from puhui import registry as registry_module
 from puhui.audit import events_of
 from puhui.landing import CONTENT_MARKER_KEYS, change_marker
 from puhui.model_fingerprints import VerifiedFiles, files_signature
-from puhui.registry import REGISTERED, _registered_digests, registry_client
+from puhui.registry import REGISTERED, _registered_digests, mlflow_client
 from puhui.registry_read import SqlRegistry, download_uri
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
@@ -157,7 +157,7 @@ def test_verify_with_an_anchor_hashes_every_file_whatever_the_cache_says(
     pickle.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
     runtime = open_runtime()
     expected = _registered_digests(events_of(runtime.engine, [REGISTERED]))[(NAME, v1)]
-    uri = registry_client(runtime.settings.mlflow_tracking_uri).get_model_version_download_uri(
+    uri = mlflow_client(runtime.settings.mlflow_tracking_uri).get_model_version_download_uri(
         NAME, v1)
     forged = VerifiedFiles(load_settings().home, runtime.audit.key)
     forged.remember(NAME, v1, expected, files_signature(uri))
@@ -188,7 +188,7 @@ def test_every_version_s_gate_tags_are_checked_past_the_first_page(
                         (None, 2, None, None))
     monkeypatch.setattr(registry_read, "VERSIONS_PAGE", 2)
     runtime = open_runtime()
-    client = registry_client(runtime.settings.mlflow_tracking_uri)
+    client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     assert isinstance(client, MlflowClient)
     wrong = {"passed1": "false", "passed2": "false", "failed": "true"}
     for key, tag in wrong.items():
@@ -226,7 +226,7 @@ def test_download_uri_is_the_public_call_s_answer(registry_env: dict[str, str]) 
     gets the public one."""
     from mlflow import MlflowClient
 
-    client = registry_client(load_settings().mlflow_tracking_uri)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
     assert isinstance(client, MlflowClient)
     public_only = _PublicOnly(client)
     for version in registry_env.values():

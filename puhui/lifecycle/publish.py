@@ -31,7 +31,7 @@ from puhui.registry import (
     CHALLENGER,
     CHAMPION,
     GATES_PASSED_TAG,
-    registry_client,
+    mlflow_client,
     settle_gate_verdict,
     versions_of,
 )
@@ -92,7 +92,7 @@ def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) 
     versions by last update, and an edit of an older one (its description) puts it first)."""
     # Only "no such model" means none: an outage read as none registered a duplicate version.
     try:
-        versions = versions_of(registry_client(tracking_uri), name)
+        versions = versions_of(mlflow_client(tracking_uri), name)
     except mlflow.exceptions.MlflowException as exc:
         raise PuhuiError(f"model registry error reading the versions of {name}: "
                          f"{error_line(exc)}") from None

@@ -29,7 +29,7 @@ from puhui.monitoring.service import portfolio, service_metrics
 from puhui.monitoring.stats import hhi
 from puhui.monitoring.store import previous_service, trends
 from puhui.profiles.models import ModelSlot, load_risk_scorer, resolve_champion
-from puhui.registry import CHALLENGER, CHAMPION, registry_client
+from puhui.registry import CHALLENGER, CHAMPION, mlflow_client
 
 
 @dataclass
@@ -90,7 +90,7 @@ def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) ->
     mon = load_config(config_dir, MonitoringConfig)
     name = load_config(config_dir, SegmentsConfig).profile.models.get("risk",
                                                                        risk.registered_name)
-    client = registry_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     slots = {alias: resolve_champion(client, "risk", name, alias)
              for alias in (CHAMPION, CHALLENGER)}
     data = load_monitoring_data(engine, spec, risk, mon, as_of)

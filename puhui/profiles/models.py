@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine
 
 from puhui.errors import PuhuiError
-from puhui.registry import CHAMPION, load_registered_pyfunc, registry_client
+from puhui.registry import CHAMPION, load_registered_pyfunc, mlflow_client
 from puhui.registry_read import is_not_found
 
 
@@ -62,7 +62,7 @@ def resolve_champion(client: MlflowClient, slot: str, name: str,
 
 def resolve_models(tracking_uri: str, models: dict[str, str],
                    alias: str = CHAMPION) -> dict[str, ModelSlot]:
-    client = registry_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     return {slot: resolve_champion(client, slot, name, alias) for slot, name in models.items()}
 
 

@@ -32,8 +32,8 @@ from puhui.lifecycle.publish import (
 from puhui.monitoring.bins import log_monitoring_bins
 from puhui.registry import (
     load_registered_pyfunc,
+    mlflow_client,
     register_version,
-    registry_client,
     use_experiment,
 )
 from puhui.registry_read import metric_name
@@ -202,8 +202,7 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
         return check_gates(against_champion(evaluation, training, scorer), gates)
 
     def record(result: GateResult) -> None:
-        registry_client(tracking_uri).log_dict(published.run_id, result.as_dict(),
-                                               "gates.json")
+        mlflow_client(tracking_uri).log_dict(published.run_id, result.as_dict(), "gates.json")
 
     compared = (evaluation.champion or {}).get("version")
     return ChampionCheck(None if compared is None else str(compared), recheck, prepare,
