@@ -508,7 +508,10 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
     try:
         if database.url.database and database.url.database != ":memory:":
             Path(database.url.database).parent.mkdir(parents=True, exist_ok=True)
-        with held_lock(database, "puhui.mlflow_store"):
+        # Without the lock for a process that may not write beside the database (a reader,
+        # a read-only folder): it cannot create the store either (SQLite writes its journal
+        # there), and it is creation that collides; MLflow alone read an existing store so.
+        with held_lock(database, "puhui.mlflow_store", unless_read_only=True):
             # The client opens its stores as it is made: the tracking store creates the
             # tables if none, the registry's (opened on first use) then finds them.
             client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

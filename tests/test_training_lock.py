@@ -170,7 +170,8 @@ mlflow_client(sys.argv[1]).search_experiments()
 
 
 @pytest.mark.slow  # MLflow's whole migration chain once, and two interpreters importing it
-def test_two_processes_creating_one_new_mlflow_store_take_turns(tmp_path: Path) -> None:
+def test_two_processes_creating_one_new_mlflow_store_take_turns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: both found no tables and ran MLflow's migrations into one SQLite file at
     # once, and one (or both) failed inside them. Now the first creation holds an flock
     # beside the database file; the second waits and finds the store made.
@@ -188,4 +189,22 @@ def test_two_processes_creating_one_new_mlflow_store_take_turns(tmp_path: Path) 
     go.touch()  # both start creating within milliseconds
     ended = [(p.wait(timeout=WAIT), p.stderr.read()) for p in processes]
     assert [code for code, _ in ended] == [0, 0], [err[-3000:] for _, err in ended]
+    assert [e.name for e in mlflow_client(uri).search_experiments()] == ["Default"]
+
+    # A reader that may not write beside the store (a read-only folder: EROFS; as root, a
+    # chmod would not stop it) read it without the lock; before, it was refused with "lock
+    # file ...: cannot be opened". The lock is for creating the store, which it cannot.
+    import errno
+
+    import puhui.registry_read
+
+    real_open = os.open
+
+    def read_only(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".puhui.mlflow_store.lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(puhui.registry_read, "_CREATED", set())
+    monkeypatch.setattr(os, "open", read_only)
     assert [e.name for e in mlflow_client(uri).search_experiments()] == ["Default"]

@@ -149,8 +149,8 @@ def _set_tcp_user_timeout(conn: Connection, milliseconds: int) -> None:
 
 @contextmanager
 def held_lock(engine: Engine, name: str,
-              on_wait: Callable[[str | None], None] | None = None
-              ) -> Iterator[Callable[[], None]]:
+              on_wait: Callable[[str | None], None] | None = None, *,
+              unless_read_only: bool = False) -> Iterator[Callable[[], None]]:
     """Hold a cross-process lock ``name`` across several transactions (and other stores).
 
     Unlike ``lock_for`` it outlives a transaction, and the operating system releases it when
@@ -167,7 +167,9 @@ def held_lock(engine: Engine, name: str,
     connection idles or waits for the lock, a ``SELECT 1`` unacknowledged for
     ``LOCK_TCP_USER_TIMEOUT_MS`` (without them: ~15 min of retransmits, or hours idle). The
     server may keep the session, and so the lock, until its own keepalives end it: the next
-    training waits meanwhile.
+    training waits meanwhile. ``unless_read_only`` (SQLite): a lock file this process may not
+    create or open for writing (``EACCES``, ``EROFS``) means no lock rather than an error,
+    for a caller that needs the lock only for writes it could not make there either.
     """
     if engine.dialect.name == "postgresql":
         key = {"key": _lock_key(name)}
@@ -223,9 +225,15 @@ def held_lock(engine: Engine, name: str,
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o666)
         except OSError as error:
-            link = "; a link there is not followed: remove it" if error.errno == errno.ELOOP else ""
-            raise PuhuiError(f"lock file {path}: cannot be opened ({error.strerror}){link}"
-                             ) from None
+            if not (unless_read_only and error.errno in (errno.EACCES, errno.EROFS)):
+                link = ("; a link there is not followed: remove it"
+                        if error.errno == errno.ELOOP else "")
+                raise PuhuiError(f"lock file {path}: cannot be opened ({error.strerror}){link}"
+                                 ) from None
+            fd = None
+        if fd is None:
+            yield lambda: None
+            return
         with os.fdopen(fd, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
