@@ -115,9 +115,10 @@ def training_lock(engine: Engine, name: str,
     ``still_held``: the training calls it before registering and before its verdict, so one
     whose lock was lost (its connection ended by the server) stops there instead of going on
     beside the next holder. Still open: a lock lost *during* the registration or the verdict
-    (after the check) goes unnoticed; the next training may then register a second version
-    of the fingerprint, or two trainings gate versions of one. The gate runs as a task, maybe
-    in another process, so it cannot check the flow's lock under ``MODEL_LOCK`` itself."""
+    (after the check; the gate step first loads a champion that moved) goes unnoticed; the
+    next training may then register a second version of the fingerprint, or two trainings
+    gate versions of one. The gate runs as a task, maybe in another process, so it cannot
+    check the flow's lock under ``MODEL_LOCK`` itself."""
     def waiting(holder: str | None) -> None:
         say(f"waiting for another training of {name}"
             + (f" ({holder})" if holder else "") + "...")
