@@ -969,13 +969,19 @@ def audit_verify(
                          + ("every version" if deep else "the aliased versions (--deep: all)"))
     ledger_mismatches: list[str] = []
     if result.ok:
-        from puhui.ingest.ledger import ledger_problems
+        from puhui.ingest.ledger import key_index_problems, ledger_problems
 
         ledger_mismatches, batches = ledger_problems(runtime.engine)
         problems += ledger_mismatches
         summary.update(ledger_problems=ledger_mismatches, batches=batches)
         if not ledger_mismatches:
             lines.append(f"ingest_batches agrees with the trail: {batches} batch(es)")
+            # Counted against the ledger's rows_loaded: only worth it once those are trusted.
+            key_mismatches, keys = key_index_problems(runtime.engine)
+            problems += key_mismatches
+            summary.update(key_index_problems=key_mismatches, index_keys=keys)
+            if not key_mismatches:
+                lines.append(f"ingest_keys agrees with the ledger: {keys:,} key(s)")
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)
@@ -992,8 +998,10 @@ def audit_verify(
         raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
                          f"first: {result.problems[0]}")
     if problems:
-        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches))
-                             + ["ingest_batches"] * bool(ledger_mismatches))
+        keyed = len(summary.get("key_index_problems", []))
+        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + keyed)
+                             + ["ingest_batches"] * bool(ledger_mismatches)
+                             + ["ingest_keys"] * bool(keyed))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 

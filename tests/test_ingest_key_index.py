@@ -572,3 +572,99 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
         with pytest.raises(RuntimeError, match="outside the feed's lock, or two keys in one"):
             KeyIndex(conn, feed, first.batch_id).claim(
                 PreparedChunk(twice, {}, np.arange(1, 4)))
+
+
+# --- audit verify reads the index ----------------------------------------------------------
+# Before: a row deleted from ingest_keys by hand let its key load again and `audit verify`
+# said nothing. Now each batch's key count is checked against the rows the ledger (checked
+# against the trail) says it loaded, with no alarm on a redelivery, a release or a rebuild.
+
+def _verify(capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from puhui.cli import main
+
+    capsys.readouterr()
+    code = main(["audit", "verify", "--no-repair"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from puhui.ingest.quarantine import release_batch
+
+    # A redelivery (500 keys of a again) and a held batch released (its own repeats too).
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501))
+    _payments(landing, DAY3, "c", range(1401, 1701), bogus=1600)
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    b = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    held = ingestor.ingest(_landed(feed, landing, DAY3, "_c"))
+    assert (b.rows_duplicate, held.status) == (500, "quarantined")
+    code, out, err = _verify(capsys)
+    assert code == 0 and "ingest_keys agrees with the ledger: 1,500 key(s)" in out, err
+    assert release_batch(runtime, held.batch_id, "partner confirmed").rows_loaded == 200
+    code, out, err = _verify(capsys)
+    assert code == 0 and "ingest_keys agrees with the ledger: 1,700 key(s)" in out, err
+
+    with runtime.engine.begin() as conn:  # the key of one of a's rows: it would load again
+        conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :a AND key_hi = "
+                          "(SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :a)"), {"a": a})
+        conn.execute(text("UPDATE ingest_keys SET batch_id = :h WHERE batch_id = :b AND "
+                          "key_hi = (SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :b)"),
+                     {"h": held.batch_id, "b": b.batch_id})
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert f"ingest_keys: batch {a} holds 999 key(s) but loaded 1,000 row(s) (index rows " \
+        "deleted by hand: a key missing from the index loads again)" in err, err
+    assert f"ingest_keys: batch {b.batch_id} holds 499 key(s) but loaded 500" in err
+    assert f"ingest_keys: batch {held.batch_id} holds 201 key(s) but loaded 200" in err
+    assert "ingest_keys and the audit trail DISAGREE: 3 problem(s)" in err
+    assert "T2026" not in out + err and "ingest_keys agrees" not in out
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from puhui.ingest import batches
+    from puhui.ingest.batches import FileIngestor
+    from puhui.ingest.pseudonymize import pseudonym_key_bytes
+    from puhui.validation import BatchValidator
+
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501))
+    ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
+    with monkeypatch.context() as before_the_index:  # the code before 0008: no claims
+        before_the_index.setattr(batches, "row_hashes", lambda *_: None)
+        before_the_index.setattr(batches, "ensure_key_index", lambda *_: None)
+        before_the_index.setattr(batches.KeyIndex, "claim", lambda self, chunk: (chunk, 0))
+        b = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert b.rows_loaded == 1000  # 500 of a's keys loaded twice
+    _forget_the_index()
+    _payments(landing, DAY3, "c", range(1401, 1601))
+    # Its backfill gives a the keys both loaded: b holds 500 keys of its 1,000 rows.
+    assert ingestor.ingest(_landed(feed, landing, DAY3, "_c")).rows_loaded == 100
+    code, out, err = _verify(capsys)
+    assert code == 0 and "ingest_keys agrees with the ledger: 1,600 key(s)" in out, err
+
+    # The contract's key gains a column: the index is rebuilt with the next load.
+    wider = feed.model_copy(update={"primary_key": ["txn_id", "txn_type"]})
+    again = FileIngestor(runtime, wider, BatchValidator(),
+                         pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    _payments(landing, date(2026, 10, 3), "d", range(1551, 1651))
+    assert again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d")).rows_loaded == 50
+    code, out, err = _verify(capsys)
+    assert code == 0 and "ingest_keys agrees with the ledger: 1,650 key(s)" in out, err
+
+    with runtime.engine.begin() as conn:  # one of b's keys (b loaded before the rebuild)
+        conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :b AND key_hi = "
+                          "(SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :b)"),
+                     {"b": b.batch_id})
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert "ingest_keys: feed mobile_payments's batches loaded before its key index was " \
+        "built hold 1,599 key(s) but the build indexed 1,600 (index rows deleted by hand" \
+        in err, err

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
@@ -433,3 +433,80 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                                 f"{_shown(found if found is None else str(found))} but the "
                                 "audit trail recorded another value")
     return problems, len(rows)
+
+
+_LOADS = {"ingest.accepted", "quarantine.released"}  # and a revalidation that accepted
+KEYS_INDEXED = "ingest.keys.indexed"
+_HOW_WRONG = {True: "index rows deleted by hand: a key missing from the index loads again",
+              False: "index rows added by hand: a row whose key is there is not loaded"}
+
+
+def key_index_problems(engine: Engine) -> tuple[list[str], int]:
+    """Where ``ingest_keys`` and the ledger disagree; also the keys counted.
+
+    Every loaded row claims its key in the transaction that loads it and records the batch's
+    ``rows_loaded`` (checked against the trail by :func:`ledger_problems`), and nothing but
+    a rebuild removes a key. So a batch loaded once its feed's index existed holds exactly
+    ``rows_loaded`` keys, a batch that loaded nothing (held, rejected, a duplicate file) none.
+    A batch loaded before its feed's index was last built (a first use after 0008, a key
+    definition change) holds the keys of its rows no earlier batch had, so at most
+    ``rows_loaded``; the build's event records how many keys the feed's batches held then,
+    and their sum must still be that. A row deleted by hand (its key would load again) or
+    added (a key of a row never loaded, which would drop it) is reported per batch, by count:
+    counting (one grouped scan) is what keeps this a read-only command's cost. What counts
+    miss: a row whose key is rewritten in place, or a row swapped for a made-up one of the
+    same batch; both need the warehouse's write access, as rewriting the raw tables does.
+    """
+    from puhui.audit import events_of
+    from puhui.warehouse.schema import ingest_key_backfills, ingest_keys
+
+    with snapshot(engine) as conn:  # one moment: a load writes keys, row and event together
+        events = events_of(conn, [*_LOADS, "quarantine.revalidated", KEYS_INDEXED])
+        batches = conn.execute(select(ingest_batches.c.batch_id, ingest_batches.c.partner,
+                                      ingest_batches.c.status,
+                                      ingest_batches.c.rows_loaded)).all()
+        indexed_feeds = set(conn.execute(select(ingest_key_backfills.c.partner)).scalars())
+        held = dict(conn.execute(select(ingest_keys.c.batch_id, func.count())
+                                 .group_by(ingest_keys.c.batch_id)).all())
+    loaded_at: dict[str, int] = {}  # batch -> seq of the event that loaded its rows
+    built: dict[str, tuple[int, int | None]] = {}  # feed -> (seq, keys it held) of its build
+    for event in events:
+        d = event["details"]
+        if event["action"] == KEYS_INDEXED:
+            built[event["subject"]] = (event["seq"], d.get("keys_indexed"))
+        elif event["action"] in _LOADS or d.get("outcome") == "accepted":
+            loaded_at[event["subject"]] = event["seq"]
+    keys = sum(held.values())
+    problems: list[str] = []
+    before_build = {feed: 0 for feed, (_, recorded) in built.items() if recorded is not None}
+    # Batch ids, statuses and feeds as the trail has them: this runs once the ledger agrees.
+    for batch_id, partner, status, rows_loaded in sorted(batches):
+        found = int(held.pop(batch_id, 0))
+        if status not in ("accepted", "released") or partner not in indexed_feeds:
+            # Loads build the feed's index first: no record of it, no loads since 0008.
+            if found:
+                problems.append(f"ingest_keys: batch {batch_id} ({status}) holds {found:,} "
+                                "key(s) but loaded no row since its feed's key index "
+                                "(index rows added by hand)")
+            continue
+        expected = rows_loaded or 0
+        if partner in built and loaded_at.get(batch_id, 0) < built[partner][0]:
+            if partner in before_build:
+                before_build[partner] += found
+            if found > expected:
+                problems.append(f"ingest_keys: batch {batch_id} holds {found:,} key(s) but "
+                                f"loaded {expected:,} row(s) (index rows added by hand)")
+        elif found != expected:
+            problems.append(f"ingest_keys: batch {batch_id} holds {found:,} key(s) but loaded "
+                            f"{expected:,} row(s) ({_HOW_WRONG[found < expected]})")
+    for feed, found in sorted(before_build.items()):
+        recorded = built[feed][1]
+        if found != recorded:
+            problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
+                            f"was built hold {found:,} key(s) but the build indexed "
+                            f"{recorded:,} ({_HOW_WRONG[found < (recorded or 0)]})")
+    if held:
+        problems.append(f"ingest_keys: {sum(held.values()):,} key(s) of {len(held)} batch(es) "
+                        "not in ingest_batches (index rows added by hand, or their batch's "
+                        f"row deleted), e.g. {_shown(min(held), _BATCH_ID)}")
+    return problems, keys
