@@ -74,7 +74,9 @@ class ScratchDir:
         random = os.path.basename(pending)[len(f".{named}flock-"):]
         lock = os.path.join(pending, LOCK_FILE)
         fd: int | None = None
+        folder_fd: int | None = None
         try:
+            folder_fd = _lock_folder(pending)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
                 # Blocking: a sweep never locks a young hidden folder, but one of an old
@@ -86,6 +88,9 @@ class ScratchDir:
                 os.close(fd)
                 fd = None
                 os.unlink(lock)
+                if folder_fd is not None:  # the earlier format is judged by its pid alone
+                    os.close(folder_fd)
+                    folder_fd = None
             # The caller's files go in a folder of their own beside the lock file: a model's
             # files downloaded there are hashed whole.
             os.mkdir(os.path.join(pending, WORK))
@@ -97,11 +102,13 @@ class ScratchDir:
             os.rename(pending, self.folder)
             self.name = os.path.join(self.folder, WORK)
         except BaseException:
-            if fd is not None:
-                os.close(fd)
+            for held in (fd, folder_fd):
+                if held is not None:
+                    os.close(held)
             shutil.rmtree(pending, ignore_errors=True)
             raise
-        self._finalizer = weakref.finalize(self, _remove, self.folder, fd, os.getpid())
+        self._finalizer = weakref.finalize(self, _remove, self.folder, fd, os.getpid(),
+                                           folder_fd)
 
     def __enter__(self) -> str:
         return self.name
@@ -114,15 +121,33 @@ class ScratchDir:
         self._finalizer()
 
 
-def _remove(name: str, fd: int | None, owner: int) -> None:
-    # The lock is let go only once the folder is gone: a sweep never races its removal.
+def _remove(name: str, fd: int | None, owner: int, folder_fd: int | None = None) -> None:
+    # The locks are let go only once the folder is gone: a sweep never races its removal.
     try:
         # A forked child dropping its copy of the object: the folder is its parent's, in use.
         if os.getpid() == owner:
             shutil.rmtree(name, ignore_errors=True)
     finally:
-        if fd is not None:
-            os.close(fd)
+        for held in (fd, folder_fd):
+            if held is not None:
+                os.close(held)
+
+
+def _lock_folder(folder: str) -> int | None:
+    """The folder itself locked too (its descriptor, held; None where this file system
+    locks no folder): the ``.lock`` file can be replaced by a new one, whose lock a sweep
+    would then get while the folder's maker lives; the folder cannot be replaced under its
+    open descriptor. Locking only the folder failed on NFS and CIFS (EBADF: their emulated
+    lock needs a file open for writing), so there the file's lock is all there is."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a new folder: no sweep locks a young hidden one
+    except OSError as error:
+        os.close(fd)
+        if error.errno not in _NO_LOCKS:
+            raise
+        return None
+    return fd
 
 
 def scratch_dir(kind: str) -> ScratchDir:
@@ -144,6 +169,24 @@ def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
     # take the lock its maker is about to take.
     if pending and not old:
         return False
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:  # gone, replaced by a link, or not ours to read (another user's)
+        return False
+    try:
+        try:
+            fcntl.flock(folder_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:  # its maker lives, whatever its .lock file is
+                return False
+        if os.fstat(folder_fd).st_ino != seen.st_ino:  # removed and made again since
+            return False
+        return _remove_if_file_unlocked(folder, seen, old)
+    finally:
+        os.close(folder_fd)
+
+
+def _remove_if_file_unlocked(folder: Path, seen: os.stat_result, old: bool) -> bool:
     lock = folder / LOCK_FILE
     try:  # for writing, as the maker: a network file system's lock needs it
         fd: int | None = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)

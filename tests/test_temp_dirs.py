@@ -382,3 +382,32 @@ def test_a_forked_child_never_removes_its_parent_s_folder(
         copy.cleanup()
         assert not Path(copy.folder).exists()
     assert list(scratch.iterdir()) == []
+
+
+def _replace_lock(folder: Path) -> None:
+    """The folder's ``.lock`` replaced by a new file (its owner or root can, mode 700)."""
+    os.unlink(folder / ".lock")
+    (folder / ".lock").touch(mode=0o600)
+
+
+def test_a_live_folder_whose_lock_file_was_replaced_is_not_swept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep took the new ``.lock`` file's lock (nobody holds that file) and removed a
+    live process's folder. The folder itself is locked too now: a killed process's folder
+    with a replaced lock file is still swept, a live one's is not."""
+    scratch = _scratch(tmp_path, monkeypatch)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    assert subprocess.run([sys.executable, "-c", _KILLED_PUBLISHING], env=env,
+                          cwd=repo_root(), timeout=120).returncode == -signal.SIGKILL
+    (dead,) = scratch.glob("puhui-publish-*")
+    _replace_lock(dead)
+    live = subprocess.Popen([sys.executable, "-c", _HOLD_A_COPY], env=env, cwd=repo_root(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        held = Path(live.stdout.readline().strip())
+        _replace_lock(held.parent)
+        assert sweep_scratch_dirs() == [str(dead)]
+        assert held.is_dir()
+    finally:
+        live.communicate("", timeout=60)  # its stdin closed: it ends, removing its copy
+    assert list(scratch.iterdir()) == []
