@@ -160,35 +160,69 @@ def test_a_registry_error_is_not_read_as_no_version_of_the_fingerprint(
 _CREATE = """
 import sys, time
 from pathlib import Path
-import mlflow  # imported before the start line: the race is the store's creation
+import mlflow.store.db.utils as db_utils
+import mlflow.store.model_registry.sqlalchemy_store as registry_store
 from puhui.registry import mlflow_client
-Path(sys.argv[2]).touch()
-while not Path(sys.argv[3]).exists():
-    time.sleep(0.005)
-mlflow_client(sys.argv[1]).search_experiments()
+
+uri, signals, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+create_tables = db_utils._initialize_tables
+
+def creating(engine):
+    # A barrier, not a delay: the first process stays inside MLflow's creation of the tables
+    # until the test lets it go, so the second one's attempt falls within it every time.
+    (signals / f"{name}.creating").touch()
+    while name == "first" and not (signals / "go").exists():
+        time.sleep(0.01)
+    create_tables(engine)
+
+db_utils._initialize_tables = registry_store._initialize_tables = creating
+mlflow_client(uri).search_experiments()
 """
 
 
+def _waiting_for_a_flock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked on an ``flock`` (a ``->`` line of /proc/locks)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and fields[fields.index("->") + 1] == "FLOCK" and \
+                fields[fields.index("->") + 4] == str(pid):
+            return True
+    return False
+
+
+def _until(condition: Callable[[], bool], processes: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), [
+            p.communicate()[1][-2000:] for p in processes if p.poll() is not None]
+        time.sleep(0.01)
+
+
 @pytest.mark.slow  # MLflow's whole migration chain once, and two interpreters importing it
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs /proc/locks (Linux)")
 def test_two_processes_creating_one_new_mlflow_store_take_turns(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: both found no tables and ran MLflow's migrations into one SQLite file at
     # once, and one (or both) failed inside them. Now the first creation holds an flock
-    # beside the database file; the second waits and finds the store made.
+    # beside the database file; the second waits and finds the store made. No timing: the
+    # first is held inside MLflow's table creation until the second is seen either
+    # creating too (the race) or blocked on the store's lock (/proc/locks).
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
-    go = tmp_path / "go"
-    processes = [subprocess.Popen([sys.executable, "-c", _CREATE, uri,
-                                   str(tmp_path / f"ready{i}"), str(go)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(2)]
-    deadline = time.monotonic() + WAIT
-    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), [
-            p.communicate()[1][-2000:] for p in processes if p.poll() is not None]
-        time.sleep(0.01)
-    go.touch()  # both start creating within milliseconds
-    ended = [(p.wait(timeout=WAIT), p.stderr.read()) for p in processes]
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", _CREATE, uri, str(tmp_path), name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start("first")
+    _until((tmp_path / "first.creating").exists, [first])
+    second = start("second")
+    _until(lambda: (tmp_path / "second.creating").exists()
+           or _waiting_for_a_flock(second.pid), [first, second])
+    assert not (tmp_path / "second.creating").exists(), "created the tables at the same time"
+    (tmp_path / "go").touch()
+    ended = [(p.wait(timeout=WAIT), p.stderr.read()) for p in (first, second)]
     assert [code for code, _ in ended] == [0, 0], [err[-3000:] for _, err in ended]
+    assert not (tmp_path / "second.creating").exists()  # it found the store made
     assert [e.name for e in mlflow_client(uri).search_experiments()] == ["Default"]
 
     # A reader that may not write beside the store (a read-only folder: EROFS; as root, a
