@@ -277,8 +277,11 @@ class RiskTemplates:
 
     @staticmethod
     def _ingest(home: Path, url: str, landing: Path) -> None:
+        # MLflow's URIs too: the ingest's runtime fills MLFLOW_TRACKING_URI in (setdefault)
+        # with this template's store, where the test that built it then registered models.
         saved = {k: os.environ.get(k) for k in ("PUHUI_HOME", "PUHUI_WAREHOUSE_URL",
-                                               "PUHUI_LANDING", "PUHUI_PSEUDONYM_KEY")}
+                                               "PUHUI_LANDING", "PUHUI_PSEUDONYM_KEY",
+                                               "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         os.environ.update({"PUHUI_HOME": str(home), "PUHUI_WAREHOUSE_URL": url,
                            "PUHUI_LANDING": str(landing),
                            "PUHUI_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY})
