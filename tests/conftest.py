@@ -47,6 +47,8 @@ for _name, _value in QUIET_ENVIRONMENT.items():
 # it waits for needs: 3 x 400 rounds on 2,500 rows took 69.6 s wall at load 19 against 1.0 s
 # with passive waits (sleep on a futex; same trees, the policy changes no arithmetic). Set
 # before anything loads libgomp (it reads it once) and inherited by every command started.
+# The product keeps libgomp's default: idle, passive waits made a training 8x slower
+# (README, Performance, "OpenMP wait policy").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="puhui-test-session-"))
 # Removed when this process ends (each xdist worker and the controller has its own): one was
@@ -275,8 +277,11 @@ class RiskTemplates:
 
     @staticmethod
     def _ingest(home: Path, url: str, landing: Path) -> None:
+        # MLflow's URIs too: the ingest's runtime fills MLFLOW_TRACKING_URI in (setdefault)
+        # with this template's store, where the test that built it then registered models.
         saved = {k: os.environ.get(k) for k in ("PUHUI_HOME", "PUHUI_WAREHOUSE_URL",
-                                               "PUHUI_LANDING", "PUHUI_PSEUDONYM_KEY")}
+                                               "PUHUI_LANDING", "PUHUI_PSEUDONYM_KEY",
+                                               "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         os.environ.update({"PUHUI_HOME": str(home), "PUHUI_WAREHOUSE_URL": url,
                            "PUHUI_LANDING": str(landing),
                            "PUHUI_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY})

@@ -23,7 +23,7 @@ from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import drift_reports, model_evaluations, service_metrics
 from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env
-from tests.test_profiles import train_and_promote
+from tests.test_profiles import champion_env, train_and_promote
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 
@@ -157,9 +157,12 @@ def webhook(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
 def _prepare(templates: RiskTemplates, dataset: str, home: Path,
              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    url = risk_env(templates, dataset, "sqlite", home, monkeypatch)
-    no_search_config(tmp_path, monkeypatch)
-    train_and_promote()
+    if dataset == "clean":  # the run's one clean champion, copied
+        url = champion_env(templates, home, monkeypatch, tmp_path)
+    else:
+        url = risk_env(templates, dataset, "sqlite", home, monkeypatch)
+        no_search_config(tmp_path, monkeypatch)
+        train_and_promote()
     from flows.profiles import profiles_flow
 
     profiles_flow(as_of=AS_OF)

@@ -4,6 +4,7 @@ swap under failure, re-runs, a concurrent reader on PostgreSQL, and `profiles ex
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -22,7 +23,14 @@ from puhui.registry import mlflow_client
 from puhui.settings import load_settings
 from puhui.warehouse.engine import dispose_engines, get_engine
 from puhui.warehouse.schema import user_profile_history, user_profiles
-from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env, use_test_home
+from tests.conftest import (
+    RISK_AS_OF,
+    RiskTemplates,
+    build_once,
+    no_search_config,
+    risk_env,
+    use_test_home,
+)
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 EARLIER = date(2026, 9, 15)
@@ -54,11 +62,54 @@ def train_and_promote(as_of: date = AS_OF) -> str:
     return result["version"]
 
 
+def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.MonkeyPatch,
+                 tmp_path: Path) -> str:
+    """What ``risk_env`` (clean, SQLite), ``no_search_config`` and ``train_and_promote()``
+    leave, as a private copy under ``home``: warehouse, MLflow store (credit_risk v1 the
+    champion) and the rest of the home. The training runs once per run (the xdist workers
+    share it, as they share the templates): it is ~20 s of each test that only needs *a*
+    champion. Each caller gets its own copy, so what a test changes stays in its test."""
+    built = templates.shared / "champion-clean-sqlite"
+
+    def build() -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            risk_env(templates, "clean", "sqlite", use_test_home(built / "home", patch), patch)
+            no_search_config(built, patch)
+            assert train_and_promote() == "1"
+            dispose_engines()
+
+    build_once(built, build)
+    shutil.copytree(built / "home", home, dirs_exist_ok=True)
+    _relocate_mlflow_store(home / "mlflow.db", str(built / "home"), str(home))
+    url = f"sqlite:///{home / 'warehouse.db'}"
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
+    monkeypatch.setenv("PUHUI_LANDING", str(templates._landing("clean")))
+    no_search_config(tmp_path, monkeypatch)
+    return url
+
+
+def _relocate_mlflow_store(store: Path, old: str, new: str) -> None:
+    """MLflow records artifact locations as absolute paths (experiments, runs, logged
+    models, versions): point every one at the copy, so the copy never reads or writes the
+    original's artifacts."""
+    import sqlite3
+
+    with sqlite3.connect(store) as conn:
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
+                       if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()]
+            for column in columns:
+                conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                             f'WHERE instr("{column}", ?) > 0', (old, new, old))
+    conn.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
              tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[str]:
     """A private copy of the ingested risk data with a credit_risk champion (search off),
-    one per dialect for the whole file: the training is the expensive part (~30 s each), and
+    one per dialect for the whole file (SQLite's copied from the run's ``champion_env``):
+    the training is the expensive part (~30 s each), and
     every test here only needs *a* champion. The tests run in file order on it: the first
     asserts on a warehouse with no profiles yet; the later ones refresh it again."""
     if request.param == "postgres":
@@ -66,9 +117,12 @@ def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
     root = tmp_path_factory.mktemp(f"profiled-{request.param}")
     with pytest.MonkeyPatch.context() as monkeypatch:
         home = use_test_home(root / "home", monkeypatch)
-        url = risk_env(risk_templates, "clean", request.param, home, monkeypatch)
-        no_search_config(root, monkeypatch)
-        train_and_promote()
+        if request.param == "sqlite":
+            url = champion_env(risk_templates, home, monkeypatch, root)
+        else:
+            url = risk_env(risk_templates, "clean", request.param, home, monkeypatch)
+            no_search_config(root, monkeypatch)
+            train_and_promote()
         yield url
         dispose_engines()
 

@@ -18,8 +18,8 @@ from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import user_profiles
-from tests.conftest import RISK_AS_OF, RiskTemplates, no_search_config, risk_env
-from tests.test_profiles import train_and_promote
+from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
+from tests.test_profiles import champion_env
 from tests.test_recommender import AS_OF as EVENTS_AS_OF
 from tests.test_recommender import _configs, _events, _synthetic_set
 
@@ -61,9 +61,7 @@ def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     from flows.profiles import profiles_flow
     from flows.recommender import train_recommender_flow
 
-    url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
-    no_search_config(tmp_path, monkeypatch)
-    train_and_promote()
+    url = champion_env(risk_templates, puhui_env, monkeypatch, tmp_path)
     version = train_recommender_flow(as_of=AS_OF)["version"]
     runtime = open_runtime()
     promote(mlflow_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
