@@ -68,3 +68,73 @@ def test_a_parquet_page_over_the_block_is_held_from_its_header(tmp_path: Path) -
     with pytest.raises(UnreadableFile, match=r"^a page of event_id of 14\.3 MB decompressed "
                                              r"\(its header says\): over the 4 MB read block$"):
         list(iter_file_chunks(open_landed_file(str(path)), feed, ["event_id"], BLOCK))
+
+
+# Before: a landed file's name and any error line were shown with C0/C1 controls escaped, but
+# Unicode's invisible format characters passed: a right-to-left override shows
+# 'events_\u202egnp.exe' as 'events_exe.png' in the ingest's lines, zero-width characters hide
+# text, and U+2028 is a line break to editors, browsers and Python's splitlines.
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200b", "\ufeff", "\u2028", "\u00ad",
+                                    "\u061c"])
+def test_a_file_name_with_an_invisible_format_character_is_shown_escaped(hidden: str) -> None:
+    from puhui.ingest.batches import FileOutcome
+    from puhui.privacy import printable
+
+    name = f"product_events_{hidden}gnp.exe.parquet"
+    outcome = FileOutcome(batch_id="b", partner="product_events", path=f"/landing/{name}",
+                          delivery_date="2026-09-30", status="accepted", rows=1)
+    line = outcome.line()
+    escaped = f"\\x{ord(hidden):02x}" if ord(hidden) <= 0xFF else f"\\u{ord(hidden):04x}"
+    assert hidden not in line and escaped in line, line
+    assert printable("a\x1b[2J\nb\u00e9中文") == "a\\x1b[2J\\x0ab\u00e9中文"  # text stays
+
+
+# Before: puhui's error line (a PuhuiError's or any crash's) was scrubbed of identifiers but
+# not of control characters: `puhui audit lineage $'x\e[2J\n[ok] promoted' --version 1`
+# cleared the operator's screen and printed a second, forged line; a hostile --version went
+# to MLflow (after opening its store), whose message quoted it whole, line break included.
+# And `--as-of` was quoted by repr, whose escape glued to a phone typed after a control
+# character ('\u202e13812345678'), so the mask missed it.
+
+HOSTILE = "x\x1b[2J\n[ok] promoted \u202e"
+
+
+def test_a_hostile_model_name_is_one_inert_error_line(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from puhui.cli import main
+
+    assert main(["audit", "lineage", HOSTILE, "--version", "1"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "\x1b" not in err and "\u202e" not in err and "x\\x1b[2J\\x0a[ok]" in err
+
+
+@pytest.mark.parametrize("version", ["1\n[ok] promoted", "0", "-1", "v2", "１"])
+def test_a_hostile_version_is_refused_in_one_line_before_mlflow(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str], version: str,
+) -> None:
+    from puhui.cli import main
+
+    assert main(["models", "promote", "credit_risk", "--version", version,
+                 "--reason", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("puhui: error: --version must be a model version number"), err
+    assert len(err.splitlines()) == 1, err
+    assert not (puhui_env / "mlflow.db").exists()  # refused before the store is opened
+
+
+def test_a_hostile_as_of_is_one_line_with_its_phone_masked(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from puhui.cli import main
+    from puhui.privacy import find_raw_identifiers
+
+    for argv in (["run", "ingest", "--as-of", "2026-01-01\x1b[2J\u202e13812345678"],
+                 ["audit", "log", "--since", "2026\u202e13812345678"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "\x1b" not in err and "\u202e" not in err, err
+        assert not find_raw_identifiers(err) and "13812345678" not in err, err
