@@ -4,13 +4,17 @@ page's longest value, each chunk's decoded width measured), against Arrow's plai
 ``iter_batches`` of the same file at the footer's batch size, which measures nothing.
 
 Two files: as Arrow writes by default (dictionary pages, falling back to plain for the
-unique event ids) and with no dictionary at all. Prints a table and writes
-bench/results/parquet-read.json.
+unique event ids) and with no dictionary at all. With ``--baseline REF`` the reader of that
+git ref (``puhui/ingest/reading.py`` as committed there) is timed in the same run, each
+repeat alternating with this one, so a change to the reader is measured against its
+predecessor under the same load. Prints a table and writes bench/results/parquet-read.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +31,20 @@ from puhui.ingest.reading import READ_BLOCK_BYTES, iter_file_chunks, open_landed
 from puhui.settings import repo_root  # noqa: E402
 
 ROWS = 1_000_000
+
+
+def _reader_at(ref: str, folder: str):  # noqa: ANN202 - a module
+    """``iter_file_chunks`` as committed at git ``ref`` (imported from a copy)."""
+    source = subprocess.run(["git", "-C", str(repo_root()), "show",
+                             f"{ref}:puhui/ingest/reading.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(folder) / "baseline_reading.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("baseline_reading", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def _events(rows: int) -> pa.Table:
@@ -47,12 +65,14 @@ def _events(rows: int) -> pa.Table:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
+    parser.add_argument("--baseline", help="a git ref whose reader is timed alongside")
     args = parser.parse_args()
     repeat = 3 if args.quick else 7
     feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
     table = _events(ROWS)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
+        before = _reader_at(args.baseline, folder) if args.baseline else None
         for label, dictionary in [("Arrow's default (dictionary)", True),
                                   ("no dictionary", False)]:
             path = Path(folder) / f"events-{dictionary}.parquet"
@@ -67,14 +87,24 @@ def main() -> None:
             def plain(p=path, b=batch) -> int:  # noqa: ANN001
                 return sum(b.num_rows for b in pq.ParquetFile(p).iter_batches(batch_size=b))
 
-            assert ours() == plain() == ROWS
-            reader = best_of(ours, repeat)
-            arrow = best_of(plain, repeat)
-            rows.append({"file": label, "mb": round(path.stat().st_size / 2**20, 1),
-                         "reader_s": round(reader, 3), "iter_batches_s": round(arrow, 3)})
-            print(f"{label:30} {path.stat().st_size / 2**20:5.1f} MB  reader {reader:6.3f} s  "
-                  f"iter_batches {arrow:6.3f} s")
-    write_results("parquet-read", {"machine": machine_facts(), "rows": ROWS, "table": rows},
+            timed = {"reader_s": ours, "iter_batches_s": plain}
+            if before is not None:
+                timed["baseline_s"] = lambda h=handle: sum(  # noqa: E731
+                    t.num_rows for t in before.iter_file_chunks(h, feed, table.column_names))
+            assert all(func() == ROWS for func in timed.values())
+            best = {name: float("inf") for name in timed}
+            for _ in range(repeat):  # alternating: each repeat sees the same load for all
+                for name, func in timed.items():
+                    best[name] = min(best[name], best_of(func, 1))
+            row = {"file": label, "mb": round(path.stat().st_size / 2**20, 1),
+                   **{name: round(seconds, 3) for name, seconds in best.items()}}
+            if args.baseline:
+                row["reader_vs_baseline"] = round(best["reader_s"] / best["baseline_s"], 2)
+            rows.append(row)
+            print(f"{label:30} {row['mb']:5.1f} MB  " + "  ".join(
+                f"{name} {value}" for name, value in row.items() if name not in ("file", "mb")))
+    write_results("parquet-read", {"machine": machine_facts(), "rows": ROWS,
+                                   "baseline": args.baseline, "table": rows},
                   args.quick)
 
 

@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, insert, or_, select
 
 from puhui import __version__
 from puhui.errors import PuhuiError
-from puhui.privacy import find_raw_identifiers
+from puhui.privacy import find_raw_identifiers, printable
 from puhui.settings import repo_root
 from puhui.warehouse.engine import lock_for
 from puhui.warehouse.schema import audit_log
@@ -356,7 +356,7 @@ def parse_time(value: str, option: str, *, end_of_day: bool = False) -> datetime
         parsed = datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError:
         raise PuhuiError(f"{option} must be a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS] "
-                         f"(UTC unless it has an offset), not {value!r}") from None
+                         f"(UTC unless it has an offset), not '{printable(value)}'") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 

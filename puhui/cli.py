@@ -25,7 +25,7 @@ from rich.text import Text
 
 from puhui import console as report
 from puhui.errors import PuhuiError
-from puhui.privacy import printable, scrub_text
+from puhui.privacy import printable
 from puhui.settings import Settings, configure_runtime, load_settings
 
 console = Console(highlight=False, soft_wrap=True)
@@ -61,13 +61,24 @@ AsOf = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+def _version(value: str) -> str:
+    """``--version`` as a model version number, refused in one line before MLflow is asked
+    (it quoted the value whole, line breaks included, after opening its store)."""
+    if not (value.isascii() and value.isdigit() and int(value) > 0):
+        raise PuhuiError(f"--version must be a model version number (1, 2, ...), "
+                         f"not '{printable(value)}'")
+    return str(int(value))
+
+
 def _parse_date(value: str | None, option: str) -> date | None:
     if value is None:
         return None
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise PuhuiError(f"{option} must be a date YYYY-MM-DD, not {value!r}") from None
+        # printable, not repr: repr's escapes glue to a phone number typed after a control
+        # character ('\u202e13812345678'), and the mask needs its edge.
+        raise PuhuiError(f"{option} must be a date YYYY-MM-DD, not '{printable(value)}'") from None
 
 
 def _run_date(value: str | None, option: str) -> date | None:
@@ -485,6 +496,7 @@ def models_show(
     per-segment figures and, for graded models, calibration per grade (read-only)."""
     from puhui.lifecycle.views import version_facts
 
+    version = _version(version)
     client, runtime, view = _model_view(name)
     facts = version_facts(client, runtime.engine, name, version, view)
     if json_:
@@ -595,6 +607,7 @@ def models_promote(
     always if its gates never ran)."""
     from puhui.registry import promote
 
+    version = _version(version)
     reason = _reason(reason)
     client, runtime = _registry_to_change()
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
@@ -1026,6 +1039,7 @@ def audit_lineage(
     from puhui.ingest.ledger import suite_hashes
     from puhui.registry import lineage
 
+    version = _version(version)
     client, runtime = _read_registry()
     found = lineage(client, runtime.engine, name, version)
     hashes = suite_hashes(runtime.engine, [b["batch_id"] for b in found["batches"]])
@@ -1304,7 +1318,7 @@ def main(argv: list[str] | None = None) -> int:
     except PuhuiError as exc:
         if debug:
             raise
-        err_console.print(f"puhui: error: {scrub_text(str(exc))}")
+        err_console.print(f"puhui: error: {printable(str(exc))}")
         return 1
     except click.exceptions.Abort:
         err_console.print("puhui: aborted")
@@ -1313,14 +1327,16 @@ def main(argv: list[str] | None = None) -> int:
         # A usage error (typer vendors click: its exceptions are not click's): one line that
         # names the option ("Invalid value for '--users': ..."), not a crash with a hint.
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err_console.print(f"puhui: error: {scrub_text(message)}")
+        err_console.print(f"puhui: error: {printable(message)}")
         return int(getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
         if debug:
             raise
         elapsed = time.monotonic() - started
         err_console.print(
-            f"puhui: error: {type(exc).__name__}: {scrub_text(str(exc))} "
+            # One inert line: MLflow quotes a hostile --version whole, line breaks and
+            # terminal escapes included ("got '1\n[ok] promoted'" printed two lines).
+            f"puhui: error: {type(exc).__name__}: {printable(str(exc))} "
             f"(after {elapsed:.1f}s; --debug shows the traceback)"
         )
         return 1

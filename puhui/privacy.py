@@ -131,17 +131,29 @@ def error_line(exc: BaseException) -> str:
 
 
 # C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.
-_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Then Unicode's invisible format characters: bidirectional overrides, embeddings and isolates
+# (U+202A-E, U+2066-9, U+061C, U+200E/F) reorder what follows on screen, zero-width ones
+# (U+200B-D, U+2060, U+FEFF, U+00AD) hide text, and U+2028/9 are line breaks to editors,
+# browsers and Python's splitlines.
+_ANY_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ufff9-\ufffb]")
 
 
 def printable(text: str) -> str:
     """``text`` (a landed file's name, say) as one inert terminal line: identifier-shaped
-    text masked, every control character shown as ``\\xNN``.
+    text masked, every control or invisible format character shown as ``\\xNN``/``\\uNNNN``.
 
     A file name is chosen by whoever landed the file: a line break in it would forge an
-    output line, an escape sequence would drive the operator's terminal.
+    output line, an escape sequence would drive the operator's terminal, and a right-to-left
+    override would show ``events_\\u202egnp.exe`` as ``events_exe.png``.
     """
-    return _ANY_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", scrub_text(text))
+    return _ANY_CONTROL.sub(_escaped, scrub_text(text))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -334,12 +334,13 @@ def test_a_delivery_folder_linked_out_of_the_zone_is_not_read_and_reported_late(
 # than the read block is held.
 
 
-def _wide_parquet(path: Path, rows: int, width: int, group_rows: int | None = None) -> Path:
+def _wide_parquet(path: Path, rows: int, width: int, group_rows: int | None = None,
+                  **options: int) -> Path:
     import pyarrow as pa
 
     values = pa.array([f"{i:08d}" + "a" * width for i in range(rows)])
     pq.write_table(pa.table({"event_id": values}), path, compression="zstd",
-                   use_dictionary=False, row_group_size=group_rows)
+                   use_dictionary=False, row_group_size=group_rows, **options)
     return path
 
 
@@ -349,7 +350,10 @@ def test_parquet_is_read_in_batches_bounded_by_their_decompressed_size(tmp_path:
     feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
     block = 1 << 20
     # In row groups of 2 MB: a column chunk over 4 blocks decompressed is held (round 10).
-    wide = open_landed_file(str(_wide_parquet(tmp_path / "wide.parquet", 4_000, 4_000, 500)))
+    # In pages of ~256 KB: Arrow's default cuts one page per 1,024 values, here each of the
+    # row group's 1.9 MB, and a page over the block is held since round 12.
+    wide = open_landed_file(str(_wide_parquet(tmp_path / "wide.parquet", 4_000, 4_000, 500,
+                                              write_batch_size=64, data_page_size=256 << 10)))
     assert wide.size < block, "a small file..."
     chunks = list(iter_file_chunks(wide, feed, ["event_id"], block_bytes=block))
     assert sum(c.num_rows for c in chunks) == 4_000  # ...of 16 MB decompressed

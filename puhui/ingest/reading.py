@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import fsspec
 import numpy as np
@@ -415,8 +415,9 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
                 readers[coded] = pq.ParquetFile(source, metadata=meta, read_dictionary=coded)
             # One thread: decoding the columns at once held 125-200 MB (varying run to run)
             # for a 26 MB read of 60 int64 columns, one thread 125 MB every time.
-            for batch in readers[coded].iter_batches(batch_size=rows, row_groups=[group],
-                                                     columns=names, use_threads=False):
+            batches = readers[coded].iter_batches(batch_size=rows, row_groups=[group],
+                                                  columns=names, use_threads=False)
+            for batch in batches if coded else _gathered(batches, block_bytes):
                 for piece, width in _decoded_slices(batch, block_bytes):
                     # Joined up to the block: a file of 20-row groups came as 20-row chunks,
                     # each paying the ingest's per-chunk costs.
@@ -451,6 +452,32 @@ _PLAIN_MIN_ROWS = 10_000
 _OFFSET = 4  # bytes of a text value's offset
 _LEVELS = 2  # bytes per row of every column while Arrow decodes it (its definition levels)
 _INDEX = 8  # bytes per row of a column read as a dictionary (index, and its offset decoded)
+
+
+# Small reads gathered before they are measured and cut: a row group read a few rows at a time
+# (where its pages are dense) paid the slicing per read, 16 s and 220 MB of per-piece objects
+# for 40,000 reads of 5 rows.
+_GATHER_READS = 512
+
+
+def _gathered(batches: Iterator[pa.RecordBatch], block_bytes: int) -> Iterator[pa.RecordBatch]:
+    """Small ``batches`` concatenated by up to ``_GATHER_READS`` while they hold under half
+    the block; a batch of an eighth of the block or more comes as it is (concatenating two
+    of 13 MB cost the 1M-row benchmark a 26 MB copy, 1.17-1.33 times main's time)."""
+    held: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        if held and (size + batch.nbytes > block_bytes // 2 or len(held) >= _GATHER_READS
+                     or batch.nbytes >= block_bytes // 8):
+            yield held[0] if len(held) == 1 else pa.concat_batches(held)
+            held, size = [], 0
+        if batch.nbytes >= block_bytes // 8:
+            yield batch
+            continue
+        held.append(batch)
+        size += batch.nbytes
+    if held:
+        yield held[0] if len(held) == 1 else pa.concat_batches(held)
 
 
 def _joined(tables: list[pa.Table]) -> pa.Table:
@@ -499,7 +526,7 @@ def _plan_read(
     if not part.num_rows or not read:
         return 0, ()
     fixed = _LEVELS * len(read)
-    longest: dict[str, int] = {}
+    dictionaries: list[str] = []
     for index in read:
         column, kind = part.column(index), _value_type(schema.field(index).type)
         if column.total_uncompressed_size > _CHUNK_BLOCKS * block_bytes:
@@ -515,22 +542,225 @@ def _plan_read(
         if not _is_text(kind):
             fixed += _fixed_width(kind)
         elif not column.has_dictionary_page:
-            fixed += _OFFSET  # its values' bytes are in the footer's average
-        elif column.total_uncompressed_size * part.num_rows <= block_bytes:
-            longest[column.path_in_schema] = column.total_uncompressed_size  # small: no probe
+            fixed += _OFFSET  # its values' bytes are in its pages (``spans``)
         else:
-            longest[column.path_in_schema] = _longest_in_dictionary(
-                readers, source, meta, group, column.path_in_schema, block_bytes)
+            dictionaries.append(column.path_in_schema)
+    spans = _page_spans(source, part, read, block_bytes)  # before any dictionary is probed
+    longest: dict[str, int] = {}
+    for name in dictionaries:
+        size = next(part.column(i).total_uncompressed_size for i in read
+                    if part.column(i).path_in_schema == name)
+        longest[name] = (size if size * part.num_rows <= block_bytes  # small: no probe
+                         else _longest_in_dictionary(readers, source, meta, group, name,
+                                                     block_bytes))
     average = sum(part.column(index).total_uncompressed_size for index in read) / part.num_rows
+    most = int(min(_PARQUET_MAX_ROWS, part.num_rows, max(1, block_bytes // max(average, 1))))
 
-    def rows_of(width: float) -> int:
-        return int(min(_PARQUET_MAX_ROWS, part.num_rows, max(1, block_bytes // width)))
+    def rows_of(per_row: int) -> int:
+        """The most rows (up to ``most``) whose widths and pages fit the block; 0 if none."""
+        def fits(rows: int) -> bool:
+            return per_row * rows + sum(_span_bytes(span, rows) for span in spans) <= block_bytes
+        if fits(most):
+            return most
+        low, high = 0, most  # fits(low) or low == 0; not fits(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
 
-    plain = rows_of(max(average, fixed + sum(n + _OFFSET for n in longest.values()), 1))
+    plain = rows_of(fixed + sum(n + _OFFSET for n in longest.values()))
     if plain >= min(part.num_rows, _PLAIN_MIN_ROWS):
         return plain, ()
-    return rows_of(max(average, fixed + (_INDEX + _OFFSET) * len(longest), 1)), tuple(
-        sorted(longest))
+    # A chunk whose dictionary overflowed into plain pages is read plain: read as a
+    # dictionary, Arrow hashes those pages' values into one dictionary for the whole chunk
+    # (every long value of the chunk held at once: 72 MB for five columns at a 4 MB block).
+    overflowed = {column.path_in_schema for column, span in
+                  zip((part.column(index) for index in read), spans, strict=True)
+                  if span.plain_pages}
+    coded_names = tuple(sorted(name for name in longest if name not in overflowed))
+    if coded := rows_of(fixed + sum(n + _OFFSET for name, n in longest.items()
+                                    if name in overflowed)
+                        + (_INDEX + _OFFSET) * len(coded_names)):
+        return coded, coded_names
+    raise _too_wide("a row with its pages", fixed + sum(_span_bytes(s, 1) for s in spans),
+                    block_bytes, "decompressed")
+
+
+class _Spans(NamedTuple):
+    """A column chunk's pages: what a read of some of its rows may hold at once (the pages
+    it touches, whole, and the dictionary)."""
+
+    starts: np.ndarray  # each data page's first row
+    ends: np.ndarray  # and its last row + 1
+    summed: np.ndarray  # the data pages' decompressed bytes summed, 0 before the first
+    dictionary: int  # the dictionary page's decompressed bytes
+    plain_pages: bool  # a dictionary chunk with plain data pages (its dictionary overflowed)
+
+_MAX_PAGE_HEADER = 16 << 20  # Arrow's own limit
+
+
+def _span_bytes(spans: _Spans, rows: int) -> int:
+    """The most decompressed page bytes any ``rows`` consecutive rows of a column touch."""
+    starts, ends, summed, dictionary, _ = spans
+    # Pages i..j can share a read of ``rows`` rows when the rows between them are fewer than
+    # rows - 1: it takes i's last row and j's first.
+    first = np.minimum(np.searchsorted(ends, starts - rows + 2), np.arange(len(starts)))
+    return dictionary + int((summed[1:] - summed[first]).max())
+
+
+def _page_spans(source: Any, part: pq.RowGroupMetaData, read: list[int],
+                block_bytes: int) -> list[_Spans]:
+    """Each read column's pages, from their headers when the columns' chunks together could
+    exceed half the block (otherwise one span of the chunk's size: a bound as good).
+
+    Arrow decompresses a page whole and keeps each column's current page and dictionary
+    while it reads a batch, and a plain text page's values are its bytes: so a read's decoded
+    text and the pages it holds are bounded by the pages its rows touch, and no finer (one
+    row may hold a page's every byte). A row whose pages alone are over the block cannot be
+    read within it: the file is held."""
+    columns = [part.column(index) for index in read]
+    if sum(c.total_uncompressed_size for c in columns) <= block_bytes // 2:
+        # Read as a dictionary, plain pages are hashed into one for the chunk: at most its
+        # size, and these chunks together are at most half the block.
+        return [_Spans(np.zeros(1, np.int64), np.full(1, part.num_rows, np.int64),
+                       np.array([0, c.total_uncompressed_size], np.int64), 0, False)
+                for c in columns]
+    stream = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115
+    try:
+        spans = [_walk_pages(stream, column, part.num_rows) for column in columns]
+    finally:
+        if stream is not source:
+            stream.close()
+    at_one_row = [_span_bytes(span, 1) for span in spans]
+    if sum(at_one_row) > block_bytes:
+        widest = int(np.argmax(at_one_row))
+        name = safe_name(columns[widest].path_in_schema)
+        if at_one_row[widest] > block_bytes:
+            raise _too_wide(f"a page of {name}", at_one_row[widest], block_bytes,
+                            "decompressed (its header says)")
+        raise _too_wide(f"the pages of one row ({name} the largest)", sum(at_one_row),
+                        block_bytes, "decompressed (their headers say)")
+    return spans
+
+
+def _walk_pages(stream: BinaryIO, column: Any, rows: int) -> _Spans:
+    """``column``'s pages as ``_Spans``, from their headers (nothing decompressed)."""
+    name = safe_name(column.path_in_schema)
+    start = column.data_page_offset
+    if column.has_dictionary_page and 0 < column.dictionary_page_offset < start:
+        start = column.dictionary_page_offset  # as Arrow finds the chunk
+    end = start + column.total_compressed_size
+    counts: list[int] = []
+    sizes: list[int] = []
+    dictionary = 0
+    plain = False
+    while start < end:
+        header, length = _page_header(stream, start, name)
+        kind, size, stored = header.get(1), header.get(2), header.get(3)
+        if not isinstance(size, int) or not isinstance(stored, int) or size < 0 or stored < 0:
+            raise UnreadableFile(f"unreadable parquet: a page header of {name} is corrupt")
+        if kind == 2:
+            dictionary += size
+        elif kind in (0, 3):
+            detail = header.get(5 if kind == 0 else 8)
+            count = detail.get(1 if kind == 0 else 3) if isinstance(detail, dict) else None
+            if not isinstance(count, int) or count < 0:
+                raise UnreadableFile(f"unreadable parquet: a page header of {name} is corrupt")
+            counts.append(count)
+            sizes.append(size)
+            # Dictionary indices are PLAIN_DICTIONARY (2) or RLE_DICTIONARY (8).
+            plain = plain or detail.get(2 if kind == 0 else 4) not in (2, 8)
+        start += length + stored
+    if sum(counts) != rows or not counts:
+        raise UnreadableFile(f"unreadable parquet: the pages of {name} do not hold its rows")
+    ends = np.cumsum(np.array(counts, np.int64))
+    return _Spans(ends - counts, ends, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                  dictionary, plain and dictionary > 0)
+
+
+def _page_header(stream: BinaryIO, offset: int, name: str) -> tuple[dict[int, Any], int]:
+    """The page header at ``offset`` (Thrift's compact protocol) and its length."""
+    want = 1 << 12
+    while True:
+        stream.seek(offset)
+        data = stream.read(want)
+        try:
+            return _thrift_struct(data, 0)
+        except IndexError:  # the header runs past what was read
+            if len(data) < want or want >= _MAX_PAGE_HEADER:
+                break
+            want *= 4
+        except (ValueError, RecursionError):
+            break
+    raise UnreadableFile(f"unreadable parquet: a page header of {name} is corrupt")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _thrift_value(data: bytes, at: int, kind: int) -> tuple[Any, int]:
+    if kind in (1, 2):  # a field's boolean is its type
+        return kind == 1, at
+    if kind == 3:
+        return data[at], at + 1
+    if kind in (4, 5, 6):
+        value, at = _varint(data, at)
+        return (value >> 1) ^ -(value & 1), at
+    if kind == 7:
+        return None, at + 8
+    if kind == 8:
+        length, at = _varint(data, at)
+        if at + length > len(data):
+            raise IndexError("past the data")
+        return None, at + length
+    if kind in (9, 10):
+        head = data[at]
+        count, item = head >> 4, head & 0x0F
+        at += 1
+        if count == 15:
+            count, at = _varint(data, at)
+        for _ in range(count):
+            _, at = (None, at + 1) if item in (1, 2) else _thrift_value(data, at, item)
+        return None, at
+    if kind == 11:
+        count, at = _varint(data, at)
+        if count:
+            types = data[at]
+            at += 1
+            for _ in range(count):
+                _, at = _thrift_value(data, at, types >> 4)
+                _, at = _thrift_value(data, at, types & 0x0F)
+        return None, at
+    if kind == 12:
+        return _thrift_struct(data, at)
+    raise ValueError(f"unknown Thrift type {kind}")
+
+
+def _thrift_struct(data: bytes, at: int) -> tuple[dict[int, Any], int]:
+    fields: dict[int, Any] = {}
+    last = 0
+    while True:
+        head = data[at]
+        at += 1
+        if head == 0:
+            return fields, at
+        delta, kind = head >> 4, head & 0x0F
+        if delta:
+            last += delta
+        else:
+            number, at = _varint(data, at)
+            last = (number >> 1) ^ -(number & 1)
+        fields[last], at = _thrift_value(data, at, kind)
 
 
 def _longest_in_dictionary(
