@@ -11,6 +11,7 @@ from flows.ingest import ingest_flow
 from flows.profiles import profiles_flow
 from flows.report import FLAGGED, report_flow
 from puhui.dates import today_local
+from puhui.settings import load_settings
 from tasks.prefect_ui import daily_markdown, dated_run_name, publish_summary
 from tasks.warehouse import prepare_warehouse, record_audit_event
 
@@ -23,7 +24,9 @@ def daily_pipeline(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Fl
     completed; the date counts as done for backfills), with the report's reason.
     """
     as_of = as_of or today_local()
-    revision = prepare_warehouse()
+    # Each flow reads its own settings: flow parameters (stored by Prefect) carry no keys.
+    settings = load_settings()
+    revision = prepare_warehouse(settings)
     ingest = ingest_flow(as_of=as_of)
     profiles = profiles_flow(as_of=as_of)
     report = report_flow(as_of=as_of)
@@ -39,6 +42,7 @@ def daily_pipeline(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Fl
     summary["line"] = (f"daily {as_of}: {ingest['line']}; {profiles['line']}; "
                        f"{report['line']}")
     record_audit_event(
+        settings,
         "pipeline.daily",
         f"daily/{as_of.isoformat()}",
         {k: v for k, v in summary.items() if k != "line"},

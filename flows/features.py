@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
+from puhui.config import FeaturesConfig, load_config
 from puhui.settings import load_settings
 from puhui.task_runners import task_runner_from_env
 from tasks.features import (
@@ -24,9 +25,9 @@ from tasks.features import (
 from tasks.prefect_ui import dated_run_name
 
 
-def staging_dir(as_of: date, run_id: str) -> Path:
+def staging_dir(home: Path, as_of: date, run_id: str) -> Path:
     """Where a run stages its partitions: per flow run, so a retried run resumes its own."""
-    return load_settings().home / "staging" / "features" / as_of.isoformat() / run_id
+    return home / "staging" / "features" / as_of.isoformat() / run_id
 
 
 @flow(name="features-partitioned", flow_run_name=dated_run_name("features-partitioned"),
@@ -36,10 +37,14 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
                               staging: str | None = None) -> dict:
     """Features of every customer as of ``as_of``, one task per partition; then PD if a
     scorer directory (``RiskScorer.save``) is given. Returns counts and the staging path."""
-    staging = staging or str(staging_dir(as_of, str(flow_run.get_id() or "local")))
-    parts = stage_feature_partitions(as_of, staging, partitions)
-    split = split_phone_feeds(as_of, staging, parts)
-    rows = build_feature_partition.map(unmapped(as_of), unmapped(staging), parts).result()
+    settings = load_settings()
+    spec = load_config(settings.config_dir, FeaturesConfig)
+    staging = staging or str(staging_dir(settings.home, as_of,
+                                         str(flow_run.get_id() or "local")))
+    parts = stage_feature_partitions(settings, spec, as_of, staging, partitions)
+    split = split_phone_feeds(settings, spec, as_of, staging, parts)
+    rows = build_feature_partition.map(unmapped(settings), unmapped(spec), unmapped(as_of),
+                                       unmapped(staging), parts).result()
     drop_split_phone_feeds(staging)
     scored = None
     if model_dir is not None:

@@ -69,11 +69,11 @@ def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
     names = [partner] if partner else [f.name for f in partners.partners]
     for name in names:
         partners.get(name)  # unknown partner: one clear error before any work
-    prepare_warehouse()
-    feeds = [ingest_partner_feed(name, as_of) for name in names]
-    tables = validate_warehouse_tables()
+    prepare_warehouse(settings)
+    feeds = [ingest_partner_feed(settings, name, as_of, partners.get(name)) for name in names]
+    tables = validate_warehouse_tables(settings)
     summary = summarize_ingest(as_of, feeds, tables)
-    summary["data_docs"] = build_validation_data_docs()
+    summary["data_docs"] = build_validation_data_docs(settings)
     get_run_logger().info(summary["line"])
     publish_summary("ingest-summary", ingest_markdown(summary), summary["line"])
     return summary

@@ -8,8 +8,10 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.profiles import (
+    ProfileConfigs,
     prepare_context,
     record_refresh,
     resolve_profile_models,
@@ -26,18 +28,21 @@ def profiles_flow(as_of: date | None = None) -> dict:
     """Refresh ``user_profiles`` (current) and ``user_profile_history`` as of ``as_of``."""
     started = time.perf_counter()
     as_of = as_of or today_local()
-    prepare_warehouse()
-    slots = resolve_profile_models()
-    ctx, key = prepare_context(as_of, slots)
+    settings = load_settings()
+    configs = ProfileConfigs.read(settings.config_dir)
+    prepare_warehouse(settings)
+    slots = resolve_profile_models(settings, configs.segments.profile.models)
+    ctx, key = prepare_context(settings, as_of, slots, configs)
     partitions = ctx.segments.profile.partitions
-    done = staged(as_of, key)
+    done = staged(settings.home, as_of, key)
     if len(done) < partitions:
-        get_run_logger().info(f"profiles {as_of}: {split_phone_feeds(ctx, key).line}")
+        get_run_logger().info(
+            f"profiles {as_of}: {split_phone_feeds(settings, ctx, key).line}")
     for partition in range(partitions):
         if partition not in done:
-            score_and_stage(ctx, key, partition)
-    result = swap(as_of, key, partitions)
-    line = record_refresh(as_of, slots, result, partitions, len(done), key, started)
+            score_and_stage(settings, ctx, key, partition)
+    result = swap(settings, as_of, key, partitions)
+    line = record_refresh(settings, as_of, slots, result, partitions, len(done), key, started)
     get_run_logger().info(line)
     return {"as_of": as_of.isoformat(), "rows": result.rows, "partitions": partitions,
             "reused": len(done), "current_replaced": result.current_replaced,

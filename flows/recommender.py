@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
+from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.recommender import (
     assemble_ranking_set,
@@ -40,26 +41,28 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     Failed (``GatesFailed`` in process) unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
-    check_recommender_config()
-    prepare_warehouse()
+    settings = load_settings()
+    configs = check_recommender_config(settings)
+    reco = configs.recommender
+    prepare_warehouse(settings)
     # The second of two identical trainings waits, then skips.
-    with one_training_at_a_time("recommender") as still_held:
-        reconcile_models()
-        data, data_line = assemble_ranking_set(as_of)
+    with one_training_at_a_time(settings, reco.registered_name) as still_held:
+        reconcile_models(settings)
+        data, data_line = assemble_ranking_set(settings, as_of, configs)
         lines = [data_line]
-        fingerprint = recommender_fingerprint(data)
-        same = None if force else existing_recommender(fingerprint)
+        fingerprint = recommender_fingerprint(settings, data, reco)
+        same = None if force else existing_recommender(settings, reco, fingerprint)
         if same is not None:
-            restored = restore_lost_challenger(same, "recommender")
+            restored = restore_lost_challenger(settings, same, reco)
             skipped = unchanged_summary("recommender", as_of, same,
                                         lines + ([restored] if restored else []))
             get_run_logger().info(skipped["line"])
             return skipped
-        run, train_line = train_and_evaluate(data, sorted(opted_out or []))
+        run, train_line = train_and_evaluate(settings, data, sorted(opted_out or []), reco)
         still_held()  # a lost lock: another training may be registering this one
-        published, register_line = register_recommender(data, run, fingerprint)
+        published, register_line = register_recommender(settings, data, run, fingerprint, reco)
         still_held()
-        gate_line = gate_recommender(published, run.gates)
+        gate_line = gate_recommender(settings, published, run.gates, reco)
         lines += [train_line, register_line, gate_line]
         m = run.evaluation.metrics
         verdict = ("gates passed" if run.gates.passed else

@@ -16,6 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from puhui.dates import today_local
+from puhui.monitoring.run import MonitoringConfigs
+from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.report import (
     ensure_alert_automation,
@@ -34,12 +36,14 @@ def report_flow(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Flagg
     """Monitoring, service effect and early warning as of ``as_of``; the HTML report."""
     started = time.perf_counter()
     as_of = as_of or today_local()
-    prepare_warehouse()
+    settings = load_settings()
+    configs = MonitoringConfigs.read(settings.config_dir)
+    prepare_warehouse(settings)
     ensure_alert_automation()
-    result = run_monitoring(as_of)
-    report, run_id, counts = publish_report(result)
-    alert = raise_alerts(result, report)
-    line = record_report(result, report, run_id, counts, started)
+    result = run_monitoring(settings, as_of, configs)
+    report, run_id, counts = publish_report(settings, result, configs.monitoring)
+    alert = raise_alerts(settings, result, report)
+    line = record_report(settings, result, report, run_id, counts, started)
     if alert:
         line += f"; ALERT: {alert}"
     get_run_logger().info(line)

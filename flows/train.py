@@ -10,6 +10,7 @@ from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
 from puhui.risk.gates import GateResult
 from puhui.risk.model import LIGHTGBM
+from puhui.settings import load_settings
 from tasks.prefect_ui import dated_run_name, publish_summary, train_markdown
 from tasks.train import (
     apply_gates,
@@ -40,30 +41,32 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     ``GatesFailed`` with the summary), unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
-    check_risk_config()
-    prepare_warehouse()
+    settings = load_settings()
+    spec, model = check_risk_config(settings)
+    prepare_warehouse(settings)
     # The second of two identical trainings waits, then skips.
-    with one_training_at_a_time("risk") as still_held:
-        reconcile_models()
-        features = build_risk_features(as_of)
-        training, training_line = assemble_training_set(features)
+    with one_training_at_a_time(settings, model.registered_name) as still_held:
+        reconcile_models(settings)
+        features = build_risk_features(settings, as_of, spec)
+        training, training_line = assemble_training_set(settings, features, spec, model)
         lines = [features.line, training_line]
-        fingerprint = fingerprint_of(training)
-        same = None if force else existing_version(fingerprint)
+        fingerprint = fingerprint_of(settings, training, model)
+        same = None if force else existing_version(settings, model, fingerprint)
         if same is not None:
-            restored = restore_lost_challenger(same)
+            restored = restore_lost_challenger(settings, same, model)
             skipped = unchanged_summary("risk", as_of, same,
                                         lines + ([restored] if restored else []))
             get_run_logger().info(skipped["line"])
             publish_summary("train-risk-summary", train_markdown(skipped), skipped["line"])
             return skipped
-        trained, benchmark, train_line = train_risk_models(training)
-        evaluation, gates, evaluate_line = evaluate_risk(training, trained, benchmark)
+        trained, benchmark, train_line = train_risk_models(training, model)
+        evaluation, gates, evaluate_line = evaluate_risk(settings, training, trained, benchmark,
+                                                         spec, model)
         still_held()  # a lost lock: another training may be registering this one
-        published, register_line = register_risk_model(training, trained, evaluation, gates,
-                                                       fingerprint)
+        published, register_line = register_risk_model(settings, training, trained, evaluation,
+                                                       gates, fingerprint, model)
         still_held()
-        gates, gate_line = apply_gates(published, gates, training, evaluation)
+        gates, gate_line = apply_gates(settings, published, gates, training, evaluation, model)
         lines += [train_line, evaluate_line, register_line, gate_line]
         m = evaluation.metrics
         line = closing_line(as_of, published.name, published.version, trained.kind, m, gates)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import getpass
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 from puhui.errors import PuhuiError
+from puhui.privacy import scrub_text
 
 Profile = Literal["local", "production"]
 DEMO_KEY_FILE = "pseudonym.key"
@@ -43,17 +44,25 @@ QUIET_ENVIRONMENT: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Settings:
-    """Where Puhui keeps its state and who is acting; read from the environment."""
+    """Where Puhui keeps its state and who is acting; read from the environment.
+
+    Flows hand it to their tasks, so it can reach a log line (a Dask worker's error names
+    a task's arguments): its repr leaves out the keys and masks a password in a URL.
+    """
 
     profile: Profile
     home: Path
     warehouse_url: str
     mlflow_tracking_uri: str
     landing: str
-    pseudonym_key: str | None
+    pseudonym_key: str | None = field(repr=False)
     actor: str
     config_dir: Path
-    audit_key: str | None = None
+    audit_key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return scrub_text(f"Settings({shown})")
 
     @property
     def is_sqlite(self) -> bool:

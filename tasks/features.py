@@ -1,8 +1,9 @@
 """Prefect tasks of the partitioned feature build and scoring.
 
-Tasks receive a partition key, the as-of date and the staging directory, never a frame:
-each opens its own warehouse engine, so the same task runs in a thread, a process or on a
-Dask worker on another machine (which then needs the same PUHUI_* settings and a shared
+Tasks receive the settings and the features config (both pickle), a partition key, the
+as-of date and the staging directory, never a frame or an engine: each opens its own
+warehouse engine from the settings, so the same task runs in a thread, a process or on a
+Dask worker on another machine (which then needs to reach the warehouse and a shared
 PUHUI_HOME or staging path).
 """
 
@@ -12,10 +13,9 @@ from datetime import date
 from pathlib import Path
 
 from prefect import task
-from sqlalchemy import Engine
 
 from puhui import console
-from puhui.config import FeaturesConfig, load_config
+from puhui.config import FeaturesConfig
 from puhui.features.partitioned import (
     PhoneFeedsSplit,
     build_staged_partition,
@@ -26,33 +26,29 @@ from puhui.features.partitioned import (
 from puhui.partitioning import Partition
 from puhui.risk.model import RiskScorer
 from puhui.scoring import score_staged_partition
-from puhui.settings import load_settings
+from puhui.settings import Settings
 from puhui.warehouse.engine import get_engine
 from tasks.retries import step_options
 
 STEP = step_options(retry_delay_seconds=10)
 
 
-def _engine_and_spec() -> tuple[Engine, FeaturesConfig]:
-    settings = load_settings()
-    return get_engine(settings.warehouse_url), load_config(settings.config_dir, FeaturesConfig)
-
-
 @task(name="stage-feature-partitions", **STEP)
-def stage_feature_partitions(as_of: date, staging: str,
-                             partitions: int | None = None) -> list[Partition]:
+def stage_feature_partitions(settings: Settings, spec: FeaturesConfig, as_of: date,
+                             staging: str, partitions: int | None = None) -> list[Partition]:
     """The register split into partitions, and the sources' first days, under ``staging``."""
-    engine, spec = _engine_and_spec()
-    return stage_register(engine, spec, as_of, Path(staging), partitions)
+    return stage_register(get_engine(settings.warehouse_url), spec, as_of, Path(staging),
+                          partitions)
 
 
 @task(name="split-phone-feeds", **STEP)
-def split_phone_feeds(as_of: date, staging: str, partitions: list[Partition]) -> PhoneFeedsSplit:
+def split_phone_feeds(settings: Settings, spec: FeaturesConfig, as_of: date, staging: str,
+                      partitions: list[Partition]) -> PhoneFeedsSplit:
     """The phone-keyed feeds split by partition into ``staging`` in one scan, before the
     partition tasks, when they are large enough to pay (PostgreSQL, several partitions,
     ``partitioning`` in configs/features.yaml); a complete split is kept (resume)."""
-    engine, spec = _engine_and_spec()
-    split = stage_phone_feeds(engine, spec, as_of, Path(staging), len(partitions))
+    split = stage_phone_feeds(get_engine(settings.warehouse_url), spec, as_of, Path(staging),
+                              len(partitions))
     console.detail(f"features {as_of}: {split.line}")
     return split
 
@@ -64,10 +60,11 @@ def drop_split_phone_feeds(staging: str) -> None:
 
 
 @task(name="feature-partition", **STEP)
-def build_feature_partition(as_of: date, staging: str, partition: Partition) -> int:
+def build_feature_partition(settings: Settings, spec: FeaturesConfig, as_of: date,
+                            staging: str, partition: Partition) -> int:
     """One partition's features (every customer as of ``as_of``) to its staged Parquet file."""
-    engine, spec = _engine_and_spec()
-    return build_staged_partition(engine, spec, as_of, Path(staging), partition)
+    return build_staged_partition(get_engine(settings.warehouse_url), spec, as_of,
+                                  Path(staging), partition)
 
 
 @task(name="score-partition", **STEP)

@@ -8,10 +8,11 @@ from functools import cache
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from puhui import console
 from puhui.audit import current_flow_run_id
-from puhui.config import PartnersConfig, load_config
+from puhui.config import PartnerFeed
 from puhui.data_docs import build_data_docs, ledger_outcomes
 from puhui.ingest.batches import FileIngestor, FileOutcome
 from puhui.ingest.feeds import ingest_feed
@@ -19,6 +20,7 @@ from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.landing import undated_folders
 from puhui.privacy import install_log_scrubbing
 from puhui.runtime import open_runtime
+from puhui.settings import Settings
 from puhui.validation import BatchValidator
 from tasks.prefect_ui import dated_run_name
 from tasks.retries import step_options
@@ -37,12 +39,12 @@ def _validator(home: Path) -> BatchValidator:
     **STEP,
     task_run_name=dated_run_name("ingest"),
 )
-def ingest_partner_feed(partner: str, as_of: date) -> dict:
+def ingest_partner_feed(settings: Settings, partner: str, as_of: date,
+                        feed: PartnerFeed) -> dict:
     """Ingest the new files of one feed up to ``as_of``; returns counts and one line per file."""
     install_log_scrubbing()  # tracebacks reaching Prefect's log table are masked too
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     settings = runtime.settings
-    feed = load_config(settings.config_dir, PartnersConfig).get(partner)
     ingestor = FileIngestor(
         runtime,
         feed,
@@ -92,14 +94,14 @@ WAREHOUSE_SUITE_PREFIX = "warehouse_"
     task_run_name=dated_run_name("validate-warehouse-tables"),
     **STEP,
 )
-def validate_warehouse_tables() -> list[dict]:
+def validate_warehouse_tables(settings: Settings) -> list[dict]:
     """Run each ``warehouse_<table>`` suite on its table (in the database) and record it."""
     from sqlalchemy import inspect
 
     from puhui.ingest.ledger import record_validation
     from puhui.validation import suite_names
 
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     validator = _validator(runtime.settings.home)
     existing = set(inspect(runtime.engine).get_table_names())
     logger = get_run_logger()
@@ -141,11 +143,13 @@ def validate_warehouse_tables() -> list[dict]:
     return results
 
 
-@task(name="build-data-docs", task_run_name=dated_run_name("build-data-docs"))
-def build_validation_data_docs() -> str:
+# NO_CACHE: the settings it takes hold keys that must not go into a cache key.
+@task(name="build-data-docs", task_run_name=dated_run_name("build-data-docs"),
+      cache_policy=NO_CACHE)
+def build_validation_data_docs(settings: Settings) -> str:
     """Render this run's new GX results into the Data Docs site; returns its index path."""
     with console.progress("GX Data Docs"):
-        runtime = open_runtime()  # the ledger gives each batch's outcome column
+        runtime = open_runtime(settings)  # the ledger gives each batch's outcome column
         build = build_data_docs(runtime.settings.home / "gx", ledger_outcomes(runtime.engine))
     get_run_logger().info(build.line())
     return str(build.index)

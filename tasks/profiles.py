@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from puhui import console
 from puhui.audit import current_flow_run_id
@@ -40,18 +43,34 @@ from puhui.profiles.refresh import (
     swap_profiles,
 )
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import Settings
 from tasks.retries import step_options
 
 STEP = step_options(retry_delay_seconds=5)
 
 
+@dataclass(frozen=True)
+class ProfileConfigs:
+    """What the refresh's steps read from configs/, read once by the flow."""
+
+    features: FeaturesConfig
+    segments: SegmentsConfig
+    products: ProductsConfig
+    models: ModelsConfig
+
+    @classmethod
+    def read(cls, config_dir: Path) -> ProfileConfigs:
+        return cls(load_config(config_dir, FeaturesConfig),
+                   load_config(config_dir, SegmentsConfig),
+                   load_config(config_dir, ProductsConfig),
+                   load_config(config_dir, ModelsConfig))
+
+
 @task(name="profile-models", **STEP)
-def resolve_profile_models() -> dict[str, ModelSlot]:
+def resolve_profile_models(settings: Settings, models: dict[str, str]) -> dict[str, ModelSlot]:
     """Each configured model's champion by alias, with its exact version (or the reason)."""
-    runtime = open_runtime()
-    segments = load_config(runtime.settings.config_dir, SegmentsConfig)
-    slots = resolve_models(runtime.settings.mlflow_tracking_uri, segments.profile.models)
+    runtime = open_runtime(settings)
+    slots = resolve_models(runtime.settings.mlflow_tracking_uri, models)
     logger = get_run_logger()
     for slot in slots.values():
         logger.info(f"{slot.slot}: {slot.name} v{slot.version}" if slot.available
@@ -60,16 +79,15 @@ def resolve_profile_models() -> dict[str, ModelSlot]:
 
 
 @task(name="profile-context", **STEP)
-def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringContext, str]:
+def prepare_context(settings: Settings, as_of: date, slots: dict[str, ModelSlot],
+                    configs: ProfileConfigs) -> tuple[ScoringContext, str]:
     """The register split into partitions, the sources' first days, configs and the
     champions' scorers; the run key. No event rows: with a recommender champion each
     partition's product events are staged beside its profile rows, for its scoring."""
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     settings = runtime.settings
-    spec = load_config(settings.config_dir, FeaturesConfig)
-    segments = load_config(settings.config_dir, SegmentsConfig)
-    products = load_config(settings.config_dir, ProductsConfig)
-    models = load_config(settings.config_dir, ModelsConfig)
+    spec, segments, products, models = (configs.features, configs.segments, configs.products,
+                                        configs.models)
     partitions = segments.profile.partitions
     if partitions > 1:  # each partition reads its own rows: by the key-range indexes
         ensure_partition_indexes(runtime.engine, spec, event_read_indexes())
@@ -101,12 +119,12 @@ def prepare_context(as_of: date, slots: dict[str, ModelSlot]) -> tuple[ScoringCo
 
 
 @task(name="profile-phone-feeds", **STEP)
-def split_phone_feeds(ctx: ScoringContext, key: str) -> PhoneFeedsSplit:
+def split_phone_feeds(settings: Settings, ctx: ScoringContext, key: str) -> PhoneFeedsSplit:
     """The phone-keyed feeds split by partition into the run's staging directory in one scan,
     before the partition tasks, when they are large enough to pay (the features' rule:
     ``decide_phone_feeds_split``); kept by a resumed run, removed with the staging after
     the swap."""
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     directory = staging_dir(runtime.settings.home, ctx.as_of, key)
     directory.mkdir(parents=True, exist_ok=True)
     register = Register(ctx.as_of, ctx.partitions, ctx.register)
@@ -116,9 +134,9 @@ def split_phone_feeds(ctx: ScoringContext, key: str) -> PhoneFeedsSplit:
 
 
 @task(name="profile-partition", **STEP)
-def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
+def score_and_stage(settings: Settings, ctx: ScoringContext, key: str, partition: int) -> int:
     """Score one partition of customers and stage its rows; returns the rows staged."""
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     directory = staging_dir(runtime.settings.home, ctx.as_of, key)
     split = staged_phone_feeds(ctx.features, directory, Partition(partition, ctx.partitions),
                                ctx.partition(partition))
@@ -128,23 +146,25 @@ def score_and_stage(ctx: ScoringContext, key: str, partition: int) -> int:
 
 
 @task(name="profile-swap", **STEP)
-def swap(as_of: date, key: str, partitions: int) -> SwapResult:
+def swap(settings: Settings, as_of: date, key: str, partitions: int) -> SwapResult:
     """One transaction: the as-of date's history and (if newest) the current profiles."""
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     directory = staging_dir(runtime.settings.home, as_of, key)
     result = swap_profiles(runtime.engine, as_of, directory, partitions, current_flow_run_id())
     clear_staging(directory)
     return result
 
 
-def staged(as_of: date, key: str) -> set[int]:
-    return staged_partitions(staging_dir(load_settings().home, as_of, key))
+def staged(home: Path, as_of: date, key: str) -> set[int]:
+    return staged_partitions(staging_dir(home, as_of, key))
 
 
-@task(name="profile-audit", retries=2, retry_delay_seconds=2)
-def record_refresh(as_of: date, slots: dict[str, ModelSlot], result: SwapResult,
-                   partitions: int, reused: int, key: str, started: float) -> str:
-    runtime = open_runtime()
+# NO_CACHE: the settings it takes hold keys that must not go into a cache key.
+@task(name="profile-audit", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_refresh(settings: Settings, as_of: date, slots: dict[str, ModelSlot],
+                   result: SwapResult, partitions: int, reused: int, key: str,
+                   started: float) -> str:
+    runtime = open_runtime(settings)
     models = {s.name: s.version for s in slots.values()}
     reasons = {s.name: s.reason for s in slots.values() if not s.available}
     runtime.audit.record(runtime.engine, "profiles.refresh", f"profiles/{as_of.isoformat()}", {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import date
 
 from prefect import get_run_logger, task
@@ -33,23 +34,25 @@ from puhui.recommender.train import RecommenderRun, build_ranking_set, fit_and_e
 from puhui.recommender.training_set import OOT, TRAIN, RankingSet
 from puhui.registry import mlflow_client
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import Settings
 from tasks.prefect_ui import dated_run_name
 from tasks.train import STEP, _say
 
 
-def _configs() -> tuple[FeaturesConfig, RecommenderSpec, RiskModelSpec, ProductsConfig]:
-    settings = load_settings()
-    models = load_config(settings.config_dir, ModelsConfig)
-    if models.product_recommender is None:
-        raise PuhuiError("configs/models.yaml has no product_recommender section")
-    return (load_config(settings.config_dir, FeaturesConfig), models.product_recommender,
-            models.credit_risk, load_config(settings.config_dir, ProductsConfig))
+@dataclass(frozen=True)
+class RecommenderConfigs:
+    """What the recommender's steps read from configs/, read once by its first step."""
+
+    features: FeaturesConfig
+    recommender: RecommenderSpec
+    risk: RiskModelSpec
+    products: ProductsConfig
+    segments: SegmentsConfig
 
 
-def truth_rural_agri_share() -> float | None:
+def truth_rural_agri_share(landing: str) -> float | None:
     """The generator's truth for the rural agri gate, when the landing zone has one."""
-    truth = read_truth(load_settings().landing)
+    truth = read_truth(landing)
     if truth is None:
         return None
     value = truth.get("recommender", {}).get("rural_top1_agri_share")
@@ -57,26 +60,34 @@ def truth_rural_agri_share() -> float | None:
 
 
 @task(name="recommender-config", **STEP)
-def check_recommender_config() -> None:
+def check_recommender_config(settings: Settings) -> RecommenderConfigs:
     """The flow's first step, as ``check_risk_config``: a bad models.yaml fails a scheduled
-    run before the ranking set is built."""
-    _configs()
-    get_run_logger().info("configs read: features.yaml, products.yaml, "
+    run before the ranking set is built. Returns the configs for the other steps."""
+    models = load_config(settings.config_dir, ModelsConfig)
+    if models.product_recommender is None:
+        raise PuhuiError("configs/models.yaml has no product_recommender section")
+    configs = RecommenderConfigs(
+        load_config(settings.config_dir, FeaturesConfig), models.product_recommender,
+        models.credit_risk, load_config(settings.config_dir, ProductsConfig),
+        load_config(settings.config_dir, SegmentsConfig))
+    get_run_logger().info("configs read: features.yaml, products.yaml, segments.yaml, "
                           "models.yaml product_recommender and credit_risk")
+    return configs
 
 
 @task(name="recommender-ranking-set", task_run_name=dated_run_name("recommender-ranking-set"),
       **STEP)
-def assemble_ranking_set(as_of: date) -> tuple[RankingSet, str]:
+def assemble_ranking_set(settings: Settings, as_of: date,
+                         configs: RecommenderConfigs) -> tuple[RankingSet, str]:
     """Groups from product_events with point-in-time features, out-of-time split."""
     started = time.perf_counter()
-    runtime = open_runtime()
-    spec, reco, risk, products = _configs()
+    runtime = open_runtime(settings)
+    spec, reco, risk, products = (configs.features, configs.recommender, configs.risk,
+                                  configs.products)
     frames = load_source_frames(runtime.engine, spec, as_of)
     grader = champion_risk_grader(runtime.engine, runtime.settings.mlflow_tracking_uri,
                                   risk.registered_name)
-    reference = load_config(runtime.settings.config_dir,
-                            SegmentsConfig).profile.reference_application
+    reference = configs.segments.profile.reference_application
     grade = None if grader.scorer is None else (
         lambda rows: risk_grades(grader.scorer, rows, reference, spec, risk))
     with console.progress("features"):
@@ -93,10 +104,10 @@ def assemble_ranking_set(as_of: date) -> tuple[RankingSet, str]:
 
 
 @task(name="recommender-train", task_run_name=dated_run_name("recommender-train"), **STEP)
-def train_and_evaluate(data: RankingSet, opted_out: list[str]) -> tuple[RecommenderRun, str]:
+def train_and_evaluate(settings: Settings, data: RankingSet, opted_out: list[str],
+                       reco: RecommenderSpec) -> tuple[RecommenderRun, str]:
     started = time.perf_counter()
-    _, reco, _, _ = _configs()
-    run = fit_and_evaluate(data, reco, opted_out, truth_rural_agri_share())
+    run = fit_and_evaluate(data, reco, opted_out, truth_rural_agri_share(settings.landing))
     m, k = run.evaluation.metrics, reco.k
     removed = ", ".join(f"{v:,} {r}" for r, v in run.evaluation.eligibility_removed.items())
     line = _say(
@@ -111,27 +122,26 @@ def train_and_evaluate(data: RankingSet, opted_out: list[str]) -> tuple[Recommen
     return run, line
 
 
-def recommender_fingerprint(data: RankingSet) -> str:
-    runtime = open_runtime()
-    _, reco, _, _ = _configs()
+def recommender_fingerprint(settings: Settings, data: RankingSet, reco: RecommenderSpec) -> str:
+    runtime = open_runtime(settings)
     return training_fingerprint(data.as_of, data.batch_ids, runtime.audit.config_hash,
                                 runtime.audit.code_version, reco.seed)
 
 
-def existing_recommender(fingerprint: str) -> str | None:
-    _, reco, _, _ = _configs()
-    return find_version_by_fingerprint(load_settings().mlflow_tracking_uri,
-                                       reco.registered_name, fingerprint)
+def existing_recommender(settings: Settings, reco: RecommenderSpec,
+                         fingerprint: str) -> str | None:
+    return find_version_by_fingerprint(settings.mlflow_tracking_uri, reco.registered_name,
+                                       fingerprint)
 
 
 @task(name="recommender-register", task_run_name=dated_run_name("recommender-register"),
       **STEP)
-def register_recommender(data: RankingSet, run: RecommenderRun,
-                         fingerprint: str) -> tuple[PublishedRecommender, str]:
+def register_recommender(settings: Settings, data: RankingSet, run: RecommenderRun,
+                         fingerprint: str,
+                         reco: RecommenderSpec) -> tuple[PublishedRecommender, str]:
     started = time.perf_counter()
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     settings, audit = runtime.settings, runtime.audit
-    _, reco, _, _ = _configs()
     tags = provenance_tags(audit)
     with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
         published = publish_recommender(
@@ -143,10 +153,10 @@ def register_recommender(data: RankingSet, run: RecommenderRun,
 
 
 @task(name="recommender-gate", task_run_name=dated_run_name("recommender-gate"), **STEP)
-def gate_recommender(published: PublishedRecommender, gates: GateResult) -> str:
+def gate_recommender(settings: Settings, published: PublishedRecommender, gates: GateResult,
+                     reco: RecommenderSpec) -> str:
     started = time.perf_counter()
-    runtime = open_runtime()
-    _, reco, _, _ = _configs()
+    runtime = open_runtime(settings)
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
                               published.version, gates, reco.auto_promote), started)

@@ -9,17 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from puhui.audit import current_flow_run_id
-from puhui.config import MonitoringConfig, load_config
+from puhui.config import MonitoringConfig
 from puhui.files import write_text_atomically
 from puhui.monitoring.alerts import WEBHOOK_ENV, describe, post_alerts, why
 from puhui.monitoring.automation import AUTOMATION_NAME, ensure_report_automation
-from puhui.monitoring.run import MonitoringResult, monitor, render_report
+from puhui.monitoring.run import MonitoringConfigs, MonitoringResult, monitor, render_report
 from puhui.monitoring.store import write_findings
 from puhui.registry import use_experiment
 from puhui.runtime import open_runtime
 from puhui.scratch import scratch_dir
+from puhui.settings import Settings
 from tasks.retries import step_options
 
 STEP = step_options(retry_delay_seconds=5)
@@ -48,24 +50,24 @@ def ensure_alert_automation() -> str:
 
 
 @task(name="monitor", **STEP)
-def run_monitoring(as_of: date) -> MonitoringResult:
-    runtime = open_runtime()
-    settings = runtime.settings
-    result = monitor(runtime.engine, settings.mlflow_tracking_uri, settings.config_dir, as_of)
+def run_monitoring(settings: Settings, as_of: date,
+                   configs: MonitoringConfigs) -> MonitoringResult:
+    runtime = open_runtime(settings)
+    result = monitor(runtime.engine, runtime.settings.mlflow_tracking_uri, configs, as_of)
     get_run_logger().info(f"monitor {as_of}: {len(result.findings)} figures, "
                           f"{len(result.alerts)} act")
     return result
 
 
 @task(name="report-publish", **STEP)
-def publish_report(result: MonitoringResult) -> tuple[Path, str, dict[str, int]]:
+def publish_report(settings: Settings, result: MonitoringResult,
+                   mon: MonitoringConfig) -> tuple[Path, str, dict[str, int]]:
     """The HTML report under PUHUI_HOME/reports, logged with the long table to MLflow; the
     figures written to the warehouse with that run's id."""
     import mlflow
 
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     settings = runtime.settings
-    mon = load_config(settings.config_dir, MonitoringConfig)
     models = [f"{s.name} v{s.version} ({alias})" if s.available else (s.reason or alias)
               for alias, s in result.models.items()]
     facts: dict[str, Any] = {
@@ -94,12 +96,14 @@ def publish_report(result: MonitoringResult) -> tuple[Path, str, dict[str, int]]
     return path, run.info.run_id, counts
 
 
-@task(name="report-alert", retries=2, retry_delay_seconds=2)
-def raise_alerts(result: MonitoringResult, report: Path) -> str | None:
+# NO_CACHE (here and below): the settings they take hold keys that must not go into a
+# cache key.
+@task(name="report-alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def raise_alerts(settings: Settings, result: MonitoringResult, report: Path) -> str | None:
     """Every `act` finding: one audit event and one webhook POST; returns why, or None."""
     if not result.alerts:
         return None
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     message = why(result.alerts)
     delivery = post_alerts({"as_of": result.as_of.isoformat(), "message": message,
                             "report": str(report),
@@ -111,10 +115,10 @@ def raise_alerts(result: MonitoringResult, report: Path) -> str | None:
     return f"{message}; {delivery}"
 
 
-@task(name="report-audit", retries=2, retry_delay_seconds=2)
-def record_report(result: MonitoringResult, report: Path, run_id: str,
+@task(name="report-audit", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_report(settings: Settings, result: MonitoringResult, report: Path, run_id: str,
                   counts: dict[str, int], started: float) -> str:
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     runtime.audit.record(runtime.engine, "report.published", f"report/{result.as_of}", {
         "as_of": result.as_of.isoformat(), "report": str(report), "rows": counts,
         "models": {a: s.version for a, s in result.models.items()},

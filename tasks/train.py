@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
-from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.states import Failed, State
@@ -26,7 +24,6 @@ from puhui.config import (
     RiskModelSpec,
     load_config,
 )
-from puhui.errors import PuhuiError
 from puhui.features.store import write_user_features
 from puhui.generate.truth import load_true_pd
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
@@ -63,17 +60,11 @@ from puhui.risk.training_set import (
     build_training_set,
 )
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import Settings
 from tasks.prefect_ui import dated_run_name
 from tasks.retries import step_options
 
 STEP = step_options(retry_delay_seconds=10)
-
-
-def _configs() -> tuple[FeaturesConfig, RiskModelSpec]:
-    settings = load_settings()
-    return (load_config(settings.config_dir, FeaturesConfig),
-            load_config(settings.config_dir, ModelsConfig).credit_risk)
 
 
 def _say(line: str, started: float) -> str:
@@ -90,22 +81,24 @@ class FeatureStep:
 
 
 @task(name="risk-config", **STEP)
-def check_risk_config() -> None:
+def check_risk_config(settings: Settings) -> tuple[FeaturesConfig, RiskModelSpec]:
     """The flow's first step: read the configs it trains from, so a bad one (a LightGBM
     value of the wrong type) fails a scheduled run in its first seconds, in one line, and
     not after the features are built (``puhui run train`` checks before the flow starts;
-    ``puhui serve`` and deployments start the flow directly)."""
-    _configs()
+    ``puhui serve`` and deployments start the flow directly). Returns them for the other
+    steps, which read no YAML themselves."""
+    configs = (load_config(settings.config_dir, FeaturesConfig),
+               load_config(settings.config_dir, ModelsConfig).credit_risk)
     get_run_logger().info("configs read: features.yaml, models.yaml credit_risk")
+    return configs
 
 
 @task(name="risk-features", task_run_name=dated_run_name("risk-features"), **STEP)
-def build_risk_features(as_of: date) -> FeatureStep:
+def build_risk_features(settings: Settings, as_of: date, spec: FeaturesConfig) -> FeatureStep:
     """Point-in-time features of every applicant as of the day before each application,
     one customer partition at a time (memory follows the partition, not the population)."""
     started = time.perf_counter()
-    runtime = open_runtime()
-    spec, _ = _configs()
+    runtime = open_runtime(settings)
     with console.progress("features"):
         applicants = applicant_features(runtime.engine, spec, as_of)
     features = applicants.features
@@ -123,11 +116,11 @@ def _window(name: str, rows: int, defaults: int, span: list[str]) -> str:
 
 
 @task(name="risk-training-set", task_run_name=dated_run_name("risk-training-set"), **STEP)
-def assemble_training_set(step: FeatureStep) -> tuple[TrainingSet, str]:
+def assemble_training_set(settings: Settings, step: FeatureStep, spec: FeaturesConfig,
+                          model: RiskModelSpec) -> tuple[TrainingSet, str]:
     """Applications joined to features, matured labels, three out-of-time windows."""
     started = time.perf_counter()
-    runtime = open_runtime()
-    spec, model = _configs()
+    runtime = open_runtime(settings)
     training = build_training_set(runtime.engine, spec, model, step.applicants)
     s = training.summary()
     line = _say(
@@ -166,11 +159,11 @@ def describe_training(trained: TrainedModel) -> str:
 
 
 @task(name="risk-train", task_run_name=dated_run_name("risk-train"), **STEP)
-def train_risk_models(training: TrainingSet) -> tuple[TrainedModel, object, str]:
+def train_risk_models(training: TrainingSet,
+                      model: RiskModelSpec) -> tuple[TrainedModel, object, str]:
     """LightGBM (with the bounded search, if configured), the logistic benchmark, the
     candidate between them and its calibration map, all on train + validation windows."""
     started = time.perf_counter()
-    _, model = _configs()
     trained, benchmark = train_candidate(training.split(TRAIN), training.split(VALID),
                                          training.features, training.categorical, model)
     return trained, benchmark, _say(describe_training(trained), started)
@@ -192,12 +185,12 @@ def load_champion(engine: Engine, tracking_uri: str,
 
 
 @task(name="risk-evaluate", task_run_name=dated_run_name("risk-evaluate"), **STEP)
-def evaluate_risk(training: TrainingSet, trained: TrainedModel,
-                  benchmark: object) -> tuple[Evaluation, GateResult, str]:
+def evaluate_risk(settings: Settings, training: TrainingSet, trained: TrainedModel,
+                  benchmark: object, spec: FeaturesConfig,
+                  model: RiskModelSpec) -> tuple[Evaluation, GateResult, str]:
     """The reviewer's figures on the untouched test window, and the gates' verdict."""
     started = time.perf_counter()
-    runtime = open_runtime()
-    spec, model = _configs()
+    runtime = open_runtime(settings)
     champion, champion_version = load_champion(runtime.engine,
                                                runtime.settings.mlflow_tracking_uri,
                                                model.registered_name)
@@ -229,13 +222,13 @@ def evaluate_risk(training: TrainingSet, trained: TrainedModel,
 
 
 @task(name="risk-register", task_run_name=dated_run_name("risk-register"), **STEP)
-def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
-                        gates: GateResult, fingerprint: str) -> tuple[Published, str]:
+def register_risk_model(settings: Settings, training: TrainingSet, trained: TrainedModel,
+                        evaluation: Evaluation, gates: GateResult, fingerprint: str,
+                        model: RiskModelSpec) -> tuple[Published, str]:
     """One MLflow run, a registered version (audited), model_evaluations rows."""
     started = time.perf_counter()
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     settings, audit = runtime.settings, runtime.audit
-    _, model = _configs()
     tags = provenance_tags(audit)
     with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
         published = publish_risk_model(
@@ -250,15 +243,15 @@ def register_risk_model(training: TrainingSet, trained: TrainedModel, evaluation
 
 
 @task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
-def apply_gates(published: Published, gates: GateResult, training: TrainingSet,
-                evaluation: Evaluation) -> tuple[GateResult, str]:
+def apply_gates(settings: Settings, published: Published, gates: GateResult,
+                training: TrainingSet, evaluation: Evaluation,
+                model: RiskModelSpec) -> tuple[GateResult, str]:
     """The verdict is recorded (audit event, then version tags); a passing version becomes
     the challenger (and champion, if configured), a failing one gets no alias. Against the
     champion at verdict time: if it moved since the evaluation, the gates are checked again
     against it (``puhui.risk.publish.champion_check``). Returns the verdict and the line."""
     started = time.perf_counter()
-    runtime = open_runtime()
-    _, model = _configs()
+    runtime = open_runtime(settings)
     uri = runtime.settings.mlflow_tracking_uri
     check = champion_check(runtime.engine, uri, published, training, evaluation, model.gates)
     gates, line = apply_checked_verdict(mlflow_client(uri), runtime.engine, runtime.audit,
@@ -268,10 +261,10 @@ def apply_gates(published: Published, gates: GateResult, training: TrainingSet,
 
 
 @task(name="reconcile-models", **STEP)
-def reconcile_models() -> list[str]:
+def reconcile_models(settings: Settings) -> list[str]:
     """Settle model changes an earlier run left half-done (a crash between MLflow and the
     audit trail) before this run changes anything."""
-    runtime = open_runtime()
+    runtime = open_runtime(settings)
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     result = reconcile_model_changes(client, runtime.engine, runtime.audit)
     for line in result.repaired:
@@ -281,29 +274,15 @@ def reconcile_models() -> list[str]:
     return result.repaired
 
 
-def _model_spec(model: Literal["risk", "recommender"],
-                config_dir: Path) -> RiskModelSpec | RecommenderSpec:
-    models = load_config(config_dir, ModelsConfig)
-    spec = models.credit_risk if model == "risk" else models.product_recommender
-    if spec is None:
-        raise PuhuiError(f"configs/models.yaml has no {model} model")
-    return spec
-
-
-def _registered_name(model: Literal["risk", "recommender"], config_dir: Path) -> str:
-    return _model_spec(model, config_dir).registered_name
-
-
 @task(name="restore-challenger", **STEP)
-def restore_lost_challenger(version: str,
-                            model: Literal["risk", "recommender"] = "risk") -> str | None:
+def restore_lost_challenger(settings: Settings, version: str,
+                            spec: RiskModelSpec | RecommenderSpec) -> str | None:
     """What an unchanged version's own run left undone after its verdict when it was killed:
     the challenger alias and, with ``auto_promote``, the champion
-    (``puhui.registry.restore_challenger``); the step's line, or None. ``model``: ``risk``
-    or ``recommender``."""
+    (``puhui.registry.restore_challenger``); the step's line, or None. ``spec``: the risk
+    model's or the recommender's."""
     started = time.perf_counter()
-    runtime = open_runtime()
-    spec = _model_spec(model, runtime.settings.config_dir)
+    runtime = open_runtime(settings)
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     moved = restore_challenger(client, runtime.engine, runtime.audit, spec.registered_name,
                                version, spec.auto_promote)
@@ -317,14 +296,12 @@ def restore_lost_challenger(version: str,
 
 
 @contextmanager
-def one_training_at_a_time(
-        model: Literal["risk", "recommender"]) -> Iterator[Callable[[], None]]:
-    """``puhui.lifecycle.publish.training_lock`` for ``model`` (``risk`` or ``recommender``),
+def one_training_at_a_time(settings: Settings, name: str) -> Iterator[Callable[[], None]]:
+    """``puhui.lifecycle.publish.training_lock`` for the registered model ``name``,
     held by the flow's own process: not a task, since with Dask or a worker a task runs
     elsewhere and the lock must last from the fingerprint check to the gate verdict. Yields
     ``still_held`` (see ``training_lock``)."""
-    runtime = open_runtime()
-    name = _registered_name(model, runtime.settings.config_dir)
+    runtime = open_runtime(settings)
 
     def say(line: str) -> None:
         get_run_logger().info(line)
@@ -345,14 +322,12 @@ def training_outcome(model: str, summary: dict, gates: GateResult,
     return Failed(message=message, data=GatesFailed(message, summary))
 
 
-def fingerprint_of(training: TrainingSet) -> str:
-    runtime = open_runtime()
-    _, model = _configs()
+def fingerprint_of(settings: Settings, training: TrainingSet, model: RiskModelSpec) -> str:
+    runtime = open_runtime(settings)
     return risk_fingerprint(training, runtime.audit.config_hash, runtime.audit.code_version,
                                 model.seed)
 
 
-def existing_version(fingerprint: str) -> str | None:
-    _, model = _configs()
-    return find_version_by_fingerprint(load_settings().mlflow_tracking_uri,
-                                       model.registered_name, fingerprint)
+def existing_version(settings: Settings, model: RiskModelSpec, fingerprint: str) -> str | None:
+    return find_version_by_fingerprint(settings.mlflow_tracking_uri, model.registered_name,
+                                       fingerprint)

@@ -211,7 +211,7 @@ def test_report_without_drift_raises_no_alert(
     # The champion's bins listed but unreadable (a dangling file in its store): a registry
     # error fails the monitoring run; before, it became a note and PSI/CSI went missing.
     from puhui.errors import PuhuiError
-    from puhui.monitoring.run import monitor
+    from puhui.monitoring.run import MonitoringConfigs, monitor
     from puhui.registry import mlflow_client
     from puhui.registry_read import local_artifact_path
 
@@ -224,7 +224,8 @@ def test_report_without_drift_raises_no_alert(
     bins.unlink()
     bins.symlink_to(tmp_path / "gone.json")
     with pytest.raises(PuhuiError) as failed:
-        monitor(engine, settings.mlflow_tracking_uri, settings.config_dir, AS_OF)
+        monitor(engine, settings.mlflow_tracking_uri, MonitoringConfigs.read(settings.config_dir),
+                AS_OF)
     message = str(failed.value)
     assert message.startswith(
         f"model registry error reading the bins of credit_risk v{champion.version}: "), message

@@ -308,14 +308,15 @@ def test_profile_partitions_read_the_runs_split(pg_env: str, want: pd.DataFrame)
     assert probed["risk_score"].nunique() > 10
 
     directory = staging_dir(settings.home, AS_OF, "run")
-    below = split_phone_feeds.fn(ctx, "run")  # the configured threshold: too small to pay
+    # the configured threshold: too small to pay
+    below = split_phone_feeds.fn(settings, ctx, "run")
     assert (below.split, below.made) == (False, False)
     assert not list(directory.glob(f"{PHONE_FEEDS}*"))
     ctx = dataclasses.replace(ctx, features=split_always(spec))
-    assert split_phone_feeds.fn(ctx, "run").made is True
+    assert split_phone_feeds.fn(settings, ctx, "run").made is True
     _disown_phone_rows(engine)
-    assert split_phone_feeds.fn(ctx, "run").made is False  # a resumed run keeps it
-    assert score_and_stage.fn(ctx, "run", 1) == len(probed)
+    assert split_phone_feeds.fn(settings, ctx, "run").made is False  # a resumed run keeps it
+    assert score_and_stage.fn(settings, ctx, "run", 1) == len(probed)
     staged = pd.read_parquet(directory / "part-0001.parquet")
     pd.testing.assert_series_equal(staged["risk_score"], probed["risk_score"], check_exact=True)
     assert staged["reasons"].tolist() == probed["reasons"].tolist()

@@ -16,6 +16,7 @@ from puhui.config import (
     FeaturesConfig,
     ModelsConfig,
     MonitoringConfig,
+    RiskModelSpec,
     SegmentsConfig,
     load_config,
 )
@@ -84,12 +85,27 @@ def _migration(engine: Engine, as_of: date, name: str, version: str,
     return findings, matrix.reset_index(), notes
 
 
-def monitor(engine: Engine, tracking_uri: str, config_dir: Path, as_of: date) -> MonitoringResult:
-    spec = load_config(config_dir, FeaturesConfig)
-    risk = load_config(config_dir, ModelsConfig).credit_risk
-    mon = load_config(config_dir, MonitoringConfig)
-    name = load_config(config_dir, SegmentsConfig).profile.models.get("risk",
-                                                                       risk.registered_name)
+@dataclass(frozen=True)
+class MonitoringConfigs:
+    """What a monitoring run reads from configs/: read once, by the report flow."""
+
+    features: FeaturesConfig
+    risk: RiskModelSpec
+    monitoring: MonitoringConfig
+    segments: SegmentsConfig
+
+    @classmethod
+    def read(cls, config_dir: Path) -> MonitoringConfigs:
+        return cls(load_config(config_dir, FeaturesConfig),
+                   load_config(config_dir, ModelsConfig).credit_risk,
+                   load_config(config_dir, MonitoringConfig),
+                   load_config(config_dir, SegmentsConfig))
+
+
+def monitor(engine: Engine, tracking_uri: str, configs: MonitoringConfigs,
+            as_of: date) -> MonitoringResult:
+    spec, risk, mon = configs.features, configs.risk, configs.monitoring
+    name = configs.segments.profile.models.get("risk", risk.registered_name)
     client = mlflow_client(tracking_uri)
     slots = {alias: resolve_champion(client, "risk", name, alias)
              for alias in (CHAMPION, CHALLENGER)}
