@@ -138,3 +138,37 @@ def test_a_hostile_as_of_is_one_line_with_its_phone_masked(
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "\x1b" not in err and "\u202e" not in err, err
         assert not find_raw_identifiers(err) and "13812345678" not in err, err
+
+
+# Before: a Thrift container's element count in a page header was never checked against the
+# bytes read, and a bool element reads none: an unknown field holding a list of 2**40 bools
+# (Thrift readers skip unknown fields) spun the ingest worker for days, with no reason line.
+
+
+def test_a_page_header_with_a_huge_list_of_bools_is_held_not_spun(tmp_path: Path) -> None:
+    import signal
+
+    from puhui.ingest.reading import UnreadableFile, iter_file_chunks, open_landed_file
+
+    feed = load_config(CONFIGS, PartnersConfig).get("product_events")
+    path = tmp_path / "bools.parquet"
+    pq.write_table(pa.table({"event_id": [f"{i:0100}" for i in range(30_000)]}), path,
+                   use_dictionary=False, compression="none")  # 3 MB: its pages are walked
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    hostile = b"\x19\xf1\x80\x80\x80\x80\x80\x80\x01"  # field 1: list<bool> of 2**42 elements
+    with path.open("r+b") as raw:
+        raw.seek(offset)
+        raw.write(hostile)
+
+    def spun(*_: object) -> None:
+        raise TimeoutError("the page header was still being parsed after 30 s")
+
+    before = signal.signal(signal.SIGALRM, spun)  # a regression fails rather than hangs
+    signal.alarm(30)
+    try:
+        with pytest.raises(UnreadableFile,
+                           match=r"^unreadable parquet: a page header of event_id is corrupt$"):
+            list(iter_file_chunks(open_landed_file(str(path)), feed, ["event_id"], BLOCK))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)

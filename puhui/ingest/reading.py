@@ -729,21 +729,36 @@ def _thrift_value(data: bytes, at: int, kind: int) -> tuple[Any, int]:
         at += 1
         if count == 15:
             count, at = _varint(data, at)
+        _check_count(data, at, count)
         for _ in range(count):
-            _, at = (None, at + 1) if item in (1, 2) else _thrift_value(data, at, item)
+            at = _thrift_item(data, at, item)
         return None, at
     if kind == 11:
         count, at = _varint(data, at)
         if count:
             types = data[at]
             at += 1
+            _check_count(data, at, 2 * count)
             for _ in range(count):
-                _, at = _thrift_value(data, at, types >> 4)
-                _, at = _thrift_value(data, at, types & 0x0F)
+                at = _thrift_item(data, at, types >> 4)
+                at = _thrift_item(data, at, types & 0x0F)
         return None, at
     if kind == 12:
         return _thrift_struct(data, at)
     raise ValueError(f"unknown Thrift type {kind}")
+
+
+def _check_count(data: bytes, at: int, count: int) -> None:
+    # Every element takes a byte at least (a bool too): a larger count is corrupt, and left
+    # unchecked a count of 2**40 bools would loop for days without reading a byte.
+    if count > len(data) - at:
+        raise IndexError("a count past the data")
+
+
+def _thrift_item(data: bytes, at: int, kind: int) -> int:
+    """Where a container's element of type ``kind`` ends (its bool is a byte, unlike a
+    field's)."""
+    return at + 1 if kind in (1, 2) else _thrift_value(data, at, kind)[1]
 
 
 def _thrift_struct(data: bytes, at: int) -> tuple[dict[int, Any], int]:
