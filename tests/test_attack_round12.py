@@ -190,3 +190,24 @@ def test_a_chunk_of_far_too_many_tiny_pages_is_held_naming_its_column(tmp_path: 
     with pytest.raises(UnreadableFile, match=r"^the pages of event_id: over 4,280 for 40,000 "
                                              r"rows of 3\.2 MB decompressed"):
         list(iter_file_chunks(open_landed_file(str(path)), feed, ["event_id"], BLOCK))
+
+
+# Before: a footer's data page offset was used unchecked: a negative one made fsspec's
+# buffered files (and io.BytesIO) raise ValueError on the seek, which the reader does not
+# turn into a reason line, so the operator saw a traceback.
+
+
+@pytest.mark.parametrize("offset", [-4, 1 << 40])
+def test_a_page_offset_outside_the_file_is_one_reason_line(offset: int) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from puhui.ingest.reading import UnreadableFile, _walk_pages
+
+    # Arrow's column chunk metadata cannot be built with a bad offset, so its fields are given.
+    column = SimpleNamespace(path_in_schema="event_id", data_page_offset=offset,
+                             has_dictionary_page=False, dictionary_page_offset=None,
+                             total_compressed_size=64, total_uncompressed_size=64)
+    with pytest.raises(UnreadableFile, match=r"^unreadable parquet: the page offsets of "
+                                             r"event_id are outside the file$"):
+        _walk_pages(io.BytesIO(b"PAR1" + bytes(200)), column, 10)

@@ -657,6 +657,11 @@ def _walk_pages(stream: BinaryIO, column: Any, rows: int) -> _Spans:
     if column.has_dictionary_page and 0 < column.dictionary_page_offset < start:
         start = column.dictionary_page_offset  # as Arrow finds the chunk
     end = start + column.total_compressed_size
+    # The footer's offsets are unchecked: a negative seek is an OSError in a local file but
+    # a ValueError in fsspec's buffered files, which would escape as a traceback.
+    if start < 0 or end > stream.seek(0, io.SEEK_END):
+        raise UnreadableFile(f"unreadable parquet: the page offsets of {name} are outside "
+                             "the file")
     counts: list[int] = []
     sizes: list[int] = []
     dictionary = 0
