@@ -73,11 +73,13 @@ def test_a_parquet_page_over_the_block_is_held_from_its_header(tmp_path: Path) -
 # Before: a landed file's name and any error line were shown with C0/C1 controls escaped, but
 # Unicode's invisible format characters passed: a right-to-left override shows
 # 'events_\u202egnp.exe' as 'events_exe.png' in the ingest's lines, zero-width characters hide
-# text, and U+2028 is a line break to editors, browsers and Python's splitlines.
+# text, and U+2028 is a line break to editors, browsers and Python's splitlines. Then (review
+# of round 12) the list was hand-written: tag characters (U+E0000-E007F, invisible "ASCII
+# smuggling"), musical format characters, private-use and unassigned code points passed.
 
 
 @pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200b", "\ufeff", "\u2028", "\u00ad",
-                                    "\u061c"])
+                                    "\u061c", "\U000e0041", "\U0001d173", "\ue000", "\u0378"])
 def test_a_file_name_with_an_invisible_format_character_is_shown_escaped(hidden: str) -> None:
     from puhui.ingest.batches import FileOutcome
     from puhui.privacy import printable
@@ -86,9 +88,12 @@ def test_a_file_name_with_an_invisible_format_character_is_shown_escaped(hidden:
     outcome = FileOutcome(batch_id="b", partner="product_events", path=f"/landing/{name}",
                           delivery_date="2026-09-30", status="accepted", rows=1)
     line = outcome.line()
-    escaped = f"\\x{ord(hidden):02x}" if ord(hidden) <= 0xFF else f"\\u{ord(hidden):04x}"
+    code = ord(hidden)
+    escaped = (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF
+               else f"\\U{code:08x}")
     assert hidden not in line and escaped in line, line
-    assert printable("a\x1b[2J\nb\u00e9中文") == "a\\x1b[2J\\x0ab\u00e9中文"  # text stays
+    assert printable("a\x1b[2J\nb\u00e9中文\u3000\u00a0") == (
+        "a\\x1b[2J\\x0ab\u00e9中文\u3000\u00a0")  # text and visible spaces stay
 
 
 # Before: puhui's error line (a PuhuiError's or any crash's) was scrubbed of identifiers but
