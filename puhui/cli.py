@@ -1306,6 +1306,16 @@ def main(argv: list[str] | None = None) -> int:
     report.filter_third_party_noise()
     started = time.monotonic()
     try:
+        return _run(args, debug, started)
+    finally:
+        # Reporting is process-wide: a caller of main() (a test, a library) would otherwise
+        # print every later stage line through the CLI's console.
+        report.configure(None)
+
+
+def _run(args: list[str], debug: bool, started: float) -> int:
+    """The command, and any failure as one inert line (its exit code returned)."""
+    try:
         result = app(args=args, prog_name="puhui", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except PuhuiError as exc:
