@@ -393,7 +393,7 @@ def _registry_to_change() -> tuple:
     settled = reconcile_model_changes(client, runtime.engine, runtime.audit)
     # A dead process's temp folder removed is housekeeping, not news: said with --verbose.
     for line in settled.repaired + (settled.swept if report.is_verbose() else []):
-        err_console.print(f"puhui: {line}")
+        err_console.print(f"puhui: {printable(line)}", markup=False)  # model names in it
     return client, runtime
 
 
@@ -611,8 +611,9 @@ def models_promote(
     reason = _reason(reason)
     client, runtime = _registry_to_change()
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
-    console.print(f"{name}: champion is now v{version} (was "
-                  f"{'v' + previous if previous else 'nobody'}); recorded in the audit trail")
+    console.print(f"{printable(name)}: champion is now v{version} (was "
+                  f"{'v' + previous if previous else 'nobody'}); recorded in the audit trail",
+                  markup=False)
 
 
 @models_app.command("rollback")
@@ -623,8 +624,8 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     reason = _reason(reason)
     client, runtime = _registry_to_change()
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
-    console.print(f"{name}: champion rolled back from v{current} to v{target}; "
-                  "recorded in the audit trail")
+    console.print(f"{printable(name)}: champion rolled back from v{current} to v{target}; "
+                  "recorded in the audit trail", markup=False)
 
 
 # --------------------------------------------------------------------------- quarantine
@@ -1006,7 +1007,7 @@ def audit_verify(
                           + (f" (checked against the anchor {anchor.split(':')[0]})"
                              if anchor else ""), markup=False)
         for problem in problems:
-            err_console.print(f"  {problem}", markup=False)
+            err_console.print(f"  {printable(problem)}", markup=False)
     if not result.ok:
         raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
                          f"first: {result.problems[0]}")
@@ -1312,6 +1313,16 @@ def main(argv: list[str] | None = None) -> int:
     report.configure(console, verbose=verbose, json_output="--json" in args)
     report.filter_third_party_noise()
     started = time.monotonic()
+    try:
+        return _run(args, debug, started)
+    finally:
+        # Reporting is process-wide: a caller of main() (a test, a library) would otherwise
+        # print every later stage line through the CLI's console.
+        report.configure(None)
+
+
+def _run(args: list[str], debug: bool, started: float) -> int:
+    """The command, and any failure as one inert line (its exit code returned)."""
     try:
         result = app(args=args, prog_name="puhui", standalone_mode=False)
         return result if isinstance(result, int) else 0

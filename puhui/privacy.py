@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -134,26 +135,34 @@ def error_line(exc: BaseException) -> str:
 # Then Unicode's invisible format characters: bidirectional overrides, embeddings and isolates
 # (U+202A-E, U+2066-9, U+061C, U+200E/F) reorder what follows on screen, zero-width ones
 # (U+200B-D, U+2060, U+FEFF, U+00AD) hide text, and U+2028/9 are line breaks to editors,
-# browsers and Python's splitlines.
-_ANY_CONTROL = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
-    "\ufeff\ufff9-\ufffb]")
+# browsers and Python's splitlines. Tag characters (U+E0000-E007F) are invisible text
+# ("ASCII smuggling"). All are outside what Python's str.isprintable accepts.
 
 
 def printable(text: str) -> str:
     """``text`` (a landed file's name, say) as one inert terminal line: identifier-shaped
-    text masked, every control or invisible format character shown as ``\\xNN``/``\\uNNNN``.
+    text masked, every control, invisible format, private-use or unassigned character shown as
+    ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN``.
 
     A file name is chosen by whoever landed the file: a line break in it would forge an
     output line, an escape sequence would drive the operator's terminal, and a right-to-left
     override would show ``events_\\u202egnp.exe`` as ``events_exe.png``.
     """
-    return _ANY_CONTROL.sub(_escaped, scrub_text(text))
+    text = scrub_text(text)
+    if text.isprintable():  # in C: the common line costs one pass
+        return text
+    # Not printable to Python: Unicode's categories Cc, Cf (tags U+E0000-E007F included),
+    # Cs (a file name's undecodable bytes), Co, Cn, Zl, Zp, and Zs but the ASCII space;
+    # a no-break or ideographic space (Zs) is visible as a gap, so it stays.
+    return "".join(char if char.isprintable() or unicodedata.category(char) == "Zs"
+                   else _escaped(char) for char in text)
 
 
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -73,11 +73,13 @@ def test_a_parquet_page_over_the_block_is_held_from_its_header(tmp_path: Path) -
 # Before: a landed file's name and any error line were shown with C0/C1 controls escaped, but
 # Unicode's invisible format characters passed: a right-to-left override shows
 # 'events_\u202egnp.exe' as 'events_exe.png' in the ingest's lines, zero-width characters hide
-# text, and U+2028 is a line break to editors, browsers and Python's splitlines.
+# text, and U+2028 is a line break to editors, browsers and Python's splitlines. Then (review
+# of round 12) the list was hand-written: tag characters (U+E0000-E007F, invisible "ASCII
+# smuggling"), musical format characters, private-use and unassigned code points passed.
 
 
 @pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200b", "\ufeff", "\u2028", "\u00ad",
-                                    "\u061c"])
+                                    "\u061c", "\U000e0041", "\U0001d173", "\ue000", "\u0378"])
 def test_a_file_name_with_an_invisible_format_character_is_shown_escaped(hidden: str) -> None:
     from puhui.ingest.batches import FileOutcome
     from puhui.privacy import printable
@@ -86,9 +88,12 @@ def test_a_file_name_with_an_invisible_format_character_is_shown_escaped(hidden:
     outcome = FileOutcome(batch_id="b", partner="product_events", path=f"/landing/{name}",
                           delivery_date="2026-09-30", status="accepted", rows=1)
     line = outcome.line()
-    escaped = f"\\x{ord(hidden):02x}" if ord(hidden) <= 0xFF else f"\\u{ord(hidden):04x}"
+    code = ord(hidden)
+    escaped = (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF
+               else f"\\U{code:08x}")
     assert hidden not in line and escaped in line, line
-    assert printable("a\x1b[2J\nb\u00e9中文") == "a\\x1b[2J\\x0ab\u00e9中文"  # text stays
+    assert printable("a\x1b[2J\nb\u00e9中文\u3000\u00a0") == (
+        "a\\x1b[2J\\x0ab\u00e9中文\u3000\u00a0")  # text and visible spaces stay
 
 
 # Before: puhui's error line (a PuhuiError's or any crash's) was scrubbed of identifiers but
@@ -138,3 +143,76 @@ def test_a_hostile_as_of_is_one_line_with_its_phone_masked(
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "\x1b" not in err and "\u202e" not in err, err
         assert not find_raw_identifiers(err) and "13812345678" not in err, err
+
+
+# Before: a Thrift container's element count in a page header was never checked against the
+# bytes read, and a bool element reads none: an unknown field holding a list of 2**40 bools
+# (Thrift readers skip unknown fields) spun the ingest worker for days, with no reason line.
+
+
+def test_a_page_header_with_a_huge_list_of_bools_is_held_not_spun(tmp_path: Path) -> None:
+    import signal
+
+    from puhui.ingest.reading import UnreadableFile, iter_file_chunks, open_landed_file
+
+    feed = load_config(CONFIGS, PartnersConfig).get("product_events")
+    path = tmp_path / "bools.parquet"
+    pq.write_table(pa.table({"event_id": [f"{i:0100}" for i in range(30_000)]}), path,
+                   use_dictionary=False, compression="none")  # 3 MB: its pages are walked
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    hostile = b"\x19\xf1\x80\x80\x80\x80\x80\x80\x01"  # field 1: list<bool> of 2**42 elements
+    with path.open("r+b") as raw:
+        raw.seek(offset)
+        raw.write(hostile)
+
+    def spun(*_: object) -> None:
+        raise TimeoutError("the page header was still being parsed after 30 s")
+
+    before = signal.signal(signal.SIGALRM, spun)  # a regression fails rather than hangs
+    signal.alarm(30)
+    try:
+        with pytest.raises(UnreadableFile,
+                           match=r"^unreadable parquet: a page header of event_id is corrupt$"):
+            list(iter_file_chunks(open_landed_file(str(path)), feed, ["event_id"], BLOCK))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+# Before: each page header is parsed in Python, and nothing bounded their number: one row
+# group of 1M one-value pages (73 MB) took 12.6 s to plan against Arrow's 2.1 s to read, and
+# a file may repeat it per column and row group. Writers cut pages at 1 MB or 1,024 values.
+
+
+def test_a_chunk_of_far_too_many_tiny_pages_is_held_naming_its_column(tmp_path: Path) -> None:
+    from puhui.ingest.reading import UnreadableFile, iter_file_chunks, open_landed_file
+
+    feed = load_config(CONFIGS, PartnersConfig).get("product_events")
+    path = tmp_path / "tiny_pages.parquet"
+    pq.write_table(pa.table({"event_id": [f"{i:060}" for i in range(40_000)]}), path,
+                   use_dictionary=False, compression="none", write_batch_size=8,
+                   data_page_size=1)  # 5,000 pages of 8 values
+    with pytest.raises(UnreadableFile, match=r"^the pages of event_id: over 4,280 for 40,000 "
+                                             r"rows of 3\.2 MB decompressed"):
+        list(iter_file_chunks(open_landed_file(str(path)), feed, ["event_id"], BLOCK))
+
+
+# Before: a footer's data page offset was used unchecked: a negative one made fsspec's
+# buffered files (and io.BytesIO) raise ValueError on the seek, which the reader does not
+# turn into a reason line, so the operator saw a traceback.
+
+
+@pytest.mark.parametrize("offset", [-4, 1 << 40])
+def test_a_page_offset_outside_the_file_is_one_reason_line(offset: int) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from puhui.ingest.reading import UnreadableFile, _walk_pages
+
+    # Arrow's column chunk metadata cannot be built with a bad offset, so its fields are given.
+    column = SimpleNamespace(path_in_schema="event_id", data_page_offset=offset,
+                             has_dictionary_page=False, dictionary_page_offset=None,
+                             total_compressed_size=64, total_uncompressed_size=64)
+    with pytest.raises(UnreadableFile, match=r"^unreadable parquet: the page offsets of "
+                                             r"event_id are outside the file$"):
+        _walk_pages(io.BytesIO(b"PAR1" + bytes(200)), column, 10)

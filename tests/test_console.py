@@ -33,6 +33,7 @@ TERMINAL_DEMO_ARGS = ["--users", "700", "--days", "2", "--history-days", "540"]
 
 @pytest.fixture(autouse=True)
 def reporting_off() -> Iterator[None]:
+    report.configure(None)  # whatever an earlier test module left on
     yield
     report.configure(None)
 
@@ -51,6 +52,15 @@ def test_unconfigured_reporting_prints_nothing() -> None:
         with report.progress("rows", total=10) as bar:
             bar.advance(5)
     assert out.getvalue() == ""
+
+
+def test_the_cli_turns_reporting_off_when_it_returns() -> None:
+    """Before: main() left the CLI's console on, so a later test in the process (this
+    module's first, run after any CLI test) saw stage lines printed."""
+    from puhui.cli import main
+
+    assert main(["models", "promote", "m", "--version", "0", "--reason", "x"]) == 1
+    test_unconfigured_reporting_prints_nothing()
 
 
 def test_stage_lines_always_details_only_when_verbose() -> None:
