@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from puhui.config import FeaturesConfig, load_config
-from puhui.settings import load_settings
+from puhui.runtime import flow_settings
 from puhui.task_runners import task_runner_from_env
 from tasks.features import (
     build_feature_partition,
@@ -37,7 +37,7 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
                               staging: str | None = None) -> dict:
     """Features of every customer as of ``as_of``, one task per partition; then PD if a
     scorer directory (``RiskScorer.save``) is given. Returns counts and the staging path."""
-    settings = load_settings()
+    settings = flow_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     staging = staging or str(staging_dir(settings.home, as_of,
                                          str(flow_run.get_id() or "local")))

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
-from puhui.settings import load_settings
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.recommender import (
     assemble_ranking_set,
@@ -41,7 +41,7 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     Failed (``GatesFailed`` in process) unless ``allow_gate_failure``.
     """
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     configs = check_recommender_config(settings)
     reco = configs.recommender
     prepare_warehouse(settings)

@@ -17,7 +17,7 @@ from prefect.states import Completed
 
 from puhui.dates import today_local
 from puhui.monitoring.run import MonitoringConfigs
-from puhui.settings import load_settings
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.report import (
     ensure_alert_automation,
@@ -36,7 +36,7 @@ def report_flow(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Flagg
     """Monitoring, service effect and early warning as of ``as_of``; the HTML report."""
     started = time.perf_counter()
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     configs = MonitoringConfigs.read(settings.config_dir)
     prepare_warehouse(settings)
     ensure_alert_automation()

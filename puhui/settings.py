@@ -59,6 +59,9 @@ class Settings:
     actor: str
     config_dir: Path
     audit_key: str | None = field(default=None, repr=False)
+    # Worked out once when a flow run starts (puhui.runtime.flow_settings): every step then
+    # records the hash of the configs its specs were read from, not of configs/ at its time.
+    config_hash: str | None = None
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)

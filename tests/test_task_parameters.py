@@ -7,14 +7,21 @@ import ast
 import importlib
 import inspect
 import pickle
+import shutil
 from pathlib import Path
 
+import pytest
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
 
-from puhui.settings import load_settings
+from puhui.config import config_hash
+from puhui.runtime import flow_settings, open_runtime
+from puhui.settings import load_settings, repo_root
 
-TASKS = Path(__file__).resolve().parent.parent / "tasks"
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ROOT / "tasks"
+# The shared lifecycle code the register steps call: it is given the flow's settings too.
+CALLED_BY_TASKS = [ROOT / "puhui" / d / "publish.py" for d in ("lifecycle", "risk", "recommender")]
 # The flows' first steps: they read the configs the other steps are then given.
 CONFIG_STEPS = {"check_risk_config", "check_recommender_config"}
 
@@ -37,7 +44,7 @@ def test_no_task_module_reads_settings_or_configs_itself() -> None:
     (``open_runtime()``, ``load_settings()``) or re-read YAML (``load_config`` outside the
     config steps) in every step is what this refactor removed."""
     found = []
-    for path in sorted(TASKS.glob("*.py")):
+    for path in sorted(TASKS.glob("*.py")) + CALLED_BY_TASKS:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for call in _called(tree):
             name = call.func.id  # type: ignore[attr-defined]
@@ -72,3 +79,18 @@ def test_settings_show_no_secret_and_pickle() -> None:
         assert pseudonym not in shown and audit not in shown and password not in shown
         assert "db:5432/puhui" in shown  # the rest is still there to read
     assert pickle.loads(pickle.dumps(settings)) == settings  # to a Dask worker
+
+
+def test_a_flow_run_records_the_config_hash_it_started_with(
+    puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each task's ``open_runtime(settings)`` hashed configs/ again, so a config
+    edited during a long training gave the version a hash other than its spec's."""
+    configs = tmp_path / "configs"
+    shutil.copytree(repo_root() / "configs", configs)
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    settings = flow_settings()
+    started = config_hash(configs)
+    with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
+        edit.write("\n# edited while the flow ran\n")
+    assert open_runtime(settings).audit.config_hash == started != config_hash(configs)
