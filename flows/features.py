@@ -43,8 +43,8 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
                                          str(flow_run.get_id() or "local")))
     parts = stage_feature_partitions(settings, spec, as_of, staging, partitions)
     split = split_phone_feeds(settings, spec, as_of, staging, parts)
-    rows = build_feature_partition.map(unmapped(settings), unmapped(spec), unmapped(as_of),
-                                       unmapped(staging), parts).result()
+    rows = build_feature_partition.map(unmapped(settings.without_keys()), unmapped(spec),
+                                       unmapped(as_of), unmapped(staging), parts).result()
     drop_split_phone_feeds(staging)
     scored = None
     if model_dir is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +66,12 @@ class Settings:
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
         return scrub_text(f"Settings({shown})")
+
+    def without_keys(self) -> Settings:
+        """A copy for a process that needs no key (a Dask worker staging features): tasks
+        mapped over partitions are pickled to the scheduler and each worker, and the keys
+        need not travel with them."""
+        return replace(self, pseudonym_key=None, audit_key=None)
 
     @property
     def is_sqlite(self) -> bool:

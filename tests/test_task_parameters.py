@@ -106,6 +106,26 @@ def step(settings: Settings, other):
                      "load_settings in step", "open_runtime in step", "open_runtime in step"]
 
 
+def test_tasks_mapped_over_partitions_are_given_no_keys() -> None:
+    """A ``.map`` sends its arguments to the Dask scheduler and every worker (pickled, per
+    partition); the partition tasks need the warehouse URL, not the keys."""
+    full = []
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and \
+                    call.func.attr == "map":
+                given = [a.args[0] if isinstance(a, ast.Call) and getattr(
+                    a.func, "id", None) == "unmapped" else a for a in call.args]
+                full += [f"{path.name}:{call.lineno}" for a in given
+                         if isinstance(a, ast.Name) and a.id == "settings"]
+    assert full == []
+    settings = load_settings({"PUHUI_PSEUDONYM_KEY": "p-" + "k1" * 20,
+                              "PUHUI_AUDIT_KEY": "a-" + "z9" * 20, "PUHUI_HOME": "/nowhere"})
+    keyless = settings.without_keys()
+    assert keyless.pseudonym_key is None and keyless.audit_key is None
+    assert keyless.warehouse_url == settings.warehouse_url
+
+
 def _takes_settings(annotation: object) -> bool:
     return annotation is Settings or any(_takes_settings(a) for a in get_args(annotation))
 
