@@ -64,8 +64,11 @@ class Settings:
     config_hash: str | None = None
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
-        return scrub_text(f"Settings({shown})")
+        # Field by field: a password mask runs to the end of its value, so over the joined
+        # text one at the end of a URL masked every field after it.
+        shown = ", ".join(f"{f.name}={_scrubbed(getattr(self, f.name))}"
+                          for f in fields(self) if f.repr)
+        return f"Settings({shown})"
 
     def without_keys(self) -> Settings:
         """A copy for a process that needs no key (a Dask worker staging features): tasks
@@ -84,6 +87,10 @@ class Settings:
     @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
+
+
+def _scrubbed(value: object) -> str:
+    return repr(scrub_text(value)) if isinstance(value, str) else scrub_text(repr(value))
 
 
 def _default_actor() -> str:

@@ -152,6 +152,12 @@ def test_settings_show_no_secret_and_pickle() -> None:
         assert pseudonym not in shown and audit not in shown and password not in shown
         assert "db:5432/puhui" in shown  # the rest is still there to read
     assert pickle.loads(pickle.dumps(settings)) == settings  # to a Dask worker
+    for query in ("?sslpassword=k9sec&sslmode=require", "?password=k9sec"):
+        shown = repr(load_settings({"PUHUI_HOME": "/nowhere", "PUHUI_WAREHOUSE_URL":
+                                    f"postgresql+psycopg://app@db:5432/puhui{query}"}))
+        # each field masked on its own: a password ending one URL hid the fields after it
+        assert "k9sec" not in shown and "password=***" in shown, shown
+        assert "mlflow_tracking_uri=" in shown and "config_dir=" in shown and shown.endswith(")")
 
 
 def test_a_flow_run_records_the_config_hash_it_started_with(
