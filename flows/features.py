@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from puhui.config import FeaturesConfig, load_config
+from puhui.privacy import install_log_scrubbing
 from puhui.runtime import flow_settings
 from puhui.task_runners import task_runner_from_env
 from tasks.features import (
@@ -37,6 +38,7 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
                               staging: str | None = None) -> dict:
     """Features of every customer as of ``as_of``, one task per partition; then PD if a
     scorer directory (``RiskScorer.save``) is given. Returns counts and the staging path."""
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     settings = flow_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     staging = staging or str(staging_dir(settings.home, as_of,

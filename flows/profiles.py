@@ -8,6 +8,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
+from puhui.privacy import install_log_scrubbing
 from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.profiles import (
@@ -26,6 +27,7 @@ from tasks.warehouse import prepare_warehouse
 @flow(name="profiles", flow_run_name=dated_run_name("profiles"), log_prints=False)
 def profiles_flow(as_of: date | None = None) -> dict:
     """Refresh ``user_profiles`` (current) and ``user_profile_history`` as of ``as_of``."""
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     started = time.perf_counter()
     as_of = as_of or today_local()
     settings = flow_settings()

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
+from puhui.privacy import install_log_scrubbing
 from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.recommender import (
@@ -40,6 +41,7 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     configuration, code and seed: skipped unless ``force``. Failed gates end the run
     Failed (``GatesFailed`` in process) unless ``allow_gate_failure``.
     """
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     as_of = as_of or today_local()
     settings = flow_settings()
     configs = check_recommender_config(settings)

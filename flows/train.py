@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
+from puhui.privacy import install_log_scrubbing
 from puhui.risk.gates import GateResult
 from puhui.risk.model import LIGHTGBM
 from puhui.runtime import flow_settings
@@ -40,6 +41,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     fails its gates ends the run Failed, naming the gates (an in-process caller gets
     ``GatesFailed`` with the summary), unless ``allow_gate_failure``.
     """
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     as_of = as_of or today_local()
     settings = flow_settings()
     spec, model = check_risk_config(settings)

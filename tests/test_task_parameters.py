@@ -173,3 +173,20 @@ def test_a_flow_run_records_the_config_hash_it_started_with(
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
     assert open_runtime(settings).audit.config_hash == started != config_hash(configs)
+
+
+def test_every_flow_scrubs_its_logs_before_anything_can_fail() -> None:
+    """A traceback from a flow body (its settings, its config step) reaches Prefect's log
+    table: the scrubbing filter must be on the handlers first, in every flow, not only
+    ingest (its tasks may run in other processes, so tasks/ingest.py installs it too)."""
+    first = {}
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and any(
+                    isinstance(d, ast.Call) and getattr(d.func, "id", None) == "flow"
+                    for d in node.decorator_list):
+                body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(
+                    s.value, ast.Constant))]  # the docstring
+                call = body[0].value if isinstance(body[0], ast.Expr) else None
+                first[node.name] = getattr(getattr(call, "func", None), "id", None)
+    assert len(first) >= 7 and set(first.values()) == {"install_log_scrubbing"}, first
