@@ -11,7 +11,8 @@ from flows.ingest import ingest_flow
 from flows.profiles import profiles_flow
 from flows.report import FLAGGED, report_flow
 from puhui.dates import today_local
-from puhui.settings import load_settings
+from puhui.privacy import install_log_scrubbing
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import daily_markdown, dated_run_name, publish_summary
 from tasks.warehouse import prepare_warehouse, record_audit_event
 
@@ -23,9 +24,10 @@ def daily_pipeline(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Fl
     An early-warning alert of the report ends this run as ``Flagged`` too (the pipeline
     completed; the date counts as done for backfills), with the report's reason.
     """
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     as_of = as_of or today_local()
     # Each flow reads its own settings: flow parameters (stored by Prefect) carry no keys.
-    settings = load_settings()
+    settings = flow_settings()
     revision = prepare_warehouse(settings)
     ingest = ingest_flow(as_of=as_of)
     profiles = profiles_flow(as_of=as_of)

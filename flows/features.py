@@ -13,7 +13,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from puhui.config import FeaturesConfig, load_config
-from puhui.settings import load_settings
+from puhui.privacy import install_log_scrubbing
+from puhui.runtime import flow_settings
 from puhui.task_runners import task_runner_from_env
 from tasks.features import (
     build_feature_partition,
@@ -37,14 +38,15 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
                               staging: str | None = None) -> dict:
     """Features of every customer as of ``as_of``, one task per partition; then PD if a
     scorer directory (``RiskScorer.save``) is given. Returns counts and the staging path."""
-    settings = load_settings()
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
+    settings = flow_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     staging = staging or str(staging_dir(settings.home, as_of,
                                          str(flow_run.get_id() or "local")))
     parts = stage_feature_partitions(settings, spec, as_of, staging, partitions)
     split = split_phone_feeds(settings, spec, as_of, staging, parts)
-    rows = build_feature_partition.map(unmapped(settings), unmapped(spec), unmapped(as_of),
-                                       unmapped(staging), parts).result()
+    rows = build_feature_partition.map(unmapped(settings.without_keys()), unmapped(spec),
+                                       unmapped(as_of), unmapped(staging), parts).result()
     drop_split_phone_feeds(staging)
     scored = None
     if model_dir is not None:

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from puhui.config import PartnersConfig, load_config
 from puhui.dates import today_local
 from puhui.privacy import install_log_scrubbing
-from puhui.settings import load_settings
+from puhui.runtime import flow_settings
 from tasks.ingest import (
     build_validation_data_docs,
     ingest_partner_feed,
@@ -64,7 +64,7 @@ def ingest_flow(as_of: date | None = None, partner: str | None = None) -> dict:
     """Ingest and validate landed partner files up to ``as_of`` (default today)."""
     install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     partners = load_config(settings.config_dir, PartnersConfig)
     names = [partner] if partner else [f.name for f in partners.partners]
     for name in names:

@@ -8,7 +8,8 @@ from datetime import date
 from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
-from puhui.settings import load_settings
+from puhui.privacy import install_log_scrubbing
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.profiles import (
     ProfileConfigs,
@@ -26,9 +27,10 @@ from tasks.warehouse import prepare_warehouse
 @flow(name="profiles", flow_run_name=dated_run_name("profiles"), log_prints=False)
 def profiles_flow(as_of: date | None = None) -> dict:
     """Refresh ``user_profiles`` (current) and ``user_profile_history`` as of ``as_of``."""
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     started = time.perf_counter()
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     configs = ProfileConfigs.read(settings.config_dir)
     prepare_warehouse(settings)
     slots = resolve_profile_models(settings, configs.segments.profile.models)

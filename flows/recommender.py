@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
-from puhui.settings import load_settings
+from puhui.privacy import install_log_scrubbing
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.recommender import (
     assemble_ranking_set,
@@ -40,8 +41,9 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     configuration, code and seed: skipped unless ``force``. Failed gates end the run
     Failed (``GatesFailed`` in process) unless ``allow_gate_failure``.
     """
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     configs = check_recommender_config(settings)
     reco = configs.recommender
     prepare_warehouse(settings)

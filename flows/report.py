@@ -17,7 +17,8 @@ from prefect.states import Completed
 
 from puhui.dates import today_local
 from puhui.monitoring.run import MonitoringConfigs
-from puhui.settings import load_settings
+from puhui.privacy import install_log_scrubbing
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name
 from tasks.report import (
     ensure_alert_automation,
@@ -34,9 +35,10 @@ FLAGGED = "Flagged"
 @flow(name="report", flow_run_name=dated_run_name("report"), log_prints=False)
 def report_flow(as_of: date | None = None):  # noqa: ANN201 - a dict, or a Flagged state
     """Monitoring, service effect and early warning as of ``as_of``; the HTML report."""
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     started = time.perf_counter()
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     configs = MonitoringConfigs.read(settings.config_dir)
     prepare_warehouse(settings)
     ensure_alert_automation()

@@ -8,9 +8,10 @@ from prefect import flow, get_run_logger
 
 from puhui.dates import today_local
 from puhui.lifecycle.publish import unchanged_summary
+from puhui.privacy import install_log_scrubbing
 from puhui.risk.gates import GateResult
 from puhui.risk.model import LIGHTGBM
-from puhui.settings import load_settings
+from puhui.runtime import flow_settings
 from tasks.prefect_ui import dated_run_name, publish_summary, train_markdown
 from tasks.train import (
     apply_gates,
@@ -40,8 +41,9 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     fails its gates ends the run Failed, naming the gates (an in-process caller gets
     ``GatesFailed`` with the summary), unless ``allow_gate_failure``.
     """
+    install_log_scrubbing()  # before anything can fail: Prefect logs its tracebacks
     as_of = as_of or today_local()
-    settings = load_settings()
+    settings = flow_settings()
     spec, model = check_risk_config(settings)
     prepare_warehouse(settings)
     # The second of two identical trainings waits, then skips.

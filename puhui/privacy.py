@@ -98,17 +98,18 @@ _URL_PASSWORD = re.compile(
     r"(?:[^\s@]{1,256}|(?!\d+(?:[\s/?#]|$))[^\s@();](?:(?!://)[^@\r\n();]){0,127})"
     r"(?:@[^\s/@]{0,256}(?=@))*(@)")
 # A password given as a query parameter (`?password=...`, `&pwd=...`, `passwd=`: drivers
-# accept each) or as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`). libpq allows
+# accept each; a prefixed one too, libpq's `sslpassword` of the client key among them) or
+# as a libpq/ODBC keyword (`host=db password=x`, `UID=a;PWD=x`). libpq allows
 # spaces around '=' and quotes a value with spaces (`password='pa ss'`, `\'` inside; an
 # unterminated quote runs to the line's end); ODBC braces one (`PWD={pa ss;word}`). After a
 # '?', '&' or ';' (or first on a line) an unquoted value runs to the next '&', '#', ';' or
 # line end, spaces included (`?password=s3 cr3t`); after a space, to the next space.
 _QUOTED_OR_BRACED = r"'(?:[^'\\\r\n]|\\.)*'?|\{(?:\}\}|[^}\r\n])*\}?"
 _QUERY_PASSWORD = re.compile(
-    r"(?im)((?:^|[?&;])(?:password|passwd|pwd)[ \t]*=[ \t]*)"
+    r"(?im)((?:^|[?&;])(?:[a-z_]*password|passwd|pwd)[ \t]*=[ \t]*)"
     r"(?:" + _QUOTED_OR_BRACED + r"|[^&#;\r\n]{1,256})")
 _KEYWORD_PASSWORD = re.compile(
-    r"(?i)((?<=\s)(?:password|passwd|pwd)[ \t]*=[ \t]*)"
+    r"(?i)((?<=\s)(?:[a-z_]*password|passwd|pwd)[ \t]*=[ \t]*)"
     r"(?:" + _QUOTED_OR_BRACED + r"|[^&\s#;]{1,256})")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,9 +36,18 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
               file=sys.stderr)
     configure_runtime(settings)
     engine = get_engine(settings.warehouse_url)
-    audit = AuditWriter(actor=settings.actor, config_hash=config_hash(settings.config_dir),
+    audit = AuditWriter(actor=settings.actor,
+                        config_hash=settings.config_hash or config_hash(settings.config_dir),
                         key=audit_key_bytes(settings.audit_key))
     return Runtime(settings, engine, audit)
+
+
+def flow_settings() -> Settings:
+    """The settings a flow run hands its tasks: read once, at its start, with the hash of
+    its configs worked out once too (a config edited during a long training then does not
+    give the version a hash other than that of the spec it was trained with)."""
+    settings = load_settings()
+    return replace(settings, config_hash=config_hash(settings.config_dir))
 
 
 def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -59,10 +59,22 @@ class Settings:
     actor: str
     config_dir: Path
     audit_key: str | None = field(default=None, repr=False)
+    # Worked out once when a flow run starts (puhui.runtime.flow_settings): every step then
+    # records the hash of the configs its specs were read from, not of configs/ at its time.
+    config_hash: str | None = None
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
-        return scrub_text(f"Settings({shown})")
+        # Field by field: a password mask runs to the end of its value, so over the joined
+        # text one at the end of a URL masked every field after it.
+        shown = ", ".join(f"{f.name}={_scrubbed(getattr(self, f.name))}"
+                          for f in fields(self) if f.repr)
+        return f"Settings({shown})"
+
+    def without_keys(self) -> Settings:
+        """A copy for a process that needs no key (a Dask worker staging features): tasks
+        mapped over partitions are pickled to the scheduler and each worker, and the keys
+        need not travel with them."""
+        return replace(self, pseudonym_key=None, audit_key=None)
 
     @property
     def is_sqlite(self) -> bool:
@@ -75,6 +87,10 @@ class Settings:
     @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
+
+
+def _scrubbed(value: object) -> str:
+    return repr(scrub_text(value)) if isinstance(value, str) else scrub_text(repr(value))
 
 
 def _default_actor() -> str:

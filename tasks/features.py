@@ -1,6 +1,7 @@
 """Prefect tasks of the partitioned feature build and scoring.
 
-Tasks receive the settings and the features config (both pickle), a partition key, the
+Tasks receive the settings (the partition tasks a copy without keys:
+``Settings.without_keys``) and the features config (both pickle), a partition key, the
 as-of date and the staging directory, never a frame or an engine: each opens its own
 warehouse engine from the settings, so the same task runs in a thread, a process or on a
 Dask worker on another machine (which then needs to reach the warehouse and a shared

@@ -14,6 +14,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -471,14 +472,15 @@ def test_a_dirty_work_tree_is_refused_for_registration_in_production_and_recorde
     engine = get_engine(pg_url)
     dirty = AuditWriter(actor="trainer", config_hash="cfg", code_version="abc123+dirty", key=KEY)
     clean = AuditWriter(actor="trainer", config_hash="cfg", code_version="abc123", key=KEY)
-    monkeypatch.setenv("PUHUI_PROFILE", "local")
-    refuse_unreproducible(engine, dirty, "credit_risk")  # a developer's experiment: allowed
+    # The flow's profile decides, not the environment at register time (it may differ).
     monkeypatch.setenv("PUHUI_PROFILE", "production")
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", pg_url)
     monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
-    refuse_unreproducible(engine, clean, "credit_risk")
+    refuse_unreproducible(engine, dirty, "credit_risk", "local")  # a developer's experiment
+    monkeypatch.setenv("PUHUI_PROFILE", "local")
+    refuse_unreproducible(engine, clean, "credit_risk", "production")
     with pytest.raises(PuhuiError, match="registration refused in the production profile") as e:
-        refuse_unreproducible(engine, dirty, "credit_risk")
+        refuse_unreproducible(engine, dirty, "credit_risk", "production")
     assert "\n" not in str(e.value) and "abc123+dirty" in str(e.value)
     (refused,) = read_audit_events(engine, action=REGISTER_REFUSED)
     assert refused["subject"] == "credit_risk" and "uncommitted" in refused["details"][
@@ -486,7 +488,10 @@ def test_a_dirty_work_tree_is_refused_for_registration_in_production_and_recorde
     assert verify_audit_chain(engine, KEY).ok
 
 
-def test_the_training_run_logs_configs_and_suites_as_artifacts(tmp_path) -> None:  # noqa: ANN001
+def test_the_training_run_logs_configs_and_suites_as_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The configs of the flow's settings, not of PUHUI_CONFIG_DIR at register time."""
     import mlflow
 
     from puhui.lifecycle.publish import log_configuration
@@ -497,7 +502,8 @@ def test_the_training_run_logs_configs_and_suites_as_artifacts(tmp_path) -> None
     try:
         experiment = mlflow.create_experiment("cfg", artifact_location=str(tmp_path / "art"))
         with mlflow.start_run(experiment_id=experiment) as run:
-            logged = log_configuration()
+            monkeypatch.setenv("PUHUI_CONFIG_DIR", str(tmp_path))  # changed mid-run: unused
+            logged = log_configuration(repo_root() / "configs")
         client = mlflow.MlflowClient()
         configs = {a.path for a in client.list_artifacts(run.info.run_id, "configs")}
         suites = {a.path for a in client.list_artifacts(run.info.run_id, "expectations")}

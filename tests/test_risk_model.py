@@ -380,6 +380,7 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     from puhui.risk.evaluation import evaluate_risk_model
     from puhui.risk.model import LOGISTIC, train_candidate
     from puhui.risk.publish import publish_risk_model
+    from puhui.runtime import open_runtime
 
     url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
     engine = get_engine(url)
@@ -410,7 +411,9 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
         engine=engine, tracking_uri=settings.mlflow_tracking_uri, name=NAME,
         training=training, trained=trained, evaluation=evaluation,
         gates=check_gates(evaluation, model.gates), tags={}, fingerprint="small",
-        report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts")
+        report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
+        audit=open_runtime(settings).audit, profile=settings.profile,
+        config_dir=settings.config_dir)
     params = mlflow_client(settings.mlflow_tracking_uri).get_run(
         published.run_id).data.params
     resolved = resolve_lightgbm(model.lightgbm, DataSize(len(train),

@@ -43,14 +43,13 @@ FINGERPRINT_TAG = "training.fingerprint"
 REGISTER_REFUSED = "model.register.refused"
 
 
-def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str) -> None:
+def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str, profile: str) -> None:
     """In the production profile, refuse to train for registration from a changed work
     tree: its ``+dirty`` code version names no commit, so the version could not be
     rebuilt. The refusal is recorded in the audit trail. The local profile allows it (a
-    developer's experiment) and the version records ``+dirty``."""
-    from puhui.settings import load_settings
-
-    if not audit.code_version.endswith("+dirty") or load_settings().profile != "production":
+    developer's experiment) and the version records ``+dirty``. ``profile`` is the flow's
+    (its settings), not the environment's at register time."""
+    if not audit.code_version.endswith("+dirty") or profile != "production":
         return
     because = (f"the work tree has uncommitted changes (code {audit.code_version}): "
                "a version trained from it cannot be reproduced")
@@ -60,15 +59,13 @@ def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str) -> None
                      "commit (or stash) and train again")
 
 
-def log_configuration(config_dir: Path | None = None,
-                      expectations_dir: Path | None = None) -> int:
+def log_configuration(config_dir: Path, expectations_dir: Path | None = None) -> int:
     """Log configs/*.yaml and the expectation suites as artifacts of the active MLflow run
     (``configs/``, ``expectations/``): the run then holds what its config hash covers, so
     it can be reproduced without the repository at that commit. Returns files logged."""
-    from puhui.settings import load_settings
     from puhui.validation import default_expectations_dir
 
-    folders = {"configs": (config_dir or load_settings().config_dir, "*.y*ml"),
+    folders = {"configs": (config_dir, "*.y*ml"),
                "expectations": (expectations_dir or default_expectations_dir(), "*.json")}
     logged = 0
     for artifact_path, (folder, pattern) in folders.items():

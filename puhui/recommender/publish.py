@@ -74,9 +74,12 @@ def run_params(data: RankingSet, run: RecommenderRun) -> dict[str, Any]:
 def publish_recommender(
     *, engine: Engine, audit: AuditWriter, tracking_uri: str, name: str, data: RankingSet,
     run: RecommenderRun, tags: dict[str, str], fingerprint: str, artifact_root: Path,
+    profile: str, config_dir: Path,
 ) -> PublishedRecommender:
-    """Log the run, register ``name`` (audited) and record the evaluation rows."""
-    lifecycle.refuse_unreproducible(engine, audit, name)
+    """Log the run, register ``name`` (audited) and record the evaluation rows; ``profile``
+    and ``config_dir`` are the flow's settings (the refusal of a dirty tree, the configs
+    logged)."""
+    lifecycle.refuse_unreproducible(engine, audit, name, profile)
     use_experiment(name, tracking_uri, artifact_root)
     evaluation = run.evaluation
     example = run.oot[run.ranker.features].head(5).reset_index(drop=True)
@@ -87,7 +90,7 @@ def publish_recommender(
         tags=lifecycle.lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
     ) as mlrun:
         work = Path(tmp)
-        lifecycle.log_configuration()
+        lifecycle.log_configuration(config_dir)
         mlflow.log_params(run_params(data, run))
         metrics = dict(evaluation.metrics)
         for row in evaluation.rows():

@@ -80,19 +80,16 @@ def registration_details(training: TrainingSet, evaluation: Evaluation,
 def publish_risk_model(
     *, engine: Engine, tracking_uri: str, name: str, training: TrainingSet,
     trained: TrainedModel, evaluation: Evaluation, gates: GateResult, tags: dict[str, str],
-    fingerprint: str, report_dir: Path, artifact_root: Path, audit: AuditWriter | None = None,
+    fingerprint: str, report_dir: Path, artifact_root: Path, audit: AuditWriter,
+    profile: str, config_dir: Path,
 ) -> Published:
     """Log the run, register the model as ``name`` (audited) and record the evaluation rows.
 
     The gate verdict is in the run (report, ``gates.json``) but not yet on the version: the
-    gate step sets it (``puhui.registry.settle_gate_verdict``). ``audit`` defaults to the
-    runtime's writer.
+    gate step sets it (``puhui.registry.settle_gate_verdict``). ``profile`` and
+    ``config_dir`` are the flow's settings (the refusal of a dirty tree, the configs logged).
     """
-    if audit is None:
-        from puhui.runtime import open_runtime
-
-        audit = open_runtime().audit
-    refuse_unreproducible(engine, audit, name)
+    refuse_unreproducible(engine, audit, name, profile)
     use_experiment(name, tracking_uri, artifact_root)
     summary = training.summary()
     batch_ids = sorted(training.batch_ids)
@@ -108,7 +105,7 @@ def publish_risk_model(
         run_name=f"{name} as of {training.as_of}", tags=run_tags
     ) as run:
         work = Path(tmp)
-        log_configuration()
+        log_configuration(config_dir)
         mlflow.log_params({k: v for k, v in trained.params.items()} | {
             "best_iteration": trained.best_iteration, "features": len(training.features),
             "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],
