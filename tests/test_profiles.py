@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -63,25 +64,35 @@ def train_and_promote(as_of: date = AS_OF) -> str:
 
 
 def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.MonkeyPatch,
-                 tmp_path: Path) -> str:
-    """What ``risk_env`` (clean, SQLite), ``no_search_config`` and ``train_and_promote()``
-    leave, as a private copy under ``home``: warehouse, MLflow store (credit_risk v1 the
-    champion) and the rest of the home. The training runs once per run (the xdist workers
-    share it, as they share the templates): it is ~20 s of each test that only needs *a*
-    champion. Each caller gets its own copy, so what a test changes stays in its test."""
-    built = templates.shared / "champion-clean-sqlite"
+                 tmp_path: Path, dialect: str = "sqlite") -> str:
+    """What ``risk_env`` (clean, ``dialect``), ``no_search_config`` and
+    ``train_and_promote()`` leave, as a private copy under ``home``: warehouse, MLflow store
+    (credit_risk v1 the champion) and the rest of the home. The training runs once: per run
+    on SQLite (the xdist workers share it, as they share the templates), per worker on
+    PostgreSQL (each worker has its own server, whose database of the champion is the
+    template of the copies). It is ~20 s of each test that only needs *a* champion. Each
+    caller gets its own copy, so what a test changes stays in its test."""
+    postgres = dialect == "postgres"
+    built = (templates.root if postgres else templates.shared) / f"champion-clean-{dialect}"
 
     def build() -> None:
         with pytest.MonkeyPatch.context() as patch:
-            risk_env(templates, "clean", "sqlite", use_test_home(built / "home", patch), patch)
+            url = risk_env(templates, "clean", dialect, use_test_home(built / "home", patch),
+                           patch)
             no_search_config(built, patch)
             assert train_and_promote() == "1"
-            dispose_engines()
+            dispose_engines()  # a template database takes no connections
+            (built / "database").write_text(url.rsplit("/", 1)[-1])
 
     build_once(built, build)
     shutil.copytree(built / "home", home, dirs_exist_ok=True)
     _relocate_mlflow_store(home / "mlflow.db", str(built / "home"), str(home))
-    url = f"sqlite:///{home / 'warehouse.db'}"
+    if postgres:
+        assert templates.pg is not None
+        url = templates.pg.create_database(f"t_{uuid.uuid4().hex[:12]}",
+                                           template=(built / "database").read_text())
+    else:
+        url = f"sqlite:///{home / 'warehouse.db'}"
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
     monkeypatch.setenv("PUHUI_LANDING", str(templates._landing("clean")))
     no_search_config(tmp_path, monkeypatch)
@@ -108,7 +119,7 @@ def _relocate_mlflow_store(store: Path, old: str, new: str) -> None:
 def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
              tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[str]:
     """A private copy of the ingested risk data with a credit_risk champion (search off),
-    one per dialect for the whole file (SQLite's copied from the run's ``champion_env``):
+    one per dialect for the whole file (copied from ``champion_env``):
     the training is the expensive part (~30 s each), and
     every test here only needs *a* champion. The tests run in file order on it: the first
     asserts on a warehouse with no profiles yet; the later ones refresh it again."""
@@ -117,12 +128,7 @@ def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
     root = tmp_path_factory.mktemp(f"profiled-{request.param}")
     with pytest.MonkeyPatch.context() as monkeypatch:
         home = use_test_home(root / "home", monkeypatch)
-        if request.param == "sqlite":
-            url = champion_env(risk_templates, home, monkeypatch, root)
-        else:
-            url = risk_env(risk_templates, "clean", request.param, home, monkeypatch)
-            no_search_config(root, monkeypatch)
-            train_and_promote()
+        url = champion_env(risk_templates, home, monkeypatch, root, request.param)
         yield url
         dispose_engines()
 
