@@ -101,18 +101,29 @@ def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.Monke
 
 def _relocate_mlflow_store(store: Path, old: str, new: str) -> None:
     """MLflow records artifact locations as absolute paths (experiments, runs, logged
-    models, versions): point every one at the copy, so the copy never reads or writes the
-    original's artifacts."""
+    models, versions): point every one in the store at the copy, so the copy never reads or
+    writes the original's artifacts. A location not spelt as ``old`` (percent-encoded, or
+    resolved differently) would be missed silently, so no column may still hold ``old``."""
     import sqlite3
 
     with sqlite3.connect(store) as conn:
-        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
-                       if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()]
-            for column in columns:
-                conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                             f'WHERE instr("{column}", ?) > 0', (old, new, old))
+        columns = [(table, row[1])
+                   for (table,) in conn.execute(
+                       "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                   for row in conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+                   if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()]
+        for table, column in columns:
+            conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                         f'WHERE instr("{column}", ?) > 0', (old, new, old))
+        left = {f"{table}.{column}" for table, column in columns
+                if conn.execute(f'SELECT count(*) FROM "{table}" '
+                                f'WHERE instr(CAST("{column}" AS TEXT), ?) > 0',
+                                (old,)).fetchone()[0]}
+        moved = conn.execute("SELECT count(*) FROM runs WHERE instr(artifact_uri, ?) > 0",
+                             (new,)).fetchone()[0]
     conn.close()
+    assert not left, f"the copy's MLflow store still points at the original in {sorted(left)}"
+    assert moved, "no run's artifact_uri was relocated to the copy"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
