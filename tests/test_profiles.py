@@ -77,6 +77,9 @@ def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.Monke
 
     def build() -> None:
         with pytest.MonkeyPatch.context() as patch:
+            # The repo's own configs, not the caller's: the champion must not depend on
+            # which test reaches it first in a run.
+            patch.delenv("PUHUI_CONFIG_DIR", raising=False)
             url = risk_env(templates, "clean", dialect, use_test_home(built / "home", patch),
                            patch)
             no_search_config(built, patch)
