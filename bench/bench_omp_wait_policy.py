@@ -10,7 +10,8 @@ stopping, so every case does the same work) and reports the training's wall and 
 and a digest of the model: the policy must change no arithmetic.
 
 "idle" means no competing process of the bench's own; the machine's load average before each
-case is recorded beside it (on a shared machine "idle" is only as idle as the load says).
+run is recorded beside it (on a shared machine "idle" is only as idle as the load says). The
+policies run round-robin within each repeat, so a drifting load is shared by all of them.
 
 Usage: python bench/bench_omp_wait_policy.py [--repeat 3] [--sizes suite demo-20k] [--quick]
 Prints a table and writes bench/results/omp_wait_policy.json.
@@ -51,7 +52,8 @@ def child(rows: int, features: int, rounds: int) -> None:
 
     risk = yaml.safe_load((ROOT / "configs" / "models.yaml").read_text())["credit_risk"]
     params = {k: v for k, v in risk["lightgbm"]["params"].items() if not isinstance(v, dict)}
-    # The size-aware values at the largest of their ranges (the 20k demo's).
+    # The 20k demo's leaf settings (the size-aware values at the largest of their ranges) for
+    # both sizes; the suite's own size rule gives smaller leaves.
     params |= {"num_leaves": 7, "min_data_in_leaf": 150, "seed": 42, "verbosity": -1,
                "deterministic": True}
     rng = np.random.default_rng(7)
@@ -94,29 +96,32 @@ def main() -> int:
     cases = []
     for condition in ("idle", "one busy process"):
         for name, size in sizes.items():
-            for policy in POLICIES:
-                runs = []
-                load = os.getloadavg()[0]
-                for _ in range(repeat):
+            # Round-robin: each repeat runs every policy once, so the others' load drifting
+            # during a block lands on all the policies alike instead of on the last ones.
+            runs = {policy: [] for policy in POLICIES}
+            for _ in range(repeat):
+                for policy in POLICIES:
                     competitor = busy_competitor() if condition != "idle" else None
                     try:
                         time.sleep(0.5 if competitor else 0)  # the competitor is running
-                        runs.append(run_case(policy, size))
+                        load = os.getloadavg()[0]
+                        runs[policy].append(run_case(policy, size) | {"load": round(load, 2)})
                     finally:
                         if competitor:
                             competitor.kill()
                             competitor.wait()
+            for policy, done in runs.items():
                 case = {"condition": condition, "size": name, "rows": size[0],
                         "features": size[1], "rounds": size[2], "policy": policy,
-                        "wall_median": round(statistics.median(r["wall"] for r in runs), 2),
-                        "cpu_median": round(statistics.median(r["cpu"] for r in runs), 2),
-                        "walls": [round(r["wall"], 2) for r in runs],
-                        "models": sorted({r["model"] for r in runs}),
-                        "load_before": round(load, 2)}
+                        "wall_median": round(statistics.median(r["wall"] for r in done), 2),
+                        "cpu_median": round(statistics.median(r["cpu"] for r in done), 2),
+                        "walls": [round(r["wall"], 2) for r in done],
+                        "loads_before": [r["load"] for r in done],
+                        "models": sorted({r["model"] for r in done})}
                 cases.append(case)
                 print(f"{condition:17} {name:9} {policy:9} wall {case['wall_median']:7.2f} s"
                       f"  cpu {case['cpu_median']:7.2f} s  runs {case['walls']}"
-                      f"  load {load:.1f}", flush=True)
+                      f"  loads {case['loads_before']}", flush=True)
     ratios = {}
     for condition in ("idle", "one busy process"):
         for name in sizes:

@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from puhui.config import FeaturesConfig, load_config
 from puhui.privacy import install_log_scrubbing
 from puhui.runtime import flow_settings
-from puhui.task_runners import task_runner_from_env
+from puhui.task_runners import scoring_threads_from_env, task_runner_from_env
 from tasks.features import (
     build_feature_partition,
     drop_split_phone_feeds,
@@ -50,8 +50,9 @@ def partitioned_features_flow(as_of: date, partitions: int | None = None,
     drop_split_phone_feeds(staging)
     scored = None
     if model_dir is not None:
-        scored = sum(score_partition.map(unmapped(staging), parts, unmapped(model_dir))
-                     .result())
+        threads = scoring_threads_from_env(len(parts))
+        scored = sum(score_partition.map(unmapped(staging), parts, unmapped(model_dir),
+                                         unmapped(threads)).result())
     line = (f"features {as_of}: {sum(rows):,} customers in {len(parts)} partition(s)"
             + (f", {scored:,} scored" if scored is not None else "")
             + (f"; {split.line}" if len(parts) > 1 else "") + f" -> {staging}")

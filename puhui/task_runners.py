@@ -8,6 +8,12 @@ at ``PUHUI_DASK_ADDRESS`` (``tcp://host:8786``), or, with no address, on a ``Loc
 it starts (a script doing that needs an ``if __name__ == "__main__":`` guard, as Dask's
 worker processes re-import it). ``PUHUI_TASK_WORKERS`` caps the local pool or sizes the
 LocalCluster (default 2: this machine's cores).
+
+Partitioned scoring's LightGBM threads (:func:`scoring_threads_from_env`): LightGBM's default
+is one OpenMP thread per core in each concurrent partition, so 2 partitions at once on 2 cores
+ran 4 threads that wait for each other at every barrier (measured: README, Performance). The
+cores are divided among the partitions that run at once on this machine instead;
+``PUHUI_SCORING_THREADS`` sets the count explicitly.
 """
 
 from __future__ import annotations
@@ -25,13 +31,8 @@ RUNNERS = ("local", "dask")
 def task_runner_from_env(env: Mapping[str, str] | None = None) -> TaskRunner:
     """The task runner the settings ask for (a new, unstarted one each call)."""
     env = os.environ if env is None else env
-    kind = env.get("PUHUI_TASK_RUNNER", "local").strip().lower() or "local"
-    if kind not in RUNNERS:
-        raise PuhuiError(f"PUHUI_TASK_RUNNER must be one of {', '.join(RUNNERS)}")
-    workers_text = env.get("PUHUI_TASK_WORKERS", "2").strip() or "2"
-    if not workers_text.isdigit() or int(workers_text) < 1:
-        raise PuhuiError("PUHUI_TASK_WORKERS must be a whole number of at least 1")
-    workers = int(workers_text)
+    kind = _kind(env)
+    workers = _whole(env, "PUHUI_TASK_WORKERS", "2")
     if kind == "local":
         return ThreadPoolTaskRunner(max_workers=workers)
     from prefect_dask import DaskTaskRunner
@@ -43,3 +44,40 @@ def task_runner_from_env(env: Mapping[str, str] | None = None) -> TaskRunner:
     # threads in one process would contend for the GIL where two processes do not.
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None})
+
+
+def _kind(env: Mapping[str, str]) -> str:
+    kind = env.get("PUHUI_TASK_RUNNER", "local").strip().lower() or "local"
+    if kind not in RUNNERS:
+        raise PuhuiError(f"PUHUI_TASK_RUNNER must be one of {', '.join(RUNNERS)}")
+    return kind
+
+
+def _whole(env: Mapping[str, str], name: str, default: str) -> int:
+    text = env.get(name, default).strip() or default
+    if not text.isdigit() or int(text) < 1:
+        raise PuhuiError(f"{name} must be a whole number of at least 1")
+    return int(text)
+
+
+def lightgbm_threads(concurrent: int, cores: int, configured: int | None = None) -> int:
+    """LightGBM threads for each of ``concurrent`` partitions scoring at once on ``cores``
+    cores: ``configured`` if given, else the cores divided among them (at least 1)."""
+    if configured is not None:
+        return configured
+    return max(1, cores // max(1, concurrent))
+
+
+def scoring_threads_from_env(partitions: int, env: Mapping[str, str] | None = None,
+                             cores: int | None = None) -> int | None:
+    """LightGBM threads for each scoring task of a run of ``partitions`` partitions; None
+    (LightGBM's default) on a Dask scheduler elsewhere, whose machines' cores are unknown
+    here, unless ``PUHUI_SCORING_THREADS`` says."""
+    env = os.environ if env is None else env
+    configured = (_whole(env, "PUHUI_SCORING_THREADS", "1")
+                  if env.get("PUHUI_SCORING_THREADS", "").strip() else None)
+    if _kind(env) == "dask" and env.get("PUHUI_DASK_ADDRESS", "").strip():
+        return configured
+    workers = _whole(env, "PUHUI_TASK_WORKERS", "2")
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return lightgbm_threads(min(workers, partitions), cores, configured)

@@ -69,6 +69,9 @@ def build_feature_partition(settings: Settings, spec: FeaturesConfig, as_of: dat
 
 
 @task(name="score-partition", **STEP)
-def score_partition(staging: str, partition: Partition, model_dir: str) -> int:
-    """One partition's PD from its staged features, with the scorer saved in ``model_dir``."""
-    return score_staged_partition(Path(staging), partition, RiskScorer.load(Path(model_dir)))
+def score_partition(staging: str, partition: Partition, model_dir: str,
+                    num_threads: int | None = None) -> int:
+    """One partition's PD from its staged features, with the scorer saved in ``model_dir``
+    (LightGBM on ``num_threads`` threads; None: its default)."""
+    return score_staged_partition(Path(staging), partition,
+                                  RiskScorer.load(Path(model_dir), num_threads))

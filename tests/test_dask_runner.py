@@ -17,7 +17,7 @@ from puhui.features.partitioned import build_features_partitioned, read_staged_f
 from puhui.partitioning import all_partitions
 from puhui.risk.model import RiskScorer, category_vocabulary, encode_features
 from puhui.scoring import scores_path
-from puhui.task_runners import task_runner_from_env
+from puhui.task_runners import lightgbm_threads, scoring_threads_from_env, task_runner_from_env
 from puhui.warehouse.engine import get_engine
 from tests.conftest import RiskTemplates, risk_env
 from tests.test_features import AS_OF, _spec
@@ -34,6 +34,40 @@ def test_task_runner_follows_the_settings() -> None:
     for bad in ({"PUHUI_TASK_RUNNER": "spark"}, {"PUHUI_TASK_WORKERS": "0"}):
         with pytest.raises(PuhuiError):
             task_runner_from_env(bad)
+
+
+def test_scoring_divides_the_cores_among_the_partitions_that_run_at_once() -> None:
+    # LightGBM's default (a thread per core in each of 2 partitions at once) oversubscribed
+    # the 2 cores: README, Performance, "Partitioned scoring's LightGBM threads".
+    assert lightgbm_threads(2, 2) == 1 and lightgbm_threads(1, 2) == 2
+    assert lightgbm_threads(3, 2) == 1 and lightgbm_threads(2, 8) == 4
+    assert lightgbm_threads(2, 2, configured=2) == 2  # an explicit setting as given
+    assert scoring_threads_from_env(8, {}, cores=2) == 1
+    assert scoring_threads_from_env(1, {}, cores=2) == 2  # one partition: every core
+    assert scoring_threads_from_env(8, {"PUHUI_TASK_WORKERS": "4"}, cores=16) == 4
+    assert scoring_threads_from_env(8, {"PUHUI_TASK_RUNNER": "dask"}, cores=2) == 1
+    assert scoring_threads_from_env(8, {"PUHUI_SCORING_THREADS": "2"}, cores=2) == 2
+    remote = {"PUHUI_TASK_RUNNER": "dask", "PUHUI_DASK_ADDRESS": "tcp://10.0.0.5:8786"}
+    assert scoring_threads_from_env(8, remote, cores=2) is None
+    assert scoring_threads_from_env(8, remote | {"PUHUI_SCORING_THREADS": "3"}) == 3
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(PuhuiError, match="PUHUI_SCORING_THREADS"):
+            scoring_threads_from_env(8, {"PUHUI_SCORING_THREADS": bad}, cores=2)
+
+
+def test_a_scorer_loaded_with_a_thread_count_scores_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"person_key": range(300), "as_of_date": 0,
+                          "bureau_score": rng.normal(600, 80, 300),
+                          "occupation": rng.choice(["farmer", "trader"], 300),
+                          "income_band": "low", "agri_crop": None})
+    directory = _scorer(frame, tmp_path / "model")
+    one = RiskScorer.load(directory, num_threads=1)
+    assert one.num_threads == 1 and RiskScorer.load(directory).num_threads is None
+    np.testing.assert_array_equal(one.predict_pd(frame), RiskScorer.load(directory)
+                                  .predict_pd(frame))
+    np.testing.assert_array_equal(one.contributions(frame), RiskScorer.load(directory)
+                                  .contributions(frame))
 
 
 def _scorer(features: pd.DataFrame, directory: Path) -> Path:

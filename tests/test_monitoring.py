@@ -220,6 +220,9 @@ def test_report_without_drift_raises_no_alert(
     champion = client.get_model_version_by_alias("credit_risk", "champion")
     store = local_artifact_path(client.get_run(champion.run_id).info.artifact_uri)
     assert store is not None
+    # The copy's own store, never the shared champion's (a missed relocation would break
+    # the original's bins for every later copy while this test still passed).
+    assert store.resolve().is_relative_to(puhui_env.resolve()), store
     bins = store / "monitoring" / "bins.json"
     bins.unlink()
     bins.symlink_to(tmp_path / "gone.json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -63,25 +64,38 @@ def train_and_promote(as_of: date = AS_OF) -> str:
 
 
 def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.MonkeyPatch,
-                 tmp_path: Path) -> str:
-    """What ``risk_env`` (clean, SQLite), ``no_search_config`` and ``train_and_promote()``
-    leave, as a private copy under ``home``: warehouse, MLflow store (credit_risk v1 the
-    champion) and the rest of the home. The training runs once per run (the xdist workers
-    share it, as they share the templates): it is ~20 s of each test that only needs *a*
-    champion. Each caller gets its own copy, so what a test changes stays in its test."""
-    built = templates.shared / "champion-clean-sqlite"
+                 tmp_path: Path, dialect: str = "sqlite") -> str:
+    """What ``risk_env`` (clean, ``dialect``), ``no_search_config`` and
+    ``train_and_promote()`` leave, as a private copy under ``home``: warehouse, MLflow store
+    (credit_risk v1 the champion) and the rest of the home. The training runs once: per run
+    on SQLite (the xdist workers share it, as they share the templates), per worker on
+    PostgreSQL (each worker has its own server, whose database of the champion is the
+    template of the copies). It is ~20 s of each test that only needs *a* champion. Each
+    caller gets its own copy, so what a test changes stays in its test."""
+    postgres = dialect == "postgres"
+    built = (templates.root if postgres else templates.shared) / f"champion-clean-{dialect}"
 
     def build() -> None:
         with pytest.MonkeyPatch.context() as patch:
-            risk_env(templates, "clean", "sqlite", use_test_home(built / "home", patch), patch)
+            # The repo's own configs, not the caller's: the champion must not depend on
+            # which test reaches it first in a run.
+            patch.delenv("PUHUI_CONFIG_DIR", raising=False)
+            url = risk_env(templates, "clean", dialect, use_test_home(built / "home", patch),
+                           patch)
             no_search_config(built, patch)
             assert train_and_promote() == "1"
-            dispose_engines()
+            dispose_engines()  # a template database takes no connections
+            (built / "database").write_text(url.rsplit("/", 1)[-1])
 
     build_once(built, build)
     shutil.copytree(built / "home", home, dirs_exist_ok=True)
     _relocate_mlflow_store(home / "mlflow.db", str(built / "home"), str(home))
-    url = f"sqlite:///{home / 'warehouse.db'}"
+    if postgres:
+        assert templates.pg is not None
+        url = templates.pg.create_database(f"t_{uuid.uuid4().hex[:12]}",
+                                           template=(built / "database").read_text())
+    else:
+        url = f"sqlite:///{home / 'warehouse.db'}"
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
     monkeypatch.setenv("PUHUI_LANDING", str(templates._landing("clean")))
     no_search_config(tmp_path, monkeypatch)
@@ -90,25 +104,36 @@ def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.Monke
 
 def _relocate_mlflow_store(store: Path, old: str, new: str) -> None:
     """MLflow records artifact locations as absolute paths (experiments, runs, logged
-    models, versions): point every one at the copy, so the copy never reads or writes the
-    original's artifacts."""
+    models, versions): point every one in the store at the copy, so the copy never reads or
+    writes the original's artifacts. A location not spelt as ``old`` (percent-encoded, or
+    resolved differently) would be missed silently, so no column may still hold ``old``."""
     import sqlite3
 
     with sqlite3.connect(store) as conn:
-        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
-                       if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()]
-            for column in columns:
-                conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                             f'WHERE instr("{column}", ?) > 0', (old, new, old))
+        columns = [(table, row[1])
+                   for (table,) in conn.execute(
+                       "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                   for row in conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+                   if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()]
+        for table, column in columns:
+            conn.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                         f'WHERE instr("{column}", ?) > 0', (old, new, old))
+        left = {f"{table}.{column}" for table, column in columns
+                if conn.execute(f'SELECT count(*) FROM "{table}" '
+                                f'WHERE instr(CAST("{column}" AS TEXT), ?) > 0',
+                                (old,)).fetchone()[0]}
+        moved = conn.execute("SELECT count(*) FROM runs WHERE instr(artifact_uri, ?) > 0",
+                             (new,)).fetchone()[0]
     conn.close()
+    assert not left, f"the copy's MLflow store still points at the original in {sorted(left)}"
+    assert moved, "no run's artifact_uri was relocated to the copy"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
              tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[str]:
     """A private copy of the ingested risk data with a credit_risk champion (search off),
-    one per dialect for the whole file (SQLite's copied from the run's ``champion_env``):
+    one per dialect for the whole file (copied from ``champion_env``):
     the training is the expensive part (~30 s each), and
     every test here only needs *a* champion. The tests run in file order on it: the first
     asserts on a warehouse with no profiles yet; the later ones refresh it again."""
@@ -117,12 +142,7 @@ def profiled(request: pytest.FixtureRequest, risk_templates: RiskTemplates,
     root = tmp_path_factory.mktemp(f"profiled-{request.param}")
     with pytest.MonkeyPatch.context() as monkeypatch:
         home = use_test_home(root / "home", monkeypatch)
-        if request.param == "sqlite":
-            url = champion_env(risk_templates, home, monkeypatch, root)
-        else:
-            url = risk_env(risk_templates, "clean", request.param, home, monkeypatch)
-            no_search_config(root, monkeypatch)
-            train_and_promote()
+        url = champion_env(risk_templates, home, monkeypatch, root, request.param)
         yield url
         dispose_engines()
 

@@ -520,19 +520,18 @@ def test_credit_eligibility_follows_the_champion_risk_grade(
     from flows.recommender import train_recommender_flow
     from puhui.recommender.risk_grades import champion_risk_grader
     from tests.conftest import RISK_AS_OF, no_search_config, risk_env, use_test_home
-    from tests.test_profiles import champion_env, train_and_promote
+    from tests.test_profiles import champion_env
 
     risk_env(risk_templates, "clean", dialect, puhui_env, monkeypatch)
     no_search_config(tmp_path, monkeypatch)
     uri = load_settings().mlflow_tracking_uri
     none = champion_risk_grader(open_runtime().engine, uri, "credit_risk")
     assert none.scorer is None and "credit products ineligible" in none.describe()
-    if dialect == "sqlite":  # the run's clean champion, copied into a home of its own
-        champion_env(risk_templates, use_test_home(tmp_path / "trained", monkeypatch),
-                     monkeypatch, tmp_path / "trained-configs")
-        version = "1"
-    else:
-        version = train_and_promote()
+    # The clean champion (the run's on SQLite, the worker's on PostgreSQL), copied into a
+    # home of its own.
+    champion_env(risk_templates, use_test_home(tmp_path / "trained", monkeypatch),
+                 monkeypatch, tmp_path / "trained-configs", dialect)
+    version = "1"
     result = train_recommender_flow(as_of=date.fromisoformat(RISK_AS_OF))
     assert f"credit limited by credit_risk v{version} grades" in result["steps"][0]
     removed = result["eligibility_removed"]

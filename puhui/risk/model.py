@@ -90,13 +90,18 @@ class RiskScorer:
     features: list[str]
     categories: dict[str, list[str]]  # categorical feature -> vocabulary seen in training
     calibration: Calibrator | None = None
+    # Prediction's OpenMP threads; None: LightGBM's default, one per core.
+    num_threads: int | None = None
 
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         return encode_features(frame, self.features, self.categories)
 
+    def _threads(self) -> dict[str, int]:
+        return {} if self.num_threads is None else {"num_threads": self.num_threads}
+
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """The booster's own probability, before calibration."""
-        return self.booster.predict(self.matrix(frame))
+        return self.booster.predict(self.matrix(frame), **self._threads())
 
     def predict_pd(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of default."""
@@ -105,7 +110,7 @@ class RiskScorer:
     def contributions(self, frame: pd.DataFrame) -> np.ndarray:
         """Per-row log-odds contributions of each feature (last column: the base value), of
         the booster's uncalibrated log-odds."""
-        return self.booster.predict(self.matrix(frame), pred_contrib=True)
+        return self.booster.predict(self.matrix(frame), pred_contrib=True, **self._threads())
 
     def importance(self) -> pd.DataFrame:
         return pd.DataFrame({"feature": self.features,
@@ -123,11 +128,11 @@ class RiskScorer:
             self.calibration.save(directory)
 
     @classmethod
-    def load(cls, directory: Path) -> RiskScorer:
+    def load(cls, directory: Path, num_threads: int | None = None) -> RiskScorer:
         encoding = json.loads((directory / "encoding.json").read_text(encoding="utf-8"))
         booster = lgb.Booster(model_file=str(directory / "booster.txt"))
         return cls(booster, encoding["features"], encoding["categories"],
-                   Calibrator.load(directory))
+                   Calibrator.load(directory), num_threads)
 
 
 MISSING_CATEGORY = "(missing)"
