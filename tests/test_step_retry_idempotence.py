@@ -88,3 +88,31 @@ def test_retried_register_and_gate_steps_write_one_version_and_one_verdict(
     assert len(events_of(engine, [ALIAS_SET])) == (1 if passed else 0)
     tags = client.get_model_version(NAME, version).tags
     assert tags["gates.passed"] == str(passed).lower()
+
+
+def test_a_retried_step_reopens_its_mlflow_run(puhui_env: Path, prefect_harness: None) -> None:
+    """``report-publish``'s case (``step_run``): a transient error after the run started;
+    the retry logs into the same run, which ends finished, and a new step gets a new run."""
+    import mlflow
+
+    from puhui.registry import step_run, use_experiment
+
+    settings = load_settings()
+    experiment = use_experiment("monitoring", settings.mlflow_tracking_uri,
+                                settings.home / "mlartifacts")
+    attempts: list[str] = []
+
+    @task(**step_options(0))
+    def publish() -> str:
+        with step_run("report as of 2026-09-30", {"puhui.as_of": "2026-09-30"}) as run:
+            mlflow.log_metric("alerts", 1.0)
+            attempts.append(run.info.run_id)
+            if len(attempts) == 1:
+                raise ConnectionError("the tracking server went away")
+        return run.info.run_id
+
+    first = publish()
+    assert attempts == [first, first]
+    assert publish() != first
+    runs = mlflow_client(settings.mlflow_tracking_uri).search_runs([experiment])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
