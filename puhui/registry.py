@@ -518,7 +518,7 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
     the lock, for the champion seen then: loading its files (a copy, a digest check) kept a
     promote or rollback waiting; under the lock the alias is read again and only scored."""
     with held_lock(engine, MODEL_LOCK):
-        recorded = _verdicts(events_of(engine, [GATES])).get((name, str(version)))
+        recorded = recorded_verdict(engine, name, version)
         if recorded is not None:
             # A retry of the step (a transient error after the verdict): its tags again (no
             # event), then the alias moves the failed attempt did not complete.
@@ -603,6 +603,12 @@ def _restore_moves(client: MlflowClient, engine: Engine, audit: AuditWriter, nam
                       f"v{version} promoted to {CHAMPION}")
         moved.append(f"{CHALLENGER} removed")
     return moved
+
+
+def recorded_verdict(engine: Engine, name: str, version: str) -> dict[str, Any] | None:
+    """The trail's gate verdict on ``name`` v``version`` (``passed``, ``failed``); None:
+    none recorded."""
+    return _verdicts(events_of(engine, [GATES])).get((name, str(version)))
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:

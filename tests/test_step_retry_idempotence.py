@@ -21,6 +21,7 @@ from prefect import task
 from puhui.audit import events_of
 from puhui.config import FeaturesConfig, ModelsConfig, load_config
 from puhui.crashpoints import FAIL_ONCE_ENV
+from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import apply_checked_verdict
 from puhui.registry import ALIAS_SET, GATES, REGISTERED, mlflow_client
 from puhui.risk.evaluation import evaluate_risk_model
@@ -88,6 +89,12 @@ def test_retried_register_and_gate_steps_write_one_version_and_one_verdict(
     assert len(events_of(engine, [ALIAS_SET])) == (1 if passed else 0)
     tags = client.get_model_version(NAME, version).tags
     assert tags["gates.passed"] == str(passed).lower()
+    # A retry's step returns the verdict recorded, not the one it was handed (the first
+    # attempt's may have been against a champion that moved).
+    other = GateResult(not passed, [] if passed else ["auc_oot made up"])
+    again = apply_checked_verdict(client, engine, audit, NAME, version, other,
+                                  auto_promote=False)[0]
+    assert again.passed == passed and len(events_of(engine, [GATES])) == 1
 
 
 def test_a_retried_step_reopens_its_mlflow_run(puhui_env: Path, prefect_harness: None) -> None:
