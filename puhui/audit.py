@@ -93,6 +93,16 @@ def current_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
+def current_task_run_id() -> str | None:
+    """The Prefect task run we are inside, if any: its retries keep it."""
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.runtime import task_run
+
+    run_id = task_run.get_id()
+    return str(run_id) if run_id else None
+
+
 def canonical_json(value: Any) -> str:
     """Stable JSON text: sorted keys, no whitespace, dates as ISO strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

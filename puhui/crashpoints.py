@@ -12,9 +12,16 @@ import os
 import signal
 
 CRASH_ENV = "PUHUI_CRASH_AT"
+# A transient failure instead of a death: raised once at the named point, as a lost connection
+# would be, so a test sees what a step's retry (a new attempt in the same process) does.
+FAIL_ONCE_ENV = "PUHUI_FAIL_ONCE_AT"
 
 
 def crash_point(name: str) -> None:
-    """Die here, now, if ``PUHUI_CRASH_AT`` names this point (a no-op otherwise)."""
+    """Die here, now, if ``PUHUI_CRASH_AT`` names this point; raise ``ConnectionError`` once
+    if ``PUHUI_FAIL_ONCE_AT`` does (a no-op otherwise)."""
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FAIL_ONCE_ENV) == name:
+        del os.environ[FAIL_ONCE_ENV]
+        raise ConnectionError(f"injected transient failure at {name}")

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
-from puhui.audit import AuditWriter, events_of
+from puhui.audit import AuditWriter, current_task_run_id, events_of
 from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
 from puhui.model_fingerprints import VerifiedFiles, files_signature
@@ -70,6 +71,8 @@ MODEL_ACTIONS = (REGISTER_INTENT, REGISTERED, REGISTER_ABORTED, GATES, ALIAS_INT
 _OUTCOMES = (REGISTERED, REGISTER_ABORTED, ALIAS_SET, ALIAS_ABORTED, ALIAS_REMOVED)
 # Held from intent to completion of every model change, and while reconciling.
 MODEL_LOCK = "puhui.model_changes"
+# The Prefect task run that started an MLflow run: a retry of that step finds its run again.
+STEP_RUN_TAG = "puhui.task_run_id"
 
 
 def use_experiment(name: str, tracking_uri: str, artifact_root: Path) -> str:
@@ -108,6 +111,67 @@ def version_of(client: MlflowClient, name: str, alias: str) -> str | None:
     return current_aliases(client, name).get(alias)
 
 
+@contextmanager
+def step_run(run_name: str, tags: dict[str, str]) -> Iterator[Any]:
+    """``mlflow.start_run`` in the current experiment, except that a retry of a Prefect step
+    (same task run) resumes the run its failed attempt started: a transient error after the
+    registration left a second run, and a second version, behind each retry."""
+    import mlflow
+
+    task_run_id = current_task_run_id()
+    if task_run_id is None:
+        with mlflow.start_run(run_name=run_name, tags=tags) as run:
+            yield run
+        return
+    earlier = mlflow.search_runs(filter_string=f"tags.`{STEP_RUN_TAG}` = '{task_run_id}'",
+                                 output_format="list", max_results=1)
+    if earlier:
+        with mlflow.start_run(run_id=earlier[0].info.run_id) as run:
+            yield run
+        return
+    with mlflow.start_run(run_name=run_name, tags={**tags, STEP_RUN_TAG: task_run_id}) as run:
+        yield run
+
+
+def _name_run(run_id: str, name: str, version: str, as_of: Any) -> None:
+    import mlflow
+
+    # Named by the version it became: runs of the same model and date (a forced retrain, a
+    # second trial) are told apart in the MLflow UI.
+    mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_tag(
+        run_id, "mlflow.runName", f"{name} v{version}" + (f" as of {as_of}" if as_of else ""))
+
+
+def registered_from_run(engine: Engine, audit: AuditWriter, name: str, run_id: str,
+                        as_of: Any = None) -> str | None:
+    """The version of ``name`` already registered from ``run_id`` (None: none), its
+    ``model.registered`` event recorded now if the attempt that registered it failed first
+    (a lost answer, a transient error after ``register_model``): a step's retry resumes
+    there instead of registering the same model again."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    found = sorted((str(v.version) for v in model_versions(client, f"run_id='{run_id}'")
+                    if v.name == name), key=int)
+    if not found:
+        return None
+    version = found[0]
+    with held_lock(engine, MODEL_LOCK):
+        events = events_of(engine, [REGISTER_INTENT, REGISTERED])
+        if not any(e["action"] == REGISTERED and e["details"].get("model") == name
+                   and str(e["details"].get("version")) == version for e in events):
+            intent = max((e for e in events if e["action"] == REGISTER_INTENT
+                          and e["details"].get("run_id") == run_id
+                          and e["details"].get("model") == name),
+                         key=lambda e: e["seq"], default=None)
+            facts = intent["details"] if intent else {"model": name, "run_id": run_id}
+            audit.record(engine, REGISTERED, f"{name}/v{version}", {
+                **facts, "version": version, "intent": intent["seq"] if intent else None,
+                "recovered": True}, mlflow_run_id=run_id)
+    _name_run(run_id, name, version, as_of)
+    return version
+
+
 def register_version(
     engine: Engine, audit: AuditWriter, *, name: str, model_uri: str, run_id: str,
     tags: dict[str, str], details: dict[str, Any],
@@ -117,7 +181,8 @@ def register_version(
     ``details`` go into the intent and the completion event alike, so a completion recovered
     after a crash says everything the normal one would. Gate tags are not set here: only
     ``settle_gate_verdict`` sets them, after the gates ran. MLflow's current registry URI
-    is used (``use_experiment`` sets it).
+    is used (``use_experiment`` sets it). A step that may be retried asks
+    ``registered_from_run`` first (in a ``step_run``).
     """
     import mlflow
 
@@ -140,11 +205,7 @@ def register_version(
         crash_point("register.after_mlflow")
         audit.record(engine, REGISTERED, f"{name}/v{version}",
                      {**facts, "version": version, "intent": intent["seq"]}, mlflow_run_id=run_id)
-    # Named by the version it became: runs of the same model and date (a forced retrain, a
-    # second trial) are told apart in the MLflow UI.
-    as_of = details.get("as_of")
-    mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri()).set_tag(
-        run_id, "mlflow.runName", f"{name} v{version}" + (f" as of {as_of}" if as_of else ""))
+    _name_run(run_id, name, version, details.get("as_of"))
     return version
 
 
@@ -456,6 +517,14 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
     one evaluated against (``evaluated_against``). ``prepare(champion)`` runs first, outside
     the lock, for the champion seen then: loading its files (a copy, a digest check) kept a
     promote or rollback waiting; under the lock the alias is read again and only scored."""
+    with held_lock(engine, MODEL_LOCK):
+        recorded = recorded_verdict(engine, name, version)
+        if recorded is not None:
+            # A retry of the step (a transient error after the verdict): its tags again (no
+            # event), then the alias moves the failed attempt did not complete.
+            _write_gate_tags(client, name, str(version), recorded["passed"], recorded["failed"])
+            _restore_moves(client, engine, audit, name, str(version), auto_promote)
+            return version_of(client, name, CHAMPION)
     if recheck is not None and prepare is not None:
         seen = version_of(client, name, CHAMPION)
         if seen != compared_with:
@@ -493,41 +562,53 @@ def restore_challenger(client: MlflowClient, engine: Engine, audit: AuditWriter,
     re-run finds the version unchanged: otherwise the outcome depends on where the kill
     fell."""
     with held_lock(engine, MODEL_LOCK):
-        events = events_of(engine, MODEL_ACTIONS)
-        verdicts = _verdicts(events)
-        verdict = verdicts.get((name, str(version)))
-        if verdict is None or not verdict["passed"]:
-            return []
-        if any(model == name and int(v) > int(version) and later["passed"]
-               for (model, v), later in verdicts.items()):
-            return []
-        moves = [e for e in events
-                 if e["action"] == ALIAS_SET and e["details"].get("model") == name]
-        moved: list[str] = []
-        if not any(str(e["details"].get("version")) == str(version) for e in moves):
-            if str(version) in current_aliases(client, name).values():
-                return []  # set outside puhui: verify reports it, this does not hide it
-            _move_alias(client, engine, audit, name, CHALLENGER, str(version),
-                        "passed every gate; its training stopped before this move")
-            moved.append(CHALLENGER)
-        judged = max((e["seq"] for e in events if e["action"] == GATES
-                      and e["details"].get("model") == name
-                      and str(e["details"].get("version")) == str(version)), default=None)
-        if not auto_promote or judged is None:
-            return moved
-        since = [str(e["details"].get("version")) for e in moves
-                 if e["details"].get("alias") == CHAMPION and e["seq"] > judged]
-        if not since:
-            move_champion(client, engine, audit, name, str(version),
-                          "auto_promote is on in configs/models.yaml; its training stopped "
-                          "before this move")
-            moved.append(CHAMPION)
-        elif set(since) == {str(version)} and version_of(client, name, CHALLENGER) == str(version):
-            # Killed between the champion move and taking challenger off it.
-            _remove_alias(client, engine, audit, name, CHALLENGER,
-                          f"v{version} promoted to {CHAMPION}")
-            moved.append(f"{CHALLENGER} removed")
+        return _restore_moves(client, engine, audit, name, version, auto_promote)
+
+
+def _restore_moves(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
+                   version: str, auto_promote: bool) -> list[str]:
+    """``restore_challenger``'s moves; the caller holds ``MODEL_LOCK``."""
+    events = events_of(engine, MODEL_ACTIONS)
+    verdicts = _verdicts(events)
+    verdict = verdicts.get((name, str(version)))
+    if verdict is None or not verdict["passed"]:
+        return []
+    if any(model == name and int(v) > int(version) and later["passed"]
+           for (model, v), later in verdicts.items()):
+        return []
+    moves = [e for e in events
+             if e["action"] == ALIAS_SET and e["details"].get("model") == name]
+    moved: list[str] = []
+    if not any(str(e["details"].get("version")) == str(version) for e in moves):
+        if str(version) in current_aliases(client, name).values():
+            return []  # set outside puhui: verify reports it, this does not hide it
+        _move_alias(client, engine, audit, name, CHALLENGER, str(version),
+                    "passed every gate; its training stopped before this move")
+        moved.append(CHALLENGER)
+    judged = max((e["seq"] for e in events if e["action"] == GATES
+                  and e["details"].get("model") == name
+                  and str(e["details"].get("version")) == str(version)), default=None)
+    if not auto_promote or judged is None:
         return moved
+    since = [str(e["details"].get("version")) for e in moves
+             if e["details"].get("alias") == CHAMPION and e["seq"] > judged]
+    if not since:
+        move_champion(client, engine, audit, name, str(version),
+                      "auto_promote is on in configs/models.yaml; its training stopped "
+                      "before this move")
+        moved.append(CHAMPION)
+    elif set(since) == {str(version)} and version_of(client, name, CHALLENGER) == str(version):
+        # Killed between the champion move and taking challenger off it.
+        _remove_alias(client, engine, audit, name, CHALLENGER,
+                      f"v{version} promoted to {CHAMPION}")
+        moved.append(f"{CHALLENGER} removed")
+    return moved
+
+
+def recorded_verdict(engine: Engine, name: str, version: str) -> dict[str, Any] | None:
+    """The trail's gate verdict on ``name`` v``version`` (``passed``, ``failed``); None:
+    none recorded."""
+    return _verdicts(events_of(engine, [GATES])).get((name, str(version)))
 
 
 def gate_verdict(client: MlflowClient, name: str, version: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from puhui.monitoring.alerts import WEBHOOK_ENV, describe, post_alerts, why
 from puhui.monitoring.automation import AUTOMATION_NAME, ensure_report_automation
 from puhui.monitoring.run import MonitoringConfigs, MonitoringResult, monitor, render_report
 from puhui.monitoring.store import write_findings
-from puhui.registry import use_experiment
+from puhui.registry import step_run, use_experiment
 from puhui.runtime import open_runtime
 from puhui.scratch import scratch_dir
 from puhui.settings import Settings
@@ -76,10 +76,10 @@ def publish_report(settings: Settings, result: MonitoringResult,
         "flow_run_id": current_flow_run_id() or "", "actor": runtime.audit.actor,
     }
     use_experiment(EXPERIMENT, settings.mlflow_tracking_uri, settings.home / "mlartifacts")
-    with scratch_dir("report") as tmp, mlflow.start_run(
-            run_name=f"report as of {result.as_of}",
-            tags={"puhui.as_of": result.as_of.isoformat(),
-                  "puhui.flow_run_id": facts["flow_run_id"]}) as run:
+    with scratch_dir("report") as tmp, step_run(
+            f"report as of {result.as_of}",
+            {"puhui.as_of": result.as_of.isoformat(),
+             "puhui.flow_run_id": facts["flow_run_id"]}) as run:
         facts["mlflow_run_id"] = run.info.run_id
         page, _ = render_report(runtime.engine, result, mon, facts)
         path = settings.home / "reports" / f"report_{result.as_of.isoformat()}.html"

@@ -56,12 +56,12 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="puhui-test-session-"))
 atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
-# An xdist worker gets its own PUHUI_HOME (beside the one given, e.g. CI's; else a temporary
-# one), so that a test that uses the ambient home never shares state with the other worker.
+# Every test process (each xdist worker too) gets its own PUHUI_HOME in its session folder:
+# a test that uses the ambient home never shares state with another process, and never falls
+# back to ./.puhui (under -n 0 from the repo, tests read the repo's store and audit verify
+# wrote one there).
+os.environ["PUHUI_HOME"] = str(_SESSION_HOME / "puhui")
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if XDIST_WORKER:
-    _home = Path(os.environ.get("PUHUI_HOME", _SESSION_HOME / "puhui")).expanduser().resolve()
-    os.environ["PUHUI_HOME"] = str(_home.with_name(f"{_home.name}-{XDIST_WORKER}"))
 
 from puhui.throwaway_postgres import PostgresServer, find_postgres_bin_dir, throwaway_postgres  # noqa: E402
 from puhui.warehouse.engine import dispose_engines  # noqa: E402

@@ -624,7 +624,6 @@ def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     assert "T2026" not in out + err and "ingest_keys agrees" not in out
 
 
-@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -668,3 +667,37 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     assert "ingest_keys: feed mobile_payments's batches loaded before its key index was " \
         "built hold 1,599 key(s) but the build indexed 1,600 (index rows deleted by hand" \
         in err, err
+
+
+def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The two branches the other tests do not reach: keys held by a batch that loaded
+    nothing (a duplicate delivery), keys of a batch id the ledger does not have."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    first = _payments(landing, DAY1, "a", range(1, 101))
+    shutil.copy(first, first.with_name("mobile_payments_again.csv"))
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    again = ingestor.ingest(_landed(feed, landing, DAY1, "_again"))
+    assert again.status == "duplicate"
+    code, out, err = _verify(capsys)
+    assert code == 0 and "ingest_keys agrees with the ledger: 100 key(s)" in out, err
+
+    gone = "mobile_payments-20260930-0123456789ab"  # a batch id no ledger row has
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE ingest_keys SET batch_id = :d WHERE batch_id = :a AND "
+                          "key_hi = (SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :a)"),
+                     {"d": again.batch_id, "a": a})
+        conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                          "VALUES (1, 2, :g, 3)"), {"g": gone})
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert f"ingest_keys: batch {again.batch_id} (duplicate) holds 1 key(s) but loaded no " \
+        "row since its feed's key index (index rows added by hand)" in err, err
+    assert f"ingest_keys: batch {a} holds 99 key(s) but loaded 100 row(s)" in err
+    assert "ingest_keys: 1 key(s) of 1 batch(es) not in ingest_batches (index rows added " \
+        f"by hand, or their batch's row deleted), e.g. '{gone}'" in err
+    assert "ingest_keys and the audit trail DISAGREE: 3 problem(s)" in err

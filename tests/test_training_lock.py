@@ -180,12 +180,15 @@ mlflow_client(uri).search_experiments()
 """
 
 
-def _waiting_for_a_flock(pid: int) -> bool:
-    """Whether process ``pid`` is blocked on an ``flock`` (a ``->`` line of /proc/locks)."""
+def _waiting_for_a_flock(pid: int, lock_file: Path) -> bool:
+    """Whether process ``pid`` is blocked on an ``flock`` of ``lock_file`` (a ``->`` line of
+    /proc/locks naming its device and inode: a wait on any other flock is not this one)."""
+    stat = lock_file.stat()
+    file_id = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
         if "->" in fields and fields[fields.index("->") + 1] == "FLOCK" and \
-                fields[fields.index("->") + 4] == str(pid):
+                fields[fields.index("->") + 4:fields.index("->") + 6] == [str(pid), file_id]:
             return True
     return False
 
@@ -215,9 +218,10 @@ def test_two_processes_creating_one_new_mlflow_store_take_turns(
 
     first = start("first")
     _until((tmp_path / "first.creating").exists, [first])
+    [lock_file] = (tmp_path / "new").glob("*.puhui.mlflow_store.lock")  # the first holds it
     second = start("second")
     _until(lambda: (tmp_path / "second.creating").exists()
-           or _waiting_for_a_flock(second.pid), [first, second])
+           or _waiting_for_a_flock(second.pid, lock_file), [first, second])
     assert not (tmp_path / "second.creating").exists(), "created the tables at the same time"
     (tmp_path / "go").touch()
     ended = [(p.wait(timeout=WAIT), p.stderr.read()) for p in (first, second)]

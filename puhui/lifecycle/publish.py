@@ -32,6 +32,7 @@ from puhui.registry import (
     CHAMPION,
     GATES_PASSED_TAG,
     mlflow_client,
+    recorded_verdict,
     settle_gate_verdict,
     versions_of,
 )
@@ -201,6 +202,11 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
                               recheck if champion else None,
                               champion.prepare if champion else None)
     moved = ""
+    recorded = recorded_verdict(engine, name, version)
+    if not rechecked and recorded is not None and (
+            recorded["passed"], recorded["failed"]) != (gates.passed, gates.failed):
+        # A retry after the verdict: it is the recorded one (maybe against a moved champion).
+        gates = GateResult(recorded["passed"], recorded["failed"])
     if rechecked:
         current, gates = rechecked[-1]
         was, found = (f"v{v}" if v else "none" for v in (champion.compared_with, current))

@@ -23,7 +23,7 @@ from puhui.lifecycle import publish as lifecycle
 from puhui.recommender.model import load_ranker, save_ranker
 from puhui.recommender.train import RecommenderRun
 from puhui.recommender.training_set import TRAIN, RankingSet
-from puhui.registry import register_version, use_experiment
+from puhui.registry import register_version, registered_from_run, step_run, use_experiment
 from puhui.registry_read import metric_name
 from puhui.scratch import scratch_dir
 
@@ -85,45 +85,56 @@ def publish_recommender(
     example = run.oot[run.ranker.features].head(5).reset_index(drop=True)
     example = example.astype({c: object if c in run.ranker.categories else "float64"
                               for c in run.ranker.features})
-    with scratch_dir("publish") as tmp, mlflow.start_run(
-        run_name=f"{name} as of {data.as_of}",
-        tags=lifecycle.lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
+    with scratch_dir("publish") as tmp, step_run(
+        f"{name} as of {data.as_of}",
+        lifecycle.lineage_tags(tags, data.batch_ids, data.as_of, ranges(data), fingerprint),
     ) as mlrun:
-        work = Path(tmp)
-        lifecycle.log_configuration(config_dir)
-        mlflow.log_params(run_params(data, run))
-        metrics = dict(evaluation.metrics)
-        for row in evaluation.rows():
-            metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(
-                row["value"] if row["value"] is not None else np.nan)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        ranker_dir = work / RANKER_ARTIFACT
-        save_ranker(run.ranker, ranker_dir)
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=RecommenderPyfunc(),
-            artifacts={RANKER_ARTIFACT: str(ranker_dir)}, input_example=example,
-            signature=lifecycle.model_signature(run.ranker.features, run.ranker.categories, example,
-                                      run.ranker.score(example)),
-            pip_requirements=PIP_REQUIREMENTS)
-        for table, frame in (("segments", evaluation.segments),
-                             ("top1_share", evaluation.top1_share)):
-            path = work / f"{table}.csv"
-            frame.to_csv(path, index=False)
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
-        mlflow.log_dict(run.gates.as_dict(), "gates.json")
-        mlflow.log_dict({"ingest_batches": sorted(data.batch_ids), **ranges(data)},
-                        "lineage.json")
-        version = register_version(
-            engine, audit, name=name, model_uri=info.model_uri, run_id=mlrun.info.run_id,
-            tags={lifecycle.FINGERPRINT_TAG: fingerprint, "training.as_of": data.as_of.isoformat()},
-            details={"as_of": data.as_of.isoformat(), "fingerprint": fingerprint,
-                     "metrics": {k: round(evaluation.metrics[k], 6) for k in
-                                 ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
-                                  "ndcg_at_3_oot_segment_popularity")
-                                 if k in evaluation.metrics},
-                     "ingest_batches": sorted(data.batch_ids)})
+        # A retried step resumes after the registration its failed attempt made.
+        version = registered_from_run(engine, audit, name, mlrun.info.run_id,
+                                      data.as_of.isoformat())
+        if version is None:
+            version = _log_and_register(engine, audit, name, mlrun.info.run_id, Path(tmp),
+                                        data, run, fingerprint, example, config_dir)
     rows = [r for r in evaluation.rows() if r["value"] is not None]
     lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id)
     return PublishedRecommender(name, str(version), mlrun.info.run_id)
 
 
+def _log_and_register(engine: Engine, audit: AuditWriter, name: str, run_id: str, work: Path,
+                      data: RankingSet, run: RecommenderRun, fingerprint: str,
+                      example: pd.DataFrame, config_dir: Path) -> str:
+    """The run's parameters, metrics, model and tables, then its registration (in the
+    active run)."""
+    evaluation = run.evaluation
+    lifecycle.log_configuration(config_dir)
+    mlflow.log_params(run_params(data, run))
+    metrics = dict(evaluation.metrics)
+    for row in evaluation.rows():
+        metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(
+            row["value"] if row["value"] is not None else np.nan)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+    ranker_dir = work / RANKER_ARTIFACT
+    save_ranker(run.ranker, ranker_dir)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=RecommenderPyfunc(),
+        artifacts={RANKER_ARTIFACT: str(ranker_dir)}, input_example=example,
+        signature=lifecycle.model_signature(run.ranker.features, run.ranker.categories,
+                                            example, run.ranker.score(example)),
+        pip_requirements=PIP_REQUIREMENTS)
+    for table, frame in (("segments", evaluation.segments),
+                         ("top1_share", evaluation.top1_share)):
+        path = work / f"{table}.csv"
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    mlflow.log_dict(run.gates.as_dict(), "gates.json")
+    mlflow.log_dict({"ingest_batches": sorted(data.batch_ids), **ranges(data)},
+                    "lineage.json")
+    return register_version(
+        engine, audit, name=name, model_uri=info.model_uri, run_id=run_id,
+        tags={lifecycle.FINGERPRINT_TAG: fingerprint, "training.as_of": data.as_of.isoformat()},
+        details={"as_of": data.as_of.isoformat(), "fingerprint": fingerprint,
+                 "metrics": {k: round(evaluation.metrics[k], 6) for k in
+                             ("ndcg_at_3_oot", "ndcg_at_3_oot_popularity",
+                              "ndcg_at_3_oot_segment_popularity")
+                             if k in evaluation.metrics},
+                 "ingest_batches": sorted(data.batch_ids)})

@@ -34,6 +34,8 @@ from puhui.registry import (
     load_registered_pyfunc,
     mlflow_client,
     register_version,
+    registered_from_run,
+    step_run,
     use_experiment,
 )
 from puhui.registry_read import metric_name
@@ -101,34 +103,15 @@ def publish_risk_model(
     # Numbers as float: a feature that is whole in these rows may be missing in others.
     example = example.astype({c: object if c in training.categorical else "float64"
                               for c in training.features})
-    with scratch_dir("publish") as tmp, mlflow.start_run(
-        run_name=f"{name} as of {training.as_of}", tags=run_tags
-    ) as run:
+    with scratch_dir("publish") as tmp, step_run(f"{name} as of {training.as_of}",
+                                                 run_tags) as run:
         work = Path(tmp)
-        log_configuration(config_dir)
-        mlflow.log_params({k: v for k, v in trained.params.items()} | {
-            "best_iteration": trained.best_iteration, "features": len(training.features),
-            "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],
-            "oot_rows": summary["oot_rows"], "search_trials": len(trained.trials)})
-        metrics = dict(evaluation.metrics)
-        for row in evaluation.segment_metrics:
-            metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(row["value"])
-        mlflow.log_metrics(metrics)
-        scorer_dir = work / SCORER_ARTIFACT
-        trained.scorer.save(scorer_dir)
-        model_info = mlflow.pyfunc.log_model(
-            name="model", python_model=RiskModelPyfunc(),
-            artifacts={SCORER_ARTIFACT: str(scorer_dir)},
-            signature=model_signature(training.features, training.categorical, example,
-                                      trained.scorer.predict_pd(example)),
-            input_example=example, pip_requirements=PIP_REQUIREMENTS,
-        )
-        log_monitoring_bins(model_info.model_uri, training.split(TRAIN), training.features,
-                            training.categorical)
-        version = register_version(
-            engine, audit, name=name, model_uri=model_info.model_uri, run_id=run.info.run_id,
-            tags={FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat()},
-            details=registration_details(training, evaluation, fingerprint))
+        # A retried step resumes after the registration its failed attempt made.
+        version = registered_from_run(engine, audit, name, run.info.run_id,
+                                      training.as_of.isoformat())
+        if version is None:
+            version = _log_and_register(engine, audit, name, run.info.run_id, work, training,
+                                        trained, evaluation, fingerprint, example, config_dir)
         plots = report_plots(evaluation)
         facts: dict[str, Any] = {
             "model": name, "version": version, "mlflow_run_id": run.info.run_id,
@@ -163,6 +146,37 @@ def publish_risk_model(
     write_evaluations(engine, name, str(version), training.as_of, evaluation.rows(),
                       run.info.run_id)
     return Published(name, str(version), run.info.run_id, report)
+
+
+def _log_and_register(engine: Engine, audit: AuditWriter, name: str, run_id: str, work: Path,
+                      training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
+                      fingerprint: str, example: Any, config_dir: Path) -> str:
+    """The run's parameters, metrics and model, then its registration (in the active run)."""
+    summary = training.summary()
+    log_configuration(config_dir)
+    mlflow.log_params({k: v for k, v in trained.params.items()} | {
+        "best_iteration": trained.best_iteration, "features": len(training.features),
+        "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],
+        "oot_rows": summary["oot_rows"], "search_trials": len(trained.trials)})
+    metrics = dict(evaluation.metrics)
+    for row in evaluation.segment_metrics:
+        metrics[metric_name(str(row["metric"]), str(row["segment"]))] = float(row["value"])
+    mlflow.log_metrics(metrics)
+    scorer_dir = work / SCORER_ARTIFACT
+    trained.scorer.save(scorer_dir)
+    model_info = mlflow.pyfunc.log_model(
+        name="model", python_model=RiskModelPyfunc(),
+        artifacts={SCORER_ARTIFACT: str(scorer_dir)},
+        signature=model_signature(training.features, training.categorical, example,
+                                  trained.scorer.predict_pd(example)),
+        input_example=example, pip_requirements=PIP_REQUIREMENTS,
+    )
+    log_monitoring_bins(model_info.model_uri, training.split(TRAIN), training.features,
+                        training.categorical)
+    return register_version(
+        engine, audit, name=name, model_uri=model_info.model_uri, run_id=run_id,
+        tags={FINGERPRINT_TAG: fingerprint, "training.as_of": training.as_of.isoformat()},
+        details=registration_details(training, evaluation, fingerprint))
 
 
 def champion_check(engine: Engine, tracking_uri: str, published: Published,
