@@ -57,7 +57,7 @@ def test_retried_register_and_gate_steps_write_one_version_and_one_verdict(
     evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
     gates = check_gates(evaluation, model.gates)
     uri = settings.mlflow_tracking_uri
-    audit = open_runtime().audit
+    audit = open_runtime(settings).audit
 
     @task(**step_options(0))
     def register() -> str:
@@ -65,7 +65,7 @@ def test_retried_register_and_gate_steps_write_one_version_and_one_verdict(
             engine=engine, tracking_uri=uri, name=NAME, training=training, trained=trained,
             evaluation=evaluation, gates=gates, tags={}, fingerprint="retried",
             report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
-            audit=audit).version
+            audit=audit, profile=settings.profile, config_dir=settings.config_dir).version
 
     monkeypatch.setenv(FAIL_ONCE_ENV, "register.after_mlflow")
     version = register()
