@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +13,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from puhui.audit import AuditWriter, audit_key_bytes
-from puhui.config import config_hash
+from puhui.config import config_files, config_hash, read_config_bytes
 from puhui.errors import PuhuiError
 from puhui.privacy import error_line
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
@@ -43,11 +45,36 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
 
 
 def flow_settings() -> Settings:
-    """The settings a flow run hands its tasks: read once, at its start, with the hash of
-    its configs worked out once too (a config edited during a long training then does not
-    give the version a hash other than that of the spec it was trained with)."""
+    """The settings a flow run hands its tasks: read once, at its start, with its configs
+    copied once into ``PUHUI_HOME/config-snapshots/<hash>`` and ``config_dir`` pointing at
+    that copy. Every step and the configs logged with a model then read exactly the bytes
+    the run's hash covers, even when ``configs/`` is edited during a long training."""
     settings = load_settings()
-    return replace(settings, config_hash=config_hash(settings.config_dir))
+    digest, snapshot = snapshot_configs(settings.config_dir, settings.home / "config-snapshots")
+    return replace(settings, config_dir=snapshot, config_hash=digest)
+
+
+def snapshot_configs(config_dir: Path, snapshots: Path) -> tuple[str, Path]:
+    """Copy ``config_dir``'s config files into ``snapshots/<hash>`` and return both; the
+    hash is taken from the copy, so the two cannot differ. Written aside then renamed (a
+    concurrent run never sees half a folder); an existing snapshot is reused."""
+    snapshots.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=".partial-", dir=snapshots))
+    try:
+        for path in config_files(config_dir):
+            (aside / path.name).write_bytes(read_config_bytes(path))
+        digest = config_hash(aside)
+        target = snapshots / digest
+        if not target.is_dir():
+            try:
+                aside.rename(target)
+            except OSError:
+                # Another run renamed the same hash first: its copy holds the same bytes.
+                if not target.is_dir():
+                    raise
+        return digest, target
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,

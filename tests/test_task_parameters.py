@@ -175,6 +175,32 @@ def test_a_flow_run_records_the_config_hash_it_started_with(
     assert open_runtime(settings).audit.config_hash == started != config_hash(configs)
 
 
+def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
+    puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the hash was taken at flow start but the register step logged configs/ as it
+    was an hour later, so the run held a models.yaml its hash did not cover."""
+    import mlflow
+
+    from puhui.lifecycle.publish import log_configuration
+
+    configs = tmp_path / "configs"
+    shutil.copytree(repo_root() / "configs", configs)
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    hashed = (configs / "models.yaml").read_bytes()
+    settings = flow_settings()
+    with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
+        edit.write("\n# edited while the flow ran\n")
+    assert config_hash(settings.config_dir) == settings.config_hash
+    assert flow_settings().config_dir != settings.config_dir  # a new hash, a new copy
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    with mlflow.start_run() as run:
+        log_configuration(settings.config_dir)
+    logged = Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="configs/models.yaml", dst_path=str(tmp_path)))
+    assert logged.read_bytes() == hashed
+
+
 def test_every_flow_scrubs_its_logs_before_anything_can_fail() -> None:
     """A traceback from a flow body (its settings, its config step) reaches Prefect's log
     table: the scrubbing filter must be on the handlers first, in every flow, not only
