@@ -33,6 +33,8 @@ def task_runner_from_env(env: Mapping[str, str] | None = None) -> TaskRunner:
     env = os.environ if env is None else env
     kind = _kind(env)
     workers = _whole(env, "PUHUI_TASK_WORKERS", "2")
+    # Checked here, before the flow starts: scoring reads it only after the whole build.
+    _configured_threads(env)
     if kind == "local":
         return ThreadPoolTaskRunner(max_workers=workers)
     from prefect_dask import DaskTaskRunner
@@ -55,9 +57,15 @@ def _kind(env: Mapping[str, str]) -> str:
 
 def _whole(env: Mapping[str, str], name: str, default: str) -> int:
     text = env.get(name, default).strip() or default
-    if not text.isdigit() or int(text) < 1:
+    # ASCII only: '¹'.isdigit() is True, but int('¹') raises a traceback, not this line.
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise PuhuiError(f"{name} must be a whole number of at least 1")
     return int(text)
+
+
+def _configured_threads(env: Mapping[str, str]) -> int | None:
+    return (_whole(env, "PUHUI_SCORING_THREADS", "1")
+            if env.get("PUHUI_SCORING_THREADS", "").strip() else None)
 
 
 def lightgbm_threads(concurrent: int, cores: int, configured: int | None = None) -> int:
@@ -74,8 +82,7 @@ def scoring_threads_from_env(partitions: int, env: Mapping[str, str] | None = No
     (LightGBM's default) on a Dask scheduler elsewhere, whose machines' cores are unknown
     here, unless ``PUHUI_SCORING_THREADS`` says."""
     env = os.environ if env is None else env
-    configured = (_whole(env, "PUHUI_SCORING_THREADS", "1")
-                  if env.get("PUHUI_SCORING_THREADS", "").strip() else None)
+    configured = _configured_threads(env)
     if _kind(env) == "dask" and env.get("PUHUI_DASK_ADDRESS", "").strip():
         return configured
     workers = _whole(env, "PUHUI_TASK_WORKERS", "2")

@@ -31,9 +31,14 @@ def test_task_runner_follows_the_settings() -> None:
     local_cluster = task_runner_from_env({"PUHUI_TASK_RUNNER": "dask",
                                           "PUHUI_TASK_WORKERS": "2"})
     assert local_cluster.address is None and local_cluster.cluster_kwargs["n_workers"] == 2
-    for bad in ({"PUHUI_TASK_RUNNER": "spark"}, {"PUHUI_TASK_WORKERS": "0"}):
+    for bad in ({"PUHUI_TASK_RUNNER": "spark"}, {"PUHUI_TASK_WORKERS": "0"},
+                {"PUHUI_TASK_WORKERS": "\u00b9"}):
         with pytest.raises(PuhuiError):
             task_runner_from_env(bad)
+    # before the flow starts, not after the whole partitioned build
+    for bad in ("0", "\u00b9"):
+        with pytest.raises(PuhuiError, match="PUHUI_SCORING_THREADS"):
+            task_runner_from_env({"PUHUI_SCORING_THREADS": bad})
 
 
 def test_scoring_divides_the_cores_among_the_partitions_that_run_at_once() -> None:
@@ -50,7 +55,7 @@ def test_scoring_divides_the_cores_among_the_partitions_that_run_at_once() -> No
     remote = {"PUHUI_TASK_RUNNER": "dask", "PUHUI_DASK_ADDRESS": "tcp://10.0.0.5:8786"}
     assert scoring_threads_from_env(8, remote, cores=2) is None
     assert scoring_threads_from_env(8, remote | {"PUHUI_SCORING_THREADS": "3"}) == 3
-    for bad in ("0", "two", "-1"):
+    for bad in ("0", "two", "-1", "\u00b9"):  # '¹'.isdigit() is True; int('¹') raises
         with pytest.raises(PuhuiError, match="PUHUI_SCORING_THREADS"):
             scoring_threads_from_env(8, {"PUHUI_SCORING_THREADS": bad}, cores=2)
 
