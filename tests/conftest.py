@@ -10,8 +10,10 @@
 Under pytest-xdist (``make test`` runs two workers, one test file per worker at a time) a
 "session" is one worker: each worker has its own PostgreSQL server, Prefect harness,
 PREFECT_HOME and PUHUI_HOME. Only read-only things are built once per run and shared by the
-workers: the risk landing zones and their SQLite templates (``RiskTemplates``) and the piped
-demo run (``piped_demo``).
+workers: the risk landing zones and their SQLite templates (``RiskTemplates``), one trained
+and promoted credit_risk champion on SQLite (``champion_env`` in tests/test_profiles.py; each
+test gets a copy) and the piped demo run (``piped_demo``). The PostgreSQL champion is built
+once per worker (its database lives in that worker's server).
 """
 
 from __future__ import annotations
