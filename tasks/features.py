@@ -25,6 +25,7 @@ from puhui.features.partitioned import (
     stage_register,
 )
 from puhui.partitioning import Partition
+from puhui.privacy import install_log_scrubbing
 from puhui.risk.model import RiskScorer
 from puhui.scoring import score_staged_partition
 from puhui.settings import Settings
@@ -64,6 +65,7 @@ def drop_split_phone_feeds(staging: str) -> None:
 def build_feature_partition(settings: Settings, spec: FeaturesConfig, as_of: date,
                             staging: str, partition: Partition) -> int:
     """One partition's features (every customer as of ``as_of``) to its staged Parquet file."""
+    install_log_scrubbing()  # a Dask worker process has not the flow's filter
     return build_staged_partition(get_engine(settings.warehouse_url), spec, as_of,
                                   Path(staging), partition)
 
@@ -73,5 +75,6 @@ def score_partition(staging: str, partition: Partition, model_dir: str,
                     num_threads: int | None = None) -> int:
     """One partition's PD from its staged features, with the scorer saved in ``model_dir``
     (LightGBM on ``num_threads`` threads; None: its default)."""
+    install_log_scrubbing()  # a Dask worker process has not the flow's filter
     return score_staged_partition(Path(staging), partition,
                                   RiskScorer.load(Path(model_dir), num_threads))

@@ -216,3 +216,23 @@ def test_every_flow_scrubs_its_logs_before_anything_can_fail() -> None:
                 call = body[0].value if isinstance(body[0], ast.Expr) else None
                 first[node.name] = getattr(getattr(call, "func", None), "id", None)
     assert len(first) >= 7 and set(first.values()) == {"install_log_scrubbing"}, first
+
+
+def test_every_mapped_task_scrubs_its_logs_first() -> None:
+    """A mapped task runs in a Dask worker process under PUHUI_TASK_RUNNER=dask, which has
+    not the flow's filter: a partition task's traceback went to Prefect's log table
+    unmasked. Each task a flow maps installs it first, as ingest-feed does."""
+    mapped = {node.func.value.id for path in (ROOT / "flows").glob("*.py")
+              for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "map" and isinstance(node.func.value, ast.Name)}
+    first = {}
+    for path in sorted(TASKS.glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name in mapped:
+                body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(
+                    s.value, ast.Constant))]
+                call = body[0].value if isinstance(body[0], ast.Expr) else None
+                first[node.name] = getattr(getattr(call, "func", None), "id", None)
+    assert set(first) == mapped and len(mapped) >= 2, (mapped, first)
+    assert set(first.values()) == {"install_log_scrubbing"}, first
