@@ -132,14 +132,6 @@ def error_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else ""
 
 
-# C0 and C1 control characters: ESC starts terminal escape sequences, 0x9b is a one-byte CSI.
-# Then Unicode's invisible format characters: bidirectional overrides, embeddings and isolates
-# (U+202A-E, U+2066-9, U+061C, U+200E/F) reorder what follows on screen, zero-width ones
-# (U+200B-D, U+2060, U+FEFF, U+00AD) hide text, and U+2028/9 are line breaks to editors,
-# browsers and Python's splitlines. Tag characters (U+E0000-E007F) are invisible text
-# ("ASCII smuggling"). All are outside what Python's str.isprintable accepts.
-
-
 def printable(text: str) -> str:
     """``text`` (a landed file's name, say) as one inert terminal line: identifier-shaped
     text masked, every control, invisible format, private-use or unassigned character shown as
