@@ -13,7 +13,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from puhui.audit import AuditWriter, audit_key_bytes
-from puhui.config import config_files, config_hash, read_config_bytes
+from puhui.config import config_files, config_hash, hashed_suites_dir, read_config_bytes
 from puhui.errors import PuhuiError
 from puhui.privacy import error_line
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
@@ -46,23 +46,29 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
 
 def flow_settings() -> Settings:
     """The settings a flow run hands its tasks: read once, at its start, with its configs
-    copied once into ``PUHUI_HOME/config-snapshots/<hash>`` and ``config_dir`` pointing at
-    that copy. Every step and the configs logged with a model then read exactly the bytes
-    the run's hash covers, even when ``configs/`` is edited during a long training."""
+    (and expectation suites) copied once into ``PUHUI_HOME/config-snapshots/<hash>`` and
+    ``config_dir`` pointing at that copy. Every step and the files logged with a model then
+    read exactly the bytes the run's hash covers, even when ``configs/`` is edited during a
+    long training."""
     settings = load_settings()
     digest, snapshot = snapshot_configs(settings.config_dir, settings.home / "config-snapshots")
     return replace(settings, config_dir=snapshot, config_hash=digest)
 
 
 def snapshot_configs(config_dir: Path, snapshots: Path) -> tuple[str, Path]:
-    """Copy ``config_dir``'s config files into ``snapshots/<hash>`` and return both; the
-    hash is taken from the copy, so the two cannot differ. Written aside then renamed (a
-    concurrent run never sees half a folder); an existing snapshot is reused."""
+    """Copy ``config_dir``'s config files and the suites its hash covers (into
+    ``expectations/``) to ``snapshots/<hash>`` and return both; the hash is taken from the
+    copy, so the two cannot differ. Written aside then renamed (a concurrent run never sees
+    half a folder); an existing snapshot is reused."""
     snapshots.mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix=".partial-", dir=snapshots))
     try:
         for path in config_files(config_dir):
             (aside / path.name).write_bytes(read_config_bytes(path))
+        # The suites too: the hash covers them, and the register step logs them.
+        (aside / "expectations").mkdir()
+        for path in sorted(hashed_suites_dir(config_dir).glob("*.json")):
+            (aside / "expectations" / path.name).write_bytes(path.read_bytes())
         digest = config_hash(aside)
         target = snapshots / digest
         if not target.is_dir():

@@ -187,18 +187,25 @@ def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
     configs = tmp_path / "configs"
     shutil.copytree(repo_root() / "configs", configs)
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
-    hashed = (configs / "models.yaml").read_bytes()
+    suites = tmp_path / "expectations"
+    shutil.copytree(repo_root() / "expectations", suites)
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    suite = sorted(suites.glob("*.json"))[0]
+    hashed = {"models.yaml": (configs / "models.yaml").read_bytes(),
+              suite.name: suite.read_bytes()}
     settings = flow_settings()
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
+    suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     assert config_hash(settings.config_dir) == settings.config_hash
     assert flow_settings().config_dir != settings.config_dir  # a new hash, a new copy
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     with mlflow.start_run() as run:
         log_configuration(settings.config_dir)
-    logged = Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="configs/models.yaml", dst_path=str(tmp_path)))
-    assert logged.read_bytes() == hashed
+    for artifact in ("configs/models.yaml", f"expectations/{suite.name}"):
+        logged = Path(mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path=artifact, dst_path=str(tmp_path / "run")))
+        assert logged.read_bytes() == hashed[logged.name], artifact
 
 
 def test_every_flow_scrubs_its_logs_before_anything_can_fail() -> None:
