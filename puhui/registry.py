@@ -517,7 +517,13 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
     one evaluated against (``evaluated_against``). ``prepare(champion)`` runs first, outside
     the lock, for the champion seen then: loading its files (a copy, a digest check) kept a
     promote or rollback waiting; under the lock the alias is read again and only scored."""
+    if recheck is not None and prepare is not None:
+        seen = version_of(client, name, CHAMPION)
+        if seen != compared_with:
+            prepare(seen)
     with held_lock(engine, MODEL_LOCK):
+        # In the verdict's own hold: a separate hold for this check let a promotion queued
+        # behind the step run between the two and find the version ungated.
         recorded = recorded_verdict(engine, name, version)
         if recorded is not None:
             # A retry of the step (a transient error after the verdict): its tags again (no
@@ -525,11 +531,6 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
             _write_gate_tags(client, name, str(version), recorded["passed"], recorded["failed"])
             _restore_moves(client, engine, audit, name, str(version), auto_promote)
             return version_of(client, name, CHAMPION)
-    if recheck is not None and prepare is not None:
-        seen = version_of(client, name, CHAMPION)
-        if seen != compared_with:
-            prepare(seen)
-    with held_lock(engine, MODEL_LOCK):
         extra: dict[str, Any] | None = None
         if recheck is not None:
             current = version_of(client, name, CHAMPION)
