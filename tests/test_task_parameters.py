@@ -200,7 +200,9 @@ def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
     assert config_hash(settings.config_dir) == settings.config_hash
     assert flow_settings().config_dir != settings.config_dir  # a new hash, a new copy
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    with mlflow.start_run() as run:
+    # Its own experiment: the active one may be an earlier test's, in another store.
+    experiment = mlflow.set_experiment("config-snapshot")
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
         log_configuration(settings.config_dir)
     for artifact in ("configs/models.yaml", f"expectations/{suite.name}"):
         logged = Path(mlflow.artifacts.download_artifacts(
