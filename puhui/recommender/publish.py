@@ -96,7 +96,8 @@ def publish_recommender(
             version = _log_and_register(engine, audit, name, mlrun.info.run_id, Path(tmp),
                                         data, run, fingerprint, example, config_dir)
     rows = [r for r in evaluation.rows() if r["value"] is not None]
-    lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id)
+    lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id,
+                                audit.guard)
     return PublishedRecommender(name, str(version), mlrun.info.run_id)
 
 
