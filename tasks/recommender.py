@@ -149,7 +149,8 @@ def register_recommender(settings: Settings, data: RankingSet, run: RecommenderR
             engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
             name=reco.registered_name, data=data, run=run, tags=tags,
             fingerprint=fingerprint, artifact_root=settings.home / "mlartifacts",
-            profile=settings.profile, config_dir=settings.config_dir)
+            profile=settings.profile, config_dir=settings.config_dir,
+            expectations_dir=settings.expectations_dir)
     return published, _say(f"register: {published.name} v{published.version} (MLflow run "
                            f"{published.run_id[:12]})", started)
 

@@ -241,6 +241,7 @@ def register_risk_model(settings: Settings, training: TrainingSet, trained: Trai
             evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
             report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
             profile=settings.profile, config_dir=settings.config_dir,
+            expectations_dir=settings.expectations_dir,
         )
     line = _say(f"register: {published.name} v{published.version} (MLflow run "
                 f"{published.run_id[:12]}), report {published.report_path}", started)
