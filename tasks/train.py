@@ -279,6 +279,9 @@ def reconcile_models(settings: Settings) -> list[str]:
         get_run_logger().warning(line)
     for line in result.swept:
         get_run_logger().info(line)
+    # Killed, or fenced out after MLflow registered them (puhui.lifecycle.fencing).
+    for version in result.ungated:
+        get_run_logger().info(f"ungated (promote refuses it): {version}")
     return result.repaired
 
 
