@@ -48,23 +48,24 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
     reco = configs.recommender
     prepare_warehouse(settings)
     # The second of two identical trainings waits, then skips.
-    with one_training_at_a_time(settings, reco.registered_name) as still_held:
+    with one_training_at_a_time(settings, reco.registered_name) as held:
         reconcile_models(settings)
         data, data_line = assemble_ranking_set(settings, as_of, configs)
         lines = [data_line]
         fingerprint = recommender_fingerprint(settings, data, reco)
         same = None if force else existing_recommender(settings, reco, fingerprint)
         if same is not None:
-            restored = restore_lost_challenger(settings, same, reco)
+            restored = restore_lost_challenger(settings, same, reco, held.fence)
             skipped = unchanged_summary("recommender", as_of, same,
                                         lines + ([restored] if restored else []))
             get_run_logger().info(skipped["line"])
             return skipped
         run, train_line = train_and_evaluate(settings, data, sorted(opted_out or []), reco)
-        still_held()  # a lost lock: another training may be registering this one
-        published, register_line = register_recommender(settings, data, run, fingerprint, reco)
-        still_held()
-        gate_line = gate_recommender(settings, published, run.gates, reco)
+        held()  # a lost lock: another training may be registering this one
+        published, register_line = register_recommender(settings, data, run, fingerprint, reco,
+                                                         held.fence)
+        held()  # a loss during a step: its writes check held.fence
+        gate_line = gate_recommender(settings, published, run.gates, reco, held.fence)
         lines += [train_line, register_line, gate_line]
         m = run.evaluation.metrics
         verdict = ("gates passed" if run.gates.passed else

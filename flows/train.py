@@ -47,7 +47,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
     spec, model = check_risk_config(settings)
     prepare_warehouse(settings)
     # The second of two identical trainings waits, then skips.
-    with one_training_at_a_time(settings, model.registered_name) as still_held:
+    with one_training_at_a_time(settings, model.registered_name) as held:
         reconcile_models(settings)
         features = build_risk_features(settings, as_of, spec)
         training, training_line = assemble_training_set(settings, features, spec, model)
@@ -55,7 +55,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
         fingerprint = fingerprint_of(settings, training, model)
         same = None if force else existing_version(settings, model, fingerprint)
         if same is not None:
-            restored = restore_lost_challenger(settings, same, model)
+            restored = restore_lost_challenger(settings, same, model, held.fence)
             skipped = unchanged_summary("risk", as_of, same,
                                         lines + ([restored] if restored else []))
             get_run_logger().info(skipped["line"])
@@ -64,11 +64,13 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
         trained, benchmark, train_line = train_risk_models(training, model)
         evaluation, gates, evaluate_line = evaluate_risk(settings, training, trained, benchmark,
                                                          spec, model)
-        still_held()  # a lost lock: another training may be registering this one
+        held()  # a lost lock: another training may be registering this one
         published, register_line = register_risk_model(settings, training, trained, evaluation,
-                                                       gates, fingerprint, model)
-        still_held()
-        gates, gate_line = apply_gates(settings, published, gates, training, evaluation, model)
+                                                       gates, fingerprint, model,
+                                                       held.fence)
+        held()  # a loss during a step: its writes check held.fence
+        gates, gate_line = apply_gates(settings, published, gates, training, evaluation, model,
+                                       held.fence)
         lines += [train_line, evaluate_line, register_line, gate_line]
         m = evaluation.metrics
         line = closing_line(as_of, published.name, published.version, trained.kind, m, gates)

@@ -26,7 +26,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -142,6 +142,10 @@ class AuditWriter:
     config_hash: str
     code_version: str = field(default_factory=code_version)
     key: bytes = field(default=b"", repr=False)  # empty: the settings' key
+    # Called with the transaction and the action before an event is appended: a training's
+    # fence (puhui.lifecycle.fencing) refuses the event, and so the transaction, there.
+    guard: Callable[[Connection, str], None] | None = field(default=None, repr=False,
+                                                            compare=False)
 
     def append(
         self,
@@ -163,6 +167,8 @@ class AuditWriter:
         leaks = find_raw_identifiers(details_text) + find_raw_identifiers(subject)
         if leaks:
             raise ValueError(f"audit event {action!r} would record a raw {leaks[0]}")
+        if self.guard is not None:
+            self.guard(conn, action)
         lock_for(conn, "puhui.audit_log")
         last = conn.execute(
             select(audit_log.c.seq, audit_log.c.row_hash).order_by(audit_log.c.seq.desc()).limit(1)

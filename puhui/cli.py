@@ -1156,11 +1156,9 @@ def config_check() -> None:
         config_hash,
         validate_config_dir,
     )
-    from puhui.validation import default_expectations_dir
-
     settings = _settings()
     names = validate_config_dir(settings.config_dir)
-    problems = check_feed_suites(settings.config_dir, default_expectations_dir())
+    problems = check_feed_suites(settings.config_dir, settings.expectations_dir)
     problems += check_feature_sources(settings.config_dir)
     problems += check_keys(dict(os.environ))
     for problem in problems:
@@ -1169,7 +1167,7 @@ def config_check() -> None:
         raise PuhuiError(f"config check: {len(problems)} problem(s), listed above")
     console.print(
         f"{len(names)} config files valid ({', '.join(names)}); "
-        f"hash {config_hash(settings.config_dir)}"
+        f"hash {config_hash(settings.config_dir, settings.expectations_dir)}"
     )
 
 

@@ -522,6 +522,7 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
         if seen != compared_with:
             prepare(seen)
     with held_lock(engine, MODEL_LOCK):
+        crash_point("gate.verdict")
         # In the verdict's own hold: a separate hold for this check let a promotion queued
         # behind the step run between the two and find the version ungated.
         recorded = recorded_verdict(engine, name, version)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 import shutil
 import sys
-import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,9 +16,10 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from puhui.audit import AuditWriter, audit_key_bytes
-from puhui.config import config_files, config_hash, hashed_suites_dir, read_config_bytes
+from puhui.config import config_files, config_hash, read_config_bytes
 from puhui.errors import PuhuiError
 from puhui.privacy import error_line
+from puhui.scratch import scratch_dir, sweep_scratch_dirs
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
 from puhui.warehouse.engine import get_engine
 
@@ -39,48 +43,138 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     configure_runtime(settings)
     engine = get_engine(settings.warehouse_url)
     audit = AuditWriter(actor=settings.actor,
-                        config_hash=settings.config_hash or config_hash(settings.config_dir),
+                        config_hash=settings.config_hash or config_hash(
+                            settings.config_dir, settings.expectations_dir),
                         key=audit_key_bytes(settings.audit_key))
     return Runtime(settings, engine, audit)
 
 
 def flow_settings() -> Settings:
     """The settings a flow run hands its tasks: read once, at its start, with its configs
-    (and expectation suites) copied once into ``PUHUI_HOME/config-snapshots/<hash>`` and
-    ``config_dir`` pointing at that copy. Every step and the files logged with a model then
-    read exactly the bytes the run's hash covers, even when ``configs/`` is edited during a
-    long training."""
+    and expectation suites copied once into ``PUHUI_HOME/config-snapshots/<hash>`` and
+    ``config_dir`` / ``expectations_dir`` pointing at that copy. Every step and the files
+    logged with a model then read exactly the bytes the run's hash covers, even when
+    ``configs/`` is edited during a long training."""
     settings = load_settings()
-    digest, snapshot = snapshot_configs(settings.config_dir, settings.home / "config-snapshots")
-    return replace(settings, config_dir=snapshot, config_hash=digest)
+    digest, snapshot = snapshot_configs(settings.config_dir, settings.expectations_dir,
+                                        settings.home / "config-snapshots")
+    return replace(settings, config_dir=snapshot, expectations_dir=snapshot / "expectations",
+                   config_hash=digest)
 
 
-def snapshot_configs(config_dir: Path, snapshots: Path) -> tuple[str, Path]:
-    """Copy ``config_dir``'s config files and the suites its hash covers (into
-    ``expectations/``) to ``snapshots/<hash>`` and return both; the hash is taken from the
-    copy, so the two cannot differ. Written aside then renamed (a concurrent run never sees
-    half a folder); an existing snapshot is reused."""
+# Snapshots kept besides those in use: the newest by last use. A model's run logged its own
+# copy of the configs and suites (``log_configuration``), so a pruned snapshot loses nothing
+# a version needs; these only spare a re-copy to runs of recent configurations.
+SNAPSHOTS_KEPT = 20
+# A copy aside named so by a version before the locked scratch folders: no process of this
+# version makes one, and a copy takes well under this.
+LEGACY_PARTIAL_GRACE_SECONDS = 3600.0
+# Snapshot -> a descriptor of its folder holding a shared flock for this process's life: a
+# run in progress (the flow's process; its tasks read the folder, maybe elsewhere, while it
+# lives) keeps its snapshot from being pruned.
+_held_snapshots: dict[Path, int] = {}
+
+
+def snapshot_configs(config_dir: Path, expectations_dir: Path,
+                     snapshots: Path) -> tuple[str, Path]:
+    """Copy ``config_dir``'s config files and ``expectations_dir``'s suites (into
+    ``expectations/``) to ``snapshots/<hash>``, hold it for this process (see
+    ``_held_snapshots``) and return both; the hash is taken from the copy, so the two cannot
+    differ. Written aside in a locked ``scratch_dir`` then renamed (a concurrent run never
+    sees half a folder; the copy of a run killed mid-way is swept by the next run, a live
+    run's never); an existing snapshot is reused. Then the snapshots beyond the
+    ``SNAPSHOTS_KEPT`` most recently used that no live process holds are removed."""
     snapshots.mkdir(parents=True, exist_ok=True)
-    aside = Path(tempfile.mkdtemp(prefix=".partial-", dir=snapshots))
+    sweep_scratch_dirs(snapshots)
+    for stale in (*snapshots.glob(".partial-*"), *snapshots.glob(".pruned-*")):
+        if stale.name.startswith(".pruned-") or \
+                time.time() - _mtime(stale) >= LEGACY_PARTIAL_GRACE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
+    for _ in range(3):  # pruned by another run between its rename and our hold: copy again
+        with scratch_dir("config", parent=snapshots) as work:
+            aside = Path(work)
+            for path in config_files(config_dir):
+                (aside / path.name).write_bytes(read_config_bytes(path))
+            # The suites too: the hash covers them, and the register step logs them.
+            (aside / "expectations").mkdir()
+            for path in sorted(expectations_dir.glob("*.json")):
+                (aside / "expectations" / path.name).write_bytes(path.read_bytes())
+            digest = config_hash(aside, aside / "expectations")
+            target = snapshots / digest
+            if not target.is_dir():
+                try:
+                    aside.rename(target)
+                except OSError:
+                    # Another run renamed the same hash first: its copy holds the same bytes.
+                    if not target.is_dir():
+                        raise
+        if _hold_snapshot(target):
+            break
+    else:
+        raise PuhuiError(f"config snapshot {target}: removed three times while being taken")
+    prune_snapshots(snapshots, SNAPSHOTS_KEPT)
+    return digest, target
+
+
+def _hold_snapshot(target: Path) -> bool:
+    """Take (once per process) a shared flock on ``target``; False if it was pruned first."""
+    if target in _held_snapshots:
+        return True
     try:
-        for path in config_files(config_dir):
-            (aside / path.name).write_bytes(read_config_bytes(path))
-        # The suites too: the hash covers them, and the register step logs them.
-        (aside / "expectations").mkdir()
-        for path in sorted(hashed_suites_dir(config_dir).glob("*.json")):
-            (aside / "expectations" / path.name).write_bytes(path.read_bytes())
-        digest = config_hash(aside)
-        target = snapshots / digest
-        if not target.is_dir():
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a prune holding it exclusively
+    try:
+        # A prune renames the folder away under its exclusive lock before removing it.
+        intact = os.stat(target, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        intact = False
+    if not intact:
+        os.close(fd)
+        return False
+    os.utime(target)  # in use now: among the most recent
+    _held_snapshots[target] = fd
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:  # removed meanwhile by another run: as old as can be
+        return 0.0
+
+
+def prune_snapshots(snapshots: Path, keep: int) -> list[Path]:
+    """Remove the snapshot folders beyond the ``keep`` most recently used that no live
+    process holds (an exclusive flock taken without waiting); returns those removed."""
+    found = [p for p in snapshots.iterdir()
+             if re.fullmatch(r"[0-9a-f]{16}", p.name) and p.is_dir() and not p.is_symlink()]
+    found.sort(key=_mtime, reverse=True)
+    removed = []
+    for folder in found[keep:]:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
             try:
-                aside.rename(target)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                # Another run renamed the same hash first: its copy holds the same bytes.
-                if not target.is_dir():
-                    raise
-        return digest, target
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
+                continue  # a run in progress holds it
+            # Renamed first, under the lock: a half-removed folder is never found by its hash.
+            gone = snapshots / f".pruned-{folder.name}-{os.getpid()}"
+            try:
+                if os.stat(folder).st_ino != os.fstat(fd).st_ino:
+                    continue
+                folder.rename(gone)
+            except OSError:
+                continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(gone, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,

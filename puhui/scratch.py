@@ -40,7 +40,7 @@ from types import TracebackType
 
 from puhui.processes import pid_alive
 
-KINDS = ("model", "publish", "report", "scatter", "artifact", "bins")
+KINDS = ("model", "publish", "report", "scatter", "artifact", "bins", "config")
 _KIND = "|".join(KINDS)
 _UNLOCKED = re.compile(rf"puhui-(?P<kind>{_KIND})-(?P<host>.+)-(?P<ns>\d+)-(?P<pid>\d+)-[^-]+")
 _LOCKED = re.compile(rf"(?P<pending>\.?)puhui-(?P<kind>{_KIND})-(?P<host>.+)-\d+-\d+-flock-[^-]+")
@@ -65,12 +65,13 @@ def pid_namespace() -> str:
 
 class ScratchDir:
     """A temp folder locked by this process until removed (``with`` or ``cleanup``): the
-    caller's folder is ``name``, in the locked ``folder``."""
+    caller's folder is ``name``, in the locked ``folder``; ``parent``: where (default the
+    temp folder; a config snapshot's copy is made beside the snapshots, to be renamed)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, parent: Path | None = None) -> None:
         assert kind in KINDS, kind
         named = f"puhui-{kind}-{socket.gethostname()}-{pid_namespace()}-{os.getpid()}-"
-        pending = tempfile.mkdtemp(prefix=f".{named}flock-")
+        pending = tempfile.mkdtemp(prefix=f".{named}flock-", dir=parent)
         random = os.path.basename(pending)[len(f".{named}flock-"):]
         lock = os.path.join(pending, LOCK_FILE)
         fd: int | None = None
@@ -150,9 +151,11 @@ def _lock_folder(folder: str) -> int | None:
     return fd
 
 
-def scratch_dir(kind: str) -> ScratchDir:
-    """A temp folder of ``kind`` (one of ``KINDS``), removed on exit, swept if killed."""
-    return ScratchDir(kind)
+def scratch_dir(kind: str, parent: Path | None = None) -> ScratchDir:
+    """A temp folder of ``kind`` (one of ``KINDS``), removed on exit, swept if killed;
+    ``parent``: made there instead of the temp folder (swept with ``sweep_scratch_dirs(root=``
+    that folder``)``)."""
+    return ScratchDir(kind, parent)
 
 
 def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
@@ -215,14 +218,15 @@ def _remove_if_file_unlocked(folder: Path, seen: os.stat_result, old: bool) -> b
             os.close(fd)
 
 
-def sweep_scratch_dirs() -> list[str]:
+def sweep_scratch_dirs(root: Path | None = None) -> list[str]:
     """Remove the ``scratch_dir`` folders of this host whose process is gone (its lock free;
-    the earlier format's: of this pid namespace, its pid gone); returns the folders removed.
+    the earlier format's: of this pid namespace, its pid gone) from ``root`` (default the
+    temp folder); returns the folders removed.
     One that cannot be removed (another user's, mode 700) stays, unreported: it is no news
     on the next reconcile either."""
     removed: list[str] = []
     host, namespace = socket.gethostname(), pid_namespace()
-    root = Path(tempfile.gettempdir())
+    root = root or Path(tempfile.gettempdir())
     for folder in (*root.glob("puhui-*"), *root.glob(".puhui-*")):
         if (locked := _LOCKED.fullmatch(folder.name)) is not None:
             if locked["host"] == host and _remove_if_unlocked(folder, bool(locked["pending"])):

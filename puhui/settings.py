@@ -58,6 +58,10 @@ class Settings:
     pseudonym_key: str | None = field(repr=False)
     actor: str
     config_dir: Path
+    # The expectation suites beside config_dir (``PUHUI_EXPECTATIONS_DIR``, else the
+    # checkout's expectations/; a flow's config snapshot points both at its copy): hashed,
+    # validated and logged from here, never guessed from config_dir's contents.
+    expectations_dir: Path
     audit_key: str | None = field(default=None, repr=False)
     # Worked out once when a flow run starts (puhui.runtime.flow_settings): every step then
     # records the hash of the configs its specs were read from, not of configs/ at its time.
@@ -155,6 +159,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         pseudonym_key=key,
         actor=env.get("PUHUI_ACTOR") or _default_actor(),
         config_dir=config_dir,
+        expectations_dir=Path(env.get("PUHUI_EXPECTATIONS_DIR")
+                              or repo_root() / "expectations").resolve(),
         audit_key=audit_key,
     )
     if profile == "production":

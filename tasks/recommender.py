@@ -21,6 +21,7 @@ from puhui.config import (
 from puhui.errors import PuhuiError
 from puhui.features.sources import load_source_frames
 from puhui.generate.truth import read_truth
+from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, Fence, fenced
 from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import (
     apply_verdict,
@@ -137,27 +138,29 @@ def existing_recommender(settings: Settings, reco: RecommenderSpec,
 @task(name="recommender-register", task_run_name=dated_run_name("recommender-register"),
       **STEP)
 def register_recommender(settings: Settings, data: RankingSet, run: RecommenderRun,
-                         fingerprint: str,
-                         reco: RecommenderSpec) -> tuple[PublishedRecommender, str]:
+                         fingerprint: str, reco: RecommenderSpec,
+                         fence: Fence | None = None) -> tuple[PublishedRecommender, str]:
     started = time.perf_counter()
     runtime = open_runtime(settings)
-    settings, audit = runtime.settings, runtime.audit
+    settings, audit = runtime.settings, fenced(runtime.audit, fence, REGISTRATION)
     tags = provenance_tags(audit)
     with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
         published = publish_recommender(
             engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
             name=reco.registered_name, data=data, run=run, tags=tags,
             fingerprint=fingerprint, artifact_root=settings.home / "mlartifacts",
-            profile=settings.profile, config_dir=settings.config_dir)
+            profile=settings.profile, config_dir=settings.config_dir,
+            expectations_dir=settings.expectations_dir)
     return published, _say(f"register: {published.name} v{published.version} (MLflow run "
                            f"{published.run_id[:12]})", started)
 
 
 @task(name="recommender-gate", task_run_name=dated_run_name("recommender-gate"), **STEP)
 def gate_recommender(settings: Settings, published: PublishedRecommender, gates: GateResult,
-                     reco: RecommenderSpec) -> str:
+                     reco: RecommenderSpec, fence: Fence | None = None) -> str:
     started = time.perf_counter()
     runtime = open_runtime(settings)
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)
-    return _say(apply_verdict(client, runtime.engine, runtime.audit, published.name,
+    audit = fenced(runtime.audit, fence, GATE_STEP)
+    return _say(apply_verdict(client, runtime.engine, audit, published.name,
                               published.version, gates, reco.auto_promote), started)

@@ -7,7 +7,7 @@ would cost more than recomputing, and a re-run recomputes from the warehouse any
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -26,8 +26,10 @@ from puhui.config import (
 )
 from puhui.features.store import write_user_features
 from puhui.generate.truth import load_true_pd
+from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, Fence, fenced
 from puhui.lifecycle.gates import GatesFailed, gates_failed_message
 from puhui.lifecycle.publish import (
+    HeldTraining,
     apply_checked_verdict,
     find_version_by_fingerprint,
     provenance_tags,
@@ -224,11 +226,13 @@ def evaluate_risk(settings: Settings, training: TrainingSet, trained: TrainedMod
 @task(name="risk-register", task_run_name=dated_run_name("risk-register"), **STEP)
 def register_risk_model(settings: Settings, training: TrainingSet, trained: TrainedModel,
                         evaluation: Evaluation, gates: GateResult, fingerprint: str,
-                        model: RiskModelSpec) -> tuple[Published, str]:
-    """One MLflow run, a registered version (audited), model_evaluations rows."""
+                        model: RiskModelSpec, fence: Fence | None = None
+                        ) -> tuple[Published, str]:
+    """One MLflow run, a registered version (audited), model_evaluations rows; ``fence``:
+    the training lock's generation its writes check (``puhui.lifecycle.fencing``)."""
     started = time.perf_counter()
     runtime = open_runtime(settings)
-    settings, audit = runtime.settings, runtime.audit
+    settings, audit = runtime.settings, fenced(runtime.audit, fence, REGISTRATION)
     tags = provenance_tags(audit)
     with console.dropping_prints(console.MLFLOW_REGISTRY_PRINTS):
         published = publish_risk_model(
@@ -237,6 +241,7 @@ def register_risk_model(settings: Settings, training: TrainingSet, trained: Trai
             evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
             report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
             profile=settings.profile, config_dir=settings.config_dir,
+            expectations_dir=settings.expectations_dir,
         )
     line = _say(f"register: {published.name} v{published.version} (MLflow run "
                 f"{published.run_id[:12]}), report {published.report_path}", started)
@@ -246,16 +251,18 @@ def register_risk_model(settings: Settings, training: TrainingSet, trained: Trai
 @task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
 def apply_gates(settings: Settings, published: Published, gates: GateResult,
                 training: TrainingSet, evaluation: Evaluation,
-                model: RiskModelSpec) -> tuple[GateResult, str]:
+                model: RiskModelSpec, fence: Fence | None = None) -> tuple[GateResult, str]:
     """The verdict is recorded (audit event, then version tags); a passing version becomes
     the challenger (and champion, if configured), a failing one gets no alias. Against the
     champion at verdict time: if it moved since the evaluation, the gates are checked again
-    against it (``puhui.risk.publish.champion_check``). Returns the verdict and the line."""
+    against it (``puhui.risk.publish.champion_check``). Returns the verdict and the line.
+    ``fence``: as ``register_risk_model``'s (the verdict and alias moves check it)."""
     started = time.perf_counter()
     runtime = open_runtime(settings)
     uri = runtime.settings.mlflow_tracking_uri
     check = champion_check(runtime.engine, uri, published, training, evaluation, model.gates)
-    gates, line = apply_checked_verdict(mlflow_client(uri), runtime.engine, runtime.audit,
+    gates, line = apply_checked_verdict(mlflow_client(uri), runtime.engine,
+                                        fenced(runtime.audit, fence, GATE_STEP),
                                         published.name, published.version, gates,
                                         model.auto_promote, check)
     return gates, _say(line, started)
@@ -272,20 +279,25 @@ def reconcile_models(settings: Settings) -> list[str]:
         get_run_logger().warning(line)
     for line in result.swept:
         get_run_logger().info(line)
+    # Killed, or fenced out after MLflow registered them (puhui.lifecycle.fencing).
+    for version in result.ungated:
+        get_run_logger().info(f"ungated (promote refuses it): {version}")
     return result.repaired
 
 
 @task(name="restore-challenger", **STEP)
 def restore_lost_challenger(settings: Settings, version: str,
-                            spec: RiskModelSpec | RecommenderSpec) -> str | None:
+                            spec: RiskModelSpec | RecommenderSpec,
+                            fence: Fence | None = None) -> str | None:
     """What an unchanged version's own run left undone after its verdict when it was killed:
     the challenger alias and, with ``auto_promote``, the champion
     (``puhui.registry.restore_challenger``); the step's line, or None. ``spec``: the risk
-    model's or the recommender's."""
+    model's or the recommender's; ``fence``: the training's (its moves check it)."""
     started = time.perf_counter()
     runtime = open_runtime(settings)
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)
-    moved = restore_challenger(client, runtime.engine, runtime.audit, spec.registered_name,
+    audit = fenced(runtime.audit, fence, GATE_STEP)
+    moved = restore_challenger(client, runtime.engine, audit, spec.registered_name,
                                version, spec.auto_promote)
     if not moved:
         return None
@@ -297,11 +309,11 @@ def restore_lost_challenger(settings: Settings, version: str,
 
 
 @contextmanager
-def one_training_at_a_time(settings: Settings, name: str) -> Iterator[Callable[[], None]]:
+def one_training_at_a_time(settings: Settings, name: str) -> Iterator[HeldTraining]:
     """``puhui.lifecycle.publish.training_lock`` for the registered model ``name``,
     held by the flow's own process: not a task, since with Dask or a worker a task runs
     elsewhere and the lock must last from the fingerprint check to the gate verdict. Yields
-    ``still_held`` (see ``training_lock``)."""
+    ``still_held`` with the training's ``fence`` (see ``training_lock``)."""
     runtime = open_runtime(settings)
 
     def say(line: str) -> None:

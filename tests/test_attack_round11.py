@@ -22,7 +22,7 @@ from puhui.errors import PuhuiError
 from puhui.lifecycle.publish import training_lock
 from puhui.settings import repo_root
 from puhui.throwaway_postgres import PostgresServer
-from puhui.warehouse.engine import create_warehouse_engine, held_lock
+from puhui.warehouse.engine import create_warehouse_engine, held_lock, upgrade_schema
 
 CONFIGS = repo_root() / "configs"
 
@@ -126,6 +126,7 @@ def test_a_training_lock_lost_while_held_is_noticed(warehouse_url: str) -> None:
     version, and on PostgreSQL the first's exit raised the driver's OperationalError. Now
     the holder's still_held() (called before registering and before the verdict) says so."""
     engine = create_warehouse_engine(warehouse_url)
+    upgrade_schema(engine)  # the training lock takes a generation there
     told: list[str] = []
     try:
         with training_lock(engine, "round11", told.append) as still_held:
@@ -172,6 +173,7 @@ def test_a_silent_network_drop_is_bounded_on_the_lock_connection(
     """Nothing bounded a silently dropped network (no RST): still_held's SELECT 1 retried
     for ~15 min (tcp_retries2) and an idle connection waited for the OS's 2 h keepalive."""
     engine = create_warehouse_engine(pg_server.create_database("round11_keepalive"))
+    upgrade_schema(engine)  # the training lock takes a generation there
     port = engine.url.port
     try:
         with training_lock(engine, "round11", print) as still_held:
@@ -287,6 +289,7 @@ def test_the_training_lock_file_holds_its_holder_line_only(tmp_path: Path) -> No
     import socket
 
     engine = create_warehouse_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    upgrade_schema(engine)  # the training lock takes a generation there
     lock_file = Path(f"{engine.url.database}.puhui.training.round11.lock")
     try:
         for _ in range(2):

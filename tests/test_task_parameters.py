@@ -197,13 +197,13 @@ def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
     suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
-    assert config_hash(settings.config_dir) == settings.config_hash
+    assert config_hash(settings.config_dir, settings.expectations_dir) == settings.config_hash
     assert flow_settings().config_dir != settings.config_dir  # a new hash, a new copy
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     # Its own experiment: the active one may be an earlier test's, in another store.
     experiment = mlflow.set_experiment("config-snapshot")
     with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
-        log_configuration(settings.config_dir)
+        log_configuration(settings.config_dir, settings.expectations_dir)
     for artifact in ("configs/models.yaml", f"expectations/{suite.name}"):
         logged = Path(mlflow.artifacts.download_artifacts(
             run_id=run.info.run_id, artifact_path=artifact, dst_path=str(tmp_path / "run")))

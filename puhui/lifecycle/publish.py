@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -21,10 +22,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
-from sqlalchemy import Engine, delete
+from sqlalchemy import Connection, Engine, delete
 
 from puhui.audit import AuditWriter, current_flow_run_id
 from puhui.errors import PuhuiError, infrastructure_error
+from puhui.lifecycle.fencing import Fence, take_generation
 from puhui.lifecycle.gates import ChampionCheck, GateResult
 from puhui.privacy import error_line
 from puhui.registry import (
@@ -61,13 +63,14 @@ def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str, profile
 
 
 def log_configuration(config_dir: Path, expectations_dir: Path | None = None) -> int:
-    """Log configs/*.yaml and the expectation suites as artifacts of the active MLflow run
-    (``configs/``, ``expectations/``): the run then holds what its config hash covers, so
-    it can be reproduced without the repository at that commit. Returns files logged."""
-    from puhui.config import hashed_suites_dir
+    """Log configs/*.yaml and the expectation suites (the settings' folders; suites default
+    as ``config_hash``'s) as artifacts of the active MLflow run (``configs/``,
+    ``expectations/``): the run then holds what its config hash covers, so it can be
+    reproduced without the repository at that commit. Returns files logged."""
+    from puhui.validation import default_expectations_dir
 
     folders = {"configs": (config_dir, "*.y*ml"),
-               "expectations": (expectations_dir or hashed_suites_dir(config_dir), "*.json")}
+               "expectations": (expectations_dir or default_expectations_dir(), "*.json")}
     logged = 0
     for artifact_path, (folder, pattern) in folders.items():
         for path in sorted(folder.glob(pattern)):
@@ -100,29 +103,38 @@ def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) 
     return str(max(matches)) if matches else None
 
 
+@dataclass(frozen=True)
+class HeldTraining:
+    """What ``training_lock`` yields: called, ``held_lock``'s ``still_held``; ``fence``, the
+    training's generation, passed to its register and gate steps (``fencing.fenced``)."""
+
+    still_held: Callable[[], None]
+    fence: Fence
+
+    def __call__(self) -> None:
+        self.still_held()
+
+
 @contextmanager
 def training_lock(engine: Engine, name: str,
-                  say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+                  say: Callable[[str], None]) -> Iterator[HeldTraining]:
     """Serialize the trainings of model ``name``, from before their fingerprint check to
     their gate verdict: two identical trainings started together both found no gated version
     of their fingerprint and registered two. The second now waits, then finds the first's.
     Re-checking under ``MODEL_LOCK`` would not do: the first's version is still ungated then,
     and an ungated version must not count (its training may have been killed). The OS
     releases the lock at any death of its holder. Always taken before ``MODEL_LOCK``, never
-    while holding it; promote, rollback and verify do not take it. Yields ``held_lock``'s
-    ``still_held``: the training calls it before registering and before its verdict, so one
-    whose lock was lost (its connection ended by the server) stops there instead of going on
-    beside the next holder. Still open: a lock lost *during* the registration or the verdict
-    (after the check; the gate step first loads a champion that moved) goes unnoticed; the
-    next training may then register a second version of the fingerprint, or two trainings
-    gate versions of one. The gate runs as a task, maybe in another process, so it cannot
-    check the flow's lock under ``MODEL_LOCK`` itself."""
+    while holding it; promote, rollback and verify do not take it. Yields a ``HeldTraining``:
+    calling it is ``held_lock``'s ``still_held`` (the training calls it before registering and
+    before its verdict, so one whose lock was lost stops there); its ``fence`` covers a loss
+    *during* those steps (after the check): the writes a second training must not repeat
+    check the generation taken here in their own transaction (``puhui.lifecycle.fencing``)."""
     def waiting(holder: str | None) -> None:
         say(f"waiting for another training of {name}"
             + (f" ({holder})" if holder else "") + "...")
 
     with held_lock(engine, f"puhui.training.{name}", on_wait=waiting) as still_held:
-        yield still_held
+        yield HeldTraining(still_held, take_generation(engine, name))
 
 
 def provenance_tags(audit: AuditWriter) -> dict[str, str]:
@@ -146,13 +158,18 @@ def lineage_tags(tags: Mapping[str, str], batch_ids: Iterable[str], as_of: date,
 
 
 def write_evaluations(engine: Engine, name: str, version: str, as_of: date,
-                      rows: Iterable[Mapping[str, object]], run_id: str) -> int:
-    """A version's (metric, segment, value) rows in ``model_evaluations``, replacing any."""
+                      rows: Iterable[Mapping[str, object]], run_id: str,
+                      guard: Callable[[Connection, str], None] | None = None) -> int:
+    """A version's (metric, segment, value) rows in ``model_evaluations``, replacing any.
+    ``guard``: the training's ``AuditWriter.guard`` (its fence), checked in the same
+    transaction."""
     now = datetime.now(UTC)
     values = [{"model_name": name, "model_version": version, "as_of_date": as_of,
                "metric": r["metric"], "segment": r["segment"], "value": float(r["value"]),
                "mlflow_run_id": run_id, "evaluated_at": now} for r in rows]
     with engine.begin() as conn:
+        if guard is not None:
+            guard(conn, model_evaluations.name)
         conn.execute(delete(model_evaluations).where(
             (model_evaluations.c.model_name == name)
             & (model_evaluations.c.model_version == version)))

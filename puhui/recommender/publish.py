@@ -74,7 +74,7 @@ def run_params(data: RankingSet, run: RecommenderRun) -> dict[str, Any]:
 def publish_recommender(
     *, engine: Engine, audit: AuditWriter, tracking_uri: str, name: str, data: RankingSet,
     run: RecommenderRun, tags: dict[str, str], fingerprint: str, artifact_root: Path,
-    profile: str, config_dir: Path,
+    profile: str, config_dir: Path, expectations_dir: Path,
 ) -> PublishedRecommender:
     """Log the run, register ``name`` (audited) and record the evaluation rows; ``profile``
     and ``config_dir`` are the flow's settings (the refusal of a dirty tree, the configs
@@ -94,19 +94,21 @@ def publish_recommender(
                                       data.as_of.isoformat())
         if version is None:
             version = _log_and_register(engine, audit, name, mlrun.info.run_id, Path(tmp),
-                                        data, run, fingerprint, example, config_dir)
+                                        data, run, fingerprint, example,
+                                        (config_dir, expectations_dir))
     rows = [r for r in evaluation.rows() if r["value"] is not None]
-    lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id)
+    lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id,
+                                audit.guard)
     return PublishedRecommender(name, str(version), mlrun.info.run_id)
 
 
 def _log_and_register(engine: Engine, audit: AuditWriter, name: str, run_id: str, work: Path,
                       data: RankingSet, run: RecommenderRun, fingerprint: str,
-                      example: pd.DataFrame, config_dir: Path) -> str:
+                      example: pd.DataFrame, configs: tuple[Path, Path]) -> str:
     """The run's parameters, metrics, model and tables, then its registration (in the
     active run)."""
     evaluation = run.evaluation
-    lifecycle.log_configuration(config_dir)
+    lifecycle.log_configuration(*configs)  # the settings' configs and suites
     mlflow.log_params(run_params(data, run))
     metrics = dict(evaluation.metrics)
     for row in evaluation.rows():

@@ -83,13 +83,14 @@ def publish_risk_model(
     *, engine: Engine, tracking_uri: str, name: str, training: TrainingSet,
     trained: TrainedModel, evaluation: Evaluation, gates: GateResult, tags: dict[str, str],
     fingerprint: str, report_dir: Path, artifact_root: Path, audit: AuditWriter,
-    profile: str, config_dir: Path,
+    profile: str, config_dir: Path, expectations_dir: Path,
 ) -> Published:
     """Log the run, register the model as ``name`` (audited) and record the evaluation rows.
 
     The gate verdict is in the run (report, ``gates.json``) but not yet on the version: the
     gate step sets it (``puhui.registry.settle_gate_verdict``). ``profile`` and
-    ``config_dir`` are the flow's settings (the refusal of a dirty tree, the configs logged).
+    ``config_dir`` / ``expectations_dir`` are the flow's settings (the refusal of a dirty
+    tree, the configs and suites logged).
     """
     refuse_unreproducible(engine, audit, name, profile)
     use_experiment(name, tracking_uri, artifact_root)
@@ -111,7 +112,8 @@ def publish_risk_model(
                                       training.as_of.isoformat())
         if version is None:
             version = _log_and_register(engine, audit, name, run.info.run_id, work, training,
-                                        trained, evaluation, fingerprint, example, config_dir)
+                                        trained, evaluation, fingerprint, example,
+                                        (config_dir, expectations_dir))
         plots = report_plots(evaluation)
         facts: dict[str, Any] = {
             "model": name, "version": version, "mlflow_run_id": run.info.run_id,
@@ -144,16 +146,16 @@ def publish_risk_model(
         mlflow.log_dict({"reason_examples": evaluation.reason_examples,
                          "trials": evaluation.trials}, "evaluation/details.json")
     write_evaluations(engine, name, str(version), training.as_of, evaluation.rows(),
-                      run.info.run_id)
+                      run.info.run_id, audit.guard)
     return Published(name, str(version), run.info.run_id, report)
 
 
 def _log_and_register(engine: Engine, audit: AuditWriter, name: str, run_id: str, work: Path,
                       training: TrainingSet, trained: TrainedModel, evaluation: Evaluation,
-                      fingerprint: str, example: Any, config_dir: Path) -> str:
+                      fingerprint: str, example: Any, configs: tuple[Path, Path]) -> str:
     """The run's parameters, metrics and model, then its registration (in the active run)."""
     summary = training.summary()
-    log_configuration(config_dir)
+    log_configuration(*configs)  # the settings' configs and suites
     mlflow.log_params({k: v for k, v in trained.params.items()} | {
         "best_iteration": trained.best_iteration, "features": len(training.features),
         "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],

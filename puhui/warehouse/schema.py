@@ -126,6 +126,18 @@ ingest_key_backfills = Table(
     Column("built_at", DateTime(timezone=True), nullable=False),
 )
 
+# One row per registered model: the generation (fencing token) of the training that last
+# took its training lock (puhui.lifecycle.fencing). A training's register and gate writes
+# check, in their own transaction, that their generation is still this one.
+training_generations = Table(
+    "training_generations",
+    metadata,
+    Column("model_name", String(64), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("flow_run_id", String(64)),
+)
+
 ingest_watermarks = Table(
     "ingest_watermarks",
     metadata,

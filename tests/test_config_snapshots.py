@@ -1,0 +1,109 @@
+"""Config snapshots (``puhui.runtime.flow_settings``): a copy left by a run killed mid-way
+is swept, a live run's copy in progress is not; old snapshots are pruned, a snapshot in use
+never; the suites hashed and logged are the settings' (PUHUI_EXPECTATIONS_DIR), not an
+``expectations/`` folder that happens to sit in the user's config folder."""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from puhui import runtime
+from puhui.config import config_hash
+from puhui.runtime import flow_settings, open_runtime
+from puhui.scratch import scratch_dir
+from puhui.settings import load_settings, repo_root
+
+
+def _killed_mid_copy(snapshots: str) -> None:
+    folder = scratch_dir("config", parent=Path(snapshots))
+    (Path(folder.name) / "models.yaml").write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _folders(snapshots: Path) -> set[str]:
+    return {p.name for p in snapshots.iterdir()}
+
+
+def test_a_copy_left_by_a_killed_run_is_swept_and_a_live_one_is_not(puhui_env: Path) -> None:
+    """Before: a kill -9 mid-copy left ``config-snapshots/.partial-*`` for good."""
+    snapshots = puhui_env / "config-snapshots"
+    snapshots.mkdir(parents=True)
+    child = multiprocessing.get_context("fork").Process(target=_killed_mid_copy,
+                                                        args=(str(snapshots),))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    killed = _folders(snapshots)
+    assert len(killed) == 1
+    legacy_old, legacy_young = snapshots / ".partial-old", snapshots / ".partial-young"
+    for legacy in (legacy_old, legacy_young):
+        legacy.mkdir()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(legacy_old, (hours_ago, hours_ago))
+    with scratch_dir("config", parent=snapshots) as live:  # a concurrent run's copy
+        settings = flow_settings()
+        left = _folders(snapshots)
+        assert not killed & left and ".partial-old" not in left
+        assert ".partial-young" in left  # an older version's copy may be in progress
+        assert Path(live).is_dir()
+    assert _folders(snapshots) == {".partial-young", settings.config_dir.name}
+
+
+def test_old_snapshots_are_pruned_but_never_one_in_use(
+        puhui_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every configuration a run ever used stayed under PUHUI_HOME. Now the
+    ``SNAPSHOTS_KEPT`` most recently used stay, and any a live process holds."""
+    monkeypatch.setattr(runtime, "SNAPSHOTS_KEPT", 2)
+    snapshots = puhui_env / "config-snapshots"
+    snapshots.mkdir(parents=True)
+    old = [snapshots / f"{n:016x}" for n in range(5)]
+    for age, folder in enumerate(old):  # 0 the newest
+        (folder / "expectations").mkdir(parents=True)
+        then = time.time() - 3600 * (age + 1)
+        os.utime(folder, (then, then))
+    in_use = os.open(old[4], os.O_RDONLY | os.O_DIRECTORY)  # another run's, the oldest
+    try:
+        fcntl.flock(in_use, fcntl.LOCK_SH)
+        settings = flow_settings()
+    finally:
+        os.close(in_use)
+    # Its own (the newest), the next newest, and the one in use.
+    assert _folders(snapshots) == {settings.config_dir.name, old[0].name, old[4].name}
+    # A run in progress keeps its own even when it is no longer among the newest.
+    for n in range(5, 8):
+        (snapshots / f"{n:016x}").mkdir()
+    runtime.prune_snapshots(snapshots, 0)
+    assert settings.config_dir.is_dir() and (settings.config_dir / "models.yaml").is_file()
+
+
+def test_suites_come_from_the_settings_not_from_the_config_folder(
+        puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: ``hashed_suites_dir`` preferred an ``expectations/`` folder inside the config
+    folder (how a snapshot carried its suites), so a user's config folder holding one was
+    hashed, snapshotted and logged with those suites, not PUHUI_EXPECTATIONS_DIR's (the
+    ones ingest validates with)."""
+    configs = tmp_path / "configs"
+    shutil.copytree(repo_root() / "configs", configs)
+    shutil.copytree(repo_root() / "expectations", configs / "expectations")
+    suites = tmp_path / "suites"
+    shutil.copytree(repo_root() / "expectations", suites)
+    suite = sorted(suites.glob("*.json"))[0]
+    suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    expected = config_hash(configs, suites)
+    assert expected != config_hash(configs, configs / "expectations")
+    assert load_settings().expectations_dir == suites.resolve()
+    assert open_runtime().audit.config_hash == expected
+    settings = flow_settings()
+    assert settings.config_hash == expected
+    assert settings.expectations_dir == settings.config_dir / "expectations"
+    assert (settings.expectations_dir / suite.name).read_bytes() == suite.read_bytes()

@@ -1,0 +1,178 @@
+"""Fencing tokens on the training lock: a training whose lock was lost *during* its register
+or gate step (after its ``still_held()`` check), while a second training took the lock,
+writes nothing more: no registration intent (so no MLflow version), no gate verdict, no
+alias move, no ``model_evaluations`` rows. Real PostgreSQL (the lock session ended by
+``pg_terminate_backend``) and SQLite (the lock file replaced), real MLflow registry; no
+training: a constant pyfunc model is registered (~1 s)."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import pytest
+from sqlalchemy import Engine, select, text
+
+from puhui import registry
+from puhui.audit import events_of
+from puhui.errors import PuhuiError
+from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, FencedOut, fenced
+from puhui.lifecycle.gates import GateResult
+from puhui.lifecycle.publish import (
+    HeldTraining,
+    apply_verdict,
+    training_lock,
+    write_evaluations,
+)
+from puhui.registry import (
+    ALIAS_INTENT,
+    GATES,
+    REGISTER_INTENT,
+    REGISTERED,
+    current_aliases,
+    mlflow_client,
+    model_versions,
+    reconcile_model_changes,
+    register_version,
+    use_experiment,
+)
+from puhui.runtime import open_runtime
+from puhui.warehouse.engine import _lock_key
+from puhui.warehouse.schema import model_evaluations, training_generations
+
+NAME = "fenced_model"
+AS_OF = date(2026, 9, 30)
+ROWS = [{"metric": "auc_oot", "segment": "all", "value": 0.7}]
+
+
+class _Constant(mlflow.pyfunc.PythonModel):
+    def predict(self, model_input: list[float], params: dict | None = None) -> list[float]:
+        return [0.1] * len(model_input)
+
+
+def _lose(engine: Engine) -> None:
+    """End the training lock under its holder, as the server or an operator would."""
+    if engine.dialect.name == "postgresql":
+        key = _lock_key(f"puhui.training.{NAME}") & (2**64 - 1)
+        with engine.connect() as other:
+            ended = other.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid::bigint = :hi AND objid::bigint = :lo AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ), {"hi": key >> 32, "lo": key & (2**32 - 1)}).scalars().all()
+            other.commit()
+        assert ended == [True]
+    else:
+        Path(f"{engine.url.database}.puhui.training.{NAME}.lock").unlink()
+
+
+def _log_model() -> tuple[str, str]:
+    runtime = open_runtime()
+    use_experiment(NAME, runtime.settings.mlflow_tracking_uri,
+                   runtime.settings.home / "mlartifacts")
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(),
+                                       pip_requirements=["mlflow"])
+    return info.model_uri, run.info.run_id
+
+
+def _actions(engine: Engine, *actions: str) -> list[tuple[str, str]]:
+    return [(e["action"], e["subject"]) for e in events_of(engine, actions)]
+
+
+def _mlflow_versions(run_id: str) -> list[str]:
+    client = mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    return [str(v.version) for v in model_versions(client, f"run_id='{run_id}'")]
+
+
+def test_a_training_that_lost_its_lock_during_a_step_writes_nothing_after(
+        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    uri, run_id = _log_model()
+    later = ExitStack()  # the second training's hold of the lock, taken mid-step
+    second: list[HeldTraining] = []
+
+    def lose_at(point: str) -> None:
+        def crash_point(name: str) -> None:
+            if name == point:
+                _lose(engine)
+                second.append(later.enter_context(training_lock(engine, NAME, print)))
+        monkeypatch.setattr(registry, "crash_point", crash_point)
+
+    with later, training_lock(engine, NAME, print) as first:
+        # 1. Lost while the model files are copied, before the registration's intent.
+        first()
+        lose_at("register.model_copy")
+        with pytest.raises(FencedOut, match=(
+                f"^the training lock of {NAME} was lost during the registration: another "
+                "training started; nothing written$")):
+            register_version(engine, fenced(runtime.audit, first.fence, REGISTRATION),
+                             name=NAME, model_uri=uri, run_id=run_id, tags={}, details={})
+        assert _actions(engine, REGISTER_INTENT, REGISTERED) == []
+        assert _mlflow_versions(run_id) == []  # MLflow never asked
+        with pytest.raises(PuhuiError, match=f"^lost the lock puhui.training.{NAME} "):
+            first()
+        assert second[0].fence.generation == first.fence.generation + 1
+
+    # 2. The second training registers; it loses its lock during its gate step.
+    monkeypatch.setattr(registry, "crash_point", lambda name: None)
+    with ExitStack() as later, training_lock(engine, NAME, print) as held:
+        second.clear()
+        audit = fenced(runtime.audit, held.fence, REGISTRATION)
+        version = register_version(engine, audit, name=NAME, model_uri=uri, run_id=run_id,
+                                   tags={}, details={})
+        assert write_evaluations(engine, NAME, version, AS_OF, ROWS, run_id, audit.guard) == 1
+        lose_at("gate.verdict")
+        with pytest.raises(FencedOut, match="was lost during the gate step: another "):
+            apply_verdict(client, engine, fenced(runtime.audit, held.fence, GATE_STEP), NAME,
+                          version, GateResult(passed=True), auto_promote=True)
+        assert _actions(engine, GATES, ALIAS_INTENT) == []
+        assert registry.GATES_PASSED_TAG not in client.get_model_version(NAME, version).tags
+        assert current_aliases(client, NAME) == {}
+        # Its evaluation rows again (a retried step) are refused too.
+        with pytest.raises(FencedOut, match="lost during the registration"):
+            write_evaluations(engine, NAME, version, AS_OF, [], run_id, audit.guard)
+        with engine.connect() as conn:
+            assert conn.execute(select(model_evaluations.c.value)).scalars().all() == [0.7]
+        # The newest training writes: its generation is the newest.
+        monkeypatch.setattr(registry, "crash_point", lambda name: None)
+        newest = second[0]
+        assert apply_verdict(client, engine, fenced(runtime.audit, newest.fence, GATE_STEP),
+                             NAME, version, GateResult(passed=True), auto_promote=False
+                             ).startswith(f"gate: v{version} passed every gate")
+        assert current_aliases(client, NAME) == {"challenger": version}
+
+    with engine.connect() as conn:
+        assert conn.execute(select(training_generations.c.generation)).scalar() == 4
+
+
+def test_a_version_registered_before_the_loss_stays_ungated_and_is_reported(
+        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost between MLflow's registration and the evaluation rows: MLflow's version cannot
+    be taken back in a transaction. Its completion event is written (it happened), then the
+    fenced rows are refused: the version stays ungated (nothing promotes it), and the next
+    training's reconcile lists it."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    uri, run_id = _log_model()
+
+    def crash_point(name: str) -> None:
+        if name == "register.after_mlflow":
+            _lose(engine)
+            later.enter_context(training_lock(engine, NAME, print))
+    monkeypatch.setattr(registry, "crash_point", crash_point)
+    with ExitStack() as later, training_lock(engine, NAME, print) as first:
+        audit = fenced(runtime.audit, first.fence, REGISTRATION)
+        version = register_version(engine, audit, name=NAME, model_uri=uri, run_id=run_id,
+                                   tags={}, details={})
+        with pytest.raises(FencedOut, match="lost during the registration"):
+            write_evaluations(engine, NAME, version, AS_OF, ROWS, run_id, audit.guard)
+        settled = reconcile_model_changes(client, engine, runtime.audit)
+    assert settled.ungated == [f"{NAME} v{version}"]
+    with engine.connect() as conn:
+        assert conn.execute(select(model_evaluations)).all() == []
