@@ -56,6 +56,7 @@ from puhui.ingest.contract import (
 )
 from puhui.ingest.held_batches import quarantine_copy_path
 from puhui.ingest.key_index import (
+    KEYS_DIGEST,
     KeyIndex,
     RowHashes,
     ensure_key_index,
@@ -789,6 +790,7 @@ class FileIngestor:
                     "rows_loaded": loaded,
                     "rows_duplicate": dropped,
                     "rows_repeating_earlier_batches": keys.repeats.rows,
+                    KEYS_DIGEST: keys.digest.hex(),
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,

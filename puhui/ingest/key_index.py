@@ -32,7 +32,7 @@ import hashlib
 import logging
 import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,7 @@ _log = logging.getLogger("puhui.ingest")
 _BACKFILL_ROWS = 100_000
 _PROBE_INDEX_RATIO = 2  # index keys per staged key from which the join probes the index
 _LOADED = ("accepted", "released")
+KEYS_DIGEST = "keys_digest"  # the audit details' name for a KeyDigest's hex
 
 try:  # psycopg's own error: the COPY path talks to the driver, not through SQLAlchemy
     from psycopg import IntegrityError as _PsycopgIntegrityError
@@ -207,6 +208,59 @@ def _column_words(values: pa.Array) -> np.ndarray:
     return words
 
 
+_WORD = 1 << 32
+# The same sums in SQL, portable to SQLite and PostgreSQL: both take % and / of integers
+# truncated toward zero (the remainder has the dividend's sign), as numpy's fmod does. Each
+# 63-bit half is split into two 32-bit parts so that SQLite's sum() (64-bit integers, an
+# error on overflow) stays exact below 2^31 rows; PostgreSQL sums bigints as numeric.
+DIGEST_SQL = ", ".join(
+    f"sum({c} % {_WORD}), sum(({c} - {c} % {_WORD}) / {_WORD})" for c in ("key_hi", "key_lo"))
+
+
+@dataclass
+class KeyDigest:
+    """Order-independent digest of a set of index rows' keys: their count and the sums of
+    each key half's two 32-bit parts. Recorded in the audit event of the transaction that
+    claims the keys (a load, a release, an index build) and recomputed by ``audit verify``
+    with :data:`DIGEST_SQL`: a key rewritten in place, or a row replaced by a made-up one of
+    the same batch, changes a sum while the count stays. Sums are linear: someone who knows
+    this and edits two or more rows of one batch so that the changes cancel is not caught
+    (a keyed digest would need a keyed hash per row in SQL, which SQLite lacks)."""
+
+    count: int = 0
+    sums: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @classmethod
+    def of(cls, key_hi: np.ndarray, key_lo: np.ndarray) -> KeyDigest:
+        sums: list[int] = []
+        for half in (key_hi, key_lo):
+            low = np.fmod(half, _WORD)
+            # |low| < 2^32 and |high| < 2^31: int64 sums are exact below 2^31 rows.
+            sums += [int(low.sum()), int(((half - low) // _WORD).sum())]
+        return cls(len(key_hi), tuple(sums))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_row(cls, row: Any) -> KeyDigest:
+        """From ``SELECT count(*), <DIGEST_SQL>`` (NULL sums: no rows)."""
+        return cls(int(row[0]), tuple(int(v or 0) for v in row[1:5]))  # type: ignore[arg-type]
+
+    def __add__(self, other: KeyDigest) -> KeyDigest:
+        return KeyDigest(self.count + other.count,
+                         tuple(a + b for a, b in zip(self.sums, other.sums, strict=True)))  # type: ignore[arg-type]
+
+    def hex(self) -> str:
+        """What the audit event records: a SHA-256 of the figures (the sums themselves are
+        15-16 digit integers, shaped like phone numbers or IDs to the trail's scrubber)."""
+        figures = ",".join(str(v) for v in (self.count, *self.sums))
+        return hashlib.sha256(f"puhui.keys.digest.v1:{figures}".encode()).hexdigest()
+
+
+def keys_digest(conn: Connection, where: str, params: dict[str, Any]) -> KeyDigest:
+    """:class:`KeyDigest` of the ``ingest_keys`` rows matching ``where`` (SQL)."""
+    return KeyDigest.from_row(conn.execute(
+        text(f"SELECT count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where}"), params).one())
+
+
 @dataclass
 class RowHashes:
     """Per row: the key's hash (two int64 halves, 63 bits each) and a hash of its values."""
@@ -216,9 +270,15 @@ class RowHashes:
     value: np.ndarray
 
     sorted_by_key: np.ndarray | None = None  # the rows in key order (made on demand)
+    digest: KeyDigest | None = None  # of every row's key (made on demand)
 
     def take(self, mask: np.ndarray) -> RowHashes:
         return RowHashes(self.key_hi[mask], self.key_lo[mask], self.value[mask])
+
+    def all_keys(self) -> KeyDigest:
+        if self.digest is None:
+            self.digest = KeyDigest.of(self.key_hi, self.key_lo)
+        return self.digest
 
     def order(self) -> np.ndarray:
         if self.sorted_by_key is None:
@@ -274,6 +334,7 @@ def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
         state = mixed ^ (mixed >> np.uint64(29))
     hashes = RowHashes(halves[0], halves[1], _nineteen_digits(_finish(state)))
     hashes.order()  # here, in the reader thread, rather than in the loading one
+    hashes.all_keys()
     return hashes
 
 
@@ -322,6 +383,7 @@ class KeyIndex:
     def __init__(self, conn: Connection, feed: PartnerFeed, batch_id: str) -> None:
         self.conn, self.feed, self.batch_id = conn, feed, batch_id
         self.repeats = Repeats()
+        self.digest = KeyDigest()  # of the keys claimed so far, for the batch's audit event
         self._locked = False
 
     def claim(self, chunk: PreparedChunk) -> tuple[PreparedChunk, int]:
@@ -352,6 +414,7 @@ class KeyIndex:
             try:
                 with conn.begin_nested():
                     bulk_insert(conn, ingest_keys, claims, {"batch_id": self.batch_id})
+                self.digest += hashes.all_keys()
                 return chunk, 0
             except _UNIQUE_VIOLATIONS:
                 pass
@@ -372,6 +435,8 @@ class KeyIndex:
                 with conn.begin_nested():
                     bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
                                 {"batch_id": self.batch_id})
+                self.digest += KeyDigest.of(hashes.key_hi[order][fresh],
+                                            hashes.key_lo[order][fresh])
                 break
             except _UNIQUE_VIOLATIONS:
                 # The feed's key lock keeps other loads' keys out between the join and this
@@ -494,14 +559,12 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
     if done.rows_indexed or rebuilt:
         # The keys the feed's batches hold now: `audit verify` checks their sum stays this
         # (which batch holds how many of a backfill's keys no ledger figure says).
-        keys = conn.execute(select(func.count()).select_from(ingest_keys).where(
-            ingest_keys.c.batch_id.in_(select(ingest_batches.c.batch_id)
-                                       .where(ingest_batches.c.partner == feed.name)))
-        ).scalar_one()
+        keys = keys_digest(conn, "batch_id IN (SELECT batch_id FROM ingest_batches "
+                                 "WHERE partner = :feed)", {"feed": feed.name})
         runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
             "partner": feed.name, "rows_indexed": done.rows_indexed,
             "rows_repeated": done.rows_repeated, "key_definition": definition,
-            "rebuilt": rebuilt, "keys_indexed": keys})
+            "rebuilt": rebuilt, "keys_indexed": keys.count, KEYS_DIGEST: keys.hex()})
     return done, rebuilt
 
 
