@@ -588,6 +588,46 @@ def _verify(capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
+_ONE_KEY = "(SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :b)"
+
+
+def _tamper_keys(runtime: Runtime, *, rewrite: str | None = None,
+                 replace: str | None = None) -> list[tuple]:
+    """Rewrite one key of batch ``rewrite`` in place (its low half), and replace one row of
+    batch ``replace`` by a made-up key of the same batch: counts stay. Returns the rows as
+    they were, for :func:`_untamper`."""
+    taken = []
+    with runtime.engine.begin() as conn:
+        for batch in filter(None, (rewrite, replace)):
+            taken.append(conn.execute(text(
+                "SELECT key_hi, key_lo, batch_id, value_hash FROM ingest_keys "
+                f"WHERE batch_id = :b AND key_hi = {_ONE_KEY}"), {"b": batch}).one())
+        if rewrite:
+            conn.execute(text(f"UPDATE ingest_keys SET key_lo = key_lo + 1 WHERE batch_id = :b "
+                              f"AND key_hi = {_ONE_KEY}"), {"b": rewrite})
+        if replace:
+            conn.execute(text(f"DELETE FROM ingest_keys WHERE batch_id = :b AND key_hi = "
+                              f"{_ONE_KEY}"), {"b": replace})
+            conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                              "VALUES (5000000000000000001, 5000000000000000002, :b, 3)"),
+                         {"b": replace})
+    return taken
+
+
+def _untamper(runtime: Runtime, taken: list[tuple]) -> None:
+    with runtime.engine.begin() as conn:
+        for key_hi, _, batch, _ in taken:
+            conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :b AND (key_hi = :k "
+                              "OR key_hi = 5000000000000000001)"), {"b": batch, "k": key_hi})
+        conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                          "VALUES (:hi, :lo, :b, :v)"),
+                     [{"hi": hi, "lo": lo, "b": b, "v": v} for hi, lo, b, v in taken])
+
+
+DIGEST_RULE = ("keys_digest differs from the audit trail's: index rows rewritten or replaced "
+               "by hand")
+
+
 def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -607,6 +647,20 @@ def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     assert release_batch(runtime, held.batch_id, "partner confirmed").rows_loaded == 200
     code, out, err = _verify(capsys)
     assert code == 0 and "ingest_keys agrees with the ledger: 1,700 key(s)" in out, err
+    assert "before key digests" not in out
+
+    # A key of the redelivery rewritten in place, a row of the released batch replaced by a
+    # made-up one: every count stays, the digests recorded with their loads do not.
+    taken = _tamper_keys(runtime, rewrite=b.batch_id, replace=held.batch_id)
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert f"ingest_keys: batch {b.batch_id} holds 500 key(s), not those it loaded " \
+        f"({DIGEST_RULE})" in err, err
+    assert f"ingest_keys: batch {held.batch_id} holds 200 key(s), not those it loaded" in err
+    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+    assert "5000000000000000001" not in out + err
+    _untamper(runtime, taken)
+    assert _verify(capsys)[0] == 0
 
     with runtime.engine.begin() as conn:  # the key of one of a's rows: it would load again
         conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :a AND key_hi = "
@@ -654,9 +708,21 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     again = FileIngestor(runtime, wider, BatchValidator(),
                          pseudonym_key_bytes(runtime.settings.pseudonym_key))
     _payments(landing, date(2026, 10, 3), "d", range(1551, 1651))
-    assert again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d")).rows_loaded == 50
+    d = again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d"))
+    assert d.rows_loaded == 50
     code, out, err = _verify(capsys)
     assert code == 0 and "ingest_keys agrees with the ledger: 1,650 key(s)" in out, err
+
+    # A key of b (loaded before the rebuild: the build's digest covers it) rewritten, a row
+    # of d (loaded after it: its own load's digest) replaced.
+    taken = _tamper_keys(runtime, rewrite=b.batch_id, replace=d.batch_id)
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert "ingest_keys: feed mobile_payments's batches loaded before its key index was " \
+        f"built hold 1,600 key(s), not those the build indexed ({DIGEST_RULE})" in err, err
+    assert f"ingest_keys: batch {d.batch_id} holds 50 key(s), not those it loaded" in err
+    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+    _untamper(runtime, taken)
 
     with runtime.engine.begin() as conn:  # one of b's keys (b loaded before the rebuild)
         conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :b AND key_hi = "
@@ -674,17 +740,32 @@ def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The two branches the other tests do not reach: keys held by a batch that loaded
-    nothing (a duplicate delivery), keys of a batch id the ledger does not have."""
+    nothing (a duplicate delivery), keys of a batch id the ledger does not have. Also: a
+    batch loaded by the code before key digests (counted only, said once), and a load that
+    fails after claiming its keys and is loaded again (no false alarm)."""
+    from puhui.crashpoints import FAIL_ONCE_ENV
+    from puhui.ingest.key_index import KeyDigest
+
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     runtime, feed, ingestor = _ingestor()
     landing = tmp_path / "landing"
     first = _payments(landing, DAY1, "a", range(1, 101))
     shutil.copy(first, first.with_name("mobile_payments_again.csv"))
-    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    _payments(landing, DAY2, "b", range(51, 151))  # a correction's redelivery of 50 keys
+    with monkeypatch.context() as before_digests:  # the code before digests recorded none
+        before_digests.setattr(KeyDigest, "hex", lambda self: None)
+        a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
     again = ingestor.ingest(_landed(feed, landing, DAY1, "_again"))
     assert again.status == "duplicate"
+    # The load's transaction dies after its keys and its event were written: undone whole.
+    monkeypatch.setenv(FAIL_ONCE_ENV, "load-before-commit")
+    with pytest.raises(ConnectionError):
+        ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert ingestor.ingest(_landed(feed, landing, DAY2, "_b")).rows_loaded == 50
     code, out, err = _verify(capsys)
-    assert code == 0 and "ingest_keys agrees with the ledger: 100 key(s)" in out, err
+    assert code == 0 and "ingest_keys agrees with the ledger: 150 key(s)" in out, err
+    assert out.count("ingest_keys: 1 batch(es) recorded before key digests (keys counted, "
+                     "not compared)") == 1, out
 
     gone = "mobile_payments-20260930-0123456789ab"  # a batch id no ledger row has
     with runtime.engine.begin() as conn:
