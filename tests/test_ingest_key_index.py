@@ -178,7 +178,8 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from puhui.audit import check_action_prefixes
-    from puhui.ingest.quarantine import revalidate_batch
+    from puhui.ingest.ledger import KeyIndexCheck, key_index_problems
+    from puhui.ingest.quarantine import reject_batch, revalidate_batch
     from puhui.settings import repo_root
 
     suites = tmp_path / "expectations"
@@ -191,6 +192,9 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert held.status == "quarantined"
+    _payments(landing, DAY3, "c", range(1401, 1451), bogus=1410)
+    rejected = ingestor.ingest(_landed(feed, landing, DAY3, "_c"))
+    assert reject_batch(runtime, rejected.batch_id, "resent by the partner").status == "rejected"
 
     # The partner's new transaction type is legitimate: the suite is fixed.
     suite = suites / "mobile_payments.json"
@@ -202,6 +206,9 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     (warning,) = [w for w in outcome.warnings if "earlier batches" in w]
     assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
     assert _raw_counts(runtime, feed) == (1500, 1500)
+    # The revalidation's event records the digest of the keys it claimed; every batch's is
+    # compared (none counted only), none differs.
+    assert key_index_problems(runtime.engine) == KeyIndexCheck([], 1500, None)
 
 
 def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
