@@ -228,7 +228,7 @@ class KeyDigest:
     (a keyed digest would need a keyed hash per row in SQL, which SQLite lacks)."""
 
     count: int = 0
-    sums: tuple[int, int, int, int] = (0, 0, 0, 0)
+    sums: tuple[int, ...] = (0, 0, 0, 0)
 
     @classmethod
     def of(cls, key_hi: np.ndarray, key_lo: np.ndarray) -> KeyDigest:
@@ -237,16 +237,16 @@ class KeyDigest:
             low = np.fmod(half, _WORD)
             # |low| < 2^32 and |high| < 2^31: int64 sums are exact below 2^31 rows.
             sums += [int(low.sum()), int(((half - low) // _WORD).sum())]
-        return cls(len(key_hi), tuple(sums))  # type: ignore[arg-type]
+        return cls(len(key_hi), tuple(sums))
 
     @classmethod
     def from_row(cls, row: Any) -> KeyDigest:
         """From ``SELECT count(*), <DIGEST_SQL>`` (NULL sums: no rows)."""
-        return cls(int(row[0]), tuple(int(v or 0) for v in row[1:5]))  # type: ignore[arg-type]
+        return cls(int(row[0]), tuple(int(v or 0) for v in row[1:5]))
 
     def __add__(self, other: KeyDigest) -> KeyDigest:
         return KeyDigest(self.count + other.count,
-                         tuple(a + b for a, b in zip(self.sums, other.sums, strict=True)))  # type: ignore[arg-type]
+                         tuple(a + b for a, b in zip(self.sums, other.sums, strict=True)))
 
     def hex(self) -> str:
         """What the audit event records: a SHA-256 of the figures (the sums themselves are
