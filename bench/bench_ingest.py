@@ -158,7 +158,7 @@ def without_key_index() -> Iterator[None]:
 @contextmanager
 def without_key_digest() -> Iterator[None]:
     """Ingest as the code did before the keys' digest (A/B): the key index, no sums."""
-    from puhui.ingest.key_index import KeyDigest
+    from puhui.ingest.key_digest import KeyDigest
 
     saved = KeyDigest.__dict__["of"]
     KeyDigest.of = classmethod(lambda cls, *_: cls())  # type: ignore[method-assign,assignment]
@@ -170,7 +170,7 @@ def without_key_digest() -> Iterator[None]:
 
 def digest_ab(args: argparse.Namespace) -> int:
     """``--digest-ab``: the keys' digest's cost on load, end to end and on its own."""
-    from puhui.ingest.key_index import KeyDigest
+    from puhui.ingest.key_digest import KeyDigest
     from puhui.settings import QUIET_ENVIRONMENT
     from puhui.throwaway_postgres import throwaway_postgres
 

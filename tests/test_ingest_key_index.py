@@ -751,7 +751,7 @@ def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     batch loaded by the code before key digests (counted only, said once), and a load that
     fails after claiming its keys and is loaded again (no false alarm)."""
     from puhui.crashpoints import FAIL_ONCE_ENV
-    from puhui.ingest.key_index import KeyDigest
+    from puhui.ingest.key_digest import KeyDigest
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     runtime, feed, ingestor = _ingestor()

@@ -55,8 +55,8 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
+from puhui.ingest.key_digest import KEYS_DIGEST
 from puhui.ingest.key_index import (
-    KEYS_DIGEST,
     KeyIndex,
     RowHashes,
     ensure_key_index,

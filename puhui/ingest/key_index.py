@@ -32,7 +32,7 @@ import hashlib
 import logging
 import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError
 from puhui.config import PartnerFeed
 from puhui.crashpoints import crash_point
 from puhui.ingest.contract import ARROW_TYPES
+from puhui.ingest.key_digest import KEYS_DIGEST, KeyDigest, keys_digest
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.copy_out import query_arrow
@@ -72,7 +73,6 @@ _log = logging.getLogger("puhui.ingest")
 _BACKFILL_ROWS = 100_000
 _PROBE_INDEX_RATIO = 2  # index keys per staged key from which the join probes the index
 _LOADED = ("accepted", "released")
-KEYS_DIGEST = "keys_digest"  # the audit details' name for a KeyDigest's hex
 
 try:  # psycopg's own error: the COPY path talks to the driver, not through SQLAlchemy
     from psycopg import IntegrityError as _PsycopgIntegrityError
@@ -206,59 +206,6 @@ def _column_words(values: pa.Array) -> np.ndarray:
         valid = values.is_valid().to_numpy(zero_copy_only=False)
         words = np.where(valid, words, np.uint64(0x6A09E667F3BCC909))
     return words
-
-
-_WORD = 1 << 32
-# The same sums in SQL, portable to SQLite and PostgreSQL: both take % and / of integers
-# truncated toward zero (the remainder has the dividend's sign), as numpy's fmod does. Each
-# 63-bit half is split into two 32-bit parts so that SQLite's sum() (64-bit integers, an
-# error on overflow) stays exact below 2^31 rows; PostgreSQL sums bigints as numeric.
-DIGEST_SQL = ", ".join(
-    f"sum({c} % {_WORD}), sum(({c} - {c} % {_WORD}) / {_WORD})" for c in ("key_hi", "key_lo"))
-
-
-@dataclass
-class KeyDigest:
-    """Order-independent digest of a set of index rows' keys: their count and the sums of
-    each key half's two 32-bit parts. Recorded in the audit event of the transaction that
-    claims the keys (a load, a release, an index build) and recomputed by ``audit verify``
-    with :data:`DIGEST_SQL`: a key rewritten in place, or a row replaced by a made-up one of
-    the same batch, changes a sum while the count stays. Sums are linear: someone who knows
-    this and edits two or more rows of one batch so that the changes cancel is not caught
-    (a keyed digest would need a keyed hash per row in SQL, which SQLite lacks)."""
-
-    count: int = 0
-    sums: tuple[int, ...] = (0, 0, 0, 0)
-
-    @classmethod
-    def of(cls, key_hi: np.ndarray, key_lo: np.ndarray) -> KeyDigest:
-        sums: list[int] = []
-        for half in (key_hi, key_lo):
-            low = np.fmod(half, _WORD)
-            # |low| < 2^32 and |high| < 2^31: int64 sums are exact below 2^31 rows.
-            sums += [int(low.sum()), int(((half - low) // _WORD).sum())]
-        return cls(len(key_hi), tuple(sums))
-
-    @classmethod
-    def from_row(cls, row: Any) -> KeyDigest:
-        """From ``SELECT count(*), <DIGEST_SQL>`` (NULL sums: no rows)."""
-        return cls(int(row[0]), tuple(int(v or 0) for v in row[1:5]))
-
-    def __add__(self, other: KeyDigest) -> KeyDigest:
-        return KeyDigest(self.count + other.count,
-                         tuple(a + b for a, b in zip(self.sums, other.sums, strict=True)))
-
-    def hex(self) -> str:
-        """What the audit event records: a SHA-256 of the figures (the sums themselves are
-        15-16 digit integers, shaped like phone numbers or IDs to the trail's scrubber)."""
-        figures = ",".join(str(v) for v in (self.count, *self.sums))
-        return hashlib.sha256(f"puhui.keys.digest.v1:{figures}".encode()).hexdigest()
-
-
-def keys_digest(conn: Connection, where: str, params: dict[str, Any]) -> KeyDigest:
-    """:class:`KeyDigest` of the ``ingest_keys`` rows matching ``where`` (SQL)."""
-    return KeyDigest.from_row(conn.execute(
-        text(f"SELECT count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where}"), params).one())
 
 
 @dataclass

@@ -471,7 +471,7 @@ def key_index_problems(engine: Engine) -> KeyIndexCheck:
     the same batch, is reported too. Events from before the digest: counted only, said once.
     """
     from puhui.audit import events_of
-    from puhui.ingest.key_index import DIGEST_SQL, KEYS_DIGEST, KeyDigest
+    from puhui.ingest.key_digest import DIGEST_SQL, KEYS_DIGEST, KeyDigest
     from puhui.warehouse.schema import ingest_key_backfills
 
     with snapshot(engine) as conn:  # one moment: a load writes keys, row and event together

@@ -35,7 +35,8 @@ from puhui.ingest.batches import (
 )
 from puhui.ingest.contract import end_of_delivery_day
 from puhui.ingest.held_batches import is_reject_only, quarantine_copy_path, short_reason
-from puhui.ingest.key_index import KEYS_DIGEST, KeyIndex, ensure_key_index
+from puhui.ingest.key_digest import KEYS_DIGEST
+from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import mask_shape, scrub_text
 from puhui.runtime import Runtime
