@@ -991,11 +991,15 @@ def audit_verify(
         if not ledger_mismatches:
             lines.append(f"ingest_batches agrees with the trail: {batches} batch(es)")
             # Counted against the ledger's rows_loaded: only worth it once those are trusted.
-            key_mismatches, keys = key_index_problems(runtime.engine)
+            checked = key_index_problems(runtime.engine)
+            key_mismatches = checked.problems
             problems += key_mismatches
-            summary.update(key_index_problems=key_mismatches, index_keys=keys)
+            summary.update(key_index_problems=key_mismatches, index_keys=checked.keys,
+                           index_undigested=checked.undigested)
+            if checked.undigested:  # informational, as unfingerprinted model versions are
+                lines.append(checked.undigested)
             if not key_mismatches:
-                lines.append(f"ingest_keys agrees with the ledger: {keys:,} key(s)")
+                lines.append(f"ingest_keys agrees with the ledger: {checked.keys:,} key(s)")
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)

@@ -178,7 +178,8 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from puhui.audit import check_action_prefixes
-    from puhui.ingest.quarantine import revalidate_batch
+    from puhui.ingest.ledger import KeyIndexCheck, key_index_problems
+    from puhui.ingest.quarantine import reject_batch, revalidate_batch
     from puhui.settings import repo_root
 
     suites = tmp_path / "expectations"
@@ -191,6 +192,9 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     held = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert held.status == "quarantined"
+    _payments(landing, DAY3, "c", range(1401, 1451), bogus=1410)
+    rejected = ingestor.ingest(_landed(feed, landing, DAY3, "_c"))
+    assert reject_batch(runtime, rejected.batch_id, "resent by the partner").status == "rejected"
 
     # The partner's new transaction type is legitimate: the suite is fixed.
     suite = suites / "mobile_payments.json"
@@ -202,6 +206,9 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     (warning,) = [w for w in outcome.warnings if "earlier batches" in w]
     assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
     assert _raw_counts(runtime, feed) == (1500, 1500)
+    # The revalidation's event records the digest of the keys it claimed; every batch's is
+    # compared (none counted only), none differs.
+    assert key_index_problems(runtime.engine) == KeyIndexCheck([], 1500, None)
 
 
 def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
@@ -588,6 +595,46 @@ def _verify(capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
+_ONE_KEY = "(SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :b)"
+
+
+def _tamper_keys(runtime: Runtime, *, rewrite: str | None = None,
+                 replace: str | None = None) -> list[tuple]:
+    """Rewrite one key of batch ``rewrite`` in place (its low half), and replace one row of
+    batch ``replace`` by a made-up key of the same batch: counts stay. Returns the rows as
+    they were, for :func:`_untamper`."""
+    taken = []
+    with runtime.engine.begin() as conn:
+        for batch in filter(None, (rewrite, replace)):
+            taken.append(conn.execute(text(
+                "SELECT key_hi, key_lo, batch_id, value_hash FROM ingest_keys "
+                f"WHERE batch_id = :b AND key_hi = {_ONE_KEY}"), {"b": batch}).one())
+        if rewrite:
+            conn.execute(text(f"UPDATE ingest_keys SET key_lo = key_lo + 1 WHERE batch_id = :b "
+                              f"AND key_hi = {_ONE_KEY}"), {"b": rewrite})
+        if replace:
+            conn.execute(text(f"DELETE FROM ingest_keys WHERE batch_id = :b AND key_hi = "
+                              f"{_ONE_KEY}"), {"b": replace})
+            conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                              "VALUES (5000000000000000001, 5000000000000000002, :b, 3)"),
+                         {"b": replace})
+    return taken
+
+
+def _untamper(runtime: Runtime, taken: list[tuple]) -> None:
+    with runtime.engine.begin() as conn:
+        for key_hi, _, batch, _ in taken:
+            conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :b AND (key_hi = :k "
+                              "OR key_hi = 5000000000000000001)"), {"b": batch, "k": key_hi})
+        conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                          "VALUES (:hi, :lo, :b, :v)"),
+                     [{"hi": hi, "lo": lo, "b": b, "v": v} for hi, lo, b, v in taken])
+
+
+DIGEST_RULE = ("keys_digest differs from the audit trail's: index rows rewritten or replaced "
+               "by hand")
+
+
 def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -607,6 +654,20 @@ def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     assert release_batch(runtime, held.batch_id, "partner confirmed").rows_loaded == 200
     code, out, err = _verify(capsys)
     assert code == 0 and "ingest_keys agrees with the ledger: 1,700 key(s)" in out, err
+    assert "before key digests" not in out
+
+    # A key of the redelivery rewritten in place, a row of the released batch replaced by a
+    # made-up one: every count stays, the digests recorded with their loads do not.
+    taken = _tamper_keys(runtime, rewrite=b.batch_id, replace=held.batch_id)
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert f"ingest_keys: batch {b.batch_id} holds 500 key(s), not those it loaded " \
+        f"({DIGEST_RULE})" in err, err
+    assert f"ingest_keys: batch {held.batch_id} holds 200 key(s), not those it loaded" in err
+    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+    assert "5000000000000000001" not in out + err
+    _untamper(runtime, taken)
+    assert _verify(capsys)[0] == 0
 
     with runtime.engine.begin() as conn:  # the key of one of a's rows: it would load again
         conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :a AND key_hi = "
@@ -654,9 +715,21 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     again = FileIngestor(runtime, wider, BatchValidator(),
                          pseudonym_key_bytes(runtime.settings.pseudonym_key))
     _payments(landing, date(2026, 10, 3), "d", range(1551, 1651))
-    assert again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d")).rows_loaded == 50
+    d = again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d"))
+    assert d.rows_loaded == 50
     code, out, err = _verify(capsys)
     assert code == 0 and "ingest_keys agrees with the ledger: 1,650 key(s)" in out, err
+
+    # A key of b (loaded before the rebuild: the build's digest covers it) rewritten, a row
+    # of d (loaded after it: its own load's digest) replaced.
+    taken = _tamper_keys(runtime, rewrite=b.batch_id, replace=d.batch_id)
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert "ingest_keys: feed mobile_payments's batches loaded before its key index was " \
+        f"built hold 1,600 key(s), not those the build indexed ({DIGEST_RULE})" in err, err
+    assert f"ingest_keys: batch {d.batch_id} holds 50 key(s), not those it loaded" in err
+    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+    _untamper(runtime, taken)
 
     with runtime.engine.begin() as conn:  # one of b's keys (b loaded before the rebuild)
         conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :b AND key_hi = "
@@ -669,22 +742,64 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
         in err, err
 
 
+_LOAD_SCRIPT = """
+import sys
+from puhui.config import PartnersConfig, load_config
+from puhui.ingest.batches import FileIngestor
+from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.landing import list_landed_files
+from puhui.runtime import open_runtime
+from puhui.validation import BatchValidator
+
+runtime = open_runtime()
+feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
+(landed,) = [f for f in list_landed_files(feed, sys.argv[1]) if sys.argv[2] in f.path]
+FileIngestor(runtime, feed, BatchValidator(),
+             pseudonym_key_bytes(runtime.settings.pseudonym_key)).ingest(landed)
+"""
+
+
 def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The two branches the other tests do not reach: keys held by a batch that loaded
-    nothing (a duplicate delivery), keys of a batch id the ledger does not have."""
+    nothing (a duplicate delivery), keys of a batch id the ledger does not have. Also: a
+    batch loaded by the code before key digests (counted only, said once), and a load killed
+    after claiming its keys and loaded again (no false alarm)."""
+    from puhui.crashpoints import CRASH_ENV, FAIL_ONCE_ENV
+    from puhui.ingest.key_digest import KeyDigest
+
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     runtime, feed, ingestor = _ingestor()
     landing = tmp_path / "landing"
     first = _payments(landing, DAY1, "a", range(1, 101))
     shutil.copy(first, first.with_name("mobile_payments_again.csv"))
-    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    _payments(landing, DAY2, "b", range(51, 151))  # a correction's redelivery of 50 keys
+    with monkeypatch.context() as before_digests:  # the code before digests recorded none
+        before_digests.setattr(KeyDigest, "hex", lambda self: None)
+        a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
     again = ingestor.ingest(_landed(feed, landing, DAY1, "_again"))
     assert again.status == "duplicate"
+    # The load dies once its keys and its event are written, before its commit: neither
+    # stays, and the load done again records its own. A real kill -9 on SQLite (its journal
+    # is rolled back by the next opener; ~6 s: a process that imports GX); on PostgreSQL
+    # the server aborts a dead session's transaction as it does a rolled-back one: a
+    # failure injected at the same point, in process.
+    if warehouse_url.startswith("sqlite"):
+        killed = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(landing), "_b"],
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, CRASH_ENV: "load-before-commit"})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    else:
+        monkeypatch.setenv(FAIL_ONCE_ENV, "load-before-commit")
+        with pytest.raises(ConnectionError):
+            ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    assert ingestor.ingest(_landed(feed, landing, DAY2, "_b")).rows_loaded == 50
     code, out, err = _verify(capsys)
-    assert code == 0 and "ingest_keys agrees with the ledger: 100 key(s)" in out, err
+    assert code == 0 and "ingest_keys agrees with the ledger: 150 key(s)" in out, err
+    assert out.count("ingest_keys: 1 batch(es) recorded before key digests (keys counted, "
+                     "not compared)") == 1, out
 
     gone = "mobile_payments-20260930-0123456789ab"  # a batch id no ledger row has
     with runtime.engine.begin() as conn:

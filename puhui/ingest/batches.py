@@ -55,6 +55,7 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
+from puhui.ingest.key_digest import KEYS_DIGEST
 from puhui.ingest.key_index import (
     KeyIndex,
     RowHashes,
@@ -789,6 +790,7 @@ class FileIngestor:
                     "rows_loaded": loaded,
                     "rows_duplicate": dropped,
                     "rows_repeating_earlier_batches": keys.repeats.rows,
+                    KEYS_DIGEST: keys.digest.hex(),
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,

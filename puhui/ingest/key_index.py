@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError
 from puhui.config import PartnerFeed
 from puhui.crashpoints import crash_point
 from puhui.ingest.contract import ARROW_TYPES
+from puhui.ingest.key_digest import KEYS_DIGEST, KeyDigest, keys_digest
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.copy_out import query_arrow
@@ -216,9 +217,15 @@ class RowHashes:
     value: np.ndarray
 
     sorted_by_key: np.ndarray | None = None  # the rows in key order (made on demand)
+    digest: KeyDigest | None = None  # of every row's key (made on demand)
 
     def take(self, mask: np.ndarray) -> RowHashes:
         return RowHashes(self.key_hi[mask], self.key_lo[mask], self.value[mask])
+
+    def all_keys(self) -> KeyDigest:
+        if self.digest is None:
+            self.digest = KeyDigest.of(self.key_hi, self.key_lo)
+        return self.digest
 
     def order(self) -> np.ndarray:
         if self.sorted_by_key is None:
@@ -274,6 +281,7 @@ def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
         state = mixed ^ (mixed >> np.uint64(29))
     hashes = RowHashes(halves[0], halves[1], _nineteen_digits(_finish(state)))
     hashes.order()  # here, in the reader thread, rather than in the loading one
+    hashes.all_keys()
     return hashes
 
 
@@ -322,6 +330,7 @@ class KeyIndex:
     def __init__(self, conn: Connection, feed: PartnerFeed, batch_id: str) -> None:
         self.conn, self.feed, self.batch_id = conn, feed, batch_id
         self.repeats = Repeats()
+        self.digest = KeyDigest()  # of the keys claimed so far, for the batch's audit event
         self._locked = False
 
     def claim(self, chunk: PreparedChunk) -> tuple[PreparedChunk, int]:
@@ -352,6 +361,7 @@ class KeyIndex:
             try:
                 with conn.begin_nested():
                     bulk_insert(conn, ingest_keys, claims, {"batch_id": self.batch_id})
+                self.digest += hashes.all_keys()
                 return chunk, 0
             except _UNIQUE_VIOLATIONS:
                 pass
@@ -372,6 +382,8 @@ class KeyIndex:
                 with conn.begin_nested():
                     bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
                                 {"batch_id": self.batch_id})
+                self.digest += KeyDigest.of(hashes.key_hi[order][fresh],
+                                            hashes.key_lo[order][fresh])
                 break
             except _UNIQUE_VIOLATIONS:
                 # The feed's key lock keeps other loads' keys out between the join and this
@@ -494,14 +506,12 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
     if done.rows_indexed or rebuilt:
         # The keys the feed's batches hold now: `audit verify` checks their sum stays this
         # (which batch holds how many of a backfill's keys no ledger figure says).
-        keys = conn.execute(select(func.count()).select_from(ingest_keys).where(
-            ingest_keys.c.batch_id.in_(select(ingest_batches.c.batch_id)
-                                       .where(ingest_batches.c.partner == feed.name)))
-        ).scalar_one()
+        keys = keys_digest(conn, "batch_id IN (SELECT batch_id FROM ingest_batches "
+                                 "WHERE partner = :feed)", {"feed": feed.name})
         runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
             "partner": feed.name, "rows_indexed": done.rows_indexed,
             "rows_repeated": done.rows_repeated, "key_definition": definition,
-            "rebuilt": rebuilt, "keys_indexed": keys})
+            "rebuilt": rebuilt, "keys_indexed": keys.count, KEYS_DIGEST: keys.hex()})
     return done, rebuilt
 
 

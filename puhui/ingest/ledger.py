@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, text, update
 
 from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
@@ -439,10 +439,22 @@ _LOADS = {"ingest.accepted", "quarantine.released"}  # and a revalidation that a
 KEYS_INDEXED = "ingest.keys.indexed"
 _HOW_WRONG = {True: "index rows deleted by hand: a key missing from the index loads again",
               False: "index rows added by hand: a row whose key is there is not loaded"}
+_REWRITTEN = ("keys_digest differs from the audit trail's: index rows rewritten or replaced "
+              "by hand")
 
 
-def key_index_problems(engine: Engine) -> tuple[list[str], int]:
-    """Where ``ingest_keys`` and the ledger disagree; also the keys counted.
+@dataclass(frozen=True)
+class KeyIndexCheck:
+    """What :func:`key_index_problems` found: problems (one line each), the keys counted,
+    and a note on the batches and builds recorded before key digests (counted only)."""
+
+    problems: list[str]
+    keys: int
+    undigested: str | None
+
+
+def key_index_problems(engine: Engine) -> KeyIndexCheck:
+    """Where ``ingest_keys`` and the ledger disagree.
 
     Every loaded row claims its key in the transaction that loads it and records the batch's
     ``rows_loaded`` (checked against the trail by :func:`ledger_problems`), and nothing but
@@ -452,13 +464,15 @@ def key_index_problems(engine: Engine) -> tuple[list[str], int]:
     definition change) holds the keys of its rows no earlier batch had, so at most
     ``rows_loaded``; the build's event records how many keys the feed's batches held then,
     and their sum must still be that. A row deleted by hand (its key would load again) or
-    added (a key of a row never loaded, which would drop it) is reported per batch, by count:
-    counting (one grouped scan) is what keeps this a read-only command's cost. What counts
-    miss: a row whose key is rewritten in place, or a row swapped for a made-up one of the
-    same batch; both need the warehouse's write access, as rewriting the raw tables does.
+    added (a key of a row never loaded, which would drop it) is reported per batch, by count.
+    The same transactions record a digest of the keys they claimed (:class:`KeyDigest`: a
+    load's event per batch, a build's for the feed's batches together), recomputed here in
+    the same grouped scan: a key rewritten in place, or a row swapped for a made-up one of
+    the same batch, is reported too. Events from before the digest: counted only, said once.
     """
     from puhui.audit import events_of
-    from puhui.warehouse.schema import ingest_key_backfills, ingest_keys
+    from puhui.ingest.key_digest import DIGEST_SQL, KEYS_DIGEST, KeyDigest
+    from puhui.warehouse.schema import ingest_key_backfills
 
     with snapshot(engine) as conn:  # one moment: a load writes keys, row and event together
         events = events_of(conn, [*_LOADS, "quarantine.revalidated", KEYS_INDEXED])
@@ -466,47 +480,64 @@ def key_index_problems(engine: Engine) -> tuple[list[str], int]:
                                       ingest_batches.c.status,
                                       ingest_batches.c.rows_loaded)).all()
         indexed_feeds = set(conn.execute(select(ingest_key_backfills.c.partner)).scalars())
-        held = dict(conn.execute(select(ingest_keys.c.batch_id, func.count())
-                                 .group_by(ingest_keys.c.batch_id)).all())
-    loaded_at: dict[str, int] = {}  # batch -> seq of the event that loaded its rows
-    built: dict[str, tuple[int, int | None]] = {}  # feed -> (seq, keys it held) of its build
+        held = {row[0]: KeyDigest.from_row(row[1:]) for row in conn.execute(text(
+            f"SELECT batch_id, count(*), {DIGEST_SQL} FROM ingest_keys GROUP BY batch_id"))}
+    loaded_at: dict[str, tuple[int, str | None]] = {}  # batch -> (seq, digest) of its load
+    built: dict[str, tuple[int, int | None, str | None]] = {}  # feed -> its last build's
     for event in events:
         d = event["details"]
         if event["action"] == KEYS_INDEXED:
-            built[event["subject"]] = (event["seq"], d.get("keys_indexed"))
+            built[event["subject"]] = (event["seq"], d.get("keys_indexed"), d.get(KEYS_DIGEST))
         elif event["action"] in _LOADS or d.get("outcome") == "accepted":
-            loaded_at[event["subject"]] = event["seq"]
-    keys = sum(held.values())
+            loaded_at[event["subject"]] = (event["seq"], d.get(KEYS_DIGEST))
+    keys = sum(found.count for found in held.values())
     problems: list[str] = []
-    before_build = {feed: 0 for feed, (_, recorded) in built.items() if recorded is not None}
+    undigested = {"batch(es)": 0, "index build(s)": 0}
+    before_build = {feed: KeyDigest() for feed, (_, recorded, _) in built.items()
+                    if recorded is not None}
     # Batch ids, statuses and feeds as the trail has them: this runs once the ledger agrees.
     for batch_id, partner, status, rows_loaded in sorted(batches):
-        found = int(held.pop(batch_id, 0))
+        found = held.pop(batch_id, KeyDigest())
         if status not in ("accepted", "released") or partner not in indexed_feeds:
             # Loads build the feed's index first: no record of it, no loads since 0008.
-            if found:
-                problems.append(f"ingest_keys: batch {batch_id} ({status}) holds {found:,} "
-                                "key(s) but loaded no row since its feed's key index "
-                                "(index rows added by hand)")
+            if found.count:
+                problems.append(f"ingest_keys: batch {batch_id} ({status}) holds "
+                                f"{found.count:,} key(s) but loaded no row since its feed's "
+                                "key index (index rows added by hand)")
             continue
         expected = rows_loaded or 0
-        if partner in built and loaded_at.get(batch_id, 0) < built[partner][0]:
+        seq, digest = loaded_at.get(batch_id, (0, None))
+        if partner in built and seq < built[partner][0]:
             if partner in before_build:
                 before_build[partner] += found
-            if found > expected:
-                problems.append(f"ingest_keys: batch {batch_id} holds {found:,} key(s) but "
-                                f"loaded {expected:,} row(s) (index rows added by hand)")
-        elif found != expected:
-            problems.append(f"ingest_keys: batch {batch_id} holds {found:,} key(s) but loaded "
-                            f"{expected:,} row(s) ({_HOW_WRONG[found < expected]})")
+            if found.count > expected:
+                problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s) "
+                                f"but loaded {expected:,} row(s) (index rows added by hand)")
+        elif found.count != expected:
+            problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s) but "
+                            f"loaded {expected:,} row(s) ({_HOW_WRONG[found.count < expected]})")
+        elif digest is None:
+            undigested["batch(es)"] += 1
+        elif found.hex() != digest:
+            problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s), "
+                            f"not those it loaded ({_REWRITTEN})")
     for feed, found in sorted(before_build.items()):
-        recorded = built[feed][1]
-        if found != recorded:
+        _, recorded, digest = built[feed]
+        if found.count != recorded:
             problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
-                            f"was built hold {found:,} key(s) but the build indexed "
-                            f"{recorded:,} ({_HOW_WRONG[found < (recorded or 0)]})")
+                            f"was built hold {found.count:,} key(s) but the build indexed "
+                            f"{recorded:,} ({_HOW_WRONG[found.count < (recorded or 0)]})")
+        elif digest is None:
+            undigested["index build(s)"] += 1
+        elif found.hex() != digest:
+            problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
+                            f"was built hold {found.count:,} key(s), not those the build "
+                            f"indexed ({_REWRITTEN})")
     if held:
-        problems.append(f"ingest_keys: {sum(held.values()):,} key(s) of {len(held)} batch(es) "
-                        "not in ingest_batches (index rows added by hand, or their batch's "
-                        f"row deleted), e.g. {_shown(min(held), _BATCH_ID)}")
-    return problems, keys
+        problems.append(f"ingest_keys: {sum(f.count for f in held.values()):,} key(s) of "
+                        f"{len(held)} batch(es) not in ingest_batches (index rows added by "
+                        f"hand, or their batch's row deleted), e.g. {_shown(min(held), _BATCH_ID)}")
+    said = " and ".join(f"{n} {what}" for what, n in undigested.items() if n)
+    note = (f"ingest_keys: {said} recorded before key digests (keys counted, not compared)"
+            if said else None)
+    return KeyIndexCheck(problems, keys, note)

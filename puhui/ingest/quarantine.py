@@ -35,6 +35,7 @@ from puhui.ingest.batches import (
 )
 from puhui.ingest.contract import end_of_delivery_day
 from puhui.ingest.held_batches import is_reject_only, quarantine_copy_path, short_reason
+from puhui.ingest.key_digest import KEYS_DIGEST
 from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import mask_shape, scrub_text
@@ -102,10 +103,11 @@ def read_copy(copy: Path, feed: PartnerFeed, delivery_date: Any) -> Iterator[Pre
 
 def _load_copy(
     conn: Connection, table: Any, feed: PartnerFeed, record: ledger.BatchRecord, copy: Path
-) -> tuple[int, int, list[str]]:
+) -> tuple[int, int, list[str], str]:
     """Load the copy into ``raw_<partner>`` on ``conn``, as ingestion loads a file: the first
     row of a key within the copy, and none whose key an earlier batch of the feed loaded.
-    Returns (rows loaded, rows not loaded as duplicates, warnings)."""
+    Returns (rows loaded, rows not loaded as duplicates, warnings, the claimed keys' digest
+    for the audit event)."""
     seen = SeenKeys()
     keys = KeyIndex(conn, feed, record.batch_id)
     loaded = dropped = 0
@@ -121,7 +123,7 @@ def _load_copy(
                         f"({', '.join(feed.primary_key)}); first kept")
     if repeats := keys.repeats.warning(feed):
         warnings.append(repeats)
-    return loaded, dropped + keys.repeats.rows, warnings
+    return loaded, dropped + keys.repeats.rows, warnings, keys.digest.hex()
 
 
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
@@ -156,7 +158,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 f"({short_reason(record.reason, 120)}); it can only be rejected (reject-only)"
             )
         ensure_key_index(runtime, feed, conn)
-        loaded, dropped, warnings = _load_copy(conn, table, feed, record, copy)
+        loaded, dropped, warnings, digest = _load_copy(conn, table, feed, record, copy)
         # The hold's failures stay on record; what the load left out is added to them.
         ledger.update_batch(
             conn,
@@ -178,6 +180,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 "partner": record.partner,
                 "rows_loaded": loaded,
                 "rows_duplicate": dropped,
+                KEYS_DIGEST: digest,
                 "warnings": [scrub_text(w) for w in warnings],
                 "reason": reason,
                 "held_for": record.reason,
@@ -257,7 +260,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
         ensure_key_index(runtime, feed, conn)
-        loaded, dropped, load_warnings = _load_copy(conn, table, feed, record, copy)
+        loaded, dropped, load_warnings, digest = _load_copy(conn, table, feed, record, copy)
         warnings += [scrub_text(w) for w in load_warnings]
         ledger.update_batch(
             conn, batch_id, status="accepted", rows_loaded=loaded, rows_held=0,
@@ -272,7 +275,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
                      "suite_hash": suite_hash, "revalidated": True})
         runtime.audit.append(conn, REVALIDATED, batch_id, {
             **facts, "outcome": "accepted", "rows_loaded": loaded, "rows_duplicate": dropped,
-            "warnings": warnings})
+            KEYS_DIGEST: digest, "warnings": warnings})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
 
