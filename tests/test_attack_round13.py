@@ -1,0 +1,143 @@
+"""Attack round 13 (see README, "Round 13"): line ends, look-alike and internal column names,
+identifiers pasted with typographic separators, non-finite numbers in config. Each test
+failed before its fix unless its docstring says what was found sound.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import text
+
+from puhui.config import ModelsConfig, load_config_file
+from puhui.errors import PuhuiError
+from puhui.identifiers import national_id_check_digit
+from puhui.ingest.feeds import ingest_all_feeds
+from puhui.runtime import open_runtime
+from tests import test_attack_round7
+from tests.test_attack_round7 import DAY, MP_HEADER, _ingest_payments, _payments
+from tests.test_attack_round8 import _edited
+
+landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
+
+
+def _with_column(data: bytes, name: str, value: str) -> bytes:
+    header, *rows = data.decode().splitlines()
+    return ("\n".join([f"{header},{name}", *(f"{row},{value}" for row in rows)]) + "\n").encode()
+
+
+def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: Path) -> None:
+    """Before: a CSV whose lines end in a bare CR ("CSV (Macintosh)", which Arrow reads as
+    line ends) raised csv.Error from the header reader, in the hold path too, so the feed
+    stopped at that file (the later files unread) on every run.
+
+    Found sound (kept): a header repeated mid-file is held by the typed column it breaks; a
+    case variant of a personal column (`Payer_Phone` holding raw phones) and columns named
+    like internal ones (`batch_id`, `phone_key`) are extra columns, ignored and not stored.
+    """
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1_cr.csv").write_bytes(_payments(1).replace(b"\n", b"\r"))
+    (folder / "mobile_payments_2_cr_header.csv").write_bytes(",".join(MP_HEADER).encode() + b"\r")
+    lines = _payments(3).splitlines(keepends=True)
+    (folder / "mobile_payments_3_mid_header.csv").write_bytes(b"".join(
+        lines[:3] + lines[:1] + lines[3:]))
+    (folder / "mobile_payments_4_case.csv").write_bytes(
+        _with_column(_payments(4), "Payer_Phone", "13987654321"))
+    (folder / "mobile_payments_5_internal.csv").write_bytes(
+        _with_column(_with_column(_payments(5), "batch_id", "forged"), "phone_key", "forged"))
+    (folder / "mobile_payments_9_clean.csv").write_bytes(_payments(9))
+
+    outcomes = _ingest_payments()
+
+    def result(name: str) -> tuple:
+        o = outcomes[name]
+        return o.status, o.rows, o.rows_loaded
+
+    assert result("mobile_payments_1_cr.csv") == ("accepted", 5, 5)
+    assert result("mobile_payments_2_cr_header.csv") == ("accepted", 0, 0)
+    assert result("mobile_payments_9_clean.csv") == ("accepted", 5, 5)
+    mid = outcomes["mobile_payments_3_mid_header.csv"]
+    assert (mid.status, mid.rows) == ("quarantined", 6)
+    assert mid.reason.startswith("type drift in txn_time")
+    assert outcomes["mobile_payments_4_case.csv"].warnings == [
+        "extra column(s) ignored: Payer_Phone"]
+    assert outcomes["mobile_payments_5_internal.csv"].warnings == [
+        "extra column(s) ignored: batch_id, phone_key"]
+    with open_runtime().engine.connect() as conn:
+        stored = conn.execute(text("SELECT * FROM raw_mobile_payments")).mappings().all()
+    assert len(stored) == 20
+    dump = "\n".join(str(dict(row)) for row in stored)
+    assert "13987654321" not in dump and "forged" not in dump
+    assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
+
+
+_PHONE = "13987654321"
+# As a word processor, a web page or a Chinese input method pastes a number.
+_PASTED = ["139\u00a08765\u00a04321", "139\u200b8765\u200b4321", "139 - 8765 - 4321",
+           "139\u20148765\u20144321", "139\t8765\t4321", "+86\u202f139\u20118765\u20114321"]
+_GBK_PASTED = ["139\u20148765\u20144321", "139  8765  4321", "139\t8765\t4321",
+               "139 - 8765 - 4321"]
+
+
+def _holds_phone(value: object) -> bool:
+    return _PHONE in re.sub(r"\D", "", str(value))
+
+
+def test_identifiers_pasted_with_typographic_separators_are_masked(
+    landing: Path, puhui_env: Path
+) -> None:
+    """Before: the shapes knew one ASCII space, dot or dash (or its full-width form) between
+    a number's groups, so a phone pasted with no-break or zero-width spaces, an em dash, a
+    tab or ' - ' in a free-text column was loaded raw (a co-operative's name, GBK) or copied
+    raw into a held batch's quarantine copy."""
+    coop = landing / "agri_coop" / DAY.isoformat()
+    coop.mkdir(parents=True)
+    header = "member_national_id,coop_name,crop,acreage_mu,harvest_sales_yuan,subsidy_yuan,"
+    ids = [f"11010519800101{i:03d}" for i in range(len(_GBK_PASTED))]
+    rows = [f"{body}{national_id_check_digit(body)},联系{pasted}合作社,玉米,12.5,1000,50,2026-09"
+            for body, pasted in zip(ids, _GBK_PASTED, strict=True)]
+    (coop / "agri_coop_1.csv").write_bytes(
+        "\n".join([header + "record_month", *rows, ""]).encode("gbk"))
+    payments = _payments(1).decode().splitlines()
+    category = MP_HEADER.index("merchant_category")
+    for i, pasted in enumerate(_PASTED[:len(payments) - 1]):
+        fields = payments[i + 1].split(",")
+        fields[category] = f"call {pasted}"
+        payments[i + 1] = ",".join(fields)
+    (landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv").write_text(
+        "\n".join(payments) + "\n", encoding="utf-8")
+
+    runtime = open_runtime()
+    outcomes = {f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(runtime, DAY)
+                for f in r.files}
+
+    loaded = outcomes["agri_coop_1.csv"]
+    assert (loaded.status, loaded.rows_loaded) == ("accepted", 4)
+    assert loaded.warnings == ["identifier-shaped text masked in coop_name: 4 value(s)"]
+    with runtime.engine.connect() as conn:
+        names = conn.execute(text("SELECT coop_name FROM raw_agri_coop")).scalars().all()
+    assert names and not [n for n in names if _holds_phone(n)], names
+    held = outcomes["mobile_payments_1.csv"]
+    assert held.status == "quarantined"  # merchant_category's value set
+    copies = list((puhui_env / "quarantine").rglob("*.parquet"))
+    assert copies
+    for copy in copies:
+        values = pq.read_table(copy).column("merchant_category").to_pylist()
+        assert not [v for v in values if _holds_phone(v)], values
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_non_finite_number_in_a_config_is_one_line_naming_it(
+    tmp_path: Path, value: str
+) -> None:
+    """Before: `min_auc_oot: .nan` (or any gate threshold) passed `config check`; a NaN
+    threshold fails every comparison, so every model failed its gates, and an infinite
+    one passed them all, with nothing said."""
+    path = _edited(tmp_path, "models.yaml", "min_auc_oot: 0.75", f"min_auc_oot: {value}")
+    with pytest.raises(PuhuiError, match="min_auc_oot") as caught:
+        load_config_file(path, ModelsConfig)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:") and "\n" not in message
