@@ -5,15 +5,18 @@ failed before its fix unless its docstring says what was found sound.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
 from puhui.config import ModelsConfig, load_config_file
 from puhui.errors import PuhuiError
+from puhui.generate.hostile import HostileContext
 from puhui.identifiers import national_id_check_digit
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.runtime import open_runtime
@@ -141,3 +144,48 @@ def test_a_non_finite_number_in_a_config_is_one_line_naming_it(
         load_config_file(path, ModelsConfig)
     message = str(caught.value)
     assert message.startswith(f"{path}:") and "\n" not in message
+
+
+def test_phones_typed_as_numbers_or_dictionaries_and_duplicate_keys_are_held(
+    landing: Path, puhui_env: Path
+) -> None:
+    """Found sound (kept): a Parquet `customer_id` of int64 phone numbers or dictionary
+    encoded phones is masked on the way in and held by its pattern (the copy masked); the
+    same column twice is held as a duplicate name; a JSON line giving `amount_yuan` twice
+    (a phone the second time) is refused by Arrow, held as malformed."""
+    events = landing / "product_events" / DAY.isoformat()
+    orders = landing / "ecommerce_orders" / DAY.isoformat()
+    events.mkdir(parents=True)
+    orders.mkdir(parents=True)
+    table = HostileContext(DAY, 1, Path("."), set()).events_table(5)
+    at = table.schema.get_field_index("customer_id")
+    phones = [int(_PHONE) + i for i in range(5)]
+    pq.write_table(table.set_column(at, "customer_id", pa.array(phones, pa.int64())),
+                   events / "product_events_1_numbers.parquet")
+    coded = pa.array([str(p) for p in phones]).dictionary_encode()
+    pq.write_table(table.set_column(at, "customer_id", coded),
+                   events / "product_events_2_dictionary.parquet")
+    pq.write_table(table.append_column("customer_id", table.column("customer_id")),
+                   events / "product_events_3_twice.parquet")
+    order = {"order_id": "O1", "buyer_phone": "13812345678", "order_time": "2026-09-30T10:00:00",
+             "amount_yuan": 1.0, "category_code": "A", "province": "P"}
+    (orders / "ecommerce_orders_1.jsonl").write_text(
+        json.dumps(order)[:-1] + f', "amount_yuan": {_PHONE}}}\n', encoding="utf-8")
+
+    runtime = open_runtime()
+    outcomes = {f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(runtime, DAY)
+                for f in r.files}
+
+    for name in ("product_events_1_numbers.parquet", "product_events_2_dictionary.parquet"):
+        assert outcomes[name].status == "quarantined"
+        assert outcomes[name].reason.startswith("critical: customer_id: 5 values"), name
+    twice = outcomes["product_events_3_twice.parquet"]
+    assert twice.reason == "duplicate column name(s) in the header: customer_id"
+    malformed = outcomes["ecommerce_orders_1.jsonl"]
+    assert (malformed.status, malformed.reason) == (
+        "quarantined", "truncated or malformed: a line is not valid JSON")
+    copies = list((puhui_env / "quarantine").rglob("*.parquet"))
+    assert len(copies) == 2, copies  # the two held by a suite
+    for copy in copies:
+        values = pq.read_table(copy).to_pylist()
+        assert not [v for v in values if str(int(_PHONE) // 10) in str(v)], values
