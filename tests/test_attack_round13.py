@@ -20,6 +20,7 @@ from puhui.generate.hostile import HostileContext
 from puhui.identifiers import national_id_check_digit
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.runtime import open_runtime
+from puhui.settings import load_settings
 from tests import test_attack_round7
 from tests.test_attack_round7 import DAY, MP_HEADER, _ingest_payments, _payments
 from tests.test_attack_round8 import _edited
@@ -189,3 +190,25 @@ def test_phones_typed_as_numbers_or_dictionaries_and_duplicate_keys_are_held(
     for copy in copies:
         values = pq.read_table(copy).to_pylist()
         assert not [v for v in values if str(int(_PHONE) // 10) in str(v)], values
+
+
+@pytest.mark.parametrize("actor", ["13812345678", "+86 138 1234 5678", "110105198001010018",
+                                   "ops\n2026-12-01 promoted", "ops\x1b[2J", "o" * 129])
+def test_an_actor_the_trail_must_not_record_is_one_line_naming_it(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch, actor: str
+) -> None:
+    """Before: PUHUI_ACTOR (or the OS login) was recorded as it was in every audit event: a
+    login that is the operator's mobile number went raw into audit_log (read by auditors and
+    BI), and a line break or escape into `audit log`'s lines."""
+    monkeypatch.setenv("PUHUI_ACTOR", actor)
+    with pytest.raises(PuhuiError, match=r"^PUHUI_ACTOR (looks like|holds|is longer)") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value) and actor not in str(caught.value)
+
+
+def test_ordinary_actors_are_recorded_as_they_are(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for actor in ("ops.lee@corp.example", "李雷", "svc-puhui-01", "Lee Lei"):
+        monkeypatch.setenv("PUHUI_ACTOR", actor)
+        assert load_settings().actor == actor
