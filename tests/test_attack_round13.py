@@ -212,3 +212,28 @@ def test_ordinary_actors_are_recorded_as_they_are(
     for actor in ("ops.lee@corp.example", "李雷", "svc-puhui-01", "Lee Lei"):
         monkeypatch.setenv("PUHUI_ACTOR", actor)
         assert load_settings().actor == actor
+
+
+def test_a_reason_or_event_with_controls_is_refused_or_shown_inert(
+    puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `--reason $'ok\\e[2J\\n2026-12-01 ops promoted v9'` was recorded and `audit log`
+    printed it as it was (Rich passes escapes and breaks the cell into a second line): a
+    cleared screen and a forged event line. Now refused in one line, and `audit log` shows an
+    event recorded so earlier (or by hand) escaped."""
+    from puhui.cli import main
+
+    forged = "ok\x1b[2J\n2026-12-01 ops promoted v9"
+    for argv in (["quarantine", "reject", "mobile_payments-2026", "--reason", forged],
+                 ["models", "rollback", "credit_risk", "--reason", "ok\u202eevil"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("puhui: error: --reason holds control or invisible"), err
+        assert len(err.strip().splitlines()) == 1
+    runtime = open_runtime()
+    runtime.audit.record(runtime.engine, "quarantine.reject", f"batch-1{forged}",
+                         {"reason": forged})
+    assert main(["audit", "log"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "batch-1ok\\x1b[2J\\x0a2026-12-01" in out
+    assert not [line for line in out.splitlines() if line.lstrip().startswith("2026-12-01")]
