@@ -133,7 +133,7 @@ def test_identifiers_pasted_with_typographic_separators_are_masked(
         assert not [v for v in values if _holds_phone(v)], values
 
 
-@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1.0e+400"])
 def test_a_non_finite_number_in_a_config_is_one_line_naming_it(
     tmp_path: Path, value: str
 ) -> None:
@@ -145,6 +145,18 @@ def test_a_non_finite_number_in_a_config_is_one_line_naming_it(
         load_config_file(path, ModelsConfig)
     message = str(caught.value)
     assert message.startswith(f"{path}:") and "\n" not in message
+
+
+def test_a_python_tag_in_a_config_is_one_line_and_never_runs(tmp_path: Path) -> None:
+    """Found sound (kept): configs are read by a safe loader; a `!!python/object/apply` tag
+    is one line naming the file, and nothing runs."""
+    marker = tmp_path / "ran"
+    path = _edited(tmp_path, "models.yaml", "min_auc_oot: 0.75",
+                   f'min_auc_oot: !!python/object/apply:os.system ["touch {marker}"]')
+    with pytest.raises(PuhuiError) as caught:
+        load_config_file(path, ModelsConfig)
+    assert str(caught.value).startswith(f"{path}:") and "\n" not in str(caught.value)
+    assert not marker.exists()
 
 
 def test_phones_typed_as_numbers_or_dictionaries_and_duplicate_keys_are_held(
