@@ -249,3 +249,23 @@ def test_a_reason_or_event_with_controls_is_refused_or_shown_inert(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "batch-1ok\\x1b[2J\\x0a2026-12-01" in out
     assert not [line for line in out.splitlines() if line.lstrip().startswith("2026-12-01")]
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--users", "must be at most 10,000,000"),
+    ("--days", "goes back before 2020-01-01"),
+    ("--history-days", "puts the history's start"),
+])
+def test_a_huge_generator_number_is_a_usage_error_naming_its_option(
+    option: str, message: str, tmp_path: Path, puhui_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `--users 99999999999999999999` was numpy's `OverflowError: Python int too large
+    to convert to C long`, `--days 99999999999` the timeline's, naming no option."""
+    from puhui.cli import main
+
+    assert main(["generate", "--out", str(tmp_path / "zone"), option,
+                 "99999999999999999999"]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '{option}': {message}" in err and "Overflow" not in err
+    assert len(err.strip().splitlines()) == 1
