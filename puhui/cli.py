@@ -103,6 +103,10 @@ def _reason(text: str) -> str:
     if kinds := find_raw_identifiers(text):
         raise PuhuiError(f"--reason holds what looks like a raw {kinds[0]}; the audit trail "
                          "keeps reasons: say it without the number")
+    if printable(text) != text:
+        # `audit log` printed a line break or an escape in a reason as it was: forged lines.
+        raise PuhuiError("--reason holds control or invisible characters (a line break, an "
+                         "escape): one line of plain text")
     return text
 
 
@@ -875,7 +879,8 @@ def audit_log_command(
     table.add_column("reason")
     for event in events:
         # Text, not markup: a reason reads "[FORCED] ..." and Rich would eat the brackets.
-        table.add_row(*(Text(str(v)) for v in (event["seq"], event["occurred_at"][:19],
+        # printable: an event recorded before its text was checked stays one inert line.
+        table.add_row(*(Text(printable(str(v))) for v in (event["seq"], event["occurred_at"][:19],
                                                 event["actor"], event["action"],
                                                 event["subject"], event["reason"])))
     # Piped into a file or another program, an event stays one line, not 80 columns.

@@ -37,7 +37,8 @@ from puhui.lightgbm_params import unsupported as lightgbm_unsupported
 
 class StrictModel(BaseModel):
     # strict: a YAML `true` or "180" where a number of days belongs is an error, not 1 or 180.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # Finite: a `.nan` gate threshold failed every model, an `.inf` one passed every model.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _at_most_63_bytes(name: str) -> str:

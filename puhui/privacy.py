@@ -29,13 +29,19 @@ _AFTER = "(?![0-9A-Za-z\uff10-\uff19])"
 # no look-behind for _BEFORE's "<digit>.", so ingestion (RE2) also counts and masks a float's
 # fraction ('0.13812345678') that scrub_text / find_raw_identifiers let through: more masking.
 _D = "[0-9\uff10-\uff19]"
-# A space, dot or dash, ASCII or as the full-width mode types them (U+3000, U+FF0E, U+FF0D).
-_SEP = "[ .\u3000\uff0e\uff0d-]"
-# 18 characters, optionally grouped 6-8-4 by a separator; any check character.
-_ID_SHAPE = f"{_D}{{6}}{_SEP}?{_D}{{8}}{_SEP}?{_D}{{3}}(?:{_D}|[Xx\uff38\uff58])"
+# Between groups, up to three of: a space, tab, dot or dash, ASCII or as the full-width mode
+# types them (U+3000, U+FF0E, U+FF0D), the spaces and dashes a word processor or a web page
+# pastes (no-break, figure, thin and narrow spaces; hyphen to horizontal bar; minus sign), and
+# the invisible characters (soft hyphen, zero-width space, joiners, word joiner, BOM). With
+# one ASCII separator only, '139 8765 4321' pasted with no-break spaces, with zero-width
+# spaces, '139 - 8765 - 4321' or '139—8765—4321' (GBK's em dash) loaded raw.
+_SEP = ("[ \t.\u00a0\u2007\u2009\u202f\u3000\uff0e\uff0d\u2010-\u2015\u2212"
+        "\u00ad\u200b-\u200d\u2060\ufeff-]{0,3}")
+# 18 characters, optionally grouped 6-8-4 by separators; any check character.
+_ID_SHAPE = f"{_D}{{6}}{_SEP}{_D}{{8}}{_SEP}{_D}{{3}}(?:{_D}|[Xx\uff38\uff58])"
 # A mainland mobile number with an optional +86 / 0086 / 86 prefix and separators.
-_PHONE_SHAPE = (f"(?:(?:[+\uff0b]|[0\uff10]{{2}})?[8\uff18][6\uff16]{_SEP}?)?"
-                f"[1\uff11][3-9\uff13-\uff19]{_D}(?:{_SEP}?{_D}{{4}}){{2}}")
+_PHONE_SHAPE = (f"(?:(?:[+\uff0b]|[0\uff10]{{2}})?[8\uff18][6\uff16]{_SEP})?"
+                f"[1\uff11][3-9\uff13-\uff19]{_D}(?:{_SEP}{_D}{{4}}){{2}}")
 _NATIONAL_ID = re.compile(_BEFORE + _ID_SHAPE + _AFTER)
 _MOBILE_PHONE = re.compile(_BEFORE + _PHONE_SHAPE + _AFTER)
 SHAPE_LIMIT = 24  # characters of a masked shape before it is cut

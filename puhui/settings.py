@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from puhui.errors import PuhuiError
-from puhui.privacy import scrub_text
+from puhui.privacy import find_raw_identifiers, printable, scrub_text
 
 Profile = Literal["local", "production"]
 DEMO_KEY_FILE = "pseudonym.key"
@@ -104,6 +104,25 @@ def _default_actor() -> str:
         return f"uid-{os.getuid()}"
 
 
+ACTOR_MAX_CHARS = 128  # audit_log.actor's width
+
+
+def _checked_actor(actor: str, source: str) -> str:
+    """``actor`` if the audit trail may record it as it is: every reader of the trail sees it,
+    so not a phone number or ID (a login that is the operator's mobile number was recorded
+    raw in audit_log), nor control or invisible characters (forged lines in `audit log`)."""
+    if find_raw_identifiers(actor):
+        raise PuhuiError(f"{source} looks like a phone number or national ID, which the audit "
+                         "trail must not record: set PUHUI_ACTOR to a name or a staff id")
+    if printable(actor) != actor:
+        raise PuhuiError(f"{source} holds control or invisible characters: set PUHUI_ACTOR "
+                         "to a name or a staff id")
+    if len(actor) > ACTOR_MAX_CHARS:
+        raise PuhuiError(f"{source} is longer than {ACTOR_MAX_CHARS} characters: set "
+                         "PUHUI_ACTOR to a name or a staff id")
+    return actor
+
+
 def repo_root() -> Path:
     """The checkout this package runs from (configs/, expectations/, prefect.yaml live here)."""
     return Path(__file__).resolve().parent.parent
@@ -157,7 +176,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_tracking_uri=mlflow_uri,
         landing=landing,
         pseudonym_key=key,
-        actor=env.get("PUHUI_ACTOR") or _default_actor(),
+        actor=(_checked_actor(env["PUHUI_ACTOR"], "PUHUI_ACTOR") if env.get("PUHUI_ACTOR")
+               else _checked_actor(_default_actor(), "the OS user name (the default actor)")),
         config_dir=config_dir,
         expectations_dir=Path(env.get("PUHUI_EXPECTATIONS_DIR")
                               or repo_root() / "expectations").resolve(),

@@ -174,16 +174,30 @@ def generate_landing_zone(
     )
 
 
+MAX_USERS = 10_000_000
+HISTORY_EPOCH = date(2020, 1, 1)  # synthetic history starts no earlier
+
+
 def _validate(
     users: int, days: int, history_days: int, products: tuple[str, ...],
     penalize_segment: str | None, end_date: date, faults: bool,
 ) -> None:
     if users < 1:
         raise BadArgument("users", "must be at least 1")
+    if users > MAX_USERS:
+        # Every customer is built in memory; 10^20 was numpy's OverflowError, naming nothing.
+        raise BadArgument("users", f"must be at most {MAX_USERS:,}")
     if days < 1:
         raise BadArgument("days", "must be at least 1")
     if history_days < 0:
         raise BadArgument("history_days", "must not be negative")
+    # Counted, not dated: a 12-digit --days overflowed the timeline's date arithmetic.
+    span = (end_date - HISTORY_EPOCH).days + 1
+    if days > span:
+        raise BadArgument("days", f"goes back before {HISTORY_EPOCH}")
+    if days + history_days > span:
+        raise BadArgument("history_days", "puts the history's start (the end date less the "
+                          f"days and the history days) before {HISTORY_EPOCH}")
     unknown = [p for p in products if p not in ref.PRODUCT_SCENARIOS]
     if unknown or not products:
         raise BadArgument(
@@ -201,11 +215,6 @@ def _validate(
         raise BadArgument(
             "penalize_segment",
             f"{penalize_segment!r} is no segment; choose one of {', '.join(SEGMENTS)}")
-    start = Timeline(end_date, days, history_days).history_start
-    if start < date(2020, 1, 1):
-        raise BadArgument(
-            "history_days", f"puts the history's start ({start}: the end date less the "
-            "days and the history days) before 2020-01-01")
 
 
 def _check_out_dir(out_dir: Path) -> None:

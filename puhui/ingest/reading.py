@@ -179,13 +179,20 @@ def read_csv_header(handle: FileHandle, feed: PartnerFeed) -> list[str]:
     """The CSV header's column names (decoded with the feed's encoding)."""
     with handle.fs.open(handle.path, "rb") as stream:
         first = stream.readline(1 << 20)
+    # A bare CR ends a line too (Arrow reads it so): a CR-only file ("CSV (Macintosh)") is
+    # one \n-line, and csv.reader raised on its CRs, out of the hold path too, which stopped
+    # the feed at that file on every run. No multi-byte character of UTF-8 or GBK holds 0x0D.
+    first = first.split(b"\r", 1)[0]
     try:
-        text = first.decode(_python_encoding(feed)).rstrip("\r\n")
+        text = first.decode(_python_encoding(feed)).rstrip("\n")
     except UnicodeDecodeError:
         raise UnreadableFile(f"wrong encoding: the header is not valid {feed.encoding}") from None
     if not text.strip():
         raise UnreadableFile("empty file: no header line")
-    return next(csv.reader([text]))
+    try:
+        return next(csv.reader([text]))
+    except csv.Error:
+        raise UnreadableFile("malformed header: a line break inside a quoted name") from None
 
 
 _COLUMN_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
@@ -903,7 +910,8 @@ def _header_only(handle: FileHandle) -> bool:
     fails on it, "cannot infer number of columns", though with the newline it reads 0 rows)."""
     with handle.fs.open(handle.path, "rb") as stream:
         first = stream.readline(1 << 20)
-    return len(first) == handle.size and not first.endswith(b"\n")
+    # A CR-only file is one \n-line too: its rows were dropped as a header's (0 rows loaded).
+    return len(first) == handle.size and not first.endswith(b"\n") and b"\r" not in first
 
 
 def iter_file_chunks(
