@@ -698,7 +698,7 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
         monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501))
     ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     with monkeypatch.context() as before_the_index:  # the code before 0008: no claims
-        before_the_index.setattr(batches, "row_hashes", lambda *_: None)
+        before_the_index.setattr(batches, "row_hashes", lambda *_, **__: None)
         before_the_index.setattr(batches, "ensure_key_index", lambda *_: None)
         before_the_index.setattr(batches.KeyIndex, "claim", lambda self, chunk: (chunk, 0))
         b = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
