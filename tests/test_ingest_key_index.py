@@ -385,6 +385,35 @@ def test_keys_whose_parts_differ_never_give_the_same_key_or_hash() -> None:
     assert key_strings(stored.slice(5), single).to_pylist() == ["", "x"]  # as they are
 
 
+def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
+    puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DIGEST_SQL``'s ``%`` and ``/`` truncate toward zero as ``np.fmod`` does, also where
+    random keys rarely go: the int64 ends (``_nineteen_digits`` can give -2^63), halves that
+    are exact multiples of 2^32, and negative ones just past one."""
+    from puhui.ingest.key_digest import KeyDigest, keys_digest
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    word = 1 << 32
+    edges = [-(1 << 63), (1 << 63) - 1, 1 << 62, -(1 << 62), 0, 1, -1, word, -word,
+             3 * word, -3 * word, -3 * word - 5, 7 * (word - 1), -(1 << 31) * word,
+             ((1 << 31) - 1) * word]
+    random = np.random.default_rng(13).integers(-(1 << 63), (1 << 63) - 1, 20, dtype=np.int64)
+    key_hi = np.concatenate([np.array(edges, dtype=np.int64), random])
+    key_lo = np.roll(key_hi, 1)  # every extreme in both halves, the pairs still distinct
+    with runtime.engine.begin() as conn:
+        conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                          "VALUES (:hi, :lo, 'extremes', 0)"),
+                     [{"hi": int(h), "lo": int(lo)} for h, lo in zip(key_hi, key_lo, strict=True)])
+        found = keys_digest(conn, "batch_id = :b", {"b": "extremes"})
+    expected = KeyDigest.of(key_hi, key_lo)
+    assert found == expected
+    # The two 32-bit parts of each half add up to the half's exact sum: nothing is lost.
+    assert expected.sums[0] + expected.sums[1] * word == sum(int(k) for k in key_hi)
+    assert expected.sums[2] + expected.sums[3] * word == sum(int(k) for k in key_lo)
+
+
 def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
