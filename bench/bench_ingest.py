@@ -146,7 +146,7 @@ def without_key_index() -> Iterator[None]:
     from puhui.ingest import batches
 
     saved = batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim
-    batches.row_hashes = lambda *_: None
+    batches.row_hashes = lambda *_, **__: None
     batches.ensure_key_index = lambda *_: None
     batches.KeyIndex.claim = lambda self, chunk: (chunk, 0)
     try:

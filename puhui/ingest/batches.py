@@ -656,7 +656,7 @@ class FileIngestor:
         for chunk in self._chunks(handle, landed, columns):
             rows = len(chunk.row_numbers)
             chunk, dropped = drop_duplicate_keys(chunk, self.feed, seen)
-            chunk.hashes = row_hashes(chunk.stored, self.feed)
+            chunk.hashes = row_hashes(chunk.stored, self.feed, digest=True)
             yield chunk, rows, dropped
 
     def _load(

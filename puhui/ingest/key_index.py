@@ -267,8 +267,10 @@ def _half_keys(feed: PartnerFeed) -> tuple[str, str]:
         for half in ("hi", "lo"))
 
 
-def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
-    """The hashes :class:`KeyIndex` claims, for a table of stored columns."""
+def row_hashes(stored: pa.Table, feed: PartnerFeed, *, digest: bool = False) -> RowHashes:
+    """The hashes :class:`KeyIndex` claims, for a table of stored columns. ``digest``: make
+    the keys' digest now, as a load's reader thread does for the claim (the index build has
+    no use for it; elsewhere it is made on demand)."""
     keys = key_strings(stored, feed).to_numpy(zero_copy_only=False)
     halves = [_nineteen_digits(pd.util.hash_array(keys, hash_key=k, categorize=False))
               for k in _half_keys(feed)]
@@ -281,7 +283,8 @@ def row_hashes(stored: pa.Table, feed: PartnerFeed) -> RowHashes:
         state = mixed ^ (mixed >> np.uint64(29))
     hashes = RowHashes(halves[0], halves[1], _nineteen_digits(_finish(state)))
     hashes.order()  # here, in the reader thread, rather than in the loading one
-    hashes.all_keys()
+    if digest:
+        hashes.all_keys()
     return hashes
 
 
