@@ -18,7 +18,8 @@ from sqlalchemy import Engine, select, text
 from puhui import registry
 from puhui.audit import events_of
 from puhui.errors import PuhuiError
-from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, FencedOut, fenced
+from puhui.lifecycle import publish
+from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, Fence, FencedOut, fenced
 from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import (
     HeldTraining,
@@ -176,3 +177,26 @@ def test_a_version_registered_before_the_loss_stays_ungated_and_is_reported(
     assert settled.ungated == [f"{NAME} v{version}"]
     with engine.connect() as conn:
         assert conn.execute(select(model_evaluations)).all() == []
+
+
+def test_a_lock_lost_before_its_generation_is_taken_stops_the_training(
+        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost between the lock and its generation, while a second training takes both: the
+    first owns the newer generation without the lock. It must stop there, not write (the
+    holder's older generation is fenced out too: both stop; the next training goes through)."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    engine = open_runtime().engine
+    take = publish.take_generation
+    second: list[HeldTraining] = []
+
+    def racing(engine_: Engine, name: str) -> Fence:
+        monkeypatch.setattr(publish, "take_generation", take)
+        _lose(engine)
+        second.append(later.enter_context(training_lock(engine, NAME, print)))
+        return take(engine_, name)
+    monkeypatch.setattr(publish, "take_generation", racing)
+    with ExitStack() as later:
+        with (pytest.raises(PuhuiError, match=f"^lost the lock puhui.training.{NAME} "),
+              training_lock(engine, NAME, print)):
+            pytest.fail("the training went on without its lock")
+        assert second[0].fence.generation == 1

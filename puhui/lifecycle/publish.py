@@ -134,7 +134,11 @@ def training_lock(engine: Engine, name: str,
             + (f" ({holder})" if holder else "") + "...")
 
     with held_lock(engine, f"puhui.training.{name}", on_wait=waiting) as still_held:
-        yield HeldTraining(still_held, take_generation(engine, name))
+        fence = take_generation(engine, name)
+        # Lost before the generation committed, a second training may hold the lock with an
+        # older generation than ours: stop here. Held after it, any later taker's is newer.
+        still_held()
+        yield HeldTraining(still_held, fence)
 
 
 def provenance_tags(audit: AuditWriter) -> dict[str, str]:
