@@ -7,19 +7,28 @@ training: a constant pyfunc model is registered (~1 s)."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 
 import mlflow
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, update
 
 from puhui import registry
 from puhui.audit import events_of
 from puhui.errors import PuhuiError
 from puhui.lifecycle import publish
-from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, Fence, FencedOut, fenced
+from puhui.lifecycle.fencing import (
+    GATE_STEP,
+    REGISTRATION,
+    Fence,
+    FencedOut,
+    fenced,
+    take_generation,
+)
 from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import (
     HeldTraining,
@@ -40,7 +49,8 @@ from puhui.registry import (
     use_experiment,
 )
 from puhui.runtime import open_runtime
-from puhui.warehouse.engine import _lock_key
+from puhui.throwaway_postgres import PostgresServer
+from puhui.warehouse.engine import _lock_key, create_warehouse_engine, upgrade_schema
 from puhui.warehouse.schema import model_evaluations, training_generations
 
 NAME = "fenced_model"
@@ -200,3 +210,46 @@ def test_a_lock_lost_before_its_generation_is_taken_stops_the_training(
               training_lock(engine, NAME, print)):
             pytest.fail("the training went on without its lock")
         assert second[0].fence.generation == 1
+
+
+def _waits_for_a_lock(engine: Engine) -> bool:
+    """Whether some session of this database is waiting for a lock, within 10 s."""
+    deadline = time.monotonic() + 10
+    with engine.connect() as watcher:
+        while time.monotonic() < deadline:
+            if watcher.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()")).scalar():
+                return True
+            watcher.rollback()
+            time.sleep(0.05)
+    return False
+
+
+def test_postgres_orders_a_fence_check_and_a_new_generation(pg_server: PostgresServer) -> None:
+    """Two sessions (the sequential tests above pass with a plain SELECT too): a generation
+    taken while a write's transaction holds its check waits for that write to commit; a
+    check made while a generation is being taken waits for it, then refuses."""
+    engine = create_warehouse_engine(pg_server.create_database("fence_for_share"))
+    upgrade_schema(engine)
+    fence = take_generation(engine, NAME)
+    with ThreadPoolExecutor(1) as other:
+        with engine.connect() as writer, writer.begin():
+            fence.check(writer, REGISTRATION)
+            taking = other.submit(take_generation, engine, NAME)
+            assert _waits_for_a_lock(engine), "a generation was taken under a write's check"
+            assert not taking.done()
+        newer = taking.result(timeout=30)
+        assert newer.generation == fence.generation + 1
+
+        def write() -> None:
+            with engine.begin() as conn:
+                newer.check(conn, GATE_STEP)
+
+        with engine.connect() as taker, taker.begin():
+            taker.execute(update(training_generations).values(generation=newer.generation + 1))
+            checking = other.submit(write)
+            assert _waits_for_a_lock(engine), "the check read past a generation being taken"
+        with pytest.raises(FencedOut, match="lost during the gate step"):
+            checking.result(timeout=30)
+    engine.dispose()
