@@ -7,6 +7,7 @@ training: a constant pyfunc model is registered (~1 s)."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, select, text, update
 
 from puhui import registry
 from puhui.audit import events_of
+from puhui.config import ModelsConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.lifecycle import publish
 from puhui.lifecycle.fencing import (
@@ -36,6 +38,7 @@ from puhui.lifecycle.publish import (
     training_lock,
     write_evaluations,
 )
+from puhui.recommender.publish import PublishedRecommender
 from puhui.registry import (
     ALIAS_INTENT,
     GATES,
@@ -52,6 +55,8 @@ from puhui.runtime import open_runtime
 from puhui.throwaway_postgres import PostgresServer
 from puhui.warehouse.engine import _lock_key, create_warehouse_engine, upgrade_schema
 from puhui.warehouse.schema import model_evaluations, training_generations
+from tasks.recommender import gate_recommender, register_recommender
+from tasks.train import apply_gates, register_risk_model, restore_lost_challenger
 
 NAME = "fenced_model"
 AS_OF = date(2026, 9, 30)
@@ -253,3 +258,44 @@ def test_postgres_orders_a_fence_check_and_a_new_generation(pg_server: PostgresS
         with pytest.raises(FencedOut, match="lost during the gate step"):
             checking.result(timeout=30)
     engine.dispose()
+
+
+def test_the_training_tasks_pass_their_fence_on(
+        puhui_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tasks (``.fn``, no flow) given a fence a second training made stale write nothing:
+    a task that dropped it (or wrote through the unwrapped writer) would move the aliases.
+    The version's verdict is recorded and its run stopped before its alias moves, so the gate
+    step's retry and an unchanged re-run's restore both have moves to make."""
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    spec = load_config(runtime.settings.config_dir, ModelsConfig).product_recommender
+    assert spec is not None
+    spec = spec.model_copy(update={"registered_name": NAME, "auto_promote": True})
+    uri, run_id = _log_model()
+
+    def stop(name: str) -> None:
+        if name == "gate.after_tag":
+            raise RuntimeError("killed after the verdict")
+    with ExitStack() as later, training_lock(engine, NAME, print) as first:
+        audit = fenced(runtime.audit, first.fence, REGISTRATION)
+        version = register_version(engine, audit, name=NAME, model_uri=uri, run_id=run_id,
+                                   tags={}, details={})
+        monkeypatch.setattr(registry, "crash_point", stop)
+        with pytest.raises(RuntimeError, match="killed after the verdict"):
+            apply_verdict(client, engine, fenced(runtime.audit, first.fence, GATE_STEP), NAME,
+                          version, GateResult(passed=True), auto_promote=True)
+        monkeypatch.setattr(registry, "crash_point", lambda name: None)
+        _lose(engine)
+        later.enter_context(training_lock(engine, NAME, print))
+        published = PublishedRecommender(NAME, version, run_id)
+        with pytest.raises(FencedOut, match="lost during the gate step"):
+            gate_recommender.fn(runtime.settings, published, GateResult(passed=True), spec,
+                                first.fence)
+        with pytest.raises(FencedOut, match="lost during the gate step"):
+            restore_lost_challenger.fn(runtime.settings, version, spec, first.fence)
+    assert _actions(engine, ALIAS_INTENT) == []
+    assert current_aliases(client, NAME) == {}
+    # Required: a flow that dropped ``held.fence`` fails (TypeError) instead of going unfenced.
+    for step in (register_risk_model, apply_gates, restore_lost_challenger,
+                 register_recommender, gate_recommender):
+        assert inspect.signature(step.fn).parameters["fence"].default is inspect.Parameter.empty
