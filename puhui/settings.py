@@ -59,8 +59,9 @@ class Settings:
     actor: str
     config_dir: Path
     # The expectation suites beside config_dir (``PUHUI_EXPECTATIONS_DIR``, else the
-    # checkout's expectations/; a flow's config snapshot points both at its copy): hashed,
-    # validated and logged from here, never guessed from config_dir's contents.
+    # checkout's expectations/; a flow's config snapshot points both at its copy): the config
+    # hash, ingestion's GX validation and the suites logged with a model all read them here,
+    # never from config_dir's contents.
     expectations_dir: Path
     audit_key: str | None = field(default=None, repr=False)
     # Worked out once when a flow run starts (puhui.runtime.flow_settings): every step then

@@ -20,6 +20,8 @@ from puhui.config import config_hash
 from puhui.runtime import flow_settings, open_runtime
 from puhui.scratch import scratch_dir
 from puhui.settings import load_settings, repo_root
+from puhui.validation import suite_hash
+from tasks.ingest import _validator
 
 
 def _killed_mid_copy(snapshots: str) -> None:
@@ -107,3 +109,8 @@ def test_suites_come_from_the_settings_not_from_the_config_folder(
     assert settings.config_hash == expected
     assert settings.expectations_dir == settings.config_dir / "expectations"
     assert (settings.expectations_dir / suite.name).read_bytes() == suite.read_bytes()
+    # Ingestion validates with the snapshot's suites, not the live ones edited mid-run.
+    suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    validator = _validator(settings.home, settings.expectations_dir)
+    assert validator.suite_hash(suite.stem) == suite_hash(suite.stem, settings.expectations_dir)
+    assert validator.suite_hash(suite.stem) != suite_hash(suite.stem, suites)
