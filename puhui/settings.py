@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -110,6 +111,14 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def default_expectations_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``PUHUI_EXPECTATIONS_DIR`` of ``environ`` (default ``os.environ``) if set (a fixed
+    suite tried before it is committed, a test's copy), else ``expectations/`` of this
+    checkout: ``load_settings``'s, and the default of the callers given no settings."""
+    configured = (os.environ if environ is None else environ).get("PUHUI_EXPECTATIONS_DIR")
+    return Path(configured).resolve() if configured else repo_root() / "expectations"
+
+
 MIN_KEY_LENGTH = 32
 MIN_KEY_DISTINCT = 8
 
@@ -160,8 +169,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         pseudonym_key=key,
         actor=env.get("PUHUI_ACTOR") or _default_actor(),
         config_dir=config_dir,
-        expectations_dir=Path(env.get("PUHUI_EXPECTATIONS_DIR")
-                              or repo_root() / "expectations").resolve(),
+        expectations_dir=default_expectations_dir(env),
         audit_key=audit_key,
     )
     if profile == "production":

@@ -67,7 +67,7 @@ def log_configuration(config_dir: Path, expectations_dir: Path | None = None) ->
     as ``config_hash``'s) as artifacts of the active MLflow run (``configs/``,
     ``expectations/``): the run then holds what its config hash covers, so it can be
     reproduced without the repository at that commit. Returns files logged."""
-    from puhui.validation import default_expectations_dir
+    from puhui.settings import default_expectations_dir
 
     folders = {"configs": (config_dir, "*.y*ml"),
                "expectations": (expectations_dir or default_expectations_dir(), "*.json")}
