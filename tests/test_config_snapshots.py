@@ -5,6 +5,7 @@ never; the suites hashed and logged are the settings' (PUHUI_EXPECTATIONS_DIR), 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import multiprocessing
 import os
@@ -114,3 +115,23 @@ def test_suites_come_from_the_settings_not_from_the_config_folder(
     validator = _validator(settings.home, settings.expectations_dir)
     assert validator.suite_hash(suite.stem) == suite_hash(suite.stem, settings.expectations_dir)
     assert validator.suite_hash(suite.stem) != suite_hash(suite.stem, suites)
+
+
+def test_a_file_system_without_locks_takes_snapshots_and_prunes_none(
+        puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: on a PUHUI_HOME whose file system gives no flock (ENOLCK, EOPNOTSUPP, EBADF:
+    some NFS and CIFS) every flow start died with a raw OSError; and a prune reading that
+    error as "held" would have gone silent. Now: no hold, no prune, one line."""
+    monkeypatch.setattr(runtime, "SNAPSHOTS_KEPT", 0)
+    old = puhui_env / "config-snapshots" / f"{0:016x}"
+    old.mkdir(parents=True)
+
+    def no_lock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    settings = flow_settings()
+    assert old.is_dir() and (settings.config_dir / "models.yaml").is_file()
+    assert capsys.readouterr().err.splitlines() == [
+        f"puhui: config snapshots in {old.parent} not pruned: no lock there (ENOLCK) to tell "
+        "one a run holds"]
