@@ -12,12 +12,14 @@ import os
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from puhui import runtime
 from puhui.config import config_hash
+from puhui.errors import PuhuiError
 from puhui.runtime import flow_settings, open_runtime
 from puhui.scratch import scratch_dir
 from puhui.settings import load_settings, repo_root
@@ -135,3 +137,41 @@ def test_a_file_system_without_locks_takes_snapshots_and_prunes_none(
     assert capsys.readouterr().err.splitlines() == [
         f"puhui: config snapshots in {old.parent} not pruned: no lock there (ENOLCK) to tell "
         "one a run holds"]
+
+
+def test_a_snapshot_pruned_while_being_taken_is_copied_again(
+        puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused snapshot can be pruned by another run between ``target.is_dir()`` and the
+    hold. The hold sees it (it waits out the prune's exclusive lock, then finds the folder
+    renamed away); the copy is made again, and a third loss is one line, not a loop."""
+    target = tmp_path / "snapshot"
+    target.mkdir()
+    pruning = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(pruning, fcntl.LOCK_EX)
+    with ThreadPoolExecutor(1) as other:
+        holding = other.submit(runtime._hold_snapshot, target)
+        time.sleep(0.2)
+        assert not holding.done()  # waiting for the prune's lock
+        target.rename(tmp_path / ".pruned-snapshot")
+        target.mkdir()  # the same hash copied again by a third run: another folder
+        os.close(pruning)
+        assert holding.result(timeout=30) is False
+    assert target not in runtime._held_snapshots
+
+    hold, taken = runtime._hold_snapshot, []
+
+    def pruned_first(folder: Path) -> bool:
+        taken.append(folder)
+        if len(taken) == 1:
+            shutil.rmtree(folder)  # another run's prune, between the rename and the hold
+            return False
+        return hold(folder)
+    monkeypatch.setattr(runtime, "_hold_snapshot", pruned_first)
+    settings = flow_settings()
+    assert taken == [settings.config_dir] * 2
+    assert (settings.config_dir / "models.yaml").is_file()
+
+    monkeypatch.setattr(runtime, "_hold_snapshot", lambda folder: False)
+    with pytest.raises(PuhuiError, match=r"^config snapshot .*: removed three times while "
+                                         "being taken$"):
+        flow_settings()
