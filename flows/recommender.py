@@ -55,6 +55,7 @@ def train_recommender_flow(as_of: date | None = None, force: bool = False,  # no
         fingerprint = recommender_fingerprint(settings, data, reco)
         same = None if force else existing_recommender(settings, reco, fingerprint)
         if same is not None:
+            held()  # a lost lock: the holder's alias moves, not ours
             restored = restore_lost_challenger(settings, same, reco, held.fence)
             skipped = unchanged_summary("recommender", as_of, same,
                                         lines + ([restored] if restored else []))

@@ -55,6 +55,7 @@ def train_risk_flow(as_of: date | None = None, force: bool = False,  # noqa: ANN
         fingerprint = fingerprint_of(settings, training, model)
         same = None if force else existing_version(settings, model, fingerprint)
         if same is not None:
+            held()  # a lost lock: the holder's alias moves, not ours
             restored = restore_lost_challenger(settings, same, model, held.fence)
             skipped = unchanged_summary("risk", as_of, same,
                                         lines + ([restored] if restored else []))

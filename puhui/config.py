@@ -990,7 +990,7 @@ def config_hash(config_dir: Path, expectations_dir: Path | None = None) -> str:
     setting. ``expectations_dir``: the settings' (``Settings.expectations_dir``); default
     ``PUHUI_EXPECTATIONS_DIR``, else the checkout's, never a folder inside ``config_dir``
     (a user's config folder may hold one that is not what the run validates with)."""
-    from puhui.validation import default_expectations_dir
+    from puhui.settings import default_expectations_dir
 
     digest = hashlib.sha256()
     suites = sorted((expectations_dir or default_expectations_dir()).glob("*.json"))

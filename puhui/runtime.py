@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -19,7 +20,7 @@ from puhui.audit import AuditWriter, audit_key_bytes
 from puhui.config import config_files, config_hash, read_config_bytes
 from puhui.errors import PuhuiError
 from puhui.privacy import error_line
-from puhui.scratch import scratch_dir, sweep_scratch_dirs
+from puhui.scratch import NO_LOCKS, scratch_dir, sweep_scratch_dirs
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
 from puhui.warehouse.engine import get_engine
 
@@ -124,7 +125,14 @@ def _hold_snapshot(target: Path) -> bool:
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
-    fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a prune holding it exclusively
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a prune holding it exclusively
+    except OSError as error:
+        if error.errno not in NO_LOCKS:
+            os.close(fd)
+            raise
+        # No lock on this file system (some NFS, CIFS): no hold, and no prune either
+        # (``prune_snapshots`` stops at the same error), so the snapshot stays.
     try:
         # A prune renames the folder away under its exclusive lock before removing it.
         intact = os.stat(target, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
@@ -147,7 +155,10 @@ def _mtime(path: Path) -> float:
 
 def prune_snapshots(snapshots: Path, keep: int) -> list[Path]:
     """Remove the snapshot folders beyond the ``keep`` most recently used that no live
-    process holds (an exclusive flock taken without waiting); returns those removed."""
+    process holds (an exclusive flock taken without waiting); returns those removed. Where
+    the file system gives no lock (``NO_LOCKS``, some NFS and CIFS) or the lock fails
+    otherwise, a hold cannot be seen: nothing more is pruned, and one line says so (the
+    snapshots then pile up; removing them by hand when no run is in progress is safe)."""
     found = [p for p in snapshots.iterdir()
              if re.fullmatch(r"[0-9a-f]{16}", p.name) and p.is_dir() and not p.is_symlink()]
     found.sort(key=_mtime, reverse=True)
@@ -160,8 +171,13 @@ def prune_snapshots(snapshots: Path, keep: int) -> list[Path]:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a run in progress holds it
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    continue  # a run in progress holds it
+                print(f"puhui: config snapshots in {snapshots} not pruned: no lock there "
+                      f"({errno.errorcode.get(error.errno, error.errno)}) to tell one a run "
+                      "holds", file=sys.stderr)
+                return removed
             # Renamed first, under the lock: a half-removed folder is never found by its hash.
             gone = snapshots / f".pruned-{folder.name}-{os.getpid()}"
             try:

@@ -50,8 +50,9 @@ _LOCKED = re.compile(rf"(?P<pending>\.?)puhui-(?P<kind>{_KIND})-(?P<host>.+)-\d+
 PENDING_GRACE_SECONDS = 60.0
 LOCK_FILE = ".lock"
 WORK = "work"
-# flock failing so means this file system has no lock to give (not that one is held).
-_NO_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP})
+# flock failing so means this file system has no lock to give (not that one is held);
+# also the config snapshots' (puhui.runtime).
+NO_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP})
 
 
 def pid_namespace() -> str:
@@ -84,7 +85,7 @@ class ScratchDir:
                 # name's holder (removed and made again in between) may hold it an instant.
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as error:
-                if error.errno not in _NO_LOCKS:
+                if error.errno not in NO_LOCKS:
                     raise
                 os.close(fd)
                 fd = None
@@ -145,7 +146,7 @@ def _lock_folder(folder: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a new folder: no sweep locks a young hidden one
     except OSError as error:
         os.close(fd)
-        if error.errno not in _NO_LOCKS:
+        if error.errno not in NO_LOCKS:
             raise
         return None
     return fd
@@ -180,7 +181,7 @@ def _remove_if_unlocked(folder: Path, pending: bool) -> bool:
         try:
             fcntl.flock(folder_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            if error.errno not in _NO_LOCKS:  # its maker lives, whatever its .lock file is
+            if error.errno not in NO_LOCKS:  # its maker lives, whatever its .lock file is
                 return False
         if os.fstat(folder_fd).st_ino != seen.st_ino:  # removed and made again since
             return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -59,8 +60,9 @@ class Settings:
     actor: str
     config_dir: Path
     # The expectation suites beside config_dir (``PUHUI_EXPECTATIONS_DIR``, else the
-    # checkout's expectations/; a flow's config snapshot points both at its copy): hashed,
-    # validated and logged from here, never guessed from config_dir's contents.
+    # checkout's expectations/; a flow's config snapshot points both at its copy): the config
+    # hash, ingestion's GX validation and the suites logged with a model all read them here,
+    # never from config_dir's contents.
     expectations_dir: Path
     audit_key: str | None = field(default=None, repr=False)
     # Worked out once when a flow run starts (puhui.runtime.flow_settings): every step then
@@ -128,6 +130,14 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def default_expectations_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``PUHUI_EXPECTATIONS_DIR`` of ``environ`` (default ``os.environ``) if set (a fixed
+    suite tried before it is committed, a test's copy), else ``expectations/`` of this
+    checkout: ``load_settings``'s, and the default of the callers given no settings."""
+    configured = (os.environ if environ is None else environ).get("PUHUI_EXPECTATIONS_DIR")
+    return Path(configured).resolve() if configured else repo_root() / "expectations"
+
+
 MIN_KEY_LENGTH = 32
 MIN_KEY_DISTINCT = 8
 
@@ -179,8 +189,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         actor=(_checked_actor(env["PUHUI_ACTOR"], "PUHUI_ACTOR") if env.get("PUHUI_ACTOR")
                else _checked_actor(_default_actor(), "the OS user name (the default actor)")),
         config_dir=config_dir,
-        expectations_dir=Path(env.get("PUHUI_EXPECTATIONS_DIR")
-                              or repo_root() / "expectations").resolve(),
+        expectations_dir=default_expectations_dir(env),
         audit_key=audit_key,
     )
     if profile == "production":

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from puhui.errors import PuhuiError
 from puhui.files import write_text_atomically
 from puhui.privacy import mask_shape, scrub_text
-from puhui.settings import repo_root
+from puhui.settings import default_expectations_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; GX is imported lazily at run time
     import great_expectations as gx
@@ -80,13 +80,6 @@ def _validate_with_failure_detail(
             expectation = item.expectation_config.to_domain_obj()
             result.results[index] = batch.validate(expectation, result_format=dict(detail_format))
     return result
-
-
-def default_expectations_dir() -> Path:
-    """``PUHUI_EXPECTATIONS_DIR`` if set (a fixed suite tried before it is committed, a
-    test's copy), else ``expectations/`` of this checkout."""
-    configured = os.environ.get("PUHUI_EXPECTATIONS_DIR")
-    return Path(configured).resolve() if configured else repo_root() / "expectations"
 
 
 def suite_hash(name: str, expectations_dir: Path | None = None) -> str:

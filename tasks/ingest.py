@@ -29,9 +29,10 @@ STEP = step_options(retry_delay_seconds=10)
 
 
 @cache
-def _validator(home: Path) -> BatchValidator:
-    # One GX context per process: building it costs seconds, reusing it costs nothing.
-    return BatchValidator(results_dir=home / "gx")
+def _validator(home: Path, expectations_dir: Path) -> BatchValidator:
+    # One GX context per process: building it costs seconds, reusing it costs nothing. Per
+    # suites folder: a run validates with its snapshot's suites, which its config hash covers.
+    return BatchValidator(results_dir=home / "gx", expectations_dir=expectations_dir)
 
 
 @task(
@@ -48,7 +49,7 @@ def ingest_partner_feed(settings: Settings, partner: str, as_of: date,
     ingestor = FileIngestor(
         runtime,
         feed,
-        _validator(settings.home),
+        _validator(settings.home, settings.expectations_dir),
         pseudonym_key_bytes(settings.pseudonym_key),
         flow_run_id=current_flow_run_id(),
     )
@@ -102,11 +103,11 @@ def validate_warehouse_tables(settings: Settings) -> list[dict]:
     from puhui.validation import suite_names
 
     runtime = open_runtime(settings)
-    validator = _validator(runtime.settings.home)
+    validator = _validator(runtime.settings.home, runtime.settings.expectations_dir)
     existing = set(inspect(runtime.engine).get_table_names())
     logger = get_run_logger()
     results = []
-    for suite in suite_names():
+    for suite in suite_names(runtime.settings.expectations_dir):
         table = suite.removeprefix(WAREHOUSE_SUITE_PREFIX)
         if not suite.startswith(WAREHOUSE_SUITE_PREFIX) or table not in existing:
             continue

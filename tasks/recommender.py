@@ -139,7 +139,7 @@ def existing_recommender(settings: Settings, reco: RecommenderSpec,
       **STEP)
 def register_recommender(settings: Settings, data: RankingSet, run: RecommenderRun,
                          fingerprint: str, reco: RecommenderSpec,
-                         fence: Fence | None = None) -> tuple[PublishedRecommender, str]:
+                         fence: Fence) -> tuple[PublishedRecommender, str]:
     started = time.perf_counter()
     runtime = open_runtime(settings)
     settings, audit = runtime.settings, fenced(runtime.audit, fence, REGISTRATION)
@@ -157,7 +157,7 @@ def register_recommender(settings: Settings, data: RankingSet, run: RecommenderR
 
 @task(name="recommender-gate", task_run_name=dated_run_name("recommender-gate"), **STEP)
 def gate_recommender(settings: Settings, published: PublishedRecommender, gates: GateResult,
-                     reco: RecommenderSpec, fence: Fence | None = None) -> str:
+                     reco: RecommenderSpec, fence: Fence) -> str:
     started = time.perf_counter()
     runtime = open_runtime(settings)
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)

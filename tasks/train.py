@@ -226,7 +226,7 @@ def evaluate_risk(settings: Settings, training: TrainingSet, trained: TrainedMod
 @task(name="risk-register", task_run_name=dated_run_name("risk-register"), **STEP)
 def register_risk_model(settings: Settings, training: TrainingSet, trained: TrainedModel,
                         evaluation: Evaluation, gates: GateResult, fingerprint: str,
-                        model: RiskModelSpec, fence: Fence | None = None
+                        model: RiskModelSpec, fence: Fence
                         ) -> tuple[Published, str]:
     """One MLflow run, a registered version (audited), model_evaluations rows; ``fence``:
     the training lock's generation its writes check (``puhui.lifecycle.fencing``)."""
@@ -251,7 +251,7 @@ def register_risk_model(settings: Settings, training: TrainingSet, trained: Trai
 @task(name="risk-gate", task_run_name=dated_run_name("risk-gate"), **STEP)
 def apply_gates(settings: Settings, published: Published, gates: GateResult,
                 training: TrainingSet, evaluation: Evaluation,
-                model: RiskModelSpec, fence: Fence | None = None) -> tuple[GateResult, str]:
+                model: RiskModelSpec, fence: Fence) -> tuple[GateResult, str]:
     """The verdict is recorded (audit event, then version tags); a passing version becomes
     the challenger (and champion, if configured), a failing one gets no alias. Against the
     champion at verdict time: if it moved since the evaluation, the gates are checked again
@@ -288,7 +288,7 @@ def reconcile_models(settings: Settings) -> list[str]:
 @task(name="restore-challenger", **STEP)
 def restore_lost_challenger(settings: Settings, version: str,
                             spec: RiskModelSpec | RecommenderSpec,
-                            fence: Fence | None = None) -> str | None:
+                            fence: Fence) -> str | None:
     """What an unchanged version's own run left undone after its verdict when it was killed:
     the challenger alias and, with ``auto_promote``, the champion
     (``puhui.registry.restore_challenger``); the step's line, or None. ``spec``: the risk

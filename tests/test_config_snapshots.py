@@ -5,21 +5,26 @@ never; the suites hashed and logged are the settings' (PUHUI_EXPECTATIONS_DIR), 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import multiprocessing
 import os
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from puhui import runtime
 from puhui.config import config_hash
+from puhui.errors import PuhuiError
 from puhui.runtime import flow_settings, open_runtime
 from puhui.scratch import scratch_dir
 from puhui.settings import load_settings, repo_root
+from puhui.validation import suite_hash
+from tasks.ingest import _validator
 
 
 def _killed_mid_copy(snapshots: str) -> None:
@@ -107,3 +112,66 @@ def test_suites_come_from_the_settings_not_from_the_config_folder(
     assert settings.config_hash == expected
     assert settings.expectations_dir == settings.config_dir / "expectations"
     assert (settings.expectations_dir / suite.name).read_bytes() == suite.read_bytes()
+    # Ingestion validates with the snapshot's suites, not the live ones edited mid-run.
+    suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    validator = _validator(settings.home, settings.expectations_dir)
+    assert validator.suite_hash(suite.stem) == suite_hash(suite.stem, settings.expectations_dir)
+    assert validator.suite_hash(suite.stem) != suite_hash(suite.stem, suites)
+
+
+def test_a_file_system_without_locks_takes_snapshots_and_prunes_none(
+        puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: on a PUHUI_HOME whose file system gives no flock (ENOLCK, EOPNOTSUPP, EBADF:
+    some NFS and CIFS) every flow start died with a raw OSError; and a prune reading that
+    error as "held" would have gone silent. Now: no hold, no prune, one line."""
+    monkeypatch.setattr(runtime, "SNAPSHOTS_KEPT", 0)
+    old = puhui_env / "config-snapshots" / f"{0:016x}"
+    old.mkdir(parents=True)
+
+    def no_lock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    settings = flow_settings()
+    assert old.is_dir() and (settings.config_dir / "models.yaml").is_file()
+    assert capsys.readouterr().err.splitlines() == [
+        f"puhui: config snapshots in {old.parent} not pruned: no lock there (ENOLCK) to tell "
+        "one a run holds"]
+
+
+def test_a_snapshot_pruned_while_being_taken_is_copied_again(
+        puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused snapshot can be pruned by another run between ``target.is_dir()`` and the
+    hold. The hold sees it (it waits out the prune's exclusive lock, then finds the folder
+    renamed away); the copy is made again, and a third loss is one line, not a loop."""
+    target = tmp_path / "snapshot"
+    target.mkdir()
+    pruning = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(pruning, fcntl.LOCK_EX)
+    with ThreadPoolExecutor(1) as other:
+        holding = other.submit(runtime._hold_snapshot, target)
+        time.sleep(0.2)
+        assert not holding.done()  # waiting for the prune's lock
+        target.rename(tmp_path / ".pruned-snapshot")
+        target.mkdir()  # the same hash copied again by a third run: another folder
+        os.close(pruning)
+        assert holding.result(timeout=30) is False
+    assert target not in runtime._held_snapshots
+
+    hold, taken = runtime._hold_snapshot, []
+
+    def pruned_first(folder: Path) -> bool:
+        taken.append(folder)
+        if len(taken) == 1:
+            shutil.rmtree(folder)  # another run's prune, between the rename and the hold
+            return False
+        return hold(folder)
+    monkeypatch.setattr(runtime, "_hold_snapshot", pruned_first)
+    settings = flow_settings()
+    assert taken == [settings.config_dir] * 2
+    assert (settings.config_dir / "models.yaml").is_file()
+
+    monkeypatch.setattr(runtime, "_hold_snapshot", lambda folder: False)
+    with pytest.raises(PuhuiError, match=r"^config snapshot .*: removed three times while "
+                                         "being taken$"):
+        flow_settings()

@@ -20,7 +20,7 @@ from puhui.config import (
     validate_config_dir,
 )
 from puhui.errors import PuhuiError
-from puhui.settings import load_settings, repo_root
+from puhui.settings import default_expectations_dir, load_settings, repo_root
 
 CONFIGS = repo_root() / "configs"
 GOOD_KEY = "k3y-" + "0123456789abcdef" * 2  # 40 "k"s are a length, not a secret (weak)
@@ -33,6 +33,18 @@ def test_local_profile_defaults_live_under_puhui_home(tmp_path: Path) -> None:
     assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert settings.landing == str(tmp_path / "landing")
     assert settings.pseudonym_key is None and settings.actor
+
+
+def test_the_suites_folder_is_read_from_the_environment_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One helper for ``load_settings(environ)`` and the callers given no settings: each
+    reads the mapping it is given, never another (``os.environ`` only by default)."""
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(tmp_path / "live"))
+    given = {"PUHUI_HOME": str(tmp_path), "PUHUI_EXPECTATIONS_DIR": str(tmp_path / "given")}
+    assert load_settings(given).expectations_dir == (tmp_path / "given").resolve()
+    assert default_expectations_dir(given) == (tmp_path / "given").resolve()
+    assert default_expectations_dir({}) == repo_root() / "expectations"
+    assert default_expectations_dir() == (tmp_path / "live").resolve()
 
 
 @pytest.mark.parametrize(

@@ -7,18 +7,30 @@ training: a constant pyfunc model is registered (~1 s)."""
 
 from __future__ import annotations
 
+import inspect
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
 
 import mlflow
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select, text, update
 
 from puhui import registry
 from puhui.audit import events_of
+from puhui.config import ModelsConfig, load_config
 from puhui.errors import PuhuiError
-from puhui.lifecycle.fencing import GATE_STEP, REGISTRATION, FencedOut, fenced
+from puhui.lifecycle import publish
+from puhui.lifecycle.fencing import (
+    GATE_STEP,
+    REGISTRATION,
+    Fence,
+    FencedOut,
+    fenced,
+    take_generation,
+)
 from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import (
     HeldTraining,
@@ -26,6 +38,7 @@ from puhui.lifecycle.publish import (
     training_lock,
     write_evaluations,
 )
+from puhui.recommender.publish import PublishedRecommender
 from puhui.registry import (
     ALIAS_INTENT,
     GATES,
@@ -39,8 +52,11 @@ from puhui.registry import (
     use_experiment,
 )
 from puhui.runtime import open_runtime
-from puhui.warehouse.engine import _lock_key
+from puhui.throwaway_postgres import PostgresServer
+from puhui.warehouse.engine import _lock_key, create_warehouse_engine, upgrade_schema
 from puhui.warehouse.schema import model_evaluations, training_generations
+from tasks.recommender import gate_recommender, register_recommender
+from tasks.train import apply_gates, register_risk_model, restore_lost_challenger
 
 NAME = "fenced_model"
 AS_OF = date(2026, 9, 30)
@@ -176,3 +192,110 @@ def test_a_version_registered_before_the_loss_stays_ungated_and_is_reported(
     assert settled.ungated == [f"{NAME} v{version}"]
     with engine.connect() as conn:
         assert conn.execute(select(model_evaluations)).all() == []
+
+
+def test_a_lock_lost_before_its_generation_is_taken_stops_the_training(
+        puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost between the lock and its generation, while a second training takes both: the
+    first owns the newer generation without the lock. It must stop there, not write (the
+    holder's older generation is fenced out too: both stop; the next training goes through)."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    engine = open_runtime().engine
+    take = publish.take_generation
+    second: list[HeldTraining] = []
+
+    def racing(engine_: Engine, name: str) -> Fence:
+        monkeypatch.setattr(publish, "take_generation", take)
+        _lose(engine)
+        second.append(later.enter_context(training_lock(engine, NAME, print)))
+        return take(engine_, name)
+    monkeypatch.setattr(publish, "take_generation", racing)
+    with ExitStack() as later:
+        with (pytest.raises(PuhuiError, match=f"^lost the lock puhui.training.{NAME} "),
+              training_lock(engine, NAME, print)):
+            pytest.fail("the training went on without its lock")
+        assert second[0].fence.generation == 1
+
+
+def _waits_for_a_lock(engine: Engine) -> bool:
+    """Whether some session of this database is waiting for a lock, within 10 s."""
+    deadline = time.monotonic() + 10
+    with engine.connect() as watcher:
+        while time.monotonic() < deadline:
+            if watcher.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()")).scalar():
+                return True
+            watcher.rollback()
+            time.sleep(0.05)
+    return False
+
+
+def test_postgres_orders_a_fence_check_and_a_new_generation(pg_server: PostgresServer) -> None:
+    """Two sessions (the sequential tests above pass with a plain SELECT too): a generation
+    taken while a write's transaction holds its check waits for that write to commit; a
+    check made while a generation is being taken waits for it, then refuses."""
+    engine = create_warehouse_engine(pg_server.create_database("fence_for_share"))
+    upgrade_schema(engine)
+    fence = take_generation(engine, NAME)
+    with ThreadPoolExecutor(1) as other:
+        with engine.connect() as writer, writer.begin():
+            fence.check(writer, REGISTRATION)
+            taking = other.submit(take_generation, engine, NAME)
+            assert _waits_for_a_lock(engine), "a generation was taken under a write's check"
+            assert not taking.done()
+        newer = taking.result(timeout=30)
+        assert newer.generation == fence.generation + 1
+
+        def write() -> None:
+            with engine.begin() as conn:
+                newer.check(conn, GATE_STEP)
+
+        with engine.connect() as taker, taker.begin():
+            taker.execute(update(training_generations).values(generation=newer.generation + 1))
+            checking = other.submit(write)
+            assert _waits_for_a_lock(engine), "the check read past a generation being taken"
+        with pytest.raises(FencedOut, match="lost during the gate step"):
+            checking.result(timeout=30)
+    engine.dispose()
+
+
+def test_the_training_tasks_pass_their_fence_on(
+        puhui_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tasks (``.fn``, no flow) given a fence a second training made stale write nothing:
+    a task that dropped it (or wrote through the unwrapped writer) would move the aliases.
+    The version's verdict is recorded and its run stopped before its alias moves, so the gate
+    step's retry and an unchanged re-run's restore both have moves to make."""
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    spec = load_config(runtime.settings.config_dir, ModelsConfig).product_recommender
+    assert spec is not None
+    spec = spec.model_copy(update={"registered_name": NAME, "auto_promote": True})
+    uri, run_id = _log_model()
+
+    def stop(name: str) -> None:
+        if name == "gate.after_tag":
+            raise RuntimeError("killed after the verdict")
+    with ExitStack() as later, training_lock(engine, NAME, print) as first:
+        audit = fenced(runtime.audit, first.fence, REGISTRATION)
+        version = register_version(engine, audit, name=NAME, model_uri=uri, run_id=run_id,
+                                   tags={}, details={})
+        monkeypatch.setattr(registry, "crash_point", stop)
+        with pytest.raises(RuntimeError, match="killed after the verdict"):
+            apply_verdict(client, engine, fenced(runtime.audit, first.fence, GATE_STEP), NAME,
+                          version, GateResult(passed=True), auto_promote=True)
+        monkeypatch.setattr(registry, "crash_point", lambda name: None)
+        _lose(engine)
+        later.enter_context(training_lock(engine, NAME, print))
+        published = PublishedRecommender(NAME, version, run_id)
+        with pytest.raises(FencedOut, match="lost during the gate step"):
+            gate_recommender.fn(runtime.settings, published, GateResult(passed=True), spec,
+                                first.fence)
+        with pytest.raises(FencedOut, match="lost during the gate step"):
+            restore_lost_challenger.fn(runtime.settings, version, spec, first.fence)
+    assert _actions(engine, ALIAS_INTENT) == []
+    assert current_aliases(client, NAME) == {}
+    # Required: a flow that dropped ``held.fence`` fails (TypeError) instead of going unfenced.
+    for step in (register_risk_model, apply_gates, restore_lost_challenger,
+                 register_recommender, gate_recommender):
+        assert inspect.signature(step.fn).parameters["fence"].default is inspect.Parameter.empty

@@ -202,7 +202,8 @@ def ingest_all_feeds(runtime: Runtime, as_of: date) -> list[FeedResult]:
     from puhui.validation import BatchValidator  # imports GX: only when ingesting
 
     settings = runtime.settings
-    validator = BatchValidator(results_dir=settings.home / "gx")
+    validator = BatchValidator(results_dir=settings.home / "gx",
+                               expectations_dir=settings.expectations_dir)
     key = pseudonym_key_bytes(settings.pseudonym_key)
     return [
         ingest_feed(runtime, feed, FileIngestor(runtime, feed, validator, key, flow_run_id=None),

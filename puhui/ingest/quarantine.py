@@ -225,7 +225,8 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
     if not copy.exists():
         raise PuhuiError(f"batch {batch_id} has no readable copy "
                          f"({short_reason(record.reason, 120)}): it is reject-only")
-    validator = validator or BatchValidator(results_dir=runtime.settings.home / "gx")
+    validator = validator or BatchValidator(results_dir=runtime.settings.home / "gx",
+                                            expectations_dir=runtime.settings.expectations_dir)
     seen, run, failed = SeenKeys(), 0, []
     for chunk in read_copy(copy, feed, record.delivery_date):
         chunk, _ = drop_duplicate_keys(chunk, feed, seen)

@@ -89,7 +89,8 @@ def take_generation(engine: Engine, model: str) -> Fence:
     return Fence(model, generation)
 
 
-def fenced(audit: AuditWriter, fence: Fence | None, step: str) -> AuditWriter:
-    """``audit`` whose fenced events check ``fence`` first (``fence`` None: unchanged, for
-    callers outside a training: promote, rollback, reconcile)."""
-    return audit if fence is None else replace(audit, guard=fence.guard(step))
+def fenced(audit: AuditWriter, fence: Fence, step: str) -> AuditWriter:
+    """``audit`` whose fenced events check ``fence`` first. Trainings' steps only (their
+    ``fence`` is a required parameter: a flow that dropped it fails, not writes unfenced);
+    promote, rollback and reconcile use the unwrapped writer."""
+    return replace(audit, guard=fence.guard(step))

@@ -67,7 +67,7 @@ def log_configuration(config_dir: Path, expectations_dir: Path | None = None) ->
     as ``config_hash``'s) as artifacts of the active MLflow run (``configs/``,
     ``expectations/``): the run then holds what its config hash covers, so it can be
     reproduced without the repository at that commit. Returns files logged."""
-    from puhui.validation import default_expectations_dir
+    from puhui.settings import default_expectations_dir
 
     folders = {"configs": (config_dir, "*.y*ml"),
                "expectations": (expectations_dir or default_expectations_dir(), "*.json")}
@@ -134,7 +134,11 @@ def training_lock(engine: Engine, name: str,
             + (f" ({holder})" if holder else "") + "...")
 
     with held_lock(engine, f"puhui.training.{name}", on_wait=waiting) as still_held:
-        yield HeldTraining(still_held, take_generation(engine, name))
+        fence = take_generation(engine, name)
+        # Lost before the generation committed, a second training may hold the lock with an
+        # older generation than ours: stop here. Held after it, any later taker's is newer.
+        still_held()
+        yield HeldTraining(still_held, fence)
 
 
 def provenance_tags(audit: AuditWriter) -> dict[str, str]:
