@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from puhui.config import ModelsConfig, load_config_file
+from puhui.config import ModelsConfig, PartnerFeed, PartnersConfig, load_config, load_config_file
 from puhui.errors import PuhuiError
 from puhui.generate.hostile import HostileContext
 from puhui.identifiers import national_id_check_digit
 from puhui.ingest.feeds import ingest_all_feeds
+from puhui.ingest.reading import UnreadableFile, open_landed_file, read_csv_header
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import load_settings, repo_root
 from tests import test_attack_round7
 from tests.test_attack_round7 import DAY, MP_HEADER, _ingest_payments, _payments
 from tests.test_attack_round8 import _edited
@@ -269,3 +270,21 @@ def test_a_huge_generator_number_is_a_usage_error_naming_its_option(
     err = capsys.readouterr().err
     assert f"Invalid value for '{option}': {message}" in err and "Overflow" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _mobile_payments_feed() -> PartnerFeed:
+    return load_config(repo_root() / "configs", PartnersConfig).get("mobile_payments")
+
+
+def test_a_quoted_cr_in_a_header_name_is_kept_and_a_huge_name_is_named(tmp_path: Path) -> None:
+    """Before (this round's first mend): the header was cut at its first CR, inside quotes
+    too, so `"amount\\ryuan",id` read as the one column `amount` (held as missing columns,
+    the reason not saying why), and a name over csv's field limit said "a line break
+    inside a quoted name"."""
+    feed = _mobile_payments_feed()
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(b'"amount\ryuan","a ""b""\r",id\r1,2,3\r')
+    assert read_csv_header(open_landed_file(str(path)), feed) == ["amount\ryuan", 'a "b"\r', "id"]
+    path.write_bytes(b'"' + b"x" * 200_000 + b'",id\n1,2\n')
+    with pytest.raises(UnreadableFile, match=r"^malformed header: a name over 131,072 "):
+        read_csv_header(open_landed_file(str(path)), feed)
