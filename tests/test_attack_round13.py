@@ -288,3 +288,22 @@ def test_a_quoted_cr_in_a_header_name_is_kept_and_a_huge_name_is_named(tmp_path:
     path.write_bytes(b'"' + b"x" * 200_000 + b'",id\n1,2\n')
     with pytest.raises(UnreadableFile, match=r"^malformed header: a name over 131,072 "):
         read_csv_header(open_landed_file(str(path)), feed)
+
+
+@pytest.mark.parametrize("block", [2, 3, 8 << 20])
+def test_a_held_csv_counts_cr_and_crlf_line_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Before: the byte count behind a held, unparseable file's `rows` saw only LF, so a
+    CR-only file with a ragged row counted 0 rows (4 with LF)."""
+    from puhui.ingest import reading
+
+    monkeypatch.setattr(reading, "_HASH_BLOCK", block)
+    feed = _mobile_payments_feed()
+    path = tmp_path / "held.csv"
+    for data, rows in [(b"a,b\r1,2\r3\r4,5\r6,7\r", 4), (b"a,b\r\n1,2\r\n3\r\n4,5", 3),
+                       (b"a,b\n1,2\r3\r\n4\n5,6\r\n", 4)]:
+        path.write_bytes(data)
+        handle = open_landed_file(str(path))
+        assert (reading.count_data_rows(handle, feed),
+                reading.count_parsed_rows(handle, feed)) == (rows, rows), data

@@ -161,12 +161,15 @@ def count_data_rows(handle: FileHandle, feed: PartnerFeed) -> int:
             return pq.ParquetFile(_source(handle)).metadata.num_rows
         except (pa.ArrowException, OSError):
             return 0
+    # Line ends as Arrow reads them: LF, CRLF and a bare CR (a CR-only file's held batch
+    # counted 0 rows); a CRLF split across two blocks is one.
     lines, last = 0, b"\n"
     with handle.fs.open(handle.path, "rb") as stream:
         while block := stream.read(_HASH_BLOCK):
-            lines += block.count(b"\n")
+            lines += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+            lines -= last == b"\r" and block[:1] == b"\n"
             last = block[-1:]
-    lines += last != b"\n"  # a last line without its newline (e.g. a truncated file)
+    lines += last not in (b"\n", b"\r")  # a last line without its end (e.g. a truncated file)
     return max(lines - 1, 0) if feed.format == "csv" else lines
 
 
