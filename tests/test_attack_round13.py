@@ -39,6 +39,9 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
     line ends) raised csv.Error from the header reader, in the hold path too, so the feed
     stopped at that file (the later files unread) on every run.
 
+    Pinned since the review: CRLF, LF/CR/CRLF mixed, and a CR inside a quoted cell and a
+    quoted header name (kept in the name) each read as their 5 rows.
+
     Found sound (kept): a header repeated mid-file is held by the typed column it breaks; a
     case variant of a personal column (`Payer_Phone` holding raw phones) and columns named
     like internal ones (`batch_id`, `phone_key`) are extra columns, ignored and not stored.
@@ -53,6 +56,12 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
         _with_column(_payments(4), "Payer_Phone", "13987654321"))
     (folder / "mobile_payments_5_internal.csv").write_bytes(
         _with_column(_with_column(_payments(5), "batch_id", "forged"), "phone_key", "forged"))
+    (folder / "mobile_payments_6_crlf.csv").write_bytes(_payments(6).replace(b"\n", b"\r\n"))
+    (folder / "mobile_payments_7_quoted_cr.csv").write_bytes(
+        _with_column(_payments(7), '"note\rx"', '"x\ry"'))
+    ends = [b"\n", b"\r", b"\r\n"]
+    (folder / "mobile_payments_8_mixed.csv").write_bytes(b"".join(
+        line + ends[i % 3] for i, line in enumerate(_payments(8).splitlines())))
     (folder / "mobile_payments_9_clean.csv").write_bytes(_payments(9))
 
     outcomes = _ingest_payments()
@@ -63,7 +72,10 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
 
     assert result("mobile_payments_1_cr.csv") == ("accepted", 5, 5)
     assert result("mobile_payments_2_cr_header.csv") == ("accepted", 0, 0)
-    assert result("mobile_payments_9_clean.csv") == ("accepted", 5, 5)
+    for name in ("6_crlf", "7_quoted_cr", "8_mixed", "9_clean"):
+        assert result(f"mobile_payments_{name}.csv") == ("accepted", 5, 5), name
+    assert outcomes["mobile_payments_7_quoted_cr.csv"].warnings == [
+        "extra column(s) ignored: 'aaaa\\\\ra'"]  # the quoted CR kept, shown inert
     mid = outcomes["mobile_payments_3_mid_header.csv"]
     assert (mid.status, mid.rows) == ("quarantined", 6)
     assert mid.reason.startswith("type drift in txn_time")
@@ -73,7 +85,7 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
         "extra column(s) ignored: batch_id, phone_key"]
     with open_runtime().engine.connect() as conn:
         stored = conn.execute(text("SELECT * FROM raw_mobile_payments")).mappings().all()
-    assert len(stored) == 20
+    assert len(stored) == 35
     dump = "\n".join(str(dict(row)) for row in stored)
     assert "13987654321" not in dump and "forged" not in dump
     assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
