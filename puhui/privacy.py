@@ -150,11 +150,22 @@ def printable(text: str) -> str:
     text = scrub_text(text)
     if text.isprintable():  # in C: the common line costs one pass
         return text
+    return "".join(char if _shown_as_is(char) else _escaped(char) for char in text)
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a character ``printable`` shows escaped (a line break, an
+    escape, an invisible format character such as a right-to-left override or a zero-width
+    joiner): not one line of plain text. Unlike comparing with ``printable``, masked
+    identifiers and passwords do not count."""
+    return not text.isprintable() and not all(_shown_as_is(char) for char in text)
+
+
+def _shown_as_is(char: str) -> bool:
     # Not printable to Python: Unicode's categories Cc, Cf (tags U+E0000-E007F included),
     # Cs (a file name's undecodable bytes), Co, Cn, Zl, Zp, and Zs but the ASCII space;
     # a no-break or ideographic space (Zs) is visible as a gap, so it stays.
-    return "".join(char if char.isprintable() or unicodedata.category(char) == "Zs"
-                   else _escaped(char) for char in text)
+    return char.isprintable() or unicodedata.category(char) == "Zs"
 
 
 def _escaped(char: str) -> str:

@@ -319,3 +319,23 @@ def test_a_held_csv_counts_cr_and_crlf_line_ends(
         handle = open_landed_file(str(path))
         assert (reading.count_data_rows(handle, feed),
                 reading.count_parsed_rows(handle, feed)) == (rows, rows), data
+
+
+def test_a_reason_or_actor_holding_a_password_is_refused_as_that(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the control-character check compared with `printable`, which masks passwords
+    too, so `--reason 'reset pwd=default per OPS-12'` (or such an actor) was refused as
+    holding "control or invisible characters", which it does not."""
+    from puhui.cli import main
+    from puhui.privacy import has_control_characters
+
+    assert main(["quarantine", "reject", "mobile_payments-2026", "--reason",
+                 "reset pwd=default per OPS-12"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("puhui: error: --reason holds what looks like a password"), err
+    monkeypatch.setenv("PUHUI_ACTOR", "ops pwd=default")
+    with pytest.raises(PuhuiError, match="^PUHUI_ACTOR holds what looks like a password"):
+        load_settings()
+    assert not has_control_characters("李雷\u00a0pwd=x 13812345678")
+    assert has_control_characters("ok\u200dx") and has_control_characters("a\rb")
