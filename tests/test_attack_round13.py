@@ -339,3 +339,21 @@ def test_a_reason_or_actor_holding_a_password_is_refused_as_that(
         load_settings()
     assert not has_control_characters("李雷\u00a0pwd=x 13812345678")
     assert has_control_characters("ok\u200dx") and has_control_characters("a\rb")
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ("learning_rate: 0.02", "learning_rate: .nan", "credit_risk.lightgbm.params"),
+    ("eval_at: [3]", "eval_at: [3, .inf]", "product_recommender.lightgbm"),
+])
+def test_a_non_finite_lightgbm_parameter_is_one_line_naming_it(
+    tmp_path: Path, old: str, new: str, key: str
+) -> None:
+    """Before: refused as pydantic's union noise under internal names
+    (`...learning_rate.bool: Input should be a valid boolean (+4 more)`)."""
+    path = _edited(tmp_path, "models.yaml", old, new)
+    with pytest.raises(PuhuiError) as caught:
+        load_config_file(path, ModelsConfig)
+    message = str(caught.value)
+    name = new.split(":", 1)[0]
+    assert message.endswith(f"{key}: Value error, {name}: must be a finite number"), message
+    assert ".bool" not in message and "\n" not in message
