@@ -357,3 +357,22 @@ def test_a_non_finite_lightgbm_parameter_is_one_line_naming_it(
     name = new.split(":", 1)[0]
     assert message.endswith(f"{key}: Value error, {name}: must be a finite number"), message
     assert ".bool" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--seed", "-1", "must not be negative"),
+    ("--rural-agri-boost", "inf", "must be a finite number"),
+])
+def test_a_non_finite_boost_or_negative_seed_is_a_usage_error_naming_it(
+    option: str, value: str, message: str, tmp_path: Path, puhui_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `--rural-agri-boost inf` passed the option's minimum and wrote `Infinity`
+    (not JSON) into truth.json; `--seed -1` was numpy's bare ValueError (exit 1)."""
+    from puhui.cli import main
+
+    assert main(["generate", "--out", str(tmp_path / "zone"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '{option}': {message}" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "zone").exists()

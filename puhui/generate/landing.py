@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -135,6 +136,7 @@ def generate_landing_zone(
     out_dir = Path(out_dir)
     products = tuple(products)
     _validate(users, days, history_days, products, penalize_segment, end_date, faults)
+    _validate_numbers(seed, rural_agri_boost)
     _check_out_dir(out_dir)
     say = progress or (lambda _message: None)
 
@@ -215,6 +217,14 @@ def _validate(
         raise BadArgument(
             "penalize_segment",
             f"{penalize_segment!r} is no segment; choose one of {', '.join(SEGMENTS)}")
+
+
+def _validate_numbers(seed: int, rural_agri_boost: float) -> None:
+    if seed < 0:  # numpy's SeedSequence raised a bare ValueError, naming no option
+        raise BadArgument("seed", "must not be negative")
+    if not math.isfinite(rural_agri_boost) or rural_agri_boost < 0:
+        # inf passed the option's minimum and wrote Infinity (not JSON) into truth.json.
+        raise BadArgument("rural_agri_boost", "must be a finite number, at least 0")
 
 
 def _check_out_dir(out_dir: Path) -> None:
