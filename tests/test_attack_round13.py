@@ -376,3 +376,20 @@ def test_a_non_finite_boost_or_negative_seed_is_a_usage_error_naming_it(
     assert f"Invalid value for '{option}': {message}" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "zone").exists()
+
+
+@pytest.mark.parametrize(("start", "message"), [
+    ("0001-01-01", "is before 2020-01-01, where the data start"),
+    ("2024-01-01", "gives 1,004 dates, over 366, each a full pipeline run: add --yes"),
+])
+def test_a_backfill_from_long_ago_is_a_usage_error_naming_start(
+    start: str, message: str, puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `backfill --start 0001-01-01` was accepted: ~740,000 full pipeline runs, each
+    date then marked completed for good ("resumable" undoes none of it)."""
+    from puhui.cli import main
+
+    assert main(["backfill", "--start", start, "--end", "2026-09-30"]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '--start': {message}" in err, err
+    assert len(err.strip().splitlines()) == 1
