@@ -393,3 +393,24 @@ def test_a_backfill_from_long_ago_is_a_usage_error_naming_start(
     err = capsys.readouterr().err
     assert f"Invalid value for '--start': {message}" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("number", ["𝟏𝟑𝟗𝟖𝟕𝟔𝟓𝟒𝟑𝟐𝟏", "١٣٩٨٧٦٥٤٣٢١", "۱۳۹ ۸۷۶۵ ۴۳۲۱", "१३९८७६५४३२१"])
+def test_digits_outside_ascii_and_full_width_are_identifier_digits(number: str) -> None:
+    """Before: the shapes knew ASCII and full-width digits only, so a phone pasted as
+    mathematical bold ("styled text") or in Arabic-Indic, Persian or Devanagari digits was
+    found neither in reasons and actors (Python) nor in ingested free text (RE2)."""
+    from puhui.privacy import (
+        count_identifiers_in_column,
+        find_raw_identifiers,
+        mask_identifiers_in_column,
+        scrub_text,
+    )
+
+    assert find_raw_identifiers(f"call {number}") == ["phone number"]
+    assert number not in scrub_text(f"call {number}")
+    column = pa.array([f"call {number} now", "GROCERY 12"])
+    assert count_identifiers_in_column(column) == 1
+    assert mask_identifiers_in_column(column).to_pylist() == [
+        "call [identifier masked] now", "GROCERY 12"]
+    assert not find_raw_identifiers("price ١٢٣ yuan, 2026-09-30T10:00:00+08:00")
