@@ -98,15 +98,18 @@ def _reason(text: str) -> str:
     """A decision's ``--reason``, refused in one line before anything moves when it holds
     text shaped like a national ID or phone number: the audit trail keeps reasons, and its
     guard would otherwise refuse the event halfway through the decision."""
-    from puhui.privacy import find_raw_identifiers
+    from puhui.privacy import find_raw_identifiers, has_control_characters, scrub_text
 
     if kinds := find_raw_identifiers(text):
         raise PuhuiError(f"--reason holds what looks like a raw {kinds[0]}; the audit trail "
                          "keeps reasons: say it without the number")
-    if printable(text) != text:
+    if has_control_characters(text):
         # `audit log` printed a line break or an escape in a reason as it was: forged lines.
         raise PuhuiError("--reason holds control or invisible characters (a line break, an "
                          "escape): one line of plain text")
+    if scrub_text(text) != text:  # identifiers are refused above: what is left is a password
+        raise PuhuiError("--reason holds what looks like a password (pwd=..., a URL's "
+                         "user:password@); the audit trail keeps reasons: say it without it")
     return text
 
 
@@ -365,17 +368,33 @@ def run_report(as_of: AsOf = None, json_: JsonFlag = False) -> None:
         raise PuhuiError(f"ALERT: {summary['why']}")
 
 
+BACKFILL_MAX_DAYS = 366  # a year of dates without --yes
+
+
 @app.command()
 def backfill(
     start: Annotated[str, typer.Option("--start", help="First as-of date.")],
     end: Annotated[str, typer.Option("--end", help="Last as-of date.")],
     force: Annotated[bool, typer.Option("--force", help="Re-run dates already completed.")] = False,
+    yes: Annotated[bool, typer.Option(
+        "--yes", help=f"Run a span over {BACKFILL_MAX_DAYS} days.")] = False,
 ) -> None:
     """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
+    from puhui.generate.arguments import HISTORY_EPOCH
+
     first, last = _parse_date(start, "--start"), _run_date(end, "--end")
     assert first and last
     if first > last:
         raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
+    # Each date is a full pipeline run that is then marked completed for good: a mistyped
+    # year (0001-01-01) was ~740,000 runs filling Prefect's database and the daily tables.
+    if first < HISTORY_EPOCH:
+        raise typer.BadParameter(f"is before {HISTORY_EPOCH}, where the data start",
+                                 param_hint="'--start'")
+    if (days := (last - first).days + 1) > BACKFILL_MAX_DAYS and not yes:
+        raise typer.BadParameter(
+            f"gives {days:,} dates, over {BACKFILL_MAX_DAYS}, each a full pipeline run: "
+            "add --yes to run them", param_hint="'--start'")
     from puhui.pipeline import backfill_daily
 
     _flow_settings()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import string
@@ -654,6 +655,9 @@ def _lightgbm_value_problem(value: Any) -> str | None:
     """What is wrong with one LightGBM parameter value's shape, or None: LightGBM takes
     scalars and flat lists (``label_gain`` floats, ``monotone_constraints`` ints); the only
     mapping is the size-aware form (its own fields checked by ``SizeAware``)."""
+    if _non_finite(value) or isinstance(value, list) and any(map(_non_finite, value)):
+        # Else pydantic's union lists every member's failure under internal names.
+        return "must be a finite number"
     if isinstance(value, bool | int | float | str):
         return None
     if isinstance(value, SizeAware):
@@ -675,6 +679,10 @@ def _lightgbm_value_problem(value: Any) -> str | None:
             return None
         return "a list must hold only numbers or only strings"
     return f"expected {_LIGHTGBM_SHAPES}"
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 class ModelsConfig(StrictModel):

@@ -23,12 +23,16 @@ from typing import Any
 # Not after a letter or digit, nor after "<digit>." (the fraction of a float: 0.0123...).
 _BEFORE = "(?<![0-9A-Za-z\uff10-\uff19])(?<!\\d\\.)"
 _AFTER = "(?![0-9A-Za-z\uff10-\uff19])"
-# Digits as typed in ASCII or full width (a Chinese input method's full-width mode: a phone
-# typed so into a free-text field passed as text, and was loaded raw). One spelling for
-# Python's re and Arrow's RE2, whose \d is ASCII only. Not quite the same behaviour: RE2 has
-# no look-behind for _BEFORE's "<digit>.", so ingestion (RE2) also counts and masks a float's
-# fraction ('0.13812345678') that scrub_text / find_raw_identifiers let through: more masking.
-_D = "[0-9\uff10-\uff19]"
+# Digits: any Unicode decimal digit (Python's \d on text; RE2's \d is ASCII only, so
+# \p{Nd} there). ASCII and full width are as typed (a Chinese input method's full-width
+# mode: a phone typed so into a free-text field passed as text, and was loaded raw); any
+# other decimal digit (mathematical bold from a "styled text" paste, Arabic-Indic) fails
+# closed: it may stand for any digit of a shape, so `𝟏𝟑𝟖...` or `١٣٨...` is found too. Not
+# quite the same behaviour in the two engines: RE2 has no look-behind for _BEFORE's
+# "<digit>.", so ingestion (RE2) also counts and masks a float's fraction ('0.13812345678')
+# that scrub_text / find_raw_identifiers let through: more masking.
+_PY_DIGIT, _PY_OTHER_DIGIT = r"\d", "[^\\D0-9\uff10-\uff19]"
+_RE2_DIGIT, _RE2_OTHER_DIGIT = r"\p{Nd}", "[^\\P{Nd}0-9\uff10-\uff19]"
 # Between groups, up to three of: a space, tab, dot or dash, ASCII or as the full-width mode
 # types them (U+3000, U+FF0E, U+FF0D), the spaces and dashes a word processor or a web page
 # pastes (no-break, figure, thin and narrow spaces; hyphen to horizontal bar; minus sign), and
@@ -37,11 +41,27 @@ _D = "[0-9\uff10-\uff19]"
 # spaces, '139 - 8765 - 4321' or '139—8765—4321' (GBK's em dash) loaded raw.
 _SEP = ("[ \t.\u00a0\u2007\u2009\u202f\u3000\uff0e\uff0d\u2010-\u2015\u2212"
         "\u00ad\u200b-\u200d\u2060\ufeff-]{0,3}")
-# 18 characters, optionally grouped 6-8-4 by separators; any check character.
-_ID_SHAPE = f"{_D}{{6}}{_SEP}{_D}{{8}}{_SEP}{_D}{{3}}(?:{_D}|[Xx\uff38\uff58])"
-# A mainland mobile number with an optional +86 / 0086 / 86 prefix and separators.
-_PHONE_SHAPE = (f"(?:(?:[+\uff0b]|[0\uff10]{{2}})?[8\uff18][6\uff16]{_SEP})?"
-                f"[1\uff11][3-9\uff13-\uff19]{_D}(?:{_SEP}{_D}{{4}}){{2}}")
+
+
+def _shapes(digit: str, other_digit: str | None) -> tuple[str, str]:
+    """A national ID's and a mobile number's shapes, spelled with ``digit`` (a decimal
+    digit) and ``other_digit`` (one neither ASCII nor full width; None: not looked for)
+    for one regex engine."""
+    def one(digits: str) -> str:
+        return f"(?:[{digits}]|{other_digit})" if other_digit else f"[{digits}]"
+
+    d = digit
+    # 18 characters, optionally grouped 6-8-4 by separators; any check character.
+    national_id = f"{d}{{6}}{_SEP}{d}{{8}}{_SEP}{d}{{3}}(?:{d}|[Xx\uff38\uff58])"
+    # A mainland mobile number with an optional +86 / 0086 / 86 prefix and separators.
+    zero, eight, six = one("0\uff10"), one("8\uff18"), one("6\uff16")
+    one_, three_to_nine = one("1\uff11"), one("3-9\uff13-\uff19")
+    phone = (f"(?:(?:[+\uff0b]|{zero}{{2}})?{eight}{six}{_SEP})?"
+             f"{one_}{three_to_nine}{d}(?:{_SEP}{d}{{4}}){{2}}")
+    return national_id, phone
+
+
+_ID_SHAPE, _PHONE_SHAPE = _shapes(_PY_DIGIT, _PY_OTHER_DIGIT)
 _NATIONAL_ID = re.compile(_BEFORE + _ID_SHAPE + _AFTER)
 _MOBILE_PHONE = re.compile(_BEFORE + _PHONE_SHAPE + _AFTER)
 SHAPE_LIMIT = 24  # characters of a masked shape before it is cut
@@ -150,11 +170,22 @@ def printable(text: str) -> str:
     text = scrub_text(text)
     if text.isprintable():  # in C: the common line costs one pass
         return text
+    return "".join(char if _shown_as_is(char) else _escaped(char) for char in text)
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a character ``printable`` shows escaped (a line break, an
+    escape, an invisible format character such as a right-to-left override or a zero-width
+    joiner): not one line of plain text. Unlike comparing with ``printable``, masked
+    identifiers and passwords do not count."""
+    return not text.isprintable() and not all(_shown_as_is(char) for char in text)
+
+
+def _shown_as_is(char: str) -> bool:
     # Not printable to Python: Unicode's categories Cc, Cf (tags U+E0000-E007F included),
     # Cs (a file name's undecodable bytes), Co, Cn, Zl, Zp, and Zs but the ASCII space;
     # a no-break or ideographic space (Zs) is visible as a gap, so it stays.
-    return "".join(char if char.isprintable() or unicodedata.category(char) == "Zs"
-                   else _escaped(char) for char in text)
+    return char.isprintable() or unicodedata.category(char) == "Zs"
 
 
 def _escaped(char: str) -> str:
@@ -230,8 +261,13 @@ def install_log_scrubbing() -> None:
 # RE2 (Arrow's regex engine) has no look-around: the boundaries are captured and put back.
 _RE2_EDGE_BEFORE = "(^|[^0-9A-Za-z\uff10-\uff19])"
 _RE2_EDGE_AFTER = "($|[^0-9A-Za-z\uff10-\uff19])"
-_RE2_SHAPES = (_ID_SHAPE, _PHONE_SHAPE)  # a national ID, a mobile number
+_RE2_SHAPES = _shapes(_RE2_DIGIT, _RE2_OTHER_DIGIT)  # a national ID, a mobile number
 _RE2_IDENTIFIERS = tuple(_RE2_EDGE_BEFORE + shape + _RE2_EDGE_AFTER for shape in _RE2_SHAPES)
+# Masking with \p{Nd} costs twice as much (1M values each holding a phone: ~0.55 s with
+# ASCII and full-width digits, ~1.25 s with \p{Nd}), so a column without another digit is
+# masked with these (the same matches there).
+_RE2_TYPED_IDENTIFIERS = tuple(_RE2_EDGE_BEFORE + shape + _RE2_EDGE_AFTER
+                               for shape in _shapes("[0-9\uff10-\uff19]", None))
 _RE2_ANY_IDENTIFIER = _RE2_EDGE_BEFORE + "(?:" + "|".join(_RE2_SHAPES) + ")" + _RE2_EDGE_AFTER
 MASKED_IDENTIFIER = "[identifier masked]"
 _SHORTEST_IDENTIFIER = 11  # a mobile number's digits; a national ID has 18
@@ -286,6 +322,8 @@ def mask_identifiers_in_column(values: Any) -> Any:
     """
     import pyarrow.compute as pc
 
-    for pattern in _RE2_IDENTIFIERS:
+    other_digits = not pc.all(pc.string_is_ascii(values)).as_py() and pc.any(
+        pc.match_substring_regex(values, _RE2_OTHER_DIGIT)).as_py()
+    for pattern in _RE2_IDENTIFIERS if other_digits else _RE2_TYPED_IDENTIFIERS:
         values = pc.replace_substring_regex(values, pattern, rf"\1{MASKED_IDENTIFIER}\2")
     return values

@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from puhui.config import ModelsConfig, load_config_file
+from puhui.config import ModelsConfig, PartnerFeed, PartnersConfig, load_config, load_config_file
 from puhui.errors import PuhuiError
 from puhui.generate.hostile import HostileContext
 from puhui.identifiers import national_id_check_digit
 from puhui.ingest.feeds import ingest_all_feeds
+from puhui.ingest.reading import UnreadableFile, open_landed_file, read_csv_header
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import load_settings, repo_root
 from tests import test_attack_round7
 from tests.test_attack_round7 import DAY, MP_HEADER, _ingest_payments, _payments
 from tests.test_attack_round8 import _edited
@@ -38,6 +39,9 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
     line ends) raised csv.Error from the header reader, in the hold path too, so the feed
     stopped at that file (the later files unread) on every run.
 
+    Pinned since the review: CRLF, LF/CR/CRLF mixed, and a CR inside a quoted cell and a
+    quoted header name (kept in the name) each read as their 5 rows.
+
     Found sound (kept): a header repeated mid-file is held by the typed column it breaks; a
     case variant of a personal column (`Payer_Phone` holding raw phones) and columns named
     like internal ones (`batch_id`, `phone_key`) are extra columns, ignored and not stored.
@@ -52,6 +56,12 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
         _with_column(_payments(4), "Payer_Phone", "13987654321"))
     (folder / "mobile_payments_5_internal.csv").write_bytes(
         _with_column(_with_column(_payments(5), "batch_id", "forged"), "phone_key", "forged"))
+    (folder / "mobile_payments_6_crlf.csv").write_bytes(_payments(6).replace(b"\n", b"\r\n"))
+    (folder / "mobile_payments_7_quoted_cr.csv").write_bytes(
+        _with_column(_payments(7), '"note\rx"', '"x\ry"'))
+    ends = [b"\n", b"\r", b"\r\n"]
+    (folder / "mobile_payments_8_mixed.csv").write_bytes(b"".join(
+        line + ends[i % 3] for i, line in enumerate(_payments(8).splitlines())))
     (folder / "mobile_payments_9_clean.csv").write_bytes(_payments(9))
 
     outcomes = _ingest_payments()
@@ -62,7 +72,10 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
 
     assert result("mobile_payments_1_cr.csv") == ("accepted", 5, 5)
     assert result("mobile_payments_2_cr_header.csv") == ("accepted", 0, 0)
-    assert result("mobile_payments_9_clean.csv") == ("accepted", 5, 5)
+    for name in ("6_crlf", "7_quoted_cr", "8_mixed", "9_clean"):
+        assert result(f"mobile_payments_{name}.csv") == ("accepted", 5, 5), name
+    assert outcomes["mobile_payments_7_quoted_cr.csv"].warnings == [
+        "extra column(s) ignored: 'aaaa\\\\ra'"]  # the quoted CR kept, shown inert
     mid = outcomes["mobile_payments_3_mid_header.csv"]
     assert (mid.status, mid.rows) == ("quarantined", 6)
     assert mid.reason.startswith("type drift in txn_time")
@@ -72,7 +85,7 @@ def test_csv_line_ends_and_odd_header_names_each_end_as_one_ledger_row(landing: 
         "extra column(s) ignored: batch_id, phone_key"]
     with open_runtime().engine.connect() as conn:
         stored = conn.execute(text("SELECT * FROM raw_mobile_payments")).mappings().all()
-    assert len(stored) == 20
+    assert len(stored) == 35
     dump = "\n".join(str(dict(row)) for row in stored)
     assert "13987654321" not in dump and "forged" not in dump
     assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
@@ -269,3 +282,135 @@ def test_a_huge_generator_number_is_a_usage_error_naming_its_option(
     err = capsys.readouterr().err
     assert f"Invalid value for '{option}': {message}" in err and "Overflow" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _mobile_payments_feed() -> PartnerFeed:
+    return load_config(repo_root() / "configs", PartnersConfig).get("mobile_payments")
+
+
+def test_a_quoted_cr_in_a_header_name_is_kept_and_a_huge_name_is_named(tmp_path: Path) -> None:
+    """Before (this round's first mend): the header was cut at its first CR, inside quotes
+    too, so `"amount\\ryuan",id` read as the one column `amount` (held as missing columns,
+    the reason not saying why), and a name over csv's field limit said "a line break
+    inside a quoted name"."""
+    feed = _mobile_payments_feed()
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(b'"amount\ryuan","a ""b""\r",id\r1,2,3\r')
+    assert read_csv_header(open_landed_file(str(path)), feed) == ["amount\ryuan", 'a "b"\r', "id"]
+    path.write_bytes(b'"' + b"x" * 200_000 + b'",id\n1,2\n')
+    with pytest.raises(UnreadableFile, match=r"^malformed header: a name over 131,072 "):
+        read_csv_header(open_landed_file(str(path)), feed)
+
+
+@pytest.mark.parametrize("block", [2, 3, 8 << 20])
+def test_a_held_csv_counts_cr_and_crlf_line_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Before: the byte count behind a held, unparseable file's `rows` saw only LF, so a
+    CR-only file with a ragged row counted 0 rows (4 with LF)."""
+    from puhui.ingest import reading
+
+    monkeypatch.setattr(reading, "_HASH_BLOCK", block)
+    feed = _mobile_payments_feed()
+    path = tmp_path / "held.csv"
+    for data, rows in [(b"a,b\r1,2\r3\r4,5\r6,7\r", 4), (b"a,b\r\n1,2\r\n3\r\n4,5", 3),
+                       (b"a,b\n1,2\r3\r\n4\n5,6\r\n", 4)]:
+        path.write_bytes(data)
+        handle = open_landed_file(str(path))
+        assert (reading.count_data_rows(handle, feed),
+                reading.count_parsed_rows(handle, feed)) == (rows, rows), data
+
+
+def test_a_reason_or_actor_holding_a_password_is_refused_as_that(
+    puhui_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the control-character check compared with `printable`, which masks passwords
+    too, so `--reason 'reset pwd=default per OPS-12'` (or such an actor) was refused as
+    holding "control or invisible characters", which it does not."""
+    from puhui.cli import main
+    from puhui.privacy import has_control_characters
+
+    assert main(["quarantine", "reject", "mobile_payments-2026", "--reason",
+                 "reset pwd=default per OPS-12"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("puhui: error: --reason holds what looks like a password"), err
+    monkeypatch.setenv("PUHUI_ACTOR", "ops pwd=default")
+    with pytest.raises(PuhuiError, match="^PUHUI_ACTOR holds what looks like a password"):
+        load_settings()
+    assert not has_control_characters("李雷\u00a0pwd=x 13812345678")
+    assert has_control_characters("ok\u200dx") and has_control_characters("a\rb")
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ("learning_rate: 0.02", "learning_rate: .nan", "credit_risk.lightgbm.params"),
+    ("eval_at: [3]", "eval_at: [3, .inf]", "product_recommender.lightgbm"),
+])
+def test_a_non_finite_lightgbm_parameter_is_one_line_naming_it(
+    tmp_path: Path, old: str, new: str, key: str
+) -> None:
+    """Before: refused as pydantic's union noise under internal names
+    (`...learning_rate.bool: Input should be a valid boolean (+4 more)`)."""
+    path = _edited(tmp_path, "models.yaml", old, new)
+    with pytest.raises(PuhuiError) as caught:
+        load_config_file(path, ModelsConfig)
+    message = str(caught.value)
+    name = new.split(":", 1)[0]
+    assert message.endswith(f"{key}: Value error, {name}: must be a finite number"), message
+    assert ".bool" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--seed", "-1", "must not be negative"),
+    ("--rural-agri-boost", "inf", "must be a finite number"),
+])
+def test_a_non_finite_boost_or_negative_seed_is_a_usage_error_naming_it(
+    option: str, value: str, message: str, tmp_path: Path, puhui_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `--rural-agri-boost inf` passed the option's minimum and wrote `Infinity`
+    (not JSON) into truth.json; `--seed -1` was numpy's bare ValueError (exit 1)."""
+    from puhui.cli import main
+
+    assert main(["generate", "--out", str(tmp_path / "zone"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '{option}': {message}" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "zone").exists()
+
+
+@pytest.mark.parametrize(("start", "message"), [
+    ("0001-01-01", "is before 2020-01-01, where the data start"),
+    ("2024-01-01", "gives 1,004 dates, over 366, each a full pipeline run: add --yes"),
+])
+def test_a_backfill_from_long_ago_is_a_usage_error_naming_start(
+    start: str, message: str, puhui_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `backfill --start 0001-01-01` was accepted: ~740,000 full pipeline runs, each
+    date then marked completed for good ("resumable" undoes none of it)."""
+    from puhui.cli import main
+
+    assert main(["backfill", "--start", start, "--end", "2026-09-30"]) == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '--start': {message}" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("number", ["𝟏𝟑𝟗𝟖𝟕𝟔𝟓𝟒𝟑𝟐𝟏", "١٣٩٨٧٦٥٤٣٢١", "۱۳۹ ۸۷۶۵ ۴۳۲۱", "१३९८७६५४३२१"])
+def test_digits_outside_ascii_and_full_width_are_identifier_digits(number: str) -> None:
+    """Before: the shapes knew ASCII and full-width digits only, so a phone pasted as
+    mathematical bold ("styled text") or in Arabic-Indic, Persian or Devanagari digits was
+    found neither in reasons and actors (Python) nor in ingested free text (RE2)."""
+    from puhui.privacy import (
+        count_identifiers_in_column,
+        find_raw_identifiers,
+        mask_identifiers_in_column,
+        scrub_text,
+    )
+
+    assert find_raw_identifiers(f"call {number}") == ["phone number"]
+    assert number not in scrub_text(f"call {number}")
+    column = pa.array([f"call {number} now", "GROCERY 12"])
+    assert count_identifiers_in_column(column) == 1
+    assert mask_identifiers_in_column(column).to_pylist() == [
+        "call [identifier masked] now", "GROCERY 12"]
+    assert not find_raw_identifiers("price ١٢٣ yuan, 2026-09-30T10:00:00+08:00")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ import pyarrow.csv as pa_csv
 
 from puhui.errors import PuhuiError
 from puhui.generate import reference as ref
-from puhui.generate.arguments import BadArgument
+from puhui.generate.arguments import HISTORY_EPOCH, BadArgument
 from puhui.generate.batch import Batch, batch_rows
 from puhui.generate.faults import (
     FAULT_KINDS,
@@ -135,6 +136,7 @@ def generate_landing_zone(
     out_dir = Path(out_dir)
     products = tuple(products)
     _validate(users, days, history_days, products, penalize_segment, end_date, faults)
+    _validate_numbers(seed, rural_agri_boost)
     _check_out_dir(out_dir)
     say = progress or (lambda _message: None)
 
@@ -175,7 +177,6 @@ def generate_landing_zone(
 
 
 MAX_USERS = 10_000_000
-HISTORY_EPOCH = date(2020, 1, 1)  # synthetic history starts no earlier
 
 
 def _validate(
@@ -185,7 +186,8 @@ def _validate(
     if users < 1:
         raise BadArgument("users", "must be at least 1")
     if users > MAX_USERS:
-        # Every customer is built in memory; 10^20 was numpy's OverflowError, naming nothing.
+        # 10^20 was numpy's OverflowError, naming nothing. A guard, not a tested size: every
+        # customer is built in memory, and the bench measured up to 1M users (README).
         raise BadArgument("users", f"must be at most {MAX_USERS:,}")
     if days < 1:
         raise BadArgument("days", "must be at least 1")
@@ -215,6 +217,14 @@ def _validate(
         raise BadArgument(
             "penalize_segment",
             f"{penalize_segment!r} is no segment; choose one of {', '.join(SEGMENTS)}")
+
+
+def _validate_numbers(seed: int, rural_agri_boost: float) -> None:
+    if seed < 0:  # numpy's SeedSequence raised a bare ValueError, naming no option
+        raise BadArgument("seed", "must not be negative")
+    if not math.isfinite(rural_agri_boost) or rural_agri_boost < 0:
+        # inf passed the option's minimum and wrote Infinity (not JSON) into truth.json.
+        raise BadArgument("rural_agri_boost", "must be a finite number, at least 0")
 
 
 def _check_out_dir(out_dir: Path) -> None:

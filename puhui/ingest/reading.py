@@ -161,12 +161,15 @@ def count_data_rows(handle: FileHandle, feed: PartnerFeed) -> int:
             return pq.ParquetFile(_source(handle)).metadata.num_rows
         except (pa.ArrowException, OSError):
             return 0
+    # Line ends as Arrow reads them: LF, CRLF and a bare CR (a CR-only file's held batch
+    # counted 0 rows); a CRLF split across two blocks is one.
     lines, last = 0, b"\n"
     with handle.fs.open(handle.path, "rb") as stream:
         while block := stream.read(_HASH_BLOCK):
-            lines += block.count(b"\n")
+            lines += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+            lines -= last == b"\r" and block[:1] == b"\n"
             last = block[-1:]
-    lines += last != b"\n"  # a last line without its newline (e.g. a truncated file)
+    lines += last not in (b"\n", b"\r")  # a last line without its end (e.g. a truncated file)
     return max(lines - 1, 0) if feed.format == "csv" else lines
 
 
@@ -181,8 +184,9 @@ def read_csv_header(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         first = stream.readline(1 << 20)
     # A bare CR ends a line too (Arrow reads it so): a CR-only file ("CSV (Macintosh)") is
     # one \n-line, and csv.reader raised on its CRs, out of the hold path too, which stopped
-    # the feed at that file on every run. No multi-byte character of UTF-8 or GBK holds 0x0D.
-    first = first.split(b"\r", 1)[0]
+    # the feed at that file on every run. A CR inside quotes is part of a name, as Arrow
+    # reads it. No multi-byte character of UTF-8 or GBK holds 0x0D or 0x22.
+    first = _UNQUOTED_LINE.match(first).group()
     try:
         text = first.decode(_python_encoding(feed)).rstrip("\n")
     except UnicodeDecodeError:
@@ -192,7 +196,14 @@ def read_csv_header(handle: FileHandle, feed: PartnerFeed) -> list[str]:
     try:
         return next(csv.reader([text]))
     except csv.Error:
-        raise UnreadableFile("malformed header: a line break inside a quoted name") from None
+        # Non-strict csv.reader raises on one line only for a field over its limit.
+        raise UnreadableFile(
+            f"malformed header: a name over {csv.field_size_limit():,} characters") from None
+
+
+# The line up to its first CR outside quotes ("" inside quotes is two quoted runs); an
+# unclosed quote runs to the end. Always matches, so it never backtracks.
+_UNQUOTED_LINE = re.compile(rb'(?:[^"\r]+|"[^"]*"?)*')
 
 
 _COLUMN_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
