@@ -413,7 +413,7 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
         gates=check_gates(evaluation, model.gates), tags={}, fingerprint="small",
         report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
         audit=open_runtime(settings).audit, profile=settings.profile,
-        config_dir=settings.config_dir)
+        config_dir=settings.config_dir, expectations_dir=settings.expectations_dir)
     params = mlflow_client(settings.mlflow_tracking_uri).get_run(
         published.run_id).data.params
     resolved = resolve_lightgbm(model.lightgbm, DataSize(len(train),

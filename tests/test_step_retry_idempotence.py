@@ -65,7 +65,8 @@ def test_retried_register_and_gate_steps_write_one_version_and_one_verdict(
             engine=engine, tracking_uri=uri, name=NAME, training=training, trained=trained,
             evaluation=evaluation, gates=gates, tags={}, fingerprint="retried",
             report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
-            audit=audit, profile=settings.profile, config_dir=settings.config_dir).version
+            audit=audit, profile=settings.profile, config_dir=settings.config_dir,
+            expectations_dir=settings.expectations_dir).version
 
     monkeypatch.setenv(FAIL_ONCE_ENV, "register.after_mlflow")
     version = register()
