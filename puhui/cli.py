@@ -380,17 +380,13 @@ def backfill(
         "--yes", help=f"Run a span over {BACKFILL_MAX_DAYS} days.")] = False,
 ) -> None:
     """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
-    from puhui.generate.arguments import HISTORY_EPOCH
-
     first, last = _parse_date(start, "--start"), _run_date(end, "--end")
     assert first and last
     if first > last:
         raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
     # Each date is a full pipeline run that is then marked completed for good: a mistyped
     # year (0001-01-01) was ~740,000 runs filling Prefect's database and the daily tables.
-    if first < HISTORY_EPOCH:
-        raise typer.BadParameter(f"is before {HISTORY_EPOCH}, where the data start",
-                                 param_hint="'--start'")
+    # No fixed floor: a lender's own partner data may start before the synthetic 2020.
     if (days := (last - first).days + 1) > BACKFILL_MAX_DAYS and not yes:
         raise typer.BadParameter(
             f"gives {days:,} dates, over {BACKFILL_MAX_DAYS}, each a full pipeline run: "

@@ -379,7 +379,7 @@ def test_a_non_finite_boost_or_negative_seed_is_a_usage_error_naming_it(
 
 
 @pytest.mark.parametrize(("start", "message"), [
-    ("0001-01-01", "is before 2020-01-01, where the data start"),
+    ("0001-01-01", "gives 739,889 dates, over 366, each a full pipeline run: add --yes"),
     ("2024-01-01", "gives 1,004 dates, over 366, each a full pipeline run: add --yes"),
 ])
 def test_a_backfill_from_long_ago_is_a_usage_error_naming_start(
