@@ -169,10 +169,11 @@ def test_a_flow_run_records_the_config_hash_it_started_with(
     shutil.copytree(repo_root() / "configs", configs)
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
     settings = flow_settings()
-    started = config_hash(configs)
+    started = config_hash(configs, expectations_dir=settings.expectations_dir)
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
-    assert open_runtime(settings).audit.config_hash == started != config_hash(configs)
+    assert open_runtime(settings).audit.config_hash == started != config_hash(
+        configs, expectations_dir=settings.expectations_dir)
 
 
 def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
@@ -197,13 +198,14 @@ def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
     suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
-    assert config_hash(settings.config_dir, settings.expectations_dir) == settings.config_hash
+    assert config_hash(settings.config_dir,
+                       expectations_dir=settings.expectations_dir) == settings.config_hash
     assert flow_settings().config_dir != settings.config_dir  # a new hash, a new copy
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     # Its own experiment: the active one may be an earlier test's, in another store.
     experiment = mlflow.set_experiment("config-snapshot")
     with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
-        log_configuration(settings.config_dir, settings.expectations_dir)
+        log_configuration(settings.config_dir, expectations_dir=settings.expectations_dir)
     for artifact in ("configs/models.yaml", f"expectations/{suite.name}"):
         logged = Path(mlflow.artifacts.download_artifacts(
             run_id=run.info.run_id, artifact_path=artifact, dst_path=str(tmp_path / "run")))
@@ -245,3 +247,18 @@ def test_every_mapped_task_scrubs_its_logs_first() -> None:
                 first[node.name] = getattr(getattr(call, "func", None), "id", None)
     assert set(first) == mapped and len(mapped) >= 2, (mapped, first)
     assert set(first.values()) == {"install_log_scrubbing"}, first
+
+
+def test_the_suites_folder_is_a_required_keyword_of_every_suite_reader() -> None:
+    """Each defaulted to ``PUHUI_EXPECTATIONS_DIR`` (or the checkout's): a caller that left
+    out its settings' folder hashed, logged or validated other suites than its snapshot's,
+    silently. Required, a forgotten one is a TypeError at the call."""
+    import inspect
+
+    from puhui.lifecycle.publish import log_configuration
+    from puhui.validation import BatchValidator, load_suite, suite_hash, suite_names
+
+    for reader in (config_hash, log_configuration, BatchValidator, suite_hash, load_suite,
+                   suite_names):
+        given = inspect.signature(reader).parameters["expectations_dir"]
+        assert given.kind is given.KEYWORD_ONLY and given.default is given.empty, reader
