@@ -228,7 +228,7 @@ def ingest_once(landing: Path, key_index: bool = True,
 
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
-    validator = BatchValidator()
+    validator = BatchValidator(expectations_dir=runtime.settings.expectations_dir)
     ingestor = FileIngestor(runtime, feed, validator, pseudonym_key_bytes(KEY))
     result = {}
     with nullcontext() if key_index else without_key_index():

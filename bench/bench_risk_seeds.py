@@ -64,7 +64,8 @@ def ingest_every_feed(as_of: date) -> str:
 
     runtime = open_runtime()
     settings = runtime.settings
-    validator = BatchValidator(results_dir=settings.home / "gx")
+    validator = BatchValidator(results_dir=settings.home / "gx",
+                               expectations_dir=settings.expectations_dir)
     key = pseudonym_key_bytes(settings.pseudonym_key)
     counts: dict[str, int] = {}
     for feed in load_config(settings.config_dir, PartnersConfig).partners:

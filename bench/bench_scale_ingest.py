@@ -50,7 +50,8 @@ def ingest_timed(landing: Path, with_index: bool) -> float:
     runtime = open_runtime()
     config = runtime.settings.config_dir
     feed = load_config(config, PartnersConfig).get("mobile_payments")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(), pseudonym_key_bytes(KEY))
+    validator = BatchValidator(expectations_dir=runtime.settings.expectations_dir)
+    ingestor = FileIngestor(runtime, feed, validator, pseudonym_key_bytes(KEY))
     (warm,) = list_landed_files(feed, str(landing), WARM_UP)
     assert ingestor.ingest(warm).status == "accepted"
     if with_index:

@@ -1191,7 +1191,7 @@ def config_check() -> None:
         raise PuhuiError(f"config check: {len(problems)} problem(s), listed above")
     console.print(
         f"{len(names)} config files valid ({', '.join(names)}); "
-        f"hash {config_hash(settings.config_dir, settings.expectations_dir)}"
+        f"hash {config_hash(settings.config_dir, expectations_dir=settings.expectations_dir)}"
     )
 
 

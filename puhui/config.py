@@ -992,16 +992,15 @@ def validate_config_dir(config_dir: Path) -> list[str]:
     return names
 
 
-def config_hash(config_dir: Path, expectations_dir: Path | None = None) -> str:
+def config_hash(config_dir: Path, *, expectations_dir: Path) -> str:
     """SHA-256 over every config file's and every suite file's name and bytes, in name
     order (first 16 hex): a changed check changes what a run did as much as a changed
-    setting. ``expectations_dir``: the settings' (``Settings.expectations_dir``); default
-    ``PUHUI_EXPECTATIONS_DIR``, else the checkout's, never a folder inside ``config_dir``
-    (a user's config folder may hold one that is not what the run validates with)."""
-    from puhui.settings import default_expectations_dir
-
+    setting. ``expectations_dir``: the settings' (``Settings.expectations_dir``), never a
+    folder inside ``config_dir`` (a user's config folder may hold one that is not what the
+    run validates with). Required: a default read from the environment would hash another
+    folder than the one the caller's settings validate with."""
     digest = hashlib.sha256()
-    suites = sorted((expectations_dir or default_expectations_dir()).glob("*.json"))
+    suites = sorted(expectations_dir.glob("*.json"))
     # Named by kind, not by folder: a copy of the same files elsewhere hashes the same.
     named = [("configs", p) for p in config_files(config_dir)]
     for kind, path in named + [("expectations", p) for p in suites]:

@@ -45,7 +45,7 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     engine = get_engine(settings.warehouse_url)
     audit = AuditWriter(actor=settings.actor,
                         config_hash=settings.config_hash or config_hash(
-                            settings.config_dir, settings.expectations_dir),
+                            settings.config_dir, expectations_dir=settings.expectations_dir),
                         key=audit_key_bytes(settings.audit_key))
     return Runtime(settings, engine, audit)
 
@@ -100,7 +100,7 @@ def snapshot_configs(config_dir: Path, expectations_dir: Path,
             (aside / "expectations").mkdir()
             for path in sorted(expectations_dir.glob("*.json")):
                 (aside / "expectations" / path.name).write_bytes(path.read_bytes())
-            digest = config_hash(aside, aside / "expectations")
+            digest = config_hash(aside, expectations_dir=aside / "expectations")
             target = snapshots / digest
             if not target.is_dir():
                 try:

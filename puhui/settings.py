@@ -136,7 +136,9 @@ def repo_root() -> Path:
 def default_expectations_dir(environ: Mapping[str, str] | None = None) -> Path:
     """``PUHUI_EXPECTATIONS_DIR`` of ``environ`` (default ``os.environ``) if set (a fixed
     suite tried before it is committed, a test's copy), else ``expectations/`` of this
-    checkout: ``load_settings``'s, and the default of the callers given no settings."""
+    checkout: ``load_settings``'s. The suites' readers and hashers take the folder as a
+    required argument (a caller with settings passes ``Settings.expectations_dir``), so only
+    a caller with no settings (a bench script, a test) calls this itself."""
     configured = (os.environ if environ is None else environ).get("PUHUI_EXPECTATIONS_DIR")
     return Path(configured).resolve() if configured else repo_root() / "expectations"
 

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from puhui.errors import PuhuiError
 from puhui.files import write_text_atomically
 from puhui.privacy import mask_shape, scrub_text
-from puhui.settings import default_expectations_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; GX is imported lazily at run time
     import great_expectations as gx
@@ -82,13 +81,13 @@ def _validate_with_failure_detail(
     return result
 
 
-def suite_hash(name: str, expectations_dir: Path | None = None) -> str:
+def suite_hash(name: str, *, expectations_dir: Path) -> str:
     """SHA-256 of the suite file's bytes (first 16 hex): which checks validated a batch.
 
     The bytes, not the parsed suite: a changed severity, tolerance or note is a change an
     auditor must be able to see. A missing file hashes as ``missing``.
     """
-    path = (expectations_dir or default_expectations_dir()) / f"{name}.json"
+    path = expectations_dir / f"{name}.json"
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except FileNotFoundError:
@@ -388,7 +387,7 @@ def _severity_of(entry: dict[str, Any]) -> Severity:
     return severity  # type: ignore[return-value]
 
 
-def load_suite(name: str, expectations_dir: Path | None = None) -> gx.ExpectationSuite:
+def load_suite(name: str, *, expectations_dir: Path) -> gx.ExpectationSuite:
     """Load ``<expectations_dir>/<name>.json`` as a GX ExpectationSuite, or fail loudly.
 
     GX 1.x logs and silently drops an expectation of unknown type; here every expectation is
@@ -396,7 +395,7 @@ def load_suite(name: str, expectations_dir: Path | None = None) -> gx.Expectatio
     :class:`SuiteLoadError` naming the file and the expectation, and the loaded count is
     checked against the file's.
     """
-    path = (expectations_dir or default_expectations_dir()) / f"{name}.json"
+    path = expectations_dir / f"{name}.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -448,10 +447,9 @@ def load_suite(name: str, expectations_dir: Path | None = None) -> gx.Expectatio
     return suite
 
 
-def suite_names(expectations_dir: Path | None = None) -> list[str]:
+def suite_names(*, expectations_dir: Path) -> list[str]:
     """Names of every suite file in the expectations directory."""
-    directory = expectations_dir or default_expectations_dir()
-    return sorted(p.stem for p in directory.glob("*.json"))
+    return sorted(p.stem for p in expectations_dir.glob("*.json"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -762,11 +760,9 @@ class BatchValidator:
     by one thread at a time; a lock makes concurrent use safe but serial.
     """
 
-    def __init__(
-        self, results_dir: Path | None = None, expectations_dir: Path | None = None
-    ) -> None:
+    def __init__(self, *, expectations_dir: Path, results_dir: Path | None = None) -> None:
         self.results_dir = results_dir
-        self.expectations_dir = expectations_dir or default_expectations_dir()
+        self.expectations_dir = expectations_dir
         self._suites: dict[str, gx.ExpectationSuite] = {}
         self._hashes: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -774,8 +770,8 @@ class BatchValidator:
     def suite(self, name: str) -> gx.ExpectationSuite:
         """The cached suite ``name`` (loaded on first use)."""
         if name not in self._suites:
-            self._hashes[name] = suite_hash(name, self.expectations_dir)
-            self._suites[name] = load_suite(name, self.expectations_dir)
+            self._hashes[name] = suite_hash(name, expectations_dir=self.expectations_dir)
+            self._suites[name] = load_suite(name, expectations_dir=self.expectations_dir)
         return self._suites[name]
 
     def load(self, name: str) -> None:

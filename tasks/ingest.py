@@ -107,7 +107,7 @@ def validate_warehouse_tables(settings: Settings) -> list[dict]:
     existing = set(inspect(runtime.engine).get_table_names())
     logger = get_run_logger()
     results = []
-    for suite in suite_names(runtime.settings.expectations_dir):
+    for suite in suite_names(expectations_dir=runtime.settings.expectations_dir):
         table = suite.removeprefix(WAREHOUSE_SUITE_PREFIX)
         if not suite.startswith(WAREHOUSE_SUITE_PREFIX) or table not in existing:
             continue

@@ -299,8 +299,9 @@ def _ingest_with(feed: PartnerFeed, landing: Path, day: date, name: str) -> File
     from tests.test_ingest_key_index import _landed
 
     runtime = open_runtime()
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     return ingestor.ingest(_landed(feed, landing, day, name))
 
 

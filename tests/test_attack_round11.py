@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from puhui.throwaway_postgres import PostgresServer
 from puhui.warehouse.engine import create_warehouse_engine, held_lock, upgrade_schema
 
 CONFIGS = repo_root() / "configs"
+EXPECTATIONS = repo_root() / "expectations"
 
 
 @contextmanager
@@ -72,7 +74,8 @@ def test_a_hostile_config_file_is_one_line_naming_it(tmp_path: Path, kind: str) 
     if kind in ("fifo", "device", "folder"):
         _plant(extra / "extra.yaml", kind)
         with _deadline(20):
-            for check in (check_config_dir, config_hash):
+            for check in (check_config_dir,
+                          functools.partial(config_hash, expectations_dir=EXPECTATIONS)):
                 with pytest.raises(PuhuiError, match="extra.yaml: not a regular file"):
                     check(extra)
 
@@ -82,11 +85,11 @@ def test_an_editors_lock_link_in_the_config_folder_is_not_a_config_file(tmp_path
     check_config_dir with 'config file is missing' and the run's config hash."""
     configs = tmp_path / "configs"
     shutil.copytree(CONFIGS, configs)
-    before = config_hash(configs)
+    before = config_hash(configs, expectations_dir=EXPECTATIONS)
     (configs / ".#models.yaml").symlink_to("root@host.1234:1700000000")
     check_config_dir(configs)
     assert validate_config_dir(configs) == sorted(os.listdir(CONFIGS))
-    assert config_hash(configs) == before
+    assert config_hash(configs, expectations_dir=EXPECTATIONS) == before
     (configs / "models.yaml").unlink()
     (configs / "models.yaml").symlink_to(tmp_path / "gone.yaml")
     with pytest.raises(PuhuiError, match="models.yaml: a link to nothing$"):

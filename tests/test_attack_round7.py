@@ -62,7 +62,8 @@ def _ingest_payments() -> dict[str, batches.FileOutcome]:
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
     ingestor = FileIngestor(
-        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key)
     )
     result = ingest_feed(runtime, feed, ingestor, DAY)
     return {f.path.rsplit("/", 1)[-1]: f for f in result.files}

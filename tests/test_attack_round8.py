@@ -261,8 +261,9 @@ def test_hand_edits_to_ingest_batches_are_reported_by_audit_verify(
     (folder / "mobile_payments_3.csv").write_bytes(_payments(3, header=MP_HEADER[:-1]))
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     outcomes = {f.path.rsplit("/", 1)[-1]: f for f in
                 ingest_feed(runtime, feed, ingestor, DAY).files}
     accepted, duplicate, held = (outcomes[f"mobile_payments_{i}.csv"] for i in (1, 2, 3))
@@ -332,8 +333,9 @@ def test_a_broken_suite_stops_the_feed_before_any_file_is_held(
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
 
     def ingest() -> dict[str, str]:
-        ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                                pseudonym_key_bytes(runtime.settings.pseudonym_key))
+        ingestor = FileIngestor(
+            runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+            pseudonym_key_bytes(runtime.settings.pseudonym_key))
         return {f.path.rsplit("/", 1)[-1]: f.status
                 for f in ingest_feed(runtime, feed, ingestor, DAY).files}
 

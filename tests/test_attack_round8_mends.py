@@ -165,8 +165,9 @@ def test_partner_headers_in_mixed_case_or_chinese_are_declared_and_loaded(
     (folder / "mobile_payments_1.csv").write_bytes(csv_bytes(MP_HEADER + _PARTNER_HEADERS, rows))
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     (done,) = ingest_feed(runtime, feed, ingestor, day).files
     assert done.status == "accepted", done
     table = raw_table(feed)

@@ -46,8 +46,9 @@ def _ingest_payments(config_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(config_dir))
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     return runtime, feed, ingest_feed(runtime, feed, ingestor, DAY).files
 
 
@@ -107,8 +108,9 @@ def test_a_feed_named_at_the_length_limit_loads_on_postgres(
     (folder / "p.csv").write_bytes(csv_bytes(MP_HEADER, rows))
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(name)
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     (done,) = ingest_feed(runtime, feed, ingestor, DAY).files
     assert done.status == "accepted", done
 
@@ -321,8 +323,9 @@ def test_a_delivery_folder_linked_out_of_the_zone_is_not_read_and_reported_late(
     monkeypatch.setenv("PUHUI_LANDING", str(tmp_path / "landing"))
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     result = ingest_feed(runtime, feed, ingestor, DAY)
     assert result.files == [] and result.late
 
@@ -408,8 +411,9 @@ def _ingest_orders_in_child() -> None:
 
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("ecommerce_orders")
-    ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                            pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    ingestor = FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     outcomes = ingest_feed(runtime, feed, ingestor, DAY).files
     print(json.dumps([[o.status, o.reason] for o in outcomes]))
 

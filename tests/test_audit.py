@@ -437,7 +437,7 @@ def test_audit_log_filters_reason_column_and_csv_export(
     assert verify_audit_chain(engine, KEY).ok
 
 
-def test_the_config_hash_covers_the_suites(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_the_config_hash_covers_the_suites(tmp_path: Path) -> None:
     """Before: only configs/*.yaml were hashed; a changed suite left the hash as it was."""
     import shutil
 
@@ -448,17 +448,16 @@ def test_the_config_hash_covers_the_suites(tmp_path, monkeypatch: pytest.MonkeyP
     suites = tmp_path / "expectations"
     shutil.copytree(repo_root() / "expectations", suites)
     configs = repo_root() / "configs"
-    before = config_hash(configs, suites)
-    assert before == config_hash(configs, suites)  # stable
-    payments_before = suite_hash("mobile_payments", suites)
+    before = config_hash(configs, expectations_dir=suites)
+    assert before == config_hash(configs, expectations_dir=suites)  # stable
+    payments_before = suite_hash("mobile_payments", expectations_dir=suites)
     path = suites / "mobile_payments.json"
     path.write_text(path.read_text().replace('"MERCHANT"', '"MERCHANT", "REFUND"'))
-    assert config_hash(configs, suites) != before
-    assert suite_hash("mobile_payments", suites) != payments_before
-    assert suite_hash("customers", suites) == suite_hash("customers")  # others unchanged
-    # The runtime's hash (stamped on every audit event) follows PUHUI_EXPECTATIONS_DIR.
-    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
-    assert config_hash(configs) == config_hash(configs, suites) != before
+    assert config_hash(configs, expectations_dir=suites) != before
+    assert suite_hash("mobile_payments", expectations_dir=suites) != payments_before
+    live = repo_root() / "expectations"
+    assert suite_hash("customers", expectations_dir=suites) == suite_hash(
+        "customers", expectations_dir=live)  # others unchanged
 
 
 def test_a_dirty_work_tree_is_refused_for_registration_in_production_and_recorded(
@@ -503,7 +502,8 @@ def test_the_training_run_logs_configs_and_suites_as_artifacts(
         experiment = mlflow.create_experiment("cfg", artifact_location=str(tmp_path / "art"))
         with mlflow.start_run(experiment_id=experiment) as run:
             monkeypatch.setenv("PUHUI_CONFIG_DIR", str(tmp_path))  # changed mid-run: unused
-            logged = log_configuration(repo_root() / "configs")
+            logged = log_configuration(repo_root() / "configs",
+                                       expectations_dir=repo_root() / "expectations")
         client = mlflow.MlflowClient()
         configs = {a.path for a in client.list_artifacts(run.info.run_id, "configs")}
         suites = {a.path for a in client.list_artifacts(run.info.run_id, "expectations")}

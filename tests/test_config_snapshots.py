@@ -104,8 +104,8 @@ def test_suites_come_from_the_settings_not_from_the_config_folder(
     suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
     monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
-    expected = config_hash(configs, suites)
-    assert expected != config_hash(configs, configs / "expectations")
+    expected = config_hash(configs, expectations_dir=suites)
+    assert expected != config_hash(configs, expectations_dir=configs / "expectations")
     assert load_settings().expectations_dir == suites.resolve()
     assert open_runtime().audit.config_hash == expected
     settings = flow_settings()
@@ -115,8 +115,9 @@ def test_suites_come_from_the_settings_not_from_the_config_folder(
     # Ingestion validates with the snapshot's suites, not the live ones edited mid-run.
     suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     validator = _validator(settings.home, settings.expectations_dir)
-    assert validator.suite_hash(suite.stem) == suite_hash(suite.stem, settings.expectations_dir)
-    assert validator.suite_hash(suite.stem) != suite_hash(suite.stem, suites)
+    assert validator.suite_hash(suite.stem) == suite_hash(
+        suite.stem, expectations_dir=settings.expectations_dir)
+    assert validator.suite_hash(suite.stem) != suite_hash(suite.stem, expectations_dir=suites)
 
 
 def test_a_file_system_without_locks_takes_snapshots_and_prunes_none(

@@ -258,7 +258,8 @@ from puhui.runtime import open_runtime
 from puhui.validation import BatchValidator
 
 runtime = open_runtime()
-validator = BatchValidator(results_dir=runtime.settings.home / "gx")
+validator = BatchValidator(results_dir=runtime.settings.home / "gx",
+                           expectations_dir=runtime.settings.expectations_dir)
 key = pseudonym_key_bytes(runtime.settings.pseudonym_key)
 for name in ("mobile_payments",):
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(name)

@@ -265,7 +265,7 @@ from puhui.runtime import open_runtime
 from puhui.validation import BatchValidator
 
 runtime = open_runtime()
-validator = BatchValidator()
+validator = BatchValidator(expectations_dir=runtime.settings.expectations_dir)
 key = pseudonym_key_bytes(runtime.settings.pseudonym_key)
 for feed in load_config(runtime.settings.config_dir, PartnersConfig).partners:
     ingest_feed(runtime, feed, FileIngestor(runtime, feed, validator, key), date(2026, 9, 30))
@@ -359,7 +359,8 @@ def test_crash_mid_load_leaves_nothing_and_rerun_completes(
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("credit_bureau")
     ingestor = FileIngestor(
-        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key)
     )
     real_insert = batches.bulk_insert
 
@@ -612,7 +613,8 @@ def test_a_file_of_many_chunks_loads_whole_or_not_at_all(
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
     ingestor = FileIngestor(
-        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key)
     )
     landing = tmp_path / "landing"
     good_day, bad_day = date(2026, 9, 30), date(2026, 10, 1)
@@ -729,7 +731,8 @@ def test_late_files_in_past_folders_are_found_by_what_the_ledger_has_not_seen(
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
     ingestor = FileIngestor(
-        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key)
     )
     first = ingest_feed(runtime, feed, ingestor, END)
     assert [f.status for f in first.files] == ["accepted"] * 7
@@ -777,7 +780,8 @@ def test_empty_files_of_two_feeds_are_each_held_not_duplicates(
     key = pseudonym_key_bytes(runtime.settings.pseudonym_key)
     for name in ("product_events", "mobile_payments"):
         feed = partners.get(name)
-        ingest_feed(runtime, feed, FileIngestor(runtime, feed, BatchValidator(), key), END)
+        validator = BatchValidator(expectations_dir=runtime.settings.expectations_dir)
+        ingest_feed(runtime, feed, FileIngestor(runtime, feed, validator, key), END)
     records = ledger.list_batches(runtime.engine)
     assert len(records) == 3
     assert all(r.status == "quarantined" and r.reason == "empty file (0 bytes)" for r in records)
@@ -803,7 +807,8 @@ def test_an_unexpected_error_holds_the_file_without_its_message_and_the_run_goes
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
     ingestor = FileIngestor(
-        runtime, feed, BatchValidator(), pseudonym_key_bytes(runtime.settings.pseudonym_key)
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key)
     )
     real = batches.coerce_to_contract
     calls = {"n": 0}

@@ -66,8 +66,9 @@ def _ingestor() -> tuple[Runtime, PartnerFeed, FileIngestor]:
 
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
-    return runtime, feed, FileIngestor(runtime, feed, BatchValidator(),
-                                       pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    return runtime, feed, FileIngestor(
+        runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
 
 
 def _two_files(monkeypatch: pytest.MonkeyPatch, warehouse_url: str, tmp_path: Path,
@@ -427,8 +428,9 @@ def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
     first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
     # The contract's primary key gains a column: every key's text changes.
     wider = feed.model_copy(update={"primary_key": ["txn_id", "txn_type"]})
-    again = FileIngestor(runtime, wider, BatchValidator(),
-                         pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    again = FileIngestor(
+        runtime, wider, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     with caplog.at_level(logging.WARNING, logger="puhui.ingest"):
         second = again.ingest(_landed(wider, landing, DAY2, "_b"))
     assert (second.rows_loaded, second.rows_duplicate) == (500, 500)
@@ -754,8 +756,9 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
 
     # The contract's key gains a column: the index is rebuilt with the next load.
     wider = feed.model_copy(update={"primary_key": ["txn_id", "txn_type"]})
-    again = FileIngestor(runtime, wider, BatchValidator(),
-                         pseudonym_key_bytes(runtime.settings.pseudonym_key))
+    again = FileIngestor(
+        runtime, wider, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+        pseudonym_key_bytes(runtime.settings.pseudonym_key))
     _payments(landing, date(2026, 10, 3), "d", range(1551, 1651))
     d = again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d"))
     assert d.rows_loaded == 50

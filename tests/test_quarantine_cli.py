@@ -79,7 +79,8 @@ def held_env(puhui_env: Path, warehouse_url: str, tmp_path: Path,
     monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
     runtime = open_runtime()
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get(FEED)
-    ingestor = FileIngestor(runtime, feed, BatchValidator(results_dir=puhui_env / "gx"),
+    ingestor = FileIngestor(runtime, feed, BatchValidator(results_dir=puhui_env / "gx",
+                                                    expectations_dir=runtime.settings.expectations_dir),
                             pseudonym_key_bytes(runtime.settings.pseudonym_key))
     outcomes = {Path(f.path).name: f for f in ingest_feed(runtime, feed, ingestor, DAY).files}
     assert [outcomes[n].status for n in sorted(outcomes)] == ["accepted", "quarantined",

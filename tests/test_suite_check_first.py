@@ -37,8 +37,9 @@ def test_a_broken_suite_stops_the_feed_before_files_decided_earlier_are_reported
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
 
     def ingest(reported: list[str]) -> list[str]:
-        ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                                pseudonym_key_bytes(runtime.settings.pseudonym_key))
+        ingestor = FileIngestor(
+            runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+            pseudonym_key_bytes(runtime.settings.pseudonym_key))
         return [f.status for f in ingest_feed(runtime, feed, ingestor, DAY,
                                               on_file=lambda f: reported.append(f.status)).files]
 

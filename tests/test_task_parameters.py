@@ -7,6 +7,8 @@ import ast
 import importlib
 import pickle
 import shutil
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args, get_type_hints
 
@@ -169,10 +171,11 @@ def test_a_flow_run_records_the_config_hash_it_started_with(
     shutil.copytree(repo_root() / "configs", configs)
     monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
     settings = flow_settings()
-    started = config_hash(configs)
+    started = config_hash(configs, expectations_dir=settings.expectations_dir)
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
-    assert open_runtime(settings).audit.config_hash == started != config_hash(configs)
+    assert open_runtime(settings).audit.config_hash == started != config_hash(
+        configs, expectations_dir=settings.expectations_dir)
 
 
 def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
@@ -197,13 +200,14 @@ def test_a_flow_run_reads_and_logs_the_configs_it_hashed(
     with (configs / "models.yaml").open("a", encoding="utf-8") as edit:
         edit.write("\n# edited while the flow ran\n")
     suite.write_text(suite.read_text(encoding="utf-8") + "\n", encoding="utf-8")
-    assert config_hash(settings.config_dir, settings.expectations_dir) == settings.config_hash
+    assert config_hash(settings.config_dir,
+                       expectations_dir=settings.expectations_dir) == settings.config_hash
     assert flow_settings().config_dir != settings.config_dir  # a new hash, a new copy
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     # Its own experiment: the active one may be an earlier test's, in another store.
     experiment = mlflow.set_experiment("config-snapshot")
     with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
-        log_configuration(settings.config_dir, settings.expectations_dir)
+        log_configuration(settings.config_dir, expectations_dir=settings.expectations_dir)
     for artifact in ("configs/models.yaml", f"expectations/{suite.name}"):
         logged = Path(mlflow.artifacts.download_artifacts(
             run_id=run.info.run_id, artifact_path=artifact, dst_path=str(tmp_path / "run")))
@@ -245,3 +249,133 @@ def test_every_mapped_task_scrubs_its_logs_first() -> None:
                 first[node.name] = getattr(getattr(call, "func", None), "id", None)
     assert set(first) == mapped and len(mapped) >= 2, (mapped, first)
     assert set(first.values()) == {"install_log_scrubbing"}, first
+
+
+def _fenced_tasks() -> set[str]:
+    """The tasks that take a training's ``fence``: each one writes (registers, gates, moves
+    aliases), and its writes check the fence."""
+    return {node.name for path in TASKS.glob("*.py")
+            for node in ast.parse(path.read_text(encoding="utf-8")).body
+            if isinstance(node, ast.FunctionDef) and node.decorator_list
+            and any(a.arg == "fence" for a in node.args.args + node.args.kwonlyargs)}
+
+
+def _unchecked_fenced_writes(source: str, fenced: set[str]) -> tuple[list[str], list[str]]:
+    """(fenced task calls whose statement is not right after a ``held()`` /
+    ``held.still_held()`` / ``still_held()`` in the same block of a
+    ``with one_training_at_a_time(...) as held``, the fenced calls seen)."""
+    tree = ast.parse(source)
+    inside: dict[int, str] = {}  # id(statement) -> the lock's name, for a lock block's statements
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With):
+            for item in node.items:
+                call = item.context_expr
+                if isinstance(call, ast.Call) and getattr(
+                        call.func, "id", None) == "one_training_at_a_time" and isinstance(
+                        item.optional_vars, ast.Name):
+                    for inner in ast.walk(node):
+                        for block in ("body", "orelse", "finalbody"):
+                            statements = getattr(inner, block, None)
+                            for statement in statements if isinstance(statements, list) else []:
+                                inside[id(statement)] = item.optional_vars.id
+
+    def is_check(statement: ast.stmt, lock: str) -> bool:
+        call = statement.value if isinstance(statement, ast.Expr) else None
+        func = getattr(call, "func", None)
+        return isinstance(call, ast.Call) and (
+            (isinstance(func, ast.Name) and func.id in {lock, "still_held"})
+            or (isinstance(func, ast.Attribute) and func.attr == "still_held"
+                and getattr(func.value, "id", None) == lock))
+
+    def own_calls(statement: ast.stmt) -> Iterator[tuple[ast.Call, str]]:
+        """The fenced calls of ``statement`` itself (a compound one's header), not of the
+        blocks inside it: those are checked against their own block. ``step(...)``,
+        ``step.submit(...)``, ``step.fn(...)`` alike."""
+        for child in ast.iter_child_nodes(statement):
+            if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+                continue
+            for call in ast.walk(child):
+                func = getattr(call, "func", None)
+                name = func.id if isinstance(func, ast.Name) else getattr(
+                    getattr(func, "value", None), "id", None)
+                if isinstance(call, ast.Call) and name in fenced:
+                    yield call, name
+
+    unchecked, seen = [], []
+    for node in ast.walk(tree):
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            statements = getattr(node, block, None)
+            for index, statement in enumerate(statements if isinstance(statements, list)
+                                              else []):
+                for call, name in own_calls(statement):
+                    seen.append(name)
+                    lock = inside.get(id(statement))
+                    if lock is None or index == 0 or not is_check(statements[index - 1], lock):
+                        unchecked.append((call.lineno, f"line {call.lineno}: {name}"))
+    return [line for _, line in sorted(unchecked)], seen
+
+
+def test_every_fenced_write_of_a_training_flow_checks_the_lock_right_before() -> None:
+    """A training whose lock was lost (taken over while it trained) must write nothing: the
+    flows call ``held()`` right before each fenced step (register, gate, and the skip path's
+    ``restore_lost_challenger``, which had none: it moved aliases without the lock), so the
+    loss stops the flow before the step starts. The fence inside the step catches a loss
+    during it; this catches a step that would start without the check."""
+    fenced = _fenced_tasks()
+    assert {"register_risk_model", "apply_gates", "restore_lost_challenger",
+            "register_recommender", "gate_recommender"} <= fenced, fenced
+    seen = []
+    for path in sorted((ROOT / "flows").glob("*.py")):
+        unchecked, calls = _unchecked_fenced_writes(path.read_text(encoding="utf-8"), fenced)
+        assert not unchecked, f"{path.name}: {unchecked}"
+        seen += calls
+    expected = Counter(["register_risk_model", "apply_gates", "register_recommender",
+                        "gate_recommender"] + ["restore_lost_challenger"] * 2)
+    assert expected <= Counter(seen), seen  # the check found the flows' steps
+
+
+def test_the_fenced_write_check_sees_a_missing_or_stale_held_call() -> None:
+    source = """
+with one_training_at_a_time(settings, name) as held:
+    if same:
+        restore_lost_challenger(settings, same, model, held.fence)
+    train()
+    held()
+    published = register_risk_model(settings, held.fence)
+    held.still_held()
+    apply_gates(settings, published, held.fence)
+    held()
+    trained = train()
+    apply_gates(settings, trained, held.fence)
+    held()
+    if apply_gates.submit(settings, trained, held.fence):
+        pass
+apply_gates(settings, trained, None)
+"""
+    unchecked, _ = _unchecked_fenced_writes(source, {"restore_lost_challenger",
+                                                     "register_risk_model", "apply_gates"})
+    assert unchecked == ["line 4: restore_lost_challenger", "line 12: apply_gates",
+                         "line 16: apply_gates"]
+
+
+def test_the_suites_folder_is_a_required_keyword_of_every_suite_reader() -> None:
+    """Each defaulted to ``PUHUI_EXPECTATIONS_DIR`` (or the checkout's): a caller that left
+    out its settings' folder hashed, logged or validated other suites than its snapshot's,
+    silently. Required, a forgotten one is a TypeError at the call. Read from the source:
+    importing MLflow and the validator would cost ~2 s."""
+    readers = {"config.py": {"config_hash"}, "lifecycle/publish.py": {"log_configuration"},
+               "validation.py": {"__init__", "suite_hash", "load_suite", "suite_names"}}
+    for module, names in readers.items():
+        body = ast.parse((ROOT / "puhui" / module).read_text(encoding="utf-8")).body
+        body += [m for c in body if isinstance(c, ast.ClassDef) and c.name == "BatchValidator"
+                 for m in c.body if getattr(m, "name", None) == "__init__"]
+        found = {}
+        for function in body:
+            if isinstance(function, ast.FunctionDef) and function.name in names:
+                args = function.args
+                kwonly = dict(zip([a.arg for a in args.kwonlyargs], args.kw_defaults,
+                                  strict=True))
+                # kw_defaults holds None for a keyword-only parameter without a default
+                found[function.name] = "expectations_dir" in kwonly and kwonly[
+                    "expectations_dir"] is None
+        assert found == dict.fromkeys(names, True), (module, found)

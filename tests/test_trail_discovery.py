@@ -48,8 +48,9 @@ def test_hand_edits_of_discovery_columns_are_reported(
     feed = load_config(runtime.settings.config_dir, PartnersConfig).get("mobile_payments")
 
     def ingest() -> dict[str, str]:
-        ingestor = FileIngestor(runtime, feed, BatchValidator(),
-                                pseudonym_key_bytes(runtime.settings.pseudonym_key))
+        ingestor = FileIngestor(
+            runtime, feed, BatchValidator(expectations_dir=runtime.settings.expectations_dir),
+            pseudonym_key_bytes(runtime.settings.pseudonym_key))
         return {f.path.rsplit("/", 1)[-1]: f.batch_id
                 for f in ingest_feed(runtime, feed, ingestor, DAY).files}
 

@@ -19,13 +19,12 @@ import pytest
 
 from puhui.config import PartnerFeed, PartnersConfig, ProductsConfig, load_config
 from puhui.identifiers import normalize_phones, valid_national_id_mask
-from puhui.settings import repo_root
+from puhui.settings import default_expectations_dir, repo_root
 from puhui.validation import (
     BatchValidator,
     FailedExpectation,
     SuiteLoadError,
     ValidationOutcome,
-    default_expectations_dir,
     gx_frame,
     load_suite,
     suite_names,
@@ -114,7 +113,8 @@ def batch_frame(path: Path, feed: PartnerFeed, delivery: date) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def validator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchValidator]:
-    v = BatchValidator(results_dir=tmp_path_factory.mktemp("gx"))
+    v = BatchValidator(results_dir=tmp_path_factory.mktemp("gx"),
+                       expectations_dir=default_expectations_dir())
     yield v
     v.close()
 
@@ -172,12 +172,12 @@ def _expectation_columns(entry: dict) -> list[str]:
 
 
 def test_every_suite_loads_with_every_expectation() -> None:
-    names = suite_names()
+    names = suite_names(expectations_dir=default_expectations_dir())
     assert {f.suite for f in PARTNERS.partners} <= set(names)
     assert "warehouse_ingest_batches" in names
     for name in names:
         raw = json.loads((default_expectations_dir() / f"{name}.json").read_text())
-        suite = load_suite(name)
+        suite = load_suite(name, expectations_dir=default_expectations_dir())
         assert suite.name == name
         assert len(suite.expectations) == len(raw["expectations"]) > 0
         for expectation in suite.expectations:
@@ -258,26 +258,26 @@ def test_bad_expectation_is_a_load_error_naming_file_and_expectation(
 ) -> None:
     _write_suite(tmp_path, "broken", [_OK, bad])
     with pytest.raises(SuiteLoadError) as error:
-        load_suite("broken", tmp_path)
+        load_suite("broken", expectations_dir=tmp_path)
     text = str(error.value)
     assert "broken.json" in text and "expectation #1" in text and message in text
 
 
 def test_suite_file_problems_are_load_errors(tmp_path: Path) -> None:
     with pytest.raises(SuiteLoadError, match="no such suite file"):
-        load_suite("missing", tmp_path)
+        load_suite("missing", expectations_dir=tmp_path)
     (tmp_path / "garbled.json").write_text("{not json")
     with pytest.raises(SuiteLoadError, match="not valid JSON"):
-        load_suite("garbled", tmp_path)
+        load_suite("garbled", expectations_dir=tmp_path)
     _write_suite(tmp_path, "renamed", [_OK])
     (tmp_path / "other.json").write_text((tmp_path / "renamed.json").read_text())
     with pytest.raises(SuiteLoadError, match="must equal 'other'"):
-        load_suite("other", tmp_path)
+        load_suite("other", expectations_dir=tmp_path)
     _write_suite(tmp_path, "empty", [])
     with pytest.raises(SuiteLoadError, match="non-empty list"):
-        load_suite("empty", tmp_path)
+        load_suite("empty", expectations_dir=tmp_path)
     _write_suite(tmp_path, "fine", [_OK, {**_OK, "meta": {"severity": "warning"}}])
-    suite = load_suite("fine", tmp_path)
+    suite = load_suite("fine", expectations_dir=tmp_path)
     assert [e.meta.get("severity") for e in suite.expectations] == [None, "warning"]
 
 
@@ -430,7 +430,8 @@ def test_sample_rows_are_capped_and_plain(validator: BatchValidator) -> None:
         index=pd.RangeIndex(1, n + 1, name="row_number"),  # a named index is fine too
     )
     outcome = validator.validate_frame(frame, "loan_outcomes", "capped")
-    assert outcome.expectations_run == len(load_suite("loan_outcomes").expectations)
+    assert outcome.expectations_run == len(load_suite(
+        "loan_outcomes", expectations_dir=default_expectations_dir()).expectations)
     dpd = next(f for f in outcome.failed if f.column == "max_dpd")
     assert dpd.sample_rows == list(range(1, 21)) and dpd.unexpected_count == 100
     assert dpd.unexpected_percent == pytest.approx(20.0)
@@ -477,7 +478,7 @@ def test_data_docs_render_each_stored_result_once_and_mark_failures(
     from puhui.data_docs import build_data_docs
 
     gx_dir = tmp_path / "gx"
-    validator = BatchValidator(results_dir=gx_dir)
+    validator = BatchValidator(results_dir=gx_dir, expectations_dir=default_expectations_dir())
     feed, frame, _path = _fault_frame(landing_zone, "out_of_range")
     assert not validator.validate_frame(frame, feed.suite, "bureau-bad").success
     clean = _clean_frame(landing_zone, "loan_applications")
@@ -576,7 +577,8 @@ def test_validate_table_on_ingest_batches(warehouse_url: str, validator: BatchVa
         clean = validator.validate_table(warehouse_url, "ingest_batches",
                                          "warehouse_ingest_batches")
         assert clean.success, [f.description for f in clean.failed]
-        assert clean.expectations_run == len(load_suite("warehouse_ingest_batches").expectations)
+        assert clean.expectations_run == len(load_suite(
+            "warehouse_ingest_batches", expectations_dir=default_expectations_dir()).expectations)
 
         bad = rows.iloc[:1].assign(batch_id="b5", status="lost", checksum="not-a-sha",
                                    rows=-1, rows_loaded=-1)

@@ -62,15 +62,12 @@ def refuse_unreproducible(engine: Engine, audit: AuditWriter, name: str, profile
                      "commit (or stash) and train again")
 
 
-def log_configuration(config_dir: Path, expectations_dir: Path | None = None) -> int:
-    """Log configs/*.yaml and the expectation suites (the settings' folders; suites default
-    as ``config_hash``'s) as artifacts of the active MLflow run (``configs/``,
+def log_configuration(config_dir: Path, *, expectations_dir: Path) -> int:
+    """Log configs/*.yaml and the expectation suites (the settings' folders, as
+    ``config_hash`` takes them) as artifacts of the active MLflow run (``configs/``,
     ``expectations/``): the run then holds what its config hash covers, so it can be
     reproduced without the repository at that commit. Returns files logged."""
-    from puhui.settings import default_expectations_dir
-
-    folders = {"configs": (config_dir, "*.y*ml"),
-               "expectations": (expectations_dir or default_expectations_dir(), "*.json")}
+    folders = {"configs": (config_dir, "*.y*ml"), "expectations": (expectations_dir, "*.json")}
     logged = 0
     for artifact_path, (folder, pattern) in folders.items():
         for path in sorted(folder.glob(pattern)):

@@ -108,7 +108,8 @@ def _log_and_register(engine: Engine, audit: AuditWriter, name: str, run_id: str
     """The run's parameters, metrics, model and tables, then its registration (in the
     active run)."""
     evaluation = run.evaluation
-    lifecycle.log_configuration(*configs)  # the settings' configs and suites
+    config_dir, expectations_dir = configs  # the settings' configs and suites
+    lifecycle.log_configuration(config_dir, expectations_dir=expectations_dir)
     mlflow.log_params(run_params(data, run))
     metrics = dict(evaluation.metrics)
     for row in evaluation.rows():

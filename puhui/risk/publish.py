@@ -155,7 +155,8 @@ def _log_and_register(engine: Engine, audit: AuditWriter, name: str, run_id: str
                       fingerprint: str, example: Any, configs: tuple[Path, Path]) -> str:
     """The run's parameters, metrics and model, then its registration (in the active run)."""
     summary = training.summary()
-    log_configuration(*configs)  # the settings' configs and suites
+    config_dir, expectations_dir = configs  # the settings' configs and suites
+    log_configuration(config_dir, expectations_dir=expectations_dir)
     mlflow.log_params({k: v for k, v in trained.params.items()} | {
         "best_iteration": trained.best_iteration, "features": len(training.features),
         "train_rows": summary["train_rows"], "valid_rows": summary["valid_rows"],
