@@ -95,21 +95,15 @@ def _run_date(value: str | None, option: str) -> date | None:
 
 
 def _reason(text: str) -> str:
-    """A decision's ``--reason``, refused in one line before anything moves when it holds
-    text shaped like a national ID or phone number: the audit trail keeps reasons, and its
-    guard would otherwise refuse the event halfway through the decision."""
-    from puhui.privacy import find_raw_identifiers, has_control_characters, scrub_text
+    """A decision's ``--reason``, refused in one line before anything moves when the audit
+    trail, which keeps reasons, may not record it (``unrecordable_text``: an identifier, a
+    control character, a password); its guard would otherwise refuse the event halfway
+    through the decision, and `audit log` printed a line break or an escape as it was."""
+    from puhui.privacy import unrecordable_text
 
-    if kinds := find_raw_identifiers(text):
-        raise PuhuiError(f"--reason holds what looks like a raw {kinds[0]}; the audit trail "
-                         "keeps reasons: say it without the number")
-    if has_control_characters(text):
-        # `audit log` printed a line break or an escape in a reason as it was: forged lines.
-        raise PuhuiError("--reason holds control or invisible characters (a line break, an "
-                         "escape): one line of plain text")
-    if scrub_text(text) != text:  # identifiers are refused above: what is left is a password
-        raise PuhuiError("--reason holds what looks like a password (pwd=..., a URL's "
-                         "user:password@); the audit trail keeps reasons: say it without it")
+    if problem := unrecordable_text(text):
+        raise PuhuiError(f"--reason {problem}; the audit trail keeps reasons: say it in one "
+                         "line of plain text without it")
     return text
 
 

@@ -181,6 +181,21 @@ def has_control_characters(text: str) -> bool:
     return not text.isprintable() and not all(_shown_as_is(char) for char in text)
 
 
+def unrecordable_text(text: str) -> str | None:
+    """Why the audit trail may not keep ``text`` (a decision's reason, the actor) as it is,
+    or None: every reader of the trail sees it, so no identifier-shaped text (refused, not
+    masked: a masked reason says less than its author meant), no control or invisible
+    character (a forged line in ``audit log``), no password (what ``scrub_text`` masks once
+    identifiers are ruled out)."""
+    if kinds := find_raw_identifiers(text):
+        return f"holds what looks like a raw {kinds[0]}"
+    if has_control_characters(text):
+        return "holds control or invisible characters (a line break, an escape)"
+    if scrub_text(text) != text:
+        return "holds what looks like a password (pwd=..., a URL's user:password@)"
+    return None
+
+
 def _shown_as_is(char: str) -> bool:
     # Not printable to Python: Unicode's categories Cc, Cf (tags U+E0000-E007F included),
     # Cs (a file name's undecodable bytes), Co, Cn, Zl, Zp, and Zs but the ASCII space;

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from puhui.errors import PuhuiError
-from puhui.privacy import find_raw_identifiers, has_control_characters, scrub_text
+from puhui.privacy import scrub_text, unrecordable_text
 
 Profile = Literal["local", "production"]
 DEMO_KEY_FILE = "pseudonym.key"
@@ -110,18 +110,12 @@ ACTOR_MAX_CHARS = 128  # audit_log.actor's width
 
 
 def _checked_actor(actor: str, source: str) -> str:
-    """``actor`` if the audit trail may record it as it is: every reader of the trail sees it,
-    so not a phone number or ID (a login that is the operator's mobile number was recorded
-    raw in audit_log), nor control or invisible characters (forged lines in `audit log`)."""
-    if find_raw_identifiers(actor):
-        raise PuhuiError(f"{source} looks like a phone number or national ID, which the audit "
-                         "trail must not record: set PUHUI_ACTOR to a name or a staff id")
-    if has_control_characters(actor):
-        raise PuhuiError(f"{source} holds control or invisible characters: set PUHUI_ACTOR "
-                         "to a name or a staff id")
-    if scrub_text(actor) != actor:  # identifiers are refused above: what is left is a password
-        raise PuhuiError(f"{source} holds what looks like a password (pwd=..., a URL's "
-                         "user:password@): set PUHUI_ACTOR to a name or a staff id")
+    """``actor`` if the audit trail may record it as it is (``unrecordable_text``: a login
+    that is the operator's mobile number was recorded raw in audit_log) and it fits
+    audit_log's column."""
+    if problem := unrecordable_text(actor):
+        raise PuhuiError(f"{source} {problem}, which the audit trail must not record: set "
+                         "PUHUI_ACTOR to a name or a staff id")
     if len(actor) > ACTOR_MAX_CHARS:
         raise PuhuiError(f"{source} is longer than {ACTOR_MAX_CHARS} characters: set "
                          "PUHUI_ACTOR to a name or a staff id")
