@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from puhui.errors import PuhuiError
-
-HISTORY_EPOCH = date(2020, 1, 1)  # synthetic history starts no earlier
 
 
 class BadArgument(PuhuiError, ValueError):

@@ -33,7 +33,7 @@ import pyarrow.csv as pa_csv
 
 from puhui.errors import PuhuiError
 from puhui.generate import reference as ref
-from puhui.generate.arguments import HISTORY_EPOCH, BadArgument
+from puhui.generate.arguments import BadArgument
 from puhui.generate.batch import Batch, batch_rows
 from puhui.generate.faults import (
     FAULT_KINDS,
@@ -177,6 +177,7 @@ def generate_landing_zone(
 
 
 MAX_USERS = 10_000_000
+HISTORY_EPOCH = date(2020, 1, 1)  # synthetic history starts no earlier
 
 
 def _validate(
