@@ -360,6 +360,34 @@ def _two_text_key_feed() -> PartnerFeed:
     return feed.model_copy(update={"primary_key": ["customer_id", "occupation"]})
 
 
+def test_key_hashes_stay_what_the_index_holds() -> None:
+    """The hashes of given keys, pinned: the index holds hashes made by earlier versions
+    under the same key definition, so a change in how they are computed (SipHash fed bytes
+    instead of str, for speed) must give the same values, or every resent key would load
+    again. Non-ASCII text, a NULL part and flag bytes included."""
+    from puhui.ingest.key_index import row_hashes
+
+    two = _two_text_key_feed()
+    one = two.model_copy(update={"primary_key": ["customer_id"]})
+    ids = ["C0001", "客户-é", "\x01x", None, ""]
+    jobs = ["teacher", None, "ñandú", "a\x1fb", ""]
+    expected = {
+        "two": ([5146003315245762489, -5031856666811079052, 8061552369283498600,
+                 7182068107965303578, 8431904694533576609],
+                [6275393837850283397, 6051042052810417181, 4922040203190079803,
+                 -7696054086821879191, -5717550147929452193]),
+        "one": ([7750106580381410862, -4843280865498409487, -7121142233409822106,
+                 -8407587575497600200, -7816860650044059744],
+                [-5553241092306070680, -7884177748321210338, 8259100545902785183,
+                 -4664875686227199360, 6466618168173458212]),
+    }
+    for name, feed in (("two", two), ("one", one)):
+        stored = pa.table({s: pa.array(ids if c.name == "customer_id" else jobs, pa.string())
+                           for s, c in stored_columns(feed) if c.name in feed.primary_key})
+        hashes = row_hashes(stored, feed)
+        assert (hashes.key_hi.tolist(), hashes.key_lo.tolist()) == expected[name], name
+
+
 def test_keys_whose_parts_differ_never_give_the_same_key_or_hash() -> None:
     from puhui.ingest.batches import PreparedChunk, SeenKeys, drop_duplicate_keys
     from puhui.ingest.key_index import key_strings, row_hashes
