@@ -270,9 +270,10 @@ def _half_keys(feed: PartnerFeed) -> tuple[str, str]:
 def _siphash_input(keys: pa.Array) -> np.ndarray:
     """The key texts as ``hash_array`` takes them: bytes objects, not str. SipHash hashes a
     str's UTF-8 encoding, made again in each half's pass, and Arrow's text is that encoding
-    already: the same hashes, 2-3x faster per half (0.13-0.19 s against 0.31-0.50 s per 1M
-    keys, load 5), in the GIL-bound reader thread that a loaded machine makes the ingest's
-    critical path (README "Performance", round 14)."""
+    already: the same hashes, the two halves 0.13-0.19 s per 1M keys against 0.31-0.50 s
+    (load 5), CPU taken from the reader thread, whose hashing is the key index's end-to-end
+    cost on a loaded machine; end to end the saving was below the noise (README
+    "Performance", round 14)."""
     return keys.cast(pa.binary()).to_numpy(zero_copy_only=False)
 
 
