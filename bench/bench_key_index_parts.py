@@ -12,7 +12,8 @@ Two halves, measured apart so that each figure is one thing:
   ``unlogged`` is measured, not used: a server crash empties an unlogged table.
 
 Usage: python bench/bench_key_index_parts.py [--repeats 3] [--existing 1000000] [--quick]
-    [--label idle]
+    [--label idle] [--variants as_0008,...] [--skip-client]
+Each server figure comes with the backend's CPU seconds (``/proc``) and the WAL it wrote.
 Prints a table and writes bench/results/key_index_parts.json (key_index_parts-<label>.json
 with ``--label``, so that runs at different loads are kept side by side).
 """
