@@ -12,7 +12,7 @@ Two halves, measured apart so that each figure is one thing:
   ``unlogged`` is measured, not used: a server crash empties an unlogged table.
 
 Usage: python bench/bench_key_index_parts.py [--repeats 3] [--existing 1000000] [--quick]
-    [--label idle] [--variants as_0008,...] [--skip-client]
+    [--label idle] [--variants as_0008,...] [--skip-client | --skip-server]
 Each server figure comes with the backend's CPU seconds (``/proc``) and the WAL it wrote.
 Prints a table and writes bench/results/key_index_parts.json (key_index_parts-<label>.json
 with ``--label``, so that runs at different loads are kept side by side).
@@ -45,6 +45,7 @@ from bench.results_file import machine_facts, write_results  # noqa: E402
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
 
+    from puhui.config import PartnerFeed
     from puhui.ingest.batches import PreparedChunk
 
 _KEYS = "key_hi bigint NOT NULL, key_lo bigint NOT NULL"
@@ -105,6 +106,28 @@ def best(seconds: list[float]) -> float:
     return round(min(seconds), 3)
 
 
+def siphash_feeds(chunks: list[PreparedChunk], feed: PartnerFeed,
+                  repeats: int) -> dict[str, float]:
+    """Both SipHash halves of the key texts, the objects' making included, fed ``str`` (as
+    before round 14) and ``bytes`` (``_siphash_input``, kept), alternating in each repeat so
+    that both meet the same load; best of ``repeats``."""
+    from puhui.ingest import key_index as ki
+
+    texts = [ki.key_strings(c.stored, feed) for c in chunks]
+    feeds = {"siphash_two_halves_str": lambda t: t.to_numpy(zero_copy_only=False),
+             "siphash_two_halves_bytes": ki._siphash_input}
+    runs: dict[str, list[float]] = {name: [] for name in feeds}
+    for _ in range(repeats):
+        for name, objects in feeds.items():
+            started = time.perf_counter()
+            for keys in texts:
+                made = objects(keys)
+                for half in ki._half_keys(feed):
+                    pd.util.hash_array(made, hash_key=half, categorize=False)
+            runs[name].append(time.perf_counter() - started)
+    return {name: best(seconds) for name, seconds in runs.items()}
+
+
 def client_parts(repeats: int, rows: int) -> tuple[dict[str, float], list[int]]:
     """The hashes' parts, best of ``repeats``; and the rows of each chunk the reader made."""
     from puhui.config import PartnersConfig, load_config
@@ -150,6 +173,7 @@ def client_parts(repeats: int, rows: int) -> tuple[dict[str, float], list[int]]:
         "one_siphash_half_incl_objects": timed(lambda c: pd.util.hash_array(
             ki.key_strings(c.stored, feed).to_numpy(zero_copy_only=False), hash_key=half,
             categorize=False)),
+        **siphash_feeds(chunks, feed, repeats),
     }
     highs = {id(c): ki.row_hashes(c.stored, feed).key_hi for c in chunks}
     parts["key_order_argsort"] = timed(lambda c: np.argsort(highs[id(c)]))
@@ -308,6 +332,7 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--skip-client", action="store_true", help="the server half only")
+    parser.add_argument("--skip-server", action="store_true", help="the client half only")
     parser.add_argument("--label", default="",
                         help="written as key_index_parts-<label>.json (e.g. the load: idle)")
     args = parser.parse_args()
@@ -318,6 +343,8 @@ def main() -> int:
     unknown = set(names) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
+    if args.skip_client and args.skip_server:
+        parser.error("--skip-client and --skip-server leave nothing to measure")
     if args.skip_client:  # the reader's chunks of the bench file: ~1/3 of the rows each
         client: dict[str, float] = {}
         chunk_rows = [args.rows // 3 + (i < args.rows % 3) for i in range(3)]
@@ -325,9 +352,11 @@ def main() -> int:
         print(f"client: hashes of {args.rows:,} prepared rows (best of {args.repeats})...",
               flush=True)
         client, chunk_rows = client_parts(args.repeats, args.rows)
-    print(f"server: COPY of {args.rows:,} key hashes into an index of {args.existing:,}...",
-          flush=True)
-    server = server_parts(args.repeats, args.existing, chunk_rows, names)
+    server: dict[str, CopyFigures] = {}
+    if not args.skip_server:
+        print(f"server: COPY of {args.rows:,} key hashes into an index of "
+              f"{args.existing:,}...", flush=True)
+        server = server_parts(args.repeats, args.existing, chunk_rows, names)
     result = {"rows": args.rows, "existing_keys": args.existing, "repeats": args.repeats,
               "chunk_rows": chunk_rows, "label": args.label,
               "client_seconds": client, "server_copy": server,
