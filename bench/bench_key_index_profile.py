@@ -3,9 +3,9 @@
 A throwaway PostgreSQL, the table as migration 0008 declares it holding ``--existing`` keys,
 then the ingest's claim of 1M sorted key hashes (3 chunks, each a binary COPY under a
 savepoint, in one transaction) while ``perf record`` samples the load's backend. The
-samples' own functions are grouped into parts: B-tree descent and insert, the unique check,
-heap insert, WAL (record assembly, CRC, writes), COPY's parsing, buffer manager and locks,
-kernel (static functions of the stripped binary: by the exported function before them).
+samples' own functions are grouped into parts: B-tree descent and insert, heap insert, WAL
+(record assembly, CRC, writes), COPY's parsing, buffer manager and locks, memory, kernel.
+Static functions of the stripped binary are placed by the exported function before them.
 Needs ``perf`` (linux-perf) and permission to sample the backend (root, or
 ``perf_event_paranoid`` <= 1): without them it says so and exits 2.
 
@@ -37,10 +37,9 @@ sys.path.insert(0, str(ROOT))
 from bench.results_file import machine_facts, write_results  # noqa: E402
 
 # First match wins: a symbol's part by its name (PostgreSQL 15's functions; the kernel's
-# are [k]). Unresolved addresses (static functions of a stripped binary) count as "other".
+# are [k]). No "unique check" part: _bt_check_unique is static, so a stripped binary never
+# names it (the non-unique B-tree of bench_key_index_parts measures that share instead).
 PARTS = (
-    ("unique check", r"^_bt_check_unique|^heap_hot_search|^heapam_index_fetch"
-                     r"|^table_index_fetch|^HeapTupleSatisfies"),
     ("B-tree descent and insert", r"^_bt_|^btinsert|^bt|^index_form_tuple|^index_insert"
                                   r"|^ExecInsertIndexTuples|^FormIndexDatum|^int8cmp"
                                   r"|^FunctionCall2Coll"),
@@ -63,7 +62,23 @@ PARTS = (
 )
 
 
+# Static functions ("~" + the exported function before them) whose source file differs in
+# part from that exported function's name: the statics of lwlock.c follow LockWaiterCount,
+# bufmgr.c's (PinBuffer, UnpinBuffer, BufferAlloc are static in PG15) follow
+# ScheduleBufferTagForWriteback and IsBufferCleanupOK. load_tzoffsets is tzparser.c's last
+# export, just before aset.c (AllocSetAlloc and kin are static): allocator code most likely,
+# since a COPY parses no time zone file.
+STATIC_PARTS = {
+    "LockWaiterCount": "buffers and locks",
+    "ScheduleBufferTagForWriteback": "buffers and locks",
+    "IsBufferCleanupOK": "buffers and locks",
+    "load_tzoffsets": "memory",
+}
+
+
 def _part(symbol: str) -> str:
+    if symbol.startswith("~") and symbol[1:] in STATIC_PARTS:
+        return STATIC_PARTS[symbol[1:]]
     for name, pattern in PARTS:
         if re.search(pattern, symbol.removeprefix("~")):
             return name
@@ -94,8 +109,8 @@ def _exported(binary: Path) -> tuple[list[int], list[str]]:
 
 def _symbols(data: Path, exported: tuple[list[int], list[str]]) -> Counter[str]:
     """Samples per function (its own time), from ``perf report``. A static function of the
-    stripped binary is named "~" and the exported function before it: the same source file
-    (a static of lwlock.c follows LockWaiterCount), so its part is that one's."""
+    stripped binary is named "~" and the exported function before it, most often of the
+    same source file: its part is that file's (``STATIC_PARTS``), else that name's."""
     report = subprocess.run(
         ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "sym",
          "-g", "none", "--percent-limit", "0"],
