@@ -21,6 +21,7 @@ import bisect
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,9 +29,13 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -132,7 +137,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def profile_once(engine, rng: np.random.Generator, existing: int,  # noqa: ANN001
+class PerfFailed(Exception):
+    """``perf record`` could not sample the backend (most often: no permission)."""
+
+
+def profile_once(engine: Engine, rng: np.random.Generator, existing: int,
                  rows: int, run: int, workdir: Path, exported: tuple[list[int], list[str]]
                  ) -> tuple[float, float, Counter[str]]:
     from sqlalchemy import text
@@ -158,15 +167,19 @@ def profile_once(engine, rng: np.random.Generator, existing: int,  # noqa: ANN00
                                  "-p", str(pid)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # perf attaches
+        if perf.poll() is not None:  # refused to attach: it exits at once
+            raise PerfFailed
         started = time.perf_counter()
         for chunk in chunks:
             with conn.begin_nested():
                 bulk_insert(conn, ingest_keys, chunk,
                             {"batch_id": "mobile_payments-20260930-0123456789ab"})
         seconds = time.perf_counter() - started
-        perf.send_signal(2)
+        perf.send_signal(signal.SIGINT)
         perf.wait(timeout=60)
         cpu_seconds = _cpu_seconds(pid) - cpu_before
+    if not data.exists():
+        raise PerfFailed
     return seconds, cpu_seconds, _symbols(data, exported)
 
 
@@ -193,11 +206,14 @@ def main() -> int:
         rng = np.random.default_rng(1)
         try:
             for run in range(args.repeats):
-                seconds, cpu_seconds, symbols = profile_once(
-                    engine, rng, args.existing, args.rows, run, Path(tmp), exported)
+                try:
+                    seconds, cpu_seconds, symbols = profile_once(
+                        engine, rng, args.existing, args.rows, run, Path(tmp), exported)
+                except PerfFailed:
+                    symbols = Counter()
                 if not symbols:
-                    print("perf recorded nothing (permission? perf_event_paranoid): "
-                          "nothing measured")
+                    print("perf could not sample the backend (root, or perf_event_paranoid "
+                          "<= 1, is needed): nothing measured")
                     return 2
                 total = sum(symbols.values())
                 parts: Counter[str] = Counter()
