@@ -251,6 +251,7 @@ SPLIT_MODES = {
     "hashes_only": "the reader's key hashes, no claims",
     "without_index": "without the key index",
 }
+RESULTS_NAME_SPLIT = "ingest-split"
 
 
 def split(args: argparse.Namespace) -> int:
@@ -318,9 +319,6 @@ def split(args: argparse.Namespace) -> int:
               f"{naive_s / medians[mode]:4.1f}x faster than to_sql")
     write_results(name, result, args.quick)
     return 0
-
-
-RESULTS_NAME_SPLIT = "ingest-split"
 
 
 def ingest_once(landing: Path, key_index: bool = True,
@@ -456,6 +454,9 @@ def main() -> int:
     parser.add_argument("--label", default="",
                         help="--split writes ingest-split-<label>.json (runs at other loads)")
     args = parser.parse_args()
+    unknown = set(args.modes.split(",") if args.modes else ()) - set(SPLIT_MODES)
+    if unknown:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     if args.quick:
         args.rows, args.memory_rows = 100_000, 300_000
     os.environ.setdefault("PUHUI_PSEUDONYM_KEY", KEY)
