@@ -219,7 +219,8 @@ def digest_ab(args: argparse.Namespace) -> int:
 
 @contextmanager
 def claims_skipped() -> Iterator[None]:
-    """The key index's client half only (A/B): the reader thread hashes, nothing is claimed."""
+    """The reader thread's ``row_hashes`` with digest, nothing claimed (A/B): drops the
+    claims' building and COPY as well as the B-tree, keeps the value hashes and digest."""
     from puhui.ingest import batches
 
     saved = batches.KeyIndex.claim
@@ -248,7 +249,7 @@ SPLIT_MODES = {
     "with_index": "with the key index",
     "with_index_str_hashing": "the same, SipHash fed str objects (before round 14)",
     "index_heap_only": "claims COPYed into ingest_keys without its primary key (no B-tree)",
-    "hashes_only": "the reader's key hashes, no claims",
+    "hashes_only": "row_hashes with digest, no claim (the reader's hashes only)",
     "without_index": "without the key index",
 }
 RESULTS_NAME_SPLIT = "ingest-split"

@@ -271,9 +271,8 @@ def _siphash_input(keys: pa.Array) -> np.ndarray:
     """The key texts as ``hash_array`` takes them: bytes objects, not str. SipHash hashes a
     str's UTF-8 encoding, made again in each half's pass, and Arrow's text is that encoding
     already: the same hashes, the two halves 0.10 s per 1M keys against 0.35 s (objects
-    included, load 1.5: bench_key_index_parts), CPU taken from the reader thread, whose
-    hashing is the key index's end-to-end cost on a loaded machine; end to end the saving
-    was below the noise (README "Performance", round 14)."""
+    included, load 1.5: bench_key_index_parts), GIL-held time taken from the reader
+    thread; end to end the saving was below the noise (README "Performance", round 14)."""
     return keys.cast(pa.binary()).to_numpy(zero_copy_only=False)
 
 
