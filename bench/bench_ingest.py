@@ -147,14 +147,14 @@ def without_key_index() -> Iterator[None]:
     """Ingest as the code did before ``ingest_keys`` (A/B): no key hashes, no claims."""
     from puhui.ingest import batches
 
-    saved = batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim
+    saved = batches.row_hashes, batches.ensure_key_index
     batches.row_hashes = lambda *_, **__: None
     batches.ensure_key_index = lambda *_: None
-    batches.KeyIndex.claim = lambda self, chunk: (chunk, 0)
     try:
-        yield
+        with claims_skipped():
+            yield
     finally:
-        batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim = saved
+        batches.row_hashes, batches.ensure_key_index = saved
 
 
 @contextmanager
