@@ -12,11 +12,13 @@ database or table; the median is the figure and every run is recorded. Then the 
 of a puhui ingest of a 5M-row file, in a child process.
 
 Usage: python bench/bench_ingest.py [--rows 1000000] [--memory-rows 5000000] [--repeats 3]
-       [--quick] [--digest-ab]
+       [--quick] [--digest-ab] [--split]
 Prints a table and writes bench/results/ingest.json. ``--digest-ab``: only puhui with the key
 index, with and without the keys' digest (``KeyDigest``: the code before it), alternating, the
 first file and the redelivery, plus the digest's own time per 1M keys; writes
-bench/results/ingest-digest.json.
+bench/results/ingest-digest.json. ``--split``: only the key index's parts end to end, each
+against ``psql \\copy`` and ``to_sql`` (with the index; its claims into a heap with no
+B-tree; its hashes only; without it), alternating; writes bench/results/ingest-split.json.
 """
 
 from __future__ import annotations
@@ -145,14 +147,14 @@ def without_key_index() -> Iterator[None]:
     """Ingest as the code did before ``ingest_keys`` (A/B): no key hashes, no claims."""
     from puhui.ingest import batches
 
-    saved = batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim
+    saved = batches.row_hashes, batches.ensure_key_index
     batches.row_hashes = lambda *_, **__: None
     batches.ensure_key_index = lambda *_: None
-    batches.KeyIndex.claim = lambda self, chunk: (chunk, 0)
     try:
-        yield
+        with claims_skipped():
+            yield
     finally:
-        batches.row_hashes, batches.ensure_key_index, batches.KeyIndex.claim = saved
+        batches.row_hashes, batches.ensure_key_index = saved
 
 
 @contextmanager
@@ -215,10 +217,117 @@ def digest_ab(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def claims_skipped() -> Iterator[None]:
+    """The reader thread's ``row_hashes`` with digest, nothing claimed (A/B): drops the
+    claims' building and COPY as well as the B-tree, keeps the value hashes and digest."""
+    from puhui.ingest import batches
+
+    saved = batches.KeyIndex.claim
+    batches.KeyIndex.claim = lambda self, chunk: (chunk, 0)
+    try:
+        yield
+    finally:
+        batches.KeyIndex.claim = saved
+
+
+@contextmanager
+def str_key_hashing() -> Iterator[None]:
+    """The key hashes as before round 14 (A/B): SipHash fed str objects, each encoded to
+    UTF-8 again in both halves' passes (the same hashes, more work)."""
+    from puhui.ingest import key_index
+
+    saved = key_index._siphash_input
+    key_index._siphash_input = lambda keys: keys.to_numpy(zero_copy_only=False)
+    try:
+        yield
+    finally:
+        key_index._siphash_input = saved
+
+
+SPLIT_MODES = {
+    "with_index": "with the key index",
+    "with_index_str_hashing": "the same, SipHash fed str objects (before round 14)",
+    "index_heap_only": "claims COPYed into ingest_keys without its primary key (no B-tree)",
+    "hashes_only": "row_hashes with digest, no claim (the reader's hashes only)",
+    "without_index": "without the key index",
+}
+RESULTS_NAME_SPLIT = "ingest-split"
+
+
+def split(args: argparse.Namespace) -> int:
+    """``--split``: the key index's end-to-end cost in parts, each against ``psql \\copy``
+    and ``to_sql``: hashing only (no claims), claims into a heap with no B-tree (the bound
+    of any narrower index: its B-tree free), the whole index, none."""
+    from puhui.settings import QUIET_ENVIRONMENT
+    from puhui.throwaway_postgres import throwaway_postgres
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    modes = {m: SPLIT_MODES[m] for m in (args.modes.split(",") if args.modes else SPLIT_MODES)}
+    runs: dict[str, list[float]] = {k: [] for k in (*modes, "copy")}
+    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        landing = landing_for(args.rows, workdir)
+        path = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+        copy_db = pg.create_database("bench_copy").rsplit("/", 1)[-1]
+        for run in range(args.repeats):
+            for mode, label in modes.items():
+                database = f"bench_{mode}_{run}"
+                url = pg.create_database(database)
+                os.environ.update({"PUHUI_WAREHOUSE_URL": url,
+                                   "PUHUI_HOME": str(workdir / f"home-{mode}-{run}")})
+                print(f"run {run + 1}/{args.repeats}: puhui ingest, {label}...", flush=True)
+
+                def drop_primary_key(db: str = database) -> None:
+                    subprocess.run(["psql", pg.libpq_url(db), "-q", "-c",
+                                    "ALTER TABLE ingest_keys DROP CONSTRAINT pk_ingest_keys"],
+                                   check=True)
+                    quiet_server(pg, db, "ingest_keys")
+
+                patch = {"hashes_only": claims_skipped, "without_index": without_key_index,
+                         "with_index_str_hashing": str_key_hashing}.get(mode, nullcontext)
+                with patch():
+                    ours = ingest_once(
+                        landing, after_warm_up=drop_primary_key
+                        if mode == "index_heap_only" else None)
+                runs[mode].append(ours["seconds"])
+                quiet_server(pg, database, "raw_mobile_payments")
+            runs["copy"].append(psql_copy_seconds(pg, copy_db, path, f"copy_target_{run}"))
+            quiet_server(pg, copy_db, f"copy_target_{run}")
+        print("pandas.read_csv + to_sql (default settings)...", flush=True)
+        naive_s = to_sql_seconds(pg.create_database("bench_naive"), path)
+    medians = {k: statistics.median(v) for k, v in runs.items()}
+    copy_s = medians["copy"]
+    result = {
+        "benchmark": "ingest_split", "rows": args.rows, "repeats": args.repeats,
+        "modes": modes,
+        "runs_seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+        "median_seconds": {k: round(v, 2) for k, v in medians.items()},
+        "best_seconds": {k: round(min(v), 2) for k, v in runs.items()},
+        "to_sql_seconds": round(naive_s, 2),
+        "ratio_vs_psql_copy_median": {m: round(medians[m] / copy_s, 2) for m in modes},
+        "speedup_vs_to_sql_median": {m: round(naive_s / medians[m], 1) for m in modes},
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        **machine_facts(),
+    }
+    name = RESULTS_NAME_SPLIT + (f"-{args.label}" if args.label else "")
+    print(f"\npsql \\copy {copy_s:.2f} s, to_sql {naive_s:.1f} s (medians of "
+          f"{args.repeats}, runs in {name}.json)")
+    for mode, label in modes.items():
+        print(f"  {label:<72} {medians[mode]:5.2f} s  {medians[mode] / copy_s:4.2f}x \\copy  "
+              f"{naive_s / medians[mode]:4.1f}x faster than to_sql")
+    write_results(name, result, args.quick)
+    return 0
+
+
 def ingest_once(landing: Path, key_index: bool = True,
-                between: Callable[[], None] | None = None) -> dict:
+                between: Callable[[], None] | None = None,
+                after_warm_up: Callable[[], None] | None = None) -> dict:
     """Ingest the landing zone's mobile_payments with the library (no Prefect), timed; the
-    redelivery too when the landing zone has one (``between`` runs before it, untimed)."""
+    redelivery too when the landing zone has one (``between`` runs before it, untimed;
+    ``after_warm_up`` after the untimed first file, which creates the tables)."""
     from puhui.config import PartnersConfig, load_config
     from puhui.ingest.batches import FileIngestor
     from puhui.ingest.pseudonymize import pseudonym_key_bytes
@@ -234,6 +343,8 @@ def ingest_once(landing: Path, key_index: bool = True,
     with nullcontext() if key_index else without_key_index():
         (warm,) = list_landed_files(feed, str(landing), WARM_UP)
         assert ingestor.ingest(warm).status == "accepted"
+        if after_warm_up is not None:
+            after_warm_up()
         for name, day in (("", DELIVERY), ("redelivery_", REDELIVERY)):
             found = list_landed_files(feed, str(landing), day)
             if not found:
@@ -337,12 +448,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100k and 300k rows (smoke run)")
     parser.add_argument("--digest-ab", action="store_true",
                         help="only the keys' digest's cost: with and without it")
+    parser.add_argument("--split", action="store_true",
+                        help="only the key index's parts end to end (ingest-split.json)")
+    parser.add_argument("--modes", default="",
+                        help=f"--split: comma-separated, of {', '.join(SPLIT_MODES)} (all)")
+    parser.add_argument("--label", default="",
+                        help="--split writes ingest-split-<label>.json (runs at other loads)")
     args = parser.parse_args()
+    unknown = set(args.modes.split(",") if args.modes else ()) - set(SPLIT_MODES)
+    if unknown:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     if args.quick:
         args.rows, args.memory_rows = 100_000, 300_000
     os.environ.setdefault("PUHUI_PSEUDONYM_KEY", KEY)
     if args.digest_ab:
         return digest_ab(args)
+    if args.split:
+        return split(args)
     from puhui.settings import QUIET_ENVIRONMENT
     from puhui.throwaway_postgres import throwaway_postgres
 

@@ -360,6 +360,62 @@ def _two_text_key_feed() -> PartnerFeed:
     return feed.model_copy(update={"primary_key": ["customer_id", "occupation"]})
 
 
+def test_key_hashes_stay_what_the_index_holds() -> None:
+    """The hashes of given keys, pinned: the index holds hashes made by earlier versions
+    under the same key definition, so a change in how they are computed (SipHash fed bytes
+    instead of str, for speed; a pandas or pyarrow upgrade) must give the same values, or
+    every resent key would load again. Non-ASCII text (4-byte UTF-8 too), a NULL part, flag
+    bytes, NUL inside and at the start of a text, a key longer than 64 bytes, and
+    credit_bureau's real key: a pseudonymised column and a date, whose text is Arrow's
+    date cast. The values were computed by the code before the bytes change."""
+    from puhui.ingest.key_index import row_hashes
+
+    two = _two_text_key_feed()
+    one = two.model_copy(update={"primary_key": ["customer_id"]})
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    bureau = load_config(configs, PartnersConfig).get("credit_bureau")
+    assert bureau.primary_key == ["national_id", "report_date"]
+    ids = ["C0001", "客户-é", "\x01x", None, "", "😀x", "\x00a", "a\x00b", "k" * 199 + "😀"]
+    jobs = ["teacher", None, "ñandú", "a\x1fb", "", "𝄞", "\x00", "b\x00", "é" * 100]
+    # person_key as pseudonymisation stores it (64 hex digits); the first person twice, in
+    # two months, so the date part is what tells those keys apart.
+    persons = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+               "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+               "fd61a03af4f77d870fc21e05e7e80678095c92d808cfb3b5c279ee04c74aca13",
+               "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+    months = [date(2026, 9, 30), date(2026, 10, 1), date(1999, 12, 31), date(2026, 10, 1)]
+    tables = {
+        "two": (two, {"customer_id": pa.array(ids, pa.string()),
+                      "occupation": pa.array(jobs, pa.string())}),
+        "one": (one, {"customer_id": pa.array(ids, pa.string())}),
+        "bureau": (bureau, {"person_key": pa.array(persons, pa.string()),
+                            "report_date": pa.array(months, pa.date32())}),
+    }
+    expected = {
+        "two": ([5146003315245762489, -5031856666811079052, 8061552369283498600,
+                 7182068107965303578, 8431904694533576609, 6143393502921772955,
+                 -7929926638981273106, -6087080648040101945, -6846368635795632928],
+                [6275393837850283397, 6051042052810417181, 4922040203190079803,
+                 -7696054086821879191, -5717550147929452193, 6050677141664044655,
+                 9157036568640443612, 9080424844561315755, -5556077654550658376]),
+        "one": ([7750106580381410862, -4843280865498409487, -7121142233409822106,
+                 -8407587575497600200, -7816860650044059744, 6715303770239399285,
+                 4990899509358466402, 8243546559806148150, -7175864965428755648],
+                [-5553241092306070680, -7884177748321210338, 8259100545902785183,
+                 -4664875686227199360, 6466618168173458212, -7387974651143681312,
+                 7513543629644653283, 5163410779918262222, 7583598614306837452]),
+        "bureau": ([9071188722907991062, -7751745497108812606, 8456967088873196975,
+                    9054018675952846126],
+                   [-5097471444083596051, 5794096900701088244, 6759579615436686369,
+                    -6498580959191365999]),
+    }
+    for name, (feed, columns) in tables.items():
+        key_columns = {s for s, c in stored_columns(feed) if c.name in feed.primary_key}
+        assert set(columns) == key_columns, name
+        hashes = row_hashes(pa.table(columns), feed)
+        assert (hashes.key_hi.tolist(), hashes.key_lo.tolist()) == expected[name], name
+
+
 def test_keys_whose_parts_differ_never_give_the_same_key_or_hash() -> None:
     from puhui.ingest.batches import PreparedChunk, SeenKeys, drop_duplicate_keys
     from puhui.ingest.key_index import key_strings, row_hashes
