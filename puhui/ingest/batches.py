@@ -55,7 +55,7 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
-from puhui.ingest.key_digest import KEYS_DIGEST
+from puhui.ingest.key_digest import digest_subkey
 from puhui.ingest.key_index import (
     KeyIndex,
     RowHashes,
@@ -475,6 +475,7 @@ class FileIngestor:
     ) -> None:
         self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
         self.flow_run_id = flow_run_id
+        self.digest_key = digest_subkey(runtime.audit.key)  # the keys' keyed digest's
         self._suite_checked = False
 
     def check_suite(self) -> None:
@@ -656,7 +657,7 @@ class FileIngestor:
         for chunk in self._chunks(handle, landed, columns):
             rows = len(chunk.row_numbers)
             chunk, dropped = drop_duplicate_keys(chunk, self.feed, seen)
-            chunk.hashes = row_hashes(chunk.stored, self.feed, digest=True)
+            chunk.hashes = row_hashes(chunk.stored, self.feed, digest_key=self.digest_key)
             yield chunk, rows, dropped
 
     def _load(
@@ -702,7 +703,7 @@ class FileIngestor:
                 status="accepted",
             )
             validations: deque[Future[ValidationOutcome]] = deque()
-            keys = KeyIndex(conn, self.feed, base["batch_id"])
+            keys = KeyIndex(conn, self.feed, base["batch_id"], self.digest_key)
 
             def settle(keep: int) -> None:
                 nonlocal expectations_run, failures, checked_by
@@ -790,7 +791,7 @@ class FileIngestor:
                     "rows_loaded": loaded,
                     "rows_duplicate": dropped,
                     "rows_repeating_earlier_batches": keys.repeats.rows,
-                    KEYS_DIGEST: keys.digest.hex(),
+                    **keys.details(),
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,
