@@ -940,7 +940,7 @@ def audit_verify(
                                           "ignoring the cache of checked files (default: only "
                                           "those an alias points to; --anchor implies it), "
                                           "and check ingest_keys against its keyed digest "
-                                          "(streams every key: ~2-3 s per 1M).")
+                                          "(streams every key: ~3 s of CPU per 1M).")
     ] = False,
     json_: JsonFlag = False,
 ) -> None:

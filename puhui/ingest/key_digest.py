@@ -1,4 +1,6 @@
-"""A digest of a set of ``ingest_keys`` rows' keys that SQL can recompute (``audit verify``).
+"""Digests of a set of ``ingest_keys`` rows' keys: one SQL can recompute (every ``audit
+verify``), and a keyed one that a forger without ``PUHUI_AUDIT_KEY`` cannot satisfy, which
+``audit verify --deep`` recomputes by streaming the keys.
 
 Kept apart from :mod:`puhui.ingest.key_index` so that ``audit verify`` does not import
 pandas and pyarrow for it (~0.5 s of a read-only command); numpy is imported where loads,
@@ -36,7 +38,7 @@ class KeyDigest:
     with :data:`DIGEST_SQL`: a key rewritten in place, or a row replaced by a made-up one of
     the same batch, changes a sum while the count stays. Sums are linear: someone who knows
     this and edits two or more rows of one batch so that the changes cancel is not caught
-    (a keyed digest would need a keyed hash per row in SQL, which SQLite lacks)."""
+    by it (:class:`KeyedDigest` is)."""
 
     count: int = 0
     sums: tuple[int, ...] = (0, 0, 0, 0)
