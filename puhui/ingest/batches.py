@@ -30,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -475,8 +476,12 @@ class FileIngestor:
     ) -> None:
         self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
         self.flow_run_id = flow_run_id
-        self.digest_key = digest_subkey(runtime.audit.key)  # the keys' keyed digest's
         self._suite_checked = False
+
+    @cached_property
+    def digest_key(self) -> bytes:
+        """The keys' keyed digest's (:func:`digest_subkey`), once per ingestor."""
+        return digest_subkey(self.runtime.audit.key)
 
     def check_suite(self) -> None:
         """Load the feed's suite and check its columns, once, before the first file: a
