@@ -805,6 +805,59 @@ def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     assert "T2026" not in out + err and "ingest_keys agrees" not in out
 
 
+MISTYPED_RULE = ("hold a key not stored as integers (SQLite keeps any type: index rows "
+                 "rewritten by hand; such a key matches no lookup, so its row loads again)")
+
+
+def test_audit_verify_reports_index_rows_of_another_type_on_sqlite(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLite stores any type in a BIGINT column. A key half rewritten as a BLOB of its own
+    digits keeps the count and both digests (``%`` and ``/`` read a blob's text, numpy
+    parsed it) but matches no lookup: its row loads again. Plain verify counts such rows;
+    the keyed stream refuses them. A batch id as a BLOB is a batch of its own: counted.
+    PostgreSQL's bigint refuses the edit itself."""
+    if not warehouse_url.startswith("sqlite"):
+        pytest.skip("SQLite's type affinity: PostgreSQL's columns are strict")
+    from puhui.errors import PuhuiError
+    from puhui.ingest.key_digest import digest_subkey, keyed_digests
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    _payments(landing, DAY1, "a", range(1, 101))
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    one = "rowid = (SELECT min(rowid) FROM ingest_keys)"
+    for column in ("key_hi", "key_lo"):
+        with runtime.engine.begin() as conn:
+            conn.execute(text(f"UPDATE ingest_keys SET {column} = "
+                              f"CAST(CAST({column} AS TEXT) AS BLOB) WHERE {one}"))
+        for options in ((), ("--deep",)):  # --deep: the same line, not the stream's refusal
+            code, out, err = _verify(capsys, *options)
+            assert code == 1, (column, out)
+            assert f"ingest_keys: 1 row(s) {MISTYPED_RULE}" in err, (column, err)
+            assert "ingest_keys and the audit trail DISAGREE: 1 problem(s)" in err, err
+        with runtime.engine.connect() as conn, pytest.raises(PuhuiError) as refused:
+            keyed_digests(conn, digest_subkey(runtime.audit.key))
+        assert str(refused.value) == ("ingest_keys: a key half not stored as an integer "
+                                      "(index rows rewritten by hand)")
+        with runtime.engine.begin() as conn:  # back as it was: the next column alone
+            conn.execute(text(f"UPDATE ingest_keys SET {column} = CAST({column} AS INTEGER) "
+                              f"WHERE {one}"))
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0 and "ingest_keys agrees with the ledger: 100 key(s), keyed digests " \
+        "compared" in out, err
+    with runtime.engine.begin() as conn:
+        conn.execute(text(f"UPDATE ingest_keys SET batch_id = CAST(batch_id AS BLOB) WHERE {one}"))
+    code, out, err = _verify(capsys)
+    assert code == 1 and f"ingest_keys: batch {a} holds 99 key(s) but loaded 100 row(s)" in err
+    [line] = [x.strip() for x in err.splitlines() if "not in ingest_batches" in x]
+    assert line.startswith("ingest_keys: 1 key(s) of 1 batch(es) not in ingest_batches")
+    assert a not in line  # a batch id of another type: shown masked
+
+
 def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
 
+from puhui.errors import PuhuiError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -170,8 +172,13 @@ def keyed_digests(conn: Connection, subkey: bytes, where: str = "",
                 counts = np.concatenate([counts, np.zeros(len(codes) - len(counts), np.int64)])
                 sums = np.concatenate([sums, np.zeros((len(codes) - len(sums), 2), np.uint64)])
             counts += np.bincount(code, minlength=len(codes))
-            np.add.at(sums, code, _prf(subkey, np.asarray(key_hi, dtype=np.int64),
-                                       np.asarray(key_lo, dtype=np.int64)))  # wraps: mod 2^64
+            halves = np.asarray(key_hi), np.asarray(key_lo)
+            # Not dtype=int64: numpy would parse a key stored (SQLite) as a BLOB or TEXT of
+            # digits to the integer it spells, which no lookup matches.
+            if any(half.dtype != np.int64 for half in halves):
+                raise PuhuiError("ingest_keys: a key half not stored as an integer (index "
+                                 "rows rewritten by hand)")
+            np.add.at(sums, code, _prf(subkey, *halves))  # wraps: mod 2^64
     finally:
         cursor.close()
     return {batch_id: KeyedDigest(int(counts[i]), (int(sums[i, 0]), int(sums[i, 1])))
