@@ -817,7 +817,8 @@ def test_audit_verify_reports_index_rows_of_another_type_on_sqlite(
     digits keeps the count and both digests (``%`` and ``/`` read a blob's text, numpy
     parsed it) but matches no lookup: its row loads again. Plain verify counts such rows;
     the keyed stream refuses them. A batch id as a BLOB is a batch of its own: counted.
-    PostgreSQL's bigint refuses the edit itself."""
+    ``ingest_batches``' columns as BLOBs are reported (compared in Python), masked.
+    PostgreSQL's bigint refuses the edits themselves."""
     if not warehouse_url.startswith("sqlite"):
         pytest.skip("SQLite's type affinity: PostgreSQL's columns are strict")
     from puhui.errors import PuhuiError
@@ -856,6 +857,16 @@ def test_audit_verify_reports_index_rows_of_another_type_on_sqlite(
     [line] = [x.strip() for x in err.splitlines() if "not in ingest_batches" in x]
     assert line.startswith("ingest_keys: 1 key(s) of 1 batch(es) not in ingest_batches")
     assert a not in line  # a batch id of another type: shown masked
+    with runtime.engine.begin() as conn:
+        conn.execute(text(f"UPDATE ingest_keys SET batch_id = CAST(batch_id AS TEXT) WHERE {one}"))
+        # The ledger's compared columns are compared in Python: a BLOB is not the int.
+        conn.execute(text("UPDATE ingest_batches SET rows = CAST(CAST(rows AS TEXT) AS BLOB), "
+                          "bytes = CAST(CAST(bytes AS TEXT) AS BLOB)"))
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert f"batch {a}: ingest_batches.rows is " in err and "but the audit trail says 100" in err
+    assert f"batch {a}: ingest_batches.bytes is " in err and "recorded another value" in err
+    assert "b'" not in err  # a BLOB whoever edited the row chose: shown masked
 
 
 def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(

@@ -241,7 +241,9 @@ MARKS_RENEWED = "ingest.marks_renewed"
 
 
 def _fact_digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:32]
+    # repr: a value JSON has no form for is one SQLite kept in the column by hand (a BLOB):
+    # it digests to something no recorded fact does, where json.dumps would raise and stop verify.
+    return hashlib.sha256(json.dumps(value, default=repr).encode()).hexdigest()[:32]
 
 
 def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +375,8 @@ def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
     """A value found in a ledger row, as a problem line prints it. Whoever edited the row
     chose it: printed as its masked shape unless it is ``plain`` (a word, number, hash or
     batch id), so no identifier and no terminal escape reaches the auditor's terminal."""
+    if isinstance(value, bytes):  # SQLite keeps a BLOB in any column: as text, masked
+        value = repr(value)
     if not isinstance(value, str) or (plain.fullmatch(value)
                                       and not find_raw_identifiers(value)):
         return repr(value)
