@@ -437,6 +437,24 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
     assert expected.sums[2] + expected.sums[3] * word == sum(int(k) for k in key_lo)
 
 
+def test_the_recorded_digests_of_fixed_keys_are_fixed_values() -> None:
+    """Known answers: every warehouse's events hold these digests, so a change of the
+    subkey's label, the byte order, the lanes or the figures' string would make every batch
+    fail ``--deep``. The values were computed apart from puhui (hmac, AES-ECB over
+    ``struct.pack("<qq", hi, lo)``, lanes summed mod 2^64); the other tests recompute
+    through the same code and would not notice such a change."""
+    from puhui.ingest.key_digest import KeyDigest, KeyedDigest, digest_subkey
+
+    key_hi = np.array([1, -(1 << 63)], dtype=np.int64)
+    key_lo = np.array([2, (1 << 63) - 1], dtype=np.int64)
+    subkey = digest_subkey(b"k")
+    assert subkey.hex() == "51bb1be9417782d4d68e2c7a43ed0939"
+    assert KeyedDigest.of(subkey, key_hi, key_lo).hex() == (
+        "a03da5625395136794ce30b181bd21829090a2a8645f91631b3a8c5c962ca66c")
+    assert KeyDigest.of(key_hi, key_lo).hex() == (
+        "a73d6400530ea89273a52c52d16bab0a472dfcfc907a9a81be0ea7ef4654246e")
+
+
 def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
