@@ -136,11 +136,12 @@ def _prf(subkey: bytes, key_hi: np.ndarray, key_lo: np.ndarray) -> np.ndarray:
     return np.frombuffer(encrypt.update(blocks.tobytes()), dtype="<u8").reshape(-1, 2)
 
 
-def keyed_digests(conn: Connection, subkey: bytes, where: str = "",
+def keyed_digests(conn: Connection, subkey: bytes, where: str = "true",
                   params: dict[str, Any] | None = None,
                   chunk_rows: int = 100_000) -> dict[str, KeyedDigest]:
-    """:class:`KeyedDigest` per batch of the ``ingest_keys`` rows matching ``where``
-    (``WHERE ...`` or empty), read in chunks of ``chunk_rows`` through a server-side cursor
+    """:class:`KeyedDigest` per batch of the ``ingest_keys`` rows matching ``where`` (SQL,
+    as :func:`keys_digest` takes it; no ``%`` in it: psycopg's rendering doubles it and no
+    driver undoes that here), read in chunks of ``chunk_rows`` through a server-side cursor
     on PostgreSQL (SQLite steps its cursor): memory holds one chunk and one digest per
     batch. In no order: a digest is a sum, and ``ORDER BY batch_id`` would make SQLite sort
     (no index on ``batch_id``: one would cost every load its inserts)."""
@@ -153,7 +154,7 @@ def keyed_digests(conn: Connection, subkey: bytes, where: str = "",
     # 1M keys; its result's cursor is not for this: it may have buffered rows already). On
     # PostgreSQL a named cursor, which the server steps; the SQL's parameters inlined, as
     # SQLAlchemy renders literals, since the drivers' parameter styles differ.
-    sql = str(text(f"SELECT batch_id, key_hi, key_lo FROM ingest_keys {where}")
+    sql = str(text(f"SELECT batch_id, key_hi, key_lo FROM ingest_keys WHERE {where}")
               .bindparams(**(params or {}))
               .compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     driver = conn.connection.dbapi_connection

@@ -535,12 +535,10 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
     if done.rows_indexed or rebuilt:
         # The keys the feed's batches hold now: `audit verify` checks their sum stays this
         # (which batch holds how many of a backfill's keys no ledger figure says).
-        keys = keys_digest(conn, "batch_id IN (SELECT batch_id FROM ingest_batches "
-                                 "WHERE partner = :feed)", {"feed": feed.name})
-        keyed = sum(keyed_digests(conn, digest_subkey(runtime.audit.key),
-                                  "WHERE batch_id IN (SELECT batch_id FROM ingest_batches "
-                                  "WHERE partner = :feed)", {"feed": feed.name}).values(),
-                    KeyedDigest())
+        feed_batches = "batch_id IN (SELECT batch_id FROM ingest_batches WHERE partner = :feed)"
+        keys = keys_digest(conn, feed_batches, {"feed": feed.name})
+        keyed = sum(keyed_digests(conn, digest_subkey(runtime.audit.key), feed_batches,
+                                  {"feed": feed.name}).values(), KeyedDigest())
         runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
             "partner": feed.name, "rows_indexed": done.rows_indexed,
             "rows_repeated": done.rows_repeated, "key_definition": definition,
