@@ -12,12 +12,14 @@ database or table; the median is the figure and every run is recorded. Then the 
 of a puhui ingest of a 5M-row file, in a child process.
 
 Usage: python bench/bench_ingest.py [--rows 1000000] [--memory-rows 5000000] [--repeats 3]
-       [--quick] [--digest-ab] [--split]
+       [--quick] [--digest-ab] [--keyed-ab] [--split]
 Prints a table and writes bench/results/ingest.json. ``--digest-ab``: only puhui with the key
 index, with and without the keys' digest (``KeyDigest``: the code before it), alternating, the
 first file and the redelivery, plus the digest's own time per 1M keys; writes
-bench/results/ingest-digest.json. ``--split``: only the key index's parts end to end, each
-against ``psql \\copy`` and ``to_sql`` (with the index; its claims into a heap with no
+bench/results/ingest-digest.json. ``--keyed-ab``: the same for the keyed digest
+(``KeyedDigest``, with and without it, the unkeyed one kept in both); writes
+bench/results/ingest-keyed-digest.json. ``--split``: only the key index's parts end to end,
+each against ``psql \\copy`` and ``to_sql`` (with the index; its claims into a heap with no
 B-tree; its hashes only; without it), alternating; writes bench/results/ingest-split.json.
 """
 
@@ -42,7 +44,7 @@ import pyarrow.csv as pa_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.results_file import best_of, machine_facts, write_results  # noqa: E402
+from bench.results_file import machine_facts, write_results  # noqa: E402
 
 DELIVERY = date(2026, 9, 30)
 WARM_UP = date(2026, 9, 29)
@@ -158,21 +160,24 @@ def without_key_index() -> Iterator[None]:
 
 
 @contextmanager
-def without_key_digest() -> Iterator[None]:
-    """Ingest as the code did before the keys' digest (A/B): the key index, no sums."""
-    from puhui.ingest.key_digest import KeyDigest
+def without_key_digest(keyed: bool = False) -> Iterator[None]:
+    """Ingest as the code did before the keys' digest, or the keyed one (A/B): the key
+    index, no sums."""
+    from puhui.ingest.key_digest import KeyDigest, KeyedDigest
 
-    saved = KeyDigest.__dict__["of"]
-    KeyDigest.of = classmethod(lambda cls, *_: cls())  # type: ignore[method-assign,assignment]
+    digest = KeyedDigest if keyed else KeyDigest
+    saved = digest.__dict__["of"]
+    digest.of = classmethod(lambda cls, *_: cls())  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
-        KeyDigest.of = saved  # type: ignore[method-assign]
+        digest.of = saved  # type: ignore[method-assign]
 
 
-def digest_ab(args: argparse.Namespace) -> int:
-    """``--digest-ab``: the keys' digest's cost on load, end to end and on its own."""
-    from puhui.ingest.key_digest import KeyDigest
+def digest_ab(args: argparse.Namespace, keyed: bool = False) -> int:
+    """``--digest-ab`` (``--keyed-ab``): the keys' (keyed) digest's cost on load, end to end
+    and on its own."""
+    from puhui.ingest.key_digest import KeyDigest, KeyedDigest, digest_subkey
     from puhui.settings import QUIET_ENVIRONMENT
     from puhui.throwaway_postgres import throwaway_postgres
 
@@ -180,7 +185,13 @@ def digest_ab(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     rng = np.random.default_rng(7)
     hi, lo = (rng.integers(-(2**63), 2**63 - 1, 1_000_000, dtype=np.int64) for _ in range(2))
-    own = best_of(lambda: KeyDigest.of(hi, lo), 20)
+    subkey = digest_subkey(b"bench")
+    own_runs = []  # every run recorded; the figure is the median, the best beside it
+    for _ in range(20):
+        started = time.perf_counter()
+        KeyedDigest.of(subkey, hi, lo) if keyed else KeyDigest.of(hi, lo)
+        own_runs.append(time.perf_counter() - started)
+    own = statistics.median(own_runs)
     runs: dict[str, list[float]] = {k: [] for k in (
         "with_digest", "with_digest_redelivery", "without_digest", "without_digest_redelivery")}
     with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
@@ -194,7 +205,7 @@ def digest_ab(args: argparse.Namespace) -> int:
                                    "PUHUI_HOME": str(workdir / f"home-{mode}-{run}")})
                 print(f"run {run + 1}/{args.repeats}: puhui ingest {mode.replace('_', ' ')}, "
                       "then the redelivery...", flush=True)
-                with nullcontext() if mode == "with_digest" else without_key_digest():
+                with nullcontext() if mode == "with_digest" else without_key_digest(keyed):
                     ours = ingest_once(landing, between=lambda db=database: quiet_server(
                         pg, db, "raw_mobile_payments"))
                 runs[mode].append(ours["seconds"])
@@ -202,18 +213,22 @@ def digest_ab(args: argparse.Namespace) -> int:
                 quiet_server(pg, database, "raw_mobile_payments")
     medians = {k: round(statistics.median(v), 2) for k, v in runs.items()}
     result = {
-        "benchmark": "ingest_digest", "machine": machine_facts(), "rows": args.rows,
+        "benchmark": "ingest_keyed_digest" if keyed else "ingest_digest",
+        "machine": machine_facts(), "rows": args.rows,
         "repeats": args.repeats, "digest_seconds_per_1m_keys": round(own, 4),
+        "digest_best_seconds_per_1m_keys": round(min(own_runs), 4),
+        "digest_runs_seconds": [round(x, 4) for x in own_runs],
         "runs_seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "median_seconds": medians,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
-    print(f"\nkeys' digest: {own * 1000:.1f} ms per 1M keys on its own (reader thread)")
+    print(f"\nkeys' {'keyed ' * keyed}digest: {own * 1000:.1f} ms per 1M keys on its own "
+          f"(median of 20, best {min(own_runs) * 1000:.1f} ms; reader thread)")
     for name in ("", "_redelivery"):
         with_, without = medians[f"with_digest{name}"], medians[f"without_digest{name}"]
         print(f"  ingest{name or ' (first file)'}: with the digest {with_:.2f} s, without "
               f"{without:.2f} s (median of {args.repeats})")
-    write_results("ingest-digest", result, args.quick)
+    write_results("ingest-keyed-digest" if keyed else "ingest-digest", result, args.quick)
     return 0
 
 
@@ -448,6 +463,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100k and 300k rows (smoke run)")
     parser.add_argument("--digest-ab", action="store_true",
                         help="only the keys' digest's cost: with and without it")
+    parser.add_argument("--keyed-ab", action="store_true",
+                        help="only the keys' keyed digest's cost: with and without it")
     parser.add_argument("--split", action="store_true",
                         help="only the key index's parts end to end (ingest-split.json)")
     parser.add_argument("--modes", default="",
@@ -461,8 +478,8 @@ def main() -> int:
     if args.quick:
         args.rows, args.memory_rows = 100_000, 300_000
     os.environ.setdefault("PUHUI_PSEUDONYM_KEY", KEY)
-    if args.digest_ab:
-        return digest_ab(args)
+    if args.digest_ab or args.keyed_ab:
+        return digest_ab(args, keyed=args.keyed_ab)
     if args.split:
         return split(args)
     from puhui.settings import QUIET_ENVIRONMENT

@@ -8,6 +8,10 @@ file of ROWS rows and a redelivery of ROWS rows repeating the first file's secon
 same into a throwaway PostgreSQL. No MLflow store: verify checks the trail, the ledger and
 the key index. The machine is shared: the load average is recorded with each run.
 
+Also, in this process, the keyed digest's part alone (``keyed_digests``: the keys streamed in
+chunks and digested per batch, as verify does), ``runs`` times, wall and CPU; and
+``audit verify --deep``, which hashes model files too (none here).
+
 Usage: python bench/bench_verify_keys.py [--rows 700000] [--runs 3] [--label NAME] [--quick]
 Prints a table and writes bench/results/verify_keys-<label>.json.
 """
@@ -56,6 +60,25 @@ def _keys(url: str) -> int:
     return int(count)
 
 
+def _keyed_stream(url: str) -> dict:
+    import time
+
+    from sqlalchemy import create_engine
+
+    from puhui.ingest.key_digest import digest_subkey, keyed_digests
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        wall, cpu = time.perf_counter(), time.process_time()
+        batches = keyed_digests(conn, digest_subkey(AUDIT_KEY.encode()))
+        figures = {"wall": round(time.perf_counter() - wall, 3),
+                   "cpu": round(time.process_time() - cpu, 3),
+                   "load": round(os.getloadavg()[0], 2),
+                   "keys": sum(d.count for d in batches.values())}
+    engine.dispose()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=700_000)
@@ -82,13 +105,25 @@ def main() -> None:
             home.mkdir()
             env = _prepare(landing, home, url)
             figures = [measure(["audit", "verify", "--no-repair"], env) for _ in range(runs)]
+            deep = [measure(["audit", "verify", "--no-repair", "--deep"], env)
+                    for _ in range(runs)]
+            streamed = [_keyed_stream(url) for _ in range(runs)]
             result[dialect] = {
                 "index_keys": _keys(url), "runs": figures,
                 "median_wall": statistics.median(f["wall"] for f in figures),
-                "median_cpu": statistics.median(f["cpu"] for f in figures)}
+                "median_cpu": statistics.median(f["cpu"] for f in figures),
+                "deep_runs": deep,
+                "deep_median_wall": statistics.median(f["wall"] for f in deep),
+                "deep_median_cpu": statistics.median(f["cpu"] for f in deep),
+                "keyed_stream_runs": streamed,
+                "keyed_stream_median_wall": statistics.median(f["wall"] for f in streamed),
+                "keyed_stream_median_cpu": statistics.median(f["cpu"] for f in streamed)}
             print(f"{dialect}: {result[dialect]['index_keys']:,} keys, audit verify "
                   f"wall {result[dialect]['median_wall']:.2f} s, "
-                  f"cpu {result[dialect]['median_cpu']:.2f} s", flush=True)
+                  f"cpu {result[dialect]['median_cpu']:.2f} s; --deep wall "
+                  f"{result[dialect]['deep_median_wall']:.2f} s; keyed stream alone wall "
+                  f"{result[dialect]['keyed_stream_median_wall']:.2f} s, cpu "
+                  f"{result[dialect]['keyed_stream_median_cpu']:.2f} s", flush=True)
     write_results(f"verify_keys{'-' + args.label if args.label else ''}", result, args.quick)
 
 

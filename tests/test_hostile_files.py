@@ -322,3 +322,11 @@ def test_kill_9_anywhere_in_ingest_leaves_nothing_half_done(
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0 and "done" in out, err[-2000:]
     check_ledger_invariants(root, zone)
+    # Each kill left neither keys nor an event: every batch's keys match both its recorded
+    # digests (the keyed one too), none counted only.
+    from puhui.ingest.key_digest import digest_subkey
+    from puhui.ingest.ledger import key_index_problems
+
+    checked = key_index_problems(runtime.engine, digest_subkey(runtime.audit.key))
+    assert (checked.problems, checked.undigested, checked.unkeyed) == ([], None, None)
+    assert checked.keys > 0

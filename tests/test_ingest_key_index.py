@@ -179,6 +179,7 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from puhui.audit import check_action_prefixes
+    from puhui.ingest.key_digest import digest_subkey
     from puhui.ingest.ledger import KeyIndexCheck, key_index_problems
     from puhui.ingest.quarantine import reject_batch, revalidate_batch
     from puhui.settings import repo_root
@@ -207,9 +208,10 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     (warning,) = [w for w in outcome.warnings if "earlier batches" in w]
     assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
     assert _raw_counts(runtime, feed) == (1500, 1500)
-    # The revalidation's event records the digest of the keys it claimed; every batch's is
-    # compared (none counted only), none differs.
-    assert key_index_problems(runtime.engine) == KeyIndexCheck([], 1500, None)
+    # The revalidation's event records the digests of the keys it claimed; every batch's is
+    # compared (none counted only), none differs, keyed or not.
+    assert key_index_problems(runtime.engine, digest_subkey(runtime.audit.key)) \
+        == KeyIndexCheck([], 1500, None, None)
 
 
 def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
@@ -250,10 +252,12 @@ def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
     assert f"1,000 row(s) repeat a primary key (txn_id) loaded by batch(es) {won.batch_id}:" \
         in warning
     assert "1,000 with the same values, 0 with changed values" in warning
-    # Each batch's recorded keys digest covers exactly the keys it claimed under the lock.
+    # Each batch's recorded keys digests cover exactly the keys it claimed under the lock.
+    from puhui.ingest.key_digest import digest_subkey
     from puhui.ingest.ledger import KeyIndexCheck, key_index_problems
 
-    assert key_index_problems(runtime.engine) == KeyIndexCheck([], 5000, None)
+    assert key_index_problems(runtime.engine, digest_subkey(runtime.audit.key)) \
+        == KeyIndexCheck([], 5000, None, None)
 
 
 def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
@@ -448,7 +452,13 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
     """``DIGEST_SQL``'s ``%`` and ``/`` truncate toward zero as ``np.fmod`` does, also where
     random keys rarely go: the int64 ends (``_nineteen_digits`` can give -2^63), halves that
     are exact multiples of 2^32, and negative ones just past one."""
-    from puhui.ingest.key_digest import KeyDigest, keys_digest
+    from puhui.ingest.key_digest import (
+        KeyDigest,
+        KeyedDigest,
+        digest_subkey,
+        keyed_digests,
+        keys_digest,
+    )
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     runtime = open_runtime()
@@ -464,11 +474,41 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
                           "VALUES (:hi, :lo, 'extremes', 0)"),
                      [{"hi": int(h), "lo": int(lo)} for h, lo in zip(key_hi, key_lo, strict=True)])
         found = keys_digest(conn, "batch_id = :b", {"b": "extremes"})
+        # The keyed digest streamed in chunks (of 7: several, one batch split across them),
+        # per batch, equals one made at once; its lanes wrap mod 2^64 alike.
+        subkey = digest_subkey(runtime.audit.key)
+        conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
+                          "VALUES (:hi, :lo, 'other', 0)"), [{"hi": 11, "lo": 12}])
+        streamed = keyed_digests(conn, subkey, chunk_rows=7)
+    assert streamed == {"extremes": KeyedDigest.of(subkey, key_hi, key_lo),
+                        "other": KeyedDigest.of(subkey, np.array([11]), np.array([12]))}
+    assert streamed["extremes"] == sum(  # one row at a time, added: the same sum
+        (KeyedDigest.of(subkey, key_hi[i:i + 1], key_lo[i:i + 1]) for i in range(len(key_hi))),
+        KeyedDigest())
+    assert KeyedDigest.of(digest_subkey(b"another key"), key_hi, key_lo) != streamed["extremes"]
     expected = KeyDigest.of(key_hi, key_lo)
     assert found == expected
     # The two 32-bit parts of each half add up to the half's exact sum: nothing is lost.
     assert expected.sums[0] + expected.sums[1] * word == sum(int(k) for k in key_hi)
     assert expected.sums[2] + expected.sums[3] * word == sum(int(k) for k in key_lo)
+
+
+def test_the_recorded_digests_of_fixed_keys_are_fixed_values() -> None:
+    """Known answers: every warehouse's events hold these digests, so a change of the
+    subkey's label, the byte order, the lanes or the figures' string would make every batch
+    fail ``--deep``. The values were computed apart from puhui (hmac, AES-ECB over
+    ``struct.pack("<qq", hi, lo)``, lanes summed mod 2^64); the other tests recompute
+    through the same code and would not notice such a change."""
+    from puhui.ingest.key_digest import KeyDigest, KeyedDigest, digest_subkey
+
+    key_hi = np.array([1, -(1 << 63)], dtype=np.int64)
+    key_lo = np.array([2, (1 << 63) - 1], dtype=np.int64)
+    subkey = digest_subkey(b"k")
+    assert subkey.hex() == "51bb1be9417782d4d68e2c7a43ed0939"
+    assert KeyedDigest.of(subkey, key_hi, key_lo).hex() == (
+        "a03da5625395136794ce30b181bd21829090a2a8645f91631b3a8c5c962ca66c")
+    assert KeyDigest.of(key_hi, key_lo).hex() == (
+        "a73d6400530ea89273a52c52d16bab0a472dfcfc907a9a81be0ea7ef4654246e")
 
 
 def test_a_changed_key_definition_rebuilds_the_index_so_resent_rows_load_once(
@@ -667,7 +707,7 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
         conn.execute(text("SET enable_hashjoin = off"))  # the session's own choices
         conn.execute(text("SET jit = on"))
         conn.commit()
-        keys = KeyIndex(conn, feed, first.batch_id)
+        keys = KeyIndex(conn, feed, first.batch_id, b"k" * 16)
         kept, dropped = keys.claim(PreparedChunk(stored, {}, np.arange(1, 101)))
         assert (len(kept.row_numbers), dropped) == (50, 50)
         assert tuple(conn.execute(settings).one()) == ("off", "on", "on")
@@ -677,7 +717,7 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
         # looped on.
         twice = pa.table({txn_id: pa.array([_txn(i) for i in (60, 200, 200)], pa.string())})
         with pytest.raises(RuntimeError, match="outside the feed's lock, or two keys in one"):
-            KeyIndex(conn, feed, first.batch_id).claim(
+            KeyIndex(conn, feed, first.batch_id, b"k" * 16).claim(
                 PreparedChunk(twice, {}, np.arange(1, 4)))
 
 
@@ -686,11 +726,12 @@ def test_a_chunk_repeating_keys_leaves_the_sessions_planner_settings_as_they_wer
 # said nothing. Now each batch's key count is checked against the rows the ledger (checked
 # against the trail) says it loaded, with no alarm on a redelivery, a release or a rebuild.
 
-def _verify(capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def _verify(capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, str, str]:
+    """``audit verify --no-repair`` (``--deep``: also the keyed digests)."""
     from puhui.cli import main
 
     capsys.readouterr()
-    code = main(["audit", "verify", "--no-repair"])
+    code = main(["audit", "verify", "--no-repair", *options])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -733,6 +774,37 @@ def _untamper(runtime: Runtime, taken: list[tuple]) -> None:
 
 DIGEST_RULE = ("keys_digest differs from the audit trail's: index rows rewritten or replaced "
                "by hand")
+KEYED_RULE = ("keys_mac, the keyed digest, differs from the audit trail's: index rows "
+              "rewritten or replaced by hand")
+
+
+def _forge_cancelling(runtime: Runtime, batch: str) -> list[tuple]:
+    """What a forger who knows the unkeyed digest does: two rows of ``batch`` made into
+    two other keys whose changes cancel in every sum (the lowest key half gains 2^32, the
+    highest loses it: their low 32-bit parts stay, their high parts move by +1 and -1).
+    Both real keys would load again. Returns the rows as they were, for :func:`_unforge`."""
+    from puhui.ingest.key_digest import keys_digest
+
+    where = "batch_id = :b"
+    with runtime.engine.begin() as conn:
+        before = keys_digest(conn, where, {"b": batch})
+        low, high = (conn.execute(text(
+            "SELECT key_hi, key_lo, batch_id, value_hash FROM ingest_keys WHERE batch_id = :b "
+            f"AND key_hi = (SELECT {f}(key_hi) FROM ingest_keys WHERE batch_id = :b)"),
+            {"b": batch}).one() for f in ("min", "max"))
+        for (hi, lo, *_), step in ((low, 1 << 32), (high, -(1 << 32))):
+            conn.execute(text("UPDATE ingest_keys SET key_hi = :new WHERE key_hi = :hi "
+                              "AND key_lo = :lo"), {"new": hi + step, "hi": hi, "lo": lo})
+        assert keys_digest(conn, where, {"b": batch}) == before  # the unkeyed check is blind
+    return [low, high]
+
+
+def _unforge(runtime: Runtime, taken: list[tuple]) -> None:
+    (low, high) = taken
+    with runtime.engine.begin() as conn:
+        for (hi, lo, *_), step in ((low, 1 << 32), (high, -(1 << 32))):
+            conn.execute(text("UPDATE ingest_keys SET key_hi = :hi WHERE key_hi = :new "
+                              "AND key_lo = :lo"), {"new": hi + step, "hi": hi, "lo": lo})
 
 
 def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
@@ -749,25 +821,47 @@ def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     b = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     held = ingestor.ingest(_landed(feed, landing, DAY3, "_c"))
     assert (b.rows_duplicate, held.status) == (500, "quarantined")
-    code, out, err = _verify(capsys)
-    assert code == 0 and "ingest_keys agrees with the ledger: 1,500 key(s)" in out, err
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0 and "ingest_keys agrees with the ledger: 1,500 key(s), keyed digests " \
+        "compared" in out, err
     assert release_batch(runtime, held.batch_id, "partner confirmed").rows_loaded == 200
-    code, out, err = _verify(capsys)
+    code, out, err = _verify(capsys, "--deep")
     assert code == 0 and "ingest_keys agrees with the ledger: 1,700 key(s)" in out, err
-    assert "before key digests" not in out
+    assert "before key digests" not in out and "before the keyed digest" not in out
+
+    # Two rows of the redelivery and two of the released batch forged so that the unkeyed
+    # sums stay (four real keys would load again): a plain verify, which compares only
+    # those, passes (the hole it has); --deep streams the keys through the keyed digest.
+    forged = [_forge_cancelling(runtime, batch) for batch in (b.batch_id, held.batch_id)]
+    code, out, err = _verify(capsys)
+    assert code == 0 and "(--deep: also the keyed digests)" in out, err
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 1
+    assert f"ingest_keys: batch {b.batch_id} holds 500 key(s), not those it loaded " \
+        f"({KEYED_RULE})" in err, err
+    assert f"ingest_keys: batch {held.batch_id} holds 200 key(s), not those it loaded " \
+        f"({KEYED_RULE})" in err, err
+    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+    assert len(err.strip().splitlines()) == 3, err  # one line per batch, and the summary
+    assert "T2026" not in out + err
+    for taken in forged:
+        _unforge(runtime, taken)
+    assert _verify(capsys, "--deep")[0] == 0
 
     # A key of the redelivery rewritten in place, a row of the released batch replaced by a
     # made-up one: every count stays, the digests recorded with their loads do not.
     taken = _tamper_keys(runtime, rewrite=b.batch_id, replace=held.batch_id)
-    code, out, err = _verify(capsys)
-    assert code == 1
-    assert f"ingest_keys: batch {b.batch_id} holds 500 key(s), not those it loaded " \
-        f"({DIGEST_RULE})" in err, err
-    assert f"ingest_keys: batch {held.batch_id} holds 200 key(s), not those it loaded" in err
-    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
-    assert "5000000000000000001" not in out + err
+    for options in ((), ("--deep",)):  # --deep: the unkeyed digest's line only, once
+        code, out, err = _verify(capsys, *options)
+        assert code == 1
+        assert f"ingest_keys: batch {b.batch_id} holds 500 key(s), not those it loaded " \
+            f"({DIGEST_RULE})" in err, err
+        assert f"ingest_keys: batch {held.batch_id} holds 200 key(s), not those it loaded" \
+            in err
+        assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+        assert "5000000000000000001" not in out + err
     _untamper(runtime, taken)
-    assert _verify(capsys)[0] == 0
+    assert _verify(capsys, "--deep")[0] == 0
 
     with runtime.engine.begin() as conn:  # the key of one of a's rows: it would load again
         conn.execute(text("DELETE FROM ingest_keys WHERE batch_id = :a AND key_hi = "
@@ -783,6 +877,70 @@ def test_audit_verify_reports_index_rows_deleted_or_added_by_hand(
     assert f"ingest_keys: batch {held.batch_id} holds 201 key(s) but loaded 200" in err
     assert "ingest_keys and the audit trail DISAGREE: 3 problem(s)" in err
     assert "T2026" not in out + err and "ingest_keys agrees" not in out
+
+
+MISTYPED_RULE = ("hold a key not stored as integers (SQLite keeps any type: index rows "
+                 "rewritten by hand; such a key matches no lookup, so its row loads again)")
+
+
+def test_audit_verify_reports_index_rows_of_another_type_on_sqlite(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLite stores any type in a BIGINT column. A key half rewritten as a BLOB of its own
+    digits keeps the count and both digests (``%`` and ``/`` read a blob's text, numpy
+    parsed it) but matches no lookup: its row loads again. Plain verify counts such rows;
+    the keyed stream refuses them. A batch id as a BLOB is a batch of its own: counted.
+    ``ingest_batches``' columns as BLOBs are reported (compared in Python), masked.
+    PostgreSQL's bigint refuses the edits themselves."""
+    if not warehouse_url.startswith("sqlite"):
+        pytest.skip("SQLite's type affinity: PostgreSQL's columns are strict")
+    from puhui.errors import PuhuiError
+    from puhui.ingest.key_digest import digest_subkey, keyed_digests
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime, feed, ingestor = _ingestor()
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("PUHUI_LANDING", str(landing))
+    _payments(landing, DAY1, "a", range(1, 101))
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    one = "rowid = (SELECT min(rowid) FROM ingest_keys)"
+    for column in ("key_hi", "key_lo"):
+        with runtime.engine.begin() as conn:
+            conn.execute(text(f"UPDATE ingest_keys SET {column} = "
+                              f"CAST(CAST({column} AS TEXT) AS BLOB) WHERE {one}"))
+        for options in ((), ("--deep",)):  # --deep: the same line, not the stream's refusal
+            code, out, err = _verify(capsys, *options)
+            assert code == 1, (column, out)
+            assert f"ingest_keys: 1 row(s) {MISTYPED_RULE}" in err, (column, err)
+            assert "ingest_keys and the audit trail DISAGREE: 1 problem(s)" in err, err
+        with runtime.engine.connect() as conn, pytest.raises(PuhuiError) as refused:
+            keyed_digests(conn, digest_subkey(runtime.audit.key))
+        assert str(refused.value) == ("ingest_keys: a key half not stored as an integer "
+                                      "(index rows rewritten by hand)")
+        with runtime.engine.begin() as conn:  # back as it was: the next column alone
+            conn.execute(text(f"UPDATE ingest_keys SET {column} = CAST({column} AS INTEGER) "
+                              f"WHERE {one}"))
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0 and "ingest_keys agrees with the ledger: 100 key(s), keyed digests " \
+        "compared" in out, err
+    with runtime.engine.begin() as conn:
+        conn.execute(text(f"UPDATE ingest_keys SET batch_id = CAST(batch_id AS BLOB) WHERE {one}"))
+    code, out, err = _verify(capsys)
+    assert code == 1 and f"ingest_keys: batch {a} holds 99 key(s) but loaded 100 row(s)" in err
+    [line] = [x.strip() for x in err.splitlines() if "not in ingest_batches" in x]
+    assert line.startswith("ingest_keys: 1 key(s) of 1 batch(es) not in ingest_batches")
+    assert a not in line  # a batch id of another type: shown masked
+    with runtime.engine.begin() as conn:
+        conn.execute(text(f"UPDATE ingest_keys SET batch_id = CAST(batch_id AS TEXT) WHERE {one}"))
+        # The ledger's compared columns are compared in Python: a BLOB is not the int.
+        conn.execute(text("UPDATE ingest_batches SET rows = CAST(CAST(rows AS TEXT) AS BLOB), "
+                          "bytes = CAST(CAST(bytes AS TEXT) AS BLOB)"))
+    code, out, err = _verify(capsys)
+    assert code == 1
+    assert f"batch {a}: ingest_batches.rows is " in err and "but the audit trail says 100" in err
+    assert f"batch {a}: ingest_batches.bytes is " in err and "recorded another value" in err
+    assert "b'" not in err  # a BLOB whoever edited the row chose: shown masked
 
 
 def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
@@ -807,7 +965,7 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     _payments(landing, DAY3, "c", range(1401, 1601))
     # Its backfill gives a the keys both loaded: b holds 500 keys of its 1,000 rows.
     assert ingestor.ingest(_landed(feed, landing, DAY3, "_c")).rows_loaded == 100
-    code, out, err = _verify(capsys)
+    code, out, err = _verify(capsys, "--deep")
     assert code == 0 and "ingest_keys agrees with the ledger: 1,600 key(s)" in out, err
 
     # The contract's key gains a column: the index is rebuilt with the next load.
@@ -818,8 +976,24 @@ def test_audit_verify_trusts_an_index_built_from_the_raw_rows_and_rebuilt(
     _payments(landing, date(2026, 10, 3), "d", range(1551, 1651))
     d = again.ingest(_landed(wider, landing, date(2026, 10, 3), "_d"))
     assert d.rows_loaded == 50
-    code, out, err = _verify(capsys)
+    code, out, err = _verify(capsys, "--deep")
     assert code == 0 and "ingest_keys agrees with the ledger: 1,650 key(s)" in out, err
+    assert "before the keyed digest" not in out
+
+    # A cancelling forgery of b's keys (compared with the build's keyed digest) and of d's
+    # (its load's): plain verify is blind to both, --deep is not.
+    forged = [_forge_cancelling(runtime, batch) for batch in (b.batch_id, d.batch_id)]
+    assert _verify(capsys)[0] == 0
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 1
+    assert "ingest_keys: feed mobile_payments's batches loaded before its key index was " \
+        f"built hold 1,600 key(s), not those the build indexed ({KEYED_RULE})" in err, err
+    assert f"ingest_keys: batch {d.batch_id} holds 50 key(s), not those it loaded " \
+        f"({KEYED_RULE})" in err, err
+    assert "ingest_keys and the audit trail DISAGREE: 2 problem(s)" in err
+    for taken in forged:
+        _unforge(runtime, taken)
+    assert _verify(capsys, "--deep")[0] == 0
 
     # A key of b (loaded before the rebuild: the build's digest covers it) rewritten, a row
     # of d (loaded after it: its own load's digest) replaced.
@@ -852,7 +1026,7 @@ def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     batch loaded by the code before key digests (counted only, said once), and a load failing
     after claiming its keys and loaded again (no false alarm)."""
     from puhui.crashpoints import FAIL_ONCE_ENV
-    from puhui.ingest.key_digest import KeyDigest
+    from puhui.ingest.key_digest import KeyDigest, KeyedDigest
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     runtime, feed, ingestor = _ingestor()
@@ -862,6 +1036,7 @@ def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     _payments(landing, DAY2, "b", range(51, 151))  # a correction's redelivery of 50 keys
     with monkeypatch.context() as before_digests:  # the code before digests recorded none
         before_digests.setattr(KeyDigest, "hex", lambda self: None)
+        before_digests.setattr(KeyedDigest, "hex", lambda self: None)
         a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
     again = ingestor.ingest(_landed(feed, landing, DAY1, "_again"))
     assert again.status == "duplicate"
@@ -873,10 +1048,13 @@ def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     with pytest.raises(ConnectionError):
         ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
     assert ingestor.ingest(_landed(feed, landing, DAY2, "_b")).rows_loaded == 50
-    code, out, err = _verify(capsys)
+    code, out, err = _verify(capsys, "--deep")
     assert code == 0 and "ingest_keys agrees with the ledger: 150 key(s)" in out, err
     assert out.count("ingest_keys: 1 batch(es) recorded before key digests (keys counted, "
                      "not compared)") == 1, out
+    assert out.count("ingest_keys: 1 batch(es) recorded before the keyed digest (checked by "
+                     "the unkeyed digest or counted only)") == 1, out
+    assert "before the keyed digest" not in _verify(capsys)[1]  # plain: no keyed check
 
     gone = "mobile_payments-20260930-0123456789ab"  # a batch id no ledger row has
     with runtime.engine.begin() as conn:

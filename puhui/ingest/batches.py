@@ -30,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -55,7 +56,7 @@ from puhui.ingest.contract import (
     end_of_delivery_day,
 )
 from puhui.ingest.held_batches import quarantine_copy_path
-from puhui.ingest.key_digest import KEYS_DIGEST
+from puhui.ingest.key_digest import digest_subkey
 from puhui.ingest.key_index import (
     KeyIndex,
     RowHashes,
@@ -477,6 +478,11 @@ class FileIngestor:
         self.flow_run_id = flow_run_id
         self._suite_checked = False
 
+    @cached_property
+    def digest_key(self) -> bytes:
+        """The keys' keyed digest's (:func:`digest_subkey`), once per ingestor."""
+        return digest_subkey(self.runtime.audit.key)
+
     def check_suite(self) -> None:
         """Load the feed's suite and check its columns, once, before the first file: a
         suite broken by an edit is the operator's error, raised here in one line naming the
@@ -656,7 +662,7 @@ class FileIngestor:
         for chunk in self._chunks(handle, landed, columns):
             rows = len(chunk.row_numbers)
             chunk, dropped = drop_duplicate_keys(chunk, self.feed, seen)
-            chunk.hashes = row_hashes(chunk.stored, self.feed, digest=True)
+            chunk.hashes = row_hashes(chunk.stored, self.feed, digest_key=self.digest_key)
             yield chunk, rows, dropped
 
     def _load(
@@ -702,7 +708,7 @@ class FileIngestor:
                 status="accepted",
             )
             validations: deque[Future[ValidationOutcome]] = deque()
-            keys = KeyIndex(conn, self.feed, base["batch_id"])
+            keys = KeyIndex(conn, self.feed, base["batch_id"], self.digest_key)
 
             def settle(keep: int) -> None:
                 nonlocal expectations_run, failures, checked_by
@@ -790,7 +796,7 @@ class FileIngestor:
                     "rows_loaded": loaded,
                     "rows_duplicate": dropped,
                     "rows_repeating_earlier_batches": keys.repeats.rows,
-                    KEYS_DIGEST: keys.digest.hex(),
+                    **keys.details(),
                     "checksum": handle.checksum,
                     "warnings": warnings,
                     "suite_hash": checked_by,

@@ -1,4 +1,6 @@
-"""A digest of a set of ``ingest_keys`` rows' keys that SQL can recompute (``audit verify``).
+"""Digests of a set of ``ingest_keys`` rows' keys: one SQL can recompute (every ``audit
+verify``), and a keyed one that a forger without ``PUHUI_AUDIT_KEY`` cannot satisfy, which
+``audit verify --deep`` recomputes by streaming the keys.
 
 Kept apart from :mod:`puhui.ingest.key_index` so that ``audit verify`` does not import
 pandas and pyarrow for it (~0.5 s of a read-only command); numpy is imported where loads,
@@ -8,10 +10,13 @@ which have it already, make a digest.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
+
+from puhui.errors import PuhuiError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +40,7 @@ class KeyDigest:
     with :data:`DIGEST_SQL`: a key rewritten in place, or a row replaced by a made-up one of
     the same batch, changes a sum while the count stays. Sums are linear: someone who knows
     this and edits two or more rows of one batch so that the changes cancel is not caught
-    (a keyed digest would need a keyed hash per row in SQL, which SQLite lacks)."""
+    by it (:class:`KeyedDigest` is)."""
 
     count: int = 0
     sums: tuple[int, ...] = (0, 0, 0, 0)
@@ -71,3 +76,111 @@ def keys_digest(conn: Connection, where: str, params: dict[str, Any]) -> KeyDige
     """:class:`KeyDigest` of the ``ingest_keys`` rows matching ``where`` (SQL)."""
     return KeyDigest.from_row(conn.execute(
         text(f"SELECT count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where}"), params).one())
+
+
+KEYS_MAC = "keys_mac"  # the audit details' name for a KeyedDigest's hex
+_SUBKEY_LABEL = b"puhui ingest_keys digest v2"
+_LANE = 1 << 64
+
+
+def digest_subkey(audit_key: bytes | None = None) -> bytes:
+    """The keyed digest's AES-128 key, derived from ``PUHUI_AUDIT_KEY`` (none: the settings')
+    and never stored: the trail's MACs and the digests are made under different keys."""
+    from puhui.audit import environment_audit_key
+
+    key = audit_key or environment_audit_key()
+    return hmac.new(key, _SUBKEY_LABEL, hashlib.sha256).digest()[:16]
+
+
+@dataclass
+class KeyedDigest:
+    """Order-independent keyed digest of a set of index rows' keys: their count and two
+    64-bit lanes, each the sum mod 2^64 of one half of AES-128(subkey, key_hi || key_lo)
+    per row. AES is a pseudorandom permutation of the 128-bit key: without the subkey no
+    one can tell which set of keys sums to a recorded digest, so no edit of rows (two that
+    cancel, one replaced) keeps it, short of a 2^-128 chance. SQL cannot compute it (SQLite
+    has no keyed hash), so ``audit verify`` streams the keys (:func:`keyed_digests`).
+
+    Not ``pandas.util.hash_array(..., hash_key=...)``: it ignores the key for integers
+    (pandas 3.1.1), and its key is 16 UTF-8 bytes, so a text subkey of 16 hex characters
+    would hold 64 bits."""
+
+    count: int = 0
+    lanes: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, subkey: bytes, key_hi: np.ndarray, key_lo: np.ndarray) -> KeyedDigest:
+        lanes = _prf(subkey, key_hi, key_lo).sum(axis=0, dtype="<u8")  # wraps: mod 2^64
+        return cls(len(key_hi), (int(lanes[0]), int(lanes[1])))
+
+    def __add__(self, other: KeyedDigest) -> KeyedDigest:
+        return KeyedDigest(self.count + other.count,
+                           tuple((a + b) % _LANE for a, b in zip(self.lanes, other.lanes,
+                                                                 strict=True)))  # type: ignore[arg-type]
+
+    def hex(self) -> str:
+        """What the audit event records: a SHA-256 of the figures (see :meth:`KeyDigest.hex`)."""
+        figures = ",".join(str(v) for v in (self.count, *self.lanes))
+        return hashlib.sha256(f"puhui.keys.digest.v2:{figures}".encode()).hexdigest()
+
+
+def _prf(subkey: bytes, key_hi: np.ndarray, key_lo: np.ndarray) -> np.ndarray:
+    """AES-128(subkey, key_hi || key_lo) per row, as two uint64 lanes."""
+    import numpy as np
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    blocks = np.empty((len(key_hi), 2), dtype="<i8")
+    blocks[:, 0], blocks[:, 1] = key_hi, key_lo
+    # ECB is right here: each block is one distinct key (the index's primary key).
+    encrypt = Cipher(algorithms.AES(subkey), modes.ECB()).encryptor()
+    return np.frombuffer(encrypt.update(blocks.tobytes()), dtype="<u8").reshape(-1, 2)
+
+
+def keyed_digests(conn: Connection, subkey: bytes, where: str = "true",
+                  params: dict[str, Any] | None = None,
+                  chunk_rows: int = 100_000) -> dict[str, KeyedDigest]:
+    """:class:`KeyedDigest` per batch of the ``ingest_keys`` rows matching ``where`` (SQL,
+    as :func:`keys_digest` takes it; no ``%`` in it: psycopg's rendering doubles it and no
+    driver undoes that here), read in chunks of ``chunk_rows`` through a server-side cursor
+    on PostgreSQL (SQLite steps its cursor): memory holds one chunk and one digest per
+    batch. In no order: a digest is a sum, and ``ORDER BY batch_id`` would make SQLite sort
+    (no index on ``batch_id``: one would cost every load its inserts)."""
+    import numpy as np
+
+    codes: dict[str, int] = {}  # batch id -> row of the sums
+    counts = np.zeros(0, dtype=np.int64)
+    sums = np.zeros((0, 2), dtype=np.uint64)
+    # The driver's own cursor, for its plain tuples (SQLAlchemy's rows cost ~1.3 s more per
+    # 1M keys; its result's cursor is not for this: it may have buffered rows already). On
+    # PostgreSQL a named cursor, which the server steps; the SQL's parameters inlined, as
+    # SQLAlchemy renders literals, since the drivers' parameter styles differ.
+    sql = str(text(f"SELECT batch_id, key_hi, key_lo FROM ingest_keys WHERE {where}")
+              .bindparams(**(params or {}))
+              .compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    cursor = (driver.cursor(name="puhui_keyed_digests") if conn.dialect.name == "postgresql"
+              else driver.cursor())
+    try:
+        cursor.execute(sql)
+        while part := cursor.fetchmany(chunk_rows):
+            batch_ids, key_hi, key_lo = zip(*part, strict=True)
+            for batch_id in set(batch_ids):
+                codes.setdefault(batch_id, len(codes))
+            code = np.fromiter(map(codes.__getitem__, batch_ids), dtype=np.intp,
+                               count=len(part))
+            if len(codes) > len(counts):
+                counts = np.concatenate([counts, np.zeros(len(codes) - len(counts), np.int64)])
+                sums = np.concatenate([sums, np.zeros((len(codes) - len(sums), 2), np.uint64)])
+            counts += np.bincount(code, minlength=len(codes))
+            halves = np.asarray(key_hi), np.asarray(key_lo)
+            # Not dtype=int64: numpy would parse a key stored (SQLite) as a BLOB or TEXT of
+            # digits to the integer it spells, which no lookup matches.
+            if any(half.dtype != np.int64 for half in halves):
+                raise PuhuiError("ingest_keys: a key half not stored as an integer (index "
+                                 "rows rewritten by hand)")
+            np.add.at(sums, code, _prf(subkey, *halves))  # wraps: mod 2^64
+    finally:
+        cursor.close()
+    return {batch_id: KeyedDigest(int(counts[i]), (int(sums[i, 0]), int(sums[i, 1])))
+            for batch_id, i in codes.items()}

@@ -57,7 +57,15 @@ from sqlalchemy.exc import IntegrityError
 from puhui.config import PartnerFeed
 from puhui.crashpoints import crash_point
 from puhui.ingest.contract import ARROW_TYPES
-from puhui.ingest.key_digest import KEYS_DIGEST, KeyDigest, keys_digest
+from puhui.ingest.key_digest import (
+    KEYS_DIGEST,
+    KEYS_MAC,
+    KeyDigest,
+    KeyedDigest,
+    digest_subkey,
+    keyed_digests,
+    keys_digest,
+)
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.copy_out import query_arrow
@@ -218,6 +226,7 @@ class RowHashes:
 
     sorted_by_key: np.ndarray | None = None  # the rows in key order (made on demand)
     digest: KeyDigest | None = None  # of every row's key (made on demand)
+    keyed: KeyedDigest | None = None  # the same, keyed (made on demand)
 
     def take(self, mask: np.ndarray) -> RowHashes:
         return RowHashes(self.key_hi[mask], self.key_lo[mask], self.value[mask])
@@ -226,6 +235,11 @@ class RowHashes:
         if self.digest is None:
             self.digest = KeyDigest.of(self.key_hi, self.key_lo)
         return self.digest
+
+    def all_keys_keyed(self, subkey: bytes) -> KeyedDigest:
+        if self.keyed is None:
+            self.keyed = KeyedDigest.of(subkey, self.key_hi, self.key_lo)
+        return self.keyed
 
     def order(self) -> np.ndarray:
         if self.sorted_by_key is None:
@@ -276,10 +290,11 @@ def _siphash_input(keys: pa.Array) -> np.ndarray:
     return keys.cast(pa.binary()).to_numpy(zero_copy_only=False)
 
 
-def row_hashes(stored: pa.Table, feed: PartnerFeed, *, digest: bool = False) -> RowHashes:
-    """The hashes :class:`KeyIndex` claims, for a table of stored columns. ``digest``: make
-    the keys' digest now, as a load's reader thread does for the claim (the index build has
-    no use for it; elsewhere it is made on demand)."""
+def row_hashes(stored: pa.Table, feed: PartnerFeed, *,
+               digest_key: bytes | None = None) -> RowHashes:
+    """The hashes :class:`KeyIndex` claims, for a table of stored columns. ``digest_key``
+    (:func:`digest_subkey`): make the keys' digests now, as a load's reader thread does for
+    the claim (the index build has no use for them; elsewhere they are made on demand)."""
     keys = _siphash_input(key_strings(stored, feed))
     halves = [_nineteen_digits(pd.util.hash_array(keys, hash_key=k, categorize=False))
               for k in _half_keys(feed)]
@@ -292,8 +307,9 @@ def row_hashes(stored: pa.Table, feed: PartnerFeed, *, digest: bool = False) -> 
         state = mixed ^ (mixed >> np.uint64(29))
     hashes = RowHashes(halves[0], halves[1], _nineteen_digits(_finish(state)))
     hashes.order()  # here, in the reader thread, rather than in the loading one
-    if digest:
+    if digest_key is not None:
         hashes.all_keys()
+        hashes.all_keys_keyed(digest_key)
     return hashes
 
 
@@ -339,11 +355,19 @@ def _lock_keys(conn: Connection, feed: PartnerFeed) -> None:
 class KeyIndex:
     """Claims one batch's keys on the load's connection, chunk by chunk."""
 
-    def __init__(self, conn: Connection, feed: PartnerFeed, batch_id: str) -> None:
+    def __init__(self, conn: Connection, feed: PartnerFeed, batch_id: str,
+                 digest_key: bytes) -> None:
         self.conn, self.feed, self.batch_id = conn, feed, batch_id
         self.repeats = Repeats()
-        self.digest = KeyDigest()  # of the keys claimed so far, for the batch's audit event
+        # Of the keys claimed so far, for the batch's audit event: the unkeyed digest that
+        # every `audit verify` checks, the keyed one `audit verify --deep` checks.
+        self.digest, self.keyed = KeyDigest(), KeyedDigest()
+        self.digest_key = digest_key
         self._locked = False
+
+    def details(self) -> dict[str, str]:
+        """The claimed keys' digests, as the batch's audit event records them."""
+        return {KEYS_DIGEST: self.digest.hex(), KEYS_MAC: self.keyed.hex()}
 
     def claim(self, chunk: PreparedChunk) -> tuple[PreparedChunk, int]:
         """``chunk`` without rows whose key an earlier batch loaded; returns rows dropped.
@@ -374,6 +398,7 @@ class KeyIndex:
                 with conn.begin_nested():
                     bulk_insert(conn, ingest_keys, claims, {"batch_id": self.batch_id})
                 self.digest += hashes.all_keys()
+                self.keyed += hashes.all_keys_keyed(self.digest_key)
                 return chunk, 0
             except _UNIQUE_VIOLATIONS:
                 pass
@@ -394,8 +419,9 @@ class KeyIndex:
                 with conn.begin_nested():
                     bulk_insert(conn, ingest_keys, claims.filter(pa.array(fresh)),
                                 {"batch_id": self.batch_id})
-                self.digest += KeyDigest.of(hashes.key_hi[order][fresh],
-                                            hashes.key_lo[order][fresh])
+                claimed = hashes.key_hi[order][fresh], hashes.key_lo[order][fresh]
+                self.digest += KeyDigest.of(*claimed)
+                self.keyed += KeyedDigest.of(self.digest_key, *claimed)
                 break
             except _UNIQUE_VIOLATIONS:
                 # The feed's key lock keeps other loads' keys out between the join and this
@@ -518,12 +544,15 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
     if done.rows_indexed or rebuilt:
         # The keys the feed's batches hold now: `audit verify` checks their sum stays this
         # (which batch holds how many of a backfill's keys no ledger figure says).
-        keys = keys_digest(conn, "batch_id IN (SELECT batch_id FROM ingest_batches "
-                                 "WHERE partner = :feed)", {"feed": feed.name})
+        feed_batches = "batch_id IN (SELECT batch_id FROM ingest_batches WHERE partner = :feed)"
+        keys = keys_digest(conn, feed_batches, {"feed": feed.name})
+        keyed = sum(keyed_digests(conn, digest_subkey(runtime.audit.key), feed_batches,
+                                  {"feed": feed.name}).values(), KeyedDigest())
         runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
             "partner": feed.name, "rows_indexed": done.rows_indexed,
             "rows_repeated": done.rows_repeated, "key_definition": definition,
-            "rebuilt": rebuilt, "keys_indexed": keys.count, KEYS_DIGEST: keys.hex()})
+            "rebuilt": rebuilt, "keys_indexed": keys.count, KEYS_DIGEST: keys.hex(),
+            KEYS_MAC: keyed.hex()})
     return done, rebuilt
 
 

@@ -241,7 +241,9 @@ MARKS_RENEWED = "ingest.marks_renewed"
 
 
 def _fact_digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:32]
+    # repr: a value JSON has no form for is one SQLite kept in the column by hand (a BLOB):
+    # it digests to something no recorded fact does, where json.dumps would raise and stop verify.
+    return hashlib.sha256(json.dumps(value, default=repr).encode()).hexdigest()[:32]
 
 
 def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +375,8 @@ def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
     """A value found in a ledger row, as a problem line prints it. Whoever edited the row
     chose it: printed as its masked shape unless it is ``plain`` (a word, number, hash or
     batch id), so no identifier and no terminal escape reaches the auditor's terminal."""
+    if isinstance(value, bytes):  # SQLite keeps a BLOB in any column: as text, masked
+        value = repr(value)
     if not isinstance(value, str) or (plain.fullmatch(value)
                                       and not find_raw_identifiers(value)):
         return repr(value)
@@ -441,6 +445,13 @@ _HOW_WRONG = {True: "index rows deleted by hand: a key missing from the index lo
               False: "index rows added by hand: a row whose key is there is not loaded"}
 _REWRITTEN = ("keys_digest differs from the audit trail's: index rows rewritten or replaced "
               "by hand")
+# Keys only: a batch id of another type is a group of its own (counted as a batch the
+# ledger has not), and value_hash decides no load (it words a warning), typed or not.
+_MISTYPED_SQL = "sum(typeof(key_hi) <> 'integer' OR typeof(key_lo) <> 'integer')"
+_MISTYPED = ("hold a key not stored as integers (SQLite keeps any type: index rows "
+             "rewritten by hand; such a key matches no lookup, so its row loads again)")
+_FORGED = ("keys_mac, the keyed digest, differs from the audit trail's: index rows rewritten "
+           "or replaced by hand")
 
 
 @dataclass(frozen=True)
@@ -451,9 +462,10 @@ class KeyIndexCheck:
     problems: list[str]
     keys: int
     undigested: str | None
+    unkeyed: str | None = None  # the same for the keyed digest (``digest_key`` given)
 
 
-def key_index_problems(engine: Engine) -> KeyIndexCheck:
+def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIndexCheck:
     """Where ``ingest_keys`` and the ledger disagree.
 
     Every loaded row claims its key in the transaction that loads it and records the batch's
@@ -469,9 +481,26 @@ def key_index_problems(engine: Engine) -> KeyIndexCheck:
     load's event per batch, a build's for the feed's batches together), recomputed here in
     the same grouped scan: a key rewritten in place, or a row swapped for a made-up one of
     the same batch, is reported too. Events from before the digest: counted only, said once.
+
+    That digest is linear and unkeyed: rows edited so that their changes cancel keep it.
+    With ``digest_key`` (:func:`digest_subkey`; ``audit verify --deep``) the keys are also
+    streamed through the keyed digest (:class:`KeyedDigest`) in the same snapshot and
+    compared with the ``keys_mac`` the same events record, which no edit keeps without the
+    key. Events from before it: said once.
+
+    On SQLite, whose columns keep any type, rows whose key is not stored as integers are
+    counted in the same scan (a BLOB of a key's digits keeps both digests but matches no
+    lookup) and the keys are then not streamed.
     """
     from puhui.audit import events_of
-    from puhui.ingest.key_digest import DIGEST_SQL, KEYS_DIGEST, KeyDigest
+    from puhui.ingest.key_digest import (
+        DIGEST_SQL,
+        KEYS_DIGEST,
+        KEYS_MAC,
+        KeyDigest,
+        KeyedDigest,
+        keyed_digests,
+    )
     from puhui.warehouse.schema import ingest_key_backfills
 
     with snapshot(engine) as conn:  # one moment: a load writes keys, row and event together
@@ -480,21 +509,50 @@ def key_index_problems(engine: Engine) -> KeyIndexCheck:
                                       ingest_batches.c.status,
                                       ingest_batches.c.rows_loaded)).all()
         indexed_feeds = set(conn.execute(select(ingest_key_backfills.c.partner)).scalars())
-        held = {row[0]: KeyDigest.from_row(row[1:]) for row in conn.execute(text(
-            f"SELECT batch_id, count(*), {DIGEST_SQL} FROM ingest_keys GROUP BY batch_id"))}
-    loaded_at: dict[str, tuple[int, str | None]] = {}  # batch -> (seq, digest) of its load
-    built: dict[str, tuple[int, int | None, str | None]] = {}  # feed -> its last build's
+        # SQLite stores any type in a column: a key half as a BLOB of its digits keeps the
+        # sums (% and / read its text) but matches no lookup. Counted in the scan made
+        # anyway; typeof of batch_id and value_hash too cost ~0.4 s more per 1M keys.
+        mistyped = _MISTYPED_SQL if conn.dialect.name == "sqlite" else "0"
+        held: dict[str, KeyDigest] = {}
+        wrong_type = 0
+        for row in conn.execute(text(f"SELECT batch_id, count(*), {DIGEST_SQL}, {mistyped} "
+                                     "FROM ingest_keys GROUP BY batch_id")):
+            # A batch id of another type (SQLite) is a group of its own: shown masked.
+            held[row[0] if isinstance(row[0], str) else repr(row[0])] = KeyDigest.from_row(
+                row[1:])
+            wrong_type += row[6]
+        keyed = (None if digest_key is None or wrong_type  # the stream would refuse them
+                 else keyed_digests(conn, digest_key))
+    # batch -> (seq, digest, keyed digest) of its load
+    loaded_at: dict[str, tuple[int, str | None, str | None]] = {}
+    # feed -> its last build's (seq, keys indexed, digest, keyed digest)
+    built: dict[str, tuple[int, int | None, str | None, str | None]] = {}
     for event in events:
         d = event["details"]
         if event["action"] == KEYS_INDEXED:
-            built[event["subject"]] = (event["seq"], d.get("keys_indexed"), d.get(KEYS_DIGEST))
+            built[event["subject"]] = (event["seq"], d.get("keys_indexed"), d.get(KEYS_DIGEST),
+                                       d.get(KEYS_MAC))
         elif event["action"] in _LOADS or d.get("outcome") == "accepted":
-            loaded_at[event["subject"]] = (event["seq"], d.get(KEYS_DIGEST))
+            loaded_at[event["subject"]] = (event["seq"], d.get(KEYS_DIGEST), d.get(KEYS_MAC))
     keys = sum(found.count for found in held.values())
     problems: list[str] = []
+    if wrong_type:
+        problems.append(f"ingest_keys: {wrong_type:,} row(s) {_MISTYPED}")
     undigested = {"batch(es)": 0, "index build(s)": 0}
-    before_build = {feed: KeyDigest() for feed, (_, recorded, _) in built.items()
+    unkeyed = dict.fromkeys(undigested, 0)
+    before_build = {feed: KeyDigest() for feed, (_, recorded, *_) in built.items()
                     if recorded is not None}
+    keyed_before_build = {feed: KeyedDigest() for feed in before_build}
+
+    def compare_keyed(found: KeyedDigest | None, recorded: str | None, what: str,
+                      line: str) -> None:
+        if found is None:  # no --deep
+            return
+        if recorded is None:
+            unkeyed[what] += 1
+        elif found.hex() != recorded:
+            problems.append(f"{line} ({_FORGED})")
+
     # Batch ids, statuses and feeds as the trail has them: this runs once the ledger agrees.
     for batch_id, partner, status, rows_loaded in sorted(batches):
         found = held.pop(batch_id, KeyDigest())
@@ -506,33 +564,43 @@ def key_index_problems(engine: Engine) -> KeyIndexCheck:
                                 "key index (index rows added by hand)")
             continue
         expected = rows_loaded or 0
-        seq, digest = loaded_at.get(batch_id, (0, None))
+        seq, digest, mac = loaded_at.get(batch_id, (0, None, None))
+        found_keyed = None if keyed is None else keyed.pop(batch_id, KeyedDigest())
         if partner in built and seq < built[partner][0]:
             if partner in before_build:
                 before_build[partner] += found
+                if found_keyed is not None:
+                    keyed_before_build[partner] += found_keyed
             if found.count > expected:
                 problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s) "
                                 f"but loaded {expected:,} row(s) (index rows added by hand)")
         elif found.count != expected:
             problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s) but "
                             f"loaded {expected:,} row(s) ({_HOW_WRONG[found.count < expected]})")
-        elif digest is None:
-            undigested["batch(es)"] += 1
-        elif found.hex() != digest:
+        elif digest is not None and found.hex() != digest:
             problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s), "
                             f"not those it loaded ({_REWRITTEN})")
+        else:  # the keyed digest catches what the unkeyed one misses (a cancelling edit)
+            undigested["batch(es)"] += digest is None
+            compare_keyed(found_keyed, mac, "batch(es)",
+                          f"ingest_keys: batch {batch_id} holds {found.count:,} key(s), "
+                          "not those it loaded")
     for feed, found in sorted(before_build.items()):
-        _, recorded, digest = built[feed]
+        _, recorded, digest, mac = built[feed]
         if found.count != recorded:
             problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
                             f"was built hold {found.count:,} key(s) but the build indexed "
                             f"{recorded:,} ({_HOW_WRONG[found.count < (recorded or 0)]})")
-        elif digest is None:
-            undigested["index build(s)"] += 1
-        elif found.hex() != digest:
+        elif digest is not None and found.hex() != digest:
             problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
                             f"was built hold {found.count:,} key(s), not those the build "
                             f"indexed ({_REWRITTEN})")
+        else:
+            undigested["index build(s)"] += digest is None
+            compare_keyed(None if keyed is None else keyed_before_build[feed], mac,
+                          "index build(s)",
+                          f"ingest_keys: feed {feed}'s batches loaded before its key index "
+                          f"was built hold {found.count:,} key(s), not those the build indexed")
     if held:
         problems.append(f"ingest_keys: {sum(f.count for f in held.values()):,} key(s) of "
                         f"{len(held)} batch(es) not in ingest_batches (index rows added by "
@@ -540,4 +608,7 @@ def key_index_problems(engine: Engine) -> KeyIndexCheck:
     said = " and ".join(f"{n} {what}" for what, n in undigested.items() if n)
     note = (f"ingest_keys: {said} recorded before key digests (keys counted, not compared)"
             if said else None)
-    return KeyIndexCheck(problems, keys, note)
+    said = " and ".join(f"{n} {what}" for what, n in unkeyed.items() if n)
+    keyed_note = (f"ingest_keys: {said} recorded before the keyed digest (checked by the "
+                  "unkeyed digest or counted only)" if said else None)
+    return KeyIndexCheck(problems, keys, note, keyed_note)

@@ -35,7 +35,7 @@ from puhui.ingest.batches import (
 )
 from puhui.ingest.contract import end_of_delivery_day
 from puhui.ingest.held_batches import is_reject_only, quarantine_copy_path, short_reason
-from puhui.ingest.key_digest import KEYS_DIGEST
+from puhui.ingest.key_digest import digest_subkey
 from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import mask_shape, scrub_text
@@ -102,14 +102,15 @@ def read_copy(copy: Path, feed: PartnerFeed, delivery_date: Any) -> Iterator[Pre
 
 
 def _load_copy(
-    conn: Connection, table: Any, feed: PartnerFeed, record: ledger.BatchRecord, copy: Path
-) -> tuple[int, int, list[str], str]:
+    conn: Connection, table: Any, feed: PartnerFeed, record: ledger.BatchRecord, copy: Path,
+    digest_key: bytes,
+) -> tuple[int, int, list[str], dict[str, str]]:
     """Load the copy into ``raw_<partner>`` on ``conn``, as ingestion loads a file: the first
     row of a key within the copy, and none whose key an earlier batch of the feed loaded.
-    Returns (rows loaded, rows not loaded as duplicates, warnings, the claimed keys' digest
+    Returns (rows loaded, rows not loaded as duplicates, warnings, the claimed keys' digests
     for the audit event)."""
     seen = SeenKeys()
-    keys = KeyIndex(conn, feed, record.batch_id)
+    keys = KeyIndex(conn, feed, record.batch_id, digest_key)
     loaded = dropped = 0
     for chunk in read_copy(copy, feed, record.delivery_date):
         chunk, repeated = drop_duplicate_keys(chunk, feed, seen)
@@ -123,7 +124,7 @@ def _load_copy(
                         f"({', '.join(feed.primary_key)}); first kept")
     if repeats := keys.repeats.warning(feed):
         warnings.append(repeats)
-    return loaded, dropped + keys.repeats.rows, warnings, keys.digest.hex()
+    return loaded, dropped + keys.repeats.rows, warnings, keys.details()
 
 
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
@@ -158,7 +159,8 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 f"({short_reason(record.reason, 120)}); it can only be rejected (reject-only)"
             )
         ensure_key_index(runtime, feed, conn)
-        loaded, dropped, warnings, digest = _load_copy(conn, table, feed, record, copy)
+        loaded, dropped, warnings, digest = _load_copy(conn, table, feed, record, copy,
+                                                      digest_subkey(runtime.audit.key))
         # The hold's failures stay on record; what the load left out is added to them.
         ledger.update_batch(
             conn,
@@ -180,7 +182,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 "partner": record.partner,
                 "rows_loaded": loaded,
                 "rows_duplicate": dropped,
-                KEYS_DIGEST: digest,
+                **digest,
                 "warnings": [scrub_text(w) for w in warnings],
                 "reason": reason,
                 "held_for": record.reason,
@@ -261,7 +263,8 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
     with engine.begin() as conn:
         record = _held_batch(conn, batch_id)
         ensure_key_index(runtime, feed, conn)
-        loaded, dropped, load_warnings, digest = _load_copy(conn, table, feed, record, copy)
+        loaded, dropped, load_warnings, digest = _load_copy(conn, table, feed, record, copy,
+                                                      digest_subkey(runtime.audit.key))
         warnings += [scrub_text(w) for w in load_warnings]
         ledger.update_batch(
             conn, batch_id, status="accepted", rows_loaded=loaded, rows_held=0,
@@ -276,7 +279,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
                      "suite_hash": suite_hash, "revalidated": True})
         runtime.audit.append(conn, REVALIDATED, batch_id, {
             **facts, "outcome": "accepted", "rows_loaded": loaded, "rows_duplicate": dropped,
-            KEYS_DIGEST: digest, "warnings": warnings})
+            **digest, "warnings": warnings})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
 
