@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -177,6 +178,14 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     the file's problem: it is held with a reason and the run moves on to the next file.
     """
     return isinstance(exc, _INFRASTRUCTURE_ERRORS)
+
+
+# A file name's undecodable bytes, as os and fsspec list them (surrogateescape).
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _escaped_byte(found: re.Match[str]) -> str:
+    return f"\\x{ord(found.group()) - 0xDC00:02x}"
 
 
 def content_key(partner: str, checksum: str) -> str:
@@ -540,8 +549,11 @@ class FileIngestor:
 
     def stored_path(self, path: str) -> str:
         """``path`` as the ledger, outcomes and output keep it: an identifier in a file's
-        name is replaced by its keyed hash (the ledger is read by BI; output is logged)."""
-        return pseudonymize_text_identifiers(path, self.key)
+        name is replaced by its keyed hash (the ledger is read by BI; output is logged), and
+        bytes of the name that are not UTF-8 (Python's surrogate escapes) by ``\\xNN``: no
+        database stores a lone surrogate, and hashing one for the batch id raised, which
+        stopped the feed at that file on every run."""
+        return pseudonymize_text_identifiers(_NOT_UTF8.sub(_escaped_byte, path), self.key)
 
     def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""

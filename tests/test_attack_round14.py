@@ -1,0 +1,128 @@
+"""Attack round 14 (see README, "Round 14"): file names that are not UTF-8, first-generation
+(15-digit) national IDs and phone numbers written with brackets. Each test failed before
+its fix unless its docstring says what was found sound.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from puhui.identifiers import national_id_check_digit
+from puhui.ingest.feeds import ingest_all_feeds
+from puhui.privacy import find_raw_identifiers, scrub_text
+from puhui.runtime import open_runtime
+from puhui.warehouse.schema import ingest_batches
+from tests import test_attack_round7
+from tests.test_attack_round7 import DAY, _ingest_payments, _payments
+
+landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
+
+_OLD_ID = "110105800101123"  # area 110105, born 1980-01-01, sequence 123
+
+
+def test_a_file_name_that_is_not_utf8_is_one_ledger_row(landing: Path) -> None:
+    """Before: a name holding bytes that are not UTF-8 (a partner's GBK or Latin-1 name,
+    listed by Python as surrogate escapes) raised UnicodeEncodeError while hashing its batch
+    id: the feed stopped at that file, every later file unread, on every run. Now the ledger
+    keeps those bytes as `\\xNN`.
+
+    Found sound (kept): a hard link to a loaded file (a duplicate), a zero-byte file (held), a
+    UTF-8 BOM at the start of a row (held by the key's pattern, its shape escaped), a link to
+    /dev/zero (held unread), a 255-byte name of Chinese characters (accepted)."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1_clean.csv").write_bytes(_payments(1))
+    (Path(os.fsdecode(os.fsencode(folder) + b"/mobile_payments_2_\xff\xfe\xb2\xe2.csv"))
+     .write_bytes(_payments(2)))
+    (folder / "mobile_payments_3_clean.csv").write_bytes(_payments(3))
+    os.link(folder / "mobile_payments_1_clean.csv", folder / "mobile_payments_4_hard.csv")
+    (folder / "mobile_payments_5_empty.csv").write_bytes(b"")
+    (folder / "mobile_payments_6_bom.csv").write_bytes(
+        _payments(6).replace(b"\n", b"\n\xef\xbb\xbf", 2))
+    os.symlink("/dev/zero", folder / "mobile_payments_7_dev.csv")
+    long_name = "mobile_payments_8_" + "长" * 75 + ".csv"  # 255 bytes, the usual limit
+    (folder / long_name).write_bytes(_payments(8))
+
+    outcomes = _ingest_payments()
+
+    assert {name: (o.status, o.rows_loaded) for name, o in outcomes.items()} == {
+        "mobile_payments_1_clean.csv": ("accepted", 5),
+        "mobile_payments_2_\\xff\\xfe\\xb2\\xe2.csv": ("accepted", 5),
+        "mobile_payments_3_clean.csv": ("accepted", 5),
+        "mobile_payments_4_hard.csv": ("duplicate", 0),
+        "mobile_payments_5_empty.csv": ("quarantined", 0),
+        "mobile_payments_6_bom.csv": ("quarantined", 0),
+        "mobile_payments_7_dev.csv": ("quarantined", 0),
+        long_name: ("accepted", 5),
+    }
+    assert "\\ufeff" in (outcomes["mobile_payments_6_bom.csv"].reason or "")
+    with open_runtime().engine.connect() as conn:
+        paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
+    assert len(paths) == 8 and all(p.isprintable() for p in paths)
+    assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
+
+
+@pytest.mark.parametrize("text_, kind", [
+    (_OLD_ID, "national ID"),
+    ("老身份证110105800101123号", "national ID"),
+    ("ID 110105 800101 123", "national ID"),
+    ("１１０１０５８００１０１１２３", "national ID"),  # full width
+    ("+86(139)87654321", "phone number"),
+    ("电话+86 (139) 8765 4321", "phone number"),
+    ("tel （139）8765-4321", "phone number"),  # full-width brackets
+])
+def test_old_ids_and_bracketed_phones_are_identifier_shaped(text_: str, kind: str) -> None:
+    """Before: a first-generation 15-digit ID and a phone with its first group in brackets
+    (as normalize_phone reads one) were plain text to the guard: not refused in reasons or
+    actors, not masked in logs, error lines, column names or file names."""
+    assert kind in find_raw_identifiers(text_)
+    assert find_raw_identifiers(scrub_text(text_)) == []
+
+
+@pytest.mark.parametrize("text_", [
+    "123456789012345",  # 15 digits, no birth date in them: an order number
+    "110105801301123",  # month 13
+    "910105800101123",  # no area code starts with 9
+    "0.110105800101123",  # a float's fraction
+    "T001101058001011",  # letters touch the digits
+])
+def test_fifteen_digit_numbers_that_are_not_ids_are_not_flagged(text_: str) -> None:
+    assert find_raw_identifiers(text_) == []
+
+
+def test_old_ids_and_bracketed_phones_in_free_text_and_file_names_are_masked(
+    landing: Path,
+) -> None:
+    """Before: loaded raw into raw_agri_coop.coop_name (GBK, as a Chinese co-operative sends
+    it), and kept raw in the ledger's source_path of a file named after an old ID."""
+    coop = landing / "agri_coop" / DAY.isoformat()
+    coop.mkdir(parents=True)
+    notes = ["老身份证110105800101123", "电话+86 (139) 8765 4321", "联系（139）8765-4321"]
+    rows = []
+    for i, note in enumerate(notes):
+        body = f"11010519800101{i:03d}"
+        rows.append(f"{body}{national_id_check_digit(body)},{note},玉米,12.5,1000,50,2026-09")
+    header = ("member_national_id,coop_name,crop,acreage_mu,harvest_sales_yuan,subsidy_yuan,"
+              "record_month")
+    (coop / "agri_coop_1.csv").write_bytes("\n".join([header, *rows, ""]).encode("gbk"))
+    (landing / "mobile_payments" / DAY.isoformat() / f"mobile_payments_{_OLD_ID}.csv"
+     ).write_bytes(_payments(1))
+
+    runtime = open_runtime()
+    outcomes = {f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(runtime, DAY)
+                for f in r.files}
+
+    loaded = outcomes["agri_coop_1.csv"]
+    assert (loaded.status, loaded.rows_loaded) == ("accepted", 3)
+    assert loaded.warnings == ["identifier-shaped text masked in coop_name: 3 value(s)"]
+    with runtime.engine.connect() as conn:
+        names = conn.execute(text("SELECT coop_name FROM raw_agri_coop")).scalars().all()
+        paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
+    assert sorted(names) == ["电话[identifier masked]", "老身份证[identifier masked]",
+                             "联系[identifier masked]"]
+    assert len(paths) == 2 and not [p for p in paths if _OLD_ID in p]
+    [payments] = [o for name, o in outcomes.items() if name.startswith("mobile_payments_~")]
+    assert (payments.status, payments.rows_loaded) == ("accepted", 5)
