@@ -6,18 +6,22 @@ its fix unless its docstring says what was found sound.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 
+from puhui.cli import main
 from puhui.identifiers import national_id_check_digit
 from puhui.ingest.feeds import ingest_all_feeds
+from puhui.ingest.quarantine import reject_batch, release_batch, revalidate_batch
 from puhui.privacy import find_raw_identifiers, scrub_text
 from puhui.runtime import open_runtime
+from puhui.settings import repo_root
 from puhui.warehouse.schema import ingest_batches
 from tests import test_attack_round7
-from tests.test_attack_round7 import DAY, _ingest_payments, _payments
+from tests.test_attack_round7 import DAY, MP_HEADER, _ingest_payments, _payments
 
 landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
 
@@ -126,3 +130,65 @@ def test_old_ids_and_bracketed_phones_in_free_text_and_file_names_are_masked(
     assert len(paths) == 2 and not [p for p in paths if _OLD_ID in p]
     [payments] = [o for name, o in outcomes.items() if name.startswith("mobile_payments_~")]
     assert (payments.status, payments.rows_loaded) == ("accepted", 5)
+
+
+def _held_by_category(case: int, category: str = "UNHEARD_OF") -> bytes:
+    """A payments file held by one value outside merchant_category's set (releasable)."""
+    header, first, *rest = _payments(case).decode().splitlines()
+    fields = first.split(",")
+    fields[MP_HEADER.index("merchant_category")] = category
+    return ("\n".join([header, ",".join(fields), *rest]) + "\n").encode()
+
+
+def test_hand_edits_of_recorded_ledger_columns_are_reported_by_verify(
+    landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `audit verify` compared status, checksum, rows and rows_loaded only, though
+    the events record more: a held batch's reason rewritten to read harmless (which invites
+    its release), a released batch's decision reason, a batch moved to another partner, a
+    duplicate pointed at another owner and rows_duplicate edited all passed."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1.csv").write_bytes(_payments(1))
+    (folder / "mobile_payments_2.csv").write_bytes(_payments(1))  # a duplicate of 1
+    (folder / "mobile_payments_3.csv").write_bytes(_held_by_category(3, "STILL_ODD"))
+    (folder / "mobile_payments_4.csv").write_bytes(_held_by_category(4))
+    (folder / "mobile_payments_5.csv").write_bytes(_held_by_category(5))
+    (folder / "mobile_payments_6.csv").write_bytes(_held_by_category(6))
+    outcomes = _ingest_payments()
+    accepted, duplicate, held, released, rejected, revalidated = (
+        outcomes[f"mobile_payments_{i}.csv"] for i in range(1, 7))
+    assert [o.status for o in (accepted, duplicate, held, released, rejected, revalidated)] == [
+        "accepted", "duplicate", "quarantined", "quarantined", "quarantined", "quarantined"]
+    runtime = open_runtime()
+    release_batch(runtime, released.batch_id, "partner confirmed the new category")
+    reject_batch(runtime, rejected.batch_id, "partner resends it")
+    suites = tmp_path / "expectations"  # the new category is legitimate: the suite is fixed
+    shutil.copytree(repo_root() / "expectations", suites)
+    suite = suites / "mobile_payments.json"
+    suite.write_text(suite.read_text().replace('"GROCERY",', '"GROCERY", "UNHEARD_OF",'))
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    runtime = open_runtime()
+    assert revalidate_batch(runtime, revalidated.batch_id).record.status == "accepted"
+    assert revalidate_batch(runtime, held.batch_id).record.status == "quarantined"
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+    assert "ingest_batches agrees with the trail: 6 batch(es)" in capsys.readouterr().out
+
+    edits = {held.batch_id: {"reason": "extra column(s) ignored: note"},
+             released.batch_id: {"reason": "critical: x | released: approved by the CRO"},
+             rejected.batch_id: {"reason": f"rejected: call {_OLD_ID}"},
+             revalidated.batch_id: {"reason": "revalidated"},
+             accepted.batch_id: {"partner": "agri_coop", "rows_duplicate": 2},
+             duplicate.batch_id: {"duplicate_of": held.batch_id}}
+    with runtime.engine.begin() as conn:
+        for batch_id, values in edits.items():
+            conn.execute(ingest_batches.update()
+                         .where(ingest_batches.c.batch_id == batch_id).values(**values))
+    assert main(["audit", "verify", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    for batch_id, values in edits.items():
+        for column in values:
+            assert f"batch {batch_id}: ingest_batches.{column} is " in err, (column, err)
+    assert "ingest_batches and the audit trail DISAGREE: 7 problem(s)" in err, err
+    assert _OLD_ID not in err

@@ -364,7 +364,29 @@ _EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantin
                  "ingest.duplicate": "duplicate", "quarantine.released": "released",
                  "quarantine.rejected": "rejected"}
 _REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
-_COMPARED = ("status", "checksum", "rows", "rows_loaded")
+_COMPARED = ("status", "checksum", "rows", "rows_loaded", "rows_duplicate")
+# Also recorded by the events, and unchecked before: a held batch's reason edited to read
+# harmless ("extra column ignored") invites its release; a batch moved to another partner or
+# a duplicate pointed at another owner passed verify.
+_TEXT_COMPARED = ("partner", "duplicate_of", "reason")
+_RECORDED = ("checksum", "rows", "rows_loaded", "rows_duplicate", "partner", "duplicate_of")
+
+
+def _reason_recorded(action: str, details: dict[str, Any]) -> str | None:
+    """The ledger's ``reason`` after the event ``action`` with ``details`` (None: the event
+    does not say), as the code writing both composes it."""
+    if action == "ingest.quarantined" or (action == "quarantine.revalidated"
+                                          and details.get("outcome") == "still held"):
+        return details.get("reason")
+    if "held_for" not in details:  # events from before it was recorded
+        return None
+    held_for = details["held_for"]
+    if action in ("quarantine.released", "quarantine.rejected"):
+        return f"{held_for} | {action.split('.')[1]}: {details.get('reason')}"
+    if action == "quarantine.revalidated" and details.get("outcome") == "accepted":
+        return (f"{held_for} | revalidated: passed suite {details.get('suite')} "
+                f"{details.get('suite_hash')}")
+    return None
 _PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
 _BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-\d{8}-[0-9a-f]{12}")  # as make_batch_id makes them
 
@@ -396,7 +418,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED])
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS))))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS))))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     for event in events:
@@ -410,7 +432,9 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             status = _REVALIDATED.get(str(d.get("outcome")))
         else:
             status = _EVENT_STATUS[event["action"]]
-        facts.update({k: d[k] for k in ("checksum", "rows", "rows_loaded") if d.get(k) is not None})
+        facts.update({k: d[k] for k in _RECORDED if d.get(k) is not None})
+        if (reason := _reason_recorded(event["action"], d)) is not None:
+            facts["reason"] = reason
         if status:
             facts["status"] = status
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
@@ -426,6 +450,12 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             if column in facts and found != facts[column]:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found)} but the audit trail says {facts[column]!r}")
+        for column in _TEXT_COMPARED:  # long or chosen by a partner: the trail's not quoted
+            found = getattr(row, column)
+            if column in facts and found != facts[column]:
+                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
+                                f"{_shown(found, _BATCH_ID)} but the audit trail recorded "
+                                "another value")
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
