@@ -5,6 +5,7 @@ its fix unless its docstring says what was found sound.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import select, text
 
 from puhui.cli import main
 from puhui.identifiers import national_id_check_digit
+from puhui.ingest import batches, ledger, reading
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.ingest.quarantine import reject_batch, release_batch, revalidate_batch
 from puhui.privacy import find_raw_identifiers, scrub_text
@@ -192,3 +194,36 @@ def test_hand_edits_of_recorded_ledger_columns_are_reported_by_verify(
             assert f"batch {batch_id}: ingest_batches.{column} is " in err, (column, err)
     assert "ingest_batches and the audit trail DISAGREE: 7 problem(s)" in err, err
     assert _OLD_ID not in err
+
+
+def test_a_file_replaced_between_its_hash_and_its_read_is_deferred(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a file renamed over by another of the same size and modification time
+    (`rsync -t`, `cp -p`, or on purpose) after it was hashed and before it was read had the
+    new rows loaded under the old bytes' checksum, and the ledger then matched the new file
+    for good. The stamp compared size and time only; now the inode and the kernel's change
+    time too (neither can be put back)."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1))
+    other = _payments(2)
+    assert len(other) == len(path.read_bytes())
+    real_open = batches.open_landed_file
+
+    def hash_then_partner_replaces(url: str) -> reading.FileHandle:
+        handle = real_open(url)
+        before = path.stat()
+        spare = path.with_name(".incoming")
+        spare.write_bytes(other)
+        os.utime(spare, ns=(before.st_atime_ns, before.st_mtime_ns))
+        spare.rename(path)
+        return handle
+
+    monkeypatch.setattr(batches, "open_landed_file", hash_then_partner_replaces)
+    during = _ingest_payments()[path.name]
+    assert during.status == "deferred" and "changed while being read" in (during.reason or "")
+    monkeypatch.setattr(batches, "open_landed_file", real_open)
+    after = _ingest_payments()[path.name]
+    assert after.status == "accepted"
+    record = ledger.get_batch(open_runtime().engine, after.batch_id)
+    assert record is not None and record.checksum == hashlib.sha256(other).hexdigest()

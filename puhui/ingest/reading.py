@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import threading
 from collections.abc import Collection, Iterator
@@ -77,7 +78,13 @@ def landed_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def file_stamp(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, ...]:
     """Size and modification time as the filesystem reports them (what changes when a
-    partner is still writing the file, or rewrites it)."""
+    partner is still writing the file, or rewrites it), and for a local file its inode and
+    change time: a file renamed over by another of the same size and modification time
+    (`rsync -t`, `cp -p`) between the hash and the read had its rows loaded under the old
+    bytes' checksum. Neither can be set back (the change time is the kernel's)."""
+    if isinstance(fs, LocalFileSystem):
+        status = os.stat(path)
+        return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
     info = fs.info(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return (info.get("size"), str(modified))
