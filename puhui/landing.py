@@ -35,8 +35,9 @@ class LandedFile:
     # Local regular files only: a file rewritten in place at the same size differs from the
     # ledger's row by this.
     mtime_ns: int | None = None
-    # Remote regular files only: what the store says changes when the object is rewritten
-    # (``change_marker``); None where its listing gives none (then size only).
+    # What changes when the file is rewritten or replaced: a remote store's
+    # (``change_marker``; None where its listing gives none, then size only), a local file's
+    # inode and change time (``local_change_marker``).
     change_marker: str | None = None
 
 
@@ -77,6 +78,22 @@ def local_mtime_ns(fs: fsspec.AbstractFileSystem, path: str) -> int | None:
         return None
 
 
+def local_change_marker(path: str) -> str | None:
+    """``ino=N ctime_ns=N`` of a local file (None: gone since listed).
+
+    The size and modification time alone let a corrected file sent again under its name at
+    the same size with the first one's time (`rsync -t`, `cp -p`) pass for the file already
+    loaded: skipped for good, its rows never loaded. The kernel sets the change time on
+    every write, rename or link, and nobody can set it back, so a change here re-reads the
+    file (a hash; the same bytes only renew the ledger's marks).
+    """
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return f"ino={status.st_ino} ctime_ns={status.st_ctime_ns}"
+
+
 def feed_location(feed: PartnerFeed, landing: str) -> str:
     """The feed's configured location, or ``<landing>/<feed name>``."""
     return feed.location or f"{landing.rstrip('/')}/{feed.name}"
@@ -115,7 +132,8 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
                 int(info.get("size") or 0),
                 kind,
                 local_mtime_ns(fs, path) if regular else None,
-                change_marker(info) if regular and not local else None,
+                None if not regular else local_change_marker(path) if local
+                else change_marker(info),
             )
         )
     return found

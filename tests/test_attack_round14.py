@@ -227,3 +227,29 @@ def test_a_file_replaced_between_its_hash_and_its_read_is_deferred(
     assert after.status == "accepted"
     record = ledger.get_batch(open_runtime().engine, after.batch_id)
     assert record is not None and record.checksum == hashlib.sha256(other).hexdigest()
+
+
+def test_a_file_replaced_after_its_load_with_its_size_and_time_is_read_again(
+    landing: Path,
+) -> None:
+    """Before: a corrected file sent again under its name at the same size with the first
+    one's modification time (`rsync -t`, `cp -p`) was skipped by discovery for good (it
+    compared path, size and time): nobody saw it, nothing said. A local file's listing now
+    gives its inode and change time as its change marker: the file is read and held as a
+    rewrite after a load."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_payments(1))
+    first = _ingest_payments()[path.name]
+    assert (first.status, first.rows_loaded) == ("accepted", 5)
+    assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
+    before = path.stat()
+    spare = path.with_name(".incoming")
+    spare.write_bytes(_payments(2))
+    os.utime(spare, ns=(before.st_atime_ns, before.st_mtime_ns))
+    spare.rename(path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    again = _ingest_payments()[path.name]  # held for a person, as any rewrite after a load
+    assert (again.status, again.rows) == ("quarantined", 5)
+    assert (again.reason or "").startswith(f"rewritten after batch {first.batch_id} loaded")
+    assert all(o.skipped for o in _ingest_payments().values()), "then a no-op again"

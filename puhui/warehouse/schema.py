@@ -66,8 +66,8 @@ ingest_batches = Table(
     # Added by migration 0005: NULL for rows from before and for remote files (change_marker).
     Column("mtime_ns", BigInteger,
            comment="the local file's modification time (ns) when it was read"),
-    # Added by migration 0007: NULL for local files (mtime_ns), rows from before, and stores
-    # whose listing gives no marker (size only).
+    # Added by migration 0007: NULL for rows from before and stores whose listing gives no
+    # marker (size only); a local file's inode and change time since round 14 (landing.py).
     Column("change_marker", Text,
            comment="a remote file's change marker as its listing gave it (key=value)"),
     # Added by migration 0006: NULL for rows ledger.pseudonymize_legacy_paths has not settled.
