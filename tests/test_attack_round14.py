@@ -51,6 +51,9 @@ def test_a_file_name_that_is_not_utf8_is_one_ledger_row(landing: Path) -> None:
     os.symlink("/dev/zero", folder / "mobile_payments_7_dev.csv")
     long_name = "mobile_payments_8_" + "长" * 75 + ".csv"  # 255 bytes, the usual limit
     (folder / long_name).write_bytes(_payments(8))
+    latin1 = os.fsdecode(os.fsencode(folder) + b"/mobile_payments_9_caf\xe9")
+    Path(latin1 + "_empty.csv").write_bytes(b"")  # held, and a link: not the happy path only
+    os.symlink("/etc/passwd", latin1 + "_link.csv")
 
     outcomes = _ingest_payments()
 
@@ -63,11 +66,13 @@ def test_a_file_name_that_is_not_utf8_is_one_ledger_row(landing: Path) -> None:
         "mobile_payments_6_bom.csv": ("quarantined", 0),
         "mobile_payments_7_dev.csv": ("quarantined", 0),
         long_name: ("accepted", 5),
+        "mobile_payments_9_caf\\xe9_empty.csv": ("quarantined", 0),
+        "mobile_payments_9_caf\\xe9_link.csv": ("quarantined", 0),
     }
     assert "\\ufeff" in (outcomes["mobile_payments_6_bom.csv"].reason or "")
     with open_runtime().engine.connect() as conn:
         paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
-    assert len(paths) == 8 and all(p.isprintable() for p in paths)
+    assert len(paths) == 10 and all(p.isprintable() for p in paths)
     assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
 
 
