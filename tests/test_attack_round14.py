@@ -6,14 +6,18 @@ its fix unless its docstring says what was found sound.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select, text
 
 from puhui.cli import main
+from puhui.generate.hostile import HostileContext
 from puhui.identifiers import national_id_check_digit
 from puhui.ingest import batches, ledger, reading
 from puhui.ingest.feeds import ingest_all_feeds
@@ -258,3 +262,36 @@ def test_a_file_replaced_after_its_load_with_its_size_and_time_is_read_again(
     assert (again.status, again.rows) == ("quarantined", 5)
     assert (again.reason or "").startswith(f"rewritten after batch {first.batch_id} loaded")
     assert all(o.skipped for o in _ingest_payments().values()), "then a no-op again"
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_a_nul_character_in_json_or_parquet_text_is_held_naming_the_column(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the NUL bytes check reads a text file's raw bytes, so a JSON `\\u0000` and a
+    Parquet string holding NUL reached PostgreSQL, which refused them mid-hold: each file
+    held as `unreadable: unexpected CharacterNotInRepertoire ... (message withheld)`, naming
+    no column (SQLite stored them)."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    orders = landing / "ecommerce_orders" / DAY.isoformat()
+    events = landing / "product_events" / DAY.isoformat()
+    orders.mkdir(parents=True)
+    events.mkdir(parents=True)
+    context = HostileContext(DAY, 1, Path("."), set())
+    lines = [json.dumps(context.order(i), ensure_ascii=False) for i in range(3)]
+    lines[1] = lines[1].replace("北京", "北\\u0000京")
+    (orders / "ecommerce_orders_1.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table = context.events_table(5)
+    at = table.schema.get_field_index("scenario")
+    pq.write_table(table.set_column(at, "scenario", pa.array(["WAL\0LET"] * 5)),
+                   events / "product_events_1.parquet")
+
+    runtime = open_runtime()
+    outcomes = {f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(runtime, DAY)
+                for f in r.files}
+
+    for name, column in (("ecommerce_orders_1.jsonl", "province"),
+                         ("product_events_1.parquet", "scenario")):
+        held = outcomes[name]
+        assert held.status == "quarantined", (name, held.reason)
+        assert (held.reason or "").startswith(f"NUL character(s) in {column}:"), held.reason

@@ -272,6 +272,14 @@ def prepare_chunk(
         if column.treatment == "pseudonymize":
             values, valid = pseudonymize_ids(values, column.pii, key, cache)
             checks[f"_valid_{stored_name}"] = valid
+        elif feed.format != "csv" and pa.types.is_string(values.type) and _holds_nul(values):
+            # A JSON `\u0000` or a Parquet string: the NUL bytes check sees only a text file's
+            # raw bytes (a CSV's). PostgreSQL refused the rows mid-hold (the file held as an
+            # unexpected CharacterNotInRepertoire, naming nothing) and SQLite stored them.
+            raise ContractViolation(
+                f"NUL character(s) in {column.name}: binary or corrupt content, which the "
+                "warehouse cannot store as text"
+            )
         elif pa.types.is_string(values.type) and (found := count_identifiers_in_column(values)):
             if column.name in feed.primary_key:
                 raise ContractViolation(
@@ -298,6 +306,20 @@ def prepare_chunk(
         checks["_after_delivery"] = late
     row_numbers = np.arange(first_row, first_row + raw.num_rows, dtype=np.int64)
     return PreparedChunk(pa.table(arrays, names=names), checks, row_numbers, masked)
+
+
+def _holds_nul(values: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether a string array's values hold a NUL character: its data bytes scanned at
+    memory speed (~5 ms per 1M short values; Arrow's match_substring took ~70 ms)."""
+    for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        offsets_buffer, data = chunk.buffers()[1:3]
+        if data is None or len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
+        start, end = offsets[chunk.offset], offsets[chunk.offset + len(chunk)]
+        if not np.frombuffer(data, dtype=np.uint8)[start:end].all():
+            return True
+    return False
 
 
 class SeenKeys:
