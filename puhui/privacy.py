@@ -2,9 +2,10 @@
 
 Used as a guard where text leaves the pipeline (audit details, reasons, GX results, logs)
 and by the privacy scan tests. The guard fails CLOSED: anything *shaped* like a mainland
-mobile number or an 18-character national ID counts, whatever its check digit and however
-it is written (``138.1234.5678``, ``+86 138 1234 5678``, ``0086-138…``, an ID with a wrong
-check digit, a lower-case ``x``). A false alarm costs a masked word; a miss leaks a person.
+mobile number or an 18-character national ID (or a 15-digit first-generation one with a
+birth date in it) counts, whatever its check digit and however it is written
+(``138.1234.5678``, ``+86 (138) 1234 5678``, ``0086-138…``, an ID with a wrong check digit,
+a lower-case ``x``). A false alarm costs a masked word; a miss leaks a person.
 
 Where a sample of file content helps a reader, it is given as a masked *shape*
 (:func:`mask_shape`: digits ``d``, letters ``a``, ``138-1234-5678`` -> ``ddd-dddd-dddd``),
