@@ -1,6 +1,8 @@
 """Attack round 14 (see README, "Round 14"): file names that are not UTF-8, first-generation
-(15-digit) national IDs and phone numbers written with brackets. Each test failed before
-its fix unless its docstring says what was found sound.
+(15-digit) national IDs and phone numbers written with brackets, ledger columns edited by
+hand, files replaced at the same size and time, NUL characters in JSON and Parquet text.
+Each test failed before its fix, except the false-alarm checks (15-digit numbers that are
+not IDs) and what a docstring says was found sound.
 """
 
 from __future__ import annotations
