@@ -60,8 +60,16 @@ def test_a_file_name_that_is_not_utf8_is_one_ledger_row(landing: Path) -> None:
     latin1 = os.fsdecode(os.fsencode(folder) + b"/mobile_payments_9_caf\xe9")
     Path(latin1 + "_empty.csv").write_bytes(b"")  # held, and a link: not the happy path only
     os.symlink("/etc/passwd", latin1 + "_link.csv")
+    # GBK: 三 ends in byte FD, which touched the phone once escaped (\xfd13812345678) and hid
+    # it from the guard, so the raw number reached the ledger and the outcome line.
+    gbk = "mobile_payments_10_张三13812345678.csv".encode("gbk")
+    Path(os.fsdecode(os.fsencode(folder) + b"/" + gbk)).write_bytes(_payments(10))
 
     outcomes = _ingest_payments()
+    gbk_outcome = [o for name, o in outcomes.items() if name.startswith("mobile_payments_10_")]
+    assert not [name for name in outcomes if "13812345678" in name]
+    assert [(o.status, o.rows_loaded) for o in gbk_outcome] == [("accepted", 5)]
+    outcomes = {n: o for n, o in outcomes.items() if not n.startswith("mobile_payments_10_")}
 
     assert {name: (o.status, o.rows_loaded) for name, o in outcomes.items()} == {
         "mobile_payments_1_clean.csv": ("accepted", 5),
@@ -78,7 +86,8 @@ def test_a_file_name_that_is_not_utf8_is_one_ledger_row(landing: Path) -> None:
     assert "\\ufeff" in (outcomes["mobile_payments_6_bom.csv"].reason or "")
     with open_runtime().engine.connect() as conn:
         paths = conn.execute(select(ingest_batches.c.source_path)).scalars().all()
-    assert len(paths) == 10 and all(p.isprintable() for p in paths)
+    assert len(paths) == 11 and all(p.isprintable() for p in paths)
+    assert not [p for p in paths if "13812345678" in p or find_raw_identifiers(p)]
     assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
 
 

@@ -575,7 +575,9 @@ class FileIngestor:
         bytes of the name that are not UTF-8 (Python's surrogate escapes) by ``\\xNN``: no
         database stores a lone surrogate, and hashing one for the batch id raised, which
         stopped the feed at that file on every run."""
-        return pseudonymize_text_identifiers(_NOT_UTF8.sub(_escaped_byte, path), self.key)
+        # Pseudonymized first: an escape ends in a hex digit or letter (``\\xfd``, GBK's 三),
+        # which touched a phone number after it and hid it from the guard.
+        return _NOT_UTF8.sub(_escaped_byte, pseudonymize_text_identifiers(path, self.key))
 
     def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""
