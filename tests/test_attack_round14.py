@@ -91,6 +91,30 @@ def test_a_file_name_that_is_not_utf8_is_one_ledger_row(landing: Path) -> None:
     assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
 
 
+def test_an_escaped_name_and_one_holding_a_backslash_are_two_ledger_paths(landing: Path) -> None:
+    """Before: the backslash was not escaped, so byte FF and a UTF-8 name spelling `\\xff`
+    shared one ledger path; the second file was held as rewritten after the first's load.
+    A UTF-8 name keeps its backslash unescaped (its rows from before still match) unless it
+    spells an escape itself."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    Path(os.fsdecode(os.fsencode(folder) + b"/mobile_payments_2_\xff.csv")).write_bytes(
+        _payments(1))
+    (folder / "mobile_payments_2_\\xff.csv").write_bytes(_payments(2))  # a literal backslash
+    (folder / "mobile_payments_3_a\\b.csv").write_bytes(_payments(3))
+
+    _ingest_payments()
+
+    with open_runtime().engine.connect() as conn:
+        rows = conn.execute(select(ingest_batches.c.source_path, ingest_batches.c.status,
+                                   ingest_batches.c.rows_loaded)).all()
+    assert sorted((p.rsplit("/", 1)[-1], s, n) for p, s, n in rows) == [
+        ("mobile_payments_2_\\x5cxff.csv", "accepted", 5),
+        ("mobile_payments_2_\\xff.csv", "accepted", 5),
+        ("mobile_payments_3_a\\b.csv", "accepted", 5),  # as stored before the escape
+    ]
+    assert all(o.skipped for o in _ingest_payments().values()), "a re-run is a no-op"
+
+
 @pytest.mark.parametrize("text_, kind", [
     (_OLD_ID, "national ID"),
     ("老身份证110105800101123号", "national ID"),

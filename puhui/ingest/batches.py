@@ -180,12 +180,14 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return isinstance(exc, _INFRASTRUCTURE_ERRORS)
 
 
-# A file name's undecodable bytes, as os and fsspec list them (surrogateescape).
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+# A file name's undecodable bytes, as os and fsspec list them (surrogateescape), and what
+# makes a name escaped: one of those, or a UTF-8 name that spells an escape itself.
+_NEEDS_ESCAPE = re.compile("[\udc80-\udcff]|\\\\x[0-9A-Fa-f]{2}")
+_ESCAPED = re.compile("[\\\\\udc80-\udcff]")
 
 
 def _escaped_byte(found: re.Match[str]) -> str:
-    return f"\\x{ord(found.group()) - 0xDC00:02x}"
+    return f"\\x{ord(found.group()) & 0xFF:02x}"  # U+DCNN is byte NN; a backslash 5c
 
 
 def content_key(partner: str, checksum: str) -> str:
@@ -575,9 +577,14 @@ class FileIngestor:
         bytes of the name that are not UTF-8 (Python's surrogate escapes) by ``\\xNN``: no
         database stores a lone surrogate, and hashing one for the batch id raised, which
         stopped the feed at that file on every run."""
-        # Pseudonymized first: an escape ends in a hex digit or letter (``\\xfd``, GBK's 三),
-        # which touched a phone number after it and hid it from the guard.
-        return _NOT_UTF8.sub(_escaped_byte, pseudonymize_text_identifiers(path, self.key))
+        # Pseudonymized first: an escape ends in a hex digit or letter (``\xfd``, GBK's 三),
+        # which touched a phone number after it and hid it from the guard. An escaped name
+        # has its backslashes escaped too (``\x5c``), else byte FF and a UTF-8 name spelling
+        # ``\xff`` shared one ledger path (the second held as a rewrite of the first). Other
+        # UTF-8 names are kept as they are, so rows from before still match their files;
+        # one spelling ``\xNN`` itself (none seen) is read once more, a duplicate of its row.
+        named = pseudonymize_text_identifiers(path, self.key)
+        return _ESCAPED.sub(_escaped_byte, named) if _NEEDS_ESCAPE.search(named) else named
 
     def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""
