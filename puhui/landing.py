@@ -37,7 +37,7 @@ class LandedFile:
     mtime_ns: int | None = None
     # What changes when the file is rewritten or replaced: a remote store's
     # (``change_marker``; None where its listing gives none, then size only), a local file's
-    # inode and change time (``local_change_marker``).
+    # change time (``local_change_marker``).
     change_marker: str | None = None
 
 
@@ -79,19 +79,22 @@ def local_mtime_ns(fs: fsspec.AbstractFileSystem, path: str) -> int | None:
 
 
 def local_change_marker(path: str) -> str | None:
-    """``ino=N ctime_ns=N`` of a local file (None: gone since listed).
+    """``ctime_ns=N`` of a local file: the kernel's change time (None: gone since listed).
 
     The size and modification time alone let a corrected file sent again under its name at
     the same size with the first one's time (`rsync -t`, `cp -p`) pass for the file already
     loaded: skipped for good, its rows never loaded. The kernel sets the change time on
-    every write, rename or link, and nobody can set it back, so a change here re-reads the
-    file (a hash; the same bytes only renew the ledger's marks).
+    every write and rename (the rename-over too) and nobody can set it back, so a change
+    here re-reads the file (a hash; the same bytes only renew the ledger's marks). It also
+    moves on a chmod, chown, new or removed hard link or xattr: a landing zone swept by
+    such tools is hashed again after each sweep. The inode is left out: FUSE mounts make
+    inode numbers up afresh at each mount, which re-hashed every file on every run.
     """
     try:
         status = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    return f"ino={status.st_ino} ctime_ns={status.st_ctime_ns}"
+    return f"ctime_ns={status.st_ctime_ns}"
 
 
 def feed_location(feed: PartnerFeed, landing: str) -> str:

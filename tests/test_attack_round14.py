@@ -24,6 +24,7 @@ from puhui.identifiers import national_id_check_digit
 from puhui.ingest import batches, ledger, reading
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.ingest.quarantine import reject_batch, release_batch, revalidate_batch
+from puhui.landing import local_change_marker as landing_marker
 from puhui.privacy import find_raw_identifiers, scrub_text
 from puhui.runtime import open_runtime
 from puhui.settings import repo_root
@@ -297,6 +298,44 @@ def test_a_file_replaced_after_its_load_with_its_size_and_time_is_read_again(
     assert (again.status, again.rows) == ("quarantined", 5)
     assert (again.reason or "").startswith(f"rewritten after batch {first.batch_id} loaded")
     assert all(o.skipped for o in _ingest_payments().values()), "then a no-op again"
+
+
+def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:
+    """Before: the marker was the inode and the change time, and each renewal its own event:
+    every chmod, hard-link snapshot (rsnapshot, `cp -al`) or remount (FUSE makes inodes up)
+    re-hashed each file and wrote an event per file, run after run. Now the change time
+    alone (a rename-over sets it too) and one event per feed run counting its renewals."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    files = [folder / f"mobile_payments_{i}.csv" for i in range(1, 6)]
+    for i, path in enumerate(files, 1):
+        path.write_bytes(_payments(i))
+    _ingest_payments()
+    assert landing_marker(str(files[0])) == f"ctime_ns={files[0].stat().st_ctime_ns}"
+    engine = open_runtime().engine
+
+    def renewals() -> list[dict]:
+        with engine.connect() as conn:
+            return [json.loads(d) for d in conn.execute(text(
+                "SELECT details FROM audit_log WHERE action = 'ingest.marks_renewed' "
+                "ORDER BY seq")).scalars()]
+
+    before = len(renewals())
+    snapshot = landing.parent / "snapshot"
+    snapshot.mkdir()
+    for path in files:
+        os.link(path, snapshot / path.name)  # a nightly hard-link backup
+        os.chmod(path, 0o640)
+    assert all(o.skipped for o in _ingest_payments().values()), "nothing loaded twice"
+    new = renewals()[before:]
+    assert [(d["partner"], d["renewed"], len(d["batches"])) for d in new] == [
+        ("mobile_payments", 5, 5)]
+    assert all(o.skipped for o in _ingest_payments().values())
+    assert len(renewals()) == before + 1, "a run with nothing renewed writes no event"
+    assert ledger.ledger_problems(engine)[0] == []
+    with engine.begin() as conn:  # the renewed marks are still compared with the trail
+        conn.execute(text("UPDATE ingest_batches SET change_marker = 'ctime_ns=1'"))
+    problems = ledger.ledger_problems(engine)[0]
+    assert len(problems) == 5 and all("change_marker" in p for p in problems)
 
 
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)

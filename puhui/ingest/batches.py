@@ -509,6 +509,7 @@ class FileIngestor:
         self.runtime, self.feed, self.validator, self.key = runtime, feed, validator, key
         self.flow_run_id = flow_run_id
         self._suite_checked = False
+        self.renewals = ledger.MarkRenewals()  # written by the feed run (ingest_feed)
 
     def check_suite(self) -> None:
         """Load the feed's suite and check its columns, once, before the first file: a
@@ -600,8 +601,7 @@ class FileIngestor:
         if (decided := ledger.get_batch(engine, base["batch_id"])) is not None:
             # The same bytes, touched: the row takes the new time (or marker), so
             # discovery skips the file again instead of hashing it on every run.
-            ledger.renew_version_marks(engine, self.runtime.audit, decided, handle.mtime_ns,
-                                       landed.change_marker, self.flow_run_id)
+            self.renewals.add(decided, handle.mtime_ns, landed.change_marker)
             return None
         if landed.kind != "file":
             kind = {"symlink": "symbolic link", "directory": "directory"}.get(

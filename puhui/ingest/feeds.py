@@ -155,8 +155,7 @@ def ingest_feed(
             if landed.kind == "file":
                 # A row from before 0005/0007 holds no time or marker: it takes the ones it
                 # is seen with, or a later same-size rewrite would match on size for ever.
-                ledger.renew_version_marks(engine, runtime.audit, known, landed.mtime_ns,
-                                           landed.change_marker, ingestor.flow_run_id)
+                ingestor.renewals.add(known, landed.mtime_ns, landed.change_marker)
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)
@@ -174,6 +173,7 @@ def ingest_feed(
         outcomes.append(outcome)
         if on_file:
             on_file(outcome)
+    ingestor.renewals.write(engine, runtime.audit, feed.name, ingestor.flow_run_id)
     arrived_today = any(f.delivery_date == as_of for f in files)
     late = is_delivery_expected(feed, as_of) and not arrived_today
     if late:

@@ -230,11 +230,12 @@ def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
 
 # The columns file discovery decides by (``seen_files``): what a ledger row says its file was.
 # Each write of them has its audit event (``discovery_facts`` in the row's insert event, a
-# ``MARKS_RENEWED`` event), so ``ledger_problems`` sees a hand edit: a changed size or mark
-# makes a file read again, a changed path makes a new delivery look known. The events hold
-# a digest per column, not the value: a size of 13,812,345,678 bytes or a modification time
-# from before 2001 (18 digits of nanoseconds) is shaped like a phone number or a national
-# ID, which audit details refuse, and a digest says as much for a comparison.
+# feed run's ``MARKS_RENEWED`` event), so ``ledger_problems`` sees a hand edit: a changed
+# size or mark makes a file read again, a changed path makes a new delivery look known. The
+# events hold a digest per column, not the value: a size of 13,812,345,678 bytes or a
+# modification time from before 2001 (18 digits of nanoseconds) is shaped like a phone
+# number or a national ID, which audit details refuse, and a digest says as much for a
+# comparison.
 DISCOVERY_COLUMNS = ("source_path", "bytes", "mtime_ns", "change_marker")
 DISCOVERY_DIGESTS = "discovery_sha256"
 MARKS_RENEWED = "ingest.marks_renewed"
@@ -250,20 +251,41 @@ def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
                                 for name in DISCOVERY_COLUMNS if name in values}}
 
 
-def renew_version_marks(engine: Engine, audit: AuditWriter, row: Any, mtime_ns: int | None,
-                        change_marker: str | None, flow_run_id: str | None = None) -> None:
-    """Give ledger ``row`` (a ``SeenFile`` or a batch) its file's current modification time
-    and change marker where it holds another or none, so discovery recognises the file by
-    them next time (a file only touched, or a row from before 0005/0007); audited in the
-    same transaction."""
-    changed = {name: value for name, value in (("mtime_ns", mtime_ns),
-                                               ("change_marker", change_marker))
-               if value is not None and getattr(row, name) != value}
-    if changed:
+class MarkRenewals:
+    """The ledger rows one feed run saw with another (or no) modification time or change
+    marker than their file's: written together at the end of the run, with one
+    ``MARKS_RENEWED`` event listing each batch's new values' digests, so discovery
+    recognises the files by them next time (a file only touched or chmodded, a row from
+    before 0005/0007). One event per file grew the trail by a file's worth on every
+    metadata sweep of the landing zone. A run stopped before ``write`` renews nothing: the
+    next one hashes those files again and renews them then."""
+
+    def __init__(self) -> None:
+        self.changed: dict[str, dict[str, Any]] = {}
+
+    def add(self, row: Any, mtime_ns: int | None, change_marker: str | None) -> None:
+        """Renew ledger ``row``'s (a ``SeenFile`` or a batch) marks where they differ."""
+        changed = {name: value for name, value in (("mtime_ns", mtime_ns),
+                                                   ("change_marker", change_marker))
+                   if value is not None and getattr(row, name) != value}
+        if changed:
+            self.changed.setdefault(row.batch_id, {}).update(changed)
+
+    def write(self, engine: Engine, audit: AuditWriter, partner: str,
+              flow_run_id: str | None = None) -> int:
+        """Update the rows and append their one event (none if nothing changed); returns
+        how many rows were renewed."""
+        if not self.changed:
+            return 0
+        renewed, self.changed = self.changed, {}
         with engine.begin() as conn:
-            update_batch(conn, row.batch_id, **changed)
-            audit.append(conn, MARKS_RENEWED, row.batch_id, discovery_facts(changed),
-                          flow_run_id=flow_run_id)
+            for batch_id, values in renewed.items():
+                update_batch(conn, batch_id, **values)
+            audit.append(conn, MARKS_RENEWED, partner, {
+                "partner": partner, "renewed": len(renewed),
+                "batches": {b: discovery_facts(v)[DISCOVERY_DIGESTS]
+                            for b, v in sorted(renewed.items())}}, flow_run_id=flow_run_id)
+        return len(renewed)
 
 
 def record_validation(
@@ -423,10 +445,14 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     for event in events:
         d = event["details"]
+        if event["action"] == MARKS_RENEWED and "batches" in d:  # a feed run's renewals
+            for batch_id, renewed in d["batches"].items():
+                digests.setdefault(batch_id, {}).update(renewed)
+            continue
         facts = expected.setdefault(event["subject"], {})
         # Events from before discovery columns were recorded carry none: not compared.
         digests.setdefault(event["subject"], {}).update(d.get(DISCOVERY_DIGESTS) or {})
-        if event["action"] == MARKS_RENEWED:
+        if event["action"] == MARKS_RENEWED:  # one batch's, before round 14
             continue
         if event["action"] == "quarantine.revalidated":
             status = _REVALIDATED.get(str(d.get("outcome")))
