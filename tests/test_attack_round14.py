@@ -300,6 +300,32 @@ def test_a_file_replaced_after_its_load_with_its_size_and_time_is_read_again(
     assert all(o.skipped for o in _ingest_payments().values()), "then a no-op again"
 
 
+def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the change time in the stamp made a chmod (or a new link) while a held
+    file's quarantine copy was written count as "changed while being read": the copy was
+    dropped, and since the bytes and so the batch id were the same, no later run read the
+    file again; a releasable hold was reject-only for good. Now the file is hashed again
+    and its copy kept when its bytes are the same."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_held_by_category(1))
+    real = batches.FileIngestor._write_quarantine_copy
+
+    def copy_then_chmod(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
+        written = real(self, handle, landed, batch_id)
+        os.chmod(path, 0o640)  # metadata only: the bytes are the same
+        return written
+
+    monkeypatch.setattr(batches.FileIngestor, "_write_quarantine_copy", copy_then_chmod)
+    held = _ingest_payments()[path.name]
+    assert held.status == "quarantined"
+    assert "no quarantine copy" not in (held.reason or "")
+    release_batch(open_runtime(), held.batch_id, "category added to the contract")
+    record = ledger.get_batch(open_runtime().engine, held.batch_id)
+    assert record is not None and record.status == "released"
+
+
 def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:
     """Before: the marker was the inode and the change time, and each renewal its own event:
     every chmod, hard-link snapshot (rsnapshot, `cp -al`) or remount (FUSE makes inodes up)

@@ -78,6 +78,7 @@ from puhui.ingest.reading import (
     check_text_bytes,
     count_parsed_rows,
     file_columns,
+    holds_hashed_bytes,
     iter_file_chunks,
     landed_fs,
     open_landed_file,
@@ -903,9 +904,12 @@ class FileIngestor:
                 copy = None
             if copy is not None and not copy.exists():
                 copy = None
-            if copy is not None and changed_since_opened(handle):
+            if copy is not None and changed_since_opened(handle) and not holds_hashed_bytes(
+                    handle):
                 # A release would load bytes the checksum does not name: no copy; the next
-                # run reads the file as it is then, as a new batch.
+                # run reads the file as it is then, as a new batch. Hashed again first: a
+                # chmod or link moves the change time alone, and dropping the copy of the
+                # same bytes left the hold reject-only for good (the same batch id next run).
                 copy.unlink()
                 copy = None
                 reason += f" (no quarantine copy: {CHANGED_WHILE_READ})"

@@ -108,6 +108,12 @@ def open_landed_file(url: str) -> FileHandle:
     # the next run reads the file again (never newer, which would hide the rewrite).
     mtime_ns = local_mtime_ns(fs, path)
     stamp = file_stamp(fs, path)
+    checksum, size, head, has_nul = _hashed(fs, path)
+    return FileHandle(fs, path, size, checksum, head, has_nul, stamp, mtime_ns)
+
+
+def _hashed(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, int, bytes, bool]:
+    """SHA-256, size, first bytes and whether a NUL byte is in ``path``'s bytes (streamed)."""
     digest, size, head, has_nul = hashlib.sha256(), 0, b"", False
     with fs.open(path, "rb") as handle:
         while block := handle.read(_HASH_BLOCK):
@@ -116,7 +122,17 @@ def open_landed_file(url: str) -> FileHandle:
             # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
             has_nul = has_nul or b"\0" in block
             size += len(block)
-    return FileHandle(fs, path, size, digest.hexdigest(), head, has_nul, stamp, mtime_ns)
+    return digest.hexdigest(), size, head, has_nul
+
+
+def holds_hashed_bytes(handle: FileHandle) -> bool:
+    """Whether the file's bytes are still the ones ``handle``'s checksum names (hashed
+    again; False if it is gone). For a stamp that moved on metadata alone: a chmod or a new
+    hard link sets a local file's change time without touching its bytes."""
+    try:
+        return _hashed(handle.fs, handle.path)[0] == handle.checksum
+    except FileNotFoundError:
+        return False
 
 
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}
