@@ -21,7 +21,7 @@ from sqlalchemy import select, text
 from puhui.cli import main
 from puhui.generate.hostile import HostileContext
 from puhui.identifiers import national_id_check_digit
-from puhui.ingest import batches, ledger, reading
+from puhui.ingest import batches, ledger, quarantine, reading
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.ingest.quarantine import reject_batch, release_batch, revalidate_batch
 from puhui.landing import local_change_marker as landing_marker
@@ -239,6 +239,45 @@ def test_hand_edits_of_recorded_ledger_columns_are_reported_by_verify(
             assert f"batch {batch_id}: ingest_batches.{column} is " in err, (column, err)
     assert "ingest_batches and the audit trail DISAGREE: 7 problem(s)" in err, err
     assert _OLD_ID not in err
+
+
+def test_verify_compares_no_reason_it_cannot_rebuild(
+    landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a decision event without `held_for` (an older writer's) left the hold's
+    reason in place, compared with the ledger's "<held> | released: ..." (a false alarm);
+    and a passing revalidation recorded the reason it read before its transaction, so a
+    "still held" one rewriting the reason in between made verify report a hand edit."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1.csv").write_bytes(_held_by_category(1))
+    (folder / "mobile_payments_2.csv").write_bytes(_held_by_category(2))
+    outcomes = _ingest_payments()
+    old_style, raced = outcomes["mobile_payments_1.csv"], outcomes["mobile_payments_2.csv"]
+    runtime = open_runtime()
+    with runtime.engine.begin() as conn:  # a release as a writer without held_for left it
+        ledger.update_batch(conn, old_style.batch_id, status="released",
+                            reason=f"{old_style.reason} | released: approved")
+        runtime.audit.append(conn, "quarantine.released", old_style.batch_id,
+                             {"partner": "mobile_payments", "reason": "approved"})
+    suites = tmp_path / "expectations"
+    shutil.copytree(repo_root() / "expectations", suites)
+    suite = suites / "mobile_payments.json"
+    suite.write_text(suite.read_text().replace('"GROCERY",', '"GROCERY", "UNHEARD_OF",'))
+    monkeypatch.setenv("PUHUI_EXPECTATIONS_DIR", str(suites))
+    runtime = open_runtime()
+    real_table = quarantine.ensure_raw_table
+
+    def another_revalidation_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with runtime.engine.begin() as conn:  # a "still held" one commits in between
+            ledger.update_batch(conn, raced.batch_id, reason="critical: other")
+            runtime.audit.append(conn, quarantine.REVALIDATED, raced.batch_id, {
+                "partner": "mobile_payments", "outcome": "still held",
+                "reason": "critical: other", "held_for": raced.reason})
+        return real_table(*args, **kwargs)
+
+    monkeypatch.setattr(quarantine, "ensure_raw_table", another_revalidation_first)
+    assert revalidate_batch(runtime, raced.batch_id).record.status == "accepted"
+    assert ledger.ledger_problems(runtime.engine)[0] == []
 
 
 def test_a_file_replaced_between_its_hash_and_its_read_is_deferred(

@@ -409,6 +409,8 @@ def _reason_recorded(action: str, details: dict[str, Any]) -> str | None:
         return (f"{held_for} | revalidated: passed suite {details.get('suite')} "
                 f"{details.get('suite_hash')}")
     return None
+
+
 _PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
 _BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-\d{8}-[0-9a-f]{12}")  # as make_batch_id makes them
 
@@ -461,6 +463,8 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         facts.update({k: d[k] for k in _RECORDED if d.get(k) is not None})
         if (reason := _reason_recorded(event["action"], d)) is not None:
             facts["reason"] = reason
+        else:  # a decision it cannot rebuild (no held_for: an older writer's): the earlier
+            facts.pop("reason", None)  # event's reason is stale, so none is compared
         if status:
             facts["status"] = status
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
