@@ -2,13 +2,14 @@
 
 Discovery is by what the ledger has not seen. Every landed file in the feed's delivery
 folders from ``as_of - late_lookback_days`` (configs/partners.yaml) up to the as-of date is
-compared with the ledger by path, size and (local files) modification time or (remote files)
-the change marker their listing gives (``landing.change_marker``): a file it has
-seen is not read again, any other (a late file landed in an old folder, for a date long past
-the watermark; a file rewritten in place) is ingested. The watermark (the latest delivery
-date a run finished) only widens the window when runs fell behind by more than the
-look-back. A file seen before whose delivery folder is recent (``watermark - RECENT_DAYS``
-on) is reported as skipped; older ones silently.
+compared with the ledger by path, size and change marker: a local file's modification time
+and change time (``landing.local_change_marker``), a remote file's marker as its listing
+gives it (``landing.change_marker``). A file it has seen is not read again, any other (a
+late file landed in an old folder, for a date long past the watermark; a file rewritten in
+place) is ingested. The watermark (the latest delivery date a run finished) only widens the
+window when runs fell behind by more than the look-back. A file seen before whose delivery
+folder is recent (``watermark - RECENT_DAYS`` on) is reported as skipped; older ones
+silently.
 """
 
 from __future__ import annotations

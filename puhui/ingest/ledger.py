@@ -135,11 +135,13 @@ class SeenFile:
     bytes: int
     mtime_ns: int | None  # None: a row from before 0005, or a remote file
     batch_id: str
-    change_marker: str | None = None  # None: a row from before 0007, or a local file
+    # None: a row from before 0007 (or, for a local file, before round 14), a store whose
+    # listing gives none
+    change_marker: str | None = None
 
     def matches(self, size: int, mtime_ns: int | None, marker: str | None = None) -> bool:
-        """Whether a landed file of ``size`` and ``mtime_ns`` (local) or change ``marker``
-        (remote) is the version this row decided.
+        """Whether a landed file of ``size``, ``mtime_ns`` (local) and change ``marker`` (a
+        remote store's, or a local file's change time) is the version this row decided.
 
         A file rewritten in place at the same size differs by its time or marker; without
         one on either side only the size is compared.
