@@ -65,21 +65,8 @@ def change_marker(info: dict[str, Any],
     return None
 
 
-def local_mtime_ns(fs: fsspec.AbstractFileSystem, path: str) -> int | None:
-    """``path``'s modification time in nanoseconds on a local filesystem, else None.
-
-    From ``os.stat`` (fsspec reports a float of seconds, which rounds nanoseconds away).
-    """
-    if not isinstance(fs, LocalFileSystem):
-        return None
-    try:
-        return os.stat(path, follow_symlinks=False).st_mtime_ns
-    except FileNotFoundError:  # gone since listed: ingesting it defers it
-        return None
-
-
-def local_change_marker(path: str) -> str | None:
-    """``ctime_ns=N`` of a local file: the kernel's change time (None: gone since listed).
+def local_change_marker(status: os.stat_result) -> str:
+    """``ctime_ns=N`` of a local file's ``status``: the kernel's change time.
 
     The size and modification time alone let a corrected file sent again under its name at
     the same size with the first one's time (`rsync -t`, `cp -p`) pass for the file already
@@ -90,11 +77,17 @@ def local_change_marker(path: str) -> str | None:
     such tools is hashed again after each sweep. The inode is left out: FUSE mounts make
     inode numbers up afresh at each mount, which re-hashed every file on every run.
     """
-    try:
-        status = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
     return f"ctime_ns={status.st_ctime_ns}"
+
+
+def _local_marks(path: str) -> tuple[int | None, str | None]:
+    """A local file's modification time (ns; fsspec's float of seconds rounds them away)
+    and change marker, from one ``lstat``."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:  # gone since listed: ingesting it defers it
+        return None, None
+    return status.st_mtime_ns, local_change_marker(status)
 
 
 def feed_location(feed: PartnerFeed, landing: str) -> str:
@@ -126,7 +119,10 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
         except ValueError:  # "2026-13-45": no delivery date to file it under (undated_folders)
             continue
         regular = kind == "file"
-        local = isinstance(fs, LocalFileSystem)
+        mtime_ns, marker = None, None
+        if regular:
+            local = isinstance(fs, LocalFileSystem)
+            mtime_ns, marker = _local_marks(path) if local else (None, change_marker(info))
         found.append(
             LandedFile(
                 feed.name,
@@ -134,9 +130,8 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
                 delivered,
                 int(info.get("size") or 0),
                 kind,
-                local_mtime_ns(fs, path) if regular else None,
-                None if not regular else local_change_marker(path) if local
-                else change_marker(info),
+                mtime_ns,
+                marker,
             )
         )
     return found

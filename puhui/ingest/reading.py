@@ -32,7 +32,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 from puhui.config import PartnerFeed
 from puhui.errors import PuhuiError
-from puhui.landing import local_mtime_ns
 from puhui.privacy import safe_name
 
 # ~330k payment rows per chunk: the ingest pipelines chunks (prepare the next while one loads),
@@ -106,8 +105,8 @@ def open_landed_file(url: str) -> FileHandle:
     fs, path = landed_fs(url)
     # First: a rewrite from here on makes the recorded time older than the bytes hashed, so
     # the next run reads the file again (never newer, which would hide the rewrite).
-    mtime_ns = local_mtime_ns(fs, path)
     stamp = file_stamp(fs, path)
+    mtime_ns = stamp[1] if isinstance(fs, LocalFileSystem) else None  # one stat for both
     checksum, size, head, has_nul = _hashed(fs, path)
     return FileHandle(fs, path, size, checksum, head, has_nul, stamp, mtime_ns)
 
