@@ -192,13 +192,15 @@ def _held_by_category(case: int, category: str = "UNHEARD_OF") -> bytes:
 
 
 def test_hand_edits_of_recorded_ledger_columns_are_reported_by_verify(
-    landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    landing: Path, tmp_path: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Before: `audit verify` compared status, checksum, rows and rows_loaded only, though
     the events record more: a held batch's reason rewritten to read harmless (which invites
     its release), a released batch's decision reason, a batch moved to another partner, a
-    duplicate pointed at another owner and rows_duplicate edited all passed."""
+    duplicate pointed at another owner and rows_duplicate edited all passed. On both
+    backends: the rebuilt reason must round-trip PostgreSQL's text and JSON exactly."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     folder = landing / "mobile_payments" / DAY.isoformat()
     (folder / "mobile_payments_1.csv").write_bytes(_payments(1))
     (folder / "mobile_payments_2.csv").write_bytes(_payments(1))  # a duplicate of 1
