@@ -35,8 +35,9 @@ class LandedFile:
     # Local regular files only: a file rewritten in place at the same size differs from the
     # ledger's row by this.
     mtime_ns: int | None = None
-    # Remote regular files only: what the store says changes when the object is rewritten
-    # (``change_marker``); None where its listing gives none (then size only).
+    # What changes when the file is rewritten or replaced: a remote store's
+    # (``change_marker``; None where its listing gives none, then size only), a local file's
+    # change time (``local_change_marker``).
     change_marker: str | None = None
 
 
@@ -64,17 +65,29 @@ def change_marker(info: dict[str, Any],
     return None
 
 
-def local_mtime_ns(fs: fsspec.AbstractFileSystem, path: str) -> int | None:
-    """``path``'s modification time in nanoseconds on a local filesystem, else None.
+def local_change_marker(status: os.stat_result) -> str:
+    """``ctime_ns=N`` of a local file's ``status``: the kernel's change time.
 
-    From ``os.stat`` (fsspec reports a float of seconds, which rounds nanoseconds away).
+    The size and modification time alone let a corrected file sent again under its name at
+    the same size with the first one's time (`rsync -t`, `cp -p`) pass for the file already
+    loaded: skipped for good, its rows never loaded. The kernel sets the change time on
+    every write and rename (the rename-over too) and nobody can set it back, so a change
+    here re-reads the file (a hash; the same bytes only renew the ledger's marks). It also
+    moves on a chmod, chown, new or removed hard link or xattr: a landing zone swept by
+    such tools is hashed again after each sweep. The inode is left out: FUSE mounts make
+    inode numbers up afresh at each mount, which re-hashed every file on every run.
     """
-    if not isinstance(fs, LocalFileSystem):
-        return None
+    return f"ctime_ns={status.st_ctime_ns}"
+
+
+def _local_marks(path: str) -> tuple[int | None, str | None]:
+    """A local file's modification time (ns; fsspec's float of seconds rounds them away)
+    and change marker, from one ``lstat``."""
     try:
-        return os.stat(path, follow_symlinks=False).st_mtime_ns
+        status = os.lstat(path)
     except FileNotFoundError:  # gone since listed: ingesting it defers it
-        return None
+        return None, None
+    return status.st_mtime_ns, local_change_marker(status)
 
 
 def feed_location(feed: PartnerFeed, landing: str) -> str:
@@ -106,7 +119,10 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
         except ValueError:  # "2026-13-45": no delivery date to file it under (undated_folders)
             continue
         regular = kind == "file"
-        local = isinstance(fs, LocalFileSystem)
+        mtime_ns, marker = None, None
+        if regular:
+            local = isinstance(fs, LocalFileSystem)
+            mtime_ns, marker = _local_marks(path) if local else (None, change_marker(info))
         found.append(
             LandedFile(
                 feed.name,
@@ -114,8 +130,8 @@ def list_landed_files(feed: PartnerFeed, landing: str, day: date | None = None) 
                 delivered,
                 int(info.get("size") or 0),
                 kind,
-                local_mtime_ns(fs, path) if regular else None,
-                change_marker(info) if regular and not local else None,
+                mtime_ns,
+                marker,
             )
         )
     return found

@@ -2,13 +2,14 @@
 
 Discovery is by what the ledger has not seen. Every landed file in the feed's delivery
 folders from ``as_of - late_lookback_days`` (configs/partners.yaml) up to the as-of date is
-compared with the ledger by path, size and (local files) modification time or (remote files)
-the change marker their listing gives (``landing.change_marker``): a file it has
-seen is not read again, any other (a late file landed in an old folder, for a date long past
-the watermark; a file rewritten in place) is ingested. The watermark (the latest delivery
-date a run finished) only widens the window when runs fell behind by more than the
-look-back. A file seen before whose delivery folder is recent (``watermark - RECENT_DAYS``
-on) is reported as skipped; older ones silently.
+compared with the ledger by path, size and change marker: a local file's modification time
+and change time (``landing.local_change_marker``), a remote file's marker as its listing
+gives it (``landing.change_marker``). A file it has seen is not read again, any other (a
+late file landed in an old folder, for a date long past the watermark; a file rewritten in
+place) is ingested. The watermark (the latest delivery date a run finished) only widens the
+window when runs fell behind by more than the look-back. A file seen before whose delivery
+folder is recent (``watermark - RECENT_DAYS`` on) is reported as skipped; older ones
+silently.
 """
 
 from __future__ import annotations
@@ -155,8 +156,7 @@ def ingest_feed(
             if landed.kind == "file":
                 # A row from before 0005/0007 holds no time or marker: it takes the ones it
                 # is seen with, or a later same-size rewrite would match on size for ever.
-                ledger.renew_version_marks(engine, runtime.audit, known, landed.mtime_ns,
-                                           landed.change_marker, ingestor.flow_run_id)
+                ingestor.renewals.add(known, landed.mtime_ns, landed.change_marker)
             if recent is not None and landed.delivery_date <= recent:
                 continue  # decided long ago: not worth a line
             outcome = ingestor.decided_earlier(landed, known.batch_id)
@@ -174,6 +174,7 @@ def ingest_feed(
         outcomes.append(outcome)
         if on_file:
             on_file(outcome)
+    ingestor.renewals.write(engine, runtime.audit, feed.name, ingestor.flow_run_id)
     arrived_today = any(f.delivery_date == as_of for f in files)
     late = is_delivery_expected(feed, as_of) and not arrived_today
     if late:

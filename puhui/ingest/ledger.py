@@ -135,11 +135,13 @@ class SeenFile:
     bytes: int
     mtime_ns: int | None  # None: a row from before 0005, or a remote file
     batch_id: str
-    change_marker: str | None = None  # None: a row from before 0007, or a local file
+    # None: a row from before 0007 (or, for a local file, before round 14), a store whose
+    # listing gives none
+    change_marker: str | None = None
 
     def matches(self, size: int, mtime_ns: int | None, marker: str | None = None) -> bool:
-        """Whether a landed file of ``size`` and ``mtime_ns`` (local) or change ``marker``
-        (remote) is the version this row decided.
+        """Whether a landed file of ``size``, ``mtime_ns`` (local) and change ``marker`` (a
+        remote store's, or a local file's change time) is the version this row decided.
 
         A file rewritten in place at the same size differs by its time or marker; without
         one on either side only the size is compared.
@@ -230,11 +232,12 @@ def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
 
 # The columns file discovery decides by (``seen_files``): what a ledger row says its file was.
 # Each write of them has its audit event (``discovery_facts`` in the row's insert event, a
-# ``MARKS_RENEWED`` event), so ``ledger_problems`` sees a hand edit: a changed size or mark
-# makes a file read again, a changed path makes a new delivery look known. The events hold
-# a digest per column, not the value: a size of 13,812,345,678 bytes or a modification time
-# from before 2001 (18 digits of nanoseconds) is shaped like a phone number or a national
-# ID, which audit details refuse, and a digest says as much for a comparison.
+# feed run's ``MARKS_RENEWED`` event), so ``ledger_problems`` sees a hand edit: a changed
+# size or mark makes a file read again, a changed path makes a new delivery look known. The
+# events hold a digest per column, not the value: a size of 13,812,345,678 bytes or a
+# modification time from before 2001 (18 digits of nanoseconds) is shaped like a phone
+# number or a national ID, which audit details refuse, and a digest says as much for a
+# comparison.
 DISCOVERY_COLUMNS = ("source_path", "bytes", "mtime_ns", "change_marker")
 DISCOVERY_DIGESTS = "discovery_sha256"
 MARKS_RENEWED = "ingest.marks_renewed"
@@ -252,20 +255,41 @@ def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
                                 for name in DISCOVERY_COLUMNS if name in values}}
 
 
-def renew_version_marks(engine: Engine, audit: AuditWriter, row: Any, mtime_ns: int | None,
-                        change_marker: str | None, flow_run_id: str | None = None) -> None:
-    """Give ledger ``row`` (a ``SeenFile`` or a batch) its file's current modification time
-    and change marker where it holds another or none, so discovery recognises the file by
-    them next time (a file only touched, or a row from before 0005/0007); audited in the
-    same transaction."""
-    changed = {name: value for name, value in (("mtime_ns", mtime_ns),
-                                               ("change_marker", change_marker))
-               if value is not None and getattr(row, name) != value}
-    if changed:
+class MarkRenewals:
+    """The ledger rows one feed run saw with another (or no) modification time or change
+    marker than their file's: written together at the end of the run, with one
+    ``MARKS_RENEWED`` event listing each batch's new values' digests, so discovery
+    recognises the files by them next time (a file only touched or chmodded, a row from
+    before 0005/0007). One event per file grew the trail by a file's worth on every
+    metadata sweep of the landing zone. A run stopped before ``write`` renews nothing: the
+    next one hashes those files again and renews them then."""
+
+    def __init__(self) -> None:
+        self.changed: dict[str, dict[str, Any]] = {}
+
+    def add(self, row: Any, mtime_ns: int | None, change_marker: str | None) -> None:
+        """Renew ledger ``row``'s (a ``SeenFile`` or a batch) marks where they differ."""
+        changed = {name: value for name, value in (("mtime_ns", mtime_ns),
+                                                   ("change_marker", change_marker))
+                   if value is not None and getattr(row, name) != value}
+        if changed:
+            self.changed.setdefault(row.batch_id, {}).update(changed)
+
+    def write(self, engine: Engine, audit: AuditWriter, partner: str,
+              flow_run_id: str | None = None) -> int:
+        """Update the rows and append their one event (none if nothing changed); returns
+        how many rows were renewed."""
+        if not self.changed:
+            return 0
+        renewed, self.changed = self.changed, {}
         with engine.begin() as conn:
-            update_batch(conn, row.batch_id, **changed)
-            audit.append(conn, MARKS_RENEWED, row.batch_id, discovery_facts(changed),
-                          flow_run_id=flow_run_id)
+            for batch_id, values in renewed.items():
+                update_batch(conn, batch_id, **values)
+            audit.append(conn, MARKS_RENEWED, partner, {
+                "partner": partner, "renewed": len(renewed),
+                "batches": {b: discovery_facts(v)[DISCOVERY_DIGESTS]
+                            for b, v in sorted(renewed.items())}}, flow_run_id=flow_run_id)
+        return len(renewed)
 
 
 def record_validation(
@@ -366,7 +390,31 @@ _EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantin
                  "ingest.duplicate": "duplicate", "quarantine.released": "released",
                  "quarantine.rejected": "rejected"}
 _REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
-_COMPARED = ("status", "checksum", "rows", "rows_loaded")
+_COMPARED = ("status", "checksum", "rows", "rows_loaded", "rows_duplicate")
+# Also recorded by the events, and unchecked before: a held batch's reason edited to read
+# harmless ("extra column ignored") invites its release; a batch moved to another partner or
+# a duplicate pointed at another owner passed verify.
+_TEXT_COMPARED = ("partner", "duplicate_of", "reason")
+_RECORDED = ("checksum", "rows", "rows_loaded", "rows_duplicate", "partner", "duplicate_of")
+
+
+def _reason_recorded(action: str, details: dict[str, Any]) -> str | None:
+    """The ledger's ``reason`` after the event ``action`` with ``details`` (None: the event
+    does not say), as the code writing both composes it."""
+    if action == "ingest.quarantined" or (action == "quarantine.revalidated"
+                                          and details.get("outcome") == "still held"):
+        return details.get("reason")
+    if "held_for" not in details:  # events from before it was recorded
+        return None
+    held_for = details["held_for"]
+    if action in ("quarantine.released", "quarantine.rejected"):
+        return f"{held_for} | {action.split('.')[1]}: {details.get('reason')}"
+    if action == "quarantine.revalidated" and details.get("outcome") == "accepted":
+        return (f"{held_for} | revalidated: passed suite {details.get('suite')} "
+                f"{details.get('suite_hash')}")
+    return None
+
+
 _PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
 _BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-\d{8}-[0-9a-f]{12}")  # as make_batch_id makes them
 
@@ -400,21 +448,29 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED])
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS))))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS))))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     for event in events:
         d = event["details"]
+        if event["action"] == MARKS_RENEWED and "batches" in d:  # a feed run's renewals
+            for batch_id, renewed in d["batches"].items():
+                digests.setdefault(batch_id, {}).update(renewed)
+            continue
         facts = expected.setdefault(event["subject"], {})
         # Events from before discovery columns were recorded carry none: not compared.
         digests.setdefault(event["subject"], {}).update(d.get(DISCOVERY_DIGESTS) or {})
-        if event["action"] == MARKS_RENEWED:
+        if event["action"] == MARKS_RENEWED:  # one batch's, before round 14
             continue
         if event["action"] == "quarantine.revalidated":
             status = _REVALIDATED.get(str(d.get("outcome")))
         else:
             status = _EVENT_STATUS[event["action"]]
-        facts.update({k: d[k] for k in ("checksum", "rows", "rows_loaded") if d.get(k) is not None})
+        facts.update({k: d[k] for k in _RECORDED if d.get(k) is not None})
+        if (reason := _reason_recorded(event["action"], d)) is not None:
+            facts["reason"] = reason
+        else:  # a decision it cannot rebuild (no held_for: an older writer's): the earlier
+            facts.pop("reason", None)  # event's reason is stale, so none is compared
         if status:
             facts["status"] = status
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
@@ -430,6 +486,12 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             if column in facts and found != facts[column]:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found)} but the audit trail says {facts[column]!r}")
+        for column in _TEXT_COMPARED:  # long or chosen by a partner: the trail's not quoted
+            found = getattr(row, column)
+            if column in facts and found != facts[column]:
+                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
+                                f"{_shown(found, _BATCH_ID)} but the audit trail recorded "
+                                "another value")
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID

@@ -239,12 +239,14 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
     suite_hash = validator.suite_hash(feed.suite)
     critical = [f for f in failed if f.severity == "critical"]
     warnings = [scrub_text(f.description) for f in failed if f.severity == "warning"]
-    facts = {"partner": record.partner, "suite": feed.suite, "suite_hash": suite_hash,
-             "held_for": record.reason}
+    # held_for is read inside each outcome's transaction, with the reason the ledger's is
+    # built from: a "still held" revalidation committing since the read above rewrote it.
+    facts: dict[str, Any] = {"partner": record.partner, "suite": feed.suite,
+                             "suite_hash": suite_hash}
     if critical:
         reason = scrub_text("critical: " + "; ".join(f.description for f in critical))
         with engine.begin() as conn:
-            _held_batch(conn, batch_id)
+            facts["held_for"] = _held_batch(conn, batch_id).reason
             ledger.update_batch(conn, batch_id, reason=reason, warnings=[
                 {"message": scrub_text(f.description), "severity": f.severity,
                  "sample_rows": f.sample_rows} for f in failed])
@@ -278,8 +280,8 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
             details={"failures": failure_dicts(failed), "warnings": warnings,
                      "suite_hash": suite_hash, "revalidated": True})
         runtime.audit.append(conn, REVALIDATED, batch_id, {
-            **facts, "outcome": "accepted", "rows_loaded": loaded, "rows_duplicate": dropped,
-            **digest, "warnings": warnings})
+            **facts, "held_for": record.reason, "outcome": "accepted", "rows_loaded": loaded,
+            "rows_duplicate": dropped, **digest, "warnings": warnings})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
 

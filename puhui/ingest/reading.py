@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import threading
 from collections.abc import Collection, Iterator
@@ -31,7 +32,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 from puhui.config import PartnerFeed
 from puhui.errors import PuhuiError
-from puhui.landing import local_mtime_ns
 from puhui.privacy import safe_name
 
 # ~330k payment rows per chunk: the ingest pipelines chunks (prepare the next while one loads),
@@ -77,7 +77,13 @@ def landed_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def file_stamp(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, ...]:
     """Size and modification time as the filesystem reports them (what changes when a
-    partner is still writing the file, or rewrites it)."""
+    partner is still writing the file, or rewrites it), and for a local file its inode and
+    change time: a file renamed over by another of the same size and modification time
+    (`rsync -t`, `cp -p`) between the hash and the read had its rows loaded under the old
+    bytes' checksum. Neither can be set back (the change time is the kernel's)."""
+    if isinstance(fs, LocalFileSystem):
+        status = os.stat(path)
+        return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
     info = fs.info(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return (info.get("size"), str(modified))
@@ -99,8 +105,14 @@ def open_landed_file(url: str) -> FileHandle:
     fs, path = landed_fs(url)
     # First: a rewrite from here on makes the recorded time older than the bytes hashed, so
     # the next run reads the file again (never newer, which would hide the rewrite).
-    mtime_ns = local_mtime_ns(fs, path)
     stamp = file_stamp(fs, path)
+    mtime_ns = stamp[1] if isinstance(fs, LocalFileSystem) else None  # one stat for both
+    checksum, size, head, has_nul = _hashed(fs, path)
+    return FileHandle(fs, path, size, checksum, head, has_nul, stamp, mtime_ns)
+
+
+def _hashed(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, int, bytes, bool]:
+    """SHA-256, size, first bytes and whether a NUL byte is in ``path``'s bytes (streamed)."""
     digest, size, head, has_nul = hashlib.sha256(), 0, b"", False
     with fs.open(path, "rb") as handle:
         while block := handle.read(_HASH_BLOCK):
@@ -109,7 +121,17 @@ def open_landed_file(url: str) -> FileHandle:
             # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
             has_nul = has_nul or b"\0" in block
             size += len(block)
-    return FileHandle(fs, path, size, digest.hexdigest(), head, has_nul, stamp, mtime_ns)
+    return digest.hexdigest(), size, head, has_nul
+
+
+def holds_hashed_bytes(handle: FileHandle) -> bool:
+    """Whether the file's bytes are still the ones ``handle``'s checksum names (hashed
+    again; False if it is gone). For a stamp that moved on metadata alone: a chmod or a new
+    hard link sets a local file's change time without touching its bytes."""
+    try:
+        return _hashed(handle.fs, handle.path)[0] == handle.checksum
+    except FileNotFoundError:
+        return False
 
 
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}

@@ -66,8 +66,10 @@ ingest_batches = Table(
     # Added by migration 0005: NULL for rows from before and for remote files (change_marker).
     Column("mtime_ns", BigInteger,
            comment="the local file's modification time (ns) when it was read"),
-    # Added by migration 0007: NULL for local files (mtime_ns), rows from before, and stores
-    # whose listing gives no marker (size only).
+    # Added by migration 0007: NULL for rows from before and stores whose listing gives no
+    # marker (size only); since round 14 a local file's change time too (`ctime_ns=N`,
+    # landing.local_change_marker). The database comment below still says "remote" as 0007
+    # wrote it: changing it takes a migration (compare_metadata sees comments).
     Column("change_marker", Text,
            comment="a remote file's change marker as its listing gave it (key=value)"),
     # Added by migration 0006: NULL for rows ledger.pseudonymize_legacy_paths has not settled.
