@@ -1,0 +1,165 @@
+"""A pre-imported parent that forks the crash test's ``puhui`` commands.
+
+A fresh ``python -m puhui run train risk`` spends ~7 s importing Prefect, MLflow, LightGBM
+and scikit-learn before it trains; the crash test's SQLite case killed six of them. This
+process imports them once; each command is then a child forked from it that runs the very
+same CLI code (``puhui.cli.main``) with its own environment, so a ``PUHUI_CRASH_AT`` kill
+still ends a real, separate process, and one killed from outside is a real process too.
+
+Safety of ``fork`` as in ``puhui.warm_worker``: this parent only imports (no thread, no
+connection; checked before it says it is ready). Prefect reads its settings once, at import:
+the parent refuses a command whose Prefect/GX environment differs from its own.
+
+Protocol (JSON lines on stdin/stdout): ``ready`` once; then per request ``{"argv", "env",
+"out", "err"}`` the reply ``{"pid"}`` at once and ``{"returncode"}`` (``-9``: SIGKILL) when the
+child ended.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+# What `run train risk` imports on its way (lazily imported ones included); a module left
+# out is imported by the child itself: slower, not wrong.
+PRELOAD = (
+    "puhui.cli", "puhui.pipeline", "flows.train", "tasks.train",
+    "puhui.risk.report", "mlflow", "mlflow.pyfunc", "mlflow.models", "lightgbm",
+    "sklearn.linear_model", "sklearn.isotonic", "sklearn.metrics", "scipy.stats",
+    "prefect.artifacts", "fastapi.encoders", "prefect.utilities.visualization",
+    "prefect.concurrency.sync", "anyio._backends._asyncio", "jinja2.ext", "typer",
+)
+
+
+def _serve() -> None:
+    from puhui.warm_worker import import_time_environment
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # moved in a newer library: the child imports what it needs
+            continue
+    gc.freeze()  # the children do not copy the imported pages by walking them
+    if threading.active_count() != 1:
+        raise SystemExit("forkserver: an import started threads; forking would be unsafe")
+    environment = import_time_environment(os.environ)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if import_time_environment(request["env"]) != environment:
+            raise SystemExit("forkserver: the command's Prefect/GX environment differs")
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+def _child(request: dict[str, Any]) -> None:
+    """Become ``puhui ARGV`` (never returns)."""
+    code = 1
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        for fd, path in ((1, request["out"]), (2, request["err"])):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(target, fd)
+            os.close(target)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["puhui", *request["argv"]]
+        from puhui.cli import main
+
+        code = main(list(request["argv"]))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - main() raises only with --debug
+        import traceback
+
+        traceback.print_exc()
+    from puhui.warm_worker import _exit_without_teardown
+
+    _exit_without_teardown(code)
+
+
+class ForkServer:
+    """The test's side: start it (with the commands' environment), then run commands."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.folder = folder
+        root = Path(__file__).resolve().parents[1]
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], env=env,
+                                        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._in, self._out = self.process.stdin, self.process.stdout.fileno()
+        self._buffer = b""  # read unbuffered: ``finished`` polls the pipe itself
+        self._ready = False
+        self._count = 0
+
+    def _read(self, timeout: float = 600) -> str:
+        """The parent's next line; a command that ran ``timeout`` s is a failure (as the
+        subprocess's timeout was)."""
+        while b"\n" not in self._buffer:
+            if not select.select([self._out], [], [], timeout)[0]:
+                raise TimeoutError(f"forkserver: nothing from the command in {timeout:.0f} s")
+            chunk = os.read(self._out, 4096)
+            if not chunk:
+                raise RuntimeError(f"forkserver ended (exit {self.process.wait()})")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def start(self, argv: list[str], env: dict[str, str]) -> int:
+        """Fork ``puhui ARGV`` and return its pid (``finish`` gives its exit)."""
+        if not self._ready:
+            assert self._read() == "ready"
+            self._ready = True
+        self._count += 1
+        self.out = self.folder / f"command{self._count}.out"
+        self.err = self.folder / f"command{self._count}.err"
+        self._in.write(json.dumps({"argv": argv, "env": env, "out": str(self.out),
+                                   "err": str(self.err)}).encode() + b"\n")
+        self._in.flush()
+        self.pid = int(json.loads(self._read())["pid"])
+        return self.pid
+
+    def finished(self) -> bool:
+        """Whether the last command has ended (and been reaped), without waiting."""
+        return b"\n" in self._buffer or bool(select.select([self._out], [], [], 0)[0])
+
+    def finish(self) -> subprocess.CompletedProcess:
+        """The last command's exit (negative: killed by that signal) and its output."""
+        try:
+            code = int(json.loads(self._read())["returncode"])
+        except TimeoutError:
+            os.kill(self.pid, signal.SIGKILL)  # as subprocess.run's timeout did
+            raise
+        return subprocess.CompletedProcess([], code, self.out.read_text(),
+                                           self.err.read_text())
+
+    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        self.start(argv, env)
+        return self.finish()
+
+    def close(self) -> None:
+        """End the parent (it waits for a command still running: a failed test's)."""
+        self._in.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+if __name__ == "__main__":
+    _serve()
