@@ -17,6 +17,7 @@ child ended.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -142,7 +143,8 @@ class ForkServer:
         try:
             code = int(json.loads(self._read())["returncode"])
         except TimeoutError:
-            os.kill(self.pid, signal.SIGKILL)  # as subprocess.run's timeout did
+            with contextlib.suppress(ProcessLookupError):  # ended (and reaped) meanwhile
+                os.kill(self.pid, signal.SIGKILL)  # as subprocess.run's timeout did
             raise
         return subprocess.CompletedProcess([], code, self.out.read_text(),
                                            self.err.read_text())
