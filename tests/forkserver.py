@@ -8,7 +8,10 @@ still ends a real, separate process, and one killed from outside is a real proce
 
 Safety of ``fork`` as in ``puhui.warm_worker``: this parent only imports (no thread, no
 connection; checked before it says it is ready). Prefect reads its settings once, at import:
-the parent refuses a command whose Prefect/GX environment differs from its own.
+so, as the warm worker, the parent first applies the CLI's own setup (``configure_runtime``:
+quiet defaults and ``PREFECT_HOME``; ``choose_prefect_target``: a running server's
+``PREFECT_API_URL``), then imports, and refuses a command whose Prefect/GX environment after
+that same setup differs from its own.
 
 Protocol (JSON lines on stdin/stdout): ``ready`` once; then per request ``{"argv", "env",
 "out", "err"}`` the reply ``{"pid"}`` at once and ``{"returncode"}`` (``-9``: SIGKILL) when the
@@ -41,9 +44,31 @@ PRELOAD = (
 )
 
 
-def _serve() -> None:
+def _effective_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The Prefect/GX variables a command run with ``environ`` has when it imports Prefect
+    (after the CLI's setup, as ``puhui.warm_worker.delegate`` computes them); this process's
+    own environment is left as it was."""
+    from puhui.prefect_server import choose_prefect_target
+    from puhui.settings import configure_runtime, load_settings
     from puhui.warm_worker import import_time_environment
 
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        settings = load_settings()
+        configure_runtime(settings)
+        choose_prefect_target(settings)
+        return import_time_environment(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _serve() -> None:
+    environment = _effective_environment(dict(os.environ))
+    # Prefect, imported below, keeps what it reads now: the commands' effective values.
+    os.environ.update(environment)
     for name in PRELOAD:
         try:
             importlib.import_module(name)
@@ -52,11 +77,10 @@ def _serve() -> None:
     gc.freeze()  # the children do not copy the imported pages by walking them
     if threading.active_count() != 1:
         raise SystemExit("forkserver: an import started threads; forking would be unsafe")
-    environment = import_time_environment(os.environ)
     print("ready", flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        if import_time_environment(request["env"]) != environment:
+        if _effective_environment(request["env"]) != environment:
             raise SystemExit("forkserver: the command's Prefect/GX environment differs")
         pid = os.fork()
         if pid == 0:
