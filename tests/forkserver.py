@@ -123,12 +123,15 @@ class ForkServer:
     def __init__(self, env: dict[str, str], folder: Path) -> None:
         self.folder = folder
         root = Path(__file__).resolve().parents[1]
+        # Its own session: ``close`` ends it with whatever it forked (a failed test's command).
         self.process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], env=env,
-                                        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        start_new_session=True)
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in, self._out = self.process.stdin, self.process.stdout.fileno()
         self._buffer = b""  # read unbuffered: ``finished`` polls the pipe itself
         self._ready = False
+        self._running = False
         self._count = 0
 
     def _read(self, timeout: float = 600) -> str:
@@ -139,6 +142,7 @@ class ForkServer:
                 raise TimeoutError(f"forkserver: nothing from the command in {timeout:.0f} s")
             chunk = os.read(self._out, 4096)
             if not chunk:
+                self._kill_group()  # a command it forked would run on, orphaned
                 raise RuntimeError(f"forkserver ended (exit {self.process.wait()})")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
@@ -156,6 +160,7 @@ class ForkServer:
                                    "err": str(self.err)}).encode() + b"\n")
         self._in.flush()
         self.pid = int(json.loads(self._read())["pid"])
+        self._running = True
         return self.pid
 
     def finished(self) -> bool:
@@ -166,6 +171,7 @@ class ForkServer:
         """The last command's exit (negative: killed by that signal) and its output."""
         try:
             code = int(json.loads(self._read())["returncode"])
+            self._running = False
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):  # ended (and reaped) meanwhile
                 os.kill(self.pid, signal.SIGKILL)  # as subprocess.run's timeout did
@@ -177,13 +183,22 @@ class ForkServer:
         self.start(argv, env)
         return self.finish()
 
+    def _kill_group(self) -> None:
+        """SIGKILL the parent and every command it forked (its session's process group; the
+        parent is not reaped yet, so its id still names that group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
     def close(self) -> None:
-        """End the parent (it waits for a command still running: a failed test's)."""
+        """End the parent, and a command still running (a failed or interrupted test's),
+        which would otherwise go on writing into the next test's servers."""
         self._in.close()
+        if self._running:
+            self._kill_group()
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._kill_group()
             self.process.wait()
 
 
