@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 # What `run train risk` imports on its way (lazily imported ones included); a module left
 # out is imported by the child itself: slower, not wrong.
@@ -66,6 +65,8 @@ def _effective_environment(environ: dict[str, str]) -> dict[str, str]:
 
 
 def _serve() -> None:
+    from puhui.warm_worker import run_command_in_child
+
     environment = _effective_environment(dict(os.environ))
     # Prefect, imported below, keeps what it reads now: the commands' effective values.
     os.environ.update(environment)
@@ -82,39 +83,18 @@ def _serve() -> None:
         request = json.loads(line)
         if _effective_environment(request["env"]) != environment:
             raise SystemExit("forkserver: the command's Prefect/GX environment differs")
+        # stdin from /dev/null, stdout and stderr to the request's files
+        fds = [os.open(os.devnull, os.O_RDONLY)]
+        fds += [os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                for name in ("out", "err")]
         pid = os.fork()
         if pid == 0:
-            _child(request)
+            run_command_in_child(request["argv"], request["env"], fds)  # never returns
+        for fd in fds:
+            os.close(fd)
         print(json.dumps({"pid": pid}), flush=True)
         _, status = os.waitpid(pid, 0)
         print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
-
-
-def _child(request: dict[str, Any]) -> None:
-    """Become ``puhui ARGV`` (never returns)."""
-    code = 1
-    try:
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        for fd, path in ((1, request["out"]), (2, request["err"])):
-            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.dup2(target, fd)
-            os.close(target)
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = ["puhui", *request["argv"]]
-        from puhui.cli import main
-
-        code = main(list(request["argv"]))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # noqa: BLE001 - main() raises only with --debug
-        import traceback
-
-        traceback.print_exc()
-    from puhui.warm_worker import _exit_without_teardown
-
-    _exit_without_teardown(code)
 
 
 class ForkServer:
