@@ -343,34 +343,53 @@ class SmallRiskModel:
     gates: GateResult
 
 
-@pytest.fixture(scope="session")
-def small_risk_model(risk_templates: RiskTemplates,
-                     tmp_path_factory: pytest.TempPathFactory) -> SmallRiskModel:
-    """Built once per worker for the tests that publish one (in memory; each test publishes
-    into its own home): the retried register step and the publisher's fence."""
-    import copy
-
-    import numpy as np
-
+def risk_training_set(url: str) -> TrainingSet:
+    """The risk training set of the warehouse at ``url`` as of ``RISK_AS_OF`` (shipped
+    configs)."""
     from puhui.config import FeaturesConfig, ModelsConfig, load_config
-    from puhui.risk.evaluation import evaluate_risk_model
-    from puhui.risk.gates import check_gates
-    from puhui.risk.model import train_candidate
-    from puhui.risk.training_set import TRAIN, VALID, applicant_features, build_training_set
+    from puhui.risk.training_set import applicant_features, build_training_set
     from puhui.warehouse.engine import get_engine
 
-    url, _ = risk_templates.copy("clean", "sqlite", tmp_path_factory.mktemp("small-risk"))
     engine = get_engine(url)
     config_dir = load_settings().config_dir
     spec = load_config(config_dir, FeaturesConfig)
     model = load_config(config_dir, ModelsConfig).credit_risk
-    full = build_training_set(engine, spec, model,
+    return build_training_set(engine, spec, model,
                               applicant_features(engine, spec, date.fromisoformat(RISK_AS_OF)))
-    dispose_engines()
+
+
+def small_portfolio(full: TrainingSet, draw: int) -> TrainingSet:
+    """A co-operative's thousand labelled loans: ``full`` with its other labelled rows dropped
+    (the unlabelled ones stay), drawn with seed ``draw``."""
+    import copy
+
+    import numpy as np
+
     training = copy.copy(full)
     labelled = full.frame.index[full.frame["label"].notna()]
-    dropped = np.random.default_rng(1).choice(labelled, len(labelled) - 1000, replace=False)
+    dropped = np.random.default_rng(draw).choice(labelled, len(labelled) - 1000, replace=False)
     training.frame = full.frame.drop(index=dropped).reset_index(drop=True)
+    return training
+
+
+@pytest.fixture(scope="session")
+def small_risk_model(risk_templates: RiskTemplates,
+                     tmp_path_factory: pytest.TempPathFactory) -> SmallRiskModel:
+    """Built once per worker for the tests that publish one (in memory; each test publishes
+    into its own home): the retried register step and the publisher's fence. The portfolio is
+    test_risk_model's first small draw."""
+    from puhui.config import FeaturesConfig, ModelsConfig, load_config
+    from puhui.risk.evaluation import evaluate_risk_model
+    from puhui.risk.gates import check_gates
+    from puhui.risk.model import train_candidate
+    from puhui.risk.training_set import TRAIN, VALID
+
+    url, _ = risk_templates.copy("clean", "sqlite", tmp_path_factory.mktemp("small-risk"))
+    training = small_portfolio(risk_training_set(url), draw=1)
+    dispose_engines()
+    config_dir = load_settings().config_dir
+    spec = load_config(config_dir, FeaturesConfig)
+    model = load_config(config_dir, ModelsConfig).credit_risk
     trained, benchmark = train_candidate(training.split(TRAIN), training.split(VALID),
                                          training.features, training.categorical, model)
     evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
