@@ -40,8 +40,11 @@ def _publish_overtaken(name: str, runtime: Runtime, monkeypatch: pytest.MonkeyPa
             take_generation(engine, name)
     monkeypatch.setattr(registry, "crash_point", newer_training)
     with pytest.raises(FencedOut, match=f"^the training lock of {name} was lost during "
-                                        "the registration"):
+                                        "the registration") as refused:
         publish(fenced(runtime.audit, fence, REGISTRATION))
+    # The rows' guard refused, not some fenced write after the registration (which would
+    # leave no rows too, with the rows' guard dropped).
+    assert "write_evaluations" in {entry.name for entry in refused.traceback}
     # The registration went through (its completion is not fenced): the refusal was the rows'.
     assert [e["details"]["version"] for e in events_of(engine, [REGISTERED])] == ["1"]
     assert [str(v.version) for v in mlflow_client(runtime.settings.mlflow_tracking_uri)
