@@ -34,9 +34,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from puhui.files import write_text_atomically
 from puhui.processes import pid_alive, stop_process
@@ -360,6 +361,28 @@ def _handle(conn: socket.socket, listener: socket.socket, environment: dict[str,
 
 def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     """In the forked child: become the client's command and run the CLI."""
+
+    def started() -> None:
+        conn.settimeout(None)
+        # A duplicate nobody closes: the client sees the end of the connection only when
+        # this process is gone, after Prefect's exit handlers sent the last logs.
+        os.dup(conn.fileno())
+        _send(conn, {"ok": True, "pid": os.getpid()})
+
+    run_command_in_child(request["argv"], request["env"], fds, cwd=request["cwd"],
+                         started=started, ended=lambda code: _send(conn, {"rc": code}))
+
+
+def run_command_in_child(argv: list[str], env: dict[str, str], fds: Sequence[int],
+                         cwd: str | None = None, started: Callable[[], None] = lambda: None,
+                         ended: Callable[[int], None] = lambda _code: None) -> NoReturn:
+    """In a child forked from a preloaded parent: become ``puhui ARGV`` and exit with its code.
+
+    ``fds`` become its stdin, stdout and stderr (and are closed); ``env`` replaces the
+    environment. The exit code is the interpreter's: ``SystemExit(None)`` 0, Ctrl-C 130, an
+    exception (only with ``--debug``) 1 after its traceback. ``started`` runs just before the
+    CLI, ``ended(code)`` after it (an OSError there is ignored: the client may be gone).
+    """
     code = 1
     try:
         for signum in (signal.SIGTERM, signal.SIGCHLD):
@@ -367,21 +390,20 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> 
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
+        for fd in set(fds) - {0, 1, 2}:
+            os.close(fd)
         for stream in (sys.stdout, sys.stderr):
             if stream.isatty():
                 stream.reconfigure(line_buffering=True)
-        os.chdir(request["cwd"])
+        if cwd is not None:
+            os.chdir(cwd)
         os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = ["puhui", *request["argv"]]
-        conn.settimeout(None)
-        # A duplicate nobody closes: the client sees the end of the connection only when
-        # this process is gone, after Prefect's exit handlers sent the last logs.
-        os.dup(conn.fileno())
-        _send(conn, {"ok": True, "pid": os.getpid()})
+        os.environ.update(env)
+        sys.argv = ["puhui", *argv]
+        started()
         from puhui.cli import main
 
-        code = main(list(request["argv"]))
+        code = main(list(argv))
     except SystemExit as exc:
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
@@ -395,11 +417,11 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> 
             sys.stdout.flush()
             sys.stderr.flush()
         with contextlib.suppress(OSError):
-            _send(conn, {"rc": code})
+            ended(code)
     _exit_without_teardown(code)
 
 
-def _exit_without_teardown(code: int) -> None:
+def _exit_without_teardown(code: int) -> NoReturn:
     """Exit as the interpreter does, minus freeing every object one by one.
 
     Threading's exit hooks run and the run's threads are joined, then the atexit handlers

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -67,6 +68,12 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 from puhui.throwaway_postgres import PostgresServer, find_postgres_bin_dir, throwaway_postgres  # noqa: E402
 from puhui.warehouse.engine import dispose_engines  # noqa: E402
+
+if TYPE_CHECKING:
+    from puhui.lifecycle.gates import GateResult
+    from puhui.risk.evaluation import Evaluation
+    from puhui.risk.model import TrainedModel
+    from puhui.risk.training_set import TrainingSet
 
 TEST_PSEUDONYM_KEY = "test-key-" + "0123456789abcdef" * 3
 # The audit chain's key for every test (and the commands they start); tests of a missing or
@@ -323,6 +330,70 @@ def risk_templates(tmp_path_factory: pytest.TempPathFactory,
         pg = request.getfixturevalue("pg_server")
     return RiskTemplates(tmp_path_factory.mktemp("risk"), pg,
                          run_shared_dir(tmp_path_factory, "risk-shared"))
+
+
+@dataclass(frozen=True, repr=False)  # a failing test would print the whole frame
+class SmallRiskModel:
+    """A credit_risk candidate trained and evaluated on a thousand labelled loans of the
+    clean template (as a small co-operative's portfolio): seconds to publish."""
+
+    training: TrainingSet
+    trained: TrainedModel
+    evaluation: Evaluation
+    gates: GateResult
+
+
+def risk_training_set(url: str) -> TrainingSet:
+    """The risk training set of the warehouse at ``url`` as of ``RISK_AS_OF`` (shipped
+    configs)."""
+    from puhui.config import FeaturesConfig, ModelsConfig, load_config
+    from puhui.risk.training_set import applicant_features, build_training_set
+    from puhui.warehouse.engine import get_engine
+
+    engine = get_engine(url)
+    config_dir = load_settings().config_dir
+    spec = load_config(config_dir, FeaturesConfig)
+    model = load_config(config_dir, ModelsConfig).credit_risk
+    return build_training_set(engine, spec, model,
+                              applicant_features(engine, spec, date.fromisoformat(RISK_AS_OF)))
+
+
+def small_portfolio(full: TrainingSet, draw: int) -> TrainingSet:
+    """A co-operative's thousand labelled loans: ``full`` with its other labelled rows dropped
+    (the unlabelled ones stay), drawn with seed ``draw``."""
+    import copy
+
+    import numpy as np
+
+    training = copy.copy(full)
+    labelled = full.frame.index[full.frame["label"].notna()]
+    dropped = np.random.default_rng(draw).choice(labelled, len(labelled) - 1000, replace=False)
+    training.frame = full.frame.drop(index=dropped).reset_index(drop=True)
+    return training
+
+
+@pytest.fixture(scope="session")
+def small_risk_model(risk_templates: RiskTemplates,
+                     tmp_path_factory: pytest.TempPathFactory) -> SmallRiskModel:
+    """Built once per worker for the tests that publish one (in memory; each test publishes
+    into its own home): the retried register step and the publisher's fence. The portfolio is
+    test_risk_model's first small draw."""
+    from puhui.config import FeaturesConfig, ModelsConfig, load_config
+    from puhui.risk.evaluation import evaluate_risk_model
+    from puhui.risk.gates import check_gates
+    from puhui.risk.model import train_candidate
+    from puhui.risk.training_set import TRAIN, VALID
+
+    url, _ = risk_templates.copy("clean", "sqlite", tmp_path_factory.mktemp("small-risk"))
+    training = small_portfolio(risk_training_set(url), draw=1)
+    dispose_engines()
+    config_dir = load_settings().config_dir
+    spec = load_config(config_dir, FeaturesConfig)
+    model = load_config(config_dir, ModelsConfig).credit_risk
+    trained, benchmark = train_candidate(training.split(TRAIN), training.split(VALID),
+                                         training.features, training.categorical, model)
+    evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
+    return SmallRiskModel(training, trained, evaluation, check_gates(evaluation, model.gates))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

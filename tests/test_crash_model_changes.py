@@ -2,7 +2,8 @@
 
 Each crash runs a real ``puhui`` command in a subprocess with ``PUHUI_CRASH_AT=<point>``
 (``SIGKILL`` to itself, as ``kill -9`` would), on a real MLflow SQLite store and warehouse;
-training runs a real Prefect flow against the session's Prefect server. After each crash the
+training runs a real Prefect flow against the session's Prefect server, in a process forked
+from one that imported its libraries once (tests/forkserver.py). After each crash the
 invariants are checked: every intent has an outcome, ``audit verify`` passes, MLflow and the
 trail agree, and no version is tagged ``gates.passed`` without the trail's gate results.
 
@@ -14,6 +15,7 @@ with no record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,7 @@ from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import dispose_engines, held_lock
 from tests.conftest import RISK_AS_OF, TEST_AUDIT_KEY, RiskTemplates, no_search_config, risk_env
+from tests.forkserver import ForkServer
 
 NAME = "credit_risk"
 OUTCOMES = {REGISTERED, REGISTER_ABORTED, ALIAS_SET, "model.alias.aborted", "model.alias.removed"}
@@ -263,8 +266,22 @@ def train_env(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
     dispose_engines()
 
 
-def _train_crash(point: str, *extra: str) -> subprocess.CompletedProcess:
-    return _crash("run", "train", "risk", "--as-of", RISK_AS_OF, *extra, point=point)
+@pytest.fixture
+def trainings(train_env: Path, tmp_path: Path) -> Iterator[ForkServer]:
+    """Where the killed trainings start: forked from a parent that imported their libraries
+    once (~7 s a training before), started here with their environment and importing while
+    the test goes on. Each training is still a process of its own, killed at its crash
+    point (``PUHUI_CRASH_AT``) or from outside."""
+    env = {k: v for k, v in os.environ.items() if k != "PUHUI_CRASH_AT"}
+    server = ForkServer(env, tmp_path)
+    yield server
+    server.close()
+
+
+def _train_crash(server: ForkServer, point: str, *extra: str) -> subprocess.CompletedProcess:
+    """``puhui run train risk`` in its own (forked) process, killed at ``point``."""
+    return server.run(["run", "train", "risk", "--as-of", RISK_AS_OF, *extra],
+                      {**os.environ, "PUHUI_CRASH_AT": point})
 
 
 def _versions() -> dict[str, dict[str, str]]:
@@ -273,13 +290,13 @@ def _versions() -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
+def test_train_killed_at_each_model_change_point(trainings: ForkServer, dialect: str,
                                                  puhui: Callable[..., Ran]) -> None:
     # 1. Killed after the registration intent, before MLflow: nothing registered; verify
     #    records the registration as aborted. (PostgreSQL runs only the case of issue 10,
     #    point 2: each training costs half a minute and the code is the same.)
     if dialect == "sqlite":
-        crashed = _train_crash("register.before_mlflow")
+        crashed = _train_crash(trainings, "register.before_mlflow")
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
         assert _versions() == {} and _model_events()[-1]["action"] == REGISTER_INTENT
         verified = puhui("audit", "verify")
@@ -289,7 +306,7 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     # 2. Killed between MLflow's registration and the audit write: v1 exists, with no gate
     #    tag (before: tagged gates.passed=true and promotable). The next command recovers
     #    the registration event; v1 stays ungated and is refused.
-    crashed = _train_crash("register.after_mlflow")
+    crashed = _train_crash(trainings, "register.after_mlflow")
     assert crashed.returncode == -signal.SIGKILL
     assert list(_versions()) == ["1"] and GATES_PASSED_TAG not in _versions()["1"]
     promote = puhui("models", "promote", NAME, "--version", "1", "--reason", "x", "--force")
@@ -304,7 +321,7 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     #    of the model lock, so no one else could move an alias in between): before, v2 kept
     #    no alias for good, the next run skipping it as "unchanged: v2". Now that run makes
     #    it challenger (what its run would have done) and says so in its steps.
-    crashed = _train_crash("gate.after_tag")
+    crashed = _train_crash(trainings, "gate.after_tag")
     assert crashed.returncode == -signal.SIGKILL
     client = mlflow_client(load_settings().mlflow_tracking_uri)
     assert _versions()["2"][GATES_PASSED_TAG] == "true" and current_aliases(client, NAME) == {}
@@ -319,7 +336,7 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
 
     # 3b. Killed after the gate verdict was recorded, before the tags: the next command's
     #     reconcile restores the tags from the trail.
-    crashed = _train_crash("gate.before_tag", "--force")
+    crashed = _train_crash(trainings, "gate.before_tag", "--force")
     assert crashed.returncode == -signal.SIGKILL
     assert GATES_PASSED_TAG not in _versions()["3"] and _model_events()[-1]["action"] == GATES
     again = puhui("run", "train", "risk", "--as-of", RISK_AS_OF)
@@ -330,7 +347,7 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
 
     # 4. Killed after MLflow moved the challenger alias, before its event: recovered.
     started = time.monotonic()
-    crashed = _train_crash("alias.after_mlflow", "--force")
+    crashed = _train_crash(trainings, "alias.after_mlflow", "--force")
     nearly_full_run = time.monotonic() - started  # step 5's command, killed near its end
     assert crashed.returncode == -signal.SIGKILL
     assert current_aliases(client, NAME)[CHALLENGER] == "4"
@@ -343,18 +360,18 @@ def test_train_killed_at_each_model_change_point(train_env: Path, dialect: str,
     #    this into a check of a normal run.
     seconds = random.Random(10).uniform(0.3, 0.8) * nearly_full_run
     seen = _model_events()[-1]["seq"]
-    process = subprocess.Popen([sys.executable, "-m", "puhui", "run", "train", "risk",
-                                "--as-of", RISK_AS_OF, "--force"],
-                               env={k: v for k, v in os.environ.items() if k != "PUHUI_CRASH_AT"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = trainings.start(["run", "train", "risk", "--as-of", RISK_AS_OF, "--force"],
+                          {k: v for k, v in os.environ.items() if k != "PUHUI_CRASH_AT"})
     time.sleep(seconds)
-    alive = process.poll() is None
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    alive = not trainings.finished()
+    # Its parent reaps it as soon as it ends: a run that ended first is the `where` failure.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    returncode = trainings.finish().returncode
     landed = [e["action"] for e in _model_events() if e["seq"] > seen][-1:] or ["none"]
     where = (f"kill at {seconds:.1f}s of a {nearly_full_run:.1f}s run; last model event "
              f"before it: {landed[0]}")
-    assert alive and process.returncode == -signal.SIGKILL, where
+    assert alive and returncode == -signal.SIGKILL, where
     assert_invariants(puhui)
 
 

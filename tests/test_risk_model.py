@@ -31,14 +31,11 @@ from puhui.risk.training_set import (
     OOT,
     TRAIN,
     VALID,
-    TrainingSet,
-    applicant_features,
-    build_training_set,
 )
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from puhui.warehouse.schema import ingest_batches, model_evaluations, user_features
-from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
+from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env, risk_training_set, small_portfolio
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 NAME = "credit_risk"
@@ -126,18 +123,9 @@ def risk_biased(risk_templates: RiskTemplates, dialect: str, puhui_env: Path,
     return risk_env(risk_templates, "penalized_rural", dialect, puhui_env, monkeypatch)
 
 
-def _training_set(url: str) -> TrainingSet:
-    """The risk training set of the warehouse at ``url`` as of ``AS_OF`` (shipped configs)."""
-    engine = get_engine(url)
-    settings = load_settings()
-    spec = load_config(settings.config_dir, FeaturesConfig)
-    model = load_config(settings.config_dir, ModelsConfig).credit_risk
-    return build_training_set(engine, spec, model, applicant_features(engine, spec, AS_OF))
-
-
 def test_training_set_is_point_in_time_matured_and_out_of_time(risk_clean: str) -> None:
     model = load_config(load_settings().config_dir, ModelsConfig).credit_risk
-    training = _training_set(risk_clean)
+    training = risk_training_set(risk_clean)
     frame = training.frame
     assert (frame["as_of_date"] == frame["application_date"] - timedelta(days=1)).all()
     labelled = frame[frame["label"].notna()]
@@ -324,7 +312,7 @@ def test_model_owner_workflow(
         assert not check_gates(stale, spec).passed  # against the champion it was evaluated on
         check = champion_check(engine, load_settings().mlflow_tracking_uri,
                                Published(NAME, "3", failing["run_id"], Path(failing["report"])),
-                               _training_set(risk_clean), stale, spec)
+                               risk_training_set(risk_clean), stale, spec)
         assert check.compared_with is None  # the stand-in names no champion version
         rechecked = check.recheck("1")
         assert rechecked.passed, rechecked.failed
@@ -374,8 +362,6 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     in the run's params), and in every draw the registered candidate ranks the untouched test
     window no more than 0.01 worse than the logistic benchmark (it is the benchmark itself
     when the booster does not beat it on validation)."""
-    import copy
-
     from puhui.lifecycle.params import DataSize, resolve_lightgbm
     from puhui.risk.evaluation import evaluate_risk_model
     from puhui.risk.model import LOGISTIC, train_candidate
@@ -387,14 +373,10 @@ def test_on_a_small_portfolio_the_candidate_does_not_lose_to_the_benchmark(
     settings = load_settings()
     spec = load_config(settings.config_dir, FeaturesConfig)
     model = load_config(settings.config_dir, ModelsConfig).credit_risk
-    full = _training_set(url)
-    labelled = full.frame.index[full.frame["label"].notna()]
+    full = risk_training_set(url)
     kinds = []
     for draw in range(1, 6):
-        training = copy.copy(full)
-        dropped = np.random.default_rng(draw).choice(labelled, len(labelled) - 1000,
-                                                     replace=False)
-        training.frame = full.frame.drop(index=dropped).reset_index(drop=True)
+        training = small_portfolio(full, draw)
         train, valid = training.split(TRAIN), training.split(VALID)
         assert len(train) + len(valid) + len(training.split(OOT)) == 1000
         trained, benchmark = train_candidate(train, valid, training.features,

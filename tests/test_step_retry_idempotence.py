@@ -10,52 +10,35 @@ Prefect task run with the steps' retry options, against a real MLflow store and 
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prefect import task
 
 from puhui.audit import events_of
-from puhui.config import FeaturesConfig, ModelsConfig, load_config
 from puhui.crashpoints import FAIL_ONCE_ENV
 from puhui.lifecycle.gates import GateResult
 from puhui.lifecycle.publish import apply_checked_verdict
 from puhui.registry import ALIAS_SET, GATES, REGISTERED, mlflow_client
-from puhui.risk.evaluation import evaluate_risk_model
-from puhui.risk.gates import check_gates
-from puhui.risk.model import train_candidate
 from puhui.risk.publish import publish_risk_model
-from puhui.risk.training_set import TRAIN, VALID
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import get_engine
 from tasks.retries import step_options
-from tests.conftest import RiskTemplates, risk_env
-from tests.test_risk_model import NAME, _training_set
+from tests.conftest import RiskTemplates, SmallRiskModel, risk_env
+from tests.test_risk_model import NAME
 
 
 def test_retried_register_and_gate_steps_write_one_version_and_one_verdict(
-    risk_templates: RiskTemplates, puhui_env: Path, monkeypatch: pytest.MonkeyPatch,
-    prefect_harness: None,
+    risk_templates: RiskTemplates, small_risk_model: SmallRiskModel, puhui_env: Path,
+    monkeypatch: pytest.MonkeyPatch, prefect_harness: None,
 ) -> None:
     url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
     engine = get_engine(url)
     settings = load_settings()
-    spec = load_config(settings.config_dir, FeaturesConfig)
-    model = load_config(settings.config_dir, ModelsConfig).credit_risk
-    full = _training_set(url)
-    # A thousand labelled loans (as test_risk_model's small portfolio).
-    training = copy.copy(full)
-    labelled = full.frame.index[full.frame["label"].notna()]
-    dropped = np.random.default_rng(1).choice(labelled, len(labelled) - 1000, replace=False)
-    training.frame = full.frame.drop(index=dropped).reset_index(drop=True)
-    trained, benchmark = train_candidate(training.split(TRAIN), training.split(VALID),
-                                         training.features, training.categorical, model)
-    evaluation = evaluate_risk_model(training, trained, benchmark, model, spec)
-    gates = check_gates(evaluation, model.gates)
+    training, trained = small_risk_model.training, small_risk_model.trained
+    evaluation, gates = small_risk_model.evaluation, small_risk_model.gates
     uri = settings.mlflow_tracking_uri
     audit = open_runtime(settings).audit
 

@@ -1,0 +1,186 @@
+"""A pre-imported parent that forks the crash test's ``puhui`` commands.
+
+A fresh ``python -m puhui run train risk`` spends ~7 s importing Prefect, MLflow, LightGBM
+and scikit-learn before it trains; the crash test's SQLite case killed six of them. This
+process imports them once; each command is then a child forked from it that runs the very
+same CLI code (``puhui.cli.main``) with its own environment, so a ``PUHUI_CRASH_AT`` kill
+still ends a real, separate process, and one killed from outside is a real process too.
+
+Safety of ``fork`` as in ``puhui.warm_worker``: this parent only imports (no thread, no
+connection; checked before it says it is ready). Prefect reads its settings once, at import:
+so, as the warm worker, the parent first applies the CLI's own setup (``configure_runtime``:
+quiet defaults and ``PREFECT_HOME``; ``choose_prefect_target``: a running server's
+``PREFECT_API_URL``), then imports, and refuses a command whose Prefect/GX environment after
+that same setup differs from its own.
+
+Protocol (JSON lines on stdin/stdout): ``ready`` once; then per request ``{"argv", "env",
+"out", "err"}`` the reply ``{"pid"}`` at once and ``{"returncode"}`` (``-9``: SIGKILL) when the
+child ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+# What `run train risk` imports on its way (lazily imported ones included); a module left
+# out is imported by the child itself: slower, not wrong.
+PRELOAD = (
+    "puhui.cli", "puhui.pipeline", "flows.train", "tasks.train",
+    "puhui.risk.report", "mlflow", "mlflow.pyfunc", "mlflow.models", "lightgbm",
+    "sklearn.linear_model", "sklearn.isotonic", "sklearn.metrics", "scipy.stats",
+    "prefect.artifacts", "fastapi.encoders", "prefect.utilities.visualization",
+    "prefect.concurrency.sync", "anyio._backends._asyncio", "jinja2.ext", "typer",
+)
+
+
+def _effective_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The Prefect/GX variables a command run with ``environ`` has when it imports Prefect
+    (after the CLI's setup, as ``puhui.warm_worker.delegate`` computes them); this process's
+    own environment is left as it was."""
+    from puhui.prefect_server import choose_prefect_target
+    from puhui.settings import configure_runtime, load_settings
+    from puhui.warm_worker import import_time_environment
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        settings = load_settings()
+        configure_runtime(settings)
+        choose_prefect_target(settings)
+        return import_time_environment(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _serve() -> None:
+    from puhui.warm_worker import run_command_in_child
+
+    environment = _effective_environment(dict(os.environ))
+    # Prefect, imported below, keeps what it reads now: the commands' effective values.
+    os.environ.update(environment)
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # moved in a newer library: the child imports what it needs
+            continue
+    gc.freeze()  # the children do not copy the imported pages by walking them
+    if threading.active_count() != 1:
+        raise SystemExit("forkserver: an import started threads; forking would be unsafe")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if _effective_environment(request["env"]) != environment:
+            raise SystemExit("forkserver: the command's Prefect/GX environment differs")
+        # stdin from /dev/null, stdout and stderr to the request's files
+        fds = [os.open(os.devnull, os.O_RDONLY)]
+        fds += [os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                for name in ("out", "err")]
+        pid = os.fork()
+        if pid == 0:
+            run_command_in_child(request["argv"], request["env"], fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+class ForkServer:
+    """The test's side: start it (with the commands' environment), then run commands."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.folder = folder
+        root = Path(__file__).resolve().parents[1]
+        # Its own session: ``close`` ends it with whatever it forked (a failed test's command).
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], env=env,
+                                        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        start_new_session=True)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._in, self._out = self.process.stdin, self.process.stdout.fileno()
+        self._buffer = b""  # read unbuffered: ``finished`` polls the pipe itself
+        self._ready = False
+        self._running = False
+        self._count = 0
+
+    def _read(self, timeout: float = 600) -> str:
+        """The parent's next line; a command that ran ``timeout`` s is a failure (as the
+        subprocess's timeout was)."""
+        while b"\n" not in self._buffer:
+            if not select.select([self._out], [], [], timeout)[0]:
+                raise TimeoutError(f"forkserver: nothing from the command in {timeout:.0f} s")
+            chunk = os.read(self._out, 4096)
+            if not chunk:
+                self._kill_group()  # a command it forked would run on, orphaned
+                raise RuntimeError(f"forkserver ended (exit {self.process.wait()})")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def start(self, argv: list[str], env: dict[str, str]) -> int:
+        """Fork ``puhui ARGV`` and return its pid (``finish`` gives its exit)."""
+        if not self._ready:
+            assert self._read() == "ready"
+            self._ready = True
+        self._count += 1
+        self.out = self.folder / f"command{self._count}.out"
+        self.err = self.folder / f"command{self._count}.err"
+        self._in.write(json.dumps({"argv": argv, "env": env, "out": str(self.out),
+                                   "err": str(self.err)}).encode() + b"\n")
+        self._in.flush()
+        self.pid = int(json.loads(self._read())["pid"])
+        self._running = True
+        return self.pid
+
+    def finished(self) -> bool:
+        """Whether the last command has ended (and been reaped), without waiting."""
+        return b"\n" in self._buffer or bool(select.select([self._out], [], [], 0)[0])
+
+    def finish(self) -> subprocess.CompletedProcess:
+        """The last command's exit (negative: killed by that signal) and its output."""
+        try:
+            code = int(json.loads(self._read())["returncode"])
+            self._running = False
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):  # ended (and reaped) meanwhile
+                os.kill(self.pid, signal.SIGKILL)  # as subprocess.run's timeout did
+            raise
+        return subprocess.CompletedProcess([], code, self.out.read_text(),
+                                           self.err.read_text())
+
+    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        self.start(argv, env)
+        return self.finish()
+
+    def _kill_group(self) -> None:
+        """SIGKILL the parent and every command it forked (its session's process group; the
+        parent is not reaped yet, so its id still names that group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """End the parent, and a command still running (a failed or interrupted test's),
+        which would otherwise go on writing into the next test's servers."""
+        self._in.close()
+        if self._running:
+            self._kill_group()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._kill_group()
+            self.process.wait()
+
+
+if __name__ == "__main__":
+    _serve()
