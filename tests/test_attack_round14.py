@@ -371,6 +371,39 @@ def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
     assert record is not None and record.status == "released"
 
 
+def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_copy(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the copy was kept when the file re-hashed to its checksum afterwards. A
+    re-upload of the same bytes in place (`cp`, an SFTP `put`: both truncate first) could
+    let the copy's reader stop early at a row boundary; the file then hashed the same again,
+    the prefix was kept, and a release loaded it with the ledger agreeing. Now the bytes the
+    copy's reader took are hashed: the copy is dropped and the file read again next run."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    whole = _held_by_category(1)
+    path.write_bytes(whole)
+    prefix = b"".join(whole.splitlines(keepends=True)[:3])  # the header and two rows
+    real = batches.FileIngestor._write_quarantine_copy
+
+    def copy_during_reupload(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
+        path.write_bytes(prefix)  # truncated, partly written again when the reader runs
+        try:
+            return real(self, handle, landed, batch_id)
+        finally:
+            path.write_bytes(whole)
+
+    monkeypatch.setattr(batches.FileIngestor, "_write_quarantine_copy", copy_during_reupload)
+    during = _ingest_payments()[path.name]
+    assert during.status == "deferred" and "changed while being read" in (during.reason or "")
+    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
+    monkeypatch.setattr(batches.FileIngestor, "_write_quarantine_copy", real)
+    held = _ingest_payments()[path.name]
+    assert (held.status, held.rows) == ("quarantined", 5)
+    release_batch(open_runtime(), held.batch_id, "category added to the contract")
+    record = ledger.get_batch(open_runtime().engine, held.batch_id)
+    assert record is not None and (record.status, record.rows_loaded) == ("released", 5)
+
+
 def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:
     """Before: the marker was the inode and the change time, and each renewal its own event:
     every chmod, hard-link snapshot (rsnapshot, `cp -al`) or remount (FUSE makes inodes up)
