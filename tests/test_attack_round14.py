@@ -404,6 +404,40 @@ def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_co
     assert record is not None and (record.status, record.rows_loaded) == ("released", 5)
 
 
+def test_a_file_unreadable_when_hashed_again_is_not_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: only a missing file counted as "not the same bytes"; a chmod to 0600 by an
+    upload tool raised PermissionError out of the hold, leaving its quarantine copy on disk
+    with no ledger row."""
+    path = tmp_path / "f.parquet"
+    path.write_bytes(b"PAR1")
+    handle = reading.open_landed_file(str(path))
+
+    def refused(*_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(reading, "_hashed", refused)
+    assert reading.holds_hashed_bytes(handle) is False
+
+
+def test_a_held_file_failing_its_copy_check_leaves_no_copy_on_disk(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: an error while the written copy was checked against the file (a stat or a
+    read refused) left the copy on disk with no ledger row naming it."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_held_by_category(1))
+
+    def refused(_: reading.FileHandle) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(batches, "changed_since_opened", refused)
+    with pytest.raises(PermissionError):
+        _ingest_payments()
+    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
+
+
 def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:
     """Before: the marker was the inode and the change time, and each renewal its own event:
     every chmod, hard-link snapshot (rsnapshot, `cp -al`) or remount (FUSE makes inodes up)

@@ -931,7 +931,12 @@ class FileIngestor:
                 copy = None
             if copy is not None and not copy.exists():
                 copy = None
-            if copy is not None and not self._copied_checksummed_bytes(handle, consumed):
+            try:
+                same = copy is None or self._copied_checksummed_bytes(handle, consumed)
+            except BaseException:
+                copy.unlink(missing_ok=True)  # no ledger row will name it
+                raise
+            if not same:
                 # A release would load bytes the checksum does not name (another file, or a
                 # prefix read while the same bytes were uploaded again): no copy, nothing
                 # recorded; the next run reads the file as it is then. A hold without its

@@ -130,7 +130,7 @@ def holds_hashed_bytes(handle: FileHandle) -> bool:
     hard link sets a local file's change time without touching its bytes."""
     try:
         return _hashed(handle.fs, handle.path)[0] == handle.checksum
-    except FileNotFoundError:
+    except OSError:  # gone, or unreadable now (a chmod by an upload tool): not known same
         return False
 
 
