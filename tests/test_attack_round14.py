@@ -325,8 +325,8 @@ def test_a_file_replaced_after_its_load_with_its_size_and_time_is_read_again(
     """Before: a corrected file sent again under its name at the same size with the first
     one's modification time (`rsync -t`, `cp -p`) was skipped by discovery for good (it
     compared path, size and time): nobody saw it, nothing said. A local file's listing now
-    gives its inode and change time as its change marker: the file is read and held as a
-    rewrite after a load."""
+    gives its change time as its change marker (the inode is only in the read-time stamp):
+    the file is read and held as a rewrite after a load."""
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     path.write_bytes(_payments(1))
     first = _ingest_payments()[path.name]
