@@ -979,7 +979,7 @@ def _header_only(handle: FileHandle) -> bool:
 
 def iter_file_chunks(
     handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int = READ_BLOCK_BYTES,
-    on_bytes: Callable[[memoryview], object] | None = None,
+    *, on_bytes: Callable[[memoryview], object] | None = None,
 ) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of bounded size; read errors become UnreadableFile.
 
