@@ -234,8 +234,9 @@ def digest_ab(args: argparse.Namespace, keyed: bool = False) -> int:
 
 @contextmanager
 def claims_skipped() -> Iterator[None]:
-    """The reader thread's ``row_hashes`` with digest, nothing claimed (A/B): drops the
-    claims' building and COPY as well as the B-tree, keeps the value hashes and digest."""
+    """The reader thread's ``row_hashes`` with both digests (unkeyed and keyed; the
+    committed ``ingest-split-*.json`` predate the keyed one), nothing claimed (A/B): drops
+    the claims' building and COPY as well as the B-tree, keeps the value hashes and digests."""
     from puhui.ingest import batches
 
     saved = batches.KeyIndex.claim
@@ -264,7 +265,7 @@ SPLIT_MODES = {
     "with_index": "with the key index",
     "with_index_str_hashing": "the same, SipHash fed str objects (before round 14)",
     "index_heap_only": "claims COPYed into ingest_keys without its primary key (no B-tree)",
-    "hashes_only": "row_hashes with digest, no claim (the reader's hashes only)",
+    "hashes_only": "row_hashes with both digests, no claim (the reader's hashes only)",
     "without_index": "without the key index",
 }
 RESULTS_NAME_SPLIT = "ingest-split"

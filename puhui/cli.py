@@ -1041,10 +1041,10 @@ def audit_verify(
         raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
                          f"first: {result.problems[0]}")
     if problems:
-        keyed = len(summary.get("key_index_problems", []))
-        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + keyed)
+        key_problems = len(summary.get("key_index_problems", []))
+        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems)
                              + ["ingest_batches"] * bool(ledger_mismatches)
-                             + ["ingest_keys"] * bool(keyed))
+                             + ["ingest_keys"] * bool(key_problems))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 

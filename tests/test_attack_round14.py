@@ -325,8 +325,8 @@ def test_a_file_replaced_after_its_load_with_its_size_and_time_is_read_again(
     """Before: a corrected file sent again under its name at the same size with the first
     one's modification time (`rsync -t`, `cp -p`) was skipped by discovery for good (it
     compared path, size and time): nobody saw it, nothing said. A local file's listing now
-    gives its inode and change time as its change marker: the file is read and held as a
-    rewrite after a load."""
+    gives its change time as its change marker (the inode is only in the read-time stamp):
+    the file is read and held as a rewrite after a load."""
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     path.write_bytes(_payments(1))
     first = _ingest_payments()[path.name]
@@ -369,6 +369,73 @@ def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
     release_batch(open_runtime(), held.batch_id, "category added to the contract")
     record = ledger.get_batch(open_runtime().engine, held.batch_id)
     assert record is not None and record.status == "released"
+
+
+def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_copy(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the copy was kept when the file re-hashed to its checksum afterwards. A
+    re-upload of the same bytes in place (`cp`, an SFTP `put`: both truncate first) could
+    let the copy's reader stop early at a row boundary; the file then hashed the same again,
+    the prefix was kept, and a release loaded it with the ledger agreeing. Now the bytes the
+    copy's reader took are hashed: the copy is dropped and the file read again next run."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    whole = _held_by_category(1)
+    path.write_bytes(whole)
+    prefix = b"".join(whole.splitlines(keepends=True)[:3])  # the header and two rows
+    real = batches.FileIngestor._write_quarantine_copy
+
+    def copy_during_reupload(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
+        path.write_bytes(prefix)  # truncated, partly written again when the reader runs
+        try:
+            return real(self, handle, landed, batch_id)
+        finally:
+            path.write_bytes(whole)
+
+    monkeypatch.setattr(batches.FileIngestor, "_write_quarantine_copy", copy_during_reupload)
+    during = _ingest_payments()[path.name]
+    assert during.status == "deferred" and "changed while being read" in (during.reason or "")
+    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
+    monkeypatch.setattr(batches.FileIngestor, "_write_quarantine_copy", real)
+    held = _ingest_payments()[path.name]
+    assert (held.status, held.rows) == ("quarantined", 5)
+    release_batch(open_runtime(), held.batch_id, "category added to the contract")
+    record = ledger.get_batch(open_runtime().engine, held.batch_id)
+    assert record is not None and (record.status, record.rows_loaded) == ("released", 5)
+
+
+def test_a_file_unreadable_when_hashed_again_is_not_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: only a missing file counted as "not the same bytes"; a chmod to 0600 by an
+    upload tool raised PermissionError out of the hold, leaving its quarantine copy on disk
+    with no ledger row."""
+    path = tmp_path / "f.parquet"
+    path.write_bytes(b"PAR1")
+    handle = reading.open_landed_file(str(path))
+
+    def refused(*_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(reading, "_hashed", refused)
+    assert reading.holds_hashed_bytes(handle) is False
+
+
+def test_a_held_file_failing_its_copy_check_leaves_no_copy_on_disk(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: an error while the written copy was checked against the file (a stat or a
+    read refused) left the copy on disk with no ledger row naming it."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_held_by_category(1))
+
+    def refused(_: reading.FileHandle) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(batches, "changed_since_opened", refused)
+    with pytest.raises(PermissionError):
+        _ingest_payments()
+    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
 
 
 def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:

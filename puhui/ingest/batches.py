@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -688,12 +688,13 @@ class FileIngestor:
 
     # ----------------------------------------------------------------------- paths
     def _chunks(
-        self, handle: FileHandle, landed: LandedFile, columns: list[str]
+        self, handle: FileHandle, landed: LandedFile, columns: list[str],
+        on_bytes: Callable[[memoryview], object] | None = None,
     ) -> Iterator[PreparedChunk]:
         delivery_end = end_of_delivery_day(landed.delivery_date)
         first_row = 1
         cache = PseudonymCache()
-        for raw in iter_file_chunks(handle, self.feed, columns):
+        for raw in iter_file_chunks(handle, self.feed, columns, on_bytes=on_bytes):
             yield prepare_chunk(raw, self.feed, self.key, delivery_end, first_row, cache)
             first_row += raw.num_rows
             del raw  # the raw text goes before the next block is read
@@ -858,17 +859,35 @@ class FileIngestor:
             warnings=warnings,
         )
 
+    @staticmethod
+    def _copied_checksummed_bytes(handle: FileHandle, consumed: str | None) -> bool:
+        """Whether the quarantine copy was made from the bytes ``handle``'s checksum names, and
+        the file still holds them. ``consumed`` is the SHA-256 of the bytes the copy's reader
+        took (None for Parquet, read by offsets: its footer fixes the rows, so a truncation
+        fails the read instead of ending it early)."""
+        if consumed is not None and consumed != handle.checksum:
+            return False
+        # The validation read the file too: its stamp moved, it must hash the same again
+        # (not the stamp alone: a chmod or a link moves the change time only).
+        return not changed_since_opened(handle) or holds_hashed_bytes(handle)
+
     def _write_quarantine_copy(
         self, handle: FileHandle, landed: LandedFile, batch_id: str
-    ) -> tuple[Path, int]:
-        """Keep the held batch intact, pseudonymized, for a later release; returns its rows."""
+    ) -> tuple[Path, int, str | None]:
+        """Keep the held batch intact, pseudonymized, for a later release; returns its rows
+        and the SHA-256 of the bytes read for it (None for Parquet)."""
         target = quarantine_copy_path(self.runtime.settings.home, self.feed.name, batch_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         writer = None
         rows = 0
+        # Hashed as read: the file hashing the same afterwards does not say the reader saw
+        # all of it (a same-bytes re-upload truncates first).
+        consumed = hashlib.sha256() if self.feed.format != "parquet" else None
         try:
-            for chunk in self._chunks(handle, landed, file_columns(handle, self.feed)):
+            columns = file_columns(handle, self.feed)
+            on_bytes = consumed.update if consumed is not None else None
+            for chunk in self._chunks(handle, landed, columns, on_bytes):
                 records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                 # The check columns too: revalidating the copy must see what ingestion saw
                 # (they are booleans, no personal data; a release drops them).
@@ -881,9 +900,9 @@ class FileIngestor:
             if writer:
                 writer.close()
         if writer is None:
-            return target, 0  # no rows: nothing to release
+            return target, 0, None  # no rows: nothing to release
         partial.replace(target)
-        return target, rows
+        return target, rows, consumed.hexdigest() if consumed is not None else None
 
     def _hold(
         self,
@@ -901,8 +920,10 @@ class FileIngestor:
         reason = scrub_text(reason)
         copy = None
         if copy_rows:
+            consumed = None
             try:
-                copy, rows = self._write_quarantine_copy(handle, landed, base["batch_id"])
+                copy, rows, consumed = self._write_quarantine_copy(
+                    handle, landed, base["batch_id"])
             except Exception as exc:  # noqa: BLE001 - the hold stands, without a copy
                 if is_infrastructure_error(exc):
                     raise
@@ -910,15 +931,18 @@ class FileIngestor:
                 copy = None
             if copy is not None and not copy.exists():
                 copy = None
-            if copy is not None and changed_since_opened(handle) and not holds_hashed_bytes(
-                    handle):
-                # A release would load bytes the checksum does not name: no copy; the next
-                # run reads the file as it is then, as a new batch. Hashed again first: a
-                # chmod or link moves the change time alone, and dropping the copy of the
-                # same bytes left the hold reject-only for good (the same batch id next run).
-                copy.unlink()
-                copy = None
-                reason += f" (no quarantine copy: {CHANGED_WHILE_READ})"
+            try:
+                same = copy is None or self._copied_checksummed_bytes(handle, consumed)
+            except BaseException:
+                copy.unlink(missing_ok=True)  # no ledger row will name it
+                raise
+            if not same:
+                # A release would load bytes the checksum does not name (another file, or a
+                # prefix read while the same bytes were uploaded again): no copy, nothing
+                # recorded; the next run reads the file as it is then. A hold without its
+                # copy under the same bytes' batch id would be reject-only for good.
+                copy.unlink(missing_ok=True)
+                raise ChangedWhileRead()
         if rows is None:
             rows = count_parsed_rows(handle, self.feed)  # records, as the parser reads them
         failures = failures or []
