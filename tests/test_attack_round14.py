@@ -357,8 +357,8 @@ def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
     path.write_bytes(_held_by_category(1))
     real = batches.FileIngestor._write_quarantine_copy
 
-    def copy_then_chmod(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
-        written = real(self, handle, landed, batch_id)
+    def copy_then_chmod(self, *args):  # noqa: ANN001, ANN002, ANN202
+        written = real(self, *args)
         os.chmod(path, 0o640)  # metadata only: the bytes are the same
         return written
 
@@ -371,24 +371,32 @@ def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
     assert record is not None and record.status == "released"
 
 
+@pytest.mark.parametrize("cut", ["at_a_row_end", "mid_row", "after_the_header"])
 def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_copy(
-    landing: Path, monkeypatch: pytest.MonkeyPatch
+    landing: Path, monkeypatch: pytest.MonkeyPatch, cut: str
 ) -> None:
     """Before: the copy was kept when the file re-hashed to its checksum afterwards. A
     re-upload of the same bytes in place (`cp`, an SFTP `put`: both truncate first) could
     let the copy's reader stop early at a row boundary; the file then hashed the same again,
     the prefix was kept, and a release loaded it with the ledger agreeing. Now the bytes the
-    copy's reader took are hashed: the copy is dropped and the file read again next run."""
+    copy's reader took are hashed: the copy is dropped and the file read again next run.
+    Before the final review's mend, a read cut mid-row (Arrow raises) or after the header (no
+    rows) recorded the hold without a copy under the whole file's batch id: reject-only."""
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     whole = _held_by_category(1)
     path.write_bytes(whole)
-    prefix = b"".join(whole.splitlines(keepends=True)[:3])  # the header and two rows
+    lines = whole.splitlines(keepends=True)
+    prefix = {
+        "at_a_row_end": b"".join(lines[:3]),  # the header and two rows
+        "mid_row": b"".join(lines[:3]) + lines[3][:5],
+        "after_the_header": lines[0],
+    }[cut]
     real = batches.FileIngestor._write_quarantine_copy
 
-    def copy_during_reupload(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
+    def copy_during_reupload(self, *args):  # noqa: ANN001, ANN002, ANN202
         path.write_bytes(prefix)  # truncated, partly written again when the reader runs
         try:
-            return real(self, handle, landed, batch_id)
+            return real(self, *args)
         finally:
             path.write_bytes(whole)
 
