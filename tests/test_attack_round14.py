@@ -446,6 +446,24 @@ def test_a_held_file_failing_its_copy_check_leaves_no_copy_on_disk(
     assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
 
 
+def test_a_copy_failing_part_way_leaves_no_partial_file(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before (final review): the copy's `.partial` file, pseudonymized rows, stayed in
+    quarantine/ with no ledger row naming it when the copy failed after its first write."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_held_by_category(1))
+
+    class FailingWriter(pq.ParquetWriter):
+        def write_table(self, *_: object, **__: object) -> None:
+            raise ValueError("the disk gave up")
+
+    monkeypatch.setattr(batches.pq, "ParquetWriter", FailingWriter)
+    held = _ingest_payments()[path.name]
+    assert held.status == "quarantined" and "no quarantine copy" in (held.reason or "")
+    assert not [p.name for p in (open_runtime().settings.home / "quarantine").rglob("*.*")]
+
+
 def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:
     """Before: the marker was the inode and the change time, and each renewal its own event:
     every chmod, hard-link snapshot (rsnapshot, `cp -al`) or remount (FUSE makes inodes up)

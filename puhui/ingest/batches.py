@@ -894,6 +894,9 @@ class FileIngestor:
                 writer = writer or pq.ParquetWriter(partial, records.schema)
                 writer.write_table(records)
                 rows += records.num_rows
+        except BaseException:
+            partial.unlink(missing_ok=True)  # no ledger row will name it (closed below)
+            raise
         finally:
             if writer:
                 writer.close()
