@@ -412,6 +412,30 @@ def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_co
     assert record is not None and (record.status, record.rows_loaded) == ("released", 5)
 
 
+def test_a_held_file_written_again_while_validated_is_deferred(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before (final review): a hold's verdict could come from a prefix (validation read
+    while the same bytes were uploaded again), and was kept because the file hashed the
+    same again afterwards. A stamp moved by the end of validation now defers the file."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    whole = _held_by_category(1)
+    path.write_bytes(whole)
+    real = batches.FileIngestor._load
+
+    def validated_during_reupload(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            path.write_bytes(whole)  # truncated and written again, the same bytes
+
+    monkeypatch.setattr(batches.FileIngestor, "_load", validated_during_reupload)
+    during = _ingest_payments()[path.name]
+    assert during.status == "deferred" and "changed while being read" in (during.reason or "")
+    monkeypatch.setattr(batches.FileIngestor, "_load", real)
+    assert _ingest_payments()[path.name].status == "quarantined"
+
+
 def test_a_file_unreadable_when_hashed_again_is_not_the_same_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -436,14 +460,18 @@ def test_a_held_file_failing_its_copy_check_leaves_no_copy_on_disk(
     read refused) left the copy on disk with no ledger row naming it."""
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     path.write_bytes(_held_by_category(1))
+    quarantined = open_runtime().settings.home / "quarantine"
+    real = batches.changed_since_opened
 
-    def refused(_: reading.FileHandle) -> bool:
-        raise PermissionError(13, "Permission denied")
+    def refused_once_copied(handle: reading.FileHandle) -> bool:
+        if list(quarantined.rglob("*.parquet")):  # the hold also checks before its copy
+            raise PermissionError(13, "Permission denied")
+        return real(handle)
 
-    monkeypatch.setattr(batches, "changed_since_opened", refused)
+    monkeypatch.setattr(batches, "changed_since_opened", refused_once_copied)
     with pytest.raises(PermissionError):
         _ingest_payments()
-    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
+    assert not list(quarantined.rglob("*.parquet"))
 
 
 def test_a_copy_failing_part_way_leaves_no_partial_file(

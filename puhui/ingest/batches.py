@@ -867,8 +867,9 @@ class FileIngestor:
         fails the read instead of ending it early)."""
         if consumed is not None and consumed != handle.checksum:
             return False
-        # The validation read the file too: its stamp moved, it must hash the same again
-        # (not the stamp alone: a chmod or a link moves the change time only).
+        # A stamp moved while the copy was read (the hold defers one moved before): the file
+        # must hash the same again, not the stamp alone (a chmod or a link moves the change
+        # time only). For Parquet this is the only check.
         return not changed_since_opened(handle) or holds_hashed_bytes(handle)
 
     def _write_quarantine_copy(
@@ -921,6 +922,11 @@ class FileIngestor:
         reason = scrub_text(reason)
         copy = None
         if copy_rows:
+            if changed_since_opened(handle):
+                # What held it (validation, the header) may have read a prefix of a same-bytes
+                # re-upload: hashing the same afterwards does not say it saw all the bytes. A
+                # chmod costs one deferral here, not a hold whose reason describes a prefix.
+                raise ChangedWhileRead()
             # Hashed as read, here so the hash outlives a failed or empty read: the file
             # hashing the same afterwards does not say the reader saw all of it (a
             # same-bytes re-upload truncates first).
