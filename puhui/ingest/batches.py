@@ -238,9 +238,10 @@ def unexpected_failure_reason(exc: BaseException) -> str:
 
 
 class ChangedWhileRead(Exception):
-    """The file's size or time changed between its fingerprint and the end of its load: the
-    load is rolled back with its ledger row, and the caller defers the file (a partner still
-    uploading it), so the next run reads it whole as one batch."""
+    """The file changed between its fingerprint and the end of its load (the load is rolled
+    back with its ledger row), or a held file changed before its quarantine copy, or the copy
+    was not read from the checksummed bytes (nothing is recorded). The caller defers the file
+    (a partner still uploading it), so the next run reads it whole as one batch."""
 
 
 CHANGED_WHILE_READ = "changed while being read (still being written, or replaced)"
