@@ -359,7 +359,7 @@ def _handle(conn: socket.socket, listener: socket.socket, environment: dict[str,
             os.close(fd)
 
 
-def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> NoReturn:
     """In the forked child: become the client's command and run the CLI."""
 
     def started() -> None:

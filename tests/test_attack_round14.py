@@ -357,8 +357,8 @@ def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
     path.write_bytes(_held_by_category(1))
     real = batches.FileIngestor._write_quarantine_copy
 
-    def copy_then_chmod(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
-        written = real(self, handle, landed, batch_id)
+    def copy_then_chmod(self, *args):  # noqa: ANN001, ANN002, ANN202
+        written = real(self, *args)
         os.chmod(path, 0o640)  # metadata only: the bytes are the same
         return written
 
@@ -371,24 +371,32 @@ def test_a_chmod_while_a_held_file_is_copied_keeps_its_quarantine_copy(
     assert record is not None and record.status == "released"
 
 
+@pytest.mark.parametrize("cut", ["at_a_row_end", "mid_row", "after_the_header"])
 def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_copy(
-    landing: Path, monkeypatch: pytest.MonkeyPatch
+    landing: Path, monkeypatch: pytest.MonkeyPatch, cut: str
 ) -> None:
     """Before: the copy was kept when the file re-hashed to its checksum afterwards. A
     re-upload of the same bytes in place (`cp`, an SFTP `put`: both truncate first) could
     let the copy's reader stop early at a row boundary; the file then hashed the same again,
     the prefix was kept, and a release loaded it with the ledger agreeing. Now the bytes the
-    copy's reader took are hashed: the copy is dropped and the file read again next run."""
+    copy's reader took are hashed: the copy is dropped and the file read again next run.
+    Before the final review's mend, a read cut mid-row (Arrow raises) or after the header (no
+    rows) recorded the hold without a copy under the whole file's batch id: reject-only."""
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     whole = _held_by_category(1)
     path.write_bytes(whole)
-    prefix = b"".join(whole.splitlines(keepends=True)[:3])  # the header and two rows
+    lines = whole.splitlines(keepends=True)
+    prefix = {
+        "at_a_row_end": b"".join(lines[:3]),  # the header and two rows
+        "mid_row": b"".join(lines[:3]) + lines[3][:5],
+        "after_the_header": lines[0],
+    }[cut]
     real = batches.FileIngestor._write_quarantine_copy
 
-    def copy_during_reupload(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
+    def copy_during_reupload(self, *args):  # noqa: ANN001, ANN002, ANN202
         path.write_bytes(prefix)  # truncated, partly written again when the reader runs
         try:
-            return real(self, handle, landed, batch_id)
+            return real(self, *args)
         finally:
             path.write_bytes(whole)
 
@@ -402,6 +410,30 @@ def test_a_same_content_reupload_while_a_held_file_is_copied_keeps_no_partial_co
     release_batch(open_runtime(), held.batch_id, "category added to the contract")
     record = ledger.get_batch(open_runtime().engine, held.batch_id)
     assert record is not None and (record.status, record.rows_loaded) == ("released", 5)
+
+
+def test_a_held_file_written_again_while_validated_is_deferred(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before (final review): a hold's verdict could come from a prefix (validation read
+    while the same bytes were uploaded again), and was kept because the file hashed the
+    same again afterwards. A stamp moved by the end of validation now defers the file."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    whole = _held_by_category(1)
+    path.write_bytes(whole)
+    real = batches.FileIngestor._load
+
+    def validated_during_reupload(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            path.write_bytes(whole)  # truncated and written again, the same bytes
+
+    monkeypatch.setattr(batches.FileIngestor, "_load", validated_during_reupload)
+    during = _ingest_payments()[path.name]
+    assert during.status == "deferred" and "changed while being read" in (during.reason or "")
+    monkeypatch.setattr(batches.FileIngestor, "_load", real)
+    assert _ingest_payments()[path.name].status == "quarantined"
 
 
 def test_a_file_unreadable_when_hashed_again_is_not_the_same_bytes(
@@ -428,14 +460,36 @@ def test_a_held_file_failing_its_copy_check_leaves_no_copy_on_disk(
     read refused) left the copy on disk with no ledger row naming it."""
     path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
     path.write_bytes(_held_by_category(1))
+    quarantined = open_runtime().settings.home / "quarantine"
+    real = batches.changed_since_opened
 
-    def refused(_: reading.FileHandle) -> bool:
-        raise PermissionError(13, "Permission denied")
+    def refused_once_copied(handle: reading.FileHandle) -> bool:
+        if list(quarantined.rglob("*.parquet")):  # the hold also checks before its copy
+            raise PermissionError(13, "Permission denied")
+        return real(handle)
 
-    monkeypatch.setattr(batches, "changed_since_opened", refused)
+    monkeypatch.setattr(batches, "changed_since_opened", refused_once_copied)
     with pytest.raises(PermissionError):
         _ingest_payments()
-    assert not list((open_runtime().settings.home / "quarantine").rglob("*.parquet"))
+    assert not list(quarantined.rglob("*.parquet"))
+
+
+def test_a_copy_failing_part_way_leaves_no_partial_file(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before (final review): the copy's `.partial` file, pseudonymized rows, stayed in
+    quarantine/ with no ledger row naming it when the copy failed after its first write."""
+    path = landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv"
+    path.write_bytes(_held_by_category(1))
+
+    class FailingWriter(pq.ParquetWriter):
+        def write_table(self, *_: object, **__: object) -> None:
+            raise ValueError("the disk gave up")
+
+    monkeypatch.setattr(batches.pq, "ParquetWriter", FailingWriter)
+    held = _ingest_payments()[path.name]
+    assert held.status == "quarantined" and "no quarantine copy" in (held.reason or "")
+    assert not [p.name for p in (open_runtime().settings.home / "quarantine").rglob("*.*")]
 
 
 def test_metadata_changes_renew_marks_in_one_event_per_run(landing: Path) -> None:

@@ -557,8 +557,8 @@ def test_a_held_file_changing_while_its_copy_is_written_keeps_no_copy(
     path.write_bytes(_payments(1).replace(b"BILL_PAY", b"NOT_A_TYPE"))  # critical: held
     real_copy = FileIngestor._write_quarantine_copy
 
-    def copy_then_partner_rewrites(self, handle, landed, batch_id):  # noqa: ANN001, ANN202
-        written = real_copy(self, handle, landed, batch_id)
+    def copy_then_partner_rewrites(self, *args):  # noqa: ANN001, ANN002, ANN202
+        written = real_copy(self, *args)
         path.write_bytes(_payments(1, rows=8))
         return written
 

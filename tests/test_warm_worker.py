@@ -32,6 +32,47 @@ print("real", type(sys.modules["scipy.stats"]).__name__, kl.alt.Chart.__name__)
 """
 
 
+CHILD_EXIT_PROBE = """
+import os, sys
+import puhui.cli
+from puhui.warm_worker import run_command_in_child
+
+def closed(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+def fds_closed():
+    return 4 if not any(map(closed, (0, 1, 2))) and all(map(closed, given)) else 5
+
+ends = {"none": lambda: sys.exit(), "three": lambda: sys.exit(3),
+        "error": lambda: 1 / 0, "ctrl_c": lambda: os.kill(os.getpid(), 2), "fds": fds_closed}
+for name, end in ends.items():
+    given = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+    pid = os.fork()
+    if pid == 0:
+        puhui.cli.main = lambda _argv: end()
+        run_command_in_child(["--help"], dict(os.environ), given)
+    for fd in given:
+        os.close(fd)
+    print(name, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_command_run_in_a_forked_child_exits_with_the_interpreters_code() -> None:
+    """The warm worker's child (b400e15): SystemExit(None) gave 1, Ctrl-C no 130, and the
+    client's descriptors stayed open as fds 3-5. Forked in a fresh interpreter: a fork of
+    the test session would run its atexit hooks."""
+    probe = subprocess.run(
+        [sys.executable, "-c", CHILD_EXIT_PROBE], capture_output=True, text=True, check=True,
+        cwd=repo_root(), timeout=60,
+    )
+    codes = dict(line.split() for line in probe.stdout.splitlines())
+    assert codes == {"none": "0", "three": "3", "error": "1", "ctrl_c": "130", "fds": "4"}
+
+
 def test_ingest_imports_neither_mlflow_nor_lightgbm_and_defers_scipy() -> None:
     """Everything `run ingest` loads (the warm worker's preload: the ingest flow, GX, Prefect,
     the Data Docs renderer) leaves MLflow, LightGBM and scikit-learn alone, starts no thread

@@ -238,9 +238,10 @@ def unexpected_failure_reason(exc: BaseException) -> str:
 
 
 class ChangedWhileRead(Exception):
-    """The file's size or time changed between its fingerprint and the end of its load: the
-    load is rolled back with its ledger row, and the caller defers the file (a partner still
-    uploading it), so the next run reads it whole as one batch."""
+    """The file changed between its fingerprint and the end of its load (the load is rolled
+    back with its ledger row), or a held file changed before its quarantine copy, or the copy
+    was not read from the checksummed bytes (nothing is recorded). The caller defers the file
+    (a partner still uploading it), so the next run reads it whole as one batch."""
 
 
 CHANGED_WHILE_READ = "changed while being read (still being written, or replaced)"
@@ -867,23 +868,22 @@ class FileIngestor:
         fails the read instead of ending it early)."""
         if consumed is not None and consumed != handle.checksum:
             return False
-        # The validation read the file too: its stamp moved, it must hash the same again
-        # (not the stamp alone: a chmod or a link moves the change time only).
+        # A stamp moved while the copy was read (the hold defers one moved before): the file
+        # must hash the same again, not the stamp alone (a chmod or a link moves the change
+        # time only). For Parquet this is the only check.
         return not changed_since_opened(handle) or holds_hashed_bytes(handle)
 
     def _write_quarantine_copy(
-        self, handle: FileHandle, landed: LandedFile, batch_id: str
-    ) -> tuple[Path, int, str | None]:
-        """Keep the held batch intact, pseudonymized, for a later release; returns its rows
-        and the SHA-256 of the bytes read for it (None for Parquet)."""
+        self, handle: FileHandle, landed: LandedFile, batch_id: str, consumed: Any
+    ) -> tuple[Path | None, int]:
+        """Keep the held batch intact, pseudonymized, for a later release; returns the copy
+        (None when no rows were read) and its rows. ``consumed`` (a hashlib object, or None
+        for Parquet) is fed the bytes read for it."""
         target = quarantine_copy_path(self.runtime.settings.home, self.feed.name, batch_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         writer = None
         rows = 0
-        # Hashed as read: the file hashing the same afterwards does not say the reader saw
-        # all of it (a same-bytes re-upload truncates first).
-        consumed = hashlib.sha256() if self.feed.format != "parquet" else None
         try:
             columns = file_columns(handle, self.feed)
             on_bytes = consumed.update if consumed is not None else None
@@ -896,13 +896,16 @@ class FileIngestor:
                 writer = writer or pq.ParquetWriter(partial, records.schema)
                 writer.write_table(records)
                 rows += records.num_rows
+        except BaseException:
+            partial.unlink(missing_ok=True)  # no ledger row will name it (closed below)
+            raise
         finally:
             if writer:
                 writer.close()
         if writer is None:
-            return target, 0, None  # no rows: nothing to release
+            return None, 0  # no rows: nothing to release
         partial.replace(target)
-        return target, rows, consumed.hexdigest() if consumed is not None else None
+        return target, rows
 
     def _hold(
         self,
@@ -920,29 +923,47 @@ class FileIngestor:
         reason = scrub_text(reason)
         copy = None
         if copy_rows:
-            consumed = None
+            if changed_since_opened(handle):
+                # What held it (validation, the header) may have read a prefix of a same-bytes
+                # re-upload: hashing the same afterwards does not say it saw all the bytes. A
+                # chmod costs one deferral here, not a hold whose reason describes a prefix.
+                raise ChangedWhileRead()
+            # Hashed as read, here so the hash outlives a failed or empty read: the file
+            # hashing the same afterwards does not say the reader saw all of it (a
+            # same-bytes re-upload truncates first).
+            consumed = hashlib.sha256() if self.feed.format != "parquet" else None
             try:
-                copy, rows, consumed = self._write_quarantine_copy(
-                    handle, landed, base["batch_id"])
+                copy, rows = self._write_quarantine_copy(
+                    handle, landed, base["batch_id"], consumed)
             except Exception as exc:  # noqa: BLE001 - the hold stands, without a copy
                 if is_infrastructure_error(exc):
                     raise
+                # A read cut mid-row by a re-upload raises too. Its hash is of a prefix
+                # even for an unchanged file, so only the stamp tells: comparing the hash
+                # would defer a file whose copy fails the same way on every run.
+                if changed_since_opened(handle):
+                    raise ChangedWhileRead() from exc
                 reason += f" (no quarantine copy: {unexpected_failure_reason(exc)})"
                 copy = None
-            if copy is not None and not copy.exists():
-                copy = None
-            try:
-                same = copy is None or self._copied_checksummed_bytes(handle, consumed)
-            except BaseException:
-                copy.unlink(missing_ok=True)  # no ledger row will name it
-                raise
-            if not same:
-                # A release would load bytes the checksum does not name (another file, or a
-                # prefix read while the same bytes were uploaded again): no copy, nothing
-                # recorded; the next run reads the file as it is then. A hold without its
-                # copy under the same bytes' batch id would be reject-only for good.
-                copy.unlink(missing_ok=True)
-                raise ChangedWhileRead()
+            else:
+                if copy is not None and not copy.exists():
+                    copy = None
+                digest = consumed.hexdigest() if consumed is not None else None
+                try:
+                    same = self._copied_checksummed_bytes(handle, digest)
+                except BaseException:
+                    if copy is not None:
+                        copy.unlink(missing_ok=True)  # no ledger row will name it
+                    raise
+                if not same:
+                    # A release would load bytes the checksum does not name (another file,
+                    # or a prefix read while the same bytes were uploaded again, down to the
+                    # header alone): no copy, nothing recorded; the next run reads the file
+                    # as it is then. A hold without its copy under the same bytes' batch id
+                    # would be reject-only for good.
+                    if copy is not None:
+                        copy.unlink(missing_ok=True)
+                    raise ChangedWhileRead()
         if rows is None:
             rows = count_parsed_rows(handle, self.feed)  # records, as the parser reads them
         failures = failures or []
