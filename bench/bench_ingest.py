@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +46,9 @@ import pyarrow.csv as pa_csv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.results_file import machine_facts, write_results  # noqa: E402
+
+if TYPE_CHECKING:
+    from puhui.throwaway_postgres import PostgresServer
 
 DELIVERY = date(2026, 9, 30)
 WARM_UP = date(2026, 9, 29)
@@ -114,7 +118,7 @@ def write_payments_file(path: Path, rows: int, seed: int = 1, first_id: int = 0)
 def landing_for(rows: int, workdir: Path) -> Path:
     """A landing zone with one mobile_payments delivery of ``rows`` rows."""
     landing = workdir / f"landing-{rows}"
-    target = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+    target = delivery_file(landing)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_payments_file(target, rows)
     # A small earlier delivery warms the process up (GX import, suite, raw table), as a
@@ -125,14 +129,33 @@ def landing_for(rows: int, workdir: Path) -> Path:
     return landing
 
 
+def delivery_file(landing: Path) -> Path:
+    """The timed file of :func:`landing_for`'s landing zone."""
+    return landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+
+
+@contextmanager
+def postgres_and_landing(rows: int) -> Iterator[tuple[PostgresServer, Path, Path]]:
+    """A throwaway PostgreSQL server, a scratch folder and a :func:`landing_for` landing zone
+    of ``rows`` rows in it, under the quiet environment: ``(server, workdir, landing)``."""
+    from puhui.settings import QUIET_ENVIRONMENT
+    from puhui.throwaway_postgres import throwaway_postgres
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # psql \copy reads the file as the client, but be safe
+        yield pg, workdir, landing_for(rows, workdir)
+
+
 def add_redelivery(landing: Path, rows: int) -> None:
     """A second delivery of ``rows`` rows: the first file's second half again (same bytes
     per row), then as many new transactions."""
     folder = landing / "mobile_payments"
     strings = pa_csv.ConvertOptions(column_types={n: pa.string() for n in PAYMENT_COLUMNS},
                                     strings_can_be_null=True)
-    first = pa_csv.read_csv(folder / DELIVERY.isoformat() / "mobile_payments_20260930.csv",
-                            convert_options=strings)
+    first = pa_csv.read_csv(delivery_file(landing), convert_options=strings)
     half = rows // 2
     fresh_path = landing / "fresh.csv"
     write_payments_file(fresh_path, rows - half, seed=3, first_id=rows)
@@ -178,11 +201,7 @@ def digest_ab(args: argparse.Namespace, keyed: bool = False) -> int:
     """``--digest-ab`` (``--keyed-ab``): the keys' (keyed) digest's cost on load, end to end
     and on its own."""
     from puhui.ingest.key_digest import KeyDigest, KeyedDigest, digest_subkey
-    from puhui.settings import QUIET_ENVIRONMENT
-    from puhui.throwaway_postgres import throwaway_postgres
 
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
     rng = np.random.default_rng(7)
     hi, lo = (rng.integers(-(2**63), 2**63 - 1, 1_000_000, dtype=np.int64) for _ in range(2))
     subkey = digest_subkey(b"bench")
@@ -194,9 +213,7 @@ def digest_ab(args: argparse.Namespace, keyed: bool = False) -> int:
     own = statistics.median(own_runs)
     runs: dict[str, list[float]] = {k: [] for k in (
         "with_digest", "with_digest_redelivery", "without_digest", "without_digest_redelivery")}
-    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
-        workdir = Path(tmp)
-        landing = landing_for(args.rows, workdir)
+    with postgres_and_landing(args.rows) as (pg, workdir, landing):
         add_redelivery(landing, args.rows)
         for run in range(args.repeats):
             for mode in ("with_digest", "without_digest"):
@@ -275,18 +292,10 @@ def split(args: argparse.Namespace) -> int:
     """``--split``: the key index's end-to-end cost in parts, each against ``psql \\copy``
     and ``to_sql``: hashing only (no claims), claims into a heap with no B-tree (the bound
     of any narrower index: its B-tree free), the whole index, none."""
-    from puhui.settings import QUIET_ENVIRONMENT
-    from puhui.throwaway_postgres import throwaway_postgres
-
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
     modes = {m: SPLIT_MODES[m] for m in (args.modes.split(",") if args.modes else SPLIT_MODES)}
     runs: dict[str, list[float]] = {k: [] for k in (*modes, "copy")}
-    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o755)
-        landing = landing_for(args.rows, workdir)
-        path = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+    with postgres_and_landing(args.rows) as (pg, workdir, landing):
+        path = delivery_file(landing)
         copy_db = pg.create_database("bench_copy").rsplit("/", 1)[-1]
         for run in range(args.repeats):
             for mode, label in modes.items():
@@ -483,17 +492,9 @@ def main() -> int:
         return digest_ab(args, keyed=args.keyed_ab)
     if args.split:
         return split(args)
-    from puhui.settings import QUIET_ENVIRONMENT
-    from puhui.throwaway_postgres import throwaway_postgres
-
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o755)  # psql \copy reads the file as the client, but be safe
-        print(f"writing a {args.rows:,}-row mobile_payments file...", flush=True)
-        landing = landing_for(args.rows, workdir)
-        path = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+    print(f"writing a {args.rows:,}-row mobile_payments file...", flush=True)
+    with postgres_and_landing(args.rows) as (pg, workdir, landing):
+        path = delivery_file(landing)
         size_mb = path.stat().st_size / 1e6
 
         add_redelivery(landing, args.rows)

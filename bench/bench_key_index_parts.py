@@ -191,6 +191,21 @@ def client_parts(repeats: int, rows: int) -> tuple[dict[str, float], list[int]]:
     return {k: round(v, 3) for k, v in parts.items()}, [c.stored.num_rows for c in chunks]
 
 
+def sorted_key_chunks(rng: np.random.Generator, sizes: list[int]) -> list[pa.Table]:
+    """Random ``ingest_keys`` claims of ``sizes`` rows each (halves as ``_nineteen_digits``
+    makes them), sorted by ``key_hi`` as a load sorts them before its COPY."""
+    from puhui.ingest.key_index import _nineteen_digits
+
+    out = []
+    for size in sizes:
+        words = [_nineteen_digits(rng.integers(0, 2**64 - 1, size, dtype=np.uint64))
+                 for _ in range(3)]
+        order = np.argsort(words[0])
+        out.append(pa.table({"key_hi": words[0][order], "key_lo": words[1][order],
+                             "value_hash": words[2][order]}))
+    return out
+
+
 def _backend_cpu_seconds(conn: Connection) -> float:
     """CPU seconds (user + system) of this connection's PostgreSQL backend so far."""
     from sqlalchemy import text
@@ -204,22 +219,11 @@ def server_parts(repeats: int, existing: int, chunk_rows: list[int],
                  names: tuple[str, ...]) -> dict[str, CopyFigures]:
     from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, create_engine, text
 
-    from puhui.ingest.key_index import _nineteen_digits
     from puhui.throwaway_postgres import throwaway_postgres
     from puhui.warehouse.bulk import bulk_insert
     from puhui.warehouse.schema import session_default
 
     rng = np.random.default_rng(1)
-
-    def sorted_chunks(sizes: list[int]) -> list[pa.Table]:
-        out = []
-        for size in sizes:
-            words = [_nineteen_digits(rng.integers(0, 2**64 - 1, size, dtype=np.uint64))
-                     for _ in range(3)]
-            order = np.argsort(words[0])
-            out.append(pa.table({"key_hi": words[0][order], "key_lo": words[1][order],
-                                 "value_hash": words[2][order]}))
-        return out
 
     def load(tables: list[pa.Table], conn: Connection, table: Table, variant: Variant,
              constants: dict[str, str] | None, staged: bool) -> None:
@@ -283,12 +287,12 @@ def server_parts(repeats: int, existing: int, chunk_rows: list[int],
                         for statement in variant.after:
                             conn.execute(text(statement.format(t=table_name)))
                         if existing:
-                            load(sorted_chunks([existing]), conn, table, variant, constants,
-                                 staged=False)
+                            load(sorted_key_chunks(rng, [existing]), conn, table, variant,
+                                 constants, staged=False)
                     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                         conn.execute(text(f"VACUUM ANALYZE {table_name}"))
                         conn.execute(text("CHECKPOINT"))
-                    data = sorted_chunks(chunk_rows)
+                    data = sorted_key_chunks(rng, chunk_rows)
                     with engine.begin() as conn:
                         cpu_before = _backend_cpu_seconds(conn)
                         wal_before = conn.execute(text("SELECT pg_current_wal_insert_lsn()")

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.bench_key_index_parts import sorted_key_chunks  # noqa: E402
 from bench.results_file import machine_facts, write_results  # noqa: E402
 
 # First match wins: a symbol's part by its name (PostgreSQL 15's functions; the kernel's
@@ -88,19 +88,6 @@ def _part(symbol: str) -> str:
         if re.search(pattern, symbol.removeprefix("~")):
             return name
     return "other"
-
-
-def _sorted_chunks(rng: np.random.Generator, sizes: list[int]) -> list[pa.Table]:
-    from puhui.ingest.key_index import _nineteen_digits
-
-    out = []
-    for size in sizes:
-        words = [_nineteen_digits(rng.integers(0, 2**64 - 1, size, dtype=np.uint64))
-                 for _ in range(3)]
-        order = np.argsort(words[0])
-        out.append(pa.table({"key_hi": words[0][order], "key_lo": words[1][order],
-                             "value_hash": words[2][order]}))
-    return out
 
 
 def _exported(binary: Path) -> tuple[list[int], list[str]]:
@@ -153,12 +140,12 @@ def profile_once(engine: Engine, rng: np.random.Generator, existing: int,
         conn.execute(text("DROP TABLE IF EXISTS ingest_keys"))
         ingest_keys.create(conn)
         if existing:
-            bulk_insert(conn, ingest_keys, _sorted_chunks(rng, [existing])[0],
+            bulk_insert(conn, ingest_keys, sorted_key_chunks(rng, [existing])[0],
                         {"batch_id": "mobile_payments-20260929-0123456789ab"})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE ingest_keys"))
         conn.execute(text("CHECKPOINT"))
-    chunks = _sorted_chunks(rng, [rows // 3 + (i < rows % 3) for i in range(3)])
+    chunks = sorted_key_chunks(rng, [rows // 3 + (i < rows % 3) for i in range(3)])
     data = workdir / f"perf-{run}.data"
     with engine.begin() as conn:
         pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()

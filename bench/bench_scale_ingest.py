@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from bench.bench_ingest import (  # noqa: E402
     DELIVERY,
     KEY,
     WARM_UP,
-    landing_for,
+    delivery_file,
+    postgres_and_landing,
     psql_copy_seconds,
     quiet_server,
 )
@@ -73,17 +73,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("PUHUI_PSEUDONYM_KEY", KEY)
-    from puhui.settings import QUIET_ENVIRONMENT
-    from puhui.throwaway_postgres import throwaway_postgres
-
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
     runs: dict[str, list[float]] = {"without_index": [], "with_index": [], "psql_copy": []}
-    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o755)
-        landing = landing_for(args.rows, workdir)
-        path = landing / "mobile_payments" / DELIVERY.isoformat() / "mobile_payments_20260930.csv"
+    with postgres_and_landing(args.rows) as (pg, workdir, landing):
+        path = delivery_file(landing)
         copy_db = pg.create_database("bench_copy").rsplit("/", 1)[-1]
         for run in range(args.repeats):
             for kind in ("without_index", "with_index"):
