@@ -278,8 +278,23 @@ def str_key_hashing() -> Iterator[None]:
         key_index._siphash_input = saved
 
 
+@contextmanager
+def general_key_hashing() -> Iterator[None]:
+    """``key_hashes`` as before round 15 (A/B): every array through the general path, none
+    through the equal-length one (the same hashes, more work)."""
+    from puhui.ingest import key_index
+
+    saved = key_index._EQUAL_LENGTH_LONGEST
+    key_index._EQUAL_LENGTH_LONGEST = 0
+    try:
+        yield
+    finally:
+        key_index._EQUAL_LENGTH_LONGEST = saved
+
+
 SPLIT_MODES = {
     "with_index": "with the key index",
+    "with_index_general_hashing": "the same, key_hashes' general path only (before round 15)",
     "with_index_str_hashing": "the same, SipHash fed str objects (before round 14)",
     "index_heap_only": "claims COPYed into ingest_keys without its primary key (no B-tree)",
     "hashes_only": "row_hashes with both digests, no claim (the reader's hashes only)",
@@ -294,6 +309,7 @@ def split(args: argparse.Namespace) -> int:
     of any narrower index: its B-tree free), the whole index, none."""
     modes = {m: SPLIT_MODES[m] for m in (args.modes.split(",") if args.modes else SPLIT_MODES)}
     runs: dict[str, list[float]] = {k: [] for k in (*modes, "copy")}
+    loads: dict[str, list[float]] = {k: [] for k in (*modes, "copy", "to_sql")}  # 1-minute
     with postgres_and_landing(args.rows) as (pg, workdir, landing):
         path = delivery_file(landing)
         copy_db = pg.create_database("bench_copy").rsplit("/", 1)[-1]
@@ -312,16 +328,21 @@ def split(args: argparse.Namespace) -> int:
                     quiet_server(pg, db, "ingest_keys")
 
                 patch = {"hashes_only": claims_skipped, "without_index": without_key_index,
-                         "with_index_str_hashing": str_key_hashing}.get(mode, nullcontext)
+                         "with_index_str_hashing": str_key_hashing,
+                         "with_index_general_hashing": general_key_hashing,
+                         }.get(mode, nullcontext)
+                loads[mode].append(round(os.getloadavg()[0], 2))
                 with patch():
                     ours = ingest_once(
                         landing, after_warm_up=drop_primary_key
                         if mode == "index_heap_only" else None)
                 runs[mode].append(ours["seconds"])
                 quiet_server(pg, database, "raw_mobile_payments")
+            loads["copy"].append(round(os.getloadavg()[0], 2))
             runs["copy"].append(psql_copy_seconds(pg, copy_db, path, f"copy_target_{run}"))
             quiet_server(pg, copy_db, f"copy_target_{run}")
         print("pandas.read_csv + to_sql (default settings)...", flush=True)
+        loads["to_sql"].append(round(os.getloadavg()[0], 2))
         naive_s = to_sql_seconds(pg.create_database("bench_naive"), path)
     medians = {k: statistics.median(v) for k, v in runs.items()}
     copy_s = medians["copy"]
@@ -332,6 +353,7 @@ def split(args: argparse.Namespace) -> int:
         "median_seconds": {k: round(v, 2) for k, v in medians.items()},
         "best_seconds": {k: round(min(v), 2) for k, v in runs.items()},
         "to_sql_seconds": round(naive_s, 2),
+        "load_average_1min_before_each_run": loads,
         "ratio_vs_psql_copy_median": {m: round(medians[m] / copy_s, 2) for m in modes},
         "speedup_vs_to_sql_median": {m: round(naive_s / medians[m], 1) for m in modes},
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

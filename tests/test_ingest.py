@@ -514,6 +514,31 @@ def test_key_hashes_depend_on_bytes_and_length() -> None:
         assert key_hashes(pa.array([value])).tolist() == [hashes[index]]
 
 
+def test_key_hashes_of_equal_length_keys_are_the_general_paths() -> None:
+    """Keys all of one length (up to 64 bytes) take a path of their own; each must hash as
+    it does among keys of other lengths (the general path), whatever its bytes: random bytes
+    (NUL, 4-byte UTF-8 among them), every length 1-80 (exact multiples of 8, past 64), each
+    array also read through an offset into its buffers."""
+    from puhui.ingest.batches import key_hashes
+
+    rng = np.random.default_rng(15)
+    alphabet = ["a", "\0", "é", "中", "😀", "\x01", "Z"]
+    for length in range(1, 81):
+        for rows in (1, 7, 300):
+            values = [bytes(rng.integers(0, 256, length, dtype=np.uint8)) for _ in range(rows)]
+            text = "".join(rng.choice(alphabet, length))
+            values.append(text.encode()[:length].ljust(length, b"\0"))
+            equal = pa.array(values, pa.binary())
+            mixed = pa.array([*values, b"x" * (length + 1)], pa.binary())  # general path
+            expected = key_hashes(mixed).tolist()[:-1]
+            assert key_hashes(equal).tolist() == expected, length
+            shifted = pa.array([b"yz" * length, *values], pa.binary()).slice(1)
+            assert key_hashes(shifted).tolist() == expected, length
+    texts = pa.array(["😀" * 4, "中文ab" + "\0" * 8, "a" * 16])  # str: 16 UTF-8 bytes each
+    assert key_hashes(texts).tolist() == key_hashes(
+        pa.array([*texts.to_pylist(), ""])).tolist()[:-1]
+
+
 def test_read_ahead_raises_where_the_producer_failed_and_stops_it_early() -> None:
     def failing():  # noqa: ANN202
         yield 1
