@@ -19,8 +19,9 @@ first file and the redelivery, plus the digest's own time per 1M keys; writes
 bench/results/ingest-digest.json. ``--keyed-ab``: the same for the keyed digest
 (``KeyedDigest``, with and without it, the unkeyed one kept in both); writes
 bench/results/ingest-keyed-digest.json. ``--split``: only the key index's parts end to end,
-each against ``psql \\copy`` and ``to_sql`` (with the index; its claims into a heap with no
-B-tree; its hashes only; without it), alternating; writes bench/results/ingest-split.json.
+each against ``psql \\copy`` and ``to_sql`` (with the index; the same with SipHash fed str, or
+with ``key_hashes``' general path only (before rounds 14 and 15); its claims into a heap with
+no B-tree; its hashes only; without it), alternating; writes bench/results/ingest-split.json.
 """
 
 from __future__ import annotations

@@ -49,10 +49,20 @@ def _rotate(x: np.ndarray, bits: int, spare: np.ndarray) -> None:
 
 def _sip_round(v: list[np.ndarray], spare: np.ndarray) -> None:
     v0, v1, v2, v3 = v
-    v0 += v1; _rotate(v1, 13, spare); v1 ^= v0; _rotate(v0, 32, spare)  # noqa: E702
-    v2 += v3; _rotate(v3, 16, spare); v3 ^= v2  # noqa: E702
-    v0 += v3; _rotate(v3, 21, spare); v3 ^= v0  # noqa: E702
-    v2 += v1; _rotate(v1, 17, spare); v1 ^= v2; _rotate(v2, 32, spare)  # noqa: E702
+    v0 += v1
+    _rotate(v1, 13, spare)
+    v1 ^= v0
+    _rotate(v0, 32, spare)
+    v2 += v3
+    _rotate(v3, 16, spare)
+    v3 ^= v2
+    v0 += v3
+    _rotate(v3, 21, spare)
+    v3 ^= v0
+    v2 += v1
+    _rotate(v1, 17, spare)
+    v1 ^= v2
+    _rotate(v2, 32, spare)
 
 
 def numpy_siphash(keys: pa.Array, hash_keys: list[str], block: int = 1 << 14) -> np.ndarray:
@@ -81,7 +91,8 @@ def numpy_siphash(keys: pa.Array, hash_keys: list[str], block: int = 1 << 14) ->
         spare = np.empty(shape, _U)
         whole = lengths // 8
         last = (words[at + 8 * whole] & _TAIL_MASKS[lengths % 8]) | (
-            (lengths.astype(_U) & _U(0xFF)) << _U(56))
+            (lengths.astype(_U) & _U(0xFF)) << _U(56)
+        )
         fewest = int(whole.min()) if len(at) else 0
         for b in range(int(whole.max()) + 1 if len(at) else 0):
             word = words[np.minimum(at + 8 * b, words.size - 1)]
@@ -120,8 +131,7 @@ def _pandas_siphash(keys: pa.Array, hash_keys: list[str]) -> np.ndarray:
     from puhui.ingest.key_index import _siphash_input
 
     objects = _siphash_input(keys)
-    return np.array([pd.util.hash_array(objects, hash_key=k, categorize=False)
-                     for k in hash_keys])
+    return np.array([pd.util.hash_array(objects, hash_key=k, categorize=False) for k in hash_keys])
 
 
 def main() -> int:
@@ -152,7 +162,8 @@ def main() -> int:
     delivery_end = end_of_delivery_day(date(2026, 9, 30))
     stages = ("read", "prepare", "dedup", "row_hashes")
     runs: dict[str, dict[str, list[float]]] = {
-        path: {s: [] for s in stages} for path in ("equal_length_path", "general_path")}
+        path: {s: [] for s in stages} for path in ("equal_length_path", "general_path")
+    }
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp:
         path = Path(tmp) / "payments.csv"
@@ -163,11 +174,16 @@ def main() -> int:
                 loads.append(round(os.getloadavg()[0], 2))
                 ki._EQUAL_LENGTH_LONGEST = 64 if mode == "equal_length_path" else 0
                 spent = dict.fromkeys(stages, 0.0)
-                handle, cache, seen, first = open_landed_file(str(path)), PseudonymCache(), \
-                    SeenKeys(), 1
+                handle, cache, seen, first = (
+                    open_landed_file(str(path)),
+                    PseudonymCache(),
+                    SeenKeys(),
+                    1,
+                )
                 chunks = []
-                blocks = iter_file_chunks(handle, feed, file_columns(handle, feed),
-                                          READ_BLOCK_BYTES)
+                blocks = iter_file_chunks(
+                    handle, feed, file_columns(handle, feed), READ_BLOCK_BYTES
+                )
                 while True:
                     started = time.perf_counter()
                     raw = next(blocks, None)
@@ -193,8 +209,9 @@ def main() -> int:
     halves = list(ki._half_keys(feed))
     awkward = _awkward_keys(np.random.default_rng(15))
     for keys in [*texts, awkward]:
-        assert (numpy_siphash(keys, halves) == _pandas_siphash(keys, halves)).all(), \
+        assert (numpy_siphash(keys, halves) == _pandas_siphash(keys, halves)).all(), (
             "NumPy SipHash differs from pandas'"
+        )
 
     def best(work: Callable[[], object]) -> float:
         times = []
@@ -216,40 +233,51 @@ def main() -> int:
 
     parts = {
         "siphash_two_halves_pandas_bytes_objects": best(
-            lambda: [_pandas_siphash(t, halves) for t in texts]),
+            lambda: [_pandas_siphash(t, halves) for t in texts]
+        ),
         "siphash_two_halves_numpy_arrow_buffers": best(
-            lambda: [numpy_siphash(t, halves) for t in texts]),
+            lambda: [numpy_siphash(t, halves) for t in texts]
+        ),
         "key_hashes_pseudonym_column_equal_length_path": best(
-            lambda: [ki.key_hashes(p) for p in pseudonyms]),
+            lambda: [ki.key_hashes(p) for p in pseudonyms]
+        ),
         "key_hashes_pseudonym_column_general_path": best(lambda: general(pseudonyms)),
-        "key_hashes_key_text_equal_length_path": best(
-            lambda: [ki.key_hashes(t) for t in texts]),
+        "key_hashes_key_text_equal_length_path": best(lambda: [ki.key_hashes(t) for t in texts]),
         "key_hashes_key_text_general_path": best(lambda: general(texts)),
     }
     result = {
-        "benchmark": "reader_thread", "rows": args.rows, "repeats": args.repeats,
+        "benchmark": "reader_thread",
+        "rows": args.rows,
+        "repeats": args.repeats,
         "chunk_rows": [c.stored.num_rows for c in chunks],
-        "stage_seconds_runs": {m: {s: [round(x, 3) for x in v] for s, v in f.items()}
-                               for m, f in runs.items()},
-        "stage_seconds_best": {m: {s: round(min(v), 3) for s, v in f.items()}
-                               for m, f in runs.items()},
-        "reader_total_best": {m: round(sum(min(v) for v in f.values()), 3)
-                              for m, f in runs.items()},
+        "stage_seconds_runs": {
+            m: {s: [round(x, 3) for x in v] for s, v in f.items()} for m, f in runs.items()
+        },
+        "stage_seconds_best": {
+            m: {s: round(min(v), 3) for s, v in f.items()} for m, f in runs.items()
+        },
+        "reader_total_best": {
+            m: round(sum(min(v) for v in f.values()), 3) for m, f in runs.items()
+        },
         "part_seconds_best": parts,
         "numpy_siphash_equal_to_pandas": True,
         "load_average_1min_before_each_run": loads,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         **machine_facts(),
     }
-    print(f"\nreader thread per {args.rows:,} rows, one thread, best of {args.repeats} "
-          f"(load {min(loads)}-{max(loads)}):")
+    print(
+        f"\nreader thread per {args.rows:,} rows, one thread, best of {args.repeats} "
+        f"(load {min(loads)}-{max(loads)}):"
+    )
     for mode, figures in result["stage_seconds_best"].items():
-        print(f"  {mode:<20} " + "  ".join(f"{s} {v:.3f}" for s, v in figures.items())
-              + f"  total {result['reader_total_best'][mode]:.3f} s")
+        print(
+            f"  {mode:<20} "
+            + "  ".join(f"{s} {v:.3f}" for s, v in figures.items())
+            + f"  total {result['reader_total_best'][mode]:.3f} s"
+        )
     for name, seconds in parts.items():
         print(f"  {name:<48} {seconds:6.3f} s")
-    write_results("reader_thread" + (f"-{args.label}" if args.label else ""), result,
-                  args.quick)
+    write_results("reader_thread" + (f"-{args.label}" if args.label else ""), result, args.quick)
     return 0
 
 
