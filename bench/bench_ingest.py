@@ -328,10 +328,12 @@ def split(args: argparse.Namespace) -> int:
                                    check=True)
                     quiet_server(pg, db, "ingest_keys")
 
-                patch = {"hashes_only": claims_skipped, "without_index": without_key_index,
-                         "with_index_str_hashing": str_key_hashing,
-                         "with_index_general_hashing": general_key_hashing,
-                         }.get(mode, nullcontext)
+                patch = {
+                    "hashes_only": claims_skipped,
+                    "without_index": without_key_index,
+                    "with_index_str_hashing": str_key_hashing,
+                    "with_index_general_hashing": general_key_hashing,
+                }.get(mode, nullcontext)
                 loads[mode].append(round(os.getloadavg()[0], 2))
                 with patch():
                     ours = ingest_once(

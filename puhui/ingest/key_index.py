@@ -195,7 +195,8 @@ def _equal_length_state(data: pa.Buffer, start: int, count: int, length: int) ->
     else:
         block = np.zeros((count, width), dtype=np.uint8)
         block[:, :length] = np.frombuffer(data, np.uint8, count * length, start).reshape(
-            count, length)
+            count, length
+        )
         words = block.view("<u8")
     state = np.full(count, length, dtype=np.uint64) * _GOLDEN
     for k in range(width // 8):
