@@ -514,13 +514,26 @@ def test_key_hashes_depend_on_bytes_and_length() -> None:
         assert key_hashes(pa.array([value])).tolist() == [hashes[index]]
 
 
-def test_key_hashes_of_equal_length_keys_are_the_general_paths() -> None:
+def test_key_hashes_of_equal_length_keys_are_the_general_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Keys all of one length (up to 64 bytes) take a path of their own; each must hash as
     it does among keys of other lengths (the general path), whatever its bytes: random bytes
     (NUL, 4-byte UTF-8 among them), every length 1-80 (exact multiples of 8, past 64), each
-    array also read through an offset into its buffers."""
+    array also read through an offset into its buffers. The path's function is watched (and
+    still run), so the comparison is not the general path against itself: taken for every
+    equal-length array of 1-64 bytes, never for 65-80 or mixed lengths."""
+    from puhui.ingest import key_index
     from puhui.ingest.batches import key_hashes
 
+    taken: list[int] = []
+    equal_length_state = key_index._equal_length_state
+
+    def watched(data: pa.Buffer, start: int, count: int, length: int) -> np.ndarray:
+        taken.append(length)
+        return equal_length_state(data, start, count, length)
+
+    monkeypatch.setattr(key_index, "_equal_length_state", watched)
     rng = np.random.default_rng(15)
     alphabet = ["a", "\0", "é", "中", "😀", "\x01", "Z"]
     for length in range(1, 81):
@@ -534,9 +547,110 @@ def test_key_hashes_of_equal_length_keys_are_the_general_paths() -> None:
             assert key_hashes(equal).tolist() == expected, length
             shifted = pa.array([b"yz" * length, *values], pa.binary()).slice(1)
             assert key_hashes(shifted).tolist() == expected, length
+    # equal and shifted, 3 row counts each; mixed never
+    assert taken == [n for n in range(1, 65) for _ in range(6)]
     texts = pa.array(["😀" * 4, "中文ab" + "\0" * 8, "a" * 16])  # str: 16 UTF-8 bytes each
     mixed = pa.array([*texts.to_pylist(), ""])
     assert key_hashes(texts).tolist() == key_hashes(mixed).tolist()[:-1]
+    assert taken[-1] == 16
+
+
+# Inputs and their hashes as main computed them before round 15's equal-length path.
+_PINNED_KEY_HASHES = {
+    "one_byte": (
+        ["a", "\0", "z"],
+        [15946935871909544242, 5002112130088718028, 17409452278740266810],
+    ),
+    "eight": (["abcdefgh", "12345678"], [5382433078708633169, 920624533107408639]),
+    "seventeen": (
+        ["T2026093000000001", "T2026093000000002", "中文中文中ab"],
+        [2622648197033696171, 2042199615414305601, 14837607154233845465],
+    ),
+    "sixty_four": (
+        [
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+            "fd61a03af4f77d870fc21e05e7e80678095c92d808cfb3b5c279ee04c74aca13",
+        ],
+        [7689327049847423858, 6139399191105806982, 2722912758338263048],
+    ),
+    "sixty_five": (["k" * 65, "a" * 65], [9124463172038968711, 10637858960547921614]),
+    "mixed": (
+        ["", "a", "é", "😀" * 3, "x" * 64, "y" * 80, "\0null"],
+        [
+            0,
+            15946935871909544242,
+            3163174431196789403,
+            16278540939377851169,
+            18429985893325236795,
+            14973345537496251424,
+            5173053835810921858,
+        ],
+    ),
+}
+
+
+def test_value_hashes_stay_what_the_index_holds() -> None:
+    """``ingest_keys.value_hash`` (``row_hashes(...).value``) is stored: a redelivered row
+    is a repeat when its value hash equals the stored one, a correction otherwise. So its
+    values are pinned as main computed them before the equal-length path (round 15): a
+    mobile_payments table with a 64-hex pseudonym column (hashed directly, equal lengths),
+    equal-length codes and mixed ones (hashed per distinct value), non-ASCII, NULLs; and
+    ``key_hashes`` itself for lengths 1, 8, 17, 64, 65 and mixed (a change to the shared
+    mixing, or a pyarrow change, moves both of its paths: a comparison of the two misses it).
+    """
+    from datetime import datetime
+
+    from puhui.ingest.key_index import key_hashes, row_hashes
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    feed = load_config(configs, PartnersConfig).get("mobile_payments")
+    persons = [
+        *_PINNED_KEY_HASHES["sixty_four"][0],
+        _PINNED_KEY_HASHES["sixty_four"][0][0],
+        "0" * 64,
+    ]
+    stored = pa.table(
+        {
+            "txn_id": pa.array(["T1", "T2", "T3", "T4", "T5"]),
+            "phone_key": pa.array(persons, pa.string()),
+            "txn_time": pa.array(
+                [datetime(2026, 9, 30, 8, 0, s) for s in range(5)], pa.timestamp("us")
+            ),
+            "txn_type": pa.array(["P2P", "BIL", "MER", "P2P", "BIL"]),
+            "amount": pa.array([1.5, 2000.0, None, 0.01, -3.0]),
+            "merchant_category": pa.array(["超市", None, "grocery", "é😀", ""]),
+            "days_past_due": pa.array([0, None, 30, 7, 1], pa.int64()),
+            "status": pa.array(["ok", "failed", "ok", "pending", "ok"]),
+        }
+    )
+    assert row_hashes(stored, feed).value.tolist() == [
+        6479000244779833406,
+        -4948977685696959054,
+        -8462812300499040609,
+        9062997177099598386,
+        -4789547593898333650,
+    ]
+    for name, (values, expected) in _PINNED_KEY_HASHES.items():
+        assert key_hashes(pa.array(values, pa.string())).tolist() == expected, name
+
+
+def test_key_hashes_of_large_and_chunked_arrays_are_their_string_forms() -> None:
+    """``large_string`` / ``large_binary`` keys (64-bit offsets) hash as their 32-bit forms
+    do (read as 32-bit offsets they hashed wrongly, the first key as 0), a chunked array as
+    its chunks combined (it raised), sliced too; a type without offsets and bytes is a
+    one-line TypeError naming the type."""
+    from puhui.ingest.key_index import key_hashes
+
+    for values, expected in _PINNED_KEY_HASHES.values():
+        for large in (pa.large_string(), pa.large_binary()):
+            keys = pa.array(values, pa.large_string()).cast(large)
+            assert key_hashes(keys).tolist() == expected, large
+            assert key_hashes(pa.array(["-", *values], large).slice(1)).tolist() == expected
+        chunked = pa.chunked_array([values[:1], values[1:]], pa.string())
+        assert key_hashes(chunked).tolist() == expected
+    with pytest.raises(TypeError, match="not int64"):
+        key_hashes(pa.array([1, 2]))
 
 
 def test_read_ahead_raises_where_the_producer_failed_and_stops_it_early() -> None:

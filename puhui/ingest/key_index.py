@@ -146,14 +146,26 @@ _HASHED_PREFIX_WORDS = 8  # long keys: the first 64 bytes, the last 8 and the le
 _EQUAL_LENGTH_LONGEST = 8 * _HASHED_PREFIX_WORDS
 
 
-def key_hashes(keys: pa.Array) -> np.ndarray:
+def key_hashes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each string's bytes, vectorized (8-byte words, splitmix64 finish).
 
     Only a filter: equal hashes are settled by comparing the keys themselves, so a collision
-    costs time, never a row.
+    costs time, never a row. ``keys``: string or binary, 32- or 64-bit offsets (``large_``
+    types hash as their 32-bit forms do), an ``Array`` or a ``ChunkedArray``.
     """
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    kind = keys.type
+    if pa.types.is_large_string(kind) or pa.types.is_large_binary(kind):
+        offset_type = np.dtype(np.int64)
+    elif pa.types.is_string(kind) or pa.types.is_binary(kind):
+        offset_type = np.dtype(np.int32)
+    else:  # its buffers are not offsets and bytes: hashing them would give wrong hashes
+        raise TypeError(f"key_hashes takes string or binary keys, not {kind}")
     count = len(keys)
-    offsets = np.frombuffer(keys.buffers()[1], np.int32, count + 1, keys.offset * 4)
+    offsets = np.frombuffer(
+        keys.buffers()[1], offset_type, count + 1, keys.offset * offset_type.itemsize
+    )
     starts = offsets[:-1].astype(np.int64)
     lengths = np.diff(offsets).astype(np.int64)
     data = keys.buffers()[2]
