@@ -23,8 +23,10 @@ def machine_facts() -> dict[str, object]:
 
 
 def measured_commit() -> dict[str, object]:
-    """ROOT's ``git rev-parse HEAD`` and whether tracked files differ from it; None for a
-    checkout without git (an export: its results file's label then says what it is)."""
+    """ROOT's ``git rev-parse HEAD`` and whether the code differs from it: a tracked file
+    changed, or an untracked one under ``puhui/`` or ``bench/`` (a new bench script run
+    before its commit); None for a checkout without git (an export: its results file's
+    label then says what it is)."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
@@ -36,6 +38,8 @@ def measured_commit() -> dict[str, object]:
     top = git("rev-parse", "--show-toplevel")  # an export inside another checkout is not it
     commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == ROOT else None
     changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if changes == "":  # untracked code measured; ignored files (quick results) are not listed
+        changes = git("status", "--porcelain", "--untracked-files=all", "--", "puhui", "bench")
     return {"commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
 
 
