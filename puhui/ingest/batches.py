@@ -192,6 +192,16 @@ def _escaped_byte(found: re.Match[str]) -> str:
     return f"\\x{ord(found.group()) & 0xFF:02x}"  # U+DCNN is byte NN; a backslash 5c
 
 
+# A stored path in escaped form: each backslash starts an escape ``_escaped_byte`` writes.
+_ESCAPED_FORM = re.compile(r"(?:[^\\]|\\x(?:5c|[89a-f][0-9a-f]))*")
+_ESCAPE = re.compile(r"\\x(5c|[89a-f][0-9a-f])")
+
+
+def _unescaped_byte(found: re.Match[str]) -> str:
+    byte = int(found.group(1), 16)
+    return "\\" if byte == 0x5C else chr(0xDC00 + byte)
+
+
 def content_key(partner: str, checksum: str) -> str:
     """The ledger's unique content key: duplicate detection is per feed.
 
@@ -595,6 +605,21 @@ class FileIngestor:
         named = pseudonymize_text_identifiers(path, self.key)
         return _ESCAPED.sub(_escaped_byte, named) if _NEEDS_ESCAPE.search(named) else named
 
+    def settled_path(self, stored: str) -> str:
+        """A ledger ``source_path`` (a path ``stored_path`` wrote, with an older finder or
+        none) as ``stored_path`` stores its file now; one in today's form comes out
+        unchanged (idempotent).
+
+        ``stored_path`` itself would escape an escaped path's ``\\xNN`` again, so an
+        escaped path is unescaped to the name it was made from first (pseudonymized names
+        are pseudonymized again to themselves). A path that only looks escaped (a row from
+        before round 14 named ``a\\b\\xff``, its backslashes not all escapes) is only
+        pseudonymized: which file it names cannot be told, so its form is kept.
+        """
+        if _NEEDS_ESCAPE.search(stored) and _ESCAPED_FORM.fullmatch(stored):
+            return self.stored_path(_ESCAPE.sub(_unescaped_byte, stored))
+        return pseudonymize_text_identifiers(stored, self.key)
+
     def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""
         fs, path = landed_fs(landed.path)
@@ -676,7 +701,7 @@ class FileIngestor:
             "batch_id": base["batch_id"],
             "partner": self.feed.name,
             "source_path": base["path"],
-            "path_pseudonymized": True,
+            "path_settled": ledger.PATH_SETTLED,
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,

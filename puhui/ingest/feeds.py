@@ -118,17 +118,10 @@ def ingest_feed(
     """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery."""
     engine = runtime.engine
     with engine.begin() as conn:
-        # Rows from before file names were pseudonymized: the ledger (read by BI) keeps no
-        # raw identifier, and discovery finds those files again under their stored names.
-        legacy = ledger.pseudonymize_legacy_paths(conn, feed.name, ingestor.stored_path)
-        if legacy:
-            runtime.audit.append(
-                conn,
-                "ingest.paths_pseudonymized",
-                feed.name,
-                {"partner": feed.name, "rows": legacy},
-                flow_run_id=ingestor.flow_run_id,
-            )
+        # Rows settled before the finder's current shapes, or never: the ledger (read by BI)
+        # keeps no raw identifier, and discovery finds those files under their stored names.
+        ledger.settle_ledger_paths(conn, runtime.audit, feed.name, ingestor.settled_path,
+                                   ingestor.flow_run_id)
     watermark = ledger.get_watermark(engine, feed.name)
     files = files_to_consider(
         feed, runtime.settings.landing, as_of, watermark, _lookback_days(runtime, feed)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, text, update
 
+from puhui.crashpoints import crash_point
 from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
@@ -178,47 +179,60 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
         }
 
 
-def pseudonymize_legacy_paths(
-    conn: Connection, partner: str, stored_path: Callable[[str], str]
-) -> int:
-    """Give the feed's ledger rows written before file names were pseudonymized the
-    ``source_path`` that ingestion stores now; returns how many rows changed.
+# The identifier shapes a ledger path is settled at (``ingest_batches.path_settled``,
+# migration 0010): 1, 18-digit national IDs and phones (0006's boolean TRUE); 2, also
+# round 14's first-generation IDs (15 digits) and phones with a bracketed first group. Raise
+# it when the finder learns a shape file names may hold: ingest settles every row below it
+# once more, as it settled the rows from before names were pseudonymized (NULL).
+PATH_SETTLED = 2
+PATHS_SETTLED = "ingest.paths_pseudonymized"
 
-    Only rows not yet settled (``path_pseudonymized`` NULL: rows from before migration 0005,
-    which came with pseudonymized names) are read, and each is marked as it is settled, so
-    a row is read once: remote files and entries that are not regular files never get a
-    modification time, and picking rows by that read them all on every run. Idempotent and
-    safe to interrupt: the caller's transaction holds the marks and the new paths together,
-    and each row is updated only from the path it was read with and while unmarked (two runs
-    at once change it once). A data migration could not do this: it has no pseudonym key.
+
+def settle_ledger_paths(
+    conn: Connection, audit: AuditWriter, partner: str, settled_path: Callable[[str], str],
+    flow_run_id: str | None = None,
+) -> int:
+    """Give the feed's ledger rows settled below ``PATH_SETTLED`` (or never) the
+    ``source_path`` ingestion stores now, ``settled_path(source_path)``; returns how many
+    rows were renamed.
+
+    ``settled_path`` takes a *stored* path (``FileIngestor.settled_path``): one already
+    pseudonymized or ``\\xNN``-escaped comes out unchanged, so a row is never escaped or
+    pseudonymized twice. Each row is marked at the level as it is read, so it is read once
+    per level: remote files and entries that are not regular files never get a modification
+    time, and picking rows by that read them all on every run. The renames, the marks and one
+    ``PATHS_SETTLED`` event with each renamed batch's new path digest (``audit verify``
+    compares ``source_path`` with the trail's digests) are written in the caller's
+    transaction: a run killed before its commit changed nothing. A row is updated only from
+    the path it was read with and while below the level, so two runs at once rename it once
+    (the other's update matches no row and its event does not list it). A data migration
+    could not do this: it has no pseudonym key.
     """
     table = ingest_batches.c
-    query = select(table.batch_id, table.source_path).where(
-        table.partner == partner, table.path_pseudonymized.is_(None)
-    )
-    changed = 0
+    below = or_(table.path_settled.is_(None), table.path_settled < PATH_SETTLED)
+    query = select(table.batch_id, table.source_path).where(table.partner == partner, below)
+    renamed: dict[str, str] = {}
     kept: list[str] = []
     for row in conn.execute(query).all():
-        renamed = stored_path(row.source_path)
-        if renamed == row.source_path:
+        path = settled_path(row.source_path)
+        if path == row.source_path:
             kept.append(row.batch_id)
-            continue
-        changed += conn.execute(
+        elif conn.execute(
             update(ingest_batches)
-            .where(
-                table.batch_id == row.batch_id,
-                table.source_path == row.source_path,
-                table.path_pseudonymized.is_(None),
-            )
-            .values(source_path=renamed, path_pseudonymized=True)
-        ).rowcount
+            .where(table.batch_id == row.batch_id, table.source_path == row.source_path, below)
+            .values(source_path=path, path_settled=PATH_SETTLED)
+        ).rowcount:
+            renamed[row.batch_id] = path
     for chunk in in_list_chunks(kept):
-        conn.execute(
-            update(ingest_batches)
-            .where(table.batch_id.in_(chunk))
-            .values(path_pseudonymized=True)
-        )
-    return changed
+        conn.execute(update(ingest_batches).where(table.batch_id.in_(chunk), below)
+                     .values(path_settled=PATH_SETTLED))
+    if renamed:
+        audit.append(conn, PATHS_SETTLED, partner, {
+            "partner": partner, "rows": len(renamed), "settled_at": PATH_SETTLED,
+            "batches": {b: discovery_facts({"source_path": p})[DISCOVERY_DIGESTS]
+                        for b, p in sorted(renamed.items())}}, flow_run_id=flow_run_id)
+    crash_point("paths-settled-before-commit")
+    return len(renamed)
 
 
 def insert_batch(conn: Connection, **values: Any) -> None:
@@ -445,7 +459,8 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     # One moment for both reads: a release or an ingest committing between them (a status
     # and its event written together) was reported as a hand edit.
     with snapshot(engine) as conn:
-        events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED])
+        events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED,
+                                  PATHS_SETTLED])
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
             *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS))))}
@@ -453,8 +468,11 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     for event in events:
         d = event["details"]
-        if event["action"] == MARKS_RENEWED and "batches" in d:  # a feed run's renewals
-            for batch_id, renewed in d["batches"].items():
+        if event["action"] == PATHS_SETTLED or (event["action"] == MARKS_RENEWED
+                                                and "batches" in d):
+            # A feed run's renewals or renamed paths (rename events from before round 15
+            # list no batches: the paths they renamed were not compared before either).
+            for batch_id, renewed in d.get("batches", {}).items():
                 digests.setdefault(batch_id, {}).update(renewed)
             continue
         facts = expected.setdefault(event["subject"], {})

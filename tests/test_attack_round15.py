@@ -1,0 +1,212 @@
+"""Attack round 15 (see README, "Round 15"): ledger paths settled before round 14's
+identifier shapes, settled again; then hostile input and tampering not covered by rounds
+7-14. Each test failed before its fix unless its docstring says it was found sound.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from puhui.audit import read_audit_events
+from puhui.cli import main
+from puhui.ingest import batches, ledger
+from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.privacy import find_raw_identifiers
+from puhui.runtime import open_runtime
+from puhui.settings import repo_root
+from puhui.warehouse.schema import ingest_batches
+from tests import test_attack_round7
+from tests.test_attack_round7 import DAY, _ingest_payments, _payments, _raw_rows
+
+landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
+
+_OLD_ID = "110105800101123"  # area 110105, born 1980-01-01, sequence 123
+# Shapes the finder learnt in round 14: rows settled before kept them raw.
+_ROUND14_SHAPES = (_OLD_ID, "+86 (139) 8765 4321", "（139）8765-4321")
+
+
+def _finder_before_round14(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingestion's name pseudonymizer as it was before round 14: blind to its shapes."""
+    real = batches.pseudonymize_text_identifiers
+
+    def blind(text: str, key: bytes) -> str:
+        for i, shape in enumerate(_ROUND14_SHAPES):
+            text = text.replace(shape, f"@{i}@")
+        named = real(text, key)
+        for i, shape in enumerate(_ROUND14_SHAPES):
+            named = named.replace(f"@{i}@", shape)
+        return named
+
+    monkeypatch.setattr(batches, "pseudonymize_text_identifiers", blind)
+
+
+def _paths() -> dict[str, str]:
+    with open_runtime().engine.connect() as conn:
+        return dict(conn.execute(select(ingest_batches.c.batch_id,
+                                        ingest_batches.c.source_path)).all())
+
+
+def _legacy_ledger(landing: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Six files ingested by the finder before round 14 and marked settled at level 1 (as
+    migration 0010 marks them): three keep a round-14 shape raw in their path, one a phone
+    pseudonymized then, one a name that is not UTF-8 (escaped), one plain. Returns the
+    ledger's paths by batch."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    names = [f"mobile_payments_{i}_{shape}.csv" for i, shape in enumerate(_ROUND14_SHAPES, 1)]
+    names += ["mobile_payments_4_13812345678.csv", "mobile_payments_6_plain.csv"]
+    for i, name in enumerate(names, 1):
+        (folder / name).write_bytes(_payments(i))
+    Path(os.fsdecode(os.fsencode(folder) + b"/mobile_payments_5_\xff\\x.csv")).write_bytes(
+        _payments(9))
+    with monkeypatch.context() as patch:
+        _finder_before_round14(patch)
+        assert {o.status for o in _ingest_payments().values()} == {"accepted"}
+    with open_runtime().engine.begin() as conn:
+        conn.execute(update(ingest_batches).values(path_settled=1))
+    before = _paths()
+    assert sum(bool(find_raw_identifiers(p)) for p in before.values()) == 3
+    return before
+
+
+def _bare_ingestor() -> batches.FileIngestor:
+    """A FileIngestor holding only the pseudonym key: what its path functions use."""
+    ingestor = batches.FileIngestor.__new__(batches.FileIngestor)
+    ingestor.key = pseudonym_key_bytes(open_runtime().settings.pseudonym_key)
+    return ingestor
+
+
+@pytest.fixture
+def ingestor(puhui_env: Path) -> batches.FileIngestor:
+    return _bare_ingestor()
+
+
+@pytest.mark.parametrize("name", [
+    f"/l/mp_{_OLD_ID}.csv", "/l/mp_+86 (139) 8765 4321.csv", "/l/mp_13812345678.csv",
+    "/l/mp_\udcff\\x_13812345678.csv", "/l/mp_\udcb13812345678.csv", "/l/mp_\\xff.csv",
+    "/l/mp_a\\b.csv", "/l/mp_\\x5c\\x41.csv", "/l/张三\udcfd（139）8765-4321\udcfd.csv",
+    "/l/mp_~0123456789ab13812345678.csv", "/l/plain.csv",
+])
+def test_settling_a_stored_path_again_changes_nothing(
+    ingestor: batches.FileIngestor, name: str
+) -> None:
+    """Idempotent: a path as ingestion stores it now (pseudonymized, `\\xNN`-escaped, both,
+    neither) comes out of the re-settle unchanged; `stored_path` itself would escape an
+    escaped path's backslashes again."""
+    stored = ingestor.stored_path(name)
+    assert ingestor.settled_path(stored) == stored
+    assert ingestor.settled_path(ingestor.settled_path(stored)) == stored
+
+
+def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: rows settled before round 14 (0006's TRUE) were never read again, so a
+    15-digit ID or a bracketed phone stayed raw in `source_path` for good. Now each row
+    below the current level is settled once more: renamed to the path ingestion stores now
+    (discovery still recognises its file: nothing is read again), with the new path's digest
+    in the trail in the same transaction (`audit verify` stays green), once."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    before = _legacy_ledger(landing, monkeypatch)
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+
+    outcomes = _ingest_payments()
+    assert all(o.skipped for o in outcomes.values()), "recognised, not read again"
+    assert not [n for n in outcomes if find_raw_identifiers(n)]
+    after = _paths()
+    assert set(after) == set(before) and _raw_rows() == (30, 30)
+    renamed = {b for b in before if before[b] != after[b]}
+    assert renamed == {b for b, p in before.items() if find_raw_identifiers(p)}
+    assert not [p for p in after.values() if find_raw_identifiers(p)]
+    events = read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED)
+    assert [(e["details"]["rows"], sorted(e["details"]["batches"])) for e in events] == [
+        (3, sorted(renamed))]
+    with open_runtime().engine.connect() as conn:
+        levels = set(conn.execute(select(ingest_batches.c.path_settled)).scalars())
+    assert levels == {ledger.PATH_SETTLED}
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+
+    assert all(o.skipped for o in _ingest_payments().values())
+    assert _paths() == after, "a second pass is a no-op"
+    assert len(read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED)) == 1
+
+    edited = sorted(renamed)[0]  # a hand edit of a renamed path is still caught
+    with open_runtime().engine.begin() as conn:
+        conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == edited)
+                     .values(source_path=before[edited]))
+    capsys.readouterr()
+    assert main(["audit", "verify", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    assert f"batch {edited}: ingest_batches.source_path is " in err, err
+    assert not find_raw_identifiers(err)
+
+
+def test_a_settle_killed_before_its_commit_leaves_the_ledger_as_it_was(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """kill -9 after the renames and their event, before the commit: nothing changed, verify
+    is green, and the next run settles the rows."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    before = _legacy_ledger(landing, monkeypatch)
+    killed = subprocess.run(
+        [sys.executable, "-c", "from tests.test_attack_round7 import _ingest_payments as i; i()"],
+        cwd=repo_root(), env={**os.environ, "PUHUI_CRASH_AT": "paths-settled-before-commit"},
+        capture_output=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    assert _paths() == before
+    assert read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED) == []
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+    assert all(o.skipped for o in _ingest_payments().values())
+    assert not [p for p in _paths().values() if find_raw_identifiers(p)]
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
+def test_two_settles_at_once_rename_each_row_once(
+    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two runs read the same unsettled rows, then both rename (PostgreSQL, read committed;
+    SQLite's BEGIN IMMEDIATE serializes them whole): each row is renamed and listed in an
+    event once, and verify agrees."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    _legacy_ledger(landing, monkeypatch)
+    runtime = open_runtime()
+    ingestor = _bare_ingestor()
+    both_read = threading.Barrier(2, timeout=30)
+    counts: list[int] = []
+
+    def settle() -> None:
+        first = [True]
+
+        def settled(path: str) -> str:
+            if first.pop() if first else False:
+                both_read.wait()  # both have read every row before either renames one
+            return ingestor.settled_path(path)
+
+        with runtime.engine.begin() as conn:
+            counts.append(ledger.settle_ledger_paths(conn, runtime.audit, "mobile_payments",
+                                                     settled))
+
+    threads = [threading.Thread(target=settle) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(counts) == [0, 3]
+    events = read_audit_events(runtime.engine, action=ledger.PATHS_SETTLED)
+    assert [e["details"]["rows"] for e in events] == [3]
+    assert not [p for p in _paths().values() if find_raw_identifiers(p)]
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
