@@ -49,8 +49,9 @@ def _finder_before_round14(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _paths() -> dict[str, str]:
     with open_runtime().engine.connect() as conn:
-        return dict(conn.execute(select(ingest_batches.c.batch_id,
-                                        ingest_batches.c.source_path)).all())
+        return dict(
+            conn.execute(select(ingest_batches.c.batch_id, ingest_batches.c.source_path)).all()
+        )
 
 
 def _legacy_ledger(landing: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -64,7 +65,8 @@ def _legacy_ledger(landing: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     for i, name in enumerate(names, 1):
         (folder / name).write_bytes(_payments(i))
     Path(os.fsdecode(os.fsencode(folder) + b"/mobile_payments_5_\xff\\x.csv")).write_bytes(
-        _payments(9))
+        _payments(9)
+    )
     with monkeypatch.context() as patch:
         _finder_before_round14(patch)
         assert {o.status for o in _ingest_payments().values()} == {"accepted"}
@@ -87,12 +89,22 @@ def ingestor(puhui_env: Path) -> batches.FileIngestor:
     return _bare_ingestor()
 
 
-@pytest.mark.parametrize("name", [
-    f"/l/mp_{_OLD_ID}.csv", "/l/mp_+86 (139) 8765 4321.csv", "/l/mp_13812345678.csv",
-    "/l/mp_\udcff\\x_13812345678.csv", "/l/mp_\udcb13812345678.csv", "/l/mp_\\xff.csv",
-    "/l/mp_a\\b.csv", "/l/mp_\\x5c\\x41.csv", "/l/张三\udcfd（139）8765-4321\udcfd.csv",
-    "/l/mp_~0123456789ab13812345678.csv", "/l/plain.csv",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"/l/mp_{_OLD_ID}.csv",
+        "/l/mp_+86 (139) 8765 4321.csv",
+        "/l/mp_13812345678.csv",
+        "/l/mp_\udcff\\x_13812345678.csv",
+        "/l/mp_\udcb13812345678.csv",
+        "/l/mp_\\xff.csv",
+        "/l/mp_a\\b.csv",
+        "/l/mp_\\x5c\\x41.csv",
+        "/l/张三\udcfd（139）8765-4321\udcfd.csv",
+        "/l/mp_~0123456789ab13812345678.csv",
+        "/l/plain.csv",
+    ],
+)
 def test_settling_a_stored_path_again_changes_nothing(
     ingestor: batches.FileIngestor, name: str
 ) -> None:
@@ -105,7 +117,9 @@ def test_settling_a_stored_path_again_changes_nothing(
 
 
 def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
-    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    landing: Path,
+    warehouse_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Before: rows settled before round 14 (0006's TRUE) were never read again, so a
@@ -128,7 +142,8 @@ def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
     assert not [p for p in after.values() if find_raw_identifiers(p)]
     events = read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED)
     assert [(e["details"]["rows"], sorted(e["details"]["batches"])) for e in events] == [
-        (3, sorted(renamed))]
+        (3, sorted(renamed))
+    ]
     with open_runtime().engine.connect() as conn:
         levels = set(conn.execute(select(ingest_batches.c.path_settled)).scalars())
     assert levels == {ledger.PATH_SETTLED}
@@ -141,8 +156,11 @@ def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
 
     edited = sorted(renamed)[0]  # a hand edit of a renamed path is still caught
     with open_runtime().engine.begin() as conn:
-        conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == edited)
-                     .values(source_path=before[edited]))
+        conn.execute(
+            update(ingest_batches)
+            .where(ingest_batches.c.batch_id == edited)
+            .values(source_path=before[edited])
+        )
     capsys.readouterr()
     assert main(["audit", "verify", "--no-repair"]) == 1
     err = capsys.readouterr().err
@@ -151,7 +169,9 @@ def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
 
 
 def test_a_settle_killed_before_its_commit_leaves_the_ledger_as_it_was(
-    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    landing: Path,
+    warehouse_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """kill -9 after the renames and their event, before the commit: nothing changed, verify
@@ -160,8 +180,11 @@ def test_a_settle_killed_before_its_commit_leaves_the_ledger_as_it_was(
     before = _legacy_ledger(landing, monkeypatch)
     killed = subprocess.run(
         [sys.executable, "-c", "from tests.test_attack_round7 import _ingest_payments as i; i()"],
-        cwd=repo_root(), env={**os.environ, "PUHUI_CRASH_AT": "paths-settled-before-commit"},
-        capture_output=True, timeout=300)
+        cwd=repo_root(),
+        env={**os.environ, "PUHUI_CRASH_AT": "paths-settled-before-commit"},
+        capture_output=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     assert _paths() == before
     assert read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED) == []
@@ -174,7 +197,9 @@ def test_a_settle_killed_before_its_commit_leaves_the_ledger_as_it_was(
 
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
 def test_two_settles_at_once_rename_each_row_once(
-    landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch,
+    landing: Path,
+    warehouse_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Two runs read the same unsettled rows, then both rename (PostgreSQL, read committed;
@@ -196,8 +221,9 @@ def test_two_settles_at_once_rename_each_row_once(
             return ingestor.settled_path(path)
 
         with runtime.engine.begin() as conn:
-            counts.append(ledger.settle_ledger_paths(conn, runtime.audit, "mobile_payments",
-                                                     settled))
+            counts.append(
+                ledger.settle_ledger_paths(conn, runtime.audit, "mobile_payments", settled)
+            )
 
     threads = [threading.Thread(target=settle) for _ in range(2)]
     for t in threads:

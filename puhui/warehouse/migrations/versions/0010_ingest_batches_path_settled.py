@@ -21,61 +21,83 @@ gives TRUE back to rows at level 1 or above).
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010'
-down_revision = '0009'
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
 
-OLD_INDEX = 'ix_ingest_batches_unsettled_paths'
-INDEX = 'ix_ingest_batches_path_settled'
-UNSETTLED = sa.text('path_pseudonymized IS NULL')
+OLD_INDEX = "ix_ingest_batches_unsettled_paths"
+INDEX = "ix_ingest_batches_path_settled"
+UNSETTLED = sa.text("path_pseudonymized IS NULL")
 
 
 def _columns() -> set[str]:
-    return {c['name'] for c in sa.inspect(op.get_bind()).get_columns('ingest_batches')}
+    return {c["name"] for c in sa.inspect(op.get_bind()).get_columns("ingest_batches")}
 
 
 def _indexes() -> set[str]:
-    return {i['name'] for i in sa.inspect(op.get_bind()).get_indexes('ingest_batches')}
+    return {i["name"] for i in sa.inspect(op.get_bind()).get_indexes("ingest_batches")}
 
 
 def upgrade() -> None:
-    if 'path_settled' not in _columns():
-        with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
-            batch_op.add_column(sa.Column(
-                'path_settled', sa.SmallInteger(), nullable=True,
-                comment='identifier shapes source_path is settled at; NULL: not yet'))
-    if 'path_pseudonymized' in _columns():
-        rows = sa.table('ingest_batches', sa.column('path_settled', sa.SmallInteger()),
-                        sa.column('path_pseudonymized', sa.Boolean()))
-        op.execute(rows.update()
-                   .where(rows.c.path_pseudonymized.is_(True), rows.c.path_settled.is_(None))
-                   .values(path_settled=1))
+    if "path_settled" not in _columns():
+        with op.batch_alter_table("ingest_batches", schema=None) as batch_op:
+            batch_op.add_column(
+                sa.Column(
+                    "path_settled",
+                    sa.SmallInteger(),
+                    nullable=True,
+                    comment="identifier shapes source_path is settled at; NULL: not yet",
+                )
+            )
+    if "path_pseudonymized" in _columns():
+        rows = sa.table(
+            "ingest_batches",
+            sa.column("path_settled", sa.SmallInteger()),
+            sa.column("path_pseudonymized", sa.Boolean()),
+        )
+        op.execute(
+            rows.update()
+            .where(rows.c.path_pseudonymized.is_(True), rows.c.path_settled.is_(None))
+            .values(path_settled=1)
+        )
         if OLD_INDEX in _indexes():
-            op.drop_index(OLD_INDEX, table_name='ingest_batches')
-        with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
-            batch_op.drop_column('path_pseudonymized')
+            op.drop_index(OLD_INDEX, table_name="ingest_batches")
+        with op.batch_alter_table("ingest_batches", schema=None) as batch_op:
+            batch_op.drop_column("path_pseudonymized")
     if INDEX not in _indexes():
-        op.create_index(INDEX, 'ingest_batches', ['partner', 'path_settled'])
+        op.create_index(INDEX, "ingest_batches", ["partner", "path_settled"])
 
 
 def downgrade() -> None:
     # Run again after a downgrade that stopped before alembic stamped it, as 0006's.
-    if 'path_pseudonymized' not in _columns():
-        with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
-            batch_op.add_column(sa.Column(
-                'path_pseudonymized', sa.Boolean(), nullable=True,
-                comment='source_path is in its stored form; NULL: not yet checked'))
-    if 'path_settled' in _columns():
-        rows = sa.table('ingest_batches', sa.column('path_settled', sa.SmallInteger()),
-                        sa.column('path_pseudonymized', sa.Boolean()))
-        op.execute(rows.update().where(rows.c.path_settled >= 1)
-                   .values(path_pseudonymized=True))
+    if "path_pseudonymized" not in _columns():
+        with op.batch_alter_table("ingest_batches", schema=None) as batch_op:
+            batch_op.add_column(
+                sa.Column(
+                    "path_pseudonymized",
+                    sa.Boolean(),
+                    nullable=True,
+                    comment="source_path is in its stored form; NULL: not yet checked",
+                )
+            )
+    if "path_settled" in _columns():
+        rows = sa.table(
+            "ingest_batches",
+            sa.column("path_settled", sa.SmallInteger()),
+            sa.column("path_pseudonymized", sa.Boolean()),
+        )
+        op.execute(rows.update().where(rows.c.path_settled >= 1).values(path_pseudonymized=True))
         if INDEX in _indexes():
-            op.drop_index(INDEX, table_name='ingest_batches')
-        with op.batch_alter_table('ingest_batches', schema=None) as batch_op:
-            batch_op.drop_column('path_settled')
+            op.drop_index(INDEX, table_name="ingest_batches")
+        with op.batch_alter_table("ingest_batches", schema=None) as batch_op:
+            batch_op.drop_column("path_settled")
     if OLD_INDEX not in _indexes():
-        op.create_index(OLD_INDEX, 'ingest_batches', ['partner'],
-                        sqlite_where=UNSETTLED, postgresql_where=UNSETTLED)
+        op.create_index(
+            OLD_INDEX,
+            "ingest_batches",
+            ["partner"],
+            sqlite_where=UNSETTLED,
+            postgresql_where=UNSETTLED,
+        )
