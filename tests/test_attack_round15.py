@@ -5,10 +5,12 @@ identifier shapes, settled again; then hostile input and tampering not covered b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -16,14 +18,18 @@ from sqlalchemy import select, update
 
 from puhui.audit import read_audit_events
 from puhui.cli import main
+from puhui.generate.hostile import HostileContext
 from puhui.ingest import batches, ledger
+from puhui.ingest.feeds import ingest_all_feeds
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
+from puhui.ingest.quarantine import reject_batch, release_batch
 from puhui.privacy import find_raw_identifiers
 from puhui.runtime import open_runtime
 from puhui.settings import repo_root
 from puhui.warehouse.schema import ingest_batches
 from tests import test_attack_round7
 from tests.test_attack_round7 import DAY, _ingest_payments, _payments, _raw_rows
+from tests.test_attack_round14 import _held_by_category
 
 landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
 
@@ -236,3 +242,86 @@ def test_two_settles_at_once_rename_each_row_once(
     assert not [p for p in _paths().values() if find_raw_identifiers(p)]
     capsys.readouterr()
     assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- part B
+
+
+def test_a_json_object_or_list_in_a_text_column_is_held_naming_the_column(
+    landing: Path,
+) -> None:
+    """Before: `{"province": {...}}` or `[...]` where the contract has text failed Arrow's
+    cast outside the contract's check (a block where every line has one: one where some do
+    is held as its types changing): held as `unreadable: unexpected
+    ArrowNotImplementedError ... (message withheld)`, naming no column. A nested value in a
+    number column named its struct type, the partner's keys spelled in it (masked)."""
+    orders = landing / "ecommerce_orders" / DAY.isoformat()
+    orders.mkdir(parents=True)
+    context = HostileContext(DAY, 1, Path("."), set())
+    cases = [
+        ("province", {"13812345678": "北京"}, "a JSON object", "string"),
+        ("province", ["北京"], "a JSON list", "string"),
+        ("amount_yuan", {"13812345678": 1}, "a JSON object", "float"),
+    ]
+    for i, (column, value, _, _) in enumerate(cases):
+        order = context.order(i)
+        order[column] = value
+        (orders / f"ecommerce_orders_{i}.jsonl").write_text(json.dumps(order) + "\n")
+    outcomes = {
+        f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(open_runtime(), DAY) for f in r.files
+    }
+    for i, (column, _, kind, declared) in enumerate(cases):
+        held = outcomes[f"ecommerce_orders_{i}.jsonl"]
+        assert (held.status, held.reason) == (
+            "quarantined",
+            f"type drift in {column}: {kind} where {declared} is declared",
+        )
+
+
+def _decided_ledger(landing: Path) -> dict[str, batches.FileOutcome]:
+    """An accepted batch with a warning, a released one, a rejected one."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    head, *rows = _payments(1).decode().splitlines()
+    (folder / "mobile_payments_1.csv").write_text("\n".join([head, *rows, rows[0]]) + "\n")
+    (folder / "mobile_payments_2.csv").write_bytes(_held_by_category(2))
+    (folder / "mobile_payments_3.csv").write_bytes(_held_by_category(3))
+    outcomes = _ingest_payments()
+    runtime = open_runtime()
+    release_batch(runtime, outcomes["mobile_payments_2.csv"].batch_id, "ok by ops")
+    reject_batch(runtime, outcomes["mobile_payments_3.csv"].batch_id, "partner resends it")
+    return outcomes
+
+
+def test_hand_edits_of_who_decided_warnings_and_the_delivery_date_are_reported(
+    landing: Path,
+    warehouse_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: `audit verify` passed a release or rejection put on another person's name
+    (`decided_by`, which the deciding event's actor records), a loaded batch's warnings
+    deleted (BI reads a clean load) and a delivery date moved (its batch id holds it; on
+    SQLite a date that is none, which then stopped `quarantine list` with an error)."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    outcomes = _decided_ledger(landing)
+    accepted, released, rejected = (outcomes[f"mobile_payments_{i}.csv"] for i in (1, 2, 3))
+    assert accepted.status == "accepted" and accepted.warnings
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+
+    edits = {
+        released.batch_id: {"decided_by": "cro"},
+        rejected.batch_id: {"decided_by": None},
+        accepted.batch_id: {"warnings": None, "delivery_date": date(2026, 9, 1)},
+    }
+    with open_runtime().engine.begin() as conn:
+        for batch_id, values in edits.items():
+            conn.execute(
+                update(ingest_batches).where(ingest_batches.c.batch_id == batch_id).values(**values)
+            )
+    assert main(["audit", "verify", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    for batch_id, values in edits.items():
+        for column in values:
+            assert f"batch {batch_id}: ingest_batches.{column} " in err, (column, err)
+    assert "DISAGREE: 4 problem(s)" in err, err

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, Text, and_, cast, insert, or_, select, text, update
 
 from puhui.crashpoints import crash_point
 from puhui.privacy import find_raw_identifiers, safe_name
@@ -408,7 +408,42 @@ _COMPARED = ("status", "checksum", "rows", "rows_loaded", "rows_duplicate")
 # Also recorded by the events, and unchecked before: a held batch's reason edited to read
 # harmless ("extra column ignored") invites its release; a batch moved to another partner or
 # a duplicate pointed at another owner passed verify.
-_TEXT_COMPARED = ("partner", "duplicate_of", "reason")
+_TEXT_COMPARED = ("partner", "duplicate_of", "reason", "decided_by")
+# Since round 15: who decided a held batch (the deciding event's actor: a release put on
+# another person's name passed), a loaded batch's warnings (deleted, BI reads a clean load)
+# and the delivery date (its batch id holds it; BI files late deliveries by it).
+_DECISIONS = ("quarantine.released", "quarantine.rejected", "quarantine.revalidated")
+_UNPARSEABLE = object()  # warnings SQLite kept as text that is no JSON (a hand edit)
+
+
+def _warnings_found(stored: str | None) -> Any:
+    """A row's ``warnings`` read as text (JSON that does not parse raised in the read)."""
+    try:
+        return None if stored is None else json.loads(stored)
+    except (TypeError, ValueError):
+        return _UNPARSEABLE
+
+
+def _decision_facts(facts: dict[str, Any], event: dict[str, Any]) -> None:
+    """Update ``facts`` with the ledger's ``decided_by`` and ``warnings`` after ``event``
+    (as the code writing both sets them; a fact an event cannot say is not compared)."""
+    action, d = event["action"], event["details"]
+    accepted = action == "ingest.accepted" or (action == "quarantine.revalidated"
+                                               and d.get("outcome") == "accepted")
+    if accepted and "warnings" in d:
+        facts["warnings"] = [{"message": w} for w in d["warnings"]] or None
+    elif not (action == "quarantine.revalidated" and d.get("outcome") == "still held"):
+        facts.pop("warnings", None)  # a hold's carry its failures' samples: not recorded
+    if action in _DECISIONS and d.get("outcome") != "still held":
+        if "held_for" in d:  # a writer from before it may not have set decided_by
+            facts["decided_by"] = event["actor"]
+        else:
+            facts.pop("decided_by", None)
+    elif action.startswith("ingest."):  # ingest decides no one: NULL, since round 14's events
+        if DISCOVERY_DIGESTS in d:
+            facts["decided_by"] = None
+        else:
+            facts.pop("decided_by", None)
 _RECORDED = ("checksum", "rows", "rows_loaded", "rows_duplicate", "partner", "duplicate_of")
 
 
@@ -430,7 +465,7 @@ def _reason_recorded(action: str, details: dict[str, Any]) -> str | None:
 
 
 _PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
-_BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-\d{8}-[0-9a-f]{12}")  # as make_batch_id makes them
+_BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-(\d{8})-[0-9a-f]{12}")  # as make_batch_id makes them
 
 
 def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
@@ -461,9 +496,14 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     with snapshot(engine) as conn:
         events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED,
                                   PATHS_SETTLED])
+        # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
+        # parse raised in the read and stopped verify.
+        day = ingest_batches.c.delivery_date
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS))))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS)),
+            (day if engine.dialect.name == "postgresql" else cast(day, Text)).label("day"),
+            cast(ingest_batches.c.warnings, Text).label("warnings")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     for event in events:
@@ -491,6 +531,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             facts.pop("reason", None)  # event's reason is stale, so none is compared
         if status:
             facts["status"] = status
+        _decision_facts(facts, event)
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
                 "ingest_batches" for b, facts in expected.items() if b not in rows]
     for batch_id, row in sorted(rows.items()):
@@ -510,6 +551,16 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found, _BATCH_ID)} but the audit trail recorded "
                                 "another value")
+        if "warnings" in facts and (found := _warnings_found(row.warnings)) != facts["warnings"]:
+            # Counted, not quoted: the editor's text may hold anything.
+            held = (f"{len(found or [])} warning(s)" if isinstance(found, list | None)
+                    else "no JSON list")
+            problems.append(f"batch {batch_id}: ingest_batches.warnings hold {held} but the "
+                            f"audit trail recorded {len(facts['warnings'] or [])} (or others)")
+        if (named := _BATCH_ID.fullmatch(batch_id)) and (
+                day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(row.day):
+            problems.append(f"batch {batch_id}: ingest_batches.delivery_date is "
+                            f"{_shown(str(row.day))} but its batch id says {day}")
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
