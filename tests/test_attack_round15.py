@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from puhui.audit import read_audit_events
 from puhui.cli import main
 from puhui.generate.hostile import HostileContext
-from puhui.ingest import batches, ledger
+from puhui.ingest import batches, feeds, ledger
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.ingest.pseudonymize import pseudonym_key_bytes
 from puhui.ingest.quarantine import reject_batch, release_batch
@@ -29,6 +29,7 @@ from puhui.settings import repo_root
 from puhui.warehouse.schema import ingest_batches
 from tests import test_attack_round7
 from tests.test_attack_round7 import DAY, _ingest_payments, _payments, _raw_rows
+from tests.test_attack_round11 import _deadline
 from tests.test_attack_round14 import _held_by_category
 
 landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
@@ -325,3 +326,44 @@ def test_hand_edits_of_who_decided_warnings_and_the_delivery_date_are_reported(
         for column in values:
             assert f"batch {batch_id}: ingest_batches.{column} " in err, (column, err)
     assert "DISAGREE: 4 problem(s)" in err, err
+
+
+@pytest.mark.parametrize("entry", ["link out of the zone", "FIFO", "link to /dev/zero", "folder"])
+def test_a_file_replaced_by_another_entry_after_its_listing_is_deferred(
+    landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    """Before: a file the listing saw as regular, replaced by a link or a FIFO before it was
+    opened, was followed: a file outside the landing zone was loaded (links are held unread,
+    never followed), `/dev/zero` was hashed for good and a FIFO's open waited for a writer
+    for good, every later file and feed with them; a folder raised IsADirectoryError, which
+    stopped the feed. Now each is deferred (opened without following or waiting), the feed's
+    other files go on, and the next run holds the entry as what it is."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    victim = folder / "mobile_payments_1.csv"
+    victim.write_bytes(_payments(1))
+    (folder / "mobile_payments_2.csv").write_bytes(_payments(2))
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_bytes(_payments(7))
+    real = feeds.files_to_consider
+
+    def listed_then_replaced(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        files = real(*args, **kwargs)
+        victim.unlink()
+        if entry == "FIFO":
+            os.mkfifo(victim)
+        elif entry == "folder":
+            victim.mkdir()
+        else:
+            victim.symlink_to(outside if entry.startswith("link out") else "/dev/zero")
+        return files
+
+    monkeypatch.setattr(feeds, "files_to_consider", listed_then_replaced)
+    with _deadline(60):
+        outcomes = _ingest_payments()
+    assert {n: o.status for n, o in outcomes.items()} == {
+        "mobile_payments_1.csv": "deferred", "mobile_payments_2.csv": "accepted"}
+    monkeypatch.setattr(feeds, "files_to_consider", real)
+    with _deadline(60):
+        again = _ingest_payments()["mobile_payments_1.csv"]
+    assert (again.status, again.rows_loaded) == ("quarantined", 0)
+    assert _raw_rows() == (5, 5), "nothing of the file outside the zone loaded"

@@ -73,6 +73,7 @@ from puhui.ingest.pseudonymize import (
 )
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
+    ChangedWhileRead,
     FileHandle,
     UnreadableFile,
     changed_since_opened,
@@ -245,13 +246,6 @@ def unexpected_failure_reason(exc: BaseException) -> str:
         f"unreadable: unexpected {type(exc).__name__}{where} while reading, typing, "
         "validating or loading the file (message withheld: it may quote the file)"
     )
-
-
-class ChangedWhileRead(Exception):
-    """The file changed between its fingerprint and the end of its load (the load is rolled
-    back with its ledger row), or a held file changed before its quarantine copy, or the copy
-    was not read from the checksummed bytes (nothing is recorded). The caller defers the file
-    (a partner still uploading it), so the next run reads it whole as one batch."""
 
 
 CHANGED_WHILE_READ = "changed while being read (still being written, or replaced)"

@@ -11,11 +11,13 @@ hold a national ID).
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -42,6 +44,41 @@ _HASH_BLOCK = 8 << 20
 
 class UnreadableFile(PuhuiError):
     """The file cannot be read as its contract says (held with this reason)."""
+
+
+class ChangedWhileRead(Exception):
+    """The file changed between its fingerprint and the end of its load (the load is rolled
+    back with its ledger row), or a held file changed before its quarantine copy, or the copy
+    was not read from the checksummed bytes, or the entry listed as a regular file is not one
+    any more (nothing is recorded). The caller defers the file (a partner still uploading it),
+    so the next run reads it whole as one batch, or holds what the entry has become."""
+
+
+def open_bytes(fs: fsspec.AbstractFileSystem, path: str,
+               stamp: tuple[Any, ...] | None = None) -> BinaryIO:
+    """A landed file's bytes, opened for reading.
+
+    A local file is opened without following a link and without waiting (``O_NOFOLLOW``,
+    ``O_NONBLOCK``), and must be a regular file, the one ``stamp`` (its inode) names if
+    given: the listing saw a regular file, but it may have been replaced since by a
+    symbolic link (followed, a file outside the landing zone was loaded; ``/dev/zero`` was
+    hashed for good) or a FIFO (its open waited for a writer for good, and every later file
+    and feed with it). Such an entry raises :class:`ChangedWhileRead`.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        return fs.open(path, "rb")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link now
+            raise ChangedWhileRead() from None
+        raise
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or (stamp is not None and len(stamp) > 2
+                                            and status.st_ino != stamp[2]):
+        os.close(fd)
+        raise ChangedWhileRead()
+    return os.fdopen(fd, "rb")
 
 
 @dataclass(frozen=True)
@@ -82,11 +119,14 @@ def file_stamp(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, ...]:
     (`rsync -t`, `cp -p`) between the hash and the read had its rows loaded under the old
     bytes' checksum. Neither can be set back (the change time is the kernel's)."""
     if isinstance(fs, LocalFileSystem):
-        status = os.stat(path)
-        return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
+        return _local_stamp(os.lstat(path))  # a link put in the file's place is not the file
     info = fs.info(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return (info.get("size"), str(modified))
+
+
+def _local_stamp(status: os.stat_result) -> tuple[Any, ...]:
+    return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
 
 
 def changed_since_opened(handle: FileHandle) -> bool:
@@ -103,24 +143,32 @@ def changed_since_opened(handle: FileHandle) -> bool:
 def open_landed_file(url: str) -> FileHandle:
     """Resolve ``url`` and fingerprint its bytes (SHA-256, streamed)."""
     fs, path = landed_fs(url)
-    # First: a rewrite from here on makes the recorded time older than the bytes hashed, so
-    # the next run reads the file again (never newer, which would hide the rewrite).
-    stamp = file_stamp(fs, path)
-    mtime_ns = stamp[1] if isinstance(fs, LocalFileSystem) else None  # one stat for both
-    checksum, size, head, has_nul = _hashed(fs, path)
+    local = isinstance(fs, LocalFileSystem)
+    with open_bytes(fs, path) as stream:
+        # First: a rewrite from here on makes the recorded time older than the bytes hashed,
+        # so the next run reads the file again (never newer, which would hide the rewrite).
+        # A local file's stamp is the opened file's own: the path may name another by now.
+        stamp = _local_stamp(os.fstat(stream.fileno())) if local else file_stamp(fs, path)
+        checksum, size, head, has_nul = _hashed_stream(stream)
+    mtime_ns = stamp[1] if local else None  # one stat for both
     return FileHandle(fs, path, size, checksum, head, has_nul, stamp, mtime_ns)
 
 
-def _hashed(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, int, bytes, bool]:
+def _hashed(fs: fsspec.AbstractFileSystem, path: str,
+            stamp: tuple[Any, ...] | None = None) -> tuple[str, int, bytes, bool]:
     """SHA-256, size, first bytes and whether a NUL byte is in ``path``'s bytes (streamed)."""
+    with open_bytes(fs, path, stamp) as stream:
+        return _hashed_stream(stream)
+
+
+def _hashed_stream(handle: BinaryIO) -> tuple[str, int, bytes, bool]:
     digest, size, head, has_nul = hashlib.sha256(), 0, b"", False
-    with fs.open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-            head = head or block[:4]
-            # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
-            has_nul = has_nul or b"\0" in block
-            size += len(block)
+    while block := handle.read(_HASH_BLOCK):
+        digest.update(block)
+        head = head or block[:4]
+        # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
+        has_nul = has_nul or b"\0" in block
+        size += len(block)
     return digest.hexdigest(), size, head, has_nul
 
 
@@ -129,9 +177,9 @@ def holds_hashed_bytes(handle: FileHandle) -> bool:
     again; False if it is gone). For a stamp that moved on metadata alone: a chmod or a new
     hard link sets a local file's change time without touching its bytes."""
     try:
-        return _hashed(handle.fs, handle.path)[0] == handle.checksum
-    except OSError:  # gone, or unreadable now (a chmod by an upload tool): not known same
-        return False
+        return _hashed(handle.fs, handle.path, handle.stamp)[0] == handle.checksum
+    except (OSError, ChangedWhileRead):  # gone, unreadable now (a chmod by an upload tool),
+        return False  # or another entry in its place: not known same
 
 
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}
@@ -172,12 +220,17 @@ class _Teed(io.RawIOBase):
 
 
 def _opened(handle: FileHandle, on_bytes: Callable[[memoryview], object] | None) -> BinaryIO:
-    stream = handle.fs.open(handle.path, "rb")
+    stream = open_bytes(handle.fs, handle.path, handle.stamp)
     return stream if on_bytes is None else _Teed(stream, on_bytes)  # type: ignore[return-value]
 
 
 def _source(handle: FileHandle):  # noqa: ANN202 - a path or a binary file object
-    return handle.local_path or handle.fs.open(handle.path, "rb")
+    if handle.local_path is None:
+        return open_bytes(handle.fs, handle.path, handle.stamp)
+    # Arrow opens the path itself (following a link, waiting on a FIFO): checked first (a
+    # replacement in the instant between is left to the stamp's check after the read).
+    open_bytes(handle.fs, handle.path, handle.stamp).close()
+    return handle.local_path
 
 
 def count_parsed_rows(handle: FileHandle, feed: PartnerFeed) -> int:
@@ -212,7 +265,7 @@ def count_data_rows(handle: FileHandle, feed: PartnerFeed) -> int:
     # Line ends as Arrow reads them: LF, CRLF and a bare CR (a CR-only file's held batch
     # counted 0 rows); a CRLF split across two blocks is one.
     lines, last = 0, b"\n"
-    with handle.fs.open(handle.path, "rb") as stream:
+    with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
         while block := stream.read(_HASH_BLOCK):
             lines += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
             lines -= last == b"\r" and block[:1] == b"\n"
@@ -228,7 +281,7 @@ def _python_encoding(feed: PartnerFeed) -> str:
 
 def read_csv_header(handle: FileHandle, feed: PartnerFeed) -> list[str]:
     """The CSV header's column names (decoded with the feed's encoding)."""
-    with handle.fs.open(handle.path, "rb") as stream:
+    with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
         first = stream.readline(1 << 20)
     # A bare CR ends a line too (Arrow reads it so): a CR-only file ("CSV (Macintosh)") is
     # one \n-line, and csv.reader raised on its CRs, out of the hold path too, which stopped
@@ -957,7 +1010,7 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
             return read_csv_header(handle, feed)
         if feed.format == "parquet":
             return pq.ParquetFile(_source(handle)).schema_arrow.names
-        with handle.fs.open(handle.path, "rb") as stream:
+        with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
             first = stream.readline(16 << 20)
         first.decode("utf-8")  # a JSON-lines feed must be UTF-8: fail here, by name
         _check_nesting(first)
@@ -971,7 +1024,7 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
 def _header_only(handle: FileHandle) -> bool:
     """A CSV that is one line without its newline: a header and no rows (Arrow's reader
     fails on it, "cannot infer number of columns", though with the newline it reads 0 rows)."""
-    with handle.fs.open(handle.path, "rb") as stream:
+    with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
         first = stream.readline(1 << 20)
     # A CR-only file is one \n-line too: its rows were dropped as a header's (0 rows loaded).
     return len(first) == handle.size and not first.endswith(b"\n") and b"\r" not in first
