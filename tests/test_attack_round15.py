@@ -202,6 +202,33 @@ def test_a_settle_killed_before_its_commit_leaves_the_ledger_as_it_was(
     assert main(["audit", "verify"]) == 0, capsys.readouterr().err
 
 
+def test_a_hand_edited_path_renamed_by_the_settle_is_still_reported(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path edited by hand to hold a phone, its mark cleared (a column no event records):
+    the settle renames it and records the new path's digest, which alone made the edit the
+    trail's and verify green (found while building the re-settle). The event records the
+    path renamed from too, and verify reports one the trail had not recorded."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1.csv").write_bytes(_payments(1))
+    [first] = _ingest_payments().values()
+    with open_runtime().engine.begin() as conn:
+        conn.execute(
+            update(ingest_batches).values(
+                source_path=str(folder / "mobile_payments_9_13812345678.csv"), path_settled=None
+            )
+        )
+    _ingest_payments()
+    assert len(read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED)) == 1
+    capsys.readouterr()
+    assert main(["audit", "verify", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"batch {first.batch_id}: ingest_batches.source_path was renamed by {ledger.PATHS_SETTLED}"
+    ) in err, err
+    assert "13812345678" not in err
+
+
 @pytest.mark.parametrize("warehouse_url", ["postgres"], indirect=True)
 def test_two_settles_at_once_rename_each_row_once(
     landing: Path,
@@ -361,7 +388,9 @@ def test_a_file_replaced_by_another_entry_after_its_listing_is_deferred(
     with _deadline(60):
         outcomes = _ingest_payments()
     assert {n: o.status for n, o in outcomes.items()} == {
-        "mobile_payments_1.csv": "deferred", "mobile_payments_2.csv": "accepted"}
+        "mobile_payments_1.csv": "deferred",
+        "mobile_payments_2.csv": "accepted",
+    }
     monkeypatch.setattr(feeds, "files_to_consider", real)
     with _deadline(60):
         again = _ingest_payments()["mobile_payments_1.csv"]

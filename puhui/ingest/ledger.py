@@ -186,6 +186,7 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
 # once more, as it settled the rows from before names were pseudonymized (NULL).
 PATH_SETTLED = 2
 PATHS_SETTLED = "ingest.paths_pseudonymized"
+RENAMED_FROM = "source_path_before"  # a rename's old path digest, in PATHS_SETTLED events
 
 
 def settle_ledger_paths(
@@ -211,7 +212,7 @@ def settle_ledger_paths(
     table = ingest_batches.c
     below = or_(table.path_settled.is_(None), table.path_settled < PATH_SETTLED)
     query = select(table.batch_id, table.source_path).where(table.partner == partner, below)
-    renamed: dict[str, str] = {}
+    renamed: dict[str, tuple[str, str]] = {}
     kept: list[str] = []
     for row in conn.execute(query).all():
         path = settled_path(row.source_path)
@@ -222,15 +223,18 @@ def settle_ledger_paths(
             .where(table.batch_id == row.batch_id, table.source_path == row.source_path, below)
             .values(source_path=path, path_settled=PATH_SETTLED)
         ).rowcount:
-            renamed[row.batch_id] = path
+            renamed[row.batch_id] = (row.source_path, path)
     for chunk in in_list_chunks(kept):
         conn.execute(update(ingest_batches).where(table.batch_id.in_(chunk), below)
                      .values(path_settled=PATH_SETTLED))
     if renamed:
         audit.append(conn, PATHS_SETTLED, partner, {
             "partner": partner, "rows": len(renamed), "settled_at": PATH_SETTLED,
-            "batches": {b: discovery_facts({"source_path": p})[DISCOVERY_DIGESTS]
-                        for b, p in sorted(renamed.items())}}, flow_run_id=flow_run_id)
+            # The path renamed from too: verify sees a hand-edited path renamed, which the
+            # new digest alone would have made the trail's.
+            "batches": {b: {**discovery_facts({"source_path": new})[DISCOVERY_DIGESTS],
+                            RENAMED_FROM: _fact_digest(old)}
+                        for b, (old, new) in sorted(renamed.items())}}, flow_run_id=flow_run_id)
     crash_point("paths-settled-before-commit")
     return len(renamed)
 
@@ -506,6 +510,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             cast(ingest_batches.c.warnings, Text).label("warnings")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
+    renamed_edits: list[str] = []
     for event in events:
         d = event["details"]
         if event["action"] == PATHS_SETTLED or (event["action"] == MARKS_RENEWED
@@ -513,6 +518,14 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             # A feed run's renewals or renamed paths (rename events from before round 15
             # list no batches: the paths they renamed were not compared before either).
             for batch_id, renewed in d.get("batches", {}).items():
+                renewed = dict(renewed)
+                before = renewed.pop(RENAMED_FROM, None)
+                recorded = digests.get(batch_id, {}).get("source_path")
+                if before is not None and recorded is not None and before != recorded:
+                    renamed_edits.append(
+                        f"batch {batch_id}: ingest_batches.source_path was renamed by "
+                        f"{event['action']} (seq {event['seq']}) from a path the audit trail "
+                        "had not recorded (a hand edit before the rename)")
                 digests.setdefault(batch_id, {}).update(renewed)
             continue
         facts = expected.setdefault(event["subject"], {})
@@ -534,6 +547,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         _decision_facts(facts, event)
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
                 "ingest_batches" for b, facts in expected.items() if b not in rows]
+    problems += renamed_edits
     for batch_id, row in sorted(rows.items()):
         facts = expected.get(batch_id)
         if facts is None:
