@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from sqlalchemy import select, update
 
@@ -355,7 +357,9 @@ def test_hand_edits_of_who_decided_warnings_and_the_delivery_date_are_reported(
     assert "DISAGREE: 4 problem(s)" in err, err
 
 
-@pytest.mark.parametrize("entry", ["link out of the zone", "FIFO", "link to /dev/zero", "folder"])
+@pytest.mark.parametrize(
+    "entry", ["link out of the zone", "FIFO", "link to /dev/zero", "folder", "socket"]
+)
 def test_a_file_replaced_by_another_entry_after_its_listing_is_deferred(
     landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str
 ) -> None:
@@ -363,8 +367,9 @@ def test_a_file_replaced_by_another_entry_after_its_listing_is_deferred(
     opened, was followed: a file outside the landing zone was loaded (links are held unread,
     never followed), `/dev/zero` was hashed for good and a FIFO's open waited for a writer
     for good, every later file and feed with them; a folder raised IsADirectoryError, which
-    stopped the feed. Now each is deferred (opened without following or waiting), the feed's
-    other files go on, and the next run holds the entry as what it is."""
+    stopped the feed, and so did a socket (its open fails with ENXIO). Now each is deferred
+    (opened without following or waiting), the feed's other files go on, and the next run
+    holds the entry as what it is."""
     folder = landing / "mobile_payments" / DAY.isoformat()
     victim = folder / "mobile_payments_1.csv"
     victim.write_bytes(_payments(1))
@@ -380,12 +385,16 @@ def test_a_file_replaced_by_another_entry_after_its_listing_is_deferred(
             os.mkfifo(victim)
         elif entry == "folder":
             victim.mkdir()
+        elif entry == "socket":  # bound by its relative name: a socket's path is short
+            monkeypatch.chdir(folder)
+            server.bind(victim.name)
         else:
             victim.symlink_to(outside if entry.startswith("link out") else "/dev/zero")
         return files
 
     monkeypatch.setattr(feeds, "files_to_consider", listed_then_replaced)
-    with _deadline(60):
+    server = socket.socket(socket.AF_UNIX)
+    with _deadline(60), server:
         outcomes = _ingest_payments()
     assert {n: o.status for n, o in outcomes.items()} == {
         "mobile_payments_1.csv": "deferred",
@@ -396,3 +405,31 @@ def test_a_file_replaced_by_another_entry_after_its_listing_is_deferred(
         again = _ingest_payments()["mobile_payments_1.csv"]
     assert (again.status, again.rows_loaded) == ("quarantined", 0)
     assert _raw_rows() == (5, 5), "nothing of the file outside the zone loaded"
+
+
+def test_a_parquet_file_is_read_through_its_checked_descriptor(tmp_path: Path) -> None:
+    """Before: a Parquet file was checked, then Arrow and the page walk reopened its path
+    per reader and per row group: a FIFO put in its place after the first row group was
+    waited on for good (the feed and every later one with it), a link was followed. Now the
+    checked descriptor is read to the end: the rows are the checked file's, nothing hangs
+    (the stamp check after the read defers the file)."""
+    import pyarrow.parquet as pq
+
+    from puhui.config import PartnersConfig, load_config
+    from puhui.ingest.reading import iter_file_chunks, open_landed_file
+
+    feed = load_config(repo_root() / "configs", PartnersConfig).get("product_events")
+    path = tmp_path / "events.parquet"
+    # Four row groups of ~1 MB decoded at a 1 MB block: each group's pages are walked.
+    values = [f"{i:08d}" + "a" * 2_000 for i in range(2_000)]
+    pq.write_table(pa.table({"event_id": values}), path, compression="zstd",
+                   use_dictionary=False, row_group_size=500, write_batch_size=64,
+                   data_page_size=64 << 10)
+    handle = open_landed_file(str(path))
+    chunks = iter_file_chunks(handle, feed, ["event_id"], block_bytes=1 << 20)
+    first = next(chunks)
+    path.unlink()
+    os.mkfifo(path)
+    with _deadline(30):
+        rest = list(chunks)
+    assert [v for c in [first, *rest] for v in c.column("event_id").to_pylist()] == values

@@ -20,6 +20,7 @@ import re
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
@@ -70,7 +71,8 @@ def open_bytes(fs: fsspec.AbstractFileSystem, path: str,
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symbolic link now
+        if exc.errno == errno.ELOOP or not _still_regular(path):
+            # A symbolic link now, or another entry (a socket's open fails with ENXIO).
             raise ChangedWhileRead() from None
         raise
     status = os.fstat(fd)
@@ -79,6 +81,16 @@ def open_bytes(fs: fsspec.AbstractFileSystem, path: str,
         os.close(fd)
         raise ChangedWhileRead()
     return os.fdopen(fd, "rb")
+
+
+def _still_regular(path: str) -> bool:
+    """Whether ``path`` names a regular file (True if it is gone: the caller's error says)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,9 @@ class FileHandle:
     checksum: str
     head: bytes = b""  # the first bytes (byte-order marks)
     has_nul: bool = False  # a NUL byte anywhere: never text, and PostgreSQL refuses it
-    stamp: tuple[Any, ...] | None = None  # size and modification time before hashing
+    # Size, modification time, inode and change time (a local file's from its opened
+    # descriptor): ``open_bytes`` checks the inode, ``changed_since_opened`` the whole.
+    stamp: tuple[Any, ...] | None = None
     mtime_ns: int | None = None  # local files: the ledger's record of this version's time
 
     @property
@@ -224,13 +238,27 @@ def _opened(handle: FileHandle, on_bytes: Callable[[memoryview], object] | None)
     return stream if on_bytes is None else _Teed(stream, on_bytes)  # type: ignore[return-value]
 
 
-def _source(handle: FileHandle):  # noqa: ANN202 - a path or a binary file object
-    if handle.local_path is None:
-        return open_bytes(handle.fs, handle.path, handle.stamp)
-    # Arrow opens the path itself (following a link, waiting on a FIFO): checked first (a
-    # replacement in the instant between is left to the stamp's check after the read).
-    open_bytes(handle.fs, handle.path, handle.stamp).close()
-    return handle.local_path
+@contextmanager
+def _parquet_source(handle: FileHandle) -> Iterator[Any]:
+    """The checked file for Arrow to read: its descriptor, open for the whole read.
+
+    Arrow reads a local path itself, once per reader and per row group's page walk: by the
+    path, a link swapped in since the check was followed and a FIFO waited on for good (the
+    feed and every later one with it). ``/proc/self/fd/N`` names the opened file even
+    after its path names another entry, and keeps Arrow's native reads; without ``/proc``
+    (or for a remote store) the file object itself is read.
+    """
+    stream = open_bytes(handle.fs, handle.path, handle.stamp)
+    try:
+        if handle.local_path is not None and os.path.isdir(_OWN_FDS):
+            yield f"{_OWN_FDS}/{stream.fileno()}"
+        else:
+            yield stream
+    finally:
+        stream.close()
+
+
+_OWN_FDS = "/proc/self/fd"
 
 
 def count_parsed_rows(handle: FileHandle, feed: PartnerFeed) -> int:
@@ -259,7 +287,8 @@ def count_data_rows(handle: FileHandle, feed: PartnerFeed) -> int:
         return 0
     if feed.format == "parquet":
         try:
-            return pq.ParquetFile(_source(handle)).metadata.num_rows
+            with _parquet_source(handle) as source, pq.ParquetFile(source) as parquet:
+                return parquet.metadata.num_rows
         except (pa.ArrowException, OSError):
             return 0
     # Line ends as Arrow reads them: LF, CRLF and a bare CR (a CR-only file's held batch
@@ -520,49 +549,47 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
     chunk over ``_CHUNK_BLOCKS`` blocks decompressed (the footer says), a nested column, or
     a value or a row over the block is held, named by its column, before it is decoded.
     """
-    source = _source(handle)
     readers: dict[tuple[str, ...], pq.ParquetFile] = {}
-    try:
-        readers[()] = pq.ParquetFile(source)
-        meta, schema = readers[()].metadata, readers[()].schema_arrow
-        _refuse_nested(schema)
-        read = [index for index, name in enumerate(schema.names) if name in wanted]
-        names = [schema.names[index] for index in read]
-        pending: list[pa.Table] = []
-        pending_bytes = pending_rows = 0
-        for group in range(meta.num_row_groups):
-            rows, coded = _plan_read(readers, source, meta, schema, group, block_bytes, read)
-            if not rows:
-                continue
-            if coded not in readers:
-                readers[coded] = pq.ParquetFile(source, metadata=meta, read_dictionary=coded)
-            # One thread: decoding the columns at once held 125-200 MB (varying run to run)
-            # for a 26 MB read of 60 int64 columns, one thread 125 MB every time.
-            batches = readers[coded].iter_batches(batch_size=rows, row_groups=[group],
-                                                  columns=names, use_threads=False)
-            for batch in batches if coded else _gathered(batches, block_bytes):
-                for piece, width in _decoded_slices(batch, block_bytes):
-                    # Joined up to the block: a file of 20-row groups came as 20-row chunks,
-                    # each paying the ingest's per-chunk costs.
-                    if pending and (pending_bytes + width > block_bytes
-                                    or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
-                        yield _joined(pending)
-                        pending, pending_bytes, pending_rows = [], 0, 0
-                    pending.append(piece)
-                    pending_bytes += width
-                    pending_rows += piece.num_rows
-                    if pending_bytes + width > block_bytes:
-                        # Another piece like it would not fit: handed on now, not kept
-                        # through the next read (a third block alive at once).
-                        yield _joined(pending)
-                        pending, pending_bytes, pending_rows = [], 0, 0
-        if pending:
-            yield _joined(pending)
-    finally:
-        for reader in readers.values():
-            reader.close()
-        if not isinstance(source, str):
-            source.close()
+    with _parquet_source(handle) as source:
+        try:
+            readers[()] = pq.ParquetFile(source)
+            meta, schema = readers[()].metadata, readers[()].schema_arrow
+            _refuse_nested(schema)
+            read = [index for index, name in enumerate(schema.names) if name in wanted]
+            names = [schema.names[index] for index in read]
+            pending: list[pa.Table] = []
+            pending_bytes = pending_rows = 0
+            for group in range(meta.num_row_groups):
+                rows, coded = _plan_read(readers, source, meta, schema, group, block_bytes, read)
+                if not rows:
+                    continue
+                if coded not in readers:
+                    readers[coded] = pq.ParquetFile(source, metadata=meta, read_dictionary=coded)
+                # One thread: decoding the columns at once held 125-200 MB (varying run to run)
+                # for a 26 MB read of 60 int64 columns, one thread 125 MB every time.
+                batches = readers[coded].iter_batches(batch_size=rows, row_groups=[group],
+                                                      columns=names, use_threads=False)
+                for batch in batches if coded else _gathered(batches, block_bytes):
+                    for piece, width in _decoded_slices(batch, block_bytes):
+                        # Joined up to the block: a file of 20-row groups came as 20-row chunks,
+                        # each paying the ingest's per-chunk costs.
+                        if pending and (pending_bytes + width > block_bytes
+                                        or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
+                            yield _joined(pending)
+                            pending, pending_bytes, pending_rows = [], 0, 0
+                        pending.append(piece)
+                        pending_bytes += width
+                        pending_rows += piece.num_rows
+                        if pending_bytes + width > block_bytes:
+                            # Another piece like it would not fit: handed on now, not kept
+                            # through the next read (a third block alive at once).
+                            yield _joined(pending)
+                            pending, pending_bytes, pending_rows = [], 0, 0
+            if pending:
+                yield _joined(pending)
+        finally:
+            for reader in readers.values():
+                reader.close()
 
 
 _PARQUET_MAX_ROWS = 1_000_000
@@ -1009,7 +1036,8 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         if feed.format == "csv":
             return read_csv_header(handle, feed)
         if feed.format == "parquet":
-            return pq.ParquetFile(_source(handle)).schema_arrow.names
+            with _parquet_source(handle) as source, pq.ParquetFile(source) as parquet:
+                return parquet.schema_arrow.names
         with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
             first = stream.readline(16 << 20)
         first.decode("utf-8")  # a JSON-lines feed must be UTF-8: fail here, by name
