@@ -125,6 +125,42 @@ def test_settling_a_stored_path_again_changes_nothing(
     assert ingestor.settled_path(ingestor.settled_path(stored)) == stored
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/l/mp_\\xff_13812345678.csv",
+        f"/l/a\\b_\\xab_{_OLD_ID}.csv",
+        "/l/mp_13812345678.csv",
+        "/l/plain.csv",
+    ],
+)
+def test_a_never_settled_path_is_stored_as_discovery_stores_its_file(
+    ingestor: batches.FileIngestor, raw: str
+) -> None:
+    """Before: a row never settled (written before names were pseudonymized) went through
+    the un-escaping settle, which read a literal `\\xff` in the raw name as an escape: the
+    row's path differed from discovery's, and its file was read again as a duplicate. Its
+    raw name is stored as discovery stores it now."""
+    assert ingestor.settled_path(raw, None) == ingestor.stored_path(raw)
+
+
+def test_a_never_settled_row_with_a_backslash_in_its_name_is_not_read_again(
+    landing: Path,
+) -> None:
+    """The same through the ledger: the row's file is recognised, nothing is read again."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    raw = folder / "mobile_payments_7_\\xff_13812345678.csv"
+    raw.write_bytes(_payments(1))
+    [first] = _ingest_payments().values()
+    assert first.status == "accepted"
+    with open_runtime().engine.begin() as conn:  # as a run before names were pseudonymized
+        conn.execute(update(ingest_batches).values(source_path=str(raw), path_settled=None))
+    again = _ingest_payments()
+    assert [o.skipped for o in again.values()] == [True], again
+    assert list(_paths().values()) == [first.path]
+    assert _raw_rows() == (5, 5)
+
+
 def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
     landing: Path,
     warehouse_url: str,
@@ -175,6 +211,56 @@ def test_paths_settled_before_round14_are_settled_again_and_verify_agrees(
     err = capsys.readouterr().err
     assert f"batch {edited}: ingest_batches.source_path is " in err, err
     assert not find_raw_identifiers(err)
+
+
+def test_a_renamed_row_whose_file_is_touched_is_renewed_not_a_duplicate_of_itself(
+    landing: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a renamed row's batch id still hashed its old path, so once its file was
+    touched (its marks no longer matching) the file was hashed again, no batch had the id
+    of its new path, and the file was recorded as a duplicate of its own batch: a second
+    ledger row. Now the row found at the path with the same bytes has its marks renewed.
+    The settle's and the renewal's events are split every ``EVENT_BATCHES`` batches (in
+    the same transaction); verify agrees."""
+    before = _legacy_ledger(landing, monkeypatch)
+    monkeypatch.setattr(ledger, "EVENT_BATCHES", 2)
+    assert all(o.skipped for o in _ingest_payments().values())
+    engine = open_runtime().engine
+    settled = read_audit_events(engine, action=ledger.PATHS_SETTLED)
+    assert sorted(e["details"]["rows"] for e in settled) == [1, 2]
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    for path in folder.iterdir():
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    outcomes = _ingest_payments()
+    assert {o.status for o in outcomes.values()} == {"accepted"}, outcomes
+    assert set(_paths()) == set(before), "no second row"
+    renewed = read_audit_events(engine, action=ledger.MARKS_RENEWED)
+    assert sorted(e["details"]["renewed"] for e in renewed) == [2, 2, 2]
+    assert {b for e in renewed for b in e["details"]["batches"]} == set(before)
+    assert all(o.skipped for o in _ingest_payments().values())
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0, capsys.readouterr().err
+
+
+def test_rows_of_a_partner_no_longer_configured_are_settled_too(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: only a feed's own run settled its rows, so a retired partner's rows kept
+    round 14's shapes raw in `source_path` (read by BI) for good. Any feed's run settles
+    them too."""
+    before = _legacy_ledger(landing, monkeypatch)
+    with open_runtime().engine.begin() as conn:
+        conn.execute(update(ingest_batches).values(partner="retired_feed"))
+    for path in (landing / "mobile_payments" / DAY.isoformat()).iterdir():
+        path.unlink()  # the partner's files gone with it
+    _ingest_payments()
+    after = _paths()
+    assert set(after) == set(before)
+    assert not [p for p in after.values() if find_raw_identifiers(p)]
+    events = read_audit_events(open_runtime().engine, action=ledger.PATHS_SETTLED)
+    assert [(e["details"]["partner"], e["details"]["rows"]) for e in events] == [
+        ("retired_feed", 3)
+    ]
 
 
 def test_a_settle_killed_before_its_commit_leaves_the_ledger_as_it_was(
@@ -251,10 +337,10 @@ def test_two_settles_at_once_rename_each_row_once(
     def settle() -> None:
         first = [True]
 
-        def settled(path: str) -> str:
+        def settled(path: str, level: int | None) -> str:
             if first.pop() if first else False:
                 both_read.wait()  # both have read every row before either renames one
-            return ingestor.settled_path(path)
+            return ingestor.settled_path(path, level)
 
         with runtime.engine.begin() as conn:
             counts.append(
@@ -422,9 +508,15 @@ def test_a_parquet_file_is_read_through_its_checked_descriptor(tmp_path: Path) -
     path = tmp_path / "events.parquet"
     # Four row groups of ~1 MB decoded at a 1 MB block: each group's pages are walked.
     values = [f"{i:08d}" + "a" * 2_000 for i in range(2_000)]
-    pq.write_table(pa.table({"event_id": values}), path, compression="zstd",
-                   use_dictionary=False, row_group_size=500, write_batch_size=64,
-                   data_page_size=64 << 10)
+    pq.write_table(
+        pa.table({"event_id": values}),
+        path,
+        compression="zstd",
+        use_dictionary=False,
+        row_group_size=500,
+        write_batch_size=64,
+        data_page_size=64 << 10,
+    )
     handle = open_landed_file(str(path))
     chunks = iter_file_chunks(handle, feed, ["event_id"], block_bytes=1 << 20)
     first = next(chunks)

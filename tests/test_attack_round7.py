@@ -341,9 +341,9 @@ def test_ledger_rows_without_a_time_are_settled_once_not_read_on_every_run(
     read: list[str] = []
 
     def recording(conn, audit, partner, settled_path, *args):  # noqa: ANN001, ANN202
-        def spy(path: str) -> str:
+        def spy(path: str, level: int | None) -> str:
             read.append(path)
-            return settled_path(path)
+            return settled_path(path, level)
         return real(conn, audit, partner, spy, *args)
 
     monkeypatch.setattr(ledger, "settle_ledger_paths", recording)

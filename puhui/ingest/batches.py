@@ -538,11 +538,13 @@ class FileIngestor:
         self._suite_checked = True
 
     # ----------------------------------------------------------------------- entry point
-    def ingest(self, landed: LandedFile) -> FileOutcome:
+    def ingest(self, landed: LandedFile, seen_batch: str | None = None) -> FileOutcome:
         """Decide one landed file: exactly one ledger row, whatever its bytes.
 
-        Only infrastructure errors (:func:`is_infrastructure_error`) escape; anything else
-        holds the file with a reason that names no value.
+        ``seen_batch`` is the batch of the ledger's newest row at the file's path (its
+        marks not matching), if any. Only infrastructure errors
+        (:func:`is_infrastructure_error`) escape; anything else holds the file with a
+        reason that names no value.
         """
         started = time.monotonic()
         if landed.kind != "file":
@@ -553,6 +555,12 @@ class FileIngestor:
         batch_id = ledger.make_batch_id(
             self.feed.name, landed.delivery_date, stored_path, handle.checksum
         )
+        if seen_batch is not None and seen_batch != batch_id:
+            # A row renamed by the settle keeps the id of its old path: the same bytes at
+            # its path are that batch (marks renewed), not a duplicate of it.
+            at_path = ledger.get_batch(self.runtime.engine, seen_batch)
+            if at_path is not None and at_path.checksum == handle.checksum:
+                batch_id = seen_batch
         base = {
             "batch_id": batch_id,
             "partner": self.feed.name,
@@ -599,10 +607,13 @@ class FileIngestor:
         named = pseudonymize_text_identifiers(path, self.key)
         return _ESCAPED.sub(_escaped_byte, named) if _NEEDS_ESCAPE.search(named) else named
 
-    def settled_path(self, stored: str) -> str:
-        """A ledger ``source_path`` (a path ``stored_path`` wrote, with an older finder or
-        none) as ``stored_path`` stores its file now; one in today's form comes out
-        unchanged (idempotent).
+    def settled_path(self, stored: str, level: int | None = ledger.PATH_SETTLED) -> str:
+        """A ledger ``source_path`` settled at ``level`` (a path ``stored_path`` wrote, with
+        an older finder) as ``stored_path`` stores its file now; one in today's form comes
+        out unchanged (idempotent). A row never settled (``level`` None, written before
+        names were pseudonymized or escaped) holds its file's name as listed:
+        ``stored_path`` of it is discovery's form (un-escaping it would read a literal
+        ``\\xff`` in the name as an escape).
 
         ``stored_path`` itself would escape an escaped path's ``\\xNN`` again, so an
         escaped path is unescaped to the name it was made from first (pseudonymized names
@@ -610,6 +621,8 @@ class FileIngestor:
         before round 14 named ``a\\b\\xff``, its backslashes not all escapes) is only
         pseudonymized: which file it names cannot be told, so its form is kept.
         """
+        if level is None:
+            return self.stored_path(stored)
         if _NEEDS_ESCAPE.search(stored) and _ESCAPED_FORM.fullmatch(stored):
             return self.stored_path(_ESCAPE.sub(_unescaped_byte, stored))
         return pseudonymize_text_identifiers(stored, self.key)

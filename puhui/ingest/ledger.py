@@ -187,35 +187,53 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
 PATH_SETTLED = 2
 PATHS_SETTLED = "ingest.paths_pseudonymized"
 RENAMED_FROM = "source_path_before"  # a rename's old path digest, in PATHS_SETTLED events
+# Batches one PATHS_SETTLED or MARKS_RENEWED event lists (~110 bytes each): the first run
+# after a new level renames every row holding a new shape, in one event 11 MB for 100k rows,
+# which every verify parses.
+EVENT_BATCHES = 10_000
+
+
+def _below_level() -> Any:
+    column = ingest_batches.c.path_settled
+    return or_(column.is_(None), column < PATH_SETTLED)
+
+
+def unsettled_partners(conn: Connection) -> list[str]:
+    """The partners with ledger rows settled below ``PATH_SETTLED`` (or never)."""
+    query = select(ingest_batches.c.partner).where(_below_level()).distinct()
+    return sorted(conn.execute(query).scalars())
 
 
 def settle_ledger_paths(
-    conn: Connection, audit: AuditWriter, partner: str, settled_path: Callable[[str], str],
-    flow_run_id: str | None = None,
+    conn: Connection, audit: AuditWriter, partner: str,
+    settled_path: Callable[[str, int | None], str], flow_run_id: str | None = None,
 ) -> int:
     """Give the feed's ledger rows settled below ``PATH_SETTLED`` (or never) the
-    ``source_path`` ingestion stores now, ``settled_path(source_path)``; returns how many
-    rows were renamed.
+    ``source_path`` ingestion stores now, ``settled_path(source_path, path_settled)``;
+    returns how many rows were renamed.
 
-    ``settled_path`` takes a *stored* path (``FileIngestor.settled_path``): one already
-    pseudonymized or ``\\xNN``-escaped comes out unchanged, so a row is never escaped or
-    pseudonymized twice. Each row is marked at the level as it is read, so it is read once
-    per level: remote files and entries that are not regular files never get a modification
-    time, and picking rows by that read them all on every run. The renames, the marks and one
-    ``PATHS_SETTLED`` event with each renamed batch's new path digest (``audit verify``
-    compares ``source_path`` with the trail's digests) are written in the caller's
-    transaction: a run killed before its commit changed nothing. A row is updated only from
-    the path it was read with and while below the level, so two runs at once rename it once
-    (the other's update matches no row and its event does not list it). A data migration
-    could not do this: it has no pseudonym key.
+    ``settled_path`` takes a path stored at its level (``FileIngestor.settled_path``): one
+    already pseudonymized or ``\\xNN``-escaped comes out unchanged, so a row is never escaped
+    or pseudonymized twice, and a never-settled row's raw name is stored as discovery stores
+    it. Each row is marked at the level as it is read, so it is read once per level: remote
+    files and entries that are not regular files never get a modification time, and picking
+    rows by that read them all on every run. The renames, the marks and ``PATHS_SETTLED``
+    events with each renamed batch's new path digest (``audit verify`` compares
+    ``source_path`` with the trail's digests), ``EVENT_BATCHES`` batches an event, are
+    written in the caller's transaction: a run killed before its commit changed nothing. A
+    row is updated only from the path it was read with and while below the level, so two
+    runs at once rename it once (the other's update matches no row and its events do not
+    list it); both lock rows in batch order, so neither waits on the other in a cycle. A
+    data migration could not do this: it has no pseudonym key.
     """
     table = ingest_batches.c
-    below = or_(table.path_settled.is_(None), table.path_settled < PATH_SETTLED)
-    query = select(table.batch_id, table.source_path).where(table.partner == partner, below)
+    below = _below_level()
+    query = (select(table.batch_id, table.source_path, table.path_settled)
+             .where(table.partner == partner, below).order_by(table.batch_id))
     renamed: dict[str, tuple[str, str]] = {}
     kept: list[str] = []
     for row in conn.execute(query).all():
-        path = settled_path(row.source_path)
+        path = settled_path(row.source_path, row.path_settled)
         if path == row.source_path:
             kept.append(row.batch_id)
         elif conn.execute(
@@ -227,14 +245,14 @@ def settle_ledger_paths(
     for chunk in in_list_chunks(kept):
         conn.execute(update(ingest_batches).where(table.batch_id.in_(chunk), below)
                      .values(path_settled=PATH_SETTLED))
-    if renamed:
+    for chunk in in_list_chunks(sorted(renamed), EVENT_BATCHES):
         audit.append(conn, PATHS_SETTLED, partner, {
-            "partner": partner, "rows": len(renamed), "settled_at": PATH_SETTLED,
+            "partner": partner, "rows": len(chunk), "settled_at": PATH_SETTLED,
             # The path renamed from too: verify sees a hand-edited path renamed, which the
             # new digest alone would have made the trail's.
-            "batches": {b: {**discovery_facts({"source_path": new})[DISCOVERY_DIGESTS],
-                            RENAMED_FROM: _fact_digest(old)}
-                        for b, (old, new) in sorted(renamed.items())}}, flow_run_id=flow_run_id)
+            "batches": {b: {**discovery_facts({"source_path": renamed[b][1]})[DISCOVERY_DIGESTS],
+                            RENAMED_FROM: _fact_digest(renamed[b][0])}
+                        for b in chunk}}, flow_run_id=flow_run_id)
     crash_point("paths-settled-before-commit")
     return len(renamed)
 
@@ -275,8 +293,9 @@ def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
 
 class MarkRenewals:
     """The ledger rows one feed run saw with another (or no) modification time or change
-    marker than their file's: written together at the end of the run, with one
-    ``MARKS_RENEWED`` event listing each batch's new values' digests, so discovery
+    marker than their file's: written together at the end of the run, with a
+    ``MARKS_RENEWED`` event per ``EVENT_BATCHES`` listing each batch's new values' digests,
+    so discovery
     recognises the files by them next time (a file only touched or chmodded, a row from
     before 0005/0007). One event per file grew the trail by a file's worth on every
     metadata sweep of the landing zone. A run stopped before ``write`` renews nothing: the
@@ -303,10 +322,11 @@ class MarkRenewals:
         with engine.begin() as conn:
             for batch_id, values in renewed.items():
                 update_batch(conn, batch_id, **values)
-            audit.append(conn, MARKS_RENEWED, partner, {
-                "partner": partner, "renewed": len(renewed),
-                "batches": {b: discovery_facts(v)[DISCOVERY_DIGESTS]
-                            for b, v in sorted(renewed.items())}}, flow_run_id=flow_run_id)
+            for chunk in in_list_chunks(sorted(renewed), EVENT_BATCHES):
+                audit.append(conn, MARKS_RENEWED, partner, {
+                    "partner": partner, "renewed": len(chunk),
+                    "batches": {b: discovery_facts(renewed[b])[DISCOVERY_DIGESTS]
+                                for b in chunk}}, flow_run_id=flow_run_id)
         return len(renewed)
 
 
@@ -436,8 +456,8 @@ def _decision_facts(facts: dict[str, Any], event: dict[str, Any]) -> None:
                                                and d.get("outcome") == "accepted")
     if accepted and "warnings" in d:
         facts["warnings"] = [{"message": w} for w in d["warnings"]] or None
-    elif not (action == "quarantine.revalidated" and d.get("outcome") == "still held"):
-        facts.pop("warnings", None)  # a hold's carry its failures' samples: not recorded
+    else:  # a hold's carry its failures' samples: not recorded (a held batch has none)
+        facts.pop("warnings", None)
     if action in _DECISIONS and d.get("outcome") != "still held":
         if "held_for" in d:  # a writer from before it may not have set decided_by
             facts["decided_by"] = event["actor"]
