@@ -305,7 +305,7 @@ def test_legacy_ledger_paths_holding_an_identifier_are_pseudonymized_once_at_ing
     engine = open_runtime().engine
     with engine.begin() as conn:  # the row as a run before this round wrote it
         conn.execute(ingest_batches.update().values(
-            source_path=str(path), mtime_ns=None, path_pseudonymized=None))
+            source_path=str(path), mtime_ns=None, path_settled=None))
 
     [again] = _ingest_payments().values()
     assert again.skipped and again.batch_id == first.batch_id, "found again, not re-read"
@@ -335,18 +335,18 @@ def test_ledger_rows_without_a_time_are_settled_once_not_read_on_every_run(
     engine = open_runtime().engine
     with engine.begin() as conn:  # the file's row as a run before names were pseudonymized
         conn.execute(ingest_batches.update().where(ingest_batches.c.mtime_ns.is_not(None))
-                     .values(source_path=str(raw), mtime_ns=None, path_pseudonymized=None))
+                     .values(source_path=str(raw), mtime_ns=None, path_settled=None))
 
-    real = ledger.pseudonymize_legacy_paths
+    real = ledger.settle_ledger_paths
     read: list[str] = []
 
-    def recording(conn, partner, stored_path):  # noqa: ANN001, ANN202
-        def spy(path: str) -> str:
+    def recording(conn, audit, partner, settled_path, *args):  # noqa: ANN001, ANN202
+        def spy(path: str, level: int | None) -> str:
             read.append(path)
-            return stored_path(path)
-        return real(conn, partner, spy)
+            return settled_path(path, level)
+        return real(conn, audit, partner, spy, *args)
 
-    monkeypatch.setattr(ledger, "pseudonymize_legacy_paths", recording)
+    monkeypatch.setattr(ledger, "settle_ledger_paths", recording)
     _ingest_payments()
     assert read == [str(raw)], "only the legacy row is read, not the directory's"
     read.clear()
@@ -354,11 +354,12 @@ def test_ledger_rows_without_a_time_are_settled_once_not_read_on_every_run(
     assert read == [], "a later run reads no settled row again"
     with engine.connect() as conn:
         rows = conn.execute(select(ingest_batches.c.source_path, ingest_batches.c.mtime_ns,
-                                   ingest_batches.c.path_pseudonymized)).all()
-    assert len(rows) == 2 and all(r.path_pseudonymized for r in rows)
+                                   ingest_batches.c.path_settled)).all()
+    assert len(rows) == 2 and all(r.path_settled == ledger.PATH_SETTLED for r in rows)
     assert not any(find_raw_identifiers(r.source_path) for r in rows)
     events = read_audit_events(engine, action="ingest.paths_pseudonymized")
-    assert [e["details"] for e in events] == [{"partner": "mobile_payments", "rows": 1}]
+    assert [(e["details"]["partner"], e["details"]["rows"]) for e in events] == [
+        ("mobile_payments", 1)]
 
 
 def test_a_file_growing_while_it_is_read_is_deferred_then_read_whole(

@@ -73,6 +73,7 @@ from puhui.ingest.pseudonymize import (
 )
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.ingest.reading import (
+    ChangedWhileRead,
     FileHandle,
     UnreadableFile,
     changed_since_opened,
@@ -192,6 +193,16 @@ def _escaped_byte(found: re.Match[str]) -> str:
     return f"\\x{ord(found.group()) & 0xFF:02x}"  # U+DCNN is byte NN; a backslash 5c
 
 
+# A stored path in escaped form: each backslash starts an escape ``_escaped_byte`` writes.
+_ESCAPED_FORM = re.compile(r"(?:[^\\]|\\x(?:5c|[89a-f][0-9a-f]))*")
+_ESCAPE = re.compile(r"\\x(5c|[89a-f][0-9a-f])")
+
+
+def _unescaped_byte(found: re.Match[str]) -> str:
+    byte = int(found.group(1), 16)
+    return "\\" if byte == 0x5C else chr(0xDC00 + byte)
+
+
 def content_key(partner: str, checksum: str) -> str:
     """The ledger's unique content key: duplicate detection is per feed.
 
@@ -235,13 +246,6 @@ def unexpected_failure_reason(exc: BaseException) -> str:
         f"unreadable: unexpected {type(exc).__name__}{where} while reading, typing, "
         "validating or loading the file (message withheld: it may quote the file)"
     )
-
-
-class ChangedWhileRead(Exception):
-    """The file changed between its fingerprint and the end of its load (the load is rolled
-    back with its ledger row), or a held file changed before its quarantine copy, or the copy
-    was not read from the checksummed bytes (nothing is recorded). The caller defers the file
-    (a partner still uploading it), so the next run reads it whole as one batch."""
 
 
 CHANGED_WHILE_READ = "changed while being read (still being written, or replaced)"
@@ -534,11 +538,13 @@ class FileIngestor:
         self._suite_checked = True
 
     # ----------------------------------------------------------------------- entry point
-    def ingest(self, landed: LandedFile) -> FileOutcome:
+    def ingest(self, landed: LandedFile, seen_batch: str | None = None) -> FileOutcome:
         """Decide one landed file: exactly one ledger row, whatever its bytes.
 
-        Only infrastructure errors (:func:`is_infrastructure_error`) escape; anything else
-        holds the file with a reason that names no value.
+        ``seen_batch`` is the batch of the ledger's newest row at the file's path (its
+        marks not matching), if any. Only infrastructure errors
+        (:func:`is_infrastructure_error`) escape; anything else holds the file with a
+        reason that names no value.
         """
         started = time.monotonic()
         if landed.kind != "file":
@@ -549,6 +555,12 @@ class FileIngestor:
         batch_id = ledger.make_batch_id(
             self.feed.name, landed.delivery_date, stored_path, handle.checksum
         )
+        if seen_batch is not None and seen_batch != batch_id:
+            # A row renamed by the settle keeps the id of its old path: the same bytes at
+            # its path are that batch (marks renewed), not a duplicate of it.
+            at_path = ledger.get_batch(self.runtime.engine, seen_batch)
+            if at_path is not None and at_path.checksum == handle.checksum:
+                batch_id = seen_batch
         base = {
             "batch_id": batch_id,
             "partner": self.feed.name,
@@ -594,6 +606,26 @@ class FileIngestor:
         # one spelling ``\xNN`` itself (none seen) is read once more, a duplicate of its row.
         named = pseudonymize_text_identifiers(path, self.key)
         return _ESCAPED.sub(_escaped_byte, named) if _NEEDS_ESCAPE.search(named) else named
+
+    def settled_path(self, stored: str, level: int | None = ledger.PATH_SETTLED) -> str:
+        """A ledger ``source_path`` settled at ``level`` (a path ``stored_path`` wrote, with
+        an older finder) as ``stored_path`` stores its file now; one in today's form comes
+        out unchanged (idempotent). A row never settled (``level`` None, written before
+        names were pseudonymized or escaped) holds its file's name as listed:
+        ``stored_path`` of it is discovery's form (un-escaping it would read a literal
+        ``\\xff`` in the name as an escape).
+
+        ``stored_path`` itself would escape an escaped path's ``\\xNN`` again, so an
+        escaped path is unescaped to the name it was made from first (pseudonymized names
+        are pseudonymized again to themselves). A path that only looks escaped (a row from
+        before round 14 named ``a\\b\\xff``, its backslashes not all escapes) is only
+        pseudonymized: which file it names cannot be told, so its form is kept.
+        """
+        if level is None:
+            return self.stored_path(stored)
+        if _NEEDS_ESCAPE.search(stored) and _ESCAPED_FORM.fullmatch(stored):
+            return self.stored_path(_ESCAPE.sub(_unescaped_byte, stored))
+        return pseudonymize_text_identifiers(stored, self.key)
 
     def _not_regular_handle(self, landed: LandedFile) -> FileHandle:
         """A handle for an entry that is never opened (a symlink may point anywhere)."""
@@ -676,7 +708,7 @@ class FileIngestor:
             "batch_id": base["batch_id"],
             "partner": self.feed.name,
             "source_path": base["path"],
-            "path_pseudonymized": True,
+            "path_settled": ledger.PATH_SETTLED,
             "delivery_date": landed.delivery_date,
             "checksum": handle.checksum,
             "bytes": handle.size,

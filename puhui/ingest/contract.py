@@ -167,15 +167,25 @@ def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) ->
         return _parse_text(values.cast(pa.string()), column)
     if pa.types.is_null(values.type):
         return pa.nulls(len(values), ARROW_TYPES[column.type])
-    target = ARROW_TYPES[column.type]
-    if column.type == "string":
-        return pc.cast(values, pa.string())
     try:
-        return pc.cast(values, target)
+        # A text column's cast fails too: a JSON object or list has no text form in Arrow
+        # (it was held as an unexpected error, its reason naming no column).
+        return pc.cast(values, ARROW_TYPES[column.type])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise ContractViolation(
-            f"type drift in {column.name}: {values.type} where {column.type} is declared"
+            f"type drift in {column.name}: {_type_shown(values.type)} where {column.type} is "
+            "declared"
         ) from None
+
+
+def _type_shown(found: pa.DataType) -> str:
+    """An Arrow type as a reason names it: a nested one by its kind, since a struct's type
+    spells the partner's keys (``struct<13812345678: int64>``)."""
+    if pa.types.is_struct(found) or pa.types.is_map(found):
+        return "a JSON object"
+    if pa.types.is_list(found) or pa.types.is_large_list(found):
+        return "a JSON list"
+    return str(found)
 
 
 def coerce_to_contract(table: pa.Table, feed: PartnerFeed) -> pa.Table:

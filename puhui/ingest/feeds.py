@@ -83,6 +83,19 @@ def _lookback_days(runtime: Runtime, feed: PartnerFeed) -> int:
         return DEFAULT_LOOKBACK_DAYS
 
 
+def _partners_to_settle(runtime: Runtime, feed: PartnerFeed, unsettled: list[str]) -> list[str]:
+    """Of the ``unsettled`` partners, ``feed``'s and those no longer configured: no feed
+    run of theirs would ever settle a retired partner's rows (the settle needs only the
+    key)."""
+    try:
+        configured = {f.name for f in load_config(runtime.settings.config_dir,
+                                                  PartnersConfig).partners}
+    except PuhuiError:  # a feed built in code, with no config directory behind it
+        configured = None
+    return [partner for partner in unsettled if partner == feed.name
+            or (configured is not None and partner not in configured)]
+
+
 DEFERRED = "deferred"  # not readable now: no ledger row yet, tried again by the next run
 
 
@@ -118,17 +131,11 @@ def ingest_feed(
     """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery."""
     engine = runtime.engine
     with engine.begin() as conn:
-        # Rows from before file names were pseudonymized: the ledger (read by BI) keeps no
-        # raw identifier, and discovery finds those files again under their stored names.
-        legacy = ledger.pseudonymize_legacy_paths(conn, feed.name, ingestor.stored_path)
-        if legacy:
-            runtime.audit.append(
-                conn,
-                "ingest.paths_pseudonymized",
-                feed.name,
-                {"partner": feed.name, "rows": legacy},
-                flow_run_id=ingestor.flow_run_id,
-            )
+        # Rows settled before the finder's current shapes, or never: the ledger (read by BI)
+        # keeps no raw identifier, and discovery finds those files under their stored names.
+        for partner in _partners_to_settle(runtime, feed, ledger.unsettled_partners(conn)):
+            ledger.settle_ledger_paths(conn, runtime.audit, partner, ingestor.settled_path,
+                                       ingestor.flow_run_id)
     watermark = ledger.get_watermark(engine, feed.name)
     files = files_to_consider(
         feed, runtime.settings.landing, as_of, watermark, _lookback_days(runtime, feed)
@@ -144,14 +151,14 @@ def ingest_feed(
             landed.kind != "file"
             or known.matches(landed.size, landed.mtime_ns, landed.change_marker)
         )
-        plan.append((landed, known if matched else None))
-    if any(known is None for _, known in plan):
+        plan.append((landed, known if matched else None, known))
+    if any(known is None for _, known, _ in plan):
         # A broken suite stops the feed before any file is decided or reported: checked at
         # the first new file, the files decided earlier had been reported (on_file) and
         # their outcomes were then lost with the error.
         ingestor.check_suite()
     outcomes = []
-    for landed, known in plan:
+    for landed, known, at_path in plan:
         if known is not None:
             if landed.kind == "file":
                 # A row from before 0005/0007 holds no time or marker: it takes the ones it
@@ -162,7 +169,7 @@ def ingest_feed(
             outcome = ingestor.decided_earlier(landed, known.batch_id)
         else:
             try:
-                outcome = ingestor.ingest(landed)
+                outcome = ingestor.ingest(landed, at_path.batch_id if at_path else None)
             except (PermissionError, FileNotFoundError) as exc:
                 if not _is_the_landed_file(exc, landed):
                     raise  # the machinery (a store, a folder of ours): stop and retry

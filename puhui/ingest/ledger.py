@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, Text, and_, cast, insert, or_, select, text, update
 
+from puhui.crashpoints import crash_point
 from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
@@ -178,47 +179,82 @@ def seen_files(engine: Engine, partner: str, since: date | None) -> dict[str, Se
         }
 
 
-def pseudonymize_legacy_paths(
-    conn: Connection, partner: str, stored_path: Callable[[str], str]
-) -> int:
-    """Give the feed's ledger rows written before file names were pseudonymized the
-    ``source_path`` that ingestion stores now; returns how many rows changed.
+# The identifier shapes a ledger path is settled at (``ingest_batches.path_settled``,
+# migration 0010): 1, 18-digit national IDs and phones (0006's boolean TRUE); 2, also
+# round 14's first-generation IDs (15 digits) and phones with a bracketed first group. Raise
+# it when the finder learns a shape file names may hold: ingest settles every row below it
+# once more, as it settled the rows from before names were pseudonymized (NULL).
+PATH_SETTLED = 2
+PATHS_SETTLED = "ingest.paths_pseudonymized"
+RENAMED_FROM = "source_path_before"  # a rename's old path digest, in PATHS_SETTLED events
+# Batches one PATHS_SETTLED or MARKS_RENEWED event lists (~110 bytes each): the first run
+# after a new level renames every row holding a new shape, in one event 11 MB for 100k rows,
+# which every verify parses.
+EVENT_BATCHES = 10_000
 
-    Only rows not yet settled (``path_pseudonymized`` NULL: rows from before migration 0005,
-    which came with pseudonymized names) are read, and each is marked as it is settled, so
-    a row is read once: remote files and entries that are not regular files never get a
-    modification time, and picking rows by that read them all on every run. Idempotent and
-    safe to interrupt: the caller's transaction holds the marks and the new paths together,
-    and each row is updated only from the path it was read with and while unmarked (two runs
-    at once change it once). A data migration could not do this: it has no pseudonym key.
+
+def _below_level() -> Any:
+    column = ingest_batches.c.path_settled
+    return or_(column.is_(None), column < PATH_SETTLED)
+
+
+def unsettled_partners(conn: Connection) -> list[str]:
+    """The partners with ledger rows settled below ``PATH_SETTLED`` (or never)."""
+    query = select(ingest_batches.c.partner).where(_below_level()).distinct()
+    return sorted(conn.execute(query).scalars())
+
+
+def settle_ledger_paths(
+    conn: Connection, audit: AuditWriter, partner: str,
+    settled_path: Callable[[str, int | None], str], flow_run_id: str | None = None,
+) -> int:
+    """Give the feed's ledger rows settled below ``PATH_SETTLED`` (or never) the
+    ``source_path`` ingestion stores now, ``settled_path(source_path, path_settled)``;
+    returns how many rows were renamed.
+
+    ``settled_path`` takes a path stored at its level (``FileIngestor.settled_path``): one
+    already pseudonymized or ``\\xNN``-escaped comes out unchanged, so a row is never escaped
+    or pseudonymized twice, and a never-settled row's raw name is stored as discovery stores
+    it. Each row is marked at the level as it is read, so it is read once per level: remote
+    files and entries that are not regular files never get a modification time, and picking
+    rows by that read them all on every run. The renames, the marks and ``PATHS_SETTLED``
+    events with each renamed batch's new path digest (``audit verify`` compares
+    ``source_path`` with the trail's digests), ``EVENT_BATCHES`` batches an event, are
+    written in the caller's transaction: a run killed before its commit changed nothing. A
+    row is updated only from the path it was read with and while below the level, so two
+    runs at once rename it once (the other's update matches no row and its events do not
+    list it); both lock rows in batch order, so neither waits on the other in a cycle. A
+    data migration could not do this: it has no pseudonym key.
     """
     table = ingest_batches.c
-    query = select(table.batch_id, table.source_path).where(
-        table.partner == partner, table.path_pseudonymized.is_(None)
-    )
-    changed = 0
+    below = _below_level()
+    query = (select(table.batch_id, table.source_path, table.path_settled)
+             .where(table.partner == partner, below).order_by(table.batch_id))
+    renamed: dict[str, tuple[str, str]] = {}
     kept: list[str] = []
     for row in conn.execute(query).all():
-        renamed = stored_path(row.source_path)
-        if renamed == row.source_path:
+        path = settled_path(row.source_path, row.path_settled)
+        if path == row.source_path:
             kept.append(row.batch_id)
-            continue
-        changed += conn.execute(
+        elif conn.execute(
             update(ingest_batches)
-            .where(
-                table.batch_id == row.batch_id,
-                table.source_path == row.source_path,
-                table.path_pseudonymized.is_(None),
-            )
-            .values(source_path=renamed, path_pseudonymized=True)
-        ).rowcount
+            .where(table.batch_id == row.batch_id, table.source_path == row.source_path, below)
+            .values(source_path=path, path_settled=PATH_SETTLED)
+        ).rowcount:
+            renamed[row.batch_id] = (row.source_path, path)
     for chunk in in_list_chunks(kept):
-        conn.execute(
-            update(ingest_batches)
-            .where(table.batch_id.in_(chunk))
-            .values(path_pseudonymized=True)
-        )
-    return changed
+        conn.execute(update(ingest_batches).where(table.batch_id.in_(chunk), below)
+                     .values(path_settled=PATH_SETTLED))
+    for chunk in in_list_chunks(sorted(renamed), EVENT_BATCHES):
+        audit.append(conn, PATHS_SETTLED, partner, {
+            "partner": partner, "rows": len(chunk), "settled_at": PATH_SETTLED,
+            # The path renamed from too: verify sees a hand-edited path renamed, which the
+            # new digest alone would have made the trail's.
+            "batches": {b: {**discovery_facts({"source_path": renamed[b][1]})[DISCOVERY_DIGESTS],
+                            RENAMED_FROM: _fact_digest(renamed[b][0])}
+                        for b in chunk}}, flow_run_id=flow_run_id)
+    crash_point("paths-settled-before-commit")
+    return len(renamed)
 
 
 def insert_batch(conn: Connection, **values: Any) -> None:
@@ -257,8 +293,9 @@ def discovery_facts(values: dict[str, Any]) -> dict[str, Any]:
 
 class MarkRenewals:
     """The ledger rows one feed run saw with another (or no) modification time or change
-    marker than their file's: written together at the end of the run, with one
-    ``MARKS_RENEWED`` event listing each batch's new values' digests, so discovery
+    marker than their file's: written together at the end of the run, with a
+    ``MARKS_RENEWED`` event per ``EVENT_BATCHES`` listing each batch's new values' digests,
+    so discovery
     recognises the files by them next time (a file only touched or chmodded, a row from
     before 0005/0007). One event per file grew the trail by a file's worth on every
     metadata sweep of the landing zone. A run stopped before ``write`` renews nothing: the
@@ -285,10 +322,11 @@ class MarkRenewals:
         with engine.begin() as conn:
             for batch_id, values in renewed.items():
                 update_batch(conn, batch_id, **values)
-            audit.append(conn, MARKS_RENEWED, partner, {
-                "partner": partner, "renewed": len(renewed),
-                "batches": {b: discovery_facts(v)[DISCOVERY_DIGESTS]
-                            for b, v in sorted(renewed.items())}}, flow_run_id=flow_run_id)
+            for chunk in in_list_chunks(sorted(renewed), EVENT_BATCHES):
+                audit.append(conn, MARKS_RENEWED, partner, {
+                    "partner": partner, "renewed": len(chunk),
+                    "batches": {b: discovery_facts(renewed[b])[DISCOVERY_DIGESTS]
+                                for b in chunk}}, flow_run_id=flow_run_id)
         return len(renewed)
 
 
@@ -394,7 +432,42 @@ _COMPARED = ("status", "checksum", "rows", "rows_loaded", "rows_duplicate")
 # Also recorded by the events, and unchecked before: a held batch's reason edited to read
 # harmless ("extra column ignored") invites its release; a batch moved to another partner or
 # a duplicate pointed at another owner passed verify.
-_TEXT_COMPARED = ("partner", "duplicate_of", "reason")
+_TEXT_COMPARED = ("partner", "duplicate_of", "reason", "decided_by")
+# Since round 15: who decided a held batch (the deciding event's actor: a release put on
+# another person's name passed), a loaded batch's warnings (deleted, BI reads a clean load)
+# and the delivery date (its batch id holds it; BI files late deliveries by it).
+_DECISIONS = ("quarantine.released", "quarantine.rejected", "quarantine.revalidated")
+_UNPARSEABLE = object()  # warnings SQLite kept as text that is no JSON (a hand edit)
+
+
+def _warnings_found(stored: str | None) -> Any:
+    """A row's ``warnings`` read as text (JSON that does not parse raised in the read)."""
+    try:
+        return None if stored is None else json.loads(stored)
+    except (TypeError, ValueError):
+        return _UNPARSEABLE
+
+
+def _decision_facts(facts: dict[str, Any], event: dict[str, Any]) -> None:
+    """Update ``facts`` with the ledger's ``decided_by`` and ``warnings`` after ``event``
+    (as the code writing both sets them; a fact an event cannot say is not compared)."""
+    action, d = event["action"], event["details"]
+    accepted = action == "ingest.accepted" or (action == "quarantine.revalidated"
+                                               and d.get("outcome") == "accepted")
+    if accepted and "warnings" in d:
+        facts["warnings"] = [{"message": w} for w in d["warnings"]] or None
+    else:  # a hold's carry its failures' samples: not recorded (a held batch has none)
+        facts.pop("warnings", None)
+    if action in _DECISIONS and d.get("outcome") != "still held":
+        if "held_for" in d:  # a writer from before it may not have set decided_by
+            facts["decided_by"] = event["actor"]
+        else:
+            facts.pop("decided_by", None)
+    elif action.startswith("ingest."):  # ingest decides no one: NULL, since round 14's events
+        if DISCOVERY_DIGESTS in d:
+            facts["decided_by"] = None
+        else:
+            facts.pop("decided_by", None)
 _RECORDED = ("checksum", "rows", "rows_loaded", "rows_duplicate", "partner", "duplicate_of")
 
 
@@ -416,7 +489,7 @@ def _reason_recorded(action: str, details: dict[str, Any]) -> str | None:
 
 
 _PLAIN_VALUE = re.compile(r"[0-9a-z_]{1,64}")  # a status word or a hex checksum
-_BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-\d{8}-[0-9a-f]{12}")  # as make_batch_id makes them
+_BATCH_ID = re.compile(r"[0-9a-z_]{1,64}-(\d{8})-[0-9a-f]{12}")  # as make_batch_id makes them
 
 
 def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
@@ -445,16 +518,34 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     # One moment for both reads: a release or an ingest committing between them (a status
     # and its event written together) was reported as a hand edit.
     with snapshot(engine) as conn:
-        events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED])
+        events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED,
+                                  PATHS_SETTLED])
+        # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
+        # parse raised in the read and stopped verify.
+        day = ingest_batches.c.delivery_date
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS))))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS)),
+            (day if engine.dialect.name == "postgresql" else cast(day, Text)).label("day"),
+            cast(ingest_batches.c.warnings, Text).label("warnings")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
+    renamed_edits: list[str] = []
     for event in events:
         d = event["details"]
-        if event["action"] == MARKS_RENEWED and "batches" in d:  # a feed run's renewals
-            for batch_id, renewed in d["batches"].items():
+        if event["action"] == PATHS_SETTLED or (event["action"] == MARKS_RENEWED
+                                                and "batches" in d):
+            # A feed run's renewals or renamed paths (rename events from before round 15
+            # list no batches: the paths they renamed were not compared before either).
+            for batch_id, renewed in d.get("batches", {}).items():
+                renewed = dict(renewed)
+                before = renewed.pop(RENAMED_FROM, None)
+                recorded = digests.get(batch_id, {}).get("source_path")
+                if before is not None and recorded is not None and before != recorded:
+                    renamed_edits.append(
+                        f"batch {batch_id}: ingest_batches.source_path was renamed by "
+                        f"{event['action']} (seq {event['seq']}) from a path the audit trail "
+                        "had not recorded (a hand edit before the rename)")
                 digests.setdefault(batch_id, {}).update(renewed)
             continue
         facts = expected.setdefault(event["subject"], {})
@@ -473,8 +564,10 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             facts.pop("reason", None)  # event's reason is stale, so none is compared
         if status:
             facts["status"] = status
+        _decision_facts(facts, event)
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
                 "ingest_batches" for b, facts in expected.items() if b not in rows]
+    problems += renamed_edits
     for batch_id, row in sorted(rows.items()):
         facts = expected.get(batch_id)
         if facts is None:
@@ -492,6 +585,16 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found, _BATCH_ID)} but the audit trail recorded "
                                 "another value")
+        if "warnings" in facts and (found := _warnings_found(row.warnings)) != facts["warnings"]:
+            # Counted, not quoted: the editor's text may hold anything.
+            held = (f"{len(found or [])} warning(s)" if isinstance(found, list | None)
+                    else "no JSON list")
+            problems.append(f"batch {batch_id}: ingest_batches.warnings hold {held} but the "
+                            f"audit trail recorded {len(facts['warnings'] or [])} (or others)")
+        if (named := _BATCH_ID.fullmatch(batch_id)) and (
+                day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(row.day):
+            problems.append(f"batch {batch_id}: ingest_batches.delivery_date is "
+                            f"{_shown(str(row.day))} but its batch id says {day}")
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID

@@ -11,13 +11,16 @@ hold a national ID).
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
@@ -44,6 +47,52 @@ class UnreadableFile(PuhuiError):
     """The file cannot be read as its contract says (held with this reason)."""
 
 
+class ChangedWhileRead(Exception):
+    """The file changed between its fingerprint and the end of its load (the load is rolled
+    back with its ledger row), or a held file changed before its quarantine copy, or the copy
+    was not read from the checksummed bytes, or the entry listed as a regular file is not one
+    any more (nothing is recorded). The caller defers the file (a partner still uploading it),
+    so the next run reads it whole as one batch, or holds what the entry has become."""
+
+
+def open_bytes(fs: fsspec.AbstractFileSystem, path: str,
+               stamp: tuple[Any, ...] | None = None) -> BinaryIO:
+    """A landed file's bytes, opened for reading.
+
+    A local file is opened without following a link and without waiting (``O_NOFOLLOW``,
+    ``O_NONBLOCK``), and must be a regular file, the one ``stamp`` (its inode) names if
+    given: the listing saw a regular file, but it may have been replaced since by a
+    symbolic link (followed, a file outside the landing zone was loaded; ``/dev/zero`` was
+    hashed for good) or a FIFO (its open waited for a writer for good, and every later file
+    and feed with it). Such an entry raises :class:`ChangedWhileRead`.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        return fs.open(path, "rb")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or not _still_regular(path):
+            # A symbolic link now, or another entry (a socket's open fails with ENXIO).
+            raise ChangedWhileRead() from None
+        raise
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or (stamp is not None and len(stamp) > 2
+                                            and status.st_ino != stamp[2]):
+        os.close(fd)
+        raise ChangedWhileRead()
+    return os.fdopen(fd, "rb")
+
+
+def _still_regular(path: str) -> bool:
+    """Whether ``path`` names a regular file (True if it is gone: the caller's error says)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class FileHandle:
     """An opened landed file: its filesystem, path and content fingerprint."""
@@ -54,7 +103,9 @@ class FileHandle:
     checksum: str
     head: bytes = b""  # the first bytes (byte-order marks)
     has_nul: bool = False  # a NUL byte anywhere: never text, and PostgreSQL refuses it
-    stamp: tuple[Any, ...] | None = None  # size and modification time before hashing
+    # Size, modification time, inode and change time (a local file's from its opened
+    # descriptor): ``open_bytes`` checks the inode, ``changed_since_opened`` the whole.
+    stamp: tuple[Any, ...] | None = None
     mtime_ns: int | None = None  # local files: the ledger's record of this version's time
 
     @property
@@ -82,11 +133,14 @@ def file_stamp(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any, ...]:
     (`rsync -t`, `cp -p`) between the hash and the read had its rows loaded under the old
     bytes' checksum. Neither can be set back (the change time is the kernel's)."""
     if isinstance(fs, LocalFileSystem):
-        status = os.stat(path)
-        return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
+        return _local_stamp(os.lstat(path))  # a link put in the file's place is not the file
     info = fs.info(path)
     modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     return (info.get("size"), str(modified))
+
+
+def _local_stamp(status: os.stat_result) -> tuple[Any, ...]:
+    return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
 
 
 def changed_since_opened(handle: FileHandle) -> bool:
@@ -103,24 +157,32 @@ def changed_since_opened(handle: FileHandle) -> bool:
 def open_landed_file(url: str) -> FileHandle:
     """Resolve ``url`` and fingerprint its bytes (SHA-256, streamed)."""
     fs, path = landed_fs(url)
-    # First: a rewrite from here on makes the recorded time older than the bytes hashed, so
-    # the next run reads the file again (never newer, which would hide the rewrite).
-    stamp = file_stamp(fs, path)
-    mtime_ns = stamp[1] if isinstance(fs, LocalFileSystem) else None  # one stat for both
-    checksum, size, head, has_nul = _hashed(fs, path)
+    local = isinstance(fs, LocalFileSystem)
+    with open_bytes(fs, path) as stream:
+        # First: a rewrite from here on makes the recorded time older than the bytes hashed,
+        # so the next run reads the file again (never newer, which would hide the rewrite).
+        # A local file's stamp is the opened file's own: the path may name another by now.
+        stamp = _local_stamp(os.fstat(stream.fileno())) if local else file_stamp(fs, path)
+        checksum, size, head, has_nul = _hashed_stream(stream)
+    mtime_ns = stamp[1] if local else None  # one stat for both
     return FileHandle(fs, path, size, checksum, head, has_nul, stamp, mtime_ns)
 
 
-def _hashed(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, int, bytes, bool]:
+def _hashed(fs: fsspec.AbstractFileSystem, path: str,
+            stamp: tuple[Any, ...] | None = None) -> tuple[str, int, bytes, bool]:
     """SHA-256, size, first bytes and whether a NUL byte is in ``path``'s bytes (streamed)."""
+    with open_bytes(fs, path, stamp) as stream:
+        return _hashed_stream(stream)
+
+
+def _hashed_stream(handle: BinaryIO) -> tuple[str, int, bytes, bool]:
     digest, size, head, has_nul = hashlib.sha256(), 0, b"", False
-    with fs.open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-            head = head or block[:4]
-            # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
-            has_nul = has_nul or b"\0" in block
-            size += len(block)
+    while block := handle.read(_HASH_BLOCK):
+        digest.update(block)
+        head = head or block[:4]
+        # memchr speed (GB/s): found while the bytes are in hand, not in a second pass.
+        has_nul = has_nul or b"\0" in block
+        size += len(block)
     return digest.hexdigest(), size, head, has_nul
 
 
@@ -129,9 +191,9 @@ def holds_hashed_bytes(handle: FileHandle) -> bool:
     again; False if it is gone). For a stamp that moved on metadata alone: a chmod or a new
     hard link sets a local file's change time without touching its bytes."""
     try:
-        return _hashed(handle.fs, handle.path)[0] == handle.checksum
-    except OSError:  # gone, or unreadable now (a chmod by an upload tool): not known same
-        return False
+        return _hashed(handle.fs, handle.path, handle.stamp)[0] == handle.checksum
+    except (OSError, ChangedWhileRead):  # gone, unreadable now (a chmod by an upload tool),
+        return False  # or another entry in its place: not known same
 
 
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}
@@ -172,12 +234,31 @@ class _Teed(io.RawIOBase):
 
 
 def _opened(handle: FileHandle, on_bytes: Callable[[memoryview], object] | None) -> BinaryIO:
-    stream = handle.fs.open(handle.path, "rb")
+    stream = open_bytes(handle.fs, handle.path, handle.stamp)
     return stream if on_bytes is None else _Teed(stream, on_bytes)  # type: ignore[return-value]
 
 
-def _source(handle: FileHandle):  # noqa: ANN202 - a path or a binary file object
-    return handle.local_path or handle.fs.open(handle.path, "rb")
+@contextmanager
+def _parquet_source(handle: FileHandle) -> Iterator[Any]:
+    """The checked file for Arrow to read: its descriptor, open for the whole read.
+
+    Arrow reads a local path itself, once per reader and per row group's page walk: by the
+    path, a link swapped in since the check was followed and a FIFO waited on for good (the
+    feed and every later one with it). ``/proc/self/fd/N`` names the opened file even
+    after its path names another entry, and keeps Arrow's native reads; without ``/proc``
+    (or for a remote store) the file object itself is read.
+    """
+    stream = open_bytes(handle.fs, handle.path, handle.stamp)
+    try:
+        if handle.local_path is not None and os.path.isdir(_OWN_FDS):
+            yield f"{_OWN_FDS}/{stream.fileno()}"
+        else:
+            yield stream
+    finally:
+        stream.close()
+
+
+_OWN_FDS = "/proc/self/fd"
 
 
 def count_parsed_rows(handle: FileHandle, feed: PartnerFeed) -> int:
@@ -206,13 +287,14 @@ def count_data_rows(handle: FileHandle, feed: PartnerFeed) -> int:
         return 0
     if feed.format == "parquet":
         try:
-            return pq.ParquetFile(_source(handle)).metadata.num_rows
+            with _parquet_source(handle) as source, pq.ParquetFile(source) as parquet:
+                return parquet.metadata.num_rows
         except (pa.ArrowException, OSError):
             return 0
     # Line ends as Arrow reads them: LF, CRLF and a bare CR (a CR-only file's held batch
     # counted 0 rows); a CRLF split across two blocks is one.
     lines, last = 0, b"\n"
-    with handle.fs.open(handle.path, "rb") as stream:
+    with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
         while block := stream.read(_HASH_BLOCK):
             lines += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
             lines -= last == b"\r" and block[:1] == b"\n"
@@ -228,7 +310,7 @@ def _python_encoding(feed: PartnerFeed) -> str:
 
 def read_csv_header(handle: FileHandle, feed: PartnerFeed) -> list[str]:
     """The CSV header's column names (decoded with the feed's encoding)."""
-    with handle.fs.open(handle.path, "rb") as stream:
+    with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
         first = stream.readline(1 << 20)
     # A bare CR ends a line too (Arrow reads it so): a CR-only file ("CSV (Macintosh)") is
     # one \n-line, and csv.reader raised on its CRs, out of the hold path too, which stopped
@@ -467,49 +549,47 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
     chunk over ``_CHUNK_BLOCKS`` blocks decompressed (the footer says), a nested column, or
     a value or a row over the block is held, named by its column, before it is decoded.
     """
-    source = _source(handle)
     readers: dict[tuple[str, ...], pq.ParquetFile] = {}
-    try:
-        readers[()] = pq.ParquetFile(source)
-        meta, schema = readers[()].metadata, readers[()].schema_arrow
-        _refuse_nested(schema)
-        read = [index for index, name in enumerate(schema.names) if name in wanted]
-        names = [schema.names[index] for index in read]
-        pending: list[pa.Table] = []
-        pending_bytes = pending_rows = 0
-        for group in range(meta.num_row_groups):
-            rows, coded = _plan_read(readers, source, meta, schema, group, block_bytes, read)
-            if not rows:
-                continue
-            if coded not in readers:
-                readers[coded] = pq.ParquetFile(source, metadata=meta, read_dictionary=coded)
-            # One thread: decoding the columns at once held 125-200 MB (varying run to run)
-            # for a 26 MB read of 60 int64 columns, one thread 125 MB every time.
-            batches = readers[coded].iter_batches(batch_size=rows, row_groups=[group],
-                                                  columns=names, use_threads=False)
-            for batch in batches if coded else _gathered(batches, block_bytes):
-                for piece, width in _decoded_slices(batch, block_bytes):
-                    # Joined up to the block: a file of 20-row groups came as 20-row chunks,
-                    # each paying the ingest's per-chunk costs.
-                    if pending and (pending_bytes + width > block_bytes
-                                    or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
-                        yield _joined(pending)
-                        pending, pending_bytes, pending_rows = [], 0, 0
-                    pending.append(piece)
-                    pending_bytes += width
-                    pending_rows += piece.num_rows
-                    if pending_bytes + width > block_bytes:
-                        # Another piece like it would not fit: handed on now, not kept
-                        # through the next read (a third block alive at once).
-                        yield _joined(pending)
-                        pending, pending_bytes, pending_rows = [], 0, 0
-        if pending:
-            yield _joined(pending)
-    finally:
-        for reader in readers.values():
-            reader.close()
-        if not isinstance(source, str):
-            source.close()
+    with _parquet_source(handle) as source:
+        try:
+            readers[()] = pq.ParquetFile(source)
+            meta, schema = readers[()].metadata, readers[()].schema_arrow
+            _refuse_nested(schema)
+            read = [index for index, name in enumerate(schema.names) if name in wanted]
+            names = [schema.names[index] for index in read]
+            pending: list[pa.Table] = []
+            pending_bytes = pending_rows = 0
+            for group in range(meta.num_row_groups):
+                rows, coded = _plan_read(readers, source, meta, schema, group, block_bytes, read)
+                if not rows:
+                    continue
+                if coded not in readers:
+                    readers[coded] = pq.ParquetFile(source, metadata=meta, read_dictionary=coded)
+                # One thread: decoding the columns at once held 125-200 MB (varying run to run)
+                # for a 26 MB read of 60 int64 columns, one thread 125 MB every time.
+                batches = readers[coded].iter_batches(batch_size=rows, row_groups=[group],
+                                                      columns=names, use_threads=False)
+                for batch in batches if coded else _gathered(batches, block_bytes):
+                    for piece, width in _decoded_slices(batch, block_bytes):
+                        # Joined up to the block: a file of 20-row groups came as 20-row chunks,
+                        # each paying the ingest's per-chunk costs.
+                        if pending and (pending_bytes + width > block_bytes
+                                        or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
+                            yield _joined(pending)
+                            pending, pending_bytes, pending_rows = [], 0, 0
+                        pending.append(piece)
+                        pending_bytes += width
+                        pending_rows += piece.num_rows
+                        if pending_bytes + width > block_bytes:
+                            # Another piece like it would not fit: handed on now, not kept
+                            # through the next read (a third block alive at once).
+                            yield _joined(pending)
+                            pending, pending_bytes, pending_rows = [], 0, 0
+            if pending:
+                yield _joined(pending)
+        finally:
+            for reader in readers.values():
+                reader.close()
 
 
 _PARQUET_MAX_ROWS = 1_000_000
@@ -956,8 +1036,9 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
         if feed.format == "csv":
             return read_csv_header(handle, feed)
         if feed.format == "parquet":
-            return pq.ParquetFile(_source(handle)).schema_arrow.names
-        with handle.fs.open(handle.path, "rb") as stream:
+            with _parquet_source(handle) as source, pq.ParquetFile(source) as parquet:
+                return parquet.schema_arrow.names
+        with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
             first = stream.readline(16 << 20)
         first.decode("utf-8")  # a JSON-lines feed must be UTF-8: fail here, by name
         _check_nesting(first)
@@ -971,7 +1052,7 @@ def file_columns(handle: FileHandle, feed: PartnerFeed) -> list[str]:
 def _header_only(handle: FileHandle) -> bool:
     """A CSV that is one line without its newline: a header and no rows (Arrow's reader
     fails on it, "cannot infer number of columns", though with the newline it reads 0 rows)."""
-    with handle.fs.open(handle.path, "rb") as stream:
+    with open_bytes(handle.fs, handle.path, handle.stamp) as stream:
         first = stream.readline(1 << 20)
     # A CR-only file is one \n-line too: its rows were dropped as a header's (0 rows loaded).
     return len(first) == handle.size and not first.endswith(b"\n") and b"\r" not in first

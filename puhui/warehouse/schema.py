@@ -72,9 +72,10 @@ ingest_batches = Table(
     # wrote it: changing it takes a migration (compare_metadata sees comments).
     Column("change_marker", Text,
            comment="a remote file's change marker as its listing gave it (key=value)"),
-    # Added by migration 0006: NULL for rows ledger.pseudonymize_legacy_paths has not settled.
-    Column("path_pseudonymized", Boolean,
-           comment="source_path is in its stored form; NULL: not yet checked"),
+    # Added by migration 0010 (0006's boolean before it): the identifier shapes
+    # (ledger.PATH_SETTLED) source_path was settled at; NULL or lower: ingest settles it.
+    Column("path_settled", SmallInteger,
+           comment="identifier shapes source_path is settled at; NULL: not yet"),
     Column("rows", BigInteger, comment="rows landed in the file"),
     Column("rows_loaded", BigInteger),
     Column("rows_held", BigInteger),
@@ -88,11 +89,9 @@ ingest_batches = Table(
     Column("decided_by", String(128)),
     Index(None, "partner", "delivery_date"),
     Index(None, "status"),
-    # Only rows whose path is not settled (migration 0006): every ingest looks for them on
-    # each feed, and once all are settled the look reads an empty index, not the ledger.
-    Index("ix_ingest_batches_unsettled_paths", "partner",
-          sqlite_where=text("path_pseudonymized IS NULL"),
-          postgresql_where=text("path_pseudonymized IS NULL")),
+    # Every ingest looks for each feed's rows below the current settle level (migration
+    # 0010): two index ranges (NULL, below), not the ledger.
+    Index("ix_ingest_batches_path_settled", "partner", "path_settled"),
 )
 
 # The primary keys each feed has loaded, across all its batches (migration 0008): a row's
