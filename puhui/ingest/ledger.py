@@ -390,11 +390,6 @@ _EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantin
                  "ingest.duplicate": "duplicate", "quarantine.released": "released",
                  "quarantine.rejected": "rejected"}
 _REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
-_COMPARED = ("status", "checksum", "rows", "rows_loaded", "rows_duplicate")
-# Also recorded by the events, and unchecked before: a held batch's reason edited to read
-# harmless ("extra column ignored") invites its release; a batch moved to another partner or
-# a duplicate pointed at another owner passed verify.
-_TEXT_COMPARED = ("partner", "duplicate_of", "reason")
 _RECORDED = ("checksum", "rows", "rows_loaded", "rows_duplicate", "partner", "duplicate_of")
 
 
@@ -431,6 +426,21 @@ def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
     return safe_name(value)
 
 
+# The ledger columns compared with the trail, each with how a disagreement is shown: the
+# shape of a found value printed as it is (others masked, see ``_shown``), and whether the
+# trail's value is quoted.
+_COMPARED: dict[str, tuple[re.Pattern[str], bool]] = {
+    **dict.fromkeys(
+        ("status", "checksum", "rows", "rows_loaded", "rows_duplicate"), (_PLAIN_VALUE, True)
+    ),
+    # Also recorded by the events, and unchecked before: a held batch's reason edited to read
+    # harmless ("extra column ignored") invites its release; a batch moved to another partner
+    # or a duplicate pointed at another owner passed verify. Long or chosen by a partner: the
+    # trail's value is not quoted.
+    **dict.fromkeys(("partner", "duplicate_of", "reason"), (_BATCH_ID, False)),
+}
+
+
 def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     """Where ``ingest_batches`` and the audit trail disagree; also the batches compared.
 
@@ -448,7 +458,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED])
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS))))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS))))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     for event in events:
@@ -481,17 +491,12 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             problems.append(f"batch {_shown(batch_id, _BATCH_ID)} ({_shown(row.status)}) is "
                             "in ingest_batches with no event in the audit trail")
             continue
-        for column in _COMPARED:
+        for column, (plain, quoted) in _COMPARED.items():
             found = getattr(row, column)
             if column in facts and found != facts[column]:
+                trail = f"says {facts[column]!r}" if quoted else "recorded another value"
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
-                                f"{_shown(found)} but the audit trail says {facts[column]!r}")
-        for column in _TEXT_COMPARED:  # long or chosen by a partner: the trail's not quoted
-            found = getattr(row, column)
-            if column in facts and found != facts[column]:
-                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
-                                f"{_shown(found, _BATCH_ID)} but the audit trail recorded "
-                                "another value")
+                                f"{_shown(found, plain)} but the audit trail {trail}")
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
