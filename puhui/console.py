@@ -6,6 +6,8 @@ and cost nothing. Under the CLI:
 
 - ``stage`` lines always print (one per stage of a flow);
 - ``detail`` lines (one per file, Prefect's state lines) only with ``--verbose``;
+- ``notice`` lines (a warning: something not done, a fallback taken) always, configured or
+  not, as one line on stderr;
 - ``progress`` shows a Rich bar only on a terminal and never with ``--json``; piped output
   stays a plain, countable log.
 
@@ -66,6 +68,14 @@ def stage(line: str) -> None:
     """One line for a stage that finished (printed above any live bar)."""
     if _state.console is not None:
         _state.console.print(line, markup=False, highlight=False)
+
+
+def notice(line: str) -> None:
+    """A warning the person must see whoever runs the code (also before ``configure``, under
+    ``--json`` and in workers): one line on stderr, never stdout (a JSON reader's), above any
+    live bar (Rich's live display moves stderr's lines above it)."""
+    with _lock:
+        print(" ".join(line.splitlines()), file=sys.stderr, flush=True)
 
 
 def detail(line: str) -> None:

@@ -7,7 +7,6 @@ import fcntl
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
+from puhui import console
 from puhui.audit import AuditWriter, audit_key_bytes
 from puhui.config import config_files, config_hash, read_config_bytes
 from puhui.errors import PuhuiError
@@ -39,8 +39,8 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     """Settings from the environment, a migrated warehouse engine and an audit writer."""
     settings, made = ensure_local_audit_key(settings or load_settings())
     if made is not None:
-        print(f"puhui: made a local audit key in {made} (production sets PUHUI_AUDIT_KEY)",
-              file=sys.stderr)
+        console.notice(f"puhui: made a local audit key in {made} (production sets "
+                       "PUHUI_AUDIT_KEY)")
     configure_runtime(settings)
     engine = get_engine(settings.warehouse_url)
     audit = AuditWriter(actor=settings.actor,
@@ -174,9 +174,9 @@ def prune_snapshots(snapshots: Path, keep: int) -> list[Path]:
             except OSError as error:
                 if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                     continue  # a run in progress holds it
-                print(f"puhui: config snapshots in {snapshots} not pruned: no lock there "
-                      f"({errno.errorcode.get(error.errno, error.errno)}) to tell one a run "
-                      "holds", file=sys.stderr)
+                console.notice(f"puhui: config snapshots in {snapshots} not pruned: no lock "
+                               f"there ({errno.errorcode.get(error.errno, error.errno)}) to "
+                               "tell one a run holds")
                 return removed
             # Renamed first, under the lock: a half-removed folder is never found by its hash.
             gone = snapshots / f".pruned-{folder.name}-{os.getpid()}"

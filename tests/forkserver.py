@@ -64,13 +64,13 @@ def _effective_environment(environ: dict[str, str]) -> dict[str, str]:
         os.environ.update(saved)
 
 
-def _serve() -> None:
+def _serve(preload: tuple[str, ...]) -> None:
     from puhui.warm_worker import run_command_in_child
 
     environment = _effective_environment(dict(os.environ))
     # Prefect, imported below, keeps what it reads now: the commands' effective values.
     os.environ.update(environment)
-    for name in PRELOAD:
+    for name in preload:
         try:
             importlib.import_module(name)
         except ImportError:  # moved in a newer library: the child imports what it needs
@@ -100,11 +100,15 @@ def _serve() -> None:
 class ForkServer:
     """The test's side: start it (with the commands' environment), then run commands."""
 
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
+    def __init__(self, env: dict[str, str], folder: Path,
+                 preload: tuple[str, ...] = PRELOAD) -> None:
+        """``preload``: the modules the parent imports (the commands' own; default: those
+        of ``run train risk``)."""
         self.folder = folder
         root = Path(__file__).resolve().parents[1]
         # Its own session: ``close`` ends it with whatever it forked (a failed test's command).
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.forkserver", *preload],
+                                        env=env,
                                         cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         start_new_session=True)
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -183,4 +187,4 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(tuple(sys.argv[1:]) or PRELOAD)

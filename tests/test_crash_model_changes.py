@@ -1,11 +1,12 @@
 """kill -9 at named points of model changes; the next command repairs or reports the gap.
 
-Each crash runs a real ``puhui`` command in a subprocess with ``PUHUI_CRASH_AT=<point>``
-(``SIGKILL`` to itself, as ``kill -9`` would), on a real MLflow SQLite store and warehouse;
-training runs a real Prefect flow against the session's Prefect server, in a process forked
-from one that imported its libraries once (tests/forkserver.py). After each crash the
-invariants are checked: every intent has an outcome, ``audit verify`` passes, MLflow and the
-trail agree, and no version is tagged ``gates.passed`` without the trail's gate results.
+Each crash runs a real ``puhui`` command in a process of its own with
+``PUHUI_CRASH_AT=<point>`` (``SIGKILL`` to itself, as ``kill -9`` would), on a real MLflow
+SQLite store and warehouse, forked from a parent that imported its libraries once
+(tests/forkserver.py); training runs a real Prefect flow against the session's Prefect
+server. After each crash the invariants are checked: every intent has an outcome, ``audit
+verify`` passes, MLflow and the trail agree, and no version is tagged ``gates.passed``
+without the trail's gate results.
 
 Before intent/completion events, a crash between MLflow and the audit write left a version
 with no registration event (tagged ``gates.passed=true`` before the gate step) that
@@ -21,7 +22,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,11 +61,28 @@ NAME = "credit_risk"
 OUTCOMES = {REGISTERED, REGISTER_ABORTED, ALIAS_SET, "model.alias.aborted", "model.alias.removed"}
 
 
-def _crash(*args: str, point: str) -> subprocess.CompletedProcess:
-    """Run ``puhui ARGS`` in its own process, killed at ``point``."""
-    return subprocess.run([sys.executable, "-m", "puhui", *args],
-                          env={**os.environ, "PUHUI_CRASH_AT": point},
-                          capture_output=True, text=True, timeout=600)
+# What `models promote` and `models rollback` import (`-X importtime`: MLflow's store ~3.5 s).
+MODEL_COMMAND_IMPORTS = ("puhui.cli", "puhui.registry", "mlflow",
+                         "mlflow.store.tracking.sqlalchemy_store",
+                         "mlflow.store.model_registry.sqlalchemy_store")
+
+
+@pytest.fixture(scope="module")
+def model_commands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    """Where the killed promote and rollback commands start: forked from one parent for the
+    file that imported the CLI's libraries once (each cold ``puhui models promote`` spent
+    ~4 s of CPU on imports before); asked for before the registry's setup, which its imports
+    overlap. Each command is still a process of its own, with the test's environment,
+    killed at its crash point (``PUHUI_CRASH_AT``)."""
+    env = {k: v for k, v in os.environ.items() if k != "PUHUI_CRASH_AT"}
+    server = ForkServer(env, tmp_path_factory.mktemp("model-commands"), MODEL_COMMAND_IMPORTS)
+    yield server
+    server.close()
+
+
+def _crash(server: ForkServer, *args: str, point: str) -> subprocess.CompletedProcess:
+    """Run ``puhui ARGS`` in its own (forked) process, killed at ``point``."""
+    return server.run(list(args), {**os.environ, "PUHUI_CRASH_AT": point})
 
 
 @dataclass
@@ -202,11 +219,12 @@ def test_a_hand_set_gate_tag_does_not_promote(registry_env: dict[str, str],
     ("postgres", "alias.after_mlflow"),  # the case that moved champion with no record
 ], indirect=["warehouse_url"])
 def test_promote_killed_mid_move_is_reported_then_settled(
-    registry_env: dict[str, str], point: str, puhui: Callable[..., Ran],
+    model_commands: ForkServer, registry_env: dict[str, str], point: str,
+    puhui: Callable[..., Ran],
 ) -> None:
     v1, v2 = registry_env["passed1"], registry_env["passed2"]
-    crashed = _crash("models", "promote", NAME, "--version", v1, "--reason", "first",
-                     point=point)
+    crashed = _crash(model_commands, "models", "promote", NAME, "--version", v1, "--reason",
+                     "first", point=point)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     moved = point == "alias.after_mlflow"
     assert _champion() == (v1 if moved else None)
@@ -235,13 +253,15 @@ def test_promote_killed_mid_move_is_reported_then_settled(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
-def test_rollback_killed_after_the_move_is_recovered(registry_env: dict[str, str],
+def test_rollback_killed_after_the_move_is_recovered(model_commands: ForkServer,
+                                                     registry_env: dict[str, str],
                                                      puhui: Callable[..., Ran]) -> None:
     v1, v2 = registry_env["passed1"], registry_env["passed2"]
     for version in (v1, v2):
         assert puhui("models", "promote", NAME, "--version", version, "--reason",
                       "r").returncode == 0
-    crashed = _crash("models", "rollback", NAME, "--reason", "back", point="alias.after_mlflow")
+    crashed = _crash(model_commands, "models", "rollback", NAME, "--reason", "back",
+                     point="alias.after_mlflow")
     assert crashed.returncode == -signal.SIGKILL and _champion() == v1
     verified = puhui("audit", "verify")
     assert verified.returncode == 0 and "recovered" in verified.stdout, verified.stderr

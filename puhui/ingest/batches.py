@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -502,6 +502,12 @@ def read_ahead(items: Iterator[_Item], name: str = "puhui-prepare") -> ReadAhead
     return ReadAhead(items, name)
 
 
+class BytesHash(Protocol):
+    """What a quarantine copy's reader feeds the bytes it takes: a ``hashlib`` object."""
+
+    def update(self, data: memoryview, /) -> None: ...
+
+
 class FileIngestor:
     """Ingests the files of one feed; holds the validator and the pseudonym key."""
 
@@ -906,11 +912,11 @@ class FileIngestor:
         return not changed_since_opened(handle) or holds_hashed_bytes(handle)
 
     def _write_quarantine_copy(
-        self, handle: FileHandle, landed: LandedFile, batch_id: str, consumed: Any
+        self, handle: FileHandle, landed: LandedFile, batch_id: str, consumed: BytesHash | None
     ) -> tuple[Path | None, int]:
         """Keep the held batch intact, pseudonymized, for a later release; returns the copy
-        (None when no rows were read) and its rows. ``consumed`` (a hashlib object, or None
-        for Parquet) is fed the bytes read for it."""
+        (None when no rows were read) and its rows. ``consumed`` (None for Parquet) is fed
+        the bytes read for it."""
         target = quarantine_copy_path(self.runtime.settings.home, self.feed.name, batch_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")

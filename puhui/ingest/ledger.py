@@ -428,11 +428,6 @@ _EVENT_STATUS = {"ingest.accepted": "accepted", "ingest.quarantined": "quarantin
                  "ingest.duplicate": "duplicate", "quarantine.released": "released",
                  "quarantine.rejected": "rejected"}
 _REVALIDATED = {"accepted": "accepted", "still held": "quarantined"}
-_COMPARED = ("status", "checksum", "rows", "rows_loaded", "rows_duplicate")
-# Also recorded by the events, and unchecked before: a held batch's reason edited to read
-# harmless ("extra column ignored") invites its release; a batch moved to another partner or
-# a duplicate pointed at another owner passed verify.
-_TEXT_COMPARED = ("partner", "duplicate_of", "reason", "decided_by")
 # Since round 15: who decided a held batch (the deciding event's actor: a release put on
 # another person's name passed), a loaded batch's warnings (deleted, BI reads a clean load)
 # and the delivery date (its batch id holds it; BI files late deliveries by it).
@@ -468,6 +463,8 @@ def _decision_facts(facts: dict[str, Any], event: dict[str, Any]) -> None:
             facts["decided_by"] = None
         else:
             facts.pop("decided_by", None)
+
+
 _RECORDED = ("checksum", "rows", "rows_loaded", "rows_duplicate", "partner", "duplicate_of")
 
 
@@ -504,6 +501,21 @@ def _shown(value: object, plain: re.Pattern[str] = _PLAIN_VALUE) -> str:
     return safe_name(value)
 
 
+# The ledger columns compared with the trail, each with how a disagreement is shown: the
+# shape of a found value printed as it is (others masked, see ``_shown``), and whether the
+# trail's value is quoted.
+_COMPARED: dict[str, tuple[re.Pattern[str], bool]] = {
+    **dict.fromkeys(
+        ("status", "checksum", "rows", "rows_loaded", "rows_duplicate"), (_PLAIN_VALUE, True)
+    ),
+    # Also recorded by the events, and unchecked before: a held batch's reason edited to read
+    # harmless ("extra column ignored") invites its release; a batch moved to another partner
+    # or a duplicate pointed at another owner passed verify. Long or chosen by a partner: the
+    # trail's value is not quoted.
+    **dict.fromkeys(("partner", "duplicate_of", "reason", "decided_by"), (_BATCH_ID, False)),
+}
+
+
 def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     """Where ``ingest_batches`` and the audit trail disagree; also the batches compared.
 
@@ -525,7 +537,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         day = ingest_batches.c.delivery_date
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *_TEXT_COMPARED, *DISCOVERY_COLUMNS)),
+            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)),
             (day if engine.dialect.name == "postgresql" else cast(day, Text)).label("day"),
             cast(ingest_batches.c.warnings, Text).label("warnings")))}
     expected: dict[str, dict[str, Any]] = {}
@@ -574,17 +586,12 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             problems.append(f"batch {_shown(batch_id, _BATCH_ID)} ({_shown(row.status)}) is "
                             "in ingest_batches with no event in the audit trail")
             continue
-        for column in _COMPARED:
+        for column, (plain, quoted) in _COMPARED.items():
             found = getattr(row, column)
             if column in facts and found != facts[column]:
+                trail = f"says {facts[column]!r}" if quoted else "recorded another value"
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
-                                f"{_shown(found)} but the audit trail says {facts[column]!r}")
-        for column in _TEXT_COMPARED:  # long or chosen by a partner: the trail's not quoted
-            found = getattr(row, column)
-            if column in facts and found != facts[column]:
-                problems.append(f"batch {batch_id}: ingest_batches.{column} is "
-                                f"{_shown(found, _BATCH_ID)} but the audit trail recorded "
-                                "another value")
+                                f"{_shown(found, plain)} but the audit trail {trail}")
         if "warnings" in facts and (found := _warnings_found(row.warnings)) != facts["warnings"]:
             # Counted, not quoted: the editor's text may hold anything.
             held = (f"{len(found or [])} warning(s)" if isinstance(found, list | None)
