@@ -489,13 +489,30 @@ def test_the_verdict_compares_with_the_champion_at_verdict_time(
     forbidden = MlflowException("no write access", error_code=PERMISSION_DENIED)
     waiting = _register(None)
     for error, check in ((dropped, ChampionCheck(new, unreachable(dropped))),
-                         (overloaded, ChampionCheck(new, unreachable(overloaded))),
-                         (forbidden, ChampionCheck(new, recheck, record=unreachable(forbidden)))):
+                         (overloaded, ChampionCheck(new, unreachable(overloaded)))):
         with pytest.raises(type(error)):
             apply_checked_verdict(client, runtime.engine, runtime.audit, NAME, waiting,
                                   GateResult(True), False, check)
     assert not [e for e in events_of(runtime.engine, [GATES])
                 if e["details"]["version"] == waiting]
+    assert current_aliases(client, NAME) == {CHAMPION: old, CHALLENGER: unchanged}
+    # The result is kept (gates.json) only once its verdict is recorded (a verdict refused
+    # must leave no gates.json describing it): a failure to keep it is raised after the
+    # verdict, which is the re-score's, not a champion "not re-scored". The step's retry
+    # re-scores the verdict's champion and keeps the result.
+    asked.clear()
+    with pytest.raises(MlflowException, match="no write access"):
+        apply_checked_verdict(client, runtime.engine, runtime.audit, NAME, waiting,
+                              GateResult(True), False,
+                              ChampionCheck(new, recheck, record=unreachable(forbidden)))
+    assert asked == [old] and verdict(waiting)["failed"] == [
+        f"auc_drop_vs_champion champion 0.050 > 0.02 (v{old})"]
+    kept: list[GateResult] = []
+    gates, _ = apply_checked_verdict(client, runtime.engine, runtime.audit, NAME, waiting,
+                                     GateResult(True), False,
+                                     ChampionCheck(new, recheck, record=kept.append))
+    assert asked == [old, old] and [k.failed for k in kept] == [verdict(waiting)["failed"]]
+    assert gates.failed == verdict(waiting)["failed"]
     assert current_aliases(client, NAME) == {CHAMPION: old, CHALLENGER: unchanged}
 
 

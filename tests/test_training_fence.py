@@ -18,6 +18,7 @@ import mlflow
 import pytest
 from sqlalchemy import Engine, select, text, update
 
+from flows import train as train_flows
 from puhui import registry
 from puhui.audit import events_of
 from puhui.config import ModelsConfig, load_config
@@ -31,9 +32,10 @@ from puhui.lifecycle.fencing import (
     fenced,
     take_generation,
 )
-from puhui.lifecycle.gates import GateResult
+from puhui.lifecycle.gates import ChampionCheck, GateResult
 from puhui.lifecycle.publish import (
     HeldTraining,
+    apply_checked_verdict,
     apply_verdict,
     training_lock,
     write_evaluations,
@@ -53,10 +55,16 @@ from puhui.registry import (
 )
 from puhui.runtime import open_runtime
 from puhui.throwaway_postgres import PostgresServer
-from puhui.warehouse.engine import _lock_key, create_warehouse_engine, upgrade_schema
+from puhui.warehouse.engine import (
+    _lock_key,
+    create_warehouse_engine,
+    dispose_engines,
+    upgrade_schema,
+)
 from puhui.warehouse.schema import model_evaluations, training_generations
 from tasks.recommender import gate_recommender, register_recommender
 from tasks.train import apply_gates, register_risk_model, restore_lost_challenger
+from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
 
 NAME = "fenced_model"
 AS_OF = date(2026, 9, 30)
@@ -194,6 +202,56 @@ def test_a_version_registered_before_the_loss_stays_ungated_and_is_reported(
         assert conn.execute(select(model_evaluations)).all() == []
 
 
+def test_a_refused_verdict_leaves_no_gates_json_in_the_run(
+        puhui_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The champion moved since the evaluation, so the gates are checked again under the
+    model lock; a newer training takes the lock's generation there. The verdict is refused,
+    and the run keeps no ``gates.json`` of it (it was logged before the refusal: a verdict
+    never recorded). The newest training's verdict is recorded, then its checks logged."""
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    first_uri, first_run = _log_model()
+    with training_lock(engine, NAME, print) as held:
+        champion = register_version(engine, fenced(runtime.audit, held.fence, REGISTRATION),
+                                    name=NAME, model_uri=first_uri, run_id=first_run,
+                                    tags={}, details={})
+        apply_verdict(client, engine, fenced(runtime.audit, held.fence, GATE_STEP), NAME,
+                      champion, GateResult(passed=True), auto_promote=True)
+    uri, run_id = _log_model()
+    asked: list[str | None] = []
+
+    def recheck(current: str | None) -> GateResult:
+        asked.append(current)
+        return GateResult(False, [f"auc_drop_vs_champion 0.05 > 0.02 (v{current})"],
+                          [{"gate": "max_auc_drop_vs_champion", "passed": False}])
+
+    # As the risk model's (``puhui.risk.publish.champion_check``): the run's gates.json.
+    check = ChampionCheck(None, recheck, record=lambda result: client.log_dict(
+        run_id, result.as_dict(), "gates.json"))
+
+    def newer_training(point: str) -> None:
+        if point == "gate.verdict":
+            take_generation(engine, NAME)
+    with training_lock(engine, NAME, print) as held:
+        version = register_version(engine, fenced(runtime.audit, held.fence, REGISTRATION),
+                                   name=NAME, model_uri=uri, run_id=run_id, tags={},
+                                   details={})
+        monkeypatch.setattr(registry, "crash_point", newer_training)
+        with pytest.raises(FencedOut, match="was lost during the gate step: another "):
+            apply_checked_verdict(client, engine, fenced(runtime.audit, held.fence, GATE_STEP),
+                                  NAME, version, GateResult(passed=True), False, check)
+        assert asked == [champion]  # the recheck ran: its result was there to log
+        assert _actions(engine, GATES)[-1] == (GATES, f"{NAME}/v{champion}")
+        assert "gates.json" not in {a.path for a in client.list_artifacts(run_id)}
+        monkeypatch.setattr(registry, "crash_point", lambda name: None)
+        newest = Fence(NAME, held.fence.generation + 1)
+        gates, _ = apply_checked_verdict(client, engine, fenced(runtime.audit, newest,
+                                                                GATE_STEP),
+                                         NAME, version, GateResult(passed=True), False, check)
+    assert not gates.passed and _actions(engine, GATES)[-1] == (GATES, f"{NAME}/v{version}")
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/gates.json") == gates.as_dict()
+
+
 def test_a_lock_lost_before_its_generation_is_taken_stops_the_training(
         puhui_env: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lost between the lock and its generation, while a second training takes both: the
@@ -299,3 +357,50 @@ def test_the_training_tasks_pass_their_fence_on(
     for step in (register_risk_model, apply_gates, restore_lost_challenger,
                  register_recommender, gate_recommender):
         assert inspect.signature(step.fn).parameters["fence"].default is inspect.Parameter.empty
+
+
+def test_a_flow_that_lost_its_lock_does_not_restore_the_challenger(
+        risk_templates: RiskTemplates, puhui_env: Path, prefect_harness: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real ``train_risk_flow`` run that finds its version unchanged, the version passed
+    with its alias moves left undone (its run killed after the verdict), and the training
+    lock lost right before ``restore_lost_challenger`` (the SQLite lock file replaced while
+    the flow looked the version up): the flow's ``held()`` stops it there, Failed in one
+    line, the aliases untouched. Without that call the fence (still the newest generation:
+    nobody took the lock since) lets the restore move ``challenger``. The version is a
+    constant model tagged with the fingerprint the flow computed: no training."""
+    url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    name = load_config(runtime.settings.config_dir, ModelsConfig).credit_risk.registered_name
+    found: list[str] = []
+
+    def unchanged_then_lost(settings: object, model: object, fingerprint: str) -> str:
+        use_experiment(name, runtime.settings.mlflow_tracking_uri,
+                       runtime.settings.home / "mlartifacts")
+        with mlflow.start_run() as run:
+            info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(),
+                                           pip_requirements=["mlflow"])
+        version = register_version(engine, runtime.audit, name=name, model_uri=info.model_uri,
+                                   run_id=run.info.run_id,
+                                   tags={publish.FINGERPRINT_TAG: fingerprint}, details={})
+
+        def killed(point: str) -> None:
+            if point == "gate.after_tag":
+                raise RuntimeError("killed after the verdict")
+        with monkeypatch.context() as patch:
+            patch.setattr(registry, "crash_point", killed)
+            with pytest.raises(RuntimeError, match="killed after the verdict"):
+                apply_verdict(client, engine, runtime.audit, name, version,
+                              GateResult(passed=True), auto_promote=False)
+        Path(f"{url.removeprefix('sqlite:///')}.puhui.training.{name}.lock").unlink()
+        found.append(version)
+        return version
+    monkeypatch.setattr(train_flows, "existing_version", unchanged_then_lost)
+    state = train_flows.train_risk_flow(as_of=date.fromisoformat(RISK_AS_OF),
+                                        return_state=True)
+    assert state.is_failed() and found == ["1"]
+    assert f"lost the lock puhui.training.{name} " in state.message, state.message
+    assert "\n" not in state.message
+    assert _actions(engine, ALIAS_INTENT) == [] and current_aliases(client, name) == {}
+    dispose_engines()

@@ -31,7 +31,8 @@ class ChampionCheck:
     ``prepare(version)`` does the slow part of ``recheck`` (loading that champion's files)
     ahead, outside the model lock; ``recheck`` then only scores under it. ``record(result)``
     keeps the result of the verdict with the version (the risk model: its run's
-    ``gates.json``); apart from ``recheck`` so that its failure is not read as one to score."""
+    ``gates.json``), called once the verdict is recorded (a refused one keeps nothing); apart
+    from ``recheck`` so that its failure is not read as one to score."""
     compared_with: str | None
     recheck: Callable[[str | None], GateResult]
     prepare: Callable[[str | None], None] | None = None

@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
 from sqlalchemy import Connection, Engine, delete
 
-from puhui.audit import AuditWriter, current_flow_run_id
+from puhui.audit import AuditWriter, current_flow_run_id, events_of
 from puhui.errors import PuhuiError, infrastructure_error
 from puhui.lifecycle.fencing import Fence, take_generation
 from puhui.lifecycle.gates import ChampionCheck, GateResult
@@ -32,6 +32,7 @@ from puhui.privacy import error_line
 from puhui.registry import (
     CHALLENGER,
     CHAMPION,
+    GATES,
     GATES_PASSED_TAG,
     mlflow_client,
     recorded_verdict,
@@ -209,8 +210,6 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
             # and the next run trained and registered another.
             cause = f"{type(exc).__name__}: {error_line(exc)}"
             result = GateResult(False, [f"champion_recheck v{current} not re-scored ({cause})"])
-        if champion.record is not None:
-            champion.record(result)
         rechecked.append((current, result))
         return result.passed, result.failed
 
@@ -219,6 +218,8 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
                               champion.compared_with if champion else None,
                               recheck if champion else None,
                               champion.prepare if champion else None)
+    if champion is not None:
+        _record_rechecked(engine, name, version, champion, rechecked)
     moved = ""
     recorded = recorded_verdict(engine, name, version)
     if not rechecked and recorded is not None and (
@@ -239,6 +240,36 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
     return gates, (f"gate: {moved}v{version} passed every gate -> {CHALLENGER}; {CHAMPION} "
                    f"stays {held} until a model owner promotes (puhui models promote {name} "
                    f"--version {version} --reason ...)")
+
+
+def _record_rechecked(engine: Engine, name: str, version: str, champion: ChampionCheck,
+                      rechecked: list[tuple[str | None, GateResult]]) -> None:
+    """Keep the checks of a verdict made against a moved champion (``champion.record``, the
+    risk run's ``gates.json``) once that verdict is recorded, never before: a verdict
+    refused (its training fenced out, ``FencedOut`` raised before this) leaves the
+    evaluation's. ``rechecked``: this attempt's checks (it recorded the verdict); none, a
+    retry after the verdict (the log failed, or a move after it) checks the verdict's
+    champion again, the same scoring on the same window, and keeps the result only if it is
+    the recorded verdict."""
+    recorded = recorded_verdict(engine, name, version)
+    if champion.record is None or recorded is None:
+        return
+    if rechecked:
+        result = rechecked[-1][1]
+    else:
+        event = next((e["details"] for e in reversed(events_of(engine, [GATES]))
+                      if e["details"].get("model") == name
+                      and str(e["details"].get("version")) == str(version)), {})
+        if "evaluated_against" not in event:
+            return  # a verdict on the evaluation's checks: the publish step logged those
+        try:
+            result = champion.recheck(event.get("champion"))
+        except Exception as exc:
+            if infrastructure_error(exc):
+                raise
+            return  # not re-scored now: its checks cannot be rebuilt, the verdict stands
+    if (result.passed, result.failed) == (recorded["passed"], recorded["failed"]):
+        champion.record(result)
 
 
 def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:
