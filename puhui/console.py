@@ -72,8 +72,10 @@ def stage(line: str) -> None:
 
 def notice(line: str) -> None:
     """A warning the person must see whoever runs the code (also before ``configure``, under
-    ``--json`` and in workers): one line on stderr, never stdout (a JSON reader's), above any
-    live bar (Rich's live display moves stderr's lines above it)."""
+    ``--json`` and in workers): one line on stderr, or, while a live bar is shown, above the
+    bar (Rich's live display then sends stderr to the bar's console: the terminal's stdout).
+    Bars are shown only on a terminal and never under ``--json``, so a JSON reader's stdout
+    never gets it."""
     with _lock:
         print(" ".join(line.splitlines()), file=sys.stderr, flush=True)
 

@@ -586,12 +586,12 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             problems.append(f"batch {_shown(batch_id, _BATCH_ID)} ({_shown(row.status)}) is "
                             "in ingest_batches with no event in the audit trail")
             continue
-        for column, (plain, quoted) in _COMPARED.items():
+        for column, (pattern, quoted) in _COMPARED.items():
             found = getattr(row, column)
             if column in facts and found != facts[column]:
                 trail = f"says {facts[column]!r}" if quoted else "recorded another value"
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
-                                f"{_shown(found, plain)} but the audit trail {trail}")
+                                f"{_shown(found, pattern)} but the audit trail {trail}")
         if "warnings" in facts and (found := _warnings_found(row.warnings)) != facts["warnings"]:
             # Counted, not quoted: the editor's text may hold anything.
             held = (f"{len(found or [])} warning(s)" if isinstance(found, list | None)
