@@ -500,7 +500,8 @@ def move_champion(client: MlflowClient, engine: Engine, audit: AuditWriter, name
 def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
                         version: str, passed: bool, failed: list[str], auto_promote: bool,
                         compared_with: str | None = None,
-                        recheck: Callable[[str | None], tuple[bool, list[str]]] | None = None,
+                        recheck: Callable[[str | None], tuple[bool, list[str], list[Any]]]
+                        | None = None,
                         prepare: Callable[[str | None], None] | None = None,
                         ) -> str | None:
     """The gate step's verdict and the alias moves it decides, in one hold of the model lock:
@@ -514,9 +515,11 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
     champion now (promoted or rolled back since), ``recheck(current)`` gives the verdict
     against it, under the lock, so the verdict is never against a champion of the past.
     The event names the champion compared with (``champion``) and, when it changed, the
-    one evaluated against (``evaluated_against``). ``prepare(champion)`` runs first, outside
-    the lock, for the champion seen then: loading its files (a copy, a digest check) kept a
-    promote or rollback waiting; under the lock the alias is read again and only scored."""
+    one evaluated against (``evaluated_against``) and the recheck's ``checks`` (the run's
+    ``gates.json`` is written from them: ``keep_verdict_file``). ``prepare(champion)`` runs
+    first, outside the lock, for the champion seen then: loading its files (a copy, a digest
+    check) kept a promote or rollback waiting; under the lock the alias is read again and
+    only scored."""
     if recheck is not None and prepare is not None:
         seen = version_of(client, name, CHAMPION)
         if seen != compared_with:
@@ -537,8 +540,8 @@ def settle_gate_verdict(client: MlflowClient, engine: Engine, audit: AuditWriter
             current = version_of(client, name, CHAMPION)
             extra = {"champion": current}
             if current != compared_with:
-                passed, failed = recheck(current)
-                extra["evaluated_against"] = compared_with
+                passed, failed, checks = recheck(current)
+                extra.update(evaluated_against=compared_with, checks=checks)
         _record_gate_verdict(client, engine, audit, name, version, passed, failed, extra)
         if passed:
             # Nobody promoted it before this verdict: promote refuses an ungated version.
@@ -607,6 +610,53 @@ def _restore_moves(client: MlflowClient, engine: Engine, audit: AuditWriter, nam
     return moved
 
 
+def verdict_file(engine: Engine, name: str, version: str) -> dict[str, Any] | None:
+    """The ``gates.json`` of ``name`` v``version``'s recorded verdict when that verdict was
+    made against a moved champion (its event keeps the recheck's checks); None: the
+    evaluation's, logged by the publish step, is the verdict's (or no verdict yet)."""
+    return _verdict_files(events_of(engine, [GATES])).get((name, str(version)))
+
+
+def _verdict_files(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model, version) -> the ``gates.json`` its last verdict event holds (see
+    ``verdict_file``)."""
+    files: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        d = event["details"]
+        if event["action"] == GATES:
+            files.pop((d["model"], str(d["version"])), None)
+            if "checks" in d:
+                files[(d["model"], str(d["version"]))] = {
+                    "passed": d["passed"], "failed": d["failed"], "checks": d["checks"]}
+    return files
+
+
+def run_artifact(client: Any, run_id: str, path: str) -> str | None:
+    """A run's (small, text) artifact's content, None: absent; the copy it is read from is
+    removed at once (a directory left per read piled up in /tmp)."""
+    with scratch_dir("artifact") as tmp, suppress_not_found():
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+    return None
+
+
+def verdict_file_differs(client: Any, run_id: str, kept: dict[str, Any]) -> bool:
+    """Whether the run's ``gates.json`` is missing or says other than its verdict event
+    (``verdict_file``); ``client``: MLflow's or ``puhui.registry_read``'s reader."""
+    text = run_artifact(client, run_id, "gates.json")
+    return text is None or json.loads(text) != kept
+
+
+def keep_verdict_file(client: MlflowClient, run_id: str, kept: dict[str, Any]) -> bool:
+    """Write the run's ``gates.json`` from its verdict event (``verdict_file``) unless it
+    already says the same; True: written. Written after the verdict commits, so a kill (or a
+    lost lock, or exhausted retries) in between leaves the evaluation's; ``_reconcile``
+    repairs that from the trail, nothing re-scored."""
+    if not verdict_file_differs(client, run_id, kept):
+        return False
+    client.log_dict(run_id, kept, "gates.json")
+    return True
+
+
 def recorded_verdict(engine: Engine, name: str, version: str) -> dict[str, Any] | None:
     """The trail's gate verdict on ``name`` v``version`` (``passed``, ``failed``); None:
     none recorded."""
@@ -635,7 +685,8 @@ def _verdicts(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, A
 
 @dataclass(frozen=True)
 class Reconciliation:
-    repaired: list[str]  # what was settled now (recovered, aborted, tags restored): events
+    # What was settled now: events (recovered, aborted), tags or gates.json restored.
+    repaired: list[str]
     open: list[str]  # gaps left (only when not repairing)
     ungated: list[str]  # registered versions whose gates never ran
     # Temporary folders of processes gone, removed now (no event: the trail did not move).
@@ -696,11 +747,12 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
     # One search per model, not a read per version (a request each through a tracking server).
     listed: dict[str, dict[str, dict[str, str]]] = {}
     for model in sorted({m for m, _ in verdicts}):
-        listed[model] = {str(v.version): v.tags for v in versions_of(client, model)}
+        listed[model] = {str(v.version): v for v in versions_of(client, model)}
     for (model, version), verdict in verdicts.items():
-        tags = listed[model].get(version)
-        if tags is None:
+        found = listed[model].get(version)
+        if found is None:
             continue  # a version missing from MLflow: registry_problems reports it
+        tags = found.tags
         if tags.get(GATES_PASSED_TAG) == str(verdict["passed"]).lower():
             continue
         if repair:
@@ -709,6 +761,19 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
                             "verdict (a crash came between the verdict and the tags)")
         else:
             gaps.append(f"{model} v{version}: gate tags do not match the trail's verdict")
+    # A verdict against a moved champion: its event holds the checks of the run's gates.json.
+    for (model, version), kept in _verdict_files(events).items():
+        found = listed.get(model, {}).get(version)
+        if found is None or not verdict_file_differs(client, found.run_id, kept):
+            continue
+        if repair:
+            client.log_dict(found.run_id, kept, "gates.json")
+            repaired.append(f"repaired: {model} v{version} gates.json of its run restored "
+                            "from the trail's verdict (a crash came between the verdict and "
+                            "the file)")
+        else:
+            gaps.append(f"{model} v{version}: its run's gates.json does not match the "
+                        "trail's verdict")
     ungated = [f"{e['details']['model']} v{e['details']['version']}" for e in events
                if e["action"] == REGISTERED
                and (e["details"]["model"], str(e["details"]["version"])) not in verdicts]

@@ -8,6 +8,10 @@ training: a constant pyfunc model is registered (~1 s)."""
 from __future__ import annotations
 
 import inspect
+import os
+import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -22,6 +26,7 @@ from flows import train as train_flows
 from puhui import registry
 from puhui.audit import events_of
 from puhui.config import ModelsConfig, load_config
+from puhui.crashpoints import CRASH_ENV
 from puhui.errors import PuhuiError
 from puhui.lifecycle import publish
 from puhui.lifecycle.fencing import (
@@ -53,6 +58,7 @@ from puhui.registry import (
     register_version,
     use_experiment,
 )
+from puhui.registry_read import read_only_registry
 from puhui.runtime import open_runtime
 from puhui.throwaway_postgres import PostgresServer
 from puhui.warehouse.engine import (
@@ -207,7 +213,8 @@ def test_a_refused_verdict_leaves_no_gates_json_in_the_run(
     """The champion moved since the evaluation, so the gates are checked again under the
     model lock; a newer training takes the lock's generation there. The verdict is refused,
     and the run keeps no ``gates.json`` of it (it was logged before the refusal: a verdict
-    never recorded). The newest training's verdict is recorded, then its checks logged."""
+    never recorded). The newest training's verdict is recorded with its checks, and the
+    run's ``gates.json`` is written from that event."""
     runtime = open_runtime()
     engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
     first_uri, first_run = _log_model()
@@ -225,9 +232,7 @@ def test_a_refused_verdict_leaves_no_gates_json_in_the_run(
         return GateResult(False, [f"auc_drop_vs_champion 0.05 > 0.02 (v{current})"],
                           [{"gate": "max_auc_drop_vs_champion", "passed": False}])
 
-    # As the risk model's (``puhui.risk.publish.champion_check``): the run's gates.json.
-    check = ChampionCheck(None, recheck, record=lambda result: client.log_dict(
-        run_id, result.as_dict(), "gates.json"))
+    check = ChampionCheck(None, recheck)
 
     def newer_training(point: str) -> None:
         if point == "gate.verdict":
@@ -249,7 +254,71 @@ def test_a_refused_verdict_leaves_no_gates_json_in_the_run(
                                                                 GATE_STEP),
                                          NAME, version, GateResult(passed=True), False, check)
     assert not gates.passed and _actions(engine, GATES)[-1] == (GATES, f"{NAME}/v{version}")
+    assert events_of(engine, [GATES])[-1]["details"]["checks"] == gates.checks
     assert mlflow.artifacts.load_dict(f"runs:/{run_id}/gates.json") == gates.as_dict()
+
+
+_VERDICT_THEN_KILLED = """
+import sys
+from puhui.lifecycle.gates import ChampionCheck, GateResult
+from puhui.lifecycle.publish import apply_checked_verdict
+from puhui.registry import mlflow_client
+from puhui.runtime import open_runtime
+
+runtime = open_runtime()
+client = mlflow_client(runtime.settings.mlflow_tracking_uri)
+name, version, champion = sys.argv[1:]
+failed = [f"auc_drop_vs_champion 0.050 > 0.02 (v{champion})"]
+recheck = lambda current: GateResult(False, failed, [{"gate": "max_auc_drop_vs_champion",
+                                                      "value": 0.05, "passed": False}])
+apply_checked_verdict(client, runtime.engine, runtime.audit, name, version, GateResult(True),
+                      False, ChampionCheck(None, recheck))
+"""
+
+
+def test_a_kill_between_the_verdict_and_gates_json_is_repaired_by_the_next_run(
+        puhui_env: Path) -> None:
+    """The champion moved since the evaluation (none then, v1 now): the gate step re-scores
+    and records a FAILED verdict, then is killed (``kill -9`` at the ``gate.after_tag``
+    crash point) before the run's ``gates.json`` is written. The run keeps the evaluation's
+    (all passed): ``models show`` would list passing checks under a FAILED verdict. The next
+    run's ``reconcile-models`` step writes it from the verdict's event (nothing re-scored),
+    once; until then ``audit verify``'s read reports it."""
+    runtime = open_runtime()
+    engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
+    first_uri, first_run = _log_model()
+    champion = register_version(engine, runtime.audit, name=NAME, model_uri=first_uri,
+                                run_id=first_run, tags={}, details={})
+    apply_verdict(client, engine, runtime.audit, NAME, champion, GateResult(passed=True),
+                  auto_promote=True)
+    uri, run_id = _log_model()
+    evaluated = GateResult(True, [], [{"gate": "max_auc_drop_vs_champion", "passed": True}])
+    client.log_dict(run_id, evaluated.as_dict(), "gates.json")  # the publish step's
+    version = register_version(engine, runtime.audit, name=NAME, model_uri=uri,
+                               run_id=run_id, tags={}, details={})
+    killed = subprocess.run(
+        [sys.executable, "-c", _VERDICT_THEN_KILLED, NAME, version, champion],
+        env={**os.environ, CRASH_ENV: "gate.after_tag"}, capture_output=True, text=True,
+        timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    verdict = events_of(engine, [GATES])[-1]["details"]
+    assert (verdict["version"], verdict["passed"]) == (version, False)
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/gates.json") == evaluated.as_dict()
+
+    # audit verify's read (the registry's tables, no MLflow client) reports it, repairs nothing.
+    seen = reconcile_model_changes(read_only_registry(runtime.settings.mlflow_tracking_uri),
+                                   engine, runtime.audit, repair=False)
+    assert seen.open == [f"{NAME} v{version}: its run's gates.json does not match the trail's "
+                         "verdict"] and seen.repaired == []
+    settled = reconcile_model_changes(client, engine, runtime.audit)
+    assert settled.repaired == [f"repaired: {NAME} v{version} gates.json of its run restored "
+                                "from the trail's verdict (a crash came between the verdict "
+                                "and the file)"]
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/gates.json") == {
+        "passed": False, "failed": verdict["failed"], "checks": verdict["checks"]}
+    assert verdict["checks"] == [{"gate": "max_auc_drop_vs_champion", "value": 0.05,
+                                  "passed": False}]
+    assert reconcile_model_changes(client, engine, runtime.audit).repaired == []
 
 
 def test_a_lock_lost_before_its_generation_is_taken_stops_the_training(
@@ -364,10 +433,11 @@ def test_a_flow_that_lost_its_lock_does_not_restore_the_challenger(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A real ``train_risk_flow`` run that finds its version unchanged, the version passed
     with its alias moves left undone (its run killed after the verdict), and the training
-    lock lost right before ``restore_lost_challenger`` (the SQLite lock file replaced while
-    the flow looked the version up): the flow's ``held()`` stops it there, Failed in one
-    line, the aliases untouched. Without that call the fence (still the newest generation:
-    nobody took the lock since) lets the restore move ``challenger``. The version is a
+    lock lost right before ``restore_lost_challenger`` (the SQLite lock file deleted while
+    the flow looked the version up; the real lookup then finds it): the flow's ``held()``
+    stops it there, Failed in one line, the aliases untouched. Without that call the fence
+    (still the newest generation: nobody took the lock since) lets the restore move
+    ``challenger``. The version is a
     constant model tagged with the fingerprint the flow computed: no training."""
     url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
     runtime = open_runtime()
@@ -394,13 +464,16 @@ def test_a_flow_that_lost_its_lock_does_not_restore_the_challenger(
                 apply_verdict(client, engine, runtime.audit, name, version,
                               GateResult(passed=True), auto_promote=False)
         Path(f"{url.removeprefix('sqlite:///')}.puhui.training.{name}.lock").unlink()
-        found.append(version)
-        return version
+        found.append(publish.find_version_by_fingerprint(
+            runtime.settings.mlflow_tracking_uri, name, fingerprint))
+        return found[-1]
     monkeypatch.setattr(train_flows, "existing_version", unchanged_then_lost)
-    state = train_flows.train_risk_flow(as_of=date.fromisoformat(RISK_AS_OF),
-                                        return_state=True)
-    assert state.is_failed() and found == ["1"]
-    assert f"lost the lock puhui.training.{name} " in state.message, state.message
-    assert "\n" not in state.message
-    assert _actions(engine, ALIAS_INTENT) == [] and current_aliases(client, name) == {}
-    dispose_engines()
+    try:
+        state = train_flows.train_risk_flow(as_of=date.fromisoformat(RISK_AS_OF),
+                                            return_state=True)
+        assert state.is_failed() and found == ["1"]  # the real lookup found it unchanged
+        assert f"lost the lock puhui.training.{name} " in state.message, state.message
+        assert "\n" not in state.message
+        assert _actions(engine, ALIAS_INTENT) == [] and current_aliases(client, name) == {}
+    finally:
+        dispose_engines()

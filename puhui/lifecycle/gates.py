@@ -29,14 +29,12 @@ class ChampionCheck:
     evaluated against (None: there was none) and ``recheck(version)``, the gates' result
     against another champion (None: none), for a champion that moved before the verdict.
     ``prepare(version)`` does the slow part of ``recheck`` (loading that champion's files)
-    ahead, outside the model lock; ``recheck`` then only scores under it. ``record(result)``
-    keeps the result of the verdict with the version (the risk model: its run's
-    ``gates.json``), called once the verdict is recorded (a refused one keeps nothing); apart
-    from ``recheck`` so that its failure is not read as one to score."""
+    ahead, outside the model lock; ``recheck`` then only scores under it. The recheck's
+    checks go into the verdict's event, and the run's ``gates.json`` is written from it
+    (``puhui.registry.keep_verdict_file``)."""
     compared_with: str | None
     recheck: Callable[[str | None], GateResult]
     prepare: Callable[[str | None], None] | None = None
-    record: Callable[[GateResult], None] | None = None
 
 
 class GateChecks:

@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
 from sqlalchemy import Connection, Engine, delete
 
-from puhui.audit import AuditWriter, current_flow_run_id, events_of
+from puhui.audit import AuditWriter, current_flow_run_id
 from puhui.errors import PuhuiError, infrastructure_error
 from puhui.lifecycle.fencing import Fence, take_generation
 from puhui.lifecycle.gates import ChampionCheck, GateResult
@@ -32,11 +32,12 @@ from puhui.privacy import error_line
 from puhui.registry import (
     CHALLENGER,
     CHAMPION,
-    GATES,
     GATES_PASSED_TAG,
+    keep_verdict_file,
     mlflow_client,
     recorded_verdict,
     settle_gate_verdict,
+    verdict_file,
     versions_of,
 )
 from puhui.warehouse.engine import held_lock
@@ -195,7 +196,7 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
     (``settle_gate_verdict``). Returns the verdict applied and the step's line."""
     rechecked: list[tuple[str | None, GateResult]] = []
 
-    def recheck(current: str | None) -> tuple[bool, list[str]]:
+    def recheck(current: str | None) -> tuple[bool, list[str], list[dict[str, object]]]:
         try:
             result = champion.recheck(current)
         except Exception as exc:
@@ -211,15 +212,18 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
             cause = f"{type(exc).__name__}: {error_line(exc)}"
             result = GateResult(False, [f"champion_recheck v{current} not re-scored ({cause})"])
         rechecked.append((current, result))
-        return result.passed, result.failed
+        return result.passed, result.failed, result.checks
 
     now = settle_gate_verdict(client, engine, audit, name, version, gates.passed,
                               gates.failed, auto_promote,
                               champion.compared_with if champion else None,
                               recheck if champion else None,
                               champion.prepare if champion else None)
-    if champion is not None:
-        _record_rechecked(engine, name, version, champion, rechecked)
+    # The run's gates.json: the verdict's checks, from its event (written with the verdict,
+    # so a refused verdict leaves none); a retry after the verdict writes them too.
+    kept = verdict_file(engine, name, version) if champion is not None else None
+    if kept is not None:
+        keep_verdict_file(client, client.get_model_version(name, str(version)).run_id, kept)
     moved = ""
     recorded = recorded_verdict(engine, name, version)
     if not rechecked and recorded is not None and (
@@ -240,36 +244,6 @@ def apply_checked_verdict(client: MlflowClient, engine: Engine, audit: AuditWrit
     return gates, (f"gate: {moved}v{version} passed every gate -> {CHALLENGER}; {CHAMPION} "
                    f"stays {held} until a model owner promotes (puhui models promote {name} "
                    f"--version {version} --reason ...)")
-
-
-def _record_rechecked(engine: Engine, name: str, version: str, champion: ChampionCheck,
-                      rechecked: list[tuple[str | None, GateResult]]) -> None:
-    """Keep the checks of a verdict made against a moved champion (``champion.record``, the
-    risk run's ``gates.json``) once that verdict is recorded, never before: a verdict
-    refused (its training fenced out, ``FencedOut`` raised before this) leaves the
-    evaluation's. ``rechecked``: this attempt's checks (it recorded the verdict); none, a
-    retry after the verdict (the log failed, or a move after it) checks the verdict's
-    champion again, the same scoring on the same window, and keeps the result only if it is
-    the recorded verdict."""
-    recorded = recorded_verdict(engine, name, version)
-    if champion.record is None or recorded is None:
-        return
-    if rechecked:
-        result = rechecked[-1][1]
-    else:
-        event = next((e["details"] for e in reversed(events_of(engine, [GATES]))
-                      if e["details"].get("model") == name
-                      and str(e["details"].get("version")) == str(version)), {})
-        if "evaluated_against" not in event:
-            return  # a verdict on the evaluation's checks: the publish step logged those
-        try:
-            result = champion.recheck(event.get("champion"))
-        except Exception as exc:
-            if infrastructure_error(exc):
-                raise
-            return  # not re-scored now: its checks cannot be rebuilt, the verdict stands
-    if (result.passed, result.failed) == (recorded["passed"], recorded["failed"]):
-        champion.record(result)
 
 
 def unchanged_summary(model: str, as_of: date, version: str, steps: list[str]) -> dict:

@@ -26,9 +26,9 @@ from puhui.registry import (
     GATES_FAILED_TAG,
     GATES_PASSED_TAG,
     current_aliases,
+    run_artifact,
 )
 from puhui.registry_read import suppress_not_found
-from puhui.scratch import scratch_dir
 from puhui.warehouse.schema import model_evaluations
 
 if TYPE_CHECKING:  # the commands pass puhui.registry_read's reader (no MLflow import)
@@ -51,14 +51,6 @@ def view_for(name: str, config_dir: Path) -> ModelView:
 
         return RECOMMENDER_VIEW
     return GENERIC
-
-
-def _artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
-    """A run's (small, text) artifact's content; the copy it is read from is removed at once
-    (a directory left per read piled up in /tmp: every show, compare and report leaked one)."""
-    with scratch_dir("artifact") as tmp, suppress_not_found():
-        return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
-    return None
 
 
 def _number(text: str) -> float | int | bool | str | None:
@@ -87,7 +79,7 @@ def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
     aliases = sorted(a for a, ver in current_aliases(client, name).items()
                      if ver == str(version))
     checks: list[dict[str, Any]] = []
-    gates_file = _artifact(client, v.run_id, "gates.json")
+    gates_file = run_artifact(client, v.run_id, "gates.json")
     if gates_file is not None:
         checks = json.loads(gates_file).get("checks", [])
         for check in checks:  # versions gated before rules were recorded
@@ -106,7 +98,7 @@ def version_facts(client: MlflowClient, engine: Engine, name: str, version: str,
             segments.setdefault(segment, {})[metric] = value
     calibration: list[dict[str, Any]] = []
     if view.calibration_artifact:
-        table = _artifact(client, v.run_id, view.calibration_artifact)
+        table = run_artifact(client, v.run_id, view.calibration_artifact)
         if table is not None:
             calibration = [{"grade": row["grade"],
                             **{c: _number(row[c]) for c in view.calibration_columns

@@ -32,7 +32,6 @@ from puhui.lifecycle.publish import (
 from puhui.monitoring.bins import log_monitoring_bins
 from puhui.registry import (
     load_registered_pyfunc,
-    mlflow_client,
     register_version,
     registered_from_run,
     step_run,
@@ -188,7 +187,7 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
     """The risk gates' comparison with the champion, for the gate step: the version
     evaluated against, and the gates again with another champion re-scored on the same test
     window (loaded from files checked against its registration, as for the evaluation); the
-    run's ``gates.json`` then holds the checks of the verdict (``record``). The report and
+    run's ``gates.json`` then holds the checks of the verdict (from its event). The report and
     metrics keep the champion of the evaluation, named there. ``prepare`` loads a champion
     ahead (the gate step calls it before the model lock); a load that failed is raised by
     ``recheck``, but one the infrastructure failed (``infrastructure_error``) raises at once
@@ -215,9 +214,5 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
                 raise scorer
         return check_gates(against_champion(evaluation, training, scorer), gates)
 
-    def record(result: GateResult) -> None:
-        mlflow_client(tracking_uri).log_dict(published.run_id, result.as_dict(), "gates.json")
-
     compared = (evaluation.champion or {}).get("version")
-    return ChampionCheck(None if compared is None else str(compared), recheck, prepare,
-                         record)
+    return ChampionCheck(None if compared is None else str(compared), recheck, prepare)
