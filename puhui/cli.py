@@ -1015,16 +1015,19 @@ def audit_verify(
             checked = key_index_problems(
                 runtime.engine, digest_subkey(runtime.audit.key) if keyed else None)
             key_mismatches = checked.problems
-            problems += key_mismatches
+            problems += key_mismatches + checked.raw_problems
             summary.update(key_index_problems=key_mismatches, index_keys=checked.keys,
                            index_undigested=checked.undigested,
-                           index_keyed=keyed, index_unkeyed=checked.unkeyed)
+                           index_keyed=keyed, index_unkeyed=checked.unkeyed,
+                           raw_problems=checked.raw_problems, raw_rows=checked.raw_rows)
             # informational, as unfingerprinted model versions are
             lines += [note for note in (checked.undigested, checked.unkeyed) if note]
             if not key_mismatches:
                 lines.append(f"ingest_keys agrees with the ledger: {checked.keys:,} key(s)"
                              + (", keyed digests compared" if keyed
                                 else " (--deep: also the keyed digests)"))
+            if not checked.raw_problems:
+                lines.append(f"raw tables agree with the ledger: {checked.raw_rows:,} row(s)")
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)
@@ -1042,9 +1045,12 @@ def audit_verify(
                          f"first: {result.problems[0]}")
     if problems:
         key_problems = len(summary.get("key_index_problems", []))
-        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems)
+        raw_problems = len(summary.get("raw_problems", []))
+        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems
+                                           + raw_problems)
                              + ["ingest_batches"] * bool(ledger_mismatches)
-                             + ["ingest_keys"] * bool(key_problems))
+                             + ["ingest_keys"] * bool(key_problems)
+                             + ["raw tables"] * bool(raw_problems))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 

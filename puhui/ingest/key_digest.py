@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,27 @@ def keys_digest(conn: Connection, where: str, params: dict[str, Any]) -> KeyDige
     """:class:`KeyDigest` of the ``ingest_keys`` rows matching ``where`` (SQL)."""
     return KeyDigest.from_row(conn.execute(
         text(f"SELECT count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where}"), params).one())
+
+
+def keys_digests(conn: Connection, where: str, params: dict[str, Any]) -> dict[str, KeyDigest]:
+    """:class:`KeyDigest` per batch of the ``ingest_keys`` rows matching ``where`` (SQL)."""
+    return {row[0]: KeyDigest.from_row(row[1:]) for row in conn.execute(text(
+        f"SELECT batch_id, count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where} "
+        "GROUP BY batch_id"), params)}
+
+
+# An index build's event records, besides the digest of its batches' keys together, one of
+# each batch's digest: a key moved from one batch loaded before the build to another keeps
+# the total, not the batches'. One hash, not a digest per batch (a feed has thousands).
+KEYS_BY_BATCH, KEYS_MAC_BY_BATCH = "keys_by_batch", "keys_mac_by_batch"
+
+
+def by_batch_hex(digests: Mapping[str, KeyDigest | KeyedDigest]) -> str:
+    """SHA-256 of each batch's id and digest, in batch order (batches holding no key left
+    out: the build and ``audit verify`` see those alike whether grouped or not)."""
+    lines = "".join(f"{batch}:{digest.hex()}\n" for batch, digest in sorted(digests.items())
+                    if digest.count)
+    return hashlib.sha256(f"puhui.keys.by_batch.v1\n{lines}".encode()).hexdigest()
 
 
 KEYS_MAC = "keys_mac"  # the audit details' name for a KeyedDigest's hex
