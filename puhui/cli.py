@@ -1028,6 +1028,22 @@ def audit_verify(
                                 else " (--deep: also the keyed digests)"))
             if not checked.raw_problems:
                 lines.append(f"raw tables agree with the ledger: {checked.raw_rows:,} row(s)")
+    table_mismatches: list[str] = []
+    if result.ok:
+        from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+
+        tables = table_problems(runtime.engine, SPECS, WRITERS,
+                                rows_subkey(runtime.audit.key) if keyed else None)
+        table_mismatches = tables.problems
+        problems += table_mismatches
+        summary.update(table_problems=table_mismatches, table_rows=tables.rows,
+                       table_notes=tables.notes)
+        lines += tables.notes  # informational: rows written before their writers recorded
+        if not table_mismatches:
+            lines.append(f"profiles and monitoring tables agree with the trail: "
+                         f"{tables.rows:,} row(s) counted"
+                         + (", keyed digests compared" if keyed
+                            else " (--deep: also their keyed digests)"))
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)
@@ -1047,10 +1063,11 @@ def audit_verify(
         key_problems = len(summary.get("key_index_problems", []))
         raw_problems = len(summary.get("raw_problems", []))
         which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems
-                                           + raw_problems)
+                                           + raw_problems + len(table_mismatches))
                              + ["ingest_batches"] * bool(ledger_mismatches)
                              + ["ingest_keys"] * bool(key_problems)
-                             + ["raw tables"] * bool(raw_problems))
+                             + ["raw tables"] * bool(raw_problems)
+                             + ["profile and monitoring tables"] * bool(table_mismatches))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 

@@ -207,6 +207,13 @@ def test_report_without_drift_raises_no_alert(
     assert "default_rate" in set(service[service["segment"] == "grade=E"]["metric"])
     events = read_audit_events(engine, action="report.published")
     assert events and events[-1]["details"]["report"] == str(report)
+    # The figures' writer recorded their count and keyed digest in its transaction.
+    from puhui.audit import environment_audit_key
+    from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+
+    checked = table_problems(engine, SPECS, WRITERS, rows_subkey(environment_audit_key()))
+    assert (checked.problems, checked.notes) == ([], [])
+    assert checked.rows == len(drift) + len(monitor) + len(service)
 
     # The champion's bins listed but unreadable (a dangling file in its store): a registry
     # error fails the monitoring run; before, it became a note and PSI/CSI went missing.

@@ -233,6 +233,14 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
     older = profiles_flow(as_of=EARLIER)
     assert not older["current_replaced"]
     assert set(_profiles(engine)["as_of_date"]) == {AS_OF}
+    # Each swap recorded its rows' count and keyed digest (the failed run's none): after the
+    # re-runs and the older date's refresh, none differs and none is unrecorded.
+    from puhui.audit import environment_audit_key
+    from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+
+    checked = table_problems(engine, SPECS, WRITERS, rows_subkey(environment_audit_key()))
+    assert (checked.problems, checked.notes) == ([], [])
+    assert checked.rows == 2 * len(current) + len(old)
 
     # Explain a declined customer: the same top reasons as the profile row.
     declined = current[current["reasons"].map(

@@ -1,0 +1,164 @@
+"""Tables outside the audit trail's own rows: profiles, their history, monitoring's figures.
+
+Before: ``user_profiles``, ``user_profile_history``, ``drift_reports``, monitoring's
+``model_evaluations`` rows and ``service_metrics`` were in no event, so a grade edited by
+hand, a profile deleted or a drift figure lowered passed ``audit verify``. Now each writer
+records each scope's count and keyed digest in an event of its own transaction, and verify
+counts (plain) and digests (``--deep``) them. Real warehouses on both dialects; the real
+writers (``swap_profiles``, ``write_findings``) on staged partitions and findings.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from puhui.runtime import Runtime, open_runtime
+
+DAY1, DAY2 = date(2026, 9, 30), date(2026, 10, 1)
+
+
+def _stage(directory: Path, as_of: date, people: range, parts: int = 2) -> None:
+    from puhui.profiles.refresh import stage_partition
+
+    rows = pd.DataFrame({
+        "person_key": [f"pk{i:06d}" for i in people],
+        "as_of_date": [as_of] * len(people),
+        "customer_id": [f"C{i:07d}" for i in people],
+        "risk_score": [0.01 + i / 1e5 for i in people],
+        "risk_grade": ["B"] * len(people),
+        "reasons": [json.dumps(["income_low"])] * len(people),
+        "recommended_products": [json.dumps([{"product": "micro_loan", "score": 0.5}])]
+        * len(people),
+        "non_personalised_products": [json.dumps(["savings"])] * len(people),
+        "segment_tags": [json.dumps(["rural"])] * len(people),
+        "model_versions": [json.dumps({"risk": "3"})] * len(people),
+        "personalisation_opt_out": [i % 7 == 0 for i in people],
+        "risk_model_version": ["3"] * len(people),
+        "recommender_model_version": [None] * len(people),
+    })
+    for part in range(parts):
+        stage_partition(directory, part, rows.iloc[part::parts])
+
+
+def _swap(runtime: Runtime, tmp_path: Path, as_of: date, people: range) -> None:
+    from puhui.profiles.refresh import swap_profiles
+
+    directory = tmp_path / f"staged-{as_of}-{len(people)}"
+    _stage(directory, as_of, people)
+    swap_profiles(runtime.engine, as_of, directory, 2, None, runtime.audit)
+
+
+def _findings(as_of: date, psi: float) -> list:
+    from puhui.monitoring.findings import Finding
+
+    return [Finding(as_of, "credit_risk", "3", "score_psi", "score", psi, 0.25, "ok"),
+            Finding(as_of, "credit_risk", "3", "feature_csi", "income", 0.02, 0.25, "ok"),
+            Finding(as_of, "credit_risk", "3", "auc", "all", 0.71, 0.65, "ok"),
+            Finding(as_of, "service", "", "approval_rate", "all", 0.4, None, "ok")]
+
+
+def _verify(capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, str, str]:
+    from puhui.cli import main
+
+    capsys.readouterr()
+    code = main(["audit", "verify", "--no-repair", *options])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _sql(runtime: Runtime, *statements: str) -> None:
+    with runtime.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+
+
+RULE = "(the keyed digest differs: rows edited or replaced by hand)"
+
+
+def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from puhui.monitoring.store import write_findings
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    # Two dates, the first refreshed again afterwards (history only: the second is current)
+    # and with fewer customers; a report written twice for one date.
+    _swap(runtime, tmp_path, DAY1, range(1, 301))
+    _swap(runtime, tmp_path, DAY2, range(1, 401))
+    _swap(runtime, tmp_path, DAY1, range(1, 251))
+    write_findings(runtime.engine, DAY2, _findings(DAY2, 0.05), "run1", runtime.audit)
+    write_findings(runtime.engine, DAY2, _findings(DAY2, 0.07), "run2", runtime.audit)
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0, err
+    assert "profiles and monitoring tables agree with the trail: 1,054 row(s) counted, " \
+        "keyed digests compared" in out, out
+    assert "written before row digests" not in out
+
+    # A grade improved, a drift figure lowered, a monitoring status eased: counts stay, so
+    # plain verify passes (it counts); --deep compares the keyed digests.
+    _sql(runtime, "UPDATE user_profiles SET risk_grade = 'A' WHERE person_key = 'pk000007'",
+         "UPDATE drift_reports SET psi = 0.01 WHERE feature = 'score'",
+         "UPDATE model_evaluations SET status = 'ok', value = 0.9 "
+         "WHERE metric = 'monitor.auc'")
+    code, out, err = _verify(capsys)
+    assert code == 0 and "(--deep: also their keyed digests)" in out, err
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 1
+    lines = [x.strip() for x in err.splitlines()]
+    assert f"user_profiles: 400 row(s), not those its writer recorded {RULE}" in lines, err
+    assert f"drift_reports model_name/model_version/as_of_date credit_risk/3/{DAY2}: 2 " \
+        f"row(s), not those its writer recorded {RULE}" in lines
+    assert f"model_evaluations as_of_date {DAY2}: 1 row(s), not those its writer recorded " \
+        f"{RULE}" in lines
+    assert "profile and monitoring tables and the audit trail DISAGREE: 3 problem(s)" in err
+    assert "pk000007" not in out + err and "0.01" not in out + err
+
+    # Rows deleted and added: plain verify counts them.
+    _sql(runtime, "DELETE FROM user_profile_history WHERE person_key = 'pk000009'",
+         "INSERT INTO service_metrics (as_of_date, segment, metric, value, computed_at) "
+         f"VALUES ('{DAY2}', 'all', 'npl_rate', 0.01, '2026-10-01 00:00:00')")
+    code, out, err = _verify(capsys)
+    assert code == 1
+    lines = [x.strip() for x in err.splitlines()]
+    assert f"user_profile_history as_of_date {DAY1}: 249 row(s) but its writer recorded 250 " \
+        "(rows deleted by hand)" in lines, err
+    assert f"user_profile_history as_of_date {DAY2}: 399 row(s) but its writer recorded 400 " \
+        "(rows deleted by hand)" in lines
+    assert f"service_metrics as_of_date {DAY2}: 2 row(s) but its writer recorded 1 (rows " \
+        "added by hand)" in lines
+    assert "profile and monitoring tables and the audit trail DISAGREE: 3 problem(s)" in err
+
+
+def test_rows_written_before_digests_are_noted_once_never_a_mismatch(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A warehouse whose profiles and figures came from the code before: no event records
+    them. Verify says so once per table, exit 0; the next refresh of a date is compared."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    _swap(runtime, tmp_path, DAY1, range(1, 101))
+    from puhui.warehouse.schema import user_profile_history
+
+    names = [c.name for c in user_profile_history.columns]
+    copied = ", ".join("'2026-09-29'" if n == "as_of_date" else n for n in names)
+    _sql(runtime,  # as the code before wrote it: no profiles.swapped event
+         f"INSERT INTO user_profile_history ({', '.join(names)}) SELECT {copied} "
+         "FROM user_profile_history",
+         "INSERT INTO drift_reports (model_name, model_version, as_of_date, feature, psi, "
+         "threshold, status, reported_at) VALUES ('credit_risk', '2', '2026-09-29', 'score', "
+         "0.1, 0.25, 'ok', '2026-09-29 00:00:00')")
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0, err
+    assert out.count("user_profile_history: 1 as_of_date(s) written before row digests were "
+                     "recorded (not compared)") == 1, out
+    assert "drift_reports: 1 model_name/model_version/as_of_date(s) written before row " \
+        "digests were recorded (not compared)" in out
