@@ -209,9 +209,17 @@ def test_report_without_drift_raises_no_alert(
     assert events and events[-1]["details"]["report"] == str(report)
     # The figures' writer recorded their count and keyed digest in its transaction.
     from puhui.audit import environment_audit_key
-    from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+    from puhui.table_digests import (
+        DRIFT,
+        MONITOR_EVALUATIONS,
+        SERVICE_METRICS,
+        WRITERS,
+        rows_subkey,
+        table_problems,
+    )
 
-    checked = table_problems(engine, SPECS, WRITERS, rows_subkey(environment_audit_key()))
+    checked = table_problems(engine, (DRIFT, MONITOR_EVALUATIONS, SERVICE_METRICS), WRITERS,
+                             rows_subkey(environment_audit_key()))
     assert (checked.problems, checked.notes) == ([], [])
     assert checked.rows == len(drift) + len(monitor) + len(service)
 
