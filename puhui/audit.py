@@ -337,7 +337,7 @@ KNOWN_ACTIONS: tuple[str, ...] = (
     "model.alias.refused",
     "pipeline.daily",
     "profiles.refresh", "profiles.swapped", "profiles.explain", "report.published",
-    "monitoring.recorded", "monitoring.alert",
+    "monitoring.recorded", "monitoring.alert", "validation.recorded",
 )
 
 

@@ -25,7 +25,7 @@ import hmac
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -47,7 +47,11 @@ from puhui.warehouse.schema import (
     service_metrics,
     user_profile_history,
     user_profiles,
+    validation_results,
 )
+
+if TYPE_CHECKING:
+    from puhui.audit import AuditWriter
 
 ROWS_DIGESTS = "rows_digests"  # audit details: {table: {scope: {"rows": n, "mac": hex}}}
 _LABEL = b"puhui table rows digest v1"
@@ -180,9 +184,21 @@ DRIFT = Scoped(drift_reports, ("model_name", "model_version", "as_of_date"))
 MONITOR_EVALUATIONS = Scoped(model_evaluations, ("as_of_date",),
                              model_evaluations.c.metric.like("monitor.%"))
 SERVICE_METRICS = Scoped(service_metrics, ("as_of_date",))
-SPECS = (PROFILES_CURRENT, PROFILES_HISTORY, DRIFT, MONITOR_EVALUATIONS, SERVICE_METRICS)
+# A batch's or a warehouse table's validation by a suite: replaced by its next validation.
+VALIDATIONS = Scoped(validation_results, ("validation_id",))
+SPECS = (PROFILES_CURRENT, PROFILES_HISTORY, DRIFT, MONITOR_EVALUATIONS, SERVICE_METRICS,
+         VALIDATIONS)
 PROFILES_SWAPPED, MONITORING_RECORDED = "profiles.swapped", "monitoring.recorded"
-WRITERS = (PROFILES_SWAPPED, MONITORING_RECORDED)
+VALIDATION_RECORDED = "validation.recorded"  # a warehouse table's (a batch's: its load event)
+WRITERS = (PROFILES_SWAPPED, MONITORING_RECORDED, VALIDATION_RECORDED, "ingest.accepted",
+           "ingest.quarantined", "quarantine.revalidated")
+
+
+def writer_subkey(audit: AuditWriter) -> bytes:
+    """The rows' digest key of the writer ``audit`` (its key, or the settings')."""
+    from puhui.audit import environment_audit_key
+
+    return rows_subkey(audit.key or environment_audit_key())
 
 
 @dataclass

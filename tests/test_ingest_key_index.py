@@ -153,6 +153,12 @@ def test_a_superset_redelivery_through_the_flow_loads_only_the_new_rows(
     assert _raw_counts(runtime, feed) == (4000, 4000)
     records = ledger.list_batches(runtime.engine, partner="mobile_payments")
     assert all(_reconciles(r) for r in records) and len(records) == 2
+    # The flows' validation rows (each batch's, each warehouse table's) are recorded with
+    # their digests in the transactions that wrote them: none differs, none unrecorded.
+    from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+
+    checked = table_problems(runtime.engine, SPECS, WRITERS, rows_subkey(runtime.audit.key))
+    assert (checked.problems, checked.notes) == ([], []) and checked.rows >= 2
 
 
 def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(

@@ -162,3 +162,40 @@ def test_rows_written_before_digests_are_noted_once_never_a_mismatch(
                      "recorded (not compared)") == 1, out
     assert "drift_reports: 1 model_name/model_version/as_of_date(s) written before row " \
         "digests were recorded (not compared)" in out
+
+
+def test_a_validation_row_edited_or_deleted_by_hand_is_reported(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``validation_results``: each row is written in its load's (or hold's, or
+    revalidation's) transaction, whose event now records its digest. A held batch's failed
+    validation made to read as passed, or a loaded batch's validation deleted, passed verify."""
+    from tests.test_ingest_key_index import DAY1 as FIRST
+    from tests.test_ingest_key_index import DAY2 as SECOND
+    from tests.test_ingest_key_index import _landed, _two_files
+
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 101), range(201, 301),
+        second_options={"bogus": 250})
+    loaded = ingestor.ingest(_landed(feed, landing, FIRST, "_a")).batch_id
+    held = ingestor.ingest(_landed(feed, landing, SECOND, "_b"))
+    assert held.status == "quarantined"
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0 and "written before row digests" not in out, err
+    assert "agree with the trail: 2 row(s) counted, keyed digests compared" in out, out
+
+    _sql(runtime, "UPDATE validation_results SET critical_failed = 0, expectations_failed = 0 "
+         f"WHERE batch_id = '{held.batch_id}'",
+         f"DELETE FROM validation_results WHERE batch_id = '{loaded}'")
+    code, out, err = _verify(capsys)
+    assert code == 1
+    lines = [x.strip() for x in err.splitlines()]
+    of = {b: f"{b}:{feed.suite}"[:40] for b in (loaded, held.batch_id)}
+    assert f"validation_results validation_id {of[loaded]}: 0 row(s) but its writer recorded 1 " \
+        "(rows deleted by hand)" in lines, err
+    assert "profile and monitoring tables and the audit trail DISAGREE: 1 problem(s)" in err
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 1
+    assert f"validation_results validation_id {of[held.batch_id]}: 1 row(s), not those its " \
+        f"writer recorded {RULE}" in [x.strip() for x in err.splitlines()], err

@@ -304,9 +304,14 @@ def record_validation(
     warning_failed: int,
     details: dict[str, Any],
     flow_run_id: str | None,
+    audit: AuditWriter,
     table_name: str | None = None,
-) -> None:
-    """One row of ``validation_results`` (replacing the batch's earlier row for this suite)."""
+) -> dict[str, Any]:
+    """One row of ``validation_results`` (replacing the batch's earlier row for this suite);
+    returns the audit details that record it (its count and keyed digest, as
+    :mod:`puhui.table_digests` makes them), for the event of the same transaction."""
+    from puhui.table_digests import ROWS_DIGESTS, VALIDATIONS, recorded, writer_subkey
+
     validation_id = f"{batch_id or table_name}:{suite}"[:40]
     conn.execute(
         validation_results.delete().where(validation_results.c.validation_id == validation_id)
@@ -328,6 +333,9 @@ def record_validation(
             "validated_at": now_utc(),
         },
     )
+    return {ROWS_DIGESTS: {VALIDATIONS.name: recorded(
+        conn, VALIDATIONS, writer_subkey(audit),
+        validation_results.c.validation_id == validation_id)}}
 
 
 def get_watermark(engine: Engine, partner: str) -> date | None:

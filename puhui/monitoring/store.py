@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 import pandas as pd
 from sqlalchemy import Engine, and_, delete, select
 
-from puhui.audit import AuditWriter, environment_audit_key
+from puhui.audit import AuditWriter
 from puhui.monitoring.findings import Finding
 from puhui.monitoring.service import PORTFOLIO, SERVICE
 from puhui.table_digests import (
@@ -24,8 +24,8 @@ from puhui.table_digests import (
     ROWS_DIGESTS,
     SERVICE_METRICS,
     recorded,
-    rows_subkey,
     scope_of,
+    writer_subkey,
 )
 from puhui.warehouse.schema import drift_reports, model_evaluations, service_metrics
 
@@ -74,7 +74,7 @@ def write_findings(engine: Engine, as_of: date, findings: list[Finding],
             conn.execute(service_metrics.insert(), [
                 {"as_of_date": as_of, "segment": s, "metric": m, "value": v, "computed_at": now}
                 for (s, m), v in service_rows.items()])
-        subkey = rows_subkey(audit.key or environment_audit_key())
+        subkey = writer_subkey(audit)
         day = as_of.isoformat()
         digests = {
             DRIFT.name: recorded(conn, DRIFT, subkey, drift_reports.c.as_of_date == as_of,

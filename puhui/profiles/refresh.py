@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, func, select
 
-from puhui.audit import AuditWriter, environment_audit_key
+from puhui.audit import AuditWriter
 from puhui.config import FeaturesConfig, RiskModelSpec, SegmentsConfig
 from puhui.features.builder import apply_derived, feature_catalog
 from puhui.features.partitioned import build_partition
@@ -55,8 +55,8 @@ from puhui.table_digests import (
     PROFILES_SWAPPED,
     ROWS_DIGESTS,
     recorded,
-    rows_subkey,
     scope_of,
+    writer_subkey,
 )
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.schema import ingest_batches, user_profile_history, user_profiles
@@ -289,8 +289,7 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
         # Read back in this transaction, streamed: the current table holds the same rows
         # and columns as the date's history, so one digest is recorded for both.
         day = as_of.isoformat()
-        subkey = rows_subkey(audit.key or environment_audit_key())
-        history = recorded(conn, PROFILES_HISTORY, subkey,
+        history = recorded(conn, PROFILES_HISTORY, writer_subkey(audit),
                            user_profile_history.c.as_of_date == as_of, [day])
         digests = {PROFILES_HISTORY.name: history}
         if replace_current:
