@@ -107,9 +107,9 @@ def _canonical(value: Any) -> Any:
 
 
 def _driver_rows(conn: Connection, query: Select, chunk_rows: int) -> Iterator[tuple]:
-    # The driver's own cursor and plain tuples: SQLAlchemy's rows, parsing SQLite's dates
-    # and times from text, cost ~3x the digest itself. Writer and verify both read this way,
-    # so a value is the same to both (a date as SQLite's text, or psycopg's date).
+    # The driver's own cursor and plain tuples: SQLAlchemy's rows parse SQLite's dates and
+    # times from text on every row, which the digest does not need. Writer and verify both
+    # read this way, so a value is the same to both (a date as SQLite's text, psycopg's date).
     compiled = query.compile(dialect=conn.dialect)
     driver = conn.connection.dbapi_connection
     assert driver is not None
