@@ -236,9 +236,18 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
     # Each swap recorded its rows' count and keyed digest (the failed run's none): after the
     # re-runs and the older date's refresh, none differs and none is unrecorded.
     from puhui.audit import environment_audit_key
-    from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+    from puhui.table_digests import (
+        PROFILES_CURRENT,
+        PROFILES_HISTORY,
+        SPECS,
+        WRITERS,
+        rows_subkey,
+        table_problems,
+    )
 
-    checked = table_problems(engine, SPECS, WRITERS, rows_subkey(environment_audit_key()))
+    subkey = rows_subkey(environment_audit_key())
+    assert table_problems(engine, SPECS, WRITERS, subkey).problems == []
+    checked = table_problems(engine, (PROFILES_CURRENT, PROFILES_HISTORY), WRITERS, subkey)
     assert (checked.problems, checked.notes) == ([], [])
     assert checked.rows == 2 * len(current) + len(old)
 
