@@ -1040,7 +1040,7 @@ def audit_verify(
                        table_notes=tables.notes)
         lines += tables.notes  # informational: rows written before their writers recorded
         if not table_mismatches:
-            lines.append(f"profiles and monitoring tables agree with the trail: "
+            lines.append(f"profile, monitoring and validation tables agree with the trail: "
                          f"{tables.rows:,} row(s) counted"
                          + (", keyed digests compared" if keyed
                             else " (--deep: also their keyed digests)"))
@@ -1067,7 +1067,8 @@ def audit_verify(
                              + ["ingest_batches"] * bool(ledger_mismatches)
                              + ["ingest_keys"] * bool(key_problems)
                              + ["raw tables"] * bool(raw_problems)
-                             + ["profile and monitoring tables"] * bool(table_mismatches))
+                             + ["profile, monitoring and validation tables"]
+                             * bool(table_mismatches))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 

@@ -79,6 +79,7 @@ def _sql(runtime: Runtime, *statements: str) -> None:
 
 
 RULE = "(the keyed digest differs: rows edited or replaced by hand)"
+TABLES = "profile, monitoring and validation tables"
 
 
 def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
@@ -98,8 +99,8 @@ def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
     write_findings(runtime.engine, DAY2, _findings(DAY2, 0.07), "run2", runtime.audit)
     code, out, err = _verify(capsys, "--deep")
     assert code == 0, err
-    assert "profiles and monitoring tables agree with the trail: 1,054 row(s) counted, " \
-        "keyed digests compared" in out, out
+    assert "profile, monitoring and validation tables agree with the trail: 1,054 row(s) " \
+        "counted, keyed digests compared" in out, out
     assert "written before row digests" not in out
 
     # A grade improved, a drift figure lowered, a monitoring status eased: counts stay, so
@@ -118,7 +119,7 @@ def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
         f"row(s), not those its writer recorded {RULE}" in lines
     assert f"model_evaluations as_of_date {DAY2}: 1 row(s), not those its writer recorded " \
         f"{RULE}" in lines
-    assert "profile and monitoring tables and the audit trail DISAGREE: 3 problem(s)" in err
+    assert f"{TABLES} and the audit trail DISAGREE: 3 problem(s)" in err
     assert "pk000007" not in out + err and "0.01" not in out + err
 
     # Rows deleted and added: plain verify counts them.
@@ -134,7 +135,7 @@ def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
         "(rows deleted by hand)" in lines
     assert f"service_metrics as_of_date {DAY2}: 2 row(s) but its writer recorded 1 (rows " \
         "added by hand)" in lines
-    assert "profile and monitoring tables and the audit trail DISAGREE: 3 problem(s)" in err
+    assert f"{TABLES} and the audit trail DISAGREE: 3 problem(s)" in err
 
 
 def test_rows_written_before_digests_are_noted_once_never_a_mismatch(
@@ -194,7 +195,7 @@ def test_a_validation_row_edited_or_deleted_by_hand_is_reported(
     of = {b: f"{b}:{feed.suite}"[:40] for b in (loaded, held.batch_id)}
     assert f"validation_results validation_id {of[loaded]}: 0 row(s) but its writer recorded 1 " \
         "(rows deleted by hand)" in lines, err
-    assert "profile and monitoring tables and the audit trail DISAGREE: 1 problem(s)" in err
+    assert f"{TABLES} and the audit trail DISAGREE: 1 problem(s)" in err
     code, out, err = _verify(capsys, "--deep")
     assert code == 1
     assert f"validation_results validation_id {of[held.batch_id]}: 1 row(s), not those its " \
