@@ -155,9 +155,9 @@ def test_a_superset_redelivery_through_the_flow_loads_only_the_new_rows(
     assert all(_reconciles(r) for r in records) and len(records) == 2
     # The flows' validation rows (each batch's, each warehouse table's) are recorded with
     # their digests in the transactions that wrote them: none differs, none unrecorded.
-    from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+    from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
 
-    checked = table_problems(runtime.engine, SPECS, WRITERS, rows_subkey(runtime.audit.key))
+    checked = table_problems(runtime.engine, SPECS, WRITERS, writer_subkey(runtime.audit))
     assert (checked.problems, checked.notes) == ([], []) and checked.rows >= 2
 
 
@@ -464,7 +464,7 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
         KeyedDigest,
         digest_subkey,
         keyed_digests,
-        keys_digest,
+        keys_digests,
     )
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
@@ -480,7 +480,7 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
         conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
                           "VALUES (:hi, :lo, 'extremes', 0)"),
                      [{"hi": int(h), "lo": int(lo)} for h, lo in zip(key_hi, key_lo, strict=True)])
-        found = keys_digest(conn, "batch_id = :b", {"b": "extremes"})
+        (found,) = keys_digests(conn, "batch_id = :b", {"b": "extremes"}).values()
         # The keyed digest streamed in chunks (of 7: several, one batch split across them),
         # per batch, equals one made at once; its lanes wrap mod 2^64 alike.
         subkey = digest_subkey(runtime.audit.key)
@@ -790,11 +790,11 @@ def _forge_cancelling(runtime: Runtime, batch: str) -> list[tuple]:
     two other keys whose changes cancel in every sum (the lowest key half gains 2^32, the
     highest loses it: their low 32-bit parts stay, their high parts move by +1 and -1).
     Both real keys would load again. Returns the rows as they were, for :func:`_unforge`."""
-    from puhui.ingest.key_digest import keys_digest
+    from puhui.ingest.key_digest import keys_digests
 
     where = "batch_id = :b"
     with runtime.engine.begin() as conn:
-        before = keys_digest(conn, where, {"b": batch})
+        before = keys_digests(conn, where, {"b": batch})
         low, high = (conn.execute(text(
             "SELECT key_hi, key_lo, batch_id, value_hash FROM ingest_keys WHERE batch_id = :b "
             f"AND key_hi = (SELECT {f}(key_hi) FROM ingest_keys WHERE batch_id = :b)"),
@@ -802,7 +802,7 @@ def _forge_cancelling(runtime: Runtime, batch: str) -> list[tuple]:
         for (hi, lo, *_), step in ((low, 1 << 32), (high, -(1 << 32))):
             conn.execute(text("UPDATE ingest_keys SET key_hi = :new WHERE key_hi = :hi "
                               "AND key_lo = :lo"), {"new": hi + step, "hi": hi, "lo": lo})
-        assert keys_digest(conn, where, {"b": batch}) == before  # the unkeyed check is blind
+        assert keys_digests(conn, where, {"b": batch}) == before  # the unkeyed check is blind
     return [low, high]
 
 
