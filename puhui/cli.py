@@ -940,12 +940,23 @@ def audit_verify(
                                           "ignoring the cache of checked files (default: only "
                                           "those an alias points to; --anchor implies it), "
                                           "and check ingest_keys against its keyed digest "
-                                          "(streams every key: ~3 s of CPU per 1M).")
+                                          "(streams every key: ~3 s of CPU per 1M), and "
+                                          "the profile, monitoring and validation tables "
+                                          "against their writers' keyed digests.")
     ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="With --deep: digest the dated tables' rows (profile "
+                                     "history, monitoring) from this as-of date (YYYY-MM-DD) "
+                                     "on; older dates are counted only.")
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Check the audit trail (keyed chain, anchor) and that MLflow and ingest_batches agree
     with it; exit 1 if any is wrong."""
+    since_day = _parse_date(since, "--since")
+    if since_day is not None and not deep:
+        raise PuhuiError("--since is for --deep only (plain verify digests no rows)")
     runtime, result = _verified_chain(anchor)
     # Not implied by --anchor, unlike the model files: the keyed digest guards against those
     # without the key, an anchor against its holder.
@@ -1030,10 +1041,10 @@ def audit_verify(
                 lines.append(f"raw tables agree with the ledger: {checked.raw_rows:,} row(s)")
     table_mismatches: list[str] = []
     if result.ok:
-        from puhui.table_digests import SPECS, WRITERS, rows_subkey, table_problems
+        from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
 
         tables = table_problems(runtime.engine, SPECS, WRITERS,
-                                rows_subkey(runtime.audit.key) if keyed else None)
+                                writer_subkey(runtime.audit) if keyed else None, since_day)
         table_mismatches = tables.problems
         problems += table_mismatches
         summary.update(table_problems=table_mismatches, table_rows=tables.rows,
@@ -1043,7 +1054,8 @@ def audit_verify(
             lines.append(f"profile, monitoring and validation tables agree with the trail: "
                          f"{tables.rows:,} row(s) counted"
                          + (", keyed digests compared" if keyed
-                            else " (--deep: also their keyed digests)"))
+                            else " (--deep: also their keyed digests)")
+                         + (f" (dated rows from {since_day})" if since_day else ""))
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)

@@ -11,29 +11,36 @@ their content. ``audit verify`` counts every scope (one ``GROUP BY`` per table) 
 by hand is reported per table and scope, never with a value.
 
 The keyed digest is the ``keys_mac`` scheme for rows: per row, BLAKE2b-128 keyed with a
-subkey of ``PUHUI_AUDIT_KEY`` over the row's canonical text (every column; JSON columns as
-stored text), summed mod 2^128 with the count, then hashed. Order-independent, so the rows
-are streamed in no order, memory bounded by a chunk and one digest per scope. The writer
-digests the rows by reading them back in its transaction, through the same code verify
-runs, so both see the same values (a float, a date, a JSON text as the database returns it).
+subkey of ``PUHUI_AUDIT_KEY`` over the row's canonical text (:func:`row_text`: each value's
+text by its column's type, the same from SQLite and PostgreSQL; JSON columns as stored
+text), summed mod 2^128 with the count, then hashed. Order-independent, so the rows are
+streamed in no order, memory bounded by a chunk and one digest per scope. The event records
+the columns digested (all the table had then): verify digests those, so a migration that
+adds a column changes no recorded scope's digest. The writer digests the rows by reading
+them back in its transaction, through the same code verify runs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Connection,
+    Date,
     DateTime,
     Engine,
-    Select,
+    Float,
+    Integer,
+    Numeric,
     Table,
     Text,
     cast,
@@ -41,6 +48,7 @@ from sqlalchemy import (
     select,
 )
 
+from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
 from puhui.warehouse.schema import (
     drift_reports,
     model_evaluations,
@@ -53,14 +61,10 @@ from puhui.warehouse.schema import (
 if TYPE_CHECKING:
     from puhui.audit import AuditWriter
 
-ROWS_DIGESTS = "rows_digests"  # audit details: {table: {scope: {"rows": n, "mac": hex}}}
-_LABEL = b"puhui table rows digest v1"
+# audit details: {table: {"columns": [name, ...], "scopes": {scope: {"rows": n, "mac": hex}}}}
+ROWS_DIGESTS = "rows_digests"
+_LABEL = b"puhui table rows digest v2"
 _MOD = 1 << 128
-
-
-def rows_subkey(audit_key: bytes) -> bytes:
-    """The rows' digest key, derived from ``PUHUI_AUDIT_KEY`` and never stored."""
-    return hmac.new(audit_key, _LABEL, hashlib.sha256).digest()[:32]
 
 
 @dataclass
@@ -71,7 +75,7 @@ class RowsMac:
     total: int = 0
 
     def hex(self) -> str:
-        return hashlib.sha256(f"puhui.rows.v1:{self.count},{self.total}".encode()).hexdigest()
+        return figures_hex("puhui.rows.v2", self.count, self.total)
 
 
 @dataclass(frozen=True)
@@ -93,64 +97,103 @@ def scope_of(values: Iterable[Any]) -> str:
     return "/".join(str(v) for v in values)
 
 
-def _ordered(table: Table) -> list[Column]:
-    # In name order: tables that share columns digest alike.
-    return sorted(table.columns, key=lambda c: c.name)
+def digested_columns(table: Table) -> list[str]:
+    """The columns a writer digests now, in name order (tables that share columns digest
+    alike); its event records them, and verify digests those, whatever columns a later
+    migration adds."""
+    return sorted(c.name for c in table.columns)
 
 
-def _canonical(value: Any) -> Any:
-    # A time as its UTC instant: how a driver labels the zone (PostgreSQL's session
-    # TimeZone, psycopg's tzinfo class) is no part of the row.
-    if isinstance(value, datetime):
-        return (value.astimezone(UTC) if value.tzinfo else value).isoformat()
-    return value
+# The canonical text of a value, by its column's type, whatever the dialect and driver
+# return: NULL (and NaN, which SQLite stores as NULL) is None; a number its shortest text,
+# an integral one as an integer (SQLite returns a REAL column's 1 as 1.0, a boolean as 0/1);
+# a date ISO; a time its UTC instant to the microsecond (SQLite's text, PostgreSQL's aware
+# or naive datetime: naive ones are UTC, as the writers store them); JSON its stored text.
+_INF = float("inf")
 
 
-def _driver_rows(conn: Connection, query: Select, chunk_rows: int) -> Iterator[tuple]:
-    # The driver's own cursor and plain tuples: SQLAlchemy's rows parse SQLite's dates and
-    # times from text on every row, which the digest does not need. Writer and verify both
-    # read this way, so a value is the same to both (a date as SQLite's text, psycopg's date).
-    compiled = query.compile(dialect=conn.dialect)
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
-    if conn.dialect.name == "postgresql":  # a named cursor, stepped by the server
-        cursor, params = driver.cursor(name="puhui_rows_macs"), compiled.params
-    else:
-        cursor = driver.cursor()
-        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-    try:
-        cursor.execute(str(compiled), params)
-        while part := cursor.fetchmany(chunk_rows):
-            yield from part
-    finally:
-        cursor.close()
+def _number(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float | Decimal):
+        if value != value:  # NaN
+            return None
+        if value in (_INF, -_INF):
+            return "inf" if value > 0 else "-inf"
+        if value == int(value):
+            return str(int(value))
+        return repr(float(value))
+    return str(int(value))  # int, bool
 
 
-def rows_macs(conn: Connection, spec: Scoped, subkey: bytes, where: Any = None,
-              chunk_rows: int = 20_000) -> dict[str, RowsMac]:
-    """:class:`RowsMac` per scope of ``spec``'s rows (and ``where``), streamed in chunks."""
-    ordered = _ordered(spec.table)
+def _date(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else value.isoformat()
+
+
+def _time(value: Any) -> str | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds")
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.hex() if isinstance(value, bytes | memoryview) else str(value)
+
+
+def _encoder(column: Column) -> Callable[[Any], str | None]:
+    kind = column.type
+    if isinstance(kind, Boolean | Integer | Float | Numeric):
+        return _number
+    if isinstance(kind, DateTime):
+        return _time
+    if isinstance(kind, Date):
+        return _date
+    return _text
+
+
+def row_text(encoders: Iterable[Callable[[Any], str | None]], row: Iterable[Any]) -> bytes:
+    """The canonical text a row's digest is made of: its values' texts as a JSON list."""
+    return json.dumps(
+        [encode(v) for encode, v in zip(encoders, row, strict=True)],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def rows_macs(
+    conn: Connection,
+    spec: Scoped,
+    subkey: bytes,
+    where: Any = None,
+    columns: Iterable[str] | None = None,
+    chunk_rows: int = 20_000,
+) -> dict[str, RowsMac]:
+    """:class:`RowsMac` per scope of ``spec``'s rows (and ``where``) over ``columns`` (by
+    name, in their order; none: :func:`digested_columns`), streamed in chunks."""
+    ordered = [spec.table.c[name] for name in (columns or digested_columns(spec.table))]
+    encoders = [_encoder(c) for c in ordered]
     # JSON as its stored text: parsing every row's JSON costs more than hashing it, and the
-    # text is what was written.
-    columns = [cast(c, Text) if isinstance(c.type, JSON) else c for c in ordered]
-    at = [[c.name for c in ordered].index(s) for s in spec.scope]
-    times = [i for i, c in enumerate(ordered) if isinstance(c.type, DateTime)]
-    query = select(*columns)
+    # text is what was written. The scope's columns follow the digested ones.
+    selected = [cast(c, Text) if isinstance(c.type, JSON) else c for c in ordered]
+    query = select(*selected, *(spec.table.c[s] for s in spec.scope))
     for condition in (spec.where, where):
         if condition is not None:
             query = query.where(condition)
     macs: dict[str, RowsMac] = {}
+    width, scoped = len(ordered), bool(spec.scope)
     blake2b = hashlib.blake2b
-    for row in _driver_rows(conn, query, chunk_rows):
-        if times:
-            row = list(row)
-            for i in times:
-                row[i] = _canonical(row[i])
-        digest = blake2b(repr(row).encode(), digest_size=16, key=subkey).digest()
-        name = scope_of(row[i] for i in at)
-        mac = macs.get(name) or macs.setdefault(name, RowsMac())
-        mac.count += 1
-        mac.total += int.from_bytes(digest, "little")
+    for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
+        for row in part:
+            digest = blake2b(row_text(encoders, row[:width]), digest_size=16, key=subkey).digest()
+            name = scope_of(row[width:]) if scoped else ""
+            mac = macs.get(name) or macs.setdefault(name, RowsMac())
+            mac.count += 1
+            mac.total += int.from_bytes(digest, "little")
     for mac in macs.values():
         mac.total %= _MOD
     return macs
@@ -168,37 +211,56 @@ def rows_counts(conn: Connection, spec: Scoped) -> dict[str, int]:
     return {scope_of(row[:-1]): int(row[-1]) for row in conn.execute(query) if row[-1]}
 
 
-def recorded(conn: Connection, spec: Scoped, subkey: bytes, where: Any = None,
-             scopes: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+def recorded(
+    conn: Connection, spec: Scoped, subkey: bytes, where: Any = None, scopes: Collection[str] = ()
+) -> dict[str, Any]:
     """What a writer's event records for the rows it just wrote (read back in its
-    transaction): each scope's count and keyed digest; ``scopes`` it emptied record 0."""
-    macs = rows_macs(conn, spec, subkey, where)
-    return {name: {"rows": mac.count, "mac": mac.hex()}
-            for name, mac in {**{s: RowsMac() for s in scopes}, **macs}.items()}
+    transaction): the columns digested, each scope's count and keyed digest; ``scopes`` it
+    emptied record 0."""
+    columns = digested_columns(spec.table)
+    macs = rows_macs(conn, spec, subkey, where, columns)
+    return {
+        "columns": columns,
+        "scopes": {
+            name: {"rows": mac.count, "mac": mac.hex()}
+            for name, mac in {**{s: RowsMac() for s in scopes}, **macs}.items()
+        },
+    }
 
 
 PROFILES_HISTORY = Scoped(user_profile_history, ("as_of_date",))
 PROFILES_CURRENT = Scoped(user_profiles)
 DRIFT = Scoped(drift_reports, ("model_name", "model_version", "as_of_date"))
 # Registration rows (no status) are compared with MLflow's run metrics by registry_problems.
-MONITOR_EVALUATIONS = Scoped(model_evaluations, ("as_of_date",),
-                             model_evaluations.c.metric.like("monitor.%"))
+MONITOR_EVALUATIONS = Scoped(
+    model_evaluations, ("as_of_date",), model_evaluations.c.metric.like("monitor.%")
+)
 SERVICE_METRICS = Scoped(service_metrics, ("as_of_date",))
 # A batch's or a warehouse table's validation by a suite: replaced by its next validation.
 VALIDATIONS = Scoped(validation_results, ("validation_id",))
-SPECS = (PROFILES_CURRENT, PROFILES_HISTORY, DRIFT, MONITOR_EVALUATIONS, SERVICE_METRICS,
-         VALIDATIONS)
+SPECS = (
+    PROFILES_CURRENT,
+    PROFILES_HISTORY,
+    DRIFT,
+    MONITOR_EVALUATIONS,
+    SERVICE_METRICS,
+    VALIDATIONS,
+)
 PROFILES_SWAPPED, MONITORING_RECORDED = "profiles.swapped", "monitoring.recorded"
 VALIDATION_RECORDED = "validation.recorded"  # a warehouse table's (a batch's: its load event)
-WRITERS = (PROFILES_SWAPPED, MONITORING_RECORDED, VALIDATION_RECORDED, "ingest.accepted",
-           "ingest.quarantined", "quarantine.revalidated")
+WRITERS = (
+    PROFILES_SWAPPED,
+    MONITORING_RECORDED,
+    VALIDATION_RECORDED,
+    "ingest.accepted",
+    "ingest.quarantined",
+    "quarantine.revalidated",
+)
 
 
 def writer_subkey(audit: AuditWriter) -> bytes:
-    """The rows' digest key of the writer ``audit`` (its key, or the settings')."""
-    from puhui.audit import environment_audit_key
-
-    return rows_subkey(audit.key or environment_audit_key())
+    """The rows' digest key of ``audit`` (its key, or the settings'): writers and verify alike."""
+    return derive_subkey(_LABEL, audit.key)
 
 
 @dataclass
@@ -212,17 +274,66 @@ class TableCheck:
 
 
 def expected_digests(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
-    """table -> scope -> what the last event writing it recorded."""
+    """table -> scope -> what the last event writing it recorded (``rows``, ``mac``, and
+    the ``columns`` it digested, as a tuple)."""
     expected: dict[str, dict[str, dict]] = {}
     for event in events:
-        for table, scopes in (event["details"].get(ROWS_DIGESTS) or {}).items():
-            expected.setdefault(table, {}).update(scopes)
+        for table, recorded_here in (event["details"].get(ROWS_DIGESTS) or {}).items():
+            columns = tuple(recorded_here["columns"])
+            expected.setdefault(table, {}).update(
+                (scope, {**figures, "columns": columns})
+                for scope, figures in recorded_here["scopes"].items()
+            )
     return expected
 
 
-def compare(spec: Scoped, expected: Mapping[str, dict], counts: Mapping[str, int],
-            macs: Mapping[str, RowsMac] | None, check: TableCheck) -> None:
-    """Add ``spec``'s problems and note to ``check`` (``macs`` None: counts only)."""
+def _date_of(spec: Scoped, scope: str) -> str | None:
+    # The scope's as-of date (ISO text, last of the scope's values where it is one).
+    if "as_of_date" not in spec.scope:
+        return None
+    return scope.split("/")[spec.scope.index("as_of_date") - len(spec.scope)]
+
+
+def deep_macs(
+    conn: Connection,
+    spec: Scoped,
+    expected: Mapping[str, dict],
+    subkey: bytes,
+    since: date | None = None,
+) -> dict[str, RowsMac]:
+    """The keyed digests ``--deep`` compares for ``spec``: of each recorded scope over the
+    columns its event recorded (one stream per set of columns: one, unless a migration
+    changed them between writes). Left out (counted only): scopes dated before ``since``,
+    and those recorded with a column a migration has dropped since."""
+    present = {c.name for c in spec.table.columns}
+    by_columns: dict[tuple[str, ...], list[str]] = {}
+    for scope, figures in expected.items():
+        day = _date_of(spec, scope)
+        if (since is None or day is None or day >= since.isoformat()) and set(
+            figures["columns"]
+        ) <= present:
+            by_columns.setdefault(figures["columns"], []).append(scope)
+    where = (
+        spec.table.c.as_of_date >= since
+        if since is not None and "as_of_date" in spec.scope
+        else None
+    )
+    macs: dict[str, RowsMac] = {}
+    for columns, scopes in by_columns.items():
+        found = rows_macs(conn, spec, subkey, where, columns)
+        macs.update((scope, found.get(scope, RowsMac())) for scope in scopes)
+    return macs
+
+
+def compare(
+    spec: Scoped,
+    expected: Mapping[str, dict],
+    counts: Mapping[str, int],
+    macs: Mapping[str, RowsMac] | None,
+    check: TableCheck,
+) -> None:
+    """Add ``spec``'s problems and note to ``check`` (``macs`` None: counts only; a scope
+    not in ``macs``: its count only)."""
     what = f"{spec.name} " + ("/".join(spec.scope) + " " if spec.scope else "")
     check.rows += sum(counts.values())
     unrecorded = 0
@@ -233,29 +344,42 @@ def compare(spec: Scoped, expected: Mapping[str, dict], counts: Mapping[str, int
             unrecorded += 1
         elif found != recorded_here["rows"]:
             how = "deleted" if found < recorded_here["rows"] else "added"
-            check.problems.append(f"{label}: {found:,} row(s) but its writer recorded "
-                                  f"{recorded_here['rows']:,} (rows {how} by hand)")
-        elif macs is not None and macs.get(name, RowsMac()).hex() != recorded_here["mac"]:
-            check.problems.append(f"{label}: {found:,} row(s), not those its writer recorded "
-                                  "(the keyed digest differs: rows edited or replaced by hand)")
+            check.problems.append(
+                f"{label}: {found:,} row(s) but its writer recorded "
+                f"{recorded_here['rows']:,} (rows {how} by hand)"
+            )
+        elif macs is not None and name in macs and macs[name].hex() != recorded_here["mac"]:
+            check.problems.append(
+                f"{label}: {found:,} row(s), not those its writer recorded "
+                "(the keyed digest differs: rows edited or replaced by hand)"
+            )
     if unrecorded:
         which = f"{unrecorded} {'/'.join(spec.scope)}(s) " if spec.scope else ""
-        check.notes.append(f"{spec.name}: {which}written before row digests were recorded "
-                           "(not compared)")
+        check.notes.append(
+            f"{spec.name}: {which}written before row digests were recorded (not compared)"
+        )
 
 
-def table_problems(engine: Engine, specs: Iterable[Scoped], actions: Collection[str],
-                   subkey: bytes | None) -> TableCheck:
+def table_problems(
+    engine: Engine,
+    specs: Iterable[Scoped],
+    actions: Collection[str],
+    subkey: bytes | None,
+    since: date | None = None,
+) -> TableCheck:
     """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
-    with ``subkey`` (``--deep``) also each scope's keyed digest."""
+    with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
+    ``since`` on). Read only: on SQLite a deferred read transaction, which writers do not
+    wait for (:func:`snapshot`)."""
     from puhui.audit import events_of
     from puhui.warehouse.engine import snapshot
 
     check = TableCheck()
-    with snapshot(engine) as conn:
+    with snapshot(engine, read_only=True) as conn:
         expected = expected_digests(events_of(conn, actions))
         for spec in specs:
+            recorded_here = expected.get(spec.name, {})
             counts = rows_counts(conn, spec)
-            macs = None if subkey is None else rows_macs(conn, spec, subkey)
-            compare(spec, expected.get(spec.name, {}), counts, macs, check)
+            macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
+            compare(spec, recorded_here, counts, macs, check)
     return check

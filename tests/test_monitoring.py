@@ -208,18 +208,18 @@ def test_report_without_drift_raises_no_alert(
     events = read_audit_events(engine, action="report.published")
     assert events and events[-1]["details"]["report"] == str(report)
     # The figures' writer recorded their count and keyed digest in its transaction.
-    from puhui.audit import environment_audit_key
+    from puhui.audit import AuditWriter
     from puhui.table_digests import (
         DRIFT,
         MONITOR_EVALUATIONS,
         SERVICE_METRICS,
         WRITERS,
-        rows_subkey,
         table_problems,
+        writer_subkey,
     )
 
     checked = table_problems(engine, (DRIFT, MONITOR_EVALUATIONS, SERVICE_METRICS), WRITERS,
-                             rows_subkey(environment_audit_key()))
+                             writer_subkey(AuditWriter("verify", "")))
     assert (checked.problems, checked.notes) == ([], [])
     assert checked.rows == len(drift) + len(monitor) + len(service)
 

@@ -235,17 +235,17 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
     assert set(_profiles(engine)["as_of_date"]) == {AS_OF}
     # Each swap recorded its rows' count and keyed digest (the failed run's none): after the
     # re-runs and the older date's refresh, none differs and none is unrecorded.
-    from puhui.audit import environment_audit_key
+    from puhui.audit import AuditWriter
     from puhui.table_digests import (
         PROFILES_CURRENT,
         PROFILES_HISTORY,
         SPECS,
         WRITERS,
-        rows_subkey,
         table_problems,
+        writer_subkey,
     )
 
-    subkey = rows_subkey(environment_audit_key())
+    subkey = writer_subkey(AuditWriter("verify", ""))
     assert table_problems(engine, SPECS, WRITERS, subkey).problems == []
     checked = table_problems(engine, (PROFILES_CURRENT, PROFILES_HISTORY), WRITERS, subkey)
     assert (checked.problems, checked.notes) == ([], [])

@@ -293,7 +293,8 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
                            user_profile_history.c.as_of_date == as_of, [day])
         digests = {PROFILES_HISTORY.name: history}
         if replace_current:
-            digests[PROFILES_CURRENT.name] = {scope_of(()): history[day]}
+            digests[PROFILES_CURRENT.name] = {"columns": history["columns"],
+                                              "scopes": {scope_of(()): history["scopes"][day]}}
         audit.append(conn, PROFILES_SWAPPED, f"profiles/{day}", {
             "as_of": day, "rows": total, "current_replaced": replace_current,
             ROWS_DIGESTS: digests}, flow_run_id=flow_run_id)
