@@ -287,6 +287,19 @@ def expected_digests(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
     return expected
 
 
+def first_recorded(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """table -> the lender's local date (ISO) of the first event recording its digests."""
+    from puhui.dates import LENDER_TIMEZONE
+
+    first: dict[str, str] = {}
+    for event in events:
+        for table in event["details"].get(ROWS_DIGESTS) or {}:
+            if table not in first:
+                moment = datetime.fromisoformat(event["occurred_at"])
+                first[table] = moment.astimezone(LENDER_TIMEZONE).date().isoformat()
+    return first
+
+
 def _date_of(spec: Scoped, scope: str) -> str | None:
     # The scope's as-of date (ISO text, last of the scope's values where it is one).
     if "as_of_date" not in spec.scope:
@@ -331,16 +344,26 @@ def compare(
     counts: Mapping[str, int],
     macs: Mapping[str, RowsMac] | None,
     check: TableCheck,
+    first: str | None = None,
 ) -> None:
     """Add ``spec``'s problems and note to ``check`` (``macs`` None: counts only; a scope
-    not in ``macs``: its count only)."""
+    not in ``macs``: its count only). ``first``: the local date of the first event that
+    recorded the table. A run's as-of date is never after its day (the CLI refuses future
+    dates), so a scope no event records dated after ``first`` was not written by the code
+    before the digests: added by hand."""
     what = f"{spec.name} " + ("/".join(spec.scope) + " " if spec.scope else "")
     check.rows += sum(counts.values())
     unrecorded = 0
     for name in sorted(set(counts) | {s for s, e in expected.items() if e["rows"]}):
         found, recorded_here = counts.get(name, 0), expected.get(name)
         label = f"{what}{name}".rstrip() if spec.scope else spec.name
-        if recorded_here is None:
+        day = _date_of(spec, name)
+        if recorded_here is None and first is not None and day is not None and day > first:
+            check.problems.append(
+                f"{label}: {found:,} row(s) no writer recorded, dated after its writers "
+                f"began recording them ({first}): rows added by hand"
+            )
+        elif recorded_here is None:
             unrecorded += 1
         elif found != recorded_here["rows"]:
             how = "deleted" if found < recorded_here["rows"] else "added"
@@ -376,10 +399,11 @@ def table_problems(
 
     check = TableCheck()
     with snapshot(engine, read_only=True) as conn:
-        expected = expected_digests(events_of(conn, actions))
+        events = events_of(conn, actions)
+        expected, first = expected_digests(events), first_recorded(events)
         for spec in specs:
             recorded_here = expected.get(spec.name, {})
             counts = rows_counts(conn, spec)
             macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
-            compare(spec, recorded_here, counts, macs, check)
+            compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
     return check

@@ -301,3 +301,47 @@ def test_sqlite_verify_reads_one_moment_without_holding_writers(
     with snapshot(runtime.engine, read_only=True) as conn:
         assert rows_counts(conn, PROFILES_HISTORY) == {DAY1.isoformat(): 50,
                                                        DAY2.isoformat(): 40}
+
+
+def test_a_scope_added_by_hand_after_digests_began_is_a_problem(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: any scope no event recorded was "written before row digests were recorded",
+    a note, so a whole as-of date or a drift row for a new (model, version, date) inserted
+    by hand passed. A run's date is never after its day, so a scope dated after the first
+    event recording its table is no older code's: reported. Older dates stay a note."""
+    from datetime import timedelta
+
+    from puhui.dates import today_local
+    from puhui.monitoring.store import write_findings
+    from puhui.warehouse.schema import user_profile_history
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    _swap(runtime, tmp_path, DAY1, range(1, 21))
+    write_findings(runtime.engine, DAY1, _findings(DAY1, 0.05), "run1", runtime.audit)
+    later = today_local() + timedelta(days=1)
+    names = [c.name for c in user_profile_history.columns]
+    copied = ", ".join(f"'{later}'" if n == "as_of_date" else n for n in names)
+    _sql(runtime,
+         f"INSERT INTO user_profile_history ({', '.join(names)}) SELECT {copied} "
+         "FROM user_profile_history",
+         "INSERT INTO drift_reports (model_name, model_version, as_of_date, feature, psi, "
+         f"threshold, status, reported_at) VALUES ('credit_risk', '9', '{later}', 'score', "
+         "0.1, 0.25, 'ok', '2026-09-29 00:00:00')",
+         "INSERT INTO drift_reports (model_name, model_version, as_of_date, feature, psi, "
+         "threshold, status, reported_at) VALUES ('credit_risk', '2', '2026-09-29', 'score', "
+         "0.1, 0.25, 'ok', '2026-09-29 00:00:00')")
+    code, out, err = _verify(capsys)
+    assert code == 1, out
+    lines = [x.strip() for x in err.splitlines()]
+    began = today_local().isoformat()
+    assert f"user_profile_history as_of_date {later}: 20 row(s) no writer recorded, dated " \
+        f"after its writers began recording them ({began}): rows added by hand" in lines, err
+    assert f"drift_reports model_name/model_version/as_of_date credit_risk/9/{later}: 1 " \
+        f"row(s) no writer recorded, dated after its writers began recording them " \
+        f"({began}): rows added by hand" in lines, err
+    assert f"{TABLES} and the audit trail DISAGREE: 2 problem(s)" in err
+    assert "drift_reports: 1 model_name/model_version/as_of_date(s) written before row " \
+        "digests were recorded (not compared)" in out  # the older date: a note still
