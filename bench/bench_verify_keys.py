@@ -10,7 +10,8 @@ the key index. The machine is shared: the load average is recorded with each run
 
 Also, in this process, the keyed digest's part alone (``keyed_digests``: the keys streamed in
 chunks and digested per batch, as verify does), ``runs`` times, wall and CPU; and
-``audit verify --deep``, which hashes model files too (none here).
+``audit verify --deep``, which hashes model files too (none here); and the raw tables' rows
+counted per batch alone (``raw_row_counts``, one GROUP BY per table: verify's share for them).
 
 Usage: python bench/bench_verify_keys.py [--rows 700000] [--runs 3] [--label NAME] [--quick]
 Prints a table and writes bench/results/verify_keys-<label>.json.
@@ -79,6 +80,28 @@ def _keyed_stream(url: str) -> dict:
     return figures
 
 
+def _raw_counts(url: str) -> dict:
+    """What verify adds for the raw tables: their rows counted per batch (one GROUP BY per
+    table) in a snapshot, as ``key_index_problems`` reads them."""
+    import time
+
+    from sqlalchemy import create_engine
+
+    from puhui.ingest.ledger import raw_row_counts
+    from puhui.warehouse.engine import snapshot
+
+    engine = create_engine(url)
+    with snapshot(engine) as conn:
+        wall, cpu = time.perf_counter(), time.process_time()
+        counts = raw_row_counts(conn, ["mobile_payments"])
+        figures = {"wall": round(time.perf_counter() - wall, 3),
+                   "cpu": round(time.process_time() - cpu, 3),
+                   "load": round(os.getloadavg()[0], 2),
+                   "rows": sum(sum((c or {}).values()) for c in counts.values())}
+    engine.dispose()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=700_000)
@@ -108,6 +131,7 @@ def main() -> None:
             deep = [measure(["audit", "verify", "--no-repair", "--deep"], env)
                     for _ in range(runs)]
             streamed = [_keyed_stream(url) for _ in range(runs)]
+            raw = [_raw_counts(url) for _ in range(runs)]
             result[dialect] = {
                 "index_keys": _keys(url), "runs": figures,
                 "median_wall": statistics.median(f["wall"] for f in figures),
@@ -117,13 +141,17 @@ def main() -> None:
                 "deep_median_cpu": statistics.median(f["cpu"] for f in deep),
                 "keyed_stream_runs": streamed,
                 "keyed_stream_median_wall": statistics.median(f["wall"] for f in streamed),
-                "keyed_stream_median_cpu": statistics.median(f["cpu"] for f in streamed)}
+                "keyed_stream_median_cpu": statistics.median(f["cpu"] for f in streamed),
+                "raw_counts_runs": raw,
+                "raw_counts_median_wall": statistics.median(f["wall"] for f in raw)}
             print(f"{dialect}: {result[dialect]['index_keys']:,} keys, audit verify "
                   f"wall {result[dialect]['median_wall']:.2f} s, "
                   f"cpu {result[dialect]['median_cpu']:.2f} s; --deep wall "
                   f"{result[dialect]['deep_median_wall']:.2f} s; keyed stream alone wall "
                   f"{result[dialect]['keyed_stream_median_wall']:.2f} s, cpu "
-                  f"{result[dialect]['keyed_stream_median_cpu']:.2f} s", flush=True)
+                  f"{result[dialect]['keyed_stream_median_cpu']:.2f} s; raw rows "
+                  f"({raw[0]['rows']:,}) counted per batch alone wall "
+                  f"{result[dialect]['raw_counts_median_wall']:.2f} s", flush=True)
     write_results(f"verify_keys{'-' + args.label if args.label else ''}", result, args.quick)
 
 

@@ -336,7 +336,8 @@ KNOWN_ACTIONS: tuple[str, ...] = (
     "model.alias", "model.alias.aborted", "model.alias.removed", "model.promote.refused",
     "model.alias.refused",
     "pipeline.daily",
-    "profiles.refresh", "profiles.explain", "report.published", "monitoring.alert",
+    "profiles.refresh", "profiles.swapped", "profiles.explain", "report.published",
+    "monitoring.recorded", "monitoring.alert", "validation.recorded",
 )
 
 

@@ -940,12 +940,23 @@ def audit_verify(
                                           "ignoring the cache of checked files (default: only "
                                           "those an alias points to; --anchor implies it), "
                                           "and check ingest_keys against its keyed digest "
-                                          "(streams every key: ~3 s of CPU per 1M).")
+                                          "(streams every key: ~3 s of CPU per 1M), and "
+                                          "the profile, monitoring and validation tables "
+                                          "against their writers' keyed digests.")
     ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="With --deep: digest the dated tables' rows (profile "
+                                     "history, monitoring) from this as-of date (YYYY-MM-DD) "
+                                     "on; older dates are counted only.")
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Check the audit trail (keyed chain, anchor) and that MLflow and ingest_batches agree
     with it; exit 1 if any is wrong."""
+    since_day = _parse_date(since, "--since")
+    if since_day is not None and not deep:
+        raise PuhuiError("--since is for --deep only (plain verify digests no rows)")
     runtime, result = _verified_chain(anchor)
     # Not implied by --anchor, unlike the model files: the keyed digest guards against those
     # without the key, an anchor against its holder.
@@ -1015,16 +1026,36 @@ def audit_verify(
             checked = key_index_problems(
                 runtime.engine, digest_subkey(runtime.audit.key) if keyed else None)
             key_mismatches = checked.problems
-            problems += key_mismatches
+            problems += key_mismatches + checked.raw_problems
             summary.update(key_index_problems=key_mismatches, index_keys=checked.keys,
                            index_undigested=checked.undigested,
-                           index_keyed=keyed, index_unkeyed=checked.unkeyed)
+                           index_keyed=keyed, index_unkeyed=checked.unkeyed,
+                           raw_problems=checked.raw_problems, raw_rows=checked.raw_rows)
             # informational, as unfingerprinted model versions are
             lines += [note for note in (checked.undigested, checked.unkeyed) if note]
             if not key_mismatches:
                 lines.append(f"ingest_keys agrees with the ledger: {checked.keys:,} key(s)"
                              + (", keyed digests compared" if keyed
                                 else " (--deep: also the keyed digests)"))
+            if not checked.raw_problems:
+                lines.append(f"raw tables agree with the ledger: {checked.raw_rows:,} row(s)")
+    table_mismatches: list[str] = []
+    if result.ok:
+        from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
+
+        tables = table_problems(runtime.engine, SPECS, WRITERS,
+                                writer_subkey(runtime.audit) if keyed else None, since_day)
+        table_mismatches = tables.problems
+        problems += table_mismatches
+        summary.update(table_problems=table_mismatches, table_rows=tables.rows,
+                       table_notes=tables.notes)
+        lines += tables.notes  # informational: rows written before their writers recorded
+        if not table_mismatches:
+            lines.append(f"profile, monitoring and validation tables agree with the trail: "
+                         f"{tables.rows:,} row(s) counted"
+                         + (", keyed digests compared" if keyed
+                            else " (--deep: also their keyed digests)")
+                         + (f" (dated rows from {since_day})" if since_day else ""))
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)
@@ -1042,9 +1073,14 @@ def audit_verify(
                          f"first: {result.problems[0]}")
     if problems:
         key_problems = len(summary.get("key_index_problems", []))
-        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems)
+        raw_problems = len(summary.get("raw_problems", []))
+        which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems
+                                           + raw_problems + len(table_mismatches))
                              + ["ingest_batches"] * bool(ledger_mismatches)
-                             + ["ingest_keys"] * bool(key_problems))
+                             + ["ingest_keys"] * bool(key_problems)
+                             + ["raw tables"] * bool(raw_problems)
+                             + ["profile, monitoring and validation tables"]
+                             * bool(table_mismatches))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
                          f"first: {problems[0]}")
 

@@ -100,6 +100,7 @@ def validate_warehouse_tables(settings: Settings) -> list[dict]:
     from sqlalchemy import inspect
 
     from puhui.ingest.ledger import record_validation
+    from puhui.table_digests import VALIDATION_RECORDED
     from puhui.validation import suite_names
 
     runtime = open_runtime(settings)
@@ -113,7 +114,7 @@ def validate_warehouse_tables(settings: Settings) -> list[dict]:
             continue
         outcome = validator.validate_table(runtime.settings.warehouse_url, table, suite)
         with runtime.engine.begin() as conn:
-            record_validation(
+            validated = record_validation(
                 conn,
                 None,
                 suite,
@@ -124,7 +125,11 @@ def validate_warehouse_tables(settings: Settings) -> list[dict]:
                 warning_failed=len(outcome.warnings),
                 details=outcome.summary(),
                 flow_run_id=current_flow_run_id(),
+                audit=runtime.audit,
             )
+            # Its row's digest, in its transaction: `audit verify` compares the row with it.
+            runtime.audit.append(conn, VALIDATION_RECORDED, f"table/{table}", {
+                "table": table, "suite": suite, "success": outcome.success, **validated})
         state = (
             "passed"
             if outcome.success

@@ -150,7 +150,8 @@ def swap(settings: Settings, as_of: date, key: str, partitions: int) -> SwapResu
     """One transaction: the as-of date's history and (if newest) the current profiles."""
     runtime = open_runtime(settings)
     directory = staging_dir(runtime.settings.home, as_of, key)
-    result = swap_profiles(runtime.engine, as_of, directory, partitions, current_flow_run_id())
+    result = swap_profiles(runtime.engine, as_of, directory, partitions, current_flow_run_id(),
+                           runtime.audit)
     clear_staging(directory)
     return result
 

@@ -92,7 +92,8 @@ def publish_report(settings: Settings, result: MonitoringResult,
         mlflow.log_artifact(str(table), artifact_path="monitoring")
         mlflow.log_metrics({"alerts": float(len(result.alerts)),
                             "figures": float(len(result.findings))})
-    counts = write_findings(runtime.engine, result.as_of, result.findings, run.info.run_id)
+    counts = write_findings(runtime.engine, result.as_of, result.findings, run.info.run_id,
+                            runtime.audit)
     return path, run.info.run_id, counts
 
 

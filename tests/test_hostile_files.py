@@ -330,3 +330,5 @@ def test_kill_9_anywhere_in_ingest_leaves_nothing_half_done(
     checked = key_index_problems(runtime.engine, digest_subkey(runtime.audit.key))
     assert (checked.problems, checked.undigested, checked.unkeyed) == ([], None, None)
     assert checked.keys > 0
+    # Nor raw rows: each batch holds exactly the rows its ledger row says it loaded.
+    assert checked.raw_problems == [] and checked.raw_rows > 0

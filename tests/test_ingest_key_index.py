@@ -153,6 +153,12 @@ def test_a_superset_redelivery_through_the_flow_loads_only_the_new_rows(
     assert _raw_counts(runtime, feed) == (4000, 4000)
     records = ledger.list_batches(runtime.engine, partner="mobile_payments")
     assert all(_reconciles(r) for r in records) and len(records) == 2
+    # The flows' validation rows (each batch's, each warehouse table's) are recorded with
+    # their digests in the transactions that wrote them: none differs, none unrecorded.
+    from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
+
+    checked = table_problems(runtime.engine, SPECS, WRITERS, writer_subkey(runtime.audit))
+    assert (checked.problems, checked.notes) == ([], []) and checked.rows >= 2
 
 
 def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(
@@ -209,9 +215,10 @@ def test_a_revalidated_batch_loads_only_keys_no_earlier_batch_loaded(
     assert first.batch_id in warning and "400 with the same values, 100 with changed" in warning
     assert _raw_counts(runtime, feed) == (1500, 1500)
     # The revalidation's event records the digests of the keys it claimed; every batch's is
-    # compared (none counted only), none differs, keyed or not.
+    # compared (none counted only), none differs, keyed or not; the raw rows of each batch
+    # (the rejected one's none) are what the ledger says it loaded.
     assert key_index_problems(runtime.engine, digest_subkey(runtime.audit.key)) \
-        == KeyIndexCheck([], 1500, None, None)
+        == KeyIndexCheck([], 1500, None, None, [], 1500)
 
 
 def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
@@ -257,7 +264,7 @@ def test_two_ingests_at_once_of_files_sharing_keys_load_each_key_once(
     from puhui.ingest.ledger import KeyIndexCheck, key_index_problems
 
     assert key_index_problems(runtime.engine, digest_subkey(runtime.audit.key)) \
-        == KeyIndexCheck([], 5000, None, None)
+        == KeyIndexCheck([], 5000, None, None, [], 5000)
 
 
 def _as_before_the_index(runtime: Runtime, feed: PartnerFeed,
@@ -457,7 +464,7 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
         KeyedDigest,
         digest_subkey,
         keyed_digests,
-        keys_digest,
+        keys_digests,
     )
 
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
@@ -473,7 +480,7 @@ def test_keys_digest_in_sql_equals_numpys_at_the_extreme_keys(
         conn.execute(text("INSERT INTO ingest_keys (key_hi, key_lo, batch_id, value_hash) "
                           "VALUES (:hi, :lo, 'extremes', 0)"),
                      [{"hi": int(h), "lo": int(lo)} for h, lo in zip(key_hi, key_lo, strict=True)])
-        found = keys_digest(conn, "batch_id = :b", {"b": "extremes"})
+        (found,) = keys_digests(conn, "batch_id = :b", {"b": "extremes"}).values()
         # The keyed digest streamed in chunks (of 7: several, one batch split across them),
         # per batch, equals one made at once; its lanes wrap mod 2^64 alike.
         subkey = digest_subkey(runtime.audit.key)
@@ -783,11 +790,11 @@ def _forge_cancelling(runtime: Runtime, batch: str) -> list[tuple]:
     two other keys whose changes cancel in every sum (the lowest key half gains 2^32, the
     highest loses it: their low 32-bit parts stay, their high parts move by +1 and -1).
     Both real keys would load again. Returns the rows as they were, for :func:`_unforge`."""
-    from puhui.ingest.key_digest import keys_digest
+    from puhui.ingest.key_digest import keys_digests
 
     where = "batch_id = :b"
     with runtime.engine.begin() as conn:
-        before = keys_digest(conn, where, {"b": batch})
+        before = keys_digests(conn, where, {"b": batch})
         low, high = (conn.execute(text(
             "SELECT key_hi, key_lo, batch_id, value_hash FROM ingest_keys WHERE batch_id = :b "
             f"AND key_hi = (SELECT {f}(key_hi) FROM ingest_keys WHERE batch_id = :b)"),
@@ -795,7 +802,7 @@ def _forge_cancelling(runtime: Runtime, batch: str) -> list[tuple]:
         for (hi, lo, *_), step in ((low, 1 << 32), (high, -(1 << 32))):
             conn.execute(text("UPDATE ingest_keys SET key_hi = :new WHERE key_hi = :hi "
                               "AND key_lo = :lo"), {"new": hi + step, "hi": hi, "lo": lo})
-        assert keys_digest(conn, where, {"b": batch}) == before  # the unkeyed check is blind
+        assert keys_digests(conn, where, {"b": batch}) == before  # the unkeyed check is blind
     return [low, high]
 
 
@@ -1071,3 +1078,109 @@ def test_audit_verify_reports_keys_on_a_duplicate_batch_or_on_no_batch(
     assert "ingest_keys: 1 key(s) of 1 batch(es) not in ingest_batches (index rows added " \
         f"by hand, or their batch's row deleted), e.g. '{gone}'" in err
     assert "ingest_keys and the audit trail DISAGREE: 3 problem(s)" in err
+
+
+# --- audit verify counts each batch's raw rows -----------------------------------------------
+# Before: verify counted ingest_keys, not raw_<partner>: a raw row deleted, added or moved to
+# another batch by hand passed it (the index still held the key).
+
+RAW = "raw_mobile_payments"
+
+
+def test_audit_verify_counts_each_batch_s_raw_rows(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from puhui.crashpoints import FAIL_ONCE_ENV
+    from puhui.ingest.quarantine import reject_batch, release_batch
+
+    # A redelivery with corrections (500 repeats, 100 of them changed), a duplicate file, a
+    # held batch released, another rejected, and a load failing before its commit then done.
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501),
+        second_options={"changed": range(501, 601)})
+    first = _payments(landing, DAY1, "a", range(1, 1001))
+    shutil.copy(first, first.with_name("mobile_payments_again.csv"))
+    _payments(landing, DAY3, "c", range(1401, 1701), bogus=1600)
+    _payments(landing, DAY3, "d", range(2001, 2051), bogus=2010)
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    again = ingestor.ingest(_landed(feed, landing, DAY1, "_again"))
+    monkeypatch.setenv(FAIL_ONCE_ENV, "load-before-commit")
+    with pytest.raises(ConnectionError):
+        ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
+    b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
+    held = ingestor.ingest(_landed(feed, landing, DAY3, "_c")).batch_id
+    rejected = ingestor.ingest(_landed(feed, landing, DAY3, "_d")).batch_id
+    assert again.status == "duplicate"
+    assert release_batch(runtime, held, "partner confirmed").rows_loaded == 200
+    assert reject_batch(runtime, rejected, "resent").status == "rejected"
+    code, out, err = _verify(capsys)
+    assert code == 0 and "raw tables agree with the ledger: 1,700 row(s)" in out, err
+
+    columns = ", ".join(name for name, _ in stored_columns(feed))
+    one = f"(SELECT min(row_number) FROM {RAW} WHERE batch_id = :b)"
+    with runtime.engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM {RAW} WHERE batch_id = :b AND row_number = {one}"),
+                     {"b": a})
+        conn.execute(text(f"UPDATE {RAW} SET batch_id = :h WHERE batch_id = :b AND "
+                          f"row_number = {one}"), {"h": held, "b": b})
+        for batch in (rejected, "mobile_payments-20260930-0123456789ab"):
+            conn.execute(text(f"INSERT INTO {RAW} (batch_id, row_number, {columns}) SELECT :n, "
+                              f"row_number, {columns} FROM {RAW} WHERE batch_id = :b AND "
+                              f"row_number = {one}"), {"n": batch, "b": a})
+    code, out, err = _verify(capsys)
+    assert code == 1
+    lines = [x.strip() for x in err.splitlines()]
+    assert f"{RAW}: batch {a} holds 999 row(s) but loaded 1,000 (rows deleted by hand, or " \
+        "moved to another batch)" in lines, err
+    assert f"{RAW}: batch {b} holds 499 row(s) but loaded 500 (rows deleted by hand, or " \
+        "moved to another batch)" in lines
+    assert f"{RAW}: batch {held} holds 201 row(s) but loaded 200 (rows added by hand, or " \
+        "moved from another batch)" in lines
+    assert f"{RAW}: batch {rejected} holds 1 row(s) but loaded 0 (rejected: rows added by " \
+        "hand)" in lines
+    assert f"{RAW}: 1 row(s) of 1 batch(es) that loaded nothing into it (not in " \
+        "ingest_batches, or of another feed: rows added by hand), e.g. " \
+        "'mobile_payments-20260930-0123456789ab'" in lines
+    assert "raw tables and the audit trail DISAGREE: 5 problem(s)" in err
+    assert "T2026" not in out + err and "raw tables agree" not in out
+
+
+def test_audit_verify_reports_a_key_moved_between_batches_loaded_before_the_build(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Batches loaded before their feed's index was last built are compared with the build's
+    event together (which of them holds a key no load recorded): a key moved from one to
+    another kept the total, and each batch's count stayed at most its rows loaded (b, which
+    loaded 500 of a's keys again before the index, holds 500 keys of 1,000 rows). The build
+    now records a digest of each batch's digest too."""
+    from puhui.ingest import batches
+
+    runtime, feed, ingestor, landing = _two_files(
+        monkeypatch, warehouse_url, tmp_path, range(1, 1001), range(501, 1501))
+    a = ingestor.ingest(_landed(feed, landing, DAY1, "_a")).batch_id
+    with monkeypatch.context() as before_the_index:  # the code before 0008: no claims
+        before_the_index.setattr(batches, "row_hashes", lambda *_, **__: None)
+        before_the_index.setattr(batches, "ensure_key_index", lambda *_: None)
+        before_the_index.setattr(batches.KeyIndex, "claim", lambda self, chunk: (chunk, 0))
+        b = ingestor.ingest(_landed(feed, landing, DAY2, "_b")).batch_id
+    _forget_the_index()
+    _payments(landing, DAY3, "c", range(4001, 4101))
+    ingestor.ingest(_landed(feed, landing, DAY3, "_c"))  # its first use builds the index
+    code, out, err = _verify(capsys, "--deep")
+    assert code == 0 and "ingest_keys agrees with the ledger: 1,600 key(s)" in out, err
+    assert "per-batch digests" not in out
+
+    with runtime.engine.begin() as conn:  # a's key is b's now: a's row would load again
+        conn.execute(text("UPDATE ingest_keys SET batch_id = :b WHERE batch_id = :a AND key_hi "
+                          "= (SELECT min(key_hi) FROM ingest_keys WHERE batch_id = :a)"),
+                     {"a": a, "b": b})
+    for options in ((), ("--deep",)):
+        code, out, err = _verify(capsys, *options)
+        assert code == 1, out
+        assert "ingest_keys: feed mobile_payments's batches loaded before its key index was " \
+            "built hold the 1,500 key(s) the build indexed, not each in the batch it was " \
+            "indexed in (keys_by_batch differs from the audit trail's: index rows moved " \
+            "between batches by hand)" in err, err
+        assert "ingest_keys and the audit trail DISAGREE: 1 problem(s)" in err

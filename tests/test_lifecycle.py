@@ -5,7 +5,7 @@ recommender's whole flow on ingested data."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import mlflow
@@ -121,11 +121,19 @@ def test_one_lifecycle_for_both_models(model: str, any_warehouse: str,
     rows = [{"metric": "m", "segment": "all", "value": 0.5},
             {"metric": "m", "segment": "region_type=rural", "value": 0.4}]
     assert write_evaluations(runtime.engine, name, v1, AS_OF, rows, "run") == 2
+    # Monitoring's row of the version (its own writer records it): never the training's.
+    with runtime.engine.begin() as conn:
+        conn.execute(model_evaluations.insert(), {
+            "model_name": name, "model_version": v1, "as_of_date": AS_OF,
+            "metric": "monitor.auc", "segment": "all", "value": 0.7, "mlflow_run_id": "m",
+            "evaluated_at": datetime.now(UTC)})
     assert write_evaluations(runtime.engine, name, v1, AS_OF, rows[:1], "run") == 1
     with runtime.engine.connect() as conn:
-        stored = conn.execute(select(model_evaluations.c.segment).where(
-            model_evaluations.c.model_name == name)).scalars().all()
-    assert stored == ["all"]  # a version's rows are replaced, not added to
+        stored = conn.execute(select(model_evaluations.c.metric, model_evaluations.c.segment)
+                              .where(model_evaluations.c.model_name == name)
+                              .order_by(model_evaluations.c.metric)).all()
+    # A version's rows are replaced, not added to; monitoring's stay.
+    assert [tuple(r) for r in stored] == [("m", "all"), ("monitor.auc", "all")]
 
 
 @pytest.mark.slow

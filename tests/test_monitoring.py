@@ -207,6 +207,21 @@ def test_report_without_drift_raises_no_alert(
     assert "default_rate" in set(service[service["segment"] == "grade=E"]["metric"])
     events = read_audit_events(engine, action="report.published")
     assert events and events[-1]["details"]["report"] == str(report)
+    # The figures' writer recorded their count and keyed digest in its transaction.
+    from puhui.audit import AuditWriter
+    from puhui.table_digests import (
+        DRIFT,
+        MONITOR_EVALUATIONS,
+        SERVICE_METRICS,
+        WRITERS,
+        table_problems,
+        writer_subkey,
+    )
+
+    checked = table_problems(engine, (DRIFT, MONITOR_EVALUATIONS, SERVICE_METRICS), WRITERS,
+                             writer_subkey(AuditWriter("verify", "")))
+    assert (checked.problems, checked.notes) == ([], [])
+    assert checked.rows == len(drift) + len(monitor) + len(service)
 
     # The champion's bins listed but unreadable (a dangling file in its store): a registry
     # error fails the monitoring run; before, it became a note and PSI/CSI went missing.

@@ -233,6 +233,23 @@ def test_refresh_fails_midway_keeps_old_profiles_and_rerun_completes(
     older = profiles_flow(as_of=EARLIER)
     assert not older["current_replaced"]
     assert set(_profiles(engine)["as_of_date"]) == {AS_OF}
+    # Each swap recorded its rows' count and keyed digest (the failed run's none): after the
+    # re-runs and the older date's refresh, none differs and none is unrecorded.
+    from puhui.audit import AuditWriter
+    from puhui.table_digests import (
+        PROFILES_CURRENT,
+        PROFILES_HISTORY,
+        SPECS,
+        WRITERS,
+        table_problems,
+        writer_subkey,
+    )
+
+    subkey = writer_subkey(AuditWriter("verify", ""))
+    assert table_problems(engine, SPECS, WRITERS, subkey).problems == []
+    checked = table_problems(engine, (PROFILES_CURRENT, PROFILES_HISTORY), WRITERS, subkey)
+    assert (checked.problems, checked.notes) == ([], [])
+    assert checked.rows == 2 * len(current) + len(old)
 
     # Explain a declined customer: the same top reasons as the profile row.
     declined = current[current["reasons"].map(

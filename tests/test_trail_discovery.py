@@ -100,13 +100,15 @@ def test_a_row_whose_event_predates_discovery_facts_still_verifies(
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     runtime = open_runtime()
     batch = "mobile_payments-20260930-0123456789ab"
+    # It loaded none of its row (a repeat): there is no raw table, and verify counts the raw
+    # rows each batch loaded.
     with runtime.engine.begin() as conn:
         ledger.insert_batch(conn, batch_id=batch, partner="mobile_payments",
                             source_path="mobile_payments/2026-09-30/old.csv",
                             delivery_date=DAY, checksum="a" * 64, bytes=10, mtime_ns=None,
-                            rows=1, rows_loaded=1, status="accepted")
+                            rows=1, rows_loaded=0, status="accepted")
         runtime.audit.append(conn, "ingest.accepted", batch, {
-            "partner": "mobile_payments", "rows": 1, "rows_loaded": 1,
+            "partner": "mobile_payments", "rows": 1, "rows_loaded": 0,
             "checksum": "a" * 64})
     code, out, err = _verify(capsys)
     assert code == 0 and "ingest_batches agrees with the trail: 1 batch(es)" in out, err

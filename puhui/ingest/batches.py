@@ -858,7 +858,7 @@ class FileIngestor:
                 warnings=warning_items or None,
                 decided_at=ledger.now_utc(),
             )
-            ledger.record_validation(
+            validated = ledger.record_validation(
                 conn,
                 base["batch_id"],
                 self.feed.suite,
@@ -869,6 +869,7 @@ class FileIngestor:
                 flow_run_id=self.flow_run_id,
                 details={"failures": failure_dicts(failures), "warnings": warnings,
                          "suite_hash": checked_by},
+                audit=self.runtime.audit,
             )
             self.runtime.audit.append(
                 conn,
@@ -885,6 +886,7 @@ class FileIngestor:
                     "warnings": warnings,
                     "suite_hash": checked_by,
                     **ledger.discovery_facts(identity),
+                    **validated,
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -1035,7 +1037,7 @@ class FileIngestor:
                 ]
                 or None,
             )
-            ledger.record_validation(
+            validated = ledger.record_validation(
                 conn,
                 base["batch_id"],
                 self.feed.suite,
@@ -1045,6 +1047,7 @@ class FileIngestor:
                 warning_failed=len([f for f in failures if f.severity == "warning"]),
                 flow_run_id=self.flow_run_id,
                 details=details,
+                audit=self.runtime.audit,
             )
             self.runtime.audit.append(
                 conn,
@@ -1056,6 +1059,7 @@ class FileIngestor:
                     "reason": reason,
                     "checksum": handle.checksum,
                     **ledger.discovery_facts(identity),
+                    **validated,
                 },
                 flow_run_id=self.flow_run_id,
             )

@@ -10,13 +10,14 @@ which have it already, make a digest.
 from __future__ import annotations
 
 import hashlib
-import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
 
 from puhui.errors import PuhuiError
+from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,16 +67,29 @@ class KeyDigest:
                          tuple(a + b for a, b in zip(self.sums, other.sums, strict=True)))
 
     def hex(self) -> str:
-        """What the audit event records: a SHA-256 of the figures (the sums themselves are
-        15-16 digit integers, shaped like phone numbers or IDs to the trail's scrubber)."""
-        figures = ",".join(str(v) for v in (self.count, *self.sums))
-        return hashlib.sha256(f"puhui.keys.digest.v1:{figures}".encode()).hexdigest()
+        """What the audit event records (:func:`figures_hex`)."""
+        return figures_hex("puhui.keys.digest.v1", self.count, *self.sums)
 
 
-def keys_digest(conn: Connection, where: str, params: dict[str, Any]) -> KeyDigest:
-    """:class:`KeyDigest` of the ``ingest_keys`` rows matching ``where`` (SQL)."""
-    return KeyDigest.from_row(conn.execute(
-        text(f"SELECT count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where}"), params).one())
+def keys_digests(conn: Connection, where: str, params: dict[str, Any]) -> dict[str, KeyDigest]:
+    """:class:`KeyDigest` per batch of the ``ingest_keys`` rows matching ``where`` (SQL)."""
+    return {row[0]: KeyDigest.from_row(row[1:]) for row in conn.execute(text(
+        f"SELECT batch_id, count(*), {DIGEST_SQL} FROM ingest_keys WHERE {where} "
+        "GROUP BY batch_id"), params)}
+
+
+# An index build's event records, besides the digest of its batches' keys together, one of
+# each batch's digest: a key moved from one batch loaded before the build to another keeps
+# the total, not the batches'. One hash, not a digest per batch (a feed has thousands).
+KEYS_BY_BATCH, KEYS_MAC_BY_BATCH = "keys_by_batch", "keys_mac_by_batch"
+
+
+def by_batch_hex(digests: Mapping[str, KeyDigest | KeyedDigest]) -> str:
+    """SHA-256 of each batch's id and digest, in batch order (batches holding no key left
+    out: the build and ``audit verify`` see those alike whether grouped or not)."""
+    lines = "".join(f"{batch}:{digest.hex()}\n" for batch, digest in sorted(digests.items())
+                    if digest.count)
+    return hashlib.sha256(f"puhui.keys.by_batch.v1\n{lines}".encode()).hexdigest()
 
 
 KEYS_MAC = "keys_mac"  # the audit details' name for a KeyedDigest's hex
@@ -86,10 +100,7 @@ _LANE = 1 << 64
 def digest_subkey(audit_key: bytes | None = None) -> bytes:
     """The keyed digest's AES-128 key, derived from ``PUHUI_AUDIT_KEY`` (none: the settings')
     and never stored: the trail's MACs and the digests are made under different keys."""
-    from puhui.audit import environment_audit_key
-
-    key = audit_key or environment_audit_key()
-    return hmac.new(key, _SUBKEY_LABEL, hashlib.sha256).digest()[:16]
+    return derive_subkey(_SUBKEY_LABEL, audit_key, 16)
 
 
 @dataclass
@@ -119,9 +130,8 @@ class KeyedDigest:
                                                                  strict=True)))  # type: ignore[arg-type]
 
     def hex(self) -> str:
-        """What the audit event records: a SHA-256 of the figures (see :meth:`KeyDigest.hex`)."""
-        figures = ",".join(str(v) for v in (self.count, *self.lanes))
-        return hashlib.sha256(f"puhui.keys.digest.v2:{figures}".encode()).hexdigest()
+        """What the audit event records (:func:`figures_hex`)."""
+        return figures_hex("puhui.keys.digest.v2", self.count, *self.lanes)
 
 
 def _prf(subkey: bytes, key_hi: np.ndarray, key_lo: np.ndarray) -> np.ndarray:
@@ -140,8 +150,7 @@ def keyed_digests(conn: Connection, subkey: bytes, where: str = "true",
                   params: dict[str, Any] | None = None,
                   chunk_rows: int = 100_000) -> dict[str, KeyedDigest]:
     """:class:`KeyedDigest` per batch of the ``ingest_keys`` rows matching ``where`` (SQL,
-    as :func:`keys_digest` takes it; no ``%`` in it: psycopg's rendering doubles it and no
-    driver undoes that here), read in chunks of ``chunk_rows`` through a server-side cursor
+    as :func:`keys_digests` takes it), read in chunks of ``chunk_rows`` through a server-side cursor
     on PostgreSQL (SQLite steps its cursor): memory holds one chunk and one digest per
     batch. In no order: a digest is a sum, and ``ORDER BY batch_id`` would make SQLite sort
     (no index on ``batch_id``: one would cost every load its inserts)."""
@@ -151,36 +160,25 @@ def keyed_digests(conn: Connection, subkey: bytes, where: str = "true",
     counts = np.zeros(0, dtype=np.int64)
     sums = np.zeros((0, 2), dtype=np.uint64)
     # The driver's own cursor, for its plain tuples (SQLAlchemy's rows cost ~1.3 s more per
-    # 1M keys; its result's cursor is not for this: it may have buffered rows already). On
-    # PostgreSQL a named cursor, which the server steps; the SQL's parameters inlined, as
-    # SQLAlchemy renders literals, since the drivers' parameter styles differ.
-    sql = str(text(f"SELECT batch_id, key_hi, key_lo FROM ingest_keys WHERE {where}")
-              .bindparams(**(params or {}))
-              .compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
-    cursor = (driver.cursor(name="puhui_keyed_digests") if conn.dialect.name == "postgresql"
-              else driver.cursor())
-    try:
-        cursor.execute(sql)
-        while part := cursor.fetchmany(chunk_rows):
-            batch_ids, key_hi, key_lo = zip(*part, strict=True)
-            for batch_id in set(batch_ids):
-                codes.setdefault(batch_id, len(codes))
-            code = np.fromiter(map(codes.__getitem__, batch_ids), dtype=np.intp,
-                               count=len(part))
-            if len(codes) > len(counts):
-                counts = np.concatenate([counts, np.zeros(len(codes) - len(counts), np.int64)])
-                sums = np.concatenate([sums, np.zeros((len(codes) - len(sums), 2), np.uint64)])
-            counts += np.bincount(code, minlength=len(codes))
-            halves = np.asarray(key_hi), np.asarray(key_lo)
-            # Not dtype=int64: numpy would parse a key stored (SQLite) as a BLOB or TEXT of
-            # digits to the integer it spells, which no lookup matches.
-            if any(half.dtype != np.int64 for half in halves):
-                raise PuhuiError("ingest_keys: a key half not stored as an integer (index "
-                                 "rows rewritten by hand)")
-            np.add.at(sums, code, _prf(subkey, *halves))  # wraps: mod 2^64
-    finally:
-        cursor.close()
+    # 1M keys; its result's cursor is not for this: it may have buffered rows already).
+    query = text(f"SELECT batch_id, key_hi, key_lo FROM ingest_keys WHERE {where}")
+    for part in stream_driver_rows(conn, query.bindparams(**(params or {})), chunk_rows,
+                                   "puhui_keyed_digests"):
+        batch_ids, key_hi, key_lo = zip(*part, strict=True)
+        for batch_id in set(batch_ids):
+            codes.setdefault(batch_id, len(codes))
+        code = np.fromiter(map(codes.__getitem__, batch_ids), dtype=np.intp,
+                           count=len(part))
+        if len(codes) > len(counts):
+            counts = np.concatenate([counts, np.zeros(len(codes) - len(counts), np.int64)])
+            sums = np.concatenate([sums, np.zeros((len(codes) - len(sums), 2), np.uint64)])
+        counts += np.bincount(code, minlength=len(codes))
+        halves = np.asarray(key_hi), np.asarray(key_lo)
+        # Not dtype=int64: numpy would parse a key stored (SQLite) as a BLOB or TEXT of
+        # digits to the integer it spells, which no lookup matches.
+        if any(half.dtype != np.int64 for half in halves):
+            raise PuhuiError("ingest_keys: a key half not stored as an integer (index "
+                             "rows rewritten by hand)")
+        np.add.at(sums, code, _prf(subkey, *halves))  # wraps: mod 2^64
     return {batch_id: KeyedDigest(int(counts[i]), (int(sums[i, 0]), int(sums[i, 1])))
             for batch_id, i in codes.items()}

@@ -58,13 +58,16 @@ from puhui.config import PartnerFeed
 from puhui.crashpoints import crash_point
 from puhui.ingest.contract import ARROW_TYPES
 from puhui.ingest.key_digest import (
+    KEYS_BY_BATCH,
     KEYS_DIGEST,
     KEYS_MAC,
+    KEYS_MAC_BY_BATCH,
     KeyDigest,
     KeyedDigest,
+    by_batch_hex,
     digest_subkey,
     keyed_digests,
-    keys_digest,
+    keys_digests,
 )
 from puhui.ingest.raw_tables import raw_table, stored_columns
 from puhui.warehouse.bulk import bulk_insert
@@ -584,14 +587,17 @@ def _make_current(runtime: Runtime, conn: Connection, feed: PartnerFeed,
         # The keys the feed's batches hold now: `audit verify` checks their sum stays this
         # (which batch holds how many of a backfill's keys no ledger figure says).
         feed_batches = "batch_id IN (SELECT batch_id FROM ingest_batches WHERE partner = :feed)"
-        keys = keys_digest(conn, feed_batches, {"feed": feed.name})
-        keyed = sum(keyed_digests(conn, digest_subkey(runtime.audit.key), feed_batches,
-                                  {"feed": feed.name}).values(), KeyedDigest())
+        by_batch = keys_digests(conn, feed_batches, {"feed": feed.name})
+        keyed_by_batch = keyed_digests(conn, digest_subkey(runtime.audit.key), feed_batches,
+                                       {"feed": feed.name})
+        keys = sum(by_batch.values(), KeyDigest())
+        keyed = sum(keyed_by_batch.values(), KeyedDigest())
         runtime.audit.append(conn, "ingest.keys.indexed", feed.name, {
             "partner": feed.name, "rows_indexed": done.rows_indexed,
             "rows_repeated": done.rows_repeated, "key_definition": definition,
             "rebuilt": rebuilt, "keys_indexed": keys.count, KEYS_DIGEST: keys.hex(),
-            KEYS_MAC: keyed.hex()})
+            KEYS_MAC: keyed.hex(), KEYS_BY_BATCH: by_batch_hex(by_batch),
+            KEYS_MAC_BY_BATCH: by_batch_hex(keyed_by_batch)})
     return done, rebuilt
 
 

@@ -12,13 +12,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Text, and_, cast, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    and_,
+    cast,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 
+from puhui.config import LOWER_NAME
 from puhui.crashpoints import crash_point
 from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
@@ -341,9 +354,14 @@ def record_validation(
     warning_failed: int,
     details: dict[str, Any],
     flow_run_id: str | None,
+    audit: AuditWriter,
     table_name: str | None = None,
-) -> None:
-    """One row of ``validation_results`` (replacing the batch's earlier row for this suite)."""
+) -> dict[str, Any]:
+    """One row of ``validation_results`` (replacing the batch's earlier row for this suite);
+    returns the audit details that record it (its count and keyed digest, as
+    :mod:`puhui.table_digests` makes them), for the event of the same transaction."""
+    from puhui.table_digests import ROWS_DIGESTS, VALIDATIONS, recorded, writer_subkey
+
     validation_id = f"{batch_id or table_name}:{suite}"[:40]
     conn.execute(
         validation_results.delete().where(validation_results.c.validation_id == validation_id)
@@ -365,6 +383,9 @@ def record_validation(
             "validated_at": now_utc(),
         },
     )
+    return {ROWS_DIGESTS: {VALIDATIONS.name: recorded(
+        conn, VALIDATIONS, writer_subkey(audit),
+        validation_results.c.validation_id == validation_id)}}
 
 
 def get_watermark(engine: Engine, partner: str) -> date | None:
@@ -529,7 +550,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
 
     # One moment for both reads: a release or an ingest committing between them (a status
     # and its event written together) was reported as a hand edit.
-    with snapshot(engine) as conn:
+    with snapshot(engine, read_only=True) as conn:
         events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED,
                                   PATHS_SETTLED])
         # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
@@ -622,8 +643,72 @@ _REWRITTEN = ("keys_digest differs from the audit trail's: index rows rewritten 
 _MISTYPED_SQL = "sum(typeof(key_hi) <> 'integer' OR typeof(key_lo) <> 'integer')"
 _MISTYPED = ("hold a key not stored as integers (SQLite keeps any type: index rows "
              "rewritten by hand; such a key matches no lookup, so its row loads again)")
+_MOVED = ("keys_by_batch differs from the audit trail's: index rows moved between batches "
+          "by hand")
 _FORGED = ("keys_mac, the keyed digest, differs from the audit trail's: index rows rewritten "
            "or replaced by hand")
+
+
+_FEED = re.compile(LOWER_NAME)
+_RAW_WRONG = {True: "rows deleted by hand, or moved to another batch",
+              False: "rows added by hand, or moved from another batch"}
+
+
+def raw_row_counts(conn: Connection, partners: Collection[str]) -> dict[str, dict[str, int] | None]:
+    """``partner -> {batch id -> rows}`` of each feed's ``raw_<partner>`` (None: no such
+    table), read on ``conn`` (in its snapshot): one ``GROUP BY batch_id`` per table, no index
+    needed (raw tables have none: a scan of ~1M rows, see README, "Audit trail")."""
+    inspector = inspect(conn)
+    counts: dict[str, dict[str, int] | None] = {}
+    for partner in sorted(p for p in partners if isinstance(p, str) and _FEED.fullmatch(p)):
+        name = f"raw_{partner}"
+        if not inspector.has_table(name):
+            counts[partner] = None
+            continue
+        # A batch id of another type (SQLite keeps any) is a group of its own: shown masked.
+        counts[partner] = {b if isinstance(b, str) else repr(b): int(n) for b, n in conn.execute(
+            text(f'SELECT batch_id, count(*) FROM "{name}" GROUP BY batch_id'))}
+    return counts
+
+
+def raw_row_problems(batches: Iterable[tuple[str, str, str, int | None]],
+                     counts: Mapping[str, dict[str, int] | None]) -> tuple[list[str], int]:
+    """Where the rows of ``raw_<partner>`` tables disagree with the ledger, one line per batch
+    and table (counts, never a value); also the raw rows counted.
+
+    A load inserts its raw rows, sets ``rows_loaded`` and appends its audit event in one
+    transaction (an ingest, a release, a revalidation that accepts), and nothing deletes or
+    moves raw rows: a batch that loaded (accepted, released) holds exactly ``rows_loaded``
+    rows of its feed's table, any other none. ``batches`` are the ledger's (batch id,
+    partner, status, rows_loaded), checked against the trail first; ``counts`` as
+    :func:`raw_row_counts` reads them.
+    """
+    problems: list[str] = []
+    left = {partner: dict(found or {}) for partner, found in counts.items()}
+    total = sum(sum(found.values()) for found in left.values())
+    for batch_id, partner, status, rows_loaded in sorted(batches):
+        loaded = status in ("accepted", "released")
+        expected = (rows_loaded or 0) if loaded else 0
+        if partner not in counts:  # not a feed name: the ledger check reports the row
+            continue
+        if counts[partner] is None:
+            if expected:
+                problems.append(f"raw_{partner}: missing, but batch {batch_id} loaded "
+                                f"{expected:,} row(s) into it (table dropped by hand)")
+            continue
+        found = left[partner].pop(batch_id, 0)
+        if found != expected:
+            problems.append(
+                f"raw_{partner}: batch {batch_id} holds {found:,} row(s) but loaded "
+                f"{expected:,}" + (f" ({_RAW_WRONG[found < expected]})" if loaded
+                                   else f" ({status}: rows added by hand)"))
+    for partner, found in sorted(left.items()):
+        if found:
+            problems.append(f"raw_{partner}: {sum(found.values()):,} row(s) of {len(found)} "
+                            "batch(es) that loaded nothing into it (not in ingest_batches, or "
+                            f"of another feed: rows added by hand), e.g. "
+                            f"{_shown(min(found), _BATCH_ID)}")
+    return problems, total
 
 
 @dataclass(frozen=True)
@@ -635,6 +720,9 @@ class KeyIndexCheck:
     keys: int
     undigested: str | None
     unkeyed: str | None = None  # the same for the keyed digest (``digest_key`` given)
+    # ``raw_<partner>`` counted per batch in the same snapshot (:func:`raw_row_problems`)
+    raw_problems: list[str] = field(default_factory=list)
+    raw_rows: int = 0
 
 
 def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIndexCheck:
@@ -667,15 +755,19 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
     from puhui.audit import events_of
     from puhui.ingest.key_digest import (
         DIGEST_SQL,
+        KEYS_BY_BATCH,
         KEYS_DIGEST,
         KEYS_MAC,
+        KEYS_MAC_BY_BATCH,
         KeyDigest,
         KeyedDigest,
+        by_batch_hex,
         keyed_digests,
     )
     from puhui.warehouse.schema import ingest_key_backfills
 
-    with snapshot(engine) as conn:  # one moment: a load writes keys, row and event together
+    # One moment, read only (writers do not wait): a load writes keys, row and event together.
+    with snapshot(engine, read_only=True) as conn:
         events = events_of(conn, [*_LOADS, "quarantine.revalidated", KEYS_INDEXED])
         batches = conn.execute(select(ingest_batches.c.batch_id, ingest_batches.c.partner,
                                       ingest_batches.c.status,
@@ -695,15 +787,18 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
             wrong_type += row[6]
         keyed = (None if digest_key is None or wrong_type  # the stream would refuse them
                  else keyed_digests(conn, digest_key))
+        raw_counts = raw_row_counts(conn, {partner for _, partner, *_ in batches})
     # batch -> (seq, digest, keyed digest) of its load
     loaded_at: dict[str, tuple[int, str | None, str | None]] = {}
-    # feed -> its last build's (seq, keys indexed, digest, keyed digest)
-    built: dict[str, tuple[int, int | None, str | None, str | None]] = {}
+    # feed -> its last build's (seq, keys indexed, digest, keyed digest, and the digests
+    # of each batch's: an older build has none)
+    built: dict[str, tuple[int, int | None, str | None, str | None, str | None, str | None]] = {}
     for event in events:
         d = event["details"]
         if event["action"] == KEYS_INDEXED:
             built[event["subject"]] = (event["seq"], d.get("keys_indexed"), d.get(KEYS_DIGEST),
-                                       d.get(KEYS_MAC))
+                                       d.get(KEYS_MAC), d.get(KEYS_BY_BATCH),
+                                       d.get(KEYS_MAC_BY_BATCH))
         elif event["action"] in _LOADS or d.get("outcome") == "accepted":
             loaded_at[event["subject"]] = (event["seq"], d.get(KEYS_DIGEST), d.get(KEYS_MAC))
     keys = sum(found.count for found in held.values())
@@ -712,17 +807,18 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
         problems.append(f"ingest_keys: {wrong_type:,} row(s) {_MISTYPED}")
     undigested = {"batch(es)": 0, "index build(s)": 0}
     unkeyed = dict.fromkeys(undigested, 0)
-    before_build = {feed: KeyDigest() for feed, (_, recorded, *_) in built.items()
-                    if recorded is not None}
-    keyed_before_build = {feed: KeyedDigest() for feed in before_build}
+    # feed -> batch -> digest, of the batches loaded before the feed's last build
+    before_build: dict[str, dict[str, KeyDigest]] = {
+        feed: {} for feed, (_, recorded, *_) in built.items() if recorded is not None}
+    keyed_before_build: dict[str, dict[str, KeyedDigest]] = {feed: {} for feed in before_build}
+    apart = 0  # builds recorded before their batches' digests: compared together only
 
-    def compare_keyed(found: KeyedDigest | None, recorded: str | None, what: str,
-                      line: str) -> None:
+    def compare_keyed(found: str | None, recorded: str | None, what: str, line: str) -> None:
         if found is None:  # no --deep
             return
         if recorded is None:
             unkeyed[what] += 1
-        elif found.hex() != recorded:
+        elif found != recorded:
             problems.append(f"{line} ({_FORGED})")
 
     # Batch ids, statuses and feeds as the trail has them: this runs once the ledger agrees.
@@ -740,9 +836,9 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
         found_keyed = None if keyed is None else keyed.pop(batch_id, KeyedDigest())
         if partner in built and seq < built[partner][0]:
             if partner in before_build:
-                before_build[partner] += found
+                before_build[partner][batch_id] = found
                 if found_keyed is not None:
-                    keyed_before_build[partner] += found_keyed
+                    keyed_before_build[partner][batch_id] = found_keyed
             if found.count > expected:
                 problems.append(f"ingest_keys: batch {batch_id} holds {found.count:,} key(s) "
                                 f"but loaded {expected:,} row(s) (index rows added by hand)")
@@ -754,11 +850,12 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
                             f"not those it loaded ({_REWRITTEN})")
         else:  # the keyed digest catches what the unkeyed one misses (a cancelling edit)
             undigested["batch(es)"] += digest is None
-            compare_keyed(found_keyed, mac, "batch(es)",
+            compare_keyed(None if found_keyed is None else found_keyed.hex(), mac, "batch(es)",
                           f"ingest_keys: batch {batch_id} holds {found.count:,} key(s), "
                           "not those it loaded")
-    for feed, found in sorted(before_build.items()):
-        _, recorded, digest, mac = built[feed]
+    for feed, found_by_batch in sorted(before_build.items()):
+        _, recorded, digest, mac, by_batch, mac_by_batch = built[feed]
+        found = sum(found_by_batch.values(), KeyDigest())
         if found.count != recorded:
             problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
                             f"was built hold {found.count:,} key(s) but the build indexed "
@@ -767,10 +864,19 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
             problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
                             f"was built hold {found.count:,} key(s), not those the build "
                             f"indexed ({_REWRITTEN})")
+        elif by_batch is not None and by_batch_hex(found_by_batch) != by_batch:
+            problems.append(f"ingest_keys: feed {feed}'s batches loaded before its key index "
+                            f"was built hold the {found.count:,} key(s) the build indexed, "
+                            f"not each in the batch it was indexed in ({_MOVED})")
         else:
             undigested["index build(s)"] += digest is None
-            compare_keyed(None if keyed is None else keyed_before_build[feed], mac,
-                          "index build(s)",
+            apart += digest is not None and by_batch is None
+            # The batches' keyed digests if the build recorded them (a key moved between
+            # two of them with a cancelling edit keeps the unkeyed ones), else their sum.
+            keyed_found = None if keyed is None else (
+                by_batch_hex(keyed_before_build[feed]) if mac_by_batch is not None
+                else sum(keyed_before_build[feed].values(), KeyedDigest()).hex())
+            compare_keyed(keyed_found, mac_by_batch or mac, "index build(s)",
                           f"ingest_keys: feed {feed}'s batches loaded before its key index "
                           f"was built hold {found.count:,} key(s), not those the build indexed")
     if held:
@@ -780,7 +886,12 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
     said = " and ".join(f"{n} {what}" for what, n in undigested.items() if n)
     note = (f"ingest_keys: {said} recorded before key digests (keys counted, not compared)"
             if said else None)
+    if apart:
+        note = "; ".join(filter(None, [note, (
+            f"ingest_keys: {apart} index build(s) recorded before per-batch digests (their "
+            "batches' keys compared together)")]))
     said = " and ".join(f"{n} {what}" for what, n in unkeyed.items() if n)
     keyed_note = (f"ingest_keys: {said} recorded before the keyed digest (checked by the "
                   "unkeyed digest or counted only)" if said else None)
-    return KeyIndexCheck(problems, keys, note, keyed_note)
+    raw_problems, raw_rows = raw_row_problems(batches, raw_counts)
+    return KeyIndexCheck(problems, keys, note, keyed_note, raw_problems, raw_rows)

@@ -250,14 +250,15 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
             ledger.update_batch(conn, batch_id, reason=reason, warnings=[
                 {"message": scrub_text(f.description), "severity": f.severity,
                  "sample_rows": f.sample_rows} for f in failed])
-            ledger.record_validation(
+            validated = ledger.record_validation(
                 conn, batch_id, feed.suite, success=False, expectations_run=run,
                 critical_failed=len(critical), warning_failed=len(warnings), flow_run_id=None,
                 details={"reason": reason, "failures": failure_dicts(failed),
                          "quarantine_copy": str(copy), "suite_hash": suite_hash,
-                         "revalidated": True})
+                         "revalidated": True}, audit=runtime.audit)
             runtime.audit.append(conn, REVALIDATED, batch_id,
-                                 {**facts, "outcome": "still held", "reason": reason})
+                                 {**facts, "outcome": "still held", "reason": reason,
+                                  **validated})
         return Revalidation(ledger.get_batch(engine, batch_id), False, True,  # type: ignore[arg-type]
                             feed.suite, suite_hash, [f.description for f in critical], warnings)
     table = ensure_raw_table(engine, feed)
@@ -274,14 +275,14 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
             decided_by=runtime.settings.actor,
             warnings=[{"message": w} for w in warnings] or None,
             reason=f"{record.reason} | revalidated: passed suite {feed.suite} {suite_hash}")
-        ledger.record_validation(
+        validated = ledger.record_validation(
             conn, batch_id, feed.suite, success=not warnings, expectations_run=run,
             critical_failed=0, warning_failed=len(warnings), flow_run_id=None,
             details={"failures": failure_dicts(failed), "warnings": warnings,
-                     "suite_hash": suite_hash, "revalidated": True})
+                     "suite_hash": suite_hash, "revalidated": True}, audit=runtime.audit)
         runtime.audit.append(conn, REVALIDATED, batch_id, {
             **facts, "held_for": record.reason, "outcome": "accepted", "rows_loaded": loaded,
-            "rows_duplicate": dropped, **digest, "warnings": warnings})
+            "rows_duplicate": dropped, **digest, "warnings": warnings, **validated})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
 

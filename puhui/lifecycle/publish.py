@@ -163,7 +163,8 @@ def lineage_tags(tags: Mapping[str, str], batch_ids: Iterable[str], as_of: date,
 def write_evaluations(engine: Engine, name: str, version: str, as_of: date,
                       rows: Iterable[Mapping[str, object]], run_id: str,
                       guard: Callable[[Connection, str], None] | None = None) -> int:
-    """A version's (metric, segment, value) rows in ``model_evaluations``, replacing any.
+    """A version's (metric, segment, value) rows in ``model_evaluations``, replacing its
+    earlier ones (monitoring's ``monitor.*`` rows are left alone).
     ``guard``: the training's ``AuditWriter.guard`` (its fence), checked in the same
     transaction."""
     now = datetime.now(UTC)
@@ -173,9 +174,12 @@ def write_evaluations(engine: Engine, name: str, version: str, as_of: date,
     with engine.begin() as conn:
         if guard is not None:
             guard(conn, model_evaluations.name)
+        # Not monitoring's monitor.* rows of the version: their writer records them (its
+        # event's digest), so the two writers' rows stay apart.
         conn.execute(delete(model_evaluations).where(
             (model_evaluations.c.model_name == name)
-            & (model_evaluations.c.model_version == version)))
+            & (model_evaluations.c.model_version == version)
+            & ~model_evaluations.c.metric.like("monitor.%")))
         if values:
             conn.execute(model_evaluations.insert(), values)
     return len(values)

@@ -14,8 +14,19 @@ from datetime import UTC, date, datetime
 import pandas as pd
 from sqlalchemy import Engine, and_, delete, select
 
+from puhui.audit import AuditWriter
 from puhui.monitoring.findings import Finding
 from puhui.monitoring.service import PORTFOLIO, SERVICE
+from puhui.table_digests import (
+    DRIFT,
+    MONITOR_EVALUATIONS,
+    MONITORING_RECORDED,
+    ROWS_DIGESTS,
+    SERVICE_METRICS,
+    recorded,
+    scope_of,
+    writer_subkey,
+)
 from puhui.warehouse.schema import drift_reports, model_evaluations, service_metrics
 
 DRIFT_METRICS = ("score_psi", "feature_csi")
@@ -23,7 +34,9 @@ MONITOR_PREFIX = "monitor."
 
 
 def write_findings(engine: Engine, as_of: date, findings: list[Finding],
-                   mlflow_run_id: str | None) -> dict[str, int]:
+                   mlflow_run_id: str | None, audit: AuditWriter) -> dict[str, int]:
+    """Replace the as-of date's figures, and append ``monitoring.recorded`` in the same
+    transaction with each scope's count and keyed digest (``audit verify`` compares them)."""
     now = datetime.now(UTC)
     drift = [f for f in findings if f.metric in DRIFT_METRICS and f.value is not None]
     model = [f for f in findings if f.model not in (SERVICE, PORTFOLIO)
@@ -61,6 +74,18 @@ def write_findings(engine: Engine, as_of: date, findings: list[Finding],
             conn.execute(service_metrics.insert(), [
                 {"as_of_date": as_of, "segment": s, "metric": m, "value": v, "computed_at": now}
                 for (s, m), v in service_rows.items()])
+        subkey = writer_subkey(audit)
+        day = as_of.isoformat()
+        digests = {
+            DRIFT.name: recorded(conn, DRIFT, subkey, drift_reports.c.as_of_date == as_of,
+                                 [scope_of(v + (day,)) for v in versions]),
+            MONITOR_EVALUATIONS.name: recorded(conn, MONITOR_EVALUATIONS, subkey,
+                                               m.c.as_of_date == as_of, [day]),
+            SERVICE_METRICS.name: recorded(conn, SERVICE_METRICS, subkey,
+                                           service_metrics.c.as_of_date == as_of, [day])}
+        audit.append(conn, MONITORING_RECORDED, f"report/{day}", {
+            "as_of": day, "mlflow_run_id": mlflow_run_id, ROWS_DIGESTS: digests},
+            mlflow_run_id=mlflow_run_id)
     return {"drift_reports": len(drift), "model_evaluations": len(rows),
             "service_metrics": len(service_rows)}
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, func, select
 
+from puhui.audit import AuditWriter
 from puhui.config import FeaturesConfig, RiskModelSpec, SegmentsConfig
 from puhui.features.builder import apply_derived, feature_catalog
 from puhui.features.partitioned import build_partition
@@ -48,6 +49,15 @@ from puhui.profiles.segments import age_years, segment_tags
 from puhui.risk.reasons import top_reasons
 from puhui.risk.training_set import age_band, application_catalog
 from puhui.scoring import score_risk
+from puhui.table_digests import (
+    PROFILES_CURRENT,
+    PROFILES_HISTORY,
+    PROFILES_SWAPPED,
+    ROWS_DIGESTS,
+    recorded,
+    scope_of,
+    writer_subkey,
+)
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.schema import ingest_batches, user_profile_history, user_profiles
 
@@ -252,9 +262,10 @@ def _frame_for(table_rows: pd.DataFrame, refreshed_at: datetime,
 
 
 def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
-                  flow_run_id: str | None) -> SwapResult:
+                  flow_run_id: str | None, audit: AuditWriter) -> SwapResult:
     """Replace the as-of date's history and (if it is the newest) the current profiles, in
-    one transaction, from every staged partition (read and inserted one at a time)."""
+    one transaction, from every staged partition (read and inserted one at a time), with a
+    ``profiles.swapped`` event recording their count and keyed digest (``audit verify``)."""
     missing = sorted(set(range(partitions)) - staged_partitions(directory))
     if missing:
         raise RuntimeError(f"partitions not staged: {missing[:10]}")
@@ -275,6 +286,18 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
             if replace_current:
                 bulk_insert(conn, user_profiles, table)
             total += len(rows)
+        # Read back in this transaction, streamed: the current table holds the same rows
+        # and columns as the date's history, so one digest is recorded for both.
+        day = as_of.isoformat()
+        history = recorded(conn, PROFILES_HISTORY, writer_subkey(audit),
+                           user_profile_history.c.as_of_date == as_of, [day])
+        digests = {PROFILES_HISTORY.name: history}
+        if replace_current:
+            digests[PROFILES_CURRENT.name] = {"columns": history["columns"],
+                                              "scopes": {scope_of(()): history["scopes"][day]}}
+        audit.append(conn, PROFILES_SWAPPED, f"profiles/{day}", {
+            "as_of": day, "rows": total, "current_replaced": replace_current,
+            ROWS_DIGESTS: digests}, flow_run_id=flow_run_id)
     return SwapResult(total, replace_current, as_of if replace_current else newest)
 
 

@@ -50,7 +50,10 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only snapshot's plain BEGIN: in WAL mode a reader holds no lock writers wait
+        # for, and sees one committed moment from its first read on.
+        read_only = conn.get_execution_options().get(_READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 # libpq's: probes after 30 s idle, every 10 s, 3 unanswered end the connection (60 s).
@@ -107,16 +110,25 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+_READ_ONLY = "puhui_read_only"
+
+
 @contextmanager
-def snapshot(engine: Engine) -> Iterator[Connection]:
+def snapshot(engine: Engine, *, read_only: bool = False) -> Iterator[Connection]:
     """A connection whose reads all see one committed moment, for comparing two tables that
     writers change together (the audit trail and the ledger): read in two transactions, a
     commit between them reads as a disagreement. PostgreSQL: one REPEATABLE READ
     transaction; SQLite: its ``BEGIN IMMEDIATE`` (writers wait until the reads are done).
+
+    ``read_only`` (reads only, no write in it): on SQLite a deferred ``BEGIN`` instead,
+    whose WAL snapshot (taken at its first read) writers do not wait for; a writer commits
+    its rows and their event together, so the snapshot still holds both or neither.
     """
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        elif read_only:
+            conn = conn.execution_options(**{_READ_ONLY: True})
         with conn.begin():
             yield conn
 

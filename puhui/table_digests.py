@@ -1,0 +1,409 @@
+"""Digests of the warehouse tables that are not audit events themselves, recorded by their
+writers' events and recomputed by ``audit verify``.
+
+``user_profiles``, ``user_profile_history``, ``drift_reports``, monitoring's rows of
+``model_evaluations`` (``monitor.*``) and ``service_metrics`` are written in scopes (an as-of
+date, a model version's as-of date, the whole current table), each scope replaced whole by
+the run that writes it. The writer appends, in the transaction that writes the rows, an event
+recording each scope it wrote (:data:`ROWS_DIGESTS`): the rows' count and a keyed digest of
+their content. ``audit verify`` counts every scope (one ``GROUP BY`` per table) and, with
+``--deep``, streams the rows and recomputes the keyed digest: a row deleted, added or edited
+by hand is reported per table and scope, never with a value.
+
+The keyed digest is the ``keys_mac`` scheme for rows: per row, BLAKE2b-128 keyed with a
+subkey of ``PUHUI_AUDIT_KEY`` over the row's canonical text (:func:`row_text`: each value's
+text by its column's type, the same from SQLite and PostgreSQL; JSON columns as stored
+text), summed mod 2^128 with the count, then hashed. Order-independent, so the rows are
+streamed in no order, memory bounded by a chunk and one digest per scope. The event records
+the columns digested (all the table had then): verify digests those, so a migration that
+adds a column changes no recorded scope's digest. The writer digests the rows by reading
+them back in its transaction, through the same code verify runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    Numeric,
+    Table,
+    Text,
+    cast,
+    func,
+    select,
+)
+
+from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
+from puhui.warehouse.schema import (
+    drift_reports,
+    model_evaluations,
+    service_metrics,
+    user_profile_history,
+    user_profiles,
+    validation_results,
+)
+
+if TYPE_CHECKING:
+    from puhui.audit import AuditWriter
+
+# audit details: {table: {"columns": [name, ...], "scopes": {scope: {"rows": n, "mac": hex}}}}
+ROWS_DIGESTS = "rows_digests"
+_LABEL = b"puhui table rows digest v2"
+_MOD = 1 << 128
+
+
+@dataclass
+class RowsMac:
+    """Count and keyed, order-independent digest of a set of rows."""
+
+    count: int = 0
+    total: int = 0
+
+    def hex(self) -> str:
+        return figures_hex("puhui.rows.v2", self.count, self.total)
+
+
+@dataclass(frozen=True)
+class Scoped:
+    """A table whose rows are written in scopes: ``scope`` names the columns that say which
+    (none: the whole table is one), ``where`` restricts it to the writer's rows."""
+
+    table: Table
+    scope: tuple[str, ...] = ()
+    where: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+
+def scope_of(values: Iterable[Any]) -> str:
+    """A scope's name as events record it: its values joined by ``/`` (dates as ISO)."""
+    return "/".join(str(v) for v in values)
+
+
+def digested_columns(table: Table) -> list[str]:
+    """The columns a writer digests now, in name order (tables that share columns digest
+    alike); its event records them, and verify digests those, whatever columns a later
+    migration adds."""
+    return sorted(c.name for c in table.columns)
+
+
+# The canonical text of a value, by its column's type, whatever the dialect and driver
+# return: NULL (and NaN, which SQLite stores as NULL) is None; a number its shortest text,
+# an integral one as an integer (SQLite returns a REAL column's 1 as 1.0, a boolean as 0/1);
+# a date ISO; a time its UTC instant to the microsecond (SQLite's text, PostgreSQL's aware
+# or naive datetime: naive ones are UTC, as the writers store them); JSON its stored text.
+_INF = float("inf")
+
+
+def _number(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float | Decimal):
+        if value != value:  # NaN
+            return None
+        if value in (_INF, -_INF):
+            return "inf" if value > 0 else "-inf"
+        if value == int(value):
+            return str(int(value))
+        return repr(float(value))
+    return str(int(value))  # int, bool
+
+
+def _date(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else value.isoformat()
+
+
+def _time(value: Any) -> str | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds")
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.hex() if isinstance(value, bytes | memoryview) else str(value)
+
+
+def _encoder(column: Column) -> Callable[[Any], str | None]:
+    kind = column.type
+    if isinstance(kind, Boolean | Integer | Float | Numeric):
+        return _number
+    if isinstance(kind, DateTime):
+        return _time
+    if isinstance(kind, Date):
+        return _date
+    return _text
+
+
+def row_text(encoders: Iterable[Callable[[Any], str | None]], row: Iterable[Any]) -> bytes:
+    """The canonical text a row's digest is made of: its values' texts as a JSON list."""
+    return json.dumps(
+        [encode(v) for encode, v in zip(encoders, row, strict=True)],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def rows_macs(
+    conn: Connection,
+    spec: Scoped,
+    subkey: bytes,
+    where: Any = None,
+    columns: Iterable[str] | None = None,
+    chunk_rows: int = 20_000,
+) -> dict[str, RowsMac]:
+    """:class:`RowsMac` per scope of ``spec``'s rows (and ``where``) over ``columns`` (by
+    name, in their order; none: :func:`digested_columns`), streamed in chunks."""
+    ordered = [spec.table.c[name] for name in (columns or digested_columns(spec.table))]
+    encoders = [_encoder(c) for c in ordered]
+    # JSON as its stored text: parsing every row's JSON costs more than hashing it, and the
+    # text is what was written. The scope's columns follow the digested ones.
+    selected = [cast(c, Text) if isinstance(c.type, JSON) else c for c in ordered]
+    query = select(*selected, *(spec.table.c[s] for s in spec.scope))
+    for condition in (spec.where, where):
+        if condition is not None:
+            query = query.where(condition)
+    macs: dict[str, RowsMac] = {}
+    width, scoped = len(ordered), bool(spec.scope)
+    blake2b = hashlib.blake2b
+    for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
+        for row in part:
+            digest = blake2b(row_text(encoders, row[:width]), digest_size=16, key=subkey).digest()
+            name = scope_of(row[width:]) if scoped else ""
+            mac = macs.get(name) or macs.setdefault(name, RowsMac())
+            mac.count += 1
+            mac.total += int.from_bytes(digest, "little")
+    for mac in macs.values():
+        mac.total %= _MOD
+    return macs
+
+
+def rows_counts(conn: Connection, spec: Scoped) -> dict[str, int]:
+    """Rows per scope of ``spec``: one ``GROUP BY`` (a scan; none of these tables needs an
+    index for it)."""
+    scope = [spec.table.c[s] for s in spec.scope]
+    query = select(*scope, func.count()).select_from(spec.table)
+    if spec.where is not None:
+        query = query.where(spec.where)
+    if scope:
+        query = query.group_by(*scope)
+    return {scope_of(row[:-1]): int(row[-1]) for row in conn.execute(query) if row[-1]}
+
+
+def recorded(
+    conn: Connection, spec: Scoped, subkey: bytes, where: Any = None, scopes: Collection[str] = ()
+) -> dict[str, Any]:
+    """What a writer's event records for the rows it just wrote (read back in its
+    transaction): the columns digested, each scope's count and keyed digest; ``scopes`` it
+    emptied record 0."""
+    columns = digested_columns(spec.table)
+    macs = rows_macs(conn, spec, subkey, where, columns)
+    return {
+        "columns": columns,
+        "scopes": {
+            name: {"rows": mac.count, "mac": mac.hex()}
+            for name, mac in {**{s: RowsMac() for s in scopes}, **macs}.items()
+        },
+    }
+
+
+PROFILES_HISTORY = Scoped(user_profile_history, ("as_of_date",))
+PROFILES_CURRENT = Scoped(user_profiles)
+DRIFT = Scoped(drift_reports, ("model_name", "model_version", "as_of_date"))
+# Registration rows (no status) are compared with MLflow's run metrics by registry_problems.
+MONITOR_EVALUATIONS = Scoped(
+    model_evaluations, ("as_of_date",), model_evaluations.c.metric.like("monitor.%")
+)
+SERVICE_METRICS = Scoped(service_metrics, ("as_of_date",))
+# A batch's or a warehouse table's validation by a suite: replaced by its next validation.
+VALIDATIONS = Scoped(validation_results, ("validation_id",))
+SPECS = (
+    PROFILES_CURRENT,
+    PROFILES_HISTORY,
+    DRIFT,
+    MONITOR_EVALUATIONS,
+    SERVICE_METRICS,
+    VALIDATIONS,
+)
+PROFILES_SWAPPED, MONITORING_RECORDED = "profiles.swapped", "monitoring.recorded"
+VALIDATION_RECORDED = "validation.recorded"  # a warehouse table's (a batch's: its load event)
+WRITERS = (
+    PROFILES_SWAPPED,
+    MONITORING_RECORDED,
+    VALIDATION_RECORDED,
+    "ingest.accepted",
+    "ingest.quarantined",
+    "quarantine.revalidated",
+)
+
+
+def writer_subkey(audit: AuditWriter) -> bytes:
+    """The rows' digest key of ``audit`` (its key, or the settings'): writers and verify alike."""
+    return derive_subkey(_LABEL, audit.key)
+
+
+@dataclass
+class TableCheck:
+    """What :func:`table_problems` found: problems (one line each), rows counted, and notes
+    on scopes written before their writers recorded digests (compared with nothing)."""
+
+    problems: list[str] = field(default_factory=list)
+    rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def expected_digests(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
+    """table -> scope -> what the last event writing it recorded (``rows``, ``mac``, and
+    the ``columns`` it digested, as a tuple)."""
+    expected: dict[str, dict[str, dict]] = {}
+    for event in events:
+        for table, recorded_here in (event["details"].get(ROWS_DIGESTS) or {}).items():
+            columns = tuple(recorded_here["columns"])
+            expected.setdefault(table, {}).update(
+                (scope, {**figures, "columns": columns})
+                for scope, figures in recorded_here["scopes"].items()
+            )
+    return expected
+
+
+def first_recorded(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """table -> the lender's local date (ISO) of the first event recording its digests."""
+    from puhui.dates import LENDER_TIMEZONE
+
+    first: dict[str, str] = {}
+    for event in events:
+        for table in event["details"].get(ROWS_DIGESTS) or {}:
+            if table not in first:
+                moment = datetime.fromisoformat(event["occurred_at"])
+                first[table] = moment.astimezone(LENDER_TIMEZONE).date().isoformat()
+    return first
+
+
+def _date_of(spec: Scoped, scope: str) -> str | None:
+    # The scope's as-of date (ISO text, last of the scope's values where it is one).
+    if "as_of_date" not in spec.scope:
+        return None
+    return scope.split("/")[spec.scope.index("as_of_date") - len(spec.scope)]
+
+
+def deep_macs(
+    conn: Connection,
+    spec: Scoped,
+    expected: Mapping[str, dict],
+    subkey: bytes,
+    since: date | None = None,
+) -> dict[str, RowsMac]:
+    """The keyed digests ``--deep`` compares for ``spec``: of each recorded scope over the
+    columns its event recorded (one stream per set of columns: one, unless a migration
+    changed them between writes). Left out (counted only): scopes dated before ``since``,
+    and those recorded with a column a migration has dropped since."""
+    present = {c.name for c in spec.table.columns}
+    by_columns: dict[tuple[str, ...], list[str]] = {}
+    for scope, figures in expected.items():
+        day = _date_of(spec, scope)
+        if (since is None or day is None or day >= since.isoformat()) and set(
+            figures["columns"]
+        ) <= present:
+            by_columns.setdefault(figures["columns"], []).append(scope)
+    where = (
+        spec.table.c.as_of_date >= since
+        if since is not None and "as_of_date" in spec.scope
+        else None
+    )
+    macs: dict[str, RowsMac] = {}
+    for columns, scopes in by_columns.items():
+        found = rows_macs(conn, spec, subkey, where, columns)
+        macs.update((scope, found.get(scope, RowsMac())) for scope in scopes)
+    return macs
+
+
+def compare(
+    spec: Scoped,
+    expected: Mapping[str, dict],
+    counts: Mapping[str, int],
+    macs: Mapping[str, RowsMac] | None,
+    check: TableCheck,
+    first: str | None = None,
+) -> None:
+    """Add ``spec``'s problems and note to ``check`` (``macs`` None: counts only; a scope
+    not in ``macs``: its count only). ``first``: the local date of the first event that
+    recorded the table. A run's as-of date is never after its day (the CLI refuses future
+    dates), so a scope no event records dated after ``first`` was not written by the code
+    before the digests: added by hand."""
+    what = f"{spec.name} " + ("/".join(spec.scope) + " " if spec.scope else "")
+    check.rows += sum(counts.values())
+    unrecorded = 0
+    for name in sorted(set(counts) | {s for s, e in expected.items() if e["rows"]}):
+        found, recorded_here = counts.get(name, 0), expected.get(name)
+        label = f"{what}{name}".rstrip() if spec.scope else spec.name
+        day = _date_of(spec, name)
+        if recorded_here is None and first is not None and day is not None and day > first:
+            check.problems.append(
+                f"{label}: {found:,} row(s) no writer recorded, dated after its writers "
+                f"began recording them ({first}): rows added by hand"
+            )
+        elif recorded_here is None:
+            unrecorded += 1
+        elif found != recorded_here["rows"]:
+            how = "deleted" if found < recorded_here["rows"] else "added"
+            check.problems.append(
+                f"{label}: {found:,} row(s) but its writer recorded "
+                f"{recorded_here['rows']:,} (rows {how} by hand)"
+            )
+        elif macs is not None and name in macs and macs[name].hex() != recorded_here["mac"]:
+            check.problems.append(
+                f"{label}: {found:,} row(s), not those its writer recorded "
+                "(the keyed digest differs: rows edited or replaced by hand)"
+            )
+    if unrecorded:
+        which = f"{unrecorded} {'/'.join(spec.scope)}(s) " if spec.scope else ""
+        check.notes.append(
+            f"{spec.name}: {which}written before row digests were recorded (not compared)"
+        )
+
+
+def table_problems(
+    engine: Engine,
+    specs: Iterable[Scoped],
+    actions: Collection[str],
+    subkey: bytes | None,
+    since: date | None = None,
+) -> TableCheck:
+    """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
+    with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
+    ``since`` on). Read only: on SQLite a deferred read transaction, which writers do not
+    wait for (:func:`snapshot`)."""
+    from puhui.audit import events_of
+    from puhui.warehouse.engine import snapshot
+
+    check = TableCheck()
+    with snapshot(engine, read_only=True) as conn:
+        events = events_of(conn, actions)
+        expected, first = expected_digests(events), first_recorded(events)
+        for spec in specs:
+            recorded_here = expected.get(spec.name, {})
+            counts = rows_counts(conn, spec)
+            macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
+            compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
+    return check
