@@ -398,7 +398,7 @@ def table_problems(
     from puhui.warehouse.engine import snapshot
 
     check = TableCheck()
-    with snapshot(engine, read_only=True) as conn:
+    with snapshot(engine) as conn:
         events = events_of(conn, actions)
         expected, first = expected_digests(events), first_recorded(events)
         for spec in specs:

@@ -292,13 +292,13 @@ def test_sqlite_verify_reads_one_moment_without_holding_writers(
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'warehouse.db'}")
     runtime = open_runtime()
     _swap(runtime, tmp_path, DAY1, range(1, 51))
-    with snapshot(runtime.engine, read_only=True) as conn:
+    with snapshot(runtime.engine) as conn:
         before = len(events_of(conn, WRITERS))
         # Before, this waited out the busy timeout and failed: "database is locked".
         _swap(runtime, tmp_path, DAY2, range(1, 41))
         assert len(events_of(conn, WRITERS)) == before
         assert rows_counts(conn, PROFILES_HISTORY) == {DAY1.isoformat(): 50}
-    with snapshot(runtime.engine, read_only=True) as conn:
+    with snapshot(runtime.engine) as conn:
         assert rows_counts(conn, PROFILES_HISTORY) == {DAY1.isoformat(): 50,
                                                        DAY2.isoformat(): 40}
 

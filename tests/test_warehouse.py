@@ -330,3 +330,39 @@ def test_look_ups_by_more_ids_than_one_in_list_holds(warehouse_url: str) -> None
              "details": {"suite_hash": f"h{n}"}, "validated_at": datetime.now(UTC)}
             for n, batch in enumerate(ids)])
     assert suite_hashes(engine, ids) == {batch: f"h{n}" for n, batch in enumerate(ids)}
+
+
+def _begins(engine: Engine) -> list[str]:
+    """The BEGIN statements ``engine`` sends from now on."""
+    from sqlalchemy import event
+
+    sent: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _seen(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001 - event signature
+        if statement.startswith("BEGIN"):
+            sent.append(statement)
+
+    return sent
+
+
+def test_a_sqlite_snapshot_defers_only_in_wal_mode(tmp_path) -> None:  # noqa: ANN001
+    """The snapshot's deferred BEGIN (writers do not wait) is safe only in WAL mode: in a
+    rollback journal it keeps a SHARED lock writers fail on at COMMIT. A database whose
+    ``journal_mode=WAL`` did not take (``:memory:`` answers "memory") keeps BEGIN IMMEDIATE;
+    before, every snapshot sent a deferred BEGIN whatever the mode."""
+    from sqlalchemy import text
+
+    from puhui.warehouse.engine import WAL_SIZE_LIMIT, snapshot
+
+    for url, mode, begin in ((f"sqlite:///{tmp_path / 'wal.db'}", "wal", "BEGIN"),
+                             ("sqlite://", "memory", "BEGIN IMMEDIATE")):
+        engine = create_warehouse_engine(url)
+        sent = _begins(engine)
+        with snapshot(engine) as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == mode
+            assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == WAL_SIZE_LIMIT
+        with engine.begin() as conn:  # any other transaction takes the write lock first
+            conn.execute(text("SELECT 1"))
+        assert sent == [begin, "BEGIN IMMEDIATE"], url
+        engine.dispose()

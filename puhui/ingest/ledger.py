@@ -550,7 +550,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
 
     # One moment for both reads: a release or an ingest committing between them (a status
     # and its event written together) was reported as a hand edit.
-    with snapshot(engine, read_only=True) as conn:
+    with snapshot(engine) as conn:
         events = events_of(conn, [*_EVENT_STATUS, "quarantine.revalidated", MARKS_RENEWED,
                                   PATHS_SETTLED])
         # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
@@ -767,7 +767,7 @@ def key_index_problems(engine: Engine, digest_key: bytes | None = None) -> KeyIn
     from puhui.warehouse.schema import ingest_key_backfills
 
     # One moment, read only (writers do not wait): a load writes keys, row and event together.
-    with snapshot(engine, read_only=True) as conn:
+    with snapshot(engine) as conn:
         events = events_of(conn, [*_LOADS, "quarantine.revalidated", KEYS_INDEXED])
         batches = conn.execute(select(ingest_batches.c.batch_id, ingest_batches.c.partner,
                                       ingest_batches.c.status,

@@ -1,7 +1,8 @@
 """Warehouse engines that behave alike on SQLite and PostgreSQL, and safe auto-migration.
 
 SQLite is the embedded default: WAL journal, a generous busy timeout and ``BEGIN IMMEDIATE``
-for every transaction, so concurrent writers queue instead of failing on a lock upgrade.
+for every transaction but a read-only :func:`snapshot`, so concurrent writers queue instead of
+failing on a lock upgrade.
 PostgreSQL is the production path; cross-process critical sections take a transaction-scoped
 advisory lock. Schema changes are Alembic migrations, applied on first use under that lock.
 """
@@ -36,24 +37,37 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI objects
         # Take transaction control away from pysqlite so BEGIN IMMEDIATE below is ours.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # The result, not the request: ":memory:", or a filesystem without shared memory,
+        # stays in a rollback journal, where a snapshot's deferred BEGIN would keep a SHARED
+        # lock writers fail on at COMMIT (after their work) instead of waiting at BEGIN.
+        mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        _record.info[_WAL] = str(mode).lower() == "wal"
         cursor.execute("PRAGMA busy_timeout=60000")
+        # A checkpoint truncates the WAL back to this: a long snapshot lets it grow meanwhile
+        # (nothing can be checkpointed past its moment), and without a limit the file keeps
+        # its peak size on disk for good.
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # A read-only snapshot's plain BEGIN: in WAL mode a reader holds no lock writers wait
-        # for, and sees one committed moment from its first read on.
-        read_only = conn.get_execution_options().get(_READ_ONLY)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # A snapshot's plain BEGIN: in WAL mode a reader holds no lock writers wait for, and
+        # sees one committed moment from its first read on. Not in WAL mode: BEGIN IMMEDIATE,
+        # so writers wait at their BEGIN until the reads are done.
+        deferred = (conn.get_execution_options().get(_SNAPSHOT)
+                    and conn.connection.info.get(_WAL))
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 # libpq's: probes after 30 s idle, every 10 s, 3 unanswered end the connection (60 s).
@@ -110,25 +124,29 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-_READ_ONLY = "puhui_read_only"
+_SNAPSHOT = "puhui_snapshot"
+_WAL = "puhui_wal"
 
 
 @contextmanager
-def snapshot(engine: Engine, *, read_only: bool = False) -> Iterator[Connection]:
-    """A connection whose reads all see one committed moment, for comparing two tables that
-    writers change together (the audit trail and the ledger): read in two transactions, a
-    commit between them reads as a disagreement. PostgreSQL: one REPEATABLE READ
-    transaction; SQLite: its ``BEGIN IMMEDIATE`` (writers wait until the reads are done).
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only connection whose reads all see one committed moment, for comparing two
+    tables that writers change together (the audit trail and the ledger): read in two
+    transactions, a commit between them reads as a disagreement.
 
-    ``read_only`` (reads only, no write in it): on SQLite a deferred ``BEGIN`` instead,
-    whose WAL snapshot (taken at its first read) writers do not wait for; a writer commits
-    its rows and their event together, so the snapshot still holds both or neither.
+    PostgreSQL: one REPEATABLE READ transaction (a long one holds back vacuum until it
+    ends). SQLite in WAL mode (what :func:`create_warehouse_engine` sets): a deferred
+    ``BEGIN``, whose snapshot (taken at its first read) writers do not wait for; a writer
+    commits its rows and their event together, so the snapshot holds both or neither. A
+    write in it would fail once another writer has committed, so write nothing. SQLite not
+    in WAL mode (``:memory:``, or the pragma did not take): ``BEGIN IMMEDIATE``, writers
+    wait until the reads are done.
     """
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        elif read_only:
-            conn = conn.execution_options(**{_READ_ONLY: True})
+        else:
+            conn = conn.execution_options(**{_SNAPSHOT: True})
         with conn.begin():
             yield conn
 
