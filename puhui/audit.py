@@ -329,7 +329,7 @@ def seal_legacy_chain(conn: Connection, writer: AuditWriter) -> dict[str, Any] |
 # trail's own actions they are what ``--action`` may name.
 KNOWN_ACTIONS: tuple[str, ...] = (
     REKEY, "ingest.accepted", "ingest.quarantined", "ingest.duplicate", "ingest.late",
-    "ingest.paths_pseudonymized", "ingest.keys.indexed",
+    "ingest.paths_pseudonymized", "ingest.marks_renewed", "ingest.keys.indexed",
     "quarantine.released", "quarantine.rejected", "quarantine.revalidated",
     "quarantine.release.refused", "model.register.intent", "model.registered",
     "model.register.aborted", "model.register.refused", "model.gates", "model.alias.intent",

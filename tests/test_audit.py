@@ -421,6 +421,9 @@ def test_audit_log_filters_reason_column_and_csv_export(
     code, _, err = _cli_in_process(capsys, "audit", "log", "--action", "model.promte")
     assert code == 1 and err.count("\n") == 1
     assert "unknown action 'model.promte'" in err and "model.promote.refused" in err
+    # Before, refused until a renewal had been written: the code writes it, the list lacked it.
+    code, out, err = _cli_in_process(capsys, "audit", "log", "--action", "ingest.marks_renewed")
+    assert code == 0, err
     code, _, err = _cli_in_process(capsys, "audit", "log", "--since", "yesterday")
     assert code == 1 and "--since must be a date" in err
 
