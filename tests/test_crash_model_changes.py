@@ -71,9 +71,9 @@ MODEL_COMMAND_IMPORTS = ("puhui.cli", "puhui.registry", "mlflow",
 def model_commands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
     """Where the killed promote and rollback commands start: forked from one parent for the
     file that imported the CLI's libraries once (each cold ``puhui models promote`` spent
-    ~4 s of CPU on imports before); asked for before the registry's setup, which its imports
-    overlap. Each command is still a process of its own, with the test's environment,
-    killed at its crash point (``PUHUI_CRASH_AT``)."""
+    ~4 s of CPU on imports before); module-scoped, so it starts before the first test's
+    registrations, which its imports overlap. Each command is still a process of its own,
+    with the test's environment, killed at its crash point (``PUHUI_CRASH_AT``)."""
     env = {k: v for k, v in os.environ.items() if k != "PUHUI_CRASH_AT"}
     server = ForkServer(env, tmp_path_factory.mktemp("model-commands"), MODEL_COMMAND_IMPORTS)
     yield server

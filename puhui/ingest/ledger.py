@@ -327,8 +327,8 @@ class MarkRenewals:
 
     def write(self, engine: Engine, audit: AuditWriter, partner: str,
               flow_run_id: str | None = None) -> int:
-        """Update the rows and append their one event (none if nothing changed); returns
-        how many rows were renewed."""
+        """Update the rows and append one event per ``EVENT_BATCHES`` of them, in one
+        transaction (nothing if nothing changed); returns how many rows were renewed."""
         if not self.changed:
             return 0
         renewed, self.changed = self.changed, {}
@@ -541,10 +541,14 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     """Where ``ingest_batches`` and the audit trail disagree; also the batches compared.
 
     Every ledger write of a status comes with its audit event in the same transaction, so
-    the trail (keyed, verified first) says what each row must hold: its status, checksum,
-    rows and rows loaded. A row edited, added or deleted by hand is reported; left alone, a
-    deleted row would have its file ingested again as new. Only fields an event records
-    are compared (older events carry fewer).
+    the trail (keyed, verified first) says what each row must hold: the ``_COMPARED``
+    columns (status, checksum, rows, rows loaded and duplicate, partner, duplicate_of,
+    reason, decided_by), its warnings, the discovery columns' digests (as renewed by
+    ``MARKS_RENEWED`` and renamed by ``PATHS_SETTLED``, whose ``source_path_before`` digest
+    must be the one the trail had recorded), and a delivery date equal to its batch id's. A row
+    edited, added or deleted by hand is reported; left alone, a deleted row would have its
+    file ingested again as new. Only fields an event records are compared (older events
+    carry fewer). Read in one :func:`snapshot`.
     """
     from puhui.audit import events_of
 
