@@ -14,7 +14,8 @@ Rows always reconcile: rows = rows_loaded + rows_held + rows_duplicate.
 
 A file goes through in chunks, in three overlapping stages: a worker thread reads, types,
 pseudonymizes and deduplicates chunk k+1 while the main thread COPYs chunk k and the GX
-thread validates it. Every chunk's validation is checked before the transaction commits.
+thread validates it (on SQLite the chunk's keys are claimed before its validation starts:
+see ``_load_chunks``). Every chunk's validation is checked before the transaction commits.
 """
 
 from __future__ import annotations
