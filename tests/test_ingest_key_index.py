@@ -133,47 +133,6 @@ def test_a_second_file_repeating_keys_loads_only_its_new_keys(
     assert any("earlier batches" in w["message"] for w in record.warnings)
 
 
-def test_sqlite_claims_keys_while_no_validation_runs(
-    puhui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite's claim steps once per key, retaking the GIL each time: beside GX's Python in
-    the pool thread it ran 3-4x slower (README "Performance"), so no claim overlaps a chunk's
-    validation there; the loads stay as exact (repeats found, first load of a key kept)."""
-    import time
-
-    from puhui.ingest import reading
-    from puhui.ingest.key_index import KeyIndex
-    from puhui.validation import BatchValidator
-
-    monkeypatch.setattr(reading.iter_file_chunks, "__defaults__", (64 << 10,))  # many chunks
-    spans: dict[str, list[tuple[float, float]]] = {"claim": [], "validate": []}
-
-    def timed(name: str, real):  # the real method, its span recorded
-        def call(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return real(*args, **kwargs)
-            finally:
-                spans[name].append((started, time.perf_counter()))
-        return call
-
-    monkeypatch.setattr(KeyIndex, "claim", timed("claim", KeyIndex.claim))
-    monkeypatch.setattr(BatchValidator, "validate_frame",
-                        timed("validate", BatchValidator.validate_frame))
-    runtime, feed, ingestor, landing = _two_files(
-        monkeypatch, f"sqlite:///{tmp_path / 'warehouse.db'}", tmp_path, range(1, 3001),
-        range(2001, 5001))
-    first = ingestor.ingest(_landed(feed, landing, DAY1, "_a"))
-    second = ingestor.ingest(_landed(feed, landing, DAY2, "_b"))
-
-    assert (first.rows_loaded, second.rows_loaded, second.rows_duplicate) == (3000, 2000, 1000)
-    assert _raw_counts(runtime, feed) == (5000, 5000)
-    assert len(spans["claim"]) >= 4 and len(spans["validate"]) == len(spans["claim"])
-    overlapping = [(c, v) for c in spans["claim"] for v in spans["validate"]
-                   if c[0] < v[1] and v[0] < c[1]]
-    assert not overlapping
-
-
 def test_a_superset_redelivery_through_the_flow_loads_only_the_new_rows(
     puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     prefect_harness: None,

@@ -14,8 +14,7 @@ Rows always reconcile: rows = rows_loaded + rows_held + rows_duplicate.
 
 A file goes through in chunks, in three overlapping stages: a worker thread reads, types,
 pseudonymizes and deduplicates chunk k+1 while the main thread COPYs chunk k and the GX
-thread validates it (on SQLite the chunk's keys are claimed before its validation starts:
-see ``_load_chunks``). Every chunk's validation is checked before the transaction commits.
+thread validates it. Every chunk's validation is checked before the transaction commits.
 """
 
 from __future__ import annotations
@@ -805,23 +804,11 @@ class FileIngestor:
                         raise _Held(outcome.critical, outcome.summary())
                     failures += outcome.warnings
 
-            # SQLite claims a chunk's keys with an executemany that steps once per key,
-            # dropping and retaking the GIL each time: with GX's Python running in the pool
-            # thread, each retake waits its turn. So there the claim runs with no validation
-            # under way (the risk template ingest: claims 16-20 s -> 4-7 s, README
-            # "Performance"). PostgreSQL's claim is a COPY the server works through while GX
-            # validates beside it.
-            claim_first = conn.dialect.name == "sqlite"
             try:
                 for chunk, chunk_rows, chunk_dropped in ahead:
                     rows += chunk_rows
                     dropped += chunk_dropped
                     masked.update(chunk.masked)
-                    # Validated whole (the file's content), loaded without the rows whose
-                    # key an earlier batch loaded.
-                    if claim_first:
-                        settle(keep=0)
-                        kept, _ = keys.claim(chunk)
                     validations.append(
                         _VALIDATION_POOL.submit(
                             self.validator.validate_frame,
@@ -830,12 +817,13 @@ class FileIngestor:
                             base["batch_id"],
                         )
                     )
-                    if not claim_first:
-                        kept, _ = keys.claim(chunk)
-                    records = kept.stored.add_column(0, "row_number", pa.array(kept.row_numbers))
+                    # Validated whole (the file's content), loaded without the rows whose
+                    # key an earlier batch loaded.
+                    chunk, _ = keys.claim(chunk)
+                    records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
                     loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
                     crash_point("mid-load")
-                    del chunk, kept, records  # the reader's next chunk may take their memory
+                    del chunk, records  # the reader's next chunk may take their memory
                     settle(keep=1)  # at most one chunk's validation outstanding
                 settle(keep=0)
                 if changed_since_opened(handle):
