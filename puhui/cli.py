@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -28,6 +28,9 @@ from puhui.errors import PuhuiError
 from puhui.privacy import printable
 from puhui.settings import Settings, configure_runtime, load_settings
 
+if TYPE_CHECKING:
+    from puhui.runtime import Runtime
+
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
@@ -36,7 +39,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Puhui: the data and model lifecycle of an inclusive-finance lender.",
+    help="Puhui: the data and model lifecycle of an inclusive-finance lender. Anywhere on "
+         "the line: --verbose for one line per file and Prefect's own lines, --debug for "
+         "a failure's traceback.",
 )
 run_app = typer.Typer(no_args_is_help=True, help="Run one pipeline flow now.")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions, champions and challengers.")
@@ -133,6 +138,24 @@ def _settings() -> Settings:
     return settings
 
 
+def _existing_runtime() -> Runtime:
+    """The runtime for a read whose answer on an empty warehouse is a success (``audit
+    verify|anchor|log``, ``quarantine list``): a SQLite warehouse that does not exist is
+    refused in one line. Opening it created an empty one (and an audit key beside it), so
+    a mistyped PUHUI_HOME read as "audit trail intact: 0 events", exit 0. (The other
+    commands' answer there is already an error: no such version, batch or profile.)"""
+    from puhui.runtime import check_warehouse, open_runtime
+    from puhui.warehouse.engine import missing_sqlite_file
+
+    settings = _settings()
+    if (path := missing_sqlite_file(settings.warehouse_url)) is not None:
+        raise PuhuiError(f"no warehouse at {path}: nothing has run with this PUHUI_HOME or "
+                         "PUHUI_WAREHOUSE_URL (check them; 'puhui demo' or 'puhui run "
+                         "ingest' creates it)")
+    check_warehouse(settings)  # one line, not SQLAlchemy's, for a bad or silent URL
+    return open_runtime(settings)
+
+
 def _config_dir() -> Path:
     """The config folder, for a command that runs flows: a missing or incomplete one is
     refused in one line now, not after Prefect started (``check_config_dir``)."""
@@ -178,10 +201,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
     history_days: Annotated[
         int | None,
-        typer.Option(min=200, help="Back history in the first delivery [default: 730]."),
+        typer.Option(min=200, help="Back history in the first delivery \\[default: 730]."),
     ] = None,
 ) -> None:
-    """Generate a synthetic landing zone, run the daily pipeline and train the risk model."""
+    """Generate a synthetic landing zone, run the daily pipeline and train both models."""
     from puhui.demo import DEMO_HISTORY_DAYS, run_demo
 
     with _generator_options():
@@ -553,9 +576,9 @@ def models_show(
 @models_app.command("compare")
 def models_compare(
     name: str,
-    a: Annotated[str | None, typer.Argument(help="Version A [default: the champion].")] = None,
+    a: Annotated[str | None, typer.Argument(help="Version A \\[default: the champion].")] = None,
     b: Annotated[str | None, typer.Argument(
-        help="Version B [default: the challenger; with only A given, A is compared with the "
+        help="Version B \\[default: the challenger; with only A given, A is compared with the "
              "champion].")] = None,
     json_: JsonFlag = False,
 ) -> None:
@@ -674,9 +697,8 @@ def quarantine_list(
         short_reason,
         unique_prefixes,
     )
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     home = runtime.settings.home
     records = ledger.list_batches(runtime.engine) if all_ else list_quarantined(runtime.engine)
     prefixes = unique_prefixes(all_batch_ids(runtime.engine))
@@ -840,8 +862,9 @@ def audit_log_command(
     action: Annotated[list[str] | None, typer.Option(
         "--action", help="Actions starting with this (repeatable); unknown: an error.")] = None,
     subject: Annotated[str | None, typer.Option(
-        "--subject", help="Subjects starting with this (a batch id, risk_model/v3).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the last N events.")] = None,
+        "--subject", help="Subjects starting with this (a batch id, credit_risk/v3).")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Only the last N events.")] = None,
     format_: Annotated[str, typer.Option(
         "--format", help="table, json or csv (all fields, for a spreadsheet).")] = "table",
     json_: JsonFlag = False,
@@ -854,7 +877,6 @@ def audit_log_command(
         parse_time,
         read_audit_events,
     )
-    from puhui.runtime import open_runtime
 
     fmt = "json" if json_ else format_
     if fmt not in ("table", "json", "csv"):
@@ -863,7 +885,7 @@ def audit_log_command(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until", end_of_day=True) if until else None,
         actor=actor, actions=tuple(action or ()), subject=subject)
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     check_action_prefixes(runtime.engine, where.actions)
     events = read_audit_events(runtime.engine, limit=limit, where=where)
     for event in events:
@@ -899,10 +921,9 @@ def audit_log_command(
 
 def _verified_chain(anchor: str | None = None) -> tuple:
     from puhui.audit import audit_key_bytes, parse_anchor, verify_audit_chain
-    from puhui.runtime import open_runtime
 
     parsed = parse_anchor(anchor) if anchor else None
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     key = audit_key_bytes(runtime.settings.audit_key)
     return runtime, verify_audit_chain(runtime.engine, key, anchor=parsed)
 
@@ -1127,10 +1148,12 @@ def audit_lineage(
         by_partner.setdefault(batch["partner"], []).append(batch)
     failed = {v["batch_id"] for v in found["validations"] if not v["success"]}
     table = Table("partner", "batches", "rows loaded", "validations failed", box=None)
-    for partner, batches in sorted(by_partner.items()):
-        table.add_row(partner, str(len(batches)),
-                      f"{sum(b['rows_loaded'] or 0 for b in batches):,}",
-                      str(sum(b["batch_id"] in failed for b in batches)))
+    # Not named `batches`: that is the --batches flag, which a loop variable used to
+    # shadow, so every lineage listed each batch whether asked or not.
+    for partner, of_partner in sorted(by_partner.items()):
+        table.add_row(partner, str(len(of_partner)),
+                      f"{sum(b['rows_loaded'] or 0 for b in of_partner):,}",
+                      str(sum(b["batch_id"] in failed for b in of_partner)))
     console.print(table)
     if batches:
         listing = Table(box=None)
@@ -1268,7 +1291,7 @@ def serve(
 @server_app.command("start")
 def server_start(
     port: Annotated[int | None, typer.Option(
-        "--port", help="Port on 127.0.0.1 [default: PUHUI_PREFECT_PORT, else 4200 if free, "
+        "--port", help="Port on 127.0.0.1 \\[default: PUHUI_PREFECT_PORT, else 4200 if free, "
         "else a free one].")] = None,
 ) -> None:
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""

@@ -202,12 +202,35 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
     knows, and that a configured Prefect server answers. A flow would otherwise fail on
     each of these after Prefect started, with a traceback per retry.
     """
-    from sqlalchemy.exc import ArgumentError, OperationalError
-
     if needs_key and not settings.pseudonym_key:
         raise PuhuiError("PUHUI_PSEUDONYM_KEY is not set: export PUHUI_PSEUDONYM_KEY=<a secret "
                          "of 32+ characters> (keep it out of git), or run 'puhui demo' once "
                          "for a local demo key")
+    check_warehouse(settings)
+    scheme = settings.mlflow_tracking_uri.split(":", 1)[0] if ":" in \
+        settings.mlflow_tracking_uri else ""
+    if scheme.split("+", 1)[0] not in MLFLOW_SCHEMES and not Path(
+            settings.mlflow_tracking_uri).is_absolute():
+        raise PuhuiError(
+            f"MLFLOW_TRACKING_URI {settings.mlflow_tracking_uri!r} has no scheme MLflow "
+            "knows: use sqlite:///path/mlflow.db, postgresql://..., or http://host:5000, or "
+            "unset it for the embedded store")
+    if prefect is not None and not prefect.ephemeral and prefect.api_url:
+        from puhui.prefect_server import is_healthy
+
+        if not is_healthy(prefect.api_url, timeout=3.0):
+            fix = ("'puhui server stop' then 'puhui server start'" if prefect.kind == "server"
+                   else "start it, or unset PREFECT_API_URL for a temporary local one")
+            raise PuhuiError(f"the Prefect server at {prefect.api_url} does not answer: {fix}")
+
+
+def check_warehouse(settings: Settings) -> None:
+    """Refuse, in one line that says the fix, a warehouse URL that does not parse, names a
+    database SQLAlchemy has no driver for, or does not answer (a read-only command had
+    SQLAlchemy's ``ArgumentError`` or ``OperationalError`` with its driver's lines). The
+    first connection migrates the warehouse, as ``get_engine`` always does."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
     try:
         url = make_url(settings.warehouse_url)
         url.get_dialect()
@@ -226,21 +249,6 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
             f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: "
             f"{error_line(exc)}; "
             "check PUHUI_WAREHOUSE_URL and that the database is up") from None
-    scheme = settings.mlflow_tracking_uri.split(":", 1)[0] if ":" in \
-        settings.mlflow_tracking_uri else ""
-    if scheme.split("+", 1)[0] not in MLFLOW_SCHEMES and not Path(
-            settings.mlflow_tracking_uri).is_absolute():
-        raise PuhuiError(
-            f"MLFLOW_TRACKING_URI {settings.mlflow_tracking_uri!r} has no scheme MLflow "
-            "knows: use sqlite:///path/mlflow.db, postgresql://..., or http://host:5000, or "
-            "unset it for the embedded store")
-    if prefect is not None and not prefect.ephemeral and prefect.api_url:
-        from puhui.prefect_server import is_healthy
-
-        if not is_healthy(prefect.api_url, timeout=3.0):
-            fix = ("'puhui server stop' then 'puhui server start'" if prefect.kind == "server"
-                   else "start it, or unset PREFECT_API_URL for a temporary local one")
-            raise PuhuiError(f"the Prefect server at {prefect.api_url} does not answer: {fix}")
 
 
 # Tracking URI schemes MLflow resolves (database stores, its server, and files).

@@ -1,0 +1,125 @@
+"""A new user's walk through the README (round 16): what the commands said or did that the
+README and ``--help`` did not (``audit lineage`` listing every batch without
+``--batches``, ``audit log --limit 0`` printing the whole trail, read-only commands
+creating an empty warehouse under a mistyped ``PUHUI_HOME`` and calling it intact, help
+texts whose ``[default: ...]`` Rich swallowed)."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from puhui.cli import main
+from puhui.ingest.ledger import insert_batch
+from puhui.registry import register_version, use_experiment
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
+from tests.test_lifecycle import _Constant
+
+
+def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_audit_log_limit_must_be_positive(puhui_env: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """``--limit 0`` took the last -0 events: all of them (``--limit -3``: all but the
+    first three). It is a usage error naming the option now."""
+    runtime = open_runtime()
+    for n in range(4):
+        runtime.audit.record(runtime.engine, "pipeline.daily", f"daily/{n}", {"n": n})
+    code, out, _ = _run(capsys, "audit", "log", "--limit", "2")
+    assert code == 0 and "2 event(s)" in out and "daily/3" in out and "daily/1" not in out
+    for bad in ("0", "-3"):
+        code, out, err = _run(capsys, "audit", "log", "--limit", bad)
+        assert code == 2 and "'--limit'" in err and len(err.strip().splitlines()) == 1, err
+        assert "event(s)" not in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "verify"], ["audit", "anchor"], ["audit", "log"], ["quarantine", "list"]])
+def test_a_missing_sqlite_warehouse_is_refused_not_created(
+        argv: list[str], puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """A mistyped PUHUI_HOME: ``audit verify`` created an empty warehouse (and an audit key)
+    there and said "audit trail intact: 0 events", exit 0 (the others: 0 events, 0 batches
+    held). Now one line naming the file, and nothing is created."""
+    warehouse = puhui_env / "warehouse.db"
+    code, out, err = _run(capsys, *argv)
+    assert code == 1 and not out, (out, err)
+    assert err.strip() == (
+        f"puhui: error: no warehouse at {warehouse}: nothing has run with this PUHUI_HOME or "
+        "PUHUI_WAREHOUSE_URL (check them; 'puhui demo' or 'puhui run ingest' creates it)")
+    assert not warehouse.exists() and not (puhui_env / "audit.key").exists()
+
+
+def test_lineage_lists_each_batch_only_with_batches(puhui_env: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """The per-partner table's loop variable was named ``batches`` and shadowed the flag:
+    every ``audit lineage`` printed one line per batch (131 lines for a 300-user demo)."""
+    runtime = open_runtime()
+    batch_id = "customers-20260930-0123456789ab"
+    with runtime.engine.begin() as conn:
+        insert_batch(conn, batch_id=batch_id, partner="customers",
+                     source_path="customers/2026-09-30/part-0.csv", checksum="ab" * 32,
+                     content_key="ab" * 32, rows=3, rows_loaded=3, status="accepted",
+                     landed_at=datetime.now(UTC))
+    settings = load_settings()
+    use_experiment("credit_risk", runtime.settings.mlflow_tracking_uri,
+                   settings.home / "mlartifacts")
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(),
+                                       pip_requirements=["mlflow"])
+    version = register_version(runtime.engine, runtime.audit, name="credit_risk",
+                               model_uri=info.model_uri, run_id=run.info.run_id, tags={},
+                               details={"as_of": "2026-09-30", "ingest_batches": [batch_id]})
+
+    code, out, _ = _run(capsys, "audit", "lineage", "credit_risk", "--version", version)
+    assert code == 0 and "customers" in out and batch_id not in out, out
+    code, out, _ = _run(capsys, "audit", "lineage", "credit_risk", "--version", version,
+                        "--batches")
+    assert code == 0 and batch_id in out and "ab" * 32 in out, out
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["demo", "--help"], "[default: 730]"),
+    (["models", "compare", "--help"], "[default: the champion]"),
+    (["server", "start", "--help"], "[default: PUHUI_PREFECT_PORT"),
+    (["--help"], "--verbose"),
+])
+def test_help_shows_what_it_says(argv: list[str], shown: str,
+                                 capsys: pytest.CaptureFixture,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich read ``[default: ...]`` in a help text as markup and dropped it ("Back history
+    in the first delivery ."); the top-level help now names --verbose and --debug."""
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0 and shown in out, out
+
+
+@pytest.mark.parametrize(("url", "line"), [
+    ("not a url", "puhui: error: PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: "),
+    ("postgresql+psycopg://app:s3cret@127.0.0.1:{port}/wh",
+     "puhui: error: cannot reach the warehouse postgresql+psycopg://app:***@127.0.0.1:{port}/wh: "),
+])
+def test_a_bad_or_silent_warehouse_url_is_one_line_for_the_auditor(
+        url: str, line: str, puhui_env: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit verify` against them printed SQLAlchemy's ``ArgumentError`` or psycopg's
+    ``OperationalError`` with its escaped line breaks and sqlalche.me link; the flow commands
+    already said it as the one line of ``check_settings``, now shared (``check_warehouse``)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed when the block ends: refused
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url.format(port=port))
+    code, out, err = _run(capsys, "audit", "verify")
+    assert code == 1 and not out
+    [shown] = err.strip().splitlines()
+    assert shown.startswith(line.format(port=port)) and "s3cret" not in shown, shown
+    assert "Error:" not in shown and "sqlalche.me" not in shown, shown
