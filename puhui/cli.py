@@ -1238,6 +1238,7 @@ def db_status() -> None:
 def config_check() -> None:
     """Validate every file in configs/."""
     from puhui.config import (
+        check_config_dir,
         check_feature_sources,
         check_feed_suites,
         check_keys,
@@ -1245,6 +1246,9 @@ def config_check() -> None:
         validate_config_dir,
     )
     settings = _settings()
+    # The folder first, as the flow commands do: a missing one read "/x/products.yaml: config
+    # file is missing", the first name in CONFIG_MODELS, not what was wrong.
+    check_config_dir(settings.config_dir)
     names = validate_config_dir(settings.config_dir)
     problems = check_feed_suites(settings.config_dir, settings.expectations_dir)
     problems += check_feature_sources(settings.config_dir)

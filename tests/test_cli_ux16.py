@@ -17,7 +17,7 @@ from puhui.cli import main
 from puhui.ingest.ledger import insert_batch
 from puhui.registry import register_version, use_experiment
 from puhui.runtime import open_runtime
-from puhui.settings import load_settings
+from puhui.settings import load_settings, repo_root
 from tests.test_lifecycle import _Constant
 
 
@@ -123,3 +123,22 @@ def test_a_bad_or_silent_warehouse_url_is_one_line_for_the_auditor(
     [shown] = err.strip().splitlines()
     assert shown.startswith(line.format(port=port)) and "s3cret" not in shown, shown
     assert "Error:" not in shown and "sqlalche.me" not in shown, shown
+
+
+def test_config_check_names_a_missing_or_incomplete_folder(
+        tmp_path: Path, puhui_env: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``config check`` is the command for this, yet it said "/x/products.yaml: config file is
+    missing" for a folder that does not exist; now the flow commands' line."""
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(tmp_path / "nowhere"))
+    code, _, err = _run(capsys, "config", "check")
+    assert code == 1 and err.strip() == (
+        f"puhui: error: PUHUI_CONFIG_DIR {tmp_path / 'nowhere'}: no such folder; point it at "
+        "a copy of the repository's configs/ folder (or unset it for that one)")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "models.yaml").write_bytes((repo_root() / "configs" / "models.yaml").read_bytes())
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(partial))
+    code, _, err = _run(capsys, "config", "check")
+    assert code == 1 and f"PUHUI_CONFIG_DIR {partial}: lacks " in err, err
+    assert "features.yaml" in err and "products.yaml" in err, err
