@@ -880,7 +880,9 @@ def audit_log_command(
 
     fmt = "json" if json_ else format_
     if fmt not in ("table", "json", "csv"):
-        raise PuhuiError(f"--format must be table, json or csv, not {format_!r}")
+        # A usage error naming the option, exit 2, as the README says of every wrong value.
+        raise typer.BadParameter(f"must be table, json or csv, not '{printable(format_)}'",
+                                 param_hint="'--format'")
     where = EventFilter(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until", end_of_day=True) if until else None,

@@ -142,3 +142,13 @@ def test_config_check_names_a_missing_or_incomplete_folder(
     code, _, err = _run(capsys, "config", "check")
     assert code == 1 and f"PUHUI_CONFIG_DIR {partial}: lacks " in err, err
     assert "features.yaml" in err and "products.yaml" in err, err
+
+
+def test_a_wrong_format_is_a_usage_error_naming_the_option(
+        puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """It was "--format must be table, json or csv" with exit 1: the README's usage errors
+    (a wrong value of an option) exit 2 and name the option as click does."""
+    code, out, err = _run(capsys, "audit", "log", "--format", "xml")
+    assert code == 2 and not out
+    assert err.strip() == ("puhui: error: Invalid value for '--format': must be table, json "
+                           "or csv, not 'xml'")
