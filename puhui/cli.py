@@ -1385,6 +1385,24 @@ _DEBUG = False
 GLOBAL_FLAGS = {"--debug", "--verbose"}
 
 
+def _reflowed_help(typer_app: typer.Typer) -> None:
+    """Each command's help from its docstring with the source's line breaks inside a
+    paragraph taken out: Rich's help keeps them, so `puhui run --help` listed "Exits 1 when
+    the" and then "new version fails a gate ..." on the next line, cut where the source is."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None:
+            doc = inspect.getdoc(info.callback) or ""
+            info.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflowed_help(group.typer_instance)
+
+
+_reflowed_help(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (one line on error, traceback only with --debug).
 

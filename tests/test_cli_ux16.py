@@ -92,12 +92,15 @@ def test_lineage_lists_each_batch_only_with_batches(puhui_env: Path,
     (["models", "compare", "--help"], "[default: the champion]"),
     (["server", "start", "--help"], "[default: PUHUI_PREFECT_PORT"),
     (["--help"], "--verbose"),
+    (["run", "--help"], "Exits 1 when the new version fails a gate"),
+    (["models", "--help"], "lineage tags, per-segment figures"),
 ])
 def test_help_shows_what_it_says(argv: list[str], shown: str,
                                  capsys: pytest.CaptureFixture,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Rich read ``[default: ...]`` in a help text as markup and dropped it ("Back history
-    in the first delivery ."); the top-level help now names --verbose and --debug."""
+    in the first delivery ."), and kept a docstring's source line breaks ("Exits 1 when the"
+    ending a line of `run --help`); the top-level help now names --verbose and --debug."""
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = _run(capsys, *argv)
     assert code == 0 and shown in out, out
