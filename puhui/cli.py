@@ -632,6 +632,32 @@ def models_compare(
         out.print(table)
 
 
+def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = None) -> None:
+    """Refusals of ``models promote|rollback`` decided without MLflow (whose import and first
+    client took 10-20 s under load) and without creating anything: a name no model of
+    configs/models.yaml has, and a local warehouse or MLflow store that does not exist yet
+    (the client created an empty store, the runtime an empty warehouse and an audit key).
+    Everything else (the verdict, the fence, the trail's champion history) is decided where it
+    was, under the model lock after a crash's leftovers are settled."""
+    from puhui.config import ModelsConfig
+    from puhui.warehouse.engine import missing_sqlite_file
+
+    models = list(ModelsConfig.model_fields)
+    if name not in models:
+        raise PuhuiError(f"no model named {printable(name)}: the models are "
+                         f"{' and '.join(models)} (configs/models.yaml)")
+    warehouse = missing_sqlite_file(settings.warehouse_url)
+    store = missing_sqlite_file(settings.mlflow_tracking_uri)
+    if version is not None and store is not None:
+        raise PuhuiError(f"{name} has no version {version} (no model is registered with "
+                         f"this MLFLOW_TRACKING_URI yet: no store at {store})")
+    if version is None and warehouse is not None:  # an empty trail: no champion ever set
+        raise PuhuiError(f"{name} has no previous champion to roll back to")
+    if (missing := store or warehouse) is not None:
+        raise PuhuiError(f"no {'MLflow store' if store else 'warehouse'} at {missing}: "
+                         "check PUHUI_HOME, MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL")
+
+
 @models_app.command("promote")
 def models_promote(
     name: str,
@@ -645,6 +671,7 @@ def models_promote(
 
     version = _version(version)
     reason = _reason(reason)
+    _refuse_before_mlflow(_settings(), name, version)
     client, runtime = _registry_to_change()
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
     console.print(f"{printable(name)}: champion is now v{version} (was "
@@ -658,6 +685,7 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     from puhui.registry import rollback
 
     reason = _reason(reason)
+    _refuse_before_mlflow(_settings(), name)
     client, runtime = _registry_to_change()
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
     console.print(f"{printable(name)}: champion rolled back from v{current} to v{target}; "

@@ -155,3 +155,39 @@ def test_a_wrong_format_is_a_usage_error_naming_the_option(
     assert code == 2 and not out
     assert err.strip() == ("puhui: error: Invalid value for '--format': must be table, json "
                            "or csv, not 'xml'")
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["models", "rollback", "nosuch", "--reason", "r"],
+     "no model named nosuch: the models are credit_risk and product_recommender "
+     "(configs/models.yaml)"),
+    (["models", "promote", "nosuch", "--version", "1", "--reason", "r"],
+     "no model named nosuch: the models are credit_risk and product_recommender "
+     "(configs/models.yaml)"),
+    (["models", "rollback", "credit_risk", "--reason", "r"],
+     "credit_risk has no previous champion to roll back to"),
+    (["models", "promote", "credit_risk", "--version", "1", "--reason", "x"],
+     "credit_risk has no version 1 (no model is registered with this MLFLOW_TRACKING_URI "
+     "yet: no store at {home}/mlflow.db)"),
+])
+def test_model_changes_refused_without_mlflow_create_nothing(
+        argv: list[str], line: str, puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """On an empty PUHUI_HOME these imported MLflow first (10-20 s under load), then made an
+    MLflow store, a warehouse and an audit key before refusing; an unknown model name was
+    "nosuch has no previous champion". Now decided before MLflow, and nothing is created."""
+    code, out, err = _run(capsys, *argv)
+    assert code == 1 and not out
+    assert err.strip() == "puhui: error: " + line.format(home=puhui_env), err
+    assert not puhui_env.exists() or not any(puhui_env.iterdir())
+
+
+def test_a_missing_mlflow_store_is_named_not_created(puhui_env: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A warehouse but no MLflow store (a mistyped MLFLOW_TRACKING_URI): rollback made an
+    empty store and then reported on it."""
+    open_runtime()
+    code, _, err = _run(capsys, "models", "rollback", "credit_risk", "--reason", "r")
+    assert code == 1 and err.strip() == (
+        f"puhui: error: no MLflow store at {puhui_env / 'mlflow.db'}: check PUHUI_HOME, "
+        "MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL"), err
+    assert not (puhui_env / "mlflow.db").exists()
