@@ -634,18 +634,27 @@ def models_compare(
 
 def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = None) -> None:
     """Refusals of ``models promote|rollback`` decided without MLflow (whose import and first
-    client took 10-20 s under load) and without creating anything: a name no model of
-    configs/models.yaml has, and a local warehouse or MLflow store that does not exist yet
-    (the client created an empty store, the runtime an empty warehouse and an audit key).
-    Everything else (the verdict, the fence, the trail's champion history) is decided where it
-    was, under the model lock after a crash's leftovers are settled."""
-    from puhui.config import ModelsConfig
+    client took 10-20 s under load) and without creating anything: a name that neither
+    configs/models.yaml nor the registry has, and a local warehouse or MLflow store that does
+    not exist yet (the client created an empty store, the runtime an empty warehouse and an
+    audit key). Everything else (the verdict, the fence, the trail's champion history) is
+    decided where it was, under the model lock after a crash's leftovers are settled."""
+    from puhui.config import ModelsConfig, load_config
+    from puhui.registry_read import read_only_registry, registered_model_names
     from puhui.warehouse.engine import missing_sqlite_file
 
-    models = list(ModelsConfig.model_fields)
-    if name not in models:
-        raise PuhuiError(f"no model named {printable(name)}: the models are "
-                         f"{' and '.join(models)} (configs/models.yaml)")
+    try:
+        models = load_config(settings.config_dir, ModelsConfig)
+        names = [m.registered_name for m in (models.credit_risk, models.product_recommender)
+                 if m is not None]
+    except PuhuiError:  # an unreadable config is not this command's business: no check
+        names = [name]
+    # A name the config no longer has may still be registered (renamed since): the registry
+    # decides then (its tables read without MLflow; a store never created has no models).
+    if name not in names and name not in registered_model_names(
+            read_only_registry(settings.mlflow_tracking_uri)):
+        raise PuhuiError(f"no model named {printable(name)}: configs/models.yaml has "
+                         f"{' and '.join(names)}, and the registry has no other by that name")
     warehouse = missing_sqlite_file(settings.warehouse_url)
     store = missing_sqlite_file(settings.mlflow_tracking_uri)
     if version is not None and store is not None:
@@ -765,7 +774,7 @@ def quarantine_list(
 def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
     """One batch in full: reasons, failing expectations with masked samples, rows, suite
     hash, Data Docs page and the decisions recorded on it."""
-    from puhui.ingest.quarantine import show_batch
+    from puhui.ingest.held_batches import show_batch  # not quarantine: pandas and Arrow
 
     runtime, batch_id = _batch_runtime(batch)
     found = show_batch(runtime, batch_id)

@@ -159,11 +159,11 @@ def test_a_wrong_format_is_a_usage_error_naming_the_option(
 
 @pytest.mark.parametrize(("argv", "line"), [
     (["models", "rollback", "nosuch", "--reason", "r"],
-     "no model named nosuch: the models are credit_risk and product_recommender "
-     "(configs/models.yaml)"),
+     "no model named nosuch: configs/models.yaml has credit_risk and product_recommender, "
+     "and the registry has no other by that name"),
     (["models", "promote", "nosuch", "--version", "1", "--reason", "r"],
-     "no model named nosuch: the models are credit_risk and product_recommender "
-     "(configs/models.yaml)"),
+     "no model named nosuch: configs/models.yaml has credit_risk and product_recommender, "
+     "and the registry has no other by that name"),
     (["models", "rollback", "credit_risk", "--reason", "r"],
      "credit_risk has no previous champion to roll back to"),
     (["models", "promote", "credit_risk", "--version", "1", "--reason", "x"],
@@ -191,3 +191,24 @@ def test_a_missing_mlflow_store_is_named_not_created(puhui_env: Path,
         f"puhui: error: no MLflow store at {puhui_env / 'mlflow.db'}: check PUHUI_HOME, "
         "MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL"), err
     assert not (puhui_env / "mlflow.db").exists()
+
+
+def test_a_registered_name_the_config_no_longer_has_still_reaches_the_lifecycle(
+        puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """The name check must not refuse a model registered under a name since renamed in
+    configs/models.yaml: the registry has it, so the lifecycle decides (here: no champion
+    yet to roll back from, and v1 is ungated)."""
+    runtime = open_runtime()
+    use_experiment("renamed_model", runtime.settings.mlflow_tracking_uri,
+                   runtime.settings.home / "mlartifacts")
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(),
+                                       pip_requirements=["mlflow"])
+    version = register_version(runtime.engine, runtime.audit, name="renamed_model",
+                               model_uri=info.model_uri, run_id=run.info.run_id, tags={},
+                               details={"as_of": "2026-09-30"})
+    code, _, err = _run(capsys, "models", "rollback", "renamed_model", "--reason", "r")
+    assert code == 1 and "renamed_model has no previous champion" in err, err
+    code, _, err = _run(capsys, "models", "promote", "renamed_model", "--version", version,
+                        "--reason", "r")
+    assert code == 1 and f"renamed_model v{version} is ungated" in err, err
