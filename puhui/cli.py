@@ -152,7 +152,9 @@ def _existing_runtime() -> Runtime:
         raise PuhuiError(f"no warehouse at {path}: nothing has run with this PUHUI_HOME or "
                          "PUHUI_WAREHOUSE_URL (check them; 'puhui demo' or 'puhui run "
                          "ingest' creates it)")
-    check_warehouse(settings)  # one line, not SQLAlchemy's, for a bad or silent URL
+    # One line, not SQLAlchemy's, for a bad or silent URL; a database never migrated (an
+    # empty PostgreSQL one) is refused too, not migrated.
+    check_warehouse(settings, existing=True)
     return open_runtime(settings)
 
 

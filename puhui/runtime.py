@@ -22,7 +22,7 @@ from puhui.errors import PuhuiError
 from puhui.privacy import error_line
 from puhui.scratch import NO_LOCKS, scratch_dir, sweep_scratch_dirs
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
-from puhui.warehouse.engine import get_engine
+from puhui.warehouse.engine import create_warehouse_engine, current_revision, get_engine
 
 if TYPE_CHECKING:
     from puhui.prefect_server import PrefectTarget
@@ -224,11 +224,14 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
             raise PuhuiError(f"the Prefect server at {prefect.api_url} does not answer: {fix}")
 
 
-def check_warehouse(settings: Settings) -> None:
+def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
     """Refuse, in one line that says the fix, a warehouse URL that does not parse, names a
     database SQLAlchemy has no driver for, or does not answer (a read-only command had
     SQLAlchemy's ``ArgumentError`` or ``OperationalError`` with its driver's lines). The
-    first connection migrates the warehouse, as ``get_engine`` always does."""
+    first connection migrates the warehouse, as ``get_engine`` always does, except with
+    ``existing`` (a read whose answer on an empty warehouse is a success): a database puhui
+    never migrated is refused then, untouched. `audit verify` migrated an empty PostgreSQL
+    database and called it "intact: 0 events" (the missing SQLite file is the CLI's check)."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
     try:
@@ -242,6 +245,17 @@ def check_warehouse(settings: Settings) -> None:
             "postgresql+psycopg://user:***@host:5432/dbname (*** the password), or unset "
             "it for the embedded SQLite warehouse") from None
     try:
+        if existing:
+            unmigrated = create_warehouse_engine(settings.warehouse_url)
+            try:
+                revision = current_revision(unmigrated)
+            finally:
+                unmigrated.dispose()
+            if revision is None:
+                raise PuhuiError(
+                    f"the warehouse {url.render_as_string(hide_password=True)} has no puhui "
+                    "tables: nothing has run against it (check PUHUI_WAREHOUSE_URL; 'puhui "
+                    "db upgrade', 'puhui demo' or 'puhui run ingest' creates them)")
         with get_engine(settings.warehouse_url).connect():
             pass
     except OperationalError as exc:

@@ -7,11 +7,14 @@ texts whose ``[default: ...]`` Rich swallowed)."""
 from __future__ import annotations
 
 import socket
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
+from sqlalchemy import make_url
 
 from puhui.cli import main
 from puhui.ingest.ledger import insert_batch
@@ -235,3 +238,31 @@ def test_quarantine_show_imports_neither_pandas_nor_arrow(puhui_env: Path) -> No
     lines = done.stdout.strip().splitlines()
     assert "reason: critical: column age" in done.stdout and lines[-1] == "0 False False", (
         done.stdout, done.stderr)
+
+
+def test_an_unmigrated_postgresql_warehouse_is_refused_not_migrated(
+        puhui_env: Path, pg_server: Any, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The missing-warehouse refusal covered SQLite only: `audit verify` migrated an empty
+    PostgreSQL database (a mistyped database name in PUHUI_WAREHOUSE_URL) and said "audit
+    trail intact: 0 events"."""
+    from sqlalchemy import create_engine, inspect
+
+    url = pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    for argv in (["audit", "verify"], ["audit", "anchor"], ["audit", "log"],
+                 ["quarantine", "list"]):
+        code, out, err = _run(capsys, *argv)
+        assert code == 1 and not out, (argv, out, err)
+        assert err.strip() == (
+            f"puhui: error: the warehouse {shown} has no puhui tables: nothing has run "
+            "against it (check PUHUI_WAREHOUSE_URL; 'puhui db upgrade', 'puhui demo' or "
+            "'puhui run ingest' creates them)"), err
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert inspect(conn).get_table_names() == []
+    finally:
+        engine.dispose()
+    assert not (puhui_env / "audit.key").exists()
