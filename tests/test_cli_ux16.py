@@ -266,3 +266,16 @@ def test_an_unmigrated_postgresql_warehouse_is_refused_not_migrated(
     finally:
         engine.dispose()
     assert not (puhui_env / "audit.key").exists()
+
+
+def test_a_lookup_without_the_pseudonym_key_says_what_it_needs(
+        puhui_env: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``profiles explain abc`` without the key said "refusing to ingest personal data": the
+    ingest's line, for a lookup that ingests nothing."""
+    monkeypatch.delenv("PUHUI_PSEUDONYM_KEY", raising=False)
+    code, out, err = _run(capsys, "profiles", "explain", "abc")
+    assert code == 1 and not out
+    assert err.strip() == (
+        "puhui: error: PUHUI_PSEUDONYM_KEY is not set: KEY is not a person_key (64 hex), and a "
+        "raw national ID or phone is looked up by its keyed hash; set the key the warehouse "
+        "was built with, or give the person_key"), err
