@@ -672,9 +672,12 @@ def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = N
 @models_app.command("promote")
 def models_promote(
     name: str,
-    version: Annotated[str, typer.Option("--version")],
+    version: Annotated[str, typer.Option(
+        "--version", help="The version number to promote, as 'models list' shows it.")],
     reason: Annotated[str, typer.Option("--reason")],
-    force: Annotated[bool, typer.Option("--force")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote a version that failed its gates (recorded as forced past "
+                        "them); never one whose gates did not run.")] = False,
 ) -> None:
     """Make a version the champion (refused if it failed its gates unless --force, and
     always if its gates never ran)."""
@@ -1130,9 +1133,14 @@ def audit_verify(
                              if anchor else ""), markup=False)
         for problem in problems:
             err_console.print(f"  {printable(problem)}", markup=False)
+    # The problems are listed above (stderr), or in the JSON: the error line names only the
+    # first for JSON, whose reader sees no list on stderr (each was printed twice).
+    def first(found: list[str]) -> str:
+        return f", first: {found[0]}" if json_ else " (listed above)"
+
     if not result.ok:
-        raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
-                         f"first: {result.problems[0]}")
+        raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s)"
+                         + first(result.problems))
     if problems:
         key_problems = len(summary.get("key_index_problems", []))
         raw_problems = len(summary.get("raw_problems", []))
@@ -1143,8 +1151,8 @@ def audit_verify(
                              + ["raw tables"] * bool(raw_problems)
                              + ["profile, monitoring and validation tables"]
                              * bool(table_mismatches))
-        raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
-                         f"first: {problems[0]}")
+        raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s)"
+                         + first(problems))
 
 
 def _actions(engine: Any) -> set[str]:

@@ -97,6 +97,8 @@ def test_lineage_lists_each_batch_only_with_batches(puhui_env: Path,
     (["--help"], "--verbose"),
     (["run", "--help"], "Exits 1 when the new version fails a gate"),
     (["models", "--help"], "lineage tags, per-segment figures"),
+    (["models", "promote", "--help"], "Promote a version that failed its gates"),
+    (["models", "promote", "--help"], "The version number to promote"),
 ])
 def test_help_shows_what_it_says(argv: list[str], shown: str,
                                  capsys: pytest.CaptureFixture,
@@ -279,3 +281,22 @@ def test_a_lookup_without_the_pseudonym_key_says_what_it_needs(
         "puhui: error: PUHUI_PSEUDONYM_KEY is not set: KEY is not a person_key (64 hex), and a "
         "raw national ID or phone is looked up by its keyed hash; set the key the warehouse "
         "was built with, or give the person_key"), err
+
+
+def test_a_failed_verify_says_each_problem_once(puhui_env: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """The problems were listed, then the error line repeated the first ("first: seq 2:
+    content ..."): a single problem read twice. The JSON, listed on stdout, keeps it."""
+    from sqlalchemy import text
+
+    runtime = open_runtime()
+    for n in range(3):
+        runtime.audit.record(runtime.engine, "pipeline.daily", f"daily/{n}", {"n": n})
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET details = '{\"n\": 9}' WHERE seq = 2"))
+    code, _, err = _run(capsys, "audit", "verify")
+    [problem] = [line.strip() for line in err.splitlines() if line.startswith("  ")]
+    assert code == 1 and "seq 2: content" in problem and err.count(problem) == 1, err
+    assert err.strip().endswith("audit trail ALTERED: 1 problem(s) (listed above)"), err
+    code, out, err = _run(capsys, "audit", "verify", "--json")
+    assert code == 1 and problem in out and f"first: {problem}" in err, (out, err)
