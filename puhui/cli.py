@@ -920,11 +920,12 @@ def audit_log_command(
         read_audit_events,
     )
 
-    fmt = "json" if json_ else format_
-    if fmt not in ("table", "json", "csv"):
+    # --format checked before --json overrides it: `--format xml --json` was accepted.
+    if format_ not in ("table", "json", "csv"):
         # A usage error naming the option, exit 2, as the README says of every wrong value.
         raise typer.BadParameter(f"must be table, json or csv, not '{printable(format_)}'",
                                  param_hint="'--format'")
+    fmt = "json" if json_ else format_
     where = EventFilter(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until", end_of_day=True) if until else None,
@@ -1435,13 +1436,23 @@ GLOBAL_FLAGS = {"--debug", "--verbose"}
 def _reflowed_help(typer_app: typer.Typer) -> None:
     """Each command's help from its docstring with the source's line breaks inside a
     paragraph taken out: Rich's help keeps them, so `puhui run --help` listed "Exits 1 when
-    the" and then "new version fails a gate ..." on the next line, cut where the source is."""
+    the" and then "new version fails a gate ..." on the next line, cut where the source is.
+    Click's own marks keep their meaning: text after ``\\f`` is not shown, and a paragraph
+    that starts with ``\\b``, or holds a line starting with "- " or indented, stays as written
+    (a list, an example)."""
     import inspect
+
+    def reflowed(paragraph: str) -> str:
+        lines = paragraph.splitlines()
+        if paragraph.startswith("\b") or any(
+                line.startswith(("- ", " ")) for line in lines):
+            return paragraph
+        return " ".join(paragraph.split())
 
     for info in typer_app.registered_commands:
         if info.help is None and info.callback is not None:
-            doc = inspect.getdoc(info.callback) or ""
-            info.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+            doc = (inspect.getdoc(info.callback) or "").partition("\f")[0].rstrip()
+            info.help = "\n\n".join(reflowed(p) for p in doc.split("\n\n"))
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
             _reflowed_help(group.typer_instance)
