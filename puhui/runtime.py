@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, make_url
+from sqlalchemy import URL, Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from puhui import console
@@ -224,15 +224,10 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
             raise PuhuiError(f"the Prefect server at {prefect.api_url} does not answer: {fix}")
 
 
-def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
-    """Refuse, in one line that says the fix, a warehouse URL that does not parse, names a
-    database SQLAlchemy has no driver for, or does not answer (a read-only command had
-    SQLAlchemy's ``ArgumentError`` or ``OperationalError`` with its driver's lines). The
-    first connection migrates the warehouse, as ``get_engine`` always does, except with
-    ``existing`` (a read whose answer on an empty warehouse is a success): a database puhui
-    never migrated is refused then, untouched. `audit verify` migrated an empty PostgreSQL
-    database and called it "intact: 0 events" (the missing SQLite file is the CLI's check)."""
-    from sqlalchemy.exc import ArgumentError, OperationalError
+def usable_warehouse_url(settings: Settings) -> URL:
+    """The warehouse URL parsed, with a driver SQLAlchemy has; else the one line that says
+    how to set it (``make_url`` raises ``ValueError`` for a port that is not a number)."""
+    from sqlalchemy.exc import ArgumentError
 
     try:
         url = make_url(settings.warehouse_url)
@@ -244,6 +239,20 @@ def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
             # masks whatever stands between 'user:' and '@' in a URL
             "postgresql+psycopg://user:***@host:5432/dbname (*** the password), or unset "
             "it for the embedded SQLite warehouse") from None
+    return url
+
+
+def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
+    """Refuse, in one line that says the fix, a warehouse URL that does not parse, names a
+    database SQLAlchemy has no driver for, or does not answer (a read-only command had
+    SQLAlchemy's ``ArgumentError`` or ``OperationalError`` with its driver's lines). The
+    first connection migrates the warehouse, as ``get_engine`` always does, except with
+    ``existing`` (a read whose answer on an empty warehouse is a success): a database puhui
+    never migrated is refused then, untouched. `audit verify` migrated an empty PostgreSQL
+    database and called it "intact: 0 events" (the missing SQLite file is the CLI's check)."""
+    from sqlalchemy.exc import OperationalError
+
+    url = usable_warehouse_url(settings)
     try:
         if existing:
             unmigrated = create_warehouse_engine(settings.warehouse_url)

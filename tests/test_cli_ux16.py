@@ -145,6 +145,10 @@ def test_reflowed_help_keeps_click_marks() -> None:
     ("not a url", "puhui: error: PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: "),
     ("postgresql+psycopg://app:s3cret@127.0.0.1:{port}/wh",
      "puhui: error: cannot reach the warehouse postgresql+psycopg://app:***@127.0.0.1:{port}/wh: "),
+    # make_url's ValueError for the port: it printed "puhui: error: ValueError: invalid
+    # literal for int() ..." (missing_sqlite_file caught only ArgumentError).
+    ("postgresql+psycopg://app:s3cret@127.0.0.1:abc/wh",
+     "puhui: error: PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: "),
 ])
 def test_a_bad_or_silent_warehouse_url_is_one_line_for_the_auditor(
         url: str, line: str, puhui_env: Path, capsys: pytest.CaptureFixture,

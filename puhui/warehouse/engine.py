@@ -87,7 +87,7 @@ def missing_sqlite_file(url: str) -> Path | None:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:  # not a URL at all: check_warehouse says so
+    except (ArgumentError, ValueError):  # not a URL (or a port not a number): check_warehouse
         return None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
