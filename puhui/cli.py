@@ -138,20 +138,25 @@ def _settings() -> Settings:
     return settings
 
 
-def _existing_runtime() -> Runtime:
-    """The runtime for a read whose answer on an empty warehouse is a success (``audit
-    verify|anchor|log``, ``quarantine list``): a SQLite warehouse that does not exist is
-    refused in one line. Opening it created an empty one (and an audit key beside it), so
-    a mistyped PUHUI_HOME read as "audit trail intact: 0 events", exit 0. (The other
-    commands' answer there is already an error: no such version, batch or profile.)"""
+def _existing_runtime(anchor: tuple[int, str] | None = None) -> Runtime:
+    """The runtime for a command that only reads (or decides on a batch that must exist): a
+    SQLite warehouse that does not exist, or a database puhui never migrated, is refused in
+    one line and left as it was. Opening it created and migrated an empty one (and an audit
+    key beside it), and every later read accepted it: a mistyped PUHUI_HOME read as "audit
+    trail intact: 0 events", exit 0, after any command had run there. With an ``anchor``
+    (``audit verify --anchor``) a missing file is the trail deleted, not a new home."""
     from puhui.runtime import check_warehouse, open_runtime
     from puhui.warehouse.engine import missing_sqlite_file
 
     settings = _settings()
     if (path := missing_sqlite_file(settings.warehouse_url)) is not None:
+        if anchor is not None:
+            raise PuhuiError(f"no warehouse at {path}: the trail anchored at seq {anchor[0]} "
+                             "is missing (deleted, or PUHUI_HOME or PUHUI_WAREHOUSE_URL now "
+                             "points elsewhere: check them)")
         raise PuhuiError(f"no warehouse at {path}: nothing has run with this PUHUI_HOME or "
-                         "PUHUI_WAREHOUSE_URL (check them; 'puhui demo' or 'puhui run "
-                         "ingest' creates it)")
+                         "PUHUI_WAREHOUSE_URL (check them; 'puhui db upgrade', 'puhui demo' "
+                         "or 'puhui run ingest' creates it)")
     # One line, not SQLAlchemy's, for a bad or silent URL; a database never migrated (an
     # empty PostgreSQL one) is refused too, not migrated.
     check_warehouse(settings, existing=True)
@@ -439,9 +444,8 @@ def _read_registry() -> tuple:
     """The registry's reader and the runtime, for commands that only read: MLflow's tables
     read directly (``read_only_registry``), without importing MLflow (~2-3 s of CPU)."""
     from puhui.registry_read import read_only_registry
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     return read_only_registry(runtime.settings.mlflow_tracking_uri), runtime
 
 
@@ -714,9 +718,8 @@ BatchArg = Annotated[str, typer.Argument(
 def _batch_runtime(batch: str) -> tuple[Any, str]:
     """The runtime and the full batch id a (prefix of a) batch id names."""
     from puhui.ingest.held_batches import resolve_batch_id
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()  # no warehouse, no batch: refused before creating one
     return runtime, resolve_batch_id(runtime.engine, batch)
 
 
@@ -968,7 +971,7 @@ def _verified_chain(anchor: str | None = None) -> tuple:
     from puhui.audit import audit_key_bytes, parse_anchor, verify_audit_chain
 
     parsed = parse_anchor(anchor) if anchor else None
-    runtime = _existing_runtime()
+    runtime = _existing_runtime(parsed)
     key = audit_key_bytes(runtime.settings.audit_key)
     return runtime, verify_audit_chain(runtime.engine, key, anchor=parsed)
 
@@ -1244,10 +1247,9 @@ def profiles_explain(
         read_profile,
         resolve_person_key,
     )
-    from puhui.runtime import open_runtime
 
     day = _parse_date(as_of, "--as-of")
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     person = resolve_person_key(runtime.engine, key, runtime.settings.pseudonym_key)
     del key  # the raw value goes no further than the hash
     models = load_config(runtime.settings.config_dir, SegmentsConfig).profile.models
@@ -1276,9 +1278,23 @@ def db_upgrade() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """The warehouse's schema revision and the code's."""
-    from puhui.warehouse.engine import create_warehouse_engine, current_revision, head_revision
+    from puhui.runtime import usable_warehouse_url
+    from puhui.warehouse.engine import (
+        create_warehouse_engine,
+        current_revision,
+        head_revision,
+        missing_sqlite_file,
+    )
 
-    engine = create_warehouse_engine(_settings().warehouse_url)
+    settings = _settings()
+    usable_warehouse_url(settings)  # a bad URL in one line, not SQLAlchemy's ValueError
+    # Connecting to a SQLite file that is not there creates it (empty, revision none), and
+    # the commands that refuse a missing warehouse then took it for one.
+    if (path := missing_sqlite_file(settings.warehouse_url)) is not None:
+        console.print(f"no warehouse at {path}, code {head_revision()}: 'puhui db upgrade', "
+                      "'puhui demo' or 'puhui run ingest' creates it", markup=False)
+        return
+    engine = create_warehouse_engine(settings.warehouse_url)
     current, head = current_revision(engine), head_revision()
     state = "up to date" if current == head else "needs upgrade (runs on first use)"
     console.print(f"warehouse {engine.url!r}: revision {current or 'none'}, code {head}: {state}")
@@ -1317,9 +1333,8 @@ def config_check() -> None:
 def data_docs() -> None:
     """Build GX Data Docs for every stored validation result (new ones only) and print the index."""
     from puhui.data_docs import build_data_docs, ledger_outcomes
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     build = build_data_docs(runtime.settings.home / "gx", ledger_outcomes(runtime.engine))
     console.print(build.line(), markup=False)
 

@@ -47,19 +47,59 @@ def test_audit_log_limit_must_be_positive(puhui_env: Path,
 
 
 @pytest.mark.parametrize("argv", [
-    ["audit", "verify"], ["audit", "anchor"], ["audit", "log"], ["quarantine", "list"]])
+    ["audit", "verify"], ["audit", "anchor"], ["audit", "log"], ["quarantine", "list"],
+    ["quarantine", "show", "customers-"], ["models", "show", "credit_risk", "--version", "1"],
+    ["models", "compare", "credit_risk"], ["audit", "lineage", "credit_risk", "--version", "1"],
+    ["profiles", "explain", "0" * 64], ["data-docs"]])
 def test_a_missing_sqlite_warehouse_is_refused_not_created(
-        argv: list[str], puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+        argv: list[str], puhui_env: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A mistyped PUHUI_HOME: ``audit verify`` created an empty warehouse (and an audit key)
     there and said "audit trail intact: 0 events", exit 0 (the others: 0 events, 0 batches
-    held). Now one line naming the file, and nothing is created."""
+    held). The reads whose answer there was an error (no such batch, version, profile;
+    data-docs: 0 pages) created it too, and the first ones took it for a warehouse then.
+    Now one line naming the file, and nothing is created. (conftest sets PUHUI_AUDIT_KEY for
+    every test, and a set key is never written to a file: unset here.)"""
+    monkeypatch.delenv("PUHUI_AUDIT_KEY")
     warehouse = puhui_env / "warehouse.db"
     code, out, err = _run(capsys, *argv)
     assert code == 1 and not out, (out, err)
     assert err.strip() == (
         f"puhui: error: no warehouse at {warehouse}: nothing has run with this PUHUI_HOME or "
-        "PUHUI_WAREHOUSE_URL (check them; 'puhui demo' or 'puhui run ingest' creates it)")
+        "PUHUI_WAREHOUSE_URL (check them; 'puhui db upgrade', 'puhui demo' or 'puhui run "
+        "ingest' creates it)")
     assert not warehouse.exists() and not (puhui_env / "audit.key").exists()
+
+
+def test_db_status_says_there_is_no_warehouse_without_making_one(
+        puhui_env: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``db status`` connected, which made an empty file ("revision none ... needs upgrade"),
+    and ``audit verify`` then called that empty warehouse intact."""
+    from puhui.warehouse.engine import head_revision
+
+    warehouse = puhui_env / "warehouse.db"
+    code, out, _ = _run(capsys, "db", "status")
+    assert code == 0 and out.strip() == (
+        f"no warehouse at {warehouse}, code {head_revision()}: 'puhui db upgrade', 'puhui "
+        "demo' or 'puhui run ingest' creates it"), out
+    assert not warehouse.exists()
+    code, _, err = _run(capsys, "audit", "verify")
+    assert code == 1 and "no warehouse at" in err, err
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", "postgresql+psycopg://app:s3cret@127.0.0.1:abc/wh")
+    code, _, err = _run(capsys, "db", "status")  # a port not a number: ValueError's line
+    assert code == 1 and err.startswith("puhui: error: PUHUI_WAREHOUSE_URL is not a usable "), err
+
+
+def test_verify_with_an_anchor_calls_a_missing_warehouse_a_missing_trail(
+        puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """With ``--anchor`` the auditor knows a trail existed: its file gone is the trail
+    deleted, not the fresh home the plain line suggests ('puhui demo' creates it)."""
+    code, out, err = _run(capsys, "audit", "verify", "--anchor", "12:" + "ab" * 32)
+    assert code == 1 and not out
+    assert err.strip() == (
+        f"puhui: error: no warehouse at {puhui_env / 'warehouse.db'}: the trail anchored at "
+        "seq 12 is missing (deleted, or PUHUI_HOME or PUHUI_WAREHOUSE_URL now points "
+        "elsewhere: check them)"), err
 
 
 def test_lineage_lists_each_batch_only_with_batches(puhui_env: Path,
@@ -310,6 +350,7 @@ def test_a_lookup_without_the_pseudonym_key_says_what_it_needs(
     """``profiles explain abc`` without the key said "refusing to ingest personal data": the
     ingest's line, for a lookup that ingests nothing."""
     monkeypatch.delenv("PUHUI_PSEUDONYM_KEY", raising=False)
+    open_runtime()  # a warehouse (a missing one is refused first)
     code, out, err = _run(capsys, "profiles", "explain", "abc")
     assert code == 1 and not out
     assert err.strip() == (
