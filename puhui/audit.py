@@ -347,7 +347,7 @@ class EventFilter:
 
     ``since``/``until`` are UTC: a date alone means the whole day (``until`` included).
     ``actions`` are prefixes (``quarantine`` matches ``quarantine.released``); ``subject``
-    is a prefix too (a batch id prefix, ``risk_model/``).
+    is a prefix too (a batch id prefix, ``credit_risk/``).
     """
 
     since: datetime | None = None

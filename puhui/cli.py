@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -28,6 +28,9 @@ from puhui.errors import PuhuiError
 from puhui.privacy import printable
 from puhui.settings import Settings, configure_runtime, load_settings
 
+if TYPE_CHECKING:
+    from puhui.runtime import Runtime
+
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
@@ -36,7 +39,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Puhui: the data and model lifecycle of an inclusive-finance lender.",
+    help="Puhui: the data and model lifecycle of an inclusive-finance lender. Anywhere on "
+         "the line: --verbose for one line per file and Prefect's own lines, --debug for "
+         "a failure's traceback.",
 )
 run_app = typer.Typer(no_args_is_help=True, help="Run one pipeline flow now.")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions, champions and challengers.")
@@ -133,6 +138,31 @@ def _settings() -> Settings:
     return settings
 
 
+def _existing_runtime(anchor: tuple[int, str] | None = None) -> Runtime:
+    """The runtime for a command that only reads (or decides on a batch that must exist): a
+    SQLite warehouse that does not exist, or a database puhui never migrated, is refused in
+    one line and left as it was. Opening it created and migrated an empty one (and an audit
+    key beside it), and every later read accepted it: a mistyped PUHUI_HOME read as "audit
+    trail intact: 0 events", exit 0, after any command had run there. With an ``anchor``
+    (``audit verify --anchor``) a missing file is the trail deleted, not a new home."""
+    from puhui.runtime import check_warehouse, open_runtime
+    from puhui.warehouse.engine import missing_sqlite_file
+
+    settings = _settings()
+    if (path := missing_sqlite_file(settings.warehouse_url)) is not None:
+        if anchor is not None:
+            raise PuhuiError(f"no warehouse at {path}: the trail anchored at seq {anchor[0]} "
+                             "is missing (deleted, or PUHUI_HOME or PUHUI_WAREHOUSE_URL now "
+                             "points elsewhere: check them)")
+        raise PuhuiError(f"no warehouse at {path}: nothing has run with this PUHUI_HOME or "
+                         "PUHUI_WAREHOUSE_URL (check them; 'puhui db upgrade', 'puhui demo' "
+                         "or 'puhui run ingest' creates it)")
+    # One line, not SQLAlchemy's, for a bad or silent URL; a database never migrated (an
+    # empty PostgreSQL one) is refused too, not migrated.
+    check_warehouse(settings, existing=True)
+    return open_runtime(settings)
+
+
 def _config_dir() -> Path:
     """The config folder, for a command that runs flows: a missing or incomplete one is
     refused in one line now, not after Prefect started (``check_config_dir``)."""
@@ -178,10 +208,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
     history_days: Annotated[
         int | None,
-        typer.Option(min=200, help="Back history in the first delivery [default: 730]."),
+        typer.Option(min=200, help="Back history in the first delivery \\[default: 730]."),
     ] = None,
 ) -> None:
-    """Generate a synthetic landing zone, run the daily pipeline and train the risk model."""
+    """Generate a synthetic landing zone, run the daily pipeline and train both models."""
     from puhui.demo import DEMO_HISTORY_DAYS, run_demo
 
     with _generator_options():
@@ -414,9 +444,8 @@ def _read_registry() -> tuple:
     """The registry's reader and the runtime, for commands that only read: MLflow's tables
     read directly (``read_only_registry``), without importing MLflow (~2-3 s of CPU)."""
     from puhui.registry_read import read_only_registry
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     return read_only_registry(runtime.settings.mlflow_tracking_uri), runtime
 
 
@@ -553,9 +582,9 @@ def models_show(
 @models_app.command("compare")
 def models_compare(
     name: str,
-    a: Annotated[str | None, typer.Argument(help="Version A [default: the champion].")] = None,
+    a: Annotated[str | None, typer.Argument(help="Version A \\[default: the champion].")] = None,
     b: Annotated[str | None, typer.Argument(
-        help="Version B [default: the challenger; with only A given, A is compared with the "
+        help="Version B \\[default: the challenger; with only A given, A is compared with the "
              "champion].")] = None,
     json_: JsonFlag = False,
 ) -> None:
@@ -609,12 +638,50 @@ def models_compare(
         out.print(table)
 
 
+def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = None) -> None:
+    """Refusals of ``models promote|rollback`` decided without MLflow (whose import and first
+    client took 10-20 s under load) and without creating anything: a name that neither
+    configs/models.yaml nor the registry has, and a local warehouse or MLflow store that does
+    not exist yet (the client created an empty store, the runtime an empty warehouse and an
+    audit key). Everything else (the verdict, the fence, the trail's champion history) is
+    decided where it was, under the model lock after a crash's leftovers are settled."""
+    from puhui.config import ModelsConfig, load_config
+    from puhui.registry_read import read_only_registry, registered_model_names
+    from puhui.warehouse.engine import missing_sqlite_file
+
+    try:
+        models = load_config(settings.config_dir, ModelsConfig)
+        names = [m.registered_name for m in (models.credit_risk, models.product_recommender)
+                 if m is not None]
+    except PuhuiError:  # an unreadable config is not this command's business: no check
+        names = [name]
+    # A name the config no longer has may still be registered (renamed since): the registry
+    # decides then (its tables read without MLflow; a store never created has no models).
+    if name not in names and name not in registered_model_names(
+            read_only_registry(settings.mlflow_tracking_uri)):
+        raise PuhuiError(f"no model named {printable(name)}: configs/models.yaml has "
+                         f"{' and '.join(names)}, and the registry has no other by that name")
+    warehouse = missing_sqlite_file(settings.warehouse_url)
+    store = missing_sqlite_file(settings.mlflow_tracking_uri)
+    if version is not None and store is not None:
+        raise PuhuiError(f"{name} has no version {version} (no model is registered with "
+                         f"this MLFLOW_TRACKING_URI yet: no store at {store})")
+    if version is None and warehouse is not None:  # an empty trail: no champion ever set
+        raise PuhuiError(f"{name} has no previous champion to roll back to")
+    if (missing := store or warehouse) is not None:
+        raise PuhuiError(f"no {'MLflow store' if store else 'warehouse'} at {missing}: "
+                         "check PUHUI_HOME, MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL")
+
+
 @models_app.command("promote")
 def models_promote(
     name: str,
-    version: Annotated[str, typer.Option("--version")],
+    version: Annotated[str, typer.Option(
+        "--version", help="The version number to promote, as 'models list' shows it.")],
     reason: Annotated[str, typer.Option("--reason")],
-    force: Annotated[bool, typer.Option("--force")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote a version that failed its gates (recorded as forced past "
+                        "them); never one whose gates did not run.")] = False,
 ) -> None:
     """Make a version the champion (refused if it failed its gates unless --force, and
     always if its gates never ran)."""
@@ -622,6 +689,7 @@ def models_promote(
 
     version = _version(version)
     reason = _reason(reason)
+    _refuse_before_mlflow(_settings(), name, version)
     client, runtime = _registry_to_change()
     previous = promote(client, runtime.engine, runtime.audit, name, version, reason, force)
     console.print(f"{printable(name)}: champion is now v{version} (was "
@@ -635,6 +703,7 @@ def models_rollback(name: str, reason: Annotated[str, typer.Option("--reason")])
     from puhui.registry import rollback
 
     reason = _reason(reason)
+    _refuse_before_mlflow(_settings(), name)
     client, runtime = _registry_to_change()
     current, target = rollback(client, runtime.engine, runtime.audit, name, reason)
     console.print(f"{printable(name)}: champion rolled back from v{current} to v{target}; "
@@ -649,9 +718,8 @@ BatchArg = Annotated[str, typer.Argument(
 def _batch_runtime(batch: str) -> tuple[Any, str]:
     """The runtime and the full batch id a (prefix of a) batch id names."""
     from puhui.ingest.held_batches import resolve_batch_id
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()  # no warehouse, no batch: refused before creating one
     return runtime, resolve_batch_id(runtime.engine, batch)
 
 
@@ -674,9 +742,8 @@ def quarantine_list(
         short_reason,
         unique_prefixes,
     )
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     home = runtime.settings.home
     records = ledger.list_batches(runtime.engine) if all_ else list_quarantined(runtime.engine)
     prefixes = unique_prefixes(all_batch_ids(runtime.engine))
@@ -715,7 +782,7 @@ def quarantine_list(
 def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
     """One batch in full: reasons, failing expectations with masked samples, rows, suite
     hash, Data Docs page and the decisions recorded on it."""
-    from puhui.ingest.quarantine import show_batch
+    from puhui.ingest.held_batches import show_batch  # not quarantine: pandas and Arrow
 
     runtime, batch_id = _batch_runtime(batch)
     found = show_batch(runtime, batch_id)
@@ -840,8 +907,9 @@ def audit_log_command(
     action: Annotated[list[str] | None, typer.Option(
         "--action", help="Actions starting with this (repeatable); unknown: an error.")] = None,
     subject: Annotated[str | None, typer.Option(
-        "--subject", help="Subjects starting with this (a batch id, risk_model/v3).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the last N events.")] = None,
+        "--subject", help="Subjects starting with this (a batch id, credit_risk/v3).")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Only the last N events.")] = None,
     format_: Annotated[str, typer.Option(
         "--format", help="table, json or csv (all fields, for a spreadsheet).")] = "table",
     json_: JsonFlag = False,
@@ -854,16 +922,18 @@ def audit_log_command(
         parse_time,
         read_audit_events,
     )
-    from puhui.runtime import open_runtime
 
+    # --format checked before --json overrides it: `--format xml --json` was accepted.
+    if format_ not in ("table", "json", "csv"):
+        # A usage error naming the option, exit 2, as the README says of every wrong value.
+        raise typer.BadParameter(f"must be table, json or csv, not '{printable(format_)}'",
+                                 param_hint="'--format'")
     fmt = "json" if json_ else format_
-    if fmt not in ("table", "json", "csv"):
-        raise PuhuiError(f"--format must be table, json or csv, not {format_!r}")
     where = EventFilter(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until", end_of_day=True) if until else None,
         actor=actor, actions=tuple(action or ()), subject=subject)
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     check_action_prefixes(runtime.engine, where.actions)
     events = read_audit_events(runtime.engine, limit=limit, where=where)
     for event in events:
@@ -899,10 +969,9 @@ def audit_log_command(
 
 def _verified_chain(anchor: str | None = None) -> tuple:
     from puhui.audit import audit_key_bytes, parse_anchor, verify_audit_chain
-    from puhui.runtime import open_runtime
 
     parsed = parse_anchor(anchor) if anchor else None
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime(parsed)
     key = audit_key_bytes(runtime.settings.audit_key)
     return runtime, verify_audit_chain(runtime.engine, key, anchor=parsed)
 
@@ -1068,9 +1137,14 @@ def audit_verify(
                              if anchor else ""), markup=False)
         for problem in problems:
             err_console.print(f"  {printable(problem)}", markup=False)
+    # The problems are listed above (stderr), or in the JSON: the error line names only the
+    # first for JSON, whose reader sees no list on stderr (each was printed twice).
+    def first(found: list[str]) -> str:
+        return f", first: {found[0]}" if json_ else " (listed above)"
+
     if not result.ok:
-        raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s), "
-                         f"first: {result.problems[0]}")
+        raise PuhuiError(f"audit trail ALTERED: {len(result.problems)} problem(s)"
+                         + first(result.problems))
     if problems:
         key_problems = len(summary.get("key_index_problems", []))
         raw_problems = len(summary.get("raw_problems", []))
@@ -1081,8 +1155,8 @@ def audit_verify(
                              + ["raw tables"] * bool(raw_problems)
                              + ["profile, monitoring and validation tables"]
                              * bool(table_mismatches))
-        raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s), "
-                         f"first: {problems[0]}")
+        raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s)"
+                         + first(problems))
 
 
 def _actions(engine: Any) -> set[str]:
@@ -1127,10 +1201,12 @@ def audit_lineage(
         by_partner.setdefault(batch["partner"], []).append(batch)
     failed = {v["batch_id"] for v in found["validations"] if not v["success"]}
     table = Table("partner", "batches", "rows loaded", "validations failed", box=None)
-    for partner, batches in sorted(by_partner.items()):
-        table.add_row(partner, str(len(batches)),
-                      f"{sum(b['rows_loaded'] or 0 for b in batches):,}",
-                      str(sum(b["batch_id"] in failed for b in batches)))
+    # Not named `batches`: that is the --batches flag, which a loop variable used to
+    # shadow, so every lineage listed each batch whether asked or not.
+    for partner, of_partner in sorted(by_partner.items()):
+        table.add_row(partner, str(len(of_partner)),
+                      f"{sum(b['rows_loaded'] or 0 for b in of_partner):,}",
+                      str(sum(b["batch_id"] in failed for b in of_partner)))
     console.print(table)
     if batches:
         listing = Table(box=None)
@@ -1171,10 +1247,9 @@ def profiles_explain(
         read_profile,
         resolve_person_key,
     )
-    from puhui.runtime import open_runtime
 
     day = _parse_date(as_of, "--as-of")
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     person = resolve_person_key(runtime.engine, key, runtime.settings.pseudonym_key)
     del key  # the raw value goes no further than the hash
     models = load_config(runtime.settings.config_dir, SegmentsConfig).profile.models
@@ -1203,9 +1278,23 @@ def db_upgrade() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """The warehouse's schema revision and the code's."""
-    from puhui.warehouse.engine import create_warehouse_engine, current_revision, head_revision
+    from puhui.runtime import usable_warehouse_url
+    from puhui.warehouse.engine import (
+        create_warehouse_engine,
+        current_revision,
+        head_revision,
+        missing_sqlite_file,
+    )
 
-    engine = create_warehouse_engine(_settings().warehouse_url)
+    settings = _settings()
+    usable_warehouse_url(settings)  # a bad URL in one line, not SQLAlchemy's ValueError
+    # Connecting to a SQLite file that is not there creates it (empty, revision none), and
+    # the commands that refuse a missing warehouse then took it for one.
+    if (path := missing_sqlite_file(settings.warehouse_url)) is not None:
+        console.print(f"no warehouse at {path}, code {head_revision()}: 'puhui db upgrade', "
+                      "'puhui demo' or 'puhui run ingest' creates it", markup=False)
+        return
+    engine = create_warehouse_engine(settings.warehouse_url)
     current, head = current_revision(engine), head_revision()
     state = "up to date" if current == head else "needs upgrade (runs on first use)"
     console.print(f"warehouse {engine.url!r}: revision {current or 'none'}, code {head}: {state}")
@@ -1215,6 +1304,7 @@ def db_status() -> None:
 def config_check() -> None:
     """Validate every file in configs/."""
     from puhui.config import (
+        check_config_dir,
         check_feature_sources,
         check_feed_suites,
         check_keys,
@@ -1222,6 +1312,9 @@ def config_check() -> None:
         validate_config_dir,
     )
     settings = _settings()
+    # The folder first, as the flow commands do: a missing one read "/x/products.yaml: config
+    # file is missing", the first name in CONFIG_MODELS, not what was wrong.
+    check_config_dir(settings.config_dir)
     names = validate_config_dir(settings.config_dir)
     problems = check_feed_suites(settings.config_dir, settings.expectations_dir)
     problems += check_feature_sources(settings.config_dir)
@@ -1240,9 +1333,8 @@ def config_check() -> None:
 def data_docs() -> None:
     """Build GX Data Docs for every stored validation result (new ones only) and print the index."""
     from puhui.data_docs import build_data_docs, ledger_outcomes
-    from puhui.runtime import open_runtime
 
-    runtime = open_runtime(_settings())
+    runtime = _existing_runtime()
     build = build_data_docs(runtime.settings.home / "gx", ledger_outcomes(runtime.engine))
     console.print(build.line(), markup=False)
 
@@ -1268,7 +1360,7 @@ def serve(
 @server_app.command("start")
 def server_start(
     port: Annotated[int | None, typer.Option(
-        "--port", help="Port on 127.0.0.1 [default: PUHUI_PREFECT_PORT, else 4200 if free, "
+        "--port", help="Port on 127.0.0.1 \\[default: PUHUI_PREFECT_PORT, else 4200 if free, "
         "else a free one].")] = None,
 ) -> None:
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
@@ -1354,6 +1446,34 @@ def server_status(json_: JsonFlag = False) -> None:
 _DEBUG = False
 # Long flags only: a subcommand may use a short one (e.g. -v) for its own option.
 GLOBAL_FLAGS = {"--debug", "--verbose"}
+
+
+def _reflowed_help(typer_app: typer.Typer) -> None:
+    """Each command's help from its docstring with the source's line breaks inside a
+    paragraph taken out: Rich's help keeps them, so `puhui run --help` listed "Exits 1 when
+    the" and then "new version fails a gate ..." on the next line, cut where the source is.
+    Click's own marks keep their meaning: text after ``\\f`` is not shown, and a paragraph
+    that starts with ``\\b``, or holds a line starting with "- " or indented, stays as written
+    (a list, an example)."""
+    import inspect
+
+    def reflowed(paragraph: str) -> str:
+        lines = paragraph.splitlines()
+        if paragraph.startswith("\b") or any(
+                line.startswith(("- ", " ")) for line in lines):
+            return paragraph
+        return " ".join(paragraph.split())
+
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None:
+            doc = (inspect.getdoc(info.callback) or "").partition("\f")[0].rstrip()
+            info.help = "\n\n".join(reflowed(p) for p in doc.split("\n\n"))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflowed_help(group.typer_instance)
+
+
+_reflowed_help(app)
 
 
 def main(argv: list[str] | None = None) -> int:

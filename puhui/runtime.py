@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, make_url
+from sqlalchemy import URL, Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from puhui import console
@@ -22,7 +22,7 @@ from puhui.errors import PuhuiError
 from puhui.privacy import error_line
 from puhui.scratch import NO_LOCKS, scratch_dir, sweep_scratch_dirs
 from puhui.settings import Settings, configure_runtime, ensure_local_audit_key, load_settings
-from puhui.warehouse.engine import get_engine
+from puhui.warehouse.engine import create_warehouse_engine, current_revision, get_engine
 
 if TYPE_CHECKING:
     from puhui.prefect_server import PrefectTarget
@@ -202,30 +202,11 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
     knows, and that a configured Prefect server answers. A flow would otherwise fail on
     each of these after Prefect started, with a traceback per retry.
     """
-    from sqlalchemy.exc import ArgumentError, OperationalError
-
     if needs_key and not settings.pseudonym_key:
         raise PuhuiError("PUHUI_PSEUDONYM_KEY is not set: export PUHUI_PSEUDONYM_KEY=<a secret "
                          "of 32+ characters> (keep it out of git), or run 'puhui demo' once "
                          "for a local demo key")
-    try:
-        url = make_url(settings.warehouse_url)
-        url.get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        raise PuhuiError(
-            "PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
-            # '***' rather than 'password': every error line goes through scrub_text, which
-            # masks whatever stands between 'user:' and '@' in a URL
-            "postgresql+psycopg://user:***@host:5432/dbname (*** the password), or unset "
-            "it for the embedded SQLite warehouse") from None
-    try:
-        with get_engine(settings.warehouse_url).connect():
-            pass
-    except OperationalError as exc:
-        raise PuhuiError(
-            f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: "
-            f"{error_line(exc)}; "
-            "check PUHUI_WAREHOUSE_URL and that the database is up") from None
+    check_warehouse(settings)
     scheme = settings.mlflow_tracking_uri.split(":", 1)[0] if ":" in \
         settings.mlflow_tracking_uri else ""
     if scheme.split("+", 1)[0] not in MLFLOW_SCHEMES and not Path(
@@ -241,6 +222,56 @@ def check_settings(settings: Settings, prefect: PrefectTarget | None = None, *,
             fix = ("'puhui server stop' then 'puhui server start'" if prefect.kind == "server"
                    else "start it, or unset PREFECT_API_URL for a temporary local one")
             raise PuhuiError(f"the Prefect server at {prefect.api_url} does not answer: {fix}")
+
+
+def usable_warehouse_url(settings: Settings) -> URL:
+    """The warehouse URL parsed, with a driver SQLAlchemy has; else the one line that says
+    how to set it (``make_url`` raises ``ValueError`` for a port that is not a number)."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.warehouse_url)
+        url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise PuhuiError(
+            "PUHUI_WAREHOUSE_URL is not a usable SQLAlchemy URL: set it like "
+            # '***' rather than 'password': every error line goes through scrub_text, which
+            # masks whatever stands between 'user:' and '@' in a URL
+            "postgresql+psycopg://user:***@host:5432/dbname (*** the password), or unset "
+            "it for the embedded SQLite warehouse") from None
+    return url
+
+
+def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
+    """Refuse, in one line that says the fix, a warehouse URL that does not parse, names a
+    database SQLAlchemy has no driver for, or does not answer (a read-only command had
+    SQLAlchemy's ``ArgumentError`` or ``OperationalError`` with its driver's lines). The
+    first connection migrates the warehouse, as ``get_engine`` always does, except with
+    ``existing`` (a read whose answer on an empty warehouse is a success): a database puhui
+    never migrated is refused then, untouched. `audit verify` migrated an empty PostgreSQL
+    database and called it "intact: 0 events" (the missing SQLite file is the CLI's check)."""
+    from sqlalchemy.exc import OperationalError
+
+    url = usable_warehouse_url(settings)
+    try:
+        if existing:
+            unmigrated = create_warehouse_engine(settings.warehouse_url)
+            try:
+                revision = current_revision(unmigrated)
+            finally:
+                unmigrated.dispose()
+            if revision is None:
+                raise PuhuiError(
+                    f"the warehouse {url.render_as_string(hide_password=True)} has no puhui "
+                    "tables: nothing has run against it (check PUHUI_WAREHOUSE_URL; 'puhui "
+                    "db upgrade', 'puhui demo' or 'puhui run ingest' creates them)")
+        with get_engine(settings.warehouse_url).connect():
+            pass
+    except OperationalError as exc:
+        raise PuhuiError(
+            f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: "
+            f"{error_line(exc)}; "
+            "check PUHUI_WAREHOUSE_URL and that the database is up") from None
 
 
 # Tracking URI schemes MLflow resolves (database stores, its server, and files).

@@ -110,7 +110,9 @@ def test_a_hostile_model_name_is_one_inert_error_line(
     puhui_env: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     from puhui.cli import main
+    from puhui.runtime import open_runtime
 
+    open_runtime()  # a warehouse: a missing one is refused before the name is looked up
     assert main(["audit", "lineage", HOSTILE, "--version", "1"]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err

@@ -411,6 +411,7 @@ def test_run_commands_refuse_an_unknown_partner_and_a_future_date_in_one_line(
 def test_profiles_explain_tells_no_one_whether_a_phone_is_a_customer(
     puhui_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    open_runtime()  # a warehouse: a missing one is refused before any key is looked up
     errors = []
     for key in (PHONE_IN_NAME, "11010519491231002X", "0" * 64):  # phone, ID, person_key
         assert main(["profiles", "explain", key]) == 1

@@ -311,6 +311,9 @@ def test_the_local_profile_makes_an_audit_key_once_and_says_so(tmp_path) -> None
     env = {k: v for k, v in os.environ.items() if k != "PUHUI_AUDIT_KEY"}
     env.update(PUHUI_HOME=str(tmp_path / "home"))
     env.pop("PUHUI_WAREHOUSE_URL", None)
+    # A warehouse to anchor (a missing one is refused); `db upgrade` makes no audit key.
+    subprocess.run([sys.executable, "-m", "puhui", "db", "upgrade"], env=env, check=True,
+                   capture_output=True, timeout=120)
     first = subprocess.run([sys.executable, "-m", "puhui", "audit", "anchor"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and "made a local audit key" in first.stderr, first.stderr

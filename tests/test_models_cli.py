@@ -239,6 +239,7 @@ def test_an_unreachable_mlflow_database_is_one_line_without_retries(
     """An MLflow database that refuses connections: MLflow's store retried for ~110 s, then
     printed three lines; one that never answers (a silent host) waited for the OS. A command
     at the terminal says so in one line, after at most the connect timeout."""
+    open_runtime()  # the warehouse exists (`audit verify` refuses a missing one first)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)  # the kernel completes the handshake; nothing ever answers

@@ -201,6 +201,8 @@ def test_read_only_commands_never_start_prefect(tmp_path: Path) -> None:
     """Not even imported: no Prefect module, no ephemeral database; nor MLflow or GX, the
     other libraries whose import alone costs seconds (speed is in the README)."""
     env = _env(tmp_path / "home")
+    # A warehouse to read: the audit and quarantine reads refuse a missing one.
+    _run([*PUHUI, "db", "upgrade"], env)
     probe = ("import sys; from puhui.cli import main; rc = main(sys.argv[1:]); "
              "print(rc, *(m in sys.modules for m in ('prefect', 'mlflow', "
              "'great_expectations')))")

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
@@ -34,15 +34,14 @@ from puhui.ingest.batches import (
     drop_duplicate_keys,
 )
 from puhui.ingest.contract import end_of_delivery_day
-from puhui.ingest.held_batches import is_reject_only, quarantine_copy_path, short_reason
+from puhui.ingest.held_batches import quarantine_copy_path, short_reason
 from puhui.ingest.key_digest import digest_subkey
 from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
-from puhui.privacy import mask_shape, scrub_text
+from puhui.privacy import scrub_text
 from puhui.runtime import Runtime
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.engine import lock_for
-from puhui.warehouse.schema import validation_results
 
 REVALIDATED, RELEASE_REFUSED = "quarantine.revalidated", "quarantine.release.refused"
 _COPY_ROWS = 250_000  # rows per validated chunk of a copy (ingestion's chunks are similar)
@@ -285,62 +284,6 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
             "rows_duplicate": dropped, **digest, "warnings": warnings, **validated})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
-
-
-def _sample_shapes(copy: Path | None, column: str | None, rows: list[int]) -> list[str]:
-    """Masked shapes of the failing rows' values in the held copy (never the values)."""
-    if copy is None or not copy.exists() or not column or not rows:
-        return []
-    if column not in pq.read_schema(copy).names:
-        return []
-    table = pq.read_table(copy, columns=["row_number", column],
-                          filters=[("row_number", "in", [int(r) for r in rows])])
-    values = table[column].to_pylist()
-    return ["null" if v is None else mask_shape(v) for v in values]
-
-
-def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
-    """One batch in full: ledger row, reasons, failing expectations with masked samples,
-    its validation (suite hash), Data Docs pages and the decisions recorded on it."""
-    from puhui.audit import EventFilter, event_reason, read_audit_events
-    from puhui.data_docs import pages_for_batch
-
-    engine = runtime.engine
-    record = ledger.get_batch(engine, batch_id)
-    if record is None:
-        raise PuhuiError(f"no batch {batch_id!r} in the ledger")
-    home = runtime.settings.home
-    copy = quarantine_copy_path(home, record.partner, batch_id)
-    with engine.connect() as conn:
-        validation = conn.execute(select(validation_results).where(
-            validation_results.c.batch_id == batch_id)
-            .order_by(validation_results.c.validated_at.desc())).first()
-    details = dict(validation._mapping["details"] or {}) if validation else {}
-    failures = []
-    for item in details.get("failures") or []:
-        samples = _sample_shapes(copy, item.get("column"), item.get("sample_rows") or [])
-        failures.append({**item, "message": scrub_text(str(item.get("message") or "")),
-                         "sample_shapes": samples})
-    events = read_audit_events(engine, where=EventFilter(subject=batch_id))
-    return {
-        **{k: v for k, v in record.__dict__.items() if k != "warnings"},
-        "delivery_date": str(record.delivery_date),
-        "reason": scrub_text(record.reason or ""),
-        "reject_only": is_reject_only(home, record),
-        "quarantine_copy": str(copy) if copy.exists() else None,
-        "warnings": [scrub_text(w.get("message", "")) for w in record.warnings],
-        "validation": None if validation is None else {
-            "suite": validation.suite_name, "success": validation.success,
-            "expectations_run": validation.expectations_run,
-            "critical_failed": validation.critical_failed,
-            "warning_failed": validation.warning_failed,
-            "suite_hash": details.get("suite_hash"),
-            "validated_at": str(validation.validated_at)},
-        "failures": failures,
-        "data_docs": [str(p) for p in pages_for_batch(home / "gx", batch_id)],
-        "decisions": [{"seq": e["seq"], "at": e["occurred_at"][:19], "actor": e["actor"],
-                       "action": e["action"], "reason": event_reason(e)} for e in events],
-    }
 
 
 def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:

@@ -31,6 +31,10 @@ def resolve_person_key(engine: Engine, key: str, pseudonym_key: str | None) -> s
     None for a phone no customer has (told apart from nobody: see :func:`read_profile`)."""
     if PERSON_KEY.match(key):
         return key
+    if not pseudonym_key or not pseudonym_key.strip():  # pseudonym_key_bytes' line is ingest's
+        raise PuhuiError("PUHUI_PSEUDONYM_KEY is not set: KEY is not a person_key (64 hex), "
+                         "and a raw national ID or phone is looked up by its keyed hash; set "
+                         "the key the warehouse was built with, or give the person_key")
     secret = pseudonym_key_bytes(pseudonym_key)
     for kind in ("national_id", "phone"):
         keys, valid = pseudonymize_ids(pa.array([key]), kind, secret)

@@ -79,6 +79,22 @@ _PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval":
 LOCK_TCP_USER_TIMEOUT_MS = 60_000
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ``url`` when it does not exist, else None (another dialect, an
+    in-memory database, or the file is there). A command that only reads checks this first:
+    opening the URL would create an empty warehouse, and then report on nothing."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL (or a port not a number): check_warehouse
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def create_warehouse_engine(url: str) -> Engine:
     """A new engine for ``url`` with the dialect-specific settings above (not migrated)."""
     parsed = make_url(url)
