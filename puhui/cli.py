@@ -1015,9 +1015,11 @@ def audit_verify(
     if result.ok:
         from puhui.ingest.ledger import key_index_problems, ledger_problems
 
-        ledger_mismatches, batches = ledger_problems(runtime.engine)
+        ledger_mismatches, batches, unrecorded = ledger_problems(runtime.engine)
         problems += ledger_mismatches
-        summary.update(ledger_problems=ledger_mismatches, batches=batches)
+        summary.update(ledger_problems=ledger_mismatches, batches=batches,
+                       ledger_unrecorded=unrecorded)
+        lines += [unrecorded] if unrecorded else []  # informational, as below
         if not ledger_mismatches:
             lines.append(f"ingest_batches agrees with the trail: {batches} batch(es)")
             # Counted against the ledger's rows_loaded: only worth it once those are trusted.

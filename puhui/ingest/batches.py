@@ -785,7 +785,7 @@ class FileIngestor:
         ensure_key_index(self.runtime, self.feed)
         with self.runtime.engine.begin() as conn:
             ensure_key_index(self.runtime, self.feed, conn)
-            ledger.insert_batch(
+            inserted = ledger.insert_batch(
                 conn,
                 **identity,
                 content_key=content_key(self.feed.name, handle.checksum),
@@ -847,7 +847,7 @@ class FileIngestor:
             warnings = [scrub_text(w) for w in warnings]
             warning_items = [{"message": w} for w in warnings]
             # A header-only file owns no content: two empty days are not a redelivery.
-            ledger.update_batch(
+            decided = ledger.update_batch(
                 conn,
                 base["batch_id"],
                 rows=rows,
@@ -886,6 +886,7 @@ class FileIngestor:
                     "warnings": warnings,
                     "suite_hash": checked_by,
                     **ledger.discovery_facts(identity),
+                    **ledger.ledger_facts(inserted, decided),
                     **validated,
                 },
                 flow_run_id=self.flow_run_id,
@@ -1017,7 +1018,7 @@ class FileIngestor:
         owns_content = handle.size > 0 and landed.kind == "file"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
-            ledger.insert_batch(
+            held = ledger.insert_batch(
                 conn,
                 **identity,
                 content_key=content_key(self.feed.name, handle.checksum) if owns_content else None,
@@ -1059,6 +1060,7 @@ class FileIngestor:
                     "reason": reason,
                     "checksum": handle.checksum,
                     **ledger.discovery_facts(identity),
+                    **ledger.ledger_facts(held),
                     **validated,
                 },
                 flow_run_id=self.flow_run_id,
@@ -1076,7 +1078,7 @@ class FileIngestor:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
-            ledger.insert_batch(
+            recorded = ledger.insert_batch(
                 conn,
                 **identity,
                 content_key=None,
@@ -1098,6 +1100,7 @@ class FileIngestor:
                     "duplicate_of": owner.batch_id,
                     "checksum": handle.checksum,
                     **ledger.discovery_facts(identity),
+                    **ledger.ledger_facts(recorded),
                 },
                 flow_run_id=self.flow_run_id,
             )

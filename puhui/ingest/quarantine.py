@@ -162,7 +162,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
         loaded, dropped, warnings, digest = _load_copy(conn, table, feed, record, copy,
                                                       digest_subkey(runtime.audit.key))
         # The hold's failures stay on record; what the load left out is added to them.
-        ledger.update_batch(
+        decided = ledger.update_batch(
             conn,
             batch_id,
             status="released",
@@ -186,6 +186,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 "warnings": [scrub_text(w) for w in warnings],
                 "reason": reason,
                 "held_for": record.reason,
+                **ledger.ledger_facts(decided),
             },
         )
     return ledger.get_batch(engine, batch_id)  # type: ignore[return-value]
@@ -269,7 +270,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
         loaded, dropped, load_warnings, digest = _load_copy(conn, table, feed, record, copy,
                                                       digest_subkey(runtime.audit.key))
         warnings += [scrub_text(w) for w in load_warnings]
-        ledger.update_batch(
+        decided = ledger.update_batch(
             conn, batch_id, status="accepted", rows_loaded=loaded, rows_held=0,
             rows_duplicate=dropped, decided_at=ledger.now_utc(),
             decided_by=runtime.settings.actor,
@@ -282,7 +283,8 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
                      "suite_hash": suite_hash, "revalidated": True}, audit=runtime.audit)
         runtime.audit.append(conn, REVALIDATED, batch_id, {
             **facts, "held_for": record.reason, "outcome": "accepted", "rows_loaded": loaded,
-            "rows_duplicate": dropped, **digest, "warnings": warnings, **validated})
+            "rows_duplicate": dropped, **digest, "warnings": warnings, **validated,
+            **ledger.ledger_facts(decided)})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
 
@@ -348,7 +350,7 @@ def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRe
     reason = _require_reason(reason)
     with runtime.engine.begin() as conn:
         record = _held_batch(conn, batch_id)
-        ledger.update_batch(
+        decided = ledger.update_batch(
             conn,
             batch_id,
             status="rejected",
@@ -365,6 +367,7 @@ def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRe
                 "rows": record.rows,
                 "reason": reason,
                 "held_for": record.reason,
+                **ledger.ledger_facts(decided),
             },
         )
     return ledger.get_batch(runtime.engine, batch_id)  # type: ignore[return-value]
