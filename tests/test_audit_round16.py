@@ -178,3 +178,114 @@ def test_batches_decided_before_round16_are_noted_once_not_reported(
     _set(outcomes["mobile_payments_2.csv"].batch_id, rows_held=7)
     assert main(["audit", "verify", "--no-repair"]) == 1
     assert "ingest_batches.rows_held differs" in capsys.readouterr().err
+
+
+def test_arrow_digest_matches_what_each_dialect_reads_back(warehouse_url: str) -> None:
+    """The load digests the Arrow data it writes; verify digests the rows it reads. Both
+    must give one text per value on each dialect: floats (NaN, which SQLite stores as NULL,
+    -0.0, the shortest repr), integers, booleans, dates, timestamps in another zone and
+    naive, NULLs in every type, text with quotes and non-ASCII."""
+    from datetime import date, timezone
+
+    import pyarrow as pa
+    from sqlalchemy import (
+        BigInteger,
+        Boolean,
+        Column,
+        Date,
+        DateTime,
+        Double,
+        MetaData,
+        String,
+        Table,
+        Text,
+        create_engine,
+    )
+
+    from puhui.table_digests import Scoped, arrow_rows_mac, rows_macs
+    from puhui.warehouse.bulk import bulk_insert
+
+    table = Table(
+        "raw_roundtrip",
+        MetaData(),
+        Column("batch_id", String(64), nullable=False),
+        Column("row_number", BigInteger),
+        Column("amount", Double),
+        Column("count", BigInteger),
+        Column("flag", Boolean),
+        Column("day", Date),
+        Column("at", DateTime(timezone=True)),
+        Column("name", Text),
+        Column("pseudonym", String(64)),
+    )
+    east = timezone(timedelta(hours=8))
+    data = pa.table(
+        {
+            "row_number": pa.array([1, 2, 3, 4], pa.int64()),
+            "amount": pa.array([0.1 + 0.2, float("nan"), -0.0, None], pa.float64()),
+            "count": pa.array([2**53 + 1, None, 0, -7], pa.int64()),
+            "flag": pa.array([True, False, None, True]),
+            "day": pa.array([date(2026, 9, 30), None, date(1970, 1, 1), date(2000, 2, 29)]),
+            "at": pa.array(
+                [
+                    datetime(2026, 9, 30, 23, 59, 59, 999999, tzinfo=east),
+                    None,
+                    datetime(2026, 3, 1, tzinfo=UTC),
+                    datetime(1999, 12, 31, 16, tzinfo=east),
+                ],
+                pa.timestamp("us", tz="Asia/Shanghai"),
+            ),
+            "name": pa.array(['say "hi"', None, "北京", ""]),
+            "pseudonym": pa.array(["p_ab12", None, "p_cd34", "p_ef56"]),
+        }
+    )
+    key = b"k" * 32
+    engine = create_engine(warehouse_url)
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            for batch in ("b1", "b2"):
+                bulk_insert(conn, table, data, {"batch_id": batch})
+            written = arrow_rows_mac(conn.dialect, table, data, {"batch_id": "b1"}, key)
+            read = rows_macs(conn, Scoped(table, ("batch_id",)), key)
+        assert read["b1"].count == written.count == 4
+        assert read["b1"].hex() == written.hex()
+        assert read["b2"].hex() != written.hex()  # the batch id is digested too
+    finally:
+        engine.dispose()
+
+
+def test_a_raw_row_edited_in_place_is_reported_by_deep_verify(
+    landing: Path,
+    tmp_path: Path,
+    warehouse_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: a value of a raw row edited in place, the batch's row count unchanged,
+    passed `audit verify --deep` (counts only). Every load (ingest, release, passing
+    revalidation, a load failed once and repeated) now records its rows' keyed digest;
+    --deep recomputes it per batch and agrees on both dialects."""
+    from sqlalchemy import text
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    outcomes = _every_decision(landing, tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["audit", "verify", "--deep"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "raw_" not in out, out  # no note: every batch recorded its rows
+    released = outcomes["mobile_payments_4.csv"].batch_id
+    with open_runtime().engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE raw_mobile_payments SET amount = amount + 1 "
+                "WHERE batch_id = :b AND row_number = 2"
+            ),
+            {"b": released},
+        )
+    assert main(["audit", "verify"]) == 0  # counts agree: plain verify cannot see it
+    capsys.readouterr()
+    assert main(["audit", "verify", "--deep", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    assert f"raw_mobile_payments batch_id {released}: " in err, err
+    assert "keyed digest differs" in err and "DISAGREE: 1 problem(s)" in err, err

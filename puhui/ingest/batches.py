@@ -95,6 +95,14 @@ from puhui.privacy import (
     scrub_text,
 )
 from puhui.runtime import Runtime
+from puhui.table_digests import (
+    ROWS_DIGESTS,
+    RowsMac,
+    add_macs,
+    arrow_rows_mac,
+    batch_rows_digest,
+    writer_subkey,
+)
 from puhui.validation import BatchValidator, FailedExpectation, SuiteLoadError, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
 
@@ -793,6 +801,8 @@ class FileIngestor:
             )
             validations: deque[Future[ValidationOutcome]] = deque()
             keys = KeyIndex(conn, self.feed, base["batch_id"], self.digest_key)
+            constants = {"batch_id": base["batch_id"]}
+            raw_mac, rows_key = RowsMac(), writer_subkey(self.runtime.audit)
 
             def settle(keep: int) -> None:
                 nonlocal expectations_run, failures, checked_by
@@ -821,7 +831,11 @@ class FileIngestor:
                     # key an earlier batch loaded.
                     chunk, _ = keys.claim(chunk)
                     records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
-                    loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
+                    loaded += bulk_insert(conn, table, records, constants)
+                    # From the data written, not read back: raw tables have no index on
+                    # batch_id, so a read-back would scan the whole table on every load.
+                    add_macs(raw_mac, arrow_rows_mac(conn.dialect, table, records, constants,
+                                                     rows_key))
                     crash_point("mid-load")
                     del chunk, records  # the reader's next chunk may take their memory
                     settle(keep=1)  # at most one chunk's validation outstanding
@@ -888,6 +902,8 @@ class FileIngestor:
                     **ledger.discovery_facts(identity),
                     **ledger.ledger_facts(inserted, decided),
                     **validated,
+                    ROWS_DIGESTS: {**validated.get(ROWS_DIGESTS, {}),
+                                   **batch_rows_digest(table, base["batch_id"], raw_mac)},
                 },
                 flow_run_id=self.flow_run_id,
             )
