@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -221,27 +222,47 @@ def arrow_rows_mac(
     mac = RowsMac()
     if data.num_rows == 0:
         return mac
-    values: list[list[Any]] = []
+    texts: list[list[str | None]] = []
     for column in ordered:
         if column.name in constants:
-            values.append([constants[column.name]] * data.num_rows)
-            continue
-        if column.name not in data.column_names:
-            values.append([None] * data.num_rows)
-            continue
-        found = data[column.name].to_pylist()
-        processor = column.type._cached_bind_processor(dialect)
-        if processor is not None:
-            found = [None if v is None else processor(v) for v in found]
-        values.append(found)
-    encoders = [_encoder(c) for c in ordered]
-    blake2b = hashlib.blake2b
-    total = 0
-    for row in zip(*values, strict=True):
+            value = _encoder(column)(constants[column.name])
+            texts.append([value] * data.num_rows)
+        elif column.name not in data.column_names:
+            texts.append([None] * data.num_rows)
+        else:
+            texts.append(_arrow_texts(dialect, column, data[column.name]))
+    # row_text's JSON, from texts made already (one encoder, not json.dumps per row).
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    blake2b, total = hashlib.blake2b, 0
+    for row in zip(*texts, strict=True):
         total += int.from_bytes(
-            blake2b(row_text(encoders, row), digest_size=16, key=subkey).digest(), "little")
+            blake2b(encode(row).encode(), digest_size=16, key=subkey).digest(), "little")
     mac.count, mac.total = data.num_rows, total % _MOD
     return mac
+
+
+def _arrow_texts(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> list[str | None]:
+    """The canonical texts (``_encoder``'s) of ``values`` written into ``column``: computed
+    by Arrow for the types whose text it makes alike (integers, booleans, dates, zoned
+    times: a zoned time's SQLite text is its wall time in its zone, which verify reads as
+    UTC, PostgreSQL's is the instant), else per value through the dialect's bind processor
+    and the encoder (floats: Python's shortest repr)."""
+    kind, arrow = column.type, values.type
+    if isinstance(kind, Boolean | Integer) and (
+            pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)):
+        return pc.cast(pc.cast(values, pa.int64()), pa.string()).to_pylist()
+    if isinstance(kind, DateTime) and pa.types.is_timestamp(arrow) and arrow.tz is not None:
+        zone = arrow.tz if dialect.name == "sqlite" else "UTC"
+        micros = pc.cast(values, pa.timestamp("us", zone))
+        return pc.strftime(micros, "%Y-%m-%dT%H:%M:%S").to_pylist()  # %S: with microseconds
+    if isinstance(kind, Date) and not isinstance(kind, DateTime) and pa.types.is_date(arrow):
+        return pc.strftime(pc.cast(values, pa.timestamp("s")), "%Y-%m-%d").to_pylist()
+    found = values.to_pylist()
+    processor = kind._cached_bind_processor(dialect)
+    encode = _encoder(column)
+    if processor is not None:
+        return [None if v is None else encode(processor(v)) for v in found]
+    return [None if v is None else encode(v) for v in found]
 
 
 def add_macs(into: RowsMac, mac: RowsMac) -> None:
