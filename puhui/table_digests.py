@@ -44,6 +44,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    String,
     Table,
     Text,
     cast,
@@ -255,6 +256,8 @@ def _arrow_texts(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> l
         zone = arrow.tz if dialect.name == "sqlite" else "UTC"
         micros = pc.cast(values, pa.timestamp("us", zone))
         return pc.strftime(micros, "%Y-%m-%dT%H:%M:%S").to_pylist()  # %S: with microseconds
+    if isinstance(kind, String) and (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)):
+        return values.to_pylist()  # text is its own canonical text (no call per value)
     if isinstance(kind, Date) and not isinstance(kind, DateTime) and pa.types.is_date(arrow):
         return pc.strftime(pc.cast(values, pa.timestamp("s")), "%Y-%m-%d").to_pylist()
     found = values.to_pylist()
