@@ -41,18 +41,25 @@ def _chunks(rows: int) -> list:
     for first in range(0, rows, CHUNK):
         n = min(CHUNK, rows - first)
         ids = range(first, first + n)
-        chunks.append(pa.table({
-            "row_number": pa.array([i + 1 for i in ids], pa.int64()),
-            "txn_id": [f"T{i:016d}" for i in ids],
-            "phone_key": [f"{i * 2654435761 % 2**64:064x}" for i in ids],
-            "txn_time": pa.array([start + timedelta(seconds=i) for i in ids],
-                                 pa.timestamp("us", tz="UTC")),
-            "txn_type": ["BILL_PAY"] * n,
-            "amount": pa.array([None if i % 7 == 0 else 12.5 + i / 100 for i in ids]),
-            "merchant_category": [None if i % 7 == 3 else "GROCERY" for i in ids],
-            "days_past_due": pa.array([None if i % 7 == 5 else i % 90 for i in ids], pa.int64()),
-            "status": ["SUCCESS"] * n,
-        }))
+        chunks.append(
+            pa.table(
+                {
+                    "row_number": pa.array([i + 1 for i in ids], pa.int64()),
+                    "txn_id": [f"T{i:016d}" for i in ids],
+                    "phone_key": [f"{i * 2654435761 % 2**64:064x}" for i in ids],
+                    "txn_time": pa.array(
+                        [start + timedelta(seconds=i) for i in ids], pa.timestamp("us", tz="UTC")
+                    ),
+                    "txn_type": ["BILL_PAY"] * n,
+                    "amount": pa.array([None if i % 7 == 0 else 12.5 + i / 100 for i in ids]),
+                    "merchant_category": [None if i % 7 == 3 else "GROCERY" for i in ids],
+                    "days_past_due": pa.array(
+                        [None if i % 7 == 5 else i % 90 for i in ids], pa.int64()
+                    ),
+                    "status": ["SUCCESS"] * n,
+                }
+            )
+        )
     return chunks
 
 
@@ -103,16 +110,21 @@ def main() -> None:
     chunks = _chunks(rows)
     per_million = 1_000_000 / rows
     with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
-        urls = {"sqlite": f"sqlite:///{Path(tmp) / 'warehouse.db'}",
-                "postgresql": pg.create_database("bench_raw_rows_digest")}
+        urls = {
+            "sqlite": f"sqlite:///{Path(tmp) / 'warehouse.db'}",
+            "postgresql": pg.create_database("bench_raw_rows_digest"),
+        }
         for dialect, url in urls.items():
             result[dialect] = figures = _measure(url, chunks)
-            print(f"{dialect}: {rows:,} rows; bulk insert {figures['insert']:.2f} s, the load's "
-                  f"digest {figures['load_digest']:.2f} s ({figures['digest_per_insert']:.0%} "
-                  f"of the insert; {figures['load_digest'] * per_million:.2f} s per 1M rows, "
-                  f"{figures['load_digest_cpu'] * per_million:.2f} s of CPU), "
-                  f"verify --deep's read-back digest {figures['verify_deep']:.2f} s "
-                  f"(load average {figures['load_average']})", flush=True)
+            print(
+                f"{dialect}: {rows:,} rows; bulk insert {figures['insert']:.2f} s, the load's "
+                f"digest {figures['load_digest']:.2f} s ({figures['digest_per_insert']:.0%} "
+                f"of the insert; {figures['load_digest'] * per_million:.2f} s per 1M rows, "
+                f"{figures['load_digest_cpu'] * per_million:.2f} s of CPU), "
+                f"verify --deep's read-back digest {figures['verify_deep']:.2f} s "
+                f"(load average {figures['load_average']})",
+                flush=True,
+            )
     write_results("raw_rows_digest", result, args.quick)
 
 

@@ -237,7 +237,8 @@ def arrow_rows_mac(
     blake2b, total = hashlib.blake2b, 0
     for row in zip(*texts, strict=True):
         total += int.from_bytes(
-            blake2b(encode(row).encode(), digest_size=16, key=subkey).digest(), "little")
+            blake2b(encode(row).encode(), digest_size=16, key=subkey).digest(), "little"
+        )
     mac.count, mac.total = data.num_rows, total % _MOD
     return mac
 
@@ -250,7 +251,8 @@ def _arrow_texts(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> l
     and the encoder (floats: Python's shortest repr)."""
     kind, arrow = column.type, values.type
     if isinstance(kind, Boolean | Integer) and (
-            pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)):
+        pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)
+    ):
         return pc.cast(pc.cast(values, pa.int64()), pa.string()).to_pylist()
     if isinstance(kind, DateTime) and pa.types.is_timestamp(arrow) and arrow.tz is not None:
         zone = arrow.tz if dialect.name == "sqlite" else "UTC"
@@ -277,8 +279,12 @@ def add_macs(into: RowsMac, mac: RowsMac) -> None:
 def batch_rows_digest(table: Table, batch_id: str, mac: RowsMac) -> dict[str, Any]:
     """What a load's event records for the rows it wrote into ``raw_<partner>``: like a
     writer's :func:`recorded`, with the batch as the scope."""
-    return {table.name: {"columns": digested_columns(table),
-                         "scopes": {batch_id: {"rows": mac.count, "mac": mac.hex()}}}}
+    return {
+        table.name: {
+            "columns": digested_columns(table),
+            "scopes": {batch_id: {"rows": mac.count, "mac": mac.hex()}},
+        }
+    }
 
 
 def rows_counts(conn: Connection, spec: Scoped) -> dict[str, int]:
@@ -504,5 +510,8 @@ def raw_specs(conn: Connection, expected: Collection[str]) -> list[Scoped]:
     that exist, reflected (verify digests the table as it is), scoped by batch. One a
     load recorded that is gone is the ledger check's problem (``raw_row_problems``)."""
     present = set(inspect(conn).get_table_names())
-    return [Scoped(Table(name, MetaData(), autoload_with=conn), ("batch_id",))
-            for name in sorted(expected) if name.startswith("raw_") and name in present]
+    return [
+        Scoped(Table(name, MetaData(), autoload_with=conn), ("batch_id",))
+        for name in sorted(expected)
+        if name.startswith("raw_") and name in present
+    ]
