@@ -18,6 +18,12 @@ streamed in no order, memory bounded by a chunk and one digest per scope. The ev
 the columns digested (all the table had then): verify digests those, so a migration that
 adds a column changes no recorded scope's digest. The writer digests the rows by reading
 them back in its transaction, through the same code verify runs.
+
+A partner's raw table (``raw_<partner>``, scoped by batch) is digested by each load from the
+Arrow data it writes (no read-back: no index on ``batch_id``), vectorized
+(:func:`columns_mac`): per column its canonical values (the same texts; floats as float64)
+hashed to 64-bit words, combined per row by a keyed nonlinear mix, the rows' words summed
+mod 2^64. Verify turns the rows it reads back into the same Arrow columns.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import (
@@ -71,17 +78,24 @@ if TYPE_CHECKING:
 ROWS_DIGESTS = "rows_digests"
 _LABEL = b"puhui table rows digest v2"
 _MOD = 1 << 128
+RAW_PREFIX = "raw_"  # a partner's raw table: raw_<partner>
+
+
+_RAW_TAG, _RAW_MOD = "puhui.raw_rows.v3", 1 << 64  # raw tables' rows: :func:`columns_mac`
 
 
 @dataclass
 class RowsMac:
-    """Count and keyed, order-independent digest of a set of rows."""
+    """Count and keyed, order-independent digest of a set of rows (``tag``: its scheme)."""
 
     count: int = 0
     total: int = 0
+    tag: str = "puhui.rows.v2"
 
     def hex(self) -> str:
-        return figures_hex("puhui.rows.v2", self.count, self.total)
+        # A raw digest's rows sum mod 2^64; add_macs sums mod 2^128, a multiple of it.
+        total = self.total % _RAW_MOD if self.tag == _RAW_TAG else self.total
+        return figures_hex(self.tag, self.count, total)
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,16 @@ def rows_macs(
             query = query.where(condition)
     macs: dict[str, RowsMac] = {}
     width, scoped = len(ordered), bool(spec.scope)
+    if is_raw(spec.table):
+        for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
+            scopes: dict[str, list[tuple]] = {}
+            for row in part:
+                scopes.setdefault(scope_of(row[width:]) if scoped else "", []).append(row)
+            for name, rows in scopes.items():
+                values = list(zip(*rows, strict=True))[:width]
+                canonical = [_read_canonical(c, v) for c, v in zip(ordered, values, strict=True)]
+                add_macs(macs.setdefault(name, RowsMac()), columns_mac(canonical, subkey))
+        return macs
     blake2b = hashlib.blake2b
     for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
         for row in part:
@@ -205,6 +229,12 @@ def rows_macs(
     return macs
 
 
+def is_raw(table: Table) -> bool:
+    """Whether ``table`` is a partner's raw table (``raw_<partner>``), digested per batch by
+    :func:`columns_mac`, not per row's text."""
+    return table.name.startswith(RAW_PREFIX)
+
+
 def arrow_rows_mac(
     dialect: Dialect,
     table: Table,
@@ -215,35 +245,121 @@ def arrow_rows_mac(
 ) -> RowsMac:
     """The :class:`RowsMac` of ``data``'s rows as ``bulk_insert`` writes them into ``table``
     (``constants``: its one-value columns; a column in neither is NULL), computed from the
-    Arrow data the loader holds instead of reading the rows back. Each value goes through
-    the dialect's bind processor first (SQLite stores a date, time or boolean as that text
-    or number; PostgreSQL has none for these), then the canonical text verify's read gives
-    it: the same digest :func:`rows_macs` computes from the table."""
+    Arrow data the loader holds instead of reading the rows back: each column's canonical
+    values (:func:`_arrow_canonical`) and :func:`columns_mac`, as :func:`rows_macs` does
+    with the values it reads back."""
     ordered = [table.c[name] for name in (columns or digested_columns(table))]
-    mac = RowsMac()
     if data.num_rows == 0:
-        return mac
-    texts: list[list[str | None]] = []
+        return RowsMac(tag=_RAW_TAG)
+    canonical: list[pa.Array] = []
     for column in ordered:
-        if column.name in constants:
-            value = _encoder(column)(constants[column.name])
-            texts.append([value] * data.num_rows)
-        elif column.name not in data.column_names:
-            texts.append([None] * data.num_rows)
+        if column.name in constants or column.name not in data.column_names:
+            # One value for every row: made once, repeated by Arrow.
+            one = _read_canonical(column, [constants.get(column.name)])
+            canonical.append(pa.repeat(one[0], data.num_rows))
         else:
-            texts.append(_arrow_texts(dialect, column, data[column.name]))
-    # row_text's JSON, from texts made already (one encoder, not json.dumps per row).
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    blake2b, total = hashlib.blake2b, 0
-    for row in zip(*texts, strict=True):
-        total += int.from_bytes(
-            blake2b(encode(row).encode(), digest_size=16, key=subkey).digest(), "little"
-        )
-    mac.count, mac.total = data.num_rows, total % _MOD
-    return mac
+            canonical.append(_arrow_canonical(dialect, column, data[column.name]))
+    return columns_mac(canonical, subkey)
 
 
-def _arrow_texts(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> list[str | None]:
+# key_hashes hashes a value's first 64 bytes, its last 8 and its length: a longer value is
+# first replaced by its keyed BLAKE2b (per value, in Python: rare in raw data), so an edit
+# anywhere in it changes its hash.
+_WHOLLY_HASHED = 72
+
+
+def _value_words(values: pa.Array, subkey: bytes) -> np.ndarray:
+    """A 64-bit word per value of a canonical column (float64: its bits, NULLs any word;
+    text: :func:`~puhui.ingest.key_index.key_hashes` of it)."""
+    from puhui.ingest.key_index import key_hashes
+
+    if pa.types.is_floating(values.type):
+        return values.fill_null(0.0).to_numpy(zero_copy_only=False).view(np.uint64)
+    text = values.fill_null("")
+    lengths = pc.binary_length(text)
+    if len(text) and pc.max(lengths).as_py() > _WHOLLY_HASHED:
+        long = pc.greater(lengths, _WHOLLY_HASHED)
+        hashed = [
+            hashlib.blake2b(v.encode(), digest_size=16, key=subkey).hexdigest()
+            for v in pc.filter(text, long).to_pylist()
+        ]
+        text = pc.replace_with_mask(text, long, pa.array(hashed, pa.string()))
+    return key_hashes(text)
+
+
+def _seeds(subkey: bytes, width: int) -> np.ndarray:
+    # Per column a seed for its values and one for its NULLs, and the row's first state:
+    # secret words, so which values collide with which (NULL with a value) depends on the key.
+    words = hashlib.blake2b(b"seeds", digest_size=64, key=subkey).digest()
+    stream = b"".join(
+        hashlib.blake2b(i.to_bytes(4, "little") + words, digest_size=64, key=subkey).digest()
+        for i in range(-(-(2 * width + 1) * 8 // 64))
+    )
+    return np.frombuffer(stream, "<u8", 2 * width + 1).astype(np.uint64)
+
+
+def columns_mac(canonical: list[pa.Array], subkey: bytes) -> RowsMac:
+    """The raw tables' keyed rows digest of the rows whose columns' canonical values are
+    ``canonical`` (one array per digested column, in order; the writer's from its Arrow
+    data, verify's from the rows it reads back).
+
+    Vectorized: each value's 64-bit word (:func:`_value_words`), combined per row, column
+    by column, by a nonlinear mix (xor with the column's keyed seed, NULLs with another,
+    then splitmix64's multiply-xorshift finish), so a value edited or swapped with another
+    row's changes its row's word; the rows' words summed mod 2^64 with the count (order-
+    independent, chunks add up). Not a cryptographic MAC: the per-value hash is 64-bit and
+    unkeyed, so a forger who knows the scheme could search for a colliding value."""
+    from puhui.ingest.key_index import _finish
+
+    count = len(canonical[0]) if canonical else 0
+    if count == 0:
+        return RowsMac(tag=_RAW_TAG)
+    seeds = _seeds(subkey, len(canonical))
+    state = np.full(count, seeds[-1], dtype=np.uint64)
+    for j, values in enumerate(canonical):
+        word = _value_words(values, subkey) ^ seeds[2 * j]
+        if values.null_count:
+            word = np.where(
+                values.is_valid().to_numpy(zero_copy_only=False), word, seeds[2 * j + 1]
+            )
+        state = _finish(state ^ word)
+    total = int(state.sum(dtype=np.uint64))  # wraps: mod 2^64
+    return RowsMac(count, total, _RAW_TAG)
+
+
+def _read_canonical(column: Column, values: Iterable[Any]) -> pa.Array:
+    """A column's canonical values from Python values (verify's read-back, a load's
+    constants): a float column's as float64 (NaN, which SQLite stores as NULL, is NULL;
+    -0.0 is 0.0), any other's canonical text (``_encoder``'s)."""
+    if isinstance(column.type, Float):
+        return _float_canonical(pa.array(values, pa.float64(), from_pandas=False))
+    encode = _encoder(column)
+    return pa.array([encode(v) for v in values], pa.string())
+
+
+def _float_canonical(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+    return pc.add(values, pa.scalar(0.0))  # -0.0 + 0.0 is 0.0
+
+
+def _arrow_canonical(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> pa.Array:
+    """:func:`_read_canonical`'s values from a column of the loader's Arrow data."""
+    kind, arrow = column.type, values.type
+    if isinstance(kind, Float) and (pa.types.is_floating(arrow) or pa.types.is_integer(arrow)):
+        return _float_canonical(pc.cast(values, pa.float64()))
+    if isinstance(kind, Float):
+        return _read_canonical(column, values.to_pylist())
+    texts = _arrow_texts(dialect, column, values)
+    if isinstance(texts, list):
+        return pa.array(texts, pa.string())
+    return texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+
+
+def _arrow_texts(
+    dialect: Dialect, column: Column, values: pa.ChunkedArray
+) -> pa.ChunkedArray | list[str | None]:
     """The canonical texts (``_encoder``'s) of ``values`` written into ``column``: computed
     by Arrow for the types whose text it makes alike (integers, booleans, dates, zoned
     times: a zoned time's SQLite text is its wall time in its zone, which verify reads as
@@ -253,15 +369,15 @@ def _arrow_texts(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> l
     if isinstance(kind, Boolean | Integer) and (
         pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)
     ):
-        return pc.cast(pc.cast(values, pa.int64()), pa.string()).to_pylist()
+        return pc.cast(pc.cast(values, pa.int64()), pa.string())
     if isinstance(kind, DateTime) and pa.types.is_timestamp(arrow) and arrow.tz is not None:
         zone = arrow.tz if dialect.name == "sqlite" else "UTC"
         micros = pc.cast(values, pa.timestamp("us", zone))
-        return pc.strftime(micros, "%Y-%m-%dT%H:%M:%S").to_pylist()  # %S: with microseconds
+        return pc.strftime(micros, "%Y-%m-%dT%H:%M:%S")  # %S: with microseconds
     if isinstance(kind, String) and (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)):
-        return values.to_pylist()  # text is its own canonical text (no call per value)
+        return pc.cast(values, pa.string())  # text is its own canonical text
     if isinstance(kind, Date) and not isinstance(kind, DateTime) and pa.types.is_date(arrow):
-        return pc.strftime(pc.cast(values, pa.timestamp("s")), "%Y-%m-%d").to_pylist()
+        return pc.strftime(pc.cast(values, pa.timestamp("s")), "%Y-%m-%d")
     found = values.to_pylist()
     processor = kind._cached_bind_processor(dialect)
     encode = _encoder(column)
@@ -274,6 +390,7 @@ def add_macs(into: RowsMac, mac: RowsMac) -> None:
     """Add ``mac``'s rows to ``into`` (a digest of their union)."""
     into.count += mac.count
     into.total = (into.total + mac.total) % _MOD
+    into.tag = mac.tag if mac.count else into.tag
 
 
 def batch_rows_digest(table: Table, batch_id: str, mac: RowsMac) -> dict[str, Any]:
@@ -513,5 +630,5 @@ def raw_specs(conn: Connection, expected: Collection[str]) -> list[Scoped]:
     return [
         Scoped(Table(name, MetaData(), autoload_with=conn), ("batch_id",))
         for name in sorted(expected)
-        if name.startswith("raw_") and name in present
+        if name.startswith(RAW_PREFIX) and name in present
     ]
