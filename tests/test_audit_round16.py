@@ -289,3 +289,70 @@ def test_a_raw_row_edited_in_place_is_reported_by_deep_verify(
     err = capsys.readouterr().err
     assert f"raw_mobile_payments batch_id {released}: " in err, err
     assert "keyed digest differs" in err and "DISAGREE: 1 problem(s)" in err, err
+
+
+def test_raw_digest_catches_values_swapped_between_rows_and_long_values_edited(
+    warehouse_url: str,
+) -> None:
+    """The raw rows digest is a sum over rows, vectorized per column: two values of one
+    column swapped between rows (each column's multiset unchanged) must change it, and so
+    must an edit in the middle of a value longer than the bytes key_hashes reads."""
+    import pyarrow as pa
+    from sqlalchemy import BigInteger, Column, Double, MetaData, String, Table, Text, create_engine
+    from sqlalchemy import text as sql
+
+    from puhui.table_digests import Scoped, arrow_rows_mac, rows_macs
+    from puhui.warehouse.bulk import bulk_insert
+
+    table = Table(
+        "raw_swaps",
+        MetaData(),
+        Column("batch_id", String(64), nullable=False),
+        Column("row_number", BigInteger),
+        Column("amount", Double),
+        Column("code", String(16)),
+        Column("note", Text),
+    )
+    long_note = "n" * 200
+    data = pa.table(
+        {
+            "row_number": pa.array([1, 2, 3], pa.int64()),
+            "amount": pa.array([1.5, 2.5, None], pa.float64()),
+            "code": pa.array(["A", "B", "C"]),
+            "note": pa.array([long_note, "short", None]),
+        }
+    )
+    key = b"k" * 32
+    edits = {
+        "amount swapped": [
+            "UPDATE raw_swaps SET amount = 2.5 WHERE row_number = 1",
+            "UPDATE raw_swaps SET amount = 1.5 WHERE row_number = 2",
+        ],
+        "code swapped": [
+            "UPDATE raw_swaps SET code = 'C' WHERE row_number = 2",
+            "UPDATE raw_swaps SET code = 'B' WHERE row_number = 3",
+        ],
+        "NULL swapped": [
+            "UPDATE raw_swaps SET amount = NULL WHERE row_number = 2",
+            "UPDATE raw_swaps SET amount = 2.5 WHERE row_number = 3",
+        ],
+        "long value edited mid-way": [
+            f"UPDATE raw_swaps SET note = '{'n' * 100}x{'n' * 99}' WHERE row_number = 1"
+        ],
+    }
+    engine = create_engine(warehouse_url)
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            bulk_insert(conn, table, data, {"batch_id": "b1"})
+            written = arrow_rows_mac(conn.dialect, table, data, {"batch_id": "b1"}, key).hex()
+            assert rows_macs(conn, Scoped(table, ("batch_id",)), key)["b1"].hex() == written
+        for what, statements in edits.items():
+            with engine.connect() as conn:  # not committed: each edit on the rows as loaded
+                for statement in statements:
+                    conn.execute(sql(statement))
+                read = rows_macs(conn, Scoped(table, ("batch_id",)), key)["b1"]
+                assert read.count == 3
+                assert read.hex() != written, what
+    finally:
+        engine.dispose()
