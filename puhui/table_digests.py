@@ -269,22 +269,22 @@ _WHOLLY_HASHED = 72
 
 
 def _value_words(values: pa.Array, subkey: bytes) -> np.ndarray:
-    """A 64-bit word per value of a canonical column (float64: its bits, NULLs any word;
-    text: :func:`~puhui.ingest.key_index.key_hashes` of it)."""
-    from puhui.ingest.key_index import key_hashes
+    """A 64-bit word per value of a canonical column (NULLs: any word; the caller marks
+    them): key_index's ``_column_words`` (numbers and times their stored bits, text its
+    ``key_hashes``)."""
+    from puhui.ingest.key_index import _column_words
 
-    if pa.types.is_floating(values.type):
-        return values.fill_null(0.0).to_numpy(zero_copy_only=False).view(np.uint64)
-    text = values.fill_null("")
-    lengths = pc.binary_length(text)
-    if len(text) and pc.max(lengths).as_py() > _WHOLLY_HASHED:
-        long = pc.greater(lengths, _WHOLLY_HASHED)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return _column_words(values)
+    lengths = pc.binary_length(values)
+    if len(values) and (pc.max(lengths).as_py() or 0) > _WHOLLY_HASHED:
+        long = pc.fill_null(pc.greater(lengths, _WHOLLY_HASHED), False)
         hashed = [
             hashlib.blake2b(v.encode(), digest_size=16, key=subkey).hexdigest()
-            for v in pc.filter(text, long).to_pylist()
+            for v in pc.filter(values, long).to_pylist()
         ]
-        text = pc.replace_with_mask(text, long, pa.array(hashed, pa.string()))
-    return key_hashes(text)
+        values = pc.replace_with_mask(values, long, pa.array(hashed, pa.string()))
+    return _column_words(values)
 
 
 def _seeds(subkey: bytes, width: int) -> np.ndarray:
@@ -327,14 +327,27 @@ def columns_mac(canonical: list[pa.Array], subkey: bytes) -> RowsMac:
     return RowsMac(count, total, _RAW_TAG)
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def _read_canonical(column: Column, values: Iterable[Any]) -> pa.Array:
     """A column's canonical values from Python values (verify's read-back, a load's
-    constants): a float column's as float64 (NaN, which SQLite stores as NULL, is NULL;
-    -0.0 is 0.0), any other's canonical text (``_encoder``'s)."""
-    if isinstance(column.type, Float):
+    constants), by the column's type, whatever the dialect returns (``_encoder``'s rules):
+    a float as float64 (NaN, which SQLite stores as NULL, is NULL; -0.0 is 0.0); an integer
+    or boolean as int64; a time as its naive UTC instant (``_time``), a date as a date;
+    anything else its canonical text."""
+    kind = column.type
+    if isinstance(kind, Float):
         return _float_canonical(pa.array(values, pa.float64(), from_pandas=False))
-    encode = _encoder(column)
-    return pa.array([encode(v) for v in values], pa.string())
+    texts = [_encoder(column)(v) for v in values]
+    if isinstance(kind, Boolean | Integer):
+        return pa.array([None if t is None else int(t) for t in texts], pa.int64())
+    if isinstance(kind, DateTime):
+        moments = [None if t is None else datetime.fromisoformat(t) for t in texts]
+        return pa.array(moments, pa.timestamp("us"))
+    if isinstance(kind, Date):
+        return pa.array([None if t is None else date.fromisoformat(t) for t in texts])
+    return pa.array(texts, pa.string())
 
 
 def _float_canonical(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -345,45 +358,30 @@ def _float_canonical(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _arrow_canonical(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> pa.Array:
-    """:func:`_read_canonical`'s values from a column of the loader's Arrow data."""
+    """:func:`_read_canonical`'s values from a column of the loader's Arrow data, by Arrow
+    for the types it converts alike (a zoned time's SQLite text is its wall time in its
+    zone, which verify reads as UTC; PostgreSQL's is the instant), else per value through
+    the dialect's bind processor (SQLite stores a date, time or boolean as text or number)."""
     kind, arrow = column.type, values.type
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if isinstance(kind, Float) and (pa.types.is_floating(arrow) or pa.types.is_integer(arrow)):
         return _float_canonical(pc.cast(values, pa.float64()))
-    if isinstance(kind, Float):
-        return _read_canonical(column, values.to_pylist())
-    texts = _arrow_texts(dialect, column, values)
-    if isinstance(texts, list):
-        return pa.array(texts, pa.string())
-    return texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
-
-
-def _arrow_texts(
-    dialect: Dialect, column: Column, values: pa.ChunkedArray
-) -> pa.ChunkedArray | list[str | None]:
-    """The canonical texts (``_encoder``'s) of ``values`` written into ``column``: computed
-    by Arrow for the types whose text it makes alike (integers, booleans, dates, zoned
-    times: a zoned time's SQLite text is its wall time in its zone, which verify reads as
-    UTC, PostgreSQL's is the instant), else per value through the dialect's bind processor
-    and the encoder (floats: Python's shortest repr)."""
-    kind, arrow = column.type, values.type
     if isinstance(kind, Boolean | Integer) and (
         pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)
     ):
-        return pc.cast(pc.cast(values, pa.int64()), pa.string())
+        return pc.cast(values, pa.int64())
     if isinstance(kind, DateTime) and pa.types.is_timestamp(arrow) and arrow.tz is not None:
-        zone = arrow.tz if dialect.name == "sqlite" else "UTC"
-        micros = pc.cast(values, pa.timestamp("us", zone))
-        return pc.strftime(micros, "%Y-%m-%dT%H:%M:%S")  # %S: with microseconds
+        wall = pc.local_timestamp(values) if dialect.name == "sqlite" else values
+        return pc.cast(wall, pa.timestamp("us"))  # zoned to naive: the same instant's number
     if isinstance(kind, String) and (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)):
         return pc.cast(values, pa.string())  # text is its own canonical text
     if isinstance(kind, Date) and not isinstance(kind, DateTime) and pa.types.is_date(arrow):
-        return pc.strftime(pc.cast(values, pa.timestamp("s")), "%Y-%m-%d")
-    found = values.to_pylist()
+        return pc.cast(values, pa.date32())
     processor = kind._cached_bind_processor(dialect)
-    encode = _encoder(column)
+    found = values.to_pylist()
     if processor is not None:
-        return [None if v is None else encode(processor(v)) for v in found]
-    return [None if v is None else encode(v) for v in found]
+        found = [None if v is None else processor(v) for v in found]
+    return _read_canonical(column, found)
 
 
 def add_macs(into: RowsMac, mac: RowsMac) -> None:
