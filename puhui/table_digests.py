@@ -327,9 +327,6 @@ def columns_mac(canonical: list[pa.Array], subkey: bytes) -> RowsMac:
     return RowsMac(count, total, _RAW_TAG)
 
 
-_EPOCH = datetime(1970, 1, 1)
-
-
 def _read_canonical(column: Column, values: Iterable[Any]) -> pa.Array:
     """A column's canonical values from Python values (verify's read-back, a load's
     constants), by the column's type, whatever the dialect returns (``_encoder``'s rules):

@@ -182,8 +182,8 @@ def test_batches_decided_before_round16_are_noted_once_not_reported(
 
 def test_arrow_digest_matches_what_each_dialect_reads_back(warehouse_url: str) -> None:
     """The load digests the Arrow data it writes; verify digests the rows it reads. Both
-    must give one text per value on each dialect: floats (NaN, which SQLite stores as NULL,
-    -0.0, the shortest repr), integers, booleans, dates, timestamps in another zone and
+    must give one canonical value per value on each dialect: floats (NaN, which SQLite stores
+    as NULL, -0.0, 0.1+0.2), integers, booleans, dates, timestamps in another zone and
     naive, NULLs in every type, text with quotes and non-ASCII."""
     from datetime import date, timezone
 
