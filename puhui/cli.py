@@ -942,7 +942,8 @@ def audit_verify(
                                           "and check ingest_keys against its keyed digest "
                                           "(streams every key: ~3 s of CPU per 1M), and "
                                           "the profile, monitoring and validation tables "
-                                          "against their writers' keyed digests.")
+                                          "against their writers' keyed digests, and each "
+                                          "raw batch's rows against its load's.")
     ] = False,
     since: Annotated[
         str | None,
@@ -1051,7 +1052,17 @@ def audit_verify(
         problems += table_mismatches
         summary.update(table_problems=table_mismatches, table_rows=tables.rows,
                        table_notes=tables.notes)
-        lines += tables.notes  # informational: rows written before their writers recorded
+        raw = tables.raw
+        problems += raw.problems
+        summary.update(raw_digest_problems=raw.problems, raw_digest_notes=raw.notes,
+                       raw_digests_compared={"batches": raw.batches, "rows": raw.rows}
+                       if keyed else None)
+        lines += tables.notes + raw.notes  # informational: rows written before digests
+        if not raw.problems:
+            lines.append("raw tables have every column their loads digested"
+                         + (f"; their rows agree with the loads' keyed digests: "
+                            f"{raw.batches:,} batch(es), {raw.rows:,} row(s)" if keyed
+                            else " (--deep: also their rows' keyed digests)"))
         if not table_mismatches:
             lines.append(f"profile, monitoring and validation tables agree with the trail: "
                          f"{tables.rows:,} row(s) counted"
@@ -1075,7 +1086,8 @@ def audit_verify(
                          f"first: {result.problems[0]}")
     if problems:
         key_problems = len(summary.get("key_index_problems", []))
-        raw_problems = len(summary.get("raw_problems", []))
+        raw_problems = (len(summary.get("raw_problems", []))
+                        + len(summary.get("raw_digest_problems", [])))
         which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems
                                            + raw_problems + len(table_mismatches))
                              + ["ingest_batches"] * bool(ledger_mismatches)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -41,11 +41,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
     Date,
     DateTime,
+    Double,
     Engine,
     Float,
     Integer,
@@ -60,6 +62,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 
 from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
 from puhui.warehouse.schema import (
@@ -192,9 +195,12 @@ def rows_macs(
     where: Any = None,
     columns: Iterable[str] | None = None,
     chunk_rows: int = 20_000,
+    kinds: Sequence[str] | None = None,
 ) -> dict[str, RowsMac]:
     """:class:`RowsMac` per scope of ``spec``'s rows (and ``where``) over ``columns`` (by
-    name, in their order; none: :func:`digested_columns`), streamed in chunks."""
+    name, in their order; none: :func:`digested_columns`), streamed in chunks. ``kinds``
+    (a raw table's): the columns' types as the load recorded them (:func:`column_kinds`),
+    which the values read are canonicalized by instead of the table's own."""
     ordered = [spec.table.c[name] for name in (columns or digested_columns(spec.table))]
     encoders = [_encoder(c) for c in ordered]
     # JSON as its stored text: parsing every row's JSON costs more than hashing it, and the
@@ -207,13 +213,18 @@ def rows_macs(
     macs: dict[str, RowsMac] = {}
     width, scoped = len(ordered), bool(spec.scope)
     if is_raw(spec.table):
+        typed = (
+            ordered
+            if kinds is None
+            else [Column(c.name, _KIND_TYPES[k]()) for c, k in zip(ordered, kinds, strict=True)]
+        )
         for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
             scopes: dict[str, list[tuple]] = {}
             for row in part:
                 scopes.setdefault(scope_of(row[width:]) if scoped else "", []).append(row)
             for name, rows in scopes.items():
                 values = list(zip(*rows, strict=True))[:width]
-                canonical = [_read_canonical(c, v) for c, v in zip(ordered, values, strict=True)]
+                canonical = [_read_canonical(c, v) for c, v in zip(typed, values, strict=True)]
                 add_macs(macs.setdefault(name, RowsMac()), columns_mac(canonical, subkey))
         return macs
     blake2b = hashlib.blake2b
@@ -233,6 +244,37 @@ def is_raw(table: Table) -> bool:
     """Whether ``table`` is a partner's raw table (``raw_<partner>``), digested per batch by
     :func:`columns_mac`, not per row's text."""
     return table.name.startswith(RAW_PREFIX)
+
+
+# A raw column's type as a load records it with its digest: a contract that changes a
+# column's declared type leaves the physical column as it was (``ensure_raw_table`` only
+# adds columns), so the load's values and verify's read-back are canonicalized by this one
+# recorded type, not each by its own (else every later batch would differ).
+_KIND_TYPES: dict[str, type[TypeEngine]] = {
+    "float": Double,
+    "integer": BigInteger,
+    "boolean": Boolean,
+    "date": Date,
+    "timestamp": DateTime,
+    "text": Text,
+}
+
+
+def column_kinds(table: Table, columns: Iterable[str]) -> list[str]:
+    """The kind (a key of ``_KIND_TYPES``) of each of ``table``'s ``columns``, by its type
+    as :func:`_read_canonical` treats it (a Boolean before an Integer: it is checked first
+    there too)."""
+    order = (
+        (Float, "float"),
+        (Boolean, "boolean"),
+        (Integer, "integer"),
+        (DateTime, "timestamp"),
+        (Date, "date"),
+    )
+    return [
+        next((kind for cls, kind in order if isinstance(table.c[name].type, cls)), "text")
+        for name in columns
+    ]
 
 
 def arrow_rows_mac(
@@ -335,7 +377,10 @@ def _read_canonical(column: Column, values: Iterable[Any]) -> pa.Array:
     anything else its canonical text."""
     kind = column.type
     if isinstance(kind, Float):
-        return _float_canonical(pa.array(values, pa.float64(), from_pandas=False))
+        try:
+            return _float_canonical(pa.array(values, pa.float64(), from_pandas=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # text in a column once text
+            return _float_canonical(pa.array([_as_float(v) for v in values], pa.float64()))
     texts = [_encoder(column)(v) for v in values]
     if isinstance(kind, Boolean | Integer):
         return pa.array([None if t is None else int(t) for t in texts], pa.int64())
@@ -345,6 +390,15 @@ def _read_canonical(column: Column, values: Iterable[Any]) -> pa.Array:
     if isinstance(kind, Date):
         return pa.array([None if t is None else date.fromisoformat(t) for t in texts])
     return pa.array(texts, pa.string())
+
+
+def _as_float(value: Any) -> float | None:
+    # A value that is no number (a hand edit in a column once text) as NaN, canonically
+    # NULL: it differs from any number the load digested.
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _float_canonical(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -391,9 +445,11 @@ def add_macs(into: RowsMac, mac: RowsMac) -> None:
 def batch_rows_digest(table: Table, batch_id: str, mac: RowsMac) -> dict[str, Any]:
     """What a load's event records for the rows it wrote into ``raw_<partner>``: like a
     writer's :func:`recorded`, with the batch as the scope."""
+    columns = digested_columns(table)
     return {
         table.name: {
-            "columns": digested_columns(table),
+            "columns": columns,
+            "kinds": column_kinds(table, columns),
             "scopes": {batch_id: {"rows": mac.count, "mac": mac.hex()}},
         }
     }
@@ -465,6 +521,17 @@ def writer_subkey(audit: AuditWriter) -> bytes:
 
 
 @dataclass
+class RawCheck:
+    """What :func:`raw_check` found in the raw tables: problems, the batches and rows whose
+    keyed digests were compared (``--deep``), and notes on batches loaded before digests."""
+
+    problems: list[str] = field(default_factory=list)
+    batches: int = 0
+    rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TableCheck:
     """What :func:`table_problems` found: problems (one line each), rows counted, and notes
     on scopes written before their writers recorded digests (compared with nothing)."""
@@ -472,17 +539,19 @@ class TableCheck:
     problems: list[str] = field(default_factory=list)
     rows: int = 0
     notes: list[str] = field(default_factory=list)
+    raw: RawCheck = field(default_factory=RawCheck)  # the raw tables'
 
 
 def expected_digests(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
     """table -> scope -> what the last event writing it recorded (``rows``, ``mac``, and
-    the ``columns`` it digested, as a tuple)."""
+    the ``columns`` it digested, as a tuple, and a raw table's ``kinds``, a tuple or None)."""
     expected: dict[str, dict[str, dict]] = {}
     for event in events:
         for table, recorded_here in (event["details"].get(ROWS_DIGESTS) or {}).items():
             columns = tuple(recorded_here["columns"])
+            kinds = tuple(recorded_here["kinds"]) if "kinds" in recorded_here else None
             expected.setdefault(table, {}).update(
-                (scope, {**figures, "columns": columns})
+                (scope, {**figures, "columns": columns, "kinds": kinds})
                 for scope, figures in recorded_here["scopes"].items()
             )
     return expected
@@ -593,8 +662,9 @@ def table_problems(
 ) -> TableCheck:
     """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
     with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
-    ``since`` on). Read only: on SQLite a deferred read transaction, which writers do not
-    wait for (:func:`snapshot`)."""
+    ``since`` on). The raw tables the loads recorded digests for go to ``.raw``
+    (:func:`raw_check`: their columns; with ``subkey`` each batch's digest). Read only: on
+    SQLite a deferred read transaction, which writers do not wait for (:func:`snapshot`)."""
     from puhui.audit import events_of
     from puhui.warehouse.engine import snapshot
 
@@ -607,14 +677,69 @@ def table_problems(
             counts = rows_counts(conn, spec)
             macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
             compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
-        if subkey is not None:  # raw rows: --deep only (the plain counts are the ledger's)
-            raw = TableCheck()
-            for spec in raw_specs(conn, expected):
-                macs = deep_macs(conn, spec, expected[spec.name], subkey)
-                compare(spec, expected[spec.name], rows_counts(conn, spec), macs, raw)
-            check.problems += raw.problems
-            check.notes += raw.notes
+        for spec in raw_specs(conn, expected):
+            raw_check(conn, spec, expected[spec.name], subkey, check.raw)
     return check
+
+
+def raw_check(
+    conn: Connection,
+    spec: Scoped,
+    expected: Mapping[str, dict],
+    subkey: bytes | None,
+    check: RawCheck,
+) -> None:
+    """Add raw table ``spec``'s problems and note to ``check``: each column a load digested
+    that the table no longer has (nothing drops or renames a raw column: a hand edit, which
+    loses its values), and with ``subkey`` (``--deep``) each batch's keyed digest. Counts are
+    the ledger check's (``raw_row_problems``): a batch whose rows number other than its
+    load recorded is left to it, so one deleted row is one problem."""
+    present = {c.name for c in spec.table.columns}
+    digested: dict[str, int] = {}
+    for figures in expected.values():
+        for name in figures["columns"]:
+            digested[name] = digested.get(name, 0) + bool(figures["rows"])
+    for name, loads in sorted(digested.items()):
+        if name not in present and loads:
+            check.problems.append(
+                f"{spec.name}: column {name}, digested by {loads:,} batch(es), is gone "
+                "(dropped or renamed by hand: its values are lost)"
+            )
+    if subkey is None:
+        return
+    # One stream per set of columns and kinds the loads recorded (one, unless a contract
+    # changed them), each reading every row: the batches present come with them.
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[str]] = {}
+    for scope, figures in expected.items():
+        if set(figures["columns"]) <= present:
+            groups.setdefault((figures["columns"], figures["kinds"]), []).append(scope)
+    seen: set[str] = set() if groups else set(rows_counts(conn, spec))
+    macs: dict[str, RowsMac] = {}
+    for (columns, kinds), scopes in groups.items():
+        found = rows_macs(conn, spec, subkey, None, columns, kinds=kinds)
+        seen |= set(found)
+        macs.update((scope, found.get(scope, RowsMac())) for scope in scopes)  # as a 0-row load
+    unrecorded = 0
+    for name in sorted(seen | set(macs)):
+        recorded_here = expected.get(name)
+        if recorded_here is None:
+            unrecorded += 1
+            continue
+        mac = macs.get(name)
+        if mac is None or mac.count != recorded_here["rows"]:
+            continue  # a column gone (above), or rows deleted or added (the ledger check)
+        check.batches += 1
+        check.rows += mac.count
+        if mac.hex() != recorded_here["mac"]:
+            check.problems.append(
+                f"{spec.name} batch_id {name}: {mac.count:,} row(s), not those its load "
+                "recorded (the keyed digest differs: rows edited or replaced by hand)"
+            )
+    if unrecorded:
+        check.notes.append(
+            f"{spec.name}: {unrecorded} batch_id(s) written before row digests were recorded "
+            "(not compared)"
+        )
 
 
 def raw_specs(conn: Connection, expected: Collection[str]) -> list[Scoped]:

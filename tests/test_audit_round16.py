@@ -5,6 +5,7 @@ defect test failed on the code before its fix unless its docstring says otherwis
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -159,13 +160,15 @@ def test_batches_decided_before_round16_are_noted_once_not_reported(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Found sound by construction, kept as the contract: events from before round 16
-    record none of the four columns; verify passes and says so once, in one line."""
+    record none of the four columns, nor their raw rows' digests; verify (and --deep)
+    passes and says so once, in one line each."""
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
     folder = landing / "mobile_payments" / DAY.isoformat()
     (folder / "mobile_payments_1.csv").write_bytes(_payments(1))
     (folder / "mobile_payments_2.csv").write_bytes(_held_by_category(2))
     with pytest.MonkeyPatch.context() as older:
         older.setattr(ledger, "ledger_facts", lambda *written: {})  # the writer before
+        older.setattr(batches, "batch_rows_digest", lambda *args: {})
         outcomes = _ingest_payments()
     # A release by the new writer records decided_at and rows_held; landed_at stays unknown.
     release_batch(open_runtime(), outcomes["mobile_payments_2.csv"].batch_id, "category confirmed")
@@ -175,6 +178,12 @@ def test_batches_decided_before_round16_are_noted_once_not_reported(
     out = capsys.readouterr().out
     assert out.count("before round 16") == 1, out
     assert "2 batch(es) decided by events from before round 16" in out, out
+    assert main(["audit", "verify", "--deep"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.count("before row digests") == 1, out
+    # The release's load recorded its digest; the first batch's load did not.
+    assert "raw_mobile_payments: 1 batch_id(s) written before row digests were recorded" in out
+    assert "keyed digests: 1 batch(es), " in out, out
     _set(outcomes["mobile_payments_2.csv"].batch_id, rows_held=7)
     assert main(["audit", "verify", "--no-repair"]) == 1
     assert "ingest_batches.rows_held differs" in capsys.readouterr().err
@@ -183,8 +192,9 @@ def test_batches_decided_before_round16_are_noted_once_not_reported(
 def test_arrow_digest_matches_what_each_dialect_reads_back(warehouse_url: str) -> None:
     """The load digests the Arrow data it writes; verify digests the rows it reads. Both
     must give one canonical value per value on each dialect: floats (NaN, which SQLite stores
-    as NULL, -0.0, 0.1+0.2), integers, booleans, dates, timestamps in another zone and
-    naive, NULLs in every type, text with quotes and non-ASCII."""
+    as NULL, -0.0, 0.1+0.2), integers, booleans, dates, zoned timestamps (in another zone),
+    NULLs in every type, text with quotes and non-ASCII. Verify's side as verify runs it:
+    the table reflected (`raw_specs`), the digest the load's event records."""
     from datetime import date, timezone
 
     import pyarrow as pa
@@ -202,7 +212,7 @@ def test_arrow_digest_matches_what_each_dialect_reads_back(warehouse_url: str) -
         create_engine,
     )
 
-    from puhui.table_digests import Scoped, arrow_rows_mac, rows_macs
+    from puhui.table_digests import arrow_rows_mac
     from puhui.warehouse.bulk import bulk_insert
 
     table = Table(
@@ -247,10 +257,100 @@ def test_arrow_digest_matches_what_each_dialect_reads_back(warehouse_url: str) -
             for batch in ("b1", "b2"):
                 bulk_insert(conn, table, data, {"batch_id": batch})
             written = arrow_rows_mac(conn.dialect, table, data, {"batch_id": "b1"}, key)
-            read = rows_macs(conn, Scoped(table, ("batch_id",)), key)
-        assert read["b1"].count == written.count == 4
-        assert read["b1"].hex() == written.hex()
-        assert read["b2"].hex() != written.hex()  # the batch id is digested too
+            check = _raw_verified(conn, table, {"b1": written, "b2": written}, key)
+        assert written.count == 4
+        assert check.batches == 2 and check.rows == 8
+        # b2's rows are b1's under another batch id: the batch id is digested too.
+        assert check.problems == [
+            "raw_roundtrip batch_id b2: 4 row(s), not those its load recorded (the keyed "
+            "digest differs: rows edited or replaced by hand)"
+        ], check.problems
+    finally:
+        engine.dispose()
+
+
+def _raw_verified(conn: Any, table: Any, loads: dict[str, Any], key: bytes) -> Any:
+    """What `audit verify --deep` finds in raw table ``table`` whose batches' loads recorded
+    the digests ``loads`` (batch id -> RowsMac), through verify's own code: the events'
+    digests as verify reads them, the table reflected."""
+    from puhui.table_digests import (
+        ROWS_DIGESTS,
+        RawCheck,
+        batch_rows_digest,
+        expected_digests,
+        raw_check,
+        raw_specs,
+    )
+
+    events = [
+        {"details": {ROWS_DIGESTS: batch_rows_digest(table, batch, mac)}}
+        for batch, mac in loads.items()
+    ]
+    expected = expected_digests(events)
+    (spec,) = raw_specs(conn, expected)
+    check = RawCheck()
+    raw_check(conn, spec, expected[table.name], key, check)
+    return check
+
+
+def test_a_contract_type_change_is_digested_alike_by_load_and_verify(
+    warehouse_url: str,
+) -> None:
+    """Before: a contract that changes a column's declared type (the physical column stays:
+    `ensure_raw_table` only adds columns) made the load digest by the declared type and
+    verify by the table's, so every later batch was reported as edited. Both now
+    canonicalize by the type the load recorded with its digest."""
+    from datetime import date
+
+    import pyarrow as pa
+    from sqlalchemy import (
+        BigInteger,
+        Column,
+        Date,
+        DateTime,
+        Double,
+        MetaData,
+        String,
+        Table,
+        Text,
+        create_engine,
+    )
+
+    from puhui.table_digests import arrow_rows_mac
+    from puhui.warehouse.bulk import bulk_insert
+
+    def declared(*kinds: Any) -> Table:
+        names = ("at", "day", "count", "amount")
+        return Table(
+            "raw_changed",
+            MetaData(),
+            Column("batch_id", String(64), nullable=False),
+            Column("row_number", BigInteger),
+            *(Column(n, k) for n, k in zip(names, kinds, strict=True)),
+        )
+
+    before = declared(Text, Text, Text, Text)  # all declared string at first
+    after = declared(DateTime(timezone=True), Date, BigInteger, Double)
+    data = pa.table(
+        {
+            "row_number": pa.array([1, 2], pa.int64()),
+            "at": pa.array(
+                [datetime(2026, 9, 30, 12, tzinfo=UTC), None], pa.timestamp("us", tz="UTC")
+            ),
+            "day": pa.array([date(2026, 9, 30), None]),
+            "count": pa.array([7, None], pa.int64()),
+            "amount": pa.array([1.5, None], pa.float64()),
+        }
+    )
+    key = b"k" * 32
+    engine = create_engine(warehouse_url)
+    try:
+        with engine.begin() as conn:
+            before.create(conn)
+            bulk_insert(conn, after, data, {"batch_id": "b1"})
+            written = arrow_rows_mac(conn.dialect, after, data, {"batch_id": "b1"}, key)
+            check = _raw_verified(conn, after, {"b1": written}, key)
+        assert check.problems == [] and check.batches == 1, check.problems
     finally:
         engine.dispose()
 
@@ -274,6 +374,10 @@ def test_a_raw_row_edited_in_place_is_reported_by_deep_verify(
     assert main(["audit", "verify", "--deep"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "raw_" not in out, out  # no note: every batch recorded its rows
+    assert (
+        "raw tables have every column their loads digested; their rows agree with the "
+        "loads' keyed digests: 5 batch(es), 20 row(s)" in out
+    ), out
     released = outcomes["mobile_payments_4.csv"].batch_id
     with open_runtime().engine.begin() as conn:
         conn.execute(
@@ -289,6 +393,55 @@ def test_a_raw_row_edited_in_place_is_reported_by_deep_verify(
     err = capsys.readouterr().err
     assert f"raw_mobile_payments batch_id {released}: " in err, err
     assert "keyed digest differs" in err and "DISAGREE: 1 problem(s)" in err, err
+    assert "raw tables and the audit trail DISAGREE" in err, err
+
+
+def test_a_raw_row_deleted_is_reported_once_and_a_raw_column_dropped_is_reported(
+    landing: Path,
+    warehouse_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: with --deep one deleted raw row was reported twice (the ledger's count and
+    the digest's), under "profile, monitoring and validation tables"; and a raw column
+    dropped by hand (its values lost) passed both verify and --deep, since the digest left
+    out every batch recorded with a column the table no longer has. Now the row is one
+    problem under "raw tables", and the column is a problem of plain verify, named."""
+    from sqlalchemy import text
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1.csv").write_bytes(_payments(1))
+    (folder / "mobile_payments_2.csv").write_bytes(_payments(2))
+    outcomes = _ingest_payments()
+    first, second = (outcomes[f"mobile_payments_{i}.csv"].batch_id for i in (1, 2))
+    engine = open_runtime().engine
+    with engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM raw_mobile_payments WHERE batch_id = :b AND row_number = 2"),
+            {"b": first},
+        )
+    capsys.readouterr()
+    assert main(["audit", "verify", "--deep", "--no-repair"]) == 1
+    err = capsys.readouterr().err
+    assert f"batch {first} holds 4 row(s)" in err and "DISAGREE: 1 problem(s)" in err, err
+    assert "raw tables and the audit trail DISAGREE" in err, err
+    assert "profile, monitoring and validation" not in err, err
+    assert main(["audit", "verify", "--deep", "--no-repair", "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    # The other batch's digest was still compared.
+    assert summary["raw_digests_compared"]["batches"] == 1, summary
+    assert summary["raw_digest_problems"] == [], summary
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE raw_mobile_payments DROP COLUMN amount"))
+    for deep in ([], ["--deep"]):
+        assert main(["audit", "verify", "--no-repair", *deep]) == 1, deep
+        err = capsys.readouterr().err
+        assert "raw_mobile_payments: column amount, digested by 2 batch(es), is gone" in err, (
+            deep,
+            err,
+        )
+    del second
 
 
 def test_raw_digest_catches_values_swapped_between_rows_and_long_values_edited(
