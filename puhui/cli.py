@@ -949,7 +949,8 @@ def audit_verify(
         str | None,
         typer.Option("--since", help="With --deep: digest the dated tables' rows (profile "
                                      "history, monitoring) from this as-of date (YYYY-MM-DD) "
-                                     "on; older dates are counted only.")
+                                     "on, and the raw batches delivered from it on; older "
+                                     "ones are counted only.")
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
@@ -1061,8 +1062,9 @@ def audit_verify(
         if not raw.problems:
             lines.append("raw tables have every column their loads digested"
                          + (f"; their rows agree with the loads' keyed digests: "
-                            f"{raw.batches:,} batch(es), {raw.rows:,} row(s)" if keyed
-                            else " (--deep: also their rows' keyed digests)"))
+                            f"{raw.batches:,} batch(es), {raw.rows:,} row(s)"
+                            + (f" (batches delivered from {since_day})" if since_day else "")
+                            if keyed else " (--deep: also their rows' keyed digests)"))
         if not table_mismatches:
             lines.append(f"profile, monitoring and validation tables agree with the trail: "
                          f"{tables.rows:,} row(s) counted"

@@ -663,7 +663,8 @@ def table_problems(
     """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
     with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
     ``since`` on). The raw tables the loads recorded digests for go to ``.raw``
-    (:func:`raw_check`: their columns; with ``subkey`` each batch's digest). Read only: on
+    (:func:`raw_check`: their columns; with ``subkey`` each batch's digest, batches
+    delivered from ``since`` on). Read only: on
     SQLite a deferred read transaction, which writers do not wait for (:func:`snapshot`)."""
     from puhui.audit import events_of
     from puhui.warehouse.engine import snapshot
@@ -678,7 +679,7 @@ def table_problems(
             macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
             compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
         for spec in raw_specs(conn, expected):
-            raw_check(conn, spec, expected[spec.name], subkey, check.raw)
+            raw_check(conn, spec, expected[spec.name], subkey, check.raw, since)
     return check
 
 
@@ -688,11 +689,13 @@ def raw_check(
     expected: Mapping[str, dict],
     subkey: bytes | None,
     check: RawCheck,
+    since: date | None = None,
 ) -> None:
     """Add raw table ``spec``'s problems and note to ``check``: each column a load digested
     that the table no longer has (nothing drops or renames a raw column: a hand edit, which
-    loses its values), and with ``subkey`` (``--deep``) each batch's keyed digest. Counts are
-    the ledger check's (``raw_row_problems``): a batch whose rows number other than its
+    loses its values), and with ``subkey`` (``--deep``) each batch's keyed digest (with
+    ``since``: of the batches delivered from that date on, by the date in their id). Counts
+    are the ledger check's (``raw_row_problems``): a batch whose rows number other than its
     load recorded is left to it, so one deleted row is one problem."""
     present = {c.name for c in spec.table.columns}
     digested: dict[str, int] = {}
@@ -709,14 +712,20 @@ def raw_check(
         return
     # One stream per set of columns and kinds the loads recorded (one, unless a contract
     # changed them), each reading every row: the batches present come with them.
+    # A batch id is <feed>-<YYYYMMDD delivery date>-<hash> (``make_batch_id``): from
+    # ``since`` on is from that id on, which the stream's WHERE narrows to (still a scan:
+    # no index on batch_id, but only those rows are turned into values and digested).
+    first = None if since is None else f"{spec.name[len(RAW_PREFIX) :]}-{since:%Y%m%d}"
     groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[str]] = {}
     for scope, figures in expected.items():
-        if set(figures["columns"]) <= present:
+        if set(figures["columns"]) <= present and (first is None or scope >= first):
             groups.setdefault((figures["columns"], figures["kinds"]), []).append(scope)
+    where = None if first is None else spec.table.c.batch_id >= first
     seen: set[str] = set() if groups else set(rows_counts(conn, spec))
+    seen = {name for name in seen if first is None or name >= first}
     macs: dict[str, RowsMac] = {}
     for (columns, kinds), scopes in groups.items():
-        found = rows_macs(conn, spec, subkey, None, columns, kinds=kinds)
+        found = rows_macs(conn, spec, subkey, where, columns, kinds=kinds)
         seen |= set(found)
         macs.update((scope, found.get(scope, RowsMac())) for scope in scopes)  # as a 0-row load
     unrecorded = 0

@@ -394,6 +394,14 @@ def test_a_raw_row_edited_in_place_is_reported_by_deep_verify(
     assert f"raw_mobile_payments batch_id {released}: " in err, err
     assert "keyed digest differs" in err and "DISAGREE: 1 problem(s)" in err, err
     assert "raw tables and the audit trail DISAGREE" in err, err
+    # --since narrows the raw digests to the batches delivered from that date on.
+    later = (DAY + timedelta(days=1)).isoformat()
+    assert main(["audit", "verify", "--deep", "--no-repair", "--since", later]) == 0
+    assert (
+        "keyed digests: 0 batch(es), 0 row(s) (batches delivered from "
+        f"{later})" in capsys.readouterr().out
+    )
+    assert main(["audit", "verify", "--deep", "--no-repair", "--since", DAY.isoformat()]) == 1
 
 
 def test_a_raw_row_deleted_is_reported_once_and_a_raw_column_dropped_is_reported(
