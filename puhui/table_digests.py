@@ -283,14 +283,13 @@ def arrow_rows_mac(
     data: pa.Table,
     constants: Mapping[str, Any],
     subkey: bytes,
-    columns: Iterable[str] | None = None,
 ) -> RowsMac:
     """The :class:`RowsMac` of ``data``'s rows as ``bulk_insert`` writes them into ``table``
     (``constants``: its one-value columns; a column in neither is NULL), computed from the
     Arrow data the loader holds instead of reading the rows back: each column's canonical
     values (:func:`_arrow_canonical`) and :func:`columns_mac`, as :func:`rows_macs` does
     with the values it reads back."""
-    ordered = [table.c[name] for name in (columns or digested_columns(table))]
+    ordered = [table.c[name] for name in digested_columns(table)]
     if data.num_rows == 0:
         return RowsMac(tag=_RAW_TAG)
     canonical: list[pa.Array] = []
@@ -426,7 +425,7 @@ def _arrow_canonical(dialect: Dialect, column: Column, values: pa.ChunkedArray) 
         return pc.cast(wall, pa.timestamp("us"))  # zoned to naive: the same instant's number
     if isinstance(kind, String) and (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)):
         return pc.cast(values, pa.string())  # text is its own canonical text
-    if isinstance(kind, Date) and not isinstance(kind, DateTime) and pa.types.is_date(arrow):
+    if isinstance(kind, Date) and pa.types.is_date(arrow):  # DateTime is no Date subclass
         return pc.cast(values, pa.date32())
     processor = kind._cached_bind_processor(dialect)
     found = values.to_pylist()
