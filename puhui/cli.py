@@ -1011,13 +1011,15 @@ def audit_verify(
                                           "and check ingest_keys against its keyed digest "
                                           "(streams every key: ~3 s of CPU per 1M), and "
                                           "the profile, monitoring and validation tables "
-                                          "against their writers' keyed digests.")
+                                          "against their writers' keyed digests, and each "
+                                          "raw batch's rows against its load's.")
     ] = False,
     since: Annotated[
         str | None,
         typer.Option("--since", help="With --deep: digest the dated tables' rows (profile "
                                      "history, monitoring) from this as-of date (YYYY-MM-DD) "
-                                     "on; older dates are counted only.")
+                                     "on, and the raw batches delivered from it on; older "
+                                     "ones are counted only.")
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
@@ -1084,9 +1086,11 @@ def audit_verify(
     if result.ok:
         from puhui.ingest.ledger import key_index_problems, ledger_problems
 
-        ledger_mismatches, batches = ledger_problems(runtime.engine)
+        ledger_mismatches, batches, unrecorded = ledger_problems(runtime.engine)
         problems += ledger_mismatches
-        summary.update(ledger_problems=ledger_mismatches, batches=batches)
+        summary.update(ledger_problems=ledger_mismatches, batches=batches,
+                       ledger_unrecorded=unrecorded)
+        lines += [unrecorded] if unrecorded else []  # informational, as below
         if not ledger_mismatches:
             lines.append(f"ingest_batches agrees with the trail: {batches} batch(es)")
             # Counted against the ledger's rows_loaded: only worth it once those are trusted.
@@ -1118,7 +1122,18 @@ def audit_verify(
         problems += table_mismatches
         summary.update(table_problems=table_mismatches, table_rows=tables.rows,
                        table_notes=tables.notes)
-        lines += tables.notes  # informational: rows written before their writers recorded
+        raw = tables.raw
+        problems += raw.problems
+        summary.update(raw_digest_problems=raw.problems, raw_digest_notes=raw.notes,
+                       raw_digests_compared={"batches": raw.batches, "rows": raw.rows}
+                       if keyed else None)
+        lines += tables.notes + raw.notes  # informational: rows written before digests
+        if not raw.problems:
+            lines.append("raw tables have every column their loads digested"
+                         + (f"; their rows agree with the loads' keyed digests: "
+                            f"{raw.batches:,} batch(es), {raw.rows:,} row(s)"
+                            + (f" (batches delivered from {since_day})" if since_day else "")
+                            if keyed else " (--deep: also their rows' keyed digests)"))
         if not table_mismatches:
             lines.append(f"profile, monitoring and validation tables agree with the trail: "
                          f"{tables.rows:,} row(s) counted"
@@ -1147,7 +1162,8 @@ def audit_verify(
                          + first(result.problems))
     if problems:
         key_problems = len(summary.get("key_index_problems", []))
-        raw_problems = len(summary.get("raw_problems", []))
+        raw_problems = (len(summary.get("raw_problems", []))
+                        + len(summary.get("raw_digest_problems", [])))
         which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems
                                            + raw_problems + len(table_mismatches))
                              + ["ingest_batches"] * bool(ledger_mismatches)

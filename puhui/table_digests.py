@@ -18,35 +18,51 @@ streamed in no order, memory bounded by a chunk and one digest per scope. The ev
 the columns digested (all the table had then): verify digests those, so a migration that
 adds a column changes no recorded scope's digest. The writer digests the rows by reading
 them back in its transaction, through the same code verify runs.
+
+A partner's raw table (``raw_<partner>``, scoped by batch) is digested by each load from the
+Arrow data it writes (no read-back: no index on ``batch_id``), vectorized
+(:func:`columns_mac`): per column its canonical values (the same texts; floats as float64)
+hashed to 64-bit words, combined per row by a keyed nonlinear mix, the rows' words summed
+mod 2^64. Verify turns the rows it reads back into the same Arrow columns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
     Date,
     DateTime,
+    Double,
     Engine,
     Float,
     Integer,
+    MetaData,
     Numeric,
+    String,
     Table,
     Text,
     cast,
     func,
+    inspect,
     select,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 
 from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
 from puhui.warehouse.schema import (
@@ -65,17 +81,24 @@ if TYPE_CHECKING:
 ROWS_DIGESTS = "rows_digests"
 _LABEL = b"puhui table rows digest v2"
 _MOD = 1 << 128
+RAW_PREFIX = "raw_"  # a partner's raw table: raw_<partner>
+
+
+_RAW_TAG, _RAW_MOD = "puhui.raw_rows.v3", 1 << 64  # raw tables' rows: :func:`columns_mac`
 
 
 @dataclass
 class RowsMac:
-    """Count and keyed, order-independent digest of a set of rows."""
+    """Count and keyed, order-independent digest of a set of rows (``tag``: its scheme)."""
 
     count: int = 0
     total: int = 0
+    tag: str = "puhui.rows.v2"
 
     def hex(self) -> str:
-        return figures_hex("puhui.rows.v2", self.count, self.total)
+        # A raw digest's rows sum mod 2^64; add_macs sums mod 2^128, a multiple of it.
+        total = self.total % _RAW_MOD if self.tag == _RAW_TAG else self.total
+        return figures_hex(self.tag, self.count, total)
 
 
 @dataclass(frozen=True)
@@ -172,9 +195,12 @@ def rows_macs(
     where: Any = None,
     columns: Iterable[str] | None = None,
     chunk_rows: int = 20_000,
+    kinds: Sequence[str] | None = None,
 ) -> dict[str, RowsMac]:
     """:class:`RowsMac` per scope of ``spec``'s rows (and ``where``) over ``columns`` (by
-    name, in their order; none: :func:`digested_columns`), streamed in chunks."""
+    name, in their order; none: :func:`digested_columns`), streamed in chunks. ``kinds``
+    (a raw table's): the columns' types as the load recorded them (:func:`column_kinds`),
+    which the values read are canonicalized by instead of the table's own."""
     ordered = [spec.table.c[name] for name in (columns or digested_columns(spec.table))]
     encoders = [_encoder(c) for c in ordered]
     # JSON as its stored text: parsing every row's JSON costs more than hashing it, and the
@@ -186,6 +212,21 @@ def rows_macs(
             query = query.where(condition)
     macs: dict[str, RowsMac] = {}
     width, scoped = len(ordered), bool(spec.scope)
+    if is_raw(spec.table):
+        typed = (
+            ordered
+            if kinds is None
+            else [Column(c.name, _KIND_TYPES[k]()) for c, k in zip(ordered, kinds, strict=True)]
+        )
+        for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
+            scopes: dict[str, list[tuple]] = {}
+            for row in part:
+                scopes.setdefault(scope_of(row[width:]) if scoped else "", []).append(row)
+            for name, rows in scopes.items():
+                values = list(zip(*rows, strict=True))[:width]
+                canonical = [_read_canonical(c, v) for c, v in zip(typed, values, strict=True)]
+                add_macs(macs.setdefault(name, RowsMac()), columns_mac(canonical, subkey))
+        return macs
     blake2b = hashlib.blake2b
     for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
         for row in part:
@@ -197,6 +238,220 @@ def rows_macs(
     for mac in macs.values():
         mac.total %= _MOD
     return macs
+
+
+def is_raw(table: Table) -> bool:
+    """Whether ``table`` is a partner's raw table (``raw_<partner>``), digested per batch by
+    :func:`columns_mac`, not per row's text."""
+    return table.name.startswith(RAW_PREFIX)
+
+
+# A raw column's type as a load records it with its digest: a contract that changes a
+# column's declared type leaves the physical column as it was (``ensure_raw_table`` only
+# adds columns), so the load's values and verify's read-back are canonicalized by this one
+# recorded type, not each by its own (else every later batch would differ).
+_KIND_TYPES: dict[str, type[TypeEngine]] = {
+    "float": Double,
+    "integer": BigInteger,
+    "boolean": Boolean,
+    "date": Date,
+    "timestamp": DateTime,
+    "text": Text,
+}
+
+
+def column_kinds(table: Table, columns: Iterable[str]) -> list[str]:
+    """The kind (a key of ``_KIND_TYPES``) of each of ``table``'s ``columns``, by its type
+    as :func:`_read_canonical` treats it (a Boolean before an Integer: it is checked first
+    there too)."""
+    order = (
+        (Float, "float"),
+        (Boolean, "boolean"),
+        (Integer, "integer"),
+        (DateTime, "timestamp"),
+        (Date, "date"),
+    )
+    return [
+        next((kind for cls, kind in order if isinstance(table.c[name].type, cls)), "text")
+        for name in columns
+    ]
+
+
+def arrow_rows_mac(
+    dialect: Dialect,
+    table: Table,
+    data: pa.Table,
+    constants: Mapping[str, Any],
+    subkey: bytes,
+) -> RowsMac:
+    """The :class:`RowsMac` of ``data``'s rows as ``bulk_insert`` writes them into ``table``
+    (``constants``: its one-value columns; a column in neither is NULL), computed from the
+    Arrow data the loader holds instead of reading the rows back: each column's canonical
+    values (:func:`_arrow_canonical`) and :func:`columns_mac`, as :func:`rows_macs` does
+    with the values it reads back."""
+    ordered = [table.c[name] for name in digested_columns(table)]
+    if data.num_rows == 0:
+        return RowsMac(tag=_RAW_TAG)
+    canonical: list[pa.Array] = []
+    for column in ordered:
+        if column.name in constants or column.name not in data.column_names:
+            # One value for every row: made once, repeated by Arrow.
+            one = _read_canonical(column, [constants.get(column.name)])
+            canonical.append(pa.repeat(one[0], data.num_rows))
+        else:
+            canonical.append(_arrow_canonical(dialect, column, data[column.name]))
+    return columns_mac(canonical, subkey)
+
+
+# key_hashes hashes a value's first 64 bytes, its last 8 and its length: a longer value is
+# first replaced by its keyed BLAKE2b (per value, in Python: rare in raw data), so an edit
+# anywhere in it changes its hash.
+_WHOLLY_HASHED = 72
+
+
+def _value_words(values: pa.Array, subkey: bytes) -> np.ndarray:
+    """A 64-bit word per value of a canonical column (NULLs: any word; the caller marks
+    them): key_index's ``_column_words`` (numbers and times their stored bits, text its
+    ``key_hashes``)."""
+    from puhui.ingest.key_index import _column_words
+
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return _column_words(values)
+    lengths = pc.binary_length(values)
+    if len(values) and (pc.max(lengths).as_py() or 0) > _WHOLLY_HASHED:
+        long = pc.fill_null(pc.greater(lengths, _WHOLLY_HASHED), False)
+        hashed = [
+            hashlib.blake2b(v.encode(), digest_size=16, key=subkey).hexdigest()
+            for v in pc.filter(values, long).to_pylist()
+        ]
+        values = pc.replace_with_mask(values, long, pa.array(hashed, pa.string()))
+    return _column_words(values)
+
+
+def _seeds(subkey: bytes, width: int) -> np.ndarray:
+    # Per column a seed for its values and one for its NULLs, and the row's first state:
+    # secret words, so which values collide with which (NULL with a value) depends on the key.
+    words = hashlib.blake2b(b"seeds", digest_size=64, key=subkey).digest()
+    stream = b"".join(
+        hashlib.blake2b(i.to_bytes(4, "little") + words, digest_size=64, key=subkey).digest()
+        for i in range(-(-(2 * width + 1) * 8 // 64))
+    )
+    return np.frombuffer(stream, "<u8", 2 * width + 1).astype(np.uint64)
+
+
+def columns_mac(canonical: list[pa.Array], subkey: bytes) -> RowsMac:
+    """The raw tables' keyed rows digest of the rows whose columns' canonical values are
+    ``canonical`` (one array per digested column, in order; the writer's from its Arrow
+    data, verify's from the rows it reads back).
+
+    Vectorized: each value's 64-bit word (:func:`_value_words`), combined per row, column
+    by column, by a nonlinear mix (xor with the column's keyed seed, NULLs with another,
+    then splitmix64's multiply-xorshift finish), so a value edited or swapped with another
+    row's changes its row's word; the rows' words summed mod 2^64 with the count (order-
+    independent, chunks add up). Not a cryptographic MAC: the per-value hash is 64-bit and
+    unkeyed, so a forger who knows the scheme could search for a colliding value."""
+    from puhui.ingest.key_index import _finish
+
+    count = len(canonical[0]) if canonical else 0
+    if count == 0:
+        return RowsMac(tag=_RAW_TAG)
+    seeds = _seeds(subkey, len(canonical))
+    state = np.full(count, seeds[-1], dtype=np.uint64)
+    for j, values in enumerate(canonical):
+        word = _value_words(values, subkey) ^ seeds[2 * j]
+        if values.null_count:
+            word = np.where(
+                values.is_valid().to_numpy(zero_copy_only=False), word, seeds[2 * j + 1]
+            )
+        state = _finish(state ^ word)
+    total = int(state.sum(dtype=np.uint64))  # wraps: mod 2^64
+    return RowsMac(count, total, _RAW_TAG)
+
+
+def _read_canonical(column: Column, values: Iterable[Any]) -> pa.Array:
+    """A column's canonical values from Python values (verify's read-back, a load's
+    constants), by the column's type, whatever the dialect returns (``_encoder``'s rules):
+    a float as float64 (NaN, which SQLite stores as NULL, is NULL; -0.0 is 0.0); an integer
+    or boolean as int64; a time as its naive UTC instant (``_time``), a date as a date;
+    anything else its canonical text."""
+    kind = column.type
+    if isinstance(kind, Float):
+        try:
+            return _float_canonical(pa.array(values, pa.float64(), from_pandas=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # text in a column once text
+            return _float_canonical(pa.array([_as_float(v) for v in values], pa.float64()))
+    texts = [_encoder(column)(v) for v in values]
+    if isinstance(kind, Boolean | Integer):
+        return pa.array([None if t is None else int(t) for t in texts], pa.int64())
+    if isinstance(kind, DateTime):
+        moments = [None if t is None else datetime.fromisoformat(t) for t in texts]
+        return pa.array(moments, pa.timestamp("us"))
+    if isinstance(kind, Date):
+        return pa.array([None if t is None else date.fromisoformat(t) for t in texts])
+    return pa.array(texts, pa.string())
+
+
+def _as_float(value: Any) -> float | None:
+    # A value that is no number (a hand edit in a column once text) as NaN, canonically
+    # NULL: it differs from any number the load digested.
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _float_canonical(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+    return pc.add(values, pa.scalar(0.0))  # -0.0 + 0.0 is 0.0
+
+
+def _arrow_canonical(dialect: Dialect, column: Column, values: pa.ChunkedArray) -> pa.Array:
+    """:func:`_read_canonical`'s values from a column of the loader's Arrow data, by Arrow
+    for the types it converts alike (a zoned time's SQLite text is its wall time in its
+    zone, which verify reads as UTC; PostgreSQL's is the instant), else per value through
+    the dialect's bind processor (SQLite stores a date, time or boolean as text or number)."""
+    kind, arrow = column.type, values.type
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if isinstance(kind, Float) and (pa.types.is_floating(arrow) or pa.types.is_integer(arrow)):
+        return _float_canonical(pc.cast(values, pa.float64()))
+    if isinstance(kind, Boolean | Integer) and (
+        pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)
+    ):
+        return pc.cast(values, pa.int64())
+    if isinstance(kind, DateTime) and pa.types.is_timestamp(arrow) and arrow.tz is not None:
+        wall = pc.local_timestamp(values) if dialect.name == "sqlite" else values
+        return pc.cast(wall, pa.timestamp("us"))  # zoned to naive: the same instant's number
+    if isinstance(kind, String) and (pa.types.is_string(arrow) or pa.types.is_large_string(arrow)):
+        return pc.cast(values, pa.string())  # text is its own canonical text
+    if isinstance(kind, Date) and pa.types.is_date(arrow):  # DateTime is no Date subclass
+        return pc.cast(values, pa.date32())
+    processor = kind._cached_bind_processor(dialect)
+    found = values.to_pylist()
+    if processor is not None:
+        found = [None if v is None else processor(v) for v in found]
+    return _read_canonical(column, found)
+
+
+def add_macs(into: RowsMac, mac: RowsMac) -> None:
+    """Add ``mac``'s rows to ``into`` (a digest of their union)."""
+    into.count += mac.count
+    into.total = (into.total + mac.total) % _MOD
+    into.tag = mac.tag if mac.count else into.tag
+
+
+def batch_rows_digest(table: Table, batch_id: str, mac: RowsMac) -> dict[str, Any]:
+    """What a load's event records for the rows it wrote into ``raw_<partner>``: like a
+    writer's :func:`recorded`, with the batch as the scope."""
+    columns = digested_columns(table)
+    return {
+        table.name: {
+            "columns": columns,
+            "kinds": column_kinds(table, columns),
+            "scopes": {batch_id: {"rows": mac.count, "mac": mac.hex()}},
+        }
+    }
 
 
 def rows_counts(conn: Connection, spec: Scoped) -> dict[str, int]:
@@ -255,12 +510,24 @@ WRITERS = (
     "ingest.accepted",
     "ingest.quarantined",
     "quarantine.revalidated",
+    "quarantine.released",
 )
 
 
 def writer_subkey(audit: AuditWriter) -> bytes:
     """The rows' digest key of ``audit`` (its key, or the settings'): writers and verify alike."""
     return derive_subkey(_LABEL, audit.key)
+
+
+@dataclass
+class RawCheck:
+    """What :func:`raw_check` found in the raw tables: problems, the batches and rows whose
+    keyed digests were compared (``--deep``), and notes on batches loaded before digests."""
+
+    problems: list[str] = field(default_factory=list)
+    batches: int = 0
+    rows: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -271,17 +538,19 @@ class TableCheck:
     problems: list[str] = field(default_factory=list)
     rows: int = 0
     notes: list[str] = field(default_factory=list)
+    raw: RawCheck = field(default_factory=RawCheck)  # the raw tables'
 
 
 def expected_digests(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
     """table -> scope -> what the last event writing it recorded (``rows``, ``mac``, and
-    the ``columns`` it digested, as a tuple)."""
+    the ``columns`` it digested, as a tuple, and a raw table's ``kinds``, a tuple or None)."""
     expected: dict[str, dict[str, dict]] = {}
     for event in events:
         for table, recorded_here in (event["details"].get(ROWS_DIGESTS) or {}).items():
             columns = tuple(recorded_here["columns"])
+            kinds = tuple(recorded_here["kinds"]) if "kinds" in recorded_here else None
             expected.setdefault(table, {}).update(
-                (scope, {**figures, "columns": columns})
+                (scope, {**figures, "columns": columns, "kinds": kinds})
                 for scope, figures in recorded_here["scopes"].items()
             )
     return expected
@@ -392,8 +661,10 @@ def table_problems(
 ) -> TableCheck:
     """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
     with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
-    ``since`` on). Read only: on SQLite a deferred read transaction, which writers do not
-    wait for (:func:`snapshot`)."""
+    ``since`` on). The raw tables the loads recorded digests for go to ``.raw``
+    (:func:`raw_check`: their columns; with ``subkey`` each batch's digest, batches
+    delivered from ``since`` on). Read only: on
+    SQLite a deferred read transaction, which writers do not wait for (:func:`snapshot`)."""
     from puhui.audit import events_of
     from puhui.warehouse.engine import snapshot
 
@@ -406,4 +677,86 @@ def table_problems(
             counts = rows_counts(conn, spec)
             macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
             compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
+        for spec in raw_specs(conn, expected):
+            raw_check(conn, spec, expected[spec.name], subkey, check.raw, since)
     return check
+
+
+def raw_check(
+    conn: Connection,
+    spec: Scoped,
+    expected: Mapping[str, dict],
+    subkey: bytes | None,
+    check: RawCheck,
+    since: date | None = None,
+) -> None:
+    """Add raw table ``spec``'s problems and note to ``check``: each column a load digested
+    that the table no longer has (nothing drops or renames a raw column: a hand edit, which
+    loses its values), and with ``subkey`` (``--deep``) each batch's keyed digest (with
+    ``since``: of the batches delivered from that date on, by the date in their id). Counts
+    are the ledger check's (``raw_row_problems``): a batch whose rows number other than its
+    load recorded is left to it, so one deleted row is one problem."""
+    present = {c.name for c in spec.table.columns}
+    digested: dict[str, int] = {}
+    for figures in expected.values():
+        for name in figures["columns"]:
+            digested[name] = digested.get(name, 0) + bool(figures["rows"])
+    for name, loads in sorted(digested.items()):
+        if name not in present and loads:
+            check.problems.append(
+                f"{spec.name}: column {name}, digested by {loads:,} batch(es), is gone "
+                "(dropped or renamed by hand: its values are lost)"
+            )
+    if subkey is None:
+        return
+    # One stream per set of columns and kinds the loads recorded (one, unless a contract
+    # changed them), each reading every row: the batches present come with them.
+    # A batch id is <feed>-<YYYYMMDD delivery date>-<hash> (``make_batch_id``): from
+    # ``since`` on is from that id on, which the stream's WHERE narrows to (still a scan:
+    # no index on batch_id, but only those rows are turned into values and digested).
+    first = None if since is None else f"{spec.name[len(RAW_PREFIX) :]}-{since:%Y%m%d}"
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[str]] = {}
+    for scope, figures in expected.items():
+        if set(figures["columns"]) <= present and (first is None or scope >= first):
+            groups.setdefault((figures["columns"], figures["kinds"]), []).append(scope)
+    where = None if first is None else spec.table.c.batch_id >= first
+    seen: set[str] = set() if groups else set(rows_counts(conn, spec))
+    seen = {name for name in seen if first is None or name >= first}
+    macs: dict[str, RowsMac] = {}
+    for (columns, kinds), scopes in groups.items():
+        found = rows_macs(conn, spec, subkey, where, columns, kinds=kinds)
+        seen |= set(found)
+        macs.update((scope, found.get(scope, RowsMac())) for scope in scopes)  # as a 0-row load
+    unrecorded = 0
+    for name in sorted(seen | set(macs)):
+        recorded_here = expected.get(name)
+        if recorded_here is None:
+            unrecorded += 1
+            continue
+        mac = macs.get(name)
+        if mac is None or mac.count != recorded_here["rows"]:
+            continue  # a column gone (above), or rows deleted or added (the ledger check)
+        check.batches += 1
+        check.rows += mac.count
+        if mac.hex() != recorded_here["mac"]:
+            check.problems.append(
+                f"{spec.name} batch_id {name}: {mac.count:,} row(s), not those its load "
+                "recorded (the keyed digest differs: rows edited or replaced by hand)"
+            )
+    if unrecorded:
+        check.notes.append(
+            f"{spec.name}: {unrecorded} batch_id(s) written before row digests were recorded "
+            "(not compared)"
+        )
+
+
+def raw_specs(conn: Connection, expected: Collection[str]) -> list[Scoped]:
+    """The ``raw_<partner>`` tables of ``expected`` (those a load recorded row digests for)
+    that exist, reflected (verify digests the table as it is), scoped by batch. One a
+    load recorded that is gone is the ledger check's problem (``raw_row_problems``)."""
+    present = set(inspect(conn).get_table_names())
+    return [
+        Scoped(Table(name, MetaData(), autoload_with=conn), ("batch_id",))
+        for name in sorted(expected)
+        if name.startswith(RAW_PREFIX) and name in present
+    ]

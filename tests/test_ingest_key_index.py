@@ -159,6 +159,7 @@ def test_a_superset_redelivery_through_the_flow_loads_only_the_new_rows(
 
     checked = table_problems(runtime.engine, SPECS, WRITERS, writer_subkey(runtime.audit))
     assert (checked.problems, checked.notes) == ([], []) and checked.rows >= 2
+    assert (checked.raw.problems, checked.raw.notes) == ([], []) and checked.raw.batches == 2
 
 
 def test_a_released_batch_loads_only_keys_no_earlier_batch_loaded(

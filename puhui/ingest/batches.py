@@ -95,6 +95,14 @@ from puhui.privacy import (
     scrub_text,
 )
 from puhui.runtime import Runtime
+from puhui.table_digests import (
+    ROWS_DIGESTS,
+    RowsMac,
+    add_macs,
+    arrow_rows_mac,
+    batch_rows_digest,
+    writer_subkey,
+)
 from puhui.validation import BatchValidator, FailedExpectation, SuiteLoadError, ValidationOutcome
 from puhui.warehouse.bulk import bulk_insert
 
@@ -785,7 +793,7 @@ class FileIngestor:
         ensure_key_index(self.runtime, self.feed)
         with self.runtime.engine.begin() as conn:
             ensure_key_index(self.runtime, self.feed, conn)
-            ledger.insert_batch(
+            inserted = ledger.insert_batch(
                 conn,
                 **identity,
                 content_key=content_key(self.feed.name, handle.checksum),
@@ -793,6 +801,8 @@ class FileIngestor:
             )
             validations: deque[Future[ValidationOutcome]] = deque()
             keys = KeyIndex(conn, self.feed, base["batch_id"], self.digest_key)
+            constants = {"batch_id": base["batch_id"]}
+            raw_mac, rows_key = RowsMac(), writer_subkey(self.runtime.audit)
 
             def settle(keep: int) -> None:
                 nonlocal expectations_run, failures, checked_by
@@ -821,7 +831,11 @@ class FileIngestor:
                     # key an earlier batch loaded.
                     chunk, _ = keys.claim(chunk)
                     records = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers))
-                    loaded += bulk_insert(conn, table, records, {"batch_id": base["batch_id"]})
+                    loaded += bulk_insert(conn, table, records, constants)
+                    # From the data written, not read back: raw tables have no index on
+                    # batch_id, so a read-back would scan the whole table on every load.
+                    add_macs(raw_mac, arrow_rows_mac(conn.dialect, table, records, constants,
+                                                     rows_key))
                     crash_point("mid-load")
                     del chunk, records  # the reader's next chunk may take their memory
                     settle(keep=1)  # at most one chunk's validation outstanding
@@ -847,7 +861,7 @@ class FileIngestor:
             warnings = [scrub_text(w) for w in warnings]
             warning_items = [{"message": w} for w in warnings]
             # A header-only file owns no content: two empty days are not a redelivery.
-            ledger.update_batch(
+            decided = ledger.update_batch(
                 conn,
                 base["batch_id"],
                 rows=rows,
@@ -886,7 +900,10 @@ class FileIngestor:
                     "warnings": warnings,
                     "suite_hash": checked_by,
                     **ledger.discovery_facts(identity),
+                    **ledger.ledger_facts(inserted, decided),
                     **validated,
+                    ROWS_DIGESTS: {**validated.get(ROWS_DIGESTS, {}),
+                                   **batch_rows_digest(table, base["batch_id"], raw_mac)},
                 },
                 flow_run_id=self.flow_run_id,
             )
@@ -1017,7 +1034,7 @@ class FileIngestor:
         owns_content = handle.size > 0 and landed.kind == "file"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
-            ledger.insert_batch(
+            held = ledger.insert_batch(
                 conn,
                 **identity,
                 content_key=content_key(self.feed.name, handle.checksum) if owns_content else None,
@@ -1059,6 +1076,7 @@ class FileIngestor:
                     "reason": reason,
                     "checksum": handle.checksum,
                     **ledger.discovery_facts(identity),
+                    **ledger.ledger_facts(held),
                     **validated,
                 },
                 flow_run_id=self.flow_run_id,
@@ -1076,7 +1094,7 @@ class FileIngestor:
         reason = f"duplicate delivery: same content as batch {owner.batch_id}"
         identity = self._identity(handle, landed, base)
         with self.runtime.engine.begin() as conn:
-            ledger.insert_batch(
+            recorded = ledger.insert_batch(
                 conn,
                 **identity,
                 content_key=None,
@@ -1098,6 +1116,7 @@ class FileIngestor:
                     "duplicate_of": owner.batch_id,
                     "checksum": handle.checksum,
                     **ledger.discovery_facts(identity),
+                    **ledger.ledger_facts(recorded),
                 },
                 flow_run_id=self.flow_run_id,
             )

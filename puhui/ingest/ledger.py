@@ -270,13 +270,58 @@ def settle_ledger_paths(
     return len(renamed)
 
 
-def insert_batch(conn: Connection, **values: Any) -> None:
+def insert_batch(conn: Connection, **values: Any) -> dict[str, Any]:
+    """Insert a ledger row; returns the values written (``landed_at`` now unless given, the
+    other ``LEDGER_COLUMNS`` NULL unless given), for its event's ``ledger_facts``."""
     values.setdefault("landed_at", now_utc())
+    for name in LEDGER_COLUMNS:
+        values.setdefault(name, None)
     conn.execute(insert(ingest_batches), values)
+    return values
 
 
-def update_batch(conn: Connection, batch_id: str, **values: Any) -> None:
+def update_batch(conn: Connection, batch_id: str, **values: Any) -> dict[str, Any]:
+    """Update ledger row ``batch_id``; returns the values written (for ``ledger_facts``)."""
     conn.execute(update(ingest_batches).where(ingest_batches.c.batch_id == batch_id), values)
+    return values
+
+
+# Ledger columns no event recorded before round 16: when a batch landed and was decided (what
+# the key index orders loads by), the rows it holds back, and the content it owns (a
+# content_key cleared by hand lets the same bytes load again as new; one set on another
+# batch makes a new delivery a "duplicate"). Each event that writes them records a digest
+# of each (``ledger_facts``), as ``discovery_facts`` does, so verify names the column and
+# never prints a value.
+LEDGER_COLUMNS = ("landed_at", "decided_at", "rows_held", "content_key")
+LEDGER_DIGESTS = "ledger_sha256"
+_INSTANTS = ("landed_at", "decided_at")
+
+
+def _instant(value: Any) -> Any:
+    """A timestamp as one text on both dialects: UTC, microseconds (PostgreSQL returns it in
+    the session's time zone, SQLite the naive text SQLAlchemy stored, in UTC); anything that
+    is no timestamp (SQLite keeps what a hand edit wrote) as it is."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if not isinstance(value, datetime):
+        return value
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ledger_digest(name: str, value: Any) -> str:
+    return _fact_digest(_instant(value) if name in _INSTANTS else value)
+
+
+def ledger_facts(*written: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit details that record the ``LEDGER_COLUMNS`` among the values ``written`` to
+    a ledger row (later mappings win: an insert's values, then the same transaction's update)."""
+    values = {k: v for w in written for k, v in w.items()}
+    return {LEDGER_DIGESTS: {name: _ledger_digest(name, values[name])
+                             for name in LEDGER_COLUMNS if name in values}}
 
 
 # The columns file discovery decides by (``seen_files``): what a ledger row says its file was.
@@ -537,15 +582,17 @@ _COMPARED: dict[str, tuple[re.Pattern[str], bool]] = {
 }
 
 
-def ledger_problems(engine: Engine) -> tuple[list[str], int]:
-    """Where ``ingest_batches`` and the audit trail disagree; also the batches compared.
+def ledger_problems(engine: Engine) -> tuple[list[str], int, str]:
+    """Where ``ingest_batches`` and the audit trail disagree; also the batches compared and
+    a note of those whose events record no ``LEDGER_COLUMNS`` (written before round 16).
 
     Every ledger write of a status comes with its audit event in the same transaction, so
     the trail (keyed, verified first) says what each row must hold: the ``_COMPARED``
     columns (status, checksum, rows, rows loaded and duplicate, partner, duplicate_of,
     reason, decided_by), its warnings, the discovery columns' digests (as renewed by
     ``MARKS_RENEWED`` and renamed by ``PATHS_SETTLED``, whose ``source_path_before`` digest
-    must be the one the trail had recorded), and a delivery date equal to its batch id's. A row
+    must be the one the trail had recorded), the ``LEDGER_COLUMNS``' digests, and a delivery
+    date equal to its batch id's. A row
     edited, added or deleted by hand is reported; left alone, a deleted row would have its
     file ingested again as new. Only fields an event records are compared (older events
     carry fewer). Read in one :func:`snapshot`.
@@ -560,13 +607,17 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
         # parse raised in the read and stopped verify.
         day = ingest_batches.c.delivery_date
+        native = engine.dialect.name == "postgresql"
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
             *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)),
-            (day if engine.dialect.name == "postgresql" else cast(day, Text)).label("day"),
+            *(ingest_batches.c[c] if native or c not in _INSTANTS
+              else cast(ingest_batches.c[c], Text).label(c) for c in LEDGER_COLUMNS),
+            (day if native else cast(day, Text)).label("day"),
             cast(ingest_batches.c.warnings, Text).label("warnings")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
+    written: dict[str, dict[str, str]] = {}  # batch -> LEDGER_COLUMNS column -> digest
     renamed_edits: list[str] = []
     for event in events:
         d = event["details"]
@@ -588,6 +639,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
         facts = expected.setdefault(event["subject"], {})
         # Events from before discovery columns were recorded carry none: not compared.
         digests.setdefault(event["subject"], {}).update(d.get(DISCOVERY_DIGESTS) or {})
+        written.setdefault(event["subject"], {}).update(d.get(LEDGER_DIGESTS) or {})
         if event["action"] == MARKS_RENEWED:  # one batch's, before round 14
             continue
         if event["action"] == "quarantine.revalidated":
@@ -605,6 +657,7 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     problems = [f"batch {b} is in the audit trail ({facts.get('status')}) but missing from "
                 "ingest_batches" for b, facts in expected.items() if b not in rows]
     problems += renamed_edits
+    unrecorded = 0
     for batch_id, row in sorted(rows.items()):
         facts = expected.get(batch_id)
         if facts is None:
@@ -633,7 +686,15 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found if found is None else str(found))} but the "
                                 "audit trail recorded another value")
-    return problems, len(rows)
+        recorded = written.get(batch_id, {})
+        for column, digest in sorted(recorded.items()):
+            if _ledger_digest(column, getattr(row, column)) != digest:
+                problems.append(f"batch {batch_id}: ingest_batches.{column} differs from the "
+                                "value the audit trail recorded")
+        unrecorded += len(recorded) < len(LEDGER_COLUMNS)
+    note = (f"{unrecorded} batch(es) decided by events from before round 16 (no record of "
+            f"{', '.join(LEDGER_COLUMNS)}): those columns not compared" if unrecorded else "")
+    return problems, len(rows), note
 
 
 _LOADS = {"ingest.accepted", "quarantine.released"}  # and a revalidation that accepted

@@ -40,6 +40,14 @@ from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import scrub_text
 from puhui.runtime import Runtime
+from puhui.table_digests import (
+    ROWS_DIGESTS,
+    RowsMac,
+    add_macs,
+    arrow_rows_mac,
+    batch_rows_digest,
+    writer_subkey,
+)
 from puhui.warehouse.bulk import bulk_insert
 from puhui.warehouse.engine import lock_for
 
@@ -102,28 +110,31 @@ def read_copy(copy: Path, feed: PartnerFeed, delivery_date: Any) -> Iterator[Pre
 
 def _load_copy(
     conn: Connection, table: Any, feed: PartnerFeed, record: ledger.BatchRecord, copy: Path,
-    digest_key: bytes,
-) -> tuple[int, int, list[str], dict[str, str]]:
+    digest_key: bytes, rows_key: bytes,
+) -> tuple[int, int, list[str], dict[str, Any]]:
     """Load the copy into ``raw_<partner>`` on ``conn``, as ingestion loads a file: the first
     row of a key within the copy, and none whose key an earlier batch of the feed loaded.
-    Returns (rows loaded, rows not loaded as duplicates, warnings, the claimed keys' digests
-    for the audit event)."""
+    Returns (rows loaded, rows not loaded as duplicates, warnings, the audit event's digests:
+    the claimed keys' and, under ``ROWS_DIGESTS``, the rows' keyed with ``rows_key``)."""
     seen = SeenKeys()
     keys = KeyIndex(conn, feed, record.batch_id, digest_key)
     loaded = dropped = 0
+    constants, raw_mac = {"batch_id": record.batch_id}, RowsMac()
     for chunk in read_copy(copy, feed, record.delivery_date):
         chunk, repeated = drop_duplicate_keys(chunk, feed, seen)
         dropped += repeated
         chunk, _ = keys.claim(chunk)
         data = chunk.stored.add_column(0, "row_number", pa.array(chunk.row_numbers, pa.int64()))
-        loaded += bulk_insert(conn, table, data, {"batch_id": record.batch_id})
+        loaded += bulk_insert(conn, table, data, constants)
+        add_macs(raw_mac, arrow_rows_mac(conn.dialect, table, data, constants, rows_key))
     warnings = []
     if dropped:
         warnings.append(f"duplicate rows: {dropped:,} row(s) repeat a primary key "
                         f"({', '.join(feed.primary_key)}); first kept")
     if repeats := keys.repeats.warning(feed):
         warnings.append(repeats)
-    return loaded, dropped + keys.repeats.rows, warnings, keys.details()
+    return loaded, dropped + keys.repeats.rows, warnings, {
+        **keys.details(), ROWS_DIGESTS: batch_rows_digest(table, record.batch_id, raw_mac)}
 
 
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
@@ -159,9 +170,10 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
             )
         ensure_key_index(runtime, feed, conn)
         loaded, dropped, warnings, digest = _load_copy(conn, table, feed, record, copy,
-                                                      digest_subkey(runtime.audit.key))
+                                                      digest_subkey(runtime.audit.key),
+                                                      writer_subkey(runtime.audit))
         # The hold's failures stay on record; what the load left out is added to them.
-        ledger.update_batch(
+        decided = ledger.update_batch(
             conn,
             batch_id,
             status="released",
@@ -185,6 +197,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
                 "warnings": [scrub_text(w) for w in warnings],
                 "reason": reason,
                 "held_for": record.reason,
+                **ledger.ledger_facts(decided),
             },
         )
     return ledger.get_batch(engine, batch_id)  # type: ignore[return-value]
@@ -266,9 +279,10 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
         record = _held_batch(conn, batch_id)
         ensure_key_index(runtime, feed, conn)
         loaded, dropped, load_warnings, digest = _load_copy(conn, table, feed, record, copy,
-                                                      digest_subkey(runtime.audit.key))
+                                                      digest_subkey(runtime.audit.key),
+                                                      writer_subkey(runtime.audit))
         warnings += [scrub_text(w) for w in load_warnings]
-        ledger.update_batch(
+        decided = ledger.update_batch(
             conn, batch_id, status="accepted", rows_loaded=loaded, rows_held=0,
             rows_duplicate=dropped, decided_at=ledger.now_utc(),
             decided_by=runtime.settings.actor,
@@ -281,7 +295,9 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
                      "suite_hash": suite_hash, "revalidated": True}, audit=runtime.audit)
         runtime.audit.append(conn, REVALIDATED, batch_id, {
             **facts, "held_for": record.reason, "outcome": "accepted", "rows_loaded": loaded,
-            "rows_duplicate": dropped, **digest, "warnings": warnings, **validated})
+            "rows_duplicate": dropped, **digest, "warnings": warnings, **validated,
+            ROWS_DIGESTS: {**validated.get(ROWS_DIGESTS, {}), **digest[ROWS_DIGESTS]},
+            **ledger.ledger_facts(decided)})
     return Revalidation(ledger.get_batch(engine, batch_id), True, True,  # type: ignore[arg-type]
                         feed.suite, suite_hash, [], warnings)
 
@@ -291,7 +307,7 @@ def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRe
     reason = _require_reason(reason)
     with runtime.engine.begin() as conn:
         record = _held_batch(conn, batch_id)
-        ledger.update_batch(
+        decided = ledger.update_batch(
             conn,
             batch_id,
             status="rejected",
@@ -308,6 +324,7 @@ def reject_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRe
                 "rows": record.rows,
                 "reason": reason,
                 "held_for": record.reason,
+                **ledger.ledger_facts(decided),
             },
         )
     return ledger.get_batch(runtime.engine, batch_id)  # type: ignore[return-value]
