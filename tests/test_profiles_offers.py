@@ -62,7 +62,15 @@ def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     from flows.recommender import train_recommender_flow
 
     url = champion_env(risk_templates, puhui_env, monkeypatch, tmp_path)
-    version = train_recommender_flow(as_of=AS_OF)["version"]
+    trained = train_recommender_flow(as_of=AS_OF)
+    version = trained["version"]
+    # Credit eligibility follows the champion's grades (test_recommender.py's check, whose
+    # SQLite case trained this same recommender).
+    assert "credit limited by credit_risk v1 grades" in trained["steps"][0]
+    removed = trained["eligibility_removed"]
+    assert removed["credit_no_risk_grade"] == 0  # every customer graded by the champion
+    assert removed["credit_grade"] > 0  # and some graded above a product's limit
+    assert trained["eligibility_violations"] == 0
     runtime = open_runtime()
     promote(mlflow_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit, "product_recommender", version, "tests: offers", force=True)

@@ -514,6 +514,9 @@ def test_exposure_of_a_customer_does_not_depend_on_the_scoring_chunk() -> None:
 
 # ------------------------------------------------- the champion risk model's grades
 @pytest.mark.slow  # trains a risk champion and the recommender through real flows (~1 min)
+# PostgreSQL only: on SQLite the same training (the run's clean champion, the same configs
+# and date) is test_profiles_offers.py's, which asserts the same of its result.
+@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
 def test_credit_eligibility_follows_the_champion_risk_grade(
         risk_templates, dialect: str, puhui_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
         tmp_path, prefect_harness: None) -> None:  # noqa: ANN001
@@ -527,8 +530,7 @@ def test_credit_eligibility_follows_the_champion_risk_grade(
     uri = load_settings().mlflow_tracking_uri
     none = champion_risk_grader(open_runtime().engine, uri, "credit_risk")
     assert none.scorer is None and "credit products ineligible" in none.describe()
-    # The clean champion (the run's on SQLite, the worker's on PostgreSQL), copied into a
-    # home of its own.
+    # The worker's clean PostgreSQL champion, copied into a home of its own.
     champion_env(risk_templates, use_test_home(tmp_path / "trained", monkeypatch),
                  monkeypatch, tmp_path / "trained-configs", dialect)
     version = "1"
