@@ -325,10 +325,13 @@ def test_model_owner_workflow(
 
 
 @pytest.mark.slow
-# SQLite only: the gate reads the evaluation, not the warehouse. The PostgreSQL case cost
-# its own ingest of this dataset (a template per worker) and a training, and what it added
-# (the flow on PostgreSQL, a failed gate leaving no alias and tagging the version) is
-# test_model_owner_workflow[postgres]'s failed-gate version.
+# SQLite only. The PostgreSQL case cost its own ingest of this dataset (a template per
+# worker) and a training. The fairness segments (region_type) come from the warehouse,
+# on PostgreSQL through its COPY->Arrow read: test_partitioned_features.py's
+# test_fast_reader_returns_what_read_sql_returns[postgres] checks that read of the
+# customers table against read_sql, and test_model_owner_workflow[postgres] the
+# region_type=rural evaluation rows and a failed gate's version (its tag, no alias, forced
+# promotion). The AIR check itself is dialect-free code.
 @pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
 def test_a_planted_bias_is_blocked_by_the_fairness_gate(
     risk_biased: str, dialect: str, prefect_harness: None, tmp_path: Path,
