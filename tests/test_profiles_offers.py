@@ -21,7 +21,12 @@ from puhui.warehouse.schema import user_profiles
 from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
 from tests.test_profiles import champion_env
 from tests.test_recommender import AS_OF as EVENTS_AS_OF
-from tests.test_recommender import _configs, _events, _synthetic_set
+from tests.test_recommender import (
+    _configs,
+    _events,
+    _synthetic_set,
+    assert_credit_follows_grades,
+)
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 GRADES = "ABCDEFGHIJ"
@@ -66,11 +71,7 @@ def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     version = trained["version"]
     # Credit eligibility follows the champion's grades (test_recommender.py's check, whose
     # SQLite case trained this same recommender).
-    assert "credit limited by credit_risk v1 grades" in trained["steps"][0]
-    removed = trained["eligibility_removed"]
-    assert removed["credit_no_risk_grade"] == 0  # every customer graded by the champion
-    assert removed["credit_grade"] > 0  # and some graded above a product's limit
-    assert trained["eligibility_violations"] == 0
+    assert_credit_follows_grades(trained, "1")
     runtime = open_runtime()
     promote(mlflow_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit, "product_recommender", version, "tests: offers", force=True)

@@ -535,7 +535,14 @@ def test_credit_eligibility_follows_the_champion_risk_grade(
                  monkeypatch, tmp_path / "trained-configs", dialect)
     version = "1"
     result = train_recommender_flow(as_of=date.fromisoformat(RISK_AS_OF))
-    assert f"credit limited by credit_risk v{version} grades" in result["steps"][0]
+    assert_credit_follows_grades(result, version)
+
+
+def assert_credit_follows_grades(result: dict, risk_version: str) -> None:
+    """A ``train_recommender_flow`` result whose credit eligibility followed the grades of
+    the credit_risk champion ``risk_version`` (here, and for the SQLite training, in
+    ``test_profiles_offers.py``)."""
+    assert f"credit limited by credit_risk v{risk_version} grades" in result["steps"][0]
     removed = result["eligibility_removed"]
     assert removed["credit_no_risk_grade"] == 0  # every customer graded by the champion
     assert removed["credit_grade"] > 0  # and some graded above a product's limit
