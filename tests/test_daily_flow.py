@@ -21,7 +21,9 @@ END = date(2026, 9, 30)
 @pytest.fixture(scope="module")
 def small_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("landing")
-    generate_landing_zone(out, users=600, days=4, seed=7, end_date=END, history_days=40)
+    # What these tests check (statuses, late feeds, the trail, a backfill's order) does not
+    # grow with the users; 300 (was 600) shortens every flow run's ingest, profiles, report.
+    generate_landing_zone(out, users=300, days=4, seed=7, end_date=END, history_days=40)
     return out
 
 

@@ -49,13 +49,14 @@ def test_segment_rules_from_config() -> None:
     assert tags[1] == ["gig_worker", "young_adult"]
 
 
-def train_and_promote(as_of: date = AS_OF) -> str:
-    """A champion credit_risk version, trained by the real flow (search off for speed)."""
+def train_and_promote(as_of: date = AS_OF, allow_gate_failure: bool = False) -> str:
+    """A champion credit_risk version, trained by the real flow (search off for speed) and
+    promoted forced; with ``allow_gate_failure`` also a version that failed its gates."""
     from flows.train import train_risk_flow
     from puhui.registry import promote
     from puhui.runtime import open_runtime
 
-    result = train_risk_flow(as_of=as_of)
+    result = train_risk_flow(as_of=as_of, allow_gate_failure=allow_gate_failure)
     runtime = open_runtime()
     client = mlflow_client(runtime.settings.mlflow_tracking_uri)
     promote(client, runtime.engine, runtime.audit, "credit_risk", result["version"],

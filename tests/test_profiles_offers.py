@@ -21,7 +21,12 @@ from puhui.warehouse.schema import user_profiles
 from tests.conftest import RISK_AS_OF, RiskTemplates, risk_env
 from tests.test_profiles import champion_env
 from tests.test_recommender import AS_OF as EVENTS_AS_OF
-from tests.test_recommender import _configs, _events, _synthetic_set
+from tests.test_recommender import (
+    _configs,
+    _events,
+    _synthetic_set,
+    assert_credit_follows_grades,
+)
 
 AS_OF = date.fromisoformat(RISK_AS_OF)
 GRADES = "ABCDEFGHIJ"
@@ -62,7 +67,11 @@ def test_recommender_champion_fills_eligible_offers_and_honours_opt_outs(
     from flows.recommender import train_recommender_flow
 
     url = champion_env(risk_templates, puhui_env, monkeypatch, tmp_path)
-    version = train_recommender_flow(as_of=AS_OF)["version"]
+    trained = train_recommender_flow(as_of=AS_OF)
+    version = trained["version"]
+    # Credit eligibility follows the champion's grades (test_recommender.py's check, whose
+    # SQLite case trained this same recommender).
+    assert_credit_follows_grades(trained, "1")
     runtime = open_runtime()
     promote(mlflow_client(runtime.settings.mlflow_tracking_uri), runtime.engine,
             runtime.audit, "product_recommender", version, "tests: offers", force=True)

@@ -514,6 +514,9 @@ def test_exposure_of_a_customer_does_not_depend_on_the_scoring_chunk() -> None:
 
 # ------------------------------------------------- the champion risk model's grades
 @pytest.mark.slow  # trains a risk champion and the recommender through real flows (~1 min)
+# PostgreSQL only: on SQLite the same training (the run's clean champion, the same configs
+# and date) is test_profiles_offers.py's, which asserts the same of its result.
+@pytest.mark.parametrize("dialect", ["postgres"], indirect=True)
 def test_credit_eligibility_follows_the_champion_risk_grade(
         risk_templates, dialect: str, puhui_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
         tmp_path, prefect_harness: None) -> None:  # noqa: ANN001
@@ -527,13 +530,19 @@ def test_credit_eligibility_follows_the_champion_risk_grade(
     uri = load_settings().mlflow_tracking_uri
     none = champion_risk_grader(open_runtime().engine, uri, "credit_risk")
     assert none.scorer is None and "credit products ineligible" in none.describe()
-    # The clean champion (the run's on SQLite, the worker's on PostgreSQL), copied into a
-    # home of its own.
+    # The worker's clean PostgreSQL champion, copied into a home of its own.
     champion_env(risk_templates, use_test_home(tmp_path / "trained", monkeypatch),
                  monkeypatch, tmp_path / "trained-configs", dialect)
     version = "1"
     result = train_recommender_flow(as_of=date.fromisoformat(RISK_AS_OF))
-    assert f"credit limited by credit_risk v{version} grades" in result["steps"][0]
+    assert_credit_follows_grades(result, version)
+
+
+def assert_credit_follows_grades(result: dict, risk_version: str) -> None:
+    """A ``train_recommender_flow`` result whose credit eligibility followed the grades of
+    the credit_risk champion ``risk_version`` (here, and for the SQLite training, in
+    ``test_profiles_offers.py``)."""
+    assert f"credit limited by credit_risk v{risk_version} grades" in result["steps"][0]
     removed = result["eligibility_removed"]
     assert removed["credit_no_risk_grade"] == 0  # every customer graded by the champion
     assert removed["credit_grade"] > 0  # and some graded above a product's limit

@@ -22,6 +22,7 @@ import mlflow
 import pytest
 from sqlalchemy import Engine, select, text, update
 
+from flows import recommender as recommender_flows
 from flows import train as train_flows
 from puhui import registry
 from puhui.audit import events_of
@@ -428,24 +429,35 @@ def test_the_training_tasks_pass_their_fence_on(
         assert inspect.signature(step.fn).parameters["fence"].default is inspect.Parameter.empty
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        "credit_risk",
+        # 11-29 s under load: the recommender's ranking set of the 4,000-user template.
+        pytest.param("product_recommender", marks=pytest.mark.slow),
+    ],
+)
 def test_a_flow_that_lost_its_lock_does_not_restore_the_challenger(
-        risk_templates: RiskTemplates, puhui_env: Path, prefect_harness: None,
+        model: str, risk_templates: RiskTemplates, puhui_env: Path, prefect_harness: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real ``train_risk_flow`` run that finds its version unchanged, the version passed
-    with its alias moves left undone (its run killed after the verdict), and the training
-    lock lost right before ``restore_lost_challenger`` (the SQLite lock file deleted while
-    the flow looked the version up; the real lookup then finds it): the flow's ``held()``
-    stops it there, Failed in one line, the aliases untouched. Without that call the fence
-    (still the newest generation: nobody took the lock since) lets the restore move
-    ``challenger``. The version is a
-    constant model tagged with the fingerprint the flow computed: no training."""
+    """A real training flow run (``train_risk_flow``, ``train_recommender_flow``) that finds
+    its version unchanged, the version passed with its alias moves left undone (its run
+    killed after the verdict), and the training lock lost right before
+    ``restore_lost_challenger`` (the SQLite lock file deleted while the flow looked the
+    version up; the real lookup then finds it): the flow's ``held()`` stops it there, Failed
+    in one line, the aliases untouched. Without that call the fence (still the newest
+    generation: nobody took the lock since) lets the restore move ``challenger``. The
+    version is a constant model tagged with the fingerprint the flow computed: no
+    training."""
     url = risk_env(risk_templates, "clean", "sqlite", puhui_env, monkeypatch)
     runtime = open_runtime()
     engine, client = runtime.engine, mlflow_client(runtime.settings.mlflow_tracking_uri)
-    name = load_config(runtime.settings.config_dir, ModelsConfig).credit_risk.registered_name
+    spec = getattr(load_config(runtime.settings.config_dir, ModelsConfig), model)
+    assert spec is not None
+    name = spec.registered_name
     found: list[str] = []
 
-    def unchanged_then_lost(settings: object, model: object, fingerprint: str) -> str:
+    def unchanged_then_lost(settings: object, config: object, fingerprint: str) -> str:
         use_experiment(name, runtime.settings.mlflow_tracking_uri,
                        runtime.settings.home / "mlartifacts")
         with mlflow.start_run() as run:
@@ -467,10 +479,14 @@ def test_a_flow_that_lost_its_lock_does_not_restore_the_challenger(
         found.append(publish.find_version_by_fingerprint(
             runtime.settings.mlflow_tracking_uri, name, fingerprint))
         return found[-1]
-    monkeypatch.setattr(train_flows, "existing_version", unchanged_then_lost)
+    if model == "credit_risk":
+        monkeypatch.setattr(train_flows, "existing_version", unchanged_then_lost)
+        train_flow = train_flows.train_risk_flow
+    else:
+        monkeypatch.setattr(recommender_flows, "existing_recommender", unchanged_then_lost)
+        train_flow = recommender_flows.train_recommender_flow
     try:
-        state = train_flows.train_risk_flow(as_of=date.fromisoformat(RISK_AS_OF),
-                                            return_state=True)
+        state = train_flow(as_of=date.fromisoformat(RISK_AS_OF), return_state=True)
         assert state.is_failed() and found == ["1"]  # the real lookup found it unchanged
         assert f"lost the lock puhui.training.{name} " in state.message, state.message
         assert "\n" not in state.message
