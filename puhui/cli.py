@@ -94,13 +94,19 @@ def _run_date(value: str | None, option: str) -> date | None:
     return day
 
 
+MAX_REASON = 500
+
+
 def _reason(text: str) -> str:
     """A decision's ``--reason``, refused in one line before anything moves when the audit
-    trail, which keeps reasons, may not record it (``unrecordable_text``: an identifier, a
-    control character, a password); its guard would otherwise refuse the event halfway
-    through the decision, and `audit log` printed a line break or an escape as it was."""
+    trail, which keeps reasons, may not record it (over ``MAX_REASON`` characters, or
+    ``unrecordable_text``: an identifier, a control character, a password); its guard would
+    otherwise refuse the event halfway through the decision, and `audit log` printed a line
+    break or an escape as it was (and a 200,000-character reason whole, in every event)."""
     from puhui.privacy import unrecordable_text
 
+    if len(text) > MAX_REASON:  # kept in the ledger and every event: a sentence, not a file
+        raise PuhuiError(f"--reason is {len(text):,} characters; at most {MAX_REASON:,}")
     if problem := unrecordable_text(text):
         raise PuhuiError(f"--reason {problem}; the audit trail keeps reasons: say it in one "
                          "line of plain text without it")
@@ -701,8 +707,12 @@ def quarantine_list(
 
     console.print(line("batch", "status", "rows", "reason"), markup=False)
     for record, (batch, status, rows) in zip(records, cells, strict=True):
-        console.print(line(batch, status, rows, short_reason(record.reason, room)),
-                      markup=False)
+        # A cell SQLite kept as no date (a hand edit) is marked, not a crash of the listing.
+        marked = "".join(f"[{c}: no date] " for c in record.unreadable)
+        # printable: a reason from before round 16 (a JSON key's type drift) or a hand
+        # edit may hold an escape; short_reason only folds whitespace.
+        reason = short_reason(printable(record.reason or ""), max(room - len(marked), 12))
+        console.print(line(batch, status, rows, marked + reason), markup=False)
     held = [r for r in records if r.status == "quarantined"]
     reject_only = sum(is_reject_only(home, r) for r in held)
     console.print(f"{len(held)} batch(es) held ({reject_only} reject-only: no readable copy)"
@@ -730,6 +740,9 @@ def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
            f"  rows {found['rows']:,}: loaded {found['rows_loaded']:,}, held "
            f"{found['rows_held']:,}, duplicate {found['rows_duplicate']:,}",
            f"  reason: {found['reason'] or '-'}"]
+    if found["unreadable"]:
+        out.append(f"  no date in ingest_batches.{', '.join(found['unreadable'])} (a hand "
+                   "edit; audit verify reports it)")
     validation = found["validation"]
     if validation and not validation["expectations_run"]:
         out.append(f"  validation: suite {validation['suite']} did not run (held before "
@@ -758,8 +771,10 @@ def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
     for event in found["decisions"]:
         out.append(f"  {event['at']} {event['actor']} {event['action']}"
                    + (f": {event['reason']}" if event["reason"] else ""))
+    # Each line inert: a reason, a failure message or an event recorded before round 16
+    # (a JSON key's type drift) or by hand may hold an escape or a line break.
     for text in out:
-        console.print(text, markup=False)
+        console.print(printable(text), markup=False)
 
 
 @quarantine_app.command("revalidate")

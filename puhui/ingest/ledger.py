@@ -66,15 +66,21 @@ class BatchRecord:
     duplicate_of: str | None
     mtime_ns: int | None = None
     change_marker: str | None = None
+    # Date and time columns whose stored text is no date or time (SQLite keeps whatever a
+    # hand edit wrote): read as None, named here so a listing can mark them.
+    unreadable: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
+        """A record from a row of :func:`record_query` (its date and time columns as text)."""
         m = row._mapping
+        unreadable = tuple(c for c in _TIME_COLUMNS if m[c] is not None
+                           and _as_time(c, m[c]) is None)
         return cls(
             m["batch_id"],
             m["partner"],
             m["source_path"],
-            m["delivery_date"],
+            _as_time("delivery_date", m["delivery_date"]),  # type: ignore[arg-type]
             m["checksum"],
             m["status"],
             m["rows"] or 0,
@@ -86,7 +92,35 @@ class BatchRecord:
             m["duplicate_of"],
             m["mtime_ns"],
             m["change_marker"],
+            unreadable,
         )
+
+
+# Read as text, parsed here: SQLAlchemy's SQLite types parse them in the fetch, so one hand
+# edit (`landed_at = 'garbage'`) raised in every read of the ledger: `quarantine list`,
+# `show`, a release, discovery.
+_TIME_COLUMNS = ("delivery_date", "landed_at", "decided_at")
+
+
+def _as_time(column: str, value: Any) -> date | datetime | None:
+    """A ledger date or time read as text (PostgreSQL's types are parsed already), or None
+    when it is none (or not one: a hand edit SQLite kept)."""
+    if value is None or isinstance(value, date):
+        return value
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed.date() if column == "delivery_date" else parsed
+
+
+def record_query(dialect: str) -> Any:
+    """``SELECT`` of every ledger column :class:`BatchRecord` reads, the date and time columns
+    as text on SQLite (checked by ``from_row``, not parsed in the fetch)."""
+    columns = [c for c in ingest_batches.c if c.name not in _TIME_COLUMNS]
+    times = [ingest_batches.c[c] if dialect == "postgresql"
+             else cast(ingest_batches.c[c], Text).label(c) for c in _TIME_COLUMNS]
+    return select(*columns, *times)
 
 
 def now_utc() -> datetime:
@@ -94,7 +128,7 @@ def now_utc() -> datetime:
 
 
 def get_batch(conn: Connection | Engine, batch_id: str) -> BatchRecord | None:
-    query = select(ingest_batches).where(ingest_batches.c.batch_id == batch_id)
+    query = record_query(conn.dialect.name).where(ingest_batches.c.batch_id == batch_id)
     if isinstance(conn, Engine):
         with conn.connect() as c:
             row = c.execute(query).first()
@@ -118,7 +152,7 @@ def get_content_owner(
             and_(ingest_batches.c.content_key == checksum, ingest_batches.c.partner == partner),
         )
     with engine.connect() as conn:
-        row = conn.execute(select(ingest_batches).where(condition)).first()
+        row = conn.execute(record_query(engine.dialect.name).where(condition)).first()
     return BatchRecord.from_row(row) if row else None
 
 
@@ -129,7 +163,7 @@ def loaded_batch_at_path(engine: Engine, partner: str, source_path: str) -> Batc
     second time unseen: ingestion holds the new version for a decision.
     """
     query = (
-        select(ingest_batches)
+        record_query(engine.dialect.name)
         .where(
             ingest_batches.c.partner == partner,
             ingest_batches.c.source_path == source_path,
@@ -420,7 +454,7 @@ def advance_watermark(
 def list_batches(
     engine: Engine, statuses: tuple[str, ...] | None = None, partner: str | None = None
 ) -> list[BatchRecord]:
-    query = select(ingest_batches).order_by(
+    query = record_query(engine.dialect.name).order_by(
         ingest_batches.c.delivery_date, ingest_batches.c.batch_id
     )
     if statuses:
@@ -564,6 +598,8 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
             ingest_batches.c.batch_id,
             *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)),
             (day if engine.dialect.name == "postgresql" else cast(day, Text)).label("day"),
+            *(ingest_batches.c[c] if engine.dialect.name == "postgresql"
+              else cast(ingest_batches.c[c], Text).label(c) for c in _TIMES_IN_NO_EVENT),
             cast(ingest_batches.c.warnings, Text).label("warnings")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
@@ -627,6 +663,9 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                 day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(row.day):
             problems.append(f"batch {batch_id}: ingest_batches.delivery_date is "
                             f"{_shown(str(row.day))} but its batch id says {day}")
+        problems += [f"batch {batch_id}: ingest_batches.{c} is {_shown(getattr(row, c))}, "
+                     "no time (a hand edit)" for c in _TIMES_IN_NO_EVENT
+                     if getattr(row, c) is not None and _as_time(c, getattr(row, c)) is None]
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
@@ -636,6 +675,8 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     return problems, len(rows)
 
 
+# In no event, so not compared; but a value SQLite kept that is no time is reported.
+_TIMES_IN_NO_EVENT = ("landed_at", "decided_at")
 _LOADS = {"ingest.accepted", "quarantine.released"}  # and a revalidation that accepted
 KEYS_INDEXED = "ingest.keys.indexed"
 _HOW_WRONG = {True: "index rows deleted by hand: a key missing from the index loads again",

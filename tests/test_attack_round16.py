@@ -1,0 +1,197 @@
+"""Attack round 16 (see README, "Round 16"): hostile input and tampering not covered by
+rounds 7-15. Each test failed before its fix unless its docstring says it was found sound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from puhui.audit import read_audit_events
+from puhui.cli import main
+from puhui.errors import PuhuiError
+from puhui.generate.hostile import HostileContext
+from puhui.ingest.feeds import ingest_all_feeds
+from puhui.prefect_server import PORT_ENV, choose_port
+from puhui.runtime import open_runtime
+from puhui.settings import load_settings
+from puhui.warehouse.schema import ingest_batches
+from tests import test_attack_round7
+from tests.test_attack_round7 import DAY, _ingest_payments, _payments
+from tests.test_attack_round14 import _held_by_category
+
+landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code  # type: ignore[assignment]
+    out = capsys.readouterr()
+    return code or 0, out.out, out.err
+
+
+def _held_and_loaded(landing: Path) -> str:
+    """One held and one loaded payments file; the held batch's id."""
+    folder = landing / "mobile_payments" / DAY.isoformat()
+    (folder / "mobile_payments_1.csv").write_bytes(_held_by_category(1))
+    (folder / "mobile_payments_2.csv").write_bytes(_payments(2))
+    outcomes = _ingest_payments()
+    assert {o.status for o in outcomes.values()} == {"quarantined", "accepted"}
+    return outcomes["mobile_payments_1.csv"].batch_id
+
+
+def _edit(sql: str, **values: str) -> None:
+    with open_runtime().engine.begin() as conn:
+        conn.execute(text(sql), values)
+
+
+def test_a_ledger_time_that_is_no_time_is_marked_listed_and_reported(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: SQLite keeps any text in a DateTime column, and SQLAlchemy parses it in the
+    fetch: one `landed_at = 'garbage'` (or `decided_at`, or `delivery_date`) stopped
+    `quarantine list`, `show` and `release` with `ValueError: Invalid isoformat string`,
+    and `audit verify` passed (landed_at and decided_at are in no event)."""
+    held = _held_and_loaded(landing)
+    _edit("UPDATE ingest_batches SET landed_at = 'garbage\x1b[2J' WHERE batch_id = :b", b=held)
+    _edit("UPDATE ingest_batches SET decided_at = '13812345678' WHERE batch_id <> :b", b=held)
+    code, out, err = _cli(capsys, "quarantine", "list", "--all")
+    assert code == 0, err
+    assert out.count("[landed_at: no date]") == 1 and out.count("[decided_at: no date]") == 1
+    assert "garbage" not in out and "13812345678" not in out
+    code, out, err = _cli(capsys, "quarantine", "show", held)
+    assert code == 0 and "no date in ingest_batches.landed_at" in out, err
+    code, out, err = _cli(capsys, "audit", "verify")
+    assert code == 1
+    problems = [
+        line
+        for line in (out + err).splitlines()
+        if "no time (a hand edit)" in line and "DISAGREE" not in line
+    ]
+    assert len(problems) == 2, out + err
+    assert "ingest_batches.landed_at is 'aaaaaaa?[da'" in problems[0] + problems[1]
+    assert "13812345678" not in out + err and "\x1b" not in out + err
+    # A release does not need landed_at: it goes on and loads the batch.
+    code, out, err = _cli(capsys, "quarantine", "release", held, "--reason", "checked by hand")
+    assert code == 0 and "released" in out, err
+
+
+def test_a_delivery_date_that_is_no_date_is_listed_and_stops_a_release(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `quarantine list` stopped with a ValueError. A release reads event times
+    against the delivery day's end: refused (one line) until the date is put back."""
+    held = _held_and_loaded(landing)
+    _edit("UPDATE ingest_batches SET delivery_date = 'soon' WHERE batch_id = :b", b=held)
+    code, out, err = _cli(capsys, "quarantine", "list")
+    assert code == 0 and "[delivery_date: no date]" in out, err
+    code, out, err = _cli(capsys, "quarantine", "release", held, "--reason", "checked by hand")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "ingest_batches.delivery_date is no date" in err
+    with open_runtime().engine.connect() as conn:
+        status = conn.execute(
+            select(ingest_batches.c.status).where(ingest_batches.c.batch_id == held)
+        ).scalar_one()
+    assert status == "quarantined"
+
+
+@pytest.mark.parametrize("command", ["release", "reject"])
+def test_a_huge_reason_is_refused_in_one_line_before_anything_is_recorded(
+    landing: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Before: a 200,000-character reason was accepted, kept whole in the ledger's reason
+    and in the event (and printed whole by `audit log` and `quarantine show`)."""
+    held = _held_and_loaded(landing)
+    events = len(read_audit_events(open_runtime().engine))
+    code, out, err = _cli(capsys, "quarantine", command, held, "--reason", "x" * 200_000)
+    assert code == 1 and err.count("\n") == 1 and len(err) < 200
+    assert "--reason is 200,000 characters; at most 500" in err
+    assert len(read_audit_events(open_runtime().engine)) == events
+    code, out, err = _cli(capsys, "quarantine", command, held, "--reason", "y" * 500)
+    assert code == 0, err
+
+
+def test_an_empty_puhui_home_is_the_default_not_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `PUHUI_HOME=` (an env file's empty line, an unset variable expanded) was
+    `Path("")`, the working folder: the warehouse, the audit key and quarantine copies were
+    written beside whatever was there (a checkout). Every other variable reads empty as unset."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"PUHUI_HOME": ""})
+    assert settings.home == tmp_path / ".puhui"
+    assert settings.warehouse_url == f"sqlite:///{tmp_path / '.puhui' / 'warehouse.db'}"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file"])
+def test_a_puhui_home_that_is_no_folder_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Before: `FileExistsError: [Errno 17] File exists: '...'`, naming no setting."""
+    home = tmp_path / "home"
+    os.mkfifo(home) if kind == "fifo" else home.write_text("x")
+    monkeypatch.setenv("PUHUI_HOME", str(home))
+    code, out, err = _cli(capsys, "quarantine", "list")
+    assert code == 1 and err == f"puhui: error: PUHUI_HOME {home} is not a folder\n"
+
+
+@pytest.mark.parametrize("value", ["abc", "99999", "-1", "0x50", "１２３"])
+def test_a_prefect_port_that_is_no_port_is_one_line_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Before: 'abc' was int's ValueError and 99999 or -1 bind's OverflowError, naming no
+    setting; full-width '１２３' (an input method's full-width mode) was port 123, and the
+    server started there (as root, a privileged port)."""
+    monkeypatch.setenv(PORT_ENV, value)
+    with pytest.raises(PuhuiError, match=f"^{PORT_ENV} must be a port number from 1 to 65535"):
+        choose_port()
+    with pytest.raises(PuhuiError, match="^--port must be a port number"):
+        choose_port(70000)
+
+
+def test_a_json_key_whose_type_drifts_is_named_by_its_shape(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: Arrow's "Column(/KEY) changed from number to string" put the partner's key
+    into the hold reason as it was: an escape sequence and a line break (a forged line in
+    `quarantine show`, the terminal driven by `quarantine list`), a right-to-left override,
+    a 5,000-character name. Now its masked shape, as every other column name read from a
+    file; `quarantine list` and `show` print each line through `printable` too (a reason
+    recorded before, or a hand edit)."""
+    orders = landing / "ecommerce_orders" / DAY.isoformat()
+    orders.mkdir(parents=True)
+    context = HostileContext(DAY, 1, Path("."), set())
+    keys = {"escape": "x\x1b[2J\n2026-12-01 ops released", "bidi": "\u202eevil", "long": "a" * 5000}
+    for name, key in keys.items():
+        rows = [{**context.order(j), key: 1 if j < 2 else "text"} for j in range(4)]
+        (orders / f"ecommerce_orders_{name}.jsonl").write_text(
+            "\n".join(map(json.dumps, rows)) + "\n"
+        )
+    outcomes = {
+        f.path.rsplit("/", 1)[-1]: f for r in ingest_all_feeds(open_runtime(), DAY) for f in r.files
+    }
+    reasons = {name: outcomes[f"ecommerce_orders_{name}.jsonl"].reason for name in keys}
+    drift = ": JSON values change from number to string within one block of lines"
+    assert reasons == {
+        "escape": "type drift in 'a?[da\\\\ndddd-dd-dd aaa aaa...(+5 chars)'" + drift,
+        "bidi": "type drift in '\\u202eaaaa'" + drift,
+        "long": "type drift in '" + "a" * 24 + "...(+4976 chars)'" + drift,
+    }
+    # A hold recorded before (or edited by hand) is printed inert by list and show.
+    batch = outcomes["ecommerce_orders_bidi.jsonl"].batch_id
+    _edit(
+        "UPDATE ingest_batches SET reason = :r WHERE batch_id = :b",
+        r="held\x1b[2J\n2026-12-01 ops released \u202ex",
+        b=batch,
+    )
+    for args in (("quarantine", "list"), ("quarantine", "show", batch)):
+        code, out, err = _cli(capsys, *args)
+        assert code == 0, err
+        assert "\x1b" not in out and "\u202e" not in out and "\nheld" not in out
+        assert "\n2026-12-01 ops released" not in out
