@@ -352,8 +352,9 @@ def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
         )
     if match := _JSON_TYPE_CHANGE.search(message):
         column, before, after = match.groups()
+        # The key is the partner's: any text (an escape, a line break, 5,000 characters).
         return UnreadableFile(
-            f"type drift in {column}: JSON values change from {before} to {after} "
+            f"type drift in {safe_name(column)}: JSON values change from {before} to {after} "
             "within one block of lines"
         )
     if "JSON parse error" in message:
