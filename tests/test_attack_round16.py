@@ -195,3 +195,24 @@ def test_a_json_key_whose_type_drifts_is_named_by_its_shape(
         assert code == 0, err
         assert "\x1b" not in out and "\u202e" not in out and "\nheld" not in out
         assert "\n2026-12-01 ops released" not in out
+
+
+def test_a_delivery_folder_of_the_first_date_there_is_stops_no_feed(landing: Path) -> None:
+    """Before: a folder named `0001-01-01` (a partner's placeholder date) is a date, and the
+    day before it is none: the feed's first run raised OverflowError before any file was
+    decided (the good files of 2026 too), and so did every run once the watermark was that
+    day. Its batch id wrote the year as `1` (strftime), not the 8 digits verify reads."""
+    first = landing / "mobile_payments" / "0001-01-01"
+    first.mkdir()
+    (first / "mobile_payments_first.csv").write_bytes(_payments(3))
+    outcomes = _ingest_payments()
+    assert [(o.status, o.batch_id[:25]) for o in outcomes.values()] == [
+        ("accepted", "mobile_payments-00010101-")
+    ]
+    (landing / "mobile_payments" / DAY.isoformat() / "mobile_payments_1.csv").write_bytes(
+        _payments(1)
+    )
+    outcomes = _ingest_payments()
+    assert outcomes["mobile_payments_1.csv"].status == "accepted"
+    with open_runtime().engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar_one() == 2

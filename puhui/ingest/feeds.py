@@ -51,6 +51,14 @@ class FeedResult:
         return counts
 
 
+def days_before(day: date, days: int) -> date:
+    """``day`` minus ``days``, or the first date there is. A delivery folder named
+    ``0001-01-01`` is a date too: on a feed's first run (and every run after its watermark
+    became that day) the subtraction raised OverflowError, and not one file of the feed was
+    ingested, on every run."""
+    return day - timedelta(days=days) if day.toordinal() > days else date.min
+
+
 def files_to_consider(
     feed: PartnerFeed,
     landing: str,
@@ -65,7 +73,7 @@ def files_to_consider(
     """
     start = None
     if watermark is not None:
-        start = min(watermark - timedelta(days=RECENT_DAYS), as_of - timedelta(days=lookback_days))
+        start = min(days_before(watermark, RECENT_DAYS), days_before(as_of, lookback_days))
     files = [
         f
         for f in list_landed_files(feed, landing)
@@ -140,9 +148,11 @@ def ingest_feed(
     files = files_to_consider(
         feed, runtime.settings.landing, as_of, watermark, _lookback_days(runtime, feed)
     )
-    since = files[0].delivery_date - timedelta(days=1) if files else None
+    # None for a folder of the first date there is: every ledger row of the feed is seen.
+    since = files[0].delivery_date - timedelta(days=1) if files and files[0].delivery_date > \
+        date.min else None
     seen = ledger.seen_files(engine, feed.name, since) if files else {}
-    recent = watermark - timedelta(days=RECENT_DAYS) if watermark else None
+    recent = days_before(watermark, RECENT_DAYS) if watermark else None
     # Each file with the ledger row that decided it (None: new, or changed since).
     plan = []
     for landed in files:

@@ -46,7 +46,9 @@ HELD_STATUSES: tuple[str, ...] = ("quarantined", "rejected")
 def make_batch_id(partner: str, delivery_date: date, source_path: str, checksum: str) -> str:
     """A stable id: the same file at the same path always gets the same batch id."""
     digest = hashlib.sha256(f"{source_path}\0{checksum}".encode()).hexdigest()[:12]
-    return f"{partner}-{delivery_date:%Y%m%d}-{digest}"
+    # Not %Y: strftime writes year 1 as "1", and the id would not name its date's 8 digits.
+    day = f"{delivery_date.year:04d}{delivery_date.month:02d}{delivery_date.day:02d}"
+    return f"{partner}-{day}-{digest}"
 
 
 @dataclass(frozen=True)
