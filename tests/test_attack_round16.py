@@ -216,3 +216,27 @@ def test_a_delivery_folder_of_the_first_date_there_is_stops_no_feed(landing: Pat
     assert outcomes["mobile_payments_1.csv"].status == "accepted"
     with open_runtime().engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM ingest_batches")).scalar_one() == 2
+
+
+def test_task_workers_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: `PUHUI_TASK_WORKERS=100000000000000000000` was taken as given (a Dask
+    LocalCluster of 10^20 worker processes asked for; LightGBM's threads divided by it), and
+    Dask training read it with int() (`abc` a traceback). One line naming the setting now."""
+    from puhui.distributed_training import dask_client
+    from puhui.task_runners import scoring_threads_from_env, task_runner_from_env
+
+    assert task_runner_from_env({"PUHUI_TASK_WORKERS": "256"})._max_workers == 256
+    for bad in ("257", "10" * 10, "9" * 5000):
+        env = {"PUHUI_TASK_RUNNER": "dask", "PUHUI_TASK_WORKERS": bad}
+        with pytest.raises(PuhuiError, match="^PUHUI_TASK_WORKERS must be .* 1 to 256$"):
+            task_runner_from_env(env)
+        with pytest.raises(PuhuiError, match="PUHUI_TASK_WORKERS"):
+            scoring_threads_from_env(8, env, cores=2)
+        with pytest.raises(PuhuiError, match="PUHUI_SCORING_THREADS"):
+            task_runner_from_env({"PUHUI_SCORING_THREADS": bad})
+    monkeypatch.setattr("puhui.distributed_training._CLIENT", None)
+    monkeypatch.delenv("PUHUI_DASK_ADDRESS", raising=False)
+    for bad in ("abc", "10" * 10):  # checked before any cluster starts
+        monkeypatch.setenv("PUHUI_TASK_WORKERS", bad)
+        with pytest.raises(PuhuiError, match="PUHUI_TASK_WORKERS"):
+            dask_client()
