@@ -240,3 +240,48 @@ def test_task_workers_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("PUHUI_TASK_WORKERS", bad)
         with pytest.raises(PuhuiError, match="PUHUI_TASK_WORKERS"):
             dask_client()
+
+
+def test_data_docs_print_a_suites_own_strings_and_tracebacks_as_text(tmp_path: Path) -> None:
+    """Before: round 9 escaped each expectation's arguments and results, but GX also prints
+    an expectation's `description` (a contributed feed's suite file: free text) and an
+    exception's traceback (masked, so it keeps the punctuation it quotes) raw: `<!--` in a
+    description hid the rest of the page, a tag stayed a tag."""
+    import copy
+
+    import pandas as pd
+
+    from puhui.data_docs import _WARM_UP_RESULT, build_data_docs, render_validation_page
+    from puhui.validation import BatchValidator
+
+    hostile = '<b id="PWN">x</b><!--'
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "feedx.json").write_text(
+        json.dumps(
+            {
+                "name": "feedx",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_be_between",
+                        "description": "Amount " + hostile,
+                        "kwargs": {"column": "amount", "min_value": 0, "max_value": 10},
+                    }
+                ],
+            }
+        )
+    )
+    validator = BatchValidator(expectations_dir=tmp_path / "exp", results_dir=tmp_path / "gx")
+    validator.validate_frame(pd.DataFrame({"amount": [1.0, 50.0]}), "feedx", "feedx-20260101-a")
+    build_data_docs(tmp_path / "gx")
+    (page_path,) = (tmp_path / "gx" / "data_docs" / "validations").rglob("*.html")
+    page = page_path.read_text(encoding="utf-8")
+    assert "Amount &lt;b id=&quot;PWN&quot;&gt;" in page and 'id="PWN"' not in page
+
+    result = copy.deepcopy(_WARM_UP_RESULT)
+    result["results"][1]["exception_info"] = {
+        "raised_exception": True,
+        "exception_message": "a",
+        "exception_traceback": hostile,
+    }
+    page = render_validation_page(result)
+    assert 'id="PWN"' not in page and "&lt;b id=" in page
