@@ -402,6 +402,26 @@ def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return moves
 
 
+def alias_difference(events: list[dict[str, Any]], name: str, alias: str,
+                     current: str | None) -> str | None:
+    """How ``name@alias`` in MLflow (``current``, None when unset) differs from the trail's
+    last move of it (``events``: the model actions), or None when they agree. A move still
+    open (its intent recorded, MLflow moved, its completion not yet: a promote under way,
+    or one killed there until the reconcile completes it) is agreement too."""
+    expected = _alias_moves(events).get((name, alias))
+    closed = {e["details"].get("intent") for e in events
+              if e["action"] in (ALIAS_SET, ALIAS_REMOVED, ALIAS_ABORTED)}
+    open_moves = {e["details"]["version"] for e in events
+                  if e["action"] == ALIAS_INTENT and e["seq"] not in closed
+                  and e["details"].get("model") == name and e["details"].get("alias") == alias}
+    if current == expected or current in open_moves:
+        return None
+    found = f"v{current}" if current else "unset"
+    said = f"v{expected}" if expected else "unset (no move)"
+    return (f"{name}@{alias} is {found} in MLflow but the trail's last move says {said}: "
+            "changed outside puhui")
+
+
 def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWriter,
                           name: str, alias: str, version: str, reason: str) -> str | None:
     """MLflow's ``alias`` of ``name``, if the trail's last move agrees and ``version``'s
@@ -417,11 +437,7 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
     current = version_of(client, name, alias)
     expected = _alias_moves(events).get((name, alias))
     digest = _registered_digests(events).get((name, str(version)))
-    if current != expected:
-        found = f"v{current}" if current else "unset"
-        said = f"v{expected}" if expected else "unset (no move)"
-        because = (f"{name}@{alias} is {found} in MLflow but the trail's last move says "
-                   f"{said}: changed outside puhui")
+    if because := alias_difference(events, name, alias, current):
         advice = ("Put it back as the trail says (or find out who moved it), then retry; "
                   "'puhui audit verify' lists every difference")
     elif digest and (because := model_files_problem(client, name, str(version), digest)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,16 @@ from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.schema import ingest_batches
 from tests import test_attack_round7
+from tests import test_crash_model_changes as crash_tests
 from tests.test_attack_round7 import DAY, _ingest_payments, _payments
 from tests.test_attack_round14 import _held_by_category
+from tests.test_crash_model_changes import Ran
 
 landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
+# Four versions registered through the audited path (two passed, one failed, one ungated).
+empty_mlflow_store = crash_tests.empty_mlflow_store
+registry_env = crash_tests.registry_env
+puhui = crash_tests.puhui
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -285,3 +292,27 @@ def test_data_docs_print_a_suites_own_strings_and_tracebacks_as_text(tmp_path: P
     }
     page = render_validation_page(result)
     assert 'id="PWN"' not in page and "&lt;b id=" in page
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_scoring_refuses_a_champion_moved_by_hand_in_mlflow(
+    registry_env: dict[str, str], puhui: Callable[..., Ran]
+) -> None:
+    """Before: round 8 made promote, rollback and verify refuse or report an alias moved in
+    MLflow outside puhui, but the profile refresh and the recommender's risk grades resolved
+    `@champion` from MLflow alone: a version whose gates failed, set champion by hand, scored
+    every customer (its files match their registration, so the load passed)."""
+    from puhui.profiles.models import resolve_models
+    from puhui.registry import CHAMPION, mlflow_client
+    from tests.test_crash_model_changes import NAME
+
+    v1, failed = registry_env["passed1"], registry_env["failed"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
+    assert resolve_models(uri, {"risk": NAME}, engine=engine)["risk"].version == v1
+    mlflow_client(uri).set_registered_model_alias(NAME, CHAMPION, failed)  # by hand
+    said = f"{NAME}@champion is v{failed} in MLflow but the trail's last move says v{v1}"
+    # What the profile refresh's step and the recommender's risk grades call.
+    with pytest.raises(PuhuiError, match=f"^{said}: changed outside puhui: not scored;") as e:
+        resolve_models(uri, {"risk": NAME}, engine=engine)
+    assert "\n" not in str(e.value)
