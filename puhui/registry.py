@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
-from puhui.audit import AuditWriter, current_task_run_id, events_of
+from puhui.audit import AuditWriter, current_task_run_id, decision_reason, events_of
 from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
 from puhui.model_fingerprints import VerifiedFiles, files_signature
@@ -908,6 +908,7 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
     to MLflow) and must agree with the tags. An ungated version (its gate step never ran) is
     refused even with ``force``: there is no verdict to override, only a missing one.
     """
+    reason = decision_reason(reason)
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
         found = None
@@ -957,6 +958,7 @@ def champion_history(engine: Engine, name: str) -> list[str]:
 def rollback(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
              reason: str) -> tuple[str, str]:
     """Give the champion alias back to the previous champion; returns (from, to)."""
+    reason = decision_reason(reason)
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
         stack = champion_history(engine, name)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Connection,
     Engine,
+    LargeBinary,
+    Select,
     Text,
     and_,
     cast,
@@ -68,61 +70,124 @@ class BatchRecord:
     duplicate_of: str | None
     mtime_ns: int | None = None
     change_marker: str | None = None
-    # Date and time columns whose stored text is no date or time (SQLite keeps whatever a
-    # hand edit wrote): read as None, named here so a listing can mark them.
+    # Columns whose stored value is none of their type (SQLite keeps whatever a hand edit
+    # wrote, a BLOB too): read as None (a count as 0, warnings as none), named here so a
+    # listing can mark them.
     unreadable: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
-        """A record from a row of :func:`record_query` (its date and time columns as text)."""
+        """A record from a row of :func:`record_query` (its fragile columns as stored)."""
         m = row._mapping
-        unreadable = tuple(c for c in _TIME_COLUMNS if m[c] is not None
-                           and _as_time(c, m[c]) is None)
+        parsed = {c: read(stored_text(m[c])) for c, read in _FRAGILE.items()}
         return cls(
             m["batch_id"],
             m["partner"],
             m["source_path"],
-            _as_time("delivery_date", m["delivery_date"]),  # type: ignore[arg-type]
+            parsed["delivery_date"],
             m["checksum"],
             m["status"],
-            m["rows"] or 0,
-            m["rows_loaded"] or 0,
-            m["rows_held"] or 0,
-            m["rows_duplicate"] or 0,
-            m["reason"],
-            list(m["warnings"] or []),
+            parsed["rows"] or 0,
+            parsed["rows_loaded"] or 0,
+            parsed["rows_held"] or 0,
+            parsed["rows_duplicate"] or 0,
+            stored_text(m["reason"]),
+            parsed["warnings"] or [],
             m["duplicate_of"],
             m["mtime_ns"],
             m["change_marker"],
-            unreadable,
+            tuple(c for c in _FRAGILE if m[c] is not None and parsed[c] is None),
         )
 
 
-# Read as text, parsed here: SQLAlchemy's SQLite types parse them in the fetch, so one hand
-# edit (`landed_at = 'garbage'`) raised in every read of the ledger: `quarantine list`,
-# `show`, a release, discovery.
-_TIME_COLUMNS = ("delivery_date", "landed_at", "decided_at")
+def as_stored(column: Any, dialect: str) -> Any:
+    """``column`` selected so that no value a hand edit left in it stops the read: typed on
+    PostgreSQL (which keeps only its type), its bytes on SQLite (which keeps any text, number
+    or BLOB in any column), for :func:`stored_text`. SQLAlchemy's SQLite types parse in the
+    fetch ('garbage' in a date raised), and a CAST AS TEXT of bytes that are no UTF-8 fails
+    the fetch: one edited cell stopped `quarantine list`, `show`, a release and verify."""
+    if dialect == "postgresql":
+        return column
+    return cast(column, LargeBinary).label(column.name)
 
 
-def _as_time(column: str, value: Any) -> date | datetime | None:
-    """A ledger date or time read as text (PostgreSQL's types are parsed already), or None
-    when it is none (or not one: a hand edit SQLite kept)."""
+def stored_text(value: Any) -> Any:
+    """A value read through :func:`as_stored`: bytes decoded (what is no UTF-8 shown as
+    U+FFFD, so it reads as no date, number or JSON and is marked), else as it came."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+# The forms the ledger stores (SQLAlchemy's on SQLite; PostgreSQL's come typed): fromisoformat
+# alone also took 20260101 and the week date 2026-W01-1 (2025-12-29), and a release went
+# ahead with that day's end as the bound on event times.
+_DAY_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}:\d{2})?")
+
+
+def as_date(value: Any) -> date | None:
+    """A stored date, or None when there is none or it is not one (a hand edit)."""
+    if isinstance(value, datetime):
+        return value.date()
     if value is None or isinstance(value, date):
         return value
     try:
-        parsed = datetime.fromisoformat(str(value))
+        return date.fromisoformat(value) if _DAY_TEXT.fullmatch(str(value)) else None
+    except ValueError:  # 2026-13-45
+        return None
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A stored time, or None when there is none or it is not one (a hand edit)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value) if _TIME_TEXT.fullmatch(str(value)) else None
     except ValueError:
         return None
-    return parsed.date() if column == "delivery_date" else parsed
 
 
-def record_query(dialect: str) -> Any:
-    """``SELECT`` of every ledger column :class:`BatchRecord` reads, the date and time columns
-    as text on SQLite (checked by ``from_row``, not parsed in the fetch)."""
-    columns = [c for c in ingest_batches.c if c.name not in _TIME_COLUMNS]
-    times = [ingest_batches.c[c] if dialect == "postgresql"
-             else cast(ingest_batches.c[c], Text).label(c) for c in _TIME_COLUMNS]
-    return select(*columns, *times)
+def _as_count(value: Any) -> int | None:
+    """A stored count, or None when there is none or it is not one ('abc' kept as text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+
+
+def as_json(value: Any) -> Any:
+    """A stored JSON value (text on SQLite, parsed on PostgreSQL), or None when it is none
+    or no JSON (a hand edit)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _as_warnings(value: Any) -> list[dict[str, Any]] | None:
+    """Stored warnings, or None when none or no JSON list of objects."""
+    value = as_json(value)
+    if isinstance(value, list) and all(isinstance(w, dict) for w in value):
+        return value
+    return None
+
+
+# The ledger columns read through as_stored, each with its parser: a hand edit of any of
+# them is marked, not a crash of every read.
+_FRAGILE: dict[str, Callable[[Any], Any]] = {
+    "delivery_date": as_date, "landed_at": as_datetime, "decided_at": as_datetime,
+    **dict.fromkeys(("rows", "rows_loaded", "rows_held", "rows_duplicate"), _as_count),
+    "warnings": _as_warnings, "reason": lambda v: v,
+}
+# In no event, so not compared by verify; but a value SQLite kept that is no time is reported.
+_TIMES_IN_NO_EVENT = ("landed_at", "decided_at")
+
+
+def record_query(dialect: str) -> Select[Any]:
+    """``SELECT`` of every ledger column :class:`BatchRecord` reads, the fragile ones through
+    :func:`as_stored` (checked by ``from_row``, not parsed in the fetch)."""
+    columns = [c for c in ingest_batches.c if c.name not in _FRAGILE]
+    return select(*columns, *(as_stored(ingest_batches.c[c], dialect) for c in _FRAGILE))
 
 
 def now_utc() -> datetime:
@@ -595,14 +660,14 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                                   PATHS_SETTLED])
         # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
         # parse raised in the read and stopped verify.
-        day = ingest_batches.c.delivery_date
+        stored = [as_stored(ingest_batches.c[c], engine.dialect.name)
+                  for c in ("delivery_date", *_TIMES_IN_NO_EVENT)]
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)),
-            (day if engine.dialect.name == "postgresql" else cast(day, Text)).label("day"),
-            *(ingest_batches.c[c] if engine.dialect.name == "postgresql"
-              else cast(ingest_batches.c[c], Text).label(c) for c in _TIMES_IN_NO_EVENT),
-            cast(ingest_batches.c.warnings, Text).label("warnings")))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)), *stored,
+            cast(ingest_batches.c.warnings, Text).label("warnings")
+            if engine.dialect.name == "postgresql" else as_stored(ingest_batches.c.warnings,
+                                                                   "sqlite")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     renamed_edits: list[str] = []
@@ -655,19 +720,23 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
                 trail = f"says {facts[column]!r}" if quoted else "recorded another value"
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found, pattern)} but the audit trail {trail}")
-        if "warnings" in facts and (found := _warnings_found(row.warnings)) != facts["warnings"]:
+        if "warnings" in facts and (
+                found := _warnings_found(stored_text(row.warnings))) != facts["warnings"]:
             # Counted, not quoted: the editor's text may hold anything.
             held = (f"{len(found or [])} warning(s)" if isinstance(found, list | None)
                     else "no JSON list")
             problems.append(f"batch {batch_id}: ingest_batches.warnings hold {held} but the "
                             f"audit trail recorded {len(facts['warnings'] or [])} (or others)")
         if (named := _BATCH_ID.fullmatch(batch_id)) and (
-                day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(row.day):
+                day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(
+                    stored_text(row.delivery_date)):
             problems.append(f"batch {batch_id}: ingest_batches.delivery_date is "
-                            f"{_shown(str(row.day))} but its batch id says {day}")
-        problems += [f"batch {batch_id}: ingest_batches.{c} is {_shown(getattr(row, c))}, "
-                     "no time (a hand edit)" for c in _TIMES_IN_NO_EVENT
-                     if getattr(row, c) is not None and _as_time(c, getattr(row, c)) is None]
+                            f"{_shown(str(stored_text(row.delivery_date)))} but its batch "
+                            f"id says {day}")
+        problems += [f"batch {batch_id}: ingest_batches.{c} is {_shown(found)}, no time (a "
+                     "hand edit)" for c in _TIMES_IN_NO_EVENT
+                     if (found := stored_text(getattr(row, c))) is not None
+                     and as_datetime(found) is None]
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
@@ -677,8 +746,6 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int]:
     return problems, len(rows)
 
 
-# In no event, so not compared; but a value SQLite kept that is no time is reported.
-_TIMES_IN_NO_EVENT = ("landed_at", "decided_at")
 _LOADS = {"ingest.accepted", "quarantine.released"}  # and a revalidation that accepted
 KEYS_INDEXED = "ingest.keys.indexed"
 _HOW_WRONG = {True: "index rows deleted by hand: a key missing from the index loads again",

@@ -14,7 +14,7 @@ Every command taking a batch accepts a unique prefix of its id
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Connection, select
 
+from puhui.audit import decision_reason
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
@@ -59,17 +60,22 @@ def _held_batch(conn, batch_id: str) -> ledger.BatchRecord:  # noqa: ANN001
 
 
 def _require_reason(reason: str) -> str:
-    if len(reason.strip()) < 5:
+    if len(reason := decision_reason(reason)) < 5:
         raise PuhuiError("a decision needs a reason of at least 5 characters")
-    return reason.strip()
+    return reason
 
 
-def _dated(record: ledger.BatchRecord) -> ledger.BatchRecord:
-    """``record`` if its delivery date is readable: a load checks event times against that
-    day's end, and a date SQLite kept as garbage (a hand edit) read as none would skip it."""
-    if "delivery_date" in record.unreadable:
-        raise PuhuiError(f"batch {record.batch_id}: ingest_batches.delivery_date is no date "
-                         "(a hand edit; audit verify reports it): put it back first")
+# Read by a decision only as the time of an earlier one: a release goes on without them.
+_NOT_DECIDING = {"landed_at", "decided_at"}
+
+
+def _readable(record: ledger.BatchRecord) -> ledger.BatchRecord:
+    """``record`` if the columns a decision reads are readable: a load checks event times
+    against the delivery day's end (a date SQLite kept as garbage, a hand edit, read as none
+    would skip it) and records the counts and warnings it read."""
+    if bad := [c for c in record.unreadable if c not in _NOT_DECIDING]:
+        raise PuhuiError(f"batch {record.batch_id}: ingest_batches.{', '.join(bad)} "
+                         "unreadable (a hand edit; audit verify reports it): put it back first")
     return record
 
 
@@ -139,6 +145,8 @@ def _load_copy(
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
     """Load a quarantined batch into ``raw_<partner>``; refused (and the refusal recorded)
     for any other status or a reject-only batch."""
+    # Before the refusal's event, which keeps the reason: a reason too long is no decision.
+    reason = decision_reason(reason)
     try:
         return _release(runtime, batch_id, reason)
     except PuhuiError as exc:
@@ -161,7 +169,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
     copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
     ensure_key_index(runtime, feed)  # a backfill commits on its own; checked again below
     with engine.begin() as conn:
-        record = _dated(_held_batch(conn, batch_id))
+        record = _readable(_held_batch(conn, batch_id))
         if not copy.exists():
             raise PuhuiError(
                 f"batch {batch_id} could not be read when it landed "
@@ -239,7 +247,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
     validator = validator or BatchValidator(results_dir=runtime.settings.home / "gx",
                                             expectations_dir=runtime.settings.expectations_dir)
     seen, run, failed = SeenKeys(), 0, []
-    for chunk in read_copy(copy, feed, _dated(record).delivery_date):
+    for chunk in read_copy(copy, feed, _readable(record).delivery_date):
         chunk, _ = drop_duplicate_keys(chunk, feed, seen)
         if len(chunk.row_numbers):
             outcome = validator.validate_frame(batch_frame(chunk), feed.suite, batch_id)
@@ -320,11 +328,24 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
         raise PuhuiError(f"no batch {batch_id!r} in the ledger")
     home = runtime.settings.home
     copy = quarantine_copy_path(home, record.partner, batch_id)
+    # validated_at and details as stored: a hand edit's garbage (or bytes) in them is marked,
+    # not a crash of show (they were parsed in the fetch).
+    fragile: dict[str, Callable[[Any], Any]] = {
+        "validated_at": ledger.as_datetime,
+        "details": lambda v: found if isinstance(found := ledger.as_json(v), dict) else None}
     with engine.connect() as conn:
-        validation = conn.execute(select(validation_results).where(
-            validation_results.c.batch_id == batch_id)
+        validation = conn.execute(select(
+            *(c for c in validation_results.c if c.name not in fragile),
+            *(ledger.as_stored(validation_results.c[c], engine.dialect.name)
+              for c in fragile)).where(validation_results.c.batch_id == batch_id)
             .order_by(validation_results.c.validated_at.desc())).first()
-    details = dict(validation._mapping["details"] or {}) if validation else {}
+    stored = {c: ledger.stored_text(validation._mapping[c]) if validation else None
+              for c in fragile}
+    read = {c: parse(stored[c]) for c, parse in fragile.items()}
+    unreadable = [*(f"ingest_batches.{c}" for c in record.unreadable),
+                  *(f"validation_results.{c}" for c in fragile
+                    if stored[c] is not None and read[c] is None)]
+    details = read["details"] or {}
     failures = []
     for item in details.get("failures") or []:
         samples = _sample_shapes(copy, item.get("column"), item.get("sample_rows") or [])
@@ -333,7 +354,9 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
     events = read_audit_events(engine, where=EventFilter(subject=batch_id))
     return {
         **{k: v for k, v in record.__dict__.items() if k != "warnings"},
-        "delivery_date": str(record.delivery_date),
+        # None (JSON null) when unreadable; `unreadable` names it.
+        "delivery_date": None if record.delivery_date is None else str(record.delivery_date),
+        "unreadable": unreadable,
         "reason": scrub_text(record.reason or ""),
         "reject_only": is_reject_only(home, record),
         "quarantine_copy": str(copy) if copy.exists() else None,
@@ -344,7 +367,8 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
             "critical_failed": validation.critical_failed,
             "warning_failed": validation.warning_failed,
             "suite_hash": details.get("suite_hash"),
-            "validated_at": str(validation.validated_at)},
+            "validated_at": None if read["validated_at"] is None
+            else str(read["validated_at"])},
         "failures": failures,
         "data_docs": [str(p) for p in pages_for_batch(home / "gx", batch_id)],
         "decisions": [{"seq": e["seq"], "at": e["occurred_at"][:19], "actor": e["actor"],
