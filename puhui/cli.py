@@ -1294,15 +1294,16 @@ def serve(
 # --------------------------------------------------------------------------- server
 @server_app.command("start")
 def server_start(
-    port: Annotated[int | None, typer.Option(
-        "--port", help="Port on 127.0.0.1 [default: PUHUI_PREFECT_PORT, else 4200 if free, "
-        "else a free one].")] = None,
+    port: Annotated[str | None, typer.Option(  # text: click's int took '１２３' as 123
+        "--port", metavar="PORT", help="Port on 127.0.0.1, 1-65535 [default: "
+        "PUHUI_PREFECT_PORT, else 4200 if free, else a free one].")] = None,
 ) -> None:
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
-    from puhui.prefect_server import ensure_process_work_pools, start_server
+    from puhui.prefect_server import ensure_process_work_pools, port_number, start_server
     from puhui.scheduling import work_pool_names
     from puhui.warm_worker import disabled, launch_worker, wait_for_worker
 
+    requested = None if port is None else port_number(port, "--port")
     settings = load_settings()
     configure_runtime(settings)
     launched: list = []  # the warm worker imports while the server starts
@@ -1313,7 +1314,7 @@ def server_start(
 
     with console.status("starting the Prefect server (the first start takes longer)..."):
         try:
-            info, started = start_server(settings, port, on_launch=alongside)
+            info, started = start_server(settings, requested, on_launch=alongside)
         except BaseException:
             for process in launched:
                 if process is not None:
