@@ -153,20 +153,21 @@ def _as_count(value: Any) -> int | None:
     return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
 
 
-def as_json(value: Any) -> Any:
-    """A stored JSON value (text on SQLite, parsed on PostgreSQL), or None when it is none
-    or no JSON (a hand edit)."""
+def as_json(value: Any, empty: Any) -> Any:
+    """A stored JSON value (text on SQLite, parsed on PostgreSQL): ``empty`` for none (SQL
+    NULL, or JSON null: the JSON type writes Python None so), None when it is no JSON (a
+    hand edit)."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            value = json.loads(value)
         except ValueError:
             return None
-    return value
+    return empty if value is None else value
 
 
 def _as_warnings(value: Any) -> list[dict[str, Any]] | None:
-    """Stored warnings, or None when none or no JSON list of objects."""
-    value = as_json(value)
+    """Stored warnings, or None when they are no JSON list of objects."""
+    value = as_json(value, [])
     if isinstance(value, list) and all(isinstance(w, dict) for w in value):
         return value
     return None

@@ -332,7 +332,7 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
     # not a crash of show (they were parsed in the fetch).
     fragile: dict[str, Callable[[Any], Any]] = {
         "validated_at": ledger.as_datetime,
-        "details": lambda v: found if isinstance(found := ledger.as_json(v), dict) else None}
+        "details": lambda v: found if isinstance(found := ledger.as_json(v, {}), dict) else None}
     with engine.connect() as conn:
         validation = conn.execute(select(
             *(c for c in validation_results.c if c.name not in fragile),
