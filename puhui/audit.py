@@ -430,6 +430,20 @@ def read_audit_events(
     return rows
 
 
+MAX_REASON = 500  # kept in the ledger and in every event: a sentence, not a file
+
+
+def decision_reason(reason: str) -> str:
+    """A decision's reason (a release, a reject, a promotion, a rollback) as the trail keeps
+    it: trimmed, and at most ``MAX_REASON`` characters once trimmed, else one line. Checked
+    here, where every caller passes, not only in the CLI: a 200,000-character reason was
+    recorded whole, in the ledger and in every event."""
+    reason = reason.strip()
+    if len(reason) > MAX_REASON:
+        raise PuhuiError(f"--reason is {len(reason):,} characters; at most {MAX_REASON:,}")
+    return reason
+
+
 def event_reason(event: Mapping[str, Any]) -> str:
     """The why of an event in one line: its reason, marked when it was forced, a rollback
     or a refusal (so a forced promotion and a rollback do not read the same)."""

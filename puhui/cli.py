@@ -101,11 +101,14 @@ def _run_date(value: str | None, option: str) -> date | None:
 
 def _reason(text: str) -> str:
     """A decision's ``--reason``, refused in one line before anything moves when the audit
-    trail, which keeps reasons, may not record it (``unrecordable_text``: an identifier, a
-    control character, a password); its guard would otherwise refuse the event halfway
-    through the decision, and `audit log` printed a line break or an escape as it was."""
+    trail, which keeps reasons, may not record it (over ``MAX_REASON`` characters trimmed,
+    or ``unrecordable_text``: an identifier, a control character, a password); its guard
+    would otherwise refuse the event halfway through the decision, and `audit log` printed
+    a line break or an escape as it was."""
+    from puhui.audit import decision_reason
     from puhui.privacy import unrecordable_text
 
+    text = decision_reason(text)
     if problem := unrecordable_text(text):
         raise PuhuiError(f"--reason {problem}; the audit trail keeps reasons: say it in one "
                          "line of plain text without it")
@@ -197,7 +200,12 @@ def _flow_settings(*, needs_key: bool = True, ephemeral_ok: bool = True,
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """``data`` as JSON, readable (Chinese stays Chinese) and inert (``inert_json``: a
+    stored reason's U+202E printed raw reordered the rest of the line)."""
+    from puhui.privacy import inert_json
+
+    sys.stdout.write(inert_json(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+                     + "\n")
 
 
 # --------------------------------------------------------------------------- demo, generate
@@ -757,7 +765,8 @@ def quarantine_list(
             return "reject-only" if is_reject_only(home, record) else "held"
         return record.status
 
-    cells = [(prefixes[r.batch_id], state(r), f"{r.rows:,}") for r in records]
+    cells = [(prefixes[r.batch_id], state(r), "?" if "rows" in r.unreadable else f"{r.rows:,}")
+             for r in records]
     widths = [max([len(h), *(len(c[i]) for c in cells)])
               for i, h in enumerate(("batch", "status", "rows"))]
     room = max(_width() - sum(widths) - 6, 12)
@@ -768,8 +777,12 @@ def quarantine_list(
 
     console.print(line("batch", "status", "rows", "reason"), markup=False)
     for record, (batch, status, rows) in zip(records, cells, strict=True):
-        console.print(line(batch, status, rows, short_reason(record.reason, room)),
-                      markup=False)
+        # A cell SQLite kept as none of its type (a hand edit) is marked, not a crash.
+        marked = "".join(f"[{c}: unreadable] " for c in record.unreadable)
+        # printable: a reason from before round 16 (a JSON key's type drift) or a hand
+        # edit may hold an escape; short_reason only folds whitespace.
+        reason = short_reason(printable(record.reason or ""), max(room - len(marked), 12))
+        console.print(line(batch, status, rows, marked + reason), markup=False)
     held = [r for r in records if r.status == "quarantined"]
     reject_only = sum(is_reject_only(home, r) for r in held)
     console.print(f"{len(held)} batch(es) held ({reject_only} reject-only: no readable copy)"
@@ -791,42 +804,56 @@ def quarantine_show(batch: BatchArg, json_: JsonFlag = False) -> None:
         return
     status = found["status"] + (" (reject-only: no readable copy)" if found["reject_only"]
                                 else "")
-    out = [f"batch {found['batch_id']}: {found['partner']}, delivered "
-           f"{found['delivery_date']}, {status}",
-           f"  file {printable(found['source_path'])} (sha256 {found['checksum'][:16]})",
-           f"  rows {found['rows']:,}: loaded {found['rows_loaded']:,}, held "
-           f"{found['rows_held']:,}, duplicate {found['rows_duplicate']:,}",
-           f"  reason: {found['reason'] or '-'}"]
+    # printable on what was stored or chosen by a partner (a reason, a failure message or an
+    # event recorded before round 16, or by hand, may hold an escape or a line break); not on
+    # the paths built here from our own settings, which it would mask (a digit run in a home).
+    p = printable
+    delivered = found["delivery_date"] or "(unreadable)"
+    out = [f"batch {p(found['batch_id'])}: {p(found['partner'])}, delivered {delivered}, "
+           f"{p(status)}",
+           f"  file {p(found['source_path'])} (sha256 {p(found['checksum'][:16])})",
+           f"  rows {_count(found, 'rows')}: loaded {_count(found, 'rows_loaded')}, held "
+           f"{_count(found, 'rows_held')}, duplicate {_count(found, 'rows_duplicate')}",
+           f"  reason: {p(found['reason']) or '-'}"]
+    if found["unreadable"]:
+        out.append(f"  unreadable (stored as none of its type, a hand edit): "
+                   f"{', '.join(found['unreadable'])}")
     validation = found["validation"]
     if validation and not validation["expectations_run"]:
-        out.append(f"  validation: suite {validation['suite']} did not run (held before "
+        out.append(f"  validation: suite {p(validation['suite'])} did not run (held before "
                    "validation: the file could not be read as its contract says)")
     elif validation:
-        out.append(f"  validation: suite {validation['suite']} (hash "
-                   f"{validation['suite_hash'] or 'not recorded'}), "
+        out.append(f"  validation: suite {p(validation['suite'])} (hash "
+                   f"{p(str(validation['suite_hash'] or 'not recorded'))}), "
                    f"{validation['expectations_run']} expectations, "
                    f"{validation['critical_failed']} critical and "
                    f"{validation['warning_failed']} warning failure(s), at "
-                   f"{validation['validated_at'][:19]}")
+                   f"{(validation['validated_at'] or '(unreadable)')[:19]}")
     for failure in found["failures"]:
-        out.append(f"  [{failure.get('severity', 'critical')}] {failure['message']}")
+        out.append(f"  [{p(str(failure.get('severity', 'critical')))}] "
+                   f"{p(failure['message'])}")
         rows = failure.get("sample_rows") or []
         if rows:
             shapes = failure["sample_shapes"]
-            out.append("      rows " + ", ".join(map(str, rows[:10]))
-                       + (f"; masked values {', '.join(repr(v) for v in shapes[:5])}"
+            out.append("      rows " + p(", ".join(map(str, rows[:10])))
+                       + (f"; masked values {p(', '.join(repr(v) for v in shapes[:5]))}"
                           if shapes else ""))
     for warning in found["warnings"] if not found["failures"] else []:
-        out.append(f"  warning: {warning}")
+        out.append(f"  warning: {p(warning)}")
     out.append("  quarantine copy: " + (found["quarantine_copy"] or "none"))
     for page in found["data_docs"]:
         built = "" if Path(page).exists() else " (not built yet: puhui data-docs)"
         out.append(f"  Data Docs: {page}{built}")
     for event in found["decisions"]:
-        out.append(f"  {event['at']} {event['actor']} {event['action']}"
-                   + (f": {event['reason']}" if event["reason"] else ""))
+        out.append(f"  {p(event['at'])} {p(event['actor'])} {p(event['action'])}"
+                   + (f": {p(event['reason'])}" if event["reason"] else ""))
     for text in out:
         console.print(text, markup=False)
+
+
+def _count(found: dict[str, Any], column: str) -> str:
+    """A ledger count as `show` prints it: '?' when the stored value is no number."""
+    return "?" if f"ingest_batches.{column}" in found["unreadable"] else f"{found[column]:,}"
 
 
 @quarantine_app.command("revalidate")
@@ -1375,15 +1402,16 @@ def serve(
 # --------------------------------------------------------------------------- server
 @server_app.command("start")
 def server_start(
-    port: Annotated[int | None, typer.Option(
-        "--port", help="Port on 127.0.0.1 \\[default: PUHUI_PREFECT_PORT, else 4200 if free, "
-        "else a free one].")] = None,
+    port: Annotated[str | None, typer.Option(  # text: click's int took '１２３' as 123
+        "--port", metavar="PORT", help="Port on 127.0.0.1, 1-65535 \\[default: "
+        "PUHUI_PREFECT_PORT, else 4200 if free, else a free one].")] = None,
 ) -> None:
     """Start a local Prefect server (API + UI) under PUHUI_HOME; waits until it is healthy."""
-    from puhui.prefect_server import ensure_process_work_pools, start_server
+    from puhui.prefect_server import ensure_process_work_pools, port_number, start_server
     from puhui.scheduling import work_pool_names
     from puhui.warm_worker import disabled, launch_worker, wait_for_worker
 
+    requested = None if port is None else port_number(port, "--port")
     settings = load_settings()
     configure_runtime(settings)
     launched: list = []  # the warm worker imports while the server starts
@@ -1394,7 +1422,7 @@ def server_start(
 
     with console.status("starting the Prefect server (the first start takes longer)..."):
         try:
-            info, started = start_server(settings, port, on_launch=alongside)
+            info, started = start_server(settings, requested, on_launch=alongside)
         except BaseException:
             for process in launched:
                 if process is not None:

@@ -95,10 +95,34 @@ def _escaped(result_json: dict[str, Any]) -> dict[str, Any]:
         if isinstance(item.get("result"), dict):
             item["result"] = escape(item["result"])
         config = item.get("expectation_config")
-        if isinstance(config, dict) and isinstance(config.get("kwargs"), dict):
-            item["expectation_config"] = {**config, "kwargs": escape(config["kwargs"])}
+        if isinstance(config, dict):
+            # The suite's own strings too: GX prints an expectation's `description` raw (a
+            # contributed suite's `<!--` hid the rest of the page, a tag stayed a tag).
+            item["expectation_config"] = {
+                k: v if k == "type" else escape(v) for k, v in config.items()
+            }
+        info = item.get("exception_info")
+        if isinstance(info, dict):
+            # GX escapes the exception's message but prints its traceback raw; a masked
+            # traceback keeps the punctuation of what it quotes.
+            item["exception_info"] = {
+                k: _escaped_traceback(v) if k != "exception_traceback" else escape(v)
+                for k, v in info.items()
+            }
         items.append(item)
-    return {**result_json, "results": items}
+    escaped = {**result_json, "results": items}
+    meta = result_json.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("run_id"), dict):
+        run = meta["run_id"]  # the run name (suite and batch) is printed raw
+        escaped["meta"] = {**meta, "run_id": {**run, "run_name": escape(run.get("run_name"))}}
+    return escaped
+
+
+def _escaped_traceback(info: Any) -> Any:
+    """One metric's exception info (GX nests them by metric) with its traceback escaped."""
+    if isinstance(info, dict) and isinstance(info.get("exception_traceback"), str):
+        return {**info, "exception_traceback": html.escape(info["exception_traceback"])}
+    return info
 
 
 def render_validation_page(result_json: dict[str, Any]) -> str:
@@ -116,21 +140,39 @@ def render_validation_page(result_json: dict[str, Any]) -> str:
 
 # A one-expectation result (one passed, one failed) whose rendering compiles the page templates.
 _WARM_UP_RESULT: dict[str, Any] = {
-    "success": False, "suite_name": "warm_up", "suite_parameters": {},
-    "statistics": {"evaluated_expectations": 2, "successful_expectations": 1,
-                   "unsuccessful_expectations": 1, "success_percent": 50.0},
+    "success": False,
+    "suite_name": "warm_up",
+    "suite_parameters": {},
+    "statistics": {
+        "evaluated_expectations": 2,
+        "successful_expectations": 1,
+        "unsuccessful_expectations": 1,
+        "success_percent": 50.0,
+    },
     "meta": {"run_id": {"run_name": "warm up", "run_time": "2026-01-01T00:00:00+00:00"}},
     "results": [
-        {"success": success, "expectation_config": {
-            "type": "expect_column_values_to_not_be_null", "kwargs": {"column": "c"},
-            "meta": {"severity": "critical"}},
-         "result": {"element_count": 1, "unexpected_count": int(not success),
-                    "unexpected_percent": 0.0 if success else 100.0,
-                    "partial_unexpected_list": []},
-         "meta": {}, "exception_info": {"raised_exception": False,
-                                        "exception_traceback": None,
-                                        "exception_message": None}}
-        for success in (True, False)],
+        {
+            "success": success,
+            "expectation_config": {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": "c"},
+                "meta": {"severity": "critical"},
+            },
+            "result": {
+                "element_count": 1,
+                "unexpected_count": int(not success),
+                "unexpected_percent": 0.0 if success else 100.0,
+                "partial_unexpected_list": [],
+            },
+            "meta": {},
+            "exception_info": {
+                "raised_exception": False,
+                "exception_traceback": None,
+                "exception_message": None,
+            },
+        }
+        for success in (True, False)
+    ],
 }
 
 
@@ -154,7 +196,8 @@ def pages_for_batch(gx_dir: Path, batch_id: str) -> list[Path]:
 def _severity(payload: dict[str, Any]) -> str:
     severities = {
         ((item.get("expectation_config") or {}).get("meta") or {}).get("severity", "critical")
-        for item in payload.get("results") or [] if not item.get("success")
+        for item in payload.get("results") or []
+        if not item.get("success")
     }
     return "critical" if "critical" in severities else "warning" if severities else ""
 
@@ -170,10 +213,11 @@ document.getElementById('shown').textContent=n;}
 
 
 def _options(name: str, label: str, values: list[str]) -> str:
-    items = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>'
-                    for v in values)
-    return (f'<label>{label} <select id="{name}" onchange="puhuiFilter()">'
-            f'<option value="">all</option>{items}</select></label> ')
+    items = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+    return (
+        f'<label>{label} <select id="{name}" onchange="puhuiFilter()">'
+        f'<option value="">all</option>{items}</select></label> '
+    )
 
 
 def _index_html(entries: list[_Entry], docs: Path) -> str:
@@ -204,12 +248,14 @@ def _index_html(entries: list[_Entry], docs: Path) -> str:
         "(times UTC). Outcome: what became of the batch (the ledger's status). Severity: "
         "critical failures hold a batch (red), warnings let it load (yellow). Each page is "
         "GX's own rendering of the stored result; failing row numbers are source rows of "
-        "the file.</p><p>" + _options("feed", "feed", feeds)
+        "the file.</p><p>"
+        + _options("feed", "feed", feeds)
         + _options("outcome", "outcome", outcomes)
         + f'<span id="shown">{len(entries)}</span> shown</p>'
         "<table><tr><th>written</th><th>feed / suite</th><th>batch / table</th>"
         "<th>outcome</th><th>severity</th><th>expectations</th><th>result</th></tr>"
-        + "".join(rows) + "</table></body></html>"
+        + "".join(rows)
+        + "</table></body></html>"
     )
 
 
@@ -234,8 +280,7 @@ def build_data_docs(gx_dir: Path, outcomes: Mapping[str, str] | None = None) -> 
             rendered += 1
         statistics = payload.get("statistics") or {}
         batch = _CHUNK.sub("", source.stem)
-        outcome = ("table check" if "@" in batch
-                   else (outcomes or {}).get(batch, "unknown"))
+        outcome = "table check" if "@" in batch else (outcomes or {}).get(batch, "unknown")
         entries.append(
             _Entry(
                 suite=str(payload.get("suite_name") or source.parent.name),
@@ -267,5 +312,7 @@ def ledger_outcomes(engine: Any) -> dict[str, str]:
     from puhui.warehouse.schema import ingest_batches
 
     with engine.connect() as conn:
-        return {r.batch_id: r.status for r in conn.execute(
-            select(ingest_batches.c.batch_id, ingest_batches.c.status))}
+        return {
+            r.batch_id: r.status
+            for r in conn.execute(select(ingest_batches.c.batch_id, ingest_batches.c.status))
+        }

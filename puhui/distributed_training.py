@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
+from puhui.task_runners import task_workers
+
 _CLIENT: Any = None
 
 
@@ -43,18 +45,24 @@ def dask_client() -> Any:
         if address:
             _CLIENT = Client(address)
         else:
-            workers = int(os.environ.get("PUHUI_TASK_WORKERS", "2").strip() or "2")
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            workers = task_workers()
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
             _CLIENT = Client(cluster)
             atexit.register(cluster.close)
         atexit.register(_CLIENT.close)
     return _CLIENT
 
 
-def train_lightgbm_on_dask(client: Any, matrix: pd.DataFrame, label: np.ndarray,
-                           params: dict[str, Any], rounds: int,
-                           partitions: int | None = None) -> lgb.Booster:
+def train_lightgbm_on_dask(
+    client: Any,
+    matrix: pd.DataFrame,
+    label: np.ndarray,
+    params: dict[str, Any],
+    rounds: int,
+    partitions: int | None = None,
+) -> lgb.Booster:
     """A binary LightGBM booster of ``rounds`` trees trained on the cluster of ``client``.
 
     ``matrix`` is encoded as for a local training (floats, pandas categoricals with a fixed
@@ -73,8 +81,13 @@ def train_lightgbm_on_dask(client: Any, matrix: pd.DataFrame, label: np.ndarray,
     return model.to_local().booster_
 
 
-def train_early_stopped(params: dict[str, Any], train_set: lgb.Dataset, stop_set: lgb.Dataset,
-                        rounds: int, patience: int) -> lgb.Booster:
+def train_early_stopped(
+    params: dict[str, Any],
+    train_set: lgb.Dataset,
+    stop_set: lgb.Dataset,
+    rounds: int,
+    patience: int,
+) -> lgb.Booster:
     """What ``lgb.train(params, train_set, rounds, valid_sets=[stop_set], callbacks=
     [early_stopping(patience, first_metric_only=True)])`` gives, trained on the Dask cluster:
     a booster with ``best_iteration`` and ``best_score["valid_0"]`` (log-loss and AUC) set.
@@ -82,15 +95,17 @@ def train_early_stopped(params: dict[str, Any], train_set: lgb.Dataset, stop_set
     Both datasets must keep their raw data (``free_raw_data=False`` or not yet built).
     """
     params = {k: v for k, v in params.items() if k not in ("metric", "first_metric_only")}
-    booster = train_lightgbm_on_dask(dask_client(), train_set.data,
-                                     np.asarray(train_set.label), params, rounds)
+    booster = train_lightgbm_on_dask(
+        dask_client(), train_set.data, np.asarray(train_set.label), params, rounds
+    )
     x_stop, y_stop = stop_set.data, np.asarray(stop_set.label)
     raw = np.zeros(len(y_stop))
     best, best_loss, best_auc = 0, np.inf, float("nan")
     for iteration in range(1, booster.num_trees() + 1):
         # One tree at a time: the running raw score costs one pass per tree, not per prefix.
-        raw += booster.predict(x_stop, raw_score=True, start_iteration=iteration - 1,
-                               num_iteration=1)
+        raw += booster.predict(
+            x_stop, raw_score=True, start_iteration=iteration - 1, num_iteration=1
+        )
         pd_ = 1 / (1 + np.exp(-raw))
         loss = log_loss(y_stop, pd_, labels=[0, 1])
         if loss < best_loss:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from puhui.errors import PuhuiError
+from puhui.privacy import printable
 from puhui.processes import pid_alive, stop_process
 from puhui.settings import Settings
 
@@ -103,9 +104,25 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def port_number(text: str, source: str) -> int:
+    """A TCP port from ``source``: ASCII digits, 1-65535. `int` took 'abc' as a ValueError
+    and 99999 or -1 as bind's OverflowError, both naming no setting, full-width '１２３' as
+    port 123 and 5,000 digits as its own "Exceeds the limit" error. 0 is refused too: it was
+    never documented, and read as unset by accident (leave the setting out for 4200 or a
+    free port)."""
+    text = text.strip()
+    if not (len(text) <= 5 and text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        unset = " (leave it out to get 4200 or a free port)" if text == "0" else ""
+        raise PuhuiError(f"{source} must be a port number from 1 to 65535{unset}, "
+                         f"not '{printable(text[:40])}'")
+    return int(text)
+
+
 def choose_port(requested: int | None = None) -> int:
     """``requested`` (or ``PUHUI_PREFECT_PORT``) if free, else 4200 if free, else any free port."""
-    configured = requested or (int(os.environ[PORT_ENV]) if os.environ.get(PORT_ENV) else None)
+    configured = (port_number(str(requested), "--port") if requested is not None
+                  else port_number(os.environ[PORT_ENV], PORT_ENV) if os.environ.get(PORT_ENV)
+                  else None)
     if configured:
         if not _port_free(configured):
             raise PuhuiError(f"port {configured} on {HOST} is in use: pick another with --port "

@@ -195,6 +195,27 @@ def printable(text: str) -> str:
     return "".join(char if _shown_as_is(char) else _escaped(char) for char in text)
 
 
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]+")
+
+
+def inert_json(text: str) -> str:
+    """JSON text (``ensure_ascii=False``) with every character :func:`printable` would
+    escape written as its ``\\uXXXX`` escape instead (a pair beyond U+FFFF): the same
+    strings to any JSON reader, nothing a terminal acts on (json escapes only below U+0020,
+    so a C1 control, a bidi override or a line separator was written raw)."""
+
+    def escaped(run: re.Match[str]) -> str:
+        return "".join(char if _shown_as_is(char) else "".join(
+            f"\\u{unit:04x}" for unit in _utf16_units(char)) for char in run[0])
+
+    return _NOT_ASCII.sub(escaped, text)
+
+
+def _utf16_units(char: str) -> list[int]:
+    data = char.encode("utf-16-be", "surrogatepass")
+    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+
+
 def has_control_characters(text: str) -> bool:
     """Whether ``text`` holds a character ``printable`` shows escaped (a line break, an
     escape, an invisible format character such as a right-to-left override or a zero-width

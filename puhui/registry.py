@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
-from puhui.audit import AuditWriter, current_task_run_id, events_of
+from puhui.audit import AuditWriter, current_task_run_id, decision_reason, events_of
 from puhui.crashpoints import crash_point
 from puhui.errors import PuhuiError
 from puhui.model_fingerprints import VerifiedFiles, files_signature
@@ -402,6 +402,26 @@ def _alias_moves(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     return moves
 
 
+def alias_difference(events: list[dict[str, Any]], name: str, alias: str,
+                     current: str | None) -> str | None:
+    """How ``name@alias`` in MLflow (``current``, None when unset) differs from the trail's
+    last move of it (``events``: the model actions), or None when they agree. A move still
+    open (its intent recorded, MLflow moved, its completion not yet: a promote under way,
+    or one killed there until the reconcile completes it) is agreement too."""
+    expected = _alias_moves(events).get((name, alias))
+    closed = {e["details"].get("intent") for e in events
+              if e["action"] in (ALIAS_SET, ALIAS_REMOVED, ALIAS_ABORTED)}
+    open_moves = {e["details"]["version"] for e in events
+                  if e["action"] == ALIAS_INTENT and e["seq"] not in closed
+                  and e["details"].get("model") == name and e["details"].get("alias") == alias}
+    if current == expected or current in open_moves:
+        return None
+    found = f"v{current}" if current else "unset"
+    said = f"v{expected}" if expected else "unset (no move)"
+    return (f"{name}@{alias} is {found} in MLflow but the trail's last move says {said}: "
+            "changed outside puhui")
+
+
 def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWriter,
                           name: str, alias: str, version: str, reason: str) -> str | None:
     """MLflow's ``alias`` of ``name``, if the trail's last move agrees and ``version``'s
@@ -417,11 +437,7 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
     current = version_of(client, name, alias)
     expected = _alias_moves(events).get((name, alias))
     digest = _registered_digests(events).get((name, str(version)))
-    if current != expected:
-        found = f"v{current}" if current else "unset"
-        said = f"v{expected}" if expected else "unset (no move)"
-        because = (f"{name}@{alias} is {found} in MLflow but the trail's last move says "
-                   f"{said}: changed outside puhui")
+    if because := alias_difference(events, name, alias, current):
         advice = ("Put it back as the trail says (or find out who moved it), then retry; "
                   "'puhui audit verify' lists every difference")
     elif digest and (because := model_files_problem(client, name, str(version), digest)):
@@ -892,6 +908,7 @@ def promote(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
     to MLflow) and must agree with the tags. An ungated version (its gate step never ran) is
     refused even with ``force``: there is no verdict to override, only a missing one.
     """
+    reason = decision_reason(reason)
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
         found = None
@@ -941,6 +958,7 @@ def champion_history(engine: Engine, name: str) -> list[str]:
 def rollback(client: MlflowClient, engine: Engine, audit: AuditWriter, name: str,
              reason: str) -> tuple[str, str]:
     """Give the champion alias back to the previous champion; returns (from, to)."""
+    reason = decision_reason(reason)
     with held_lock(engine, MODEL_LOCK):
         _reconcile(client, engine, audit, repair=True)
         stack = champion_history(engine, name)

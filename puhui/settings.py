@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from puhui.errors import PuhuiError
-from puhui.privacy import scrub_text, unrecordable_text
+from puhui.privacy import printable, scrub_text, unrecordable_text
 
 Profile = Literal["local", "production"]
 DEMO_KEY_FILE = "pseudonym.key"
@@ -166,7 +166,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     profile = env.get("PUHUI_PROFILE", "local")
     if profile not in ("local", "production"):
         raise PuhuiError(f"PUHUI_PROFILE must be 'local' or 'production', not {profile!r}")
-    home = Path(env.get("PUHUI_HOME", ".puhui")).expanduser().resolve()
+    # Empty is unset, as for every other variable: Path("") is the working folder, and the
+    # warehouse, keys and quarantine copies were written into it (a checkout, say).
+    home = Path(env.get("PUHUI_HOME") or ".puhui").expanduser().resolve()
+    if home.exists() and not home.is_dir():  # was FileExistsError at the first mkdir
+        raise PuhuiError(f"PUHUI_HOME {printable(str(home))} is not a folder")
     warehouse_url = env.get("PUHUI_WAREHOUSE_URL") or f"sqlite:///{home / 'warehouse.db'}"
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     landing = env.get("PUHUI_LANDING") or str(home / "landing")

@@ -70,7 +70,7 @@ class ProfileConfigs:
 def resolve_profile_models(settings: Settings, models: dict[str, str]) -> dict[str, ModelSlot]:
     """Each configured model's champion by alias, with its exact version (or the reason)."""
     runtime = open_runtime(settings)
-    slots = resolve_models(runtime.settings.mlflow_tracking_uri, models)
+    slots = resolve_models(runtime.settings.mlflow_tracking_uri, models, engine=runtime.engine)
     logger = get_run_logger()
     for slot in slots.values():
         logger.info(f"{slot.slot}: {slot.name} v{slot.version}" if slot.available

@@ -51,6 +51,15 @@ class FeedResult:
         return counts
 
 
+def days_before(day: date, days: int) -> date | None:
+    """``day`` minus ``days``, or None (no lower bound) when that is before the first date
+    there is. A delivery folder named ``0001-01-01`` is a date too: the subtraction raised
+    OverflowError on a feed's first run (and every run after its watermark became that day),
+    and not one file of the feed was ingested; clamped to 0001-01-01, a strict "after" bound
+    then dropped that day's folder, though the window reaches before it."""
+    return day - timedelta(days=days) if day.toordinal() > days else None
+
+
 def files_to_consider(
     feed: PartnerFeed,
     landing: str,
@@ -65,7 +74,8 @@ def files_to_consider(
     """
     start = None
     if watermark is not None:
-        start = min(watermark - timedelta(days=RECENT_DAYS), as_of - timedelta(days=lookback_days))
+        bounds = [days_before(watermark, RECENT_DAYS), days_before(as_of, lookback_days)]
+        start = None if None in bounds else min(b for b in bounds if b is not None)
     files = [
         f
         for f in list_landed_files(feed, landing)
@@ -140,9 +150,10 @@ def ingest_feed(
     files = files_to_consider(
         feed, runtime.settings.landing, as_of, watermark, _lookback_days(runtime, feed)
     )
-    since = files[0].delivery_date - timedelta(days=1) if files else None
+    # None for a folder of the first date there is: every ledger row of the feed is seen.
+    since = days_before(files[0].delivery_date, 1) if files else None
     seen = ledger.seen_files(engine, feed.name, since) if files else {}
-    recent = watermark - timedelta(days=RECENT_DAYS) if watermark else None
+    recent = days_before(watermark, RECENT_DAYS) if watermark else None
     # Each file with the ledger row that decided it (None: new, or changed since).
     plan = []
     for landed in files:

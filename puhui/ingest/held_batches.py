@@ -7,6 +7,7 @@ read-only commands such as ``quarantine list`` stay fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,11 +121,24 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
         raise PuhuiError(f"no batch {batch_id!r} in the ledger")
     home = runtime.settings.home
     copy = quarantine_copy_path(home, record.partner, batch_id)
+    # validated_at and details as stored: a hand edit's garbage (or bytes) in them is marked,
+    # not a crash of show (they were parsed in the fetch).
+    fragile: dict[str, Callable[[Any], Any]] = {
+        "validated_at": ledger.as_datetime,
+        "details": lambda v: found if isinstance(found := ledger.as_json(v, {}), dict) else None}
     with engine.connect() as conn:
-        validation = conn.execute(select(validation_results).where(
-            validation_results.c.batch_id == batch_id)
+        validation = conn.execute(select(
+            *(c for c in validation_results.c if c.name not in fragile),
+            *(ledger.as_stored(validation_results.c[c], engine.dialect.name)
+              for c in fragile)).where(validation_results.c.batch_id == batch_id)
             .order_by(validation_results.c.validated_at.desc())).first()
-    details = dict(validation._mapping["details"] or {}) if validation else {}
+    stored = {c: ledger.stored_text(validation._mapping[c]) if validation else None
+              for c in fragile}
+    read = {c: parse(stored[c]) for c, parse in fragile.items()}
+    unreadable = [*(f"ingest_batches.{c}" for c in record.unreadable),
+                  *(f"validation_results.{c}" for c in fragile
+                    if stored[c] is not None and read[c] is None)]
+    details = read["details"] or {}
     failures = []
     for item in details.get("failures") or []:
         samples = _sample_shapes(copy, item.get("column"), item.get("sample_rows") or [])
@@ -133,7 +147,9 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
     events = read_audit_events(engine, where=EventFilter(subject=batch_id))
     return {
         **{k: v for k, v in record.__dict__.items() if k != "warnings"},
-        "delivery_date": str(record.delivery_date),
+        # None (JSON null) when unreadable; `unreadable` names it.
+        "delivery_date": None if record.delivery_date is None else str(record.delivery_date),
+        "unreadable": unreadable,
         "reason": scrub_text(record.reason or ""),
         "reject_only": is_reject_only(home, record),
         "quarantine_copy": str(copy) if copy.exists() else None,
@@ -144,7 +160,8 @@ def show_batch(runtime: Runtime, batch_id: str) -> dict[str, Any]:
             "critical_failed": validation.critical_failed,
             "warning_failed": validation.warning_failed,
             "suite_hash": details.get("suite_hash"),
-            "validated_at": str(validation.validated_at)},
+            "validated_at": None if read["validated_at"] is None
+            else str(read["validated_at"])},
         "failures": failures,
         "data_docs": [str(p) for p in pages_for_batch(home / "gx", batch_id)],
         "decisions": [{"seq": e["seq"], "at": e["occurred_at"][:19], "actor": e["actor"],

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Connection,
     Engine,
+    LargeBinary,
+    Select,
     Text,
     and_,
     cast,
@@ -46,7 +48,9 @@ HELD_STATUSES: tuple[str, ...] = ("quarantined", "rejected")
 def make_batch_id(partner: str, delivery_date: date, source_path: str, checksum: str) -> str:
     """A stable id: the same file at the same path always gets the same batch id."""
     digest = hashlib.sha256(f"{source_path}\0{checksum}".encode()).hexdigest()[:12]
-    return f"{partner}-{delivery_date:%Y%m%d}-{digest}"
+    # Not %Y: strftime writes year 1 as "1", and the id would not name its date's 8 digits.
+    day = f"{delivery_date.year:04d}{delivery_date.month:02d}{delivery_date.day:02d}"
+    return f"{partner}-{day}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -66,27 +70,122 @@ class BatchRecord:
     duplicate_of: str | None
     mtime_ns: int | None = None
     change_marker: str | None = None
+    # Columns whose stored value is none of their type (SQLite keeps whatever a hand edit
+    # wrote, a BLOB too): read as None (a count as 0, warnings as none), named here so a
+    # listing can mark them.
+    unreadable: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> BatchRecord:
+        """A record from a row of :func:`record_query` (its fragile columns as stored)."""
         m = row._mapping
+        parsed = {c: read(stored_text(m[c])) for c, read in _FRAGILE.items()}
         return cls(
             m["batch_id"],
             m["partner"],
             m["source_path"],
-            m["delivery_date"],
+            parsed["delivery_date"],
             m["checksum"],
             m["status"],
-            m["rows"] or 0,
-            m["rows_loaded"] or 0,
-            m["rows_held"] or 0,
-            m["rows_duplicate"] or 0,
-            m["reason"],
-            list(m["warnings"] or []),
+            parsed["rows"] or 0,
+            parsed["rows_loaded"] or 0,
+            parsed["rows_held"] or 0,
+            parsed["rows_duplicate"] or 0,
+            stored_text(m["reason"]),
+            parsed["warnings"] or [],
             m["duplicate_of"],
             m["mtime_ns"],
             m["change_marker"],
+            tuple(c for c in _FRAGILE if m[c] is not None and parsed[c] is None),
         )
+
+
+def as_stored(column: Any, dialect: str) -> Any:
+    """``column`` selected so that no value a hand edit left in it stops the read: typed on
+    PostgreSQL (which keeps only its type), its bytes on SQLite (which keeps any text, number
+    or BLOB in any column), for :func:`stored_text`. SQLAlchemy's SQLite types parse in the
+    fetch ('garbage' in a date raised), and a CAST AS TEXT of bytes that are no UTF-8 fails
+    the fetch: one edited cell stopped `quarantine list`, `show`, a release and verify."""
+    if dialect == "postgresql":
+        return column
+    return cast(column, LargeBinary).label(column.name)
+
+
+def stored_text(value: Any) -> Any:
+    """A value read through :func:`as_stored`: bytes decoded (what is no UTF-8 shown as
+    U+FFFD, so it reads as no date, number or JSON and is marked), else as it came."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+# The forms the ledger stores (SQLAlchemy's on SQLite; PostgreSQL's come typed): fromisoformat
+# alone also took 20260101 and the week date 2026-W01-1 (2025-12-29), and a release went
+# ahead with that day's end as the bound on event times.
+_DAY_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}:\d{2})?")
+
+
+def as_date(value: Any) -> date | None:
+    """A stored date, or None when there is none or it is not one (a hand edit)."""
+    if isinstance(value, datetime):
+        return value.date()
+    if value is None or isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value) if _DAY_TEXT.fullmatch(str(value)) else None
+    except ValueError:  # 2026-13-45
+        return None
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A stored time, or None when there is none or it is not one (a hand edit)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value) if _TIME_TEXT.fullmatch(str(value)) else None
+    except ValueError:
+        return None
+
+
+def _as_count(value: Any) -> int | None:
+    """A stored count, or None when there is none or it is not one ('abc' kept as text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+
+
+def as_json(value: Any, empty: Any) -> Any:
+    """A stored JSON value (text on SQLite, parsed on PostgreSQL): ``empty`` for none (SQL
+    NULL, or JSON null: the JSON type writes Python None so), None when it is no JSON (a
+    hand edit)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return empty if value is None else value
+
+
+def _as_warnings(value: Any) -> list[dict[str, Any]] | None:
+    """Stored warnings, or None when they are no JSON list of objects."""
+    value = as_json(value, [])
+    if isinstance(value, list) and all(isinstance(w, dict) for w in value):
+        return value
+    return None
+
+
+# The ledger columns read through as_stored, each with its parser: a hand edit of any of
+# them is marked, not a crash of every read.
+_FRAGILE: dict[str, Callable[[Any], Any]] = {
+    "delivery_date": as_date, "landed_at": as_datetime, "decided_at": as_datetime,
+    **dict.fromkeys(("rows", "rows_loaded", "rows_held", "rows_duplicate"), _as_count),
+    "warnings": _as_warnings, "reason": lambda v: v,
+}
+
+def record_query(dialect: str) -> Select[Any]:
+    """``SELECT`` of every ledger column :class:`BatchRecord` reads, the fragile ones through
+    :func:`as_stored` (checked by ``from_row``, not parsed in the fetch)."""
+    columns = [c for c in ingest_batches.c if c.name not in _FRAGILE]
+    return select(*columns, *(as_stored(ingest_batches.c[c], dialect) for c in _FRAGILE))
 
 
 def now_utc() -> datetime:
@@ -94,7 +193,7 @@ def now_utc() -> datetime:
 
 
 def get_batch(conn: Connection | Engine, batch_id: str) -> BatchRecord | None:
-    query = select(ingest_batches).where(ingest_batches.c.batch_id == batch_id)
+    query = record_query(conn.dialect.name).where(ingest_batches.c.batch_id == batch_id)
     if isinstance(conn, Engine):
         with conn.connect() as c:
             row = c.execute(query).first()
@@ -118,7 +217,7 @@ def get_content_owner(
             and_(ingest_batches.c.content_key == checksum, ingest_batches.c.partner == partner),
         )
     with engine.connect() as conn:
-        row = conn.execute(select(ingest_batches).where(condition)).first()
+        row = conn.execute(record_query(engine.dialect.name).where(condition)).first()
     return BatchRecord.from_row(row) if row else None
 
 
@@ -129,7 +228,7 @@ def loaded_batch_at_path(engine: Engine, partner: str, source_path: str) -> Batc
     second time unseen: ingestion holds the new version for a decision.
     """
     query = (
-        select(ingest_batches)
+        record_query(engine.dialect.name)
         .where(
             ingest_batches.c.partner == partner,
             ingest_batches.c.source_path == source_path,
@@ -465,7 +564,7 @@ def advance_watermark(
 def list_batches(
     engine: Engine, statuses: tuple[str, ...] | None = None, partner: str | None = None
 ) -> list[BatchRecord]:
-    query = select(ingest_batches).order_by(
+    query = record_query(engine.dialect.name).order_by(
         ingest_batches.c.delivery_date, ingest_batches.c.batch_id
     )
     if statuses:
@@ -606,15 +705,15 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int, str]:
                                   PATHS_SETTLED])
         # As text where SQLite keeps whatever a hand edit wrote: a date or JSON that does not
         # parse raised in the read and stopped verify.
-        day = ingest_batches.c.delivery_date
-        native = engine.dialect.name == "postgresql"
+        stored = [as_stored(ingest_batches.c[c], engine.dialect.name)
+                  for c in ("delivery_date", *_INSTANTS)]
         rows = {r.batch_id: r for r in conn.execute(select(
             ingest_batches.c.batch_id,
-            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)),
-            *(ingest_batches.c[c] if native or c not in _INSTANTS
-              else cast(ingest_batches.c[c], Text).label(c) for c in LEDGER_COLUMNS),
-            (day if native else cast(day, Text)).label("day"),
-            cast(ingest_batches.c.warnings, Text).label("warnings")))}
+            *(ingest_batches.c[c] for c in (*_COMPARED, *DISCOVERY_COLUMNS)), *stored,
+            *(ingest_batches.c[c] for c in LEDGER_COLUMNS if c not in _INSTANTS),
+            cast(ingest_batches.c.warnings, Text).label("warnings")
+            if engine.dialect.name == "postgresql" else as_stored(ingest_batches.c.warnings,
+                                                                   "sqlite")))}
     expected: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[str, str]] = {}  # batch -> discovery column -> value's digest
     written: dict[str, dict[str, str]] = {}  # batch -> LEDGER_COLUMNS column -> digest
@@ -670,16 +769,26 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int, str]:
                 trail = f"says {facts[column]!r}" if quoted else "recorded another value"
                 problems.append(f"batch {batch_id}: ingest_batches.{column} is "
                                 f"{_shown(found, pattern)} but the audit trail {trail}")
-        if "warnings" in facts and (found := _warnings_found(row.warnings)) != facts["warnings"]:
+        if "warnings" in facts and (
+                found := _warnings_found(stored_text(row.warnings))) != facts["warnings"]:
             # Counted, not quoted: the editor's text may hold anything.
             held = (f"{len(found or [])} warning(s)" if isinstance(found, list | None)
                     else "no JSON list")
             problems.append(f"batch {batch_id}: ingest_batches.warnings hold {held} but the "
                             f"audit trail recorded {len(facts['warnings'] or [])} (or others)")
         if (named := _BATCH_ID.fullmatch(batch_id)) and (
-                day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(row.day):
+                day := f"{named[1][:4]}-{named[1][4:6]}-{named[1][6:]}") != str(
+                    stored_text(row.delivery_date)):
             problems.append(f"batch {batch_id}: ingest_batches.delivery_date is "
-                            f"{_shown(str(row.day))} but its batch id says {day}")
+                            f"{_shown(str(stored_text(row.delivery_date)))} but its batch "
+                            f"id says {day}")
+        # A value SQLite kept that is no time is named as such (in events before round 16
+        # too), and not again as differing from the trail's digest.
+        no_time = {c for c in _INSTANTS if (found := stored_text(getattr(row, c))) is not None
+                   and as_datetime(found) is None}
+        problems += [f"batch {batch_id}: ingest_batches.{c} is "
+                     f"{_shown(stored_text(getattr(row, c)))}, no time (a hand edit)"
+                     for c in sorted(no_time)]
         for column, digest in sorted(digests.get(batch_id, {}).items()):
             found = getattr(row, column)
             if _fact_digest(found) != digest:  # a number as text: masked if shaped as an ID
@@ -688,7 +797,8 @@ def ledger_problems(engine: Engine) -> tuple[list[str], int, str]:
                                 "audit trail recorded another value")
         recorded = written.get(batch_id, {})
         for column, digest in sorted(recorded.items()):
-            if _ledger_digest(column, getattr(row, column)) != digest:
+            found = stored_text(getattr(row, column))
+            if column not in no_time and _ledger_digest(column, found) != digest:
                 problems.append(f"batch {batch_id}: ingest_batches.{column} differs from the "
                                 "value the audit trail recorded")
         unrecorded += len(recorded) < len(LEDGER_COLUMNS)

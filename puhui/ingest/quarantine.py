@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Connection
 
+from puhui.audit import decision_reason
 from puhui.config import PartnerFeed, PartnersConfig, load_config
 from puhui.errors import PuhuiError
 from puhui.ingest import ledger
@@ -66,9 +67,23 @@ def _held_batch(conn, batch_id: str) -> ledger.BatchRecord:  # noqa: ANN001
 
 
 def _require_reason(reason: str) -> str:
-    if len(reason.strip()) < 5:
+    if len(reason := decision_reason(reason)) < 5:
         raise PuhuiError("a decision needs a reason of at least 5 characters")
-    return reason.strip()
+    return reason
+
+
+# Read by a decision only as the time of an earlier one: a release goes on without them.
+_NOT_DECIDING = {"landed_at", "decided_at"}
+
+
+def _readable(record: ledger.BatchRecord) -> ledger.BatchRecord:
+    """``record`` if the columns a decision reads are readable: a load checks event times
+    against the delivery day's end (a date SQLite kept as garbage, a hand edit, read as none
+    would skip it) and records the counts and warnings it read."""
+    if bad := [c for c in record.unreadable if c not in _NOT_DECIDING]:
+        raise PuhuiError(f"batch {record.batch_id}: ingest_batches.{', '.join(bad)} "
+                         "unreadable (a hand edit; audit verify reports it): put it back first")
+    return record
 
 
 def _copy_checks(table: pa.Table, feed: PartnerFeed, delivery_date: Any) -> dict[str, pa.Array]:
@@ -140,6 +155,8 @@ def _load_copy(
 def release_batch(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord:
     """Load a quarantined batch into ``raw_<partner>``; refused (and the refusal recorded)
     for any other status or a reject-only batch."""
+    # Before the refusal's event, which keeps the reason: a reason too long is no decision.
+    reason = decision_reason(reason)
     try:
         return _release(runtime, batch_id, reason)
     except PuhuiError as exc:
@@ -162,7 +179,7 @@ def _release(runtime: Runtime, batch_id: str, reason: str) -> ledger.BatchRecord
     copy = quarantine_copy_path(runtime.settings.home, record.partner, batch_id)
     ensure_key_index(runtime, feed)  # a backfill commits on its own; checked again below
     with engine.begin() as conn:
-        record = _held_batch(conn, batch_id)
+        record = _readable(_held_batch(conn, batch_id))
         if not copy.exists():
             raise PuhuiError(
                 f"batch {batch_id} could not be read when it landed "
@@ -242,7 +259,7 @@ def revalidate_batch(runtime: Runtime, batch_id: str, validator: Any = None) -> 
     validator = validator or BatchValidator(results_dir=runtime.settings.home / "gx",
                                             expectations_dir=runtime.settings.expectations_dir)
     seen, run, failed = SeenKeys(), 0, []
-    for chunk in read_copy(copy, feed, record.delivery_date):
+    for chunk in read_copy(copy, feed, _readable(record).delivery_date):
         chunk, _ = drop_duplicate_keys(chunk, feed, seen)
         if len(chunk.row_numbers):
             outcome = validator.validate_frame(batch_frame(chunk), feed.suite, batch_id)

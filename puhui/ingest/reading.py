@@ -340,6 +340,16 @@ _COLUMN_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
 _JSON_TYPE_CHANGE = re.compile(r"Column\(/([^)]*)\) changed from (\w+) to (\w+)")
 
 
+def _key_path(path: str) -> str:
+    """A JSON key's path as Arrow names it (``a/b`` for ``{"a": {"b": ...}}``), as a reason
+    prints it: as it is when each key on it is a plain name, else its masked shape
+    (``safe_name`` alone masked the slash: ``a/b`` read 'a/a')."""
+    keys = path.split("/")
+    if len(path) <= 128 and all(safe_name(k) == k for k in keys):
+        return path
+    return safe_name(path)
+
+
 def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
     """A reason naming what is wrong, without quoting file content (it may be personal)."""
     message = str(exc)
@@ -352,8 +362,9 @@ def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
         )
     if match := _JSON_TYPE_CHANGE.search(message):
         column, before, after = match.groups()
+        # The key is the partner's: any text (an escape, a line break, 5,000 characters).
         return UnreadableFile(
-            f"type drift in {column}: JSON values change from {before} to {after} "
+            f"type drift in {_key_path(column)}: JSON values change from {before} to {after} "
             "within one block of lines"
         )
     if "JSON parse error" in message:

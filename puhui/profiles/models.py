@@ -18,8 +18,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sqlalchemy import Engine
 
+from puhui.audit import events_of
 from puhui.errors import PuhuiError
-from puhui.registry import CHAMPION, load_registered_pyfunc, mlflow_client
+from puhui.registry import (
+    CHAMPION,
+    MODEL_ACTIONS,
+    alias_difference,
+    load_registered_pyfunc,
+    mlflow_client,
+)
 from puhui.registry_read import is_not_found
 
 
@@ -39,10 +46,12 @@ class ModelSlot:
         return self.version is not None
 
 
-def resolve_champion(client: MlflowClient, slot: str, name: str,
-                     alias: str = CHAMPION) -> ModelSlot:
+def resolve_champion(
+    client: MlflowClient, slot: str, name: str, alias: str = CHAMPION, engine: Engine | None = None
+) -> ModelSlot:
     """The version behind ``name@alias``; a missing model or alias is a reason, any other
-    registry failure raises."""
+    registry failure raises. With ``engine``, an alias that is not where the audit trail's
+    last move put it (set by hand in MLflow: a version no promotion vouched for) raises."""
     try:
         registered = client.get_registered_model(name)
     except MlflowException as exc:
@@ -50,20 +59,32 @@ def resolve_champion(client: MlflowClient, slot: str, name: str,
             return ModelSlot(slot, name, reason=f"no champion for {name} (not registered)")
         raise PuhuiError(f"model registry error reading {name}: {exc.message}") from None
     version = registered.aliases.get(alias)
+    if engine is not None and (
+        because := alias_difference(
+            events_of(engine, MODEL_ACTIONS), name, alias, None if version is None else str(version)
+        )
+    ):
+        raise PuhuiError(
+            f"{because}: not scored; put it back as the trail says (or "
+            "promote through puhui), 'puhui audit verify' lists every difference"
+        )
     if version is None:
         return ModelSlot(slot, name, reason=f"no {alias} for {name}")
     try:
         run_id = client.get_model_version(name, str(version)).run_id
     except MlflowException as exc:
-        raise PuhuiError(f"model registry error reading {name} v{version}: "
-                         f"{exc.message}") from None
+        raise PuhuiError(f"model registry error reading {name} v{version}: {exc.message}") from None
     return ModelSlot(slot, name, str(version), run_id)
 
 
-def resolve_models(tracking_uri: str, models: dict[str, str],
-                   alias: str = CHAMPION) -> dict[str, ModelSlot]:
+def resolve_models(
+    tracking_uri: str, models: dict[str, str], alias: str = CHAMPION, engine: Engine | None = None
+) -> dict[str, ModelSlot]:
+    """Each slot's version behind ``name@alias`` (see :func:`resolve_champion`)."""
     client = mlflow_client(tracking_uri)
-    return {slot: resolve_champion(client, slot, name, alias) for slot, name in models.items()}
+    return {
+        slot: resolve_champion(client, slot, name, alias, engine) for slot, name in models.items()
+    }
 
 
 def model_input(frame: pd.DataFrame, features: list[str], categorical: list[str]) -> pd.DataFrame:

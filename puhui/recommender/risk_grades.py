@@ -44,15 +44,19 @@ class RiskGrader:
 def champion_risk_grader(engine: Engine, tracking_uri: str, risk_name: str) -> RiskGrader:
     """The risk champion by alias (a missing one is a reason; an unreadable registry
     raises, as for the profiles)."""
-    slot = resolve_models(tracking_uri, {"risk": risk_name})["risk"]
+    slot = resolve_models(tracking_uri, {"risk": risk_name}, engine=engine)["risk"]
     if not slot.available:
         return RiskGrader(risk_name, None, None, slot.reason)
     return RiskGrader(risk_name, slot.version, load_risk_scorer(engine, tracking_uri, slot))
 
 
-def risk_grades(scorer: RiskScoring, features: pd.DataFrame,
-                reference_application: dict[str, float | int | str],
-                features_spec: FeaturesConfig, risk: RiskModelSpec) -> np.ndarray:
+def risk_grades(
+    scorer: RiskScoring,
+    features: pd.DataFrame,
+    reference_application: dict[str, float | int | str],
+    features_spec: FeaturesConfig,
+    risk: RiskModelSpec,
+) -> np.ndarray:
     """Grades of ``features``' rows (the feature builder's point-in-time columns) for the
     reference application."""
     frame = features.copy()
