@@ -144,7 +144,8 @@ def _existing_runtime(anchor: tuple[int, str] | None = None) -> Runtime:
     one line and left as it was. Opening it created and migrated an empty one (and an audit
     key beside it), and every later read accepted it: a mistyped PUHUI_HOME read as "audit
     trail intact: 0 events", exit 0, after any command had run there. With an ``anchor``
-    (``audit verify --anchor``) a missing file is the trail deleted, not a new home."""
+    (``audit verify --anchor``) a missing file or an empty database is the trail deleted,
+    not a new home."""
     from puhui.runtime import check_warehouse, open_runtime
     from puhui.warehouse.engine import missing_sqlite_file
 
@@ -159,7 +160,7 @@ def _existing_runtime(anchor: tuple[int, str] | None = None) -> Runtime:
                          "or 'puhui run ingest' creates it)")
     # One line, not SQLAlchemy's, for a bad or silent URL; a database never migrated (an
     # empty PostgreSQL one) is refused too, not migrated.
-    check_warehouse(settings, existing=True)
+    check_warehouse(settings, existing=True, anchored_seq=None if anchor is None else anchor[0])
     return open_runtime(settings)
 
 
@@ -643,10 +644,12 @@ def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = N
     client took 10-20 s under load) and without creating anything: a name that neither
     configs/models.yaml nor the registry has, and a local warehouse or MLflow store that does
     not exist yet (the client created an empty store, the runtime an empty warehouse and an
-    audit key). Everything else (the verdict, the fence, the trail's champion history) is
-    decided where it was, under the model lock after a crash's leftovers are settled."""
+    audit key), or a database puhui never migrated. Everything else (the verdict, the fence,
+    the trail's champion history) is decided where it was, under the model lock after a
+    crash's leftovers are settled."""
     from puhui.config import ModelsConfig, load_config
     from puhui.registry_read import read_only_registry, registered_model_names
+    from puhui.runtime import check_warehouse
     from puhui.warehouse.engine import missing_sqlite_file
 
     try:
@@ -666,11 +669,17 @@ def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = N
     if version is not None and store is not None:
         raise PuhuiError(f"{name} has no version {version} (no model is registered with "
                          f"this MLFLOW_TRACKING_URI yet: no store at {store})")
-    if version is None and warehouse is not None:  # an empty trail: no champion ever set
+    if version is None and warehouse is not None and store is not None:
+        # Neither exists: nothing ever ran here, so no champion was ever set. With a store
+        # but no warehouse the trail is elsewhere (a mistyped PUHUI_HOME): named below.
         raise PuhuiError(f"{name} has no previous champion to roll back to")
     if (missing := store or warehouse) is not None:
         raise PuhuiError(f"no {'MLflow store' if store else 'warehouse'} at {missing}: "
                          "check PUHUI_HOME, MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL")
+    # A database puhui never migrated (an empty PostgreSQL one) is refused as the reads
+    # refuse it: opening it migrated it and recorded the move there, while the alias moved
+    # in the shared MLflow store and the real warehouse's trail missed it.
+    check_warehouse(settings, existing=True)
 
 
 @models_app.command("promote")
