@@ -985,12 +985,6 @@ def _verified_chain(anchor: str | None = None) -> tuple:
     return runtime, verify_audit_chain(runtime.engine, key, anchor=parsed)
 
 
-def _mlflow_store_missing(tracking_uri: str) -> bool:
-    """A local SQLite MLflow store that was never created (no model trained yet)."""
-    path = tracking_uri.removeprefix("sqlite:///")
-    return path != tracking_uri and not Path(path).exists()
-
-
 @audit_app.command("anchor")
 def audit_anchor(json_: JsonFlag = False) -> None:
     """Print SEQ:HASH of the trail's last event, to keep outside the database."""
@@ -1032,8 +1026,9 @@ def audit_verify(
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Check the audit trail (keyed chain, anchor) and that MLflow and ingest_batches agree
-    with it; exit 1 if any is wrong."""
+    """Check the audit trail (keyed chain, anchor) and that MLflow, the ledger, its keys,
+    the raw tables and the profile, monitoring and validation tables agree with it; exit 1
+    if any is wrong."""
     since_day = _parse_date(since, "--since")
     if since_day is not None and not deep:
         raise PuhuiError("--since is for --deep only (plain verify digests no rows)")
@@ -1045,8 +1040,11 @@ def audit_verify(
     summary: dict[str, Any] = {**result.__dict__, "anchor": result.anchor}
     lines: list[str] = []
     model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
-    if result.ok and (model_events
-                      or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
+    from puhui.warehouse.engine import missing_sqlite_file
+
+    # No model event and no local store (no model trained yet): MLflow is not asked.
+    store_missing = missing_sqlite_file(runtime.settings.mlflow_tracking_uri) is not None
+    if result.ok and (model_events or not store_missing):
         from puhui.model_fingerprints import VerifiedFiles
         from puhui.registry import (
             mlflow_client,

@@ -351,6 +351,18 @@ def test_verify_with_an_anchor_calls_an_empty_warehouse_a_missing_trail(
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
+def test_a_relative_warehouse_url_is_named_by_its_absolute_path(
+        tmp_path: Path, puhui_env: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///warehouse.db`` is relative to the working directory, which a worker's
+    may not share: "no warehouse at warehouse.db" did not say where it was looked for."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", "sqlite:///warehouse.db")
+    code, _, err = _run(capsys, "audit", "log")
+    assert code == 1 and err.startswith(
+        f"puhui: error: no warehouse at {tmp_path.resolve() / 'warehouse.db'}: "), err
+
+
 def test_plain_audit_verify_imports_neither_arrow_nor_numpy(puhui_env: Path) -> None:
     """Round 16's raw rows digest put NumPy and Arrow at the top of puhui.table_digests,
     which every ``audit verify`` imports for its counts: +0.17-0.19 s of CPU on a 0.75-1.1 s
