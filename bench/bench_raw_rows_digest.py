@@ -66,7 +66,8 @@ def _chunks(rows: int) -> list:
 def _measure(url: str, chunks: list) -> dict:
     from puhui.config import PartnersConfig, load_config
     from puhui.ingest.raw_tables import ensure_raw_table
-    from puhui.table_digests import RowsMac, Scoped, add_macs, arrow_rows_mac, rows_macs
+    from puhui.raw_rows_digest import arrow_rows_mac
+    from puhui.table_digests import RowsMac, Scoped, add_macs, rows_macs
     from puhui.warehouse.bulk import bulk_insert
     from puhui.warehouse.engine import get_engine
 

@@ -147,7 +147,8 @@ def _existing_runtime(anchor: tuple[int, str] | None = None) -> Runtime:
     one line and left as it was. Opening it created and migrated an empty one (and an audit
     key beside it), and every later read accepted it: a mistyped PUHUI_HOME read as "audit
     trail intact: 0 events", exit 0, after any command had run there. With an ``anchor``
-    (``audit verify --anchor``) a missing file is the trail deleted, not a new home."""
+    (``audit verify --anchor``) a missing file or an empty database is the trail deleted,
+    not a new home."""
     from puhui.runtime import check_warehouse, open_runtime
     from puhui.warehouse.engine import missing_sqlite_file
 
@@ -162,7 +163,7 @@ def _existing_runtime(anchor: tuple[int, str] | None = None) -> Runtime:
                          "or 'puhui run ingest' creates it)")
     # One line, not SQLAlchemy's, for a bad or silent URL; a database never migrated (an
     # empty PostgreSQL one) is refused too, not migrated.
-    check_warehouse(settings, existing=True)
+    check_warehouse(settings, existing=True, anchored_seq=None if anchor is None else anchor[0])
     return open_runtime(settings)
 
 
@@ -651,10 +652,12 @@ def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = N
     client took 10-20 s under load) and without creating anything: a name that neither
     configs/models.yaml nor the registry has, and a local warehouse or MLflow store that does
     not exist yet (the client created an empty store, the runtime an empty warehouse and an
-    audit key). Everything else (the verdict, the fence, the trail's champion history) is
-    decided where it was, under the model lock after a crash's leftovers are settled."""
+    audit key), or a database puhui never migrated. Everything else (the verdict, the fence,
+    the trail's champion history) is decided where it was, under the model lock after a
+    crash's leftovers are settled."""
     from puhui.config import ModelsConfig, load_config
     from puhui.registry_read import read_only_registry, registered_model_names
+    from puhui.runtime import check_warehouse
     from puhui.warehouse.engine import missing_sqlite_file
 
     try:
@@ -674,11 +677,17 @@ def _refuse_before_mlflow(settings: Settings, name: str, version: str | None = N
     if version is not None and store is not None:
         raise PuhuiError(f"{name} has no version {version} (no model is registered with "
                          f"this MLFLOW_TRACKING_URI yet: no store at {store})")
-    if version is None and warehouse is not None:  # an empty trail: no champion ever set
+    if version is None and warehouse is not None and store is not None:
+        # Neither exists: nothing ever ran here, so no champion was ever set. With a store
+        # but no warehouse the trail is elsewhere (a mistyped PUHUI_HOME): named below.
         raise PuhuiError(f"{name} has no previous champion to roll back to")
     if (missing := store or warehouse) is not None:
         raise PuhuiError(f"no {'MLflow store' if store else 'warehouse'} at {missing}: "
                          "check PUHUI_HOME, MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL")
+    # A database puhui never migrated (an empty PostgreSQL one) is refused as the reads
+    # refuse it: opening it migrated it and recorded the move there, while the alias moved
+    # in the shared MLflow store and the real warehouse's trail missed it.
+    check_warehouse(settings, existing=True)
 
 
 @models_app.command("promote")
@@ -1003,12 +1012,6 @@ def _verified_chain(anchor: str | None = None) -> tuple:
     return runtime, verify_audit_chain(runtime.engine, key, anchor=parsed)
 
 
-def _mlflow_store_missing(tracking_uri: str) -> bool:
-    """A local SQLite MLflow store that was never created (no model trained yet)."""
-    path = tracking_uri.removeprefix("sqlite:///")
-    return path != tracking_uri and not Path(path).exists()
-
-
 @audit_app.command("anchor")
 def audit_anchor(json_: JsonFlag = False) -> None:
     """Print SEQ:HASH of the trail's last event, to keep outside the database."""
@@ -1050,8 +1053,9 @@ def audit_verify(
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Check the audit trail (keyed chain, anchor) and that MLflow and ingest_batches agree
-    with it; exit 1 if any is wrong."""
+    """Check the audit trail (keyed chain, anchor) and that MLflow, the ledger, its keys,
+    the raw tables and the profile, monitoring and validation tables agree with it; exit 1
+    if any is wrong."""
     since_day = _parse_date(since, "--since")
     if since_day is not None and not deep:
         raise PuhuiError("--since is for --deep only (plain verify digests no rows)")
@@ -1063,8 +1067,11 @@ def audit_verify(
     summary: dict[str, Any] = {**result.__dict__, "anchor": result.anchor}
     lines: list[str] = []
     model_events = any(e.startswith("model.") for e in _actions(runtime.engine))
-    if result.ok and (model_events
-                      or not _mlflow_store_missing(runtime.settings.mlflow_tracking_uri)):
+    from puhui.warehouse.engine import missing_sqlite_file
+
+    # No model event and no local store (no model trained yet): MLflow is not asked.
+    store_missing = missing_sqlite_file(runtime.settings.mlflow_tracking_uri) is not None
+    if result.ok and (model_events or not store_missing):
         from puhui.model_fingerprints import VerifiedFiles
         from puhui.registry import (
             mlflow_client,

@@ -109,8 +109,8 @@ def promote_first_champion(name: str, version: str, console: Console) -> None:
 
 def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: Console,
              history_days: int = DEMO_HISTORY_DAYS) -> None:
-    """Generate, run the daily pipeline and the risk training for the last delivery date,
-    say where things are."""
+    """Generate, run the daily pipeline and train both models (risk, then the recommender)
+    for the last delivery date, promote a passing one, say where things are."""
     from puhui.pipeline import (
         run_daily_pipeline,
         run_train_recommender_flow,

@@ -242,14 +242,18 @@ def usable_warehouse_url(settings: Settings) -> URL:
     return url
 
 
-def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
+def check_warehouse(
+    settings: Settings, *, existing: bool = False, anchored_seq: int | None = None
+) -> None:
     """Refuse, in one line that says the fix, a warehouse URL that does not parse, names a
     database SQLAlchemy has no driver for, or does not answer (a read-only command had
     SQLAlchemy's ``ArgumentError`` or ``OperationalError`` with its driver's lines). The
     first connection migrates the warehouse, as ``get_engine`` always does, except with
     ``existing`` (a read whose answer on an empty warehouse is a success): a database puhui
     never migrated is refused then, untouched. `audit verify` migrated an empty PostgreSQL
-    database and called it "intact: 0 events" (the missing SQLite file is the CLI's check)."""
+    database and called it "intact: 0 events" (the missing SQLite file is the CLI's check).
+    With ``anchored_seq`` (``audit verify --anchor``) a trail existed: no tables is the trail
+    missing, not a database to create one in."""
     from sqlalchemy.exc import OperationalError
 
     url = usable_warehouse_url(settings)
@@ -260,9 +264,15 @@ def check_warehouse(settings: Settings, *, existing: bool = False) -> None:
                 revision = current_revision(unmigrated)
             finally:
                 unmigrated.dispose()
+            shown = url.render_as_string(hide_password=True)
+            if revision is None and anchored_seq is not None:
+                raise PuhuiError(
+                    f"the warehouse {shown} has no puhui tables: the trail anchored at seq "
+                    f"{anchored_seq} is missing (emptied, or PUHUI_HOME or "
+                    "PUHUI_WAREHOUSE_URL now points elsewhere: check them)")
             if revision is None:
                 raise PuhuiError(
-                    f"the warehouse {url.render_as_string(hide_password=True)} has no puhui "
+                    f"the warehouse {shown} has no puhui "
                     "tables: nothing has run against it (check PUHUI_WAREHOUSE_URL; 'puhui "
                     "db upgrade', 'puhui demo' or 'puhui run ingest' creates them)")
         with get_engine(settings.warehouse_url).connect():

@@ -212,7 +212,7 @@ def test_arrow_digest_matches_what_each_dialect_reads_back(warehouse_url: str) -
         create_engine,
     )
 
-    from puhui.table_digests import arrow_rows_mac
+    from puhui.raw_rows_digest import arrow_rows_mac
     from puhui.warehouse.bulk import bulk_insert
 
     table = Table(
@@ -316,7 +316,7 @@ def test_a_contract_type_change_is_digested_alike_by_load_and_verify(
         create_engine,
     )
 
-    from puhui.table_digests import arrow_rows_mac
+    from puhui.raw_rows_digest import arrow_rows_mac
     from puhui.warehouse.bulk import bulk_insert
 
     def declared(*kinds: Any) -> Table:
@@ -462,7 +462,8 @@ def test_raw_digest_catches_values_swapped_between_rows_and_long_values_edited(
     from sqlalchemy import BigInteger, Column, Double, MetaData, String, Table, Text, create_engine
     from sqlalchemy import text as sql
 
-    from puhui.table_digests import Scoped, arrow_rows_mac, rows_macs
+    from puhui.raw_rows_digest import arrow_rows_mac
+    from puhui.table_digests import Scoped, rows_macs
     from puhui.warehouse.bulk import bulk_insert
 
     table = Table(

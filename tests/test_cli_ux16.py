@@ -7,7 +7,9 @@ texts whose ``[default: ...]`` Rich swallowed)."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,21 @@ def test_a_missing_mlflow_store_is_named_not_created(puhui_env: Path,
     assert not (puhui_env / "mlflow.db").exists()
 
 
+def test_a_rollback_with_a_store_but_no_warehouse_names_the_warehouse(
+        puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """An MLflow store but no warehouse (a mistyped PUHUI_HOME or PUHUI_WAREHOUSE_URL):
+    rollback said "no previous champion to roll back to", of a registry that may have a
+    champion history; the trail is elsewhere. (Only the store's file is checked first.)"""
+    puhui_env.mkdir(parents=True, exist_ok=True)
+    (puhui_env / "mlflow.db").touch()
+    code, out, err = _run(capsys, "models", "rollback", "credit_risk", "--reason", "r")
+    assert code == 1 and not out
+    assert err.strip() == (
+        f"puhui: error: no warehouse at {puhui_env / 'warehouse.db'}: check PUHUI_HOME, "
+        "MLFLOW_TRACKING_URI and PUHUI_WAREHOUSE_URL"), err
+    assert sorted(p.name for p in puhui_env.iterdir()) == ["mlflow.db"]
+
+
 def test_a_registered_name_the_config_no_longer_has_still_reaches_the_lifecycle(
         puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
     """The name check must not refuse a model registered under a name since renamed in
@@ -317,6 +334,53 @@ def test_quarantine_show_imports_neither_pandas_nor_arrow(puhui_env: Path) -> No
         done.stdout, done.stderr)
 
 
+def test_verify_with_an_anchor_calls_an_empty_warehouse_a_missing_trail(
+        puhui_env: Path, capsys: pytest.CaptureFixture) -> None:
+    """A warehouse file (or database) with no puhui tables: ``--anchor`` got "nothing has
+    run against it ('puhui db upgrade' ... creates them)", advice to start a new trail, to
+    an auditor whose anchored trail is gone. Untouched, as without the anchor."""
+    puhui_env.mkdir(parents=True, exist_ok=True)
+    (puhui_env / "warehouse.db").touch()
+    code, out, err = _run(capsys, "audit", "verify", "--anchor", "12:" + "ab" * 32)
+    assert code == 1 and not out
+    assert err.strip() == (
+        f"puhui: error: the warehouse sqlite:///{puhui_env / 'warehouse.db'} has no puhui "
+        "tables: the trail anchored at seq 12 is missing (emptied, or PUHUI_HOME or "
+        "PUHUI_WAREHOUSE_URL now points elsewhere: check them)"), err
+    with closing(sqlite3.connect(puhui_env / "warehouse.db")) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+def test_a_relative_warehouse_url_is_named_by_its_absolute_path(
+        tmp_path: Path, puhui_env: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///warehouse.db`` is relative to the working directory, which a worker's
+    may not share: "no warehouse at warehouse.db" did not say where it was looked for."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", "sqlite:///warehouse.db")
+    code, _, err = _run(capsys, "audit", "log")
+    assert code == 1 and err.startswith(
+        f"puhui: error: no warehouse at {tmp_path.resolve() / 'warehouse.db'}: "), err
+
+
+def test_plain_audit_verify_imports_neither_arrow_nor_numpy(puhui_env: Path) -> None:
+    """Round 16's raw rows digest put NumPy and Arrow at the top of puhui.table_digests,
+    which every ``audit verify`` imports for its counts: +0.17-0.19 s of CPU on a 0.75-1.1 s
+    command. Only ``--deep`` and the loaders digest raw rows now (a process of its own:
+    this one has imported them)."""
+    import subprocess
+    import sys
+
+    open_runtime()
+    script = ("import sys; from puhui.cli import main; rc = main(sys.argv[1:]); "
+              "print(rc, *(m in sys.modules for m in ('numpy', 'pyarrow')))")
+    for extra in ([], ["--json"]):
+        done = subprocess.run([sys.executable, "-c", script, "audit", "verify", *extra],
+                              capture_output=True, text=True, check=False)
+        assert done.stdout.strip().splitlines()[-1] == "0 False False", (
+            extra, done.stdout, done.stderr)
+
+
 def test_an_unmigrated_postgresql_warehouse_is_refused_not_migrated(
         puhui_env: Path, pg_server: Any, capsys: pytest.CaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -343,6 +407,37 @@ def test_an_unmigrated_postgresql_warehouse_is_refused_not_migrated(
     finally:
         engine.dispose()
     assert not (puhui_env / "audit.key").exists()
+
+
+def test_model_changes_refuse_an_unmigrated_postgresql_warehouse(
+        puhui_env: Path, pg_server: Any, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """promote and rollback opened the runtime, which migrated an empty PostgreSQL database
+    (a mistyped database name) and recorded the move there, while the alias moved in the
+    shared MLflow store. Refused now as the reads refuse it, before MLflow (the store's
+    file here is empty: MLflow would have made its tables in it)."""
+    from sqlalchemy import create_engine, inspect
+
+    url = pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    puhui_env.mkdir(parents=True, exist_ok=True)
+    (puhui_env / "mlflow.db").touch()
+    for argv in (["models", "rollback", "credit_risk", "--reason", "r"],
+                 ["models", "promote", "credit_risk", "--version", "1", "--reason", "r"]):
+        code, out, err = _run(capsys, *argv)
+        assert code == 1 and not out, (argv, out, err)
+        assert err.strip() == (
+            f"puhui: error: the warehouse {shown} has no puhui tables: nothing has run "
+            "against it (check PUHUI_WAREHOUSE_URL; 'puhui db upgrade', 'puhui demo' or "
+            "'puhui run ingest' creates them)"), (argv, err)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert inspect(conn).get_table_names() == []
+    finally:
+        engine.dispose()
+    assert (puhui_env / "mlflow.db").stat().st_size == 0
 
 
 def test_a_lookup_without_the_pseudonym_key_says_what_it_needs(

@@ -404,12 +404,20 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture) -> None:
     [
         (["models", "list", "credit_risk"], "no registered model 'credit_risk'"),
         (["models", "rollback", "credit_risk", "--reason", "x"], "no previous champion"),
-        (["audit", "lineage", "credit_risk", "--version", "9"], "no registration"),
+        # A read: since round 16 a home with no warehouse is refused, not created; with a
+        # warehouse (an ingest ran, no training) it names the missing registration.
+        (["audit", "lineage", "credit_risk", "--version", "9"], "no warehouse at"),
+        (["audit", "lineage", "credit_risk", "--version", "9", "+warehouse"], "no registration"),
     ],
 )
 def test_model_commands_before_any_training_are_one_clear_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture, puhui_env: Path
 ) -> None:
+    if argv[-1] == "+warehouse":
+        from puhui.runtime import open_runtime
+
+        argv = argv[:-1]
+        open_runtime()
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

@@ -94,12 +94,12 @@ from puhui.privacy import (
     safe_name,
     scrub_text,
 )
+from puhui.raw_rows_digest import arrow_rows_mac
 from puhui.runtime import Runtime
 from puhui.table_digests import (
     ROWS_DIGESTS,
     RowsMac,
     add_macs,
-    arrow_rows_mac,
     batch_rows_digest,
     writer_subkey,
 )

@@ -40,12 +40,12 @@ from puhui.ingest.key_digest import digest_subkey
 from puhui.ingest.key_index import KeyIndex, ensure_key_index
 from puhui.ingest.raw_tables import ensure_raw_table, stored_columns
 from puhui.privacy import scrub_text
+from puhui.raw_rows_digest import arrow_rows_mac
 from puhui.runtime import Runtime
 from puhui.table_digests import (
     ROWS_DIGESTS,
     RowsMac,
     add_macs,
-    arrow_rows_mac,
     batch_rows_digest,
     writer_subkey,
 )

@@ -80,9 +80,10 @@ LOCK_TCP_USER_TIMEOUT_MS = 60_000
 
 
 def missing_sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite ``url`` when it does not exist, else None (another dialect, an
-    in-memory database, or the file is there). A command that only reads checks this first:
-    opening the URL would create an empty warehouse, and then report on nothing."""
+    """The file of a SQLite ``url`` when it does not exist, absolute (a relative URL is
+    relative to the working directory, which a worker's may not share), else None (another
+    dialect, an in-memory database, or the file is there). A command that only reads checks
+    this first: opening the URL would create an empty warehouse, and then report on nothing."""
     from sqlalchemy.exc import ArgumentError
 
     try:
@@ -92,7 +93,7 @@ def missing_sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     path = Path(parsed.database)
-    return None if path.exists() else path
+    return None if path.exists() else path.resolve()
 
 
 def create_warehouse_engine(url: str) -> Engine:
