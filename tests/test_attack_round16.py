@@ -437,16 +437,51 @@ def test_scoring_refuses_a_champion_moved_by_hand_in_mlflow(
     `@champion` from MLflow alone: a version whose gates failed, set champion by hand, scored
     every customer (its files match their registration, so the load passed)."""
     from puhui.profiles.models import resolve_models
+    from puhui.recommender.risk_grades import champion_risk_grader
     from puhui.registry import CHAMPION, mlflow_client
+    from tasks.profiles import resolve_profile_models
     from tests.test_crash_model_changes import NAME
 
     v1, failed = registry_env["passed1"], registry_env["failed"]
     assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
-    engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
+    settings = load_settings()
+    engine, uri = open_runtime().engine, settings.mlflow_tracking_uri
     assert resolve_models(uri, {"risk": NAME}, engine=engine)["risk"].version == v1
     mlflow_client(uri).set_registered_model_alias(NAME, CHAMPION, failed)  # by hand
     said = f"{NAME}@champion is v{failed} in MLflow but the trail's last move says v{v1}"
-    # What the profile refresh's step and the recommender's risk grades call.
-    with pytest.raises(PuhuiError, match=f"^{said}: changed outside puhui: not scored;") as e:
-        resolve_models(uri, {"risk": NAME}, engine=engine)
-    assert "\n" not in str(e.value)
+    refused = f"^{said}: changed outside puhui: not scored; put it back in MLflow as the trail"
+    # The callers themselves (their engine= is the fix): the recommender's risk grades and
+    # the profile refresh's step (its body: the refusal comes before its run logger).
+    with pytest.raises(PuhuiError, match=refused) as e:
+        champion_risk_grader(engine, uri, NAME)
+    assert "\n" not in str(e.value) and "promote through puhui" not in str(e.value)
+    with pytest.raises(PuhuiError, match=refused):
+        resolve_profile_models.fn(settings, {"risk": NAME})
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_a_promote_between_the_champion_checks_two_reads_is_no_refusal(
+    registry_env: dict[str, str], puhui: Callable[..., Ran], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the check read MLflow (v1), then the trail; a promote to v2 landing between
+    the two (a training's auto-promote during a profile refresh) was refused as "changed
+    outside puhui" and failed the refresh, for a move puhui itself recorded."""
+    import puhui.profiles.models as models
+    from tests.test_crash_model_changes import NAME
+
+    v1, v2 = registry_env["passed1"], registry_env["passed2"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    real_events_of, promoted = models.events_of, []
+
+    def promote_first(*args: object, **kwargs: object) -> list[dict]:
+        # The trail read, which comes after the MLflow read: a promote lands just before it.
+        if not promoted:
+            promoted.append(puhui("models", "promote", NAME, "--version", v2, "--reason", "r"))
+        return real_events_of(*args, **kwargs)
+
+    monkeypatch.setattr(models, "events_of", promote_first)
+    engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
+    # What the refresh and the risk grades resolve through (their wiring: the test above).
+    slot = models.resolve_models(uri, {"risk": NAME}, engine=engine)["risk"]
+    assert promoted[0].returncode == 0, promoted[0].stderr
+    assert slot.version == v2  # what MLflow and the trail agree on, read again
