@@ -173,6 +173,42 @@ def test_a_blob_or_garbage_in_other_ledger_cells_is_marked_and_reported(
     assert code == 0 and "released" in out, err
 
 
+def test_text_that_is_no_utf8_in_any_ledger_cell_stops_no_listing_nor_verify(
+    landing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: only the fragile columns were read as bytes; TEXT that is no UTF-8 (a CAST,
+    not a BLOB) in `reason` or `status` stopped `quarantine list`, `show` and `audit
+    verify` with sqlite3's "Could not decode to UTF-8 column 'status'"."""
+    held = _held_and_loaded(landing)
+    _edit("UPDATE ingest_batches SET reason = CAST(X'ff' AS TEXT) WHERE batch_id = :b", b=held)
+    _edit("UPDATE ingest_batches SET status = CAST(X'ff' AS TEXT) WHERE batch_id <> :b", b=held)
+    loaded = next(r.batch_id for r in list_batches(open_runtime().engine) if r.batch_id != held)
+    for args in (("list", "--all"), ("show", held), ("show", loaded), ("show", held, "--json")):
+        code, out, err = _cli(capsys, "quarantine", *args)
+        assert code == 0 and "decode" not in out + err, (args, err)
+    code, out, err = _cli(capsys, "audit", "verify")
+    assert code == 1 and "decode" not in out + err
+    assert f"batch {loaded}: ingest_batches.status is '\ufffd' but the audit" in out + err
+    assert f"batch {held}: ingest_batches.reason is '\ufffd' but the audit" in out + err
+
+
+def test_the_warehouse_reads_text_that_is_no_utf8_and_valid_text_as_before(
+    tmp_path: Path,
+) -> None:
+    """The setting behind the test above is the warehouse engine's alone: an engine of
+    SQLAlchemy's own (as MLflow's and Prefect's stores are) still decodes strictly."""
+    from sqlalchemy import create_engine
+
+    from puhui.warehouse.engine import create_warehouse_engine
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    query = text("SELECT 'ñandú 检查 \U0001f600', CAST(X'41ff' AS TEXT)")
+    with create_warehouse_engine(url).connect() as conn:
+        assert tuple(conn.execute(query).one()) == ("ñandú 检查 \U0001f600", "A\ufffd")
+    with create_engine(url).connect() as conn, pytest.raises(Exception, match="decode"):
+        conn.execute(query).one()
+
+
 @pytest.mark.parametrize("command", ["release", "reject"])
 def test_a_huge_reason_is_refused_in_one_line_before_anything_is_recorded(
     landing: Path, capsys: pytest.CaptureFixture[str], command: str
