@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -41,6 +42,7 @@ landing = test_attack_round7.landing  # the fixture: a landing zone with the pay
 empty_mlflow_store = crash_tests.empty_mlflow_store
 registry_env = crash_tests.registry_env
 puhui = crash_tests.puhui
+model_commands = crash_tests.model_commands  # killed promote commands start there
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -521,3 +523,37 @@ def test_a_promote_between_the_champion_checks_two_reads_is_no_refusal(
     slot = models.resolve_models(uri, {"risk": NAME}, engine=engine)["risk"]
     assert promoted[0].returncode == 0, promoted[0].stderr
     assert slot.version == v2  # what MLflow and the trail agree on, read again
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_an_open_puhui_move_is_agreement_for_scoring(
+    model_commands: object, registry_env: dict[str, str], puhui: Callable[..., Ran]
+) -> None:  # model_commands first: it starts before the registrations, as in the crash tests
+    """Found sound (a claim with no test before): a promote killed after MLflow moved (no
+    reconcile yet: its intent open) scores the version it moved to, and an open removal (its
+    intent says version null, MLflow's alias deleted, the completion not written) is no
+    champion, not a refusal."""
+    from puhui.profiles.models import resolve_models
+    from puhui.registry import ALIAS_INTENT, CHAMPION, mlflow_client
+    from tests.test_crash_model_changes import NAME
+
+    v1 = registry_env["passed1"]
+    # First: a command run in this process first changes the environment the forked one checks.
+    crashed = crash_tests._crash(
+        model_commands, "models", "promote", NAME, "--version", v1, "--reason", "r",
+        point="alias.after_mlflow",
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    runtime = open_runtime()
+    engine, uri = runtime.engine, runtime.settings.mlflow_tracking_uri
+    assert resolve_models(uri, {"risk": NAME}, engine=engine)["risk"].version == v1
+
+    # The state a removal killed between MLflow's deletion and its completion leaves.
+    v2 = registry_env["passed2"]  # this command reconciles the killed one first
+    assert puhui("models", "promote", NAME, "--version", v2, "--reason", "r").returncode == 0
+    details = {"model": NAME, "alias": CHAMPION, "version": None, "previous": v2,
+               "reason": "r", "removed": True}  # fmt: skip
+    runtime.audit.record(engine, ALIAS_INTENT, f"{NAME}/{CHAMPION}", details)
+    mlflow_client(uri).delete_registered_model_alias(NAME, CHAMPION)
+    slot = resolve_models(uri, {"risk": NAME}, engine=engine)["risk"]
+    assert slot.version is None and slot.reason == f"no champion for {NAME}"
