@@ -558,3 +558,24 @@ def test_an_open_puhui_move_is_agreement_for_scoring(
     mlflow_client(uri).delete_registered_model_alias(NAME, CHAMPION)
     slot = resolve_models(uri, {"risk": NAME}, engine=engine)["risk"]
     assert slot.version is None and slot.reason == f"no champion for {NAME}"
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_scoring_refuses_a_champion_whose_model_was_deleted_by_hand(
+    registry_env: dict[str, str], puhui: Callable[..., Ran]
+) -> None:
+    """Before: a registered model deleted in MLflow (its champion with it) was "no champion
+    (not registered)", and the profile refresh went on without risk grades, while removing
+    only the alias by hand was refused."""
+    from puhui.profiles.models import resolve_models
+    from puhui.registry import mlflow_client
+    from tests.test_crash_model_changes import NAME
+
+    v1 = registry_env["passed1"]
+    assert puhui("models", "promote", NAME, "--version", v1, "--reason", "r").returncode == 0
+    engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
+    mlflow_client(uri).delete_registered_model(NAME)  # by hand
+    said = f"{NAME}@champion is unset in MLflow but the trail's last move says v{v1}"
+    with pytest.raises(PuhuiError, match=f"^{said}: changed outside puhui: not scored;"):
+        resolve_models(uri, {"risk": NAME}, engine=engine)
+    assert "(not registered)" in resolve_models(uri, {"risk": NAME})["risk"].reason

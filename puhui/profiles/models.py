@@ -61,12 +61,11 @@ def _registered_aliases(client: MlflowClient, name: str) -> dict[str, Any] | Non
 def _difference(
     client: MlflowClient, engine: Engine, name: str, alias: str
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """MLflow's aliases of ``name`` (read first) and how ``name@alias`` there differs from
-    the trail's last move of it (read second), None when they agree."""
+    """MLflow's aliases of ``name`` (read first; None: not registered) and how
+    ``name@alias`` there differs from the trail's last move of it (read second), None when
+    they agree. A model deleted by hand is an unset alias: the trail's champion is gone."""
     aliases = _registered_aliases(client, name)
-    if aliases is None:
-        return None, None
-    version = aliases.get(alias)
+    version = None if aliases is None else aliases.get(alias)
     current = None if version is None else str(version)
     return aliases, alias_difference(events_of(engine, MODEL_ACTIONS), name, alias, current)
 
