@@ -61,7 +61,11 @@ COMMAND_TIMEOUT = 600.0
 # MLflow reads these at each call (``mlflow.get_tracking_uri``), not at import, and each test
 # has its own store; its other variables are compared (``MLFLOW_CONFIGURE_LOGGING`` and
 # ``MLFLOW_LOGGING_LEVEL`` are read at import, and the parent preloads MLflow).
-_MLFLOW_PER_COMMAND = frozenset({"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"})
+# ``mlflow.set_experiment`` writes MLFLOW_EXPERIMENT_ID into the test's environment (read at
+# each run start): a server started before a test's registrations refused every command.
+_MLFLOW_PER_COMMAND = frozenset(
+    {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"}
+)
 
 
 def _effective_environment(environ: dict[str, str]) -> dict[str, str]:

@@ -104,8 +104,9 @@ def as_stored(column: Any, dialect: str) -> Any:
     """``column`` selected so that no value a hand edit left in it stops the read: typed on
     PostgreSQL (which keeps only its type), its bytes on SQLite (which keeps any text, number
     or BLOB in any column), for :func:`stored_text`. SQLAlchemy's SQLite types parse in the
-    fetch ('garbage' in a date raised), and a CAST AS TEXT of bytes that are no UTF-8 fails
-    the fetch: one edited cell stopped `quarantine list`, `show`, a release and verify."""
+    fetch ('garbage' in a date raised): one edited cell stopped `quarantine list`, `show`, a
+    release and verify. (Text that is no UTF-8, in any column, the warehouse engine's
+    connections decode with U+FFFD themselves.)"""
     if dialect == "postgresql":
         return column
     return cast(column, LargeBinary).label(column.name)

@@ -23,11 +23,13 @@ from puhui.errors import PuhuiError
 from puhui.registry import (
     CHAMPION,
     MODEL_ACTIONS,
+    MODEL_LOCK,
     alias_difference,
     load_registered_pyfunc,
     mlflow_client,
 )
 from puhui.registry_read import is_not_found
+from puhui.warehouse.engine import held_lock
 
 
 @dataclass(frozen=True)
@@ -46,28 +48,53 @@ class ModelSlot:
         return self.version is not None
 
 
+def _registered_aliases(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """``name``'s aliases in MLflow, None when it is not registered; other failures raise."""
+    try:
+        return client.get_registered_model(name).aliases
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise PuhuiError(f"model registry error reading {name}: {exc.message}") from None
+
+
+def _difference(
+    client: MlflowClient, engine: Engine, name: str, alias: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """MLflow's aliases of ``name`` (read first; None: not registered) and how
+    ``name@alias`` there differs from the trail's last move of it (read second), None when
+    they agree. A model deleted by hand is an unset alias: the trail's champion is gone."""
+    aliases = _registered_aliases(client, name)
+    version = None if aliases is None else aliases.get(alias)
+    current = None if version is None else str(version)
+    return aliases, alias_difference(events_of(engine, MODEL_ACTIONS), name, alias, current)
+
+
 def resolve_champion(
     client: MlflowClient, slot: str, name: str, alias: str = CHAMPION, engine: Engine | None = None
 ) -> ModelSlot:
     """The version behind ``name@alias``; a missing model or alias is a reason, any other
     registry failure raises. With ``engine``, an alias that is not where the audit trail's
     last move put it (set by hand in MLflow: a version no promotion vouched for) raises."""
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException as exc:
-        if is_not_found(exc):
-            return ModelSlot(slot, name, reason=f"no champion for {name} (not registered)")
-        raise PuhuiError(f"model registry error reading {name}: {exc.message}") from None
-    version = registered.aliases.get(alias)
-    if engine is not None and (
-        because := alias_difference(
-            events_of(engine, MODEL_ACTIONS), name, alias, None if version is None else str(version)
-        )
-    ):
-        raise PuhuiError(
-            f"{because}: not scored; put it back as the trail says (or "
-            "promote through puhui), 'puhui audit verify' lists every difference"
-        )
+    if engine is None:
+        aliases, because = _registered_aliases(client, name), None
+    else:
+        aliases, because = _difference(client, engine, name, alias)
+        if because:
+            # A puhui move (promote, rollback, a training's auto-promote) may have landed
+            # between the two reads. Every move holds MODEL_LOCK, so both read again under
+            # it see one settled state; the lock is taken only here, not while scoring.
+            with held_lock(engine, MODEL_LOCK, unless_read_only=True):
+                aliases, because = _difference(client, engine, name, alias)
+        if because:
+            # Not "promote through puhui": promote and rollback refuse the same alias.
+            raise PuhuiError(
+                f"{because}: not scored; put it back in MLflow as the trail says (promote "
+                "and rollback refuse it until then), 'puhui audit verify' lists every difference"
+            )
+    if aliases is None:
+        return ModelSlot(slot, name, reason=f"no champion for {name} (not registered)")
+    version = aliases.get(alias)
     if version is None:
         return ModelSlot(slot, name, reason=f"no {alias} for {name}")
     try:
