@@ -20,7 +20,7 @@ bench/results/ingest-digest.json. ``--keyed-ab``: the same for the keyed digest
 (``KeyedDigest``, with and without it, the unkeyed one kept in both); writes
 bench/results/ingest-keyed-digest.json. ``--split``: only the key index's parts end to end,
 each against ``psql \\copy`` and ``to_sql`` (with the index; the same with SipHash fed str, or
-with ``key_hashes``' general path only (before rounds 14 and 15); its claims into a heap with
+with ``string_hashes``' general path only (before rounds 14 and 15); its claims into a heap with
 no B-tree; its hashes only; without it), alternating; writes bench/results/ingest-split.json.
 """
 
@@ -281,21 +281,21 @@ def str_key_hashing() -> Iterator[None]:
 
 @contextmanager
 def general_key_hashing() -> Iterator[None]:
-    """``key_hashes`` as before round 15 (A/B): every array through the general path, none
-    through the equal-length one (the same hashes, more work)."""
-    from puhui.ingest import key_index
+    """``string_hashes`` as before round 15 (A/B): every array through the general path,
+    none through the equal-length one (the same hashes, more work)."""
+    from puhui import hashing
 
-    saved = key_index._EQUAL_LENGTH_LONGEST
-    key_index._EQUAL_LENGTH_LONGEST = 0
+    saved = hashing.EQUAL_LENGTH_LONGEST
+    hashing.EQUAL_LENGTH_LONGEST = 0
     try:
         yield
     finally:
-        key_index._EQUAL_LENGTH_LONGEST = saved
+        hashing.EQUAL_LENGTH_LONGEST = saved
 
 
 SPLIT_MODES = {
     "with_index": "with the key index",
-    "with_index_general_hashing": "the same, key_hashes' general path only (before round 15)",
+    "with_index_general_hashing": "the same, string_hashes' general path only (before round 15)",
     "with_index_str_hashing": "the same, SipHash fed str objects (before round 14)",
     "index_heap_only": "claims COPYed into ingest_keys without its primary key (no B-tree)",
     "hashes_only": "row_hashes with both digests, no claim (the reader's hashes only)",

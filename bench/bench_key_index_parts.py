@@ -131,6 +131,7 @@ def siphash_feeds(chunks: list[PreparedChunk], feed: PartnerFeed,
 def client_parts(repeats: int, rows: int) -> tuple[dict[str, float], list[int]]:
     """The hashes' parts, best of ``repeats``; and the rows of each chunk the reader made."""
     from puhui.config import PartnersConfig, load_config
+    from puhui.hashing import column_words
     from puhui.ingest import key_index as ki
     from puhui.ingest.batches import SeenKeys, drop_duplicate_keys, prepare_chunk
     from puhui.ingest.contract import end_of_delivery_day
@@ -180,7 +181,7 @@ def client_parts(repeats: int, rows: int) -> tuple[dict[str, float], list[int]]:
     for name in chunks[0].stored.column_names:
         if name not in keyed:
             parts[f"value_words_{name}"] = timed(
-                lambda c, n=name: ki._column_words(c.stored[n].combine_chunks()))
+                lambda c, n=name: column_words(c.stored[n].combine_chunks()))
     seen_runs = []
     for _ in range(repeats):
         seen, started = SeenKeys(), time.perf_counter()

@@ -4,7 +4,7 @@ The reader thread of ``FileIngestor`` reads each 32 MB block of the ingest bench
 mobile_payments file, types and pseudonymizes it (``prepare_chunk``), drops keys repeated
 within the file (``drop_duplicate_keys``) and hashes the rows for the key index
 (``row_hashes`` with both digests). Each stage is timed over the whole file, best of
-``--repeats``, with ``key_hashes``' equal-length path on and off (round 15; the same hashes),
+``--repeats``, with ``string_hashes``' equal-length path on and off (round 15; the same hashes),
 alternating, the order swapped every other repeat. Then the key hashes' parts: both
 SipHash-2-4 halves as the index makes them (``pandas.util.hash_array`` over ``bytes``
 objects) against a vectorized NumPy SipHash-2-4 over Arrow's buffers (no Python object per
@@ -148,6 +148,7 @@ def main() -> int:
         args.rows, args.repeats = 100_000, 2
 
     from puhui.config import PartnersConfig, load_config
+    from puhui.hashing import string_hashes
     from puhui.ingest import key_index as ki
     from puhui.ingest.batches import SeenKeys, drop_duplicate_keys, prepare_chunk
     from puhui.ingest.contract import end_of_delivery_day
@@ -231,7 +232,7 @@ def main() -> int:
     def general(arrays: list[pa.Array]) -> None:
         with general_key_hashing():
             for values in arrays:
-                ki.key_hashes(values)
+                string_hashes(values)
 
     parts = {
         "siphash_two_halves_pandas_bytes_objects": best(
@@ -241,10 +242,10 @@ def main() -> int:
             lambda: [numpy_siphash(t, halves) for t in texts]
         ),
         "key_hashes_pseudonym_column_equal_length_path": best(
-            lambda: [ki.key_hashes(p) for p in pseudonyms]
+            lambda: [string_hashes(p) for p in pseudonyms]
         ),
         "key_hashes_pseudonym_column_general_path": best(lambda: general(pseudonyms)),
-        "key_hashes_key_text_equal_length_path": best(lambda: [ki.key_hashes(t) for t in texts]),
+        "key_hashes_key_text_equal_length_path": best(lambda: [string_hashes(t) for t in texts]),
         "key_hashes_key_text_general_path": best(lambda: general(texts)),
     }
     result = {

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
+from puhui.hashing import column_words, splitmix64_finish
 from puhui.table_digests import (
     _RAW_TAG,
     RowsMac,
@@ -82,7 +83,7 @@ def arrow_rows_mac(
     return columns_mac(canonical, subkey)
 
 
-# key_hashes hashes a value's first 64 bytes, its last 8 and its length: a longer value is
+# string_hashes hashes a value's first 64 bytes, its last 8 and its length: a longer value is
 # first replaced by its keyed BLAKE2b (per value, in Python: rare in raw data), so an edit
 # anywhere in it changes its hash.
 _WHOLLY_HASHED = 72
@@ -90,12 +91,10 @@ _WHOLLY_HASHED = 72
 
 def _value_words(values: pa.Array, subkey: bytes) -> np.ndarray:
     """A 64-bit word per value of a canonical column (NULLs: any word; the caller marks
-    them): key_index's ``_column_words`` (numbers and times their stored bits, text its
-    ``key_hashes``)."""
-    from puhui.ingest.key_index import _column_words
-
+    them): :func:`puhui.hashing.column_words` (numbers and times their stored bits, text its
+    :func:`string_hashes`)."""
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        return _column_words(values)
+        return column_words(values)
     lengths = pc.binary_length(values)
     if len(values) and (pc.max(lengths).as_py() or 0) > _WHOLLY_HASHED:
         long = pc.fill_null(pc.greater(lengths, _WHOLLY_HASHED), False)
@@ -104,7 +103,7 @@ def _value_words(values: pa.Array, subkey: bytes) -> np.ndarray:
             for v in pc.filter(values, long).to_pylist()
         ]
         values = pc.replace_with_mask(values, long, pa.array(hashed, pa.string()))
-    return _column_words(values)
+    return column_words(values)
 
 
 def _seeds(subkey: bytes, width: int) -> np.ndarray:
@@ -129,8 +128,6 @@ def columns_mac(canonical: list[pa.Array], subkey: bytes) -> RowsMac:
     row's changes its row's word; the rows' words summed mod 2^64 with the count (order-
     independent, chunks add up). Not a cryptographic MAC: the per-value hash is 64-bit and
     unkeyed, so a forger who knows the scheme could search for a colliding value."""
-    from puhui.ingest.key_index import _finish
-
     count = len(canonical[0]) if canonical else 0
     if count == 0:
         return RowsMac(tag=_RAW_TAG)
@@ -142,7 +139,7 @@ def columns_mac(canonical: list[pa.Array], subkey: bytes) -> RowsMac:
             word = np.where(
                 values.is_valid().to_numpy(zero_copy_only=False), word, seeds[2 * j + 1]
             )
-        state = _finish(state ^ word)
+        state = splitmix64_finish(state ^ word)
     total = int(state.sum(dtype=np.uint64))  # wraps: mod 2^64
     return RowsMac(count, total, _RAW_TAG)
 

@@ -457,7 +457,7 @@ def test_raw_digest_catches_values_swapped_between_rows_and_long_values_edited(
 ) -> None:
     """The raw rows digest is a sum over rows, vectorized per column: two values of one
     column swapped between rows (each column's multiset unchanged) must change it, and so
-    must an edit in the middle of a value longer than the bytes key_hashes reads."""
+    must an edit in the middle of a value longer than the bytes string_hashes reads."""
     import pyarrow as pa
     from sqlalchemy import BigInteger, Column, Double, MetaData, String, Table, Text, create_engine
     from sqlalchemy import text as sql

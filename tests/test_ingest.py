@@ -497,24 +497,24 @@ def test_duplicate_check_is_exact_even_when_every_hash_collides(
 ) -> None:
     from puhui.ingest import batches
 
-    monkeypatch.setattr(batches, "key_hashes", lambda keys: np.zeros(len(keys), np.uint64))
+    monkeypatch.setattr(batches, "string_hashes", lambda keys: np.zeros(len(keys), np.uint64))
     keys = [(f"k{i % 150}", "") for i in range(300)] + [("new", None)]
     assert _dedupe_in_chunks(keys, [120, 120, 61]) == _first_occurrences(keys)
 
 
-def test_key_hashes_depend_on_bytes_and_length() -> None:
-    from puhui.ingest.batches import key_hashes
+def test_string_hashes_depend_on_bytes_and_length() -> None:
+    from puhui.hashing import string_hashes
 
     values = ["", "a", "a\0", "ab", "ba", "é", "x" * 8, "x" * 9, "y" * 100, "y" * 101]
-    hashes = key_hashes(pa.array(values))
+    hashes = string_hashes(pa.array(values))
     assert len(set(hashes.tolist())) == len(values)
     sliced = pa.array(["zz", *values]).slice(1)  # an offset into the buffers
-    assert key_hashes(sliced).tolist() == hashes.tolist()
+    assert string_hashes(sliced).tolist() == hashes.tolist()
     for index, value in enumerate(values):  # a key's hash ignores the rest of its chunk
-        assert key_hashes(pa.array([value])).tolist() == [hashes[index]]
+        assert string_hashes(pa.array([value])).tolist() == [hashes[index]]
 
 
-def test_key_hashes_of_equal_length_keys_are_the_general_paths(
+def test_string_hashes_of_equal_length_keys_are_the_general_paths(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Keys all of one length (up to 64 bytes) take a path of their own; each must hash as
@@ -523,17 +523,17 @@ def test_key_hashes_of_equal_length_keys_are_the_general_paths(
     array also read through an offset into its buffers. The path's function is watched (and
     still run), so the comparison is not the general path against itself: taken for every
     equal-length array of 1-64 bytes, never for 65-80 or mixed lengths."""
-    from puhui.ingest import key_index
-    from puhui.ingest.batches import key_hashes
+    from puhui import hashing
+    from puhui.hashing import string_hashes
 
     taken: list[int] = []
-    equal_length_state = key_index._equal_length_state
+    equal_length_state = hashing.equal_length_state
 
     def watched(data: pa.Buffer, start: int, count: int, length: int) -> np.ndarray:
         taken.append(length)
         return equal_length_state(data, start, count, length)
 
-    monkeypatch.setattr(key_index, "_equal_length_state", watched)
+    monkeypatch.setattr(hashing, "equal_length_state", watched)
     rng = np.random.default_rng(15)
     alphabet = ["a", "\0", "é", "中", "😀", "\x01", "Z"]
     for length in range(1, 81):
@@ -543,15 +543,15 @@ def test_key_hashes_of_equal_length_keys_are_the_general_paths(
             values.append(text.encode()[:length].ljust(length, b"\0"))
             equal = pa.array(values, pa.binary())
             mixed = pa.array([*values, b"x" * (length + 1)], pa.binary())  # general path
-            expected = key_hashes(mixed).tolist()[:-1]
-            assert key_hashes(equal).tolist() == expected, length
+            expected = string_hashes(mixed).tolist()[:-1]
+            assert string_hashes(equal).tolist() == expected, length
             shifted = pa.array([b"yz" * length, *values], pa.binary()).slice(1)
-            assert key_hashes(shifted).tolist() == expected, length
+            assert string_hashes(shifted).tolist() == expected, length
     # equal and shifted, 3 row counts each; mixed never
     assert taken == [n for n in range(1, 65) for _ in range(6)]
     texts = pa.array(["😀" * 4, "中文ab" + "\0" * 8, "a" * 16])  # str: 16 UTF-8 bytes each
     mixed = pa.array([*texts.to_pylist(), ""])
-    assert key_hashes(texts).tolist() == key_hashes(mixed).tolist()[:-1]
+    assert string_hashes(texts).tolist() == string_hashes(mixed).tolist()[:-1]
     assert taken[-1] == 16
 
 
@@ -596,12 +596,13 @@ def test_value_hashes_stay_what_the_index_holds() -> None:
     values are pinned as main computed them before the equal-length path (round 15): a
     mobile_payments table with a 64-hex pseudonym column (hashed directly, equal lengths),
     equal-length codes and mixed ones (hashed per distinct value), non-ASCII, NULLs; and
-    ``key_hashes`` itself for lengths 1, 8, 17, 64, 65 and mixed (a change to the shared
+    ``string_hashes`` itself for lengths 1, 8, 17, 64, 65 and mixed (a change to the shared
     mixing, or a pyarrow change, moves both of its paths: a comparison of the two misses it).
     """
     from datetime import datetime
 
-    from puhui.ingest.key_index import key_hashes, row_hashes
+    from puhui.hashing import string_hashes
+    from puhui.ingest.key_index import row_hashes
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     feed = load_config(configs, PartnersConfig).get("mobile_payments")
@@ -632,25 +633,25 @@ def test_value_hashes_stay_what_the_index_holds() -> None:
         -4789547593898333650,
     ]
     for name, (values, expected) in _PINNED_KEY_HASHES.items():
-        assert key_hashes(pa.array(values, pa.string())).tolist() == expected, name
+        assert string_hashes(pa.array(values, pa.string())).tolist() == expected, name
 
 
-def test_key_hashes_of_large_and_chunked_arrays_are_their_string_forms() -> None:
+def test_string_hashes_of_large_and_chunked_arrays_are_their_string_forms() -> None:
     """``large_string`` / ``large_binary`` keys (64-bit offsets) hash as their 32-bit forms
     do (read as 32-bit offsets they hashed wrongly, the first key as 0), a chunked array as
     its chunks combined (it raised), sliced too; a type without offsets and bytes is a
     one-line TypeError naming the type."""
-    from puhui.ingest.key_index import key_hashes
+    from puhui.hashing import string_hashes
 
     for values, expected in _PINNED_KEY_HASHES.values():
         for large in (pa.large_string(), pa.large_binary()):
             keys = pa.array(values, pa.large_string()).cast(large)
-            assert key_hashes(keys).tolist() == expected, large
-            assert key_hashes(pa.array(["-", *values], large).slice(1)).tolist() == expected
+            assert string_hashes(keys).tolist() == expected, large
+            assert string_hashes(pa.array(["-", *values], large).slice(1)).tolist() == expected
         chunked = pa.chunked_array([values[:1], values[1:]], pa.string())
-        assert key_hashes(chunked).tolist() == expected
+        assert string_hashes(chunked).tolist() == expected
     with pytest.raises(TypeError, match="not int64"):
-        key_hashes(pa.array([1, 2]))
+        string_hashes(pa.array([1, 2]))
 
 
 def test_read_ahead_raises_where_the_producer_failed_and_stops_it_early() -> None:

@@ -49,6 +49,7 @@ from sqlalchemy.exc import (
 
 from puhui.config import PartnerFeed, feed_suite_problems
 from puhui.crashpoints import crash_point
+from puhui.hashing import string_hashes
 from puhui.ingest import ledger
 from puhui.ingest.contract import (
     ContractViolation,
@@ -62,7 +63,6 @@ from puhui.ingest.key_index import (
     KeyIndex,
     RowHashes,
     ensure_key_index,
-    key_hashes,
     key_strings,
     row_hashes,
 )
@@ -381,7 +381,7 @@ def drop_duplicate_keys(
 ) -> tuple[PreparedChunk, int]:
     """Keep the first row of each primary key (within the file); returns rows dropped."""
     keys = key_strings(chunk.stored, feed)
-    hashes = key_hashes(keys)
+    hashes = string_hashes(keys)
     ordered = np.sort(hashes)
     earlier = seen.contains(keys, hashes, ordered)
     # All hashes distinct means all keys distinct; equal hashes get the exact check below.

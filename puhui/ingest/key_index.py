@@ -56,6 +56,7 @@ from sqlalchemy.exc import IntegrityError
 
 from puhui.config import PartnerFeed
 from puhui.crashpoints import crash_point
+from puhui.hashing import column_words, mix_word, splitmix64_finish
 from puhui.ingest.contract import ARROW_TYPES
 from puhui.ingest.key_digest import (
     KEYS_BY_BATCH,
@@ -138,124 +139,6 @@ def key_strings(stored: pa.Table, feed: PartnerFeed) -> pa.Array:
         part = pc.binary_join_element_wise("\x01", length, ":", values, "")
         parts.append(pc.fill_null(part, "\x00") if values.null_count else part)
     return pc.binary_join_element_wise(*parts, "")
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# Little-endian masks keeping the first r bytes of a word (r = 0..8).
-_WORD_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
-_HASHED_PREFIX_WORDS = 8  # long keys: the first 64 bytes, the last 8 and the length
-# Keys all of one length up to this take :func:`_equal_length_state` (longer ones also hash
-# their last word: the general path).
-_EQUAL_LENGTH_LONGEST = 8 * _HASHED_PREFIX_WORDS
-
-
-def key_hashes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit hash of each string's bytes, vectorized (8-byte words, splitmix64 finish).
-
-    Only a filter: equal hashes are settled by comparing the keys themselves, so a collision
-    costs time, never a row. ``keys``: string or binary, 32- or 64-bit offsets (``large_``
-    types hash as their 32-bit forms do), an ``Array`` or a ``ChunkedArray``.
-    """
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks()
-    kind = keys.type
-    if pa.types.is_large_string(kind) or pa.types.is_large_binary(kind):
-        offset_type = np.dtype(np.int64)
-    elif pa.types.is_string(kind) or pa.types.is_binary(kind):
-        offset_type = np.dtype(np.int32)
-    else:  # its buffers are not offsets and bytes: hashing them would give wrong hashes
-        raise TypeError(f"key_hashes takes string or binary keys, not {kind}")
-    count = len(keys)
-    offsets = np.frombuffer(
-        keys.buffers()[1], offset_type, count + 1, keys.offset * offset_type.itemsize
-    )
-    starts = offsets[:-1].astype(np.int64)
-    lengths = np.diff(offsets).astype(np.int64)
-    data = keys.buffers()[2]
-    longest = int(lengths.max()) if count else 0
-    if 0 < longest <= _EQUAL_LENGTH_LONGEST and int(lengths.min()) == longest:
-        return _finish(_equal_length_state(data, int(offsets[0]), count, longest))
-    padded = np.zeros((data.size if data is not None else 0) + 8, dtype=np.uint8)
-    if data is not None:
-        padded[: data.size] = np.frombuffer(data, np.uint8)
-    # Every byte offset as the start of an unaligned little-endian word.
-    words = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
-    last = padded.size - 8
-
-    def mix(state: np.ndarray, at: np.ndarray, available: np.ndarray) -> np.ndarray:
-        word = words[np.minimum(at, last)] & _WORD_MASKS[np.clip(available, 0, 8)]
-        mixed = (state ^ word) * _GOLDEN
-        # Rows with no bytes left keep their state: a key's hash must not depend on how
-        # long the other keys of its chunk are.
-        return np.where(available > 0, mixed ^ (mixed >> np.uint64(29)), state)
-
-    state = lengths.astype(np.uint64) * _GOLDEN
-    for k in range(min(-(-longest // 8), _HASHED_PREFIX_WORDS)):
-        state = mix(state, starts + 8 * k, lengths - 8 * k)
-    if longest > 8 * _HASHED_PREFIX_WORDS:
-        tail = np.maximum(starts + lengths - 8, 0)
-        state = mix(state, tail, np.where(lengths > 8 * _HASHED_PREFIX_WORDS, 8, 0))
-    return _finish(state)
-
-
-def _equal_length_state(data: pa.Buffer, start: int, count: int, length: int) -> np.ndarray:
-    """:func:`key_hashes`' state before its finish, for ``count`` keys of ``length`` bytes
-    each (1 to 64) from byte ``start`` of ``data``: a 64-character pseudonym, a fixed-format
-    ID. Their bytes are one block, zero-padded to whole words and read in place: no gather
-    and no mask per word, as the general path needs for keys of mixed lengths (the same
-    words, so the same hashes; measured per 1M pseudonyms, 0.115 s against 0.03 s)."""
-    width = -(-length // 8) * 8
-    if width == length:  # whole words already: read from Arrow's buffer, no copy
-        words = np.frombuffer(data, "<u8", count * length // 8, start).reshape(count, -1)
-    else:
-        block = np.zeros((count, width), dtype=np.uint8)
-        block[:, :length] = np.frombuffer(data, np.uint8, count * length, start).reshape(
-            count, length
-        )
-        words = block.view("<u8")
-    state = np.full(count, length, dtype=np.uint64) * _GOLDEN
-    for k in range(width // 8):
-        mixed = (state ^ words[:, k]) * _GOLDEN
-        state = mixed ^ (mixed >> np.uint64(29))
-    return state
-
-
-def _finish(state: np.ndarray) -> np.ndarray:
-    state ^= state >> np.uint64(30)
-    state *= np.uint64(0xBF58476D1CE4E5B9)
-    state ^= state >> np.uint64(27)
-    state *= np.uint64(0x94D049BB133111EB)
-    return state ^ (state >> np.uint64(31))
-
-
-def _column_words(values: pa.Array) -> np.ndarray:
-    """One 64-bit word per value of any stored column (NULLs: a constant of their own)."""
-    kind = values.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        text = pc.fill_null(values.cast(pa.string()), "\0null")
-        if len(text) and text.buffers()[2] is not None and \
-                text.buffers()[2].size > 16 * len(text):
-            return key_hashes(text)  # long values (pseudonyms): hashed directly, faster
-        # Short codes: hashed once per distinct value (measured per 1M rows: 0.055 s
-        # against 0.13 s; a 64-character pseudonym the other way, 0.45 s against 0.17 s).
-        encoded = text.dictionary_encode()
-        indices = encoded.indices.to_numpy(zero_copy_only=False)
-        return key_hashes(encoded.dictionary)[indices]
-    elif pa.types.is_floating(kind):
-        words = values.cast(pa.float64()).fill_null(0.0).to_numpy().view(np.uint64)
-    elif pa.types.is_boolean(kind):
-        words = values.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64)
-    elif pa.types.is_integer(kind):
-        words = values.cast(pa.int64()).fill_null(0).to_numpy().view(np.uint64)
-    elif pa.types.is_temporal(kind):  # its stored integer (a date32 does not cast to int64)
-        stored = values.view(pa.int64() if kind.bit_width == 64 else pa.int32())
-        words = stored.cast(pa.int64()).fill_null(0).to_numpy().view(np.uint64)
-    else:  # a type no contract declares today: its text form
-        words = key_hashes(pc.fill_null(values.cast(pa.string()), "\0null"))
-    if values.null_count:
-        valid = values.is_valid().to_numpy(zero_copy_only=False)
-        words = np.where(valid, words, np.uint64(0x6A09E667F3BCC909))
-    return words
 
 
 @dataclass
@@ -345,9 +228,8 @@ def row_hashes(stored: pa.Table, feed: PartnerFeed, *,
     for name in stored.column_names:
         if name in keyed:
             continue  # equal for the rows compared: their keys are
-        mixed = (state ^ _column_words(stored[name].combine_chunks())) * _GOLDEN
-        state = mixed ^ (mixed >> np.uint64(29))
-    hashes = RowHashes(halves[0], halves[1], _nineteen_digits(_finish(state)))
+        state = mix_word(state, column_words(stored[name].combine_chunks()))
+    hashes = RowHashes(halves[0], halves[1], _nineteen_digits(splitmix64_finish(state)))
     hashes.order()  # here, in the reader thread, rather than in the loading one
     if digest_key is not None:
         hashes.all_keys()
