@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, or_, select
 
 from puhui import __version__
-from puhui.errors import PuhuiError
+from puhui.errors import PuhuiError, UsageError
 from puhui.privacy import find_raw_identifiers, printable
 from puhui.settings import repo_root
 from puhui.warehouse.engine import lock_for
@@ -372,8 +372,9 @@ def parse_time(value: str, option: str, *, end_of_day: bool = False) -> datetime
                 if end_of_day else parsed
         parsed = datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError:
-        raise PuhuiError(f"{option} must be a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS] "
-                         f"(UTC unless it has an offset), not '{printable(value)}'") from None
+        raise UsageError(
+            option, "must be a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS] (UTC unless it "
+            f"has an offset), not '{printable(value)}'") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 

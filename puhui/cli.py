@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from puhui import console as report
-from puhui.errors import PuhuiError
+from puhui.errors import PuhuiError, UsageError
 from puhui.privacy import printable
 from puhui.settings import Settings, configure_runtime, load_settings
 
@@ -70,8 +70,8 @@ def _version(value: str) -> str:
     """``--version`` as a model version number, refused in one line before MLflow is asked
     (it quoted the value whole, line breaks included, after opening its store)."""
     if not (value.isascii() and value.isdigit() and int(value) > 0):
-        raise PuhuiError(f"--version must be a model version number (1, 2, ...), "
-                         f"not '{printable(value)}'")
+        raise UsageError("--version", f"must be a model version number (1, 2, ...), "
+                                      f"not '{printable(value)}'")
     return str(int(value))
 
 
@@ -83,7 +83,7 @@ def _parse_date(value: str | None, option: str) -> date | None:
     except ValueError:
         # printable, not repr: repr's escapes glue to a phone number typed after a control
         # character ('\u202e13812345678'), and the mask needs its edge.
-        raise PuhuiError(f"{option} must be a date YYYY-MM-DD, not '{printable(value)}'") from None
+        raise UsageError(option, f"must be a date YYYY-MM-DD, not '{printable(value)}'") from None
 
 
 def _run_date(value: str | None, option: str) -> date | None:
@@ -346,7 +346,7 @@ def run_train(
     """Retrain, evaluate, register and gate a model (one line per step). Exits 1 when the
     new version fails a gate (the flow run ends Failed), unless --allow-gate-failure."""
     if model not in ("risk", "recommender"):
-        raise PuhuiError(f"model must be 'risk' or 'recommender', not {model!r}")
+        raise UsageError("MODEL", f"must be 'risk' or 'recommender', not '{printable(model)}'")
     from puhui.config import ModelsConfig, load_config
     from puhui.lifecycle.gates import GatesFailed
     from puhui.pipeline import run_train_recommender_flow, run_train_risk_flow
@@ -1560,6 +1560,9 @@ def _run(args: list[str], debug: bool, started: float) -> int:
     try:
         result = app(args=args, prog_name="puhui", standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except UsageError as exc:  # as click's usage errors below: the line, never a traceback
+        err_console.print(f"puhui: error: {printable(str(exc))}")
+        return 2
     except PuhuiError as exc:
         if debug:
             raise

@@ -5,6 +5,18 @@ class PuhuiError(Exception):
     """An expected failure with a message meant for the person at the terminal."""
 
 
+class UsageError(PuhuiError):
+    """A command-line value not of the form its option or argument takes (a malformed date,
+    a model ``run train`` does not know): exit 2, as click's usage errors, in their words
+    (``Invalid value for '--as-of': must be a date YYYY-MM-DD, not '2026-13-40'``). Raised
+    by the parsers the commands share, which need not import typer to say it."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"Invalid value for '{option}': {problem}")
+        self.option = option
+        self.problem = problem
+
+
 def infrastructure_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the infrastructure failed (the warehouse, the registry, the
     network, the disk) rather than the thing being worked on: a database error, an OS or

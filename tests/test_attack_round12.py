@@ -126,9 +126,10 @@ def test_a_hostile_version_is_refused_in_one_line_before_mlflow(
     from puhui.cli import main
 
     assert main(["models", "promote", "credit_risk", "--version", version,
-                 "--reason", "x"]) == 1
+                 "--reason", "x"]) == 2  # a usage error since round 17
     err = capsys.readouterr().err
-    assert err.startswith("puhui: error: --version must be a model version number"), err
+    assert err.startswith("puhui: error: Invalid value for '--version': must be a model "
+                          "version number"), err
     assert len(err.splitlines()) == 1, err
     assert not (puhui_env / "mlflow.db").exists()  # refused before the store is opened
 
@@ -141,7 +142,7 @@ def test_a_hostile_as_of_is_one_line_with_its_phone_masked(
 
     for argv in (["run", "ingest", "--as-of", "2026-01-01\x1b[2J\u202e13812345678"],
                  ["audit", "log", "--since", "2026\u202e13812345678"]):
-        assert main(argv) == 1
+        assert main(argv) == 2  # a usage error since round 17
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "\x1b" not in err and "\u202e" not in err, err
         assert not find_raw_identifiers(err) and "13812345678" not in err, err

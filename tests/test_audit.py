@@ -428,7 +428,7 @@ def test_audit_log_filters_reason_column_and_csv_export(
     code, out, err = _cli_in_process(capsys, "audit", "log", "--action", "ingest.marks_renewed")
     assert code == 0, err
     code, _, err = _cli_in_process(capsys, "audit", "log", "--since", "yesterday")
-    assert code == 1 and "--since must be a date" in err
+    assert code == 2 and "Invalid value for '--since': must be a date" in err
 
     # The table has a reason column that tells a forced promotion from a rollback.
     code, out, _ = _cli_in_process(capsys, "audit", "log", "--action", "model.alias")

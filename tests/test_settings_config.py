@@ -424,8 +424,9 @@ def test_model_commands_before_any_training_are_one_clear_line(
 
 
 def test_bad_input_is_one_clear_line(capsys: pytest.CaptureFixture, puhui_env: Path) -> None:
-    assert main(["backfill", "--start", "2026-13-01", "--end", "2026-01-02"]) == 1
+    assert main(["backfill", "--start", "2026-13-01", "--end", "2026-01-02"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "puhui: error: --start must be a date YYYY-MM-DD, not '2026-13-01'"
-    assert main(["run", "train", "fraud"]) == 1
-    assert "must be 'risk' or 'recommender'" in capsys.readouterr().err
+    assert err == ("puhui: error: Invalid value for '--start': must be a date YYYY-MM-DD, "
+                   "not '2026-13-01'")
+    assert main(["run", "train", "fraud"]) == 2
+    assert "'MODEL': must be 'risk' or 'recommender'" in capsys.readouterr().err
