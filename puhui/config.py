@@ -95,10 +95,6 @@ class ProductsConfig(StrictModel):
     def codes(self) -> list[str]:
         return [p.code for p in self.products]
 
-    @property
-    def loan_codes(self) -> list[str]:
-        return [p.code for p in self.products if p.kind == "loan"]
-
 
 ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
 

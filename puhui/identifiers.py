@@ -72,11 +72,6 @@ def is_valid_national_id(value: str, as_of: date | None = None) -> bool:
     return national_id_check_digit(value[:17]) == value[17]
 
 
-def national_id_gender(value: str) -> str:
-    """"M" or "F" from the 17th digit (odd = male); the ID is assumed valid."""
-    return "M" if int(value[16]) % 2 == 1 else "F"
-
-
 def normalize_phone(value: str | None) -> str | None:
     """The bare 11-digit mainland mobile number, or None if ``value`` is not one."""
     if value is None:

@@ -87,10 +87,6 @@ class Settings:
         return self.warehouse_url.startswith("sqlite")
 
     @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
 

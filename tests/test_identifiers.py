@@ -13,7 +13,6 @@ from puhui.identifiers import (
     is_valid_national_id,
     national_id_birth_date,
     national_id_check_digit,
-    national_id_gender,
     normalize_phone,
     normalize_phones,
     valid_national_id_mask,
@@ -55,10 +54,8 @@ def test_invalid_national_ids(value: str) -> None:
     assert not valid_national_id_mask([value])[0]
 
 
-def test_birth_date_gender_and_as_of() -> None:
+def test_birth_date_and_as_of() -> None:
     assert national_id_birth_date("11010519491231002X") == date(1949, 12, 31)
-    assert national_id_gender("11010519491231002X") == "F"  # 17th digit 2: even
-    assert national_id_gender("110101199003074477") == "M"  # 17th digit 7: odd
     assert not is_valid_national_id("110101199003074477", as_of=date(1980, 1, 1))
     assert is_valid_national_id("110101199003074477", as_of=date(2026, 1, 1))
 

@@ -25,7 +25,6 @@ from puhui.scratch import scratch_dir
 
 BINS_ARTIFACT = "monitoring/bins.json"
 SCORE = "score"
-OTHER, MISSING = "(other)", "(missing)"
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class FrozenBin:
 
     kind: str  # "numeric" or "categorical"
     edges: list[float]  # numeric: inner cut points (value v falls in searchsorted(edges, v))
-    categories: list[str]  # categorical: training categories; then OTHER
+    categories: list[str]  # categorical: training categories (unseen ones share a bin after them)
     reference: list[int]
 
     def counts(self, values: pd.Series) -> np.ndarray:
