@@ -8,6 +8,8 @@ to any of them is a change to stored values: the pinned hashes in ``tests/test_i
 and ``tests/test_ingest_key_index.py`` say so.
 
 Only NumPy and Arrow here, so that ``audit verify --deep`` imports no loader to use them.
+The keyed digests' own generic parts (subkeys derived from the audit key, the hex an event
+records, streamed reads) are :mod:`puhui.warehouse.digesting`'s: SQL-side, and keyed.
 """
 
 from __future__ import annotations
