@@ -278,10 +278,38 @@ def check_warehouse(
         with get_engine(settings.warehouse_url).connect():
             pass
     except OperationalError as exc:
+        if anchored_seq is not None and _postgres_database_missing(url):
+            raise PuhuiError(
+                f"the warehouse {url.render_as_string(hide_password=True)} does not exist: "
+                f"the trail anchored at seq {anchored_seq} is missing (dropped, or "
+                "PUHUI_WAREHOUSE_URL now points elsewhere: check it)") from None
         raise PuhuiError(
             f"cannot reach the warehouse {url.render_as_string(hide_password=True)}: "
             f"{error_line(exc)}; "
             "check PUHUI_WAREHOUSE_URL and that the database is up") from None
+
+
+def _postgres_database_missing(url: URL) -> bool:
+    """Whether ``url``'s PostgreSQL server answers and has no database of that name (asked
+    through its ``postgres`` database, as the same user): a dropped warehouse, which the
+    failed connection's "does not exist" says only in the server's language. False for
+    SQLite, or when that cannot be asked (the server down, no access to ``postgres``)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if url.get_backend_name() != "postgresql" or not url.database:
+        return False
+    maintenance = create_warehouse_engine(
+        url.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        with maintenance.connect() as conn:
+            found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                                 {"name": url.database}).first()
+    except SQLAlchemyError:
+        return False
+    finally:
+        maintenance.dispose()
+    return found is None
 
 
 # Tracking URI schemes MLflow resolves (database stores, its server, and files).
