@@ -969,6 +969,11 @@ def audit_log_command(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until", end_of_day=True) if until else None,
         actor=actor, actions=tuple(action or ()), subject=subject)
+    if where.since and where.until and where.since > where.until:
+        # As backfill's --start after --end (exit 1): swapped dates read "0 event(s)", exit
+        # 0, to an auditor who then took the trail for empty over that span.
+        raise PuhuiError(f"--since {printable(since or '')} is after --until "
+                         f"{printable(until or '')}: no event can match")
     runtime = _existing_runtime()
     check_action_prefixes(runtime.engine, where.actions)
     events = read_audit_events(runtime.engine, limit=limit, where=where)
@@ -1058,7 +1063,9 @@ def audit_verify(
     if any is wrong."""
     since_day = _parse_date(since, "--since")
     if since_day is not None and not deep:
-        raise PuhuiError("--since is for --deep only (plain verify digests no rows)")
+        # A usage error (exit 2), as backfill's span without --yes: the options alone are
+        # wrong, whatever the warehouse holds.
+        raise UsageError("--since", "is for --deep only (plain verify digests no rows)")
     runtime, result = _verified_chain(anchor)
     # Not implied by --anchor, unlike the model files: the keyed digest guards against those
     # without the key, an anchor against its holder.

@@ -141,3 +141,59 @@ def test_verify_anchor_on_a_never_migrated_or_dropped_postgresql_database(
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url.replace(f":{pg_server.port}/", ":1/"))
     code, _, err = _verify(capsys, "--anchor", anchor)
     assert code == 1 and "cannot reach the warehouse" in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "line"),
+    [
+        (  # the pair whose codes were already agreed: a reversed range is exit 1
+            ["backfill", "--start", "2026-09-30", "--end", "2026-09-01"],
+            1,
+            "--start 2026-09-30 is after --end 2026-09-01: nothing to backfill",
+        ),
+        (
+            ["audit", "log", "--since", "2026-09-30", "--until", "2026-09-01"],
+            1,
+            "--since 2026-09-30 is after --until 2026-09-01: no event can match",
+        ),
+        (
+            ["audit", "log", "--since", "2026-09-30T10:00", "--until", "2026-09-30T09:00+00:00"],
+            1,
+            "--since 2026-09-30T10:00 is after --until 2026-09-30T09:00+00:00: no event can match",
+        ),
+        (  # an option needing another: exit 2, as backfill's span without --yes
+            ["backfill", "--start", "2020-01-01", "--end", "2026-09-01"],
+            2,
+            "Invalid value for '--start': gives 2,436 dates, over 366, each a full pipeline "
+            "run: add --yes to run them",
+        ),
+        (
+            ["audit", "verify", "--since", "2026-09-01"],
+            2,
+            "Invalid value for '--since': is for --deep only (plain verify digests no rows)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_same_mistake_has_the_same_exit_code_in_every_command(
+    argv: list[str],
+    code: int,
+    line: str,
+    debug: bool,
+    puhui_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``audit log`` with ``--since`` after ``--until`` said "0 event(s)", exit 0, where
+    ``backfill --start`` after ``--end`` is refused (exit 1): an auditor took the swapped
+    span for one with no events. ``audit verify --since`` without ``--deep`` exited 1 where
+    ``backfill``'s span without ``--yes`` (an option needing another) is a usage error, 2.
+    One line, before anything is opened or created."""
+    capsys.readouterr()
+    if debug and code == 1:
+        with pytest.raises(Exception, match=line.split(":")[0]):
+            main([*argv, "--debug"])
+    else:
+        assert main([*argv, *(["--debug"] if debug else [])]) == code
+        out, err = capsys.readouterr()
+        assert err == f"puhui: error: {line}\n" and not out, err
+    assert not puhui_env.exists() or not any(puhui_env.iterdir()), "nothing is created"
