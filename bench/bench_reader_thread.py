@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_ingest import KEY, general_key_hashing, write_payments_file  # noqa: E402
 from bench.results_file import machine_facts, write_results  # noqa: E402
+from puhui.hashing import splitmix64_finish  # noqa: E402
 
 _U = np.uint64
 _SIP_CONSTANTS = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573)
@@ -113,12 +114,7 @@ def numpy_siphash(keys: pa.Array, hash_keys: list[str], block: int = 1 << 14) ->
         for _ in range(4):
             _sip_round(v, spare)
         out[:, first : first + len(at)] = v[0] ^ v[1] ^ v[2] ^ v[3]
-    out ^= out >> _U(30)
-    out *= _U(0xBF58476D1CE4E5B9)
-    out ^= out >> _U(27)
-    out *= _U(0x94D049BB133111EB)
-    out ^= out >> _U(31)
-    return out
+    return splitmix64_finish(out)
 
 
 def _awkward_keys(rng: np.random.Generator) -> pa.Array:

@@ -36,12 +36,13 @@ def mix_word(state: np.ndarray, word: np.ndarray) -> np.ndarray:
 
 
 def splitmix64_finish(state: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer over each 64-bit ``state`` (in place, and returned)."""
+    """splitmix64's finalizer over each 64-bit ``state``, in place; ``state`` is returned."""
     state ^= state >> np.uint64(30)
     state *= np.uint64(0xBF58476D1CE4E5B9)
     state ^= state >> np.uint64(27)
     state *= np.uint64(0x94D049BB133111EB)
-    return state ^ (state >> np.uint64(31))
+    state ^= state >> np.uint64(31)
+    return state
 
 
 def string_hashes(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
