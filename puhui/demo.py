@@ -169,7 +169,7 @@ def run_demo(settings: Settings, *, users: int, days: int, seed: int, console: C
         + (" (created when the first model is trained)" if unused else "")
     )
     console.print(f"  HTML report  : {monitoring['report']} (monitoring and service)")
-    report = trained.get("report") or _latest_report(settings.home)
+    report = trained.get("report") or _latest_report(settings.reports_dir)
     console.print(f"  evaluation   : {report or 'none yet'} (model evaluation)")
     for line in recommender_summary(ranked):
         console.print(line, markup=False)
@@ -232,6 +232,6 @@ def model_summary(trained: dict, report: str | None) -> list[str]:
     ]
 
 
-def _latest_report(home: Path) -> str | None:
-    reports = sorted((home / "reports").glob("*.html"), key=lambda p: p.stat().st_mtime)
+def _latest_report(reports_dir: Path) -> str | None:
+    reports = sorted(reports_dir.glob("*.html"), key=lambda p: p.stat().st_mtime)
     return str(reports[-1]) if reports else None

@@ -87,6 +87,11 @@ class Settings:
         return self.warehouse_url.startswith("sqlite")
 
     @property
+    def reports_dir(self) -> Path:
+        """Where the HTML reports go ($PUHUI_HOME/reports/, as the README says)."""
+        return self.home / "reports"
+
+    @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
 

@@ -82,7 +82,7 @@ def publish_report(settings: Settings, result: MonitoringResult,
              "puhui.flow_run_id": facts["flow_run_id"]}) as run:
         facts["mlflow_run_id"] = run.info.run_id
         page, _ = render_report(runtime.engine, result, mon, facts)
-        path = settings.home / "reports" / f"report_{result.as_of.isoformat()}.html"
+        path = settings.reports_dir / f"report_{result.as_of.isoformat()}.html"
         # Its temporary name is per process and thread: two reports of one date at once
         # wrote the same report_<date>.tmp, one renaming the other's half-written bytes.
         write_text_atomically(path, page)

@@ -239,7 +239,7 @@ def register_risk_model(settings: Settings, training: TrainingSet, trained: Trai
             engine=runtime.engine, audit=audit, tracking_uri=settings.mlflow_tracking_uri,
             name=model.registered_name, training=training, trained=trained,
             evaluation=evaluation, gates=gates, tags=tags, fingerprint=fingerprint,
-            report_dir=settings.home / "reports", artifact_root=settings.home / "mlartifacts",
+            report_dir=settings.reports_dir, artifact_root=settings.home / "mlartifacts",
             profile=settings.profile, config_dir=settings.config_dir,
             expectations_dir=settings.expectations_dir,
         )

@@ -5,7 +5,8 @@ development sample, never re-binned per run (re-binning on the mix of both hides
 ``freeze_bins`` cuts quantile bins of the registered model's score and of each feature on the
 training window and counts the training rows in them; ``log_monitoring_bins`` stores that as
 ``monitoring/bins.json`` with the model version's run, where ``load_frozen_bins`` finds it.
-Missing values have a bin of their own; categories unseen in training share an "(other)" bin.
+Missing values have a bin of their own; categories unseen in training share one bin after the
+training categories.
 """
 
 from __future__ import annotations
