@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, or_, select
 
 from puhui import __version__
+from puhui.dates import parse_day
 from puhui.errors import PuhuiError, UsageError
 from puhui.privacy import find_raw_identifiers, printable
 from puhui.settings import repo_root
@@ -227,9 +228,10 @@ def format_anchor(seq: int, row_hash: str) -> str:
 def parse_anchor(text: str) -> tuple[int, str]:
     """``SEQ:HASH`` as printed by ``puhui audit anchor``."""
     seq, _, row_hash = text.strip().partition(":")
-    if not seq.isdigit() or len(row_hash) != 64 or set(row_hash) - set("0123456789abcdef"):
-        raise PuhuiError(f"an anchor is SEQ:HASH as printed by 'puhui audit anchor', "
-                         f"not {text[:80]!r}")
+    if not (seq.isascii() and seq.isdigit()) or len(row_hash) != 64 \
+            or set(row_hash) - set("0123456789abcdef"):
+        raise UsageError("--anchor", "must be SEQ:HASH as printed by 'puhui audit anchor', "
+                                     f"not '{printable(text[:80])}'")
     return int(seq), row_hash
 
 
@@ -365,17 +367,21 @@ def parse_time(value: str, option: str, *, end_of_day: bool = False) -> datetime
     """
     text = value.strip()
     try:
+        # The date part strictly YYYY-MM-DD (fromisoformat took 20260101 and 2026-W01-1).
+        day = parse_day(text[:10])
         if len(text) == 10:
-            day = date.fromisoformat(text)
             parsed = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return parsed.replace(hour=23, minute=59, second=59, microsecond=999999) \
                 if end_of_day else parsed
+        if text[10] not in "T ":
+            raise ValueError(text)
         parsed = datetime.fromisoformat(text.replace(" ", "T"))
-    except ValueError:
+        # Inside the try: 0001-01-01T00:00+01:00 is before datetime's range in UTC.
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise UsageError(
             option, "must be a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS] (UTC unless it "
             f"has an offset), not '{printable(value)}'") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _stamp(moment: datetime) -> str:

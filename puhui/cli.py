@@ -66,20 +66,24 @@ AsOf = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def _version(value: str) -> str:
-    """``--version`` as a model version number, refused in one line before MLflow is asked
-    (it quoted the value whole, line breaks included, after opening its store)."""
+def _version(value: str, option: str = "--version") -> str:
+    """``--version`` (or ``models compare``'s A and B) as a model version number, refused in
+    one line before MLflow is asked (it quoted the value whole, line breaks included, after
+    opening its store)."""
     if not (value.isascii() and value.isdigit() and int(value) > 0):
-        raise UsageError("--version", f"must be a model version number (1, 2, ...), "
-                                      f"not '{printable(value)}'")
+        raise UsageError(option, f"must be a model version number (1, 2, ...), "
+                                 f"not '{printable(value)}'")
     return str(int(value))
 
 
 def _parse_date(value: str | None, option: str) -> date | None:
+    """A date option's ``YYYY-MM-DD`` (only that form: ``parse_day``), or a usage error."""
+    from puhui.dates import parse_day
+
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
+        return parse_day(value)
     except ValueError:
         # printable, not repr: repr's escapes glue to a phone number typed after a control
         # character ('\u202e13812345678'), and the mask needs its edge.
@@ -415,15 +419,14 @@ def backfill(
     """Run the daily pipeline for each date in order; completed dates are skipped (resumable)."""
     first, last = _parse_date(start, "--start"), _run_date(end, "--end")
     assert first and last
-    if first > last:
-        raise PuhuiError(f"--start {first} is after --end {last}: nothing to backfill")
+    if first > last:  # the two options disagree, whatever the state: a usage error
+        raise UsageError("--start", f"{first} is after --end {last}: nothing to backfill")
     # Each date is a full pipeline run that is then marked completed for good: a mistyped
     # year (0001-01-01) was ~740,000 runs filling Prefect's database and the daily tables.
     # No fixed floor: a lender's own partner data may start before the synthetic 2020.
     if (days := (last - first).days + 1) > BACKFILL_MAX_DAYS and not yes:
-        raise typer.BadParameter(
-            f"gives {days:,} dates, over {BACKFILL_MAX_DAYS}, each a full pipeline run: "
-            "add --yes to run them", param_hint="'--start'")
+        raise UsageError("--start", f"gives {days:,} dates, over {BACKFILL_MAX_DAYS}, each a "
+                                    "full pipeline run: add --yes to run them")
     from puhui.pipeline import backfill_daily
 
     _flow_settings()
@@ -601,6 +604,8 @@ def models_compare(
     calibration and gates (read-only)."""
     from puhui.lifecycle.views import compare_facts, default_pair, version_facts
 
+    a = _version(a, "A") if a is not None else None
+    b = _version(b, "B") if b is not None else None
     client, runtime, view = _model_view(name)
     first, second = default_pair(client, name, a, b)
     fa = version_facts(client, runtime.engine, name, first, view)
@@ -962,18 +967,17 @@ def audit_log_command(
     # --format checked before --json overrides it: `--format xml --json` was accepted.
     if format_ not in ("table", "json", "csv"):
         # A usage error naming the option, exit 2, as the README says of every wrong value.
-        raise typer.BadParameter(f"must be table, json or csv, not '{printable(format_)}'",
-                                 param_hint="'--format'")
+        raise UsageError("--format", f"must be table, json or csv, not '{printable(format_)}'")
     fmt = "json" if json_ else format_
     where = EventFilter(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until", end_of_day=True) if until else None,
         actor=actor, actions=tuple(action or ()), subject=subject)
     if where.since and where.until and where.since > where.until:
-        # As backfill's --start after --end (exit 1): swapped dates read "0 event(s)", exit
-        # 0, to an auditor who then took the trail for empty over that span.
-        raise PuhuiError(f"--since {printable(since or '')} is after --until "
-                         f"{printable(until or '')}: no event can match")
+        # As backfill's --start after --end (a usage error, exit 2): swapped dates read
+        # "0 event(s)", exit 0, to an auditor who then took the trail for empty over that span.
+        raise UsageError("--since", f"{printable(since or '')} is after --until "
+                                    f"{printable(until or '')}: no event can match")
     runtime = _existing_runtime()
     check_action_prefixes(runtime.engine, where.actions)
     events = read_audit_events(runtime.engine, limit=limit, where=where)

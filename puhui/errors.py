@@ -13,8 +13,6 @@ class UsageError(PuhuiError):
 
     def __init__(self, option: str, problem: str) -> None:
         super().__init__(f"Invalid value for '{option}': {problem}")
-        self.option = option
-        self.problem = problem
 
 
 def infrastructure_error(exc: BaseException) -> bool:

@@ -199,7 +199,7 @@ def test_cli_anchor_and_verify_with_anchor(warehouse_url: str) -> None:
     cut = _puhui_cli(warehouse_url, "audit", "verify", "--anchor", anchor)
     assert cut.returncode == 1 and "rows removed from the end" in cut.stderr
     bad = _puhui_cli(warehouse_url, "audit", "verify", "--anchor", "3:nothex")
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "SEQ:HASH" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "SEQ:HASH" in bad.stderr
     wrong_key = _puhui_cli(warehouse_url, "audit", "verify", PUHUI_AUDIT_KEY="x" * 40)
     assert wrong_key.returncode == 1 and "keyed hash" in wrong_key.stderr
 

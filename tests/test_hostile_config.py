@@ -116,7 +116,7 @@ def test_cli_config_check_and_backfill_dates_fail_in_one_line(tmp_path: Path) ->
     assert "Traceback" not in done.stderr
 
     done = _cli(tmp_path, "backfill", "--start", "2026-09-30", "--end", "2026-09-01")
-    assert done.returncode == 1
+    assert done.returncode == 2  # a usage error: the two options disagree
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "is after --end" in lines[0] and "ValueError" not in lines[0]
 

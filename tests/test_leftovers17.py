@@ -146,20 +146,23 @@ def test_verify_anchor_on_a_never_migrated_or_dropped_postgresql_database(
 @pytest.mark.parametrize(
     ("argv", "code", "line"),
     [
-        (  # the pair whose codes were already agreed: a reversed range is exit 1
+        (  # a reversed range: the two options disagree, whatever the state, so exit 2
             ["backfill", "--start", "2026-09-30", "--end", "2026-09-01"],
-            1,
-            "--start 2026-09-30 is after --end 2026-09-01: nothing to backfill",
+            2,
+            "Invalid value for '--start': 2026-09-30 is after --end 2026-09-01: "
+            "nothing to backfill",
         ),
         (
             ["audit", "log", "--since", "2026-09-30", "--until", "2026-09-01"],
-            1,
-            "--since 2026-09-30 is after --until 2026-09-01: no event can match",
+            2,
+            "Invalid value for '--since': 2026-09-30 is after --until 2026-09-01: "
+            "no event can match",
         ),
         (
             ["audit", "log", "--since", "2026-09-30T10:00", "--until", "2026-09-30T09:00+00:00"],
-            1,
-            "--since 2026-09-30T10:00 is after --until 2026-09-30T09:00+00:00: no event can match",
+            2,
+            "Invalid value for '--since': 2026-09-30T10:00 is after --until "
+            "2026-09-30T09:00+00:00: no event can match",
         ),
         (  # an option needing another: exit 2, as backfill's span without --yes
             ["backfill", "--start", "2020-01-01", "--end", "2026-09-01"],
@@ -184,8 +187,9 @@ def test_the_same_mistake_has_the_same_exit_code_in_every_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``audit log`` with ``--since`` after ``--until`` said "0 event(s)", exit 0, where
-    ``backfill --start`` after ``--end`` is refused (exit 1): an auditor took the swapped
-    span for one with no events. ``audit verify --since`` without ``--deep`` exited 1 where
+    ``backfill --start`` after ``--end`` is refused: an auditor took the swapped span for
+    one with no events. Both are usage errors, exit 2 (round 17's mend; backfill's was 1).
+    ``audit verify --since`` without ``--deep`` exited 1 where
     ``backfill``'s span without ``--yes`` (an option needing another) is a usage error, 2.
     One line, before anything is opened or created."""
     capsys.readouterr()

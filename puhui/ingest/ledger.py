@@ -35,6 +35,7 @@ from sqlalchemy import (
 
 from puhui.config import LOWER_NAME
 from puhui.crashpoints import crash_point
+from puhui.dates import parse_day
 from puhui.privacy import find_raw_identifiers, safe_name
 from puhui.warehouse.engine import in_list_chunks, lock_for, snapshot
 from puhui.warehouse.schema import ingest_batches, ingest_watermarks, validation_results
@@ -120,8 +121,7 @@ def stored_text(value: Any) -> Any:
 
 # The forms the ledger stores (SQLAlchemy's on SQLite; PostgreSQL's come typed): fromisoformat
 # alone also took 20260101 and the week date 2026-W01-1 (2025-12-29), and a release went
-# ahead with that day's end as the bound on event times.
-_DAY_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
+# ahead with that day's end as the bound on event times (dates: parse_day).
 _TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}:\d{2})?")
 
 
@@ -132,8 +132,8 @@ def as_date(value: Any) -> date | None:
     if value is None or isinstance(value, date):
         return value
     try:
-        return date.fromisoformat(value) if _DAY_TEXT.fullmatch(str(value)) else None
-    except ValueError:  # 2026-13-45
+        return parse_day(str(value))
+    except ValueError:  # 20260101, 2026-13-45
         return None
 
 
