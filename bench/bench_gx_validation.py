@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -163,6 +164,7 @@ def main() -> None:
         f"validation results equal; load {load:.1f}"
     )
     write_results("gx_validation", result, args.quick)
+    shutil.rmtree(root, ignore_errors=True)  # the landing zone and every run's home
 
 
 if __name__ == "__main__":
