@@ -15,10 +15,12 @@ this module is imported.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -279,6 +281,77 @@ def import_gx() -> Any:
     return great_expectations
 
 
+# GX 1.24.1's ``Expectation`` rebuilds its whole ``configuration`` (a pydantic ``dict()`` and
+# a new ExpectationConfiguration, whose type name goes through two regexes) once per key when
+# it collects an expectation's domain and success kwargs, and does so several times per
+# expectation per validation: ~220k rebuilds for the 141 batches of a 300-user demo ingest.
+# The rewrites below are GX's own methods with ``configuration.kwargs`` read once per call,
+# and the type name's conversion cached (a pure function of the class name); results are
+# unchanged (tests/test_validation.py compares them with GX's originals;
+# bench/bench_gx_validation.py measures them). Applied to the pinned version only: another
+# GX keeps its own code.
+GX_KWARGS_PATCHED_VERSION = "1.24.1"
+# GX's own methods the rewrites replaced (filled when installed): the test and the bench
+# compare with them.
+GX_ORIGINAL_METHODS: dict[str, Any] = {}
+_KWARGS_METHODS = ("_get_success_kwarg", "_get_domain_kwargs", "_get_success_kwargs")
+
+
+def _get_success_kwarg(self: Any, key: str, default: Any = None) -> Any:
+    """GX's ``Expectation._get_success_kwarg``, building ``configuration`` once."""
+    kwargs = self.configuration.kwargs
+    if key in kwargs:
+        return kwargs[key]
+    field_ = self.__fields__.get(key)
+    if field_ is not None:
+        return field_.default if not field_.required else default
+    logging.getLogger("great_expectations.expectations.expectation").warning(
+        f'_get_success_kwarg called with key "{key}", '
+        f"but it is not a known field of {type(self).__name__}"
+    )
+    return default
+
+
+def _get_domain_kwargs(self: Any, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """GX's ``Expectation._get_domain_kwargs``, building ``configuration`` once."""
+    from great_expectations.exceptions import InvalidExpectationKwargsError
+
+    kwargs = self.configuration.kwargs if kwargs is None else kwargs
+    domain = {key: kwargs.get(key, self._get_default_value(key)) for key in self.domain_keys}
+    missing = set(self.domain_keys) - set(domain.keys())
+    if missing:
+        raise InvalidExpectationKwargsError(f"Missing domain kwargs: {list(missing)}")
+    return domain
+
+
+def _get_success_kwargs(self: Any) -> dict[str, Any]:
+    """GX's ``Expectation._get_success_kwargs``, building ``configuration`` once."""
+    kwargs = self.configuration.kwargs
+    domain = _get_domain_kwargs(self, kwargs)
+    success = {key: kwargs.get(key, self._get_default_value(key)) for key in self.success_keys}
+    success.update(domain)
+    return success
+
+
+def lighten_gx_expectation_kwargs(gx: Any) -> bool:
+    """Install the rewrites above on GX's ``Expectation`` (once; only on the pinned GX
+    version); returns whether they are installed."""
+    import great_expectations.expectations.expectation as gx_expectation
+
+    if gx.__version__ != GX_KWARGS_PATCHED_VERSION:
+        return False
+    expectation = gx_expectation.Expectation
+    if not GX_ORIGINAL_METHODS:
+        GX_ORIGINAL_METHODS.update({name: getattr(expectation, name) for name in _KWARGS_METHODS})
+        GX_ORIGINAL_METHODS["camel_to_snake"] = gx_expectation.camel_to_snake
+        gx_expectation.camel_to_snake = functools.lru_cache(maxsize=None)(
+            gx_expectation.camel_to_snake
+        )
+        for name in _KWARGS_METHODS:
+            setattr(expectation, name, globals()[name])
+    return True
+
+
 class _GXRuntime:
     """The process's GX context, pandas data source/asset/batch definition and SQL sources."""
 
@@ -296,6 +369,7 @@ class _GXRuntime:
         # batch a second time, so it is paid twice. The fingerprint is only a batch marker
         # (ingestion has the file's SHA-256), so the threshold is set to skip it.
         gx_pandas.HASH_THRESHOLD = 0
+        lighten_gx_expectation_kwargs(gx)
 
         # Ephemeral: nothing is read from or written to a GX project directory (so parallel
         # processes cannot trip over each other); suites come from expectations/*.json and

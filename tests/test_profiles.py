@@ -28,7 +28,9 @@ from tests.conftest import (
     RISK_AS_OF,
     RiskTemplates,
     build_once,
+    dump_database,
     no_search_config,
+    restore_database,
     risk_env,
     use_test_home,
 )
@@ -68,13 +70,14 @@ def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.Monke
                  tmp_path: Path, dialect: str = "sqlite") -> str:
     """What ``risk_env`` (clean, ``dialect``), ``no_search_config`` and
     ``train_and_promote()`` leave, as a private copy under ``home``: warehouse, MLflow store
-    (credit_risk v1 the champion) and the rest of the home. The training runs once: per run
-    on SQLite (the xdist workers share it, as they share the templates), per worker on
-    PostgreSQL (each worker has its own server, whose database of the champion is the
-    template of the copies). It is ~20 s of each test that only needs *a* champion. Each
-    caller gets its own copy, so what a test changes stays in its test."""
+    (credit_risk v1 the champion) and the rest of the home. The training runs once per run
+    on either dialect (the xdist workers share it, as they share the templates): on
+    PostgreSQL, each worker has its own server, where the database of the champion is the
+    template of the copies; the worker that trained it dumps it and the others restore the
+    dump. It is ~20 s of each test that only needs *a* champion. Each caller gets its own
+    copy, so what a test changes stays in its test."""
     postgres = dialect == "postgres"
-    built = (templates.root if postgres else templates.shared) / f"champion-clean-{dialect}"
+    built = templates.shared / f"champion-clean-{dialect}"
 
     def build() -> None:
         with pytest.MonkeyPatch.context() as patch:
@@ -87,14 +90,17 @@ def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.Monke
             assert train_and_promote() == "1"
             dispose_engines()  # a template database takes no connections
             (built / "database").write_text(url.rsplit("/", 1)[-1])
+            if postgres:
+                dump_database(templates.pg, (built / "database").read_text(), built / "pg")
 
     build_once(built, build)
     shutil.copytree(built / "home", home, dirs_exist_ok=True)
     _relocate_mlflow_store(home / "mlflow.db", str(built / "home"), str(home))
     if postgres:
         assert templates.pg is not None
-        url = templates.pg.create_database(f"t_{uuid.uuid4().hex[:12]}",
-                                           template=(built / "database").read_text())
+        database = (built / "database").read_text()
+        restore_database(templates.pg, database, built / "pg")  # built on another worker
+        url = templates.pg.create_database(f"t_{uuid.uuid4().hex[:12]}", template=database)
     else:
         url = f"sqlite:///{home / 'warehouse.db'}"
     monkeypatch.setenv("PUHUI_WAREHOUSE_URL", url)

@@ -633,3 +633,36 @@ def test_validate_table_reports_raw_rows_by_batch_and_row_number(
             "b1", "b2"]
     finally:
         validator.close()
+
+
+def test_the_lighter_expectation_kwargs_give_what_gx_gives() -> None:
+    """The rewrites of GX's kwargs methods (``lighten_gx_expectation_kwargs``: the
+    configuration built once per call, not once per key) return what GX's own methods
+    return, for every expectation of every shipped suite, and are installed on the pinned
+    GX (an upgrade must be checked against its new code before they apply to it)."""
+    import great_expectations.expectations.expectation as gx_expectation
+
+    from puhui import validation
+
+    validation._gx()  # installs them, as the first validation of a process does
+    assert validation.lighten_gx_expectation_kwargs(validation.import_gx())
+    original = validation.GX_ORIGINAL_METHODS
+    assert gx_expectation.Expectation._get_success_kwargs is validation._get_success_kwargs
+    checked = 0
+    for name in suite_names(expectations_dir=default_expectations_dir()):
+        suite = load_suite(name, expectations_dir=default_expectations_dir())
+        for expectation in suite.expectations:
+            assert (validation._get_domain_kwargs(expectation)
+                    == original["_get_domain_kwargs"](expectation))
+            assert (validation._get_success_kwargs(expectation)
+                    == original["_get_success_kwargs"](expectation))
+            keys = {*expectation.domain_keys, *expectation.success_keys,
+                    *expectation.runtime_keys, "not_a_field"}
+            for key in keys:
+                for default in (None, "fallback"):
+                    assert (validation._get_success_kwarg(expectation, key, default)
+                            == original["_get_success_kwarg"](expectation, key, default))
+            kind = type(expectation).__name__
+            assert gx_expectation.camel_to_snake(kind) == original["camel_to_snake"](kind)
+            checked += 1
+    assert checked > 50  # every suite's expectations, not an empty loop
