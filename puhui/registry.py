@@ -441,8 +441,9 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
 
     An alias moved in MLflow directly (not through puhui) is tampering or an outside
     mistake: moving it again would record the hand-set version as "previous" and erase the
-    one difference ``audit verify`` reports. A version whose source run was deleted in MLflow
-    (moved to, or the champion moved from: rollback's next target) has lost its lineage.
+    one difference ``audit verify`` reports. A version moved to whose source run was deleted
+    in MLflow has lost its lineage (moving away from one is allowed: it is the remedy, and
+    rollback to it is this same check on its own target).
     Files edited in the artifact store would be what scoring loads (a pickle: code that
     runs). The caller holds ``MODEL_LOCK`` and has
     reconciled, so an interrupted move of ours is no longer open here.
@@ -451,14 +452,11 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
     current = version_of(client, name, alias)
     expected = _alias_moves(events).get((name, alias))
     digest = _registered_digests(events).get((name, str(version)))
-    # The version moved to, and a champion moved from (it would become rollback's target).
-    lineage = [str(version)] + ([current] if alias == CHAMPION and current else [])
     if because := alias_difference(events, name, alias, current):
         advice = ("Put it back as the trail says (or find out who moved it), then retry; "
                   "'puhui audit verify' lists every difference")
-    elif because := next(filter(None, (version_source_run_problem(client, name, v)
-                                       for v in lineage)), None):
-        advice = LOST_RUN_ADVICE[0].upper() + LOST_RUN_ADVICE[1:]
+    elif because := version_source_run_problem(client, name, str(version)):
+        advice = f"Not moved to it: {LOST_RUN_ADVICE}"
     elif digest and (because := model_files_problem(client, name, str(version), digest)):
         advice = "retrain, or restore the files from a backup; 'puhui audit verify' lists all"
     else:
@@ -479,6 +477,10 @@ def _move_alias(
     run_id = client.get_model_version(name, str(version)).run_id
     details = {"model": name, "alias": alias, "version": str(version), "previous": previous,
                "reason": reason, "rollback": rollback, "forced": forced, **(extra or {})}
+    # Moving away from a version whose lineage is lost is the remedy: the trail says so.
+    if previous and previous != str(version) and (
+            lost := version_source_run_problem(client, name, previous)):
+        details["replaced_lost_version"] = lost
     intent = audit.record(engine, ALIAS_INTENT, f"{name}/{alias}", details,
                           mlflow_run_id=run_id)
     crash_point("alias.before_mlflow")
@@ -801,7 +803,7 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
         found = listed.get(model, {}).get(version)
         if found is None or not verdict_file_differs(client, found.run_id, kept):
             continue
-        if version_source_run_problem(client, model, version):
+        if version_source_run_problem(client, model, version, found.run_id):
             continue  # no run to write it to: registry_problems reports the run
         if repair:
             client.log_dict(found.run_id, kept, "gates.json")

@@ -263,12 +263,14 @@ def version_source_run_problem(client: Any, name: str, version: str,
                                run_id: str | None = None) -> str | None:
     """:func:`source_run_problem` of ``name`` v``version`` (its source run ``run_id``, read
     from the registry if not given) as MLflow answers now; only "no such run" reads as gone,
-    any other registry error raises."""
+    any other registry error raises. A version registered with no run (never by puhui) has
+    none to lose: None, as ``audit verify`` skips it."""
     run_id = run_id or client.get_model_version(name, str(version)).run_id
+    if not run_id:
+        return None
     stage = None
-    if run_id:
-        with suppress_not_found():
-            stage = client.get_run(run_id).info.lifecycle_stage
+    with suppress_not_found():
+        stage = client.get_run(run_id).info.lifecycle_stage
     return source_run_problem(name, str(version), stage)
 
 
@@ -454,18 +456,20 @@ class SqlRegistry:
 
         from puhui.warehouse.engine import in_list_chunks
 
+        latest_metrics = text(
+            "SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN :runs"
+        ).bindparams(bindparam("runs", expanding=True))
+        run_stages = text(
+            "SELECT run_uuid, lifecycle_stage FROM runs WHERE run_uuid IN :runs"
+        ).bindparams(bindparam("runs", expanding=True))
         metrics: dict[str, dict[str, float]] = {run: {} for run in run_ids}
         stages: dict[str, str | None] = dict.fromkeys(run_ids)
-        queries = [(text(f"SELECT run_uuid, {columns} FROM {table} WHERE run_uuid IN :runs")
-                    .bindparams(bindparam("runs", expanding=True)))
-                   for columns, table in (("key, value, is_nan", "latest_metrics"),
-                                          ("lifecycle_stage", "runs"))]
         runs = sorted(metrics)
         with self._engine.connect() as conn:
             for chunk in in_list_chunks(runs):
-                for r in conn.execute(queries[0], {"runs": chunk}):
+                for r in conn.execute(latest_metrics, {"runs": chunk}):
                     metrics[r.run_uuid][r.key] = math.nan if r.is_nan else float(r.value)
-                for r in conn.execute(queries[1], {"runs": chunk}):
+                for r in conn.execute(run_stages, {"runs": chunk}):
                     stages[r.run_uuid] = r.lifecycle_stage
         return {run: RunFacts(metrics[run], stages[run]) for run in runs}
 

@@ -21,8 +21,10 @@ import pytest
 from puhui.errors import PuhuiError
 from puhui.lifecycle.publish import write_evaluations
 from puhui.registry import (
+    ALIAS_SET,
     CHALLENGER,
     CHAMPION,
+    LOST_RUN_ADVICE,
     MODEL_LOCK,
     _record_gate_verdict,
     current_aliases,
@@ -35,12 +37,13 @@ from puhui.runtime import open_runtime
 from puhui.settings import load_settings
 from puhui.warehouse.engine import dispose_engines, held_lock
 from tests import test_crash_model_changes as crash_tests
-from tests.conftest import RISK_AS_OF
+from tests.conftest import RISK_AS_OF, RiskTemplates
 from tests.test_crash_model_changes import Ran
 
 empty_mlflow_store = crash_tests.empty_mlflow_store
 registry_env = crash_tests.registry_env
 puhui = crash_tests.puhui
+AS_OF = date.fromisoformat(RISK_AS_OF)
 MODELS = ["credit_risk", "product_recommender"]
 
 
@@ -162,20 +165,25 @@ def test_a_source_run_deleted_by_hand_is_reported_and_refused_until_restored(
     deleted = f"{model} v{v2}: its source run is deleted in MLflow"
     verified = puhui("audit", "verify")
     assert verified.returncode == 1
-    assert _problems(verified.stdout + verified.stderr, model, v2) == [f"  {deleted} (its "
-        "lineage: restorable with 'mlflow runs restore' until 'mlflow gc')"]  # fmt: skip
+    assert _problems(verified.stdout + verified.stderr, model, v2) == [f"  {deleted}{_RESTORABLE}"]
     _refused(model, v2, deleted)
-    for args in (("promote", model, "--version", v3), ("rollback", model)):
-        refused = puhui("models", *args, "--reason", "r")
-        assert refused.returncode == 1, refused.stdout
-        assert refused.stderr.count("\n") == 1 and deleted in refused.stderr, refused.stderr
-        assert "nothing moved" in refused.stderr
-    assert current_aliases(client, model)[CHAMPION] == v2
+    # Moving the champion away from it is the remedy (before: refused, which locked the
+    # model's promotion, rollback and training for good); the move says what it replaced.
+    assert puhui("models", "promote", model, "--version", v3, "--reason", "r").returncode == 0
+    assert _last_move()["replaced_lost_version"] == deleted + _RESTORABLE
+    _load(model, v3)
+    refused = puhui("models", "rollback", model, "--reason", "r")  # to v2: refused
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.count("\n") == 1 and deleted in refused.stderr, refused.stderr
+    assert "nothing moved" in refused.stderr
+    assert current_aliases(client, model)[CHAMPION] == v3
 
     client.restore_run(run_id)  # `mlflow runs restore`: everything passes again
     assert puhui("audit", "verify").returncode == 0
+    assert puhui("models", "rollback", model, "--reason", "r").returncode == 0  # to v2
     _load(model, v2)
-    assert puhui("models", "rollback", model, "--reason", "r").returncode == 0  # to v1
+    assert "replaced_lost_version" not in _last_move()
+    assert puhui("models", "promote", model, "--version", v1, "--reason", "r").returncode == 0
 
     # Hard-deleted: `mlflow gc` removes the run (its artifacts with it; the model's files,
     # logged apart, stay and would load). The command itself, in a process of its own (in
@@ -206,8 +214,21 @@ def test_a_source_run_deleted_by_hand_is_reported_and_refused_until_restored(
     found = _problems(verified.stdout + verified.stderr, model, v1)
     assert len(found) == 1 and found[0].startswith(f"  {gone}"), found
     _refused(model, v1, gone)
-    refused = puhui("models", "promote", model, "--version", v3, "--reason", "r")
+    # No backup needed to leave it: promote a good version, and scoring works again.
+    assert puhui("models", "promote", model, "--version", v3, "--reason", "r").returncode == 0
+    assert _last_move()["replaced_lost_version"].startswith(gone)
+    _load(model, v3)
+    refused = puhui("models", "rollback", model, "--reason", "r")  # to v1: refused
     assert refused.returncode == 1 and gone in refused.stderr, refused.stderr
+    assert current_aliases(client, model)[CHAMPION] == v3
+
+
+_RESTORABLE = " (its lineage: restorable with 'mlflow runs restore' until 'mlflow gc')"
+
+
+def _last_move() -> dict:
+    """The details of the trail's last completed alias move."""
+    return crash_tests._model_events(ALIAS_SET)[-1]["details"]
 
 
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)  # no dialect code here
@@ -263,3 +284,66 @@ def test_the_monitoring_report_refuses_aliases_moved_by_hand_or_a_deleted_source
     assert state.is_failed()
     with pytest.raises(PuhuiError, match=f"^{name} v{v1}: its source run is deleted in MLflow"):
         state.result()
+
+
+@pytest.mark.slow
+def test_a_lost_run_does_not_stop_training_nor_the_champions_report(
+    risk_templates: RiskTemplates,
+    puhui_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    prefect_harness: None,
+    puhui: Callable[..., Ran],
+) -> None:
+    """Real trainings (the flow) and reports. A challenger set by a training is reported
+    beside the champion; once its source run is deleted the champion is still reported and
+    the challenger named in one note (before: the whole report failed). A champion whose run
+    is deleted is not compared by the next training, which completes with its gate not
+    checked (before: every credit_risk training failed loading it, for good), and versions
+    whose runs are deleted do not count as "unchanged" (before: the retrain did nothing)."""
+    from flows.profiles import profiles_flow
+    from flows.train import train_risk_flow
+    from tests.test_profiles import champion_env
+
+    champion_env(risk_templates, puhui_env, monkeypatch, tmp_path)  # search off: quick
+    profiles_flow(as_of=AS_OF)
+    client = mlflow_client(load_settings().mlflow_tracking_uri)
+    trained = train_risk_flow(as_of=AS_OF, force=True)
+    v1, v2 = "1", trained["version"]
+    assert current_aliases(client, "credit_risk") == {CHAMPION: v1, CHALLENGER: v2}
+
+    summary = _report(AS_OF).result()
+    assert [n for n in summary["notes"] if "credit_risk" in n] == [], summary["notes"]
+    reported = _evaluated_versions()
+    assert {v1, v2} <= reported, reported
+
+    client.delete_run(client.get_model_version("credit_risk", v2).run_id)
+    summary = _report(AS_OF).result()
+    lost = f"credit_risk v{v2}: its source run is deleted in MLflow"
+    assert [n for n in summary["notes"] if "credit_risk" in n] == [
+        f"{lost}{_RESTORABLE}: challenger not scored; {LOST_RUN_ADVICE}"
+    ]
+
+    client.delete_run(client.get_model_version("credit_risk", v1).run_id)
+    retrained = train_risk_flow(as_of=AS_OF)  # same data: v1 and v2 have its fingerprint
+    assert not retrained.get("skipped"), retrained["line"]
+    v3 = retrained["version"]
+    assert v3 not in (v1, v2)
+    said = f"credit_risk v{v1}: its source run is deleted in MLflow"
+    assert any(f"{said}{_RESTORABLE}: champion not compared" in s for s in retrained["steps"])
+    assert current_aliases(client, "credit_risk") == {CHAMPION: v1, CHALLENGER: v3}
+    promoted = puhui("models", "promote", "credit_risk", "--version", v3, "--reason", "r")
+    assert promoted.returncode == 0, promoted.stderr
+
+
+def _evaluated_versions() -> set[str]:
+    """The versions the monitoring report wrote evaluation rows for."""
+    import pandas as pd
+    from sqlalchemy import select
+
+    from puhui.warehouse.schema import model_evaluations
+
+    with open_runtime().engine.connect() as conn:
+        rows = pd.read_sql(select(model_evaluations), conn)
+    monitored = rows[rows["metric"].str.startswith("monitor.")]
+    return set(monitored["model_version"].astype(str))
