@@ -150,8 +150,9 @@ def test_a_source_run_deleted_by_hand_is_reported_and_refused_until_restored(
 ) -> None:
     """Before: a registered version's source run deleted in MLflow (`mlflow runs delete`,
     then `mlflow gc`) passed `audit verify` (its metrics still read: deleted runs are
-    searched too), the champion loaded and scored, and promote and rollback moved from and
-    to it: a model no one could trace to its data any more."""
+    searched too), the champion loaded and scored, and promote and rollback moved to it: a
+    model no one could trace to its data any more. Then (round 17's review) promote refused
+    to move the champion away from it, locking the model until a backup was restored."""
     v1, v2, v3 = three_versions
     for version in (v1, v2):
         assert (
@@ -347,3 +348,42 @@ def _evaluated_versions() -> set[str]:
         rows = pd.read_sql(select(model_evaluations), conn)
     monitored = rows[rows["metric"].str.startswith("monitor.")]
     return set(monitored["model_version"].astype(str))
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)  # no dialect code here
+def test_an_unreadable_runs_table_is_a_registry_error_never_a_lost_run(
+    registry_env: dict[str, str], puhui: Callable[..., Ran], puhui_env: Path
+) -> None:
+    """A real registry failure where the source run is read (the store's ``runs`` table made
+    unreadable; versions and aliases still read): verify, promote, champion resolution and
+    the loader fail with the registry's error, never read it as a run deleted or gone (a
+    broader "not found" would have them report, refuse or replace a version for nothing)."""
+    import sqlite3
+
+    from puhui.profiles.models import resolve_models
+    from puhui.registry import ALIAS_REFUSED
+
+    v1, v2 = registry_env["passed1"], registry_env["passed2"]
+    assert (
+        puhui("models", "promote", "credit_risk", "--version", v1, "--reason", "r").returncode == 0
+    )
+    with sqlite3.connect(puhui_env / "mlflow.db") as conn:
+        conn.execute("ALTER TABLE runs RENAME TO runs_unreadable")
+    engine, uri = open_runtime().engine, load_settings().mlflow_tracking_uri
+    refusals = len(crash_tests._model_events(ALIAS_REFUSED))
+
+    verified = puhui("audit", "verify")
+    assert verified.returncode != 0
+    assert "source run" not in verified.stdout + verified.stderr
+    promoted = puhui("models", "promote", "credit_risk", "--version", v2, "--reason", "r")
+    assert promoted.returncode != 0 and "source run" not in promoted.stderr, promoted.stderr
+    assert len(crash_tests._model_events(ALIAS_REFUSED)) == refusals
+    for step in (
+        lambda: resolve_models(uri, {"m": "credit_risk"}, engine=engine),
+        lambda: load_registered_pyfunc(engine, uri, "credit_risk", v1),
+    ):
+        with pytest.raises(Exception) as failed:  # noqa: PT011 (any error but "lost")
+            step()
+        assert "source run" not in str(failed.value)
+        assert "runs" in str(failed.value), failed.value  # the store's own error
+    assert current_aliases(mlflow_client(uri), "credit_risk")[CHAMPION] == v1
