@@ -44,8 +44,10 @@ from puhui.registry_read import (  # noqa: F401 - re-exported: listing reads wit
     model_files_dir,
     model_versions,
     registered_model_names,
-    runs_metrics,
+    runs_facts,
+    source_run_problem,
     suppress_not_found,
+    version_source_run_problem,
     versions_of,
 )
 from puhui.scratch import scratch_dir, sweep_scratch_dirs
@@ -276,11 +278,18 @@ def model_files_problem(client: MlflowClient, name: str, version: str,
         return _checked_model_folder(client, name, version, expected, tmp, uri)[1]
 
 
+# What to do about a version whose source run was deleted by hand in MLflow.
+LOST_RUN_ADVICE = ("restore the run ('mlflow runs restore'; 'puhui audit lineage' names it) or, "
+               "after 'mlflow gc', the MLflow store from a backup; 'puhui audit verify' "
+               "lists every difference")
+
+
 def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version: str) -> Any:
     """``name`` v``version`` as an MLflow pyfunc, loaded from files checked against the
     registration event's SHA-256 (loading a pickle runs its code: files edited in the
     artifact store must not reach scoring). A version the trail never registered is refused
-    too: it was made outside puhui, and no gate verdict vouches for it.
+    too: it was made outside puhui, and no gate verdict vouches for it; and so is a version
+    whose source run was deleted in MLflow (its lineage gone: nothing says what it is).
     """
     import mlflow.pyfunc
 
@@ -289,6 +298,9 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
     if not registered:
         raise PuhuiError(f"{name} v{version} has no registration event in the audit trail "
                          "(made outside puhui?): not loaded; see 'puhui audit verify'")
+    client = mlflow_client(tracking_uri)
+    if because := version_source_run_problem(client, name, version):
+        raise PuhuiError(f"{because}: not loaded; {LOST_RUN_ADVICE}")
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     # A local store's folder is used in place; only a remote store's copy lands in ``dst``,
@@ -296,7 +308,7 @@ def load_registered_pyfunc(engine: Engine, tracking_uri: str, name: str, version
     # the ranker), and only versions registered through puhui are loaded here.
     with scratch_dir("model") as dst:
         folder, problem = _checked_model_folder(
-            mlflow_client(tracking_uri), name, version,
+            client, name, version,
             registered[-1]["details"].get("model_sha256"), dst)
         if problem or folder is None:
             raise PuhuiError(f"{problem}: not loaded; see 'puhui audit verify'")
@@ -429,8 +441,11 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
 
     An alias moved in MLflow directly (not through puhui) is tampering or an outside
     mistake: moving it again would record the hand-set version as "previous" and erase the
-    one difference ``audit verify`` reports. Files edited in the artifact store would be
-    what scoring loads (a pickle: code that runs). The caller holds ``MODEL_LOCK`` and has
+    one difference ``audit verify`` reports. A version moved to whose source run was deleted
+    in MLflow has lost its lineage (moving away from one is allowed: it is the remedy, and
+    rollback to it is this same check on its own target).
+    Files edited in the artifact store would be what scoring loads (a pickle: code that
+    runs). The caller holds ``MODEL_LOCK`` and has
     reconciled, so an interrupted move of ours is no longer open here.
     """
     events = events_of(engine, MODEL_ACTIONS)
@@ -440,6 +455,8 @@ def _refuse_tampered_move(client: MlflowClient, engine: Engine, audit: AuditWrit
     if because := alias_difference(events, name, alias, current):
         advice = ("Put it back as the trail says (or find out who moved it), then retry; "
                   "'puhui audit verify' lists every difference")
+    elif because := version_source_run_problem(client, name, str(version)):
+        advice = f"Not moved to it: {LOST_RUN_ADVICE}"
     elif digest and (because := model_files_problem(client, name, str(version), digest)):
         advice = "retrain, or restore the files from a backup; 'puhui audit verify' lists all"
     else:
@@ -460,6 +477,10 @@ def _move_alias(
     run_id = client.get_model_version(name, str(version)).run_id
     details = {"model": name, "alias": alias, "version": str(version), "previous": previous,
                "reason": reason, "rollback": rollback, "forced": forced, **(extra or {})}
+    # Moving away from a version whose lineage is lost is the remedy: the trail says so.
+    if previous and previous != str(version) and (
+            lost := version_source_run_problem(client, name, previous)):
+        details["replaced_lost_version"] = lost
     intent = audit.record(engine, ALIAS_INTENT, f"{name}/{alias}", details,
                           mlflow_run_id=run_id)
     crash_point("alias.before_mlflow")
@@ -782,6 +803,8 @@ def _reconcile(client: MlflowClient, engine: Engine, audit: AuditWriter,
         found = listed.get(model, {}).get(version)
         if found is None or not verdict_file_differs(client, found.run_id, kept):
             continue
+        if version_source_run_problem(client, model, version, found.run_id):
+            continue  # no run to write it to: registry_problems reports the run
         if repair:
             client.log_dict(found.run_id, kept, "gates.json")
             repaired.append(f"repaired: {model} v{version} gates.json of its run restored "
@@ -814,10 +837,11 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
 
     Every version in MLflow has a registration event and vice versa; every alias points
     where the trail's last move for it says; every gate tag has a verdict in the trail that
-    says the same. The model files of the versions an alias points to (what scoring loads)
-    are hashed against their registration event, unless ``verified`` holds them as hashed
-    with the signature they have now; with ``deep``, those of every version, each read in
-    full (and downloaded from a remote artifact store). The runs' metrics and the training's
+    says the same; every version's source run is in MLflow, not deleted (its lineage). The
+    model files of the versions an alias points to (what scoring loads) are hashed against
+    their registration event, unless ``verified`` holds them as hashed with the signature
+    they have now; with ``deep``, those of every version, each read in full (and downloaded
+    from a remote artifact store). The runs' metrics and stages and the training's
     ``model_evaluations`` rows are read for all versions at once.
     """
     # MLflow's versions and their tags first, without the model lock: through a tracking
@@ -850,7 +874,7 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
     digests = _registered_digests(events)
     checked = [(model, str(v.version), v.run_id) for model, versions in listed.items()
                for v in versions if (model, str(v.version)) in registered]
-    logged = runs_metrics(client, {run for _, _, run in checked if run}, models)
+    runs = runs_facts(client, {run for _, _, run in checked if run}, models)
     evaluations = _training_evaluations(engine, checked)
     problems: list[str] = []
     n_versions = n_aliases = 0
@@ -868,10 +892,15 @@ def registry_problems(client: MlflowClient, engine: Engine, deep: bool = False,
                     changed := _files_problem(client, model, version,
                                               digests[(model, version)], verified, deep)):
                 problems.append(changed)
-            if (model, version) in registered:
+            run = runs.get(v.run_id) if v.run_id else None
+            if (model, version) in registered and run is not None and (
+                    lost := source_run_problem(model, version, run.stage)):
+                problems.append(lost)
+            if (model, version) in registered and (run is None or run.stage is not None):
+                # A run gone took its metrics: the line above says so, not one per metric.
                 problems += metrics_problems(model, version,
                                              recorded_metrics.get((model, version), {}),
-                                             logged.get(v.run_id, {}),
+                                             run.metrics if run else {},
                                              evaluations[(model, version, v.run_id)],
                                              gated=(model, version) in verdicts)
             tag = v.tags.get(GATES_PASSED_TAG)

@@ -187,18 +187,40 @@ def registered_model_names(client: Any, page_size: int = 100) -> list[str]:
         max_results=page_size, page_token=token)))
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What MLflow holds of a version's source run: its latest metrics and its lifecycle
+    stage (``active``, ``deleted``: restorable until ``mlflow gc``; None: gone from MLflow,
+    hard-deleted, with no metrics)."""
+
+    metrics: dict[str, float]
+    stage: str | None
+
+
+# MLflow's lifecycle stage of a run deleted but not yet garbage-collected.
+_DELETED_RUN = "deleted"
+
+
 def runs_metrics(client: Any, run_ids: Collection[str], models: Collection[str],
                  batch: int = 100) -> dict[str, dict[str, float]]:
-    """Run id -> its latest metrics: one query on ``SqlRegistry``; on ``MlflowClient`` (a
-    tracking server) one ``search_runs`` per ``batch`` run ids (``attributes.run_id IN``,
-    deleted runs included as ``get_run`` would find them) over the experiments named after
-    ``models`` (where their trainings log), then a ``get_run`` only for an id the search did
-    not return (a run logged elsewhere). A run that is gone has none."""
+    """Run id -> its latest metrics (:func:`runs_facts`); a run that is gone has none."""
+    return {run: facts.metrics for run, facts in runs_facts(client, run_ids, models,
+                                                            batch).items()}
+
+
+def runs_facts(client: Any, run_ids: Collection[str], models: Collection[str],
+               batch: int = 100) -> dict[str, RunFacts]:
+    """Run id -> its latest metrics and lifecycle stage: two queries on ``SqlRegistry``; on
+    ``MlflowClient`` (a tracking server) one ``search_runs`` per ``batch`` run ids
+    (``attributes.run_id IN``, deleted runs included as ``get_run`` would find them) over
+    the experiments named after ``models`` (where their trainings log), then a ``get_run``
+    only for an id the search did not return (a run logged elsewhere, or one that is gone).
+    Only "no such run" reads as gone; any other registry error raises."""
     if isinstance(client, SqlRegistry):
-        return client.runs_metrics(run_ids)
+        return client.runs_facts(run_ids)
     from mlflow.entities import ViewType
 
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, RunFacts] = {}
     # An id MLflow would refuse (or one that could break out of the quoted list) is read
     # alone, as before.
     searchable = sorted(r for r in run_ids if _RUN_ID.fullmatch(r))
@@ -212,13 +234,44 @@ def runs_metrics(client: Any, run_ids: Collection[str], models: Collection[str],
             for run in _paged(lambda token, where=where, n=len(chunk): client.search_runs(
                     ids, where, run_view_type=ViewType.ALL, max_results=n,
                     page_token=token)) if ids else []:
-                found[run.info.run_id] = dict(run.data.metrics)
+                found[run.info.run_id] = RunFacts(dict(run.data.metrics),
+                                                  run.info.lifecycle_stage)
     for run_id in run_ids:
         if run_id not in found:
-            found[run_id] = {}
+            found[run_id] = RunFacts({}, None)
             with suppress_not_found():
-                found[run_id] = dict(client.get_run(run_id).data.metrics)
+                run = client.get_run(run_id)
+                found[run_id] = RunFacts(dict(run.data.metrics), run.info.lifecycle_stage)
     return found
+
+
+def source_run_problem(name: str, version: str, stage: str | None) -> str | None:
+    """Why ``name`` v``version``'s source run, in lifecycle ``stage`` (:class:`RunFacts`),
+    no longer vouches for it, or None: the run is there. Its lineage (data, parameters,
+    metrics, the frozen bins and gate file) lives on that run: a version whose run was
+    deleted by hand still loads from its model files, with nothing left to say what it is."""
+    if stage == _DELETED_RUN:
+        return (f"{name} v{version}: its source run is deleted in MLflow (its lineage: "
+                "restorable with 'mlflow runs restore' until 'mlflow gc')")
+    if stage is None:
+        return (f"{name} v{version}: its source run is gone from MLflow (hard-deleted: its "
+                "lineage and metrics are lost)")
+    return None
+
+
+def version_source_run_problem(client: Any, name: str, version: str,
+                               run_id: str | None = None) -> str | None:
+    """:func:`source_run_problem` of ``name`` v``version`` (its source run ``run_id``, read
+    from the registry if not given) as MLflow answers now; only "no such run" reads as gone,
+    any other registry error raises. A version registered with no run (never by puhui) has
+    none to lose: None, as ``audit verify`` skips it."""
+    run_id = run_id or client.get_model_version(name, str(version)).run_id
+    if not run_id:
+        return None
+    stage = None
+    with suppress_not_found():
+        stage = client.get_run(run_id).info.lifecycle_stage
+    return source_run_problem(name, str(version), stage)
 
 
 # MLflow's own rule for a run id (mlflow.utils.validation._RUN_ID_REGEX).
@@ -317,6 +370,7 @@ class _RunInfo:
     run_id: str
     run_name: str | None
     artifact_uri: str | None
+    lifecycle_stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -395,21 +449,29 @@ class SqlRegistry:
             raise NotInRegistry(f"{name} has no version {version}")
         return found[0]
 
-    def runs_metrics(self, run_ids: Collection[str]) -> dict[str, dict[str, float]]:
-        """Each run's latest metrics in one query (``get_run`` reads one run in three)."""
+    def runs_facts(self, run_ids: Collection[str]) -> dict[str, RunFacts]:
+        """Each run's latest metrics and lifecycle stage in two queries (``get_run`` reads
+        one run in three); a run not in ``runs`` is gone (stage None)."""
         from sqlalchemy import bindparam, text
 
         from puhui.warehouse.engine import in_list_chunks
 
-        found: dict[str, dict[str, float]] = {run: {} for run in run_ids}
-        query = text("SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-                     "WHERE run_uuid IN :runs").bindparams(bindparam("runs", expanding=True))
-        runs = sorted(found)
+        latest_metrics = text(
+            "SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN :runs"
+        ).bindparams(bindparam("runs", expanding=True))
+        run_stages = text(
+            "SELECT run_uuid, lifecycle_stage FROM runs WHERE run_uuid IN :runs"
+        ).bindparams(bindparam("runs", expanding=True))
+        metrics: dict[str, dict[str, float]] = {run: {} for run in run_ids}
+        stages: dict[str, str | None] = dict.fromkeys(run_ids)
+        runs = sorted(metrics)
         with self._engine.connect() as conn:
             for chunk in in_list_chunks(runs):
-                for r in conn.execute(query, {"runs": chunk}):
-                    found[r.run_uuid][r.key] = math.nan if r.is_nan else float(r.value)
-        return found
+                for r in conn.execute(latest_metrics, {"runs": chunk}):
+                    metrics[r.run_uuid][r.key] = math.nan if r.is_nan else float(r.value)
+                for r in conn.execute(run_stages, {"runs": chunk}):
+                    stages[r.run_uuid] = r.lifecycle_stage
+        return {run: RunFacts(metrics[run], stages[run]) for run in runs}
 
     def get_model_version_download_uri(self, name: str, version: str) -> str:
         rows = self._rows("SELECT storage_location, source FROM model_versions "
@@ -425,11 +487,12 @@ class SqlRegistry:
             "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = :run", run=run_id)}
         tags = {r.key: r.value for r in self._rows(
             "SELECT key, value FROM tags WHERE run_uuid = :run", run=run_id)}
-        info = self._rows("SELECT name, artifact_uri FROM runs WHERE run_uuid = :run",
-                          run=run_id)
+        info = self._rows("SELECT name, artifact_uri, lifecycle_stage FROM runs "
+                          "WHERE run_uuid = :run", run=run_id)
         if not info:
             raise NotInRegistry(f"no run {run_id}")
-        return _Run(_RunData(metrics, tags), _RunInfo(run_id, info[0].name, info[0].artifact_uri))
+        return _Run(_RunData(metrics, tags), _RunInfo(run_id, info[0].name, info[0].artifact_uri,
+                                                      info[0].lifecycle_stage))
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
         """``MlflowClient.download_artifacts``: copied from a local store (``file:`` URIs,

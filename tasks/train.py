@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from prefect import get_run_logger, task
@@ -44,6 +44,7 @@ from puhui.registry import (
     restore_challenger,
     version_of,
 )
+from puhui.registry_read import version_source_run_problem
 from puhui.risk.evaluation import Evaluation, evaluate_risk_model
 from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import LIGHTGBM, Scorer, TrainedModel, train_candidate
@@ -172,18 +173,25 @@ def train_risk_models(training: TrainingSet,
 
 
 def load_champion(engine: Engine, tracking_uri: str,
-                  name: str) -> tuple[Scorer | None, str | None]:
-    """The current champion's scorer and version, if there is one.
+                  name: str) -> tuple[Scorer | None, str | None, str | None]:
+    """The current champion's scorer and version, if there is one, and why it is not
+    compared (None: it is): its source run deleted in MLflow.
 
     Loaded at the version the alias was read as (not by alias again: a move in between would
     pair one version's scorer with another's number), from files checked against its
     registration event (unpickling runs code).
     """
-    version = version_of(mlflow_client(tracking_uri), name, CHAMPION)
+    client = mlflow_client(tracking_uri)
+    version = version_of(client, name, CHAMPION)
     if version is None:
-        return None, None
+        return None, None, None
+    if lost := version_source_run_problem(client, name, version):
+        # Its lineage is gone, and refusing it here would stop every training of the model
+        # for good (a replacement is the remedy): not compared, so the champion gate is not
+        # checked, as for a champion whose features this training set lacks.
+        return None, version, lost
     pyfunc = load_registered_pyfunc(engine, tracking_uri, name, version)
-    return pyfunc.unwrap_python_model().scorer, version
+    return pyfunc.unwrap_python_model().scorer, version, None
 
 
 @task(name="risk-evaluate", task_run_name=dated_run_name("risk-evaluate"), **STEP)
@@ -193,17 +201,20 @@ def evaluate_risk(settings: Settings, training: TrainingSet, trained: TrainedMod
     """The reviewer's figures on the untouched test window, and the gates' verdict."""
     started = time.perf_counter()
     runtime = open_runtime(settings)
-    champion, champion_version = load_champion(runtime.engine,
-                                               runtime.settings.mlflow_tracking_uri,
-                                               model.registered_name)
+    champion, champion_version, lost = load_champion(runtime.engine,
+                                                     runtime.settings.mlflow_tracking_uri,
+                                                     model.registered_name)
     evaluation = evaluate_risk_model(training, trained, benchmark, model, spec, champion,
                                      load_true_pd(runtime.settings.landing))
+    if lost:  # the report's champion column and the line say why it was not compared
+        evaluation = replace(evaluation, champion={"note": f"not compared: {lost}"})
     gates = check_gates(evaluation, model.gates)
     if evaluation.champion is not None:  # the report's champion column names the version
         evaluation.champion["version"] = champion_version
     m = evaluation.metrics
     versus = (f", champion v{champion_version} {m['auc_oot_champion']:.4f}"
-              if "auc_oot_champion" in m else ", no champion yet")
+              if "auc_oot_champion" in m else f", {lost}: champion not compared (its gate "
+              "not checked)" if lost else ", no champion yet")
     if "auc_ceiling_test_window" in m:
         versus += f", true-PD ceiling of this window {m['auc_ceiling_test_window']:.4f}"
     worst = evaluation.fairness[evaluation.fairness["gated"]].sort_values(

@@ -40,6 +40,7 @@ from puhui.registry import (
     verdict_file,
     versions_of,
 )
+from puhui.registry_read import version_source_run_problem
 from puhui.warehouse.engine import held_lock
 from puhui.warehouse.schema import model_evaluations
 
@@ -88,18 +89,24 @@ def training_fingerprint(as_of: date, batch_ids: Iterable[str], config_hash: str
 
 
 def find_version_by_fingerprint(tracking_uri: str, name: str, fingerprint: str) -> str | None:
-    """The newest gated version trained on ``fingerprint`` (the highest number: MLflow lists
-    versions by last update, and an edit of an older one (its description) puts it first)."""
+    """The newest gated version trained on ``fingerprint`` whose source run MLflow still
+    holds (the highest number: MLflow lists versions by last update, and an edit of an older
+    one (its description) puts it first)."""
     # Only "no such model" means none: an outage read as none registered a duplicate version.
+    client = mlflow_client(tracking_uri)
     try:
-        versions = versions_of(mlflow_client(tracking_uri), name)
+        versions = versions_of(client, name)
+        # An ungated version (a crash before its gate step) does not count: train again.
+        matches = sorted((v for v in versions if v.tags.get(FINGERPRINT_TAG) == fingerprint
+                          and GATES_PASSED_TAG in v.tags),
+                         key=lambda v: int(v.version), reverse=True)
+        # Nor does one whose source run was deleted in MLflow: its tags survive the run, but
+        # it can be neither loaded nor promoted (its lineage is gone): train a new one.
+        return next((str(v.version) for v in matches if not version_source_run_problem(
+            client, name, str(v.version), v.run_id)), None)
     except mlflow.exceptions.MlflowException as exc:
         raise PuhuiError(f"model registry error reading the versions of {name}: "
                          f"{error_line(exc)}") from None
-    # An ungated version (a crash before its gate step) does not count: train again.
-    matches = [int(v.version) for v in versions
-               if v.tags.get(FINGERPRINT_TAG) == fingerprint and GATES_PASSED_TAG in v.tags]
-    return str(max(matches)) if matches else None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,9 @@ def monitor(engine: Engine, tracking_uri: str, configs: MonitoringConfigs,
     spec, risk, mon = configs.features, configs.risk, configs.monitoring
     name = configs.segments.profile.models.get("risk", risk.registered_name)
     client = mlflow_client(tracking_uri)
-    slots = {alias: resolve_champion(client, "risk", name, alias)
+    # Each alias held to the trail's last move, as scoring holds the champion: one moved by
+    # hand in MLflow would have the report describe a model no promotion vouched for.
+    slots = {alias: resolve_champion(client, "risk", name, alias, engine)
              for alias in (CHAMPION, CHALLENGER)}
     data = load_monitoring_data(engine, spec, risk, mon, as_of)
     findings: list[Finding] = []

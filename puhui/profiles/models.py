@@ -21,14 +21,16 @@ from sqlalchemy import Engine
 from puhui.audit import events_of
 from puhui.errors import PuhuiError
 from puhui.registry import (
+    CHALLENGER,
     CHAMPION,
+    LOST_RUN_ADVICE,
     MODEL_ACTIONS,
     MODEL_LOCK,
     alias_difference,
     load_registered_pyfunc,
     mlflow_client,
 )
-from puhui.registry_read import is_not_found
+from puhui.registry_read import is_not_found, version_source_run_problem
 from puhui.warehouse.engine import held_lock
 
 
@@ -75,7 +77,9 @@ def resolve_champion(
 ) -> ModelSlot:
     """The version behind ``name@alias``; a missing model or alias is a reason, any other
     registry failure raises. With ``engine``, an alias that is not where the audit trail's
-    last move put it (set by hand in MLflow: a version no promotion vouched for) raises."""
+    last move put it (set by hand in MLflow: a version no promotion vouched for) raises, and
+    so does a champion whose source run was deleted in MLflow (its lineage gone); such a
+    challenger is a reason (nothing to report under it, and the champion still is)."""
     if engine is None:
         aliases, because = _registered_aliases(client, name), None
     else:
@@ -99,8 +103,22 @@ def resolve_champion(
         return ModelSlot(slot, name, reason=f"no {alias} for {name}")
     try:
         run_id = client.get_model_version(name, str(version)).run_id
+        # Checked with the alias: a version whose source run was deleted by hand in MLflow
+        # would score with nothing left to say what it is (loading refuses it too).
+        lost = (
+            version_source_run_problem(client, name, str(version), run_id)
+            if engine is not None
+            else None
+        )
     except MlflowException as exc:
         raise PuhuiError(f"model registry error reading {name} v{version}: {exc.message}") from None
+    if lost and alias == CHALLENGER:
+        # Unlike a moved alias there are no disputed rows to keep out: the champion is
+        # reported, and the challenger named as unavailable (it may stay for long: only a
+        # training whose version passes replaces it).
+        return ModelSlot(slot, name, reason=f"{lost}: challenger not scored; {LOST_RUN_ADVICE}")
+    if lost:
+        raise PuhuiError(f"{lost}: not scored; {LOST_RUN_ADVICE}")
     return ModelSlot(slot, name, str(version), run_id)
 
 

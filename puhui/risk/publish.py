@@ -32,12 +32,13 @@ from puhui.lifecycle.publish import (
 from puhui.monitoring.bins import log_monitoring_bins
 from puhui.registry import (
     load_registered_pyfunc,
+    mlflow_client,
     register_version,
     registered_from_run,
     step_run,
     use_experiment,
 )
-from puhui.registry_read import metric_name
+from puhui.registry_read import metric_name, version_source_run_problem
 from puhui.risk.evaluation import Evaluation, against_champion
 from puhui.risk.gates import GateResult, check_gates
 from puhui.risk.model import TrainedModel
@@ -198,8 +199,12 @@ def champion_check(engine: Engine, tracking_uri: str, published: Published,
         if champion is None or champion in loaded:
             return
         try:
-            loaded[champion] = load_registered_pyfunc(engine, tracking_uri, published.name,
-                                                      champion).unwrap_python_model().scorer
+            # One whose source run is lost is not compared, as in the evaluation
+            # (``tasks.train.load_champion``): its gate is not checked.
+            loaded[champion] = None if version_source_run_problem(
+                mlflow_client(tracking_uri), published.name, champion) else \
+                load_registered_pyfunc(engine, tracking_uri, published.name,
+                                       champion).unwrap_python_model().scorer
         except Exception as exc:
             if infrastructure_error(exc):
                 raise
