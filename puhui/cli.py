@@ -1040,8 +1040,10 @@ def audit_verify(
                                           "those an alias points to; --anchor implies it), "
                                           "and check ingest_keys against its keyed digest "
                                           "(streams every key: ~3 s of CPU per 1M), and "
-                                          "the profile, monitoring and validation tables "
-                                          "against their writers' keyed digests, and each "
+                                          "the profile, monitoring, validation and feature "
+                                          "tables against their writers' keyed digests "
+                                          "(watermarks' and trainings' evaluations: always), "
+                                          "and each "
                                           "raw batch's rows against its load's.")
     ] = False,
     since: Annotated[
@@ -1054,8 +1056,8 @@ def audit_verify(
     json_: JsonFlag = False,
 ) -> None:
     """Check the audit trail (keyed chain, anchor) and that MLflow, the ledger, its keys,
-    the raw tables and the profile, monitoring and validation tables agree with it; exit 1
-    if any is wrong."""
+    the raw tables and the profile, monitoring, validation, feature, watermark and
+    evaluation tables agree with it; exit 1 if any is wrong."""
     since_day = _parse_date(since, "--since")
     if since_day is not None and not deep:
         raise PuhuiError("--since is for --deep only (plain verify digests no rows)")
@@ -1150,8 +1152,9 @@ def audit_verify(
     if result.ok:
         from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
 
-        tables = table_problems(runtime.engine, SPECS, WRITERS,
-                                writer_subkey(runtime.audit) if keyed else None, since_day)
+        subkey = writer_subkey(runtime.audit)
+        tables = table_problems(runtime.engine, SPECS, WRITERS, subkey if keyed else None,
+                                since_day, small_subkey=subkey)
         table_mismatches = tables.problems
         problems += table_mismatches
         summary.update(table_problems=table_mismatches, table_rows=tables.rows,

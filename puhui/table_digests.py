@@ -60,8 +60,10 @@ from sqlalchemy import (
 from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
 from puhui.warehouse.schema import (
     drift_reports,
+    ingest_watermarks,
     model_evaluations,
     service_metrics,
+    user_features,
     user_profile_history,
     user_profiles,
     validation_results,
@@ -102,10 +104,14 @@ class Scoped:
     table: Table
     scope: tuple[str, ...] = ()
     where: Any = None
+    # The name events record it under, where two writers digest one table (the table's).
+    key: str | None = None
+    # Few rows (one per feed, per model version): plain verify compares their digests too.
+    small: bool = False
 
     @property
     def name(self) -> str:
-        return self.table.name
+        return self.key or self.table.name
 
 
 def scope_of(values: Iterable[Any]) -> str:
@@ -306,6 +312,18 @@ MONITOR_EVALUATIONS = Scoped(
 SERVICE_METRICS = Scoped(service_metrics, ("as_of_date",))
 # A batch's or a warehouse table's validation by a suite: replaced by its next validation.
 VALIDATIONS = Scoped(validation_results, ("validation_id",))
+# A training's rows of a model version (both models' trainings, through write_evaluations):
+# recorded apart from monitoring's, which share the table.
+TRAINING_EVALUATIONS = Scoped(
+    model_evaluations,
+    ("model_name", "model_version"),
+    ~model_evaluations.c.metric.like("monitor.%"),
+    key="model_evaluations.training",
+    small=True,
+)
+# The rows of an as-of date, whichever (person, as-of) pairs each write replaced.
+FEATURES = Scoped(user_features, ("as_of_date",))
+WATERMARKS = Scoped(ingest_watermarks, ("partner",), small=True)
 SPECS = (
     PROFILES_CURRENT,
     PROFILES_HISTORY,
@@ -313,13 +331,21 @@ SPECS = (
     MONITOR_EVALUATIONS,
     SERVICE_METRICS,
     VALIDATIONS,
+    TRAINING_EVALUATIONS,
+    FEATURES,
+    WATERMARKS,
 )
 PROFILES_SWAPPED, MONITORING_RECORDED = "profiles.swapped", "monitoring.recorded"
 VALIDATION_RECORDED = "validation.recorded"  # a warehouse table's (a batch's: its load event)
+EVALUATIONS_RECORDED, FEATURES_RECORDED = "evaluations.recorded", "features.recorded"
+WATERMARK_ADVANCED = "ingest.watermark.advanced"
 WRITERS = (
     PROFILES_SWAPPED,
     MONITORING_RECORDED,
     VALIDATION_RECORDED,
+    EVALUATIONS_RECORDED,
+    FEATURES_RECORDED,
+    WATERMARK_ADVANCED,
     "ingest.accepted",
     "ingest.quarantined",
     "quarantine.revalidated",
@@ -471,13 +497,15 @@ def table_problems(
     actions: Collection[str],
     subkey: bytes | None,
     since: date | None = None,
+    small_subkey: bytes | None = None,
 ) -> TableCheck:
     """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
     with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
-    ``since`` on). The raw tables the loads recorded digests for go to ``.raw``
-    (:func:`raw_check`: their columns; with ``subkey`` each batch's digest, batches
-    delivered from ``since`` on). Read only: on
-    SQLite a deferred read transaction, which writers do not wait for (:func:`snapshot`)."""
+    ``since`` on), and with ``small_subkey`` (plain verify) the small specs' digests. The
+    raw tables the loads recorded digests for go to ``.raw`` (:func:`raw_check`: their
+    columns; with ``subkey`` each batch's digest, batches delivered from ``since`` on).
+    Read only: on SQLite a deferred read transaction, which writers do not wait for
+    (:func:`snapshot`)."""
     from puhui.audit import events_of
     from puhui.warehouse.engine import snapshot
 
@@ -488,7 +516,8 @@ def table_problems(
         for spec in specs:
             recorded_here = expected.get(spec.name, {})
             counts = rows_counts(conn, spec)
-            macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
+            key = subkey or (small_subkey if spec.small else None)
+            macs = None if key is None else deep_macs(conn, spec, recorded_here, key, since)
             compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
         for spec in raw_specs(conn, expected):
             raw_check(conn, spec, expected[spec.name], subkey, check.raw, since)
