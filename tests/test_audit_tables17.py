@@ -300,3 +300,59 @@ def test_rows_written_before_digests_are_noted_once_and_compared_after_their_nex
     code, out, err = _verify(capsys, "--deep")
     assert code == 1 and _problems(err) == 1, err
     assert f"user_features as_of_date {DAY1}: 10 row(s), not those its writer recorded" in err
+
+
+def test_the_swap_s_digest_from_its_rows_equals_the_read_back_on_either_dialect(
+    puhui_env: Path, warehouse_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``swap_profiles`` digests the Arrow tables it inserts, no longer reading them back:
+    the digest must equal what verify reads for values each dialect stores its own way
+    (NaN, which SQLite stores as NULL; -0.0; an integral float; 2^53+1; NULLs in every
+    column that takes one; quotes, non-ASCII and a long text in JSON and text columns)."""
+    import json
+
+    from puhui.profiles.refresh import stage_partition, swap_profiles
+    from puhui.table_digests import PROFILES_HISTORY, ROWS_DIGESTS, recorded, writer_subkey
+    from puhui.warehouse.schema import user_profile_history
+
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    scores = [float("nan"), -0.0, 1.0, 0.1 + 0.2, 2.0**53 + 1, None]
+    texts = ['q"uote', "东部\\", "x" * 300, None, "", "tab\there"]
+    frame = pd.DataFrame(
+        {
+            "person_key": [f"pk{i}" for i in range(6)],
+            "as_of_date": [DAY1] * 6,
+            "customer_id": [t if t is None or len(t) < 16 else t[:16] for t in texts],
+            "risk_score": scores,
+            "risk_grade": ["A", None, "B", "C", "D", "E"],
+            "reasons": [json.dumps([t], ensure_ascii=False) for t in texts],
+            "recommended_products": [None, "[]", "{}", "null", json.dumps({"k": "东"}), "[1]"],
+            "non_personalised_products": [json.dumps(["savings"])] * 6,
+            "segment_tags": [None] * 6,
+            "model_versions": [json.dumps({"risk": "3"})] * 6,
+            "personalisation_opt_out": [True, False, None, True, False, True],
+            "risk_model_version": ["3", None, "3", "3", "3", "3"],
+            "recommender_model_version": [None] * 6,
+        }
+    )
+    for part in range(2):
+        stage_partition(tmp_path / "staged", part, frame.iloc[part::2])
+    swap_profiles(runtime.engine, DAY1, tmp_path / "staged", 2, "flow-1", runtime.audit)
+    with runtime.engine.begin() as conn:
+        event = json.loads(
+            conn.execute(
+                text("SELECT details FROM audit_log WHERE action = 'profiles.swapped'")
+            ).scalar_one()
+        )
+        read_back = recorded(
+            conn,
+            PROFILES_HISTORY,
+            writer_subkey(runtime.audit),
+            user_profile_history.c.as_of_date == DAY1,
+            [DAY1.isoformat()],
+        )
+    assert event[ROWS_DIGESTS]["user_profile_history"] == read_back
+    assert (
+        event[ROWS_DIGESTS]["user_profiles"]["scopes"][""] == read_back["scopes"][DAY1.isoformat()]
+    )

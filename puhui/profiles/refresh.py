@@ -54,7 +54,11 @@ from puhui.table_digests import (
     PROFILES_HISTORY,
     PROFILES_SWAPPED,
     ROWS_DIGESTS,
-    recorded,
+    RowsMac,
+    add_macs,
+    digested_columns,
+    held_rows_mac,
+    recorded_macs,
     scope_of,
     writer_subkey,
 )
@@ -270,7 +274,7 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
     if missing:
         raise RuntimeError(f"partitions not staged: {missing[:10]}")
     refreshed_at = datetime.now(UTC)
-    total = 0
+    total, subkey, mac = 0, writer_subkey(audit), RowsMac()
     with engine.begin() as conn:
         newest = conn.execute(select(func.max(user_profiles.c.as_of_date))).scalar()
         replace_current = newest is None or as_of >= newest
@@ -285,12 +289,13 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
             bulk_insert(conn, user_profile_history, table)
             if replace_current:
                 bulk_insert(conn, user_profiles, table)
+            # From the rows it inserts, not read back (the date's history is exactly these
+            # rows: deleted above): the current table holds the same rows and columns, so
+            # one digest is recorded for both.
+            add_macs(mac, held_rows_mac(user_profile_history, table, subkey))
             total += len(rows)
-        # Read back in this transaction, streamed: the current table holds the same rows
-        # and columns as the date's history, so one digest is recorded for both.
         day = as_of.isoformat()
-        history = recorded(conn, PROFILES_HISTORY, writer_subkey(audit),
-                           user_profile_history.c.as_of_date == as_of, [day])
+        history = recorded_macs(digested_columns(user_profile_history), {day: mac})
         digests = {PROFILES_HISTORY.name: history}
         if replace_current:
             digests[PROFILES_CURRENT.name] = {"columns": history["columns"],

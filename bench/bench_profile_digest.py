@@ -1,0 +1,157 @@
+"""Benchmark: the profile swap's digest made from the rows it holds against the read-back it
+replaced, and what ``user_features``' digest costs its writer, SQLite and PostgreSQL.
+
+Setup (not measured): a fresh warehouse per dialect, ROWS customers' profiles staged as 8
+Parquet partitions (``bench_table_digests``' columns and JSON sizes). Measured in one run
+per dialect: ``swap_profiles`` (which now digests the Arrow tables it inserts); then, on the
+rows it wrote, in one transaction, the read-back digest the swap made before (``recorded``
+on the date's rows) and the held-data digest (``held_rows_mac`` over the same 8 Arrow
+tables the swap builds, rebuilt here untimed: the swap holds them), asserted equal. Then
+``write_user_features`` of FEATURE_ROWS rows (20 features, 5 as-of dates) without and with
+its audit writer (the ``features.recorded`` event and the dates' read-back). Ratios compare
+within one run; the machine is shared: the load average is recorded.
+
+Usage: python bench/bench_profile_digest.py [--rows 300000] [--feature-rows 100000] [--quick]
+Prints a table and writes bench/results/profile_digest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.bench_table_digests import AS_OF, AUDIT_KEY, _stage, _timed  # noqa: E402
+from bench.results_file import machine_facts, write_results  # noqa: E402
+
+
+def _features(rows: int, shift: float):  # noqa: ANN202
+    import numpy as np
+    import pandas as pd
+
+    people = np.arange(rows)
+    frame = pd.DataFrame(
+        {
+            "person_key": [f"{i // 5:064x}" for i in people],
+            "as_of_date": [AS_OF - timedelta(days=int(i % 5)) for i in people],
+        }
+    )
+    for j in range(20):
+        frame[f"f{j:02d}"] = (people * (j + 1) % 1009) / 7.0 + shift
+    return frame
+
+
+def _measure(url: str, staged: Path, feature_rows: int) -> dict:
+    import pandas as pd
+
+    from puhui.audit import AuditWriter
+    from puhui.features.store import write_user_features
+    from puhui.profiles.refresh import _frame_for, _part_path, swap_profiles
+    from puhui.table_digests import (
+        PROFILES_HISTORY,
+        RowsMac,
+        add_macs,
+        held_rows_mac,
+        recorded,
+        writer_subkey,
+    )
+    from puhui.warehouse.engine import get_engine
+    from puhui.warehouse.schema import user_profile_history
+
+    engine = get_engine(url)
+    audit = AuditWriter(actor="bench", config_hash="bench", code_version="bench", key=AUDIT_KEY)
+    subkey = writer_subkey(audit)
+    figures: dict = {}
+    _, figures["swap"] = _timed(lambda: swap_profiles(engine, AS_OF, staged, 8, None, audit))
+    with engine.connect() as conn:
+        refreshed_at, flow_run_id = conn.exec_driver_sql(
+            "SELECT refreshed_at, flow_run_id FROM user_profile_history LIMIT 1"
+        ).one()
+    if isinstance(refreshed_at, str):
+        from puhui.table_digests import _time
+
+        refreshed_at = pd.Timestamp(_time(refreshed_at)).tz_localize("UTC").to_pydatetime()
+    tables = []
+    for part in range(8):
+        rows = pd.read_parquet(_part_path(staged, part))
+        rows["as_of_date"] = pd.to_datetime(rows["as_of_date"]).dt.date
+        tables.append(_frame_for(rows, refreshed_at, flow_run_id))
+    with engine.begin() as conn:
+        before, figures["read_back"] = _timed(
+            lambda: recorded(
+                conn, PROFILES_HISTORY, subkey, user_profile_history.c.as_of_date == AS_OF
+            )
+        )
+
+    def held() -> RowsMac:
+        mac = RowsMac()
+        for table in tables:
+            add_macs(mac, held_rows_mac(user_profile_history, table, subkey))
+        return mac
+
+    mac, figures["held"] = _timed(held)
+    assert before["scopes"][AS_OF.isoformat()]["mac"] == mac.hex(), "the held digest differs from the read-back"
+    figures["held_over_read_back"] = round(
+        figures["held"]["wall"] / figures["read_back"]["wall"], 3
+    )
+    for name, writer in (("features_plain", None), ("features_digested", audit)):
+        frame = _features(feature_rows, 0.5 if writer else 0.25)
+        _, figures[name] = _timed(
+            lambda f=frame, w=writer: write_user_features(engine, f, "bench", w)
+        )
+    figures["features_ratio"] = round(
+        figures["features_digested"]["wall"] / figures["features_plain"]["wall"], 3
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--feature-rows", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="5,000 rows of each")
+    args = parser.parse_args()
+    rows, feature_rows = (5_000, 5_000) if args.quick else (args.rows, args.feature_rows)
+    from puhui.settings import QUIET_ENVIRONMENT
+    from puhui.throwaway_postgres import throwaway_postgres
+    from puhui.warehouse.engine import get_engine
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    result: dict = {
+        "benchmark": "profile_digest",
+        "machine": machine_facts(),
+        "rows": rows,
+        "feature_rows": feature_rows,
+    }
+    with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
+        work = Path(tmp)
+        staged = work / "staged"
+        _stage(staged, rows)
+        urls = {
+            "sqlite": f"sqlite:///{work / 'warehouse.db'}",
+            "postgresql": pg.create_database("bench_profile_digest"),
+        }
+        for dialect, url in urls.items():
+            get_engine(url)  # migrated, not measured
+            result[dialect] = f = _measure(url, staged, feature_rows)
+            print(
+                f"{dialect}: {rows:,} profiles; swap {f['swap']['wall']:.2f} s wall; digest "
+                f"read back {f['read_back']['wall']:.2f} s ({f['read_back']['cpu']:.2f} s "
+                f"CPU), from the held rows {f['held']['wall']:.2f} s ({f['held']['cpu']:.2f} "
+                f"s CPU): {f['held_over_read_back']:.2f}x; user_features {feature_rows:,} "
+                f"rows: {f['features_plain']['wall']:.2f} s, with its digest "
+                f"{f['features_digested']['wall']:.2f} s ({f['features_ratio']:.2f}x); "
+                f"load {f['held']['load']}",
+                flush=True,
+            )
+    write_results("profile_digest", result, args.quick)
+
+
+if __name__ == "__main__":
+    main()
