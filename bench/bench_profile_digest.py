@@ -7,12 +7,17 @@ per dialect: ``swap_profiles`` (which now digests the Arrow tables it inserts); 
 rows it wrote, in one transaction, the read-back digest the swap made before (``recorded``
 on the date's rows) and the held-data digest (``held_rows_mac`` over the same 8 Arrow
 tables the swap builds, rebuilt here untimed: the swap holds them), asserted equal. Then
-``write_user_features`` of FEATURE_ROWS rows (20 features, 5 as-of dates) without and with
-its audit writer (the ``features.recorded`` event and the dates' read-back). Ratios compare
+``write_user_features`` of FEATURE_ROWS rows (20 features, 5 as-of dates) replacing the
+same pairs without and with its audit writer (the ``features.recorded`` event and the
+dates' read-back). Ratios compare
 within one run; the machine is shared: the load average is recorded.
 
+With ``--home DIR`` (a ``puhui demo`` home) only ``audit verify``'s table check on its SQLite
+warehouse, in this process: the round-16 specs against all (plain and ``--deep``).
+
 Usage: python bench/bench_profile_digest.py [--rows 300000] [--feature-rows 100000] [--quick]
-Prints a table and writes bench/results/profile_digest.json.
+       python bench/bench_profile_digest.py --home DIR
+Prints a table and writes bench/results/profile_digest.json (profile_digest-verify.json).
 """
 
 from __future__ import annotations
@@ -95,10 +100,14 @@ def _measure(url: str, staged: Path, feature_rows: int) -> dict:
         return mac
 
     mac, figures["held"] = _timed(held)
-    assert before["scopes"][AS_OF.isoformat()]["mac"] == mac.hex(), "the held digest differs from the read-back"
+    assert before["scopes"][AS_OF.isoformat()]["mac"] == mac.hex(), (
+        "the held digest differs from the read-back"
+    )
     figures["held_over_read_back"] = round(
         figures["held"]["wall"] / figures["read_back"]["wall"], 3
     )
+    # Both timed writes replace the pairs an untimed first write made (a training's re-run).
+    write_user_features(engine, _features(feature_rows, 0.0), "bench")
     for name, writer in (("features_plain", None), ("features_digested", audit)):
         frame = _features(feature_rows, 0.5 if writer else 0.25)
         _, figures[name] = _timed(
@@ -110,12 +119,58 @@ def _measure(url: str, staged: Path, feature_rows: int) -> dict:
     return figures
 
 
+def _verify_tables(home: Path, runs: int = 5) -> dict:
+    """``audit verify``'s table check on a demo home's SQLite warehouse, in this process
+    (median of ``runs``): the specs before round 17 against all of them, plain (the small
+    tables' digests) and ``--deep``."""
+    import statistics
+
+    from puhui.audit import AuditWriter, audit_key_bytes
+    from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
+    from puhui.warehouse.engine import get_engine
+
+    engine = get_engine(f"sqlite:///{home / 'warehouse.db'}")
+    key = audit_key_bytes((home / "audit.key").read_text().strip())
+    subkey = writer_subkey(AuditWriter(actor="bench", config_hash="", key=key))
+    before = SPECS[:6]  # round 16's: profiles, history, drift, monitoring, service, validations
+    figures: dict = {}
+    for name, specs in (("before", before), ("after", SPECS)):
+        for mode in ("plain", "deep"):
+            walls, check = [], None
+            for _ in range(runs):
+                check, timed = _timed(
+                    lambda s=specs, m=mode: table_problems(
+                        engine, s, WRITERS, subkey if m == "deep" else None, None, subkey
+                    )
+                )
+                walls.append(timed["wall"])
+            assert check is not None and not check.problems, check and check.problems
+            figures[f"{name}_{mode}"] = {
+                "wall": statistics.median(walls),
+                "rows": check.rows,
+                "notes": check.notes,
+                "load": timed["load"],
+            }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--feature-rows", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="5,000 rows of each")
+    parser.add_argument("--home", type=Path, help="only verify's table check on this demo home")
     args = parser.parse_args()
+    if args.home:
+        found = _verify_tables(args.home.resolve())
+        for name, f in found.items():
+            print(f"{name}: {f['wall']:.3f} s, {f['rows']:,} rows counted, load {f['load']}")
+        write_results(
+            "profile_digest-verify",
+            {"benchmark": "profile_digest-verify", "machine": machine_facts(), **found},
+            False,
+        )
+        return
     rows, feature_rows = (5_000, 5_000) if args.quick else (args.rows, args.feature_rows)
     from puhui.settings import QUIET_ENVIRONMENT
     from puhui.throwaway_postgres import throwaway_postgres

@@ -1049,7 +1049,8 @@ def audit_verify(
     since: Annotated[
         str | None,
         typer.Option("--since", help="With --deep: digest the dated tables' rows (profile "
-                                     "history, monitoring) from this as-of date (YYYY-MM-DD) "
+                                     "history, monitoring, user_features) from this as-of "
+                                     "date (YYYY-MM-DD) "
                                      "on, and the raw batches delivered from it on; older "
                                      "ones are counted only.")
     ] = None,
