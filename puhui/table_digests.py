@@ -16,8 +16,12 @@ text by its column's type, the same from SQLite and PostgreSQL; JSON columns as 
 text), summed mod 2^128 with the count, then hashed. Order-independent, so the rows are
 streamed in no order, memory bounded by a chunk and one digest per scope. The event records
 the columns digested (all the table had then): verify digests those, so a migration that
-adds a column changes no recorded scope's digest. The writer digests the rows by reading
-them back in its transaction, through the same code verify runs.
+adds a column changes no recorded scope's digest. The writers digest the rows by reading
+them back in their transaction, through the same code verify runs; the profile swap from
+the Arrow tables it inserts (:func:`held_rows_mac`: the same texts, no read-back).
+``user_features`` (per as-of date), ``ingest_watermarks`` (per feed) and the trainings' rows
+of ``model_evaluations`` (per model version) are recorded too; the last two are few rows,
+so plain verify compares their digests (:attr:`Scoped.small`).
 
 A partner's raw table (``raw_<partner>``, scoped by batch) is digested by each load from the
 Arrow data it writes (no read-back: no index on ``batch_id``), vectorized in
