@@ -16,6 +16,7 @@ With ``--home DIR`` (a ``puhui demo`` home) only ``audit verify``'s table check 
 warehouse, in this process: the round-16 specs against all (plain and ``--deep``).
 
 Usage: python bench/bench_profile_digest.py [--rows 300000] [--feature-rows 100000] [--quick]
+       [--features-only]
        python bench/bench_profile_digest.py --home DIR
 Prints a table and writes bench/results/profile_digest.json (profile_digest-verify.json).
 """
@@ -35,15 +36,17 @@ from bench.bench_table_digests import AS_OF, AUDIT_KEY, _stage, _timed  # noqa: 
 from bench.results_file import machine_facts, write_results  # noqa: E402
 
 
-def _features(rows: int, shift: float):  # noqa: ANN202
+def _features(rows: int, shift: float, days_back: int = 0, step: int = 1):  # noqa: ANN202
+    # ``step``: every step-th pair of the full set (a partial re-write of each date);
+    # ``days_back``: the same people 5 days earlier (other dates' rows).
     import numpy as np
     import pandas as pd
 
-    people = np.arange(rows)
+    people = np.arange(0, rows * step, step)
     frame = pd.DataFrame(
         {
             "person_key": [f"{i // 5:064x}" for i in people],
-            "as_of_date": [AS_OF - timedelta(days=int(i % 5)) for i in people],
+            "as_of_date": [AS_OF - timedelta(days=int(i % 5) + days_back) for i in people],
         }
     )
     for j in range(20):
@@ -55,7 +58,6 @@ def _measure(url: str, staged: Path, feature_rows: int) -> dict:
     import pandas as pd
 
     from puhui.audit import AuditWriter
-    from puhui.features.store import write_user_features
     from puhui.profiles.refresh import _frame_for, _part_path, swap_profiles
     from puhui.table_digests import (
         PROFILES_HISTORY,
@@ -106,15 +108,58 @@ def _measure(url: str, staged: Path, feature_rows: int) -> dict:
     figures["held_over_read_back"] = round(
         figures["held"]["wall"] / figures["read_back"]["wall"], 3
     )
-    # Both timed writes replace the pairs an untimed first write made (a training's re-run).
+    figures.update(_measure_features(engine, audit, feature_rows))
+    return figures
+
+
+def _measure_features(engine, audit, feature_rows: int) -> dict:  # noqa: ANN001
+    """``write_user_features`` of ``feature_rows`` rows (5 as-of dates) replacing the pairs
+    an untimed first write made, beside as many rows of 5 other, older dates (a table that
+    earlier trainings filled): as main writes (no ``as_of_date`` index, no digest), with the
+    index and no digest, with both (the whole dates re-written: the held digest); then half
+    of each date's pairs re-written, with the index, without and with the digest (a read-back
+    of those dates' rows)."""
+    from sqlalchemy import text
+
+    from puhui.features.store import write_user_features
+
+    write_user_features(engine, _features(feature_rows, 0.0, days_back=5), "bench")  # others
     write_user_features(engine, _features(feature_rows, 0.0), "bench")
-    for name, writer in (("features_plain", None), ("features_digested", audit)):
-        frame = _features(feature_rows, 0.5 if writer else 0.25)
+    figures: dict = {}
+
+    def index(create: bool) -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE INDEX IF NOT EXISTS ix_user_features_as_of_date "
+                    "ON user_features (as_of_date)"
+                    if create
+                    else "DROP INDEX IF EXISTS ix_user_features_as_of_date"
+                )
+            )
+
+    runs = (
+        ("features_main", False, None, 0.25, feature_rows),
+        ("features_plain", True, None, 0.5, feature_rows),
+        ("features_digested", True, audit, 0.75, feature_rows),
+        ("partial_plain", True, None, 1.0, feature_rows // 2),
+        ("partial_digested", True, audit, 1.25, feature_rows // 2),
+    )
+    for name, indexed, writer, shift, rows in runs:
+        index(indexed)
+        frame = _features(rows, shift, step=feature_rows // rows)
         _, figures[name] = _timed(
             lambda f=frame, w=writer: write_user_features(engine, f, "bench", w)
         )
+    for name in ("features_plain", "features_digested"):
+        figures[f"{name}_over_main"] = round(
+            figures[name]["wall"] / figures["features_main"]["wall"], 3
+        )
     figures["features_ratio"] = round(
         figures["features_digested"]["wall"] / figures["features_plain"]["wall"], 3
+    )
+    figures["partial_ratio"] = round(
+        figures["partial_digested"]["wall"] / figures["partial_plain"]["wall"], 3
     )
     return figures
 
@@ -160,6 +205,11 @@ def main() -> None:
     parser.add_argument("--feature-rows", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="5,000 rows of each")
     parser.add_argument("--home", type=Path, help="only verify's table check on this demo home")
+    parser.add_argument(
+        "--features-only",
+        action="store_true",
+        help="only the features writer (writes profile_digest-features.json)",
+    )
     args = parser.parse_args()
     if args.home:
         found = _verify_tables(args.home.resolve())
@@ -187,25 +237,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="puhui-bench-") as tmp, throwaway_postgres() as pg:
         work = Path(tmp)
         staged = work / "staged"
-        _stage(staged, rows)
+        if not args.features_only:
+            _stage(staged, rows)
         urls = {
             "sqlite": f"sqlite:///{work / 'warehouse.db'}",
             "postgresql": pg.create_database("bench_profile_digest"),
         }
         for dialect, url in urls.items():
             get_engine(url)  # migrated, not measured
-            result[dialect] = f = _measure(url, staged, feature_rows)
+            if args.features_only:
+                from puhui.audit import AuditWriter
+
+                audit = AuditWriter(
+                    actor="bench", config_hash="bench", code_version="bench", key=AUDIT_KEY
+                )
+                result[dialect] = f = _measure_features(get_engine(url), audit, feature_rows)
+            else:
+                result[dialect] = f = _measure(url, staged, feature_rows)
+                print(
+                    f"{dialect}: {rows:,} profiles; swap {f['swap']['wall']:.2f} s wall; "
+                    f"digest read back {f['read_back']['wall']:.2f} s "
+                    f"({f['read_back']['cpu']:.2f} s CPU), from the held rows "
+                    f"{f['held']['wall']:.2f} s ({f['held']['cpu']:.2f} s CPU): "
+                    f"{f['held_over_read_back']:.2f}x",
+                    flush=True,
+                )
             print(
-                f"{dialect}: {rows:,} profiles; swap {f['swap']['wall']:.2f} s wall; digest "
-                f"read back {f['read_back']['wall']:.2f} s ({f['read_back']['cpu']:.2f} s "
-                f"CPU), from the held rows {f['held']['wall']:.2f} s ({f['held']['cpu']:.2f} "
-                f"s CPU): {f['held_over_read_back']:.2f}x; user_features {feature_rows:,} "
-                f"rows: {f['features_plain']['wall']:.2f} s, with its digest "
-                f"{f['features_digested']['wall']:.2f} s ({f['features_ratio']:.2f}x); "
-                f"load {f['held']['load']}",
+                f"{dialect}: user_features {feature_rows:,} rows over 5 dates beside 5 other "
+                f"dates' as many: main's writer {f['features_main']['wall']:.2f} s, with the "
+                f"as_of_date index {f['features_plain']['wall']:.2f} s "
+                f"({f['features_plain_over_main']:.2f}x), and its digest "
+                f"{f['features_digested']['wall']:.2f} s ({f['features_digested_over_main']:.2f}x"
+                f" main's, {f['features_ratio']:.2f}x without the digest); half the pairs "
+                f"re-written: {f['partial_plain']['wall']:.2f} s, with the digest "
+                f"{f['partial_digested']['wall']:.2f} s ({f['partial_ratio']:.2f}x); "
+                f"load {f['features_digested']['load']}",
                 flush=True,
             )
-    write_results("profile_digest", result, args.quick)
+    name = "profile_digest-features" if args.features_only else "profile_digest"
+    write_results(name, {**result, "benchmark": name}, args.quick)
 
 
 if __name__ == "__main__":

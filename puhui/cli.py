@@ -1040,9 +1040,11 @@ def audit_verify(
                                           "those an alias points to; --anchor implies it), "
                                           "and check ingest_keys against its keyed digest "
                                           "(streams every key: ~3 s of CPU per 1M), and "
-                                          "the profile, monitoring, validation and feature "
-                                          "tables against their writers' keyed digests "
+                                          "the profile, monitoring and validation tables "
+                                          "against their writers' keyed digests "
                                           "(watermarks' and trainings' evaluations: always), "
+                                          "user_features against its writer's counts and "
+                                          "digests (plain verify leaves it out), "
                                           "and each "
                                           "raw batch's rows against its load's.")
     ] = False,
@@ -1173,11 +1175,14 @@ def audit_verify(
                             + (f" (batches delivered from {since_day})" if since_day else "")
                             if keyed else " (--deep: also their rows' keyed digests)"))
         if not table_mismatches:
-            lines.append(f"profile, monitoring and validation tables agree with the trail: "
-                         f"{tables.rows:,} row(s) counted"
-                         + (", keyed digests compared" if keyed
-                            else " (--deep: also their keyed digests)")
-                         + (f" (dated rows from {since_day})" if since_day else ""))
+            lines.append(
+                "profile, monitoring, validation, training-evaluation and watermark tables"
+                + (" and user_features" if keyed else "")
+                + f" agree with the trail: {tables.rows:,} row(s) counted, "
+                + ("keyed digests compared" if keyed
+                   else "the watermarks' and training evaluations' keyed digests compared "
+                        "(--deep: also the others', and user_features counted and digested)")
+                + (f" (dated rows from {since_day})" if since_day else ""))
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)
