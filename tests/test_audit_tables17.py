@@ -392,3 +392,130 @@ def test_the_swap_s_digest_from_its_rows_equals_the_read_back_on_either_dialect(
     assert (
         event[ROWS_DIGESTS]["user_profiles"]["scopes"][""] == read_back["scopes"][DAY1.isoformat()]
     )
+
+
+_PROBE_UTC = pd.Timestamp("2026-09-30 13:45:12.123456", tz="UTC")
+# (case, column, Arrow values): digested from the values held, equal to the read-back.
+HELD_EQUAL = [
+    ("floats", "f", "float64", [1.0, float("nan"), -0.0, 0.1 + 0.2, None, 5e-324]),
+    ("float32", "f", "float32", [1.5, None, -0.0, 3.25, 7.0, 0.5]),
+    ("integers", "i", "int64", [0, -1, 2**53 + 1, None, 7, 2**62]),
+    ("booleans", "b", "bool", [True, False, None, True, True, False]),
+    ("naive times", "t", "timestamp[us]", [_PROBE_UTC.tz_localize(None)] * 5 + [None]),
+    ("UTC times", "t", "timestamp[us, tz=UTC]", [_PROBE_UTC] * 5 + [None]),
+    ("dates", "d", "date32", [DAY1, DAY2, None, DAY0, DAY1, DAY1]),
+    ("text", "s", "string", ['q"uote', "东部", "", None, "\r\n", "x" * 1000]),
+    ("large text", "s", "large_string", ["a", "b", None, "", "东", "tab\t"]),
+    ("dictionary text", "s", "dictionary", ["a", "b", "a", None, "b", "a"]),
+    ("JSON text", "j", "string", ['{"a": 1}', "[]", None, '"s"', '{"k":"东"}', "null"]),
+    # pandas 3's strings: bulk_insert writes a large_string's JSON texts as JSON strings.
+    ("JSON large text", "j", "large_string", ['{"a": 1}', "[]", None, '"s"', "1", "null"]),
+    ("all NULL", "f", "null", [None] * 6),
+]
+# The review's mismatches of the code before (a silent mismatch: every such write a verify
+# problem): now refused, so the writer reads the rows back.
+HELD_REFUSED = [
+    ("zoned non-UTC time", "t", "timestamp[us, tz=Asia/Shanghai]", [_PROBE_UTC] * 6),
+    ("time into a date", "d", "timestamp[us]", [datetime(2026, 9, 30)] * 6),
+    ("huge integer into a float", "f", "int64", [2**53 + 1, 2**60 + 1, 3, 4, 5, 6]),
+    ("text into a float", "f", "string", ["0.50", "1", "2.50", None, "3", "4"]),
+]
+
+
+def _probe_tables():  # noqa: ANN202
+    from sqlalchemy import (
+        JSON,
+        BigInteger,
+        Boolean,
+        Column,
+        Date,
+        DateTime,
+        Float,
+        MetaData,
+        String,
+        Table,
+        Text,
+    )
+
+    metadata = MetaData()
+    probe = Table(
+        "held_probe",
+        metadata,
+        Column("t", DateTime(timezone=True)),
+        Column("d", Date),
+        Column("f", Float),
+        Column("i", BigInteger),
+        Column("b", Boolean),
+        Column("s", String(2000)),
+        Column("j", JSON),
+    )
+    defaulted = Table(
+        "held_probe_default",
+        metadata,
+        Column("s", String(20)),
+        Column("x", Text, server_default="made by the server"),
+    )
+    return metadata, probe, defaulted
+
+
+def _arrow_column(kind: str, values: list[Any]):  # noqa: ANN202
+    import pyarrow as pa
+
+    if kind == "dictionary":
+        return pa.array(values, pa.string()).dictionary_encode()
+    if kind.startswith("timestamp"):
+        zone = kind.split("tz=")[1].rstrip("]") if "tz=" in kind else None
+        moments = pd.Series(values, dtype="datetime64[us, UTC]" if zone else "datetime64[us]")
+        if zone:
+            moments = moments.dt.tz_convert(zone)
+        return pa.Array.from_pandas(moments)
+    return pa.array(values, pa.type_for_alias(kind) if kind != "null" else pa.null())
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(*c, True) for c in HELD_EQUAL] + [(*c, False) for c in HELD_REFUSED],
+    ids=lambda c: c[0],
+)
+def test_held_rows_mac_equals_the_read_back_or_refuses(
+    warehouse_url: str, case: tuple[str, str, str, list[Any], bool]
+) -> None:
+    """``held_rows_mac`` against ``rows_macs`` over the rows ``bulk_insert`` wrote from the
+    same Arrow column, on both dialects (PostgreSQL's binary COPY, and its CSV path for a
+    dictionary column): equal for the tested pairs of column and Arrow type; refused
+    (``UnheldValues``) for the review's mismatches, which the code before digested
+    silently wrong."""
+    import pyarrow as pa
+
+    from puhui.table_digests import RowsMac, Scoped, UnheldValues, held_rows_mac, rows_macs
+    from puhui.warehouse.bulk import bulk_insert
+    from puhui.warehouse.engine import create_warehouse_engine
+
+    name, column, kind, values, held = case
+    engine = create_warehouse_engine(warehouse_url)
+    metadata, probe, _ = _probe_tables()
+    metadata.create_all(engine)
+    subkey = b"k" * 32
+    data = pa.table({column: _arrow_column(kind, values)})
+    if not held:
+        with pytest.raises(UnheldValues, match=f"held_probe.{column}: Arrow type"):
+            held_rows_mac(probe, data, subkey)
+        return
+    mac = held_rows_mac(probe, data, subkey)
+    with engine.begin() as conn:
+        bulk_insert(conn, probe, data)
+        found = rows_macs(conn, Scoped(probe), subkey).get("", RowsMac())
+    assert (mac.count, mac.hex()) == (found.count, found.hex()), name
+    engine.dispose()
+
+
+def test_held_rows_mac_refuses_an_absent_column_the_server_fills(warehouse_url: str) -> None:
+    """A column absent from the data with a server default is not NULL once written: the
+    code before digested it as NULL (a mismatch on every write)."""
+    import pyarrow as pa
+
+    from puhui.table_digests import UnheldValues, held_rows_mac
+
+    _, _, defaulted = _probe_tables()
+    with pytest.raises(UnheldValues, match="held_probe_default.x: absent"):
+        held_rows_mac(defaulted, pa.table({"s": pa.array(["a"])}), b"k" * 32)
