@@ -16,7 +16,7 @@ With ``--home DIR`` (a ``puhui demo`` home) only ``audit verify``'s table check 
 warehouse, in this process: the round-16 specs against all (plain and ``--deep``).
 
 Usage: python bench/bench_profile_digest.py [--rows 300000] [--feature-rows 100000] [--quick]
-       [--features-only]
+       [--features-only [--repeats 3]]
        python bench/bench_profile_digest.py --home DIR
 Prints a table and writes bench/results/profile_digest.json (profile_digest-verify.json).
 """
@@ -112,13 +112,13 @@ def _measure(url: str, staged: Path, feature_rows: int) -> dict:
     return figures
 
 
-def _measure_features(engine, audit, feature_rows: int) -> dict:  # noqa: ANN001
+def _measure_features(engine, audit, feature_rows: int, repeats: int = 1) -> dict:  # noqa: ANN001
     """``write_user_features`` of ``feature_rows`` rows (5 as-of dates) replacing the pairs
     an untimed first write made, beside as many rows of 5 other, older dates (a table that
     earlier trainings filled): as main writes (no ``as_of_date`` index, no digest), with the
     index and no digest, with both (the whole dates re-written: the held digest); then half
     of each date's pairs re-written, with the index, without and with the digest (a read-back
-    of those dates' rows)."""
+    of those dates' rows). ``repeats`` rounds of the five, interleaved: each one's median."""
     from sqlalchemy import text
 
     from puhui.features.store import write_user_features
@@ -145,12 +145,17 @@ def _measure_features(engine, audit, feature_rows: int) -> dict:  # noqa: ANN001
         ("partial_plain", True, None, 1.0, feature_rows // 2),
         ("partial_digested", True, audit, 1.25, feature_rows // 2),
     )
-    for name, indexed, writer, shift, rows in runs:
-        index(indexed)
-        frame = _features(rows, shift, step=feature_rows // rows)
-        _, figures[name] = _timed(
-            lambda f=frame, w=writer: write_user_features(engine, f, "bench", w)
-        )
+    timings: dict[str, list[dict]] = {name: [] for name, *_ in runs}
+    for repeat in range(repeats):  # interleaved: the machine's load changes over a run
+        for name, indexed, writer, shift, rows in runs:
+            index(indexed)
+            frame = _features(rows, shift + repeat, step=feature_rows // rows)
+            timings[name].append(
+                _timed(lambda f=frame, w=writer: write_user_features(engine, f, "bench", w))[1]
+            )
+    for name, timed in timings.items():
+        figures[name] = sorted(timed, key=lambda t: t["wall"])[len(timed) // 2]  # the median
+        figures[name]["walls"] = [t["wall"] for t in timed]
     for name in ("features_plain", "features_digested"):
         figures[f"{name}_over_main"] = round(
             figures[name]["wall"] / figures["features_main"]["wall"], 3
@@ -210,6 +215,7 @@ def main() -> None:
         action="store_true",
         help="only the features writer (writes profile_digest-features.json)",
     )
+    parser.add_argument("--repeats", type=int, default=3, help="features: rounds, medians")
     args = parser.parse_args()
     if args.home:
         found = _verify_tables(args.home.resolve())
@@ -251,7 +257,9 @@ def main() -> None:
                 audit = AuditWriter(
                     actor="bench", config_hash="bench", code_version="bench", key=AUDIT_KEY
                 )
-                result[dialect] = f = _measure_features(get_engine(url), audit, feature_rows)
+                result[dialect] = f = _measure_features(
+                    get_engine(url), audit, feature_rows, args.repeats
+                )
             else:
                 result[dialect] = f = _measure(url, staged, feature_rows)
                 print(

@@ -1212,8 +1212,7 @@ def audit_verify(
                              + ["ingest_batches"] * bool(ledger_mismatches)
                              + ["ingest_keys"] * bool(key_problems)
                              + ["raw tables"] * bool(raw_problems)
-                             + ["profile, monitoring and validation tables"]
-                             * bool(table_mismatches))
+                             + ["warehouse tables"] * bool(table_mismatches))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s)"
                          + first(problems))
 
