@@ -79,7 +79,7 @@ def _sql(runtime: Runtime, *statements: str) -> None:
 
 
 RULE = "(the keyed digest differs: rows edited or replaced by hand)"
-TABLES = "profile, monitoring and validation tables"
+TABLES = "warehouse tables"
 
 
 def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
