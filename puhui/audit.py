@@ -340,6 +340,7 @@ KNOWN_ACTIONS: tuple[str, ...] = (
     "pipeline.daily",
     "profiles.refresh", "profiles.swapped", "profiles.explain", "report.published",
     "monitoring.recorded", "monitoring.alert", "validation.recorded",
+    "evaluations.recorded", "features.recorded", "ingest.watermark.advanced",
 )
 
 

@@ -1050,21 +1050,26 @@ def audit_verify(
                                           "and check ingest_keys against its keyed digest "
                                           "(streams every key: ~3 s of CPU per 1M), and "
                                           "the profile, monitoring and validation tables "
-                                          "against their writers' keyed digests, and each "
+                                          "against their writers' keyed digests "
+                                          "(watermarks' and trainings' evaluations: always), "
+                                          "user_features against its writer's counts and "
+                                          "digests (plain verify leaves it out), "
+                                          "and each "
                                           "raw batch's rows against its load's.")
     ] = False,
     since: Annotated[
         str | None,
         typer.Option("--since", help="With --deep: digest the dated tables' rows (profile "
-                                     "history, monitoring) from this as-of date (YYYY-MM-DD) "
+                                     "history, monitoring, user_features) from this as-of "
+                                     "date (YYYY-MM-DD) "
                                      "on, and the raw batches delivered from it on; older "
                                      "ones are counted only.")
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Check the audit trail (keyed chain, anchor) and that MLflow, the ledger, its keys,
-    the raw tables and the profile, monitoring and validation tables agree with it; exit 1
-    if any is wrong."""
+    the raw tables and the profile, monitoring, validation, feature, watermark and
+    evaluation tables agree with it; exit 1 if any is wrong."""
     since_day = _parse_date(since, "--since")
     if since_day is not None and not deep:
         # A usage error (exit 2), as backfill's span without --yes: the options alone are
@@ -1161,8 +1166,9 @@ def audit_verify(
     if result.ok:
         from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
 
-        tables = table_problems(runtime.engine, SPECS, WRITERS,
-                                writer_subkey(runtime.audit) if keyed else None, since_day)
+        subkey = writer_subkey(runtime.audit)
+        tables = table_problems(runtime.engine, SPECS, WRITERS, subkey if keyed else None,
+                                since_day, small_subkey=subkey)
         table_mismatches = tables.problems
         problems += table_mismatches
         summary.update(table_problems=table_mismatches, table_rows=tables.rows,
@@ -1180,11 +1186,14 @@ def audit_verify(
                             + (f" (batches delivered from {since_day})" if since_day else "")
                             if keyed else " (--deep: also their rows' keyed digests)"))
         if not table_mismatches:
-            lines.append(f"profile, monitoring and validation tables agree with the trail: "
-                         f"{tables.rows:,} row(s) counted"
-                         + (", keyed digests compared" if keyed
-                            else " (--deep: also their keyed digests)")
-                         + (f" (dated rows from {since_day})" if since_day else ""))
+            lines.append(
+                "profile, monitoring, validation, training-evaluation and watermark tables"
+                + (" and user_features" if keyed else "")
+                + f" agree with the trail: {tables.rows:,} row(s) counted, "
+                + ("keyed digests compared" if keyed
+                   else "the watermarks' and training evaluations' keyed digests compared "
+                        "(--deep: also the others', and user_features counted and digested)")
+                + (f" (dated rows from {since_day})" if since_day else ""))
     summary.update(ok=not problems, problems=problems)
     if json_:
         _print_json(summary)
@@ -1214,8 +1223,7 @@ def audit_verify(
                              + ["ingest_batches"] * bool(ledger_mismatches)
                              + ["ingest_keys"] * bool(key_problems)
                              + ["raw tables"] * bool(raw_problems)
-                             + ["profile, monitoring and validation tables"]
-                             * bool(table_mismatches))
+                             + ["warehouse tables"] * bool(table_mismatches))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s)"
                          + first(problems))
 

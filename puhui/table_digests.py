@@ -16,8 +16,13 @@ text by its column's type, the same from SQLite and PostgreSQL; JSON columns as 
 text), summed mod 2^128 with the count, then hashed. Order-independent, so the rows are
 streamed in no order, memory bounded by a chunk and one digest per scope. The event records
 the columns digested (all the table had then): verify digests those, so a migration that
-adds a column changes no recorded scope's digest. The writer digests the rows by reading
-them back in its transaction, through the same code verify runs.
+adds a column changes no recorded scope's digest. The writers digest the rows by reading
+them back in their transaction, through the same code verify runs; the profile swap from
+the Arrow tables it inserts (:func:`held_rows_mac`: the same texts, no read-back).
+``user_features`` (per as-of date), ``ingest_watermarks`` (per feed) and the trainings' rows
+of ``model_evaluations`` (per model version) are recorded too; the last two are few rows,
+so plain verify compares their digests (:attr:`Scoped.small`); ``user_features`` grows with
+every training, so only ``--deep`` counts and digests it (:attr:`Scoped.deep`).
 
 A partner's raw table (``raw_<partner>``, scoped by batch) is digested by each load from the
 Arrow data it writes (no read-back: no index on ``batch_id``), vectorized in
@@ -49,6 +54,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    String,
     Table,
     Text,
     cast,
@@ -60,14 +66,18 @@ from sqlalchemy import (
 from puhui.warehouse.digesting import derive_subkey, figures_hex, stream_driver_rows
 from puhui.warehouse.schema import (
     drift_reports,
+    ingest_watermarks,
     model_evaluations,
     service_metrics,
+    user_features,
     user_profile_history,
     user_profiles,
     validation_results,
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from puhui.audit import AuditWriter
 
 # audit details: {table: {"columns": [name, ...], "scopes": {scope: {"rows": n, "mac": hex}}}}
@@ -102,10 +112,18 @@ class Scoped:
     table: Table
     scope: tuple[str, ...] = ()
     where: Any = None
+    # The name events record it under, where two writers digest one table (the table's).
+    key: str | None = None
+    # Few rows (one per feed, per model version): plain verify compares their digests too.
+    small: bool = False
+    # Grows with every run and has no index that counts it cheaply (``user_features``: a
+    # training's ~2M rows of 1.25 KB JSON at 1M customers): only ``--deep`` counts and
+    # digests it; plain verify, a read-only command of a second or two, leaves it out.
+    deep: bool = False
 
     @property
     def name(self) -> str:
-        return self.table.name
+        return self.key or self.table.name
 
 
 def scope_of(values: Iterable[Any]) -> str:
@@ -211,17 +229,143 @@ def rows_macs(
 
         parts = stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs")
         return read_back_macs(parts, ordered, kinds, scoped, subkey)
-    blake2b = hashlib.blake2b
     for part in stream_driver_rows(conn, query, chunk_rows, "puhui_rows_macs"):
-        for row in part:
-            digest = blake2b(row_text(encoders, row[:width]), digest_size=16, key=subkey).digest()
-            name = scope_of(row[width:]) if scoped else ""
-            mac = macs.get(name) or macs.setdefault(name, RowsMac())
-            mac.count += 1
-            mac.total += int.from_bytes(digest, "little")
+        _add_rows(macs, part, encoders, width, scoped, subkey)
     for mac in macs.values():
         mac.total %= _MOD
     return macs
+
+
+def _add_rows(
+    macs: dict[str, RowsMac],
+    rows: Iterable[Sequence[Any]],
+    encoders: Sequence[Callable[[Any], str | None]],
+    width: int,
+    scoped: bool,
+    subkey: bytes,
+) -> None:
+    # Each row's keyed BLAKE2b into its scope's sum (its first ``width`` values digested,
+    # the rest its scope's); the caller reduces the sums mod 2^128.
+    blake2b = hashlib.blake2b
+    for row in rows:
+        digest = blake2b(row_text(encoders, row[:width]), digest_size=16, key=subkey).digest()
+        name = scope_of(row[width:]) if scoped else ""
+        mac = macs.get(name) or macs.setdefault(name, RowsMac())
+        mac.count += 1
+        mac.total += int.from_bytes(digest, "little")
+
+
+class UnheldValues(ValueError):
+    """:func:`held_rows_mac` cannot vouch that its texts equal the read-back's for these
+    values (a column's Arrow type outside the tested set): read the rows back instead."""
+
+
+def held_rows_mac(table: Table, data: pa.Table, subkey: bytes) -> RowsMac:
+    """:func:`rows_macs`' digest of the rows ``bulk_insert`` writes from ``data`` (an Arrow
+    table) into ``table``, without reading them back: the same canonical text from the
+    values the writer holds. Equal to the read-back only where the database returns each
+    value as written, which the tests check on both dialects for the pairs of column type
+    and Arrow type :func:`_held_kind` accepts; any other (a zoned time not in UTC, a time
+    into a date, an integer into a float, text into a number, a column absent that has a
+    default) raises :class:`UnheldValues`, naming the column: the writer reads back."""
+    from puhui.warehouse.bulk import json_columns_as_text
+
+    data = json_columns_as_text(table, data)  # the JSON texts bulk_insert writes
+    columns = digested_columns(table)
+    present = set(data.column_names)
+    for name in columns:
+        column = table.c[name]
+        if name not in present and (column.default is not None or column.server_default):
+            raise UnheldValues(f"{table.name}.{name}: absent, and it has a default")
+        if name in present and not _held_kind(column, data.column(name).type):
+            raise UnheldValues(
+                f"{table.name}.{name}: Arrow type {data.column(name).type} is not one the "
+                "held digest is tested with for this column's type"
+            )
+    texts = [
+        _held_texts(table.c[name], data.column(name)) if name in present else [None] * data.num_rows
+        for name in columns
+    ]
+    mac = RowsMac()
+    blake2b = hashlib.blake2b
+    for row in _held_row_texts(texts):
+        mac.count += 1
+        digest = blake2b(row, digest_size=16, key=subkey).digest()
+        mac.total += int.from_bytes(digest, "little")
+    mac.total %= _MOD
+    return mac
+
+
+_CONTROL = "[\\x00-\\x1f]"  # control characters, which json.dumps escapes one by one
+
+
+def _held_row_texts(texts: list[list[str | None]]) -> list[bytes]:
+    # :func:`row_text` of each row of canonical texts, by Arrow kernels: a JSON string is
+    # its text with \\ and " escaped, quoted; NULL is null. A row with a control character
+    # (json.dumps escapes those one by one) is made by row_text itself.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    items, control = [], None
+    for values in texts:
+        column = pa.array(values, pa.string())
+        escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
+        quoted = pc.binary_join_element_wise('"', escaped, '"', "")
+        items.append(pc.if_else(pc.is_null(column), "null", quoted))
+        found = pc.fill_null(pc.match_substring_regex(column, _CONTROL), False)
+        control = found if control is None else pc.or_(control, found)
+    parts: list[Any] = ["["]
+    for i, item in enumerate(items):
+        parts += [",", item] if i else [item]
+    rows = pc.binary_join_element_wise(*parts, "]", "").cast(pa.binary()).to_pylist()
+    if control is not None and pc.any(control).as_py():
+        for i in pc.indices_nonzero(control).to_pylist():
+            rows[i] = row_text([_same] * len(texts), [values[i] for values in texts])
+    return rows
+
+
+_UTC_ZONES = frozenset({"UTC", "Etc/UTC", "+00:00", "Z"})
+
+
+def _held_kind(column: Column, arrow: pa.DataType) -> bool:
+    # The (column type, Arrow type) pairs whose stored value reads back as the text the
+    # encoder makes of the held one, on both dialects (tests/test_audit_tables17.py).
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow):
+        arrow = arrow.value_type
+    if pa.types.is_null(arrow):  # all NULL
+        return True
+    kind = column.type
+    if isinstance(kind, Float):
+        # float32 widens exactly; an integer above 2^53 would read back rounded.
+        return pa.types.is_float32(arrow) or pa.types.is_float64(arrow)
+    if isinstance(kind, Boolean | Integer):
+        return pa.types.is_boolean(arrow) or pa.types.is_integer(arrow)
+    if isinstance(kind, DateTime):
+        # SQLite stores a zoned time's wall time, which is read back as UTC.
+        return pa.types.is_timestamp(arrow) and (arrow.tz is None or arrow.tz in _UTC_ZONES)
+    if isinstance(kind, Date):
+        return pa.types.is_date(arrow)  # a time into a date is stored as its date
+    if isinstance(kind, String | Text | JSON):
+        return pa.types.is_string(arrow) or pa.types.is_large_string(arrow)
+    return False
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _held_texts(column: Column, values: Any) -> list[str | None]:
+    # A column's canonical texts, the encoder run once per distinct value (a swap's time,
+    # date and versions are one value for every row): text is its own, as read back.
+    values = values.combine_chunks() if hasattr(values, "combine_chunks") else values
+    if str(values.type) in ("string", "large_string"):
+        return values.to_pylist()
+    encode = _encoder(column)
+    encoded = values.dictionary_encode()
+    distinct = [encode(v) for v in encoded.dictionary.to_pylist()]
+    return [None if i is None else distinct[i] for i in encoded.indices.to_pylist()]
 
 
 def is_raw(table: Table) -> bool:
@@ -286,7 +430,14 @@ def recorded(
     transaction): the columns digested, each scope's count and keyed digest; ``scopes`` it
     emptied record 0."""
     columns = digested_columns(spec.table)
-    macs = rows_macs(conn, spec, subkey, where, columns)
+    return recorded_macs(columns, rows_macs(conn, spec, subkey, where, columns), scopes)
+
+
+def recorded_macs(
+    columns: list[str], macs: Mapping[str, RowsMac], scopes: Collection[str] = ()
+) -> dict[str, Any]:
+    """What an event records for ``macs`` (scope -> digest over ``columns``, in
+    :func:`digested_columns`' order); ``scopes`` not in ``macs`` record 0 rows."""
     return {
         "columns": columns,
         "scopes": {
@@ -306,6 +457,18 @@ MONITOR_EVALUATIONS = Scoped(
 SERVICE_METRICS = Scoped(service_metrics, ("as_of_date",))
 # A batch's or a warehouse table's validation by a suite: replaced by its next validation.
 VALIDATIONS = Scoped(validation_results, ("validation_id",))
+# A training's rows of a model version (both models' trainings, through write_evaluations):
+# recorded apart from monitoring's, which share the table.
+TRAINING_EVALUATIONS = Scoped(
+    model_evaluations,
+    ("model_name", "model_version"),
+    ~model_evaluations.c.metric.like("monitor.%"),
+    key="model_evaluations.training",
+    small=True,
+)
+# The rows of an as-of date, whichever (person, as-of) pairs each write replaced.
+FEATURES = Scoped(user_features, ("as_of_date",), deep=True)
+WATERMARKS = Scoped(ingest_watermarks, ("partner",), small=True)
 SPECS = (
     PROFILES_CURRENT,
     PROFILES_HISTORY,
@@ -313,13 +476,21 @@ SPECS = (
     MONITOR_EVALUATIONS,
     SERVICE_METRICS,
     VALIDATIONS,
+    TRAINING_EVALUATIONS,
+    FEATURES,
+    WATERMARKS,
 )
 PROFILES_SWAPPED, MONITORING_RECORDED = "profiles.swapped", "monitoring.recorded"
 VALIDATION_RECORDED = "validation.recorded"  # a warehouse table's (a batch's: its load event)
+EVALUATIONS_RECORDED, FEATURES_RECORDED = "evaluations.recorded", "features.recorded"
+WATERMARK_ADVANCED = "ingest.watermark.advanced"
 WRITERS = (
     PROFILES_SWAPPED,
     MONITORING_RECORDED,
     VALIDATION_RECORDED,
+    EVALUATIONS_RECORDED,
+    FEATURES_RECORDED,
+    WATERMARK_ADVANCED,
     "ingest.accepted",
     "ingest.quarantined",
     "quarantine.revalidated",
@@ -471,13 +642,16 @@ def table_problems(
     actions: Collection[str],
     subkey: bytes | None,
     since: date | None = None,
+    small_subkey: bytes | None = None,
 ) -> TableCheck:
     """Compare each of ``specs`` with what the events ``actions`` recorded, in one snapshot;
     with ``subkey`` (``--deep``) also each scope's keyed digest (dated scopes: from
-    ``since`` on). The raw tables the loads recorded digests for go to ``.raw``
-    (:func:`raw_check`: their columns; with ``subkey`` each batch's digest, batches
-    delivered from ``since`` on). Read only: on
-    SQLite a deferred read transaction, which writers do not wait for (:func:`snapshot`)."""
+    ``since`` on) and the :attr:`Scoped.deep` specs (left out without it), and with
+    ``small_subkey`` (plain verify) the small specs' digests. The
+    raw tables the loads recorded digests for go to ``.raw`` (:func:`raw_check`: their
+    columns; with ``subkey`` each batch's digest, batches delivered from ``since`` on).
+    Read only: on SQLite a deferred read transaction, which writers do not wait for
+    (:func:`snapshot`)."""
     from puhui.audit import events_of
     from puhui.warehouse.engine import snapshot
 
@@ -486,9 +660,12 @@ def table_problems(
         events = events_of(conn, actions)
         expected, first = expected_digests(events), first_recorded(events)
         for spec in specs:
+            if spec.deep and subkey is None:
+                continue
             recorded_here = expected.get(spec.name, {})
             counts = rows_counts(conn, spec)
-            macs = None if subkey is None else deep_macs(conn, spec, recorded_here, subkey, since)
+            key = subkey or (small_subkey if spec.small else None)
+            macs = None if key is None else deep_macs(conn, spec, recorded_here, key, since)
             compare(spec, recorded_here, counts, macs, check, first.get(spec.name))
         for spec in raw_specs(conn, expected):
             raw_check(conn, spec, expected[spec.name], subkey, check.raw, since)

@@ -105,7 +105,8 @@ def build_risk_features(settings: Settings, as_of: date, spec: FeaturesConfig) -
     with console.progress("features"):
         applicants = applicant_features(runtime.engine, spec, as_of)
     features = applicants.features
-    written = write_user_features(runtime.engine, features, spec.feature_set)
+    written = write_user_features(runtime.engine, features, spec.feature_set,
+                                  runtime.audit)
     # No batch count here: the training set adds the applications' and outcomes' batches,
     # and its count is the one the report, MLflow and the audit trail carry.
     line = _say(

@@ -411,7 +411,7 @@ def test_a_raw_row_deleted_is_reported_once_and_a_raw_column_dropped_is_reported
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Before: with --deep one deleted raw row was reported twice (the ledger's count and
-    the digest's), under "profile, monitoring and validation tables"; and a raw column
+    the digest's), under "warehouse tables"; and a raw column
     dropped by hand (its values lost) passed both verify and --deep, since the digest left
     out every batch recorded with a column the table no longer has. Now the row is one
     problem under "raw tables", and the column is a problem of plain verify, named."""

@@ -79,7 +79,7 @@ def _sql(runtime: Runtime, *statements: str) -> None:
 
 
 RULE = "(the keyed digest differs: rows edited or replaced by hand)"
-TABLES = "profile, monitoring and validation tables"
+TABLES = "warehouse tables"
 
 
 def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
@@ -99,8 +99,15 @@ def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
     write_findings(runtime.engine, DAY2, _findings(DAY2, 0.07), "run2", runtime.audit)
     code, out, err = _verify(capsys, "--deep")
     assert code == 0, err
-    assert "profile, monitoring and validation tables agree with the trail: 1,054 row(s) " \
-        "counted, keyed digests compared" in out, out
+    assert "profile, monitoring, validation, training-evaluation and watermark tables and " \
+        "user_features agree with the trail: 1,054 row(s) counted, keyed digests " \
+        "compared" in out, out
+    code, out, err = _verify(capsys)
+    assert code == 0, err
+    assert "profile, monitoring, validation, training-evaluation and watermark tables agree " \
+        "with the trail: 1,054 row(s) counted, the watermarks' and training evaluations' " \
+        "keyed digests compared (--deep: also the others', and user_features counted and " \
+        "digested)" in out, out
     assert "written before row digests" not in out
 
     # A grade improved, a drift figure lowered, a monitoring status eased: counts stay, so
@@ -110,7 +117,8 @@ def test_hand_edits_of_profiles_and_monitoring_rows_are_reported_by_verify(
          "UPDATE model_evaluations SET status = 'ok', value = 0.9 "
          "WHERE metric = 'monitor.auc'")
     code, out, err = _verify(capsys)
-    assert code == 0 and "(--deep: also their keyed digests)" in out, err
+    assert code == 0 and "(--deep: also the others', and user_features counted and " \
+        "digested)" in out, err
     code, out, err = _verify(capsys, "--deep")
     assert code == 1
     lines = [x.strip() for x in err.splitlines()]

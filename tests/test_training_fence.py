@@ -156,7 +156,7 @@ def test_a_training_that_lost_its_lock_during_a_step_writes_nothing_after(
         audit = fenced(runtime.audit, held.fence, REGISTRATION)
         version = register_version(engine, audit, name=NAME, model_uri=uri, run_id=run_id,
                                    tags={}, details={})
-        assert write_evaluations(engine, NAME, version, AS_OF, ROWS, run_id, audit.guard) == 1
+        assert write_evaluations(engine, NAME, version, AS_OF, ROWS, run_id, audit) == 1
         lose_at("gate.verdict")
         with pytest.raises(FencedOut, match="was lost during the gate step: another "):
             apply_verdict(client, engine, fenced(runtime.audit, held.fence, GATE_STEP), NAME,
@@ -166,7 +166,7 @@ def test_a_training_that_lost_its_lock_during_a_step_writes_nothing_after(
         assert current_aliases(client, NAME) == {}
         # Its evaluation rows again (a retried step) are refused too.
         with pytest.raises(FencedOut, match="lost during the registration"):
-            write_evaluations(engine, NAME, version, AS_OF, [], run_id, audit.guard)
+            write_evaluations(engine, NAME, version, AS_OF, [], run_id, audit)
         with engine.connect() as conn:
             assert conn.execute(select(model_evaluations.c.value)).scalars().all() == [0.7]
         # The newest training writes: its generation is the newest.
@@ -202,7 +202,7 @@ def test_a_version_registered_before_the_loss_stays_ungated_and_is_reported(
         version = register_version(engine, audit, name=NAME, model_uri=uri, run_id=run_id,
                                    tags={}, details={})
         with pytest.raises(FencedOut, match="lost during the registration"):
-            write_evaluations(engine, NAME, version, AS_OF, ROWS, run_id, audit.guard)
+            write_evaluations(engine, NAME, version, AS_OF, ROWS, run_id, audit)
         settled = reconcile_model_changes(client, engine, runtime.audit)
     assert settled.ungated == [f"{NAME} v{version}"]
     with engine.connect() as conn:

@@ -207,7 +207,7 @@ def ingest_feed(
             },
             flow_run_id=ingestor.flow_run_id,
         )
-    ledger.advance_watermark(engine, feed.name, as_of, ingestor.flow_run_id)
+    ledger.advance_watermark(engine, feed.name, as_of, ingestor.flow_run_id, runtime.audit)
     return FeedResult(feed.name, as_of.isoformat(), late, outcomes)
 
 

@@ -541,9 +541,19 @@ def get_watermark(engine: Engine, partner: str) -> date | None:
 
 
 def advance_watermark(
-    engine: Engine, partner: str, delivery_date: date, flow_run_id: str | None
+    engine: Engine, partner: str, delivery_date: date, flow_run_id: str | None,
+    audit: AuditWriter,
 ) -> None:
-    """Move the feed's watermark forward (never back)."""
+    """Move the feed's watermark forward (never back), its row's keyed digest recorded in
+    an ``ingest.watermark.advanced`` event of the same transaction (verify compares it)."""
+    from puhui.table_digests import (
+        ROWS_DIGESTS,
+        WATERMARK_ADVANCED,
+        WATERMARKS,
+        recorded,
+        writer_subkey,
+    )
+
     with engine.begin() as conn:
         lock_for(conn, f"puhui.watermark.{partner}")  # two runs may finish a feed at once
         current = conn.execute(
@@ -560,6 +570,13 @@ def advance_watermark(
             conn.execute(
                 update(ingest_watermarks).where(ingest_watermarks.c.partner == partner), values
             )
+        else:
+            return  # unchanged: its last event still records it
+        digest = recorded(conn, WATERMARKS, writer_subkey(audit),
+                          ingest_watermarks.c.partner == partner)
+        audit.append(conn, WATERMARK_ADVANCED, partner,
+                     {"delivery_date": delivery_date.isoformat(),
+                      ROWS_DIGESTS: {WATERMARKS.name: digest}}, flow_run_id=flow_run_id)
 
 
 def list_batches(

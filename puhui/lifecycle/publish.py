@@ -22,7 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
-from sqlalchemy import Connection, Engine, delete
+from sqlalchemy import Engine, delete
 
 from puhui.audit import AuditWriter, current_flow_run_id
 from puhui.errors import PuhuiError, infrastructure_error
@@ -169,26 +169,42 @@ def lineage_tags(tags: Mapping[str, str], batch_ids: Iterable[str], as_of: date,
 
 def write_evaluations(engine: Engine, name: str, version: str, as_of: date,
                       rows: Iterable[Mapping[str, object]], run_id: str,
-                      guard: Callable[[Connection, str], None] | None = None) -> int:
+                      audit: AuditWriter | None = None) -> int:
     """A version's (metric, segment, value) rows in ``model_evaluations``, replacing its
-    earlier ones (monitoring's ``monitor.*`` rows are left alone).
-    ``guard``: the training's ``AuditWriter.guard`` (its fence), checked in the same
-    transaction."""
+    earlier ones (monitoring's ``monitor.*`` rows are left alone), and with ``audit`` (the
+    trainings': every caller but tests of other parts) their keyed digest in an
+    ``evaluations.recorded`` event of the same transaction, which ``audit verify``
+    compares. ``audit``'s guard (a training's fence) is checked in that transaction."""
+    from puhui.table_digests import (
+        EVALUATIONS_RECORDED,
+        ROWS_DIGESTS,
+        TRAINING_EVALUATIONS,
+        recorded,
+        scope_of,
+        writer_subkey,
+    )
+
     now = datetime.now(UTC)
     values = [{"model_name": name, "model_version": version, "as_of_date": as_of,
                "metric": r["metric"], "segment": r["segment"], "value": float(r["value"]),
                "mlflow_run_id": run_id, "evaluated_at": now} for r in rows]
     with engine.begin() as conn:
-        if guard is not None:
-            guard(conn, model_evaluations.name)
+        if audit is not None and audit.guard is not None:
+            audit.guard(conn, model_evaluations.name)
         # Not monitoring's monitor.* rows of the version: their writer records them (its
         # event's digest), so the two writers' rows stay apart.
-        conn.execute(delete(model_evaluations).where(
-            (model_evaluations.c.model_name == name)
+        mine = (model_evaluations.c.model_name == name) \
             & (model_evaluations.c.model_version == version)
-            & ~model_evaluations.c.metric.like("monitor.%")))
+        conn.execute(delete(model_evaluations).where(
+            mine & ~model_evaluations.c.metric.like("monitor.%")))
         if values:
             conn.execute(model_evaluations.insert(), values)
+        if audit is not None:
+            digest = recorded(conn, TRAINING_EVALUATIONS, writer_subkey(audit), mine,
+                              [scope_of((name, version))])
+            audit.append(conn, EVALUATIONS_RECORDED, f"{name}/{version}",
+                         {"rows": len(values), "mlflow_run_id": run_id,
+                          ROWS_DIGESTS: {TRAINING_EVALUATIONS.name: digest}})
     return len(values)
 
 

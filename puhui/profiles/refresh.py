@@ -54,7 +54,13 @@ from puhui.table_digests import (
     PROFILES_HISTORY,
     PROFILES_SWAPPED,
     ROWS_DIGESTS,
+    RowsMac,
+    UnheldValues,
+    add_macs,
+    digested_columns,
+    held_rows_mac,
     recorded,
+    recorded_macs,
     scope_of,
     writer_subkey,
 )
@@ -270,7 +276,8 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
     if missing:
         raise RuntimeError(f"partitions not staged: {missing[:10]}")
     refreshed_at = datetime.now(UTC)
-    total = 0
+    total, subkey = 0, writer_subkey(audit)
+    mac: RowsMac | None = RowsMac()
     with engine.begin() as conn:
         newest = conn.execute(select(func.max(user_profiles.c.as_of_date))).scalar()
         replace_current = newest is None or as_of >= newest
@@ -285,12 +292,22 @@ def swap_profiles(engine: Engine, as_of: date, directory: Path, partitions: int,
             bulk_insert(conn, user_profile_history, table)
             if replace_current:
                 bulk_insert(conn, user_profiles, table)
+            # From the rows it inserts, not read back (the date's history is exactly these
+            # rows: deleted above): the current table holds the same rows and columns, so
+            # one digest is recorded for both. Values it cannot vouch for: read back.
+            if mac is not None:
+                try:
+                    add_macs(mac, held_rows_mac(user_profile_history, table, subkey))
+                except UnheldValues:
+                    mac = None
             total += len(rows)
-        # Read back in this transaction, streamed: the current table holds the same rows
-        # and columns as the date's history, so one digest is recorded for both.
         day = as_of.isoformat()
-        history = recorded(conn, PROFILES_HISTORY, writer_subkey(audit),
-                           user_profile_history.c.as_of_date == as_of, [day])
+        history = (
+            recorded(conn, PROFILES_HISTORY, subkey, user_profile_history.c.as_of_date == as_of,
+                     [day])
+            if mac is None
+            else recorded_macs(digested_columns(user_profile_history), {day: mac})
+        )
         digests = {PROFILES_HISTORY.name: history}
         if replace_current:
             digests[PROFILES_CURRENT.name] = {"columns": history["columns"],

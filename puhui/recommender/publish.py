@@ -98,7 +98,7 @@ def publish_recommender(
                                         (config_dir, expectations_dir))
     rows = [r for r in evaluation.rows() if r["value"] is not None]
     lifecycle.write_evaluations(engine, name, str(version), data.as_of, rows, mlrun.info.run_id,
-                                audit.guard)
+                                audit)
     return PublishedRecommender(name, str(version), mlrun.info.run_id)
 
 

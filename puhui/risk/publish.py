@@ -146,7 +146,7 @@ def publish_risk_model(
         mlflow.log_dict({"reason_examples": evaluation.reason_examples,
                          "trials": evaluation.trials}, "evaluation/details.json")
     write_evaluations(engine, name, str(version), training.as_of, evaluation.rows(),
-                      run.info.run_id, audit.guard)
+                      run.info.run_id, audit)
     return Published(name, str(version), run.info.run_id, report)
 
 

@@ -48,8 +48,10 @@ def _check_columns(table: Table, names: Iterable[str]) -> list[str]:
     return names
 
 
-def _json_columns_as_text(table: Table, data: pa.Table) -> pa.Table:
-    """Serialize non-string values of JSON columns (COPY and sqlite3 take text)."""
+def json_columns_as_text(table: Table, data: pa.Table) -> pa.Table:
+    """Serialize non-string values of JSON columns (COPY and sqlite3 take text): the text
+    :func:`bulk_insert` writes, which ``held_rows_mac`` digests. A ``large_string`` column
+    (pandas 3's strings) is not ``string``: its texts are serialized as JSON strings."""
     for name in data.column_names:
         if isinstance(table.c[name].type, JSON) and not pa.types.is_string(data[name].type):
             values = [
@@ -321,7 +323,7 @@ def bulk_insert(conn: Connection, table: Table, data: pa.Table | pd.DataFrame,
     _check_columns(table, [*arrow.column_names, *constants])
     if arrow.num_rows == 0:
         return 0
-    arrow = _json_columns_as_text(table, arrow)
+    arrow = json_columns_as_text(table, arrow)
     if conn.dialect.name == "postgresql":
         for name, value in list(constants.items()):
             default = table.c[name].server_default

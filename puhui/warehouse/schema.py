@@ -174,6 +174,8 @@ user_features = Table(
     Column("feature_set", String(64), nullable=False),
     Column("features", JSON, nullable=False),
     Column("computed_at", DateTime(timezone=True), nullable=False),
+    # A date's rows without a scan (the key leads with the person): migration 0011.
+    Index(None, "as_of_date"),
 )
 
 _profile_columns = (
