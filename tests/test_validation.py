@@ -726,3 +726,23 @@ def _contributed_expectations() -> list:
             column_list=["a", "b"], row_condition='col("a")>0',
             condition_parser="great_expectations"),
     ]
+
+
+def test_the_lighter_success_kwargs_call_a_subclass_domain_kwargs() -> None:
+    """A custom Expectation that overrides ``_get_domain_kwargs`` is honoured by the
+    rewritten ``_get_success_kwargs``, as by GX's own (which calls it through the
+    instance)."""
+    import great_expectations.expectations as gxe
+
+    from puhui import validation
+
+    validation._gx()
+
+    class ExpectPuhuiTestDomainOverride(gxe.ExpectColumnValuesToNotBeNull):
+        def _get_domain_kwargs(self) -> dict:
+            return {"column": "overridden"}
+
+    expectation = ExpectPuhuiTestDomainOverride(column="a")
+    assert validation._get_success_kwargs(expectation)["column"] == "overridden"
+    assert validation.GX_ORIGINAL_METHODS["_get_success_kwargs"](expectation)["column"] == (
+        "overridden")
