@@ -63,21 +63,9 @@ def _results(home: Path) -> dict[str, list[str]]:
 
 def _use(lighter: bool) -> None:
     """GX's own methods, or the rewrites (installed by the first ``_gx()``)."""
-    import great_expectations.expectations.expectation as gx_expectation
-
     from puhui import validation
 
-    original = validation.GX_ORIGINAL_METHODS
-    for name in ("_get_success_kwarg", "_get_domain_kwargs", "_get_success_kwargs"):
-        setattr(
-            gx_expectation.Expectation,
-            name,
-            getattr(validation, name) if lighter else original[name],
-        )
-    snake = original["camel_to_snake"]
-    gx_expectation.camel_to_snake = (
-        validation.functools.lru_cache(maxsize=None)(snake) if lighter else snake
-    )
+    assert validation.lighten_gx_expectation_kwargs(validation.import_gx(), lighter) == lighter
 
 
 def _ingest(root: Path, landing: Path, lighter: bool) -> tuple[float, float, dict]:

@@ -295,6 +295,9 @@ GX_KWARGS_PATCHED_VERSION = "1.24.1"
 # compare with them.
 GX_ORIGINAL_METHODS: dict[str, Any] = {}
 _KWARGS_METHODS = ("_get_success_kwarg", "_get_domain_kwargs", "_get_success_kwargs")
+# The logger GX's own ``_get_success_kwarg`` warns on (the same object, looked up once).
+_GX_EXPECTATION_LOG = logging.getLogger("great_expectations.expectations.expectation")
+_LOG = logging.getLogger(__name__)
 
 
 def _get_success_kwarg(self: Any, key: str, default: Any = None) -> Any:
@@ -305,7 +308,7 @@ def _get_success_kwarg(self: Any, key: str, default: Any = None) -> Any:
     field_ = self.__fields__.get(key)
     if field_ is not None:
         return field_.default if not field_.required else default
-    logging.getLogger("great_expectations.expectations.expectation").warning(
+    _GX_EXPECTATION_LOG.warning(
         f'_get_success_kwarg called with key "{key}", '
         f"but it is not a known field of {type(self).__name__}"
     )
@@ -327,29 +330,45 @@ def _get_domain_kwargs(self: Any, kwargs: dict[str, Any] | None = None) -> dict[
 def _get_success_kwargs(self: Any) -> dict[str, Any]:
     """GX's ``Expectation._get_success_kwargs``, building ``configuration`` once."""
     kwargs = self.configuration.kwargs
-    domain = _get_domain_kwargs(self, kwargs)
+    # Through the instance, as GX does, when a subclass overrides it; ours takes the kwargs
+    # just built (GX's signature has no such argument).
+    if type(self)._get_domain_kwargs is _get_domain_kwargs:
+        domain = _get_domain_kwargs(self, kwargs)
+    else:
+        domain = self._get_domain_kwargs()
     success = {key: kwargs.get(key, self._get_default_value(key)) for key in self.success_keys}
     success.update(domain)
     return success
 
 
-def lighten_gx_expectation_kwargs(gx: Any) -> bool:
-    """Install the rewrites above on GX's ``Expectation`` (once; only on the pinned GX
-    version); returns whether they are installed."""
+def lighten_gx_expectation_kwargs(gx: Any, lighter: bool = True) -> bool:
+    """Install the rewrites above on GX's ``Expectation`` (only on the pinned GX version),
+    or with ``lighter=False`` put GX's originals back (the bench compares both); returns
+    whether the rewrites are installed now. Call under ``_runtime_lock`` (or, as the test
+    and the bench do, with no validation running): it replaces methods of a shared class."""
     import great_expectations.expectations.expectation as gx_expectation
 
     if gx.__version__ != GX_KWARGS_PATCHED_VERSION:
+        _LOG.debug(
+            "GX %s is not %s: its own expectation kwargs methods run",
+            gx.__version__,
+            GX_KWARGS_PATCHED_VERSION,
+        )
         return False
     expectation = gx_expectation.Expectation
     if not GX_ORIGINAL_METHODS:
         GX_ORIGINAL_METHODS.update({name: getattr(expectation, name) for name in _KWARGS_METHODS})
         GX_ORIGINAL_METHODS["camel_to_snake"] = gx_expectation.camel_to_snake
-        gx_expectation.camel_to_snake = functools.lru_cache(maxsize=None)(
-            gx_expectation.camel_to_snake
-        )
+    # Decided on what the class has now, not on a flag: the bench puts the originals back.
+    installed = expectation._get_success_kwargs is _get_success_kwargs
+    if lighter != installed:
         for name in _KWARGS_METHODS:
-            setattr(expectation, name, globals()[name])
-    return True
+            setattr(expectation, name, globals()[name] if lighter else GX_ORIGINAL_METHODS[name])
+        snake = GX_ORIGINAL_METHODS["camel_to_snake"]
+        gx_expectation.camel_to_snake = (
+            functools.lru_cache(maxsize=None)(snake) if lighter else snake
+        )
+    return expectation._get_success_kwargs is _get_success_kwargs
 
 
 class _GXRuntime:

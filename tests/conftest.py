@@ -23,6 +23,7 @@ import atexit
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -292,9 +293,11 @@ class RiskTemplates:
         built: list[str] = []
 
         def ingest_and_dump() -> None:
-            built.append(pg.create_database(name))
-            self._ingest(self.root / f"home-{dataset}-postgres", built[0], landing)
+            url = pg.create_database(name)  # drops one a failed build of this process left
+            self._ingest(self.root / f"home-{dataset}-postgres", url, landing)
             dump_database(pg, name, dump)
+            mark_whole(pg, name)
+            built.append(url)
 
         # The first worker ingests into its server and dumps the result; the others restore
         # the dump into their own (seconds, against ~30 s of ingest).
@@ -339,11 +342,16 @@ class RiskTemplates:
         return self.pg.create_database(name, template=f"tpl_{dataset}"), landing
 
 
-def _pg_tool(pg: PostgresServer, tool: str, *args: str) -> None:
+def _pg_run(pg: PostgresServer, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run one of the server's client programs (pg_dump, pg_restore, ...) against it."""
-    done = subprocess.run([str(pg.bin_dir / tool), *args], capture_output=True, text=True,
+    return subprocess.run([str(pg.bin_dir / tool), *args], capture_output=True, text=True,
                           check=False, env={**os.environ, "PGHOST": pg.host,
                                             "PGPORT": str(pg.port), "PGUSER": pg.user})
+
+
+def _pg_tool(pg: PostgresServer, tool: str, *args: str) -> None:
+    """``_pg_run``, failing the test on a non-zero exit."""
+    done = _pg_run(pg, tool, *args)
     assert done.returncode == 0, f"{tool}: {done.stderr[-2000:]}"
 
 
@@ -357,22 +365,47 @@ def dump_database(pg: PostgresServer, name: str, dump: Path) -> None:
     _pg_tool(pg, "pg_dump", "-Fc", "-f", str(dump / "database.dump"), pg.libpq_url(name))
 
 
+# (server port, database) built or restored by this process: only these are whole. A
+# database of that name found on the server otherwise (an ingest or a restore that failed
+# part-way) is dropped and made again.
+_WHOLE_DATABASES: set[tuple[int, str]] = set()
+
+
 def restore_database(pg: PostgresServer, name: str, dump: Path) -> str:
     """Database ``name`` on ``pg`` as ``dump_database`` left it (rows, sequences, grants),
-    unless the server has it already; returns its URL. The roles are the cluster's, not
-    the database's, so they go first."""
+    unless this process built (``mark_whole``) or restored it already; returns its URL.
+    The restore goes into a temporary name, renamed only once pg_restore succeeded, so a
+    restore that fails part-way never leaves a usable-looking ``name``. The roles are the
+    cluster's, not the database's, so they go first."""
     import psycopg
 
-    with psycopg.connect(pg.libpq_url(), autocommit=True) as conn:
-        there = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-    if there:
+    if (pg.port, name) in _WHOLE_DATABASES:
         return pg.url(name)
-    url = pg.create_database(name)
-    # ON_ERROR_STOP off: the roles the server has already (its superuser) are refused.
-    _pg_tool(pg, "psql", "-q", "-f", str(dump / "roles.sql"), pg.libpq_url())
-    _pg_tool(pg, "pg_restore", "--exit-on-error", "-d", pg.libpq_url(name),
+    restoring = f"{name}_restoring"
+    pg.create_database(restoring)  # drops one a failed restore left
+    _restore_roles(pg, dump / "roles.sql")
+    _pg_tool(pg, "pg_restore", "--exit-on-error", "-d", pg.libpq_url(restoring),
              str(dump / "database.dump"))
-    return url
+    with psycopg.connect(pg.libpq_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # a half-built one
+        conn.execute(f'ALTER DATABASE "{restoring}" RENAME TO "{name}"')
+    mark_whole(pg, name)
+    return pg.url(name)
+
+
+def mark_whole(pg: PostgresServer, name: str) -> None:
+    """Record that this process built database ``name`` on ``pg`` completely."""
+    _WHOLE_DATABASES.add((pg.port, name))
+
+
+def _restore_roles(pg: PostgresServer, roles: Path) -> None:
+    """Create the roles of ``roles`` (pg_dumpall --roles-only) on ``pg``. The server has
+    some already (its superuser; the app's roles from an earlier restore): those errors, and
+    only those, are expected."""
+    done = _pg_run(pg, "psql", "-q", "-v", "ON_ERROR_STOP=0", "-f", str(roles), pg.libpq_url())
+    errors = [line for line in done.stderr.splitlines() if "ERROR:" in line or "FATAL:" in line]
+    unexpected = [line for line in errors if not re.search(r"role .* already exists", line)]
+    assert done.returncode == 0 and not unexpected, f"psql roles: {done.stderr[-2000:]}"
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from tests.conftest import (
     RiskTemplates,
     build_once,
     dump_database,
+    mark_whole,
     no_search_config,
     restore_database,
     risk_env,
@@ -92,6 +93,7 @@ def champion_env(templates: RiskTemplates, home: Path, monkeypatch: pytest.Monke
             (built / "database").write_text(url.rsplit("/", 1)[-1])
             if postgres:
                 dump_database(templates.pg, (built / "database").read_text(), built / "pg")
+                mark_whole(templates.pg, (built / "database").read_text())
 
     build_once(built, build)
     shutil.copytree(built / "home", home, dirs_exist_ok=True)

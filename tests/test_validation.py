@@ -638,31 +638,112 @@ def test_validate_table_reports_raw_rows_by_batch_and_row_number(
 def test_the_lighter_expectation_kwargs_give_what_gx_gives() -> None:
     """The rewrites of GX's kwargs methods (``lighten_gx_expectation_kwargs``: the
     configuration built once per call, not once per key) return what GX's own methods
-    return, for every expectation of every shipped suite, and are installed on the pinned
-    GX (an upgrade must be checked against its new code before they apply to it)."""
+    return, for every expectation of every shipped suite and for contributed ones (suite
+    parameters, row_condition, result_format), validate the same, are installed on the
+    pinned GX (an upgrade must be checked against its new code before they apply to it),
+    and are reported as not installed once GX's originals are back."""
     import great_expectations.expectations.expectation as gx_expectation
 
     from puhui import validation
 
     validation._gx()  # installs them, as the first validation of a process does
-    assert validation.lighten_gx_expectation_kwargs(validation.import_gx())
+    gx = validation.import_gx()
+    assert validation.lighten_gx_expectation_kwargs(gx)
     original = validation.GX_ORIGINAL_METHODS
-    assert gx_expectation.Expectation._get_success_kwargs is validation._get_success_kwargs
+    for method in validation._KWARGS_METHODS:
+        assert getattr(gx_expectation.Expectation, method) is getattr(validation, method)
+    assert hasattr(gx_expectation.camel_to_snake, "cache_info")  # the lru_cache
     checked = 0
-    for name in suite_names(expectations_dir=default_expectations_dir()):
-        suite = load_suite(name, expectations_dir=default_expectations_dir())
-        for expectation in suite.expectations:
-            assert (validation._get_domain_kwargs(expectation)
-                    == original["_get_domain_kwargs"](expectation))
-            assert (validation._get_success_kwargs(expectation)
-                    == original["_get_success_kwargs"](expectation))
-            keys = {*expectation.domain_keys, *expectation.success_keys,
-                    *expectation.runtime_keys, "not_a_field"}
-            for key in keys:
-                for default in (None, "fallback"):
-                    assert (validation._get_success_kwarg(expectation, key, default)
-                            == original["_get_success_kwarg"](expectation, key, default))
-            kind = type(expectation).__name__
-            assert gx_expectation.camel_to_snake(kind) == original["camel_to_snake"](kind)
-            checked += 1
-    assert checked > 50  # every suite's expectations, not an empty loop
+    shipped = [expectation for name in suite_names(expectations_dir=default_expectations_dir())
+               for expectation in load_suite(
+                   name, expectations_dir=default_expectations_dir()).expectations]
+    for expectation in [*shipped, *_contributed_expectations()]:
+        assert (validation._get_domain_kwargs(expectation)
+                == original["_get_domain_kwargs"](expectation))
+        assert (validation._get_success_kwargs(expectation)
+                == original["_get_success_kwargs"](expectation))
+        keys = {*expectation.domain_keys, *expectation.success_keys,
+                *expectation.runtime_keys, "not_a_field"}
+        for key in keys:
+            for default in (None, "fallback"):
+                assert (validation._get_success_kwarg(expectation, key, default)
+                        == original["_get_success_kwarg"](expectation, key, default))
+        kind = type(expectation).__name__
+        assert gx_expectation.camel_to_snake(kind) == original["camel_to_snake"](kind)
+        # What validation reads through them: runtime kwargs with and without a
+        # runtime result_format (GX's originals put back for the second reading).
+        for runtime in (None, {"result_format": "BOOLEAN_ONLY", "catch_exceptions": True}):
+            ours = expectation._get_runtime_kwargs(runtime)
+            assert not validation.lighten_gx_expectation_kwargs(gx, lighter=False)
+            try:
+                assert ours == expectation._get_runtime_kwargs(runtime)
+            finally:
+                assert validation.lighten_gx_expectation_kwargs(gx)
+        checked += 1
+    assert checked > 55  # every suite's expectations and the contributed ones
+    suite = gx.ExpectationSuite(name="contributed", expectations=[
+        e.copy() for e in _contributed_expectations()[:4]])
+    frame = pd.DataFrame({"a": [1, 2, 3, None, 5], "b": [1, 1, 3, 4, 5]})
+    batch = (gx.get_context(mode="ephemeral").data_sources.add_pandas("c")
+             .add_dataframe_asset("c").add_batch_definition_whole_dataframe("c"))
+
+    def validated() -> dict:
+        result = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
+            suite, result_format="COMPLETE",
+            expectation_parameters={"p": [1, 2], "m": 0.5, "n": 1}).to_json_dict()
+        for one in result["results"]:
+            one["expectation_config"].pop("id", None)
+        result.pop("meta", None)
+        return result
+
+    ours = validated()
+    assert not validation.lighten_gx_expectation_kwargs(gx, lighter=False)
+    try:
+        assert ours == validated()
+    finally:
+        assert validation.lighten_gx_expectation_kwargs(gx)
+    assert {one["success"] for one in ours["results"]} == {True, False}  # a real check
+
+
+def _contributed_expectations() -> list:
+    """Expectations a partner suite may use and the shipped ones do not: suite parameters
+    ($PARAMETER), row_condition with both parsers, result_format as a string and a dict,
+    column pair, multicolumn and compound types."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToBeInSet(
+            column="a", value_set={"$PARAMETER": "p"}, mostly=0.9, row_condition="a>1",
+            condition_parser="pandas", result_format="COMPLETE"),
+        gxe.ExpectTableRowCountToBeBetween(min_value={"$PARAMETER": "n"}, max_value=10),
+        gxe.ExpectColumnMeanToBeBetween(
+            column="a", min_value=0, strict_min=True,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 3}),
+        gxe.ExpectColumnValuesToMatchRegex(column="b", regex="^1", mostly={"$PARAMETER": "m"}),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="a", column_B="b", ignore_row_if="either_value_is_missing"),
+        gxe.ExpectMulticolumnSumToEqual(column_list=["a", "b"], sum_total=3),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["a", "b"], row_condition='col("a")>0',
+            condition_parser="great_expectations"),
+    ]
+
+
+def test_the_lighter_success_kwargs_call_a_subclass_domain_kwargs() -> None:
+    """A custom Expectation that overrides ``_get_domain_kwargs`` is honoured by the
+    rewritten ``_get_success_kwargs``, as by GX's own (which calls it through the
+    instance)."""
+    import great_expectations.expectations as gxe
+
+    from puhui import validation
+
+    validation._gx()
+
+    class ExpectPuhuiTestDomainOverride(gxe.ExpectColumnValuesToNotBeNull):
+        def _get_domain_kwargs(self) -> dict:
+            return {"column": "overridden"}
+
+    expectation = ExpectPuhuiTestDomainOverride(column="a")
+    assert validation._get_success_kwargs(expectation)["column"] == "overridden"
+    assert validation.GX_ORIGINAL_METHODS["_get_success_kwargs"](expectation)["column"] == (
+        "overridden")
