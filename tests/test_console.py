@@ -62,7 +62,7 @@ def test_the_cli_turns_reporting_off_when_it_returns() -> None:
     module's first, run after any CLI test) saw stage lines printed."""
     from puhui.cli import main
 
-    assert main(["models", "promote", "m", "--version", "0", "--reason", "x"]) == 1
+    assert main(["models", "promote", "m", "--version", "0", "--reason", "x"]) == 2  # a malformed --version: a usage error since round 17
     test_unconfigured_reporting_prints_nothing()
 
 
