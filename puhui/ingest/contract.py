@@ -138,14 +138,18 @@ def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     try:
-        local = pc.cast(values, pa.timestamp("us"))
-        return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(
-            pa.timestamp("us", tz="UTC")
-        )
+        return _local_to_utc(values)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise ContractViolation(
             f"type drift in {column.name}: value(s) not an ISO timestamp"
         ) from None
+
+
+def _local_to_utc(values: pa.Array) -> pa.Array:
+    """Times without a zone (text, a naive timestamp or a date) as the lender's local time,
+    in UTC."""
+    local = pc.cast(values, pa.timestamp("us"))
+    return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(ARROW_TYPES["timestamp"])
 
 
 # Each contract type as Arrow holds it (also how the key index reads raw rows back).
@@ -167,6 +171,8 @@ def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) ->
         return _parse_text(values.cast(pa.string()), column)
     if pa.types.is_null(values.type):
         return pa.nulls(len(values), ARROW_TYPES[column.type])
+    if column.type == "timestamp":
+        return _typed_timestamp(values, column)
     try:
         # A text column's cast fails too: a JSON object or list has no text form in Arrow
         # (it was held as an unexpected error, its reason naming no column).
@@ -176,6 +182,25 @@ def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) ->
             f"type drift in {column.name}: {_type_shown(values.type)} where {column.type} is "
             "declared"
         ) from None
+
+
+def _typed_timestamp(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """A binary file's (Parquet's) timestamp column in UTC, read as the same text would be:
+    a time without a zone (Parquet's local time, pandas' default) and a date are the lender's
+    local time; one with a zone is that instant. Anything else is type drift: Arrow's cast
+    read an int64 of epoch seconds as microseconds (1970-01-01 00:29, loaded clean), and a
+    naive time as UTC (8 hours off, then warned as after its delivery day)."""
+    kind = values.type
+    try:
+        if pa.types.is_timestamp(kind) and kind.tz is not None:
+            return pc.cast(values, ARROW_TYPES["timestamp"])
+        if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+            return _local_to_utc(values)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # nanoseconds a microsecond cannot hold, a local time that never was
+    raise ContractViolation(
+        f"type drift in {column.name}: {_type_shown(kind)} where timestamp is declared"
+    )
 
 
 def _type_shown(found: pa.DataType) -> str:

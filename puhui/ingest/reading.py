@@ -362,6 +362,11 @@ def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
         )
     if match := _JSON_TYPE_CHANGE.search(message):
         column, before, after = match.groups()
+        declared = next((c for c in feed.columns if c.name == column), None)
+        if declared is not None and declared.type in _JSON_TEXT_TYPES and before == "string":
+            kind = {"array": "list"}.get(after, after)  # as `coerce_column` names it
+            return UnreadableFile(
+                f"type drift in {column}: a JSON {kind} where {declared.type} is declared")
         # The key is the partner's: any text (an escape, a line break, 5,000 characters).
         return UnreadableFile(
             f"type drift in {_key_path(column)}: JSON values change from {before} to {after} "
@@ -506,11 +511,26 @@ def _depth(line: bytes) -> int:
     return deepest
 
 
-def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
+# Declared types JSON writes as text: read as text, as a CSV's cells are. Arrow's JSON reader
+# otherwise infers timestamps from text: a time without an offset (the lender's local time
+# in a CSV) became a UTC time 8 hours off, one with an offset a naive UTC one, a number in a
+# time column epoch microseconds (1970), and "2026-03-02" in a text column was rewritten as
+# "2026-03-02 00:00:00".
+_JSON_TEXT_TYPES = frozenset({"string", "date", "timestamp"})
+
+
+def _json_text_schema(feed: PartnerFeed) -> pa.Schema:
+    """The contract's columns that JSON must send as strings, typed as strings."""
+    return pa.schema([(c.name, pa.string()) for c in feed.columns if c.type in _JSON_TEXT_TYPES])
+
+
+def _parse_jsonl_block(block: bytes, header: list[str], text: pa.Schema) -> pa.Table:
     _check_nesting(block)
     table = pa_json.read_json(
         pa.py_buffer(block),
         read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
+        parse_options=pa_json.ParseOptions(explicit_schema=text,
+                                           unexpected_field_behavior="infer"),
     )
     # JSON lines may omit a null field: a block where no line carries it still has the column.
     for name in header:
@@ -520,25 +540,25 @@ def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
 
 
 def _iter_jsonl(
-    handle: FileHandle, header: list[str], block_bytes: int,
+    handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int,
     on_bytes: Callable[[memoryview], object] | None = None,
 ) -> Iterator[pa.Table]:
     # Cut the byte stream at line ends and parse each block on its own: Arrow's streaming
     # JSON reader fixes each column's type from the first block and fails when a later block
     # differs (a number column that later holds "1,234.50"); per block, the contract types it.
-    carry = b""
+    carry, text = b"", _json_text_schema(feed)
     with _opened(handle, on_bytes) as stream:
         while True:
             data = stream.read(block_bytes)
             block = carry + data
             if not data:
                 if block.strip():
-                    yield _parse_jsonl_block(block, header)
+                    yield _parse_jsonl_block(block, header, text)
                 return
             cut = block.rfind(b"\n") + 1
             carry = block[cut:]
             if cut and block[:cut].strip():
-                yield _parse_jsonl_block(block[:cut], header)
+                yield _parse_jsonl_block(block[:cut], header, text)
 
 
 def _iter_parquet(handle: FileHandle, block_bytes: int,
@@ -1083,7 +1103,7 @@ def iter_file_chunks(
             else _iter_csv(handle, feed, header, block_bytes, on_bytes)
         )
     elif feed.format == "jsonl":
-        chunks = _iter_jsonl(handle, header, block_bytes, on_bytes)
+        chunks = _iter_jsonl(handle, feed, header, block_bytes, on_bytes)
     else:
         chunks = _iter_parquet(handle, block_bytes, {column.name for column in feed.columns})
     try:
