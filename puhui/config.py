@@ -70,6 +70,14 @@ _CHECK_PREFIXES = ("_valid_", "_after_delivery")
 # not an OverflowError in date arithmetic in the middle of a run.
 MAX_DAYS = 3660
 Days = Annotated[int, Field(gt=0, le=MAX_DAYS)]
+# Other counts a slip of the keyboard makes absurd, bounded for the same reason: a seed
+# outside [0, 2^32) passed the load and failed training after its booster (scikit-learn's
+# range), 100,000 months failed the split (year -6308), 10^12 bootstrap resamples or boosting
+# rounds ran for ever.
+Months = Annotated[int, Field(ge=1, le=MAX_DAYS // 30)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_BOOST_ROUNDS = 100_000
+Rounds = Annotated[int, Field(ge=1, le=MAX_BOOST_ROUNDS)]
 
 
 class Product(StrictModel):
@@ -443,8 +451,8 @@ class MonotoneSpec(StrictModel):
 
 class LightGBMSpec(StrictModel):
     params: dict[str, ParamValue]
-    num_boost_round: int | SizeAware
-    early_stopping_rounds: int | SizeAware
+    num_boost_round: Rounds | SizeAware
+    early_stopping_rounds: Rounds | SizeAware
     search: SearchSpace | None = None
     monotone: MonotoneSpec = MonotoneSpec()
     # Below this many validation defaults, the booster's validation AUC is cross-fitted
@@ -509,9 +517,9 @@ class RiskModelSpec(StrictModel):
     outcome_window_days: Days
     # Three windows, by application date: train | validation (early stopping, search,
     # calibration, candidate choice) | test (untouched: final evaluation and gates only).
-    validation_months: int = Field(ge=1)
-    test_months: int = Field(ge=1)
-    seed: int
+    validation_months: Months
+    test_months: Months
+    seed: Seed
     lightgbm: LightGBMSpec
     calibration: CalibrationSpec = CalibrationSpec()
     grades: list[RiskGrade]
@@ -561,19 +569,19 @@ class RecommenderGates(StrictModel):
 
 class RecommenderSpec(StrictModel):
     registered_name: str
-    k: int = Field(default=3, ge=1)
+    k: int = Field(default=3, ge=1, le=100)
     window_days: Days = 28  # one group per customer and window
-    train_windows: int = Field(default=12, ge=1)
+    train_windows: int = Field(default=12, ge=1, le=MAX_DAYS)
     grading: dict[str, int]  # event type -> relevance
     segments: list[str]
     segment_pair: list[str]  # the segment-popularity baseline's segment
     min_segment_size: int = Field(ge=1)  # customers, for a segment to be gated
     min_segment_responders: int = Field(default=1, ge=1)  # ... and customers with a response
-    seed: int = 42
+    seed: Seed = 42
     # LightGBM parameters; a size-aware value resolves against the training rows (there
     # are no defaults here: a ranker's rarer outcome is not one label)
     lightgbm: dict[str, ParamValue | list[int] | list[float] | list[str]]
-    num_boost_round: int = Field(ge=1)
+    num_boost_round: Rounds
     eligibility: EligibilitySpec
     gates: RecommenderGates
     auto_promote: bool = False
@@ -749,7 +757,7 @@ class PopulationSpec(StrictModel):
 
 class MaturedSpec(StrictModel):
     lookback_days: Days
-    bootstrap: int = Field(ge=10)
+    bootstrap: int = Field(ge=10, le=10_000)
     min_rows: int = Field(ge=1)
 
 
