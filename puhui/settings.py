@@ -122,6 +122,22 @@ def _checked_actor(actor: str, source: str) -> str:
     return actor
 
 
+def _exact_secret(value: str | None, name: str) -> str | None:
+    """``value`` (None if unset or empty) if it can be used exactly as given.
+
+    A key keys an HMAC byte for byte: the same secret with a file's trailing newline (a
+    secret mounted from a file, ``$(cat key)`` against ``--env-file``) passed every check
+    and gave every customer another person_key, silently splitting histories across runs.
+    Spaces or a control character at all are refused, not stripped: stripping would
+    silently change the pseudonyms of a deployment that ran with them."""
+    if not value or not value.strip():
+        return value or None  # blank: the strength check's to refuse
+    if value != value.strip() or not value.isprintable():
+        raise PuhuiError(f"{name} has spaces at its ends or a control character (a file's "
+                         "trailing newline?): set it to the secret alone")
+    return value
+
+
 def repo_root() -> Path:
     """The checkout this package runs from (configs/, expectations/, prefect.yaml live here)."""
     return Path(__file__).resolve().parent.parent
@@ -174,12 +190,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     warehouse_url = env.get("PUHUI_WAREHOUSE_URL") or f"sqlite:///{home / 'warehouse.db'}"
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     landing = env.get("PUHUI_LANDING") or str(home / "landing")
-    key = env.get("PUHUI_PSEUDONYM_KEY") or None
+    key = _exact_secret(env.get("PUHUI_PSEUDONYM_KEY"), "PUHUI_PSEUDONYM_KEY")
     demo_key_file = home / DEMO_KEY_FILE
     if key is None and profile == "local" and demo_key_file.exists():
         key = demo_key_file.read_text().strip() or None  # the key `puhui demo` made
     config_dir = Path(env.get("PUHUI_CONFIG_DIR", str(repo_root() / "configs"))).resolve()
-    audit_key = env.get("PUHUI_AUDIT_KEY") or None
+    audit_key = _exact_secret(env.get("PUHUI_AUDIT_KEY"), "PUHUI_AUDIT_KEY")
     if audit_key is None and profile == "local" and (home / AUDIT_KEY_FILE).exists():
         audit_key = (home / AUDIT_KEY_FILE).read_text().strip() or None  # made on first use
     settings = Settings(
