@@ -1358,6 +1358,7 @@ def config_check() -> None:
         check_feature_sources,
         check_feed_suites,
         check_keys,
+        check_recommender_products,
         config_hash,
         validate_config_dir,
     )
@@ -1368,6 +1369,7 @@ def config_check() -> None:
     names = validate_config_dir(settings.config_dir)
     problems = check_feed_suites(settings.config_dir, settings.expectations_dir)
     problems += check_feature_sources(settings.config_dir)
+    problems += check_recommender_products(settings.config_dir)
     problems += check_keys(dict(os.environ))
     for problem in problems:
         err_console.print(f"puhui: {problem}", markup=False)

@@ -549,6 +549,12 @@ class AgeLimit(StrictModel):
     min: int = Field(ge=0)
     max: int = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _range(self) -> AgeLimit:
+        if self.min > self.max:  # nobody's age is in it: the product was offered to no one
+            raise ValueError("min must not exceed max")
+        return self
+
 
 class EligibilitySpec(StrictModel):
     """Applied before ranking: a product a customer may not be offered is never ranked."""
@@ -696,6 +702,40 @@ def _non_finite(value: Any) -> bool:
 class ModelsConfig(StrictModel):
     credit_risk: RiskModelSpec
     product_recommender: RecommenderSpec | None = None
+
+    @model_validator(mode="after")
+    def _eligibility_grades(self) -> ModelsConfig:
+        # A grade the risk model has not (`d`, `F`, ``) was found by position in the grade
+        # letters: -1 refused the product to everyone, '' allowed grade A only.
+        grades = [g.grade for g in self.credit_risk.grades]
+        rules = self.product_recommender.eligibility if self.product_recommender else None
+        for code, grade in (rules.credit_max_grade if rules else {}).items():
+            if grade not in grades:
+                raise ValueError(f"product_recommender.eligibility.credit_max_grade.{code}: "
+                                 f"{grade!r} is none of credit_risk's grades ({', '.join(grades)})")
+        return self
+
+
+def eligibility_problems(models: ModelsConfig, products: ProductsConfig) -> list[str]:
+    """Products the recommender's eligibility rules name that products.yaml has not, one
+    line each. A misspelt code is a rule on no product: `micro_loan: D` left microloan
+    without its grade limit (offered to grade E and to customers with no grade), and
+    `agri_laon` offered agri_loan to people with no agricultural activity."""
+    if models.product_recommender is None:
+        return []
+    rules = models.product_recommender.eligibility
+    named = [("credit_max_grade", c) for c in rules.credit_max_grade]
+    named += [("agricultural", c) for c in rules.agricultural]
+    named += [("age", c) for c in rules.age]
+    return [f"models.yaml: product_recommender.eligibility.{rule}: {code!r} is no product "
+            f"of products.yaml ({', '.join(products.codes)})"
+            for rule, code in named if code not in products.codes]
+
+
+def check_eligibility(models: ModelsConfig, products: ProductsConfig) -> None:
+    """Raise the first of ``eligibility_problems`` (a run's configs step)."""
+    if problems := eligibility_problems(models, products):
+        raise PuhuiError(problems[0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -1110,6 +1150,12 @@ def check_feature_sources(config_dir: Path) -> list[str]:
             if column not in stored[table]:
                 problems.append(f"{features_file}: {where}: {table} stores no column {column!r}")
     return problems
+
+
+def check_recommender_products(config_dir: Path) -> list[str]:
+    """``eligibility_problems`` of the folder's models.yaml and products.yaml."""
+    return eligibility_problems(load_config_file(config_dir / "models.yaml", ModelsConfig),
+                                load_config_file(config_dir / "products.yaml", ProductsConfig))
 
 
 def check_keys(environ: dict[str, str]) -> list[str]:
