@@ -157,3 +157,61 @@ def test_a_key_with_a_files_trailing_newline_is_refused_in_one_line(
         assert "\n" not in str(caught.value) and _KEY not in str(caught.value)
     env[variable] = _KEY if variable == "PUHUI_PSEUDONYM_KEY" else _KEY[::-1]
     assert load_settings(env).pseudonym_key == _KEY  # the secret alone is fine
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("business_loan: C}", "business_loan: c}", "credit_max_grade.business_loan"),
+        ("business_loan: C}", "business_loan: ''}", "credit_max_grade.business_loan"),
+        ("business_loan: {min: 18, max: 65}", "business_loan: {min: 65, max: 18}", "age"),
+    ],
+)
+def test_an_eligibility_grade_or_age_range_that_is_none_is_one_line(
+    tmp_path: Path, old: str, new: str, named: str
+) -> None:
+    """Before: an eligibility grade the risk model has not was found by its position in
+    the grade letters: `c` (-1) refused business_loan to everyone, `''` (0) allowed grade A
+    only; an age range with min over max offered the product to no one. All loaded."""
+    path = _edited(tmp_path, "models.yaml", old, new)
+    with pytest.raises(PuhuiError, match=named) as caught:
+        load_config_file(path, ModelsConfig)
+    assert str(caught.value).startswith(f"{path}:") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "bad"),
+    [
+        ("{microloan: D,", "{micro_loan: D,", "micro_loan"),
+        ("agricultural: [agri_loan,", "agricultural: [agri_laon,", "agri_laon"),
+        ("      microloan: {min: 18, max: 60}", "      Microloan: {min: 18, max: 60}", "Microloan"),
+    ],
+)
+def test_an_eligibility_rule_naming_no_product_stops_config_check_and_the_runs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    old: str,
+    new: str,
+    bad: str,
+) -> None:
+    """Before: a misspelt product code in the recommender's eligibility rules was a rule on
+    no product, and `config check` passed: `micro_loan: D` left microloan without its grade
+    limit (offered to grade E and to customers without a grade), `agri_laon` offered
+    agri_loan to customers with no agricultural activity. `config check` lists it, and the
+    recommender's and the profile refresh's configs steps refuse it, in one line."""
+    from puhui.cli import main
+    from tasks.profiles import ProfileConfigs
+
+    configs = _edited(tmp_path, "models.yaml", old, new).parent
+    monkeypatch.setenv("PUHUI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PUHUI_CONFIG_DIR", str(configs))
+    try:
+        code = main(["config", "check"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 1 and f"{bad!r} is no product of products.yaml" in err, err
+    with pytest.raises(PuhuiError, match=f"{bad!r} is no product") as caught:
+        ProfileConfigs.read(configs)
+    assert "\n" not in str(caught.value)
