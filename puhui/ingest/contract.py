@@ -164,24 +164,84 @@ ARROW_TYPES = {
 
 
 def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) -> pa.Array:
-    """Type one column per its contract; raises ContractViolation on type drift."""
+    """Type one column per its contract; raises ContractViolation on type drift.
+
+    Text is parsed as a CSV's cells are. A binary file's (Parquet's, JSON's) typed column
+    is taken only where its type means the declared one (:data:`_TYPED`): Arrow's own cast
+    gave a zoned timestamp's UTC date, true for a float 0.5 and epoch microseconds for a
+    timestamp in an int column, all loaded clean.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):  # a pandas category: its values are the column
+        values = values.dictionary_decode()
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return _parse_text(values.cast(pa.string()), column)
     if pa.types.is_null(values.type):
         return pa.nulls(len(values), ARROW_TYPES[column.type])
-    if column.type == "timestamp":
-        return _typed_timestamp(values, column)
+    return _TYPED[column.type](values, column)
+
+
+def _type_drift(column: ColumnContract, found: pa.DataType, what: str = "") -> ContractViolation:
+    """The hold for a typed column: ``what`` says which values, else the type itself is."""
+    return ContractViolation(
+        f"type drift in {column.name}: {_type_shown(found)}{what} where {column.type} is declared"
+    )
+
+
+def _typed_text(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """Any type with a text form (numbers, binary that is UTF-8) as that text."""
     try:
-        # A text column's cast fails too: a JSON object or list has no text form in Arrow
-        # (it was held as an unexpected error, its reason naming no column).
-        return pc.cast(values, ARROW_TYPES[column.type])
+        # A JSON object or list has no text form in Arrow (it was held as an unexpected
+        # error, its reason naming no column).
+        return pc.cast(values, ARROW_TYPES["string"])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise ContractViolation(
-            f"type drift in {column.name}: {_type_shown(values.type)} where {column.type} is "
-            "declared"
-        ) from None
+        raise _type_drift(column, values.type) from None
+
+
+def _typed_number(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """Integers, floats and decimals; Arrow's safe cast refuses a fraction in an int column
+    and an integer a float cannot hold exactly. A bool (0 or 1) or a time (epoch
+    microseconds) is no number of the contract's: text "true" in an int column is drift."""
+    kind = values.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        raise _type_drift(column, kind)
+    try:
+        typed = pc.cast(values, ARROW_TYPES[column.type])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise _type_drift(column, kind, f" value(s) not {column.type}") from None
+    if column.type == "float" and not pc.all(pc.fill_null(pc.is_finite(typed), True)).as_py():
+        raise ContractViolation(f"type drift in {column.name}: NaN or infinite value(s)")
+    return typed
+
+
+def _typed_bool(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """A bool, or numbers that are all 0 or 1 (as the text "0" and "1" are read)."""
+    kind = values.type
+    if pa.types.is_boolean(kind):
+        return values
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise _type_drift(column, kind)
+    if not pc.all(pc.is_in(values.drop_null(), pa.array([0, 1], kind))).as_py():
+        raise _type_drift(column, kind, " value(s) other than 0 and 1")
+    return pc.not_equal(values, pa.scalar(0, kind))
+
+
+def _typed_date(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """A date, or the lender's local date of a timestamp: a zoned one's date in the lender's
+    timezone (Arrow's cast took its UTC date, the day before for a morning in Beijing), a
+    naive one's own date (Parquet's local time)."""
+    kind = values.type
+    try:
+        if pa.types.is_date(kind):
+            return pc.cast(values, ARROW_TYPES["date"])
+        if pa.types.is_timestamp(kind):
+            if kind.tz is not None:
+                values = values.cast(pa.timestamp(kind.unit, tz=str(LENDER_TIMEZONE)))
+            return pc.cast(values, ARROW_TYPES["date"])  # a zone's local date, as Arrow casts
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    raise _type_drift(column, kind)
 
 
 def _typed_timestamp(values: pa.Array, column: ColumnContract) -> pa.Array:
@@ -198,9 +258,18 @@ def _typed_timestamp(values: pa.Array, column: ColumnContract) -> pa.Array:
             return _local_to_utc(values)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass  # nanoseconds a microsecond cannot hold, a local time that never was
-    raise ContractViolation(
-        f"type drift in {column.name}: {_type_shown(kind)} where timestamp is declared"
-    )
+    raise _type_drift(column, kind)
+
+
+# How a typed (non-text) column becomes each contract type.
+_TYPED = {
+    "string": _typed_text,
+    "int": _typed_number,
+    "float": _typed_number,
+    "bool": _typed_bool,
+    "date": _typed_date,
+    "timestamp": _typed_timestamp,
+}
 
 
 def _type_shown(found: pa.DataType) -> str:
