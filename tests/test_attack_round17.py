@@ -4,25 +4,40 @@ Each test failed before its fix unless its docstring says it was found sound.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from puhui.config import ModelsConfig, MonitoringConfig, load_config_file
+from puhui.cli import main
+from puhui.config import ColumnContract, ModelsConfig, MonitoringConfig, load_config_file
 from puhui.errors import PuhuiError
-from puhui.generate.hostile import HostileContext
+from puhui.generate.hostile import MP_HEADER, HostileContext
+from puhui.ingest import pseudonym_check
+from puhui.ingest.contract import ContractViolation, coerce_column
 from puhui.ingest.feeds import ingest_all_feeds
 from puhui.ingest.held_batches import quarantine_copy_path
+from puhui.ingest.pseudonym_check import MISMATCH, key_check_value
+from puhui.pipeline import run_ingest_flow
 from puhui.runtime import open_runtime
 from puhui.settings import load_settings
+from puhui.warehouse.engine import create_warehouse_engine
 from tests import test_attack_round7
-from tests.test_attack_round7 import DAY
+from tests.conftest import TEST_PSEUDONYM_KEY
+from tests.test_attack_round7 import DAY, _payments
 from tests.test_attack_round8 import _edited
+from tests.test_ledger_migration import at_revision_with_a_batch
 
 landing = test_attack_round7.landing  # the fixture: a landing zone with the payments folder
 
@@ -215,3 +230,279 @@ def test_an_eligibility_rule_naming_no_product_stops_config_check_and_the_runs(
     with pytest.raises(PuhuiError, match=f"{bad!r} is no product") as caught:
         ProfileConfigs.read(configs)
     assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- the pseudonym key's check
+_OTHER_KEY = TEST_PSEUDONYM_KEY[::-1]  # a rotated or mistyped key: as strong, another HMAC
+
+
+@pytest.fixture
+def payments(landing: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The payments folder of DAY on a fresh warehouse of each dialect."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    return landing / "mobile_payments" / DAY.isoformat()
+
+
+def _counts() -> tuple[int, int]:
+    """Ledger rows and raw payment rows."""
+    [(batches,)] = _stored("SELECT count(*) FROM ingest_batches")
+    [(rows,)] = _stored("SELECT count(*) FROM raw_mobile_payments")
+    return batches, rows
+
+
+def test_a_pseudonym_key_other_than_the_warehouses_is_refused_before_any_row(
+    payments: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a rotated or mistyped PUHUI_PSEUDONYM_KEY ingested as any other: every
+    customer got another person_key and the histories split silently (here: 10 rows, 10
+    person_keys for 5 people). The first run records a keyed check value; a run under
+    another key is refused in one line before it writes anything, `profiles explain` too,
+    and `audit verify` reports it (and the match under the right key)."""
+    (payments / "mobile_payments_1.csv").write_bytes(_payments(1))
+    assert {o.status for o in _outcomes().values()} == {"accepted"}
+    (payments / "mobile_payments_2.csv").write_bytes(
+        _payments(1, header=MP_HEADER).replace(b"T0001", b"T0009")
+    )  # the same people, other transactions
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", _OTHER_KEY)
+    with pytest.raises(PuhuiError) as caught:
+        _outcomes()
+    assert str(caught.value) == MISMATCH
+    assert _counts() == (1, 5)  # nothing written: no ledger row, no raw row
+    person = HostileContext(DAY, 1, Path("."), set()).national_id(0)
+    assert main(["profiles", "explain", person]) == 1
+    assert capsys.readouterr().err.strip() == f"puhui: error: {MISMATCH}"
+    assert main(["audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "PUHUI_PSEUDONYM_KEY is not the key this warehouse's pseudonyms were made with" in err
+    assert _OTHER_KEY not in err and TEST_PSEUDONYM_KEY not in err
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+    assert _outcomes()["mobile_payments_2.csv"].status == "accepted"
+    [(rows, people)] = _stored(
+        "SELECT count(*), count(DISTINCT phone_key) FROM raw_mobile_payments"
+    )
+    assert (rows, people) == (10, 5)
+    assert main(["audit", "verify"]) == 0
+    assert "pseudonym key: PUHUI_PSEUDONYM_KEY matches the check value recorded" in (
+        capsys.readouterr().out
+    )
+    [(check,)] = _stored("SELECT check_value FROM pseudonym_key_checks")
+    assert check == key_check_value(TEST_PSEUDONYM_KEY.encode())
+    assert check not in {
+        hashlib.sha256(TEST_PSEUDONYM_KEY.encode()).hexdigest(),
+        TEST_PSEUDONYM_KEY,
+    }
+    # Deleted by hand: the next run does not take over whatever key it has (the trail's
+    # value is compared), and verify reports the loss.
+    with open_runtime().engine.begin() as conn:
+        conn.execute(text("DELETE FROM pseudonym_key_checks"))
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", _OTHER_KEY)
+    with pytest.raises(PuhuiError, match="^PUHUI_PSEUDONYM_KEY is not the key"):
+        _outcomes()
+    assert _stored("SELECT count(*) FROM pseudonym_key_checks") == [(0,)]
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 1
+    assert "pseudonym_key_checks has lost the check value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
+def test_the_ingest_flow_under_another_key_fails_in_one_line(
+    payments: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> None:
+    """The Prefect flow (what `puhui run ingest` and the daily pipeline run): its feed task
+    refuses another key before the feed writes anything; the error is the one line."""
+    (payments / "mobile_payments_1.csv").write_bytes(_payments(1))
+    assert run_ingest_flow(DAY)["statuses"] == {"accepted": 1}
+    (payments / "mobile_payments_2.csv").write_bytes(_payments(2))
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", _OTHER_KEY)
+    with pytest.raises(PuhuiError) as caught:
+        run_ingest_flow(DAY)
+    assert str(caught.value) == MISMATCH
+    assert _counts() == (1, 5)
+
+
+def test_a_warehouse_with_pseudonyms_but_no_check_value_adopts_the_key_once(
+    payments: Path, warehouse_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade path: a warehouse with a ledger row from before migration 0013 adopts
+    the key of its next run, which says so once (and marks the check value adopted); a
+    later run under another key is refused."""
+    engine = create_warehouse_engine(warehouse_url)
+    at_revision_with_a_batch(engine, "0010")
+    engine.dispose()
+    (payments / "mobile_payments_1.csv").write_bytes(_payments(1))
+    runtime = open_runtime()  # migrates to the head
+    notes = [r.key_note for r in ingest_all_feeds(runtime, DAY) if r.key_note]
+    assert len(notes) == 1 and "had no record of their key" in notes[0]
+    assert _stored("SELECT adopted FROM pseudonym_key_checks") in ([(True,)], [(1,)])
+    (payments / "mobile_payments_2.csv").write_bytes(_payments(2))
+    assert not [r.key_note for r in ingest_all_feeds(runtime, DAY) if r.key_note]
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", _OTHER_KEY)
+    (payments / "mobile_payments_3.csv").write_bytes(_payments(3))
+    with pytest.raises(PuhuiError, match="^PUHUI_PSEUDONYM_KEY is not the key"):
+        _outcomes()
+
+
+def test_two_first_runs_at_once_record_one_check_value(
+    warehouse_url: str, puhui_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs find no check value (held at a barrier after their read), both insert:
+    one wins, the other compares with the winner's and is refused under another key."""
+    monkeypatch.setenv("PUHUI_WAREHOUSE_URL", warehouse_url)
+    runtime = open_runtime()
+    engine, audit = runtime.engine, runtime.audit
+    barrier = threading.Barrier(2, timeout=30)
+    read = pseudonym_check.read_key_check
+    first = threading.local()
+
+    def read_then_wait(engine: object) -> object:
+        found = read(engine)
+        if not getattr(first, "done", False):
+            first.done = True
+            barrier.wait()  # both have read "none" before either inserts
+        return found
+
+    monkeypatch.setattr(pseudonym_check, "read_key_check", read_then_wait)
+    outcomes: dict[str, str] = {}
+
+    def run(name: str, key: str) -> None:
+        try:
+            pseudonym_check.ensure_pseudonym_key(engine, key.encode(), audit)
+            outcomes[name] = "ok"
+        except PuhuiError as error:
+            outcomes[name] = str(error)
+
+    threads = [
+        threading.Thread(target=run, args=(n, k))
+        for n, k in (("a", TEST_PSEUDONYM_KEY), ("b", _OTHER_KEY))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == sorted(["ok", MISMATCH])
+    [(check,)] = _stored("SELECT check_value FROM pseudonym_key_checks")
+    winner = TEST_PSEUDONYM_KEY if outcomes["a"] == "ok" else _OTHER_KEY
+    assert check == key_check_value(winner.encode())
+
+
+def test_a_run_killed_after_recording_the_check_value_is_completed_by_the_next(
+    payments: Path, monkeypatch: pytest.MonkeyPatch, warehouse_url: str
+) -> None:
+    """kill -9 between the check value's commit and the first row: the next run under the
+    same key agrees with it and loads the file; under another key it is refused."""
+    (payments / "mobile_payments_1.csv").write_bytes(_payments(1))
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from datetime import date; from puhui.runtime import "
+            "open_runtime; from puhui.ingest.feeds import ingest_all_feeds; "
+            f"ingest_all_feeds(open_runtime(), date.fromisoformat('{DAY}'))",
+        ],
+        env={**os.environ, "PUHUI_CRASH_AT": "pseudonym-key-recorded"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _stored("SELECT count(*) FROM ingest_batches") == [(0,)]
+    assert _stored("SELECT count(*) FROM pseudonym_key_checks") == [(1,)]
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", _OTHER_KEY)
+    with pytest.raises(PuhuiError, match="^PUHUI_PSEUDONYM_KEY is not the key"):
+        _outcomes()
+    monkeypatch.setenv("PUHUI_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+    assert _outcomes()["mobile_payments_1.csv"].status == "accepted"
+    assert _counts() == (1, 5)
+
+
+# ------------------------------------------------------- typed columns (Parquet, JSON)
+def _contract(kind: str) -> ColumnContract:
+    return ColumnContract(name="flag" if kind == "bool" else "report_date", type=kind)
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "expected"),
+    [
+        # 01:00 in Beijing on DAY is 17:00 UTC the day before: the local date is DAY.
+        (
+            pa.array(
+                [datetime.combine(DAY, time(1), ZoneInfo("Asia/Shanghai"))],
+                pa.timestamp("us", tz="Asia/Shanghai"),
+            ),
+            "date",
+            [DAY],
+        ),
+        (
+            pa.array(
+                [datetime.combine(DAY, time(1), ZoneInfo("Asia/Shanghai")).astimezone(UTC)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "date",
+            [DAY],
+        ),
+        (pa.array([datetime.combine(DAY, time(23))], pa.timestamp("ns")), "date", [DAY]),
+        (pa.array([DAY], pa.date64()), "date", [DAY]),
+        (pa.array([0, 1, None], pa.int8()), "bool", [False, True, None]),
+        (pa.array([1.0, 0.0], pa.float64()), "bool", [True, False]),
+        (pa.array([True, None]), "bool", [True, None]),
+    ],
+)
+def test_a_typed_date_is_the_lenders_local_date_and_0_or_1_a_bool(
+    values: pa.Array, kind: str, expected: list
+) -> None:
+    """Before: a UTC timestamp (Parquet's usual, adjusted to UTC) in a date column took its
+    UTC date, the day before for a morning in Beijing, where the same moment as text is the
+    lender's local day; 0 and 1 as numbers are read as the text "0" and "1" are."""
+    assert coerce_column(values, _contract(kind)).to_pylist() == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "reason"),
+    [
+        (
+            pa.array([0.5, 1.0]),
+            "bool",
+            "type drift in flag: double value(s) other than 0 and 1 where bool is declared",
+        ),
+        (
+            pa.array([2], pa.int64()),
+            "bool",
+            "type drift in flag: int64 value(s) other than 0 and 1 where bool is declared",
+        ),
+        (
+            pa.array([DAY], pa.date32()),
+            "bool",
+            "type drift in flag: date32[day] where bool is declared",
+        ),
+        (
+            pa.array([20260930], pa.int64()),
+            "date",
+            "type drift in report_date: int64 where date is declared",
+        ),
+        (pa.array([True]), "date", "type drift in report_date: bool where date is declared"),
+    ],
+)
+def test_a_typed_value_of_another_meaning_is_held_naming_the_column(
+    values: pa.Array, kind: str, reason: str
+) -> None:
+    """Before: Arrow's cast made 0.5 and 2 true, loaded clean. (A date where a bool is
+    declared, and an int or a bool where a date is, Arrow refused already: kept as guards.)"""
+    with pytest.raises(ContractViolation) as caught:
+        coerce_column(values, _contract(kind))
+    assert str(caught.value) == reason
+
+
+def test_a_json_true_or_a_time_in_a_number_column_is_held(landing: Path) -> None:
+    """Before: Arrow's cast read a JSON `true` in `amount_yuan` as 1.0, loaded clean; the
+    shipped ecommerce feed now holds it as type drift naming the column."""
+    orders = landing / "ecommerce_orders" / DAY.isoformat()
+    orders.mkdir(parents=True)
+    context = HostileContext(DAY, 1, Path("."), set())
+    order = {**context.order(0), "amount_yuan": True}
+    (orders / "ecommerce_orders_bool.jsonl").write_text(json.dumps(order) + "\n")
+    held = _outcomes()["ecommerce_orders_bool.jsonl"]
+    assert (held.status, held.reason) == (
+        "quarantined",
+        "type drift in amount_yuan: bool where float is declared",
+    )
