@@ -120,6 +120,28 @@ def test_parquet_times_without_a_zone_are_local_and_numbers_are_held(
     assert stored == [datetime.combine(DAY, time(12, 0, i), UTC) for i in range(5)]
 
 
+def test_parquet_int96_times_are_utc_instants(landing: Path) -> None:
+    """Before: an INT96 timestamp (Spark's, Hive's and Impala's default, written as UTC;
+    Arrow reads it without a zone) was taken as the lender's local time: 12:00Z was stored
+    as 04:00Z, 8 hours early, and no "after its delivery day" warning fires for early."""
+    events = landing / "product_events" / DAY.isoformat()
+    events.mkdir(parents=True)
+    base = HostileContext(DAY, 1, Path("."), set()).events_table()
+    moments = [datetime.combine(DAY, time(12, 0, i), UTC) for i in range(5)]
+    zoned = pa.array(moments, pa.timestamp("us", tz="UTC"))
+    pq.write_table(
+        base.set_column(2, "event_time", zoned),
+        events / "product_events_1.parquet",
+        use_deprecated_int96_timestamps=True,
+    )
+    assert pq.ParquetFile(events / "product_events_1.parquet").schema.column(2).physical_type == (
+        "INT96"
+    )
+    assert _outcomes()["product_events_1.parquet"].status == "accepted"
+    stored = sorted(_utc(t) for (t,) in _stored("SELECT event_time FROM raw_product_events"))
+    assert stored == moments
+
+
 @pytest.mark.parametrize(
     ("name", "old", "new", "key"),
     [

@@ -588,6 +588,7 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
             _refuse_nested(schema)
             read = [index for index, name in enumerate(schema.names) if name in wanted]
             names = [schema.names[index] for index in read]
+            utc = _utc_instants(readers[()], read)
             pending: list[pa.Table] = []
             pending_bytes = pending_rows = 0
             for group in range(meta.num_row_groups):
@@ -606,7 +607,7 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
                         # each paying the ingest's per-chunk costs.
                         if pending and (pending_bytes + width > block_bytes
                                         or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
-                            yield _joined(pending)
+                            yield _as_utc(_joined(pending), utc)
                             pending, pending_bytes, pending_rows = [], 0, 0
                         pending.append(piece)
                         pending_bytes += width
@@ -614,13 +615,38 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
                         if pending_bytes + width > block_bytes:
                             # Another piece like it would not fit: handed on now, not kept
                             # through the next read (a third block alive at once).
-                            yield _joined(pending)
+                            yield _as_utc(_joined(pending), utc)
                             pending, pending_bytes, pending_rows = [], 0, 0
             if pending:
-                yield _joined(pending)
+                yield _as_utc(_joined(pending), utc)
         finally:
             for reader in readers.values():
                 reader.close()
+
+
+def _utc_instants(parquet: pq.ParquetFile, read: list[int]) -> list[str]:
+    """The columns (of ``read``, flat) whose zoneless timestamps are UTC instants by the
+    file's own schema: INT96 (Spark's, Hive's and Impala's default, written as UTC) and a
+    timestamp whose logical type says isAdjustedToUTC. Arrow reads INT96 without a zone,
+    so the ingest took it as the lender's local time, 8 hours early."""
+    utc = []
+    for index in read:
+        column = parquet.schema.column(index)
+        logical = column.logical_type.to_json() if column.logical_type else ""
+        if column.physical_type == "INT96" or '"isAdjustedToUTC": true' in logical:
+            utc.append(column.name)
+    return utc
+
+
+def _as_utc(table: pa.Table, utc: list[str]) -> pa.Table:
+    """``table`` with the zoneless timestamps of ``utc`` zoned UTC (their instants)."""
+    for name in utc:
+        index = table.schema.get_field_index(name)
+        kind = table.schema.field(index).type
+        if pa.types.is_timestamp(kind) and kind.tz is None:
+            zoned = table.column(index).cast(pa.timestamp(kind.unit, tz="UTC"))
+            table = table.set_column(index, name, zoned)
+    return table
 
 
 _PARQUET_MAX_ROWS = 1_000_000
