@@ -524,19 +524,49 @@ def _json_text_schema(feed: PartnerFeed) -> pa.Schema:
     return pa.schema([(c.name, pa.string()) for c in feed.columns if c.type in _JSON_TEXT_TYPES])
 
 
-def _parse_jsonl_block(block: bytes, header: list[str], text: pa.Schema) -> pa.Table:
+def _parse_jsonl_block(block: bytes, header: list[str], text: pa.Schema,
+                       strings: frozenset[str]) -> pa.Table:
     _check_nesting(block)
-    table = pa_json.read_json(
-        pa.py_buffer(block),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
-        parse_options=pa_json.ParseOptions(explicit_schema=text,
-                                           unexpected_field_behavior="infer"),
-    )
+    try:
+        table = _read_json_block(block, text)
+    except pa.ArrowInvalid:
+        # A JSON number or bool in a declared text column (a numeric order_id, a phone
+        # written as a number) is its text, as before text columns were read as text.
+        quoted = _numbers_quoted(block, strings)
+        if quoted is None:
+            raise
+        table = _read_json_block(quoted, text)
     # JSON lines may omit a null field: a block where no line carries it still has the column.
     for name in header:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
     return table
+
+
+def _read_json_block(block: bytes, text: pa.Schema) -> pa.Table:
+    return pa_json.read_json(
+        pa.py_buffer(block),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
+        parse_options=pa_json.ParseOptions(explicit_schema=text,
+                                           unexpected_field_behavior="infer"),
+    )
+
+
+def _numbers_quoted(block: bytes, strings: frozenset[str]) -> bytes | None:
+    """``block`` with every JSON number or bool in a field of ``strings`` (the declared text
+    columns) written as its text: a number's exact digits (``12345``, ``1.50``, digits past
+    2^63 kept), ``true``/``false``. None if none is found (Arrow's own error is then the
+    reason). Only for a block Arrow refused. A byte pattern, not Python's parser (15 times
+    the offset-time read per block, bench/bench_json_times.py): a key opens after ``{`` or
+    ``,``, which a quote inside a JSON string (always escaped) cannot follow."""
+    if not strings:
+        return None
+    names = b"|".join(re.escape(json.dumps(name, ensure_ascii=False).encode())
+                      for name in sorted(strings))
+    pattern = re.compile(rb'([{,]\s*(?:' + names + rb')\s*:\s*)'
+                         rb'(-?\d[0-9.eE+-]*|true|false)(?=\s*[,}])')
+    quoted, count = pattern.subn(rb'\1"\2"', block)
+    return quoted if count else None
 
 
 def _iter_jsonl(
@@ -547,18 +577,19 @@ def _iter_jsonl(
     # JSON reader fixes each column's type from the first block and fails when a later block
     # differs (a number column that later holds "1,234.50"); per block, the contract types it.
     carry, text = b"", _json_text_schema(feed)
+    strings = frozenset(c.name for c in feed.columns if c.type == "string")
     with _opened(handle, on_bytes) as stream:
         while True:
             data = stream.read(block_bytes)
             block = carry + data
             if not data:
                 if block.strip():
-                    yield _parse_jsonl_block(block, header, text)
+                    yield _parse_jsonl_block(block, header, text, strings)
                 return
             cut = block.rfind(b"\n") + 1
             carry = block[cut:]
             if cut and block[:cut].strip():
-                yield _parse_jsonl_block(block[:cut], header, text)
+                yield _parse_jsonl_block(block[:cut], header, text, strings)
 
 
 def _iter_parquet(handle: FileHandle, block_bytes: int,
