@@ -401,6 +401,9 @@ class FeaturesConfig(StrictModel):
 # configs/models.yaml: training, evaluation, fairness and the gates of each model
 
 
+GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
+
+
 class RiskGrade(StrictModel):
     grade: str
     max_pd: float = Field(gt=0, le=1)
@@ -464,6 +467,14 @@ class LightGBMSpec(StrictModel):
     @classmethod
     def _param_types(cls, params: Any) -> Any:
         return _check_lightgbm_params(params, lists=False, trainer_sets=RISK_TRAINER_PARAMS)
+
+    @field_validator("num_boost_round", "early_stopping_rounds")
+    @classmethod
+    def _rounds_bounded(cls, rounds: int | SizeAware) -> int | SizeAware:
+        # A size-aware count resolves within [min, max]: an unbounded max (10^12) passed.
+        if isinstance(rounds, SizeAware) and rounds.max > MAX_BOOST_ROUNDS:
+            raise ValueError(f"max must be at most {MAX_BOOST_ROUNDS:,}")
+        return rounds
 
     @model_validator(mode="after")
     def _search_names_not_aliased(self) -> LightGBMSpec:
@@ -535,6 +546,11 @@ class RiskModelSpec(StrictModel):
         bounds = [g.max_pd for g in grades]
         if bounds != sorted(bounds) or bounds[-1] != 1.0:
             raise ValueError("grade max_pd must ascend and the last must be 1.0")
+        # The recommender's eligibility ranks a grade by its letter: `A+` or `1` passed the
+        # eligibility grade check and ranked -1 (no grade: credit refused to everyone).
+        if [g.grade for g in grades] != list(GRADE_ORDER[: len(grades)]):
+            raise ValueError(f"grades must be named {', '.join(GRADE_ORDER[:3])}, ... in order "
+                             f"(at most {len(GRADE_ORDER)}, best first)")
         return grades
 
 
@@ -635,6 +651,12 @@ RANKER_TRAINER_PARAMS: dict[str, str] = {
 }
 
 
+# Round counts the spec bounds itself (``Rounds``); under any LightGBM name in params they
+# bypassed the bound.
+_ROUND_PARAMS = {"num_iterations": "num_boost_round",
+                 "early_stopping_round": "early_stopping_rounds"}
+
+
 def _check_lightgbm_params(params: Any, lists: bool = True,
                            trainer_sets: dict[str, str] | None = None) -> Any:
     """No parameter under two of its names, none the trainer sets (``trainer_sets``), then
@@ -650,6 +672,10 @@ def _check_lightgbm_params(params: Any, lists: bool = True,
             raise ValueError(clash)
         for key in map(str, params):
             real = lightgbm_canonical(key)
+            if real in _ROUND_PARAMS:
+                # Passed to lgb.train, it overrode the bounded round count (2*10^9 rounds).
+                raise ValueError(f"{key}: LightGBM's {real}, which overrides the model's "
+                                 f"{_ROUND_PARAMS[real]}: set that instead")
             if real in (trainer_sets or {}):
                 called = "" if real == key else f" (LightGBM's {real})"
                 raise ValueError(f"{key}: set by the trainer{called}: "
