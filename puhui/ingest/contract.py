@@ -279,6 +279,9 @@ def _type_shown(found: pa.DataType) -> str:
         return "a JSON object"
     if pa.types.is_list(found) or pa.types.is_large_list(found):
         return "a JSON list"
+    if pa.types.is_timestamp(found) and found.tz is not None:
+        # The zone is the file's text (any string): named by its kind, never shown.
+        return f"timestamp[{found.unit}] with a zone"
     return str(found)
 
 
