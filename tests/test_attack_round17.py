@@ -93,6 +93,38 @@ def test_json_times_are_read_as_text_like_a_csvs(landing: Path, puhui_env: Path)
     assert pq.read_table(copy).column("category_code").to_pylist() == [str(DAY)]
 
 
+def test_a_json_number_in_a_text_column_is_its_text(landing: Path) -> None:
+    """Before (round 17's first pass): a JSON number in a declared text column held the
+    whole file (`type drift in buyer_phone: a JSON number where string is declared`), where
+    main loaded it as its text. A phone written as a number is its text again and is
+    pseudonymized as the same phone in text is; a numeric order_id reaches the suite as
+    text (held by its pattern rule, naming the column); a number in a time column is held."""
+    orders = landing / "ecommerce_orders" / DAY.isoformat()
+    orders.mkdir(parents=True)
+    context = HostileContext(DAY, 1, Path("."), set())
+    text, number = context.order(0), {**context.order(1), "buyer_phone": 13900010000}
+    text["buyer_phone"] = "13900010000"
+    (orders / "ecommerce_orders_text.jsonl").write_text(json.dumps(text) + "\n")
+    (orders / "ecommerce_orders_number.jsonl").write_text(json.dumps(number) + "\n")
+    numeric_id = {**context.order(2), "order_id": 12345678901234567890123}
+    (orders / "ecommerce_orders_id.jsonl").write_text(json.dumps(numeric_id) + "\n")
+    timed = {**context.order(3), "order_time": 1790000000}
+    (orders / "ecommerce_orders_time.jsonl").write_text(json.dumps(timed) + "\n")
+    outcomes = _outcomes()
+    assert outcomes["ecommerce_orders_text.jsonl"].status == "accepted"
+    assert outcomes["ecommerce_orders_number.jsonl"].status == "accepted"
+    held = outcomes["ecommerce_orders_id.jsonl"]
+    assert held.status == "quarantined" and "order_id" in held.reason
+    assert "type drift" not in held.reason and "1234567890" not in held.reason
+    assert (
+        outcomes["ecommerce_orders_time.jsonl"].status,
+        outcomes["ecommerce_orders_time.jsonl"].reason,
+    ) == ("quarantined", "type drift in order_time: a JSON number where timestamp is declared")
+    rows = _stored("SELECT * FROM raw_ecommerce_orders")
+    assert len(rows) == 2 and "13900010000" not in repr(rows)
+    assert len({k for (k,) in _stored("SELECT DISTINCT phone_key FROM raw_ecommerce_orders")}) == 1
+
+
 def test_parquet_times_without_a_zone_are_local_and_numbers_are_held(
     landing: Path, puhui_env: Path
 ) -> None:
@@ -155,6 +187,24 @@ def test_parquet_int96_times_are_utc_instants(landing: Path) -> None:
             "num_boost_round",
         ),
         ("monitoring.yaml", "bootstrap: 200", "bootstrap: 1000000000000", "bootstrap"),
+        (
+            "models.yaml",
+            "num_boost_round: {of: rows, fraction: 0.2, min: 300, max: 3000}",
+            "num_boost_round: {of: rows, fraction: 0.2, min: 300, max: 1000000000000}",
+            "num_boost_round",
+        ),
+        (
+            "models.yaml",
+            "    params:\n      objective: binary\n",
+            "    params:\n      objective: binary\n      n_estimators: 2000000000\n",
+            "n_estimators",
+        ),
+        (
+            "models.yaml",
+            "    objective: lambdarank\n",
+            "    objective: lambdarank\n    num_iterations: 2000000000\n",
+            "num_iterations",
+        ),
     ],
 )
 def test_absurd_numbers_in_a_config_are_one_line_naming_file_and_key(
@@ -163,7 +213,10 @@ def test_absurd_numbers_in_a_config_are_one_line_naming_file_and_key(
     """Before: each passed the load and `config check`. A seed outside [0, 2^32) failed
     training after its booster was trained (scikit-learn's InvalidParameterError on the
     benchmark, naming no file), 100,000 validation months failed the window split (`year
-    -6308 is out of range`), and 10^12 boosting rounds or bootstrap resamples ran for ever."""
+    -6308 is out of range`), and 10^12 boosting rounds or bootstrap resamples ran for ever.
+    After review: a size-aware round count's max, and a LightGBM alias of the round count in
+    params (`n_estimators`, `num_iterations`, which override it in lgb.train), bypassed the
+    bound."""
     path = _edited(tmp_path, name, old, new)
     with pytest.raises(PuhuiError, match=key) as caught:
         load_config_file(path, MonitoringConfig if name == "monitoring.yaml" else ModelsConfig)
@@ -223,6 +276,8 @@ def test_a_blank_key_is_unset_in_the_local_profile_and_blank_in_production(
         ("business_loan: C}", "business_loan: c}", "credit_max_grade.business_loan"),
         ("business_loan: C}", "business_loan: ''}", "credit_max_grade.business_loan"),
         ("business_loan: {min: 18, max: 65}", "business_loan: {min: 65, max: 18}", "age"),
+        ("{grade: A, max_pd: 0.02}", "{grade: A+, max_pd: 0.02}", "grades"),
+        ("{grade: E, max_pd: 1.0}", "{grade: EE, max_pd: 1.0}", "grades"),
     ],
 )
 def test_an_eligibility_grade_or_age_range_that_is_none_is_one_line(
@@ -230,7 +285,9 @@ def test_an_eligibility_grade_or_age_range_that_is_none_is_one_line(
 ) -> None:
     """Before: an eligibility grade the risk model has not was found by its position in
     the grade letters: `c` (-1) refused business_loan to everyone, `''` (0) allowed grade A
-    only; an age range with min over max offered the product to no one. All loaded."""
+    only; an age range with min over max offered the product to no one. All loaded. A risk
+    grade named `A+` or `EE` passed the eligibility check and still ranked -1 by its
+    letter: grades are the letters A, B, C ... in order."""
     path = _edited(tmp_path, "models.yaml", old, new)
     with pytest.raises(PuhuiError, match=named) as caught:
         load_config_file(path, ModelsConfig)
@@ -534,6 +591,18 @@ def test_a_typed_value_of_another_meaning_is_held_naming_the_column(
     with pytest.raises(ContractViolation) as caught:
         coerce_column(values, _contract(kind))
     assert str(caught.value) == reason
+
+
+def test_a_files_timezone_text_never_reaches_a_hold_reason() -> None:
+    """Before: the reason printed the Arrow type, the file's timezone string with it
+    (`timestamp[ns, tz=Zhang San Beijing]`); it is named by its kind now."""
+    zoned = pa.array([1], pa.timestamp("ns", tz="Zhang San Beijing"))
+    with pytest.raises(ContractViolation) as caught:
+        coerce_column(zoned, _contract("timestamp"))
+    assert "Zhang" not in str(caught.value)
+    assert str(caught.value) == (
+        "type drift in report_date: timestamp[ns] with a zone where timestamp is declared"
+    )
 
 
 def test_a_json_true_or_a_time_in_a_number_column_is_held(landing: Path) -> None:
