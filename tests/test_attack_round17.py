@@ -593,6 +593,24 @@ def test_a_typed_value_of_another_meaning_is_held_naming_the_column(
     assert str(caught.value) == reason
 
 
+def test_times_with_and_without_an_offset_in_one_block_are_each_read() -> None:
+    """Before: a block mixing `2026-03-02 10:00:00` (local) and `...T10:00:00+08:00` failed
+    the offset cast, then the local one, and was held as `value(s) not an ISO timestamp`,
+    though the contract defines both; each part is cast once now."""
+    texts = [f"{DAY} 10:00:00", f"{DAY}T10:00:00+08:00", None, f"{DAY}T02:00:00Z", str(DAY)]
+    column = ColumnContract(name="order_time", type="timestamp")
+    ten = datetime.combine(DAY, time(2), UTC)
+    assert coerce_column(pa.array(texts), column).to_pylist() == [
+        ten,
+        ten,
+        None,
+        ten,
+        datetime.combine(DAY, time(0), ZoneInfo("Asia/Shanghai")),
+    ]
+    with pytest.raises(ContractViolation, match="order_time: value"):
+        coerce_column(pa.array([f"{DAY} 10:00:00", "noon+08:00"]), column)
+
+
 def test_a_files_timezone_text_never_reaches_a_hold_reason() -> None:
     """Before: the reason printed the Arrow type, the file's timezone string with it
     (`timestamp[ns, tz=Zhang San Beijing]`); it is named by its kind now."""
