@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from puhui.dates import LENDER_TIMEZONE
 from puhui.errors import PuhuiError
 from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
 from puhui.lightgbm_params import canonical as lightgbm_canonical
@@ -381,6 +382,16 @@ class FeaturesConfig(StrictModel):
     derived: list[DerivedFeature] = []
     application: ApplicationSpec
     partitioning: PartitioningSpec
+
+    @field_validator("timezone")
+    @classmethod
+    def _the_lenders_timezone(cls, timezone: str) -> str:
+        # Ingest reads a time without a zone, and dates deliveries, in the lender's timezone
+        # (a constant): features cutting days in another would disagree with every feed.
+        if timezone != LENDER_TIMEZONE.key:
+            raise ValueError(f"must be {LENDER_TIMEZONE.key}, the timezone ingest reads "
+                             "local times and delivery dates in (not configurable)")
+        return timezone
 
     @model_validator(mode="after")
     def _reasons_known(self) -> FeaturesConfig:

@@ -21,7 +21,13 @@ import pytest
 from sqlalchemy import text
 
 from puhui.cli import main
-from puhui.config import ColumnContract, ModelsConfig, MonitoringConfig, load_config_file
+from puhui.config import (
+    ColumnContract,
+    FeaturesConfig,
+    ModelsConfig,
+    MonitoringConfig,
+    load_config_file,
+)
 from puhui.errors import PuhuiError
 from puhui.generate.hostile import MP_HEADER, HostileContext
 from puhui.ingest import pseudonym_check
@@ -187,6 +193,7 @@ def test_parquet_int96_times_are_utc_instants(landing: Path) -> None:
             "num_boost_round",
         ),
         ("monitoring.yaml", "bootstrap: 200", "bootstrap: 1000000000000", "bootstrap"),
+        ("features.yaml", "timezone: Asia/Shanghai", "timezone: Europe/Berlin", "timezone"),
         (
             "models.yaml",
             "num_boost_round: {of: rows, fraction: 0.2, min: 300, max: 3000}",
@@ -216,10 +223,11 @@ def test_absurd_numbers_in_a_config_are_one_line_naming_file_and_key(
     -6308 is out of range`), and 10^12 boosting rounds or bootstrap resamples ran for ever.
     After review: a size-aware round count's max, and a LightGBM alias of the round count in
     params (`n_estimators`, `num_iterations`, which override it in lgb.train), bypassed the
-    bound."""
+    bound; features.yaml's timezone could differ from the one ingest reads local times in."""
     path = _edited(tmp_path, name, old, new)
     with pytest.raises(PuhuiError, match=key) as caught:
-        load_config_file(path, MonitoringConfig if name == "monitoring.yaml" else ModelsConfig)
+        kind = {"monitoring.yaml": MonitoringConfig, "features.yaml": FeaturesConfig}
+        load_config_file(path, kind.get(name, ModelsConfig))
     message = str(caught.value)
     assert message.startswith(f"{path}:") and "\n" not in message
 
