@@ -332,6 +332,7 @@ def seal_legacy_chain(conn: Connection, writer: AuditWriter) -> dict[str, Any] |
 KNOWN_ACTIONS: tuple[str, ...] = (
     REKEY, "ingest.accepted", "ingest.quarantined", "ingest.duplicate", "ingest.late",
     "ingest.paths_pseudonymized", "ingest.marks_renewed", "ingest.keys.indexed",
+    "ingest.pseudonym_key.recorded",
     "quarantine.released", "quarantine.rejected", "quarantine.revalidated",
     "quarantine.release.refused", "model.register.intent", "model.registered",
     "model.register.aborted", "model.register.refused", "model.gates", "model.alias.intent",

@@ -1162,6 +1162,12 @@ def audit_verify(
                                 else " (--deep: also the keyed digests)"))
             if not checked.raw_problems:
                 lines.append(f"raw tables agree with the ledger: {checked.raw_rows:,} row(s)")
+    key_check_problems: list[str] = []
+    if result.ok:
+        key_line, key_check_problems = _pseudonym_key_report(runtime)
+        problems += key_check_problems
+        summary.update(pseudonym_key=key_line, pseudonym_key_problems=key_check_problems)
+        lines += [key_line] if key_line else []
     table_mismatches: list[str] = []
     if result.ok:
         from puhui.table_digests import SPECS, WRITERS, table_problems, writer_subkey
@@ -1219,13 +1225,38 @@ def audit_verify(
         raw_problems = (len(summary.get("raw_problems", []))
                         + len(summary.get("raw_digest_problems", [])))
         which = " and ".join(["MLflow"] * (len(problems) > len(ledger_mismatches) + key_problems
-                                           + raw_problems + len(table_mismatches))
+                                           + raw_problems + len(table_mismatches)
+                                           + len(key_check_problems))
+                             + ["PUHUI_PSEUDONYM_KEY"] * bool(key_check_problems)
                              + ["ingest_batches"] * bool(ledger_mismatches)
                              + ["ingest_keys"] * bool(key_problems)
                              + ["raw tables"] * bool(raw_problems)
                              + ["warehouse tables"] * bool(table_mismatches))
         raise PuhuiError(f"{which} and the audit trail DISAGREE: {len(problems)} problem(s)"
                          + first(problems))
+
+
+def _pseudonym_key_report(runtime: Any) -> tuple[str | None, list[str]]:
+    """`audit verify`'s line on the pseudonym key's check value, and its problem if
+    PUHUI_PSEUDONYM_KEY is set and not the key the check value was made with."""
+    from puhui.ingest.pseudonym_check import check_value_problems, key_matches
+
+    recorded, problems = check_value_problems(runtime.engine)
+    if recorded is None:
+        return None if problems else ("pseudonym key: no check value recorded yet (the next "
+                                      "run that pseudonymizes records it)"), problems
+    when = f"recorded {recorded.recorded_at:%Y-%m-%d}" + (
+        ", adopted from pseudonyms made before it" if recorded.adopted else "")
+    key = runtime.settings.pseudonym_key
+    if not key:
+        return (f"pseudonym key: check value {when} (PUHUI_PSEUDONYM_KEY not set: not "
+                "compared)"), problems
+    if not key_matches(recorded, key.encode()):  # as pseudonym_key_bytes (no Arrow)
+        return None, [*problems, f"PUHUI_PSEUDONYM_KEY is not the key this warehouse's "
+                      f"pseudonyms were made with (its check value, {when}, differs): ingest "
+                      "refuses it"]
+    return (None if problems else
+            f"pseudonym key: PUHUI_PSEUDONYM_KEY matches the check value {when}"), problems
 
 
 def _actions(engine: Any) -> set[str]:
@@ -1377,6 +1408,7 @@ def config_check() -> None:
         check_feature_sources,
         check_feed_suites,
         check_keys,
+        check_recommender_products,
         config_hash,
         validate_config_dir,
     )
@@ -1387,6 +1419,7 @@ def config_check() -> None:
     names = validate_config_dir(settings.config_dir)
     problems = check_feed_suites(settings.config_dir, settings.expectations_dir)
     problems += check_feature_sources(settings.config_dir)
+    problems += check_recommender_products(settings.config_dir)
     problems += check_keys(dict(os.environ))
     for problem in problems:
         err_console.print(f"puhui: {problem}", markup=False)

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from puhui.dates import LENDER_TIMEZONE
 from puhui.errors import PuhuiError
 from puhui.lightgbm_params import alias_clash as lightgbm_alias_clash
 from puhui.lightgbm_params import canonical as lightgbm_canonical
@@ -70,6 +71,14 @@ _CHECK_PREFIXES = ("_valid_", "_after_delivery")
 # not an OverflowError in date arithmetic in the middle of a run.
 MAX_DAYS = 3660
 Days = Annotated[int, Field(gt=0, le=MAX_DAYS)]
+# Other counts a slip of the keyboard makes absurd, bounded for the same reason: a seed
+# outside [0, 2^32) passed the load and failed training after its booster (scikit-learn's
+# range), 100,000 months failed the split (year -6308), 10^12 bootstrap resamples or boosting
+# rounds ran for ever.
+Months = Annotated[int, Field(ge=1, le=MAX_DAYS // 30)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_BOOST_ROUNDS = 100_000
+Rounds = Annotated[int, Field(ge=1, le=MAX_BOOST_ROUNDS)]
 
 
 class Product(StrictModel):
@@ -370,6 +379,16 @@ class FeaturesConfig(StrictModel):
     application: ApplicationSpec
     partitioning: PartitioningSpec
 
+    @field_validator("timezone")
+    @classmethod
+    def _the_lenders_timezone(cls, timezone: str) -> str:
+        # Ingest reads a time without a zone, and dates deliveries, in the lender's timezone
+        # (a constant): features cutting days in another would disagree with every feed.
+        if timezone != LENDER_TIMEZONE.key:
+            raise ValueError(f"must be {LENDER_TIMEZONE.key}, the timezone ingest reads "
+                             "local times and delivery dates in (not configurable)")
+        return timezone
+
     @model_validator(mode="after")
     def _reasons_known(self) -> FeaturesConfig:
         named: list[FeatureName] = [*self.customer.categorical, self.customer.tenure]
@@ -387,6 +406,9 @@ class FeaturesConfig(StrictModel):
 
 # ---------------------------------------------------------------------------------------
 # configs/models.yaml: training, evaluation, fairness and the gates of each model
+
+
+GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
 
 
 class RiskGrade(StrictModel):
@@ -439,8 +461,8 @@ class MonotoneSpec(StrictModel):
 
 class LightGBMSpec(StrictModel):
     params: dict[str, ParamValue]
-    num_boost_round: int | SizeAware
-    early_stopping_rounds: int | SizeAware
+    num_boost_round: Rounds | SizeAware
+    early_stopping_rounds: Rounds | SizeAware
     search: SearchSpace | None = None
     monotone: MonotoneSpec = MonotoneSpec()
     # Below this many validation defaults, the booster's validation AUC is cross-fitted
@@ -452,6 +474,14 @@ class LightGBMSpec(StrictModel):
     @classmethod
     def _param_types(cls, params: Any) -> Any:
         return _check_lightgbm_params(params, lists=False, trainer_sets=RISK_TRAINER_PARAMS)
+
+    @field_validator("num_boost_round", "early_stopping_rounds")
+    @classmethod
+    def _rounds_bounded(cls, rounds: int | SizeAware) -> int | SizeAware:
+        # A size-aware count resolves within [min, max]: an unbounded max (10^12) passed.
+        if isinstance(rounds, SizeAware) and rounds.max > MAX_BOOST_ROUNDS:
+            raise ValueError(f"max must be at most {MAX_BOOST_ROUNDS:,}")
+        return rounds
 
     @model_validator(mode="after")
     def _search_names_not_aliased(self) -> LightGBMSpec:
@@ -505,9 +535,9 @@ class RiskModelSpec(StrictModel):
     outcome_window_days: Days
     # Three windows, by application date: train | validation (early stopping, search,
     # calibration, candidate choice) | test (untouched: final evaluation and gates only).
-    validation_months: int = Field(ge=1)
-    test_months: int = Field(ge=1)
-    seed: int
+    validation_months: Months
+    test_months: Months
+    seed: Seed
     lightgbm: LightGBMSpec
     calibration: CalibrationSpec = CalibrationSpec()
     grades: list[RiskGrade]
@@ -523,6 +553,11 @@ class RiskModelSpec(StrictModel):
         bounds = [g.max_pd for g in grades]
         if bounds != sorted(bounds) or bounds[-1] != 1.0:
             raise ValueError("grade max_pd must ascend and the last must be 1.0")
+        # The recommender's eligibility ranks a grade by its letter: `A+` or `1` passed the
+        # eligibility grade check and ranked -1 (no grade: credit refused to everyone).
+        if [g.grade for g in grades] != list(GRADE_ORDER[: len(grades)]):
+            raise ValueError(f"grades must be named {', '.join(GRADE_ORDER[:3])}, ... in order "
+                             f"(at most {len(GRADE_ORDER)}, best first)")
         return grades
 
 
@@ -536,6 +571,12 @@ class MetricThreshold(StrictModel):
 class AgeLimit(StrictModel):
     min: int = Field(ge=0)
     max: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> AgeLimit:
+        if self.min > self.max:  # nobody's age is in it: the product was offered to no one
+            raise ValueError("min must not exceed max")
+        return self
 
 
 class EligibilitySpec(StrictModel):
@@ -557,19 +598,19 @@ class RecommenderGates(StrictModel):
 
 class RecommenderSpec(StrictModel):
     registered_name: str
-    k: int = Field(default=3, ge=1)
+    k: int = Field(default=3, ge=1, le=100)
     window_days: Days = 28  # one group per customer and window
-    train_windows: int = Field(default=12, ge=1)
+    train_windows: int = Field(default=12, ge=1, le=MAX_DAYS)
     grading: dict[str, int]  # event type -> relevance
     segments: list[str]
     segment_pair: list[str]  # the segment-popularity baseline's segment
     min_segment_size: int = Field(ge=1)  # customers, for a segment to be gated
     min_segment_responders: int = Field(default=1, ge=1)  # ... and customers with a response
-    seed: int = 42
+    seed: Seed = 42
     # LightGBM parameters; a size-aware value resolves against the training rows (there
     # are no defaults here: a ranker's rarer outcome is not one label)
     lightgbm: dict[str, ParamValue | list[int] | list[float] | list[str]]
-    num_boost_round: int = Field(ge=1)
+    num_boost_round: Rounds
     eligibility: EligibilitySpec
     gates: RecommenderGates
     auto_promote: bool = False
@@ -617,6 +658,12 @@ RANKER_TRAINER_PARAMS: dict[str, str] = {
 }
 
 
+# Round counts the spec bounds itself (``Rounds``); under any LightGBM name in params they
+# bypassed the bound.
+_ROUND_PARAMS = {"num_iterations": "num_boost_round",
+                 "early_stopping_round": "early_stopping_rounds"}
+
+
 def _check_lightgbm_params(params: Any, lists: bool = True,
                            trainer_sets: dict[str, str] | None = None) -> Any:
     """No parameter under two of its names, none the trainer sets (``trainer_sets``), then
@@ -632,6 +679,10 @@ def _check_lightgbm_params(params: Any, lists: bool = True,
             raise ValueError(clash)
         for key in map(str, params):
             real = lightgbm_canonical(key)
+            if real in _ROUND_PARAMS:
+                # Passed to lgb.train, it overrode the bounded round count (2*10^9 rounds).
+                raise ValueError(f"{key}: LightGBM's {real}, which overrides the model's "
+                                 f"{_ROUND_PARAMS[real]}: set that instead")
             if real in (trainer_sets or {}):
                 called = "" if real == key else f" (LightGBM's {real})"
                 raise ValueError(f"{key}: set by the trainer{called}: "
@@ -684,6 +735,40 @@ def _non_finite(value: Any) -> bool:
 class ModelsConfig(StrictModel):
     credit_risk: RiskModelSpec
     product_recommender: RecommenderSpec | None = None
+
+    @model_validator(mode="after")
+    def _eligibility_grades(self) -> ModelsConfig:
+        # A grade the risk model has not (`d`, `F`, ``) was found by position in the grade
+        # letters: -1 refused the product to everyone, '' allowed grade A only.
+        grades = [g.grade for g in self.credit_risk.grades]
+        rules = self.product_recommender.eligibility if self.product_recommender else None
+        for code, grade in (rules.credit_max_grade if rules else {}).items():
+            if grade not in grades:
+                raise ValueError(f"product_recommender.eligibility.credit_max_grade.{code}: "
+                                 f"{grade!r} is none of credit_risk's grades ({', '.join(grades)})")
+        return self
+
+
+def eligibility_problems(models: ModelsConfig, products: ProductsConfig) -> list[str]:
+    """Products the recommender's eligibility rules name that products.yaml has not, one
+    line each. A misspelt code is a rule on no product: `micro_loan: D` left microloan
+    without its grade limit (offered to grade E and to customers with no grade), and
+    `agri_laon` offered agri_loan to people with no agricultural activity."""
+    if models.product_recommender is None:
+        return []
+    rules = models.product_recommender.eligibility
+    named = [("credit_max_grade", c) for c in rules.credit_max_grade]
+    named += [("agricultural", c) for c in rules.agricultural]
+    named += [("age", c) for c in rules.age]
+    return [f"models.yaml: product_recommender.eligibility.{rule}: {code!r} is no product "
+            f"of products.yaml ({', '.join(products.codes)})"
+            for rule, code in named if code not in products.codes]
+
+
+def check_eligibility(models: ModelsConfig, products: ProductsConfig) -> None:
+    """Raise the first of ``eligibility_problems`` (a run's configs step)."""
+    if problems := eligibility_problems(models, products):
+        raise PuhuiError(problems[0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -745,7 +830,7 @@ class PopulationSpec(StrictModel):
 
 class MaturedSpec(StrictModel):
     lookback_days: Days
-    bootstrap: int = Field(ge=10)
+    bootstrap: int = Field(ge=10, le=10_000)
     min_rows: int = Field(ge=1)
 
 
@@ -1098,6 +1183,12 @@ def check_feature_sources(config_dir: Path) -> list[str]:
             if column not in stored[table]:
                 problems.append(f"{features_file}: {where}: {table} stores no column {column!r}")
     return problems
+
+
+def check_recommender_products(config_dir: Path) -> list[str]:
+    """``eligibility_problems`` of the folder's models.yaml and products.yaml."""
+    return eligibility_problems(load_config_file(config_dir / "models.yaml", ModelsConfig),
+                                load_config_file(config_dir / "products.yaml", ProductsConfig))
 
 
 def check_keys(environ: dict[str, str]) -> list[str]:

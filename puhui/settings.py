@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -123,6 +124,24 @@ def _checked_actor(actor: str, source: str) -> str:
     return actor
 
 
+def _exact_secret(value: str | None, name: str, profile: str) -> str | None:
+    """``value`` byte for byte; None if unset or empty, and in the local profile if only
+    whitespace (a blank key file: unset, so the local default applies; production's
+    strength check refuses it as blank).
+
+    A key keys an HMAC byte for byte: never stripped, since a deployment that ran with a
+    file's trailing newline keeps its pseudonyms and audit chain only with it. Refusing such
+    a key (round 17's first pass) left that deployment no byte-exact way to run; a changed
+    pseudonym key is refused by the warehouse's check value instead. Spaces at the ends or a
+    control character get a one-line warning on stderr naming the setting, never the value."""
+    if not value or not value.strip():
+        return value if value and profile == "production" else None
+    if value != value.strip() or not value.isprintable():
+        print(f"warning: {name} has spaces at its ends or a control character (a file's "
+              "trailing newline?); it is used byte for byte", file=sys.stderr)
+    return value
+
+
 def repo_root() -> Path:
     """The checkout this package runs from (configs/, expectations/, prefect.yaml live here)."""
     return Path(__file__).resolve().parent.parent
@@ -175,12 +194,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     warehouse_url = env.get("PUHUI_WAREHOUSE_URL") or f"sqlite:///{home / 'warehouse.db'}"
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     landing = env.get("PUHUI_LANDING") or str(home / "landing")
-    key = env.get("PUHUI_PSEUDONYM_KEY") or None
+    key = _exact_secret(env.get("PUHUI_PSEUDONYM_KEY"), "PUHUI_PSEUDONYM_KEY", profile)
     demo_key_file = home / DEMO_KEY_FILE
     if key is None and profile == "local" and demo_key_file.exists():
         key = demo_key_file.read_text().strip() or None  # the key `puhui demo` made
     config_dir = Path(env.get("PUHUI_CONFIG_DIR", str(repo_root() / "configs"))).resolve()
-    audit_key = env.get("PUHUI_AUDIT_KEY") or None
+    audit_key = _exact_secret(env.get("PUHUI_AUDIT_KEY"), "PUHUI_AUDIT_KEY", profile)
     if audit_key is None and profile == "local" and (home / AUDIT_KEY_FILE).exists():
         audit_key = (home / AUDIT_KEY_FILE).read_text().strip() or None  # made on first use
     settings = Settings(

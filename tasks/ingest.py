@@ -66,6 +66,8 @@ def ingest_partner_feed(settings: Settings, partner: str, as_of: date,
             bar.advance(1)
 
         result = ingest_feed(runtime, feed, ingestor, as_of, on_file=log_file)
+    if result.key_note:
+        logger.warning(result.key_note)
     if result.late:
         logger.warning(
             "%s: the delivery expected for %s by %s has not arrived (late)",

@@ -17,6 +17,7 @@ from puhui.config import (
     ModelsConfig,
     ProductsConfig,
     SegmentsConfig,
+    check_eligibility,
     load_config,
 )
 from puhui.errors import PuhuiError
@@ -60,10 +61,12 @@ class ProfileConfigs:
 
     @classmethod
     def read(cls, config_dir: Path) -> ProfileConfigs:
-        return cls(load_config(config_dir, FeaturesConfig),
-                   load_config(config_dir, SegmentsConfig),
-                   load_config(config_dir, ProductsConfig),
-                   load_config(config_dir, ModelsConfig))
+        configs = cls(load_config(config_dir, FeaturesConfig),
+                      load_config(config_dir, SegmentsConfig),
+                      load_config(config_dir, ProductsConfig),
+                      load_config(config_dir, ModelsConfig))
+        check_eligibility(configs.models, configs.products)
+        return configs
 
 
 @task(name="profile-models", **STEP)

@@ -16,6 +16,7 @@ from puhui.config import (
     RecommenderSpec,
     RiskModelSpec,
     SegmentsConfig,
+    check_eligibility,
     load_config,
 )
 from puhui.errors import PuhuiError
@@ -71,6 +72,7 @@ def check_recommender_config(settings: Settings) -> RecommenderConfigs:
         load_config(settings.config_dir, FeaturesConfig), models.product_recommender,
         models.credit_risk, load_config(settings.config_dir, ProductsConfig),
         load_config(settings.config_dir, SegmentsConfig))
+    check_eligibility(models, configs.products)
     get_run_logger().info("configs read: features.yaml, products.yaml, segments.yaml, "
                           "models.yaml product_recommender and credit_risk")
     return configs

@@ -62,7 +62,8 @@ def test_the_cli_turns_reporting_off_when_it_returns() -> None:
     module's first, run after any CLI test) saw stage lines printed."""
     from puhui.cli import main
 
-    assert main(["models", "promote", "m", "--version", "0", "--reason", "x"]) == 2  # a malformed --version: a usage error since round 17
+    # a malformed --version: a usage error (exit 2) since round 17
+    assert main(["models", "promote", "m", "--version", "0", "--reason", "x"]) == 2
     test_unconfigured_reporting_prints_nothing()
 
 

@@ -111,6 +111,10 @@ def _cast_or_drift(
         ) from None
 
 
+# An ISO 8601 time's offset, after its time of day (a date's "-02" is no offset).
+_OFFSET = r":\d\d(\.\d+)?(Z|[+-]\d\d(:?\d\d)?)$"
+
+
 def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
     if column.type == "string":
         return values
@@ -133,19 +137,27 @@ def _parse_text(values: pa.Array, column: ColumnContract) -> pa.Array:
     if column.type == "date":
         return _cast_or_drift(values, pa.date32(), column, _DATE)
     # timestamp: ISO 8601 with an offset; without one, the lender's local time is meant.
+    # Each part cast once: a column of local times first failed the offset cast after a full
+    # scan (about 2x the read), and a block mixing both was held as not ISO.
+    zoned = pc.fill_null(pc.match_substring_regex(values, _OFFSET), False)
     try:
-        return pc.cast(values, pa.timestamp("us", tz="UTC"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    try:
-        local = pc.cast(values, pa.timestamp("us"))
-        return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(
-            pa.timestamp("us", tz="UTC")
-        )
+        if pc.all(zoned).as_py():
+            return pc.cast(values, pa.timestamp("us", tz="UTC"))
+        if not pc.any(zoned).as_py():
+            return _local_to_utc(values)
+        typed = pc.cast(pc.if_else(zoned, values, None), pa.timestamp("us", tz="UTC"))
+        return pc.if_else(zoned, typed, _local_to_utc(pc.if_else(zoned, None, values)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise ContractViolation(
             f"type drift in {column.name}: value(s) not an ISO timestamp"
         ) from None
+
+
+def _local_to_utc(values: pa.Array) -> pa.Array:
+    """Times without a zone (text, a naive timestamp or a date) as the lender's local time,
+    in UTC."""
+    local = pc.cast(values, pa.timestamp("us"))
+    return pc.assume_timezone(local, timezone=str(LENDER_TIMEZONE)).cast(ARROW_TYPES["timestamp"])
 
 
 # Each contract type as Arrow holds it (also how the key index reads raw rows back).
@@ -160,22 +172,112 @@ ARROW_TYPES = {
 
 
 def coerce_column(values: pa.Array | pa.ChunkedArray, column: ColumnContract) -> pa.Array:
-    """Type one column per its contract; raises ContractViolation on type drift."""
+    """Type one column per its contract; raises ContractViolation on type drift.
+
+    Text is parsed as a CSV's cells are. A binary file's (Parquet's, JSON's) typed column
+    is taken only where its type means the declared one (:data:`_TYPED`): Arrow's own cast
+    gave a zoned timestamp's UTC date, true for a float 0.5 and epoch microseconds for a
+    timestamp in an int column, all loaded clean.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):  # a pandas category: its values are the column
+        values = values.dictionary_decode()
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return _parse_text(values.cast(pa.string()), column)
     if pa.types.is_null(values.type):
         return pa.nulls(len(values), ARROW_TYPES[column.type])
+    return _TYPED[column.type](values, column)
+
+
+def _type_drift(column: ColumnContract, found: pa.DataType, what: str = "") -> ContractViolation:
+    """The hold for a typed column: ``what`` says which values, else the type itself is."""
+    return ContractViolation(
+        f"type drift in {column.name}: {_type_shown(found)}{what} where {column.type} is declared"
+    )
+
+
+def _typed_text(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """Any type with a text form (numbers, binary that is UTF-8) as that text."""
     try:
-        # A text column's cast fails too: a JSON object or list has no text form in Arrow
-        # (it was held as an unexpected error, its reason naming no column).
-        return pc.cast(values, ARROW_TYPES[column.type])
+        # A JSON object or list has no text form in Arrow (it was held as an unexpected
+        # error, its reason naming no column).
+        return pc.cast(values, ARROW_TYPES["string"])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise ContractViolation(
-            f"type drift in {column.name}: {_type_shown(values.type)} where {column.type} is "
-            "declared"
-        ) from None
+        raise _type_drift(column, values.type) from None
+
+
+def _typed_number(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """Integers, floats and decimals; Arrow's safe cast refuses a fraction in an int column
+    and an integer a float cannot hold exactly. A bool (0 or 1) or a time (epoch
+    microseconds) is no number of the contract's: text "true" in an int column is drift."""
+    kind = values.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        raise _type_drift(column, kind)
+    try:
+        typed = pc.cast(values, ARROW_TYPES[column.type])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise _type_drift(column, kind, f" value(s) not {column.type}") from None
+    if column.type == "float" and not pc.all(pc.fill_null(pc.is_finite(typed), True)).as_py():
+        raise ContractViolation(f"type drift in {column.name}: NaN or infinite value(s)")
+    return typed
+
+
+def _typed_bool(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """A bool, or numbers that are all 0 or 1 (as the text "0" and "1" are read)."""
+    kind = values.type
+    if pa.types.is_boolean(kind):
+        return values
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise _type_drift(column, kind)
+    if not pc.all(pc.is_in(values.drop_null(), pa.array([0, 1], kind))).as_py():
+        raise _type_drift(column, kind, " value(s) other than 0 and 1")
+    return pc.not_equal(values, pa.scalar(0, kind))
+
+
+def _typed_date(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """A date, or the lender's local date of a timestamp: a zoned one's date in the lender's
+    timezone (Arrow's cast took its UTC date, the day before for a morning in Beijing), a
+    naive one's own date (Parquet's local time)."""
+    kind = values.type
+    try:
+        if pa.types.is_date(kind):
+            return pc.cast(values, ARROW_TYPES["date"])
+        if pa.types.is_timestamp(kind):
+            if kind.tz is not None:
+                values = values.cast(pa.timestamp(kind.unit, tz=str(LENDER_TIMEZONE)))
+            return pc.cast(values, ARROW_TYPES["date"])  # a zone's local date, as Arrow casts
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    raise _type_drift(column, kind)
+
+
+def _typed_timestamp(values: pa.Array, column: ColumnContract) -> pa.Array:
+    """A binary file's (Parquet's) timestamp column in UTC, read as the same text would be:
+    a time without a zone (Parquet's local time, pandas' default) and a date are the lender's
+    local time; one with a zone is that instant. Anything else is type drift: Arrow's cast
+    read an int64 of epoch seconds as microseconds (1970-01-01 00:29, loaded clean), and a
+    naive time as UTC (8 hours off, then warned as after its delivery day)."""
+    kind = values.type
+    try:
+        if pa.types.is_timestamp(kind) and kind.tz is not None:
+            return pc.cast(values, ARROW_TYPES["timestamp"])
+        if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+            return _local_to_utc(values)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # nanoseconds a microsecond cannot hold, a local time that never was
+    raise _type_drift(column, kind)
+
+
+# How a typed (non-text) column becomes each contract type.
+_TYPED = {
+    "string": _typed_text,
+    "int": _typed_number,
+    "float": _typed_number,
+    "bool": _typed_bool,
+    "date": _typed_date,
+    "timestamp": _typed_timestamp,
+}
 
 
 def _type_shown(found: pa.DataType) -> str:
@@ -185,6 +287,9 @@ def _type_shown(found: pa.DataType) -> str:
         return "a JSON object"
     if pa.types.is_list(found) or pa.types.is_large_list(found):
         return "a JSON list"
+    if pa.types.is_timestamp(found) and found.tz is not None:
+        # The zone is the file's text (any string): named by its kind, never shown.
+        return f"timestamp[{found.unit}] with a zone"
     return str(found)
 
 

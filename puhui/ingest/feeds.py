@@ -27,6 +27,7 @@ from puhui.ingest.batches import (
     FileIngestor,
     FileOutcome,
 )
+from puhui.ingest.pseudonym_check import ensure_pseudonym_key
 from puhui.ingest.reading import landed_fs
 from puhui.landing import LandedFile, is_delivery_expected, list_landed_files
 from puhui.runtime import Runtime
@@ -41,6 +42,8 @@ class FeedResult:
     as_of: str
     late: bool
     files: list[FileOutcome] = field(default_factory=list)
+    # Said once, by the run that adopted the key of pseudonyms made before its check value.
+    key_note: str | None = None
 
     def counts(self) -> dict[str, int]:
         """Files decided by this run, by status; files an earlier run decided are "skipped"."""
@@ -138,8 +141,12 @@ def ingest_feed(
     as_of: date,
     on_file: Callable[[FileOutcome], None] | None = None,
 ) -> FeedResult:
-    """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery."""
+    """Ingest every new file of ``feed`` up to ``as_of``; report a missing expected delivery.
+
+    Refuses, before it writes anything, a pseudonym key that is not the warehouse's
+    (:func:`ensure_pseudonym_key`; the ledger's paths are pseudonymized too)."""
     engine = runtime.engine
+    key_note = ensure_pseudonym_key(engine, ingestor.key, runtime.audit, ingestor.flow_run_id)
     with engine.begin() as conn:
         # Rows settled before the finder's current shapes, or never: the ledger (read by BI)
         # keeps no raw identifier, and discovery finds those files under their stored names.
@@ -208,7 +215,7 @@ def ingest_feed(
             flow_run_id=ingestor.flow_run_id,
         )
     ledger.advance_watermark(engine, feed.name, as_of, ingestor.flow_run_id, runtime.audit)
-    return FeedResult(feed.name, as_of.isoformat(), late, outcomes)
+    return FeedResult(feed.name, as_of.isoformat(), late, outcomes, key_note)
 
 
 def ingest_all_feeds(runtime: Runtime, as_of: date) -> list[FeedResult]:

@@ -362,6 +362,11 @@ def _explain(exc: Exception, feed: PartnerFeed) -> UnreadableFile:
         )
     if match := _JSON_TYPE_CHANGE.search(message):
         column, before, after = match.groups()
+        declared = next((c for c in feed.columns if c.name == column), None)
+        if declared is not None and declared.type in _JSON_TEXT_TYPES and before == "string":
+            kind = {"array": "list"}.get(after, after)  # as `coerce_column` names it
+            return UnreadableFile(
+                f"type drift in {column}: a JSON {kind} where {declared.type} is declared")
         # The key is the partner's: any text (an escape, a line break, 5,000 characters).
         return UnreadableFile(
             f"type drift in {_key_path(column)}: JSON values change from {before} to {after} "
@@ -506,12 +511,31 @@ def _depth(line: bytes) -> int:
     return deepest
 
 
-def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
+# Declared types JSON writes as text: read as text, as a CSV's cells are. Arrow's JSON reader
+# otherwise infers timestamps from text: a time without an offset (the lender's local time
+# in a CSV) became a UTC time 8 hours off, one with an offset a naive UTC one, a number in a
+# time column epoch microseconds (1970), and "2026-03-02" in a text column was rewritten as
+# "2026-03-02 00:00:00".
+_JSON_TEXT_TYPES = frozenset({"string", "date", "timestamp"})
+
+
+def _json_text_schema(feed: PartnerFeed) -> pa.Schema:
+    """The contract's columns that JSON must send as strings, typed as strings."""
+    return pa.schema([(c.name, pa.string()) for c in feed.columns if c.type in _JSON_TEXT_TYPES])
+
+
+def _parse_jsonl_block(block: bytes, header: list[str], text: pa.Schema,
+                       strings: frozenset[str]) -> pa.Table:
     _check_nesting(block)
-    table = pa_json.read_json(
-        pa.py_buffer(block),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
-    )
+    try:
+        table = _read_json_block(block, text)
+    except pa.ArrowInvalid:
+        # A JSON number or bool in a declared text column (a numeric order_id, a phone
+        # written as a number) is its text, as before text columns were read as text.
+        quoted = _numbers_quoted(block, strings)
+        if quoted is None:
+            raise
+        table = _read_json_block(quoted, text)
     # JSON lines may omit a null field: a block where no line carries it still has the column.
     for name in header:
         if name not in table.column_names:
@@ -519,26 +543,53 @@ def _parse_jsonl_block(block: bytes, header: list[str]) -> pa.Table:
     return table
 
 
+def _read_json_block(block: bytes, text: pa.Schema) -> pa.Table:
+    return pa_json.read_json(
+        pa.py_buffer(block),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1),
+        parse_options=pa_json.ParseOptions(explicit_schema=text,
+                                           unexpected_field_behavior="infer"),
+    )
+
+
+def _numbers_quoted(block: bytes, strings: frozenset[str]) -> bytes | None:
+    """``block`` with every JSON number or bool in a field of ``strings`` (the declared text
+    columns) written as its text: a number's exact digits (``12345``, ``1.50``, digits past
+    2^63 kept), ``true``/``false``. None if none is found (Arrow's own error is then the
+    reason). Only for a block Arrow refused. A byte pattern, not Python's parser (15 times
+    the offset-time read per block, bench/bench_json_times.py): a key opens after ``{`` or
+    ``,``, which a quote inside a JSON string (always escaped) cannot follow."""
+    if not strings:
+        return None
+    names = b"|".join(re.escape(json.dumps(name, ensure_ascii=False).encode())
+                      for name in sorted(strings))
+    pattern = re.compile(rb'([{,]\s*(?:' + names + rb')\s*:\s*)'
+                         rb'(-?\d[0-9.eE+-]*|true|false)(?=\s*[,}])')
+    quoted, count = pattern.subn(rb'\1"\2"', block)
+    return quoted if count else None
+
+
 def _iter_jsonl(
-    handle: FileHandle, header: list[str], block_bytes: int,
+    handle: FileHandle, feed: PartnerFeed, header: list[str], block_bytes: int,
     on_bytes: Callable[[memoryview], object] | None = None,
 ) -> Iterator[pa.Table]:
     # Cut the byte stream at line ends and parse each block on its own: Arrow's streaming
     # JSON reader fixes each column's type from the first block and fails when a later block
     # differs (a number column that later holds "1,234.50"); per block, the contract types it.
-    carry = b""
+    carry, text = b"", _json_text_schema(feed)
+    strings = frozenset(c.name for c in feed.columns if c.type == "string")
     with _opened(handle, on_bytes) as stream:
         while True:
             data = stream.read(block_bytes)
             block = carry + data
             if not data:
                 if block.strip():
-                    yield _parse_jsonl_block(block, header)
+                    yield _parse_jsonl_block(block, header, text, strings)
                 return
             cut = block.rfind(b"\n") + 1
             carry = block[cut:]
             if cut and block[:cut].strip():
-                yield _parse_jsonl_block(block[:cut], header)
+                yield _parse_jsonl_block(block[:cut], header, text, strings)
 
 
 def _iter_parquet(handle: FileHandle, block_bytes: int,
@@ -568,6 +619,7 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
             _refuse_nested(schema)
             read = [index for index, name in enumerate(schema.names) if name in wanted]
             names = [schema.names[index] for index in read]
+            utc = _utc_instants(readers[()], read)
             pending: list[pa.Table] = []
             pending_bytes = pending_rows = 0
             for group in range(meta.num_row_groups):
@@ -586,7 +638,7 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
                         # each paying the ingest's per-chunk costs.
                         if pending and (pending_bytes + width > block_bytes
                                         or pending_rows + piece.num_rows > _PARQUET_MAX_ROWS):
-                            yield _joined(pending)
+                            yield _as_utc(_joined(pending), utc)
                             pending, pending_bytes, pending_rows = [], 0, 0
                         pending.append(piece)
                         pending_bytes += width
@@ -594,13 +646,38 @@ def _iter_parquet(handle: FileHandle, block_bytes: int,
                         if pending_bytes + width > block_bytes:
                             # Another piece like it would not fit: handed on now, not kept
                             # through the next read (a third block alive at once).
-                            yield _joined(pending)
+                            yield _as_utc(_joined(pending), utc)
                             pending, pending_bytes, pending_rows = [], 0, 0
             if pending:
-                yield _joined(pending)
+                yield _as_utc(_joined(pending), utc)
         finally:
             for reader in readers.values():
                 reader.close()
+
+
+def _utc_instants(parquet: pq.ParquetFile, read: list[int]) -> list[str]:
+    """The columns (of ``read``, flat) whose zoneless timestamps are UTC instants by the
+    file's own schema: INT96 (Spark's, Hive's and Impala's default, written as UTC) and a
+    timestamp whose logical type says isAdjustedToUTC. Arrow reads INT96 without a zone,
+    so the ingest took it as the lender's local time, 8 hours early."""
+    utc = []
+    for index in read:
+        column = parquet.schema.column(index)
+        logical = column.logical_type.to_json() if column.logical_type else ""
+        if column.physical_type == "INT96" or '"isAdjustedToUTC": true' in logical:
+            utc.append(column.name)
+    return utc
+
+
+def _as_utc(table: pa.Table, utc: list[str]) -> pa.Table:
+    """``table`` with the zoneless timestamps of ``utc`` zoned UTC (their instants)."""
+    for name in utc:
+        index = table.schema.get_field_index(name)
+        kind = table.schema.field(index).type
+        if pa.types.is_timestamp(kind) and kind.tz is None:
+            zoned = table.column(index).cast(pa.timestamp(kind.unit, tz="UTC"))
+            table = table.set_column(index, name, zoned)
+    return table
 
 
 _PARQUET_MAX_ROWS = 1_000_000
@@ -1083,7 +1160,7 @@ def iter_file_chunks(
             else _iter_csv(handle, feed, header, block_bytes, on_bytes)
         )
     elif feed.format == "jsonl":
-        chunks = _iter_jsonl(handle, header, block_bytes, on_bytes)
+        chunks = _iter_jsonl(handle, feed, header, block_bytes, on_bytes)
     else:
         chunks = _iter_parquet(handle, block_bytes, {column.name for column in feed.columns})
     try:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.exc import NoSuchTableError
 
 from puhui.errors import PuhuiError
+from puhui.ingest.pseudonym_check import check_pseudonym_key
 from puhui.ingest.pseudonymize import pseudonym_key_bytes, pseudonymize_ids
 from puhui.warehouse.schema import user_profile_history, user_profiles
 
@@ -36,6 +37,7 @@ def resolve_person_key(engine: Engine, key: str, pseudonym_key: str | None) -> s
                          "and a raw national ID or phone is looked up by its keyed hash; set "
                          "the key the warehouse was built with, or give the person_key")
     secret = pseudonym_key_bytes(pseudonym_key)
+    check_pseudonym_key(engine, secret)  # another key finds nobody, or someone else
     for kind in ("national_id", "phone"):
         keys, valid = pseudonymize_ids(pa.array([key]), kind, secret)
         if valid[0].as_py():

@@ -20,11 +20,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from puhui.config import RecommenderSpec
+from puhui.config import GRADE_ORDER, RecommenderSpec
 from puhui.lifecycle.params import DataSize, resolve_value
 from puhui.risk.model import category_vocabulary, encode_features
 
-GRADE_ORDER = "ABCDEFGHIJ"  # risk grades are letters, A the best
 FARMER = "farmer"
 
 

@@ -139,6 +139,22 @@ training_generations = Table(
     Column("flow_run_id", String(64)),
 )
 
+# The keyed check value of PUHUI_PSEUDONYM_KEY the warehouse's pseudonyms were made with
+# (puhui.ingest.pseudonym_check): one row per check label, written by the first run that
+# pseudonymizes and compared by every later one, so a rotated or mistyped key is refused
+# instead of splitting every customer's history. Never the key, never an unkeyed hash of it.
+pseudonym_key_checks = Table(
+    "pseudonym_key_checks",
+    metadata,
+    Column("label", String(64), primary_key=True,
+           comment="the fixed label the check value is the key's HMAC of"),
+    Column("check_value", String(64), nullable=False,
+           comment="HMAC-SHA256(PUHUI_PSEUDONYM_KEY, label), hex"),
+    Column("adopted", Boolean, nullable=False,
+           comment="pseudonyms existed before it: taken from the key of the run that wrote it"),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
 ingest_watermarks = Table(
     "ingest_watermarks",
     metadata,
