@@ -12,6 +12,9 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text
 
 from puhui.table_digests import (
+    FEATURES,
+    FEATURES_RECORDED,
+    ROWS_DIGESTS,
     RowsMac,
     UnheldValues,
     add_macs,
@@ -116,8 +119,6 @@ def _record_dates(
     only those (the lock keeps other writers out): its digest is the one made from them.
     A date with other rows too (a partial rewrite) is read back, only its rows: the count
     and the read go through the index on ``as_of_date`` (migration 0011), not a scan."""
-    from puhui.table_digests import FEATURES, FEATURES_RECORDED, ROWS_DIGESTS
-
     days = sorted(held)
     day = user_features.c.as_of_date
     counts = dict(conn.execute(select(day, func.count()).where(day.in_(days)).group_by(day)).all())
